@@ -1,0 +1,167 @@
+//! The eBPF object: loading it, running its programs through BPF_PROG_TEST_RUN, reading its maps.
+
+use std::time::Duration;
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{MapError, PerCpuArray},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+};
+use shoal_abi::parse::{self, ParseStats};
+
+/// The object built from `ebpf/programs` by `build.rs`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shoal.bpf.o"));
+
+/// What can go wrong loading or driving the programs.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    /// The object could not be loaded (maps created, relocations applied).
+    #[error("loading the eBPF object: {0}")]
+    Object(#[source] Box<EbpfError>),
+    /// The object has no program by that name.
+    #[error("the eBPF object has no program {0:?}")]
+    NoProgram(&'static str),
+    /// The object has no map by that name.
+    #[error("the eBPF object has no map {0:?}")]
+    NoMap(&'static str),
+    /// Loading (verifying) or running a program failed.
+    #[error("eBPF program {name:?}: {source}")]
+    Program {
+        /// The program.
+        name: &'static str,
+        /// What the kernel said.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// Reading or writing a map failed.
+    #[error("eBPF map {name:?}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What the kernel said.
+        #[source]
+        source: Box<MapError>,
+    },
+}
+
+/// An XDP verdict (`enum xdp_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpVerdict {
+    /// `XDP_ABORTED`: a program error; the packet is dropped and a tracepoint fires.
+    Aborted,
+    /// `XDP_DROP`.
+    Drop,
+    /// `XDP_PASS`: on to the kernel's stack.
+    Pass,
+    /// `XDP_TX`: back out of the interface it came in on.
+    Tx,
+    /// `XDP_REDIRECT`: to another interface, CPU or socket.
+    Redirect,
+    /// Anything else the program returned (the kernel treats it as `XDP_ABORTED`).
+    Other(u32),
+}
+
+impl From<u32> for XdpVerdict {
+    fn from(code: u32) -> Self {
+        match code {
+            0 => Self::Aborted,
+            1 => Self::Drop,
+            2 => Self::Pass,
+            3 => Self::Tx,
+            4 => Self::Redirect,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// The result of running an XDP program on one packet with BPF_PROG_TEST_RUN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpRun {
+    /// What the program returned.
+    pub verdict: XdpVerdict,
+    /// The packet as the program left it.
+    pub output: Vec<u8>,
+    /// The kernel's average time per run (meaningful with many repeats).
+    pub per_run: Duration,
+}
+
+/// The loaded object: its maps exist in the kernel; each program is verified and loaded on first
+/// use. Dropping it unloads everything it loaded (nothing is pinned).
+#[derive(Debug)]
+pub struct Programs {
+    ebpf: Ebpf,
+}
+
+impl Programs {
+    /// Loads [`OBJECT`]: creates its maps. Needs `CAP_BPF` (root).
+    pub fn load() -> Result<Self, BpfError> {
+        let ebpf = Ebpf::load(OBJECT).map_err(|e| BpfError::Object(Box::new(e)))?;
+        Ok(Self { ebpf })
+    }
+
+    /// The XDP program `name`, verified and loaded into the kernel.
+    pub fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, BpfError> {
+        let program_error = |source| BpfError::Program {
+            name,
+            source: Box::new(source),
+        };
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::NoProgram(name))?
+            .try_into()
+            .map_err(program_error)?;
+        if xdp.fd().is_err() {
+            xdp.load().map_err(program_error)?;
+        }
+        Ok(xdp)
+    }
+
+    /// Runs the XDP program `name` on `packet` `repeat` times (at least once) with
+    /// BPF_PROG_TEST_RUN and returns the last run's verdict and output packet.
+    pub fn test_run(
+        &mut self,
+        name: &'static str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<XdpRun, BpfError> {
+        // XDP may grow a packet by its tailroom; leave room for what the kernel can hand back.
+        let mut output = vec![0_u8; packet.len() + 4096];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut output);
+        opts.repeat = repeat.max(1);
+        let result = self
+            .xdp(name)?
+            .test_run(opts)
+            .map_err(|source| BpfError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+        output.truncate(result.data_size_out as usize);
+        Ok(XdpRun {
+            verdict: result.return_value.into(),
+            output,
+            per_run: result.duration,
+        })
+    }
+
+    /// The packet parser's counters, summed over all CPUs.
+    pub fn parse_stats(&self) -> Result<ParseStats, BpfError> {
+        let map_error = |source| BpfError::Map {
+            name: parse::STATS_MAP,
+            source: Box::new(source),
+        };
+        let map = self
+            .ebpf
+            .map(parse::STATS_MAP)
+            .ok_or(BpfError::NoMap(parse::STATS_MAP))?;
+        let stats: PerCpuArray<_, ParseStats> = PerCpuArray::try_from(map).map_err(map_error)?;
+        let per_cpu = stats.get(&0, 0).map_err(map_error)?;
+        let mut total = ParseStats::default();
+        for cpu in per_cpu.iter() {
+            total.add(cpu);
+        }
+        Ok(total)
+    }
+}

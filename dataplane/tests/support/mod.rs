@@ -1,0 +1,2 @@
+//! Shared by the dataplane's integration tests and benches.
+pub mod packets;

@@ -1,0 +1,67 @@
+//! Bounds-checked access to packet memory: the only module that dereferences packet pointers.
+//!
+//! [`Packet::header`] checks once that `len` bytes starting at `offset` lie inside the packet and
+//! returns a [`Header`]; reading a field of a `Header<N>` at a constant position `I` is checked at
+//! compile time (`I + width <= N`). The verifier sees one comparison against `data_end` per header,
+//! on the same pointer the reads use.
+
+use aya_ebpf::programs::XdpContext;
+
+/// The packet between `data` and `data_end`.
+pub(crate) struct Packet {
+    start: usize,
+    end: usize,
+}
+
+impl Packet {
+    #[inline(always)]
+    pub(crate) fn new(ctx: &XdpContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    /// The `N` bytes at `offset`, if the packet holds them.
+    #[inline(always)]
+    pub(crate) fn header<const N: usize>(&self, offset: usize) -> Option<Header<N>> {
+        let ptr = self.start + offset;
+        if ptr + N > self.end {
+            return None;
+        }
+        Some(Header {
+            ptr: ptr as *const u8,
+        })
+    }
+
+    /// Whether the packet holds `len` bytes at `offset` (for variable-length parts that are
+    /// skipped, not read: IPv4 options, TCP options, IPv6 extension header bodies).
+    #[inline(always)]
+    pub(crate) fn holds(&self, offset: usize, len: usize) -> bool {
+        self.start + offset + len <= self.end
+    }
+}
+
+/// `N` bytes of packet known to be in bounds.
+pub(crate) struct Header<const N: usize> {
+    ptr: *const u8,
+}
+
+impl<const N: usize> Header<N> {
+    /// The byte at `I`.
+    #[inline(always)]
+    pub(crate) fn u8<const I: usize>(&self) -> u8 {
+        const { assert!(I < N, "read past the end of the header") };
+        // SAFETY: `Packet::header` checked that `ptr..ptr + N` is inside the packet and I < N.
+        unsafe { self.ptr.add(I).read() }
+    }
+
+    /// The big-endian `u16` at `I`.
+    #[inline(always)]
+    pub(crate) fn be16<const I: usize>(&self) -> u16 {
+        const { assert!(I + 2 <= N, "read past the end of the header") };
+        // SAFETY: as above, with I + 2 <= N; `read_unaligned` because packet fields are not
+        // aligned for u16.
+        u16::from_be_bytes(unsafe { self.ptr.add(I).cast::<[u8; 2]>().read_unaligned() })
+    }
+}
