@@ -1,0 +1,86 @@
+//! The data root: created 0700, and locked for the daemon's lifetime so two daemons never share
+//! one (`shoald.pid` holds the owner's PID and an exclusive lock).
+
+use std::{
+    fs::{self, File, OpenOptions, TryLockError},
+    io::{self, Read, Seek, Write},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+/// The lock file inside the data root.
+pub const PID_FILE: &str = "shoald.pid";
+
+/// Why the data root cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataRootError {
+    /// Another daemon holds the lock.
+    #[error(
+        "data root {path} is in use by another shoald (pid {pid}); give each daemon its own --data-root"
+    )]
+    InUse {
+        /// The data root.
+        path: PathBuf,
+        /// The PID the other daemon wrote, as read.
+        pid: String,
+    },
+    /// Creating, opening or locking failed.
+    #[error("data root {path}: {what}: {source}")]
+    Io {
+        /// The data root.
+        path: PathBuf,
+        /// The step that failed.
+        what: &'static str,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A locked data root; the lock is released when this is dropped (or the process dies).
+#[derive(Debug)]
+pub(crate) struct DataRoot {
+    _pid_file: File,
+}
+
+impl DataRoot {
+    pub(crate) fn open(path: &Path) -> Result<Self, DataRootError> {
+        let io_error = |what| {
+            let path = path.to_path_buf();
+            move |source| DataRootError::Io { path, what, source }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(io_error("creating it"))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .map_err(io_error("setting its mode to 0700"))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path.join(PID_FILE))
+            .map_err(io_error("opening the pid file"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(DataRootError::InUse {
+                    path: path.to_path_buf(),
+                    pid: pid.trim().to_string(),
+                });
+            }
+            Err(TryLockError::Error(source)) => {
+                return Err(io_error("locking the pid file")(source));
+            }
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(io_error("writing the pid file"))?;
+        Ok(Self { _pid_file: file })
+    }
+}

@@ -1,0 +1,85 @@
+//! `shoald`, the daemon every Shoal node runs. Today it serves the local API on its unix socket
+//! (`shoal info`); it grows into the node agent: it joins the swarm, keeps its dispatcher session,
+//! runs tasks through executors, applies the data plane, and starts the control plane on managers.
+//!
+//! ```text
+//!   shoal ──gRPC──> unix socket (0660) ──> Daemon service (api.rs)
+//!                                             └── node facts (node.rs): name, kernel, OS, CPUs
+//!   data root (0700): shoald.pid, locked while the daemon runs
+//! ```
+//!
+//! Start with [`run`]: it takes a [`Config`] and a shutdown future (so tests run a daemon
+//! in-process), locks the data root, binds the socket and serves until the future resolves.
+
+mod api;
+mod data_root;
+mod node;
+mod socket;
+
+use std::{future::Future, path::PathBuf};
+
+use shoal_api::{DaemonHost, v1::daemon_server::DaemonServer};
+use tokio_stream::wrappers::UnixListenerStream;
+
+pub use data_root::DataRootError;
+pub use node::{NodeFacts, host_name};
+pub use socket::SocketError;
+
+/// Where `shoald` keeps its state by default.
+pub const DEFAULT_DATA_ROOT: &str = "/var/lib/shoal";
+
+/// How the daemon is set up (`shoald`'s flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--data-root`: the daemon's state; one daemon per data root.
+    pub data_root: PathBuf,
+    /// `-H`: the socket the local API is served on.
+    pub host: DaemonHost,
+    /// `--hostname`: the node's name (defaults to the host's name).
+    pub hostname: String,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The data root could not be created or is in use.
+    #[error(transparent)]
+    DataRoot(#[from] DataRootError),
+    /// The socket could not be bound.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The gRPC server failed.
+    #[error("serving the API on {host}: {source}")]
+    Serve {
+        /// The socket.
+        host: DaemonHost,
+        /// What failed.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Runs the daemon until `shutdown` resolves, then removes its socket.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let _lock = data_root::DataRoot::open(&config.data_root)?;
+    let (listener, socket_file) = socket::bind(&config.host)?;
+    let facts = NodeFacts::gather(&config);
+    tracing::info!(
+        host = %config.host,
+        data_root = %config.data_root.display(),
+        name = %facts.name,
+        "shoald {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+    let incoming = UnixListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        .add_service(DaemonServer::new(api::DaemonApi::new(facts)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    drop(socket_file);
+    tracing::info!("shoald stopped");
+    served.map_err(|source| DaemonError::Serve {
+        host: config.host.clone(),
+        source,
+    })
+}

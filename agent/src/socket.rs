@@ -1,0 +1,98 @@
+//! The local API socket: parent directory created, a stale socket replaced, a live one refused,
+//! mode 0660, removed on shutdown.
+
+use std::{
+    fs, io,
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
+    path::Path,
+};
+
+use shoal_api::DaemonHost;
+use tokio::net::UnixListener;
+
+/// Why the socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Another daemon answers on it.
+    #[error("another shoald is already listening on {0}")]
+    InUse(DaemonHost),
+    /// Something that is not a socket is in the way.
+    #[error("cannot listen on {0}: the path exists and is not a socket")]
+    NotASocket(DaemonHost),
+    /// Creating the directory, removing a stale socket, binding or setting the mode failed.
+    #[error("cannot listen on {host}: {what}: {source}")]
+    Io {
+        /// The socket.
+        host: DaemonHost,
+        /// The step that failed.
+        what: &'static str,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Owns the socket file: dropping it removes the file (the daemon's socket does not outlive it).
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    host: DaemonHost,
+}
+
+/// Binds `host`'s path with mode 0660, creating its parent directory (0755) if needed.
+pub(crate) fn bind(host: &DaemonHost) -> Result<(UnixListener, SocketFile), SocketError> {
+    let path = host.path();
+    let io_error = |what| {
+        let host = host.clone();
+        move |source| SocketError::Io { host, what, source }
+    };
+    if let Some(parent) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(io_error("creating its directory"))?;
+    }
+    remove_stale(host, path)?;
+    let listener = UnixListener::bind(path).map_err(io_error("binding"))?;
+    let file = SocketFile { host: host.clone() };
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+        .map_err(io_error("setting its mode to 0660"))?;
+    Ok((listener, file))
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(self.host.path())
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(host = %self.host, "removing the socket: {e}");
+        }
+    }
+}
+
+/// Removes a socket nobody answers on (left by a daemon that was killed); refuses to touch a live
+/// socket or anything that is not a socket.
+fn remove_stale(host: &DaemonHost, path: &Path) -> Result<(), SocketError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(SocketError::Io {
+                host: host.clone(),
+                what: "inspecting the path",
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(SocketError::NotASocket(host.clone()));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(SocketError::InUse(host.clone())),
+        Err(_) => fs::remove_file(path).map_err(|source| SocketError::Io {
+            host: host.clone(),
+            what: "removing a stale socket",
+            source,
+        }),
+    }
+}

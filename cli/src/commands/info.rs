@@ -1,0 +1,164 @@
+//! `shoal info`: the daemon's version, the node's name and platform, and its swarm state.
+
+use serde::Serialize;
+use shoal_api::{
+    DaemonHost, connect,
+    v1::{InfoRequest, InfoResponse, LocalNodeState, daemon_client::DaemonClient},
+};
+
+use crate::{
+    Failure,
+    commands::rpc_failure,
+    output::{Format, human_bytes},
+};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Print as JSON (Docker's field names) instead of text
+    #[arg(short, long, value_enum)]
+    format: Option<Format>,
+}
+
+pub(crate) async fn run(host: &DaemonHost, args: Args) -> Result<(), Failure> {
+    let mut client = DaemonClient::new(connect(host).await?);
+    let info = client
+        .info(InfoRequest {})
+        .await
+        .map_err(|status| rpc_failure(host, &status))?
+        .into_inner();
+    match args.format {
+        Some(Format::Json) => println!("{}", serde_json::to_string(&Info::from(&info))?),
+        None => print!("{}", render(&info)),
+    }
+    Ok(())
+}
+
+/// Docker's `Swarm.LocalNodeState` words.
+fn swarm_state(info: &InfoResponse) -> &'static str {
+    match info.local_node_state() {
+        LocalNodeState::Inactive => "inactive",
+        LocalNodeState::Pending => "pending",
+        LocalNodeState::Active => "active",
+        LocalNodeState::Error => "error",
+        LocalNodeState::Locked => "locked",
+    }
+}
+
+fn render(info: &InfoResponse) -> String {
+    format!(
+        "Client:\n \
+         Version:    {client}\n\
+         \n\
+         Server:\n \
+         Server Version: {server}\n \
+         Swarm: {swarm}\n \
+         Kernel Version: {kernel}\n \
+         Operating System: {os}\n \
+         OSType: linux\n \
+         Architecture: {arch}\n \
+         CPUs: {cpus}\n \
+         Total Memory: {memory}\n \
+         Name: {name}\n \
+         Shoal Root Dir: {root}\n",
+        client = env!("CARGO_PKG_VERSION"),
+        server = info.server_version,
+        swarm = swarm_state(info),
+        kernel = info.kernel_version,
+        os = info.operating_system,
+        arch = info.architecture,
+        cpus = info.ncpu,
+        memory = human_bytes(info.mem_total),
+        name = info.name,
+        root = info.data_root,
+    )
+}
+
+/// `shoal info --format json`, keyed as Docker's `docker info --format '{{json .}}'`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Info<'a> {
+    server_version: &'a str,
+    name: &'a str,
+    swarm: Swarm,
+    kernel_version: &'a str,
+    operating_system: &'a str,
+    #[serde(rename = "OSType")]
+    os_type: &'static str,
+    architecture: &'a str,
+    #[serde(rename = "NCPU")]
+    ncpu: u32,
+    mem_total: u64,
+    shoal_root_dir: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Swarm {
+    local_node_state: &'static str,
+}
+
+impl<'a> From<&'a InfoResponse> for Info<'a> {
+    fn from(info: &'a InfoResponse) -> Self {
+        Self {
+            server_version: &info.server_version,
+            name: &info.name,
+            swarm: Swarm {
+                local_node_state: swarm_state(info),
+            },
+            kernel_version: &info.kernel_version,
+            operating_system: &info.operating_system,
+            os_type: "linux",
+            architecture: &info.architecture,
+            ncpu: info.ncpu,
+            mem_total: info.mem_total,
+            shoal_root_dir: &info.data_root,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> InfoResponse {
+        InfoResponse {
+            server_version: "0.1.0".into(),
+            name: "node1".into(),
+            local_node_state: LocalNodeState::Inactive.into(),
+            data_root: "/var/lib/shoal".into(),
+            kernel_version: "6.18.0".into(),
+            operating_system: "Debian GNU/Linux 12 (bookworm)".into(),
+            architecture: "x86_64".into(),
+            ncpu: 2,
+            mem_total: 25_198_723_072,
+        }
+    }
+
+    #[test]
+    fn text_reads_like_docker_info() {
+        let text = render(&sample());
+        for line in [
+            "Server:",
+            " Server Version: 0.1.0",
+            " Swarm: inactive",
+            " Name: node1",
+            " Total Memory: 23.47GiB",
+            " CPUs: 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_uses_dockers_keys() {
+        let info = sample();
+        let json: serde_json::Value = serde_json::to_value(Info::from(&info)).unwrap();
+        assert_eq!(json["Swarm"]["LocalNodeState"], "inactive");
+        assert_eq!(json["Name"], "node1");
+        assert_eq!(json["NCPU"], 2);
+        assert_eq!(json["ServerVersion"], "0.1.0");
+    }
+}

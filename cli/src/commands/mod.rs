@@ -1,0 +1,22 @@
+//! One module per top-level verb.
+
+pub(crate) mod info;
+
+use shoal_api::{ConnectError, DaemonHost, is_unreachable};
+
+use crate::Failure;
+
+/// The daemon's answer to a failed RPC, worded for the user.
+pub(crate) fn rpc_failure(host: &DaemonHost, status: &tonic::Status) -> Failure {
+    if is_unreachable(status) {
+        Failure(
+            ConnectError::NotRunning {
+                host: host.clone(),
+                source: None,
+            }
+            .to_string(),
+        )
+    } else {
+        Failure(format!("Error response from daemon: {}", status.message()))
+    }
+}

@@ -1,0 +1,68 @@
+//! `shoal`, the command line for Shoal: Docker's `swarm | node | service | network | info` verbs,
+//! sent to the local `shoald` over its unix socket (`-H unix://PATH`, or `$SHOAL_HOST`).
+//!
+//! ```text
+//!   main.rs (clap) ──> commands/<verb>.rs ──> shoal_api::connect ──gRPC──> shoald
+//!                            └── output.rs: human tables, --format json, sizes
+//! ```
+//!
+//! Errors go to stderr as the user should read them ("Cannot connect to the Shoal daemon at ...
+//! Is shoald running?") and the exit status is 1.
+
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shoal_api::DaemonHost;
+
+/// Shoal: a container networking appliance with Docker Swarm's interface.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version)]
+struct Cli {
+    /// Daemon socket to connect to (unix://PATH)
+    #[arg(
+        short = 'H',
+        long = "host",
+        value_name = "ADDR",
+        env = "SHOAL_HOST",
+        default_value_t,
+        global = true
+    )]
+    host: DaemonHost,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Display system-wide information
+    Info(commands::info::Args),
+}
+
+/// An error the way the user reads it.
+#[derive(Debug)]
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self(e.to_string())
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => commands::info::run(&cli.host, args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message)) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
