@@ -1,0 +1,877 @@
+//! Building, using and tearing down a lab (see the crate docs for the topology).
+
+use std::{
+    fmt,
+    fs::{self, File},
+    io::{self, Write as _},
+    net::Ipv4Addr,
+    os::unix::{net::UnixStream, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use nix::{
+    errno::Errno,
+    sys::signal::{Signal, kill},
+    unistd::{Pid, Uid},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{Netns, in_netns, wait_until};
+
+/// Where labs keep their state: one directory per lab, `shoal<ID>/`.
+const STATE_ROOT: &str = "/tmp/shoal-lab";
+/// The prefix of every name a lab creates.
+const PREFIX: &str = "shoal";
+/// Lab IDs: the third octet of the lab's subnets.
+const IDS: std::ops::RangeInclusive<u8> = 1..=250;
+/// The record of a lab inside its directory.
+const RECORD: &str = "lab.json";
+/// A node's public (control) interface, and its data-path interface.
+const PUBLIC_IF: &str = "eth0";
+const DATA_IF: &str = "eth1";
+
+/// What went wrong building, using or removing a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The lab creates network namespaces: it needs root.
+    #[error("the lab needs root: it creates network namespaces (run as root or with sudo)")]
+    NotRoot,
+    /// Every ID is taken.
+    #[error("no free lab ID in 1-250: remove old labs with `cargo xtask lab down --all`")]
+    NoFreeId,
+    /// A command failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// How it exited.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The operation.
+        what: String,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A binary of the project is not built.
+    #[error(
+        "{name} is not built ({path}): run `cargo build --bins` first (`cargo xtask test` does)"
+    )]
+    NotBuilt {
+        /// The binary.
+        name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A wait timed out.
+    #[error("{0}")]
+    Timeout(String),
+    /// Teardown left something behind.
+    #[error("lab {prefix} was not fully removed: {leftovers}")]
+    Leftovers {
+        /// The lab.
+        prefix: String,
+        /// What is left.
+        leftovers: String,
+    },
+    /// A lab record that cannot be read.
+    #[error("lab record {path}: {reason}")]
+    Record {
+        /// The record file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> LabError {
+    let what = what.into();
+    move |source| LabError::Io { what, source }
+}
+
+/// How many nodes, and whether the lab outlives the process that built it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabSpec {
+    /// Node namespaces (1-239), named `n1`..`nN`.
+    pub nodes: usize,
+    /// A persistent lab is not removed on drop nor swept: `cargo xtask lab down` removes it.
+    pub persistent: bool,
+    /// What the lab is for ("test", "lab", "demo"), shown by `lab status`.
+    pub purpose: String,
+}
+
+impl LabSpec {
+    /// A test lab of `nodes` nodes, removed when dropped.
+    pub fn nodes(nodes: usize) -> Self {
+        Self {
+            nodes,
+            persistent: false,
+            purpose: "test".into(),
+        }
+    }
+}
+
+/// A node or the client: a network namespace with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// `n1`..`nN`, or `client`.
+    pub name: String,
+    /// Its network namespace, `shoal<ID>-<name>`.
+    pub netns: String,
+    /// Its address on the public/control network (interface `eth0`).
+    pub public_ip: Ipv4Addr,
+    /// Its address on the data network (interface `eth1`); the client has none.
+    pub data_ip: Option<Ipv4Addr>,
+}
+
+impl Host {
+    /// The public/control interface's name inside the namespace.
+    pub fn public_if(&self) -> &'static str {
+        PUBLIC_IF
+    }
+
+    /// The data interface's name inside the namespace (nodes only).
+    pub fn data_if(&self) -> &'static str {
+        DATA_IF
+    }
+
+    /// A command that runs `program` in this host's namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command, LabError> {
+        in_netns(&self.netns, program).map_err(io_error(format!("entering {}", self.netns)))
+    }
+}
+
+/// What a lab is, as written to `lab.json` when it is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    id: u8,
+    prefix: String,
+    persistent: bool,
+    purpose: String,
+    /// The process that built it and the boot it ran in: a test lab whose owner is gone is an
+    /// orphan.
+    owner_pid: u32,
+    boot_id: String,
+    switch: String,
+    nodes: Vec<Host>,
+    client: Host,
+}
+
+impl Record {
+    fn namespaces(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.nodes.iter().map(|n| n.netns.clone()).collect();
+        all.push(self.client.netns.clone());
+        all.push(self.switch.clone());
+        all
+    }
+
+    fn read(dir: &Path) -> Result<Self, LabError> {
+        let path = dir.join(RECORD);
+        let text = fs::read_to_string(&path).map_err(|e| LabError::Record {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_str(&text).map_err(|e| LabError::Record {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    fn owner_alive(&self) -> bool {
+        boot_id() == self.boot_id
+            && !matches!(
+                kill(Pid::from_raw(self.owner_pid as i32), None),
+                Err(Errno::ESRCH)
+            )
+    }
+}
+
+/// A lab's state as `cargo xtask lab status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabStatus {
+    /// `shoal<ID>`.
+    pub prefix: String,
+    /// Its state directory.
+    pub dir: PathBuf,
+    /// "test", "lab", "demo"...
+    pub purpose: String,
+    /// Kept until `lab down`.
+    pub persistent: bool,
+    /// Whether the process that built it still runs.
+    pub owner_alive: bool,
+    /// Its nodes, then the client.
+    pub hosts: Vec<Host>,
+    /// Processes running in its namespaces.
+    pub processes: usize,
+    /// Namespaces of its record that are missing.
+    pub missing_namespaces: Vec<String>,
+}
+
+impl fmt::Display for LabStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lifetime = if self.persistent {
+            "persistent".to_string()
+        } else if self.owner_alive {
+            "owned by a running process".to_string()
+        } else {
+            "orphaned (owner gone)".to_string()
+        };
+        writeln!(
+            f,
+            "{} ({}, {lifetime}), {} processes, state in {}",
+            self.prefix,
+            self.purpose,
+            self.processes,
+            self.dir.display()
+        )?;
+        for host in &self.hosts {
+            let data = host
+                .data_ip
+                .map(|ip| format!("  data {ip}"))
+                .unwrap_or_default();
+            writeln!(
+                f,
+                "  {:<7} netns {:<14} public {}{data}",
+                host.name, host.netns, host.public_ip
+            )?;
+        }
+        if !self.missing_namespaces.is_empty() {
+            writeln!(
+                f,
+                "  missing namespaces: {}",
+                self.missing_namespaces.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A running lab. Dropping a non-persistent lab tears it down.
+#[derive(Debug)]
+pub struct Lab {
+    record: Record,
+    dir: PathBuf,
+    children: Vec<Child>,
+    torn_down: bool,
+}
+
+impl Lab {
+    /// Builds a lab: claims a free ID, creates the namespaces, the two switches and the links,
+    /// and addresses every host. Sweeps orphaned test labs first.
+    pub fn up(spec: LabSpec) -> Result<Self, LabError> {
+        if !Uid::effective().is_root() {
+            return Err(LabError::NotRoot);
+        }
+        assert!(
+            (1..=239).contains(&spec.nodes),
+            "a lab has 1 to 239 nodes, not {}",
+            spec.nodes
+        );
+        sweep_orphans()?;
+        fs::create_dir_all(STATE_ROOT).map_err(io_error(format!("creating {STATE_ROOT}")))?;
+        let (id, dir) = claim_id()?;
+        let prefix = format!("{PREFIX}{id}");
+        let host = |name: &str, index: u8, data: bool| Host {
+            name: name.to_string(),
+            netns: format!("{prefix}-{name}"),
+            public_ip: Ipv4Addr::new(172, 20, id, index),
+            data_ip: data.then(|| Ipv4Addr::new(172, 21, id, index)),
+        };
+        let record = Record {
+            id,
+            prefix: prefix.clone(),
+            persistent: spec.persistent,
+            purpose: spec.purpose,
+            owner_pid: std::process::id(),
+            boot_id: boot_id(),
+            switch: format!("{prefix}-sw"),
+            nodes: (1..=spec.nodes)
+                .map(|i| host(&format!("n{i}"), 10 + i as u8, true))
+                .collect(),
+            client: host("client", 2, false),
+        };
+        let lab = Self {
+            record,
+            dir,
+            children: Vec::new(),
+            torn_down: false,
+        };
+        // From here on, a failure drops `lab`, which removes whatever was created.
+        let json = serde_json::to_string_pretty(&lab.record).expect("a record serialises");
+        fs::write(lab.dir.join(RECORD), json).map_err(io_error("writing the lab record"))?;
+        lab.build()?;
+        Ok(lab)
+    }
+
+    fn build(&self) -> Result<(), LabError> {
+        let r = &self.record;
+        // Leftovers of a lab that had this ID and died before removing its namespaces.
+        for ns in r.namespaces() {
+            remove_netns(&ns)?;
+        }
+        let mut root = String::new();
+        for ns in r.namespaces().iter().rev() {
+            root += &format!("netns add {ns}\n");
+        }
+        ip_batch(None, &root)?;
+
+        let mut switch = String::from(
+            "link set lo up\n\
+             link add br-pub type bridge\n\
+             link add br-data type bridge\n\
+             link set br-pub up\n\
+             link set br-data up\n",
+        );
+        for node in &r.nodes {
+            for (port, bridge, inside) in [("p", "br-pub", PUBLIC_IF), ("d", "br-data", DATA_IF)] {
+                let port = format!("{port}-{}", node.name);
+                switch += &format!(
+                    "link add {port} type veth peer name {inside} netns {ns}\n\
+                     link set {port} master {bridge} up\n",
+                    ns = node.netns
+                );
+            }
+        }
+        switch += &format!(
+            "link add p-client type veth peer name {PUBLIC_IF} netns {}\n\
+             link set p-client master br-pub up\n",
+            r.client.netns
+        );
+        ip_batch(Some(&r.switch), &switch)?;
+
+        for host in r.nodes.iter().chain([&r.client]) {
+            let mut inside = format!(
+                "link set lo up\n\
+                 addr add {}/24 dev {PUBLIC_IF}\n\
+                 link set {PUBLIC_IF} up\n",
+                host.public_ip
+            );
+            if let Some(data_ip) = host.data_ip {
+                inside += &format!(
+                    "addr add {data_ip}/24 dev {DATA_IF}\n\
+                     link set {DATA_IF} up\n"
+                );
+            }
+            ip_batch(Some(&host.netns), &inside)?;
+        }
+        Ok(())
+    }
+
+    /// `shoal<ID>`: the prefix of everything this lab creates.
+    pub fn prefix(&self) -> &str {
+        &self.record.prefix
+    }
+
+    /// The lab's ID (1-250), the third octet of its subnets.
+    pub fn id(&self) -> u8 {
+        self.record.id
+    }
+
+    /// The lab's state directory (node data roots, sockets, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The nodes, `n1`..`nN`.
+    pub fn nodes(&self) -> &[Host] {
+        &self.record.nodes
+    }
+
+    /// The client (on the public network only).
+    pub fn client(&self) -> &Host {
+        &self.record.client
+    }
+
+    /// Every namespace of the lab: nodes, client, then the switch.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.record.namespaces()
+    }
+
+    /// The processes running in the lab's namespaces.
+    pub fn pids(&self) -> Vec<i32> {
+        self.record
+            .namespaces()
+            .iter()
+            .flat_map(|ns| Netns::named(ns.as_str()).pids())
+            .collect()
+    }
+
+    /// A host's own directory in the lab (its daemon's data root, socket and log live here).
+    pub fn host_dir(&self, host: &Host) -> PathBuf {
+        self.dir.join(&host.name)
+    }
+
+    /// The socket of the `shoald` started by [`Lab::spawn_shoald`] on `host`.
+    pub fn socket(&self, host: &Host) -> PathBuf {
+        self.host_dir(host).join("shoal.sock")
+    }
+
+    /// Runs `program args` in `host`'s namespace to completion.
+    pub fn run(&self, host: &Host, program: &str, args: &[&str]) -> Result<Output, LabError> {
+        let mut command = host.command(program)?;
+        command.args(args);
+        command
+            .output()
+            .map_err(io_error(format!("running {program} in {}", host.netns)))
+    }
+
+    /// Starts `command` (built with [`Host::command`]) in its own process group; the lab stops it
+    /// when it is torn down.
+    pub fn spawn(&mut self, mut command: Command) -> Result<u32, LabError> {
+        command.process_group(0);
+        let child = command
+            .spawn()
+            .map_err(io_error(format!("starting {:?}", command.get_program())))?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Starts `shoald` in `host`'s namespace with its own data root, socket and log under
+    /// [`Lab::host_dir`], and waits until it accepts connections.
+    pub fn spawn_shoald(&mut self, host: &Host) -> Result<u32, LabError> {
+        let dir = self.host_dir(host);
+        fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        let log_path = dir.join("shoald.log");
+        let log = File::create(&log_path)
+            .map_err(io_error(format!("creating {}", log_path.display())))?;
+        let socket = self.socket(host);
+        let mut command = host.command(binary("shoald")?)?;
+        command
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--hostname", &host.name])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io_error("duplicating the log"))?)
+            .stderr(log);
+        let pid = self.spawn(command)?;
+        let child = self.children.last_mut().expect("just spawned");
+        wait_until(
+            &format!("shoald on {} to accept connections", host.name),
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = fs::read_to_string(&log_path).unwrap_or_default();
+                    return Err(format!("shoald exited ({status}): {log}"));
+                }
+                Ok(UnixStream::connect(&socket).is_ok())
+            },
+        )
+        .map_err(LabError::Timeout)?;
+        Ok(pid)
+    }
+
+    /// Runs `shoal -H <host's socket> args` in `host`'s namespace.
+    pub fn shoal(&self, host: &Host, args: &[&str]) -> Result<Output, LabError> {
+        let mut command = host.command(binary("shoal")?)?;
+        command
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket(host).display()))
+            .args(args);
+        command
+            .output()
+            .map_err(io_error(format!("running shoal in {}", host.netns)))
+    }
+
+    /// Tears the lab down and reports anything left behind.
+    pub fn down(mut self) -> Result<(), LabError> {
+        self.torn_down = true;
+        let children = std::mem::take(&mut self.children);
+        teardown(&self.record, &self.dir, children)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.torn_down || self.record.persistent {
+            return;
+        }
+        let children = std::mem::take(&mut self.children);
+        if let Err(e) = teardown(&self.record, &self.dir, children) {
+            eprintln!("lab teardown: {e}");
+        }
+    }
+}
+
+/// Claims a free ID by creating its state directory (atomic: `mkdir` fails if it exists).
+fn claim_id() -> Result<(u8, PathBuf), LabError> {
+    let ids: Vec<u8> = IDS.collect();
+    let start = (std::process::id() as usize).wrapping_mul(7919) % ids.len();
+    for offset in 0..ids.len() {
+        let id = ids[(start + offset) % ids.len()];
+        let dir = Path::new(STATE_ROOT).join(format!("{PREFIX}{id}"));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok((id, dir)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_error(format!("creating {}", dir.display()))(e)),
+        }
+    }
+    Err(LabError::NoFreeId)
+}
+
+/// Stops every process in the lab's namespaces (SIGTERM, then SIGKILL), reaps the lab's own
+/// children, deletes the namespaces and the state directory, and checks that nothing is left.
+fn teardown(record: &Record, dir: &Path, mut children: Vec<Child>) -> Result<(), LabError> {
+    let namespaces = record.namespaces();
+    let pids = |namespaces: &[String]| -> Vec<i32> {
+        namespaces
+            .iter()
+            .flat_map(|ns| Netns::named(ns.as_str()).pids())
+            .collect()
+    };
+    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+        let running: Vec<i32> = pids(&namespaces)
+            .into_iter()
+            .chain(children.iter().map(|c| c.id() as i32))
+            .collect();
+        for pid in &running {
+            let _ = kill(Pid::from_raw(*pid), signal);
+        }
+        let gone = wait_until(
+            "the lab's processes to exit",
+            Duration::from_secs(5),
+            || {
+                children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+                Ok(children.is_empty() && pids(&namespaces).is_empty())
+            },
+        );
+        if gone.is_ok() {
+            break;
+        }
+    }
+    for mut child in children {
+        let _ = child.wait();
+    }
+    let mut errors = Vec::new();
+    for ns in &namespaces {
+        if let Err(e) = remove_netns(ns) {
+            errors.push(e.to_string());
+        }
+    }
+    if let Err(e) = fs::remove_dir_all(dir)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        errors.push(format!("removing {}: {e}", dir.display()));
+    }
+    let left_ns: Vec<String> = namespaces
+        .iter()
+        .filter(|ns| Netns::named(ns.as_str()).exists())
+        .cloned()
+        .collect();
+    if !left_ns.is_empty() {
+        errors.push(format!("namespaces {}", left_ns.join(", ")));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::Leftovers {
+            prefix: record.prefix.clone(),
+            leftovers: errors.join("; "),
+        })
+    }
+}
+
+/// Deletes a named namespace if it exists (its links go with it once its processes are gone).
+fn remove_netns(name: &str) -> Result<(), LabError> {
+    let netns = Netns::named(name);
+    if !netns.exists() {
+        return Ok(());
+    }
+    match run_checked(Command::new("ip").args(["netns", "del", name])) {
+        // Another process (a concurrent sweep) removed it first.
+        Err(_) if !netns.exists() => Ok(()),
+        result => result,
+    }
+}
+
+/// Runs `ip -batch -` (in `netns` when given) with `commands` on stdin.
+fn ip_batch(netns: Option<&str>, commands: &str) -> Result<(), LabError> {
+    let mut command = Command::new("ip");
+    if let Some(ns) = netns {
+        command.args(["-n", ns]);
+    }
+    command
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(io_error("starting ip"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(commands.as_bytes())
+        .map_err(io_error("writing to ip -batch"))?;
+    let output = child
+        .wait_with_output()
+        .map_err(io_error("waiting for ip"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Command {
+            command: format!("{command:?} <<< {commands:?}"),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().into(),
+        })
+    }
+}
+
+fn run_checked(command: &mut Command) -> Result<(), LabError> {
+    let output = command
+        .output()
+        .map_err(io_error(format!("running {command:?}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Command {
+            command: format!("{command:?}"),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().into(),
+        })
+    }
+}
+
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The lab directories (`shoal<ID>`) under the state root.
+fn lab_dirs() -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(STATE_ROOT) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_lab_prefix)
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// `shoal<digits>`.
+fn is_lab_prefix(name: &str) -> bool {
+    name.strip_prefix(PREFIX)
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Namespaces named like a lab's (`shoal<digits>-...`), with the lab prefix they carry.
+fn lab_namespaces() -> Vec<(String, String)> {
+    Netns::list()
+        .into_iter()
+        .filter_map(|ns| {
+            let (prefix, _) = ns.split_once('-')?;
+            is_lab_prefix(prefix).then(|| (prefix.to_string(), ns.clone()))
+        })
+        .collect()
+}
+
+/// Every lab on the machine.
+pub fn labs() -> Vec<LabStatus> {
+    lab_dirs()
+        .into_iter()
+        .filter_map(|dir| {
+            let record = Record::read(&dir).ok()?;
+            let namespaces = record.namespaces();
+            Some(LabStatus {
+                prefix: record.prefix.clone(),
+                purpose: record.purpose.clone(),
+                persistent: record.persistent,
+                owner_alive: record.owner_alive(),
+                hosts: record
+                    .nodes
+                    .iter()
+                    .chain([&record.client])
+                    .cloned()
+                    .collect(),
+                processes: namespaces
+                    .iter()
+                    .map(|ns| Netns::named(ns.as_str()).pids().len())
+                    .sum(),
+                missing_namespaces: namespaces
+                    .into_iter()
+                    .filter(|ns| !Netns::named(ns.as_str()).exists())
+                    .collect(),
+                dir,
+            })
+        })
+        .collect()
+}
+
+/// Removes test labs whose owner is gone (killed before it could drop its [`Lab`]), and lab
+/// namespaces that belong to no lab directory. Returns the prefixes removed.
+pub fn sweep_orphans() -> Result<Vec<String>, LabError> {
+    remove_labs(|record| !record.persistent && !record.owner_alive())
+}
+
+/// Removes every lab, persistent or not, and every namespace named like one. Returns the prefixes
+/// removed.
+pub fn down_all() -> Result<Vec<String>, LabError> {
+    remove_labs(|_| true)
+}
+
+/// Removes the labs whose record matches `doomed` (and unreadable records, and namespaces no
+/// record claims).
+fn remove_labs(doomed: impl Fn(&Record) -> bool) -> Result<Vec<String>, LabError> {
+    let mut removed = Vec::new();
+    let mut errors = Vec::new();
+    let mut claimed = Vec::new();
+    for dir in lab_dirs() {
+        let prefix = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        match Record::read(&dir) {
+            Ok(record) if doomed(&record) => {
+                if let Err(e) = teardown(&record, &dir, Vec::new()) {
+                    errors.push(e.to_string());
+                }
+                removed.push(prefix);
+            }
+            Ok(_) => claimed.push(prefix),
+            // A lab that claimed its ID this instant has not written its record yet: leave a
+            // directory younger than a minute alone.
+            Err(_) if recently_created(&dir) => claimed.push(prefix),
+            Err(_) => {
+                if let Err(e) = fs::remove_dir_all(&dir)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    errors.push(format!("removing {}: {e}", dir.display()));
+                }
+                removed.push(prefix);
+            }
+        }
+    }
+    for (prefix, ns) in lab_namespaces() {
+        if claimed.contains(&prefix) {
+            continue;
+        }
+        // No lab owns it: stop what runs in it and delete it.
+        let netns = Netns::named(ns.as_str());
+        for pid in netns.pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = wait_until("orphan processes to exit", Duration::from_secs(5), || {
+            Ok(netns.pids().is_empty())
+        });
+        if let Err(e) = remove_netns(&ns) {
+            errors.push(e.to_string());
+        }
+        if !removed.contains(&prefix) {
+            removed.push(prefix);
+        }
+    }
+    if errors.is_empty() {
+        Ok(removed)
+    } else {
+        Err(LabError::Leftovers {
+            prefix: removed.join(", "),
+            leftovers: errors.join("; "),
+        })
+    }
+}
+
+fn recently_created(dir: &Path) -> bool {
+    fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < Duration::from_secs(60))
+}
+
+/// Removes the lab with prefix `shoal<ID>` (or just `<ID>`).
+pub fn down(prefix: &str) -> Result<(), LabError> {
+    let prefix = if prefix.starts_with(PREFIX) {
+        prefix.to_string()
+    } else {
+        format!("{PREFIX}{prefix}")
+    };
+    let dir = Path::new(STATE_ROOT).join(&prefix);
+    let record = Record::read(&dir)?;
+    teardown(&record, &dir, Vec::new())
+}
+
+/// The path of the project's binary `name` (`shoald`, `shoal`): `$SHOAL_BIN_DIR/<name>` if set,
+/// else next to the running executable's profile directory (`target/<profile>/<name>`).
+pub fn binary(name: &str) -> Result<PathBuf, LabError> {
+    let path = match std::env::var_os("SHOAL_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => {
+            let exe =
+                std::env::current_exe().map_err(io_error("finding the running executable"))?;
+            // target/debug/deps/<test> or target/debug/<xtask>: the profile directory is the
+            // first ancestor that is not `deps`.
+            let profile_dir = exe
+                .ancestors()
+                .skip(1)
+                .find(|d| d.file_name().is_some_and(|n| n != "deps"))
+                .unwrap_or(Path::new("."));
+            profile_dir.join(name)
+        }
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(LabError::NotBuilt {
+            name: name.into(),
+            path,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_prefixes_are_shoal_and_digits() {
+        assert!(is_lab_prefix("shoal1"));
+        assert!(is_lab_prefix("shoal250"));
+        assert!(!is_lab_prefix("shoal"));
+        assert!(!is_lab_prefix("shoalx"));
+        assert!(!is_lab_prefix("shoal1a"));
+        assert!(!is_lab_prefix("other1"));
+    }
+
+    #[test]
+    fn a_record_lists_its_namespaces_switch_last() {
+        let host = |name: &str| Host {
+            name: name.into(),
+            netns: format!("shoal9-{name}"),
+            public_ip: Ipv4Addr::new(172, 20, 9, 11),
+            data_ip: None,
+        };
+        let record = Record {
+            id: 9,
+            prefix: "shoal9".into(),
+            persistent: false,
+            purpose: "test".into(),
+            owner_pid: 1,
+            boot_id: String::new(),
+            switch: "shoal9-sw".into(),
+            nodes: vec![host("n1"), host("n2")],
+            client: host("client"),
+        };
+        assert_eq!(
+            record.namespaces(),
+            ["shoal9-n1", "shoal9-n2", "shoal9-client", "shoal9-sw"]
+        );
+        // A record from another boot (or of a dead owner) is an orphan.
+        assert!(!record.owner_alive());
+    }
+}

@@ -1,0 +1,33 @@
+//! The lab: a Shoal cluster on one machine, in network namespaces, for the end-to-end tests
+//! (`tests/tests/*.rs`, one binary per area) and for people (`cargo xtask lab up|down|status`,
+//! `cargo xtask demo`), driven by the same code.
+//!
+//! ```text
+//!            shoal<ID>-sw  (the switches: two bridges in their own namespace)
+//!        ┌──────── br-pub 172.20.<ID>.0/24 ────────┬──────────────┐
+//!        │               (public / control)        │              │
+//!   eth0 .11          eth0 .12   ...          eth0 .1N        eth0 .2
+//!   shoal<ID>-n1      shoal<ID>-n2            shoal<ID>-nN    shoal<ID>-c (client)
+//!   eth1 .11          eth1 .12   ...          eth1 .1N
+//!        └──────── br-data 172.21.<ID>.0/24 ───────┘
+//!                        (data path)
+//! ```
+//!
+//! Everything a lab creates carries its prefix `shoal<ID>` (namespaces, the state directory
+//! `/tmp/shoal-lab/shoal<ID>`, addresses in `172.20.<ID>.0/24` and `172.21.<ID>.0/24`); the root
+//! namespace is not touched. A [`Lab`] tears itself down on drop (also after a failed assertion):
+//! it kills every process inside its namespaces, deletes the namespaces (their links go with
+//! them) and its directory. Labs whose owner died without dropping them are swept by the next
+//! [`Lab::up`] or by `cargo xtask lab down --all`.
+//!
+//! Start with [`Lab::up`], [`Lab::spawn_shoald`] and [`wait_until`].
+
+mod lab;
+mod netns;
+mod wait;
+
+pub use lab::{
+    Host, Lab, LabError, LabSpec, LabStatus, binary, down, down_all, labs, sweep_orphans,
+};
+pub use netns::{Netns, in_netns};
+pub use wait::{Deadline, wait_until};

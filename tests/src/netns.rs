@@ -1,0 +1,102 @@
+//! Named network namespaces, as `ip netns` keeps them (`/run/netns/NAME`), and running processes
+//! inside them.
+
+use std::{
+    ffi::OsStr,
+    fs::{self, File},
+    io,
+    os::{
+        fd::AsRawFd,
+        unix::{fs::MetadataExt, process::CommandExt},
+    },
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// Where `ip netns` mounts named namespaces.
+const NETNS_DIR: &str = "/run/netns";
+
+/// A named network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// The namespace called `name` (which may or may not exist).
+    pub fn named(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its mount point.
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.name)
+    }
+
+    /// Whether it exists.
+    pub fn exists(&self) -> bool {
+        self.path().exists()
+    }
+
+    /// Every named namespace on the machine.
+    pub fn list() -> Vec<String> {
+        let Ok(entries) = fs::read_dir(NETNS_DIR) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The processes whose network namespace is this one (found by the namespace's inode, as
+    /// `ip netns pids` does).
+    pub fn pids(&self) -> Vec<i32> {
+        let Ok(ns) = fs::metadata(self.path()) else {
+            return Vec::new();
+        };
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let me = std::process::id() as i32;
+        procs
+            .filter_map(|entry| {
+                let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+                let net = fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+                (net.ino() == ns.ino() && net.dev() == ns.dev() && pid != me).then_some(pid)
+            })
+            .collect()
+    }
+
+    /// A command that runs `program` inside this namespace.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> io::Result<Command> {
+        in_netns(&self.name, program)
+    }
+}
+
+/// A command that runs `program` inside the named network namespace `netns`: the child joins it
+/// with `setns(2)` between fork and exec (no `ip netns exec` wrapper process).
+pub fn in_netns(netns: &str, program: impl AsRef<OsStr>) -> io::Result<Command> {
+    let path = Netns::named(netns).path();
+    let ns = File::open(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+    let mut command = Command::new(program);
+    // SAFETY: the closure runs in the forked child before exec and only calls setns(2), which is
+    // async-signal-safe; `ns` is owned by the closure, so its descriptor is open until the
+    // command is dropped (O_CLOEXEC closes it in the child at exec).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(command)
+}
