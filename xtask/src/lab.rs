@@ -1,0 +1,179 @@
+//! `cargo xtask lab up|down|status` and `cargo xtask demo`: the tests' lab (`shoal_tests::Lab`),
+//! kept up for people to use.
+
+use std::process::Output;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use shoal_tests::{Lab, LabSpec, labs};
+
+use crate::{
+    process::{cargo, is_root, run as run_command},
+    setup,
+};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LabCommand {
+    /// Bring a lab up and keep it until `lab down`
+    Up {
+        /// Number of nodes
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Start shoald in every node
+        #[arg(long)]
+        daemons: bool,
+    },
+    /// Remove a lab (by prefix, e.g. shoal42, or ID), or all of them
+    Down {
+        /// The lab's prefix or ID
+        #[arg(required_unless_present = "all")]
+        lab: Option<String>,
+        /// Remove every lab, and every namespace named like one
+        #[arg(long, conflicts_with = "lab")]
+        all: bool,
+    },
+    /// Show the labs on this machine
+    Status,
+}
+
+pub(crate) fn run(command: LabCommand) -> anyhow::Result<()> {
+    match command {
+        LabCommand::Up { nodes, daemons } => {
+            require_root()?;
+            if daemons {
+                build_binaries()?;
+            }
+            let lab = persistent_lab(nodes, "lab", daemons)?;
+            print!("{}", status_of(&lab));
+            println!("remove it with: cargo xtask lab down {}", lab.prefix());
+            Ok(())
+        }
+        LabCommand::Down { lab, all } => {
+            require_root()?;
+            if all {
+                let removed = shoal_tests::down_all()?;
+                println!(
+                    "removed {}",
+                    if removed.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        removed.join(", ")
+                    }
+                );
+            } else {
+                let lab = lab.expect("clap requires it");
+                shoal_tests::down(&lab)?;
+                println!("removed {lab}");
+            }
+            Ok(())
+        }
+        LabCommand::Status => {
+            let labs = labs();
+            if labs.is_empty() {
+                println!("no labs");
+            }
+            for lab in labs {
+                print!("{lab}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The main job: a lab with `shoald` in every node, and `shoal info` run in each.
+pub(crate) fn demo(down: bool, nodes: usize) -> anyhow::Result<()> {
+    require_root()?;
+    remove_demo_labs()?;
+    if down {
+        println!("demo removed");
+        return Ok(());
+    }
+    setup::run()?;
+    build_binaries()?;
+    let lab = persistent_lab(nodes, "demo", true)?;
+    println!();
+    print!("{}", status_of(&lab));
+    let shoal = shoal_tests::binary("shoal")?;
+    let shoal = shoal
+        .strip_prefix(crate::workspace_root())
+        .unwrap_or(&shoal)
+        .to_path_buf();
+    for node in lab.nodes() {
+        println!(
+            "\n$ ip netns exec {} {} -H unix://{} info",
+            node.netns,
+            shoal.display(),
+            lab.socket(node).display()
+        );
+        let out = lab.shoal(node, &["info"])?;
+        print!("{}", show(&out)?);
+    }
+    println!(
+        "\nThe lab stays up: `cargo xtask lab status` shows it, `cargo xtask demo --down` removes it."
+    );
+    Ok(())
+}
+
+fn require_root() -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("labs need root: they create network namespaces (run as root)");
+    }
+    Ok(())
+}
+
+fn build_binaries() -> anyhow::Result<()> {
+    run_command(cargo().args(["build", "--bins"]))
+}
+
+fn remove_demo_labs() -> anyhow::Result<()> {
+    for lab in labs().into_iter().filter(|l| l.purpose == "demo") {
+        shoal_tests::down(&lab.prefix)?;
+        eprintln!("removed the previous demo lab {}", lab.prefix);
+    }
+    Ok(())
+}
+
+/// Builds a persistent lab; with `daemons`, starts `shoald` in each node. On any failure the
+/// half-built lab is removed.
+fn persistent_lab(nodes: usize, purpose: &str, daemons: bool) -> anyhow::Result<Lab> {
+    let mut lab = Lab::up(LabSpec {
+        nodes,
+        persistent: true,
+        purpose: purpose.into(),
+    })?;
+    let started = (|| -> anyhow::Result<()> {
+        if daemons {
+            for node in lab.nodes().to_vec() {
+                lab.spawn_shoald(&node)
+                    .with_context(|| format!("starting shoald on {}", node.name))?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = started {
+        let prefix = lab.prefix().to_string();
+        drop(lab);
+        shoal_tests::down(&prefix)?;
+        return Err(e);
+    }
+    Ok(lab)
+}
+
+fn status_of(lab: &Lab) -> String {
+    labs()
+        .into_iter()
+        .find(|s| s.prefix == lab.prefix())
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+fn show(out: &Output) -> anyhow::Result<String> {
+    if !out.status.success() {
+        bail!(
+            "shoal failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,103 @@
+//! `cargo xtask test`: the whole suite, as CI runs it (`.ci/run`).
+//!
+//! setup -> fmt check -> clippy (-D warnings) -> nextest over the workspace (unit tests, eBPF
+//! fixtures through BPF_PROG_TEST_RUN, lab tests) -> doc tests -> nothing of the project left
+//! (no lab namespace or process, no BPF program named `shoal_*`).
+
+use std::{process::Command, time::Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    process::{cargo, output, run as run_command},
+    setup,
+};
+
+pub(crate) fn run(nextest_args: &[String]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    setup::run()?;
+    if !crate::process::is_root() {
+        bail!(
+            "the suite needs root: the lab creates network namespaces and the eBPF tests load programs"
+        );
+    }
+    // Labs left by an earlier run that was killed.
+    let swept = shoal_tests::sweep_orphans()?;
+    if !swept.is_empty() {
+        eprintln!("test: removed orphaned labs {}", swept.join(", "));
+    }
+    run_command(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_command(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The lab tests start `shoald` and `shoal` from target/debug.
+    run_command(cargo().args(["build", "--bins"]))?;
+    let suite = run_command(
+        cargo()
+            .args(["nextest", "run", "--no-fail-fast"])
+            .args(nextest_args),
+    );
+    let doc = if nextest_args.is_empty() {
+        run_command(cargo().args(["test", "--doc", "--workspace", "--exclude", "shoal-ebpf"]))
+    } else {
+        Ok(())
+    };
+    let leftovers = leftovers();
+    eprintln!("test: finished in {:.0?}", started.elapsed());
+    suite?;
+    doc?;
+    leftovers
+}
+
+/// Fails if the suite left a lab namespace, a lab directory or a BPF program of ours behind.
+fn leftovers() -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    // A test killed by its timeout cannot drop its lab: report it, and remove it.
+    found.extend(
+        shoal_tests::sweep_orphans()?
+            .into_iter()
+            .map(|prefix| format!("lab {prefix} of a killed test (now removed)")),
+    );
+    let labs = shoal_tests::labs();
+    found.extend(
+        labs.iter()
+            .filter(|lab| !lab.persistent)
+            .map(|lab| format!("lab {}", lab.prefix)),
+    );
+    // Namespaces named like a lab's that no persistent lab (`lab up`, `demo`) owns.
+    let kept: Vec<String> = labs
+        .iter()
+        .filter(|lab| lab.persistent)
+        .map(|lab| format!("{}-", lab.prefix))
+        .collect();
+    found.extend(
+        shoal_tests::Netns::list()
+            .into_iter()
+            .filter(|ns| ns.starts_with("shoal") && !kept.iter().any(|k| ns.starts_with(k)))
+            .map(|ns| format!("namespace {ns}")),
+    );
+    let programs = output(Command::new("bpftool").args(["prog", "show", "--json"]))
+        .context("running bpftool prog show")?;
+    let programs: serde_json::Value =
+        serde_json::from_str(&programs).context("parsing bpftool's JSON")?;
+    found.extend(
+        programs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str())
+            .filter(|name| name.starts_with("shoal_"))
+            .map(|name| format!("BPF program {name}")),
+    );
+    if found.is_empty() {
+        eprintln!("test: nothing of the project is left (labs, namespaces, BPF programs)");
+        Ok(())
+    } else {
+        bail!("the tests left {}", found.join(", "))
+    }
+}
