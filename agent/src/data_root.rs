@@ -4,7 +4,7 @@
 use std::{
     fs::{self, File, OpenOptions, TryLockError},
     io::{self, Read, Seek, Write},
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
 };
 
@@ -16,13 +16,13 @@ pub const PID_FILE: &str = "shoald.pid";
 pub enum DataRootError {
     /// Another daemon holds the lock.
     #[error(
-        "data root {path} is in use by another shoald (pid {pid}); give each daemon its own --data-root"
+        "data root {path} is in use by another shoald{owner}; give each daemon its own --data-root"
     )]
     InUse {
         /// The data root.
         path: PathBuf,
-        /// The PID the other daemon wrote, as read.
-        pid: String,
+        /// " (pid N)" once the other daemon has written its PID, else empty.
+        owner: String,
     },
     /// Creating, opening or locking failed.
     #[error("data root {path}: {what}: {source}")]
@@ -49,13 +49,14 @@ impl DataRoot {
             let path = path.to_path_buf();
             move |source| DataRootError::Io { path, what, source }
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(io_error("creating it"))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-            .map_err(io_error("setting its mode to 0700"))?;
+        // Created 0700 if missing; an existing directory keeps the mode its owner gave it.
+        if !path.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(io_error("creating it"))?;
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -68,9 +69,14 @@ impl DataRoot {
             Err(TryLockError::WouldBlock) => {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
                 return Err(DataRootError::InUse {
                     path: path.to_path_buf(),
-                    pid: pid.trim().to_string(),
+                    owner: if pid.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {pid})")
+                    },
                 });
             }
             Err(TryLockError::Error(source)) => {

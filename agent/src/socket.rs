@@ -1,10 +1,13 @@
-//! The local API socket: parent directory created, a stale socket replaced, a live one refused,
-//! mode 0660, removed on shutdown.
+//! The local API socket: parent directory created, mode 0660, removed on shutdown. Ownership of
+//! the path is a lock on `<socket>.lock` held for the daemon's lifetime, so two daemons never
+//! race for one socket: the holder may replace a stale socket file (left by a killed daemon), and
+//! anyone else is told another daemon listens there.
 
 use std::{
-    fs, io,
+    fs::{self, File, TryLockError},
+    io,
     os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use shoal_api::DaemonHost;
@@ -32,10 +35,11 @@ pub enum SocketError {
     },
 }
 
-/// Owns the socket file: dropping it removes the file (the daemon's socket does not outlive it).
+/// Owns the socket path: dropping it removes the socket file, then releases the lock.
 #[derive(Debug)]
 pub(crate) struct SocketFile {
     host: DaemonHost,
+    _lock: File,
 }
 
 /// Binds `host`'s path with mode 0660, creating its parent directory (0755) if needed.
@@ -52,9 +56,13 @@ pub(crate) fn bind(host: &DaemonHost) -> Result<(UnixListener, SocketFile), Sock
             .create(parent)
             .map_err(io_error("creating its directory"))?;
     }
+    let lock = lock(host)?;
     remove_stale(host, path)?;
     let listener = UnixListener::bind(path).map_err(io_error("binding"))?;
-    let file = SocketFile { host: host.clone() };
+    let file = SocketFile {
+        host: host.clone(),
+        _lock: lock,
+    };
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))
         .map_err(io_error("setting its mode to 0660"))?;
     Ok((listener, file))
@@ -70,8 +78,28 @@ impl Drop for SocketFile {
     }
 }
 
-/// Removes a socket nobody answers on (left by a daemon that was killed); refuses to touch a live
-/// socket or anything that is not a socket.
+/// `<socket>.lock`, locked: the right to the socket's path.
+fn lock(host: &DaemonHost) -> Result<File, SocketError> {
+    let mut path = PathBuf::from(host.path()).into_os_string();
+    path.push(".lock");
+    let file = File::create(&path).map_err(|source| SocketError::Io {
+        host: host.clone(),
+        what: "opening its lock file",
+        source,
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(SocketError::InUse(host.clone())),
+        Err(TryLockError::Error(source)) => Err(SocketError::Io {
+            host: host.clone(),
+            what: "locking its lock file",
+            source,
+        }),
+    }
+}
+
+/// With the path's lock held: removes a socket nobody answers on (left by a daemon that was
+/// killed); refuses to touch a live socket or anything that is not a socket.
 fn remove_stale(host: &DaemonHost, path: &Path) -> Result<(), SocketError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
@@ -88,10 +116,18 @@ fn remove_stale(host: &DaemonHost, path: &Path) -> Result<(), SocketError> {
         return Err(SocketError::NotASocket(host.clone()));
     }
     match std::os::unix::net::UnixStream::connect(path) {
+        // A daemon that predates the lock file, or something else that is not ours.
         Ok(_) => Err(SocketError::InUse(host.clone())),
-        Err(_) => fs::remove_file(path).map_err(|source| SocketError::Io {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            fs::remove_file(path).map_err(|source| SocketError::Io {
+                host: host.clone(),
+                what: "removing a stale socket",
+                source,
+            })
+        }
+        Err(source) => Err(SocketError::Io {
             host: host.clone(),
-            what: "removing a stale socket",
+            what: "checking whether a daemon listens on it",
             source,
         }),
     }

@@ -6,8 +6,7 @@ use std::{
     os::unix::{fs::PermissionsExt, net::UnixStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use nix::{
@@ -45,18 +44,13 @@ fn start(data_root: &Path, socket: &Path) -> Daemon {
     let mut daemon = Daemon {
         child: shoald(data_root, socket).spawn().expect("shoald starts"),
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(socket).is_err() {
+    shoal_tests::wait_until("shoald to listen", Duration::from_secs(20), || {
         if let Ok(Some(status)) = daemon.child.try_wait() {
-            panic!("shoald exited early: {status}");
+            return Err(format!("shoald exited early: {status}"));
         }
-        assert!(
-            Instant::now() < deadline,
-            "shoald did not listen on {}",
-            socket.display()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+        Ok(UnixStream::connect(socket).is_ok())
+    })
+    .unwrap();
     daemon
 }
 
@@ -116,6 +110,19 @@ fn a_stale_socket_left_by_a_killed_daemon_is_replaced() {
     first.child.wait().unwrap();
     assert!(socket.exists(), "SIGKILL leaves the socket file");
     let _second = start(&data_root, &socket);
+}
+
+#[test]
+fn an_existing_data_root_keeps_its_mode() {
+    let (_dir, data_root, socket) = paths();
+    fs::create_dir(&data_root).unwrap();
+    fs::set_permissions(&data_root, fs::Permissions::from_mode(0o750)).unwrap();
+    let _daemon = start(&data_root, &socket);
+    let mode = fs::metadata(&data_root).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o750,
+        "shoald changed the mode of an existing directory"
+    );
 }
 
 #[test]

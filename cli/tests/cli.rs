@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use shoal_agent::Config;
@@ -43,11 +43,13 @@ impl InProcessDaemon {
                 }))
                 .unwrap();
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            assert!(Instant::now() < deadline, "the daemon did not start");
-            thread::sleep(Duration::from_millis(10));
-        }
+        shoal_tests::wait_until("the daemon to listen", Duration::from_secs(20), || {
+            if thread.is_finished() {
+                return Err("the daemon thread ended (it panicked: see above)".into());
+            }
+            Ok(std::os::unix::net::UnixStream::connect(socket).is_ok())
+        })
+        .unwrap();
         Self {
             stop: Some(stop),
             thread: Some(thread),
@@ -100,6 +102,11 @@ fn info_shows_the_daemon_version_name_and_swarm_state() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.lines().any(|l| l == " Name: cli-test-node"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `cargo xtask bench parser`: ns per packet of the XDP parser and, in the same run, of a program
 //! that only returns XDP_PASS (the floor), both through BPF_PROG_TEST_RUN (the kernel's average
-//! over `REPEAT` runs). Rounds alternate between the programs so drift hits both alike; the
-//! figure is the median round. Writes `$SHOAL_BENCH_OUT` (default `target/bench/parser.json`).
+//! over `REPEAT` runs, in whole nanoseconds) on a 60-byte frame (the Ethernet minimum). Each
+//! round runs every case once, in turn; a figure is the median of its `ROUNDS` rounds. Writes
+//! `$SHOAL_BENCH_OUT` (default `target/bench/parser.json`).
 //!
 //! Needs root (CAP_BPF).
 
@@ -12,7 +13,7 @@
 )]
 mod support;
 
-use std::{collections::BTreeMap, env, fs, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, env, fs, path::PathBuf};
 
 use shoal_abi::{
     programs::{XDP_PARSE, XDP_PASS},
@@ -33,17 +34,13 @@ fn frame(layers: Vec<Layer>) -> Vec<u8> {
     bytes
 }
 
-fn median_ns(programs: &mut Programs, name: &'static str, packet: &[u8]) -> f64 {
-    let mut rounds: Vec<Duration> = (0..ROUNDS)
-        .map(|_| {
-            programs
-                .test_run(name, packet, REPEAT)
-                .unwrap_or_else(|e| panic!("running {name}: {e} (the bench needs root)"))
-                .per_run
-        })
-        .collect();
-    rounds.sort();
-    rounds[ROUNDS / 2].as_secs_f64() * 1e9
+/// One BPF_PROG_TEST_RUN of `REPEAT` runs: the kernel's average, in whole nanoseconds.
+fn ns_per_packet(programs: &mut Programs, name: &'static str, packet: &[u8]) -> f64 {
+    programs
+        .test_run(name, packet, REPEAT)
+        .unwrap_or_else(|e| panic!("running {name}: {e} (the bench needs root)"))
+        .per_run
+        .as_nanos() as f64
 }
 
 fn main() {
@@ -55,46 +52,36 @@ fn main() {
         tcp(&[]),
         payload(b"GET /"),
     ]);
-    let cases: [(&str, Vec<u8>); 3] = [
-        (
-            "parser_udp6_ns_per_packet",
-            frame(vec![eth(ETH_P_IPV6), ipv6(IPPROTO_UDP), udp()]),
-        ),
-        (
-            "parser_vlan_udp4_ns_per_packet",
-            frame(vec![
-                eth(ETH_P_8021Q),
-                vlan(100, ETH_P_IP),
-                ipv4(IPPROTO_UDP, &[], 0),
-                udp(),
-            ]),
-        ),
-        (
-            "xdp_pass_udp6_ns_per_packet",
-            frame(vec![eth(ETH_P_IPV6), ipv6(IPPROTO_UDP), udp()]),
-        ),
+    let udp6 = frame(vec![eth(ETH_P_IPV6), ipv6(IPPROTO_UDP), udp()]);
+    let vlan_udp4 = frame(vec![
+        eth(ETH_P_8021Q),
+        vlan(100, ETH_P_IP),
+        ipv4(IPPROTO_UDP, &[], 0),
+        udp(),
+    ]);
+    let cases: [(&str, &'static str, &[u8]); 5] = [
+        ("xdp_pass_ns_per_packet", XDP_PASS, &tcp4),
+        ("parser_ns_per_packet", XDP_PARSE, &tcp4),
+        ("xdp_pass_udp6_ns_per_packet", XDP_PASS, &udp6),
+        ("parser_udp6_ns_per_packet", XDP_PARSE, &udp6),
+        ("parser_vlan_udp4_ns_per_packet", XDP_PARSE, &vlan_udp4),
     ];
 
-    let mut results = BTreeMap::new();
-    // Alternate the floor and the parser on the same 64-byte TCP/IPv4 frame.
-    let mut pass = Vec::new();
-    let mut parse = Vec::new();
-    for _ in 0..3 {
-        pass.push(median_ns(&mut programs, XDP_PASS, &tcp4));
-        parse.push(median_ns(&mut programs, XDP_PARSE, &tcp4));
+    // Every round runs every case once, so drift on the machine hits all of them alike.
+    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..ROUNDS {
+        for (key, program, packet) in &cases {
+            let ns = ns_per_packet(&mut programs, program, packet);
+            samples.entry(key).or_default().push(ns);
+        }
     }
-    pass.sort_by(f64::total_cmp);
-    parse.sort_by(f64::total_cmp);
-    results.insert("xdp_pass_ns_per_packet", pass[1]);
-    results.insert("parser_ns_per_packet", parse[1]);
-    for (key, packet) in &cases {
-        let program = if key.starts_with("xdp_pass") {
-            XDP_PASS
-        } else {
-            XDP_PARSE
-        };
-        results.insert(key, median_ns(&mut programs, program, packet));
-    }
+    let results: BTreeMap<&str, f64> = samples
+        .into_iter()
+        .map(|(key, mut ns)| {
+            ns.sort_by(f64::total_cmp);
+            (key, ns[ROUNDS / 2])
+        })
+        .collect();
 
     println!(
         "{:<34} {:>10}   (BPF_PROG_TEST_RUN, {REPEAT} repeats, median of {ROUNDS} rounds)",

@@ -38,6 +38,9 @@ pub enum LabError {
     /// The lab creates network namespaces: it needs root.
     #[error("the lab needs root: it creates network namespaces (run as root or with sudo)")]
     NotRoot,
+    /// A lab spec that cannot be built.
+    #[error("a lab has 1 to 239 nodes, not {0}")]
+    Nodes(usize),
     /// Every ID is taken.
     #[error("no free lab ID in 1-250: remove old labs with `cargo xtask lab down --all`")]
     NoFreeId,
@@ -264,18 +267,17 @@ pub struct Lab {
 
 impl Lab {
     /// Builds a lab: claims a free ID, creates the namespaces, the two switches and the links,
-    /// and addresses every host. Sweeps orphaned test labs first.
+    /// and addresses every host. Sweeps orphaned test labs first. All of it happens under the
+    /// labs' lock, so a concurrent sweep never sees a lab half-built.
     pub fn up(spec: LabSpec) -> Result<Self, LabError> {
         if !Uid::effective().is_root() {
             return Err(LabError::NotRoot);
         }
-        assert!(
-            (1..=239).contains(&spec.nodes),
-            "a lab has 1 to 239 nodes, not {}",
-            spec.nodes
-        );
-        sweep_orphans()?;
-        fs::create_dir_all(STATE_ROOT).map_err(io_error(format!("creating {STATE_ROOT}")))?;
+        if !(1..=239).contains(&spec.nodes) {
+            return Err(LabError::Nodes(spec.nodes));
+        }
+        let _lock = LabsLock::take()?;
+        remove_labs(|record| !record.persistent && !record.owner_alive())?;
         let (id, dir) = claim_id()?;
         let prefix = format!("{PREFIX}{id}");
         let host = |name: &str, index: u8, data: bool| Host {
@@ -297,16 +299,22 @@ impl Lab {
                 .collect(),
             client: host("client", 2, false),
         };
-        let lab = Self {
+        let mut lab = Self {
             record,
             dir,
             children: Vec::new(),
             torn_down: false,
         };
-        // From here on, a failure drops `lab`, which removes whatever was created.
         let json = serde_json::to_string_pretty(&lab.record).expect("a record serialises");
-        fs::write(lab.dir.join(RECORD), json).map_err(io_error("writing the lab record"))?;
-        lab.build()?;
+        let built = fs::write(lab.dir.join(RECORD), json)
+            .map_err(io_error("writing the lab record"))
+            .and_then(|()| lab.build());
+        if let Err(e) = built {
+            // Persistent or not, a lab that failed to come up is removed.
+            lab.torn_down = true;
+            let _ = teardown(&lab.record, &lab.dir, Vec::new());
+            return Err(e);
+        }
         Ok(lab)
     }
 
@@ -396,11 +404,7 @@ impl Lab {
 
     /// The processes running in the lab's namespaces.
     pub fn pids(&self) -> Vec<i32> {
-        self.record
-            .namespaces()
-            .iter()
-            .flat_map(|ns| Netns::named(ns.as_str()).pids())
-            .collect()
+        pids_in(&self.record.namespaces())
     }
 
     /// A host's own directory in the lab (its daemon's data root, socket and log live here).
@@ -522,14 +526,8 @@ fn claim_id() -> Result<(u8, PathBuf), LabError> {
 /// children, deletes the namespaces and the state directory, and checks that nothing is left.
 fn teardown(record: &Record, dir: &Path, mut children: Vec<Child>) -> Result<(), LabError> {
     let namespaces = record.namespaces();
-    let pids = |namespaces: &[String]| -> Vec<i32> {
-        namespaces
-            .iter()
-            .flat_map(|ns| Netns::named(ns.as_str()).pids())
-            .collect()
-    };
     for signal in [Signal::SIGTERM, Signal::SIGKILL] {
-        let running: Vec<i32> = pids(&namespaces)
+        let running: Vec<i32> = pids_in(&namespaces)
             .into_iter()
             .chain(children.iter().map(|c| c.id() as i32))
             .collect();
@@ -541,7 +539,7 @@ fn teardown(record: &Record, dir: &Path, mut children: Vec<Child>) -> Result<(),
             Duration::from_secs(5),
             || {
                 children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
-                Ok(children.is_empty() && pids(&namespaces).is_empty())
+                Ok(children.is_empty() && pids_in(&namespaces).is_empty())
             },
         );
         if gone.is_ok() {
@@ -552,6 +550,11 @@ fn teardown(record: &Record, dir: &Path, mut children: Vec<Child>) -> Result<(),
         let _ = child.wait();
     }
     let mut errors = Vec::new();
+    // A process that survived SIGKILL would keep its namespace (and its links) alive.
+    let survivors = pids_in(&namespaces);
+    if !survivors.is_empty() {
+        errors.push(format!("processes {survivors:?} survived SIGKILL"));
+    }
     for ns in &namespaces {
         if let Err(e) = remove_netns(ns) {
             errors.push(e.to_string());
@@ -614,29 +617,47 @@ fn ip_batch(netns: Option<&str>, commands: &str) -> Result<(), LabError> {
     let output = child
         .wait_with_output()
         .map_err(io_error("waiting for ip"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(LabError::Command {
-            command: format!("{command:?} <<< {commands:?}"),
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().into(),
-        })
-    }
+    succeeded(format!("{command:?} <<< {commands:?}"), &output)
 }
 
 fn run_checked(command: &mut Command) -> Result<(), LabError> {
     let output = command
         .output()
         .map_err(io_error(format!("running {command:?}")))?;
+    succeeded(format!("{command:?}"), &output)
+}
+
+fn succeeded(command: String, output: &Output) -> Result<(), LabError> {
     if output.status.success() {
-        Ok(())
-    } else {
-        Err(LabError::Command {
-            command: format!("{command:?}"),
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().into(),
-        })
+        return Ok(());
+    }
+    Err(LabError::Command {
+        command,
+        status: output.status.to_string(),
+        stderr: String::from_utf8_lossy(&output.stderr).trim().into(),
+    })
+}
+
+/// The processes in any of `namespaces`.
+fn pids_in(namespaces: &[String]) -> Vec<i32> {
+    namespaces
+        .iter()
+        .flat_map(|ns| Netns::named(ns.as_str()).pids())
+        .collect()
+}
+
+/// An exclusive lock on the labs' state root, held while a lab is claimed and built and while
+/// labs are swept or removed: a sweep never sees a lab half-built.
+struct LabsLock(#[expect(dead_code, reason = "held for its lock")] File);
+
+impl LabsLock {
+    fn take() -> Result<Self, LabError> {
+        fs::create_dir_all(STATE_ROOT).map_err(io_error(format!("creating {STATE_ROOT}")))?;
+        let path = Path::new(STATE_ROOT).join(".lock");
+        let file = File::create(&path).map_err(io_error(format!("opening {}", path.display())))?;
+        file.lock()
+            .map_err(io_error(format!("locking {}", path.display())))?;
+        Ok(Self(file))
     }
 }
 
@@ -698,10 +719,7 @@ pub fn labs() -> Vec<LabStatus> {
                     .chain([&record.client])
                     .cloned()
                     .collect(),
-                processes: namespaces
-                    .iter()
-                    .map(|ns| Netns::named(ns.as_str()).pids().len())
-                    .sum(),
+                processes: pids_in(&namespaces).len(),
                 missing_namespaces: namespaces
                     .into_iter()
                     .filter(|ns| !Netns::named(ns.as_str()).exists())
@@ -715,17 +733,19 @@ pub fn labs() -> Vec<LabStatus> {
 /// Removes test labs whose owner is gone (killed before it could drop its [`Lab`]), and lab
 /// namespaces that belong to no lab directory. Returns the prefixes removed.
 pub fn sweep_orphans() -> Result<Vec<String>, LabError> {
+    let _lock = LabsLock::take()?;
     remove_labs(|record| !record.persistent && !record.owner_alive())
 }
 
 /// Removes every lab, persistent or not, and every namespace named like one. Returns the prefixes
 /// removed.
 pub fn down_all() -> Result<Vec<String>, LabError> {
+    let _lock = LabsLock::take()?;
     remove_labs(|_| true)
 }
 
 /// Removes the labs whose record matches `doomed` (and unreadable records, and namespaces no
-/// record claims).
+/// record claims). Called with the labs' lock held.
 fn remove_labs(doomed: impl Fn(&Record) -> bool) -> Result<Vec<String>, LabError> {
     let mut removed = Vec::new();
     let mut errors = Vec::new();
@@ -744,9 +764,8 @@ fn remove_labs(doomed: impl Fn(&Record) -> bool) -> Result<Vec<String>, LabError
                 removed.push(prefix);
             }
             Ok(_) => claimed.push(prefix),
-            // A lab that claimed its ID this instant has not written its record yet: leave a
-            // directory younger than a minute alone.
-            Err(_) if recently_created(&dir) => claimed.push(prefix),
+            // Claiming an ID and writing its record happen under the lock: a directory without a
+            // readable record is what a crashed `Lab::up` left.
             Err(_) => {
                 if let Err(e) = fs::remove_dir_all(&dir)
                     && e.kind() != io::ErrorKind::NotFound
@@ -786,14 +805,6 @@ fn remove_labs(doomed: impl Fn(&Record) -> bool) -> Result<Vec<String>, LabError
     }
 }
 
-fn recently_created(dir: &Path) -> bool {
-    fs::metadata(dir)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < Duration::from_secs(60))
-}
-
 /// Removes the lab with prefix `shoal<ID>` (or just `<ID>`).
 pub fn down(prefix: &str) -> Result<(), LabError> {
     let prefix = if prefix.starts_with(PREFIX) {
@@ -802,6 +813,7 @@ pub fn down(prefix: &str) -> Result<(), LabError> {
         format!("{PREFIX}{prefix}")
     };
     let dir = Path::new(STATE_ROOT).join(&prefix);
+    let _lock = LabsLock::take()?;
     let record = Record::read(&dir)?;
     teardown(&record, &dir, Vec::new())
 }
@@ -871,7 +883,21 @@ mod tests {
             record.namespaces(),
             ["shoal9-n1", "shoal9-n2", "shoal9-client", "shoal9-sw"]
         );
-        // A record from another boot (or of a dead owner) is an orphan.
+        // A record from another boot is an orphan, whoever has the PID now.
+        assert!(!record.owner_alive());
+        // Of this boot: alive while its owner runs, an orphan once it has exited.
+        let record = Record {
+            owner_pid: std::process::id(),
+            boot_id: boot_id(),
+            ..record
+        };
+        assert!(record.owner_alive());
+        let mut exited = Command::new("true").spawn().unwrap();
+        exited.wait().unwrap();
+        let record = Record {
+            owner_pid: exited.id(),
+            ..record
+        };
         assert!(!record.owner_alive());
     }
 }

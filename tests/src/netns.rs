@@ -80,22 +80,47 @@ impl Netns {
     }
 }
 
-/// A command that runs `program` inside the named network namespace `netns`: the child joins it
-/// with `setns(2)` between fork and exec (no `ip netns exec` wrapper process).
+/// A command that runs `program` inside the named network namespace `netns`, as
+/// `ip netns exec` would, without the wrapper process: between fork and exec the child joins the
+/// namespace with `setns(2)`, then takes a private mount namespace and mounts a fresh `/sys`, so
+/// `/sys/class/net` shows the namespace's own interfaces.
 pub fn in_netns(netns: &str, program: impl AsRef<OsStr>) -> io::Result<Command> {
     let path = Netns::named(netns).path();
     let ns = File::open(&path)
         .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
     let mut command = Command::new(program);
-    // SAFETY: the closure runs in the forked child before exec and only calls setns(2), which is
-    // async-signal-safe; `ns` is owned by the closure, so its descriptor is open until the
-    // command is dropped (O_CLOEXEC closes it in the child at exec).
+    // SAFETY: the closure runs in the forked child before exec and only makes system calls
+    // (setns, unshare, mount, umount2) on data prepared before the fork: nothing allocates or
+    // locks. `ns` is owned by the closure, so its descriptor is open until the command is
+    // dropped (O_CLOEXEC closes it in the child at exec).
     unsafe {
         command.pre_exec(move || {
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+            let check = |rc: libc::c_int| {
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            };
+            check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET))?;
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Nothing mounted below propagates back to the host.
+            check(libc::mount(
+                c"".as_ptr(),
+                c"/".as_ptr(),
+                c"none".as_ptr(),
+                libc::MS_SLAVE | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
+            // The old /sys may be busy; a lazy unmount is what `ip netns exec` does too.
+            libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH);
+            check(libc::mount(
+                c"sysfs".as_ptr(),
+                c"/sys".as_ptr(),
+                c"sysfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            ))
         });
     }
     Ok(command)

@@ -36,6 +36,22 @@ fn cannot_reach(lab: &Lab, from: &Host, to: Ipv4Addr) -> bool {
     !out.status.success()
 }
 
+/// The ports of `bridge` in the lab's switch namespace.
+fn bridge_ports(lab: &Lab, bridge: &str) -> Vec<String> {
+    let switch = format!("{}-sw", lab.prefix());
+    let out = Command::new("ip")
+        .args(["-n", &switch, "-br", "link", "show", "master", bridge])
+        .output()
+        .unwrap();
+    let mut ports: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .collect();
+    ports.sort();
+    ports
+}
+
 /// Links in the root namespace, to check the lab never touches it.
 fn root_links() -> Vec<String> {
     let out = Command::new("ip").args(["-br", "link"]).output().unwrap();
@@ -110,6 +126,12 @@ fn three_nodes_reach_each_other_on_both_networks_and_teardown_leaves_nothing() {
     }
     let pids = lab.pids();
     assert_eq!(pids.len(), 3, "one process per node namespace");
+    // The data network is the nodes' alone; the public one has the client too.
+    assert_eq!(bridge_ports(&lab, "br-data"), ["d-n1", "d-n2", "d-n3"]);
+    assert_eq!(
+        bridge_ports(&lab, "br-pub"),
+        ["p-client", "p-n1", "p-n2", "p-n3"]
+    );
     assert_eq!(
         root_links(),
         links_before,
@@ -161,7 +183,28 @@ fn labs_of_a_killed_owner_are_swept() {
     record["owner_pid"] = exited.id().into();
     std::fs::write(&record_path, record.to_string()).unwrap();
 
-    let swept = sweep_orphans().expect("sweep");
-    assert!(swept.contains(&prefix), "{prefix} not swept: {swept:?}");
+    // A concurrent test's `Lab::up` may sweep it first: what matters is that it is gone.
+    sweep_orphans().expect("sweep");
     assert_gone(&prefix, &orphan_pids);
+}
+
+#[test]
+fn commands_in_a_node_see_its_own_interfaces_in_sys() {
+    // As with `ip netns exec`: /sys/class/net lists the namespace's links, not the root's.
+    let lab = Lab::up(LabSpec::nodes(1)).expect("lab up");
+    let node = &lab.nodes()[0];
+    let out = lab.run(node, "ls", &["/sys/class/net"]).unwrap();
+    let mut links: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    links.sort();
+    assert_eq!(links, ["eth0", "eth1", "lo"]);
+    // The remount stayed in the child: this process still sees the root namespace's links.
+    let mut own: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    own.sort();
+    assert_eq!(own, root_links());
 }

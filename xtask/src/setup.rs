@@ -16,7 +16,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use shoal_ebpf_build::{TOOLCHAIN, bpf_linker_version, cargo_bin_dir, check_toolchain};
+use shoal_ebpf_build::{
+    TOOLCHAIN, bpf_linker_version, cargo_bin_dir, check_toolchain, has_rust_src, nightly_sysroot,
+};
 
 use crate::process::{cargo, is_root, output, probe, run as run_command};
 
@@ -87,13 +89,12 @@ fn names(packages: &[(&str, &str)]) -> String {
 }
 
 /// The nightly toolchain's sysroot, if it is installed.
-fn nightly_sysroot() -> Option<PathBuf> {
-    output(Command::new("rustup").args(["run", TOOLCHAIN, "rustc", "--print", "sysroot"]))
-        .map(|s| PathBuf::from(s.trim()))
+fn sysroot() -> anyhow::Result<Option<PathBuf>> {
+    nightly_sysroot().map_err(|missing| anyhow::anyhow!("{missing}: install rustup first"))
 }
 
 fn nightly_with_rust_src() -> anyhow::Result<()> {
-    let Some(sysroot) = nightly_sysroot() else {
+    let Some(sysroot) = sysroot()? else {
         eprintln!("setup: installing the {TOOLCHAIN} toolchain with rust-src");
         return run_command(Command::new("rustup").args([
             "toolchain",
@@ -105,10 +106,7 @@ fn nightly_with_rust_src() -> anyhow::Result<()> {
             "rust-src",
         ]));
     };
-    if sysroot
-        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
-        .exists()
-    {
+    if has_rust_src(&sysroot) {
         eprintln!("setup: {TOOLCHAIN} toolchain with rust-src present");
         return Ok(());
     }
@@ -124,7 +122,7 @@ fn nightly_with_rust_src() -> anyhow::Result<()> {
 
 /// The nightly's libLLVM (`libLLVM.so.22.1-rust-1.97.0-nightly`) and its major version.
 fn nightly_llvm() -> anyhow::Result<(PathBuf, u32)> {
-    let lib = nightly_sysroot()
+    let lib = sysroot()?
         .context("the nightly toolchain is not installed")?
         .join("lib");
     let llvm = fs::read_dir(&lib)
@@ -159,7 +157,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     };
     let (llvm, major) = nightly_llvm()?;
     eprintln!(
-        "setup: bpf-linker {why}: building {BPF_LINKER} against {} (LLVM {major}, a few minutes)",
+        "setup: bpf-linker {why}: building {BPF_LINKER} against {} (LLVM {major}; 1-4 minutes)",
         llvm.display()
     );
     // An LLVM "prefix" made of the nightly's own library; the binary's rpath points here.

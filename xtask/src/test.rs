@@ -1,10 +1,11 @@
 //! `cargo xtask test`: the whole suite, as CI runs it (`.ci/run`).
 //!
 //! setup -> fmt check -> clippy (-D warnings) -> nextest over the workspace (unit tests, eBPF
-//! fixtures through BPF_PROG_TEST_RUN, lab tests) -> doc tests -> nothing of the project left
-//! (no lab namespace or process, no BPF program named `shoal_*`).
+//! fixtures through BPF_PROG_TEST_RUN, lab tests) -> doc tests -> nothing of the project left:
+//! no lab (directory or namespace), no new link in the root namespace, no process running one of
+//! the project's binaries, no BPF program named `shoal_*`.
 
-use std::{process::Command, time::Instant};
+use std::{fs, process::Command, time::Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -15,12 +16,13 @@ use crate::{
 
 pub(crate) fn run(nextest_args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
-    setup::run()?;
     if !crate::process::is_root() {
         bail!(
             "the suite needs root: the lab creates network namespaces and the eBPF tests load programs"
         );
     }
+    setup::run()?;
+    let links_before = root_links()?;
     // Labs left by an earlier run that was killed.
     let swept = shoal_tests::sweep_orphans()?;
     if !swept.is_empty() {
@@ -47,15 +49,48 @@ pub(crate) fn run(nextest_args: &[String]) -> anyhow::Result<()> {
     } else {
         Ok(())
     };
-    let leftovers = leftovers();
+    let leftovers = leftovers(&links_before);
     eprintln!("test: finished in {:.0?}", started.elapsed());
     suite?;
     doc?;
     leftovers
 }
 
-/// Fails if the suite left a lab namespace, a lab directory or a BPF program of ours behind.
-fn leftovers() -> anyhow::Result<()> {
+/// The links of the root namespace (`ip -br link`), by name.
+fn root_links() -> anyhow::Result<Vec<String>> {
+    let out = output(Command::new("ip").args(["-br", "link"])).context("running ip -br link")?;
+    let mut links: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .collect();
+    links.sort();
+    Ok(links)
+}
+
+/// Live processes (not zombies) running an executable from the workspace's target directory,
+/// other than this one.
+fn project_processes() -> Vec<String> {
+    let target = crate::workspace_root().join("target");
+    let me = std::process::id().to_string();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|entry| {
+            let pid = entry.ok()?.file_name().into_string().ok()?;
+            if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            exe.starts_with(&target)
+                .then(|| format!("process {pid} ({})", exe.display()))
+        })
+        .collect()
+}
+
+/// Fails if the suite left anything of the project behind (see the module docs).
+fn leftovers(links_before: &[String]) -> anyhow::Result<()> {
     let mut found = Vec::new();
     // A test killed by its timeout cannot drop its lab: report it, and remove it.
     found.extend(
@@ -85,6 +120,14 @@ fn leftovers() -> anyhow::Result<()> {
         .context("running bpftool prog show")?;
     let programs: serde_json::Value =
         serde_json::from_str(&programs).context("parsing bpftool's JSON")?;
+    let links_after = root_links()?;
+    found.extend(
+        links_after
+            .iter()
+            .filter(|link| !links_before.contains(link))
+            .map(|link| format!("link {link} in the root namespace")),
+    );
+    found.extend(project_processes());
     found.extend(
         programs
             .as_array()
@@ -95,7 +138,9 @@ fn leftovers() -> anyhow::Result<()> {
             .map(|name| format!("BPF program {name}")),
     );
     if found.is_empty() {
-        eprintln!("test: nothing of the project is left (labs, namespaces, BPF programs)");
+        eprintln!(
+            "test: nothing of the project is left (labs, namespaces, root links, processes, BPF programs)"
+        );
         Ok(())
     } else {
         bail!("the tests left {}", found.join(", "))

@@ -51,15 +51,6 @@ impl Fixture {
         self.layers.iter().flat_map(|l| l.bytes.clone()).collect()
     }
 
-    /// Offsets where one layer ends and the next begins (including 0 and the full length).
-    pub fn boundaries(&self) -> Vec<usize> {
-        let mut at = vec![0];
-        for layer in &self.layers {
-            at.push(at.last().unwrap() + layer.bytes.len());
-        }
-        at
-    }
-
     /// What the parser must report when the packet is cut to `len` bytes.
     pub fn expect(&self, len: usize) -> Expected {
         let mut features = Vec::new();

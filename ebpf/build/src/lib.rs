@@ -111,41 +111,58 @@ pub fn path_with_cargo_bin() -> OsString {
     env::join_paths(dirs).unwrap_or_default()
 }
 
-/// A command that runs `program` from the nightly toolchain, with an environment cleaned of
-/// everything an outer cargo (or clippy) sets for its own toolchain.
+/// What cargo (or clippy) sets for a build script and its own compiler: inherited by a nested
+/// cargo, it would point it at the outer toolchain (clippy's wrapper, stable rustc), change its
+/// flags, or make the build look different from one started by xtask and rebuild for nothing.
+/// User configuration (`CARGO_HOME`, `CARGO_HTTP_*`, registries, `CARGO_BUILD_JOBS`...) is kept.
+fn set_by_outer_build(key: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "CARGO_PKG_",
+        "CARGO_CFG_",
+        "CARGO_FEATURE_",
+        "CARGO_MANIFEST_",
+        "CARGO_BIN_",
+        "DEP_",
+    ];
+    const KEYS: &[&str] = &[
+        "CARGO",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_CRATE_NAME",
+        "CARGO_TARGET_DIR",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_BUILD_RUSTC",
+        "CARGO_BUILD_RUSTC_WRAPPER",
+        "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_LINKER",
+        "RUSTDOC",
+        "RUSTFLAGS",
+        "RUSTUP_TOOLCHAIN",
+        "CLIPPY_ARGS",
+        "CLIPPY_CONF_DIR",
+        "HOST",
+        "TARGET",
+        "OUT_DIR",
+        "OPT_LEVEL",
+        "PROFILE",
+        "DEBUG",
+        "NUM_JOBS",
+    ];
+    KEYS.contains(&key) || PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// A command that runs `program` from the nightly toolchain, without what an outer cargo set.
 fn nightly(program: &str) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", TOOLCHAIN, program]);
     for (key, _) in env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        let inherited_from_cargo = key.starts_with("CARGO_")
-            && key != "CARGO_HOME"
-            && key != "CARGO_MAKEFLAGS"
-            && key != "CARGO_NET_OFFLINE";
-        if inherited_from_cargo
-            || matches!(
-                key,
-                "CARGO"
-                    | "RUSTC"
-                    | "RUSTC_WRAPPER"
-                    | "RUSTC_WORKSPACE_WRAPPER"
-                    | "RUSTDOC"
-                    | "RUSTFLAGS"
-                    | "RUSTUP_TOOLCHAIN"
-                    | "CLIPPY_ARGS"
-                    | "CLIPPY_CONF_DIR"
-                    // What cargo sets for build scripts: it would make the nested build differ
-                    // from one started by xtask and rebuild for nothing.
-                    | "HOST"
-                    | "TARGET"
-                    | "OUT_DIR"
-                    | "OPT_LEVEL"
-                    | "PROFILE"
-                    | "DEBUG"
-                    | "NUM_JOBS"
-                    | "RUSTC_LINKER"
-            )
-        {
+        if key.to_str().is_some_and(set_by_outer_build) {
             cmd.env_remove(key);
         }
     }
@@ -153,20 +170,33 @@ fn nightly(program: &str) -> Command {
     cmd
 }
 
+/// The nightly toolchain's sysroot, if it is installed (`Err(Missing::Rustup)` without rustup).
+pub fn nightly_sysroot() -> Result<Option<PathBuf>, Missing> {
+    match nightly("rustc").args(["--print", "sysroot"]).output() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Missing::Rustup),
+        Err(_) => Ok(None),
+        Ok(out) if !out.status.success() => Ok(None),
+        Ok(out) => Ok(Some(PathBuf::from(
+            String::from_utf8_lossy(&out.stdout).trim(),
+        ))),
+    }
+}
+
+/// Whether the toolchain at `sysroot` has `rust-src` (what `-Z build-std=core` compiles).
+pub fn has_rust_src(sysroot: &Path) -> bool {
+    sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .exists()
+}
+
 /// Checks that the nightly toolchain, its `rust-src` and a working `bpf-linker` are installed.
 pub fn check_toolchain() -> Result<(), Error> {
     let mut missing = Vec::new();
-    match nightly("rustc").args(["--print", "sysroot"]).output() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(Missing::Rustup),
-        Err(e) => return Err(Error::Spawn("rustup".into(), e)),
-        Ok(out) if !out.status.success() => missing.push(Missing::Nightly),
-        Ok(out) => {
-            let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            let core = sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
-            if !core.exists() {
-                missing.push(Missing::RustSrc);
-            }
-        }
+    match nightly_sysroot() {
+        Err(m) => missing.push(m),
+        Ok(None) => missing.push(Missing::Nightly),
+        Ok(Some(sysroot)) if !has_rust_src(&sysroot) => missing.push(Missing::RustSrc),
+        Ok(Some(_)) => {}
     }
     if let Err(why) = bpf_linker_version() {
         missing.push(Missing::BpfLinker(why));
@@ -202,6 +232,8 @@ pub fn sources(workspace: &Path) -> Vec<PathBuf> {
         workspace.join("ebpf/abi/src"),
         workspace.join("ebpf/abi/Cargo.toml"),
         workspace.join("Cargo.lock"),
+        // Holds `[profile.release.package.shoal-ebpf]`.
+        workspace.join("Cargo.toml"),
     ]
 }
 
@@ -244,11 +276,19 @@ pub fn build(workspace: &Path, target_dir: &Path, output: Output) -> Result<Path
     if output == Output::Stderr {
         cmd.stdout(io::stderr()).stderr(Stdio::inherit());
     }
+    let command_line = [cmd.get_program()]
+        .into_iter()
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
     let status = cmd
         .status()
-        .map_err(|e| Error::Spawn("rustup run nightly cargo".into(), e))?;
+        .map_err(|e| Error::Spawn(command_line.clone(), e))?;
     if !status.success() {
-        return Err(Error::Build(format!("`{cmd:?}` exited with {status}")));
+        return Err(Error::Build(format!(
+            "`{command_line}` exited with {status} (its errors are above)"
+        )));
     }
     Ok(object_path(target_dir))
 }
