@@ -24,8 +24,8 @@ pub mod programs {
 /// The packet parser's statistics.
 ///
 /// Every packet the parser sees increments [`Counter::Packets`] and exactly one *outcome*
-/// counter (see [`Counter::OUTCOMES`]); it may also increment any of the *feature* counters
-/// ([`Counter::FEATURES`]) for what it found on the way.
+/// counter ([`Counter::is_outcome`]); it may also increment any of the *feature* counters
+/// ([`Counter::is_feature`]) for what it found on the way.
 pub mod parse {
     /// Name of the per-CPU array holding one [`ParseStats`] per CPU at index 0. One lookup per
     /// packet, whatever the number of counters it increments.
@@ -134,26 +134,15 @@ pub mod parse {
             Self::TruncatedL4,
             Self::Malformed,
         ];
-        /// The features: zero or more per packet.
-        pub const FEATURES: [Self; 5] = [
-            Self::Vlan,
-            Self::Ipv4,
-            Self::Ipv4Options,
-            Self::Ipv6,
-            Self::Ipv6Ext,
-        ];
-        /// The outcomes: exactly one per packet.
-        pub const OUTCOMES: [Self; 9] = [
-            Self::Tcp,
-            Self::Udp,
-            Self::Fragment,
-            Self::OtherL3,
-            Self::OtherL4,
-            Self::TruncatedL2,
-            Self::TruncatedL3,
-            Self::TruncatedL4,
-            Self::Malformed,
-        ];
+        /// A feature: zero or more per packet (`Vlan`..=`Ipv6Ext`).
+        pub const fn is_feature(self) -> bool {
+            self as u32 >= Self::Vlan as u32 && self as u32 <= Self::Ipv6Ext as u32
+        }
+
+        /// An outcome: exactly one per packet (`Tcp`..=`Malformed`).
+        pub const fn is_outcome(self) -> bool {
+            self as u32 >= Self::Tcp as u32
+        }
 
         /// The counter's index in [`ParseStats::counts`].
         pub const fn index(self) -> usize {
@@ -227,4 +216,28 @@ pub mod wire {
     pub const IPPROTO_ICMPV6: u8 = 58;
     /// IPv6 destination options header.
     pub const IPPROTO_DSTOPTS: u8 = 60;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse::Counter;
+
+    #[test]
+    fn counters_are_listed_in_index_order_and_split_into_features_and_outcomes() {
+        for (i, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(counter.index(), i, "{counter:?}");
+            // Packets is neither: every packet counts there.
+            let kinds = [counter.is_feature(), counter.is_outcome()];
+            let expected = match counter {
+                Counter::Packets => [false, false],
+                Counter::Vlan
+                | Counter::Ipv4
+                | Counter::Ipv4Options
+                | Counter::Ipv6
+                | Counter::Ipv6Ext => [true, false],
+                _ => [false, true],
+            };
+            assert_eq!(kinds, expected, "{counter:?}");
+        }
+    }
 }

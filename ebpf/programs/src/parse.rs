@@ -1,7 +1,7 @@
 //! The packet parser the routing mesh builds on: Ethernet, up to two 802.1Q/802.1ad tags, IPv4
 //! (with options) or IPv6 (with up to four extension headers), then TCP or UDP.
 //!
-//! It never fails: every packet ends in exactly one outcome (`shoal_abi::parse::Counter::OUTCOMES`).
+//! It never fails: every packet ends in exactly one outcome (`shoal_abi::parse::Counter::is_outcome`).
 //! Fragments are reported as such and their L4 header is not looked at, as Katran does: a
 //! non-first fragment has none. The routing mesh extends [`Parsed`] with the offsets, addresses
 //! and ports it reads.
@@ -19,7 +19,7 @@ use crate::packet::Packet;
 
 /// What the parser found in one packet.
 pub(crate) struct Parsed {
-    /// Exactly one of `Counter::OUTCOMES`.
+    /// Exactly one outcome (`Counter::is_outcome`).
     pub(crate) outcome: Counter,
     pub(crate) vlan: bool,
     pub(crate) ipv4: bool,
