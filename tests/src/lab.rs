@@ -41,6 +41,9 @@ pub enum LabError {
     /// A lab spec that cannot be built.
     #[error("a lab has 1 to 239 nodes, not {0}")]
     Nodes(usize),
+    /// `lab down` of a lab that does not exist.
+    #[error("there is no lab {0}: `cargo xtask lab status` lists them")]
+    NoSuchLab(String),
     /// Every ID is taken.
     #[error("no free lab ID in 1-250: remove old labs with `cargo xtask lab down --all`")]
     NoFreeId,
@@ -805,8 +808,8 @@ fn remove_labs(doomed: impl Fn(&Record) -> bool) -> Result<Vec<String>, LabError
     }
 }
 
-/// Removes the lab with prefix `shoal<ID>` (or just `<ID>`).
-pub fn down(prefix: &str) -> Result<(), LabError> {
+/// Removes the lab with prefix `shoal<ID>` (or just `<ID>`), and returns its prefix.
+pub fn down(prefix: &str) -> Result<String, LabError> {
     let prefix = if prefix.starts_with(PREFIX) {
         prefix.to_string()
     } else {
@@ -814,8 +817,12 @@ pub fn down(prefix: &str) -> Result<(), LabError> {
     };
     let dir = Path::new(STATE_ROOT).join(&prefix);
     let _lock = LabsLock::take()?;
+    if !dir.is_dir() {
+        return Err(LabError::NoSuchLab(prefix));
+    }
     let record = Record::read(&dir)?;
-    teardown(&record, &dir, Vec::new())
+    teardown(&record, &dir, Vec::new())?;
+    Ok(prefix)
 }
 
 /// The path of the project's binary `name` (`shoald`, `shoal`): `$SHOAL_BIN_DIR/<name>` if set,

@@ -62,8 +62,7 @@ pub(crate) fn run(command: LabCommand) -> anyhow::Result<()> {
                 );
             } else {
                 let lab = lab.expect("clap requires it");
-                shoal_tests::down(&lab)?;
-                println!("removed {lab}");
+                println!("removed {}", shoal_tests::down(&lab)?);
             }
             Ok(())
         }
