@@ -525,12 +525,29 @@ fn claim_id() -> Result<(u8, PathBuf), LabError> {
     Err(LabError::NoFreeId)
 }
 
-/// Stops every process in the lab's namespaces (SIGTERM, then SIGKILL), reaps the lab's own
-/// children, deletes the namespaces and the state directory, and checks that nothing is left.
-fn teardown(record: &Record, dir: &Path, mut children: Vec<Child>) -> Result<(), LabError> {
-    let namespaces = record.namespaces();
+/// Tears a lab down: [`clear_namespaces`], then its state directory.
+fn teardown(record: &Record, dir: &Path, children: Vec<Child>) -> Result<(), LabError> {
+    let mut errors = clear_namespaces(&record.namespaces(), children);
+    if let Err(e) = fs::remove_dir_all(dir)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        errors.push(format!("removing {}: {e}", dir.display()));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::Leftovers {
+            prefix: record.prefix.clone(),
+            leftovers: errors.join("; "),
+        })
+    }
+}
+
+/// Stops every process in `namespaces` (SIGTERM, then SIGKILL), reaps `children`, deletes the
+/// namespaces (their links go with them) and returns what could not be removed.
+fn clear_namespaces(namespaces: &[String], mut children: Vec<Child>) -> Vec<String> {
     for signal in [Signal::SIGTERM, Signal::SIGKILL] {
-        let running: Vec<i32> = pids_in(&namespaces)
+        let running: Vec<i32> = pids_in(namespaces)
             .into_iter()
             .chain(children.iter().map(|c| c.id() as i32))
             .collect();
@@ -542,7 +559,7 @@ fn teardown(record: &Record, dir: &Path, mut children: Vec<Child>) -> Result<(),
             Duration::from_secs(5),
             || {
                 children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
-                Ok(children.is_empty() && pids_in(&namespaces).is_empty())
+                Ok(children.is_empty() && pids_in(namespaces).is_empty())
             },
         );
         if gone.is_ok() {
@@ -554,36 +571,16 @@ fn teardown(record: &Record, dir: &Path, mut children: Vec<Child>) -> Result<(),
     }
     let mut errors = Vec::new();
     // A process that survived SIGKILL would keep its namespace (and its links) alive.
-    let survivors = pids_in(&namespaces);
+    let survivors = pids_in(namespaces);
     if !survivors.is_empty() {
         errors.push(format!("processes {survivors:?} survived SIGKILL"));
     }
-    for ns in &namespaces {
+    for ns in namespaces {
         if let Err(e) = remove_netns(ns) {
             errors.push(e.to_string());
         }
     }
-    if let Err(e) = fs::remove_dir_all(dir)
-        && e.kind() != io::ErrorKind::NotFound
-    {
-        errors.push(format!("removing {}: {e}", dir.display()));
-    }
-    let left_ns: Vec<String> = namespaces
-        .iter()
-        .filter(|ns| Netns::named(ns.as_str()).exists())
-        .cloned()
-        .collect();
-    if !left_ns.is_empty() {
-        errors.push(format!("namespaces {}", left_ns.join(", ")));
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(LabError::Leftovers {
-            prefix: record.prefix.clone(),
-            leftovers: errors.join("; "),
-        })
-    }
+    errors
 }
 
 /// Deletes a named namespace if it exists (its links go with it once its processes are gone).
@@ -779,21 +776,14 @@ fn remove_labs(doomed: impl Fn(&Record) -> bool) -> Result<Vec<String>, LabError
             }
         }
     }
-    for (prefix, ns) in lab_namespaces() {
-        if claimed.contains(&prefix) {
-            continue;
-        }
-        // No lab owns it: stop what runs in it and delete it.
-        let netns = Netns::named(ns.as_str());
-        for pid in netns.pids() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let _ = wait_until("orphan processes to exit", Duration::from_secs(5), || {
-            Ok(netns.pids().is_empty())
-        });
-        if let Err(e) = remove_netns(&ns) {
-            errors.push(e.to_string());
-        }
+    // Namespaces no lab owns: stop what runs in them and delete them.
+    let unclaimed: Vec<(String, String)> = lab_namespaces()
+        .into_iter()
+        .filter(|(prefix, _)| !claimed.contains(prefix))
+        .collect();
+    let namespaces: Vec<String> = unclaimed.iter().map(|(_, ns)| ns.clone()).collect();
+    errors.extend(clear_namespaces(&namespaces, Vec::new()));
+    for (prefix, _) in unclaimed {
         if !removed.contains(&prefix) {
             removed.push(prefix);
         }

@@ -29,5 +29,5 @@ mod wait;
 pub use lab::{
     Host, Lab, LabError, LabSpec, LabStatus, binary, down, down_all, labs, sweep_orphans,
 };
-pub use netns::{Netns, in_netns};
+pub use netns::{Netns, in_netns, links};
 pub use wait::{Deadline, wait_until};

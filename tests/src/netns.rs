@@ -80,6 +80,33 @@ impl Netns {
     }
 }
 
+/// The names of the links in `netns` (the root namespace when `None`), enslaved to `master` when
+/// given, sorted, as `ip -br link` lists them (without the `@peer` suffix).
+pub fn links(netns: Option<&str>, master: Option<&str>) -> io::Result<Vec<String>> {
+    let mut command = Command::new("ip");
+    if let Some(ns) = netns {
+        command.args(["-n", ns]);
+    }
+    command.args(["-br", "link", "show"]);
+    if let Some(master) = master {
+        command.args(["master", master]);
+    }
+    let out = command.output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{command:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// A command that runs `program` inside the named network namespace `netns`, as
 /// `ip netns exec` would, without the wrapper process: between fork and exec the child joins the
 /// namespace with `setns(2)`, then takes a private mount namespace and mounts a fresh `/sys`, so

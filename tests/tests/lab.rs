@@ -4,7 +4,7 @@
 
 use std::{net::Ipv4Addr, panic, process::Command, sync::Mutex, time::Duration};
 
-use shoal_tests::{Host, Lab, LabSpec, Netns, sweep_orphans, wait_until};
+use shoal_tests::{Host, Lab, LabSpec, Netns, links, sweep_orphans, wait_until};
 
 /// One ICMP echo from `from` to `to` (through `dev`), retried until the deadline: the first
 /// packet on a fresh link waits for ARP.
@@ -38,29 +38,12 @@ fn cannot_reach(lab: &Lab, from: &Host, to: Ipv4Addr) -> bool {
 
 /// The ports of `bridge` in the lab's switch namespace.
 fn bridge_ports(lab: &Lab, bridge: &str) -> Vec<String> {
-    let switch = format!("{}-sw", lab.prefix());
-    let out = Command::new("ip")
-        .args(["-n", &switch, "-br", "link", "show", "master", bridge])
-        .output()
-        .unwrap();
-    let mut ports: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(|name| name.split('@').next().unwrap_or(name).to_string())
-        .collect();
-    ports.sort();
-    ports
+    links(Some(&format!("{}-sw", lab.prefix())), Some(bridge)).unwrap()
 }
 
 /// Links in the root namespace, to check the lab never touches it.
 fn root_links() -> Vec<String> {
-    let out = Command::new("ip").args(["-br", "link"]).output().unwrap();
-    let mut links: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect();
-    links.sort();
-    links
+    links(None, None).unwrap()
 }
 
 /// Asserts that nothing named `prefix` remains: namespaces, state directory, processes.

@@ -56,16 +56,9 @@ pub(crate) fn run(nextest_args: &[String]) -> anyhow::Result<()> {
     leftovers
 }
 
-/// The links of the root namespace (`ip -br link`), by name.
+/// The links of the root namespace, by name.
 fn root_links() -> anyhow::Result<Vec<String>> {
-    let out = output(Command::new("ip").args(["-br", "link"])).context("running ip -br link")?;
-    let mut links: Vec<String> = out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(|name| name.split('@').next().unwrap_or(name).to_string())
-        .collect();
-    links.sort();
-    Ok(links)
+    shoal_tests::links(None, None).context("listing the root namespace's links")
 }
 
 /// Live processes (not zombies) running an executable from the workspace's target directory,
