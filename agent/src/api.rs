@@ -1,19 +1,24 @@
 //! The local API served on the daemon's socket.
 
-use shoal_api::v1::{InfoRequest, InfoResponse, LocalNodeState, daemon_server::Daemon};
+use shoal_api::v1::{
+    DataplaneApplyRequest, DataplaneApplyResponse, DataplaneInspectRequest,
+    DataplaneInspectResponse, InfoRequest, InfoResponse, LocalNodeState, daemon_server::Daemon,
+};
 use tonic::{Request, Response, Status};
 
 use crate::NodeFacts;
+use crate::dataplane::NodeDataplane;
 
 /// The `shoal.v1.Daemon` service.
 #[derive(Debug)]
 pub(crate) struct DaemonApi {
     facts: NodeFacts,
+    dataplane: NodeDataplane,
 }
 
 impl DaemonApi {
-    pub(crate) fn new(facts: NodeFacts) -> Self {
-        Self { facts }
+    pub(crate) fn new(facts: NodeFacts, dataplane: NodeDataplane) -> Self {
+        Self { facts, dataplane }
     }
 }
 
@@ -32,6 +37,27 @@ impl Daemon for DaemonApi {
             architecture: f.architecture.clone(),
             ncpu: f.ncpu,
             mem_total: f.mem_total,
+        }))
+    }
+
+    async fn dataplane_apply(
+        &self,
+        request: Request<DataplaneApplyRequest>,
+    ) -> Result<Response<DataplaneApplyResponse>, Status> {
+        let changes = self
+            .dataplane
+            .apply(&request.into_inner().state_json)
+            .await?;
+        Ok(Response::new(DataplaneApplyResponse { changes }))
+    }
+
+    async fn dataplane_inspect(
+        &self,
+        _: Request<DataplaneInspectRequest>,
+    ) -> Result<Response<DataplaneInspectResponse>, Status> {
+        let json = self.dataplane.inspect().await?;
+        Ok(Response::new(DataplaneInspectResponse {
+            json: serde_json::to_string_pretty(&json).expect("JSON values serialise"),
         }))
     }
 }

@@ -13,6 +13,7 @@
 
 mod api;
 mod data_root;
+mod dataplane;
 mod node;
 mod socket;
 
@@ -73,7 +74,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     let incoming = UnixListenerStream::new(listener);
     let served = tonic::transport::Server::builder()
-        .add_service(DaemonServer::new(api::DaemonApi::new(facts)))
+        .add_service(DaemonServer::new(api::DaemonApi::new(
+            facts,
+            dataplane::NodeDataplane::new(&config.data_root),
+        )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     drop(socket_file);

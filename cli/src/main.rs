@@ -40,6 +40,9 @@ struct Cli {
 enum Command {
     /// Display system-wide information
     Info(commands::info::Args),
+    /// Drive this node's data plane directly (until the control plane does)
+    #[command(subcommand)]
+    Dataplane(commands::dataplane::Command),
 }
 
 /// An error the way the user reads it.
@@ -57,6 +60,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(&cli.host, args).await,
+        Command::Dataplane(command) => commands::dataplane::run(&cli.host, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,3 +13,4 @@
 //! The data plane never talks to raft: it is driven by a desired state handed to it.
 
 pub mod bpf;
+pub mod overlay;

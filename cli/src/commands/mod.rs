@@ -1,5 +1,6 @@
 //! One module per top-level verb.
 
+pub(crate) mod dataplane;
 pub(crate) mod info;
 
 use shoal_api::{ConnectError, DaemonHost, is_unreachable};

@@ -1,0 +1,108 @@
+//! The node's data plane as the daemon hosts it: one [`Dataplane`] per daemon, created on first
+//! use (it needs root), its namespaces under `<data root>/netns`, applies serialised.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use shoal_dataplane::overlay::layout::TunnelState;
+use shoal_dataplane::overlay::{ApplyError, Dataplane, DesiredState};
+use tokio::sync::Mutex;
+use tonic::Status;
+
+/// The daemon's data plane.
+#[derive(Debug)]
+pub(crate) struct NodeDataplane {
+    root: PathBuf,
+    inner: Mutex<Option<Dataplane>>,
+}
+
+impl NodeDataplane {
+    pub(crate) fn new(data_root: &std::path::Path) -> Self {
+        Self {
+            root: data_root.join("netns"),
+            inner: Mutex::new(None),
+        }
+    }
+
+    async fn with<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Dataplane) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let mut guard = self.inner.lock().await;
+        if guard.is_none() {
+            let dataplane = Dataplane::new(&self.root).map_err(|e| {
+                Status::failed_precondition(format!(
+                    "starting the data plane under {}: {e}",
+                    self.root.display()
+                ))
+            })?;
+            *guard = Some(dataplane);
+        }
+        f(guard.as_mut().expect("set above")).await
+    }
+
+    /// Applies a desired state given as JSON; the changes made, one line each.
+    pub(crate) async fn apply(&self, state_json: &str) -> Result<Vec<String>, Status> {
+        let state = DesiredState::from_json(state_json)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.with(async |dp| match dp.apply(&state).await {
+            Ok(applied) => Ok(applied.changes),
+            Err(e @ ApplyError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
+            Err(e) => Err(Status::internal(e.to_string())),
+        })
+        .await
+    }
+
+    /// What the kernel holds, as JSON.
+    pub(crate) async fn inspect(&self) -> Result<Value, Status> {
+        self.with(async |dp| {
+            let observed = dp
+                .observe()
+                .await
+                .map_err(|e| Status::internal(format!("reading the data plane: {e}")))?;
+            let tunnel = match observed.tunnel {
+                TunnelState::Absent => Value::Null,
+                TunnelState::NamespaceOnly => json!({ "state": "namespace only" }),
+                TunnelState::Up(t) => json!({ "state": "up", "addr": t.addr, "mtu": t.mtu, "port": t.port }),
+            };
+            let networks: serde_json::Map<String, Value> = observed
+                .networks
+                .iter()
+                .map(|(id, n)| {
+                    let d = &n.device;
+                    (
+                        id.clone(),
+                        json!({
+                            "namespace": dp.network_namespace(id),
+                            "vni": d.vni,
+                            "local": d.local,
+                            "port": d.port,
+                            "mtu": d.mtu,
+                            "encrypted": d.encrypted,
+                            "gateway": d.gateway.to_string(),
+                            "fdb": n.fdb.iter().map(|(mac, dst)| json!({ "mac": mac, "dst": dst })).collect::<Vec<_>>(),
+                            "neighbours": n.neigh.iter().map(|(ip, mac)| json!({ "ip": ip, "mac": mac })).collect::<Vec<_>>(),
+                            "veths": n.attachments,
+                        }),
+                    )
+                })
+                .collect();
+            let peers: Vec<Value> = dp
+                .wireguard_status()
+                .iter()
+                .map(|p| {
+                    json!({
+                        "node": p.node,
+                        "public_key": p.public_key.to_string(),
+                        "last_handshake_seconds": p.last_handshake.map(|d| d.as_secs_f64()),
+                        "rotating": p.rotating,
+                        "tx_bytes": p.tx_bytes,
+                        "rx_bytes": p.rx_bytes,
+                    })
+                })
+                .collect();
+            Ok(json!({ "tunnel": tunnel, "networks": networks, "wireguard_peers": peers }))
+        })
+        .await
+    }
+}

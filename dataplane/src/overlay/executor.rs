@@ -1,0 +1,777 @@
+//! The netlink executor: reads what the kernel holds into an [`Observed`], and carries out the
+//! planner's operations with rtnetlink.
+//!
+//! Namespaces live under one directory (`<data root>/netns`): `ov-<network ID>` per network and
+//! `wg` for the tunnel. Inside a network's namespace the bridge is `br0`, the VXLAN device
+//! `vxlan0` (its alias says whether its socket lives in the tunnel namespace) and each task's veth
+//! `vt<hash>` (see [`AttachSpec::veth_name`]). Nothing else needs remembering: a restarted process
+//! reads it all back and carries on.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
+
+use super::layout::{AttachSpec, NetDevice, Observed, ObservedNet, Op, Tunnel, TunnelState, plan};
+use super::model::{DesiredState, Host, HostInterface, InvalidState, Mac, WgConfig};
+use super::netns;
+use super::wireguard::{Engine, PeerStatus, open_tun};
+
+const TUNNEL_NS: &str = "wg";
+const TUN_DEVICE: &str = "wg0";
+const BRIDGE: &str = "br0";
+const VXLAN: &str = "vxlan0";
+const ALIAS_ENCRYPTED: &str = "shoal:encrypted";
+const ALIAS_PLAIN: &str = "shoal:plain";
+
+/// Why an apply failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The state is invalid; nothing was applied.
+    #[error(transparent)]
+    Invalid(#[from] InvalidState),
+    /// The kernel refused an operation.
+    #[error("{op}: {source}\n{undone}")]
+    Failed {
+        /// The operation.
+        op: String,
+        /// The kernel's answer.
+        source: io::Error,
+        /// What was undone.
+        undone: String,
+    },
+    /// The kernel's state could not be read.
+    #[error("reading the data plane's state from the kernel: {0}")]
+    Observe(io::Error),
+}
+
+/// What an apply changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// One line per operation carried out, in order; empty when the kernel was already there.
+    pub changes: Vec<String>,
+}
+
+/// A node's overlay data plane.
+pub struct Dataplane {
+    root: PathBuf,
+    node: Handle,
+    /// Network namespaces and handles into them, by network ID.
+    nets: HashMap<String, (File, Handle)>,
+    tunnel: Option<(File, Handle)>,
+    engine: Option<Engine>,
+    wireguard: Option<WgConfig>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("root", &self.root)
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+fn nl(e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+fn errno_is(e: &io::Error, errno: i32) -> bool {
+    e.raw_os_error() == Some(errno)
+}
+
+fn context(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+async fn links(h: &Handle) -> io::Result<Vec<LinkMessage>> {
+    h.link().get().execute().try_collect().await.map_err(nl)
+}
+
+fn link_name(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+fn link_mtu(m: &LinkMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+async fn index_of(h: &Handle, name: &str) -> io::Result<Option<u32>> {
+    match h.link().get().match_name(name).execute().try_next().await {
+        Ok(m) => Ok(m.map(|m| m.header.index)),
+        Err(e) => {
+            let e = nl(e);
+            if errno_is(&e, libc::ENODEV) {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn require_index(h: &Handle, name: &str) -> io::Result<u32> {
+    index_of(h, name)
+        .await?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("device {name} is missing")))
+}
+
+async fn ipv4_addrs(h: &Handle, index: u32) -> io::Result<Vec<Ipv4Net>> {
+    let mut req = h.address().get().set_link_index_filter(index);
+    req.message_mut().header.family = AddressFamily::Inet;
+    let msgs: Vec<_> = req.execute().try_collect().await.map_err(nl)?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| {
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => {
+                    Ipv4Net::new(*ip, m.header.prefix_len).ok()
+                }
+                _ => None,
+            })
+        })
+        .collect())
+}
+
+async fn add_addr(h: &Handle, index: u32, addr: Ipv4Net) -> io::Result<()> {
+    match h
+        .address()
+        .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
+        .execute()
+        .await
+        .map_err(nl)
+    {
+        Err(e) if errno_is(&e, libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+async fn set(h: &Handle, message: LinkMessage) -> io::Result<()> {
+    h.link().change(message).execute().await.map_err(nl)
+}
+
+async fn up(h: &Handle, index: u32) -> io::Result<()> {
+    set(h, LinkUnspec::new_with_index(index).up().build()).await
+}
+
+async fn delete_link(h: &Handle, name: &str) -> io::Result<()> {
+    if let Some(index) = index_of(h, name).await? {
+        match h.link().del(index).execute().await.map_err(nl) {
+            Err(e) if errno_is(&e, libc::ENODEV) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+async fn loopback_up(h: &Handle) -> io::Result<()> {
+    up(h, require_index(h, "lo").await?).await
+}
+
+impl Dataplane {
+    /// A data plane keeping its namespaces under `root`. Must be called within a tokio runtime.
+    pub fn new(root: impl Into<PathBuf>) -> io::Result<Dataplane> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(context(format!("creating {}", root.display())))?;
+        Ok(Dataplane {
+            root,
+            node: netns::connect(None)?,
+            nets: HashMap::new(),
+            tunnel: None,
+            engine: None,
+            wireguard: None,
+        })
+    }
+
+    /// Where the namespaces are mounted.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The network namespace of a network, if it exists (for tools and tests).
+    pub fn network_namespace(&self, network: &str) -> PathBuf {
+        self.root.join(format!("ov-{network}"))
+    }
+
+    /// The WireGuard peers and their sessions, when any network is encrypted.
+    pub fn wireguard_status(&self) -> Vec<PeerStatus> {
+        self.engine.as_ref().map(Engine::status).unwrap_or_default()
+    }
+
+    /// The node's interfaces, for validating a desired state.
+    pub async fn host(&self) -> io::Result<Host> {
+        let mut interfaces = Vec::new();
+        for m in links(&self.node).await? {
+            let addrs = ipv4_addrs(&self.node, m.header.index).await?;
+            interfaces.push(HostInterface {
+                name: link_name(&m).unwrap_or_default().to_owned(),
+                mtu: link_mtu(&m),
+                addrs: addrs.iter().map(Ipv4Net::addr).collect(),
+            });
+        }
+        Ok(Host { interfaces })
+    }
+
+    fn net_handle(&mut self, net: &str) -> io::Result<Option<Handle>> {
+        if let Some((_, h)) = self.nets.get(net) {
+            return Ok(Some(h.clone()));
+        }
+        let Some(ns) = netns::open(&self.network_namespace(net))? else {
+            return Ok(None);
+        };
+        let h = netns::connect(Some(&ns))?;
+        self.nets.insert(net.to_owned(), (ns, h.clone()));
+        Ok(Some(h))
+    }
+
+    fn require_net(&mut self, net: &str) -> io::Result<Handle> {
+        self.net_handle(net)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("network namespace of {net} is missing"),
+            )
+        })
+    }
+
+    /// Reads what the kernel holds.
+    pub async fn observe(&mut self) -> io::Result<Observed> {
+        let mut observed = Observed::default();
+        if let Some(ns) = netns::open(&self.root.join(TUNNEL_NS))? {
+            observed.tunnel = TunnelState::NamespaceOnly;
+            if let Some(engine) = &self.engine {
+                let h = netns::connect(Some(&ns))?;
+                let tun = links(&h)
+                    .await?
+                    .into_iter()
+                    .find(|m| link_name(m) == Some(TUN_DEVICE));
+                if let Some(m) = tun
+                    && let Some(addr) = ipv4_addrs(&h, m.header.index).await?.first()
+                {
+                    observed.tunnel = TunnelState::Up(Tunnel {
+                        addr: addr.addr(),
+                        mtu: link_mtu(&m),
+                        port: engine.port(),
+                    });
+                }
+            }
+        }
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&self.root)? {
+            let name = entry?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_prefix("ov-")) {
+                ids.push(id.to_owned());
+            }
+        }
+        for id in ids {
+            let Some(h) = self.net_handle(&id)? else {
+                continue;
+            };
+            observed.networks.insert(id, observe_network(&h).await?);
+        }
+        Ok(observed)
+    }
+
+    /// Converges the kernel to `state`. An invalid state changes nothing; when the kernel refuses
+    /// an operation, what this apply created is removed again and the error says so.
+    pub async fn apply(&mut self, state: &DesiredState) -> Result<Applied, ApplyError> {
+        let host = self.host().await.map_err(ApplyError::Observe)?;
+        let resolved = state.resolve(&host)?;
+        let observed = self.observe().await.map_err(ApplyError::Observe)?;
+        let ops = plan(&resolved.layout, &observed);
+        // Everything that can be checked before touching the kernel is.
+        for op in &ops {
+            if let Op::Attach { spec, .. } = op
+                && netns::open(&spec.netns)
+                    .map_err(ApplyError::Observe)?
+                    .is_none()
+            {
+                let i = state
+                    .attachments
+                    .iter()
+                    .position(|a| a.task == spec.task && a.netns == spec.netns)
+                    .unwrap_or_default();
+                return Err(InvalidState {
+                    problems: vec![super::model::Problem {
+                        field: format!("attachments[{i}].netns"),
+                        message: format!("{} is not a network namespace", spec.netns.display()),
+                    }],
+                }
+                .into());
+            }
+        }
+        self.wireguard = resolved.wireguard.clone();
+        let mut done: Vec<&Op> = Vec::new();
+        for op in &ops {
+            tracing::info!(%op, "data plane");
+            if let Err(source) = self.execute(op).await {
+                let undone = self.undo(&done).await;
+                return Err(ApplyError::Failed {
+                    op: op.to_string(),
+                    source,
+                    undone,
+                });
+            }
+            done.push(op);
+        }
+        if let (Some(engine), Some(config)) = (&self.engine, &self.wireguard) {
+            engine.configure(config);
+        }
+        Ok(Applied {
+            changes: ops.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    /// Removes what `done` created, newest first. Removals stay: they were wanted either way.
+    async fn undo(&mut self, done: &[&Op]) -> String {
+        let mut undone = 0;
+        for op in done.iter().rev() {
+            let inverse = match op {
+                Op::CreateNetwork { net, .. } => Op::DeleteNetwork { net: net.clone() },
+                Op::AddFdb { net, mac, dst } => Op::DelFdb {
+                    net: net.clone(),
+                    mac: *mac,
+                    dst: *dst,
+                },
+                Op::AddNeigh { net, ip, mac } => Op::DelNeigh {
+                    net: net.clone(),
+                    ip: *ip,
+                    mac: *mac,
+                },
+                Op::Attach { net, veth, .. } => Op::Detach {
+                    net: net.clone(),
+                    veth: veth.clone(),
+                },
+                Op::CreateTunnel(_) => {
+                    // Stop the engine (its TUN device goes with it) but keep the namespace:
+                    // encrypted networks' sockets may have lived there before this apply.
+                    self.engine = None;
+                    undone += 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            match self.execute(&inverse).await {
+                Ok(()) => undone += 1,
+                Err(e) => tracing::warn!(op = %inverse, error = %e, "undoing a failed apply"),
+            }
+        }
+        let removed = done.len() - done.iter().filter(|op| is_creation(op)).count();
+        format!(
+            "nothing of this apply was left half done: its {undone} additions were undone{}",
+            if removed > 0 {
+                format!(" ({removed} removals it made stay removed)")
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    async fn execute(&mut self, op: &Op) -> io::Result<()> {
+        match op {
+            Op::CreateTunnel(t) => self.create_tunnel(*t).await,
+            Op::DeleteTunnel => {
+                self.engine = None;
+                self.tunnel = None;
+                netns::remove(&self.root.join(TUNNEL_NS))
+            }
+            Op::CreateNetwork { net, device } => {
+                let created = self.create_network(net, device).await;
+                if created.is_err() {
+                    self.nets.remove(net);
+                    let _ = netns::remove(&self.network_namespace(net));
+                }
+                created
+            }
+            Op::DeleteNetwork { net } => {
+                if let Some(h) = self.net_handle(net)? {
+                    // The VXLAN device first, so its socket is released now rather than when the
+                    // namespace is finally freed.
+                    delete_link(&h, VXLAN).await?;
+                }
+                self.nets.remove(net);
+                netns::remove(&self.network_namespace(net))
+            }
+            Op::AddFdb { net, mac, dst } => {
+                let h = self.require_net(net)?;
+                let vx = require_index(&h, VXLAN).await?;
+                h.neighbours()
+                    .add_bridge(vx, &mac.0)
+                    .flags(NeighbourFlags::Own)
+                    .destination(IpAddr::V4(*dst))
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(nl)
+            }
+            Op::DelFdb { net, mac, dst } => {
+                let h = self.require_net(net)?;
+                let vx = require_index(&h, VXLAN).await?;
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Bridge;
+                m.header.ifindex = vx;
+                m.header.flags = NeighbourFlags::Own;
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+                m.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                        *dst,
+                    )));
+                ignore_missing(h.neighbours().del(m).execute().await.map_err(nl))
+            }
+            Op::AddNeigh { net, ip, mac } => {
+                let h = self.require_net(net)?;
+                let vx = require_index(&h, VXLAN).await?;
+                h.neighbours()
+                    .add(vx, IpAddr::V4(*ip))
+                    .link_layer_address(&mac.0)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(nl)
+            }
+            Op::DelNeigh { net, ip, .. } => {
+                let h = self.require_net(net)?;
+                let vx = require_index(&h, VXLAN).await?;
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Inet;
+                m.header.ifindex = vx;
+                m.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
+                ignore_missing(h.neighbours().del(m).execute().await.map_err(nl))
+            }
+            Op::Attach { net, veth, spec } => {
+                let h = self.require_net(net)?;
+                let attached = attach(&h, veth, spec).await;
+                if attached.is_err() {
+                    let _ = delete_link(&h, veth).await;
+                }
+                attached
+            }
+            Op::Detach { net, veth } => {
+                let h = self.require_net(net)?;
+                delete_link(&h, veth).await
+            }
+        }
+    }
+
+    async fn create_tunnel(&mut self, t: Tunnel) -> io::Result<()> {
+        let config = self
+            .wireguard
+            .clone()
+            .ok_or_else(|| io::Error::other("no WireGuard configuration for the tunnel"))?;
+        self.engine = None;
+        let ns = netns::create(&self.root.join(TUNNEL_NS))?;
+        let tun = netns::within(&ns, || open_tun(TUN_DEVICE))?;
+        let h = netns::connect(Some(&ns))?;
+        let index = require_index(&h, TUN_DEVICE).await?;
+        set(
+            &h,
+            LinkUnspec::new_with_index(index)
+                .mtu(t.mtu)
+                .txqueuelen(1000)
+                .build(),
+        )
+        .await?;
+        add_addr(&h, index, Ipv4Net::new(t.addr, 32).expect("a /32")).await?;
+        up(&h, index).await?;
+        loopback_up(&h).await?;
+        // Everything the tunnel namespace sends goes to the engine: the only way out is encrypted.
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        h.route().add(route).replace().execute().await.map_err(nl)?;
+        self.engine = Some(Engine::start(tun, &config)?);
+        self.tunnel = Some((ns, h));
+        Ok(())
+    }
+
+    async fn create_network(&mut self, net: &str, d: &NetDevice) -> io::Result<()> {
+        let ns = netns::create(&self.network_namespace(net))?;
+        let h = netns::connect(Some(&ns))?;
+        loopback_up(&h).await?;
+        h.link()
+            .add(
+                LinkMessageBuilder::<LinkBridge>::new(BRIDGE)
+                    .mtu(d.mtu)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl)
+            .map_err(context("creating the bridge"))?;
+        let br = require_index(&h, BRIDGE).await?;
+        add_addr(&h, br, d.gateway).await?;
+
+        // The VXLAN device is born where its socket must live, then moved.
+        let creator = if d.encrypted {
+            match &self.tunnel {
+                Some((_, h)) => h.clone(),
+                None => return Err(io::Error::other("the tunnel is not up")),
+            }
+        } else {
+            self.node.clone()
+        };
+        let temporary = format!("shv{}", d.vni);
+        delete_link(&creator, &temporary).await?;
+        creator
+            .link()
+            .add(
+                LinkVxlan::new(&temporary, d.vni)
+                    .local(d.local)
+                    .port(d.port)
+                    .learning(false)
+                    .proxy(true)
+                    .l2miss(false)
+                    .l3miss(false)
+                    .mtu(d.mtu)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl)
+            .map_err(context(format!(
+                "creating VXLAN device for VNI {} on {}:{}",
+                d.vni, d.local, d.port
+            )))?;
+        let vx = require_index(&creator, &temporary).await?;
+        if let Err(e) = set(
+            &creator,
+            LinkUnspec::new_with_index(vx)
+                .setns_by_fd(ns.as_raw_fd())
+                .build(),
+        )
+        .await
+        {
+            let _ = delete_link(&creator, &temporary).await;
+            return Err(e);
+        }
+        let vx = require_index(&h, &temporary).await?;
+        let alias = if d.encrypted {
+            ALIAS_ENCRYPTED
+        } else {
+            ALIAS_PLAIN
+        };
+        set(
+            &h,
+            LinkUnspec::new_with_index(vx)
+                .name(VXLAN)
+                .alias(alias)
+                .build(),
+        )
+        .await?;
+        set(&h, LinkUnspec::new_with_index(vx).controller(br).build()).await?;
+        up(&h, vx).await?;
+        set(&h, LinkUnspec::new_with_index(br).mtu(d.mtu).build()).await?;
+        up(&h, br).await?;
+        self.nets.insert(net.to_owned(), (ns, h));
+        Ok(())
+    }
+}
+
+fn is_creation(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::CreateTunnel(_)
+            | Op::CreateNetwork { .. }
+            | Op::AddFdb { .. }
+            | Op::AddNeigh { .. }
+            | Op::Attach { .. }
+    )
+}
+
+fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if errno_is(&e, libc::ENOENT) || errno_is(&e, libc::ENODEV) => Ok(()),
+        other => other,
+    }
+}
+
+async fn attach(h: &Handle, veth: &str, spec: &AttachSpec) -> io::Result<()> {
+    let task = netns::open(&spec.netns)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is not a network namespace", spec.netns.display()),
+        )
+    })?;
+    let br = require_index(h, BRIDGE).await?;
+    let peer = format!("vp{}", &veth[2..]);
+    h.link()
+        .add(LinkVeth::new(veth, &peer).mtu(spec.mtu).build())
+        .execute()
+        .await
+        .map_err(nl)
+        .map_err(context("creating the veth pair"))?;
+    let peer_index = require_index(h, &peer).await?;
+    set(
+        h,
+        LinkUnspec::new_with_index(peer_index)
+            .mtu(spec.mtu)
+            .address(spec.mac.0.to_vec())
+            .build(),
+    )
+    .await?;
+    set(
+        h,
+        LinkUnspec::new_with_index(peer_index)
+            .setns_by_fd(task.as_raw_fd())
+            .build(),
+    )
+    .await
+    .map_err(context(format!(
+        "moving the veth into {}",
+        spec.netns.display()
+    )))?;
+    let t = netns::connect(Some(&task))?;
+    let inside = require_index(&t, &peer).await?;
+    set(
+        &t,
+        LinkUnspec::new_with_index(inside)
+            .name(&spec.interface)
+            .build(),
+    )
+    .await
+    .map_err(context(format!(
+        "naming the task's interface {}",
+        spec.interface
+    )))?;
+    add_addr(&t, inside, spec.addr).await?;
+    up(&t, inside).await?;
+    let outside = require_index(h, veth).await?;
+    set(
+        h,
+        LinkUnspec::new_with_index(outside).controller(br).build(),
+    )
+    .await?;
+    up(h, outside).await
+}
+
+async fn observe_network(h: &Handle) -> io::Result<ObservedNet> {
+    let mut net = ObservedNet::default();
+    let all = links(h).await?;
+    let find = |name: &str| all.iter().find(|m| link_name(m) == Some(name));
+    if let (Some(br), Some(vx)) = (find(BRIDGE), find(VXLAN)) {
+        let gateway = ipv4_addrs(h, br.header.index).await?.first().copied();
+        let mut device = NetDevice {
+            mtu: link_mtu(vx),
+            gateway: gateway.unwrap_or_default(),
+            ..NetDevice::default()
+        };
+        for a in &vx.attributes {
+            match a {
+                LinkAttribute::IfAlias(alias) => device.encrypted = alias == ALIAS_ENCRYPTED,
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Data(InfoData::Vxlan(attrs)) = info {
+                            for x in attrs {
+                                match x {
+                                    InfoVxlan::Id(vni) => device.vni = *vni,
+                                    InfoVxlan::Local(ip) => device.local = *ip,
+                                    InfoVxlan::Port(port) => device.port = *port,
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // A bridge whose MTU drifted from its VXLAN device's counts as a different device.
+        if link_mtu(br) != device.mtu || gateway.is_none() {
+            device.mtu = 0;
+        }
+        net.device = device;
+        let vx_index = vx.header.index;
+        for m in h
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(nl)?
+        {
+            if m.header.ifindex != vx_index {
+                continue;
+            }
+            if let (Some(mac), Some(dst)) = (neighbour_mac(&m), neighbour_dst(&m)) {
+                net.fdb.insert((mac, dst));
+            }
+        }
+        for m in h
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(nl)?
+        {
+            if m.header.ifindex != vx_index || m.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            if let (Some(mac), Some(ip)) = (neighbour_mac(&m), neighbour_dst(&m)) {
+                net.neigh.insert((ip, mac));
+            }
+        }
+    }
+    net.attachments = all
+        .iter()
+        .filter(|m| {
+            m.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::LinkInfo(i) if i.contains(&LinkInfo::Kind(InfoKind::Veth))))
+        })
+        .filter_map(link_name)
+        .filter(|n| n.starts_with("vt"))
+        .map(str::to_owned)
+        .collect();
+    Ok(net)
+}
+
+fn neighbour_mac(m: &NeighbourMessage) -> Option<Mac> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) => Some(Mac(b.as_slice().try_into().ok()?)),
+        _ => None,
+    })
+}
+
+fn neighbour_dst(m: &NeighbourMessage) -> Option<Ipv4Addr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+            Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        }
+        _ => None,
+    })
+}

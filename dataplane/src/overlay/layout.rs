@@ -1,0 +1,470 @@
+//! What the kernel holds for a node's overlays, and the planner that turns the difference between
+//! the desired and the observed layout into an ordered list of operations.
+//!
+//! A [`Layout`] is the desired side, an [`Observed`] what the executor read back from the kernel.
+//! They differ in one place: a task's veth is named after everything that defines it (see
+//! [`AttachSpec::veth_name`]), so the observed side only needs the names.
+//!
+//! Ordering rules, which [`Observed::apply`] enforces and the property tests check on every plan:
+//! everything that goes away goes first (so addresses and names are free again), a network's
+//! attachments leave before the network does, and encrypted networks leave before the tunnel their
+//! VXLAN socket lives behind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+
+use super::model::Mac;
+
+/// The desired kernel layout of a node's overlays.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// The WireGuard tunnel namespace, present when any network is encrypted.
+    pub tunnel: Option<Tunnel>,
+    /// The networks by ID.
+    pub networks: BTreeMap<String, NetLayout>,
+}
+
+/// The namespace encrypted networks' VXLAN sockets live in: a TUN device holding the data-path
+/// address, routed into the WireGuard engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    /// The data-path address, held by the TUN device.
+    pub addr: Ipv4Addr,
+    /// The TUN device's MTU.
+    pub mtu: u32,
+    /// The WireGuard UDP port the engine's socket binds.
+    pub port: u16,
+}
+
+/// One network on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetLayout {
+    /// The bridge and VXLAN device.
+    pub device: NetDevice,
+    /// Remote MACs and the data-path address of the node each lives on.
+    pub fdb: BTreeSet<(Mac, Ipv4Addr)>,
+    /// Remote addresses and their MACs (answered by the VXLAN device's ARP proxy).
+    pub neigh: BTreeSet<(Ipv4Addr, Mac)>,
+    /// Local tasks, by veth name.
+    pub attachments: BTreeMap<String, AttachSpec>,
+}
+
+/// Everything that defines a network's bridge and VXLAN device: a change to any of it means a new
+/// network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetDevice {
+    /// The VXLAN network identifier.
+    pub vni: u32,
+    /// The data-path address the VXLAN socket binds.
+    pub local: Ipv4Addr,
+    /// The VXLAN UDP port.
+    pub port: u16,
+    /// The MTU of the bridge, the VXLAN device and the veths.
+    pub mtu: u32,
+    /// Whether the VXLAN socket lives behind the WireGuard tunnel.
+    pub encrypted: bool,
+    /// The gateway address and the subnet's prefix length, held by the bridge.
+    pub gateway: Ipv4Net,
+}
+
+impl Default for NetDevice {
+    fn default() -> Self {
+        NetDevice {
+            vni: 0,
+            local: Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            mtu: 0,
+            encrypted: false,
+            gateway: Ipv4Net::default(),
+        }
+    }
+}
+
+/// A task's interface on a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachSpec {
+    /// The task.
+    pub task: String,
+    /// Its network namespace.
+    pub netns: PathBuf,
+    /// The interface name inside it.
+    pub interface: String,
+    /// Its address and the subnet's prefix length.
+    pub addr: Ipv4Net,
+    /// Its MAC.
+    pub mac: Mac,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+impl AttachSpec {
+    /// The name of the veth end that stays in the network's namespace: `vt` and 12 hex digits of a
+    /// hash of every field, so a changed attachment gets a new veth and the kernel's names alone
+    /// tell what is there.
+    pub fn veth_name(&self) -> String {
+        // FNV-1a, 64 bits: stable across builds and platforms, unlike std's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let fields = [
+            self.task.as_bytes(),
+            self.netns.as_os_str().as_encoded_bytes(),
+            self.interface.as_bytes(),
+            &self.addr.addr().octets(),
+            &[self.addr.prefix_len()],
+            &self.mac.0,
+            &self.mtu.to_be_bytes(),
+        ];
+        for field in fields {
+            for &b in field.iter().chain(&[0xff]) {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        format!("vt{:012x}", hash >> 16)
+    }
+}
+
+/// The tunnel as the kernel has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TunnelState {
+    /// No tunnel namespace.
+    #[default]
+    Absent,
+    /// The namespace is there (encrypted networks' sockets may live in it) but not the TUN device,
+    /// as after a restart: the device dies with the process that held it.
+    NamespaceOnly,
+    /// Namespace and TUN device, with this address and MTU.
+    Up(Tunnel),
+}
+
+/// What the executor read back from the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The tunnel.
+    pub tunnel: TunnelState,
+    /// The networks by ID.
+    pub networks: BTreeMap<String, ObservedNet>,
+}
+
+/// One network as the kernel has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedNet {
+    /// The bridge and VXLAN device.
+    pub device: NetDevice,
+    /// FDB entries of the VXLAN device.
+    pub fdb: BTreeSet<(Mac, Ipv4Addr)>,
+    /// Neighbour entries of the VXLAN device.
+    pub neigh: BTreeSet<(Ipv4Addr, Mac)>,
+    /// Names of the task veths in the network's namespace.
+    pub attachments: BTreeSet<String>,
+}
+
+impl Layout {
+    /// What the kernel holds once this layout is applied.
+    pub fn observed(&self) -> Observed {
+        Observed {
+            tunnel: self.tunnel.map_or(TunnelState::Absent, TunnelState::Up),
+            networks: self
+                .networks
+                .iter()
+                .map(|(id, net)| {
+                    (
+                        id.clone(),
+                        ObservedNet {
+                            device: net.device,
+                            fdb: net.fdb.clone(),
+                            neigh: net.neigh.clone(),
+                            attachments: net.attachments.keys().cloned().collect(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One step towards the desired layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Removes a task's veth pair.
+    Detach { net: String, veth: String },
+    /// Removes a neighbour entry.
+    DelNeigh { net: String, ip: Ipv4Addr, mac: Mac },
+    /// Removes an FDB entry.
+    DelFdb {
+        net: String,
+        mac: Mac,
+        dst: Ipv4Addr,
+    },
+    /// Removes a network: VXLAN device, bridge, namespace.
+    DeleteNetwork { net: String },
+    /// Stops the WireGuard engine and removes the tunnel namespace.
+    DeleteTunnel,
+    /// Creates (or completes, after a restart) the tunnel namespace and its TUN device.
+    CreateTunnel(Tunnel),
+    /// Creates a network's namespace, bridge and VXLAN device.
+    CreateNetwork { net: String, device: NetDevice },
+    /// Adds an FDB entry: frames for `mac` go to the node at `dst`.
+    AddFdb {
+        net: String,
+        mac: Mac,
+        dst: Ipv4Addr,
+    },
+    /// Adds a permanent neighbour entry.
+    AddNeigh { net: String, ip: Ipv4Addr, mac: Mac },
+    /// Creates a task's veth pair and configures the task's end.
+    Attach {
+        net: String,
+        veth: String,
+        spec: AttachSpec,
+    },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Detach { net, veth } => write!(f, "network {net}: detach {veth}"),
+            Op::DelNeigh { net, ip, mac } => {
+                write!(f, "network {net}: remove neighbour {ip} {mac}")
+            }
+            Op::DelFdb { net, mac, dst } => write!(f, "network {net}: remove fdb {mac} via {dst}"),
+            Op::DeleteNetwork { net } => write!(f, "network {net}: delete"),
+            Op::DeleteTunnel => write!(f, "tunnel: delete"),
+            Op::CreateTunnel(t) => write!(
+                f,
+                "tunnel: create {} mtu {} wireguard port {}",
+                t.addr, t.mtu, t.port
+            ),
+            Op::CreateNetwork { net, device: d } => write!(
+                f,
+                "network {net}: create vni {} {}:{} mtu {} gateway {}{}",
+                d.vni,
+                d.local,
+                d.port,
+                d.mtu,
+                d.gateway,
+                if d.encrypted { " encrypted" } else { "" }
+            ),
+            Op::AddFdb { net, mac, dst } => write!(f, "network {net}: add fdb {mac} via {dst}"),
+            Op::AddNeigh { net, ip, mac } => write!(f, "network {net}: add neighbour {ip} {mac}"),
+            Op::Attach { net, veth, spec } => write!(
+                f,
+                "network {net}: attach task {} as {} {} ({veth}) in {}",
+                spec.task,
+                spec.interface,
+                spec.addr,
+                spec.netns.display()
+            ),
+        }
+    }
+}
+
+/// The operations that take the kernel from `observed` to `desired`, in an order that never
+/// strands a device (see the module documentation).
+pub fn plan(desired: &Layout, observed: &Observed) -> Vec<Op> {
+    let mut removals = Vec::new();
+    let mut creations = Vec::new();
+
+    let tunnel_goes = match (observed.tunnel, desired.tunnel) {
+        (TunnelState::Absent, _) => false,
+        (TunnelState::Up(have), Some(want)) => have != want,
+        (TunnelState::NamespaceOnly, Some(_)) => false,
+        (_, None) => true,
+    };
+
+    let mut kept = BTreeSet::new();
+    for (id, have) in &observed.networks {
+        let want = desired.networks.get(id);
+        let recreate = match want {
+            None => true,
+            Some(want) => want.device != have.device || (have.device.encrypted && tunnel_goes),
+        };
+        let detach = |veth: &String| Op::Detach {
+            net: id.clone(),
+            veth: veth.clone(),
+        };
+        if recreate {
+            removals.extend(have.attachments.iter().map(detach));
+            removals.push(Op::DeleteNetwork { net: id.clone() });
+            continue;
+        }
+        let want = want.expect("not recreated, so desired");
+        kept.insert(id.as_str());
+        removals.extend(
+            have.attachments
+                .iter()
+                .filter(|v| !want.attachments.contains_key(*v))
+                .map(detach),
+        );
+        removals.extend(
+            have.neigh
+                .difference(&want.neigh)
+                .map(|&(ip, mac)| Op::DelNeigh {
+                    net: id.clone(),
+                    ip,
+                    mac,
+                }),
+        );
+        removals.extend(
+            have.fdb
+                .difference(&want.fdb)
+                .map(|&(mac, dst)| Op::DelFdb {
+                    net: id.clone(),
+                    mac,
+                    dst,
+                }),
+        );
+    }
+
+    if tunnel_goes {
+        removals.push(Op::DeleteTunnel);
+    }
+    if let Some(want) = desired.tunnel
+        && (tunnel_goes || observed.tunnel != TunnelState::Up(want))
+    {
+        creations.push(Op::CreateTunnel(want));
+    }
+
+    for (id, want) in &desired.networks {
+        let have = observed
+            .networks
+            .get(id)
+            .filter(|_| kept.contains(id.as_str()));
+        if have.is_none() {
+            creations.push(Op::CreateNetwork {
+                net: id.clone(),
+                device: want.device,
+            });
+        }
+        let empty = ObservedNet::default();
+        let have = have.unwrap_or(&empty);
+        creations.extend(
+            want.fdb
+                .difference(&have.fdb)
+                .map(|&(mac, dst)| Op::AddFdb {
+                    net: id.clone(),
+                    mac,
+                    dst,
+                }),
+        );
+        creations.extend(
+            want.neigh
+                .difference(&have.neigh)
+                .map(|&(ip, mac)| Op::AddNeigh {
+                    net: id.clone(),
+                    ip,
+                    mac,
+                }),
+        );
+        creations.extend(
+            want.attachments
+                .iter()
+                .filter(|(veth, _)| !have.attachments.contains(*veth))
+                .map(|(veth, spec)| Op::Attach {
+                    net: id.clone(),
+                    veth: veth.clone(),
+                    spec: spec.clone(),
+                }),
+        );
+    }
+
+    removals.extend(creations);
+    removals
+}
+
+impl Observed {
+    /// Applies one operation to this model of the kernel, refusing it when the kernel would: a
+    /// device that exists already, a parent that is missing, or a removal that would strand
+    /// something that depends on what is removed.
+    pub fn apply(&mut self, op: &Op) -> Result<(), String> {
+        fn net<'a>(
+            this: &'a mut Observed,
+            op: &Op,
+            id: &str,
+        ) -> Result<&'a mut ObservedNet, String> {
+            this.networks
+                .get_mut(id)
+                .ok_or_else(|| format!("{op}: no network {id}"))
+        }
+        let fail = |what: &str| Err(format!("{op}: {what}"));
+        match op {
+            Op::Detach { net: id, veth } => {
+                if !net(self, op, id)?.attachments.remove(veth) {
+                    return fail("no such veth");
+                }
+            }
+            Op::DelNeigh { net: id, ip, mac } => {
+                if !net(self, op, id)?.neigh.remove(&(*ip, *mac)) {
+                    return fail("no such neighbour");
+                }
+            }
+            Op::DelFdb { net: id, mac, dst } => {
+                if !net(self, op, id)?.fdb.remove(&(*mac, *dst)) {
+                    return fail("no such fdb entry");
+                }
+            }
+            Op::DeleteNetwork { net: id } => {
+                if !net(self, op, id)?.attachments.is_empty() {
+                    return fail("tasks are still attached");
+                }
+                self.networks.remove(id);
+            }
+            Op::DeleteTunnel => {
+                if self.tunnel == TunnelState::Absent {
+                    return fail("no tunnel");
+                }
+                if self.networks.values().any(|n| n.device.encrypted) {
+                    return fail("encrypted networks still use it");
+                }
+                self.tunnel = TunnelState::Absent;
+            }
+            Op::CreateTunnel(t) => {
+                if matches!(self.tunnel, TunnelState::Up(_)) {
+                    return fail("the tunnel is up already");
+                }
+                self.tunnel = TunnelState::Up(*t);
+            }
+            Op::CreateNetwork { net: id, device } => {
+                if self.networks.contains_key(id) {
+                    return fail("exists already");
+                }
+                if device.encrypted
+                    && !matches!(self.tunnel, TunnelState::Up(t) if t.addr == device.local)
+                {
+                    return fail("an encrypted network needs the tunnel up on its address");
+                }
+                if self.networks.values().any(|n| n.device.vni == device.vni) {
+                    return fail("the VNI is in use");
+                }
+                self.networks.insert(
+                    id.clone(),
+                    ObservedNet {
+                        device: *device,
+                        ..ObservedNet::default()
+                    },
+                );
+            }
+            Op::AddFdb { net: id, mac, dst } => {
+                if !net(self, op, id)?.fdb.insert((*mac, *dst)) {
+                    return fail("exists already");
+                }
+            }
+            Op::AddNeigh { net: id, ip, mac } => {
+                let n = net(self, op, id)?;
+                if n.neigh.iter().any(|(i, _)| i == ip) {
+                    return fail("the address has a neighbour entry already");
+                }
+                n.neigh.insert((*ip, *mac));
+            }
+            Op::Attach { net: id, veth, .. } => {
+                if !net(self, op, id)?.attachments.insert(veth.clone()) {
+                    return fail("exists already");
+                }
+            }
+        }
+        Ok(())
+    }
+}

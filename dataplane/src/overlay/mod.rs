@@ -1,0 +1,34 @@
+//! Overlay networks: a node's desired state ([`model::DesiredState`]) is validated into a kernel
+//! [`layout::Layout`], planned against what the kernel holds ([`layout::plan`]) and applied by
+//! the netlink executor ([`Dataplane`]); encrypted networks' VXLAN traffic goes through the
+//! WireGuard engine ([`wireguard`]).
+//!
+//! ```text
+//!  node namespace (shoald)                 network namespace <root>/ov-<id>      task namespace
+//!  ───────────────────────                 ────────────────────────────────      ──────────────
+//!  data-path addr:4789  (plain VXLAN) ───> vxlan0 ─┐                              
+//!                                                  br0 (gateway) ── vt<hash> ══════ eth0
+//!  data-path addr:51820 (WireGuard UDP)            │
+//!        ▲                                          
+//!        │ engine: encrypt/decrypt                 tunnel namespace <root>/wg
+//!        └──────────────────────────────────────── wg0 (TUN, data-path addr) ── encrypted networks'
+//!                                                                              VXLAN sockets
+//! ```
+//!
+//! A plain network's VXLAN device is created in the node's namespace, so its socket binds the
+//! data-path address there, then moved into the network's namespace (as Docker's overlay driver
+//! does). An encrypted network's VXLAN device is created in the tunnel namespace instead, whose
+//! only route leads into the TUN device: its traffic cannot leave any other way than encrypted,
+//! and plain networks' traffic never enters the tunnel.
+
+mod executor;
+pub mod keys;
+pub mod layout;
+pub mod model;
+pub mod netns;
+pub mod wireguard;
+
+pub use executor::{Applied, ApplyError, Dataplane};
+pub use keys::Key;
+pub use layout::{Layout, Observed, Op, plan};
+pub use model::{DesiredState, Host, HostInterface, InvalidState, Resolved};

@@ -1,0 +1,868 @@
+//! The desired state a node's data plane is driven by, as the control plane (or an operator with
+//! `shoal dataplane apply`) hands it over, and its validation into a [`Layout`].
+//!
+//! Validation is pure: the only facts it needs from the kernel (which interfaces exist, their
+//! addresses and MTUs) come in as a [`Host`]. Every problem is reported with the path of the field
+//! that caused it (`networks[1].vni`), all of them at once, before anything touches the kernel.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::keys::Key;
+use super::layout::{AttachSpec, Layout, NetDevice, NetLayout, Tunnel};
+
+/// The default VXLAN port (IANA), Docker's `--data-path-port` default.
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// The default WireGuard port.
+pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
+/// Bytes VXLAN adds over IPv4: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// Bytes WireGuard adds over IPv4: outer IPv4 (20) + UDP (8) + WireGuard data header and tag (32).
+pub const WIREGUARD_OVERHEAD: u32 = 60;
+/// The smallest overlay MTU accepted (the IPv4 minimum datagram every host must accept).
+pub const MIN_MTU: u32 = 576;
+
+/// A node's desired data-plane state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredState {
+    /// This node's name, as peers and endpoints refer to nodes.
+    #[serde(default)]
+    pub node: String,
+    /// Where overlay traffic enters and leaves this node.
+    pub data_path: DataPath,
+    /// This node's WireGuard identity; required when any network is encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuard>,
+    /// Overlay networks present on this node.
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    /// Local tasks plugged into those networks.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    /// Tasks on other nodes this node must be able to reach.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// The other nodes.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// `--data-path-addr` and `--data-path-port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataPath {
+    /// An IPv4 address of this node, or the name of an interface holding one.
+    pub addr: String,
+    /// The VXLAN UDP port.
+    #[serde(default = "default_vxlan_port")]
+    pub port: u16,
+    /// The WireGuard UDP port (the same on every node).
+    #[serde(default = "default_wireguard_port")]
+    pub wireguard_port: u16,
+}
+
+fn default_vxlan_port() -> u16 {
+    DEFAULT_VXLAN_PORT
+}
+
+fn default_wireguard_port() -> u16 {
+    DEFAULT_WIREGUARD_PORT
+}
+
+/// This node's WireGuard static key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireGuard {
+    /// Base64 of the 32-byte X25519 private key, as `wg genkey` prints it.
+    pub private_key: String,
+}
+
+impl fmt::Debug for WireGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WireGuard")
+            .field("private_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An overlay network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Its ID: letters, digits, `_`, `.`, `-`; at most 64 characters.
+    pub id: String,
+    /// Its VXLAN network identifier, 1..=16777215.
+    pub vni: u32,
+    /// Its IPv4 subnet.
+    pub subnet: String,
+    /// The gateway address; the subnet's first host address when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The MTU of its devices; derived from the data-path interface when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Whether its traffic between nodes travels inside WireGuard.
+    #[serde(default)]
+    pub encrypted: bool,
+}
+
+/// A local task's interface on a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    /// The task's ID.
+    pub task: String,
+    /// The task's network namespace: a path such as `/run/netns/NAME` or `/proc/PID/ns/net`.
+    pub netns: PathBuf,
+    /// The network's ID.
+    pub network: String,
+    /// The task's address on the network.
+    pub ip: String,
+    /// Its MAC address; derived from the IP (`02:42:` + the address) when absent, like Docker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The interface's name inside the task's namespace.
+    #[serde(default = "default_interface")]
+    pub interface: String,
+}
+
+fn default_interface() -> String {
+    "eth0".to_owned()
+}
+
+/// A task on another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// The network's ID.
+    pub network: String,
+    /// The task's address.
+    pub ip: String,
+    /// Its MAC address; derived from the IP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The node it runs on (one of `peers`).
+    pub node: String,
+}
+
+/// Another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Its name.
+    pub node: String,
+    /// Its data-path address.
+    pub data_path_addr: String,
+    /// Base64 of its WireGuard public key; required when it has endpoints on an encrypted network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+/// A MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// Docker's derivation: `02:42` followed by the IPv4 address.
+    pub fn from_ip(ip: Ipv4Addr) -> Self {
+        let [a, b, c, d] = ip.octets();
+        Mac([0x02, 0x42, a, b, c, d])
+    }
+
+    fn is_unicast(self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{s:?} is not a MAC address (want six hex pairs like 02:42:0a:00:00:02)");
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Mac(mac))
+    }
+}
+
+impl From<Mac> for String {
+    fn from(mac: Mac) -> String {
+        mac.to_string()
+    }
+}
+
+impl TryFrom<String> for Mac {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+/// What validation needs to know about the node it runs on.
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    /// The node namespace's interfaces.
+    pub interfaces: Vec<HostInterface>,
+}
+
+/// One interface of the node.
+#[derive(Debug, Clone)]
+pub struct HostInterface {
+    /// Its name.
+    pub name: String,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its IPv4 addresses.
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// One problem with a desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The path of the field, e.g. `networks[1].vni`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// A desired state that cannot be applied: every problem found, nothing applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidState {
+    /// The problems, in the order of the fields.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for InvalidState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid data-plane state (nothing was applied):")?;
+        for p in &self.problems {
+            write!(f, "\n  {}: {}", p.field, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// This node's WireGuard configuration, derived from a valid desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgConfig {
+    /// Our static private key.
+    pub private_key: Key,
+    /// The data-path address the engine's UDP socket binds.
+    pub local: Ipv4Addr,
+    /// The WireGuard port on every node.
+    pub port: u16,
+    /// The peers that have a public key, by node name.
+    pub peers: BTreeMap<String, WgPeer>,
+}
+
+/// A WireGuard peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgPeer {
+    /// Its data-path address: its endpoint, and the only inner source address accepted from it.
+    pub addr: Ipv4Addr,
+    /// Its static public key.
+    pub public_key: Key,
+}
+
+/// A validated desired state: the kernel layout to converge to, and the WireGuard engine's
+/// configuration when any network is encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// What the kernel must hold.
+    pub layout: Layout,
+    /// What the WireGuard engine must run, if anything.
+    pub wireguard: Option<WgConfig>,
+    /// The resolved data-path address.
+    pub data_path_addr: Ipv4Addr,
+    /// The data-path interface's MTU.
+    pub underlay_mtu: u32,
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+struct NetFacts {
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    encrypted: bool,
+    /// Addresses and MACs in use, with the field that took them.
+    ips: BTreeMap<Ipv4Addr, String>,
+    macs: BTreeMap<Mac, String>,
+}
+
+impl NetFacts {
+    /// Checks an address belongs to the network and is free; records it.
+    fn claim_ip(&mut self, field: &str, ip: Ipv4Addr, problems: &mut Problems) -> bool {
+        if !self.subnet.contains(&ip) {
+            problems.push(
+                field,
+                format!("{ip} is outside the network's subnet {}", self.subnet),
+            );
+            return false;
+        }
+        if ip == self.subnet.network() || ip == self.subnet.broadcast() {
+            problems.push(
+                field,
+                format!("{ip} is the subnet's network or broadcast address"),
+            );
+            return false;
+        }
+        if ip == self.gateway {
+            problems.push(field, format!("{ip} is the network's gateway"));
+            return false;
+        }
+        if let Some(other) = self.ips.get(&ip) {
+            problems.push(field, format!("{ip} is already used by {other}"));
+            return false;
+        }
+        self.ips.insert(ip, field.to_owned());
+        true
+    }
+
+    fn claim_mac(&mut self, field: &str, mac: Mac, problems: &mut Problems) -> bool {
+        if !mac.is_unicast() {
+            problems.push(field, format!("{mac} is not a unicast MAC address"));
+            return false;
+        }
+        if let Some(other) = self.macs.get(&mac) {
+            problems.push(field, format!("{mac} is already used by {other}"));
+            return false;
+        }
+        self.macs.insert(mac, field.to_owned());
+        true
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn parse_ipv4(field: &str, value: &str, problems: &mut Problems) -> Option<Ipv4Addr> {
+    match value.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => Some(ip),
+        Ok(IpAddr::V6(_)) => {
+            problems.push(
+                field,
+                format!("{value} is IPv6; overlays are IPv4 only for now"),
+            );
+            None
+        }
+        Err(_) => {
+            problems.push(field, format!("{value:?} is not an IPv4 address"));
+            None
+        }
+    }
+}
+
+fn parse_mac(
+    field: &str,
+    value: Option<&str>,
+    ip: Ipv4Addr,
+    problems: &mut Problems,
+) -> Option<Mac> {
+    match value {
+        None => Some(Mac::from_ip(ip)),
+        Some(s) => match s.parse() {
+            Ok(mac) => Some(mac),
+            Err(e) => {
+                problems.push(field, e);
+                None
+            }
+        },
+    }
+}
+
+fn parse_key(field: &str, value: &str, problems: &mut Problems) -> Option<Key> {
+    match value.parse::<Key>() {
+        Ok(key) => Some(key),
+        Err(e) => {
+            problems.push(field, e.to_string());
+            None
+        }
+    }
+}
+
+impl DesiredState {
+    /// Parses a desired state from JSON, naming the line and column of a syntax or type error.
+    pub fn from_json(text: &str) -> Result<Self, InvalidState> {
+        serde_json::from_str(text).map_err(|e| InvalidState {
+            problems: vec![Problem {
+                field: format!("line {} column {}", e.line(), e.column()),
+                message: e.to_string(),
+            }],
+        })
+    }
+
+    /// Checks the state against itself and the host and derives the layout to converge to.
+    pub fn resolve(&self, host: &Host) -> Result<Resolved, InvalidState> {
+        let mut problems = Problems::default();
+
+        // The data path.
+        let data_path = self.resolve_data_path(host, &mut problems);
+        for (field, port) in [
+            ("data_path.port", self.data_path.port),
+            ("data_path.wireguard_port", self.data_path.wireguard_port),
+        ] {
+            if port == 0 {
+                problems.push(field, "the port must be between 1 and 65535");
+            }
+        }
+        let underlay_mtu = data_path.map_or(1500, |(_, mtu)| mtu);
+
+        // Peers.
+        let mut peers: BTreeMap<&str, (Ipv4Addr, Option<Key>)> = BTreeMap::new();
+        let mut peer_addrs: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            let at = format!("peers[{i}]");
+            if peer.node.is_empty() {
+                problems.push(format!("{at}.node"), "a peer needs a node name");
+                continue;
+            }
+            if peer.node == self.node {
+                problems.push(
+                    format!("{at}.node"),
+                    format!("{:?} is this node itself", peer.node),
+                );
+                continue;
+            }
+            if peers.contains_key(peer.node.as_str()) {
+                problems.push(
+                    format!("{at}.node"),
+                    format!("node {:?} is listed twice", peer.node),
+                );
+                continue;
+            }
+            let field = format!("{at}.data_path_addr");
+            let Some(addr) = parse_ipv4(&field, &peer.data_path_addr, &mut problems) else {
+                continue;
+            };
+            if Some(addr) == data_path.map(|(a, _)| a) {
+                problems.push(
+                    &field,
+                    format!("{addr} is this node's own data-path address"),
+                );
+                continue;
+            }
+            if let Some(other) = peer_addrs.insert(addr, at.clone()) {
+                problems.push(&field, format!("{addr} is already the address of {other}"));
+                continue;
+            }
+            let key = peer
+                .public_key
+                .as_deref()
+                .and_then(|k| parse_key(&format!("{at}.public_key"), k, &mut problems));
+            peers.insert(&peer.node, (addr, key));
+        }
+
+        // Networks.
+        let mut nets: BTreeMap<&str, NetFacts> = BTreeMap::new();
+        let mut vnis: BTreeMap<u32, String> = BTreeMap::new();
+        let mut layout = Layout::default();
+        let local = data_path.map_or(Ipv4Addr::UNSPECIFIED, |(a, _)| a);
+        for (i, net) in self.networks.iter().enumerate() {
+            let at = format!("networks[{i}]");
+            if !valid_id(&net.id) {
+                problems.push(
+                    format!("{at}.id"),
+                    format!(
+                        "{:?} is not a network ID (1 to 64 letters, digits, '_', '.', '-')",
+                        net.id
+                    ),
+                );
+                continue;
+            }
+            if nets.contains_key(net.id.as_str()) {
+                problems.push(
+                    format!("{at}.id"),
+                    format!("network {:?} is listed twice", net.id),
+                );
+                continue;
+            }
+            let mut ok = true;
+            if !(1..=0x00ff_ffff).contains(&net.vni) {
+                problems.push(
+                    format!("{at}.vni"),
+                    format!("{} is not a VNI (1 to 16777215)", net.vni),
+                );
+                ok = false;
+            } else if let Some(other) = vnis.get(&net.vni) {
+                problems.push(
+                    format!("{at}.vni"),
+                    format!("VNI {} is already used by {other}", net.vni),
+                );
+                ok = false;
+            }
+            let subnet = match net.subnet.parse::<Ipv4Net>() {
+                Ok(s) if s.prefix_len() > 30 => {
+                    problems.push(
+                        format!("{at}.subnet"),
+                        format!("{s} is too small: a /30 at most"),
+                    );
+                    None
+                }
+                Ok(s) if s != s.trunc() => {
+                    problems.push(
+                        format!("{at}.subnet"),
+                        format!("{s} has host bits set; did you mean {}?", s.trunc()),
+                    );
+                    None
+                }
+                Ok(s) => Some(s),
+                Err(_) => {
+                    problems.push(
+                        format!("{at}.subnet"),
+                        format!("{:?} is not an IPv4 CIDR subnet", net.subnet),
+                    );
+                    None
+                }
+            };
+            let Some(subnet) = subnet else { continue };
+            if let Some((other, _)) = nets.iter().find(|(_, f)| {
+                f.subnet.contains(&subnet.network()) || subnet.contains(&f.subnet.network())
+            }) {
+                problems.push(
+                    format!("{at}.subnet"),
+                    format!("{subnet} overlaps the subnet of network {other:?}"),
+                );
+                ok = false;
+            }
+            let gateway = match &net.gateway {
+                None => subnet.hosts().next(),
+                Some(g) => parse_ipv4(&format!("{at}.gateway"), g, &mut problems),
+            };
+            let Some(gateway) = gateway else { continue };
+            if !subnet.contains(&gateway)
+                || gateway == subnet.network()
+                || gateway == subnet.broadcast()
+            {
+                problems.push(
+                    format!("{at}.gateway"),
+                    format!("{gateway} is not a host address of {subnet}"),
+                );
+                ok = false;
+            }
+            let max_mtu = underlay_mtu.saturating_sub(
+                VXLAN_OVERHEAD + if net.encrypted { WIREGUARD_OVERHEAD } else { 0 },
+            );
+            let mtu = net.mtu.unwrap_or(max_mtu);
+            if mtu > max_mtu || mtu < MIN_MTU {
+                problems.push(
+                    format!("{at}.mtu"),
+                    format!(
+                        "{mtu} does not fit: the data-path interface's MTU {underlay_mtu} leaves {MIN_MTU}..={max_mtu} for {} network",
+                        if net.encrypted { "an encrypted" } else { "a" }
+                    ),
+                );
+                ok = false;
+            }
+            if net.encrypted && self.wireguard.is_none() {
+                problems.push(
+                    "wireguard.private_key",
+                    format!(
+                        "network {:?} is encrypted, so this node needs a WireGuard private key",
+                        net.id
+                    ),
+                );
+            }
+            if !ok {
+                continue;
+            }
+            vnis.insert(net.vni, format!("network {:?}", net.id));
+            nets.insert(
+                &net.id,
+                NetFacts {
+                    subnet,
+                    gateway,
+                    encrypted: net.encrypted,
+                    ips: BTreeMap::new(),
+                    macs: BTreeMap::new(),
+                },
+            );
+            layout.networks.insert(
+                net.id.clone(),
+                NetLayout {
+                    device: NetDevice {
+                        vni: net.vni,
+                        local,
+                        port: self.data_path.port,
+                        mtu,
+                        encrypted: net.encrypted,
+                        gateway: Ipv4Net::new(gateway, subnet.prefix_len())
+                            .expect("prefix from a subnet"),
+                    },
+                    ..NetLayout::default()
+                },
+            );
+        }
+        let known_net =
+            |field: &str, id: &str, nets: &BTreeMap<&str, NetFacts>, problems: &mut Problems| {
+                if nets.contains_key(id) {
+                    true
+                } else {
+                    if !self.networks.iter().any(|n| n.id == id) {
+                        problems.push(field, format!("no network {id:?} in networks"));
+                    }
+                    false
+                }
+            };
+
+        // Local attachments.
+        let mut interfaces: BTreeMap<(PathBuf, &str), String> = BTreeMap::new();
+        for (i, a) in self.attachments.iter().enumerate() {
+            let at = format!("attachments[{i}]");
+            if a.task.is_empty() {
+                problems.push(format!("{at}.task"), "an attachment needs a task ID");
+            }
+            if !a.netns.is_absolute() {
+                problems.push(
+                    format!("{at}.netns"),
+                    format!("{} is not an absolute path", a.netns.display()),
+                );
+            }
+            if a.interface.is_empty()
+                || a.interface.len() > 15
+                || a.interface.contains(['/', ' ', ':'])
+            {
+                problems.push(
+                    format!("{at}.interface"),
+                    format!("{:?} is not an interface name", a.interface),
+                );
+            } else if let Some(other) =
+                interfaces.insert((a.netns.clone(), &a.interface), at.clone())
+            {
+                problems.push(
+                    format!("{at}.interface"),
+                    format!(
+                        "{} in {} is already used by {other}",
+                        a.interface,
+                        a.netns.display()
+                    ),
+                );
+            }
+            if !known_net(&format!("{at}.network"), &a.network, &nets, &mut problems) {
+                continue;
+            }
+            let Some(ip) = parse_ipv4(&format!("{at}.ip"), &a.ip, &mut problems) else {
+                continue;
+            };
+            let Some(mac) = parse_mac(&format!("{at}.mac"), a.mac.as_deref(), ip, &mut problems)
+            else {
+                continue;
+            };
+            let facts = nets.get_mut(a.network.as_str()).expect("checked above");
+            if !facts.claim_ip(&format!("{at}.ip"), ip, &mut problems)
+                | !facts.claim_mac(&format!("{at}.mac"), mac, &mut problems)
+            {
+                continue;
+            }
+            let net = layout.networks.get_mut(&a.network).expect("checked above");
+            let spec = AttachSpec {
+                task: a.task.clone(),
+                netns: a.netns.clone(),
+                interface: a.interface.clone(),
+                addr: Ipv4Net::new(ip, facts.subnet.prefix_len()).expect("prefix from a subnet"),
+                mac,
+                mtu: net.device.mtu,
+            };
+            net.attachments.insert(spec.veth_name(), spec);
+        }
+
+        // Remote endpoints.
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let at = format!("endpoints[{i}]");
+            if !known_net(&format!("{at}.network"), &e.network, &nets, &mut problems) {
+                continue;
+            }
+            let Some(ip) = parse_ipv4(&format!("{at}.ip"), &e.ip, &mut problems) else {
+                continue;
+            };
+            let Some(mac) = parse_mac(&format!("{at}.mac"), e.mac.as_deref(), ip, &mut problems)
+            else {
+                continue;
+            };
+            let facts = nets.get_mut(e.network.as_str()).expect("checked above");
+            let ip_ok = facts.claim_ip(&format!("{at}.ip"), ip, &mut problems);
+            let mac_ok = facts.claim_mac(&format!("{at}.mac"), mac, &mut problems);
+            let Some((node_addr, key)) = peers.get(e.node.as_str()) else {
+                if e.node == self.node {
+                    problems.push(
+                        format!("{at}.node"),
+                        "endpoints on this node belong in attachments",
+                    );
+                } else if !self.peers.iter().any(|p| p.node == e.node) {
+                    problems.push(
+                        format!("{at}.node"),
+                        format!("no node {:?} in peers", e.node),
+                    );
+                }
+                continue;
+            };
+            if facts.encrypted && key.is_none() {
+                problems.push(
+                    format!("{at}.node"),
+                    format!(
+                        "network {:?} is encrypted but peer {:?} has no public_key",
+                        e.network, e.node
+                    ),
+                );
+                continue;
+            }
+            if !(ip_ok && mac_ok) {
+                continue;
+            }
+            let net = layout.networks.get_mut(&e.network).expect("checked above");
+            net.fdb.insert((mac, *node_addr));
+            net.neigh.insert((ip, mac));
+        }
+
+        // WireGuard.
+        let encrypted = layout.networks.values().any(|n| n.device.encrypted);
+        let private_key = self
+            .wireguard
+            .as_ref()
+            .and_then(|w| parse_key("wireguard.private_key", &w.private_key, &mut problems));
+
+        if !problems.0.is_empty() {
+            return Err(InvalidState {
+                problems: problems.0,
+            });
+        }
+        let (data_path_addr, underlay_mtu) =
+            data_path.expect("no problems, so the data path resolved");
+        let wireguard = match (encrypted, private_key) {
+            (true, Some(private_key)) => {
+                layout.tunnel = Some(Tunnel {
+                    addr: data_path_addr,
+                    mtu: underlay_mtu - WIREGUARD_OVERHEAD,
+                    port: self.data_path.wireguard_port,
+                });
+                Some(WgConfig {
+                    private_key,
+                    local: data_path_addr,
+                    port: self.data_path.wireguard_port,
+                    peers: peers
+                        .iter()
+                        .filter_map(|(node, (addr, key))| {
+                            Some((
+                                (*node).to_owned(),
+                                WgPeer {
+                                    addr: *addr,
+                                    public_key: key.clone()?,
+                                },
+                            ))
+                        })
+                        .collect(),
+                })
+            }
+            _ => None,
+        };
+        Ok(Resolved {
+            layout,
+            wireguard,
+            data_path_addr,
+            underlay_mtu,
+        })
+    }
+
+    fn resolve_data_path(&self, host: &Host, problems: &mut Problems) -> Option<(Ipv4Addr, u32)> {
+        let value = self.data_path.addr.trim();
+        if value.is_empty() {
+            problems.push(
+                "data_path.addr",
+                "a data-path address (an IPv4 address or interface name) is required",
+            );
+            return None;
+        }
+        match value.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => match host.interfaces.iter().find(|i| i.addrs.contains(&ip)) {
+                Some(i) => Some((ip, i.mtu)),
+                None => {
+                    problems.push(
+                        "data_path.addr",
+                        format!("{ip} is not an address of this node"),
+                    );
+                    None
+                }
+            },
+            Ok(IpAddr::V6(_)) => {
+                problems.push(
+                    "data_path.addr",
+                    format!("{value} is IPv6; the data path is IPv4 only for now"),
+                );
+                None
+            }
+            Err(_) => match host.interfaces.iter().find(|i| i.name == value) {
+                None => {
+                    problems.push(
+                        "data_path.addr",
+                        format!(
+                            "{value:?} is neither an IPv4 address nor an interface of this node"
+                        ),
+                    );
+                    None
+                }
+                Some(i) => match i.addrs.as_slice() {
+                    [ip] => Some((*ip, i.mtu)),
+                    [] => {
+                        problems.push(
+                            "data_path.addr",
+                            format!("interface {value} has no IPv4 address"),
+                        );
+                        None
+                    }
+                    many => {
+                        let list: Vec<String> = many.iter().map(Ipv4Addr::to_string).collect();
+                        problems.push(
+                            "data_path.addr",
+                            format!(
+                                "interface {value} has several IPv4 addresses ({}); name one",
+                                list.join(", ")
+                            ),
+                        );
+                        None
+                    }
+                },
+            },
+        }
+    }
+}

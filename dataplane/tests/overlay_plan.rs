@@ -1,0 +1,497 @@
+//! The overlay planner and the desired-state validation: pure, no root needed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use proptest::prelude::*;
+use shoal_dataplane::overlay::layout::{AttachSpec, NetDevice, NetLayout, Tunnel, TunnelState};
+use shoal_dataplane::overlay::model::Mac;
+use shoal_dataplane::overlay::{DesiredState, Host, HostInterface, Key, Layout, Observed, plan};
+
+fn host() -> Host {
+    Host {
+        interfaces: vec![
+            HostInterface {
+                name: "lo".into(),
+                mtu: 65536,
+                addrs: vec![Ipv4Addr::LOCALHOST],
+            },
+            HostInterface {
+                name: "eth0".into(),
+                mtu: 1500,
+                addrs: vec![Ipv4Addr::new(172, 20, 1, 11)],
+            },
+            HostInterface {
+                name: "eth1".into(),
+                mtu: 1500,
+                addrs: vec![Ipv4Addr::new(172, 21, 1, 11)],
+            },
+        ],
+    }
+}
+
+fn key(seed: u8) -> Key {
+    Key([seed; 32])
+}
+
+/// Three nodes' worth of state seen from n1: a plain and an encrypted network, a local task on
+/// each, a remote task on each.
+fn state() -> serde_json::Value {
+    serde_json::json!({
+        "node": "n1",
+        "data_path": { "addr": "eth1" },
+        "wireguard": { "private_key": key(1).to_string() },
+        "networks": [
+            { "id": "plain", "vni": 4096, "subnet": "10.10.0.0/24" },
+            { "id": "secret", "vni": 4097, "subnet": "10.20.0.0/24", "encrypted": true }
+        ],
+        "attachments": [
+            { "task": "t1", "netns": "/run/netns/t1", "network": "plain", "ip": "10.10.0.2" },
+            { "task": "t1", "netns": "/run/netns/t1", "network": "secret", "ip": "10.20.0.2", "interface": "eth1" }
+        ],
+        "endpoints": [
+            { "network": "plain", "ip": "10.10.0.3", "node": "n2" },
+            { "network": "secret", "ip": "10.20.0.3", "node": "n2", "mac": "02:00:00:00:00:03" }
+        ],
+        "peers": [
+            { "node": "n2", "data_path_addr": "172.21.1.12", "public_key": key(2).public().to_string() },
+            { "node": "n3", "data_path_addr": "172.21.1.13", "public_key": key(3).public().to_string() }
+        ]
+    })
+}
+
+fn resolve(
+    value: serde_json::Value,
+) -> Result<shoal_dataplane::overlay::Resolved, Vec<(String, String)>> {
+    let state = DesiredState::from_json(&value.to_string()).map_err(|e| {
+        e.problems
+            .into_iter()
+            .map(|p| (p.field, p.message))
+            .collect::<Vec<_>>()
+    })?;
+    state.resolve(&host()).map_err(|e| {
+        e.problems
+            .into_iter()
+            .map(|p| (p.field, p.message))
+            .collect()
+    })
+}
+
+#[test]
+fn a_valid_state_resolves_to_the_layout_it_describes() {
+    let r = resolve(state()).unwrap();
+    let data = Ipv4Addr::new(172, 21, 1, 11);
+    assert_eq!(r.data_path_addr, data);
+    assert_eq!(
+        r.layout.tunnel,
+        Some(Tunnel {
+            addr: data,
+            mtu: 1440,
+            port: 51820
+        })
+    );
+
+    let plain = &r.layout.networks["plain"];
+    assert_eq!(plain.device.mtu, 1450, "VXLAN takes 50 bytes");
+    assert_eq!(plain.device.port, 4789);
+    assert_eq!(
+        plain.device.gateway,
+        "10.10.0.1/24".parse::<Ipv4Net>().unwrap(),
+        "first host by default"
+    );
+    assert!(!plain.device.encrypted);
+    let secret = &r.layout.networks["secret"];
+    assert_eq!(secret.device.mtu, 1390, "VXLAN 50 and WireGuard 60 more");
+
+    let remote = Ipv4Addr::new(10, 10, 0, 3);
+    let docker_mac = Mac([0x02, 0x42, 10, 10, 0, 3]);
+    assert_eq!(plain.neigh, BTreeSet::from([(remote, docker_mac)]));
+    assert_eq!(
+        plain.fdb,
+        BTreeSet::from([(docker_mac, Ipv4Addr::new(172, 21, 1, 12))])
+    );
+
+    let (veth, spec) = plain.attachments.iter().next().unwrap();
+    assert!(veth.starts_with("vt") && veth.len() == 14, "{veth}");
+    assert_eq!(spec.interface, "eth0");
+    assert_eq!(spec.mtu, 1450);
+    assert_eq!(
+        secret.attachments.values().next().unwrap().interface,
+        "eth1"
+    );
+
+    let wg = r.wireguard.unwrap();
+    assert_eq!(wg.port, 51820);
+    assert_eq!(wg.local, data);
+    assert_eq!(wg.peers.len(), 2);
+    assert_eq!(wg.peers["n2"].public_key, key(2).public());
+}
+
+#[test]
+fn a_state_without_encrypted_networks_needs_no_tunnel_nor_key() {
+    let mut s = state();
+    s["networks"][1]["encrypted"] = false.into();
+    s.as_object_mut().unwrap().remove("wireguard");
+    let r = resolve(s).unwrap();
+    assert_eq!(r.layout.tunnel, None);
+    assert_eq!(r.wireguard, None);
+    assert_eq!(r.layout.networks["secret"].device.mtu, 1450);
+}
+
+/// Applies `edit` to the valid state and returns the fields the problems name.
+fn problems(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<(String, String)> {
+    let mut s = state();
+    edit(&mut s);
+    resolve(s).expect_err("the edited state must be refused")
+}
+
+fn assert_names(problems: &[(String, String)], field: &str, words: &str) {
+    assert!(
+        problems
+            .iter()
+            .any(|(f, m)| f == field && m.contains(words)),
+        "expected a problem with {field} saying {words:?}, got {problems:#?}"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_field() {
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        (
+            "networks[1].subnet",
+            "overlaps",
+            Box::new(|s| s["networks"][1]["subnet"] = "10.10.0.128/25".into()),
+        ),
+        (
+            "networks[1].vni",
+            "already used",
+            Box::new(|s| s["networks"][1]["vni"] = 4096.into()),
+        ),
+        (
+            "networks[0].vni",
+            "not a VNI",
+            Box::new(|s| s["networks"][0]["vni"] = 0.into()),
+        ),
+        (
+            "networks[0].subnet",
+            "host bits",
+            Box::new(|s| s["networks"][0]["subnet"] = "10.10.0.1/24".into()),
+        ),
+        (
+            "networks[0].gateway",
+            "not a host address",
+            Box::new(|s| s["networks"][0]["gateway"] = "10.99.0.1".into()),
+        ),
+        (
+            "networks[0].mtu",
+            "does not fit",
+            Box::new(|s| s["networks"][0]["mtu"] = 1451.into()),
+        ),
+        (
+            "networks[1].mtu",
+            "encrypted",
+            Box::new(|s| s["networks"][1]["mtu"] = 1400.into()),
+        ),
+        (
+            "networks[0].id",
+            "not a network ID",
+            Box::new(|s| s["networks"][0]["id"] = "a/b".into()),
+        ),
+        (
+            "attachments[0].ip",
+            "outside the network's subnet",
+            Box::new(|s| s["attachments"][0]["ip"] = "10.20.0.9".into()),
+        ),
+        (
+            "attachments[0].ip",
+            "gateway",
+            Box::new(|s| s["attachments"][0]["ip"] = "10.10.0.1".into()),
+        ),
+        (
+            "endpoints[0].ip",
+            "already used by attachments[0]",
+            Box::new(|s| s["endpoints"][0]["ip"] = "10.10.0.2".into()),
+        ),
+        (
+            "attachments[0].mac",
+            "not a MAC",
+            Box::new(|s| s["attachments"][0]["mac"] = "02:42".into()),
+        ),
+        (
+            "attachments[0].network",
+            "no network",
+            Box::new(|s| s["attachments"][0]["network"] = "nope".into()),
+        ),
+        (
+            "attachments[1].interface",
+            "already used",
+            Box::new(|s| s["attachments"][1]["interface"] = "eth0".into()),
+        ),
+        (
+            "attachments[0].netns",
+            "absolute",
+            Box::new(|s| s["attachments"][0]["netns"] = "t1".into()),
+        ),
+        (
+            "wireguard.private_key",
+            "not a WireGuard key",
+            Box::new(|s| s["wireguard"]["private_key"] = "c2hvcnQ=".into()),
+        ),
+        (
+            "peers[0].public_key",
+            "not a WireGuard key",
+            Box::new(|s| s["peers"][0]["public_key"] = "not base64!".into()),
+        ),
+        (
+            "wireguard.private_key",
+            "needs a WireGuard private key",
+            Box::new(|s| {
+                s.as_object_mut().unwrap().remove("wireguard");
+            }),
+        ),
+        (
+            "endpoints[1].node",
+            "has no public_key",
+            Box::new(|s| {
+                s["peers"][0].as_object_mut().unwrap().remove("public_key");
+            }),
+        ),
+        (
+            "endpoints[0].node",
+            "no node",
+            Box::new(|s| s["endpoints"][0]["node"] = "n9".into()),
+        ),
+        (
+            "peers[1].data_path_addr",
+            "already the address of peers[0]",
+            Box::new(|s| s["peers"][1]["data_path_addr"] = "172.21.1.12".into()),
+        ),
+        (
+            "peers[0].data_path_addr",
+            "own data-path address",
+            Box::new(|s| s["peers"][0]["data_path_addr"] = "172.21.1.11".into()),
+        ),
+        (
+            "data_path.addr",
+            "neither an IPv4 address nor an interface",
+            Box::new(|s| s["data_path"]["addr"] = "eth9".into()),
+        ),
+        (
+            "data_path.addr",
+            "not an address of this node",
+            Box::new(|s| s["data_path"]["addr"] = "172.21.1.99".into()),
+        ),
+        (
+            "data_path.port",
+            "between 1 and 65535",
+            Box::new(|s| s["data_path"]["port"] = 0.into()),
+        ),
+    ];
+    for (field, words, edit) in cases {
+        assert_names(&problems(edit), field, words);
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let found = problems(|s| {
+        s["networks"][1]["vni"] = 4096.into();
+        s["attachments"][0]["ip"] = "10.99.0.2".into();
+        s["data_path"]["addr"] = "eth9".into();
+    });
+    assert_names(&found, "networks[1].vni", "already used");
+    assert_names(&found, "attachments[0].ip", "outside");
+    assert_names(&found, "data_path.addr", "eth9");
+}
+
+#[test]
+fn json_mistakes_name_where_they_are() {
+    let found = problems(|s| s["networks"][0]["vnii"] = 1.into());
+    assert!(found[0].0.starts_with("line 1 column"), "{found:?}");
+    assert!(found[0].1.contains("unknown field `vnii`"), "{found:?}");
+}
+
+#[test]
+fn the_data_path_can_be_named_by_address() {
+    let r = resolve({
+        let mut s = state();
+        s["data_path"]["addr"] = "172.21.1.11".into();
+        s
+    })
+    .unwrap();
+    assert_eq!(
+        r.layout.networks["plain"].device.local,
+        Ipv4Addr::new(172, 21, 1, 11)
+    );
+}
+
+#[test]
+fn a_changed_attachment_gets_a_new_veth_name() {
+    let spec = AttachSpec {
+        task: "t".into(),
+        netns: "/run/netns/t".into(),
+        interface: "eth0".into(),
+        addr: "10.0.0.2/24".parse().unwrap(),
+        mac: Mac([2, 0, 0, 0, 0, 2]),
+        mtu: 1450,
+    };
+    let mut other = spec.clone();
+    other.mtu = 1400;
+    assert_ne!(spec.veth_name(), other.veth_name());
+    assert_eq!(spec.veth_name(), spec.clone().veth_name());
+}
+
+// ---- the planner ----
+
+const IDS: [&str; 3] = ["a", "b", "c"];
+
+fn arb_layout() -> impl Strategy<Value = Layout> {
+    let net = (
+        1u32..4,
+        any::<bool>(),
+        prop::sample::select(vec![1400u32, 1450]),
+        prop::collection::btree_set(0u8..4, 0..3),
+        prop::collection::btree_set(0u8..4, 0..3),
+        prop::collection::btree_set(0u8..4, 0..3),
+    );
+    (
+        prop::collection::vec(prop::option::of(net), 3),
+        prop::sample::select(vec![
+            Ipv4Addr::new(172, 21, 0, 1),
+            Ipv4Addr::new(172, 21, 0, 2),
+        ]),
+        prop::sample::select(vec![1440u32, 1400]),
+    )
+        .prop_map(|(nets, local, tunnel_mtu)| {
+            let mut layout = Layout::default();
+            let mut vnis = BTreeSet::new();
+            for (id, net) in IDS.iter().zip(nets) {
+                let Some((vni, encrypted, mtu, fdb, neigh, tasks)) = net else {
+                    continue;
+                };
+                if !vnis.insert(vni) {
+                    continue;
+                }
+                let host = |i: u8| Ipv4Addr::new(10, vni as u8, 0, 10 + i);
+                let mac = |i: u8| Mac([2, 0, vni as u8, 0, 0, i]);
+                let attachments: BTreeMap<String, AttachSpec> = tasks
+                    .iter()
+                    .map(|&t| {
+                        let spec = AttachSpec {
+                            task: format!("t{t}"),
+                            netns: format!("/run/netns/t{t}").into(),
+                            interface: format!("eth{vni}"),
+                            addr: Ipv4Net::new(host(t + 100), 24).unwrap(),
+                            mac: mac(t + 100),
+                            mtu,
+                        };
+                        (spec.veth_name(), spec)
+                    })
+                    .collect();
+                layout.networks.insert(
+                    (*id).to_owned(),
+                    NetLayout {
+                        device: NetDevice {
+                            vni,
+                            local,
+                            port: 4789,
+                            mtu,
+                            encrypted,
+                            gateway: Ipv4Net::new(host(0), 24).unwrap(),
+                        },
+                        fdb: fdb
+                            .iter()
+                            .map(|&i| (mac(i), Ipv4Addr::new(172, 21, 0, 10 + i)))
+                            .collect(),
+                        neigh: neigh.iter().map(|&i| (host(i), mac(i))).collect(),
+                        attachments,
+                    },
+                );
+            }
+            if layout.networks.values().any(|n| n.device.encrypted) {
+                layout.tunnel = Some(Tunnel {
+                    addr: local,
+                    mtu: tunnel_mtu,
+                    port: 51820,
+                });
+            }
+            layout
+        })
+}
+
+/// Any state the kernel can be found in: a layout as applied, possibly after a restart (the TUN
+/// device gone, its namespace left), possibly with a tunnel nothing uses any more.
+fn arb_observed() -> impl Strategy<Value = Observed> {
+    (arb_layout(), 0u8..3).prop_map(|(layout, restart)| {
+        let mut observed = layout.observed();
+        match (restart, observed.tunnel) {
+            (1, TunnelState::Up(_)) => observed.tunnel = TunnelState::NamespaceOnly,
+            (2, TunnelState::Absent) => observed.tunnel = TunnelState::NamespaceOnly,
+            _ => {}
+        }
+        observed
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Any state can be reached from any other, by a plan whose every step the kernel accepts
+    /// (nothing is created twice, nothing is removed while something depends on it), and once it
+    /// is applied there is nothing left to do.
+    #[test]
+    fn any_state_reaches_any_other(desired in arb_layout(), observed in arb_observed()) {
+        let ops = plan(&desired, &observed);
+        let mut kernel = observed.clone();
+        for op in &ops {
+            kernel.apply(op).map_err(TestCaseError::fail)?;
+        }
+        prop_assert_eq!(&kernel, &desired.observed());
+        prop_assert_eq!(plan(&desired, &kernel), vec![]);
+    }
+
+    /// Applying the same state twice changes nothing the second time.
+    #[test]
+    fn an_applied_state_plans_nothing(desired in arb_layout()) {
+        prop_assert_eq!(plan(&desired, &desired.observed()), vec![]);
+    }
+}
+
+#[test]
+fn after_a_restart_the_tunnel_is_rebuilt_without_touching_the_networks() {
+    let desired = resolve(state()).unwrap().layout;
+    let mut observed = desired.observed();
+    observed.tunnel = TunnelState::NamespaceOnly;
+    let ops = plan(&desired, &observed);
+    assert_eq!(
+        ops,
+        vec![shoal_dataplane::overlay::Op::CreateTunnel(
+            desired.tunnel.unwrap()
+        )]
+    );
+}
+
+#[test]
+fn removing_everything_detaches_tasks_before_networks_and_networks_before_the_tunnel() {
+    let desired = resolve(state()).unwrap().layout;
+    let ops: Vec<String> = plan(&Layout::default(), &desired.observed())
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let position = |prefix: &str| ops.iter().position(|o| o.starts_with(prefix)).unwrap();
+    assert!(
+        position("network secret: detach") < position("network secret: delete"),
+        "{ops:#?}"
+    );
+    assert!(
+        position("network secret: delete") < position("tunnel: delete"),
+        "{ops:#?}"
+    );
+    assert_eq!(
+        ops.len(),
+        5,
+        "two detaches, two networks, the tunnel: {ops:#?}"
+    );
+}
