@@ -18,7 +18,7 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{Netns, in_netns, wait_until};
+use crate::{Netns, create_mount_ns, in_host, remove_mount_ns, wait_until};
 
 /// Where labs keep their state: one directory per lab, `shoal<ID>/`.
 const STATE_ROOT: &str = "/tmp/shoal-lab";
@@ -135,6 +135,10 @@ pub struct Host {
     pub public_ip: Ipv4Addr,
     /// Its address on the data network (interface `eth1`); the client has none.
     pub data_ip: Option<Ipv4Addr>,
+    /// A node's own mount namespace (see [`crate::create_mount_ns`]): what its daemon mounts
+    /// (network namespaces) outlives the daemon, as on a real host.
+    #[serde(default)]
+    pub mount_ns: Option<PathBuf>,
 }
 
 impl Host {
@@ -150,7 +154,8 @@ impl Host {
 
     /// A command that runs `program` in this host's namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command, LabError> {
-        in_netns(&self.netns, program).map_err(io_error(format!("entering {}", self.netns)))
+        in_host(&self.netns, self.mount_ns.as_deref(), program)
+            .map_err(io_error(format!("entering {}", self.netns)))
     }
 }
 
@@ -288,6 +293,7 @@ impl Lab {
             netns: format!("{prefix}-{name}"),
             public_ip: Ipv4Addr::new(172, 20, id, index),
             data_ip: data.then(|| Ipv4Addr::new(172, 21, id, index)),
+            mount_ns: data.then(|| dir.join(format!("{name}.mnt"))),
         };
         let record = Record {
             id,
@@ -371,6 +377,11 @@ impl Lab {
                 );
             }
             ip_batch(Some(&host.netns), &inside)?;
+        }
+        for node in &r.nodes {
+            let file = node.mount_ns.as_deref().expect("nodes have one");
+            File::create(file).map_err(io_error(format!("creating {}", file.display())))?;
+            create_mount_ns(&node.netns, file).map_err(io_error(format!("node {}", node.name)))?;
         }
         Ok(())
     }
@@ -527,7 +538,20 @@ fn claim_id() -> Result<(u8, PathBuf), LabError> {
 
 /// Tears a lab down: [`clear_namespaces`], then its state directory.
 fn teardown(record: &Record, dir: &Path, children: Vec<Child>) -> Result<(), LabError> {
-    let mut errors = clear_namespaces(&record.namespaces(), children);
+    // The lab's own namespaces and any a test made with its prefix (tasks).
+    let mut namespaces = record.namespaces();
+    for (prefix, ns) in lab_namespaces() {
+        if prefix == record.prefix && !namespaces.contains(&ns) {
+            namespaces.push(ns);
+        }
+    }
+    let mut errors = clear_namespaces(&namespaces, children);
+    // With their processes gone, the nodes' mount namespaces take the daemons' mounts with them.
+    for file in record.nodes.iter().filter_map(|n| n.mount_ns.as_deref()) {
+        if let Err(e) = remove_mount_ns(file) {
+            errors.push(e.to_string());
+        }
+    }
     if let Err(e) = fs::remove_dir_all(dir)
         && e.kind() != io::ErrorKind::NotFound
     {
@@ -864,6 +888,7 @@ mod tests {
             netns: format!("shoal9-{name}"),
             public_ip: Ipv4Addr::new(172, 20, 9, 11),
             data_ip: None,
+            mount_ns: None,
         };
         let record = Record {
             id: 9,

@@ -24,10 +24,11 @@
 
 mod lab;
 mod netns;
+pub mod overlay;
 mod wait;
 
 pub use lab::{
     Host, Lab, LabError, LabSpec, LabStatus, binary, down, down_all, labs, sweep_orphans,
 };
-pub use netns::{Netns, in_netns, links};
+pub use netns::{Netns, create_mount_ns, in_host, in_netns, links, remove_mount_ns, within};
 pub use wait::{Deadline, wait_until};

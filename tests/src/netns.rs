@@ -112,14 +112,31 @@ pub fn links(netns: Option<&str>, master: Option<&str>) -> io::Result<Vec<String
 /// namespace with `setns(2)`, then takes a private mount namespace and mounts a fresh `/sys`, so
 /// `/sys/class/net` shows the namespace's own interfaces.
 pub fn in_netns(netns: &str, program: impl AsRef<OsStr>) -> io::Result<Command> {
+    in_host(netns, None, program)
+}
+
+/// Like [`in_netns`], but when `mount_ns` names a mount namespace (a lab node's, see
+/// [`create_mount_ns`]) the child joins that one instead of taking a private one, so what the
+/// program mounts (a daemon's network namespaces) outlives it, as on a real host.
+pub fn in_host(
+    netns: &str,
+    mount_ns: Option<&Path>,
+    program: impl AsRef<OsStr>,
+) -> io::Result<Command> {
     let path = Netns::named(netns).path();
     let ns = File::open(&path)
         .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+    let mnt = mount_ns
+        .map(|p| {
+            File::open(p)
+                .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", p.display())))
+        })
+        .transpose()?;
     let mut command = Command::new(program);
     // SAFETY: the closure runs in the forked child before exec and only makes system calls
     // (setns, unshare, mount, umount2) on data prepared before the fork: nothing allocates or
-    // locks. `ns` is owned by the closure, so its descriptor is open until the command is
-    // dropped (O_CLOEXEC closes it in the child at exec).
+    // locks. `ns` and `mnt` are owned by the closure, so their descriptors are open until the
+    // command is dropped (O_CLOEXEC closes them in the child at exec).
     unsafe {
         command.pre_exec(move || {
             let check = |rc: libc::c_int| {
@@ -130,6 +147,10 @@ pub fn in_netns(netns: &str, program: impl AsRef<OsStr>) -> io::Result<Command> 
                 }
             };
             check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET))?;
+            if let Some(mnt) = &mnt {
+                // The node's mount namespace already has the node's /sys.
+                return check(libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS));
+            }
             check(libc::unshare(libc::CLONE_NEWNS))?;
             // Nothing mounted below propagates back to the host.
             check(libc::mount(
@@ -151,4 +172,61 @@ pub fn in_netns(netns: &str, program: impl AsRef<OsStr>) -> io::Result<Command> 
         });
     }
     Ok(command)
+}
+
+/// Creates a persistent mount namespace for the network namespace `netns`, bound on `file`: a
+/// copy of the host's mounts that receives the host's later mounts (`/run/netns`) but keeps its
+/// own, with a `/sys` showing `netns`'s interfaces. Remove it with [`remove_mount_ns`].
+pub fn create_mount_ns(netns: &str, file: &Path) -> io::Result<()> {
+    // `unshare` itself stays in the host's mount namespace, where it binds the new one on `file`.
+    let mut command = Command::new("unshare");
+    command
+        .arg(format!("--mount={}", file.display()))
+        .args(["--propagation", "slave", "nsenter"])
+        .arg(format!("--net={}", Netns::named(netns).path().display()))
+        .args(["sh", "-c", "umount -l /sys && mount -t sysfs sysfs /sys"]);
+    let output = command.output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "creating the mount namespace {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+/// Unmounts a mount namespace made by [`create_mount_ns`]; its mounts go with it once no process
+/// is in it.
+pub fn remove_mount_ns(file: &Path) -> io::Result<()> {
+    let path =
+        std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+    let rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    let err = io::Error::last_os_error();
+    if rc != 0 && !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
+        return Err(io::Error::new(
+            err.kind(),
+            format!("unmounting {}: {err}", file.display()),
+        ));
+    }
+    match fs::remove_file(file) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `f` with the calling thread inside the named network namespace, then returns the thread
+/// to where it was: sockets `f` opens belong to that namespace.
+pub fn within<T>(netns: &str, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    use nix::sched::{CloneFlags, setns};
+    let target = File::open(Netns::named(netns).path())?;
+    let home = File::open("/proc/thread-self/ns/net")?;
+    setns(&target, CloneFlags::CLONE_NEWNET)?;
+    let result = f();
+    if let Err(e) = setns(&home, CloneFlags::CLONE_NEWNET) {
+        panic!("cannot return to the original network namespace: {e}");
+    }
+    result
 }

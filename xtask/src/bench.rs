@@ -15,12 +15,15 @@ use crate::{
 pub(crate) enum Suite {
     /// The XDP packet parser vs an XDP_PASS program, through BPF_PROG_TEST_RUN
     Parser,
+    /// iperf3 across two lab nodes: underlay, plain overlay, encrypted overlay, boringtun-cli
+    Overlay,
 }
 
 impl Suite {
     fn name(self) -> &'static str {
         match self {
             Self::Parser => "parser",
+            Self::Overlay => "overlay",
         }
     }
 }
@@ -34,6 +37,17 @@ pub(crate) fn run(suite: Suite) -> anyhow::Result<()> {
                 .args(["bench", "--package", "shoal-dataplane", "--bench", "parser"])
                 .env("SHOAL_BENCH_OUT", &out),
         )?,
+        Suite::Overlay => {
+            // The daemons under test are release builds, like the benchmark itself.
+            run_command(cargo().args(["build", "--release", "--bins"]))?;
+            let boringtun = boringtun_cli()?;
+            run_command(
+                cargo()
+                    .args(["bench", "--package", "shoal-tests", "--bench", "overlay"])
+                    .env("SHOAL_BENCH_OUT", &out)
+                    .env("BORINGTUN_CLI", boringtun),
+            )?
+        }
     }
     let json = fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
     let figures: serde_json::Value =
@@ -51,4 +65,15 @@ fn output_path(suite: Suite) -> PathBuf {
     workspace_root()
         .join("target/bench")
         .join(format!("{}.json", suite.name()))
+}
+
+/// The baseline WireGuard implementation: stock `boringtun-cli`, installed with `cargo install`
+/// when missing.
+fn boringtun_cli() -> anyhow::Result<PathBuf> {
+    let path = shoal_ebpf_build::cargo_bin_dir().join("boringtun-cli");
+    if !path.is_file() {
+        eprintln!("bench: installing boringtun-cli (the baseline)");
+        run_command(cargo().args(["install", "--locked", "boringtun-cli@0.7.1"]))?;
+    }
+    Ok(path)
 }

@@ -107,9 +107,80 @@ pub(crate) fn demo(down: bool, nodes: usize) -> anyhow::Result<()> {
         let out = lab.shoal(node, &["info"])?;
         print!("{}", show(&out)?);
     }
+    demo_overlays(&lab, &shoal)?;
     println!(
         "\nThe lab stays up: `cargo xtask lab status` shows it, `cargo xtask demo --down` removes it."
     );
+    Ok(())
+}
+
+/// Two overlays on the demo lab, driven the way the control plane will drive them: a plain
+/// `frontend` and an encrypted `backend`, tasks as bare namespaces.
+fn demo_overlays(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
+    use shoal_tests::overlay::{Net, Overlay, Task};
+    let last = lab.nodes().len() - 1;
+    let overlay = Overlay::new(
+        lab,
+        vec![
+            Net {
+                id: "frontend",
+                vni: 4096,
+                octet: 10,
+                encrypted: false,
+            },
+            Net {
+                id: "backend",
+                vni: 4097,
+                octet: 20,
+                encrypted: true,
+            },
+        ],
+        vec![
+            Task {
+                name: "web1",
+                node: 0,
+                on: vec![("frontend", 2), ("backend", 2)],
+            },
+            Task {
+                name: "db",
+                node: 1.min(last),
+                on: vec![("backend", 3)],
+            },
+            Task {
+                name: "web2",
+                node: last,
+                on: vec![("frontend", 4)],
+            },
+        ],
+    )?;
+    overlay.apply_all(lab).map_err(anyhow::Error::msg)?;
+    let n1 = &lab.nodes()[0];
+    println!(
+        "\nOverlays: each node's desired state is in {}/<node>/state.json; applied with\n\
+         $ ip netns exec {} {} -H unix://{} dataplane apply {}",
+        lab.dir().display(),
+        n1.netns,
+        shoal.display(),
+        lab.socket(n1).display(),
+        lab.host_dir(n1).join("state.json").display()
+    );
+    for (from, to, net) in [("web1", "web2", "frontend"), ("web1", "db", "backend")] {
+        let ip = overlay.ip(to, net);
+        let out = overlay
+            .command(from, "ping")
+            .args(["-c", "1", "-W", "2"])
+            .arg(ip.to_string())
+            .output()?;
+        println!(
+            "$ ip netns exec {} ping -c 1 {ip}    # {from} -> {to} on {net}{}\n{}",
+            overlay.netns(from),
+            if net == "backend" { " (encrypted)" } else { "" },
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)
+                .unwrap_or("no answer")
+        );
+    }
     Ok(())
 }
 

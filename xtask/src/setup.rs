@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: checks each requirement and installs only what is missing, so a second
 //! run takes seconds.
 //!
-//! - apt packages the tests use (the lab's `ip` and `ping`, `bpftool` for the leftovers check);
+//! - apt packages the tests use (the lab's `ip` and `ping`, `bpftool` for the leftovers check,
+//!   `tcpdump` for the overlay captures, `iperf3` for the overlay benchmark);
 //! - the nightly toolchain with `rust-src` (`-Z build-std=core` for `bpfel-unknown-none`);
 //! - `bpf-linker`, built against the nightly's own libLLVM as MACHINE.md describes: the library is
 //!   linked into `$CARGO_HOME/shoal-llvm/<major>/lib` and the binary lands in `$CARGO_HOME/bin`;
@@ -30,6 +31,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "bpftool",
         "bpftool: checking no BPF program is left after the tests",
     ),
+    (
+        "tcpdump",
+        "tcpdump: the overlay tests' captures on the data and public interfaces",
+    ),
+    ("iperf3", "iperf3: the overlay benchmark"),
 ];
 
 /// The bpf-linker release that matches the machine's LLVM 22 (see MACHINE.md).

@@ -121,6 +121,20 @@ fn leftovers(links_before: &[String]) -> anyhow::Result<()> {
             .map(|link| format!("link {link} in the root namespace")),
     );
     found.extend(project_processes());
+    // Mount points a lab or a daemon left (nodes' mount namespaces, overlay namespaces).
+    found.extend(
+        fs::read_to_string("/proc/self/mountinfo")
+            .context("reading /proc/self/mountinfo")?
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|target| {
+                target.starts_with("/tmp/shoal-lab/")
+                    && !kept.iter().any(|k| {
+                        target.starts_with(&format!("/tmp/shoal-lab/{}/", k.trim_end_matches('-')))
+                    })
+            })
+            .map(|target| format!("mount {target}")),
+    );
     found.extend(
         programs
             .as_array()
@@ -132,7 +146,7 @@ fn leftovers(links_before: &[String]) -> anyhow::Result<()> {
     );
     if found.is_empty() {
         eprintln!(
-            "test: nothing of the project is left (labs, namespaces, root links, processes, BPF programs)"
+            "test: nothing of the project is left (labs, namespaces, mounts, root links, processes, BPF programs)"
         );
         Ok(())
     } else {

@@ -1,0 +1,347 @@
+//! Overlays on a lab, before the control plane exists: networks and tasks (bare network
+//! namespaces) described once, each node's desired state derived from that, and applied through
+//! `shoal dataplane apply` the way a user would. Used by the overlay tests and `cargo xtask bench
+//! overlay`.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+use crate::{Lab, LabError, Netns, in_netns, within};
+
+/// A WireGuard key pair, base64 as `wg` prints keys. (The lab library does not depend on the
+/// data plane: `xtask` uses it before the eBPF toolchain exists.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgKey {
+    /// The private key.
+    pub private: String,
+    /// Its public key.
+    pub public: String,
+}
+
+impl WgKey {
+    /// A new random key pair.
+    pub fn generate() -> WgKey {
+        let secret = x25519_dalek::StaticSecret::random();
+        let public = x25519_dalek::PublicKey::from(&secret);
+        WgKey {
+            private: STANDARD.encode(secret.to_bytes()),
+            public: STANDARD.encode(public.as_bytes()),
+        }
+    }
+}
+
+/// An overlay network.
+#[derive(Debug, Clone)]
+pub struct Net {
+    /// Its ID.
+    pub id: &'static str,
+    /// Its VNI.
+    pub vni: u32,
+    /// Its subnet is `10.<octet>.0.0/24`.
+    pub octet: u8,
+    /// Whether it is encrypted.
+    pub encrypted: bool,
+}
+
+impl Net {
+    /// The address `10.<octet>.0.<host>`.
+    pub fn ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.octet, 0, host)
+    }
+}
+
+/// A task: a network namespace `<lab prefix>-<name>` on a node, on some networks.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Its name.
+    pub name: &'static str,
+    /// The node (index into the lab's nodes).
+    pub node: usize,
+    /// Its networks and its host number on each (`10.<octet>.0.<host>`).
+    pub on: Vec<(&'static str, u8)>,
+}
+
+/// Networks and tasks on a lab, with a WireGuard key per node.
+#[derive(Debug)]
+pub struct Overlay {
+    /// The networks.
+    pub nets: Vec<Net>,
+    /// The tasks.
+    pub tasks: Vec<Task>,
+    /// Each node's key pair.
+    pub keys: Vec<WgKey>,
+    prefix: String,
+}
+
+impl Overlay {
+    /// Creates the tasks' namespaces (the lab removes them with itself) and the nodes' keys.
+    pub fn new(lab: &Lab, nets: Vec<Net>, tasks: Vec<Task>) -> Result<Overlay, LabError> {
+        let overlay = Overlay {
+            keys: lab.nodes().iter().map(|_| WgKey::generate()).collect(),
+            nets,
+            tasks,
+            prefix: lab.prefix().to_owned(),
+        };
+        for task in &overlay.tasks {
+            let name = overlay.netns(task.name);
+            let out = Command::new("ip")
+                .args(["netns", "add", &name])
+                .output()
+                .map_err(|e| LabError::Io {
+                    what: format!("ip netns add {name}"),
+                    source: e,
+                })?;
+            if !out.status.success() {
+                return Err(LabError::Command {
+                    command: format!("ip netns add {name}"),
+                    status: out.status.to_string(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into(),
+                });
+            }
+            run_ok(
+                in_netns(&name, "ip")
+                    .map_err(|e| LabError::Io {
+                        what: name.clone(),
+                        source: e,
+                    })?
+                    .args(["link", "set", "lo", "up"]),
+            );
+        }
+        Ok(overlay)
+    }
+
+    /// The namespace name of a task.
+    pub fn netns(&self, task: &str) -> String {
+        format!("{}-{task}", self.prefix)
+    }
+
+    /// A network by ID.
+    pub fn net(&self, id: &str) -> &Net {
+        self.nets
+            .iter()
+            .find(|n| n.id == id)
+            .expect("a known network")
+    }
+
+    /// A task's address on a network.
+    pub fn ip(&self, task: &str, net: &str) -> Ipv4Addr {
+        let t = self
+            .tasks
+            .iter()
+            .find(|t| t.name == task)
+            .expect("a known task");
+        let host =
+            t.on.iter()
+                .find(|(n, _)| *n == net)
+                .expect("the task is on the network")
+                .1;
+        self.net(net).ip(host)
+    }
+
+    /// Node `node`'s desired state: every network, its tasks as attachments, the others' as
+    /// endpoints, every other node as a peer.
+    pub fn state(&self, lab: &Lab, node: usize) -> Value {
+        let nodes = lab.nodes();
+        let networks: Vec<Value> = self
+            .nets
+            .iter()
+            .map(|n| json!({ "id": n.id, "vni": n.vni, "subnet": format!("10.{}.0.0/24", n.octet), "encrypted": n.encrypted }))
+            .collect();
+        let mut attachments = Vec::new();
+        let mut endpoints = Vec::new();
+        for t in &self.tasks {
+            for (net, host) in &t.on {
+                let ip = self.net(net).ip(*host).to_string();
+                if t.node == node {
+                    attachments.push(json!({
+                        "task": t.name,
+                        "netns": Netns::named(self.netns(t.name)).path(),
+                        "network": net,
+                        "ip": ip,
+                        "interface": format!("ov-{net}"),
+                    }));
+                } else {
+                    endpoints.push(json!({ "network": net, "ip": ip, "node": nodes[t.node].name }));
+                }
+            }
+        }
+        let peers: Vec<Value> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != node)
+            .map(|(i, n)| {
+                json!({
+                    "node": n.name,
+                    "data_path_addr": n.data_ip.expect("nodes have a data address"),
+                    "public_key": self.keys[i].public,
+                })
+            })
+            .collect();
+        json!({
+            "node": nodes[node].name,
+            "data_path": { "addr": nodes[node].data_if() },
+            "wireguard": { "private_key": self.keys[node].private },
+            "networks": networks,
+            "attachments": attachments,
+            "endpoints": endpoints,
+            "peers": peers,
+        })
+    }
+
+    /// Applies node `node`'s state from [`Overlay::state`].
+    pub fn apply(&self, lab: &Lab, node: usize) -> Result<Output, LabError> {
+        apply(lab, node, &self.state(lab, node))
+    }
+
+    /// Applies every node's state, failing on the first refusal.
+    pub fn apply_all(&self, lab: &Lab) -> Result<(), String> {
+        for node in 0..lab.nodes().len() {
+            let out = self.apply(lab, node).map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "apply on node {node}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A command run inside a task's namespace.
+    pub fn command(&self, task: &str, program: &str) -> Command {
+        in_netns(&self.netns(task), program).expect("the task's namespace exists")
+    }
+
+    /// Whether `from` gets an answer to one ping to `to` on `net` (payload `size`, don't fragment).
+    pub fn ping(&self, from: &str, to: &str, net: &str, size: usize) -> bool {
+        self.command(from, "ping")
+            .args(["-c", "1", "-W", "2", "-M", "do", "-s", &size.to_string()])
+            .arg(self.ip(to, net).to_string())
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+/// Writes `state` to the node's directory and runs `shoal dataplane apply` on it.
+pub fn apply(lab: &Lab, node: usize, state: &Value) -> Result<Output, LabError> {
+    let host = &lab.nodes()[node];
+    let path: PathBuf = lab.host_dir(host).join("state.json");
+    std::fs::create_dir_all(lab.host_dir(host)).map_err(|e| LabError::Io {
+        what: "state dir".into(),
+        source: e,
+    })?;
+    std::fs::write(&path, serde_json::to_string_pretty(state).expect("JSON")).map_err(|e| {
+        LabError::Io {
+            what: path.display().to_string(),
+            source: e,
+        }
+    })?;
+    lab.shoal(host, &["dataplane", "apply", &path.to_string_lossy()])
+}
+
+fn run_ok(command: &mut Command) {
+    let out = command.output().expect("the command runs");
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// FNV-1a over a byte stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Checksum(pub u64);
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Checksum(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Checksum {
+    /// Adds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Sends `chunks` chunks of 64 KiB of pseudo-random bytes over TCP from the task namespace
+/// `client` to `server_ip:port` in `server`, `pause` between chunks, and compares the checksum
+/// the server computed with the client's. Either side stalling for 20 s is an error.
+pub fn transfer(
+    server: &str,
+    server_ip: Ipv4Addr,
+    client: &str,
+    chunks: usize,
+    pause: Duration,
+) -> Result<u64, String> {
+    let addr = SocketAddr::from((server_ip, 5201));
+    let listener = within(server, || TcpListener::bind(addr))
+        .map_err(|e| format!("listening on {addr}: {e}"))?;
+    let receiver = std::thread::spawn(move || -> Result<(u64, u64), String> {
+        let (mut stream, _) = listener.accept().map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        let mut sum = Checksum::default();
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return Ok((sum.0, total)),
+                Ok(n) => {
+                    sum.update(&buf[..n]);
+                    total += n as u64;
+                }
+                Err(e) => return Err(format!("receiving after {total} bytes: {e}")),
+            }
+        }
+    });
+    let sent = (|| -> Result<(u64, u64), String> {
+        let mut stream = within(client, || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        })
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        let mut sum = Checksum::default();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut chunk = vec![0u8; 1 << 16];
+        for i in 0..chunks {
+            for b in chunk.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *b = state as u8;
+            }
+            sum.update(&chunk);
+            stream
+                .write_all(&chunk)
+                .map_err(|e| format!("sending chunk {i}: {e}"))?;
+            std::thread::sleep(pause);
+        }
+        Ok((sum.0, (chunks as u64) << 16))
+    })();
+    let received = receiver
+        .join()
+        .map_err(|_| "the receiver panicked".to_string())?;
+    let (sent, received) = (sent?, received?);
+    if sent != received {
+        return Err(format!(
+            "sent {} bytes (checksum {:x}), received {} (checksum {:x})",
+            sent.1, sent.0, received.1, received.0
+        ));
+    }
+    Ok(sent.1)
+}
