@@ -1,11 +1,13 @@
 //! `shoald`, the daemon every Shoal node runs. Today it serves the local API on its unix socket
-//! (`shoal info`); it grows into the node agent: it joins the swarm, keeps its dispatcher session,
+//! (`shoal info`) and hosts the node's overlay data plane (`shoal dataplane apply|inspect`,
+//! dataplane.rs); it grows into the node agent: it joins the swarm, keeps its dispatcher session,
 //! runs tasks through executors, applies the data plane, and starts the control plane on managers.
 //!
 //! ```text
 //!   shoal ──gRPC──> unix socket (0660) ──> Daemon service (api.rs)
-//!                                             └── node facts (node.rs): name, kernel, OS, CPUs
-//!   data root (0700): shoald.pid, locked while the daemon runs
+//!                                             ├── node facts (node.rs): name, kernel, OS, CPUs
+//!                                             └── data plane (dataplane.rs): overlays, WireGuard
+//!   data root (0700): shoald.pid, locked while the daemon runs; netns/ holds the overlays' namespaces
 //! ```
 //!
 //! Start with [`run`]: it takes a [`Config`] and a shutdown future (so tests run a daemon

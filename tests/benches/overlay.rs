@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use shoal_dataplane::overlay::Key;
-use shoal_tests::overlay::{Net, Overlay, Task};
+use shoal_tests::overlay::{Overlay, Task, plain_and_secret};
 use shoal_tests::{Lab, LabSpec, wait_until};
 
 const SECONDS: &str = "5";
@@ -30,20 +30,7 @@ fn main() {
     }
     let o = Overlay::new(
         &lab,
-        vec![
-            Net {
-                id: "plain",
-                vni: 4096,
-                octet: 10,
-                encrypted: false,
-            },
-            Net {
-                id: "secret",
-                vni: 4097,
-                octet: 20,
-                encrypted: true,
-            },
-        ],
+        plain_and_secret(),
         vec![
             Task {
                 name: "t1",

@@ -57,6 +57,25 @@ impl Net {
     }
 }
 
+/// The two networks the overlay tests and benchmark use: `plain` (VNI 4096, 10.10.0.0/24) and
+/// `secret` (VNI 4097, 10.20.0.0/24, encrypted).
+pub fn plain_and_secret() -> Vec<Net> {
+    vec![
+        Net {
+            id: "plain",
+            vni: 4096,
+            octet: 10,
+            encrypted: false,
+        },
+        Net {
+            id: "secret",
+            vni: 4097,
+            octet: 20,
+            encrypted: true,
+        },
+    ]
+}
+
 /// A task: a network namespace `<lab prefix>-<name>` on a node, on some networks.
 #[derive(Debug, Clone)]
 pub struct Task {

@@ -5,7 +5,7 @@ use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use shoal_tests::overlay::{Net, Overlay, Task, WgKey, apply, transfer};
+use shoal_tests::overlay::{Overlay, Task, WgKey, apply, plain_and_secret, transfer};
 use shoal_tests::{Lab, LabSpec, links, wait_until};
 
 const PLAIN: &str = "plain";
@@ -20,20 +20,7 @@ fn cluster() -> (Lab, Overlay) {
     }
     let overlay = Overlay::new(
         &lab,
-        vec![
-            Net {
-                id: PLAIN,
-                vni: 4096,
-                octet: 10,
-                encrypted: false,
-            },
-            Net {
-                id: SECRET,
-                vni: 4097,
-                octet: 20,
-                encrypted: true,
-            },
-        ],
+        plain_and_secret(),
         vec![
             Task {
                 name: "t1",
