@@ -2,6 +2,7 @@
 //! use (it needs root), its namespaces under `<data root>/netns`, applies serialised.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use shoal_dataplane::overlay::layout::TunnelState;
@@ -13,14 +14,14 @@ use tonic::Status;
 #[derive(Debug)]
 pub(crate) struct NodeDataplane {
     root: PathBuf,
-    inner: Mutex<Option<Dataplane>>,
+    inner: Arc<Mutex<Option<Dataplane>>>,
 }
 
 impl NodeDataplane {
     pub(crate) fn new(data_root: &std::path::Path) -> Self {
         Self {
             root: data_root.join("netns"),
-            inner: Mutex::new(None),
+            inner: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -29,28 +30,27 @@ impl NodeDataplane {
         f: impl AsyncFnOnce(&mut Dataplane) -> Result<T, Status>,
     ) -> Result<T, Status> {
         let mut guard = self.inner.lock().await;
-        if guard.is_none() {
-            let dataplane = Dataplane::new(&self.root).map_err(|e| {
-                Status::failed_precondition(format!(
-                    "starting the data plane under {}: {e}",
-                    self.root.display()
-                ))
-            })?;
-            *guard = Some(dataplane);
-        }
-        f(guard.as_mut().expect("set above")).await
+        f(ensure(&mut guard, &self.root)?).await
     }
 
-    /// Applies a desired state given as JSON; the changes made, one line each.
+    /// Applies a desired state given as JSON; the changes made, one line each. The apply runs as
+    /// its own task: a client that goes away mid-apply cannot leave it half done.
     pub(crate) async fn apply(&self, state_json: &str) -> Result<Vec<String>, Status> {
         let state = DesiredState::from_json(state_json)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.with(async |dp| match dp.apply(&state).await {
-            Ok(applied) => Ok(applied.changes),
-            Err(e @ ApplyError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
-            Err(e) => Err(Status::internal(e.to_string())),
+        let inner = self.inner.clone();
+        let root = self.root.clone();
+        tokio::spawn(async move {
+            let mut guard = inner.lock_owned().await;
+            let dp = ensure(&mut guard, &root)?;
+            match dp.apply(&state).await {
+                Ok(applied) => Ok(applied.changes),
+                Err(e @ ApplyError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
+                Err(e) => Err(Status::internal(e.to_string())),
+            }
         })
         .await
+        .map_err(|e| Status::internal(format!("the data-plane apply failed: {e}")))?
     }
 
     /// What the kernel holds, as JSON.
@@ -105,4 +105,21 @@ impl NodeDataplane {
         })
         .await
     }
+}
+
+/// The data plane, created on first use.
+fn ensure<'a>(
+    slot: &'a mut Option<Dataplane>,
+    root: &std::path::Path,
+) -> Result<&'a mut Dataplane, Status> {
+    if slot.is_none() {
+        let dataplane = Dataplane::new(root).map_err(|e| {
+            Status::failed_precondition(format!(
+                "starting the data plane under {}: {e}",
+                root.display()
+            ))
+        })?;
+        *slot = Some(dataplane);
+    }
+    Ok(slot.as_mut().expect("set above"))
 }

@@ -308,7 +308,22 @@ pub fn transfer(
     let listener = within(server, || TcpListener::bind(addr))
         .map_err(|e| format!("listening on {addr}: {e}"))?;
     let receiver = std::thread::spawn(move || -> Result<(u64, u64), String> {
-        let (mut stream, _) = listener.accept().map_err(|e| e.to_string())?;
+        // Never wait for a client that failed to connect.
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() > deadline {
+                        return Err("no connection within 20 s".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .map_err(|e| e.to_string())?;

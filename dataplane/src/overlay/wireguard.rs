@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
@@ -104,6 +104,8 @@ struct Peers {
 
 struct Shared {
     io: Io,
+    /// Set when the engine stops: the I/O loops check it on every packet, not only when idle.
+    stopping: AtomicBool,
     peers: RwLock<Peers>,
     next_index: AtomicU32,
     port: u16,
@@ -241,6 +243,7 @@ impl Engine {
         seed.copy_from_slice(&Key::generate()?.0[..4]);
         let shared = Arc::new(Shared {
             io: Io { tun, udp, stop },
+            stopping: AtomicBool::new(false),
             peers: RwLock::new(Peers::default()),
             next_index: AtomicU32::new(u32::from_le_bytes(seed) & 0x00ff_ffff),
             port: config.port,
@@ -248,20 +251,25 @@ impl Engine {
         shared.configure(config);
 
         let (ticker, ticks) = mpsc::channel::<()>();
-        let mut threads = Vec::new();
+        // Built first, so that if a thread cannot be spawned, dropping it stops the others.
+        let mut engine = Engine {
+            shared: shared.clone(),
+            threads: Vec::new(),
+            ticker: Some(ticker),
+        };
         for (name, work) in [
             ("shoal-wg-tx", Shared::encrypt_loop as fn(&Shared)),
             ("shoal-wg-rx", Shared::decrypt_loop as fn(&Shared)),
         ] {
             let shared = shared.clone();
-            threads.push(
+            engine.threads.push(
                 thread::Builder::new()
                     .name(name.into())
                     .spawn(move || work(&shared))?,
             );
         }
         let timer_shared = shared.clone();
-        threads.push(
+        engine.threads.push(
             thread::Builder::new()
                 .name("shoal-wg-timers".into())
                 .spawn(move || {
@@ -270,11 +278,7 @@ impl Engine {
                     }
                 })?,
         );
-        Ok(Engine {
-            shared,
-            threads,
-            ticker: Some(ticker),
-        })
+        Ok(engine)
     }
 
     /// Applies a new configuration: peers added or removed, keys changed (see the module docs).
@@ -314,6 +318,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.ticker.take();
+        self.shared.stopping.store(true, Ordering::Relaxed);
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from `one`, which outlives the call, to our own eventfd.
         unsafe { libc::write(self.shared.io.stop.as_raw_fd(), (&raw const one).cast(), 8) };
@@ -336,12 +341,7 @@ impl Shared {
 
     fn configure(&self, config: &WgConfig) {
         let mut peers = self.peers.write().expect("peers lock");
-        if peers.keys.first() != Some(&config.private_key) {
-            let previous = peers.keys.first().cloned();
-            peers.keys = std::iter::once(config.private_key.clone())
-                .chain(previous)
-                .collect();
-        }
+        peers.keys = vec![config.private_key.clone()];
         let mut kept = HashMap::new();
         let mut buf = vec![0u8; 256];
         for (node, want) in &config.peers {
@@ -367,6 +367,12 @@ impl Shared {
                 }
                 Some(peer) => {
                     let mut t = peer.tunnels.lock().expect("tunnel lock");
+                    if t.active.ours == config.private_key && t.active.theirs == want.public_key {
+                        // Back to the active keys: a pending change is no longer wanted.
+                        if let Some(replaced) = t.pending.take() {
+                            t.retired.push((replaced, Instant::now()));
+                        }
+                    }
                     let current = t.pending.as_ref().unwrap_or(&t.active);
                     if current.ours != config.private_key || current.theirs != want.public_key {
                         let mut generation =
@@ -386,16 +392,9 @@ impl Shared {
             };
             kept.insert(want.addr, peer);
         }
-        peers.by_index = kept
-            .values()
-            .flat_map(|p| {
-                let mut t = p.tunnels.lock().expect("tunnel lock");
-                t.all_mut()
-                    .map(|g| (g.index, p.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
         peers.by_addr = kept;
+        drop(peers);
+        self.reindex();
     }
 
     fn peer_by_index(&self, receiver_idx: u32) -> Option<Arc<PeerState>> {
@@ -420,8 +419,11 @@ impl Shared {
             };
             let theirs = Key(half.peer_static_public);
             for peer in peers.by_addr.values() {
-                let mut t = peer.tunnels.lock().expect("tunnel lock");
-                if let Some(g) = t.all_mut().find(|g| g.ours == *ours && g.theirs == theirs) {
+                let t = peer.tunnels.lock().expect("tunnel lock");
+                // Retired generations only finish their sessions: a replaced key must not be
+                // able to start a new one.
+                let mut live = std::iter::once(&t.active).chain(t.pending.as_ref());
+                if let Some(g) = live.find(|g| g.ours == *ours && g.theirs == theirs) {
                     return Some((peer.clone(), g.index));
                 }
             }
@@ -434,7 +436,7 @@ impl Shared {
         let mut out = vec![0u8; MAX_PACKET + 64];
         let tun = self.io.tun.as_raw_fd();
         let stop = self.io.stop.as_raw_fd();
-        loop {
+        while !self.stopping.load(Ordering::Relaxed) {
             let n = match self.io.read_tun(&mut packet) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -479,7 +481,7 @@ impl Shared {
         let mut out = vec![0u8; MAX_PACKET];
         let udp = self.io.udp.as_raw_fd();
         let stop = self.io.stop.as_raw_fd();
-        loop {
+        while !self.stopping.load(Ordering::Relaxed) {
             let (n, from) = match self.io.udp.recv_from(&mut datagram) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -563,6 +565,15 @@ impl Shared {
             let Tunnels {
                 active, pending, ..
             } = &mut *t;
+            // A pending generation carries no traffic, so nothing would restart its handshake
+            // once boringtun gives up on it (after 90 s without an answer): keep trying.
+            if let Some(p) = pending.as_mut()
+                && p.tunn.stats().0.is_none()
+                && let TunnResult::WriteToNetwork(init) =
+                    p.tunn.format_handshake_initiation(&mut buf, false)
+            {
+                self.io.send(init, peer.endpoint);
+            }
             for g in std::iter::once(active).chain(pending.as_mut()) {
                 if let TunnResult::WriteToNetwork(datagram) = g.tunn.update_timers(&mut buf) {
                     self.io.send(datagram, peer.endpoint);
@@ -571,27 +582,29 @@ impl Shared {
             t.promote(&peer.node);
         }
         if forget {
-            self.forget_retired();
+            self.reindex();
         }
     }
 
-    /// Drops index entries and our previous key once no generation uses them.
-    fn forget_retired(&self) {
+    /// Rebuilds the index map and the keys a handshake may be addressed to (the current one
+    /// first, then any a live generation still uses) from the generations.
+    fn reindex(&self) {
         let mut peers = self.peers.write().expect("peers lock");
         let mut indexes = HashMap::new();
-        let mut keys_in_use = Vec::new();
+        let mut keys: Vec<Key> = peers.keys.first().cloned().into_iter().collect();
         for p in peers.by_addr.values() {
             let mut t = p.tunnels.lock().expect("tunnel lock");
             for g in t.all_mut() {
                 indexes.insert(g.index, p.clone());
-                keys_in_use.push(g.ours.clone());
+            }
+            for g in std::iter::once(&t.active).chain(t.pending.as_ref()) {
+                if !keys.contains(&g.ours) {
+                    keys.push(g.ours.clone());
+                }
             }
         }
         peers.by_index = indexes;
-        let current = peers.keys.first().cloned();
-        peers
-            .keys
-            .retain(|k| Some(k) == current.as_ref() || keys_in_use.contains(k));
+        peers.keys = keys;
     }
 }
 
