@@ -97,7 +97,7 @@ pub enum LabError {
     },
 }
 
-fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> LabError {
+pub(crate) fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> LabError {
     let what = what.into();
     move |source| LabError::Io { what, source }
 }
@@ -621,7 +621,7 @@ fn remove_netns(name: &str) -> Result<(), LabError> {
 }
 
 /// Runs `ip -batch -` (in `netns` when given) with `commands` on stdin.
-fn ip_batch(netns: Option<&str>, commands: &str) -> Result<(), LabError> {
+pub(crate) fn ip_batch(netns: Option<&str>, commands: &str) -> Result<(), LabError> {
     let mut command = Command::new("ip");
     if let Some(ns) = netns {
         command.args(["-n", ns]);
@@ -644,7 +644,7 @@ fn ip_batch(netns: Option<&str>, commands: &str) -> Result<(), LabError> {
     succeeded(format!("{command:?} <<< {commands:?}"), &output)
 }
 
-fn run_checked(command: &mut Command) -> Result<(), LabError> {
+pub(crate) fn run_checked(command: &mut Command) -> Result<(), LabError> {
     let output = command
         .output()
         .map_err(io_error(format!("running {command:?}")))?;

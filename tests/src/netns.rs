@@ -218,7 +218,9 @@ pub fn remove_mount_ns(file: &Path) -> io::Result<()> {
 }
 
 /// Runs `f` with the calling thread inside the named network namespace, then returns the thread
-/// to where it was: sockets `f` opens belong to that namespace.
+/// to where it was: sockets `f` opens belong to that namespace. (`shoal_dataplane::overlay::netns`
+/// has the same for open namespaces; this crate cannot depend on the data plane, which embeds the
+/// eBPF object, because xtask uses it before the eBPF toolchain is installed.)
 pub fn within<T>(netns: &str, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     use nix::sched::{CloneFlags, setns};
     let target = File::open(Netns::named(netns).path())?;

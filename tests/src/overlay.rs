@@ -13,6 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
+use crate::lab::{io_error, ip_batch, run_checked};
 use crate::{Lab, LabError, Netns, in_netns, within};
 
 /// A WireGuard key pair, base64 as `wg` prints keys. (The lab library does not depend on the
@@ -110,28 +111,8 @@ impl Overlay {
         };
         for task in &overlay.tasks {
             let name = overlay.netns(task.name);
-            let out = Command::new("ip")
-                .args(["netns", "add", &name])
-                .output()
-                .map_err(|e| LabError::Io {
-                    what: format!("ip netns add {name}"),
-                    source: e,
-                })?;
-            if !out.status.success() {
-                return Err(LabError::Command {
-                    command: format!("ip netns add {name}"),
-                    status: out.status.to_string(),
-                    stderr: String::from_utf8_lossy(&out.stderr).into(),
-                });
-            }
-            run_ok(
-                in_netns(&name, "ip")
-                    .map_err(|e| LabError::Io {
-                        what: name.clone(),
-                        source: e,
-                    })?
-                    .args(["link", "set", "lo", "up"]),
-            );
+            run_checked(Command::new("ip").args(["netns", "add", &name]))?;
+            ip_batch(Some(&name), "link set lo up\n")?;
         }
         Ok(overlay)
     }
@@ -252,26 +233,13 @@ impl Overlay {
 pub fn apply(lab: &Lab, node: usize, state: &Value) -> Result<Output, LabError> {
     let host = &lab.nodes()[node];
     let path: PathBuf = lab.host_dir(host).join("state.json");
-    std::fs::create_dir_all(lab.host_dir(host)).map_err(|e| LabError::Io {
-        what: "state dir".into(),
-        source: e,
-    })?;
-    std::fs::write(&path, serde_json::to_string_pretty(state).expect("JSON")).map_err(|e| {
-        LabError::Io {
-            what: path.display().to_string(),
-            source: e,
-        }
-    })?;
+    std::fs::create_dir_all(lab.host_dir(host)).map_err(io_error(format!(
+        "creating {}",
+        lab.host_dir(host).display()
+    )))?;
+    std::fs::write(&path, serde_json::to_string_pretty(state).expect("JSON"))
+        .map_err(io_error(format!("writing {}", path.display())))?;
     lab.shoal(host, &["dataplane", "apply", &path.to_string_lossy()])
-}
-
-fn run_ok(command: &mut Command) {
-    let out = command.output().expect("the command runs");
-    assert!(
-        out.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// FNV-1a over a byte stream.

@@ -97,16 +97,18 @@ fn leftovers(links_before: &[String]) -> anyhow::Result<()> {
             .filter(|lab| !lab.persistent)
             .map(|lab| format!("lab {}", lab.prefix)),
     );
-    // Namespaces named like a lab's that no persistent lab (`lab up`, `demo`) owns.
-    let kept: Vec<String> = labs
+    // Namespaces and mounts of a lab that no persistent lab (`lab up`, `demo`) owns.
+    let kept: Vec<&str> = labs
         .iter()
         .filter(|lab| lab.persistent)
-        .map(|lab| format!("{}-", lab.prefix))
+        .map(|lab| lab.prefix.as_str())
         .collect();
     found.extend(
         shoal_tests::Netns::list()
             .into_iter()
-            .filter(|ns| ns.starts_with("shoal") && !kept.iter().any(|k| ns.starts_with(k)))
+            .filter(|ns| {
+                ns.starts_with("shoal") && !kept.iter().any(|k| ns.starts_with(&format!("{k}-")))
+            })
             .map(|ns| format!("namespace {ns}")),
     );
     let programs = output(Command::new("bpftool").args(["prog", "show", "--json"]))
@@ -129,9 +131,9 @@ fn leftovers(links_before: &[String]) -> anyhow::Result<()> {
             .filter_map(|l| l.split_whitespace().nth(4))
             .filter(|target| {
                 target.starts_with("/tmp/shoal-lab/")
-                    && !kept.iter().any(|k| {
-                        target.starts_with(&format!("/tmp/shoal-lab/{}/", k.trim_end_matches('-')))
-                    })
+                    && !kept
+                        .iter()
+                        .any(|k| target.starts_with(&format!("/tmp/shoal-lab/{k}/")))
             })
             .map(|target| format!("mount {target}")),
     );

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -145,21 +145,31 @@ async fn require_index(h: &Handle, name: &str) -> io::Result<u32> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("device {name} is missing")))
 }
 
-async fn ipv4_addrs(h: &Handle, index: u32) -> io::Result<Vec<Ipv4Net>> {
-    let mut req = h.address().get().set_link_index_filter(index);
+/// The IPv4 addresses in the namespace, by interface index (one dump; the kernel does not
+/// filter by interface, so asking per interface would dump everything each time).
+async fn ipv4_addrs(h: &Handle) -> io::Result<HashMap<u32, Vec<Ipv4Net>>> {
+    let mut req = h.address().get();
     req.message_mut().header.family = AddressFamily::Inet;
     let msgs: Vec<_> = req.execute().try_collect().await.map_err(nl)?;
-    Ok(msgs
-        .iter()
-        .filter_map(|m| {
-            m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) => {
-                    Ipv4Net::new(*ip, m.header.prefix_len).ok()
-                }
-                _ => None,
-            })
-        })
-        .collect())
+    let mut by_index: HashMap<u32, Vec<Ipv4Net>> = HashMap::new();
+    for m in &msgs {
+        let local = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(ip)) => Ipv4Net::new(*ip, m.header.prefix_len).ok(),
+            _ => None,
+        });
+        if let Some(net) = local {
+            by_index.entry(m.header.index).or_default().push(net);
+        }
+    }
+    Ok(by_index)
+}
+
+/// The first IPv4 address of interface `index`.
+async fn first_ipv4(h: &Handle, index: u32) -> io::Result<Option<Ipv4Net>> {
+    Ok(ipv4_addrs(h)
+        .await?
+        .remove(&index)
+        .and_then(|a| a.first().copied()))
 }
 
 async fn add_addr(h: &Handle, index: u32, addr: Ipv4Net) -> io::Result<()> {
@@ -212,12 +222,7 @@ impl Dataplane {
         })
     }
 
-    /// Where the namespaces are mounted.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The network namespace of a network, if it exists (for tools and tests).
+    /// Where a network's namespace is (or would be) mounted.
     pub fn network_namespace(&self, network: &str) -> PathBuf {
         self.root.join(format!("ov-{network}"))
     }
@@ -229,15 +234,21 @@ impl Dataplane {
 
     /// The node's interfaces, for validating a desired state.
     pub async fn host(&self) -> io::Result<Host> {
-        let mut interfaces = Vec::new();
-        for m in links(&self.node).await? {
-            let addrs = ipv4_addrs(&self.node, m.header.index).await?;
-            interfaces.push(HostInterface {
-                name: link_name(&m).unwrap_or_default().to_owned(),
-                mtu: link_mtu(&m),
-                addrs: addrs.iter().map(Ipv4Net::addr).collect(),
-            });
-        }
+        let mut addrs = ipv4_addrs(&self.node).await?;
+        let interfaces = links(&self.node)
+            .await?
+            .iter()
+            .map(|m| HostInterface {
+                name: link_name(m).unwrap_or_default().to_owned(),
+                mtu: link_mtu(m),
+                addrs: addrs
+                    .remove(&m.header.index)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(Ipv4Net::addr)
+                    .collect(),
+            })
+            .collect();
         Ok(Host { interfaces })
     }
 
@@ -253,6 +264,13 @@ impl Dataplane {
         Ok(Some(h))
     }
 
+    /// A handle into a network's namespace and the index of its VXLAN device.
+    async fn vxlan(&mut self, net: &str) -> io::Result<(Handle, u32)> {
+        let h = self.require_net(net)?;
+        let vx = require_index(&h, VXLAN).await?;
+        Ok((h, vx))
+    }
+
     fn require_net(&mut self, net: &str) -> io::Result<Handle> {
         self.net_handle(net)?.ok_or_else(|| {
             io::Error::new(
@@ -265,16 +283,16 @@ impl Dataplane {
     /// Reads what the kernel holds.
     pub async fn observe(&mut self) -> io::Result<Observed> {
         let mut observed = Observed::default();
-        if let Some(ns) = netns::open(&self.root.join(TUNNEL_NS))? {
+        if netns::open(&self.root.join(TUNNEL_NS))?.is_some() {
             observed.tunnel = TunnelState::NamespaceOnly;
-            if let Some(engine) = &self.engine {
-                let h = netns::connect(Some(&ns))?;
-                let tun = links(&h)
+            // The TUN device lives only while our engine holds it, so with no engine it is gone.
+            if let (Some(engine), Some((_, h))) = (&self.engine, &self.tunnel) {
+                let tun = links(h)
                     .await?
                     .into_iter()
                     .find(|m| link_name(m) == Some(TUN_DEVICE));
                 if let Some(m) = tun
-                    && let Some(addr) = ipv4_addrs(&h, m.header.index).await?.first()
+                    && let Some(addr) = first_ipv4(h, m.header.index).await?
                 {
                     observed.tunnel = TunnelState::Up(Tunnel {
                         addr: addr.addr(),
@@ -421,8 +439,7 @@ impl Dataplane {
                 netns::remove(&self.network_namespace(net))
             }
             Op::AddFdb { net, mac, dst } => {
-                let h = self.require_net(net)?;
-                let vx = require_index(&h, VXLAN).await?;
+                let (h, vx) = self.vxlan(net).await?;
                 h.neighbours()
                     .add_bridge(vx, &mac.0)
                     .flags(NeighbourFlags::Own)
@@ -433,8 +450,7 @@ impl Dataplane {
                     .map_err(nl)
             }
             Op::DelFdb { net, mac, dst } => {
-                let h = self.require_net(net)?;
-                let vx = require_index(&h, VXLAN).await?;
+                let (h, vx) = self.vxlan(net).await?;
                 let mut m = NeighbourMessage::default();
                 m.header.family = AddressFamily::Bridge;
                 m.header.ifindex = vx;
@@ -448,8 +464,7 @@ impl Dataplane {
                 ignore_missing(h.neighbours().del(m).execute().await.map_err(nl))
             }
             Op::AddNeigh { net, ip, mac } => {
-                let h = self.require_net(net)?;
-                let vx = require_index(&h, VXLAN).await?;
+                let (h, vx) = self.vxlan(net).await?;
                 h.neighbours()
                     .add(vx, IpAddr::V4(*ip))
                     .link_layer_address(&mac.0)
@@ -459,8 +474,7 @@ impl Dataplane {
                     .map_err(nl)
             }
             Op::DelNeigh { net, ip, .. } => {
-                let h = self.require_net(net)?;
-                let vx = require_index(&h, VXLAN).await?;
+                let (h, vx) = self.vxlan(net).await?;
                 let mut m = NeighbourMessage::default();
                 m.header.family = AddressFamily::Inet;
                 m.header.ifindex = vx;
@@ -680,7 +694,7 @@ async fn observe_network(h: &Handle) -> io::Result<ObservedNet> {
     let all = links(h).await?;
     let find = |name: &str| all.iter().find(|m| link_name(m) == Some(name));
     if let (Some(br), Some(vx)) = (find(BRIDGE), find(VXLAN)) {
-        let gateway = ipv4_addrs(h, br.header.index).await?.first().copied();
+        let gateway = first_ipv4(h, br.header.index).await?;
         let mut device = NetDevice {
             mtu: link_mtu(vx),
             gateway: gateway.unwrap_or_default(),
@@ -712,32 +726,13 @@ async fn observe_network(h: &Handle) -> io::Result<ObservedNet> {
         }
         net.device = device;
         let vx_index = vx.header.index;
-        for m in h
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(nl)?
-        {
-            if m.header.ifindex != vx_index {
-                continue;
-            }
+        for m in neighbours(h, AddressFamily::Bridge, vx_index).await? {
             if let (Some(mac), Some(dst)) = (neighbour_mac(&m), neighbour_dst(&m)) {
                 net.fdb.insert((mac, dst));
             }
         }
-        for m in h
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute()
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(nl)?
-        {
-            if m.header.ifindex != vx_index || m.header.state != NeighbourState::Permanent {
+        for m in neighbours(h, AddressFamily::Inet, vx_index).await? {
+            if m.header.state != NeighbourState::Permanent {
                 continue;
             }
             if let (Some(mac), Some(ip)) = (neighbour_mac(&m), neighbour_dst(&m)) {
@@ -757,6 +752,26 @@ async fn observe_network(h: &Handle) -> io::Result<ObservedNet> {
         .map(str::to_owned)
         .collect();
     Ok(net)
+}
+
+/// The neighbour (or, for `AddressFamily::Bridge`, FDB) entries of interface `index`.
+async fn neighbours(
+    h: &Handle,
+    family: AddressFamily,
+    index: u32,
+) -> io::Result<Vec<NeighbourMessage>> {
+    let all: Vec<NeighbourMessage> = h
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl)?;
+    Ok(all
+        .into_iter()
+        .filter(|m| m.header.ifindex == index)
+        .collect())
 }
 
 fn neighbour_mac(m: &NeighbourMessage) -> Option<Mac> {

@@ -301,8 +301,6 @@ pub struct Resolved {
     pub wireguard: Option<WgConfig>,
     /// The resolved data-path address.
     pub data_path_addr: Ipv4Addr,
-    /// The data-path interface's MTU.
-    pub underlay_mtu: u32,
 }
 
 #[derive(Default)]
@@ -800,7 +798,6 @@ impl DesiredState {
             layout,
             wireguard,
             data_path_addr,
-            underlay_mtu,
         })
     }
 

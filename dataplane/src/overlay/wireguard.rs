@@ -93,13 +93,31 @@ struct PeerState {
     tunnels: Mutex<Tunnels>,
 }
 
+/// One of our private keys with its X25519 forms, derived once rather than per handshake.
+struct OurKey {
+    key: Key,
+    secret: boringtun::x25519::StaticSecret,
+    public: boringtun::x25519::PublicKey,
+}
+
+impl OurKey {
+    fn new(key: &Key) -> OurKey {
+        let secret = key.secret();
+        OurKey {
+            key: key.clone(),
+            public: boringtun::x25519::PublicKey::from(&secret),
+            secret,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Peers {
     by_addr: HashMap<Ipv4Addr, Arc<PeerState>>,
     /// Tunn indexes (24 bits) to their peer.
     by_index: HashMap<u32, Arc<PeerState>>,
     /// Our current key first, then the previous one while generations still use it.
-    keys: Vec<Key>,
+    keys: Vec<OurKey>,
 }
 
 struct Shared {
@@ -341,7 +359,9 @@ impl Shared {
 
     fn configure(&self, config: &WgConfig) {
         let mut peers = self.peers.write().expect("peers lock");
-        peers.keys = vec![config.private_key.clone()];
+        if peers.keys.first().map(|k| &k.key) != Some(&config.private_key) {
+            peers.keys = vec![OurKey::new(&config.private_key)];
+        }
         let mut kept = HashMap::new();
         let mut buf = vec![0u8; 256];
         for (node, want) in &config.peers {
@@ -397,13 +417,11 @@ impl Shared {
         self.reindex();
     }
 
-    fn peer_by_index(&self, receiver_idx: u32) -> Option<Arc<PeerState>> {
-        self.peers
-            .read()
-            .expect("peers lock")
-            .by_index
-            .get(&(receiver_idx >> 8))
-            .cloned()
+    /// The peer and generation index a packet's receiver index names.
+    fn peer_by_index(&self, receiver_idx: u32) -> Option<(Arc<PeerState>, u32)> {
+        let index = receiver_idx >> 8;
+        let peers = self.peers.read().expect("peers lock");
+        peers.by_index.get(&index).map(|peer| (peer.clone(), index))
     }
 
     /// Finds the peer and generation a handshake initiation is meant for.
@@ -412,9 +430,13 @@ impl Shared {
         init: &boringtun::noise::HandshakeInit<'_>,
     ) -> Option<(Arc<PeerState>, u32)> {
         let peers = self.peers.read().expect("peers lock");
-        for ours in &peers.keys {
-            let Ok(half) = parse_handshake_anon(&ours.secret(), &ours.public().as_public(), init)
-            else {
+        for OurKey {
+            key: ours,
+            secret,
+            public,
+        } in &peers.keys
+        {
+            let Ok(half) = parse_handshake_anon(secret, public, init) else {
                 continue;
             };
             let theirs = Key(half.peer_static_public);
@@ -431,26 +453,34 @@ impl Shared {
         None
     }
 
+    /// The next result of `read` on the non-blocking `fd`, waiting while there is none; `None`
+    /// once the engine stops or the descriptor fails (which stops this loop, and is logged).
+    fn next<T>(&self, fd: RawFd, what: &str, mut read: impl FnMut() -> io::Result<T>) -> Option<T> {
+        while !self.stopping.load(Ordering::Relaxed) {
+            match read() {
+                Ok(r) => return Some(r),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait_readable(fd, self.io.stop.as_raw_fd()) {
+                        return None;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "{what}; the WireGuard engine stops");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
     fn encrypt_loop(&self) {
         let mut packet = vec![0u8; MAX_PACKET];
         let mut out = vec![0u8; MAX_PACKET + 64];
         let tun = self.io.tun.as_raw_fd();
-        let stop = self.io.stop.as_raw_fd();
-        while !self.stopping.load(Ordering::Relaxed) {
-            let n = match self.io.read_tun(&mut packet) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !wait_readable(tun, stop) {
-                        return;
-                    }
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the TUN device; the WireGuard engine stops");
-                    return;
-                }
-            };
+        while let Some(n) = self.next(tun, "reading the TUN device", || {
+            self.io.read_tun(&mut packet)
+        }) {
             let packet = &packet[..n];
             // Only IPv4 is routed into the tunnel.
             if n < 20 || packet[0] >> 4 != 4 {
@@ -480,34 +510,15 @@ impl Shared {
         let mut datagram = vec![0u8; MAX_PACKET];
         let mut out = vec![0u8; MAX_PACKET];
         let udp = self.io.udp.as_raw_fd();
-        let stop = self.io.stop.as_raw_fd();
-        while !self.stopping.load(Ordering::Relaxed) {
-            let (n, from) = match self.io.udp.recv_from(&mut datagram) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !wait_readable(udp, stop) {
-                        return;
-                    }
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "receiving WireGuard datagrams; the engine stops");
-                    return;
-                }
-            };
+        while let Some((n, from)) = self.next(udp, "receiving WireGuard datagrams", || {
+            self.io.udp.recv_from(&mut datagram)
+        }) {
             let datagram = &datagram[..n];
             let target = match Tunn::parse_incoming_packet(datagram) {
                 Ok(Packet::HandshakeInit(init)) => self.handshake_target(&init),
-                Ok(Packet::HandshakeResponse(p)) => self
-                    .peer_by_index(p.receiver_idx)
-                    .map(|peer| (peer, p.receiver_idx >> 8)),
-                Ok(Packet::PacketCookieReply(p)) => self
-                    .peer_by_index(p.receiver_idx)
-                    .map(|peer| (peer, p.receiver_idx >> 8)),
-                Ok(Packet::PacketData(p)) => self
-                    .peer_by_index(p.receiver_idx)
-                    .map(|peer| (peer, p.receiver_idx >> 8)),
+                Ok(Packet::HandshakeResponse(p)) => self.peer_by_index(p.receiver_idx),
+                Ok(Packet::PacketCookieReply(p)) => self.peer_by_index(p.receiver_idx),
+                Ok(Packet::PacketData(p)) => self.peer_by_index(p.receiver_idx),
                 Err(_) => None,
             };
             let Some((peer, index)) = target else {
@@ -591,15 +602,16 @@ impl Shared {
     fn reindex(&self) {
         let mut peers = self.peers.write().expect("peers lock");
         let mut indexes = HashMap::new();
-        let mut keys: Vec<Key> = peers.keys.first().cloned().into_iter().collect();
+        let mut keys: Vec<OurKey> = std::mem::take(&mut peers.keys);
+        keys.truncate(1);
         for p in peers.by_addr.values() {
             let mut t = p.tunnels.lock().expect("tunnel lock");
             for g in t.all_mut() {
                 indexes.insert(g.index, p.clone());
             }
             for g in std::iter::once(&t.active).chain(t.pending.as_ref()) {
-                if !keys.contains(&g.ours) {
-                    keys.push(g.ours.clone());
+                if !keys.iter().any(|k| k.key == g.ours) {
+                    keys.push(OurKey::new(&g.ours));
                 }
             }
         }
