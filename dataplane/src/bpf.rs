@@ -5,7 +5,7 @@ use std::time::Duration;
 use aya::{
     Ebpf, EbpfError,
     maps::{MapError, PerCpuArray},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use shoal_abi::parse::{self, ParseStats};
 
@@ -117,6 +117,34 @@ impl Programs {
         Ok(xdp)
     }
 
+    /// The TC classifier `name`, verified and loaded into the kernel.
+    pub fn tc(&mut self, name: &'static str) -> Result<&mut SchedClassifier, BpfError> {
+        let program_error = |source| BpfError::Program {
+            name,
+            source: Box::new(source),
+        };
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::NoProgram(name))?
+            .try_into()
+            .map_err(program_error)?;
+        if tc.fd().is_err() {
+            tc.load().map_err(program_error)?;
+        }
+        Ok(tc)
+    }
+
+    /// The loaded object, for map access.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// The loaded object, for map updates.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Runs the XDP program `name` on `packet` `repeat` times (at least once) with
     /// BPF_PROG_TEST_RUN and returns the last run's verdict and output packet.
     pub fn test_run(
@@ -144,6 +172,28 @@ impl Programs {
             output,
             per_run: result.duration,
         })
+    }
+
+    /// Runs the TC classifier `name` on `packet` (an Ethernet frame) with BPF_PROG_TEST_RUN and
+    /// returns its return code (`TC_ACT_*`) and the packet as it left it.
+    pub fn tc_test_run(
+        &mut self,
+        name: &'static str,
+        packet: &[u8],
+    ) -> Result<(i32, Vec<u8>), BpfError> {
+        let mut output = vec![0_u8; packet.len() + 4096];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut output);
+        let result = self
+            .tc(name)?
+            .test_run(opts)
+            .map_err(|source| BpfError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+        output.truncate(result.data_size_out as usize);
+        Ok((result.return_value as i32, output))
     }
 
     /// The packet parser's counters, summed over all CPUs.

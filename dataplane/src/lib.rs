@@ -15,4 +15,5 @@
 //! The data plane never talks to raft: it is driven by a desired state handed to it.
 
 pub mod bpf;
+pub mod mesh;
 pub mod overlay;

@@ -30,14 +30,16 @@ use rtnetlink::{
 };
 
 use super::layout::{AttachSpec, NetDevice, Observed, ObservedNet, Op, Tunnel, TunnelState, plan};
-use super::model::{DesiredState, Host, HostInterface, InvalidState, Mac, WgConfig};
+use super::model::{DesiredState, Host, HostInterface, InvalidState, Mac, Resolved, WgConfig};
 use super::netns;
 use super::wireguard::{Engine, PeerStatus, open_tun};
+use crate::mesh::model::INGRESS_TASK;
+use crate::mesh::{IngressNamespace, Mesh, MeshError};
 
 const TUNNEL_NS: &str = "wg";
 const TUN_DEVICE: &str = "wg0";
-const BRIDGE: &str = "br0";
-const VXLAN: &str = "vxlan0";
+pub(crate) const BRIDGE: &str = "br0";
+pub(crate) const VXLAN: &str = "vxlan0";
 const ALIAS_ENCRYPTED: &str = "shoal:encrypted";
 const ALIAS_PLAIN: &str = "shoal:plain";
 
@@ -60,6 +62,9 @@ pub enum ApplyError {
     /// The kernel's state could not be read.
     #[error("reading the data plane's state from the kernel: {0}")]
     Observe(io::Error),
+    /// The overlays were applied, but the routing mesh could not be.
+    #[error("the overlays were applied, but not the routing mesh: {0}")]
+    Mesh(#[from] MeshError),
 }
 
 /// What an apply changed.
@@ -78,6 +83,7 @@ pub struct Dataplane {
     tunnel: Option<(File, Handle)>,
     engine: Option<Engine>,
     wireguard: Option<WgConfig>,
+    mesh: Option<Mesh>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -219,6 +225,7 @@ impl Dataplane {
             tunnel: None,
             engine: None,
             wireguard: None,
+            mesh: None,
         })
     }
 
@@ -363,9 +370,51 @@ impl Dataplane {
         if let (Some(engine), Some(config)) = (&self.engine, &self.wireguard) {
             engine.configure(config);
         }
-        Ok(Applied {
-            changes: ops.iter().map(ToString::to_string).collect(),
-        })
+        let mut changes: Vec<String> = ops.iter().map(ToString::to_string).collect();
+        changes.extend(self.apply_mesh(&resolved)?);
+        Ok(Applied { changes })
+    }
+
+    /// The routing mesh, once the overlays (the ingress network among them) are in place.
+    fn apply_mesh(&mut self, resolved: &Resolved) -> Result<Vec<String>, MeshError> {
+        let Some(plan) = &resolved.mesh else {
+            return Ok(match self.mesh.take() {
+                Some(_) => vec!["mesh: removed (programs detached, maps freed)".to_owned()],
+                None => Vec::new(),
+            });
+        };
+        let netns_path = self.network_namespace(&plan.network);
+        let netns = netns::open(&netns_path)
+            .and_then(|ns| ns.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
+            .map_err(|source| MeshError::Io {
+                context: format!("opening {}", netns_path.display()),
+                source,
+            })?;
+        let port = resolved.layout.networks[&plan.network]
+            .attachments
+            .iter()
+            .find(|(_, a)| a.task == INGRESS_TASK)
+            .map(|(veth, _)| veth.clone())
+            .unwrap_or_default();
+        let mut changes = Vec::new();
+        if self.mesh.is_none() {
+            self.mesh = Some(Mesh::load()?);
+            changes.push("mesh: programs loaded".to_owned());
+        }
+        let mesh = self.mesh.as_mut().expect("just loaded");
+        changes.extend(mesh.apply(
+            plan,
+            &IngressNamespace {
+                netns: &netns,
+                port: &port,
+            },
+        )?);
+        Ok(changes)
+    }
+
+    /// The routing mesh, when the state has one.
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
     }
 
     /// Removes what `done` created, newest first. Removals stay: they were wanted either way.

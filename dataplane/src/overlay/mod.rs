@@ -29,6 +29,7 @@ pub mod netns;
 pub mod wireguard;
 
 pub use executor::{Applied, ApplyError, Dataplane};
+pub(crate) use executor::{BRIDGE, VXLAN};
 pub use keys::Key;
 pub use layout::{Layout, Observed, Op, plan};
 pub use model::{DesiredState, Host, HostInterface, InvalidState, Resolved};

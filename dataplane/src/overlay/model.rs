@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::Key;
 use super::layout::{AttachSpec, Layout, NetDevice, NetLayout, Tunnel};
+use crate::mesh::{
+    self,
+    model::{INGRESS_INTERFACE, INGRESS_TASK, MeshPlan, MeshSpec, OWN_NAMESPACE},
+};
 
 /// The default VXLAN port (IANA), Docker's `--data-path-port` default.
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
@@ -52,6 +56,9 @@ pub struct DesiredState {
     /// The other nodes.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// The routing mesh: published ports and their backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshSpec>,
 }
 
 /// `--data-path-addr` and `--data-path-port`.
@@ -301,13 +308,20 @@ pub struct Resolved {
     pub wireguard: Option<WgConfig>,
     /// The resolved data-path address.
     pub data_path_addr: Ipv4Addr,
+    /// The routing mesh, if any.
+    pub mesh: Option<MeshPlan>,
 }
 
-#[derive(Default)]
-struct Problems(Vec<Problem>);
+/// Problems found so far.
+#[derive(Debug, Default)]
+pub(crate) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             field: field.into(),
             message: message.into(),
@@ -644,10 +658,22 @@ impl DesiredState {
                 }
             };
 
-        // Local attachments.
+        // Local attachments, and the node's own place on the routing mesh's ingress network.
+        let ingress = self.mesh.as_ref().map(|m| Attachment {
+            task: INGRESS_TASK.to_owned(),
+            netns: PathBuf::from(OWN_NAMESPACE),
+            network: m.ingress.network.clone(),
+            ip: m.ingress.ip.clone(),
+            mac: None,
+            interface: INGRESS_INTERFACE.to_owned(),
+        });
         let mut interfaces: BTreeMap<(PathBuf, &str), String> = BTreeMap::new();
-        for (i, a) in self.attachments.iter().enumerate() {
-            let at = format!("attachments[{i}]");
+        for (i, a) in self.attachments.iter().chain(&ingress).enumerate() {
+            let at = if i == self.attachments.len() {
+                "mesh.ingress".to_owned()
+            } else {
+                format!("attachments[{i}]")
+            };
             if a.task.is_empty() {
                 problems.push(format!("{at}.task"), "an attachment needs a task ID");
             }
@@ -753,6 +779,12 @@ impl DesiredState {
             net.neigh.insert((ip, mac));
         }
 
+        // The routing mesh.
+        let mesh = self
+            .mesh
+            .as_ref()
+            .and_then(|m| mesh::model::resolve(m, &layout, host, &mut problems));
+
         // WireGuard.
         let encrypted = layout.networks.values().any(|n| n.device.encrypted);
         let private_key = self
@@ -798,6 +830,7 @@ impl DesiredState {
             layout,
             wireguard,
             data_path_addr,
+            mesh,
         })
     }
 

@@ -10,7 +10,8 @@
 //!
 //! Everything here is `#![no_std]` and free of logic that depends on the target: the kernel side and
 //! the user side compile the very same definitions, so a layout change cannot drift between them.
-//! Start with [`parse`], the counters of the packet parser.
+//! Start with [`parse`], the counters of the packet parser, and [`mesh`], the routing mesh's maps,
+//! flow hash and checksum arithmetic.
 #![no_std]
 
 /// Names of the programs in the object file, as the loader looks them up.
@@ -19,6 +20,19 @@ pub mod programs {
     pub const XDP_PARSE: &str = "shoal_xdp_parse";
     /// A program that does nothing but return `XDP_PASS`: the floor every benchmark compares with.
     pub const XDP_PASS: &str = "shoal_xdp_pass";
+    /// The routing mesh's entry (XDP, on the node's public interfaces): published-port packets
+    /// are rewritten towards a backend and redirected into the ingress network.
+    pub const XDP_MESH: &str = "shoal_xdp_mesh";
+    /// The routing mesh's way back (TC ingress, on the node's interface in the ingress network):
+    /// backends' replies are rewritten to come from the address the client contacted and sent
+    /// out of the interface the client's packet came in on.
+    pub const TC_MESH_REPLY: &str = "shoal_tc_mesh_reply";
+    /// Client-IP mode, backend side (TC ingress on the ingress network's VXLAN device and on the
+    /// node's own port): remembers which entry node each client flow came through.
+    pub const TC_MESH_LEARN: &str = "shoal_tc_mesh_learn";
+    /// Client-IP mode, backend side (TC ingress on the ingress network's bridge): sends a
+    /// backend's reply to the entry node the flow came through.
+    pub const TC_MESH_STEER: &str = "shoal_tc_mesh_steer";
 }
 
 /// The packet parser's statistics.
@@ -171,6 +185,8 @@ pub mod parse {
         }
     }
 }
+
+pub mod mesh;
 
 /// Wire constants the parser and the tests agree on.
 pub mod wire {

@@ -7,6 +7,10 @@
 //!                                                  ─> TCP | UDP
 //!                 │                       counts what it found in PARSE_STATS (per CPU)
 //!                 └──> XDP_PASS
+//!
+//!   packet ──> XDP (shoal_xdp_mesh) ──> mesh.rs: published port? Maglev + connection table,
+//!                                      rewrite, redirect into the ingress network | XDP_PASS
+//!   reply  ──> TC (shoal_tc_mesh_reply) ──> rewrite back, redirect out of the public interface
 //! ```
 //!
 //! Layout, Katran-style: [`packet`] is the only place that touches packet memory (every access is
@@ -22,14 +26,15 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod mesh;
 mod packet;
 mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::PerCpuArray,
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use shoal_abi::parse::{Counter, ParseStats};
 
@@ -66,6 +71,30 @@ pub fn shoal_xdp_parse(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn shoal_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The routing mesh's entry, on the node's public interfaces (see [`mesh`]).
+#[xdp]
+pub fn shoal_xdp_mesh(ctx: XdpContext) -> u32 {
+    mesh::forward(&ctx)
+}
+
+/// The routing mesh's way back, on the node's ingress interface.
+#[classifier]
+pub fn shoal_tc_mesh_reply(ctx: TcContext) -> i32 {
+    mesh::reply(&ctx)
+}
+
+/// Client-IP mode: remembers which entry node a client flow came through.
+#[classifier]
+pub fn shoal_tc_mesh_learn(ctx: TcContext) -> i32 {
+    mesh::learn(&ctx)
+}
+
+/// Client-IP mode: sends a backend's reply back to its flow's entry node.
+#[classifier]
+pub fn shoal_tc_mesh_steer(ctx: TcContext) -> i32 {
+    mesh::steer(&ctx)
 }
 
 #[inline(always)]

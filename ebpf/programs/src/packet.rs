@@ -30,8 +30,14 @@ impl Packet {
             return None;
         }
         Some(Header {
-            ptr: ptr as *const u8,
+            ptr: ptr as *mut u8,
         })
+    }
+
+    /// The packet's length in bytes.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        self.end - self.start
     }
 
     /// Whether the packet holds `len` bytes at `offset` (for variable-length parts that are
@@ -44,7 +50,7 @@ impl Packet {
 
 /// `N` bytes of packet known to be in bounds.
 pub(crate) struct Header<const N: usize> {
-    ptr: *const u8,
+    ptr: *mut u8,
 }
 
 impl<const N: usize> Header<N> {
@@ -63,5 +69,38 @@ impl<const N: usize> Header<N> {
         // SAFETY: as above, with I + 2 <= N; `read_unaligned` because packet fields are not
         // aligned for u16.
         u16::from_be_bytes(unsafe { self.ptr.add(I).cast::<[u8; 2]>().read_unaligned() })
+    }
+
+    /// The `u32` at `I` exactly as it sits in the packet (network byte order, loaded natively).
+    #[inline(always)]
+    pub(crate) fn raw32<const I: usize>(&self) -> u32 {
+        const { assert!(I + 4 <= N, "read past the end of the header") };
+        // SAFETY: as for `u8`, with I + 4 <= N; unaligned as packet fields are.
+        unsafe { self.ptr.add(I).cast::<u32>().read_unaligned() }
+    }
+
+    /// The `u16` at `I` exactly as it sits in the packet.
+    #[inline(always)]
+    pub(crate) fn raw16<const I: usize>(&self) -> u16 {
+        const { assert!(I + 2 <= N, "read past the end of the header") };
+        // SAFETY: as for `raw32`, with I + 2 <= N.
+        unsafe { self.ptr.add(I).cast::<u16>().read_unaligned() }
+    }
+
+    /// The six bytes at `I` (a MAC address).
+    #[inline(always)]
+    pub(crate) fn mac<const I: usize>(&self) -> [u8; 6] {
+        const { assert!(I + 6 <= N, "read past the end of the header") };
+        // SAFETY: as for `u8`, with I + 6 <= N.
+        unsafe { self.ptr.add(I).cast::<[u8; 6]>().read_unaligned() }
+    }
+
+    /// Writes `value` at `I` as is (the packet's byte order is the caller's business).
+    #[inline(always)]
+    pub(crate) fn write<const I: usize, T: Copy>(&self, value: T) {
+        const { assert!(I + size_of::<T>() <= N, "write past the end of the header") };
+        // SAFETY: `Packet::header` checked the bounds, and the assertion above keeps the write
+        // inside them; XDP packet memory is writable.
+        unsafe { self.ptr.add(I).cast::<T>().write_unaligned(value) }
     }
 }

@@ -1,0 +1,864 @@
+//! The routing mesh: a published port answers on every node and is balanced over the service's
+//! running tasks, wherever they run, by XDP.
+//!
+//! ```text
+//!  client ─> node A public iface ── XDP shoal_xdp_mesh: published port? Maglev + LRU connection table
+//!                                   rewrite dst -> backend, src -> A's ingress address (SNAT mode)
+//!                                   redirect ─> shoal0 ═ veth ═ ov-ingress: br0 ─ vxlan0 ─> node B ─> task
+//!  reply <─ node A public iface <── TC shoal_tc_mesh_reply on shoal0: rewrite back <── task's reply
+//! ```
+//!
+//! - [`model`]: the `"mesh"` part of the desired state, validated into a [`model::MeshPlan`].
+//! - [`maglev`]: Maglev tables (pure).
+//! - [`Mesh`]: loads the programs, attaches them (native XDP, generic as a fallback, the mode
+//!   reported) and programs the maps from a plan without a moment where a published port has an
+//!   empty or half-written table.
+//!
+//! Client-IP mode (`"client_ip": "preserve"`, and `mode=host` ports) keeps the client's address:
+//! the backend's node remembers through which entry node a flow came (`shoal_tc_mesh_learn` on
+//! the ingress network's VXLAN device and on the node's own port) and sends the replies back there
+//! (`shoal_tc_mesh_steer` on the ingress bridge, the tasks' gateway), where they leave as in SNAT
+//! mode. See `docs/mesh.md`.
+
+pub mod maglev;
+pub mod model;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::xdp::XdpLink;
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
+use shoal_abi::mesh::{
+    self as abi, Backend, Config, FLAG_CLIENT_IP, FLAG_HOST, Frontend, FrontendKey, MAX_BACKENDS,
+    MAX_SERVICES, ServiceStats, TABLE_CAPACITY,
+};
+use shoal_abi::programs;
+
+use crate::bpf::{BpfError, Programs};
+use crate::overlay::model::Mac;
+use model::{BackendPlan, MeshPlan, Protocol};
+
+/// How long a retired table region or backend ID waits before it is reused: far longer than any
+/// program run that may still hold an old table offset.
+const QUARANTINE: Duration = Duration::from_secs(1);
+
+/// What can go wrong driving the mesh.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// Loading, attaching or a map operation failed.
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    /// An interface or namespace operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// A limit of the maps was reached.
+    #[error("{0}")]
+    Full(String),
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> MeshError {
+    move |source| {
+        MeshError::Bpf(BpfError::Map {
+            name,
+            source: Box::new(source),
+        })
+    }
+}
+
+fn program_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> MeshError {
+    move |source| {
+        MeshError::Bpf(BpfError::Program {
+            name,
+            source: Box::new(source),
+        })
+    }
+}
+
+/// How an XDP program runs on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    /// In the driver (native).
+    Native,
+    /// In the kernel's generic path (slower; used when the driver has no XDP support).
+    Generic,
+}
+
+impl XdpAttachMode {
+    /// `native` or `generic`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+/// One region of the tables map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Region {
+    offset: u32,
+    len: u32,
+}
+
+/// First-fit allocation of table regions, with retired regions quarantined before reuse.
+#[derive(Debug)]
+struct Regions {
+    free: Vec<Region>,
+    retired: Vec<(Region, Instant)>,
+}
+
+impl Regions {
+    fn new(capacity: u32) -> Self {
+        Self {
+            free: vec![Region {
+                offset: 0,
+                len: capacity,
+            }],
+            retired: Vec::new(),
+        }
+    }
+
+    fn allocate(&mut self, len: u32, now: Instant) -> Option<Region> {
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .retired
+            .drain(..)
+            .partition(|(_, at)| now.duration_since(*at) >= QUARANTINE);
+        self.retired = waiting;
+        self.free.extend(ready.into_iter().map(|(r, _)| r));
+        self.free.sort_by_key(|r| r.offset);
+        let mut merged: Vec<Region> = Vec::with_capacity(self.free.len());
+        for r in self.free.drain(..) {
+            match merged.last_mut() {
+                Some(last) if last.offset + last.len == r.offset => last.len += r.len,
+                _ => merged.push(r),
+            }
+        }
+        self.free = merged;
+        let i = self.free.iter().position(|r| r.len >= len)?;
+        let region = Region {
+            offset: self.free[i].offset,
+            len,
+        };
+        self.free[i].offset += len;
+        self.free[i].len -= len;
+        if self.free[i].len == 0 {
+            self.free.remove(i);
+        }
+        Some(region)
+    }
+
+    fn retire(&mut self, region: Region, now: Instant) {
+        self.retired.push((region, now));
+    }
+}
+
+/// A backend's identity in the maps: its address and MAC on the ingress network.
+type BackendKey = (Ipv4Addr, Mac);
+
+/// A table: which backends (with weights), in a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Table {
+    members: Vec<(BackendKey, u32)>,
+    size: u32,
+    region: Option<Region>,
+}
+
+/// Which table a port uses: the service's all-backend table, or its local one (`mode=host`).
+type TableKey = (String, bool);
+
+/// What the maps hold, as userspace last wrote it.
+#[derive(Debug)]
+struct MapState {
+    services: BTreeMap<String, u32>,
+    backends: BTreeMap<BackendKey, (u32, u32)>,
+    /// The last generation each backend ID was given.
+    generations: Vec<u32>,
+    free_ids: Vec<(u32, Instant)>,
+    tables: BTreeMap<TableKey, Table>,
+    regions: Regions,
+    frontends: BTreeMap<FrontendKey, Frontend>,
+    local_addrs: BTreeSet<Ipv4Addr>,
+    config: Config,
+}
+
+impl Default for MapState {
+    fn default() -> Self {
+        Self {
+            services: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            generations: Vec::new(),
+            free_ids: Vec::new(),
+            tables: BTreeMap::new(),
+            regions: Regions::new(TABLE_CAPACITY),
+            frontends: BTreeMap::new(),
+            local_addrs: BTreeSet::new(),
+            config: Config::default(),
+        }
+    }
+}
+
+/// Programs attached to interfaces; dropping a link detaches it.
+#[derive(Debug, Default)]
+struct Links {
+    /// Public interfaces: (ifindex, mode, link).
+    entry: BTreeMap<String, (u32, XdpAttachMode, XdpLink)>,
+    /// `shoal0`: (ifindex, link).
+    reply: Option<(u32, SchedClassifierLink)>,
+    /// Inside the ingress network's namespace: the ifindexes they were attached to (the
+    /// namespace's bridge, VXLAN device and the node's port), and the links.
+    ingress: Option<((u32, u32, u32), IngressLinks)>,
+}
+
+#[derive(Debug)]
+struct IngressLinks {
+    _pass: XdpLink,
+    _learn_port: SchedClassifierLink,
+    _learn_vxlan: SchedClassifierLink,
+    _steer: SchedClassifierLink,
+}
+
+/// Where the ingress network lives, for [`Mesh::apply`].
+#[derive(Debug)]
+pub struct IngressNamespace<'a> {
+    /// The ingress network's namespace.
+    pub netns: &'a File,
+    /// The node's port in it (the network-side end of `shoal0`).
+    pub port: &'a str,
+}
+
+/// Per-service counters and table facts, for `inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    /// Running backends balanced over.
+    pub backends: usize,
+    /// The Maglev table size.
+    pub table_size: u32,
+    /// Counters summed over CPUs.
+    pub stats: ServiceStats,
+}
+
+/// The routing mesh on a node: its programs, their attachments and their maps.
+#[derive(Debug)]
+pub struct Mesh {
+    programs: Programs,
+    state: MapState,
+    links: Links,
+}
+
+impl Mesh {
+    /// Loads the programs and creates their (empty) maps.
+    pub fn load() -> Result<Self, MeshError> {
+        let mut programs = Programs::load()?;
+        for name in [programs::XDP_MESH, programs::XDP_PASS] {
+            programs.xdp(name)?;
+        }
+        for name in [
+            programs::TC_MESH_REPLY,
+            programs::TC_MESH_LEARN,
+            programs::TC_MESH_STEER,
+        ] {
+            programs.tc(name)?;
+        }
+        Ok(Self {
+            programs,
+            state: MapState::default(),
+            links: Links::default(),
+        })
+    }
+
+    /// The loaded programs (for BPF_PROG_TEST_RUN).
+    pub fn programs(&mut self) -> &mut Programs {
+        &mut self.programs
+    }
+
+    /// Converges attachments and maps to `plan`; the changes made, one line each. Attaches run
+    /// first, so a refusal leaves the maps as they were.
+    pub fn apply(
+        &mut self,
+        plan: &MeshPlan,
+        ingress: &IngressNamespace<'_>,
+    ) -> Result<Vec<String>, MeshError> {
+        let mut changes = Vec::new();
+        let ingress_ifindex = ifindex(model::INGRESS_INTERFACE)?;
+        self.attach(plan, ingress_ifindex, ingress, &mut changes)?;
+        changes.extend(self.program(plan, ingress_ifindex)?);
+        Ok(changes)
+    }
+
+    /// XDP on the public interfaces, TC on `shoal0` and in the ingress namespace.
+    fn attach(
+        &mut self,
+        plan: &MeshPlan,
+        ingress_ifindex: u32,
+        ingress: &IngressNamespace<'_>,
+        changes: &mut Vec<String>,
+    ) -> Result<(), MeshError> {
+        // Public interfaces.
+        let wanted: BTreeMap<&str, u32> = plan
+            .interfaces
+            .iter()
+            .map(|name| Ok((name.as_str(), ifindex(name)?)))
+            .collect::<Result<_, MeshError>>()?;
+        let stale: Vec<String> = self
+            .links
+            .entry
+            .iter()
+            .filter(|(name, (index, ..))| wanted.get(name.as_str()) != Some(index))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            self.links.entry.remove(&name);
+            changes.push(format!("mesh: detached from {name}"));
+        }
+        for (name, index) in wanted {
+            if self.links.entry.contains_key(name) {
+                continue;
+            }
+            let (mode, link) = self.attach_xdp(programs::XDP_MESH, name, index)?;
+            changes.push(format!("mesh: attached to {name} ({} XDP)", mode.name()));
+            self.links
+                .entry
+                .insert(name.to_owned(), (index, mode, link));
+        }
+
+        // The way back, on shoal0.
+        if self.links.reply.as_ref().map(|(i, _)| *i) != Some(ingress_ifindex) {
+            self.links.reply = None;
+            let link = self.attach_tc(
+                programs::TC_MESH_REPLY,
+                model::INGRESS_INTERFACE,
+                TcAttachType::Ingress,
+            )?;
+            self.links.reply = Some((ingress_ifindex, link));
+            changes.push(format!(
+                "mesh: replies translated on {}",
+                model::INGRESS_INTERFACE
+            ));
+        }
+
+        // Inside the ingress namespace: the node's port gets an XDP program (a native redirect
+        // into a veth needs one on the receiving end) and the client-IP programs.
+        let inside = crate::overlay::netns::within(ingress.netns, || {
+            Ok((
+                ifindex_io(crate::overlay::BRIDGE)?,
+                ifindex_io(crate::overlay::VXLAN)?,
+                ifindex_io(ingress.port)?,
+            ))
+        })
+        .map_err(|source| MeshError::Io {
+            context: format!("finding the ingress network's devices in {}", plan.network),
+            source,
+        })?;
+        if self.links.ingress.as_ref().map(|(i, _)| *i) != Some(inside) {
+            self.links.ingress = None;
+            let links = self.in_namespace(ingress.netns, |mesh| {
+                let (_, pass) = mesh.attach_xdp(programs::XDP_PASS, ingress.port, inside.2)?;
+                Ok(IngressLinks {
+                    _pass: pass,
+                    _learn_port: mesh.attach_tc(
+                        programs::TC_MESH_LEARN,
+                        ingress.port,
+                        TcAttachType::Ingress,
+                    )?,
+                    _learn_vxlan: mesh.attach_tc(
+                        programs::TC_MESH_LEARN,
+                        crate::overlay::VXLAN,
+                        TcAttachType::Ingress,
+                    )?,
+                    _steer: mesh.attach_tc(
+                        programs::TC_MESH_STEER,
+                        crate::overlay::BRIDGE,
+                        TcAttachType::Ingress,
+                    )?,
+                })
+            })?;
+            self.links.ingress = Some((inside, links));
+            changes.push(format!(
+                "mesh: client-IP steering attached in network {}",
+                plan.network
+            ));
+        }
+        Ok(())
+    }
+
+    fn in_namespace<T>(
+        &mut self,
+        netns: &File,
+        f: impl FnOnce(&mut Self) -> Result<T, MeshError>,
+    ) -> Result<T, MeshError> {
+        let mut result = None;
+        crate::overlay::netns::within(netns, || {
+            result = Some(f(self));
+            Ok(())
+        })
+        .map_err(|source| MeshError::Io {
+            context: "entering the ingress network's namespace".into(),
+            source,
+        })?;
+        result.unwrap_or_else(|| Err(MeshError::Full("namespace switch did not run".into())))
+    }
+
+    /// Attaches an XDP program natively, or generically if the driver cannot.
+    fn attach_xdp(
+        &mut self,
+        name: &'static str,
+        interface: &str,
+        index: u32,
+    ) -> Result<(XdpAttachMode, XdpLink), MeshError> {
+        let xdp: &mut Xdp = self.programs.xdp(name)?;
+        let (mode, id) = match xdp.attach_to_if_index(index, XdpMode::Driver) {
+            Ok(id) => (XdpAttachMode::Native, id),
+            Err(native) => match xdp.attach_to_if_index(index, XdpMode::Skb) {
+                Ok(id) => {
+                    tracing::warn!(
+                        interface,
+                        error = %native,
+                        "native XDP is not available; running the routing mesh in generic mode"
+                    );
+                    (XdpAttachMode::Generic, id)
+                }
+                Err(e) => {
+                    return Err(MeshError::Io {
+                        context: format!(
+                            "attaching XDP to {interface} (native: {native}; generic)"
+                        ),
+                        source: io::Error::other(e.to_string()),
+                    });
+                }
+            },
+        };
+        let link = xdp.take_link(id).map_err(program_err(name))?;
+        Ok((mode, link))
+    }
+
+    fn attach_tc(
+        &mut self,
+        name: &'static str,
+        interface: &str,
+        direction: TcAttachType,
+    ) -> Result<SchedClassifierLink, MeshError> {
+        let tc: &mut SchedClassifier = self.programs.tc(name)?;
+        let id = tc.attach(interface, direction).map_err(|e| MeshError::Io {
+            context: format!("attaching {name} to {interface}"),
+            source: io::Error::other(e.to_string()),
+        })?;
+        tc.take_link(id).map_err(program_err(name))
+    }
+
+    /// Programs the maps from `plan` (no attachments): what [`Mesh::apply`] does after
+    /// attaching, and what packet tests drive directly. `ingress_ifindex` is `shoal0`'s index.
+    pub fn program(
+        &mut self,
+        plan: &MeshPlan,
+        ingress_ifindex: u32,
+    ) -> Result<Vec<String>, MeshError> {
+        let now = Instant::now();
+        let mut changes = Vec::new();
+        let ebpf = self.programs.ebpf_mut();
+        let state = &mut self.state;
+
+        // The node's place on the ingress network.
+        let config = Config {
+            ingress_net: abi::addr(plan.subnet.network().octets()),
+            ingress_mask: abi::addr(plan.subnet.netmask().octets()),
+            ingress_addr: abi::addr(plan.addr.octets()),
+            ingress_ifindex,
+            ingress_mac: plan.mac.0,
+            pad: [0; 2],
+        };
+        if config != state.config {
+            let mut map: Array<&mut MapData, Config> = array(ebpf, abi::CONFIG_MAP)?;
+            map.set(0, config, 0).map_err(map_err(abi::CONFIG_MAP))?;
+            state.config = config;
+        }
+
+        // Service indices (counters).
+        let mut used: BTreeSet<u32> = state
+            .services
+            .iter()
+            .filter(|(name, _)| plan.services.contains_key(*name))
+            .map(|(_, i)| *i)
+            .collect();
+        let mut new_services = Vec::new();
+        for name in plan.services.keys() {
+            if state.services.contains_key(name) {
+                continue;
+            }
+            let index = (0..MAX_SERVICES)
+                .find(|i| !used.contains(i) && !state.services.values().any(|v| v == i))
+                .ok_or_else(|| MeshError::Full(format!("more than {MAX_SERVICES} services")))?;
+            used.insert(index);
+            new_services.push((name.clone(), index));
+        }
+        if !new_services.is_empty() {
+            let mut stats: PerCpuArray<&mut MapData, ServiceStats> = PerCpuArray::try_from(
+                ebpf.map_mut(abi::STATS_MAP)
+                    .ok_or(BpfError::NoMap(abi::STATS_MAP))?,
+            )
+            .map_err(map_err(abi::STATS_MAP))?;
+            let cpus = aya::util::nr_cpus().map_err(|(what, source)| MeshError::Io {
+                context: what.to_owned(),
+                source,
+            })?;
+            for (name, index) in new_services {
+                let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); cpus]).map_err(
+                    |source| MeshError::Io {
+                        context: "per-CPU counters".into(),
+                        source,
+                    },
+                )?;
+                stats
+                    .set(index, zeros, 0)
+                    .map_err(map_err(abi::STATS_MAP))?;
+                state.services.insert(name, index);
+            }
+        }
+
+        // Backend IDs: new backends get an ID no table points at yet.
+        let wanted_backends: BTreeSet<BackendKey> = plan
+            .services
+            .values()
+            .flat_map(|s| s.backends.iter().map(|b| (b.addr, b.mac)))
+            .collect();
+        {
+            let mut backends: Array<&mut MapData, Backend> = array(ebpf, abi::BACKENDS_MAP)?;
+            for key in &wanted_backends {
+                if state.backends.contains_key(key) {
+                    continue;
+                }
+                let id = take_id(state, now)?;
+                let generation = state.generations[id as usize].wrapping_add(1);
+                state.generations[id as usize] = generation;
+                backends
+                    .set(
+                        id,
+                        Backend {
+                            addr: abi::addr(key.0.octets()),
+                            generation,
+                            mac: key.1.0,
+                            pad: [0; 2],
+                        },
+                        0,
+                    )
+                    .map_err(map_err(abi::BACKENDS_MAP))?;
+                state.backends.insert(*key, (id, generation));
+            }
+        }
+
+        // Tables: rebuilt into a fresh region when their members change.
+        let mut wanted_tables: BTreeMap<TableKey, Table> = BTreeMap::new();
+        for (name, service) in &plan.services {
+            for host in [false, true] {
+                if !service.ports.iter().any(|p| p.host == host) {
+                    continue;
+                }
+                let members: Vec<(BackendKey, u32)> = service
+                    .backends_for(host)
+                    .map(|b: &BackendPlan| ((b.addr, b.mac), b.weight))
+                    .collect();
+                wanted_tables.insert(
+                    (name.clone(), host),
+                    Table {
+                        members,
+                        size: service.table_size,
+                        region: None,
+                    },
+                );
+            }
+        }
+        {
+            let mut tables: Array<&mut MapData, u32> = array(ebpf, abi::TABLES_MAP)?;
+            for (key, table) in wanted_tables.iter_mut() {
+                if let Some(old) = state.tables.get(key)
+                    && old.members == table.members
+                    && old.size == table.size
+                {
+                    table.region = old.region;
+                    continue;
+                }
+                if table.members.is_empty() {
+                    changes.push(format!(
+                        "mesh: service {} has no running backend{}",
+                        key.0,
+                        if key.1 { " on this node" } else { "" }
+                    ));
+                    continue;
+                }
+                let keys: Vec<String> = table
+                    .members
+                    .iter()
+                    .map(|((a, _), _)| a.to_string())
+                    .collect();
+                let input: Vec<maglev::Backend<'_>> = keys
+                    .iter()
+                    .zip(&table.members)
+                    .map(|(k, (_, weight))| maglev::Backend {
+                        key: k,
+                        weight: *weight,
+                    })
+                    .collect();
+                let slots = maglev::build(&input, table.size)
+                    .map_err(|e| MeshError::Full(format!("service {}: {e}", key.0)))?;
+                let region = state.regions.allocate(table.size, now).ok_or_else(|| {
+                    MeshError::Full(format!(
+                        "no room for service {}'s table of {} slots ({TABLE_CAPACITY} in all)",
+                        key.0, table.size
+                    ))
+                })?;
+                for (i, member) in slots.iter().enumerate() {
+                    let (backend_key, _) = table.members[*member as usize];
+                    let (id, _) = state.backends[&backend_key];
+                    tables
+                        .set(region.offset + i as u32, id, 0)
+                        .map_err(map_err(abi::TABLES_MAP))?;
+                }
+                table.region = Some(region);
+                changes.push(format!(
+                    "mesh: service {} balanced over {} backend{}{} ({} slots)",
+                    key.0,
+                    table.members.len(),
+                    if table.members.len() == 1 { "" } else { "s" },
+                    if key.1 { " on this node" } else { "" },
+                    table.size
+                ));
+            }
+        }
+
+        // Frontends: each update replaces the whole value, so a port moves from its old table
+        // to its new one in one step.
+        let mut wanted_frontends: BTreeMap<FrontendKey, (Frontend, String)> = BTreeMap::new();
+        for (name, service) in &plan.services {
+            for port in &service.ports {
+                let table = &wanted_tables[&(name.clone(), port.host)];
+                let key = FrontendKey {
+                    port: abi::port(port.published),
+                    proto: port.protocol.number(),
+                    pad: 0,
+                };
+                let mut flags = 0;
+                if service.client_ip || port.host {
+                    flags |= FLAG_CLIENT_IP;
+                }
+                if port.host {
+                    flags |= FLAG_HOST;
+                }
+                let frontend = Frontend {
+                    service: state.services[name],
+                    table_offset: table.region.map_or(0, |r| r.offset),
+                    table_size: table.region.map_or(0, |_| table.size),
+                    target_port: abi::port(port.target),
+                    flags,
+                };
+                wanted_frontends.insert(
+                    key,
+                    (frontend, describe(name, port.published, port.protocol)),
+                );
+            }
+        }
+        {
+            let mut frontends: HashMap<&mut MapData, FrontendKey, Frontend> =
+                hash(ebpf, abi::FRONTENDS_MAP)?;
+            for (key, (frontend, what)) in &wanted_frontends {
+                if state.frontends.get(key) == Some(frontend) {
+                    continue;
+                }
+                frontends
+                    .insert(key, frontend, 0)
+                    .map_err(map_err(abi::FRONTENDS_MAP))?;
+                if !state.frontends.contains_key(key) {
+                    changes.push(format!("mesh: published {what}"));
+                }
+                state.frontends.insert(*key, *frontend);
+            }
+            let gone: Vec<FrontendKey> = state
+                .frontends
+                .keys()
+                .filter(|k| !wanted_frontends.contains_key(k))
+                .copied()
+                .collect();
+            for key in gone {
+                frontends
+                    .remove(&key)
+                    .map_err(map_err(abi::FRONTENDS_MAP))?;
+                state.frontends.remove(&key);
+                changes.push(format!(
+                    "mesh: unpublished {}/{}",
+                    abi::port_value(key.port),
+                    if key.proto == Protocol::Udp.number() {
+                        "udp"
+                    } else {
+                        "tcp"
+                    }
+                ));
+            }
+        }
+
+        // Addresses published ports answer on.
+        {
+            let mut addrs: HashMap<&mut MapData, u32, u32> = hash(ebpf, abi::LOCAL_ADDRS_MAP)?;
+            for addr in plan.local_addrs.difference(&state.local_addrs) {
+                addrs
+                    .insert(abi::addr(addr.octets()), 1, 0)
+                    .map_err(map_err(abi::LOCAL_ADDRS_MAP))?;
+            }
+            for addr in state.local_addrs.difference(&plan.local_addrs) {
+                addrs
+                    .remove(&abi::addr(addr.octets()))
+                    .map_err(map_err(abi::LOCAL_ADDRS_MAP))?;
+            }
+            state.local_addrs = plan.local_addrs.clone();
+        }
+
+        // Now that no frontend points at them: retire replaced tables and removed backends.
+        // A removed backend's ID gets a new generation at once, so connections to it are
+        // re-balanced on their next packet; the ID itself is reused only after the quarantine.
+        for (key, old) in std::mem::take(&mut state.tables) {
+            let kept = wanted_tables.get(&key).and_then(|t| t.region) == old.region;
+            if let (false, Some(region)) = (kept, old.region) {
+                state.regions.retire(region, now);
+            }
+        }
+        state.tables = wanted_tables;
+        {
+            let mut backends: Array<&mut MapData, Backend> = array(ebpf, abi::BACKENDS_MAP)?;
+            let gone: Vec<BackendKey> = state
+                .backends
+                .keys()
+                .filter(|k| !wanted_backends.contains(k))
+                .copied()
+                .collect();
+            for key in gone {
+                let (id, _) = state.backends.remove(&key).expect("listed above");
+                let generation = state.generations[id as usize].wrapping_add(1);
+                state.generations[id as usize] = generation;
+                // Address zero: a packet that raced the table switch finds no backend here.
+                backends
+                    .set(
+                        id,
+                        Backend {
+                            generation,
+                            ..Backend::default()
+                        },
+                        0,
+                    )
+                    .map_err(map_err(abi::BACKENDS_MAP))?;
+                state.free_ids.push((id, now));
+            }
+        }
+        state
+            .services
+            .retain(|name, _| plan.services.contains_key(name));
+        Ok(changes)
+    }
+
+    /// Per-service counters and facts, by service name.
+    pub fn status(&self) -> Result<BTreeMap<String, ServiceStatus>, MeshError> {
+        let map = self
+            .programs
+            .ebpf()
+            .map(abi::STATS_MAP)
+            .ok_or(BpfError::NoMap(abi::STATS_MAP))?;
+        let stats: PerCpuArray<_, ServiceStats> =
+            PerCpuArray::try_from(map).map_err(map_err(abi::STATS_MAP))?;
+        let mut out = BTreeMap::new();
+        for (name, index) in &self.state.services {
+            let mut total = ServiceStats::default();
+            for cpu in stats.get(index, 0).map_err(map_err(abi::STATS_MAP))?.iter() {
+                total.add(cpu);
+            }
+            let table = self
+                .state
+                .tables
+                .get(&(name.clone(), false))
+                .or_else(|| self.state.tables.get(&(name.clone(), true)));
+            out.insert(
+                name.clone(),
+                ServiceStatus {
+                    backends: table.map_or(0, |t| t.members.len()),
+                    table_size: table.map_or(0, |t| t.size),
+                    stats: total,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// The public interfaces the entry program is attached to, and how.
+    pub fn interfaces(&self) -> BTreeMap<String, XdpAttachMode> {
+        self.links
+            .entry
+            .iter()
+            .map(|(name, (_, mode, _))| (name.clone(), *mode))
+            .collect()
+    }
+}
+
+fn describe(service: &str, port: u16, protocol: Protocol) -> String {
+    format!("{port}/{} for service {service}", protocol.name())
+}
+
+/// A free backend ID: never used, or out of quarantine.
+fn take_id(state: &mut MapState, now: Instant) -> Result<u32, MeshError> {
+    if let Some(i) = state
+        .free_ids
+        .iter()
+        .position(|(_, at)| now.duration_since(*at) >= QUARANTINE)
+    {
+        return Ok(state.free_ids.remove(i).0);
+    }
+    let next = u32::try_from(state.generations.len()).unwrap_or(u32::MAX);
+    if next >= MAX_BACKENDS {
+        return Err(MeshError::Full(format!(
+            "more than {MAX_BACKENDS} backends (or too many replaced within {QUARANTINE:?})"
+        )));
+    }
+    state.generations.push(0);
+    Ok(next)
+}
+
+fn array<'a, V: aya::Pod>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<Array<&'a mut MapData, V>, MeshError> {
+    Array::try_from(ebpf.map_mut(name).ok_or(BpfError::NoMap(name))?).map_err(map_err(name))
+}
+
+fn hash<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a mut MapData, K, V>, MeshError> {
+    HashMap::try_from(ebpf.map_mut(name).ok_or(BpfError::NoMap(name))?).map_err(map_err(name))
+}
+
+fn ifindex_io(name: &str) -> io::Result<u32> {
+    let c_name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => {
+            let e = io::Error::last_os_error();
+            Err(io::Error::new(
+                e.kind(),
+                format!("no interface {name}: {e}"),
+            ))
+        }
+        index => Ok(index),
+    }
+}
+
+fn ifindex(name: &str) -> Result<u32, MeshError> {
+    ifindex_io(name).map_err(|source| MeshError::Io {
+        context: format!("looking up interface {name}"),
+        source,
+    })
+}

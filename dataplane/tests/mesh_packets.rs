@@ -1,0 +1,510 @@
+//! The routing mesh's programs, run in the kernel through BPF_PROG_TEST_RUN with maps programmed
+//! by `Mesh::program` from a plan: verdicts and output bytes for every parser fixture cut at every
+//! length (truncated headers, IPv4 options, fragments, VLAN tags, IPv6, TCP and UDP to published
+//! and unpublished ports), rewrites with valid checksums that pick the backend the userspace
+//! model picks, the way back, connection affinity across backend changes, and a service without
+//! backends.
+//!
+//! Needs root (CAP_BPF); CI runs as root. Nothing is attached to any interface.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use shoal_abi::mesh::{self as abi, FlowKey, csum, flow_hash};
+use shoal_abi::parse::Counter;
+use shoal_abi::programs::{TC_MESH_REPLY, XDP_MESH};
+use shoal_abi::wire::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP};
+use shoal_dataplane::bpf::XdpVerdict;
+use shoal_dataplane::mesh::Mesh;
+use shoal_dataplane::mesh::maglev;
+use shoal_dataplane::mesh::model::{BackendPlan, MeshPlan, PortPlan, Protocol, ServicePlan};
+use shoal_dataplane::overlay::model::Mac;
+use support::packets;
+
+/// `shoal0`'s index as the maps are told (nothing is attached in these tests).
+const INGRESS_IFINDEX: u32 = 7;
+const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const INGRESS_ADDR: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 2);
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_REDIRECT: i32 = 7;
+
+fn backend(last: u8) -> BackendPlan {
+    let addr = Ipv4Addr::new(10, 255, 0, last);
+    BackendPlan {
+        addr,
+        mac: Mac::from_ip(addr),
+        task: format!("web.{last}"),
+        weight: 1,
+        local: last % 2 == 0,
+    }
+}
+
+fn service(
+    ports: &[(Protocol, u16, u16)],
+    backends: Vec<BackendPlan>,
+    client_ip: bool,
+) -> ServicePlan {
+    ServicePlan {
+        client_ip,
+        table_size: maglev::DEFAULT_TABLE_SIZE,
+        ports: ports
+            .iter()
+            .map(|&(protocol, published, target)| PortPlan {
+                protocol,
+                published,
+                target,
+                host: false,
+            })
+            .collect(),
+        backends,
+    }
+}
+
+/// web: 8080/tcp -> 80 and 53/udp -> 5353 over six backends; keep: 9090/tcp with the client's
+/// address kept; empty: 7070/tcp without backends.
+fn plan(web_backends: Vec<BackendPlan>) -> MeshPlan {
+    let mut services = BTreeMap::new();
+    services.insert(
+        "web".to_owned(),
+        service(
+            &[(Protocol::Tcp, 8080, 80), (Protocol::Udp, 53, 5353)],
+            web_backends,
+            false,
+        ),
+    );
+    services.insert(
+        "keep".to_owned(),
+        service(
+            &[(Protocol::Tcp, 9090, 90)],
+            vec![backend(31), backend(32)],
+            true,
+        ),
+    );
+    services.insert(
+        "empty".to_owned(),
+        service(&[(Protocol::Tcp, 7070, 70)], Vec::new(), false),
+    );
+    MeshPlan {
+        network: "ingress".into(),
+        subnet: "10.255.0.0/16".parse().expect("subnet"),
+        addr: INGRESS_ADDR,
+        mac: Mac::from_ip(INGRESS_ADDR),
+        interfaces: Vec::new(),
+        local_addrs: BTreeSet::from([NODE]),
+        services,
+    }
+}
+
+fn six() -> Vec<BackendPlan> {
+    (11..=16).map(backend).collect()
+}
+
+fn mesh(plan: &MeshPlan) -> Mesh {
+    let mut mesh = Mesh::load().unwrap_or_else(|e| {
+        panic!("loading the eBPF object failed ({e}); these tests need root (CAP_BPF)")
+    });
+    mesh.program(plan, INGRESS_IFINDEX)
+        .expect("programming the maps");
+    mesh
+}
+
+/// The userspace model of a service's balancing: the backend it picks for a flow.
+fn model(plan: &MeshPlan, service: &str) -> impl Fn(&FlowKey) -> Ipv4Addr {
+    let s = plan.services[service].clone();
+    let keys: Vec<String> = s.backends.iter().map(|b| b.addr.to_string()).collect();
+    let input: Vec<maglev::Backend<'_>> = keys
+        .iter()
+        .zip(&s.backends)
+        .map(|(k, b)| maglev::Backend {
+            key: k,
+            weight: b.weight,
+        })
+        .collect();
+    let table = maglev::build(&input, s.table_size).expect("table");
+    move |key| {
+        let slot = maglev::lookup(&table, flow_hash(key)).expect("non-empty table");
+        s.backends[slot as usize].addr
+    }
+}
+
+/// A well-formed Ethernet/IPv4/TCP-or-UDP frame with correct checksums.
+fn frame(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    proto: u8,
+    ip_options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&src.1.to_be_bytes());
+    l4.extend_from_slice(&dst.1.to_be_bytes());
+    if proto == IPPROTO_TCP {
+        l4.extend_from_slice(&7_u32.to_be_bytes());
+        l4.extend_from_slice(&0_u32.to_be_bytes());
+        l4.extend_from_slice(&[5 << 4, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4.extend_from_slice(payload);
+    let check_at = if proto == IPPROTO_TCP { 16 } else { 6 };
+    let sum = l4_checksum(src.0, dst.0, proto, &l4);
+    l4[check_at..check_at + 2].copy_from_slice(&sum.to_ne_bytes());
+
+    let header_len = 20 + ip_options.len();
+    let mut ip = vec![0x40 | (header_len / 4) as u8, 0];
+    ip.extend_from_slice(&((header_len + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
+    ip.extend_from_slice(&src.0.octets());
+    ip.extend_from_slice(&dst.0.octets());
+    ip.extend_from_slice(ip_options);
+    let sum = csum::compute(&ip);
+    ip[10..12].copy_from_slice(&sum.to_ne_bytes());
+
+    let mut f = Vec::new();
+    f.extend_from_slice(&NODE_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&l4);
+    f
+}
+
+fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> u16 {
+    let mut data = Vec::new();
+    data.extend_from_slice(&src.octets());
+    data.extend_from_slice(&dst.octets());
+    data.extend_from_slice(&[0, proto]);
+    data.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    data.extend_from_slice(l4);
+    csum::compute(&data)
+}
+
+/// A frame's addresses, ports and MACs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+}
+
+/// Reads a frame built by [`frame`] (no VLAN), checking both checksums.
+fn read(f: &[u8]) -> Seen {
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    assert_eq!(csum::compute(&f[14..14 + ihl]), 0, "IPv4 checksum");
+    let ip = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
+    let (src, dst) = (ip(26), ip(30));
+    let l4 = &f[14 + ihl..];
+    let proto = f[23];
+    let check = if proto == IPPROTO_TCP { 16 } else { 6 };
+    if !(proto == IPPROTO_UDP && l4[check..check + 2] == [0, 0]) {
+        let mut zeroed = l4.to_vec();
+        zeroed[check..check + 2].copy_from_slice(&[0, 0]);
+        let expected = l4_checksum(src, dst, proto, &zeroed);
+        let expected = if proto == IPPROTO_UDP && expected == 0 {
+            0xffff
+        } else {
+            expected
+        };
+        assert_eq!(
+            u16::from_ne_bytes([l4[check], l4[check + 1]]),
+            expected,
+            "L4 checksum"
+        );
+    }
+    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
+    Seen {
+        dmac: f[0..6].try_into().expect("6 bytes"),
+        smac: f[6..12].try_into().expect("6 bytes"),
+        src: (src, port(0)),
+        dst: (dst, port(2)),
+    }
+}
+
+fn flow(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> FlowKey {
+    FlowKey {
+        saddr: abi::addr(src.0.octets()),
+        daddr: abi::addr(dst.0.octets()),
+        sport: abi::port(src.1),
+        dport: abi::port(dst.1),
+        proto,
+        pad: [0; 3],
+    }
+}
+
+fn client(i: u16) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::new(192, 168, 1, 10 + (i % 7) as u8), 20_000 + i)
+}
+
+#[test]
+fn every_fixture_at_every_length_is_balanced_only_when_whole_ipv4_tcp_or_udp_to_a_published_port() {
+    // The parser's fixtures go from 10.0.0.1 to 10.0.0.2 (this node), TCP to 8080 and UDP to 53:
+    // both published here.
+    let plan = plan(six());
+    let mut mesh = mesh(&plan);
+    let backends: BTreeSet<Ipv4Addr> = six().iter().map(|b| b.addr).collect();
+    let mut redirected = 0;
+    for fixture in packets::all() {
+        let bytes = fixture.bytes();
+        // The kernel refuses XDP test input shorter than an Ethernet header.
+        for len in ETH_HLEN..=bytes.len() {
+            let packet = &bytes[..len];
+            let expected = fixture.expect(len);
+            let balanced = matches!(expected.outcome, Counter::Tcp | Counter::Udp)
+                && !expected.features.contains(&Counter::Vlan)
+                && expected.features.contains(&Counter::Ipv4);
+            let run = mesh
+                .programs()
+                .test_run(XDP_MESH, packet, 1)
+                .unwrap_or_else(|e| panic!("{} cut at {len}: {e}", fixture.name));
+            if balanced {
+                assert_eq!(
+                    run.verdict,
+                    XdpVerdict::Redirect,
+                    "{} cut at {len}",
+                    fixture.name
+                );
+                let ihl = usize::from(run.output[14] & 0x0f) * 4;
+                let dst = Ipv4Addr::new(
+                    run.output[30],
+                    run.output[31],
+                    run.output[32],
+                    run.output[33],
+                );
+                assert!(
+                    backends.contains(&dst),
+                    "{} cut at {len}: sent to {dst}",
+                    fixture.name
+                );
+                assert_eq!(
+                    run.output[26..30],
+                    INGRESS_ADDR.octets(),
+                    "{}: translated source",
+                    fixture.name
+                );
+                let target =
+                    u16::from_be_bytes([run.output[14 + ihl + 2], run.output[14 + ihl + 3]]);
+                let proto = run.output[23];
+                assert_eq!(
+                    target,
+                    if proto == IPPROTO_TCP { 80 } else { 5353 },
+                    "{}",
+                    fixture.name
+                );
+                assert_eq!(
+                    run.output.len(),
+                    packet.len(),
+                    "{}: length kept",
+                    fixture.name
+                );
+                redirected += 1;
+            } else {
+                assert_eq!(
+                    run.verdict,
+                    XdpVerdict::Pass,
+                    "{} cut at {len}",
+                    fixture.name
+                );
+                assert_eq!(
+                    run.output, packet,
+                    "{} cut at {len}: must pass untouched",
+                    fixture.name
+                );
+            }
+        }
+    }
+    assert!(redirected > 10, "only {redirected} packets were balanced");
+}
+
+#[test]
+fn balanced_packets_have_valid_checksums_and_go_where_the_userspace_model_says() {
+    let plan = plan(six());
+    let mut mesh = mesh(&plan);
+    let pick = model(&plan, "web");
+    for i in 0..600 {
+        for (proto, port, target) in [(IPPROTO_TCP, 8080, 80), (IPPROTO_UDP, 53, 5353)] {
+            let src = client(i);
+            let packet = frame(src, (NODE, port), proto, &[], b"hello mesh");
+            let run = mesh.programs().test_run(XDP_MESH, &packet, 1).expect("run");
+            assert_eq!(run.verdict, XdpVerdict::Redirect);
+            let seen = read(&run.output);
+            let expected = pick(&flow(src, (NODE, port), proto));
+            assert_eq!(
+                seen.dst,
+                (expected, target),
+                "flow {i}/{proto}: the kernel and the model disagree"
+            );
+            assert_eq!(seen.src.0, INGRESS_ADDR);
+            assert!(seen.src.1 >= abi::NAT_PORT_MIN);
+            assert_eq!(seen.dmac, Mac::from_ip(expected).0);
+            assert_eq!(seen.smac, Mac::from_ip(INGRESS_ADDR).0);
+
+            // The backend's reply, on its way back through shoal0.
+            let reply = frame((expected, target), seen.src, proto, &[], b"hello client");
+            let (code, out) = mesh
+                .programs()
+                .tc_test_run(TC_MESH_REPLY, &reply)
+                .expect("reply run");
+            assert_eq!(
+                code, TC_ACT_REDIRECT,
+                "flow {i}/{proto}: the reply must be translated"
+            );
+            let back = read(&out);
+            assert_eq!(
+                back.src,
+                (NODE, port),
+                "the reply comes from the address and port the client used"
+            );
+            assert_eq!(back.dst, src);
+            assert_eq!(back.dmac, CLIENT_MAC);
+            assert_eq!(back.smac, NODE_MAC);
+        }
+    }
+    let status = mesh.status().expect("counters");
+    assert_eq!(status["web"].stats.packets, 1200);
+    assert_eq!(status["web"].stats.reply_packets, 1200);
+    assert_eq!(status["web"].stats.connections, 1200);
+    assert_eq!(status["web"].backends, 6);
+    // Unrelated traffic on shoal0 is left alone.
+    let other = frame(
+        (Ipv4Addr::new(10, 255, 0, 11), 80),
+        (INGRESS_ADDR, 999),
+        IPPROTO_TCP,
+        &[],
+        b"",
+    );
+    let (code, out) = mesh
+        .programs()
+        .tc_test_run(TC_MESH_REPLY, &other)
+        .expect("run");
+    assert_eq!((code, out), (TC_ACT_OK, other));
+}
+
+#[test]
+fn ipv4_options_are_balanced_and_a_zero_udp_checksum_stays_zero() {
+    let plan = plan(six());
+    let mut mesh = mesh(&plan);
+    // Record route (7), length 7, pointer 4, one empty slot, then end of options.
+    let options = [7, 7, 4, 0, 0, 0, 0, 0];
+    let packet = frame(client(1), (NODE, 8080), IPPROTO_TCP, &options, b"x");
+    let run = mesh.programs().test_run(XDP_MESH, &packet, 1).expect("run");
+    assert_eq!(run.verdict, XdpVerdict::Redirect);
+    let seen = read(&run.output);
+    assert_eq!(seen.dst.1, 80);
+    assert_eq!(run.output[34..42], options, "options are carried over");
+
+    let mut packet = frame(client(2), (NODE, 53), IPPROTO_UDP, &[], b"query");
+    packet[40..42].copy_from_slice(&[0, 0]);
+    let run = mesh.programs().test_run(XDP_MESH, &packet, 1).expect("run");
+    assert_eq!(run.verdict, XdpVerdict::Redirect);
+    assert_eq!(run.output[40..42], [0, 0]);
+    read(&run.output);
+}
+
+#[test]
+fn unpublished_ports_other_addresses_and_empty_services_pass_to_the_stack() {
+    let plan = plan(six());
+    let mut mesh = mesh(&plan);
+    let cases = [
+        (
+            "unpublished TCP port",
+            frame(client(1), (NODE, 8081), IPPROTO_TCP, &[], b""),
+        ),
+        (
+            "unpublished UDP port",
+            frame(client(1), (NODE, 8080), IPPROTO_UDP, &[], b""),
+        ),
+        (
+            "published port, another address",
+            frame(
+                client(1),
+                (Ipv4Addr::new(10, 0, 0, 9), 8080),
+                IPPROTO_TCP,
+                &[],
+                b"",
+            ),
+        ),
+        (
+            "service without backends",
+            frame(client(1), (NODE, 7070), IPPROTO_TCP, &[], b""),
+        ),
+    ];
+    for (what, packet) in cases {
+        let run = mesh.programs().test_run(XDP_MESH, &packet, 1).expect("run");
+        assert_eq!(run.verdict, XdpVerdict::Pass, "{what}");
+        assert_eq!(run.output, packet, "{what}");
+    }
+    assert_eq!(mesh.status().expect("counters")["empty"].stats.refused, 1);
+}
+
+#[test]
+fn client_ip_mode_keeps_the_source_and_translates_replies_by_client_flow() {
+    let plan = plan(six());
+    let mut mesh = mesh(&plan);
+    let src = client(3);
+    let packet = frame(src, (NODE, 9090), IPPROTO_TCP, &[], b"");
+    let run = mesh.programs().test_run(XDP_MESH, &packet, 1).expect("run");
+    assert_eq!(run.verdict, XdpVerdict::Redirect);
+    let seen = read(&run.output);
+    assert_eq!(
+        seen.src, src,
+        "the backend sees the client's own address and port"
+    );
+    assert_eq!(seen.dst.1, 90);
+    let reply = frame(seen.dst, src, IPPROTO_TCP, &[], b"");
+    let (code, out) = mesh
+        .programs()
+        .tc_test_run(TC_MESH_REPLY, &reply)
+        .expect("run");
+    assert_eq!(code, TC_ACT_REDIRECT);
+    assert_eq!(read(&out).src, (NODE, 9090));
+}
+
+#[test]
+fn connections_keep_their_backend_while_others_come_and_go_and_move_only_when_theirs_goes() {
+    let first = plan(six());
+    let mut mesh = mesh(&first);
+    let backend_of = |mesh: &mut Mesh, i: u16| {
+        let packet = frame(client(i), (NODE, 8080), IPPROTO_TCP, &[], b"");
+        let run = mesh.programs().test_run(XDP_MESH, &packet, 1).expect("run");
+        assert_eq!(run.verdict, XdpVerdict::Redirect);
+        read(&run.output).dst.0
+    };
+    let before: Vec<Ipv4Addr> = (0..300).map(|i| backend_of(&mut mesh, i)).collect();
+
+    // Add two backends and remove one (.13): only .13's connections move.
+    let mut changed: Vec<BackendPlan> = six()
+        .into_iter()
+        .filter(|b| b.addr.octets()[3] != 13)
+        .collect();
+    changed.extend([backend(17), backend(18)]);
+    let second = plan(changed);
+    mesh.program(&second, INGRESS_IFINDEX)
+        .expect("reprogramming");
+    let pick = model(&second, "web");
+    let removed = Ipv4Addr::new(10, 255, 0, 13);
+    for (i, old) in before.iter().enumerate() {
+        let now = backend_of(&mut mesh, i as u16);
+        if *old == removed {
+            assert_ne!(now, removed, "flow {i} still goes to the removed backend");
+            let key = flow(client(i as u16), (NODE, 8080), IPPROTO_TCP);
+            assert_eq!(
+                now,
+                pick(&key),
+                "flow {i} re-balanced against the new table"
+            );
+        } else {
+            assert_eq!(now, *old, "flow {i} lost its backend although it stayed");
+        }
+    }
+    // New flows follow the new table.
+    for i in 1000..1200 {
+        let key = flow(client(i), (NODE, 8080), IPPROTO_TCP);
+        assert_eq!(backend_of(&mut mesh, i), pick(&key));
+    }
+}

@@ -1,0 +1,430 @@
+//! The routing mesh's maps, shared by the XDP/TC programs and the userspace loader.
+//!
+//! ```text
+//!  client ─> public iface ─ XDP shoal_xdp_mesh ─ CONNS hit? ── yes ─> rewrite ─> redirect ─> shoal0
+//!                                                   │ no                                     (ingress
+//!                          LOCAL_ADDRS, FRONTENDS ──┤                                         network)
+//!                          TABLES[offset + hash % size] ─> BACKENDS[id] ─> REPLIES (NAT) + CONNS
+//!
+//!  backend reply ─> shoal0 ─ TC shoal_tc_mesh_reply ─ REPLIES hit ─> rewrite ─> redirect ─> public iface
+//! ```
+//!
+//! Addresses and ports are kept exactly as they sit in the packet (network byte order), loaded
+//! as native integers: the programs never swap bytes, and userspace converts with
+//! [`addr`]/[`port`]. Every value is `repr(C)` with explicit padding, so both sides agree on
+//! layouts by construction.
+//!
+//! Atomicity: the programs read [`Frontend`]s from a hash map, whose updates replace an element
+//! as a whole, so a service's table offset, size and flags always change together. Tables are
+//! written into a region of [`TABLES_MAP`] no frontend points at, and only then published by
+//! updating the frontend: no packet ever sees a half-written table.
+
+/// Per-flow entries: the rewrite applied to a client's packets (LRU hash, [`FlowKey`] ->
+/// [`Conn`]).
+pub const CONNS_MAP: &str = "MESH_CONNS";
+/// The way back: a backend's reply (as it arrives) -> the rewrite that makes it the node's
+/// reply to the client (LRU hash, [`FlowKey`] -> [`Rewrite`]).
+pub const REPLIES_MAP: &str = "MESH_REPLIES";
+/// Published ports (hash, [`FrontendKey`] -> [`Frontend`]).
+pub const FRONTENDS_MAP: &str = "MESH_FRONTENDS";
+/// The node's addresses published ports answer on (hash, address -> 1).
+pub const LOCAL_ADDRS_MAP: &str = "MESH_LOCAL_ADDRS";
+/// Backends by ID (array of [`Backend`]).
+pub const BACKENDS_MAP: &str = "MESH_BACKENDS";
+/// Every service's Maglev table, each in its own region (array of backend IDs).
+pub const TABLES_MAP: &str = "MESH_TABLES";
+/// Per-service, per-CPU counters (per-CPU array of [`ServiceStats`], indexed by service).
+pub const STATS_MAP: &str = "MESH_STATS";
+/// The node's place in the ingress network (array of one [`Config`]).
+pub const CONFIG_MAP: &str = "MESH_CONFIG";
+/// Client-IP mode, backend side: which entry node a client flow came through (LRU hash,
+/// [`FlowKey`] of the backend's reply -> [`Learned`]).
+pub const LEARNED_MAP: &str = "MESH_LEARNED";
+
+/// Services with counters (indices of [`STATS_MAP`]).
+pub const MAX_SERVICES: u32 = 1024;
+/// Published ports.
+pub const MAX_FRONTENDS: u32 = 4096;
+/// Backend IDs.
+pub const MAX_BACKENDS: u32 = 65_536;
+/// Slots of [`TABLES_MAP`]: 64 default-size (16381) tables, double-buffered.
+pub const TABLE_CAPACITY: u32 = 1 << 21;
+/// Connections the entry node tracks; the least recently used is forgotten first.
+pub const MAX_CONNS: u32 = 262_144;
+/// Reply translations (one per connection).
+pub const MAX_REPLIES: u32 = 262_144;
+/// Client flows remembered by backends' nodes in client-IP mode.
+pub const MAX_LEARNED: u32 = 262_144;
+/// Addresses published ports answer on.
+pub const MAX_LOCAL_ADDRS: u32 = 256;
+
+/// Source ports the entry node translates clients to: `NAT_PORT_MIN..=65535`.
+pub const NAT_PORT_MIN: u16 = 1024;
+/// Candidate ports tried for a new connection before it is dropped.
+pub const NAT_PORT_PROBES: u32 = 8;
+
+/// [`Frontend::flags`]: keep the client's source address (no SNAT); replies return through the
+/// entry node by the backend node's steering.
+pub const FLAG_CLIENT_IP: u16 = 1;
+/// [`Frontend::flags`]: `mode=host` — only this node's tasks, straight to them.
+pub const FLAG_HOST: u16 = 2;
+
+/// An IPv4 address as the programs hold it.
+pub const fn addr(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// A port as the programs hold it.
+pub const fn port(port: u16) -> u16 {
+    u16::from_ne_bytes(port.to_be_bytes())
+}
+
+/// The host-order value of a port as the programs hold it.
+pub const fn port_value(raw: u16) -> u16 {
+    u16::from_be_bytes(raw.to_ne_bytes())
+}
+
+/// A flow, as the packet carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address.
+    pub saddr: u32,
+    /// Destination address.
+    pub daddr: u32,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// IP protocol (TCP or UDP).
+    pub proto: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The flow in the other direction.
+    pub const fn reversed(&self) -> Self {
+        Self {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            pad: [0; 3],
+        }
+    }
+}
+
+/// A published port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrontendKey {
+    /// The published port.
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+/// Where a published port leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frontend {
+    /// The service's index in [`STATS_MAP`].
+    pub service: u32,
+    /// The first slot of the service's table in [`TABLES_MAP`].
+    pub table_offset: u32,
+    /// The table's size (a prime), or 0 when the service has no backend: the packet then goes to
+    /// the node's own stack, which refuses it.
+    pub table_size: u32,
+    /// The port the backends listen on.
+    pub target_port: u16,
+    /// [`FLAG_CLIENT_IP`], [`FLAG_HOST`].
+    pub flags: u16,
+}
+
+/// A backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Its address on the ingress network.
+    pub addr: u32,
+    /// Bumped each time the ID is given to another backend: connections remember the generation
+    /// they were made with and are re-balanced when it no longer matches.
+    pub generation: u32,
+    /// Its MAC on the ingress network.
+    pub mac: [u8; 6],
+    /// Zero.
+    pub pad: [u8; 2],
+}
+
+/// A packet rewrite: the new addresses and ports, Ethernet addresses and the interface the
+/// packet is redirected to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// New source address.
+    pub saddr: u32,
+    /// New destination address.
+    pub daddr: u32,
+    /// New source port.
+    pub sport: u16,
+    /// New destination port.
+    pub dport: u16,
+    /// The interface the packet leaves by.
+    pub ifindex: u32,
+    /// The service's index in [`STATS_MAP`].
+    pub service: u32,
+    /// New destination MAC.
+    pub dmac: [u8; 6],
+    /// New source MAC.
+    pub smac: [u8; 6],
+}
+
+/// A connection the entry node balanced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conn {
+    /// What the client's packets become.
+    pub rewrite: Rewrite,
+    /// The backend's ID.
+    pub backend: u32,
+    /// The backend ID's generation when the connection was made.
+    pub generation: u32,
+}
+
+/// The node's place in the ingress network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The ingress network's address.
+    pub ingress_net: u32,
+    /// Its netmask.
+    pub ingress_mask: u32,
+    /// This node's address on it: the source of translated (SNAT) connections.
+    pub ingress_addr: u32,
+    /// The node's interface on it (`shoal0`).
+    pub ingress_ifindex: u32,
+    /// That interface's MAC.
+    pub ingress_mac: [u8; 6],
+    /// Zero.
+    pub pad: [u8; 2],
+}
+
+/// Where a client flow came from (client-IP mode, backend side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// The interface it arrived on (the VXLAN device, or the node's own port).
+    pub ifindex: u32,
+    /// The entry node's MAC on the ingress network.
+    pub mac: [u8; 6],
+    /// Zero.
+    pub pad: [u8; 2],
+}
+
+/// A service's counters on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Client packets sent on to a backend.
+    pub packets: u64,
+    /// Their bytes (Ethernet frames).
+    pub bytes: u64,
+    /// Reply packets sent back to clients.
+    pub reply_packets: u64,
+    /// Their bytes.
+    pub reply_bytes: u64,
+    /// Connections balanced (first packets, and re-balanced ones).
+    pub connections: u64,
+    /// Packets to a published port of a service without backends (left to the node's stack,
+    /// which refuses them).
+    pub refused: u64,
+    /// Packets dropped because no translation port was free.
+    pub dropped: u64,
+}
+
+impl ServiceStats {
+    /// Adds `other`, counter by counter (summing CPUs).
+    pub fn add(&mut self, other: &Self) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.reply_packets = self.reply_packets.wrapping_add(other.reply_packets);
+        self.reply_bytes = self.reply_bytes.wrapping_add(other.reply_bytes);
+        self.connections = self.connections.wrapping_add(other.connections);
+        self.refused = self.refused.wrapping_add(other.refused);
+        self.dropped = self.dropped.wrapping_add(other.dropped);
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all impls below): each type is `repr(C)`, made only of integers and byte arrays
+    // with explicit padding fields (no implicit padding), and every bit pattern is valid.
+    macro_rules! pod {
+        ($($t:ty),*) => { $(
+            // SAFETY: see above.
+            unsafe impl aya::Pod for $t {}
+        )* };
+    }
+    pod!(
+        super::FlowKey,
+        super::FrontendKey,
+        super::Frontend,
+        super::Backend,
+        super::Rewrite,
+        super::Conn,
+        super::Config,
+        super::Learned,
+        super::ServiceStats
+    );
+}
+
+/// The MurmurHash3 32-bit finaliser: every input bit affects every output bit.
+const fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The hash that picks a flow's Maglev slot (`hash % table size`) and its translation ports.
+/// The programs and the userspace model compute it with this very function.
+pub const fn flow_hash(key: &FlowKey) -> u32 {
+    let ports = ((key.sport as u32) << 16) | key.dport as u32;
+    let h = fmix(key.saddr ^ 0x9e37_79b9);
+    let h = fmix(h ^ key.daddr);
+    fmix(h ^ ports ^ ((key.proto as u32) << 24))
+}
+
+/// The `probe`th candidate translation port of a flow (as the programs hold ports).
+pub const fn nat_port(hash: u32, probe: u32) -> u16 {
+    let span = 65_536 - NAT_PORT_MIN as u32;
+    let value = NAT_PORT_MIN as u32 + (hash.wrapping_add(probe.wrapping_mul(0x9e37)) % span);
+    port(value as u16)
+}
+
+/// Internet checksum arithmetic (RFC 1071, incremental update per RFC 1624) on 16-bit words as
+/// loaded from the packet: one's-complement sums do not depend on byte order, as long as the
+/// checksum and the words are loaded alike.
+pub mod csum {
+    /// Folds a 32-bit sum into 16 bits.
+    pub const fn fold(mut sum: u32) -> u16 {
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum as u16
+    }
+
+    /// The checksum after replacing 32-bit word `old` by `new` in the covered data (RFC 1624,
+    /// eq. 3: HC' = ~(~HC + ~m + m')).
+    pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {
+        let sum = (!check) as u32
+            + (!(old as u16)) as u32
+            + (!((old >> 16) as u16)) as u32
+            + (new & 0xffff)
+            + (new >> 16);
+        !fold(sum)
+    }
+
+    /// The checksum after replacing 16-bit word `old` by `new`.
+    pub const fn replace16(check: u16, old: u16, new: u16) -> u16 {
+        let sum = (!check) as u32 + (!old) as u32 + new as u32;
+        !fold(sum)
+    }
+
+    /// The checksum of `data` (an even number of bytes is assumed; a trailing byte is padded
+    /// with zero), with words loaded natively, as [`replace32`] expects.
+    pub fn compute(data: &[u8]) -> u16 {
+        let mut sum: u32 = 0;
+        let mut chunks = data.chunks(2);
+        for chunk in &mut chunks {
+            let word = match chunk {
+                [a, b] => u16::from_ne_bytes([*a, *b]),
+                [a] => u16::from_ne_bytes([*a, 0]),
+                _ => 0,
+            };
+            sum = sum.wrapping_add(word as u32);
+            if sum > 0xffff_0000 {
+                sum = fold(sum) as u32;
+            }
+        }
+        !fold(sum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_addresses_round_trip_through_the_packet_form() {
+        assert_eq!(port_value(port(8080)), 8080);
+        assert_eq!(port(0x1f90).to_ne_bytes(), [0x1f, 0x90]);
+        assert_eq!(addr([10, 0, 0, 1]).to_ne_bytes(), [10, 0, 0, 1]);
+    }
+
+    #[test]
+    fn nat_ports_stay_in_range() {
+        for hash in [0, 1, 64_511, 64_512, u32::MAX] {
+            for probe in 0..NAT_PORT_PROBES {
+                assert!(port_value(nat_port(hash, probe)) >= NAT_PORT_MIN);
+            }
+        }
+        assert_ne!(nat_port(7, 0), nat_port(7, 1));
+    }
+
+    #[test]
+    fn incremental_checksum_matches_recomputation() {
+        // An IPv4 header with its checksum, then its addresses replaced.
+        let mut header = [
+            0x45, 0, 0, 0x54, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 192, 168, 1, 10, 10, 0, 0, 7,
+        ];
+        let check = csum::compute(&header);
+        header[10..12].copy_from_slice(&check.to_ne_bytes());
+        assert_eq!(csum::compute(&header), 0, "a correct header sums to zero");
+        let old = u32::from_ne_bytes([10, 0, 0, 7]);
+        let new = u32::from_ne_bytes([172, 31, 255, 1]);
+        header[16..20].copy_from_slice(&new.to_ne_bytes());
+        let updated = csum::replace32(check, old, new);
+        header[10..12].copy_from_slice(&updated.to_ne_bytes());
+        assert_eq!(csum::compute(&header), 0);
+    }
+
+    #[test]
+    fn flow_hash_depends_on_every_field() {
+        let key = FlowKey {
+            saddr: addr([192, 168, 0, 1]),
+            daddr: addr([192, 168, 0, 2]),
+            sport: port(40_000),
+            dport: port(8080),
+            proto: 6,
+            pad: [0; 3],
+        };
+        let base = flow_hash(&key);
+        let variants = [
+            FlowKey {
+                saddr: addr([192, 168, 0, 3]),
+                ..key
+            },
+            FlowKey {
+                daddr: addr([192, 168, 0, 3]),
+                ..key
+            },
+            FlowKey {
+                sport: port(40_001),
+                ..key
+            },
+            FlowKey {
+                dport: port(8081),
+                ..key
+            },
+            FlowKey { proto: 17, ..key },
+        ];
+        for v in variants {
+            assert_ne!(flow_hash(&v), base, "{v:?}");
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The routing mesh: a published port's packets are balanced over the service's backends with
+//! Maglev and a connection table, rewritten and redirected into the ingress network; replies are
+//! rewritten back on their way out. Map layouts are `shoal_abi::mesh`'s.
+//!
+//! Only unfragmented IPv4 TCP and UDP in untagged Ethernet is balanced. Everything else — IPv6,
+//! VLAN-tagged frames, fragments, other protocols, ports not published, addresses that are not
+//! the node's — is passed to the kernel untouched, as are truncated or malformed headers.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, xdp_action},
+    helpers::generated::bpf_redirect,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use shoal_abi::{
+    mesh::{
+        Backend, Config, Conn, FLAG_CLIENT_IP, FlowKey, Frontend, FrontendKey, Learned,
+        MAX_BACKENDS, MAX_CONNS, MAX_FRONTENDS, MAX_LEARNED, MAX_LOCAL_ADDRS, MAX_REPLIES,
+        MAX_SERVICES, NAT_PORT_PROBES, Rewrite, ServiceStats, TABLE_CAPACITY, csum, flow_hash,
+        nat_port,
+    },
+    wire::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_HLEN, UDP_HLEN},
+};
+
+use crate::packet::{Header, Packet};
+
+#[map(name = "MESH_CONNS")]
+static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+#[map(name = "MESH_REPLIES")]
+static REPLIES: LruHashMap<FlowKey, Rewrite> = LruHashMap::with_max_entries(MAX_REPLIES, 0);
+
+#[map(name = "MESH_FRONTENDS")]
+static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::with_max_entries(MAX_FRONTENDS, 0);
+
+#[map(name = "MESH_LOCAL_ADDRS")]
+static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+#[map(name = "MESH_BACKENDS")]
+static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "MESH_TABLES")]
+static TABLES: Array<u32> = Array::with_max_entries(TABLE_CAPACITY, 0);
+
+#[map(name = "MESH_STATS")]
+static STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "MESH_CONFIG")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "MESH_LEARNED")]
+static LEARNED: LruHashMap<FlowKey, Learned> = LruHashMap::with_max_entries(MAX_LEARNED, 0);
+
+/// `ETH_P_IP` as it sits in the packet.
+const ETH_P_IP_RAW: u16 = ETH_P_IP.to_be();
+/// IPv4 checksum offset.
+const IP_CHECK: usize = ETH_HLEN + 10;
+/// IPv4 source address offset.
+const IP_SADDR: usize = ETH_HLEN + 12;
+/// IPv4 destination address offset.
+const IP_DADDR: usize = ETH_HLEN + 16;
+
+#[inline(always)]
+fn stats(service: u32) -> Option<&'static mut ServiceStats> {
+    let stats = STATS.get_ptr_mut(service)?;
+    // SAFETY: this CPU's own value, from the map lookup; XDP and TC run with preemption
+    // disabled, so nothing else writes it meanwhile.
+    Some(unsafe { &mut *stats })
+}
+
+#[inline(always)]
+fn count_refused(service: u32) {
+    if let Some(s) = stats(service) {
+        s.refused += 1;
+    }
+}
+
+/// What becomes of a packet whose flow has no usable connection entry.
+enum Decision {
+    /// Not for the mesh: pass it on.
+    Pass,
+    /// A published port without backends: the node's stack refuses it.
+    Refused(u32),
+    /// No translation port was free.
+    Drop(u32),
+    /// Balanced.
+    Balanced(Conn),
+}
+
+/// XDP entry: balances published-port packets, passes everything else.
+#[inline(always)]
+pub(crate) fn forward(ctx: &XdpContext) -> u32 {
+    let packet = Packet::new(ctx);
+    let Some(eth) = packet.header::<ETH_HLEN>(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    if eth.raw16::<12>() != ETH_P_IP_RAW {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(ip) = packet.header::<IPV4_HLEN>(ETH_HLEN) else {
+        return xdp_action::XDP_PASS;
+    };
+    let version_ihl = ip.u8::<0>();
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4
+        || header_len < IPV4_HLEN
+        || !packet.holds(ETH_HLEN, header_len)
+        || ip.be16::<6>() & 0x3fff != 0
+    {
+        return xdp_action::XDP_PASS;
+    }
+    let l4 = ETH_HLEN + header_len;
+    match ip.u8::<9>() {
+        IPPROTO_TCP => match packet.header::<TCP_HLEN>(l4) {
+            // A data offset below 5, or options cut short: malformed, left to the stack.
+            Some(tcp)
+                if tcp.u8::<12>() >> 4 >= 5
+                    && packet.holds(l4, usize::from(tcp.u8::<12>() >> 4) * 4) =>
+            {
+                balance::<TCP_HLEN, 16>(ctx, &packet, &eth, &ip, &tcp, IPPROTO_TCP)
+            }
+            _ => xdp_action::XDP_PASS,
+        },
+        IPPROTO_UDP => match packet.header::<UDP_HLEN>(l4) {
+            Some(udp) => balance::<UDP_HLEN, 6>(ctx, &packet, &eth, &ip, &udp, IPPROTO_UDP),
+            None => xdp_action::XDP_PASS,
+        },
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn balance<const L4: usize, const CHECK: usize>(
+    ctx: &XdpContext,
+    packet: &Packet,
+    eth: &Header<ETH_HLEN>,
+    ip: &Header<IPV4_HLEN>,
+    l4: &Header<L4>,
+    proto: u8,
+) -> u32 {
+    let key = FlowKey {
+        saddr: ip.raw32::<12>(),
+        daddr: ip.raw32::<16>(),
+        sport: l4.raw16::<0>(),
+        dport: l4.raw16::<2>(),
+        proto,
+        pad: [0; 3],
+    };
+    let conn = match CONNS.get_ptr(&key) {
+        // SAFETY: a pointer from the lookup, read at once into a copy.
+        Some(c) if still_valid(unsafe { &*c }) => unsafe { *c },
+        stale => {
+            if let Some(c) = stale {
+                // The backend went away: forget its reply translation, then re-balance.
+                // SAFETY: as above.
+                let old = unsafe { *c };
+                let _ = REPLIES.remove(&reply_key(&old.rewrite, proto));
+            }
+            match decide(ctx, eth, &key) {
+                Decision::Pass => return xdp_action::XDP_PASS,
+                Decision::Refused(service) => {
+                    count_refused(service);
+                    return xdp_action::XDP_PASS;
+                }
+                Decision::Drop(service) => {
+                    if let Some(s) = stats(service) {
+                        s.dropped += 1;
+                    }
+                    return xdp_action::XDP_DROP;
+                }
+                Decision::Balanced(conn) => conn,
+            }
+        }
+    };
+    let rw = &conn.rewrite;
+    ip.write::<12, u32>(rw.saddr);
+    ip.write::<16, u32>(rw.daddr);
+    ip.write::<10, u16>(csum::replace32(
+        csum::replace32(ip.raw16::<10>(), key.saddr, rw.saddr),
+        key.daddr,
+        rw.daddr,
+    ));
+    let check = l4.raw16::<CHECK>();
+    // A UDP checksum of zero means "none": it stays zero.
+    if proto == IPPROTO_TCP || check != 0 {
+        let mut c = csum::replace32(check, key.saddr, rw.saddr);
+        c = csum::replace32(c, key.daddr, rw.daddr);
+        c = csum::replace16(c, key.sport, rw.sport);
+        c = csum::replace16(c, key.dport, rw.dport);
+        if proto == IPPROTO_UDP && c == 0 {
+            c = 0xffff;
+        }
+        l4.write::<CHECK, u16>(c);
+    }
+    l4.write::<0, u16>(rw.sport);
+    l4.write::<2, u16>(rw.dport);
+    eth.write::<0, [u8; 6]>(rw.dmac);
+    eth.write::<6, [u8; 6]>(rw.smac);
+    if let Some(s) = stats(rw.service) {
+        s.packets += 1;
+        s.bytes += packet.len() as u64;
+    }
+    // SAFETY: a plain helper call; it only records where the packet goes.
+    unsafe { bpf_redirect(rw.ifindex, 0) as u32 }
+}
+
+/// Whether a connection's backend still holds the ID it was balanced to.
+#[inline(always)]
+fn still_valid(conn: &Conn) -> bool {
+    BACKENDS
+        .get(conn.backend)
+        .is_some_and(|b| b.generation == conn.generation)
+}
+
+/// The key a backend's reply to `rewrite`'s packets carries.
+#[inline(always)]
+fn reply_key(rewrite: &Rewrite, proto: u8) -> FlowKey {
+    FlowKey {
+        saddr: rewrite.daddr,
+        daddr: rewrite.saddr,
+        sport: rewrite.dport,
+        dport: rewrite.sport,
+        proto,
+        pad: [0; 3],
+    }
+}
+
+/// Balances a flow without a (valid) connection entry: frontend, Maglev slot, backend,
+/// translation; records the connection and its way back.
+#[inline(always)]
+fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
+    // SAFETY (the `get`s below): values are copied out at once; the maps' values are plain data.
+    if unsafe { LOCAL_ADDRS.get(&key.daddr) }.is_none() {
+        return Decision::Pass;
+    }
+    let frontend_key = FrontendKey {
+        port: key.dport,
+        proto: key.proto,
+        pad: 0,
+    };
+    let Some(frontend) = (unsafe { FRONTENDS.get(&frontend_key) }).copied() else {
+        return Decision::Pass;
+    };
+    if frontend.table_size == 0 {
+        return Decision::Refused(frontend.service);
+    }
+    let (Some(config), hash) = (CONFIG.get(0).copied(), flow_hash(key)) else {
+        return Decision::Pass;
+    };
+    let slot = frontend
+        .table_offset
+        .wrapping_add(hash % frontend.table_size);
+    let Some(&id) = TABLES.get(slot) else {
+        return Decision::Pass;
+    };
+    let Some(backend) = BACKENDS.get(id).copied() else {
+        return Decision::Pass;
+    };
+    let reply = Rewrite {
+        saddr: key.daddr,
+        daddr: key.saddr,
+        sport: key.dport,
+        dport: key.sport,
+        ifindex: ctx.ingress_ifindex() as u32,
+        service: frontend.service,
+        dmac: eth.mac::<6>(),
+        smac: eth.mac::<0>(),
+    };
+    let mut rewrite = Rewrite {
+        saddr: key.saddr,
+        daddr: backend.addr,
+        sport: key.sport,
+        dport: frontend.target_port,
+        ifindex: config.ingress_ifindex,
+        service: frontend.service,
+        dmac: backend.mac,
+        smac: config.ingress_mac,
+    };
+    if frontend.flags & FLAG_CLIENT_IP != 0 {
+        let _ = REPLIES.insert(&reply_key(&rewrite, key.proto), &reply, 0);
+    } else {
+        rewrite.saddr = config.ingress_addr;
+        let mut translated = false;
+        for probe in 0..NAT_PORT_PROBES {
+            rewrite.sport = nat_port(hash, probe);
+            let flags = u64::from(BPF_NOEXIST);
+            if REPLIES
+                .insert(&reply_key(&rewrite, key.proto), &reply, flags)
+                .is_ok()
+            {
+                translated = true;
+                break;
+            }
+        }
+        if !translated {
+            return Decision::Drop(frontend.service);
+        }
+    }
+    let conn = Conn {
+        rewrite,
+        backend: id,
+        generation: backend.generation,
+    };
+    let _ = CONNS.insert(key, &conn, 0);
+    if let Some(s) = stats(frontend.service) {
+        s.connections += 1;
+    }
+    Decision::Balanced(conn)
+}
+
+/// A TC view of an IPv4 TCP/UDP packet: its flow and where its L4 checksum is.
+struct TcFlow {
+    key: FlowKey,
+    l4: usize,
+    check: usize,
+}
+
+#[inline(always)]
+fn tc_flow(ctx: &TcContext) -> Option<TcFlow> {
+    if ctx.load::<u16>(12).ok()? != ETH_P_IP_RAW {
+        return None;
+    }
+    let version_ihl = ctx.load::<u8>(ETH_HLEN).ok()?;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?);
+    if version_ihl >> 4 != 4 || header_len < IPV4_HLEN || frag & 0x3fff != 0 {
+        return None;
+    }
+    let proto = ctx.load::<u8>(ETH_HLEN + 9).ok()?;
+    let l4 = ETH_HLEN + header_len;
+    let check = match proto {
+        IPPROTO_TCP => l4 + 16,
+        IPPROTO_UDP => l4 + 6,
+        _ => return None,
+    };
+    // The whole checksum field must be there (the TCP header is at least that long).
+    ctx.load::<u16>(check).ok()?;
+    Some(TcFlow {
+        key: FlowKey {
+            saddr: ctx.load::<u32>(IP_SADDR).ok()?,
+            daddr: ctx.load::<u32>(IP_DADDR).ok()?,
+            sport: ctx.load::<u16>(l4).ok()?,
+            dport: ctx.load::<u16>(l4 + 2).ok()?,
+            proto,
+            pad: [0; 3],
+        },
+        l4,
+        check,
+    })
+}
+
+/// TC entry on the node's ingress interface: turns backends' replies into the node's replies.
+#[inline(always)]
+pub(crate) fn reply(ctx: &TcContext) -> i32 {
+    let Some(flow) = tc_flow(ctx) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: copied out at once.
+    let Some(rw) = (unsafe { REPLIES.get(&flow.key) }).copied() else {
+        return TC_ACT_OK as i32;
+    };
+    if rewrite_tc(ctx, &flow, &rw).is_none() {
+        return aya_ebpf::bindings::TC_ACT_SHOT as i32;
+    }
+    if let Some(s) = stats(rw.service) {
+        s.reply_packets += 1;
+        s.reply_bytes += u64::from(ctx.len());
+    }
+    // SAFETY: a plain helper call; it only records where the packet goes.
+    unsafe { bpf_redirect(rw.ifindex, 0) as i32 }
+}
+
+/// Rewrites addresses, ports and MACs of an skb, checksums included (the helpers also handle
+/// checksums the stack left for offload).
+#[inline(always)]
+fn rewrite_tc(ctx: &TcContext, flow: &TcFlow, rw: &Rewrite) -> Option<()> {
+    let k = &flow.key;
+    let mangled = if k.proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled;
+    for (offset, old, new) in [(IP_SADDR, k.saddr, rw.saddr), (IP_DADDR, k.daddr, rw.daddr)] {
+        ctx.l4_csum_replace(flow.check, u64::from(old), u64::from(new), pseudo | 4)
+            .ok()?;
+        ctx.l3_csum_replace(IP_CHECK, u64::from(old), u64::from(new), 4)
+            .ok()?;
+        ctx.store(offset, &new, 0).ok()?;
+    }
+    for (offset, old, new) in [
+        (flow.l4, k.sport, rw.sport),
+        (flow.l4 + 2, k.dport, rw.dport),
+    ] {
+        ctx.l4_csum_replace(flow.check, u64::from(old), u64::from(new), mangled | 2)
+            .ok()?;
+        ctx.store(offset, &new, 0).ok()?;
+    }
+    ctx.store(0, &rw.dmac, 0).ok()?;
+    ctx.store(6, &rw.smac, 0).ok()?;
+    Some(())
+}
+
+#[inline(always)]
+fn from_outside(config: &Config, addr: u32) -> bool {
+    addr & config.ingress_mask != config.ingress_net
+}
+
+/// TC entry on the ingress network's VXLAN device and the node's own port (client-IP mode,
+/// backend side): remembers through which entry node each outside client's flow came.
+#[inline(always)]
+pub(crate) fn learn(ctx: &TcContext) -> i32 {
+    if let (Some(flow), Some(config)) = (tc_flow(ctx), CONFIG.get(0)) {
+        if from_outside(config, flow.key.saddr) {
+            let learned = Learned {
+                // SAFETY: reading a field of the context the kernel handed in.
+                ifindex: unsafe { (*ctx.skb.skb).ifindex },
+                mac: ctx.load::<[u8; 6]>(6).unwrap_or_default(),
+                pad: [0; 2],
+            };
+            let key = flow.key.reversed();
+            // SAFETY: compared at once.
+            if unsafe { LEARNED.get(&key) } != Some(&learned) {
+                let _ = LEARNED.insert(&key, &learned, 0);
+            }
+        }
+    }
+    TC_ACT_OK as i32
+}
+
+/// TC entry on the ingress network's bridge (client-IP mode, backend side): a backend's reply to
+/// an outside client reaches the bridge (its gateway); send it to the entry node it came from.
+#[inline(always)]
+pub(crate) fn steer(ctx: &TcContext) -> i32 {
+    let (Some(flow), Some(config)) = (tc_flow(ctx), CONFIG.get(0)) else {
+        return TC_ACT_OK as i32;
+    };
+    if !from_outside(config, flow.key.daddr) {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: copied out at once.
+    let Some(learned) = (unsafe { LEARNED.get(&flow.key) }).copied() else {
+        return TC_ACT_OK as i32;
+    };
+    if ctx.store(0, &learned.mac, 0).is_err() {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: a plain helper call.
+    unsafe { bpf_redirect(learned.ifindex, 0) as i32 }
+}
