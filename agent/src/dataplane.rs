@@ -101,7 +101,40 @@ impl NodeDataplane {
                     })
                 })
                 .collect();
-            Ok(json!({ "tunnel": tunnel, "networks": networks, "wireguard_peers": peers }))
+            let mesh = match dp.mesh() {
+                None => Value::Null,
+                Some(mesh) => {
+                    let services: serde_json::Map<String, Value> = mesh
+                        .status()
+                        .map_err(|e| Status::internal(format!("reading the mesh counters: {e}")))?
+                        .into_iter()
+                        .map(|(name, s)| {
+                            let c = s.stats;
+                            (
+                                name,
+                                json!({
+                                    "backends": s.backends,
+                                    "table_size": s.table_size,
+                                    "packets": c.packets,
+                                    "bytes": c.bytes,
+                                    "reply_packets": c.reply_packets,
+                                    "reply_bytes": c.reply_bytes,
+                                    "connections": c.connections,
+                                    "refused": c.refused,
+                                    "dropped": c.dropped,
+                                }),
+                            )
+                        })
+                        .collect();
+                    let interfaces: serde_json::Map<String, Value> = mesh
+                        .interfaces()
+                        .into_iter()
+                        .map(|(name, mode)| (name, json!({ "xdp": mode.name() })))
+                        .collect();
+                    json!({ "interfaces": interfaces, "services": services })
+                }
+            };
+            Ok(json!({ "tunnel": tunnel, "networks": networks, "wireguard_peers": peers, "mesh": mesh }))
         })
         .await
     }

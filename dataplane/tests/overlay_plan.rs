@@ -336,6 +336,7 @@ fn a_changed_attachment_gets_a_new_veth_name() {
         addr: "10.0.0.2/24".parse().unwrap(),
         mac: Mac([2, 0, 0, 0, 0, 2]),
         mtu: 1450,
+        default_route: None,
     };
     let mut other = spec.clone();
     other.mtu = 1400;
@@ -386,6 +387,7 @@ fn arb_layout() -> impl Strategy<Value = Layout> {
                             addr: Ipv4Net::new(host(t + 100), 24).unwrap(),
                             mac: mac(t + 100),
                             mtu,
+                            default_route: None,
                         };
                         (spec.veth_name(), spec)
                     })

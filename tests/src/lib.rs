@@ -23,6 +23,7 @@
 //! Start with [`Lab::up`], [`Lab::spawn_shoald`] and [`wait_until`].
 
 mod lab;
+pub mod mesh;
 mod netns;
 pub mod overlay;
 mod wait;

@@ -729,6 +729,18 @@ async fn attach(h: &Handle, veth: &str, spec: &AttachSpec) -> io::Result<()> {
     )))?;
     add_addr(&t, inside, spec.addr).await?;
     up(&t, inside).await?;
+    if let Some(gateway) = spec.default_route {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        t.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl)
+            .map_err(context("adding the task's default route"))?;
+    }
     let outside = require_index(h, veth).await?;
     set(
         h,

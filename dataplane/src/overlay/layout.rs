@@ -99,6 +99,8 @@ pub struct AttachSpec {
     pub mac: Mac,
     /// Its MTU.
     pub mtu: u32,
+    /// The gateway the task's default route goes through, when it has one on this network.
+    pub default_route: Option<Ipv4Addr>,
 }
 
 impl AttachSpec {
@@ -116,6 +118,11 @@ impl AttachSpec {
             &[self.addr.prefix_len()],
             &self.mac.0,
             &self.mtu.to_be_bytes(),
+            // Only when set, so attachments without a route keep the names they had.
+            match &self.default_route {
+                Some(gateway) => &gateway.octets()[..],
+                None => &[][..],
+            },
         ];
         for field in fields {
             for &b in field.iter().chain(&[0xff]) {

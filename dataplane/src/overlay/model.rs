@@ -138,6 +138,10 @@ pub struct Attachment {
     /// The interface's name inside the task's namespace.
     #[serde(default = "default_interface")]
     pub interface: String,
+    /// Whether the task's default route goes through this network's gateway (the routing mesh's
+    /// client-IP mode needs it on the ingress network).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default_route: bool,
 }
 
 fn default_interface() -> String {
@@ -666,6 +670,7 @@ impl DesiredState {
             ip: m.ingress.ip.clone(),
             mac: None,
             interface: INGRESS_INTERFACE.to_owned(),
+            default_route: false,
         });
         let mut interfaces: BTreeMap<(PathBuf, &str), String> = BTreeMap::new();
         for (i, a) in self.attachments.iter().chain(&ingress).enumerate() {
@@ -727,6 +732,7 @@ impl DesiredState {
                 addr: Ipv4Net::new(ip, facts.subnet.prefix_len()).expect("prefix from a subnet"),
                 mac,
                 mtu: net.device.mtu,
+                default_route: a.default_route.then_some(facts.gateway),
             };
             net.attachments.insert(spec.veth_name(), spec);
         }

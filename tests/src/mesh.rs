@@ -1,0 +1,230 @@
+//! The routing mesh on a lab, before the control plane exists: an ingress network, backend tasks
+//! (bare namespaces running `shoal-labtool serve`, which answers with its name), services with
+//! published ports, each node's desired state derived from that and applied through `shoal
+//! dataplane apply`. Used by the mesh tests and `cargo xtask bench mesh`.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::lab::{binary, io_error};
+use crate::overlay::{Net, Overlay, Task, apply};
+use crate::{Lab, LabError, wait_until};
+
+/// The ingress network: VNI 4100, 10.255.0.0/24. Nodes are `10.255.0.<2 + index>`, tasks from
+/// `.11` up.
+pub const INGRESS: Net = Net {
+    id: "ingress",
+    vni: 4100,
+    octet: 255,
+    encrypted: false,
+};
+
+/// The port backend tasks listen on (TCP and UDP).
+pub const TARGET_PORT: u16 = 80;
+
+/// A service: its published ports (JSON, as the state file takes them) and its backends.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Its name.
+    pub name: &'static str,
+    /// Published ports, e.g. `json!({"published": 8080, "target": 80})`.
+    pub ports: Vec<Value>,
+    /// Task names.
+    pub backends: Vec<&'static str>,
+    /// `snat` or `preserve`.
+    pub client_ip: &'static str,
+}
+
+impl Service {
+    /// A service publishing `published`/tcp and `published`/udp on the backends' port 80.
+    pub fn web(name: &'static str, published: u16, backends: Vec<&'static str>) -> Self {
+        Self {
+            name,
+            ports: vec![
+                json!({ "published": published, "target": TARGET_PORT }),
+                json!({ "published": published, "target": TARGET_PORT, "protocol": "udp" }),
+            ],
+            backends,
+            client_ip: "snat",
+        }
+    }
+}
+
+/// Backend tasks on the ingress network and the services they make up.
+#[derive(Debug)]
+pub struct Mesh {
+    /// The ingress network and the tasks on it.
+    pub overlay: Overlay,
+    /// The services.
+    pub services: Vec<Service>,
+}
+
+/// `(name, node, host number)` of each task.
+pub type TaskSpec = (&'static str, usize, u8);
+
+impl Mesh {
+    /// Creates the tasks' namespaces and starts a responder in each; prepares the lab's public
+    /// links as physical wires are (checksums complete on the wire: a native XDP redirect cannot
+    /// finish a checksum a sender left to offload).
+    pub fn new(
+        lab: &mut Lab,
+        tasks: &[TaskSpec],
+        services: Vec<Service>,
+    ) -> Result<Mesh, LabError> {
+        let overlay = Overlay::new(
+            lab,
+            vec![INGRESS],
+            tasks
+                .iter()
+                .map(|&(name, node, host)| Task {
+                    name,
+                    node,
+                    on: vec![(INGRESS.id, host)],
+                })
+                .collect(),
+        )?;
+        let mesh = Mesh { overlay, services };
+        for &(name, ..) in tasks {
+            mesh.start(lab, name)?;
+        }
+        let hosts: Vec<_> = lab.nodes().iter().chain([lab.client()]).cloned().collect();
+        for host in hosts {
+            let out = lab.run(&host, "ethtool", &["-K", host.public_if(), "tx", "off"])?;
+            if !out.status.success() {
+                return Err(LabError::Command {
+                    command: format!("ethtool -K {} tx off (in {})", host.public_if(), host.name),
+                    status: out.status.to_string(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+        }
+        Ok(mesh)
+    }
+
+    /// Starts task `name`'s responder (TCP and UDP on [`TARGET_PORT`], answering with its name).
+    pub fn start(&self, lab: &mut Lab, name: &str) -> Result<(), LabError> {
+        let mut command = self
+            .overlay
+            .command(name, &binary("shoal-labtool")?.to_string_lossy());
+        command.args(["serve", "--name", name, "--port", &TARGET_PORT.to_string()]);
+        command.stdout(std::process::Stdio::null());
+        lab.spawn(command)?;
+        Ok(())
+    }
+
+    /// Node `node`'s address on the ingress network.
+    pub fn node_ingress_ip(node: usize) -> Ipv4Addr {
+        INGRESS.ip(2 + node as u8)
+    }
+
+    /// Node `node`'s desired state: the overlay's, the other nodes' ingress addresses as
+    /// endpoints, and the mesh with every service whose backends are `running`.
+    pub fn state(&self, lab: &Lab, node: usize) -> Value {
+        let mut state = self.overlay.state(lab, node);
+        // Tasks reply to outside clients through the ingress gateway (client-IP mode needs it).
+        if let Some(attachments) = state["attachments"].as_array_mut() {
+            for a in attachments {
+                a["default_route"] = json!(true);
+            }
+        }
+        let endpoints = state["endpoints"].as_array_mut().expect("an array");
+        for (i, other) in lab.nodes().iter().enumerate() {
+            if i != node {
+                endpoints.push(json!({
+                    "network": INGRESS.id,
+                    "ip": Self::node_ingress_ip(i).to_string(),
+                    "node": other.name,
+                }));
+            }
+        }
+        let services: Vec<Value> = self
+            .services
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "ports": s.ports,
+                    "client_ip": s.client_ip,
+                    "backends": s.backends.iter().map(|b| json!({
+                        "task": b,
+                        "network": INGRESS.id,
+                        "ip": self.overlay.ip(b, INGRESS.id).to_string(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        state["mesh"] = json!({
+            "ingress": { "network": INGRESS.id, "ip": Self::node_ingress_ip(node).to_string() },
+            "interfaces": [lab.nodes()[node].public_if()],
+            "services": services,
+        });
+        state
+    }
+
+    /// Applies node `node`'s state.
+    pub fn apply(&self, lab: &Lab, node: usize) -> Result<Output, LabError> {
+        apply(lab, node, &self.state(lab, node))
+    }
+
+    /// Applies every node's state, failing on the first refusal.
+    pub fn apply_all(&self, lab: &Lab) -> Result<(), String> {
+        for node in 0..lab.nodes().len() {
+            let out = self.apply(lab, node).map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "apply on node {node}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every task's responder listens.
+    pub fn wait_ready(&self) -> Result<(), String> {
+        for task in &self.overlay.tasks {
+            wait_until(
+                &format!("task {}'s responder", task.name),
+                Duration::from_secs(10),
+                || {
+                    Ok(self
+                        .overlay
+                        .command(task.name, "ss")
+                        .args(["-ltnH", &format!("sport = :{TARGET_PORT}")])
+                        .output()
+                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("LISTEN")))
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `shoal-labtool ARGS` in `host`'s namespace.
+pub fn labtool(host: &crate::Host, args: &[&str]) -> Result<Output, LabError> {
+    let mut command: Command = host.command(binary("shoal-labtool")?)?;
+    command.args(args);
+    command.output().map_err(io_error(format!(
+        "running shoal-labtool {}",
+        args.join(" ")
+    )))
+}
+
+/// The answers of `shoal-labtool ask` lines: `(source port, Ok(name) | Err(message))`.
+pub fn answers(out: &Output) -> Vec<(u16, Result<String, String>)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (port, rest) = line.split_once(' ')?;
+            let port = port.parse().ok()?;
+            Some(match rest.strip_prefix("ERROR ") {
+                Some(e) => (port, Err(e.to_owned())),
+                None => (port, Ok(rest.trim().to_owned())),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,425 @@
+//! The routing mesh on a 3-node lab, driven with `shoal dataplane apply` as a user would: six
+//! backend tasks (two per node, answering with their names) behind ports published on every
+//! node, reached from the lab's client. Needs root.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shoal_abi::mesh::{self as abi, FlowKey, flow_hash};
+use shoal_dataplane::mesh::maglev;
+use shoal_tests::mesh::{INGRESS, Mesh, Service, TaskSpec, answers, labtool};
+use shoal_tests::overlay::apply;
+use shoal_tests::{Lab, LabSpec, binary};
+
+/// Six backends, two per node, and a seventh (on n2) that no service uses at first.
+const TASKS: &[TaskSpec] = &[
+    ("web1", 0, 11),
+    ("web2", 0, 12),
+    ("web3", 1, 13),
+    ("web4", 1, 14),
+    ("web5", 2, 15),
+    ("web6", 2, 16),
+    ("web7", 1, 17),
+];
+const SIX: [&str; 6] = ["web1", "web2", "web3", "web4", "web5", "web6"];
+const PORT: u16 = 8080;
+
+fn cluster(services: Vec<Service>) -> (Lab, Mesh) {
+    let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab up");
+    for node in lab.nodes().to_vec() {
+        lab.spawn_shoald(&node).expect("shoald starts");
+    }
+    let mesh = Mesh::new(&mut lab, TASKS, services).expect("tasks");
+    mesh.apply_all(&lab).expect("every node applies its state");
+    mesh.wait_ready().expect("responders listen");
+    (lab, mesh)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn node_ip(lab: &Lab, node: usize) -> Ipv4Addr {
+    lab.nodes()[node].public_ip
+}
+
+/// `shoal-labtool ask` from the client: one request per source port.
+fn ask(
+    lab: &Lab,
+    node: usize,
+    port: u16,
+    udp: bool,
+    sports: (u16, u16),
+) -> Vec<(u16, Result<String, String>)> {
+    let target = format!("{}:{port}", node_ip(lab, node));
+    let range = format!("{}-{}", sports.0, sports.1);
+    let mut args = vec!["ask", "--target", &target, "--sports", &range];
+    if udp {
+        args.push("--udp");
+    }
+    let out = labtool(lab.client(), &args).expect("ask runs");
+    assert!(out.status.success(), "{}", text(&out));
+    answers(&out)
+}
+
+/// The userspace model: which task a flow from the client to `node:port` lands on.
+fn model<'a>(mesh: &Mesh, backends: &[&'a str]) -> impl Fn(FlowKey) -> &'a str + use<'a> {
+    let mut sorted: Vec<(Ipv4Addr, &'a str)> = backends
+        .iter()
+        .map(|b| (mesh.overlay.ip(b, INGRESS.id), *b))
+        .collect();
+    sorted.sort();
+    let keys: Vec<String> = sorted.iter().map(|(ip, _)| ip.to_string()).collect();
+    let input: Vec<maglev::Backend<'_>> = keys
+        .iter()
+        .map(|k| maglev::Backend { key: k, weight: 1 })
+        .collect();
+    let table = maglev::build(&input, maglev::DEFAULT_TABLE_SIZE).expect("table");
+    move |key| sorted[maglev::lookup(&table, flow_hash(&key)).expect("backends") as usize].1
+}
+
+fn flow(lab: &Lab, node: usize, sport: u16, port: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        saddr: abi::addr(lab.client().public_ip.octets()),
+        daddr: abi::addr(node_ip(lab, node).octets()),
+        sport: abi::port(sport),
+        dport: abi::port(port),
+        proto,
+        pad: [0; 3],
+    }
+}
+
+fn inspect(lab: &Lab, node: usize) -> Value {
+    let out = lab
+        .shoal(&lab.nodes()[node], &["dataplane", "inspect"])
+        .expect("inspect runs");
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn every_node_answers_and_new_connections_spread_evenly_where_the_model_says() {
+    let (mut lab, mesh) = cluster(vec![Service::web("web", PORT, SIX.to_vec())]);
+    let pick = model(&mesh, &SIX);
+
+    // 600 new TCP connections, 200 through each node, from fixed source ports.
+    let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    for node in 0..3 {
+        for (sport, answer) in ask(&lab, node, PORT, false, (30_000, 30_199)) {
+            let name = answer.unwrap_or_else(|e| panic!("node {node}, port {sport}: {e}"));
+            assert_eq!(
+                name,
+                pick(flow(&lab, node, sport, PORT, 6)),
+                "node {node}, source port {sport}: the kernel chose another backend than the model"
+            );
+            *per_backend.entry(name).or_default() += 1;
+        }
+    }
+    assert_eq!(per_backend.len(), 6, "{per_backend:?}");
+    for (name, count) in &per_backend {
+        assert!(
+            (70..=130).contains(count),
+            "{name} got {count} of 600: {per_backend:?}"
+        );
+    }
+
+    // UDP through every node.
+    for node in 0..3 {
+        for (sport, answer) in ask(&lab, node, PORT, true, (40_000, 40_019)) {
+            let name = answer.unwrap_or_else(|e| panic!("UDP via node {node}, port {sport}: {e}"));
+            assert_eq!(name, pick(flow(&lab, node, sport, PORT, 17)));
+        }
+    }
+
+    // A port the mesh does not publish reaches the node's own listener, untouched.
+    let node = lab.nodes()[0].clone();
+    let mut own = node
+        .command(binary("shoal-labtool").expect("built"))
+        .expect("command");
+    own.args(["serve", "--name", "n1-itself", "--port", "9999"])
+        .stdout(Stdio::null());
+    lab.spawn(own).expect("listener starts");
+    let reached =
+        shoal_tests::wait_until("the node's own listener", Duration::from_secs(10), || {
+            Ok(ask(&lab, 0, 9999, false, (41_000, 41_000))
+                .first()
+                .is_some_and(|(_, a)| a.as_deref() == Ok("n1-itself")))
+        });
+    assert!(reached.is_ok(), "{reached:?}");
+
+    // Counters and the attach mode are visible.
+    for node in 0..3 {
+        let v = inspect(&lab, node);
+        assert_eq!(v["mesh"]["interfaces"]["eth0"]["xdp"], "native", "{v}");
+        let web = &v["mesh"]["services"]["web"];
+        assert_eq!(web["backends"], 6, "{v}");
+        assert!(web["connections"].as_u64().unwrap() >= 220, "{v}");
+        assert!(web["reply_packets"].as_u64().unwrap() > 0, "{v}");
+    }
+}
+
+#[test]
+fn a_long_connection_keeps_its_backend_while_others_change_and_a_removal_moves_only_its_flows() {
+    let (lab, mut mesh) = cluster(vec![Service::web("web", PORT, SIX.to_vec())]);
+
+    // A long-lived connection through n2.
+    let log = lab.dir().join("hold.log");
+    let mut hold = lab
+        .client()
+        .command(binary("shoal-labtool").expect("built"))
+        .expect("command");
+    hold.args([
+        "hold",
+        "--target",
+        &format!("{}:{PORT}", node_ip(&lab, 1)),
+        "--seconds",
+        "8",
+        "--interval-ms",
+        "100",
+    ])
+    .stdout(std::fs::File::create(&log).expect("log"));
+    let mut hold = hold.spawn().expect("hold starts");
+    let held = shoal_tests::wait_until(
+        "the held connection's first answer",
+        Duration::from_secs(5),
+        || {
+            Ok(std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .is_some())
+        },
+    );
+    assert!(held.is_ok(), "{held:?}");
+    let first = std::fs::read_to_string(&log).expect("log");
+    let held_by = first
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("a name")
+        .to_owned();
+
+    // Many flows through n1, then: remove one backend (not the held one), add web7.
+    let before = ask(&lab, 0, PORT, false, (31_000, 31_299));
+    let removed = *SIX
+        .iter()
+        .find(|b| **b != held_by)
+        .expect("another backend");
+    let mut changed: Vec<&str> = SIX.iter().copied().filter(|b| *b != removed).collect();
+    changed.push("web7");
+    mesh.services = vec![Service::web("web", PORT, changed.clone())];
+    mesh.apply_all(&lab).expect("apply the change");
+    let pick = model(&mesh, &changed);
+    let after = ask(&lab, 0, PORT, false, (31_000, 31_299));
+    let mut moved = 0;
+    for ((sport, old), (_, new)) in before.iter().zip(&after) {
+        let (old, new) = (
+            old.as_ref().expect("answered"),
+            new.as_ref().expect("answered"),
+        );
+        if old == removed {
+            assert_ne!(new, removed, "port {sport}: still on the removed backend");
+            assert_eq!(
+                new,
+                pick(flow(&lab, 0, *sport, PORT, 6)),
+                "port {sport}: re-balanced off the model"
+            );
+            moved += 1;
+        } else {
+            assert_eq!(new, old, "port {sport}: moved although its backend stayed");
+        }
+    }
+    assert!(moved > 0, "no flow was on {removed}");
+
+    // Add the removed one back while the connection still runs.
+    mesh.services = vec![Service::web(
+        "web",
+        PORT,
+        [changed.as_slice(), &[removed]].concat(),
+    )];
+    mesh.apply_all(&lab).expect("apply the change");
+
+    let status = hold.wait().expect("hold ends");
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(status.success(), "the held connection broke:\n{log}");
+    let names: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("done"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert!(names.len() > 30, "{log}");
+    assert!(
+        names.iter().all(|n| *n == held_by),
+        "the held connection changed backend:\n{log}"
+    );
+}
+
+#[test]
+fn client_ip_mode_shows_the_client_address_and_host_mode_answers_only_where_tasks_run() {
+    let keep = Service {
+        name: "keep",
+        ports: vec![json!({ "published": 8090, "target": 80 })],
+        backends: SIX.to_vec(),
+        client_ip: "preserve",
+    };
+    let local = Service {
+        name: "local",
+        ports: vec![json!({ "published": 8091, "target": 80, "mode": "host" })],
+        backends: vec!["web1", "web3"],
+        client_ip: "snat",
+    };
+    let (lab, _mesh) = cluster(vec![keep, local]);
+    let client = lab.client().public_ip.to_string();
+    let curl = |node: usize, port: u16, path: &str| -> Output {
+        lab.run(
+            lab.client(),
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "3",
+                &format!("http://{}:{port}{path}", node_ip(&lab, node)),
+            ],
+        )
+        .expect("curl runs")
+    };
+    for node in 0..3 {
+        for _ in 0..6 {
+            let out = curl(node, 8090, "/peer");
+            assert!(out.status.success(), "node {node}: {}", text(&out));
+            let body = String::from_utf8_lossy(&out.stdout);
+            let (name, peer) = body.trim().split_once(' ').expect("name and peer");
+            assert!(SIX.contains(&name), "{body}");
+            assert_eq!(
+                peer, client,
+                "node {node}: {name} saw {peer}, not the client"
+            );
+        }
+    }
+    for (node, expected) in [(0, "web1"), (1, "web3")] {
+        let out = curl(node, 8091, "/");
+        assert!(out.status.success(), "node {node}: {}", text(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
+    }
+    let out = curl(2, 8091, "/");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "no task on n3, so its 8091 refuses: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error_and_a_service_without_backends_refuses_connections() {
+    let (lab, mut mesh) = cluster(vec![Service::web("web", PORT, SIX.to_vec())]);
+    let good = mesh.state(&lab, 0);
+    let baseline = inspect(&lab, 0);
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut s = good.clone();
+        f(&mut s);
+        s
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "a port published twice",
+            with(&|s| {
+                let mut other = s["mesh"]["services"][0].clone();
+                other["name"] = json!("other");
+                s["mesh"]["services"].as_array_mut().unwrap().push(other);
+            }),
+            "8080/tcp is already published by mesh.services[0]",
+        ),
+        (
+            "port 0",
+            with(&|s| s["mesh"]["services"][0]["ports"][0]["published"] = json!(0)),
+            "0 is not a port: 1 to 65535",
+        ),
+        (
+            "port 70000",
+            with(&|s| s["mesh"]["services"][0]["ports"][0]["target"] = json!(70000)),
+            "70000 is not a port: 1 to 65535",
+        ),
+        (
+            "a backend on an unknown network",
+            with(&|s| s["mesh"]["services"][0]["backends"][0]["network"] = json!("nope")),
+            "no network \"nope\" in networks",
+        ),
+        (
+            "a backend no task has",
+            with(&|s| s["mesh"]["services"][0]["backends"][0]["ip"] = json!("10.255.0.99")),
+            "no task has 10.255.0.99 on network \"ingress\"",
+        ),
+        (
+            "a table size that is not prime",
+            with(&|s| s["mesh"]["services"][0]["table_size"] = json!(1000)),
+            "1000 is not a prime number",
+        ),
+        (
+            "a table too small",
+            with(&|s| s["mesh"]["services"][0]["table_size"] = json!(101)),
+            "101 slots are too few for 6 running backends",
+        ),
+        (
+            "an unknown field",
+            with(&|s| s["mesh"]["services"][0]["replicas"] = json!(3)),
+            "unknown field `replicas`",
+        ),
+    ];
+    for (what, state, message) in cases {
+        let out = apply(&lab, 0, &state).expect("apply runs");
+        assert!(!out.status.success(), "{what}: accepted");
+        let said = text(&out);
+        assert!(
+            said.contains(message),
+            "{what}: expected {message:?} in:\n{said}"
+        );
+        assert!(said.contains("nothing was applied"), "{what}:\n{said}");
+        assert_eq!(
+            inspect(&lab, 0)["mesh"]["services"]["web"]["backends"],
+            baseline["mesh"]["services"]["web"]["backends"],
+            "{what}"
+        );
+    }
+    assert_eq!(
+        ask(&lab, 0, PORT, false, (42_000, 42_000))[0]
+            .1
+            .as_deref()
+            .map(|n| n.starts_with("web")),
+        Ok(true),
+        "the mesh still answers after the refusals"
+    );
+
+    // No backends: the port refuses connections (TCP reset, ICMP port unreachable for UDP).
+    mesh.services = vec![Service::web("web", PORT, Vec::new())];
+    mesh.apply_all(&lab)
+        .expect("zero backends is a valid state");
+    let tcp = ask(&lab, 0, PORT, false, (42_001, 42_001));
+    assert!(
+        matches!(&tcp[0].1, Err(e) if e.contains("refused")),
+        "{tcp:?}"
+    );
+    let udp = ask(&lab, 0, PORT, true, (42_002, 42_002));
+    assert!(udp[0].1.is_err(), "{udp:?}");
+    assert!(
+        inspect(&lab, 0)["mesh"]["services"]["web"]["refused"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+
+    mesh.services = vec![Service::web("web", PORT, SIX.to_vec())];
+    mesh.apply_all(&lab).expect("backends again");
+    let back = ask(&lab, 0, PORT, false, (42_003, 42_003));
+    assert!(
+        matches!(&back[0].1, Ok(n) if n.starts_with("web")),
+        "{back:?}"
+    );
+}
