@@ -39,7 +39,7 @@ fn backend(last: u8) -> BackendPlan {
         mac: Mac::from_ip(addr),
         task: format!("web.{last}"),
         weight: 1,
-        local: last % 2 == 0,
+        local: last.is_multiple_of(2),
     }
 }
 

@@ -18,8 +18,9 @@ use shoal_tests::{Lab, LabSpec, wait_until};
 const SECONDS: &str = "5";
 
 fn main() {
-    let out =
-        std::env::var("SHOAL_BENCH_OUT").unwrap_or_else(|_| "target/bench/overlay.json".into());
+    let out = std::env::var("SHOAL_BENCH_OUT").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench/overlay.json").into()
+    });
     let mut lab = Lab::up(LabSpec {
         purpose: "bench overlay".into(),
         ..LabSpec::nodes(2)

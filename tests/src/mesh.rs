@@ -66,9 +66,8 @@ pub struct Mesh {
 pub type TaskSpec = (&'static str, usize, u8);
 
 impl Mesh {
-    /// Creates the tasks' namespaces and starts a responder in each; prepares the lab's public
-    /// links as physical wires are (checksums complete on the wire: a native XDP redirect cannot
-    /// finish a checksum a sender left to offload).
+    /// Creates the tasks' namespaces (on the ingress network only) and starts a responder in
+    /// each; see [`Mesh::over`].
     pub fn new(
         lab: &mut Lab,
         tasks: &[TaskSpec],
@@ -86,8 +85,22 @@ impl Mesh {
                 })
                 .collect(),
         )?;
+        let responders: Vec<&str> = tasks.iter().map(|t| t.0).collect();
+        Self::over(lab, overlay, &responders, services)
+    }
+
+    /// The mesh over an existing overlay (which must include [`INGRESS`]): starts a responder
+    /// in each of `responders`, and prepares the lab's public links as physical wires are
+    /// (checksums complete on the wire: a native XDP redirect cannot finish a checksum a sender
+    /// left to offload).
+    pub fn over(
+        lab: &mut Lab,
+        overlay: Overlay,
+        responders: &[&str],
+        services: Vec<Service>,
+    ) -> Result<Mesh, LabError> {
         let mesh = Mesh { overlay, services };
-        for &(name, ..) in tasks {
+        for name in responders {
             mesh.start(lab, name)?;
         }
         let hosts: Vec<_> = lab.nodes().iter().chain([lab.client()]).cloned().collect();
@@ -110,7 +123,15 @@ impl Mesh {
             .overlay
             .command(name, &binary("shoal-labtool")?.to_string_lossy());
         command.args(["serve", "--name", name, "--port", &TARGET_PORT.to_string()]);
-        command.stdout(std::process::Stdio::null());
+        // Its output goes to a file: a lab that outlives its creator (the demo) must not hold
+        // the creator's terminal or pipe open.
+        let log_path = lab.dir().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(io_error(format!("creating {}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(io_error(format!("opening {}", log_path.display())))?;
+        command.stdout(log).stderr(log2);
         lab.spawn(command)?;
         Ok(())
     }
@@ -126,7 +147,10 @@ impl Mesh {
         let mut state = self.overlay.state(lab, node);
         // Tasks reply to outside clients through the ingress gateway (client-IP mode needs it).
         if let Some(attachments) = state["attachments"].as_array_mut() {
-            for a in attachments {
+            for a in attachments
+                .iter_mut()
+                .filter(|a| a["network"] == INGRESS.id)
+            {
                 a["default_route"] = json!(true);
             }
         }
@@ -183,9 +207,14 @@ impl Mesh {
         Ok(())
     }
 
-    /// Waits until every task's responder listens.
+    /// Waits until the responder of every task on the ingress network listens.
     pub fn wait_ready(&self) -> Result<(), String> {
-        for task in &self.overlay.tasks {
+        let on_ingress = self
+            .overlay
+            .tasks
+            .iter()
+            .filter(|t| t.on.iter().any(|(net, _)| *net == INGRESS.id));
+        for task in on_ingress {
             wait_until(
                 &format!("task {}'s responder", task.name),
                 Duration::from_secs(10),

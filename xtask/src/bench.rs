@@ -17,6 +17,9 @@ pub(crate) enum Suite {
     Parser,
     /// iperf3 across two lab nodes: underlay, plain overlay, encrypted overlay, boringtun-cli
     Overlay,
+    /// The routing mesh: ns per packet (BPF_PROG_TEST_RUN) and, on a 3-node lab, TCP
+    /// connections and UDP packets per second vs nftables DNAT and a userspace proxy
+    Mesh,
 }
 
 impl Suite {
@@ -24,6 +27,7 @@ impl Suite {
         match self {
             Self::Parser => "parser",
             Self::Overlay => "overlay",
+            Self::Mesh => "mesh",
         }
     }
 }
@@ -46,6 +50,14 @@ pub(crate) fn run(suite: Suite) -> anyhow::Result<()> {
                     .args(["bench", "--package", "shoal-tests", "--bench", "overlay"])
                     .env("SHOAL_BENCH_OUT", &out)
                     .env("BORINGTUN_CLI", boringtun),
+            )?
+        }
+        Suite::Mesh => {
+            run_command(cargo().args(["build", "--release", "--bins"]))?;
+            run_command(
+                cargo()
+                    .args(["bench", "--package", "shoal-tests", "--bench", "mesh"])
+                    .env("SHOAL_BENCH_OUT", &out),
             )?
         }
     }

@@ -89,7 +89,7 @@ pub(crate) fn demo(down: bool, nodes: usize) -> anyhow::Result<()> {
     }
     setup::run()?;
     build_binaries()?;
-    let lab = persistent_lab(nodes, "demo", true)?;
+    let mut lab = persistent_lab(nodes, "demo", true)?;
     println!();
     print!("{}", status_of(&lab));
     let shoal = shoal_tests::binary("shoal")?;
@@ -107,18 +107,41 @@ pub(crate) fn demo(down: bool, nodes: usize) -> anyhow::Result<()> {
         let out = lab.shoal(node, &["info"])?;
         print!("{}", show(&out)?);
     }
-    demo_overlays(&lab, &shoal)?;
+    demo_network(&mut lab, &shoal)?;
     println!(
         "\nThe lab stays up: `cargo xtask lab status` shows it, `cargo xtask demo --down` removes it."
     );
     Ok(())
 }
 
-/// Two overlays on the demo lab, driven the way the control plane will drive them: a plain
-/// `frontend` and an encrypted `backend`, tasks as bare namespaces.
-fn demo_overlays(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
+/// Overlays and the routing mesh on the demo lab, driven the way the control plane will drive
+/// them: a plain `frontend` and an encrypted `backend` network, and a `web` service of six tasks
+/// (two per node, answering with their names) published on 8080 through the ingress network.
+/// Tasks are bare namespaces.
+fn demo_network(lab: &mut Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
+    use shoal_tests::mesh::{INGRESS, Mesh, Service};
     use shoal_tests::overlay::{Net, Overlay, Task};
-    let last = lab.nodes().len() - 1;
+    let nodes = lab.nodes().len();
+    let last = nodes - 1;
+    let mut tasks = vec![Task {
+        name: "db",
+        node: 1.min(last),
+        on: vec![("backend", 3)],
+    }];
+    const WEB: [&str; 6] = ["web1", "web2", "web3", "web4", "web5", "web6"];
+    for (i, name) in WEB.iter().enumerate() {
+        let mut on = vec![(INGRESS.id, 11 + i as u8)];
+        match i {
+            0 => on.extend([("frontend", 2), ("backend", 2)]),
+            1 => on.push(("frontend", 4)),
+            _ => {}
+        }
+        tasks.push(Task {
+            name,
+            node: i * nodes / WEB.len(),
+            on,
+        });
+    }
     let overlay = Overlay::new(
         lab,
         vec![
@@ -134,29 +157,22 @@ fn demo_overlays(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
                 octet: 20,
                 encrypted: true,
             },
+            INGRESS,
         ],
-        vec![
-            Task {
-                name: "web1",
-                node: 0,
-                on: vec![("frontend", 2), ("backend", 2)],
-            },
-            Task {
-                name: "db",
-                node: 1.min(last),
-                on: vec![("backend", 3)],
-            },
-            Task {
-                name: "web2",
-                node: last,
-                on: vec![("frontend", 4)],
-            },
-        ],
+        tasks,
     )?;
-    overlay.apply_all(lab).map_err(anyhow::Error::msg)?;
+    let mesh = Mesh::over(
+        lab,
+        overlay,
+        &WEB,
+        vec![Service::web("web", 8080, WEB.to_vec())],
+    )?;
+    mesh.apply_all(lab).map_err(anyhow::Error::msg)?;
+    mesh.wait_ready().map_err(anyhow::Error::msg)?;
+    let overlay = &mesh.overlay;
     let n1 = &lab.nodes()[0];
     println!(
-        "\nOverlays: each node's desired state is in {}/<node>/state.json; applied with\n\
+        "\nNetworks: each node's desired state is in {}/<node>/state.json; applied with\n\
          $ ip netns exec {} {} -H unix://{} dataplane apply {}",
         lab.dir().display(),
         n1.netns,
@@ -181,6 +197,48 @@ fn demo_overlays(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
                 .unwrap_or("no answer")
         );
     }
+    println!(
+        "\nThe routing mesh: service web (6 tasks, 2 per node) published on 8080 of every node;\n\
+         requests from the client namespace {}:",
+        lab.client().netns
+    );
+    for node in lab.nodes() {
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            let out = lab.run(
+                lab.client(),
+                "curl",
+                &[
+                    "-s",
+                    "--max-time",
+                    "3",
+                    &format!("http://{}:8080/", node.public_ip),
+                ],
+            )?;
+            let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            answers.push(if body.is_empty() {
+                "no answer".to_owned()
+            } else {
+                body
+            });
+        }
+        println!(
+            "$ ip netns exec {} curl http://{}:8080/    # x4, {}: {}",
+            lab.client().netns,
+            node.public_ip,
+            node.name,
+            answers.join(", ")
+        );
+    }
+    let out = lab.shoal(n1, &["dataplane", "inspect"])?;
+    let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    println!(
+        "{}: XDP on {} ({}), web counters {}",
+        n1.name,
+        n1.public_if(),
+        inspect["mesh"]["interfaces"][n1.public_if()]["xdp"],
+        inspect["mesh"]["services"]["web"]
+    );
     Ok(())
 }
 

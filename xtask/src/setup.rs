@@ -36,6 +36,12 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "tcpdump: the overlay tests' captures on the data and public interfaces",
     ),
     ("iperf3", "iperf3: the overlay benchmark"),
+    ("curl", "curl: the routing mesh tests' HTTP client"),
+    ("nftables", "nft: the routing mesh benchmark's baseline"),
+    (
+        "ethtool",
+        "ethtool: the lab's public links compute checksums as wires do",
+    ),
 ];
 
 /// The bpf-linker release that matches the machine's LLVM 22 (see MACHINE.md).

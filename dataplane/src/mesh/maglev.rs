@@ -1,5 +1,5 @@
 //! Maglev consistent hashing (Eisenbud et al., "Maglev: A Fast and Reliable Software Network
-//! Load Balancer", NSDI 2016, §3.4): a lookup table of `M` slots (`M` prime) in which every slot
+//! Load Balancer", NSDI 2016): a lookup table of `M` slots (`M` prime) in which every slot
 //! names the backend that serves the flows hashing to it.
 //!
 //! Each backend derives a permutation of `0..M` from its key alone: `offset = h1(key) % M`,
@@ -70,7 +70,7 @@ pub fn is_prime(n: u32) -> bool {
     if n < 4 {
         return n >= 2;
     }
-    if n % 2 == 0 || n % 3 == 0 {
+    if n.is_multiple_of(2) || n.is_multiple_of(3) {
         return false;
     }
     // Every prime above 3 is 6k - 1 or 6k + 1. `d * d` is computed in u64 so it cannot overflow
@@ -78,7 +78,7 @@ pub fn is_prime(n: u32) -> bool {
     let n64 = u64::from(n);
     let mut d: u64 = 5;
     while d * d <= n64 {
-        if n64 % d == 0 || n64 % (d + 2) == 0 {
+        if n64.is_multiple_of(d) || n64.is_multiple_of(d + 2) {
             return false;
         }
         d += 6;

@@ -7,7 +7,9 @@
 //! the node's — is passed to the kernel untouched, as are truncated or malformed headers.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, xdp_action},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_NO_COMMON_LRU, BPF_F_PSEUDO_HDR, BPF_NOEXIST, xdp_action,
+    },
     helpers::generated::bpf_redirect,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -25,11 +27,15 @@ use shoal_abi::{
 
 use crate::packet::{Header, Packet};
 
+/// Per-CPU LRU lists: inserting a new connection takes no lock shared between CPUs (a CPU evicts
+/// from its own list; entries stay visible to every CPU).
+const LRU_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
+
 #[map(name = "MESH_CONNS")]
-static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(MAX_CONNS, LRU_FLAGS);
 
 #[map(name = "MESH_REPLIES")]
-static REPLIES: LruHashMap<FlowKey, Rewrite> = LruHashMap::with_max_entries(MAX_REPLIES, 0);
+static REPLIES: LruHashMap<FlowKey, Rewrite> = LruHashMap::with_max_entries(MAX_REPLIES, LRU_FLAGS);
 
 #[map(name = "MESH_FRONTENDS")]
 static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::with_max_entries(MAX_FRONTENDS, 0);
@@ -50,7 +56,12 @@ static STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(MAX_SERV
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "MESH_LEARNED")]
-static LEARNED: LruHashMap<FlowKey, Learned> = LruHashMap::with_max_entries(MAX_LEARNED, 0);
+static LEARNED: LruHashMap<FlowKey, Learned> = LruHashMap::with_max_entries(MAX_LEARNED, LRU_FLAGS);
+
+/// `TC_ACT_OK` (linux/pkt_cls.h): let the packet continue.
+const TC_OK: i32 = 0;
+/// `TC_ACT_SHOT`: drop it.
+const TC_SHOT: i32 = 2;
 
 /// `ETH_P_IP` as it sits in the packet.
 const ETH_P_IP_RAW: u16 = ETH_P_IP.to_be();
@@ -147,7 +158,7 @@ fn balance<const L4: usize, const CHECK: usize>(
         proto,
         pad: [0; 3],
     };
-    let conn = match CONNS.get_ptr(&key) {
+    let conn = match CONNS.get_ptr(key) {
         // SAFETY: a pointer from the lookup, read at once into a copy.
         Some(c) if still_valid(unsafe { &*c }) => unsafe { *c },
         stale => {
@@ -155,7 +166,7 @@ fn balance<const L4: usize, const CHECK: usize>(
                 // The backend went away: forget its reply translation, then re-balance.
                 // SAFETY: as above.
                 let old = unsafe { *c };
-                let _ = REPLIES.remove(&reply_key(&old.rewrite, proto));
+                let _ = REPLIES.remove(reply_key(&old.rewrite, proto));
             }
             match decide(ctx, eth, &key) {
                 Decision::Pass => return xdp_action::XDP_PASS,
@@ -230,8 +241,8 @@ fn reply_key(rewrite: &Rewrite, proto: u8) -> FlowKey {
 /// translation; records the connection and its way back.
 #[inline(always)]
 fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
-    // SAFETY (the `get`s below): values are copied out at once; the maps' values are plain data.
-    if unsafe { LOCAL_ADDRS.get(&key.daddr) }.is_none() {
+    // SAFETY: only the presence is looked at.
+    if unsafe { LOCAL_ADDRS.get(key.daddr) }.is_none() {
         return Decision::Pass;
     }
     let frontend_key = FrontendKey {
@@ -239,7 +250,8 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
         proto: key.proto,
         pad: 0,
     };
-    let Some(frontend) = (unsafe { FRONTENDS.get(&frontend_key) }).copied() else {
+    // SAFETY: copied out at once; the value is plain data.
+    let Some(frontend) = (unsafe { FRONTENDS.get(frontend_key) }).copied() else {
         return Decision::Pass;
     };
     if frontend.table_size == 0 {
@@ -254,7 +266,8 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
     let Some(&id) = TABLES.get(slot) else {
         return Decision::Pass;
     };
-    let Some(backend) = BACKENDS.get(id).copied() else {
+    // Address zero: an ID just retired, met by a packet that read the old table.
+    let Some(backend) = BACKENDS.get(id).copied().filter(|b| b.addr != 0) else {
         return Decision::Pass;
     };
     let reply = Rewrite {
@@ -278,7 +291,7 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
         smac: config.ingress_mac,
     };
     if frontend.flags & FLAG_CLIENT_IP != 0 {
-        let _ = REPLIES.insert(&reply_key(&rewrite, key.proto), &reply, 0);
+        let _ = REPLIES.insert(reply_key(&rewrite, key.proto), reply, 0);
     } else {
         rewrite.saddr = config.ingress_addr;
         let mut translated = false;
@@ -286,7 +299,7 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
             rewrite.sport = nat_port(hash, probe);
             let flags = u64::from(BPF_NOEXIST);
             if REPLIES
-                .insert(&reply_key(&rewrite, key.proto), &reply, flags)
+                .insert(reply_key(&rewrite, key.proto), reply, flags)
                 .is_ok()
             {
                 translated = true;
@@ -302,7 +315,7 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
         backend: id,
         generation: backend.generation,
     };
-    let _ = CONNS.insert(key, &conn, 0);
+    let _ = CONNS.insert(key, conn, 0);
     if let Some(s) = stats(frontend.service) {
         s.connections += 1;
     }
@@ -354,14 +367,14 @@ fn tc_flow(ctx: &TcContext) -> Option<TcFlow> {
 #[inline(always)]
 pub(crate) fn reply(ctx: &TcContext) -> i32 {
     let Some(flow) = tc_flow(ctx) else {
-        return TC_ACT_OK as i32;
+        return TC_OK;
     };
     // SAFETY: copied out at once.
-    let Some(rw) = (unsafe { REPLIES.get(&flow.key) }).copied() else {
-        return TC_ACT_OK as i32;
+    let Some(rw) = (unsafe { REPLIES.get(flow.key) }).copied() else {
+        return TC_OK;
     };
     if rewrite_tc(ctx, &flow, &rw).is_none() {
-        return aya_ebpf::bindings::TC_ACT_SHOT as i32;
+        return TC_SHOT;
     }
     if let Some(s) = stats(rw.service) {
         s.reply_packets += 1;
@@ -411,22 +424,22 @@ fn from_outside(config: &Config, addr: u32) -> bool {
 /// backend side): remembers through which entry node each outside client's flow came.
 #[inline(always)]
 pub(crate) fn learn(ctx: &TcContext) -> i32 {
-    if let (Some(flow), Some(config)) = (tc_flow(ctx), CONFIG.get(0)) {
-        if from_outside(config, flow.key.saddr) {
-            let learned = Learned {
-                // SAFETY: reading a field of the context the kernel handed in.
-                ifindex: unsafe { (*ctx.skb.skb).ifindex },
-                mac: ctx.load::<[u8; 6]>(6).unwrap_or_default(),
-                pad: [0; 2],
-            };
-            let key = flow.key.reversed();
-            // SAFETY: compared at once.
-            if unsafe { LEARNED.get(&key) } != Some(&learned) {
-                let _ = LEARNED.insert(&key, &learned, 0);
-            }
+    if let (Some(flow), Some(config)) = (tc_flow(ctx), CONFIG.get(0))
+        && from_outside(config, flow.key.saddr)
+    {
+        let learned = Learned {
+            // SAFETY: reading a field of the context the kernel handed in.
+            ifindex: unsafe { (*ctx.skb.skb).ifindex },
+            mac: ctx.load::<[u8; 6]>(6).unwrap_or_default(),
+            pad: [0; 2],
+        };
+        let key = flow.key.reversed();
+        // SAFETY: compared at once.
+        if unsafe { LEARNED.get(key) } != Some(&learned) {
+            let _ = LEARNED.insert(key, learned, 0);
         }
     }
-    TC_ACT_OK as i32
+    TC_OK
 }
 
 /// TC entry on the ingress network's bridge (client-IP mode, backend side): a backend's reply to
@@ -434,17 +447,17 @@ pub(crate) fn learn(ctx: &TcContext) -> i32 {
 #[inline(always)]
 pub(crate) fn steer(ctx: &TcContext) -> i32 {
     let (Some(flow), Some(config)) = (tc_flow(ctx), CONFIG.get(0)) else {
-        return TC_ACT_OK as i32;
+        return TC_OK;
     };
     if !from_outside(config, flow.key.daddr) {
-        return TC_ACT_OK as i32;
+        return TC_OK;
     }
     // SAFETY: copied out at once.
-    let Some(learned) = (unsafe { LEARNED.get(&flow.key) }).copied() else {
-        return TC_ACT_OK as i32;
+    let Some(learned) = (unsafe { LEARNED.get(flow.key) }).copied() else {
+        return TC_OK;
     };
     if ctx.store(0, &learned.mac, 0).is_err() {
-        return TC_ACT_OK as i32;
+        return TC_OK;
     }
     // SAFETY: a plain helper call.
     unsafe { bpf_redirect(learned.ifindex, 0) as i32 }

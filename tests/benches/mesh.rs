@@ -1,0 +1,376 @@
+//! `cargo xtask bench mesh`: the routing mesh, one run.
+//!
+//! 1. Through BPF_PROG_TEST_RUN (the kernel's own timing, nothing attached): the first packet of
+//!    a connection (`lb_new_ns_per_packet`, median over fresh flows, one run each, with the
+//!    XDP_PASS floor measured the same way as `xdp_pass_single_ns_per_packet`), a packet of an
+//!    established connection (`lb_established_ns_per_packet`, 1,000,000 repeats) and XDP_PASS
+//!    (`xdp_pass_ns_per_packet`, same repeats), each the median of 7 rounds.
+//! 2. End to end on a 3-node lab with six backends (two per node), the client sending to n1:
+//!    new TCP connections per second (connect, HTTP GET, close; 16 at a time) and 18-byte UDP
+//!    datagrams per second received by the backends (64 flows), through the mesh, through an
+//!    nftables DNAT + masquerade configuration of the same topology on n1 (`nft_*`), and (TCP)
+//!    through a userspace proxy on n1 (`proxy_tcp_conn_per_s`). The same load generator
+//!    (`shoal-labtool`) drives all of them; each path has its own target ports on the backends,
+//!    so no path meets another's leftovers.
+//!
+//! Writes `$SHOAL_BENCH_OUT` (default `target/bench/mesh.json`). Needs root and release builds
+//! of `shoald`, `shoal` and `shoal-labtool` (the xtask builds them).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shoal_abi::programs::{XDP_MESH, XDP_PASS};
+use shoal_dataplane::mesh::Mesh as Programs;
+use shoal_dataplane::mesh::maglev::DEFAULT_TABLE_SIZE;
+use shoal_dataplane::mesh::model::{BackendPlan, MeshPlan, PortPlan, Protocol, ServicePlan};
+use shoal_dataplane::overlay::model::Mac;
+use shoal_tests::mesh::{INGRESS, Mesh, Service, labtool};
+use shoal_tests::{Lab, LabSpec, binary};
+
+const REPEAT: u32 = 1_000_000;
+const ROUNDS: usize = 7;
+const FRESH_FLOWS: u16 = 20_000;
+const SECONDS: &str = "5";
+const BACKENDS: [&str; 6] = ["web1", "web2", "web3", "web4", "web5", "web6"];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// An Ethernet/IPv4/UDP frame of 60 bytes from `sport` to 10.0.0.2:`dport`.
+fn udp_frame(sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    f.extend_from_slice(&[0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&[192, 168, 1, 10, 10, 0, 0, 2]);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0, 26, 0, 0]);
+    f.resize(60, 0);
+    f
+}
+
+fn test_run_figures() -> BTreeMap<String, f64> {
+    let backends: Vec<BackendPlan> = (11..17)
+        .map(|last| {
+            let addr = Ipv4Addr::new(10, 255, 0, last);
+            BackendPlan {
+                addr,
+                mac: Mac::from_ip(addr),
+                task: format!("web{last}"),
+                weight: 1,
+                local: false,
+            }
+        })
+        .collect();
+    let plan = MeshPlan {
+        network: "ingress".into(),
+        subnet: "10.255.0.0/24".parse().expect("subnet"),
+        addr: Ipv4Addr::new(10, 255, 0, 2),
+        mac: Mac::from_ip(Ipv4Addr::new(10, 255, 0, 2)),
+        interfaces: Vec::new(),
+        local_addrs: BTreeSet::from([Ipv4Addr::new(10, 0, 0, 2)]),
+        services: BTreeMap::from([(
+            "web".to_owned(),
+            ServicePlan {
+                client_ip: false,
+                table_size: DEFAULT_TABLE_SIZE,
+                ports: vec![PortPlan {
+                    protocol: Protocol::Udp,
+                    published: 53,
+                    target: 53,
+                    host: false,
+                }],
+                backends,
+            },
+        )]),
+    };
+    let mut mesh =
+        Programs::load().unwrap_or_else(|e| panic!("loading the programs: {e} (needs root)"));
+    mesh.program(&plan, 7).expect("maps");
+    let established = udp_frame(40_000, 53);
+    let mut run = |name: &'static str, packet: &[u8], repeat: u32| {
+        mesh.programs()
+            .test_run(name, packet, repeat)
+            .unwrap_or_else(|e| panic!("running {name}: {e}"))
+            .per_run
+            .as_nanos() as f64
+    };
+    run(XDP_MESH, &established, 1); // the connection exists from here on
+    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut sport = 1_000_u16;
+    for _ in 0..ROUNDS {
+        samples
+            .entry("xdp_pass_ns_per_packet")
+            .or_default()
+            .push(run(XDP_PASS, &established, REPEAT));
+        samples
+            .entry("lb_established_ns_per_packet")
+            .or_default()
+            .push(run(XDP_MESH, &established, REPEAT));
+        let (mut new, mut pass) = (Vec::new(), Vec::new());
+        for _ in 0..FRESH_FLOWS / ROUNDS as u16 {
+            sport = sport.wrapping_add(1).max(1_000);
+            let fresh = udp_frame(sport, 53);
+            new.push(run(XDP_MESH, &fresh, 1));
+            pass.push(run(XDP_PASS, &fresh, 1));
+        }
+        samples
+            .entry("lb_new_ns_per_packet")
+            .or_default()
+            .push(median(new));
+        samples
+            .entry("xdp_pass_single_ns_per_packet")
+            .or_default()
+            .push(median(pass));
+    }
+    samples
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), median(v)))
+        .collect()
+}
+
+/// Starts `shoal-labtool ARGS` in a task; waits for its first line (it is listening).
+fn start_in_task(mesh: &Mesh, task: &str, args: &[&str]) -> Child {
+    let mut child = mesh
+        .overlay
+        .command(
+            task,
+            &binary("shoal-labtool").expect("built").to_string_lossy(),
+        )
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("labtool starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().expect("piped")),
+        &mut line,
+    )
+    .expect("labtool says it listens");
+    child
+}
+
+fn json_of(output: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(output);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("{}");
+    serde_json::from_str(line).unwrap_or(Value::Null)
+}
+
+/// TCP connections per second from the client to `n1:port`.
+fn tcp_rate(lab: &Lab, port: u16) -> f64 {
+    let target = format!("{}:{port}", lab.nodes()[0].public_ip);
+    let out = labtool(
+        lab.client(),
+        &[
+            "tcp-rate",
+            "--target",
+            &target,
+            "--seconds",
+            SECONDS,
+            "--concurrency",
+            "16",
+        ],
+    )
+    .expect("tcp-rate runs");
+    let v = json_of(&out.stdout);
+    eprintln!("tcp-rate {target}: {v}");
+    v["per_s"].as_f64().unwrap_or(0.0)
+}
+
+/// Datagrams per second the backends receive from a flood at `n1:port` (sinks on `target`).
+fn udp_rate(lab: &Lab, mesh: &Mesh, port: u16, target: u16) -> f64 {
+    let target_s = target.to_string();
+    let sinks: Vec<Child> = BACKENDS
+        .iter()
+        .map(|b| {
+            start_in_task(
+                mesh,
+                b,
+                &[
+                    "udp-sink",
+                    "--port",
+                    &target_s,
+                    "--idle-ms",
+                    "1000",
+                    "--max-seconds",
+                    "30",
+                ],
+            )
+        })
+        .collect();
+    let to = format!("{}:{port}", lab.nodes()[0].public_ip);
+    let flood = labtool(
+        lab.client(),
+        &[
+            "udp-flood",
+            "--target",
+            &to,
+            "--seconds",
+            SECONDS,
+            "--flows",
+            "64",
+        ],
+    )
+    .expect("flood runs");
+    eprintln!("udp-flood {to}: {}", json_of(&flood.stdout));
+    let mut received = 0.0;
+    for sink in sinks {
+        let out = sink.wait_with_output().expect("sink ends");
+        received += json_of(&out.stdout)["packets"].as_f64().unwrap_or(0.0);
+    }
+    received / SECONDS.parse::<f64>().expect("seconds")
+}
+
+fn main() {
+    let out = std::env::var("SHOAL_BENCH_OUT").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench/mesh.json").into()
+    });
+    let mut results = test_run_figures();
+
+    let mut lab = Lab::up(LabSpec {
+        purpose: "bench mesh".into(),
+        ..LabSpec::nodes(3)
+    })
+    .expect("lab up");
+    for node in lab.nodes().to_vec() {
+        lab.spawn_shoald(&node).expect("shoald starts");
+    }
+    let tasks: Vec<(&'static str, usize, u8)> = BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (*name, i / 2, 11 + i as u8))
+        .collect();
+    let mesh = Mesh::new(
+        &mut lab,
+        &tasks,
+        vec![
+            Service {
+                name: "web",
+                ports: vec![json!({ "published": 8080, "target": 80 })],
+                backends: BACKENDS.to_vec(),
+                client_ip: "snat",
+            },
+            Service {
+                name: "sink",
+                ports: vec![json!({ "published": 9000, "target": 9, "protocol": "udp" })],
+                backends: BACKENDS.to_vec(),
+                client_ip: "snat",
+            },
+        ],
+    )
+    .expect("tasks");
+    mesh.apply_all(&lab).expect("mesh applied");
+    mesh.wait_ready().expect("responders");
+    // The other paths' responders: nftables targets :81, the proxy :82.
+    for b in BACKENDS {
+        for port in ["81", "82"] {
+            let mut serve = mesh.overlay.command(
+                b,
+                &binary("shoal-labtool").expect("built").to_string_lossy(),
+            );
+            serve
+                .args(["serve", "--name", b, "--port", port])
+                .stdout(Stdio::null());
+            lab.spawn(serve).expect("responder starts");
+        }
+    }
+
+    // nftables on n1: DNAT the published ports to the backends, masquerade out of shoal0.
+    let n1 = lab.nodes()[0].clone();
+    let addrs: Vec<String> = BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {}", mesh.overlay.ip(b, INGRESS.id)))
+        .collect();
+    let map = addrs.join(", ");
+    let ruleset = format!(
+        "table ip shoal_bench {{
+  chain pre {{
+    type nat hook prerouting priority dstnat;
+    tcp dport 8081 dnat to numgen inc mod 6 map {{ {map} }} : 81
+    udp dport 9001 dnat to jhash ip saddr . udp sport mod 6 map {{ {map} }} : 10
+  }}
+  chain post {{
+    type nat hook postrouting priority srcnat;
+    oifname \"shoal0\" masquerade
+  }}
+}}
+"
+    );
+    let rules = lab.dir().join("nft-bench.conf");
+    std::fs::write(&rules, ruleset).expect("ruleset");
+    for (program, args) in [
+        ("sysctl", vec!["-qw", "net.ipv4.ip_forward=1"]),
+        ("nft", vec!["-f", rules.to_str().expect("path")]),
+    ] {
+        let o = lab.run(&n1, program, &args).expect("runs");
+        assert!(
+            o.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // The userspace proxy on n1.
+    let backends_82: Vec<String> = BACKENDS
+        .iter()
+        .map(|b| format!("{}:82", mesh.overlay.ip(b, INGRESS.id)))
+        .collect();
+    let mut proxy = n1
+        .command(binary("shoal-labtool").expect("built"))
+        .expect("command");
+    proxy
+        .args([
+            "tcp-proxy",
+            "--listen",
+            "0.0.0.0:8082",
+            "--backends",
+            &backends_82.join(","),
+        ])
+        .stdout(Stdio::null());
+    lab.spawn(proxy).expect("proxy starts");
+    // Give the proxy and the responders a moment to listen.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Each path in turn, the baselines first.
+    for (key, figure) in [
+        ("nft_tcp_conn_per_s", tcp_rate(&lab, 8081)),
+        ("proxy_tcp_conn_per_s", tcp_rate(&lab, 8082)),
+        ("mesh_tcp_conn_per_s", tcp_rate(&lab, 8080)),
+        ("nft_udp_pps", udp_rate(&lab, &mesh, 9001, 10)),
+        ("mesh_udp_pps", udp_rate(&lab, &mesh, 9000, 9)),
+    ] {
+        results.insert(key.to_owned(), figure.round());
+    }
+    results.insert(
+        "mesh_over_nft_udp".into(),
+        (results["mesh_udp_pps"] / results["nft_udp_pps"].max(1.0) * 100.0).round() / 100.0,
+    );
+    results.insert(
+        "mesh_over_nft_tcp".into(),
+        (results["mesh_tcp_conn_per_s"] / results["nft_tcp_conn_per_s"].max(1.0) * 100.0).round()
+            / 100.0,
+    );
+
+    println!("{:<32} {:>12}", "metric", "value");
+    for (k, v) in &results {
+        println!("{k:<32} {v:>12.1}");
+    }
+    if let Some(dir) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(dir).expect("bench directory");
+    }
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&results).expect("JSON") + "\n",
+    )
+    .unwrap_or_else(|e| panic!("writing {out}: {e}"));
+    println!("wrote {out}");
+    lab.down().expect("lab down");
+}
