@@ -9,7 +9,9 @@
 //!    new TCP connections per second (connect, HTTP GET, close; 16 at a time) and 18-byte UDP
 //!    datagrams per second received by the backends (64 flows), through the mesh, through an
 //!    nftables DNAT + masquerade configuration of the same topology on n1 (`nft_*`), and (TCP)
-//!    through a userspace proxy on n1 (`proxy_tcp_conn_per_s`). The same load generator
+//!    through a userspace proxy on n1 (`proxy_tcp_conn_per_s`). For UDP, also the rate n1's
+//!    balancing stage passed datagrams on at (`*_udp_forwarded_pps`: the mesh's counter, the
+//!    nftables rule's counter), to show where the rest were lost. The same load generator
 //!    (`shoal-labtool`) drives all of them; each path has its own target ports on the backends,
 //!    so no path meets another's leftovers.
 //!
@@ -185,8 +187,41 @@ fn tcp_rate(lab: &Lab, port: u16) -> f64 {
     v["per_s"].as_f64().unwrap_or(0.0)
 }
 
-/// Datagrams per second the backends receive from a flood at `n1:port` (sinks on `target`).
-fn udp_rate(lab: &Lab, mesh: &Mesh, port: u16, target: u16) -> f64 {
+/// Packets n1's balancing stage passed on so far: the mesh's counter for `sink`, or the packet
+/// counter of the forward chain's UDP rule (the NAT chains see only a flow's first packet).
+fn forwarded(lab: &Lab, nft: bool) -> f64 {
+    let n1 = &lab.nodes()[0];
+    if nft {
+        let out = lab
+            .run(
+                n1,
+                "nft",
+                &["-j", "list", "chain", "ip", "shoal_bench", "forwarded"],
+            )
+            .expect("nft runs");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item["rule"]["expr"].as_array())
+            .flatten()
+            .filter_map(|e| e["counter"]["packets"].as_f64())
+            .sum()
+    } else {
+        let out = lab
+            .shoal(n1, &["dataplane", "inspect"])
+            .expect("inspect runs");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v["mesh"]["services"]["sink"]["packets"]
+            .as_f64()
+            .unwrap_or(0.0)
+    }
+}
+
+/// Datagrams per second the backends receive from a flood at `n1:port` (sinks on `target`),
+/// and the rate n1's balancing stage passed them on at.
+fn udp_rate(lab: &Lab, mesh: &Mesh, port: u16, target: u16, nft: bool) -> (f64, f64) {
     let target_s = target.to_string();
     let sinks: Vec<Child> = BACKENDS
         .iter()
@@ -207,6 +242,7 @@ fn udp_rate(lab: &Lab, mesh: &Mesh, port: u16, target: u16) -> f64 {
         })
         .collect();
     let to = format!("{}:{port}", lab.nodes()[0].public_ip);
+    let before = forwarded(lab, nft);
     let flood = labtool(
         lab.client(),
         &[
@@ -226,7 +262,8 @@ fn udp_rate(lab: &Lab, mesh: &Mesh, port: u16, target: u16) -> f64 {
         let out = sink.wait_with_output().expect("sink ends");
         received += json_of(&out.stdout)["packets"].as_f64().unwrap_or(0.0);
     }
-    received / SECONDS.parse::<f64>().expect("seconds")
+    let seconds = SECONDS.parse::<f64>().expect("seconds");
+    (received / seconds, (forwarded(lab, nft) - before) / seconds)
 }
 
 fn main() {
@@ -298,6 +335,10 @@ fn main() {
     tcp dport 8081 dnat to numgen inc mod 6 map {{ {map} }} : 81
     udp dport 9001 dnat to jhash ip saddr . udp sport mod 6 map {{ {map} }} : 10
   }}
+  chain forwarded {{
+    type filter hook forward priority filter;
+    udp dport 10 counter
+  }}
   chain post {{
     type nat hook postrouting priority srcnat;
     oifname \"shoal0\" masquerade
@@ -344,10 +385,13 @@ fn main() {
         ("nft_tcp_conn_per_s", tcp_rate(&lab, 8081)),
         ("proxy_tcp_conn_per_s", tcp_rate(&lab, 8082)),
         ("mesh_tcp_conn_per_s", tcp_rate(&lab, 8080)),
-        ("nft_udp_pps", udp_rate(&lab, &mesh, 9001, 10)),
-        ("mesh_udp_pps", udp_rate(&lab, &mesh, 9000, 9)),
     ] {
         results.insert(key.to_owned(), figure.round());
+    }
+    for (path, port, target, nft) in [("nft", 9001, 10, true), ("mesh", 9000, 9, false)] {
+        let (received, passed_on) = udp_rate(&lab, &mesh, port, target, nft);
+        results.insert(format!("{path}_udp_pps"), received.round());
+        results.insert(format!("{path}_udp_forwarded_pps"), passed_on.round());
     }
     results.insert(
         "mesh_over_nft_udp".into(),
