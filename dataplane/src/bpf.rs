@@ -101,38 +101,40 @@ impl Programs {
 
     /// The XDP program `name`, verified and loaded into the kernel.
     pub fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, BpfError> {
-        let program_error = |source| BpfError::Program {
-            name,
-            source: Box::new(source),
-        };
-        let xdp: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(BpfError::NoProgram(name))?
-            .try_into()
-            .map_err(program_error)?;
-        if xdp.fd().is_err() {
-            xdp.load().map_err(program_error)?;
-        }
-        Ok(xdp)
+        self.loaded(name, Xdp::load, |p: &Xdp| p.fd().is_ok())
     }
 
     /// The TC classifier `name`, verified and loaded into the kernel.
     pub fn tc(&mut self, name: &'static str) -> Result<&mut SchedClassifier, BpfError> {
+        self.loaded(name, SchedClassifier::load, |p: &SchedClassifier| {
+            p.fd().is_ok()
+        })
+    }
+
+    /// Program `name` as a `P`, loaded on first use.
+    fn loaded<'a, P: 'a>(
+        &'a mut self,
+        name: &'static str,
+        load: fn(&mut P) -> Result<(), ProgramError>,
+        is_loaded: fn(&P) -> bool,
+    ) -> Result<&'a mut P, BpfError>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
         let program_error = |source| BpfError::Program {
             name,
             source: Box::new(source),
         };
-        let tc: &mut SchedClassifier = self
+        let program: &mut P = self
             .ebpf
             .program_mut(name)
             .ok_or(BpfError::NoProgram(name))?
             .try_into()
             .map_err(program_error)?;
-        if tc.fd().is_err() {
-            tc.load().map_err(program_error)?;
+        if !is_loaded(program) {
+            load(program).map_err(program_error)?;
         }
-        Ok(tc)
+        Ok(program)
     }
 
     /// The loaded object, for map access.

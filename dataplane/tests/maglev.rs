@@ -40,6 +40,23 @@ fn keys(n: impl Into<prop::collection::SizeRange>) -> impl Strategy<Value = Vec<
     prop::collection::btree_set("[a-z0-9.:-]{1,24}", n).prop_map(|s| s.into_iter().collect())
 }
 
+/// Up to 120 distinct keys, each with a weight from `weights`.
+fn weighted_keys(
+    weights: std::ops::RangeInclusive<u32>,
+) -> impl Strategy<Value = (Vec<String>, Vec<u32>)> {
+    keys(1..=120).prop_flat_map(move |ks| {
+        let n = ks.len();
+        (Just(ks), prop::collection::vec(weights.clone(), n))
+    })
+}
+
+fn with_weights<'a>(keys: &'a [String], weights: &[u32]) -> Vec<Backend<'a>> {
+    keys.iter()
+        .zip(weights)
+        .map(|(k, &weight)| Backend { key: k, weight })
+        .collect()
+}
+
 fn equal(keys: &[String]) -> Vec<Backend<'_>> {
     keys.iter().map(|k| Backend { key: k, weight: 1 }).collect()
 }
@@ -127,17 +144,10 @@ proptest! {
     /// Every slot belongs to a positive-weight backend, and every one of those owns some.
     #[test]
     fn only_positive_weights_own_slots(
-        input in keys(1..=120).prop_flat_map(|ks| {
-            let n = ks.len();
-            (Just(ks), prop::collection::vec(0_u32..=3, n))
-        })
+        input in weighted_keys(0..=3)
     ) {
         let (keys, weights) = input;
-        let bs: Vec<Backend<'_>> = keys
-            .iter()
-            .zip(&weights)
-            .map(|(k, &weight)| Backend { key: k, weight })
-            .collect();
+        let bs = with_weights(&keys, &weights);
         let m = table_size(bs.len());
         let table = build(&bs, m).expect("valid");
         if weights.iter().all(|&w| w == 0) {
@@ -160,17 +170,10 @@ proptest! {
     /// `N <= S` that is at most 2% of the ideal `M w_i / S`, which is checked too.
     #[test]
     fn weighted_shares(
-        input in keys(1..=120).prop_flat_map(|ks| {
-            let n = ks.len();
-            (Just(ks), prop::collection::vec(1_u32..=4, n))
-        })
+        input in weighted_keys(1..=4)
     ) {
         let (keys, weights) = input;
-        let bs: Vec<Backend<'_>> = keys
-            .iter()
-            .zip(&weights)
-            .map(|(k, &weight)| Backend { key: k, weight })
-            .collect();
+        let bs = with_weights(&keys, &weights);
         let n = bs.len() as u64;
         let s: u64 = weights.iter().map(|&w| u64::from(w)).sum();
         let m = next_prime(SLOTS_PER_BACKEND * u32::try_from(s).expect("small"));

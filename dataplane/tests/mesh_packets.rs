@@ -508,3 +508,36 @@ fn connections_keep_their_backend_while_others_come_and_go_and_move_only_when_th
         assert_eq!(backend_of(&mut mesh, i), pick(&key));
     }
 }
+
+#[test]
+fn an_unpublished_port_stops_at_once_and_a_changed_target_applies_to_existing_connections() {
+    let first = plan(six());
+    let mut mesh = mesh(&first);
+    let to_keep = frame(client(4), (NODE, 9090), IPPROTO_TCP, &[], b"");
+    let to_web = frame(client(4), (NODE, 8080), IPPROTO_TCP, &[], b"");
+    for packet in [&to_keep, &to_web] {
+        let run = mesh.programs().test_run(XDP_MESH, packet, 1).expect("run");
+        assert_eq!(run.verdict, XdpVerdict::Redirect);
+    }
+
+    // `keep` goes away and web's TCP port now leads to 8000: the established flows follow.
+    let mut second = plan(six());
+    second.services.remove("keep");
+    let web = second.services.get_mut("web").expect("web");
+    web.ports[0].target = 8000;
+    mesh.program(&second, INGRESS_IFINDEX)
+        .expect("reprogramming");
+    let run = mesh
+        .programs()
+        .test_run(XDP_MESH, &to_keep, 1)
+        .expect("run");
+    assert_eq!(
+        run.verdict,
+        XdpVerdict::Pass,
+        "an unpublished port must not be forwarded"
+    );
+    assert_eq!(run.output, to_keep);
+    let run = mesh.programs().test_run(XDP_MESH, &to_web, 1).expect("run");
+    assert_eq!(run.verdict, XdpVerdict::Redirect);
+    assert_eq!(read(&run.output).dst.1, 8000);
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::lab::{binary, io_error};
-use crate::overlay::{Net, Overlay, Task, apply};
+use crate::overlay::{Net, Overlay, Task, apply_each};
 use crate::{Lab, LabError, wait_until};
 
 /// The ingress network: VNI 4100, 10.255.0.0/24. Nodes are `10.255.0.<2 + index>`, tasks from
@@ -188,23 +188,9 @@ impl Mesh {
         state
     }
 
-    /// Applies node `node`'s state.
-    pub fn apply(&self, lab: &Lab, node: usize) -> Result<Output, LabError> {
-        apply(lab, node, &self.state(lab, node))
-    }
-
     /// Applies every node's state, failing on the first refusal.
     pub fn apply_all(&self, lab: &Lab) -> Result<(), String> {
-        for node in 0..lab.nodes().len() {
-            let out = self.apply(lab, node).map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!(
-                    "apply on node {node}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-        }
-        Ok(())
+        apply_each(lab, |node| self.state(lab, node))
     }
 
     /// Waits until the responder of every task on the ingress network listens.

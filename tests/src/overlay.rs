@@ -202,16 +202,7 @@ impl Overlay {
 
     /// Applies every node's state, failing on the first refusal.
     pub fn apply_all(&self, lab: &Lab) -> Result<(), String> {
-        for node in 0..lab.nodes().len() {
-            let out = self.apply(lab, node).map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!(
-                    "apply on node {node}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-        }
-        Ok(())
+        apply_each(lab, |node| self.state(lab, node))
     }
 
     /// A command run inside a task's namespace.
@@ -240,6 +231,20 @@ pub fn apply(lab: &Lab, node: usize, state: &Value) -> Result<Output, LabError> 
     std::fs::write(&path, serde_json::to_string_pretty(state).expect("JSON"))
         .map_err(io_error(format!("writing {}", path.display())))?;
     lab.shoal(host, &["dataplane", "apply", &path.to_string_lossy()])
+}
+
+/// Applies `state(node)` on every node in turn, failing on the first refusal.
+pub fn apply_each(lab: &Lab, state: impl Fn(usize) -> Value) -> Result<(), String> {
+    for node in 0..lab.nodes().len() {
+        let out = apply(lab, node, &state(node)).map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "apply on node {node}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// FNV-1a over a byte stream.

@@ -181,6 +181,10 @@ type TableKey = (String, bool);
 #[derive(Debug)]
 struct MapState {
     services: BTreeMap<String, u32>,
+    /// Each service's published ports as last written (what its connections were made under).
+    service_ports: BTreeMap<String, Vec<(FrontendKey, u16, u16)>>,
+    /// The last generation each service index was given.
+    service_generations: BTreeMap<u32, u32>,
     backends: BTreeMap<BackendKey, (u32, u32)>,
     /// The last generation each backend ID was given.
     generations: Vec<u32>,
@@ -196,6 +200,8 @@ impl Default for MapState {
     fn default() -> Self {
         Self {
             services: BTreeMap::new(),
+            service_ports: BTreeMap::new(),
+            service_generations: BTreeMap::new(),
             backends: BTreeMap::new(),
             generations: Vec::new(),
             free_ids: Vec::new(),
@@ -205,6 +211,16 @@ impl Default for MapState {
             local_addrs: BTreeSet::new(),
             config: Config::default(),
         }
+    }
+}
+
+impl MapState {
+    /// Gives backend ID `id` its next generation: connections made with the previous one no
+    /// longer match it.
+    fn next_generation(&mut self, id: u32) -> u32 {
+        let generation = &mut self.generations[id as usize];
+        *generation = generation.wrapping_add(1);
+        *generation
     }
 }
 
@@ -538,8 +554,7 @@ impl Mesh {
                     continue;
                 }
                 let id = take_id(state, now)?;
-                let generation = state.generations[id as usize].wrapping_add(1);
-                state.generations[id as usize] = generation;
+                let generation = state.next_generation(id);
                 backends
                     .set(
                         id,
@@ -660,16 +675,13 @@ impl Mesh {
                     target_port: abi::port(port.target),
                     flags,
                 };
-                wanted_frontends.insert(
-                    key,
-                    (frontend, describe(name, port.published, port.protocol)),
-                );
+                wanted_frontends.insert(key, (frontend, name.clone()));
             }
         }
         {
             let mut frontends: HashMap<&mut MapData, FrontendKey, Frontend> =
                 hash(ebpf, abi::FRONTENDS_MAP)?;
-            for (key, (frontend, what)) in &wanted_frontends {
+            for (key, (frontend, service)) in &wanted_frontends {
                 if state.frontends.get(key) == Some(frontend) {
                     continue;
                 }
@@ -677,7 +689,10 @@ impl Mesh {
                     .insert(key, frontend, 0)
                     .map_err(map_err(abi::FRONTENDS_MAP))?;
                 if !state.frontends.contains_key(key) {
-                    changes.push(format!("mesh: published {what}"));
+                    changes.push(format!(
+                        "mesh: published {} for service {service}",
+                        describe(key)
+                    ));
                 }
                 state.frontends.insert(*key, *frontend);
             }
@@ -692,16 +707,39 @@ impl Mesh {
                     .remove(&key)
                     .map_err(map_err(abi::FRONTENDS_MAP))?;
                 state.frontends.remove(&key);
-                changes.push(format!(
-                    "mesh: unpublished {}/{}",
-                    abi::port_value(key.port),
-                    if key.proto == Protocol::Udp.number() {
-                        "udp"
-                    } else {
-                        "tcp"
-                    }
+                changes.push(format!("mesh: unpublished {}", describe(&key)));
+            }
+        }
+
+        // Services that went, or whose ports changed: a new generation, so their connections
+        // are re-balanced under the new ports (or passed on, when a port is no longer published).
+        {
+            let mut ports: BTreeMap<String, Vec<(FrontendKey, u16, u16)>> = BTreeMap::new();
+            for (key, (frontend, service)) in &wanted_frontends {
+                ports.entry(service.clone()).or_default().push((
+                    *key,
+                    frontend.target_port,
+                    frontend.flags,
                 ));
             }
+            let changed: Vec<u32> = state
+                .services
+                .iter()
+                .filter(|(name, _)| {
+                    !plan.services.contains_key(*name)
+                        || state.service_ports.get(*name) != ports.get(*name)
+                })
+                .map(|(_, index)| *index)
+                .collect();
+            let mut generations: Array<&mut MapData, u32> = array(ebpf, abi::SERVICES_MAP)?;
+            for index in changed {
+                let generation = state.service_generations.entry(index).or_default();
+                *generation = generation.wrapping_add(1);
+                generations
+                    .set(index, *generation, 0)
+                    .map_err(map_err(abi::SERVICES_MAP))?;
+            }
+            state.service_ports = ports;
         }
 
         // Addresses published ports answer on.
@@ -740,8 +778,7 @@ impl Mesh {
                 .collect();
             for key in gone {
                 let (id, _) = state.backends.remove(&key).expect("listed above");
-                let generation = state.generations[id as usize].wrapping_add(1);
-                state.generations[id as usize] = generation;
+                let generation = state.next_generation(id);
                 // Address zero: a packet that raced the table switch finds no backend here.
                 backends
                     .set(
@@ -804,8 +841,14 @@ impl Mesh {
     }
 }
 
-fn describe(service: &str, port: u16, protocol: Protocol) -> String {
-    format!("{port}/{} for service {service}", protocol.name())
+/// `8080/tcp`.
+fn describe(key: &FrontendKey) -> String {
+    let protocol = if key.proto == Protocol::Udp.number() {
+        Protocol::Udp
+    } else {
+        Protocol::Tcp
+    };
+    format!("{}/{}", abi::port_value(key.port), protocol.name())
 }
 
 /// A free backend ID: never used, or out of quarantine.

@@ -31,6 +31,9 @@ pub const FRONTENDS_MAP: &str = "MESH_FRONTENDS";
 pub const LOCAL_ADDRS_MAP: &str = "MESH_LOCAL_ADDRS";
 /// Backends by ID (array of [`Backend`]).
 pub const BACKENDS_MAP: &str = "MESH_BACKENDS";
+/// Per service index: a generation, bumped when the service goes or its ports change, so its
+/// connections are re-balanced (or passed on, when the port is no longer published).
+pub const SERVICES_MAP: &str = "MESH_SERVICES";
 /// Every service's Maglev table, each in its own region (array of backend IDs).
 pub const TABLES_MAP: &str = "MESH_TABLES";
 /// Per-service, per-CPU counters (per-CPU array of [`ServiceStats`], indexed by service).
@@ -193,6 +196,10 @@ pub struct Conn {
     pub backend: u32,
     /// The backend ID's generation when the connection was made.
     pub generation: u32,
+    /// The service's generation ([`SERVICES_MAP`]) when the connection was made.
+    pub service_generation: u32,
+    /// Zero.
+    pub pad: u32,
 }
 
 /// The node's place in the ingress network.

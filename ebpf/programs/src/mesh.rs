@@ -46,6 +46,9 @@ static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDR
 #[map(name = "MESH_BACKENDS")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
+#[map(name = "MESH_SERVICES")]
+static SERVICES: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+
 #[map(name = "MESH_TABLES")]
 static TABLES: Array<u32> = Array::with_max_entries(TABLE_CAPACITY, 0);
 
@@ -216,12 +219,14 @@ fn balance<const L4: usize, const CHECK: usize>(
     unsafe { bpf_redirect(rw.ifindex, 0) as u32 }
 }
 
-/// Whether a connection's backend still holds the ID it was balanced to.
+/// Whether a connection's backend still holds the ID it was balanced to, and its service is
+/// still published as it was.
 #[inline(always)]
 fn still_valid(conn: &Conn) -> bool {
     BACKENDS
         .get(conn.backend)
         .is_some_and(|b| b.generation == conn.generation)
+        && SERVICES.get(conn.rewrite.service) == Some(&conn.service_generation)
 }
 
 /// The key a backend's reply to `rewrite`'s packets carries.
@@ -314,6 +319,8 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
         rewrite,
         backend: id,
         generation: backend.generation,
+        service_generation: SERVICES.get(frontend.service).copied().unwrap_or_default(),
+        pad: 0,
     };
     let _ = CONNS.insert(key, conn, 0);
     if let Some(s) = stats(frontend.service) {
