@@ -1,5 +1,8 @@
 //! The node's data plane as the daemon hosts it: one [`Dataplane`] per daemon, created on first
-//! use (it needs root), its namespaces under `<data root>/netns`, applies serialised.
+//! use (it needs root), its namespaces under `<data root>/netns`, applies serialised. The last
+//! state applied in full is kept in `<data root>/dataplane-state.json` and applied again when the
+//! daemon starts: the WireGuard engine and the routing mesh's programs live in the daemon, and
+//! come back without anyone applying again.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use tonic::Status;
 #[derive(Debug)]
 pub(crate) struct NodeDataplane {
     root: PathBuf,
+    saved: PathBuf,
     inner: Arc<Mutex<Option<Dataplane>>>,
 }
 
@@ -21,8 +25,39 @@ impl NodeDataplane {
     pub(crate) fn new(data_root: &std::path::Path) -> Self {
         Self {
             root: data_root.join("netns"),
+            saved: data_root.join("dataplane-state.json"),
             inner: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Applies the last state applied before the daemon stopped, if any, in the background. The
+    /// lock is taken first, so an apply that arrives meanwhile runs after it.
+    pub(crate) async fn restore(&self) {
+        let Ok(state_json) = std::fs::read_to_string(&self.saved) else {
+            return;
+        };
+        let state = match DesiredState::from_json(&state_json) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(path = %self.saved.display(), error = %e, "not restoring the data plane");
+                return;
+            }
+        };
+        let mut guard = self.inner.clone().lock_owned().await;
+        let root = self.root.clone();
+        tokio::spawn(async move {
+            let result = match ensure(&mut guard, &root) {
+                Ok(dp) => dp.apply(&state).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.message().to_owned()),
+            };
+            match result {
+                Ok(applied) => tracing::info!(
+                    changes = applied.changes.len(),
+                    "data plane restored from the last applied state"
+                ),
+                Err(e) => tracing::error!(error = %e, "restoring the data plane"),
+            }
+        });
     }
 
     async fn with<T>(
@@ -40,11 +75,21 @@ impl NodeDataplane {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let inner = self.inner.clone();
         let root = self.root.clone();
+        let saved = self.saved.clone();
+        let state_json = state_json.to_owned();
         tokio::spawn(async move {
             let mut guard = inner.lock_owned().await;
             let dp = ensure(&mut guard, &root)?;
             match dp.apply(&state).await {
-                Ok(applied) => Ok(applied.changes),
+                Ok(applied) => {
+                    save(&saved, &state_json).map_err(|e| {
+                        Status::internal(format!(
+                            "applied, but keeping the state in {} failed: {e}",
+                            saved.display()
+                        ))
+                    })?;
+                    Ok(applied.changes)
+                }
                 Err(e @ ApplyError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
                 Err(e) => Err(Status::internal(e.to_string())),
             }
@@ -138,6 +183,20 @@ impl NodeDataplane {
         })
         .await
     }
+}
+
+/// Writes `text` to `path` atomically and durably (temporary file, fsync, rename).
+fn save(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The data plane, created on first use.

@@ -75,11 +75,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         env!("CARGO_PKG_VERSION")
     );
     let incoming = UnixListenerStream::new(listener);
+    let dataplane = dataplane::NodeDataplane::new(&config.data_root);
+    dataplane.restore().await;
     let served = tonic::transport::Server::builder()
-        .add_service(DaemonServer::new(api::DaemonApi::new(
-            facts,
-            dataplane::NodeDataplane::new(&config.data_root),
-        )))
+        .add_service(DaemonServer::new(api::DaemonApi::new(facts, dataplane)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     drop(socket_file);

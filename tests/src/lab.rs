@@ -488,6 +488,39 @@ impl Lab {
         Ok(pid)
     }
 
+    /// SIGKILLs `host`'s `shoald` and waits until its data root is free (its last thread gone)
+    /// and its socket removed, so [`Lab::spawn_shoald`] can start a new one.
+    pub fn kill_shoald(&self, host: &Host) -> Result<(), LabError> {
+        let marker = format!("--hostname\0{}\0", host.name);
+        let pid = self
+            .pids()
+            .into_iter()
+            .find(|p| {
+                fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.contains("shoald") && format!("{c}\0").contains(&marker))
+            })
+            .ok_or_else(|| LabError::Io {
+                what: format!("finding shoald on {}", host.name),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            })?;
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let pid_path = self.host_dir(host).join("data/shoald.pid");
+        let pid_file =
+            File::open(&pid_path).map_err(io_error(format!("opening {}", pid_path.display())))?;
+        wait_until(
+            &format!("shoald on {} to exit", host.name),
+            Duration::from_secs(20),
+            || Ok(pid_file.try_lock().is_ok()),
+        )
+        .map_err(|e| LabError::Io {
+            what: e,
+            source: io::Error::from(io::ErrorKind::TimedOut),
+        })?;
+        let _ = pid_file.unlock();
+        let _ = fs::remove_file(self.socket(host));
+        Ok(())
+    }
+
     /// Runs `shoal -H <host's socket> args` in `host`'s namespace.
     pub fn shoal(&self, host: &Host, args: &[&str]) -> Result<Output, LabError> {
         let mut command = host.command(binary("shoal")?)?;

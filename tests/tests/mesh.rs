@@ -423,3 +423,38 @@ fn bad_input_is_refused_with_a_clear_error_and_a_service_without_backends_refuse
         "{back:?}"
     );
 }
+
+#[test]
+fn a_restarted_daemon_publishes_its_ports_again_by_itself() {
+    let (mut lab, mesh) = cluster(vec![Service::web("web", PORT, SIX.to_vec())]);
+    let n1 = lab.nodes()[0].clone();
+    lab.kill_shoald(&n1).expect("shoald on n1 killed");
+    // The programs live as long as the daemon: n1's port falls back to its stack, which refuses;
+    // the other nodes go on answering, from tasks on n1 too.
+    let down = ask(&lab, 0, PORT, false, (43_000, 43_000));
+    assert!(
+        matches!(&down[0].1, Err(e) if e.contains("refused")),
+        "{down:?}"
+    );
+    let others = ask(&lab, 1, PORT, false, (43_001, 43_040));
+    assert!(others.iter().all(|(_, a)| a.is_ok()), "{others:?}");
+    assert!(
+        others
+            .iter()
+            .any(|(_, a)| matches!(a.as_deref(), Ok("web1" | "web2"))),
+        "{others:?}"
+    );
+
+    lab.spawn_shoald(&n1).expect("shoald restarts");
+    let back = shoal_tests::wait_until("n1's 8080 again", Duration::from_secs(20), || {
+        let a = ask(&lab, 0, PORT, false, (43_100, 43_100));
+        Ok(matches!(&a[0].1, Ok(n) if n.starts_with("web")))
+    });
+    assert!(back.is_ok(), "{back:?}");
+    let out = apply(&lab, 0, &mesh.state(&lab, 0)).expect("apply runs");
+    assert!(
+        text(&out).contains("nothing changed"),
+        "the restored state is the applied one: {}",
+        text(&out)
+    );
+}
