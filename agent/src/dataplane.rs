@@ -167,6 +167,7 @@ impl NodeDataplane {
                                     "connections": c.connections,
                                     "refused": c.refused,
                                     "dropped": c.dropped,
+                                    "tunneled": c.tunneled,
                                 }),
                             )
                         })

@@ -19,7 +19,9 @@ use shoal_abi::wire::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP};
 use shoal_dataplane::bpf::XdpVerdict;
 use shoal_dataplane::mesh::Mesh;
 use shoal_dataplane::mesh::maglev;
-use shoal_dataplane::mesh::model::{BackendPlan, MeshPlan, PortPlan, Protocol, ServicePlan};
+use shoal_dataplane::mesh::model::{
+    BackendPlan, MeshPlan, PortPlan, Protocol, ServicePlan, TunnelPlan,
+};
 use shoal_dataplane::overlay::model::Mac;
 use support::packets;
 
@@ -40,6 +42,7 @@ fn backend(last: u8) -> BackendPlan {
         task: format!("web.{last}"),
         weight: 1,
         local: last.is_multiple_of(2),
+        vtep: None,
     }
 }
 
@@ -95,6 +98,7 @@ fn plan(web_backends: Vec<BackendPlan>) -> MeshPlan {
         mac: Mac::from_ip(INGRESS_ADDR),
         interfaces: Vec::new(),
         local_addrs: BTreeSet::from([NODE]),
+        tunnel: None,
         services,
     }
 }
@@ -540,4 +544,114 @@ fn an_unpublished_port_stops_at_once_and_a_changed_target_applies_to_existing_co
     let run = mesh.programs().test_run(XDP_MESH, &to_web, 1).expect("run");
     assert_eq!(run.verdict, XdpVerdict::Redirect);
     assert_eq!(read(&run.output).dst.1, 8000);
+}
+
+/// A network namespace of its own for one test, removed on drop (also after a failure).
+struct ScratchNetns {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl ScratchNetns {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("shoal-test-{name}-{}", std::process::id()));
+        let file = shoal_dataplane::overlay::netns::create(&path).expect("a network namespace");
+        Self { path, file }
+    }
+
+    /// Runs `ip ARGS` inside.
+    fn ip(&self, args: &str) {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.path.display()))
+            .arg("ip")
+            .args(args.split_whitespace())
+            .output()
+            .expect("nsenter runs");
+        assert!(
+            out.status.success(),
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for ScratchNetns {
+    fn drop(&mut self) {
+        let _ = shoal_dataplane::overlay::netns::remove(&self.path);
+    }
+}
+
+#[test]
+fn a_remote_backend_gets_the_frame_encapsulated_in_vxlan_to_its_node() {
+    // A namespace where the backend's node (192.0.2.2) is reachable on `data0` with a known
+    // next-hop MAC, and forwarding is on where test packets arrive (the loopback).
+    let ns = ScratchNetns::new("encap");
+    ns.ip("link set lo up");
+    ns.ip("link add data0 type veth peer name data1");
+    ns.ip("link set data0 address 02:00:00:00:da:01");
+    ns.ip("addr add 192.0.2.1/24 dev data0");
+    ns.ip("link set data0 up");
+    ns.ip("link set data1 up");
+    ns.ip("neigh add 192.0.2.2 lladdr 02:00:00:00:da:02 dev data0 nud permanent");
+    let vtep = Ipv4Addr::new(192, 0, 2, 2);
+    let remote: Vec<BackendPlan> = (11..=16)
+        .map(|last| BackendPlan {
+            vtep: Some(vtep),
+            local: false,
+            ..backend(last)
+        })
+        .collect();
+    let mut plan = plan(remote);
+    plan.tunnel = Some(TunnelPlan {
+        local: Ipv4Addr::new(192, 0, 2, 1),
+        port: 4789,
+        vni: 0x01_02_03,
+    });
+    let (verdict, inner, out) = shoal_dataplane::overlay::netns::within(&ns.file, || {
+        std::fs::write("/proc/sys/net/ipv4/conf/lo/forwarding", "1")?;
+        let mut mesh = mesh(&plan);
+        let packet = frame(
+            client(5),
+            (NODE, 8080),
+            IPPROTO_TCP,
+            &[],
+            b"through the tunnel",
+        );
+        let run = mesh.programs().test_run(XDP_MESH, &packet, 1).expect("run");
+        let tunneled = mesh.status().expect("counters")["web"].stats.tunneled;
+        assert_eq!(tunneled, 1);
+        Ok((run.verdict, packet, run.output))
+    })
+    .expect("inside the namespace");
+    assert_eq!(verdict, XdpVerdict::Redirect);
+    assert_eq!(out.len(), inner.len() + abi::TUNNEL_OVERHEAD);
+    // Outer Ethernet: to the next hop, from data0, IPv4.
+    assert_eq!(out[0..6], [2, 0, 0, 0, 0xda, 2]);
+    assert_eq!(out[6..12], [2, 0, 0, 0, 0xda, 1]);
+    assert_eq!(out[12..14], [0x08, 0x00]);
+    // Outer IPv4: valid checksum, UDP, from this node's data address to the backend's node.
+    assert_eq!(csum::compute(&out[14..34]), 0, "outer IPv4 checksum");
+    assert_eq!(out[14], 0x45);
+    assert_eq!(
+        u16::from_be_bytes([out[16], out[17]]) as usize,
+        out.len() - 14
+    );
+    assert_eq!(out[23], IPPROTO_UDP);
+    assert_eq!(out[26..30], [192, 0, 2, 1]);
+    assert_eq!(out[30..34], [192, 0, 2, 2]);
+    // UDP to 4789 from the ephemeral range, length, no checksum; VXLAN with the I flag and VNI.
+    assert!(u16::from_be_bytes([out[34], out[35]]) >= 49_152);
+    assert_eq!(u16::from_be_bytes([out[36], out[37]]), 4789);
+    assert_eq!(
+        u16::from_be_bytes([out[38], out[39]]) as usize,
+        out.len() - 34
+    );
+    assert_eq!(out[40..42], [0, 0]);
+    assert_eq!(out[42..50], [0x08, 0, 0, 0, 0x01, 0x02, 0x03, 0]);
+    // Inside: the frame as the bridge path would have carried it.
+    let seen = read(&out[abi::TUNNEL_OVERHEAD..]);
+    assert_eq!(seen.src.0, INGRESS_ADDR);
+    assert_eq!(seen.dst.1, 80);
+    assert_eq!(seen.dmac, Mac::from_ip(seen.dst.0).0);
+    assert_eq!(seen.smac, Mac::from_ip(INGRESS_ADDR).0);
 }

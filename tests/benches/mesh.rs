@@ -65,6 +65,7 @@ fn test_run_figures() -> BTreeMap<String, f64> {
                 task: format!("web{last}"),
                 weight: 1,
                 local: false,
+                vtep: None,
             }
         })
         .collect();
@@ -75,6 +76,7 @@ fn test_run_figures() -> BTreeMap<String, f64> {
         mac: Mac::from_ip(Ipv4Addr::new(10, 255, 0, 2)),
         interfaces: Vec::new(),
         local_addrs: BTreeSet::from([Ipv4Addr::new(10, 0, 0, 2)]),
+        tunnel: None,
         services: BTreeMap::from([(
             "web".to_owned(),
             ServicePlan {

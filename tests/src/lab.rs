@@ -521,6 +521,12 @@ impl Lab {
         Ok(())
     }
 
+    /// The namespace of the switches (bridges `br-pub` and `br-data`; node `n`'s ports are
+    /// `p-<n>` and `d-<n>`).
+    pub fn switch(&self) -> &str {
+        &self.record.switch
+    }
+
     /// Runs `shoal -H <host's socket> args` in `host`'s namespace.
     pub fn shoal(&self, host: &Host, args: &[&str]) -> Result<Output, LabError> {
         let mut command = host.command(binary("shoal")?)?;

@@ -103,6 +103,21 @@ impl Mesh {
         for name in responders {
             mesh.start(lab, name)?;
         }
+        // The data switch's ports take native XDP redirects (the mesh encapsulates to remote
+        // backends and sends the frames straight out of the data interface), as a NIC does.
+        for node in lab.nodes() {
+            let port = format!("d-{}", node.name);
+            let out = crate::in_netns(lab.switch(), "ethtool")
+                .and_then(|mut c| c.args(["-K", &port, "gro", "on"]).output())
+                .map_err(io_error(format!("ethtool -K {port} gro on")))?;
+            if !out.status.success() {
+                return Err(LabError::Command {
+                    command: format!("ethtool -K {port} gro on (in {})", lab.switch()),
+                    status: out.status.to_string(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+        }
         let hosts: Vec<_> = lab.nodes().iter().chain([lab.client()]).cloned().collect();
         for host in hosts {
             let out = lab.run(&host, "ethtool", &["-K", host.public_if(), "tx", "off"])?;

@@ -154,7 +154,9 @@ fn every_node_answers_and_new_connections_spread_evenly_where_the_model_says() {
         });
     assert!(reached.is_ok(), "{reached:?}");
 
-    // Counters and the attach mode are visible.
+    // Counters and the attach mode are visible; connections to tasks on other nodes went
+    // straight to those nodes, encapsulated in XDP.
+    let mut tunneled = 0;
     for node in 0..3 {
         let v = inspect(&lab, node);
         assert_eq!(v["mesh"]["interfaces"]["eth0"]["xdp"], "native", "{v}");
@@ -162,7 +164,9 @@ fn every_node_answers_and_new_connections_spread_evenly_where_the_model_says() {
         assert_eq!(web["backends"], 6, "{v}");
         assert!(web["connections"].as_u64().unwrap() >= 220, "{v}");
         assert!(web["reply_packets"].as_u64().unwrap() > 0, "{v}");
+        tunneled += web["tunneled"].as_u64().unwrap();
     }
+    assert!(tunneled > 0, "no packet was encapsulated in XDP");
 }
 
 #[test]

@@ -163,8 +163,9 @@ impl Regions {
     }
 }
 
-/// A backend's identity in the maps: its address and MAC on the ingress network.
-type BackendKey = (Ipv4Addr, Mac);
+/// A backend's identity in the maps: its address and MAC on the ingress network, and its node's
+/// data-path address when remote.
+type BackendKey = (Ipv4Addr, Mac, Option<Ipv4Addr>);
 
 /// A table: which backends (with weights), in a region.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,6 +342,13 @@ impl Mesh {
             if self.links.entry.contains_key(name) {
                 continue;
             }
+            // The kernel's FIB lookup, which finds the next hop to a remote backend's node,
+            // answers only on an interface that forwards (Docker enables forwarding host-wide).
+            let forwarding = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
+            std::fs::write(&forwarding, "1").map_err(|source| MeshError::Io {
+                context: format!("enabling IPv4 forwarding on {name} ({forwarding})"),
+                source,
+            })?;
             let (mode, link) = self.attach_xdp(programs::XDP_MESH, name, index)?;
             changes.push(format!("mesh: attached to {name} ({} XDP)", mode.name()));
             self.links
@@ -491,7 +499,12 @@ impl Mesh {
             ingress_addr: abi::addr(plan.addr.octets()),
             ingress_ifindex,
             ingress_mac: plan.mac.0,
-            pad: [0; 2],
+            vxlan_port: plan.tunnel.map_or(0, |t| abi::port(t.port)),
+            data_addr: plan.tunnel.map_or(0, |t| abi::addr(t.local.octets())),
+            vni: plan.tunnel.map_or(0, |t| {
+                let [_, a, b, c] = t.vni.to_be_bytes();
+                u32::from_ne_bytes([a, b, c, 0])
+            }),
         };
         if config != state.config {
             let mut map: Array<&mut MapData, Config> = array(ebpf, abi::CONFIG_MAP)?;
@@ -545,7 +558,7 @@ impl Mesh {
         let wanted_backends: BTreeSet<BackendKey> = plan
             .services
             .values()
-            .flat_map(|s| s.backends.iter().map(|b| (b.addr, b.mac)))
+            .flat_map(|s| s.backends.iter().map(|b| (b.addr, b.mac, b.vtep)))
             .collect();
         {
             let mut backends: Array<&mut MapData, Backend> = array(ebpf, abi::BACKENDS_MAP)?;
@@ -563,6 +576,7 @@ impl Mesh {
                             generation,
                             mac: key.1.0,
                             pad: [0; 2],
+                            vtep: key.2.map_or(0, |v| abi::addr(v.octets())),
                         },
                         0,
                     )
@@ -580,7 +594,7 @@ impl Mesh {
                 }
                 let members: Vec<(BackendKey, u32)> = service
                     .backends_for(host)
-                    .map(|b: &BackendPlan| ((b.addr, b.mac), b.weight))
+                    .map(|b: &BackendPlan| ((b.addr, b.mac, b.vtep), b.weight))
                     .collect();
                 wanted_tables.insert(
                     (name.clone(), host),
@@ -613,7 +627,7 @@ impl Mesh {
                 let keys: Vec<String> = table
                     .members
                     .iter()
-                    .map(|((a, _), _)| a.to_string())
+                    .map(|((a, ..), _)| a.to_string())
                     .collect();
                 let input: Vec<maglev::Backend<'_>> = keys
                     .iter()

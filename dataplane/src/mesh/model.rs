@@ -202,8 +202,22 @@ pub struct MeshPlan {
     pub interfaces: Vec<String>,
     /// Their addresses: the addresses published ports answer on.
     pub local_addrs: BTreeSet<Ipv4Addr>,
+    /// The ingress network's VXLAN, for encapsulating to remote backends right in XDP; `None`
+    /// when its traffic must go through the WireGuard engine (an encrypted ingress network).
+    pub tunnel: Option<TunnelPlan>,
     /// Services, by name.
     pub services: BTreeMap<String, ServicePlan>,
+}
+
+/// The ingress network's VXLAN as seen from this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelPlan {
+    /// This node's data-path address (the outer source).
+    pub local: Ipv4Addr,
+    /// The VXLAN port.
+    pub port: u16,
+    /// The VNI.
+    pub vni: u32,
 }
 
 /// A validated service.
@@ -245,6 +259,8 @@ pub struct BackendPlan {
     pub weight: u32,
     /// Whether it runs on this node.
     pub local: bool,
+    /// Its node's data-path address, when it runs on another node.
+    pub vtep: Option<Ipv4Addr>,
 }
 
 impl ServicePlan {
@@ -283,14 +299,21 @@ pub(crate) fn resolve(
     let addr = spec.ingress.ip.parse::<Ipv4Addr>().ok()?;
     let mac = Mac::from_ip(addr);
 
-    // Who is on the ingress network: local attachments and remote endpoints.
-    let mut on_network: BTreeMap<Ipv4Addr, (Mac, bool)> = BTreeMap::new();
+    // Who is on the ingress network: local attachments and remote endpoints (with their node's
+    // data-path address).
+    let mut on_network: BTreeMap<Ipv4Addr, (Mac, Option<Ipv4Addr>)> = BTreeMap::new();
     for a in net.attachments.values() {
-        on_network.insert(a.addr.addr(), (a.mac, true));
+        on_network.insert(a.addr.addr(), (a.mac, None));
     }
     for (ip, mac) in &net.neigh {
-        on_network.insert(*ip, (*mac, false));
+        let vtep = net.fdb.iter().find(|(m, _)| m == mac).map(|(_, dst)| *dst);
+        on_network.insert(*ip, (*mac, vtep));
     }
+    let tunnel = (!net.device.encrypted).then_some(TunnelPlan {
+        local: net.device.local,
+        port: net.device.port,
+        vni: net.device.vni,
+    });
 
     let interfaces: Vec<String> = match &spec.interfaces {
         Some(names) => {
@@ -386,7 +409,7 @@ pub(crate) fn resolve(
                 );
                 continue;
             };
-            let Some(&(mac, local)) = on_network.get(&ip) else {
+            let Some(&(mac, vtep)) = on_network.get(&ip) else {
                 problems.push(
                     format!("{bat}.ip"),
                     format!(
@@ -415,7 +438,8 @@ pub(crate) fn resolve(
                     mac,
                     task: b.task.clone(),
                     weight: b.weight,
-                    local,
+                    local: vtep.is_none(),
+                    vtep,
                 });
             }
         }
@@ -461,6 +485,7 @@ pub(crate) fn resolve(
         mac,
         interfaces,
         local_addrs,
+        tunnel,
         services,
     })
 }

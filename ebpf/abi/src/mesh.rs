@@ -161,7 +161,36 @@ pub struct Backend {
     pub mac: [u8; 6],
     /// Zero.
     pub pad: [u8; 2],
+    /// Its node's data-path address when it runs on another node and the entry node may
+    /// encapsulate straight to it (0: through the ingress network's bridge).
+    pub vtep: u32,
 }
+
+/// The VXLAN encapsulation a connection to a remote backend gets right in XDP: outer Ethernet,
+/// IPv4, UDP and VXLAN headers, and the interface it leaves by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tunnel {
+    /// Outer source: this node's data-path address.
+    pub saddr: u32,
+    /// Outer destination: the backend's node (0: no encapsulation).
+    pub daddr: u32,
+    /// The data-path interface.
+    pub ifindex: u32,
+    /// The VNI, as the VXLAN header carries it (3 bytes, then a reserved zero).
+    pub vni: u32,
+    /// Outer UDP source port (flow entropy).
+    pub sport: u16,
+    /// Outer UDP destination port (the VXLAN port).
+    pub dport: u16,
+    /// Outer destination MAC (the next hop's).
+    pub dmac: [u8; 6],
+    /// Outer source MAC (the data-path interface's).
+    pub smac: [u8; 6],
+}
+
+/// Bytes the encapsulation adds: Ethernet, IPv4, UDP, VXLAN.
+pub const TUNNEL_OVERHEAD: usize = 14 + 20 + 8 + 8;
 
 /// A packet rewrite: the new addresses and ports, Ethernet addresses and the interface the
 /// packet is redirected to.
@@ -200,6 +229,8 @@ pub struct Conn {
     pub service_generation: u32,
     /// Zero.
     pub pad: u32,
+    /// The encapsulation to the backend's node, when `tunnel.daddr` is set.
+    pub tunnel: Tunnel,
 }
 
 /// The node's place in the ingress network.
@@ -216,8 +247,13 @@ pub struct Config {
     pub ingress_ifindex: u32,
     /// That interface's MAC.
     pub ingress_mac: [u8; 6],
-    /// Zero.
-    pub pad: [u8; 2],
+    /// The ingress network's VXLAN port (0: no encapsulation in XDP, e.g. an encrypted ingress
+    /// network, whose traffic must go through WireGuard).
+    pub vxlan_port: u16,
+    /// This node's data-path address.
+    pub data_addr: u32,
+    /// The ingress network's VNI, as the VXLAN header carries it.
+    pub vni: u32,
 }
 
 /// Where a client flow came from (client-IP mode, backend side).
@@ -251,6 +287,8 @@ pub struct ServiceStats {
     pub refused: u64,
     /// Packets dropped because no translation port was free.
     pub dropped: u64,
+    /// Client packets encapsulated straight to the backend's node (a subset of `packets`).
+    pub tunneled: u64,
 }
 
 impl ServiceStats {
@@ -263,6 +301,7 @@ impl ServiceStats {
         self.connections = self.connections.wrapping_add(other.connections);
         self.refused = self.refused.wrapping_add(other.refused);
         self.dropped = self.dropped.wrapping_add(other.dropped);
+        self.tunneled = self.tunneled.wrapping_add(other.tunneled);
     }
 }
 
@@ -282,6 +321,7 @@ mod pod {
         super::Frontend,
         super::Backend,
         super::Rewrite,
+        super::Tunnel,
         super::Conn,
         super::Config,
         super::Learned,

@@ -7,10 +7,11 @@
 //! the node's — is passed to the kernel untouched, as are truncated or malformed headers.
 
 use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibLookup,
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_NO_COMMON_LRU, BPF_F_PSEUDO_HDR, BPF_NOEXIST, xdp_action,
     },
-    helpers::generated::bpf_redirect,
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -19,8 +20,8 @@ use shoal_abi::{
     mesh::{
         Backend, Config, Conn, FLAG_CLIENT_IP, FlowKey, Frontend, FrontendKey, Learned,
         MAX_BACKENDS, MAX_CONNS, MAX_FRONTENDS, MAX_LEARNED, MAX_LOCAL_ADDRS, MAX_REPLIES,
-        MAX_SERVICES, NAT_PORT_PROBES, Rewrite, ServiceStats, TABLE_CAPACITY, csum, flow_hash,
-        nat_port,
+        MAX_SERVICES, NAT_PORT_PROBES, Rewrite, ServiceStats, TABLE_CAPACITY, TUNNEL_OVERHEAD,
+        Tunnel, csum, flow_hash, nat_port, port,
     },
     wire::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_HLEN, UDP_HLEN},
 };
@@ -211,12 +212,92 @@ fn balance<const L4: usize, const CHECK: usize>(
     l4.write::<2, u16>(rw.dport);
     eth.write::<0, [u8; 6]>(rw.dmac);
     eth.write::<6, [u8; 6]>(rw.smac);
+    let len = packet.len();
     if let Some(s) = stats(rw.service) {
         s.packets += 1;
-        s.bytes += packet.len() as u64;
+        s.bytes += len as u64;
+    }
+    if conn.tunnel.daddr != 0 {
+        if let Some(s) = stats(rw.service) {
+            s.tunneled += 1;
+        }
+        return encapsulate(ctx, &conn.tunnel, len);
     }
     // SAFETY: a plain helper call; it only records where the packet goes.
     unsafe { bpf_redirect(rw.ifindex, 0) as u32 }
+}
+
+/// Wraps the (rewritten) frame of `inner_len` bytes in VXLAN to the backend's node and sends it
+/// out of the data-path interface: the entry node's bridge and VXLAN device are skipped.
+#[inline(always)]
+fn encapsulate(ctx: &XdpContext, t: &Tunnel, inner_len: usize) -> u32 {
+    // SAFETY: a helper call on the context the kernel handed in; it only moves `data`.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(TUNNEL_OVERHEAD as i32)) } != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    let packet = Packet::new(ctx);
+    let Some(h) = packet.header::<TUNNEL_OVERHEAD>(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    h.write::<0, [u8; 6]>(t.dmac);
+    h.write::<6, [u8; 6]>(t.smac);
+    h.write::<12, u16>(ETH_P_IP_RAW);
+    // IPv4: no options, DF clear (as the kernel's VXLAN sends by default), TTL 64, UDP.
+    h.write::<14, [u8; 2]>([0x45, 0]);
+    h.write::<16, u16>(((inner_len + 36) as u16).to_be());
+    h.write::<18, u32>(0);
+    h.write::<22, [u8; 2]>([64, IPPROTO_UDP]);
+    h.write::<24, u16>(0);
+    h.write::<26, u32>(t.saddr);
+    h.write::<30, u32>(t.daddr);
+    let mut sum: u32 = 0;
+    sum += u32::from(h.raw16::<14>()) + u32::from(h.raw16::<16>());
+    sum += u32::from(h.raw16::<18>()) + u32::from(h.raw16::<20>());
+    sum += u32::from(h.raw16::<22>()) + u32::from(h.raw16::<26>());
+    sum += u32::from(h.raw16::<28>()) + u32::from(h.raw16::<30>());
+    sum += u32::from(h.raw16::<32>());
+    h.write::<24, u16>(!csum::fold(sum));
+    // UDP: no checksum (allowed for VXLAN over IPv4), then the VXLAN header (I flag, VNI).
+    h.write::<34, u16>(t.sport);
+    h.write::<36, u16>(t.dport);
+    h.write::<38, u16>(((inner_len + 16) as u16).to_be());
+    h.write::<40, u16>(0);
+    h.write::<42, u32>(u32::from_ne_bytes([0x08, 0, 0, 0]));
+    h.write::<46, u32>(t.vni);
+    // SAFETY: a plain helper call; it only records where the packet goes.
+    unsafe { bpf_redirect(t.ifindex, 0) as u32 }
+}
+
+/// The route and next hop to a backend's node, from the kernel's FIB and neighbour table: the
+/// encapsulation, or `None` (no route or no neighbour entry yet: the bridge path is taken).
+#[inline(always)]
+fn tunnel_to(ctx: &XdpContext, config: &Config, vtep: u32, hash: u32) -> Option<Tunnel> {
+    if vtep == 0 || config.vxlan_port == 0 {
+        return None;
+    }
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
+    let mut fib: FibLookup = unsafe { core::mem::zeroed() };
+    fib.family = 2; // AF_INET
+    fib.l4_protocol = IPPROTO_UDP;
+    fib.dport = config.vxlan_port;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_3.ipv4_src = config.data_addr;
+    fib.__bindgen_anon_4.ipv4_dst = vtep;
+    // SAFETY: the helper reads and fills `fib`, which lives for the call. A lookup as if
+    // forwarding from the interface the packet came in on (the helper requires forwarding to be
+    // enabled there; the mesh enables it on the interfaces it attaches to).
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibLookup>() as i32, 0) };
+    (rc == 0).then_some(Tunnel {
+        saddr: config.data_addr,
+        daddr: vtep,
+        ifindex: fib.ifindex,
+        vni: config.vni,
+        // The ephemeral range, as the kernel's VXLAN picks source ports by flow.
+        sport: port(49_152 | (hash as u16 & 0x3fff)),
+        dport: config.vxlan_port,
+        dmac: fib.dmac,
+        smac: fib.smac,
+    })
 }
 
 /// Whether a connection's backend still holds the ID it was balanced to, and its service is
@@ -321,6 +402,7 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
         generation: backend.generation,
         service_generation: SERVICES.get(frontend.service).copied().unwrap_or_default(),
         pad: 0,
+        tunnel: tunnel_to(ctx, &config, backend.vtep, hash).unwrap_or_default(),
     };
     let _ = CONNS.insert(key, conn, 0);
     if let Some(s) = stats(frontend.service) {
