@@ -655,3 +655,47 @@ fn a_remote_backend_gets_the_frame_encapsulated_in_vxlan_to_its_node() {
     assert_eq!(seen.dmac, Mac::from_ip(seen.dst.0).0);
     assert_eq!(seen.smac, Mac::from_ip(INGRESS_ADDR).0);
 }
+
+#[test]
+fn a_drained_backend_keeps_its_connections_and_gets_no_new_ones() {
+    let first = plan(six());
+    let mut mesh = mesh(&first);
+    let drained = Ipv4Addr::new(10, 255, 0, 13);
+    let to = |i: u16| frame(client(i), (NODE, 8080), IPPROTO_TCP, &[], b"");
+    let mut on_drained = Vec::new();
+    for i in 0..300 {
+        let run = mesh.programs().test_run(XDP_MESH, &to(i), 1).expect("run");
+        if read(&run.output).dst.0 == drained {
+            on_drained.push(i);
+        }
+    }
+    assert!(!on_drained.is_empty());
+
+    let second = plan(
+        six()
+            .into_iter()
+            .map(|b| BackendPlan {
+                weight: if b.addr == drained { 0 } else { 1 },
+                ..b
+            })
+            .collect(),
+    );
+    mesh.program(&second, INGRESS_IFINDEX)
+        .expect("reprogramming");
+    for &i in &on_drained {
+        let run = mesh.programs().test_run(XDP_MESH, &to(i), 1).expect("run");
+        assert_eq!(
+            read(&run.output).dst.0,
+            drained,
+            "flow {i} left the drained backend"
+        );
+    }
+    for i in 1000..1300 {
+        let run = mesh.programs().test_run(XDP_MESH, &to(i), 1).expect("run");
+        assert_ne!(
+            read(&run.output).dst.0,
+            drained,
+            "new flow {i} sent to a drained backend"
+        );
+    }
+}

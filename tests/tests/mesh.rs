@@ -372,6 +372,16 @@ fn bad_input_is_refused_with_a_clear_error_and_a_service_without_backends_refuse
             "101 slots are too few for 6 running backends",
         ),
         (
+            "the VXLAN port published",
+            with(&|s| s["mesh"]["services"][0]["ports"][1]["published"] = json!(4789)),
+            "4789/udp carries this node's overlay traffic",
+        ),
+        (
+            "the loopback as a public interface",
+            with(&|s| s["mesh"]["interfaces"] = json!(["lo"])),
+            "\"lo\" cannot carry published ports",
+        ),
+        (
             "an unknown field",
             with(&|s| s["mesh"]["services"][0]["replicas"] = json!(3)),
             "unknown field `replicas`",

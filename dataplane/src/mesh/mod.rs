@@ -430,7 +430,12 @@ impl Mesh {
             context: "entering the ingress network's namespace".into(),
             source,
         })?;
-        result.unwrap_or_else(|| Err(MeshError::Full("namespace switch did not run".into())))
+        result.unwrap_or_else(|| {
+            Err(MeshError::Io {
+                context: "running in the ingress network's namespace".into(),
+                source: io::Error::other("the namespace switch did not run the operation"),
+            })
+        })
     }
 
     /// Attaches an XDP program natively, or generically if the driver cannot.
@@ -505,8 +510,19 @@ impl Mesh {
                 let [_, a, b, c] = t.vni.to_be_bytes();
                 u32::from_ne_bytes([a, b, c, 0])
             }),
+            epoch: 0,
+        };
+        // A new epoch whenever it changes: connections made under the old one (their ingress
+        // interface, their encapsulation) are re-balanced at their next packet.
+        let config = Config {
+            epoch: state.config.epoch,
+            ..config
         };
         if config != state.config {
+            let config = Config {
+                epoch: state.config.epoch.wrapping_add(1),
+                ..config
+            };
             let mut map: Array<&mut MapData, Config> = array(ebpf, abi::CONFIG_MAP)?;
             map.set(0, config, 0).map_err(map_err(abi::CONFIG_MAP))?;
             state.config = config;
@@ -616,14 +632,6 @@ impl Mesh {
                     table.region = old.region;
                     continue;
                 }
-                if table.members.is_empty() {
-                    changes.push(format!(
-                        "mesh: service {} has no running backend{}",
-                        key.0,
-                        if key.1 { " on this node" } else { "" }
-                    ));
-                    continue;
-                }
                 let keys: Vec<String> = table
                     .members
                     .iter()
@@ -639,6 +647,16 @@ impl Mesh {
                     .collect();
                 let slots = maglev::build(&input, table.size)
                     .map_err(|e| MeshError::Full(format!("service {}: {e}", key.0)))?;
+                // No running backend, or only drained ones (weight 0): new connections are
+                // refused; established ones to drained backends go on.
+                if slots.is_empty() {
+                    changes.push(format!(
+                        "mesh: service {} has no running backend{} taking new connections",
+                        key.0,
+                        if key.1 { " on this node" } else { "" }
+                    ));
+                    continue;
+                }
                 let region = state.regions.allocate(table.size, now).ok_or_else(|| {
                     MeshError::Full(format!(
                         "no room for service {}'s table of {} slots ({TABLE_CAPACITY} in all)",

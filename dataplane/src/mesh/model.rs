@@ -24,6 +24,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use shoal_abi::mesh as abi;
+
 use super::maglev::{self, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, SLOTS_PER_BACKEND};
 use crate::overlay::layout::Layout;
 use crate::overlay::model::{Host, Mac, Problems};
@@ -286,6 +288,7 @@ pub(crate) fn resolve(
     spec: &MeshSpec,
     layout: &Layout,
     host: &Host,
+    reserved_udp: &[u16],
     problems: &mut Problems,
 ) -> Option<MeshPlan> {
     let before = problems.len();
@@ -318,7 +321,12 @@ pub(crate) fn resolve(
     let interfaces: Vec<String> = match &spec.interfaces {
         Some(names) => {
             for (i, name) in names.iter().enumerate() {
-                if !host.interfaces.iter().any(|h| &h.name == name) {
+                if name == "lo" || name == INGRESS_INTERFACE {
+                    problems.push(
+                        format!("mesh.interfaces[{i}]"),
+                        format!("{name:?} cannot carry published ports: name public interfaces"),
+                    );
+                } else if !host.interfaces.iter().any(|h| &h.name == name) {
                     problems.push(
                         format!("mesh.interfaces[{i}]"),
                         format!("this node has no interface {name:?}"),
@@ -364,6 +372,15 @@ pub(crate) fn resolve(
             let (Some(published_port), Some(target)) = (published_port, target) else {
                 continue;
             };
+            if p.protocol == Protocol::Udp && reserved_udp.contains(&published_port) {
+                problems.push(
+                    format!("{pat}.published"),
+                    format!(
+                        "{published_port}/udp carries this node's overlay traffic (VXLAN or WireGuard) and cannot be published"
+                    ),
+                );
+                continue;
+            }
             if let Some(other) =
                 published.insert((p.protocol, published_port), format!("{at} ({:?})", s.name))
             {
@@ -432,7 +449,8 @@ pub(crate) fn resolve(
                 );
                 continue;
             }
-            if b.state == TaskState::Running && b.weight > 0 {
+            // Weight 0 drains: the backend keeps its ID (its connections stay) but gets no slot.
+            if b.state == TaskState::Running {
                 backends.push(BackendPlan {
                     addr: ip,
                     mac,
@@ -445,7 +463,8 @@ pub(crate) fn resolve(
         }
         backends.sort();
         let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
-        let needed = u32::try_from(backends.len())
+        let weighted = backends.iter().filter(|b| b.weight > 0).count();
+        let needed = u32::try_from(weighted)
             .unwrap_or(u32::MAX)
             .saturating_mul(SLOTS_PER_BACKEND);
         if !maglev::is_prime(table_size) {
@@ -462,8 +481,7 @@ pub(crate) fn resolve(
             problems.push(
                 format!("{at}.table_size"),
                 format!(
-                    "{table_size} slots are too few for {} running backends: at least {SLOTS_PER_BACKEND} per backend ({needed}); try {}",
-                    backends.len(),
+                    "{table_size} slots are too few for {weighted} running backends: at least {SLOTS_PER_BACKEND} per backend ({needed}); try {}",
                     maglev::next_prime(needed.min(MAX_TABLE_SIZE)),
                 ),
             );
@@ -477,6 +495,51 @@ pub(crate) fn resolve(
                 backends,
             },
         );
+    }
+    // The maps' limits, so that a state either fits or is refused before anything changes.
+    let mut limits = vec![
+        (
+            "mesh.services",
+            services.len(),
+            abi::MAX_SERVICES as usize,
+            "services",
+        ),
+        (
+            "mesh.services",
+            published.len(),
+            abi::MAX_FRONTENDS as usize,
+            "published ports",
+        ),
+    ];
+    if spec.interfaces.is_some() || !local_addrs.is_empty() {
+        limits.push((
+            "mesh.interfaces",
+            local_addrs.len(),
+            abi::MAX_LOCAL_ADDRS as usize,
+            "addresses on the mesh's interfaces",
+        ));
+    }
+    // Every table twice over: a changed table is written beside the one in use.
+    let slots: usize = services
+        .values()
+        .map(|s| {
+            let tables = [false, true]
+                .iter()
+                .filter(|host| s.ports.iter().any(|p| p.host == **host))
+                .count();
+            tables * s.table_size as usize * 2
+        })
+        .sum();
+    limits.push((
+        "mesh.services",
+        slots,
+        abi::TABLE_CAPACITY as usize,
+        "Maglev table slots (each table counted twice, for its replacement)",
+    ));
+    for (field, count, max, what) in limits {
+        if count > max {
+            problems.push(field, format!("{count} {what}: at most {max}"));
+        }
     }
     (problems.len() == before).then_some(MeshPlan {
         network: network.to_owned(),

@@ -786,10 +786,10 @@ impl DesiredState {
         }
 
         // The routing mesh.
-        let mesh = self
-            .mesh
-            .as_ref()
-            .and_then(|m| mesh::model::resolve(m, &layout, host, &mut problems));
+        let mesh = self.mesh.as_ref().and_then(|m| {
+            let reserved = [self.data_path.port, self.data_path.wireguard_port];
+            mesh::model::resolve(m, &layout, host, &reserved, &mut problems)
+        });
 
         // WireGuard.
         let encrypted = layout.networks.values().any(|n| n.device.encrypted);

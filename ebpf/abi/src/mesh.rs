@@ -227,8 +227,8 @@ pub struct Conn {
     pub generation: u32,
     /// The service's generation ([`SERVICES_MAP`]) when the connection was made.
     pub service_generation: u32,
-    /// Zero.
-    pub pad: u32,
+    /// [`Config::epoch`] when the connection was made.
+    pub config_epoch: u32,
     /// The encapsulation to the backend's node, when `tunnel.daddr` is set.
     pub tunnel: Tunnel,
 }
@@ -254,6 +254,9 @@ pub struct Config {
     pub data_addr: u32,
     /// The ingress network's VNI, as the VXLAN header carries it.
     pub vni: u32,
+    /// Bumped whenever the rest changes: connections remember it and are re-balanced when it no
+    /// longer matches.
+    pub epoch: u32,
 }
 
 /// Where a client flow came from (client-IP mode, backend side).

@@ -308,6 +308,7 @@ fn still_valid(conn: &Conn) -> bool {
         .get(conn.backend)
         .is_some_and(|b| b.generation == conn.generation)
         && SERVICES.get(conn.rewrite.service) == Some(&conn.service_generation)
+        && CONFIG.get(0).is_some_and(|c| c.epoch == conn.config_epoch)
 }
 
 /// The key a backend's reply to `rewrite`'s packets carries.
@@ -384,10 +385,11 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
         for probe in 0..NAT_PORT_PROBES {
             rewrite.sport = nat_port(hash, probe);
             let flags = u64::from(BPF_NOEXIST);
-            if REPLIES
-                .insert(reply_key(&rewrite, key.proto), reply, flags)
-                .is_ok()
-            {
+            let reply_key = reply_key(&rewrite, key.proto);
+            // Free, or already this very flow's (its connection entry was forgotten first).
+            let taken = REPLIES.insert(reply_key, reply, flags).is_err();
+            // SAFETY: compared at once.
+            if !taken || unsafe { REPLIES.get(reply_key) } == Some(&reply) {
                 translated = true;
                 break;
             }
@@ -401,7 +403,7 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
         backend: id,
         generation: backend.generation,
         service_generation: SERVICES.get(frontend.service).copied().unwrap_or_default(),
-        pad: 0,
+        config_epoch: config.epoch,
         tunnel: tunnel_to(ctx, &config, backend.vtep, hash).unwrap_or_default(),
     };
     let _ = CONNS.insert(key, conn, 0);
