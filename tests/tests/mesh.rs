@@ -472,3 +472,32 @@ fn a_restarted_daemon_publishes_its_ports_again_by_itself() {
         text(&out)
     );
 }
+
+#[test]
+fn an_interface_without_native_xdp_gets_generic_mode_and_says_so() {
+    let (lab, mesh) = cluster(vec![Service::web("web", PORT, SIX.to_vec())]);
+    let n1 = lab.nodes()[0].clone();
+    // A bridge has no native XDP support.
+    for args in [
+        vec!["link", "add", "brx", "type", "bridge"],
+        vec!["addr", "add", "192.0.2.1/24", "dev", "brx"],
+        vec!["link", "set", "brx", "up"],
+    ] {
+        let out = lab.run(&n1, "ip", &args).expect("ip runs");
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let mut state = mesh.state(&lab, 0);
+    state["mesh"]["interfaces"] = json!(["eth0", "brx"]);
+    let out = apply(&lab, 0, &state).expect("apply runs");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("mesh: attached to brx (generic XDP)"),
+        "{}",
+        text(&out)
+    );
+    let v = inspect(&lab, 0);
+    assert_eq!(v["mesh"]["interfaces"]["brx"]["xdp"], "generic", "{v}");
+    assert_eq!(v["mesh"]["interfaces"]["eth0"]["xdp"], "native", "{v}");
+    let answers = ask(&lab, 0, PORT, false, (44_000, 44_009));
+    assert!(answers.iter().all(|(_, a)| a.is_ok()), "{answers:?}");
+}
