@@ -9,8 +9,10 @@
 //!        └── CA: root at `swarm init`, node certificates, join tokens
 //! ```
 //!
-//! This crate is empty on purpose until the control-plane issue lands (Control plane I: raft
-//! store, CA and join tokens, membership); its API types already live in `control/api`
-//! (`shoal-api`), which the CLI uses on its own. The layout it will follow is SwarmKit's:
-//! `store` (typed objects, `view`/`update` transactions, watches from an index), `raft`,
-//! `ca`, `orchestrator`, `scheduler`, `allocator`, `dispatcher`, `api`.
+//! What exists so far: [`ca`], the root CA, node certificates and join tokens (generation,
+//! parsing, signing). The rest lands with the control-plane issue (Control plane I: raft store,
+//! membership, liveness); its API types already live in `control/api` (`shoal-api`). The layout
+//! it follows is SwarmKit's: `store` (typed objects, `view`/`update` transactions, watches from an
+//! index), `raft`, `ca`, `orchestrator`, `scheduler`, `allocator`, `dispatcher`, `api`.
+
+pub mod ca;

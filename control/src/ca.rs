@@ -1,0 +1,427 @@
+//! The cluster's certificate authority and join tokens, as SwarmKit has them.
+//!
+//! - The root CA is ECDSA P-256, valid 20 years, with common name `swarm-ca`.
+//! - Node certificates carry the node ID (CN), its role (OU: `swarm-manager` or `swarm-worker`)
+//!   and the cluster ID (O). They are valid 90 days by default and backdated 1 hour.
+//! - A join token is `SWMTKN-1-<digest>-<secret>`:
+//!   - the digest is the SHA-256 of the root certificate (DER), in base 36, 50 digits;
+//!   - the secret is 16 random bytes, in base 36, 25 digits.
+//!
+//!   A joining node checks the manager's CA against the digest before it sends anything. The
+//!   secret says which role it may join as.
+//!
+//! This module is the pure part: generation, parsing and signing. Who holds the key, and where
+//! tokens are checked, belongs to the managers' API.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+use sha2::{Digest, Sha256};
+
+/// The root CA's common name (SwarmKit's).
+pub const ROOT_CN: &str = "swarm-ca";
+/// How long the root CA is valid.
+pub const ROOT_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
+/// How long a node certificate is valid by default (2160 h, SwarmKit's).
+pub const NODE_VALIDITY: Duration = Duration::from_secs(2160 * 3600);
+/// Certificates start this long before they are issued (clock skew between nodes).
+pub const BACKDATE: Duration = Duration::from_secs(3600);
+/// A join token's prefix and version.
+pub const TOKEN_PREFIX: &str = "SWMTKN-1-";
+/// Base-36 digits of a token's CA digest (a 256-bit number).
+pub const DIGEST_DIGITS: usize = 50;
+/// Base-36 digits of a token's secret (a 128-bit number).
+pub const SECRET_DIGITS: usize = 25;
+
+/// What can go wrong with the CA, a certificate or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Generating, parsing or signing failed.
+    #[error("{what}: {source}")]
+    Crypto {
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The system's random source failed.
+    #[error("reading random bytes: {0}")]
+    Random(String),
+    /// Text that should hold a PEM certificate does not.
+    #[error("not a PEM certificate: {0}")]
+    Pem(&'static str),
+    /// A join token that is not one.
+    #[error(
+        "invalid join token: {0} (a token looks like SWMTKN-1-<50 base-36 digits>-<25 base-36 digits>)"
+    )]
+    Token(String),
+}
+
+fn crypto(what: &'static str) -> impl FnOnce(rcgen::Error) -> CaError {
+    move |source| CaError::Crypto { what, source }
+}
+
+/// A node's role, as its certificate carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A manager: raft member, control API.
+    Manager,
+    /// A worker: runs tasks, nothing more.
+    Worker,
+}
+
+impl Role {
+    /// The certificate's organisational unit for this role (SwarmKit's names).
+    pub const fn unit(self) -> &'static str {
+        match self {
+            Self::Manager => "swarm-manager",
+            Self::Worker => "swarm-worker",
+        }
+    }
+}
+
+/// Who a node certificate is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// The node's ID (the certificate's CN).
+    pub node_id: String,
+    /// Its role (OU).
+    pub role: Role,
+    /// The cluster's ID (O).
+    pub cluster_id: String,
+}
+
+/// The cluster's root CA: its certificate and its private key.
+pub struct RootCa {
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    key: KeyPair,
+}
+
+impl fmt::Debug for RootCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("RootCa")
+            .field("digest", &self.digest())
+            .finish_non_exhaustive()
+    }
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + lifetime;
+}
+
+impl RootCa {
+    /// A new root CA.
+    pub fn generate() -> Result<Self, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(crypto("generating the root key"))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, ROOT_CN);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, ROOT_VALIDITY);
+        let cert = params
+            .self_signed(&key)
+            .map_err(crypto("signing the root certificate"))?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key,
+        })
+    }
+
+    /// The CA from its certificate and key, as PEM.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(crypto("reading the root key"))?;
+        let der = cert_der(cert_pem)?;
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            cert_der: der,
+            key,
+        })
+    }
+
+    /// The root certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The private key, PEM (to keep it, encrypted, in the store).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// The root certificate's digest as join tokens carry it.
+    pub fn digest(&self) -> String {
+        digest_of(&self.cert_der)
+    }
+
+    /// Signs a node's certificate request. The identity comes from the CA, not the request:
+    /// only the request's public key is used.
+    pub fn sign(
+        &self,
+        csr_pem: &str,
+        node: &NodeIdentity,
+        lifetime: Duration,
+    ) -> Result<String, CaError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(crypto("reading the certificate request"))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, node.node_id.as_str());
+        dn.push(DnType::OrganizationalUnitName, node.role.unit());
+        dn.push(DnType::OrganizationName, node.cluster_id.as_str());
+        csr.params.distinguished_name = dn;
+        csr.params.is_ca = IsCa::NoCa;
+        csr.params.subject_alt_names = Vec::new();
+        csr.params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        csr.params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        validity(&mut csr.params, lifetime);
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)
+            .map_err(crypto("reading the root certificate"))?;
+        let cert = csr
+            .signed_by(&issuer)
+            .map_err(crypto("signing the node certificate"))?;
+        Ok(cert.pem())
+    }
+}
+
+/// The DER of the first certificate in `pem`, checked to parse as a certificate.
+fn cert_der(pem: &str) -> Result<Vec<u8>, CaError> {
+    use base64::Engine as _;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    if body.is_empty() {
+        return Err(CaError::Pem("no BEGIN CERTIFICATE block"));
+    }
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| CaError::Pem("the block is not base64"))?;
+    x509_parser::parse_x509_certificate(&der)
+        .map_err(|_| CaError::Pem("the block is not an X.509 certificate"))?;
+    Ok(der)
+}
+
+/// A new key pair and certificate request for a node (the key stays with the node).
+pub fn node_request() -> Result<(String, String), CaError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(crypto("generating the node key"))?;
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(crypto("making the certificate request"))?;
+    let pem = csr
+        .pem()
+        .map_err(crypto("encoding the certificate request"))?;
+    Ok((pem, key.serialize_pem()))
+}
+
+/// `bytes` as a big-endian number, in base 36 (digits then lower-case letters), left-padded
+/// with zeros to `width` digits.
+fn base36(bytes: &[u8], width: usize) -> String {
+    let mut number = bytes.to_vec();
+    let mut digits = Vec::new();
+    while number.iter().any(|&b| b != 0) {
+        let mut remainder: u32 = 0;
+        for byte in number.iter_mut() {
+            let value = (remainder << 8) | u32::from(*byte);
+            *byte = (value / 36) as u8;
+            remainder = value % 36;
+        }
+        digits.push(char::from_digit(remainder, 36).unwrap_or('0'));
+    }
+    while digits.len() < width {
+        digits.push('0');
+    }
+    digits.iter().rev().collect()
+}
+
+/// The digest join tokens carry for a root certificate (DER).
+pub fn digest_of(cert_der: &[u8]) -> String {
+    base36(&Sha256::digest(cert_der), DIGEST_DIGITS)
+}
+
+/// A join token: the digest of the CA to trust, and the secret of a role.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    /// The root CA's digest.
+    pub digest: String,
+    /// The secret.
+    pub secret: String,
+}
+
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret is a credential: never in logs.
+        f.debug_struct("JoinToken")
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JoinToken {
+    /// A new token for `ca` with a fresh random secret.
+    pub fn generate(ca: &RootCa) -> Result<Self, CaError> {
+        let mut secret = [0_u8; 16];
+        getrandom::getrandom(&mut secret).map_err(|e| CaError::Random(e.to_string()))?;
+        Ok(Self {
+            digest: ca.digest(),
+            secret: base36(&secret, SECRET_DIGITS),
+        })
+    }
+}
+
+impl fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{TOKEN_PREFIX}{}-{}", self.digest, self.secret)
+    }
+}
+
+impl FromStr for JoinToken {
+    type Err = CaError;
+
+    fn from_str(token: &str) -> Result<Self, CaError> {
+        let token = token.trim();
+        let Some(rest) = token.strip_prefix("SWMTKN-") else {
+            return Err(CaError::Token("it does not start with SWMTKN-".into()));
+        };
+        let Some(rest) = rest.strip_prefix("1-") else {
+            let version = rest.split('-').next().unwrap_or_default();
+            return Err(CaError::Token(format!(
+                "version {version:?} is not supported (only 1)"
+            )));
+        };
+        let parts: Vec<&str> = rest.split('-').collect();
+        let [digest, secret] = parts[..] else {
+            return Err(CaError::Token(format!(
+                "expected two parts after SWMTKN-1-, found {}",
+                parts.len()
+            )));
+        };
+        let base36_digits = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+        };
+        for (what, part, digits) in [
+            ("CA digest", digest, DIGEST_DIGITS),
+            ("secret", secret, SECRET_DIGITS),
+        ] {
+            if part.len() != digits || !base36_digits(part) {
+                return Err(CaError::Token(format!(
+                    "its {what} must be {digits} base-36 digits (0-9, a-z), not {} characters",
+                    part.len()
+                )));
+            }
+        }
+        Ok(Self {
+            digest: digest.to_owned(),
+            secret: secret.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base36_pads_and_converts() {
+        assert_eq!(base36(&[0], 3), "000");
+        assert_eq!(base36(&[35], 1), "z");
+        assert_eq!(base36(&[1, 0], 4), "0074"); // 256 = 7*36 + 4
+        assert_eq!(
+            base36(&[0xff; 32], 0).len(),
+            DIGEST_DIGITS,
+            "2^256 - 1 has 50 digits"
+        );
+        assert_eq!(
+            base36(&[0xff; 16], 0).len(),
+            SECRET_DIGITS,
+            "2^128 - 1 has 25 digits"
+        );
+    }
+
+    #[test]
+    fn tokens_round_trip_and_name_what_is_wrong() {
+        let ca = RootCa::generate().expect("a CA");
+        let token = JoinToken::generate(&ca).expect("a token");
+        let text = token.to_string();
+        assert!(text.starts_with("SWMTKN-1-"));
+        assert_eq!(text.len(), 9 + 50 + 1 + 25);
+        assert_eq!(text.parse::<JoinToken>().expect("parses"), token);
+        assert_eq!(token.digest, ca.digest());
+        let cases = [
+            ("nonsense", "does not start with SWMTKN-"),
+            ("SWMTKN-2-abc-def", "version \"2\" is not supported"),
+            ("SWMTKN-1-abc", "expected two parts"),
+            (
+                &text[..text.len() - 1],
+                "its secret must be 25 base-36 digits",
+            ),
+            (
+                &text.replacen("SWMTKN-1-", "SWMTKN-1-X", 1)[..],
+                "its CA digest must be 50",
+            ),
+        ];
+        for (input, message) in cases {
+            let err = input.parse::<JoinToken>().expect_err(input).to_string();
+            assert!(err.contains(message), "{input}: {err}");
+            assert!(err.starts_with("invalid join token"), "{err}");
+        }
+        assert!(
+            !format!("{token:?}").contains(&token.secret),
+            "the secret stays out of logs"
+        );
+    }
+
+    #[test]
+    fn node_certificates_carry_the_identity_the_ca_gives_and_chain_to_the_root() {
+        let ca = RootCa::generate().expect("a CA");
+        let (csr, _key) = node_request().expect("a request");
+        let node = NodeIdentity {
+            node_id: "n0d3id".into(),
+            role: Role::Manager,
+            cluster_id: "c1u5t3r".into(),
+        };
+        let pem = ca.sign(&csr, &node, NODE_VALIDITY).expect("signed");
+        let der = cert_der(&pem).expect("a certificate");
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parses");
+        let subject = cert.subject().to_string();
+        for part in ["CN=n0d3id", "OU=swarm-manager", "O=c1u5t3r"] {
+            assert!(subject.contains(part), "{subject}");
+        }
+        assert_eq!(cert.issuer().to_string(), "CN=swarm-ca");
+        let ca_der = cert_der(ca.cert_pem()).expect("the root");
+        let (_, root) = x509_parser::parse_x509_certificate(&ca_der).expect("parses");
+        cert.verify_signature(Some(root.public_key()))
+            .expect("signed by the root CA");
+        let lifetime =
+            cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert_eq!(lifetime, (NODE_VALIDITY + BACKDATE).as_secs() as i64);
+        // Reloaded from PEM, the CA is the same CA.
+        let again = RootCa::from_pem(ca.cert_pem(), &ca.key_pem()).expect("reloads");
+        assert_eq!(again.digest(), ca.digest());
+    }
+}
