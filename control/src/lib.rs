@@ -11,10 +11,12 @@
 //!
 //! What exists so far: [`ca`], the root CA, node certificates and join tokens (generation,
 //! parsing, signing); [`store`], the typed object store (versions are raft indices, stale
-//! writes refused, watches from an index), not yet fed by raft. The rest lands with the control-plane issue (Control plane I: raft store,
+//! writes refused, watches from an index), not yet fed by raft; [`addr`], how `--advertise-addr`,
+//! `--listen-addr` and `--data-path-addr` resolve. The rest lands with the control-plane issue (Control plane I: raft store,
 //! membership, liveness); its API types already live in `control/api` (`shoal-api`). The layout
 //! it follows is SwarmKit's: `store` (typed objects, `view`/`update` transactions, watches from an
 //! index), `raft`, `ca`, `orchestrator`, `scheduler`, `allocator`, `dispatcher`, `api`.
 
+pub mod addr;
 pub mod ca;
 pub mod store;
