@@ -5,7 +5,7 @@ use std::time::Duration;
 use aya::{
     Ebpf, EbpfError,
     maps::{MapError, PerCpuArray},
-    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 use shoal_abi::parse::{self, ParseStats};
 
@@ -85,6 +85,28 @@ pub struct XdpRun {
     pub per_run: Duration,
 }
 
+/// BPF_PROG_TEST_RUN of program `name` (run by `run`) on `packet`, `repeat` times (at least
+/// once): the kernel's result and the packet as the program left it.
+fn run_once(
+    name: &'static str,
+    packet: &[u8],
+    repeat: u32,
+    run: impl FnOnce(TestRunOptions<'_>) -> Result<TestRunResult, ProgramError>,
+) -> Result<(TestRunResult, Vec<u8>), BpfError> {
+    // A program may grow a packet by its tailroom; leave room for what the kernel hands back.
+    let mut output = vec![0_u8; packet.len() + 4096];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(packet);
+    opts.data_out = Some(&mut output);
+    opts.repeat = repeat.max(1);
+    let result = run(opts).map_err(|source| BpfError::Program {
+        name,
+        source: Box::new(source),
+    })?;
+    output.truncate(result.data_size_out as usize);
+    Ok((result, output))
+}
+
 /// The loaded object: its maps exist in the kernel; each program is verified and loaded on first
 /// use. Dropping it unloads everything it loaded (nothing is pinned).
 #[derive(Debug)]
@@ -155,20 +177,8 @@ impl Programs {
         packet: &[u8],
         repeat: u32,
     ) -> Result<XdpRun, BpfError> {
-        // XDP may grow a packet by its tailroom; leave room for what the kernel can hand back.
-        let mut output = vec![0_u8; packet.len() + 4096];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut output);
-        opts.repeat = repeat.max(1);
-        let result = self
-            .xdp(name)?
-            .test_run(opts)
-            .map_err(|source| BpfError::Program {
-                name,
-                source: Box::new(source),
-            })?;
-        output.truncate(result.data_size_out as usize);
+        let xdp: &Xdp = self.xdp(name)?;
+        let (result, output) = run_once(name, packet, repeat, |opts| xdp.test_run(opts))?;
         Ok(XdpRun {
             verdict: result.return_value.into(),
             output,
@@ -183,18 +193,8 @@ impl Programs {
         name: &'static str,
         packet: &[u8],
     ) -> Result<(i32, Vec<u8>), BpfError> {
-        let mut output = vec![0_u8; packet.len() + 4096];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut output);
-        let result = self
-            .tc(name)?
-            .test_run(opts)
-            .map_err(|source| BpfError::Program {
-                name,
-                source: Box::new(source),
-            })?;
-        output.truncate(result.data_size_out as usize);
+        let tc: &SchedClassifier = self.tc(name)?;
+        let (result, output) = run_once(name, packet, 1, |opts| tc.test_run(opts))?;
         Ok((result.return_value as i32, output))
     }
 

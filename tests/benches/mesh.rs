@@ -279,9 +279,7 @@ fn main() {
         ..LabSpec::nodes(3)
     })
     .expect("lab up");
-    for node in lab.nodes().to_vec() {
-        lab.spawn_shoald(&node).expect("shoald starts");
-    }
+    lab.spawn_shoald_all().expect("shoald starts in every node");
     let tasks: Vec<(&'static str, usize, u8)> = BACKENDS
         .iter()
         .enumerate()

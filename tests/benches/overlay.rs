@@ -26,9 +26,7 @@ fn main() {
         ..LabSpec::nodes(2)
     })
     .expect("lab up");
-    for node in lab.nodes().to_vec() {
-        lab.spawn_shoald(&node).expect("shoald starts");
-    }
+    lab.spawn_shoald_all().expect("shoald starts in every node");
     let o = Overlay::new(
         &lab,
         plain_and_secret(),

@@ -452,6 +452,14 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Starts `shoald` in every node, as [`Lab::spawn_shoald`] does.
+    pub fn spawn_shoald_all(&mut self) -> Result<(), LabError> {
+        for node in self.nodes().to_vec() {
+            self.spawn_shoald(&node)?;
+        }
+        Ok(())
+    }
+
     /// Starts `shoald` in `host`'s namespace with its own data root, socket and log under
     /// [`Lab::host_dir`], and waits until it accepts connections.
     pub fn spawn_shoald(&mut self, host: &Host) -> Result<u32, LabError> {
@@ -688,6 +696,15 @@ pub(crate) fn run_checked(command: &mut Command) -> Result<(), LabError> {
         .output()
         .map_err(io_error(format!("running {command:?}")))?;
     succeeded(format!("{command:?}"), &output)
+}
+
+/// A command's standard output then its standard error, as text (for assertion messages).
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 fn succeeded(command: String, output: &Output) -> Result<(), LabError> {

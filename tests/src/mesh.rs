@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::lab::{binary, io_error};
+use crate::lab::{binary, io_error, run_checked};
 use crate::overlay::{Net, Overlay, Task, apply_each};
 use crate::{Lab, LabError, wait_until};
 
@@ -107,27 +107,16 @@ impl Mesh {
         // backends and sends the frames straight out of the data interface), as a NIC does.
         for node in lab.nodes() {
             let port = format!("d-{}", node.name);
-            let out = crate::in_netns(lab.switch(), "ethtool")
-                .and_then(|mut c| c.args(["-K", &port, "gro", "on"]).output())
-                .map_err(io_error(format!("ethtool -K {port} gro on")))?;
-            if !out.status.success() {
-                return Err(LabError::Command {
-                    command: format!("ethtool -K {port} gro on (in {})", lab.switch()),
-                    status: out.status.to_string(),
-                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-                });
-            }
+            let mut ethtool = crate::in_netns(lab.switch(), "ethtool")
+                .map_err(io_error(format!("entering {}", lab.switch())))?;
+            run_checked(ethtool.args(["-K", &port, "gro", "on"]))?;
         }
         let hosts: Vec<_> = lab.nodes().iter().chain([lab.client()]).cloned().collect();
         for host in hosts {
-            let out = lab.run(&host, "ethtool", &["-K", host.public_if(), "tx", "off"])?;
-            if !out.status.success() {
-                return Err(LabError::Command {
-                    command: format!("ethtool -K {} tx off (in {})", host.public_if(), host.name),
-                    status: out.status.to_string(),
-                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-                });
-            }
+            run_checked(
+                host.command("ethtool")?
+                    .args(["-K", host.public_if(), "tx", "off"]),
+            )?;
         }
         Ok(mesh)
     }

@@ -6,10 +6,8 @@ use shoal_tests::{Lab, LabSpec};
 #[test]
 fn every_node_runs_shoald_and_shoal_info_answers_from_it() {
     let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab up");
+    lab.spawn_shoald_all().expect("shoald starts in every node");
     let nodes = lab.nodes().to_vec();
-    for node in &nodes {
-        lab.spawn_shoald(node).expect("shoald starts");
-    }
     for node in &nodes {
         let out = lab.shoal(node, &["info"]).unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);

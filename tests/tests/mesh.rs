@@ -12,7 +12,7 @@ use shoal_abi::mesh::{self as abi, FlowKey, flow_hash};
 use shoal_dataplane::mesh::maglev;
 use shoal_tests::mesh::{INGRESS, Mesh, Service, TaskSpec, answers, labtool};
 use shoal_tests::overlay::apply;
-use shoal_tests::{Lab, LabSpec, binary};
+use shoal_tests::{Lab, LabSpec, binary, output_text as text};
 
 /// Six backends, two per node, and a seventh (on n2) that no service uses at first.
 const TASKS: &[TaskSpec] = &[
@@ -29,21 +29,11 @@ const PORT: u16 = 8080;
 
 fn cluster(services: Vec<Service>) -> (Lab, Mesh) {
     let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab up");
-    for node in lab.nodes().to_vec() {
-        lab.spawn_shoald(&node).expect("shoald starts");
-    }
+    lab.spawn_shoald_all().expect("shoald starts in every node");
     let mesh = Mesh::new(&mut lab, TASKS, services).expect("tasks");
     mesh.apply_all(&lab).expect("every node applies its state");
     mesh.wait_ready().expect("responders listen");
     (lab, mesh)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn node_ip(lab: &Lab, node: usize) -> Ipv4Addr {

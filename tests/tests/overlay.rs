@@ -1,12 +1,12 @@
 //! Overlay networks on a 3-node lab, driven with `shoal dataplane apply` as a user would: a plain
 //! and an encrypted network, tasks as bare namespaces. Needs root.
 
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use shoal_tests::overlay::{Overlay, Task, WgKey, apply, plain_and_secret, transfer};
-use shoal_tests::{Lab, LabSpec, links, wait_until};
+use shoal_tests::{Lab, LabSpec, links, output_text as text, wait_until};
 
 const PLAIN: &str = "plain";
 const SECRET: &str = "secret";
@@ -15,9 +15,7 @@ const SECRET: &str = "secret";
 /// on the plain one.
 fn cluster() -> (Lab, Overlay) {
     let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab up");
-    for node in lab.nodes().to_vec() {
-        lab.spawn_shoald(&node).expect("shoald starts");
-    }
+    lab.spawn_shoald_all().expect("shoald starts in every node");
     let overlay = Overlay::new(
         &lab,
         plain_and_secret(),
@@ -49,14 +47,6 @@ fn cluster() -> (Lab, Overlay) {
         .apply_all(&lab)
         .expect("every node applies its state");
     (lab, overlay)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn inspect(lab: &Lab, node: usize) -> Value {

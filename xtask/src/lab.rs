@@ -271,10 +271,8 @@ fn persistent_lab(nodes: usize, purpose: &str, daemons: bool) -> anyhow::Result<
     })?;
     let started = (|| -> anyhow::Result<()> {
         if daemons {
-            for node in lab.nodes().to_vec() {
-                lab.spawn_shoald(&node)
-                    .with_context(|| format!("starting shoald on {}", node.name))?;
-            }
+            lab.spawn_shoald_all()
+                .context("starting shoald in every node")?;
         }
         Ok(())
     })();
