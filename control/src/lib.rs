@@ -19,4 +19,5 @@
 
 pub mod addr;
 pub mod ca;
+pub mod raft;
 pub mod store;

@@ -114,7 +114,7 @@ impl Event {
 }
 
 /// Why a change set or a watch was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum StoreError {
     /// A create of an ID that exists.
     #[error("{kind:?} {id:?} already exists")]
@@ -169,7 +169,7 @@ pub enum StoreError {
 /// Events kept for watchers that start from a past index.
 pub const HISTORY: usize = 10_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     index: u64,
     objects: BTreeMap<(Kind, String), Object>,
@@ -177,6 +177,29 @@ struct State {
     history: VecDeque<(u64, Event)>,
     /// The index before which history was dropped.
     dropped_before: u64,
+    /// Live events; replaced (ending every watch) when a snapshot replaces the contents.
+    events: broadcast::Sender<(u64, Event)>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            index: 0,
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            dropped_before: 0,
+            events: broadcast::channel(HISTORY).0,
+        }
+    }
+}
+
+/// Everything in the store at one index: what a raft snapshot holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// The index of the last change set applied.
+    pub index: u64,
+    /// Every object.
+    pub objects: Vec<Object>,
 }
 
 /// A consistent read of the store at one index.
@@ -210,7 +233,6 @@ impl ReadTx<'_> {
 #[derive(Debug, Clone)]
 pub struct Store {
     state: Arc<RwLock<State>>,
-    events: broadcast::Sender<(u64, Event)>,
 }
 
 impl Default for Store {
@@ -224,8 +246,33 @@ impl Store {
     pub fn new() -> Self {
         Self {
             state: Arc::new(RwLock::new(State::default())),
-            events: broadcast::channel(HISTORY).0,
         }
+    }
+
+    /// A copy of everything, at the index it was read at.
+    pub fn image(&self) -> Image {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        Image {
+            index: state.index,
+            objects: state.objects.values().cloned().collect(),
+        }
+    }
+
+    /// Replaces the contents with `image` (a raft snapshot being installed). Every watch
+    /// ends (`next` returns `None`): a watcher reads a fresh view and watches from its index.
+    pub fn restore(&self, image: Image) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        *state = State {
+            index: image.index,
+            objects: image
+                .objects
+                .into_iter()
+                .map(|o| ((o.kind, o.id.clone()), o))
+                .collect(),
+            history: VecDeque::new(),
+            dropped_before: image.index + 1,
+            events: broadcast::channel(HISTORY).0,
+        };
     }
 
     /// Runs `f` on a consistent read of the store.
@@ -297,7 +344,7 @@ impl Store {
                 }
             }
             // Nobody listening is fine.
-            let _ = self.events.send((index, event));
+            let _ = state.events.send((index, event));
         }
         Ok(())
     }
@@ -322,7 +369,7 @@ impl Store {
         let last = state.index.max(from);
         Ok(Watch {
             replay,
-            live: self.events.subscribe(),
+            live: state.events.subscribe(),
             last,
         })
     }

@@ -1,0 +1,581 @@
+//! The durable raft log: segment files of framed entries, fsync'd before raft hears they are
+//! stored, and recovered up to the last whole entry after a crash.
+//!
+//! ```text
+//!   <dir>/log/<first index, 20 digits>.seg   records: [len u32 LE][crc32 u32 LE][entry, JSON]
+//!   <dir>/vote.json                          written whole: tmp, fsync, rename, fsync dir
+//!   <dir>/purged.json                        the last purged log id (same)
+//!   <dir>/committed.json                     a hint: renamed into place, not fsync'd
+//! ```
+//!
+//! `append` keeps the entries in memory (readable at once, as openraft requires) and queues the
+//! bytes to one writer thread, which writes everything queued, calls `fdatasync` once, and only
+//! then reports the entries flushed (group commit: 64 concurrent writers cost one fsync, not 64).
+//! Truncation and purging go through the same queue, so they are ordered with the writes, and
+//! wait for it. At open, each segment is read to its last whole record: a torn tail (the crash
+//! happened mid-write) is cut off; a bad record before the tail is corruption and an error.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Debug,
+    fs::{self, File, OpenOptions},
+    io::{self, Read, Write},
+    ops::{Bound, RangeBounds},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+};
+
+use openraft::{
+    AnyError, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+    storage::{LogFlushed, RaftLogStorage},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{Entry, NodeId, TypeConfig};
+
+/// A segment is closed and a new one started past this many bytes.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Header of a record: length and CRC32 of the payload.
+const HEADER: usize = 8;
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+) -> impl FnOnce(io::Error) -> StorageError<NodeId> {
+    move |e| StorageError::IO {
+        source: StorageIOError::new(subject, verb, AnyError::new(&e)),
+    }
+}
+
+/// Writes `value` to `path` whole: a temporary file, fsync, rename over, fsync the directory.
+pub(crate) fn write_durable<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    write_bytes_durable(path, &bytes)
+}
+
+/// [`write_durable`] for bytes.
+pub(crate) fn write_bytes_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// fsyncs a directory, so a rename or a new file in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads a JSON file written by [`write_durable`]; `None` when it does not exist.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Entries in memory, shared by the log and its readers.
+#[derive(Debug, Default)]
+struct Entries {
+    /// Unpurged entries by index.
+    entries: BTreeMap<u64, Entry>,
+    last_purged: Option<LogId<NodeId>>,
+}
+
+/// What the writer thread is asked to do, in order.
+enum Op {
+    Append {
+        records: Vec<(u64, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Drop every entry from this index on.
+    Truncate {
+        from: u64,
+        done: mpsc::SyncSender<io::Result<()>>,
+    },
+    /// Drop whole segments whose entries are all at or below this index.
+    Purge {
+        upto: u64,
+        done: mpsc::SyncSender<io::Result<()>>,
+    },
+    /// Write the vote (after the appends before it are durable: raft's writes are serialized).
+    Vote {
+        vote: Vote<NodeId>,
+        done: mpsc::SyncSender<io::Result<()>>,
+    },
+}
+
+/// The log storage handed to openraft.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    dir: PathBuf,
+    shared: Arc<Mutex<Entries>>,
+    ops: mpsc::Sender<OpBox>,
+}
+
+/// `Op` is not `Debug` (the callback is not); wrap it for the channel.
+struct OpBox(Op);
+
+impl Debug for OpBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Op")
+    }
+}
+
+/// A segment file: its first index and where each of its entries starts.
+#[derive(Debug)]
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    /// Byte offset of each entry, by index.
+    offsets: BTreeMap<u64, u64>,
+    len: u64,
+}
+
+/// The writer thread's state.
+#[derive(Debug)]
+struct Writer {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    /// The last segment, open for appending.
+    file: Option<File>,
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, recovering what a crash left.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let log_dir = dir.join("log");
+        fs::create_dir_all(&log_dir)?;
+        let last_purged: Option<LogId<NodeId>> = read_json(&dir.join("purged.json"))?;
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for item in fs::read_dir(&log_dir)? {
+            let path = item?.path();
+            let first = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok());
+            match first {
+                Some(first) => names.push((first, path)),
+                // A leftover temporary file or anything else is not part of the log.
+                None => continue,
+            }
+        }
+        names.sort();
+        let mut entries = BTreeMap::new();
+        let mut segments = Vec::new();
+        let count = names.len();
+        for (n, (first, path)) in names.into_iter().enumerate() {
+            let last_segment = n + 1 == count;
+            let mut bytes = Vec::new();
+            File::open(&path)?.read_to_end(&mut bytes)?;
+            let mut offsets = BTreeMap::new();
+            let mut at = 0_usize;
+            while at < bytes.len() {
+                let whole = parse_record(&bytes[at..]);
+                let Some((entry, size)) = whole else {
+                    if last_segment {
+                        // A torn tail: the crash came mid-write, before the fsync that would
+                        // have reported these bytes stored. Cut it off.
+                        tracing::warn!(segment = %path.display(), at, "cutting a torn record off the raft log");
+                        let file = OpenOptions::new().write(true).open(&path)?;
+                        file.set_len(at as u64)?;
+                        file.sync_all()?;
+                        bytes.truncate(at);
+                        break;
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "raft log segment {} is corrupt at byte {at}",
+                            path.display()
+                        ),
+                    ));
+                };
+                let index = entry.log_id.index;
+                offsets.insert(index, at as u64);
+                if last_purged.is_none_or(|p| index > p.index) {
+                    entries.insert(index, entry);
+                }
+                at += size;
+            }
+            segments.push(Segment {
+                first,
+                path,
+                offsets,
+                len: bytes.len() as u64,
+            });
+        }
+        // The entries must follow each other from the purge point: a hole means lost data.
+        let mut expected = last_purged.map(|p| p.index + 1);
+        for index in entries.keys() {
+            if let Some(expected) = expected
+                && *index != expected
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("raft log has a hole: entry {expected} is missing before {index}"),
+                ));
+            }
+            expected = Some(index + 1);
+        }
+        let file = match segments.last() {
+            Some(segment) => Some(OpenOptions::new().append(true).open(&segment.path)?),
+            None => None,
+        };
+        let writer = Writer {
+            dir: log_dir,
+            segments,
+            file,
+        };
+        let (ops, receiver) = mpsc::channel::<OpBox>();
+        thread::Builder::new()
+            .name("raft-log".into())
+            .spawn(move || writer.run(receiver))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            shared: Arc::new(Mutex::new(Entries {
+                entries,
+                last_purged,
+            })),
+            ops,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, op: Op) -> io::Result<()> {
+        self.ops
+            .send(OpBox(op))
+            .map_err(|_| io::Error::other("the raft log writer stopped"))
+    }
+
+    /// Sends an op that answers on `done` and waits for the answer off the async runtime.
+    async fn request(
+        &self,
+        op: impl FnOnce(mpsc::SyncSender<io::Result<()>>) -> Op,
+    ) -> io::Result<()> {
+        let (done, answer) = mpsc::sync_channel(1);
+        self.send(op(done))?;
+        tokio::task::spawn_blocking(move || answer.recv())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|_| io::Error::other("the raft log writer stopped"))?
+    }
+}
+
+/// One record at the start of `bytes`: the entry and the record's size, or `None` when the
+/// record is incomplete or does not check out.
+fn parse_record(bytes: &[u8]) -> Option<(Entry, usize)> {
+    let header = bytes.get(..HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    let payload = bytes.get(HEADER..HEADER + len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let entry = serde_json::from_slice(payload).ok()?;
+    Some((entry, HEADER + len))
+}
+
+fn record(entry: &Entry) -> io::Result<Vec<u8>> {
+    let payload = serde_json::to_vec(entry).map_err(io::Error::other)?;
+    let len =
+        u32::try_from(payload.len()).map_err(|_| io::Error::other("raft entry over 4 GiB"))?;
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    Ok(bytes)
+}
+
+impl Writer {
+    fn run(mut self, ops: mpsc::Receiver<OpBox>) {
+        while let Ok(OpBox(first)) = ops.recv() {
+            // Everything already queued goes into the same write and the same fsync.
+            let mut batch = vec![first];
+            while let Ok(OpBox(op)) = ops.try_recv() {
+                batch.push(op);
+            }
+            let mut flushed = Vec::new();
+            let mut dirty = false;
+            for op in batch {
+                match op {
+                    Op::Append { records, callback } => {
+                        let result = self.append(&records);
+                        dirty = true;
+                        flushed.push((callback, result));
+                    }
+                    other => {
+                        // Appends before a truncate or purge are made durable first.
+                        let synced = self.sync(&mut dirty);
+                        complete(&mut flushed, &synced);
+                        match other {
+                            Op::Truncate { from, done } => {
+                                let _ = done.send(synced.and_then(|()| self.truncate(from)));
+                            }
+                            Op::Purge { upto, done } => {
+                                let _ = done.send(synced.and_then(|()| self.purge(upto)));
+                            }
+                            Op::Vote { vote, done } => {
+                                let path = self.dir.with_file_name("vote.json");
+                                let _ =
+                                    done.send(synced.and_then(|()| write_durable(&path, &vote)));
+                            }
+                            Op::Append { .. } => unreachable!("matched above"),
+                        }
+                    }
+                }
+            }
+            let synced = self.sync(&mut dirty);
+            complete(&mut flushed, &synced);
+        }
+    }
+
+    fn sync(&mut self, dirty: &mut bool) -> io::Result<()> {
+        if !std::mem::take(dirty) {
+            return Ok(());
+        }
+        match &self.file {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    fn append(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        let Some((first, _)) = records.first() else {
+            return Ok(());
+        };
+        let roll = match self.segments.last() {
+            None => true,
+            Some(segment) => segment.len >= SEGMENT_BYTES,
+        };
+        if roll {
+            // The old segment is already synced (sync precedes every op but appends, and an
+            // append batch ends with one); start the new one and make its name durable.
+            if let Some(file) = &self.file {
+                file.sync_data()?;
+            }
+            let path = segment_path(&self.dir, *first);
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            sync_dir(&self.dir)?;
+            self.segments.push(Segment {
+                first: *first,
+                path,
+                offsets: BTreeMap::new(),
+                len: 0,
+            });
+            self.file = Some(file);
+        }
+        let segment = self.segments.last_mut().expect("one exists");
+        let file = self.file.as_mut().expect("open with the last segment");
+        let mut buffer = Vec::new();
+        for (index, bytes) in records {
+            segment
+                .offsets
+                .insert(*index, segment.len + buffer.len() as u64);
+            buffer.extend_from_slice(bytes);
+        }
+        file.write_all(&buffer)?;
+        segment.len += buffer.len() as u64;
+        Ok(())
+    }
+
+    fn truncate(&mut self, from: u64) -> io::Result<()> {
+        while let Some(segment) = self.segments.last_mut() {
+            if segment.first >= from {
+                fs::remove_file(&segment.path)?;
+                self.segments.pop();
+                self.file = None;
+                continue;
+            }
+            if let Some(&offset) = segment.offsets.get(&from) {
+                let file = OpenOptions::new().write(true).open(&segment.path)?;
+                file.set_len(offset)?;
+                file.sync_all()?;
+                segment.offsets.split_off(&from);
+                segment.len = offset;
+            }
+            break;
+        }
+        sync_dir(&self.dir)?;
+        self.file = match self.segments.last() {
+            Some(segment) => Some(OpenOptions::new().append(true).open(&segment.path)?),
+            None => None,
+        };
+        Ok(())
+    }
+
+    fn purge(&mut self, upto: u64) -> io::Result<()> {
+        // A segment goes when the next one starts at or below upto + 1 (all of it is purged);
+        // the last segment goes when its last entry is purged too.
+        let mut keep = Vec::new();
+        let count = self.segments.len();
+        for (n, segment) in std::mem::take(&mut self.segments).into_iter().enumerate() {
+            let last = segment.offsets.keys().next_back().copied();
+            let all_purged = last.is_none_or(|last| last <= upto);
+            if all_purged {
+                fs::remove_file(&segment.path)?;
+                if n + 1 == count {
+                    self.file = None;
+                }
+            } else {
+                keep.push(segment);
+            }
+        }
+        self.segments = keep;
+        sync_dir(&self.dir)
+    }
+}
+
+fn complete(flushed: &mut Vec<(LogFlushed<TypeConfig>, io::Result<()>)>, synced: &io::Result<()>) {
+    for (callback, written) in flushed.drain(..) {
+        let result = match (written, synced) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
+            (Ok(()), Ok(())) => Ok(()),
+        };
+        callback.log_io_completed(result);
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => Bound::Included(i),
+            Bound::Excluded(&i) => Bound::Excluded(i),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Bound::Included(i),
+            Bound::Excluded(&i) => Bound::Excluded(i),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        Ok(self
+            .lock()
+            .entries
+            .range((start, end))
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let shared = self.lock();
+        let last = shared.entries.values().next_back().map(|e| e.log_id);
+        Ok(LogState {
+            last_purged_log_id: shared.last_purged,
+            last_log_id: last.or(shared.last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        let vote = *vote;
+        self.request(|done| Op::Vote { vote, done })
+            .await
+            .map_err(io_error(ErrorSubject::Vote, ErrorVerb::Write))
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        read_json(&self.dir.join("vote.json"))
+            .map_err(io_error(ErrorSubject::Vote, ErrorVerb::Read))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        // A hint that lets a restarted node apply what it knows is committed before it hears
+        // from a leader; losing it to a power cut only delays that. Renamed into place whole.
+        let path = self.dir.join("committed.json");
+        let tmp = path.with_extension("tmp-committed");
+        let bytes = serde_json::to_vec(&committed).map_err(io::Error::other);
+        bytes
+            .and_then(|b| fs::write(&tmp, b))
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(io_error(ErrorSubject::Store, ErrorVerb::Write))
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        let committed: Option<Option<LogId<NodeId>>> = read_json(&self.dir.join("committed.json"))
+            .map_err(io_error(ErrorSubject::Store, ErrorVerb::Read))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut records = Vec::new();
+        {
+            let mut shared = self.lock();
+            for entry in entries {
+                let bytes =
+                    record(&entry).map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))?;
+                records.push((entry.log_id.index, bytes));
+                shared.entries.insert(entry.log_id.index, entry);
+            }
+        }
+        self.send(Op::Append { records, callback })
+            .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.lock().entries.split_off(&log_id.index);
+        self.request(|done| Op::Truncate {
+            from: log_id.index,
+            done,
+        })
+        .await
+        .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Delete))
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let path = self.dir.join("purged.json");
+        let write = tokio::task::spawn_blocking(move || write_durable(&path, &log_id))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+        write.map_err(io_error(ErrorSubject::Logs, ErrorVerb::Delete))?;
+        {
+            let mut shared = self.lock();
+            shared.last_purged = Some(log_id);
+            let keep = shared.entries.split_off(&(log_id.index + 1));
+            shared.entries = keep;
+        }
+        self.request(|done| Op::Purge {
+            upto: log_id.index,
+            done,
+        })
+        .await
+        .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Delete))
+    }
+}

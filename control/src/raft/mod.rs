@@ -1,0 +1,140 @@
+//! The replicated store: openraft over a durable log ([`log`]) and a state machine that feeds
+//! the in-memory object store ([`sm`]). Raft's messages travel over the managers' mutual-TLS
+//! gRPC ([`network`]).
+//!
+//! A raft entry's payload is a [`Request`]: one change set, applied whole or refused whole by
+//! every replica alike (the check is deterministic: versions are raft indices). The proposer
+//! learns which from the [`Response`].
+
+pub mod log;
+pub mod network;
+pub mod sm;
+
+use std::{io::Cursor, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ChangeSet, StoreError};
+
+/// A manager's raft ID (distinct from its node ID, as in SwarmKit).
+pub type NodeId = u64;
+/// What raft knows of a manager: the address its raft RPCs go to.
+pub type Node = openraft::BasicNode;
+
+/// One proposal: a change set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The changes, applied together or not at all.
+    pub changes: ChangeSet,
+}
+
+/// What applying an entry did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The raft index the entry was applied at (the new version of what it changed).
+    pub index: u64,
+    /// Why the change set was refused, if it was.
+    pub refused: Option<StoreError>,
+}
+
+openraft::declare_raft_types!(
+    /// Shoal's raft types.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = Node,
+);
+
+/// A raft log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A running raft node.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Raft settings (`swarm init`/`swarm update` flags where Docker has them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftSettings {
+    /// Entries between snapshots (SwarmKit: 10,000; `--snapshot-interval`).
+    pub snapshot_interval: u64,
+    /// Entries kept behind a snapshot for slow followers (SwarmKit: 500).
+    pub log_entries_for_slow_followers: u64,
+    /// Leader heartbeat, milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, milliseconds.
+    pub election_ms: (u64, u64),
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            snapshot_interval: 10_000,
+            log_entries_for_slow_followers: 500,
+            heartbeat_ms: 250,
+            election_ms: (1_500, 3_000),
+        }
+    }
+}
+
+impl RaftSettings {
+    /// openraft's configuration for these settings.
+    pub fn config(&self, cluster: &str) -> Result<openraft::Config, openraft::ConfigError> {
+        openraft::Config {
+            cluster_name: cluster.to_owned(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_ms.0,
+            election_timeout_max: self.election_ms.1,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_interval),
+            max_in_snapshot_log_to_keep: self.log_entries_for_slow_followers,
+            ..Default::default()
+        }
+        .validate()
+    }
+
+    /// The leader lease used to answer reads and reachability: three heartbeats.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(3 * self.heartbeat_ms)
+    }
+}
+
+/// Opens a manager's raft storage in `dir`: the log, and the state machine over `store` (loaded
+/// from the newest snapshot).
+pub fn open_storage(
+    dir: &Path,
+    store: crate::store::Store,
+) -> std::io::Result<(log::LogStore, sm::StateMachine)> {
+    std::fs::create_dir_all(dir)?;
+    Ok((
+        log::LogStore::open(dir)?,
+        sm::StateMachine::open(dir, store)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{
+        StorageError,
+        testing::{StoreBuilder, Suite},
+    };
+
+    use super::*;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, log::LogStore, sm::StateMachine, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, log::LogStore, sm::StateMachine), StorageError<NodeId>>
+        {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let (log, sm) = open_storage(dir.path(), crate::store::Store::new()).expect("open");
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own storage test suite against the durable log and the state machine.
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).expect("openraft's storage suite");
+    }
+}
