@@ -2,23 +2,30 @@
 
 use shoal_api::v1::{
     DataplaneApplyRequest, DataplaneApplyResponse, DataplaneInspectRequest,
-    DataplaneInspectResponse, InfoRequest, InfoResponse, LocalNodeState, daemon_server::Daemon,
+    DataplaneInspectResponse, Frame, InfoRequest, InfoResponse, LocalNodeState,
+    daemon_server::Daemon,
 };
 use tonic::{Request, Response, Status};
 
 use crate::NodeFacts;
 use crate::dataplane::NodeDataplane;
+use crate::swarm::SwarmNode;
 
 /// The `shoal.v1.Daemon` service.
 #[derive(Debug)]
 pub(crate) struct DaemonApi {
     facts: NodeFacts,
     dataplane: NodeDataplane,
+    swarm: SwarmNode,
 }
 
 impl DaemonApi {
-    pub(crate) fn new(facts: NodeFacts, dataplane: NodeDataplane) -> Self {
-        Self { facts, dataplane }
+    pub(crate) fn new(facts: NodeFacts, dataplane: NodeDataplane, swarm: SwarmNode) -> Self {
+        Self {
+            facts,
+            dataplane,
+            swarm,
+        }
     }
 }
 
@@ -26,17 +33,32 @@ impl DaemonApi {
 impl Daemon for DaemonApi {
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let f = &self.facts;
+        let swarm = self.swarm.info().await;
+        let local_node_state = if swarm.state == "active" {
+            LocalNodeState::Active
+        } else {
+            LocalNodeState::Inactive
+        };
         Ok(Response::new(InfoResponse {
             server_version: env!("CARGO_PKG_VERSION").into(),
             name: f.name.clone(),
-            // Joining a swarm arrives with the control plane; until then every node is standalone.
-            local_node_state: LocalNodeState::Inactive.into(),
+            local_node_state: local_node_state.into(),
             data_root: f.data_root.clone(),
             kernel_version: f.kernel_version.clone(),
             operating_system: f.operating_system.clone(),
             architecture: f.architecture.clone(),
             ncpu: f.ncpu,
             mem_total: f.mem_total,
+            swarm_json: serde_json::to_string(&swarm).expect("plain data serializes"),
+        }))
+    }
+
+    async fn swarm(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        let call = serde_json::from_slice(&request.into_inner().json)
+            .map_err(|e| Status::invalid_argument(format!("decoding the call: {e}")))?;
+        let reply = self.swarm.call(call).await?;
+        Ok(Response::new(Frame {
+            json: serde_json::to_vec(&reply).expect("JSON values serialise"),
         }))
     }
 

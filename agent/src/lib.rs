@@ -18,6 +18,7 @@ mod data_root;
 mod dataplane;
 mod node;
 mod socket;
+pub mod swarm;
 
 use std::{future::Future, path::PathBuf};
 
@@ -77,8 +78,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let incoming = UnixListenerStream::new(listener);
     let dataplane = dataplane::NodeDataplane::new(&config.data_root);
     dataplane.restore().await;
+    let swarm = swarm::SwarmNode::new(&config.data_root, facts.clone());
+    if let Err(e) = swarm.restore().await {
+        // The daemon still serves: `shoal swarm leave --force` is the way out.
+        tracing::error!("resuming the swarm membership: {e}");
+    }
     let served = tonic::transport::Server::builder()
-        .add_service(DaemonServer::new(api::DaemonApi::new(facts, dataplane)))
+        .add_service(DaemonServer::new(api::DaemonApi::new(
+            facts, dataplane, swarm,
+        )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     drop(socket_file);

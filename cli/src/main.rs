@@ -40,6 +40,12 @@ struct Cli {
 enum Command {
     /// Display system-wide information
     Info(commands::info::Args),
+    /// Manage the swarm
+    #[command(subcommand)]
+    Swarm(commands::swarm::Command),
+    /// Manage swarm nodes
+    #[command(subcommand)]
+    Node(commands::node::Command),
     /// Drive this node's data plane directly (until the control plane does)
     #[command(subcommand)]
     Dataplane(commands::dataplane::Command),
@@ -60,6 +66,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(&cli.host, args).await,
+        Command::Swarm(command) => commands::swarm::run(&cli.host, command).await,
+        Command::Node(command) => commands::node::run(&cli.host, command).await,
         Command::Dataplane(command) => commands::dataplane::run(&cli.host, command).await,
     };
     match result {

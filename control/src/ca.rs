@@ -68,12 +68,30 @@ fn crypto(what: &'static str) -> impl FnOnce(rcgen::Error) -> CaError {
 }
 
 /// A node's role, as its certificate carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Role {
     /// A manager: raft member, control API.
     Manager,
     /// A worker: runs tasks, nothing more.
     Worker,
+}
+
+impl From<shoal_api::swarm::Role> for Role {
+    fn from(role: shoal_api::swarm::Role) -> Self {
+        match role {
+            shoal_api::swarm::Role::Manager => Self::Manager,
+            shoal_api::swarm::Role::Worker => Self::Worker,
+        }
+    }
+}
+
+impl From<Role> for shoal_api::swarm::Role {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Manager => Self::Manager,
+            Role::Worker => Self::Worker,
+        }
+    }
 }
 
 impl Role {
@@ -87,7 +105,7 @@ impl Role {
 }
 
 /// Who a node certificate is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeIdentity {
     /// The node's ID (the certificate's CN).
     pub node_id: String,
@@ -186,7 +204,14 @@ impl RootCa {
         dn.push(DnType::OrganizationName, node.cluster_id.as_str());
         csr.params.distinguished_name = dn;
         csr.params.is_ca = IsCa::NoCa;
-        csr.params.subject_alt_names = Vec::new();
+        // The role and the node ID as DNS names: TLS clients check `swarm-manager` (a worker's
+        // certificate cannot serve as a manager's).
+        let dns = |name: &str| {
+            rcgen::string::Ia5String::try_from(name)
+                .map(rcgen::SanType::DnsName)
+                .map_err(crypto("naming the node certificate"))
+        };
+        csr.params.subject_alt_names = vec![dns(node.role.unit())?, dns(&node.node_id)?];
         csr.params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -256,6 +281,20 @@ fn base36(bytes: &[u8], width: usize) -> String {
         digits.push('0');
     }
     digits.iter().rev().collect()
+}
+
+/// A random ID of 25 base-36 digits, as SwarmKit's node, cluster and task IDs.
+pub fn random_id() -> Result<String, CaError> {
+    let mut bytes = [0_u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(|e| CaError::Random(e.to_string()))?;
+    Ok(base36(&bytes, SECRET_DIGITS))
+}
+
+/// A random non-zero 64-bit number (raft IDs).
+pub fn random_u64() -> Result<u64, CaError> {
+    let mut bytes = [0_u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|e| CaError::Random(e.to_string()))?;
+    Ok(u64::from_le_bytes(bytes).max(1))
 }
 
 /// The digest join tokens carry for a root certificate (DER).

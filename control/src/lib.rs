@@ -19,5 +19,7 @@
 
 pub mod addr;
 pub mod ca;
+pub mod manager;
 pub mod raft;
 pub mod store;
+pub mod tls;

@@ -38,6 +38,8 @@ pub enum Kind {
     Task,
     /// Networks.
     Network,
+    /// Configs: named data (`Call::Put`).
+    Config,
 }
 
 /// A stored object: its kind, ID, version and body.

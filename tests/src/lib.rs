@@ -26,6 +26,7 @@ mod lab;
 pub mod mesh;
 mod netns;
 pub mod overlay;
+pub mod swarm;
 mod wait;
 
 pub use lab::{

@@ -33,6 +33,17 @@ pub(crate) async fn run(host: &DaemonHost, args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What the local daemon knows of its swarm membership.
+pub(crate) async fn local(host: &DaemonHost) -> Result<shoal_api::swarm::LocalSwarm, Failure> {
+    let mut client = DaemonClient::new(connect(host).await?);
+    let info = client
+        .info(InfoRequest {})
+        .await
+        .map_err(|status| rpc_failure(host, &status))?
+        .into_inner();
+    Ok(local_swarm(&info))
+}
+
 /// Docker's `Swarm.LocalNodeState` words.
 fn swarm_state(info: &InfoResponse) -> &'static str {
     match info.local_node_state() {
@@ -44,6 +55,42 @@ fn swarm_state(info: &InfoResponse) -> &'static str {
     }
 }
 
+/// The swarm part of the answer (inactive when the daemon sent none).
+fn local_swarm(info: &InfoResponse) -> shoal_api::swarm::LocalSwarm {
+    serde_json::from_str(&info.swarm_json).unwrap_or_default()
+}
+
+fn swarm_lines(info: &InfoResponse) -> String {
+    let swarm = local_swarm(info);
+    if swarm.state != "active" {
+        return String::new();
+    }
+    let mut lines = format!(
+        "  NodeID: {}\n  Is Manager: {}\n",
+        swarm.node_id, swarm.is_manager
+    );
+    if swarm.is_manager {
+        lines += &format!(
+            "  ClusterID: {}\n  Managers: {}\n  Nodes: {}\n",
+            swarm.cluster_id,
+            swarm.manager_count.map_or("?".into(), |n| n.to_string()),
+            swarm.node_count.map_or("?".into(), |n| n.to_string()),
+        );
+    }
+    lines += &format!("  Node Address: {}\n", swarm.node_addr);
+    if !swarm.is_manager {
+        lines += &format!(
+            "  Manager Addresses:\n{}",
+            swarm
+                .managers
+                .iter()
+                .map(|m| format!("   {m}\n"))
+                .collect::<String>()
+        );
+    }
+    lines
+}
+
 fn render(info: &InfoResponse) -> String {
     format!(
         "Client:\n \
@@ -51,7 +98,7 @@ fn render(info: &InfoResponse) -> String {
          \n\
          Server:\n \
          Server Version: {server}\n \
-         Swarm: {swarm}\n \
+         Swarm: {swarm}\n{swarm_lines} \
          Kernel Version: {kernel}\n \
          Operating System: {os}\n \
          OSType: linux\n \
@@ -63,6 +110,7 @@ fn render(info: &InfoResponse) -> String {
         client = env!("CARGO_PKG_VERSION"),
         server = info.server_version,
         swarm = swarm_state(info),
+        swarm_lines = swarm_lines(info),
         kernel = info.kernel_version,
         os = info.operating_system,
         arch = info.architecture,
@@ -95,6 +143,19 @@ struct Info<'a> {
 #[serde(rename_all = "PascalCase")]
 struct Swarm {
     local_node_state: &'static str,
+    #[serde(rename = "NodeID")]
+    node_id: String,
+    node_addr: String,
+    control_available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    managers: Option<usize>,
+    #[serde(rename = "ClusterID")]
+    cluster_id: String,
+    /// The index of this manager's replica of the store (how far it has caught up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store_index: Option<u64>,
 }
 
 impl<'a> From<&'a InfoResponse> for Info<'a> {
@@ -102,8 +163,18 @@ impl<'a> From<&'a InfoResponse> for Info<'a> {
         Self {
             server_version: &info.server_version,
             name: &info.name,
-            swarm: Swarm {
-                local_node_state: swarm_state(info),
+            swarm: {
+                let swarm = local_swarm(info);
+                Swarm {
+                    local_node_state: swarm_state(info),
+                    node_id: swarm.node_id,
+                    node_addr: swarm.node_addr,
+                    control_available: swarm.is_manager,
+                    nodes: swarm.node_count,
+                    managers: swarm.manager_count,
+                    cluster_id: swarm.cluster_id,
+                    store_index: swarm.store_index,
+                }
             },
             kernel_version: &info.kernel_version,
             operating_system: &info.operating_system,
@@ -131,6 +202,7 @@ mod tests {
             architecture: "x86_64".into(),
             ncpu: 2,
             mem_total: 25_198_723_072,
+            swarm_json: String::new(),
         }
     }
 

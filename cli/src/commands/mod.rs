@@ -2,6 +2,8 @@
 
 pub(crate) mod dataplane;
 pub(crate) mod info;
+pub(crate) mod node;
+pub(crate) mod swarm;
 
 use shoal_api::{ConnectError, DaemonHost, is_unreachable};
 

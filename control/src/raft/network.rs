@@ -1,1 +1,269 @@
-pub(crate) fn _placeholder() {}
+//! Raft's messages over the managers' mutual-TLS gRPC: the client side openraft calls
+//! ([`Network`]), and the server side ([`RaftService`]) that hands them to the local node.
+//! Both carry openraft's own request and response types as JSON in a [`Frame`].
+//!
+//! The client side also records when each peer last answered: the leader's view of which
+//! managers are reachable (`node ls`'s MANAGER STATUS, and the quorum check before a demotion).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use openraft::{
+    RaftNetwork, RaftNetworkFactory,
+    error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
+    network::RPCOption,
+    raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+        InstallSnapshotResponse, VoteRequest, VoteResponse,
+    },
+};
+use rustls::ClientConfig;
+use serde::{Serialize, de::DeserializeOwned};
+use shoal_api::v1::{Frame, raft_client::RaftClient, raft_server};
+use tonic::{Request, Status};
+
+use super::{Node, NodeId, Raft, TypeConfig};
+use crate::{ca::Role, tls::Peer};
+
+/// When each peer last answered a raft RPC from this node.
+pub type Contacts = Arc<Mutex<HashMap<NodeId, Instant>>>;
+
+/// Makes raft clients to peers.
+#[derive(Debug, Clone)]
+pub struct Network {
+    tls: Arc<ClientConfig>,
+    contacts: Contacts,
+}
+
+impl Network {
+    /// Clients that call peers with `tls`, recording answers in `contacts`.
+    pub fn new(tls: Arc<ClientConfig>, contacts: Contacts) -> Self {
+        Self { tls, contacts }
+    }
+}
+
+/// A client to one peer.
+#[derive(Debug)]
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    client: Option<RaftClient<tonic::transport::Channel>>,
+    tls: Arc<ClientConfig>,
+    contacts: Contacts,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            client: None,
+            tls: self.tls.clone(),
+            contacts: self.contacts.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Failed(String);
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: fn(
+            RaftClient<tonic::transport::Channel>,
+            Request<Frame>,
+        ) -> futures_like::BoxFuture<Result<tonic::Response<Frame>, Status>>,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => {
+                let channel = crate::tls::channel(&self.addr, self.tls.clone(), option.hard_ttl())
+                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+                let client = RaftClient::new(channel).max_decoding_message_size(usize::MAX);
+                self.client = Some(client.clone());
+                client
+            }
+        };
+        let json =
+            serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = Request::new(Frame { json });
+        request.set_timeout(option.hard_ttl());
+        let reply = match tokio::time::timeout(option.hard_ttl(), method(client, request)).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => {
+                let failed = Failed(format!("{}: {}", self.addr, status.message()));
+                return Err(if status.code() == tonic::Code::Unavailable {
+                    RPCError::Unreachable(Unreachable::new(&failed))
+                } else {
+                    RPCError::Network(NetworkError::new(&failed))
+                });
+            }
+            Err(_) => {
+                let failed = Failed(format!(
+                    "{}: no answer within {:?}",
+                    self.addr,
+                    option.hard_ttl()
+                ));
+                return Err(RPCError::Unreachable(Unreachable::new(&failed)));
+            }
+        };
+        let answer: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.json)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.contacts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.target, Instant::now());
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// Boxed futures for the method table above (tonic's client methods borrow `&mut self`).
+mod futures_like {
+    use std::{future::Future, pin::Pin};
+    /// A boxed, sendable future.
+    pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+}
+
+fn append(
+    mut c: RaftClient<tonic::transport::Channel>,
+    r: Request<Frame>,
+) -> futures_like::BoxFuture<Result<tonic::Response<Frame>, Status>> {
+    Box::pin(async move { c.append_entries(r).await })
+}
+
+fn vote(
+    mut c: RaftClient<tonic::transport::Channel>,
+    r: Request<Frame>,
+) -> futures_like::BoxFuture<Result<tonic::Response<Frame>, Status>> {
+    Box::pin(async move { c.vote(r).await })
+}
+
+fn snapshot(
+    mut c: RaftClient<tonic::transport::Channel>,
+    r: Request<Frame>,
+) -> futures_like::BoxFuture<Result<tonic::Response<Frame>, Status>> {
+    Box::pin(async move { c.install_snapshot(r).await })
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(vote, &rpc, &option).await
+    }
+}
+
+/// Only managers may speak raft.
+pub(crate) fn require_manager(request: &Request<Frame>) -> Result<(), Status> {
+    let peer = request.extensions().get::<Peer>();
+    match peer.and_then(|p| p.identity.as_ref()) {
+        Some(identity) if identity.role == Role::Manager => Ok(()),
+        Some(_) => Err(Status::permission_denied(
+            "only managers may call this: the caller's certificate is a worker's",
+        )),
+        None => Err(Status::unauthenticated(
+            "a swarm certificate is required to call this",
+        )),
+    }
+}
+
+fn decode<T: DeserializeOwned>(request: Request<Frame>) -> Result<T, Status> {
+    serde_json::from_slice(&request.into_inner().json)
+        .map_err(|e| Status::invalid_argument(format!("decoding the raft message: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<Frame>, Status> {
+    serde_json::to_vec(value)
+        .map(|json| tonic::Response::new(Frame { json }))
+        .map_err(|e| Status::internal(format!("encoding the raft message: {e}")))
+}
+
+/// The raft service a manager serves: hands peers' messages to the local raft node.
+#[derive(Clone)]
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService").finish_non_exhaustive()
+    }
+}
+
+impl RaftService {
+    /// Serves `raft`.
+    pub fn new(raft: Raft) -> raft_server::RaftServer<Self> {
+        raft_server::RaftServer::new(Self { raft }).max_decoding_message_size(usize::MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<Frame>,
+    ) -> Result<tonic::Response<Frame>, Status> {
+        require_manager(&request)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(request)?;
+        encode(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<Frame>) -> Result<tonic::Response<Frame>, Status> {
+        require_manager(&request)?;
+        let rpc: VoteRequest<NodeId> = decode(request)?;
+        encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Frame>,
+    ) -> Result<tonic::Response<Frame>, Status> {
+        require_manager(&request)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(request)?;
+        encode(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+/// How long ago each peer last answered (the leader's view).
+pub fn last_contact(contacts: &Contacts, peer: NodeId) -> Option<Duration> {
+    contacts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&peer)
+        .map(Instant::elapsed)
+}

@@ -1,0 +1,806 @@
+//! This node's membership in a swarm: `swarm init|join|leave`, the certificates and state it
+//! keeps in `<data root>/swarm/`, the manager it runs when it is one, and its session with the
+//! managers (heartbeats, and acting on a role change).
+//!
+//! ```text
+//!   <data root>/swarm/state.json   node ID, cluster ID, role, addresses, known managers (written last)
+//!   <data root>/swarm/certs/       node.crt, node.key (0600), ca.crt
+//!   <data root>/swarm/raft/        the raft log and snapshots (managers)
+//! ```
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shoal_api::{
+    swarm::{
+        ALREADY_IN_SWARM, Call, InitArgs, JoinArgs, LocalSwarm, NOT_A_MANAGER, NOT_IN_SWARM,
+        NodeDescription, Platform, Resources, Role,
+    },
+    v1::{
+        Frame, ca_client::CaClient, control_client::ControlClient,
+        dispatcher_client::DispatcherClient,
+    },
+};
+use shoal_control::{
+    addr::{self, DEFAULT_PORT, Interface},
+    ca::{self, JoinToken},
+    manager::{
+        Manager, ManagerConfig,
+        genesis::{GenesisArgs, genesis},
+        protocol::{Forwarded, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, Op, RenewReply},
+    },
+    raft::RaftSettings,
+    tls::{self, Credentials},
+};
+use tokio::{sync::Mutex, task::JoinHandle};
+use tonic::{Request, Status};
+
+use crate::NodeFacts;
+
+/// Default VXLAN port (`--data-path-port`).
+pub const DEFAULT_DATA_PATH_PORT: u16 = 4789;
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a node keeps about its swarm membership.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Saved {
+    node_id: String,
+    cluster_id: String,
+    role: Role,
+    advertise_addr: SocketAddr,
+    listen_addr: SocketAddr,
+    data_path_addr: IpAddr,
+    managers: Vec<String>,
+    raft_id: Option<u64>,
+    heartbeat_ms: u64,
+}
+
+struct Joined {
+    saved: Saved,
+    credentials: Credentials,
+    manager: Option<Manager>,
+    session: Option<JoinHandle<()>>,
+}
+
+/// The node's swarm membership. Clones share it.
+#[derive(Clone)]
+pub struct SwarmNode {
+    dir: PathBuf,
+    facts: NodeFacts,
+    state: Arc<Mutex<Option<Joined>>>,
+}
+
+impl std::fmt::Debug for SwarmNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmNode")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_status(what: &str) -> impl FnOnce(std::io::Error) -> Status + '_ {
+    move |e| Status::internal(format!("{what}: {e}"))
+}
+
+/// The node's interfaces and their addresses.
+fn interfaces() -> Vec<Interface> {
+    let mut found: Vec<Interface> = Vec::new();
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return found;
+    };
+    for ifaddr in addrs {
+        let ip = ifaddr.address.as_ref().and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|s| IpAddr::V4(s.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        });
+        let entry = match found.iter_mut().find(|i| i.name == ifaddr.interface_name) {
+            Some(entry) => entry,
+            None => {
+                found.push(Interface {
+                    name: ifaddr.interface_name.clone(),
+                    addrs: Vec::new(),
+                });
+                found.last_mut().expect("just pushed")
+            }
+        };
+        if let Some(ip) = ip {
+            entry.addrs.push(ip);
+        }
+    }
+    found
+}
+
+fn resolve(value: Option<&str>, flag: &'static str, port: u16) -> Result<SocketAddr, Status> {
+    addr::resolve(value, &interfaces(), flag, port)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// The local address the kernel would use to reach `remote`.
+fn route_source(remote: SocketAddr) -> Option<IpAddr> {
+    let socket = UdpSocket::bind(if remote.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .ok()?;
+    socket.connect(remote).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+impl SwarmNode {
+    /// The membership kept under `data_root`; call [`SwarmNode::restore`] to resume it.
+    pub fn new(data_root: &Path, facts: NodeFacts) -> Self {
+        Self {
+            dir: data_root.join("swarm"),
+            facts,
+            state: Arc::default(),
+        }
+    }
+
+    fn description(&self, data_path_addr: IpAddr) -> NodeDescription {
+        NodeDescription {
+            hostname: self.facts.name.clone(),
+            platform: Platform {
+                architecture: self.facts.architecture.clone(),
+                os: "linux".into(),
+            },
+            resources: Resources {
+                nano_cpus: u64::from(self.facts.ncpu) * 1_000_000_000,
+                memory_bytes: self.facts.mem_total,
+            },
+            data_path_addr: data_path_addr.to_string(),
+        }
+    }
+
+    /// Resumes the membership saved on disk: certificates, the manager (raft picks up from its
+    /// log), and the session.
+    pub async fn restore(&self) -> Result<(), String> {
+        let state = self.dir.join("state.json");
+        let saved: Saved = match std::fs::read(&state) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", state.display()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{}: {e}", state.display())),
+        };
+        let credentials = self
+            .read_credentials()
+            .map_err(|e| format!("reading the node's certificates: {e}"))?;
+        let manager = match (saved.role, saved.raft_id) {
+            (Role::Manager, Some(raft_id)) => Some(
+                self.start_manager(&saved, &credentials, raft_id)
+                    .await
+                    .map_err(|e| e.message().to_owned())?,
+            ),
+            _ => None,
+        };
+        tracing::info!(node = %saved.node_id, role = %saved.role, "resuming swarm membership");
+        let mut guard = self.state.lock().await;
+        *guard = Some(Joined {
+            saved,
+            credentials,
+            manager,
+            session: None,
+        });
+        drop(guard);
+        self.spawn_session().await;
+        Ok(())
+    }
+
+    fn read_credentials(&self) -> std::io::Result<Credentials> {
+        let certs = self.dir.join("certs");
+        Ok(Credentials {
+            cert_pem: std::fs::read_to_string(certs.join("node.crt"))?,
+            key_pem: std::fs::read_to_string(certs.join("node.key"))?,
+            ca_pem: std::fs::read_to_string(certs.join("ca.crt"))?,
+        })
+    }
+
+    fn write_credentials(&self, credentials: &Credentials) -> std::io::Result<()> {
+        let certs = self.dir.join("certs");
+        std::fs::create_dir_all(&certs)?;
+        write_private(&certs.join("node.key"), &credentials.key_pem)?;
+        write_private(&certs.join("node.crt"), &credentials.cert_pem)?;
+        write_private(&certs.join("ca.crt"), &credentials.ca_pem)
+    }
+
+    fn write_saved(&self, saved: &Saved) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(saved).map_err(std::io::Error::other)?;
+        write_private(&self.dir.join("state.json"), &text)
+    }
+
+    async fn start_manager(
+        &self,
+        saved: &Saved,
+        credentials: &Credentials,
+        raft_id: u64,
+    ) -> Result<Manager, Status> {
+        Manager::start(ManagerConfig {
+            dir: self.dir.join("raft"),
+            credentials: credentials.clone(),
+            raft_id,
+            advertise: saved.advertise_addr,
+            listen: saved.listen_addr,
+            settings: RaftSettings::default(),
+        })
+        .await
+        .map_err(|e| Status::failed_precondition(e.to_string()))
+    }
+
+    /// Carries out a `shoal swarm|node` call.
+    pub async fn call(&self, call: Call) -> Result<Value, Status> {
+        match call {
+            Call::Init(args) => self.init(args).await,
+            Call::Join(args) => self.join(args).await,
+            Call::Leave { force } => self.leave(force).await,
+            call => {
+                let (manager, identity) = {
+                    let guard = self.state.lock().await;
+                    let joined = guard
+                        .as_ref()
+                        .ok_or_else(|| Status::failed_precondition(NOT_IN_SWARM))?;
+                    let manager = joined
+                        .manager
+                        .clone()
+                        .ok_or_else(|| Status::failed_precondition(NOT_A_MANAGER))?;
+                    (manager, joined.saved.node_id.clone())
+                };
+                let me = manager.identity().clone();
+                manager
+                    .submit(
+                        Op::User {
+                            call,
+                            node_id: identity,
+                        },
+                        Some(me),
+                        "local".into(),
+                    )
+                    .await
+            }
+        }
+    }
+
+    /// What `shoal info` shows of the swarm.
+    pub async fn info(&self) -> LocalSwarm {
+        let (saved, manager) = {
+            let guard = self.state.lock().await;
+            match guard.as_ref() {
+                None => {
+                    return LocalSwarm {
+                        state: "inactive".into(),
+                        ..Default::default()
+                    };
+                }
+                Some(j) => (j.saved.clone(), j.manager.clone()),
+            }
+        };
+        let mut info = LocalSwarm {
+            state: "active".into(),
+            node_id: saved.node_id.clone(),
+            cluster_id: saved.cluster_id.clone(),
+            is_manager: manager.is_some(),
+            managers: saved.managers.clone(),
+            node_addr: saved.advertise_addr.ip().to_string(),
+            store_index: manager.as_ref().map(|m| m.store().index()),
+            ..Default::default()
+        };
+        if manager.is_some()
+            && let Ok(nodes) = self.call(Call::NodeList).await
+            && let Ok(nodes) = serde_json::from_value::<Vec<shoal_api::swarm::Node>>(nodes)
+        {
+            info.node_count = Some(nodes.len());
+            info.manager_count = Some(nodes.iter().filter(|n| n.manager_status.is_some()).count());
+        }
+        info
+    }
+
+    async fn init(&self, args: InitArgs) -> Result<Value, Status> {
+        let mut guard = self.state.lock().await;
+        if guard.is_some() {
+            return Err(Status::failed_precondition(ALREADY_IN_SWARM));
+        }
+        let advertise = resolve(
+            args.advertise_addr.as_deref(),
+            "advertise-addr",
+            DEFAULT_PORT,
+        )?;
+        let listen = match args.listen_addr.as_deref() {
+            None => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), advertise.port()),
+            Some(value) => resolve(Some(value), "listen-addr", DEFAULT_PORT)?,
+        };
+        let data_path = match args.data_path_addr.as_deref() {
+            None => advertise.ip(),
+            Some(value) => resolve(Some(value), "data-path-addr", 0)?.ip(),
+        };
+        let data_path_port = args.data_path_port.unwrap_or(DEFAULT_DATA_PATH_PORT);
+        if data_path_port < 1024 && data_path_port != 0 && args.data_path_port.is_some() {
+            return Err(Status::invalid_argument(format!(
+                "--data-path-port {data_path_port} is not allowed: use a port from 1024 to 49151"
+            )));
+        }
+        let heartbeat_s = args.dispatcher_heartbeat_s.unwrap_or(5);
+        if heartbeat_s == 0 {
+            return Err(Status::invalid_argument(
+                "--dispatcher-heartbeat must be at least 1s",
+            ));
+        }
+        let first = genesis(GenesisArgs {
+            description: self.description(data_path),
+            advertise: advertise.to_string(),
+            data_path_port,
+            heartbeat_s,
+            snapshot_interval: args.snapshot_interval.unwrap_or(10_000),
+        })
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let saved = Saved {
+            node_id: first.node_id.clone(),
+            cluster_id: first.cluster_id.clone(),
+            role: Role::Manager,
+            advertise_addr: advertise,
+            listen_addr: listen,
+            data_path_addr: data_path,
+            managers: vec![advertise.to_string()],
+            raft_id: Some(first.raft_id),
+            heartbeat_ms: heartbeat_s * 1000,
+        };
+        self.wipe()
+            .map_err(io_status("clearing the swarm directory"))?;
+        self.write_credentials(&first.credentials)
+            .map_err(io_status("writing the node's certificates"))?;
+        let started = async {
+            let manager = self
+                .start_manager(&saved, &first.credentials, first.raft_id)
+                .await?;
+            if let Err(e) = manager
+                .bootstrap(
+                    first.cluster.clone(),
+                    &first.cluster_id,
+                    first.node.clone(),
+                    &first.node_id,
+                )
+                .await
+            {
+                manager.shutdown().await;
+                return Err(e);
+            }
+            Ok(manager)
+        }
+        .await;
+        let manager = match started {
+            Ok(manager) => manager,
+            Err(e) => {
+                let _ = self.wipe();
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.write_saved(&saved) {
+            manager.shutdown().await;
+            let _ = self.wipe();
+            return Err(io_status("writing the swarm state")(e));
+        }
+        tracing::info!(node = %saved.node_id, cluster = %saved.cluster_id, "swarm initialized");
+        let node_id = saved.node_id.clone();
+        *guard = Some(Joined {
+            saved,
+            credentials: first.credentials,
+            manager: Some(manager),
+            session: None,
+        });
+        drop(guard);
+        self.spawn_session().await;
+        Ok(Value::String(node_id))
+    }
+
+    async fn join(&self, args: JoinArgs) -> Result<Value, Status> {
+        let mut guard = self.state.lock().await;
+        if guard.is_some() {
+            return Err(Status::failed_precondition(ALREADY_IN_SWARM));
+        }
+        let token = JoinToken::from_str(&args.token)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let remote = remote_addr(&args.remote).await?;
+        let advertise = match args.advertise_addr.as_deref() {
+            Some(value) => resolve(Some(value), "advertise-addr", DEFAULT_PORT)?,
+            None => {
+                let ip = route_source(remote).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "no route to {remote}: specify the address to advertise with --advertise-addr"
+                    ))
+                })?;
+                SocketAddr::new(ip, DEFAULT_PORT)
+            }
+        };
+        let listen = match args.listen_addr.as_deref() {
+            None => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), advertise.port()),
+            Some(value) => resolve(Some(value), "listen-addr", DEFAULT_PORT)?,
+        };
+        let data_path = match args.data_path_addr.as_deref() {
+            None => advertise.ip(),
+            Some(value) => resolve(Some(value), "data-path-addr", 0)?.ip(),
+        };
+        // Check the manager's CA against the token before sending the token's secret.
+        let pinned =
+            tls::join_client(&token.digest).map_err(|e| Status::internal(e.to_string()))?;
+        tls::handshake(remote, pinned.clone(), RPC_TIMEOUT)
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "error while joining the swarm through {remote}: {e}"
+                ))
+            })?;
+        let (csr, key_pem) = ca::node_request().map_err(|e| Status::internal(e.to_string()))?;
+        let channel = tls::channel(&remote.to_string(), pinned, RPC_TIMEOUT)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let request = JoinRequest {
+            token: args.token.trim().to_owned(),
+            csr,
+            description: self.description(data_path),
+            advertise_addr: advertise.to_string(),
+        };
+        let reply: JoinReply = rpc(CaClient::new(channel).join(frame(&request)?)).await?;
+        let credentials = Credentials {
+            cert_pem: reply.cert_pem,
+            key_pem,
+            ca_pem: reply.ca_pem,
+        };
+        let raft_id = match reply.role {
+            Role::Manager => Some(ca::random_u64().map_err(|e| Status::internal(e.to_string()))?),
+            Role::Worker => None,
+        };
+        let mut managers = reply.managers;
+        if managers.is_empty() {
+            managers.push(remote.to_string());
+        }
+        let saved = Saved {
+            node_id: reply.node_id.clone(),
+            cluster_id: reply.cluster_id,
+            role: reply.role,
+            advertise_addr: advertise,
+            listen_addr: listen,
+            data_path_addr: data_path,
+            managers,
+            raft_id,
+            heartbeat_ms: reply.heartbeat_ms,
+        };
+        self.wipe()
+            .map_err(io_status("clearing the swarm directory"))?;
+        self.write_credentials(&credentials)
+            .map_err(io_status("writing the node's certificates"))?;
+        let manager = match raft_id {
+            None => None,
+            Some(raft_id) => match self.become_manager(&saved, &credentials, raft_id).await {
+                Ok(manager) => Some(manager),
+                Err(e) => {
+                    let _ = self.wipe();
+                    return Err(e);
+                }
+            },
+        };
+        if let Err(e) = self.write_saved(&saved) {
+            if let Some(manager) = &manager {
+                manager.shutdown().await;
+            }
+            let _ = self.wipe();
+            return Err(io_status("writing the swarm state")(e));
+        }
+        tracing::info!(node = %saved.node_id, role = %saved.role, "joined the swarm");
+        let role = saved.role;
+        *guard = Some(Joined {
+            saved,
+            credentials,
+            manager,
+            session: None,
+        });
+        drop(guard);
+        self.spawn_session().await;
+        Ok(Value::String(role.to_string()))
+    }
+
+    /// Starts a manager with an empty raft and asks the leader to add it.
+    async fn become_manager(
+        &self,
+        saved: &Saved,
+        credentials: &Credentials,
+        raft_id: u64,
+    ) -> Result<Manager, Status> {
+        let _ = std::fs::remove_dir_all(self.dir.join("raft"));
+        let manager = self.start_manager(saved, credentials, raft_id).await?;
+        let identity = manager.identity().clone();
+        let tls_config = credentials
+            .client_config()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut last = Status::unavailable(shoal_api::swarm::NO_LEADER);
+        for addr in &saved.managers {
+            let Ok(channel) = tls::channel(addr, tls_config.clone(), Duration::from_secs(60))
+            else {
+                continue;
+            };
+            let forwarded = Forwarded {
+                op: Op::AddManager {
+                    raft_id,
+                    addr: saved.advertise_addr.to_string(),
+                },
+                caller: Some(identity.clone()),
+                from: saved.advertise_addr.ip().to_string(),
+                hops: 0,
+            };
+            let added: Result<Value, Status> =
+                rpc(ControlClient::new(channel).call(frame(&forwarded)?)).await;
+            match added {
+                Ok(_) => return Ok(manager),
+                Err(e) => last = e,
+            }
+        }
+        manager.shutdown().await;
+        Err(last)
+    }
+
+    async fn leave(&self, force: bool) -> Result<Value, Status> {
+        let mut guard = self.state.lock().await;
+        let Some(joined) = guard.as_ref() else {
+            return Err(Status::failed_precondition(
+                "This node is not part of a swarm",
+            ));
+        };
+        if let Some(manager) = &joined.manager {
+            if !force {
+                return Err(Status::failed_precondition(
+                    "You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm, and removing a manager may cost the swarm its quorum. Demote this node first (shoal node demote), or use `--force` to ignore this message.",
+                ));
+            }
+            // Leave the raft cleanly if that keeps a quorum; with --force, leave regardless.
+            let me = manager.identity().clone();
+            let demoted = manager
+                .submit(
+                    Op::User {
+                        call: Call::NodeUpdate {
+                            id: joined.saved.node_id.clone(),
+                            update: shoal_api::swarm::NodeUpdate {
+                                role: Some(Role::Worker),
+                                ..Default::default()
+                            },
+                        },
+                        node_id: joined.saved.node_id.clone(),
+                    },
+                    Some(me),
+                    "local".into(),
+                )
+                .await;
+            if let Err(e) = demoted {
+                tracing::warn!(error = %e.message(), "leaving without leaving the raft first");
+            }
+        }
+        let joined = guard.take().expect("checked above");
+        if let Some(session) = joined.session {
+            session.abort();
+        }
+        if let Some(manager) = joined.manager {
+            manager.shutdown().await;
+        }
+        self.wipe()
+            .map_err(io_status("removing the swarm directory"))?;
+        tracing::info!("left the swarm");
+        Ok(Value::Null)
+    }
+
+    fn wipe(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => std::fs::create_dir_all(&self.dir).and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            }),
+        }
+    }
+
+    async fn spawn_session(&self) {
+        let node = self.clone();
+        let handle = tokio::spawn(async move { node.session().await });
+        if let Some(joined) = self.state.lock().await.as_mut() {
+            if let Some(old) = joined.session.replace(handle) {
+                old.abort();
+            }
+        } else {
+            handle.abort();
+        }
+    }
+
+    /// Heartbeats to the managers, one at a time, moving on when one does not answer; acts on
+    /// what the leader says back.
+    async fn session(&self) {
+        let mut next = 0_usize;
+        loop {
+            let snapshot = {
+                let guard = self.state.lock().await;
+                guard
+                    .as_ref()
+                    .map(|j| (j.saved.clone(), j.credentials.clone()))
+            };
+            let Some((saved, credentials)) = snapshot else {
+                return;
+            };
+            let period = Duration::from_millis(saved.heartbeat_ms.max(1000));
+            let addr = saved
+                .managers
+                .get(next % saved.managers.len().max(1))
+                .cloned();
+            let beat = match addr {
+                None => Err(Status::unavailable("no manager known")),
+                Some(addr) => self.heartbeat(&addr, &saved, &credentials).await,
+            };
+            match beat {
+                Ok(reply) => {
+                    if let Err(e) = self.act_on(reply).await {
+                        tracing::warn!(error = %e.message(), "acting on the leader's answer");
+                    }
+                    tokio::time::sleep(period).await;
+                }
+                Err(status)
+                    if status.code() == tonic::Code::NotFound
+                        && status.message().contains("removed") =>
+                {
+                    tracing::warn!("{}: leaving the swarm", status.message());
+                    let mut guard = self.state.lock().await;
+                    if let Some(joined) = guard.take() {
+                        if let Some(manager) = joined.manager {
+                            manager.shutdown().await;
+                        }
+                    }
+                    let _ = self.wipe();
+                    return;
+                }
+                Err(status) => {
+                    tracing::debug!(error = %status.message(), "heartbeat failed; trying the next manager");
+                    next += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        addr: &str,
+        saved: &Saved,
+        credentials: &Credentials,
+    ) -> Result<HeartbeatReply, Status> {
+        let config = credentials
+            .client_config()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let channel =
+            tls::channel(addr, config, RPC_TIMEOUT).map_err(|e| Status::internal(e.to_string()))?;
+        let heartbeat = Heartbeat {
+            description: self.description(saved.data_path_addr),
+        };
+        rpc(DispatcherClient::new(channel).heartbeat(frame(&heartbeat)?)).await
+    }
+
+    async fn act_on(&self, reply: HeartbeatReply) -> Result<(), Status> {
+        let mut guard = self.state.lock().await;
+        let Some(joined) = guard.as_mut() else {
+            return Ok(());
+        };
+        let mut saved = joined.saved.clone();
+        if !reply.managers.is_empty() {
+            saved.managers = reply.managers.clone();
+        }
+        saved.heartbeat_ms = reply.period_ms;
+        if reply.role != saved.role {
+            tracing::info!(from = %saved.role, to = %reply.role, "the node's role changed");
+            if let Some(manager) = joined.manager.take() {
+                manager.shutdown().await;
+                let _ = std::fs::remove_dir_all(self.dir.join("raft"));
+            }
+            let credentials = self.renew(&saved, &joined.credentials).await?;
+            saved.role = reply.role;
+            saved.raft_id = None;
+            joined.credentials = credentials.clone();
+            if reply.role == Role::Manager {
+                let raft_id = ca::random_u64().map_err(|e| Status::internal(e.to_string()))?;
+                saved.raft_id = Some(raft_id);
+                joined.manager = Some(self.become_manager(&saved, &credentials, raft_id).await?);
+            }
+        }
+        if saved.managers != joined.saved.managers
+            || saved.role != joined.saved.role
+            || saved.heartbeat_ms != joined.saved.heartbeat_ms
+            || saved.raft_id != joined.saved.raft_id
+        {
+            self.write_saved(&saved)
+                .map_err(io_status("writing the swarm state"))?;
+            joined.saved = saved;
+        }
+        Ok(())
+    }
+
+    /// A certificate for the role the store now gives this node.
+    async fn renew(&self, saved: &Saved, current: &Credentials) -> Result<Credentials, Status> {
+        let (csr, key_pem) = ca::node_request().map_err(|e| Status::internal(e.to_string()))?;
+        let config = current
+            .client_config()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut last = Status::unavailable(shoal_api::swarm::NO_LEADER);
+        for addr in &saved.managers {
+            let Ok(channel) = tls::channel(addr, config.clone(), RPC_TIMEOUT) else {
+                continue;
+            };
+            let renewed: Result<RenewReply, Status> =
+                rpc(CaClient::new(channel).renew(frame(&csr)?)).await;
+            match renewed {
+                Ok(reply) => {
+                    let credentials = Credentials {
+                        cert_pem: reply.cert_pem,
+                        key_pem,
+                        ca_pem: current.ca_pem.clone(),
+                    };
+                    self.write_credentials(&credentials)
+                        .map_err(io_status("writing the node's certificates"))?;
+                    return Ok(credentials);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+async fn remote_addr(remote: &str) -> Result<SocketAddr, Status> {
+    let with_port = if remote.parse::<SocketAddr>().is_ok()
+        || remote
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.ends_with(']') && !h.contains(':') && p.parse::<u16>().is_ok())
+    {
+        remote.to_owned()
+    } else {
+        format!("{remote}:{DEFAULT_PORT}")
+    };
+    let mut found = tokio::net::lookup_host(&with_port).await.map_err(|e| {
+        Status::invalid_argument(format!("invalid manager address {remote:?}: {e}"))
+    })?;
+    found.next().ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "invalid manager address {remote:?}: it resolves to nothing"
+        ))
+    })
+}
+
+fn frame<T: Serialize>(value: &T) -> Result<Request<Frame>, Status> {
+    let json = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+    let mut request = Request::new(Frame { json });
+    request.set_timeout(RPC_TIMEOUT * 6);
+    Ok(request)
+}
+
+async fn rpc<T: serde::de::DeserializeOwned>(
+    call: impl Future<Output = Result<tonic::Response<Frame>, Status>>,
+) -> Result<T, Status> {
+    let reply = call.await?;
+    serde_json::from_slice(&reply.into_inner().json)
+        .map_err(|e| Status::internal(format!("decoding the manager's answer: {e}")))
+}

@@ -1,0 +1,355 @@
+//! `shoal node ls|inspect|update|promote|demote|rm`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use shoal_api::{
+    DaemonHost,
+    swarm::{Availability, Call, Node, NodeState, NodeUpdate, Role},
+};
+
+use crate::{Failure, commands::swarm::call, output::Format};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// List nodes in the swarm
+    #[command(alias = "list")]
+    Ls {
+        /// Only display IDs
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print one JSON object per node (Docker's column names)
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
+    /// Display detailed information on one or more nodes
+    Inspect {
+        /// Print the information in a human friendly format
+        #[arg(long)]
+        pretty: bool,
+        /// Nodes (ID, ID prefix, hostname, or "self")
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Update a node
+    Update {
+        /// Availability of the node ("active", "pause", "drain")
+        #[arg(long)]
+        availability: Option<Availability>,
+        /// Add or update a node label (key=value)
+        #[arg(long = "label-add", value_name = "KEY=VALUE")]
+        label_add: Vec<String>,
+        /// Remove a node label if exists
+        #[arg(long = "label-rm", value_name = "KEY")]
+        label_rm: Vec<String>,
+        /// Role of the node ("worker", "manager")
+        #[arg(long, value_parser = ["worker", "manager"])]
+        role: Option<String>,
+        /// The node
+        node: String,
+    },
+    /// Promote one or more nodes to manager in the swarm
+    Promote {
+        /// The nodes
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Demote one or more nodes from manager in the swarm
+    Demote {
+        /// The nodes
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove one or more nodes from the swarm
+    #[command(alias = "remove")]
+    Rm {
+        /// Force remove a node from the swarm
+        #[arg(short, long)]
+        force: bool,
+        /// The nodes
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+/// Docker's words for the columns.
+fn status(node: &Node) -> &'static str {
+    match node.status.state {
+        NodeState::Ready => "Ready",
+        NodeState::Down => "Down",
+        NodeState::Unknown => "Unknown",
+    }
+}
+
+fn availability(node: &Node) -> &'static str {
+    match node.spec.availability {
+        Availability::Active => "Active",
+        Availability::Pause => "Pause",
+        Availability::Drain => "Drain",
+    }
+}
+
+fn manager_status(node: &Node) -> &'static str {
+    match &node.manager_status {
+        None => "",
+        Some(m) if m.leader => "Leader",
+        Some(m) if m.reachability == "reachable" => "Reachable",
+        Some(_) => "Unreachable",
+    }
+}
+
+/// One `node ls --format json` line.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Row<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    hostname: &'a str,
+    status: &'static str,
+    availability: &'static str,
+    manager_status: &'static str,
+    #[serde(rename = "Self")]
+    is_self: bool,
+}
+
+fn table(nodes: &[Node], me: &str) -> String {
+    let rows: Vec<[String; 5]> = nodes
+        .iter()
+        .map(|n| {
+            [
+                format!("{}{}", n.id, if n.id == me { " *" } else { "" }),
+                n.description.hostname.clone(),
+                status(n).into(),
+                availability(n).into(),
+                manager_status(n).into(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out += cell;
+            } else {
+                out += &format!("{cell:<w$}   ", w = widths[i]);
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header);
+    for row in &rows {
+        out += &line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+    out
+}
+
+fn pretty(node: &Node) -> String {
+    let mut out = format!(
+        "ID:\t\t\t{}\nHostname:\t\t{}\nJoined at:\t\t{}\nStatus:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}\n",
+        node.id,
+        node.description.hostname,
+        node.created_at,
+        status(node),
+        availability(node),
+        node.status.addr
+    );
+    if let Some(m) = &node.manager_status {
+        out += &format!(
+            "Manager Status:\n Address:\t\t{}\n Raft Status:\t\t{}\n Leader:\t\t{}\n",
+            m.addr,
+            if m.reachability == "reachable" {
+                "Reachable"
+            } else {
+                "Unreachable"
+            },
+            if m.leader { "Yes" } else { "No" }
+        );
+    }
+    out += &format!(
+        "Data Path Address:\t{}\nPlatform:\n Operating System:\t{}\n Architecture:\t\t{}\nResources:\n CPUs:\t\t\t{}\n Memory:\t\t{}\n",
+        node.description.data_path_addr,
+        node.description.platform.os,
+        node.description.platform.architecture,
+        node.description.resources.nano_cpus / 1_000_000_000,
+        crate::output::human_bytes(node.description.resources.memory_bytes)
+    );
+    if !node.spec.labels.is_empty() {
+        out += "Labels:\n";
+        for (k, v) in &node.spec.labels {
+            out += &format!(" - {k}={v}\n");
+        }
+    }
+    out
+}
+
+fn labels(values: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    values
+        .iter()
+        .map(|v| {
+            let (k, v) = v.split_once('=').unwrap_or((v.as_str(), ""));
+            if k.is_empty() {
+                return Err(Failure(format!(
+                    "invalid label {v:?}: a label needs a key (key=value)"
+                )));
+            }
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+async fn update(host: &DaemonHost, id: String, update: NodeUpdate) -> Result<(), Failure> {
+    call(host, &Call::NodeUpdate { id, update }).await.map(drop)
+}
+
+pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Ls { quiet, format } => {
+            let nodes: Vec<Node> = serde_json::from_value(call(host, &Call::NodeList).await?)?;
+            let me = crate::commands::info::local(host).await?.node_id;
+            if quiet {
+                for node in &nodes {
+                    println!("{}", node.id);
+                }
+            } else if let Some(Format::Json) = format {
+                for node in &nodes {
+                    let row = Row {
+                        id: &node.id,
+                        hostname: &node.description.hostname,
+                        status: status(node),
+                        availability: availability(node),
+                        manager_status: manager_status(node),
+                        is_self: node.id == me,
+                    };
+                    println!("{}", serde_json::to_string(&row)?);
+                }
+            } else {
+                print!("{}", table(&nodes, &me));
+            }
+        }
+        Command::Inspect {
+            pretty: human,
+            nodes,
+        } => {
+            let found: Vec<Node> =
+                serde_json::from_value(call(host, &Call::NodeInspect { ids: nodes }).await?)?;
+            if human {
+                let all: Vec<String> = found.iter().map(pretty).collect();
+                print!("{}", all.join("\n"));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            }
+        }
+        Command::Update {
+            availability,
+            label_add,
+            label_rm,
+            role,
+            node,
+        } => {
+            let role = role.map(|r| {
+                if r == "manager" {
+                    Role::Manager
+                } else {
+                    Role::Worker
+                }
+            });
+            update(
+                host,
+                node.clone(),
+                NodeUpdate {
+                    availability,
+                    role,
+                    label_add: labels(&label_add)?,
+                    label_rm,
+                },
+            )
+            .await?;
+            println!("{node}");
+        }
+        Command::Promote { nodes } => {
+            for node in nodes {
+                update(
+                    host,
+                    node.clone(),
+                    NodeUpdate {
+                        role: Some(Role::Manager),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                println!("Node {node} promoted to a manager in the swarm.");
+            }
+        }
+        Command::Demote { nodes } => {
+            for node in nodes {
+                update(
+                    host,
+                    node.clone(),
+                    NodeUpdate {
+                        role: Some(Role::Worker),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                println!("Manager {node} demoted in the swarm.");
+            }
+        }
+        Command::Rm { force, nodes } => {
+            call(
+                host,
+                &Call::NodeRemove {
+                    ids: nodes.clone(),
+                    force,
+                },
+            )
+            .await?;
+            for node in nodes {
+                println!("{node}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_api::swarm::ManagerStatus;
+
+    use super::*;
+
+    #[test]
+    fn node_ls_reads_like_docker() {
+        let mut a = Node {
+            id: "abc".into(),
+            ..Default::default()
+        };
+        a.description.hostname = "n1".into();
+        a.status.state = NodeState::Ready;
+        a.manager_status = Some(ManagerStatus {
+            leader: true,
+            reachability: "reachable".into(),
+            ..Default::default()
+        });
+        let mut b = Node {
+            id: "def".into(),
+            ..Default::default()
+        };
+        b.description.hostname = "n2".into();
+        b.status.state = NodeState::Down;
+        b.spec.availability = Availability::Drain;
+        let out = table(&[a, b], "abc");
+        assert_eq!(
+            out,
+            "ID      HOSTNAME   STATUS   AVAILABILITY   MANAGER STATUS\n\
+             abc *   n1         Ready    Active         Leader\n\
+             def     n2         Down     Drain\n"
+        );
+    }
+}

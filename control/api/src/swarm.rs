@@ -1,0 +1,410 @@
+//! The swarm's API model: what `shoal swarm|node` send to `shoald` (a [`Call`]), and the objects
+//! they get back ([`Node`], [`Cluster`]), serialized with Docker's field names so `inspect`
+//! prints what `docker node inspect` / `docker swarm inspect` print.
+//!
+//! The same types travel from a manager to the leader when a call is forwarded, and are the
+//! bodies of the objects in the raft store.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What the user asks of the swarm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Call {
+    /// `swarm init`.
+    Init(InitArgs),
+    /// `swarm join`.
+    Join(JoinArgs),
+    /// `swarm leave [--force]`.
+    Leave {
+        /// `--force`.
+        force: bool,
+    },
+    /// `swarm inspect`.
+    Inspect,
+    /// `swarm update`.
+    Update(UpdateArgs),
+    /// `swarm join-token [--rotate] worker|manager`.
+    JoinToken {
+        /// Whose token.
+        role: Role,
+        /// `--rotate`.
+        rotate: bool,
+    },
+    /// `node ls`.
+    NodeList,
+    /// `node inspect ID...` (IDs, ID prefixes or hostnames; `self` is the local node).
+    NodeInspect {
+        /// The nodes.
+        ids: Vec<String>,
+    },
+    /// `node update`, `node promote`, `node demote`.
+    NodeUpdate {
+        /// The node.
+        id: String,
+        /// What to change.
+        update: NodeUpdate,
+    },
+    /// `node rm [--force]`.
+    NodeRemove {
+        /// The nodes.
+        ids: Vec<String>,
+        /// `--force`.
+        force: bool,
+    },
+    /// Creates or replaces a config object: a replicated write with nothing else attached
+    /// (what `cargo xtask bench raft` and the crash tests write).
+    Put {
+        /// Its name.
+        name: String,
+        /// Its data.
+        data: String,
+    },
+    /// Reads a config object written by [`Call::Put`].
+    Get {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// `swarm init`'s flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitArgs {
+    /// `--advertise-addr`: IP or interface, optional port.
+    pub advertise_addr: Option<String>,
+    /// `--listen-addr` (default `0.0.0.0:2377`).
+    pub listen_addr: Option<String>,
+    /// `--data-path-addr`: IP or interface.
+    pub data_path_addr: Option<String>,
+    /// `--data-path-port` (default 4789).
+    pub data_path_port: Option<u16>,
+    /// `--dispatcher-heartbeat`, seconds.
+    pub dispatcher_heartbeat_s: Option<u64>,
+    /// `--snapshot-interval`.
+    pub snapshot_interval: Option<u64>,
+}
+
+/// `swarm join`'s flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinArgs {
+    /// `--token`.
+    pub token: String,
+    /// The manager to join through, `HOST[:PORT]`.
+    pub remote: String,
+    /// `--advertise-addr`.
+    pub advertise_addr: Option<String>,
+    /// `--listen-addr`.
+    pub listen_addr: Option<String>,
+    /// `--data-path-addr`.
+    pub data_path_addr: Option<String>,
+}
+
+/// `swarm update`'s flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateArgs {
+    /// `--dispatcher-heartbeat`, seconds.
+    pub dispatcher_heartbeat_s: Option<u64>,
+    /// `--snapshot-interval`.
+    pub snapshot_interval: Option<u64>,
+}
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs tasks only.
+    Worker,
+    /// Holds the raft store and runs the control plane.
+    Manager,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Worker => "worker",
+            Role::Manager => "manager",
+        })
+    }
+}
+
+/// Whether the scheduler may place tasks on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    /// New tasks may be placed.
+    #[default]
+    Active,
+    /// No new tasks; running ones stay.
+    Pause,
+    /// No tasks: running ones move elsewhere.
+    Drain,
+}
+
+impl std::str::FromStr for Availability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "active" => Ok(Self::Active),
+            "pause" => Ok(Self::Pause),
+            "drain" => Ok(Self::Drain),
+            other => Err(format!(
+                "invalid availability {other:?}: must be one of active, pause, drain"
+            )),
+        }
+    }
+}
+
+/// What `node update|promote|demote` change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUpdate {
+    /// `--availability`.
+    pub availability: Option<Availability>,
+    /// `--role` (`promote` / `demote`).
+    pub role: Option<Role>,
+    /// `--label-add key=value` (or `key`).
+    pub label_add: BTreeMap<String, String>,
+    /// `--label-rm key`.
+    pub label_rm: Vec<String>,
+}
+
+/// The raft index an object was last changed at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// The index.
+    #[serde(rename = "Index")]
+    pub index: u64,
+}
+
+/// A node, as `node inspect` prints it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Node {
+    /// The node ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its version.
+    pub version: Version,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// What the operator set.
+    pub spec: NodeSpec,
+    /// What the node reported.
+    pub description: NodeDescription,
+    /// Ready or Down, as the managers see it.
+    pub status: NodeStatus,
+    /// Set on managers.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub manager_status: Option<ManagerStatus>,
+}
+
+/// A node's spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeSpec {
+    /// `--label-add`.
+    pub labels: BTreeMap<String, String>,
+    /// The role the node should have.
+    pub role: Option<Role>,
+    /// `--availability`.
+    pub availability: Availability,
+}
+
+/// What a node says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeDescription {
+    /// Its host name.
+    pub hostname: String,
+    /// OS and architecture.
+    pub platform: Platform,
+    /// CPUs and memory.
+    pub resources: Resources,
+    /// Where its overlay traffic goes (`--data-path-addr`; the advertise address by default).
+    pub data_path_addr: String,
+}
+
+/// OS and architecture, as Go names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Platform {
+    /// e.g. `x86_64`.
+    pub architecture: String,
+    /// e.g. `linux`.
+    #[serde(rename = "OS")]
+    pub os: String,
+}
+
+/// CPUs and memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Resources {
+    /// CPUs × 10⁹.
+    pub nano_cpus: u64,
+    /// Bytes.
+    pub memory_bytes: u64,
+}
+
+/// A node's liveness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Never heard from since this leader took over.
+    #[default]
+    Unknown,
+    /// Heartbeating.
+    Ready,
+    /// Missed three heartbeat periods.
+    Down,
+}
+
+/// Ready or Down.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeStatus {
+    /// The state.
+    pub state: NodeState,
+    /// Why, when there is something to say.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub message: String,
+    /// The address its heartbeats come from.
+    pub addr: String,
+}
+
+/// A manager's place in the raft.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ManagerStatus {
+    /// Whether it leads.
+    #[serde(default)]
+    pub leader: bool,
+    /// `reachable` or `unreachable`, as the leader sees it.
+    pub reachability: String,
+    /// Its advertise address (raft and the API).
+    pub addr: String,
+    /// Its raft ID.
+    #[serde(rename = "RaftID")]
+    pub raft_id: u64,
+}
+
+/// The swarm, as `swarm inspect` prints it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Cluster {
+    /// The cluster ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its version.
+    pub version: Version,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Settings.
+    pub spec: ClusterSpec,
+    /// The root CA's certificate and the digest tokens carry.
+    #[serde(rename = "TLSInfo")]
+    pub tls_info: TlsInfo,
+    /// The port VXLAN uses (`--data-path-port`).
+    pub data_path_port: u16,
+    /// The join tokens (shown only by `join-token`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub join_tokens: Option<JoinTokens>,
+}
+
+/// Cluster settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ClusterSpec {
+    /// `default`.
+    pub name: String,
+    /// Raft settings.
+    pub raft: RaftSpec,
+    /// Dispatcher settings.
+    pub dispatcher: DispatcherSpec,
+    /// CA settings.
+    #[serde(rename = "CAConfig")]
+    pub ca_config: CaConfig,
+}
+
+/// Raft settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RaftSpec {
+    /// Entries between snapshots.
+    pub snapshot_interval: u64,
+    /// Snapshots kept besides the newest.
+    pub keep_old_snapshots: u64,
+    /// Entries kept behind a snapshot.
+    pub log_entries_for_slow_followers: u64,
+}
+
+/// Dispatcher settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DispatcherSpec {
+    /// Nanoseconds, as Docker prints it.
+    pub heartbeat_period: u64,
+}
+
+/// CA settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CaConfig {
+    /// Nanoseconds.
+    pub node_cert_expiry: u64,
+}
+
+/// The root CA as `swarm inspect` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TlsInfo {
+    /// PEM.
+    pub trust_root: String,
+    /// The digest join tokens carry.
+    pub digest: String,
+}
+
+/// The join tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JoinTokens {
+    /// For workers.
+    pub worker: String,
+    /// For managers.
+    pub manager: String,
+}
+
+/// What a node knows of its own swarm membership (`shoal info`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalSwarm {
+    /// `active` or `inactive`.
+    pub state: String,
+    /// The node ID.
+    pub node_id: String,
+    /// The cluster ID.
+    pub cluster_id: String,
+    /// Whether it is a manager.
+    pub is_manager: bool,
+    /// Managers' addresses.
+    pub managers: Vec<String>,
+    /// Managers and nodes counted by the leader (managers only).
+    pub manager_count: Option<usize>,
+    /// Nodes counted by the leader (managers only).
+    pub node_count: Option<usize>,
+    /// The node's advertise address.
+    pub node_addr: String,
+    /// The index of this manager's replica of the store.
+    pub store_index: Option<u64>,
+}
+
+/// Docker's message for cluster calls on a worker.
+pub const NOT_A_MANAGER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
+/// Docker's message for cluster calls on a node outside any swarm.
+pub const NOT_IN_SWARM: &str = "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to connect this node to swarm and try again.";
+/// Docker's message for `init`/`join` on a node already in a swarm.
+pub const ALREADY_IN_SWARM: &str = "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.";
+/// Docker's message when there is no leader.
+pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";

@@ -1,0 +1,487 @@
+//! A manager: the raft node, the object store it feeds, and the gRPC services other nodes call
+//! over mutual TLS on the advertise address.
+//!
+//! ```text
+//!   node ──mTLS──> Ca.Join (token) / Ca.Renew / Dispatcher.Heartbeat / Control.Call / Raft.*
+//!                        │
+//!                        └─> Manager::submit(op) ── leader? ──yes──> ops.rs: read the store, propose
+//!                                                        └──no───> Control.Call on the leader
+//! ```
+//!
+//! Everything goes to the leader, as in SwarmKit: it alone writes, it alone hears heartbeats (so
+//! it alone decides a node is Down), and it alone knows which managers answer its raft RPCs
+//! (MANAGER STATUS). A follower forwards calls on behalf of the caller whose certificate it
+//! checked.
+
+pub mod genesis;
+mod ops;
+pub mod protocol;
+pub mod quorum;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use openraft::BasicNode;
+use protocol::{Forwarded, Op};
+use rustls::ClientConfig;
+use serde_json::Value;
+use shoal_api::{
+    swarm::NO_LEADER,
+    v1::{Frame, ca_server, control_client::ControlClient, control_server, dispatcher_server},
+};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, transport::Channel};
+
+use crate::{
+    ca::{NodeIdentity, Role},
+    raft::{
+        Raft, RaftSettings, TypeConfig,
+        network::{Contacts, Network, RaftService, require_manager},
+    },
+    store::Store,
+    tls::{Credentials, Peer},
+};
+
+/// How a manager is set up.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Its raft storage (`<data root>/swarm/raft`).
+    pub dir: PathBuf,
+    /// Its manager certificate.
+    pub credentials: Credentials,
+    /// Its raft ID.
+    pub raft_id: u64,
+    /// Where other managers and nodes reach it.
+    pub advertise: SocketAddr,
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Raft timing and snapshots.
+    pub settings: RaftSettings,
+}
+
+/// Why a manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The raft storage could not be opened.
+    #[error("opening the raft store in {dir}: {source}")]
+    Storage {
+        /// Where.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The listen address could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Raft refused to start.
+    #[error("starting raft: {0}")]
+    Raft(String),
+}
+
+pub(crate) struct Inner {
+    raft: Raft,
+    store: Store,
+    raft_id: u64,
+    advertise: SocketAddr,
+    identity: NodeIdentity,
+    credentials: Credentials,
+    client_tls: Arc<ClientConfig>,
+    contacts: Contacts,
+    settings: RaftSettings,
+    /// Last heartbeat per node ID (the leader's).
+    heartbeats: Mutex<HashMap<String, Instant>>,
+    /// When this manager last became leader.
+    leader_since: Mutex<Option<Instant>>,
+    clients: Mutex<HashMap<String, ControlClient<Channel>>>,
+    stop: watch::Sender<bool>,
+}
+
+/// A running manager. Clones share it.
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("raft_id", &self.inner.raft_id)
+            .field("advertise", &self.inner.advertise)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a forwarded call may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a call waits for a leader to be elected.
+const LEADER_WAIT: Duration = Duration::from_secs(8);
+
+impl Manager {
+    /// Opens the raft store, starts raft and serves the cluster's gRPC services. A manager
+    /// whose store is empty waits to be initialized ([`Manager::bootstrap`]) or added by the
+    /// leader.
+    pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
+        let store = Store::new();
+        let (log, sm) =
+            crate::raft::open_storage(&config.dir, store.clone()).map_err(|source| {
+                ManagerError::Storage {
+                    dir: config.dir.clone(),
+                    source,
+                }
+            })?;
+        let identity = config.credentials.identity()?;
+        let client_tls = config.credentials.client_config()?;
+        let server_tls = config.credentials.server_config()?;
+        let contacts: Contacts = Arc::default();
+        let mut raft_config = config
+            .settings
+            .config(&identity.cluster_id)
+            .map_err(|e| ManagerError::Raft(e.to_string()))?;
+        // Snapshots are triggered by the maintenance loop from the cluster's setting (which
+        // `swarm update --snapshot-interval` changes at run time).
+        raft_config.snapshot_policy = openraft::SnapshotPolicy::Never;
+        let raft = Raft::new(
+            config.raft_id,
+            Arc::new(raft_config),
+            Network::new(client_tls.clone(), contacts.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| ManagerError::Raft(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ManagerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let (stop, stopped) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            raft: raft.clone(),
+            store,
+            raft_id: config.raft_id,
+            advertise: config.advertise,
+            identity,
+            credentials: config.credentials,
+            client_tls,
+            contacts,
+            settings: config.settings,
+            heartbeats: Mutex::default(),
+            leader_since: Mutex::default(),
+            clients: Mutex::default(),
+            stop,
+        });
+        let manager = Self { inner };
+        let services = Services {
+            manager: manager.clone(),
+        };
+        let incoming = crate::tls::incoming(listener, server_tls);
+        let mut until = stopped.clone();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(RaftService::new(raft))
+                .add_service(
+                    control_server::ControlServer::new(services.clone())
+                        .max_decoding_message_size(64 << 20),
+                )
+                .add_service(ca_server::CaServer::new(services.clone()))
+                .add_service(dispatcher_server::DispatcherServer::new(services))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = until.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the cluster API stopped");
+            }
+        });
+        tokio::spawn(ops::maintain(manager.clone(), stopped));
+        Ok(manager)
+    }
+
+    /// Makes this manager the first member of a new raft and writes the first state: the
+    /// cluster object and this node.
+    pub async fn bootstrap(
+        &self,
+        cluster: Value,
+        cluster_id: &str,
+        node: Value,
+        node_id: &str,
+    ) -> Result<(), Status> {
+        let mut members = BTreeMap::new();
+        members.insert(
+            self.inner.raft_id,
+            BasicNode::new(self.inner.advertise.to_string()),
+        );
+        self.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| Status::internal(format!("initializing raft: {e}")))?;
+        self.wait_leader(LEADER_WAIT).await?;
+        self.heartbeat_seen(node_id);
+        ops::propose(
+            &self.inner,
+            crate::store::ChangeSet(vec![
+                crate::store::Change::Create {
+                    kind: crate::store::Kind::Cluster,
+                    id: cluster_id.to_owned(),
+                    body: cluster,
+                },
+                crate::store::Change::Create {
+                    kind: crate::store::Kind::Node,
+                    id: node_id.to_owned(),
+                    body: node,
+                },
+            ]),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The object store (this manager's replica).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// This manager's raft ID.
+    pub fn raft_id(&self) -> u64 {
+        self.inner.raft_id
+    }
+
+    /// Carries out `op` for `caller`, here if this manager leads, on the leader otherwise.
+    pub async fn submit(
+        &self,
+        op: Op,
+        caller: Option<NodeIdentity>,
+        from: String,
+    ) -> Result<Value, Status> {
+        self.route(Forwarded {
+            op,
+            caller,
+            from,
+            hops: 0,
+        })
+        .await
+    }
+
+    async fn route(&self, forwarded: Forwarded) -> Result<Value, Status> {
+        let leader = self.wait_leader(LEADER_WAIT).await?;
+        if leader == self.inner.raft_id {
+            return ops::execute(&self.inner, forwarded).await;
+        }
+        if forwarded.hops >= 2 {
+            return Err(Status::unavailable(NO_LEADER));
+        }
+        let addr = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| Status::unavailable(NO_LEADER))?;
+        let mut client = self.client(&addr)?;
+        let json = serde_json::to_vec(&Forwarded {
+            hops: forwarded.hops + 1,
+            ..forwarded
+        })
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let mut request = Request::new(Frame { json });
+        request.set_timeout(FORWARD_TIMEOUT);
+        match tokio::time::timeout(FORWARD_TIMEOUT, client.call(request)).await {
+            Ok(Ok(reply)) => serde_json::from_slice(&reply.into_inner().json)
+                .map_err(|e| Status::internal(format!("decoding the leader's answer: {e}"))),
+            Ok(Err(status))
+                if status.code() == tonic::Code::Unavailable
+                    && status.message().contains("transport") =>
+            {
+                Err(Status::unavailable(format!(
+                    "{NO_LEADER} (the leader at {addr} cannot be reached)"
+                )))
+            }
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::unavailable(format!(
+                "{NO_LEADER} (the leader at {addr} did not answer within {}s)",
+                FORWARD_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    fn client(&self, addr: &str) -> Result<ControlClient<Channel>, Status> {
+        let mut clients = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(addr) {
+            return Ok(client.clone());
+        }
+        let channel = crate::tls::channel(addr, self.inner.client_tls.clone(), FORWARD_TIMEOUT)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let client = ControlClient::new(channel).max_decoding_message_size(64 << 20);
+        clients.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// The leader's raft ID, waiting up to `timeout` for one to be elected.
+    async fn wait_leader(&self, timeout: Duration) -> Result<u64, Status> {
+        let mut metrics = self.inner.raft.metrics();
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(leader) = metrics.borrow_and_update().current_leader {
+                    return Some(leader);
+                }
+                if metrics.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(leader)) => Ok(leader),
+            _ => Err(Status::unavailable(NO_LEADER)),
+        }
+    }
+
+    fn heartbeat_seen(&self, node_id: &str) {
+        self.inner
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_owned(), Instant::now());
+    }
+
+    /// Whether this manager is a voting member of the raft.
+    pub fn is_voter(&self) -> bool {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == self.inner.raft_id)
+    }
+
+    /// The leader's advertise address, if there is one.
+    pub fn leader_addr(&self) -> Option<String> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Stops serving and shuts raft down.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "shutting raft down");
+        }
+    }
+
+    /// The identity in this manager's certificate.
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.inner.identity
+    }
+
+    /// The credentials this manager serves with.
+    pub fn credentials(&self) -> &Credentials {
+        &self.inner.credentials
+    }
+}
+
+/// The gRPC services, all of which end in [`Manager::submit`].
+#[derive(Clone)]
+struct Services {
+    manager: Manager,
+}
+
+fn peer(request: &Request<Frame>) -> (Option<NodeIdentity>, String) {
+    let peer = request.extensions().get::<Peer>();
+    (
+        peer.and_then(|p| p.identity.clone()),
+        peer.map(|p| p.addr.ip().to_string()).unwrap_or_default(),
+    )
+}
+
+fn decode<T: serde::de::DeserializeOwned>(request: Request<Frame>) -> Result<T, Status> {
+    serde_json::from_slice(&request.into_inner().json)
+        .map_err(|e| Status::invalid_argument(format!("decoding the request: {e}")))
+}
+
+fn reply(value: Result<Value, Status>) -> Result<Response<Frame>, Status> {
+    let value = value?;
+    serde_json::to_vec(&value)
+        .map(|json| Response::new(Frame { json }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl control_server::Control for Services {
+    async fn call(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        require_manager(&request)?;
+        let forwarded: Forwarded = decode(request)?;
+        reply(self.manager.route(forwarded).await)
+    }
+}
+
+#[tonic::async_trait]
+impl ca_server::Ca for Services {
+    async fn join(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        let (_, from) = peer(&request);
+        let join = decode(request)?;
+        reply(self.manager.submit(Op::Join(join), None, from).await)
+    }
+
+    async fn renew(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        let (caller, from) = peer(&request);
+        if caller.is_none() {
+            return Err(Status::unauthenticated(
+                "renewing a certificate needs the current one",
+            ));
+        }
+        let csr: String = decode(request)?;
+        reply(self.manager.submit(Op::Renew { csr }, caller, from).await)
+    }
+}
+
+#[tonic::async_trait]
+impl dispatcher_server::Dispatcher for Services {
+    async fn heartbeat(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        let (caller, from) = peer(&request);
+        if caller.is_none() {
+            return Err(Status::unauthenticated("a node certificate is required"));
+        }
+        let heartbeat = decode(request)?;
+        reply(
+            self.manager
+                .submit(Op::Heartbeat(heartbeat), caller, from)
+                .await,
+        )
+    }
+}
+
+/// The raft type configuration, for callers that name it.
+pub type Config = TypeConfig;
+
+/// Whether `identity` is a manager's.
+pub fn is_manager(identity: &NodeIdentity) -> bool {
+    identity.role == Role::Manager
+}

@@ -1,0 +1,804 @@
+//! What the leader does with each operation, and its maintenance loop (nodes Down after three
+//! missed heartbeats; snapshots every `SnapshotInterval` entries).
+
+use std::{
+    collections::BTreeSet,
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use openraft::{
+    ChangeMembers,
+    error::{ClientWriteError, RaftError},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use shoal_api::swarm::{
+    Call, Cluster, JoinTokens, ManagerStatus, Node, NodeState, NodeStatus, NodeUpdate, Role,
+    Version,
+};
+use tokio::sync::watch;
+use tonic::Status;
+
+use super::{
+    Inner, Manager,
+    protocol::{Forwarded, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, Op, RenewReply},
+    quorum,
+};
+use crate::{
+    ca::{self, JoinToken, NODE_VALIDITY, NodeIdentity, RootCa},
+    raft::{Request, network::last_contact},
+    store::{Change, ChangeSet, Kind, Object, StoreError},
+};
+
+/// The cluster object's body: the view `swarm inspect` shows, and the CA's key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    /// What `swarm inspect` shows.
+    #[serde(flatten)]
+    pub cluster: Cluster,
+    /// The root CA's private key (PEM). Managers only: it lives in the raft store.
+    #[serde(rename = "CAKey")]
+    pub ca_key: String,
+}
+
+/// The time now, RFC 3339.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A peer is reachable if it answered a raft RPC this recently.
+const REACHABLE: Duration = Duration::from_secs(3);
+
+fn to_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Stale { .. } => Status::aborted("update out of sequence"),
+        StoreError::Exists { .. } => Status::already_exists(e.to_string()),
+        StoreError::Missing { .. } => Status::not_found(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn json_error(e: serde_json::Error) -> Status {
+    Status::internal(format!("a stored object does not decode: {e}"))
+}
+
+/// Proposes `changes` and waits until they are committed and applied; the new index.
+pub(super) async fn propose(inner: &Inner, changes: ChangeSet) -> Result<u64, Status> {
+    match inner.raft.client_write(Request { changes }).await {
+        Ok(written) => match written.data.refused {
+            None => Ok(written.data.index),
+            Some(e) => Err(to_status(e)),
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Status::unavailable(
+            "leadership moved while writing; try again",
+        )),
+        Err(e) => Err(Status::internal(format!("raft: {e}"))),
+    }
+}
+
+fn cluster(inner: &Inner) -> Result<(Object, ClusterRecord), Status> {
+    let object = inner
+        .store
+        .view(|tx| tx.list(Kind::Cluster).next().cloned())
+        .ok_or_else(|| Status::failed_precondition("the swarm has no cluster object yet"))?;
+    let record: ClusterRecord = serde_json::from_value(object.body.clone()).map_err(json_error)?;
+    Ok((object, record))
+}
+
+fn heartbeat_period(inner: &Inner) -> Duration {
+    cluster(inner)
+        .map(|(_, c)| Duration::from_nanos(c.cluster.spec.dispatcher.heartbeat_period))
+        .ok()
+        .filter(|p| !p.is_zero())
+        .unwrap_or(Duration::from_secs(5))
+}
+
+fn decode_node(object: &Object) -> Result<Node, Status> {
+    let mut node: Node = serde_json::from_value(object.body.clone()).map_err(json_error)?;
+    node.id.clone_from(&object.id);
+    node.version = Version {
+        index: object.version,
+    };
+    Ok(node)
+}
+
+fn nodes(inner: &Inner) -> Result<Vec<(Object, Node)>, Status> {
+    inner.store.view(|tx| {
+        tx.list(Kind::Node)
+            .map(|o| decode_node(o).map(|n| (o.clone(), n)))
+            .collect()
+    })
+}
+
+/// Finds a node by ID, ID prefix or hostname (`self` is `me`).
+fn resolve(inner: &Inner, wanted: &str, me: &str) -> Result<(Object, Node), Status> {
+    let wanted = if wanted == "self" { me } else { wanted };
+    let all = nodes(inner)?;
+    if let Some(found) = all.iter().find(|(_, n)| n.id == wanted) {
+        return Ok(found.clone());
+    }
+    let by_name: Vec<_> = all
+        .iter()
+        .filter(|(_, n)| n.description.hostname == wanted)
+        .collect();
+    if let [one] = by_name[..] {
+        return Ok(one.clone());
+    }
+    let by_prefix: Vec<_> = all
+        .iter()
+        .filter(|(_, n)| n.id.starts_with(wanted))
+        .collect();
+    match (by_name.len(), by_prefix[..].len()) {
+        (0, 1) => Ok(by_prefix[0].clone()),
+        (0, 0) => Err(Status::not_found(format!("No such node: {wanted}"))),
+        (n, _) if n > 1 => Err(Status::failed_precondition(format!(
+            "node {wanted} is ambiguous ({n} nodes have this hostname)"
+        ))),
+        (_, n) => Err(Status::failed_precondition(format!(
+            "node {wanted} is ambiguous ({n} matches found)"
+        ))),
+    }
+}
+
+struct RaftView {
+    leader: Option<u64>,
+    voters: BTreeSet<u64>,
+    members: BTreeSet<u64>,
+}
+
+fn raft_view(inner: &Inner) -> RaftView {
+    let metrics = inner.raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    RaftView {
+        leader: metrics.current_leader,
+        voters: membership.voter_ids().collect(),
+        members: membership.nodes().map(|(id, _)| *id).collect(),
+    }
+}
+
+fn reachable(inner: &Inner, view: &RaftView) -> BTreeSet<u64> {
+    view.voters
+        .iter()
+        .copied()
+        .filter(|id| {
+            *id == inner.raft_id
+                || last_contact(&inner.contacts, *id).is_some_and(|d| d < REACHABLE)
+        })
+        .collect()
+}
+
+/// The node as the user sees it: with its place in the raft as the leader sees it now.
+fn view(inner: &Inner, raft: &RaftView, mut node: Node) -> Node {
+    node.manager_status = node.manager_status.take().and_then(|status| {
+        if !raft.members.contains(&status.raft_id) {
+            return None;
+        }
+        let leader = raft.leader == Some(status.raft_id);
+        let answered = status.raft_id == inner.raft_id
+            || last_contact(&inner.contacts, status.raft_id).is_some_and(|d| d < REACHABLE);
+        Some(ManagerStatus {
+            leader,
+            reachability: if leader || answered {
+                "reachable"
+            } else {
+                "unreachable"
+            }
+            .into(),
+            ..status
+        })
+    });
+    node
+}
+
+fn manager_addrs(inner: &Inner) -> Vec<String> {
+    let metrics = inner.raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    let mut addrs: Vec<(bool, String)> = membership
+        .nodes()
+        .filter(|(id, _)| membership.voter_ids().any(|v| v == **id))
+        .map(|(id, node)| (metrics.current_leader != Some(*id), node.addr.clone()))
+        .collect();
+    addrs.sort();
+    addrs.into_iter().map(|(_, a)| a).collect()
+}
+
+/// Reads a node, lets `change` edit it, and writes it back; retried when another write got
+/// there first.
+async fn update_node(
+    inner: &Inner,
+    id: &str,
+    mut change: impl FnMut(&mut Node) -> Result<bool, Status>,
+) -> Result<Node, Status> {
+    for _ in 0..5 {
+        let object = inner
+            .store
+            .view(|tx| tx.get(Kind::Node, id).cloned())
+            .ok_or_else(|| Status::not_found(format!("No such node: {id}")))?;
+        let mut node = decode_node(&object)?;
+        if !change(&mut node)? {
+            return Ok(node);
+        }
+        node.updated_at = now();
+        let body = serde_json::to_value(&node).map_err(json_error)?;
+        match propose(
+            inner,
+            ChangeSet(vec![Change::Update {
+                kind: Kind::Node,
+                id: id.to_owned(),
+                version: object.version,
+                body,
+            }]),
+        )
+        .await
+        {
+            Err(status) if status.code() == tonic::Code::Aborted => continue,
+            Err(status) => return Err(status),
+            Ok(index) => {
+                node.version = Version { index };
+                return Ok(node);
+            }
+        }
+    }
+    Err(Status::aborted(
+        "update out of sequence: the node kept changing; try again",
+    ))
+}
+
+async fn update_cluster(
+    inner: &Inner,
+    mut change: impl FnMut(&mut ClusterRecord) -> Result<(), Status>,
+) -> Result<ClusterRecord, Status> {
+    for _ in 0..5 {
+        let (object, mut record) = cluster(inner)?;
+        change(&mut record)?;
+        record.cluster.updated_at = now();
+        let body = serde_json::to_value(&record).map_err(json_error)?;
+        let written = propose(
+            inner,
+            ChangeSet(vec![Change::Update {
+                kind: Kind::Cluster,
+                id: object.id.clone(),
+                version: object.version,
+                body,
+            }]),
+        )
+        .await;
+        match written {
+            Err(status) if status.code() == tonic::Code::Aborted => continue,
+            Err(status) => return Err(status),
+            Ok(_) => return Ok(record),
+        }
+    }
+    Err(Status::aborted(
+        "update out of sequence: the cluster kept changing; try again",
+    ))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Value, Status> {
+    serde_json::to_value(value).map_err(|e| Status::internal(e.to_string()))
+}
+
+fn require_manager(caller: &Option<NodeIdentity>) -> Result<&NodeIdentity, Status> {
+    match caller {
+        Some(identity) if identity.role == ca::Role::Manager => Ok(identity),
+        Some(_) => Err(Status::permission_denied(shoal_api::swarm::NOT_A_MANAGER)),
+        None => Err(Status::unauthenticated("a manager certificate is required")),
+    }
+}
+
+fn require_node(caller: &Option<NodeIdentity>) -> Result<&NodeIdentity, Status> {
+    caller
+        .as_ref()
+        .ok_or_else(|| Status::unauthenticated("a node certificate is required"))
+}
+
+/// Carries out one operation on the leader.
+pub(super) async fn execute(inner: &Inner, forwarded: Forwarded) -> Result<Value, Status> {
+    let Forwarded {
+        op, caller, from, ..
+    } = forwarded;
+    match op {
+        Op::User { call, node_id } => {
+            require_manager(&caller)?;
+            user(inner, call, &node_id).await
+        }
+        Op::Join(request) => encode(&join(inner, request, &from).await?),
+        Op::Renew { csr } => {
+            let caller = require_node(&caller)?;
+            let object = inner
+                .store
+                .view(|tx| tx.get(Kind::Node, &caller.node_id).cloned())
+                .ok_or_else(|| removed(&caller.node_id))?;
+            let node = decode_node(&object)?;
+            let role = node.spec.role.unwrap_or(Role::Worker);
+            let cert_pem = sign(inner, &csr, &caller.node_id, role)?;
+            encode(&RenewReply { cert_pem, role })
+        }
+        Op::Heartbeat(heartbeat) => {
+            encode(&beat(inner, require_node(&caller)?, heartbeat, &from).await?)
+        }
+        Op::AddManager { raft_id, addr } => {
+            let caller = require_manager(&caller)?;
+            add_manager(inner, &caller.node_id, raft_id, addr).await?;
+            Ok(Value::Null)
+        }
+    }
+}
+
+fn removed(node_id: &str) -> Status {
+    Status::not_found(format!(
+        "node {node_id} is not in the swarm: it was removed"
+    ))
+}
+
+fn sign(inner: &Inner, csr: &str, node_id: &str, role: Role) -> Result<String, Status> {
+    let (object, record) = cluster(inner)?;
+    let ca = RootCa::from_pem(&record.cluster.tls_info.trust_root, &record.ca_key)
+        .map_err(|e| Status::internal(format!("loading the root CA: {e}")))?;
+    ca.sign(
+        csr,
+        &NodeIdentity {
+            node_id: node_id.to_owned(),
+            role: role.into(),
+            cluster_id: object.id,
+        },
+        NODE_VALIDITY,
+    )
+    .map_err(|e| Status::invalid_argument(format!("signing the certificate request: {e}")))
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0_u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+async fn join(inner: &Inner, request: JoinRequest, from: &str) -> Result<JoinReply, Status> {
+    let token =
+        JoinToken::from_str(&request.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let (cluster_object, record) = cluster(inner)?;
+    if token.digest != record.cluster.tls_info.digest {
+        return Err(Status::invalid_argument(
+            "the join token is for another swarm: its CA digest does not match this swarm's root CA",
+        ));
+    }
+    let tokens = record.cluster.join_tokens.clone().unwrap_or_default();
+    let secret_of = |t: &str| JoinToken::from_str(t).map(|t| t.secret).unwrap_or_default();
+    let role = if same_secret(&token.secret, &secret_of(&tokens.manager)) {
+        Role::Manager
+    } else if same_secret(&token.secret, &secret_of(&tokens.worker)) {
+        Role::Worker
+    } else {
+        return Err(Status::invalid_argument(
+            "A valid join token is necessary to join this cluster: this token is not (it may have been rotated)",
+        ));
+    };
+    let node_id = ca::random_id().map_err(|e| Status::internal(e.to_string()))?;
+    // Sign first: a bad request creates nothing.
+    let cert_pem = sign(inner, &request.csr, &node_id, role)?;
+    let created = now();
+    let node = Node {
+        id: node_id.clone(),
+        version: Version::default(),
+        created_at: created.clone(),
+        updated_at: created,
+        spec: shoal_api::swarm::NodeSpec {
+            role: Some(role),
+            ..Default::default()
+        },
+        description: request.description,
+        status: NodeStatus {
+            state: NodeState::Ready,
+            message: String::new(),
+            addr: from.to_owned(),
+        },
+        manager_status: None,
+    };
+    inner
+        .heartbeats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(node_id.clone(), Instant::now());
+    propose(
+        inner,
+        ChangeSet(vec![Change::Create {
+            kind: Kind::Node,
+            id: node_id.clone(),
+            body: serde_json::to_value(&node).map_err(json_error)?,
+        }]),
+    )
+    .await?;
+    Ok(JoinReply {
+        node_id,
+        cluster_id: cluster_object.id,
+        role,
+        cert_pem,
+        ca_pem: record.cluster.tls_info.trust_root,
+        managers: manager_addrs(inner),
+        heartbeat_ms: heartbeat_period(inner).as_millis() as u64,
+        data_path_port: record.cluster.data_path_port,
+    })
+}
+
+async fn beat(
+    inner: &Inner,
+    caller: &NodeIdentity,
+    heartbeat: Heartbeat,
+    from: &str,
+) -> Result<HeartbeatReply, Status> {
+    let id = caller.node_id.clone();
+    if inner.store.view(|tx| tx.get(Kind::Node, &id).is_none()) {
+        return Err(removed(&id));
+    }
+    inner
+        .heartbeats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.clone(), Instant::now());
+    let node = update_node(inner, &id, |node| {
+        let changed = node.status.state != NodeState::Ready
+            || node.status.addr != from
+            || node.description != heartbeat.description;
+        node.status = NodeStatus {
+            state: NodeState::Ready,
+            message: String::new(),
+            addr: from.to_owned(),
+        };
+        node.description = heartbeat.description.clone();
+        Ok(changed)
+    })
+    .await?;
+    Ok(HeartbeatReply {
+        period_ms: heartbeat_period(inner).as_millis() as u64,
+        role: node.spec.role.unwrap_or(Role::Worker),
+        managers: manager_addrs(inner),
+    })
+}
+
+async fn add_manager(
+    inner: &Inner,
+    node_id: &str,
+    raft_id: u64,
+    addr: String,
+) -> Result<(), Status> {
+    let status = ManagerStatus {
+        leader: false,
+        reachability: String::new(),
+        addr: addr.clone(),
+        raft_id,
+    };
+    update_node(inner, node_id, |node| {
+        if node.spec.role != Some(Role::Manager) {
+            return Err(Status::permission_denied(format!(
+                "node {node_id} is not to be a manager (its role is worker)"
+            )));
+        }
+        let changed = node.manager_status.as_ref() != Some(&status);
+        node.manager_status = Some(status.clone());
+        Ok(changed)
+    })
+    .await?;
+    if raft_view(inner).voters.contains(&raft_id) {
+        return Ok(());
+    }
+    // A learner first: it becomes a voter only once it has caught up, so the quorum never
+    // waits for a node that is still copying the log.
+    inner
+        .raft
+        .add_learner(raft_id, openraft::BasicNode::new(addr), true)
+        .await
+        .map_err(|e| Status::unavailable(format!("adding the manager to the raft: {e}")))?;
+    inner
+        .raft
+        .change_membership(ChangeMembers::AddVoterIds([raft_id].into()), false)
+        .await
+        .map_err(|e| Status::unavailable(format!("making the manager a raft voter: {e}")))?;
+    Ok(())
+}
+
+async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
+    match call {
+        Call::Inspect => {
+            let (object, mut record) = cluster(inner)?;
+            record.cluster.id = object.id;
+            record.cluster.version = Version {
+                index: object.version,
+            };
+            encode(&record.cluster)
+        }
+        Call::Update(args) => {
+            if args.dispatcher_heartbeat_s == Some(0) {
+                return Err(Status::invalid_argument(
+                    "--dispatcher-heartbeat must be at least 1s",
+                ));
+            }
+            if args.snapshot_interval == Some(0) {
+                return Err(Status::invalid_argument(
+                    "--snapshot-interval must be at least 1",
+                ));
+            }
+            update_cluster(inner, |record| {
+                if let Some(s) = args.dispatcher_heartbeat_s {
+                    record.cluster.spec.dispatcher.heartbeat_period = s * 1_000_000_000;
+                }
+                if let Some(n) = args.snapshot_interval {
+                    record.cluster.spec.raft.snapshot_interval = n;
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(Value::Null)
+        }
+        Call::JoinToken { role, rotate } => {
+            let record = if rotate {
+                update_cluster(inner, |record| {
+                    let (_, current) = (
+                        0,
+                        record
+                            .cluster
+                            .join_tokens
+                            .get_or_insert_with(JoinTokens::default),
+                    );
+                    let ca = RootCa::from_pem(&record.cluster.tls_info.trust_root, &record.ca_key)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    let fresh = JoinToken::generate(&ca)
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .to_string();
+                    match role {
+                        Role::Worker => current.worker = fresh,
+                        Role::Manager => current.manager = fresh,
+                    }
+                    Ok(())
+                })
+                .await?
+            } else {
+                cluster(inner)?.1
+            };
+            let tokens = record.cluster.join_tokens.unwrap_or_default();
+            Ok(json!(match role {
+                Role::Worker => tokens.worker,
+                Role::Manager => tokens.manager,
+            }))
+        }
+        Call::NodeList => {
+            let raft = raft_view(inner);
+            let mut all: Vec<Node> = nodes(inner)?
+                .into_iter()
+                .map(|(_, n)| view(inner, &raft, n))
+                .collect();
+            all.sort_by(|a, b| {
+                (&a.description.hostname, &a.id).cmp(&(&b.description.hostname, &b.id))
+            });
+            encode(&all)
+        }
+        Call::NodeInspect { ids } => {
+            let raft = raft_view(inner);
+            let found = ids
+                .iter()
+                .map(|id| resolve(inner, id, me).map(|(_, n)| view(inner, &raft, n)))
+                .collect::<Result<Vec<_>, _>>()?;
+            encode(&found)
+        }
+        Call::NodeUpdate { id, update } => {
+            let (_, node) = resolve(inner, &id, me)?;
+            node_update(inner, node, update).await?;
+            Ok(Value::Null)
+        }
+        Call::NodeRemove { ids, force } => {
+            let raft = raft_view(inner);
+            // Check every node before removing any: all or nothing.
+            let mut doomed = Vec::new();
+            for id in &ids {
+                let (object, node) = resolve(inner, id, me)?;
+                let in_raft = node
+                    .manager_status
+                    .as_ref()
+                    .is_some_and(|m| raft.members.contains(&m.raft_id));
+                if in_raft || node.spec.role == Some(Role::Manager) {
+                    return Err(Status::failed_precondition(format!(
+                        "rpc error: node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal",
+                        node.id
+                    )));
+                }
+                if node.status.state == NodeState::Ready && !force {
+                    return Err(Status::failed_precondition(format!(
+                        "node {} is not down and can't be removed (use --force to remove it anyway)",
+                        node.id
+                    )));
+                }
+                doomed.push(Change::Delete {
+                    kind: Kind::Node,
+                    id: object.id.clone(),
+                    version: object.version,
+                });
+            }
+            propose(inner, ChangeSet(doomed)).await?;
+            Ok(Value::Null)
+        }
+        Call::Put { name, data } => {
+            if name.is_empty() {
+                return Err(Status::invalid_argument("a config needs a name"));
+            }
+            let body = json!({ "Data": data });
+            for _ in 0..5 {
+                let current = inner
+                    .store
+                    .view(|tx| tx.get(Kind::Config, &name).map(|o| o.version));
+                let change = match current {
+                    None => Change::Create {
+                        kind: Kind::Config,
+                        id: name.clone(),
+                        body: body.clone(),
+                    },
+                    Some(version) => Change::Update {
+                        kind: Kind::Config,
+                        id: name.clone(),
+                        version,
+                        body: body.clone(),
+                    },
+                };
+                match propose(inner, ChangeSet(vec![change])).await {
+                    Ok(index) => return Ok(json!(index)),
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Aborted | tonic::Code::AlreadyExists
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(s) => return Err(s),
+                }
+            }
+            Err(Status::aborted("update out of sequence; try again"))
+        }
+        Call::Get { name } => inner
+            .store
+            .view(|tx| tx.get(Kind::Config, &name).map(|o| o.body["Data"].clone()))
+            .ok_or_else(|| Status::not_found(format!("No such config: {name}"))),
+        Call::Init(_) | Call::Join(_) | Call::Leave { .. } => Err(Status::internal(
+            "init, join and leave are carried out by the node itself",
+        )),
+    }
+}
+
+async fn node_update(inner: &Inner, node: Node, update: NodeUpdate) -> Result<(), Status> {
+    for key in update.label_add.keys().chain(&update.label_rm) {
+        if key.is_empty() {
+            return Err(Status::invalid_argument("a label needs a key"));
+        }
+    }
+    if let Some(missing) = update
+        .label_rm
+        .iter()
+        .find(|k| !node.spec.labels.contains_key(*k))
+    {
+        return Err(Status::invalid_argument(format!(
+            "key {missing} doesn't exist in node's labels"
+        )));
+    }
+    let demote = update.role == Some(Role::Worker) && node.spec.role == Some(Role::Manager);
+    let raft_id = node.manager_status.as_ref().map(|m| m.raft_id);
+    if demote {
+        let raft = raft_view(inner);
+        if let Some(raft_id) = raft_id {
+            quorum::check_removal(&raft.voters, &reachable(inner, &raft), raft_id).map_err(
+                |e| Status::failed_precondition(format!("can't demote node {}: {e}", node.id)),
+            )?;
+        }
+    }
+    update_node(inner, &node.id, |node| {
+        if let Some(availability) = update.availability {
+            node.spec.availability = availability;
+        }
+        if let Some(role) = update.role {
+            node.spec.role = Some(role);
+        }
+        node.spec.labels.extend(update.label_add.clone());
+        for key in &update.label_rm {
+            node.spec.labels.remove(key);
+        }
+        Ok(true)
+    })
+    .await?;
+    if demote && let Some(raft_id) = raft_id {
+        if raft_view(inner).members.contains(&raft_id) {
+            inner
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters([raft_id].into()), false)
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!("removing the manager from the raft: {e}"))
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// The leader's housekeeping: marks nodes Down after three missed heartbeats, and every
+/// manager snapshots its store every `SnapshotInterval` entries.
+pub(super) async fn maintain(manager: Manager, mut stopped: watch::Receiver<bool>) {
+    let inner: Arc<Inner> = manager.inner.clone();
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        snapshot_if_due(&inner).await;
+        let leading = inner.raft.metrics().borrow().current_leader == Some(inner.raft_id);
+        let since = {
+            let mut since = inner.leader_since.lock().unwrap_or_else(|e| e.into_inner());
+            if !leading {
+                *since = None;
+                continue;
+            }
+            *since.get_or_insert_with(Instant::now)
+        };
+        let deadline = 3 * heartbeat_period(&inner);
+        let Ok(all) = nodes(&inner) else { continue };
+        for (_, node) in all {
+            if node.status.state == NodeState::Down {
+                continue;
+            }
+            let last = inner
+                .heartbeats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&node.id)
+                .copied()
+                .unwrap_or(since)
+                .max(since);
+            if last.elapsed() > deadline {
+                tracing::info!(node = %node.id, "no heartbeat for three periods: the node is down");
+                let marked = update_node(&inner, &node.id, |node| {
+                    let stale = inner
+                        .heartbeats
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&node.id)
+                        .is_none_or(|t| t.elapsed() > deadline);
+                    if !stale || node.status.state == NodeState::Down {
+                        return Ok(false);
+                    }
+                    node.status.state = NodeState::Down;
+                    node.status.message = "heartbeat failure".into();
+                    Ok(true)
+                })
+                .await;
+                if let Err(e) = marked {
+                    tracing::debug!(error = %e, "marking a node down");
+                }
+            }
+        }
+    }
+}
+
+async fn snapshot_if_due(inner: &Inner) {
+    let interval = cluster(inner)
+        .map(|(_, c)| c.cluster.spec.raft.snapshot_interval)
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or(inner.settings.snapshot_interval);
+    let (applied, snapshot) = {
+        let metrics = inner.raft.metrics();
+        let metrics = metrics.borrow();
+        (
+            metrics.last_applied.map_or(0, |l| l.index),
+            metrics.snapshot.map_or(0, |l| l.index),
+        )
+    };
+    if applied.saturating_sub(snapshot) >= interval
+        && let Err(e) = inner.raft.trigger().snapshot().await
+    {
+        tracing::warn!(error = %e, "triggering a snapshot");
+    }
+}

@@ -1,0 +1,429 @@
+//! Mutual TLS between nodes and managers (rustls under tonic).
+//!
+//! - A manager serves with its node certificate and the root, and asks every client for a
+//!   certificate chained to the root, but also admits clients without one: a joining node has
+//!   none yet, and only `Ca.Join` serves such callers (every other method checks the [`Peer`]).
+//! - A node calls managers with its own certificate and accepts only a server whose certificate
+//!   chains to the root *and* names the manager role (DNS name `swarm-manager`): a worker's
+//!   certificate cannot impersonate a manager.
+//! - A joining node has no root yet: it accepts the manager only if the root the manager
+//!   presents has the digest in its join token ([`join_client`]); a manager of another CA is
+//!   refused before any secret is sent.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use hyper_util::rt::TokioIo;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+};
+use tonic::transport::{Channel, Endpoint, Uri, server::Connected};
+
+use crate::ca::{NodeIdentity, Role, digest_of};
+
+/// The DNS name every manager certificate carries and every node checks.
+pub const MANAGER_NAME: &str = "swarm-manager";
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM document did not parse.
+    #[error("reading {what}: {message}")]
+    Pem {
+        /// What was read.
+        what: &'static str,
+        /// Why it failed.
+        message: String,
+    },
+    /// rustls refused the configuration.
+    #[error("setting up TLS: {0}")]
+    Rustls(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A node's credentials: its certificate and key, and the cluster's root.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The node certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+    /// The root CA certificate (PEM).
+    pub ca_pem: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials").finish_non_exhaustive()
+    }
+}
+
+fn certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            what,
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            what,
+            message: "no certificate".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem {
+        what: "the node key",
+        message: e.to_string(),
+    })
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(ca_pem, "the root CA certificate")? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn rustls_error(e: impl fmt::Display) -> TlsError {
+    TlsError::Rustls(e.to_string())
+}
+
+impl Credentials {
+    /// The identity in the node certificate.
+    pub fn identity(&self) -> Result<NodeIdentity, TlsError> {
+        let cert = certs(&self.cert_pem, "the node certificate")?;
+        identity_of(&cert[0]).ok_or_else(|| TlsError::Pem {
+            what: "the node certificate",
+            message: "it carries no swarm identity".into(),
+        })
+    }
+
+    /// A manager's server configuration.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let provider = provider();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(roots(&self.ca_pem)?, provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(rustls_error)?;
+        let mut chain = certs(&self.cert_pem, "the node certificate")?;
+        chain.extend(certs(&self.ca_pem, "the root CA certificate")?);
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(rustls_error)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key(&self.key_pem)?)
+            .map_err(rustls_error)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// A node's client configuration for calling managers.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(rustls_error)?
+            .with_root_certificates(roots(&self.ca_pem)?)
+            .with_client_auth_cert(
+                certs(&self.cert_pem, "the node certificate")?,
+                key(&self.key_pem)?,
+            )
+            .map_err(rustls_error)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// The swarm identity (CN node ID, OU role, O cluster ID) in a certificate.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Option<NodeIdentity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = cert.subject();
+    let first = |attrs: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+        attrs
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_owned)
+    };
+    let node_id = first(&mut subject.iter_common_name())?;
+    let unit = first(&mut subject.iter_organizational_unit())?;
+    let cluster_id = first(&mut subject.iter_organization())?;
+    let role = match unit.as_str() {
+        u if u == Role::Manager.unit() => Role::Manager,
+        u if u == Role::Worker.unit() => Role::Worker,
+        _ => return None,
+    };
+    Some(NodeIdentity {
+        node_id,
+        role,
+        cluster_id,
+    })
+}
+
+/// Accepts a manager only if the root it presents has `digest` (the join token's), and its
+/// certificate chains to that root and names the manager role.
+#[derive(Debug)]
+struct PinnedRoot {
+    digest: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedRoot {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(root) = intermediates
+            .iter()
+            .find(|c| digest_of(c.as_ref()) == self.digest)
+        else {
+            return Err(rustls::Error::General(
+                "the manager's root CA does not match the digest in the join token".into(),
+            ));
+        };
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(root.clone().into_owned())
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The client configuration of a node joining with a token whose root digest is `digest`.
+pub fn join_client(digest: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(rustls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedRoot {
+            digest: digest.to_owned(),
+            provider,
+        }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Opens a TLS connection to a manager at `addr` (a preflight that surfaces TLS errors as they
+/// are, which a gRPC channel would hide behind "transport error").
+pub async fn handshake(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from(MANAGER_NAME).expect("a valid DNS name");
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result.map(drop),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from {addr} within {}s", timeout.as_secs()),
+        )),
+    }
+}
+
+/// A lazy gRPC channel to a manager at `addr` over TLS with `config`.
+pub fn channel(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<Channel, TlsError> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(rustls_error)?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let target = addr.to_owned();
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let config = config.clone();
+            let target = target.clone();
+            async move {
+                let tcp = TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                let name = ServerName::try_from(MANAGER_NAME).expect("a valid DNS name");
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        })),
+    )
+}
+
+/// Who called: the TCP peer and, when it presented one, the identity in its certificate.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The remote address.
+    pub addr: SocketAddr,
+    /// The certificate's identity (verified against the root by rustls).
+    pub identity: Option<NodeIdentity>,
+}
+
+/// A server-side TLS connection that tells tonic who is on the other end.
+#[derive(Debug)]
+pub struct TlsConn {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = Peer;
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Accepts TLS connections on `listener`; each handshake runs on its own task so a slow client
+/// does not hold up the others. The stream ends when the listener fails.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if sender.is_closed() {
+                return;
+            }
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                let tls = match handshake {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let identity = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(identity_of);
+                let conn = TlsConn {
+                    inner: tls,
+                    peer: Peer { addr, identity },
+                };
+                let _ = sender.send(Ok(conn)).await;
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
