@@ -56,7 +56,15 @@ impl Daemon for DaemonApi {
     async fn swarm(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
         let call = serde_json::from_slice(&request.into_inner().json)
             .map_err(|e| Status::invalid_argument(format!("decoding the call: {e}")))?;
-        let reply = self.swarm.call(call).await?;
+        let reply = self.swarm.call(call).await.map_err(|status| {
+            // `Unavailable` on this socket means "the daemon is gone" to the CLI; a swarm that
+            // cannot answer is something else (Docker reports it as `Unknown` too).
+            if status.code() == tonic::Code::Unavailable {
+                Status::unknown(status.message())
+            } else {
+                status
+            }
+        })?;
         Ok(Response::new(Frame {
             json: serde_json::to_vec(&reply).expect("JSON values serialise"),
         }))

@@ -176,3 +176,439 @@ fn the_leader_dies_a_new_one_takes_writes_and_the_old_one_catches_up() {
         "after-the-kill"
     );
 }
+
+/// Calls the daemon on `socket` directly (what the CLI does), for writes in a tight loop.
+fn call(
+    socket: &std::path::Path,
+    call: &shoal_api::swarm::Call,
+) -> Result<serde_json::Value, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let host: shoal_api::DaemonHost = format!("unix://{}", socket.display())
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let channel = shoal_api::connect(&host).await.map_err(|e| e.to_string())?;
+        let mut client = shoal_api::v1::daemon_client::DaemonClient::new(channel);
+        let json = serde_json::to_vec(call).unwrap();
+        let reply = client
+            .swarm(shoal_api::v1::Frame { json })
+            .await
+            .map_err(|s| s.message().to_owned())?;
+        serde_json::from_slice(&reply.into_inner().json).map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn a_manager_killed_during_a_stream_of_writes_keeps_every_acknowledged_one() {
+    // One manager: whatever it acknowledged can only come back from its own disk.
+    let mut swarm = Swarm::up(1, 0);
+    let n1 = swarm.managers[0].clone();
+    let socket = swarm.lab.socket(&n1);
+    let mut acknowledged: Vec<String> = Vec::new();
+    for (round, pause_ms) in [150_u64, 420, 777].into_iter().enumerate() {
+        let writer = {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut done = Vec::new();
+                for i in 0.. {
+                    let name = format!("r{round}-{i}");
+                    let put = shoal_api::swarm::Call::Put {
+                        name: name.clone(),
+                        data: format!("{i}"),
+                    };
+                    match call(&socket, &put) {
+                        Ok(_) => done.push(name),
+                        Err(_) => break,
+                    }
+                }
+                done
+            })
+        };
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        swarm
+            .lab
+            .kill_shoald(&n1)
+            .expect("SIGKILL the manager mid-stream");
+        let written = writer.join().unwrap();
+        assert!(
+            !written.is_empty(),
+            "round {round}: no write was acknowledged before the kill"
+        );
+        acknowledged.extend(written);
+        swarm
+            .lab
+            .spawn_shoald(&n1)
+            .expect("restart from the data root");
+        wait_until(
+            "the restarted manager to answer",
+            Duration::from_secs(30),
+            || {
+                Ok(call(
+                    &socket,
+                    &shoal_api::swarm::Call::Get {
+                        name: acknowledged[0].clone(),
+                    },
+                )
+                .is_ok())
+            },
+        )
+        .unwrap();
+        for name in &acknowledged {
+            let got = call(&socket, &shoal_api::swarm::Call::Get { name: name.clone() });
+            assert!(
+                got.is_ok(),
+                "acknowledged write {name} is lost after the restart: {got:?}"
+            );
+        }
+    }
+    assert!(
+        acknowledged.len() > 10,
+        "only {} writes in three rounds",
+        acknowledged.len()
+    );
+}
+
+#[test]
+fn tokens_addresses_and_repeated_commands_are_checked_and_leave_nothing_behind() {
+    let swarm = Swarm::daemons(3);
+    let [n1, n2, n3] = [swarm.host("n1"), swarm.host("n2"), swarm.host("n3")];
+    // Addresses: two interfaces and no choice, an unknown interface, a bad port.
+    let e = swarm.fails(&n1, &["swarm", "init"]);
+    assert!(
+        e.contains("multiple addresses") && e.contains("--advertise-addr"),
+        "{e}"
+    );
+    let e = swarm.fails(&n1, &["swarm", "init", "--advertise-addr", "eth9"]);
+    assert!(e.contains("eth9"), "{e}");
+    let e = swarm.fails(&n1, &["swarm", "init", "--advertise-addr", "eth0:99999"]);
+    assert!(e.contains("99999"), "{e}");
+    let e = swarm.fails(
+        &n1,
+        &[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "eth0",
+            "--data-path-addr",
+            "nope0",
+        ],
+    );
+    assert!(e.contains("nope0"), "{e}");
+    assert_eq!(swarm.info(&n1)["Swarm"]["LocalNodeState"], "inactive");
+
+    swarm.ok(
+        &n1,
+        &[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "eth0",
+            "--data-path-addr",
+            "eth1",
+        ],
+    );
+    let e = swarm.fails(&n1, &["swarm", "init", "--advertise-addr", "eth0"]);
+    assert!(e.contains("already part of a swarm"), "{e}");
+    let me = swarm.inspect(&n1, "self");
+    assert_eq!(
+        me["Description"]["DataPathAddr"],
+        n1.data_ip.unwrap().to_string()
+    );
+
+    let remote = format!("{}:2377", n1.public_ip);
+    let worker = swarm
+        .ok(&n1, &["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_owned();
+    let join = |token: &str| {
+        swarm.fails(
+            &n2,
+            &[
+                "swarm",
+                "join",
+                "--token",
+                token,
+                "--advertise-addr",
+                "eth0",
+                &remote,
+            ],
+        )
+    };
+    // Malformed.
+    let e = join("SWMTKN-1-abc");
+    assert!(e.contains("invalid join token"), "{e}");
+    let e = join("hello");
+    assert!(e.contains("invalid join token"), "{e}");
+    // The right CA, a wrong secret.
+    let wrong = format!("{}-{}", &worker[..worker.len() - 26], "0".repeat(25));
+    let e = join(&wrong);
+    assert!(e.contains("A valid join token is necessary"), "{e}");
+    // A rotated token.
+    let rotated = swarm.ok(&n1, &["swarm", "join-token", "--rotate", "worker"]);
+    assert!(
+        rotated.contains("Successfully rotated worker join token"),
+        "{rotated}"
+    );
+    let e = join(&worker);
+    assert!(e.contains("A valid join token is necessary"), "{e}");
+    // Another swarm's token: its CA is not the one n1 presents.
+    swarm.ok(&n3, &["swarm", "init", "--advertise-addr", "eth0"]);
+    let other = swarm
+        .ok(&n3, &["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_owned();
+    let e = join(&other);
+    assert!(
+        e.contains("does not match the digest in the join token"),
+        "{e}"
+    );
+    // Nothing was created, on either side.
+    assert_eq!(swarm.nodes(&n1).len(), 1);
+    assert_eq!(swarm.info(&n2)["Swarm"]["LocalNodeState"], "inactive");
+    assert!(
+        !swarm
+            .lab
+            .host_dir(&n2)
+            .join("data/swarm/state.json")
+            .exists()
+    );
+
+    // The current token works; joining again is refused.
+    let worker = swarm
+        .ok(&n1, &["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_owned();
+    swarm.ok(
+        &n2,
+        &[
+            "swarm",
+            "join",
+            "--token",
+            &worker,
+            "--advertise-addr",
+            "eth0",
+            &remote,
+        ],
+    );
+    let e = swarm.fails(
+        &n2,
+        &[
+            "swarm",
+            "join",
+            "--token",
+            &worker,
+            "--advertise-addr",
+            "eth0",
+            &remote,
+        ],
+    );
+    assert!(e.contains("already part of a swarm"), "{e}");
+    // Unknown nodes.
+    let e = swarm.fails(&n1, &["node", "promote", "nosuchnode"]);
+    assert!(e.contains("No such node: nosuchnode"), "{e}");
+    let e = swarm.fails(&n1, &["node", "update", "--label-rm", "nokey", "n2"]);
+    assert!(e.contains("nokey"), "{e}");
+    assert_eq!(swarm.nodes(&n1).len(), 2);
+}
+
+#[test]
+fn workers_cannot_reach_cluster_state_even_with_their_certificate() {
+    let swarm = Swarm::up(1, 1);
+    let (n1, n2) = (swarm.managers[0].clone(), swarm.workers[0].clone());
+    let e = swarm.fails(&n2, &["node", "ls"]);
+    assert!(
+        e.contains("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."),
+        "{e}"
+    );
+    // The worker's own certificate, straight at the manager's control and raft services.
+    let certs = swarm.lab.host_dir(&n2).join("data/swarm/certs");
+    let read = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
+    let credentials = shoal_control::tls::Credentials {
+        cert_pem: read("node.crt"),
+        key_pem: read("node.key"),
+        ca_pem: read("ca.crt"),
+    };
+    assert_eq!(
+        credentials.identity().unwrap().role,
+        shoal_control::ca::Role::Worker
+    );
+    let addr = format!("{}:2377", n1.public_ip);
+    let refused = shoal_tests::within(&n2.netns, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(runtime.block_on(async {
+            let tls = credentials.client_config().unwrap();
+            let channel = shoal_control::tls::channel(&addr, tls, Duration::from_secs(10)).unwrap();
+            let forwarded = shoal_control::manager::protocol::Forwarded {
+                op: shoal_control::manager::protocol::Op::User {
+                    call: shoal_api::swarm::Call::NodeList,
+                    node_id: String::new(),
+                },
+                caller: None,
+                from: String::new(),
+                hops: 0,
+            };
+            let json = serde_json::to_vec(&forwarded).unwrap();
+            let control = shoal_api::v1::control_client::ControlClient::new(channel.clone())
+                .call(shoal_api::v1::Frame { json: json.clone() })
+                .await;
+            let raft = shoal_api::v1::raft_client::RaftClient::new(channel)
+                .vote(shoal_api::v1::Frame { json })
+                .await;
+            (control, raft)
+        }))
+    })
+    .unwrap();
+    for (what, answer) in [("control", refused.0), ("raft", refused.1)] {
+        let status = answer.expect_err(what);
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{what}: {status:?}"
+        );
+    }
+    // The worker's heartbeats still count: it is Ready.
+    assert_eq!(swarm.node(&n1, "n2").unwrap()["Status"], "Ready");
+}
+
+#[test]
+fn a_manager_cut_off_cannot_commit_and_catches_up_when_the_link_returns() {
+    let swarm = Swarm::up_with(3, 0, &["--dispatcher-heartbeat", "1s"]);
+    let n1 = swarm.managers[0].clone();
+    let leader = swarm.leader(&n1).unwrap();
+    let cut = swarm
+        .managers
+        .iter()
+        .find(|m| m.name != leader)
+        .unwrap()
+        .clone();
+    let other = swarm
+        .managers
+        .iter()
+        .find(|m| m.name != leader && m.name != cut.name)
+        .unwrap()
+        .clone();
+    swarm.control_link(&cut, false);
+    let e = swarm.fails(&cut, &["node", "update", "--label-add", "from=cut", "self"]);
+    assert!(
+        e.contains("does not have a leader") || e.contains("cannot be reached"),
+        "{e}"
+    );
+    swarm.ok(
+        &other,
+        &["node", "update", "--label-add", "from=majority", &cut.name],
+    );
+    let version = swarm.inspect(&other, &cut.name)["Version"]["Index"]
+        .as_u64()
+        .unwrap();
+    swarm.wait_nodes(&other, "the cut manager Unreachable and Down", |nodes| {
+        nodes.iter().any(|n| {
+            n["Hostname"] == cut.name.as_str()
+                && n["ManagerStatus"] == "Unreachable"
+                && n["Status"] == "Down"
+        })
+    });
+    assert!(
+        swarm.store_index(&cut) < version,
+        "the cut manager applied a write it cannot have received"
+    );
+    swarm.control_link(&cut, true);
+    wait_until(
+        "the cut manager to catch up",
+        Duration::from_secs(60),
+        || Ok(swarm.store_index(&cut) >= version),
+    )
+    .unwrap();
+    swarm.wait_nodes(
+        &other,
+        "the cut manager Ready and Reachable again",
+        |nodes| {
+            nodes.iter().any(|n| {
+                n["Hostname"] == cut.name.as_str()
+                    && n["ManagerStatus"] == "Reachable"
+                    && n["Status"] == "Ready"
+            })
+        },
+    );
+    assert_eq!(
+        swarm.inspect(&cut, "self")["Spec"]["Labels"]["from"],
+        "majority"
+    );
+}
+
+#[test]
+fn promotion_demotion_and_removal_keep_the_quorum() {
+    let mut swarm = Swarm::up_with(3, 2, &["--dispatcher-heartbeat", "1s"]);
+    let n1 = swarm.managers[0].clone();
+    // Promote a worker: it becomes a reachable manager; demote it back.
+    swarm.ok(&n1, &["node", "promote", "n4"]);
+    swarm.wait_nodes(&n1, "n4 a Reachable manager", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n4" && n["ManagerStatus"] == "Reachable")
+    });
+    let n4 = swarm.host("n4");
+    swarm.ok(&n4, &["node", "ls"]);
+    swarm.ok(&n1, &["node", "demote", "n4"]);
+    swarm.wait_nodes(&n1, "n4 a worker again", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n4" && n["ManagerStatus"] == "")
+    });
+    wait_until(
+        "n4 to stop being a manager",
+        Duration::from_secs(30),
+        || Ok(swarm.info(&n4)["Swarm"]["ControlAvailable"] == false),
+    )
+    .unwrap();
+
+    // A manager must be demoted before removal; a Ready node needs --force.
+    let e = swarm.fails(&n1, &["node", "rm", "n2"]);
+    assert!(
+        e.contains("must be demoted to worker before removal"),
+        "{e}"
+    );
+    let e = swarm.fails(&n1, &["node", "rm", "n5"]);
+    assert!(e.contains("is not down"), "{e}");
+
+    // With one manager down, demoting another would lose the quorum: refused.
+    let leader = swarm.leader(&n1).unwrap();
+    let mut others = swarm.managers.iter().filter(|m| m.name != leader).cloned();
+    let (down, keep) = (others.next().unwrap(), others.next().unwrap());
+    let ask = swarm.host(&leader);
+    swarm.lab.kill_shoald(&down).unwrap();
+    swarm.wait_nodes(&ask, "the killed manager Unreachable", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == down.name.as_str() && n["ManagerStatus"] == "Unreachable")
+    });
+    let e = swarm.fails(&ask, &["node", "demote", &keep.name]);
+    assert!(e.contains("loss of quorum"), "{e}");
+    assert_eq!(
+        swarm.node(&ask, &keep.name).unwrap()["ManagerStatus"],
+        "Reachable"
+    );
+    // Demoting the manager that is down keeps the quorum (two of two remain).
+    swarm.ok(&ask, &["node", "demote", &down.name]);
+    swarm.wait_nodes(&ask, "the down manager demoted", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == down.name.as_str() && n["ManagerStatus"] == "")
+    });
+    // A worker that is down can be removed without --force once it is Down.
+    swarm.wait_nodes(&ask, "the killed node Down", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == down.name.as_str() && n["Status"] == "Down")
+    });
+    swarm.ok(&ask, &["node", "rm", &down.name]);
+    assert!(swarm.node(&ask, &down.name).is_none());
+    // Leaving: a worker leaves; a manager is told to demote first.
+    swarm.ok(&swarm.host("n5"), &["swarm", "leave"]);
+    let e = swarm.fails(&keep, &["swarm", "leave"]);
+    assert!(e.contains("--force"), "{e}");
+}

@@ -308,12 +308,13 @@ impl Manager {
         match tokio::time::timeout(FORWARD_TIMEOUT, client.call(request)).await {
             Ok(Ok(reply)) => serde_json::from_slice(&reply.into_inner().json)
                 .map_err(|e| Status::internal(format!("decoding the leader's answer: {e}"))),
-            Ok(Err(status))
-                if status.code() == tonic::Code::Unavailable
-                    && status.message().contains("transport") =>
-            {
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                if status.message().starts_with(NO_LEADER) {
+                    return Err(status);
+                }
                 Err(Status::unavailable(format!(
-                    "{NO_LEADER} (the leader at {addr} cannot be reached)"
+                    "{NO_LEADER} (the leader at {addr} cannot be reached: {})",
+                    status.message()
                 )))
             }
             Ok(Err(status)) => Err(status),
