@@ -667,10 +667,8 @@ impl SwarmNode {
                 {
                     tracing::warn!("{}: leaving the swarm", status.message());
                     let mut guard = self.state.lock().await;
-                    if let Some(joined) = guard.take() {
-                        if let Some(manager) = joined.manager {
-                            manager.shutdown().await;
-                        }
+                    if let Some(manager) = guard.take().and_then(|joined| joined.manager) {
+                        manager.shutdown().await;
                     }
                     let _ = self.wipe();
                     return;

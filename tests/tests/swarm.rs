@@ -542,7 +542,7 @@ fn a_manager_cut_off_cannot_commit_and_catches_up_when_the_link_returns() {
 
 #[test]
 fn promotion_demotion_and_removal_keep_the_quorum() {
-    let mut swarm = Swarm::up_with(3, 2, &["--dispatcher-heartbeat", "1s"]);
+    let swarm = Swarm::up_with(3, 2, &["--dispatcher-heartbeat", "1s"]);
     let n1 = swarm.managers[0].clone();
     // Promote a worker: it becomes a reachable manager; demote it back.
     swarm.ok(&n1, &["node", "promote", "n4"]);
@@ -611,4 +611,72 @@ fn promotion_demotion_and_removal_keep_the_quorum() {
     swarm.ok(&swarm.host("n5"), &["swarm", "leave"]);
     let e = swarm.fails(&keep, &["swarm", "leave"]);
     assert!(e.contains("--force"), "{e}");
+}
+
+#[test]
+fn snapshots_compact_the_log_and_a_new_manager_starts_from_one() {
+    let swarm = Swarm::up_with(1, 1, &["--snapshot-interval", "100"]);
+    let (n1, n2) = (swarm.managers[0].clone(), swarm.workers[0].clone());
+    let socket = swarm.lab.socket(&n1);
+    // More than a snapshot interval plus the 500 entries kept for slow followers.
+    for i in 0..800 {
+        let put = shoal_api::swarm::Call::Put {
+            name: format!("k{i}"),
+            data: format!("{i}"),
+        };
+        call(&socket, &put).unwrap();
+    }
+    let raft = swarm.lab.host_dir(&n1).join("data/swarm/raft");
+    wait_until(
+        "a snapshot and a purged log",
+        Duration::from_secs(30),
+        || {
+            let snapshots = std::fs::read_dir(raft.join("snapshots"))
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
+                        .count()
+                })
+                .unwrap_or(0);
+            let purged = std::fs::read_to_string(raft.join("purged.json")).is_ok();
+            Ok(snapshots == 1 && purged)
+        },
+    )
+    .unwrap();
+    // The manager restarts from the snapshot and the log after it.
+    let mut swarm = swarm;
+    swarm.lab.kill_shoald(&n1).unwrap();
+    swarm.lab.spawn_shoald(&n1).unwrap();
+    wait_until("the manager back", Duration::from_secs(30), || {
+        Ok(call(&socket, &shoal_api::swarm::Call::Get { name: "k0".into() }).is_ok())
+    })
+    .unwrap();
+    assert_eq!(
+        call(
+            &socket,
+            &shoal_api::swarm::Call::Get {
+                name: "k799".into()
+            }
+        )
+        .unwrap(),
+        serde_json::json!("799")
+    );
+    // A new manager cannot get the purged entries: it is sent the snapshot.
+    swarm.ok(&n1, &["node", "promote", "n2"]);
+    swarm.wait_nodes(&n1, "n2 a Reachable manager", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n2" && n["ManagerStatus"] == "Reachable")
+    });
+    let target = swarm.store_index(&n1);
+    wait_until("n2 to catch up", Duration::from_secs(30), || {
+        Ok(swarm.store_index(&n2) >= target)
+    })
+    .unwrap();
+    let n2_snapshots = swarm.lab.host_dir(&n2).join("data/swarm/raft/snapshots");
+    assert_eq!(
+        std::fs::read_dir(n2_snapshots).unwrap().count(),
+        1,
+        "n2 installed a snapshot"
+    );
 }

@@ -20,6 +20,8 @@ pub(crate) enum Suite {
     /// The routing mesh: ns per packet (BPF_PROG_TEST_RUN) and, on a 3-node lab, TCP
     /// connections and UDP packets per second vs nftables DNAT and a userspace proxy
     Mesh,
+    /// Replicated writes per second and latency on 3 managers (1 and 64 clients) vs etcd
+    Raft,
 }
 
 impl Suite {
@@ -28,6 +30,7 @@ impl Suite {
             Self::Parser => "parser",
             Self::Overlay => "overlay",
             Self::Mesh => "mesh",
+            Self::Raft => "raft",
         }
     }
 }
@@ -52,11 +55,11 @@ pub(crate) fn run(suite: Suite) -> anyhow::Result<()> {
                     .env("BORINGTUN_CLI", boringtun),
             )?
         }
-        Suite::Mesh => {
+        Suite::Mesh | Suite::Raft => {
             run_command(cargo().args(["build", "--release", "--bins"]))?;
             run_command(
                 cargo()
-                    .args(["bench", "--package", "shoal-tests", "--bench", "mesh"])
+                    .args(["bench", "--package", "shoal-tests", "--bench", suite.name()])
                     .env("SHOAL_BENCH_OUT", &out),
             )?
         }

@@ -42,6 +42,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "ethtool",
         "ethtool: the lab's public links compute checksums as wires do",
     ),
+    ("etcd-server", "etcd: the raft benchmark's baseline"),
 ];
 
 /// The bpf-linker release that matches the machine's LLVM 22 (see MACHINE.md).

@@ -438,7 +438,13 @@ fn reply(value: Result<Value, Status>) -> Result<Response<Frame>, Status> {
 impl control_server::Control for Services {
     async fn call(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
         require_manager(&request)?;
-        let forwarded: Forwarded = decode(request)?;
+        let (identity, from) = peer(&request);
+        let mut forwarded: Forwarded = decode(request)?;
+        if forwarded.hops == 0 {
+            // Called directly, not forwarded: the caller is whoever holds the certificate.
+            forwarded.caller = identity;
+            forwarded.from = from;
+        }
         reply(self.manager.route(forwarded).await)
     }
 }

@@ -710,16 +710,15 @@ async fn node_update(inner: &Inner, node: Node, update: NodeUpdate) -> Result<()
         Ok(true)
     })
     .await?;
-    if demote && let Some(raft_id) = raft_id {
-        if raft_view(inner).members.contains(&raft_id) {
-            inner
-                .raft
-                .change_membership(ChangeMembers::RemoveVoters([raft_id].into()), false)
-                .await
-                .map_err(|e| {
-                    Status::unavailable(format!("removing the manager from the raft: {e}"))
-                })?;
-        }
+    if demote
+        && let Some(raft_id) = raft_id
+        && raft_view(inner).members.contains(&raft_id)
+    {
+        inner
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters([raft_id].into()), false)
+            .await
+            .map_err(|e| Status::unavailable(format!("removing the manager from the raft: {e}")))?;
     }
     Ok(())
 }

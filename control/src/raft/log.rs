@@ -5,7 +5,7 @@
 //!   <dir>/log/<first index, 20 digits>.seg   records: [len u32 LE][crc32 u32 LE][entry, JSON]
 //!   <dir>/vote.json                          written whole: tmp, fsync, rename, fsync dir
 //!   <dir>/purged.json                        the last purged log id (same)
-//!   <dir>/committed.json                     a hint: renamed into place, not fsync'd
+//!   <dir>/committed.json                     a hint: overwritten in place, not fsync'd
 //! ```
 //!
 //! `append` keeps the entries in memory (readable at once, as openraft requires) and queues the
@@ -37,6 +37,8 @@ use super::{Entry, NodeId, TypeConfig};
 
 /// A segment is closed and a new one started past this many bytes.
 const SEGMENT_BYTES: u64 = 64 << 20;
+/// `committed.json` is always this long (JSON padded with spaces).
+const COMMITTED_BYTES: usize = 256;
 /// Header of a record: length and CRC32 of the payload.
 const HEADER: usize = 8;
 
@@ -123,6 +125,7 @@ enum Op {
 #[derive(Debug, Clone)]
 pub struct LogStore {
     dir: PathBuf,
+    committed: Arc<Mutex<File>>,
     shared: Arc<Mutex<Entries>>,
     ops: mpsc::Sender<OpBox>,
 }
@@ -250,8 +253,15 @@ impl LogStore {
         thread::Builder::new()
             .name("raft-log".into())
             .spawn(move || writer.run(receiver))?;
+        let committed = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join("committed.json"))?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            committed: Arc::new(Mutex::new(committed)),
             shared: Arc::new(Mutex::new(Entries {
                 entries,
                 last_purged,
@@ -513,20 +523,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
         // A hint that lets a restarted node apply what it knows is committed before it hears
-        // from a leader; losing it to a power cut only delays that. Renamed into place whole.
-        let path = self.dir.join("committed.json");
-        let tmp = path.with_extension("tmp-committed");
-        let bytes = serde_json::to_vec(&committed).map_err(io::Error::other);
-        bytes
-            .and_then(|b| fs::write(&tmp, b))
-            .and_then(|()| fs::rename(&tmp, &path))
-            .map_err(io_error(ErrorSubject::Store, ErrorVerb::Write))
+        // from a leader; losing it only delays that. Overwritten in place, padded to a fixed
+        // size, never fsync'd: it is on the path of every commit. A torn copy reads as none.
+        let mut bytes = serde_json::to_vec(&committed)
+            .map_err(io::Error::other)
+            .map_err(io_error(ErrorSubject::Store, ErrorVerb::Write))?;
+        bytes.resize(COMMITTED_BYTES, b' ');
+        let file = self.committed.clone();
+        let write = move || -> io::Result<()> {
+            use std::os::unix::fs::FileExt;
+            let file = file.lock().unwrap_or_else(|e| e.into_inner());
+            file.write_all_at(&bytes, 0)
+        };
+        write().map_err(io_error(ErrorSubject::Store, ErrorVerb::Write))
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        let committed: Option<Option<LogId<NodeId>>> = read_json(&self.dir.join("committed.json"))
+        let bytes = fs::read(self.dir.join("committed.json"))
             .map_err(io_error(ErrorSubject::Store, ErrorVerb::Read))?;
-        Ok(committed.flatten())
+        Ok(serde_json::from_slice::<Option<LogId<NodeId>>>(bytes.trim_ascii()).unwrap_or(None))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -577,5 +592,132 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Delete))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::store::ChangeSet;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(super::super::Request {
+                changes: ChangeSet(Vec::new()),
+            }),
+        }
+    }
+
+    /// Appends `indices` and waits until they are durable.
+    async fn append(log: &mut LogStore, indices: std::ops::RangeInclusive<u64>) {
+        use openraft::storage::RaftLogStorageExt;
+        log.blocking_append(indices.map(entry)).await.unwrap();
+    }
+
+    async fn indices(log: &mut LogStore) -> Vec<u64> {
+        log.try_get_log_entries(..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = fs::read_dir(dir.join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_torn_tail_is_cut_and_everything_before_it_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append(&mut log, 1..=10).await;
+        drop(log);
+        // A crash mid-write: half a record at the end.
+        let segment = segments(dir.path()).pop().unwrap();
+        let whole = fs::metadata(&segment).unwrap().len();
+        let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
+        file.write_all(&record(&entry(11)).unwrap()[..20]).unwrap();
+        drop(file);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indices(&mut log).await, (1..=10).collect::<Vec<_>>());
+        assert_eq!(fs::metadata(&segment).unwrap().len(), whole);
+        // And the log goes on from there.
+        append(&mut log, 11..=12).await;
+        drop(log);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indices(&mut log).await, (1..=12).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_flipped_bit_before_the_tail_is_an_error_not_a_silent_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append(&mut log, 1..=3).await;
+        drop(log);
+        // Roll a second segment by hand so the damaged one is not the last.
+        let first = segments(dir.path()).pop().unwrap();
+        fs::write(
+            segment_path(&dir.path().join("log"), 4),
+            record(&entry(4)).unwrap(),
+        )
+        .unwrap();
+        let mut bytes = fs::read(&first).unwrap();
+        bytes[HEADER + 3] ^= 0x40;
+        fs::write(&first, bytes).unwrap();
+        let e = LogStore::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("is corrupt at byte 0"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn truncation_and_purging_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append(&mut log, 1..=20).await;
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 15))
+            .await
+            .unwrap();
+        append(&mut log, 15..=16).await;
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 5))
+            .await
+            .unwrap();
+        drop(log);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indices(&mut log).await, (6..=16).collect::<Vec<_>>());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(5));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(16));
+        // Purging everything removes the segment files; the log goes on after the purge point.
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 16))
+            .await
+            .unwrap();
+        assert!(
+            segments(dir.path()).is_empty(),
+            "{:?}",
+            segments(dir.path())
+        );
+        append(&mut log, 17..=17).await;
+        drop(log);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indices(&mut log).await, vec![17]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_vote_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        let vote = Vote::new(3, 7);
+        log.save_vote(&vote).await.unwrap();
+        drop(log);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
     }
 }

@@ -77,7 +77,7 @@ impl Default for RaftSettings {
 
 impl RaftSettings {
     /// openraft's configuration for these settings.
-    pub fn config(&self, cluster: &str) -> Result<openraft::Config, openraft::ConfigError> {
+    pub fn config(&self, cluster: &str) -> Result<openraft::Config, Box<openraft::ConfigError>> {
         openraft::Config {
             cluster_name: cluster.to_owned(),
             heartbeat_interval: self.heartbeat_ms,
@@ -89,6 +89,7 @@ impl RaftSettings {
             ..Default::default()
         }
         .validate()
+        .map_err(Box::new)
     }
 
     /// The leader lease used to answer reads and reachability: three heartbeats.

@@ -76,10 +76,7 @@ struct Failed(String);
 impl PeerClient {
     async fn call<Req, Resp, E>(
         &mut self,
-        method: fn(
-            RaftClient<tonic::transport::Channel>,
-            Request<Frame>,
-        ) -> futures_like::BoxFuture<Result<tonic::Response<Frame>, Status>>,
+        method: Method,
         request: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
@@ -130,6 +127,12 @@ impl PeerClient {
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
+
+/// One of the raft service's client methods.
+type Method = fn(
+    RaftClient<tonic::transport::Channel>,
+    Request<Frame>,
+) -> futures_like::BoxFuture<Result<tonic::Response<Frame>, Status>>;
 
 /// Boxed futures for the method table above (tonic's client methods borrow `&mut self`).
 mod futures_like {
