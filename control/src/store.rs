@@ -299,16 +299,37 @@ impl Store {
     /// all its changes, or none. A refused set still advances the index (the raft entry is
     /// consumed), and the error says why it was refused.
     pub fn apply(&self, index: u64, changes: &ChangeSet) -> Result<(), StoreError> {
+        self.apply_batch(index, std::slice::from_ref(changes))
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Applies the change sets of one raft entry at index `index`, in order, each whole or not
+    /// at all: a set is judged against the state the sets before it left. Objects changed by
+    /// the entry all get version `index`, so a set that read an object another set of the same
+    /// entry changed is stale, as if they were separate entries.
+    pub fn apply_batch(&self, index: u64, batch: &[ChangeSet]) -> Vec<Result<(), StoreError>> {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         if index <= state.index {
-            return Err(StoreError::OutOfOrder {
+            let refused = StoreError::OutOfOrder {
                 index,
                 current: state.index,
-            });
+            };
+            return batch.iter().map(|_| Err(refused.clone())).collect();
         }
-        let checked = check(&state, changes);
         state.index = index;
-        checked?;
+        batch
+            .iter()
+            .map(|changes| {
+                check(&state, changes)?;
+                Self::apply_checked(&mut state, index, changes);
+                Ok(())
+            })
+            .collect()
+    }
+
+    /// Applies a checked change set.
+    fn apply_checked(state: &mut State, index: u64, changes: &ChangeSet) {
         for change in &changes.0 {
             let event = match change {
                 Change::Create { kind, id, body } => {
@@ -348,7 +369,6 @@ impl Store {
             // Nobody listening is fine.
             let _ = state.events.send((index, event));
         }
-        Ok(())
     }
 
     /// The events applied after index `from`, then live ones. Start from the index of the view
@@ -454,6 +474,50 @@ mod tests {
             id: id.into(),
             body,
         }
+    }
+
+    #[test]
+    fn a_batch_applies_its_sets_in_order_each_whole_or_not_at_all() {
+        let store = Store::new();
+        store
+            .apply(1, &ChangeSet(vec![create(Kind::Node, "n1", json!(1))]))
+            .unwrap();
+        let update = |body| Change::Update {
+            kind: Kind::Node,
+            id: "n1".into(),
+            version: 1,
+            body,
+        };
+        let results = store.apply_batch(
+            2,
+            &[
+                ChangeSet(vec![update(json!(2))]),
+                // Read version 1 too: the set before it moved the object to 2.
+                ChangeSet(vec![update(json!(3)), create(Kind::Node, "n2", json!(0))]),
+                ChangeSet(vec![create(Kind::Node, "n3", json!(0))]),
+            ],
+        );
+        assert!(results[0].is_ok());
+        assert!(matches!(
+            results[1],
+            Err(StoreError::Stale {
+                read: 1,
+                current: 2,
+                ..
+            })
+        ));
+        assert!(results[2].is_ok());
+        let (n1, n2, n3) = store.view(|tx| {
+            (
+                tx.get(Kind::Node, "n1").cloned(),
+                tx.get(Kind::Node, "n2").is_some(),
+                tx.get(Kind::Node, "n3").map(|o| o.version),
+            )
+        });
+        assert_eq!(n1.map(|o| (o.version, o.body)), Some((2, json!(2))));
+        assert!(!n2, "a refused set leaves nothing behind");
+        assert_eq!(n3, Some(2));
+        assert_eq!(store.index(), 2);
     }
 
     #[test]

@@ -42,6 +42,7 @@ use crate::{
     raft::{
         Raft, RaftSettings, TypeConfig,
         network::{Contacts, Network, RaftService, require_manager},
+        proposer::Proposer,
     },
     store::Store,
     tls::{Credentials, Peer},
@@ -95,6 +96,7 @@ pub enum ManagerError {
 
 pub(crate) struct Inner {
     raft: Raft,
+    proposer: Proposer,
     store: Store,
     raft_id: u64,
     advertise: SocketAddr,
@@ -172,6 +174,7 @@ impl Manager {
             })?;
         let (stop, stopped) = watch::channel(false);
         let inner = Arc::new(Inner {
+            proposer: Proposer::start(raft.clone()),
             raft: raft.clone(),
             store,
             raft_id: config.raft_id,

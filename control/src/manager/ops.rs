@@ -8,10 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use openraft::{
-    ChangeMembers,
-    error::{ClientWriteError, RaftError},
-};
+use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shoal_api::swarm::{
@@ -28,7 +25,7 @@ use super::{
 };
 use crate::{
     ca::{self, JoinToken, NODE_VALIDITY, NodeIdentity, RootCa},
-    raft::{Request, network::last_contact},
+    raft::{network::last_contact, proposer::ProposeError},
     store::{Change, ChangeSet, Kind, Object, StoreError},
 };
 
@@ -68,15 +65,13 @@ fn json_error(e: serde_json::Error) -> Status {
 
 /// Proposes `changes` and waits until they are committed and applied; the new index.
 pub(super) async fn propose(inner: &Inner, changes: ChangeSet) -> Result<u64, Status> {
-    match inner.raft.client_write(Request { changes }).await {
-        Ok(written) => match written.data.refused {
-            None => Ok(written.data.index),
-            Some(e) => Err(to_status(e)),
-        },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Status::unavailable(
+    match inner.proposer.propose(changes).await {
+        Ok(index) => Ok(index),
+        Err(ProposeError::Refused(e)) => Err(to_status(e)),
+        Err(ProposeError::NotLeader) => Err(Status::unavailable(
             "leadership moved while writing; try again",
         )),
-        Err(e) => Err(Status::internal(format!("raft: {e}"))),
+        Err(e) => Err(Status::internal(e.to_string())),
     }
 }
 

@@ -606,7 +606,7 @@ mod tests {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(super::super::Request {
-                changes: ChangeSet(Vec::new()),
+                batch: vec![ChangeSet(Vec::new())],
             }),
         }
     }

@@ -2,12 +2,14 @@
 //! the in-memory object store ([`sm`]). Raft's messages travel over the managers' mutual-TLS
 //! gRPC ([`network`]).
 //!
-//! A raft entry's payload is a [`Request`]: one change set, applied whole or refused whole by
-//! every replica alike (the check is deterministic: versions are raft indices). The proposer
-//! learns which from the [`Response`].
+//! A raft entry's payload is a [`Request`]: a batch of change sets proposed together (the
+//! [`proposer`] groups what arrives while earlier entries are being written), each applied
+//! whole or refused whole by every replica alike (the check is deterministic: versions are raft
+//! indices). Each proposer learns which from the [`Response`].
 
 pub mod log;
 pub mod network;
+pub mod proposer;
 pub mod sm;
 
 use std::{io::Cursor, path::Path, time::Duration};
@@ -21,11 +23,11 @@ pub type NodeId = u64;
 /// What raft knows of a manager: the address its raft RPCs go to.
 pub type Node = openraft::BasicNode;
 
-/// One proposal: a change set.
+/// One raft entry's payload: change sets, applied in order, each whole or not at all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// The changes, applied together or not at all.
-    pub changes: ChangeSet,
+    /// The change sets.
+    pub batch: Vec<ChangeSet>,
 }
 
 /// What applying an entry did.
@@ -33,8 +35,8 @@ pub struct Request {
 pub struct Response {
     /// The raft index the entry was applied at (the new version of what it changed).
     pub index: u64,
-    /// Why the change set was refused, if it was.
-    pub refused: Option<StoreError>,
+    /// For each change set of the batch: why it was refused, if it was.
+    pub refused: Vec<Option<StoreError>>,
 }
 
 openraft::declare_raft_types!(

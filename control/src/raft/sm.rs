@@ -190,9 +190,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
-                EntryPayload::Normal(Request { changes }) => Response {
+                EntryPayload::Normal(Request { batch }) => Response {
                     index: entry.log_id.index,
-                    refused: self.store.apply(entry.log_id.index, &changes).err(),
+                    refused: self
+                        .store
+                        .apply_batch(entry.log_id.index, &batch)
+                        .into_iter()
+                        .map(Result::err)
+                        .collect(),
                 },
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
