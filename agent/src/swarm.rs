@@ -60,6 +60,8 @@ struct Saved {
     managers: Vec<String>,
     raft_id: Option<u64>,
     heartbeat_ms: u64,
+    #[serde(default)]
+    data_path_port: u16,
 }
 
 struct Joined {
@@ -163,7 +165,7 @@ impl SwarmNode {
         }
     }
 
-    fn description(&self, data_path_addr: IpAddr) -> NodeDescription {
+    fn description(&self, data_path_addr: IpAddr, data_path_port: u16) -> NodeDescription {
         NodeDescription {
             hostname: self.facts.name.clone(),
             platform: Platform {
@@ -175,6 +177,7 @@ impl SwarmNode {
                 memory_bytes: self.facts.mem_total,
             },
             data_path_addr: data_path_addr.to_string(),
+            data_path_port,
         }
     }
 
@@ -351,7 +354,7 @@ impl SwarmNode {
             ));
         }
         let first = genesis(GenesisArgs {
-            description: self.description(data_path),
+            description: self.description(data_path, data_path_port),
             advertise: advertise.to_string(),
             data_path_port,
             heartbeat_s,
@@ -368,6 +371,7 @@ impl SwarmNode {
             managers: vec![advertise.to_string()],
             raft_id: Some(first.raft_id),
             heartbeat_ms: heartbeat_s * 1000,
+            data_path_port,
         };
         self.wipe()
             .map_err(io_status("clearing the swarm directory"))?;
@@ -460,7 +464,7 @@ impl SwarmNode {
         let request = JoinRequest {
             token: args.token.trim().to_owned(),
             csr,
-            description: self.description(data_path),
+            description: self.description(data_path, 0),
             advertise_addr: advertise.to_string(),
         };
         let reply: JoinReply = rpc(CaClient::new(channel).join(frame(&request)?)).await?;
@@ -487,6 +491,7 @@ impl SwarmNode {
             managers,
             raft_id,
             heartbeat_ms: reply.heartbeat_ms,
+            data_path_port: reply.data_path_port,
         };
         self.wipe()
             .map_err(io_status("clearing the swarm directory"))?;
@@ -694,7 +699,7 @@ impl SwarmNode {
         let channel =
             tls::channel(addr, config, RPC_TIMEOUT).map_err(|e| Status::internal(e.to_string()))?;
         let heartbeat = Heartbeat {
-            description: self.description(saved.data_path_addr),
+            description: self.description(saved.data_path_addr, saved.data_path_port),
         };
         rpc(DispatcherClient::new(channel).heartbeat(frame(&heartbeat)?)).await
     }

@@ -63,6 +63,14 @@ fn three_managers_and_two_workers_form_a_swarm() {
         5_000_000_000_u64
     );
     assert_eq!(cluster[0]["Spec"]["Raft"]["SnapshotInterval"], 10_000);
+    assert_eq!(n4["Description"]["DataPathPort"], 4789);
+    swarm.ok(&n1, &["swarm", "update", "--dispatcher-heartbeat", "2s"]);
+    let cluster: serde_json::Value =
+        serde_json::from_str(&swarm.ok(&n1, &["swarm", "inspect"])).unwrap();
+    assert_eq!(
+        cluster[0]["Spec"]["Dispatcher"]["HeartbeatPeriod"],
+        2_000_000_000_u64
+    );
 
     // Labels and availability, written through a follower.
     let follower = swarm
@@ -544,6 +552,26 @@ fn a_manager_cut_off_cannot_commit_and_catches_up_when_the_link_returns() {
 fn promotion_demotion_and_removal_keep_the_quorum() {
     let swarm = Swarm::up_with(3, 2, &["--dispatcher-heartbeat", "1s"]);
     let n1 = swarm.managers[0].clone();
+    // Writes go on, none refused, while the membership changes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (socket, stop) = (swarm.lab.socket(&n1), stop.clone());
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let put = shoal_api::swarm::Call::Put {
+                    name: format!("w{i}"),
+                    data: String::new(),
+                };
+                if let Err(e) = call(&socket, &put) {
+                    failures.push(e);
+                }
+                i += 1;
+            }
+            (i, failures)
+        })
+    };
     // Promote a worker: it becomes a reachable manager; demote it back.
     swarm.ok(&n1, &["node", "promote", "n4"]);
     swarm.wait_nodes(&n1, "n4 a Reachable manager", |nodes| {

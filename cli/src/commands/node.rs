@@ -173,8 +173,9 @@ fn pretty(node: &Node) -> String {
         );
     }
     out += &format!(
-        "Data Path Address:\t{}\nPlatform:\n Operating System:\t{}\n Architecture:\t\t{}\nResources:\n CPUs:\t\t\t{}\n Memory:\t\t{}\n",
+        "Data Path Address:\t{}:{}\nPlatform:\n Operating System:\t{}\n Architecture:\t\t{}\nResources:\n CPUs:\t\t\t{}\n Memory:\t\t{}\n",
         node.description.data_path_addr,
+        node.description.data_path_port,
         node.description.platform.os,
         node.description.platform.architecture,
         node.description.resources.nano_cpus / 1_000_000_000,

@@ -224,6 +224,9 @@ pub struct NodeDescription {
     pub resources: Resources,
     /// Where its overlay traffic goes (`--data-path-addr`; the advertise address by default).
     pub data_path_addr: String,
+    /// The swarm's VXLAN port (`swarm init --data-path-port`).
+    #[serde(default)]
+    pub data_path_port: u16,
 }
 
 /// OS and architecture, as Go names them.
