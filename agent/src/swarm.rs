@@ -204,15 +204,8 @@ impl SwarmNode {
             _ => None,
         };
         tracing::info!(node = %saved.node_id, role = %saved.role, "resuming swarm membership");
-        let mut guard = self.state.lock().await;
-        *guard = Some(Joined {
-            saved,
-            credentials,
-            manager,
-            session: None,
-        });
-        drop(guard);
-        self.spawn_session().await;
+        let guard = self.state.lock().await;
+        self.enter(guard, saved, credentials, manager).await;
         Ok(())
     }
 
@@ -324,7 +317,7 @@ impl SwarmNode {
     }
 
     async fn init(&self, args: InitArgs) -> Result<Value, Status> {
-        let mut guard = self.state.lock().await;
+        let guard = self.state.lock().await;
         if guard.is_some() {
             return Err(Status::failed_precondition(ALREADY_IN_SWARM));
         }
@@ -342,7 +335,7 @@ impl SwarmNode {
             Some(value) => resolve(Some(value), "data-path-addr", 0)?.ip(),
         };
         let data_path_port = args.data_path_port.unwrap_or(DEFAULT_DATA_PATH_PORT);
-        if data_path_port < 1024 && data_path_port != 0 && args.data_path_port.is_some() {
+        if !(1024..=49151).contains(&data_path_port) {
             return Err(Status::invalid_argument(format!(
                 "--data-path-port {data_path_port} is not allowed: use a port from 1024 to 49151"
             )));
@@ -410,19 +403,13 @@ impl SwarmNode {
         }
         tracing::info!(node = %saved.node_id, cluster = %saved.cluster_id, "swarm initialized");
         let node_id = saved.node_id.clone();
-        *guard = Some(Joined {
-            saved,
-            credentials: first.credentials,
-            manager: Some(manager),
-            session: None,
-        });
-        drop(guard);
-        self.spawn_session().await;
+        self.enter(guard, saved, first.credentials, Some(manager))
+            .await;
         Ok(Value::String(node_id))
     }
 
     async fn join(&self, args: JoinArgs) -> Result<Value, Status> {
-        let mut guard = self.state.lock().await;
+        let guard = self.state.lock().await;
         if guard.is_some() {
             return Err(Status::failed_precondition(ALREADY_IN_SWARM));
         }
@@ -516,14 +503,7 @@ impl SwarmNode {
         }
         tracing::info!(node = %saved.node_id, role = %saved.role, "joined the swarm");
         let role = saved.role;
-        *guard = Some(Joined {
-            saved,
-            credentials,
-            manager,
-            session: None,
-        });
-        drop(guard);
-        self.spawn_session().await;
+        self.enter(guard, saved, credentials, manager).await;
         Ok(Value::String(role.to_string()))
     }
 
@@ -622,6 +602,24 @@ impl SwarmNode {
                 std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
             }),
         }
+    }
+
+    /// Records the membership and starts the session with the managers.
+    async fn enter(
+        &self,
+        mut guard: tokio::sync::MutexGuard<'_, Option<Joined>>,
+        saved: Saved,
+        credentials: Credentials,
+        manager: Option<Manager>,
+    ) {
+        *guard = Some(Joined {
+            saved,
+            credentials,
+            manager,
+            session: None,
+        });
+        drop(guard);
+        self.spawn_session().await;
     }
 
     async fn spawn_session(&self) {

@@ -305,7 +305,26 @@ fn tokens_addresses_and_repeated_commands_are_checked_and_leave_nothing_behind()
         ],
     );
     assert!(e.contains("nope0"), "{e}");
+    let e = swarm.fails(
+        &n1,
+        &[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "eth0",
+            "--data-path-port",
+            "80",
+        ],
+    );
+    assert!(e.contains("1024 to 49151"), "{e}");
     assert_eq!(swarm.info(&n1)["Swarm"]["LocalNodeState"], "inactive");
+    assert!(
+        !swarm
+            .lab
+            .host_dir(&n1)
+            .join("data/swarm/state.json")
+            .exists()
+    );
 
     swarm.ok(
         &n1,
@@ -593,6 +612,12 @@ fn promotion_demotion_and_removal_keep_the_quorum() {
         || Ok(swarm.info(&n4)["Swarm"]["ControlAvailable"] == false),
     )
     .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (writes, failures) = writer.join().unwrap();
+    assert!(
+        writes > 10 && failures.is_empty(),
+        "{writes} writes, failed: {failures:?}"
+    );
 
     // A manager must be demoted before removal; a Ready node needs --force.
     let e = swarm.fails(&n1, &["node", "rm", "n2"]);

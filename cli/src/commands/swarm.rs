@@ -47,23 +47,30 @@ fn seconds(value: &str) -> Result<u64, String> {
     Ok(s)
 }
 
+/// The address flags `init` and `join` share.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Addrs {
+    /// Advertised address (format: <ip|interface>[:port])
+    #[arg(long, value_name = "ADDR")]
+    advertise_addr: Option<String>,
+    /// Listen address (format: <ip|interface>[:port]) (default 0.0.0.0:2377)
+    #[arg(long, value_name = "ADDR")]
+    listen_addr: Option<String>,
+    /// Address or interface to use for data path traffic (format: <ip|interface>)
+    #[arg(long, value_name = "ADDR")]
+    data_path_addr: Option<String>,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
     /// Initialize a swarm: this node becomes its first manager
     Init {
-        /// Advertised address (format: <ip|interface>[:port])
-        #[arg(long, value_name = "ADDR")]
-        advertise_addr: Option<String>,
-        /// Listen address (format: <ip|interface>[:port]) (default 0.0.0.0:2377)
-        #[arg(long, value_name = "ADDR")]
-        listen_addr: Option<String>,
-        /// Address or interface to use for data path traffic (format: <ip|interface>)
-        #[arg(long, value_name = "ADDR")]
-        data_path_addr: Option<String>,
+        #[command(flatten)]
+        addrs: Addrs,
         /// Port number to use for data path traffic (1024 - 49151) (default 4789)
         #[arg(long, value_name = "PORT")]
         data_path_port: Option<u16>,
-        /// Dispatcher heartbeat period (ns|us|ms|s|m|h) (default 5s)
+        /// Dispatcher heartbeat period (s|m|h) (default 5s)
         #[arg(long, value_name = "DURATION", value_parser = seconds)]
         dispatcher_heartbeat: Option<u64>,
         /// Number of log entries between Raft snapshots (default 10000)
@@ -75,15 +82,8 @@ pub(crate) enum Command {
         /// Token for entry into the swarm
         #[arg(long)]
         token: String,
-        /// Advertised address (format: <ip|interface>[:port])
-        #[arg(long, value_name = "ADDR")]
-        advertise_addr: Option<String>,
-        /// Listen address (format: <ip|interface>[:port]) (default 0.0.0.0:2377)
-        #[arg(long, value_name = "ADDR")]
-        listen_addr: Option<String>,
-        /// Address or interface to use for data path traffic (format: <ip|interface>)
-        #[arg(long, value_name = "ADDR")]
-        data_path_addr: Option<String>,
+        #[command(flatten)]
+        addrs: Addrs,
         /// A manager's address, HOST[:PORT]
         remote: String,
     },
@@ -107,7 +107,7 @@ pub(crate) enum Command {
     },
     /// Update the swarm
     Update {
-        /// Dispatcher heartbeat period (ns|us|ms|s|m|h)
+        /// Dispatcher heartbeat period (s|m|h)
         #[arg(long, value_name = "DURATION", value_parser = seconds)]
         dispatcher_heartbeat: Option<u64>,
         /// Number of log entries between Raft snapshots
@@ -147,9 +147,12 @@ async fn print_join_command(host: &DaemonHost, which: Role) -> Result<(), Failur
 pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failure> {
     match command {
         Command::Init {
-            advertise_addr,
-            listen_addr,
-            data_path_addr,
+            addrs:
+                Addrs {
+                    advertise_addr,
+                    listen_addr,
+                    data_path_addr,
+                },
             data_path_port,
             dispatcher_heartbeat,
             snapshot_interval,
@@ -177,9 +180,12 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         }
         Command::Join {
             token,
-            advertise_addr,
-            listen_addr,
-            data_path_addr,
+            addrs:
+                Addrs {
+                    advertise_addr,
+                    listen_addr,
+                    data_path_addr,
+                },
             remote,
         } => {
             let joined = call(
