@@ -79,7 +79,8 @@ pub(crate) fn run(command: LabCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The main job: a lab with `shoald` in every node, and `shoal info` run in each.
+/// The main job: a lab with `shoald` in every node, `shoal info` run in each, a swarm of them,
+/// overlays and the routing mesh.
 pub(crate) fn demo(down: bool, nodes: usize) -> anyhow::Result<()> {
     require_root()?;
     remove_demo_labs()?;
@@ -107,10 +108,86 @@ pub(crate) fn demo(down: bool, nodes: usize) -> anyhow::Result<()> {
         let out = lab.shoal(node, &["info"])?;
         print!("{}", show(&out)?);
     }
+    demo_swarm(&lab, &shoal)?;
     demo_network(&mut lab, &shoal)?;
     println!(
         "\nThe lab stays up: `cargo xtask lab status` shows it, `cargo xtask demo --down` removes it."
     );
+    Ok(())
+}
+
+/// A swarm on the demo lab: n1 initializes it, up to two more nodes join as managers, the rest
+/// as workers, and `node ls` shows them all Ready with one leader.
+fn demo_swarm(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
+    let nodes = lab.nodes().to_vec();
+    let n1 = &nodes[0];
+    let run = |node: &shoal_tests::Host, args: &[&str]| -> anyhow::Result<String> {
+        println!(
+            "\n$ ip netns exec {} {} -H unix://{} {}",
+            node.netns,
+            shoal.display(),
+            lab.socket(node).display(),
+            args.join(" ")
+        );
+        let out = show(&lab.shoal(node, args)?)?;
+        print!("{out}");
+        Ok(out)
+    };
+    println!("\nThe swarm: n1 initializes it; the others join with the tokens it prints.");
+    run(
+        n1,
+        &[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "eth0",
+            "--data-path-addr",
+            "eth1",
+        ],
+    )?;
+    let manager = run(n1, &["swarm", "join-token", "-q", "manager"])?;
+    let worker = run(n1, &["swarm", "join-token", "-q", "worker"])?;
+    let remote = format!("{}:2377", n1.public_ip);
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let token = if i < 3 { &manager } else { &worker };
+        run(
+            node,
+            &[
+                "swarm",
+                "join",
+                "--token",
+                token.trim(),
+                "--advertise-addr",
+                "eth0",
+                "--data-path-addr",
+                "eth1",
+                &remote,
+            ],
+        )?;
+    }
+    // Every node is Ready once its first heartbeat is in; joins already count as one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = lab.shoal(n1, &["node", "ls", "--format", "json"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ready = text
+            .lines()
+            .filter(|l| l.contains("\"Status\":\"Ready\""))
+            .count();
+        let leaders = text
+            .lines()
+            .filter(|l| l.contains("\"ManagerStatus\":\"Leader\""))
+            .count();
+        if ready == nodes.len() && leaders == 1 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the swarm did not settle within 30 s: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    run(&nodes[(nodes.len() - 1).min(2)], &["node", "ls"])?;
     Ok(())
 }
 
