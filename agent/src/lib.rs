@@ -1,13 +1,16 @@
-//! `shoald`, the daemon every Shoal node runs. Today it serves the local API on its unix socket
-//! (`shoal info`) and hosts the node's overlay data plane (`shoal dataplane apply|inspect`,
-//! dataplane.rs); it grows into the node agent: it joins the swarm, keeps its dispatcher session,
-//! runs tasks through executors, applies the data plane, and starts the control plane on managers.
+//! `shoald`, the daemon every Shoal node runs. It serves the local API on its unix socket
+//! (`shoal info`, `shoal swarm|node`), keeps the node's swarm membership ([`swarm`]: init, join,
+//! leave, the heartbeat session, the manager it runs when it is one), and hosts the node's data
+//! plane (`shoal dataplane apply|inspect`, dataplane.rs). Running tasks through executors comes
+//! next.
 //!
 //! ```text
 //!   shoal ──gRPC──> unix socket (0660) ──> Daemon service (api.rs)
 //!                                             ├── node facts (node.rs): name, kernel, OS, CPUs
+//!                                             ├── swarm (swarm.rs): membership, session, manager
 //!                                             └── data plane (dataplane.rs): overlays, WireGuard
-//!   data root (0700): shoald.pid, locked while the daemon runs; netns/ holds the overlays' namespaces
+//!   data root (0700): shoald.pid, locked while the daemon runs; netns/ holds the overlays' namespaces;
+//!   swarm/ holds the node's certificates, its membership and (managers) the raft store
 //! ```
 //!
 //! Start with [`run`]: it takes a [`Config`] and a shutdown future (so tests run a daemon

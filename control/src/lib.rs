@@ -9,13 +9,15 @@
 //!        └── CA: root at `swarm init`, node certificates, join tokens
 //! ```
 //!
-//! What exists so far: [`ca`], the root CA, node certificates and join tokens (generation,
-//! parsing, signing); [`store`], the typed object store (versions are raft indices, stale
-//! writes refused, watches from an index), not yet fed by raft; [`addr`], how `--advertise-addr`,
-//! `--listen-addr` and `--data-path-addr` resolve. The rest lands with the control-plane issue (Control plane I: raft store,
-//! membership, liveness); its API types already live in `control/api` (`shoal-api`). The layout
-//! it follows is SwarmKit's: `store` (typed objects, `view`/`update` transactions, watches from an
-//! index), `raft`, `ca`, `orchestrator`, `scheduler`, `allocator`, `dispatcher`, `api`.
+//! What exists: [`store`], the typed object store (versions are raft indices, change sets
+//! applied whole or refused, watches from an index); [`raft`], openraft over a durable log and
+//! snapshots, with batched proposals and mutual-TLS transport; [`ca`], the root CA, node
+//! certificates and join tokens; [`tls`], the rustls configurations (pinned-digest join, role
+//! names) and the peer identity every service checks; [`manager`], a manager: its gRPC services,
+//! forwarding to the leader, membership, liveness; [`addr`], how `--advertise-addr`,
+//! `--listen-addr` and `--data-path-addr` resolve. Orchestrators, scheduler, allocator and the
+//! dispatcher's assignments come next. Start with [`manager::Manager`]; docs/control.md has the
+//! design and the measurements.
 
 pub mod addr;
 pub mod ca;
