@@ -88,11 +88,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let served = tonic::transport::Server::builder()
         .add_service(DaemonServer::new(api::DaemonApi::new(
-            facts, dataplane, swarm,
+            facts,
+            dataplane,
+            swarm.clone(),
         )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     drop(socket_file);
+    swarm.shutdown().await;
     tracing::info!("shoald stopped");
     served.map_err(|source| DaemonError::Serve {
         host: config.host.clone(),

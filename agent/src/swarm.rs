@@ -455,6 +455,11 @@ impl SwarmNode {
             advertise_addr: advertise.to_string(),
         };
         let reply: JoinReply = rpc(CaClient::new(channel).join(frame(&request)?)).await?;
+        if ca::pem_digest(&reply.ca_pem).ok().as_deref() != Some(token.digest.as_str()) {
+            return Err(Status::permission_denied(
+                "the manager sent a root CA whose digest does not match the join token",
+            ));
+        }
         let credentials = Credentials {
             cert_pem: reply.cert_pem,
             key_pem,
@@ -549,6 +554,13 @@ impl SwarmNode {
     async fn leave(&self, force: bool) -> Result<Value, Status> {
         let mut guard = self.state.lock().await;
         let Some(joined) = guard.as_ref() else {
+            // A membership on disk that could not be resumed (see the daemon's log): --force
+            // is the way out.
+            if force && self.dir.join("state.json").exists() {
+                self.wipe()
+                    .map_err(io_status("removing the swarm directory"))?;
+                return Ok(Value::Null);
+            }
             return Err(Status::failed_precondition(
                 "This node is not part of a swarm",
             ));
@@ -601,6 +613,20 @@ impl SwarmNode {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
             }),
+        }
+    }
+
+    /// Stops the session and the manager (the daemon is stopping); the membership stays on
+    /// disk for the next start.
+    pub async fn shutdown(&self) {
+        let joined = self.state.lock().await.take();
+        if let Some(joined) = joined {
+            if let Some(session) = joined.session {
+                session.abort();
+            }
+            if let Some(manager) = joined.manager {
+                manager.shutdown().await;
+            }
         }
     }
 

@@ -283,6 +283,11 @@ fn base36(bytes: &[u8], width: usize) -> String {
     digits.iter().rev().collect()
 }
 
+/// The token digest of the first certificate in `pem`.
+pub fn pem_digest(pem: &str) -> Result<String, CaError> {
+    cert_der(pem).map(|der| digest_of(&der))
+}
+
 /// A random ID of 25 base-36 digits, as SwarmKit's node, cluster and task IDs.
 pub fn random_id() -> Result<String, CaError> {
     let mut bytes = [0_u8; 16];

@@ -377,16 +377,25 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts TLS connections on `listener`; each handshake runs on its own task so a slow client
-/// does not hold up the others. The stream ends when the listener fails.
+/// does not hold up the others. The accepting task (returned) ends, closing the listener, when
+/// the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
+) -> (
+    tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
+    let accepting = tokio::spawn(async move {
         loop {
-            let (tcp, addr) = match listener.accept().await {
+            // The listener (and its port) goes as soon as the server drops the stream.
+            let accepted = tokio::select! {
+                () = sender.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, addr) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection");
@@ -394,9 +403,6 @@ pub fn incoming(
                     continue;
                 }
             };
-            if sender.is_closed() {
-                return;
-            }
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let sender = sender.clone();
@@ -425,5 +431,8 @@ pub fn incoming(
             });
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(receiver)
+    (
+        tokio_stream::wrappers::ReceiverStream::new(receiver),
+        accepting,
+    )
 }

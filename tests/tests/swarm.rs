@@ -441,29 +441,29 @@ fn tokens_addresses_and_repeated_commands_are_checked_and_leave_nothing_behind()
     assert_eq!(swarm.nodes(&n1).len(), 2);
 }
 
-#[test]
-fn workers_cannot_reach_cluster_state_even_with_their_certificate() {
-    let swarm = Swarm::up(1, 1);
-    let (n1, n2) = (swarm.managers[0].clone(), swarm.workers[0].clone());
-    let e = swarm.fails(&n2, &["node", "ls"]);
-    assert!(
-        e.contains("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."),
-        "{e}"
-    );
-    // The worker's own certificate, straight at the manager's control and raft services.
-    let certs = swarm.lab.host_dir(&n2).join("data/swarm/certs");
+/// The certificates in `host`'s data root.
+fn credentials_of(swarm: &Swarm, host: &shoal_tests::Host) -> shoal_control::tls::Credentials {
+    let certs = swarm.lab.host_dir(host).join("data/swarm/certs");
     let read = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
-    let credentials = shoal_control::tls::Credentials {
+    shoal_control::tls::Credentials {
         cert_pem: read("node.crt"),
         key_pem: read("node.key"),
         ca_pem: read("ca.crt"),
-    };
-    assert_eq!(
-        credentials.identity().unwrap().role,
-        shoal_control::ca::Role::Worker
-    );
-    let addr = format!("{}:2377", n1.public_ip);
-    let refused = shoal_tests::within(&n2.netns, || {
+    }
+}
+
+/// From `from`'s namespace, with `credentials`, calls `node ls` on `manager`'s control service
+/// and a raft vote on its raft service, directly; the two answers.
+fn call_as(
+    credentials: &shoal_control::tls::Credentials,
+    from: &shoal_tests::Host,
+    manager: &shoal_tests::Host,
+) -> (
+    Result<tonic::Response<shoal_api::v1::Frame>, tonic::Status>,
+    Result<tonic::Response<shoal_api::v1::Frame>, tonic::Status>,
+) {
+    let addr = format!("{}:2377", manager.public_ip);
+    shoal_tests::within(&from.netns, || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -489,8 +489,26 @@ fn workers_cannot_reach_cluster_state_even_with_their_certificate() {
             (control, raft)
         }))
     })
-    .unwrap();
-    for (what, answer) in [("control", refused.0), ("raft", refused.1)] {
+    .unwrap()
+}
+
+#[test]
+fn workers_cannot_reach_cluster_state_even_with_their_certificate() {
+    let swarm = Swarm::up(1, 1);
+    let (n1, n2) = (swarm.managers[0].clone(), swarm.workers[0].clone());
+    let e = swarm.fails(&n2, &["node", "ls"]);
+    assert!(
+        e.contains("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."),
+        "{e}"
+    );
+    // The worker's own certificate, straight at the manager's control and raft services.
+    let credentials = credentials_of(&swarm, &n2);
+    assert_eq!(
+        credentials.identity().unwrap().role,
+        shoal_control::ca::Role::Worker
+    );
+    let (control, raft) = call_as(&credentials, &n2, &n1);
+    for (what, answer) in [("control", control), ("raft", raft)] {
         let status = answer.expect_err(what);
         assert_eq!(
             status.code(),
@@ -600,6 +618,11 @@ fn promotion_demotion_and_removal_keep_the_quorum() {
     });
     let n4 = swarm.host("n4");
     swarm.ok(&n4, &["node", "ls"]);
+    let as_manager = credentials_of(&swarm, &n4);
+    assert_eq!(
+        as_manager.identity().unwrap().role,
+        shoal_control::ca::Role::Manager
+    );
     swarm.ok(&n1, &["node", "demote", "n4"]);
     swarm.wait_nodes(&n1, "n4 a worker again", |nodes| {
         nodes
@@ -612,6 +635,27 @@ fn promotion_demotion_and_removal_keep_the_quorum() {
         || Ok(swarm.info(&n4)["Swarm"]["ControlAvailable"] == false),
     )
     .unwrap();
+    // Its old manager certificate, still valid, no longer opens the cluster API.
+    let (control, _) = call_as(&as_manager, &n4, &n1);
+    let status = control.expect_err("a demoted manager's certificate");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("no longer a manager"),
+        "{status:?}"
+    );
+    // Promoted again: it starts a manager on the same port and rejoins the raft.
+    swarm.ok(&n1, &["node", "promote", "n4"]);
+    swarm.wait_nodes(&n1, "n4 a Reachable manager again", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n4" && n["ManagerStatus"] == "Reachable")
+    });
+    swarm.ok(&n1, &["node", "demote", "n4"]);
+    swarm.wait_nodes(&n1, "n4 a worker once more", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n4" && n["ManagerStatus"] == "")
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (writes, failures) = writer.join().unwrap();
     assert!(

@@ -41,7 +41,9 @@ use crate::{
     ca::{NodeIdentity, Role},
     raft::{
         Raft, RaftSettings, TypeConfig,
-        network::{Contacts, Network, RaftService, require_manager},
+        network::{
+            Check, Contacts, MAX_MESSAGE, Network, RaftService, managers_only, require_manager,
+        },
         proposer::Proposer,
     },
     store::Store,
@@ -111,6 +113,8 @@ pub(crate) struct Inner {
     leader_since: Mutex<Option<Instant>>,
     clients: Mutex<HashMap<String, ControlClient<Channel>>>,
     stop: watch::Sender<bool>,
+    /// The server and accept tasks: awaited on shutdown, so the port is free afterwards.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A running manager. Clones share it.
@@ -188,20 +192,22 @@ impl Manager {
             leader_since: Mutex::default(),
             clients: Mutex::default(),
             stop,
+            tasks: Mutex::default(),
         });
         let manager = Self { inner };
         let services = Services {
             manager: manager.clone(),
         };
-        let incoming = crate::tls::incoming(listener, server_tls);
+        let (incoming, accepting) = crate::tls::incoming(listener, server_tls);
         let mut until = stopped.clone();
-        tokio::spawn(async move {
+        let serving = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(RaftService::new(raft))
-                .add_service(
+                .add_service(tonic::service::interceptor::InterceptedService::new(
                     control_server::ControlServer::new(services.clone())
-                        .max_decoding_message_size(64 << 20),
-                )
+                        .max_decoding_message_size(MAX_MESSAGE),
+                    managers_only as Check,
+                ))
                 .add_service(ca_server::CaServer::new(services.clone()))
                 .add_service(dispatcher_server::DispatcherServer::new(services))
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -213,6 +219,12 @@ impl Manager {
             }
         });
         tokio::spawn(ops::maintain(manager.clone(), stopped));
+        manager
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([serving, accepting]);
         Ok(manager)
     }
 
@@ -398,6 +410,17 @@ impl Manager {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "shutting raft down");
         }
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            // Open connections are given a moment; the listener itself closes at once.
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the cluster API did not stop within 5 s");
+            }
+        }
     }
 
     /// The identity in this manager's certificate.
@@ -447,6 +470,9 @@ impl control_server::Control for Services {
             // Called directly, not forwarded: the caller is whoever holds the certificate.
             forwarded.caller = identity;
             forwarded.from = from;
+        } else if let Some(forwarder) = &identity {
+            // A caller named in the body is believed only from a manager that still is one.
+            ops::require_current_manager(&self.manager.inner, forwarder)?;
         }
         reply(self.manager.route(forwarded).await)
     }

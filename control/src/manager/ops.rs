@@ -47,6 +47,9 @@ pub fn now() -> String {
         .unwrap_or_default()
 }
 
+/// How long a write may wait to be committed.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A peer is reachable if it answered a raft RPC this recently.
 const REACHABLE: Duration = Duration::from_secs(3);
 
@@ -65,7 +68,15 @@ fn json_error(e: serde_json::Error) -> Status {
 
 /// Proposes `changes` and waits until they are committed and applied; the new index.
 pub(super) async fn propose(inner: &Inner, changes: ChangeSet) -> Result<u64, Status> {
-    match inner.proposer.propose(changes).await {
+    let Ok(proposed) = tokio::time::timeout(COMMIT_TIMEOUT, inner.proposer.propose(changes)).await
+    else {
+        return Err(Status::unavailable(format!(
+            "{} (the write was not committed within {}s; it may still be)",
+            shoal_api::swarm::NO_LEADER,
+            COMMIT_TIMEOUT.as_secs()
+        )));
+    };
+    match proposed {
         Ok(index) => Ok(index),
         Err(ProposeError::Refused(e)) => Err(to_status(e)),
         Err(ProposeError::NotLeader) => Err(Status::unavailable(
@@ -300,16 +311,18 @@ pub(super) async fn execute(inner: &Inner, forwarded: Forwarded) -> Result<Value
     } = forwarded;
     match op {
         Op::User { call, node_id } => {
-            require_manager(&caller)?;
+            require_current_manager(inner, require_manager(&caller)?)?;
             user(inner, call, &node_id).await
         }
         Op::Join(request) => encode(&join(inner, request, &from).await?),
         Op::Renew { csr } => {
             let caller = require_node(&caller)?;
-            let object = inner
+            let Some(object) = inner
                 .store
                 .view(|tx| tx.get(Kind::Node, &caller.node_id).cloned())
-                .ok_or_else(|| removed(&caller.node_id))?;
+            else {
+                return Err(confirmed_removed(inner, &caller.node_id).await);
+            };
             let node = decode_node(&object)?;
             let role = node.spec.role.unwrap_or(Role::Worker);
             let cert_pem = sign(inner, &csr, &caller.node_id, role)?;
@@ -326,10 +339,38 @@ pub(super) async fn execute(inner: &Inner, forwarded: Forwarded) -> Result<Value
     }
 }
 
-fn removed(node_id: &str) -> Status {
+/// "Removed" makes a node wipe its membership: said only by a leader that has confirmed it
+/// still leads and has applied everything committed (a deposed leader's store may be stale).
+async fn confirmed_removed(inner: &Inner, node_id: &str) -> Status {
+    if inner.raft.ensure_linearizable().await.is_err() {
+        return Status::unavailable(shoal_api::swarm::NO_LEADER);
+    }
+    if inner.store.view(|tx| tx.get(Kind::Node, node_id).is_some()) {
+        return Status::unavailable("the node's record was being written; try again");
+    }
     Status::not_found(format!(
         "node {node_id} is not in the swarm: it was removed"
     ))
+}
+
+/// Whether `identity`'s node is, in the store, still to be a manager: a demoted or removed
+/// manager's certificate (valid until it expires) no longer opens the cluster API.
+pub(super) fn require_current_manager(
+    inner: &Inner,
+    identity: &NodeIdentity,
+) -> Result<(), Status> {
+    let role = inner.store.view(|tx| {
+        tx.get(Kind::Node, &identity.node_id)
+            .and_then(|o| decode_node(o).ok())
+            .and_then(|n| n.spec.role)
+    });
+    match role {
+        Some(Role::Manager) => Ok(()),
+        _ => Err(Status::permission_denied(format!(
+            "node {} is no longer a manager of this swarm",
+            identity.node_id
+        ))),
+    }
 }
 
 fn sign(inner: &Inner, csr: &str, node_id: &str, role: Role) -> Result<String, Status> {
@@ -432,7 +473,7 @@ async fn beat(
 ) -> Result<HeartbeatReply, Status> {
     let id = caller.node_id.clone();
     if inner.store.view(|tx| tx.get(Kind::Node, &id).is_none()) {
-        return Err(removed(&id));
+        return Err(confirmed_removed(inner, &id).await);
     }
     inner
         .heartbeats
@@ -452,9 +493,19 @@ async fn beat(
         Ok(changed)
     })
     .await?;
+    // A demoted manager stays one until the raft has let it go: it keeps its raft running
+    // until then, so the membership change never waits for a member that already left.
+    let member = node
+        .manager_status
+        .as_ref()
+        .is_some_and(|m| raft_view(inner).members.contains(&m.raft_id));
     Ok(HeartbeatReply {
         period_ms: heartbeat_period(inner).as_millis() as u64,
-        role: node.spec.role.unwrap_or(Role::Worker),
+        role: if member {
+            Role::Manager
+        } else {
+            node.spec.role.unwrap_or(Role::Worker)
+        },
         managers: manager_addrs(inner),
     })
 }
@@ -681,8 +732,11 @@ async fn node_update(inner: &Inner, node: Node, update: NodeUpdate) -> Result<()
             "key {missing} doesn't exist in node's labels"
         )));
     }
-    let demote = update.role == Some(Role::Worker) && node.spec.role == Some(Role::Manager);
     let raft_id = node.manager_status.as_ref().map(|m| m.raft_id);
+    let member = raft_id.is_some_and(|id| raft_view(inner).members.contains(&id));
+    // Based on the raft too: a demotion cut short (leadership moved) can be run again.
+    let demote =
+        update.role == Some(Role::Worker) && (node.spec.role == Some(Role::Manager) || member);
     if demote {
         let raft = raft_view(inner);
         if let Some(raft_id) = raft_id {
@@ -705,17 +759,52 @@ async fn node_update(inner: &Inner, node: Node, update: NodeUpdate) -> Result<()
         Ok(true)
     })
     .await?;
-    if demote
-        && let Some(raft_id) = raft_id
-        && raft_view(inner).members.contains(&raft_id)
-    {
-        inner
-            .raft
-            .change_membership(ChangeMembers::RemoveVoters([raft_id].into()), false)
-            .await
-            .map_err(|e| Status::unavailable(format!("removing the manager from the raft: {e}")))?;
+    if demote && let Some(raft_id) = raft_id {
+        leave_raft(inner, raft_id).await?;
     }
     Ok(())
+}
+
+/// Takes `raft_id` out of the raft, whether it votes or only learns. Done if it is already out
+/// (another change got there first).
+async fn leave_raft(inner: &Inner, raft_id: u64) -> Result<(), Status> {
+    let raft = raft_view(inner);
+    let change = if raft.voters.contains(&raft_id) {
+        ChangeMembers::RemoveVoters([raft_id].into())
+    } else if raft.members.contains(&raft_id) {
+        ChangeMembers::RemoveNodes([raft_id].into())
+    } else {
+        return Ok(());
+    };
+    match inner.raft.change_membership(change, false).await {
+        Ok(_) => Ok(()),
+        Err(_) if !raft_view(inner).members.contains(&raft_id) => Ok(()),
+        Err(e) => Err(Status::unavailable(format!(
+            "removing the manager from the raft: {e}"
+        ))),
+    }
+}
+
+/// Raft members no node claims, or whose node is to be a worker (a demotion or a promotion cut
+/// short): the leader takes them out, one per pass, when the quorum allows.
+async fn reconcile_members(inner: &Inner) {
+    let raft = raft_view(inner);
+    let Ok(all) = nodes(inner) else { return };
+    let stray = raft.members.iter().copied().find(|id| {
+        *id != inner.raft_id
+            && !all.iter().any(|(_, n)| {
+                n.spec.role == Some(Role::Manager)
+                    && n.manager_status.as_ref().is_some_and(|m| m.raft_id == *id)
+            })
+    });
+    let Some(stray) = stray else { return };
+    if quorum::check_removal(&raft.voters, &reachable(inner, &raft), stray).is_err() {
+        return;
+    }
+    tracing::info!(raft_id = stray, "removing a raft member no manager claims");
+    if let Err(e) = leave_raft(inner, stray).await {
+        tracing::debug!(error = %e.message(), "removing a stray raft member");
+    }
 }
 
 /// The leader's housekeeping: marks nodes Down after three missed heartbeats, and every
@@ -737,6 +826,7 @@ pub(super) async fn maintain(manager: Manager, mut stopped: watch::Receiver<bool
             }
             *since.get_or_insert_with(Instant::now)
         };
+        reconcile_members(&inner).await;
         let deadline = 3 * heartbeat_period(&inner);
         let Ok(all) = nodes(&inner) else { continue };
         for (_, node) in all {

@@ -156,6 +156,9 @@ struct Writer {
     segments: Vec<Segment>,
     /// The last segment, open for appending.
     file: Option<File>,
+    /// Set by the first failed write or sync: what is on disk past that point is unknown, so
+    /// every later operation fails too (raft stops; a restart recovers from what is whole).
+    failed: Option<String>,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -248,6 +251,7 @@ impl LogStore {
             dir: log_dir,
             segments,
             file,
+            failed: None,
         };
         let (ops, receiver) = mpsc::channel::<OpBox>();
         thread::Builder::new()
@@ -332,7 +336,7 @@ impl Writer {
             for op in batch {
                 match op {
                     Op::Append { records, callback } => {
-                        let result = self.append(&records);
+                        let result = self.guarded(|w| w.append(&records));
                         dirty = true;
                         flushed.push((callback, result));
                     }
@@ -362,14 +366,27 @@ impl Writer {
         }
     }
 
+    /// Runs `op` unless an earlier write failed; a failure of `op` is remembered.
+    fn guarded(&mut self, op: impl FnOnce(&mut Self) -> io::Result<()>) -> io::Result<()> {
+        if let Some(failed) = &self.failed {
+            return Err(io::Error::other(format!(
+                "an earlier raft log write failed: {failed}"
+            )));
+        }
+        let result = op(self);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "raft log write failed; the log refuses further writes");
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+
     fn sync(&mut self, dirty: &mut bool) -> io::Result<()> {
-        if !std::mem::take(dirty) {
-            return Ok(());
-        }
-        match &self.file {
-            Some(file) => file.sync_data(),
-            None => Ok(()),
-        }
+        let dirty = std::mem::take(dirty);
+        self.guarded(|w| match (&w.file, dirty) {
+            (Some(file), true) => file.sync_data(),
+            _ => Ok(()),
+        })
     }
 
     fn append(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<()> {
@@ -415,6 +432,9 @@ impl Writer {
         while let Some(segment) = self.segments.last_mut() {
             if segment.first >= from {
                 fs::remove_file(&segment.path)?;
+                // Durable before the segment before it is cut: a removed segment that came back
+                // after a power cut would leave a hole.
+                sync_dir(&self.dir)?;
                 self.segments.pop();
                 self.file = None;
                 continue;
@@ -541,7 +561,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
         let bytes = fs::read(self.dir.join("committed.json"))
             .map_err(io_error(ErrorSubject::Store, ErrorVerb::Read))?;
-        Ok(serde_json::from_slice::<Option<LogId<NodeId>>>(bytes.trim_ascii()).unwrap_or(None))
+        let hint =
+            serde_json::from_slice::<Option<LogId<NodeId>>>(bytes.trim_ascii()).unwrap_or(None);
+        // A follower may note a commit index before the entries under it are flushed: the hint
+        // is capped by what the log holds (at open, exactly what was durable).
+        let shared = self.lock();
+        let last = shared
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(shared.last_purged);
+        Ok(hint.min(last))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -708,6 +739,23 @@ mod tests {
         drop(log);
         let mut log = LogStore::open(dir.path()).unwrap();
         assert_eq!(indices(&mut log).await, vec![17]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_committed_hint_never_runs_past_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append(&mut log, 1..=10).await;
+        // A follower notes a commit index whose entries were not flushed when it crashed.
+        log.save_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 50)))
+            .await
+            .unwrap();
+        drop(log);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            log.read_committed().await.unwrap().map(|l| l.index),
+            Some(10)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -28,6 +28,9 @@ use tonic::{Request, Status};
 use super::{Node, NodeId, Raft, TypeConfig};
 use crate::{ca::Role, tls::Peer};
 
+/// The largest raft message a manager accepts (snapshots travel in chunks of a few MiB).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
 /// When each peer last answered a raft RPC from this node.
 pub type Contacts = Arc<Mutex<HashMap<NodeId, Instant>>>;
 
@@ -90,7 +93,7 @@ impl PeerClient {
             None => {
                 let channel = crate::tls::channel(&self.addr, self.tls.clone(), option.hard_ttl())
                     .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-                let client = RaftClient::new(channel).max_decoding_message_size(usize::MAX);
+                let client = RaftClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
                 self.client = Some(client.clone());
                 client
             }
@@ -193,7 +196,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
 /// Only managers may speak raft.
 pub(crate) fn require_manager(request: &Request<Frame>) -> Result<(), Status> {
-    let peer = request.extensions().get::<Peer>();
+    manager_peer(request.extensions())
+}
+
+/// An interceptor: a check on a request's metadata and connection, before its body is read.
+pub type Check = fn(Request<()>) -> Result<Request<()>, Status>;
+
+/// A service behind a [`Check`].
+pub type Guarded<S> = tonic::service::interceptor::InterceptedService<S, Check>;
+
+/// An interceptor for the managers-only services: it runs before the request body is read, so
+/// a caller without a manager certificate cannot make the server buffer a large message.
+pub fn managers_only(request: Request<()>) -> Result<Request<()>, Status> {
+    manager_peer(request.extensions())?;
+    Ok(request)
+}
+
+fn manager_peer(extensions: &tonic::Extensions) -> Result<(), Status> {
+    let peer = extensions.get::<Peer>();
     match peer.and_then(|p| p.identity.as_ref()) {
         Some(identity) if identity.role == Role::Manager => Ok(()),
         Some(_) => Err(Status::permission_denied(
@@ -229,9 +249,12 @@ impl std::fmt::Debug for RaftService {
 }
 
 impl RaftService {
-    /// Serves `raft`.
-    pub fn new(raft: Raft) -> raft_server::RaftServer<Self> {
-        raft_server::RaftServer::new(Self { raft }).max_decoding_message_size(usize::MAX)
+    /// Serves `raft` to manager certificates only.
+    pub fn new(raft: Raft) -> Guarded<raft_server::RaftServer<Self>> {
+        tonic::service::interceptor::InterceptedService::new(
+            raft_server::RaftServer::new(Self { raft }).max_decoding_message_size(MAX_MESSAGE),
+            managers_only,
+        )
     }
 }
 
