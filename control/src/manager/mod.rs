@@ -295,23 +295,13 @@ impl Manager {
     }
 
     async fn route(&self, forwarded: Forwarded) -> Result<Value, Status> {
-        let leader = self.wait_leader(LEADER_WAIT).await?;
+        let (leader, addr) = self.wait_leader_addr(LEADER_WAIT).await?;
         if leader == self.inner.raft_id {
             return ops::execute(&self.inner, forwarded).await;
         }
         if forwarded.hops >= 2 {
             return Err(Status::unavailable(NO_LEADER));
         }
-        let addr = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
-            .ok_or_else(|| Status::unavailable(NO_LEADER))?;
         let mut client = self.client(&addr)?;
         let json = serde_json::to_vec(&Forwarded {
             hops: forwarded.hops + 1,
@@ -354,11 +344,26 @@ impl Manager {
 
     /// The leader's raft ID, waiting up to `timeout` for one to be elected.
     async fn wait_leader(&self, timeout: Duration) -> Result<u64, Status> {
+        self.wait_leader_addr(timeout).await.map(|(leader, _)| leader)
+    }
+
+    /// The leader's raft ID and address, waiting up to `timeout` for a leader this manager
+    /// knows the address of (a manager that just joined learns the leader before the
+    /// membership that names its address).
+    async fn wait_leader_addr(&self, timeout: Duration) -> Result<(u64, String), Status> {
         let mut metrics = self.inner.raft.metrics();
         let found = tokio::time::timeout(timeout, async {
             loop {
-                if let Some(leader) = metrics.borrow_and_update().current_leader {
-                    return Some(leader);
+                {
+                    let now = metrics.borrow_and_update();
+                    if let Some(leader) = now.current_leader {
+                        if leader == self.inner.raft_id {
+                            return Some((leader, self.inner.advertise.to_string()));
+                        }
+                        if let Some(node) = now.membership_config.membership().get_node(&leader) {
+                            return Some((leader, node.addr.clone()));
+                        }
+                    }
                 }
                 if metrics.changed().await.is_err() {
                     return None;
@@ -367,7 +372,7 @@ impl Manager {
         })
         .await;
         match found {
-            Ok(Some(leader)) => Ok(leader),
+            Ok(Some(found)) => Ok(found),
             _ => Err(Status::unavailable(NO_LEADER)),
         }
     }
