@@ -344,7 +344,9 @@ impl Manager {
 
     /// The leader's raft ID, waiting up to `timeout` for one to be elected.
     async fn wait_leader(&self, timeout: Duration) -> Result<u64, Status> {
-        self.wait_leader_addr(timeout).await.map(|(leader, _)| leader)
+        self.wait_leader_addr(timeout)
+            .await
+            .map(|(leader, _)| leader)
     }
 
     /// The leader's raft ID and address, waiting up to `timeout` for a leader this manager
