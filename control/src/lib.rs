@@ -23,5 +23,6 @@ pub mod addr;
 pub mod ca;
 pub mod manager;
 pub mod raft;
+pub mod scheduler;
 pub mod store;
 pub mod tls;

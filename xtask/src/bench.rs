@@ -22,6 +22,8 @@ pub(crate) enum Suite {
     Mesh,
     /// Replicated writes per second and latency on 3 managers (1 and 64 clients) vs etcd
     Raft,
+    /// Scheduler placements per second: 100,000 tasks on 1,000 simulated nodes, in-process
+    Sched,
 }
 
 impl Suite {
@@ -31,6 +33,7 @@ impl Suite {
             Self::Overlay => "overlay",
             Self::Mesh => "mesh",
             Self::Raft => "raft",
+            Self::Sched => "sched",
         }
     }
 }
@@ -55,6 +58,11 @@ pub(crate) fn run(suite: Suite) -> anyhow::Result<()> {
                     .env("BORINGTUN_CLI", boringtun),
             )?
         }
+        Suite::Sched => run_command(
+            cargo()
+                .args(["bench", "--package", "shoal-control", "--bench", "sched"])
+                .env("SHOAL_BENCH_OUT", &out),
+        )?,
         Suite::Mesh | Suite::Raft => {
             run_command(cargo().args(["build", "--release", "--bins"]))?;
             run_command(
