@@ -15,11 +15,12 @@
 //! certificates and join tokens; [`tls`], the rustls configurations (pinned-digest join, role
 //! names) and the peer identity every service checks; [`manager`], a manager: its gRPC services,
 //! forwarding to the leader, membership, liveness; [`addr`], how `--advertise-addr`,
-//! `--listen-addr` and `--data-path-addr` resolve. Orchestrators, scheduler, allocator and the
-//! dispatcher's assignments come next. Start with [`manager::Manager`]; docs/control.md has the
+//! `--listen-addr` and `--data-path-addr` resolve; [`scheduler`] and [`allocator`], pure and not
+//! yet driven by the store. Orchestrators and the dispatcher's assignments come next. Start with [`manager::Manager`]; docs/control.md has the
 //! design and the measurements.
 
 pub mod addr;
+pub mod allocator;
 pub mod ca;
 pub mod manager;
 pub mod raft;
