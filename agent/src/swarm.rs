@@ -125,6 +125,24 @@ fn resolve(value: Option<&str>, flag: &'static str, port: u16) -> Result<SocketA
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// `--listen-addr` (all addresses on the advertise port by default) and `--data-path-addr` (the
+/// advertise address by default), as `init` and `join` take them.
+fn listen_and_data_path(
+    listen: Option<&str>,
+    data_path: Option<&str>,
+    advertise: SocketAddr,
+) -> Result<(SocketAddr, IpAddr), Status> {
+    let listen = match listen {
+        None => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), advertise.port()),
+        Some(value) => resolve(Some(value), "listen-addr", DEFAULT_PORT)?,
+    };
+    let data_path = match data_path {
+        None => advertise.ip(),
+        Some(value) => resolve(Some(value), "data-path-addr", 0)?.ip(),
+    };
+    Ok((listen, data_path))
+}
+
 /// The local address the kernel would use to reach `remote`.
 fn route_source(remote: SocketAddr) -> Option<IpAddr> {
     let socket = UdpSocket::bind(if remote.is_ipv4() {
@@ -326,14 +344,11 @@ impl SwarmNode {
             "advertise-addr",
             DEFAULT_PORT,
         )?;
-        let listen = match args.listen_addr.as_deref() {
-            None => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), advertise.port()),
-            Some(value) => resolve(Some(value), "listen-addr", DEFAULT_PORT)?,
-        };
-        let data_path = match args.data_path_addr.as_deref() {
-            None => advertise.ip(),
-            Some(value) => resolve(Some(value), "data-path-addr", 0)?.ip(),
-        };
+        let (listen, data_path) = listen_and_data_path(
+            args.listen_addr.as_deref(),
+            args.data_path_addr.as_deref(),
+            advertise,
+        )?;
         let data_path_port = args.data_path_port.unwrap_or(DEFAULT_DATA_PATH_PORT);
         if !(1024..=49151).contains(&data_path_port) {
             return Err(Status::invalid_argument(format!(
@@ -427,14 +442,11 @@ impl SwarmNode {
                 SocketAddr::new(ip, DEFAULT_PORT)
             }
         };
-        let listen = match args.listen_addr.as_deref() {
-            None => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), advertise.port()),
-            Some(value) => resolve(Some(value), "listen-addr", DEFAULT_PORT)?,
-        };
-        let data_path = match args.data_path_addr.as_deref() {
-            None => advertise.ip(),
-            Some(value) => resolve(Some(value), "data-path-addr", 0)?.ip(),
-        };
+        let (listen, data_path) = listen_and_data_path(
+            args.listen_addr.as_deref(),
+            args.data_path_addr.as_deref(),
+            advertise,
+        )?;
         // Check the manager's CA against the token before sending the token's secret.
         let pinned =
             tls::join_client(&token.digest).map_err(|e| Status::internal(e.to_string()))?;

@@ -408,30 +408,17 @@ fn tokens_addresses_and_repeated_commands_are_checked_and_leave_nothing_behind()
         .ok(&n1, &["swarm", "join-token", "-q", "worker"])
         .trim()
         .to_owned();
-    swarm.ok(
-        &n2,
-        &[
-            "swarm",
-            "join",
-            "--token",
-            &worker,
-            "--advertise-addr",
-            "eth0",
-            &remote,
-        ],
-    );
-    let e = swarm.fails(
-        &n2,
-        &[
-            "swarm",
-            "join",
-            "--token",
-            &worker,
-            "--advertise-addr",
-            "eth0",
-            &remote,
-        ],
-    );
+    let join_args = [
+        "swarm",
+        "join",
+        "--token",
+        &worker,
+        "--advertise-addr",
+        "eth0",
+        &remote,
+    ];
+    swarm.ok(&n2, &join_args);
+    let e = swarm.fails(&n2, &join_args);
     assert!(e.contains("already part of a swarm"), "{e}");
     // Unknown nodes.
     let e = swarm.fails(&n1, &["node", "promote", "nosuchnode"]);

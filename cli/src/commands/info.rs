@@ -19,13 +19,18 @@ pub(crate) struct Args {
     format: Option<Format>,
 }
 
-pub(crate) async fn run(host: &DaemonHost, args: Args) -> Result<(), Failure> {
+/// The daemon's answer to `Info`.
+async fn fetch(host: &DaemonHost) -> Result<InfoResponse, Failure> {
     let mut client = DaemonClient::new(connect(host).await?);
-    let info = client
+    Ok(client
         .info(InfoRequest {})
         .await
         .map_err(|status| rpc_failure(host, &status))?
-        .into_inner();
+        .into_inner())
+}
+
+pub(crate) async fn run(host: &DaemonHost, args: Args) -> Result<(), Failure> {
+    let info = fetch(host).await?;
     match args.format {
         Some(Format::Json) => println!("{}", serde_json::to_string(&Info::from(&info))?),
         None => print!("{}", render(&info)),
@@ -35,13 +40,7 @@ pub(crate) async fn run(host: &DaemonHost, args: Args) -> Result<(), Failure> {
 
 /// What the local daemon knows of its swarm membership.
 pub(crate) async fn local(host: &DaemonHost) -> Result<shoal_api::swarm::LocalSwarm, Failure> {
-    let mut client = DaemonClient::new(connect(host).await?);
-    let info = client
-        .info(InfoRequest {})
-        .await
-        .map_err(|status| rpc_failure(host, &status))?
-        .into_inner();
-    Ok(local_swarm(&info))
+    Ok(local_swarm(&fetch(host).await?))
 }
 
 /// Docker's `Swarm.LocalNodeState` words.

@@ -126,20 +126,26 @@ fn role(name: &str) -> Role {
     }
 }
 
-async fn print_join_command(host: &DaemonHost, which: Role) -> Result<(), Failure> {
+/// The current join token of `role`.
+async fn token(host: &DaemonHost, role: Role) -> Result<String, Failure> {
     let token = call(
         host,
         &Call::JoinToken {
-            role: which,
+            role,
             rotate: false,
         },
     )
     .await?;
+    Ok(token.as_str().unwrap_or_default().to_owned())
+}
+
+async fn print_join_command(host: &DaemonHost, which: Role) -> Result<(), Failure> {
+    let token = token(host, which).await?;
     let info = crate::commands::info::local(host).await?;
     let manager = info.managers.first().cloned().unwrap_or_default();
     println!(
         "To add a {which} to this swarm, run the following command:\n\n    shoal swarm join --token {} {manager}\n",
-        token.as_str().unwrap_or_default()
+        token
     );
     Ok(())
 }
@@ -224,15 +230,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 }
             }
             if quiet {
-                let token = call(
-                    host,
-                    &Call::JoinToken {
-                        role: which,
-                        rotate: false,
-                    },
-                )
-                .await?;
-                println!("{}", token.as_str().unwrap_or_default());
+                println!("{}", token(host, which).await?);
             } else {
                 print_join_command(host, which).await?;
             }

@@ -38,9 +38,9 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, transport::Channel};
 
 use crate::{
-    ca::{NodeIdentity, Role},
+    ca::NodeIdentity,
     raft::{
-        Raft, RaftSettings, TypeConfig,
+        Raft, RaftSettings,
         network::{
             Check, Contacts, MAX_MESSAGE, Network, RaftService, managers_only, require_manager,
         },
@@ -103,7 +103,6 @@ pub(crate) struct Inner {
     raft_id: u64,
     advertise: SocketAddr,
     identity: NodeIdentity,
-    credentials: Credentials,
     client_tls: Arc<ClientConfig>,
     contacts: Contacts,
     settings: RaftSettings,
@@ -184,7 +183,6 @@ impl Manager {
             raft_id: config.raft_id,
             advertise: config.advertise,
             identity,
-            credentials: config.credentials,
             client_tls,
             contacts,
             settings: config.settings,
@@ -271,11 +269,6 @@ impl Manager {
     /// The object store (this manager's replica).
     pub fn store(&self) -> &Store {
         &self.inner.store
-    }
-
-    /// This manager's raft ID.
-    pub fn raft_id(&self) -> u64 {
-        self.inner.raft_id
     }
 
     /// Carries out `op` for `caller`, here if this manager leads, on the leader otherwise.
@@ -387,30 +380,6 @@ impl Manager {
             .insert(node_id.to_owned(), Instant::now());
     }
 
-    /// Whether this manager is a voting member of the raft.
-    pub fn is_voter(&self) -> bool {
-        self.inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|id| id == self.inner.raft_id)
-    }
-
-    /// The leader's advertise address, if there is one.
-    pub fn leader_addr(&self) -> Option<String> {
-        let metrics = self.inner.raft.metrics();
-        let metrics = metrics.borrow();
-        let leader = metrics.current_leader?;
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
-    }
-
     /// Stops serving and shuts raft down.
     pub async fn shutdown(&self) {
         let _ = self.inner.stop.send(true);
@@ -433,11 +402,6 @@ impl Manager {
     /// The identity in this manager's certificate.
     pub fn identity(&self) -> &NodeIdentity {
         &self.inner.identity
-    }
-
-    /// The credentials this manager serves with.
-    pub fn credentials(&self) -> &Credentials {
-        &self.inner.credentials
     }
 }
 
@@ -519,12 +483,4 @@ impl dispatcher_server::Dispatcher for Services {
                 .await,
         )
     }
-}
-
-/// The raft type configuration, for callers that name it.
-pub type Config = TypeConfig;
-
-/// Whether `identity` is a manager's.
-pub fn is_manager(identity: &NodeIdentity) -> bool {
-    identity.role == Role::Manager
 }
