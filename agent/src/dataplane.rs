@@ -13,8 +13,8 @@ use shoal_dataplane::overlay::{ApplyError, Dataplane, DesiredState};
 use tokio::sync::Mutex;
 use tonic::Status;
 
-/// The daemon's data plane.
-#[derive(Debug)]
+/// The daemon's data plane. Clones share it.
+#[derive(Debug, Clone)]
 pub(crate) struct NodeDataplane {
     root: PathBuf,
     saved: PathBuf,
@@ -68,15 +68,21 @@ impl NodeDataplane {
         f(ensure(&mut guard, &self.root)?).await
     }
 
-    /// Applies a desired state given as JSON; the changes made, one line each. The apply runs as
-    /// its own task: a client that goes away mid-apply cannot leave it half done.
+    /// Applies a desired state given as JSON; the changes made, one line each.
     pub(crate) async fn apply(&self, state_json: &str) -> Result<Vec<String>, Status> {
         let state = DesiredState::from_json(state_json)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.apply_state(state).await
+    }
+
+    /// Applies a desired state; the changes made, one line each. The apply runs as its own
+    /// task: a caller that goes away mid-apply cannot leave it half done.
+    pub(crate) async fn apply_state(&self, state: DesiredState) -> Result<Vec<String>, Status> {
         let inner = self.inner.clone();
         let root = self.root.clone();
         let saved = self.saved.clone();
-        let state_json = state_json.to_owned();
+        let state_json = serde_json::to_string_pretty(&state)
+            .map_err(|e| Status::internal(format!("encoding the data-plane state: {e}")))?;
         tokio::spawn(async move {
             let mut guard = inner.lock_owned().await;
             let dp = ensure(&mut guard, &root)?;

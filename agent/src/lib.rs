@@ -22,6 +22,9 @@ mod dataplane;
 mod node;
 mod socket;
 pub mod swarm;
+mod tasks;
+
+pub use tasks::ExecutorKind;
 
 use std::{future::Future, path::PathBuf};
 
@@ -44,6 +47,8 @@ pub struct Config {
     pub host: DaemonHost,
     /// `--hostname`: the node's name (defaults to the host's name).
     pub hostname: String,
+    /// `--executor`: how tasks run.
+    pub executor: ExecutorKind,
 }
 
 /// Why the daemon stopped with an error.
@@ -81,7 +86,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let incoming = UnixListenerStream::new(listener);
     let dataplane = dataplane::NodeDataplane::new(&config.data_root);
     dataplane.restore().await;
-    let swarm = swarm::SwarmNode::new(&config.data_root, facts.clone());
+    let worker = tasks::Worker::new(&config.data_root, config.executor, dataplane.clone());
+    worker.restore();
+    let swarm = swarm::SwarmNode::new(&config.data_root, facts.clone(), worker);
     if let Err(e) = swarm.restore().await {
         // The daemon still serves: `shoal swarm leave --force` is the way out.
         tracing::error!("resuming the swarm membership: {e}");

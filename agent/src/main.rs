@@ -33,6 +33,10 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
 
+    /// How tasks run: exec (COMMAND from the host, in a namespace of its own)
+    #[arg(long, value_name = "EXECUTOR", default_value = "exec")]
+    executor: shoal_agent::ExecutorKind,
+
     /// Log level: error, warn, info, debug or trace
     #[arg(short = 'l', long, value_name = "LEVEL", default_value = "info")]
     log_level: tracing_subscriber::filter::LevelFilter,
@@ -50,6 +54,7 @@ async fn main() -> ExitCode {
         hostname: args.hostname.unwrap_or_else(shoal_agent::host_name),
         data_root: args.data_root,
         host: args.host,
+        executor: args.executor,
     };
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(terminate) => terminate,

@@ -43,6 +43,8 @@ use tokio::{sync::Mutex, task::JoinHandle};
 use tonic::{Request, Status};
 
 use crate::NodeFacts;
+use crate::tasks::{Worker, session};
+use shoal_dataplane::overlay::Key;
 
 /// Default VXLAN port (`--data-path-port`).
 pub const DEFAULT_DATA_PATH_PORT: u16 = 4789;
@@ -68,7 +70,8 @@ struct Joined {
     saved: Saved,
     credentials: Credentials,
     manager: Option<Manager>,
-    session: Option<JoinHandle<()>>,
+    /// The heartbeat session, the assignment stream and the status reports.
+    session: Vec<JoinHandle<()>>,
 }
 
 /// The node's swarm membership. Clones share it.
@@ -77,6 +80,7 @@ pub struct SwarmNode {
     dir: PathBuf,
     facts: NodeFacts,
     state: Arc<Mutex<Option<Joined>>>,
+    worker: Worker,
 }
 
 impl std::fmt::Debug for SwarmNode {
@@ -175,11 +179,28 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 
 impl SwarmNode {
     /// The membership kept under `data_root`; call [`SwarmNode::restore`] to resume it.
-    pub fn new(data_root: &Path, facts: NodeFacts) -> Self {
+    pub(crate) fn new(data_root: &Path, facts: NodeFacts, worker: Worker) -> Self {
         Self {
             dir: data_root.join("swarm"),
             facts,
             state: Arc::default(),
+            worker,
+        }
+    }
+
+    /// This node's WireGuard key: `<data root>/swarm/wireguard.key` (0600), made on first use.
+    /// Only its public half leaves the node.
+    fn wireguard_key(&self) -> std::io::Result<Key> {
+        let path = self.dir.join("wireguard.key");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Key::generate()?;
+                std::fs::create_dir_all(&self.dir)?;
+                write_private(&path, &key.to_string())?;
+                Ok(key)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -196,6 +217,14 @@ impl SwarmNode {
             },
             data_path_addr: data_path_addr.to_string(),
             data_path_port,
+            wireguard_public_key: match self.wireguard_key() {
+                Ok(key) => key.public().to_string(),
+                Err(e) => {
+                    tracing::error!(error = %e, "no WireGuard key: encrypted networks will not reach this node");
+                    String::new()
+                }
+            },
+            executor: self.worker.executor().to_owned(),
         }
     }
 
@@ -606,9 +635,11 @@ impl SwarmNode {
             }
         }
         let joined = guard.take().expect("checked above");
-        if let Some(session) = joined.session {
+        for session in joined.session {
             session.abort();
         }
+        self.worker.stop_all().await;
+        self.worker.set_context(None);
         if let Some(manager) = joined.manager {
             manager.shutdown().await;
         }
@@ -633,7 +664,7 @@ impl SwarmNode {
     pub async fn shutdown(&self) {
         let joined = self.state.lock().await.take();
         if let Some(joined) = joined {
-            if let Some(session) = joined.session {
+            for session in joined.session {
                 session.abort();
             }
             if let Some(manager) = joined.manager {
@@ -650,11 +681,23 @@ impl SwarmNode {
         credentials: Credentials,
         manager: Option<Manager>,
     ) {
+        let private_key = match self.wireguard_key() {
+            Ok(key) => key.to_string(),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the node's WireGuard key");
+                String::new()
+            }
+        };
+        self.worker.set_context(Some(crate::tasks::Context {
+            node_id: saved.node_id.clone(),
+            data_path_addr: saved.data_path_addr.to_string(),
+            private_key,
+        }));
         *guard = Some(Joined {
             saved,
             credentials,
             manager,
-            session: None,
+            session: Vec::new(),
         });
         drop(guard);
         self.spawn_session().await;
@@ -662,13 +705,19 @@ impl SwarmNode {
 
     async fn spawn_session(&self) {
         let node = self.clone();
-        let handle = tokio::spawn(async move { node.session().await });
+        let handles = vec![
+            tokio::spawn(async move { node.session().await }),
+            tokio::spawn(session::assignments(self.worker.clone(), self.clone())),
+            tokio::spawn(session::reports(self.worker.clone(), self.clone())),
+        ];
         if let Some(joined) = self.state.lock().await.as_mut() {
-            if let Some(old) = joined.session.replace(handle) {
+            for old in std::mem::replace(&mut joined.session, handles) {
                 old.abort();
             }
         } else {
-            handle.abort();
+            for handle in handles {
+                handle.abort();
+            }
         }
     }
 
@@ -708,7 +757,16 @@ impl SwarmNode {
                 {
                     tracing::warn!("{}: leaving the swarm", status.message());
                     let mut guard = self.state.lock().await;
-                    if let Some(manager) = guard.take().and_then(|joined| joined.manager) {
+                    let joined = guard.take();
+                    if let Some(joined) = &joined {
+                        // Not this task itself: it ends below.
+                        for other in joined.session.iter().skip(1) {
+                            other.abort();
+                        }
+                    }
+                    self.worker.stop_all().await;
+                    self.worker.set_context(None);
+                    if let Some(manager) = joined.and_then(|joined| joined.manager) {
                         manager.shutdown().await;
                     }
                     let _ = self.wipe();
@@ -842,4 +900,13 @@ async fn rpc<T: serde::de::DeserializeOwned>(
     let reply = call.await?;
     serde_json::from_slice(&reply.into_inner().json)
         .map_err(|e| Status::internal(format!("decoding the manager's answer: {e}")))
+}
+
+impl session::Contact for SwarmNode {
+    async fn contact(&self) -> Option<(Vec<String>, Credentials)> {
+        let guard = self.state.lock().await;
+        guard
+            .as_ref()
+            .map(|j| (j.saved.managers.clone(), j.credentials.clone()))
+    }
 }

@@ -46,6 +46,12 @@ enum Command {
     /// Manage swarm nodes
     #[command(subcommand)]
     Node(commands::node::Command),
+    /// Manage swarm services
+    #[command(subcommand)]
+    Service(commands::service::Command),
+    /// Manage swarm networks
+    #[command(subcommand)]
+    Network(commands::network::Command),
     /// Drive this node's data plane directly (until the control plane does)
     #[command(subcommand)]
     Dataplane(commands::dataplane::Command),
@@ -68,6 +74,8 @@ async fn main() -> ExitCode {
         Command::Info(args) => commands::info::run(&cli.host, args).await,
         Command::Swarm(command) => commands::swarm::run(&cli.host, command).await,
         Command::Node(command) => commands::node::run(&cli.host, command).await,
+        Command::Service(command) => commands::service::run(&cli.host, command).await,
+        Command::Network(command) => commands::network::run(&cli.host, command).await,
         Command::Dataplane(command) => commands::dataplane::run(&cli.host, command).await,
     };
     match result {

@@ -34,6 +34,7 @@ impl InProcessDaemon {
             data_root,
             host: DaemonHost::unix(socket),
             hostname: "cli-test-node".into(),
+            executor: Default::default(),
         };
         let thread = thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();

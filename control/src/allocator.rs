@@ -222,6 +222,41 @@ impl Allocator {
             .or_insert(allocation))
     }
 
+    /// Takes back a network as it was given before (rebuilding from the store).
+    pub fn restore_network(&mut self, network: &str, subnet: Ipv4Net, gateway: Ipv4Addr, vni: u32) {
+        self.networks.insert(
+            network.to_owned(),
+            NetworkAllocation {
+                subnet,
+                gateway,
+                vni,
+                used: BTreeSet::new(),
+            },
+        );
+    }
+
+    /// Marks `address` of `network` as handed out (rebuilding from the store). False if it
+    /// was already, or is not an address of the network.
+    pub fn reserve(&mut self, network: &str, address: Ipv4Addr) -> bool {
+        match self.networks.get_mut(network) {
+            Some(n) if n.subnet.contains(&address) && address != n.gateway => {
+                n.used.insert(address)
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks published ports as `service`'s (rebuilding from the store).
+    pub fn restore_ports(
+        &mut self,
+        service: &str,
+        ports: impl IntoIterator<Item = (Protocol, u16)>,
+    ) {
+        for key in ports {
+            self.ports.insert(key, service.to_owned());
+        }
+    }
+
     /// Removes `network`, refused while addresses on it are handed out.
     pub fn remove_network(&mut self, network: &str) -> Result<(), AllocError> {
         let allocation = self

@@ -22,7 +22,9 @@
 pub mod addr;
 pub mod allocator;
 pub mod ca;
+pub mod dispatcher;
 pub mod manager;
+pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
 pub mod store;

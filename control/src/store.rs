@@ -460,6 +460,21 @@ impl Watch {
             }
         }
     }
+
+    /// An event already waiting, if any (a lagging or ended watch gives `None` here, and
+    /// `None` from [`Watch::next`]).
+    pub fn try_next(&mut self) -> Option<(u64, Event)> {
+        if let Some(e) = self.replay.pop_front() {
+            return Some(e);
+        }
+        loop {
+            match self.live.try_recv() {
+                Ok((index, _)) if index <= self.last => continue,
+                Ok(e) => return Some(e),
+                Err(_) => return None,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

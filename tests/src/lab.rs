@@ -535,6 +535,34 @@ impl Lab {
         &self.record.switch
     }
 
+    /// Makes the lab's links behave as physical wires and NICs do for the routing mesh: the
+    /// switch's ports take native XDP redirects (GRO on: the mesh encapsulates to remote backends
+    /// and sends frames straight out of the data-path interface, which may be the public one),
+    /// and checksums are complete on the wire (a native XDP redirect cannot finish a checksum a
+    /// sender left to offload).
+    pub fn wire_like_nics(&self) -> Result<(), LabError> {
+        for node in self.nodes() {
+            for port in [format!("p-{}", node.name), format!("d-{}", node.name)] {
+                let mut ethtool = crate::in_netns(self.switch(), "ethtool")
+                    .map_err(io_error(format!("entering {}", self.switch())))?;
+                run_checked(ethtool.args(["-K", &port, "gro", "on"]))?;
+            }
+        }
+        let hosts: Vec<_> = self
+            .nodes()
+            .iter()
+            .chain([self.client()])
+            .cloned()
+            .collect();
+        for host in hosts {
+            run_checked(
+                host.command("ethtool")?
+                    .args(["-K", host.public_if(), "tx", "off"]),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Runs `shoal -H <host's socket> args` in `host`'s namespace.
     pub fn shoal(&self, host: &Host, args: &[&str]) -> Result<Output, LabError> {
         let mut command = host.command(binary("shoal")?)?;
@@ -592,7 +620,12 @@ fn teardown(record: &Record, dir: &Path, children: Vec<Child>) -> Result<(), Lab
             namespaces.push(ns);
         }
     }
-    let mut errors = clear_namespaces(&namespaces, children);
+    let mount_ns: Vec<PathBuf> = record
+        .nodes
+        .iter()
+        .filter_map(|n| n.mount_ns.clone())
+        .collect();
+    let mut errors = clear_namespaces(&namespaces, &mount_ns, children);
     // With their processes gone, the nodes' mount namespaces take the daemons' mounts with them.
     for file in record.nodes.iter().filter_map(|n| n.mount_ns.as_deref()) {
         if let Err(e) = remove_mount_ns(file) {
@@ -616,10 +649,15 @@ fn teardown(record: &Record, dir: &Path, children: Vec<Child>) -> Result<(), Lab
 
 /// Stops every process in `namespaces` (SIGTERM, then SIGKILL), reaps `children`, deletes the
 /// namespaces (their links go with them) and returns what could not be removed.
-fn clear_namespaces(namespaces: &[String], mut children: Vec<Child>) -> Vec<String> {
+fn clear_namespaces(
+    namespaces: &[String],
+    mount_ns: &[PathBuf],
+    mut children: Vec<Child>,
+) -> Vec<String> {
     for signal in [Signal::SIGTERM, Signal::SIGKILL] {
         let running: Vec<i32> = pids_in(namespaces)
             .into_iter()
+            .chain(pids_in_mount_ns(mount_ns))
             .chain(children.iter().map(|c| c.id() as i32))
             .collect();
         for pid in &running {
@@ -630,7 +668,9 @@ fn clear_namespaces(namespaces: &[String], mut children: Vec<Child>) -> Vec<Stri
             Duration::from_secs(5),
             || {
                 children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
-                Ok(children.is_empty() && pids_in(namespaces).is_empty())
+                Ok(children.is_empty()
+                    && pids_in(namespaces).is_empty()
+                    && pids_in_mount_ns(mount_ns).is_empty())
             },
         );
         if gone.is_ok() {
@@ -723,6 +763,31 @@ fn pids_in(namespaces: &[String]) -> Vec<i32> {
     namespaces
         .iter()
         .flat_map(|ns| Netns::named(ns.as_str()).pids())
+        .collect()
+}
+
+/// The processes in the nodes' mount namespaces: their daemons, and the tasks those started
+/// (which run in network namespaces of their own).
+fn pids_in_mount_ns(files: &[PathBuf]) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let wanted: Vec<(u64, u64)> = files
+        .iter()
+        .filter_map(|f| fs::metadata(f).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let me = std::process::id() as i32;
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|entry| {
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let mnt = fs::metadata(format!("/proc/{pid}/ns/mnt")).ok()?;
+            (wanted.contains(&(mnt.dev(), mnt.ino())) && pid != me).then_some(pid)
+        })
         .collect()
 }
 
@@ -862,7 +927,7 @@ fn remove_labs(doomed: impl Fn(&Record) -> bool) -> Result<Vec<String>, LabError
         .filter(|(prefix, _)| !claimed.contains(prefix))
         .collect();
     let namespaces: Vec<String> = unclaimed.iter().map(|(_, ns)| ns.clone()).collect();
-    errors.extend(clear_namespaces(&namespaces, Vec::new()));
+    errors.extend(clear_namespaces(&namespaces, &[], Vec::new()));
     for (prefix, _) in unclaimed {
         if !removed.contains(&prefix) {
             removed.push(prefix);

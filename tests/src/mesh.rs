@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::lab::{binary, io_error, run_checked};
+use crate::lab::{binary, io_error};
 use crate::overlay::{Net, Overlay, Task, apply_each};
 use crate::{Lab, LabError, wait_until};
 
@@ -103,21 +103,7 @@ impl Mesh {
         for name in responders {
             mesh.start(lab, name)?;
         }
-        // The data switch's ports take native XDP redirects (the mesh encapsulates to remote
-        // backends and sends the frames straight out of the data interface), as a NIC does.
-        for node in lab.nodes() {
-            let port = format!("d-{}", node.name);
-            let mut ethtool = crate::in_netns(lab.switch(), "ethtool")
-                .map_err(io_error(format!("entering {}", lab.switch())))?;
-            run_checked(ethtool.args(["-K", &port, "gro", "on"]))?;
-        }
-        let hosts: Vec<_> = lab.nodes().iter().chain([lab.client()]).cloned().collect();
-        for host in hosts {
-            run_checked(
-                host.command("ethtool")?
-                    .args(["-K", host.public_if(), "tx", "off"]),
-            )?;
-        }
+        lab.wire_like_nics()?;
         Ok(mesh)
     }
 

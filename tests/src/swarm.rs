@@ -22,6 +22,8 @@ impl Swarm {
     /// Starts the daemons without forming a swarm.
     pub fn daemons(nodes: usize) -> Self {
         let mut lab = Lab::up(LabSpec::nodes(nodes)).expect("lab up");
+        lab.wire_like_nics()
+            .expect("the lab's links prepared for the mesh");
         lab.spawn_shoald_all().expect("shoald starts on every node");
         Self {
             lab,

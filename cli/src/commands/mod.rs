@@ -2,7 +2,9 @@
 
 pub(crate) mod dataplane;
 pub(crate) mod info;
+pub(crate) mod network;
 pub(crate) mod node;
+pub(crate) mod service;
 pub(crate) mod swarm;
 
 use shoal_api::{ConnectError, DaemonHost, is_unreachable};

@@ -31,6 +31,17 @@ pub(crate) enum Command {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+    /// List tasks running on one or more nodes, defaults to current node
+    Ps {
+        /// Only display task IDs
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print one JSON object per task (Docker's column names)
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Nodes (ID, ID prefix, hostname, or "self")
+        nodes: Vec<String>,
+    },
     /// Update a node
     Update {
         /// Availability of the node ("active", "pause", "drain")
@@ -125,29 +136,10 @@ fn table(nodes: &[Node], me: &str) -> String {
             ]
         })
         .collect();
-    let header = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out += cell;
-            } else {
-                out += &format!("{cell:<w$}   ", w = widths[i]);
-            }
-        }
-        out.trim_end().to_owned() + "\n"
-    };
-    let mut out = line(header);
-    for row in &rows {
-        out += &line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
-    }
-    out
+    crate::output::table(
+        ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"],
+        &rows,
+    )
 }
 
 fn pretty(node: &Node) -> String {
@@ -246,6 +238,25 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             } else {
                 println!("{}", serde_json::to_string_pretty(&found)?);
             }
+        }
+        Command::Ps {
+            quiet,
+            format,
+            mut nodes,
+        } => {
+            if nodes.is_empty() {
+                nodes.push("self".into());
+            }
+            crate::commands::service::print_tasks(
+                host,
+                shoal_api::service::TaskFilter {
+                    services: Vec::new(),
+                    nodes,
+                },
+                quiet,
+                format,
+            )
+            .await?;
         }
         Command::Update {
             availability,

@@ -11,6 +11,7 @@
 
 mod client;
 mod host;
+pub mod service;
 pub mod swarm;
 
 pub use client::{ConnectError, connect, is_unreachable};

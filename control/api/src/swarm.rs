@@ -66,6 +66,43 @@ pub enum Call {
         /// Its name.
         name: String,
     },
+    /// `service create`.
+    ServiceCreate(crate::service::ServiceSpec),
+    /// `service ls`.
+    ServiceList,
+    /// `service inspect` (names, IDs or ID prefixes).
+    ServiceInspect {
+        /// The services.
+        ids: Vec<String>,
+    },
+    /// `service scale NAME=N`.
+    ServiceScale {
+        /// The service.
+        id: String,
+        /// Its new replica count.
+        replicas: u64,
+    },
+    /// `service rm`.
+    ServiceRemove {
+        /// The services.
+        ids: Vec<String>,
+    },
+    /// `service ps`, `node ps`.
+    TaskList(crate::service::TaskFilter),
+    /// `network create`.
+    NetworkCreate(crate::service::NetworkSpec),
+    /// `network ls`.
+    NetworkList,
+    /// `network inspect`.
+    NetworkInspect {
+        /// Names, IDs or ID prefixes.
+        ids: Vec<String>,
+    },
+    /// `network rm`.
+    NetworkRemove {
+        /// Names, IDs or ID prefixes.
+        ids: Vec<String>,
+    },
 }
 
 /// `swarm init`'s flags.
@@ -198,6 +235,10 @@ pub struct Node {
     /// Set on managers.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub manager_status: Option<ManagerStatus>,
+    /// The node's own addresses on networks: its place on the ingress network, the routing
+    /// mesh's source address.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub attachments: Vec<crate::service::NetworkAttachment>,
 }
 
 /// A node's spec.
@@ -227,6 +268,13 @@ pub struct NodeDescription {
     /// The swarm's VXLAN port (`swarm init --data-path-port`).
     #[serde(default)]
     pub data_path_port: u16,
+    /// Its WireGuard public key (base64), for encrypted networks. Its private key never leaves
+    /// it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub wireguard_public_key: String,
+    /// The executor it runs tasks with: `exec` or `docker`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub executor: String,
 }
 
 /// OS and architecture, as Go names them.

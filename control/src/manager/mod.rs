@@ -17,6 +17,7 @@ pub mod genesis;
 mod ops;
 pub mod protocol;
 pub mod quorum;
+pub mod services;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -216,7 +217,8 @@ impl Manager {
                 tracing::error!(error = %e, "the cluster API stopped");
             }
         });
-        tokio::spawn(ops::maintain(manager.clone(), stopped));
+        tokio::spawn(ops::maintain(manager.clone(), stopped.clone()));
+        tokio::spawn(services::reconcile_loop(manager.clone(), stopped));
         manager
             .inner
             .tasks
@@ -227,7 +229,7 @@ impl Manager {
     }
 
     /// Makes this manager the first member of a new raft and writes the first state: the
-    /// cluster object and this node.
+    /// cluster object, this node and the ingress network.
     pub async fn bootstrap(
         &self,
         cluster: Value,
@@ -247,9 +249,16 @@ impl Manager {
             .map_err(|e| Status::internal(format!("initializing raft: {e}")))?;
         self.wait_leader(LEADER_WAIT).await?;
         self.heartbeat_seen(node_id);
+        let ingress_id = crate::ca::random_id().map_err(|e| Status::internal(e.to_string()))?;
+        let ingress = services::ingress_network(&ingress_id);
         ops::propose(
             &self.inner,
             crate::store::ChangeSet(vec![
+                crate::store::Change::Create {
+                    kind: crate::store::Kind::Network,
+                    id: ingress_id,
+                    body: crate::orchestrator::body(&ingress),
+                },
                 crate::store::Change::Create {
                     kind: crate::store::Kind::Cluster,
                     id: cluster_id.to_owned(),
@@ -482,5 +491,43 @@ impl dispatcher_server::Dispatcher for Services {
                 .submit(Op::Heartbeat(heartbeat), caller, from)
                 .await,
         )
+    }
+
+    type AssignmentsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+
+    /// Streams the caller's assignment from this manager's replica: now, and again whenever
+    /// what it says changes.
+    async fn assignments(
+        &self,
+        request: Request<Frame>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let (caller, _) = peer(&request);
+        let node_id = caller
+            .ok_or_else(|| Status::unauthenticated("a node certificate is required"))?
+            .node_id;
+        let inner = self.manager.inner.clone();
+        if inner
+            .store
+            .view(|tx| tx.get(crate::store::Kind::Node, &node_id).is_none())
+        {
+            return Err(Status::not_found(format!(
+                "node {node_id} is not in the swarm"
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(services::stream_assignments(inner, node_id, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn report(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        let (caller, from) = peer(&request);
+        if caller.is_none() {
+            return Err(Status::unauthenticated("a node certificate is required"));
+        }
+        let report = decode(request)?;
+        reply(self.manager.submit(Op::Report(report), caller, from).await)
     }
 }

@@ -103,6 +103,11 @@ fn heartbeat_period(inner: &Inner) -> Duration {
         .unwrap_or(Duration::from_secs(5))
 }
 
+/// The swarm's VXLAN port.
+pub(super) fn data_path_port(inner: &Inner) -> u16 {
+    cluster(inner).map_or(0, |(_, c)| c.cluster.data_path_port)
+}
+
 fn decode_node(object: &Object) -> Result<Node, Status> {
     let mut node: Node = serde_json::from_value(object.body.clone()).map_err(json_error)?;
     node.id.clone_from(&object.id);
@@ -286,7 +291,7 @@ async fn update_cluster(
     ))
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Value, Status> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Value, Status> {
     serde_json::to_value(value).map_err(|e| Status::internal(e.to_string()))
 }
 
@@ -330,6 +335,9 @@ pub(super) async fn execute(inner: &Inner, forwarded: Forwarded) -> Result<Value
         }
         Op::Heartbeat(heartbeat) => {
             encode(&beat(inner, require_node(&caller)?, heartbeat, &from).await?)
+        }
+        Op::Report(report) => {
+            super::services::report(inner, &require_node(&caller)?.node_id, report).await
         }
         Op::AddManager { raft_id, addr } => {
             let caller = require_manager(&caller)?;
@@ -438,6 +446,7 @@ async fn join(inner: &Inner, request: JoinRequest, from: &str) -> Result<JoinRep
             addr: from.to_owned(),
         },
         manager_status: None,
+        attachments: Vec::new(),
     };
     inner
         .heartbeats
@@ -552,6 +561,9 @@ async fn add_manager(
 }
 
 async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
+    if let Some(done) = super::services::call(inner, &call, me).await {
+        return done;
+    }
     match call {
         Call::Inspect => {
             let (object, mut record) = cluster(inner)?;
@@ -714,6 +726,7 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
         Call::Init(_) | Call::Join(_) | Call::Leave { .. } => Err(Status::internal(
             "init, join and leave are carried out by the node itself",
         )),
+        _ => Err(Status::internal("a service call was not carried out")),
     }
 }
 

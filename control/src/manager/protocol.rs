@@ -24,6 +24,8 @@ pub enum Op {
     },
     /// A node's heartbeat.
     Heartbeat(Heartbeat),
+    /// A node reports the status of its tasks.
+    Report(super::services::StatusReport),
     /// A manager with a fresh manager certificate asks to be added to the raft.
     AddManager {
         /// Its raft ID.

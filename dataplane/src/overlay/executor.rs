@@ -213,6 +213,15 @@ async fn loopback_up(h: &Handle) -> io::Result<()> {
     up(h, require_index(h, "lo").await?).await
 }
 
+/// Creates a task's network namespace on `path` (or opens the one there) with its loopback up:
+/// what the `exec` executor runs a task in before the data plane plugs it into its networks.
+pub async fn task_namespace(path: &std::path::Path) -> io::Result<File> {
+    let ns = netns::create(path)?;
+    let h = netns::connect(Some(&ns))?;
+    loopback_up(&h).await?;
+    Ok(ns)
+}
+
 impl Dataplane {
     /// A data plane keeping its namespaces under `root`. Must be called within a tokio runtime.
     pub fn new(root: impl Into<PathBuf>) -> io::Result<Dataplane> {

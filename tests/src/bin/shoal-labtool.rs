@@ -596,7 +596,19 @@ fn is_transient(err: &io::Error) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 fn cmd_serve(flags: &Flags) -> Result<ExitCode> {
-    let name: String = flags.required("name")?;
+    // A service task names itself after its service and slot (or its task ID).
+    let name: String = match flags.or("name", String::new())? {
+        name if !name.is_empty() => name,
+        _ => match (
+            std::env::var("SHOAL_SERVICE_NAME"),
+            std::env::var("SHOAL_TASK_SLOT"),
+            std::env::var("SHOAL_TASK_ID"),
+        ) {
+            (Ok(service), Ok(slot), _) if slot != "0" => format!("{service}.{slot}"),
+            (_, _, Ok(task)) => task,
+            _ => return Err(usage("--name is required outside a Shoal task")),
+        },
+    };
     if name.is_empty() || name.contains(['\n', '\r']) {
         return Err(usage("--name must be one non-empty line"));
     }

@@ -1,0 +1,744 @@
+//! The node's tasks: what the dispatcher assigns, run through an executor, plumbed into their
+//! networks by the data plane, reported back.
+//!
+//! ```text
+//!   Dispatcher.Assignments (stream) ─> Worker::assign ─┬─ new task: supervise(): prepare
+//!                                                      │    (namespace) ─> data plane apply
+//!                                                      │    (attachments) ─> start ─> running
+//!                                                      │    ─> exit / stop ─> detach, clean up
+//!                                                      └─ gone or desired shutdown: stop it
+//!   every status change ─> unreported ─> Dispatcher.Report (batched)
+//!   every change of tasks or assignment ─> one data-plane apply for all of them (coalesced)
+//! ```
+//!
+//! What runs is kept in `<data root>/tasks/tasks.json`: after a restart, a task whose process is
+//! still the one started (same PID, same start time) is adopted again; one that is gone is
+//! reported failed and replaced by the managers.
+
+pub(crate) mod exec;
+pub(crate) mod session;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use shoal_api::service::{ContainerStatus, Task, TaskState, TaskStatus};
+use shoal_control::dispatcher::Assignment;
+use shoal_dataplane::mesh::model::{
+    BackendSpec, IngressSpec, MeshSpec, PortSpec, Protocol, PublishMode, ServiceSpec,
+    TaskState as MeshTaskState,
+};
+use shoal_dataplane::overlay::model::{
+    Attachment, DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, DataPath, DesiredState, Endpoint,
+    Network, Peer, WireGuard,
+};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::dataplane::NodeDataplane;
+
+/// How a task is run on this node (`shoald --executor`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// `COMMAND ARG...` from the host, in a namespace of its own.
+    #[default]
+    Exec,
+}
+
+impl ExecutorKind {
+    /// `exec`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+        }
+    }
+}
+
+impl std::str::FromStr for ExecutorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exec" => Ok(Self::Exec),
+            other => Err(format!("unknown executor {other:?}: exec")),
+        }
+    }
+}
+
+/// What a running task holds on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Runtime {
+    /// Its network namespace.
+    pub netns: PathBuf,
+    /// Its main process.
+    pub pid: u32,
+    /// That process's start time (to tell a reused PID apart).
+    pub start_time: u64,
+}
+
+/// How a task's process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Exited with a code.
+    Code(i32),
+    /// Killed by a signal.
+    Signal(i32),
+    /// Not known (the process was adopted, or waiting failed).
+    Unknown(String),
+}
+
+/// A task this node holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Local {
+    task: Task,
+    status: TaskStatus,
+    runtime: Option<Runtime>,
+    /// Whether the data plane should plug it into its networks.
+    attached: bool,
+}
+
+/// Who this node is, for the data plane.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    /// Its node ID.
+    pub node_id: String,
+    /// `--data-path-addr`.
+    pub data_path_addr: String,
+    /// Its WireGuard private key (base64).
+    pub private_key: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    context: Option<Context>,
+    assignment: Option<Assignment>,
+    tasks: BTreeMap<String, Local>,
+    stops: HashMap<String, watch::Sender<bool>>,
+    unreported: BTreeMap<String, TaskStatus>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    kind: ExecutorKind,
+    dataplane: NodeDataplane,
+    state: Mutex<State>,
+    applies: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    reports: Notify,
+}
+
+/// The node's tasks. Clones share them.
+#[derive(Clone)]
+pub(crate) struct Worker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> String {
+    shoal_control::manager::services::now()
+}
+
+fn status(state: TaskState, message: impl Into<String>) -> TaskStatus {
+    TaskStatus {
+        timestamp: now(),
+        state,
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+impl Worker {
+    /// The tasks kept under `<data_root>/tasks`, run with `kind`, plumbed by `dataplane`.
+    pub(crate) fn new(data_root: &Path, kind: ExecutorKind, dataplane: NodeDataplane) -> Self {
+        let (applies, requests) = mpsc::unbounded_channel();
+        let worker = Self {
+            inner: Arc::new(Inner {
+                dir: data_root.join("tasks"),
+                kind,
+                dataplane,
+                state: Mutex::default(),
+                applies,
+                reports: Notify::new(),
+            }),
+        };
+        tokio::spawn(applier(Arc::downgrade(&worker.inner), requests));
+        worker
+    }
+
+    /// The executor's name, as nodes report it.
+    pub(crate) fn executor(&self) -> &'static str {
+        self.inner.kind.name()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes back the tasks kept on disk: running ones are supervised again, those that ended
+    /// while the daemon was away are reported failed.
+    pub(crate) fn restore(&self) {
+        let path = self.inner.dir.join("tasks.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let tasks: BTreeMap<String, Local> = match serde_json::from_str(&text) {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "not restoring the node's tasks");
+                return;
+            }
+        };
+        let mut adopt = Vec::new();
+        {
+            let mut state = self.lock();
+            for (id, mut local) in tasks {
+                if !local.status.state.is_terminal() {
+                    match &local.runtime {
+                        Some(runtime) if exec::alive(runtime) => {
+                            let (stop, stopped) = watch::channel(false);
+                            state.stops.insert(id.clone(), stop);
+                            adopt.push((id.clone(), runtime.clone(), stopped));
+                        }
+                        runtime => {
+                            if let Some(runtime) = runtime {
+                                exec::cleanup(runtime);
+                            }
+                            local.runtime = None;
+                            local.attached = false;
+                            local.status = TaskStatus {
+                                err: "the task's process ended while shoald was not running".into(),
+                                ..status(TaskState::Failed, "failed")
+                            };
+                            state.unreported.insert(id.clone(), local.status.clone());
+                        }
+                    }
+                }
+                state.tasks.insert(id, local);
+            }
+        }
+        tracing::info!(adopted = adopt.len(), "node tasks restored");
+        for (id, runtime, stopped) in adopt {
+            let worker = self.clone();
+            tokio::spawn(async move { worker.supervise_adopted(id, runtime, stopped).await });
+        }
+        self.save();
+    }
+
+    /// Sets who this node is (on joining or resuming), or clears it (on leaving).
+    pub(crate) fn set_context(&self, context: Option<Context>) {
+        self.lock().context = context;
+    }
+
+    /// Takes a new assignment: starts what is new, stops what is no longer wanted.
+    pub(crate) fn assign(&self, assignment: Assignment) {
+        let mut start = Vec::new();
+        {
+            let mut state = self.lock();
+            let wanted: BTreeMap<&str, &Task> = assignment
+                .tasks
+                .iter()
+                .map(|t| (t.id.as_str(), t))
+                .collect();
+            for (id, task) in &wanted {
+                let run = task.desired_state == TaskState::Running;
+                match state.tasks.get_mut(*id) {
+                    Some(local) => {
+                        local.task = (*task).clone();
+                        if !run && !local.status.state.is_terminal() {
+                            if let Some(stop) = state.stops.get(*id) {
+                                let _ = stop.send(true);
+                            }
+                        }
+                    }
+                    None if run && !task.status.state.is_terminal() => {
+                        let accepted = status(TaskState::Accepted, "accepted");
+                        state.tasks.insert(
+                            (*id).to_owned(),
+                            Local {
+                                task: (*task).clone(),
+                                status: accepted.clone(),
+                                runtime: None,
+                                attached: false,
+                            },
+                        );
+                        state.unreported.insert((*id).to_owned(), accepted);
+                        let (stop, stopped) = watch::channel(false);
+                        state.stops.insert((*id).to_owned(), stop);
+                        start.push(((*id).to_owned(), stopped));
+                    }
+                    None if !task.status.state.is_terminal() => {
+                        // Assigned here, never started, and no longer wanted.
+                        state
+                            .unreported
+                            .insert((*id).to_owned(), status(TaskState::Shutdown, "shutdown"));
+                    }
+                    None => {}
+                }
+            }
+            let gone: Vec<String> = state
+                .tasks
+                .keys()
+                .filter(|id| !wanted.contains_key(id.as_str()))
+                .cloned()
+                .collect();
+            for id in gone {
+                if state.tasks[&id].status.state.is_terminal() {
+                    state.tasks.remove(&id);
+                    state.stops.remove(&id);
+                    state.unreported.remove(&id);
+                } else if let Some(stop) = state.stops.get(&id) {
+                    let _ = stop.send(true);
+                }
+            }
+            state.assignment = Some(assignment);
+        }
+        self.inner.reports.notify_one();
+        self.save();
+        for (id, stopped) in start {
+            let worker = self.clone();
+            tokio::spawn(async move { worker.supervise(id, stopped).await });
+        }
+        // Endpoints, peers and backends may have changed.
+        let _ = self.request_apply();
+    }
+
+    /// Stops every task and takes the node's networks down (the node left the swarm).
+    pub(crate) async fn stop_all(&self) {
+        let stops: Vec<watch::Sender<bool>> = {
+            let mut state = self.lock();
+            state.assignment = None;
+            state.stops.drain().map(|(_, s)| s).collect()
+        };
+        for stop in &stops {
+            let _ = stop.send(true);
+        }
+        // Wait for the supervisors to finish.
+        for _ in 0..((exec::STOP_GRACE.as_millis() / 100) + 50) {
+            let busy = self
+                .lock()
+                .tasks
+                .values()
+                .any(|l| !l.status.state.is_terminal() && l.runtime.is_some());
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let _ = self.apply().await;
+        let mut state = self.lock();
+        state.tasks.clear();
+        state.unreported.clear();
+        drop(state);
+        self.save();
+    }
+
+    /// Status changes not yet reported.
+    pub(crate) fn take_reports(&self) -> Vec<(String, TaskStatus)> {
+        std::mem::take(&mut self.lock().unreported)
+            .into_iter()
+            .collect()
+    }
+
+    /// Puts back reports that could not be sent (unless newer ones came meanwhile).
+    pub(crate) fn requeue(&self, reports: Vec<(String, TaskStatus)>) {
+        let mut state = self.lock();
+        for (id, status) in reports {
+            state.unreported.entry(id).or_insert(status);
+        }
+    }
+
+    /// Waits until there is something to report.
+    pub(crate) async fn reports_waiting(&self) {
+        self.inner.reports.notified().await;
+    }
+
+    fn report(&self, id: &str, status: TaskStatus) {
+        {
+            let mut state = self.lock();
+            let Some(local) = state.tasks.get_mut(id) else {
+                return;
+            };
+            local.status = status.clone();
+            state.unreported.insert(id.to_owned(), status);
+        }
+        self.inner.reports.notify_one();
+        self.save();
+    }
+
+    fn set_runtime(&self, id: &str, runtime: Option<Runtime>, attached: bool) {
+        {
+            let mut state = self.lock();
+            if let Some(local) = state.tasks.get_mut(id) {
+                local.runtime = runtime;
+                local.attached = attached;
+            }
+        }
+        self.save();
+    }
+
+    /// Writes what runs to `tasks.json` (atomically).
+    fn save(&self) {
+        let text = {
+            let state = self.lock();
+            serde_json::to_string(&state.tasks).expect("plain data serializes")
+        };
+        let path = self.inner.dir.join("tasks.json");
+        let written = std::fs::create_dir_all(&self.inner.dir).and_then(|()| {
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        });
+        if let Err(e) = written {
+            tracing::error!(path = %path.display(), error = %e, "keeping the node's tasks");
+        }
+    }
+
+    fn request_apply(&self) -> oneshot::Receiver<Result<(), String>> {
+        let (done, result) = oneshot::channel();
+        let _ = self.inner.applies.send(done);
+        result
+    }
+
+    /// Applies the data plane for the current tasks and assignment (coalesced with other
+    /// requests made meanwhile).
+    async fn apply(&self) -> Result<(), String> {
+        self.request_apply()
+            .await
+            .unwrap_or_else(|_| Err("the data-plane applier stopped".into()))
+    }
+
+    fn env(&self, task: &Task) -> Vec<(String, String)> {
+        let node = self
+            .lock()
+            .context
+            .as_ref()
+            .map(|c| c.node_id.clone())
+            .unwrap_or_default();
+        let mut env: Vec<(String, String)> = task
+            .spec
+            .container_spec
+            .env
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
+            })
+            .collect();
+        env.extend([
+            ("SHOAL_TASK_ID".to_owned(), task.id.clone()),
+            ("SHOAL_TASK_SLOT".to_owned(), task.slot.to_string()),
+            ("SHOAL_SERVICE_NAME".to_owned(), task.service_name.clone()),
+            ("SHOAL_NODE_ID".to_owned(), node),
+        ]);
+        env
+    }
+
+    /// Runs one task from start to end.
+    async fn supervise(&self, id: String, mut stopped: watch::Receiver<bool>) {
+        let Some(task) = self.lock().tasks.get(&id).map(|l| l.task.clone()) else {
+            return;
+        };
+        self.report(&id, status(TaskState::Preparing, "preparing"));
+        let mut runtime = match exec::prepare(&self.inner.dir, &task).await {
+            Ok(runtime) => runtime,
+            Err(e) => return self.finish(&id, None, TaskState::Rejected, e).await,
+        };
+        self.set_runtime(&id, Some(runtime.clone()), true);
+        if let Err(e) = self.apply().await {
+            let e = format!("plugging the task into its networks: {e}");
+            return self
+                .finish(&id, Some(runtime), TaskState::Rejected, e)
+                .await;
+        }
+        if *stopped.borrow() {
+            return self
+                .finish(&id, Some(runtime), TaskState::Shutdown, String::new())
+                .await;
+        }
+        self.report(&id, status(TaskState::Starting, "starting"));
+        let env = self.env(&task);
+        let mut child = match exec::start(&self.inner.dir, &task, &env, &mut runtime) {
+            Ok(child) => child,
+            Err(e) => return self.finish(&id, Some(runtime), TaskState::Failed, e).await,
+        };
+        self.set_runtime(&id, Some(runtime.clone()), true);
+        self.report(
+            &id,
+            TaskStatus {
+                container_status: Some(ContainerStatus {
+                    pid: runtime.pid,
+                    ..Default::default()
+                }),
+                ..status(TaskState::Running, "started")
+            },
+        );
+        tokio::select! {
+            exit = exec::wait(&mut child) => self.exited(&id, runtime, exit).await,
+            () = until_stopped(&mut stopped) => {
+                exec::stop(&runtime).await;
+                let _ = child.wait().await;
+                self.finish(&id, Some(runtime), TaskState::Shutdown, String::new()).await;
+            }
+        }
+    }
+
+    /// Watches a task found running after a restart.
+    async fn supervise_adopted(
+        &self,
+        id: String,
+        runtime: Runtime,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        tokio::select! {
+            () = exec::wait_adopted(&runtime) => {
+                let exit = Exit::Unknown("its exit status is unknown: shoald restarted while it ran".into());
+                self.exited(&id, runtime, exit).await;
+            }
+            () = until_stopped(&mut stopped) => {
+                exec::stop(&runtime).await;
+                self.finish(&id, Some(runtime), TaskState::Shutdown, String::new()).await;
+            }
+        }
+    }
+
+    async fn exited(&self, id: &str, runtime: Runtime, exit: Exit) {
+        let (state, err) = match exit {
+            Exit::Code(0) => (TaskState::Complete, String::new()),
+            Exit::Code(code) => (TaskState::Failed, format!("task: non-zero exit ({code})")),
+            Exit::Signal(signal) => (
+                TaskState::Failed,
+                format!("task: killed by signal {signal}"),
+            ),
+            Exit::Unknown(why) => (TaskState::Failed, format!("task: exited; {why}")),
+        };
+        self.finish(id, Some(runtime), state, err).await;
+    }
+
+    /// Ends a task: detaches it, cleans up, reports its final state.
+    async fn finish(&self, id: &str, runtime: Option<Runtime>, state: TaskState, err: String) {
+        if let Some(runtime) = &runtime {
+            self.set_runtime(id, Some(runtime.clone()), false);
+            if let Err(e) = self.apply().await {
+                tracing::warn!(task = %id, error = %e, "detaching a task");
+            }
+            exec::cleanup(runtime);
+        }
+        self.set_runtime(id, None, false);
+        let message = match state {
+            TaskState::Complete => "finished",
+            TaskState::Shutdown => "shutdown",
+            TaskState::Rejected => "rejected",
+            _ => "failed",
+        };
+        if !err.is_empty() {
+            tracing::info!(task = %id, error = %err, "task ended");
+        }
+        self.report(
+            id,
+            TaskStatus {
+                err,
+                ..status(state, message)
+            },
+        );
+    }
+
+    /// The data plane this node should have now.
+    fn desired(&self) -> Option<DesiredState> {
+        let state = self.lock();
+        let context = state.context.as_ref()?;
+        let empty = Assignment::default();
+        let a = state.assignment.as_ref().unwrap_or(&empty);
+        let networks: Vec<Network> = a
+            .networks
+            .iter()
+            .filter_map(|n| {
+                let ipam = n.subnet()?;
+                Some(Network {
+                    id: n.id.clone(),
+                    vni: n.vni()?,
+                    subnet: ipam.subnet.clone(),
+                    gateway: Some(ipam.gateway.clone()).filter(|g| !g.is_empty()),
+                    mtu: None,
+                    encrypted: n.encrypted(),
+                })
+            })
+            .collect();
+        let present = |network: &str| networks.iter().any(|n| n.id == network);
+        let mut attachments = Vec::new();
+        let mut attached_ips = BTreeMap::new();
+        for local in state.tasks.values().filter(|l| l.attached) {
+            let Some(runtime) = &local.runtime else {
+                continue;
+            };
+            for (i, a) in local.task.networks_attachments.iter().enumerate() {
+                let Some(ip) = a.addresses.first().and_then(|a| a.split('/').next()) else {
+                    continue;
+                };
+                if !present(&a.network_id) {
+                    continue;
+                }
+                attached_ips.insert((a.network_id.clone(), ip.to_owned()), local.task.id.clone());
+                attachments.push(Attachment {
+                    task: local.task.id.clone(),
+                    netns: runtime.netns.clone(),
+                    network: a.network_id.clone(),
+                    ip: ip.to_owned(),
+                    mac: None,
+                    interface: format!("eth{i}"),
+                    default_route: false,
+                });
+            }
+        }
+        let endpoints: Vec<Endpoint> = a
+            .endpoints
+            .iter()
+            .filter(|e| present(&e.network))
+            .map(|e| Endpoint {
+                network: e.network.clone(),
+                ip: e.ip.clone(),
+                mac: None,
+                node: e.node.clone(),
+            })
+            .collect();
+        let peers = a
+            .peers
+            .iter()
+            .map(|p| Peer {
+                node: p.node.clone(),
+                data_path_addr: p.data_path_addr.clone(),
+                public_key: p.public_key.clone(),
+            })
+            .collect();
+        let ingress = a.networks.iter().find(|n| n.spec.ingress);
+        let mesh = match (&a.ingress_addr, ingress) {
+            (Some(addr), Some(ingress)) if present(&ingress.id) => {
+                let running_here = |task: &str, ip: &str| {
+                    attached_ips
+                        .get(&(ingress.id.clone(), ip.to_owned()))
+                        .map(String::as_str)
+                        == Some(task)
+                        && state
+                            .tasks
+                            .get(task)
+                            .is_some_and(|l| l.status.state == TaskState::Running)
+                };
+                Some(MeshSpec {
+                    ingress: IngressSpec {
+                        network: ingress.id.clone(),
+                        ip: addr.split('/').next().unwrap_or_default().to_owned(),
+                    },
+                    interfaces: None,
+                    services: a
+                        .mesh
+                        .iter()
+                        .map(|m| ServiceSpec {
+                            name: m.name.clone(),
+                            ports: m
+                                .ports
+                                .iter()
+                                .map(|p| PortSpec {
+                                    published: u32::from(p.published_port),
+                                    target: u32::from(p.target_port),
+                                    protocol: match p.protocol {
+                                        shoal_api::service::PortProtocol::Tcp => Protocol::Tcp,
+                                        shoal_api::service::PortProtocol::Udp => Protocol::Udp,
+                                    },
+                                    mode: match p.publish_mode {
+                                        shoal_api::service::PublishMode::Ingress => {
+                                            PublishMode::Ingress
+                                        }
+                                        shoal_api::service::PublishMode::Host => PublishMode::Host,
+                                    },
+                                })
+                                .collect(),
+                            backends: m
+                                .backends
+                                .iter()
+                                .filter(|b| {
+                                    b.node != context.node_id || running_here(&b.task, &b.ip)
+                                })
+                                .map(|b| BackendSpec {
+                                    task: b.task.clone(),
+                                    network: ingress.id.clone(),
+                                    ip: b.ip.clone(),
+                                    weight: 1,
+                                    state: MeshTaskState::Running,
+                                })
+                                .collect(),
+                            client_ip: Default::default(),
+                            table_size: None,
+                        })
+                        .collect(),
+                })
+            }
+            _ => None,
+        };
+        let encrypted = networks.iter().any(|n| n.encrypted);
+        Some(DesiredState {
+            node: context.node_id.clone(),
+            data_path: DataPath {
+                addr: context.data_path_addr.clone(),
+                port: if a.data_path_port == 0 {
+                    DEFAULT_VXLAN_PORT
+                } else {
+                    a.data_path_port
+                },
+                wireguard_port: DEFAULT_WIREGUARD_PORT,
+            },
+            wireguard: encrypted.then(|| WireGuard {
+                private_key: context.private_key.clone(),
+            }),
+            networks,
+            attachments,
+            endpoints,
+            peers,
+            mesh,
+        })
+    }
+}
+
+/// Applies the data plane whenever asked, once for all the requests that arrived meanwhile.
+async fn applier(
+    worker: std::sync::Weak<Inner>,
+    mut requests: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
+) {
+    while let Some(first) = requests.recv().await {
+        // Let a burst of task starts arrive, then apply once for all.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let mut waiting = vec![first];
+        while let Ok(more) = requests.try_recv() {
+            waiting.push(more);
+        }
+        let Some(inner) = worker.upgrade() else {
+            return;
+        };
+        let worker = Worker { inner };
+        let result = match worker.desired() {
+            None => Ok(()),
+            Some(state) => worker
+                .inner
+                .dataplane
+                .apply_state(state)
+                .await
+                .map(drop)
+                .map_err(|e| e.message().to_owned()),
+        };
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "applying the data plane for the node's tasks");
+        }
+        for done in waiting {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+/// Resolves once a stop was asked for (or the asker is gone).
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}

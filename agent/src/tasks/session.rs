@@ -1,0 +1,110 @@
+//! The node's task session with the managers: the assignment stream (from the first manager
+//! that answers, the leader first) and the batched status reports.
+
+use std::time::Duration;
+
+use shoal_api::v1::{Frame, dispatcher_client::DispatcherClient};
+use shoal_control::dispatcher::Assignment;
+use shoal_control::manager::services::StatusReport;
+use shoal_control::tls::{self, Credentials};
+use tonic::Request;
+
+use super::Worker;
+
+/// How long one RPC may take.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the session can reach the managers, and with what certificate.
+pub(crate) trait Contact: Clone + Send + Sync + 'static {
+    /// The managers' addresses (the leader's first) and the node's credentials; `None` once
+    /// the node has left.
+    fn contact(&self) -> impl Future<Output = Option<(Vec<String>, Credentials)>> + Send;
+}
+
+fn client(
+    addr: &str,
+    credentials: &Credentials,
+) -> Result<DispatcherClient<tonic::transport::Channel>, String> {
+    let config = credentials.client_config().map_err(|e| e.to_string())?;
+    let channel = tls::channel(addr, config, RPC_TIMEOUT).map_err(|e| e.to_string())?;
+    Ok(DispatcherClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// Follows the node's assignment until the node leaves.
+pub(crate) async fn assignments(worker: Worker, contact: impl Contact) {
+    let mut next = 0_usize;
+    loop {
+        let Some((managers, credentials)) = contact.contact().await else {
+            return;
+        };
+        let Some(addr) = managers.get(next % managers.len().max(1)).cloned() else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        match follow(&worker, &addr, &credentials).await {
+            Ok(()) => tracing::debug!(manager = %addr, "the assignment stream ended"),
+            Err(e) => tracing::debug!(manager = %addr, error = %e, "no assignment stream"),
+        }
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn follow(worker: &Worker, addr: &str, credentials: &Credentials) -> Result<(), String> {
+    let mut client = client(addr, credentials)?;
+    let mut stream = client
+        .assignments(Request::new(Frame {
+            json: b"{}".to_vec(),
+        }))
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    while let Some(frame) = stream.message().await.map_err(|s| s.message().to_owned())? {
+        let assignment: Assignment = serde_json::from_slice(&frame.json)
+            .map_err(|e| format!("decoding an assignment: {e}"))?;
+        worker.assign(assignment);
+    }
+    Ok(())
+}
+
+/// Sends task status changes to the managers, batched, until the node leaves.
+pub(crate) async fn reports(worker: Worker, contact: impl Contact) {
+    loop {
+        tokio::select! {
+            () = worker.reports_waiting() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        // Let a burst gather.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let updates = worker.take_reports();
+        if updates.is_empty() {
+            continue;
+        }
+        let Some((managers, credentials)) = contact.contact().await else {
+            return;
+        };
+        let report = StatusReport { updates };
+        let json = serde_json::to_vec(&report).expect("plain data serializes");
+        let mut sent = false;
+        for addr in &managers {
+            let Ok(mut client) = client(addr, &credentials) else {
+                continue;
+            };
+            let mut request = Request::new(Frame { json: json.clone() });
+            request.set_timeout(RPC_TIMEOUT * 3);
+            match client.report(request).await {
+                Ok(_) => {
+                    sent = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(manager = %addr, error = %e.message(), "reporting task status")
+                }
+            }
+        }
+        if !sent {
+            worker.requeue(report.updates);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! Services, their tasks, and networks, as `shoal service|network` show them: the JSON keys are
+//! Docker's (`docker service inspect`, `docker network inspect`), so tools written for Docker
+//! read them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::swarm::Version;
+
+/// The routing mesh's network, created by `swarm init`.
+pub const INGRESS: &str = "ingress";
+
+/// A network, as `network inspect` prints it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Network {
+    /// Its ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its version.
+    pub version: Version,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// What the user asked for.
+    pub spec: NetworkSpec,
+    /// The driver's allocation: the VXLAN ID.
+    pub driver_state: Driver,
+    /// The subnet and gateway it was given.
+    #[serde(rename = "IPAMOptions")]
+    pub ipam_options: Ipam,
+}
+
+impl Network {
+    /// Its VXLAN network identifier.
+    pub fn vni(&self) -> Option<u32> {
+        self.driver_state.options.get(VNI_OPTION)?.parse().ok()
+    }
+
+    /// Its subnet and gateway.
+    pub fn subnet(&self) -> Option<&IpamConfig> {
+        self.ipam_options.configs.first()
+    }
+
+    /// Whether `--opt encrypted` was given.
+    pub fn encrypted(&self) -> bool {
+        self.spec
+            .driver_configuration
+            .options
+            .contains_key(ENCRYPTED_OPTION)
+    }
+}
+
+/// The driver option naming a network's VNI, as Docker's overlay driver keeps it.
+pub const VNI_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
+/// `--opt encrypted`.
+pub const ENCRYPTED_OPTION: &str = "encrypted";
+
+/// `network create`'s flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkSpec {
+    /// Its name (unique).
+    pub name: String,
+    /// `--label`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `--driver` (overlay) and `--opt`.
+    pub driver_configuration: Driver,
+    /// Whether it is the routing mesh's network.
+    #[serde(default)]
+    pub ingress: bool,
+    /// `--internal`: no route out of the network.
+    #[serde(default)]
+    pub internal: bool,
+    /// `--attachable`.
+    #[serde(default)]
+    pub attachable: bool,
+    /// `--subnet`, `--gateway`.
+    #[serde(rename = "IPAMOptions", default)]
+    pub ipam_options: Ipam,
+}
+
+/// A driver and its options.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Driver {
+    /// `overlay`.
+    pub name: String,
+    /// Options.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Address management.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ipam {
+    /// Subnets (one).
+    #[serde(default)]
+    pub configs: Vec<IpamConfig>,
+}
+
+/// A subnet and its gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamConfig {
+    /// e.g. `10.0.1.0/24`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subnet: String,
+    /// e.g. `10.0.1.1`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gateway: String,
+}
+
+/// A service, as `service inspect` prints it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Service {
+    /// Its ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its version.
+    pub version: Version,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// What the user asked for.
+    pub spec: ServiceSpec,
+    /// What the allocator gave it: published ports and virtual IPs.
+    #[serde(default)]
+    pub endpoint: Endpoint,
+}
+
+/// `service create`'s flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceSpec {
+    /// `--name` (unique).
+    pub name: String,
+    /// `--label`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// What each task runs.
+    pub task_template: TaskSpec,
+    /// `--mode`, `--replicas`.
+    pub mode: ServiceMode,
+    /// `--endpoint-mode`, `--publish`.
+    #[serde(default)]
+    pub endpoint_spec: EndpointSpec,
+}
+
+impl ServiceSpec {
+    /// The replica count of a replicated service.
+    pub fn replicas(&self) -> Option<u64> {
+        self.mode.replicated.as_ref().map(|r| r.replicas)
+    }
+}
+
+/// What a task runs, and where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskSpec {
+    /// The program.
+    pub container_spec: ContainerSpec,
+    /// `--constraint`.
+    #[serde(default)]
+    pub placement: Placement,
+    /// `--network`: network IDs.
+    #[serde(default)]
+    pub networks: Vec<NetworkAttachmentConfig>,
+}
+
+/// The program a task runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerSpec {
+    /// IMAGE (the `exec` executor records it and runs COMMAND from the host).
+    pub image: String,
+    /// COMMAND (the first word after IMAGE).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// ARG...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// `--env KEY=VALUE`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+}
+
+/// Where tasks may go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Placement {
+    /// e.g. `node.role==manager`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+}
+
+/// A network a service's tasks join.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkAttachmentConfig {
+    /// The network's ID.
+    pub target: String,
+}
+
+/// Replicated or global.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceMode {
+    /// `--mode replicated` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicated: Option<Replicated>,
+    /// `--mode global`: one task on every node that passes the constraints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<Global>,
+}
+
+/// A replicated service's size.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Replicated {
+    /// `--replicas`.
+    pub replicas: u64,
+}
+
+/// A global service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Global {}
+
+/// How a service is reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointSpec {
+    /// `vip` (default) or `dnsrr`.
+    #[serde(default)]
+    pub mode: EndpointMode,
+    /// `--publish`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+}
+
+/// `--endpoint-mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// A virtual IP per network, balanced over the tasks.
+    #[default]
+    Vip,
+    /// No virtual IP: the tasks' own addresses.
+    Dnsrr,
+}
+
+/// A published port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortConfig {
+    /// `tcp` or `udp`.
+    pub protocol: PortProtocol,
+    /// The port the tasks listen on.
+    pub target_port: u16,
+    /// The port clients use; 0 in a spec asks for one from 30000-32767.
+    #[serde(default)]
+    pub published_port: u16,
+    /// `ingress` or `host`.
+    #[serde(default)]
+    pub publish_mode: PublishMode,
+}
+
+impl fmt::Display for PortConfig {
+    /// As `service ls` shows it: `*:8080->80/tcp`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "*:{}->{}/{}",
+            self.published_port, self.target_port, self.protocol
+        )
+    }
+}
+
+/// `protocol=`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl fmt::Display for PortProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// `mode=`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// On every node, through the routing mesh.
+    #[default]
+    Ingress,
+    /// On the nodes running a task, to that task.
+    Host,
+}
+
+/// What the allocator gave a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Endpoint {
+    /// The spec it was allocated for.
+    #[serde(default)]
+    pub spec: EndpointSpec,
+    /// The published ports, auto-assigned ones filled in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+    /// A virtual IP per network.
+    #[serde(rename = "VirtualIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<VirtualIp>,
+}
+
+/// A service's address on a network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VirtualIp {
+    /// The network's ID.
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    /// e.g. `10.0.0.2/24`.
+    pub addr: String,
+}
+
+/// A task's state, in SwarmKit's order: a task only moves forward.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Created by the orchestrator.
+    #[default]
+    New,
+    /// Given its addresses; waiting for a node.
+    Pending,
+    /// Given a node.
+    Assigned,
+    /// The node has it.
+    Accepted,
+    /// The node is preparing it (namespace, image).
+    Preparing,
+    /// Started, not yet confirmed running.
+    Starting,
+    /// Running.
+    Running,
+    /// Exited with status 0.
+    Complete,
+    /// Stopped on request.
+    Shutdown,
+    /// Exited with an error, or could not start.
+    Failed,
+    /// The node refused it.
+    Rejected,
+    /// To be removed.
+    Remove,
+    /// Its node is gone.
+    Orphaned,
+}
+
+impl TaskState {
+    /// Whether the task has stopped for good.
+    pub fn is_terminal(self) -> bool {
+        self > Self::Running
+    }
+
+    /// Lower-case, as Docker prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Pending => "pending",
+            Self::Assigned => "assigned",
+            Self::Accepted => "accepted",
+            Self::Preparing => "preparing",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Complete => "complete",
+            Self::Shutdown => "shutdown",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+            Self::Remove => "remove",
+            Self::Orphaned => "orphaned",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A task, as `service ps` and `inspect` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Task {
+    /// Its ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its version.
+    pub version: Version,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Its service.
+    #[serde(rename = "ServiceID")]
+    pub service_id: String,
+    /// Its service's name.
+    pub service_name: String,
+    /// Its slot (replicated services), from 1.
+    #[serde(default)]
+    pub slot: u64,
+    /// Its node, once scheduled.
+    #[serde(rename = "NodeID", default)]
+    pub node_id: String,
+    /// What it runs (the service's template when it was created).
+    pub spec: TaskSpec,
+    /// Where it is.
+    pub status: TaskStatus,
+    /// Where the orchestrator wants it: running or shutdown.
+    pub desired_state: TaskState,
+    /// Its addresses, one per network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks_attachments: Vec<NetworkAttachment>,
+    /// Its service's published ports when it was created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+}
+
+impl Task {
+    /// Docker's name: `service.slot` (global services: `service.node`).
+    pub fn name(&self) -> String {
+        if self.slot > 0 {
+            format!("{}.{}", self.service_name, self.slot)
+        } else {
+            format!("{}.{}", self.service_name, self.node_id)
+        }
+    }
+}
+
+/// A task's state and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskStatus {
+    /// RFC 3339: when it reached this state.
+    pub timestamp: String,
+    /// The state.
+    pub state: TaskState,
+    /// What happened, in a few words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The error, when it failed or could not be placed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub err: String,
+    /// The process (exec) or container (docker) running it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_status: Option<ContainerStatus>,
+}
+
+/// The process behind a task.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerStatus {
+    /// The Docker container ID (docker executor).
+    #[serde(
+        rename = "ContainerID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub container_id: String,
+    /// Its PID on the node.
+    #[serde(rename = "PID", default)]
+    pub pid: u32,
+    /// Its exit code, once it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// A task's address on a network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkAttachment {
+    /// The network's ID.
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    /// e.g. `10.0.0.7/24`.
+    pub addresses: Vec<String>,
+}
+
+/// Which tasks `service ps` / `node ps` list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFilter {
+    /// Services (names, IDs or ID prefixes).
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Nodes (names, IDs, ID prefixes; `self`).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+}

@@ -1,0 +1,260 @@
+//! What the dispatcher sends a node: its own tasks and only what they need (least privilege, as
+//! SwarmKit's dispatcher): the networks they are on, where the other tasks of those networks
+//! run, the data-path addresses and WireGuard public keys of those nodes, and the routing mesh's
+//! published ports with their running backends. Computed from a view of the store by
+//! [`assignment`], a pure function; a manager streams a fresh one to each connected node
+//! whenever the store changes what it would say.
+//!
+//! A node sees nothing of services it runs no task of, except the published ports every node
+//! answers on and the addresses those are balanced to.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use shoal_api::service::{Network, PortConfig, PublishMode, Task, TaskState};
+use shoal_api::swarm::NodeState;
+
+use crate::orchestrator::{World, address_of};
+
+/// A node's assignment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The store index it was computed at.
+    pub index: u64,
+    /// The node.
+    pub node_id: String,
+    /// The swarm's VXLAN port.
+    pub data_path_port: u16,
+    /// Its tasks: those to run (desired `running`) and those to stop.
+    pub tasks: Vec<Task>,
+    /// The networks its tasks are on, and ingress.
+    pub networks: Vec<Network>,
+    /// Its own address on the ingress network (`10.0.0.3/24`).
+    pub ingress_addr: Option<String>,
+    /// Tasks (and nodes' ingress addresses) on other nodes, on those networks.
+    pub endpoints: Vec<RemoteEndpoint>,
+    /// The nodes those are on.
+    pub peers: Vec<PeerNode>,
+    /// Published ports and their backends.
+    pub mesh: Vec<MeshService>,
+}
+
+/// An address on another node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RemoteEndpoint {
+    /// The network's ID.
+    pub network: String,
+    /// The address.
+    pub ip: String,
+    /// The node's ID.
+    pub node: String,
+}
+
+/// Another node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PeerNode {
+    /// Its ID.
+    pub node: String,
+    /// Its data-path address.
+    pub data_path_addr: String,
+    /// Its WireGuard public key (base64), if it has one.
+    pub public_key: Option<String>,
+}
+
+/// A service with published ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshService {
+    /// Its name.
+    pub name: String,
+    /// Its published ports.
+    pub ports: Vec<PortConfig>,
+    /// Its running tasks' ingress addresses, by task ID.
+    pub backends: Vec<Backend>,
+}
+
+/// A task the mesh balances to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    /// The task's ID.
+    pub task: String,
+    /// Its node.
+    pub node: String,
+    /// Its address on the ingress network.
+    pub ip: String,
+}
+
+/// Whether a task's node should still hold it: the tasks the node is told about.
+fn held(task: &Task) -> bool {
+    task.desired_state <= TaskState::Running || !task.status.state.is_terminal()
+}
+
+/// Whether a task takes traffic: running, meant to run, on a Ready node.
+fn serving(world: &World, task: &Task) -> bool {
+    task.status.state == TaskState::Running
+        && task.desired_state == TaskState::Running
+        && world
+            .nodes
+            .get(&task.node_id)
+            .is_some_and(|n| n.value.status.state == NodeState::Ready)
+}
+
+/// Whether a remote task's address should already be reachable (it may be starting).
+fn placed(world: &World, task: &Task) -> bool {
+    task.desired_state == TaskState::Running
+        && (TaskState::Assigned..=TaskState::Running).contains(&task.status.state)
+        && world
+            .nodes
+            .get(&task.node_id)
+            .is_some_and(|n| n.value.status.state == NodeState::Ready)
+}
+
+/// `node_id`'s assignment in `world` at store index `index`.
+pub fn assignment(world: &World, index: u64, node_id: &str, data_path_port: u16) -> Assignment {
+    let ingress = world.ingress().map(|n| n.id.clone());
+    let tasks: Vec<Task> = world
+        .tasks
+        .values()
+        .map(|t| &t.value)
+        .filter(|t| t.node_id == node_id && held(t) && t.status.state >= TaskState::Assigned)
+        .cloned()
+        .collect();
+    let me = world.nodes.get(node_id).map(|n| &n.value);
+    let ingress_addr = me.and_then(|n| {
+        n.attachments
+            .iter()
+            .find(|a| Some(&a.network_id) == ingress.as_ref())
+            .and_then(|a| a.addresses.first().cloned())
+    });
+    let mut network_ids: BTreeSet<String> = tasks
+        .iter()
+        .filter(|t| t.desired_state == TaskState::Running)
+        .flat_map(|t| t.networks_attachments.iter().map(|a| a.network_id.clone()))
+        .collect();
+    if ingress_addr.is_some()
+        && let Some(ingress) = &ingress
+    {
+        network_ids.insert(ingress.clone());
+    }
+    let networks: Vec<Network> = network_ids
+        .iter()
+        .filter_map(|id| world.networks.get(id).map(|n| n.value.clone()))
+        .collect();
+
+    let mut endpoints = BTreeSet::new();
+    for task in world.tasks.values().map(|t| &t.value) {
+        if task.node_id == node_id || !placed(world, task) {
+            continue;
+        }
+        for a in &task.networks_attachments {
+            if network_ids.contains(&a.network_id) {
+                for addr in &a.addresses {
+                    if let Some(ip) = address_of(addr) {
+                        endpoints.insert(RemoteEndpoint {
+                            network: a.network_id.clone(),
+                            ip: ip.to_string(),
+                            node: task.node_id.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    // Other nodes' own ingress addresses: the routing mesh's replies go back to them.
+    if let Some(ingress) = ingress.as_ref().filter(|i| network_ids.contains(*i)) {
+        for node in world.nodes.values().map(|n| &n.value) {
+            if node.id == node_id || node.status.state != NodeState::Ready {
+                continue;
+            }
+            for a in node.attachments.iter().filter(|a| &a.network_id == ingress) {
+                for addr in &a.addresses {
+                    if let Some(ip) = address_of(addr) {
+                        endpoints.insert(RemoteEndpoint {
+                            network: ingress.clone(),
+                            ip: ip.to_string(),
+                            node: node.id.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let peer_ids: BTreeSet<&String> = endpoints.iter().map(|e| &e.node).collect();
+    let peers = peer_ids
+        .into_iter()
+        .filter_map(|id| world.nodes.get(id))
+        .map(|n| PeerNode {
+            node: n.value.id.clone(),
+            data_path_addr: n.value.description.data_path_addr.clone(),
+            public_key: Some(n.value.description.wireguard_public_key.clone())
+                .filter(|k| !k.is_empty()),
+        })
+        .collect();
+
+    let mut mesh = Vec::new();
+    if let Some(ingress) = ingress.as_ref().filter(|_| ingress_addr.is_some()) {
+        let mut backends: BTreeMap<&str, Vec<Backend>> = BTreeMap::new();
+        for task in world.tasks.values().map(|t| &t.value) {
+            if !serving(world, task) {
+                continue;
+            }
+            if let Some(ip) = task
+                .networks_attachments
+                .iter()
+                .find(|a| &a.network_id == ingress)
+                .and_then(|a| a.addresses.first())
+                .and_then(|a| address_of(a))
+            {
+                backends.entry(&task.service_id).or_default().push(Backend {
+                    task: task.id.clone(),
+                    node: task.node_id.clone(),
+                    ip: ip.to_string(),
+                });
+            }
+        }
+        for service in world.services.values().map(|s| &s.value) {
+            // Host-mode ports answer only where a task of the service runs.
+            let runs_here = tasks
+                .iter()
+                .any(|t| t.service_id == service.id && t.desired_state == TaskState::Running);
+            let ports: Vec<PortConfig> = service
+                .endpoint
+                .ports
+                .iter()
+                .filter(|p| p.publish_mode == PublishMode::Ingress || runs_here)
+                .cloned()
+                .collect();
+            if ports.is_empty() {
+                continue;
+            }
+            mesh.push(MeshService {
+                name: service.spec.name.clone(),
+                ports,
+                backends: backends.remove(service.id.as_str()).unwrap_or_default(),
+            });
+        }
+    }
+    Assignment {
+        index,
+        node_id: node_id.to_owned(),
+        data_path_port,
+        tasks,
+        networks,
+        ingress_addr,
+        endpoints: endpoints.into_iter().collect(),
+        peers,
+        mesh,
+    }
+}
+
+impl Assignment {
+    /// Whether two assignments say the same (the index aside).
+    pub fn same_as(&self, other: &Assignment) -> bool {
+        Assignment {
+            index: 0,
+            ..self.clone()
+        } == Assignment {
+            index: 0,
+            ..other.clone()
+        }
+    }
+}

@@ -1,0 +1,728 @@
+//! Services, tasks and networks on the leader: the user's calls (`service create|ls|inspect|
+//! scale|rm`, `service ps`, `network create|ls|inspect|rm`), the nodes' task status reports,
+//! and the reconcile loop that turns services into placed tasks ([`crate::orchestrator`]).
+//!
+//! Everything a call checks is checked before anything is written, and what it writes is one
+//! change set: a bad `--publish`, an unknown network or a port already taken leaves the store
+//! as it was.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde_json::Value;
+use shoal_api::service::{
+    Driver, ENCRYPTED_OPTION, Endpoint, EndpointMode, INGRESS, Ipam, IpamConfig, Network,
+    NetworkAttachmentConfig, NetworkSpec, Service, ServiceSpec, Task, TaskFilter, TaskStatus,
+    VNI_OPTION, VirtualIp,
+};
+use shoal_api::swarm::{Call, Version};
+use tokio::sync::watch;
+use tonic::Status;
+
+use super::{Inner, Manager, ops};
+use crate::orchestrator::{self, World, body};
+use crate::scheduler::Constraint;
+use crate::store::{Change, ChangeSet, Kind};
+
+/// Task status reports from a node, batched.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    /// (task ID, its new status).
+    pub updates: Vec<(String, TaskStatus)>,
+}
+
+fn world(inner: &Inner) -> World {
+    inner.store.view(World::read)
+}
+
+fn new_id() -> Result<String, Status> {
+    crate::ca::random_id().map_err(|e| Status::internal(e.to_string()))
+}
+
+/// Finds one of `items` (ID, name) by ID, name, or unique ID prefix.
+fn find<'a, T>(
+    items: impl Iterator<Item = (&'a str, &'a str, &'a T)> + Clone,
+    wanted: &str,
+    what: &str,
+) -> Result<&'a T, Status> {
+    if let Some((_, _, t)) = items.clone().find(|(id, _, _)| *id == wanted) {
+        return Ok(t);
+    }
+    if let Some((_, _, t)) = items.clone().find(|(_, name, _)| *name == wanted) {
+        return Ok(t);
+    }
+    let prefixed: Vec<_> = items.filter(|(id, _, _)| id.starts_with(wanted)).collect();
+    match prefixed[..] {
+        [(_, _, t)] if !wanted.is_empty() => Ok(t),
+        [] | [_] => Err(Status::not_found(format!("{what} {wanted} not found"))),
+        _ => Err(Status::failed_precondition(format!(
+            "{what} {wanted} is ambiguous ({} matches found)",
+            prefixed.len()
+        ))),
+    }
+}
+
+fn find_service<'a>(world: &'a World, wanted: &str) -> Result<&'a Service, Status> {
+    find(
+        world
+            .services
+            .iter()
+            .map(|(id, s)| (id.as_str(), s.value.spec.name.as_str(), &s.value)),
+        wanted,
+        "service",
+    )
+}
+
+fn find_network<'a>(world: &'a World, wanted: &str) -> Result<&'a Network, Status> {
+    find(
+        world
+            .networks
+            .iter()
+            .map(|(id, n)| (id.as_str(), n.value.spec.name.as_str(), &n.value)),
+        wanted,
+        "network",
+    )
+}
+
+/// Docker's rule for object names.
+fn check_name(name: &str, what: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "invalid {what} name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, at most 63 characters"
+        )))
+    }
+}
+
+/// The user's calls on services, tasks and networks; `None` for calls that are not.
+pub(super) async fn call(inner: &Inner, call: &Call, me: &str) -> Option<Result<Value, Status>> {
+    Some(match call {
+        Call::ServiceCreate(spec) => create_service(inner, spec.clone()).await,
+        Call::ServiceList => {
+            let world = world(inner);
+            let mut all: Vec<&Service> = world.services.values().map(|s| &s.value).collect();
+            all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+            ops::encode(&all)
+        }
+        Call::ServiceInspect { ids } => {
+            let world = world(inner);
+            ids.iter()
+                .map(|id| find_service(&world, id).cloned())
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|found| ops::encode(&found))
+        }
+        Call::ServiceScale { id, replicas } => scale(inner, id, *replicas).await,
+        Call::ServiceRemove { ids } => {
+            let world = world(inner);
+            let doomed: Result<Vec<Change>, Status> = ids
+                .iter()
+                .map(|id| {
+                    find_service(&world, id).map(|s| Change::Delete {
+                        kind: Kind::Service,
+                        id: s.id.clone(),
+                        version: s.version.index,
+                    })
+                })
+                .collect();
+            match doomed {
+                Ok(doomed) => ops::propose(inner, ChangeSet(doomed))
+                    .await
+                    .map(|_| Value::Null),
+                Err(e) => Err(e),
+            }
+        }
+        Call::TaskList(filter) => list_tasks(inner, filter, me),
+        Call::NetworkCreate(spec) => create_network(inner, spec.clone()).await,
+        Call::NetworkList => {
+            let world = world(inner);
+            let mut all: Vec<&Network> = world.networks.values().map(|n| &n.value).collect();
+            all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+            ops::encode(&all)
+        }
+        Call::NetworkInspect { ids } => {
+            let world = world(inner);
+            ids.iter()
+                .map(|id| find_network(&world, id).cloned())
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|found| ops::encode(&found))
+        }
+        Call::NetworkRemove { ids } => remove_networks(inner, ids).await,
+        _ => return None,
+    })
+}
+
+fn list_tasks(inner: &Inner, filter: &TaskFilter, me: &str) -> Result<Value, Status> {
+    let world = world(inner);
+    let services: BTreeSet<String> = filter
+        .services
+        .iter()
+        .map(|s| find_service(&world, s).map(|s| s.id.clone()))
+        .collect::<Result<_, _>>()?;
+    let nodes: BTreeSet<String> = filter
+        .nodes
+        .iter()
+        .map(|n| {
+            let wanted = if n == "self" { me } else { n.as_str() };
+            find(
+                world
+                    .nodes
+                    .iter()
+                    .map(|(id, n)| (id.as_str(), n.value.description.hostname.as_str(), &n.value)),
+                wanted,
+                "node",
+            )
+            .map(|n| n.id.clone())
+        })
+        .collect::<Result<_, _>>()?;
+    let mut tasks: Vec<&Task> = world
+        .tasks
+        .values()
+        .map(|t| &t.value)
+        .filter(|t| services.is_empty() || services.contains(&t.service_id))
+        .filter(|t| nodes.is_empty() || nodes.contains(&t.node_id))
+        .collect();
+    // By service, slot (or node), then newest first: what `docker service ps` shows.
+    tasks.sort_by(|a, b| {
+        (
+            &a.service_name,
+            a.slot,
+            &a.node_id,
+            std::cmp::Reverse(a.version.index),
+        )
+            .cmp(&(
+                &b.service_name,
+                b.slot,
+                &b.node_id,
+                std::cmp::Reverse(b.version.index),
+            ))
+    });
+    ops::encode(&tasks)
+}
+
+/// Checks a service spec and resolves its networks to IDs.
+fn check_service(world: &World, spec: &mut ServiceSpec) -> Result<(), Status> {
+    check_name(&spec.name, "service")?;
+    if spec.task_template.container_spec.image.is_empty() {
+        return Err(Status::invalid_argument("a service needs an image"));
+    }
+    match (&spec.mode.replicated, &spec.mode.global) {
+        (Some(_), Some(_)) => {
+            return Err(Status::invalid_argument(
+                "replicas can only be used with replicated mode",
+            ));
+        }
+        (None, None) => spec.mode.replicated = Some(Default::default()),
+        _ => {}
+    }
+    for c in &spec.task_template.placement.constraints {
+        c.parse::<Constraint>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
+    for env in &spec.task_template.container_spec.env {
+        if env.is_empty() || env.starts_with('=') {
+            return Err(Status::invalid_argument(format!(
+                "invalid environment variable {env:?}: want KEY=VALUE"
+            )));
+        }
+    }
+    for p in &spec.endpoint_spec.ports {
+        if p.target_port == 0 {
+            return Err(Status::invalid_argument(
+                "invalid published port: the target port must be between 1 and 65535",
+            ));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for attachment in &mut spec.task_template.networks {
+        let network = find_network(world, &attachment.target)?;
+        if network.spec.ingress {
+            return Err(Status::invalid_argument(format!(
+                "service cannot be explicitly attached to the ingress network {:?}",
+                network.spec.name
+            )));
+        }
+        if !seen.insert(network.id.clone()) {
+            return Err(Status::invalid_argument(format!(
+                "network {} is given twice",
+                network.spec.name
+            )));
+        }
+        attachment.target.clone_from(&network.id);
+    }
+    Ok(())
+}
+
+/// Gives a service its published ports and virtual IPs, refusing conflicts.
+fn allocate_endpoint(world: &World, service: &mut Service) -> Result<(), Status> {
+    let mut allocator = orchestrator::allocator(world);
+    // Its own previous allocation is released first (scale keeps the same one).
+    if let Some(old) = world.services.get(&service.id) {
+        allocator.unpublish(&old.value.spec.name);
+        for vip in &old.value.endpoint.virtual_ips {
+            if let Some(ip) = orchestrator::address_of(&vip.addr) {
+                allocator.release(&vip.network_id, ip);
+            }
+        }
+    }
+    let spec = service.spec.endpoint_spec.clone();
+    let wanted: Vec<_> = spec
+        .ports
+        .iter()
+        .filter(|p| p.publish_mode == shoal_api::service::PublishMode::Ingress)
+        .map(|p| {
+            (
+                orchestrator::protocol(p.protocol),
+                Some(p.published_port).filter(|p| *p != 0),
+            )
+        })
+        .collect();
+    let given = allocator
+        .publish(&service.spec.name, &wanted)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut given = given.into_iter();
+    let mut ports = Vec::new();
+    for p in &spec.ports {
+        let mut p = p.clone();
+        if p.publish_mode == shoal_api::service::PublishMode::Ingress {
+            p.published_port = given.next().unwrap_or(p.published_port);
+        } else if p.published_port == 0 {
+            return Err(Status::invalid_argument(format!(
+                "a host-mode port needs a published port (target {})",
+                p.target_port
+            )));
+        }
+        ports.push(p);
+    }
+    service.endpoint = Endpoint {
+        spec: spec.clone(),
+        ports,
+        virtual_ips: Vec::new(),
+    };
+    if spec.mode == EndpointMode::Vip {
+        let ingress = world.ingress().map(|n| n.id.clone());
+        for network in orchestrator::task_networks(service, ingress.as_deref()) {
+            let ip = allocator
+                .address(&network)
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            let prefix = allocator
+                .network(&network)
+                .map_or(24, |n| n.subnet.prefix_len());
+            service.endpoint.virtual_ips.push(VirtualIp {
+                network_id: network,
+                addr: format!("{ip}/{prefix}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn create_service(inner: &Inner, mut spec: ServiceSpec) -> Result<Value, Status> {
+    let id = new_id()?;
+    if spec.name.is_empty() {
+        spec.name = format!("service-{}", &id[..8]);
+    }
+    let world = world(inner);
+    check_service(&world, &mut spec)?;
+    if world
+        .services
+        .values()
+        .any(|s| s.value.spec.name == spec.name)
+    {
+        return Err(Status::already_exists(format!(
+            "service {} already exists (name conflicts with an existing object)",
+            spec.name
+        )));
+    }
+    let now = now();
+    let mut service = Service {
+        id: id.clone(),
+        created_at: now.clone(),
+        updated_at: now,
+        spec,
+        ..Default::default()
+    };
+    allocate_endpoint(&world, &mut service)?;
+    ops::propose(
+        inner,
+        ChangeSet(vec![Change::Create {
+            kind: Kind::Service,
+            id: id.clone(),
+            body: body(&service),
+        }]),
+    )
+    .await?;
+    Ok(Value::String(id))
+}
+
+async fn scale(inner: &Inner, id: &str, replicas: u64) -> Result<Value, Status> {
+    for _ in 0..5 {
+        let world = world(inner);
+        let mut service = find_service(&world, id)?.clone();
+        if service.spec.mode.replicated.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "scale can only be used with replicated mode (service {} is global)",
+                service.spec.name
+            )));
+        }
+        service.spec.mode.replicated = Some(shoal_api::service::Replicated { replicas });
+        service.updated_at = now();
+        let written = ops::propose(
+            inner,
+            ChangeSet(vec![Change::Update {
+                kind: Kind::Service,
+                id: service.id.clone(),
+                version: service.version.index,
+                body: body(&service),
+            }]),
+        )
+        .await;
+        match written {
+            Err(s) if s.code() == tonic::Code::Aborted => continue,
+            Err(s) => return Err(s),
+            Ok(_) => return Ok(Value::Null),
+        }
+    }
+    Err(Status::aborted("update out of sequence; try again"))
+}
+
+/// A network's stored form, its subnet, gateway and VNI allocated.
+fn allocate_network(world: &World, id: &str, mut spec: NetworkSpec) -> Result<Network, Status> {
+    check_name(&spec.name, "network")?;
+    if world
+        .networks
+        .values()
+        .any(|n| n.value.spec.name == spec.name)
+    {
+        return Err(Status::already_exists(format!(
+            "network with name {} already exists",
+            spec.name
+        )));
+    }
+    if spec.driver_configuration.name.is_empty() {
+        spec.driver_configuration.name = "overlay".into();
+    }
+    if spec.driver_configuration.name != "overlay" {
+        return Err(Status::invalid_argument(format!(
+            "invalid driver {:?}: swarm networks use the overlay driver",
+            spec.driver_configuration.name
+        )));
+    }
+    for key in spec.driver_configuration.options.keys() {
+        if key != ENCRYPTED_OPTION && key != "com.docker.network.driver.mtu" {
+            return Err(Status::invalid_argument(format!(
+                "unknown driver option {key:?}: the overlay driver takes encrypted and com.docker.network.driver.mtu"
+            )));
+        }
+    }
+    let config = spec
+        .ipam_options
+        .configs
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    if spec.ipam_options.configs.len() > 1 {
+        return Err(Status::invalid_argument("one --subnet per network"));
+    }
+    let subnet = (!config.subnet.is_empty())
+        .then(|| {
+            Ipv4Net::from_str(&config.subnet).map_err(|e| {
+                Status::invalid_argument(format!("invalid subnet {:?}: {e}", config.subnet))
+            })
+        })
+        .transpose()?;
+    let gateway = (!config.gateway.is_empty())
+        .then(|| {
+            Ipv4Addr::from_str(&config.gateway).map_err(|e| {
+                Status::invalid_argument(format!("invalid gateway {:?}: {e}", config.gateway))
+            })
+        })
+        .transpose()?;
+    if gateway.is_some() && subnet.is_none() {
+        return Err(Status::invalid_argument("--gateway needs --subnet"));
+    }
+    let mut allocator = orchestrator::allocator(world);
+    let given = allocator
+        .add_network(id, subnet, gateway)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .clone();
+    let now = now();
+    Ok(Network {
+        id: id.to_owned(),
+        created_at: now.clone(),
+        updated_at: now,
+        spec,
+        driver_state: Driver {
+            name: "overlay".into(),
+            options: [(VNI_OPTION.to_owned(), given.vni.to_string())].into(),
+        },
+        ipam_options: Ipam {
+            configs: vec![IpamConfig {
+                subnet: given.subnet.to_string(),
+                gateway: given.gateway.to_string(),
+            }],
+        },
+        version: Version::default(),
+    })
+}
+
+/// The ingress network `swarm init` creates: 10.0.0.0/24, as Docker's.
+pub fn ingress_network(id: &str) -> Network {
+    let spec = NetworkSpec {
+        name: INGRESS.into(),
+        driver_configuration: Driver {
+            name: "overlay".into(),
+            options: Default::default(),
+        },
+        ingress: true,
+        ipam_options: Ipam {
+            configs: vec![IpamConfig {
+                subnet: "10.0.0.0/24".into(),
+                gateway: String::new(),
+            }],
+        },
+        ..Default::default()
+    };
+    allocate_network(&World::default(), id, spec).expect("the default ingress allocates")
+}
+
+async fn create_network(inner: &Inner, spec: NetworkSpec) -> Result<Value, Status> {
+    if spec.ingress {
+        return Err(Status::invalid_argument(
+            "the swarm has its ingress network already",
+        ));
+    }
+    let id = new_id()?;
+    let network = allocate_network(&world(inner), &id, spec)?;
+    ops::propose(
+        inner,
+        ChangeSet(vec![Change::Create {
+            kind: Kind::Network,
+            id: id.clone(),
+            body: body(&network),
+        }]),
+    )
+    .await?;
+    Ok(Value::String(id))
+}
+
+async fn remove_networks(inner: &Inner, ids: &[String]) -> Result<Value, Status> {
+    let world = world(inner);
+    let mut doomed = Vec::new();
+    for wanted in ids {
+        let network = find_network(&world, wanted)?;
+        let users: Vec<&str> = world
+            .services
+            .values()
+            .map(|s| &s.value)
+            .filter(|s| {
+                s.spec
+                    .task_template
+                    .networks
+                    .contains(&NetworkAttachmentConfig {
+                        target: network.id.clone(),
+                    })
+                    || (network.spec.ingress && !s.endpoint.ports.is_empty())
+            })
+            .map(|s| s.spec.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "network {} is in use by service {}",
+                network.spec.name,
+                users.join(", ")
+            )));
+        }
+        let tasks = world
+            .tasks
+            .values()
+            .filter(|t| {
+                !t.value.status.state.is_terminal()
+                    && t.value
+                        .networks_attachments
+                        .iter()
+                        .any(|a| a.network_id == network.id)
+            })
+            .count();
+        if tasks > 0 {
+            return Err(Status::failed_precondition(format!(
+                "network {} is in use: {tasks} tasks are still attached to it",
+                network.spec.name
+            )));
+        }
+        doomed.push(Change::Delete {
+            kind: Kind::Network,
+            id: network.id.clone(),
+            version: network.version.index,
+        });
+    }
+    ops::propose(inner, ChangeSet(doomed)).await?;
+    Ok(Value::Null)
+}
+
+/// Applies a node's task status reports: only for its own tasks, only forward.
+pub(super) async fn report(
+    inner: &Inner,
+    node_id: &str,
+    report: StatusReport,
+) -> Result<Value, Status> {
+    for _ in 0..5 {
+        let mut changes = Vec::new();
+        inner.store.view(|tx| {
+            for (id, status) in &report.updates {
+                let Some(object) = tx.get(Kind::Task, id) else {
+                    continue;
+                };
+                let Ok(mut task) = serde_json::from_value::<Task>(object.body.clone()) else {
+                    continue;
+                };
+                if task.node_id != node_id
+                    || status.state < task.status.state
+                    || (status.state == task.status.state && *status == task.status)
+                {
+                    continue;
+                }
+                task.status = status.clone();
+                task.updated_at = now();
+                changes.push(Change::Update {
+                    kind: Kind::Task,
+                    id: id.clone(),
+                    version: object.version,
+                    body: body(&task),
+                });
+            }
+        });
+        if changes.is_empty() {
+            return Ok(Value::Null);
+        }
+        match ops::propose(inner, ChangeSet(changes)).await {
+            Err(s) if s.code() == tonic::Code::Aborted => continue,
+            other => return other.map(|_| Value::Null),
+        }
+    }
+    Err(Status::aborted("task status out of sequence; report again"))
+}
+
+/// The leader's reconcile loop: runs the reconciler when services, tasks, nodes or networks
+/// change (the watch starts before the view it reads), and every second for restart delays.
+pub(super) async fn reconcile_loop(manager: Manager, mut stopped: watch::Receiver<bool>) {
+    let inner: Arc<Inner> = manager.inner.clone();
+    let mut metrics = inner.raft.metrics();
+    loop {
+        // Wait to lead.
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            if metrics.borrow_and_update().current_leader == Some(inner.raft_id) {
+                break;
+            }
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+        }
+        let index = inner.store.index();
+        let Ok(mut events) = inner.store.watch(index) else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        loop {
+            if metrics.borrow().current_leader != Some(inner.raft_id) || *stopped.borrow() {
+                break;
+            }
+            let world = world(&inner);
+            let changes = orchestrator::reconcile(&world, time::OffsetDateTime::now_utc(), || {
+                crate::ca::random_id().expect("the kernel's random source works")
+            });
+            if !changes.is_empty() {
+                let n = changes.len();
+                match ops::propose(&inner, ChangeSet(changes)).await {
+                    Ok(_) => {
+                        tracing::debug!(changes = n, "reconciled");
+                        continue;
+                    }
+                    Err(e) if e.code() == tonic::Code::Aborted => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e.message(), "reconciling");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            // Quiet: wait for a change (then let a burst settle) or the next second.
+            let woke = tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return,
+                event = events.next() => event.is_some(),
+                () = tokio::time::sleep(Duration::from_secs(1)) => true,
+            };
+            if !woke {
+                // The watch ended (a snapshot was installed): watch again.
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            while events.try_next().is_some() {}
+        }
+    }
+}
+
+/// Sends `node_id` its assignment from this manager's replica, again whenever it changes, until
+/// the node hangs up or the manager stops.
+pub(super) async fn stream_assignments(
+    inner: Arc<Inner>,
+    node_id: String,
+    tx: tokio::sync::mpsc::Sender<Result<shoal_api::v1::Frame, Status>>,
+) {
+    let mut stopped = inner.stop.subscribe();
+    let mut last: Option<crate::dispatcher::Assignment> = None;
+    loop {
+        let Ok(mut events) = inner.store.watch(inner.store.index()) else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        loop {
+            let port = ops::data_path_port(&inner);
+            let assignment = inner.store.view(|view| {
+                crate::dispatcher::assignment(&World::read(view), view.index(), &node_id, port)
+            });
+            if last.as_ref().is_none_or(|l| !l.same_as(&assignment)) {
+                let json = match serde_json::to_vec(&assignment) {
+                    Ok(json) => json,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                };
+                if tx.send(Ok(shoal_api::v1::Frame { json })).await.is_err() {
+                    return;
+                }
+                last = Some(assignment);
+            }
+            let woke = tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return,
+                () = tx.closed() => return,
+                event = events.next() => event.is_some(),
+            };
+            if !woke {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            while events.try_next().is_some() {}
+        }
+    }
+}
+
+pub use super::ops::now;

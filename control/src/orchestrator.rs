@@ -1,0 +1,674 @@
+//! The reconciler the leader runs whenever services, tasks or nodes change: orchestration
+//! (desired tasks per service), allocation (addresses), scheduling (nodes), in that order, as
+//! one pure function from what the store holds to the changes that close the gap.
+//!
+//! ```text
+//!   World (services, tasks, nodes, networks, each with its version)
+//!     ├─ orchestrate: replicated: one live task per slot 1..=N; global: one per eligible node.
+//!     │    A task whose node is Down, drained or gone, or that failed (after RESTART_DELAY),
+//!     │    is shut down and replaced; slots above N are shut down; tasks of removed services
+//!     │    are shut down, then deleted; HISTORY old tasks kept per slot.
+//!     ├─ allocate: new tasks get an address on each of their networks (and ingress when the
+//!     │    service publishes through the mesh); nodes get their ingress address.
+//!     └─ schedule: pending tasks, identical ones in one batch, through scheduler::place.
+//!  -> Vec<Change>, each update carrying the version it read: the store refuses the whole set
+//!     if anything changed meanwhile, and the leader simply runs the reconciler again.
+//! ```
+//!
+//! A task moves forward only: the reconciler writes its desired state and, before a node has it,
+//! its state up to `assigned`; the node writes the rest (`accepted` .. `running`, `failed`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Serialize, de::DeserializeOwned};
+use shoal_api::service::{
+    Network, NetworkAttachment, PortProtocol, PublishMode, Service, Task, TaskState, TaskStatus,
+};
+use shoal_api::swarm::{Availability, Node, NodeState, Role, Version};
+use time::OffsetDateTime;
+
+use crate::allocator::Allocator;
+use crate::scheduler::{self, Constraint, NodeInfo, Placement, Protocol};
+use crate::store::{Change, Kind, Object, ReadTx};
+
+/// How long a task that failed waits before it is replaced (SwarmKit's restart delay).
+pub const RESTART_DELAY: Duration = Duration::from_secs(5);
+/// Old tasks kept per slot (SwarmKit's task history retention limit).
+pub const HISTORY: usize = 5;
+
+/// A decoded object and the version it was read at.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    /// The version.
+    pub version: u64,
+    /// The object.
+    pub value: T,
+}
+
+/// Everything the reconciler reads.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    /// Nodes by ID.
+    pub nodes: BTreeMap<String, Versioned<Node>>,
+    /// Services by ID.
+    pub services: BTreeMap<String, Versioned<Service>>,
+    /// Tasks by ID.
+    pub tasks: BTreeMap<String, Versioned<Task>>,
+    /// Networks by ID.
+    pub networks: BTreeMap<String, Versioned<Network>>,
+}
+
+fn decode<T: DeserializeOwned>(object: &Object) -> Option<Versioned<T>> {
+    match serde_json::from_value(object.body.clone()) {
+        Ok(value) => Some(Versioned {
+            version: object.version,
+            value,
+        }),
+        Err(e) => {
+            tracing::error!(kind = ?object.kind, id = %object.id, error = %e, "a stored object does not decode");
+            None
+        }
+    }
+}
+
+impl World {
+    /// Reads the world from a view of the store. IDs and versions come from the objects.
+    pub fn read(tx: &ReadTx<'_>) -> Self {
+        fn all<T: DeserializeOwned>(
+            tx: &ReadTx<'_>,
+            kind: Kind,
+            mut fix: impl FnMut(&mut T, &Object),
+        ) -> BTreeMap<String, Versioned<T>> {
+            tx.list(kind)
+                .filter_map(|o| {
+                    let mut v = decode::<T>(o)?;
+                    fix(&mut v.value, o);
+                    Some((o.id.clone(), v))
+                })
+                .collect()
+        }
+        let version = |o: &Object| Version { index: o.version };
+        Self {
+            nodes: all(tx, Kind::Node, |n: &mut Node, o| {
+                n.id.clone_from(&o.id);
+                n.version = version(o);
+            }),
+            services: all(tx, Kind::Service, |s: &mut Service, o| {
+                s.id.clone_from(&o.id);
+                s.version = version(o);
+            }),
+            tasks: all(tx, Kind::Task, |t: &mut Task, o| {
+                t.id.clone_from(&o.id);
+                t.version = version(o);
+            }),
+            networks: all(tx, Kind::Network, |n: &mut Network, o| {
+                n.id.clone_from(&o.id);
+                n.version = version(o);
+            }),
+        }
+    }
+
+    /// The ingress network's ID.
+    pub fn ingress(&self) -> Option<&Network> {
+        self.networks
+            .values()
+            .map(|n| &n.value)
+            .find(|n| n.spec.ingress)
+    }
+}
+
+/// The allocator as the store has it: networks, every address held by a live task, a VIP or a
+/// node, every published port.
+pub fn allocator(world: &World) -> Allocator {
+    let mut allocator = Allocator::default();
+    for network in world.networks.values().map(|n| &n.value) {
+        let (Some(config), Some(vni)) = (network.subnet(), network.vni()) else {
+            continue;
+        };
+        let (Ok(subnet), Ok(gateway)) = (
+            config.subnet.parse::<Ipv4Net>(),
+            config.gateway.parse::<Ipv4Addr>(),
+        ) else {
+            continue;
+        };
+        allocator.restore_network(&network.id, subnet, gateway, vni);
+    }
+    let mut hold = |attachments: &[NetworkAttachment]| {
+        for a in attachments {
+            for addr in &a.addresses {
+                if let Some(ip) = address_of(addr) {
+                    allocator.reserve(&a.network_id, ip);
+                }
+            }
+        }
+    };
+    for task in world.tasks.values().map(|t| &t.value) {
+        if !task.status.state.is_terminal() {
+            hold(&task.networks_attachments);
+        }
+    }
+    for node in world.nodes.values() {
+        hold(&node.value.attachments);
+    }
+    for service in world.services.values().map(|s| &s.value) {
+        for vip in &service.endpoint.virtual_ips {
+            if let Some(ip) = address_of(&vip.addr) {
+                allocator.reserve(&vip.network_id, ip);
+            }
+        }
+        allocator.restore_ports(
+            &service.spec.name,
+            service
+                .endpoint
+                .ports
+                .iter()
+                .filter(|p| p.publish_mode == PublishMode::Ingress)
+                .map(|p| (protocol(p.protocol), p.published_port)),
+        );
+    }
+    allocator
+}
+
+/// The address of `10.0.0.5/24`.
+pub fn address_of(cidr: &str) -> Option<Ipv4Addr> {
+    cidr.split('/').next()?.parse().ok()
+}
+
+/// The scheduler's protocol for a port's.
+pub fn protocol(p: PortProtocol) -> Protocol {
+    match p {
+        PortProtocol::Tcp => Protocol::Tcp,
+        PortProtocol::Udp => Protocol::Udp,
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The networks a service's tasks join: its own, and ingress when it publishes ports (first,
+/// so it is the task's first interface).
+pub fn task_networks(service: &Service, ingress: Option<&str>) -> Vec<String> {
+    let mut networks = Vec::new();
+    // Host-mode ports are served by the node's mesh program too, from the ingress network.
+    let meshed = !service.endpoint.ports.is_empty();
+    if meshed && let Some(ingress) = ingress {
+        networks.push(ingress.to_owned());
+    }
+    for n in &service.spec.task_template.networks {
+        if !networks.contains(&n.target) {
+            networks.push(n.target.clone());
+        }
+    }
+    networks
+}
+
+/// A node the scheduler may use at all (Ready; Active for new tasks is the scheduler's).
+fn node_ready(node: Option<&Node>) -> bool {
+    node.is_some_and(|n| n.status.state == NodeState::Ready)
+}
+
+fn node_info(node: &Node) -> NodeInfo {
+    NodeInfo {
+        id: node.id.clone(),
+        hostname: node.description.hostname.clone(),
+        role: node.spec.role.unwrap_or(Role::Worker).to_string(),
+        labels: node.spec.labels.clone(),
+        os: node.description.platform.os.clone(),
+        arch: node.description.platform.architecture.clone(),
+        ready: node.status.state == NodeState::Ready,
+        active: node.spec.availability == Availability::Active,
+        tasks: HashMap::new(),
+        host_ports: BTreeSet::new(),
+    }
+}
+
+fn placement(service: &Service) -> Placement {
+    Placement {
+        constraints: service
+            .spec
+            .task_template
+            .placement
+            .constraints
+            .iter()
+            .filter_map(|c| c.parse::<Constraint>().ok())
+            .collect(),
+        host_ports: service
+            .endpoint
+            .ports
+            .iter()
+            .filter(|p| p.publish_mode == PublishMode::Host)
+            .map(|p| (protocol(p.protocol), p.published_port))
+            .collect(),
+    }
+}
+
+/// The working copy of the tasks: what changed is written back.
+struct Tasks {
+    all: BTreeMap<String, Task>,
+    read: BTreeMap<String, u64>,
+    dirty: BTreeSet<String>,
+    deleted: BTreeSet<String>,
+}
+
+impl Tasks {
+    fn edit(&mut self, id: &str) -> &mut Task {
+        self.dirty.insert(id.to_owned());
+        self.all.get_mut(id).expect("a known task")
+    }
+
+    fn add(&mut self, task: Task) {
+        self.dirty.insert(task.id.clone());
+        self.all.insert(task.id.clone(), task);
+    }
+
+    fn delete(&mut self, id: &str) {
+        self.all.remove(id);
+        self.dirty.remove(id);
+        self.deleted.insert(id.to_owned());
+    }
+}
+
+/// Whether a live task must be replaced, and why.
+fn must_replace(task: &Task, world: &World, now: OffsetDateTime) -> Option<&'static str> {
+    let node = world.nodes.get(&task.node_id).map(|n| &n.value);
+    if !task.node_id.is_empty() {
+        match node {
+            None => return Some("the node was removed"),
+            Some(n) if n.status.state == NodeState::Down => return Some("the node is down"),
+            Some(n) if n.spec.availability == Availability::Drain => {
+                return Some("the node is drained");
+            }
+            _ => {}
+        }
+    }
+    if task.status.state.is_terminal() {
+        let since = parse_time(&task.status.timestamp).unwrap_or(now);
+        if now - since >= RESTART_DELAY {
+            return Some("the task stopped");
+        }
+    }
+    None
+}
+
+/// Computes the changes that bring the store closer to what the services ask for.
+/// `new_id` makes task IDs.
+pub fn reconcile(
+    world: &World,
+    now: OffsetDateTime,
+    mut new_id: impl FnMut() -> String,
+) -> Vec<Change> {
+    let stamp = rfc3339(now);
+    let mut tasks = Tasks {
+        all: world
+            .tasks
+            .iter()
+            .map(|(id, t)| (id.clone(), t.value.clone()))
+            .collect(),
+        read: world
+            .tasks
+            .iter()
+            .map(|(id, t)| (id.clone(), t.version))
+            .collect(),
+        dirty: BTreeSet::new(),
+        deleted: BTreeSet::new(),
+    };
+    let shut_down = |task: &mut Task, why: &str| {
+        task.desired_state = TaskState::Shutdown;
+        if task.status.state < TaskState::Assigned {
+            // Never reached a node: nobody else will write its end.
+            task.status = TaskStatus {
+                timestamp: stamp.clone(),
+                state: TaskState::Shutdown,
+                message: why.to_owned(),
+                ..Default::default()
+            };
+        }
+    };
+    let ingress = world.ingress().map(|n| n.id.clone());
+
+    // Orchestrate.
+    for service in world.services.values().map(|s| &s.value) {
+        let mine: Vec<String> = tasks
+            .all
+            .values()
+            .filter(|t| t.service_id == service.id && t.desired_state <= TaskState::Running)
+            .map(|t| t.id.clone())
+            .collect();
+        let template = |slot: u64, node_id: String| Task {
+            id: String::new(),
+            created_at: stamp.clone(),
+            updated_at: stamp.clone(),
+            service_id: service.id.clone(),
+            service_name: service.spec.name.clone(),
+            slot,
+            node_id,
+            spec: service.spec.task_template.clone(),
+            status: TaskStatus {
+                timestamp: stamp.clone(),
+                state: TaskState::New,
+                message: "created".into(),
+                ..Default::default()
+            },
+            desired_state: TaskState::Running,
+            ports: service.endpoint.ports.clone(),
+            ..Default::default()
+        };
+        // The live task of each slot (replicated) or node (global); extras are shut down.
+        let mut live: BTreeMap<(u64, String), String> = BTreeMap::new();
+        for id in mine {
+            let task = &tasks.all[&id];
+            let key = if task.slot > 0 {
+                (task.slot, String::new())
+            } else {
+                (0, task.node_id.clone())
+            };
+            if let Some(reason) = must_replace(task, world, now) {
+                shut_down(tasks.edit(&id), reason);
+                continue;
+            }
+            if live.contains_key(&key) {
+                shut_down(tasks.edit(&id), "a duplicate of its slot");
+                continue;
+            }
+            live.insert(key, id);
+        }
+        match (service.spec.replicas(), &service.spec.mode.global) {
+            (Some(replicas), _) => {
+                for ((slot, _), id) in &live {
+                    if *slot > replicas || *slot == 0 {
+                        shut_down(tasks.edit(id), "scaled down");
+                    }
+                }
+                for slot in 1..=replicas {
+                    if !live.contains_key(&(slot, String::new())) {
+                        let mut task = template(slot, String::new());
+                        task.id = new_id();
+                        tasks.add(task);
+                    }
+                }
+            }
+            (None, Some(_)) => {
+                let placement = placement(service);
+                let eligible: BTreeSet<String> = world
+                    .nodes
+                    .values()
+                    .map(|n| node_info(&n.value))
+                    .filter(|n| n.ready && n.active)
+                    .filter(|n| placement.constraints.iter().all(|c| c.matches(n)))
+                    .map(|n| n.id)
+                    .collect();
+                for ((_, node), id) in &live {
+                    if !eligible.contains(node) {
+                        shut_down(tasks.edit(id), "the node no longer qualifies");
+                    }
+                }
+                for node in eligible {
+                    if !live.contains_key(&(0, node.clone())) {
+                        let mut task = template(0, node);
+                        task.id = new_id();
+                        tasks.add(task);
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    // Tasks of removed services: shut down, then deleted once they are down (or their node is
+    // gone, so nothing will ever say they are).
+    let orphans: Vec<String> = tasks
+        .all
+        .values()
+        .filter(|t| !world.services.contains_key(&t.service_id))
+        .map(|t| t.id.clone())
+        .collect();
+    for id in orphans {
+        let task = &tasks.all[&id];
+        let node_alive = node_ready(world.nodes.get(&task.node_id).map(|n| &n.value));
+        if task.status.state.is_terminal() || task.node_id.is_empty() || !node_alive {
+            tasks.delete(&id);
+        } else if task.desired_state <= TaskState::Running {
+            shut_down(tasks.edit(&id), "the service was removed");
+        }
+    }
+
+    // History: the newest HISTORY stopped tasks per slot stay.
+    let mut by_slot: BTreeMap<(String, u64, String), Vec<(u64, String)>> = BTreeMap::new();
+    for task in tasks.all.values() {
+        if task.desired_state > TaskState::Running && task.status.state.is_terminal() {
+            let node = if task.slot > 0 {
+                String::new()
+            } else {
+                task.node_id.clone()
+            };
+            let created = world.tasks.get(&task.id).map_or(u64::MAX, |t| t.version);
+            by_slot
+                .entry((task.service_id.clone(), task.slot, node))
+                .or_default()
+                .push((created, task.id.clone()));
+        }
+    }
+    for (_, mut old) in by_slot {
+        if old.len() > HISTORY {
+            old.sort();
+            for (_, id) in &old[..old.len() - HISTORY] {
+                tasks.delete(id);
+            }
+        }
+    }
+
+    // Allocate.
+    let mut allocator = allocator(world);
+    let mut node_changes = Vec::new();
+    if let Some(ingress) = &ingress {
+        for node in world.nodes.values() {
+            let has = node
+                .value
+                .attachments
+                .iter()
+                .any(|a| &a.network_id == ingress);
+            if has || node.value.status.state != NodeState::Ready {
+                continue;
+            }
+            let Ok(ip) = allocator.address(ingress) else {
+                continue;
+            };
+            let prefix = allocator
+                .network(ingress)
+                .map_or(24, |n| n.subnet.prefix_len());
+            let mut updated = node.value.clone();
+            updated.attachments.push(NetworkAttachment {
+                network_id: ingress.clone(),
+                addresses: vec![format!("{ip}/{prefix}")],
+            });
+            node_changes.push(Change::Update {
+                kind: Kind::Node,
+                id: node.value.id.clone(),
+                version: node.version,
+                body: body(&updated),
+            });
+        }
+    }
+    let fresh: Vec<String> = tasks
+        .all
+        .values()
+        .filter(|t| t.status.state == TaskState::New && t.desired_state == TaskState::Running)
+        .map(|t| t.id.clone())
+        .collect();
+    for id in fresh {
+        let Some(service) = world.services.get(&tasks.all[&id].service_id) else {
+            continue;
+        };
+        let mut attachments = Vec::new();
+        let mut failed = None;
+        for network in task_networks(&service.value, ingress.as_deref()) {
+            match allocator.address(&network) {
+                Ok(ip) => {
+                    let prefix = allocator
+                        .network(&network)
+                        .map_or(24, |n| n.subnet.prefix_len());
+                    attachments.push(NetworkAttachment {
+                        network_id: network,
+                        addresses: vec![format!("{ip}/{prefix}")],
+                    });
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let task = tasks.edit(&id);
+        match failed {
+            Some(e) => {
+                for a in &attachments {
+                    for addr in &a.addresses {
+                        if let Some(ip) = address_of(addr) {
+                            allocator.release(&a.network_id, ip);
+                        }
+                    }
+                }
+                task.status.err = e;
+            }
+            None => {
+                task.networks_attachments = attachments;
+                task.status = TaskStatus {
+                    timestamp: stamp.clone(),
+                    state: TaskState::Pending,
+                    message: "pending task scheduling".into(),
+                    ..Default::default()
+                };
+            }
+        }
+    }
+
+    // Schedule.
+    let mut infos: Vec<NodeInfo> = world.nodes.values().map(|n| node_info(&n.value)).collect();
+    let index: HashMap<String, usize> = infos
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.clone(), i))
+        .collect();
+    for task in tasks.all.values() {
+        if task.desired_state > TaskState::Running || task.status.state.is_terminal() {
+            continue;
+        }
+        let Some(&i) = index.get(&task.node_id) else {
+            continue;
+        };
+        *infos[i].tasks.entry(task.service_id.clone()).or_default() += 1;
+        for p in task
+            .ports
+            .iter()
+            .filter(|p| p.publish_mode == PublishMode::Host)
+        {
+            infos[i]
+                .host_ports
+                .insert((protocol(p.protocol), p.published_port));
+        }
+    }
+    let mut waiting: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for task in tasks.all.values() {
+        if task.status.state == TaskState::Pending && task.desired_state == TaskState::Running {
+            waiting
+                .entry(task.service_id.clone())
+                .or_default()
+                .push(task.id.clone());
+        }
+    }
+    for (service_id, ids) in waiting {
+        let Some(service) = world.services.get(&service_id) else {
+            continue;
+        };
+        let placement = placement(&service.value);
+        // Global tasks come with their node: they only need it to still qualify.
+        let (global, replicated): (Vec<String>, Vec<String>) = ids
+            .into_iter()
+            .partition(|id| !tasks.all[id].node_id.is_empty());
+        for id in global {
+            let task = tasks.edit(&id);
+            task.status = TaskStatus {
+                timestamp: stamp.clone(),
+                state: TaskState::Assigned,
+                message: "scheduler assigned task to node".into(),
+                ..Default::default()
+            };
+        }
+        let placed = scheduler::place(&mut infos, &service_id, &placement, replicated.len());
+        for (id, result) in replicated.into_iter().zip(placed) {
+            match result {
+                Ok(i) => {
+                    let node = infos[i].id.clone();
+                    let task = tasks.edit(&id);
+                    task.node_id = node;
+                    task.status = TaskStatus {
+                        timestamp: stamp.clone(),
+                        state: TaskState::Assigned,
+                        message: "scheduler assigned task to node".into(),
+                        ..Default::default()
+                    };
+                }
+                Err(why) => {
+                    let why = why.to_string();
+                    if tasks.all[&id].status.err != why {
+                        tasks.edit(&id).status.err = why;
+                    }
+                }
+            }
+        }
+    }
+
+    // Write back what changed.
+    let mut changes = node_changes;
+    for id in &tasks.deleted {
+        if let Some(&version) = tasks.read.get(id) {
+            changes.push(Change::Delete {
+                kind: Kind::Task,
+                id: id.clone(),
+                version,
+            });
+        }
+    }
+    for id in &tasks.dirty {
+        let mut task = tasks.all[id].clone();
+        task.updated_at.clone_from(&stamp);
+        let change = match tasks.read.get(id) {
+            Some(&version) => {
+                if world
+                    .tasks
+                    .get(id)
+                    .is_some_and(|t| t.value == tasks.all[id])
+                {
+                    continue;
+                }
+                Change::Update {
+                    kind: Kind::Task,
+                    id: id.clone(),
+                    version,
+                    body: body(&task),
+                }
+            }
+            None => Change::Create {
+                kind: Kind::Task,
+                id: id.clone(),
+                body: body(&task),
+            },
+        };
+        changes.push(change);
+    }
+    changes
+}
+
+/// An object's stored body.
+pub fn body<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).expect("plain data serializes")
+}
