@@ -13,10 +13,15 @@ use shoal_tests::{
     wait_until,
 };
 
-/// `service ps SERVICE --format json` rows.
+/// `service ps SERVICE --format json` rows; none while the call fails (a leader election).
 fn tasks(swarm: &Swarm, on: &shoal_tests::Host, service: &str) -> Vec<Value> {
-    swarm
-        .ok(on, &["service", "ps", service, "--format", "json"])
+    let Ok(out) = swarm
+        .lab
+        .shoal(on, &["service", "ps", service, "--format", "json"])
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
@@ -162,9 +167,13 @@ fn the_walkthrough_spreads_publishes_and_drains() {
 
     // Drain n2: its tasks move to n1 and n3, and n2 keeps answering on 8080.
     swarm.ok(&n1, &["node", "update", "--availability", "drain", "n2"]);
-    wait_running(&swarm, &n1, "vote", "vote's tasks off n2", |per| {
-        per.get("n2").is_none() && per.values().sum::<usize>() == 6
-    });
+    wait_running(
+        &swarm,
+        &n1,
+        "vote",
+        "vote's tasks off n2",
+        |per: &BTreeMap<String, usize>| per.get("n2").is_none() && per.values().sum::<usize>() == 6,
+    );
     let n2_ip = nodes[1].public_ip.to_string();
     let answered = who_answers(&swarm, &n2_ip, 8080, 12);
     assert_eq!(answered.len(), 12, "n2:8080 while drained: {answered:?}");
@@ -181,4 +190,364 @@ fn the_walkthrough_spreads_publishes_and_drains() {
             .all(|l| !l.contains("\"DesiredState\":\"Running\"")))
     });
     assert!(waited.is_ok());
+}
+
+/// The services `service ls -q` lists.
+fn service_count(swarm: &Swarm, on: &shoal_tests::Host) -> usize {
+    swarm.ok(on, &["service", "ls", "-q"]).lines().count()
+}
+
+#[test]
+fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
+    let swarm = Swarm::up(2, 1);
+    let n1 = swarm.managers[0].clone();
+    let tool = labtool_path();
+    let out = swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "admin",
+            "--replicas",
+            "4",
+            "--constraint",
+            "node.role==manager",
+            "host",
+            &tool,
+            "serve",
+            "--port",
+            "80",
+        ],
+    );
+    assert!(out.contains("verify: Service converged"), "{out}");
+    let per = running_per_node(&swarm, &n1, "admin");
+    assert_eq!(
+        per.keys().cloned().collect::<Vec<_>>(),
+        vec!["n1".to_owned(), "n2".to_owned()],
+        "{per:?}"
+    );
+    // A constraint no node meets: the tasks wait and say why, as Docker does.
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "nowhere",
+            "--constraint",
+            "node.labels.zone==mars",
+            "host",
+            &tool,
+            "serve",
+            "--port",
+            "81",
+        ],
+    );
+    let waited = wait_until(
+        "nowhere's task to explain itself",
+        Duration::from_secs(20),
+        || {
+            Ok(tasks(&swarm, &n1, "nowhere").iter().any(|t| {
+                t["Error"].as_str().is_some_and(|e| {
+                    e.contains("no suitable node (scheduling constraints not satisfied on 3 nodes)")
+                })
+            }))
+        },
+    );
+    assert!(
+        waited.is_ok(),
+        "{}",
+        swarm.ok(&n1, &["service", "ps", "nowhere"])
+    );
+
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--publish",
+            "8080:80",
+            "host",
+            &tool,
+            "serve",
+            "--port",
+            "80",
+        ],
+    );
+    let before = service_count(&swarm, &n1);
+    for (args, says) in [
+        (vec!["--publish", "80:80:80"], "invalid publish"),
+        (vec!["--publish", "published=90"], "missing target"),
+        (
+            vec!["--network", "nosuchnet"],
+            "network nosuchnet not found",
+        ),
+        (
+            vec!["--mode", "global", "--replicas", "2"],
+            "replicas can only be used with replicated mode",
+        ),
+        (
+            vec!["--constraint", "node.role=manager"],
+            "invalid constraint",
+        ),
+        (vec!["--name", "web"], "already exists"),
+        (
+            vec!["--publish", "8080:81"],
+            "port '8080' is already in use by service 'web'",
+        ),
+        (
+            vec!["--network", "ingress"],
+            "cannot be explicitly attached to the ingress network",
+        ),
+    ] {
+        let mut full = vec!["service", "create", "--detach"];
+        full.extend(&args);
+        if !args.contains(&"--name") {
+            full.extend(["--name", "bad"]);
+        }
+        full.extend(["host", "/bin/true"]);
+        let err = swarm.fails(&n1, &full);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(service_count(&swarm, &n1), before, "nothing was created");
+    // Networks: a bad subnet, an overlap, a duplicate; a network in use is not removed.
+    swarm.ok(
+        &n1,
+        &["network", "create", "--subnet", "10.9.0.0/24", "backend"],
+    );
+    for (args, says) in [
+        (vec!["--subnet", "10.9.0.0/16", "other"], "overlaps"),
+        (vec!["--subnet", "10.300.0.0/24", "other"], "invalid subnet"),
+        (vec!["backend"], "already exists"),
+        (vec!["--driver", "bridge", "other"], "overlay driver"),
+    ] {
+        let mut full = vec!["network", "create"];
+        full.extend(&args);
+        let err = swarm.fails(&n1, &full);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "db",
+            "--network",
+            "backend",
+            "host",
+            &tool,
+            "serve",
+            "--port",
+            "80",
+        ],
+    );
+    let err = swarm.fails(&n1, &["network", "rm", "backend"]);
+    assert!(
+        err.contains("network backend is in use by service db"),
+        "{err}"
+    );
+    let ls = swarm.ok(&n1, &["network", "ls", "--format", "json"]);
+    assert!(
+        ls.contains("\"Name\":\"backend\"") && ls.contains("\"Name\":\"ingress\""),
+        "{ls}"
+    );
+    swarm.ok(&n1, &["service", "rm", "db"]);
+    let waited = wait_until("backend free", Duration::from_secs(30), || {
+        let out = swarm.lab.shoal(&n1, &["network", "rm", "backend"]).unwrap();
+        Ok(out.status.success())
+    });
+    assert!(waited.is_ok());
+}
+
+/// The address of the task `id` on its first interface, read in its namespace on `host`.
+fn task_ip(swarm: &Swarm, host: &shoal_tests::Host, id: &str, interface: &str) -> String {
+    let netns = swarm.lab.host_dir(host).join("data/tasks/netns").join(id);
+    let mut command = host.command("nsenter").unwrap();
+    command
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-4", "-br", "addr", "show", interface]);
+    let out = command.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {text:?}"))
+        .to_owned()
+}
+
+#[test]
+fn a_service_on_an_encrypted_network_talks_across_nodes() {
+    let swarm = Swarm::up(1, 1);
+    let n1 = swarm.managers[0].clone();
+    let tool = labtool_path();
+    swarm.ok(&n1, &["network", "create", "--opt", "encrypted", "secret"]);
+    let inspect: Value =
+        serde_json::from_str(&swarm.ok(&n1, &["network", "inspect", "secret"])).unwrap();
+    assert!(
+        inspect[0]["Spec"]["DriverConfiguration"]["Options"]
+            .get("encrypted")
+            .is_some(),
+        "{inspect}"
+    );
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "secret",
+            "--replicas",
+            "2",
+            "--network",
+            "secret",
+            "host",
+            &tool,
+            "serve",
+            "--port",
+            "80",
+        ],
+    );
+    let all = tasks(&swarm, &n1, "secret");
+    let on = |node: &str| {
+        all.iter()
+            .find(|t| t["Node"] == node && t["DesiredState"] == "Running")
+            .unwrap_or_else(|| panic!("a task on {node}: {all:?}"))
+    };
+    let (t1, t2) = (on("n1"), on("n2"));
+    let n2 = swarm.host("n2");
+    let ip2 = task_ip(&swarm, &n2, t2["ID"].as_str().unwrap(), "eth0");
+    // From the task on n1 to the task on n2, over the encrypted network.
+    let netns = swarm
+        .lab
+        .host_dir(&n1)
+        .join("data/tasks/netns")
+        .join(t1["ID"].as_str().unwrap());
+    let mut ask = n1.command("nsenter").unwrap();
+    ask.arg(format!("--net={}", netns.display())).args([
+        &tool,
+        "ask",
+        "--target",
+        &format!("{ip2}:80"),
+        "--count",
+        "3",
+    ]);
+    let out = ask.output().unwrap();
+    let names: Vec<String> = answers(&out)
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .collect();
+    assert_eq!(names.len(), 3, "{}", shoal_tests::output_text(&out));
+    assert!(
+        names.iter().all(|n| n == t2["Name"].as_str().unwrap()),
+        "{names:?}"
+    );
+    // It went through WireGuard.
+    let dp: Value = serde_json::from_str(&swarm.ok(&n1, &["dataplane", "inspect"])).unwrap();
+    let peers = dp["wireguard_peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        peers
+            .iter()
+            .any(|p| p["tx_bytes"].as_u64().unwrap_or(0) > 0
+                && p["rx_bytes"].as_u64().unwrap_or(0) > 0),
+        "{dp:#}"
+    );
+}
+
+#[test]
+fn a_lost_worker_s_tasks_are_replaced_and_the_mesh_stops_sending_to_them() {
+    let swarm = Swarm::up_with(1, 2, &["--dispatcher-heartbeat", "1s"]);
+    let n1 = swarm.managers[0].clone();
+    let tool = labtool_path();
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "vote",
+            "--replicas",
+            "6",
+            "--publish",
+            "8080:80",
+            "host",
+            &tool,
+            "serve",
+            "--port",
+            "80",
+        ],
+    );
+    let n3 = swarm.host("n3");
+    swarm.lab.kill_shoald(&n3).unwrap();
+    swarm.control_link(&n3, false);
+    wait_running(
+        &swarm,
+        &n1,
+        "vote",
+        "six tasks on n1 and n2",
+        |per: &BTreeMap<String, usize>| !per.contains_key("n3") && per.values().sum::<usize>() == 6,
+    );
+    let ip = swarm.lab.nodes()[0].public_ip.to_string();
+    let waited = wait_until("every request answered", Duration::from_secs(20), || {
+        Ok(who_answers(&swarm, &ip, 8080, 24).len() == 24)
+    });
+    assert!(waited.is_ok(), "requests went to the lost node's tasks");
+    let nodes = swarm.nodes(&n1);
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n3" && n["Status"] == "Down"),
+        "{nodes:?}"
+    );
+}
+
+#[test]
+fn a_manager_restarted_while_a_service_scales_converges() {
+    let mut swarm = Swarm::up(3, 0);
+    let n1 = swarm.managers[0].clone();
+    let n2 = swarm.managers[1].clone();
+    let tool = labtool_path();
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "grow",
+            "--replicas",
+            "3",
+            "host",
+            &tool,
+            "serve",
+            "--port",
+            "80",
+        ],
+    );
+    swarm.ok(&n2, &["service", "scale", "--detach", "grow=15"]);
+    swarm.lab.kill_shoald(&n1).unwrap();
+    swarm.lab.spawn_shoald(&n1).unwrap();
+    wait_running(
+        &swarm,
+        &n2,
+        "grow",
+        "fifteen tasks running",
+        |per: &BTreeMap<String, usize>| per.values().sum::<usize>() == 15,
+    );
+    // The restarted manager's own tasks were adopted or replaced, never doubled.
+    let all = tasks(&swarm, &n2, "grow");
+    let live: BTreeSet<&str> = all
+        .iter()
+        .filter(|t| t["DesiredState"] == "Running")
+        .filter_map(|t| t["Name"].as_str())
+        .collect();
+    assert_eq!(live.len(), 15, "{all:?}");
 }
