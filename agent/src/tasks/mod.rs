@@ -249,10 +249,11 @@ impl Worker {
                 match state.tasks.get_mut(*id) {
                     Some(local) => {
                         local.task = (*task).clone();
-                        if !run && !local.status.state.is_terminal() {
-                            if let Some(stop) = state.stops.get(*id) {
-                                let _ = stop.send(true);
-                            }
+                        if !run
+                            && !local.status.state.is_terminal()
+                            && let Some(stop) = state.stops.get(*id)
+                        {
+                            let _ = stop.send(true);
                         }
                     }
                     None if run && !task.status.state.is_terminal() => {
@@ -304,7 +305,7 @@ impl Worker {
             tokio::spawn(async move { worker.supervise(id, stopped).await });
         }
         // Endpoints, peers and backends may have changed.
-        let _ = self.request_apply();
+        drop(self.request_apply());
     }
 
     /// Stops every task and takes the node's networks down (the node left the swarm).

@@ -20,7 +20,7 @@ use crate::{Failure, commands::swarm::call, output::Format};
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
     /// Create a new service
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List services
     #[command(alias = "list")]
     Ls {
@@ -488,7 +488,7 @@ async fn converge(host: &DaemonHost, service: &str) -> Result<(), Failure> {
             let label = if t.slot > 0 {
                 format!("{}/{desired}", t.slot)
             } else {
-                format!("{}", &t.node_id[..t.node_id.len().min(12)])
+                t.node_id[..t.node_id.len().min(12)].to_owned()
             };
             let detail = if t.status.err.is_empty() {
                 bar(t.status.state)
@@ -528,7 +528,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
     match command {
         Command::Create(args) => {
             let (detach, quiet) = (args.detach, args.quiet);
-            let spec = spec(args)?;
+            let spec = spec(*args)?;
             let id: String = serde_json::from_value(call(host, &Call::ServiceCreate(spec)).await?)?;
             println!("{id}");
             if !detach && !quiet {
