@@ -672,3 +672,354 @@ pub fn reconcile(
 pub fn body<T: Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).expect("plain data serializes")
 }
+
+#[cfg(test)]
+mod tests {
+    use shoal_api::service::{
+        Driver, Global, Ipam, IpamConfig, NetworkSpec, Placement, PortConfig, Replicated,
+        ServiceMode, ServiceSpec, VNI_OPTION,
+    };
+    use shoal_api::swarm::{NodeDescription, NodeSpec, NodeStatus};
+
+    use super::*;
+
+    fn node(id: &str, role: Role) -> Versioned<Node> {
+        Versioned {
+            version: 1,
+            value: Node {
+                id: id.into(),
+                spec: NodeSpec {
+                    role: Some(role),
+                    ..Default::default()
+                },
+                description: NodeDescription {
+                    hostname: id.into(),
+                    ..Default::default()
+                },
+                status: NodeStatus {
+                    state: NodeState::Ready,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        }
+    }
+
+    fn world(nodes: &[&str]) -> World {
+        let mut world = World::default();
+        for (i, n) in nodes.iter().enumerate() {
+            let role = if i == 0 { Role::Manager } else { Role::Worker };
+            world.nodes.insert((*n).into(), node(n, role));
+        }
+        world.networks.insert(
+            "ingress".into(),
+            Versioned {
+                version: 1,
+                value: Network {
+                    id: "ingress".into(),
+                    spec: NetworkSpec {
+                        name: "ingress".into(),
+                        ingress: true,
+                        ..Default::default()
+                    },
+                    driver_state: Driver {
+                        name: "overlay".into(),
+                        options: [(VNI_OPTION.to_owned(), "4096".to_owned())].into(),
+                    },
+                    ipam_options: Ipam {
+                        configs: vec![IpamConfig {
+                            subnet: "10.0.0.0/24".into(),
+                            gateway: "10.0.0.1".into(),
+                        }],
+                    },
+                    ..Default::default()
+                },
+            },
+        );
+        world
+    }
+
+    fn service(id: &str, replicas: Option<u64>) -> Service {
+        Service {
+            id: id.into(),
+            spec: ServiceSpec {
+                name: id.into(),
+                mode: match replicas {
+                    Some(replicas) => ServiceMode {
+                        replicated: Some(Replicated { replicas }),
+                        global: None,
+                    },
+                    None => ServiceMode {
+                        replicated: None,
+                        global: Some(Global {}),
+                    },
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn add_service(world: &mut World, service: Service) {
+        world.services.insert(
+            service.id.clone(),
+            Versioned {
+                version: 1,
+                value: service,
+            },
+        );
+    }
+
+    /// Applies `changes` to `world` as the store would (versions bumped to `index`).
+    fn apply(world: &mut World, changes: Vec<Change>, index: u64) {
+        for change in changes {
+            match change {
+                Change::Create {
+                    kind: Kind::Task,
+                    id,
+                    body,
+                }
+                | Change::Update {
+                    kind: Kind::Task,
+                    id,
+                    body,
+                    ..
+                } => {
+                    let mut task: Task = serde_json::from_value(body).unwrap();
+                    task.id.clone_from(&id);
+                    world.tasks.insert(
+                        id,
+                        Versioned {
+                            version: index,
+                            value: task,
+                        },
+                    );
+                }
+                Change::Delete {
+                    kind: Kind::Task,
+                    id,
+                    ..
+                } => {
+                    world.tasks.remove(&id);
+                }
+                Change::Update {
+                    kind: Kind::Node,
+                    id,
+                    body,
+                    ..
+                } => {
+                    let node: Node = serde_json::from_value(body).unwrap();
+                    world.nodes.insert(
+                        id,
+                        Versioned {
+                            version: index,
+                            value: node,
+                        },
+                    );
+                }
+                other => panic!("unexpected change {other:?}"),
+            }
+        }
+    }
+
+    /// Reconciles until nothing changes; the number of rounds it took.
+    fn settle(world: &mut World, now: OffsetDateTime) -> usize {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        for round in 1..20 {
+            let changes = reconcile(world, now, || {
+                let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("t{next:05}")
+            });
+            if changes.is_empty() {
+                return round;
+            }
+            apply(world, changes, 100 + round as u64);
+        }
+        panic!("the reconciler does not settle");
+    }
+
+    /// Marks every assigned task running, as its node would report.
+    fn run_all(world: &mut World) {
+        for t in world.tasks.values_mut() {
+            if t.value.status.state == TaskState::Assigned {
+                t.value.status.state = TaskState::Running;
+            }
+        }
+    }
+
+    fn live_per_node(world: &World, service: &str) -> BTreeMap<String, usize> {
+        let mut per = BTreeMap::new();
+        for t in world.tasks.values().map(|t| &t.value) {
+            if t.service_id == service && t.desired_state == TaskState::Running {
+                *per.entry(t.node_id.clone()).or_default() += 1;
+            }
+        }
+        per
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    #[test]
+    fn six_replicas_spread_two_per_node_with_addresses_and_settle() {
+        let mut w = world(&["a", "b", "c"]);
+        let mut web = service("web", Some(6));
+        web.endpoint.ports = vec![PortConfig {
+            target_port: 80,
+            published_port: 8080,
+            ..Default::default()
+        }];
+        add_service(&mut w, web);
+        settle(&mut w, now());
+        let per = live_per_node(&w, "web");
+        assert_eq!(per.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        let slots: BTreeSet<u64> = w.tasks.values().map(|t| t.value.slot).collect();
+        assert_eq!(slots, (1..=6).collect());
+        // Every task has a distinct ingress address; every node has its own.
+        let mut addrs = BTreeSet::new();
+        for t in w.tasks.values() {
+            assert_eq!(t.value.status.state, TaskState::Assigned);
+            assert!(addrs.insert(t.value.networks_attachments[0].addresses[0].clone()));
+        }
+        for n in w.nodes.values() {
+            assert!(addrs.insert(n.value.attachments[0].addresses[0].clone()));
+        }
+        assert!(
+            !addrs.contains("10.0.0.1/24"),
+            "the gateway is never handed out"
+        );
+        // Settled: running changes nothing more.
+        run_all(&mut w);
+        assert!(reconcile(&w, now(), || unreachable!()).is_empty());
+    }
+
+    #[test]
+    fn scaling_down_shuts_the_highest_slots_and_up_adds_new_ones() {
+        let mut w = world(&["a", "b"]);
+        add_service(&mut w, service("web", Some(4)));
+        settle(&mut w, now());
+        run_all(&mut w);
+        w.services
+            .get_mut("web")
+            .unwrap()
+            .value
+            .spec
+            .mode
+            .replicated = Some(Replicated { replicas: 2 });
+        settle(&mut w, now());
+        let live: BTreeSet<u64> = w
+            .tasks
+            .values()
+            .filter(|t| t.value.desired_state == TaskState::Running)
+            .map(|t| t.value.slot)
+            .collect();
+        assert_eq!(live, [1, 2].into());
+        w.services
+            .get_mut("web")
+            .unwrap()
+            .value
+            .spec
+            .mode
+            .replicated = Some(Replicated { replicas: 5 });
+        settle(&mut w, now());
+        assert_eq!(live_per_node(&w, "web").values().sum::<usize>(), 5);
+    }
+
+    #[test]
+    fn a_down_or_drained_node_s_tasks_are_replaced_elsewhere_and_pause_moves_nothing() {
+        let mut w = world(&["a", "b", "c"]);
+        add_service(&mut w, service("web", Some(6)));
+        settle(&mut w, now());
+        run_all(&mut w);
+        w.nodes.get_mut("c").unwrap().value.status.state = NodeState::Down;
+        settle(&mut w, now());
+        let per = live_per_node(&w, "web");
+        assert_eq!(per.get("c"), None, "{per:?}");
+        assert_eq!(per.values().sum::<usize>(), 6);
+        run_all(&mut w);
+        w.nodes.get_mut("b").unwrap().value.spec.availability = Availability::Pause;
+        assert!(reconcile(&w, now(), || unreachable!()).is_empty());
+        w.nodes.get_mut("b").unwrap().value.spec.availability = Availability::Drain;
+        settle(&mut w, now());
+        assert_eq!(live_per_node(&w, "web").get("a"), Some(&6));
+    }
+
+    #[test]
+    fn a_failed_task_is_replaced_after_the_restart_delay_and_history_is_bounded() {
+        let mut w = world(&["a"]);
+        add_service(&mut w, service("web", Some(1)));
+        let start = now();
+        settle(&mut w, start);
+        for round in 0..8 {
+            let t = start + RESTART_DELAY * (round + 1);
+            for task in w.tasks.values_mut() {
+                if task.value.desired_state == TaskState::Running {
+                    task.value.status = TaskStatus {
+                        timestamp: rfc3339(t),
+                        state: TaskState::Failed,
+                        err: "task: non-zero exit (1)".into(),
+                        ..Default::default()
+                    };
+                }
+            }
+            // Not before the delay.
+            let early = reconcile(&w, t, || unreachable!());
+            assert!(early.is_empty(), "{early:?}");
+            settle(&mut w, t + RESTART_DELAY);
+        }
+        let slot1 = w.tasks.values().filter(|t| t.value.slot == 1).count();
+        assert_eq!(slot1, HISTORY + 1, "five old tasks and the live one");
+    }
+
+    #[test]
+    fn constraints_that_nothing_meets_leave_the_task_pending_with_dockers_reason() {
+        let mut w = world(&["a", "b"]);
+        let mut svc = service("web", Some(1));
+        svc.spec.task_template.placement = Placement {
+            constraints: vec!["node.labels.zone==mars".into()],
+        };
+        add_service(&mut w, svc);
+        settle(&mut w, now());
+        let task = &w.tasks.values().next().unwrap().value;
+        assert_eq!(task.status.state, TaskState::Pending);
+        assert_eq!(
+            task.status.err,
+            "no suitable node (scheduling constraints not satisfied on 2 nodes)"
+        );
+    }
+
+    #[test]
+    fn a_global_service_runs_once_per_eligible_node_and_follows_the_nodes() {
+        let mut w = world(&["a", "b", "c"]);
+        add_service(&mut w, service("agent", None));
+        settle(&mut w, now());
+        assert_eq!(
+            live_per_node(&w, "agent"),
+            [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)].into()
+        );
+        w.nodes.get_mut("b").unwrap().value.spec.availability = Availability::Drain;
+        settle(&mut w, now());
+        assert_eq!(live_per_node(&w, "agent").get("b"), None);
+    }
+
+    #[test]
+    fn a_removed_service_s_tasks_are_shut_down_then_deleted() {
+        let mut w = world(&["a"]);
+        add_service(&mut w, service("web", Some(2)));
+        settle(&mut w, now());
+        run_all(&mut w);
+        w.services.clear();
+        settle(&mut w, now());
+        assert!(
+            w.tasks
+                .values()
+                .all(|t| t.value.desired_state == TaskState::Shutdown)
+        );
+        for t in w.tasks.values_mut() {
+            t.value.status.state = TaskState::Shutdown;
+        }
+        settle(&mut w, now());
+        assert!(w.tasks.is_empty());
+    }
+}
