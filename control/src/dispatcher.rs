@@ -258,3 +258,146 @@ impl Assignment {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shoal_api::service::{NetworkAttachment, NetworkSpec, PortConfig, Service, TaskStatus};
+    use shoal_api::swarm::{Node, NodeDescription, NodeStatus};
+
+    use super::*;
+    use crate::orchestrator::Versioned;
+
+    fn v<T>(value: T) -> Versioned<T> {
+        Versioned { version: 1, value }
+    }
+
+    fn task(id: &str, service: &str, node: &str, addrs: &[(&str, &str)]) -> Task {
+        Task {
+            id: id.into(),
+            service_id: service.into(),
+            node_id: node.into(),
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state: TaskState::Running,
+                ..Default::default()
+            },
+            networks_attachments: addrs
+                .iter()
+                .map(|(n, a)| NetworkAttachment {
+                    network_id: (*n).into(),
+                    addresses: vec![(*a).into()],
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_learns_only_its_tasks_and_what_they_need() {
+        let mut w = World::default();
+        for (id, ingress) in [
+            ("a", "10.0.0.2/24"),
+            ("b", "10.0.0.3/24"),
+            ("c", "10.0.0.4/24"),
+        ] {
+            w.nodes.insert(
+                id.into(),
+                v(Node {
+                    id: id.into(),
+                    status: NodeStatus {
+                        state: NodeState::Ready,
+                        ..Default::default()
+                    },
+                    description: NodeDescription {
+                        data_path_addr: format!("192.0.2.{}", id.as_bytes()[0]),
+                        wireguard_public_key: format!("key-{id}"),
+                        ..Default::default()
+                    },
+                    attachments: vec![NetworkAttachment {
+                        network_id: "ingress".into(),
+                        addresses: vec![ingress.into()],
+                    }],
+                    ..Default::default()
+                }),
+            );
+        }
+        for (id, ingress) in [("ingress", true), ("front", false), ("secret", false)] {
+            w.networks.insert(
+                id.into(),
+                v(Network {
+                    id: id.into(),
+                    spec: NetworkSpec {
+                        name: id.into(),
+                        ingress,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }),
+            );
+        }
+        let mut web = Service {
+            id: "web".into(),
+            ..Default::default()
+        };
+        web.spec.name = "web".into();
+        web.endpoint.ports = vec![PortConfig {
+            target_port: 80,
+            published_port: 8080,
+            ..Default::default()
+        }];
+        let mut db = Service {
+            id: "db".into(),
+            ..Default::default()
+        };
+        db.spec.name = "db".into();
+        w.services.insert("web".into(), v(web));
+        w.services.insert("db".into(), v(db));
+        for t in [
+            task(
+                "w1",
+                "web",
+                "a",
+                &[("ingress", "10.0.0.10/24"), ("front", "10.1.0.2/24")],
+            ),
+            task(
+                "w2",
+                "web",
+                "b",
+                &[("ingress", "10.0.0.11/24"), ("front", "10.1.0.3/24")],
+            ),
+            task("d1", "db", "c", &[("secret", "10.2.0.2/24")]),
+        ] {
+            w.tasks.insert(t.id.clone(), v(t));
+        }
+
+        let a = assignment(&w, 7, "a", 4789);
+        assert_eq!(
+            a.tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ["w1"]
+        );
+        let nets: Vec<&str> = a.networks.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(nets, ["front", "ingress"], "not the db's network");
+        assert!(a.endpoints.iter().all(|e| e.network != "secret"));
+        assert!(a.endpoints.contains(&RemoteEndpoint {
+            network: "front".into(),
+            ip: "10.1.0.3".into(),
+            node: "b".into()
+        }));
+        // c is a peer only for its ingress address (the mesh's way back), never for the db.
+        assert!(a.endpoints.contains(&RemoteEndpoint {
+            network: "ingress".into(),
+            ip: "10.0.0.4".into(),
+            node: "c".into()
+        }));
+        assert_eq!(a.ingress_addr.as_deref(), Some("10.0.0.2/24"));
+        assert_eq!(a.mesh.len(), 1, "only published services");
+        assert_eq!(a.mesh[0].backends.len(), 2);
+
+        // A Down node's tasks stop being backends and endpoints everywhere.
+        w.nodes.get_mut("b").unwrap().value.status.state = NodeState::Down;
+        let a = assignment(&w, 8, "a", 4789);
+        assert_eq!(a.mesh[0].backends.len(), 1);
+        assert!(a.endpoints.iter().all(|e| e.node != "b"));
+        assert!(a.peers.iter().all(|p| p.node != "b"));
+    }
+}

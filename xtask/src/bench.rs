@@ -24,6 +24,8 @@ pub(crate) enum Suite {
     Raft,
     /// Scheduler placements per second: 100,000 tasks on 1,000 simulated nodes, in-process
     Sched,
+    /// Seconds from `service create --replicas N` to N running on a 3-node lab (N = 10, 100)
+    Converge,
 }
 
 impl Suite {
@@ -34,6 +36,7 @@ impl Suite {
             Self::Mesh => "mesh",
             Self::Raft => "raft",
             Self::Sched => "sched",
+            Self::Converge => "converge",
         }
     }
 }
@@ -63,7 +66,7 @@ pub(crate) fn run(suite: Suite) -> anyhow::Result<()> {
                 .args(["bench", "--package", "shoal-control", "--bench", "sched"])
                 .env("SHOAL_BENCH_OUT", &out),
         )?,
-        Suite::Mesh | Suite::Raft => {
+        Suite::Mesh | Suite::Raft | Suite::Converge => {
             run_command(cargo().args(["build", "--release", "--bins"]))?;
             run_command(
                 cargo()

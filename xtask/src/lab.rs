@@ -90,7 +90,7 @@ pub(crate) fn demo(down: bool, nodes: usize) -> anyhow::Result<()> {
     }
     setup::run()?;
     build_binaries()?;
-    let mut lab = persistent_lab(nodes, "demo", true)?;
+    let lab = persistent_lab(nodes, "demo", true)?;
     println!();
     print!("{}", status_of(&lab));
     let shoal = shoal_tests::binary("shoal")?;
@@ -108,8 +108,9 @@ pub(crate) fn demo(down: bool, nodes: usize) -> anyhow::Result<()> {
         let out = lab.shoal(node, &["info"])?;
         print!("{}", show(&out)?);
     }
+    lab.wire_like_nics()?;
     demo_swarm(&lab, &shoal)?;
-    demo_network(&mut lab, &shoal)?;
+    demo_services(&lab, &shoal)?;
     println!(
         "\nThe lab stays up: `cargo xtask lab status` shows it, `cargo xtask demo --down` removes it."
     );
@@ -191,131 +192,83 @@ fn demo_swarm(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Overlays and the routing mesh on the demo lab, driven the way the control plane will drive
-/// them: a plain `frontend` and an encrypted `backend` network, and a `web` service of six tasks
-/// (two per node, answering with their names) published on 8080 through the ingress network.
-/// Tasks are bare namespaces.
-fn demo_network(lab: &mut Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
-    use shoal_tests::mesh::{INGRESS, Mesh, Service};
-    use shoal_tests::overlay::{Net, Overlay, Task};
-    let nodes = lab.nodes().len();
-    let last = nodes - 1;
-    let mut tasks = vec![Task {
-        name: "db",
-        node: 1.min(last),
-        on: vec![("backend", 3)],
-    }];
-    const WEB: [&str; 6] = ["web1", "web2", "web3", "web4", "web5", "web6"];
-    for (i, name) in WEB.iter().enumerate() {
-        let mut on = vec![(INGRESS.id, 11 + i as u8)];
-        match i {
-            0 => on.extend([("frontend", 2), ("backend", 2)]),
-            1 => on.push(("frontend", 4)),
-            _ => {}
-        }
-        tasks.push(Task {
-            name,
-            node: i * nodes / WEB.len(),
-            on,
-        });
-    }
-    let overlay = Overlay::new(
-        lab,
-        vec![
-            Net {
-                id: "frontend",
-                vni: 4096,
-                octet: 10,
-                encrypted: false,
-            },
-            Net {
-                id: "backend",
-                vni: 4097,
-                octet: 20,
-                encrypted: true,
-            },
-            INGRESS,
-        ],
-        tasks,
-    )?;
-    let mesh = Mesh::over(
-        lab,
-        overlay,
-        &WEB,
-        vec![Service::web("web", 8080, WEB.to_vec())],
-    )?;
-    mesh.apply_all(lab).map_err(anyhow::Error::msg)?;
-    mesh.wait_ready().map_err(anyhow::Error::msg)?;
-    let overlay = &mesh.overlay;
-    let n1 = &lab.nodes()[0];
-    println!(
-        "\nNetworks: each node's desired state is in {}/<node>/state.json; applied with\n\
-         $ ip netns exec {} {} -H unix://{} dataplane apply {}",
-        lab.dir().display(),
-        n1.netns,
-        shoal.display(),
-        lab.socket(n1).display(),
-        lab.host_dir(n1).join("state.json").display()
-    );
-    for (from, to, net) in [("web1", "web2", "frontend"), ("web1", "db", "backend")] {
-        let ip = overlay.ip(to, net);
-        let out = overlay
-            .command(from, "ping")
-            .args(["-c", "1", "-W", "2"])
-            .arg(ip.to_string())
-            .output()?;
+/// The demo's services: an encrypted overlay network `backend`, and a `web` service of six
+/// tasks (exec executor: `shoal-labtool serve`, answering with its task's name) on it,
+/// published on 8080 through the routing mesh; then requests to every node's 8080.
+fn demo_services(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
+    let nodes = lab.nodes().to_vec();
+    let n1 = &nodes[0];
+    let run = |args: &[&str]| -> anyhow::Result<String> {
         println!(
-            "$ ip netns exec {} ping -c 1 {ip}    # {from} -> {to} on {net}{}\n{}",
-            overlay.netns(from),
-            if net == "backend" { " (encrypted)" } else { "" },
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .nth(1)
-                .unwrap_or("no answer")
+            "\n$ ip netns exec {} {} -H unix://{} {}",
+            n1.netns,
+            shoal.display(),
+            lab.socket(n1).display(),
+            args.join(" ")
         );
-    }
+        let out = show(&lab.shoal(n1, args)?)?;
+        print!("{out}");
+        Ok(out)
+    };
     println!(
-        "\nThe routing mesh: service web (6 tasks, 2 per node) published on 8080 of every node;\n\
-         requests from the client namespace {}:",
-        lab.client().netns
+        "\nTasks run with the exec executor: COMMAND from the host, in a network namespace of its own."
     );
-    for node in lab.nodes() {
-        let mut answers = Vec::new();
-        for _ in 0..4 {
-            let out = lab.run(
-                lab.client(),
-                "curl",
-                &[
-                    "-s",
-                    "--max-time",
-                    "3",
-                    &format!("http://{}:8080/", node.public_ip),
-                ],
-            )?;
-            let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            answers.push(if body.is_empty() {
-                "no answer".to_owned()
-            } else {
-                body
-            });
-        }
+    run(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--opt",
+        "encrypted",
+        "backend",
+    ])?;
+    let tool = shoal_tests::binary("shoal-labtool")?;
+    let tool = tool.display().to_string();
+    run(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "--publish",
+        "8080:80",
+        "--network",
+        "backend",
+        "host",
+        &tool,
+        "serve",
+        "--port",
+        "80",
+    ])?;
+    run(&["service", "ls"])?;
+    run(&["service", "ps", "web"])?;
+    println!("\nEvery node's 8080 answers, from tasks on every node (each reply names its task):");
+    for node in &nodes {
+        let target = format!("{}:8080", node.public_ip);
+        let out = shoal_tests::mesh::labtool(
+            lab.client(),
+            &[
+                "ask",
+                "--target",
+                &target,
+                "--count",
+                "6",
+                "--timeout-ms",
+                "2000",
+            ],
+        )?;
+        let names: Vec<String> = shoal_tests::mesh::answers(&out)
+            .into_iter()
+            .map(|(_, r)| r.unwrap_or_else(|e| format!("({e})")))
+            .collect();
         println!(
-            "$ ip netns exec {} curl http://{}:8080/    # x4, {}: {}",
-            lab.client().netns,
+            "  client -> {}:8080 ({}): {}",
             node.public_ip,
             node.name,
-            answers.join(", ")
+            names.join(" ")
         );
     }
-    let out = lab.shoal(n1, &["dataplane", "inspect"])?;
-    let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    println!(
-        "{}: XDP on {} ({}), web counters {}",
-        n1.name,
-        n1.public_if(),
-        inspect["mesh"]["interfaces"][n1.public_if()]["xdp"],
-        inspect["mesh"]["services"]["web"]
-    );
     Ok(())
 }
 
