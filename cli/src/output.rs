@@ -7,6 +7,14 @@ pub(crate) enum Format {
     Json,
 }
 
+/// `ls`/`ps --format json`: one JSON object per line.
+pub(crate) fn json_lines<T: serde::Serialize>(rows: &[T]) -> Result<(), serde_json::Error> {
+    for row in rows {
+        println!("{}", serde_json::to_string(row)?);
+    }
+    Ok(())
+}
+
 /// Columns padded to their widest cell, three spaces apart, as Docker's tables.
 pub(crate) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);

@@ -159,10 +159,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 })
                 .collect();
             if let Some(Format::Json) = format {
-                for row in &rows {
-                    println!("{}", serde_json::to_string(row)?);
-                }
-                return Ok(());
+                return Ok(crate::output::json_lines(&rows)?);
             }
             let cells: Vec<[String; 4]> = rows
                 .iter()

@@ -327,10 +327,7 @@ pub(crate) async fn print_tasks(
     }
     let rows = rows(&tasks, &node_names(host).await?);
     if let Some(Format::Json) = format {
-        for row in &rows {
-            println!("{}", serde_json::to_string(row)?);
-        }
-        return Ok(());
+        return Ok(crate::output::json_lines(&rows)?);
     }
     let cells: Vec<[String; 8]> = rows
         .into_iter()
@@ -546,10 +543,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             }
             let rows = service_rows(&services, &tasks(host, TaskFilter::default()).await?);
             if let Some(Format::Json) = format {
-                for row in &rows {
-                    println!("{}", serde_json::to_string(row)?);
-                }
-                return Ok(());
+                return Ok(crate::output::json_lines(&rows)?);
             }
             let cells: Vec<[String; 6]> = rows
                 .into_iter()

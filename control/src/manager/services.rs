@@ -688,13 +688,14 @@ pub(super) async fn stream_assignments(
 ) {
     let mut stopped = inner.stop.subscribe();
     let mut last: Option<crate::dispatcher::Assignment> = None;
+    // Set at `swarm init`, never changed: read once, not on every store event.
+    let port = ops::data_path_port(&inner);
     loop {
         let Ok(mut events) = inner.store.watch(inner.store.index()) else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         loop {
-            let port = ops::data_path_port(&inner);
             let assignment = inner.store.view(|view| {
                 crate::dispatcher::assignment(&World::read(view), view.index(), &node_id, port)
             });
