@@ -1,8 +1,8 @@
 //! `shoald`, the daemon every Shoal node runs. It serves the local API on its unix socket
 //! (`shoal info`, `shoal swarm|node`), keeps the node's swarm membership ([`swarm`]: init, join,
 //! leave, the heartbeat session, the manager it runs when it is one), and hosts the node's data
-//! plane (`shoal dataplane apply|inspect`, dataplane.rs). Running tasks through executors comes
-//! next.
+//! plane (`shoal dataplane apply|inspect`, dataplane.rs), and runs the tasks the managers assign it
+//! (tasks/: the `exec` and `docker` executors).
 //!
 //! ```text
 //!   shoal ──gRPC──> unix socket (0660) ──> Daemon service (api.rs)
@@ -25,6 +25,7 @@ pub mod swarm;
 mod tasks;
 
 pub use tasks::ExecutorKind;
+pub use tasks::docker::DEFAULT_DOCKER_HOST;
 
 use std::{future::Future, path::PathBuf};
 
@@ -49,6 +50,8 @@ pub struct Config {
     pub hostname: String,
     /// `--executor`: how tasks run.
     pub executor: ExecutorKind,
+    /// `--docker-host`: the Docker Engine the `docker` executor uses (`unix://PATH`).
+    pub docker_host: String,
 }
 
 /// Why the daemon stopped with an error.
@@ -60,6 +63,14 @@ pub enum DaemonError {
     /// The socket could not be bound.
     #[error(transparent)]
     Socket(#[from] SocketError),
+    /// The executor cannot run tasks (the Docker Engine does not answer).
+    #[error("--executor {executor}: {reason}")]
+    Executor {
+        /// The executor's name.
+        executor: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The gRPC server failed.
     #[error("serving the API on {host}: {source}")]
     Serve {
@@ -74,6 +85,12 @@ pub enum DaemonError {
 /// Runs the daemon until `shutdown` resolves, then removes its socket.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let _lock = data_root::DataRoot::open(&config.data_root)?;
+    let executor = tasks::Executor::new(config.executor, &config.docker_host)
+        .await
+        .map_err(|reason| DaemonError::Executor {
+            executor: config.executor.name(),
+            reason,
+        })?;
     let (listener, socket_file) = socket::bind(&config.host)?;
     let facts = NodeFacts::gather(&config);
     tracing::info!(
@@ -86,8 +103,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let incoming = UnixListenerStream::new(listener);
     let dataplane = dataplane::NodeDataplane::new(&config.data_root);
     dataplane.restore().await;
-    let worker = tasks::Worker::new(&config.data_root, config.executor, dataplane.clone());
-    worker.restore();
+    let worker = tasks::Worker::new(&config.data_root, executor, dataplane.clone());
+    worker.restore().await;
     let swarm = swarm::SwarmNode::new(&config.data_root, facts.clone(), worker);
     if let Err(e) = swarm.restore().await {
         // The daemon still serves: `shoal swarm leave --force` is the way out.

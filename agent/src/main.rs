@@ -33,9 +33,14 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
 
-    /// How tasks run: exec (COMMAND from the host, in a namespace of its own)
+    /// How tasks run: exec (COMMAND from the host, in a namespace of its own) or docker
+    /// (containers of the Docker Engine at --docker-host, network mode none)
     #[arg(long, value_name = "EXECUTOR", default_value = "exec")]
     executor: shoal_agent::ExecutorKind,
+
+    /// The Docker Engine's socket, for --executor docker (unix://PATH)
+    #[arg(long, value_name = "ADDR", env = "DOCKER_HOST", default_value = shoal_agent::DEFAULT_DOCKER_HOST)]
+    docker_host: String,
 
     /// Log level: error, warn, info, debug or trace
     #[arg(short = 'l', long, value_name = "LEVEL", default_value = "info")]
@@ -55,6 +60,7 @@ async fn main() -> ExitCode {
         data_root: args.data_root,
         host: args.host,
         executor: args.executor,
+        docker_host: args.docker_host,
     };
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(terminate) => terminate,

@@ -1,5 +1,6 @@
 //! `shoald` as a process: its socket (parent directory created, mode 0660, removed on SIGTERM,
-//! a stale one replaced, a live one refused) and its data root (0700, one daemon per data root).
+//! a stale one replaced, a live one refused), its data root (0700, one daemon per data root) and
+//! its executor (`--executor docker` without an engine is refused).
 
 use std::{
     fs,
@@ -154,4 +155,36 @@ fn help_and_version() {
     for flag in ["--data-root", "-H, --host", "--hostname"] {
         assert!(help.contains(flag), "{flag} missing from\n{help}");
     }
+}
+
+#[test]
+fn the_docker_executor_without_an_engine_is_refused_with_the_reason() {
+    let (dir, data_root, socket) = paths();
+    let engine = dir.path().join("no-docker.sock");
+    let out = shoald(&data_root, &socket)
+        .args(["--executor", "docker", "--docker-host"])
+        .arg(format!("unix://{}", engine.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "--executor docker: cannot reach the Docker Engine at unix://{}",
+            engine.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!socket.exists(), "a refused daemon left its socket");
+
+    let out = shoald(&data_root, &socket)
+        .args(["--executor", "podman"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("unknown executor \"podman\": exec or docker"),
+        "{out:?}"
+    );
 }

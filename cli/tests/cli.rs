@@ -35,6 +35,7 @@ impl InProcessDaemon {
             host: DaemonHost::unix(socket),
             hostname: "cli-test-node".into(),
             executor: Default::default(),
+            docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
         };
         let thread = thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -271,6 +271,8 @@ pub struct Lab {
     dir: PathBuf,
     children: Vec<Child>,
     torn_down: bool,
+    /// Flags every `shoald` of the lab is started with (see [`Lab::set_shoald_args`]).
+    shoald_args: Vec<String>,
 }
 
 impl Lab {
@@ -313,6 +315,7 @@ impl Lab {
             dir,
             children: Vec::new(),
             torn_down: false,
+            shoald_args: Vec::new(),
         };
         let json = serde_json::to_string_pretty(&lab.record).expect("a record serialises");
         let built = fs::write(lab.dir.join(RECORD), json)
@@ -452,6 +455,12 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Adds `args` to the command line of every `shoald` started from now on (e.g.
+    /// `--executor docker`).
+    pub fn set_shoald_args(&mut self, args: &[&str]) {
+        self.shoald_args = args.iter().map(|a| (*a).to_owned()).collect();
+    }
+
     /// Starts `shoald` in every node, as [`Lab::spawn_shoald`] does.
     pub fn spawn_shoald_all(&mut self) -> Result<(), LabError> {
         for node in self.nodes().to_vec() {
@@ -476,6 +485,7 @@ impl Lab {
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
             .args(["--hostname", &host.name])
+            .args(&self.shoald_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(io_error("duplicating the log"))?)
             .stderr(log);
@@ -626,6 +636,13 @@ fn teardown(record: &Record, dir: &Path, children: Vec<Child>) -> Result<(), Lab
         .filter_map(|n| n.mount_ns.clone())
         .collect();
     let mut errors = clear_namespaces(&namespaces, &mount_ns, children);
+    // Containers of the `docker` executor live in the engine, outside the lab's namespaces.
+    let data_roots: Vec<PathBuf> = record
+        .nodes
+        .iter()
+        .map(|n| dir.join(&n.name).join("data"))
+        .collect();
+    errors.extend(crate::docker::remove_containers(&data_roots));
     // With their processes gone, the nodes' mount namespaces take the daemons' mounts with them.
     for file in record.nodes.iter().filter_map(|n| n.mount_ns.as_deref()) {
         if let Err(e) = remove_mount_ns(file) {

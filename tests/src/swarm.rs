@@ -21,9 +21,15 @@ pub struct Swarm {
 impl Swarm {
     /// Starts the daemons without forming a swarm.
     pub fn daemons(nodes: usize) -> Self {
+        Self::daemons_with(nodes, &[])
+    }
+
+    /// [`Swarm::daemons`], each `shoald` started with `shoald` flags too.
+    pub fn daemons_with(nodes: usize, shoald: &[&str]) -> Self {
         let mut lab = Lab::up(LabSpec::nodes(nodes)).expect("lab up");
         lab.wire_like_nics()
             .expect("the lab's links prepared for the mesh");
+        lab.set_shoald_args(shoald);
         lab.spawn_shoald_all().expect("shoald starts on every node");
         Self {
             lab,
@@ -39,7 +45,18 @@ impl Swarm {
 
     /// [`Swarm::up`] with more `swarm init` flags (e.g. `--dispatcher-heartbeat 1s`).
     pub fn up_with(managers: usize, workers: usize, init: &[&str]) -> Self {
-        let mut swarm = Self::daemons(managers + workers);
+        Self::up_with_daemons(managers, workers, init, &[])
+    }
+
+    /// [`Swarm::up_with`], each `shoald` started with `shoald` flags too (e.g.
+    /// `--executor docker`).
+    pub fn up_with_daemons(
+        managers: usize,
+        workers: usize,
+        init: &[&str],
+        shoald: &[&str],
+    ) -> Self {
+        let mut swarm = Self::daemons_with(managers + workers, shoald);
         let nodes = swarm.lab.nodes().to_vec();
         let first = nodes[0].clone();
         let mut args = vec!["swarm", "init", "--advertise-addr", "eth0"];

@@ -1,6 +1,7 @@
 //! Services on the lab (issue: Services I): the seeds' walkthrough with `exec` tasks, placement
 //! constraints, encrypted networks, a worker lost, a manager restarted while a service scales,
-//! and bad input. Needs root.
+//! bad input, and the `docker` executor (a Docker Engine started if none runs, an image imported
+//! from a rootfs holding `shoal-labtool`). Needs root.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -550,4 +551,140 @@ fn a_manager_restarted_while_a_service_scales_converges() {
         .filter_map(|t| t["Name"].as_str())
         .collect();
     assert_eq!(live.len(), 15, "{all:?}");
+}
+
+#[test]
+fn the_docker_executor_runs_containers_that_shoal_plumbs() {
+    let engine = shoal_tests::docker::Engine::ensure().expect("a Docker Engine runs");
+    let image = "shoal-labtool:lab";
+    shoal_tests::docker::import_labtool_image(image).expect("the image is imported");
+    let mut swarm = Swarm::up_with_daemons(1, 2, &[], &["--executor", "docker"]);
+    let n1 = swarm.managers[0].clone();
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--publish",
+            "8080:80",
+            image,
+            "/shoal-labtool",
+            "serve",
+            "--port",
+            "80",
+        ],
+    );
+    wait_running(
+        &swarm,
+        &n1,
+        "web",
+        "one container per node",
+        |per: &BTreeMap<String, usize>| per.len() == 3 && per.values().all(|n| *n == 1),
+    );
+    let all: BTreeSet<String> = ["web.1", "web.2", "web.3"].map(String::from).into();
+    for node in swarm.lab.nodes() {
+        let mut names = BTreeSet::new();
+        let waited = wait_until("every task answering", Duration::from_secs(20), || {
+            names = who_answers(&swarm, &node.public_ip.to_string(), 8080, 12)
+                .into_iter()
+                .collect();
+            Ok(names == all)
+        });
+        assert!(waited.is_ok(), "{}:8080 answered from {names:?}", node.name);
+    }
+    // Containers of the engine, with no network of Docker's: Shoal plumbed them.
+    let containers = || -> BTreeMap<String, String> {
+        shoal_tests::docker::docker(&[
+            "ps",
+            "--filter",
+            "label=io.shoal.service.name=web",
+            "--format",
+            "{{.ID}} {{.Networks}}",
+        ])
+        .expect("docker ps")
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(id, net)| (id.to_owned(), net.to_owned()))
+        .collect()
+    };
+    let before = containers();
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert!(before.values().all(|net| net == "none"), "{before:?}");
+
+    // A restarted shoald adopts its running container.
+    let n2 = swarm.host("n2");
+    swarm.lab.kill_shoald(&n2).unwrap();
+    swarm.lab.spawn_shoald(&n2).unwrap();
+    wait_running(&swarm, &n1, "web", "three running", |per| {
+        per.values().sum::<usize>() == 3
+    });
+    assert_eq!(containers(), before, "a container was replaced");
+
+    // A container that dies is replaced.
+    let victim = before.keys().next().unwrap().clone();
+    shoal_tests::docker::docker(&["kill", &victim]).expect("docker kill");
+    let waited = wait_until(
+        "the killed container's task failed and replaced",
+        Duration::from_secs(60),
+        || {
+            let now = containers();
+            Ok(now.len() == 3
+                && !now.contains_key(&victim)
+                && tasks(&swarm, &n1, "web").iter().any(|t| {
+                    t["CurrentState"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("Failed"))
+                        && t["Error"].as_str().is_some_and(|e| e.contains("137"))
+                }))
+        },
+    );
+    if let Err(e) = waited {
+        panic!("{e}\n{}", swarm.ok(&n1, &["service", "ps", "web"]));
+    }
+    wait_running(&swarm, &n1, "web", "three running again", |per| {
+        per.values().sum::<usize>() == 3
+    });
+
+    // An image the engine lacks and cannot pull: the task is rejected with the engine's word.
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "ghost",
+            "nosuch/image:1",
+        ],
+    );
+    let waited = wait_until("ghost's task rejected", Duration::from_secs(60), || {
+        Ok(tasks(&swarm, &n1, "ghost").iter().any(|t| {
+            t["CurrentState"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Rejected"))
+                && t["Error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("No such image: nosuch/image:1"))
+        }))
+    });
+    if let Err(e) = waited {
+        panic!("{e}\n{}", swarm.ok(&n1, &["service", "ps", "ghost"]));
+    }
+
+    // Removing the services removes their containers.
+    swarm.ok(&n1, &["service", "rm", "web", "ghost"]);
+    let waited = wait_until("the containers removed", Duration::from_secs(60), || {
+        Ok(shoal_tests::docker::task_containers().is_empty())
+    });
+    assert!(
+        waited.is_ok(),
+        "{:?}",
+        shoal_tests::docker::task_containers()
+    );
+    drop(swarm);
+    drop(engine);
 }

@@ -43,7 +43,7 @@ pub(crate) fn run(command: LabCommand) -> anyhow::Result<()> {
             if daemons {
                 build_binaries()?;
             }
-            let lab = persistent_lab(nodes, "lab", daemons)?;
+            let lab = persistent_lab(nodes, "lab", daemons, &[])?;
             print!("{}", status_of(&lab));
             println!("remove it with: cargo xtask lab down {}", lab.prefix());
             Ok(())
@@ -85,12 +85,16 @@ pub(crate) fn demo(down: bool, nodes: usize) -> anyhow::Result<()> {
     require_root()?;
     remove_demo_labs()?;
     if down {
+        if shoal_tests::docker::stop_started() {
+            println!("stopped the Docker Engine the demo started");
+        }
         println!("demo removed");
         return Ok(());
     }
     setup::run()?;
     build_binaries()?;
-    let lab = persistent_lab(nodes, "demo", true)?;
+    let executor = demo_executor();
+    let lab = persistent_lab(nodes, "demo", true, &executor.shoald_args())?;
     println!();
     print!("{}", status_of(&lab));
     let shoal = shoal_tests::binary("shoal")?;
@@ -110,7 +114,7 @@ pub(crate) fn demo(down: bool, nodes: usize) -> anyhow::Result<()> {
     }
     lab.wire_like_nics()?;
     demo_swarm(&lab, &shoal)?;
-    demo_services(&lab, &shoal)?;
+    demo_services(&lab, &shoal, &executor)?;
     println!(
         "\nThe lab stays up: `cargo xtask lab status` shows it, `cargo xtask demo --down` removes it."
     );
@@ -192,10 +196,49 @@ fn demo_swarm(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the demo's tasks run: containers when a Docker Engine runs or can be started, host
+/// processes otherwise.
+enum DemoExecutor {
+    /// The `docker` executor, with this image of `shoal-labtool`.
+    Docker { image: String, version: String },
+    /// The `exec` executor, and why not docker.
+    Exec { why: String },
+}
+
+impl DemoExecutor {
+    fn shoald_args(&self) -> Vec<&'static str> {
+        match self {
+            DemoExecutor::Docker { .. } => vec!["--executor", "docker"],
+            DemoExecutor::Exec { .. } => Vec::new(),
+        }
+    }
+}
+
+/// The docker executor if an engine answers or starts (it stays up for the demo; `demo --down`
+/// stops it if the demo started it) and the image imports; exec otherwise.
+fn demo_executor() -> DemoExecutor {
+    let image = "shoal-labtool:demo".to_owned();
+    let ready = shoal_tests::docker::Engine::ensure().and_then(|engine| {
+        shoal_tests::docker::import_labtool_image(&image)?;
+        let version = engine.version.clone();
+        engine.keep();
+        Ok(version)
+    });
+    match ready {
+        Ok(version) => DemoExecutor::Docker { image, version },
+        Err(e) => DemoExecutor::Exec { why: e.to_string() },
+    }
+}
+
 /// The demo's services: an encrypted overlay network `backend`, and a `web` service of six
-/// tasks (exec executor: `shoal-labtool serve`, answering with its task's name) on it,
-/// published on 8080 through the routing mesh; then requests to every node's 8080.
-fn demo_services(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
+/// tasks (`shoal-labtool serve`, answering with its task's name; containers of the image
+/// imported from a rootfs holding it, or host processes) on it, published on 8080 through the
+/// routing mesh; then requests to every node's 8080.
+fn demo_services(
+    lab: &Lab,
+    shoal: &std::path::Path,
+    executor: &DemoExecutor,
+) -> anyhow::Result<()> {
     let nodes = lab.nodes().to_vec();
     let n1 = &nodes[0];
     let run = |args: &[&str]| -> anyhow::Result<String> {
@@ -210,9 +253,17 @@ fn demo_services(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
         print!("{out}");
         Ok(out)
     };
-    println!(
-        "\nTasks run with the exec executor: COMMAND from the host, in a network namespace of its own."
-    );
+    match executor {
+        DemoExecutor::Docker { image, version } => println!(
+            "\nTasks run with the docker executor: containers of Docker Engine {version} (network mode \
+             none; Shoal plumbs their namespaces), image {image} imported from a rootfs holding \
+             shoal-labtool."
+        ),
+        DemoExecutor::Exec { why } => println!(
+            "\nTasks run with the exec executor (COMMAND from the host, in a network namespace of its \
+             own): no Docker Engine ({why})."
+        ),
+    }
     run(&[
         "network",
         "create",
@@ -223,7 +274,10 @@ fn demo_services(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
         "backend",
     ])?;
     let tool = shoal_tests::binary("shoal-labtool")?;
-    let tool = tool.display().to_string();
+    let (image, tool) = match executor {
+        DemoExecutor::Docker { image, .. } => (image.clone(), "/shoal-labtool".to_owned()),
+        DemoExecutor::Exec { .. } => ("host".to_owned(), tool.display().to_string()),
+    };
     run(&[
         "service",
         "create",
@@ -235,7 +289,7 @@ fn demo_services(lab: &Lab, shoal: &std::path::Path) -> anyhow::Result<()> {
         "8080:80",
         "--network",
         "backend",
-        "host",
+        &image,
         &tool,
         "serve",
         "--port",
@@ -293,12 +347,18 @@ fn remove_demo_labs() -> anyhow::Result<()> {
 
 /// Builds a persistent lab; with `daemons`, starts `shoald` in each node. On any failure the
 /// half-built lab is removed.
-fn persistent_lab(nodes: usize, purpose: &str, daemons: bool) -> anyhow::Result<Lab> {
+fn persistent_lab(
+    nodes: usize,
+    purpose: &str,
+    daemons: bool,
+    shoald_args: &[&str],
+) -> anyhow::Result<Lab> {
     let mut lab = Lab::up(LabSpec {
         nodes,
         persistent: true,
         purpose: purpose.into(),
     })?;
+    lab.set_shoald_args(shoald_args);
     let started = (|| -> anyhow::Result<()> {
         if daemons {
             lab.spawn_shoald_all()

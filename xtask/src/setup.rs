@@ -2,7 +2,8 @@
 //! run takes seconds.
 //!
 //! - apt packages the tests use (the lab's `ip` and `ping`, `bpftool` for the leftovers check,
-//!   `tcpdump` for the overlay captures, `iperf3` for the overlay benchmark);
+//!   `tcpdump` for the overlay captures, `iperf3` for the overlay benchmark, the Docker Engine for
+//!   the `docker` executor);
 //! - the nightly toolchain with `rust-src` (`-Z build-std=core` for `bpfel-unknown-none`);
 //! - `bpf-linker`, built against the nightly's own libLLVM as MACHINE.md describes: the library is
 //!   linked into `$CARGO_HOME/shoal-llvm/<major>/lib` and the binary lands in `$CARGO_HOME/bin`;
@@ -43,6 +44,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "ethtool: the lab's public links compute checksums as wires do",
     ),
     ("etcd-server", "etcd: the raft benchmark's baseline"),
+    (
+        "docker.io",
+        "dockerd: the docker executor's test and the demo's containers",
+    ),
 ];
 
 /// The bpf-linker release that matches the machine's LLVM 22 (see MACHINE.md).

@@ -3,7 +3,7 @@
 //! setup -> fmt check -> clippy (-D warnings) -> nextest over the workspace (unit tests, eBPF
 //! fixtures through BPF_PROG_TEST_RUN, lab tests) -> doc tests -> nothing of the project left:
 //! no lab (directory or namespace), no new link in the root namespace, no process running one of
-//! the project's binaries, no BPF program named `shoal_*`.
+//! the project's binaries, no BPF program named `shoal_*`, no container of a Shoal task.
 
 use std::{fs, process::Command, time::Instant};
 
@@ -123,6 +123,17 @@ fn leftovers(links_before: &[String]) -> anyhow::Result<()> {
             .map(|link| format!("link {link} in the root namespace")),
     );
     found.extend(project_processes());
+    // Containers of the docker executor whose lab is gone.
+    found.extend(
+        shoal_tests::docker::task_containers()
+            .into_iter()
+            .filter(|c| {
+                !kept
+                    .iter()
+                    .any(|k| c.contains(&format!(" /tmp/shoal-lab/{k}/")))
+            })
+            .map(|c| format!("container {c}")),
+    );
     // Mount points a lab or a daemon left (nodes' mount namespaces, overlay namespaces).
     found.extend(
         fs::read_to_string("/proc/self/mountinfo")

@@ -15,6 +15,7 @@
 //! still the one started (same PID, same start time) is adopted again; one that is gone is
 //! reported failed and replaced by the managers.
 
+pub(crate) mod docker;
 pub(crate) mod exec;
 pub(crate) mod session;
 
@@ -43,13 +44,16 @@ pub enum ExecutorKind {
     /// `COMMAND ARG...` from the host, in a namespace of its own.
     #[default]
     Exec,
+    /// A container of the Docker Engine, network mode `none`, plumbed by Shoal.
+    Docker,
 }
 
 impl ExecutorKind {
-    /// `exec`.
+    /// `exec` or `docker`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Exec => "exec",
+            Self::Docker => "docker",
         }
     }
 }
@@ -59,9 +63,44 @@ impl std::str::FromStr for ExecutorKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "exec" => Ok(Self::Exec),
-            other => Err(format!("unknown executor {other:?}: exec")),
+            "docker" => Ok(Self::Docker),
+            other => Err(format!("unknown executor {other:?}: exec or docker")),
         }
     }
+}
+
+/// The executor a node runs its tasks with.
+#[derive(Debug, Clone)]
+pub(crate) enum Executor {
+    /// See [`exec`].
+    Exec,
+    /// See [`docker`].
+    Docker(docker::Engine),
+}
+
+impl Executor {
+    /// Connects what `kind` needs (the Docker Engine at `docker_host`).
+    pub(crate) async fn new(kind: ExecutorKind, docker_host: &str) -> Result<Executor, String> {
+        Ok(match kind {
+            ExecutorKind::Exec => Executor::Exec,
+            ExecutorKind::Docker => Executor::Docker(docker::Engine::connect(docker_host).await?),
+        })
+    }
+
+    fn kind(&self) -> ExecutorKind {
+        match self {
+            Executor::Exec => ExecutorKind::Exec,
+            Executor::Docker(_) => ExecutorKind::Docker,
+        }
+    }
+}
+
+/// A started task, to wait for.
+enum Started {
+    /// The `exec` executor's child process.
+    Child(tokio::process::Child),
+    /// A container (its ID is in the task's [`Runtime`]).
+    Container,
 }
 
 /// What a running task holds on this node.
@@ -73,6 +112,9 @@ pub(crate) struct Runtime {
     pub pid: u32,
     /// That process's start time (to tell a reused PID apart).
     pub start_time: u64,
+    /// Its container's ID (the `docker` executor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// How a task's process ended.
@@ -118,7 +160,8 @@ struct State {
 
 struct Inner {
     dir: PathBuf,
-    kind: ExecutorKind,
+    data_root: PathBuf,
+    executor: Executor,
     dataplane: NodeDataplane,
     state: Mutex<State>,
     applies: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
@@ -153,13 +196,14 @@ fn status(state: TaskState, message: impl Into<String>) -> TaskStatus {
 }
 
 impl Worker {
-    /// The tasks kept under `<data_root>/tasks`, run with `kind`, plumbed by `dataplane`.
-    pub(crate) fn new(data_root: &Path, kind: ExecutorKind, dataplane: NodeDataplane) -> Self {
+    /// The tasks kept under `<data_root>/tasks`, run with `executor`, plumbed by `dataplane`.
+    pub(crate) fn new(data_root: &Path, executor: Executor, dataplane: NodeDataplane) -> Self {
         let (applies, requests) = mpsc::unbounded_channel();
         let worker = Self {
             inner: Arc::new(Inner {
                 dir: data_root.join("tasks"),
-                kind,
+                data_root: data_root.to_owned(),
+                executor,
                 dataplane,
                 state: Mutex::default(),
                 applies,
@@ -172,7 +216,7 @@ impl Worker {
 
     /// The executor's name, as nodes report it.
     pub(crate) fn executor(&self) -> &'static str {
-        self.inner.kind.name()
+        self.inner.executor.kind().name()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -181,7 +225,7 @@ impl Worker {
 
     /// Takes back the tasks kept on disk: running ones are supervised again, those that ended
     /// while the daemon was away are reported failed.
-    pub(crate) fn restore(&self) {
+    pub(crate) async fn restore(&self) {
         let path = self.inner.dir.join("tasks.json");
         let Ok(text) = std::fs::read_to_string(&path) else {
             return;
@@ -194,6 +238,7 @@ impl Worker {
             }
         };
         let mut adopt = Vec::new();
+        let mut ended = Vec::new();
         {
             let mut state = self.lock();
             for (id, mut local) in tasks {
@@ -205,9 +250,7 @@ impl Worker {
                             adopt.push((id.clone(), runtime.clone(), stopped));
                         }
                         runtime => {
-                            if let Some(runtime) = runtime {
-                                exec::cleanup(runtime);
-                            }
+                            ended.extend(runtime.clone());
                             local.runtime = None;
                             local.attached = false;
                             local.status = TaskStatus {
@@ -220,6 +263,9 @@ impl Worker {
                 }
                 state.tasks.insert(id, local);
             }
+        }
+        for runtime in &ended {
+            self.cleanup(runtime).await;
         }
         tracing::info!(adopted = adopt.len(), "node tasks restored");
         for (id, runtime, stopped) in adopt {
@@ -415,12 +461,7 @@ impl Worker {
     }
 
     fn env(&self, task: &Task) -> Vec<(String, String)> {
-        let node = self
-            .lock()
-            .context
-            .as_ref()
-            .map(|c| c.node_id.clone())
-            .unwrap_or_default();
+        let node = self.node_id();
         let mut env: Vec<(String, String)> = task
             .spec
             .container_spec
@@ -446,33 +487,61 @@ impl Worker {
             return;
         };
         self.report(&id, status(TaskState::Preparing, "preparing"));
-        let mut runtime = match exec::prepare(&self.inner.dir, &task).await {
+        let env = self.env(&task);
+        let prepared = match &self.inner.executor {
+            Executor::Exec => exec::prepare(&self.inner.dir, &task).await,
+            Executor::Docker(engine) => {
+                let node = self.node_id();
+                engine
+                    .prepare(&self.inner.data_root, &task, &node, &env)
+                    .await
+            }
+        };
+        let mut runtime = match prepared {
             Ok(runtime) => runtime,
             Err(e) => return self.finish(&id, None, TaskState::Rejected, e).await,
         };
-        self.set_runtime(&id, Some(runtime.clone()), true);
-        if let Err(e) = self.apply().await {
-            let e = format!("plugging the task into its networks: {e}");
+        // The exec executor's namespace exists before its process: plumb it first. A container's
+        // namespace comes with it: plumb it once started.
+        let plumb_first = matches!(self.inner.executor, Executor::Exec);
+        if plumb_first && let Err(e) = self.plumb(&id, &runtime).await {
             return self
                 .finish(&id, Some(runtime), TaskState::Rejected, e)
                 .await;
         }
+        self.set_runtime(&id, Some(runtime.clone()), plumb_first);
         if *stopped.borrow() {
             return self
                 .finish(&id, Some(runtime), TaskState::Shutdown, String::new())
                 .await;
         }
         self.report(&id, status(TaskState::Starting, "starting"));
-        let env = self.env(&task);
-        let mut child = match exec::start(&self.inner.dir, &task, &env, &mut runtime) {
-            Ok(child) => child,
+        let started = match &self.inner.executor {
+            Executor::Exec => {
+                exec::start(&self.inner.dir, &task, &env, &mut runtime).map(Started::Child)
+            }
+            Executor::Docker(engine) => engine
+                .start(&self.inner.dir, &task, &mut runtime)
+                .await
+                .map(|()| Started::Container),
+        };
+        // Recorded before anything else can fail, so that the process is found again.
+        self.set_runtime(&id, Some(runtime.clone()), plumb_first);
+        let mut started = match started {
+            Ok(started) => started,
             Err(e) => return self.finish(&id, Some(runtime), TaskState::Failed, e).await,
         };
-        self.set_runtime(&id, Some(runtime.clone()), true);
+        if !plumb_first && let Err(e) = self.plumb(&id, &runtime).await {
+            self.stop_runtime(&runtime).await;
+            return self
+                .finish(&id, Some(runtime), TaskState::Rejected, e)
+                .await;
+        }
         self.report(
             &id,
             TaskStatus {
                 container_status: Some(ContainerStatus {
+                    container_id: runtime.container.clone().unwrap_or_default(),
                     pid: runtime.pid,
                     ..Default::default()
                 }),
@@ -480,12 +549,60 @@ impl Worker {
             },
         );
         tokio::select! {
-            exit = exec::wait(&mut child) => self.exited(&id, runtime, exit).await,
+            exit = self.wait(&mut started, &runtime) => self.exited(&id, runtime, exit).await,
             () = until_stopped(&mut stopped) => {
-                exec::stop(&runtime).await;
-                let _ = child.wait().await;
+                self.stop_runtime(&runtime).await;
+                if let Started::Child(child) = &mut started {
+                    let _ = child.wait().await;
+                }
                 self.finish(&id, Some(runtime), TaskState::Shutdown, String::new()).await;
             }
+        }
+    }
+
+    /// Attaches the task's namespace to its networks (one coalesced data-plane apply).
+    async fn plumb(&self, id: &str, runtime: &Runtime) -> Result<(), String> {
+        self.set_runtime(id, Some(runtime.clone()), true);
+        self.apply()
+            .await
+            .map_err(|e| format!("plugging the task into its networks: {e}"))
+    }
+
+    fn node_id(&self) -> String {
+        self.lock()
+            .context
+            .as_ref()
+            .map(|c| c.node_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until a started task ends.
+    async fn wait(&self, started: &mut Started, runtime: &Runtime) -> Exit {
+        match (started, &self.inner.executor) {
+            (Started::Child(child), _) => exec::wait(child).await,
+            (Started::Container, Executor::Docker(engine)) => engine.wait(runtime).await,
+            (Started::Container, Executor::Exec) => {
+                exec::wait_adopted(runtime).await;
+                Exit::Unknown("its exit status is unknown".into())
+            }
+        }
+    }
+
+    /// Stops a task's process or container (SIGTERM, then SIGKILL after [`exec::STOP_GRACE`]).
+    async fn stop_runtime(&self, runtime: &Runtime) {
+        match &self.inner.executor {
+            Executor::Docker(engine) if runtime.container.is_some() => {
+                engine.stop(runtime, exec::STOP_GRACE).await;
+            }
+            _ => exec::stop(runtime).await,
+        }
+    }
+
+    /// Removes what a task left: its namespace's mount and its container.
+    async fn cleanup(&self, runtime: &Runtime) {
+        exec::cleanup(runtime);
+        if let (Some(id), Executor::Docker(engine)) = (&runtime.container, &self.inner.executor) {
+            engine.remove(id).await;
         }
     }
 
@@ -496,13 +613,19 @@ impl Worker {
         runtime: Runtime,
         mut stopped: watch::Receiver<bool>,
     ) {
+        let mut started = Started::Container;
         tokio::select! {
-            () = exec::wait_adopted(&runtime) => {
-                let exit = Exit::Unknown("its exit status is unknown: shoald restarted while it ran".into());
+            exit = self.wait(&mut started, &runtime) => {
+                let exit = match exit {
+                    Exit::Unknown(_) => Exit::Unknown(
+                        "its exit status is unknown: shoald restarted while it ran".into(),
+                    ),
+                    exit => exit,
+                };
                 self.exited(&id, runtime, exit).await;
             }
             () = until_stopped(&mut stopped) => {
-                exec::stop(&runtime).await;
+                self.stop_runtime(&runtime).await;
                 self.finish(&id, Some(runtime), TaskState::Shutdown, String::new()).await;
             }
         }
@@ -528,7 +651,7 @@ impl Worker {
             if let Err(e) = self.apply().await {
                 tracing::warn!(task = %id, error = %e, "detaching a task");
             }
-            exec::cleanup(runtime);
+            self.cleanup(runtime).await;
         }
         self.set_runtime(id, None, false);
         let message = match state {

@@ -222,6 +222,15 @@ pub async fn task_namespace(path: &std::path::Path) -> io::Result<File> {
     Ok(ns)
 }
 
+/// Mounts an existing namespace (a container's `/proc/<pid>/ns/net`) on `path` and brings its
+/// loopback up, so it can be attached to networks like one made by [`task_namespace`].
+pub async fn adopt_namespace(source: &std::path::Path, path: &std::path::Path) -> io::Result<File> {
+    let ns = netns::bind(source, path)?;
+    let h = netns::connect(Some(&ns))?;
+    loopback_up(&h).await?;
+    Ok(ns)
+}
+
 impl Dataplane {
     /// A data plane keeping its namespaces under `root`. Must be called within a tokio runtime.
     pub fn new(root: impl Into<PathBuf>) -> io::Result<Dataplane> {

@@ -28,7 +28,7 @@ pub mod model;
 pub mod netns;
 pub mod wireguard;
 
-pub use executor::{Applied, ApplyError, Dataplane, task_namespace};
+pub use executor::{Applied, ApplyError, Dataplane, adopt_namespace, task_namespace};
 pub(crate) use executor::{BRIDGE, VXLAN};
 pub use keys::Key;
 pub use layout::{Layout, Observed, Op, plan};

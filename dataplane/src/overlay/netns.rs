@@ -68,6 +68,33 @@ pub fn create(path: &Path) -> io::Result<File> {
     })
 }
 
+/// Mounts the namespace `source` names (another process's, e.g. `/proc/<pid>/ns/net` of a
+/// container) on `path`, so it can be found and entered by path like the ones [`create`] makes.
+pub fn bind(source: &Path, path: &Path) -> io::Result<File> {
+    if let Some(existing) = open(path)? {
+        return Ok(existing);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    File::create(path)?;
+    if let Err(e) = mount(
+        Some(source),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        let _ = std::fs::remove_file(path);
+        return Err(io::Error::new(
+            io::Error::from(e).kind(),
+            format!("mounting {} on {}: {e}", source.display(), path.display()),
+        ));
+    }
+    open(path)?
+        .ok_or_else(|| io::Error::other(format!("{} is not a network namespace", source.display())))
+}
+
 /// Unmounts and removes a namespace's mount point; the namespace goes once nothing uses it.
 pub fn remove(path: &Path) -> io::Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {

@@ -1,0 +1,317 @@
+//! The `docker` executor: a task is a container of the Docker Engine (through bollard), made
+//! with network mode `none`. Shoal plumbs the container's network namespace itself: once the
+//! container runs, its `/proc/<pid>/ns/net` is mounted on `<data root>/tasks/netns/<task>` and
+//! the data plane attaches it to the task's networks there, exactly as for the `exec` executor.
+//! The task is reported running only once that is done.
+//!
+//! Unlike Docker's own swarm mode (which plumbs from a runtime hook before the container's first
+//! instruction), the container's process starts with only `lo` and gets its interfaces a few
+//! milliseconds later; a server binding the wildcard address does not notice.
+//!
+//! Containers are named `<service>.<slot>.<task>` as in Docker's swarm mode and carry the labels
+//! below, so `docker ps --filter label=io.shoal.task.id` lists them. They are removed when their
+//! task ends. The engine keeps their logs (`docker logs`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::pin::pin;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use shoal_api::service::Task;
+use tokio_stream::StreamExt;
+
+use super::{Exit, Runtime};
+
+/// Where the Docker Engine listens unless `--docker-host` or `DOCKER_HOST` says otherwise.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// The task a container runs.
+pub const LABEL_TASK: &str = "io.shoal.task.id";
+/// The service of that task.
+pub const LABEL_SERVICE: &str = "io.shoal.service.name";
+/// The node that runs it.
+pub const LABEL_NODE: &str = "io.shoal.node.id";
+/// The data root of the `shoald` that made it (several daemons may share one engine).
+pub const LABEL_DATA_ROOT: &str = "io.shoal.data-root";
+
+/// The oldest engine API spoken (Docker 20.10).
+const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
+
+/// A connection to the Docker Engine.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+    host: String,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("host", &self.host).finish()
+    }
+}
+
+impl Engine {
+    /// Connects to the engine at `host` (`unix://PATH`) and checks that it answers.
+    pub async fn connect(host: &str) -> Result<Engine, String> {
+        let path = host
+            .strip_prefix("unix://")
+            .ok_or_else(|| format!("--docker-host {host:?}: only unix:// sockets are supported"))?;
+        let cannot = |e: DockerError| format!("cannot reach the Docker Engine at {host}: {e}");
+        let docker = Docker::connect_with_unix(path, 120, &API_VERSION).map_err(cannot)?;
+        let version = docker.version().await.map_err(cannot)?;
+        tracing::info!(
+            host,
+            version = version.version.as_deref().unwrap_or("?"),
+            api = version.api_version.as_deref().unwrap_or("?"),
+            "docker executor: engine reached"
+        );
+        Ok(Engine {
+            docker,
+            host: host.to_owned(),
+        })
+    }
+
+    /// Makes the task's container (pulling its image if the engine lacks it).
+    pub(crate) async fn prepare(
+        &self,
+        data_root: &Path,
+        task: &Task,
+        node: &str,
+        env: &[(String, String)],
+    ) -> Result<Runtime, String> {
+        let spec = &task.spec.container_spec;
+        self.ensure_image(&spec.image).await?;
+        let words: Vec<String> = spec
+            .command
+            .iter()
+            .chain(spec.args.iter())
+            .cloned()
+            .collect();
+        let labels = HashMap::from([
+            (LABEL_TASK.to_owned(), task.id.clone()),
+            (LABEL_SERVICE.to_owned(), task.service_name.clone()),
+            (LABEL_NODE.to_owned(), node.to_owned()),
+            (LABEL_DATA_ROOT.to_owned(), data_root.display().to_string()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!words.is_empty()).then_some(words),
+            env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = container_name(task);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = match self
+            .docker
+            .create_container(Some(options), body.clone())
+            .await
+        {
+            // A container of this task left by a daemon killed between create and record.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
+                self.remove(&name).await;
+                let options = CreateContainerOptionsBuilder::default().name(&name).build();
+                self.docker.create_container(Some(options), body).await
+            }
+            other => other,
+        }
+        .map_err(|e| format!("creating the container: {}", message(e)))?;
+        Ok(Runtime {
+            container: Some(created.id),
+            ..Default::default()
+        })
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), String> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(format!("inspecting image {image}: {}", message(e))),
+        }
+        let (name, tag) = split_reference(image);
+        let mut options = CreateImageOptionsBuilder::default().from_image(name);
+        if !tag.is_empty() {
+            options = options.tag(tag);
+        }
+        let options = options.build();
+        let mut pull = pin!(self.docker.create_image(Some(options), None, None));
+        while let Some(step) = pull.next().await {
+            if let Err(e) = step {
+                return Err(format!(
+                    "No such image: {image} (pulling it: {})",
+                    message(e)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the container, mounts its namespace on `<dir>/netns/<task>` and records its
+    /// process.
+    pub(crate) async fn start(
+        &self,
+        dir: &Path,
+        task: &Task,
+        runtime: &mut Runtime,
+    ) -> Result<(), String> {
+        let id = runtime.container.clone().unwrap_or_default();
+        self.docker
+            .start_container(&id, None)
+            .await
+            .map_err(|e| format!("starting the container: {}", message(e)))?;
+        let inspected = self
+            .docker
+            .inspect_container(&id, None)
+            .await
+            .map_err(|e| format!("inspecting the container: {}", message(e)))?;
+        let state = inspected.state.unwrap_or_default();
+        let pid = state.pid.unwrap_or_default();
+        if state.running != Some(true) || pid <= 0 {
+            return Err(format!(
+                "the container stopped at once (exit code {})",
+                state.exit_code.unwrap_or_default()
+            ));
+        }
+        let pid = pid as u32;
+        runtime.pid = pid;
+        runtime.start_time = super::exec::start_time(pid).unwrap_or_default();
+        let netns = super::exec::netns_path(dir, &task.id);
+        let source = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+        shoal_dataplane::overlay::adopt_namespace(&source, &netns)
+            .await
+            .map_err(|e| format!("taking the container's network namespace: {e}"))?;
+        runtime.netns = netns;
+        Ok(())
+    }
+
+    /// Waits until the container stops; its exit code.
+    pub(crate) async fn wait(&self, runtime: &Runtime) -> Exit {
+        let id = runtime.container.clone().unwrap_or_default();
+        loop {
+            let waited = pin!(self.docker.wait_container(&id, None)).next().await;
+            match waited {
+                Some(Ok(response)) => return Exit::Code(response.status_code as i32),
+                Some(Err(DockerError::DockerContainerWaitError { code, .. })) => {
+                    return Exit::Code(code as i32);
+                }
+                Some(Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                })) => return Exit::Unknown("the container was removed".into()),
+                Some(Err(e)) => {
+                    // The engine restarted or the connection broke: ask again.
+                    tracing::debug!(container = %id, error = %e, "waiting for a container");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                None => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+
+    /// Stops the container: SIGTERM, then SIGKILL after `grace` (the engine does both).
+    pub(crate) async fn stop(&self, runtime: &Runtime, grace: Duration) {
+        let Some(id) = &runtime.container else {
+            return;
+        };
+        let options = StopContainerOptionsBuilder::default()
+            .t(grace.as_secs() as i32)
+            .build();
+        if let Err(e) = self.docker.stop_container(id, Some(options)).await {
+            tracing::debug!(container = %id, error = %e, "stopping a container");
+        }
+    }
+
+    /// Removes the container (and anything it still runs).
+    pub(crate) async fn remove(&self, id: &str) {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(())
+            | Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => tracing::warn!(container = %id, error = %e, "removing a container"),
+        }
+    }
+}
+
+/// `<service>.<slot>.<task>` (`<service>.<node>.<task>` for a global service), as Docker names
+/// swarm tasks' containers.
+pub(crate) fn container_name(task: &Task) -> String {
+    let middle = if task.slot > 0 {
+        task.slot.to_string()
+    } else {
+        task.node_id.clone()
+    };
+    format!("{}.{middle}.{}", task.service_name, task.id)
+}
+
+/// `name[:tag]` (a `:` after the last `/` separates the tag; `latest` by default); a digest
+/// reference (`name@sha256:...`) is pulled whole, without a tag.
+fn split_reference(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    match image[name_start..].rfind(':') {
+        Some(i) => (&image[..name_start + i], &image[name_start + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+/// The engine's own message when it gave one.
+fn message(e: DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message,
+        e => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_name_and_tag() {
+        assert_eq!(split_reference("web"), ("web", "latest"));
+        assert_eq!(split_reference("web:1.2"), ("web", "1.2"));
+        assert_eq!(
+            split_reference("registry:5000/team/web"),
+            ("registry:5000/team/web", "latest")
+        );
+        assert_eq!(
+            split_reference("registry:5000/team/web:v2"),
+            ("registry:5000/team/web", "v2")
+        );
+        assert_eq!(split_reference("web@sha256:0a1b"), ("web@sha256:0a1b", ""));
+    }
+
+    #[test]
+    fn containers_are_named_as_docker_names_swarm_tasks() {
+        let mut task = Task {
+            id: "abc".into(),
+            service_name: "web".into(),
+            slot: 3,
+            node_id: "n1".into(),
+            ..Default::default()
+        };
+        assert_eq!(container_name(&task), "web.3.abc");
+        task.slot = 0;
+        assert_eq!(container_name(&task), "web.n1.abc");
+    }
+}
