@@ -171,6 +171,8 @@ pub fn import_labtool_image(reference: &str) -> Result<String, LabError> {
         if !tar.status.success() {
             return Err(failed("tar -c", &tar));
         }
+        // The previous import of this reference would stay behind as a dangling image.
+        let _ = docker(&["image", "rm", reference]);
         let mut import = Command::new("docker")
             .args(["import", "-", reference])
             .env("DOCKER_HOST", format!("unix://{SOCKET}"))

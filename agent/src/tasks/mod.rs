@@ -3,8 +3,10 @@
 //!
 //! ```text
 //!   Dispatcher.Assignments (stream) ─> Worker::assign ─┬─ new task: supervise(): prepare
-//!                                                      │    (namespace) ─> data plane apply
-//!                                                      │    (attachments) ─> start ─> running
+//!                                                      │    (exec: namespace; docker: container)
+//!                                                      │    ─> start, with a data-plane apply
+//!                                                      │    (attachments) before it (exec) or
+//!                                                      │    after it (docker) ─> running
 //!                                                      │    ─> exit / stop ─> detach, clean up
 //!                                                      └─ gone or desired shutdown: stop it
 //!   every status change ─> unreported ─> Dispatcher.Report (batched)

@@ -1,5 +1,6 @@
-//! The node's task session with the managers: the assignment stream (from the first manager
-//! that answers, the leader first) and the batched status reports.
+//! The node's task session with the managers: the assignment stream (from the leader: the
+//! managers are tried in turn, the last known leader first, and the others refuse) and the
+//! batched status reports.
 
 use std::time::Duration;
 

@@ -515,6 +515,13 @@ impl dispatcher_server::Dispatcher for Services {
                 "node {node_id} is not in the swarm"
             )));
         }
+        // Only the leader's replica is known to be current: a follower cut off from the leader
+        // would keep serving what it last saw.
+        if inner.raft.metrics().borrow().current_leader != Some(inner.raft_id) {
+            return Err(Status::unavailable(
+                "this manager is not the leader: assignments come from the leader",
+            ));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(services::stream_assignments(inner, node_id, tx));
         Ok(Response::new(Box::pin(

@@ -679,7 +679,8 @@ pub(super) async fn reconcile_loop(manager: Manager, mut stopped: watch::Receive
     }
 }
 
-/// Sends `node_id` its assignment from this manager's replica, again whenever it changes, until
+/// Sends `node_id` its assignment from this manager's replica (the leader's: the stream is only
+/// opened on the leader and ends when it loses the leadership), again whenever it changes, until
 /// the node hangs up or the manager stops.
 pub(super) async fn stream_assignments(
     inner: Arc<Inner>,
@@ -687,6 +688,7 @@ pub(super) async fn stream_assignments(
     tx: tokio::sync::mpsc::Sender<Result<shoal_api::v1::Frame, Status>>,
 ) {
     let mut stopped = inner.stop.subscribe();
+    let mut metrics = inner.raft.metrics();
     let mut last: Option<crate::dispatcher::Assignment> = None;
     // Set at `swarm init`, never changed: read once, not on every store event.
     let port = ops::data_path_port(&inner);
@@ -715,7 +717,14 @@ pub(super) async fn stream_assignments(
             let woke = tokio::select! {
                 _ = stopped.wait_for(|s| *s) => return,
                 () = tx.closed() => return,
-                event = events.next() => event.is_some(),
+                event = events.next() => Some(event.is_some()),
+                // The stream ends with the leadership: the node asks the new leader.
+                _ = metrics.wait_for(|m| m.current_leader != Some(inner.raft_id)) => None,
+            };
+            let Some(woke) = woke else {
+                let lost = Status::unavailable("this manager is no longer the leader");
+                let _ = tx.send(Err(lost)).await;
+                return;
             };
             if !woke {
                 break;

@@ -595,6 +595,22 @@ fn is_transient(err: &io::Error) -> bool {
 // serve
 // ---------------------------------------------------------------------------------------------
 
+/// Exits at once on SIGTERM, as a well-behaved server does: as a container's PID 1 the signal
+/// would otherwise be ignored, and every stop would wait out the grace period.
+fn exit_on_sigterm() {
+    extern "C" fn exit_now(_: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(0) }
+    }
+    // SAFETY: installs a handler that only calls an async-signal-safe function.
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            exit_now as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+}
+
 fn cmd_serve(flags: &Flags) -> Result<ExitCode> {
     // A service task names itself after its service and slot (or its task ID).
     let name: String = match flags.or("name", String::new())? {
@@ -614,6 +630,7 @@ fn cmd_serve(flags: &Flags) -> Result<ExitCode> {
     }
     let port: u16 = flags.required("port")?;
     let ip: IpAddr = flags.or("addr", IpAddr::V4(Ipv4Addr::UNSPECIFIED))?;
+    exit_on_sigterm();
 
     let tcp_addr = SocketAddr::new(ip, port);
     let listener = tcp_listen(&tcp_addr).context(format!("binding TCP {tcp_addr}"))?;
