@@ -4,7 +4,7 @@
 use std::{
     fs::{self, File, OpenOptions, TryLockError},
     io::{self, Read, Seek, Write},
-    os::unix::fs::DirBuilderExt,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -49,7 +49,8 @@ impl DataRoot {
             let path = path.to_path_buf();
             move |source| DataRootError::Io { path, what, source }
         };
-        // Created 0700 if missing; an existing directory keeps the mode its owner gave it.
+        // Created 0700 if missing. An existing one is made private too, with everything in it
+        // (keys, task environments and logs): 0700 directories, 0600 files.
         if !path.is_dir() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -57,11 +58,22 @@ impl DataRoot {
                 .create(path)
                 .map_err(io_error("creating it"))?;
         }
+        let tightened =
+            crate::durable::tighten(path).map_err(io_error("making it private (0700/0600)"))?;
+        if !tightened.is_empty() {
+            tracing::warn!(
+                data_root = %path.display(),
+                paths = tightened.len(),
+                "group and other permissions removed from the data root and files in it"
+            );
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path.join(PID_FILE))
             .map_err(io_error("opening the pid file"))?;
         match file.try_lock() {

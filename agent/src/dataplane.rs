@@ -88,12 +88,16 @@ impl NodeDataplane {
             let dp = ensure(&mut guard, &root)?;
             match dp.apply(&state).await {
                 Ok(applied) => {
-                    save(&saved, &state_json).map_err(|e| {
-                        Status::internal(format!(
-                            "applied, but keeping the state in {} failed: {e}",
-                            saved.display()
-                        ))
-                    })?;
+                    let path = saved.clone();
+                    tokio::task::spawn_blocking(move || save(&path, &state_json))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                        .map_err(|e| {
+                            Status::internal(format!(
+                                "applied, but keeping the state in {} failed: {e}",
+                                saved.display()
+                            ))
+                        })?;
                     Ok(applied.changes)
                 }
                 Err(e @ ApplyError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
@@ -192,18 +196,9 @@ impl NodeDataplane {
     }
 }
 
-/// Writes `text` to `path` atomically and durably (temporary file, fsync, rename).
+/// Writes `text` to `path` atomically and durably, 0600: it holds the WireGuard private key.
 fn save(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::durable::write(path, text.as_bytes())
 }
 
 /// The data plane, created on first use.

@@ -19,6 +19,7 @@
 mod api;
 mod data_root;
 mod dataplane;
+mod durable;
 mod node;
 mod socket;
 pub mod swarm;
@@ -71,6 +72,12 @@ pub enum DaemonError {
         /// Why.
         reason: String,
     },
+    /// State kept in the data root cannot be read back.
+    #[error("{reason}")]
+    State {
+        /// What cannot be read, and why.
+        reason: String,
+    },
     /// The gRPC server failed.
     #[error("serving the API on {host}: {source}")]
     Serve {
@@ -84,6 +91,8 @@ pub enum DaemonError {
 
 /// Runs the daemon until `shutdown` resolves, then removes its socket.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    // Whatever the daemon creates is its own: keys, the raft log, task state and logs.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let _lock = data_root::DataRoot::open(&config.data_root)?;
     let executor = tasks::Executor::new(config.executor, &config.docker_host)
         .await
@@ -104,7 +113,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let dataplane = dataplane::NodeDataplane::new(&config.data_root);
     dataplane.restore().await;
     let worker = tasks::Worker::new(&config.data_root, executor, dataplane.clone());
-    worker.restore().await;
+    worker
+        .restore()
+        .await
+        .map_err(|reason| DaemonError::State { reason })?;
+    let worker_saves = worker.clone();
     let swarm = swarm::SwarmNode::new(&config.data_root, facts.clone(), worker);
     if let Err(e) = swarm.restore().await {
         // The daemon still serves: `shoal swarm leave --force` is the way out.
@@ -120,6 +133,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await;
     drop(socket_file);
     swarm.shutdown().await;
+    worker_saves.flush().await;
     tracing::info!("shoald stopped");
     served.map_err(|source| DaemonError::Serve {
         host: config.host.clone(),

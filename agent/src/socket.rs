@@ -6,7 +6,7 @@
 use std::{
     fs::{self, File, TryLockError},
     io,
-    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -58,14 +58,31 @@ pub(crate) fn bind(host: &DaemonHost) -> Result<(UnixListener, SocketFile), Sock
     }
     let lock = lock(host)?;
     remove_stale(host, path)?;
-    let listener = UnixListener::bind(path).map_err(io_error("binding"))?;
+    let listener = bind_0660(path).map_err(io_error("binding"))?;
     let file = SocketFile {
         host: host.clone(),
         _lock: lock,
     };
+    // Already 0660 from its creation; said again in case the file system ignores the umask.
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))
         .map_err(io_error("setting its mode to 0660"))?;
+    let listener = UnixListener::from_std(listener).map_err(io_error("listening"))?;
     Ok((listener, file))
+}
+
+/// Binds `path` so that the socket is 0660 from the moment it exists: on a thread of its own
+/// whose umask (unshared from the process's) is 0117.
+fn bind_0660(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(io::Error::from)?;
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    })
+    .join()
+    .unwrap_or_else(|_| Err(io::Error::other("the binding thread panicked")))
 }
 
 impl Drop for SocketFile {
@@ -82,11 +99,20 @@ impl Drop for SocketFile {
 fn lock(host: &DaemonHost) -> Result<File, SocketError> {
     let mut path = PathBuf::from(host.path()).into_os_string();
     path.push(".lock");
-    let file = File::create(&path).map_err(|source| SocketError::Io {
-        host: host.clone(),
-        what: "opening its lock file",
-        source,
-    })?;
+    // Never through a symlink someone planted in the socket's directory.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|source| SocketError::Io {
+            host: host.clone(),
+            what: "opening its lock file",
+            source,
+        })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(SocketError::InUse(host.clone())),

@@ -160,21 +160,7 @@ fn route_source(remote: SocketAddr) -> Option<IpAddr> {
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    crate::durable::write(path, text.as_bytes())
 }
 
 impl SwarmNode {
@@ -196,7 +182,7 @@ impl SwarmNode {
             Ok(text) => text.trim().parse().map_err(std::io::Error::other),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Key::generate()?;
-                std::fs::create_dir_all(&self.dir)?;
+                crate::durable::private_dir(&self.dir)?;
                 write_private(&path, &key.to_string())?;
                 Ok(key)
             }
@@ -267,7 +253,7 @@ impl SwarmNode {
 
     fn write_credentials(&self, credentials: &Credentials) -> std::io::Result<()> {
         let certs = self.dir.join("certs");
-        std::fs::create_dir_all(&certs)?;
+        crate::durable::private_dir(&certs)?;
         write_private(&certs.join("node.key"), &credentials.key_pem)?;
         write_private(&certs.join("node.crt"), &credentials.cert_pem)?;
         write_private(&certs.join("ca.crt"), &credentials.ca_pem)
@@ -652,10 +638,7 @@ impl SwarmNode {
     fn wipe(&self) -> std::io::Result<()> {
         match std::fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => std::fs::create_dir_all(&self.dir).and_then(|()| {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
-            }),
+            _ => crate::durable::private_dir(&self.dir),
         }
     }
 

@@ -6,6 +6,7 @@
 //! the daemon finds it again by PID and start time when it comes back.
 
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub(crate) fn start(
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(crate::durable::FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&log_path)
         .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
     let err_log = log

@@ -38,6 +38,9 @@ use shoal_dataplane::overlay::model::{
 };
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+/// What runs on this node, under `<data root>/tasks`.
+const TASKS_FILE: &str = "tasks.json";
+
 use crate::dataplane::NodeDataplane;
 
 /// How a task is run on this node (`shoald --executor`).
@@ -163,6 +166,8 @@ struct State {
 struct Inner {
     dir: PathBuf,
     data_root: PathBuf,
+    /// `tasks.json`, written by a thread of its own.
+    saved: crate::durable::Latest,
     executor: Executor,
     dataplane: NodeDataplane,
     state: Mutex<State>,
@@ -203,6 +208,7 @@ impl Worker {
         let (applies, requests) = mpsc::unbounded_channel();
         let worker = Self {
             inner: Arc::new(Inner {
+                saved: crate::durable::Latest::new(data_root.join("tasks").join(TASKS_FILE)),
                 dir: data_root.join("tasks"),
                 data_root: data_root.to_owned(),
                 executor,
@@ -226,19 +232,27 @@ impl Worker {
     }
 
     /// Takes back the tasks kept on disk: running ones are supervised again, those that ended
-    /// while the daemon was away are reported failed.
-    pub(crate) async fn restore(&self) {
-        let path = self.inner.dir.join("tasks.json");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return;
-        };
-        let tasks: BTreeMap<String, Local> = match serde_json::from_str(&text) {
-            Ok(tasks) => tasks,
+    /// while the daemon was away are reported failed. A file that cannot be read is an error
+    /// naming it: the daemon does not start rather than forget the tasks that run.
+    pub(crate) async fn restore(&self) -> Result<(), String> {
+        let path = self.inner.dir.join(TASKS_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "not restoring the node's tasks");
-                return;
+                return Err(format!(
+                    "reading the node's tasks in {}: {e}",
+                    path.display()
+                ));
             }
         };
+        let tasks: BTreeMap<String, Local> = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "the node's tasks in {} do not decode ({e}); the tasks it names may still run: \
+                 stop them, then move the file aside to start afresh",
+                path.display()
+            )
+        })?;
         let mut adopt = Vec::new();
         let mut ended = Vec::new();
         {
@@ -275,6 +289,7 @@ impl Worker {
             tokio::spawn(async move { worker.supervise_adopted(id, runtime, stopped).await });
         }
         self.save();
+        Ok(())
     }
 
     /// Sets who this node is (on joining or resuming), or clears it (on leaving).
@@ -430,22 +445,18 @@ impl Worker {
         self.save();
     }
 
-    /// Writes what runs to `tasks.json` (atomically).
+    /// Hands what runs to `tasks.json`'s writer (atomic, durable, off the async runtime). The
+    /// text is taken under the state's lock, so a later save always carries a later state.
     fn save(&self) {
-        let text = {
-            let state = self.lock();
-            serde_json::to_string(&state.tasks).expect("plain data serializes")
-        };
-        let path = self.inner.dir.join("tasks.json");
-        let written = std::fs::create_dir_all(&self.inner.dir).and_then(|()| {
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, text)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        });
-        if let Err(e) = written {
-            tracing::error!(path = %path.display(), error = %e, "keeping the node's tasks");
-        }
+        let state = self.lock();
+        let text = serde_json::to_string(&state.tasks).expect("plain data serializes");
+        self.inner.saved.save(text);
+    }
+
+    /// Waits until every save so far is on disk.
+    pub(crate) async fn flush(&self) {
+        let saved = self.inner.saved.clone();
+        let _ = tokio::task::spawn_blocking(move || saved.flush()).await;
     }
 
     fn request_apply(&self) -> oneshot::Receiver<Result<(), String>> {
@@ -469,10 +480,10 @@ impl Worker {
             .container_spec
             .env
             .iter()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) => (k.to_owned(), v.to_owned()),
-                None => (kv.clone(), std::env::var(kv).unwrap_or_default()),
-            })
+            // `FOO` without `=` is absent in the task, as in Docker (the CLI has already taken its
+            // own value, if it had one); never this daemon's own variable.
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         env.extend([
             ("SHOAL_TASK_ID".to_owned(), task.id.clone()),

@@ -177,6 +177,18 @@ pub(crate) fn parse_publish(value: &str) -> Result<PortConfig, String> {
     })
 }
 
+/// `--env FOO` without `=`: the value of `FOO` in this command's own environment, as the docker
+/// CLI does; left as `FOO` (absent in the task) when it has none.
+fn env_from_client(entry: String) -> String {
+    if entry.contains('=') {
+        return entry;
+    }
+    match std::env::var(&entry) {
+        Ok(value) => format!("{entry}={value}"),
+        Err(_) => entry,
+    }
+}
+
 fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
     let mode = if args.mode == "global" {
         if args.replicas.is_some() {
@@ -214,7 +226,7 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
                 image: args.image,
                 command,
                 args: rest,
-                env: args.env,
+                env: args.env.into_iter().map(env_from_client).collect(),
             },
             placement: Placement {
                 constraints: args.constraint,

@@ -198,7 +198,7 @@ impl LogStore {
             while at < bytes.len() {
                 let whole = parse_record(&bytes[at..]);
                 let Some((entry, size)) = whole else {
-                    if last_segment {
+                    if last_segment && torn_tail(&bytes[at..]) {
                         // A torn tail: the crash came mid-write, before the fsync that would
                         // have reported these bytes stored. Cut it off.
                         tracing::warn!(segment = %path.display(), at, "cutting a torn record off the raft log");
@@ -300,6 +300,21 @@ impl LogStore {
 
 /// One record at the start of `bytes`: the entry and the record's size, or `None` when the
 /// record is incomplete or does not check out.
+/// Whether `rest`, which does not start with a whole record, is what a crash mid-append
+/// leaves: a record cut short (its header or payload runs past the end of the file), a final
+/// record whose payload is damaged (nothing follows it), or zeros a file system may leave past
+/// the last write. A bad record with more after it is corruption, never cut.
+fn torn_tail(rest: &[u8]) -> bool {
+    if rest.iter().all(|b| *b == 0) {
+        return true;
+    }
+    let Some(header) = rest.get(..HEADER) else {
+        return true;
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    HEADER.saturating_add(len) >= rest.len()
+}
+
 fn parse_record(bytes: &[u8]) -> Option<(Entry, usize)> {
     let header = bytes.get(..HEADER)?;
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
@@ -706,6 +721,49 @@ mod tests {
         fs::write(&first, bytes).unwrap();
         let e = LogStore::open(dir.path()).unwrap_err();
         assert!(e.to_string().contains("is corrupt at byte 0"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_damaged_record_in_the_last_segment_with_records_after_it_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append(&mut log, 1..=5).await;
+        drop(log);
+        let segment = segments(dir.path()).pop().unwrap();
+        let before = fs::read(&segment).unwrap();
+        let mut bytes = before.clone();
+        // Entry 2's payload: a flipped bit with entries 3 to 5 whole after it.
+        let second = record(&entry(1)).unwrap().len();
+        bytes[second + HEADER + 2] ^= 0x01;
+        fs::write(&segment, &bytes).unwrap();
+        let e = LogStore::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("is corrupt at byte"), "{e}");
+        // Nothing was cut: the file is as the damage left it.
+        assert_eq!(fs::read(&segment).unwrap(), bytes);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_damaged_final_record_and_a_zeroed_tail_are_torn_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        append(&mut log, 1..=3).await;
+        drop(log);
+        let segment = segments(dir.path()).pop().unwrap();
+        let whole = fs::read(&segment).unwrap();
+        // A whole-length last record whose bytes did not all reach the disk.
+        let mut damaged = whole.clone();
+        let n = damaged.len();
+        damaged[n - 2] ^= 0xff;
+        fs::write(&segment, &damaged).unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indices(&mut log).await, vec![1, 2]);
+        drop(log);
+        // Zeros past the last record (a file system extended the file before the crash).
+        let mut zeroed = fs::read(&segment).unwrap();
+        zeroed.extend_from_slice(&[0; 4096]);
+        fs::write(&segment, &zeroed).unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indices(&mut log).await, vec![1, 2]);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,327 @@
+//! Files the daemon keeps: written whole or not at all, durable once written, readable by root
+//! only.
+//!
+//! - [`write`]: a temporary file with a name no other writer uses (created exclusively, 0600,
+//!   never through a symlink), fsync, rename over the target, fsync of the directory.
+//! - [`Latest`]: a file rewritten often (the node's tasks): callers hand over the newest text and
+//!   go on; one writer thread of its own writes the newest it has, so concurrent saves never
+//!   share a temporary file and the async runtime never waits for an fsync.
+//! - [`tighten`]: the data root and what it holds, 0700 directories and 0600 files, also when
+//!   they were made by an earlier version or by hand.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::{self, Write as _},
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+/// Mode of every file the daemon writes.
+pub(crate) const FILE_MODE: u32 = 0o600;
+/// Mode of every directory the daemon makes.
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// Temporary names are unique within the process (and the PID makes them unique across
+/// processes sharing a directory by mistake).
+static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+
+fn temporary_for(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically and durably, mode 0600.
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = temporary_for(path);
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Makes `dir` (and its parents) with mode 0700 where missing, and sets `dir` itself to 0700.
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+}
+
+/// Takes group and other permissions away from `root` and everything under it: directories
+/// 0700, regular files 0600 at most. Symlinks are not followed, and nothing else (sockets,
+/// namespace mounts) is touched. The paths it changed.
+pub(crate) fn tighten(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut changed = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    let root_dev = fs::symlink_metadata(root)?.dev();
+    while let Some(path) = pending.pop() {
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mode = meta.mode() & 0o7777;
+        let file_type = meta.file_type();
+        // Another file system mounted here (a namespace file, a tmpfs): not ours to change.
+        if meta.dev() != root_dev {
+            continue;
+        }
+        let wanted = if file_type.is_dir() {
+            for entry in fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+            mode & 0o700
+        } else if file_type.is_file() {
+            mode & 0o600
+        } else {
+            continue;
+        };
+        if wanted != mode {
+            fs::set_permissions(&path, fs::Permissions::from_mode(wanted))?;
+            changed.push(path);
+        }
+    }
+    Ok(changed)
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// The newest text handed over, and its sequence number.
+    next: Option<(u64, String)>,
+    /// The last sequence number written (or failed).
+    done: u64,
+    /// Set when the owner is gone: the thread writes what it has and ends.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    sequence: AtomicU64,
+}
+
+/// A file rewritten often, by one writer thread of its own (see the module's notes). Clones
+/// share the writer; the thread ends when the last clone is dropped, after writing what is left.
+#[derive(Debug, Clone)]
+pub(crate) struct Latest {
+    shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+#[derive(Debug)]
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.0.wake.notify_all();
+    }
+}
+
+impl Latest {
+    /// A writer for `path`.
+    pub(crate) fn new(path: PathBuf) -> Self {
+        let shared = Arc::new(Shared {
+            path,
+            pending: Mutex::default(),
+            wake: Condvar::new(),
+            sequence: AtomicU64::new(0),
+        });
+        let thread = shared.clone();
+        std::thread::Builder::new()
+            .name("shoald-save".into())
+            .spawn(move || writer(&thread))
+            .expect("spawning the save thread");
+        Self {
+            _owner: Arc::new(Owner(shared.clone())),
+            shared,
+        }
+    }
+
+    /// Hands `text` over to be written; returns at once. A newer text replaces one not yet
+    /// written.
+    pub(crate) fn save(&self, text: String) {
+        let sequence = self.shared.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if pending.next.as_ref().is_none_or(|(s, _)| *s < sequence) {
+            pending.next = Some((sequence, text));
+        }
+        drop(pending);
+        self.shared.wake.notify_all();
+    }
+
+    /// Waits until everything handed over so far is written (or has failed and been logged).
+    pub(crate) fn flush(&self) {
+        let wanted = self.shared.sequence.load(Ordering::SeqCst);
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while pending.done < wanted {
+            pending = self
+                .shared
+                .wake
+                .wait(pending)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+fn writer(shared: &Shared) {
+    loop {
+        let (sequence, text) = {
+            let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if let Some(next) = pending.next.take() {
+                    break next;
+                }
+                if pending.closed {
+                    return;
+                }
+                pending = shared.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let written = shared
+            .path
+            .parent()
+            .map_or(Ok(()), private_dir)
+            .and_then(|()| write(&shared.path, text.as_bytes()));
+        if let Err(e) = written {
+            tracing::error!(path = %shared.path.display(), error = %e, "writing a state file");
+        }
+        let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.done = pending.done.max(sequence);
+        drop(pending);
+        shared.wake.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_file_is_private_and_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        write(&path, b"one").expect("write");
+        write(&path, b"two").expect("write again");
+        assert_eq!(fs::read(&path).expect("read"), b"two");
+        assert_eq!(
+            fs::metadata(&path).expect("stat").permissions().mode() & 0o777,
+            0o600
+        );
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .filter(|n| n != "state.json")
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_temporary_file_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "untouched").expect("victim");
+        // Whatever name comes next, a symlink there would be refused (create_new + O_NOFOLLOW):
+        // plant one under the next name and check the write still lands only in the target.
+        let target = dir.path().join("tasks.json");
+        let next = NEXT_TMP.load(Ordering::SeqCst);
+        let planted =
+            target.with_file_name(format!(".tasks.json.{}.{next}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).expect("symlink");
+        let result = write(&target, b"data");
+        assert_eq!(fs::read_to_string(&victim).expect("read"), "untouched");
+        // Either it failed (the planted name was taken) or another test took that name first.
+        if result.is_ok() {
+            assert_eq!(fs::read(&target).expect("read"), b"data");
+        }
+    }
+
+    #[test]
+    fn concurrent_saves_all_land_and_the_newest_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub").join("tasks.json");
+        let latest = Latest::new(path.clone());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let latest = latest.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        latest.save(format!("{t}-{i}"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("saver");
+        }
+        latest.save("last".into());
+        latest.flush();
+        assert_eq!(fs::read_to_string(&path).expect("read"), "last");
+        assert_eq!(
+            fs::metadata(path.parent().expect("dir"))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn tighten_takes_group_and_other_bits_away() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("swarm/certs")).expect("dirs");
+        fs::set_permissions(root.join("swarm/certs"), fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(root.join("swarm"), fs::Permissions::from_mode(0o775)).expect("chmod");
+        let key = root.join("swarm/certs/node.key");
+        fs::write(&key, "secret").expect("key");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let changed = tighten(&root).expect("tighten");
+        assert_eq!(changed.len(), 4, "{changed:?}");
+        let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("swarm")), 0o700);
+        assert_eq!(mode(&root.join("swarm/certs")), 0o700);
+        assert_eq!(mode(&key), 0o600);
+        assert!(tighten(&root).expect("again").is_empty());
+    }
+}
