@@ -190,7 +190,12 @@ impl NodeDataplane {
                     json!({ "interfaces": interfaces, "services": services })
                 }
             };
-            Ok(json!({ "tunnel": tunnel, "networks": networks, "wireguard_peers": peers, "mesh": mesh }))
+            let left_out: Vec<Value> = dp
+                .left_out()
+                .iter()
+                .map(|p| json!({ "field": p.field, "reason": p.message }))
+                .collect();
+            Ok(json!({ "tunnel": tunnel, "networks": networks, "wireguard_peers": peers, "mesh": mesh, "left_out": left_out }))
         })
         .await
     }

@@ -33,9 +33,10 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
 
-    /// How tasks run: exec (COMMAND from the host, in a namespace of its own) or docker
-    /// (containers of the Docker Engine at --docker-host, network mode none)
-    #[arg(long, value_name = "EXECUTOR", default_value = "exec")]
+    /// How tasks run: docker (containers of the Docker Engine at --docker-host, network mode
+    /// none), exec (COMMAND from the host, run as root in a namespace of its own: opt-in only),
+    /// none, or auto (the default: docker if the engine answers, else none)
+    #[arg(long, value_name = "EXECUTOR", default_value = "auto")]
     executor: shoal_agent::ExecutorKind,
 
     /// The Docker Engine's socket, for --executor docker (unix://PATH)

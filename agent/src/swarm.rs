@@ -144,6 +144,11 @@ fn listen_and_data_path(
         None => advertise.ip(),
         Some(value) => resolve(Some(value), "data-path-addr", 0)?.ip(),
     };
+    if let Some(problem) = shoal_control::limits::data_path_problem(&data_path.to_string()) {
+        return Err(Status::invalid_argument(format!(
+            "--data-path-addr: {problem}"
+        )));
+    }
     Ok((listen, data_path))
 }
 
@@ -371,11 +376,12 @@ impl SwarmNode {
             )));
         }
         let heartbeat_s = args.dispatcher_heartbeat_s.unwrap_or(5);
-        if heartbeat_s == 0 {
-            return Err(Status::invalid_argument(
-                "--dispatcher-heartbeat must be at least 1s",
-            ));
-        }
+        shoal_control::manager::check_heartbeat(heartbeat_s)?;
+        shoal_control::manager::check_snapshot_interval(args.snapshot_interval.unwrap_or(10_000))?;
+        // The key the description advertises is the one the node keeps.
+        let key = self
+            .wireguard_key()
+            .map_err(io_status("making the node's WireGuard key"))?;
         let first = genesis(GenesisArgs {
             description: self.description(data_path, data_path_port),
             advertise: advertise.to_string(),
@@ -396,7 +402,7 @@ impl SwarmNode {
             heartbeat_ms: heartbeat_s * 1000,
             data_path_port,
         };
-        self.wipe()
+        self.wipe_keeping(&key)
             .map_err(io_status("clearing the swarm directory"))?;
         self.write_credentials(&first.credentials)
             .map_err(io_status("writing the node's certificates"))?;
@@ -473,6 +479,10 @@ impl SwarmNode {
                 ))
             })?;
         let (csr, key_pem) = ca::node_request().map_err(|e| Status::internal(e.to_string()))?;
+        // The key the description advertises is the one the node keeps.
+        let key = self
+            .wireguard_key()
+            .map_err(io_status("making the node's WireGuard key"))?;
         let channel = tls::channel(&remote.to_string(), pinned, RPC_TIMEOUT)
             .map_err(|e| Status::internal(e.to_string()))?;
         let request = JoinRequest {
@@ -512,7 +522,7 @@ impl SwarmNode {
             heartbeat_ms: reply.heartbeat_ms,
             data_path_port: reply.data_path_port,
         };
-        self.wipe()
+        self.wipe_keeping(&key)
             .map_err(io_status("clearing the swarm directory"))?;
         self.write_credentials(&credentials)
             .map_err(io_status("writing the node's certificates"))?;
@@ -633,6 +643,13 @@ impl SwarmNode {
             .map_err(io_status("removing the swarm directory"))?;
         tracing::info!("left the swarm");
         Ok(Value::Null)
+    }
+
+    /// [`SwarmNode::wipe`], then the WireGuard key back in place: a node joining or
+    /// initializing keeps the key its description advertised.
+    fn wipe_keeping(&self, key: &Key) -> std::io::Result<()> {
+        self.wipe()?;
+        write_private(&self.dir.join("wireguard.key"), &key.to_string())
     }
 
     fn wipe(&self) -> std::io::Result<()> {

@@ -114,16 +114,20 @@ fn a_stale_socket_left_by_a_killed_daemon_is_replaced() {
 }
 
 #[test]
-fn an_existing_data_root_keeps_its_mode() {
+fn an_existing_data_root_is_made_private() {
     let (_dir, data_root, socket) = paths();
-    fs::create_dir(&data_root).unwrap();
-    fs::set_permissions(&data_root, fs::Permissions::from_mode(0o750)).unwrap();
+    fs::create_dir_all(data_root.join("swarm")).unwrap();
+    fs::set_permissions(&data_root, fs::Permissions::from_mode(0o755)).unwrap();
+    let key = data_root.join("swarm/wireguard.key");
+    fs::write(&key, "secret").unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
     let _daemon = start(&data_root, &socket);
-    let mode = fs::metadata(&data_root).unwrap().permissions().mode() & 0o777;
-    assert_eq!(
-        mode, 0o750,
-        "shoald changed the mode of an existing directory"
-    );
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data_root), 0o700, "the data root");
+    assert_eq!(mode(&data_root.join("swarm")), 0o700, "a directory in it");
+    assert_eq!(mode(&key), 0o600, "a key in it");
+    assert_eq!(mode(&data_root.join("shoald.pid")), 0o600, "the pid file");
+    assert_eq!(mode(&socket), 0o660, "the socket keeps its mode");
 }
 
 #[test]
@@ -183,8 +187,7 @@ fn the_docker_executor_without_an_engine_is_refused_with_the_reason() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("unknown executor \"podman\": exec or docker"),
+        String::from_utf8_lossy(&out.stderr).contains("unknown executor \"podman\": docker, exec"),
         "{out:?}"
     );
 }

@@ -34,7 +34,7 @@ impl InProcessDaemon {
             data_root,
             host: DaemonHost::unix(socket),
             hostname: "cli-test-node".into(),
-            executor: Default::default(),
+            executor: shoal_agent::ExecutorKind::None,
             docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
         };
         let thread = thread::spawn(move || {

@@ -31,6 +31,7 @@ use shoal_api::swarm::{Availability, Node, NodeState, Role, Version};
 use time::OffsetDateTime;
 
 use crate::allocator::Allocator;
+use crate::limits;
 use crate::scheduler::{self, Constraint, NodeInfo, Placement, Protocol};
 use crate::store::{Change, Kind, Object, ReadTx};
 
@@ -225,7 +226,9 @@ fn node_info(node: &Node) -> NodeInfo {
         os: node.description.platform.os.clone(),
         arch: node.description.platform.architecture.clone(),
         ready: node.status.state == NodeState::Ready,
-        active: node.spec.availability == Availability::Active,
+        // A node whose daemon runs no executor takes no tasks: "not available for new tasks".
+        active: node.spec.availability == Availability::Active
+            && node.description.executor != "none",
         tasks: HashMap::new(),
         host_ports: BTreeSet::new(),
     }
@@ -668,6 +671,43 @@ pub fn reconcile(
     changes
 }
 
+/// At most [`limits::MAX_CHANGES_PER_PASS`] of a pass's changes, and at most half of
+/// [`limits::MAX_ENTRY_BYTES`] of them, so that one pass is one modest raft entry however large
+/// the service. Nodes' new addresses and task updates (shutdowns, allocations, placements) go
+/// first, new tasks next, deletions of old ones last: each change stands alone (the allocator's
+/// state is derived from the store every pass), so what is left out is simply done by the next
+/// pass.
+pub fn bounded(mut changes: Vec<Change>) -> Vec<Change> {
+    let rank = |c: &Change| match c {
+        Change::Update {
+            kind: Kind::Node, ..
+        } => 0,
+        Change::Update { .. } => 1,
+        Change::Create { .. } => 2,
+        Change::Delete { .. } => 3,
+    };
+    changes.sort_by_key(rank);
+    let mut bytes = 0;
+    let mut kept = 0;
+    for change in &changes {
+        let size = match change {
+            Change::Create { body, .. } | Change::Update { body, .. } => {
+                serde_json::to_vec(body).map_or(0, |b| b.len())
+            }
+            Change::Delete { .. } => 0,
+        } + 128;
+        if kept == limits::MAX_CHANGES_PER_PASS
+            || (kept > 0 && bytes + size > limits::MAX_ENTRY_BYTES / 2)
+        {
+            break;
+        }
+        bytes += size;
+        kept += 1;
+    }
+    changes.truncate(kept);
+    changes
+}
+
 /// An object's stored body.
 pub fn body<T: Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).expect("plain data serializes")
@@ -892,6 +932,26 @@ mod tests {
         // Settled: running changes nothing more.
         run_all(&mut w);
         assert!(reconcile(&w, now(), || unreachable!()).is_empty());
+    }
+
+    #[test]
+    fn a_large_service_is_written_in_bounded_passes() {
+        let mut w = world(&["a", "b", "c"]);
+        add_service(&mut w, service("big", Some(2_500)));
+        let mut passes = 0;
+        loop {
+            let changes = bounded(reconcile(&w, now(), || crate::ca::random_id().unwrap()));
+            if changes.is_empty() {
+                break;
+            }
+            assert!(changes.len() <= limits::MAX_CHANGES_PER_PASS);
+            passes += 1;
+            apply(&mut w, changes, 100 + passes);
+            assert!(passes < 10, "it does not settle");
+        }
+        assert_eq!(passes, 3);
+        let per = live_per_node(&w, "big");
+        assert_eq!(per.values().sum::<usize>(), 2_500, "{per:?}");
     }
 
     #[test]

@@ -240,11 +240,6 @@ fn bad_input_is_refused_naming_the_field() {
             Box::new(|s| s["wireguard"]["private_key"] = "c2hvcnQ=".into()),
         ),
         (
-            "peers[0].public_key",
-            "not a WireGuard key",
-            Box::new(|s| s["peers"][0]["public_key"] = "not base64!".into()),
-        ),
-        (
             "wireguard.private_key",
             "needs a WireGuard private key",
             Box::new(|s| {
@@ -252,26 +247,9 @@ fn bad_input_is_refused_naming_the_field() {
             }),
         ),
         (
-            "endpoints[1].node",
-            "has no public_key",
-            Box::new(|s| {
-                s["peers"][0].as_object_mut().unwrap().remove("public_key");
-            }),
-        ),
-        (
             "endpoints[0].node",
             "no node",
             Box::new(|s| s["endpoints"][0]["node"] = "n9".into()),
-        ),
-        (
-            "peers[1].data_path_addr",
-            "already the address of peers[0]",
-            Box::new(|s| s["peers"][1]["data_path_addr"] = "172.21.1.12".into()),
-        ),
-        (
-            "peers[0].data_path_addr",
-            "own data-path address",
-            Box::new(|s| s["peers"][0]["data_path_addr"] = "172.21.1.11".into()),
         ),
         (
             "data_path.addr",
@@ -292,6 +270,85 @@ fn bad_input_is_refused_naming_the_field() {
     for (field, words, edit) in cases {
         assert_names(&problems(edit), field, words);
     }
+}
+
+/// One bad peer is left out with what it carries (its endpoints); everything else applies.
+#[test]
+fn a_bad_peer_is_left_out_and_the_rest_applies() {
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        (
+            "peers[0].public_key",
+            "not a WireGuard key",
+            Box::new(|s| s["peers"][0]["public_key"] = "not base64!".into()),
+        ),
+        (
+            "peers[0].data_path_addr",
+            "IPv6",
+            Box::new(|s| s["peers"][0]["data_path_addr"] = "fd00::12".into()),
+        ),
+        (
+            "peers[0].data_path_addr",
+            "claimed by 2 peers",
+            Box::new(|s| s["peers"][1]["data_path_addr"] = "172.21.1.12".into()),
+        ),
+        (
+            "peers[0].data_path_addr",
+            "own data-path address",
+            Box::new(|s| s["peers"][0]["data_path_addr"] = "172.21.1.11".into()),
+        ),
+        (
+            "peers[0].public_key",
+            "claimed by 2 peers",
+            Box::new(|s| s["peers"][1]["public_key"] = key(2).public().to_string().into()),
+        ),
+        (
+            "peers[0].public_key",
+            "own WireGuard public key",
+            Box::new(|s| s["peers"][0]["public_key"] = key(1).public().to_string().into()),
+        ),
+        (
+            "peers[0].node",
+            "listed more than once",
+            Box::new(|s| s["peers"][1]["node"] = "n2".into()),
+        ),
+    ];
+    for (field, words, edit) in cases {
+        let mut s = state();
+        edit(&mut s);
+        let r = resolve(s).unwrap_or_else(|e| panic!("{field}: the state was refused: {e:?}"));
+        assert!(
+            r.left_out
+                .iter()
+                .any(|p| p.field == field && p.message.contains(words)),
+            "{field} ({words}): {:?}",
+            r.left_out
+        );
+        // n2's endpoints are left out too; the local tasks and networks are all there.
+        assert!(r.left_out.iter().any(|p| p.field == "endpoints[0].node"));
+        assert_eq!(r.layout.networks.len(), 2, "{field}");
+        assert_eq!(r.layout.networks["plain"].attachments.len(), 1, "{field}");
+        assert!(r.layout.networks["plain"].fdb.is_empty(), "{field}");
+        assert!(
+            r.wireguard
+                .as_ref()
+                .is_some_and(|w| !w.peers.contains_key("n2")),
+            "{field}"
+        );
+    }
+    // A peer without a key is left out of encrypted networks only.
+    let mut s = state();
+    s["peers"][0].as_object_mut().unwrap().remove("public_key");
+    let r = resolve(s).expect("applies");
+    assert_eq!(r.layout.networks["plain"].fdb.len(), 1);
+    assert!(r.layout.networks["secret"].fdb.is_empty());
+    assert!(
+        r.left_out
+            .iter()
+            .any(|p| p.field == "endpoints[1].node" && p.message.contains("no public_key")),
+        "{:?}",
+        r.left_out
+    );
 }
 
 #[test]

@@ -315,7 +315,8 @@ impl Lab {
             dir,
             children: Vec::new(),
             torn_down: false,
-            shoald_args: Vec::new(),
+            // The lab's tasks are host commands unless a test chooses docker.
+            shoald_args: vec!["--executor".to_owned(), "exec".to_owned()],
         };
         let json = serde_json::to_string_pretty(&lab.record).expect("a record serialises");
         let built = fs::write(lab.dir.join(RECORD), json)
@@ -455,8 +456,8 @@ impl Lab {
         Ok(pid)
     }
 
-    /// Adds `args` to the command line of every `shoald` started from now on (e.g.
-    /// `--executor docker`).
+    /// Sets the flags of every `shoald` started from now on (`--executor exec` until a test
+    /// sets others, e.g. `--executor docker`).
     pub fn set_shoald_args(&mut self, args: &[&str]) {
         self.shoald_args = args.iter().map(|a| (*a).to_owned()).collect();
     }
@@ -504,6 +505,17 @@ impl Lab {
         )
         .map_err(LabError::Timeout)?;
         Ok(pid)
+    }
+
+    /// The lines of `host`'s `shoald` log (since it was last started) where Shoal reports an
+    /// error (openraft's own lines are its business: it logs every failed RPC as an error).
+    pub fn daemon_errors(&self, host: &Host) -> Vec<String> {
+        fs::read_to_string(self.host_dir(host).join("shoald.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" ERROR shoal"))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// SIGKILLs `host`'s `shoald` and waits until its data root is free (its last thread gone)

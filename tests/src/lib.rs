@@ -27,6 +27,7 @@ mod lab;
 pub mod mesh;
 mod netns;
 pub mod overlay;
+pub mod service;
 pub mod swarm;
 mod wait;
 

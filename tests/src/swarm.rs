@@ -29,7 +29,9 @@ impl Swarm {
         let mut lab = Lab::up(LabSpec::nodes(nodes)).expect("lab up");
         lab.wire_like_nics()
             .expect("the lab's links prepared for the mesh");
-        lab.set_shoald_args(shoald);
+        if !shoald.is_empty() {
+            lab.set_shoald_args(shoald);
+        }
         lab.spawn_shoald_all().expect("shoald starts on every node");
         Self {
             lab,
@@ -56,7 +58,19 @@ impl Swarm {
         init: &[&str],
         shoald: &[&str],
     ) -> Self {
-        let mut swarm = Self::daemons_with(managers + workers, shoald);
+        Self::up_with_spare(managers, workers, 0, init, shoald)
+    }
+
+    /// [`Swarm::up_with_daemons`] on a lab with `spare` more nodes, whose daemons run but which
+    /// have not joined (the last nodes of the lab).
+    pub fn up_with_spare(
+        managers: usize,
+        workers: usize,
+        spare: usize,
+        init: &[&str],
+        shoald: &[&str],
+    ) -> Self {
+        let mut swarm = Self::daemons_with(managers + workers + spare, shoald);
         let nodes = swarm.lab.nodes().to_vec();
         let first = nodes[0].clone();
         let mut args = vec!["swarm", "init", "--advertise-addr", "eth0"];
@@ -66,7 +80,7 @@ impl Swarm {
         let manager_token = swarm.ok(&first, &["swarm", "join-token", "-q", "manager"]);
         let worker_token = swarm.ok(&first, &["swarm", "join-token", "-q", "worker"]);
         let remote = format!("{}:2377", first.public_ip);
-        for (n, node) in nodes.iter().enumerate().skip(1) {
+        for (n, node) in nodes.iter().enumerate().take(managers + workers).skip(1) {
             let token = if n < managers {
                 &manager_token
             } else {

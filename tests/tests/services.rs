@@ -8,93 +8,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_tests::{
-    binary,
-    mesh::{answers, labtool},
+    mesh::answers,
+    service::{labtool_path, running_per_node, tasks, wait_running, who_answers},
     swarm::Swarm,
     wait_until,
 };
-
-/// `service ps SERVICE --format json` rows; none while the call fails (a leader election).
-fn tasks(swarm: &Swarm, on: &shoal_tests::Host, service: &str) -> Vec<Value> {
-    let Ok(out) = swarm
-        .lab
-        .shoal(on, &["service", "ps", service, "--format", "json"])
-    else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// Running tasks (desired running) per node name.
-fn running_per_node(
-    swarm: &Swarm,
-    on: &shoal_tests::Host,
-    service: &str,
-) -> BTreeMap<String, usize> {
-    let mut per = BTreeMap::new();
-    for t in tasks(swarm, on, service) {
-        if t["DesiredState"] == "Running"
-            && t["CurrentState"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("Running"))
-        {
-            *per.entry(t["Node"].as_str().unwrap_or_default().to_owned())
-                .or_default() += 1;
-        }
-    }
-    per
-}
-
-fn wait_running(
-    swarm: &Swarm,
-    on: &shoal_tests::Host,
-    service: &str,
-    what: &str,
-    check: impl Fn(&BTreeMap<String, usize>) -> bool,
-) {
-    let mut last = BTreeMap::new();
-    let waited = wait_until(what, Duration::from_secs(60), || {
-        last = running_per_node(swarm, on, service);
-        Ok(check(&last))
-    });
-    if let Err(e) = waited {
-        let ps = swarm.ok(on, &["service", "ps", service]);
-        panic!("{e}: running per node {last:?}\n{ps}");
-    }
-}
-
-/// The names that answer `count` requests to `ip:port` from the client.
-fn who_answers(swarm: &Swarm, ip: &str, port: u16, count: usize) -> Vec<String> {
-    let target = format!("{ip}:{port}");
-    let count = count.to_string();
-    let out = labtool(
-        swarm.lab.client(),
-        &[
-            "ask",
-            "--target",
-            &target,
-            "--count",
-            &count,
-            "--timeout-ms",
-            "2000",
-        ],
-    )
-    .expect("ask runs");
-    answers(&out)
-        .into_iter()
-        .filter_map(|(_, r)| r.ok())
-        .collect()
-}
-
-fn labtool_path() -> String {
-    binary("shoal-labtool")
-        .expect("shoal-labtool is built")
-        .display()
-        .to_string()
-}
 
 #[test]
 fn the_walkthrough_spreads_publishes_and_drains() {
@@ -191,6 +109,13 @@ fn the_walkthrough_spreads_publishes_and_drains() {
             .all(|l| !l.contains("\"DesiredState\":\"Running\"")))
     });
     assert!(waited.is_ok());
+
+    // A healthy run logs no error on any node (tasks starting once made every node log a failed
+    // save of tasks.json several times a second).
+    for node in &nodes {
+        let errors = swarm.lab.daemon_errors(node);
+        assert!(errors.is_empty(), "{}: {errors:#?}", node.name);
+    }
 }
 
 /// The services `service ls -q` lists.

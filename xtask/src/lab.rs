@@ -43,7 +43,7 @@ pub(crate) fn run(command: LabCommand) -> anyhow::Result<()> {
             if daemons {
                 build_binaries()?;
             }
-            let lab = persistent_lab(nodes, "lab", daemons, &[])?;
+            let lab = persistent_lab(nodes, "lab", daemons, &["--executor", "exec"])?;
             print!("{}", status_of(&lab));
             println!("remove it with: cargo xtask lab down {}", lab.prefix());
             Ok(())
@@ -209,7 +209,7 @@ impl DemoExecutor {
     fn shoald_args(&self) -> Vec<&'static str> {
         match self {
             DemoExecutor::Docker { .. } => vec!["--executor", "docker"],
-            DemoExecutor::Exec { .. } => Vec::new(),
+            DemoExecutor::Exec { .. } => vec!["--executor", "exec"],
         }
     }
 }

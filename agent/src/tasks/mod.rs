@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use shoal_api::service::{ContainerStatus, Task, TaskState, TaskStatus};
 use shoal_control::dispatcher::Assignment;
+use shoal_control::limits;
 use shoal_dataplane::mesh::model::{
     BackendSpec, IngressSpec, MeshSpec, PortSpec, Protocol, PublishMode, ServiceSpec,
     TaskState as MeshTaskState,
@@ -46,19 +47,26 @@ use crate::dataplane::NodeDataplane;
 /// How a task is run on this node (`shoald --executor`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ExecutorKind {
-    /// `COMMAND ARG...` from the host, in a namespace of its own.
+    /// `docker` when a Docker Engine answers at `--docker-host`, otherwise none: the node runs
+    /// no tasks (and the scheduler gives it none) until it is restarted with one.
     #[default]
+    Auto,
+    /// `COMMAND ARG...` from the host, as root, in a namespace of its own. Opt-in only.
     Exec,
     /// A container of the Docker Engine, network mode `none`, plumbed by Shoal.
     Docker,
+    /// No tasks on this node.
+    None,
 }
 
 impl ExecutorKind {
-    /// `exec` or `docker`.
+    /// `auto`, `exec`, `docker` or `none`: as nodes report it (a node never reports `auto`).
     pub fn name(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::Exec => "exec",
             Self::Docker => "docker",
+            Self::None => "none",
         }
     }
 }
@@ -67,9 +75,13 @@ impl std::str::FromStr for ExecutorKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(Self::Auto),
             "exec" => Ok(Self::Exec),
             "docker" => Ok(Self::Docker),
-            other => Err(format!("unknown executor {other:?}: exec or docker")),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "unknown executor {other:?}: docker, exec (host commands as root, opt-in), none, or auto"
+            )),
         }
     }
 }
@@ -81,14 +93,30 @@ pub(crate) enum Executor {
     Exec,
     /// See [`docker`].
     Docker(docker::Engine),
+    /// Tasks are refused (the scheduler places none here).
+    None,
 }
 
+/// Why a task cannot run on a node without an executor.
+const NO_EXECUTOR: &str = "this node runs no tasks: no Docker Engine answered when shoald started (start one and restart shoald, or choose --executor exec to run host commands as root)";
+
 impl Executor {
-    /// Connects what `kind` needs (the Docker Engine at `docker_host`).
+    /// Connects what `kind` needs (the Docker Engine at `docker_host`). `Auto` takes the engine
+    /// if it answers, and no executor otherwise.
     pub(crate) async fn new(kind: ExecutorKind, docker_host: &str) -> Result<Executor, String> {
         Ok(match kind {
             ExecutorKind::Exec => Executor::Exec,
             ExecutorKind::Docker => Executor::Docker(docker::Engine::connect(docker_host).await?),
+            ExecutorKind::None => Executor::None,
+            ExecutorKind::Auto => match docker::Engine::connect(docker_host).await {
+                Ok(engine) => Executor::Docker(engine),
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}: this node will run no tasks (start a Docker Engine and restart shoald, or use --executor exec)"
+                    );
+                    Executor::None
+                }
+            },
         })
     }
 
@@ -96,6 +124,7 @@ impl Executor {
         match self {
             Executor::Exec => ExecutorKind::Exec,
             Executor::Docker(_) => ExecutorKind::Docker,
+            Executor::None => ExecutorKind::None,
         }
     }
 }
@@ -416,6 +445,11 @@ impl Worker {
         }
     }
 
+    /// Says there is something to report (what was put back with [`Worker::requeue`]).
+    pub(crate) fn wake_reports(&self) {
+        self.inner.reports.notify_one();
+    }
+
     /// Waits until there is something to report.
     pub(crate) async fn reports_waiting(&self) {
         self.inner.reports.notified().await;
@@ -502,6 +536,7 @@ impl Worker {
         self.report(&id, status(TaskState::Preparing, "preparing"));
         let env = self.env(&task);
         let prepared = match &self.inner.executor {
+            Executor::None => Err(NO_EXECUTOR.to_owned()),
             Executor::Exec => exec::prepare(&self.inner.dir, &task).await,
             Executor::Docker(engine) => {
                 let node = self.node_id();
@@ -530,6 +565,7 @@ impl Worker {
         }
         self.report(&id, status(TaskState::Starting, "starting"));
         let started = match &self.inner.executor {
+            Executor::None => Err(NO_EXECUTOR.to_owned()),
             Executor::Exec => {
                 exec::start(&self.inner.dir, &task, &env, &mut runtime).map(Started::Child)
             }
@@ -594,7 +630,7 @@ impl Worker {
         match (started, &self.inner.executor) {
             (Started::Child(child), _) => exec::wait(child).await,
             (Started::Container, Executor::Docker(engine)) => engine.wait(runtime).await,
-            (Started::Container, Executor::Exec) => {
+            (Started::Container, Executor::Exec | Executor::None) => {
                 exec::wait_adopted(runtime).await;
                 Exit::Unknown("its exit status is unknown".into())
             }
@@ -809,7 +845,9 @@ impl Worker {
                                 })
                                 .collect(),
                             client_ip: Default::default(),
-                            table_size: None,
+                            // Sized for its tasks (the managers keep the sum within every
+                            // node's table space).
+                            table_size: limits::mesh_table_size(m.backends.len() as u64),
                         })
                         .collect(),
                 })
@@ -878,4 +916,38 @@ async fn applier(
 /// Resolves once a stop was asked for (or the asker is gone).
 async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_control::limits;
+    use shoal_dataplane::mesh::maglev;
+
+    /// The managers bound published services with the mesh's own figures.
+    #[test]
+    fn the_managers_mesh_bounds_are_the_data_planes() {
+        assert_eq!(
+            limits::MESH_SLOTS_PER_BACKEND,
+            u64::from(maglev::SLOTS_PER_BACKEND)
+        );
+        assert_eq!(
+            *limits::MESH_TABLE_SIZES.last().expect("sizes"),
+            maglev::MAX_TABLE_SIZE
+        );
+        assert_eq!(
+            limits::MESH_TABLE_CAPACITY,
+            u64::from(shoal_abi::mesh::TABLE_CAPACITY)
+        );
+        assert_eq!(
+            limits::MESH_MAX_FRONTENDS,
+            shoal_abi::mesh::MAX_FRONTENDS as usize
+        );
+        assert_eq!(
+            limits::WIREGUARD_PORT,
+            shoal_dataplane::overlay::model::DEFAULT_WIREGUARD_PORT
+        );
+        for size in limits::MESH_TABLE_SIZES {
+            assert!(maglev::is_prime(size), "{size}");
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use shoal_api::v1::{Frame, dispatcher_client::DispatcherClient};
 use shoal_control::dispatcher::Assignment;
+use shoal_control::limits;
 use shoal_control::manager::services::StatusReport;
 use shoal_control::tls::{self, Credentials};
 use tonic::Request;
@@ -77,9 +78,18 @@ pub(crate) async fn reports(worker: Worker, contact: impl Contact) {
         }
         // Let a burst gather.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let updates = worker.take_reports();
+        let mut updates = worker.take_reports();
         if updates.is_empty() {
             continue;
+        }
+        // Within the managers' bounds: the rest goes in the next report.
+        if updates.len() > limits::MAX_REPORT_UPDATES {
+            worker.requeue(updates.split_off(limits::MAX_REPORT_UPDATES));
+            worker.wake_reports();
+        }
+        for (_, status) in &mut updates {
+            limits::clip(&mut status.message, limits::MAX_MESSAGE);
+            limits::clip(&mut status.err, limits::MAX_MESSAGE);
         }
         let Some((managers, credentials)) = contact.contact().await else {
             return;

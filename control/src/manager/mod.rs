@@ -15,6 +15,7 @@
 
 pub mod genesis;
 mod ops;
+pub use ops::{check_heartbeat, check_snapshot_interval};
 pub mod protocol;
 pub mod quorum;
 pub mod services;
@@ -109,6 +110,9 @@ pub(crate) struct Inner {
     settings: RaftSettings,
     /// Last heartbeat per node ID (the leader's).
     heartbeats: Mutex<HashMap<String, Instant>>,
+    /// Serialises the writes of node descriptions (so that two nodes cannot both claim one
+    /// data-path address or key), with when each node's description was last written.
+    descriptions: tokio::sync::Mutex<HashMap<String, Instant>>,
     /// When this manager last became leader.
     leader_since: Mutex<Option<Instant>>,
     clients: Mutex<HashMap<String, ControlClient<Channel>>>,
@@ -188,6 +192,7 @@ impl Manager {
             contacts,
             settings: config.settings,
             heartbeats: Mutex::default(),
+            descriptions: tokio::sync::Mutex::default(),
             leader_since: Mutex::default(),
             clients: Mutex::default(),
             stop,

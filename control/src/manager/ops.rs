@@ -12,8 +12,8 @@ use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shoal_api::swarm::{
-    Call, Cluster, JoinTokens, ManagerStatus, Node, NodeState, NodeStatus, NodeUpdate, Role,
-    Version,
+    Call, Cluster, JoinTokens, ManagerStatus, Node, NodeDescription, NodeState, NodeStatus,
+    NodeUpdate, Role, Version,
 };
 use tokio::sync::watch;
 use tonic::Status;
@@ -25,6 +25,7 @@ use super::{
 };
 use crate::{
     ca::{self, JoinToken, NODE_VALIDITY, NodeIdentity, RootCa},
+    limits,
     raft::{network::last_contact, proposer::ProposeError},
     store::{Change, ChangeSet, Kind, Object, StoreError},
 };
@@ -79,6 +80,7 @@ pub(super) async fn propose(inner: &Inner, changes: ChangeSet) -> Result<u64, St
     match proposed {
         Ok(index) => Ok(index),
         Err(ProposeError::Refused(e)) => Err(to_status(e)),
+        Err(e @ ProposeError::TooLarge { .. }) => Err(Status::invalid_argument(e.to_string())),
         Err(ProposeError::NotLeader) => Err(Status::unavailable(
             "leadership moved while writing; try again",
         )),
@@ -406,6 +408,75 @@ fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// Checks what a node says about itself (on joining, `node_id` None; on a heartbeat, its ID)
+/// against the bounds and against every other node: a unicast IPv4 data-path address and a
+/// WireGuard key no other node has, and the key it advertised first. A node that breaks one of
+/// these is refused, and degrades only itself.
+fn check_description(
+    description: &NodeDescription,
+    node_id: Option<&str>,
+    all: &[(Object, Node)],
+) -> Result<(), Status> {
+    let d = description;
+    if d.hostname.is_empty() {
+        return Err(Status::invalid_argument("a node needs a hostname"));
+    }
+    limits::check_str("the hostname", &d.hostname, limits::MAX_SHORT)?;
+    limits::check_str("the platform's OS", &d.platform.os, limits::MAX_SHORT)?;
+    limits::check_str(
+        "the platform's architecture",
+        &d.platform.architecture,
+        limits::MAX_SHORT,
+    )?;
+    limits::check_str("the executor", &d.executor, 16)?;
+    if let Some(problem) = limits::data_path_problem(&d.data_path_addr) {
+        return Err(Status::invalid_argument(format!(
+            "the node's data-path address: {problem}"
+        )));
+    }
+    if d.data_path_port != 0 && !(1024..=49151).contains(&d.data_path_port) {
+        return Err(Status::invalid_argument(format!(
+            "the node's data-path port {} is outside 1024-49151",
+            d.data_path_port
+        )));
+    }
+    if !d.wireguard_public_key.is_empty()
+        && let Some(problem) = limits::public_key_problem(&d.wireguard_public_key)
+    {
+        return Err(Status::invalid_argument(format!(
+            "the node's WireGuard key: {problem}"
+        )));
+    }
+    if let Some((_, me)) = all.iter().find(|(_, n)| Some(n.id.as_str()) == node_id) {
+        let kept = &me.description.wireguard_public_key;
+        if !kept.is_empty() && *kept != d.wireguard_public_key {
+            return Err(Status::failed_precondition(
+                "the node's WireGuard key changed: a node keeps the first key it advertised (leave the swarm and join again to change it)",
+            ));
+        }
+    }
+    for (_, other) in all {
+        if Some(other.id.as_str()) == node_id {
+            continue;
+        }
+        if other.description.data_path_addr == d.data_path_addr {
+            return Err(Status::failed_precondition(format!(
+                "data-path address {} is already node {} ({})'s: each node needs its own --data-path-addr",
+                d.data_path_addr, other.description.hostname, other.id
+            )));
+        }
+        if !d.wireguard_public_key.is_empty()
+            && other.description.wireguard_public_key == d.wireguard_public_key
+        {
+            return Err(Status::failed_precondition(format!(
+                "the node's WireGuard public key is already node {} ({})'s",
+                other.description.hostname, other.id
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn join(inner: &Inner, request: JoinRequest, from: &str) -> Result<JoinReply, Status> {
     let token =
         JoinToken::from_str(&request.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -426,6 +497,9 @@ async fn join(inner: &Inner, request: JoinRequest, from: &str) -> Result<JoinRep
             "A valid join token is necessary to join this cluster: this token is not (it may have been rotated)",
         ));
     };
+    // One description write at a time: two nodes joining at once cannot claim one address.
+    let mut written = inner.descriptions.lock().await;
+    check_description(&request.description, None, &nodes(inner)?)?;
     let node_id = ca::random_id().map_err(|e| Status::internal(e.to_string()))?;
     // Sign first: a bad request creates nothing.
     let cert_pem = sign(inner, &request.csr, &node_id, role)?;
@@ -462,6 +536,8 @@ async fn join(inner: &Inner, request: JoinRequest, from: &str) -> Result<JoinRep
         }]),
     )
     .await?;
+    written.insert(node_id.clone(), Instant::now());
+    drop(written);
     Ok(JoinReply {
         node_id,
         cluster_id: cluster_object.id,
@@ -484,6 +560,19 @@ async fn beat(
     if inner.store.view(|tx| tx.get(Kind::Node, &id).is_none()) {
         return Err(confirmed_removed(inner, &id).await);
     }
+    let mut written = inner.descriptions.lock().await;
+    // A description that changed is checked, and written at most once per
+    // DESCRIPTION_REWRITE_S: a node cannot make every heartbeat a raft write.
+    let stored = nodes(inner)?;
+    let current = stored.iter().find(|(_, n)| n.id == id).map(|(_, n)| n);
+    let described = current.is_some_and(|n| n.description == heartbeat.description);
+    let rewrite = !described
+        && written
+            .get(&id)
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(limits::DESCRIPTION_REWRITE_S));
+    if !described {
+        check_description(&heartbeat.description, Some(&id), &stored)?;
+    }
     inner
         .heartbeats
         .lock()
@@ -492,16 +581,22 @@ async fn beat(
     let node = update_node(inner, &id, |node| {
         let changed = node.status.state != NodeState::Ready
             || node.status.addr != from
-            || node.description != heartbeat.description;
+            || (rewrite && node.description != heartbeat.description);
         node.status = NodeStatus {
             state: NodeState::Ready,
             message: String::new(),
             addr: from.to_owned(),
         };
-        node.description = heartbeat.description.clone();
+        if rewrite {
+            node.description = heartbeat.description.clone();
+        }
         Ok(changed)
     })
     .await?;
+    if rewrite {
+        written.insert(id.clone(), Instant::now());
+    }
+    drop(written);
     // A demoted manager stays one until the raft has let it go: it keeps its raft running
     // until then, so the membership change never waits for a member that already left.
     let member = node
@@ -574,15 +669,11 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
             encode(&record.cluster)
         }
         Call::Update(args) => {
-            if args.dispatcher_heartbeat_s == Some(0) {
-                return Err(Status::invalid_argument(
-                    "--dispatcher-heartbeat must be at least 1s",
-                ));
+            if let Some(s) = args.dispatcher_heartbeat_s {
+                check_heartbeat(s)?;
             }
-            if args.snapshot_interval == Some(0) {
-                return Err(Status::invalid_argument(
-                    "--snapshot-interval must be at least 1",
-                ));
+            if let Some(n) = args.snapshot_interval {
+                check_snapshot_interval(n)?;
             }
             update_cluster(inner, |record| {
                 if let Some(s) = args.dispatcher_heartbeat_s {
@@ -730,12 +821,37 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
     }
 }
 
+/// `--dispatcher-heartbeat`: 1 s to a day.
+pub fn check_heartbeat(seconds: u64) -> Result<(), Status> {
+    if !(1..=limits::MAX_HEARTBEAT_S).contains(&seconds) {
+        return Err(Status::invalid_argument(format!(
+            "--dispatcher-heartbeat must be between 1s and {}s (a day), not {seconds}s",
+            limits::MAX_HEARTBEAT_S
+        )));
+    }
+    Ok(())
+}
+
+/// `--snapshot-interval`: 1 to [`limits::MAX_SNAPSHOT_INTERVAL`] entries.
+pub fn check_snapshot_interval(entries: u64) -> Result<(), Status> {
+    if !(1..=limits::MAX_SNAPSHOT_INTERVAL).contains(&entries) {
+        return Err(Status::invalid_argument(format!(
+            "--snapshot-interval must be between 1 and {}, not {entries}",
+            limits::MAX_SNAPSHOT_INTERVAL
+        )));
+    }
+    Ok(())
+}
+
 async fn node_update(inner: &Inner, node: Node, update: NodeUpdate) -> Result<(), Status> {
     for key in update.label_add.keys().chain(&update.label_rm) {
         if key.is_empty() {
             return Err(Status::invalid_argument("a label needs a key"));
         }
     }
+    limits::check_labels("the node's labels", &update.label_add)?;
+    let after = node.spec.labels.len() + update.label_add.len();
+    limits::check_count("labels on the node", after, limits::MAX_LABELS)?;
     if let Some(missing) = update
         .label_rm
         .iter()

@@ -6,7 +6,7 @@
 //! change set: a bad `--publish`, an unknown network or a port already taken leaves the store
 //! as it was.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::{Inner, Manager, ops};
+use crate::limits;
 use crate::orchestrator::{self, World, body};
 use crate::scheduler::Constraint;
 use crate::store::{Change, ChangeSet, Kind};
@@ -213,12 +214,124 @@ fn list_tasks(inner: &Inner, filter: &TaskFilter, me: &str) -> Result<Value, Sta
     ops::encode(&tasks)
 }
 
+/// Checks a service spec's sizes against [`limits`]: what it asks for must fit in a raft entry,
+/// the store and every node's routing mesh.
+fn check_bounds(spec: &ServiceSpec) -> Result<(), Status> {
+    let c = &spec.task_template.container_spec;
+    limits::check_str("the image", &c.image, limits::MAX_IMAGE)?;
+    limits::check_count("environment variables", c.env.len(), limits::MAX_ENV)?;
+    limits::check_count(
+        "command words and arguments",
+        c.command.len() + c.args.len(),
+        limits::MAX_ARGS,
+    )?;
+    let mut text = 0;
+    for word in c.env.iter().chain(&c.command).chain(&c.args) {
+        if word.len() > limits::MAX_VALUE {
+            return Err(Status::invalid_argument(format!(
+                "an environment variable or argument is {} bytes long: at most {} are allowed",
+                word.len(),
+                limits::MAX_VALUE
+            )));
+        }
+        text += word.len();
+    }
+    if text > limits::MAX_SPEC_TEXT {
+        return Err(Status::invalid_argument(format!(
+            "the environment and arguments take {text} bytes: at most {} are allowed",
+            limits::MAX_SPEC_TEXT
+        )));
+    }
+    limits::check_count(
+        "placement constraints",
+        spec.task_template.placement.constraints.len(),
+        limits::MAX_CONSTRAINTS,
+    )?;
+    for constraint in &spec.task_template.placement.constraints {
+        limits::check_str("a constraint", constraint, limits::MAX_SHORT)?;
+    }
+    limits::check_count(
+        "networks",
+        spec.task_template.networks.len(),
+        limits::MAX_NETWORKS,
+    )?;
+    limits::check_count(
+        "published ports",
+        spec.endpoint_spec.ports.len(),
+        limits::MAX_PORTS,
+    )?;
+    limits::check_labels("the service's labels", &spec.labels)?;
+    if let Some(replicas) = spec.replicas()
+        && replicas > limits::MAX_REPLICAS
+    {
+        return Err(Status::invalid_argument(format!(
+            "{replicas} replicas asked: a service has at most {}",
+            limits::MAX_REPLICAS
+        )));
+    }
+    Ok(())
+}
+
+/// Whether every node's routing mesh can hold the swarm's published services with `service`
+/// as it is to be: its Maglev table (sized for its tasks), the tables of the others, and all
+/// their published ports.
+fn check_mesh_room(world: &World, service: &ServiceSpec, id: &str) -> Result<(), Status> {
+    let ingress_ports = |s: &ServiceSpec| {
+        s.endpoint_spec
+            .ports
+            .iter()
+            .filter(|p| p.publish_mode == shoal_api::service::PublishMode::Ingress)
+            .count()
+    };
+    let tasks = |s: &ServiceSpec| s.replicas().unwrap_or(world.nodes.len() as u64);
+    if ingress_ports(service) > 0 && tasks(service) > limits::MAX_MESH_BACKENDS {
+        return Err(Status::invalid_argument(format!(
+            "{} tasks asked for a service published through the routing mesh: at most {} (its Maglev table holds {} slots per task, {} in all)",
+            tasks(service),
+            limits::MAX_MESH_BACKENDS,
+            limits::MESH_SLOTS_PER_BACKEND,
+            limits::MESH_TABLE_SIZES[limits::MESH_TABLE_SIZES.len() - 1]
+        )));
+    }
+    let others = world
+        .services
+        .values()
+        .map(|s| &s.value)
+        .filter(|s| s.id != id)
+        .map(|s| &s.spec);
+    let mut slots = 0_u64;
+    let mut ports = 0_usize;
+    for s in others.chain([service]) {
+        let published = ingress_ports(s);
+        if published == 0 {
+            continue;
+        }
+        ports += published;
+        slots += u64::from(limits::mesh_table_size(tasks(s)).unwrap_or(u32::MAX));
+    }
+    // Half the table space: a table being replaced is written next to the old one.
+    if slots > limits::MESH_TABLE_CAPACITY / 2 {
+        return Err(Status::resource_exhausted(format!(
+            "the routing mesh has no room for this service: the swarm's published services would need {slots} Maglev slots on every node, and {} are available",
+            limits::MESH_TABLE_CAPACITY / 2
+        )));
+    }
+    if ports > limits::MESH_MAX_FRONTENDS {
+        return Err(Status::resource_exhausted(format!(
+            "the routing mesh has no room for this service: the swarm would publish {ports} ports, and every node's mesh holds {}",
+            limits::MESH_MAX_FRONTENDS
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a service spec and resolves its networks to IDs.
 fn check_service(world: &World, spec: &mut ServiceSpec) -> Result<(), Status> {
     check_name(&spec.name, "service")?;
     if spec.task_template.container_spec.image.is_empty() {
         return Err(Status::invalid_argument("a service needs an image"));
     }
+    check_bounds(spec)?;
     match (&spec.mode.replicated, &spec.mode.global) {
         (Some(_), Some(_)) => {
             return Err(Status::invalid_argument(
@@ -266,9 +379,65 @@ fn check_service(world: &World, spec: &mut ServiceSpec) -> Result<(), Status> {
     Ok(())
 }
 
-/// Gives a service its published ports and virtual IPs, refusing conflicts.
-fn allocate_endpoint(world: &World, service: &mut Service) -> Result<(), Status> {
+/// The ports the swarm itself uses on every node, and what for: never published (in either
+/// protocol, in either mode), never handed out.
+fn reserved_ports(world: &World, data_path_port: u16) -> BTreeMap<u16, String> {
+    let mut reserved = BTreeMap::new();
+    reserved.insert(
+        crate::addr::DEFAULT_PORT,
+        "the managers' control-plane port".to_owned(),
+    );
+    for node in world.nodes.values().map(|n| &n.value) {
+        if let Some(port) = node
+            .manager_status
+            .as_ref()
+            .and_then(|m| m.addr.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port())
+        {
+            reserved.entry(port).or_insert_with(|| {
+                format!("manager {}'s control-plane port", node.description.hostname)
+            });
+        }
+    }
+    let data_path = if data_path_port == 0 {
+        4789
+    } else {
+        data_path_port
+    };
+    reserved.insert(data_path, "the swarm's data-path (VXLAN) port".to_owned());
+    reserved.insert(
+        limits::WIREGUARD_PORT,
+        "the encrypted overlays' WireGuard port".to_owned(),
+    );
+    reserved
+}
+
+/// Gives a service its published ports and virtual IPs, refusing conflicts and the swarm's own
+/// ports.
+fn allocate_endpoint(
+    world: &World,
+    service: &mut Service,
+    data_path_port: u16,
+) -> Result<(), Status> {
+    let reserved = reserved_ports(world, data_path_port);
+    for p in &service.spec.endpoint_spec.ports {
+        if let Some(what) = reserved.get(&p.published_port) {
+            return Err(Status::invalid_argument(format!(
+                "port {} cannot be published: it is {what}",
+                p.published_port
+            )));
+        }
+    }
     let mut allocator = orchestrator::allocator(world);
+    allocator.restore_ports(
+        "the swarm",
+        reserved.keys().flat_map(|port| {
+            [
+                (crate::scheduler::Protocol::Tcp, *port),
+                (crate::scheduler::Protocol::Udp, *port),
+            ]
+        }),
+    );
     // Its own previous allocation is released first (scale keeps the same one).
     if let Some(old) = world.services.get(&service.id) {
         allocator.unpublish(&old.value.spec.name);
@@ -337,6 +506,13 @@ async fn create_service(inner: &Inner, mut spec: ServiceSpec) -> Result<Value, S
     }
     let world = world(inner);
     check_service(&world, &mut spec)?;
+    if world.services.len() >= limits::MAX_SERVICES {
+        return Err(Status::resource_exhausted(format!(
+            "the swarm has {} services, the most it holds",
+            world.services.len()
+        )));
+    }
+    check_mesh_room(&world, &spec, &id)?;
     if world
         .services
         .values()
@@ -355,7 +531,7 @@ async fn create_service(inner: &Inner, mut spec: ServiceSpec) -> Result<Value, S
         spec,
         ..Default::default()
     };
-    allocate_endpoint(&world, &mut service)?;
+    allocate_endpoint(&world, &mut service, ops::data_path_port(inner))?;
     ops::propose(
         inner,
         ChangeSet(vec![Change::Create {
@@ -379,6 +555,8 @@ async fn scale(inner: &Inner, id: &str, replicas: u64) -> Result<Value, Status> 
             )));
         }
         service.spec.mode.replicated = Some(shoal_api::service::Replicated { replicas });
+        check_bounds(&service.spec)?;
+        check_mesh_room(&world, &service.spec, &service.id)?;
         service.updated_at = now();
         let written = ops::propose(
             inner,
@@ -579,6 +757,28 @@ pub(super) async fn report(
     node_id: &str,
     report: StatusReport,
 ) -> Result<Value, Status> {
+    limits::check_count(
+        "task status updates in one report",
+        report.updates.len(),
+        limits::MAX_REPORT_UPDATES,
+    )?;
+    for (id, status) in &report.updates {
+        limits::check_str("a reported task ID", id, limits::MAX_SHORT)?;
+        limits::check_str("a task's status timestamp", &status.timestamp, 64)?;
+        // Messages may span lines (an error's output); only their size is bounded.
+        for (what, text) in [("message", &status.message), ("error", &status.err)] {
+            if text.len() > limits::MAX_MESSAGE {
+                return Err(Status::invalid_argument(format!(
+                    "a task's status {what} is {} bytes long: at most {} are allowed",
+                    text.len(),
+                    limits::MAX_MESSAGE
+                )));
+            }
+        }
+        if let Some(c) = &status.container_status {
+            limits::check_str("a container ID", &c.container_id, limits::MAX_SHORT)?;
+        }
+    }
     for _ in 0..5 {
         let mut changes = Vec::new();
         inner.store.view(|tx| {
@@ -589,10 +789,9 @@ pub(super) async fn report(
                 let Ok(mut task) = serde_json::from_value::<Task>(object.body.clone()) else {
                     continue;
                 };
-                if task.node_id != node_id
-                    || status.state < task.status.state
-                    || (status.state == task.status.state && *status == task.status)
-                {
+                // Only a step forward is written: a node repeating a state (or rewording it)
+                // cannot turn its reports into a stream of raft writes.
+                if task.node_id != node_id || status.state <= task.status.state {
                     continue;
                 }
                 task.status = status.clone();
@@ -645,9 +844,11 @@ pub(super) async fn reconcile_loop(manager: Manager, mut stopped: watch::Receive
                 break;
             }
             let world = world(&inner);
-            let changes = orchestrator::reconcile(&world, time::OffsetDateTime::now_utc(), || {
-                crate::ca::random_id().expect("the kernel's random source works")
-            });
+            let changes = orchestrator::bounded(orchestrator::reconcile(
+                &world,
+                time::OffsetDateTime::now_utc(),
+                || crate::ca::random_id().expect("the kernel's random source works"),
+            ));
             if !changes.is_empty() {
                 let n = changes.len();
                 match ops::propose(&inner, ChangeSet(changes)).await {

@@ -11,6 +11,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Raft, Request};
+use crate::limits;
 use crate::store::{ChangeSet, StoreError};
 
 /// Entries proposed and not yet answered, at most.
@@ -30,6 +31,15 @@ pub enum ProposeError {
     /// Raft failed.
     #[error("raft: {0}")]
     Raft(String),
+    /// The change set alone is larger than a raft entry may be.
+    #[error(
+        "the write is {bytes} bytes, larger than the {} a raft entry may carry",
+        limits::MAX_ENTRY_BYTES
+    )]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+    },
 }
 
 struct Proposal {
@@ -69,17 +79,49 @@ impl Proposer {
     }
 }
 
+/// A change set's size in a raft entry (its JSON).
+fn size_of(changes: &ChangeSet) -> usize {
+    serde_json::to_vec(changes).map_or(usize::MAX, |b| b.len())
+}
+
 async fn run(raft: Raft, mut proposals: mpsc::UnboundedReceiver<Proposal>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = proposals.recv().await {
+    // A proposal that did not fit in the last batch: it opens the next one.
+    let mut carried: Option<(Proposal, usize)> = None;
+    loop {
+        let (first, first_size) = match carried.take() {
+            Some(carried) => carried,
+            None => match proposals.recv().await {
+                Some(p) => {
+                    let size = size_of(&p.changes);
+                    (p, size)
+                }
+                None => return,
+            },
+        };
+        if first_size > limits::MAX_ENTRY_BYTES {
+            let _ = first
+                .reply
+                .send(Err(ProposeError::TooLarge { bytes: first_size }));
+            continue;
+        }
         // Waiting for a slot is when the next batch fills up.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         let mut batch = vec![first];
+        let mut bytes = first_size;
         while batch.len() < MAX_BATCH {
             match proposals.try_recv() {
-                Ok(proposal) => batch.push(proposal),
+                Ok(proposal) => {
+                    let size = size_of(&proposal.changes);
+                    if bytes + size > limits::MAX_ENTRY_BYTES {
+                        carried = Some((proposal, size));
+                        break;
+                    }
+                    bytes += size;
+                    batch.push(proposal);
+                }
                 Err(_) => break,
             }
         }

@@ -289,7 +289,9 @@ pub(crate) fn resolve(
     layout: &Layout,
     host: &Host,
     reserved_udp: &[u16],
+    dropped: &BTreeSet<(String, Ipv4Addr)>,
     problems: &mut Problems,
+    left_out: &mut Problems,
 ) -> Option<MeshPlan> {
     let before = problems.len();
     let network = spec.ingress.network.as_str();
@@ -426,6 +428,13 @@ pub(crate) fn resolve(
                 );
                 continue;
             };
+            if dropped.contains(&(network.to_owned(), ip)) {
+                left_out.push(
+                    format!("{bat}.ip"),
+                    format!("{ip} of service {:?}: its node was left out", s.name),
+                );
+                continue;
+            }
             let Some(&(mac, vtep)) = on_network.get(&ip) else {
                 problems.push(
                     format!("{bat}.ip"),

@@ -72,6 +72,8 @@ pub enum ApplyError {
 pub struct Applied {
     /// One line per operation carried out, in order; empty when the kernel was already there.
     pub changes: Vec<String>,
+    /// What the state named but could not be used, and why (a bad peer and what it carries).
+    pub left_out: Vec<super::model::Problem>,
 }
 
 /// A node's overlay data plane.
@@ -84,6 +86,8 @@ pub struct Dataplane {
     engine: Option<Engine>,
     wireguard: Option<WgConfig>,
     mesh: Option<Mesh>,
+    /// What the last apply left out, and why.
+    left_out: Vec<super::model::Problem>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -244,7 +248,13 @@ impl Dataplane {
             engine: None,
             wireguard: None,
             mesh: None,
+            left_out: Vec::new(),
         })
+    }
+
+    /// What the last apply left out of the state it was given, and why.
+    pub fn left_out(&self) -> &[super::model::Problem] {
+        &self.left_out
     }
 
     /// Where a network's namespace is (or would be) mounted.
@@ -390,7 +400,14 @@ impl Dataplane {
         }
         let mut changes: Vec<String> = ops.iter().map(ToString::to_string).collect();
         changes.extend(self.apply_mesh(&resolved)?);
-        Ok(Applied { changes })
+        for problem in &resolved.left_out {
+            tracing::warn!(field = %problem.field, "left out of the data plane: {}", problem.message);
+        }
+        self.left_out.clone_from(&resolved.left_out);
+        Ok(Applied {
+            changes,
+            left_out: resolved.left_out,
+        })
     }
 
     /// The routing mesh, once the overlays (the ingress network among them) are in place.

@@ -5,7 +5,7 @@
 //! addresses and MTUs) come in as a [`Host`]. Every problem is reported with the path of the field
 //! that caused it (`networks[1].vni`), all of them at once, before anything touches the kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -314,7 +314,14 @@ pub struct Resolved {
     pub data_path_addr: Ipv4Addr,
     /// The routing mesh, if any.
     pub mesh: Option<MeshPlan>,
+    /// What was left out, and why: peers whose description is unusable (a bad, duplicate or
+    /// IPv6 address, a bad or duplicate key), with their endpoints and routing-mesh backends.
+    /// One bad peer degrades only what it carries; the rest is applied.
+    pub left_out: Vec<Problem>,
 }
+
+/// Usable peers by node name: their data-path address and WireGuard key.
+type UsablePeers<'a> = BTreeMap<&'a str, (Ipv4Addr, Option<Key>)>;
 
 /// Problems found so far.
 #[derive(Debug, Default)]
@@ -465,50 +472,19 @@ impl DesiredState {
         }
         let underlay_mtu = data_path.map_or(1500, |(_, mtu)| mtu);
 
-        // Peers.
-        let mut peers: BTreeMap<&str, (Ipv4Addr, Option<Key>)> = BTreeMap::new();
-        let mut peer_addrs: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-        for (i, peer) in self.peers.iter().enumerate() {
-            let at = format!("peers[{i}]");
-            if peer.node.is_empty() {
-                problems.push(format!("{at}.node"), "a peer needs a node name");
-                continue;
-            }
-            if peer.node == self.node {
-                problems.push(
-                    format!("{at}.node"),
-                    format!("{:?} is this node itself", peer.node),
-                );
-                continue;
-            }
-            if peers.contains_key(peer.node.as_str()) {
-                problems.push(
-                    format!("{at}.node"),
-                    format!("node {:?} is listed twice", peer.node),
-                );
-                continue;
-            }
-            let field = format!("{at}.data_path_addr");
-            let Some(addr) = parse_ipv4(&field, &peer.data_path_addr, &mut problems) else {
-                continue;
-            };
-            if Some(addr) == data_path.map(|(a, _)| a) {
-                problems.push(
-                    &field,
-                    format!("{addr} is this node's own data-path address"),
-                );
-                continue;
-            }
-            if let Some(other) = peer_addrs.insert(addr, at.clone()) {
-                problems.push(&field, format!("{addr} is already the address of {other}"));
-                continue;
-            }
-            let key = peer
-                .public_key
-                .as_deref()
-                .and_then(|k| parse_key(&format!("{at}.public_key"), k, &mut problems));
-            peers.insert(&peer.node, (addr, key));
-        }
+        // Peers: each one that cannot be used is left out on its own (with its endpoints and
+        // backends below), and said; the rest applies.
+        let mut left_out = Problems::default();
+        let own_public = self
+            .wireguard
+            .as_ref()
+            .and_then(|w| w.private_key.parse::<Key>().ok())
+            .map(|k| k.public());
+        let (peers, dropped_peers) = self.usable_peers(
+            data_path.map(|(a, _)| a),
+            own_public.as_ref(),
+            &mut left_out,
+        );
 
         // Networks.
         let mut nets: BTreeMap<&str, NetFacts> = BTreeMap::new();
@@ -738,6 +714,7 @@ impl DesiredState {
         }
 
         // Remote endpoints.
+        let mut dropped_ips: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
         for (i, e) in self.endpoints.iter().enumerate() {
             let at = format!("endpoints[{i}]");
             if !known_net(&format!("{at}.network"), &e.network, &nets, &mut problems) {
@@ -751,6 +728,17 @@ impl DesiredState {
                 continue;
             };
             let facts = nets.get_mut(e.network.as_str()).expect("checked above");
+            if dropped_peers.contains(e.node.as_str()) {
+                left_out.push(
+                    format!("{at}.node"),
+                    format!(
+                        "{} on network {:?}: its node {:?} was left out",
+                        ip, e.network, e.node
+                    ),
+                );
+                dropped_ips.insert((e.network.clone(), ip));
+                continue;
+            }
             let ip_ok = facts.claim_ip(&format!("{at}.ip"), ip, &mut problems);
             let mac_ok = facts.claim_mac(&format!("{at}.mac"), mac, &mut problems);
             let Some((node_addr, key)) = peers.get(e.node.as_str()) else {
@@ -768,13 +756,14 @@ impl DesiredState {
                 continue;
             };
             if facts.encrypted && key.is_none() {
-                problems.push(
+                left_out.push(
                     format!("{at}.node"),
                     format!(
                         "network {:?} is encrypted but peer {:?} has no public_key",
                         e.network, e.node
                     ),
                 );
+                dropped_ips.insert((e.network.clone(), ip));
                 continue;
             }
             if !(ip_ok && mac_ok) {
@@ -788,7 +777,15 @@ impl DesiredState {
         // The routing mesh.
         let mesh = self.mesh.as_ref().and_then(|m| {
             let reserved = [self.data_path.port, self.data_path.wireguard_port];
-            mesh::model::resolve(m, &layout, host, &reserved, &mut problems)
+            mesh::model::resolve(
+                m,
+                &layout,
+                host,
+                &reserved,
+                &dropped_ips,
+                &mut problems,
+                &mut left_out,
+            )
         });
 
         // WireGuard.
@@ -837,7 +834,134 @@ impl DesiredState {
             wireguard,
             data_path_addr,
             mesh,
+            left_out: left_out.0,
         })
+    }
+
+    /// The peers that can be used, by node name (their data-path address and key), and the
+    /// names of those left out. A peer is left out, with the reason in `left_out`, when it has
+    /// no name, is this node, or its address is not an IPv4 address, is this node's own, or is
+    /// claimed by another peer; or when its key does not parse, is this node's own, or is
+    /// claimed by another peer. Duplicates leave out every claimant: which one is genuine cannot
+    /// be told here (the managers refuse such descriptions in the first place).
+    fn usable_peers<'a>(
+        &'a self,
+        own_addr: Option<Ipv4Addr>,
+        own_public: Option<&Key>,
+        left_out: &mut Problems,
+    ) -> (UsablePeers<'a>, BTreeSet<&'a str>) {
+        let mut candidates: Vec<(usize, &str, Ipv4Addr, Option<Key>)> = Vec::new();
+        let mut dropped: BTreeSet<&str> = BTreeSet::new();
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        for peer in &self.peers {
+            *names.entry(peer.node.as_str()).or_default() += 1;
+        }
+        for (i, peer) in self.peers.iter().enumerate() {
+            let at = format!("peers[{i}]");
+            let mut drop = |field: &str, message: String| {
+                left_out.push(format!("{at}.{field}"), message);
+                dropped.insert(peer.node.as_str());
+            };
+            if peer.node.is_empty() {
+                drop("node", "a peer needs a node name".into());
+                continue;
+            }
+            if peer.node == self.node {
+                drop("node", format!("{:?} is this node itself", peer.node));
+                continue;
+            }
+            if names[peer.node.as_str()] > 1 {
+                drop(
+                    "node",
+                    format!("node {:?} is listed more than once", peer.node),
+                );
+                continue;
+            }
+            let mut parsed = Problems::default();
+            let Some(addr) = parse_ipv4("data_path_addr", &peer.data_path_addr, &mut parsed) else {
+                let message = parsed.0.pop().map(|p| p.message).unwrap_or_default();
+                drop("data_path_addr", message);
+                continue;
+            };
+            if addr.is_unspecified()
+                || addr.is_loopback()
+                || addr.is_multicast()
+                || addr.is_broadcast()
+            {
+                drop(
+                    "data_path_addr",
+                    format!("{addr} cannot be a data-path address"),
+                );
+                continue;
+            }
+            if Some(addr) == own_addr {
+                drop(
+                    "data_path_addr",
+                    format!("{addr} is this node's own data-path address"),
+                );
+                continue;
+            }
+            let key = match peer.public_key.as_deref().map(str::parse::<Key>) {
+                None => None,
+                Some(Ok(key)) if Some(&key) == own_public => {
+                    drop("public_key", "this node's own WireGuard public key".into());
+                    continue;
+                }
+                Some(Ok(key)) => Some(key),
+                Some(Err(e)) => {
+                    drop("public_key", e.to_string());
+                    continue;
+                }
+            };
+            candidates.push((i, &peer.node, addr, key));
+        }
+        // Addresses and keys claimed twice: every claimant is left out.
+        let mut by_addr: BTreeMap<Ipv4Addr, Vec<usize>> = BTreeMap::new();
+        let mut by_key: BTreeMap<[u8; 32], Vec<usize>> = BTreeMap::new();
+        for (n, (_, _, addr, key)) in candidates.iter().enumerate() {
+            by_addr.entry(*addr).or_default().push(n);
+            if let Some(key) = key {
+                by_key.entry(key.0).or_default().push(n);
+            }
+        }
+        let mut shared: BTreeMap<usize, (&str, String)> = BTreeMap::new();
+        for claimants in by_addr.values().filter(|c| c.len() > 1) {
+            let (_, _, addr, _) = candidates[claimants[0]];
+            for n in claimants {
+                shared.entry(*n).or_insert_with(|| {
+                    (
+                        "data_path_addr",
+                        format!("{addr} is claimed by {} peers", claimants.len()),
+                    )
+                });
+            }
+        }
+        for claimants in by_key.values().filter(|c| c.len() > 1) {
+            for n in claimants {
+                shared.entry(*n).or_insert_with(|| {
+                    (
+                        "public_key",
+                        format!(
+                            "the same WireGuard key is claimed by {} peers",
+                            claimants.len()
+                        ),
+                    )
+                });
+            }
+        }
+        let mut peers = BTreeMap::new();
+        for (n, (i, node, addr, key)) in candidates.into_iter().enumerate() {
+            match shared.remove(&n) {
+                Some((field, message)) => {
+                    left_out.push(format!("peers[{i}].{field}"), message);
+                    dropped.insert(node);
+                }
+                None => {
+                    peers.insert(node, (addr, key));
+                }
+            }
+        }
+        (peers, dropped)
     }
 
     fn resolve_data_path(&self, host: &Host, problems: &mut Problems) -> Option<(Ipv4Addr, u32)> {

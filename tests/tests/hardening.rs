@@ -1,0 +1,224 @@
+//! Hardening (issue: Hardening I) on the lab: what one hostile node, a busy port or time could
+//! break. A misbehaving node is played by `shoal-hostile`, which speaks the cluster's protocol
+//! with what a real `shoald` never sends. Needs root.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use shoal_tests::{
+    Host, binary, output_text,
+    service::{labtool_path, wait_running, who_answers},
+    swarm::Swarm,
+    wait_until,
+};
+
+/// Runs `shoal-hostile args` in `host`'s namespace; its one JSON answer.
+fn hostile(on: &Host, args: &[&str]) -> Value {
+    let mut command = on
+        .command(binary("shoal-hostile").expect("shoal-hostile is built"))
+        .expect("a command in the namespace");
+    command.args(args);
+    let out = command.output().expect("shoal-hostile runs");
+    assert!(out.status.success(), "{}", output_text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(&out)))
+}
+
+/// Asserts a hostile call was refused with `code`, saying `words`.
+fn refused(answer: &Value, code: &str, words: &str) {
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert_eq!(answer["code"], code, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(error.contains(words), "{words:?} not in {answer}");
+}
+
+/// Issue item 1: a fourth node joining with another node's or an IPv6 data-path address, and a
+/// heartbeat carrying a malformed, a changed or a duplicate key or address, all while a service
+/// scales: each is refused with what was wrong, and every other task runs and answers.
+#[test]
+fn one_node_cannot_break_the_others_data_plane() {
+    let swarm = Swarm::up_with_spare(1, 2, 1, &[], &[]);
+    let n1 = swarm.managers[0].clone();
+    let (n2, n3, n4) = (swarm.host("n2"), swarm.host("n3"), swarm.host("n4"));
+    let tool = labtool_path();
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "--publish",
+            "8080:80",
+            "host",
+            &tool,
+            "serve",
+            "--port",
+            "80",
+        ],
+    );
+    wait_running(&swarm, &n1, "web", "web's 6 tasks", |per| {
+        per.values().sum::<usize>() == 6
+    });
+    swarm.ok(&n1, &["service", "scale", "--detach", "web=9"]);
+
+    let manager = format!("{}:2377", n1.public_ip);
+    let token = swarm.ok(&n1, &["swarm", "join-token", "-q", "worker"]);
+    let token = token.trim();
+    let n2_addr = n2.public_ip.to_string();
+
+    // A fourth node asks for n2's data-path address: refused before anything is created.
+    let out = swarm
+        .lab
+        .shoal(
+            &n4,
+            &[
+                "swarm",
+                "join",
+                "--token",
+                token,
+                "--advertise-addr",
+                "eth0",
+                "--data-path-addr",
+                &n2_addr,
+                &manager,
+            ],
+        )
+        .expect("run shoal");
+    assert!(!out.status.success());
+    let said = output_text(&out);
+    assert!(
+        said.contains("is already node n2") && said.contains("--data-path-addr"),
+        "{said}"
+    );
+    // An IPv6 data-path address is refused by the node itself, and by the managers from a
+    // node that does not check.
+    let out = swarm
+        .lab
+        .shoal(
+            &n4,
+            &[
+                "swarm",
+                "join",
+                "--token",
+                token,
+                "--advertise-addr",
+                "eth0",
+                "--data-path-addr",
+                "fd00::14",
+                &manager,
+            ],
+        )
+        .expect("run shoal");
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("IPv4 only"),
+        "{}",
+        output_text(&out)
+    );
+    let join = |addr: &str, key: &str| {
+        hostile(
+            &n4,
+            &[
+                "join",
+                "--manager",
+                &manager,
+                "--token",
+                token,
+                "--hostname",
+                "n4",
+                "--data-path-addr",
+                addr,
+                "--wireguard-key",
+                key,
+            ],
+        )
+    };
+    refused(&join("fd00::14", ""), "InvalidArgument", "IPv4 only");
+    refused(
+        &join(&n2_addr, ""),
+        "FailedPrecondition",
+        "is already node n2",
+    );
+    refused(
+        &join("172.20.99.14", "bm90IGEga2V5"),
+        "InvalidArgument",
+        "not a WireGuard public key",
+    );
+    let n2_key = swarm.inspect(&n1, "n2")["Description"]["WireguardPublicKey"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!n2_key.is_empty());
+    refused(
+        &join("172.20.99.14", &n2_key),
+        "FailedPrecondition",
+        "is already node n2",
+    );
+
+    // n3's own certificate, heartbeating with a bad description.
+    let certs = swarm.lab.host_dir(&n3).join("data/swarm/certs");
+    let certs = certs.to_str().expect("a UTF-8 path");
+    let n3_addr = n3.public_ip.to_string();
+    let beat = |addr: &str, key: &str| {
+        hostile(
+            &swarm.lab.client().clone(),
+            &[
+                "heartbeat",
+                "--manager",
+                &manager,
+                "--certs",
+                certs,
+                "--hostname",
+                "n3",
+                "--data-path-addr",
+                addr,
+                "--wireguard-key",
+                key,
+            ],
+        )
+    };
+    refused(
+        &beat(&n3_addr, "!!not-base64!!"),
+        "InvalidArgument",
+        "not a WireGuard public key",
+    );
+    refused(&beat(&n3_addr, &n2_key), "FailedPrecondition", "changed");
+    let n3_key = swarm.inspect(&n1, "n3")["Description"]["WireguardPublicKey"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    refused(
+        &beat(&n2_addr, &n3_key),
+        "FailedPrecondition",
+        "is already node n2",
+    );
+    refused(&beat("::1", &n3_key), "InvalidArgument", "IPv4 only");
+
+    // Nothing of it reached the store, and every task runs and answers on every node.
+    let nodes: Vec<Value> = swarm.nodes(&n1);
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    wait_running(&swarm, &n1, "web", "web's 9 tasks", |per| {
+        per.values().sum::<usize>() == 9
+    });
+    for node in [&n1, &n2, &n3] {
+        let ip = node.public_ip.to_string();
+        let mut seen = BTreeSet::new();
+        let waited = wait_until(
+            &format!("{}:8080 to reach all nine tasks", node.name),
+            Duration::from_secs(30),
+            || {
+                seen.extend(who_answers(&swarm, &ip, 8080, 27));
+                Ok(seen.len() == 9)
+            },
+        );
+        assert!(waited.is_ok(), "{}: {seen:?}", node.name);
+    }
+    assert_eq!(
+        swarm.inspect(&n1, "n3")["Description"]["WireguardPublicKey"],
+        n3_key.as_str()
+    );
+}
