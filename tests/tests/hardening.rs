@@ -222,3 +222,130 @@ fn one_node_cannot_break_the_others_data_plane() {
         n3_key.as_str()
     );
 }
+
+/// The raft ID `node` holds, from `node inspect` on `on`.
+fn raft_id(swarm: &Swarm, on: &Host, node: &str) -> String {
+    swarm.inspect(on, node)["ManagerStatus"]["RaftID"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{node} is a manager"))
+        .to_string()
+}
+
+/// Issue item 2: raft takes messages only from its members, each speaking for itself, within
+/// bounds. A demoted manager's saved (still valid) certificate is refused; a member claiming a
+/// term of u64::MAX or another member's leadership, or a snapshot chunk at offset 2^40, is
+/// refused; the swarm keeps its leader and its writes.
+#[test]
+fn raft_only_talks_to_its_members() {
+    let swarm = Swarm::up(3, 0);
+    let (n1, n2, n3) = (swarm.host("n1"), swarm.host("n2"), swarm.host("n3"));
+    let (id1, id2, id3) = (
+        raft_id(&swarm, &n1, "n1"),
+        raft_id(&swarm, &n1, "n2"),
+        raft_id(&swarm, &n1, "n3"),
+    );
+    let certs = |host: &Host| swarm.lab.host_dir(host).join("data/swarm/certs");
+    // n3's manager certificate, kept before it is demoted (it stays valid for 90 days).
+    let saved = swarm.lab.dir().join("n3-manager-certs");
+    std::fs::create_dir_all(&saved).expect("a directory for the saved certificates");
+    for file in ["node.crt", "node.key", "ca.crt"] {
+        std::fs::copy(certs(&n3).join(file), saved.join(file)).expect("copy a certificate file");
+    }
+    swarm.ok(&n1, &["node", "demote", "n3"]);
+    swarm.wait_nodes(&n1, "n3 a worker, out of the raft", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n3" && n["ManagerStatus"] == "" && n["Status"] == "Ready")
+    });
+
+    let saved = saved.to_str().expect("a UTF-8 path").to_owned();
+    let n2_certs = certs(&n2).to_str().expect("a UTF-8 path").to_owned();
+    let max = u64::MAX.to_string();
+    let far = (1_u64 << 40).to_string();
+    let client = swarm.lab.client().clone();
+    for target in [&n1, &n2] {
+        let manager = format!("{}:2377", target.public_ip);
+        let call = |args: &[&str]| {
+            let mut all = vec![args[0], "--manager", &manager];
+            all.extend_from_slice(&args[1..]);
+            hostile(&client, &all)
+        };
+        // The demoted manager: whatever it says, it is no longer heard.
+        for (which, role) in [("raft-append", "--leader"), ("raft-vote", "--candidate")] {
+            refused(
+                &call(&[which, "--certs", &saved, role, &id3, "--term", &max]),
+                "PermissionDenied",
+                "not a member",
+            );
+        }
+        refused(
+            &call(&[
+                "raft-snapshot",
+                "--certs",
+                &saved,
+                "--leader",
+                &id3,
+                "--term",
+                "1",
+                "--offset",
+                &far,
+            ]),
+            "PermissionDenied",
+            "not a member",
+        );
+        // A member: only for itself, and within bounds.
+        refused(
+            &call(&[
+                "raft-append",
+                "--certs",
+                &n2_certs,
+                "--leader",
+                &id2,
+                "--term",
+                &max,
+            ]),
+            "InvalidArgument",
+            "above the highest accepted",
+        );
+        refused(
+            &call(&[
+                "raft-append",
+                "--certs",
+                &n2_certs,
+                "--leader",
+                &id1,
+                "--term",
+                "2",
+            ]),
+            "PermissionDenied",
+            "does not hold",
+        );
+        refused(
+            &call(&[
+                "raft-snapshot",
+                "--certs",
+                &n2_certs,
+                "--leader",
+                &id2,
+                "--term",
+                "1000",
+                "--offset",
+                &far,
+            ]),
+            "InvalidArgument",
+            "past",
+        );
+    }
+
+    // The swarm still has its leader, and takes writes through either manager.
+    for (on, label) in [(&n1, "after=1"), (&n2, "after=2")] {
+        swarm.ok(on, &["node", "update", "--label-add", label, "n1"]);
+    }
+    let nodes = swarm.nodes(&n1);
+    assert!(
+        nodes.iter().any(|n| n["ManagerStatus"] == "Leader"),
+        "{nodes:?}"
+    );
+    assert!(nodes.iter().all(|n| n["Status"] == "Ready"), "{nodes:?}");
+    assert_eq!(swarm.inspect(&n2, "n1")["Spec"]["Labels"]["after"], "2");
+}

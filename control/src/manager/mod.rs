@@ -28,7 +28,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use openraft::BasicNode;
 use protocol::{Forwarded, Op};
 use rustls::ClientConfig;
 use serde_json::Value;
@@ -203,10 +202,11 @@ impl Manager {
             manager: manager.clone(),
         };
         let (incoming, accepting) = crate::tls::incoming(listener, server_tls);
+        let raft_store = manager.inner.store.clone();
         let mut until = stopped.clone();
         let serving = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
-                .add_service(RaftService::new(raft))
+                .add_service(RaftService::new(raft, raft_store))
                 .add_service(tonic::service::interceptor::InterceptedService::new(
                     control_server::ControlServer::new(services.clone())
                         .max_decoding_message_size(MAX_MESSAGE),
@@ -245,7 +245,10 @@ impl Manager {
         let mut members = BTreeMap::new();
         members.insert(
             self.inner.raft_id,
-            BasicNode::new(self.inner.advertise.to_string()),
+            crate::raft::RaftMember::new(
+                self.inner.advertise.to_string(),
+                self.inner.identity.node_id.clone(),
+            ),
         );
         self.inner
             .raft

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     ca::{self, JoinToken, NODE_VALIDITY, NodeIdentity, RootCa},
     limits,
-    raft::{network::last_contact, proposer::ProposeError},
+    raft::{RaftMember, network::last_contact, proposer::ProposeError},
     store::{Change, ChangeSet, Kind, Object, StoreError},
 };
 
@@ -513,7 +513,14 @@ async fn join(inner: &Inner, request: JoinRequest, from: &str) -> Result<JoinRep
             role: Some(role),
             ..Default::default()
         },
-        description: request.description,
+        description: NodeDescription {
+            // A joining node learns the swarm's data-path port from the answer to this call.
+            data_path_port: match request.description.data_path_port {
+                0 => record.cluster.data_path_port,
+                port => port,
+            },
+            ..request.description
+        },
         status: NodeStatus {
             state: NodeState::Ready,
             message: String::new(),
@@ -644,7 +651,7 @@ async fn add_manager(
     // waits for a node that is still copying the log.
     inner
         .raft
-        .add_learner(raft_id, openraft::BasicNode::new(addr), true)
+        .add_learner(raft_id, RaftMember::new(addr, node_id), true)
         .await
         .map_err(|e| Status::unavailable(format!("adding the manager to the raft: {e}")))?;
     inner

@@ -7,6 +7,7 @@
 //! whole or refused whole by every replica alike (the check is deterministic: versions are raft
 //! indices). Each proposer learns which from the [`Response`].
 
+pub mod guard;
 pub mod log;
 pub mod network;
 pub mod proposer;
@@ -20,8 +21,29 @@ use crate::store::{ChangeSet, StoreError};
 
 /// A manager's raft ID (distinct from its node ID, as in SwarmKit).
 pub type NodeId = u64;
-/// What raft knows of a manager: the address its raft RPCs go to.
-pub type Node = openraft::BasicNode;
+/// What raft knows of a manager: the address its raft RPCs go to, and the node ID its
+/// certificate carries (so that a message is taken only from the member that sends it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftMember {
+    /// Where its raft and cluster API listen.
+    pub addr: String,
+    /// Its node ID (empty in memberships written before it was recorded).
+    #[serde(default)]
+    pub node_id: String,
+}
+
+impl RaftMember {
+    /// The member at `addr` whose certificate names `node_id`.
+    pub fn new(addr: impl Into<String>, node_id: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            node_id: node_id.into(),
+        }
+    }
+}
+
+/// What raft knows of a manager.
+pub type Node = RaftMember;
 
 /// One raft entry's payload: change sets, applied in order, each whole or not at all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,8 +25,15 @@ use serde::{Serialize, de::DeserializeOwned};
 use shoal_api::v1::{Frame, raft_client::RaftClient, raft_server};
 use tonic::{Request, Status};
 
-use super::{Node, NodeId, Raft, TypeConfig};
-use crate::{ca::Role, tls::Peer};
+use super::{
+    Node, NodeId, Raft, TypeConfig,
+    guard::{self, InBounds},
+};
+use crate::{
+    ca::{NodeIdentity, Role},
+    store::Store,
+    tls::Peer,
+};
 
 /// The largest raft message a manager accepts (snapshots travel in chunks of a few MiB).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -85,7 +92,7 @@ impl PeerClient {
     ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
     where
         Req: Serialize,
-        Resp: DeserializeOwned,
+        Resp: DeserializeOwned + InBounds,
         E: std::error::Error + DeserializeOwned,
     {
         let client = match &self.client {
@@ -123,6 +130,12 @@ impl PeerClient {
         };
         let answer: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.json)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Ok(resp) = &answer
+            && let Some(why) = resp.out_of_bounds()
+        {
+            let failed = Failed(format!("{}: {why}", self.addr));
+            return Err(RPCError::Network(NetworkError::new(&failed)));
+        }
         self.contacts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -194,16 +207,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// Only managers may speak raft.
+/// Only managers may call the cluster API's managers-only services.
 pub(crate) fn require_manager(request: &Request<Frame>) -> Result<(), Status> {
-    manager_peer(request.extensions())
+    manager_peer(request.extensions()).map(drop)
 }
 
 /// An interceptor: a check on a request's metadata and connection, before its body is read.
 pub type Check = fn(Request<()>) -> Result<Request<()>, Status>;
-
-/// A service behind a [`Check`].
-pub type Guarded<S> = tonic::service::interceptor::InterceptedService<S, Check>;
 
 /// An interceptor for the managers-only services: it runs before the request body is read, so
 /// a caller without a manager certificate cannot make the server buffer a large message.
@@ -212,10 +222,10 @@ pub fn managers_only(request: Request<()>) -> Result<Request<()>, Status> {
     Ok(request)
 }
 
-fn manager_peer(extensions: &tonic::Extensions) -> Result<(), Status> {
+fn manager_peer(extensions: &tonic::Extensions) -> Result<&NodeIdentity, Status> {
     let peer = extensions.get::<Peer>();
     match peer.and_then(|p| p.identity.as_ref()) {
-        Some(identity) if identity.role == Role::Manager => Ok(()),
+        Some(identity) if identity.role == Role::Manager => Ok(identity),
         Some(_) => Err(Status::permission_denied(
             "only managers may call this: the caller's certificate is a worker's",
         )),
@@ -236,10 +246,35 @@ fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<Frame>, Status> {
         .map_err(|e| Status::internal(format!("encoding the raft message: {e}")))
 }
 
-/// The raft service a manager serves: hands peers' messages to the local raft node.
+/// The raft service's check before a message is read: a manager certificate whose node holds
+/// a raft membership here ([`guard::speaker`]).
+#[derive(Clone)]
+pub struct RaftMembersOnly {
+    raft: Raft,
+    store: Store,
+}
+
+impl std::fmt::Debug for RaftMembersOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftMembersOnly").finish_non_exhaustive()
+    }
+}
+
+impl tonic::service::Interceptor for RaftMembersOnly {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let identity = manager_peer(request.extensions())?;
+        guard::speaker(&self.raft, &self.store, &identity.node_id)?;
+        Ok(request)
+    }
+}
+
+/// The raft service a manager serves: hands peers' messages to the local raft node once
+/// [`guard`] has checked who sent them and what they say.
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
+    store: Store,
+    snapshots: Arc<guard::SnapshotGuard>,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -249,12 +284,34 @@ impl std::fmt::Debug for RaftService {
 }
 
 impl RaftService {
-    /// Serves `raft` to manager certificates only.
-    pub fn new(raft: Raft) -> Guarded<raft_server::RaftServer<Self>> {
+    /// Serves `raft` to the raft members recorded in it and in `store`.
+    pub fn new(
+        raft: Raft,
+        store: Store,
+    ) -> tonic::service::interceptor::InterceptedService<
+        raft_server::RaftServer<Self>,
+        RaftMembersOnly,
+    > {
+        let check = RaftMembersOnly {
+            raft: raft.clone(),
+            store: store.clone(),
+        };
         tonic::service::interceptor::InterceptedService::new(
-            raft_server::RaftServer::new(Self { raft }).max_decoding_message_size(MAX_MESSAGE),
-            managers_only,
+            raft_server::RaftServer::new(Self {
+                raft,
+                store,
+                snapshots: Arc::default(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE),
+            check,
         )
+    }
+
+    /// Whom the caller's certificate speaks for (checked again: membership may have changed
+    /// while the body was read).
+    fn speaker(&self, request: &Request<Frame>) -> Result<guard::Speaker, Status> {
+        let identity = manager_peer(request.extensions())?;
+        guard::speaker(&self.raft, &self.store, &identity.node_id)
     }
 }
 
@@ -264,14 +321,16 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<Frame>,
     ) -> Result<tonic::Response<Frame>, Status> {
-        require_manager(&request)?;
+        let speaker = self.speaker(&request)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request)?;
+        guard::check_append(&rpc, &speaker)?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<Frame>) -> Result<tonic::Response<Frame>, Status> {
-        require_manager(&request)?;
+        let speaker = self.speaker(&request)?;
         let rpc: VoteRequest<NodeId> = decode(request)?;
+        guard::check_vote(&rpc, &speaker)?;
         encode(&self.raft.vote(rpc).await)
     }
 
@@ -279,9 +338,14 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<Frame>,
     ) -> Result<tonic::Response<Frame>, Status> {
-        require_manager(&request)?;
+        let speaker = self.speaker(&request)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(request)?;
-        encode(&self.raft.install_snapshot(rpc).await)
+        let chunk = self.snapshots.admit(&rpc, &speaker).await?;
+        let answer = self.raft.install_snapshot(rpc).await;
+        if answer.is_ok() {
+            chunk.taken();
+        }
+        encode(&answer)
     }
 }
 

@@ -4,7 +4,13 @@
 //! ```text
 //! shoal-hostile join --manager IP:PORT --token T --hostname H --data-path-addr A [--wireguard-key K]
 //! shoal-hostile heartbeat --manager IP:PORT --certs DIR --hostname H --data-path-addr A [--wireguard-key K]
+//! shoal-hostile raft-append --manager IP:PORT --certs DIR --leader RAFT_ID --term T
+//! shoal-hostile raft-vote --manager IP:PORT --certs DIR --candidate RAFT_ID --term T
+//! shoal-hostile raft-snapshot --manager IP:PORT --certs DIR --leader RAFT_ID --term T --offset N
 //! ```
+//!
+//! The raft calls send openraft's own messages as a manager would: an empty append-entries, a
+//! vote request, one snapshot chunk of 1 KiB at `--offset`.
 //!
 //! `DIR` holds a node's `node.crt`, `node.key` and `ca.crt` (its `<data root>/swarm/certs`).
 //! Prints one JSON line: `{"ok":true}` or `{"ok":false,"code":"...","error":"..."}`.
@@ -104,11 +110,72 @@ async fn heartbeat(args: &[String]) -> Result<Answer, String> {
         .map(drop))
 }
 
+fn number(args: &[String], name: &str) -> Result<u64, String> {
+    required(args, name)?
+        .parse()
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+/// One raft call with `DIR`'s certificate; the answer openraft itself would see.
+async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
+    use openraft::{LogId, SnapshotMeta, StoredMembership, Vote};
+    use shoal_api::v1::raft_client::RaftClient;
+    use shoal_control::raft::TypeConfig;
+    let manager = required(args, "--manager")?;
+    let credentials = credentials(required(args, "--certs")?)?;
+    let config = credentials.client_config().map_err(|e| e.to_string())?;
+    let channel = tls::channel(manager, config, TIMEOUT).map_err(|e| e.to_string())?;
+    let mut client = RaftClient::new(channel);
+    let term = number(args, "--term")?;
+    let answer = match which {
+        "append" => {
+            let rpc = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+                vote: Vote::new_committed(term, number(args, "--leader")?),
+                prev_log_id: None,
+                entries: Vec::new(),
+                leader_commit: None,
+            };
+            client.append_entries(frame(&rpc)?).await
+        }
+        "vote" => {
+            let rpc = openraft::raft::VoteRequest::<u64> {
+                vote: Vote::new(term, number(args, "--candidate")?),
+                last_log_id: Some(LogId::new(
+                    openraft::CommittedLeaderId::new(term, 0),
+                    1 << 40,
+                )),
+            };
+            client.vote(frame(&rpc)?).await
+        }
+        _ => {
+            let rpc = openraft::raft::InstallSnapshotRequest::<TypeConfig> {
+                vote: Vote::new_committed(term, number(args, "--leader")?),
+                meta: SnapshotMeta {
+                    last_log_id: None,
+                    last_membership: StoredMembership::default(),
+                    snapshot_id: "hostile".into(),
+                },
+                offset: number(args, "--offset")?,
+                data: vec![0; 1024],
+                done: false,
+            };
+            client.install_snapshot(frame(&rpc)?).await
+        }
+    };
+    Ok(answer.map(drop))
+}
+
 async fn run(args: &[String]) -> Result<Answer, String> {
     match args.first().map(String::as_str) {
         Some("join") => join(&args[1..]).await,
         Some("heartbeat") => heartbeat(&args[1..]).await,
-        _ => Err("usage: shoal-hostile join|heartbeat ... (see the source's header)".into()),
+        Some("raft-append") => raft(&args[1..], "append").await,
+        Some("raft-vote") => raft(&args[1..], "vote").await,
+        Some("raft-snapshot") => raft(&args[1..], "snapshot").await,
+        _ => Err(
+            "usage: shoal-hostile join|heartbeat|raft-append|raft-vote|raft-snapshot ... (see the source's header)"
+                .into(),
+        ),
     }
 }
 
