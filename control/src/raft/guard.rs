@@ -172,8 +172,8 @@ pub fn check_append(
     let term = rpc.vote.leader_id().term;
     check_log_id(what, rpc.prev_log_id.as_ref())?;
     check_log_id(what, rpc.leader_commit.as_ref())?;
-    let mut next = rpc.prev_log_id.map_or(0, |l| l.index + 1);
-    for entry in &rpc.entries {
+    let first = rpc.prev_log_id.map_or(0, |l| l.index + 1);
+    for (next, entry) in (first..).zip(&rpc.entries) {
         let log_id = entry.get_log_id();
         check_log_id(what, Some(log_id))?;
         if log_id.index != next {
@@ -188,7 +188,6 @@ pub fn check_append(
                 log_id.leader_id.term
             )));
         }
-        next += 1;
     }
     Ok(())
 }
