@@ -89,10 +89,27 @@ pub enum DaemonError {
     },
 }
 
+/// Raises the open-file limit to what the system allows: the cluster API's connections, the
+/// tasks' namespaces and raft's files all take descriptors (the cluster API keeps out of a
+/// reserve, so raft's writes never fail with EMFILE).
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "raising the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reading the open-file limit"),
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves, then removes its socket.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     // Whatever the daemon creates is its own: keys, the raft log, task state and logs.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    raise_open_file_limit();
     let _lock = data_root::DataRoot::open(&config.data_root)?;
     let executor = tasks::Executor::new(config.executor, &config.docker_host)
         .await

@@ -12,6 +12,7 @@
 
 use std::{
     fmt,
+    future::Future as _,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -336,11 +337,135 @@ pub struct Peer {
     pub identity: Option<NodeIdentity>,
 }
 
+/// How many connections the cluster API holds, and for how long it holds those without a
+/// certificate. A node's own calls carry its certificate; only a joining node comes without
+/// one, for one call. So connections without a certificate are few, short and idle-timed, and
+/// a flood of them cannot crowd out the swarm's own (nor take the file descriptors raft
+/// writes with).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections at once, with or without a certificate; past it a new one is closed at once.
+    pub max_connections: usize,
+    /// Connections without a certificate at once.
+    pub max_anonymous: usize,
+    /// TLS handshakes in progress at once.
+    pub max_handshakes: usize,
+    /// Handshakes in progress, and connections without a certificate, from one address.
+    pub per_address: usize,
+    /// How long a handshake may take.
+    pub handshake: Duration,
+    /// How long a connection without a certificate may stay silent.
+    pub anonymous_idle: Duration,
+    /// How long a connection without a certificate may last in all.
+    pub anonymous_lifetime: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4_096,
+            max_anonymous: 256,
+            max_handshakes: 512,
+            per_address: 16,
+            handshake: Duration::from_secs(5),
+            anonymous_idle: Duration::from_secs(10),
+            anonymous_lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The defaults, with at most `descriptors` connections (what the process may open, less
+    /// what it keeps in reserve for its own files).
+    pub fn within(descriptors: usize) -> Self {
+        let defaults = Self::default();
+        Self {
+            max_connections: defaults.max_connections.min(descriptors.max(64)),
+            ..defaults
+        }
+    }
+}
+
+/// Counts a connection while it lives.
+#[derive(Debug)]
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Counted {
+    /// Takes a place under `limit`, if one is free.
+    fn take(counter: &Arc<std::sync::atomic::AtomicUsize>, limit: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(counter.clone()))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Places held per remote address (handshakes, connections without a certificate).
+#[derive(Debug, Default)]
+struct PerAddress {
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A place held by one address; given back on drop.
+#[derive(Debug)]
+struct AddressPlace {
+    table: Arc<PerAddress>,
+    addr: std::net::IpAddr,
+}
+
+impl PerAddress {
+    fn take(table: &Arc<PerAddress>, addr: std::net::IpAddr, limit: usize) -> Option<AddressPlace> {
+        let mut held = table.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(addr).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPlace {
+            table: table.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut held = self.table.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.addr) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// The deadlines of a connection without a certificate.
+#[derive(Debug)]
+struct Anonymous {
+    idle: Duration,
+    silent_until: Pin<Box<tokio::time::Sleep>>,
+    ends: Pin<Box<tokio::time::Sleep>>,
+    _place: Counted,
+    _address_place: AddressPlace,
+}
+
 /// A server-side TLS connection that tells tonic who is on the other end.
 #[derive(Debug)]
 pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     peer: Peer,
+    anonymous: Option<Anonymous>,
+    _place: Counted,
 }
 
 impl Connected for TlsConn {
@@ -350,13 +475,45 @@ impl Connected for TlsConn {
     }
 }
 
+impl TlsConn {
+    /// For a connection without a certificate: whether it has been silent or open too long.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.anonymous {
+            None => false,
+            Some(a) => {
+                a.silent_until.as_mut().poll(cx).is_ready() || a.ends.as_mut().poll(cx).is_ready()
+            }
+        }
+    }
+}
+
+fn expired_error() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "a connection without a certificate stayed silent or open too long",
+    )
+}
+
 impl AsyncRead for TlsConn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before
+                    && let Some(a) = &mut self.anonymous
+                {
+                    let next = tokio::time::Instant::now() + a.idle;
+                    a.silent_until.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(expired_error())),
+            other => other,
+        }
     }
 }
 
@@ -366,6 +523,9 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(expired_error()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -376,18 +536,24 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Accepts TLS connections on `listener`; each handshake runs on its own task so a slow client
-/// does not hold up the others. The accepting task (returned) ends, closing the listener, when
-/// the stream is dropped.
+/// Accepts TLS connections on `listener` within `limits`; each handshake runs on its own task
+/// so a slow client does not hold up the others. The accepting task (returned) ends, closing
+/// the listener, when the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    limits: ConnectionLimits,
 ) -> (
     tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>>,
     tokio::task::JoinHandle<()>,
 ) {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let open: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let anonymous: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.max_handshakes));
+    let handshaking: Arc<PerAddress> = Arc::default();
+    let anonymous_by_address: Arc<PerAddress> = Arc::default();
     let accepting = tokio::spawn(async move {
         loop {
             // The listener (and its port) goes as soon as the server drops the stream.
@@ -398,17 +564,36 @@ pub fn incoming(
             let (tcp, addr) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
+                    // Out of descriptors, most likely: let some connections end first.
                     tracing::warn!(error = %e, "accepting a connection");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
+            // Over the limits, a connection is closed at once (dropping it).
+            let Some(place) = Counted::take(&open, limits.max_connections) else {
+                tracing::debug!(%addr, "refusing a connection: the cluster API holds its maximum");
+                continue;
+            };
+            let Ok(handshake_slot) = handshakes.clone().try_acquire_owned() else {
+                tracing::debug!(%addr, "refusing a connection: too many handshakes in progress");
+                continue;
+            };
+            let Some(handshake_place) =
+                PerAddress::take(&handshaking, addr.ip(), limits.per_address)
+            else {
+                tracing::debug!(%addr, "refusing a connection: too many handshakes from its address");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
+            let _ = socket2::SockRef::from(&tcp).set_keepalive(true);
             let acceptor = acceptor.clone();
             let sender = sender.clone();
+            let anonymous = anonymous.clone();
+            let anonymous_by_address = anonymous_by_address.clone();
             tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                let handshake = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await;
+                drop((handshake_slot, handshake_place));
                 let tls = match handshake {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
@@ -423,9 +608,38 @@ pub fn incoming(
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .and_then(identity_of);
+                let anonymous = match identity {
+                    Some(_) => None,
+                    None => {
+                        let Some(place) = Counted::take(&anonymous, limits.max_anonymous) else {
+                            tracing::debug!(%addr, "refusing a connection without a certificate: too many open");
+                            return;
+                        };
+                        let Some(address_place) =
+                            PerAddress::take(&anonymous_by_address, addr.ip(), limits.per_address)
+                        else {
+                            tracing::debug!(%addr, "refusing a connection without a certificate: too many from its address");
+                            return;
+                        };
+                        let now = tokio::time::Instant::now();
+                        Some(Anonymous {
+                            idle: limits.anonymous_idle,
+                            silent_until: Box::pin(tokio::time::sleep_until(
+                                now + limits.anonymous_idle,
+                            )),
+                            ends: Box::pin(tokio::time::sleep_until(
+                                now + limits.anonymous_lifetime,
+                            )),
+                            _place: place,
+                            _address_place: address_place,
+                        })
+                    }
+                };
                 let conn = TlsConn {
                     inner: tls,
                     peer: Peer { addr, identity },
+                    anonymous,
+                    _place: place,
                 };
                 let _ = sender.send(Ok(conn)).await;
             });

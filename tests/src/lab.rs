@@ -518,12 +518,10 @@ impl Lab {
             .collect()
     }
 
-    /// SIGKILLs `host`'s `shoald` and waits until its data root is free (its last thread gone)
-    /// and its socket removed, so [`Lab::spawn_shoald`] can start a new one.
-    pub fn kill_shoald(&self, host: &Host) -> Result<(), LabError> {
+    /// The PID of the `shoald` started on `host`.
+    pub fn shoald_pid(&self, host: &Host) -> Result<i32, LabError> {
         let marker = format!("--hostname\0{}\0", host.name);
-        let pid = self
-            .pids()
+        self.pids()
             .into_iter()
             .find(|p| {
                 fs::read_to_string(format!("/proc/{p}/cmdline"))
@@ -532,7 +530,27 @@ impl Lab {
             .ok_or_else(|| LabError::Io {
                 what: format!("finding shoald on {}", host.name),
                 source: io::Error::from(io::ErrorKind::NotFound),
-            })?;
+            })
+    }
+
+    /// The resident memory of `host`'s `shoald`, in MiB.
+    pub fn shoald_rss_mib(&self, host: &Host) -> Result<f64, LabError> {
+        let pid = self.shoald_pid(host)?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(io_error(format!("reading /proc/{pid}/status")))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
+        Ok(kib / 1024.0)
+    }
+
+    /// SIGKILLs `host`'s `shoald` and waits until its data root is free (its last thread gone)
+    /// and its socket removed, so [`Lab::spawn_shoald`] can start a new one.
+    pub fn kill_shoald(&self, host: &Host) -> Result<(), LabError> {
+        let pid = self.shoald_pid(host)?;
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         let pid_path = self.host_dir(host).join("data/shoald.pid");
         let pid_file =

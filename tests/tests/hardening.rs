@@ -349,3 +349,77 @@ fn raft_only_talks_to_its_members() {
     assert!(nodes.iter().all(|n| n["Status"] == "Ready"), "{nodes:?}");
     assert_eq!(swarm.inspect(&n2, "n1")["Spec"]["Labels"]["after"], "2");
 }
+
+/// Issue item 4: 1,100 idle TLS connections without a certificate and large requests from
+/// clients without one do not stop the swarm: `node ls` and writes go on through every manager,
+/// the manager closes what it does not keep, and its memory stays bounded.
+#[test]
+fn the_cluster_port_holds_against_clients_without_a_certificate() {
+    let swarm = Swarm::up(3, 0);
+    let (n1, n2) = (swarm.host("n1"), swarm.host("n2"));
+    let token = swarm.ok(&n1, &["swarm", "join-token", "-q", "worker"]);
+    let before = swarm.lab.shoald_rss_mib(&n1).expect("n1's memory");
+    let mut flood = swarm
+        .lab
+        .client()
+        .command(binary("shoal-hostile").expect("shoal-hostile is built"))
+        .expect("a command in the client's namespace");
+    flood
+        .args([
+            "conn-flood",
+            "--manager",
+            &format!("{}:2377", n1.public_ip),
+            "--token",
+            token.trim(),
+            "--connections",
+            "1100",
+            "--frames",
+            "4",
+            "--seconds",
+            "15",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let flood = flood.spawn().expect("the flood starts");
+    std::thread::sleep(Duration::from_secs(3));
+    let mut peak = before;
+    for round in 0..10 {
+        for on in [&n1, &n2] {
+            let nodes = swarm.nodes(on);
+            assert_eq!(nodes.len(), 3, "{nodes:?}");
+            swarm.ok(
+                on,
+                &[
+                    "node",
+                    "update",
+                    "--label-add",
+                    &format!("round={round}"),
+                    "n3",
+                ],
+            );
+        }
+        peak = peak.max(swarm.lab.shoald_rss_mib(&n1).expect("n1's memory"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = flood.wait_with_output().expect("the flood ends");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the flood's report");
+    println!(
+        "conn flood on n1: {report}; shoald RSS {before:.0} MiB before, {peak:.0} MiB at most"
+    );
+    // The manager refused or closed all but a few of them (16 at most from one address), and
+    // took no large request without a certificate.
+    let count = |key: &str| report[key].as_u64().unwrap_or_default();
+    assert_eq!(
+        count("refused_by_manager") + count("closed_by_manager") + count("held"),
+        1_100,
+        "{report}"
+    );
+    assert!(count("held") <= 16, "{report}");
+    assert_eq!(report["frames"], report["frames_refused"], "{report}");
+    assert!(
+        peak - before < 256.0,
+        "RSS grew from {before:.0} to {peak:.0} MiB"
+    );
+    assert_eq!(swarm.inspect(&n2, "n3")["Spec"]["Labels"]["round"], "9");
+}

@@ -43,7 +43,8 @@ use crate::{
     raft::{
         Raft, RaftSettings,
         network::{
-            Check, Contacts, MAX_MESSAGE, Network, RaftService, managers_only, require_manager,
+            Check, Contacts, MAX_MESSAGE, Network, RaftService, managers_only, nodes_only,
+            require_manager,
         },
         proposer::Proposer,
     },
@@ -135,6 +136,27 @@ impl std::fmt::Debug for Manager {
     }
 }
 
+/// The largest `Ca` request (a join: token, CSR, description).
+const MAX_CA_MESSAGE: usize = 64 * 1024;
+/// Concurrent streams on one connection.
+const MAX_STREAMS: u32 = 256;
+/// File descriptors kept out of the cluster API's reach, for raft's log and snapshots, the
+/// data plane and the tasks.
+pub const RESERVED_DESCRIPTORS: u64 = 1_024;
+
+/// Connections the cluster API may hold: the process's open-file limit less
+/// [`RESERVED_DESCRIPTORS`].
+fn connection_budget() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limit into the struct it is given, which lives for the call.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let soft = if got { limit.rlim_cur } else { 1_024 };
+    usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX)
+}
+
 /// How long a forwarded call may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a call waits for a leader to be elected.
@@ -201,19 +223,36 @@ impl Manager {
         let services = Services {
             manager: manager.clone(),
         };
-        let (incoming, accepting) = crate::tls::incoming(listener, server_tls);
+        let (incoming, accepting) = crate::tls::incoming(
+            listener,
+            server_tls,
+            crate::tls::ConnectionLimits::within(connection_budget()),
+        );
         let raft_store = manager.inner.store.clone();
         let mut until = stopped.clone();
         let serving = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
+                // A peer that stops answering is dropped; no connection holds more streams
+                // than a node uses.
+                .http2_keepalive_interval(Some(Duration::from_secs(15)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .max_concurrent_streams(Some(MAX_STREAMS))
+                .http2_max_header_list_size(16 * 1024)
                 .add_service(RaftService::new(raft, raft_store))
                 .add_service(tonic::service::interceptor::InterceptedService::new(
                     control_server::ControlServer::new(services.clone())
                         .max_decoding_message_size(MAX_MESSAGE),
                     managers_only as Check,
                 ))
-                .add_service(ca_server::CaServer::new(services.clone()))
-                .add_service(dispatcher_server::DispatcherServer::new(services))
+                // A join's token, CSR and description fit in a few KiB.
+                .add_service(
+                    ca_server::CaServer::new(services.clone())
+                        .max_decoding_message_size(MAX_CA_MESSAGE),
+                )
+                .add_service(tonic::service::interceptor::InterceptedService::new(
+                    dispatcher_server::DispatcherServer::new(services),
+                    nodes_only as Check,
+                ))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = until.wait_for(|stop| *stop).await;
                 })

@@ -222,6 +222,16 @@ pub fn managers_only(request: Request<()>) -> Result<Request<()>, Status> {
     Ok(request)
 }
 
+/// An interceptor for the services only nodes of the swarm call (the dispatcher): a node
+/// certificate, checked before the request body is read.
+pub fn nodes_only(request: Request<()>) -> Result<Request<()>, Status> {
+    let peer = request.extensions().get::<Peer>();
+    if peer.and_then(|p| p.identity.as_ref()).is_none() {
+        return Err(Status::unauthenticated("a node certificate is required"));
+    }
+    Ok(request)
+}
+
 fn manager_peer(extensions: &tonic::Extensions) -> Result<&NodeIdentity, Status> {
     let peer = extensions.get::<Peer>();
     match peer.and_then(|p| p.identity.as_ref()) {

@@ -7,7 +7,14 @@
 //! shoal-hostile raft-append --manager IP:PORT --certs DIR --leader RAFT_ID --term T
 //! shoal-hostile raft-vote --manager IP:PORT --certs DIR --candidate RAFT_ID --term T
 //! shoal-hostile raft-snapshot --manager IP:PORT --certs DIR --leader RAFT_ID --term T --offset N
+//! shoal-hostile conn-flood --manager IP:PORT --token T --connections N --frames F --seconds S
 //! ```
+//!
+//! `conn-flood` plays a client without a certificate: it opens `N` TLS connections and leaves
+//! them idle, while `F` tasks send 4 MiB requests to `Ca.Join` and `Dispatcher.Heartbeat`, for
+//! `S` seconds; it prints how many connections the manager closed and how its calls ended
+//! (`{"ok":true,"connections":N,"refused_by_manager":..,"closed_by_manager":..,"held":..,
+//! "frames":..,"frames_refused":..}`).
 //!
 //! The raft calls send openraft's own messages as a manager would: an empty append-entries, a
 //! vote request, one snapshot chunk of 1 KiB at `--offset`.
@@ -15,7 +22,7 @@
 //! `DIR` holds a node's `node.crt`, `node.key` and `ca.crt` (its `<data root>/swarm/certs`).
 //! Prints one JSON line: `{"ok":true}` or `{"ok":false,"code":"...","error":"..."}`.
 
-use std::{process::ExitCode, str::FromStr, time::Duration};
+use std::{process::ExitCode, str::FromStr, sync::Arc, time::Duration};
 
 use serde_json::json;
 use shoal_api::{
@@ -165,6 +172,125 @@ async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
     Ok(answer.map(drop))
 }
 
+/// How an idle connection without a certificate ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    /// The manager refused it before TLS was up.
+    Refused,
+    /// TLS came up; the manager closed it later.
+    Closed,
+    /// Still open when the flood ended.
+    Held,
+}
+
+/// Opens one TLS connection without a certificate and holds it idle until `until`.
+async fn idle_connection(
+    manager: std::net::SocketAddr,
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+    until: tokio::time::Instant,
+) -> Idle {
+    use tokio::io::AsyncReadExt;
+    let Ok(tcp) = tokio::net::TcpStream::connect(manager).await else {
+        return Idle::Refused;
+    };
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(tls::MANAGER_NAME)
+        .expect("a valid DNS name");
+    let Ok(mut stream) = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+    else {
+        return Idle::Refused;
+    };
+    let mut byte = [0_u8; 1];
+    // The manager sends nothing to a client that says nothing: a read ends only when it closes.
+    match tokio::time::timeout_at(until, stream.read(&mut byte)).await {
+        Ok(_) => Idle::Closed,
+        Err(_) => Idle::Held,
+    }
+}
+
+/// Sends 4 MiB requests without a certificate until `until`: (sent, refused).
+async fn large_frames(
+    channel: tonic::transport::Channel,
+    until: tokio::time::Instant,
+) -> (u64, u64) {
+    let junk = "x".repeat(4 << 20);
+    let (mut sent, mut refused) = (0, 0);
+    let mut ca = CaClient::new(channel.clone()).max_encoding_message_size(8 << 20);
+    let mut dispatcher = DispatcherClient::new(channel).max_encoding_message_size(8 << 20);
+    while tokio::time::Instant::now() < until {
+        let frame = || Frame {
+            json: junk.clone().into_bytes(),
+        };
+        for answer in [
+            ca.join(frame()).await.map(drop),
+            dispatcher.heartbeat(frame()).await.map(drop),
+        ] {
+            sent += 1;
+            if answer.is_err() {
+                refused += 1;
+            }
+        }
+    }
+    (sent, refused)
+}
+
+async fn conn_flood(args: &[String]) -> Result<serde_json::Value, String> {
+    let manager: std::net::SocketAddr = required(args, "--manager")?
+        .parse()
+        .map_err(|e| format!("--manager: {e}"))?;
+    let token = JoinToken::from_str(required(args, "--token")?).map_err(|e| e.to_string())?;
+    let config = tls::join_client(&token.digest).map_err(|e| e.to_string())?;
+    let connections = number(args, "--connections")?;
+    // One descriptor per connection: as many as the system lets this process have.
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let frames = number(args, "--frames")?;
+    let until = tokio::time::Instant::now() + Duration::from_secs(number(args, "--seconds")?);
+    let idle: Vec<_> = (0..connections)
+        .map(|_| tokio::spawn(idle_connection(manager, config.clone(), until)))
+        .collect();
+    let senders: Vec<_> = (0..frames)
+        .map(|_| {
+            let channel = tls::channel(&manager.to_string(), config.clone(), TIMEOUT)
+                .map_err(|e| e.to_string());
+            tokio::spawn(async move {
+                match channel {
+                    Ok(channel) => large_frames(channel, until).await,
+                    Err(_) => (0, 0),
+                }
+            })
+        })
+        .collect();
+    let (mut refused_conns, mut closed, mut held) = (0_u64, 0_u64, 0_u64);
+    for task in idle {
+        match task.await.unwrap_or(Idle::Refused) {
+            Idle::Refused => refused_conns += 1,
+            Idle::Closed => closed += 1,
+            Idle::Held => held += 1,
+        }
+    }
+    let (mut sent, mut refused) = (0, 0);
+    for task in senders {
+        let (s, r) = task.await.unwrap_or_default();
+        sent += s;
+        refused += r;
+    }
+    Ok(json!({
+        "ok": true,
+        "connections": connections,
+        "refused_by_manager": refused_conns,
+        "closed_by_manager": closed,
+        "held": held,
+        "frames": sent,
+        "frames_refused": refused,
+    }))
+}
+
 async fn run(args: &[String]) -> Result<Answer, String> {
     match args.first().map(String::as_str) {
         Some("join") => join(&args[1..]).await,
@@ -179,9 +305,21 @@ async fn run(args: &[String]) -> Result<Answer, String> {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("conn-flood") {
+        return match conn_flood(&args[1..]).await {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shoal-hostile: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(&args).await {
         Ok(answer) => {
             let line = match answer {
