@@ -21,7 +21,7 @@ use serde_json::Value;
 use shoal_api::{
     swarm::{
         ALREADY_IN_SWARM, Call, InitArgs, JoinArgs, LocalSwarm, NOT_A_MANAGER, NOT_IN_SWARM,
-        NodeDescription, Platform, Resources, Role,
+        NodeDescription, NodeTlsInfo, Platform, Resources, Role,
     },
     v1::{
         Frame, ca_client::CaClient, control_client::ControlClient,
@@ -45,6 +45,23 @@ use tonic::{Request, Status};
 use crate::NodeFacts;
 use crate::tasks::{Worker, session};
 use shoal_dataplane::overlay::Key;
+
+/// The node's certificate set under `<data root>/swarm` (a symlink to the current set).
+const CERTS: &str = "certs";
+
+/// What a node reports of its certificate: the roots it trusts, its issuer, its expiry.
+fn tls_info(credentials: &Credentials) -> NodeTlsInfo {
+    let (subject, key) =
+        ca::signer_of(&credentials.cert_pem, &credentials.ca_pem).unwrap_or_default();
+    NodeTlsInfo {
+        trust_root: credentials.ca_pem.clone(),
+        cert_issuer_subject: subject,
+        cert_issuer_public_key: key,
+        cert_expiry: ca::CertFacts::of(&credentials.cert_pem)
+            .map(|f| f.expiry())
+            .unwrap_or_default(),
+    }
+}
 
 /// Default VXLAN port (`--data-path-port`).
 pub const DEFAULT_DATA_PATH_PORT: u16 = 4789;
@@ -77,6 +94,9 @@ struct Joined {
 /// The node's swarm membership. Clones share it.
 #[derive(Clone)]
 pub struct SwarmNode {
+    /// Wakes the renewal task before its time: the swarm's signing CA changed (a root
+    /// rotation), or trust in a new root waits for a certificate under it.
+    renew_now: Arc<tokio::sync::Notify>,
     dir: PathBuf,
     facts: NodeFacts,
     state: Arc<Mutex<Option<Joined>>>,
@@ -175,6 +195,7 @@ impl SwarmNode {
             dir: data_root.join("swarm"),
             facts,
             state: Arc::default(),
+            renew_now: Arc::default(),
             worker,
         }
     }
@@ -195,8 +216,15 @@ impl SwarmNode {
         }
     }
 
-    fn description(&self, data_path_addr: IpAddr, data_path_port: u16) -> NodeDescription {
+    fn description(
+        &self,
+        data_path_addr: IpAddr,
+        data_path_port: u16,
+        credentials: Option<&Credentials>,
+    ) -> NodeDescription {
+        let tls_info = credentials.map_or_else(NodeTlsInfo::default, tls_info);
         NodeDescription {
+            tls_info,
             hostname: self.facts.name.clone(),
             platform: Platform {
                 architecture: self.facts.architecture.clone(),
@@ -248,7 +276,7 @@ impl SwarmNode {
     }
 
     fn read_credentials(&self) -> std::io::Result<Credentials> {
-        let certs = self.dir.join("certs");
+        let certs = self.dir.join(CERTS);
         Ok(Credentials {
             cert_pem: std::fs::read_to_string(certs.join("node.crt"))?,
             key_pem: std::fs::read_to_string(certs.join("node.key"))?,
@@ -256,12 +284,42 @@ impl SwarmNode {
         })
     }
 
+    /// Writes the key, certificate and roots as one set: into a directory of their own, then
+    /// `certs` (a symlink) is switched to it in one rename. A crash leaves the old set or the new
+    /// one, never a key beside another key's certificate.
     fn write_credentials(&self, credentials: &Credentials) -> std::io::Result<()> {
-        let certs = self.dir.join("certs");
-        crate::durable::private_dir(&certs)?;
-        write_private(&certs.join("node.key"), &credentials.key_pem)?;
-        write_private(&certs.join("node.crt"), &credentials.cert_pem)?;
-        write_private(&certs.join("ca.crt"), &credentials.ca_pem)
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        crate::durable::private_dir(&self.dir)?;
+        let name = format!(
+            "{CERTS}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let set = self.dir.join(&name);
+        crate::durable::private_dir(&set)?;
+        write_private(&set.join("node.key"), &credentials.key_pem)?;
+        write_private(&set.join("node.crt"), &credentials.cert_pem)?;
+        write_private(&set.join("ca.crt"), &credentials.ca_pem)?;
+        let link = self.dir.join(CERTS);
+        let previous = std::fs::read_link(&link).ok();
+        // A directory left by an earlier version: moved aside so the link can take its place.
+        if std::fs::symlink_metadata(&link).is_ok_and(|m| m.is_dir()) {
+            std::fs::rename(&link, self.dir.join(format!("{CERTS}-before")))?;
+        }
+        let tmp = self.dir.join(format!("{name}.link"));
+        std::os::unix::fs::symlink(&name, &tmp)?;
+        std::fs::rename(&tmp, &link)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        for old in previous
+            .into_iter()
+            .chain([PathBuf::from(format!("{CERTS}-before"))])
+        {
+            if old != Path::new(&name) {
+                let _ = std::fs::remove_dir_all(self.dir.join(old));
+            }
+        }
+        Ok(())
     }
 
     fn write_saved(&self, saved: &Saved) -> std::io::Result<()> {
@@ -378,16 +436,20 @@ impl SwarmNode {
         let heartbeat_s = args.dispatcher_heartbeat_s.unwrap_or(5);
         shoal_control::manager::check_heartbeat(heartbeat_s)?;
         shoal_control::manager::check_snapshot_interval(args.snapshot_interval.unwrap_or(10_000))?;
+        if let Some(seconds) = args.cert_expiry_s {
+            ca::check_cert_expiry(seconds).map_err(Status::invalid_argument)?;
+        }
         // The key the description advertises is the one the node keeps.
         let key = self
             .wireguard_key()
             .map_err(io_status("making the node's WireGuard key"))?;
         let first = genesis(GenesisArgs {
-            description: self.description(data_path, data_path_port),
+            description: self.description(data_path, data_path_port, None),
             advertise: advertise.to_string(),
             data_path_port,
             heartbeat_s,
             snapshot_interval: args.snapshot_interval.unwrap_or(10_000),
+            cert_expiry_s: args.cert_expiry_s.unwrap_or(0),
         })
         .map_err(|e| Status::internal(e.to_string()))?;
         let saved = Saved {
@@ -488,7 +550,7 @@ impl SwarmNode {
         let request = JoinRequest {
             token: args.token.trim().to_owned(),
             csr,
-            description: self.description(data_path, 0),
+            description: self.description(data_path, 0, None),
             advertise_addr: advertise.to_string(),
         };
         let reply: JoinReply = rpc(CaClient::new(channel).join(frame(&request)?)).await?;
@@ -705,8 +767,10 @@ impl SwarmNode {
 
     async fn spawn_session(&self) {
         let node = self.clone();
+        let renewer = self.clone();
         let handles = vec![
             tokio::spawn(async move { node.session().await }),
+            tokio::spawn(async move { renewer.renewals().await }),
             tokio::spawn(session::assignments(self.worker.clone(), self.clone())),
             tokio::spawn(session::reports(self.worker.clone(), self.clone())),
         ];
@@ -793,7 +857,11 @@ impl SwarmNode {
         let channel =
             tls::channel(addr, config, RPC_TIMEOUT).map_err(|e| Status::internal(e.to_string()))?;
         let heartbeat = Heartbeat {
-            description: self.description(saved.data_path_addr, saved.data_path_port),
+            description: self.description(
+                saved.data_path_addr,
+                saved.data_path_port,
+                Some(credentials),
+            ),
         };
         rpc(DispatcherClient::new(channel).heartbeat(frame(&heartbeat)?)).await
     }
@@ -808,6 +876,36 @@ impl SwarmNode {
             saved.managers = reply.managers.clone();
         }
         saved.heartbeat_ms = reply.period_ms;
+        // A root rotation: a certificate from the CA that signs now, and the roots to trust.
+        let (_, issuer_key) =
+            ca::signer_of(&joined.credentials.cert_pem, &joined.credentials.ca_pem)
+                .unwrap_or_default();
+        if !reply.issuer_public_key.is_empty() && reply.issuer_public_key != issuer_key {
+            self.renew_now.notify_one();
+        }
+        if let Some(bundle) = &reply.trust_root
+            && *bundle != joined.credentials.ca_pem
+        {
+            if tls::chain_trusted(&joined.credentials.cert_pem, bundle) {
+                let credentials = Credentials {
+                    ca_pem: bundle.clone(),
+                    ..joined.credentials.clone()
+                };
+                self.write_credentials(&credentials)
+                    .map_err(io_status("writing the swarm's roots"))?;
+                if let Some(manager) = &joined.manager {
+                    manager
+                        .update_credentials(&credentials)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                }
+                tracing::info!("trusting the swarm's roots as the managers give them");
+                joined.credentials = credentials;
+            } else {
+                // Its certificate is not under the new roots yet: renew first; the roots come
+                // with the next heartbeat.
+                self.renew_now.notify_one();
+            }
+        }
         if reply.role != saved.role {
             tracing::info!(from = %saved.role, to = %reply.role, "the node's role changed");
             if let Some(manager) = joined.manager.take() {
@@ -815,6 +913,11 @@ impl SwarmNode {
                 let _ = std::fs::remove_dir_all(self.dir.join("raft"));
             }
             let credentials = self.renew(&saved, &joined.credentials).await?;
+            self.write_credentials(&credentials)
+                .map_err(io_status("writing the node's certificates"))?;
+            if let Some(manager) = &joined.manager {
+                let _ = manager.update_credentials(&credentials);
+            }
             saved.role = reply.role;
             saved.raft_id = None;
             joined.credentials = credentials.clone();
@@ -834,6 +937,85 @@ impl SwarmNode {
             joined.saved = saved;
         }
         Ok(())
+    }
+
+    /// Renews the node's certificate at a random point between 50 % and 80 % of its lifetime
+    /// (SwarmKit's), or at once when woken ([`SwarmNode::renew_now`]); retries with backoff.
+    /// The call to the managers is made without holding the membership.
+    async fn renewals(&self) {
+        let mut failures: u32 = 0;
+        let fraction = ca::renewal_fraction();
+        loop {
+            let snapshot = {
+                let guard = self.state.lock().await;
+                guard
+                    .as_ref()
+                    .map(|j| (j.saved.clone(), j.credentials.clone()))
+            };
+            let Some((_, credentials)) = snapshot else {
+                return;
+            };
+            let wait = match ca::CertFacts::of(&credentials.cert_pem) {
+                Ok(facts) => {
+                    let at = ca::renewal_time(facts.not_before, facts.not_after, fraction);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    Duration::from_secs(u64::try_from(at - now).unwrap_or(0))
+                }
+                Err(_) => Duration::ZERO,
+            };
+            let wait = if failures > 0 {
+                // 5 s, 10 s, 20 s ... up to an hour, whatever the certificate says.
+                Duration::from_secs(5 << failures.min(9)).min(Duration::from_secs(3600))
+            } else {
+                wait
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.renew_now.notified() => {}
+            }
+            // What holds now (the roots may have changed while waiting).
+            let snapshot = {
+                let guard = self.state.lock().await;
+                guard
+                    .as_ref()
+                    .map(|j| (j.saved.clone(), j.credentials.clone()))
+            };
+            let Some((saved, credentials)) = snapshot else {
+                return;
+            };
+            match self.renew(&saved, &credentials).await {
+                Ok(mut renewed) => {
+                    failures = 0;
+                    let mut guard = self.state.lock().await;
+                    let Some(joined) = guard.as_mut() else {
+                        return;
+                    };
+                    // The roots may have moved on while the managers were asked: keep the
+                    // newest the certificate is under.
+                    if tls::chain_trusted(&renewed.cert_pem, &joined.credentials.ca_pem) {
+                        renewed.ca_pem.clone_from(&joined.credentials.ca_pem);
+                    }
+                    if let Err(e) = self.write_credentials(&renewed) {
+                        failures += 1;
+                        tracing::warn!(error = %e, "writing the renewed certificate");
+                        continue;
+                    }
+                    if let Some(manager) = &joined.manager
+                        && let Err(e) = manager.update_credentials(&renewed)
+                    {
+                        tracing::warn!(error = %e, "serving with the renewed certificate");
+                    }
+                    joined.credentials = renewed;
+                    tracing::info!("the node's certificate was renewed");
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e.message(), "renewing the node's certificate");
+                }
+            }
+        }
     }
 
     /// A certificate for the role the store now gives this node.
@@ -856,8 +1038,25 @@ impl SwarmNode {
                         key_pem,
                         ca_pem: current.ca_pem.clone(),
                     };
-                    self.write_credentials(&credentials)
-                        .map_err(io_status("writing the node's certificates"))?;
+                    // Trust, but verify: the certificate is this node's, for this key, under
+                    // the roots it trusts.
+                    let identity = credentials
+                        .identity()
+                        .map_err(|e| Status::internal(format!("the renewed certificate: {e}")))?;
+                    let refused = if identity.node_id != saved.node_id {
+                        Some(format!("it is node {}'s", identity.node_id))
+                    } else if !tls::chain_trusted(&credentials.cert_pem, &credentials.ca_pem) {
+                        Some("it is not under the roots this node trusts".to_owned())
+                    } else {
+                        tls::LiveTls::new(&credentials)
+                            .err()
+                            .map(|e| format!("it does not go with the new key: {e}"))
+                    };
+                    if let Some(why) = refused {
+                        return Err(Status::internal(format!(
+                            "the renewed certificate is refused: {why}"
+                        )));
+                    }
                     return Ok(credentials);
                 }
                 Err(e) => last = e,

@@ -137,21 +137,152 @@ fn validity(params: &mut CertificateParams, lifetime: Duration) {
     params.not_after = now + lifetime;
 }
 
+/// The shape of every Shoal root: CN `swarm-ca`, an unconstrained CA, 20 years from an hour
+/// ago.
+fn root_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, ROOT_CN);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, ROOT_VALIDITY);
+    params
+}
+
+/// The shortest certificate lifetime `--cert-expiry` takes (SwarmKit's).
+pub const MIN_NODE_VALIDITY: Duration = Duration::from_secs(3600);
+
+/// `--cert-expiry` as stored (nanoseconds): below an hour (or unset), the default.
+pub fn node_validity(nanos: u64) -> Duration {
+    let asked = Duration::from_nanos(nanos);
+    if asked < MIN_NODE_VALIDITY {
+        NODE_VALIDITY
+    } else {
+        asked
+    }
+}
+
+/// Checks `--cert-expiry` as a user gives it.
+pub fn check_cert_expiry(seconds: u64) -> Result<(), String> {
+    if Duration::from_secs(seconds) < MIN_NODE_VALIDITY {
+        return Err("minimum certificate expiry time is: 1h0m0s".into());
+    }
+    if seconds > ROOT_VALIDITY.as_secs() {
+        return Err("a certificate cannot outlive its root CA (20 years)".into());
+    }
+    Ok(())
+}
+
+/// When a certificate valid from `not_before` to `not_after` (Unix seconds) is renewed: at
+/// `fraction` of its lifetime, which the caller draws at random in [0.5, 0.8) as SwarmKit does,
+/// so that a swarm's nodes do not all renew at once.
+pub fn renewal_time(not_before: i64, not_after: i64, fraction: f64) -> i64 {
+    let fraction = fraction.clamp(0.5, 0.8);
+    let lifetime = (not_after - not_before).max(0) as f64;
+    not_before + (lifetime * fraction) as i64
+}
+
+/// A random fraction in [0.5, 0.8): where in its lifetime a certificate is renewed.
+pub fn renewal_fraction() -> f64 {
+    let mut bytes = [0_u8; 4];
+    // Without randomness, the middle of the window: still renewed in time.
+    if getrandom::getrandom(&mut bytes).is_err() {
+        return 0.65;
+    }
+    0.5 + 0.3 * (f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0))
+}
+
+/// What a certificate says of itself, for renewal and for reporting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// Valid from (Unix seconds).
+    pub not_before: i64,
+    /// Valid until (Unix seconds).
+    pub not_after: i64,
+}
+
+impl CertFacts {
+    /// Reads the first certificate of `pem`.
+    pub fn of(pem: &str) -> Result<Self, CaError> {
+        let der = cert_der(pem)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|_| CaError::Pem("the block is not an X.509 certificate"))?;
+        Ok(Self {
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+
+    /// `not_after` as RFC 3339.
+    pub fn expiry(&self) -> String {
+        time::OffsetDateTime::from_unix_timestamp(self.not_after)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Every certificate in `pem`, as DER, in order.
+pub fn certs_der(pem: &str) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let mut all = Vec::new();
+    let mut body = String::new();
+    let mut inside = false;
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN CERTIFICATE-----") {
+            inside = true;
+            body.clear();
+        } else if line.starts_with("-----END CERTIFICATE-----") {
+            inside = false;
+            if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&body) {
+                all.push(der);
+            }
+        } else if inside {
+            body.push_str(line.trim());
+        }
+    }
+    all
+}
+
+/// A CA certificate's identity as nodes report their issuer: (subject, public key), each the
+/// base64 of its DER.
+pub fn issuer_identity(ca_der: &[u8]) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let (_, cert) = x509_parser::parse_x509_certificate(ca_der).ok()?;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    Some((b64(cert.subject().as_raw()), b64(cert.public_key().raw)))
+}
+
+/// The issuer of the certificate `chain` begins with: of the other certificates of `chain`
+/// (a cross-signed root rides along during a rotation) and of `roots`, the one whose key
+/// signed it; its identity as [`issuer_identity`] gives it.
+pub fn signer_of(chain: &str, roots: &str) -> Option<(String, String)> {
+    let certs = certs_der(chain);
+    let (leaf, rest) = certs.split_first()?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    rest.iter()
+        .cloned()
+        .chain(certs_der(roots))
+        .find(|candidate| {
+            x509_parser::parse_x509_certificate(candidate)
+                .is_ok_and(|(_, ca)| leaf.verify_signature(Some(ca.public_key())).is_ok())
+        })
+        .and_then(|ca| issuer_identity(&ca))
+}
+
 impl RootCa {
     /// A new root CA.
     pub fn generate() -> Result<Self, CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(crypto("generating the root key"))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, ROOT_CN);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        validity(&mut params, ROOT_VALIDITY);
+        let params = root_params();
         let cert = params
             .self_signed(&key)
             .map_err(crypto("signing the root certificate"))?;
@@ -186,6 +317,28 @@ impl RootCa {
     /// The root certificate's digest as join tokens carry it.
     pub fn digest(&self) -> String {
         digest_of(&self.cert_der)
+    }
+
+    /// The identity nodes report for certificates this CA signs ([`issuer_identity`]).
+    pub fn identity(&self) -> (String, String) {
+        issuer_identity(&self.cert_der).unwrap_or_default()
+    }
+
+    /// `new`'s root certificate cross-signed by this CA: the same subject and key as `new`'s,
+    /// issued by this one, with a serial of its own. A node that still trusts only this root
+    /// accepts a certificate signed by `new` when this one rides along with it.
+    pub fn cross_sign(&self, new: &RootCa) -> Result<String, CaError> {
+        let mut params = root_params();
+        let mut serial = [0_u8; 20];
+        getrandom::getrandom(&mut serial).map_err(|e| CaError::Random(e.to_string()))?;
+        serial[0] &= 0x7f;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)
+            .map_err(crypto("reading the current root certificate"))?;
+        let cert = params
+            .signed_by(&new.key, &issuer)
+            .map_err(crypto("cross-signing the new root"))?;
+        Ok(cert.pem())
     }
 
     /// Signs a node's certificate request. The identity comes from the CA, not the request:
@@ -438,6 +591,56 @@ mod tests {
             !format!("{token:?}").contains(&token.secret),
             "the secret stays out of logs"
         );
+    }
+
+    #[test]
+    fn a_cross_signed_root_bridges_old_trust_to_new_certificates() {
+        let old = RootCa::generate().expect("the old CA");
+        let new = RootCa::generate().expect("the new CA");
+        let cross = old.cross_sign(&new).expect("cross-signed");
+        let cross_der = certs_der(&cross);
+        let (_, cross_cert) = x509_parser::parse_x509_certificate(&cross_der[0]).expect("parses");
+        let (_, new_cert) = x509_parser::parse_x509_certificate(&new.cert_der).expect("parses");
+        let (_, old_cert) = x509_parser::parse_x509_certificate(&old.cert_der).expect("parses");
+        // The new root's subject and key, issued and signed by the old root, its own serial.
+        assert_eq!(cross_cert.subject(), new_cert.subject());
+        assert_eq!(cross_cert.public_key().raw, new_cert.public_key().raw);
+        assert_ne!(cross_cert.raw_serial(), new_cert.raw_serial());
+        cross_cert
+            .verify_signature(Some(old_cert.public_key()))
+            .expect("signed by the old root");
+        // A leaf of the new root, with the cross-signed root along: its signer is the new key,
+        // whichever roots are trusted.
+        let (csr, _key) = node_request().expect("a request");
+        let node = NodeIdentity {
+            node_id: "n".into(),
+            role: Role::Worker,
+            cluster_id: "c".into(),
+        };
+        let leaf = new.sign(&csr, &node, NODE_VALIDITY).expect("signed");
+        let chain = format!("{leaf}{cross}");
+        assert_eq!(signer_of(&chain, old.cert_pem()), Some(new.identity()));
+        assert_eq!(signer_of(&leaf, new.cert_pem()), Some(new.identity()));
+        assert_eq!(signer_of(&leaf, old.cert_pem()), None);
+        let old_leaf = old.sign(&csr, &node, NODE_VALIDITY).expect("signed");
+        let both = format!("{}{}", old.cert_pem(), new.cert_pem());
+        assert_eq!(signer_of(&old_leaf, &both), Some(old.identity()));
+    }
+
+    #[test]
+    fn certificates_renew_between_half_and_four_fifths_of_their_lifetime() {
+        let (from, to) = (1_000, 1_000 + 100 * 3600);
+        assert_eq!(renewal_time(from, to, 0.5), from + 50 * 3600);
+        assert_eq!(renewal_time(from, to, 0.0), from + 50 * 3600);
+        assert_eq!(renewal_time(from, to, 1.0), from + 80 * 3600);
+        for _ in 0..1_000 {
+            let f = renewal_fraction();
+            assert!((0.5..0.8).contains(&f), "{f}");
+        }
+        assert_eq!(node_validity(0), NODE_VALIDITY);
+        assert_eq!(node_validity(3_600_000_000_000), MIN_NODE_VALIDITY);
+        assert!(check_cert_expiry(3_599).is_err());
+        assert!(check_cert_expiry(3_600).is_ok());
     }
 
     #[test]

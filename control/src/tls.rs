@@ -158,8 +158,293 @@ impl Credentials {
             )
             .map_err(rustls_error)?;
         config.alpn_protocols = vec![b"h2".to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
+}
+
+/// A node's TLS identity and trust, replaced in place when its certificate is renewed or the
+/// swarm's root changes: the configurations built from it ([`LiveTls::server_config`],
+/// [`LiveTls::client_config`]) resolve the certificate and verify peers through it at each
+/// handshake, so no listener or client is rebuilt. Sessions are never resumed (a resumed
+/// session skips verification), and connections verified under an earlier trust are checked
+/// again ([`LiveTls::generation`]).
+pub struct LiveTls {
+    state: std::sync::RwLock<Arc<TlsState>>,
+    generation: std::sync::atomic::AtomicU64,
+    provider: Arc<CryptoProvider>,
+}
+
+struct TlsState {
+    credentials: Credentials,
+    /// What a manager presents: its chain, then the roots (a joining node pins one of them).
+    presented: Arc<rustls::sign::CertifiedKey>,
+    /// What a client presents: its chain.
+    client_key: Arc<rustls::sign::CertifiedKey>,
+    client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    server_verifier: Arc<WebPkiServerVerifier>,
+}
+
+impl fmt::Debug for LiveTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveTls")
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsState {
+    fn new(credentials: &Credentials, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        let chain = certs(&credentials.cert_pem, "the node certificate")?;
+        let roots = roots(&credentials.ca_pem)?;
+        let mut presented = chain.clone();
+        presented.extend(certs(&credentials.ca_pem, "the root CA certificate")?);
+        let certified = |chain: Vec<CertificateDer<'static>>| {
+            rustls::sign::CertifiedKey::from_der(chain, key(&credentials.key_pem)?, provider)
+                .map(Arc::new)
+                .map_err(rustls_error)
+        };
+        Ok(Self {
+            credentials: credentials.clone(),
+            presented: certified(presented)?,
+            client_key: certified(chain)?,
+            client_verifier: WebPkiClientVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(rustls_error)?,
+            server_verifier: WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(rustls_error)?,
+        })
+    }
+}
+
+impl LiveTls {
+    /// A live identity from `credentials`.
+    pub fn new(credentials: &Credentials) -> Result<Arc<Self>, TlsError> {
+        let provider = provider();
+        Ok(Arc::new(Self {
+            state: std::sync::RwLock::new(Arc::new(TlsState::new(credentials, &provider)?)),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            provider,
+        }))
+    }
+
+    fn current(&self) -> Arc<TlsState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the certificate, key and roots; connections verified under the old roots are
+    /// checked again.
+    pub fn update(&self, credentials: &Credentials) -> Result<(), TlsError> {
+        let state = Arc::new(TlsState::new(credentials, &self.provider)?);
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The credentials in use.
+    pub fn credentials(&self) -> Credentials {
+        self.current().credentials.clone()
+    }
+
+    /// Bumped by every [`LiveTls::update`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether a client's chain (leaf first) verifies under the roots trusted now.
+    pub fn accepts_client(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Some((leaf, rest)) = chain.split_first() else {
+            return false;
+        };
+        self.current()
+            .client_verifier
+            .verify_client_cert(leaf, rest, UnixTime::now())
+            .is_ok()
+    }
+
+    /// A manager's server configuration: clients with a certificate under the trusted roots, or
+    /// none (a joining node).
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(rustls_error)?
+            .with_client_cert_verifier(self.clone())
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(Arc::new(config))
+    }
+
+    /// A client configuration for calling managers: the node's certificate, managers checked
+    /// under the trusted roots.
+    pub fn client_config(self: &Arc<Self>) -> Result<Arc<ClientConfig>, TlsError> {
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(rustls_error)?
+            .dangerous()
+            .with_custom_certificate_verifier(self.clone())
+            .with_client_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(Arc::new(config))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveTls {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current().presented.clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for LiveTls {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current().client_key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for LiveTls {
+    fn client_auth_mandatory(&self) -> bool {
+        // Only a joining node comes without one, and only `Ca.Join` serves it.
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // Every root is CN=swarm-ca: a hint would tell nothing.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.current()
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for LiveTls {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.current().server_verifier.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Whether the certificate chain `cert_pem` (leaf first) is one a node trusting `ca_pem` accepts.
+pub fn chain_trusted(cert_pem: &str, ca_pem: &str) -> bool {
+    let (Ok(chain), Ok(roots)) = (certs(cert_pem, "the node certificate"), roots(ca_pem)) else {
+        return false;
+    };
+    let Ok(verifier) = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()
+    else {
+        return false;
+    };
+    let Some((leaf, rest)) = chain.split_first() else {
+        return false;
+    };
+    verifier
+        .verify_client_cert(leaf, rest, UnixTime::now())
+        .is_ok()
 }
 
 /// The swarm identity (CN node ID, OU role, O cluster ID) in a certificate.
@@ -220,7 +505,9 @@ impl ServerCertVerifier for PinnedRoot {
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        // During a root rotation the manager's certificate is the new root's, with the new root
+        // cross-signed by the pinned one among what it presents.
+        verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -465,6 +752,8 @@ pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     peer: Peer,
     anonymous: Option<Anonymous>,
+    /// The trust it was last verified under, to check its certificate again when that changes.
+    trust: Option<(Arc<LiveTls>, u64)>,
     _place: Counted,
 }
 
@@ -477,7 +766,26 @@ impl Connected for TlsConn {
 
 impl TlsConn {
     /// For a connection without a certificate: whether it has been silent or open too long.
+    /// For one with a certificate: whether the swarm's trust changed (a root rotation ended)
+    /// and its certificate is no longer accepted.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some((live, verified)) = &mut self.trust {
+            let now = live.generation();
+            if now != *verified {
+                let chain = self
+                    .inner
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                if !live.accepts_client(&chain) {
+                    tracing::info!(peer = %self.peer.addr, "closing a connection whose certificate is no longer trusted");
+                    return true;
+                }
+                *verified = now;
+            }
+        }
         match &mut self.anonymous {
             None => false,
             Some(a) => {
@@ -490,7 +798,7 @@ impl TlsConn {
 fn expired_error() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::TimedOut,
-        "a connection without a certificate stayed silent or open too long",
+        "the connection's time or certificate ran out",
     )
 }
 
@@ -500,6 +808,9 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.trust.is_some() && self.expired(cx) {
+            return Poll::Ready(Err(expired_error()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -541,13 +852,24 @@ impl AsyncWrite for TlsConn {
 /// the listener, when the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    live: Arc<LiveTls>,
     limits: ConnectionLimits,
 ) -> (
     tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>>,
     tokio::task::JoinHandle<()>,
 ) {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    let config = match live.server_config() {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "the cluster API's TLS configuration");
+            let (_, receiver) = tokio::sync::mpsc::channel(1);
+            return (
+                tokio_stream::wrappers::ReceiverStream::new(receiver),
+                tokio::spawn(async {}),
+            );
+        }
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let open: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
     let anonymous: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
@@ -590,6 +912,7 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let sender = sender.clone();
             let anonymous = anonymous.clone();
+            let live = live.clone();
             let anonymous_by_address = anonymous_by_address.clone();
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await;
@@ -635,10 +958,15 @@ pub fn incoming(
                         })
                     }
                 };
+                let trust = identity.is_some().then(|| {
+                    let verified = live.generation();
+                    (live, verified)
+                });
                 let conn = TlsConn {
                     inner: tls,
                     peer: Peer { addr, identity },
                     anonymous,
+                    trust,
                     _place: place,
                 };
                 let _ = sender.send(Ok(conn)).await;

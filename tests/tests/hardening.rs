@@ -423,3 +423,170 @@ fn the_cluster_port_holds_against_clients_without_a_certificate() {
     );
     assert_eq!(swarm.inspect(&n2, "n3")["Spec"]["Labels"]["round"], "9");
 }
+
+/// Issue item 3: certificates renew themselves and the root rotates without an outage.
+/// `--cert-expiry` takes at least an hour; `swarm ca --rotate` on 3 managers and a worker,
+/// under a steady stream of writes and heartbeats, fails nothing and ends with every node on
+/// the new root; a manager certificate of the old root and the old join token are then refused.
+#[test]
+fn the_root_rotates_under_load_and_the_old_root_is_refused() {
+    let swarm = Swarm::up_with(3, 1, &["--dispatcher-heartbeat", "1s"]);
+    let (n1, n2, n3) = (swarm.host("n1"), swarm.host("n2"), swarm.host("n3"));
+    let out = swarm
+        .lab
+        .shoal(&n1, &["swarm", "update", "--cert-expiry", "30m"])
+        .expect("run shoal");
+    assert!(
+        output_text(&out).contains("minimum certificate expiry time is: 1h0m0s"),
+        "{}",
+        output_text(&out)
+    );
+    swarm.ok(&n1, &["swarm", "update", "--cert-expiry", "2h"]);
+    let cluster = |on: &Host| -> Value {
+        serde_json::from_str::<Value>(&swarm.ok(on, &["swarm", "inspect"])).expect("JSON")[0]
+            .clone()
+    };
+    assert_eq!(
+        cluster(&n1)["Spec"]["CAConfig"]["NodeCertExpiry"],
+        7_200_000_000_000_u64
+    );
+    let before = cluster(&n1);
+    let old_token = swarm.ok(&n1, &["swarm", "join-token", "-q", "worker"]);
+    let saved = swarm.lab.dir().join("n3-old-root-certs");
+    std::fs::create_dir_all(&saved).expect("a directory for the saved certificates");
+    let certs = swarm.lab.host_dir(&n3).join("data/swarm/certs");
+    for file in ["node.crt", "node.key", "ca.crt"] {
+        std::fs::copy(certs.join(file), saved.join(file)).expect("copy a certificate file");
+    }
+
+    // A steady stream of writes through two managers, and every node Ready, all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let lab = &swarm;
+        let (n1, n2) = (n1.clone(), n2.clone());
+        move || {
+            let (mut writes, mut failures, mut not_ready) = (0, Vec::new(), Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let on = if writes % 2 == 0 { &n1 } else { &n2 };
+                let label = format!("w={writes}");
+                match lab
+                    .lab
+                    .shoal(on, &["node", "update", "--label-add", &label, "n4"])
+                {
+                    Ok(out) if out.status.success() => {}
+                    Ok(out) => failures.push(output_text(&out)),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                writes += 1;
+                if writes % 5 == 0 {
+                    let nodes = lab.nodes(&n1);
+                    if nodes.len() != 4 || nodes.iter().any(|n| n["Status"] != "Ready") {
+                        not_ready.push(format!("{nodes:?}"));
+                    }
+                }
+            }
+            (writes, failures, not_ready)
+        }
+    };
+    let (rotated, (writes, failures, not_ready)) = std::thread::scope(|scope| {
+        let writing = scope.spawn(writer);
+        std::thread::sleep(Duration::from_secs(1));
+        let rotated = swarm.ok(&n1, &["swarm", "ca", "--rotate"]);
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (rotated, writing.join().expect("the writer"))
+    });
+    println!("{writes} writes during the rotation");
+    assert!(
+        failures.is_empty(),
+        "{} of {writes} writes failed: {failures:#?}",
+        failures.len()
+    );
+    assert!(not_ready.is_empty(), "a node was not Ready: {not_ready:#?}");
+    assert!(
+        rotated.contains("rotated TLS certificates:  4/4 nodes"),
+        "{rotated}"
+    );
+    assert!(
+        rotated.trim_end().ends_with("-----END CERTIFICATE-----"),
+        "{rotated}"
+    );
+
+    // Every node ends on the new root, and reports it.
+    let after = cluster(&n1);
+    assert_ne!(after["TLSInfo"]["Digest"], before["TLSInfo"]["Digest"]);
+    assert_eq!(after["RootRotationInProgress"], false);
+    let waited = wait_until(
+        "every node to report the new root",
+        Duration::from_secs(30),
+        || {
+            Ok(swarm.nodes(&n1).iter().all(|n| {
+                let id = n["ID"].as_str().unwrap_or_default();
+                let tls = &swarm.inspect(&n1, id)["Description"]["TLSInfo"];
+                tls["TrustRoot"] == after["TLSInfo"]["TrustRoot"]
+                    && tls["CertIssuerPublicKey"] == after["TLSInfo"]["CertIssuerPublicKey"]
+            }))
+        },
+    );
+    assert!(waited.is_ok(), "{waited:?}");
+    let pretty = swarm.ok(&n1, &["node", "inspect", "--pretty", "n4"]);
+    assert!(pretty.contains("Certificate Expiry:"), "{pretty}");
+
+    // The old root's manager certificate and join token are refused by every manager.
+    let saved = saved.to_str().expect("a UTF-8 path");
+    let client = swarm.lab.client().clone();
+    for manager in [&n1, &n2, &n3] {
+        let addr = format!("{}:2377", manager.public_ip);
+        let answer = hostile(
+            &client,
+            &[
+                "raft-append",
+                "--manager",
+                &addr,
+                "--certs",
+                saved,
+                "--leader",
+                "1",
+                "--term",
+                "1",
+            ],
+        );
+        assert_eq!(answer["ok"], false, "{answer}");
+        let answer = hostile(
+            &client,
+            &[
+                "heartbeat",
+                "--manager",
+                &addr,
+                "--certs",
+                saved,
+                "--hostname",
+                "n3",
+                "--data-path-addr",
+                &n3.public_ip.to_string(),
+            ],
+        );
+        assert_eq!(answer["ok"], false, "{answer}");
+        let answer = hostile(
+            &client,
+            &[
+                "join",
+                "--manager",
+                &addr,
+                "--token",
+                old_token.trim(),
+                "--hostname",
+                "n9",
+                "--data-path-addr",
+                "172.20.99.19",
+            ],
+        );
+        assert_eq!(answer["ok"], false, "{answer}");
+    }
+    // And the swarm goes on.
+    swarm.ok(
+        &n3,
+        &["node", "update", "--label-add", "after=rotation", "n4"],
+    );
+}

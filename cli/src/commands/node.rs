@@ -173,6 +173,15 @@ fn pretty(node: &Node) -> String {
         node.description.resources.nano_cpus / 1_000_000_000,
         crate::output::human_bytes(node.description.resources.memory_bytes)
     );
+    let tls = &node.description.tls_info;
+    if !tls.cert_expiry.is_empty() {
+        // Docker prints the trust root in full; its digest says which root it is.
+        let roots = tls.trust_root.matches("BEGIN CERTIFICATE").count();
+        out += &format!(
+            "TLS Info:\n Certificate Expiry:\t{}\n Trusted Roots:\t\t{roots}\n",
+            tls.cert_expiry
+        );
+    }
     if !node.spec.labels.is_empty() {
         out += "Labels:\n";
         for (k, v) in &node.spec.labels {

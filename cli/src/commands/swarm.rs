@@ -1,9 +1,9 @@
-//! `shoal swarm init|join|join-token|leave|update|inspect`.
+//! `shoal swarm init|join|join-token|leave|update|inspect|ca`.
 
 use serde_json::Value;
 use shoal_api::{
     DaemonHost, connect,
-    swarm::{Call, Cluster, InitArgs, JoinArgs, Role, UpdateArgs},
+    swarm::{Call, Cluster, InitArgs, JoinArgs, Node, Role, UpdateArgs},
     v1::{Frame, daemon_client::DaemonClient},
 };
 
@@ -21,30 +21,54 @@ pub(crate) async fn call(host: &DaemonHost, call: &Call) -> Result<Value, Failur
     Ok(serde_json::from_slice(&reply.json)?)
 }
 
-/// A duration as Docker takes it (`5s`, `1m`, `500ms`, `1h`), in whole seconds.
+/// A duration as Docker takes it (`5s`, `1m`, `1h`, `2160h0m0s`; a bare number is seconds), in
+/// whole seconds.
 fn seconds(value: &str) -> Result<u64, String> {
-    let (number, unit) = value
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((value, "s"), |at| value.split_at(at));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {value:?}: expected e.g. 5s, 1m or 1h"))?;
-    let s = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => {
-            return Err(format!(
-                "invalid duration {value:?}: the unit must be s, m or h"
-            ));
-        }
-    };
-    if s == 0 {
-        return Err(format!(
-            "invalid duration {value:?}: it must be at least 1s"
-        ));
+    let invalid = |why: &str| format!("invalid duration {value:?}: {why}");
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse()
+            .map_err(|_| invalid("it is too long"))
+            .and_then(|s: u64| {
+                if s == 0 {
+                    Err(invalid("it must be at least 1s"))
+                } else {
+                    Ok(s)
+                }
+            });
     }
-    Ok(s)
+    let mut total: u64 = 0;
+    let mut rest = value;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(invalid("expected e.g. 5s, 1m, 1h or 2160h0m0s"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| invalid("it is too long"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let per = match &rest[..unit_len] {
+            "h" => 3600,
+            "m" => 60,
+            "s" => 1,
+            _ => return Err(invalid("the units are h, m and s")),
+        };
+        rest = &rest[unit_len..];
+        total = n
+            .checked_mul(per)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(|| invalid("it is too long"))?;
+    }
+    if total == 0 {
+        return Err(invalid("it must be at least 1s"));
+    }
+    Ok(total)
 }
 
 /// The address flags `init` and `join` share.
@@ -76,6 +100,9 @@ pub(crate) enum Command {
         /// Number of log entries between Raft snapshots (default 10000)
         #[arg(long, value_name = "N")]
         snapshot_interval: Option<u64>,
+        /// Validity period for node certificates (h|m|s) (default 2160h0m0s; at least 1h)
+        #[arg(long, value_name = "DURATION", value_parser = seconds)]
+        cert_expiry: Option<u64>,
     },
     /// Join a swarm as a node and/or manager
     Join {
@@ -113,9 +140,28 @@ pub(crate) enum Command {
         /// Number of log entries between Raft snapshots
         #[arg(long, value_name = "N")]
         snapshot_interval: Option<u64>,
+        /// Validity period for node certificates (h|m|s; at least 1h)
+        #[arg(long, value_name = "DURATION", value_parser = seconds)]
+        cert_expiry: Option<u64>,
     },
     /// Display detailed information on the swarm
     Inspect,
+    /// Display and rotate the root CA
+    Ca {
+        /// Rotate the swarm CA: a new root, cross-signed by the current one; every node moves
+        /// to it, then certificates under the old root are refused
+        #[arg(long)]
+        rotate: bool,
+        /// Validity period for node certificates (h|m|s; at least 1h)
+        #[arg(long, value_name = "DURATION", value_parser = seconds)]
+        cert_expiry: Option<u64>,
+        /// Exit immediately instead of waiting for the root rotation to converge
+        #[arg(short, long)]
+        detach: bool,
+        /// Suppress progress output
+        #[arg(short, long)]
+        quiet: bool,
+    },
 }
 
 fn role(name: &str) -> Role {
@@ -162,6 +208,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             data_path_port,
             dispatcher_heartbeat,
             snapshot_interval,
+            cert_expiry,
         } => {
             let node = call(
                 host,
@@ -172,6 +219,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     data_path_port,
                     dispatcher_heartbeat_s: dispatcher_heartbeat,
                     snapshot_interval,
+                    cert_expiry_s: cert_expiry,
                 }),
             )
             .await?;
@@ -242,16 +290,41 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         Command::Update {
             dispatcher_heartbeat,
             snapshot_interval,
+            cert_expiry,
         } => {
             call(
                 host,
                 &Call::Update(UpdateArgs {
                     dispatcher_heartbeat_s: dispatcher_heartbeat,
                     snapshot_interval,
+                    cert_expiry_s: cert_expiry,
                 }),
             )
             .await?;
             println!("Swarm updated.");
+        }
+        Command::Ca {
+            rotate,
+            cert_expiry,
+            detach,
+            quiet,
+        } => {
+            let cluster: Cluster = serde_json::from_value(
+                call(
+                    host,
+                    &Call::Ca {
+                        rotate,
+                        cert_expiry_s: cert_expiry,
+                    },
+                )
+                .await?,
+            )?;
+            if rotate && !detach {
+                let done = rotation_progress(host, quiet).await?;
+                print!("{}", done.tls_info.trust_root);
+            } else {
+                print!("{}", cluster.tls_info.trust_root);
+            }
         }
         Command::Inspect => {
             let cluster: Cluster = serde_json::from_value(call(host, &Call::Inspect).await?)?;
@@ -259,6 +332,58 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         }
     }
     Ok(())
+}
+
+/// How far a root rotation has come: nodes whose certificate the new root's key signed, and
+/// nodes that trust only the new root (none until the rotation is over).
+fn rotated(cluster: &Cluster, nodes: &[Node]) -> (usize, usize) {
+    let certificates = nodes
+        .iter()
+        .filter(|n| {
+            n.description.tls_info.cert_issuer_public_key == cluster.tls_info.cert_issuer_public_key
+        })
+        .count();
+    let roots = if cluster.root_rotation_in_progress {
+        0
+    } else {
+        nodes
+            .iter()
+            .filter(|n| n.description.tls_info.trust_root == cluster.tls_info.trust_root)
+            .count()
+    };
+    (certificates, roots)
+}
+
+/// Waits until a root rotation has converged, showing Docker's progress lines; the cluster at
+/// the end.
+async fn rotation_progress(host: &DaemonHost, quiet: bool) -> Result<Cluster, Failure> {
+    use std::io::IsTerminal as _;
+    let terminal = std::io::stdout().is_terminal();
+    let mut last = None;
+    loop {
+        let cluster: Cluster = serde_json::from_value(call(host, &Call::Inspect).await?)?;
+        let nodes: Vec<Node> = serde_json::from_value(call(host, &Call::NodeList).await?)?;
+        let (certificates, roots) = rotated(&cluster, &nodes);
+        let total = nodes.len();
+        let finished =
+            !cluster.root_rotation_in_progress && certificates == total && roots == total;
+        let lines = format!(
+            "desired root digest: {}\n  rotated TLS certificates:  {certificates}/{total} nodes\n  rotated CA certificates:   {roots}/{total} nodes\n",
+            cluster.tls_info.digest
+        );
+        if !quiet && last.as_ref() != Some(&lines) {
+            if terminal && last.is_some() {
+                // Back over the three lines to redraw them.
+                print!("\x1b[3A\x1b[J");
+            }
+            print!("{lines}");
+            last = Some(lines);
+        }
+        if finished {
+            return Ok(cluster);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 #[cfg(test)]
@@ -270,8 +395,20 @@ mod tests {
         assert_eq!(seconds("5s"), Ok(5));
         assert_eq!(seconds("2m"), Ok(120));
         assert_eq!(seconds("7"), Ok(7));
+        assert_eq!(seconds("2160h0m0s"), Ok(2160 * 3600));
+        assert_eq!(seconds("1h30m"), Ok(5400));
         assert!(seconds("0s").unwrap_err().contains("at least 1s"));
-        assert!(seconds("5x").unwrap_err().contains("unit"));
+        assert!(seconds("5x").unwrap_err().contains("units"));
         assert!(seconds("fast").unwrap_err().contains("invalid duration"));
+        assert!(
+            seconds("99999999999999999999h")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(
+            seconds("9999999999999999h")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 }

@@ -25,6 +25,14 @@ pub enum Call {
     Inspect,
     /// `swarm update`.
     Update(UpdateArgs),
+    /// `swarm ca [--rotate] [--cert-expiry D]`: with `rotate`, starts a root rotation (a new
+    /// root CA, cross-signed by the current one); the cluster as it is then.
+    Ca {
+        /// `--rotate`.
+        rotate: bool,
+        /// `--cert-expiry`, seconds.
+        cert_expiry_s: Option<u64>,
+    },
     /// `swarm join-token [--rotate] worker|manager`.
     JoinToken {
         /// Whose token.
@@ -120,6 +128,9 @@ pub struct InitArgs {
     pub dispatcher_heartbeat_s: Option<u64>,
     /// `--snapshot-interval`.
     pub snapshot_interval: Option<u64>,
+    /// `--cert-expiry`, seconds (default 90 days; at least an hour).
+    #[serde(default)]
+    pub cert_expiry_s: Option<u64>,
 }
 
 /// `swarm join`'s flags.
@@ -144,6 +155,9 @@ pub struct UpdateArgs {
     pub dispatcher_heartbeat_s: Option<u64>,
     /// `--snapshot-interval`.
     pub snapshot_interval: Option<u64>,
+    /// `--cert-expiry`, seconds (at least an hour).
+    #[serde(default)]
+    pub cert_expiry_s: Option<u64>,
 }
 
 /// A node's role.
@@ -275,6 +289,27 @@ pub struct NodeDescription {
     /// The executor it runs tasks with: `exec` or `docker`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub executor: String,
+    /// Its certificate: what it trusts, who issued it, when it expires.
+    #[serde(rename = "TLSInfo", default)]
+    pub tls_info: NodeTlsInfo,
+}
+
+/// A node's certificate as the node reports it (Docker's `TLSInfo`, and its expiry).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeTlsInfo {
+    /// The root certificates it trusts (PEM; two during a root rotation).
+    #[serde(default)]
+    pub trust_root: String,
+    /// Its certificate's issuer's subject (base64 of the DER).
+    #[serde(default)]
+    pub cert_issuer_subject: String,
+    /// Its certificate's issuer's public key (base64 of the DER SubjectPublicKeyInfo).
+    #[serde(default)]
+    pub cert_issuer_public_key: String,
+    /// When its certificate expires, RFC 3339 (Shoal's own field).
+    #[serde(default)]
+    pub cert_expiry: String,
 }
 
 /// OS and architecture, as Go names them.
@@ -363,6 +398,9 @@ pub struct Cluster {
     /// The join tokens (shown only by `join-token`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub join_tokens: Option<JoinTokens>,
+    /// Whether a root rotation (`swarm ca --rotate`) is under way.
+    #[serde(default)]
+    pub root_rotation_in_progress: bool,
 }
 
 /// Cluster settings.
@@ -416,6 +454,14 @@ pub struct TlsInfo {
     pub trust_root: String,
     /// The digest join tokens carry.
     pub digest: String,
+    /// The subject of the CA that signs node certificates now (base64 of the DER): the new
+    /// root's during a rotation.
+    #[serde(default)]
+    pub cert_issuer_subject: String,
+    /// Its public key (base64 of the DER SubjectPublicKeyInfo). A node whose certificate has
+    /// another issuer has not rotated yet.
+    #[serde(default)]
+    pub cert_issuer_public_key: String,
 }
 
 /// The join tokens.

@@ -10,7 +10,7 @@ use shoal_api::swarm::{
 
 use super::ops::{ClusterRecord, now};
 use crate::{
-    ca::{self, CaError, JoinToken, NODE_VALIDITY, NodeIdentity, RootCa},
+    ca::{self, CaError, JoinToken, NodeIdentity, RootCa},
     tls::Credentials,
 };
 
@@ -44,11 +44,14 @@ pub struct GenesisArgs {
     pub heartbeat_s: u64,
     /// `--snapshot-interval`.
     pub snapshot_interval: u64,
+    /// `--cert-expiry`, seconds.
+    pub cert_expiry_s: u64,
 }
 
 /// Creates the root CA, tokens, the cluster object and the first node.
 pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
     let root = RootCa::generate()?;
+    let validity = ca::node_validity(args.cert_expiry_s.saturating_mul(1_000_000_000));
     let cluster_id = ca::random_id()?;
     let node_id = ca::random_id()?;
     let raft_id = ca::random_u64()?;
@@ -60,7 +63,7 @@ pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
             role: ca::Role::Manager,
             cluster_id: cluster_id.clone(),
         },
-        NODE_VALIDITY,
+        validity,
     )?;
     let created = now();
     let record = ClusterRecord {
@@ -79,12 +82,14 @@ pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
                     heartbeat_period: args.heartbeat_s * 1_000_000_000,
                 },
                 ca_config: CaConfig {
-                    node_cert_expiry: NODE_VALIDITY.as_nanos() as u64,
+                    node_cert_expiry: validity.as_nanos() as u64,
                 },
             },
             tls_info: TlsInfo {
                 trust_root: root.cert_pem().to_owned(),
                 digest: root.digest(),
+                cert_issuer_subject: root.identity().0,
+                cert_issuer_public_key: root.identity().1,
             },
             data_path_port: args.data_path_port,
             join_tokens: Some(JoinTokens {
@@ -94,6 +99,7 @@ pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
             ..Default::default()
         },
         ca_key: root.key_pem(),
+        root_rotation: None,
     };
     let node = Node {
         id: node_id.clone(),

@@ -49,7 +49,7 @@ use crate::{
         proposer::Proposer,
     },
     store::Store,
-    tls::{Credentials, Peer},
+    tls::{Credentials, LiveTls, Peer},
 };
 
 /// How a manager is set up.
@@ -105,6 +105,8 @@ pub(crate) struct Inner {
     raft_id: u64,
     advertise: SocketAddr,
     identity: NodeIdentity,
+    /// Its certificate and the roots it trusts, replaced in place on renewal and rotation.
+    live: Arc<LiveTls>,
     client_tls: Arc<ClientConfig>,
     contacts: Contacts,
     settings: RaftSettings,
@@ -176,8 +178,8 @@ impl Manager {
                 }
             })?;
         let identity = config.credentials.identity()?;
-        let client_tls = config.credentials.client_config()?;
-        let server_tls = config.credentials.server_config()?;
+        let live = LiveTls::new(&config.credentials)?;
+        let client_tls = live.client_config()?;
         let contacts: Contacts = Arc::default();
         let mut raft_config = config
             .settings
@@ -209,6 +211,7 @@ impl Manager {
             raft_id: config.raft_id,
             advertise: config.advertise,
             identity,
+            live: live.clone(),
             client_tls,
             contacts,
             settings: config.settings,
@@ -225,7 +228,7 @@ impl Manager {
         };
         let (incoming, accepting) = crate::tls::incoming(
             listener,
-            server_tls,
+            live,
             crate::tls::ConnectionLimits::within(connection_budget()),
         );
         let raft_store = manager.inner.store.clone();
@@ -458,6 +461,22 @@ impl Manager {
     /// The identity in this manager's certificate.
     pub fn identity(&self) -> &NodeIdentity {
         &self.inner.identity
+    }
+
+    /// Serves and calls with `credentials` from now on (a renewed certificate, new roots):
+    /// no listener or client is rebuilt; connections verified under other roots are checked
+    /// again.
+    pub fn update_credentials(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<(), crate::tls::TlsError> {
+        self.inner.live.update(credentials)?;
+        self.inner
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(())
     }
 }
 

@@ -24,7 +24,7 @@ use super::{
     quorum,
 };
 use crate::{
-    ca::{self, JoinToken, NODE_VALIDITY, NodeIdentity, RootCa},
+    ca::{self, JoinToken, NodeIdentity, RootCa},
     limits,
     raft::{RaftMember, network::last_contact, proposer::ProposeError},
     store::{Change, ChangeSet, Kind, Object, StoreError},
@@ -39,6 +39,69 @@ pub struct ClusterRecord {
     /// The root CA's private key (PEM). Managers only: it lives in the raft store.
     #[serde(rename = "CAKey")]
     pub ca_key: String,
+    /// A root rotation under way (`swarm ca --rotate`). Managers only.
+    #[serde(
+        rename = "RootRotation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_rotation: Option<RootRotation>,
+}
+
+/// A root rotation under way: the new root, its key, and the new root cross-signed by the
+/// current one (SwarmKit's). Until every node holds a certificate of the new root, nodes trust
+/// both roots and certificates are signed by the new key with the cross-signed root along;
+/// then the new root replaces the old, whose key is forgotten, and certificates under it are
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootRotation {
+    /// The new root certificate (PEM).
+    #[serde(rename = "CACert")]
+    pub ca_cert: String,
+    /// Its private key (PEM).
+    #[serde(rename = "CAKey")]
+    pub ca_key: String,
+    /// The new root's key, certified by the current root (PEM).
+    #[serde(rename = "CrossSignedCACert")]
+    pub cross_signed: String,
+}
+
+impl ClusterRecord {
+    /// The roots nodes are to trust: the current one, and the new one during a rotation (the
+    /// current one first: join tokens pin it).
+    pub fn trust_bundle(&self) -> String {
+        match &self.root_rotation {
+            None => self.cluster.tls_info.trust_root.clone(),
+            Some(r) => format!("{}{}", self.cluster.tls_info.trust_root, r.ca_cert),
+        }
+    }
+
+    /// The CA that signs certificates now (the new root during a rotation).
+    fn signer(&self) -> Result<(RootCa, String), Status> {
+        let load = |cert: &str, key: &str| {
+            RootCa::from_pem(cert, key)
+                .map_err(|e| Status::internal(format!("loading the root CA: {e}")))
+        };
+        match &self.root_rotation {
+            None => Ok((
+                load(&self.cluster.tls_info.trust_root, &self.ca_key)?,
+                String::new(),
+            )),
+            Some(r) => Ok((load(&r.ca_cert, &r.ca_key)?, r.cross_signed.clone())),
+        }
+    }
+
+    /// The identity (subject, public key) of the CA that signs certificates now.
+    pub fn issuer(&self) -> (String, String) {
+        let pem = self
+            .root_rotation
+            .as_ref()
+            .map_or(&self.cluster.tls_info.trust_root, |r| &r.ca_cert);
+        ca::certs_der(pem)
+            .first()
+            .and_then(|der| ca::issuer_identity(der))
+            .unwrap_or_default()
+    }
 }
 
 /// The time now, RFC 3339.
@@ -383,20 +446,124 @@ pub(super) fn require_current_manager(
     }
 }
 
+/// A certificate for `node_id` in `role`, valid for `--cert-expiry`, from the CA that signs now
+/// (with the cross-signed new root along during a rotation).
 fn sign(inner: &Inner, csr: &str, node_id: &str, role: Role) -> Result<String, Status> {
     let (object, record) = cluster(inner)?;
-    let ca = RootCa::from_pem(&record.cluster.tls_info.trust_root, &record.ca_key)
-        .map_err(|e| Status::internal(format!("loading the root CA: {e}")))?;
-    ca.sign(
-        csr,
-        &NodeIdentity {
-            node_id: node_id.to_owned(),
-            role: role.into(),
-            cluster_id: object.id,
-        },
-        NODE_VALIDITY,
-    )
-    .map_err(|e| Status::invalid_argument(format!("signing the certificate request: {e}")))
+    let (ca, along) = record.signer()?;
+    let leaf = ca
+        .sign(
+            csr,
+            &NodeIdentity {
+                node_id: node_id.to_owned(),
+                role: role.into(),
+                cluster_id: object.id,
+            },
+            ca::node_validity(record.cluster.spec.ca_config.node_cert_expiry),
+        )
+        .map_err(|e| Status::invalid_argument(format!("signing the certificate request: {e}")))?;
+    Ok(format!("{leaf}{along}"))
+}
+
+/// `swarm ca --rotate`: a new root, cross-signed by the current one. A rotation already under
+/// way is replaced (its new root was never the only one trusted).
+async fn start_rotation(inner: &Inner, cert_expiry_s: Option<u64>) -> Result<(), Status> {
+    let new = RootCa::generate().map_err(|e| Status::internal(e.to_string()))?;
+    update_cluster(inner, |record| {
+        let current = RootCa::from_pem(&record.cluster.tls_info.trust_root, &record.ca_key)
+            .map_err(|e| Status::internal(format!("loading the root CA: {e}")))?;
+        let cross_signed = current
+            .cross_sign(&new)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        record.root_rotation = Some(RootRotation {
+            ca_cert: new.cert_pem().to_owned(),
+            ca_key: new.key_pem(),
+            cross_signed,
+        });
+        if let Some(s) = cert_expiry_s {
+            record.cluster.spec.ca_config.node_cert_expiry = s * 1_000_000_000;
+        }
+        Ok(())
+    })
+    .await
+    .map(drop)
+}
+
+/// The end of a rotation, once every node (Down ones too: they block it until they come back
+/// or are removed) reports a certificate of the new root: the new root replaces the old one,
+/// whose key is forgotten, and the join tokens are new (the new root's digest, new secrets).
+async fn finish_rotation(inner: &Inner) {
+    let Ok((_, record)) = cluster(inner) else {
+        return;
+    };
+    let Some(rotation) = record.root_rotation.clone() else {
+        return;
+    };
+    let (subject, key) = record.issuer();
+    let Ok(all) = nodes(inner) else { return };
+    let converged = all.iter().all(|(_, n)| {
+        n.description.tls_info.cert_issuer_public_key == key
+            && n.description.tls_info.cert_issuer_subject == subject
+    });
+    if !converged {
+        return;
+    }
+    let finished = update_cluster(inner, |record| {
+        if record.root_rotation.as_ref() != Some(&rotation) {
+            return Err(Status::aborted("the rotation changed meanwhile"));
+        }
+        let new = RootCa::from_pem(&rotation.ca_cert, &rotation.ca_key)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let (subject, key) = new.identity();
+        record.cluster.tls_info = shoal_api::swarm::TlsInfo {
+            trust_root: rotation.ca_cert.clone(),
+            digest: new.digest(),
+            cert_issuer_subject: subject,
+            cert_issuer_public_key: key,
+        };
+        record.ca_key.clone_from(&rotation.ca_key);
+        record.root_rotation = None;
+        let token = || {
+            JoinToken::generate(&new)
+                .map(|t| t.to_string())
+                .map_err(|e| Status::internal(e.to_string()))
+        };
+        record.cluster.join_tokens = Some(JoinTokens {
+            worker: token()?,
+            manager: token()?,
+        });
+        Ok(())
+    })
+    .await;
+    match finished {
+        Ok(_) => {
+            tracing::info!("root rotation finished: every node holds a certificate of the new root")
+        }
+        Err(e) => tracing::debug!(error = %e.message(), "finishing the root rotation"),
+    }
+}
+
+/// Every manager trusts what the store says (the new root too during a rotation, only the new
+/// one after it) from the moment it applies it: a certificate under a root that was replaced is
+/// refused at once, and connections made under it are checked again.
+fn follow_trust(inner: &Inner) {
+    let Ok((_, record)) = cluster(inner) else {
+        return;
+    };
+    let bundle = record.trust_bundle();
+    let mut credentials = inner.live.credentials();
+    if credentials.ca_pem == bundle {
+        return;
+    }
+    // A manager whose own certificate the new trust would refuse renews first (its node does,
+    // hearing the issuer from its heartbeat); the trust follows at the next pass.
+    if !crate::tls::chain_trusted(&credentials.cert_pem, &bundle) {
+        return;
+    }
+    credentials.ca_pem = bundle;
+    if let Err(e) = inner.live.update(&credentials) {
+        tracing::warn!(error = %e, "taking the swarm's new roots");
+    }
 }
 
 /// Compares secrets in time independent of where they differ.
@@ -429,6 +596,23 @@ fn check_description(
         limits::MAX_SHORT,
     )?;
     limits::check_str("the executor", &d.executor, 16)?;
+    let tls = &d.tls_info;
+    if tls.trust_root.len() > 16 * 1024 {
+        return Err(Status::invalid_argument(
+            "the node's trust root is larger than 16 KiB",
+        ));
+    }
+    limits::check_str(
+        "the certificate issuer's subject",
+        &tls.cert_issuer_subject,
+        1024,
+    )?;
+    limits::check_str(
+        "the certificate issuer's key",
+        &tls.cert_issuer_public_key,
+        1024,
+    )?;
+    limits::check_str("the certificate's expiry", &tls.cert_expiry, 64)?;
     if let Some(problem) = limits::data_path_problem(&d.data_path_addr) {
         return Err(Status::invalid_argument(format!(
             "the node's data-path address: {problem}"
@@ -550,7 +734,7 @@ async fn join(inner: &Inner, request: JoinRequest, from: &str) -> Result<JoinRep
         cluster_id: cluster_object.id,
         role,
         cert_pem,
-        ca_pem: record.cluster.tls_info.trust_root,
+        ca_pem: record.trust_bundle(),
         managers: manager_addrs(inner),
         heartbeat_ms: heartbeat_period(inner).as_millis() as u64,
         data_path_port: record.cluster.data_path_port,
@@ -610,6 +794,8 @@ async fn beat(
         .manager_status
         .as_ref()
         .is_some_and(|m| raft_view(inner).members.contains(&m.raft_id));
+    let (_, record) = cluster(inner)?;
+    let bundle = record.trust_bundle();
     Ok(HeartbeatReply {
         period_ms: heartbeat_period(inner).as_millis() as u64,
         role: if member {
@@ -618,6 +804,8 @@ async fn beat(
             node.spec.role.unwrap_or(Role::Worker)
         },
         managers: manager_addrs(inner),
+        trust_root: (heartbeat.description.tls_info.trust_root != bundle).then_some(bundle),
+        issuer_public_key: record.issuer().1,
     })
 }
 
@@ -669,6 +857,10 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
     match call {
         Call::Inspect => {
             let (object, mut record) = cluster(inner)?;
+            let (subject, key) = record.issuer();
+            record.cluster.tls_info.cert_issuer_subject = subject;
+            record.cluster.tls_info.cert_issuer_public_key = key;
+            record.cluster.root_rotation_in_progress = record.root_rotation.is_some();
             record.cluster.id = object.id;
             record.cluster.version = Version {
                 index: object.version,
@@ -682,6 +874,9 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
             if let Some(n) = args.snapshot_interval {
                 check_snapshot_interval(n)?;
             }
+            if let Some(s) = args.cert_expiry_s {
+                ca::check_cert_expiry(s).map_err(Status::invalid_argument)?;
+            }
             update_cluster(inner, |record| {
                 if let Some(s) = args.dispatcher_heartbeat_s {
                     record.cluster.spec.dispatcher.heartbeat_period = s * 1_000_000_000;
@@ -689,10 +884,30 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
                 if let Some(n) = args.snapshot_interval {
                     record.cluster.spec.raft.snapshot_interval = n;
                 }
+                if let Some(s) = args.cert_expiry_s {
+                    record.cluster.spec.ca_config.node_cert_expiry = s * 1_000_000_000;
+                }
                 Ok(())
             })
             .await?;
             Ok(Value::Null)
+        }
+        Call::Ca {
+            rotate,
+            cert_expiry_s,
+        } => {
+            if let Some(s) = cert_expiry_s {
+                ca::check_cert_expiry(s).map_err(Status::invalid_argument)?;
+                if !rotate {
+                    return Err(Status::invalid_argument(
+                        "`--cert-expiry` flag requires the `--rotate` flag to update the CA",
+                    ));
+                }
+            }
+            if rotate {
+                start_rotation(inner, cert_expiry_s).await?;
+            }
+            Box::pin(user(inner, Call::Inspect, me)).await
         }
         Call::JoinToken { role, rotate } => {
             let record = if rotate {
@@ -953,6 +1168,7 @@ pub(super) async fn maintain(manager: Manager, mut stopped: watch::Receiver<bool
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         snapshot_if_due(&inner).await;
+        follow_trust(&inner);
         let leading = inner.raft.metrics().borrow().current_leader == Some(inner.raft_id);
         let since = {
             let mut since = inner.leader_since.lock().unwrap_or_else(|e| e.into_inner());
@@ -963,6 +1179,7 @@ pub(super) async fn maintain(manager: Manager, mut stopped: watch::Receiver<bool
             *since.get_or_insert_with(Instant::now)
         };
         reconcile_members(&inner).await;
+        finish_rotation(&inner).await;
         let deadline = 3 * heartbeat_period(&inner);
         let Ok(all) = nodes(&inner) else { continue };
         for (_, node) in all {

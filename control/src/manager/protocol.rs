@@ -107,4 +107,12 @@ pub struct HeartbeatReply {
     pub role: Role,
     /// The managers' addresses, the leader's first.
     pub managers: Vec<String>,
+    /// The roots the node is to trust (PEM), when they differ from those it reported: the new
+    /// root joins the current one during a rotation, and replaces it at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_root: Option<String>,
+    /// The public key (base64 of the DER) of the CA that signs certificates now: a node whose
+    /// certificate another CA signed renews it.
+    #[serde(default)]
+    pub issuer_public_key: String,
 }
