@@ -172,6 +172,80 @@ fn listen_and_data_path(
     Ok((listen, data_path))
 }
 
+/// This node's IPv4 routes, the default route aside (`/proc/net/route`).
+fn host_routes() -> Vec<ipnet::Ipv4Net> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
+        return Vec::new();
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let hex = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| u32::from_str_radix(f, 16).ok())
+                    .map(|v| std::net::Ipv4Addr::from(v.swap_bytes()))
+            };
+            let (dest, mask) = (hex(1)?, hex(7)?);
+            let prefix = u32::from(mask).count_ones() as u8;
+            (prefix > 0)
+                .then(|| ipnet::Ipv4Net::new(dest, prefix).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// `--default-addr-pool` and `--default-addr-pool-mask-length` checked, and the ingress
+/// network's subnet: the first subnet of the pools that no route of this host covers or lies
+/// in (the ingress network must not shadow a network the host reaches).
+fn address_pools(
+    pools: &[String],
+    mask_length: Option<u8>,
+) -> Result<(Vec<String>, u32, ipnet::Ipv4Net), Status> {
+    use shoal_control::allocator::{self, Allocator};
+    let subnet_len = mask_length.unwrap_or(allocator::DEFAULT_SUBNET_LEN);
+    let parsed = allocator::parse_pools(pools, subnet_len).map_err(Status::invalid_argument)?;
+    let given = if parsed.is_empty() {
+        if mask_length.is_some() {
+            return Err(Status::invalid_argument(
+                "--default-addr-pool-mask-length needs --default-addr-pool",
+            ));
+        }
+        Allocator::default()
+    } else {
+        Allocator::new(parsed.clone(), subnet_len)
+    };
+    let routes = host_routes();
+    let ingress = given
+        .free_subnet(|s| {
+            routes
+                .iter()
+                .any(|r| r.contains(&s.network()) || s.contains(&r.network()))
+        })
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "no /{subnet_len} subnet of the address pool ({}) is free of this host's routes: give --default-addr-pool a range the host does not use",
+                if parsed.is_empty() {
+                    allocator::DEFAULT_POOL.to_owned()
+                } else {
+                    pools.join(", ")
+                }
+            ))
+        })?;
+    let size = if parsed.is_empty() {
+        0
+    } else {
+        u32::from(subnet_len)
+    };
+    Ok((
+        parsed.iter().map(ToString::to_string).collect(),
+        size,
+        ingress,
+    ))
+}
+
 /// The local address the kernel would use to reach `remote`.
 fn route_source(remote: SocketAddr) -> Option<IpAddr> {
     let socket = UdpSocket::bind(if remote.is_ipv4() {
@@ -443,6 +517,8 @@ impl SwarmNode {
         let key = self
             .wireguard_key()
             .map_err(io_status("making the node's WireGuard key"))?;
+        let (pools, subnet_size, ingress_subnet) =
+            address_pools(&args.default_addr_pool, args.default_addr_pool_mask_length)?;
         let first = genesis(GenesisArgs {
             description: self.description(data_path, data_path_port, None),
             advertise: advertise.to_string(),
@@ -450,6 +526,8 @@ impl SwarmNode {
             heartbeat_s,
             snapshot_interval: args.snapshot_interval.unwrap_or(10_000),
             cert_expiry_s: args.cert_expiry_s.unwrap_or(0),
+            default_addr_pool: pools,
+            subnet_size,
         })
         .map_err(|e| Status::internal(e.to_string()))?;
         let saved = Saved {
@@ -478,6 +556,7 @@ impl SwarmNode {
                     &first.cluster_id,
                     first.node.clone(),
                     &first.node_id,
+                    ingress_subnet,
                 )
                 .await
             {

@@ -128,27 +128,84 @@ pub struct NetworkAllocation {
 /// The allocator's state.
 #[derive(Debug, Clone)]
 pub struct Allocator {
-    pool: Ipv4Net,
+    pools: Vec<Ipv4Net>,
     subnet_len: u8,
     networks: BTreeMap<String, NetworkAllocation>,
     ports: BTreeMap<(Protocol, u16), String>,
 }
 
+/// The pool overlay subnets come from unless `swarm init --default-addr-pool` says otherwise.
+pub const DEFAULT_POOL: &str = "10.0.0.0/8";
+/// Their length unless `--default-addr-pool-mask-length` says otherwise.
+pub const DEFAULT_SUBNET_LEN: u8 = 24;
+
 impl Default for Allocator {
     fn default() -> Self {
-        Self::new("10.0.0.0/8".parse().expect("a valid pool"), 24)
+        Self::new(
+            vec![DEFAULT_POOL.parse().expect("a valid pool")],
+            DEFAULT_SUBNET_LEN,
+        )
     }
 }
 
+/// Checks `swarm init --default-addr-pool` and `--default-addr-pool-mask-length`: IPv4 pools,
+/// none overlapping another, each at least as large as one subnet of `subnet_len` (at most 29,
+/// so that a subnet holds hosts). The pools, parsed.
+pub fn parse_pools(pools: &[String], subnet_len: u8) -> Result<Vec<Ipv4Net>, String> {
+    if !(8..=29).contains(&subnet_len) {
+        return Err(format!(
+            "invalid --default-addr-pool-mask-length {subnet_len}: it must be between 8 and 29"
+        ));
+    }
+    let mut parsed: Vec<Ipv4Net> = Vec::new();
+    for pool in pools {
+        let net: Ipv4Net = pool
+            .parse()
+            .map_err(|_| format!("invalid --default-addr-pool {pool:?}: not an IPv4 CIDR"))?;
+        if net != net.trunc() {
+            return Err(format!(
+                "invalid --default-addr-pool {pool}: it has host bits set (did you mean {}?)",
+                net.trunc()
+            ));
+        }
+        if net.prefix_len() > subnet_len {
+            return Err(format!(
+                "invalid --default-addr-pool {pool}: it is smaller than one /{subnet_len} subnet"
+            ));
+        }
+        if let Some(other) = parsed
+            .iter()
+            .find(|o| o.contains(&net.network()) || net.contains(&o.network()))
+        {
+            return Err(format!(
+                "invalid --default-addr-pool {pool}: it overlaps {other}"
+            ));
+        }
+        parsed.push(net);
+    }
+    Ok(parsed)
+}
+
 impl Allocator {
-    /// An allocator carving subnets of length `subnet_len` out of `pool`.
-    pub fn new(pool: Ipv4Net, subnet_len: u8) -> Self {
+    /// An allocator carving subnets of length `subnet_len` out of `pools`, in order.
+    pub fn new(pools: Vec<Ipv4Net>, subnet_len: u8) -> Self {
+        let widest = pools.iter().map(Ipv4Net::prefix_len).max().unwrap_or(0);
         Self {
-            pool,
-            subnet_len: subnet_len.max(pool.prefix_len()),
+            pools,
+            subnet_len: subnet_len.max(widest),
             networks: BTreeMap::new(),
             ports: BTreeMap::new(),
         }
+    }
+
+    /// The first subnet of the pools no network holds and `avoid` says nothing against (the
+    /// host's routes, at `swarm init`).
+    pub fn free_subnet(&self, avoid: impl Fn(Ipv4Net) -> bool) -> Option<Ipv4Net> {
+        self.pools.iter().find_map(|pool| {
+            pool.subnets(self.subnet_len.max(pool.prefix_len()))
+                .ok()?
+                .find(|s| self.overlapping(*s).is_none() && !avoid(*s))
+        })
     }
 
     /// What `network` was given.
@@ -192,10 +249,7 @@ impl Allocator {
                 subnet
             }
             None => self
-                .pool
-                .subnets(self.subnet_len)
-                .map_err(|_| AllocError::PoolExhausted)?
-                .find(|s| self.overlapping(*s).is_none())
+                .free_subnet(|_| false)
                 .ok_or(AllocError::PoolExhausted)?,
         };
         let first_host = Ipv4Addr::from(u32::from(subnet.network()) + 1);
@@ -368,6 +422,33 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn address_pools_are_checked_and_subnets_come_from_them_in_order() {
+        let pools = parse_pools(&["10.99.0.0/16".into(), "172.30.0.0/24".into()], 26).unwrap();
+        let mut a = Allocator::new(pools, 26);
+        assert_eq!(
+            a.add_network("one", None, None).unwrap().subnet.to_string(),
+            "10.99.0.0/26"
+        );
+        // A subnet the host routes is avoided when asked (the ingress network at init).
+        let taken: Ipv4Net = "10.99.0.64/26".parse().unwrap();
+        assert_eq!(
+            a.free_subnet(|s| s == taken).map(|s| s.to_string()),
+            Some("10.99.0.128/26".into())
+        );
+        for (pools, len, words) in [
+            (vec!["10.1.2.3/16"], 24, "host bits"),
+            (vec!["10.0.0.0/16", "10.0.128.0/17"], 24, "overlaps"),
+            (vec!["10.0.0.0/28"], 24, "smaller than one /24"),
+            (vec!["fd00::/64"], 24, "not an IPv4 CIDR"),
+            (vec!["10.0.0.0/8"], 30, "between 8 and 29"),
+        ] {
+            let pools: Vec<String> = pools.into_iter().map(String::from).collect();
+            let e = parse_pools(&pools, len).unwrap_err();
+            assert!(e.contains(words), "{pools:?} /{len}: {e}");
+        }
+    }
 
     #[test]
     fn networks_get_24s_from_the_default_pool_gateways_and_vnis_from_4096() {

@@ -60,6 +60,9 @@ pub struct World {
     pub tasks: BTreeMap<String, Versioned<Task>>,
     /// Networks by ID.
     pub networks: BTreeMap<String, Versioned<Network>>,
+    /// The pools overlay subnets come from and their length (`swarm init
+    /// --default-addr-pool`); empty: the default.
+    pub address_pools: (Vec<Ipv4Net>, u8),
 }
 
 fn decode<T: DeserializeOwned>(object: &Object) -> Option<Versioned<T>> {
@@ -109,6 +112,21 @@ impl World {
                 n.id.clone_from(&o.id);
                 n.version = version(o);
             }),
+            address_pools: tx
+                .list(Kind::Cluster)
+                .next()
+                .and_then(|o| {
+                    serde_json::from_value::<shoal_api::swarm::Cluster>(o.body.clone()).ok()
+                })
+                .map(|c| {
+                    let pools = c
+                        .default_addr_pool
+                        .iter()
+                        .filter_map(|p| p.parse().ok())
+                        .collect();
+                    (pools, u8::try_from(c.subnet_size).unwrap_or_default())
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -124,7 +142,19 @@ impl World {
 /// The allocator as the store has it: networks, every address held by a live task, a VIP or a
 /// node, every published port.
 pub fn allocator(world: &World) -> Allocator {
-    let mut allocator = Allocator::default();
+    let (pools, subnet_len) = &world.address_pools;
+    let mut allocator = if pools.is_empty() {
+        Allocator::default()
+    } else {
+        Allocator::new(
+            pools.clone(),
+            if *subnet_len == 0 {
+                crate::allocator::DEFAULT_SUBNET_LEN
+            } else {
+                *subnet_len
+            },
+        )
+    };
     for network in world.networks.values().map(|n| &n.value) {
         let (Some(config), Some(vni)) = (network.subnet(), network.vni()) else {
             continue;
@@ -932,6 +962,33 @@ mod tests {
         // Settled: running changes nothing more.
         run_all(&mut w);
         assert!(reconcile(&w, now(), || unreachable!()).is_empty());
+    }
+
+    #[test]
+    fn a_removed_node_s_ingress_address_is_free_again() {
+        let mut w = world(&["a", "b", "c"]);
+        let mut web = service("web", Some(3));
+        web.endpoint.ports = vec![PortConfig {
+            target_port: 80,
+            published_port: 8080,
+            ..Default::default()
+        }];
+        add_service(&mut w, web);
+        settle(&mut w, now());
+        let gone = w.nodes["c"].value.attachments[0].addresses[0].clone();
+        let gone = address_of(&gone).expect("an address");
+        assert!(
+            (0..300).all(|_| allocator(&w)
+                .address("ingress")
+                .map_or(true, |ip| ip != gone)),
+            "held while the node is there"
+        );
+        w.nodes.remove("c");
+        let mut freed = allocator(&w);
+        let handed: Vec<_> = (0..250)
+            .filter_map(|_| freed.address("ingress").ok())
+            .collect();
+        assert!(handed.contains(&gone), "{gone} was not handed out again");
     }
 
     #[test]

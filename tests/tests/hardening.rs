@@ -590,3 +590,205 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
         &["node", "update", "--label-add", "after=rotation", "n4"],
     );
 }
+
+/// Issue item 10: a removed node's certificate, valid until it expires, no longer reports task
+/// status nor hears its assignment.
+#[test]
+fn a_removed_node_is_no_longer_heard() {
+    let swarm = Swarm::up(1, 2);
+    let (n1, n3) = (swarm.host("n1"), swarm.host("n3"));
+    let tool = labtool_path();
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "host",
+            &tool,
+            "serve",
+            "--port",
+            "80",
+        ],
+    );
+    wait_running(&swarm, &n1, "web", "web's 3 tasks", |per| {
+        per.values().sum::<usize>() == 3
+    });
+    let saved = swarm.lab.dir().join("n3-certs");
+    std::fs::create_dir_all(&saved).expect("a directory for the saved certificates");
+    let certs = swarm.lab.host_dir(&n3).join("data/swarm/certs");
+    for file in ["node.crt", "node.key", "ca.crt"] {
+        std::fs::copy(certs.join(file), saved.join(file)).expect("copy a certificate file");
+    }
+    let saved = saved.to_str().expect("a UTF-8 path").to_owned();
+    let manager = format!("{}:2377", n1.public_ip);
+    let client = swarm.lab.client().clone();
+    // While n3 is a member, its certificate opens its stream.
+    let answer = hostile(
+        &client,
+        &["assignments", "--manager", &manager, "--certs", &saved],
+    );
+    assert_eq!(answer["ok"], true, "{answer}");
+    let n3_task = shoal_tests::service::tasks(&swarm, &n1, "web")
+        .into_iter()
+        .find(|t| t["Node"] == "n3")
+        .and_then(|t| t["ID"].as_str().map(str::to_owned))
+        .expect("a task on n3");
+    swarm.ok(&n1, &["node", "rm", "--force", "n3"]);
+    for which in ["assignments", "report"] {
+        let answer = hostile(
+            &client,
+            &[
+                which,
+                "--manager",
+                &manager,
+                "--certs",
+                &saved,
+                "--task",
+                &n3_task,
+            ],
+        );
+        refused(&answer, "NotFound", "not in the swarm");
+    }
+    wait_running(&swarm, &n1, "web", "web's 3 tasks on n1 and n2", |per| {
+        !per.contains_key("n3") && per.values().sum::<usize>() == 3
+    });
+}
+
+/// Issue items 6 and 7: the swarm's own ports are never published, and numbers and strings
+/// out of bounds are refused with what the bound is; nothing is created.
+#[test]
+fn the_swarm_s_own_ports_and_numbers_out_of_bounds_are_refused() {
+    let swarm = Swarm::up(1, 0);
+    let n1 = swarm.host("n1");
+    let tool = labtool_path();
+    let create = |extra: &[&str]| {
+        let mut args = vec!["service", "create", "--detach", "--name", "bad"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["host", &tool, "serve", "--port", "80"]);
+        let out = swarm.lab.shoal(&n1, &args).expect("run shoal");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        output_text(&out)
+    };
+    for (publish, words) in [
+        ("2377:80", "control-plane port"),
+        (
+            "published=4789,target=80,protocol=udp",
+            "data-path (VXLAN) port",
+        ),
+        ("51820:80", "WireGuard port"),
+        ("published=2377,target=80,mode=host", "control-plane port"),
+    ] {
+        let said = create(&["--publish", publish]);
+        assert!(
+            said.contains("cannot be published") && said.contains(words),
+            "{said}"
+        );
+    }
+    let said = create(&["--replicas", "100000"]);
+    assert!(said.contains("at most 10000"), "{said}");
+    let said = create(&["--replicas", "2000", "--publish", "8080:80"]);
+    assert!(
+        said.contains("routing mesh") && said.contains("at most 1310"),
+        "{said}"
+    );
+    let long = "x".repeat(40_000);
+    let said = create(&["--env", &format!("BIG={long}")]);
+    assert!(said.contains("at most"), "{said}");
+    assert_eq!(swarm.ok(&n1, &["service", "ls", "-q"]).trim(), "");
+    for (args, words) in [
+        (
+            vec!["swarm", "update", "--dispatcher-heartbeat", "100000h"],
+            "between 1s and 86400s",
+        ),
+        (
+            vec!["swarm", "update", "--snapshot-interval", "0"],
+            "between 1 and",
+        ),
+        (
+            vec!["node", "update", "--label-add", &format!("k={long}"), "n1"],
+            "at most",
+        ),
+    ] {
+        let out = swarm.lab.shoal(&n1, &args).expect("run shoal");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            output_text(&out).contains(words),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+    }
+}
+
+/// Issue item 7: the ingress network comes from `--default-addr-pool`, in subnets of
+/// `--default-addr-pool-mask-length`, and skips a range the host routes; bad pools are refused.
+#[test]
+fn the_ingress_subnet_comes_from_the_address_pool_and_shadows_no_host_route() {
+    let swarm = Swarm::daemons(1);
+    let n1 = swarm.host("n1");
+    for (pool, length, words) in [
+        ("10.1.2.3/16", "24", "host bits"),
+        ("10.99.0.0/28", "26", "smaller than one /26"),
+        ("10.0.0.0/8", "31", "between 8 and 29"),
+    ] {
+        let out = swarm
+            .lab
+            .shoal(
+                &n1,
+                &[
+                    "swarm",
+                    "init",
+                    "--advertise-addr",
+                    "eth0",
+                    "--default-addr-pool",
+                    pool,
+                    "--default-addr-pool-mask-length",
+                    length,
+                ],
+            )
+            .expect("run shoal");
+        assert!(!out.status.success(), "{pool} /{length} was accepted");
+        assert!(output_text(&out).contains(words), "{}", output_text(&out));
+    }
+    // The host reaches 10.99.0.0/26 through its data interface: the ingress network takes the
+    // next subnet.
+    let out = swarm
+        .lab
+        .run(&n1, "ip", &["route", "add", "10.99.0.0/26", "dev", "eth1"])
+        .expect("run ip");
+    assert!(out.status.success(), "{}", output_text(&out));
+    swarm.ok(
+        &n1,
+        &[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "eth0",
+            "--default-addr-pool",
+            "10.99.0.0/16",
+            "--default-addr-pool-mask-length",
+            "26",
+        ],
+    );
+    let subnet = |name: &str| -> String {
+        let out = swarm.ok(&n1, &["network", "inspect", name]);
+        let all: Value = serde_json::from_str(&out).expect("JSON");
+        all[0]["IPAMOptions"]["Configs"][0]["Subnet"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(subnet("ingress"), "10.99.0.64/26");
+    swarm.ok(
+        &n1,
+        &["network", "create", "--driver", "overlay", "backend"],
+    );
+    assert_eq!(subnet("backend"), "10.99.0.0/26");
+    let cluster: Value = serde_json::from_str(&swarm.ok(&n1, &["swarm", "inspect"])).expect("JSON");
+    assert_eq!(cluster[0]["DefaultAddrPool"][0], "10.99.0.0/16");
+    assert_eq!(cluster[0]["SubnetSize"], 26);
+}

@@ -103,6 +103,13 @@ pub(crate) enum Command {
         /// Validity period for node certificates (h|m|s) (default 2160h0m0s; at least 1h)
         #[arg(long, value_name = "DURATION", value_parser = seconds)]
         cert_expiry: Option<u64>,
+        /// Default address pool in CIDR format (default 10.0.0.0/8; repeat or separate with
+        /// commas for several)
+        #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+        default_addr_pool: Vec<String>,
+        /// Default address pool subnet mask length (default 24)
+        #[arg(long, value_name = "N")]
+        default_addr_pool_mask_length: Option<u8>,
     },
     /// Join a swarm as a node and/or manager
     Join {
@@ -209,6 +216,8 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             dispatcher_heartbeat,
             snapshot_interval,
             cert_expiry,
+            default_addr_pool,
+            default_addr_pool_mask_length,
         } => {
             let node = call(
                 host,
@@ -220,6 +229,8 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     dispatcher_heartbeat_s: dispatcher_heartbeat,
                     snapshot_interval,
                     cert_expiry_s: cert_expiry,
+                    default_addr_pool,
+                    default_addr_pool_mask_length,
                 }),
             )
             .await?;

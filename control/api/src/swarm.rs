@@ -131,6 +131,12 @@ pub struct InitArgs {
     /// `--cert-expiry`, seconds (default 90 days; at least an hour).
     #[serde(default)]
     pub cert_expiry_s: Option<u64>,
+    /// `--default-addr-pool`: the pools overlay subnets are carved from (default 10.0.0.0/8).
+    #[serde(default)]
+    pub default_addr_pool: Vec<String>,
+    /// `--default-addr-pool-mask-length`: the length of those subnets (default 24).
+    #[serde(default)]
+    pub default_addr_pool_mask_length: Option<u8>,
 }
 
 /// `swarm join`'s flags.
@@ -401,6 +407,12 @@ pub struct Cluster {
     /// Whether a root rotation (`swarm ca --rotate`) is under way.
     #[serde(default)]
     pub root_rotation_in_progress: bool,
+    /// The pools overlay subnets are carved from (`--default-addr-pool`); empty: 10.0.0.0/8.
+    #[serde(default)]
+    pub default_addr_pool: Vec<String>,
+    /// The length of those subnets (`--default-addr-pool-mask-length`); 0: 24.
+    #[serde(default)]
+    pub subnet_size: u32,
 }
 
 /// Cluster settings.

@@ -46,6 +46,10 @@ pub struct GenesisArgs {
     pub snapshot_interval: u64,
     /// `--cert-expiry`, seconds.
     pub cert_expiry_s: u64,
+    /// `--default-addr-pool` (checked).
+    pub default_addr_pool: Vec<String>,
+    /// `--default-addr-pool-mask-length`; 0 for the default.
+    pub subnet_size: u32,
 }
 
 /// Creates the root CA, tokens, the cluster object and the first node.
@@ -92,6 +96,8 @@ pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
                 cert_issuer_public_key: root.identity().1,
             },
             data_path_port: args.data_path_port,
+            default_addr_pool: args.default_addr_pool.clone(),
+            subnet_size: args.subnet_size,
             join_tokens: Some(JoinTokens {
                 worker: JoinToken::generate(&root)?.to_string(),
                 manager: JoinToken::generate(&root)?.to_string(),

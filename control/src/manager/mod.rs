@@ -283,6 +283,7 @@ impl Manager {
         cluster_id: &str,
         node: Value,
         node_id: &str,
+        ingress_subnet: ipnet::Ipv4Net,
     ) -> Result<(), Status> {
         let mut members = BTreeMap::new();
         members.insert(
@@ -300,7 +301,7 @@ impl Manager {
         self.wait_leader(LEADER_WAIT).await?;
         self.heartbeat_seen(node_id);
         let ingress_id = crate::ca::random_id().map_err(|e| Status::internal(e.to_string()))?;
-        let ingress = services::ingress_network(&ingress_id);
+        let ingress = services::ingress_network(&ingress_id, ingress_subnet);
         ops::propose(
             &self.inner,
             crate::store::ChangeSet(vec![

@@ -402,7 +402,16 @@ pub(super) async fn execute(inner: &Inner, forwarded: Forwarded) -> Result<Value
             encode(&beat(inner, require_node(&caller)?, heartbeat, &from).await?)
         }
         Op::Report(report) => {
-            super::services::report(inner, &require_node(&caller)?.node_id, report).await
+            let caller = require_node(&caller)?;
+            // A removed node's certificate stays valid until it expires: its reports are not
+            // taken.
+            if inner
+                .store
+                .view(|tx| tx.get(Kind::Node, &caller.node_id).is_none())
+            {
+                return Err(confirmed_removed(inner, &caller.node_id).await);
+            }
+            super::services::report(inner, &caller.node_id, report).await
         }
         Op::AddManager { raft_id, addr } => {
             let caller = require_manager(&caller)?;

@@ -658,7 +658,7 @@ fn allocate_network(world: &World, id: &str, mut spec: NetworkSpec) -> Result<Ne
 }
 
 /// The ingress network `swarm init` creates: 10.0.0.0/24, as Docker's.
-pub fn ingress_network(id: &str) -> Network {
+pub fn ingress_network(id: &str, subnet: Ipv4Net) -> Network {
     let spec = NetworkSpec {
         name: INGRESS.into(),
         driver_configuration: Driver {
@@ -668,7 +668,7 @@ pub fn ingress_network(id: &str) -> Network {
         ingress: true,
         ipam_options: Ipam {
             configs: vec![IpamConfig {
-                subnet: "10.0.0.0/24".into(),
+                subnet: subnet.to_string(),
                 gateway: String::new(),
             }],
         },
@@ -899,6 +899,18 @@ pub(super) async fn stream_assignments(
             continue;
         };
         loop {
+            // A node removed (`node rm`) is told so, and its stream ends: its certificate stays
+            // valid until it expires, but it no longer hears what the swarm runs.
+            if inner
+                .store
+                .view(|tx| tx.get(Kind::Node, &node_id).is_none())
+            {
+                let gone = Status::not_found(format!(
+                    "node {node_id} is not in the swarm: it was removed"
+                ));
+                let _ = tx.send(Err(gone)).await;
+                return;
+            }
             let assignment = inner.store.view(|view| {
                 crate::dispatcher::assignment(&World::read(view), view.index(), &node_id, port)
             });

@@ -8,7 +8,12 @@
 //! shoal-hostile raft-vote --manager IP:PORT --certs DIR --candidate RAFT_ID --term T
 //! shoal-hostile raft-snapshot --manager IP:PORT --certs DIR --leader RAFT_ID --term T --offset N
 //! shoal-hostile conn-flood --manager IP:PORT --token T --connections N --frames F --seconds S
+//! shoal-hostile report --manager IP:PORT --certs DIR --task ID
+//! shoal-hostile assignments --manager IP:PORT --certs DIR
 //! ```
+//!
+//! `report` says the task is running; `assignments` opens the node's assignment stream and
+//! answers with its first message.
 //!
 //! `conn-flood` plays a client without a certificate: it opens `N` TLS connections and leaves
 //! them idle, while `F` tasks send 4 MiB requests to `Ca.Join` and `Dispatcher.Heartbeat`, for
@@ -291,8 +296,42 @@ async fn conn_flood(args: &[String]) -> Result<serde_json::Value, String> {
     }))
 }
 
+/// A task report, or the first message of the assignment stream, with `DIR`'s certificate.
+async fn as_node(args: &[String], which: &str) -> Result<Answer, String> {
+    use shoal_api::service::{TaskState, TaskStatus};
+    let manager = required(args, "--manager")?;
+    let credentials = credentials(required(args, "--certs")?)?;
+    let config = credentials.client_config().map_err(|e| e.to_string())?;
+    let channel = tls::channel(manager, config, TIMEOUT).map_err(|e| e.to_string())?;
+    let mut client = DispatcherClient::new(channel);
+    if which == "report" {
+        let report = shoal_control::manager::services::StatusReport {
+            updates: vec![(
+                required(args, "--task")?.to_owned(),
+                TaskStatus {
+                    state: TaskState::Running,
+                    message: "started".into(),
+                    ..Default::default()
+                },
+            )],
+        };
+        return Ok(client.report(frame(&report)?).await.map(drop));
+    }
+    let mut stream = match client.assignments(frame(&())?).await {
+        Ok(stream) => stream.into_inner(),
+        Err(status) => return Ok(Err(status)),
+    };
+    Ok(match stream.message().await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Status::cancelled("the stream ended")),
+        Err(status) => Err(status),
+    })
+}
+
 async fn run(args: &[String]) -> Result<Answer, String> {
     match args.first().map(String::as_str) {
+        Some("report") => as_node(&args[1..], "report").await,
+        Some("assignments") => as_node(&args[1..], "assignments").await,
         Some("join") => join(&args[1..]).await,
         Some("heartbeat") => heartbeat(&args[1..]).await,
         Some("raft-append") => raft(&args[1..], "append").await,
