@@ -30,6 +30,26 @@ impl NodeDataplane {
         }
     }
 
+    /// Every few seconds, gives back the room of the routing mesh's flows that closed or went
+    /// silent (the programs already treat them as gone).
+    pub(crate) fn collect_expired_flows(&self) {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let mut guard = inner.lock().await;
+                if let Some(mesh) = guard.as_mut().and_then(Dataplane::mesh_mut)
+                    && let Err(e) = mesh.collect_expired()
+                {
+                    tracing::warn!(error = %e, "collecting the mesh's expired flows");
+                }
+            }
+        });
+    }
+
     /// Applies the last state applied before the daemon stopped, if any, in the background. The
     /// lock is taken first, so an apply that arrives meanwhile runs after it.
     pub(crate) async fn restore(&self) {
@@ -178,6 +198,10 @@ impl NodeDataplane {
                                     "refused": c.refused,
                                     "dropped": c.dropped,
                                     "tunneled": c.tunneled,
+                                    "untracked": c.untracked,
+                                    "stale": c.stale,
+                                    "full": c.full,
+                                    "taken_over": c.taken_over,
                                 }),
                             )
                         })

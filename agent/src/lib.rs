@@ -129,6 +129,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let incoming = UnixListenerStream::new(listener);
     let dataplane = dataplane::NodeDataplane::new(&config.data_root);
     dataplane.restore().await;
+    dataplane.collect_expired_flows();
     let worker = tasks::Worker::new(&config.data_root, executor, dataplane.clone());
     worker
         .restore()

@@ -135,7 +135,14 @@ fn model(plan: &MeshPlan, service: &str) -> impl Fn(&FlowKey) -> Ipv4Addr {
     }
 }
 
-/// A well-formed Ethernet/IPv4/TCP-or-UDP frame with correct checksums.
+/// TCP flags.
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+/// The client's initial sequence number in [`frame`]'s SYNs.
+const CLIENT_ISN: u32 = 7;
+
+/// A well-formed Ethernet/IPv4/TCP-or-UDP frame with correct checksums; TCP is a SYN with
+/// sequence number [`CLIENT_ISN`].
 fn frame(
     src: (Ipv4Addr, u16),
     dst: (Ipv4Addr, u16),
@@ -143,13 +150,37 @@ fn frame(
     ip_options: &[u8],
     payload: &[u8],
 ) -> Vec<u8> {
+    tcp_frame(src, dst, proto, (SYN, CLIENT_ISN, 0), ip_options, payload)
+}
+
+/// A backend's SYN-ACK to [`frame`]'s SYN (or a UDP datagram).
+fn syn_ack(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8, payload: &[u8]) -> Vec<u8> {
+    tcp_frame(
+        src,
+        dst,
+        proto,
+        (SYN | ACK, 1000, CLIENT_ISN + 1),
+        &[],
+        payload,
+    )
+}
+
+/// [`frame`] with the TCP flags, sequence and acknowledgement numbers given.
+fn tcp_frame(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    proto: u8,
+    (flags, seq, ack): (u8, u32, u32),
+    ip_options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend_from_slice(&src.1.to_be_bytes());
     l4.extend_from_slice(&dst.1.to_be_bytes());
     if proto == IPPROTO_TCP {
-        l4.extend_from_slice(&7_u32.to_be_bytes());
-        l4.extend_from_slice(&0_u32.to_be_bytes());
-        l4.extend_from_slice(&[5 << 4, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        l4.extend_from_slice(&seq.to_be_bytes());
+        l4.extend_from_slice(&ack.to_be_bytes());
+        l4.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
     } else {
         l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         l4.extend_from_slice(&[0, 0]);
@@ -349,7 +380,7 @@ fn balanced_packets_have_valid_checksums_and_go_where_the_userspace_model_says()
             assert_eq!(seen.smac, Mac::from_ip(INGRESS_ADDR).0);
 
             // The backend's reply, on its way back through shoal0.
-            let reply = frame((expected, target), seen.src, proto, &[], b"hello client");
+            let reply = syn_ack((expected, target), seen.src, proto, b"hello client");
             let (code, out) = mesh
                 .programs()
                 .tc_test_run(TC_MESH_REPLY, &reply)
@@ -460,7 +491,7 @@ fn client_ip_mode_keeps_the_source_and_translates_replies_by_client_flow() {
         "the backend sees the client's own address and port"
     );
     assert_eq!(seen.dst.1, 90);
-    let reply = frame(seen.dst, src, IPPROTO_TCP, &[], b"");
+    let reply = syn_ack(seen.dst, src, IPPROTO_TCP, b"");
     let (code, out) = mesh
         .programs()
         .tc_test_run(TC_MESH_REPLY, &reply)
@@ -698,4 +729,269 @@ fn a_drained_backend_keeps_its_connections_and_gets_no_new_ones() {
             "new flow {i} sent to a drained backend"
         );
     }
+}
+
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+
+/// The flow `key` as the programs keep it, and whether it is established.
+fn kept(mesh: &mut Mesh, key: &FlowKey) -> Option<(abi::Conn, bool)> {
+    mesh.flows()
+        .expect("the flows")
+        .into_iter()
+        .find(|f| f.key == *key)
+        .map(|f| (f.conn, f.established))
+}
+
+/// Sends `packet` through the entry program; its verdict and output.
+fn entry(mesh: &mut Mesh, packet: &[u8]) -> (XdpVerdict, Vec<u8>) {
+    let run = mesh.programs().test_run(XDP_MESH, packet, 1).expect("run");
+    (run.verdict, run.output)
+}
+
+/// Sends a backend's packet through the way back; its TC verdict and output.
+fn way_back(mesh: &mut Mesh, packet: &[u8]) -> (i32, Vec<u8>) {
+    mesh.programs()
+        .tc_test_run(TC_MESH_REPLY, packet)
+        .expect("reply run")
+}
+
+#[test]
+fn only_a_syn_opens_a_tcp_flow_and_a_flow_lives_by_its_state() {
+    let plan = plan(six());
+    let mut mesh = mesh(&plan);
+    let src = client(1);
+    let key = flow(src, (NODE, 8080), IPPROTO_TCP);
+    // An ACK of no flow: left to the stack, no state kept.
+    let ack = tcp_frame(src, (NODE, 8080), IPPROTO_TCP, (ACK, 100, 1), &[], b"");
+    assert_eq!(entry(&mut mesh, &ack).0, XdpVerdict::Pass);
+    assert_eq!(kept(&mut mesh, &key), None);
+    assert_eq!(mesh.status().expect("counters")["web"].stats.untracked, 1);
+
+    // SYN, SYN-ACK, ACK: a handshake, then an established flow with a 5-day expiry.
+    let (verdict, out) = entry(&mut mesh, &frame(src, (NODE, 8080), IPPROTO_TCP, &[], b""));
+    assert_eq!(verdict, XdpVerdict::Redirect);
+    let seen = read(&out);
+    let (conn, established) = kept(&mut mesh, &key).expect("the flow");
+    assert_eq!((conn.state, established), (abi::state::TCP_SYN_SENT, false));
+    let (code, _) = way_back(&mut mesh, &syn_ack(seen.dst, seen.src, IPPROTO_TCP, b""));
+    assert_eq!(code, TC_ACT_REDIRECT);
+    assert_eq!(
+        kept(&mut mesh, &key).expect("the flow").0.state,
+        abi::state::TCP_SYN_RECV
+    );
+    let (verdict, _) = entry(
+        &mut mesh,
+        &tcp_frame(src, (NODE, 8080), IPPROTO_TCP, (ACK, 8, 1001), &[], b""),
+    );
+    assert_eq!(verdict, XdpVerdict::Redirect);
+    let (conn, established) = kept(&mut mesh, &key).expect("the flow");
+    assert_eq!(
+        (conn.state, established),
+        (abi::state::TCP_ESTABLISHED, true)
+    );
+    let timeouts = abi::Timeouts::DEFAULT;
+    assert!(conn.expires - conn.born >= timeouts.tcp_established - 1);
+
+    // FIN from each side: closed, expiring within the closed timeout.
+    entry(
+        &mut mesh,
+        &tcp_frame(
+            src,
+            (NODE, 8080),
+            IPPROTO_TCP,
+            (FIN | ACK, 8, 1001),
+            &[],
+            b"",
+        ),
+    );
+    assert_eq!(
+        kept(&mut mesh, &key).expect("the flow").0.state,
+        abi::state::TCP_CLOSING
+    );
+    way_back(
+        &mut mesh,
+        &tcp_frame(
+            seen.dst,
+            seen.src,
+            IPPROTO_TCP,
+            (FIN | ACK, 1001, 9),
+            &[],
+            b"",
+        ),
+    );
+    let (conn, _) = kept(&mut mesh, &key).expect("the flow");
+    assert_eq!(conn.state, abi::state::TCP_CLOSED);
+    assert!(conn.expires <= conn.born + timeouts.tcp_closed + 1);
+
+    // Once closed flows expire at once, the flow and its way back are both gone, and the same
+    // tuple's next SYN is a new flow.
+    mesh.set_timeouts(abi::Timeouts {
+        tcp_closed: 0,
+        ..timeouts
+    })
+    .expect("timeouts");
+    entry(
+        &mut mesh,
+        &tcp_frame(src, (NODE, 8080), IPPROTO_TCP, (RST, 9, 0), &[], b""),
+    );
+    assert!(mesh.collect_expired().expect("collected") >= 1);
+    assert_eq!(kept(&mut mesh, &key), None);
+    let (code, _) = way_back(
+        &mut mesh,
+        &tcp_frame(seen.dst, seen.src, IPPROTO_TCP, (ACK, 1001, 9), &[], b""),
+    );
+    assert_eq!(code, TC_ACT_OK, "a closed flow's way back is gone with it");
+    let (verdict, _) = entry(&mut mesh, &frame(src, (NODE, 8080), IPPROTO_TCP, &[], b""));
+    assert_eq!(verdict, XdpVerdict::Redirect);
+    assert_eq!(
+        kept(&mut mesh, &key).map(|(c, e)| (c.state, e)),
+        Some((abi::state::TCP_SYN_SENT, false))
+    );
+}
+
+#[test]
+fn a_udp_flow_becomes_a_stream_when_both_sides_speak() {
+    let plan = plan(six());
+    let mut mesh = mesh(&plan);
+    let src = client(2);
+    let key = flow(src, (NODE, 53), IPPROTO_UDP);
+    let (_, out) = entry(
+        &mut mesh,
+        &frame(src, (NODE, 53), IPPROTO_UDP, &[], b"query"),
+    );
+    let seen = read(&out);
+    assert_eq!(
+        kept(&mut mesh, &key).expect("flow").0.state,
+        abi::state::UDP_NEW
+    );
+    way_back(
+        &mut mesh,
+        &syn_ack(seen.dst, seen.src, IPPROTO_UDP, b"answer"),
+    );
+    assert_eq!(
+        kept(&mut mesh, &key).expect("flow").0.state,
+        abi::state::UDP_REPLIED
+    );
+    entry(
+        &mut mesh,
+        &frame(src, (NODE, 53), IPPROTO_UDP, &[], b"more"),
+    );
+    let (conn, established) = kept(&mut mesh, &key).expect("flow");
+    assert_eq!((conn.state, established), (abi::state::UDP_STREAM, true));
+}
+
+/// A one-backend service flooded with spoofed SYNs from more sources than it has translated
+/// ports: with handshakes that never yield, exhaustion is counted; with the default (a
+/// handshake yields its port when every candidate is held) a real client is served at once,
+/// and a backend's packet of a flood flow whose port the client took never reaches the client.
+#[test]
+fn a_syn_flood_cannot_starve_a_service_nor_send_a_reply_to_the_wrong_client() {
+    let one = vec![backend(11)];
+    let plan = plan(one);
+    let mut mesh = mesh(&plan);
+    mesh.set_timeouts(abi::Timeouts {
+        takeover: 3_600,
+        ..abi::Timeouts::DEFAULT
+    })
+    .expect("timeouts");
+    let spoofed = |i: u32| {
+        let [a, b, c, d] = (0x0b00_0000 + i).to_be_bytes();
+        (Ipv4Addr::new(a, b, c, d), 1024 + (i % 60_000) as u16)
+    };
+    // 70,000 handshakes against 64,512 ports: the last ones find every candidate held.
+    for i in 0..70_000 {
+        entry(
+            &mut mesh,
+            &frame(spoofed(i), (NODE, 8080), IPPROTO_TCP, &[], b""),
+        );
+    }
+    let stats = mesh.status().expect("counters")["web"].stats;
+    assert!(stats.dropped > 0, "port exhaustion is counted: {stats:?}");
+    assert!(
+        stats.connections >= 55_000,
+        "most ports are used: {stats:?}"
+    );
+
+    // The flood's handshakes yield their ports: a real client is served at once.
+    mesh.set_timeouts(abi::Timeouts::DEFAULT).expect("timeouts");
+    let real = (Ipv4Addr::new(192, 168, 7, 7), 40_000);
+    let real_isn = 5_000;
+    let (verdict, out) = entry(
+        &mut mesh,
+        &tcp_frame(
+            real,
+            (NODE, 8080),
+            IPPROTO_TCP,
+            (SYN, real_isn, 0),
+            &[],
+            b"",
+        ),
+    );
+    assert_eq!(verdict, XdpVerdict::Redirect, "the real client is balanced");
+    let seen = read(&out);
+    let stats = mesh.status().expect("counters")["web"].stats;
+    assert!(stats.taken_over >= 1, "{stats:?}");
+
+    // The port's earlier holder (a flood flow, its SYN acknowledged with the flood's sequence
+    // number) answers late: the packet is not delivered (the stack resets it).
+    let stale = tcp_frame(
+        seen.dst,
+        seen.src,
+        IPPROTO_TCP,
+        (SYN | ACK, 9_999, CLIENT_ISN + 1),
+        &[],
+        b"",
+    );
+    let (code, out) = way_back(&mut mesh, &stale);
+    assert_eq!(
+        (code, out),
+        (TC_ACT_OK, stale),
+        "a stale answer reaches no client"
+    );
+    assert!(mesh.status().expect("counters")["web"].stats.stale >= 1);
+    // The real client's own SYN-ACK goes to it.
+    let own = tcp_frame(
+        seen.dst,
+        seen.src,
+        IPPROTO_TCP,
+        (SYN | ACK, 777, real_isn + 1),
+        &[],
+        b"",
+    );
+    let (code, out) = way_back(&mut mesh, &own);
+    assert_eq!(code, TC_ACT_REDIRECT);
+    assert_eq!(read(&out).dst, real);
+}
+
+/// A UDP datagram to a published port that answers a socket of the node itself (connected to
+/// its sender) is the node's, not the mesh's.
+#[test]
+fn replies_to_the_node_s_own_udp_sockets_are_not_captured() {
+    let ns = ScratchNetns::new("own-udp");
+    ns.ip("link set lo up");
+    ns.ip(&format!("addr add {NODE}/32 dev lo"));
+    ns.ip("route add 192.168.1.0/24 dev lo");
+    let peer = client(3);
+    let (own, other) = shoal_dataplane::overlay::netns::within(&ns.file, || {
+        let mut mesh = mesh(&plan(six()));
+        // The node's own resolver socket, on the published port 53, talking to `peer`.
+        let socket = std::net::UdpSocket::bind((NODE, 53))?;
+        socket.connect(peer)?;
+        let own = entry(
+            &mut mesh,
+            &frame(peer, (NODE, 53), IPPROTO_UDP, &[], b"answer"),
+        )
+        .0;
+        // Another sender on the same port is a client of the service.
+        let other = entry(
+            &mut mesh,
+            &frame(client(4), (NODE, 53), IPPROTO_UDP, &[], b"query"),
+        )
+        .0;
+        Ok((own, other))
+    })
+    .expect("inside the namespace");
+    assert_eq!(own, XdpVerdict::Pass);
+    assert_eq!(other, XdpVerdict::Redirect);
 }

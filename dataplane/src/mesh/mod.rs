@@ -33,9 +33,10 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::xdp::XdpLink;
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
+pub use shoal_abi::mesh::Timeouts;
 use shoal_abi::mesh::{
-    self as abi, Backend, Config, FLAG_CLIENT_IP, FLAG_HOST, Frontend, FrontendKey, MAX_BACKENDS,
-    MAX_SERVICES, ServiceStats, TABLE_CAPACITY,
+    self as abi, Backend, Config, Conn, FLAG_CLIENT_IP, FLAG_HOST, FlowKey, Frontend, FrontendKey,
+    MAX_BACKENDS, MAX_SERVICES, Rewrite, ServiceStats, TABLE_CAPACITY,
 };
 use shoal_abi::programs;
 
@@ -287,11 +288,83 @@ impl Mesh {
         ] {
             programs.tc(name)?;
         }
-        Ok(Self {
+        let mut mesh = Self {
             programs,
             state: MapState::default(),
             links: Links::default(),
-        })
+        };
+        mesh.set_timeouts(Timeouts::DEFAULT)?;
+        Ok(mesh)
+    }
+
+    /// How long flows live in each state (the defaults are Linux conntrack's, see
+    /// [`Timeouts`]); tests shorten them.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<(), MeshError> {
+        let mut map: Array<&mut MapData, Timeouts> =
+            array(self.programs.ebpf_mut(), abi::TIMEOUTS_MAP)?;
+        map.set(0, timeouts, 0).map_err(map_err(abi::TIMEOUTS_MAP))
+    }
+
+    /// The flows the programs keep: established ones first, then the new ones, each with its
+    /// connection entry.
+    pub fn flows(&mut self) -> Result<Vec<Flow>, MeshError> {
+        let mut out = Vec::new();
+        for (map, established) in [(abi::CONNS_MAP, true), (abi::CONNS_NEW_MAP, false)] {
+            let conns: HashMap<&mut MapData, FlowKey, Conn> = hash(self.programs.ebpf_mut(), map)?;
+            for entry in conns.iter() {
+                let Ok((key, conn)) = entry else { continue };
+                out.push(Flow {
+                    key,
+                    conn,
+                    established,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the established flows that expired (closed, reset, or silent past their
+    /// timeout), each with its way back, and ways back without a flow. The programs already
+    /// treat an expired flow as gone; this gives its room back. Flows not established yet
+    /// live in LRU maps and need no collecting. How many flows were removed.
+    pub fn collect_expired(&mut self) -> Result<usize, MeshError> {
+        let now = monotonic_coarse_seconds();
+        let ebpf = self.programs.ebpf_mut();
+        let conns: HashMap<&mut MapData, FlowKey, Conn> = hash(ebpf, abi::CONNS_MAP)?;
+        let mut dead: Vec<(FlowKey, FlowKey)> = Vec::new();
+        let mut live_replies = BTreeSet::new();
+        for entry in conns.iter() {
+            let Ok((key, conn)) = entry else { continue };
+            let back = FlowKey {
+                saddr: conn.rewrite.daddr,
+                daddr: conn.rewrite.saddr,
+                sport: conn.rewrite.dport,
+                dport: conn.rewrite.sport,
+                proto: key.proto,
+                pad: [0; 3],
+            };
+            if now >= conn.expires {
+                dead.push((key, back));
+            } else {
+                live_replies.insert(back_bytes(&back));
+            }
+        }
+        let mut conns: HashMap<&mut MapData, FlowKey, Conn> =
+            hash(self.programs.ebpf_mut(), abi::CONNS_MAP)?;
+        for (key, _) in &dead {
+            let _ = conns.remove(key);
+        }
+        let mut replies: HashMap<&mut MapData, FlowKey, Rewrite> =
+            hash(self.programs.ebpf_mut(), abi::REPLIES_MAP)?;
+        let orphans: Vec<FlowKey> = replies
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live_replies.contains(&back_bytes(k)))
+            .collect();
+        for key in dead.iter().map(|(_, back)| back).chain(&orphans) {
+            let _ = replies.remove(key);
+        }
+        Ok(dead.len())
     }
 
     /// The loaded programs (for BPF_PROG_TEST_RUN).
@@ -900,6 +973,40 @@ fn take_id(state: &mut MapState, now: Instant) -> Result<u32, MeshError> {
     }
     state.generations.push(0);
     Ok(next)
+}
+
+/// A flow the programs keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The client's flow, as its packets carry it.
+    pub key: FlowKey,
+    /// What the programs keep of it.
+    pub conn: Conn,
+    /// Whether it is with the established flows (else with the new ones).
+    pub established: bool,
+}
+
+/// The clock the programs' flow expiries are in (`bpf_ktime_get_coarse_ns`), in seconds.
+fn monotonic_coarse_seconds() -> u32 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the time into the struct it is given, which lives for the
+    // call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    now.tv_sec as u32
+}
+
+/// A flow key as bytes (a set of keys without `Ord` on the ABI type).
+fn back_bytes(key: &FlowKey) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..4].copy_from_slice(&key.saddr.to_ne_bytes());
+    out[4..8].copy_from_slice(&key.daddr.to_ne_bytes());
+    out[8..10].copy_from_slice(&key.sport.to_ne_bytes());
+    out[10..12].copy_from_slice(&key.dport.to_ne_bytes());
+    out[12] = key.proto;
+    out
 }
 
 fn array<'a, V: aya::Pod>(

@@ -252,6 +252,11 @@ impl Dataplane {
         })
     }
 
+    /// The routing mesh, to change (collecting expired flows).
+    pub fn mesh_mut(&mut self) -> Option<&mut Mesh> {
+        self.mesh.as_mut()
+    }
+
     /// What the last apply left out of the state it was given, and why.
     pub fn left_out(&self) -> &[super::model::Problem] {
         &self.left_out

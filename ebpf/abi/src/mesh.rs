@@ -19,12 +19,22 @@
 //! written into a region of [`TABLES_MAP`] no frontend points at, and only then published by
 //! updating the frontend: no packet ever sees a half-written table.
 
-/// Per-flow entries: the rewrite applied to a client's packets (LRU hash, [`FlowKey`] ->
-/// [`Conn`]).
+/// Established flows (a TCP connection both ends have answered, a UDP flow that got a reply and
+/// went on): the rewrite applied to a client's packets (hash, [`FlowKey`] -> [`Conn`]). Nothing
+/// evicts them: they leave when they close or expire ([`Timeouts`]), so an idle connection keeps
+/// its backend as long as Linux conntrack would keep it.
 pub const CONNS_MAP: &str = "MESH_CONNS";
-/// The way back: a backend's reply (as it arrives) -> the rewrite that makes it the node's
-/// reply to the client (LRU hash, [`FlowKey`] -> [`Rewrite`]).
+/// Flows not established yet (a TCP handshake in progress, a UDP flow without a reply): LRU
+/// hash, [`FlowKey`] -> [`Conn`]. A flood of them evicts only its own kind.
+pub const CONNS_NEW_MAP: &str = "MESH_CONNS_NEW";
+/// The way back of established flows: a backend's reply (as it arrives) -> the rewrite that
+/// makes it the node's reply to the client (hash, [`FlowKey`] -> [`Rewrite`]). The reply key's
+/// translated port is the flow's claim on that port.
 pub const REPLIES_MAP: &str = "MESH_REPLIES";
+/// The way back of flows not established yet (LRU hash, [`FlowKey`] -> [`Rewrite`]).
+pub const REPLIES_NEW_MAP: &str = "MESH_REPLIES_NEW";
+/// How long flows live in each state (array of one [`Timeouts`]).
+pub const TIMEOUTS_MAP: &str = "MESH_TIMEOUTS";
 /// Published ports (hash, [`FrontendKey`] -> [`Frontend`]).
 pub const FRONTENDS_MAP: &str = "MESH_FRONTENDS";
 /// The node's addresses published ports answer on (hash, address -> 1).
@@ -52,10 +62,14 @@ pub const MAX_FRONTENDS: u32 = 4096;
 pub const MAX_BACKENDS: u32 = 65_536;
 /// Slots of [`TABLES_MAP`]: 64 default-size (16381) tables, double-buffered.
 pub const TABLE_CAPACITY: u32 = 1 << 21;
-/// Connections the entry node tracks; the least recently used is forgotten first.
+/// Established flows the entry node tracks.
 pub const MAX_CONNS: u32 = 262_144;
-/// Reply translations (one per connection).
+/// Their reply translations (one per flow).
 pub const MAX_REPLIES: u32 = 262_144;
+/// Flows not established yet; the least recently used is forgotten first.
+pub const MAX_NEW_CONNS: u32 = 262_144;
+/// Their reply translations.
+pub const MAX_NEW_REPLIES: u32 = 262_144;
 /// Client flows remembered by backends' nodes in client-IP mode.
 pub const MAX_LEARNED: u32 = 262_144;
 /// Addresses published ports answer on.
@@ -215,6 +229,100 @@ pub struct Rewrite {
     pub smac: [u8; 6],
 }
 
+/// Where a flow is in its life ([`Conn::state`]).
+pub mod state {
+    /// TCP: the client's SYN was balanced; the backend has not answered.
+    pub const TCP_SYN_SENT: u8 = 1;
+    /// TCP: the backend answered with SYN-ACK; the client has not acknowledged it.
+    pub const TCP_SYN_RECV: u8 = 2;
+    /// TCP: both ends spoke; the flow is established.
+    pub const TCP_ESTABLISHED: u8 = 3;
+    /// TCP: one end sent FIN; data may still flow the other way.
+    pub const TCP_CLOSING: u8 = 4;
+    /// TCP: both ends sent FIN, or one reset the connection.
+    pub const TCP_CLOSED: u8 = 5;
+    /// UDP: the client's first datagram was balanced; no reply yet.
+    pub const UDP_NEW: u8 = 6;
+    /// UDP: the backend replied once.
+    pub const UDP_REPLIED: u8 = 7;
+    /// UDP: traffic both ways: an established stream.
+    pub const UDP_STREAM: u8 = 8;
+
+    /// Whether a flow in `state` lives in the established maps.
+    pub const fn established(state: u8) -> bool {
+        matches!(
+            state,
+            TCP_ESTABLISHED | TCP_CLOSING | TCP_CLOSED | UDP_STREAM
+        )
+    }
+}
+
+/// [`Conn::fins`]: the client sent FIN.
+pub const FIN_CLIENT: u8 = 1;
+/// [`Conn::fins`]: the backend sent FIN.
+pub const FIN_BACKEND: u8 = 2;
+
+/// How long a flow lives in each state, in seconds since its last packet (Linux conntrack's
+/// defaults where it has one), and how old a flow not established yet must be before a new
+/// flow may take its translated port when every candidate port is held.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A TCP handshake in progress (conntrack: 120 s SYN_SENT, 60 s SYN_RECV; shorter here, a
+    /// client's retransmitted SYN makes the same flow again).
+    pub tcp_half_open: u32,
+    /// An established TCP connection (conntrack: 5 days).
+    pub tcp_established: u32,
+    /// A TCP connection one end has closed (conntrack: 120 s FIN_WAIT).
+    pub tcp_closing: u32,
+    /// A TCP connection closed or reset (conntrack: 10 s CLOSE).
+    pub tcp_closed: u32,
+    /// A UDP flow without an answer, or with one answer (conntrack: 30 s).
+    pub udp: u32,
+    /// A UDP stream (conntrack: 120 s).
+    pub udp_stream: u32,
+    /// The age from which a flow not established yet yields its translated port to a new flow
+    /// when every candidate port is held (conntrack's early drop of unassured entries). 0 by
+    /// default: under a flood a real client's handshake wins a port at once, and one taken from
+    /// a live handshake costs that client one SYN retransmission (the backend's answer to the
+    /// earlier holder is never delivered, see [`ServiceStats::stale`]).
+    pub takeover: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+impl Timeouts {
+    /// The defaults.
+    pub const DEFAULT: Self = Self {
+        tcp_half_open: 10,
+        tcp_established: 432_000,
+        tcp_closing: 120,
+        tcp_closed: 10,
+        udp: 30,
+        udp_stream: 120,
+        takeover: 0,
+        pad: 0,
+    };
+
+    /// How long a flow in `state` lives after its last packet.
+    pub const fn of(&self, flow_state: u8) -> u32 {
+        match flow_state {
+            state::TCP_SYN_SENT | state::TCP_SYN_RECV => self.tcp_half_open,
+            state::TCP_ESTABLISHED => self.tcp_established,
+            state::TCP_CLOSING => self.tcp_closing,
+            state::TCP_CLOSED => self.tcp_closed,
+            state::UDP_STREAM => self.udp_stream,
+            _ => self.udp,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// A connection the entry node balanced.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -231,6 +339,32 @@ pub struct Conn {
     pub config_epoch: u32,
     /// The encapsulation to the backend's node, when `tunnel.daddr` is set.
     pub tunnel: Tunnel,
+    /// Where the flow is in its life ([`state`]).
+    pub state: u8,
+    /// [`FIN_CLIENT`], [`FIN_BACKEND`].
+    pub fins: u8,
+    /// Zero.
+    pub pad: [u8; 2],
+    /// TCP: the client's initial sequence number (host order): a backend's SYN-ACK must
+    /// acknowledge it, or it belongs to an earlier flow that held the same translated port.
+    pub isn: u32,
+    /// When the flow was made (seconds of the kernel's monotonic clock).
+    pub born: u32,
+    /// When it expires unless a packet comes (same clock).
+    pub expires: u32,
+}
+
+/// The client flow a backend's reply belongs to, from the reply's translation (the reverse of
+/// [`Rewrite`] as the reply maps store it).
+pub const fn client_key(reply: &Rewrite, proto: u8) -> FlowKey {
+    FlowKey {
+        saddr: reply.daddr,
+        daddr: reply.saddr,
+        sport: reply.dport,
+        dport: reply.sport,
+        proto,
+        pad: [0; 3],
+    }
 }
 
 /// The node's place in the ingress network.
@@ -288,10 +422,21 @@ pub struct ServiceStats {
     /// Packets to a published port of a service without backends (left to the node's stack,
     /// which refuses them).
     pub refused: u64,
-    /// Packets dropped because no translation port was free.
+    /// New flows dropped because no translation port was free (every candidate held by a
+    /// live flow): port exhaustion.
     pub dropped: u64,
     /// Client packets encapsulated straight to the backend's node (a subset of `packets`).
     pub tunneled: u64,
+    /// TCP packets that are not a SYN of a new flow and have no flow: left to the node's stack
+    /// (which resets them); no state is kept for them.
+    pub untracked: u64,
+    /// Backend packets of an earlier flow on a translated port now another's: never delivered
+    /// (left to the node's stack, which resets the stale connection).
+    pub stale: u64,
+    /// Flows that stayed with the new ones because the established maps were full.
+    pub full: u64,
+    /// Ports taken from a handshake older than [`Timeouts::takeover`] by a new flow.
+    pub taken_over: u64,
 }
 
 impl ServiceStats {
@@ -305,6 +450,10 @@ impl ServiceStats {
         self.refused = self.refused.wrapping_add(other.refused);
         self.dropped = self.dropped.wrapping_add(other.dropped);
         self.tunneled = self.tunneled.wrapping_add(other.tunneled);
+        self.untracked = self.untracked.wrapping_add(other.untracked);
+        self.stale = self.stale.wrapping_add(other.stale);
+        self.full = self.full.wrapping_add(other.full);
+        self.taken_over = self.taken_over.wrapping_add(other.taken_over);
     }
 }
 
@@ -328,7 +477,8 @@ mod pod {
         super::Conn,
         super::Config,
         super::Learned,
-        super::ServiceStats
+        super::ServiceStats,
+        super::Timeouts
     );
 }
 

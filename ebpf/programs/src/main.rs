@@ -26,6 +26,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod flow;
 mod mesh;
 mod packet;
 mod parse;

@@ -8,10 +8,10 @@
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibLookup,
-    bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_NO_COMMON_LRU, BPF_F_PSEUDO_HDR, BPF_NOEXIST, xdp_action,
+    bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_NO_COMMON_LRU, BPF_F_PSEUDO_HDR, xdp_action},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_redirect, bpf_sk_lookup_udp, bpf_sk_release, bpf_xdp_adjust_head,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -19,24 +19,21 @@ use aya_ebpf::{
 use shoal_abi::{
     mesh::{
         Backend, Config, Conn, FLAG_CLIENT_IP, FlowKey, Frontend, FrontendKey, Learned,
-        MAX_BACKENDS, MAX_CONNS, MAX_FRONTENDS, MAX_LEARNED, MAX_LOCAL_ADDRS, MAX_REPLIES,
-        MAX_SERVICES, NAT_PORT_PROBES, Rewrite, ServiceStats, TABLE_CAPACITY, TUNNEL_OVERHEAD,
-        Tunnel, csum, flow_hash, nat_port, port,
+        MAX_BACKENDS, MAX_FRONTENDS, MAX_LEARNED, MAX_LOCAL_ADDRS, MAX_SERVICES, NAT_PORT_PROBES,
+        Rewrite, ServiceStats, TABLE_CAPACITY, TUNNEL_OVERHEAD, Timeouts, Tunnel, client_key, csum,
+        flow_hash, nat_port, port, state,
     },
     wire::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_HLEN, UDP_HLEN},
 };
 
+use crate::flow::{
+    self, ACK, CONNS, CONNS_NEW, Claim, FIN, REPLIES, REPLIES_NEW, RST, SYN, expired, reply_key,
+};
 use crate::packet::{Header, Packet};
 
 /// Per-CPU LRU lists: inserting a new connection takes no lock shared between CPUs (a CPU evicts
 /// from its own list; entries stay visible to every CPU).
-const LRU_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
-
-#[map(name = "MESH_CONNS")]
-static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(MAX_CONNS, LRU_FLAGS);
-
-#[map(name = "MESH_REPLIES")]
-static REPLIES: LruHashMap<FlowKey, Rewrite> = LruHashMap::with_max_entries(MAX_REPLIES, LRU_FLAGS);
+pub(crate) const LRU_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
 
 #[map(name = "MESH_FRONTENDS")]
 static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::with_max_entries(MAX_FRONTENDS, 0);
@@ -58,6 +55,10 @@ static STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(MAX_SERV
 
 #[map(name = "MESH_CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// One connection's worth of room per CPU, to build a new flow in.
+#[map(name = "MESH_SCRATCH")]
+static SCRATCH: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "MESH_LEARNED")]
 static LEARNED: LruHashMap<FlowKey, Learned> = LruHashMap::with_max_entries(MAX_LEARNED, LRU_FLAGS);
@@ -99,8 +100,16 @@ enum Decision {
     Refused(u32),
     /// No translation port was free.
     Drop(u32),
-    /// Balanced.
-    Balanced(Conn),
+    /// Balanced: the new flow, as kept.
+    Balanced(*const Conn),
+}
+
+/// What the forward path needs of a TCP header.
+#[derive(Clone, Copy)]
+struct Tcp {
+    flags: u8,
+    /// Sequence number, host order.
+    seq: u32,
 }
 
 /// XDP entry: balances published-port packets, passes everything else.
@@ -133,16 +142,105 @@ pub(crate) fn forward(ctx: &XdpContext) -> u32 {
                 if tcp.u8::<12>() >> 4 >= 5
                     && packet.holds(l4, usize::from(tcp.u8::<12>() >> 4) * 4) =>
             {
-                balance::<TCP_HLEN, 16>(ctx, &packet, &eth, &ip, &tcp, IPPROTO_TCP)
+                let seen = Tcp {
+                    flags: tcp.u8::<13>(),
+                    seq: u32::from_be(tcp.raw32::<4>()),
+                };
+                balance::<TCP_HLEN, 16>(ctx, &packet, &eth, &ip, &tcp, IPPROTO_TCP, Some(seen))
             }
             _ => xdp_action::XDP_PASS,
         },
         IPPROTO_UDP => match packet.header::<UDP_HLEN>(l4) {
-            Some(udp) => balance::<UDP_HLEN, 6>(ctx, &packet, &eth, &ip, &udp, IPPROTO_UDP),
+            Some(udp) => balance::<UDP_HLEN, 6>(ctx, &packet, &eth, &ip, &udp, IPPROTO_UDP, None),
             None => xdp_action::XDP_PASS,
         },
         _ => xdp_action::XDP_PASS,
     }
+}
+
+/// The flow `key` as kept, if it is alive: refreshed by this packet, moved to the established
+/// maps when it becomes established. A flow that expired or whose backend or service went is
+/// forgotten (both its entries). Entries are changed in place.
+#[inline(always)]
+fn known_flow(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    tcp: Option<Tcp>,
+    now: u32,
+    timeouts: &Timeouts,
+) -> Option<*const Conn> {
+    if let Some(conn) = CONNS.get_ptr_mut(key) {
+        // SAFETY: a map value, changed in place for the length of this program run (another CPU
+        // may write the same flow's entry: the fields are independent words, and the last write
+        // wins).
+        let conn = unsafe { &mut *conn };
+        if expired(conn, now) || !still_valid(conn) || !retarget(ctx, key, conn) {
+            flow::forget(key, conn);
+            return None;
+        }
+        if let Some(tcp) = tcp {
+            flow::tcp_step(conn, tcp.flags, true);
+        }
+        flow::refresh(conn, now, timeouts);
+        return Some(conn);
+    }
+    let conn = CONNS_NEW.get_ptr_mut(key)?;
+    // SAFETY: as above.
+    let entry = unsafe { &mut *conn };
+    if expired(entry, now) || !still_valid(entry) || !retarget(ctx, key, entry) {
+        flow::forget_new(key, entry);
+        return None;
+    }
+    match tcp {
+        Some(tcp) => {
+            // The client's ACK of the backend's SYN-ACK: established.
+            if entry.state == state::TCP_SYN_RECV && tcp.flags & (ACK | SYN | RST) == ACK {
+                entry.state = state::TCP_ESTABLISHED;
+            }
+            flow::tcp_step(entry, tcp.flags, true);
+        }
+        // More of a flow the backend answered: a stream.
+        None if entry.state == state::UDP_REPLIED => entry.state = state::UDP_STREAM,
+        None => {}
+    }
+    flow::refresh(entry, now, timeouts);
+    if state::established(entry.state) {
+        if let Some(promoted) = flow::promote(key, conn) {
+            return Some(promoted);
+        }
+        if let Some(s) = stats(entry.rewrite.service) {
+            s.full += 1;
+        }
+    }
+    Some(conn)
+}
+
+/// Whether a UDP datagram answers a socket of the node itself (connected to the sender): a
+/// reply to the node's own traffic, never the mesh's, even on a published port.
+#[inline(always)]
+fn own_udp_socket(ctx: &XdpContext, key: &FlowKey) -> bool {
+    // SAFETY: all-zero is a valid tuple (plain integers).
+    let mut tuple: aya_ebpf::bindings::bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // SAFETY: writing the IPv4 member of the union it is.
+    unsafe {
+        let v4 = &mut tuple.__bindgen_anon_1.ipv4;
+        v4.saddr = key.saddr;
+        v4.daddr = key.daddr;
+        v4.sport = key.sport;
+        v4.dport = key.dport;
+    }
+    let size = size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>();
+    // SAFETY: the helper reads `size` bytes of `tuple`, which lives for the call; the current
+    // network namespace (-1), no flags.
+    let sock = unsafe { bpf_sk_lookup_udp(ctx.ctx.cast(), &mut tuple, size as u32, u64::MAX, 0) };
+    if sock.is_null() {
+        return false;
+    }
+    // SAFETY: a socket the helper returned, read before it is released below.
+    let connected = unsafe { (*sock).dst_ip4 == key.saddr && (*sock).dst_port == key.sport };
+    // SAFETY: releases the reference the lookup took, on every path that got one.
+    unsafe { bpf_sk_release(sock.cast()) };
+    connected
 }
 
 #[inline(always)]
@@ -153,6 +251,7 @@ fn balance<const L4: usize, const CHECK: usize>(
     ip: &Header<IPV4_HLEN>,
     l4: &Header<L4>,
     proto: u8,
+    tcp: Option<Tcp>,
 ) -> u32 {
     let key = FlowKey {
         saddr: ip.raw32::<12>(),
@@ -162,17 +261,27 @@ fn balance<const L4: usize, const CHECK: usize>(
         proto,
         pad: [0; 3],
     };
-    let conn = match CONNS.get_ptr(key) {
-        // SAFETY: a pointer from the lookup, read at once into a copy.
-        Some(c) if still_valid(unsafe { &*c }) => unsafe { *c },
-        stale => {
-            if let Some(c) = stale {
-                // The backend went away: forget its reply translation, then re-balance.
-                // SAFETY: as above.
-                let old = unsafe { *c };
-                let _ = REPLIES.remove(reply_key(&old.rewrite, proto));
+    let now = flow::now();
+    let timeouts = flow::timeouts();
+    let conn = match known_flow(ctx, &key, tcp, now, timeouts) {
+        Some(conn) => conn,
+        None => {
+            // Only a SYN (without ACK) opens a TCP flow: anything else without one is the
+            // stack's (a reply to the node's own connection, or a flow forgotten: reset).
+            if let Some(tcp) = tcp
+                && tcp.flags & (SYN | ACK | RST | FIN) != SYN
+            {
+                if let Some(frontend) = frontend_of(&key)
+                    && let Some(s) = stats(frontend.service)
+                {
+                    s.untracked += 1;
+                }
+                return xdp_action::XDP_PASS;
             }
-            match decide(ctx, eth, &key) {
+            if tcp.is_none() && own_udp_socket(ctx, &key) {
+                return xdp_action::XDP_PASS;
+            }
+            match decide(ctx, eth, &key, tcp, now, timeouts) {
                 Decision::Pass => return xdp_action::XDP_PASS,
                 Decision::Refused(service) => {
                     count_refused(service);
@@ -188,6 +297,8 @@ fn balance<const L4: usize, const CHECK: usize>(
             }
         }
     };
+    // SAFETY: a map value, read for the length of this program run.
+    let conn = unsafe { &*conn };
     let rw = &conn.rewrite;
     ip.write::<12, u32>(rw.saddr);
     ip.write::<16, u32>(rw.daddr);
@@ -308,37 +419,57 @@ fn still_valid(conn: &Conn) -> bool {
         .get(conn.backend)
         .is_some_and(|b| b.generation == conn.generation)
         && SERVICES.get(conn.rewrite.service) == Some(&conn.service_generation)
-        && CONFIG.get(0).is_some_and(|c| c.epoch == conn.config_epoch)
 }
 
-/// The key a backend's reply to `rewrite`'s packets carries.
+/// A connection made under an earlier [`Config`]: the same backend and translated port, by
+/// the node's interface and encapsulation as they are now. False when it cannot keep its
+/// translation (the node's ingress address changed).
 #[inline(always)]
-fn reply_key(rewrite: &Rewrite, proto: u8) -> FlowKey {
-    FlowKey {
-        saddr: rewrite.daddr,
-        daddr: rewrite.saddr,
-        sport: rewrite.dport,
-        dport: rewrite.sport,
-        proto,
-        pad: [0; 3],
+fn retarget(ctx: &XdpContext, key: &FlowKey, conn: &mut Conn) -> bool {
+    let Some(config) = CONFIG.get(0).copied() else {
+        return false;
+    };
+    if conn.config_epoch == config.epoch {
+        return true;
     }
+    let translated = conn.rewrite.saddr != key.saddr;
+    if translated && conn.rewrite.saddr != config.ingress_addr {
+        return false;
+    }
+    let vtep = BACKENDS.get(conn.backend).map_or(0, |b| b.vtep);
+    conn.rewrite.ifindex = config.ingress_ifindex;
+    conn.rewrite.smac = config.ingress_mac;
+    conn.tunnel = tunnel_to(ctx, &config, vtep, flow_hash(key)).unwrap_or_default();
+    conn.config_epoch = config.epoch;
+    true
 }
 
-/// Balances a flow without a (valid) connection entry: frontend, Maglev slot, backend,
-/// translation; records the connection and its way back.
+/// The frontend a flow's destination is, when it is one of this node's published ports.
 #[inline(always)]
-fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
+fn frontend_of(key: &FlowKey) -> Option<Frontend> {
     // SAFETY: only the presence is looked at.
-    if unsafe { LOCAL_ADDRS.get(key.daddr) }.is_none() {
-        return Decision::Pass;
-    }
+    unsafe { LOCAL_ADDRS.get(key.daddr) }?;
     let frontend_key = FrontendKey {
         port: key.dport,
         proto: key.proto,
         pad: 0,
     };
     // SAFETY: copied out at once; the value is plain data.
-    let Some(frontend) = (unsafe { FRONTENDS.get(frontend_key) }).copied() else {
+    unsafe { FRONTENDS.get(frontend_key) }.copied()
+}
+
+/// Balances a new flow: frontend, Maglev slot, backend, translated port; records the flow with
+/// the new ones (its connection and its way back).
+#[inline(always)]
+fn decide(
+    ctx: &XdpContext,
+    eth: &Header<ETH_HLEN>,
+    key: &FlowKey,
+    tcp: Option<Tcp>,
+    now: u32,
+    timeouts: &Timeouts,
+) -> Decision {
+    let Some(frontend) = frontend_of(key) else {
         return Decision::Pass;
     };
     if frontend.table_size == 0 {
@@ -378,39 +509,72 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
         smac: config.ingress_mac,
     };
     if frontend.flags & FLAG_CLIENT_IP != 0 {
-        let _ = REPLIES.insert(reply_key(&rewrite, key.proto), reply, 0);
+        let _ = REPLIES_NEW.insert(reply_key(&rewrite, key.proto), reply, u64::from(BPF_ANY));
     } else {
         rewrite.saddr = config.ingress_addr;
-        let mut translated = false;
-        for probe in 0..NAT_PORT_PROBES {
-            rewrite.sport = nat_port(hash, probe);
-            let flags = u64::from(BPF_NOEXIST);
-            let reply_key = reply_key(&rewrite, key.proto);
-            // Free, or already this very flow's (its connection entry was forgotten first).
-            let taken = REPLIES.insert(reply_key, reply, flags).is_err();
-            // SAFETY: compared at once.
-            if !taken || unsafe { REPLIES.get(reply_key) } == Some(&reply) {
-                translated = true;
+        // A free port first; only then one a stale handshake holds.
+        let mut claimed = false;
+        for take_over in [false, true] {
+            for probe in 0..NAT_PORT_PROBES {
+                rewrite.sport = nat_port(hash, probe);
+                match flow::claim(
+                    &reply_key(&rewrite, key.proto),
+                    &reply,
+                    now,
+                    timeouts,
+                    take_over,
+                ) {
+                    Claim::Mine => claimed = true,
+                    Claim::TakenOver => {
+                        if let Some(s) = stats(frontend.service) {
+                            s.taken_over += 1;
+                        }
+                        claimed = true;
+                    }
+                    Claim::Held => {}
+                }
+                if claimed {
+                    break;
+                }
+            }
+            if claimed {
                 break;
             }
         }
-        if !translated {
+        if !claimed {
             return Decision::Drop(frontend.service);
         }
     }
-    let conn = Conn {
-        rewrite,
-        backend: id,
-        generation: backend.generation,
-        service_generation: SERVICES.get(frontend.service).copied().unwrap_or_default(),
-        config_epoch: config.epoch,
-        tunnel: tunnel_to(ctx, &config, backend.vtep, hash).unwrap_or_default(),
+    // Built in this CPU's scratch slot (a connection is too large for the BPF stack twice over).
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Decision::Pass;
     };
-    let _ = CONNS.insert(key, conn, 0);
+    // SAFETY: this CPU's own slot; nothing else uses it while this program runs.
+    let conn = unsafe { &mut *scratch };
+    conn.rewrite = rewrite;
+    conn.backend = id;
+    conn.generation = backend.generation;
+    conn.service_generation = SERVICES.get(frontend.service).copied().unwrap_or_default();
+    conn.config_epoch = config.epoch;
+    conn.tunnel = tunnel_to(ctx, &config, backend.vtep, hash).unwrap_or_default();
+    conn.state = if tcp.is_some() {
+        state::TCP_SYN_SENT
+    } else {
+        state::UDP_NEW
+    };
+    conn.fins = 0;
+    conn.pad = [0; 2];
+    conn.isn = tcp.map_or(0, |t| t.seq);
+    conn.born = now;
+    conn.expires = now;
+    flow::refresh(conn, now, timeouts);
+    // By reference: a copy would take the BPF stack's room.
+    let built: &Conn = conn;
+    let _ = CONNS_NEW.insert(key, built, u64::from(BPF_ANY));
     if let Some(s) = stats(frontend.service) {
         s.connections += 1;
     }
-    Decision::Balanced(conn)
+    Decision::Balanced(scratch)
 }
 
 /// A TC view of an IPv4 TCP/UDP packet: its flow and where its L4 checksum is.
@@ -418,6 +582,18 @@ struct TcFlow {
     key: FlowKey,
     l4: usize,
     check: usize,
+}
+
+/// TCP flags and acknowledgement number (host order) of a TC packet, when TCP.
+#[inline(always)]
+fn tc_tcp(ctx: &TcContext, flow: &TcFlow) -> Option<(u8, u32)> {
+    if flow.key.proto != IPPROTO_TCP {
+        return None;
+    }
+    Some((
+        ctx.load::<u8>(flow.l4 + 13).ok()?,
+        u32::from_be(ctx.load::<u32>(flow.l4 + 8).ok()?),
+    ))
 }
 
 #[inline(always)]
@@ -454,15 +630,97 @@ fn tc_flow(ctx: &TcContext) -> Option<TcFlow> {
     })
 }
 
+/// What a backend's packet is to the flow it claims to answer.
+enum Answer {
+    /// Its flow's: translate it back.
+    Deliver(Rewrite),
+    /// No flow (or one that expired): the node's stack has it (a translated port: the stack
+    /// resets the backend's stale connection).
+    Stack,
+    /// An earlier flow's, on a port another flow now holds, in client-IP mode: dropped (the
+    /// stack would route it to the client).
+    Drop,
+}
+
+/// The flow a backend's packet answers, its state moved by the packet.
+#[inline(always)]
+fn answer(ctx: &TcContext, flow: &TcFlow) -> Answer {
+    let now = flow::now();
+    let timeouts = flow::timeouts();
+    let tcp = tc_tcp(ctx, flow);
+    let proto = flow.key.proto;
+    // SAFETY: copied out at once.
+    if let Some(rw) = unsafe { REPLIES.get(flow.key) }.copied() {
+        let client = client_key(&rw, proto);
+        let Some(conn) = CONNS.get_ptr_mut(client) else {
+            let _ = REPLIES.remove(flow.key);
+            return Answer::Stack;
+        };
+        // SAFETY: a map value changed in place (see `known_flow`).
+        let conn = unsafe { &mut *conn };
+        if expired(conn, now) {
+            flow::forget(&client, conn);
+            return Answer::Stack;
+        }
+        if let Some((flags, _)) = tcp {
+            flow::tcp_step(conn, flags, false);
+        }
+        flow::refresh(conn, now, timeouts);
+        return Answer::Deliver(rw);
+    }
+    // SAFETY: copied out at once.
+    let Some(rw) = (unsafe { REPLIES_NEW.get(flow.key) }).copied() else {
+        return Answer::Stack;
+    };
+    let client = client_key(&rw, proto);
+    let Some(conn) = CONNS_NEW.get_ptr_mut(client) else {
+        let _ = REPLIES_NEW.remove(flow.key);
+        return Answer::Stack;
+    };
+    // SAFETY: as above.
+    let conn = unsafe { &mut *conn };
+    if expired(conn, now) {
+        flow::forget_new(&client, conn);
+        return Answer::Stack;
+    }
+    match tcp {
+        Some((flags, ack)) => {
+            if conn.state == state::TCP_SYN_SENT {
+                // Only the SYN-ACK of this very handshake: anything else is the earlier
+                // holder's of this port (or of this client's tuple).
+                if flags & (SYN | ACK) != (SYN | ACK) || ack != conn.isn.wrapping_add(1) {
+                    if let Some(s) = stats(rw.service) {
+                        s.stale += 1;
+                    }
+                    // Client-IP mode (the client's own address on the backend side): the stack
+                    // would route it to the client.
+                    return if rw.daddr == conn.rewrite.saddr {
+                        Answer::Drop
+                    } else {
+                        Answer::Stack
+                    };
+                }
+                conn.state = state::TCP_SYN_RECV;
+            }
+            flow::tcp_step(conn, flags, false);
+        }
+        None if conn.state == state::UDP_NEW => conn.state = state::UDP_REPLIED,
+        None => {}
+    }
+    flow::refresh(conn, now, timeouts);
+    Answer::Deliver(rw)
+}
+
 /// TC entry on the node's ingress interface: turns backends' replies into the node's replies.
 #[inline(always)]
 pub(crate) fn reply(ctx: &TcContext) -> i32 {
     let Some(flow) = tc_flow(ctx) else {
         return TC_OK;
     };
-    // SAFETY: copied out at once.
-    let Some(rw) = (unsafe { REPLIES.get(flow.key) }).copied() else {
-        return TC_OK;
+    let rw = match answer(ctx, &flow) {
+        Answer::Deliver(rw) => rw,
+        Answer::Stack => return TC_OK,
+        Answer::Drop => return TC_SHOT,
     };
     if rewrite_tc(ctx, &flow, &rw).is_none() {
         return TC_SHOT;
