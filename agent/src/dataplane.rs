@@ -211,7 +211,13 @@ impl NodeDataplane {
                         .into_iter()
                         .map(|(name, mode)| (name, json!({ "xdp": mode.name() })))
                         .collect();
-                    json!({ "interfaces": interfaces, "services": services })
+                    let flows = mesh.flows().unwrap_or_default();
+                    let established = flows.iter().filter(|f| f.established).count();
+                    json!({
+                        "interfaces": interfaces,
+                        "services": services,
+                        "flows": { "established": established, "new": flows.len() - established },
+                    })
                 }
             };
             let left_out: Vec<Value> = dp

@@ -2,7 +2,7 @@
 //! break. A misbehaving node is played by `shoal-hostile`, which speaks the cluster's protocol
 //! with what a real `shoald` never sends. Needs root.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -791,4 +791,122 @@ fn the_ingress_subnet_comes_from_the_address_pool_and_shadows_no_host_route() {
     let cluster: Value = serde_json::from_str(&swarm.ok(&n1, &["swarm", "inspect"])).expect("JSON");
     assert_eq!(cluster[0]["DefaultAddrPool"][0], "10.99.0.0/16");
     assert_eq!(cluster[0]["SubnetSize"], 26);
+}
+
+/// Issue item 5: 400,000 spoofed SYNs at a one-replica service through n1: real clients are
+/// served right after (no waiting), each gets its own answer, and none is ever sent another
+/// flow's handshake (every SYN-ACK the client gets acknowledges a SYN it sent on that port).
+#[test]
+fn a_syn_flood_cannot_starve_a_published_service() {
+    let swarm = Swarm::up(1, 1);
+    let n1 = swarm.host("n1");
+    let tool = labtool_path();
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--replicas",
+            "1",
+            "--publish",
+            "8080:80",
+            "host",
+            &tool,
+            "serve",
+            "--port",
+            "80",
+        ],
+    );
+    wait_running(&swarm, &n1, "web", "web's task", |per| {
+        per.values().sum::<usize>() == 1
+    });
+    let target = format!("{}:8080", n1.public_ip);
+    let waited = wait_until("web to answer through n1", Duration::from_secs(30), || {
+        Ok(who_answers(&swarm, &n1.public_ip.to_string(), 8080, 1).len() == 1)
+    });
+    assert!(waited.is_ok(), "{waited:?}");
+
+    let client = swarm.lab.client().clone();
+    let mut handshakes = client
+        .command("tcpdump")
+        .expect("tcpdump in the client's namespace");
+    handshakes
+        .args(["-i", "eth0", "-n", "-l", "-S"])
+        .arg(format!(
+            "host {} and tcp port 8080 and tcp[tcpflags] & tcp-syn != 0",
+            client.public_ip
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let handshakes = handshakes.spawn().expect("tcpdump starts");
+    std::thread::sleep(Duration::from_millis(500));
+    let flood = hostile(
+        &client,
+        &["syn-flood", "--target", &target, "--count", "400000"],
+    );
+    assert_eq!(flood["sent"], 400_000, "{flood}");
+    // At once: 40 requests, one connection each.
+    let answered = who_answers(&swarm, &n1.public_ip.to_string(), 8080, 40);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(handshakes.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let captured = handshakes.wait_with_output().expect("tcpdump ends");
+    let inspect: Value = serde_json::from_str(&swarm.ok(&n1, &["dataplane", "inspect"]))
+        .expect("dataplane inspect is JSON");
+    let counters = &inspect["mesh"]["services"]["web"];
+    println!("{flood}; web on n1: {counters}");
+    assert_eq!(
+        answered.len(),
+        40,
+        "answers right after the flood: {answered:?}"
+    );
+    let name = answered.first().cloned().unwrap_or_default();
+    assert!(answered.iter().all(|a| *a == name), "{answered:?}");
+    // Every SYN-ACK the client got acknowledges the SYN it sent from that port.
+    let captured = String::from_utf8_lossy(&captured.stdout);
+    let field = |line: &str, name: &str| -> Option<u32> {
+        line.split(&format!(" {name} "))
+            .nth(1)?
+            .split([',', ' '])
+            .next()?
+            .parse()
+            .ok()
+    };
+    let client_ip = client.public_ip.to_string();
+    let mut sent: BTreeMap<String, u32> = BTreeMap::new();
+    let mut acknowledged = 0;
+    for line in captured.lines() {
+        let Some((from, rest)) = line
+            .split_once(" IP ")
+            .map(|(_, r)| r)
+            .and_then(|r| r.split_once(" > "))
+        else {
+            continue;
+        };
+        let to = rest.split(':').next().unwrap_or_default();
+        if line.contains("Flags [S],") && from.starts_with(&client_ip) {
+            sent.insert(from.to_owned(), field(line, "seq").expect("a SYN's seq"));
+        } else if line.contains("Flags [S.],") && to.starts_with(&client_ip) {
+            let ack = field(line, "ack").expect("a SYN-ACK's ack");
+            assert_eq!(
+                sent.get(to).map(|seq| seq.wrapping_add(1)),
+                Some(ack),
+                "a SYN-ACK for a handshake the client did not start on {to}: {line}"
+            );
+            acknowledged += 1;
+        }
+    }
+    assert!(
+        acknowledged >= 40,
+        "{acknowledged} handshakes seen:\n{captured}"
+    );
+    assert!(
+        counters["connections"].as_u64().unwrap_or_default() >= 40,
+        "{counters}"
+    );
 }

