@@ -69,6 +69,10 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // Output piped into `head` ends quietly, as other command-line tools do, instead of
+    // panicking on a closed pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread writes.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(&cli.host, args).await,

@@ -638,6 +638,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_env_entry_without_a_value_takes_the_cli_s_own_or_stays_absent() {
+        assert_eq!(env_from_client("A=1".into()), "A=1");
+        // PATH is set for any test run; this name is not.
+        assert!(env_from_client("PATH".into()).starts_with("PATH="));
+        assert_eq!(
+            env_from_client("SHOAL_NO_SUCH_VARIABLE_42".into()),
+            "SHOAL_NO_SUCH_VARIABLE_42"
+        );
+    }
+
+    #[test]
     fn publish_takes_both_of_dockers_syntaxes() {
         let p = parse_publish("8080:80").unwrap();
         assert_eq!((p.published_port, p.target_port), (8080, 80));
