@@ -28,7 +28,31 @@ const SIX: [&str; 6] = ["web1", "web2", "web3", "web4", "web5", "web6"];
 const PORT: u16 = 8080;
 
 fn cluster(services: Vec<Service>) -> (Lab, Mesh) {
+    cluster_on(Links::Plain, services)
+}
+
+/// How the lab's links are tuned before the daemons start.
+#[derive(Debug, Clone, Copy)]
+enum Links {
+    /// Plain veth pairs, as `Lab::up` makes them (a new user's rig).
+    Plain,
+    /// GRO on the switch's ports only.
+    GroOnly,
+    /// Transmit checksum offload off on the hosts only.
+    ChecksumsOnly,
+    /// Both: links that behave as wires and NICs do.
+    WireLike,
+}
+
+fn cluster_on(links: Links, services: Vec<Service>) -> (Lab, Mesh) {
     let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab up");
+    match links {
+        Links::Plain => Ok(()),
+        Links::GroOnly => lab.gro_on_switch_ports(),
+        Links::ChecksumsOnly => lab.checksums_on_the_wire(),
+        Links::WireLike => lab.wire_like_nics(),
+    }
+    .expect("links tuned");
     lab.spawn_shoald_all().expect("shoald starts in every node");
     let mesh = Mesh::new(&mut lab, TASKS, services).expect("tasks");
     mesh.apply_all(&lab).expect("every node applies its state");
@@ -490,4 +514,67 @@ fn an_interface_without_native_xdp_gets_generic_mode_and_says_so() {
     assert_eq!(v["mesh"]["interfaces"]["eth0"]["xdp"], "native", "{v}");
     let answers = ask(&lab, 0, PORT, false, (44_000, 44_009));
     assert!(answers.iter().all(|(_, a)| a.is_ok()), "{answers:?}");
+}
+
+/// Twenty requests through each node, TCP and UDP, half a second each: the ones that got no
+/// answer, with the backend (and its node) the model says each went to.
+fn unanswered(lab: &Lab, mesh: &Mesh) -> Vec<String> {
+    let pick = model(mesh, &SIX);
+    let mut missing = Vec::new();
+    for node in 0..3 {
+        for (udp, proto) in [(false, 6), (true, 17)] {
+            let first = if udp { 42_000 } else { 32_000 } + 100 * node as u16;
+            let target = format!("{}:{PORT}", node_ip(lab, node));
+            let range = format!("{first}-{}", first + 19);
+            let mut args = vec!["ask", "--target", &target, "--sports", &range];
+            args.extend(["--timeout-ms", "500"]);
+            if udp {
+                args.push("--udp");
+            }
+            let out = labtool(lab.client(), &args).expect("ask runs");
+            assert!(out.status.success(), "{}", text(&out));
+            for (sport, answer) in answers(&out) {
+                if let Err(e) = answer {
+                    let backend = pick(flow(lab, node, sport, PORT, proto));
+                    let on = TASKS.iter().find(|t| t.0 == backend).map_or(9, |t| t.1);
+                    let name = if udp { "udp" } else { "tcp" };
+                    missing.push(format!(
+                        "via node {node}, {name} from {sport} to {backend} on node {on}: {e}"
+                    ));
+                }
+            }
+        }
+    }
+    missing
+}
+
+fn every_request_is_answered_on(links: Links) {
+    let (lab, mesh) = cluster_on(links, vec![Service::web("web", PORT, SIX.to_vec())]);
+    let missing = unanswered(&lab, &mesh);
+    let inspected: Vec<Value> = (0..3).map(|node| inspect(&lab, node)["mesh"].clone()).collect();
+    assert!(
+        missing.is_empty(),
+        "{links:?} links: {} of 120 requests unanswered: {missing:#?}\nmesh: {inspected:#?}",
+        missing.len()
+    );
+}
+
+#[test]
+fn every_request_is_answered_on_plain_veth_links() {
+    every_request_is_answered_on(Links::Plain);
+}
+
+#[test]
+fn every_request_is_answered_with_gro_on_the_switch_only() {
+    every_request_is_answered_on(Links::GroOnly);
+}
+
+#[test]
+fn every_request_is_answered_with_checksums_on_the_wire_only() {
+    every_request_is_answered_on(Links::ChecksumsOnly);
+}
+
+#[test]
+fn every_request_is_answered_on_wire_like_links() {
+    every_request_is_answered_on(Links::WireLike);
 }
