@@ -169,18 +169,19 @@ fn every_node_answers_and_new_connections_spread_evenly_where_the_model_says() {
     assert!(reached.is_ok(), "{reached:?}");
 
     // Counters and the attach mode are visible; connections to tasks on other nodes went
-    // straight to those nodes, encapsulated in XDP.
+    // straight to those nodes, encapsulated (by TC on these plain veth links).
     let mut tunneled = 0;
     for node in 0..3 {
         let v = inspect(&lab, node);
         assert_eq!(v["mesh"]["interfaces"]["eth0"]["xdp"], "native", "{v}");
+        assert_eq!(v["mesh"]["interfaces"]["eth0"]["entry"], "xdp+tc", "{v}");
         let web = &v["mesh"]["services"]["web"];
         assert_eq!(web["backends"], 6, "{v}");
         assert!(web["connections"].as_u64().unwrap() >= 220, "{v}");
         assert!(web["reply_packets"].as_u64().unwrap() > 0, "{v}");
         tunneled += web["tunneled"].as_u64().unwrap();
     }
-    assert!(tunneled > 0, "no packet was encapsulated in XDP");
+    assert!(tunneled > 0, "no packet was encapsulated");
 }
 
 #[test]
@@ -488,7 +489,7 @@ fn a_restarted_daemon_publishes_its_ports_again_by_itself() {
 }
 
 #[test]
-fn an_interface_without_native_xdp_gets_generic_mode_and_says_so() {
+fn an_interface_without_native_xdp_gets_the_tc_entry_alone_and_says_so() {
     let (lab, mesh) = cluster(vec![Service::web("web", PORT, SIX.to_vec())]);
     let n1 = lab.nodes()[0].clone();
     // A bridge has no native XDP support.
@@ -505,12 +506,14 @@ fn an_interface_without_native_xdp_gets_generic_mode_and_says_so() {
     let out = apply(&lab, 0, &state).expect("apply runs");
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("mesh: attached to brx (generic XDP)"),
+        text(&out).contains("mesh: attached to brx (TC: no native XDP here"),
         "{}",
         text(&out)
     );
     let v = inspect(&lab, 0);
-    assert_eq!(v["mesh"]["interfaces"]["brx"]["xdp"], "generic", "{v}");
+    assert_eq!(v["mesh"]["interfaces"]["brx"]["xdp"], "none", "{v}");
+    assert_eq!(v["mesh"]["interfaces"]["brx"]["path"], "in: tc", "{v}");
+    assert_eq!(v["mesh"]["interfaces"]["brx"]["driver"], "bridge", "{v}");
     assert_eq!(v["mesh"]["interfaces"]["eth0"]["xdp"], "native", "{v}");
     let answers = ask(&lab, 0, PORT, false, (44_000, 44_009));
     assert!(answers.iter().all(|(_, a)| a.is_ok()), "{answers:?}");
@@ -551,12 +554,49 @@ fn unanswered(lab: &Lab, mesh: &Mesh) -> Vec<String> {
 fn every_request_is_answered_on(links: Links) {
     let (lab, mesh) = cluster_on(links, vec![Service::web("web", PORT, SIX.to_vec())]);
     let missing = unanswered(&lab, &mesh);
-    let inspected: Vec<Value> = (0..3).map(|node| inspect(&lab, node)["mesh"].clone()).collect();
+    let inspected: Vec<Value> = (0..3)
+        .map(|node| inspect(&lab, node)["mesh"].clone())
+        .collect();
     assert!(
         missing.is_empty(),
         "{links:?} links: {} of 120 requests unanswered: {missing:#?}\nmesh: {inspected:#?}",
         missing.len()
     );
+    // Each node says which path its packets took, and why.
+    let data_takes_xdp = matches!(links, Links::GroOnly | Links::WireLike);
+    let checksums_complete = matches!(links, Links::ChecksumsOnly | Links::WireLike);
+    let sum = |counter: &str| -> u64 {
+        inspected
+            .iter()
+            .map(|m| m["services"]["web"][counter].as_u64().expect("a counter"))
+            .sum()
+    };
+    for m in &inspected {
+        let interfaces = &m["interfaces"];
+        assert_eq!(interfaces["eth0"]["path"], "in: xdp+tc", "{m:#}");
+        assert_eq!(interfaces["eth0"]["driver"], "veth", "{m:#}");
+        assert_eq!(interfaces["shoal0"]["path"], "out: xdp", "{m:#}");
+        let data_path = if data_takes_xdp {
+            "out: xdp"
+        } else {
+            "out: tc (takes no XDP frames)"
+        };
+        assert_eq!(interfaces["eth1"]["path"], data_path, "{m:#}");
+    }
+    assert_eq!(sum("packets"), sum("xdp_packets") + sum("tc_packets"));
+    assert!(sum("tunneled") > 0, "{inspected:#?}");
+    if !data_takes_xdp {
+        assert!(sum("egress_handoffs") > 0, "{inspected:#?}");
+    }
+    if checksums_complete {
+        assert_eq!(sum("checksum_handoffs"), 0, "{inspected:#?}");
+    } else {
+        assert!(sum("checksum_handoffs") > 0, "{inspected:#?}");
+        assert_eq!(sum("xdp_packets"), 0, "{inspected:#?}");
+    }
+    if matches!(links, Links::WireLike) {
+        assert_eq!(sum("tc_packets"), 0, "{inspected:#?}");
+    }
 }
 
 #[test]

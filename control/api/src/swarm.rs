@@ -275,6 +275,10 @@ pub struct NodeDescription {
     /// The executor it runs tasks with: `exec` or `docker`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub executor: String,
+    /// The routing mesh's path on each interface it uses, e.g. `eth0` -> `in: xdp+tc; out: tc
+    /// (takes no XDP frames)` (`shoal dataplane inspect` has the details and counters).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mesh_paths: BTreeMap<String, String>,
 }
 
 /// OS and architecture, as Go names them.

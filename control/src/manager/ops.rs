@@ -429,6 +429,17 @@ fn check_description(
         limits::MAX_SHORT,
     )?;
     limits::check_str("the executor", &d.executor, 16)?;
+    if d.mesh_paths.len() > limits::MAX_MESH_PATHS {
+        return Err(Status::invalid_argument(format!(
+            "the node reports mesh paths for {} interfaces: at most {} are allowed",
+            d.mesh_paths.len(),
+            limits::MAX_MESH_PATHS
+        )));
+    }
+    for (interface, path) in &d.mesh_paths {
+        limits::check_str("a mesh interface's name", interface, 15)?;
+        limits::check_str("a mesh path", path, limits::MAX_SHORT)?;
+    }
     if let Some(problem) = limits::data_path_problem(&d.data_path_addr) {
         return Err(Status::invalid_argument(format!(
             "the node's data-path address: {problem}"

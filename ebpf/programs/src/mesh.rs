@@ -2,9 +2,14 @@
 //! Maglev and a connection table, rewritten and redirected into the ingress network; replies are
 //! rewritten back on their way out. Map layouts are `shoal_abi::mesh`'s.
 //!
+//! Which path a balanced packet takes out (a native XDP redirect, or the TC entry when that would
+//! go wrong) is [`crate::paths`]'s.
+//!
 //! Only unfragmented IPv4 TCP and UDP in untagged Ethernet is balanced. Everything else — IPv6,
 //! VLAN-tagged frames, fragments, other protocols, ports not published, addresses that are not
 //! the node's — is passed to the kernel untouched, as are truncated or malformed headers.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibLookup,
@@ -21,22 +26,25 @@ use shoal_abi::{
         Backend, Config, Conn, FLAG_CLIENT_IP, FlowKey, Frontend, FrontendKey, Learned,
         MAX_BACKENDS, MAX_CONNS, MAX_FRONTENDS, MAX_LEARNED, MAX_LOCAL_ADDRS, MAX_REPLIES,
         MAX_SERVICES, NAT_PORT_PROBES, Rewrite, ServiceStats, TABLE_CAPACITY, TUNNEL_OVERHEAD,
-        Tunnel, csum, flow_hash, nat_port, port,
+        Tunnel, csum, flow_hash, nat_port, port, tunnel_headers,
     },
     wire::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_HLEN, UDP_HLEN},
 };
 
 use crate::packet::{Header, Packet};
+use crate::paths;
 
 /// Per-CPU LRU lists: inserting a new connection takes no lock shared between CPUs (a CPU evicts
 /// from its own list; entries stay visible to every CPU).
 const LRU_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
 
 #[map(name = "MESH_CONNS")]
-static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(MAX_CONNS, LRU_FLAGS);
+pub(crate) static CONNS: LruHashMap<FlowKey, Conn> =
+    LruHashMap::with_max_entries(MAX_CONNS, LRU_FLAGS);
 
 #[map(name = "MESH_REPLIES")]
-static REPLIES: LruHashMap<FlowKey, Rewrite> = LruHashMap::with_max_entries(MAX_REPLIES, LRU_FLAGS);
+pub(crate) static REPLIES: LruHashMap<FlowKey, Rewrite> =
+    LruHashMap::with_max_entries(MAX_REPLIES, LRU_FLAGS);
 
 #[map(name = "MESH_FRONTENDS")]
 static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::with_max_entries(MAX_FRONTENDS, 0);
@@ -63,9 +71,9 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 static LEARNED: LruHashMap<FlowKey, Learned> = LruHashMap::with_max_entries(MAX_LEARNED, LRU_FLAGS);
 
 /// `TC_ACT_OK` (linux/pkt_cls.h): let the packet continue.
-const TC_OK: i32 = 0;
+pub(crate) const TC_OK: i32 = 0;
 /// `TC_ACT_SHOT`: drop it.
-const TC_SHOT: i32 = 2;
+pub(crate) const TC_SHOT: i32 = 2;
 
 /// `ETH_P_IP` as it sits in the packet.
 const ETH_P_IP_RAW: u16 = ETH_P_IP.to_be();
@@ -77,7 +85,7 @@ const IP_SADDR: usize = ETH_HLEN + 12;
 const IP_DADDR: usize = ETH_HLEN + 16;
 
 #[inline(always)]
-fn stats(service: u32) -> Option<&'static mut ServiceStats> {
+pub(crate) fn stats(service: u32) -> Option<&'static mut ServiceStats> {
     let stats = STATS.get_ptr_mut(service)?;
     // SAFETY: this CPU's own value, from the map lookup; XDP and TC run with preemption
     // disabled, so nothing else writes it meanwhile.
@@ -85,9 +93,61 @@ fn stats(service: u32) -> Option<&'static mut ServiceStats> {
 }
 
 #[inline(always)]
-fn count_refused(service: u32) {
+pub(crate) fn count_refused(service: u32) {
     if let Some(s) = stats(service) {
         s.refused += 1;
+    }
+}
+
+/// Where a packet arrived: what balancing a new flow needs to know of it.
+pub(crate) struct Arrival {
+    /// The interface it came in on.
+    pub(crate) ifindex: u32,
+    /// Its Ethernet source (the client's side of the way back).
+    pub(crate) src_mac: [u8; 6],
+    /// Its Ethernet destination (this node's MAC on that interface).
+    pub(crate) dst_mac: [u8; 6],
+    /// The program's context (`xdp_md` or `__sk_buff`), for the kernel's FIB lookup.
+    pub(crate) ctx: *mut c_void,
+}
+
+/// What becomes of a packet that has no connection to follow.
+pub(crate) enum Verdict {
+    /// Not for the mesh: to the node's stack.
+    Pass,
+    /// A published port without backends: to the node's stack, which refuses it. The TC entry
+    /// counts it (it runs behind XDP wherever the mesh attaches, so XDP leaves it uncounted).
+    Refused(u32),
+    /// Dropped (no translation port was free).
+    Drop,
+}
+
+/// The connection a packet of flow `key` follows: its entry, or a new one (balanced now). A
+/// connection whose backend or service changed is forgotten and balanced again.
+#[inline(always)]
+pub(crate) fn connection(arrival: &Arrival, key: &FlowKey) -> Result<Conn, Verdict> {
+    match CONNS.get_ptr(key) {
+        // SAFETY: a pointer from the lookup, read at once into a copy.
+        Some(c) if still_valid(unsafe { &*c }) => Ok(unsafe { *c }),
+        stale => {
+            if let Some(c) = stale {
+                // The backend went away: forget its reply translation, then re-balance.
+                // SAFETY: as above.
+                let old = unsafe { *c };
+                let _ = REPLIES.remove(reply_key(&old.rewrite, key.proto));
+            }
+            match decide(arrival, key) {
+                Decision::Pass => Err(Verdict::Pass),
+                Decision::Refused(service) => Err(Verdict::Refused(service)),
+                Decision::Drop(service) => {
+                    if let Some(s) = stats(service) {
+                        s.dropped += 1;
+                    }
+                    Err(Verdict::Drop)
+                }
+                Decision::Balanced(conn) => Ok(conn),
+            }
+        }
     }
 }
 
@@ -162,32 +222,21 @@ fn balance<const L4: usize, const CHECK: usize>(
         proto,
         pad: [0; 3],
     };
-    let conn = match CONNS.get_ptr(key) {
-        // SAFETY: a pointer from the lookup, read at once into a copy.
-        Some(c) if still_valid(unsafe { &*c }) => unsafe { *c },
-        stale => {
-            if let Some(c) = stale {
-                // The backend went away: forget its reply translation, then re-balance.
-                // SAFETY: as above.
-                let old = unsafe { *c };
-                let _ = REPLIES.remove(reply_key(&old.rewrite, proto));
-            }
-            match decide(ctx, eth, &key) {
-                Decision::Pass => return xdp_action::XDP_PASS,
-                Decision::Refused(service) => {
-                    count_refused(service);
-                    return xdp_action::XDP_PASS;
-                }
-                Decision::Drop(service) => {
-                    if let Some(s) = stats(service) {
-                        s.dropped += 1;
-                    }
-                    return xdp_action::XDP_DROP;
-                }
-                Decision::Balanced(conn) => conn,
-            }
-        }
+    let arrival = Arrival {
+        ifindex: ctx.ingress_ifindex() as u32,
+        src_mac: eth.mac::<6>(),
+        dst_mac: eth.mac::<0>(),
+        ctx: ctx.ctx.cast(),
     };
+    let conn = match connection(&arrival, &key) {
+        Ok(conn) => conn,
+        Err(Verdict::Pass | Verdict::Refused(_)) => return xdp_action::XDP_PASS,
+        Err(Verdict::Drop) => return xdp_action::XDP_DROP,
+    };
+    // A redirect that would go wrong after the program returns is left to the TC entry.
+    if !paths::xdp_can_send(&conn, ip, l4.raw16::<CHECK>(), proto) {
+        return xdp_action::XDP_PASS;
+    }
     let rw = &conn.rewrite;
     ip.write::<12, u32>(rw.saddr);
     ip.write::<16, u32>(rw.daddr);
@@ -239,31 +288,7 @@ fn encapsulate(ctx: &XdpContext, t: &Tunnel, inner_len: usize) -> u32 {
     let Some(h) = packet.header::<TUNNEL_OVERHEAD>(0) else {
         return xdp_action::XDP_DROP;
     };
-    h.write::<0, [u8; 6]>(t.dmac);
-    h.write::<6, [u8; 6]>(t.smac);
-    h.write::<12, u16>(ETH_P_IP_RAW);
-    // IPv4: no options, DF clear (as the kernel's VXLAN sends by default), TTL 64, UDP.
-    h.write::<14, [u8; 2]>([0x45, 0]);
-    h.write::<16, u16>(((inner_len + 36) as u16).to_be());
-    h.write::<18, u32>(0);
-    h.write::<22, [u8; 2]>([64, IPPROTO_UDP]);
-    h.write::<24, u16>(0);
-    h.write::<26, u32>(t.saddr);
-    h.write::<30, u32>(t.daddr);
-    let mut sum: u32 = 0;
-    sum += u32::from(h.raw16::<14>()) + u32::from(h.raw16::<16>());
-    sum += u32::from(h.raw16::<18>()) + u32::from(h.raw16::<20>());
-    sum += u32::from(h.raw16::<22>()) + u32::from(h.raw16::<26>());
-    sum += u32::from(h.raw16::<28>()) + u32::from(h.raw16::<30>());
-    sum += u32::from(h.raw16::<32>());
-    h.write::<24, u16>(!csum::fold(sum));
-    // UDP: no checksum (allowed for VXLAN over IPv4), then the VXLAN header (I flag, VNI).
-    h.write::<34, u16>(t.sport);
-    h.write::<36, u16>(t.dport);
-    h.write::<38, u16>(((inner_len + 16) as u16).to_be());
-    h.write::<40, u16>(0);
-    h.write::<42, u32>(u32::from_ne_bytes([0x08, 0, 0, 0]));
-    h.write::<46, u32>(t.vni);
+    h.write::<0, [u8; TUNNEL_OVERHEAD]>(tunnel_headers(t, inner_len));
     // SAFETY: a plain helper call; it only records where the packet goes.
     unsafe { bpf_redirect(t.ifindex, 0) as u32 }
 }
@@ -271,7 +296,7 @@ fn encapsulate(ctx: &XdpContext, t: &Tunnel, inner_len: usize) -> u32 {
 /// The route and next hop to a backend's node, from the kernel's FIB and neighbour table: the
 /// encapsulation, or `None` (no route or no neighbour entry yet: the bridge path is taken).
 #[inline(always)]
-fn tunnel_to(ctx: &XdpContext, config: &Config, vtep: u32, hash: u32) -> Option<Tunnel> {
+fn tunnel_to(arrival: &Arrival, config: &Config, vtep: u32, hash: u32) -> Option<Tunnel> {
     if vtep == 0 || config.vxlan_port == 0 {
         return None;
     }
@@ -280,13 +305,13 @@ fn tunnel_to(ctx: &XdpContext, config: &Config, vtep: u32, hash: u32) -> Option<
     fib.family = 2; // AF_INET
     fib.l4_protocol = IPPROTO_UDP;
     fib.dport = config.vxlan_port;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.ifindex = arrival.ifindex;
     fib.__bindgen_anon_3.ipv4_src = config.data_addr;
     fib.__bindgen_anon_4.ipv4_dst = vtep;
     // SAFETY: the helper reads and fills `fib`, which lives for the call. A lookup as if
     // forwarding from the interface the packet came in on (the helper requires forwarding to be
     // enabled there; the mesh enables it on the interfaces it attaches to).
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibLookup>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(arrival.ctx, &mut fib, size_of::<FibLookup>() as i32, 0) };
     (rc == 0).then_some(Tunnel {
         saddr: config.data_addr,
         daddr: vtep,
@@ -327,7 +352,7 @@ fn reply_key(rewrite: &Rewrite, proto: u8) -> FlowKey {
 /// Balances a flow without a (valid) connection entry: frontend, Maglev slot, backend,
 /// translation; records the connection and its way back.
 #[inline(always)]
-fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
+fn decide(arrival: &Arrival, key: &FlowKey) -> Decision {
     // SAFETY: only the presence is looked at.
     if unsafe { LOCAL_ADDRS.get(key.daddr) }.is_none() {
         return Decision::Pass;
@@ -362,10 +387,10 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
         daddr: key.saddr,
         sport: key.dport,
         dport: key.sport,
-        ifindex: ctx.ingress_ifindex() as u32,
+        ifindex: arrival.ifindex,
         service: frontend.service,
-        dmac: eth.mac::<6>(),
-        smac: eth.mac::<0>(),
+        dmac: arrival.src_mac,
+        smac: arrival.dst_mac,
     };
     let mut rewrite = Rewrite {
         saddr: key.saddr,
@@ -398,13 +423,15 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
             return Decision::Drop(frontend.service);
         }
     }
+    let tunnel = tunnel_to(arrival, &config, backend.vtep, hash).unwrap_or_default();
     let conn = Conn {
         rewrite,
         backend: id,
         generation: backend.generation,
         service_generation: SERVICES.get(frontend.service).copied().unwrap_or_default(),
         config_epoch: config.epoch,
-        tunnel: tunnel_to(ctx, &config, backend.vtep, hash).unwrap_or_default(),
+        tunnel,
+        egress: paths::egress(&rewrite, &tunnel),
     };
     let _ = CONNS.insert(key, conn, 0);
     if let Some(s) = stats(frontend.service) {
@@ -414,14 +441,14 @@ fn decide(ctx: &XdpContext, eth: &Header<ETH_HLEN>, key: &FlowKey) -> Decision {
 }
 
 /// A TC view of an IPv4 TCP/UDP packet: its flow and where its L4 checksum is.
-struct TcFlow {
-    key: FlowKey,
-    l4: usize,
-    check: usize,
+pub(crate) struct TcFlow {
+    pub(crate) key: FlowKey,
+    pub(crate) l4: usize,
+    pub(crate) check: usize,
 }
 
 #[inline(always)]
-fn tc_flow(ctx: &TcContext) -> Option<TcFlow> {
+pub(crate) fn tc_flow(ctx: &TcContext) -> Option<TcFlow> {
     if ctx.load::<u16>(12).ok()? != ETH_P_IP_RAW {
         return None;
     }
@@ -478,7 +505,7 @@ pub(crate) fn reply(ctx: &TcContext) -> i32 {
 /// Rewrites addresses, ports and MACs of an skb, checksums included (the helpers also handle
 /// checksums the stack left for offload).
 #[inline(always)]
-fn rewrite_tc(ctx: &TcContext, flow: &TcFlow, rw: &Rewrite) -> Option<()> {
+pub(crate) fn rewrite_tc(ctx: &TcContext, flow: &TcFlow, rw: &Rewrite) -> Option<()> {
     let k = &flow.key;
     let mangled = if k.proto == IPPROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
