@@ -15,6 +15,14 @@
 //!    (`shoal-labtool`) drives all of them; each path has its own target ports on the backends,
 //!    so no path meets another's leftovers.
 //!
+//! The lab's links are wire-like (`Lab::wire_like_nics`: XDP carries every balanced packet);
+//! `SHOAL_BENCH_LINKS=plain` keeps them plain veth pairs (the TC entry carries them), and
+//! `wire_like_links` in the output says which.
+//!
+//! The lab's links are wire-like (`Lab::wire_like_nics`: XDP carries every balanced packet);
+//! `SHOAL_BENCH_LINKS=plain` keeps them plain veth pairs (the TC entry carries them), and
+//! `wire_like_links` in the output says which.
+//!
 //! Writes `$SHOAL_BENCH_OUT` (default `target/bench/mesh.json`). Needs root and release builds
 //! of `shoald`, `shoal` and `shoal-labtool` (the xtask builds them).
 
@@ -279,6 +287,13 @@ fn main() {
         ..LabSpec::nodes(3)
     })
     .expect("lab up");
+    // Wire-like links, where XDP carries every balanced packet; `SHOAL_BENCH_LINKS=plain`
+    // measures the plain veth links of a new user's rig, where the TC entry carries them.
+    let plain = std::env::var("SHOAL_BENCH_LINKS").is_ok_and(|v| v == "plain");
+    if !plain {
+        lab.wire_like_nics().expect("wire-like links");
+    }
+    results.insert("wire_like_links".into(), if plain { 0.0 } else { 1.0 });
     lab.spawn_shoald_all().expect("shoald starts in every node");
     let tasks: Vec<(&'static str, usize, u8)> = BACKENDS
         .iter()
