@@ -59,7 +59,7 @@ pub(crate) fn egress(rewrite: &Rewrite, tunnel: &Tunnel) -> u32 {
         rewrite.ifindex
     };
     // SAFETY: only the presence is looked at.
-    if unsafe { EGRESS.get(&out) }.is_some() {
+    if unsafe { EGRESS.get(out) }.is_some() {
         EGRESS_XDP
     } else {
         0
