@@ -4,10 +4,12 @@
 //! daemon starts: the WireGuard engine and the routing mesh's programs live in the daemon, and
 //! come back without anyone applying again.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use shoal_dataplane::mesh::EntryPath;
 use shoal_dataplane::overlay::layout::TunnelState;
 use shoal_dataplane::overlay::{ApplyError, Dataplane, DesiredState};
 use tokio::sync::Mutex;
@@ -19,6 +21,8 @@ pub(crate) struct NodeDataplane {
     root: PathBuf,
     saved: PathBuf,
     inner: Arc<Mutex<Option<Dataplane>>>,
+    /// The mesh's path on each interface, as of the last apply (read without waiting for one).
+    mesh_paths: Arc<std::sync::Mutex<BTreeMap<String, String>>>,
 }
 
 impl NodeDataplane {
@@ -27,6 +31,7 @@ impl NodeDataplane {
             root: data_root.join("netns"),
             saved: data_root.join("dataplane-state.json"),
             inner: Arc::new(Mutex::new(None)),
+            mesh_paths: Arc::default(),
         }
     }
 
@@ -50,6 +55,14 @@ impl NodeDataplane {
         });
     }
 
+    /// The routing mesh's path on each interface it uses, as of the last apply.
+    pub(crate) fn mesh_paths(&self) -> BTreeMap<String, String> {
+        self.mesh_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Applies the last state applied before the daemon stopped, if any, in the background. The
     /// lock is taken first, so an apply that arrives meanwhile runs after it.
     pub(crate) async fn restore(&self) {
@@ -65,9 +78,14 @@ impl NodeDataplane {
         };
         let mut guard = self.inner.clone().lock_owned().await;
         let root = self.root.clone();
+        let paths = self.mesh_paths.clone();
         tokio::spawn(async move {
             let result = match ensure(&mut guard, &root) {
-                Ok(dp) => dp.apply(&state).await.map_err(|e| e.to_string()),
+                Ok(dp) => {
+                    let applied = dp.apply(&state).await.map_err(|e| e.to_string());
+                    remember_paths(dp, &paths);
+                    applied
+                }
                 Err(e) => Err(e.message().to_owned()),
             };
             match result {
@@ -101,12 +119,15 @@ impl NodeDataplane {
         let inner = self.inner.clone();
         let root = self.root.clone();
         let saved = self.saved.clone();
+        let paths = self.mesh_paths.clone();
         let state_json = serde_json::to_string_pretty(&state)
             .map_err(|e| Status::internal(format!("encoding the data-plane state: {e}")))?;
         tokio::spawn(async move {
             let mut guard = inner.lock_owned().await;
             let dp = ensure(&mut guard, &root)?;
-            match dp.apply(&state).await {
+            let applied = dp.apply(&state).await;
+            remember_paths(dp, &paths);
+            match applied {
                 Ok(applied) => {
                     let path = saved.clone();
                     tokio::task::spawn_blocking(move || save(&path, &state_json))
@@ -202,14 +223,37 @@ impl NodeDataplane {
                                     "stale": c.stale,
                                     "full": c.full,
                                     "taken_over": c.taken_over,
+                                    "xdp_packets": c.packets.saturating_sub(c.tc_packets),
+                                    "tc_packets": c.tc_packets,
+                                    "checksum_handoffs": c.checksum_handoffs,
+                                    "egress_handoffs": c.egress_handoffs,
                                 }),
                             )
                         })
                         .collect();
                     let interfaces: serde_json::Map<String, Value> = mesh
-                        .interfaces()
+                        .links()
                         .into_iter()
-                        .map(|(name, mode)| (name, json!({ "xdp": mode.name() })))
+                        .map(|(name, link)| {
+                            // How balanced packets come in (public interfaces), whether they
+                            // leave by it, and the path each way.
+                            let xdp = link.entry.map(|entry| match entry {
+                                EntryPath::Xdp => "native",
+                                EntryPath::Tc => "none",
+                            });
+                            let summary = link.summary();
+                            (
+                                name,
+                                json!({
+                                    "driver": link.driver,
+                                    "takes_xdp_frames": link.takes_xdp_frames,
+                                    "xdp": xdp,
+                                    "entry": link.entry.map(EntryPath::name),
+                                    "egress": link.egress,
+                                    "path": summary,
+                                }),
+                            )
+                        })
                         .collect();
                     let flows = mesh.flows().unwrap_or_default();
                     let established = flows.iter().filter(|f| f.established).count();
@@ -251,4 +295,18 @@ fn ensure<'a>(
         *slot = Some(dataplane);
     }
     Ok(slot.as_mut().expect("set above"))
+}
+
+/// Keeps the mesh's path on each interface for the node's description.
+fn remember_paths(dp: &Dataplane, paths: &std::sync::Mutex<BTreeMap<String, String>>) {
+    let now: BTreeMap<String, String> = dp
+        .mesh()
+        .map(|mesh| {
+            mesh.links()
+                .into_iter()
+                .map(|(name, link)| (name, link.summary()))
+                .collect()
+        })
+        .unwrap_or_default();
+    *paths.lock().unwrap_or_else(|e| e.into_inner()) = now;
 }

@@ -318,6 +318,7 @@ impl SwarmNode {
                 }
             },
             executor: self.worker.executor().to_owned(),
+            mesh_paths: self.worker.mesh_paths(),
         }
     }
 

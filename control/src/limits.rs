@@ -37,6 +37,8 @@ pub const MAX_ARGS: usize = 1_024;
 pub const MAX_LABELS: usize = 256;
 /// A label key, a hostname, a platform string: bytes, at most.
 pub const MAX_SHORT: usize = 255;
+/// Interfaces a node reports the routing mesh's path for (`NodeDescription::mesh_paths`).
+pub const MAX_MESH_PATHS: usize = 64;
 /// An image reference: bytes, at most.
 pub const MAX_IMAGE: usize = 512;
 /// One env entry, one argument, one label value: bytes, at most.

@@ -15,6 +15,14 @@
 //!    (`shoal-labtool`) drives all of them; each path has its own target ports on the backends,
 //!    so no path meets another's leftovers.
 //!
+//! The lab's links are wire-like (`Lab::wire_like_nics`: XDP carries every balanced packet);
+//! `SHOAL_BENCH_LINKS=plain` keeps them plain veth pairs (the TC entry carries them), and
+//! `wire_like_links` in the output says which.
+//!
+//! The lab's links are wire-like (`Lab::wire_like_nics`: XDP carries every balanced packet);
+//! `SHOAL_BENCH_LINKS=plain` keeps them plain veth pairs (the TC entry carries them), and
+//! `wire_like_links` in the output says which.
+//!
 //! Writes `$SHOAL_BENCH_OUT` (default `target/bench/mesh.json`). Needs root and release builds
 //! of `shoald`, `shoal` and `shoal-labtool` (the xtask builds them).
 
@@ -94,8 +102,17 @@ fn test_run_figures() -> BTreeMap<String, f64> {
     };
     let mut mesh =
         Programs::load().unwrap_or_else(|e| panic!("loading the programs: {e} (needs root)"));
+    // `shoal0` (index 7 here) takes native XDP redirects, as on a node: XDP carries the packet.
+    mesh.set_xdp_egress(BTreeSet::from([7]))
+        .expect("egress map");
     mesh.program(&plan, 7).expect("maps");
     let established = udp_frame(40_000, 53);
+    // The figure is XDP's own path: the packet is redirected, not left to TC.
+    let first = mesh.programs().test_run(XDP_MESH, &established, 1);
+    assert_eq!(
+        first.map(|r| r.verdict).ok(),
+        Some(shoal_dataplane::bpf::XdpVerdict::Redirect)
+    );
     let mut run = |name: &'static str, packet: &[u8], repeat: u32| {
         mesh.programs()
             .test_run(name, packet, repeat)
@@ -103,7 +120,6 @@ fn test_run_figures() -> BTreeMap<String, f64> {
             .per_run
             .as_nanos() as f64
     };
-    run(XDP_MESH, &established, 1); // the connection exists from here on
     let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut sport = 1_000_u16;
     for _ in 0..ROUNDS {
@@ -279,6 +295,13 @@ fn main() {
         ..LabSpec::nodes(3)
     })
     .expect("lab up");
+    // Wire-like links, where XDP carries every balanced packet; `SHOAL_BENCH_LINKS=plain`
+    // measures the plain veth links of a new user's rig, where the TC entry carries them.
+    let plain = std::env::var("SHOAL_BENCH_LINKS").is_ok_and(|v| v == "plain");
+    if !plain {
+        lab.wire_like_nics().expect("wire-like links");
+    }
+    results.insert("wire_like_links".into(), if plain { 0.0 } else { 1.0 });
     lab.spawn_shoald_all().expect("shoald starts in every node");
     let tasks: Vec<(&'static str, usize, u8)> = BACKENDS
         .iter()

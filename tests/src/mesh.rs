@@ -90,9 +90,8 @@ impl Mesh {
     }
 
     /// The mesh over an existing overlay (which must include [`INGRESS`]): starts a responder
-    /// in each of `responders`, and prepares the lab's public links as physical wires are
-    /// (checksums complete on the wire: a native XDP redirect cannot finish a checksum a sender
-    /// left to offload).
+    /// in each of `responders`. The lab's links stay as they are (plain veth pairs unless the
+    /// caller made them wire-like).
     pub fn over(
         lab: &mut Lab,
         overlay: Overlay,
@@ -103,7 +102,6 @@ impl Mesh {
         for name in responders {
             mesh.start(lab, name)?;
         }
-        lab.wire_like_nics()?;
         Ok(mesh)
     }
 

@@ -27,8 +27,6 @@ impl Swarm {
     /// [`Swarm::daemons`], each `shoald` started with `shoald` flags too.
     pub fn daemons_with(nodes: usize, shoald: &[&str]) -> Self {
         let mut lab = Lab::up(LabSpec::nodes(nodes)).expect("lab up");
-        lab.wire_like_nics()
-            .expect("the lab's links prepared for the mesh");
         if !shoald.is_empty() {
             lab.set_shoald_args(shoald);
         }

@@ -84,6 +84,23 @@ fn the_walkthrough_spreads_publishes_and_drains() {
         assert!(waited.is_ok(), "{}: {seen:?}", node.name);
     }
 
+    // Each node says how the mesh carries packets on its links: on these plain veth links XDP
+    // takes packets in on eth0 and leaves them to TC where it cannot send them (eth0 is also
+    // the data-path interface, and its peer takes no XDP frames).
+    for node in &nodes {
+        let mut paths = Value::Null;
+        let waited = wait_until(
+            &format!("{}'s mesh paths in node inspect", node.name),
+            Duration::from_secs(40),
+            || {
+                paths = swarm.inspect(&n1, &node.name)["Description"]["MeshPaths"].clone();
+                Ok(paths["eth0"] == "in: xdp+tc; out: tc (takes no XDP frames)"
+                    && paths["shoal0"] == "out: xdp")
+            },
+        );
+        assert!(waited.is_ok(), "{}: {paths:#}", node.name);
+    }
+
     // Drain n2: its tasks move to n1 and n3, and n2 keeps answering on 8080.
     swarm.ok(&n1, &["node", "update", "--availability", "drain", "n2"]);
     wait_running(

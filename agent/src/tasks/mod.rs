@@ -256,6 +256,11 @@ impl Worker {
         self.inner.executor.kind().name()
     }
 
+    /// The routing mesh's path on each interface it uses, as nodes report it.
+    pub(crate) fn mesh_paths(&self) -> BTreeMap<String, String> {
+        self.inner.dataplane.mesh_paths()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }

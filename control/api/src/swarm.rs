@@ -298,6 +298,10 @@ pub struct NodeDescription {
     /// Its certificate: what it trusts, who issued it, when it expires.
     #[serde(rename = "TLSInfo", default)]
     pub tls_info: NodeTlsInfo,
+    /// The routing mesh's path on each interface it uses, e.g. `eth0` -> `in: xdp+tc; out: tc
+    /// (takes no XDP frames)` (`shoal dataplane inspect` has the details and counters).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mesh_paths: BTreeMap<String, String>,
 }
 
 /// A node's certificate as the node reports it (Docker's `TLSInfo`, and its expiry).

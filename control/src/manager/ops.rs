@@ -622,6 +622,17 @@ fn check_description(
         1024,
     )?;
     limits::check_str("the certificate's expiry", &tls.cert_expiry, 64)?;
+    if d.mesh_paths.len() > limits::MAX_MESH_PATHS {
+        return Err(Status::invalid_argument(format!(
+            "the node reports mesh paths for {} interfaces: at most {} are allowed",
+            d.mesh_paths.len(),
+            limits::MAX_MESH_PATHS
+        )));
+    }
+    for (interface, path) in &d.mesh_paths {
+        limits::check_str("a mesh interface's name", interface, 15)?;
+        limits::check_str("a mesh path", path, limits::MAX_SHORT)?;
+    }
     if let Some(problem) = limits::data_path_problem(&d.data_path_addr) {
         return Err(Status::invalid_argument(format!(
             "the node's data-path address: {problem}"

@@ -10,9 +10,12 @@
 //!
 //! - [`model`]: the `"mesh"` part of the desired state, validated into a [`model::MeshPlan`].
 //! - [`maglev`]: Maglev tables (pure).
-//! - [`Mesh`]: loads the programs, attaches them (native XDP, generic as a fallback, the mode
-//!   reported) and programs the maps from a plan without a moment where a published port has an
-//!   empty or half-written table.
+//! - [`Mesh`]: loads the programs, attaches them (native XDP with the TC entry behind it, or the
+//!   TC entry alone where the driver has no native XDP; the paths reported) and programs the maps
+//!   from a plan without a moment where a published port has an empty or half-written table.
+//! - [`links`]: what the node's devices can take, as the kernel says: XDP redirects go natively
+//!   only to devices that take XDP frames; packets whose checksum was left to offload take the
+//!   TC entry too (see `ebpf/programs/src/paths.rs`).
 //!
 //! Client-IP mode (`"client_ip": "preserve"`, and `mode=host` ports) keeps the client's address:
 //! the backend's node remembers through which entry node a flow came (`shoal_tc_mesh_learn` on
@@ -20,6 +23,7 @@
 //! (`shoal_tc_mesh_steer` on the ingress bridge, the tasks' gateway), where they leave as in SNAT
 //! mode. See `docs/mesh.md`.
 
+pub mod links;
 pub mod maglev;
 pub mod model;
 
@@ -36,7 +40,7 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 pub use shoal_abi::mesh::Timeouts;
 use shoal_abi::mesh::{
     self as abi, Backend, Config, Conn, FLAG_CLIENT_IP, FLAG_HOST, FlowKey, Frontend, FrontendKey,
-    MAX_BACKENDS, MAX_SERVICES, Rewrite, ServiceStats, TABLE_CAPACITY,
+    MAX_BACKENDS, MAX_EGRESS, MAX_SERVICES, Rewrite, ServiceStats, TABLE_CAPACITY,
 };
 use shoal_abi::programs;
 
@@ -86,22 +90,53 @@ fn program_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> Me
     }
 }
 
-/// How an XDP program runs on an interface.
+/// How balanced packets arriving on a public interface are taken in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XdpAttachMode {
-    /// In the driver (native).
-    Native,
-    /// In the kernel's generic path (slower; used when the driver has no XDP support).
-    Generic,
+pub enum EntryPath {
+    /// Native XDP, with the TC entry behind it for the packets XDP cannot redirect correctly.
+    Xdp,
+    /// The TC entry alone: the driver has no native XDP.
+    Tc,
 }
 
-impl XdpAttachMode {
-    /// `native` or `generic`.
+impl EntryPath {
+    /// `xdp+tc` or `tc`.
     pub const fn name(self) -> &'static str {
         match self {
-            Self::Native => "native",
-            Self::Generic => "generic",
+            Self::Xdp => "xdp+tc",
+            Self::Tc => "tc",
         }
+    }
+}
+
+/// How the mesh uses one of the node's interfaces, for `inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkReport {
+    /// Its driver, as `ethtool -i` names it (empty if the kernel did not say).
+    pub driver: String,
+    /// Whether the kernel says it takes frames redirected by XDP.
+    pub takes_xdp_frames: bool,
+    /// How balanced packets arriving on it are taken in, if it is a public interface.
+    pub entry: Option<EntryPath>,
+    /// Whether balanced packets leave by it (`shoal0`, the data-path interface).
+    pub egress: bool,
+}
+
+impl LinkReport {
+    /// One line: `in: xdp+tc; out: tc (takes no XDP frames)`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(entry) = self.entry {
+            parts.push(format!("in: {}", entry.name()));
+        }
+        if self.egress {
+            parts.push(if self.takes_xdp_frames {
+                "out: xdp".to_owned()
+            } else {
+                "out: tc (takes no XDP frames)".to_owned()
+            });
+        }
+        parts.join("; ")
     }
 }
 
@@ -196,6 +231,11 @@ struct MapState {
     frontends: BTreeMap<FrontendKey, Frontend>,
     local_addrs: BTreeSet<Ipv4Addr>,
     config: Config,
+    /// The devices in the egress map (those that take native XDP redirects).
+    egress: BTreeSet<u32>,
+    /// The egress map changed since the config was last written: connections must pick their
+    /// path again.
+    egress_changed: bool,
 }
 
 impl Default for MapState {
@@ -212,6 +252,8 @@ impl Default for MapState {
             frontends: BTreeMap::new(),
             local_addrs: BTreeSet::new(),
             config: Config::default(),
+            egress: BTreeSet::new(),
+            egress_changed: false,
         }
     }
 }
@@ -229,13 +271,22 @@ impl MapState {
 /// Programs attached to interfaces; dropping a link detaches it.
 #[derive(Debug, Default)]
 struct Links {
-    /// Public interfaces: (ifindex, mode, link).
-    entry: BTreeMap<String, (u32, XdpAttachMode, XdpLink)>,
+    /// Public interfaces.
+    entry: BTreeMap<String, EntryLinks>,
     /// `shoal0`: (ifindex, link).
     reply: Option<(u32, SchedClassifierLink)>,
     /// Inside the ingress network's namespace: the ifindexes they were attached to (the
     /// namespace's bridge, VXLAN device and the node's port), and the links.
     ingress: Option<((u32, u32, u32), IngressLinks)>,
+}
+
+/// The entry programs on a public interface.
+#[derive(Debug)]
+struct EntryLinks {
+    ifindex: u32,
+    /// Native XDP, where the driver has it.
+    xdp: Option<XdpLink>,
+    _tc: SchedClassifierLink,
 }
 
 #[derive(Debug)]
@@ -282,6 +333,7 @@ impl Mesh {
             programs.xdp(name)?;
         }
         for name in [
+            programs::TC_MESH_ENTRY,
             programs::TC_MESH_REPLY,
             programs::TC_MESH_LEARN,
             programs::TC_MESH_STEER,
@@ -388,6 +440,7 @@ impl Mesh {
         let mut changes = Vec::new();
         let ingress_ifindex = ifindex(model::INGRESS_INTERFACE)?;
         self.attach(plan, ingress_ifindex, ingress, &mut changes)?;
+        changes.extend(self.refresh_egress()?);
         changes.extend(self.program(plan, ingress_ifindex)?);
         Ok(changes)
     }
@@ -410,7 +463,7 @@ impl Mesh {
             .links
             .entry
             .iter()
-            .filter(|(name, (index, ..))| wanted.get(name.as_str()) != Some(index))
+            .filter(|(name, links)| wanted.get(name.as_str()) != Some(&links.ifindex))
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
@@ -428,11 +481,21 @@ impl Mesh {
                 context: format!("enabling IPv4 forwarding on {name} ({forwarding})"),
                 source,
             })?;
-            let (mode, link) = self.attach_xdp(programs::XDP_MESH, name, index)?;
-            changes.push(format!("mesh: attached to {name} ({} XDP)", mode.name()));
-            self.links
-                .entry
-                .insert(name.to_owned(), (index, mode, link));
+            // TC first: from the moment XDP runs, what it passes on finds the TC entry.
+            let tc = self.attach_tc(programs::TC_MESH_ENTRY, name, TcAttachType::Ingress)?;
+            let xdp = self.attach_native_xdp(programs::XDP_MESH, name, index);
+            changes.push(match &xdp {
+                Ok(_) => format!("mesh: attached to {name} (native XDP, TC behind it)"),
+                Err(e) => format!("mesh: attached to {name} (TC: no native XDP here: {e})"),
+            });
+            self.links.entry.insert(
+                name.to_owned(),
+                EntryLinks {
+                    ifindex: index,
+                    xdp: xdp.ok(),
+                    _tc: tc,
+                },
+            );
         }
 
         // The way back, on shoal0.
@@ -466,7 +529,7 @@ impl Mesh {
         if self.links.ingress.as_ref().map(|(i, _)| *i) != Some(inside) {
             self.links.ingress = None;
             let links = self.in_namespace(ingress.netns, |mesh| {
-                let (_, pass) = mesh.attach_xdp(programs::XDP_PASS, ingress.port, inside.2)?;
+                let pass = mesh.attach_xdp(programs::XDP_PASS, ingress.port, inside.2)?;
                 Ok(IngressLinks {
                     _pass: pass,
                     _learn_port: mesh.attach_tc(
@@ -517,37 +580,88 @@ impl Mesh {
         })
     }
 
+    /// Attaches an XDP program natively; the error says why not (the TC entry then takes its
+    /// place: generic XDP would run on the same skb as TC, without its checksum helpers).
+    fn attach_native_xdp(
+        &mut self,
+        name: &'static str,
+        interface: &str,
+        index: u32,
+    ) -> Result<XdpLink, MeshError> {
+        let xdp: &mut Xdp = self.programs.xdp(name)?;
+        let id = xdp
+            .attach_to_if_index(index, XdpMode::Driver)
+            .map_err(|e| MeshError::Io {
+                context: format!("attaching native XDP to {interface}"),
+                source: io::Error::other(e.to_string()),
+            })?;
+        xdp.take_link(id).map_err(program_err(name))
+    }
+
+    /// Asks the kernel which devices take native XDP redirects and lists them in the egress
+    /// map; connections pick their path again when that changed. Without an answer (a kernel
+    /// before 6.3) no device is listed, and every balanced packet takes the TC entry.
+    pub fn refresh_egress(&mut self) -> Result<Vec<String>, MeshError> {
+        let taken = match links::xdp_frames_taken() {
+            Ok(devices) => devices
+                .into_iter()
+                .filter(|(_, takes)| *takes)
+                .map(|(index, _)| index)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which devices take XDP frames: the mesh redirects by TC only");
+                BTreeSet::new()
+            }
+        };
+        Ok(if self.set_xdp_egress(taken)? {
+            vec!["mesh: the devices that take native XDP redirects changed".to_owned()]
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// Lists `devices` (ifindexes) as those native XDP redirects may go to, the rest leaving
+    /// by the TC entry; whether that changed anything. [`Mesh::apply`] asks the kernel
+    /// ([`Mesh::refresh_egress`]); packet tests set it themselves.
+    pub fn set_xdp_egress(&mut self, devices: BTreeSet<u32>) -> Result<bool, MeshError> {
+        if devices == self.state.egress {
+            return Ok(false);
+        }
+        let devices: BTreeSet<u32> = devices.into_iter().take(MAX_EGRESS as usize).collect();
+        let ebpf = self.programs.ebpf_mut();
+        let mut map: HashMap<&mut MapData, u32, u32> = hash(ebpf, abi::EGRESS_MAP)?;
+        for gone in self.state.egress.difference(&devices) {
+            map.remove(gone).map_err(map_err(abi::EGRESS_MAP))?;
+        }
+        for new in devices.difference(&self.state.egress) {
+            map.insert(new, 1, 0).map_err(map_err(abi::EGRESS_MAP))?;
+        }
+        self.state.egress = devices;
+        self.state.egress_changed = true;
+        Ok(true)
+    }
+
     /// Attaches an XDP program natively, or generically if the driver cannot.
     fn attach_xdp(
         &mut self,
         name: &'static str,
         interface: &str,
         index: u32,
-    ) -> Result<(XdpAttachMode, XdpLink), MeshError> {
+    ) -> Result<XdpLink, MeshError> {
         let xdp: &mut Xdp = self.programs.xdp(name)?;
-        let (mode, id) = match xdp.attach_to_if_index(index, XdpMode::Driver) {
-            Ok(id) => (XdpAttachMode::Native, id),
-            Err(native) => match xdp.attach_to_if_index(index, XdpMode::Skb) {
-                Ok(id) => {
-                    tracing::warn!(
-                        interface,
-                        error = %native,
-                        "native XDP is not available; running the routing mesh in generic mode"
-                    );
-                    (XdpAttachMode::Generic, id)
-                }
-                Err(e) => {
-                    return Err(MeshError::Io {
+        let id = match xdp.attach_to_if_index(index, XdpMode::Driver) {
+            Ok(id) => id,
+            Err(native) => {
+                xdp.attach_to_if_index(index, XdpMode::Skb)
+                    .map_err(|e| MeshError::Io {
                         context: format!(
                             "attaching XDP to {interface} (native: {native}; generic)"
                         ),
                         source: io::Error::other(e.to_string()),
-                    });
-                }
-            },
+                    })?
+            }
         };
-        let link = xdp.take_link(id).map_err(program_err(name))?;
-        Ok((mode, link))
+        xdp.take_link(id).map_err(program_err(name))
     }
 
     fn attach_tc(
@@ -597,7 +711,9 @@ impl Mesh {
             epoch: state.config.epoch,
             ..config
         };
-        if config != state.config {
+        // The egress map changed: connections pick their path (native XDP or TC) again.
+        let egress_changed = std::mem::take(&mut state.egress_changed);
+        if config != state.config || egress_changed {
             let config = Config {
                 epoch: state.config.epoch.wrapping_add(1),
                 ..config
@@ -942,13 +1058,41 @@ impl Mesh {
         Ok(out)
     }
 
-    /// The public interfaces the entry program is attached to, and how.
-    pub fn interfaces(&self) -> BTreeMap<String, XdpAttachMode> {
-        self.links
-            .entry
-            .iter()
-            .map(|(name, (_, mode, _))| (name.clone(), *mode))
-            .collect()
+    /// The interfaces the mesh takes packets in by (its public interfaces) and sends them out
+    /// by (`shoal0` and the data-path interface), with the path each takes.
+    pub fn links(&self) -> BTreeMap<String, LinkReport> {
+        let report = |index: u32| LinkReport {
+            driver: String::new(),
+            takes_xdp_frames: self.state.egress.contains(&index),
+            entry: None,
+            egress: false,
+        };
+        let mut out: BTreeMap<String, LinkReport> = BTreeMap::new();
+        for (name, links) in &self.links.entry {
+            let entry = if links.xdp.is_some() {
+                EntryPath::Xdp
+            } else {
+                EntryPath::Tc
+            };
+            out.entry(name.clone())
+                .or_insert_with(|| report(links.ifindex))
+                .entry = Some(entry);
+        }
+        let data = self.state.config.data_addr;
+        let data_if = (data != 0)
+            .then(|| interface_with(Ipv4Addr::from(data.to_ne_bytes())))
+            .flatten();
+        let ingress =
+            (self.state.config.ingress_ifindex != 0).then(|| model::INGRESS_INTERFACE.to_owned());
+        for name in [ingress, data_if].into_iter().flatten() {
+            if let Ok(index) = ifindex_io(&name) {
+                out.entry(name).or_insert_with(|| report(index)).egress = true;
+            }
+        }
+        for (name, link) in &mut out {
+            link.driver = links::driver(name).unwrap_or_default();
+        }
+        out
     }
 }
 
@@ -1027,6 +1171,14 @@ fn hash<'a, K: aya::Pod, V: aya::Pod>(
     name: &'static str,
 ) -> Result<HashMap<&'a mut MapData, K, V>, MeshError> {
     HashMap::try_from(ebpf.map_mut(name).ok_or(BpfError::NoMap(name))?).map_err(map_err(name))
+}
+
+/// The interface holding IPv4 address `addr`, if any.
+fn interface_with(addr: Ipv4Addr) -> Option<String> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        let ip = a.address?.as_sockaddr_in()?.ip();
+        (ip == addr).then_some(a.interface_name)
+    })
 }
 
 fn ifindex_io(name: &str) -> io::Result<u32> {

@@ -23,6 +23,10 @@ pub mod programs {
     /// The routing mesh's entry (XDP, on the node's public interfaces): published-port packets
     /// are rewritten towards a backend and redirected into the ingress network.
     pub const XDP_MESH: &str = "shoal_xdp_mesh";
+    /// The routing mesh's entry as a TC program (TC ingress, on the same interfaces): balances
+    /// what XDP cannot redirect correctly (checksums left to offload, egress devices that take
+    /// no XDP frames), and everything on interfaces without native XDP.
+    pub const TC_MESH_ENTRY: &str = "shoal_tc_mesh_entry";
     /// The routing mesh's way back (TC ingress, on the node's interface in the ingress network):
     /// backends' replies are rewritten to come from the address the client contacted and sent
     /// out of the interface the client's packet came in on.

@@ -54,6 +54,12 @@ pub const CONFIG_MAP: &str = "MESH_CONFIG";
 /// [`FlowKey`] of the backend's reply -> [`Learned`]).
 pub const LEARNED_MAP: &str = "MESH_LEARNED";
 
+/// Devices a native XDP redirect may send frames to (hash, ifindex -> 1): those the kernel says
+/// take XDP frames (netdev `xdp-features` has `ndo-xmit`). A veth does only while its peer runs
+/// an XDP program or has GRO on; a redirect to any other device is dropped after the program
+/// returns, unseen. Connections to others are carried by the TC entry.
+pub const EGRESS_MAP: &str = "MESH_EGRESS";
+
 /// Services with counters (indices of [`STATS_MAP`]).
 pub const MAX_SERVICES: u32 = 1024;
 /// Published ports.
@@ -74,6 +80,11 @@ pub const MAX_NEW_REPLIES: u32 = 262_144;
 pub const MAX_LEARNED: u32 = 262_144;
 /// Addresses published ports answer on.
 pub const MAX_LOCAL_ADDRS: u32 = 256;
+/// Devices in [`EGRESS_MAP`].
+pub const MAX_EGRESS: u32 = 256;
+
+/// [`Conn::egress`]: the device the connection's packets leave by takes native XDP redirects.
+pub const EGRESS_XDP: u32 = 1;
 
 /// Source ports the entry node translates clients to: `NAT_PORT_MIN..=65535`.
 pub const NAT_PORT_MIN: u16 = 1024;
@@ -205,6 +216,42 @@ pub struct Tunnel {
 
 /// Bytes the encapsulation adds: Ethernet, IPv4, UDP, VXLAN.
 pub const TUNNEL_OVERHEAD: usize = 14 + 20 + 8 + 8;
+
+/// The headers put in front of a frame of `inner_len` bytes (its Ethernet header included) to
+/// carry it to `t`'s node, exactly as the kernel's VXLAN device would: outer Ethernet to the
+/// next hop; IPv4 without options, DF clear, TTL 64; UDP without checksum (allowed for VXLAN
+/// over IPv4); VXLAN with the I flag and the VNI.
+#[inline(always)]
+pub fn tunnel_headers(t: &Tunnel, inner_len: usize) -> [u8; TUNNEL_OVERHEAD] {
+    let mut h = [0_u8; TUNNEL_OVERHEAD];
+    let put = |h: &mut [u8; TUNNEL_OVERHEAD], at: usize, bytes: &[u8]| {
+        let mut i = 0;
+        while i < bytes.len() {
+            h[at + i] = bytes[i];
+            i += 1;
+        }
+    };
+    put(&mut h, 0, &t.dmac);
+    put(&mut h, 6, &t.smac);
+    put(&mut h, 12, &[0x08, 0x00, 0x45, 0]);
+    put(&mut h, 16, &((inner_len + 36) as u16).to_be_bytes());
+    put(&mut h, 22, &[64, 17]);
+    put(&mut h, 26, &t.saddr.to_ne_bytes());
+    put(&mut h, 30, &t.daddr.to_ne_bytes());
+    let mut sum: u32 = 0;
+    let mut i = 14;
+    while i < 34 {
+        sum += u32::from(u16::from_ne_bytes([h[i], h[i + 1]]));
+        i += 2;
+    }
+    put(&mut h, 24, &(!csum::fold(sum)).to_ne_bytes());
+    put(&mut h, 34, &t.sport.to_ne_bytes());
+    put(&mut h, 36, &t.dport.to_ne_bytes());
+    put(&mut h, 38, &((inner_len + 16) as u16).to_be_bytes());
+    put(&mut h, 42, &[0x08, 0, 0, 0]);
+    put(&mut h, 46, &t.vni.to_ne_bytes());
+    h
+}
 
 /// A packet rewrite: the new addresses and ports, Ethernet addresses and the interface the
 /// packet is redirected to.
@@ -352,6 +399,9 @@ pub struct Conn {
     pub born: u32,
     /// When it expires unless a packet comes (same clock).
     pub expires: u32,
+    /// [`EGRESS_XDP`] when the device the packets leave by (the ingress interface, or the
+    /// tunnel's) takes native XDP redirects; otherwise XDP leaves them to the TC entry.
+    pub egress: u32,
 }
 
 /// The client flow a backend's reply belongs to, from the reply's translation (the reverse of
@@ -437,6 +487,13 @@ pub struct ServiceStats {
     pub full: u64,
     /// Ports taken from a handshake older than [`Timeouts::takeover`] by a new flow.
     pub taken_over: u64,
+    /// Client packets balanced by the TC entry rather than XDP (a subset of `packets`).
+    pub tc_packets: u64,
+    /// Packets XDP left to the TC entry because their checksum was left to offload (a local
+    /// sender's on a veth): a native redirect would send them with a wrong one.
+    pub checksum_handoffs: u64,
+    /// Packets XDP left to the TC entry because the device they leave by takes no XDP frames.
+    pub egress_handoffs: u64,
 }
 
 impl ServiceStats {
@@ -454,6 +511,9 @@ impl ServiceStats {
         self.stale = self.stale.wrapping_add(other.stale);
         self.full = self.full.wrapping_add(other.full);
         self.taken_over = self.taken_over.wrapping_add(other.taken_over);
+        self.tc_packets = self.tc_packets.wrapping_add(other.tc_packets);
+        self.checksum_handoffs = self.checksum_handoffs.wrapping_add(other.checksum_handoffs);
+        self.egress_handoffs = self.egress_handoffs.wrapping_add(other.egress_handoffs);
     }
 }
 
@@ -529,6 +589,20 @@ pub mod csum {
         !fold(sum)
     }
 
+    /// The pseudo-header sum of an IPv4 TCP or UDP packet (`l4_len` in host order), folded:
+    /// what its checksum field holds while the checksum is left to offload (the kernel's
+    /// `CHECKSUM_PARTIAL`: the device, or whoever finishes it, adds the rest). A complete checksum
+    /// holds this value only by chance (about one packet in 65,536).
+    pub const fn pseudo_header(saddr: u32, daddr: u32, proto: u8, l4_len: u16) -> u16 {
+        let sum = (saddr & 0xffff)
+            + (saddr >> 16)
+            + (daddr & 0xffff)
+            + (daddr >> 16)
+            + u16::from_ne_bytes([0, proto]) as u32
+            + u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
+        fold(sum)
+    }
+
     /// The checksum after replacing 16-bit word `old` by `new`.
     pub const fn replace16(check: u16, old: u16, new: u16) -> u16 {
         let sum = (!check) as u32 + (!old) as u32 + new as u32;
@@ -591,6 +665,49 @@ mod tests {
         let updated = csum::replace32(check, old, new);
         header[10..12].copy_from_slice(&updated.to_ne_bytes());
         assert_eq!(csum::compute(&header), 0);
+    }
+
+    #[test]
+    fn a_checksum_left_to_offload_is_the_folded_pseudo_header_and_completes_to_a_valid_one() {
+        // A UDP datagram from 192.168.1.10:40000 to 10.0.0.2:8080 with 5 bytes of payload.
+        let (saddr, daddr) = (addr([192, 168, 1, 10]), addr([10, 0, 0, 2]));
+        let mut udp = [
+            0x9c, 0x40, 0x1f, 0x90, 0, 13, 0, 0, b'h', b'e', b'l', b'l', b'o',
+        ];
+        let partial = csum::pseudo_header(saddr, daddr, 17, 13);
+        // What a device finishing it does: sum from the L4 header on, seeded by the field.
+        udp[6..8].copy_from_slice(&partial.to_ne_bytes());
+        let finished = csum::compute(&udp);
+        let mut whole = [0_u8; 12 + 13];
+        whole[..12].copy_from_slice(&[192, 168, 1, 10, 10, 0, 0, 2, 0, 17, 0, 13]);
+        whole[12..].copy_from_slice(&udp);
+        whole[12 + 6..12 + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(finished, csum::compute(&whole));
+    }
+
+    #[test]
+    fn tunnel_headers_carry_a_valid_ipv4_checksum_and_the_lengths() {
+        let t = Tunnel {
+            saddr: addr([192, 0, 2, 1]),
+            daddr: addr([192, 0, 2, 2]),
+            ifindex: 3,
+            vni: u32::from_ne_bytes([0, 0x10, 0x04, 0]),
+            sport: port(50_000),
+            dport: port(4789),
+            dmac: [2, 0, 0, 0, 0, 2],
+            smac: [2, 0, 0, 0, 0, 1],
+        };
+        let h = tunnel_headers(&t, 100);
+        assert_eq!(csum::compute(&h[14..34]), 0);
+        assert_eq!(h[0..12], [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
+        assert_eq!(h[12..16], [0x08, 0, 0x45, 0]);
+        assert_eq!(u16::from_be_bytes([h[16], h[17]]), 136);
+        assert_eq!(h[23], 17);
+        assert_eq!(h[26..34], [192, 0, 2, 1, 192, 0, 2, 2]);
+        assert_eq!(u16::from_be_bytes([h[34], h[35]]), 50_000);
+        assert_eq!(u16::from_be_bytes([h[36], h[37]]), 4789);
+        assert_eq!(u16::from_be_bytes([h[38], h[39]]), 116);
+        assert_eq!(h[40..50], [0, 0, 0x08, 0, 0, 0, 0, 0x10, 0x04, 0]);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!
 //!   packet ──> XDP (shoal_xdp_mesh) ──> mesh.rs: published port? Maglev + connection table,
 //!                                      rewrite, redirect into the ingress network | XDP_PASS
+//!          └─> TC (shoal_tc_mesh_entry) ─> paths.rs: the same, on the skb, for what XDP
+//!                                      cannot redirect correctly (checksums, egress devices)
 //!   reply  ──> TC (shoal_tc_mesh_reply) ──> rewrite back, redirect out of the public interface
 //! ```
 //!
@@ -30,6 +32,7 @@ mod flow;
 mod mesh;
 mod packet;
 mod parse;
+mod paths;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -78,6 +81,12 @@ pub fn shoal_xdp_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn shoal_xdp_mesh(ctx: XdpContext) -> u32 {
     mesh::forward(&ctx)
+}
+
+/// The routing mesh's entry as TC, behind XDP on the same interfaces (see [`paths`]).
+#[classifier]
+pub fn shoal_tc_mesh_entry(ctx: TcContext) -> i32 {
+    paths::entry(&ctx)
 }
 
 /// The routing mesh's way back, on the node's ingress interface.

@@ -2,9 +2,14 @@
 //! Maglev and a connection table, rewritten and redirected into the ingress network; replies are
 //! rewritten back on their way out. Map layouts are `shoal_abi::mesh`'s.
 //!
+//! Which path a balanced packet takes out (a native XDP redirect, or the TC entry when that would
+//! go wrong) is [`crate::paths`]'s.
+//!
 //! Only unfragmented IPv4 TCP and UDP in untagged Ethernet is balanced. Everything else — IPv6,
 //! VLAN-tagged frames, fragments, other protocols, ports not published, addresses that are not
 //! the node's — is passed to the kernel untouched, as are truncated or malformed headers.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibLookup,
@@ -21,7 +26,7 @@ use shoal_abi::{
         Backend, Config, Conn, FLAG_CLIENT_IP, FlowKey, Frontend, FrontendKey, Learned,
         MAX_BACKENDS, MAX_FRONTENDS, MAX_LEARNED, MAX_LOCAL_ADDRS, MAX_SERVICES, NAT_PORT_PROBES,
         Rewrite, ServiceStats, TABLE_CAPACITY, TUNNEL_OVERHEAD, Timeouts, Tunnel, client_key, csum,
-        flow_hash, nat_port, port, state,
+        flow_hash, nat_port, port, state, tunnel_headers,
     },
     wire::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_HLEN, UDP_HLEN},
 };
@@ -30,6 +35,7 @@ use crate::flow::{
     self, ACK, CONNS, CONNS_NEW, Claim, FIN, REPLIES, REPLIES_NEW, RST, SYN, expired, reply_key,
 };
 use crate::packet::{Header, Packet};
+use crate::paths;
 
 /// Per-CPU LRU lists: inserting a new connection takes no lock shared between CPUs (a CPU evicts
 /// from its own list; entries stay visible to every CPU).
@@ -64,9 +70,9 @@ static SCRATCH: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
 static LEARNED: LruHashMap<FlowKey, Learned> = LruHashMap::with_max_entries(MAX_LEARNED, LRU_FLAGS);
 
 /// `TC_ACT_OK` (linux/pkt_cls.h): let the packet continue.
-const TC_OK: i32 = 0;
+pub(crate) const TC_OK: i32 = 0;
 /// `TC_ACT_SHOT`: drop it.
-const TC_SHOT: i32 = 2;
+pub(crate) const TC_SHOT: i32 = 2;
 
 /// `ETH_P_IP` as it sits in the packet.
 const ETH_P_IP_RAW: u16 = ETH_P_IP.to_be();
@@ -78,7 +84,7 @@ const IP_SADDR: usize = ETH_HLEN + 12;
 const IP_DADDR: usize = ETH_HLEN + 16;
 
 #[inline(always)]
-fn stats(service: u32) -> Option<&'static mut ServiceStats> {
+pub(crate) fn stats(service: u32) -> Option<&'static mut ServiceStats> {
     let stats = STATS.get_ptr_mut(service)?;
     // SAFETY: this CPU's own value, from the map lookup; XDP and TC run with preemption
     // disabled, so nothing else writes it meanwhile.
@@ -86,9 +92,79 @@ fn stats(service: u32) -> Option<&'static mut ServiceStats> {
 }
 
 #[inline(always)]
-fn count_refused(service: u32) {
+pub(crate) fn count_refused(service: u32) {
     if let Some(s) = stats(service) {
         s.refused += 1;
+    }
+}
+
+/// Where a packet arrived: what balancing a new flow needs to know of it.
+pub(crate) struct Arrival {
+    /// The interface it came in on.
+    pub(crate) ifindex: u32,
+    /// Its Ethernet source (the client's side of the way back).
+    pub(crate) src_mac: [u8; 6],
+    /// Its Ethernet destination (this node's MAC on that interface).
+    pub(crate) dst_mac: [u8; 6],
+    /// The program's context (`xdp_md` or `__sk_buff`), for the kernel's FIB lookup.
+    pub(crate) ctx: *mut c_void,
+}
+
+/// What becomes of a packet that has no connection to follow.
+pub(crate) enum Verdict {
+    /// Not for the mesh: to the node's stack.
+    Pass,
+    /// A published port without backends: to the node's stack, which refuses it. The TC entry
+    /// counts it (it runs behind XDP wherever the mesh attaches, so XDP leaves it uncounted).
+    Refused(u32),
+    /// A TCP packet that is not a SYN of a new flow, and has none: to the node's stack (which
+    /// resets it), no state kept. Counted by the TC entry, as `Refused`.
+    Untracked(Option<u32>),
+    /// Dropped (no translation port was free).
+    Drop,
+}
+
+/// What the forward path needs of a TCP header.
+#[derive(Clone, Copy)]
+pub(crate) struct Tcp {
+    pub(crate) flags: u8,
+    /// Sequence number, host order.
+    pub(crate) seq: u32,
+}
+
+/// The connection a packet of flow `key` follows: its flow (moved along by the packet), or a
+/// new one (balanced now) when the packet may open one.
+#[inline(always)]
+pub(crate) fn connection(
+    arrival: &Arrival,
+    key: &FlowKey,
+    tcp: Option<Tcp>,
+) -> Result<*const Conn, Verdict> {
+    let now = flow::now();
+    let timeouts = flow::timeouts();
+    if let Some(conn) = known_flow(arrival, key, tcp, now, timeouts) {
+        return Ok(conn);
+    }
+    // Only a SYN (without ACK) opens a TCP flow: anything else without one is the stack's (a
+    // reply to the node's own connection, or a flow forgotten: reset).
+    if let Some(tcp) = tcp
+        && tcp.flags & (SYN | ACK | RST | FIN) != SYN
+    {
+        return Err(Verdict::Untracked(frontend_of(key).map(|f| f.service)));
+    }
+    if tcp.is_none() && own_udp_socket(arrival, key) {
+        return Err(Verdict::Pass);
+    }
+    match decide(arrival, key, tcp, now, timeouts) {
+        Decision::Pass => Err(Verdict::Pass),
+        Decision::Refused(service) => Err(Verdict::Refused(service)),
+        Decision::Drop(service) => {
+            if let Some(s) = stats(service) {
+                s.dropped += 1;
+            }
+            Err(Verdict::Drop)
+        }
+        Decision::Balanced(conn) => Ok(conn),
     }
 }
 
@@ -102,14 +178,6 @@ enum Decision {
     Drop(u32),
     /// Balanced: the new flow, as kept.
     Balanced(*const Conn),
-}
-
-/// What the forward path needs of a TCP header.
-#[derive(Clone, Copy)]
-struct Tcp {
-    flags: u8,
-    /// Sequence number, host order.
-    seq: u32,
 }
 
 /// XDP entry: balances published-port packets, passes everything else.
@@ -163,7 +231,7 @@ pub(crate) fn forward(ctx: &XdpContext) -> u32 {
 /// forgotten (both its entries). Entries are changed in place.
 #[inline(always)]
 fn known_flow(
-    ctx: &XdpContext,
+    arrival: &Arrival,
     key: &FlowKey,
     tcp: Option<Tcp>,
     now: u32,
@@ -174,7 +242,7 @@ fn known_flow(
         // may write the same flow's entry: the fields are independent words, and the last write
         // wins).
         let conn = unsafe { &mut *conn };
-        if expired(conn, now) || !still_valid(conn) || !retarget(ctx, key, conn) {
+        if expired(conn, now) || !still_valid(conn) || !retarget(arrival, key, conn) {
             flow::forget(key, conn);
             return None;
         }
@@ -187,7 +255,7 @@ fn known_flow(
     let conn = CONNS_NEW.get_ptr_mut(key)?;
     // SAFETY: as above.
     let entry = unsafe { &mut *conn };
-    if expired(entry, now) || !still_valid(entry) || !retarget(ctx, key, entry) {
+    if expired(entry, now) || !still_valid(entry) || !retarget(arrival, key, entry) {
         flow::forget_new(key, entry);
         return None;
     }
@@ -218,7 +286,7 @@ fn known_flow(
 /// Whether a UDP datagram answers a socket of the node itself (connected to the sender): a
 /// reply to the node's own traffic, never the mesh's, even on a published port.
 #[inline(always)]
-fn own_udp_socket(ctx: &XdpContext, key: &FlowKey) -> bool {
+fn own_udp_socket(arrival: &Arrival, key: &FlowKey) -> bool {
     // SAFETY: all-zero is a valid tuple (plain integers).
     let mut tuple: aya_ebpf::bindings::bpf_sock_tuple = unsafe { core::mem::zeroed() };
     // SAFETY: writing the IPv4 member of the union it is.
@@ -232,7 +300,7 @@ fn own_udp_socket(ctx: &XdpContext, key: &FlowKey) -> bool {
     let size = size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>();
     // SAFETY: the helper reads `size` bytes of `tuple`, which lives for the call; the current
     // network namespace (-1), no flags.
-    let sock = unsafe { bpf_sk_lookup_udp(ctx.ctx.cast(), &mut tuple, size as u32, u64::MAX, 0) };
+    let sock = unsafe { bpf_sk_lookup_udp(arrival.ctx, &mut tuple, size as u32, u64::MAX, 0) };
     if sock.is_null() {
         return false;
     }
@@ -261,44 +329,26 @@ fn balance<const L4: usize, const CHECK: usize>(
         proto,
         pad: [0; 3],
     };
-    let now = flow::now();
-    let timeouts = flow::timeouts();
-    let conn = match known_flow(ctx, &key, tcp, now, timeouts) {
-        Some(conn) => conn,
-        None => {
-            // Only a SYN (without ACK) opens a TCP flow: anything else without one is the
-            // stack's (a reply to the node's own connection, or a flow forgotten: reset).
-            if let Some(tcp) = tcp
-                && tcp.flags & (SYN | ACK | RST | FIN) != SYN
-            {
-                if let Some(frontend) = frontend_of(&key)
-                    && let Some(s) = stats(frontend.service)
-                {
-                    s.untracked += 1;
-                }
-                return xdp_action::XDP_PASS;
-            }
-            if tcp.is_none() && own_udp_socket(ctx, &key) {
-                return xdp_action::XDP_PASS;
-            }
-            match decide(ctx, eth, &key, tcp, now, timeouts) {
-                Decision::Pass => return xdp_action::XDP_PASS,
-                Decision::Refused(service) => {
-                    count_refused(service);
-                    return xdp_action::XDP_PASS;
-                }
-                Decision::Drop(service) => {
-                    if let Some(s) = stats(service) {
-                        s.dropped += 1;
-                    }
-                    return xdp_action::XDP_DROP;
-                }
-                Decision::Balanced(conn) => conn,
-            }
+    let arrival = Arrival {
+        ifindex: ctx.ingress_ifindex() as u32,
+        src_mac: eth.mac::<6>(),
+        dst_mac: eth.mac::<0>(),
+        ctx: ctx.ctx.cast(),
+    };
+    let conn = match connection(&arrival, &key, tcp) {
+        Ok(conn) => conn,
+        // Counted by the TC entry, which runs behind XDP wherever the mesh attaches.
+        Err(Verdict::Pass | Verdict::Refused(_) | Verdict::Untracked(_)) => {
+            return xdp_action::XDP_PASS;
         }
+        Err(Verdict::Drop) => return xdp_action::XDP_DROP,
     };
     // SAFETY: a map value, read for the length of this program run.
     let conn = unsafe { &*conn };
+    // A redirect that would go wrong after the program returns is left to the TC entry.
+    if !paths::xdp_can_send(conn, ip, l4.raw16::<CHECK>(), proto) {
+        return xdp_action::XDP_PASS;
+    }
     let rw = &conn.rewrite;
     ip.write::<12, u32>(rw.saddr);
     ip.write::<16, u32>(rw.daddr);
@@ -350,31 +400,7 @@ fn encapsulate(ctx: &XdpContext, t: &Tunnel, inner_len: usize) -> u32 {
     let Some(h) = packet.header::<TUNNEL_OVERHEAD>(0) else {
         return xdp_action::XDP_DROP;
     };
-    h.write::<0, [u8; 6]>(t.dmac);
-    h.write::<6, [u8; 6]>(t.smac);
-    h.write::<12, u16>(ETH_P_IP_RAW);
-    // IPv4: no options, DF clear (as the kernel's VXLAN sends by default), TTL 64, UDP.
-    h.write::<14, [u8; 2]>([0x45, 0]);
-    h.write::<16, u16>(((inner_len + 36) as u16).to_be());
-    h.write::<18, u32>(0);
-    h.write::<22, [u8; 2]>([64, IPPROTO_UDP]);
-    h.write::<24, u16>(0);
-    h.write::<26, u32>(t.saddr);
-    h.write::<30, u32>(t.daddr);
-    let mut sum: u32 = 0;
-    sum += u32::from(h.raw16::<14>()) + u32::from(h.raw16::<16>());
-    sum += u32::from(h.raw16::<18>()) + u32::from(h.raw16::<20>());
-    sum += u32::from(h.raw16::<22>()) + u32::from(h.raw16::<26>());
-    sum += u32::from(h.raw16::<28>()) + u32::from(h.raw16::<30>());
-    sum += u32::from(h.raw16::<32>());
-    h.write::<24, u16>(!csum::fold(sum));
-    // UDP: no checksum (allowed for VXLAN over IPv4), then the VXLAN header (I flag, VNI).
-    h.write::<34, u16>(t.sport);
-    h.write::<36, u16>(t.dport);
-    h.write::<38, u16>(((inner_len + 16) as u16).to_be());
-    h.write::<40, u16>(0);
-    h.write::<42, u32>(u32::from_ne_bytes([0x08, 0, 0, 0]));
-    h.write::<46, u32>(t.vni);
+    h.write::<0, [u8; TUNNEL_OVERHEAD]>(tunnel_headers(t, inner_len));
     // SAFETY: a plain helper call; it only records where the packet goes.
     unsafe { bpf_redirect(t.ifindex, 0) as u32 }
 }
@@ -382,7 +408,7 @@ fn encapsulate(ctx: &XdpContext, t: &Tunnel, inner_len: usize) -> u32 {
 /// The route and next hop to a backend's node, from the kernel's FIB and neighbour table: the
 /// encapsulation, or `None` (no route or no neighbour entry yet: the bridge path is taken).
 #[inline(always)]
-fn tunnel_to(ctx: &XdpContext, config: &Config, vtep: u32, hash: u32) -> Option<Tunnel> {
+fn tunnel_to(arrival: &Arrival, config: &Config, vtep: u32, hash: u32) -> Option<Tunnel> {
     if vtep == 0 || config.vxlan_port == 0 {
         return None;
     }
@@ -391,13 +417,13 @@ fn tunnel_to(ctx: &XdpContext, config: &Config, vtep: u32, hash: u32) -> Option<
     fib.family = 2; // AF_INET
     fib.l4_protocol = IPPROTO_UDP;
     fib.dport = config.vxlan_port;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.ifindex = arrival.ifindex;
     fib.__bindgen_anon_3.ipv4_src = config.data_addr;
     fib.__bindgen_anon_4.ipv4_dst = vtep;
     // SAFETY: the helper reads and fills `fib`, which lives for the call. A lookup as if
     // forwarding from the interface the packet came in on (the helper requires forwarding to be
     // enabled there; the mesh enables it on the interfaces it attaches to).
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibLookup>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(arrival.ctx, &mut fib, size_of::<FibLookup>() as i32, 0) };
     (rc == 0).then_some(Tunnel {
         saddr: config.data_addr,
         daddr: vtep,
@@ -425,7 +451,7 @@ fn still_valid(conn: &Conn) -> bool {
 /// the node's interface and encapsulation as they are now. False when it cannot keep its
 /// translation (the node's ingress address changed).
 #[inline(always)]
-fn retarget(ctx: &XdpContext, key: &FlowKey, conn: &mut Conn) -> bool {
+fn retarget(arrival: &Arrival, key: &FlowKey, conn: &mut Conn) -> bool {
     let Some(config) = CONFIG.get(0).copied() else {
         return false;
     };
@@ -439,7 +465,9 @@ fn retarget(ctx: &XdpContext, key: &FlowKey, conn: &mut Conn) -> bool {
     let vtep = BACKENDS.get(conn.backend).map_or(0, |b| b.vtep);
     conn.rewrite.ifindex = config.ingress_ifindex;
     conn.rewrite.smac = config.ingress_mac;
-    conn.tunnel = tunnel_to(ctx, &config, vtep, flow_hash(key)).unwrap_or_default();
+    conn.tunnel = tunnel_to(arrival, &config, vtep, flow_hash(key)).unwrap_or_default();
+    // The devices that take XDP frames may have changed too (they bump the epoch).
+    conn.egress = paths::egress(&conn.rewrite, &conn.tunnel);
     conn.config_epoch = config.epoch;
     true
 }
@@ -462,8 +490,7 @@ fn frontend_of(key: &FlowKey) -> Option<Frontend> {
 /// the new ones (its connection and its way back).
 #[inline(always)]
 fn decide(
-    ctx: &XdpContext,
-    eth: &Header<ETH_HLEN>,
+    arrival: &Arrival,
     key: &FlowKey,
     tcp: Option<Tcp>,
     now: u32,
@@ -493,10 +520,10 @@ fn decide(
         daddr: key.saddr,
         sport: key.dport,
         dport: key.sport,
-        ifindex: ctx.ingress_ifindex() as u32,
+        ifindex: arrival.ifindex,
         service: frontend.service,
-        dmac: eth.mac::<6>(),
-        smac: eth.mac::<0>(),
+        dmac: arrival.src_mac,
+        smac: arrival.dst_mac,
     };
     let mut rewrite = Rewrite {
         saddr: key.saddr,
@@ -556,7 +583,8 @@ fn decide(
     conn.generation = backend.generation;
     conn.service_generation = SERVICES.get(frontend.service).copied().unwrap_or_default();
     conn.config_epoch = config.epoch;
-    conn.tunnel = tunnel_to(ctx, &config, backend.vtep, hash).unwrap_or_default();
+    conn.tunnel = tunnel_to(arrival, &config, backend.vtep, hash).unwrap_or_default();
+    conn.egress = paths::egress(&conn.rewrite, &conn.tunnel);
     conn.state = if tcp.is_some() {
         state::TCP_SYN_SENT
     } else {
@@ -578,10 +606,10 @@ fn decide(
 }
 
 /// A TC view of an IPv4 TCP/UDP packet: its flow and where its L4 checksum is.
-struct TcFlow {
-    key: FlowKey,
-    l4: usize,
-    check: usize,
+pub(crate) struct TcFlow {
+    pub(crate) key: FlowKey,
+    pub(crate) l4: usize,
+    pub(crate) check: usize,
 }
 
 /// TCP flags and acknowledgement number (host order) of a TC packet, when TCP.
@@ -597,7 +625,7 @@ fn tc_tcp(ctx: &TcContext, flow: &TcFlow) -> Option<(u8, u32)> {
 }
 
 #[inline(always)]
-fn tc_flow(ctx: &TcContext) -> Option<TcFlow> {
+pub(crate) fn tc_flow(ctx: &TcContext) -> Option<TcFlow> {
     if ctx.load::<u16>(12).ok()? != ETH_P_IP_RAW {
         return None;
     }
@@ -736,7 +764,7 @@ pub(crate) fn reply(ctx: &TcContext) -> i32 {
 /// Rewrites addresses, ports and MACs of an skb, checksums included (the helpers also handle
 /// checksums the stack left for offload).
 #[inline(always)]
-fn rewrite_tc(ctx: &TcContext, flow: &TcFlow, rw: &Rewrite) -> Option<()> {
+pub(crate) fn rewrite_tc(ctx: &TcContext, flow: &TcFlow, rw: &Rewrite) -> Option<()> {
     let k = &flow.key;
     let mangled = if k.proto == IPPROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
