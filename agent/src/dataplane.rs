@@ -153,9 +153,18 @@ impl NodeDataplane {
                         "rotating": p.rotating,
                         "tx_bytes": p.tx_bytes,
                         "rx_bytes": p.rx_bytes,
+                        "vnis": p.vnis,
+                        "bad_mac1": p.bad_mac1,
+                        "cookie_replies": p.cookie_replies,
+                        "handshakes_limited": p.handshakes_limited,
+                        "refused_packets": p.refused_packets,
                     })
                 })
                 .collect();
+            let wireguard = match dp.wireguard_not_from_a_peer() {
+                Some(n) => json!({ "not_from_a_peer": n }),
+                None => Value::Null,
+            };
             let mesh = match dp.mesh() {
                 None => Value::Null,
                 Some(mesh) => {
@@ -195,7 +204,14 @@ impl NodeDataplane {
                 .iter()
                 .map(|p| json!({ "field": p.field, "reason": p.message }))
                 .collect();
-            Ok(json!({ "tunnel": tunnel, "networks": networks, "wireguard_peers": peers, "mesh": mesh, "left_out": left_out }))
+            Ok(json!({
+                "tunnel": tunnel,
+                "networks": networks,
+                "wireguard": wireguard,
+                "wireguard_peers": peers,
+                "mesh": mesh,
+                "left_out": left_out,
+            }))
         })
         .await
     }

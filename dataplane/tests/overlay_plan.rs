@@ -129,6 +129,18 @@ fn a_valid_state_resolves_to_the_layout_it_describes() {
 }
 
 #[test]
+fn a_peer_may_send_only_into_the_encrypted_networks_it_has_endpoints_on() {
+    let wg = resolve(state()).unwrap().wireguard.unwrap();
+    assert_eq!(wg.vxlan_port, 4789);
+    assert_eq!(
+        wg.peers["n2"].vnis,
+        BTreeSet::from([4097]),
+        "n2 has a task on secret (and one on plain, which does not travel in WireGuard)"
+    );
+    assert!(wg.peers["n3"].vnis.is_empty(), "n3 has no task anywhere");
+}
+
+#[test]
 fn a_state_without_encrypted_networks_needs_no_tunnel_nor_key() {
     let mut s = state();
     s["networks"][1]["encrypted"] = false.into();

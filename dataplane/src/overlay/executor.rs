@@ -267,6 +267,12 @@ impl Dataplane {
         self.engine.as_ref().map(Engine::status).unwrap_or_default()
     }
 
+    /// Datagrams the WireGuard engine dropped because they did not come from the data-path
+    /// address of the peer they name; `None` without an engine.
+    pub fn wireguard_not_from_a_peer(&self) -> Option<u64> {
+        self.engine.as_ref().map(Engine::not_from_a_peer)
+    }
+
     /// The node's interfaces, for validating a desired state.
     pub async fn host(&self) -> io::Result<Host> {
         let mut addrs = ipv4_addrs(&self.node).await?;

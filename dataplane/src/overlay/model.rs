@@ -289,6 +289,8 @@ pub struct WgConfig {
     pub local: Ipv4Addr,
     /// The WireGuard port on every node.
     pub port: u16,
+    /// The VXLAN port: the only inner UDP destination port accepted from peers.
+    pub vxlan_port: u16,
     /// The peers that have a public key, by node name.
     pub peers: BTreeMap<String, WgPeer>,
 }
@@ -300,6 +302,10 @@ pub struct WgPeer {
     pub addr: Ipv4Addr,
     /// Its static public key.
     pub public_key: Key,
+    /// The VNIs of the encrypted networks it has endpoints on: the only ones accepted from it.
+    /// They are the ones we send it (our FDB points those networks' MACs at it), so a peer can
+    /// write only into networks it has tasks on.
+    pub vnis: BTreeSet<u32>,
 }
 
 /// A validated desired state: the kernel layout to converge to, and the WireGuard engine's
@@ -715,6 +721,7 @@ impl DesiredState {
 
         // Remote endpoints.
         let mut dropped_ips: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
+        let mut peer_vnis: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
         for (i, e) in self.endpoints.iter().enumerate() {
             let at = format!("endpoints[{i}]");
             if !known_net(&format!("{at}.network"), &e.network, &nets, &mut problems) {
@@ -772,6 +779,12 @@ impl DesiredState {
             let net = layout.networks.get_mut(&e.network).expect("checked above");
             net.fdb.insert((mac, *node_addr));
             net.neigh.insert((ip, mac));
+            if facts.encrypted {
+                peer_vnis
+                    .entry(e.node.as_str())
+                    .or_default()
+                    .insert(net.device.vni);
+            }
         }
 
         // The routing mesh.
@@ -813,6 +826,7 @@ impl DesiredState {
                     private_key,
                     local: data_path_addr,
                     port: self.data_path.wireguard_port,
+                    vxlan_port: self.data_path.port,
                     peers: peers
                         .iter()
                         .filter_map(|(node, (addr, key))| {
@@ -821,6 +835,7 @@ impl DesiredState {
                                 WgPeer {
                                     addr: *addr,
                                     public_key: key.clone()?,
+                                    vnis: peer_vnis.get(node).cloned().unwrap_or_default(),
                                 },
                             ))
                         })
