@@ -165,6 +165,19 @@ impl NodeDataplane {
                 Some(n) => json!({ "not_from_a_peer": n }),
                 None => Value::Null,
             };
+            let vxlan_filter = match dp
+                .vxlan_filter()
+                .await
+                .map_err(|e| Status::internal(format!("reading the VXLAN filter: {e}")))?
+            {
+                Some((f, refused)) => json!({
+                    "local": f.local,
+                    "port": f.port,
+                    "peers": f.peers,
+                    "refused_packets": refused.packets,
+                }),
+                None => Value::Null,
+            };
             let mesh = match dp.mesh() {
                 None => Value::Null,
                 Some(mesh) => {
@@ -209,6 +222,7 @@ impl NodeDataplane {
                 "networks": networks,
                 "wireguard": wireguard,
                 "wireguard_peers": peers,
+                "vxlan_filter": vxlan_filter,
                 "mesh": mesh,
                 "left_out": left_out,
             }))

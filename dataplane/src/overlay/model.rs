@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::Key;
 use super::layout::{AttachSpec, Layout, NetDevice, NetLayout, Tunnel};
+use super::vxlan_filter::VxlanFilter;
 use crate::mesh::{
     self,
     model::{INGRESS_INTERFACE, INGRESS_TASK, MeshPlan, MeshSpec, OWN_NAMESPACE},
@@ -316,6 +317,8 @@ pub struct Resolved {
     pub layout: Layout,
     /// What the WireGuard engine must run, if anything.
     pub wireguard: Option<WgConfig>,
+    /// Whom plain VXLAN is accepted from, when any network is plain.
+    pub vxlan_filter: Option<VxlanFilter>,
     /// The resolved data-path address.
     pub data_path_addr: Ipv4Addr,
     /// The routing mesh, if any.
@@ -844,9 +847,21 @@ impl DesiredState {
             }
             _ => None,
         };
+        // Plain networks' VXLAN sockets bind the data-path address in the node's namespace,
+        // where anyone can reach them: only the peers may.
+        let vxlan_filter = layout
+            .networks
+            .values()
+            .any(|n| !n.device.encrypted)
+            .then(|| VxlanFilter {
+                local: data_path_addr,
+                port: self.data_path.port,
+                peers: peers.values().map(|(addr, _)| *addr).collect(),
+            });
         Ok(Resolved {
             layout,
             wireguard,
+            vxlan_filter,
             data_path_addr,
             mesh,
             left_out: left_out.0,
