@@ -136,7 +136,7 @@ fn handshake_flood(figures: &mut Figures) {
         format!("{} datagrams/s to a closed port", closed_report["pps"])
     );
     println!(
-        "kept {:.0} % of the throughput; {} cookie replies; in the {} s of flood n2's receive thread used {rx_cpu:.2} s of CPU and slept {rx_wakeups} times, and n2's kernel dropped {drops} datagrams on full socket buffers",
+        "kept {:.0} % of the throughput; {} cookie replies; while the flood ({} s) and iperf3 ran, n2's receive thread used {rx_cpu:.2} s of CPU and slept {rx_wakeups} times, and n2's kernel dropped {drops} datagrams on full socket buffers",
         100.0 * flooded / quiet,
         report["cookie_replies"],
         report["seconds"]
