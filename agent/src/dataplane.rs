@@ -194,9 +194,31 @@ impl NodeDataplane {
                         "rotating": p.rotating,
                         "tx_bytes": p.tx_bytes,
                         "rx_bytes": p.rx_bytes,
+                        "vnis": p.vnis,
+                        "bad_mac1": p.bad_mac1,
+                        "cookie_replies": p.cookie_replies,
+                        "handshakes_limited": p.handshakes_limited,
+                        "refused_packets": p.refused_packets,
                     })
                 })
                 .collect();
+            let wireguard = match dp.wireguard_not_from_a_peer() {
+                Some(n) => json!({ "not_from_a_peer": n }),
+                None => Value::Null,
+            };
+            let vxlan_filter = match dp
+                .vxlan_filter()
+                .await
+                .map_err(|e| Status::internal(format!("reading the VXLAN filter: {e}")))?
+            {
+                Some((f, refused)) => json!({
+                    "local": f.local,
+                    "port": f.port,
+                    "peers": f.peers,
+                    "refused_packets": refused.packets,
+                }),
+                None => Value::Null,
+            };
             let mesh = match dp.mesh() {
                 None => Value::Null,
                 Some(mesh) => {
@@ -269,7 +291,15 @@ impl NodeDataplane {
                 .iter()
                 .map(|p| json!({ "field": p.field, "reason": p.message }))
                 .collect();
-            Ok(json!({ "tunnel": tunnel, "networks": networks, "wireguard_peers": peers, "mesh": mesh, "left_out": left_out }))
+            Ok(json!({
+                "tunnel": tunnel,
+                "networks": networks,
+                "wireguard": wireguard,
+                "wireguard_peers": peers,
+                "vxlan_filter": vxlan_filter,
+                "mesh": mesh,
+                "left_out": left_out,
+            }))
         })
         .await
     }

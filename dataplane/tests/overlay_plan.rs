@@ -129,6 +129,41 @@ fn a_valid_state_resolves_to_the_layout_it_describes() {
 }
 
 #[test]
+fn a_peer_may_send_only_into_the_encrypted_networks_it_has_endpoints_on() {
+    let wg = resolve(state()).unwrap().wireguard.unwrap();
+    assert_eq!(wg.vxlan_port, 4789);
+    assert_eq!(
+        wg.peers["n2"].vnis,
+        BTreeSet::from([4097]),
+        "n2 has a task on secret (and one on plain, which does not travel in WireGuard)"
+    );
+    assert!(wg.peers["n3"].vnis.is_empty(), "n3 has no task anywhere");
+}
+
+#[test]
+fn plain_vxlan_is_accepted_from_the_usable_peers_when_a_network_is_plain() {
+    let filter = resolve(state()).unwrap().vxlan_filter.unwrap();
+    assert_eq!(filter.local, Ipv4Addr::new(172, 21, 1, 11));
+    assert_eq!(filter.port, 4789);
+    assert_eq!(
+        filter.peers,
+        BTreeSet::from([Ipv4Addr::new(172, 21, 1, 12), Ipv4Addr::new(172, 21, 1, 13)])
+    );
+    // A peer left out is not let in.
+    let mut s = state();
+    s["peers"][1]["data_path_addr"] = "172.21.1.11".into();
+    let filter = resolve(s).unwrap().vxlan_filter.unwrap();
+    assert_eq!(
+        filter.peers,
+        BTreeSet::from([Ipv4Addr::new(172, 21, 1, 12)])
+    );
+    // With every network encrypted there is no plain VXLAN to filter.
+    let mut s = state();
+    s["networks"][0]["encrypted"] = true.into();
+    assert_eq!(resolve(s).unwrap().vxlan_filter, None);
+}
+
+#[test]
 fn a_state_without_encrypted_networks_needs_no_tunnel_nor_key() {
     let mut s = state();
     s["networks"][1]["encrypted"] = false.into();

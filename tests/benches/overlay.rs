@@ -10,17 +10,15 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 use shoal_dataplane::overlay::Key;
-use shoal_tests::overlay::{Overlay, Task, plain_and_secret};
+use shoal_tests::overlay::{Overlay, Task, bench_output, iperf, plain_and_secret, write_figures};
 use shoal_tests::{Lab, LabSpec, wait_until};
 
-const SECONDS: &str = "5";
+const SECONDS: u32 = 5;
 
 fn main() {
-    let out = std::env::var("SHOAL_BENCH_OUT").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench/overlay.json").into()
-    });
+    let out = bench_output("overlay");
     let mut lab = Lab::up(LabSpec {
         purpose: "bench overlay".into(),
         ..LabSpec::nodes(2)
@@ -83,15 +81,7 @@ fn main() {
     for (name, server, client, ip) in &paths {
         let mut row = Vec::new();
         for streams in [1, 4] {
-            let mut server = server()
-                .args(["-s", "-1", "-B"])
-                .arg(ip.to_string())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("iperf3 runs (cargo xtask setup installs it)");
-            let gbps = iperf(client, *ip, streams);
-            let _ = server.kill();
-            let _ = server.wait();
+            let gbps = iperf(server, client, *ip, streams, SECONDS).expect("iperf3 runs");
             let key = if streams == 1 {
                 format!("{name}_gbps")
             } else {
@@ -114,42 +104,7 @@ fn main() {
     figures.insert("encrypted_over_boringtun_cli".into(), json!(enc));
     drop(boringtun);
     lab.down().expect("lab down");
-    if let Some(dir) = std::path::Path::new(&out).parent() {
-        std::fs::create_dir_all(dir).expect("bench directory");
-    }
-    std::fs::write(
-        &out,
-        serde_json::to_string_pretty(&Value::Object(figures)).unwrap(),
-    )
-    .expect("writing the figures");
-}
-
-/// Runs the iperf3 client against `ip` (retrying while the server starts) and returns Gbit/s.
-fn iperf(client: &dyn Fn() -> Command, ip: Ipv4Addr, streams: u32) -> f64 {
-    let mut result = None;
-    wait_until("iperf3 to connect", Duration::from_secs(10), || {
-        let out = client()
-            .args([
-                "-c",
-                &ip.to_string(),
-                "-t",
-                SECONDS,
-                "-J",
-                "-P",
-                &streams.to_string(),
-            ])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-            result = Some(bps / 1e9);
-            return Ok(true);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        Ok(false)
-    })
-    .expect("iperf3 runs");
-    result.expect("a figure")
+    write_figures(&out, &figures).expect("writing the figures");
 }
 
 /// Stock `boringtun-cli` on both nodes, tunnel 10.99.0.1 <-> 10.99.0.2 over the data network.

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::lab::{io_error, ip_batch, run_checked};
-use crate::{Lab, LabError, Netns, in_netns, within};
+use crate::{Lab, LabError, Netns, in_netns, wait_until, within};
 
 /// A WireGuard key pair, base64 as `wg` prints keys. (The lab library does not depend on the
 /// data plane: `xtask` uses it before the eBPF toolchain exists.)
@@ -351,4 +351,65 @@ pub fn transfer(
         ));
     }
     Ok(sent.1)
+}
+
+/// One iperf3 measurement, Gbit/s received: starts a one-off server with `server()` bound to
+/// `ip`, then runs the client `client()` against it for `seconds` with `streams` parallel streams
+/// (retrying while the server starts). Used by the overlay and hardening benchmarks.
+pub fn iperf(
+    server: &dyn Fn() -> Command,
+    client: &dyn Fn() -> Command,
+    ip: Ipv4Addr,
+    streams: u32,
+    seconds: u32,
+) -> Result<f64, String> {
+    let mut server = server()
+        .args(["-s", "-1", "-B"])
+        .arg(ip.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting the iperf3 server (cargo xtask setup installs it): {e}"))?;
+    let mut result = None;
+    let waited = wait_until("iperf3 to connect", Duration::from_secs(10), || {
+        let out = client()
+            .args(["-c", &ip.to_string(), "-J"])
+            .args(["-t", &seconds.to_string(), "-P", &streams.to_string()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            result = Some(bps / 1e9);
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(false)
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    waited?;
+    result.ok_or_else(|| "iperf3 gave no figure".to_owned())
+}
+
+/// Where a benchmark writes its figures: `$SHOAL_BENCH_OUT`, else `target/bench/<suite>.json`.
+pub fn bench_output(suite: &str) -> PathBuf {
+    std::env::var_os("SHOAL_BENCH_OUT").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/bench")
+                .join(format!("{suite}.json"))
+        },
+        PathBuf::from,
+    )
+}
+
+/// Writes a benchmark's figures (a flat object: metric name -> number) to `path`.
+pub fn write_figures(
+    path: &std::path::Path,
+    figures: &serde_json::Map<String, Value>,
+) -> Result<(), LabError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
+    }
+    let text = serde_json::to_string_pretty(&Value::Object(figures.clone())).expect("JSON");
+    std::fs::write(path, text).map_err(io_error(format!("writing {}", path.display())))
 }

@@ -58,9 +58,25 @@ fn inspect(lab: &Lab, node: usize) -> Value {
     // Counters and clocks move; the rest must not.
     if let Some(peers) = v["wireguard_peers"].as_array_mut() {
         for p in peers {
-            for k in ["last_handshake_seconds", "tx_bytes", "rx_bytes"] {
+            for k in [
+                "last_handshake_seconds",
+                "tx_bytes",
+                "rx_bytes",
+                "bad_mac1",
+                "cookie_replies",
+                "handshakes_limited",
+                "refused_packets",
+            ] {
                 p.as_object_mut().unwrap().remove(k);
             }
+        }
+    }
+    for (section, counter) in [
+        ("vxlan_filter", "refused_packets"),
+        ("wireguard", "not_from_a_peer"),
+    ] {
+        if let Some(s) = v[section].as_object_mut() {
+            s.remove(counter);
         }
     }
     v

@@ -26,6 +26,9 @@ pub(crate) enum Suite {
     Sched,
     /// Seconds from `service create --replicas N` to N running on a 3-node lab (N = 10, 100)
     Converge,
+    /// What attacks cost: encrypted overlay throughput with and without a flood of 200,000
+    /// forged WireGuard handshakes a second (3-node lab)
+    Hardening,
 }
 
 impl Suite {
@@ -37,6 +40,7 @@ impl Suite {
             Self::Raft => "raft",
             Self::Sched => "sched",
             Self::Converge => "converge",
+            Self::Hardening => "hardening",
         }
     }
 }
@@ -66,7 +70,7 @@ pub(crate) fn run(suite: Suite) -> anyhow::Result<()> {
                 .args(["bench", "--package", "shoal-control", "--bench", "sched"])
                 .env("SHOAL_BENCH_OUT", &out),
         )?,
-        Suite::Mesh | Suite::Raft | Suite::Converge => {
+        Suite::Mesh | Suite::Raft | Suite::Converge | Suite::Hardening => {
             run_command(cargo().args(["build", "--release", "--bins"]))?;
             run_command(
                 cargo()

@@ -38,7 +38,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("iperf3", "iperf3: the overlay benchmark"),
     ("curl", "curl: the routing mesh tests' HTTP client"),
-    ("nftables", "nft: the routing mesh benchmark's baseline"),
+    (
+        "nftables",
+        "nft: plain overlays' VXLAN filter, and the routing mesh benchmark's baseline",
+    ),
     (
         "ethtool",
         "ethtool: the lab's public links compute checksums as wires do",

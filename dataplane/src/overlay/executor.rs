@@ -32,6 +32,7 @@ use rtnetlink::{
 use super::layout::{AttachSpec, NetDevice, Observed, ObservedNet, Op, Tunnel, TunnelState, plan};
 use super::model::{DesiredState, Host, HostInterface, InvalidState, Mac, Resolved, WgConfig};
 use super::netns;
+use super::vxlan_filter::{self, Refused, VxlanFilter};
 use super::wireguard::{Engine, PeerStatus, open_tun};
 use crate::mesh::model::INGRESS_TASK;
 use crate::mesh::{IngressNamespace, Mesh, MeshError};
@@ -86,6 +87,9 @@ pub struct Dataplane {
     engine: Option<Engine>,
     wireguard: Option<WgConfig>,
     mesh: Option<Mesh>,
+    /// The plain VXLAN filter the node's namespace holds: `None` until this process has
+    /// written it (the next apply writes it whatever it is), `Some(None)` for no filter.
+    vxlan_filter: Option<Option<VxlanFilter>>,
     /// What the last apply left out, and why.
     left_out: Vec<super::model::Problem>,
 }
@@ -248,6 +252,7 @@ impl Dataplane {
             engine: None,
             wireguard: None,
             mesh: None,
+            vxlan_filter: None,
             left_out: Vec::new(),
         })
     }
@@ -270,6 +275,21 @@ impl Dataplane {
     /// The WireGuard peers and their sessions, when any network is encrypted.
     pub fn wireguard_status(&self) -> Vec<PeerStatus> {
         self.engine.as_ref().map(Engine::status).unwrap_or_default()
+    }
+
+    /// Datagrams the WireGuard engine dropped because they did not come from the data-path
+    /// address of the peer they name; `None` without an engine.
+    pub fn wireguard_not_from_a_peer(&self) -> Option<u64> {
+        self.engine.as_ref().map(Engine::not_from_a_peer)
+    }
+
+    /// The plain VXLAN filter, and what it has dropped; `None` without one.
+    pub async fn vxlan_filter(&self) -> io::Result<Option<(VxlanFilter, Refused)>> {
+        let Some(Some(filter)) = &self.vxlan_filter else {
+            return Ok(None);
+        };
+        let refused = vxlan_filter::refused().await?.unwrap_or_default();
+        Ok(Some((filter.clone(), refused)))
     }
 
     /// The node's interfaces, for validating a desired state.
@@ -386,6 +406,30 @@ impl Dataplane {
                 .into());
             }
         }
+        // The filter first: if nftables refuses, nothing else has changed.
+        let mut filter_change = None;
+        if self.vxlan_filter.as_ref() != Some(&resolved.vxlan_filter) {
+            vxlan_filter::install(resolved.vxlan_filter.as_ref())
+                .await
+                .map_err(|source| ApplyError::Failed {
+                    op: "filtering plain VXLAN".to_owned(),
+                    source,
+                    undone: "nothing was applied".to_owned(),
+                })?;
+            let known = self.vxlan_filter.is_some();
+            self.vxlan_filter = Some(resolved.vxlan_filter.clone());
+            filter_change = match (&resolved.vxlan_filter, known) {
+                (Some(f), _) => Some(format!(
+                    "plain VXLAN to {}:{} accepted only from {} peer address(es)",
+                    f.local,
+                    f.port,
+                    f.peers.len()
+                )),
+                (None, true) => Some("plain VXLAN filter removed".to_owned()),
+                // There was none to remove, as far as this process knows.
+                (None, false) => None,
+            };
+        }
         self.wireguard = resolved.wireguard.clone();
         let mut done: Vec<&Op> = Vec::new();
         for op in &ops {
@@ -403,7 +447,8 @@ impl Dataplane {
         if let (Some(engine), Some(config)) = (&self.engine, &self.wireguard) {
             engine.configure(config);
         }
-        let mut changes: Vec<String> = ops.iter().map(ToString::to_string).collect();
+        let mut changes: Vec<String> = filter_change.into_iter().collect();
+        changes.extend(ops.iter().map(ToString::to_string));
         changes.extend(self.apply_mesh(&resolved)?);
         for problem in &resolved.left_out {
             tracing::warn!(field = %problem.field, "left out of the data plane: {}", problem.message);

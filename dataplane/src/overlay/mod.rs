@@ -26,6 +26,7 @@ pub mod keys;
 pub mod layout;
 pub mod model;
 pub mod netns;
+pub mod vxlan_filter;
 pub mod wireguard;
 
 pub use executor::{Applied, ApplyError, Dataplane, adopt_namespace, task_namespace};

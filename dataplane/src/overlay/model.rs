@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::Key;
 use super::layout::{AttachSpec, Layout, NetDevice, NetLayout, Tunnel};
+use super::vxlan_filter::VxlanFilter;
 use crate::mesh::{
     self,
     model::{INGRESS_INTERFACE, INGRESS_TASK, MeshPlan, MeshSpec, OWN_NAMESPACE},
@@ -289,6 +290,8 @@ pub struct WgConfig {
     pub local: Ipv4Addr,
     /// The WireGuard port on every node.
     pub port: u16,
+    /// The VXLAN port: the only inner UDP destination port accepted from peers.
+    pub vxlan_port: u16,
     /// The peers that have a public key, by node name.
     pub peers: BTreeMap<String, WgPeer>,
 }
@@ -300,6 +303,10 @@ pub struct WgPeer {
     pub addr: Ipv4Addr,
     /// Its static public key.
     pub public_key: Key,
+    /// The VNIs of the encrypted networks it has endpoints on: the only ones accepted from it.
+    /// They are the ones we send it (our FDB points those networks' MACs at it), so a peer can
+    /// write only into networks it has tasks on.
+    pub vnis: BTreeSet<u32>,
 }
 
 /// A validated desired state: the kernel layout to converge to, and the WireGuard engine's
@@ -310,6 +317,8 @@ pub struct Resolved {
     pub layout: Layout,
     /// What the WireGuard engine must run, if anything.
     pub wireguard: Option<WgConfig>,
+    /// Whom plain VXLAN is accepted from, when any network is plain.
+    pub vxlan_filter: Option<VxlanFilter>,
     /// The resolved data-path address.
     pub data_path_addr: Ipv4Addr,
     /// The routing mesh, if any.
@@ -715,6 +724,7 @@ impl DesiredState {
 
         // Remote endpoints.
         let mut dropped_ips: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
+        let mut peer_vnis: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
         for (i, e) in self.endpoints.iter().enumerate() {
             let at = format!("endpoints[{i}]");
             if !known_net(&format!("{at}.network"), &e.network, &nets, &mut problems) {
@@ -772,6 +782,12 @@ impl DesiredState {
             let net = layout.networks.get_mut(&e.network).expect("checked above");
             net.fdb.insert((mac, *node_addr));
             net.neigh.insert((ip, mac));
+            if facts.encrypted {
+                peer_vnis
+                    .entry(e.node.as_str())
+                    .or_default()
+                    .insert(net.device.vni);
+            }
         }
 
         // The routing mesh.
@@ -813,6 +829,7 @@ impl DesiredState {
                     private_key,
                     local: data_path_addr,
                     port: self.data_path.wireguard_port,
+                    vxlan_port: self.data_path.port,
                     peers: peers
                         .iter()
                         .filter_map(|(node, (addr, key))| {
@@ -821,6 +838,7 @@ impl DesiredState {
                                 WgPeer {
                                     addr: *addr,
                                     public_key: key.clone()?,
+                                    vnis: peer_vnis.get(node).cloned().unwrap_or_default(),
                                 },
                             ))
                         })
@@ -829,9 +847,21 @@ impl DesiredState {
             }
             _ => None,
         };
+        // Plain networks' VXLAN sockets bind the data-path address in the node's namespace,
+        // where anyone can reach them: only the peers may.
+        let vxlan_filter = layout
+            .networks
+            .values()
+            .any(|n| !n.device.encrypted)
+            .then(|| VxlanFilter {
+                local: data_path_addr,
+                port: self.data_path.port,
+                peers: peers.values().map(|(addr, _)| *addr).collect(),
+            });
         Ok(Resolved {
             layout,
             wireguard,
+            vxlan_filter,
             data_path_addr,
             mesh,
             left_out: left_out.0,

@@ -13,18 +13,36 @@
 //! generation has a session it becomes active; the old one stays to decrypt packets still in
 //! flight until its keys would expire anyway. A node that installs a new key therefore keeps
 //! talking to its peers with the old sessions until each peer has learnt the new public key.
+//!
+//! **A hostile data network.** What arrives on the UDP socket is checked from the cheapest test
+//! up, so that nobody can make the engine do expensive work for free:
+//!
+//! ```text
+//!  datagram ─ parse (type, length) ─ from the address of the peer it names? ─────── no: dropped
+//!   initiation: anything left of the peer's budget this second? ───────────────────── no: dropped
+//!               MAC1 right for one of our keys? (keyed BLAKE2s, no X25519) ───────── no: dropped
+//!               under load (boringtun's RateLimiter, one per key of ours)? ─── cookie reply, or
+//!               within the peer's budget this second? ──────────────────────── no: dropped
+//!               X25519: whose key is it? the peer at that address? ─────────── no: dropped
+//!   everything: the Tunn (AEAD, replay window, timestamps)
+//!   decrypted:  IPv4/UDP from the peer to our VXLAN port, on a VNI it shares with us? ── no: dropped
+//! ```
+//!
+//! Every refusal is counted per peer (see [`PeerStatus`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use super::keys::Key;
@@ -38,6 +56,20 @@ const TICK: Duration = Duration::from_millis(250);
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
 /// The largest datagram or TUN packet handled.
 const MAX_PACKET: usize = 65_535;
+/// Handshake messages with a valid MAC1 accepted a second, all peers together, before cookies
+/// are demanded (boringtun's `RateLimiter` count). A genuine initiation is counted twice, by the
+/// engine's check and again inside `Tunn::decapsulate`, so this is about 100 initiations a
+/// second: boringtun's own device allows 100.
+const HANDSHAKE_LOAD_LIMIT: u64 = 200;
+/// Initiations from one peer's address that may cost X25519 in one second; the rest are
+/// dropped. A genuine peer makes one every two minutes per key pair. (The kernel's WireGuard
+/// allows 20 handshake packets a second from one address once it is under load.)
+const PEER_HANDSHAKES_PER_SECOND: u32 = 20;
+/// Cookie replies sent to one peer's address in one second; beyond that, initiations that would
+/// get one are dropped. Bounds what a flood that spoofs a peer's address makes us send to it.
+const PEER_COOKIES_PER_SECOND: u32 = 20;
+/// The size of a cookie reply.
+const COOKIE_REPLY: usize = 64;
 
 /// The engine's descriptors.
 #[derive(Debug)]
@@ -56,11 +88,14 @@ struct Generation {
     theirs: Key,
 }
 
-/// A peer's generations.
+/// A peer's generations, and what they may carry.
 struct Tunnels {
     active: Generation,
     pending: Option<Generation>,
     retired: Vec<(Generation, Instant)>,
+    /// The VNIs the peer may send into: the encrypted networks it has tasks on, which are the
+    /// ones we send it (see [`super::model::WgPeer::vnis`]).
+    vnis: BTreeSet<u32>,
 }
 
 impl Tunnels {
@@ -68,6 +103,21 @@ impl Tunnels {
         std::iter::once(&mut self.active)
             .chain(self.pending.as_mut())
             .chain(self.retired.iter_mut().map(|(g, _)| g))
+    }
+
+    /// The generation with local index `index`, and the VNIs (borrowed alongside).
+    fn find(&mut self, index: u32) -> Option<(&mut Generation, &BTreeSet<u32>)> {
+        let Tunnels {
+            active,
+            pending,
+            retired,
+            vnis,
+        } = self;
+        std::iter::once(active)
+            .chain(pending.as_mut())
+            .chain(retired.iter_mut().map(|(g, _)| g))
+            .find(|g| g.index == index)
+            .map(|g| (g, &*vnis))
     }
 
     /// Makes the pending generation active once it has a session.
@@ -91,21 +141,78 @@ struct PeerState {
     addr: Ipv4Addr,
     endpoint: SocketAddr,
     tunnels: Mutex<Tunnels>,
+    /// Handshake work spent on this peer's address in the current second.
+    budget: Budget,
+    refused: Refusals,
 }
 
-/// One of our private keys with its X25519 forms, derived once rather than per handshake.
+/// What one peer's address may cost us in handshakes per second; reset by the timer thread.
+#[derive(Debug, Default)]
+struct Budget {
+    handshakes: AtomicU32,
+    cookies: AtomicU32,
+}
+
+impl Budget {
+    fn take(used: &AtomicU32, limit: u32) -> bool {
+        used.fetch_add(1, Ordering::Relaxed) < limit
+    }
+
+    fn handshake(&self) -> bool {
+        Self::take(&self.handshakes, PEER_HANDSHAKES_PER_SECOND)
+    }
+
+    fn cookie(&self) -> bool {
+        Self::take(&self.cookies, PEER_COOKIES_PER_SECOND)
+    }
+
+    /// Whether nothing more from this address can be answered this second: then even its
+    /// MAC1 is not worth checking.
+    fn spent(&self) -> bool {
+        self.handshakes.load(Ordering::Relaxed) >= PEER_HANDSHAKES_PER_SECOND
+            && self.cookies.load(Ordering::Relaxed) >= PEER_COOKIES_PER_SECOND
+    }
+
+    fn reset(&self) {
+        self.handshakes.store(0, Ordering::Relaxed);
+        self.cookies.store(0, Ordering::Relaxed);
+    }
+}
+
+/// What the engine refused from a peer's address, since the peer was configured.
+#[derive(Debug, Default)]
+struct Refusals {
+    bad_mac1: AtomicU64,
+    cookie_replies: AtomicU64,
+    handshakes_limited: AtomicU64,
+    packets: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One of our private keys with its X25519 forms, derived once rather than per handshake, and
+/// its handshake rate limiter.
 struct OurKey {
     key: Key,
     secret: boringtun::x25519::StaticSecret,
     public: boringtun::x25519::PublicKey,
+    /// Checks MAC1 and the load for handshakes addressed to this key, in the engine and in
+    /// every `Tunn` made with the key: one count, one cookie secret. It must stay the same
+    /// object while any `Tunn` holds it, or a cookie the engine handed out would not verify in
+    /// the `Tunn`.
+    limiter: Arc<RateLimiter>,
 }
 
 impl OurKey {
     fn new(key: &Key) -> OurKey {
         let secret = key.secret();
+        let public = boringtun::x25519::PublicKey::from(&secret);
         OurKey {
             key: key.clone(),
-            public: boringtun::x25519::PublicKey::from(&secret),
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_LOAD_LIMIT)),
+            public,
             secret,
         }
     }
@@ -116,8 +223,11 @@ struct Peers {
     by_addr: HashMap<Ipv4Addr, Arc<PeerState>>,
     /// Tunn indexes (24 bits) to their peer.
     by_index: HashMap<u32, Arc<PeerState>>,
-    /// Our current key first, then the previous one while generations still use it.
-    keys: Vec<OurKey>,
+    /// (our key, their key) of every live (active or pending) generation, to its peer and
+    /// index: where an initiation goes once X25519 has told whose it is.
+    by_keys: HashMap<(Key, Key), (Arc<PeerState>, u32)>,
+    /// Our current key first, then older ones while live generations still use them.
+    keys: Vec<Arc<OurKey>>,
 }
 
 struct Shared {
@@ -127,6 +237,13 @@ struct Shared {
     peers: RwLock<Peers>,
     next_index: AtomicU32,
     port: u16,
+    /// Our data-path address: the only inner destination accepted.
+    local: Ipv4Addr,
+    /// The VXLAN port: the only inner UDP destination port accepted.
+    vxlan_port: AtomicU16,
+    /// Datagrams from an address that is not the data-path address of the peer they name (or,
+    /// for an initiation, of any peer).
+    not_from_a_peer: AtomicU64,
 }
 
 /// A running WireGuard engine. Dropping it stops its threads and closes the TUN device.
@@ -159,6 +276,19 @@ pub struct PeerStatus {
     pub tx_bytes: usize,
     /// Bytes received.
     pub rx_bytes: usize,
+    /// The VNIs accepted from it.
+    pub vnis: Vec<u32>,
+    /// Handshake initiations from its address with a MAC1 wrong for our keys: dropped before
+    /// any X25519.
+    pub bad_mac1: u64,
+    /// Initiations from its address answered with a cookie reply (we were under load and they
+    /// carried no valid MAC2).
+    pub cookie_replies: u64,
+    /// Initiations from its address dropped over its per-second budget.
+    pub handshakes_limited: u64,
+    /// Decrypted packets refused: not IPv4/UDP from the peer to our VXLAN port on a VNI it may
+    /// send into.
+    pub refused_packets: u64,
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -265,6 +395,9 @@ impl Engine {
             peers: RwLock::new(Peers::default()),
             next_index: AtomicU32::new(u32::from_le_bytes(seed) & 0x00ff_ffff),
             port: config.port,
+            local: config.local,
+            vxlan_port: AtomicU16::new(config.vxlan_port),
+            not_from_a_peer: AtomicU64::new(0),
         });
         shared.configure(config);
 
@@ -291,8 +424,13 @@ impl Engine {
             thread::Builder::new()
                 .name("shoal-wg-timers".into())
                 .spawn(move || {
+                    let mut second = Instant::now();
                     while let Err(mpsc::RecvTimeoutError::Timeout) = ticks.recv_timeout(TICK) {
-                        timer_shared.tick();
+                        let new_second = second.elapsed() >= Duration::from_secs(1);
+                        if new_second {
+                            second = Instant::now();
+                        }
+                        timer_shared.tick(new_second);
                     }
                 })?,
         );
@@ -309,6 +447,12 @@ impl Engine {
         self.shared.port
     }
 
+    /// Datagrams dropped because they did not come from the data-path address of the peer they
+    /// name (for a handshake initiation: of any peer).
+    pub fn not_from_a_peer(&self) -> u64 {
+        self.shared.not_from_a_peer.load(Ordering::Relaxed)
+    }
+
     /// The peers and their sessions.
     pub fn status(&self) -> Vec<PeerStatus> {
         let peers = self.shared.peers.read().expect("peers lock");
@@ -318,6 +462,7 @@ impl Engine {
             .map(|p| {
                 let t = p.tunnels.lock().expect("tunnel lock");
                 let (last_handshake, tx_bytes, rx_bytes, ..) = t.active.tunn.stats();
+                let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
                 PeerStatus {
                     node: p.node.clone(),
                     public_key: t.active.theirs.clone(),
@@ -325,6 +470,11 @@ impl Engine {
                     rotating: t.pending.is_some(),
                     tx_bytes,
                     rx_bytes,
+                    vnis: t.vnis.iter().copied().collect(),
+                    bad_mac1: read(&p.refused.bad_mac1),
+                    cookie_replies: read(&p.refused.cookie_replies),
+                    handshakes_limited: read(&p.refused.handshakes_limited),
+                    refused_packets: read(&p.refused.packets),
                 }
             })
             .collect();
@@ -347,24 +497,46 @@ impl Drop for Engine {
 }
 
 impl Shared {
-    fn new_generation(&self, ours: &Key, theirs: &Key) -> Generation {
+    fn new_generation(&self, ours: &OurKey, theirs: &Key) -> Generation {
         let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
         Generation {
-            tunn: Tunn::new(ours.secret(), theirs.as_public(), None, None, index, None),
+            tunn: Tunn::new(
+                ours.secret.clone(),
+                theirs.as_public(),
+                None,
+                None,
+                index,
+                Some(ours.limiter.clone()),
+            ),
             index,
-            ours: ours.clone(),
+            ours: ours.key.clone(),
             theirs: theirs.clone(),
         }
     }
 
     fn configure(&self, config: &WgConfig) {
+        let refused = refused_keys(config);
         let mut peers = self.peers.write().expect("peers lock");
+        self.vxlan_port.store(config.vxlan_port, Ordering::Relaxed);
+        // The current key goes first; a key we rotate back to keeps its limiter.
         if peers.keys.first().map(|k| &k.key) != Some(&config.private_key) {
-            peers.keys = vec![OurKey::new(&config.private_key)];
+            let ours = match peers.keys.iter().position(|k| k.key == config.private_key) {
+                Some(i) => peers.keys.remove(i),
+                None => Arc::new(OurKey::new(&config.private_key)),
+            };
+            peers.keys.insert(0, ours);
         }
+        let ours = peers.keys[0].clone();
         let mut kept = HashMap::new();
         let mut buf = vec![0u8; 256];
         for (node, want) in &config.peers {
+            if refused.contains(&want.public_key) {
+                tracing::error!(
+                    peer = node,
+                    "WireGuard peer refused: its public key is this node's own or another peer's too"
+                );
+                continue;
+            }
             let endpoint = SocketAddr::new(IpAddr::V4(want.addr), self.port);
             let existing = peers
                 .by_addr
@@ -373,7 +545,7 @@ impl Shared {
                 .cloned();
             let peer = match existing {
                 None => {
-                    let generation = self.new_generation(&config.private_key, &want.public_key);
+                    let generation = self.new_generation(&ours, &want.public_key);
                     Arc::new(PeerState {
                         node: node.clone(),
                         addr: want.addr,
@@ -382,11 +554,15 @@ impl Shared {
                             active: generation,
                             pending: None,
                             retired: Vec::new(),
+                            vnis: want.vnis.clone(),
                         }),
+                        budget: Budget::default(),
+                        refused: Refusals::default(),
                     })
                 }
                 Some(peer) => {
                     let mut t = peer.tunnels.lock().expect("tunnel lock");
+                    t.vnis.clone_from(&want.vnis);
                     if t.active.ours == config.private_key && t.active.theirs == want.public_key {
                         // Back to the active keys: a pending change is no longer wanted.
                         if let Some(replaced) = t.pending.take() {
@@ -395,8 +571,7 @@ impl Shared {
                     }
                     let current = t.pending.as_ref().unwrap_or(&t.active);
                     if current.ours != config.private_key || current.theirs != want.public_key {
-                        let mut generation =
-                            self.new_generation(&config.private_key, &want.public_key);
+                        let mut generation = self.new_generation(&ours, &want.public_key);
                         if let TunnResult::WriteToNetwork(init) =
                             generation.tunn.format_handshake_initiation(&mut buf, true)
                         {
@@ -424,33 +599,64 @@ impl Shared {
         peers.by_index.get(&index).map(|peer| (peer.clone(), index))
     }
 
-    /// Finds the peer and generation a handshake initiation is meant for.
+    /// Finds the peer and generation a handshake initiation is meant for, if it deserves an
+    /// answer: from a peer's address, with a MAC1 for one of our keys, within the load limit
+    /// (otherwise it gets a cookie reply) and the peer's budget; then one X25519 (with the key
+    /// MAC1 named) tells whose static key it carries, which must be that peer's.
     fn handshake_target(
         &self,
+        from: SocketAddr,
+        datagram: &[u8],
         init: &boringtun::noise::HandshakeInit<'_>,
     ) -> Option<(Arc<PeerState>, u32)> {
         let peers = self.peers.read().expect("peers lock");
-        for OurKey {
-            key: ours,
-            secret,
-            public,
-        } in &peers.keys
-        {
-            let Ok(half) = parse_handshake_anon(secret, public, init) else {
-                continue;
-            };
-            let theirs = Key(half.peer_static_public);
-            for peer in peers.by_addr.values() {
-                let t = peer.tunnels.lock().expect("tunnel lock");
-                // Retired generations only finish their sessions: a replaced key must not be
-                // able to start a new one.
-                let mut live = std::iter::once(&t.active).chain(t.pending.as_ref());
-                if let Some(g) = live.find(|g| g.ours == *ours && g.theirs == theirs) {
-                    return Some((peer.clone(), g.index));
-                }
-            }
+        // Shoal's peers do not roam: an initiation from any other address is nobody's.
+        let peer = match from.ip() {
+            IpAddr::V4(ip) => peers.by_addr.get(&ip),
+            IpAddr::V6(_) => None,
+        };
+        let Some(peer) = peer else {
+            count(&self.not_from_a_peer);
+            return None;
+        };
+        if peer.budget.spent() {
+            count(&peer.refused.handshakes_limited);
+            return None;
         }
-        None
+        let mut reply = [0u8; COOKIE_REPLY];
+        match admit(&peers.keys, from.ip(), datagram, &mut reply) {
+            Admission::BadMac1 => {
+                count(&peer.refused.bad_mac1);
+                None
+            }
+            Admission::Cookie(len) => {
+                if peer.budget.cookie() {
+                    self.io.send(&reply[..len], from);
+                    count(&peer.refused.cookie_replies);
+                } else {
+                    count(&peer.refused.handshakes_limited);
+                }
+                None
+            }
+            Admission::Admit(k) => {
+                if !peer.budget.handshake() {
+                    count(&peer.refused.handshakes_limited);
+                    return None;
+                }
+                let ours = &peers.keys[k];
+                let half = parse_handshake_anon(&ours.secret, &ours.public, init).ok()?;
+                let (target, index) = peers
+                    .by_keys
+                    .get(&(ours.key.clone(), Key(half.peer_static_public)))?;
+                if !Arc::ptr_eq(target, peer) {
+                    // A peer's key, but sent from another peer's address.
+                    count(&self.not_from_a_peer);
+                    return None;
+                }
+                Some((target.clone(), *index))
+            }
+            Admission::Malformed => None,
+        }
     }
 
     /// The next result of `read` on the non-blocking `fd`, waiting while there is none; `None`
@@ -515,7 +721,7 @@ impl Shared {
         }) {
             let datagram = &datagram[..n];
             let target = match Tunn::parse_incoming_packet(datagram) {
-                Ok(Packet::HandshakeInit(init)) => self.handshake_target(&init),
+                Ok(Packet::HandshakeInit(init)) => self.handshake_target(from, datagram, &init),
                 Ok(Packet::HandshakeResponse(p)) => self.peer_by_index(p.receiver_idx),
                 Ok(Packet::PacketCookieReply(p)) => self.peer_by_index(p.receiver_idx),
                 Ok(Packet::PacketData(p)) => self.peer_by_index(p.receiver_idx),
@@ -524,8 +730,13 @@ impl Shared {
             let Some((peer, index)) = target else {
                 continue;
             };
+            if from.ip() != IpAddr::V4(peer.addr) {
+                count(&self.not_from_a_peer);
+                continue;
+            }
+            let vxlan_port = self.vxlan_port.load(Ordering::Relaxed);
             let mut t = peer.tunnels.lock().expect("tunnel lock");
-            let Some(generation) = t.all_mut().find(|g| g.index == index) else {
+            let Some((generation, vnis)) = t.find(index) else {
                 continue;
             };
             let mut result = generation
@@ -540,12 +751,19 @@ impl Shared {
                         continue;
                     }
                     TunnResult::WriteToTunnelV4(inner, src) => {
-                        // Cryptokey routing: a peer may only send from its own address.
-                        if src == peer.addr {
+                        // Cryptokey routing: a peer may only send from its own address, and only
+                        // VXLAN of the encrypted networks it has tasks on.
+                        if src == peer.addr
+                            && vxlan_vni(inner, self.local, vxlan_port)
+                                .is_some_and(|vni| vnis.contains(&vni))
+                        {
                             self.io.write_tun(inner);
+                        } else {
+                            count(&peer.refused.packets);
                         }
                     }
-                    TunnResult::WriteToTunnelV6(..) | TunnResult::Done => {}
+                    TunnResult::WriteToTunnelV6(..) => count(&peer.refused.packets),
+                    TunnResult::Done => {}
                     TunnResult::Err(e) => {
                         tracing::debug!(peer = peer.node, error = ?e, "WireGuard packet refused")
                     }
@@ -556,18 +774,23 @@ impl Shared {
         }
     }
 
-    fn tick(&self) {
-        let peers: Vec<Arc<PeerState>> = self
-            .peers
-            .read()
-            .expect("peers lock")
-            .by_addr
-            .values()
-            .cloned()
-            .collect();
+    /// The protocol timers, every [`TICK`]; `new_second` when a second has passed since the
+    /// handshake budgets were last reset.
+    fn tick(&self, new_second: bool) {
+        let peers: Vec<Arc<PeerState>> = {
+            let peers = self.peers.read().expect("peers lock");
+            // Acts once a second has passed since its last reset, whenever it is called.
+            for k in &peers.keys {
+                k.limiter.reset_count();
+            }
+            peers.by_addr.values().cloned().collect()
+        };
         let mut buf = vec![0u8; MAX_PACKET];
         let mut forget = false;
         for peer in peers {
+            if new_second {
+                peer.budget.reset();
+            }
             let mut t = peer.tunnels.lock().expect("tunnel lock");
             let before = t.retired.len();
             t.retired
@@ -597,27 +820,115 @@ impl Shared {
         }
     }
 
-    /// Rebuilds the index map and the keys a handshake may be addressed to (the current one
-    /// first, then any a live generation still uses) from the generations.
+    /// Rebuilds the index maps and the keys a handshake may be addressed to (the current one
+    /// first, then any a live generation still uses) from the generations. Two peers whose live
+    /// generations have the same key pair accept no handshake at all: which one made it could
+    /// not be told (`configure` refuses such peers in the first place).
     fn reindex(&self) {
         let mut peers = self.peers.write().expect("peers lock");
         let mut indexes = HashMap::new();
-        let mut keys: Vec<OurKey> = std::mem::take(&mut peers.keys);
-        keys.truncate(1);
+        let mut by_keys: HashMap<(Key, Key), (Arc<PeerState>, u32)> = HashMap::new();
+        let mut clashes = HashSet::new();
         for p in peers.by_addr.values() {
             let mut t = p.tunnels.lock().expect("tunnel lock");
             for g in t.all_mut() {
                 indexes.insert(g.index, p.clone());
             }
             for g in std::iter::once(&t.active).chain(t.pending.as_ref()) {
-                if !keys.iter().any(|k| k.key == g.ours) {
-                    keys.push(OurKey::new(&g.ours));
+                let pair = (g.ours.clone(), g.theirs.clone());
+                if let Some((other, _)) = by_keys.insert(pair.clone(), (p.clone(), g.index))
+                    && !Arc::ptr_eq(&other, p)
+                {
+                    tracing::error!(
+                        peer = p.node,
+                        other = other.node,
+                        "two WireGuard peers use one key; neither accepts handshakes"
+                    );
+                    clashes.insert(pair);
                 }
             }
         }
-        peers.by_index = indexes;
+        for pair in &clashes {
+            by_keys.remove(pair);
+        }
+        let live: HashSet<&Key> = by_keys.keys().map(|(ours, _)| ours).collect();
+        let keys: Vec<Arc<OurKey>> = peers
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(i, k)| *i == 0 || live.contains(&k.key))
+            .map(|(_, k)| k.clone())
+            .collect();
         peers.keys = keys;
+        peers.by_index = indexes;
+        peers.by_keys = by_keys;
     }
+}
+
+/// The keys of peers `configure` refuses: our own public key, and any key two peers claim.
+/// With either, a handshake could not tell which node made it.
+fn refused_keys(config: &WgConfig) -> HashSet<Key> {
+    let mut seen = HashSet::new();
+    let mut refused = HashSet::from([config.private_key.public()]);
+    for peer in config.peers.values() {
+        if !seen.insert(&peer.public_key) {
+            refused.insert(peer.public_key.clone());
+        }
+    }
+    refused
+}
+
+/// What becomes of a handshake initiation, decided before any X25519.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Its MAC1 is right for our key at this index and the load allows it.
+    Admit(usize),
+    /// We are under load and it carries no valid MAC2: the cookie reply to send back is this
+    /// long.
+    Cookie(usize),
+    /// Its MAC1 is right for none of our keys.
+    BadMac1,
+    /// Not a handshake message.
+    Malformed,
+}
+
+/// Checks an initiation against each of our keys (one keyed BLAKE2s each), then the load of the
+/// key it was made for; a cookie reply is written into `reply`.
+fn admit(
+    keys: &[Arc<OurKey>],
+    from: IpAddr,
+    datagram: &[u8],
+    reply: &mut [u8; COOKIE_REPLY],
+) -> Admission {
+    for (i, k) in keys.iter().enumerate() {
+        match k.limiter.verify_packet(Some(from), datagram, reply) {
+            Ok(_) => return Admission::Admit(i),
+            Err(TunnResult::WriteToNetwork(cookie)) => return Admission::Cookie(cookie.len()),
+            Err(TunnResult::Err(WireGuardError::InvalidMac)) => {}
+            Err(_) => return Admission::Malformed,
+        }
+    }
+    Admission::BadMac1
+}
+
+/// The VNI of a decrypted packet if it is what a peer's VXLAN socket sends us: a whole (not
+/// fragmented) IPv4 datagram to `local`, UDP to `port`, with a VXLAN header carrying a VNI.
+/// Encrypted overlays' MTUs are set so that their frames never fragment.
+fn vxlan_vni(packet: &[u8], local: Ipv4Addr, port: u16) -> Option<u32> {
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    if packet[0] >> 4 != 4 || ihl < 20 || packet.len() < ihl + 8 + 8 {
+        return None;
+    }
+    let fragment = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff;
+    if packet[9] != 17 || fragment != 0 || packet[16..20] != local.octets() {
+        return None;
+    }
+    let udp = &packet[ihl..];
+    let vxlan = &udp[8..];
+    if u16::from_be_bytes([udp[2], udp[3]]) != port || vxlan[0] & 0x08 == 0 {
+        return None;
+    }
+    Some(u32::from_be_bytes([0, vxlan[4], vxlan[5], vxlan[6]]))
 }
 
 /// `TUNSETIFF`: `_IOW('T', 202, int)`.
@@ -658,4 +969,174 @@ pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &raw mut req) })
         .map_err(|e| io::Error::new(e.kind(), format!("creating TUN device {name}: {e}")))?;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::overlay::model::WgPeer;
+
+    const LOCAL: Ipv4Addr = Ipv4Addr::new(172, 21, 1, 11);
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(172, 21, 1, 12));
+
+    /// What a peer's VXLAN socket sends us: IPv4 (with `options` words of options) / UDP to
+    /// `port` / VXLAN with `vni` / a few bytes of frame.
+    fn vxlan_packet(options: usize, port: u16, vni: u32) -> Vec<u8> {
+        let ihl = 5 + options;
+        let mut p = vec![0u8; ihl * 4 + 8 + 8 + 14];
+        p[0] = 0x40 | ihl as u8;
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p[6] = 0x40; // don't fragment
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[172, 21, 1, 12]);
+        p[16..20].copy_from_slice(&LOCAL.octets());
+        let udp = ihl * 4;
+        p[udp..udp + 2].copy_from_slice(&40000u16.to_be_bytes());
+        p[udp + 2..udp + 4].copy_from_slice(&port.to_be_bytes());
+        let vni = vni.to_be_bytes();
+        p[udp + 8] = 0x08;
+        p[udp + 12..udp + 15].copy_from_slice(&vni[1..]);
+        p
+    }
+
+    #[test]
+    fn only_whole_vxlan_datagrams_to_our_address_and_port_carry_a_vni() {
+        assert_eq!(
+            vxlan_vni(&vxlan_packet(0, 4789, 4097), LOCAL, 4789),
+            Some(4097)
+        );
+        assert_eq!(
+            vxlan_vni(&vxlan_packet(2, 4789, 0xff_ffff), LOCAL, 4789),
+            Some(0xff_ffff)
+        );
+        assert_eq!(vxlan_vni(&vxlan_packet(0, 4789, 4097), LOCAL, 4790), None);
+        assert_eq!(
+            vxlan_vni(&vxlan_packet(0, 53, 4097), LOCAL, 53),
+            Some(4097),
+            "any port set"
+        );
+        type Edit = fn(&mut Vec<u8>);
+        let refused: [(&str, Edit); 8] = [
+            ("IPv6", |p| p[0] = 0x65),
+            ("a header shorter than 20 bytes", |p| p[0] = 0x44),
+            ("TCP", |p| p[9] = 6),
+            ("another destination", |p| p[19] = 99),
+            ("a first fragment", |p| p[6] = 0x20),
+            ("a later fragment", |p| p[7] = 0x10),
+            ("no VNI flag", |p| p[28] = 0),
+            ("a truncated VXLAN header", |p| p.truncate(20 + 8 + 7)),
+        ];
+        for (what, edit) in refused {
+            let mut p = vxlan_packet(0, 4789, 4097);
+            edit(&mut p);
+            assert_eq!(vxlan_vni(&p, LOCAL, 4789), None, "{what}");
+        }
+        // No length of a valid packet's prefix makes it read out of bounds.
+        let p = vxlan_packet(1, 4789, 4097);
+        for len in 0..p.len() {
+            let _ = vxlan_vni(&p[..len], LOCAL, 4789);
+        }
+    }
+
+    fn key(seed: u8) -> Key {
+        Key([seed; 32])
+    }
+
+    /// A genuine initiation from `from` to `to` (boringtun computes its MAC1).
+    fn initiation(from: &Key, to: &Key) -> Vec<u8> {
+        let mut tunn = Tunn::new(from.secret(), to.public().as_public(), None, None, 1, None);
+        let mut buf = [0u8; 256];
+        match tunn.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            _ => panic!("no initiation"),
+        }
+    }
+
+    #[test]
+    fn mac1_is_checked_before_any_work_and_a_loaded_key_answers_with_cookies() {
+        let ours = [
+            Arc::new(OurKey::new(&key(1))),
+            Arc::new(OurKey::new(&key(2))),
+        ];
+        let mut reply = [0u8; COOKIE_REPLY];
+        // Made for our second (older) key: MAC1 says so.
+        let init = initiation(&key(9), &key(2));
+        assert_eq!(admit(&ours, PEER, &init, &mut reply), Admission::Admit(1));
+        // A wrong MAC1 is refused, however many, and does not use up the load budget.
+        let mut bad = initiation(&key(9), &key(1));
+        bad[WG_MAC1] ^= 1;
+        for _ in 0..1_000 {
+            assert_eq!(admit(&ours, PEER, &bad, &mut reply), Admission::BadMac1);
+        }
+        // Made for a key we do not hold.
+        let stranger = initiation(&key(9), &key(3));
+        assert_eq!(
+            admit(&ours, PEER, &stranger, &mut reply),
+            Admission::BadMac1
+        );
+        // The same valid initiation again and again (MAC1 covers no time): admitted up to the
+        // limit, then answered with a cookie reply for its sender index.
+        let init = initiation(&key(9), &key(1));
+        for i in 0..HANDSHAKE_LOAD_LIMIT {
+            assert_eq!(
+                admit(&ours, PEER, &init, &mut reply),
+                Admission::Admit(0),
+                "{i}"
+            );
+        }
+        assert_eq!(
+            admit(&ours, PEER, &init, &mut reply),
+            Admission::Cookie(COOKIE_REPLY)
+        );
+        assert_eq!(reply[..4], [3, 0, 0, 0], "a cookie reply");
+        assert_eq!(reply[4..8], init[4..8], "to the initiation's sender index");
+        // The other key has its own count.
+        let init = initiation(&key(9), &key(2));
+        assert_eq!(admit(&ours, PEER, &init, &mut reply), Admission::Admit(1));
+    }
+
+    /// Where MAC1 starts in an initiation.
+    const WG_MAC1: usize = 116;
+
+    #[test]
+    fn a_peer_with_our_own_key_or_another_peer_s_is_refused() {
+        let peer = |seed: u8, host: u8| WgPeer {
+            addr: Ipv4Addr::new(172, 21, 1, host),
+            public_key: key(seed).public(),
+            vnis: BTreeSet::new(),
+        };
+        let config = WgConfig {
+            private_key: key(1),
+            local: LOCAL,
+            port: 51820,
+            vxlan_port: 4789,
+            peers: BTreeMap::from([
+                ("n2".to_owned(), peer(2, 12)),
+                ("n3".to_owned(), peer(3, 13)),
+                ("n4".to_owned(), peer(3, 14)),
+                ("n5".to_owned(), peer(1, 15)),
+            ]),
+        };
+        assert_eq!(
+            refused_keys(&config),
+            HashSet::from([key(1).public(), key(3).public()])
+        );
+    }
+
+    #[test]
+    fn budgets_allow_a_few_handshakes_and_cookies_a_second() {
+        let budget = Budget::default();
+        assert!((0..PEER_HANDSHAKES_PER_SECOND).all(|_| budget.handshake()));
+        assert!(!budget.handshake());
+        assert!((0..PEER_COOKIES_PER_SECOND).all(|_| budget.cookie()));
+        assert!(!budget.cookie());
+        assert!(budget.spent());
+        budget.reset();
+        assert!(!budget.spent());
+        assert!(budget.handshake() && budget.cookie());
+    }
 }

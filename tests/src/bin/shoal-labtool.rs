@@ -8,6 +8,9 @@
 //!   flows survive changes).
 //! - `udp-flood` / `udp-sink` and `tcp-rate` are the load generators of the benchmark (packets per
 //!   second, connections per second); `tcp-proxy` is the userspace-proxy baseline they compare to.
+//! - `wg-flood` and `vxlan-send` play an attacker on the data network (the hardening tests and
+//!   benchmark): forged WireGuard handshake initiations at a set rate, and hand-made VXLAN frames
+//!   for a chosen VNI, sent in the clear or through a node's own WireGuard tunnel.
 //!
 //! Everything is std threads and blocking sockets; `libc` is used where std has no API (socket
 //! options before `bind`, `recvmmsg`/`sendmmsg`). Readiness lines (`serving ...`, `listening`,
@@ -19,7 +22,8 @@ use std::fmt::Display;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::mem;
 use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream,
+    UdpSocket,
 };
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -65,6 +69,18 @@ subcommands:
       One TCP connection; every interval writes `ping\\n` and prints the reply as
       `<elapsed_ms> <name>`. Prints `done <count>` at the end; on any error (2 s timeouts)
       prints `ERROR <message>` and exits 1.
+  wg-flood --target IP:PORT --public-key KEY --seconds S [--rate 200000] [--kind mixed] [--from IP]
+      Forged WireGuard traffic at `rate` datagrams a second: handshake initiations with random
+      bodies whose MAC1 is right for the responder's public key KEY (base64), or wrong, or
+      random junk (`--kind valid-mac1|bad-mac1|junk|mixed`, mixed: the three in turn). Counts
+      the cookie replies that come back. Prints
+      {\"sent\":N,\"seconds\":S,\"pps\":R,\"cookie_replies\":C}.
+  vxlan-send --to IP[:PORT] --vni N --inner-dst IP:PORT --payload TEXT [--inner-src IP]
+             [--count 1] [--from IP]
+      Sends `count` VXLAN frames (port 4789 by default) from `from` (any local address): a
+      UDP datagram holding TEXT to inner-dst, as a VXLAN device would carry it for a task on
+      the network with VNI N (Ethernet addresses derived from the inner addresses as Docker
+      does; inner source .254 of the destination's /24 by default). Prints {\"sent\":N}.
 
 Exit status: 0 success, 1 runtime error (`error: ...` on stderr), 2 usage error.
 ";
@@ -1334,6 +1350,364 @@ fn hold(
 }
 
 // ---------------------------------------------------------------------------------------------
+// wg-flood
+// ---------------------------------------------------------------------------------------------
+
+/// A WireGuard handshake initiation: type 1, 148 bytes (the whitepaper, section 5.4.2).
+const WG_INITIATION: u8 = 1;
+const WG_INITIATION_LEN: usize = 148;
+/// Where MAC1 sits in an initiation; it covers every byte before it.
+const WG_MAC1_AT: usize = 116;
+/// A cookie reply: type 3, 64 bytes.
+const WG_COOKIE_REPLY: u8 = 3;
+const WG_COOKIE_REPLY_LEN: usize = 64;
+/// Distinct datagrams `wg-flood` prepares and then sends in turn (a multiple of BATCH).
+const FLOOD_POOL: usize = 16 * BATCH;
+
+/// What `wg-flood` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FloodKind {
+    /// Initiations whose MAC1 is right for the responder's key: they pass the first check and
+    /// reach the responder's load check (and, unprotected, its X25519).
+    ValidMac1,
+    /// Initiations with a wrong MAC1.
+    BadMac1,
+    /// Random bytes of random length.
+    Junk,
+    /// The three in turn.
+    Mixed,
+}
+
+impl FromStr for FloodKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "valid-mac1" => Ok(Self::ValidMac1),
+            "bad-mac1" => Ok(Self::BadMac1),
+            "junk" => Ok(Self::Junk),
+            "mixed" => Ok(Self::Mixed),
+            _ => Err("want valid-mac1, bad-mac1, junk or mixed".into()),
+        }
+    }
+}
+
+/// xorshift64: cheap filler for packet bodies (no secrecy needed).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let bytes = self.next().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
+
+/// The key initiators compute MAC1 with: BLAKE2s-256("mac1----" || the responder's public key).
+fn mac1_key(responder: &[u8; 32]) -> [u8; 32] {
+    use blake2::Digest as _;
+    blake2::Blake2s256::new()
+        .chain_update(b"mac1----")
+        .chain_update(responder)
+        .finalize()
+        .into()
+}
+
+/// An initiation with a random body (sender index, ephemeral key, encrypted static key and
+/// timestamp) and MAC2 zero; MAC1 is keyed BLAKE2s-128 over the first 116 bytes with `mac1_key`,
+/// or random when there is none. MAC1 covers no time, so such a datagram passes MAC1 as often as
+/// it is sent again.
+fn forged_initiation(rng: &mut XorShift, mac1_key: Option<&[u8; 32]>) -> Vec<u8> {
+    use blake2::digest::{FixedOutput as _, KeyInit as _, Update as _};
+    let mut m = vec![0u8; WG_INITIATION_LEN];
+    m[0] = WG_INITIATION;
+    rng.fill(&mut m[4..WG_MAC1_AT + 16]);
+    if let Some(key) = mac1_key {
+        let mut mac = blake2::Blake2sMac::<blake2::digest::consts::U16>::new_from_slice(key)
+            .expect("a 32-byte key fits BLAKE2s");
+        mac.update(&m[..WG_MAC1_AT]);
+        m[WG_MAC1_AT..WG_MAC1_AT + 16].copy_from_slice(&mac.finalize_fixed());
+    }
+    m
+}
+
+/// 1 to 200 random bytes.
+fn junk(rng: &mut XorShift) -> Vec<u8> {
+    let mut m = vec![0u8; 1 + (rng.next() % 200) as usize];
+    rng.fill(&mut m);
+    m
+}
+
+/// The JSON line `wg-flood` prints.
+#[derive(Debug, Serialize)]
+struct WgFloodReport {
+    sent: u64,
+    seconds: f64,
+    pps: f64,
+    /// Cookie replies (type 3, 64 bytes) that came back to the flooding socket.
+    cookie_replies: u64,
+}
+
+fn cmd_wg_flood(flags: &Flags) -> Result<ExitCode> {
+    let target: SocketAddr = flags.required("target")?;
+    let key: String = flags.required("public-key")?;
+    let responder: [u8; 32] = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(key.trim())
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| {
+                usage("--public-key: want the base64 of a 32-byte key, as `wg pubkey` prints")
+            })?
+    };
+    let duration = flags.seconds("seconds", None)?;
+    let per_second: u64 = flags.at_least("rate", 200_000, 1)?;
+    let kind: FloodKind = flags.or("kind", FloodKind::Mixed)?;
+    let from: IpAddr = flags.or("from", unspecified_for(&target))?;
+
+    let key = mac1_key(&responder);
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
+    let mut pool: Vec<Vec<u8>> = (0..FLOOD_POOL)
+        .map(|i| {
+            let kind = match kind {
+                FloodKind::Mixed => {
+                    [FloodKind::ValidMac1, FloodKind::BadMac1, FloodKind::Junk][i % 3]
+                }
+                other => other,
+            };
+            match kind {
+                FloodKind::BadMac1 => forged_initiation(&mut rng, None),
+                FloodKind::Junk => junk(&mut rng),
+                _ => forged_initiation(&mut rng, Some(&key)),
+            }
+        })
+        .collect();
+
+    let socket =
+        udp_bind(&SocketAddr::new(from, 0), false).context(format!("binding UDP {from}"))?;
+    sys::buffer_size(
+        socket.as_fd(),
+        libc::SO_SNDBUFFORCE,
+        libc::SO_SNDBUF,
+        4 << 20,
+    )
+    .context("setting SO_SNDBUF")?;
+    socket
+        .connect(target)
+        .context(format!("connecting UDP to {target}"))?;
+    let replies = AtomicU64::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let receiver = socket.try_clone().context("cloning the socket")?;
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .context("setting a read timeout")?;
+
+    let mut iovs: Vec<libc::iovec> = pool
+        .iter_mut()
+        .map(|p| libc::iovec {
+            iov_base: p.as_mut_ptr().cast(),
+            iov_len: p.len(),
+        })
+        .collect();
+    let mut hdrs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: mmsghdr is a plain C struct; all-zero (null pointers, zero lengths) is valid.
+            let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
+            hdr.msg_hdr.msg_iov = ptr::from_mut(iov);
+            hdr.msg_hdr.msg_iovlen = 1;
+            hdr
+        })
+        .collect();
+
+    let (sent, seconds) = thread::scope(|scope| -> Result<(u64, f64)> {
+        scope.spawn(|| {
+            let mut buf = [0u8; 256];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(n) = receiver.recv(&mut buf)
+                    && n == WG_COOKIE_REPLY_LEN
+                    && buf[0] == WG_COOKIE_REPLY
+                {
+                    replies.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let result = (|| {
+            let start = Instant::now();
+            let deadline = start + duration;
+            let mut sent: u64 = 0;
+            let mut at = 0;
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                // Paced: what is due by now, a batch at a time.
+                let due = (per_second as f64 * (now - start).as_secs_f64()) as u64;
+                if sent >= due {
+                    thread::sleep(Duration::from_micros(100));
+                    continue;
+                }
+                let n = (due - sent).min(BATCH as u64).min((FLOOD_POOL - at) as u64) as usize;
+                // SAFETY: `hdrs[at..at + n]` are initialised headers (connected socket: no
+                // address), each pointing at its own iovec in `iovs`, which points into `pool`;
+                // all outlive the call and the kernel only reads the data.
+                let rc = unsafe {
+                    libc::sendmmsg(
+                        socket.as_raw_fd(),
+                        hdrs[at..].as_mut_ptr(),
+                        n as libc::c_uint,
+                        0,
+                    )
+                };
+                if rc < 0 {
+                    let err = io::Error::last_os_error();
+                    if is_transient(&err) {
+                        continue;
+                    }
+                    return Err(err).context(format!("sendmmsg to {target}"));
+                }
+                sent += rc as u64;
+                at = (at + rc as usize) % FLOOD_POOL;
+            }
+            Ok((sent, start.elapsed().as_secs_f64()))
+        })();
+        // Replies still in flight get a moment to arrive.
+        thread::sleep(Duration::from_millis(200));
+        done.store(true, Ordering::Relaxed);
+        result
+    })?;
+    // The buffers the headers point into must live until here.
+    drop(hdrs);
+    drop(iovs);
+    drop(pool);
+
+    say(json(&WgFloodReport {
+        sent,
+        seconds: round(seconds, 3),
+        pps: rate(sent, seconds),
+        cookie_replies: replies.load(Ordering::Relaxed),
+    })?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// vxlan-send
+// ---------------------------------------------------------------------------------------------
+
+/// The VXLAN port (IANA).
+const VXLAN_PORT: u16 = 4789;
+/// The inner UDP source port of `vxlan-send`'s frames.
+const VXLAN_SEND_SPORT: u16 = 40000;
+
+/// Docker's MAC for an IPv4 address: `02:42` followed by the address.
+fn docker_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
+/// The ones' complement sum of `bytes` as 16-bit big-endian words, folded and inverted.
+fn ipv4_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A VXLAN payload (the 8-byte header, then the frame) holding Ethernet / IPv4 / UDP from
+/// `src` to `dst` (UDP checksum 0: none, which IPv4 allows) with `payload`.
+fn vxlan_frame(
+    vni: u32,
+    src: Ipv4Addr,
+    dst: SocketAddrV4,
+    dst_mac: [u8; 6],
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(8 + 14 + 20 + 8 + payload.len());
+    // VXLAN: the I flag, reserved, the VNI, reserved.
+    let vni = vni.to_be_bytes();
+    f.extend_from_slice(&[0x08, 0, 0, 0, vni[1], vni[2], vni[3], 0]);
+    // Ethernet.
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&docker_mac(src));
+    f.extend_from_slice(&[0x08, 0x00]);
+    // IPv4: no options, don't fragment, TTL 64, UDP.
+    let total = u16::try_from(20 + 8 + payload.len()).expect("a payload under 64 KiB");
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.ip().octets());
+    let checksum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    // UDP.
+    f.extend_from_slice(&VXLAN_SEND_SPORT.to_be_bytes());
+    f.extend_from_slice(&dst.port().to_be_bytes());
+    f.extend_from_slice(&(total - 20).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The JSON line `vxlan-send` prints.
+#[derive(Debug, Serialize)]
+struct VxlanSendReport {
+    sent: u64,
+}
+
+fn cmd_vxlan_send(flags: &Flags) -> Result<ExitCode> {
+    let to: String = flags.required("to")?;
+    let to: SocketAddr = match to.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, VXLAN_PORT),
+        Err(_) => to.parse().map_err(|e| usage(format!("--to `{to}`: {e}")))?,
+    };
+    let vni: u32 = flags.required("vni")?;
+    if !(1..=0x00ff_ffff).contains(&vni) {
+        return Err(usage("--vni must be 1 to 16777215"));
+    }
+    let inner_dst: SocketAddrV4 = flags.required("inner-dst")?;
+    let [a, b, c, _] = inner_dst.ip().octets();
+    let inner_src: Ipv4Addr = flags.or("inner-src", Ipv4Addr::new(a, b, c, 254))?;
+    let payload: String = flags.required("payload")?;
+    let count: u64 = flags.at_least("count", 1, 1)?;
+    let from: IpAddr = flags.or("from", unspecified_for(&to))?;
+
+    let frame = vxlan_frame(
+        vni,
+        inner_src,
+        inner_dst,
+        docker_mac(*inner_dst.ip()),
+        payload.as_bytes(),
+    );
+    let socket =
+        udp_bind(&SocketAddr::new(from, 0), false).context(format!("binding UDP {from}"))?;
+    for _ in 0..count {
+        socket
+            .send_to(&frame, to)
+            .context(format!("sending to {to}"))?;
+    }
+    say(json(&VxlanSendReport { sent: count })?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------------------------
 
@@ -1373,6 +1747,26 @@ const COMMANDS: &[Command] = &[
         cmd_ask,
     ),
     ("hold", &["target", "seconds", "interval-ms"], &[], cmd_hold),
+    (
+        "wg-flood",
+        &["target", "public-key", "seconds", "rate", "kind", "from"],
+        &[],
+        cmd_wg_flood,
+    ),
+    (
+        "vxlan-send",
+        &[
+            "to",
+            "vni",
+            "inner-dst",
+            "inner-src",
+            "payload",
+            "count",
+            "from",
+        ],
+        &[],
+        cmd_vxlan_send,
+    ),
 ];
 
 fn run(args: &[String]) -> Result<ExitCode> {
@@ -1523,6 +1917,57 @@ mod tests {
         assert_eq!(first_line(b"web-1\n"), "web-1");
         assert_eq!(first_line(b"web-1\r\nx"), "web-1");
         assert_eq!(first_line(b"web-1"), "web-1");
+    }
+
+    #[test]
+    fn forged_initiations_pass_or_fail_mac1_as_boringtun_checks_it() {
+        use boringtun::noise::errors::WireGuardError;
+        use boringtun::noise::rate_limiter::RateLimiter;
+        use boringtun::noise::{Packet, TunnResult};
+        let responder =
+            boringtun::x25519::PublicKey::from(&boringtun::x25519::StaticSecret::from([7u8; 32]));
+        let limiter = RateLimiter::new(&responder, 1_000);
+        let key = mac1_key(responder.as_bytes());
+        let mut rng = XorShift(1);
+        let mut reply = [0u8; 64];
+        for _ in 0..16 {
+            let valid = forged_initiation(&mut rng, Some(&key));
+            assert_eq!(valid.len(), 148);
+            assert!(matches!(
+                limiter.verify_packet(None, &valid, &mut reply),
+                Ok(Packet::HandshakeInit(_))
+            ));
+            let bad = forged_initiation(&mut rng, None);
+            assert!(matches!(
+                limiter.verify_packet(None, &bad, &mut reply),
+                Err(TunnResult::Err(WireGuardError::InvalidMac))
+            ));
+            assert!((1..=200).contains(&junk(&mut rng).len()));
+        }
+    }
+
+    #[test]
+    fn vxlan_frames_are_laid_out_as_the_kernel_reads_them() {
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 20, 0, 2), 7000);
+        let f = vxlan_frame(
+            0x01_1001,
+            Ipv4Addr::new(10, 20, 0, 254),
+            dst,
+            docker_mac(*dst.ip()),
+            b"hi",
+        );
+        assert_eq!(f.len(), 8 + 14 + 20 + 8 + 2);
+        assert_eq!(f[..8], [0x08, 0, 0, 0, 0x01, 0x10, 0x01, 0]);
+        assert_eq!(f[8..14], [0x02, 0x42, 10, 20, 0, 2]);
+        assert_eq!(f[14..20], [0x02, 0x42, 10, 20, 0, 254]);
+        let ip = &f[22..42];
+        assert_eq!(ip[0], 0x45);
+        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 30);
+        assert_eq!(ipv4_checksum(ip), 0, "the header checksum is right");
+        let udp = &f[42..50];
+        assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 7000);
+        assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 10);
+        assert_eq!(&f[50..], b"hi");
     }
 
     #[test]
