@@ -16,6 +16,16 @@
 //!   seconds from n1 installing a new key until n2's session with n1 uses it, under the same
 //!   flood (`handshake_flood_rekey_seconds`) and without (`rekey_seconds_no_flood`); a
 //!   rotation that does not finish within 60 s counts as 60.
+//! - **SYN flood**: a one-replica service published through the mesh on n1, and the same task
+//!   behind nftables DNAT and masquerade (Linux conntrack) on another port of n1; 400,000
+//!   spoofed SYNs at each, then seconds until a real client is served
+//!   (`syn_flood_served_after_s`, baseline `nft_syn_flood_served_after_s`), and the mesh's
+//!   counters for it.
+//! - **connection flood**: replicated writes on 3 managers (64 clients, 5 s) alone
+//!   (`raft_writes_per_s`), then while a client without a certificate holds 1,100 idle TLS
+//!   connections to the leader and sends it 4 MiB requests
+//!   (`raft_writes_per_s_during_conn_flood`); the leader's resident memory before
+//!   (`rss_mib_no_flood`) and at most during the flood (`conn_flood_rss_mib`).
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -31,7 +41,11 @@ type Figures = Map<String, Value>;
 type Section = (&'static str, fn(&mut Figures));
 
 /// The sections, in the order they run.
-const SECTIONS: &[Section] = &[("handshake flood", handshake_flood)];
+const SECTIONS: &[Section] = &[
+    ("handshake flood", handshake_flood),
+    ("SYN flood", syn_flood),
+    ("connection flood", conn_flood),
+];
 
 /// Seconds of each iperf3 run.
 const SECONDS: u32 = 5;
@@ -267,4 +281,242 @@ fn rcvbuf_errors(lab: &Lab, node: usize) -> u64 {
         .find(|(name, _)| *name == "RcvbufErrors")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// The spoofed SYNs of the SYN-flood section.
+const SYN_FLOOD: &str = "400000";
+/// The idle connections without a certificate of the connection-flood section.
+const IDLE_CONNECTIONS: &str = "1100";
+
+/// Runs `program args` in the client's namespace to completion; its JSON answer.
+fn client_json(lab: &Lab, program: &str, args: &[&str]) -> Value {
+    let mut command = lab
+        .client()
+        .command(binary(program).expect("built"))
+        .expect("the client's namespace");
+    let out = command.args(args).output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        output_text(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON answer")
+}
+
+/// Seconds from the end of a flood of spoofed SYNs at `target` until a real client is served
+/// (an HTTP request answered), asking every 50 ms; 60 when it never is.
+fn served_after_flood(lab: &Lab, target: &str) -> f64 {
+    let flood = client_json(
+        lab,
+        "shoal-hostile",
+        &["syn-flood", "--target", target, "--count", SYN_FLOOD],
+    );
+    println!("   {flood}");
+    let ended = Instant::now();
+    while ended.elapsed() < Duration::from_secs(60) {
+        let out = shoal_tests::mesh::labtool(
+            lab.client(),
+            &[
+                "ask",
+                "--target",
+                target,
+                "--count",
+                "1",
+                "--timeout-ms",
+                "250",
+            ],
+        )
+        .expect("ask runs");
+        if shoal_tests::mesh::answers(&out)
+            .iter()
+            .any(|(_, r)| r.is_ok())
+        {
+            return ended.elapsed().as_secs_f64();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    60.0
+}
+
+/// A one-replica service published through the mesh on n1, and the same task behind nftables
+/// DNAT and masquerade (Linux conntrack) on another port of n1; 400,000 spoofed SYNs at each,
+/// then how long until a real client is served (`syn_flood_served_after_s`, baseline
+/// `nft_syn_flood_served_after_s`).
+fn syn_flood(figures: &mut Figures) {
+    let swarm = shoal_tests::swarm::Swarm::up(1, 1);
+    let n1 = swarm.host("n1");
+    let tool = binary("shoal-labtool").expect("built");
+    let tool = tool.to_str().expect("a UTF-8 path");
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--replicas",
+            "1",
+            "--publish",
+            "8080:80",
+            "--constraint",
+            "node.hostname==n1",
+            "host",
+            tool,
+            "serve",
+            "--port",
+            "80",
+        ],
+    );
+    let ip = n1.public_ip.to_string();
+    wait_until("web to answer through n1", Duration::from_secs(60), || {
+        Ok(shoal_tests::service::who_answers(&swarm, &ip, 8080, 1).len() == 1)
+    })
+    .expect("web answers");
+    // The task's address on the ingress network, for the nftables path.
+    let task = shoal_tests::service::tasks(&swarm, &n1, "web")
+        .into_iter()
+        .find(|t| t["DesiredState"] == "Running")
+        .and_then(|t| t["ID"].as_str().map(str::to_owned))
+        .expect("web's task");
+    let dp: Value = serde_json::from_str(&swarm.ok(&n1, &["dataplane", "inspect"])).expect("JSON");
+    let backend = dp["networks"]
+        .as_object()
+        .and_then(|nets| {
+            nets.values().find_map(|n| {
+                n["veths"].as_object().and_then(|veths| {
+                    veths.values().find_map(|v| {
+                        (v["task"] == task.as_str()).then(|| {
+                            v["addr"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .split('/')
+                                .next()
+                                .unwrap_or_default()
+                                .to_owned()
+                        })
+                    })
+                })
+            })
+        })
+        .expect("the task's ingress address");
+    let rules = swarm.lab.dir().join("nft-syn-flood.conf");
+    std::fs::write(
+        &rules,
+        format!(
+            "table ip bench {{\n chain pre {{ type nat hook prerouting priority -100; tcp dport 9080 dnat to {backend}:80 }}\n chain post {{ type nat hook postrouting priority 100; ip daddr {backend} tcp dport 80 masquerade }}\n}}\n"
+        ),
+    )
+    .expect("the rules");
+    let out = swarm
+        .lab
+        .run(&n1, "nft", &["-f", rules.to_str().expect("a UTF-8 path")])
+        .expect("nft runs");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mesh = served_after_flood(&swarm.lab, &format!("{ip}:8080"));
+    println!("   mesh: served {mesh:.2} s after the flood");
+    let nft = served_after_flood(&swarm.lab, &format!("{ip}:9080"));
+    println!("   nftables DNAT: served {nft:.2} s after the flood");
+    figures.insert("syn_flood_served_after_s".into(), json!(round(mesh)));
+    figures.insert("nft_syn_flood_served_after_s".into(), json!(round(nft)));
+    let dp: Value = serde_json::from_str(&swarm.ok(&n1, &["dataplane", "inspect"])).expect("JSON");
+    let web = &dp["mesh"]["services"]["web"];
+    for key in ["taken_over", "stale", "dropped"] {
+        figures.insert(format!("syn_flood_{key}"), web[key].clone());
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Replicated writes on 3 managers (64 clients, 5 s) alone (`raft_writes_per_s`), then while a
+/// client without a certificate holds 1,100 idle TLS connections to the leader and sends it
+/// 4 MiB requests (`raft_writes_per_s_during_conn_flood`); the leader's resident memory before
+/// (`rss_mib_no_flood`) and at most during the flood (`conn_flood_rss_mib`).
+fn conn_flood(figures: &mut Figures) {
+    let swarm = shoal_tests::swarm::Swarm::up(3, 0);
+    let n1 = swarm.host("n1");
+    let leader = swarm.host(&swarm.leader(&n1).expect("a leader"));
+    let target = format!("{}:2377", leader.public_ip);
+    let certs = swarm.lab.host_dir(&leader).join("data/swarm/certs");
+    let certs = certs.to_str().expect("a UTF-8 path").to_owned();
+    let writes = |lab: &Lab| {
+        client_json(
+            lab,
+            "shoal-raft-load",
+            &[
+                "shoal",
+                "--target",
+                &target,
+                "--certs",
+                &certs,
+                "--clients",
+                "64",
+                "--seconds",
+                "5",
+            ],
+        )
+    };
+    let alone = writes(&swarm.lab);
+    println!("   writes alone: {alone}");
+    let rss_before = swarm
+        .lab
+        .shoald_rss_mib(&leader)
+        .expect("the leader's memory");
+    let token = swarm.ok(&n1, &["swarm", "join-token", "-q", "worker"]);
+    let mut flood = swarm
+        .lab
+        .client()
+        .command(binary("shoal-hostile").expect("built"))
+        .expect("the client's namespace");
+    flood
+        .args([
+            "conn-flood",
+            "--manager",
+            &target,
+            "--token",
+            token.trim(),
+            "--connections",
+            IDLE_CONNECTIONS,
+            "--frames",
+            "4",
+            "--seconds",
+            "12",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let flood: Child = flood.spawn().expect("the flood starts");
+    std::thread::sleep(Duration::from_secs(3));
+    let during = std::thread::scope(|scope| {
+        let sampling = scope.spawn(|| {
+            let mut peak = rss_before;
+            let until = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < until {
+                peak = peak.max(swarm.lab.shoald_rss_mib(&leader).unwrap_or(0.0));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            peak
+        });
+        let during = writes(&swarm.lab);
+        (during, sampling.join().expect("sampling"))
+    });
+    let (during, peak) = during;
+    let report = flood.wait_with_output().expect("the flood ends");
+    println!(
+        "   writes during the flood: {during}; flood: {}",
+        String::from_utf8_lossy(&report.stdout).trim()
+    );
+    figures.insert("raft_writes_per_s".into(), alone["per_s"].clone());
+    figures.insert(
+        "raft_writes_per_s_during_conn_flood".into(),
+        during["per_s"].clone(),
+    );
+    figures.insert(
+        "raft_write_errors_during_conn_flood".into(),
+        during["errors"].clone(),
+    );
+    figures.insert("rss_mib_no_flood".into(), json!(round(rss_before)));
+    figures.insert("conn_flood_rss_mib".into(), json!(round(peak)));
 }
