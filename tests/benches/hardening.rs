@@ -4,7 +4,8 @@
 //! Needs root, iperf3, and release builds of `shoald`, `shoal` and `shoal-labtool` (the xtask
 //! builds them).
 //!
-//! Sections (add one by writing a function and listing it in [`SECTIONS`]):
+//! Sections (add one by writing a function and listing it in [`SECTIONS`];
+//! `SHOAL_BENCH_SECTIONS=name,name` runs only those):
 //! - **handshake flood**: iperf3 task to task over an encrypted overlay from n1 to n2, while n3
 //!   sends n2's WireGuard port 200,000 forged handshake initiations a second with a valid MAC1
 //!   (`handshake_flood_enc_gbps`), and alone just before and just after
@@ -59,7 +60,15 @@ const REKEY_TIMEOUT: Duration = Duration::from_secs(60);
 fn main() {
     let out = bench_output("hardening");
     let mut figures = Figures::new();
+    // `SHOAL_BENCH_SECTIONS="SYN flood,connection flood"` runs only those.
+    let only = std::env::var("SHOAL_BENCH_SECTIONS").ok();
     for (name, section) in SECTIONS {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|s| s.trim() == *name))
+        {
+            continue;
+        }
         println!("== {name}");
         section(&mut figures);
     }
@@ -380,32 +389,36 @@ fn syn_flood(figures: &mut Figures) {
         .find(|t| t["DesiredState"] == "Running")
         .and_then(|t| t["ID"].as_str().map(str::to_owned))
         .expect("web's task");
-    let dp: Value = serde_json::from_str(&swarm.ok(&n1, &["dataplane", "inspect"])).expect("JSON");
-    let backend = dp["networks"]
-        .as_object()
-        .and_then(|nets| {
-            nets.values().find_map(|n| {
-                n["veths"].as_object().and_then(|veths| {
-                    veths.values().find_map(|v| {
-                        (v["task"] == task.as_str()).then(|| {
-                            v["addr"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .split('/')
-                                .next()
-                                .unwrap_or_default()
-                                .to_owned()
-                        })
-                    })
-                })
-            })
-        })
-        .expect("the task's ingress address");
+    // Its address on the ingress network, from inside its namespace.
+    let netns = swarm.lab.host_dir(&n1).join("data/tasks/netns").join(&task);
+    let out = swarm
+        .lab
+        .run(
+            &n1,
+            "nsenter",
+            &[
+                &format!("--net={}", netns.display()),
+                "ip",
+                "-4",
+                "-o",
+                "addr",
+                "show",
+                "eth0",
+            ],
+        )
+        .expect("nsenter runs");
+    let backend = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("the task's ingress address: {}", output_text(&out)));
     let rules = swarm.lab.dir().join("nft-syn-flood.conf");
     std::fs::write(
         &rules,
         format!(
-            "table ip bench {{\n chain pre {{ type nat hook prerouting priority -100; tcp dport 9080 dnat to {backend}:80 }}\n chain post {{ type nat hook postrouting priority 100; ip daddr {backend} tcp dport 80 masquerade }}\n}}\n"
+            "table ip bench {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  tcp dport 9080 dnat to {backend}:80\n }}\n chain post {{\n  type nat hook postrouting priority 100;\n  ip daddr {backend} tcp dport 80 masquerade\n }}\n}}\n"
         ),
     )
     .expect("the rules");
