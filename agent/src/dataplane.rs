@@ -212,7 +212,6 @@ impl NodeDataplane {
                 .map_err(|e| Status::internal(format!("reading the VXLAN filter: {e}")))?
             {
                 Some((f, refused)) => json!({
-                    "local": f.local,
                     "port": f.port,
                     "peers": f.peers,
                     "refused_packets": refused.packets,

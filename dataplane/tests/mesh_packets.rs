@@ -905,6 +905,97 @@ fn only_a_syn_opens_a_tcp_flow_and_a_flow_lives_by_its_state() {
     );
 }
 
+/// A handshake that ends before it completes (a client's FIN or RST after its SYN, a backend's
+/// reset) is closed where it is: it never takes room in the established maps, which nothing
+/// evicts. A new SYN on a closed flow's tuple starts a new flow, whose SYN-ACK must acknowledge
+/// the new SYN. A new flow whose way back is gone (evicted, or claimed by another flow) is gone.
+#[test]
+fn a_handshake_that_ends_early_is_never_established_and_its_tuple_opens_again() {
+    let plan = plan(six());
+    let mut mesh = mesh(&plan);
+    let established = |mesh: &mut Mesh| {
+        mesh.flows()
+            .expect("the flows")
+            .iter()
+            .filter(|f| f.established)
+            .count()
+    };
+    // SYN then FIN, SYN then RST (what a blind flood can send): closed, with the new ones.
+    for (i, end) in [(3, FIN), (4, RST)] {
+        let src = client(i);
+        let key = flow(src, (NODE, 8080), IPPROTO_TCP);
+        entry(&mut mesh, &frame(src, (NODE, 8080), IPPROTO_TCP, &[], b""));
+        let (verdict, _) = entry(
+            &mut mesh,
+            &tcp_frame(src, (NODE, 8080), IPPROTO_TCP, (end, 8, 0), &[], b""),
+        );
+        assert_eq!(verdict, XdpVerdict::Redirect, "the backend hears of it");
+        assert_eq!(
+            kept(&mut mesh, &key).map(|(c, e)| (c.state, e)),
+            Some((abi::state::TCP_CLOSED, false))
+        );
+    }
+    assert_eq!(established(&mut mesh), 0);
+
+    // The same tuple's next SYN: a new flow, following the new sequence number.
+    let src = client(3);
+    let key = flow(src, (NODE, 8080), IPPROTO_TCP);
+    let (verdict, out) = entry(
+        &mut mesh,
+        &tcp_frame(src, (NODE, 8080), IPPROTO_TCP, (SYN, 500, 0), &[], b""),
+    );
+    assert_eq!(verdict, XdpVerdict::Redirect);
+    let (conn, established_now) = kept(&mut mesh, &key).expect("a new flow");
+    assert_eq!(
+        (conn.state, conn.isn, established_now),
+        (abi::state::TCP_SYN_SENT, 500, false)
+    );
+    // The backend refuses it: its reset (acknowledging this SYN) reaches the client, and the
+    // flow is closed.
+    let seen = read(&out);
+    let (code, out) = way_back(
+        &mut mesh,
+        &tcp_frame(
+            seen.dst,
+            seen.src,
+            IPPROTO_TCP,
+            (RST | ACK, 0, 501),
+            &[],
+            b"",
+        ),
+    );
+    assert_eq!(code, TC_ACT_REDIRECT, "the backend's reset is delivered");
+    assert_eq!(read(&out).dst, src);
+    assert_eq!(
+        kept(&mut mesh, &key).map(|(c, e)| (c.state, e)),
+        Some((abi::state::TCP_CLOSED, false))
+    );
+
+    // A handshake whose way back went: its next packet is the stack's, and it is forgotten.
+    let src = client(5);
+    let key = flow(src, (NODE, 8080), IPPROTO_TCP);
+    let (_, out) = entry(&mut mesh, &frame(src, (NODE, 8080), IPPROTO_TCP, &[], b""));
+    let seen = read(&out);
+    let back = flow(seen.dst, seen.src, IPPROTO_TCP);
+    {
+        let map = mesh
+            .programs()
+            .ebpf_mut()
+            .map_mut(abi::REPLIES_NEW_MAP)
+            .expect("the map");
+        let mut replies: aya::maps::HashMap<_, FlowKey, abi::Rewrite> =
+            aya::maps::HashMap::try_from(map).expect("a hash map");
+        replies.remove(&back).expect("the way back was there");
+    }
+    let (verdict, _) = entry(
+        &mut mesh,
+        &tcp_frame(src, (NODE, 8080), IPPROTO_TCP, (ACK, 8, 1001), &[], b""),
+    );
+    assert_eq!(verdict, XdpVerdict::Pass);
+    assert_eq!(kept(&mut mesh, &key), None);
+    assert_eq!(established(&mut mesh), 0);
+}
+
 #[test]
 fn a_udp_flow_becomes_a_stream_when_both_sides_speak() {
     let plan = plan(six());

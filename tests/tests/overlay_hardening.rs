@@ -282,13 +282,33 @@ fn plain_vxlan_is_accepted_only_from_the_data_path_addresses_of_peers() {
         )
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    // A second address of n1's: the VXLAN socket takes datagrams to any of them.
+    let n1_other = Ipv4Addr::new(172, 21, lab.id(), 98).to_string();
+    let out = lab
+        .run(
+            &n1,
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{n1_other}/24"),
+                "dev",
+                n1.data_if(),
+            ],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
     let socket = listen(&o, "t1", 7001);
     let (n1_data, n3_data) = (
         n1.data_ip.unwrap().to_string(),
         n3.data_ip.unwrap().to_string(),
     );
     let inner = format!("{}:7001", o.ip("t1", PLAIN));
-    for (from, payload) in [(&stranger, "from a stranger"), (&n3_data, "from a peer")] {
+    for (from, to, payload) in [
+        (&stranger, &n1_data, "from a stranger"),
+        (&stranger, &n1_other, "from a stranger to another address"),
+        (&n3_data, &n1_data, "from a peer"),
+    ] {
         run_ok(labtool(
             &lab,
             &n3,
@@ -298,7 +318,7 @@ fn plain_vxlan_is_accepted_only_from_the_data_path_addresses_of_peers() {
                 "--from",
                 from,
                 "--to",
-                &n1_data,
+                to,
                 "--vni",
                 "4096",
                 "--inner-dst",
@@ -312,12 +332,12 @@ fn plain_vxlan_is_accepted_only_from_the_data_path_addresses_of_peers() {
     }
     let got = received_until(&socket, "from a peer");
     assert!(
-        !got.iter().any(|p| p == "from a stranger"),
+        !got.iter().any(|p| p.starts_with("from a stranger")),
         "VXLAN from a non-peer reached a task: {got:?}"
     );
     let filter = &inspect(&lab, 0)["vxlan_filter"];
     assert!(
-        filter["refused_packets"].as_u64().is_some_and(|n| n >= 20),
+        filter["refused_packets"].as_u64().is_some_and(|n| n >= 40),
         "{filter:#}"
     );
     // Ordinary traffic between peers is untouched.

@@ -323,6 +323,9 @@ pub struct Mesh {
     programs: Programs,
     state: MapState,
     links: Links,
+    /// Ways back without a flow at the last collection, as they were: removed at the next if
+    /// still so (one seen in a single pass may belong to a flow being moved meanwhile).
+    orphans: std::collections::HashMap<FlowKey, Rewrite>,
 }
 
 impl Mesh {
@@ -344,6 +347,7 @@ impl Mesh {
             programs,
             state: MapState::default(),
             links: Links::default(),
+            orphans: std::collections::HashMap::new(),
         };
         mesh.set_timeouts(Timeouts::DEFAULT)?;
         Ok(mesh)
@@ -385,43 +389,57 @@ impl Mesh {
     /// timeout), each with its way back, and ways back without a flow. The programs already
     /// treat an expired flow as gone; this gives its room back. Flows not established yet
     /// live in LRU maps and need no collecting. How many flows were removed.
+    ///
+    /// The programs change the maps meanwhile, so each removal is decided on the entry as it is
+    /// then: a flow only if it is still expired, a way back only if it is still that flow's,
+    /// and a way back without a flow only when it was one at the previous collection too (a
+    /// flow being moved to the established maps has its connection there first, its way back
+    /// a moment later).
     pub fn collect_expired(&mut self) -> Result<usize, MeshError> {
         let now = monotonic_coarse_seconds();
-        let ebpf = self.programs.ebpf_mut();
-        let conns: HashMap<&mut MapData, FlowKey, Conn> = hash(ebpf, abi::CONNS_MAP)?;
-        let mut dead: Vec<(FlowKey, FlowKey)> = Vec::new();
-        let mut live_replies = BTreeSet::new();
-        for entry in conns.iter() {
-            let Ok((key, conn)) = entry else { continue };
-            let back = FlowKey {
-                saddr: conn.rewrite.daddr,
-                daddr: conn.rewrite.saddr,
-                sport: conn.rewrite.dport,
-                dport: conn.rewrite.sport,
-                proto: key.proto,
-                pad: [0; 3],
-            };
-            if now >= conn.expires {
-                dead.push((key, back));
-            } else {
-                live_replies.insert(back_bytes(&back));
-            }
-        }
         let mut conns: HashMap<&mut MapData, FlowKey, Conn> =
             hash(self.programs.ebpf_mut(), abi::CONNS_MAP)?;
-        for (key, _) in &dead {
-            let _ = conns.remove(key);
+        let expired: Vec<FlowKey> = conns
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, conn)| now >= conn.expires)
+            .map(|(key, _)| key)
+            .collect();
+        let mut dead = Vec::new();
+        for key in expired {
+            // Still expired now: no packet came in between.
+            if let Ok(conn) = conns.get(&key, 0)
+                && now >= conn.expires
+                && conns.remove(&key).is_ok()
+            {
+                dead.push((key, conn.rewrite.back_key(key.proto)));
+            }
         }
+        let live: std::collections::HashSet<FlowKey> =
+            conns.keys().filter_map(Result::ok).collect();
         let mut replies: HashMap<&mut MapData, FlowKey, Rewrite> =
             hash(self.programs.ebpf_mut(), abi::REPLIES_MAP)?;
-        let orphans: Vec<FlowKey> = replies
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !live_replies.contains(&back_bytes(k)))
-            .collect();
-        for key in dead.iter().map(|(_, back)| back).chain(&orphans) {
-            let _ = replies.remove(key);
+        for (key, back) in &dead {
+            if replies
+                .get(back, 0)
+                .is_ok_and(|r| r.back_key(key.proto) == *key)
+            {
+                let _ = replies.remove(back);
+            }
         }
+        let mut orphans = std::collections::HashMap::new();
+        let entries: Vec<(FlowKey, Rewrite)> = replies.iter().filter_map(Result::ok).collect();
+        for (back, reply) in entries {
+            if live.contains(&reply.back_key(back.proto)) {
+                continue;
+            }
+            if self.orphans.get(&back) == Some(&reply) {
+                let _ = replies.remove(&back);
+            } else {
+                orphans.insert(back, reply);
+            }
+        }
+        self.orphans = orphans;
         Ok(dead.len())
     }
 
@@ -1149,16 +1167,6 @@ fn monotonic_coarse_seconds() -> u32 {
 }
 
 /// A flow key as bytes (a set of keys without `Ord` on the ABI type).
-fn back_bytes(key: &FlowKey) -> [u8; 16] {
-    let mut out = [0; 16];
-    out[..4].copy_from_slice(&key.saddr.to_ne_bytes());
-    out[4..8].copy_from_slice(&key.daddr.to_ne_bytes());
-    out[8..10].copy_from_slice(&key.sport.to_ne_bytes());
-    out[10..12].copy_from_slice(&key.dport.to_ne_bytes());
-    out[12] = key.proto;
-    out
-}
-
 fn array<'a, V: aya::Pod>(
     ebpf: &'a mut aya::Ebpf,
     name: &'static str,

@@ -420,8 +420,7 @@ impl Dataplane {
             self.vxlan_filter = Some(resolved.vxlan_filter.clone());
             filter_change = match (&resolved.vxlan_filter, known) {
                 (Some(f), _) => Some(format!(
-                    "plain VXLAN to {}:{} accepted only from {} peer address(es)",
-                    f.local,
+                    "plain VXLAN to port {} accepted only from {} peer address(es)",
                     f.port,
                     f.peers.len()
                 )),

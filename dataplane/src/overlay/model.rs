@@ -847,14 +847,13 @@ impl DesiredState {
             }
             _ => None,
         };
-        // Plain networks' VXLAN sockets bind the data-path address in the node's namespace,
+        // Plain networks' VXLAN sockets take datagrams to any address of the node's namespace,
         // where anyone can reach them: only the peers may.
         let vxlan_filter = layout
             .networks
             .values()
             .any(|n| !n.device.encrypted)
             .then(|| VxlanFilter {
-                local: data_path_addr,
                 port: self.data_path.port,
                 peers: peers.values().map(|(addr, _)| *addr).collect(),
             });

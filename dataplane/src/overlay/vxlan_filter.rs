@@ -3,16 +3,17 @@
 //! The kernel's VXLAN device takes a frame from anyone who can reach its UDP port: with learning
 //! off it does not look at the outer source at all, and its VNI picks the network. So anyone on
 //! the data network (or routed to the data-path address over any interface) could write frames
-//! into a plain overlay, the routing mesh's ingress network included. The node's namespace
-//! therefore gets one nftables table that drops VXLAN to the data-path address unless it comes
-//! from the data-path address of a current peer:
+//! into a plain overlay, the routing mesh's ingress network included. Its socket is bound to
+//! every address of the namespace (whatever the device's `local`), so the filter covers VXLAN to
+//! any local address. The node's namespace therefore gets one nftables table that drops VXLAN
+//! to the node unless it comes from the data-path address of a current peer:
 //!
 //! ```text
 //! table ip shoal_overlay
 //!   set vxlan_peers       the peers' data-path addresses
 //!   counter vxlan_refused
 //!   chain vxlan_in        hook prerouting, priority raw (before conntrack: a flood leaves no state)
-//!     ip daddr <data-path address> udp dport <VXLAN port> ip saddr != @vxlan_peers
+//!     udp dport <VXLAN port> fib daddr type local ip saddr != @vxlan_peers
 //!       counter name vxlan_refused drop
 //! ```
 //!
@@ -40,8 +41,6 @@ const NFT: [&str; 3] = ["nft", "/usr/sbin/nft", "/sbin/nft"];
 /// Whom plain VXLAN is accepted from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanFilter {
-    /// The data-path address the VXLAN sockets bind.
-    pub local: Ipv4Addr,
     /// The VXLAN port.
     pub port: u16,
     /// The data-path addresses of the current peers.
@@ -80,8 +79,8 @@ impl VxlanFilter {
         }
         let _ = writeln!(
             s,
-            "add rule ip {TABLE} vxlan_in ip daddr {} udp dport {} ip saddr != @vxlan_peers counter name vxlan_refused drop",
-            self.local, self.port
+            "add rule ip {TABLE} vxlan_in udp dport {} fib daddr type local ip saddr != @vxlan_peers counter name vxlan_refused drop",
+            self.port
         );
         s
     }
@@ -166,7 +165,6 @@ mod tests {
     #[test]
     fn the_script_replaces_the_peers_and_the_rule_in_one_transaction() {
         let filter = VxlanFilter {
-            local: Ipv4Addr::new(172, 21, 1, 11),
             port: 4789,
             peers: BTreeSet::from([Ipv4Addr::new(172, 21, 1, 13), Ipv4Addr::new(172, 21, 1, 12)]),
         };
@@ -177,7 +175,7 @@ mod tests {
             "{script}"
         );
         assert!(script.contains(
-            "ip daddr 172.21.1.11 udp dport 4789 ip saddr != @vxlan_peers counter name vxlan_refused drop"
+            "udp dport 4789 fib daddr type local ip saddr != @vxlan_peers counter name vxlan_refused drop"
         ));
         // Flushed before refilled: a peer that left is gone.
         let flush = script.find("flush set").unwrap();

@@ -284,9 +284,10 @@ pub mod state {
     pub const TCP_SYN_RECV: u8 = 2;
     /// TCP: both ends spoke; the flow is established.
     pub const TCP_ESTABLISHED: u8 = 3;
-    /// TCP: one end sent FIN; data may still flow the other way.
+    /// TCP: one end of an established connection sent FIN; data may still flow the other way.
     pub const TCP_CLOSING: u8 = 4;
-    /// TCP: both ends sent FIN, or one reset the connection.
+    /// TCP: both ends sent FIN, or one reset the connection, or the handshake ended before it
+    /// completed. A new SYN on the same tuple starts a new flow.
     pub const TCP_CLOSED: u8 = 5;
     /// UDP: the client's first datagram was balanced; no reply yet.
     pub const UDP_NEW: u8 = 6;
@@ -295,12 +296,11 @@ pub mod state {
     /// UDP: traffic both ways: an established stream.
     pub const UDP_STREAM: u8 = 8;
 
-    /// Whether a flow in `state` lives in the established maps.
-    pub const fn established(state: u8) -> bool {
-        matches!(
-            state,
-            TCP_ESTABLISHED | TCP_CLOSING | TCP_CLOSED | UDP_STREAM
-        )
+    /// Whether a flow in `state` has been answered both ways (conntrack's "assured"): it lives
+    /// in the established maps, and never yields its translated port. A handshake that ends
+    /// (FIN or RST) before it completes is [`TCP_CLOSED`], never assured.
+    pub const fn assured(state: u8) -> bool {
+        matches!(state, TCP_ESTABLISHED | TCP_CLOSING | UDP_STREAM)
     }
 }
 
@@ -404,16 +404,18 @@ pub struct Conn {
     pub egress: u32,
 }
 
-/// The client flow a backend's reply belongs to, from the reply's translation (the reverse of
-/// [`Rewrite`] as the reply maps store it).
-pub const fn client_key(reply: &Rewrite, proto: u8) -> FlowKey {
-    FlowKey {
-        saddr: reply.daddr,
-        daddr: reply.saddr,
-        sport: reply.dport,
-        dport: reply.sport,
-        proto,
-        pad: [0; 3],
+impl Rewrite {
+    /// The key of the packets that travel against this translation: for a client's rewrite, the
+    /// backend's replies (a translated port's key); for a reply's, the client flow it belongs to.
+    pub const fn back_key(&self, proto: u8) -> FlowKey {
+        FlowKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto,
+            pad: [0; 3],
+        }
     }
 }
 

@@ -8,9 +8,13 @@
 //! ```
 //!
 //! - A TCP packet that is not the SYN of a new flow and has no flow gets no state: it goes to
-//!   the node's stack, which resets it.
-//! - Both entries of a flow (its connection and its way back) are removed together: a port is
-//!   free when its holder is gone or expired, never while the holder lives.
+//!   the node's stack, which resets it. A handshake that ends (FIN, RST) before it completes is
+//!   closed where it is, never moved to the established maps; a SYN on a closed flow's tuple
+//!   starts a new flow.
+//! - Both entries of a flow (its connection and its way back) are removed together, and a way
+//!   back only by the flow it belongs to: a port is free when its holder is gone or expired,
+//!   never while the holder lives. A new flow whose way back was evicted (the LRU maps evict
+//!   each on its own) is gone: its next packet goes to the stack.
 //! - When every candidate port of a new flow is held, a handshake older than
 //!   [`Timeouts::takeover`] yields its port (conntrack's early drop of unassured entries): a
 //!   flood of spoofed SYNs holds ports for a second, not for the whole half-open timeout.
@@ -25,7 +29,7 @@ use aya_ebpf::{
 };
 use shoal_abi::mesh::{
     Conn, FIN_BACKEND, FIN_CLIENT, FlowKey, MAX_CONNS, MAX_NEW_CONNS, MAX_NEW_REPLIES, MAX_REPLIES,
-    Rewrite, Timeouts, client_key, state,
+    Rewrite, Timeouts, state,
 };
 
 use crate::mesh::LRU_FLAGS;
@@ -77,7 +81,7 @@ pub(crate) fn expired(conn: &Conn, now: u32) -> bool {
 /// The expiry of a flow in its state, from now; written only when it moves (a packet a
 /// second per flow writes, not every packet).
 #[inline(always)]
-pub(crate) fn refresh(conn: &mut Conn, now: u32, timeouts: &Timeouts) -> bool {
+pub(crate) fn refresh(conn: &mut Conn, now: u32, timeouts: &Timeouts) {
     let expires = now.saturating_add(timeouts.of(conn.state));
     // A closed flow's expiry is not pushed back by its stragglers.
     let wanted = if conn.state == state::TCP_CLOSED {
@@ -87,15 +91,16 @@ pub(crate) fn refresh(conn: &mut Conn, now: u32, timeouts: &Timeouts) -> bool {
     };
     if wanted != conn.expires {
         conn.expires = wanted;
-        return true;
     }
-    false
 }
 
 /// The state after a TCP packet with `flags` from the client (`from_client`) or the backend.
 #[inline(always)]
 pub(crate) fn tcp_step(conn: &mut Conn, flags: u8, from_client: bool) {
-    if flags & RST != 0 {
+    // A reset, or a FIN before the handshake completed: closed, never established.
+    if flags & RST != 0
+        || (flags & FIN != 0 && matches!(conn.state, state::TCP_SYN_SENT | state::TCP_SYN_RECV))
+    {
         conn.state = state::TCP_CLOSED;
         return;
     }
@@ -109,31 +114,41 @@ pub(crate) fn tcp_step(conn: &mut Conn, flags: u8, from_client: bool) {
     }
 }
 
-/// The key a backend's reply to `rewrite`'s packets carries.
+/// Whether `reply` (a way back as kept) belongs to the flow `key`.
 #[inline(always)]
-pub(crate) fn reply_key(rewrite: &Rewrite, proto: u8) -> FlowKey {
-    FlowKey {
-        saddr: rewrite.daddr,
-        daddr: rewrite.saddr,
-        sport: rewrite.dport,
-        dport: rewrite.sport,
-        proto,
-        pad: [0; 3],
+pub(crate) fn belongs(reply: &Rewrite, key: &FlowKey) -> bool {
+    reply.back_key(key.proto) == *key
+}
+
+/// Forgets a flow kept with the established ones: its connection, and its way back if it is
+/// still this flow's.
+#[inline(always)]
+pub(crate) fn forget(key: &FlowKey, conn: &Conn) {
+    let back = conn.rewrite.back_key(key.proto);
+    let _ = CONNS.remove(key);
+    // SAFETY: a map value read in place, for the length of this call.
+    if unsafe { REPLIES.get(back) }.is_some_and(|r| belongs(r, key)) {
+        let _ = REPLIES.remove(back);
     }
 }
 
-/// Forgets a flow kept with the established ones: its connection and its way back.
-#[inline(always)]
-pub(crate) fn forget(key: &FlowKey, conn: &Conn) {
-    let _ = CONNS.remove(key);
-    let _ = REPLIES.remove(reply_key(&conn.rewrite, key.proto));
-}
-
-/// Forgets a flow kept with the new ones.
+/// Forgets a flow kept with the new ones (as [`forget`]).
 #[inline(always)]
 pub(crate) fn forget_new(key: &FlowKey, conn: &Conn) {
+    let back = conn.rewrite.back_key(key.proto);
     let _ = CONNS_NEW.remove(key);
-    let _ = REPLIES_NEW.remove(reply_key(&conn.rewrite, key.proto));
+    // SAFETY: as above.
+    if unsafe { REPLIES_NEW.get(back) }.is_some_and(|r| belongs(r, key)) {
+        let _ = REPLIES_NEW.remove(back);
+    }
+}
+
+/// Whether the new flow `key` still holds its way back (an LRU map may have evicted it, and
+/// another flow may have claimed the port since).
+#[inline(always)]
+pub(crate) fn holds_way_back(key: &FlowKey, conn: &Conn) -> bool {
+    // SAFETY: a map value read in place, for the length of this call.
+    unsafe { REPLIES_NEW.get(conn.rewrite.back_key(key.proto)) }.is_some_and(|r| belongs(r, key))
 }
 
 /// What a claim on a translated port came to.
@@ -164,7 +179,7 @@ pub(crate) fn claim(
         if old == reply {
             return Claim::Mine;
         }
-        let holder = client_key(old, proto);
+        let holder = old.back_key(proto);
         // SAFETY: as above.
         match unsafe { CONNS.get(holder) } {
             Some(c) if !expired(c, now) => return Claim::Held,
@@ -191,13 +206,21 @@ pub(crate) fn claim(
     if old == reply {
         return Claim::Mine;
     }
-    let holder = client_key(old, proto);
+    let holder = old.back_key(proto);
     // SAFETY: as above.
     let outcome = match unsafe { CONNS_NEW.get(holder) } {
         // Gone (evicted) or expired: the port is free.
         None => Claim::Mine,
         Some(c) if expired(c, now) => Claim::Mine,
-        Some(c) if take_over && now.wrapping_sub(c.born) >= timeouts.takeover => Claim::TakenOver,
+        // Never from a flow answered both ways (one kept here because the established maps
+        // were full).
+        Some(c)
+            if take_over
+                && !state::assured(c.state)
+                && now.wrapping_sub(c.born) >= timeouts.takeover =>
+        {
+            Claim::TakenOver
+        }
         Some(_) => Claim::Held,
     };
     if matches!(outcome, Claim::Held) {
@@ -210,21 +233,21 @@ pub(crate) fn claim(
     outcome
 }
 
-/// Moves a flow from the new ones to the established ones: its connection and its way back
-/// together. The connection as now kept; `None` when the established maps are full (the flow
-/// stays with the new ones).
+/// Moves a flow from the new ones to the established ones: its connection, then its way back
+/// (a backend's packet in between still finds the way back with the new ones). The connection
+/// as now kept; `None` when the established maps are full (the flow stays with the new ones).
+/// The caller has checked that the flow holds its way back ([`holds_way_back`]).
 #[inline(always)]
 pub(crate) fn promote(key: &FlowKey, conn: *mut Conn) -> Option<*mut Conn> {
     // SAFETY: a map value the caller holds, for the length of this call.
-    let back = reply_key(unsafe { &(*conn).rewrite }, key.proto);
+    let back = unsafe { &(*conn).rewrite }.back_key(key.proto);
     // SAFETY: as above; the helper copies the value into the other map.
     let reply = unsafe { REPLIES_NEW.get(back) }?;
-    REPLIES.insert(back, reply, u64::from(BPF_ANY)).ok()?;
     // SAFETY: as above; by reference, so the connection is never copied onto the BPF stack.
     let conn_ref: &Conn = unsafe { &*conn };
-    let inserted = CONNS.insert(key, conn_ref, u64::from(BPF_ANY));
-    if inserted.is_err() {
-        let _ = REPLIES.remove(back);
+    CONNS.insert(key, conn_ref, u64::from(BPF_ANY)).ok()?;
+    if REPLIES.insert(back, reply, u64::from(BPF_ANY)).is_err() {
+        let _ = CONNS.remove(key);
         return None;
     }
     let _ = CONNS_NEW.remove(key);

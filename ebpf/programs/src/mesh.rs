@@ -25,14 +25,14 @@ use shoal_abi::{
     mesh::{
         Backend, Config, Conn, FLAG_CLIENT_IP, FlowKey, Frontend, FrontendKey, Learned,
         MAX_BACKENDS, MAX_FRONTENDS, MAX_LEARNED, MAX_LOCAL_ADDRS, MAX_SERVICES, NAT_PORT_PROBES,
-        Rewrite, ServiceStats, TABLE_CAPACITY, TUNNEL_OVERHEAD, Timeouts, Tunnel, client_key, csum,
-        flow_hash, nat_port, port, state, tunnel_headers,
+        Rewrite, ServiceStats, TABLE_CAPACITY, TUNNEL_OVERHEAD, Timeouts, Tunnel, csum, flow_hash,
+        nat_port, port, state, tunnel_headers,
     },
     wire::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_HLEN, UDP_HLEN},
 };
 
 use crate::flow::{
-    self, ACK, CONNS, CONNS_NEW, Claim, FIN, REPLIES, REPLIES_NEW, RST, SYN, expired, reply_key,
+    self, ACK, CONNS, CONNS_NEW, Claim, FIN, REPLIES, REPLIES_NEW, RST, SYN, expired,
 };
 use crate::packet::{Header, Packet};
 use crate::paths;
@@ -118,8 +118,9 @@ pub(crate) enum Verdict {
     /// counts it (it runs behind XDP wherever the mesh attaches, so XDP leaves it uncounted).
     Refused(u32),
     /// A TCP packet that is not a SYN of a new flow, and has none: to the node's stack (which
-    /// resets it), no state kept. Counted by the TC entry, as `Refused`.
-    Untracked(Option<u32>),
+    /// resets it), no state kept. Counted by the TC entry (against the published port's
+    /// service, if it is one).
+    Untracked,
     /// Dropped (no translation port was free).
     Drop,
 }
@@ -147,13 +148,8 @@ pub(crate) fn connection(
     }
     // Only a SYN (without ACK) opens a TCP flow: anything else without one is the stack's (a
     // reply to the node's own connection, or a flow forgotten: reset).
-    if let Some(tcp) = tcp
-        && tcp.flags & (SYN | ACK | RST | FIN) != SYN
-    {
-        return Err(Verdict::Untracked(frontend_of(key).map(|f| f.service)));
-    }
-    if tcp.is_none() && own_udp_socket(arrival, key) {
-        return Err(Verdict::Pass);
+    if tcp.is_some_and(|t| !opens(t)) {
+        return Err(Verdict::Untracked);
     }
     match decide(arrival, key, tcp, now, timeouts) {
         Decision::Pass => Err(Verdict::Pass),
@@ -226,9 +222,16 @@ pub(crate) fn forward(ctx: &XdpContext) -> u32 {
     }
 }
 
+/// Whether a TCP packet may open a flow: a SYN without ACK, RST or FIN.
+#[inline(always)]
+fn opens(tcp: Tcp) -> bool {
+    tcp.flags & (SYN | ACK | RST | FIN) == SYN
+}
+
 /// The flow `key` as kept, if it is alive: refreshed by this packet, moved to the established
-/// maps when it becomes established. A flow that expired or whose backend or service went is
-/// forgotten (both its entries). Entries are changed in place.
+/// maps when it becomes established. A flow that expired, whose backend or service went, that
+/// lost its way back, or that closed and now sees a new SYN is forgotten (both its entries).
+/// Entries are changed in place.
 #[inline(always)]
 fn known_flow(
     arrival: &Arrival,
@@ -237,33 +240,36 @@ fn known_flow(
     now: u32,
     timeouts: &Timeouts,
 ) -> Option<*const Conn> {
-    if let Some(conn) = CONNS.get_ptr_mut(key) {
-        // SAFETY: a map value, changed in place for the length of this program run (another CPU
-        // may write the same flow's entry: the fields are independent words, and the last write
-        // wins).
-        let conn = unsafe { &mut *conn };
-        if expired(conn, now) || !still_valid(conn) || !retarget(arrival, key, conn) {
-            flow::forget(key, conn);
-            return None;
-        }
-        if let Some(tcp) = tcp {
-            flow::tcp_step(conn, tcp.flags, true);
-        }
-        flow::refresh(conn, now, timeouts);
-        return Some(conn);
-    }
-    let conn = CONNS_NEW.get_ptr_mut(key)?;
-    // SAFETY: as above.
+    let (conn, established) = match CONNS.get_ptr_mut(key) {
+        Some(conn) => (conn, true),
+        None => (CONNS_NEW.get_ptr_mut(key)?, false),
+    };
+    // SAFETY: a map value, changed in place for the length of this program run (another CPU
+    // may write the same flow's entry: the fields are independent words, and the last write
+    // wins).
     let entry = unsafe { &mut *conn };
-    if expired(entry, now) || !still_valid(entry) || !retarget(arrival, key, entry) {
-        flow::forget_new(key, entry);
+    let reopened = entry.state == state::TCP_CLOSED && tcp.is_some_and(opens);
+    if reopened
+        || expired(entry, now)
+        || !still_valid(entry)
+        || !retarget(arrival, key, entry)
+        || (!established && !flow::holds_way_back(key, entry))
+    {
+        if established {
+            flow::forget(key, entry);
+        } else {
+            flow::forget_new(key, entry);
+        }
         return None;
     }
     match tcp {
         Some(tcp) => {
-            // The client's ACK of the backend's SYN-ACK: established.
             if entry.state == state::TCP_SYN_RECV && tcp.flags & (ACK | SYN | RST) == ACK {
+                // The client's ACK of the backend's SYN-ACK: established.
                 entry.state = state::TCP_ESTABLISHED;
+            } else if entry.state == state::TCP_SYN_SENT && opens(tcp) {
+                // The client tries again: the backend's SYN-ACK must acknowledge this SYN.
+                entry.isn = tcp.seq;
             }
             flow::tcp_step(entry, tcp.flags, true);
         }
@@ -272,7 +278,7 @@ fn known_flow(
         None => {}
     }
     flow::refresh(entry, now, timeouts);
-    if state::established(entry.state) {
+    if !established && state::assured(entry.state) {
         if let Some(promoted) = flow::promote(key, conn) {
             return Some(promoted);
         }
@@ -338,7 +344,7 @@ fn balance<const L4: usize, const CHECK: usize>(
     let conn = match connection(&arrival, &key, tcp) {
         Ok(conn) => conn,
         // Counted by the TC entry, which runs behind XDP wherever the mesh attaches.
-        Err(Verdict::Pass | Verdict::Refused(_) | Verdict::Untracked(_)) => {
+        Err(Verdict::Pass | Verdict::Refused(_) | Verdict::Untracked) => {
             return xdp_action::XDP_PASS;
         }
         Err(Verdict::Drop) => return xdp_action::XDP_DROP,
@@ -474,7 +480,7 @@ fn retarget(arrival: &Arrival, key: &FlowKey, conn: &mut Conn) -> bool {
 
 /// The frontend a flow's destination is, when it is one of this node's published ports.
 #[inline(always)]
-fn frontend_of(key: &FlowKey) -> Option<Frontend> {
+pub(crate) fn frontend_of(key: &FlowKey) -> Option<Frontend> {
     // SAFETY: only the presence is looked at.
     unsafe { LOCAL_ADDRS.get(key.daddr) }?;
     let frontend_key = FrontendKey {
@@ -499,6 +505,10 @@ fn decide(
     let Some(frontend) = frontend_of(key) else {
         return Decision::Pass;
     };
+    // A reply to the node's own traffic from a published UDP port is the node's.
+    if tcp.is_none() && own_udp_socket(arrival, key) {
+        return Decision::Pass;
+    }
     if frontend.table_size == 0 {
         return Decision::Refused(frontend.service);
     }
@@ -536,38 +546,29 @@ fn decide(
         smac: config.ingress_mac,
     };
     if frontend.flags & FLAG_CLIENT_IP != 0 {
-        let _ = REPLIES_NEW.insert(reply_key(&rewrite, key.proto), reply, u64::from(BPF_ANY));
+        let _ = REPLIES_NEW.insert(rewrite.back_key(key.proto), reply, u64::from(BPF_ANY));
     } else {
         rewrite.saddr = config.ingress_addr;
         // A free port first; only then one a stale handshake holds.
-        let mut claimed = false;
-        for take_over in [false, true] {
-            for probe in 0..NAT_PORT_PROBES {
-                rewrite.sport = nat_port(hash, probe);
-                match flow::claim(
-                    &reply_key(&rewrite, key.proto),
-                    &reply,
-                    now,
-                    timeouts,
-                    take_over,
-                ) {
-                    Claim::Mine => claimed = true,
-                    Claim::TakenOver => {
-                        if let Some(s) = stats(frontend.service) {
-                            s.taken_over += 1;
+        let claimed = 'claim: {
+            for take_over in [false, true] {
+                for probe in 0..NAT_PORT_PROBES {
+                    rewrite.sport = nat_port(hash, probe);
+                    let back = rewrite.back_key(key.proto);
+                    match flow::claim(&back, &reply, now, timeouts, take_over) {
+                        Claim::Mine => break 'claim true,
+                        Claim::TakenOver => {
+                            if let Some(s) = stats(frontend.service) {
+                                s.taken_over += 1;
+                            }
+                            break 'claim true;
                         }
-                        claimed = true;
+                        Claim::Held => {}
                     }
-                    Claim::Held => {}
-                }
-                if claimed {
-                    break;
                 }
             }
-            if claimed {
-                break;
-            }
-        }
+            false
+        };
         if !claimed {
             return Decision::Drop(frontend.service);
         }
@@ -612,16 +613,18 @@ pub(crate) struct TcFlow {
     pub(crate) check: usize,
 }
 
-/// TCP flags and acknowledgement number (host order) of a TC packet, when TCP.
+/// The TCP header fields the flows follow, and the acknowledgement number (host order), of a
+/// TC packet; `None` when it is not TCP or they are not there.
 #[inline(always)]
-fn tc_tcp(ctx: &TcContext, flow: &TcFlow) -> Option<(u8, u32)> {
+pub(crate) fn tc_tcp(ctx: &TcContext, flow: &TcFlow) -> Option<(Tcp, u32)> {
     if flow.key.proto != IPPROTO_TCP {
         return None;
     }
-    Some((
-        ctx.load::<u8>(flow.l4 + 13).ok()?,
-        u32::from_be(ctx.load::<u32>(flow.l4 + 8).ok()?),
-    ))
+    let tcp = Tcp {
+        flags: ctx.load::<u8>(flow.l4 + 13).ok()?,
+        seq: u32::from_be(ctx.load::<u32>(flow.l4 + 4).ok()?),
+    };
+    Some((tcp, u32::from_be(ctx.load::<u32>(flow.l4 + 8).ok()?)))
 }
 
 #[inline(always)]
@@ -679,7 +682,7 @@ fn answer(ctx: &TcContext, flow: &TcFlow) -> Answer {
     let proto = flow.key.proto;
     // SAFETY: copied out at once.
     if let Some(rw) = unsafe { REPLIES.get(flow.key) }.copied() {
-        let client = client_key(&rw, proto);
+        let client = rw.back_key(proto);
         let Some(conn) = CONNS.get_ptr_mut(client) else {
             let _ = REPLIES.remove(flow.key);
             return Answer::Stack;
@@ -690,8 +693,8 @@ fn answer(ctx: &TcContext, flow: &TcFlow) -> Answer {
             flow::forget(&client, conn);
             return Answer::Stack;
         }
-        if let Some((flags, _)) = tcp {
-            flow::tcp_step(conn, flags, false);
+        if let Some((tcp, _)) = tcp {
+            flow::tcp_step(conn, tcp.flags, false);
         }
         flow::refresh(conn, now, timeouts);
         return Answer::Deliver(rw);
@@ -700,7 +703,7 @@ fn answer(ctx: &TcContext, flow: &TcFlow) -> Answer {
     let Some(rw) = (unsafe { REPLIES_NEW.get(flow.key) }).copied() else {
         return Answer::Stack;
     };
-    let client = client_key(&rw, proto);
+    let client = rw.back_key(proto);
     let Some(conn) = CONNS_NEW.get_ptr_mut(client) else {
         let _ = REPLIES_NEW.remove(flow.key);
         return Answer::Stack;
@@ -712,11 +715,14 @@ fn answer(ctx: &TcContext, flow: &TcFlow) -> Answer {
         return Answer::Stack;
     }
     match tcp {
-        Some((flags, ack)) => {
+        Some((Tcp { flags, .. }, ack)) => {
             if conn.state == state::TCP_SYN_SENT {
-                // Only the SYN-ACK of this very handshake: anything else is the earlier
-                // holder's of this port (or of this client's tuple).
-                if flags & (SYN | ACK) != (SYN | ACK) || ack != conn.isn.wrapping_add(1) {
+                // Only the SYN-ACK (or the reset: the backend refuses) of this very handshake:
+                // anything else is the earlier holder's of this port (or of this client's
+                // tuple).
+                let answers_syn =
+                    flags & (SYN | ACK) == (SYN | ACK) || flags & (RST | ACK) == (RST | ACK);
+                if !answers_syn || ack != conn.isn.wrapping_add(1) {
                     if let Some(s) = stats(rw.service) {
                         s.stale += 1;
                     }
@@ -728,7 +734,9 @@ fn answer(ctx: &TcContext, flow: &TcFlow) -> Answer {
                         Answer::Stack
                     };
                 }
-                conn.state = state::TCP_SYN_RECV;
+                if flags & RST == 0 {
+                    conn.state = state::TCP_SYN_RECV;
+                }
             }
             flow::tcp_step(conn, flags, false);
         }

@@ -42,8 +42,8 @@ use shoal_abi::{
 };
 
 use crate::mesh::{
-    Arrival, TC_OK, TC_SHOT, TcFlow, Tcp, Verdict, connection, count_refused, rewrite_tc, stats,
-    tc_flow,
+    Arrival, TC_OK, TC_SHOT, TcFlow, Verdict, connection, count_refused, frontend_of, rewrite_tc,
+    stats, tc_flow, tc_tcp,
 };
 use crate::packet::Header;
 
@@ -118,18 +118,10 @@ pub(crate) fn entry(ctx: &TcContext) -> i32 {
         dst_mac,
         ctx: ctx.skb.skb.cast(),
     };
-    let tcp = match flow.key.proto {
-        IPPROTO_TCP => {
-            let (Ok(flags), Ok(seq)) = (ctx.load::<u8>(flow.l4 + 13), ctx.load::<u32>(flow.l4 + 4))
-            else {
-                return TC_OK;
-            };
-            Some(Tcp {
-                flags,
-                seq: u32::from_be(seq),
-            })
-        }
-        _ => None,
+    let tcp = match tc_tcp(ctx, &flow) {
+        Some((tcp, _)) => Some(tcp),
+        None if flow.key.proto == IPPROTO_TCP => return TC_OK,
+        None => None,
     };
     let conn = match connection(&arrival, &flow.key, tcp) {
         Ok(conn) => conn,
@@ -138,8 +130,8 @@ pub(crate) fn entry(ctx: &TcContext) -> i32 {
             count_refused(service);
             return TC_OK;
         }
-        Err(Verdict::Untracked(service)) => {
-            if let Some(s) = service.and_then(stats) {
+        Err(Verdict::Untracked) => {
+            if let Some(s) = frontend_of(&flow.key).and_then(|f| stats(f.service)) {
                 s.untracked += 1;
             }
             return TC_OK;
