@@ -45,10 +45,16 @@ impl NodeDataplane {
                 let Some(inner) = inner.upgrade() else {
                     return;
                 };
-                let mut guard = inner.lock().await;
-                if let Some(mesh) = guard.as_mut().and_then(Dataplane::mesh_mut)
-                    && let Err(e) = mesh.collect_expired()
-                {
+                let mut guard = inner.lock_owned().await;
+                // A walk over the flow maps: blocking work, off the runtime's threads.
+                let collected = tokio::task::spawn_blocking(move || {
+                    match guard.as_mut().and_then(Dataplane::mesh_mut) {
+                        Some(mesh) => mesh.collect_expired().map(drop),
+                        None => Ok(()),
+                    }
+                })
+                .await;
+                if let Ok(Err(e)) = collected {
                     tracing::warn!(error = %e, "collecting the mesh's expired flows");
                 }
             }

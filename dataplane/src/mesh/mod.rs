@@ -501,7 +501,7 @@ impl Mesh {
             })?;
             // TC first: from the moment XDP runs, what it passes on finds the TC entry.
             let tc = self.attach_tc(programs::TC_MESH_ENTRY, name, TcAttachType::Ingress)?;
-            let xdp = self.attach_native_xdp(programs::XDP_MESH, name, index);
+            let xdp = self.attach_xdp(programs::XDP_MESH, name, index, false);
             changes.push(match &xdp {
                 Ok(_) => format!("mesh: attached to {name} (native XDP, TC behind it)"),
                 Err(e) => format!("mesh: attached to {name} (TC: no native XDP here: {e})"),
@@ -547,7 +547,7 @@ impl Mesh {
         if self.links.ingress.as_ref().map(|(i, _)| *i) != Some(inside) {
             self.links.ingress = None;
             let links = self.in_namespace(ingress.netns, |mesh| {
-                let pass = mesh.attach_xdp(programs::XDP_PASS, ingress.port, inside.2)?;
+                let pass = mesh.attach_xdp(programs::XDP_PASS, ingress.port, inside.2, true)?;
                 Ok(IngressLinks {
                     _pass: pass,
                     _learn_port: mesh.attach_tc(
@@ -598,24 +598,6 @@ impl Mesh {
         })
     }
 
-    /// Attaches an XDP program natively; the error says why not (the TC entry then takes its
-    /// place: generic XDP would run on the same skb as TC, without its checksum helpers).
-    fn attach_native_xdp(
-        &mut self,
-        name: &'static str,
-        interface: &str,
-        index: u32,
-    ) -> Result<XdpLink, MeshError> {
-        let xdp: &mut Xdp = self.programs.xdp(name)?;
-        let id = xdp
-            .attach_to_if_index(index, XdpMode::Driver)
-            .map_err(|e| MeshError::Io {
-                context: format!("attaching native XDP to {interface}"),
-                source: io::Error::other(e.to_string()),
-            })?;
-        xdp.take_link(id).map_err(program_err(name))
-    }
-
     /// Asks the kernel which devices take native XDP redirects and lists them in the egress
     /// map; connections pick their path again when that changed. Without an answer (a kernel
     /// before 6.3) no device is listed, and every balanced packet takes the TC entry.
@@ -659,17 +641,20 @@ impl Mesh {
         Ok(true)
     }
 
-    /// Attaches an XDP program natively, or generically if the driver cannot.
+    /// Attaches an XDP program natively, or, when `generic` and the driver cannot, generically.
+    /// The mesh's entry takes no generic fallback (the TC entry takes its place: generic XDP
+    /// would run on the same skb as TC, without its checksum helpers); the error says why not.
     fn attach_xdp(
         &mut self,
         name: &'static str,
         interface: &str,
         index: u32,
+        generic: bool,
     ) -> Result<XdpLink, MeshError> {
         let xdp: &mut Xdp = self.programs.xdp(name)?;
         let id = match xdp.attach_to_if_index(index, XdpMode::Driver) {
             Ok(id) => id,
-            Err(native) => {
+            Err(native) if generic => {
                 xdp.attach_to_if_index(index, XdpMode::Skb)
                     .map_err(|e| MeshError::Io {
                         context: format!(
@@ -677,6 +662,12 @@ impl Mesh {
                         ),
                         source: io::Error::other(e.to_string()),
                     })?
+            }
+            Err(e) => {
+                return Err(MeshError::Io {
+                    context: format!("attaching native XDP to {interface}"),
+                    source: io::Error::other(e.to_string()),
+                });
             }
         };
         xdp.take_link(id).map_err(program_err(name))

@@ -57,10 +57,9 @@ const SOCKET_BUFFER: libc::c_int = 8 << 20;
 /// The largest datagram or TUN packet handled.
 const MAX_PACKET: usize = 65_535;
 /// Handshake messages with a valid MAC1 accepted a second, all peers together, before cookies
-/// are demanded (boringtun's `RateLimiter` count). A genuine initiation is counted twice, by the
-/// engine's check and again inside `Tunn::decapsulate`, so this is about 100 initiations a
-/// second: boringtun's own device allows 100.
-const HANDSHAKE_LOAD_LIMIT: u64 = 200;
+/// are demanded (boringtun's `RateLimiter` count, kept by the engine alone): boringtun's own
+/// device allows 100.
+const HANDSHAKE_LOAD_LIMIT: u64 = 100;
 /// Initiations from one peer's address that may cost X25519 in one second; the rest are
 /// dropped. A genuine peer makes one every two minutes per key pair. (The kernel's WireGuard
 /// allows 20 handshake packets a second from one address once it is under load.)
@@ -198,11 +197,12 @@ struct OurKey {
     key: Key,
     secret: boringtun::x25519::StaticSecret,
     public: boringtun::x25519::PublicKey,
-    /// Checks MAC1 and the load for handshakes addressed to this key, in the engine and in
-    /// every `Tunn` made with the key: one count, one cookie secret. It must stay the same
-    /// object while any `Tunn` holds it, or a cookie the engine handed out would not verify in
-    /// the `Tunn`.
+    /// Checks MAC1 and the load for handshakes addressed to this key, and hands out cookies:
+    /// the engine decides before any `Tunn` sees the message.
     limiter: Arc<RateLimiter>,
+    /// The limiter every `Tunn` made with the key gets: it never reports load (the engine has
+    /// decided already), so a handshake is counted once and a `Tunn` never asks for a cookie.
+    tunn_limiter: Arc<RateLimiter>,
 }
 
 impl OurKey {
@@ -212,6 +212,7 @@ impl OurKey {
         OurKey {
             key: key.clone(),
             limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_LOAD_LIMIT)),
+            tunn_limiter: Arc::new(RateLimiter::new(&public, u64::MAX)),
             public,
             secret,
         }
@@ -506,7 +507,7 @@ impl Shared {
                 None,
                 None,
                 index,
-                Some(ours.limiter.clone()),
+                Some(ours.tunn_limiter.clone()),
             ),
             index,
             ours: ours.key.clone(),
