@@ -31,6 +31,7 @@ use shoal_api::{
 use shoal_control::{
     addr::{self, DEFAULT_PORT, Interface},
     ca::{self, JoinToken},
+    limits,
     manager::{
         Manager, ManagerConfig,
         genesis::{GenesisArgs, genesis},
@@ -64,7 +65,7 @@ fn tls_info(credentials: &Credentials) -> NodeTlsInfo {
 }
 
 /// Default VXLAN port (`--data-path-port`).
-pub const DEFAULT_DATA_PATH_PORT: u16 = 4789;
+pub use limits::DEFAULT_DATA_PATH_PORT;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a node keeps about its swarm membership.
@@ -164,7 +165,7 @@ fn listen_and_data_path(
         None => advertise.ip(),
         Some(value) => resolve(Some(value), "data-path-addr", 0)?.ip(),
     };
-    if let Some(problem) = shoal_control::limits::data_path_problem(&data_path.to_string()) {
+    if let Some(problem) = limits::data_path_problem(&data_path.to_string()) {
         return Err(Status::invalid_argument(format!(
             "--data-path-addr: {problem}"
         )));
@@ -219,11 +220,7 @@ fn address_pools(
     };
     let routes = host_routes();
     let ingress = given
-        .free_subnet(|s| {
-            routes
-                .iter()
-                .any(|r| r.contains(&s.network()) || s.contains(&r.network()))
-        })
+        .free_subnet(|s| routes.iter().any(|r| allocator::overlaps(r, &s)))
         .ok_or_else(|| {
             Status::invalid_argument(format!(
                 "no /{subnet_len} subnet of the address pool ({}) is free of this host's routes: give --default-addr-pool a range the host does not use",
@@ -503,14 +500,14 @@ impl SwarmNode {
             advertise,
         )?;
         let data_path_port = args.data_path_port.unwrap_or(DEFAULT_DATA_PATH_PORT);
-        if !(1024..=49151).contains(&data_path_port) {
+        if !limits::DATA_PATH_PORTS.contains(&data_path_port) {
             return Err(Status::invalid_argument(format!(
                 "--data-path-port {data_path_port} is not allowed: use a port from 1024 to 49151"
             )));
         }
         let heartbeat_s = args.dispatcher_heartbeat_s.unwrap_or(5);
-        shoal_control::manager::check_heartbeat(heartbeat_s)?;
-        shoal_control::manager::check_snapshot_interval(args.snapshot_interval.unwrap_or(10_000))?;
+        limits::check_heartbeat(heartbeat_s)?;
+        limits::check_snapshot_interval(args.snapshot_interval.unwrap_or(10_000))?;
         if let Some(seconds) = args.cert_expiry_s {
             ca::check_cert_expiry(seconds).map_err(Status::invalid_argument)?;
         }

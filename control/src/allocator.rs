@@ -173,10 +173,7 @@ pub fn parse_pools(pools: &[String], subnet_len: u8) -> Result<Vec<Ipv4Net>, Str
                 "invalid --default-addr-pool {pool}: it is smaller than one /{subnet_len} subnet"
             ));
         }
-        if let Some(other) = parsed
-            .iter()
-            .find(|o| o.contains(&net.network()) || net.contains(&o.network()))
-        {
+        if let Some(other) = parsed.iter().find(|o| overlaps(o, &net)) {
             return Err(format!(
                 "invalid --default-addr-pool {pool}: it overlaps {other}"
             ));
@@ -184,6 +181,11 @@ pub fn parse_pools(pools: &[String], subnet_len: u8) -> Result<Vec<Ipv4Net>, Str
         parsed.push(net);
     }
     Ok(parsed)
+}
+
+/// Whether two subnets share an address (one holds the other).
+pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 impl Allocator {
@@ -216,9 +218,7 @@ impl Allocator {
     fn overlapping(&self, subnet: Ipv4Net) -> Option<(&String, Ipv4Net)> {
         self.networks
             .iter()
-            .find(|(_, n)| {
-                n.subnet.contains(&subnet.network()) || subnet.contains(&n.subnet.network())
-            })
+            .find(|(_, n)| overlaps(&n.subnet, &subnet))
             .map(|(name, n)| (name, n.subnet))
     }
 

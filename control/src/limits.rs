@@ -64,10 +64,10 @@ pub const DESCRIPTION_REWRITE_S: u64 = 10;
 /// The WireGuard port of encrypted overlays on every node (`DEFAULT_WIREGUARD_PORT`).
 pub const WIREGUARD_PORT: u16 = 51_820;
 
-/// Slots in every node's Maglev table space (`shoal_abi::mesh::TABLE_CAPACITY`).
-pub const MESH_TABLE_CAPACITY: u64 = 1 << 21;
-/// Published (protocol, port) pairs every node's mesh can hold (`MAX_FRONTENDS`).
-pub const MESH_MAX_FRONTENDS: usize = 4_096;
+/// Slots in every node's Maglev table space (the mesh's map).
+pub const MESH_TABLE_CAPACITY: u64 = shoal_abi::mesh::TABLE_CAPACITY as u64;
+/// Published (protocol, port) pairs every node's mesh can hold (the mesh's map).
+pub const MESH_MAX_FRONTENDS: usize = shoal_abi::mesh::MAX_FRONTENDS as usize;
 /// Slots a Maglev table gives each backend, at least (`SLOTS_PER_BACKEND`).
 pub const MESH_SLOTS_PER_BACKEND: u64 = 100;
 /// The Maglev table sizes a published service can have, smallest first: primes, the largest
@@ -76,7 +76,8 @@ pub const MESH_TABLE_SIZES: [u32; 8] =
     [1_021, 2_039, 4_093, 8_191, 16_381, 32_749, 65_521, 131_071];
 /// Running tasks of a service published through the routing mesh, at most: its table must hold
 /// [`MESH_SLOTS_PER_BACKEND`] slots per task.
-pub const MAX_MESH_BACKENDS: u64 = 131_071 / MESH_SLOTS_PER_BACKEND;
+pub const MAX_MESH_BACKENDS: u64 =
+    MESH_TABLE_SIZES[MESH_TABLE_SIZES.len() - 1] as u64 / MESH_SLOTS_PER_BACKEND;
 
 /// The Maglev table size for `backends` running tasks: the smallest of [`MESH_TABLE_SIZES`]
 /// holding [`MESH_SLOTS_PER_BACKEND`] slots each; `None` past [`MAX_MESH_BACKENDS`].
@@ -113,6 +114,32 @@ pub fn check_count(what: &str, count: usize, max: usize) -> Result<(), Status> {
     }
     Ok(())
 }
+
+/// `--dispatcher-heartbeat`: 1 s to a day.
+pub fn check_heartbeat(seconds: u64) -> Result<(), Status> {
+    if !(1..=MAX_HEARTBEAT_S).contains(&seconds) {
+        return Err(Status::invalid_argument(format!(
+            "--dispatcher-heartbeat must be between 1s and {MAX_HEARTBEAT_S}s (a day), not {seconds}s"
+        )));
+    }
+    Ok(())
+}
+
+/// `--snapshot-interval`: 1 to [`MAX_SNAPSHOT_INTERVAL`] entries.
+pub fn check_snapshot_interval(entries: u64) -> Result<(), Status> {
+    if !(1..=MAX_SNAPSHOT_INTERVAL).contains(&entries) {
+        return Err(Status::invalid_argument(format!(
+            "--snapshot-interval must be between 1 and {MAX_SNAPSHOT_INTERVAL}, not {entries}"
+        )));
+    }
+    Ok(())
+}
+
+/// The data-path (VXLAN) port of a swarm that says none (IANA's).
+pub const DEFAULT_DATA_PATH_PORT: u16 = 4789;
+
+/// The ports a data-path (VXLAN) port may be: not a well-known one, not an ephemeral one.
+pub const DATA_PATH_PORTS: std::ops::RangeInclusive<u16> = 1024..=49151;
 
 /// Checks labels: at most [`MAX_LABELS`], keys non-empty and at most [`MAX_SHORT`] bytes,
 /// values at most [`MAX_VALUE`].

@@ -112,19 +112,20 @@ impl World {
                 n.id.clone_from(&o.id);
                 n.version = version(o);
             }),
+            // Two fields of the cluster object (`shoal_api::swarm::Cluster`), not the whole of
+            // it (its keys and certificates) on every read.
             address_pools: tx
                 .list(Kind::Cluster)
                 .next()
-                .and_then(|o| {
-                    serde_json::from_value::<shoal_api::swarm::Cluster>(o.body.clone()).ok()
-                })
-                .map(|c| {
-                    let pools = c
-                        .default_addr_pool
-                        .iter()
-                        .filter_map(|p| p.parse().ok())
+                .map(|o| {
+                    let pools = o.body["DefaultAddrPool"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p.as_str()?.parse().ok())
                         .collect();
-                    (pools, u8::try_from(c.subnet_size).unwrap_or_default())
+                    let length = o.body["SubnetSize"].as_u64().unwrap_or_default();
+                    (pools, u8::try_from(length).unwrap_or_default())
                 })
                 .unwrap_or_default(),
         }

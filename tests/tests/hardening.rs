@@ -722,6 +722,30 @@ fn the_swarm_s_own_ports_and_numbers_out_of_bounds_are_refused() {
             output_text(&out)
         );
     }
+    // A node's labels are counted as they will be: at the limit, a new key is refused, while a
+    // changed value, or a key removed as another is added, is not.
+    let labels: Vec<String> = (0..256).map(|i| format!("l{i}=v")).collect();
+    let mut args = vec!["node", "update"];
+    for label in &labels {
+        args.extend_from_slice(&["--label-add", label]);
+    }
+    args.push("n1");
+    swarm.ok(&n1, &args);
+    let said = swarm.fails(&n1, &["node", "update", "--label-add", "extra=1", "n1"]);
+    assert!(said.contains("at most"), "{said}");
+    swarm.ok(&n1, &["node", "update", "--label-add", "l0=changed", "n1"]);
+    swarm.ok(
+        &n1,
+        &[
+            "node",
+            "update",
+            "--label-rm",
+            "l1",
+            "--label-add",
+            "extra=1",
+            "n1",
+        ],
+    );
 }
 
 /// Issue item 7: the ingress network comes from `--default-addr-pool`, in subnets of

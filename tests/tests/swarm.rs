@@ -692,9 +692,35 @@ fn promotion_demotion_and_removal_keep_the_quorum() {
     swarm.ok(&ask, &["node", "rm", &down.name]);
     assert!(swarm.node(&ask, &down.name).is_none());
     // Leaving: a worker leaves; a manager is told to demote first.
-    swarm.ok(&swarm.host("n5"), &["swarm", "leave"]);
+    let n5 = swarm.host("n5");
+    swarm.ok(&n5, &["swarm", "leave"]);
     let e = swarm.fails(&keep, &["swarm", "leave"]);
     assert!(e.contains("--force"), "{e}");
+    // Once it is Down, the worker joins again from the same host, with the same data-path
+    // address: a Down node holds none.
+    swarm.wait_nodes(&ask, "the worker that left Down", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n5" && n["Status"] == "Down")
+    });
+    let token = swarm.ok(&ask, &["swarm", "join-token", "-q", "worker"]);
+    swarm.ok(
+        &n5,
+        &[
+            "swarm",
+            "join",
+            "--token",
+            token.trim(),
+            "--advertise-addr",
+            "eth0",
+            &format!("{}:2377", ask.public_ip),
+        ],
+    );
+    swarm.wait_nodes(&ask, "the worker back, Ready", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n5" && n["Status"] == "Ready")
+    });
 }
 
 #[test]

@@ -940,14 +940,6 @@ mod tests {
             maglev::MAX_TABLE_SIZE
         );
         assert_eq!(
-            limits::MESH_TABLE_CAPACITY,
-            u64::from(shoal_abi::mesh::TABLE_CAPACITY)
-        );
-        assert_eq!(
-            limits::MESH_MAX_FRONTENDS,
-            shoal_abi::mesh::MAX_FRONTENDS as usize
-        );
-        assert_eq!(
             limits::WIREGUARD_PORT,
             shoal_dataplane::overlay::model::DEFAULT_WIREGUARD_PORT
         );

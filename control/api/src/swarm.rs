@@ -471,12 +471,13 @@ pub struct TlsInfo {
     /// The digest join tokens carry.
     pub digest: String,
     /// The subject of the CA that signs node certificates now (base64 of the DER): the new
-    /// root's during a rotation.
-    #[serde(default)]
+    /// root's during a rotation. Derived from the roots when the swarm is inspected, never
+    /// stored.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cert_issuer_subject: String,
     /// Its public key (base64 of the DER SubjectPublicKeyInfo). A node whose certificate has
-    /// another issuer has not rotated yet.
-    #[serde(default)]
+    /// another issuer has not rotated yet. As the subject, derived, never stored.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cert_issuer_public_key: String,
 }
 

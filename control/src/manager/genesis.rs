@@ -92,8 +92,7 @@ pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
             tls_info: TlsInfo {
                 trust_root: root.cert_pem().to_owned(),
                 digest: root.digest(),
-                cert_issuer_subject: root.identity().0,
-                cert_issuer_public_key: root.identity().1,
+                ..TlsInfo::default()
             },
             data_path_port: args.data_path_port,
             default_addr_pool: args.default_addr_pool.clone(),

@@ -15,7 +15,6 @@
 
 pub mod genesis;
 mod ops;
-pub use ops::{check_heartbeat, check_snapshot_interval};
 pub mod protocol;
 pub mod quorum;
 pub mod services;
@@ -149,13 +148,8 @@ pub const RESERVED_DESCRIPTORS: u64 = 1_024;
 /// Connections the cluster API may hold: the process's open-file limit less
 /// [`RESERVED_DESCRIPTORS`].
 fn connection_budget() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the limit into the struct it is given, which lives for the call.
-    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    let soft = if got { limit.rlim_cur } else { 1_024 };
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1_024, |(soft, _)| soft);
     usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX)
 }
 

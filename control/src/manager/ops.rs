@@ -91,6 +91,15 @@ impl ClusterRecord {
         }
     }
 
+    /// How often nodes send heartbeats.
+    pub fn heartbeat_period(&self) -> Duration {
+        Some(Duration::from_nanos(
+            self.cluster.spec.dispatcher.heartbeat_period,
+        ))
+        .filter(|p| !p.is_zero())
+        .unwrap_or(DEFAULT_HEARTBEAT)
+    }
+
     /// The identity (subject, public key) of the CA that signs certificates now.
     pub fn issuer(&self) -> (String, String) {
         let pem = self
@@ -161,12 +170,11 @@ fn cluster(inner: &Inner) -> Result<(Object, ClusterRecord), Status> {
 }
 
 fn heartbeat_period(inner: &Inner) -> Duration {
-    cluster(inner)
-        .map(|(_, c)| Duration::from_nanos(c.cluster.spec.dispatcher.heartbeat_period))
-        .ok()
-        .filter(|p| !p.is_zero())
-        .unwrap_or(Duration::from_secs(5))
+    cluster(inner).map_or(DEFAULT_HEARTBEAT, |(_, record)| record.heartbeat_period())
 }
+
+/// The heartbeat period of a swarm that says none.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// The swarm's VXLAN port.
 pub(super) fn data_path_port(inner: &Inner) -> u16 {
@@ -523,12 +531,10 @@ async fn finish_rotation(inner: &Inner) {
         }
         let new = RootCa::from_pem(&rotation.ca_cert, &rotation.ca_key)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let (subject, key) = new.identity();
         record.cluster.tls_info = shoal_api::swarm::TlsInfo {
             trust_root: rotation.ca_cert.clone(),
             digest: new.digest(),
-            cert_issuer_subject: subject,
-            cert_issuer_public_key: key,
+            ..Default::default()
         };
         record.ca_key.clone_from(&rotation.ca_key);
         record.root_rotation = None;
@@ -638,7 +644,7 @@ fn check_description(
             "the node's data-path address: {problem}"
         )));
     }
-    if d.data_path_port != 0 && !(1024..=49151).contains(&d.data_path_port) {
+    if d.data_path_port != 0 && !limits::DATA_PATH_PORTS.contains(&d.data_path_port) {
         return Err(Status::invalid_argument(format!(
             "the node's data-path port {} is outside 1024-49151",
             d.data_path_port
@@ -659,13 +665,15 @@ fn check_description(
             ));
         }
     }
+    // A Down node holds nothing: a node that left can join again from the same host. If the
+    // Down node comes back, this check runs again for it.
     for (_, other) in all {
-        if Some(other.id.as_str()) == node_id {
+        if Some(other.id.as_str()) == node_id || other.status.state == NodeState::Down {
             continue;
         }
         if other.description.data_path_addr == d.data_path_addr {
             return Err(Status::failed_precondition(format!(
-                "data-path address {} is already node {} ({})'s: each node needs its own --data-path-addr",
+                "data-path address {} is already node {} ({})'s: each node needs its own --data-path-addr (a node that left holds its address until it is Down)",
                 d.data_path_addr, other.description.hostname, other.id
             )));
         }
@@ -756,7 +764,7 @@ async fn join(inner: &Inner, request: JoinRequest, from: &str) -> Result<JoinRep
         cert_pem,
         ca_pem: record.trust_bundle(),
         managers: manager_addrs(inner),
-        heartbeat_ms: heartbeat_period(inner).as_millis() as u64,
+        heartbeat_ms: record.heartbeat_period().as_millis() as u64,
         data_path_port: record.cluster.data_path_port,
     })
 }
@@ -768,21 +776,25 @@ async fn beat(
     from: &str,
 ) -> Result<HeartbeatReply, Status> {
     let id = caller.node_id.clone();
-    if inner.store.view(|tx| tx.get(Kind::Node, &id).is_none()) {
+    let Some(current) = inner.store.view(|tx| tx.get(Kind::Node, &id).cloned()) else {
         return Err(confirmed_removed(inner, &id).await);
-    }
-    let mut written = inner.descriptions.lock().await;
-    // A description that changed is checked, and written at most once per
-    // DESCRIPTION_REWRITE_S: a node cannot make every heartbeat a raft write.
-    let stored = nodes(inner)?;
-    let current = stored.iter().find(|(_, n)| n.id == id).map(|(_, n)| n);
-    let described = current.is_some_and(|n| n.description == heartbeat.description);
-    let rewrite = !described
-        && written
-            .get(&id)
-            .is_none_or(|at| at.elapsed() >= Duration::from_secs(limits::DESCRIPTION_REWRITE_S));
-    if !described {
-        check_description(&heartbeat.description, Some(&id), &stored)?;
+    };
+    let current = decode_node(&current)?;
+    let described = current.description == heartbeat.description;
+    // A description that changed, or a node back from Down, is checked against every other
+    // node, one node at a time (two must not claim one address at once); a changed one is
+    // written at most once per DESCRIPTION_REWRITE_S: a node cannot make every heartbeat a raft
+    // write. An ordinary heartbeat reads only its own node.
+    let mut written = None;
+    let mut rewrite = false;
+    if !described || current.status.state == NodeState::Down {
+        let guard = inner.descriptions.lock().await;
+        check_description(&heartbeat.description, Some(&id), &nodes(inner)?)?;
+        rewrite = !described
+            && guard.get(&id).is_none_or(|at| {
+                at.elapsed() >= Duration::from_secs(limits::DESCRIPTION_REWRITE_S)
+            });
+        written = Some(guard);
     }
     inner
         .heartbeats
@@ -804,10 +816,9 @@ async fn beat(
         Ok(changed)
     })
     .await?;
-    if rewrite {
+    if let Some(mut written) = written.filter(|_| rewrite) {
         written.insert(id.clone(), Instant::now());
     }
-    drop(written);
     // A demoted manager stays one until the raft has let it go: it keeps its raft running
     // until then, so the membership change never waits for a member that already left.
     let member = node
@@ -817,7 +828,7 @@ async fn beat(
     let (_, record) = cluster(inner)?;
     let bundle = record.trust_bundle();
     Ok(HeartbeatReply {
-        period_ms: heartbeat_period(inner).as_millis() as u64,
+        period_ms: record.heartbeat_period().as_millis() as u64,
         role: if member {
             Role::Manager
         } else {
@@ -889,10 +900,10 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
         }
         Call::Update(args) => {
             if let Some(s) = args.dispatcher_heartbeat_s {
-                check_heartbeat(s)?;
+                limits::check_heartbeat(s)?;
             }
             if let Some(n) = args.snapshot_interval {
-                check_snapshot_interval(n)?;
+                limits::check_snapshot_interval(n)?;
             }
             if let Some(s) = args.cert_expiry_s {
                 ca::check_cert_expiry(s).map_err(Status::invalid_argument)?;
@@ -1063,28 +1074,6 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
     }
 }
 
-/// `--dispatcher-heartbeat`: 1 s to a day.
-pub fn check_heartbeat(seconds: u64) -> Result<(), Status> {
-    if !(1..=limits::MAX_HEARTBEAT_S).contains(&seconds) {
-        return Err(Status::invalid_argument(format!(
-            "--dispatcher-heartbeat must be between 1s and {}s (a day), not {seconds}s",
-            limits::MAX_HEARTBEAT_S
-        )));
-    }
-    Ok(())
-}
-
-/// `--snapshot-interval`: 1 to [`limits::MAX_SNAPSHOT_INTERVAL`] entries.
-pub fn check_snapshot_interval(entries: u64) -> Result<(), Status> {
-    if !(1..=limits::MAX_SNAPSHOT_INTERVAL).contains(&entries) {
-        return Err(Status::invalid_argument(format!(
-            "--snapshot-interval must be between 1 and {}, not {entries}",
-            limits::MAX_SNAPSHOT_INTERVAL
-        )));
-    }
-    Ok(())
-}
-
 async fn node_update(inner: &Inner, node: Node, update: NodeUpdate) -> Result<(), Status> {
     for key in update.label_add.keys().chain(&update.label_rm) {
         if key.is_empty() {
@@ -1092,7 +1081,13 @@ async fn node_update(inner: &Inner, node: Node, update: NodeUpdate) -> Result<()
         }
     }
     limits::check_labels("the node's labels", &update.label_add)?;
-    let after = node.spec.labels.len() + update.label_add.len();
+    // The labels as they will be (added, then removed, as the update below applies them).
+    let mut labels = node.spec.labels.clone();
+    labels.extend(update.label_add.clone());
+    for key in &update.label_rm {
+        labels.remove(key);
+    }
+    let after = labels.len();
     limits::check_count("labels on the node", after, limits::MAX_LABELS)?;
     if let Some(missing) = update
         .label_rm

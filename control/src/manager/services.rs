@@ -400,7 +400,7 @@ fn reserved_ports(world: &World, data_path_port: u16) -> BTreeMap<u16, String> {
         }
     }
     let data_path = if data_path_port == 0 {
-        4789
+        limits::DEFAULT_DATA_PATH_PORT
     } else {
         data_path_port
     };

@@ -70,7 +70,9 @@ fn bad(message: impl Into<String>) -> Status {
     Status::invalid_argument(message.into())
 }
 
-/// Whom `node_id`'s certificate speaks for on this manager; refused if for no raft member.
+/// Whom `node_id`'s certificate speaks for on this manager: the raft members the membership
+/// records for that node, or, when it records none (a membership written before members had
+/// node IDs), the raft ID the store gives the node while it is a manager; refused if none.
 pub fn speaker(raft: &Raft, store: &Store, node_id: &str) -> Result<Speaker, Status> {
     let mut ids = BTreeSet::new();
     let empty = {
@@ -86,6 +88,10 @@ pub fn speaker(raft: &Raft, store: &Store, node_id: &str) -> Result<Speaker, Sta
     };
     if empty {
         return Ok(Speaker::Anyone);
+    }
+    // The membership says (the common case): no read of the store on every message.
+    if !ids.is_empty() {
+        return Ok(Speaker::Members(ids));
     }
     let stored = store.view(|tx| {
         tx.get(Kind::Node, node_id)

@@ -13,7 +13,10 @@ use std::{
 
 use openraft::{
     RaftNetwork, RaftNetworkFactory,
-    error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
+    error::{
+        InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+        Unreachable,
+    },
     network::RPCOption,
     raft::{
         AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
@@ -35,7 +38,9 @@ use crate::{
     tls::Peer,
 };
 
-/// The largest raft message a manager accepts (snapshots travel in chunks of a few MiB).
+/// The largest raft message a manager accepts (snapshots travel in chunks of a few MiB). A
+/// batch of entries that would be larger goes in smaller batches (each entry is at most
+/// [`crate::limits::MAX_ENTRY_BYTES`]).
 pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// When each peer last answered a raft RPC from this node.
@@ -84,10 +89,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 struct Failed(String);
 
 impl PeerClient {
+    /// Sends `request` (carrying `entries` log entries, for append-entries) and reads the answer.
     async fn call<Req, Resp, E>(
         &mut self,
         method: Method,
         request: &Req,
+        entries: Option<usize>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
     where
@@ -95,6 +102,21 @@ impl PeerClient {
         Resp: DeserializeOwned + InBounds,
         E: std::error::Error + DeserializeOwned,
     {
+        let json =
+            serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if json.len() > MAX_MESSAGE {
+            // The peer would refuse it: openraft sends fewer entries at once, at once.
+            return Err(match entries {
+                Some(n) if n > 1 => {
+                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n as u64 / 2))
+                }
+                _ => RPCError::Network(NetworkError::new(&Failed(format!(
+                    "{}: a raft message of {} bytes, over the {MAX_MESSAGE} a peer accepts",
+                    self.addr,
+                    json.len()
+                )))),
+            });
+        }
         let client = match &self.client {
             Some(client) => client.clone(),
             None => {
@@ -105,8 +127,6 @@ impl PeerClient {
                 client
             }
         };
-        let json =
-            serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = Request::new(Frame { json });
         request.set_timeout(option.hard_ttl());
         let reply = match tokio::time::timeout(option.hard_ttl(), method(client, request)).await {
@@ -184,7 +204,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(append, &rpc, &option).await
+        let entries = rpc.entries.len();
+        self.call(append, &rpc, Some(entries), &option).await
     }
 
     async fn install_snapshot(
@@ -195,7 +216,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(snapshot, &rpc, &option).await
+        self.call(snapshot, &rpc, None, &option).await
     }
 
     async fn vote(
@@ -203,7 +224,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(vote, &rpc, &option).await
+        self.call(vote, &rpc, None, &option).await
     }
 }
 
@@ -366,4 +387,56 @@ pub fn last_contact(contacts: &Contacts, peer: NodeId) -> Option<Duration> {
         .unwrap_or_else(|e| e.into_inner())
         .get(&peer)
         .map(Instant::elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::raft::{Entry, Request as Proposal};
+    use crate::store::{Change, ChangeSet, Kind};
+
+    /// A batch of entries larger than a peer accepts is sent in smaller batches: openraft is
+    /// told so (with a hint of half as many), never the peer.
+    #[tokio::test]
+    async fn a_batch_over_the_message_limit_asks_openraft_for_fewer_entries() {
+        let tls = ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let mut peer = PeerClient {
+            target: 2,
+            // Nothing listens there; the batch must be refused before any connection.
+            addr: "127.0.0.1:9".to_owned(),
+            client: None,
+            tls: Arc::new(tls),
+            contacts: Contacts::default(),
+        };
+        let body = Value::String("x".repeat(crate::limits::MAX_ENTRY_BYTES - 1024));
+        let entry = |index: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                batch: vec![ChangeSet(vec![Change::Create {
+                    kind: Kind::Service,
+                    id: format!("s{index}"),
+                    body: body.clone(),
+                }])],
+            }),
+        };
+        let n = MAX_MESSAGE / crate::limits::MAX_ENTRY_BYTES + 2;
+        let rpc = AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: (1..=n as u64).map(entry).collect(),
+            leader_commit: None,
+        };
+        let option = RPCOption::new(Duration::from_secs(1));
+        match peer.append_entries(rpc, option).await {
+            Err(RPCError::PayloadTooLarge(too_large)) => {
+                assert_eq!(too_large.entries_hint(), n as u64 / 2);
+            }
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+    }
 }
