@@ -2,9 +2,8 @@
 //! one (`shoald.pid` holds the owner's PID and an exclusive lock).
 
 use std::{
-    fs::{self, File, OpenOptions, TryLockError},
+    fs::{File, TryLockError},
     io::{self, Read, Seek, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -49,31 +48,12 @@ impl DataRoot {
             let path = path.to_path_buf();
             move |source| DataRootError::Io { path, what, source }
         };
-        // Created 0700 if missing. An existing one is made private too, with everything in it
-        // (keys, task environments and logs): 0700 directories, 0600 files.
-        if !path.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(path)
-                .map_err(io_error("creating it"))?;
-        }
-        let tightened =
-            crate::durable::tighten(path).map_err(io_error("making it private (0700/0600)"))?;
-        if !tightened.is_empty() {
-            tracing::warn!(
-                data_root = %path.display(),
-                paths = tightened.len(),
-                "group and other permissions removed from the data root and files in it"
-            );
-        }
-        let mut file = OpenOptions::new()
+        crate::durable::private_dir(path).map_err(io_error("creating it"))?;
+        let mut file = crate::durable::private_file()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path.join(PID_FILE))
             .map_err(io_error("opening the pid file"))?;
         match file.try_lock() {
@@ -99,6 +79,17 @@ impl DataRoot {
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "{}", std::process::id()))
             .map_err(io_error("writing the pid file"))?;
+        // Once the root is ours: an existing one is made private too, with everything in it
+        // (keys, task environments and logs): 0700 directories, 0600 files.
+        let tightened =
+            crate::durable::tighten(path).map_err(io_error("making it private (0700/0600)"))?;
+        if tightened > 0 {
+            tracing::warn!(
+                data_root = %path.display(),
+                paths = tightened,
+                "group and other permissions removed from the data root and files in it"
+            );
+        }
         Ok(Self { _pid_file: file })
     }
 }

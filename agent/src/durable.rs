@@ -25,17 +25,36 @@ pub(crate) const FILE_MODE: u32 = 0o600;
 /// Mode of every directory the daemon makes.
 pub(crate) const DIR_MODE: u32 = 0o700;
 
-/// Temporary names are unique within the process (and the PID makes them unique across
-/// processes sharing a directory by mistake).
-static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+/// A name no other writer uses: a random base chosen once per process (a PID repeats across
+/// restarts, in a container it is always 1; a crash may leave a name behind), and a counter.
+pub(crate) fn unique_name() -> String {
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = BASE.get_or_init(|| {
+        shoal_control::ca::random_u64().unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id())
+        })
+    });
+    format!("{base:016x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
 
 fn temporary_for(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+    path.with_file_name(format!(".{name}.{}.tmp", unique_name()))
+}
+
+/// Options for a file only the daemon reads: created 0600, never opened through a symlink
+/// (std opens every file close-on-exec).
+pub(crate) fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW);
+    options
 }
 
 /// Writes `bytes` to `path` atomically and durably, mode 0600.
@@ -43,12 +62,7 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = temporary_for(path);
     let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
+        let mut file = private_file().write(true).create_new(true).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()
     })();
@@ -71,9 +85,9 @@ pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
 
 /// Takes group and other permissions away from `root` and everything under it: directories
 /// 0700, regular files 0600 at most. Symlinks are not followed, and nothing else (sockets,
-/// namespace mounts) is touched. The paths it changed.
-pub(crate) fn tighten(root: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut changed = Vec::new();
+/// namespace mounts) is touched. How many paths it changed.
+pub(crate) fn tighten(root: &Path) -> io::Result<usize> {
+    let mut changed = 0;
     let mut pending = vec![root.to_path_buf()];
     let root_dev = fs::symlink_metadata(root)?.dev();
     while let Some(path) = pending.pop() {
@@ -100,7 +114,7 @@ pub(crate) fn tighten(root: &Path) -> io::Result<Vec<PathBuf>> {
         };
         if wanted != mode {
             fs::set_permissions(&path, fs::Permissions::from_mode(wanted))?;
-            changed.push(path);
+            changed += 1;
         }
     }
     Ok(changed)
@@ -260,9 +274,10 @@ mod tests {
         // Whatever name comes next, a symlink there would be refused (create_new + O_NOFOLLOW):
         // plant one under the next name and check the write still lands only in the target.
         let target = dir.path().join("tasks.json");
-        let next = NEXT_TMP.load(Ordering::SeqCst);
-        let planted =
-            target.with_file_name(format!(".tasks.json.{}.{next}.tmp", std::process::id()));
+        let probe = unique_name();
+        let (base, n) = probe.rsplit_once('-').expect("base-counter");
+        let next = n.parse::<u64>().expect("counter") + 1;
+        let planted = target.with_file_name(format!(".tasks.json.{base}-{next}.tmp"));
         std::os::unix::fs::symlink(&victim, &planted).expect("symlink");
         let result = write(&target, b"data");
         assert_eq!(fs::read_to_string(&victim).expect("read"), "untouched");
@@ -316,12 +331,12 @@ mod tests {
         fs::write(&key, "secret").expect("key");
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
         let changed = tighten(&root).expect("tighten");
-        assert_eq!(changed.len(), 4, "{changed:?}");
+        assert_eq!(changed, 4);
         let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode(&root), 0o700);
         assert_eq!(mode(&root.join("swarm")), 0o700);
         assert_eq!(mode(&root.join("swarm/certs")), 0o700);
         assert_eq!(mode(&key), 0o600);
-        assert!(tighten(&root).expect("again").is_empty());
+        assert_eq!(tighten(&root).expect("again"), 0);
     }
 }

@@ -6,7 +6,7 @@
 use std::{
     fs::{self, File, TryLockError},
     io,
-    os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -49,12 +49,17 @@ pub(crate) fn bind(host: &DaemonHost) -> Result<(UnixListener, SocketFile), Sock
         let host = host.clone();
         move |source| SocketError::Io { host, what, source }
     };
-    if let Some(parent) = path.parent() {
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(parent)
             .map_err(io_error("creating its directory"))?;
+        // The process's umask (077) narrowed the mode: the socket's group must reach it.
+        fs::set_permissions(parent, fs::Permissions::from_mode(0o755))
+            .map_err(io_error("setting its directory's mode to 0755"))?;
     }
     let lock = lock(host)?;
     remove_stale(host, path)?;
@@ -100,13 +105,11 @@ fn lock(host: &DaemonHost) -> Result<File, SocketError> {
     let mut path = PathBuf::from(host.path()).into_os_string();
     path.push(".lock");
     // Never through a symlink someone planted in the socket's directory.
-    let file = fs::OpenOptions::new()
+    let file = crate::durable::private_file()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|source| SocketError::Io {
             host: host.clone(),

@@ -360,14 +360,8 @@ impl SwarmNode {
     /// `certs` (a symlink) is switched to it in one rename. A crash leaves the old set or the new
     /// one, never a key beside another key's certificate.
     fn write_credentials(&self, credentials: &Credentials) -> std::io::Result<()> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         crate::durable::private_dir(&self.dir)?;
-        let name = format!(
-            "{CERTS}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{CERTS}-{}", crate::durable::unique_name());
         let set = self.dir.join(&name);
         crate::durable::private_dir(&set)?;
         write_private(&set.join("node.key"), &credentials.key_pem)?;
@@ -391,6 +385,20 @@ impl SwarmNode {
                 let _ = std::fs::remove_dir_all(self.dir.join(old));
             }
         }
+        Ok(())
+    }
+
+    /// Makes `credentials` the node's: on disk first, then in memory and in the manager it runs,
+    /// if any (which keeps trusting the roots its store gives: see
+    /// `Manager::update_credentials`).
+    fn adopt(&self, joined: &mut Joined, credentials: Credentials) -> std::io::Result<()> {
+        self.write_credentials(&credentials)?;
+        if let Some(manager) = &joined.manager
+            && let Err(e) = manager.update_credentials(&credentials)
+        {
+            tracing::warn!(error = %e, "serving with the node's new credentials");
+        }
+        joined.credentials = credentials;
         Ok(())
     }
 
@@ -968,15 +976,9 @@ impl SwarmNode {
                     ca_pem: bundle.clone(),
                     ..joined.credentials.clone()
                 };
-                self.write_credentials(&credentials)
+                self.adopt(joined, credentials)
                     .map_err(io_status("writing the swarm's roots"))?;
-                if let Some(manager) = &joined.manager {
-                    manager
-                        .update_credentials(&credentials)
-                        .map_err(|e| Status::internal(e.to_string()))?;
-                }
                 tracing::info!("trusting the swarm's roots as the managers give them");
-                joined.credentials = credentials;
             } else {
                 // Its certificate is not under the new roots yet: renew first; the roots come
                 // with the next heartbeat.
@@ -990,14 +992,10 @@ impl SwarmNode {
                 let _ = std::fs::remove_dir_all(self.dir.join("raft"));
             }
             let credentials = self.renew(&saved, &joined.credentials).await?;
-            self.write_credentials(&credentials)
+            self.adopt(joined, credentials.clone())
                 .map_err(io_status("writing the node's certificates"))?;
-            if let Some(manager) = &joined.manager {
-                let _ = manager.update_credentials(&credentials);
-            }
             saved.role = reply.role;
             saved.raft_id = None;
-            joined.credentials = credentials.clone();
             if reply.role == Role::Manager {
                 let raft_id = ca::random_u64().map_err(|e| Status::internal(e.to_string()))?;
                 saved.raft_id = Some(raft_id);
@@ -1074,17 +1072,11 @@ impl SwarmNode {
                     if tls::chain_trusted(&renewed.cert_pem, &joined.credentials.ca_pem) {
                         renewed.ca_pem.clone_from(&joined.credentials.ca_pem);
                     }
-                    if let Err(e) = self.write_credentials(&renewed) {
+                    if let Err(e) = self.adopt(joined, renewed) {
                         failures += 1;
                         tracing::warn!(error = %e, "writing the renewed certificate");
                         continue;
                     }
-                    if let Some(manager) = &joined.manager
-                        && let Err(e) = manager.update_credentials(&renewed)
-                    {
-                        tracing::warn!(error = %e, "serving with the renewed certificate");
-                    }
-                    joined.credentials = renewed;
                     tracing::info!("the node's certificate was renewed");
                 }
                 Err(e) => {

@@ -75,6 +75,14 @@ fn socket_is_created_0660_with_its_directory_and_removed_on_sigterm() {
     let mut daemon = start(&data_root, &socket);
     let mode = fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "socket mode {mode:o}");
+    // The directory shoald made for it lets the socket's group reach it (despite shoald's
+    // umask of 077).
+    let dir_mode = fs::metadata(socket.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o755, "socket directory mode {dir_mode:o}");
     let root_mode = fs::metadata(&data_root).unwrap().permissions().mode() & 0o777;
     assert_eq!(root_mode, 0o700, "data root mode {root_mode:o}");
 

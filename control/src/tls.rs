@@ -126,26 +126,6 @@ impl Credentials {
         })
     }
 
-    /// A manager's server configuration.
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let provider = provider();
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(roots(&self.ca_pem)?, provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(rustls_error)?;
-        let mut chain = certs(&self.cert_pem, "the node certificate")?;
-        chain.extend(certs(&self.ca_pem, "the root CA certificate")?);
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(rustls_error)?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key(&self.key_pem)?)
-            .map_err(rustls_error)?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Arc::new(config))
-    }
-
     /// A node's client configuration for calling managers.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
         let mut config = ClientConfig::builder_with_provider(provider())
@@ -247,6 +227,11 @@ impl LiveTls {
         Ok(())
     }
 
+    /// Whether the roots trusted now are `ca_pem`.
+    pub fn trusts(&self, ca_pem: &str) -> bool {
+        self.current().credentials.ca_pem == ca_pem
+    }
+
     /// The credentials in use.
     pub fn credentials(&self) -> Credentials {
         self.current().credentials.clone()
@@ -258,14 +243,8 @@ impl LiveTls {
     }
 
     /// Whether a client's chain (leaf first) verifies under the roots trusted now.
-    pub fn accepts_client(&self, chain: &[CertificateDer<'static>]) -> bool {
-        let Some((leaf, rest)) = chain.split_first() else {
-            return false;
-        };
-        self.current()
-            .client_verifier
-            .verify_client_cert(leaf, rest, UnixTime::now())
-            .is_ok()
+    pub fn accepts_client(&self, chain: &[CertificateDer<'_>]) -> bool {
+        verifies(&*self.current().client_verifier, chain)
     }
 
     /// A manager's server configuration: clients with a certificate under the trusted roots, or
@@ -348,12 +327,9 @@ impl rustls::server::danger::ClientCertVerifier for LiveTls {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.current()
+            .client_verifier
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -362,18 +338,13 @@ impl rustls::server::danger::ClientCertVerifier for LiveTls {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.current()
+            .client_verifier
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.current().client_verifier.supported_verify_schemes()
     }
 }
 
@@ -401,12 +372,9 @@ impl ServerCertVerifier for LiveTls {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.current()
+            .server_verifier
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -415,18 +383,13 @@ impl ServerCertVerifier for LiveTls {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.current()
+            .server_verifier
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.current().server_verifier.supported_verify_schemes()
     }
 }
 
@@ -435,16 +398,21 @@ pub fn chain_trusted(cert_pem: &str, ca_pem: &str) -> bool {
     let (Ok(chain), Ok(roots)) = (certs(cert_pem, "the node certificate"), roots(ca_pem)) else {
         return false;
     };
-    let Ok(verifier) = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()
-    else {
-        return false;
-    };
-    let Some((leaf, rest)) = chain.split_first() else {
-        return false;
-    };
-    verifier
-        .verify_client_cert(leaf, rest, UnixTime::now())
-        .is_ok()
+    WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .is_ok_and(|verifier| verifies(&*verifier, &chain))
+}
+
+/// Whether `chain` (leaf first) verifies as a client's, now.
+fn verifies(
+    verifier: &dyn rustls::server::danger::ClientCertVerifier,
+    chain: &[CertificateDer<'_>],
+) -> bool {
+    chain.split_first().is_some_and(|(leaf, rest)| {
+        verifier
+            .verify_client_cert(leaf, rest, UnixTime::now())
+            .is_ok()
+    })
 }
 
 /// The swarm identity (CN node ID, OU role, O cluster ID) in a certificate.
@@ -772,14 +740,8 @@ impl TlsConn {
         if let Some((live, verified)) = &mut self.trust {
             let now = live.generation();
             if now != *verified {
-                let chain = self
-                    .inner
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
-                    .unwrap_or_default();
-                if !live.accepts_client(&chain) {
+                let chain = self.inner.get_ref().1.peer_certificates().unwrap_or(&[]);
+                if !live.accepts_client(chain) {
                     tracing::info!(peer = %self.peer.addr, "closing a connection whose certificate is no longer trusted");
                     return true;
                 }
@@ -854,22 +816,15 @@ pub fn incoming(
     listener: TcpListener,
     live: Arc<LiveTls>,
     limits: ConnectionLimits,
-) -> (
-    tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> Result<
+    (
+        tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>>,
+        tokio::task::JoinHandle<()>,
+    ),
+    TlsError,
+> {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    let config = match live.server_config() {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(error = %e, "the cluster API's TLS configuration");
-            let (_, receiver) = tokio::sync::mpsc::channel(1);
-            return (
-                tokio_stream::wrappers::ReceiverStream::new(receiver),
-                tokio::spawn(async {}),
-            );
-        }
-    };
+    let config = live.server_config()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let open: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
     let anonymous: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
@@ -915,6 +870,9 @@ pub fn incoming(
             let live = live.clone();
             let anonymous_by_address = anonymous_by_address.clone();
             tokio::spawn(async move {
+                // The trust the handshake verifies under is this one or a later one: a change
+                // during the handshake has the connection checked again.
+                let verified = live.generation();
                 let handshake = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await;
                 drop((handshake_slot, handshake_place));
                 let tls = match handshake {
@@ -958,10 +916,7 @@ pub fn incoming(
                         })
                     }
                 };
-                let trust = identity.is_some().then(|| {
-                    let verified = live.generation();
-                    (live, verified)
-                });
+                let trust = identity.is_some().then_some((live, verified));
                 let conn = TlsConn {
                     inner: tls,
                     peer: Peer { addr, identity },
@@ -973,8 +928,8 @@ pub fn incoming(
             });
         }
     });
-    (
+    Ok((
         tokio_stream::wrappers::ReceiverStream::new(receiver),
         accepting,
-    )
+    ))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use shoal_tests::{
     Host, binary, output_text,
-    service::{labtool_path, wait_running, who_answers},
+    service::{labtool_path, tasks, wait_running, who_answers},
     swarm::Swarm,
     wait_until,
 };
@@ -633,7 +633,7 @@ fn a_removed_node_is_no_longer_heard() {
         &["assignments", "--manager", &manager, "--certs", &saved],
     );
     assert_eq!(answer["ok"], true, "{answer}");
-    let n3_task = shoal_tests::service::tasks(&swarm, &n1, "web")
+    let n3_task = tasks(&swarm, &n1, "web")
         .into_iter()
         .find(|t| t["Node"] == "n3")
         .and_then(|t| t["ID"].as_str().map(str::to_owned))
@@ -746,6 +746,39 @@ fn the_swarm_s_own_ports_and_numbers_out_of_bounds_are_refused() {
             "n1",
         ],
     );
+
+    // Issue item 9: shoald's private umask (077) is its own; an exec task's files get the usual
+    // modes.
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "umask",
+            "host",
+            "/bin/sh",
+            "-c",
+            "umask; sleep 600",
+        ],
+    );
+    wait_running(&swarm, &n1, "umask", "the umask task", |per| {
+        per.values().sum::<usize>() == 1
+    });
+    let task = tasks(&swarm, &n1, "umask")[0]["ID"]
+        .as_str()
+        .expect("the task's ID")
+        .to_owned();
+    let log = swarm
+        .lab
+        .host_dir(&n1)
+        .join(format!("data/tasks/{task}.log"));
+    let said = wait_until("the task's umask", Duration::from_secs(10), || {
+        Ok(std::fs::read_to_string(&log).is_ok_and(|l| !l.trim().is_empty()))
+    });
+    assert!(said.is_ok(), "{said:?}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), "0022");
 }
 
 /// Issue item 7: the ingress network comes from `--default-addr-pool`, in subnets of

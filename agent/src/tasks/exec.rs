@@ -6,7 +6,6 @@
 //! the daemon finds it again by PID and start time when it comes back.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,11 +52,9 @@ pub(crate) fn start(
     let ns = std::fs::File::open(&runtime.netns)
         .map_err(|e| format!("opening {}: {e}", runtime.netns.display()))?;
     let log_path = dir.join(format!("{}.log", task.id));
-    let log = std::fs::OpenOptions::new()
+    let log = crate::durable::private_file()
         .create(true)
         .append(true)
-        .mode(crate::durable::FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&log_path)
         .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
     let err_log = log
@@ -78,8 +75,9 @@ pub(crate) fn start(
         .stderr(err_log)
         .kill_on_drop(false);
     let fd = ns.as_raw_fd();
-    // SAFETY: between fork and exec only async-signal-safe calls are made: setns(2) and
-    // setsid(2), on a descriptor opened before the fork and kept open by `ns` until spawn returns.
+    // SAFETY: between fork and exec only async-signal-safe calls are made: setns(2), setsid(2)
+    // and umask(2), on a descriptor opened before the fork and kept open by `ns` until spawn
+    // returns.
     unsafe {
         command.pre_exec(move || {
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
@@ -88,6 +86,8 @@ pub(crate) fn start(
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The task's files get the usual modes, not shoald's private 077.
+            libc::umask(0o022);
             Ok(())
         });
     }

@@ -224,7 +224,7 @@ impl Manager {
             listener,
             live,
             crate::tls::ConnectionLimits::within(connection_budget()),
-        );
+        )?;
         let raft_store = manager.inner.store.clone();
         let mut until = stopped.clone();
         let serving = tokio::spawn(async move {
@@ -465,7 +465,15 @@ impl Manager {
         &self,
         credentials: &Credentials,
     ) -> Result<(), crate::tls::TlsError> {
-        self.inner.live.update(credentials)?;
+        // The roots are the store's once it has them (see `follow_trust`): the node's own view
+        // may lag behind the end of a root rotation, and must not bring the old root back.
+        let mut credentials = credentials.clone();
+        if let Some(bundle) = ops::trusted_roots(&self.inner)
+            && crate::tls::chain_trusted(&credentials.cert_pem, &bundle)
+        {
+            credentials.ca_pem = bundle;
+        }
+        self.inner.live.update(&credentials)?;
         self.inner
             .clients
             .lock()

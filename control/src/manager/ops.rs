@@ -566,10 +566,10 @@ fn follow_trust(inner: &Inner) {
         return;
     };
     let bundle = record.trust_bundle();
-    let mut credentials = inner.live.credentials();
-    if credentials.ca_pem == bundle {
+    if inner.live.trusts(&bundle) {
         return;
     }
+    let mut credentials = inner.live.credentials();
     // A manager whose own certificate the new trust would refuse renews first (its node does,
     // hearing the issuer from its heartbeat); the trust follows at the next pass.
     if !crate::tls::chain_trusted(&credentials.cert_pem, &bundle) {
@@ -579,6 +579,12 @@ fn follow_trust(inner: &Inner) {
     if let Err(e) = inner.live.update(&credentials) {
         tracing::warn!(error = %e, "taking the swarm's new roots");
     }
+}
+
+/// The roots the store says to trust, when it says (a manager that has applied the cluster
+/// object).
+pub(super) fn trusted_roots(inner: &Inner) -> Option<String> {
+    cluster(inner).ok().map(|(_, record)| record.trust_bundle())
 }
 
 /// Compares secrets in time independent of where they differ.
