@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use shoal_tests::overlay::{Net, Overlay, Task, WgKey, bench_output, iperf, write_figures};
+use shoal_tests::service::{create_serve, tasks, who_answers};
 use shoal_tests::{Lab, LabSpec, binary, output_text, wait_until};
 
 /// The figures so far: metric name -> number.
@@ -239,14 +240,8 @@ fn rekey_seconds(lab: &Lab, o: &mut Overlay) -> f64 {
 /// The WireGuard engine's receive thread (`shoal-wg-rx`) of node `node`'s `shoald` so far: CPU
 /// seconds (user + system), and how often it went to sleep (voluntary context switches).
 fn receive_thread(lab: &Lab, node: usize) -> (f64, u64) {
-    let marker = format!("--hostname\0{}\0", lab.nodes()[node].name);
     let pid = lab
-        .pids()
-        .into_iter()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.contains("shoald") && format!("{c}\0").contains(&marker))
-        })
+        .shoald_pid(&lab.nodes()[node])
         .expect("the node's shoald");
     // SAFETY: sysconf has no memory arguments.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -355,13 +350,10 @@ fn served_after_flood(lab: &Lab, target: &str) -> f64 {
 fn syn_flood(figures: &mut Figures) {
     let swarm = shoal_tests::swarm::Swarm::up(1, 1);
     let n1 = swarm.host("n1");
-    let tool = binary("shoal-labtool").expect("built");
-    let tool = tool.to_str().expect("a UTF-8 path");
-    swarm.ok(
+    create_serve(
+        &swarm,
         &n1,
         &[
-            "service",
-            "create",
             "--detach",
             "--name",
             "web",
@@ -371,20 +363,15 @@ fn syn_flood(figures: &mut Figures) {
             "8080:80",
             "--constraint",
             "node.hostname==n1",
-            "host",
-            tool,
-            "serve",
-            "--port",
-            "80",
         ],
     );
     let ip = n1.public_ip.to_string();
     wait_until("web to answer through n1", Duration::from_secs(60), || {
-        Ok(shoal_tests::service::who_answers(&swarm, &ip, 8080, 1).len() == 1)
+        Ok(who_answers(&swarm, &ip, 8080, 1).len() == 1)
     })
     .expect("web answers");
     // The task's address on the ingress network, for the nftables path.
-    let task = shoal_tests::service::tasks(&swarm, &n1, "web")
+    let task = tasks(&swarm, &n1, "web")
         .into_iter()
         .find(|t| t["DesiredState"] == "Running")
         .and_then(|t| t["ID"].as_str().map(str::to_owned))

@@ -19,10 +19,6 @@
 //! `SHOAL_BENCH_LINKS=plain` keeps them plain veth pairs (the TC entry carries them), and
 //! `wire_like_links` in the output says which.
 //!
-//! The lab's links are wire-like (`Lab::wire_like_nics`: XDP carries every balanced packet);
-//! `SHOAL_BENCH_LINKS=plain` keeps them plain veth pairs (the TC entry carries them), and
-//! `wire_like_links` in the output says which.
-//!
 //! Writes `$SHOAL_BENCH_OUT` (default `target/bench/mesh.json`). Needs root and release builds
 //! of `shoald`, `shoal` and `shoal-labtool` (the xtask builds them).
 

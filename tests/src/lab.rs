@@ -543,7 +543,11 @@ impl Lab {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or_default();
+            .ok_or_else(|| {
+                io_error(format!("reading VmRSS from /proc/{pid}/status"))(io::Error::other(
+                    "no VmRSS line",
+                ))
+            })?;
         Ok(kib / 1024.0)
     }
 

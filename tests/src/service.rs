@@ -13,6 +13,16 @@ use crate::{
     wait_until,
 };
 
+/// `service create FLAGS... host <shoal-labtool> serve --port 80` on `on`: a service whose
+/// tasks answer with their names on port 80 (exec executor). Its output, or a panic.
+pub fn create_serve(swarm: &Swarm, on: &Host, flags: &[&str]) -> String {
+    let tool = labtool_path();
+    let mut args = vec!["service", "create"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["host", &tool, "serve", "--port", "80"]);
+    swarm.ok(on, &args)
+}
+
 /// `service ps SERVICE --format json` rows; none while the call fails (a leader election).
 pub fn tasks(swarm: &Swarm, on: &Host, service: &str) -> Vec<Value> {
     let Ok(out) = swarm

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use shoal_tests::{
     Host, binary, output_text,
-    service::{labtool_path, tasks, wait_running, who_answers},
+    service::{create_serve, labtool_path, tasks, wait_running, who_answers},
     swarm::Swarm,
     wait_until,
 };
@@ -40,12 +40,10 @@ fn one_node_cannot_break_the_others_data_plane() {
     let swarm = Swarm::up_with_spare(1, 2, 1, &[], &[]);
     let n1 = swarm.managers[0].clone();
     let (n2, n3, n4) = (swarm.host("n2"), swarm.host("n3"), swarm.host("n4"));
-    let tool = labtool_path();
-    swarm.ok(
+    create_serve(
+        &swarm,
         &n1,
         &[
-            "service",
-            "create",
             "--detach",
             "--name",
             "web",
@@ -53,11 +51,6 @@ fn one_node_cannot_break_the_others_data_plane() {
             "6",
             "--publish",
             "8080:80",
-            "host",
-            &tool,
-            "serve",
-            "--port",
-            "80",
         ],
     );
     wait_running(&swarm, &n1, "web", "web's 6 tasks", |per| {
@@ -70,10 +63,11 @@ fn one_node_cannot_break_the_others_data_plane() {
     let token = token.trim();
     let n2_addr = n2.public_ip.to_string();
 
-    // A fourth node asks for n2's data-path address: refused before anything is created.
-    let out = swarm
-        .lab
-        .shoal(
+    // A fourth node asks for n2's data-path address: refused before anything is created. An
+    // IPv6 data-path address is refused by the node itself, and by the managers from a node
+    // that does not check (below).
+    let join_with = |data_path: &str| {
+        swarm.fails(
             &n4,
             &[
                 "swarm",
@@ -83,42 +77,18 @@ fn one_node_cannot_break_the_others_data_plane() {
                 "--advertise-addr",
                 "eth0",
                 "--data-path-addr",
-                &n2_addr,
+                data_path,
                 &manager,
             ],
         )
-        .expect("run shoal");
-    assert!(!out.status.success());
-    let said = output_text(&out);
+    };
+    let said = join_with(&n2_addr);
     assert!(
         said.contains("is already node n2") && said.contains("--data-path-addr"),
         "{said}"
     );
-    // An IPv6 data-path address is refused by the node itself, and by the managers from a
-    // node that does not check.
-    let out = swarm
-        .lab
-        .shoal(
-            &n4,
-            &[
-                "swarm",
-                "join",
-                "--token",
-                token,
-                "--advertise-addr",
-                "eth0",
-                "--data-path-addr",
-                "fd00::14",
-                &manager,
-            ],
-        )
-        .expect("run shoal");
-    assert!(!out.status.success());
-    assert!(
-        output_text(&out).contains("IPv4 only"),
-        "{}",
-        output_text(&out)
-    );
+    let said = join_with("fd00::14");
+    assert!(said.contains("IPv4 only"), "{said}");
     let join = |addr: &str, key: &str| {
         hostile(
             &n4,
@@ -410,6 +380,11 @@ fn the_cluster_port_holds_against_clients_without_a_certificate() {
     // The manager refused or closed all but a few of them (16 at most from one address), and
     // took no large request without a certificate.
     let count = |key: &str| report[key].as_u64().unwrap_or_default();
+    // The manager was there: every connection reached it, TLS came up on some of them, and
+    // large requests were sent.
+    assert_eq!(count("unreachable"), 0, "{report}");
+    assert!(count("closed_by_manager") + count("held") > 0, "{report}");
+    assert!(count("frames") > 0, "{report}");
     assert_eq!(
         count("refused_by_manager") + count("closed_by_manager") + count("held"),
         1_100,
@@ -417,6 +392,11 @@ fn the_cluster_port_holds_against_clients_without_a_certificate() {
     );
     assert!(count("held") <= 16, "{report}");
     assert_eq!(report["frames"], report["frames_refused"], "{report}");
+    // Refused by the manager's checks: `Ca.Join` bodies over 64 KiB, `Dispatcher` calls
+    // without a node certificate.
+    let codes = &report["frame_codes"];
+    assert!(codes["OutOfRange"].as_u64() > Some(0), "{report}");
+    assert!(codes["Unauthenticated"].as_u64() > Some(0), "{report}");
     assert!(
         peak - before < 256.0,
         "RSS grew from {before:.0} to {peak:.0} MiB"
@@ -432,14 +412,10 @@ fn the_cluster_port_holds_against_clients_without_a_certificate() {
 fn the_root_rotates_under_load_and_the_old_root_is_refused() {
     let swarm = Swarm::up_with(3, 1, &["--dispatcher-heartbeat", "1s"]);
     let (n1, n2, n3) = (swarm.host("n1"), swarm.host("n2"), swarm.host("n3"));
-    let out = swarm
-        .lab
-        .shoal(&n1, &["swarm", "update", "--cert-expiry", "30m"])
-        .expect("run shoal");
+    let said = swarm.fails(&n1, &["swarm", "update", "--cert-expiry", "30m"]);
     assert!(
-        output_text(&out).contains("minimum certificate expiry time is: 1h0m0s"),
-        "{}",
-        output_text(&out)
+        said.contains("minimum certificate expiry time is: 1h0m0s"),
+        "{said}"
     );
     swarm.ok(&n1, &["swarm", "update", "--cert-expiry", "2h"]);
     let cluster = |on: &Host| -> Value {
@@ -492,12 +468,17 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
     let (rotated, (writes, failures, not_ready)) = std::thread::scope(|scope| {
         let writing = scope.spawn(writer);
         std::thread::sleep(Duration::from_secs(1));
-        let rotated = swarm.ok(&n1, &["swarm", "ca", "--rotate"]);
+        // No panic in here: the writer would never be told to stop, and the scope would wait.
+        let rotated = swarm.lab.shoal(&n1, &["swarm", "ca", "--rotate"]);
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (rotated, writing.join().expect("the writer"))
     });
+    let rotated = rotated.expect("run shoal");
+    assert!(rotated.status.success(), "{}", output_text(&rotated));
+    let rotated = String::from_utf8_lossy(&rotated.stdout).into_owned();
     println!("{writes} writes during the rotation");
+    assert!(writes > 0, "no write was made during the rotation");
     assert!(
         failures.is_empty(),
         "{} of {writes} writes failed: {failures:#?}",
@@ -533,11 +514,58 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
     let pretty = swarm.ok(&n1, &["node", "inspect", "--pretty", "n4"]);
     assert!(pretty.contains("Certificate Expiry:"), "{pretty}");
 
-    // The old root's manager certificate and join token are refused by every manager.
+    // The old root's manager certificate and join token are refused by every manager. The
+    // client trusts the new root (as the managers present it), so that what refuses is the
+    // manager; the same calls with n3's current certificate are the control.
     let saved = saved.to_str().expect("a UTF-8 path");
+    let current = swarm.lab.dir().join("n3-new-root-certs");
+    std::fs::create_dir_all(&current).expect("a directory for the current certificates");
+    for file in ["node.crt", "node.key", "ca.crt"] {
+        std::fs::copy(certs.join(file), current.join(file)).expect("copy a certificate file");
+    }
+    let current = current.to_str().expect("a UTF-8 path");
+    let new_roots = format!("{current}/ca.crt");
+    let new_token = swarm.ok(&n1, &["swarm", "join-token", "-q", "worker"]);
+    let (old_secret, new_digest) = (
+        old_token.trim().rsplit('-').next().expect("a secret"),
+        new_token.trim().rsplit('-').nth(1).expect("a digest"),
+    );
+    // The new root's digest (the managers' own), with the secret of the old token.
+    let stale_token = format!("SWMTKN-1-{new_digest}-{old_secret}");
     let client = swarm.lab.client().clone();
+    // n3's description as stored: a heartbeat that changes nothing.
+    let described = swarm.inspect(&n1, "n3")["Description"].clone();
+    let text = |field: &str| described[field].as_str().unwrap_or_default().to_owned();
+    let (data_path, key) = (text("DataPathAddr"), text("WireguardPublicKey"));
+    let heartbeat = |certs: &str, addr: &str| {
+        hostile(
+            &client,
+            &[
+                "heartbeat",
+                "--manager",
+                addr,
+                "--certs",
+                certs,
+                "--ca",
+                &new_roots,
+                "--hostname",
+                "n3",
+                "--data-path-addr",
+                &data_path,
+                "--wireguard-key",
+                &key,
+            ],
+        )
+    };
     for manager in [&n1, &n2, &n3] {
         let addr = format!("{}:2377", manager.public_ip);
+        let control = heartbeat(current, &addr);
+        assert_eq!(control["ok"], true, "the control: {control}");
+        // The same heartbeat with the old certificate: the connection is refused (at the TLS
+        // level: the call never reaches the dispatcher).
+        let answer = heartbeat(saved, &addr);
+        assert_eq!(answer["ok"], false, "{answer}");
+        assert_eq!(answer["error"], "transport error", "{answer}");
         let answer = hostile(
             &client,
             &[
@@ -546,6 +574,8 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
                 &addr,
                 "--certs",
                 saved,
+                "--ca",
+                &new_roots,
                 "--leader",
                 "1",
                 "--term",
@@ -553,21 +583,7 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
             ],
         );
         assert_eq!(answer["ok"], false, "{answer}");
-        let answer = hostile(
-            &client,
-            &[
-                "heartbeat",
-                "--manager",
-                &addr,
-                "--certs",
-                saved,
-                "--hostname",
-                "n3",
-                "--data-path-addr",
-                &n3.public_ip.to_string(),
-            ],
-        );
-        assert_eq!(answer["ok"], false, "{answer}");
+        assert_eq!(answer["error"], "transport error", "{answer}");
         let answer = hostile(
             &client,
             &[
@@ -575,7 +591,7 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
                 "--manager",
                 &addr,
                 "--token",
-                old_token.trim(),
+                &stale_token,
                 "--hostname",
                 "n9",
                 "--data-path-addr",
@@ -583,6 +599,12 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
             ],
         );
         assert_eq!(answer["ok"], false, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("valid join token")),
+            "{answer}"
+        );
     }
     // And the swarm goes on.
     swarm.ok(
@@ -597,23 +619,10 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
 fn a_removed_node_is_no_longer_heard() {
     let swarm = Swarm::up(1, 2);
     let (n1, n3) = (swarm.host("n1"), swarm.host("n3"));
-    let tool = labtool_path();
-    swarm.ok(
+    create_serve(
+        &swarm,
         &n1,
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "host",
-            &tool,
-            "serve",
-            "--port",
-            "80",
-        ],
+        &["--detach", "--name", "web", "--replicas", "3"],
     );
     wait_running(&swarm, &n1, "web", "web's 3 tasks", |per| {
         per.values().sum::<usize>() == 3
@@ -714,13 +723,8 @@ fn the_swarm_s_own_ports_and_numbers_out_of_bounds_are_refused() {
             "at most",
         ),
     ] {
-        let out = swarm.lab.shoal(&n1, &args).expect("run shoal");
-        assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(
-            output_text(&out).contains(words),
-            "{args:?}: {}",
-            output_text(&out)
-        );
+        let said = swarm.fails(&n1, &args);
+        assert!(said.contains(words), "{args:?}: {said}");
     }
     // A node's labels are counted as they will be: at the limit, a new key is refused, while a
     // changed value, or a key removed as another is added, is not.
@@ -792,24 +796,20 @@ fn the_ingress_subnet_comes_from_the_address_pool_and_shadows_no_host_route() {
         ("10.99.0.0/28", "26", "smaller than one /26"),
         ("10.0.0.0/8", "31", "between 8 and 29"),
     ] {
-        let out = swarm
-            .lab
-            .shoal(
-                &n1,
-                &[
-                    "swarm",
-                    "init",
-                    "--advertise-addr",
-                    "eth0",
-                    "--default-addr-pool",
-                    pool,
-                    "--default-addr-pool-mask-length",
-                    length,
-                ],
-            )
-            .expect("run shoal");
-        assert!(!out.status.success(), "{pool} /{length} was accepted");
-        assert!(output_text(&out).contains(words), "{}", output_text(&out));
+        let said = swarm.fails(
+            &n1,
+            &[
+                "swarm",
+                "init",
+                "--advertise-addr",
+                "eth0",
+                "--default-addr-pool",
+                pool,
+                "--default-addr-pool-mask-length",
+                length,
+            ],
+        );
+        assert!(said.contains(words), "{pool} /{length}: {said}");
     }
     // The host reaches 10.99.0.0/26 through its data interface: the ingress network takes the
     // next subnet.
@@ -857,12 +857,10 @@ fn the_ingress_subnet_comes_from_the_address_pool_and_shadows_no_host_route() {
 fn a_syn_flood_cannot_starve_a_published_service() {
     let swarm = Swarm::up(1, 1);
     let n1 = swarm.host("n1");
-    let tool = labtool_path();
-    swarm.ok(
+    create_serve(
+        &swarm,
         &n1,
         &[
-            "service",
-            "create",
             "--detach",
             "--name",
             "web",
@@ -870,11 +868,6 @@ fn a_syn_flood_cannot_starve_a_published_service() {
             "1",
             "--publish",
             "8080:80",
-            "host",
-            &tool,
-            "serve",
-            "--port",
-            "80",
         ],
     );
     wait_running(&swarm, &n1, "web", "web's task", |per| {

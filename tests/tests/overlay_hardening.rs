@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_tests::overlay::{Net, Overlay, Task, transfer};
+use shoal_tests::overlay::{Net, Overlay, Task, plain_and_secret, transfer};
 use shoal_tests::{Host, Lab, LabSpec, binary, output_text as text, wait_until, within};
 
 const PLAIN: &str = "plain";
@@ -23,26 +23,13 @@ const VAULT: &str = "vault";
 fn cluster() -> (Lab, Overlay) {
     let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab up");
     lab.spawn_shoald_all().expect("shoald starts in every node");
-    let nets = vec![
-        Net {
-            id: PLAIN,
-            vni: 4096,
-            octet: 10,
-            encrypted: false,
-        },
-        Net {
-            id: SECRET,
-            vni: 4097,
-            octet: 20,
-            encrypted: true,
-        },
-        Net {
-            id: VAULT,
-            vni: 4098,
-            octet: 30,
-            encrypted: true,
-        },
-    ];
+    let mut nets = plain_and_secret();
+    nets.push(Net {
+        id: VAULT,
+        vni: 4098,
+        octet: 30,
+        encrypted: true,
+    });
     let overlay = Overlay::new(
         &lab,
         nets,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use shoal_tests::{
     mesh::answers,
-    service::{labtool_path, running_per_node, tasks, wait_running, who_answers},
+    service::{create_serve, labtool_path, running_per_node, tasks, wait_running, who_answers},
     swarm::Swarm,
     wait_until,
 };
@@ -32,24 +32,10 @@ fn the_walkthrough_spreads_publishes_and_drains() {
             .any(|n| n["Hostname"] == "n2" && n["ManagerStatus"] == "")
     });
 
-    let tool = labtool_path();
-    let created = swarm.ok(
+    let created = create_serve(
+        &swarm,
         &n1,
-        &[
-            "service",
-            "create",
-            "--name",
-            "vote",
-            "--replicas",
-            "6",
-            "--publish",
-            "8080:80",
-            "host",
-            &tool,
-            "serve",
-            "--port",
-            "80",
-        ],
+        &["--name", "vote", "--replicas", "6", "--publish", "8080:80"],
     );
     assert!(
         created.contains("overall progress: 6 out of 6 tasks")
@@ -145,22 +131,16 @@ fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
     let swarm = Swarm::up(2, 1);
     let n1 = swarm.managers[0].clone();
     let tool = labtool_path();
-    let out = swarm.ok(
+    let out = create_serve(
+        &swarm,
         &n1,
         &[
-            "service",
-            "create",
             "--name",
             "admin",
             "--replicas",
             "4",
             "--constraint",
             "node.role==manager",
-            "host",
-            &tool,
-            "serve",
-            "--port",
-            "80",
         ],
     );
     assert!(out.contains("verify: Service converged"), "{out}");
@@ -205,22 +185,10 @@ fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
         swarm.ok(&n1, &["service", "ps", "nowhere"])
     );
 
-    swarm.ok(
+    create_serve(
+        &swarm,
         &n1,
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "web",
-            "--publish",
-            "8080:80",
-            "host",
-            &tool,
-            "serve",
-            "--port",
-            "80",
-        ],
+        &["--detach", "--name", "web", "--publish", "8080:80"],
     );
     let before = service_count(&swarm, &n1);
     for (args, says) in [
@@ -274,22 +242,10 @@ fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
         let err = swarm.fails(&n1, &full);
         assert!(err.contains(says), "{args:?}: {err}");
     }
-    swarm.ok(
+    create_serve(
+        &swarm,
         &n1,
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "db",
-            "--network",
-            "backend",
-            "host",
-            &tool,
-            "serve",
-            "--port",
-            "80",
-        ],
+        &["--detach", "--name", "db", "--network", "backend"],
     );
     let err = swarm.fails(&n1, &["network", "rm", "backend"]);
     assert!(
@@ -339,23 +295,10 @@ fn a_service_on_an_encrypted_network_talks_across_nodes() {
             .is_some(),
         "{inspect}"
     );
-    swarm.ok(
+    create_serve(
+        &swarm,
         &n1,
-        &[
-            "service",
-            "create",
-            "--name",
-            "secret",
-            "--replicas",
-            "2",
-            "--network",
-            "secret",
-            "host",
-            &tool,
-            "serve",
-            "--port",
-            "80",
-        ],
+        &["--name", "secret", "--replicas", "2", "--network", "secret"],
     );
     let all = tasks(&swarm, &n1, "secret");
     let on = |node: &str| {
@@ -410,24 +353,10 @@ fn a_service_on_an_encrypted_network_talks_across_nodes() {
 fn a_lost_worker_s_tasks_are_replaced_and_the_mesh_stops_sending_to_them() {
     let swarm = Swarm::up_with(1, 2, &["--dispatcher-heartbeat", "1s"]);
     let n1 = swarm.managers[0].clone();
-    let tool = labtool_path();
-    swarm.ok(
+    create_serve(
+        &swarm,
         &n1,
-        &[
-            "service",
-            "create",
-            "--name",
-            "vote",
-            "--replicas",
-            "6",
-            "--publish",
-            "8080:80",
-            "host",
-            &tool,
-            "serve",
-            "--port",
-            "80",
-        ],
+        &["--name", "vote", "--replicas", "6", "--publish", "8080:80"],
     );
     let n3 = swarm.host("n3");
     swarm.lab.kill_shoald(&n3).unwrap();
@@ -458,23 +387,7 @@ fn a_manager_restarted_while_a_service_scales_converges() {
     let mut swarm = Swarm::up(3, 0);
     let n1 = swarm.managers[0].clone();
     let n2 = swarm.managers[1].clone();
-    let tool = labtool_path();
-    swarm.ok(
-        &n1,
-        &[
-            "service",
-            "create",
-            "--name",
-            "grow",
-            "--replicas",
-            "3",
-            "host",
-            &tool,
-            "serve",
-            "--port",
-            "80",
-        ],
-    );
+    create_serve(&swarm, &n1, &["--name", "grow", "--replicas", "3"]);
     swarm.ok(&n2, &["service", "scale", "--detach", "grow=15"]);
     swarm.lab.kill_shoald(&n1).unwrap();
     swarm.lab.spawn_shoald(&n1).unwrap();

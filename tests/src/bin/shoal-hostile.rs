@@ -22,14 +22,18 @@
 //! `conn-flood` plays a client without a certificate: it opens `N` TLS connections and leaves
 //! them idle, while `F` tasks send 4 MiB requests to `Ca.Join` and `Dispatcher.Heartbeat`, for
 //! `S` seconds; it prints how many connections the manager closed and how its calls ended
-//! (`{"ok":true,"connections":N,"refused_by_manager":..,"closed_by_manager":..,"held":..,
-//! "frames":..,"frames_refused":..}`).
+//! (`{"ok":true,"connections":N,"unreachable":..,"refused_by_manager":..,"closed_by_manager":..,
+//! "held":..,"frames":..,"frames_refused":..,"frame_codes":{CODE:N}}`; `unreachable` counts
+//! connections nobody accepted, which says nothing of the manager's limits).
 //!
 //! The raft calls send openraft's own messages as a manager would: an empty append-entries, a
 //! vote request, one snapshot chunk of 1 KiB at `--offset`.
 //!
-//! `DIR` holds a node's `node.crt`, `node.key` and `ca.crt` (its `<data root>/swarm/certs`).
-//! Prints one JSON line: `{"ok":true}` or `{"ok":false,"code":"...","error":"..."}`.
+//! `DIR` holds a node's `node.crt`, `node.key` and `ca.crt` (its `<data root>/swarm/certs`);
+//! every command that takes `--certs DIR` also takes `--ca FILE`, the roots to trust instead of
+//! `DIR`'s.
+//! Prints one JSON line: `{"ok":true}` or `{"ok":false,"code":"...","error":"...","causes":[...]}`
+//! (the errors under a transport error, a TLS alert from the manager among them).
 
 use std::{process::ExitCode, str::FromStr, sync::Arc, time::Duration};
 
@@ -72,15 +76,25 @@ fn description(args: &[String]) -> Result<NodeDescription, String> {
     })
 }
 
-fn credentials(dir: &str) -> Result<Credentials, String> {
-    let read = |name: &str| {
-        std::fs::read_to_string(format!("{dir}/{name}")).map_err(|e| format!("{dir}/{name}: {e}"))
-    };
+/// `--certs DIR`'s certificate and key, trusting `--ca FILE` if given (else `DIR`'s roots): a
+/// node's saved certificate can then be presented to managers whose roots it no longer shares,
+/// so that what refuses it is the manager, not this client.
+fn credentials(args: &[String]) -> Result<Credentials, String> {
+    let read = |path: String| std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"));
+    let dir = required(args, "--certs")?;
     Ok(Credentials {
-        cert_pem: read("node.crt")?,
-        key_pem: read("node.key")?,
-        ca_pem: read("ca.crt")?,
+        cert_pem: read(format!("{dir}/node.crt"))?,
+        key_pem: read(format!("{dir}/node.key"))?,
+        ca_pem: read(flag(args, "--ca").map_or_else(|| format!("{dir}/ca.crt"), str::to_owned))?,
     })
+}
+
+/// A channel to `--manager` as the node whose credentials [`credentials`] reads.
+fn node_channel(args: &[String]) -> Result<tonic::transport::Channel, String> {
+    let config = credentials(args)?
+        .client_config()
+        .map_err(|e| e.to_string())?;
+    tls::channel(required(args, "--manager")?, config, TIMEOUT).map_err(|e| e.to_string())
 }
 
 fn frame<T: serde::Serialize>(value: &T) -> Result<tonic::Request<Frame>, String> {
@@ -113,10 +127,7 @@ async fn join(args: &[String]) -> Result<Answer, String> {
 }
 
 async fn heartbeat(args: &[String]) -> Result<Answer, String> {
-    let manager = required(args, "--manager")?;
-    let credentials = credentials(required(args, "--certs")?)?;
-    let config = credentials.client_config().map_err(|e| e.to_string())?;
-    let channel = tls::channel(manager, config, TIMEOUT).map_err(|e| e.to_string())?;
+    let channel = node_channel(args)?;
     let beat = Heartbeat {
         description: description(args)?,
     };
@@ -137,10 +148,7 @@ async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
     use openraft::{LogId, SnapshotMeta, StoredMembership, Vote};
     use shoal_api::v1::raft_client::RaftClient;
     use shoal_control::raft::TypeConfig;
-    let manager = required(args, "--manager")?;
-    let credentials = credentials(required(args, "--certs")?)?;
-    let config = credentials.client_config().map_err(|e| e.to_string())?;
-    let channel = tls::channel(manager, config, TIMEOUT).map_err(|e| e.to_string())?;
+    let channel = node_channel(args)?;
     let mut client = RaftClient::new(channel);
     let term = number(args, "--term")?;
     let answer = match which {
@@ -184,7 +192,9 @@ async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
 /// How an idle connection without a certificate ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Idle {
-    /// The manager refused it before TLS was up.
+    /// No TCP connection: nobody listens (not the manager's refusal).
+    Unreachable,
+    /// The manager refused it before TLS was up (reset or closed it during the handshake).
     Refused,
     /// TLS came up; the manager closed it later.
     Closed,
@@ -200,7 +210,7 @@ async fn idle_connection(
 ) -> Idle {
     use tokio::io::AsyncReadExt;
     let Ok(tcp) = tokio::net::TcpStream::connect(manager).await else {
-        return Idle::Refused;
+        return Idle::Unreachable;
     };
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(tls::MANAGER_NAME)
         .expect("a valid DNS name");
@@ -218,13 +228,15 @@ async fn idle_connection(
     }
 }
 
-/// Sends 4 MiB requests without a certificate until `until`: (sent, refused).
+/// Sends 4 MiB requests without a certificate until `until`: how many, and how many ended in
+/// each status code.
 async fn large_frames(
     channel: tonic::transport::Channel,
     until: tokio::time::Instant,
-) -> (u64, u64) {
+) -> (u64, std::collections::BTreeMap<String, u64>) {
     let junk = "x".repeat(4 << 20);
-    let (mut sent, mut refused) = (0, 0);
+    let mut sent = 0;
+    let mut codes = std::collections::BTreeMap::new();
     let mut ca = CaClient::new(channel.clone()).max_encoding_message_size(8 << 20);
     let mut dispatcher = DispatcherClient::new(channel).max_encoding_message_size(8 << 20);
     while tokio::time::Instant::now() < until {
@@ -236,12 +248,14 @@ async fn large_frames(
             dispatcher.heartbeat(frame()).await.map(drop),
         ] {
             sent += 1;
-            if answer.is_err() {
-                refused += 1;
-            }
+            let code = match answer {
+                Ok(()) => "Ok".to_owned(),
+                Err(status) => format!("{:?}", status.code()),
+            };
+            *codes.entry(code).or_default() += 1;
         }
     }
-    (sent, refused)
+    (sent, codes)
 }
 
 async fn conn_flood(args: &[String]) -> Result<serde_json::Value, String> {
@@ -270,43 +284,45 @@ async fn conn_flood(args: &[String]) -> Result<serde_json::Value, String> {
             tokio::spawn(async move {
                 match channel {
                     Ok(channel) => large_frames(channel, until).await,
-                    Err(_) => (0, 0),
+                    Err(_) => (0, std::collections::BTreeMap::new()),
                 }
             })
         })
         .collect();
-    let (mut refused_conns, mut closed, mut held) = (0_u64, 0_u64, 0_u64);
+    let (mut unreachable, mut refused_conns, mut closed, mut held) = (0_u64, 0_u64, 0_u64, 0_u64);
     for task in idle {
-        match task.await.unwrap_or(Idle::Refused) {
+        match task.await.unwrap_or(Idle::Unreachable) {
+            Idle::Unreachable => unreachable += 1,
             Idle::Refused => refused_conns += 1,
             Idle::Closed => closed += 1,
             Idle::Held => held += 1,
         }
     }
-    let (mut sent, mut refused) = (0, 0);
+    let (mut sent, mut codes) = (0, std::collections::BTreeMap::<String, u64>::new());
     for task in senders {
-        let (s, r) = task.await.unwrap_or_default();
+        let (s, c) = task.await.unwrap_or_default();
         sent += s;
-        refused += r;
+        for (code, n) in c {
+            *codes.entry(code).or_default() += n;
+        }
     }
     Ok(json!({
         "ok": true,
         "connections": connections,
+        "unreachable": unreachable,
         "refused_by_manager": refused_conns,
         "closed_by_manager": closed,
         "held": held,
         "frames": sent,
-        "frames_refused": refused,
+        "frames_refused": sent - codes.get("Ok").copied().unwrap_or_default(),
+        "frame_codes": codes,
     }))
 }
 
 /// A task report, or the first message of the assignment stream, with `DIR`'s certificate.
 async fn as_node(args: &[String], which: &str) -> Result<Answer, String> {
     use shoal_api::service::{TaskState, TaskStatus};
-    let manager = required(args, "--manager")?;
-    let credentials = credentials(required(args, "--certs")?)?;
-    let config = credentials.client_config().map_err(|e| e.to_string())?;
-    let channel = tls::channel(manager, config, TIMEOUT).map_err(|e| e.to_string())?;
+    let channel = node_channel(args)?;
     let mut client = DispatcherClient::new(channel);
     if which == "report" {
         let report = shoal_control::manager::services::StatusReport {
@@ -443,7 +459,7 @@ async fn run(args: &[String]) -> Result<Answer, String> {
         Some("raft-vote") => raft(&args[1..], "vote").await,
         Some("raft-snapshot") => raft(&args[1..], "snapshot").await,
         _ => Err(
-            "usage: shoal-hostile join|heartbeat|raft-append|raft-vote|raft-snapshot ... (see the source's header)"
+            "usage: shoal-hostile join|heartbeat|raft-append|raft-vote|raft-snapshot|report|assignments|conn-flood|syn-flood ... (see the source's header)"
                 .into(),
         ),
     }
@@ -452,20 +468,14 @@ async fn run(args: &[String]) -> Result<Answer, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("syn-flood") {
-        return match syn_flood(&args[1..]) {
-            Ok(report) => {
-                println!("{report}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("shoal-hostile: {e}");
-                ExitCode::from(2)
-            }
-        };
-    }
-    if args.first().map(String::as_str) == Some("conn-flood") {
-        return match conn_flood(&args[1..]).await {
+    // The floods report figures of their own.
+    let report = match args.first().map(String::as_str) {
+        Some("syn-flood") => Some(syn_flood(&args[1..])),
+        Some("conn-flood") => Some(conn_flood(&args[1..]).await),
+        _ => None,
+    };
+    if let Some(report) = report {
+        return match report {
             Ok(report) => {
                 println!("{report}");
                 ExitCode::SUCCESS
@@ -480,11 +490,21 @@ async fn main() -> ExitCode {
         Ok(answer) => {
             let line = match answer {
                 Ok(()) => json!({ "ok": true }),
-                Err(status) => json!({
-                    "ok": false,
-                    "code": format!("{:?}", status.code()),
-                    "error": status.message(),
-                }),
+                Err(status) => {
+                    // What lies under a transport error (a TLS alert the manager sent, ...).
+                    let mut causes = Vec::new();
+                    let mut source = std::error::Error::source(&status);
+                    while let Some(cause) = source {
+                        causes.push(cause.to_string());
+                        source = cause.source();
+                    }
+                    json!({
+                        "ok": false,
+                        "code": format!("{:?}", status.code()),
+                        "error": status.message(),
+                        "causes": causes,
+                    })
+                }
             };
             println!("{line}");
             ExitCode::SUCCESS
