@@ -122,6 +122,8 @@ pub(crate) fn tighten(root: &Path) -> io::Result<usize> {
 
 #[derive(Debug, Default)]
 struct Pending {
+    /// Texts handed over so far (the sequence number of the newest).
+    handed: u64,
     /// The newest text handed over, and its sequence number.
     next: Option<(u64, String)>,
     /// The last sequence number written (or failed).
@@ -135,7 +137,6 @@ struct Shared {
     path: PathBuf,
     pending: Mutex<Pending>,
     wake: Condvar,
-    sequence: AtomicU64,
 }
 
 /// A file rewritten often, by one writer thread of its own (see the module's notes). Clones
@@ -167,7 +168,6 @@ impl Latest {
             path,
             pending: Mutex::default(),
             wake: Condvar::new(),
-            sequence: AtomicU64::new(0),
         });
         let thread = shared.clone();
         std::thread::Builder::new()
@@ -180,30 +180,29 @@ impl Latest {
         }
     }
 
-    /// Hands `text` over to be written; returns at once. A newer text replaces one not yet
-    /// written.
+    /// Hands `text` over to be written; returns at once. A newer text (the last one handed
+    /// over: callers hand texts over in the order of the state they describe) replaces one not
+    /// yet written.
     pub(crate) fn save(&self, text: String) {
-        let sequence = self.shared.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         let mut pending = self
             .shared
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if pending.next.as_ref().is_none_or(|(s, _)| *s < sequence) {
-            pending.next = Some((sequence, text));
-        }
+        pending.handed += 1;
+        pending.next = Some((pending.handed, text));
         drop(pending);
         self.shared.wake.notify_all();
     }
 
     /// Waits until everything handed over so far is written (or has failed and been logged).
     pub(crate) fn flush(&self) {
-        let wanted = self.shared.sequence.load(Ordering::SeqCst);
         let mut pending = self
             .shared
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let wanted = pending.handed;
         while pending.done < wanted {
             pending = self
                 .shared
@@ -228,11 +227,16 @@ fn writer(shared: &Shared) {
                 pending = shared.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let written = shared
-            .path
-            .parent()
-            .map_or(Ok(()), private_dir)
-            .and_then(|()| write(&shared.path, text.as_bytes()));
+        // The directory is made when it is missing (the first save, or after someone removed
+        // it), not before every write.
+        let written = match write(&shared.path, text.as_bytes()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => shared
+                .path
+                .parent()
+                .map_or(Ok(()), private_dir)
+                .and_then(|()| write(&shared.path, text.as_bytes())),
+            other => other,
+        };
         if let Err(e) = written {
             tracing::error!(path = %shared.path.display(), error = %e, "writing a state file");
         }

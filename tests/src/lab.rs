@@ -456,10 +456,14 @@ impl Lab {
         Ok(pid)
     }
 
-    /// Sets the flags of every `shoald` started from now on (`--executor exec` until a test
-    /// sets others, e.g. `--executor docker`).
+    /// Sets the flags of every `shoald` started from now on; `--executor exec` goes with them
+    /// unless they name an executor (e.g. `--executor docker`).
     pub fn set_shoald_args(&mut self, args: &[&str]) {
         self.shoald_args = args.iter().map(|a| (*a).to_owned()).collect();
+        if !args.contains(&"--executor") {
+            self.shoald_args
+                .extend(["--executor".to_owned(), "exec".to_owned()]);
+        }
     }
 
     /// Starts `shoald` in every node, as [`Lab::spawn_shoald`] does.

@@ -298,12 +298,12 @@ impl LogStore {
     }
 }
 
-/// One record at the start of `bytes`: the entry and the record's size, or `None` when the
-/// record is incomplete or does not check out.
 /// Whether `rest`, which does not start with a whole record, is what a crash mid-append
 /// leaves: a record cut short (its header or payload runs past the end of the file), a final
 /// record whose payload is damaged (nothing follows it), or zeros a file system may leave past
-/// the last write. A bad record with more after it is corruption, never cut.
+/// the last write. A bad record with more after it is corruption, never cut. (The length field
+/// has no checksum of its own: a damaged length that points past the end of the file reads as
+/// a record cut short.)
 fn torn_tail(rest: &[u8]) -> bool {
     if rest.iter().all(|b| *b == 0) {
         return true;
@@ -315,6 +315,8 @@ fn torn_tail(rest: &[u8]) -> bool {
     HEADER.saturating_add(len) >= rest.len()
 }
 
+/// One record at the start of `bytes`: the entry and the record's size, or `None` when the
+/// record is incomplete or does not check out.
 fn parse_record(bytes: &[u8]) -> Option<(Entry, usize)> {
     let header = bytes.get(..HEADER)?;
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
