@@ -403,6 +403,15 @@ fn unspecified_for(addr: &SocketAddr) -> IpAddr {
 mod sys {
     use super::*;
 
+    /// A `sendmmsg`/`recvmmsg` header for one buffer, `iov`.
+    pub(crate) fn message_header(iov: &mut libc::iovec) -> libc::mmsghdr {
+        // SAFETY: mmsghdr is a plain C struct; all-zero (null pointers, zero lengths) is valid.
+        let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
+        hdr.msg_hdr.msg_iov = ptr::from_mut(iov);
+        hdr.msg_hdr.msg_iovlen = 1;
+        hdr
+    }
+
     pub(crate) fn socket(addr: &SocketAddr, ty: libc::c_int) -> io::Result<OwnedFd> {
         let domain = match addr {
             SocketAddr::V4(_) => libc::AF_INET,
@@ -840,16 +849,7 @@ fn cmd_udp_sink(flags: &Flags) -> Result<ExitCode> {
             iov_len: chunk.len(),
         })
         .collect();
-    let mut hdrs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: mmsghdr is a plain C struct; all-zero (null pointers, zero lengths) is valid.
-            let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
-            hdr.msg_hdr.msg_iov = ptr::from_mut(iov);
-            hdr.msg_hdr.msg_iovlen = 1;
-            hdr
-        })
-        .collect();
+    let mut hdrs: Vec<libc::mmsghdr> = iovs.iter_mut().map(sys::message_header).collect();
 
     let mut packets: u64 = 0;
     let mut first: Option<Instant> = None;
@@ -966,15 +966,7 @@ fn cmd_udp_flood(flags: &Flags) -> Result<ExitCode> {
         iov_base: payload.as_mut_ptr().cast(),
         iov_len: payload.len(),
     };
-    let mut hdrs: Vec<libc::mmsghdr> = (0..BATCH)
-        .map(|_| {
-            // SAFETY: mmsghdr is a plain C struct; all-zero (null pointers, zero lengths) is valid.
-            let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
-            hdr.msg_hdr.msg_iov = ptr::from_mut(&mut iov);
-            hdr.msg_hdr.msg_iovlen = 1;
-            hdr
-        })
-        .collect();
+    let mut hdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| sys::message_header(&mut iov)).collect();
 
     let start = Instant::now();
     let deadline = start + duration;
@@ -1518,16 +1510,7 @@ fn cmd_wg_flood(flags: &Flags) -> Result<ExitCode> {
             iov_len: p.len(),
         })
         .collect();
-    let mut hdrs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: mmsghdr is a plain C struct; all-zero (null pointers, zero lengths) is valid.
-            let mut hdr: libc::mmsghdr = unsafe { mem::zeroed() };
-            hdr.msg_hdr.msg_iov = ptr::from_mut(iov);
-            hdr.msg_hdr.msg_iovlen = 1;
-            hdr
-        })
-        .collect();
+    let mut hdrs: Vec<libc::mmsghdr> = iovs.iter_mut().map(sys::message_header).collect();
 
     let (sent, seconds) = thread::scope(|scope| -> Result<(u64, f64)> {
         scope.spawn(|| {
