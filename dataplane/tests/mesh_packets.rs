@@ -52,7 +52,6 @@ fn service(
     client_ip: bool,
 ) -> ServicePlan {
     ServicePlan {
-        client_ip,
         table_size: maglev::DEFAULT_TABLE_SIZE,
         ports: ports
             .iter()
@@ -61,6 +60,7 @@ fn service(
                 published,
                 target,
                 host: false,
+                client_ip,
             })
             .collect(),
         backends,

@@ -418,6 +418,61 @@ fn the_data_path_can_be_named_by_address() {
     );
 }
 
+/// A port's own `client_ip` wins over the service's, `mode: host` always keeps the client, and
+/// `snat` with `mode: host` is refused; an attachment with `replies_via_gateway` gets its
+/// network's gateway for its replies (and a veth name of its own).
+#[test]
+fn client_ip_is_chosen_per_port_and_replies_go_through_the_gateway_when_asked() {
+    let mut value = state();
+    value["attachments"][0]["replies_via_gateway"] = serde_json::json!(true);
+    value["mesh"] = serde_json::json!({
+        "ingress": { "network": "plain", "ip": "10.10.0.9" },
+        "services": [{
+            "name": "web",
+            "ports": [
+                { "published": 8080, "target": 80 },
+                { "published": 8081, "target": 80, "client_ip": "preserve" },
+                { "published": 8082, "target": 80, "mode": "host" }
+            ],
+            "backends": [{ "task": "t1", "network": "plain", "ip": "10.10.0.2" }]
+        }, {
+            "name": "keep",
+            "client_ip": "preserve",
+            "ports": [
+                { "published": 9090, "target": 80 },
+                { "published": 9091, "target": 80, "client_ip": "snat" }
+            ]
+        }]
+    });
+    let resolved = resolve(value.clone()).expect("a valid state");
+    let mesh = resolved.mesh.expect("a mesh");
+    let keeps = |service: &str| -> Vec<(u16, bool)> {
+        mesh.services[service]
+            .ports
+            .iter()
+            .map(|p| (p.published, p.client_ip))
+            .collect()
+    };
+    assert_eq!(keeps("web"), [(8080, false), (8081, true), (8082, true)]);
+    assert_eq!(keeps("keep"), [(9090, true), (9091, false)]);
+    let plain = &resolved.layout.networks["plain"];
+    let t1 = plain
+        .attachments
+        .values()
+        .find(|a| a.task == "t1")
+        .expect("t1 on plain");
+    assert_eq!(t1.reply_gateway, Some("10.10.0.1".parse().unwrap()));
+    assert_eq!(t1.default_route, None);
+
+    value["mesh"]["services"][0]["ports"][2]["client_ip"] = serde_json::json!("snat");
+    let problems = resolve(value).expect_err("snat with mode host");
+    assert_names(
+        &problems,
+        "mesh.services[0].ports[2].client_ip",
+        "always keeps the client's address",
+    );
+}
+
 #[test]
 fn a_changed_attachment_gets_a_new_veth_name() {
     let spec = AttachSpec {
@@ -428,6 +483,7 @@ fn a_changed_attachment_gets_a_new_veth_name() {
         mac: Mac([2, 0, 0, 0, 0, 2]),
         mtu: 1450,
         default_route: None,
+        reply_gateway: None,
     };
     let mut other = spec.clone();
     other.mtu = 1400;
@@ -479,6 +535,7 @@ fn arb_layout() -> impl Strategy<Value = Layout> {
                             mac: mac(t + 100),
                             mtu,
                             default_route: None,
+                            reply_gateway: None,
                         };
                         (spec.veth_name(), spec)
                     })

@@ -84,13 +84,13 @@ fn test_run_figures() -> BTreeMap<String, f64> {
         services: BTreeMap::from([(
             "web".to_owned(),
             ServicePlan {
-                client_ip: false,
                 table_size: DEFAULT_TABLE_SIZE,
                 ports: vec![PortPlan {
                     protocol: Protocol::Udp,
                     published: 53,
                     target: 53,
                     host: false,
+                    client_ip: false,
                 }],
                 backends,
             },

@@ -543,3 +543,122 @@ fn the_docker_executor_runs_containers_that_shoal_plumbs() {
     drop(swarm);
     drop(engine);
 }
+
+/// Issue Data plane III, item 5: `client-ip=preserve` in the long `--publish` syntax (Shoal's
+/// own key) shows the tasks the client's address through the routing mesh from every node, a
+/// port without it shows the entry node's, and a `mode=host` port answers only where a task
+/// runs, with the client's address (its replies leave through the ingress network whatever the
+/// task's other routes).
+#[test]
+fn published_ports_show_the_client_s_address_when_asked_and_in_host_mode() {
+    let swarm = Swarm::up(1, 2);
+    let n1 = swarm.managers[0].clone();
+    let publish = ["published=8096,target=80,client-ip=preserve", "8097:80"];
+    create_serve(
+        &swarm,
+        &n1,
+        &[
+            "--name",
+            "keep",
+            "--replicas",
+            "3",
+            "--publish",
+            publish[0],
+            "--publish",
+            publish[1],
+        ],
+    );
+    create_serve(
+        &swarm,
+        &n1,
+        &[
+            "--name",
+            "local",
+            "--replicas",
+            "1",
+            "--constraint",
+            "node.hostname==n2",
+            "--publish",
+            "published=8098,target=80,mode=host",
+        ],
+    );
+    let inspect = swarm.ok(&n1, &["service", "inspect", "keep"]);
+    assert!(inspect.contains("\"ClientIp\": \"preserve\""), "{inspect}");
+    let client = swarm.lab.client().public_ip.to_string();
+    let peer = |node: usize, port: u16| -> Result<(String, String), String> {
+        let ip = swarm.lab.nodes()[node].public_ip.to_string();
+        let url = format!("http://{ip}:{port}/peer");
+        let out = swarm
+            .lab
+            .run(
+                swarm.lab.client(),
+                "curl",
+                &["-sS", "--max-time", "3", &url],
+            )
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("{url}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let (name, from) = body.split_once(' ').ok_or(format!("{url}: {body:?}"))?;
+        Ok((name.to_owned(), from.to_owned()))
+    };
+    let waited = wait_until("every node publishes 8096", Duration::from_secs(30), || {
+        Ok((0..3).all(|node| peer(node, 8096).is_ok()))
+    });
+    assert!(
+        waited.is_ok(),
+        "{:?}",
+        (0..3).map(|n| peer(n, 8096)).collect::<Vec<_>>()
+    );
+    let mut names = BTreeSet::new();
+    for node in 0..3 {
+        for _ in 0..6 {
+            let (name, from) = peer(node, 8096).expect("8096 answers");
+            assert_eq!(
+                from.split(':').next(),
+                Some(client.as_str()),
+                "node {node}: {name} saw {from}"
+            );
+            names.insert(name);
+            let (name, from) = peer(node, 8097).expect("8097 answers");
+            assert_ne!(
+                from, client,
+                "node {node}: 8097 translates the client to the entry node's ingress address; {name} saw it"
+            );
+        }
+    }
+    assert!(
+        names.len() > 1,
+        "connections spread over the tasks: {names:?}"
+    );
+    let (_, from) = peer(1, 8098).expect("8098 answers on n2, where its task runs");
+    assert_eq!(
+        from.split(':').next(),
+        Some(client.as_str()),
+        "mode=host keeps the client: {from}"
+    );
+    let refused = peer(0, 8098).expect_err("n1 runs no task of local");
+    assert!(
+        refused.contains("refused") || refused.contains("Failed to connect"),
+        "{refused}"
+    );
+    // Snat does not apply to mode=host: refused by the CLI and by the managers.
+    let out = swarm
+        .lab
+        .shoal(
+            &n1,
+            &[
+                "service",
+                "create",
+                "--name",
+                "bad",
+                "--publish",
+                "published=8099,target=80,mode=host,client-ip=snat",
+                "busybox",
+            ],
+        )
+        .expect("the CLI runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("always keeps the client's address"));
+}

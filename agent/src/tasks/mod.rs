@@ -30,7 +30,7 @@ use shoal_api::service::{ContainerStatus, Task, TaskState, TaskStatus};
 use shoal_control::dispatcher::Assignment;
 use shoal_control::limits;
 use shoal_dataplane::mesh::model::{
-    BackendSpec, IngressSpec, MeshSpec, PortSpec, Protocol, PublishMode, ServiceSpec,
+    BackendSpec, ClientIp, IngressSpec, MeshSpec, PortSpec, Protocol, PublishMode, ServiceSpec,
     TaskState as MeshTaskState,
 };
 use shoal_dataplane::overlay::model::{
@@ -748,6 +748,11 @@ impl Worker {
             })
             .collect();
         let present = |network: &str| networks.iter().any(|n| n.id == network);
+        let ingress_id = a
+            .networks
+            .iter()
+            .find(|n| n.spec.ingress)
+            .map_or("", |n| n.id.as_str());
         let mut attachments = Vec::new();
         let mut attached_ips = BTreeMap::new();
         for local in state.tasks.values().filter(|l| l.attached) {
@@ -770,6 +775,9 @@ impl Worker {
                     mac: None,
                     interface: format!("eth{i}"),
                     default_route: false,
+                    // The routing mesh's replies to outside clients (client-IP ports and
+                    // mode=host) go back through the ingress network, whatever the way out.
+                    replies_via_gateway: a.network_id == ingress_id,
                 });
             }
         }
@@ -833,6 +841,13 @@ impl Worker {
                                         }
                                         shoal_api::service::PublishMode::Host => PublishMode::Host,
                                     },
+                                    // mode=host keeps it anyway.
+                                    client_ip: (p.publish_mode
+                                        == shoal_api::service::PublishMode::Ingress)
+                                        .then(|| match p.keeps_client_ip() {
+                                            true => ClientIp::Preserve,
+                                            false => ClientIp::Snat,
+                                        }),
                                 })
                                 .collect(),
                             backends: m

@@ -8,9 +8,9 @@ use serde::Serialize;
 use shoal_api::{
     DaemonHost,
     service::{
-        ContainerSpec, EndpointMode, EndpointSpec, Global, NetworkAttachmentConfig, Placement,
-        PortConfig, PortProtocol, PublishMode, Replicated, Service, ServiceMode, ServiceSpec, Task,
-        TaskFilter, TaskSpec, TaskState,
+        ClientIp, ContainerSpec, EndpointMode, EndpointSpec, Global, NetworkAttachmentConfig,
+        Placement, PortConfig, PortProtocol, PublishMode, Replicated, Service, ServiceMode,
+        ServiceSpec, Task, TaskFilter, TaskSpec, TaskState,
     },
     swarm::{Call, Node},
 };
@@ -79,7 +79,7 @@ pub(crate) struct CreateArgs {
     /// Service mode ("replicated" or "global")
     #[arg(long, value_parser = ["replicated", "global"], default_value = "replicated")]
     mode: String,
-    /// Publish a port as a node port: 8080:80[/udp] or published=8080,target=80[,mode=host][,protocol=udp]
+    /// Publish a port as a node port: 8080:80[/udp] or published=8080,target=80[,mode=host][,protocol=udp][,client-ip=preserve]
     #[arg(short, long, value_name = "PORT")]
     publish: Vec<String>,
     /// Network attachments
@@ -145,14 +145,21 @@ pub(crate) fn parse_publish(value: &str) -> Result<PortConfig, String> {
                         }
                     }
                 }
+                // Shoal's own: whether the tasks see the client's address.
+                "client-ip" => config.client_ip = Some(ClientIp::parse(v).map_err(|e| bad(&e))?),
                 other => {
                     return Err(bad(&format!(
-                        "unknown key {other:?} (want published, target, protocol, mode)"
+                        "unknown key {other:?} (want published, target, protocol, mode, client-ip)"
                     )));
                 }
             }
         }
         config.target_port = target.ok_or_else(|| bad("missing target"))?;
+        if config.publish_mode == PublishMode::Host && config.client_ip == Some(ClientIp::Snat) {
+            return Err(bad(
+                "client-ip=snat does not apply to mode=host, which always keeps the client's address",
+            ));
+        }
         return Ok(config);
     }
     let (ports, proto) = match value.split_once('/') {
@@ -174,6 +181,7 @@ pub(crate) fn parse_publish(value: &str) -> Result<PortConfig, String> {
         target_port: target,
         published_port: published,
         publish_mode: PublishMode::Ingress,
+        client_ip: None,
     })
 }
 
@@ -662,6 +670,11 @@ mod tests {
         assert_eq!((p.published_port, p.target_port), (8080, 80));
         assert_eq!(p.publish_mode, PublishMode::Host);
         assert_eq!(p.protocol, PortProtocol::Udp);
+        assert!(p.keeps_client_ip(), "mode=host keeps the client's address");
+        assert!(!parse_publish("8080:80").unwrap().keeps_client_ip());
+        let p = parse_publish("published=8080,target=80,client-ip=preserve").unwrap();
+        assert_eq!(p.client_ip, Some(ClientIp::Preserve));
+        assert!(p.keeps_client_ip());
     }
 
     #[test]
@@ -675,6 +688,11 @@ mod tests {
             ("published=8080,target=80,mode=bridge", "ingress or host"),
             ("published=8080,target=80,colour=red", "unknown key"),
             ("0:80", "1 to 65535"),
+            ("published=8080,target=80,client-ip=yes", "snat or preserve"),
+            (
+                "published=8080,target=80,mode=host,client-ip=snat",
+                "always keeps the client's address",
+            ),
             ("70000:80", "1 to 65535"),
         ] {
             let e = parse_publish(bad).unwrap_err();

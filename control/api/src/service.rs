@@ -270,6 +270,20 @@ pub struct PortConfig {
     /// `ingress` or `host`.
     #[serde(default)]
     pub publish_mode: PublishMode,
+    /// Shoal's own (`client-ip=` in the long `--publish` syntax): whether the tasks see the
+    /// client's address. Unset: translated for `mode=ingress`, kept for `mode=host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIp>,
+}
+
+impl PortConfig {
+    /// Whether the tasks see the client's own address on this port.
+    pub fn keeps_client_ip(&self) -> bool {
+        match self.client_ip {
+            Some(mode) => mode == ClientIp::Preserve,
+            None => self.publish_mode == PublishMode::Host,
+        }
+    }
 }
 
 impl fmt::Display for PortConfig {
@@ -314,6 +328,27 @@ pub enum PublishMode {
     Ingress,
     /// On the nodes running a task, to that task.
     Host,
+}
+
+/// `client-ip=`: how the tasks behind a published port see the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIp {
+    /// Translated to the entry node's address on the ingress network (works on any network).
+    Snat,
+    /// The client's own address and port.
+    Preserve,
+}
+
+impl ClientIp {
+    /// Parses `snat` or `preserve`.
+    pub fn parse(value: &str) -> Result<ClientIp, String> {
+        match value {
+            "snat" => Ok(ClientIp::Snat),
+            "preserve" => Ok(ClientIp::Preserve),
+            other => Err(format!("client-ip must be snat or preserve, not {other:?}")),
+        }
+    }
 }
 
 /// What the allocator gave a service.

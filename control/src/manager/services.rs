@@ -358,6 +358,14 @@ fn check_service(world: &World, spec: &mut ServiceSpec) -> Result<(), Status> {
                 "invalid published port: the target port must be between 1 and 65535",
             ));
         }
+        if p.publish_mode == shoal_api::service::PublishMode::Host
+            && p.client_ip == Some(shoal_api::service::ClientIp::Snat)
+        {
+            return Err(Status::invalid_argument(format!(
+                "invalid published port {}: client-ip=snat does not apply to mode=host, which always keeps the client's address",
+                p.target_port
+            )));
+        }
     }
     let mut seen = BTreeSet::new();
     for attachment in &mut spec.task_template.networks {

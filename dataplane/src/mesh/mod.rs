@@ -898,7 +898,7 @@ impl Mesh {
                     pad: 0,
                 };
                 let mut flags = 0;
-                if service.client_ip || port.host {
+                if port.client_ip {
                     flags |= FLAG_CLIENT_IP;
                 }
                 if port.host {

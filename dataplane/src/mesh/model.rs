@@ -76,7 +76,7 @@ pub struct ServiceSpec {
     pub backends: Vec<BackendSpec>,
     /// `snat` (default): backends see the node's ingress address as the client, which works on
     /// any network. `preserve`: backends see the client's own address (see docs/mesh.md for what
-    /// that asks of the network).
+    /// that asks of the network). The default of the service's ports; each may set its own.
     #[serde(default)]
     pub client_ip: ClientIp,
     /// The Maglev table size: a prime of at least 100 x the backends. Default 16381.
@@ -110,6 +110,10 @@ pub struct PortSpec {
     /// a task, straight to the local tasks.
     #[serde(default)]
     pub mode: PublishMode,
+    /// This port's own `client_ip`, over the service's; `mode: host` always keeps the client's
+    /// address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIp>,
 }
 
 /// A transport protocol.
@@ -225,8 +229,6 @@ pub struct TunnelPlan {
 /// A validated service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePlan {
-    /// Keep the client's address.
-    pub client_ip: bool,
     /// The Maglev table size.
     pub table_size: u32,
     /// Published ports.
@@ -246,6 +248,8 @@ pub struct PortPlan {
     pub target: u16,
     /// `mode=host`.
     pub host: bool,
+    /// Keep the client's address (always for `mode=host`).
+    pub client_ip: bool,
 }
 
 /// A validated backend.
@@ -395,11 +399,20 @@ pub(crate) fn resolve(
                 );
                 continue;
             }
+            let host = p.mode == PublishMode::Host;
+            if host && p.client_ip == Some(ClientIp::Snat) {
+                problems.push(
+                    format!("{pat}.client_ip"),
+                    "snat does not apply to mode host, which always keeps the client's address",
+                );
+                continue;
+            }
             ports.push(PortPlan {
                 protocol: p.protocol,
                 published: published_port,
                 target,
-                host: p.mode == PublishMode::Host,
+                host,
+                client_ip: host || p.client_ip.unwrap_or(s.client_ip) == ClientIp::Preserve,
             });
         }
         let mut backends = Vec::new();
@@ -498,7 +511,6 @@ pub(crate) fn resolve(
         services.insert(
             s.name.clone(),
             ServicePlan {
-                client_ip: s.client_ip == ClientIp::Preserve,
                 table_size,
                 ports,
                 backends,

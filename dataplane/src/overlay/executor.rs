@@ -25,6 +25,7 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::rule::RuleAction;
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
@@ -825,6 +826,9 @@ async fn attach(h: &Handle, veth: &str, spec: &AttachSpec) -> io::Result<()> {
             .map_err(nl)
             .map_err(context("adding the task's default route"))?;
     }
+    if let Some(gateway) = spec.reply_gateway {
+        reply_route(&t, inside, spec.addr, gateway).await?;
+    }
     let outside = require_index(h, veth).await?;
     set(
         h,
@@ -832,6 +836,62 @@ async fn attach(h: &Handle, veth: &str, spec: &AttachSpec) -> io::Result<()> {
     )
     .await?;
     up(h, outside).await
+}
+
+/// The priority of the rules that send replies from an attachment's address back through its
+/// network's gateway: before the main table (32766), so the task's default route elsewhere does
+/// not take them.
+const REPLY_RULE_PRIORITY: u32 = 100;
+
+/// Makes whatever leaves the task from `addr` go through `gateway` (or straight to the subnet),
+/// whatever the task's own default route: a table of its own (its ID is the address, unique in the
+/// task and never one of the kernel's reserved 253-255) holding the subnet and a default route,
+/// and a rule `from addr lookup <table>`. The routes go with the interface; the rule stays in the
+/// task's namespace (which goes with the task), and is added once: an existing one is kept.
+async fn reply_route(t: &Handle, index: u32, addr: Ipv4Net, gateway: Ipv4Addr) -> io::Result<()> {
+    let table = u32::from(addr.addr());
+    let subnet = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(addr.network(), addr.prefix_len())
+        .output_interface(index)
+        .scope(RouteScope::Link)
+        .table_id(table)
+        .build();
+    let default = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .output_interface(index)
+        .table_id(table)
+        .build();
+    for (route, what) in [(subnet, "its subnet"), (default, "its default route")] {
+        t.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl)
+            .map_err(context(format!(
+                "adding {what} to the reply table of {}",
+                addr.addr()
+            )))?;
+    }
+    let rule = t
+        .rule()
+        .add()
+        .v4()
+        .source_prefix(addr.addr(), 32)
+        .table_id(table)
+        // Unset, the kernel fails every lookup the rule matches with EINVAL.
+        .action(RuleAction::ToTable)
+        .priority(REPLY_RULE_PRIORITY)
+        .execute()
+        .await
+        .map_err(nl);
+    match rule {
+        Err(e) if errno_is(&e, libc::EEXIST) => Ok(()),
+        other => other.map_err(context(format!(
+            "adding the rule for replies from {}",
+            addr.addr()
+        ))),
+    }
 }
 
 async fn observe_network(h: &Handle) -> io::Result<ObservedNet> {

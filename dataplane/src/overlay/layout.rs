@@ -101,6 +101,9 @@ pub struct AttachSpec {
     pub mtu: u32,
     /// The gateway the task's default route goes through, when it has one on this network.
     pub default_route: Option<Ipv4Addr>,
+    /// The gateway that whatever leaves from this address goes through, whatever the default
+    /// route (source routing: the routing mesh's replies to outside clients).
+    pub reply_gateway: Option<Ipv4Addr>,
 }
 
 impl AttachSpec {
@@ -120,6 +123,10 @@ impl AttachSpec {
             &self.mtu.to_be_bytes(),
             // Only when set, so attachments without a route keep the names they had.
             match &self.default_route {
+                Some(gateway) => &gateway.octets()[..],
+                None => &[][..],
+            },
+            match &self.reply_gateway {
                 Some(gateway) => &gateway.octets()[..],
                 None => &[][..],
             },

@@ -143,6 +143,11 @@ pub struct Attachment {
     /// client-IP mode needs it on the ingress network).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub default_route: bool,
+    /// Whether whatever leaves the task from this address goes through this network's gateway,
+    /// whatever its default route (a source rule and a table of its own): on the ingress
+    /// network, the routing mesh's replies to outside clients (client-IP mode and `mode=host`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replies_via_gateway: bool,
 }
 
 fn default_interface() -> String {
@@ -656,6 +661,7 @@ impl DesiredState {
             mac: None,
             interface: INGRESS_INTERFACE.to_owned(),
             default_route: false,
+            replies_via_gateway: false,
         });
         let mut interfaces: BTreeMap<(PathBuf, &str), String> = BTreeMap::new();
         for (i, a) in self.attachments.iter().chain(&ingress).enumerate() {
@@ -718,6 +724,7 @@ impl DesiredState {
                 mac,
                 mtu: net.device.mtu,
                 default_route: a.default_route.then_some(facts.gateway),
+                reply_gateway: a.replies_via_gateway.then_some(facts.gateway),
             };
             net.attachments.insert(spec.veth_name(), spec);
         }
