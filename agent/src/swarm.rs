@@ -173,8 +173,9 @@ fn listen_and_data_path(
     Ok((listen, data_path))
 }
 
-/// This node's IPv4 routes, the default route aside (`/proc/net/route`).
-fn host_routes() -> Vec<ipnet::Ipv4Net> {
+/// This node's IPv4 routes, the default route aside (`/proc/net/route`), but those through
+/// `except` (an interface of Shoal's own, whose routes follow from the choice being made).
+pub(crate) fn host_routes(except: Option<&str>) -> Vec<ipnet::Ipv4Net> {
     let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
         return Vec::new();
     };
@@ -183,6 +184,9 @@ fn host_routes() -> Vec<ipnet::Ipv4Net> {
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
+            if except.is_some() && fields.first().copied() == except {
+                return None;
+            }
             let hex = |i: usize| {
                 fields
                     .get(i)
@@ -218,7 +222,7 @@ fn address_pools(
     } else {
         Allocator::new(parsed.clone(), subnet_len)
     };
-    let routes = host_routes();
+    let routes = host_routes(None);
     let ingress = given
         .free_subnet(|s| routes.iter().any(|r| allocator::overlaps(r, &s)))
         .ok_or_else(|| {

@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
-use shoal_dataplane::overlay::layout::{AttachSpec, NetDevice, NetLayout, Tunnel, TunnelState};
+use shoal_dataplane::overlay::layout::{
+    AttachSpec, NetDevice, NetLayout, Tunnel, TunnelState, WayOutLayout,
+};
 use shoal_dataplane::overlay::model::Mac;
 use shoal_dataplane::overlay::{DesiredState, Host, HostInterface, Key, Layout, Observed, plan};
 
@@ -473,6 +475,91 @@ fn client_ip_is_chosen_per_port_and_replies_go_through_the_gateway_when_asked() 
     );
 }
 
+/// A way out resolves to its bridge's gateway and one veth per task, the task's default route
+/// through it; bad input names the field, and a removal takes the veths before the bridge.
+#[test]
+fn the_way_out_is_checked_and_planned() {
+    let with_way_out = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut value = state();
+        value["way_out"] = serde_json::json!({
+            "subnet": "172.18.0.0/16",
+            "attachments": [
+                { "task": "t1", "netns": "/run/netns/t1", "ip": "172.18.0.2", "interface": "eth2" },
+                { "task": "t2", "netns": "/run/netns/t2", "ip": "172.18.0.3", "interface": "eth0" }
+            ]
+        });
+        edit(&mut value);
+        value
+    };
+    let layout = resolve(with_way_out(&|_| {}))
+        .expect("a valid way out")
+        .layout;
+    let way_out = layout.way_out.clone().expect("a way out");
+    assert_eq!(way_out.gateway, "172.18.0.1/16".parse().unwrap());
+    assert_eq!(way_out.attachments.len(), 2);
+    for (veth, spec) in &way_out.attachments {
+        assert!(veth.starts_with("vg"), "{veth}");
+        assert_eq!(spec.default_route, Some(Ipv4Addr::new(172, 18, 0, 1)));
+    }
+    for (edit, field, words) in [
+        (
+            serde_json::json!({ "subnet": "10.10.0.0/16" }),
+            "way_out.subnet",
+            "overlaps the subnet of network \"plain\"",
+        ),
+        (
+            serde_json::json!({ "subnet": "172.21.0.0/16" }),
+            "way_out.subnet",
+            "holds an address of the node's interface eth1",
+        ),
+        (
+            serde_json::json!({ "subnet": "172.18.0.1/16" }),
+            "way_out.subnet",
+            "without host bits",
+        ),
+        (
+            serde_json::json!({ "attachments": [{ "task": "t1", "netns": "/run/netns/t1", "ip": "172.19.0.2", "interface": "eth2" }] }),
+            "way_out.attachments[0].ip",
+            "outside",
+        ),
+        (
+            serde_json::json!({ "attachments": [{ "task": "t1", "netns": "/run/netns/t1", "ip": "172.18.0.1", "interface": "eth2" }] }),
+            "way_out.attachments[0].ip",
+            "gateway",
+        ),
+        (
+            serde_json::json!({ "attachments": [{ "task": "t1", "netns": "/run/netns/t1", "ip": "172.18.0.2", "interface": "eth1" }] }),
+            "way_out.attachments[0].interface",
+            "already used by attachments[1]",
+        ),
+    ] {
+        let value = with_way_out(&|v| {
+            for (k, x) in edit.as_object().unwrap() {
+                v["way_out"][k] = x.clone();
+            }
+        });
+        let problems = resolve(value).expect_err("refused");
+        assert_names(&problems, field, words);
+    }
+    // A task whose default route is on an overlay already cannot also have a way out.
+    let value = with_way_out(&|v| v["attachments"][0]["default_route"] = serde_json::json!(true));
+    assert_names(
+        &resolve(value).expect_err("refused"),
+        "way_out.attachments[0].netns",
+        "default route is through attachments[0] already",
+    );
+    // Removing everything: the way out's veths leave before its bridge does.
+    let ops: Vec<String> = plan(&Layout::default(), &layout.observed())
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let position = |prefix: &str| ops.iter().position(|o| o.starts_with(prefix)).unwrap();
+    assert!(
+        position("way out: detach") < position("way out: delete"),
+        "{ops:#?}"
+    );
+}
+
 #[test]
 fn a_changed_attachment_gets_a_new_veth_name() {
     let spec = AttachSpec {
@@ -511,8 +598,10 @@ fn arb_layout() -> impl Strategy<Value = Layout> {
             Ipv4Addr::new(172, 21, 0, 2),
         ]),
         prop::sample::select(vec![1440u32, 1400]),
+        // The way out: absent, or one of two gateways with some of four tasks.
+        prop::option::of((0u8..2, prop::collection::btree_set(0u8..4, 0..3))),
     )
-        .prop_map(|(nets, local, tunnel_mtu)| {
+        .prop_map(|(nets, local, tunnel_mtu, way_out)| {
             let mut layout = Layout::default();
             let mut vnis = BTreeSet::new();
             for (id, net) in IDS.iter().zip(nets) {
@@ -567,6 +656,29 @@ fn arb_layout() -> impl Strategy<Value = Layout> {
                     port: 51820,
                 });
             }
+            layout.way_out = way_out.map(|(subnet, tasks)| {
+                let gateway = Ipv4Addr::new(172, 18 + subnet, 0, 1);
+                WayOutLayout {
+                    gateway: Ipv4Net::new(gateway, 16).unwrap(),
+                    attachments: tasks
+                        .iter()
+                        .map(|&t| {
+                            let spec = AttachSpec {
+                                task: format!("t{t}"),
+                                netns: format!("/run/netns/t{t}").into(),
+                                interface: "eth9".into(),
+                                addr: Ipv4Net::new(Ipv4Addr::new(172, 18 + subnet, 0, 10 + t), 16)
+                                    .unwrap(),
+                                mac: Mac([2, 0, 0, 0, 9, t]),
+                                mtu: 1500,
+                                default_route: Some(gateway),
+                                reply_gateway: None,
+                            };
+                            (spec.way_out_veth_name(), spec)
+                        })
+                        .collect(),
+                }
+            });
             layout
         })
 }

@@ -662,3 +662,142 @@ fn published_ports_show_the_client_s_address_when_asked_and_in_host_mode() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("always keeps the client's address"));
 }
+
+/// Runs `program args` inside task `id`'s network namespace on `host`.
+fn in_task(
+    swarm: &Swarm,
+    host: &shoal_tests::Host,
+    id: &str,
+    program: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let netns = swarm.lab.host_dir(host).join("data/tasks/netns").join(id);
+    let mut command = host.command("nsenter").unwrap();
+    command
+        .arg(format!("--net={}", netns.display()))
+        .arg(program)
+        .args(args);
+    command.output().unwrap()
+}
+
+/// Issue Data plane III, item 3: a task on an ordinary network reaches a server outside the
+/// swarm (the lab's client namespace) through its node's way out, and the server sees the node's
+/// address; a task whose only network is `--internal` has no way out. The way out survives a
+/// restart of the daemon with the same address.
+#[test]
+fn tasks_reach_outside_through_their_node_and_internal_networks_do_not() {
+    let mut swarm = Swarm::up(1, 1);
+    let n1 = swarm.managers[0].clone();
+    let client = swarm.lab.client().clone();
+    let mut outside = client
+        .command(labtool_path())
+        .expect("a command in the client's namespace");
+    outside.args(["serve", "--port", "8000", "--name", "outside"]);
+    swarm.lab.spawn(outside).expect("the outside server starts");
+    swarm.ok(&n1, &["network", "create", "front"]);
+    swarm.ok(&n1, &["network", "create", "--internal", "back"]);
+    create_serve(
+        &swarm,
+        &n1,
+        &["--name", "open", "--replicas", "2", "--network", "front"],
+    );
+    create_serve(
+        &swarm,
+        &n1,
+        &["--name", "closed", "--replicas", "2", "--network", "back"],
+    );
+    for service in ["open", "closed"] {
+        wait_running(&swarm, &n1, service, "a task on each node", |per| {
+            per.len() == 2
+        });
+    }
+    let url = format!("http://{}:8000/peer", client.public_ip);
+    let running = |service: &str| -> Vec<(shoal_tests::Host, String)> {
+        tasks(&swarm, &n1, service)
+            .into_iter()
+            .filter(|t| t["DesiredState"] == "Running")
+            .map(|t| {
+                (
+                    swarm.host(t["Node"].as_str().unwrap()),
+                    t["ID"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let ask = |swarm: &Swarm, host: &shoal_tests::Host, id: &str| {
+        in_task(swarm, host, id, "curl", &["-sS", "--max-time", "3", &url])
+    };
+    let open = running("open");
+    assert_eq!(open.len(), 2);
+    for (host, id) in &open {
+        let out = ask(&swarm, host, id);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            host.name,
+            shoal_tests::output_text(&out)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("outside {}", host.public_ip),
+            "the server sees the address of the task's node"
+        );
+    }
+    for (host, id) in running("closed") {
+        let out = ask(&swarm, &host, &id);
+        assert!(
+            !out.status.success(),
+            "a task on an internal network reached outside from {}",
+            host.name
+        );
+        let routes = in_task(
+            &swarm,
+            &host,
+            &id,
+            "ip",
+            &["-4", "route", "show", "default"],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&routes.stdout).trim(),
+            "",
+            "no default route"
+        );
+    }
+    // A restarted daemon gives the task the way out it had: same address, still reaching out.
+    let (host, id) = &open[0];
+    let before = task_ip(&swarm, host, id, "eth1");
+    swarm.lab.kill_shoald(host).unwrap();
+    swarm.lab.spawn_shoald(host).unwrap();
+    // New tasks on every node make the restarted daemon apply its whole data plane.
+    swarm.ok(&n1, &["service", "scale", "open=4"]);
+    wait_running(&swarm, &n1, "open", "two tasks on each node", |per| {
+        per.values().all(|n| *n == 2) && per.len() == 2
+    });
+    let waited = wait_until(
+        "the task reaches outside again",
+        Duration::from_secs(30),
+        || Ok(ask(&swarm, host, id).status.success()),
+    );
+    assert!(
+        waited.is_ok(),
+        "{}",
+        shoal_tests::output_text(&ask(&swarm, host, id))
+    );
+    assert_eq!(task_ip(&swarm, host, id, "eth1"), before);
+    // With no task left on a node, its way out goes: bridge, veths and NAT.
+    swarm.ok(&n1, &["service", "rm", "open", "closed"]);
+    for node in swarm.lab.nodes().to_vec() {
+        let gone = wait_until("the way out removed", Duration::from_secs(30), || {
+            let link = swarm
+                .lab
+                .run(&node, "ip", &["link", "show", "shoal_gw"])
+                .unwrap();
+            let nat = swarm
+                .lab
+                .run(&node, "nft", &["list", "table", "ip", "shoal_way_out"])
+                .unwrap();
+            Ok(!link.status.success() && !nat.status.success())
+        });
+        assert!(gone.is_ok(), "{}: the way out stayed", node.name);
+    }
+}

@@ -20,6 +20,7 @@
 pub(crate) mod docker;
 pub(crate) mod exec;
 pub(crate) mod session;
+pub(crate) mod way_out;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ use shoal_dataplane::mesh::model::{
 };
 use shoal_dataplane::overlay::model::{
     Attachment, DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, DataPath, DesiredState, Endpoint,
-    Network, Peer, WireGuard,
+    Network, Peer, WAY_OUT_BRIDGE, WayOut, WayOutAttachment, WireGuard,
 };
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
@@ -170,6 +171,9 @@ struct Local {
     runtime: Option<Runtime>,
     /// Whether the data plane should plug it into its networks.
     attached: bool,
+    /// Its address in the way out's subnet, as an offset (see [`way_out`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    way_out: Option<u32>,
 }
 
 /// Who this node is, for the data plane.
@@ -362,6 +366,7 @@ impl Worker {
                                 status: accepted.clone(),
                                 runtime: None,
                                 attached: false,
+                                way_out: None,
                             },
                         );
                         state.unreported.insert((*id).to_owned(), accepted);
@@ -726,6 +731,64 @@ impl Worker {
         );
     }
 
+    /// Gives each plugged task that should have a way out an address in its subnet, and takes
+    /// it from those that should not (or no longer run); saved when anything changed.
+    fn assign_way_outs(&self) {
+        let changed = {
+            let mut state = self.lock();
+            let internal = |network: &str| {
+                state
+                    .assignment
+                    .as_ref()?
+                    .networks
+                    .iter()
+                    .find(|n| n.id == network)
+                    .map(|n| n.spec.internal)
+            };
+            let wanted: BTreeMap<String, bool> = state
+                .tasks
+                .iter()
+                .map(|(id, local)| {
+                    let wants = local.attached
+                        && local.runtime.is_some()
+                        && way_out::has_way_out(
+                            local
+                                .task
+                                .networks_attachments
+                                .iter()
+                                .map(|a| a.network_id.as_str()),
+                            internal,
+                        );
+                    (id.clone(), wants)
+                })
+                .collect();
+            let mut used: std::collections::BTreeSet<u32> =
+                state.tasks.values().filter_map(|l| l.way_out).collect();
+            let mut changed = false;
+            for (id, wants) in wanted {
+                let local = state.tasks.get_mut(&id).expect("listed above");
+                match (wants, local.way_out) {
+                    (true, None) => {
+                        // A /16 at least: 65,533 tasks on one node before none is free.
+                        local.way_out = way_out::free_offset(&used, 16);
+                        used.extend(local.way_out);
+                        changed |= local.way_out.is_some();
+                    }
+                    (false, Some(offset)) => {
+                        used.remove(&offset);
+                        local.way_out = None;
+                        changed = true;
+                    }
+                    _ => {}
+                }
+            }
+            changed
+        };
+        if changed {
+            self.save();
+        }
+    }
+
     /// The data plane this node should have now.
     fn desired(&self) -> Option<DesiredState> {
         let state = self.lock();
@@ -781,6 +844,48 @@ impl Worker {
                 });
             }
         }
+        // The way out: the tasks given an address, in a subnet no route of the node and no
+        // overlay overlaps (the node's own bridge aside).
+        let mut taken = crate::swarm::host_routes(Some(WAY_OUT_BRIDGE));
+        taken.extend(
+            a.networks
+                .iter()
+                .filter_map(|n| n.subnet()?.subnet.parse::<ipnet::Ipv4Net>().ok()),
+        );
+        let way_out_subnet = way_out::choose_subnet(&taken);
+        let mut way_out_attachments = Vec::new();
+        for local in state.tasks.values().filter(|l| l.attached) {
+            let (Some(runtime), Some(offset), Some(subnet)) =
+                (&local.runtime, local.way_out, way_out_subnet)
+            else {
+                continue;
+            };
+            let Some(ip) = way_out::address(subnet, offset) else {
+                continue;
+            };
+            way_out_attachments.push(WayOutAttachment {
+                task: local.task.id.clone(),
+                netns: runtime.netns.clone(),
+                ip: ip.to_string(),
+                interface: format!("eth{}", local.task.networks_attachments.len()),
+            });
+        }
+        if way_out_subnet.is_none()
+            && state
+                .tasks
+                .values()
+                .any(|l| l.attached && l.way_out.is_some())
+        {
+            tracing::warn!(
+                "no subnet for the tasks' way out: every one of 172.18-31.0.0/16 and 192.168.0-240.0/20 overlaps a route of this node or an overlay"
+            );
+        }
+        let way_out = way_out_subnet
+            .filter(|_| !way_out_attachments.is_empty())
+            .map(|subnet| WayOut {
+                subnet: subnet.to_string(),
+                attachments: way_out_attachments,
+            });
         let endpoints: Vec<Endpoint> = a
             .endpoints
             .iter()
@@ -894,6 +999,7 @@ impl Worker {
             endpoints,
             peers,
             mesh,
+            way_out,
         })
     }
 }
@@ -914,6 +1020,7 @@ async fn applier(
             return;
         };
         let worker = Worker { inner };
+        worker.assign_way_outs();
         let result = match worker.desired() {
             None => Ok(()),
             Some(state) => worker

@@ -30,10 +30,15 @@ use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
 
-use super::layout::{AttachSpec, NetDevice, Observed, ObservedNet, Op, Tunnel, TunnelState, plan};
-use super::model::{DesiredState, Host, HostInterface, InvalidState, Mac, Resolved, WgConfig};
+use super::layout::{
+    AttachSpec, NetDevice, Observed, ObservedNet, ObservedWayOut, Op, Tunnel, TunnelState, plan,
+};
+use super::model::{
+    DesiredState, Host, HostInterface, InvalidState, Mac, Resolved, WAY_OUT_BRIDGE, WgConfig,
+};
 use super::netns;
 use super::vxlan_filter::{self, Refused, VxlanFilter};
+use super::way_out;
 use super::wireguard::{Engine, PeerStatus, open_tun};
 use crate::mesh::model::INGRESS_TASK;
 use crate::mesh::{IngressNamespace, Mesh, MeshError};
@@ -376,6 +381,7 @@ impl Dataplane {
             };
             observed.networks.insert(id, observe_network(&h).await?);
         }
+        observed.way_out = observe_way_out(&self.node).await?;
         Ok(observed)
     }
 
@@ -388,19 +394,28 @@ impl Dataplane {
         let ops = plan(&resolved.layout, &observed);
         // Everything that can be checked before touching the kernel is.
         for op in &ops {
-            if let Op::Attach { spec, .. } = op
+            let field = match op {
+                Op::Attach { spec, .. } => state
+                    .attachments
+                    .iter()
+                    .position(|a| a.task == spec.task && a.netns == spec.netns)
+                    .map(|i| (spec, format!("attachments[{i}].netns"))),
+                Op::AttachWayOut { spec, .. } => state
+                    .way_out
+                    .iter()
+                    .flat_map(|w| w.attachments.iter())
+                    .position(|a| a.task == spec.task && a.netns == spec.netns)
+                    .map(|i| (spec, format!("way_out.attachments[{i}].netns"))),
+                _ => None,
+            };
+            if let Some((spec, field)) = field
                 && netns::open(&spec.netns)
                     .map_err(ApplyError::Observe)?
                     .is_none()
             {
-                let i = state
-                    .attachments
-                    .iter()
-                    .position(|a| a.task == spec.task && a.netns == spec.netns)
-                    .unwrap_or_default();
                 return Err(InvalidState {
                     problems: vec![super::model::Problem {
-                        field: format!("attachments[{i}].netns"),
+                        field,
                         message: format!("{} is not a network namespace", spec.netns.display()),
                     }],
                 }
@@ -522,6 +537,8 @@ impl Dataplane {
                     net: net.clone(),
                     veth: veth.clone(),
                 },
+                Op::CreateWayOut(_) => Op::DeleteWayOut,
+                Op::AttachWayOut { veth, .. } => Op::DetachWayOut { veth: veth.clone() },
                 Op::CreateTunnel(_) => {
                     // Stop the engine (its TUN device goes with it) but keep the namespace:
                     // encrypted networks' sockets may have lived there before this apply.
@@ -618,7 +635,7 @@ impl Dataplane {
             }
             Op::Attach { net, veth, spec } => {
                 let h = self.require_net(net)?;
-                let attached = attach(&h, veth, spec).await;
+                let attached = attach(&h, BRIDGE, veth, spec).await;
                 if attached.is_err() {
                     let _ = delete_link(&h, veth).await;
                 }
@@ -628,7 +645,42 @@ impl Dataplane {
                 let h = self.require_net(net)?;
                 delete_link(&h, veth).await
             }
+            Op::CreateWayOut(gateway) => {
+                let created = self.create_way_out(*gateway).await;
+                if created.is_err() {
+                    let _ = delete_link(&self.node, WAY_OUT_BRIDGE).await;
+                    let _ = way_out::remove().await;
+                }
+                created
+            }
+            Op::DeleteWayOut => {
+                delete_link(&self.node, WAY_OUT_BRIDGE).await?;
+                way_out::remove().await
+            }
+            Op::AttachWayOut { veth, spec } => {
+                let attached = attach(&self.node, WAY_OUT_BRIDGE, veth, spec).await;
+                if attached.is_err() {
+                    let _ = delete_link(&self.node, veth).await;
+                }
+                attached
+            }
+            Op::DetachWayOut { veth } => delete_link(&self.node, veth).await,
         }
+    }
+
+    /// The way-out bridge in the node's namespace, holding the gateway address, and its NAT.
+    async fn create_way_out(&mut self, gateway: Ipv4Net) -> io::Result<()> {
+        let h = &self.node;
+        h.link()
+            .add(LinkMessageBuilder::<LinkBridge>::new(WAY_OUT_BRIDGE).build())
+            .execute()
+            .await
+            .map_err(nl)
+            .map_err(context("creating the way-out bridge"))?;
+        let br = require_index(h, WAY_OUT_BRIDGE).await?;
+        add_addr(h, br, gateway).await?;
+        up(h, br).await?;
+        way_out::install(gateway).await
     }
 
     async fn create_tunnel(&mut self, t: Tunnel) -> io::Result<()> {
@@ -754,6 +806,8 @@ fn is_creation(op: &Op) -> bool {
             | Op::AddFdb { .. }
             | Op::AddNeigh { .. }
             | Op::Attach { .. }
+            | Op::CreateWayOut(_)
+            | Op::AttachWayOut { .. }
     )
 }
 
@@ -764,14 +818,16 @@ fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
     }
 }
 
-async fn attach(h: &Handle, veth: &str, spec: &AttachSpec) -> io::Result<()> {
+/// Plugs a task into `bridge` (in `h`'s namespace) with a veth pair: `veth` on the bridge, its
+/// peer moved into the task, named, addressed and routed there.
+async fn attach(h: &Handle, bridge: &str, veth: &str, spec: &AttachSpec) -> io::Result<()> {
     let task = netns::open(&spec.netns)?.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             format!("{} is not a network namespace", spec.netns.display()),
         )
     })?;
-    let br = require_index(h, BRIDGE).await?;
+    let br = require_index(h, bridge).await?;
     let peer = format!("vp{}", &veth[2..]);
     h.link()
         .add(LinkVeth::new(veth, &peer).mtu(spec.mtu).build())
@@ -892,6 +948,30 @@ async fn reply_route(t: &Handle, index: u32, addr: Ipv4Net, gateway: Ipv4Addr) -
             addr.addr()
         ))),
     }
+}
+
+/// The way-out bridge in the node's namespace, its address and the task veths on it.
+async fn observe_way_out(h: &Handle) -> io::Result<Option<ObservedWayOut>> {
+    let all = links(h).await?;
+    let Some(br) = all.iter().find(|m| link_name(m) == Some(WAY_OUT_BRIDGE)) else {
+        return Ok(None);
+    };
+    let bridge = br.header.index;
+    let attachments = all
+        .iter()
+        .filter(|m| {
+            m.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == bridge))
+        })
+        .filter_map(link_name)
+        .filter(|n| n.starts_with("vg"))
+        .map(str::to_owned)
+        .collect();
+    Ok(Some(ObservedWayOut {
+        gateway: first_ipv4(h, bridge).await?.unwrap_or_default(),
+        attachments,
+    }))
 }
 
 async fn observe_network(h: &Handle) -> io::Result<ObservedNet> {

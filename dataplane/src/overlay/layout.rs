@@ -8,7 +8,7 @@
 //! Ordering rules, which [`Observed::apply`] enforces and the property tests check on every plan:
 //! everything that goes away goes first (so addresses and names are free again), a network's
 //! attachments leave before the network does, and encrypted networks leave before the tunnel their
-//! VXLAN socket lives behind.
+//! VXLAN socket lives behind; the way out's veths leave before its bridge does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -26,6 +26,19 @@ pub struct Layout {
     pub tunnel: Option<Tunnel>,
     /// The networks by ID.
     pub networks: BTreeMap<String, NetLayout>,
+    /// The tasks' way out of the node, when any task has one.
+    pub way_out: Option<WayOutLayout>,
+}
+
+/// The tasks' way out (Docker's `docker_gwbridge`): a bridge in the node's own namespace holding
+/// the gateway address, a veth per task with its default route through it, and source NAT to the
+/// node's address for whatever leaves through another interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WayOutLayout {
+    /// The gateway address and the subnet's prefix length, held by the bridge.
+    pub gateway: Ipv4Net,
+    /// The tasks' veths, by name (`vg` and the hash of [`AttachSpec::veth_name`]).
+    pub attachments: BTreeMap<String, AttachSpec>,
 }
 
 /// The namespace encrypted networks' VXLAN sockets live in: a TUN device holding the data-path
@@ -139,6 +152,12 @@ impl AttachSpec {
         }
         format!("vt{:012x}", hash >> 16)
     }
+
+    /// The name of the veth end that stays in the node's namespace when this attachment is a way
+    /// out: as [`AttachSpec::veth_name`], with `vg` for `vt`.
+    pub fn way_out_veth_name(&self) -> String {
+        format!("vg{}", &self.veth_name()[2..])
+    }
 }
 
 /// The tunnel as the kernel has it.
@@ -161,6 +180,17 @@ pub struct Observed {
     pub tunnel: TunnelState,
     /// The networks by ID.
     pub networks: BTreeMap<String, ObservedNet>,
+    /// The way out, when its bridge exists.
+    pub way_out: Option<ObservedWayOut>,
+}
+
+/// The way out as the kernel has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedWayOut {
+    /// The bridge's address.
+    pub gateway: Ipv4Net,
+    /// Names of the task veths on the bridge.
+    pub attachments: BTreeSet<String>,
 }
 
 /// One network as the kernel has it.
@@ -196,6 +226,10 @@ impl Layout {
                     )
                 })
                 .collect(),
+            way_out: self.way_out.as_ref().map(|w| ObservedWayOut {
+                gateway: w.gateway,
+                attachments: w.attachments.keys().cloned().collect(),
+            }),
         }
     }
 }
@@ -235,6 +269,14 @@ pub enum Op {
         veth: String,
         spec: AttachSpec,
     },
+    /// Removes a task's way out.
+    DetachWayOut { veth: String },
+    /// Removes the way-out bridge and its NAT.
+    DeleteWayOut,
+    /// Creates the way-out bridge with this gateway address, and its NAT.
+    CreateWayOut(Ipv4Net),
+    /// Gives a task its way out: a veth on the bridge, the default route through it.
+    AttachWayOut { veth: String, spec: AttachSpec },
 }
 
 impl fmt::Display for Op {
@@ -267,6 +309,17 @@ impl fmt::Display for Op {
             Op::Attach { net, veth, spec } => write!(
                 f,
                 "network {net}: attach task {} as {} {} ({veth}) in {}",
+                spec.task,
+                spec.interface,
+                spec.addr,
+                spec.netns.display()
+            ),
+            Op::DetachWayOut { veth } => write!(f, "way out: detach {veth}"),
+            Op::DeleteWayOut => write!(f, "way out: delete"),
+            Op::CreateWayOut(gateway) => write!(f, "way out: create gateway {gateway}"),
+            Op::AttachWayOut { veth, spec } => write!(
+                f,
+                "way out: attach task {} as {} {} ({veth}) in {}",
                 spec.task,
                 spec.interface,
                 spec.addr,
@@ -329,6 +382,45 @@ pub fn plan(desired: &Layout, observed: &Observed) -> Vec<Op> {
                     net: id.clone(),
                     mac,
                     dst,
+                }),
+        );
+    }
+
+    let mut way_out_kept = false;
+    if let Some(have) = &observed.way_out {
+        let want = desired
+            .way_out
+            .as_ref()
+            .filter(|want| want.gateway == have.gateway);
+        let detach = |veth: &String| Op::DetachWayOut { veth: veth.clone() };
+        match want {
+            None => {
+                removals.extend(have.attachments.iter().map(detach));
+                removals.push(Op::DeleteWayOut);
+            }
+            Some(want) => {
+                way_out_kept = true;
+                removals.extend(
+                    have.attachments
+                        .iter()
+                        .filter(|v| !want.attachments.contains_key(*v))
+                        .map(detach),
+                );
+            }
+        }
+    }
+    if let Some(want) = &desired.way_out {
+        let have = observed.way_out.as_ref().filter(|_| way_out_kept);
+        if have.is_none() {
+            creations.push(Op::CreateWayOut(want.gateway));
+        }
+        creations.extend(
+            want.attachments
+                .iter()
+                .filter(|(veth, _)| have.is_none_or(|h| !h.attachments.contains(*veth)))
+                .map(|(veth, spec)| Op::AttachWayOut {
+                    veth: veth.clone(),
+                    spec: spec.clone(),
                 }),
         );
     }
@@ -472,6 +564,36 @@ impl Observed {
                     return fail("the address has a neighbour entry already");
                 }
                 n.neigh.insert((*ip, *mac));
+            }
+            Op::DetachWayOut { veth } => {
+                let Some(w) = &mut self.way_out else {
+                    return fail("no way out");
+                };
+                if !w.attachments.remove(veth) {
+                    return fail("no such veth");
+                }
+            }
+            Op::DeleteWayOut => match &self.way_out {
+                None => return fail("no way out"),
+                Some(w) if !w.attachments.is_empty() => return fail("tasks are still attached"),
+                Some(_) => self.way_out = None,
+            },
+            Op::CreateWayOut(gateway) => {
+                if self.way_out.is_some() {
+                    return fail("exists already");
+                }
+                self.way_out = Some(ObservedWayOut {
+                    gateway: *gateway,
+                    attachments: BTreeSet::new(),
+                });
+            }
+            Op::AttachWayOut { veth, .. } => {
+                let Some(w) = &mut self.way_out else {
+                    return fail("no way out");
+                };
+                if !w.attachments.insert(veth.clone()) {
+                    return fail("exists already");
+                }
             }
             Op::Attach { net: id, veth, .. } => {
                 if !net(self, op, id)?.attachments.insert(veth.clone()) {

@@ -20,6 +20,9 @@
 //! does). An encrypted network's VXLAN device is created in the tunnel namespace instead, whose
 //! only route leads into the TUN device: its traffic cannot leave any other way than encrypted,
 //! and plain networks' traffic never enters the tunnel.
+//!
+//! A task with a way out ([`model::WayOut`]) also has a veth on the node's `shoal_gw` bridge, its
+//! default route through it, and source NAT to the node's address beyond ([`way_out`]).
 
 mod executor;
 pub mod keys;
@@ -27,6 +30,7 @@ pub mod layout;
 pub mod model;
 pub mod netns;
 pub mod vxlan_filter;
+pub mod way_out;
 pub mod wireguard;
 
 pub use executor::{Applied, ApplyError, Dataplane, adopt_namespace, task_namespace};

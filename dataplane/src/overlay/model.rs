@@ -15,13 +15,15 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::keys::Key;
-use super::layout::{AttachSpec, Layout, NetDevice, NetLayout, Tunnel};
+use super::layout::{AttachSpec, Layout, NetDevice, NetLayout, Tunnel, WayOutLayout};
 use super::vxlan_filter::VxlanFilter;
 use crate::mesh::{
     self,
     model::{INGRESS_INTERFACE, INGRESS_TASK, MeshPlan, MeshSpec, OWN_NAMESPACE},
 };
 
+/// The way out's bridge, in the node's namespace.
+pub const WAY_OUT_BRIDGE: &str = "shoal_gw";
 /// The default VXLAN port (IANA), Docker's `--data-path-port` default.
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// The default WireGuard port.
@@ -60,6 +62,37 @@ pub struct DesiredState {
     /// The routing mesh: published ports and their backends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshSpec>,
+    /// The tasks' way out of the node (Docker's `docker_gwbridge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub way_out: Option<WayOut>,
+}
+
+/// The tasks' way out: a bridge in the node's namespace (`shoal_gw`) holding the subnet's first
+/// host address, each listed task's default route through it, and source NAT to the node's own
+/// address for what leaves the node. A task not listed has no way out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WayOut {
+    /// Its IPv4 subnet: local to the node, apart from the overlays' subnets and the node's own
+    /// addresses.
+    pub subnet: String,
+    /// The tasks that have a way out.
+    #[serde(default)]
+    pub attachments: Vec<WayOutAttachment>,
+}
+
+/// A task's way out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WayOutAttachment {
+    /// The task's ID.
+    pub task: String,
+    /// The task's network namespace.
+    pub netns: PathBuf,
+    /// The task's address in the way out's subnet.
+    pub ip: String,
+    /// The interface's name inside the task's namespace.
+    pub interface: String,
 }
 
 /// `--data-path-addr` and `--data-path-port`.
@@ -406,6 +439,44 @@ impl NetFacts {
     }
 }
 
+/// Checks the task's side of an attachment at `at`: a task ID, an absolute namespace path, and
+/// an interface name that is valid and not yet used in that namespace (then recorded in
+/// `interfaces`). Whether the interface can be used.
+fn check_task_side<'a>(
+    at: &str,
+    (task, netns, interface): (&str, &std::path::Path, &'a str),
+    interfaces: &mut BTreeMap<(PathBuf, &'a str), String>,
+    problems: &mut Problems,
+) -> bool {
+    if task.is_empty() {
+        problems.push(format!("{at}.task"), "an attachment needs a task ID");
+    }
+    if !netns.is_absolute() {
+        problems.push(
+            format!("{at}.netns"),
+            format!("{} is not an absolute path", netns.display()),
+        );
+    }
+    if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ', ':']) {
+        problems.push(
+            format!("{at}.interface"),
+            format!("{interface:?} is not an interface name"),
+        );
+        return false;
+    }
+    if let Some(other) = interfaces.insert((netns.to_path_buf(), interface), at.to_owned()) {
+        problems.push(
+            format!("{at}.interface"),
+            format!(
+                "{interface} in {} is already used by {other}",
+                netns.display()
+            ),
+        );
+        return false;
+    }
+    true
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -670,35 +741,12 @@ impl DesiredState {
             } else {
                 format!("attachments[{i}]")
             };
-            if a.task.is_empty() {
-                problems.push(format!("{at}.task"), "an attachment needs a task ID");
-            }
-            if !a.netns.is_absolute() {
-                problems.push(
-                    format!("{at}.netns"),
-                    format!("{} is not an absolute path", a.netns.display()),
-                );
-            }
-            if a.interface.is_empty()
-                || a.interface.len() > 15
-                || a.interface.contains(['/', ' ', ':'])
-            {
-                problems.push(
-                    format!("{at}.interface"),
-                    format!("{:?} is not an interface name", a.interface),
-                );
-            } else if let Some(other) =
-                interfaces.insert((a.netns.clone(), &a.interface), at.clone())
-            {
-                problems.push(
-                    format!("{at}.interface"),
-                    format!(
-                        "{} in {} is already used by {other}",
-                        a.interface,
-                        a.netns.display()
-                    ),
-                );
-            }
+            check_task_side(
+                &at,
+                (&a.task, &a.netns, &a.interface),
+                &mut interfaces,
+                &mut problems,
+            );
             if !known_net(&format!("{at}.network"), &a.network, &nets, &mut problems) {
                 continue;
             }
@@ -728,6 +776,8 @@ impl DesiredState {
             };
             net.attachments.insert(spec.veth_name(), spec);
         }
+
+        layout.way_out = self.resolve_way_out(host, &nets, &mut interfaces, &mut problems);
 
         // Remote endpoints.
         let mut dropped_ips: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
@@ -872,6 +922,111 @@ impl DesiredState {
             mesh,
             left_out: left_out.0,
         })
+    }
+
+    /// The way out: its subnet apart from the overlays' and the node's addresses, each task's
+    /// address in it once, its interface free in the task, and no other default route there.
+    fn resolve_way_out<'a>(
+        &'a self,
+        host: &Host,
+        nets: &BTreeMap<&str, NetFacts>,
+        interfaces: &mut BTreeMap<(PathBuf, &'a str), String>,
+        problems: &mut Problems,
+    ) -> Option<WayOutLayout> {
+        let way_out = self.way_out.as_ref()?;
+        let subnet = match way_out.subnet.parse::<Ipv4Net>() {
+            Ok(s) if s.prefix_len() > 30 || s != s.trunc() => {
+                problems.push(
+                    "way_out.subnet",
+                    format!("{s} is not a subnet of at least 4 addresses without host bits"),
+                );
+                return None;
+            }
+            Ok(s) => s,
+            Err(_) => {
+                problems.push(
+                    "way_out.subnet",
+                    format!("{:?} is not an IPv4 CIDR subnet", way_out.subnet),
+                );
+                return None;
+            }
+        };
+        if let Some((other, _)) = nets.iter().find(|(_, f)| {
+            f.subnet.contains(&subnet.network()) || subnet.contains(&f.subnet.network())
+        }) {
+            problems.push(
+                "way_out.subnet",
+                format!("{subnet} overlaps the subnet of network {other:?}"),
+            );
+            return None;
+        }
+        if let Some(i) = host
+            .interfaces
+            .iter()
+            .find(|i| i.name != WAY_OUT_BRIDGE && i.addrs.iter().any(|a| subnet.contains(a)))
+        {
+            problems.push(
+                "way_out.subnet",
+                format!(
+                    "{subnet} holds an address of the node's interface {}",
+                    i.name
+                ),
+            );
+            return None;
+        }
+        let gateway = subnet.hosts().next().expect("a /30 at most has hosts");
+        let mtu = host
+            .interfaces
+            .iter()
+            .filter(|i| i.name != "lo" && i.name != WAY_OUT_BRIDGE && i.mtu > 0)
+            .map(|i| i.mtu)
+            .min()
+            .unwrap_or(1500);
+        let mut facts = NetFacts {
+            subnet,
+            gateway,
+            encrypted: false,
+            ips: BTreeMap::new(),
+            macs: BTreeMap::new(),
+        };
+        let mut layout = WayOutLayout {
+            gateway: Ipv4Net::new(gateway, subnet.prefix_len()).expect("prefix from a subnet"),
+            attachments: BTreeMap::new(),
+        };
+        for (i, a) in way_out.attachments.iter().enumerate() {
+            let at = format!("way_out.attachments[{i}]");
+            if let Some(other) = self
+                .attachments
+                .iter()
+                .position(|o| o.default_route && o.netns == a.netns)
+            {
+                problems.push(
+                    format!("{at}.netns"),
+                    format!("the task's default route is through attachments[{other}] already"),
+                );
+            }
+            if !check_task_side(&at, (&a.task, &a.netns, &a.interface), interfaces, problems) {
+                continue;
+            }
+            let Some(ip) = parse_ipv4(&format!("{at}.ip"), &a.ip, problems) else {
+                continue;
+            };
+            if !facts.claim_ip(&format!("{at}.ip"), ip, problems) {
+                continue;
+            }
+            let spec = AttachSpec {
+                task: a.task.clone(),
+                netns: a.netns.clone(),
+                interface: a.interface.clone(),
+                addr: Ipv4Net::new(ip, subnet.prefix_len()).expect("prefix from a subnet"),
+                mac: Mac::from_ip(ip),
+                mtu,
+                default_route: Some(gateway),
+                reply_gateway: None,
+            };
+            layout.attachments.insert(spec.way_out_veth_name(), spec);
+        }
+        Some(layout)
     }
 
     /// The peers that can be used, by node name (their data-path address and key), and the

@@ -93,7 +93,7 @@ fn removal_script() -> String {
 
 /// Runs `nft ARGS` in the calling process's network namespace, `input` on its standard input;
 /// its standard output. `Ok(None)` when nftables is not installed.
-async fn nft(args: &[&str], input: &str) -> io::Result<Option<Vec<u8>>> {
+pub(crate) async fn nft(args: &[&str], input: &str) -> io::Result<Option<Vec<u8>>> {
     for program in NFT {
         let child = tokio::process::Command::new(program)
             .args(args)
