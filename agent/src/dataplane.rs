@@ -284,10 +284,16 @@ impl NodeDataplane {
                         .collect();
                     let flows = mesh.flows().unwrap_or_default();
                     let established = flows.iter().filter(|f| f.established).count();
+                    let node_local = match mesh.node_local() {
+                        Some(Ok(root)) => json!({ "served": true, "cgroup": root }),
+                        Some(Err(why)) => json!({ "served": false, "reason": why }),
+                        None => Value::Null,
+                    };
                     json!({
                         "interfaces": interfaces,
                         "services": services,
                         "flows": { "established": established, "new": flows.len() - established },
+                        "node_local": node_local,
                     })
                 }
             };

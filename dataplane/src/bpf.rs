@@ -5,7 +5,9 @@ use std::time::Duration;
 use aya::{
     Ebpf, EbpfError,
     maps::{MapError, PerCpuArray},
-    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
+    programs::{
+        CgroupSockAddr, ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp,
+    },
 };
 use shoal_abi::parse::{self, ParseStats};
 
@@ -129,6 +131,13 @@ impl Programs {
     /// The TC classifier `name`, verified and loaded into the kernel.
     pub fn tc(&mut self, name: &'static str) -> Result<&mut SchedClassifier, BpfError> {
         self.loaded(name, SchedClassifier::load, |p: &SchedClassifier| {
+            p.fd().is_ok()
+        })
+    }
+
+    /// The cgroup socket-address program `name`, verified and loaded into the kernel.
+    pub fn sock_addr(&mut self, name: &'static str) -> Result<&mut CgroupSockAddr, BpfError> {
+        self.loaded(name, CgroupSockAddr::load, |p: &CgroupSockAddr| {
             p.fd().is_ok()
         })
     }

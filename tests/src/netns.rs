@@ -184,7 +184,13 @@ pub fn create_mount_ns(netns: &str, file: &Path) -> io::Result<()> {
         .arg(format!("--mount={}", file.display()))
         .args(["--propagation", "slave", "nsenter"])
         .arg(format!("--net={}", Netns::named(netns).path().display()))
-        .args(["sh", "-c", "umount -l /sys && mount -t sysfs sysfs /sys"]);
+        // A sysfs of the node's own network namespace hides the host's cgroup mounts: the node
+        // gets the cgroup v2 hierarchy where a modern host has it.
+        .args([
+            "sh",
+            "-c",
+            "umount -l /sys && mount -t sysfs sysfs /sys && mount -t cgroup2 cgroup2 /sys/fs/cgroup",
+        ]);
     let output = command.output()?;
     if output.status.success() {
         Ok(())

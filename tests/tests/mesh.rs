@@ -646,3 +646,60 @@ fn every_request_is_answered_with_checksums_on_the_wire_only() {
 fn every_request_is_answered_on_wire_like_links() {
     every_request_is_answered_on(Links::WireLike);
 }
+
+/// Issue Data plane III, item 4: a client on a node itself reaches a published port, by the
+/// loopback address and by the node's own address, over TCP and UDP, balanced over the
+/// service's tasks; `getpeername` shows the address it connected to, and a task's own
+/// namespace is left alone.
+#[test]
+fn clients_on_the_node_itself_reach_published_ports() {
+    let (lab, mesh) = cluster(vec![Service::web("web", PORT, SIX.to_vec())]);
+    let n1 = lab.nodes()[0].clone();
+    let v = inspect(&lab, 0);
+    assert_eq!(v["mesh"]["node_local"]["served"], true, "{v}");
+    for target in ["127.0.0.1".to_owned(), n1.public_ip.to_string()] {
+        let mut names = std::collections::BTreeSet::new();
+        for udp in [false, true] {
+            let target = format!("{target}:{PORT}");
+            let mut args = vec!["ask", "--target", &target, "--count", "12"];
+            if udp {
+                args.push("--udp");
+            }
+            let out = labtool(&n1, &args).expect("ask runs");
+            let answers = answers(&out);
+            assert_eq!(answers.len(), 12, "{}", text(&out));
+            for (_, answer) in answers {
+                let name = answer.unwrap_or_else(|e| panic!("{target} (udp: {udp}): {e}"));
+                names.insert(name);
+            }
+        }
+        assert!(names.len() > 1, "{target}: one task only: {names:?}");
+    }
+    let script = "import socket\n\
+        s = socket.create_connection(('127.0.0.1', 8080), timeout=3)\n\
+        print('%s:%d' % s.getpeername())";
+    let out = lab
+        .run(&n1, "python3", &["-c", script])
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "127.0.0.1:8080"
+    );
+    // A task's own namespace is not the node's: its 127.0.0.1:8080 is its own (nothing there).
+    let script = "import socket\n\
+        try:\n    socket.create_connection(('127.0.0.1', 8080), timeout=3)\n\
+        except ConnectionRefusedError:\n    print('refused')";
+    let out = mesh
+        .overlay
+        .command("web1", "python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3 runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "refused",
+        "{}",
+        text(&out)
+    );
+}

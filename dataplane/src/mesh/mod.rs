@@ -31,16 +31,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::xdp::XdpLink;
-use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::programs::{CgroupAttachMode, SchedClassifier, TcAttachType, Xdp, XdpMode};
 pub use shoal_abi::mesh::Timeouts;
 use shoal_abi::mesh::{
     self as abi, Backend, Config, Conn, FLAG_CLIENT_IP, FLAG_HOST, FlowKey, Frontend, FrontendKey,
-    MAX_BACKENDS, MAX_EGRESS, MAX_SERVICES, Rewrite, ServiceStats, TABLE_CAPACITY,
+    MAX_BACKENDS, MAX_EGRESS, MAX_SERVICES, Rewrite, ServiceStats, SockConfig, TABLE_CAPACITY,
 };
 use shoal_abi::programs;
 
@@ -326,6 +327,50 @@ pub struct Mesh {
     /// Ways back without a flow at the last collection, as they were: removed at the next if
     /// still so (one seen in a single pass may belong to a flow being moved meanwhile).
     orphans: std::collections::HashMap<FlowKey, Rewrite>,
+    /// Whether node-local clients are served: `None` until the first apply tries.
+    node_local: Option<Result<PathBuf, String>>,
+}
+
+/// The socket programs, in attach order.
+const SOCK_PROGRAMS: [&str; 4] = [
+    programs::SOCK_CONNECT4,
+    programs::SOCK_SENDMSG4,
+    programs::SOCK_RECVMSG4,
+    programs::SOCK_GETPEERNAME4,
+];
+
+/// Where the cgroup v2 hierarchy is mounted (its root), from `/proc/self/mountinfo`.
+fn cgroup2_root() -> io::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mounts
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let mount_point = before.split_whitespace().nth(4)?;
+            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 hierarchy is mounted"))
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux 5.14).
+fn netns_cookie() -> io::Result<u64> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a plain getsockopt on an open socket, into a u64 of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 impl Mesh {
@@ -343,14 +388,57 @@ impl Mesh {
         ] {
             programs.tc(name)?;
         }
+        for name in SOCK_PROGRAMS {
+            programs.sock_addr(name)?;
+        }
         let mut mesh = Self {
             programs,
             state: MapState::default(),
             links: Links::default(),
             orphans: std::collections::HashMap::new(),
+            node_local: None,
         };
         mesh.set_timeouts(Timeouts::DEFAULT)?;
         Ok(mesh)
+    }
+
+    /// Whether clients on the node itself reach published ports: the cgroup v2 root the
+    /// socket programs are attached to, or why they are not.
+    pub fn node_local(&self) -> Option<&Result<PathBuf, String>> {
+        self.node_local.as_ref()
+    }
+
+    /// Attaches the socket programs to the cgroup v2 root for this node's namespace (see
+    /// `ebpf/programs/src/sock.rs`). The links go with the programs when the mesh is dropped.
+    fn serve_node_local(&mut self) -> Result<PathBuf, String> {
+        let root = cgroup2_root().map_err(|e| e.to_string())?;
+        let cookie = netns_cookie().map_err(|e| format!("the namespace's cookie: {e}"))?;
+        let cgroup = File::open(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let mut config: Array<&mut MapData, SockConfig> =
+            array(self.programs.ebpf_mut(), abi::SOCK_CONFIG_MAP).map_err(|e| e.to_string())?;
+        config
+            .set(
+                0,
+                SockConfig {
+                    netns_cookie: cookie,
+                },
+                0,
+            )
+            .map_err(|e| format!("{}: {e}", abi::SOCK_CONFIG_MAP))?;
+        for name in SOCK_PROGRAMS {
+            let program = self.programs.sock_addr(name).map_err(|e| e.to_string())?;
+            program
+                // A BPF link: the kernel takes no flags there and always lets other programs
+                // (the other nodes' of a lab, other tools') run next to it.
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| {
+                    let cause = std::error::Error::source(&e)
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default();
+                    format!("attaching {name} to {}: {e}{cause}", root.display())
+                })?;
+        }
+        Ok(root)
     }
 
     /// How long flows live in each state (the defaults are Linux conntrack's, see
@@ -458,6 +546,20 @@ impl Mesh {
         let mut changes = Vec::new();
         let ingress_ifindex = ifindex(model::INGRESS_INTERFACE)?;
         self.attach(plan, ingress_ifindex, ingress, &mut changes)?;
+        if self.node_local.is_none() {
+            let served = self.serve_node_local();
+            changes.push(match &served {
+                Ok(root) => format!(
+                    "mesh: clients on the node reach published ports (socket programs on the cgroup v2 root {})",
+                    root.display()
+                ),
+                Err(why) => {
+                    tracing::warn!("clients on the node do not reach published ports: {why}");
+                    format!("mesh: clients on the node do not reach published ports: {why}")
+                }
+            });
+            self.node_local = Some(served);
+        }
         changes.extend(self.refresh_egress()?);
         changes.extend(self.program(plan, ingress_ifindex)?);
         Ok(changes)

@@ -37,6 +37,15 @@ pub mod programs {
     /// Client-IP mode, backend side (TC ingress on the ingress network's bridge): sends a
     /// backend's reply to the entry node the flow came through.
     pub const TC_MESH_STEER: &str = "shoal_tc_mesh_steer";
+    /// Node-local clients (cgroup `connect4`, on the cgroup v2 root, for the node's own network
+    /// namespace only): a connection to a published port on the node is sent to a backend.
+    pub const SOCK_CONNECT4: &str = "shoal_sock_connect4";
+    /// The same for UDP datagrams sent without `connect` (cgroup `sendmsg4`).
+    pub const SOCK_SENDMSG4: &str = "shoal_sock_sendmsg4";
+    /// Replies to those datagrams come from the published port again (cgroup `recvmsg4`).
+    pub const SOCK_RECVMSG4: &str = "shoal_sock_recvmsg4";
+    /// `getpeername` shows the published port the client connected to (cgroup `getpeername4`).
+    pub const SOCK_GETPEERNAME4: &str = "shoal_sock_getpeername4";
 }
 
 /// The packet parser's statistics.

@@ -144,6 +144,49 @@ impl FlowKey {
     }
 }
 
+/// The socket programs' settings (index 0 of [`SOCK_CONFIG_MAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockConfig {
+    /// The node's network namespace cookie: sockets of other namespaces (tasks, other nodes of a
+    /// lab) are left alone. 0: the programs do nothing.
+    pub netns_cookie: u64,
+}
+
+/// A translated socket's backend, as `getpeername` and `recvmsg` see it: the socket's cookie
+/// and the backend's address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// `bpf_get_socket_cookie`.
+    pub cookie: u64,
+    /// The backend's address.
+    pub addr: u32,
+    /// The backend's port.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// What the client asked for: the published address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOrigin {
+    /// The address the client connected or sent to.
+    pub addr: u32,
+    /// The published port.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// The socket programs' settings.
+pub const SOCK_CONFIG_MAP: &str = "MESH_SOCK_CONFIG";
+/// Translated sockets: [`SockKey`] -> [`SockOrigin`] (LRU).
+pub const SOCK_ORIGINS_MAP: &str = "MESH_SOCK_ORIGINS";
+/// How many translated sockets are remembered for `getpeername` and `recvmsg`.
+pub const MAX_SOCK_ORIGINS: u32 = 65_536;
+
 /// A published port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -530,6 +573,9 @@ mod pod {
         )* };
     }
     pod!(
+        super::SockConfig,
+        super::SockKey,
+        super::SockOrigin,
         super::FlowKey,
         super::FrontendKey,
         super::Frontend,

@@ -13,6 +13,7 @@
 //!          └─> TC (shoal_tc_mesh_entry) ─> paths.rs: the same, on the skb, for what XDP
 //!                                      cannot redirect correctly (checksums, egress devices)
 //!   reply  ──> TC (shoal_tc_mesh_reply) ──> rewrite back, redirect out of the public interface
+//!   connect/sendmsg on the node ──> cgroup sock_addr (shoal_sock_*) ──> sock.rs: to a backend
 //! ```
 //!
 //! Layout, Katran-style: [`packet`] is the only place that touches packet memory (every access is
@@ -33,12 +34,13 @@ mod mesh;
 mod packet;
 mod parse;
 mod paths;
+mod sock;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{classifier, map, xdp},
+    macros::{cgroup_sock_addr, classifier, map, xdp},
     maps::PerCpuArray,
-    programs::{TcContext, XdpContext},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use shoal_abi::parse::{Counter, ParseStats};
 
@@ -75,6 +77,35 @@ pub fn shoal_xdp_parse(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn shoal_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Node-local clients: `connect` to a published port on the node goes to a backend (see
+/// [`sock`]). Always lets the call go on (1).
+#[cgroup_sock_addr(connect4)]
+pub fn shoal_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx);
+    1
+}
+
+/// Node-local clients: a UDP datagram sent to a published port goes to a backend.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn shoal_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx);
+    1
+}
+
+/// Node-local clients: a reply from a backend shows the published address.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn shoal_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::restore(&ctx);
+    1
+}
+
+/// Node-local clients: `getpeername` shows the published address.
+#[cgroup_sock_addr(getpeername4)]
+pub fn shoal_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::restore(&ctx);
+    1
 }
 
 /// The routing mesh's entry, on the node's public interfaces (see [`mesh`]).

@@ -478,6 +478,31 @@ fn retarget(arrival: &Arrival, key: &FlowKey, conn: &mut Conn) -> bool {
     true
 }
 
+/// Whether `addr` is one of the addresses published ports answer on.
+#[inline(always)]
+pub(crate) fn is_local(addr: u32) -> bool {
+    // SAFETY: only the presence is looked at.
+    unsafe { LOCAL_ADDRS.get(addr) }.is_some()
+}
+
+/// A backend of the published port `key` for a connection hashed to `hash`, as the packet path
+/// picks one: its address and the port it listens on. `None` when the port is not published or
+/// has no backend.
+#[inline(always)]
+pub(crate) fn pick(key: FrontendKey, hash: u32) -> Option<(u32, u16)> {
+    // SAFETY: copied out at once; the value is plain data.
+    let frontend = unsafe { FRONTENDS.get(key) }.copied()?;
+    if frontend.table_size == 0 {
+        return None;
+    }
+    let slot = frontend
+        .table_offset
+        .wrapping_add(hash % frontend.table_size);
+    let id = *TABLES.get(slot)?;
+    let backend = BACKENDS.get(id).copied().filter(|b| b.addr != 0)?;
+    Some((backend.addr, frontend.target_port))
+}
+
 /// The frontend a flow's destination is, when it is one of this node's published ports.
 #[inline(always)]
 pub(crate) fn frontend_of(key: &FlowKey) -> Option<Frontend> {

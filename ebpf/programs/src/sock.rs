@@ -1,0 +1,122 @@
+//! Node-local clients of the routing mesh: a process on the node itself that connects to a
+//! published port (`curl localhost:8080`, or one of the node's addresses) never passes the
+//! public interfaces' XDP and TC hooks, so the translation happens at the socket instead, once
+//! per `connect` (cgroup `connect4`), as Cilium's socket-level load balancing does: the socket is
+//! connected to a backend's address on the ingress network, and its packets carry no NAT at
+//! all. UDP datagrams sent without `connect` are translated one by one (`sendmsg4`), and their
+//! replies get the published address back (`recvmsg4`); `getpeername` shows what the client
+//! connected to (`getpeername4`).
+//!
+//! The programs are attached to the cgroup v2 root, so they see every socket of the machine;
+//! they act only for sockets of the node's own network namespace ([`SockConfig`]), so tasks (in
+//! their own namespaces) and, in the lab, the other nodes are left alone.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie},
+    macros::map,
+    maps::{Array, LruHashMap},
+    programs::SockAddrContext,
+};
+use shoal_abi::{
+    mesh::{FrontendKey, MAX_SOCK_ORIGINS, SockConfig, SockKey, SockOrigin},
+    wire::{IPPROTO_TCP, IPPROTO_UDP},
+};
+
+use crate::mesh;
+
+/// `AF_INET`.
+const AF_INET: u32 = 2;
+
+#[map(name = "MESH_SOCK_CONFIG")]
+static SOCK_CONFIG: Array<SockConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "MESH_SOCK_ORIGINS")]
+static SOCK_ORIGINS: LruHashMap<SockKey, SockOrigin> =
+    LruHashMap::with_max_entries(MAX_SOCK_ORIGINS, 0);
+
+/// Whether the socket belongs to the node's own network namespace.
+#[inline(always)]
+fn ours(ctx: &SockAddrContext) -> bool {
+    let Some(config) = SOCK_CONFIG.get(0) else {
+        return false;
+    };
+    // SAFETY: a plain helper call on the context the kernel handed in.
+    config.netns_cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == config.netns_cookie
+}
+
+/// Sends a connection or datagram for a published port on the node to a backend.
+#[inline(always)]
+pub(crate) fn translate(ctx: &SockAddrContext) {
+    if !ours(ctx) {
+        return;
+    }
+    // SAFETY: the kernel hands in a valid context for the program's lifetime; the verifier
+    // checks each field access (and allows writing the user address and port).
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_family != AF_INET {
+        return;
+    }
+    let proto = match sa.protocol {
+        p if p == u32::from(IPPROTO_TCP) => IPPROTO_TCP,
+        p if p == u32::from(IPPROTO_UDP) => IPPROTO_UDP,
+        _ => return,
+    };
+    let (daddr, dport) = (sa.user_ip4, sa.user_port as u16);
+    // 127.0.0.0/8 (the first octet is the lowest byte of the network-order value).
+    if daddr & 0xff != 127 && !mesh::is_local(daddr) {
+        return;
+    }
+    let key = FrontendKey {
+        port: dport,
+        proto,
+        pad: 0,
+    };
+    // SAFETY: a plain helper call.
+    let hash = unsafe { bpf_get_prandom_u32() };
+    let Some((addr, port)) = mesh::pick(key, hash) else {
+        return;
+    };
+    sa.user_ip4 = addr;
+    sa.user_port = u32::from(port);
+    // SAFETY: a plain helper call on the context the kernel handed in.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let origin = SockOrigin {
+        addr: daddr,
+        port: dport,
+        pad: 0,
+    };
+    let key = SockKey {
+        cookie,
+        addr,
+        port,
+        pad: 0,
+    };
+    let _ = SOCK_ORIGINS.insert(key, origin, 0);
+}
+
+/// Shows the published address again where the socket's peer is a backend it was sent to.
+#[inline(always)]
+pub(crate) fn restore(ctx: &SockAddrContext) {
+    if !ours(ctx) {
+        return;
+    }
+    // SAFETY: as in `translate`.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_family != AF_INET {
+        return;
+    }
+    // SAFETY: a plain helper call on the context the kernel handed in.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockKey {
+        cookie,
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        pad: 0,
+    };
+    // SAFETY: copied out at once; the value is plain data.
+    if let Some(origin) = unsafe { SOCK_ORIGINS.get(key) }.copied() {
+        sa.user_ip4 = origin.addr;
+        sa.user_port = u32::from(origin.port);
+    }
+}
