@@ -190,6 +190,37 @@ fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
         &n1,
         &["--detach", "--name", "web", "--publish", "8080:80"],
     );
+    // Aliases in Docker's long --network syntax are kept; dnsrr with a host-mode port is fine.
+    swarm.ok(&n1, &["network", "create", "front"]);
+    create_serve(
+        &swarm,
+        &n1,
+        &[
+            "--detach",
+            "--name",
+            "front",
+            "--network",
+            "name=front,alias=api,alias=www",
+        ],
+    );
+    let inspect = swarm.ok(&n1, &["service", "inspect", "front"]);
+    assert!(
+        inspect.contains("\"Aliases\": [\n") && inspect.contains("\"www\""),
+        "{inspect}"
+    );
+    create_serve(
+        &swarm,
+        &n1,
+        &[
+            "--detach",
+            "--name",
+            "rr",
+            "--endpoint-mode",
+            "dnsrr",
+            "--publish",
+            "published=8091,target=80,mode=host",
+        ],
+    );
     let before = service_count(&swarm, &n1);
     for (args, says) in [
         (vec!["--publish", "80:80:80"], "invalid publish"),
@@ -214,6 +245,24 @@ fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
         (
             vec!["--network", "ingress"],
             "cannot be explicitly attached to the ingress network",
+        ),
+        (
+            vec!["--endpoint-mode", "dnsrr", "--publish", "8090:80"],
+            "port published with ingress mode can't be used with dnsrr mode",
+        ),
+        (
+            vec!["--network", "name=front,alias=web"],
+            "alias \"web\" on network",
+        ),
+        (vec!["--network", "name=front,colour=red"], "unknown key"),
+        (vec!["--network", "alias=api"], "missing name"),
+        (
+            vec!["--network", "name=front,alias=a b"],
+            "invalid alias name",
+        ),
+        (
+            vec!["--name", "api"],
+            "clashes with an alias of service front",
         ),
     ] {
         let mut full = vec!["service", "create", "--detach"];

@@ -82,7 +82,7 @@ pub(crate) struct CreateArgs {
     /// Publish a port as a node port: 8080:80[/udp] or published=8080,target=80[,mode=host][,protocol=udp][,client-ip=preserve]
     #[arg(short, long, value_name = "PORT")]
     publish: Vec<String>,
-    /// Network attachments
+    /// Network attachments: NETWORK, or name=NETWORK[,alias=ALIAS]...
     #[arg(long)]
     network: Vec<String>,
     /// Placement constraints (node.role==manager, node.labels.zone!=a, ...)
@@ -185,6 +185,41 @@ pub(crate) fn parse_publish(value: &str) -> Result<PortConfig, String> {
     })
 }
 
+/// Parses `--network`: a network's name or ID, or Docker's long syntax
+/// `name=NETWORK[,alias=ALIAS]...`.
+pub(crate) fn parse_network(value: &str) -> Result<NetworkAttachmentConfig, String> {
+    let bad = |why: &str| format!("invalid network {value:?}: {why}");
+    if !value.contains('=') {
+        if value.is_empty() || value.contains(',') {
+            return Err(bad("want NETWORK or name=NETWORK[,alias=ALIAS]"));
+        }
+        return Ok(NetworkAttachmentConfig {
+            target: value.to_owned(),
+            aliases: Vec::new(),
+        });
+    }
+    let mut config = NetworkAttachmentConfig::default();
+    for field in value.split(',') {
+        let (key, v) = field
+            .split_once('=')
+            .ok_or_else(|| bad(&format!("{field:?} is not KEY=VALUE")))?;
+        if v.is_empty() {
+            return Err(bad(&format!("{key} needs a value")));
+        }
+        match key.trim() {
+            "name" | "target" => config.target = v.to_owned(),
+            "alias" => config.aliases.push(v.to_owned()),
+            other => {
+                return Err(bad(&format!("unknown key {other:?} (want name, alias)")));
+            }
+        }
+    }
+    if config.target.is_empty() {
+        return Err(bad("missing name"));
+    }
+    Ok(config)
+}
+
 /// `--env FOO` without `=`: the value of `FOO` in this command's own environment, as the docker
 /// CLI does; left as `FOO` (absent in the task) when it has none.
 fn env_from_client(entry: String) -> String {
@@ -241,9 +276,10 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
             },
             networks: args
                 .network
-                .into_iter()
-                .map(|target| NetworkAttachmentConfig { target })
-                .collect(),
+                .iter()
+                .map(|n| parse_network(n))
+                .collect::<Result<_, _>>()
+                .map_err(Failure)?,
         },
         mode,
         endpoint_spec: EndpointSpec {
@@ -696,6 +732,24 @@ mod tests {
             ("70000:80", "1 to 65535"),
         ] {
             let e = parse_publish(bad).unwrap_err();
+            assert!(e.contains(says) && e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn network_takes_a_name_or_dockers_long_syntax() {
+        assert_eq!(parse_network("front").unwrap().target, "front");
+        let n = parse_network("name=front,alias=api,alias=web").unwrap();
+        assert_eq!(n.target, "front");
+        assert_eq!(n.aliases, ["api", "web"]);
+        for (bad, says) in [
+            ("alias=api", "missing name"),
+            ("name=front,alias=", "alias needs a value"),
+            ("name=front,driver-opt=x=y", "unknown key"),
+            ("name=front,api", "is not KEY=VALUE"),
+            ("", "want NETWORK"),
+        ] {
+            let e = parse_network(bad).unwrap_err();
             assert!(e.contains(says) && e.contains(bad), "{bad}: {e}");
         }
     }

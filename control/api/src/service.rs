@@ -207,6 +207,9 @@ pub struct Placement {
 pub struct NetworkAttachmentConfig {
     /// The network's ID.
     pub target: String,
+    /// Other names the service has on this network (`--network name=N,alias=A`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// Replicated or global.

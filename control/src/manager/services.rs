@@ -16,8 +16,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 use shoal_api::service::{
     Driver, ENCRYPTED_OPTION, Endpoint, EndpointMode, INGRESS, Ipam, IpamConfig, Network,
-    NetworkAttachmentConfig, NetworkSpec, Service, ServiceSpec, Task, TaskFilter, TaskStatus,
-    VNI_OPTION, VirtualIp,
+    NetworkSpec, Service, ServiceSpec, Task, TaskFilter, TaskStatus, VNI_OPTION, VirtualIp,
 };
 use shoal_api::swarm::{Call, Version};
 use tokio::sync::watch;
@@ -366,6 +365,49 @@ fn check_service(world: &World, spec: &mut ServiceSpec) -> Result<(), Status> {
                 p.target_port
             )));
         }
+    }
+    if spec.endpoint_spec.mode == EndpointMode::Dnsrr
+        && spec
+            .endpoint_spec
+            .ports
+            .iter()
+            .any(|p| p.publish_mode == shoal_api::service::PublishMode::Ingress)
+    {
+        return Err(Status::invalid_argument(
+            "EndpointSpec: port published with ingress mode can't be used with dnsrr mode",
+        ));
+    }
+    // A service is known by its name and its aliases on its networks: none may be another
+    // service's (the same name would answer for two services).
+    let others = || {
+        world
+            .services
+            .values()
+            .map(|s| &s.value)
+            .filter(|s| s.spec.name != spec.name)
+    };
+    for attachment in &spec.task_template.networks {
+        for alias in &attachment.aliases {
+            check_name(alias, "alias")?;
+            if let Some(other) = others().find(|s| s.spec.name == *alias) {
+                return Err(Status::invalid_argument(format!(
+                    "alias {alias:?} on network {} clashes with the name of service {}",
+                    attachment.target, other.spec.name
+                )));
+            }
+        }
+    }
+    if let Some(other) = others().find(|s| {
+        s.spec
+            .task_template
+            .networks
+            .iter()
+            .any(|n| n.aliases.contains(&spec.name))
+    }) {
+        return Err(Status::invalid_argument(format!(
+            "service name {:?} clashes with an alias of service {}",
+            spec.name, other.spec.name
+        )));
     }
     let mut seen = BTreeSet::new();
     for attachment in &mut spec.task_template.networks {
@@ -718,9 +760,8 @@ async fn remove_networks(inner: &Inner, ids: &[String]) -> Result<Value, Status>
                 s.spec
                     .task_template
                     .networks
-                    .contains(&NetworkAttachmentConfig {
-                        target: network.id.clone(),
-                    })
+                    .iter()
+                    .any(|n| n.target == network.id)
                     || (network.spec.ingress && !s.endpoint.ports.is_empty())
             })
             .map(|s| s.spec.name.as_str())
