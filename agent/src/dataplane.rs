@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use shoal_dataplane::mesh::EntryPath;
+use shoal_dataplane::node::DesiredState;
 use shoal_dataplane::overlay::layout::TunnelState;
-use shoal_dataplane::overlay::{ApplyError, Dataplane, DesiredState};
+use shoal_dataplane::overlay::{ApplyError, Dataplane};
 use tokio::sync::Mutex;
 use tonic::Status;
 

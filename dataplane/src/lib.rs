@@ -2,10 +2,11 @@
 //! ([`bpf`]), builds overlay networks ([`overlay`]) and runs the routing mesh ([`mesh`]).
 //!
 //! ```text
-//!   agent ──> dataplane ──> overlay: DesiredState -> Layout -> plan -> Dataplane (rtnetlink) + WireGuard engine
-//!                  │                  └── mesh section -> MeshPlan
-//!                  └──> mesh::Mesh: Maglev tables, map programming, XDP/TC attach ──> kernel (aya)
-//!                         └── map layouts from shoal-abi (shared with ebpf/programs)
+//!   agent ──> node::DesiredState ── resolve ──> overlay: Layout (networks, tunnel, way out)
+//!                                  │               -> plan -> Dataplane (rtnetlink) + WireGuard engine
+//!                                  └──────────> mesh: MeshPlan -> mesh::Mesh: Maglev tables,
+//!                                                  map programming, XDP/TC/cgroup attach (aya)
+//!   common: MAC addresses, the node's facts (Host), problems; shared by all three
 //! ```
 //!
 //! Overlays: a declarative desired state, validated, planned against what the kernel holds and
@@ -17,5 +18,7 @@
 //! The data plane never talks to raft: it is driven by a desired state handed to it.
 
 pub mod bpf;
+pub mod common;
 pub mod mesh;
+pub mod node;
 pub mod overlay;

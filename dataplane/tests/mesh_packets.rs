@@ -17,12 +17,12 @@ use shoal_abi::parse::Counter;
 use shoal_abi::programs::{TC_MESH_ENTRY, TC_MESH_REPLY, XDP_MESH};
 use shoal_abi::wire::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP};
 use shoal_dataplane::bpf::XdpVerdict;
+use shoal_dataplane::common::Mac;
 use shoal_dataplane::mesh::Mesh;
 use shoal_dataplane::mesh::maglev;
 use shoal_dataplane::mesh::model::{
     BackendPlan, MeshPlan, PortPlan, Protocol, ServicePlan, TunnelPlan,
 };
-use shoal_dataplane::overlay::model::Mac;
 use support::packets;
 
 /// `shoal0`'s index as the maps are told (nothing is attached in these tests).

@@ -5,11 +5,12 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
+use shoal_dataplane::common::{Host, HostInterface, Mac};
+use shoal_dataplane::node::{DesiredState, Resolved};
 use shoal_dataplane::overlay::layout::{
     AttachSpec, NetDevice, NetLayout, Tunnel, TunnelState, WayOutLayout,
 };
-use shoal_dataplane::overlay::model::Mac;
-use shoal_dataplane::overlay::{DesiredState, Host, HostInterface, Key, Layout, Observed, plan};
+use shoal_dataplane::overlay::{Key, Layout, Observed, plan};
 
 fn host() -> Host {
     Host {
@@ -63,9 +64,7 @@ fn state() -> serde_json::Value {
     })
 }
 
-fn resolve(
-    value: serde_json::Value,
-) -> Result<shoal_dataplane::overlay::Resolved, Vec<(String, String)>> {
+fn resolve(value: serde_json::Value) -> Result<Resolved, Vec<(String, String)>> {
     let state = DesiredState::from_json(&value.to_string()).map_err(|e| {
         e.problems
             .into_iter()

@@ -29,10 +29,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shoal_abi::programs::{XDP_MESH, XDP_PASS};
+use shoal_dataplane::common::Mac;
 use shoal_dataplane::mesh::Mesh as Programs;
 use shoal_dataplane::mesh::maglev::DEFAULT_TABLE_SIZE;
 use shoal_dataplane::mesh::model::{BackendPlan, MeshPlan, PortPlan, Protocol, ServicePlan};
-use shoal_dataplane::overlay::model::Mac;
 use shoal_tests::mesh::{INGRESS, Mesh, Service, labtool};
 use shoal_tests::{Lab, LabSpec, binary};
 

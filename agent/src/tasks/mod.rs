@@ -34,9 +34,10 @@ use shoal_dataplane::mesh::model::{
     BackendSpec, ClientIp, IngressSpec, MeshSpec, PortSpec, Protocol, PublishMode, ServiceSpec,
     TaskState as MeshTaskState,
 };
+use shoal_dataplane::node::DesiredState;
 use shoal_dataplane::overlay::model::{
-    Attachment, DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, DataPath, DesiredState, Endpoint,
-    Network, Peer, WAY_OUT_BRIDGE, WayOut, WayOutAttachment, WireGuard,
+    Attachment, DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, DataPath, Endpoint, Network, Peer,
+    WAY_OUT_BRIDGE, WayOut, WayOutAttachment, WireGuard,
 };
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 

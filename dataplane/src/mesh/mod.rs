@@ -46,7 +46,7 @@ use shoal_abi::mesh::{
 use shoal_abi::programs;
 
 use crate::bpf::{BpfError, Programs};
-use crate::overlay::model::Mac;
+use crate::common::Mac;
 use model::{BackendPlan, MeshPlan, Protocol};
 
 /// How long a retired table region or backend ID waits before it is reused: far longer than any

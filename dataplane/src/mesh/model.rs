@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use shoal_abi::mesh as abi;
 
 use super::maglev::{self, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, SLOTS_PER_BACKEND};
+use crate::common::{Host, Mac, Problems};
 use crate::overlay::layout::Layout;
-use crate::overlay::model::{Host, Mac, Problems};
 
 /// The interface the node gets on the ingress network.
 pub const INGRESS_INTERFACE: &str = "shoal0";

@@ -33,15 +33,15 @@ use rtnetlink::{
 use super::layout::{
     AttachSpec, NetDevice, Observed, ObservedNet, ObservedWayOut, Op, Tunnel, TunnelState, plan,
 };
-use super::model::{
-    DesiredState, Host, HostInterface, InvalidState, Mac, Resolved, WAY_OUT_BRIDGE, WgConfig,
-};
+use super::model::{WAY_OUT_BRIDGE, WgConfig};
 use super::netns;
 use super::vxlan_filter::{self, Refused, VxlanFilter};
 use super::way_out;
 use super::wireguard::{Engine, PeerStatus, open_tun};
+use crate::common::{Host, HostInterface, InvalidState, Mac, Problem};
 use crate::mesh::model::INGRESS_TASK;
 use crate::mesh::{IngressNamespace, Mesh, MeshError};
+use crate::node::{DesiredState, Resolved};
 
 const TUNNEL_NS: &str = "wg";
 const TUN_DEVICE: &str = "wg0";
@@ -80,7 +80,7 @@ pub struct Applied {
     /// One line per operation carried out, in order; empty when the kernel was already there.
     pub changes: Vec<String>,
     /// What the state named but could not be used, and why (a bad peer and what it carries).
-    pub left_out: Vec<super::model::Problem>,
+    pub left_out: Vec<Problem>,
 }
 
 /// A node's overlay data plane.
@@ -97,7 +97,7 @@ pub struct Dataplane {
     /// written it (the next apply writes it whatever it is), `Some(None)` for no filter.
     vxlan_filter: Option<Option<VxlanFilter>>,
     /// What the last apply left out, and why.
-    left_out: Vec<super::model::Problem>,
+    left_out: Vec<Problem>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -269,7 +269,7 @@ impl Dataplane {
     }
 
     /// What the last apply left out of the state it was given, and why.
-    pub fn left_out(&self) -> &[super::model::Problem] {
+    pub fn left_out(&self) -> &[Problem] {
         &self.left_out
     }
 
@@ -414,7 +414,7 @@ impl Dataplane {
                     .is_none()
             {
                 return Err(InvalidState {
-                    problems: vec![super::model::Problem {
+                    problems: vec![Problem {
                         field,
                         message: format!("{} is not a network namespace", spec.netns.display()),
                     }],

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
-use super::model::Mac;
+use crate::common::Mac;
 
 /// The desired kernel layout of a node's overlays.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

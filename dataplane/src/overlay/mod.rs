@@ -1,4 +1,4 @@
-//! Overlay networks: a node's desired state ([`model::DesiredState`]) is validated into a kernel
+//! Overlay networks: a node's desired state ([`crate::node::DesiredState`]) is validated into a kernel
 //! [`layout::Layout`], planned against what the kernel holds ([`layout::plan`]) and applied by
 //! the netlink executor ([`Dataplane`]); encrypted networks' VXLAN traffic goes through the
 //! WireGuard engine ([`wireguard`]).
@@ -37,4 +37,3 @@ pub use executor::{Applied, ApplyError, Dataplane, adopt_namespace, task_namespa
 pub(crate) use executor::{BRIDGE, VXLAN};
 pub use keys::Key;
 pub use layout::{Layout, Observed, Op, plan};
-pub use model::{DesiredState, Host, HostInterface, InvalidState, Resolved};
