@@ -748,7 +748,16 @@ fn tasks_reach_outside_through_their_node_and_internal_networks_do_not() {
     create_serve(
         &swarm,
         &n1,
-        &["--name", "open", "--replicas", "2", "--network", "front"],
+        &[
+            "--name",
+            "open",
+            "--replicas",
+            "2",
+            "--network",
+            "front",
+            "--publish",
+            "8095:80",
+        ],
     );
     create_serve(
         &swarm,
@@ -791,6 +800,20 @@ fn tasks_reach_outside_through_their_node_and_internal_networks_do_not() {
             format!("outside {}", host.public_ip),
             "the server sees the address of the task's node"
         );
+    }
+    // A task reaches the swarm's published ports through any node's address, its own included.
+    for (host, id) in &open {
+        for node in swarm.lab.nodes() {
+            let url = format!("http://{}:8095/", node.public_ip);
+            let out = in_task(&swarm, host, id, "curl", &["-sS", "--max-time", "3", &url]);
+            assert!(
+                out.status.success(),
+                "from {} to {}: {}",
+                host.name,
+                node.name,
+                shoal_tests::output_text(&out)
+            );
+        }
     }
     for (host, id) in running("closed") {
         let out = ask(&swarm, &host, &id);
