@@ -29,6 +29,9 @@ pub(crate) enum Suite {
     /// What attacks cost: encrypted overlay throughput with and without a flood of 200,000
     /// forged WireGuard handshakes a second (3-node lab)
     Hardening,
+    /// Connections per second and round trips to a task through the socket-level translation
+    /// (cgroup connect4) vs directly (3-node lab)
+    Eastwest,
 }
 
 impl Suite {
@@ -41,6 +44,7 @@ impl Suite {
             Self::Sched => "sched",
             Self::Converge => "converge",
             Self::Hardening => "hardening",
+            Self::Eastwest => "eastwest",
         }
     }
 }
@@ -70,7 +74,7 @@ pub(crate) fn run(suite: Suite) -> anyhow::Result<()> {
                 .args(["bench", "--package", "shoal-control", "--bench", "sched"])
                 .env("SHOAL_BENCH_OUT", &out),
         )?,
-        Suite::Mesh | Suite::Raft | Suite::Converge | Suite::Hardening => {
+        Suite::Mesh | Suite::Raft | Suite::Converge | Suite::Hardening | Suite::Eastwest => {
             run_command(cargo().args(["build", "--release", "--bins"]))?;
             run_command(
                 cargo()

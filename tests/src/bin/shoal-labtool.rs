@@ -69,6 +69,9 @@ subcommands:
       One TCP connection; every interval writes `ping\\n` and prints the reply as
       `<elapsed_ms> <name>`. Prints `done <count>` at the end; on any error (2 s timeouts)
       prints `ERROR <message>` and exits 1.
+  tcp-rr --target IP:PORT [--count 10000]
+      One TCP connection, `count` round trips of the line `ping` (answered by `serve`), one at a
+      time. Prints {\"count\":N,\"p50_us\":M,\"p99_us\":P}.
   wg-flood --target IP:PORT --public-key KEY --seconds S [--rate 200000] [--kind mixed] [--from IP]
       Forged WireGuard traffic at `rate` datagrams a second: handshake initiations with random
       bodies whose MAC1 is right for the responder's public key KEY (base64), or wrong, or
@@ -1342,6 +1345,57 @@ fn hold(
 }
 
 // ---------------------------------------------------------------------------------------------
+// tcp-rr
+// ---------------------------------------------------------------------------------------------
+
+fn cmd_tcp_rr(flags: &Flags) -> Result<ExitCode> {
+    let target: SocketAddr = flags.required("target")?;
+    let count: usize = flags.at_least("count", 10_000usize, 1)?;
+    let mut rtts = tcp_rr(&target, count).map_err(Error::Run)?;
+    rtts.sort_unstable_by(f64::total_cmp);
+    let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+    say(format_args!(
+        "{{\"count\":{},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
+        rtts.len(),
+        at(0.5),
+        at(0.99)
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Round trips of one line on one connection: each one's time in microseconds.
+fn tcp_rr(target: &SocketAddr, count: usize) -> Result<Vec<f64>, String> {
+    let mut stream = TcpStream::connect_timeout(target, IO_TIMEOUT)
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| stream.set_nodelay(true))
+        .map_err(|e| format!("socket options: {e}"))?;
+    let mut reader = BufReader::new(
+        stream
+            .try_clone()
+            .map_err(|e| format!("cloning the socket: {e}"))?,
+    );
+    let mut line = String::new();
+    let mut rtts = Vec::with_capacity(count);
+    for i in 0..count {
+        let start = Instant::now();
+        stream
+            .write_all(b"ping\n")
+            .map_err(|e| format!("write after {i} replies: {e}"))?;
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read after {i} replies: {e}"))?;
+        if n == 0 {
+            return Err(format!("connection closed after {i} replies"));
+        }
+        rtts.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(rtts)
+}
+
+// ---------------------------------------------------------------------------------------------
 // wg-flood
 // ---------------------------------------------------------------------------------------------
 
@@ -1730,6 +1784,7 @@ const COMMANDS: &[Command] = &[
         cmd_ask,
     ),
     ("hold", &["target", "seconds", "interval-ms"], &[], cmd_hold),
+    ("tcp-rr", &["target", "count"], &[], cmd_tcp_rr),
     (
         "wg-flood",
         &["target", "public-key", "seconds", "rate", "kind", "from"],
