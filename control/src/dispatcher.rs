@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use shoal_api::service::{Network, PortConfig, PublishMode, Task, TaskState};
+use shoal_api::service::{EndpointMode, Network, PortConfig, PublishMode, Task, TaskState};
 use shoal_api::swarm::NodeState;
 
 use crate::orchestrator::{World, address_of};
@@ -37,6 +37,50 @@ pub struct Assignment {
     pub peers: Vec<PeerNode>,
     /// Published ports and their backends.
     pub mesh: Vec<MeshService>,
+    /// The services its tasks can reach by name: those on a network (ingress aside) one of its
+    /// tasks is on, with their VIPs, aliases and running tasks on those networks only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ReachableService>,
+}
+
+/// A service the node's tasks share a network with, as its tasks see it there: the data of
+/// service discovery (names) and service load balancing (VIPs and backends).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachableService {
+    /// Its ID.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// `vip` or `dnsrr`.
+    pub endpoint_mode: EndpointMode,
+    /// Per shared network: its VIP there (`vip` mode) and its aliases.
+    pub networks: Vec<ServiceOnNetwork>,
+    /// Its running tasks' addresses on those networks.
+    pub tasks: Vec<ReachableTask>,
+}
+
+/// A service on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceOnNetwork {
+    /// The network's ID.
+    pub network: String,
+    /// The service's VIP on it (no prefix length), in `vip` mode.
+    pub vip: Option<String>,
+    /// `--network name=N,alias=A`.
+    pub aliases: Vec<String>,
+}
+
+/// A running task of a reachable service, on one network.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ReachableTask {
+    /// The task's ID.
+    pub task: String,
+    /// Its slot (0 for global services).
+    pub slot: u64,
+    /// The network's ID.
+    pub network: String,
+    /// Its address there (no prefix length).
+    pub ip: String,
 }
 
 /// An address on another node.
@@ -233,6 +277,7 @@ pub fn assignment(world: &World, index: u64, node_id: &str, data_path_port: u16)
             });
         }
     }
+    let services = reachable_services(world, &network_ids, ingress.as_deref());
     Assignment {
         index,
         node_id: node_id.to_owned(),
@@ -243,7 +288,71 @@ pub fn assignment(world: &World, index: u64, node_id: &str, data_path_port: u16)
         endpoints: endpoints.into_iter().collect(),
         peers,
         mesh,
+        services,
     }
+}
+
+/// The services on `networks` (the node's tasks' networks; ingress is not one tasks find each
+/// other on), each with what its tasks there see: VIPs, aliases, running tasks.
+fn reachable_services(
+    world: &World,
+    networks: &BTreeSet<String>,
+    ingress: Option<&str>,
+) -> Vec<ReachableService> {
+    let shared = |network: &str| networks.contains(network) && Some(network) != ingress;
+    let mut out = Vec::new();
+    for service in world.services.values().map(|s| &s.value) {
+        let on: Vec<ServiceOnNetwork> = service
+            .spec
+            .task_template
+            .networks
+            .iter()
+            .filter(|n| shared(&n.target))
+            .map(|n| ServiceOnNetwork {
+                network: n.target.clone(),
+                vip: service
+                    .endpoint
+                    .virtual_ips
+                    .iter()
+                    .find(|v| v.network_id == n.target)
+                    .and_then(|v| address_of(&v.addr))
+                    .map(|ip| ip.to_string()),
+                aliases: n.aliases.clone(),
+            })
+            .collect();
+        if on.is_empty() {
+            continue;
+        }
+        let mut tasks: Vec<ReachableTask> = world
+            .tasks
+            .values()
+            .map(|t| &t.value)
+            .filter(|t| t.service_id == service.id && serving(world, t))
+            .flat_map(|t| {
+                t.networks_attachments
+                    .iter()
+                    .filter(|a| on.iter().any(|n| n.network == a.network_id))
+                    .filter_map(|a| {
+                        Some(ReachableTask {
+                            task: t.id.clone(),
+                            slot: t.slot,
+                            network: a.network_id.clone(),
+                            ip: address_of(a.addresses.first()?)?.to_string(),
+                        })
+                    })
+            })
+            .collect();
+        tasks.sort();
+        out.push(ReachableService {
+            id: service.id.clone(),
+            name: service.spec.name.clone(),
+            endpoint_mode: service.spec.endpoint_spec.mode,
+            networks: on,
+            tasks,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 impl Assignment {
@@ -261,7 +370,9 @@ impl Assignment {
 
 #[cfg(test)]
 mod tests {
-    use shoal_api::service::{NetworkAttachment, NetworkSpec, PortConfig, Service, TaskStatus};
+    use shoal_api::service::{
+        NetworkAttachment, NetworkAttachmentConfig, NetworkSpec, PortConfig, Service, TaskStatus,
+    };
     use shoal_api::swarm::{Node, NodeDescription, NodeStatus};
 
     use super::*;
@@ -350,6 +461,18 @@ mod tests {
             ..Default::default()
         };
         db.spec.name = "db".into();
+        web.spec.task_template.networks = vec![NetworkAttachmentConfig {
+            target: "front".into(),
+            aliases: vec!["www".into()],
+        }];
+        web.endpoint.virtual_ips = vec![shoal_api::service::VirtualIp {
+            network_id: "front".into(),
+            addr: "10.1.0.100/24".into(),
+        }];
+        db.spec.task_template.networks = vec![NetworkAttachmentConfig {
+            target: "secret".into(),
+            aliases: Vec::new(),
+        }];
         w.services.insert("web".into(), v(web));
         w.services.insert("db".into(), v(db));
         for t in [
@@ -392,6 +515,21 @@ mod tests {
         assert_eq!(a.ingress_addr.as_deref(), Some("10.0.0.2/24"));
         assert_eq!(a.mesh.len(), 1, "only published services");
         assert_eq!(a.mesh[0].backends.len(), 2);
+        // Discovery: the services on its tasks' networks (not the db's, not through ingress),
+        // with their VIP, aliases and running tasks there.
+        assert_eq!(a.services.len(), 1, "{:?}", a.services);
+        let web = &a.services[0];
+        assert_eq!(web.name, "web");
+        assert_eq!(
+            web.networks,
+            [ServiceOnNetwork {
+                network: "front".into(),
+                vip: Some("10.1.0.100".into()),
+                aliases: vec!["www".into()],
+            }]
+        );
+        let ips: Vec<&str> = web.tasks.iter().map(|t| t.ip.as_str()).collect();
+        assert_eq!(ips, ["10.1.0.2", "10.1.0.3"]);
 
         // A Down node's tasks stop being backends and endpoints everywhere.
         w.nodes.get_mut("b").unwrap().value.status.state = NodeState::Down;
@@ -399,5 +537,10 @@ mod tests {
         assert_eq!(a.mesh[0].backends.len(), 1);
         assert!(a.endpoints.iter().all(|e| e.node != "b"));
         assert!(a.peers.iter().all(|p| p.node != "b"));
+        assert_eq!(
+            a.services[0].tasks.len(),
+            1,
+            "a Down node's task is not reachable"
+        );
     }
 }
