@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{Host, InvalidState, Mac, Problem, Problems};
 use crate::mesh::{
-    self,
+    self, VipPlan,
     model::{INGRESS_INTERFACE, INGRESS_TASK, MeshPlan, MeshSpec, OWN_NAMESPACE},
 };
 use crate::overlay::keys::Key;
@@ -59,6 +59,24 @@ pub struct DesiredState {
     /// The tasks' way out of the node (Docker's `docker_gwbridge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub way_out: Option<WayOut>,
+    /// Service VIPs the node's tasks reach, and their running backends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<VipSpec>,
+}
+
+/// A service's VIP on a network, balanced at the socket for the node's tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSpec {
+    /// The service's name.
+    pub service: String,
+    /// The network's ID (one of `networks`).
+    pub network: String,
+    /// The VIP, an address of the network's subnet.
+    pub vip: String,
+    /// The running tasks' addresses on the network.
+    #[serde(default)]
+    pub backends: Vec<String>,
 }
 
 /// A validated desired state: the kernel layout to converge to, and the WireGuard engine's
@@ -79,6 +97,8 @@ pub struct Resolved {
     /// IPv6 address, a bad or duplicate key), with their endpoints and routing-mesh backends.
     /// One bad peer degrades only what it carries; the rest is applied.
     pub left_out: Vec<Problem>,
+    /// Service VIPs and their backends.
+    pub vips: Vec<VipPlan>,
 }
 
 /// Usable peers by node name: their data-path address and WireGuard key.
@@ -333,6 +353,50 @@ impl DesiredState {
 
         layout.way_out = self.resolve_way_out(host, &nets, &mut interfaces, &mut problems);
 
+        // Service VIPs: on a known network, in its subnet, with backends there.
+        let mut vips = Vec::new();
+        let mut seen_vips = BTreeSet::new();
+        for (i, v) in self.vips.iter().enumerate() {
+            let at = format!("vips[{i}]");
+            let Some(facts) = nets.get(v.network.as_str()) else {
+                if !self.networks.iter().any(|n| n.id == v.network) {
+                    problems.push(
+                        format!("{at}.network"),
+                        format!("no network {:?} in networks", v.network),
+                    );
+                }
+                continue;
+            };
+            let in_subnet = |field: String, value: &str, problems: &mut Problems| {
+                let ip = parse_ipv4(&field, value, problems)?;
+                if facts.subnet.contains(&ip) {
+                    Some(ip)
+                } else {
+                    problems.push(
+                        field,
+                        format!("{ip} is outside the network's subnet {}", facts.subnet),
+                    );
+                    None
+                }
+            };
+            let Some(vip) = in_subnet(format!("{at}.vip"), &v.vip, &mut problems) else {
+                continue;
+            };
+            if !seen_vips.insert(vip) {
+                problems.push(format!("{at}.vip"), format!("{vip} is listed twice"));
+                continue;
+            }
+            let mut backends: Vec<Ipv4Addr> = v
+                .backends
+                .iter()
+                .enumerate()
+                .filter_map(|(j, b)| in_subnet(format!("{at}.backends[{j}]"), b, &mut problems))
+                .collect();
+            backends.sort();
+            backends.dedup();
+            vips.push(VipPlan { vip, backends });
+        }
+
         // Remote endpoints.
         let mut dropped_ips: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
         let mut peer_vnis: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
@@ -475,6 +539,7 @@ impl DesiredState {
             data_path_addr,
             mesh,
             left_out: left_out.0,
+            vips,
         })
     }
 

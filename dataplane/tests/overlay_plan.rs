@@ -559,6 +559,55 @@ fn the_way_out_is_checked_and_planned() {
     );
 }
 
+/// Service VIPs resolve to their backends, sorted and once each; a VIP outside its network,
+/// on an unknown network or listed twice, and a backend outside the network, are refused by
+/// field.
+#[test]
+fn service_vips_are_checked_against_their_networks() {
+    let mut value = state();
+    value["vips"] = serde_json::json!([
+        { "service": "api", "network": "plain", "vip": "10.10.0.100",
+          "backends": ["10.10.0.12", "10.10.0.11", "10.10.0.12"] },
+        { "service": "db", "network": "secret", "vip": "10.20.0.100" }
+    ]);
+    let vips = resolve(value.clone()).expect("valid VIPs").vips;
+    assert_eq!(vips.len(), 2);
+    assert_eq!(vips[0].vip, Ipv4Addr::new(10, 10, 0, 100));
+    assert_eq!(
+        vips[0].backends,
+        [Ipv4Addr::new(10, 10, 0, 11), Ipv4Addr::new(10, 10, 0, 12)]
+    );
+    assert!(vips[1].backends.is_empty(), "a VIP without running tasks");
+    for (edit, field, words) in [
+        (
+            serde_json::json!({ "vip": "10.99.0.1" }),
+            "vips[0].vip",
+            "outside the network's subnet",
+        ),
+        (
+            serde_json::json!({ "network": "nosuch" }),
+            "vips[0].network",
+            "no network \"nosuch\"",
+        ),
+        (
+            serde_json::json!({ "backends": ["10.20.0.2"] }),
+            "vips[0].backends[0]",
+            "outside",
+        ),
+        (
+            serde_json::json!({ "vip": "10.20.0.100", "network": "secret" }),
+            "vips[1].vip",
+            "listed twice",
+        ),
+    ] {
+        let mut bad = value.clone();
+        for (k, x) in edit.as_object().unwrap() {
+            bad["vips"][0][k] = x.clone();
+        }
+        assert_names(&resolve(bad).expect_err("refused"), field, words);
+    }
+}
+
 #[test]
 fn a_changed_attachment_gets_a_new_veth_name() {
     let spec = AttachSpec {

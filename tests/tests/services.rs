@@ -873,3 +873,95 @@ fn tasks_reach_outside_through_their_node_and_internal_networks_do_not() {
         assert!(gone.is_ok(), "{}: the way out stayed", node.name);
     }
 }
+
+/// Issue Data plane III, item 2: a task connecting to another service's VIP (as `service
+/// inspect` shows it) reaches that service's running tasks, on any node, spread over them; a
+/// scale is followed, and the client sees the VIP as its peer.
+#[test]
+fn a_task_reaches_a_service_s_tasks_through_its_vip() {
+    let swarm = Swarm::up(1, 2);
+    let n1 = swarm.managers[0].clone();
+    swarm.ok(&n1, &["network", "create", "app"]);
+    create_serve(
+        &swarm,
+        &n1,
+        &["--name", "api", "--replicas", "2", "--network", "app"],
+    );
+    create_serve(
+        &swarm,
+        &n1,
+        &["--name", "client", "--replicas", "1", "--network", "app"],
+    );
+    for (service, count) in [("api", 2), ("client", 1)] {
+        wait_running(&swarm, &n1, service, "its tasks", |per| {
+            per.values().sum::<usize>() == count
+        });
+    }
+    let inspect: Value =
+        serde_json::from_str(&swarm.ok(&n1, &["service", "inspect", "api"])).unwrap();
+    let vip = inspect[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("a VIP: {inspect}"))
+        .to_owned();
+    let client = tasks(&swarm, &n1, "client")
+        .into_iter()
+        .find(|t| t["DesiredState"] == "Running")
+        .expect("the client task");
+    let host = swarm.host(client["Node"].as_str().unwrap());
+    let id = client["ID"].as_str().unwrap().to_owned();
+    let tool = labtool_path();
+    let target = format!("{vip}:80");
+    let spread = |count: &str| -> BTreeMap<String, usize> {
+        let out = in_task(
+            &swarm,
+            &host,
+            &id,
+            &tool,
+            &[
+                "ask",
+                "--target",
+                &target,
+                "--count",
+                count,
+                "--timeout-ms",
+                "2000",
+            ],
+        );
+        let mut per = BTreeMap::new();
+        for (_, answer) in answers(&out) {
+            *per.entry(answer.unwrap_or_else(|e| format!("ERROR {e}")))
+                .or_default() += 1;
+        }
+        per
+    };
+    let waited = wait_until("the VIP answers", Duration::from_secs(30), || {
+        Ok(spread("4").keys().all(|k| k.starts_with("api.")))
+    });
+    assert!(waited.is_ok(), "{:?}", spread("4"));
+    let per = spread("300");
+    assert_eq!(per.len(), 2, "{per:?}");
+    for (name, n) in &per {
+        assert!(name.starts_with("api."), "{per:?}");
+        assert!((90..=210).contains(n), "{name} got {n} of 300: {per:?}");
+    }
+    // The client sees the VIP as its peer.
+    let script = format!(
+        "import socket\ns = socket.create_connection(('{vip}', 80), timeout=3)\nprint(s.getpeername()[0])"
+    );
+    let out = in_task(&swarm, &host, &id, "python3", &["-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        vip,
+        "{}",
+        shoal_tests::output_text(&out)
+    );
+    // Scaled: the third task takes connections too.
+    swarm.ok(&n1, &["service", "scale", "api=3"]);
+    let waited = wait_until(
+        "three tasks behind the VIP",
+        Duration::from_secs(30),
+        || Ok(spread("60").len() == 3),
+    );
+    assert!(waited.is_ok(), "{:?}", spread("60"));
+}

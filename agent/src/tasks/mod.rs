@@ -34,7 +34,7 @@ use shoal_dataplane::mesh::model::{
     BackendSpec, ClientIp, IngressSpec, MeshSpec, PortSpec, Protocol, PublishMode, ServiceSpec,
     TaskState as MeshTaskState,
 };
-use shoal_dataplane::node::DesiredState;
+use shoal_dataplane::node::{DesiredState, VipSpec};
 use shoal_dataplane::overlay::model::{
     Attachment, DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, DataPath, Endpoint, Network, Peer,
     WAY_OUT_BRIDGE, WayOut, WayOutAttachment, WireGuard,
@@ -887,6 +887,31 @@ impl Worker {
                 subnet: subnet.to_string(),
                 attachments: way_out_attachments,
             });
+        // Service VIPs the node's tasks reach: on the networks present here, their running
+        // tasks on the VIP's network.
+        let vips: Vec<VipSpec> = a
+            .services
+            .iter()
+            .filter(|s| s.endpoint_mode == shoal_api::service::EndpointMode::Vip)
+            .flat_map(|s| {
+                s.networks
+                    .iter()
+                    .filter(|n| present(&n.network))
+                    .filter_map(move |n| {
+                        Some(VipSpec {
+                            service: s.name.clone(),
+                            network: n.network.clone(),
+                            vip: n.vip.clone()?,
+                            backends: s
+                                .tasks
+                                .iter()
+                                .filter(|t| t.network == n.network)
+                                .map(|t| t.ip.clone())
+                                .collect(),
+                        })
+                    })
+            })
+            .collect();
         let endpoints: Vec<Endpoint> = a
             .endpoints
             .iter()
@@ -1001,6 +1026,7 @@ impl Worker {
             peers,
             mesh,
             way_out,
+            vips,
         })
     }
 }

@@ -329,6 +329,17 @@ pub struct Mesh {
     orphans: std::collections::HashMap<FlowKey, Rewrite>,
     /// Whether node-local clients are served: `None` until the first apply tries.
     node_local: Option<Result<PathBuf, String>>,
+    /// Which half of the VIP tables the programs read (the next apply writes the other).
+    vip_half: u32,
+}
+
+/// A service VIP the node's tasks reach: its running backends (addresses on the VIP's network).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipPlan {
+    /// The VIP.
+    pub vip: Ipv4Addr,
+    /// The running tasks' addresses, sorted (every node builds the same table).
+    pub backends: Vec<Ipv4Addr>,
 }
 
 /// The socket programs, in attach order.
@@ -353,7 +364,7 @@ fn cgroup2_root() -> io::Result<PathBuf> {
 }
 
 /// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux 5.14).
-fn netns_cookie() -> io::Result<u64> {
+pub(crate) fn netns_cookie() -> io::Result<u64> {
     let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
     let mut cookie: u64 = 0;
     let mut len = size_of::<u64>() as libc::socklen_t;
@@ -397,6 +408,7 @@ impl Mesh {
             links: Links::default(),
             orphans: std::collections::HashMap::new(),
             node_local: None,
+            vip_half: 0,
         };
         mesh.set_timeouts(Timeouts::DEFAULT)?;
         Ok(mesh)
@@ -406,6 +418,92 @@ impl Mesh {
     /// socket programs are attached to, or why they are not.
     pub fn node_local(&self) -> Option<&Result<PathBuf, String>> {
         self.node_local.as_ref()
+    }
+
+    /// Programs the service VIPs the node's tasks reach, and which network namespaces are its
+    /// tasks' (by cookie): a Maglev table per VIP written into the half of the tables the
+    /// programs do not read, then the VIPs switched to it, so a `connect` never reads a table
+    /// being written. The changes, one line each.
+    pub fn apply_vips(
+        &mut self,
+        vips: &[VipPlan],
+        task_netns: &BTreeSet<u64>,
+    ) -> Result<Vec<String>, MeshError> {
+        let mut changes = Vec::new();
+        let half = abi::VIP_TABLE_CAPACITY / 2;
+        let base = if self.vip_half == 0 { half } else { 0 };
+        let mut frontends: BTreeMap<u32, abi::VipFrontend> = BTreeMap::new();
+        let mut tables: Array<&mut MapData, u32> =
+            array(self.programs.ebpf_mut(), abi::VIP_TABLES_MAP)?;
+        let mut offset = 0_u32;
+        for plan in vips {
+            let keys: Vec<String> = plan.backends.iter().map(Ipv4Addr::to_string).collect();
+            let input: Vec<maglev::Backend<'_>> = keys
+                .iter()
+                .map(|k| maglev::Backend { key: k, weight: 1 })
+                .collect();
+            let size = if input.is_empty() {
+                0
+            } else {
+                maglev::next_prime(
+                    (input.len() as u32)
+                        .saturating_mul(maglev::SLOTS_PER_BACKEND)
+                        .max(251),
+                )
+            };
+            if offset + size > half {
+                return Err(MeshError::Full(format!(
+                    "the service VIPs' tables need more than {half} slots"
+                )));
+            }
+            if size > 0 {
+                let table =
+                    maglev::build(&input, size).map_err(|e| MeshError::Full(e.to_string()))?;
+                for (i, backend) in table.iter().enumerate() {
+                    let addr = abi::addr(plan.backends[*backend as usize].octets());
+                    tables
+                        .set(base + offset + i as u32, addr, 0)
+                        .map_err(map_err(abi::VIP_TABLES_MAP))?;
+                }
+            }
+            frontends.insert(
+                abi::addr(plan.vip.octets()),
+                abi::VipFrontend {
+                    table_offset: base + offset,
+                    table_size: size,
+                },
+            );
+            offset += size;
+        }
+        let mut map: HashMap<&mut MapData, u32, abi::VipFrontend> =
+            hash(self.programs.ebpf_mut(), abi::VIP_FRONTENDS_MAP)?;
+        let old: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        for (vip, frontend) in &frontends {
+            map.insert(vip, frontend, 0)
+                .map_err(map_err(abi::VIP_FRONTENDS_MAP))?;
+        }
+        for vip in old.iter().filter(|v| !frontends.contains_key(v)) {
+            let _ = map.remove(vip);
+        }
+        if old.len() != frontends.len() || !frontends.is_empty() {
+            changes.push(format!(
+                "mesh: {} service VIP(s) balanced for the node's tasks",
+                frontends.len()
+            ));
+        }
+        self.vip_half = if base == 0 { 0 } else { 1 };
+        let mut netns: HashMap<&mut MapData, u64, u32> =
+            hash(self.programs.ebpf_mut(), abi::TASK_NETNS_MAP)?;
+        let known: Vec<u64> = netns.keys().filter_map(Result::ok).collect();
+        for cookie in task_netns {
+            netns
+                .insert(cookie, 1, 0)
+                .map_err(map_err(abi::TASK_NETNS_MAP))?;
+        }
+        for cookie in known.iter().filter(|c| !task_netns.contains(c)) {
+            let _ = netns.remove(cookie);
+        }
+        Ok(changes)
     }
 
     /// Attaches the socket programs to the cgroup v2 root for this node's namespace (see

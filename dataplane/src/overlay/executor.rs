@@ -465,6 +465,7 @@ impl Dataplane {
         let mut changes: Vec<String> = filter_change.into_iter().collect();
         changes.extend(ops.iter().map(ToString::to_string));
         changes.extend(self.apply_mesh(&resolved)?);
+        changes.extend(self.apply_vips(&resolved)?);
         for problem in &resolved.left_out {
             tracing::warn!(field = %problem.field, "left out of the data plane: {}", problem.message);
         }
@@ -510,6 +511,40 @@ impl Dataplane {
             },
         )?);
         Ok(changes)
+    }
+
+    /// Service VIPs for the node's tasks: their tables, and the tasks' namespaces by cookie
+    /// (the socket programs come with the routing mesh, which every swarm node has).
+    fn apply_vips(&mut self, resolved: &Resolved) -> Result<Vec<String>, MeshError> {
+        let Some(mesh) = self.mesh.as_mut() else {
+            if resolved.vips.is_empty() {
+                return Ok(Vec::new());
+            }
+            tracing::warn!("service VIPs are not balanced: this node has no routing mesh");
+            return Ok(vec![
+                "service VIPs not balanced: this node has no routing mesh".to_owned(),
+            ]);
+        };
+        let paths: std::collections::BTreeSet<&std::path::Path> = resolved
+            .layout
+            .networks
+            .values()
+            .flat_map(|n| n.attachments.values())
+            .map(|a| a.netns.as_path())
+            .filter(|p| *p != std::path::Path::new(crate::mesh::model::OWN_NAMESPACE))
+            .collect();
+        let mut cookies = std::collections::BTreeSet::new();
+        for path in paths {
+            let io_err = |source| MeshError::Io {
+                context: format!("the network namespace cookie of {}", path.display()),
+                source,
+            };
+            let Some(ns) = netns::open(path).map_err(io_err)? else {
+                continue;
+            };
+            cookies.insert(netns::within(&ns, crate::mesh::netns_cookie).map_err(io_err)?);
+        }
+        mesh.apply_vips(&resolved.vips, &cookies)
     }
 
     /// The routing mesh, when the state has one.

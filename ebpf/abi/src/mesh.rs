@@ -180,6 +180,29 @@ pub struct SockOrigin {
     pub pad: u16,
 }
 
+/// A service VIP: where its Maglev table lies in [`VIP_TABLES_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipFrontend {
+    /// The table's first slot.
+    pub table_offset: u32,
+    /// The table's size (a prime); 0: no running backend.
+    pub table_size: u32,
+}
+
+/// Service VIPs: address -> [`VipFrontend`].
+pub const VIP_FRONTENDS_MAP: &str = "MESH_VIP_FRONTENDS";
+/// The VIPs' Maglev tables: backend addresses (two halves, written in turn).
+pub const VIP_TABLES_MAP: &str = "MESH_VIP_TABLES";
+/// The network namespaces of the node's tasks (cookie -> 1): the sockets VIPs are translated for.
+pub const TASK_NETNS_MAP: &str = "MESH_TASK_NETNS";
+/// VIPs a node holds.
+pub const MAX_VIPS: u32 = 4096;
+/// Slots of the VIPs' tables (both halves).
+pub const VIP_TABLE_CAPACITY: u32 = 1 << 19;
+/// Task namespaces a node holds.
+pub const MAX_TASK_NETNS: u32 = 4096;
+
 /// The socket programs' settings.
 pub const SOCK_CONFIG_MAP: &str = "MESH_SOCK_CONFIG";
 /// Translated sockets: [`SockKey`] -> [`SockOrigin`] (LRU).
@@ -573,6 +596,7 @@ mod pod {
         )* };
     }
     pod!(
+        super::VipFrontend,
         super::SockConfig,
         super::SockKey,
         super::SockOrigin,

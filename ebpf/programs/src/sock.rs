@@ -8,18 +8,23 @@
 //! connected to (`getpeername4`).
 //!
 //! The programs are attached to the cgroup v2 root, so they see every socket of the machine;
-//! they act only for sockets of the node's own network namespace ([`SockConfig`]), so tasks (in
-//! their own namespaces) and, in the lab, the other nodes are left alone.
+//! they act for sockets of the node's own network namespace ([`SockConfig`]) and, for service
+//! VIPs only, of its tasks' namespaces (`MESH_TASK_NETNS`): a connection from a task to `VIP:port`
+//! is sent to one of the service's running tasks, the same port, by the VIP's Maglev table.
+//! Other nodes of a lab and everything else on the machine are left alone.
 
 use aya_ebpf::{
     EbpfContext,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie},
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::SockAddrContext,
 };
 use shoal_abi::{
-    mesh::{FrontendKey, MAX_SOCK_ORIGINS, SockConfig, SockKey, SockOrigin},
+    mesh::{
+        FrontendKey, MAX_SOCK_ORIGINS, MAX_TASK_NETNS, MAX_VIPS, SockConfig, SockKey, SockOrigin,
+        VIP_TABLE_CAPACITY, VipFrontend,
+    },
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -35,20 +40,66 @@ static SOCK_CONFIG: Array<SockConfig> = Array::with_max_entries(1, 0);
 static SOCK_ORIGINS: LruHashMap<SockKey, SockOrigin> =
     LruHashMap::with_max_entries(MAX_SOCK_ORIGINS, 0);
 
-/// Whether the socket belongs to the node's own network namespace.
-#[inline(always)]
-fn ours(ctx: &SockAddrContext) -> bool {
-    let Some(config) = SOCK_CONFIG.get(0) else {
-        return false;
-    };
-    // SAFETY: a plain helper call on the context the kernel handed in.
-    config.netns_cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == config.netns_cookie
+#[map(name = "MESH_VIP_FRONTENDS")]
+static VIP_FRONTENDS: HashMap<u32, VipFrontend> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "MESH_VIP_TABLES")]
+static VIP_TABLES: Array<u32> = Array::with_max_entries(VIP_TABLE_CAPACITY, 0);
+
+#[map(name = "MESH_TASK_NETNS")]
+static TASK_NETNS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_TASK_NETNS, 0);
+
+/// Whose socket it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The node's own namespace: published ports are translated.
+    Node,
+    /// One of the node's tasks: service VIPs are translated.
+    Task,
+    /// Someone else's (another node of a lab, anything else on the machine).
+    Other,
 }
 
-/// Sends a connection or datagram for a published port on the node to a backend.
+#[inline(always)]
+fn owner(ctx: &SockAddrContext) -> Owner {
+    let Some(config) = SOCK_CONFIG.get(0) else {
+        return Owner::Other;
+    };
+    if config.netns_cookie == 0 {
+        return Owner::Other;
+    }
+    // SAFETY: a plain helper call on the context the kernel handed in.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if cookie == config.netns_cookie {
+        Owner::Node
+    // SAFETY: only the presence is looked at.
+    } else if unsafe { TASK_NETNS.get(cookie) }.is_some() {
+        Owner::Task
+    } else {
+        Owner::Other
+    }
+}
+
+/// A backend of the VIP `vip` for a connection hashed to `hash`.
+#[inline(always)]
+fn pick_vip(vip: u32, hash: u32) -> Option<u32> {
+    // SAFETY: copied out at once; the value is plain data.
+    let frontend = unsafe { VIP_FRONTENDS.get(vip) }.copied()?;
+    if frontend.table_size == 0 {
+        return None;
+    }
+    let slot = frontend
+        .table_offset
+        .wrapping_add(hash % frontend.table_size);
+    VIP_TABLES.get(slot).copied().filter(|a| *a != 0)
+}
+
+/// Sends a connection or datagram for a published port on the node, or (from a task) for a
+/// service VIP, to a backend.
 #[inline(always)]
 pub(crate) fn translate(ctx: &SockAddrContext) {
-    if !ours(ctx) {
+    let owner = owner(ctx);
+    if owner == Owner::Other {
         return;
     }
     // SAFETY: the kernel hands in a valid context for the program's lifetime; the verifier
@@ -63,19 +114,28 @@ pub(crate) fn translate(ctx: &SockAddrContext) {
         _ => return,
     };
     let (daddr, dport) = (sa.user_ip4, sa.user_port as u16);
-    // 127.0.0.0/8 (the first octet is the lowest byte of the network-order value).
-    if daddr & 0xff != 127 && !mesh::is_local(daddr) {
-        return;
-    }
-    let key = FrontendKey {
-        port: dport,
-        proto,
-        pad: 0,
-    };
     // SAFETY: a plain helper call.
     let hash = unsafe { bpf_get_prandom_u32() };
-    let Some((addr, port)) = mesh::pick(key, hash) else {
-        return;
+    let (addr, port) = if owner == Owner::Task {
+        // A VIP: the same port on a backend.
+        let Some(addr) = pick_vip(daddr, hash) else {
+            return;
+        };
+        (addr, dport)
+    } else {
+        // 127.0.0.0/8 (the first octet is the lowest byte of the network-order value).
+        if daddr & 0xff != 127 && !mesh::is_local(daddr) {
+            return;
+        }
+        let key = FrontendKey {
+            port: dport,
+            proto,
+            pad: 0,
+        };
+        let Some(picked) = mesh::pick(key, hash) else {
+            return;
+        };
+        picked
     };
     sa.user_ip4 = addr;
     sa.user_port = u32::from(port);
@@ -98,7 +158,7 @@ pub(crate) fn translate(ctx: &SockAddrContext) {
 /// Shows the published address again where the socket's peer is a backend it was sent to.
 #[inline(always)]
 pub(crate) fn restore(ctx: &SockAddrContext) {
-    if !ours(ctx) {
+    if owner(ctx) == Owner::Other {
         return;
     }
     // SAFETY: as in `translate`.
