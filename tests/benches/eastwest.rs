@@ -1,29 +1,34 @@
 //! `cargo xtask bench eastwest`: what translating a connection at the socket costs, the
-//! mechanism Shoal's node-local clients use today and service VIPs are to use (one translation per
-//! `connect`, no NAT on the packets), against connecting to the same task directly.
+//! mechanism of service VIPs and of node-local clients (one translation per `connect`, no NAT on
+//! the packets), against connecting to the same task directly.
 //!
-//! On a 3-node lab, a service `one` publishes 8090 with a single task (`web3`, on n2). From n1's
-//! own namespace:
-//! - `sock_lb_conn_per_s`: new TCP connections per second (connect, HTTP GET, close; 16 at a
-//!   time) to `127.0.0.1:8090`, which the cgroup `connect4` program sends to `web3`;
-//!   `direct_conn_per_s`: the same to `web3`'s ingress address and port 80.
-//! - `sock_lb_rr_us` and `direct_rr_us`: the median round trip of one line on one connection
-//!   (10,000 of them), and the 99th percentile (`*_rr_p99_us`).
+//! On a 3-node lab, a service `one` has a single task (`web3`, on n2), published on 8090 and
+//! with the VIP 10.255.0.200 on the ingress network. From a task on n1 (`web1`):
+//! - `vip_conn_per_s`: new TCP connections per second (connect, HTTP GET, close; 16 at a time)
+//!   to the VIP, port 80, which the cgroup `connect4` program sends to `web3`;
+//!   `direct_conn_per_s`: the same to `web3`'s address.
+//! - `vip_rr_us` and `direct_rr_us`: the median round trip of one line on one connection (10,000
+//!   of them), and the 99th percentile (`*_rr_p99_us`).
 //!
-//! Each is measured three times, the two paths alternating; the figure is the median.
-//! Goals (issue Data plane III): conn/s through the translation ≥ 0.9 × direct, request latency
-//! ≤ 1.05 × direct.
+//! And from n1's own namespace, `node_sock_lb_*` (to `127.0.0.1:8090`) against `node_direct_*`
+//! (to `web3`'s address). Each is measured three times, the paths alternating; the figure is the
+//! median. Goals (issue Data plane III): VIP conn/s ≥ 0.9 × direct, VIP request latency ≤ 1.05 ×
+//! direct.
 //!
 //! Writes `$SHOAL_BENCH_OUT` (default `target/bench/eastwest.json`). Needs root and release
 //! builds of `shoald`, `shoal` and `shoal-labtool` (the xtask builds them).
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value, json};
 use shoal_tests::mesh::{INGRESS, Mesh, Service, labtool};
-use shoal_tests::overlay::write_figures;
-use shoal_tests::{Lab, LabSpec};
+use shoal_tests::overlay::{apply, write_figures};
+use shoal_tests::{Lab, LabSpec, binary};
 
 const TASKS: &[(&str, usize, u8)] = &[("web1", 0, 11), ("web3", 1, 13), ("web5", 2, 15)];
 const ROUNDS: usize = 3;
+/// The service's VIP on the ingress network.
+const VIP: &str = "10.255.0.200";
 
 fn json_of(output: &[u8]) -> Value {
     let text = String::from_utf8_lossy(output);
@@ -40,10 +45,34 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Connections per second from n1 to `target`.
-fn conn_rate(lab: &Lab, target: &str) -> f64 {
-    let out = labtool(
-        &lab.nodes()[0],
+/// Where the load generator runs.
+#[derive(Clone, Copy)]
+enum From<'a> {
+    /// n1's own namespace.
+    Node(&'a Lab),
+    /// A task's namespace.
+    Task(&'a Mesh, &'static str),
+}
+
+fn tool(from: From<'_>, args: &[&str]) -> std::process::Output {
+    match from {
+        From::Node(lab) => labtool(&lab.nodes()[0], args).expect("labtool runs"),
+        From::Task(mesh, task) => mesh
+            .overlay
+            .command(
+                task,
+                &binary("shoal-labtool").expect("built").to_string_lossy(),
+            )
+            .args(args)
+            .output()
+            .expect("labtool runs"),
+    }
+}
+
+/// Connections per second to `target`.
+fn conn_rate(from: From<'_>, target: &str) -> f64 {
+    let out = tool(
+        from,
         &[
             "tcp-rate",
             "--target",
@@ -53,21 +82,16 @@ fn conn_rate(lab: &Lab, target: &str) -> f64 {
             "--concurrency",
             "16",
         ],
-    )
-    .expect("tcp-rate runs");
+    );
     let v = json_of(&out.stdout);
     eprintln!("tcp-rate {target}: {v}");
     assert_eq!(v["errors"], 0, "{v}");
     v["per_s"].as_f64().unwrap_or(0.0)
 }
 
-/// Median and 99th percentile round trip (µs) on one connection from n1 to `target`.
-fn round_trip(lab: &Lab, target: &str) -> (f64, f64) {
-    let out = labtool(
-        &lab.nodes()[0],
-        &["tcp-rr", "--target", target, "--count", "10000"],
-    )
-    .expect("tcp-rr runs");
+/// Median and 99th percentile round trip (µs) on one connection to `target`.
+fn round_trip(from: From<'_>, target: &str) -> (f64, f64) {
+    let out = tool(from, &["tcp-rr", "--target", target, "--count", "10000"]);
     let v = json_of(&out.stdout);
     eprintln!("tcp-rr {target}: {v}");
     (
@@ -97,17 +121,33 @@ fn main() {
         }],
     )
     .expect("tasks");
-    mesh.apply_all(&lab).expect("mesh applied");
+    // Every node's state, with the VIP for its tasks.
+    let web3 = mesh.overlay.ip("web3", INGRESS.id);
+    for node in 0..3 {
+        let mut state = mesh.state(&lab, node);
+        state["vips"] = json!([{
+            "service": "one", "network": INGRESS.id, "vip": VIP, "backends": [web3.to_string()]
+        }]);
+        let out = apply(&lab, node, &state).expect("apply runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     mesh.wait_ready().expect("responders");
-    let translated = "127.0.0.1:8090".to_owned();
-    let direct = format!("{}:80", mesh.overlay.ip("web3", INGRESS.id));
-    // Both answer before anything is counted.
-    for target in [&translated, &direct] {
-        let out = labtool(
-            &lab.nodes()[0],
-            &["ask", "--target", target, "--count", "3"],
-        )
-        .expect("ask runs");
+    let node_lb = "127.0.0.1:8090".to_owned();
+    let vip = format!("{VIP}:80");
+    let direct = format!("{web3}:80");
+    let (node, task) = (From::Node(&lab), From::Task(&mesh, "web1"));
+    // Every path answers before anything is counted.
+    for (from, target) in [
+        (node, &node_lb),
+        (node, &direct),
+        (task, &vip),
+        (task, &direct),
+    ] {
+        let out = tool(from, &["ask", "--target", target, "--count", "3"]);
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("web3"),
             "{target}: {}",
@@ -115,55 +155,59 @@ fn main() {
         );
     }
 
-    let (mut lb_conn, mut direct_conn) = (Vec::new(), Vec::new());
-    let (mut lb_rr, mut direct_rr, mut lb_p99, mut direct_p99) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for _ in 0..ROUNDS {
-        lb_conn.push(conn_rate(&lab, &translated));
-        direct_conn.push(conn_rate(&lab, &direct));
-        let (p50, p99) = round_trip(&lab, &translated);
-        lb_rr.push(p50);
-        lb_p99.push(p99);
-        let (p50, p99) = round_trip(&lab, &direct);
-        direct_rr.push(p50);
-        direct_p99.push(p99);
+        for (prefix, from, target) in [
+            ("vip", task, &vip),
+            ("direct", task, &direct),
+            ("node_sock_lb", node, &node_lb),
+            ("node_direct", node, &direct),
+        ] {
+            let conn = conn_rate(from, target);
+            let (p50, p99) = round_trip(from, target);
+            for (suffix, value) in [("conn_per_s", conn), ("rr_us", p50), ("rr_p99_us", p99)] {
+                samples
+                    .entry(format!("{prefix}_{suffix}"))
+                    .or_default()
+                    .push(value);
+            }
+        }
     }
     let mut figures = Map::new();
-    for (name, values) in [
-        ("sock_lb_conn_per_s", lb_conn),
-        ("direct_conn_per_s", direct_conn),
-        ("sock_lb_rr_us", lb_rr),
-        ("direct_rr_us", direct_rr),
-        ("sock_lb_rr_p99_us", lb_p99),
-        ("direct_rr_p99_us", direct_p99),
-    ] {
-        figures.insert(name.into(), json!(median(values)));
+    for (name, values) in samples {
+        figures.insert(name, json!(median(values)));
     }
     let ratio =
         |a: &str, b: &str| figures[a].as_f64().unwrap_or(0.0) / figures[b].as_f64().unwrap_or(1.0);
-    let conn_ratio = ratio("sock_lb_conn_per_s", "direct_conn_per_s");
-    let rr_ratio = ratio("sock_lb_rr_us", "direct_rr_us");
-    figures.insert("sock_lb_conn_ratio".into(), json!(conn_ratio));
-    figures.insert("sock_lb_rr_ratio".into(), json!(rr_ratio));
-    println!("\neastwest (median of {ROUNDS} alternating runs; from n1 to one task on n2)");
-    println!("{:<24} {:>14} {:>14}", "", "translated", "direct");
-    for (label, a, b) in [
-        ("connections/s", "sock_lb_conn_per_s", "direct_conn_per_s"),
-        ("round trip p50 (µs)", "sock_lb_rr_us", "direct_rr_us"),
-        (
-            "round trip p99 (µs)",
-            "sock_lb_rr_p99_us",
-            "direct_rr_p99_us",
-        ),
+    let conn_ratio = ratio("vip_conn_per_s", "direct_conn_per_s");
+    let rr_ratio = ratio("vip_rr_us", "direct_rr_us");
+    let node_conn_ratio = ratio("node_sock_lb_conn_per_s", "node_direct_conn_per_s");
+    let node_rr_ratio = ratio("node_sock_lb_rr_us", "node_direct_rr_us");
+    figures.insert("vip_conn_ratio".into(), json!(conn_ratio));
+    figures.insert("vip_rr_ratio".into(), json!(rr_ratio));
+    figures.insert("node_sock_lb_conn_ratio".into(), json!(node_conn_ratio));
+    figures.insert("node_sock_lb_rr_ratio".into(), json!(node_rr_ratio));
+    println!("\neastwest (median of {ROUNDS} alternating runs; to one task on n2)");
+    println!(
+        "{:<22} {:>12} {:>13} {:>12} {:>13}",
+        "", "task: VIP", "task: direct", "node: local", "node: direct"
+    );
+    for (label, suffix) in [
+        ("connections/s", "conn_per_s"),
+        ("round trip p50 (µs)", "rr_us"),
+        ("round trip p99 (µs)", "rr_p99_us"),
     ] {
+        let f = |p: &str| figures[&format!("{p}_{suffix}")].as_f64().unwrap_or(0.0);
         println!(
-            "{label:<24} {:>14.1} {:>14.1}",
-            figures[a].as_f64().unwrap_or(0.0),
-            figures[b].as_f64().unwrap_or(0.0)
+            "{label:<22} {:>12.1} {:>13.1} {:>12.1} {:>13.1}",
+            f("vip"),
+            f("direct"),
+            f("node_sock_lb"),
+            f("node_direct")
         );
     }
     println!(
-        "conn/s ratio {conn_ratio:.3} (goal ≥ 0.9), latency ratio {rr_ratio:.3} (goal ≤ 1.05)"
+        "VIP: conn/s ratio {conn_ratio:.3} (goal ≥ 0.9), latency ratio {rr_ratio:.3} (goal ≤ 1.05); node-local: {node_conn_ratio:.3}, {node_rr_ratio:.3}"
     );
     let out = std::path::PathBuf::from(out);
     write_figures(&out, &figures).expect("figures written");

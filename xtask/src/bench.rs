@@ -29,8 +29,8 @@ pub(crate) enum Suite {
     /// What attacks cost: encrypted overlay throughput with and without a flood of 200,000
     /// forged WireGuard handshakes a second (3-node lab)
     Hardening,
-    /// Connections per second and round trips to a task through the socket-level translation
-    /// (cgroup connect4) vs directly (3-node lab)
+    /// Connections per second and round trips from a task to a service VIP, and from a node to
+    /// a published port on itself, vs directly to the task (3-node lab)
     Eastwest,
 }
 
