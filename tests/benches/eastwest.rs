@@ -20,30 +20,15 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 use shoal_tests::mesh::{INGRESS, Mesh, Service, labtool};
-use shoal_tests::overlay::{apply, write_figures};
+use shoal_tests::overlay::{apply, last_json, median, write_figures};
 use shoal_tests::{Lab, LabSpec, binary};
 
 const TASKS: &[(&str, usize, u8)] = &[("web1", 0, 11), ("web3", 1, 13), ("web5", 2, 15)];
 const ROUNDS: usize = 3;
 /// The service's VIP on the ingress network.
 const VIP: &str = "10.255.0.200";
-
-fn json_of(output: &[u8]) -> Value {
-    let text = String::from_utf8_lossy(output);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or("{}");
-    serde_json::from_str(line).unwrap_or(Value::Null)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Where the load generator runs.
 #[derive(Clone, Copy)]
@@ -83,7 +68,7 @@ fn conn_rate(from: From<'_>, target: &str) -> f64 {
             "16",
         ],
     );
-    let v = json_of(&out.stdout);
+    let v = last_json(&out.stdout);
     eprintln!("tcp-rate {target}: {v}");
     assert_eq!(v["errors"], 0, "{v}");
     v["per_s"].as_f64().unwrap_or(0.0)
@@ -92,7 +77,7 @@ fn conn_rate(from: From<'_>, target: &str) -> f64 {
 /// Median and 99th percentile round trip (µs) on one connection to `target`.
 fn round_trip(from: From<'_>, target: &str) -> (f64, f64) {
     let out = tool(from, &["tcp-rr", "--target", target, "--count", "10000"]);
-    let v = json_of(&out.stdout);
+    let v = last_json(&out.stdout);
     eprintln!("tcp-rr {target}: {v}");
     (
         v["p50_us"].as_f64().unwrap_or(f64::NAN),

@@ -34,6 +34,7 @@ use shoal_dataplane::mesh::Mesh as Programs;
 use shoal_dataplane::mesh::maglev::DEFAULT_TABLE_SIZE;
 use shoal_dataplane::mesh::model::{BackendPlan, MeshPlan, PortPlan, Protocol, ServicePlan};
 use shoal_tests::mesh::{INGRESS, Mesh, Service, labtool};
+use shoal_tests::overlay::{last_json, median};
 use shoal_tests::{Lab, LabSpec, binary};
 
 const REPEAT: u32 = 1_000_000;
@@ -41,11 +42,6 @@ const ROUNDS: usize = 7;
 const FRESH_FLOWS: u16 = 20_000;
 const SECONDS: &str = "5";
 const BACKENDS: [&str; 6] = ["web1", "web2", "web3", "web4", "web5", "web6"];
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// An Ethernet/IPv4/UDP frame of 60 bytes from `sport` to 10.0.0.2:`dport`.
 fn udp_frame(sport: u16, dport: u16) -> Vec<u8> {
@@ -170,16 +166,6 @@ fn start_in_task(mesh: &Mesh, task: &str, args: &[&str]) -> Child {
     child
 }
 
-fn json_of(output: &[u8]) -> Value {
-    let text = String::from_utf8_lossy(output);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or("{}");
-    serde_json::from_str(line).unwrap_or(Value::Null)
-}
-
 /// TCP connections per second from the client to `n1:port`.
 fn tcp_rate(lab: &Lab, port: u16) -> f64 {
     let target = format!("{}:{port}", lab.nodes()[0].public_ip);
@@ -196,7 +182,7 @@ fn tcp_rate(lab: &Lab, port: u16) -> f64 {
         ],
     )
     .expect("tcp-rate runs");
-    let v = json_of(&out.stdout);
+    let v = last_json(&out.stdout);
     eprintln!("tcp-rate {target}: {v}");
     v["per_s"].as_f64().unwrap_or(0.0)
 }
@@ -270,11 +256,11 @@ fn udp_rate(lab: &Lab, mesh: &Mesh, port: u16, target: u16, nft: bool) -> (f64, 
         ],
     )
     .expect("flood runs");
-    eprintln!("udp-flood {to}: {}", json_of(&flood.stdout));
+    eprintln!("udp-flood {to}: {}", last_json(&flood.stdout));
     let mut received = 0.0;
     for sink in sinks {
         let out = sink.wait_with_output().expect("sink ends");
-        received += json_of(&out.stdout)["packets"].as_f64().unwrap_or(0.0);
+        received += last_json(&out.stdout)["packets"].as_f64().unwrap_or(0.0);
     }
     let seconds = SECONDS.parse::<f64>().expect("seconds");
     (received / seconds, (forwarded(lab, nft) - before) / seconds)

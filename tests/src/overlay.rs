@@ -402,6 +402,23 @@ pub fn bench_output(suite: &str) -> PathBuf {
     )
 }
 
+/// The last line of `output` that is a JSON object (the load generators' report), or null.
+pub fn last_json(output: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(output);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("{}");
+    serde_json::from_str(line).unwrap_or(Value::Null)
+}
+
+/// The median of `values` (the upper one of an even count); panics on none.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Writes a benchmark's figures (a flat object: metric name -> number) to `path`.
 pub fn write_figures(
     path: &std::path::Path,

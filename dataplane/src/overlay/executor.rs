@@ -744,7 +744,7 @@ impl Dataplane {
             .output_interface(index)
             .scope(RouteScope::Link)
             .build();
-        h.route().add(route).replace().execute().await.map_err(nl)?;
+        add_route(&h, route, "adding the tunnel's route").await?;
         self.engine = Some(Engine::start(tun, &config)?);
         self.tunnel = Some((ns, h));
         Ok(())
@@ -909,13 +909,7 @@ async fn attach(h: &Handle, bridge: &str, veth: &str, spec: &AttachSpec) -> io::
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .build();
-        t.route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl)
-            .map_err(context("adding the task's default route"))?;
+        add_route(&t, route, "adding the task's default route").await?;
     }
     if let Some(gateway) = spec.reply_gateway {
         reply_route(&t, inside, spec.addr, gateway).await?;
@@ -927,6 +921,21 @@ async fn attach(h: &Handle, bridge: &str, veth: &str, spec: &AttachSpec) -> io::
     )
     .await?;
     up(h, outside).await
+}
+
+/// Adds (or replaces) `route`; a failure says it was `what`.
+async fn add_route(
+    h: &Handle,
+    route: rtnetlink::packet_route::route::RouteMessage,
+    what: impl std::fmt::Display,
+) -> io::Result<()> {
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl)
+        .map_err(context(what))
 }
 
 /// The priority of the rules that send replies from an attachment's address back through its
@@ -953,16 +962,8 @@ async fn reply_route(t: &Handle, index: u32, addr: Ipv4Net, gateway: Ipv4Addr) -
         .table_id(table)
         .build();
     for (route, what) in [(subnet, "its subnet"), (default, "its default route")] {
-        t.route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl)
-            .map_err(context(format!(
-                "adding {what} to the reply table of {}",
-                addr.addr()
-            )))?;
+        let what = format!("adding {what} to the reply table of {}", addr.addr());
+        add_route(t, route, what).await?;
     }
     let rule = t
         .rule()
