@@ -331,6 +331,9 @@ pub struct Mesh {
     node_local: Option<Result<PathBuf, String>>,
     /// Which half of the VIP tables the programs read (the next apply writes the other).
     vip_half: u32,
+    /// The VIPs and task namespaces last programmed: an apply that changes neither writes
+    /// nothing.
+    vips_applied: Option<(Vec<VipPlan>, BTreeSet<u64>)>,
 }
 
 /// A service VIP the node's tasks reach: its running backends (addresses on the VIP's network).
@@ -409,6 +412,7 @@ impl Mesh {
             orphans: std::collections::HashMap::new(),
             node_local: None,
             vip_half: 0,
+            vips_applied: None,
         };
         mesh.set_timeouts(Timeouts::DEFAULT)?;
         Ok(mesh)
@@ -429,6 +433,13 @@ impl Mesh {
         vips: &[VipPlan],
         task_netns: &BTreeSet<u64>,
     ) -> Result<Vec<String>, MeshError> {
+        if self
+            .vips_applied
+            .as_ref()
+            .is_some_and(|(v, n)| v == vips && n == task_netns)
+        {
+            return Ok(Vec::new());
+        }
         let mut changes = Vec::new();
         let half = abi::VIP_TABLE_CAPACITY / 2;
         let base = if self.vip_half == 0 { half } else { 0 };
@@ -485,12 +496,10 @@ impl Mesh {
         for vip in old.iter().filter(|v| !frontends.contains_key(v)) {
             let _ = map.remove(vip);
         }
-        if old.len() != frontends.len() || !frontends.is_empty() {
-            changes.push(format!(
-                "mesh: {} service VIP(s) balanced for the node's tasks",
-                frontends.len()
-            ));
-        }
+        changes.push(format!(
+            "mesh: {} service VIP(s) balanced for the node's tasks",
+            frontends.len()
+        ));
         self.vip_half = if base == 0 { 0 } else { 1 };
         let mut netns: HashMap<&mut MapData, u64, u32> =
             hash(self.programs.ebpf_mut(), abi::TASK_NETNS_MAP)?;
@@ -503,6 +512,7 @@ impl Mesh {
         for cookie in known.iter().filter(|c| !task_netns.contains(c)) {
             let _ = netns.remove(cookie);
         }
+        self.vips_applied = Some((vips.to_vec(), task_netns.clone()));
         Ok(changes)
     }
 

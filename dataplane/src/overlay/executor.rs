@@ -98,6 +98,9 @@ pub struct Dataplane {
     vxlan_filter: Option<Option<VxlanFilter>>,
     /// What the last apply left out, and why.
     left_out: Vec<Problem>,
+    /// The network namespace cookies of the tasks' namespaces, by path (a namespace is entered
+    /// once to read it, not at every apply).
+    netns_cookies: HashMap<PathBuf, u64>,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -260,6 +263,7 @@ impl Dataplane {
             mesh: None,
             vxlan_filter: None,
             left_out: Vec::new(),
+            netns_cookies: HashMap::new(),
         })
     }
 
@@ -533,8 +537,15 @@ impl Dataplane {
             .map(|a| a.netns.as_path())
             .filter(|p| *p != std::path::Path::new(crate::mesh::model::OWN_NAMESPACE))
             .collect();
+        // Only the namespaces attached now; a new one is entered once to read its cookie.
+        self.netns_cookies
+            .retain(|p, _| paths.contains(p.as_path()));
         let mut cookies = std::collections::BTreeSet::new();
         for path in paths {
+            if let Some(cookie) = self.netns_cookies.get(path) {
+                cookies.insert(*cookie);
+                continue;
+            }
             let io_err = |source| MeshError::Io {
                 context: format!("the network namespace cookie of {}", path.display()),
                 source,
@@ -542,7 +553,9 @@ impl Dataplane {
             let Some(ns) = netns::open(path).map_err(io_err)? else {
                 continue;
             };
-            cookies.insert(netns::within(&ns, crate::mesh::netns_cookie).map_err(io_err)?);
+            let cookie = netns::within(&ns, crate::mesh::netns_cookie).map_err(io_err)?;
+            self.netns_cookies.insert(path.to_path_buf(), cookie);
+            cookies.insert(cookie);
         }
         mesh.apply_vips(&resolved.vips, &cookies)
     }
