@@ -874,18 +874,21 @@ impl SwarmNode {
         }
     }
 
+    /// The membership's saved state and credentials as they are now (copies: no lock is held
+    /// while they are used); `None` once the node has left.
+    async fn membership(&self) -> Option<(Saved, Credentials)> {
+        let guard = self.state.lock().await;
+        guard
+            .as_ref()
+            .map(|j| (j.saved.clone(), j.credentials.clone()))
+    }
+
     /// Heartbeats to the managers, one at a time, moving on when one does not answer; acts on
     /// what the leader says back.
     async fn session(&self) {
         let mut next = 0_usize;
         loop {
-            let snapshot = {
-                let guard = self.state.lock().await;
-                guard
-                    .as_ref()
-                    .map(|j| (j.saved.clone(), j.credentials.clone()))
-            };
-            let Some((saved, credentials)) = snapshot else {
+            let Some((saved, credentials)) = self.membership().await else {
                 return;
             };
             let period = Duration::from_millis(saved.heartbeat_ms.max(1000));
@@ -1025,13 +1028,7 @@ impl SwarmNode {
         let mut failures: u32 = 0;
         let fraction = ca::renewal_fraction();
         loop {
-            let snapshot = {
-                let guard = self.state.lock().await;
-                guard
-                    .as_ref()
-                    .map(|j| (j.saved.clone(), j.credentials.clone()))
-            };
-            let Some((_, credentials)) = snapshot else {
+            let Some((_, credentials)) = self.membership().await else {
                 return;
             };
             let wait = match ca::CertFacts::of(&credentials.cert_pem) {
@@ -1055,13 +1052,7 @@ impl SwarmNode {
                 () = self.renew_now.notified() => {}
             }
             // What holds now (the roots may have changed while waiting).
-            let snapshot = {
-                let guard = self.state.lock().await;
-                guard
-                    .as_ref()
-                    .map(|j| (j.saved.clone(), j.credentials.clone()))
-            };
-            let Some((saved, credentials)) = snapshot else {
+            let Some((saved, credentials)) = self.membership().await else {
                 return;
             };
             match self.renew(&saved, &credentials).await {
