@@ -19,6 +19,7 @@
 mod api;
 mod data_root;
 mod dataplane;
+mod dns;
 mod durable;
 mod node;
 mod socket;

@@ -77,6 +77,9 @@ pub struct ReachableTask {
     pub task: String,
     /// Its slot (0 for global services).
     pub slot: u64,
+    /// The node it runs on (a global task's name has it in place of a slot).
+    #[serde(default)]
+    pub node: String,
     /// The network's ID.
     pub network: String,
     /// Its address there (no prefix length).
@@ -336,6 +339,7 @@ fn reachable_services(
                         Some(ReachableTask {
                             task: t.id.clone(),
                             slot: t.slot,
+                            node: t.node_id.clone(),
                             network: a.network_id.clone(),
                             ip: address_of(a.addresses.first()?)?.to_string(),
                         })

@@ -464,6 +464,7 @@ fn the_docker_executor_runs_containers_that_shoal_plumbs() {
     shoal_tests::docker::import_labtool_image(image).expect("the image is imported");
     let mut swarm = Swarm::up_with_daemons(1, 2, &[], &["--executor", "docker"]);
     let n1 = swarm.managers[0].clone();
+    swarm.ok(&n1, &["network", "create", "app"]);
     swarm.ok(
         &n1,
         &[
@@ -475,6 +476,8 @@ fn the_docker_executor_runs_containers_that_shoal_plumbs() {
             "3",
             "--publish",
             "8080:80",
+            "--network",
+            "app",
             image,
             "/shoal-labtool",
             "serve",
@@ -518,6 +521,23 @@ fn the_docker_executor_runs_containers_that_shoal_plumbs() {
     let before = containers();
     assert_eq!(before.len(), 3, "{before:?}");
     assert!(before.values().all(|net| net == "none"), "{before:?}");
+    // Their /etc/resolv.conf, through the container's DNS settings, names the embedded server,
+    // which knows the service's tasks.
+    let first = before.keys().next().unwrap().clone();
+    let path = shoal_tests::docker::docker(&["inspect", "--format", "{{.ResolvConfPath}}", &first])
+        .expect("docker inspect");
+    let resolv = std::fs::read_to_string(path.trim()).expect("the container's resolv.conf");
+    assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
+    let answer = shoal_tests::docker::docker(&[
+        "exec",
+        &first,
+        "/shoal-labtool",
+        "resolve",
+        "--name",
+        "tasks.web",
+    ])
+    .expect("docker exec");
+    assert_eq!(addresses(answer.trim()).len(), 3, "{answer}");
 
     // A restarted shoald adopts its running container.
     let n2 = swarm.host("n2");
@@ -729,6 +749,211 @@ fn in_task(
     command.output().unwrap()
 }
 
+/// The PID of the process of an `exec` task (the one whose environment names it).
+fn task_pid(id: &str) -> u32 {
+    let needle = format!("SHOAL_TASK_ID={id}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            return pid;
+        }
+    }
+    panic!("no process of task {id}");
+}
+
+/// Runs `program` in the network and mount namespaces of the task whose process is `pid`: as
+/// the task's own programs run, with its /etc/resolv.conf.
+fn in_task_namespaces(
+    host: &shoal_tests::Host,
+    pid: u32,
+    program: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let mut command = host.command("nsenter").unwrap();
+    command
+        .args(["-t", &pid.to_string(), "-n", "-m"])
+        .arg(program)
+        .args(args);
+    command.output().unwrap()
+}
+
+/// The answer of the embedded DNS server in task `id` to `name` (`<RCODE> <address>...`).
+fn resolve_in(
+    swarm: &Swarm,
+    host: &shoal_tests::Host,
+    id: &str,
+    name: &str,
+    extra: &[&str],
+) -> String {
+    let mut args = vec!["resolve", "--name", name, "--timeout-ms", "2000"];
+    args.extend_from_slice(extra);
+    let out = in_task(swarm, host, id, &labtool_path(), &args);
+    assert!(out.status.success(), "{}", shoal_tests::output_text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The addresses of a [`resolve_in`] answer.
+fn addresses(line: &str) -> Vec<String> {
+    line.split(' ').skip(1).map(str::to_owned).collect()
+}
+
+/// The name of the task answering on each address, asked from task `id`.
+fn answering(
+    swarm: &Swarm,
+    host: &shoal_tests::Host,
+    id: &str,
+    ips: &[String],
+) -> BTreeSet<String> {
+    ips.iter()
+        .map(|ip| {
+            let target = format!("{ip}:80");
+            let out = in_task(
+                swarm,
+                host,
+                id,
+                &labtool_path(),
+                &["ask", "--target", &target],
+            );
+            match answers(&out).first() {
+                Some((_, Ok(name))) => name.clone(),
+                _ => panic!("{ip}: {}", shoal_tests::output_text(&out)),
+            }
+        })
+        .collect()
+}
+
+/// `count` requests to `target` by name from the task whose process is `pid`, counted per
+/// answer (`ERROR ...` for a failed one).
+fn by_name(
+    host: &shoal_tests::Host,
+    pid: u32,
+    target: &str,
+    count: &str,
+) -> BTreeMap<String, usize> {
+    let out = in_task_namespaces(
+        host,
+        pid,
+        &labtool_path(),
+        &[
+            "ask",
+            "--target",
+            target,
+            "--count",
+            count,
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    let mut per = BTreeMap::new();
+    for (_, answer) in answers(&out) {
+        *per.entry(answer.unwrap_or_else(|e| format!("ERROR {e}")))
+            .or_default() += 1;
+    }
+    if per.is_empty() {
+        per.insert(shoal_tests::output_text(&out), 1);
+    }
+    per
+}
+
+/// Issue Data plane III: a node that dies (daemon killed, both wires cut) takes its task out of
+/// the service's DNS names and VIP backends once the managers see it down, and requests by name
+/// keep succeeding.
+#[test]
+fn a_task_of_a_killed_node_leaves_dns_and_the_vip() {
+    let swarm = Swarm::up_with(1, 2, &["--dispatcher-heartbeat", "1s"]);
+    let n1 = swarm.managers[0].clone();
+    swarm.ok(&n1, &["network", "create", "app"]);
+    create_serve(
+        &swarm,
+        &n1,
+        &[
+            "--name",
+            "api",
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.role==worker",
+            "--network",
+            "app",
+        ],
+    );
+    create_serve(
+        &swarm,
+        &n1,
+        &[
+            "--name",
+            "client",
+            "--constraint",
+            "node.role==manager",
+            "--network",
+            "app",
+        ],
+    );
+    wait_running(&swarm, &n1, "api", "one task on each worker", |per| {
+        per.get("n2") == Some(&1) && per.get("n3") == Some(&1)
+    });
+    wait_running(&swarm, &n1, "client", "the client", |per| {
+        per.get("n1") == Some(&1)
+    });
+    let client = tasks(&swarm, &n1, "client")
+        .into_iter()
+        .find(|t| t["DesiredState"] == "Running")
+        .expect("the client task");
+    let id = client["ID"].as_str().unwrap().to_owned();
+    let pid = task_pid(&id);
+    let lost_name = tasks(&swarm, &n1, "api")
+        .into_iter()
+        .find(|t| t["DesiredState"] == "Running" && t["Node"] == "n3")
+        .and_then(|t| t["Name"].as_str().map(str::to_owned))
+        .expect("the task on n3");
+    let waited = wait_until("both tasks answer by name", Duration::from_secs(30), || {
+        Ok(by_name(&n1, pid, "api:80", "20").len() == 2)
+    });
+    assert!(waited.is_ok(), "{:?}", by_name(&n1, pid, "api:80", "20"));
+    let before = addresses(&resolve_in(&swarm, &n1, &id, "tasks.api", &[]));
+    let lost_ip = before
+        .iter()
+        .find(|ip| answering(&swarm, &n1, &id, &[(*ip).clone()]).contains(&lost_name))
+        .cloned()
+        .expect("the lost task's address");
+
+    let n3 = swarm.host("n3");
+    swarm.lab.kill_shoald(&n3).unwrap();
+    swarm.control_link(&n3, false);
+    let cut = std::process::Command::new("ip")
+        .args(["-n", swarm.lab.switch(), "link", "set", "d-n3", "down"])
+        .output()
+        .unwrap();
+    assert!(cut.status.success(), "{}", shoal_tests::output_text(&cut));
+
+    let waited = wait_until(
+        "the lost task out of tasks.api",
+        Duration::from_secs(60),
+        || Ok(!addresses(&resolve_in(&swarm, &n1, &id, "tasks.api", &[])).contains(&lost_ip)),
+    );
+    assert!(
+        waited.is_ok(),
+        "{}",
+        resolve_in(&swarm, &n1, &id, "tasks.api", &[])
+    );
+    // Every request answered (the replacement takes the lost task's slot, and its name).
+    let per = by_name(&n1, pid, "api:80", "100");
+    assert!(per.keys().all(|k| k.starts_with("api.")), "{per:?}");
+    assert_eq!(per.values().sum::<usize>(), 100, "{per:?}");
+    // The replacement on n2 joins the name and the VIP.
+    let waited = wait_until(
+        "two tasks answer by name again",
+        Duration::from_secs(60),
+        || Ok(by_name(&n1, pid, "api:80", "20").len() == 2),
+    );
+    assert!(waited.is_ok(), "{:?}", by_name(&n1, pid, "api:80", "20"));
+}
+
 /// Issue Data plane III, item 3: a task on an ordinary network reaches a server outside the
 /// swarm (the lab's client namespace) through its node's way out, and the server sees the node's
 /// address; a task whose only network is `--internal` has no way out. The way out survives a
@@ -874,25 +1099,56 @@ fn tasks_reach_outside_through_their_node_and_internal_networks_do_not() {
     }
 }
 
-/// Issue Data plane III, item 2: a task connecting to another service's VIP (as `service
-/// inspect` shows it) reaches that service's running tasks, on any node, spread over them; a
-/// scale is followed, and the client sees the VIP as its peer.
+/// Issue Data plane III, items 1 and 2: a task finds the services on its networks by name
+/// through the embedded DNS server its /etc/resolv.conf names (`api` and its alias → the VIP
+/// `service inspect` shows, `tasks.api` → every running task, a dnsrr service → its tasks, a task
+/// by its name), and not a service on another network; names that are not the swarm's go to the
+/// node's resolvers, none reachable here, and come back as an error rather than a hang. Requests
+/// to `api` by name reach its tasks on other nodes through the VIP, spread over them; a scale is
+/// followed by DNS and the VIP alike, and the client sees the VIP as its peer.
 #[test]
-fn a_task_reaches_a_service_s_tasks_through_its_vip() {
+fn tasks_find_services_by_name_and_reach_them_through_their_vip() {
     let swarm = Swarm::up(1, 2);
     let n1 = swarm.managers[0].clone();
     swarm.ok(&n1, &["network", "create", "app"]);
+    swarm.ok(&n1, &["network", "create", "other"]);
     create_serve(
         &swarm,
         &n1,
-        &["--name", "api", "--replicas", "2", "--network", "app"],
+        &[
+            "--name",
+            "api",
+            "--replicas",
+            "2",
+            "--network",
+            "name=app,alias=backend",
+        ],
     );
     create_serve(
         &swarm,
         &n1,
         &["--name", "client", "--replicas", "1", "--network", "app"],
     );
-    for (service, count) in [("api", 2), ("client", 1)] {
+    create_serve(
+        &swarm,
+        &n1,
+        &[
+            "--name",
+            "rr",
+            "--replicas",
+            "2",
+            "--endpoint-mode",
+            "dnsrr",
+            "--network",
+            "app",
+        ],
+    );
+    create_serve(
+        &swarm,
+        &n1,
+        &["--name", "hidden", "--replicas", "1", "--network", "other"],
+    );
+    for (service, count) in [("api", 2), ("client", 1), ("rr", 2), ("hidden", 1)] {
         wait_running(&swarm, &n1, service, "its tasks", |per| {
             per.values().sum::<usize>() == count
         });
@@ -910,31 +1166,48 @@ fn a_task_reaches_a_service_s_tasks_through_its_vip() {
         .expect("the client task");
     let host = swarm.host(client["Node"].as_str().unwrap());
     let id = client["ID"].as_str().unwrap().to_owned();
-    let tool = labtool_path();
-    let target = format!("{vip}:80");
-    let spread = |count: &str| -> BTreeMap<String, usize> {
-        let out = in_task(
-            &swarm,
-            &host,
-            &id,
-            &tool,
-            &[
-                "ask",
-                "--target",
-                &target,
-                "--count",
-                count,
-                "--timeout-ms",
-                "2000",
-            ],
-        );
-        let mut per = BTreeMap::new();
-        for (_, answer) in answers(&out) {
-            *per.entry(answer.unwrap_or_else(|e| format!("ERROR {e}")))
-                .or_default() += 1;
-        }
-        per
-    };
+
+    // The task's resolver is the embedded one.
+    let pid = task_pid(&id);
+    let resolv = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap();
+    assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
+
+    let resolve = |name: &str, extra: &[&str]| resolve_in(&swarm, &host, &id, name, extra);
+    let who = |ips: &[String]| answering(&swarm, &host, &id, ips);
+    assert_eq!(resolve("api", &[]), format!("NOERROR {vip}"));
+    assert_eq!(resolve("backend", &[]), format!("NOERROR {vip}"));
+    let api_tasks = addresses(&resolve("tasks.api", &[]));
+    assert_eq!(
+        who(&api_tasks),
+        BTreeSet::from(["api.1".to_owned(), "api.2".to_owned()]),
+        "{api_tasks:?}"
+    );
+    // Over TCP too.
+    assert_eq!(addresses(&resolve("tasks.api", &["--tcp"])), api_tasks);
+    let rr = addresses(&resolve("rr", &[]));
+    assert_eq!(
+        who(&rr),
+        BTreeSet::from(["rr.1".to_owned(), "rr.2".to_owned()]),
+        "{rr:?}"
+    );
+    // A task by its name, as Docker names its container.
+    let first = tasks(&swarm, &n1, "api")
+        .into_iter()
+        .find(|t| t["DesiredState"] == "Running" && t["Name"] == "api.1")
+        .expect("task api.1");
+    let one = addresses(&resolve(
+        &format!("api.1.{}", first["ID"].as_str().unwrap()),
+        &[],
+    ));
+    assert_eq!(who(&one), BTreeSet::from(["api.1".to_owned()]));
+    // Not a service on the task's networks, not a name of the swarm: not resolved, and answered.
+    for name in ["hidden", "tasks.hidden", "nowhere.invalid"] {
+        let line = resolve(name, &[]);
+        assert!(line == "SERVFAIL" || line == "NXDOMAIN", "{name}: {line}");
+    }
+
+    // Requests by name, as the task's programs make them (its mount namespace, its resolv.conf).
+    let spread = |count: &str| by_name(&host, pid, "api:80", count);
     let waited = wait_until("the VIP answers", Duration::from_secs(30), || {
         Ok(spread("4").keys().all(|k| k.starts_with("api.")))
     });
@@ -956,8 +1229,13 @@ fn a_task_reaches_a_service_s_tasks_through_its_vip() {
         "{}",
         shoal_tests::output_text(&out)
     );
-    // Scaled: the third task takes connections too.
+    // Scaled: DNS has the third task within a heartbeat, and it takes connections too.
     swarm.ok(&n1, &["service", "scale", "api=3"]);
+    let waited = wait_until("three tasks in tasks.api", Duration::from_secs(30), || {
+        Ok(addresses(&resolve("tasks.api", &[])).len() == 3)
+    });
+    assert!(waited.is_ok(), "{}", resolve("tasks.api", &[]));
+    assert_eq!(who(&addresses(&resolve("tasks.api", &[]))).len(), 3);
     let waited = wait_until(
         "three tasks behind the VIP",
         Duration::from_secs(30),

@@ -107,9 +107,18 @@ impl Engine {
             cmd: (!words.is_empty()).then_some(words),
             env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
-            host_config: Some(HostConfig {
-                network_mode: Some("none".into()),
-                ..Default::default()
+            host_config: Some({
+                // The embedded DNS server, through the container's own DNS settings: Docker
+                // writes them into the container's /etc/resolv.conf.
+                let (search, options) =
+                    crate::dns::resolv_settings(&crate::dns::host_resolv_conf());
+                HostConfig {
+                    network_mode: Some("none".into()),
+                    dns: Some(vec![crate::dns::ADDR.ip().to_string()]),
+                    dns_search: Some(search),
+                    dns_options: Some(options),
+                    ..Default::default()
+                }
             }),
             ..Default::default()
         };

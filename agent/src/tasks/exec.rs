@@ -51,6 +51,20 @@ pub(crate) fn start(
     };
     let ns = std::fs::File::open(&runtime.netns)
         .map_err(|e| format!("opening {}: {e}", runtime.netns.display()))?;
+    // The task's /etc/resolv.conf names the embedded DNS server: a file of its own, bound over
+    // the host's in a mount namespace of its own.
+    let resolv = resolv_conf_path(&runtime.netns);
+    std::fs::write(
+        &resolv,
+        crate::dns::task_resolv_conf(&crate::dns::host_resolv_conf()),
+    )
+    .and_then(|()| {
+        // Readable by whatever user the task's processes become.
+        std::fs::set_permissions(&resolv, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+    })
+    .map_err(|e| format!("writing {}: {e}", resolv.display()))?;
+    let resolv_c = std::ffi::CString::new(resolv.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} holds a NUL byte", resolv.display()))?;
     let log_path = dir.join(format!("{}.log", task.id));
     let log = crate::durable::private_file()
         .create(true)
@@ -75,17 +89,33 @@ pub(crate) fn start(
         .stderr(err_log)
         .kill_on_drop(false);
     let fd = ns.as_raw_fd();
-    // SAFETY: between fork and exec only async-signal-safe calls are made: setns(2), setsid(2)
-    // and umask(2), on a descriptor opened before the fork and kept open by `ns` until spawn
-    // returns.
+    // SAFETY: between fork and exec only async-signal-safe calls are made: setns(2), setsid(2),
+    // unshare(2), mount(2) and umask(2), on a descriptor opened before the fork and kept open by
+    // `ns` until spawn returns, and on C strings made before the fork and kept by the closure.
     unsafe {
         command.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            let check = |rc: libc::c_int| match rc {
+                0.. => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            };
+            check(libc::setns(fd, libc::CLONE_NEWNET))?;
+            check(libc::setsid())?;
+            // A mount namespace of its own, whose mounts do not propagate back to the node's.
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                resolv_c.as_ptr(),
+                c"/etc/resolv.conf".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))?;
             // The task's files get the usual modes, not shoald's private 077.
             libc::umask(0o022);
             Ok(())
@@ -158,8 +188,16 @@ pub(crate) async fn stop(runtime: &Runtime) {
     }
 }
 
-/// Removes the task's namespace.
+/// The task's `/etc/resolv.conf` (beside its namespace's mount point).
+fn resolv_conf_path(netns: &Path) -> PathBuf {
+    netns.with_extension("resolv.conf")
+}
+
+/// Removes the task's namespace and its resolv.conf.
 pub(crate) fn cleanup(runtime: &Runtime) {
+    if !runtime.netns.as_os_str().is_empty() {
+        let _ = std::fs::remove_file(resolv_conf_path(&runtime.netns));
+    }
     if !runtime.netns.as_os_str().is_empty()
         && let Err(e) = shoal_dataplane::overlay::netns::remove(&runtime.netns)
     {

@@ -204,6 +204,8 @@ struct Inner {
     saved: crate::durable::Latest,
     executor: Executor,
     dataplane: NodeDataplane,
+    /// The tasks' embedded DNS servers.
+    dns: crate::dns::Dns,
     state: Mutex<State>,
     applies: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
     reports: Notify,
@@ -247,6 +249,7 @@ impl Worker {
                 data_root: data_root.to_owned(),
                 executor,
                 dataplane,
+                dns: crate::dns::Dns::default(),
                 state: Mutex::default(),
                 applies,
                 reports: Notify::new(),
@@ -790,6 +793,42 @@ impl Worker {
         }
     }
 
+    /// The names the node's tasks resolve, and the plugged tasks that ask (each with its
+    /// networks, ingress aside).
+    fn dns_plan(&self) -> (crate::dns::Records, Vec<crate::dns::Asker>) {
+        let state = self.lock();
+        let Some(a) = state
+            .assignment
+            .as_ref()
+            .filter(|_| state.context.is_some())
+        else {
+            return (crate::dns::Records::default(), Vec::new());
+        };
+        let ingress = a
+            .networks
+            .iter()
+            .find(|n| n.spec.ingress)
+            .map(|n| n.id.as_str());
+        let askers = state
+            .tasks
+            .values()
+            .filter(|l| l.attached && !l.status.state.is_terminal())
+            .filter_map(|l| {
+                Some(crate::dns::Asker {
+                    netns: l.runtime.as_ref()?.netns.clone(),
+                    networks: l
+                        .task
+                        .networks_attachments
+                        .iter()
+                        .map(|n| n.network_id.clone())
+                        .filter(|n| Some(n.as_str()) != ingress)
+                        .collect(),
+                })
+            })
+            .collect();
+        (crate::dns::Records::new(&a.services), askers)
+    }
+
     /// The data plane this node should have now.
     fn desired(&self) -> Option<DesiredState> {
         let state = self.lock();
@@ -1061,6 +1100,8 @@ async fn applier(
         if let Err(e) = &result {
             tracing::warn!(error = %e, "applying the data plane for the node's tasks");
         }
+        let (records, askers) = worker.dns_plan();
+        worker.inner.dns.update(records, askers).await;
         for done in waiting {
             let _ = done.send(result.clone());
         }

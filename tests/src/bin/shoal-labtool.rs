@@ -47,6 +47,14 @@ subcommands:
       get `200 OK` with body `NAME\\n`; other TCP connections get `NAME\\n` per line received;
       UDP datagrams get `NAME\\n`, except those starting with byte 0x00 (counted, not answered).
       Prints `serving NAME on P` once bound.
+      With --upstream HOST:PORT (a name is resolved at each request), an HTTP request is
+      answered `NAME -> <the upstream's name>`: a front tier calling a back tier.
+  resolve --name NAME [--server 127.0.0.11:53] [--type A] [--tcp] [--timeout-ms 2000]
+      One DNS query (A, AAAA or PTR; PTR takes an address as NAME). Prints
+      `<RCODE> <answer> ...` (answers sorted), or `TIMEOUT`; exits 0 either way.
+  dns-rate --name NAME [--server 127.0.0.11:53] [--seconds 3] [--window 8]
+      A queries over UDP for S seconds with `window` in flight. Prints
+      {\"queries\":N,\"lost\":L,\"qps\":R,\"p50_us\":M,\"p99_us\":P}.
   udp-sink --port P [--idle-ms 1000] [--max-seconds 60]
       Counts datagrams on UDP port P until none arrived for idle-ms after the first one (or
       max-seconds since start). Prints `listening` once bound, then
@@ -61,7 +69,7 @@ subcommands:
   tcp-proxy --listen IP:PORT --backends IP:PORT[,IP:PORT...]
       Userspace TCP proxy (the baseline): round robin over the backends, two copy threads per
       connection. Prints `proxying` once listening; runs until killed.
-  ask --target IP:PORT [--udp] [--sports A-B | --count N] [--timeout-ms 2000]
+  ask --target IP:PORT|NAME:PORT [--udp] [--sports A-B | --count N] [--timeout-ms 2000]
       One request per source port A..=B (or N requests from ephemeral ports, default 1), one
       after the other: HTTP GET over TCP, or the datagram `?` with --udp. Prints one line per
       request: `<sport> <name>` or `<sport> ERROR <message>`; exits 0 either way.
@@ -658,6 +666,9 @@ fn cmd_serve(flags: &Flags) -> Result<ExitCode> {
     }
     let port: u16 = flags.required("port")?;
     let ip: IpAddr = flags.or("addr", IpAddr::V4(Ipv4Addr::UNSPECIFIED))?;
+    if let Some(upstream) = flags.get::<String>("upstream")? {
+        let _ = UPSTREAM.set(upstream);
+    }
     exit_on_sigterm();
 
     let tcp_addr = SocketAddr::new(ip, port);
@@ -693,6 +704,9 @@ fn cmd_serve(flags: &Flags) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `serve --upstream`: the service a front tier asks on each HTTP request.
+static UPSTREAM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn serve_udp(socket: &UdpSocket, name_line: &[u8]) {
     let mut buf = vec![0u8; 65536];
@@ -775,6 +789,16 @@ fn serve_http(mut stream: &TcpStream, mut head: Vec<u8>, name_line: &[u8]) -> io
             .map_or_else(|_| "unknown".to_owned(), |a| a.ip().to_string());
         let mut body = name_line.strip_suffix(b"\n").unwrap_or(name_line).to_vec();
         body.extend_from_slice(format!(" {peer}\n").as_bytes());
+        body
+    } else if let Some(upstream) = UPSTREAM.get() {
+        // A front tier: its own name, then the answer of the upstream it asked by name.
+        let name = name_line.strip_suffix(b"\n").unwrap_or(name_line);
+        let answer = resolve_target(upstream)
+            .map_err(|e| e.to_string())
+            .and_then(|target| ask_tcp(&target, 0, IO_TIMEOUT).1)
+            .unwrap_or_else(|e| format!("ERROR {e}"));
+        let mut body = name.to_vec();
+        body.extend_from_slice(format!(" -> {answer}\n").as_bytes());
         body
     } else {
         name_line.to_vec()
@@ -1173,8 +1197,21 @@ fn pipe(mut from: &TcpStream, mut to: &TcpStream) {
 // ask
 // ---------------------------------------------------------------------------------------------
 
+/// `IP:PORT` or `NAME:PORT`, the name resolved as the task's programs resolve it (its
+/// /etc/resolv.conf).
+fn resolve_target(raw: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = raw.parse() {
+        return Ok(addr);
+    }
+    raw.to_socket_addrs()
+        .map_err(|e| Error::Run(format!("resolving {raw}: {e}")))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| Error::Run(format!("{raw} has no IPv4 address")))
+}
+
 fn cmd_ask(flags: &Flags) -> Result<ExitCode> {
-    let target: SocketAddr = flags.required("target")?;
+    let target = resolve_target(&flags.required::<String>("target")?)?;
     let udp = flags.has("udp");
     let timeout = Duration::from_millis(flags.at_least("timeout-ms", 2000u64, 1)?);
     let sports: Vec<u16> = match (flags.get::<String>("sports")?, flags.get::<u32>("count")?) {
@@ -1349,7 +1386,7 @@ fn hold(
 // ---------------------------------------------------------------------------------------------
 
 fn cmd_tcp_rr(flags: &Flags) -> Result<ExitCode> {
-    let target: SocketAddr = flags.required("target")?;
+    let target = resolve_target(&flags.required::<String>("target")?)?;
     let count: usize = flags.at_least("count", 10_000usize, 1)?;
     let mut rtts = tcp_rr(&target, count).map_err(Error::Run)?;
     rtts.sort_unstable_by(f64::total_cmp);
@@ -1757,7 +1794,24 @@ type Command = (
 );
 
 const COMMANDS: &[Command] = &[
-    ("serve", &["name", "port", "addr"], &[], cmd_serve),
+    (
+        "serve",
+        &["name", "port", "addr", "upstream"],
+        &[],
+        cmd_serve,
+    ),
+    (
+        "resolve",
+        &["name", "server", "type", "timeout-ms"],
+        &["tcp"],
+        cmd_resolve,
+    ),
+    (
+        "dns-rate",
+        &["name", "server", "seconds", "window"],
+        &[],
+        cmd_dns_rate,
+    ),
     (
         "udp-sink",
         &["port", "idle-ms", "max-seconds"],
@@ -2014,4 +2068,187 @@ mod tests {
         assert_eq!(rate(3, 2.0), 1.5);
         assert_eq!(round(1.23456, 3), 1.235);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// resolve, dns-rate
+// ---------------------------------------------------------------------------------------------
+
+/// A query for `name` of type `qtype` (PTR: `name` is an address).
+fn dns_query(name: &str, qtype: &str) -> Result<hickory_proto::op::Message> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let (qname, qtype) = match qtype.to_ascii_uppercase().as_str() {
+        "A" => (Name::from_ascii(name), RecordType::A),
+        "AAAA" => (Name::from_ascii(name), RecordType::AAAA),
+        "PTR" => {
+            let ip: Ipv4Addr = name
+                .parse()
+                .map_err(|e| usage(format!("--name must be an IPv4 address for PTR: {e}")))?;
+            (Ok(Name::from(ip)), RecordType::PTR)
+        }
+        other => return Err(usage(format!("--type {other}: A, AAAA or PTR"))),
+    };
+    let qname = qname.map_err(|e| usage(format!("--name {name}: {e}")))?;
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(qname, qtype));
+    Ok(query)
+}
+
+fn cmd_resolve(flags: &Flags) -> Result<ExitCode> {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RData;
+    let name: String = flags.required("name")?;
+    let server: SocketAddr = flags.or("server", SocketAddr::from(([127, 0, 0, 11], 53)))?;
+    let qtype: String = flags.or("type", "A".to_owned())?;
+    let timeout = Duration::from_millis(flags.at_least("timeout-ms", 2000u64, 1)?);
+    let query = dns_query(&name, &qtype)?;
+    let bytes = query
+        .to_vec()
+        .map_err(|e| Error::Run(format!("encoding the query: {e}")))?;
+    let reply = if flags.has("tcp") {
+        (|| -> io::Result<Vec<u8>> {
+            let mut stream = TcpStream::connect_timeout(&server, timeout)?;
+            stream.set_read_timeout(Some(timeout))?;
+            let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            stream.write_all(&framed)?;
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len)?;
+            let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            stream.read_exact(&mut reply)?;
+            Ok(reply)
+        })()
+    } else {
+        (|| -> io::Result<Vec<u8>> {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(timeout))?;
+            socket.send_to(&bytes, server)?;
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                let (n, _) = socket.recv_from(&mut buf)?;
+                if n >= 2 && buf[..2] == bytes[..2] {
+                    return Ok(buf[..n].to_vec());
+                }
+            }
+        })()
+    };
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            say("TIMEOUT")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(Error::Run(format!("asking {server}: {e}"))),
+    };
+    let message = Message::from_vec(&reply)
+        .map_err(|e| Error::Run(format!("the reply does not decode: {e}")))?;
+    let mut answers: Vec<String> = message
+        .answers
+        .iter()
+        .map(|r| match &r.data {
+            RData::A(a) => a.0.to_string(),
+            RData::AAAA(a) => a.0.to_string(),
+            RData::PTR(p) => p.0.to_ascii(),
+            other => format!("{other}"),
+        })
+        .collect();
+    answers.sort();
+    let mut line = format!("{:?}", message.metadata.response_code).to_ascii_uppercase();
+    if message.metadata.truncation {
+        line.push_str(" TRUNCATED");
+    }
+    for answer in answers {
+        line.push(' ');
+        line.push_str(&answer);
+    }
+    say(line)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct DnsRate {
+    queries: u64,
+    lost: u64,
+    qps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn cmd_dns_rate(flags: &Flags) -> Result<ExitCode> {
+    let name: String = flags.required("name")?;
+    let server: SocketAddr = flags.or("server", SocketAddr::from(([127, 0, 0, 11], 53)))?;
+    let duration = flags.seconds("seconds", Some(3.0))?;
+    let window: usize = flags.at_least("window", 8usize, 1)?;
+    let mut query = dns_query(&name, "A")?
+        .to_vec()
+        .map_err(|e| Error::Run(format!("encoding the query: {e}")))?;
+    let socket = UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
+    socket
+        .connect(server)
+        .context(format!("connecting to {server}"))?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .context("socket options")?;
+    // In flight: ID → when it was sent.
+    let mut in_flight: HashMap<u16, Instant> = HashMap::new();
+    let mut next_id: u16 = 0;
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut lost = 0u64;
+    let start = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut send = |in_flight: &mut HashMap<u16, Instant>, query: &mut Vec<u8>| -> Result<()> {
+        next_id = next_id.wrapping_add(1);
+        query[..2].copy_from_slice(&next_id.to_be_bytes());
+        in_flight.insert(next_id, Instant::now());
+        socket.send(query).context("sending a query")?;
+        Ok(())
+    };
+    while start.elapsed() < duration {
+        while in_flight.len() < window {
+            send(&mut in_flight, &mut query)?;
+        }
+        match socket.recv(&mut buf) {
+            Ok(n) if n >= 2 => {
+                let id = u16::from_be_bytes([buf[0], buf[1]]);
+                if let Some(sent) = in_flight.remove(&id) {
+                    latencies.push(sent.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                // Nothing for 500 ms: what is in flight is lost.
+                lost += in_flight.len() as u64;
+                in_flight.clear();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Run(format!("receiving: {e}"))),
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    if latencies.is_empty() {
+        return Err(Error::Run(format!("no answer from {server}")));
+    }
+    latencies.sort_unstable_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    let result = DnsRate {
+        queries: latencies.len() as u64,
+        lost,
+        qps: latencies.len() as f64 / seconds,
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+    };
+    say(serde_json::to_string(&result).map_err(|e| Error::Run(e.to_string()))?)?;
+    Ok(ExitCode::SUCCESS)
 }
