@@ -15,15 +15,29 @@
 //! median. Goals (issue Data plane III): VIP conn/s ≥ 0.9 × direct, VIP request latency ≤ 1.05 ×
 //! direct.
 //!
+//! Then, on a one-node swarm driven by the CLI (services `api` and `client` on a network `app`),
+//! the embedded DNS server from the client task: `dns_qps` (A queries for `api` over UDP, 8 in
+//! flight, 3 s) and `dns_p50_us`/`dns_p99_us`, the median of three runs. No resolver of the
+//! same kind runs here to compare with: Docker's embedded one does not answer under a
+//! dockerd started with `--iptables=false`, as the lab's is.
+//!
+//! On the same swarm, the tasks' way out: `way_out_conn_per_s` and `way_out_rr_us` from the
+//! client task to a server in the lab's client namespace (outside the swarm; the task's default
+//! route, nftables masquerade to the node's address) against `node_out_*`, the node itself
+//! connecting to the same server.
+//!
 //! Writes `$SHOAL_BENCH_OUT` (default `target/bench/eastwest.json`). Needs root and release
 //! builds of `shoald`, `shoal` and `shoal-labtool` (the xtask builds them).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::{Map, json};
 use shoal_tests::mesh::{INGRESS, Mesh, Service, labtool};
 use shoal_tests::overlay::{apply, last_json, median, write_figures};
-use shoal_tests::{Lab, LabSpec, binary};
+use shoal_tests::service::{create_serve, tasks, wait_running};
+use shoal_tests::swarm::Swarm;
+use shoal_tests::{Lab, LabSpec, binary, wait_until};
 
 const TASKS: &[(&str, usize, u8)] = &[("web1", 0, 11), ("web3", 1, 13), ("web5", 2, 15)];
 const ROUNDS: usize = 3;
@@ -158,6 +172,11 @@ fn main() {
             }
         }
     }
+    drop(mesh);
+    drop(lab);
+    for (name, values) in swarm_samples() {
+        samples.insert(name, values);
+    }
     let mut figures = Map::new();
     for (name, values) in samples {
         figures.insert(name, json!(median(values)));
@@ -168,6 +187,10 @@ fn main() {
     let rr_ratio = ratio("vip_rr_us", "direct_rr_us");
     let node_conn_ratio = ratio("node_sock_lb_conn_per_s", "node_direct_conn_per_s");
     let node_rr_ratio = ratio("node_sock_lb_rr_us", "node_direct_rr_us");
+    let way_out_conn_ratio = ratio("way_out_conn_per_s", "node_out_conn_per_s");
+    let way_out_rr_ratio = ratio("way_out_rr_us", "node_out_rr_us");
+    figures.insert("way_out_conn_ratio".into(), json!(way_out_conn_ratio));
+    figures.insert("way_out_rr_ratio".into(), json!(way_out_rr_ratio));
     figures.insert("vip_conn_ratio".into(), json!(conn_ratio));
     figures.insert("vip_rr_ratio".into(), json!(rr_ratio));
     figures.insert("node_sock_lb_conn_ratio".into(), json!(node_conn_ratio));
@@ -194,7 +217,141 @@ fn main() {
     println!(
         "VIP: conn/s ratio {conn_ratio:.3} (goal ≥ 0.9), latency ratio {rr_ratio:.3} (goal ≤ 1.05); node-local: {node_conn_ratio:.3}, {node_rr_ratio:.3}"
     );
+    println!(
+        "embedded DNS: {:.0} queries/s, p50 {:.1} µs, p99 {:.1} µs",
+        figures["dns_qps"].as_f64().unwrap_or(0.0),
+        figures["dns_p50_us"].as_f64().unwrap_or(0.0),
+        figures["dns_p99_us"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "way out (task -> outside, masquerade): {:.0} connections/s, {:.1} µs; the node itself: {:.0}, {:.1} µs (ratios {way_out_conn_ratio:.3}, {way_out_rr_ratio:.3})",
+        figures["way_out_conn_per_s"].as_f64().unwrap_or(0.0),
+        figures["way_out_rr_us"].as_f64().unwrap_or(0.0),
+        figures["node_out_conn_per_s"].as_f64().unwrap_or(0.0),
+        figures["node_out_rr_us"].as_f64().unwrap_or(0.0)
+    );
     let out = std::path::PathBuf::from(out);
     write_figures(&out, &figures).expect("figures written");
     println!("wrote {}", out.display());
+}
+
+/// The embedded DNS server's rate and latency, and the way out's cost, from a task of a
+/// one-node swarm.
+fn swarm_samples() -> BTreeMap<String, Vec<f64>> {
+    let mut swarm = Swarm::up(1, 0);
+    let n1 = swarm.managers[0].clone();
+    let outside = swarm.lab.client().clone();
+    // Two servers: the task's connections, masqueraded to the node's address, and the node's own
+    // would otherwise share the same address pairs and collide in conntrack and TIME_WAIT.
+    for port in ["8000", "8001"] {
+        let mut server = outside
+            .command(binary("shoal-labtool").expect("built"))
+            .expect("a command in the client's namespace");
+        server.args(["serve", "--port", port, "--name", "outside"]);
+        swarm.lab.spawn(server).expect("the outside server starts");
+    }
+    let node_outside = format!("{}:8001", outside.public_ip);
+    let outside = format!("{}:8000", outside.public_ip);
+    swarm.ok(&n1, &["network", "create", "app"]);
+    for name in ["api", "client"] {
+        create_serve(&swarm, &n1, &["--name", name, "--network", "app"]);
+        wait_running(&swarm, &n1, name, "its task", |per| {
+            per.values().sum::<usize>() == 1
+        });
+    }
+    let client = tasks(&swarm, &n1, "client")
+        .into_iter()
+        .find(|t| t["DesiredState"] == "Running")
+        .expect("the client task");
+    let netns = swarm
+        .lab
+        .host_dir(&n1)
+        .join("data/tasks/netns")
+        .join(client["ID"].as_str().expect("an ID"));
+    let run = |args: &[&str]| {
+        let mut command = n1.command("nsenter").expect("nsenter");
+        command
+            .arg(format!("--net={}", netns.display()))
+            .arg(binary("shoal-labtool").expect("built"))
+            .args(args);
+        command.output().expect("labtool runs")
+    };
+    let ready = wait_until(
+        "the client's resolver answers",
+        Duration::from_secs(30),
+        || {
+            let out = run(&["resolve", "--name", "api"]);
+            Ok(String::from_utf8_lossy(&out.stdout).starts_with("NOERROR 10."))
+        },
+    );
+    assert!(ready.is_ok(), "{ready:?}");
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    // The way out (the task's default route, masquerade to the node's address) against the
+    // node's own connections to the same server.
+    let node_tool = |args: &[&str]| labtool(&n1, args).expect("labtool runs");
+    let ready = wait_until(
+        "the outside server answers the task",
+        Duration::from_secs(30),
+        || {
+            let out = run(&["ask", "--target", &outside]);
+            Ok(String::from_utf8_lossy(&out.stdout).contains("outside"))
+        },
+    );
+    assert!(ready.is_ok(), "{ready:?}");
+    for _ in 0..ROUNDS {
+        for (prefix, out) in [("way_out", true), ("node_out", false)] {
+            let target = if out { &outside } else { &node_outside };
+            let rate_args = [
+                "tcp-rate",
+                "--target",
+                target,
+                "--seconds",
+                "5",
+                "--concurrency",
+                "16",
+            ];
+            let rr_args = ["tcp-rr", "--target", target, "--count", "10000"];
+            let (rate, rr) = match out {
+                true => (run(&rate_args), run(&rr_args)),
+                false => (node_tool(&rate_args), node_tool(&rr_args)),
+            };
+            let (rate, rr) = (last_json(&rate.stdout), last_json(&rr.stdout));
+            eprintln!("{prefix}: {rate} {rr}");
+            assert_eq!(rate["errors"], 0, "{rate}");
+            for (suffix, value) in [
+                ("conn_per_s", rate["per_s"].as_f64()),
+                ("rr_us", rr["p50_us"].as_f64()),
+            ] {
+                samples
+                    .entry(format!("{prefix}_{suffix}"))
+                    .or_default()
+                    .push(value.unwrap_or(f64::NAN));
+            }
+        }
+    }
+    for _ in 0..ROUNDS {
+        let out = run(&[
+            "dns-rate",
+            "--name",
+            "api",
+            "--seconds",
+            "3",
+            "--window",
+            "8",
+        ]);
+        let v = last_json(&out.stdout);
+        eprintln!("dns-rate api: {v}");
+        assert_eq!(v["lost"], 0, "{v}");
+        for (name, key) in [
+            ("dns_qps", "qps"),
+            ("dns_p50_us", "p50_us"),
+            ("dns_p99_us", "p99_us"),
+        ] {
+            samples
+                .entry(name.into())
+                .or_default()
+                .push(v[key].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    samples
 }

@@ -230,10 +230,11 @@ fn demo_executor() -> DemoExecutor {
     }
 }
 
-/// The demo's services: an encrypted overlay network `backend`, and a `web` service of six
-/// tasks (`shoal-labtool serve`, answering with its task's name; containers of the image
-/// imported from a rootfs holding it, or host processes) on it, published on 8080 through the
-/// routing mesh; then requests to every node's 8080.
+/// The demo's services, a two-tier app on an encrypted overlay network `backend`: `api` (three
+/// tasks of `shoal-labtool serve`, answering with their task's name) and `web` (three more,
+/// published on 8080 through the routing mesh, each calling `api` by name through the embedded
+/// DNS and the service's VIP, and answering with both names); containers of the image imported
+/// from a rootfs holding the tool, or host processes. Then requests to every node's 8080.
 fn demo_services(
     lab: &Lab,
     shoal: &std::path::Path,
@@ -282,9 +283,24 @@ fn demo_services(
         "service",
         "create",
         "--name",
+        "api",
+        "--replicas",
+        "3",
+        "--network",
+        "backend",
+        &image,
+        &tool,
+        "serve",
+        "--port",
+        "80",
+    ])?;
+    run(&[
+        "service",
+        "create",
+        "--name",
         "web",
         "--replicas",
-        "6",
+        "3",
         "--publish",
         "8080:80",
         "--network",
@@ -294,10 +310,15 @@ fn demo_services(
         "serve",
         "--port",
         "80",
+        "--upstream",
+        "api:80",
     ])?;
     run(&["service", "ls"])?;
-    run(&["service", "ps", "web"])?;
-    println!("\nEvery node's 8080 answers, from tasks on every node (each reply names its task):");
+    run(&["service", "ps", "web", "api"])?;
+    println!(
+        "\nEvery node's 8080 answers: the routing mesh picks a `web` task on any node, which asks \
+         `api` by name (embedded DNS, then the VIP picks an `api` task); each reply names both:"
+    );
     for node in &nodes {
         let target = format!("{}:8080", node.public_ip);
         let out = shoal_tests::mesh::labtool(
@@ -307,7 +328,7 @@ fn demo_services(
                 "--target",
                 &target,
                 "--count",
-                "6",
+                "4",
                 "--timeout-ms",
                 "2000",
             ],
@@ -320,7 +341,7 @@ fn demo_services(
             "  client -> {}:8080 ({}): {}",
             node.public_ip,
             node.name,
-            names.join(" ")
+            names.join(", ")
         );
     }
     Ok(())
