@@ -687,13 +687,13 @@ fn teardown(record: &Record, dir: &Path, children: Vec<Child>) -> Result<(), Lab
         .iter()
         .filter_map(|n| n.mount_ns.clone())
         .collect();
-    let mut errors = clear_namespaces(&namespaces, &mount_ns, children);
-    // Containers of the `docker` executor live in the engine, outside the lab's namespaces.
     let data_roots: Vec<PathBuf> = record
         .nodes
         .iter()
         .map(|n| dir.join(&n.name).join("data"))
         .collect();
+    let mut errors = clear_namespaces(&namespaces, &mount_ns, &data_roots, children);
+    // Containers of the `docker` executor live in the engine, outside the lab's namespaces.
     errors.extend(crate::docker::remove_containers(&data_roots));
     // With their processes gone, the nodes' mount namespaces take the daemons' mounts with them.
     for file in record.nodes.iter().filter_map(|n| n.mount_ns.as_deref()) {
@@ -721,12 +721,14 @@ fn teardown(record: &Record, dir: &Path, children: Vec<Child>) -> Result<(), Lab
 fn clear_namespaces(
     namespaces: &[String],
     mount_ns: &[PathBuf],
+    data_roots: &[PathBuf],
     mut children: Vec<Child>,
 ) -> Vec<String> {
     for signal in [Signal::SIGTERM, Signal::SIGKILL] {
         let running: Vec<i32> = pids_in(namespaces)
             .into_iter()
             .chain(pids_in_mount_ns(mount_ns))
+            .chain(pids_of_exec_tasks(data_roots))
             .chain(children.iter().map(|c| c.id() as i32))
             .collect();
         for pid in &running {
@@ -739,7 +741,8 @@ fn clear_namespaces(
                 children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
                 Ok(children.is_empty()
                     && pids_in(namespaces).is_empty()
-                    && pids_in_mount_ns(mount_ns).is_empty())
+                    && pids_in_mount_ns(mount_ns).is_empty()
+                    && pids_of_exec_tasks(data_roots).is_empty())
             },
         );
         if gone.is_ok() {
@@ -856,6 +859,46 @@ fn pids_in_mount_ns(files: &[PathBuf]) -> Vec<i32> {
             let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
             let mnt = fs::metadata(format!("/proc/{pid}/ns/mnt")).ok()?;
             (wanted.contains(&(mnt.dev(), mnt.ino())) && pid != me).then_some(pid)
+        })
+        .collect()
+}
+
+/// The processes of the nodes' `exec` tasks. Each runs in a mount namespace of its own (copied
+/// from its node's, so not found by [`pids_in_mount_ns`]) where its network namespace is mounted
+/// under `<data root>/tasks/netns/`: a process whose network namespace is one mounted there, as
+/// its own root shows it, is a task of these nodes.
+fn pids_of_exec_tasks(data_roots: &[PathBuf]) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    if data_roots.is_empty() {
+        return Vec::new();
+    }
+    let host_mnt = fs::metadata("/proc/self/ns/mnt")
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
+    let me = std::process::id() as i32;
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|entry| {
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let mnt = fs::metadata(format!("/proc/{pid}/ns/mnt")).ok()?;
+            if pid == me || Some((mnt.dev(), mnt.ino())) == host_mnt {
+                return None;
+            }
+            let net = fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+            let net = (net.dev(), net.ino());
+            let root = PathBuf::from(format!("/proc/{pid}/root"));
+            data_roots
+                .iter()
+                .filter_map(|data| {
+                    let relative = data.strip_prefix("/").unwrap_or(data);
+                    fs::read_dir(root.join(relative).join("tasks/netns")).ok()
+                })
+                .flatten()
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .any(|m| (m.dev(), m.ino()) == net)
+                .then_some(pid)
         })
         .collect()
 }
@@ -996,7 +1039,7 @@ fn remove_labs(doomed: impl Fn(&Record) -> bool) -> Result<Vec<String>, LabError
         .filter(|(prefix, _)| !claimed.contains(prefix))
         .collect();
     let namespaces: Vec<String> = unclaimed.iter().map(|(_, ns)| ns.clone()).collect();
-    errors.extend(clear_namespaces(&namespaces, &[], Vec::new()));
+    errors.extend(clear_namespaces(&namespaces, &[], &[], Vec::new()));
     for (prefix, _) in unclaimed {
         if !removed.contains(&prefix) {
             removed.push(prefix);
