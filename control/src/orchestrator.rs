@@ -25,7 +25,8 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Serialize, de::DeserializeOwned};
 use shoal_api::service::{
-    Network, NetworkAttachment, PortProtocol, PublishMode, Service, Task, TaskState, TaskStatus,
+    FailureAction, Network, NetworkAttachment, PortProtocol, PublishMode, Service, Task, TaskState,
+    TaskStatus, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 use shoal_api::swarm::{Availability, Node, NodeState, Role, Version};
 use time::OffsetDateTime;
@@ -333,6 +334,179 @@ fn must_replace(task: &Task, world: &World, now: OffsetDateTime) -> Option<&'sta
     None
 }
 
+/// Whether a task runs something other than its service's current spec (an update replaces it).
+pub fn is_dirty(task: &Task, service: &Service) -> bool {
+    task.spec != service.spec.task_template || task.ports != service.endpoint.ports
+}
+
+/// How a service's tasks roll over now: its rollback settings during a rollback, its update
+/// settings otherwise (Docker's defaults when unset).
+fn update_config(service: &Service) -> UpdateConfig {
+    let rollback = service
+        .update_status
+        .as_ref()
+        .is_some_and(|u| u.state.is_rollback());
+    let config = match rollback {
+        true => &service.spec.rollback_config,
+        false => &service.spec.update_config,
+    };
+    config.clone().unwrap_or_default()
+}
+
+/// What an update does in one pass of the reconciler.
+#[derive(Debug, PartialEq, Eq)]
+enum UpdateStep {
+    /// Replace the tasks of these slots (nodes) now.
+    Replace(Vec<(u64, String)>),
+    /// Nothing to start yet: replacements are starting, or waiting out the delay.
+    Wait,
+    /// The update ends (completed, paused) or turns into a rollback.
+    Status(NextStatus),
+}
+
+/// A new update status, and whether the spec goes back to the previous one.
+#[derive(Debug, PartialEq, Eq)]
+struct NextStatus {
+    status: UpdateStatus,
+    roll_back: bool,
+}
+
+/// One step of a rolling update, from the tasks as they are: a pure function of the store and
+/// the clock, so a new leader resumes it where it stands.
+///
+/// A replaced slot is in flight until its new task has run for `delay`; at most `parallelism`
+/// are in flight. A new task that fails (or is rejected) within `monitor` of starting counts
+/// against the update; more than `max_failure_ratio` of the slots failing triggers the failure
+/// action. The update completes once no slot runs the old spec and every new task has run for
+/// `monitor`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of one service's state"
+)]
+fn update_step(
+    service: &Service,
+    progress: &UpdateStatus,
+    config: &UpdateConfig,
+    all: &BTreeMap<String, Task>,
+    live: &BTreeMap<(u64, String), String>,
+    held: &BTreeSet<(u64, String)>,
+    slots: usize,
+    now: OffsetDateTime,
+) -> UpdateStep {
+    let rollback = progress.state.is_rollback();
+    let started = parse_time(&progress.started_at).unwrap_or(now);
+    let since = |t: &Task| parse_time(&t.created_at).is_some_and(|c| c >= started);
+    let ran_for = |t: &Task| {
+        (t.status.state == TaskState::Running)
+            .then(|| parse_time(&t.status.timestamp))
+            .flatten()
+            .map(|at| now - at)
+    };
+    let nanos = |n: u64| time::Duration::nanoseconds(i64::try_from(n).unwrap_or(i64::MAX));
+    let (delay, monitor) = (nanos(config.delay), nanos(config.monitor));
+    // New tasks that failed early.
+    let failed: Vec<&Task> = all
+        .values()
+        .filter(|t| t.service_id == service.id && since(t) && !is_dirty(t, service))
+        .filter(|t| matches!(t.status.state, TaskState::Failed | TaskState::Rejected))
+        .filter(
+            |t| match (parse_time(&t.started_at), parse_time(&t.status.timestamp)) {
+                (Some(run), Some(end)) => end - run < monitor,
+                _ => true,
+            },
+        )
+        .collect();
+    let tolerated = config.max_failure_ratio.0 * slots.max(1) as f64;
+    if let Some(first) = failed.first()
+        && failed.len() as f64 > tolerated
+        && config.failure_action != FailureAction::Continue
+    {
+        let what = if rollback { "rollback" } else { "update" };
+        let task = &first.id;
+        let roll_back = !rollback
+            && config.failure_action == FailureAction::Rollback
+            && service.previous_spec.is_some();
+        let (state, message) = if roll_back {
+            (
+                UpdateState::RollbackStarted,
+                format!("update rolled back due to failure or early termination of task {task}"),
+            )
+        } else {
+            (
+                if rollback {
+                    UpdateState::RollbackPaused
+                } else {
+                    UpdateState::Paused
+                },
+                format!("{what} paused due to failure or early termination of task {task}"),
+            )
+        };
+        return UpdateStep::Status(NextStatus {
+            status: UpdateStatus {
+                state,
+                started_at: if roll_back {
+                    rfc3339(now)
+                } else {
+                    progress.started_at.clone()
+                },
+                completed_at: String::new(),
+                message,
+            },
+            roll_back,
+        });
+    }
+    let todo: Vec<(u64, String)> = live
+        .iter()
+        .filter(|(_, id)| is_dirty(&all[*id], service))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let fresh: Vec<&Task> = live
+        .values()
+        .map(|id| &all[id])
+        .filter(|t| !is_dirty(t, service) && since(t))
+        .collect();
+    // Slots with no live task are being replaced (their old task stopping, or their new one
+    // about to be made), as are those whose new task has not run for `delay` yet.
+    let vacant = slots.saturating_sub(live.len()).max(held.len());
+    let in_flight = vacant
+        + fresh
+            .iter()
+            .filter(|t| ran_for(t).is_none_or(|d| d < delay))
+            .count();
+    if todo.is_empty() {
+        let stable = vacant == 0
+            && fresh
+                .iter()
+                .all(|t| ran_for(t).is_some_and(|d| d >= monitor));
+        if !stable {
+            return UpdateStep::Wait;
+        }
+        let (state, message) = match rollback {
+            true => (UpdateState::RollbackCompleted, "rollback completed"),
+            false => (UpdateState::Completed, "update completed"),
+        };
+        return UpdateStep::Status(NextStatus {
+            status: UpdateStatus {
+                state,
+                started_at: progress.started_at.clone(),
+                completed_at: rfc3339(now),
+                message: message.into(),
+            },
+            roll_back: false,
+        });
+    }
+    let room = match config.parallelism {
+        0 => todo.len(),
+        p => usize::try_from(p)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(in_flight),
+    };
+    if room == 0 {
+        return UpdateStep::Wait;
+    }
+    UpdateStep::Replace(todo.into_iter().take(room).collect())
+}
+
 /// Computes the changes that bring the store closer to what the services ask for.
 /// `new_id` makes task IDs.
 pub fn reconcile(
@@ -370,7 +544,9 @@ pub fn reconcile(
     let ingress = world.ingress().map(|n| n.id.clone());
 
     // Orchestrate.
-    for service in world.services.values().map(|s| &s.value) {
+    let mut service_changes = Vec::new();
+    for versioned in world.services.values() {
+        let service = &versioned.value;
         let mine: Vec<String> = tasks
             .all
             .values()
@@ -396,64 +572,162 @@ pub fn reconcile(
             ports: service.endpoint.ports.clone(),
             ..Default::default()
         };
-        // The live task of each slot (replicated) or node (global); extras are shut down.
-        let mut live: BTreeMap<(u64, String), String> = BTreeMap::new();
-        for id in mine {
-            let task = &tasks.all[&id];
-            let key = if task.slot > 0 {
+        let key_of = |task: &Task| {
+            if task.slot > 0 {
                 (task.slot, String::new())
             } else {
                 (0, task.node_id.clone())
-            };
+            }
+        };
+        let updating = service
+            .update_status
+            .as_ref()
+            .filter(|u| u.state.in_progress());
+        let config = update_config(service);
+        // Each slot (replicated) or node (global): its live task, and during a start-first
+        // update the old task it replaces, kept until the new one runs. Extras are shut down.
+        let mut by_key: BTreeMap<(u64, String), Vec<String>> = BTreeMap::new();
+        for id in mine {
+            let task = &tasks.all[&id];
             if let Some(reason) = must_replace(task, world, now) {
                 shut_down(tasks.edit(&id), reason);
                 continue;
             }
-            if live.contains_key(&key) {
-                shut_down(tasks.edit(&id), "a duplicate of its slot");
-                continue;
-            }
-            live.insert(key, id);
+            by_key.entry(key_of(task)).or_default().push(id);
         }
-        match (service.spec.replicas(), &service.spec.mode.global) {
-            (Some(replicas), _) => {
-                for ((slot, _), id) in &live {
-                    if *slot > replicas || *slot == 0 {
-                        shut_down(tasks.edit(id), "scaled down");
-                    }
-                }
-                for slot in 1..=replicas {
-                    if !live.contains_key(&(slot, String::new())) {
-                        let mut task = template(slot, String::new());
-                        task.id = new_id();
-                        tasks.add(task);
-                    }
-                }
-            }
-            (None, Some(_)) => {
-                let placement = placement(service);
-                let eligible: BTreeSet<String> = world
-                    .nodes
-                    .values()
-                    .map(|n| node_info(&n.value))
-                    .filter(|n| n.ready && n.active)
-                    .filter(|n| placement.constraints.iter().all(|c| c.matches(n)))
-                    .map(|n| n.id)
-                    .collect();
-                for ((_, node), id) in &live {
-                    if !eligible.contains(node) {
-                        shut_down(tasks.edit(id), "the node no longer qualifies");
-                    }
-                }
-                for node in eligible {
-                    if !live.contains_key(&(0, node.clone())) {
-                        let mut task = template(0, node);
-                        task.id = new_id();
-                        tasks.add(task);
-                    }
+        let mut live: BTreeMap<(u64, String), String> = BTreeMap::new();
+        let mut outgoing: BTreeMap<(u64, String), String> = BTreeMap::new();
+        for (key, mut ids) in by_key {
+            // The newest first: a replacement is newer than what it replaces.
+            ids.sort_by(|a, b| {
+                let (a, b) = (&tasks.all[a], &tasks.all[b]);
+                (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id))
+            });
+            let primary = ids[0].clone();
+            let primary_fresh = !is_dirty(&tasks.all[&primary], service);
+            let primary_runs = tasks.all[&primary].status.state == TaskState::Running;
+            for other in &ids[1..] {
+                let stale = is_dirty(&tasks.all[other], service);
+                if stale && primary_fresh && !primary_runs && !outgoing.contains_key(&key) {
+                    outgoing.insert(key.clone(), other.clone());
+                } else if stale && primary_fresh {
+                    shut_down(tasks.edit(other), "replaced by the update");
+                } else {
+                    shut_down(tasks.edit(other), "a duplicate of its slot");
                 }
             }
-            (None, None) => {}
+            live.insert(key, primary);
+        }
+        // Slots whose old task is stopping before its replacement starts (stop-first).
+        let held: BTreeSet<(u64, String)> = match updating {
+            Some(_) if config.order == UpdateOrder::StopFirst => tasks
+                .all
+                .values()
+                .filter(|t| {
+                    t.service_id == service.id
+                        && t.desired_state == TaskState::Shutdown
+                        && !t.status.state.is_terminal()
+                        && t.status.state >= TaskState::Assigned
+                        && is_dirty(t, service)
+                        && node_ready(world.nodes.get(&t.node_id).map(|n| &n.value))
+                })
+                .map(key_of)
+                .filter(|k| !live.contains_key(k))
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        // Which slots or nodes should have a task.
+        let wanted: BTreeSet<(u64, String)> =
+            match (service.spec.replicas(), &service.spec.mode.global) {
+                (Some(replicas), _) => (1..=replicas).map(|slot| (slot, String::new())).collect(),
+                (None, Some(_)) => {
+                    let placement = placement(service);
+                    world
+                        .nodes
+                        .values()
+                        .map(|n| node_info(&n.value))
+                        .filter(|n| n.ready && n.active)
+                        .filter(|n| placement.constraints.iter().all(|c| c.matches(n)))
+                        .map(|n| (0, n.id))
+                        .collect()
+                }
+                (None, None) => BTreeSet::new(),
+            };
+        let why_unwanted = if service.spec.replicas().is_some() {
+            "scaled down"
+        } else {
+            "the node no longer qualifies"
+        };
+        for (key, id) in live.iter().chain(outgoing.iter()) {
+            if !wanted.contains(key) {
+                shut_down(tasks.edit(id), why_unwanted);
+            }
+        }
+        live.retain(|k, _| wanted.contains(k));
+        outgoing.retain(|k, _| wanted.contains(k));
+        // A start-first replacement that runs takes over: the old task stops.
+        for (key, old) in &outgoing {
+            if tasks.all[&live[key]].status.state == TaskState::Running {
+                shut_down(tasks.edit(old), "replaced by the update");
+            }
+        }
+        let mut held = held;
+        if let Some(progress) = updating {
+            let step = update_step(
+                service,
+                progress,
+                &config,
+                &tasks.all,
+                &live,
+                &held,
+                wanted.len(),
+                now,
+            );
+            match step {
+                UpdateStep::Replace(keys) => {
+                    for key in keys {
+                        let old = live[&key].clone();
+                        match config.order {
+                            UpdateOrder::StopFirst => {
+                                shut_down(tasks.edit(&old), "shut down for an update");
+                                live.remove(&key);
+                                held.insert(key);
+                            }
+                            UpdateOrder::StartFirst => {
+                                let mut task = template(key.0, key.1.clone());
+                                task.id = new_id();
+                                live.insert(key.clone(), task.id.clone());
+                                tasks.add(task);
+                            }
+                        }
+                    }
+                }
+                UpdateStep::Wait => {}
+                UpdateStep::Status(next) => {
+                    let mut changed = service.clone();
+                    changed.update_status = Some(next.status);
+                    if next.roll_back
+                        && let Some(previous) = changed.previous_spec.take()
+                    {
+                        changed.previous_spec =
+                            Some(std::mem::replace(&mut changed.spec, previous));
+                        changed.updated_at.clone_from(&stamp);
+                    }
+                    service_changes.push(Change::Update {
+                        kind: Kind::Service,
+                        id: service.id.clone(),
+                        version: versioned.version,
+                        body: body(&changed),
+                    });
+                }
+            }
+        }
+        for key in wanted {
+            if !live.contains_key(&key) && !held.contains(&key) {
+                let mut task = template(key.0, key.1);
+                task.id = new_id();
+                tasks.add(task);
+            }
         }
     }
 
@@ -662,7 +936,8 @@ pub fn reconcile(
     }
 
     // Write back what changed.
-    let mut changes = node_changes;
+    let mut changes = service_changes;
+    changes.extend(node_changes);
     for id in &tasks.deleted {
         if let Some(&version) = tasks.read.get(id) {
             changes.push(Change::Delete {
@@ -711,7 +986,8 @@ pub fn reconcile(
 pub fn bounded(mut changes: Vec<Change>) -> Vec<Change> {
     let rank = |c: &Change| match c {
         Change::Update {
-            kind: Kind::Node, ..
+            kind: Kind::Node | Kind::Service,
+            ..
         } => 0,
         Change::Update { .. } => 1,
         Change::Create { .. } => 2,
@@ -747,7 +1023,7 @@ pub fn body<T: Serialize>(value: &T) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use shoal_api::service::{
-        Driver, Global, Ipam, IpamConfig, NetworkSpec, Placement, PortConfig, Replicated,
+        Driver, Global, Ipam, IpamConfig, NetworkSpec, Placement, PortConfig, Ratio, Replicated,
         ServiceMode, ServiceSpec, VNI_OPTION,
     };
     use shoal_api::swarm::{NodeDescription, NodeSpec, NodeStatus};
@@ -874,6 +1150,21 @@ mod tests {
                     world.tasks.remove(&id);
                 }
                 Change::Update {
+                    kind: Kind::Service,
+                    id,
+                    body,
+                    ..
+                } => {
+                    let service: Service = serde_json::from_value(body).unwrap();
+                    world.services.insert(
+                        id,
+                        Versioned {
+                            version: index,
+                            value: service,
+                        },
+                    );
+                }
+                Change::Update {
                     kind: Kind::Node,
                     id,
                     body,
@@ -930,6 +1221,268 @@ mod tests {
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::now_utc()
+    }
+
+    /// Updates `service`'s image to `image` as `service update` does (the previous spec kept,
+    /// the update started at `at`).
+    fn update_image(
+        world: &mut World,
+        service: &str,
+        image: &str,
+        config: UpdateConfig,
+        at: OffsetDateTime,
+    ) {
+        let entry = world.services.get_mut(service).unwrap();
+        let s = &mut entry.value;
+        s.previous_spec = Some(s.spec.clone());
+        s.spec.task_template.container_spec.image = image.into();
+        s.spec.update_config = Some(config);
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_at: rfc3339(at),
+            completed_at: String::new(),
+            message: "update in progress".into(),
+        });
+        entry.version += 1;
+    }
+
+    /// Plays the nodes for one second at `t`: assigned tasks start (or fail, if `fails` says so
+    /// of their image), tasks asked to stop stop.
+    fn nodes_act(world: &mut World, t: OffsetDateTime, fails: &dyn Fn(&str) -> bool) {
+        for task in world.tasks.values_mut().map(|t| &mut t.value) {
+            if task.desired_state == TaskState::Running && task.status.state == TaskState::Assigned
+            {
+                if fails(&task.spec.container_spec.image) {
+                    task.status = TaskStatus {
+                        timestamp: rfc3339(t),
+                        state: TaskState::Failed,
+                        err: "task: non-zero exit (1)".into(),
+                        ..Default::default()
+                    };
+                } else {
+                    task.status = TaskStatus {
+                        timestamp: rfc3339(t),
+                        state: TaskState::Running,
+                        ..Default::default()
+                    };
+                    task.started_at = rfc3339(t);
+                }
+            } else if task.desired_state == TaskState::Shutdown
+                && task.status.state >= TaskState::Assigned
+                && !task.status.state.is_terminal()
+            {
+                task.status = TaskStatus {
+                    timestamp: rfc3339(t),
+                    state: TaskState::Shutdown,
+                    ..Default::default()
+                };
+            }
+        }
+    }
+
+    /// Runs the swarm a second at a time from `start` until `service`'s update ends (at most
+    /// `seconds`), calling `watch` after every second; the time it ended.
+    fn roll(
+        world: &mut World,
+        service: &str,
+        start: OffsetDateTime,
+        seconds: i64,
+        fails: &dyn Fn(&str) -> bool,
+        watch: &mut dyn FnMut(&World),
+    ) -> OffsetDateTime {
+        for second in 0..seconds {
+            let t = start + time::Duration::seconds(second);
+            settle(world, t);
+            nodes_act(world, t, fails);
+            watch(world);
+            let state = world.services[service]
+                .value
+                .update_status
+                .as_ref()
+                .map(|u| u.state);
+            if state.is_some_and(|s| !s.in_progress()) {
+                return t;
+            }
+        }
+        panic!(
+            "the update did not end in {seconds} s: {:?}",
+            world.services[service].value.update_status
+        );
+    }
+
+    /// Slots of `service` with a running task, and their images.
+    fn running_images(world: &World, service: &str) -> BTreeMap<u64, Vec<String>> {
+        let mut per: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for t in world.tasks.values().map(|t| &t.value) {
+            if t.service_id == service
+                && t.desired_state == TaskState::Running
+                && t.status.state == TaskState::Running
+            {
+                per.entry(t.slot)
+                    .or_default()
+                    .push(t.spec.container_spec.image.clone());
+            }
+        }
+        per
+    }
+
+    fn config(parallelism: u64, order: UpdateOrder, action: FailureAction) -> UpdateConfig {
+        UpdateConfig {
+            parallelism,
+            delay: 2_000_000_000,
+            failure_action: action,
+            monitor: 3_000_000_000,
+            max_failure_ratio: Ratio(0.0),
+            order,
+        }
+    }
+
+    #[test]
+    fn a_stop_first_update_replaces_at_most_parallelism_slots_at_a_time() {
+        let mut w = world(&["a", "b"]);
+        let mut web = service("web", Some(6));
+        web.spec.task_template.container_spec.image = "v1".into();
+        add_service(&mut w, web);
+        let start = now();
+        settle(&mut w, start);
+        nodes_act(&mut w, start, &|_| false);
+        update_image(
+            &mut w,
+            "web",
+            "v2",
+            config(2, UpdateOrder::StopFirst, FailureAction::Pause),
+            start,
+        );
+        let mut fewest = 6;
+        let end = roll(&mut w, "web", start, 120, &|_| false, &mut |w| {
+            fewest = fewest.min(running_images(w, "web").len());
+        });
+        let images = running_images(&w, "web");
+        assert_eq!(images.len(), 6, "{images:?}");
+        assert!(
+            images.values().all(|i| i == &["v2".to_owned()]),
+            "{images:?}"
+        );
+        assert!(
+            fewest >= 4,
+            "at most 2 slots down at once, saw {fewest} running"
+        );
+        let status = w.services["web"].value.update_status.clone().unwrap();
+        assert_eq!(status.state, UpdateState::Completed, "{status:?}");
+        // Three batches of two, each waiting out the 2 s delay: not all at once.
+        assert!(end - start >= time::Duration::seconds(6), "{}", end - start);
+        // The old tasks stay as history.
+        let old = w
+            .tasks
+            .values()
+            .filter(|t| t.value.spec.container_spec.image == "v1")
+            .count();
+        assert_eq!(old, 6);
+    }
+
+    #[test]
+    fn a_start_first_update_never_leaves_a_slot_without_a_running_task() {
+        let mut w = world(&["a", "b"]);
+        let mut web = service("web", Some(4));
+        web.spec.task_template.container_spec.image = "v1".into();
+        add_service(&mut w, web);
+        let start = now();
+        settle(&mut w, start);
+        nodes_act(&mut w, start, &|_| false);
+        update_image(
+            &mut w,
+            "web",
+            "v2",
+            config(1, UpdateOrder::StartFirst, FailureAction::Pause),
+            start,
+        );
+        let mut most = 0;
+        roll(&mut w, "web", start, 120, &|_| false, &mut |w| {
+            let images = running_images(w, "web");
+            assert_eq!(images.len(), 4, "a slot had no running task: {images:?}");
+            most = most.max(images.values().map(Vec::len).sum::<usize>());
+        });
+        assert_eq!(most, 5, "one extra task at a time");
+        let images = running_images(&w, "web");
+        assert!(
+            images.values().all(|i| i == &["v2".to_owned()]),
+            "{images:?}"
+        );
+    }
+
+    #[test]
+    fn a_failing_update_rolls_back_or_pauses_as_asked() {
+        for action in [FailureAction::Rollback, FailureAction::Pause] {
+            let mut w = world(&["a", "b"]);
+            let mut web = service("web", Some(4));
+            web.spec.task_template.container_spec.image = "v1".into();
+            add_service(&mut w, web);
+            let start = now();
+            settle(&mut w, start);
+            nodes_act(&mut w, start, &|_| false);
+            update_image(
+                &mut w,
+                "web",
+                "broken",
+                config(1, UpdateOrder::StopFirst, action),
+                start,
+            );
+            let fails = |image: &str| image == "broken";
+            let mut seen = Vec::new();
+            roll(&mut w, "web", start, 60, &fails, &mut |w| {
+                let status = w.services["web"].value.update_status.clone().unwrap();
+                if seen.last() != Some(&status) {
+                    seen.push(status);
+                }
+            });
+            let service = &w.services["web"].value;
+            let status = service.update_status.clone().unwrap();
+            match action {
+                FailureAction::Rollback => {
+                    let started = seen
+                        .iter()
+                        .find(|s| s.state == UpdateState::RollbackStarted)
+                        .unwrap_or_else(|| panic!("{seen:?}"));
+                    assert!(
+                        started
+                            .message
+                            .contains("update rolled back due to failure"),
+                        "{started:?}"
+                    );
+                    assert_eq!(status.state, UpdateState::RollbackCompleted, "{status:?}");
+                    assert_eq!(service.spec.task_template.container_spec.image, "v1");
+                    assert_eq!(
+                        service
+                            .previous_spec
+                            .as_ref()
+                            .unwrap()
+                            .task_template
+                            .container_spec
+                            .image,
+                        "broken"
+                    );
+                    let images = running_images(&w, "web");
+                    assert_eq!(images.len(), 4, "{images:?}");
+                    assert!(
+                        images.values().all(|i| i == &["v1".to_owned()]),
+                        "{images:?}"
+                    );
+                }
+                _ => {
+                    assert_eq!(status.state, UpdateState::Paused, "{status:?}");
+                    assert!(
+                        status.message.contains("update paused due to failure"),
+                        "{status:?}"
+                    );
+                    // Paused: no more old tasks are replaced (one slot was).
+                    let images = running_images(&w, "web");
+                    assert_eq!(
+                        images.values().filter(|i| *i == &["v1".to_owned()]).count(),
+                        3
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -1243,3 +1243,222 @@ fn tasks_find_services_by_name_and_reach_them_through_their_vip() {
     );
     assert!(waited.is_ok(), "{:?}", spread("60"));
 }
+
+/// Issue Services II: a rolling update of a service published through the routing mesh drops no
+/// request, start-first or stop-first, while a client asks every node 20 times a second; every
+/// task ends on the new spec, the old ones stay as history, and `UpdateStatus` reads completed.
+#[test]
+fn a_rolling_update_drops_no_request() {
+    let swarm = Swarm::up(1, 2);
+    let n1 = swarm.managers[0].clone();
+    create_serve(
+        &swarm,
+        &n1,
+        &["--name", "web", "--replicas", "6", "--publish", "8080:80"],
+    );
+    wait_running(&swarm, &n1, "web", "six tasks", |per| {
+        per.values().sum::<usize>() == 6
+    });
+    let ips: Vec<String> = swarm
+        .lab
+        .nodes()
+        .iter()
+        .map(|n| n.public_ip.to_string())
+        .collect();
+    for ip in &ips {
+        let waited = wait_until("every task answering", Duration::from_secs(20), || {
+            let names: BTreeSet<String> = who_answers(&swarm, ip, 8080, 24).into_iter().collect();
+            Ok(names.len() == 6)
+        });
+        assert!(waited.is_ok(), "{ip}:8080 did not answer from every task");
+    }
+    let client = swarm.lab.client().clone();
+    for (version, order, delay) in [("2", "start-first", "2s"), ("3", "stop-first", "1s")] {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let env = format!("VERSION={version}");
+        let (updated, asked) = std::thread::scope(|s| {
+            let askers: Vec<_> = ips
+                .iter()
+                .map(|ip| {
+                    let (client, stop) = (&client, &stop);
+                    s.spawn(move || {
+                        let target = format!("{ip}:8080");
+                        let mut all = Vec::new();
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let out = shoal_tests::mesh::labtool(
+                                client,
+                                &[
+                                    "ask",
+                                    "--target",
+                                    &target,
+                                    "--count",
+                                    "10",
+                                    "--interval-ms",
+                                    "50",
+                                    "--timeout-ms",
+                                    "2000",
+                                ],
+                            )
+                            .expect("the client asks");
+                            all.extend(answers(&out).into_iter().map(|(_, a)| a));
+                        }
+                        all
+                    })
+                })
+                .collect();
+            // Let the clients run before and after the update too.
+            std::thread::sleep(Duration::from_secs(1));
+            let updated = swarm.lab.shoal(
+                &n1,
+                &[
+                    "service",
+                    "update",
+                    "--env-add",
+                    &env,
+                    "--update-parallelism",
+                    "2",
+                    "--update-delay",
+                    delay,
+                    "--update-order",
+                    order,
+                    "web",
+                ],
+            );
+            std::thread::sleep(Duration::from_secs(1));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let asked: Vec<Result<String, String>> = askers
+                .into_iter()
+                .flat_map(|h| h.join().expect("an asker"))
+                .collect();
+            (updated, asked)
+        });
+        let updated = updated.expect("the CLI runs");
+        assert!(
+            updated.status.success(),
+            "{order}: {}",
+            shoal_tests::output_text(&updated)
+        );
+        let failed: Vec<&String> = asked.iter().filter_map(|a| a.as_ref().err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{order}: {} of {} requests failed: {failed:?}",
+            failed.len(),
+            asked.len()
+        );
+        assert!(asked.len() >= 100, "{order}: only {} requests", asked.len());
+        let inspect: Value =
+            serde_json::from_str(&swarm.ok(&n1, &["service", "inspect", "web"])).unwrap();
+        assert_eq!(
+            inspect[0]["UpdateStatus"]["State"], "completed",
+            "{inspect:#}"
+        );
+        assert!(
+            inspect[0]["PreviousSpec"]["TaskTemplate"].is_object(),
+            "{inspect:#}"
+        );
+        // Every running task runs the new spec; the replaced ones are history.
+        let all = tasks(&swarm, &n1, "web");
+        let running: Vec<&Value> = all
+            .iter()
+            .filter(|t| t["DesiredState"] == "Running")
+            .collect();
+        assert_eq!(running.len(), 6, "{all:?}");
+        for t in running {
+            let pid = task_pid(t["ID"].as_str().unwrap());
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+            assert!(
+                environ.split(|b| *b == 0).any(|kv| kv == env.as_bytes()),
+                "{order}: task {} does not run {env}",
+                t["Name"]
+            );
+        }
+        let history = all
+            .iter()
+            .filter(|t| t["DesiredState"] == "Shutdown")
+            .count();
+        assert!(history >= 6, "{order}: {all:?}");
+    }
+}
+
+/// Issue Services II: an update whose tasks fail at once is rolled back by itself with
+/// `--update-failure-action rollback` (the CLI says so and fails), or paused with `pause`, after
+/// which `service rollback` restores the service; a stale update is refused.
+#[test]
+fn a_failed_update_rolls_back_or_pauses_and_rollback_restores_the_service() {
+    let swarm = Swarm::up(1, 1);
+    let n1 = swarm.managers[0].clone();
+    create_serve(&swarm, &n1, &["--name", "web", "--replicas", "2"]);
+    wait_running(&swarm, &n1, "web", "two tasks", |per| {
+        per.values().sum::<usize>() == 2
+    });
+    let status = |swarm: &Swarm| -> (Value, Value) {
+        let inspect: Value =
+            serde_json::from_str(&swarm.ok(&n1, &["service", "inspect", "web"])).unwrap();
+        (
+            inspect[0]["UpdateStatus"].clone(),
+            inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"].clone(),
+        )
+    };
+    let serving = serde_json::json!(["serve", "--port", "80"]);
+
+    let out = swarm.fails(
+        &n1,
+        &[
+            "service",
+            "update",
+            "--args",
+            "no-such-subcommand",
+            "--update-failure-action",
+            "rollback",
+            "--update-monitor",
+            "3s",
+            "web",
+        ],
+    );
+    assert!(out.contains("rolled back due to failure"), "{out}");
+    let (update, args) = status(&swarm);
+    assert_eq!(update["State"], "rollback_completed", "{update}");
+    assert_eq!(args, serving);
+    wait_running(&swarm, &n1, "web", "two tasks again", |per| {
+        per.values().sum::<usize>() == 2
+    });
+
+    let out = swarm.fails(
+        &n1,
+        &[
+            "service",
+            "update",
+            "--args",
+            "no-such-subcommand",
+            "--update-failure-action",
+            "pause",
+            "web",
+        ],
+    );
+    assert!(out.contains("update paused due to failure"), "{out}");
+    let (update, args) = status(&swarm);
+    assert_eq!(update["State"], "paused", "{update}");
+    assert_eq!(args, serde_json::json!(["no-such-subcommand"]));
+    swarm.ok(&n1, &["service", "rollback", "web"]);
+    let (update, args) = status(&swarm);
+    assert_eq!(update["State"], "rollback_completed", "{update}");
+    assert_eq!(args, serving);
+    wait_running(&swarm, &n1, "web", "two tasks after the rollback", |per| {
+        per.values().sum::<usize>() == 2
+    });
+    // Bad input changes nothing.
+    for (flags, says) in [
+        (vec!["--update-delay", "soon"], "invalid duration"),
+        (vec!["--update-max-failure-ratio", "2"], "from 0 to 1"),
+        (vec!["--publish-rm", "7070"], "publishes no such port"),
+        (vec!["--network-rm", "nowhere"], "is not attached"),
+    ] {
+        let mut args = vec!["service", "update"];
+        args.extend(flags);
+        args.push("web");
+        let out = swarm.fails(&n1, &args);
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+    let (after, _) = status(&swarm);
+    assert_eq!(after, update, "a refused update changed the service");
+}

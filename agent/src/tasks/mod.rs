@@ -614,6 +614,7 @@ impl Worker {
         tokio::select! {
             exit = self.wait(&mut started, &runtime) => self.exited(&id, runtime, exit).await,
             () = until_stopped(&mut stopped) => {
+                drain(&mut started, self, &runtime).await;
                 self.stop_runtime(&runtime).await;
                 if let Started::Child(child) = &mut started {
                     let _ = child.wait().await;
@@ -688,6 +689,7 @@ impl Worker {
                 self.exited(&id, runtime, exit).await;
             }
             () = until_stopped(&mut stopped) => {
+                drain(&mut started, self, &runtime).await;
                 self.stop_runtime(&runtime).await;
                 self.finish(&id, Some(runtime), TaskState::Shutdown, String::new()).await;
             }
@@ -1105,6 +1107,20 @@ async fn applier(
         for done in waiting {
             let _ = done.send(result.clone());
         }
+    }
+}
+
+/// How long a task asked to stop keeps running before it is signalled: the managers stopped
+/// sending it anything when they asked (it left every node's routing mesh, VIPs and DNS in the
+/// same assignment), and this is the time for every node to have applied that, and for what it
+/// was already serving to finish. An update or a scale-down then drops no request.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits out [`DRAIN`] before a running task is stopped, unless it ends by itself meanwhile.
+async fn drain(started: &mut Started, worker: &Worker, runtime: &Runtime) {
+    tokio::select! {
+        _ = worker.wait(started, runtime) => {}
+        () = tokio::time::sleep(DRAIN) => {}
     }
 }
 

@@ -8,9 +8,10 @@ use serde::Serialize;
 use shoal_api::{
     DaemonHost,
     service::{
-        ClientIp, ContainerSpec, EndpointMode, EndpointSpec, Global, NetworkAttachmentConfig,
-        Placement, PortConfig, PortProtocol, PublishMode, Replicated, Service, ServiceMode,
-        ServiceSpec, Task, TaskFilter, TaskSpec, TaskState,
+        ClientIp, ContainerSpec, EndpointMode, EndpointSpec, FailureAction, Global,
+        NetworkAttachmentConfig, Placement, PortConfig, PortProtocol, PublishMode, Ratio,
+        Replicated, Service, ServiceMode, ServiceSpec, Task, TaskFilter, TaskSpec, TaskState,
+        UpdateConfig, UpdateOrder, UpdateState,
     },
     swarm::{Call, Node},
 };
@@ -48,6 +49,19 @@ pub(crate) enum Command {
         /// The services (name, ID or ID prefix)
         #[arg(required = true)]
         services: Vec<String>,
+    },
+    /// Update a service
+    Update(Box<UpdateArgs>),
+    /// Revert changes to a service's configuration
+    Rollback {
+        /// Exit immediately instead of waiting for the service to converge
+        #[arg(short, long)]
+        detach: bool,
+        /// Suppress progress output
+        #[arg(short, long)]
+        quiet: bool,
+        /// The service
+        service: String,
     },
     /// Scale one or multiple replicated services
     Scale {
@@ -100,11 +114,351 @@ pub(crate) struct CreateArgs {
     /// Suppress progress output
     #[arg(short, long)]
     quiet: bool,
+    #[command(flatten)]
+    rolling: RollingFlags,
     /// The image (recorded by the exec executor, run by the docker executor)
     image: String,
     /// The command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// `--update-*` and `--rollback-*`, as `service create` and `service update` take them.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct RollingFlags {
+    /// Maximum number of tasks updated simultaneously (0 to update all at once)
+    #[arg(long)]
+    update_parallelism: Option<u64>,
+    /// Delay between updates (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = go_duration)]
+    update_delay: Option<u64>,
+    /// Action on update failure ("pause", "continue", "rollback")
+    #[arg(long, value_parser = ["pause", "continue", "rollback"])]
+    update_failure_action: Option<String>,
+    /// Duration after each task update to monitor for failure (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = go_duration)]
+    update_monitor: Option<u64>,
+    /// Failure rate to tolerate during an update (0 to 1)
+    #[arg(long, value_parser = ratio)]
+    update_max_failure_ratio: Option<f64>,
+    /// Update order ("start-first", "stop-first")
+    #[arg(long, value_parser = ["start-first", "stop-first"])]
+    update_order: Option<String>,
+    /// Maximum number of tasks rolled back simultaneously (0 to roll back all at once)
+    #[arg(long)]
+    rollback_parallelism: Option<u64>,
+    /// Delay between task rollbacks (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = go_duration)]
+    rollback_delay: Option<u64>,
+    /// Action on rollback failure ("pause", "continue")
+    #[arg(long, value_parser = ["pause", "continue"])]
+    rollback_failure_action: Option<String>,
+    /// Duration after each task rollback to monitor for failure (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = go_duration)]
+    rollback_monitor: Option<u64>,
+    /// Failure rate to tolerate during a rollback (0 to 1)
+    #[arg(long, value_parser = ratio)]
+    rollback_max_failure_ratio: Option<f64>,
+    /// Rollback order ("start-first", "stop-first")
+    #[arg(long, value_parser = ["start-first", "stop-first"])]
+    rollback_order: Option<String>,
+}
+
+impl RollingFlags {
+    /// Applies the flags given to `update` and `rollback` (starting from Docker's defaults).
+    fn apply(&self, update: &mut Option<UpdateConfig>, rollback: &mut Option<UpdateConfig>) {
+        let sets = [
+            (
+                update,
+                self.update_parallelism,
+                self.update_delay,
+                &self.update_failure_action,
+                self.update_monitor,
+                self.update_max_failure_ratio,
+                &self.update_order,
+            ),
+            (
+                rollback,
+                self.rollback_parallelism,
+                self.rollback_delay,
+                &self.rollback_failure_action,
+                self.rollback_monitor,
+                self.rollback_max_failure_ratio,
+                &self.rollback_order,
+            ),
+        ];
+        for (config, parallelism, delay, action, monitor, ratio, order) in sets {
+            let given = parallelism.is_some()
+                || delay.is_some()
+                || action.is_some()
+                || monitor.is_some()
+                || ratio.is_some()
+                || order.is_some();
+            if !given {
+                continue;
+            }
+            let c = config.get_or_insert_with(UpdateConfig::default);
+            if let Some(p) = parallelism {
+                c.parallelism = p;
+            }
+            if let Some(d) = delay {
+                c.delay = d;
+            }
+            if let Some(a) = action {
+                c.failure_action = match a.as_str() {
+                    "continue" => FailureAction::Continue,
+                    "rollback" => FailureAction::Rollback,
+                    _ => FailureAction::Pause,
+                };
+            }
+            if let Some(m) = monitor {
+                c.monitor = m;
+            }
+            if let Some(r) = ratio {
+                c.max_failure_ratio = Ratio(r);
+            }
+            if let Some(o) = order {
+                c.order = match o.as_str() {
+                    "start-first" => UpdateOrder::StartFirst,
+                    _ => UpdateOrder::StopFirst,
+                };
+            }
+        }
+    }
+}
+
+/// A Go duration as the docker CLI takes it (`1h30m`, `10s`, `500ms`, `1.5s`, `0s`), in
+/// nanoseconds. A bare `0` is zero; any other number needs a unit.
+pub(crate) fn go_duration(text: &str) -> Result<u64, String> {
+    let bad = |why: &str| format!("invalid duration {text:?}: {why}");
+    if text == "0" {
+        return Ok(0);
+    }
+    if text.is_empty() {
+        return Err(bad("empty"));
+    }
+    let mut rest = text;
+    let mut total: f64 = 0.0;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| bad("missing unit (ns, us, ms, s, m, h)"))?;
+        let (number, tail) = rest.split_at(number_len);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| bad("want a number and a unit, as in 10s or 1m30s"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            other => {
+                return Err(bad(&format!(
+                    "unknown unit {other:?} (ns, us, ms, s, m, h)"
+                )));
+            }
+        };
+        total += value * scale;
+        rest = tail;
+    }
+    if total >= u64::MAX as f64 / 2.0 {
+        return Err(bad("too long"));
+    }
+    Ok(total.round() as u64)
+}
+
+/// A failure ratio: a number from 0 to 1.
+fn ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("invalid ratio {text:?}: want a number from 0 to 1")),
+    }
+}
+
+/// `service update`'s flags: Docker's, each changing one part of the spec read from the swarm.
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpdateArgs {
+    /// Service image tag
+    #[arg(long)]
+    image: Option<String>,
+    /// Number of tasks
+    #[arg(long)]
+    replicas: Option<u64>,
+    /// Service command args (split on spaces)
+    #[arg(long, allow_hyphen_values = true)]
+    args: Option<String>,
+    /// Add or update an environment variable (KEY=VALUE)
+    #[arg(long)]
+    env_add: Vec<String>,
+    /// Remove an environment variable (KEY)
+    #[arg(long)]
+    env_rm: Vec<String>,
+    /// Add or update a published port (as --publish takes it)
+    #[arg(long, value_name = "PORT")]
+    publish_add: Vec<String>,
+    /// Remove a published port by its published or target port: PORT[/PROTOCOL]
+    #[arg(long, value_name = "PORT")]
+    publish_rm: Vec<String>,
+    /// Add or update a placement constraint
+    #[arg(long)]
+    constraint_add: Vec<String>,
+    /// Remove a placement constraint
+    #[arg(long)]
+    constraint_rm: Vec<String>,
+    /// Add a network (as --network takes it)
+    #[arg(long)]
+    network_add: Vec<String>,
+    /// Remove a network (name or ID)
+    #[arg(long)]
+    network_rm: Vec<String>,
+    /// Add or update a service label (KEY=VALUE)
+    #[arg(long)]
+    label_add: Vec<String>,
+    /// Remove a label by its key
+    #[arg(long)]
+    label_rm: Vec<String>,
+    /// Endpoint mode ("vip" or "dnsrr")
+    #[arg(long, value_parser = ["vip", "dnsrr"])]
+    endpoint_mode: Option<String>,
+    /// Force update even if no changes require it
+    #[arg(long)]
+    force: bool,
+    /// Roll back to the previous specification
+    #[arg(long)]
+    rollback: bool,
+    /// Exit immediately instead of waiting for the service to converge
+    #[arg(short, long)]
+    detach: bool,
+    /// Suppress progress output
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    rolling: RollingFlags,
+    /// The service (name, ID or ID prefix)
+    service: String,
+}
+
+/// The spec `args` make of `spec` (the service as read), or what is wrong with them.
+fn updated_spec(
+    mut spec: ServiceSpec,
+    args: &UpdateArgs,
+    network_ids: &HashMap<String, String>,
+) -> Result<ServiceSpec, Failure> {
+    let task = &mut spec.task_template;
+    if let Some(image) = &args.image {
+        task.container_spec.image.clone_from(image);
+    }
+    if let Some(replicas) = args.replicas {
+        match &mut spec.mode.replicated {
+            Some(r) => r.replicas = replicas,
+            None => {
+                return Err(Failure(
+                    "replicas can only be used with replicated mode".into(),
+                ));
+            }
+        }
+    }
+    if let Some(words) = &args.args {
+        task.container_spec.args = words.split_whitespace().map(str::to_owned).collect();
+    }
+    let key = |kv: &str| kv.split_once('=').map_or(kv, |(k, _)| k).to_owned();
+    for rm in &args.env_rm {
+        let k = key(rm);
+        task.container_spec.env.retain(|e| key(e) != k);
+    }
+    for add in &args.env_add {
+        let add = env_from_client(add.clone());
+        let k = key(&add);
+        task.container_spec.env.retain(|e| key(e) != k);
+        task.container_spec.env.push(add);
+    }
+    for rm in &args.constraint_rm {
+        task.placement.constraints.retain(|c| c != rm);
+    }
+    for add in &args.constraint_add {
+        if !task.placement.constraints.contains(add) {
+            task.placement.constraints.push(add.clone());
+        }
+    }
+    // Networks are kept by ID: a name given here is the network's name or ID.
+    let id_of = |n: &str| network_ids.get(n).cloned().unwrap_or_else(|| n.to_owned());
+    for rm in &args.network_rm {
+        let id = id_of(rm);
+        let before = task.networks.len();
+        task.networks.retain(|n| n.target != id);
+        if task.networks.len() == before {
+            return Err(Failure(format!(
+                "network {rm} is not attached to service {}",
+                spec.name
+            )));
+        }
+    }
+    for add in &args.network_add {
+        let mut attachment = parse_network(add).map_err(Failure)?;
+        attachment.target = id_of(&attachment.target);
+        if task.networks.iter().any(|n| n.target == attachment.target) {
+            return Err(Failure(format!(
+                "service {} is already attached to network {}",
+                spec.name, attachment.target
+            )));
+        }
+        task.networks.push(attachment);
+    }
+    if args.force {
+        task.force_update += 1;
+    }
+    for rm in &args.label_rm {
+        spec.labels.remove(rm);
+    }
+    for add in &args.label_add {
+        let (k, v) = add.split_once('=').unwrap_or((add, ""));
+        spec.labels.insert(k.to_owned(), v.to_owned());
+    }
+    for rm in &args.publish_rm {
+        let (port, proto) = match rm.split_once('/') {
+            Some((port, proto)) => (port, Some(proto)),
+            None => (rm.as_str(), None),
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| Failure(format!("invalid --publish-rm {rm:?}: want PORT[/PROTOCOL]")))?;
+        let before = spec.endpoint_spec.ports.len();
+        spec.endpoint_spec.ports.retain(|p| {
+            let same_proto = proto.is_none_or(|want| p.protocol.to_string() == want);
+            !(same_proto && (p.published_port == port || p.target_port == port))
+        });
+        if spec.endpoint_spec.ports.len() == before {
+            return Err(Failure(format!(
+                "invalid --publish-rm {rm:?}: service {} publishes no such port",
+                spec.name
+            )));
+        }
+    }
+    for add in &args.publish_add {
+        let port = parse_publish(add).map_err(Failure)?;
+        spec.endpoint_spec.ports.retain(|p| {
+            !(p.protocol == port.protocol
+                && (p.target_port == port.target_port
+                    || (port.published_port != 0 && p.published_port == port.published_port)))
+        });
+        spec.endpoint_spec.ports.push(port);
+    }
+    if let Some(mode) = &args.endpoint_mode {
+        spec.endpoint_spec.mode = if mode == "dnsrr" {
+            EndpointMode::Dnsrr
+        } else {
+            EndpointMode::Vip
+        };
+    }
+    args.rolling
+        .apply(&mut spec.update_config, &mut spec.rollback_config);
+    Ok(spec)
 }
 
 /// Parses `--publish` in either of Docker's syntaxes.
@@ -261,6 +615,8 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
         Some((c, rest)) => (vec![c.clone()], rest.to_vec()),
         None => (Vec::new(), Vec::new()),
     };
+    let (mut update_config, mut rollback_config) = (None, None);
+    args.rolling.apply(&mut update_config, &mut rollback_config);
     Ok(ServiceSpec {
         name: args.name.unwrap_or_default(),
         labels: BTreeMap::new(),
@@ -280,6 +636,7 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
                 .map(|n| parse_network(n))
                 .collect::<Result<_, _>>()
                 .map_err(Failure)?,
+            force_update: 0,
         },
         mode,
         endpoint_spec: EndpointSpec {
@@ -290,6 +647,8 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
             },
             ports,
         },
+        update_config,
+        rollback_config,
     })
 }
 
@@ -497,6 +856,28 @@ fn bar(state: TaskState) -> String {
 /// Shows convergence until every slot (or node) of `service` has a running task, as
 /// `docker service create` does.
 async fn converge(host: &DaemonHost, service: &str) -> Result<(), Failure> {
+    converge_after(host, service, None).await
+}
+
+/// What a change of a service's tasks was asked to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// `service update`: a rollback means it failed.
+    Update,
+    /// `service rollback`.
+    Rollback,
+}
+
+/// Waits for a service to converge, showing its slots. After an update or rollback made from
+/// the service at `after.0` (its version then), also waits for that to end, and fails if it is
+/// paused or (for an update) rolled back, saying why, as the docker CLI does.
+async fn converge_after(
+    host: &DaemonHost,
+    service: &str,
+    after: Option<(u64, Expect)>,
+) -> Result<(), Failure> {
+    // Why an update was rolled back, once the swarm said so.
+    let mut rolled_back: Option<String> = None;
     let tty = std::io::stdout().is_terminal();
     let mut shown_lines = 0;
     let mut last = String::new();
@@ -529,12 +910,23 @@ async fn converge(host: &DaemonHost, service: &str) -> Result<(), Failure> {
             } else {
                 (0, t.node_id.clone())
             };
-            slots.entry(key).or_insert(t);
+            // During an update, the task on the current spec stands for its slot.
+            let current = |t: &Task| t.spec == svc.spec.task_template;
+            match slots.get(&key) {
+                Some(seen) if current(seen) || !current(t) => {}
+                _ => {
+                    slots.insert(key, t);
+                }
+            }
         }
+        let updating = svc
+            .update_status
+            .as_ref()
+            .is_some_and(|u| u.state.in_progress());
         let desired = svc.spec.replicas().map_or(slots.len(), |n| n as usize);
         let running = slots
             .values()
-            .filter(|t| t.status.state == TaskState::Running)
+            .filter(|t| t.status.state == TaskState::Running && t.spec == svc.spec.task_template)
             .count();
         let mut text = format!("overall progress: {running} out of {desired} tasks\n");
         for (i, t) in slots.values().enumerate() {
@@ -553,7 +945,34 @@ async fn converge(host: &DaemonHost, service: &str) -> Result<(), Failure> {
                 break;
             }
         }
-        let done = running == desired && slots.len() == desired;
+        let done = running == desired && slots.len() == desired && !updating;
+        if let Some((version, expect)) = after {
+            // The service as it was before the update may still be what this node reads.
+            if svc.version.index <= version {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            if let Some(status) = &svc.update_status {
+                let verb = if status.state.is_rollback() {
+                    "rollback"
+                } else {
+                    "update"
+                };
+                if matches!(
+                    status.state,
+                    UpdateState::Paused | UpdateState::RollbackPaused
+                ) {
+                    return Err(Failure(format!("{verb} paused: {}", status.message)));
+                }
+                if expect == Expect::Update && status.state.is_rollback() && rolled_back.is_none() {
+                    println!("rollback: {}", status.message);
+                    rolled_back = Some(status.message.clone());
+                }
+            }
+        }
+        if let Some(why) = rolled_back.as_ref().filter(|_| done) {
+            return Err(Failure(format!("the update was rolled back: {why}")));
+        }
         if tty {
             if shown_lines > 0 {
                 print!("\x1b[{shown_lines}A\x1b[J");
@@ -631,6 +1050,91 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 serde_json::from_value(call(host, &Call::ServiceInspect { ids: services }).await?)?;
             println!("{}", serde_json::to_string_pretty(&found)?);
         }
+        Command::Update(args) => {
+            let found: Vec<Service> = serde_json::from_value(
+                call(
+                    host,
+                    &Call::ServiceInspect {
+                        ids: vec![args.service.clone()],
+                    },
+                )
+                .await?,
+            )?;
+            let current = found
+                .into_iter()
+                .next()
+                .ok_or_else(|| Failure(format!("service {} not found", args.service)))?;
+            if args.rollback {
+                call(
+                    host,
+                    &Call::ServiceRollback {
+                        id: current.id.clone(),
+                    },
+                )
+                .await?;
+            } else {
+                let networks: Vec<shoal_api::service::Network> =
+                    serde_json::from_value(call(host, &Call::NetworkList).await?)?;
+                let ids: HashMap<String, String> = networks
+                    .into_iter()
+                    .flat_map(|n| [(n.spec.name.clone(), n.id.clone()), (n.id.clone(), n.id)])
+                    .collect();
+                let spec = updated_spec(current.spec.clone(), &args, &ids)?;
+                call(
+                    host,
+                    &Call::ServiceUpdate {
+                        id: current.id.clone(),
+                        version: current.version.index,
+                        spec: Box::new(spec),
+                    },
+                )
+                .await?;
+            }
+            println!("{}", current.spec.name);
+            if !args.detach && !args.quiet {
+                converge_after(
+                    host,
+                    &current.id,
+                    Some((current.version.index, Expect::Update)),
+                )
+                .await?;
+            }
+        }
+        Command::Rollback {
+            detach,
+            quiet,
+            service,
+        } => {
+            let found: Vec<Service> = serde_json::from_value(
+                call(
+                    host,
+                    &Call::ServiceInspect {
+                        ids: vec![service.clone()],
+                    },
+                )
+                .await?,
+            )?;
+            let current = found
+                .into_iter()
+                .next()
+                .ok_or_else(|| Failure(format!("service {service} not found")))?;
+            call(
+                host,
+                &Call::ServiceRollback {
+                    id: current.id.clone(),
+                },
+            )
+            .await?;
+            println!("{}", current.spec.name);
+            if !detach && !quiet {
+                converge_after(
+                    host,
+                    &current.id,
+                    Some((current.version.index, Expect::Rollback)),
+                )
+                .await?;
+            }
+        }
         Command::Scale { detach, scales } => {
             let mut parsed = Vec::new();
             for s in &scales {
@@ -690,6 +1194,132 @@ mod tests {
             env_from_client("SHOAL_NO_SUCH_VARIABLE_42".into()),
             "SHOAL_NO_SUCH_VARIABLE_42"
         );
+    }
+
+    #[test]
+    fn durations_are_go_s() {
+        assert_eq!(go_duration("10s"), Ok(10_000_000_000));
+        assert_eq!(go_duration("1m30s"), Ok(90_000_000_000));
+        assert_eq!(go_duration("500ms"), Ok(500_000_000));
+        assert_eq!(go_duration("1.5s"), Ok(1_500_000_000));
+        assert_eq!(go_duration("0"), Ok(0));
+        assert_eq!(go_duration("0s"), Ok(0));
+        assert_eq!(go_duration("2h"), Ok(7_200_000_000_000));
+        assert!(go_duration("10").unwrap_err().contains("missing unit"));
+        assert!(go_duration("5x").unwrap_err().contains("unknown unit"));
+        assert!(go_duration("s").unwrap_err().contains("want a number"));
+        assert!(go_duration("").unwrap_err().contains("empty"));
+        assert!(go_duration("9999999999h").unwrap_err().contains("too long"));
+        assert!(ratio("1.5").unwrap_err().contains("from 0 to 1"));
+        assert_eq!(ratio("0.25"), Ok(0.25));
+    }
+
+    fn update_args(flags: &[&str]) -> UpdateArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: UpdateArgs,
+        }
+        let mut argv = vec!["shoal"];
+        argv.extend_from_slice(flags);
+        argv.push("web");
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn update_flags_change_only_what_they_name() {
+        let mut spec = ServiceSpec {
+            name: "web".into(),
+            mode: ServiceMode {
+                replicated: Some(Replicated { replicas: 2 }),
+                global: None,
+            },
+            ..Default::default()
+        };
+        spec.task_template.container_spec.image = "v1".into();
+        spec.task_template.container_spec.env = vec!["A=1".into(), "B=2".into()];
+        spec.task_template.placement.constraints = vec!["node.role==worker".into()];
+        spec.endpoint_spec.ports = vec![parse_publish("8080:80").unwrap()];
+        let ids = HashMap::from([("app".to_owned(), "n1".to_owned())]);
+        let args = update_args(&[
+            "--image",
+            "v2",
+            "--env-add",
+            "A=3",
+            "--env-rm",
+            "B",
+            "--constraint-rm",
+            "node.role==worker",
+            "--constraint-add",
+            "node.labels.zone==a",
+            "--publish-rm",
+            "8080",
+            "--publish-add",
+            "9090:90",
+            "--network-add",
+            "app",
+            "--label-add",
+            "tier=web",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "10s",
+            "--update-order",
+            "start-first",
+            "--update-failure-action",
+            "rollback",
+            "--force",
+        ]);
+        let new = updated_spec(spec.clone(), &args, &ids).unwrap();
+        let c = &new.task_template.container_spec;
+        assert_eq!(c.image, "v2");
+        assert_eq!(c.env, ["A=3"]);
+        assert_eq!(
+            new.task_template.placement.constraints,
+            ["node.labels.zone==a"]
+        );
+        assert_eq!(new.endpoint_spec.ports.len(), 1);
+        assert_eq!(new.endpoint_spec.ports[0].published_port, 9090);
+        assert_eq!(new.task_template.networks[0].target, "n1");
+        assert_eq!(new.labels["tier"], "web");
+        assert_eq!(new.task_template.force_update, 1);
+        let u = new.update_config.clone().unwrap();
+        assert_eq!((u.parallelism, u.delay), (2, 10_000_000_000));
+        assert_eq!(u.order, UpdateOrder::StartFirst);
+        assert_eq!(u.failure_action, FailureAction::Rollback);
+        // Docker's defaults for what was not given.
+        assert_eq!(u.monitor, 5_000_000_000);
+        assert_eq!(new.replicas(), Some(2));
+        assert!(new.rollback_config.is_none());
+
+        // Nothing asked, nothing changed.
+        assert_eq!(
+            updated_spec(spec.clone(), &update_args(&[]), &ids).unwrap(),
+            spec
+        );
+        // What cannot be removed is an error, not a silent no-op.
+        let err = updated_spec(spec.clone(), &update_args(&["--publish-rm", "7070"]), &ids);
+        assert!(err.unwrap_err().0.contains("publishes no such port"));
+        let err = updated_spec(spec.clone(), &update_args(&["--network-rm", "app"]), &ids);
+        assert!(err.unwrap_err().0.contains("is not attached"));
+        // Bad values are refused by the flag parser.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: UpdateArgs,
+        }
+        for bad in [
+            ["--update-delay", "soon"],
+            ["--update-max-failure-ratio", "2"],
+            ["--update-order", "sideways"],
+            ["--rollback-failure-action", "rollback"],
+        ] {
+            let argv = ["shoal", bad[0], bad[1], "web"];
+            assert!(
+                <Cli as clap::Parser>::try_parse_from(argv).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

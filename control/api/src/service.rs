@@ -134,7 +134,149 @@ pub struct Service {
     /// What the allocator gave it: published ports and virtual IPs.
     #[serde(default)]
     pub endpoint: Endpoint,
+    /// The spec before the last `service update` (what `service rollback` returns to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<ServiceSpec>,
+    /// The last update or rollback of its tasks and how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<UpdateStatus>,
 }
+
+/// How the last update (or rollback) of a service's tasks went, as Docker reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateStatus {
+    /// Where it is.
+    pub state: UpdateState,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub started_at: String,
+    /// RFC 3339, once it ended.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub completed_at: String,
+    /// What happened, in words.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `UpdateStatus.State`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    /// Tasks are being replaced with the new spec.
+    #[default]
+    Updating,
+    /// Stopped after too many failures (`--update-failure-action pause`).
+    Paused,
+    /// Every task runs the new spec.
+    Completed,
+    /// Tasks are being returned to the previous spec.
+    RollbackStarted,
+    /// A rollback stopped after too many failures.
+    RollbackPaused,
+    /// Every task runs the previous spec again.
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    /// Whether tasks are being replaced now.
+    pub fn in_progress(self) -> bool {
+        matches!(self, Self::Updating | Self::RollbackStarted)
+    }
+
+    /// Whether it is (or ended as) a rollback.
+    pub fn is_rollback(self) -> bool {
+        matches!(
+            self,
+            Self::RollbackStarted | Self::RollbackPaused | Self::RollbackCompleted
+        )
+    }
+}
+
+/// `--update-*` and `--rollback-*`: how a new task template rolls over a service's tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateConfig {
+    /// Tasks replaced at once (0: all at once).
+    pub parallelism: u64,
+    /// Nanoseconds to wait after a task is replaced before the next (per parallel worker).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delay: u64,
+    /// What a failed update does.
+    #[serde(default)]
+    pub failure_action: FailureAction,
+    /// Nanoseconds after a new task starts during which its failure counts against the update.
+    #[serde(default)]
+    pub monitor: u64,
+    /// The fraction of replaced tasks that may fail before the failure action.
+    #[serde(default)]
+    pub max_failure_ratio: Ratio,
+    /// Stop the old task first, or start the new one first.
+    #[serde(default)]
+    pub order: UpdateOrder,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Default for UpdateConfig {
+    /// Docker's defaults: one at a time, no delay, pause on failure, watched for 5 s, no failure
+    /// tolerated, stop first.
+    fn default() -> Self {
+        Self {
+            parallelism: 1,
+            delay: 0,
+            failure_action: FailureAction::Pause,
+            monitor: 5_000_000_000,
+            max_failure_ratio: Ratio(0.0),
+            order: UpdateOrder::StopFirst,
+        }
+    }
+}
+
+/// `--update-failure-action`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    /// Stop updating; `service update` or `service rollback` goes on.
+    #[default]
+    Pause,
+    /// Go on updating.
+    Continue,
+    /// Return to the previous spec (not for a rollback itself).
+    Rollback,
+}
+
+impl FailureAction {
+    /// Its name, as the flag takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Continue => "continue",
+            Self::Rollback => "rollback",
+        }
+    }
+}
+
+/// `--update-order`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// The old task stops, then its replacement starts.
+    #[default]
+    StopFirst,
+    /// The replacement starts; the old task stops once it runs.
+    StartFirst,
+}
+
+/// A fraction from 0 to 1 (`--update-max-failure-ratio`), a JSON number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ratio(pub f64);
+
+// Checked to be within 0..=1 where it is read, so never NaN.
+impl Eq for Ratio {}
 
 /// `service create`'s flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +294,12 @@ pub struct ServiceSpec {
     /// `--endpoint-mode`, `--publish`.
     #[serde(default)]
     pub endpoint_spec: EndpointSpec,
+    /// `--update-*` (Docker's defaults when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_config: Option<UpdateConfig>,
+    /// `--rollback-*` (Docker's defaults when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_config: Option<UpdateConfig>,
 }
 
 impl ServiceSpec {
@@ -173,6 +321,9 @@ pub struct TaskSpec {
     /// `--network`: network IDs.
     #[serde(default)]
     pub networks: Vec<NetworkAttachmentConfig>,
+    /// Raised by `service update --force`: every task is replaced though nothing else changed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub force_update: u64,
 }
 
 /// The program a task runs.
@@ -477,6 +628,10 @@ pub struct Task {
     pub status: TaskStatus,
     /// Where the orchestrator wants it: running or shutdown.
     pub desired_state: TaskState,
+    /// RFC 3339: when its node first reported it running (Shoal's; a rolling update watches a
+    /// new task for failure from then on).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub started_at: String,
     /// Its addresses, one per network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks_attachments: Vec<NetworkAttachment>,

@@ -90,6 +90,21 @@ pub enum Call {
         /// Its new replica count.
         replicas: u64,
     },
+    /// `service update`: the whole new spec, computed by the client from the service it read
+    /// at `version` (refused as out of sequence if the service changed since).
+    ServiceUpdate {
+        /// The service (name, ID or ID prefix).
+        id: String,
+        /// The version the client read.
+        version: u64,
+        /// The new spec.
+        spec: Box<crate::service::ServiceSpec>,
+    },
+    /// `service rollback`: back to the spec before the last update.
+    ServiceRollback {
+        /// The service (name, ID or ID prefix).
+        id: String,
+    },
     /// `service rm`.
     ServiceRemove {
         /// The services.

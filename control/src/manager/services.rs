@@ -15,8 +15,9 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use shoal_api::service::{
-    Driver, ENCRYPTED_OPTION, Endpoint, EndpointMode, INGRESS, Ipam, IpamConfig, Network,
-    NetworkSpec, Service, ServiceSpec, Task, TaskFilter, TaskStatus, VNI_OPTION, VirtualIp,
+    Driver, ENCRYPTED_OPTION, Endpoint, EndpointMode, FailureAction, INGRESS, Ipam, IpamConfig,
+    Network, NetworkSpec, Service, ServiceSpec, Task, TaskFilter, TaskState, TaskStatus,
+    UpdateState, UpdateStatus, VNI_OPTION, VirtualIp,
 };
 use shoal_api::swarm::{Call, Version};
 use tokio::sync::watch;
@@ -126,6 +127,10 @@ pub(super) async fn call(inner: &Inner, call: &Call, me: &str) -> Option<Result<
                 .and_then(|found| ops::encode(&found))
         }
         Call::ServiceScale { id, replicas } => scale(inner, id, *replicas).await,
+        Call::ServiceUpdate { id, version, spec } => {
+            update_service(inner, id, *version, (**spec).clone()).await
+        }
+        Call::ServiceRollback { id } => rollback_service(inner, id).await,
         Call::ServiceRemove { ids } => {
             let world = world(inner);
             let doomed: Result<Vec<Change>, Status> = ids
@@ -498,6 +503,21 @@ fn allocate_endpoint(
         }
     }
     let spec = service.spec.endpoint_spec.clone();
+    // A port the swarm chose keeps its number across an update, as in Docker.
+    let chosen_before = |p: &shoal_api::service::PortConfig| {
+        world.services.get(&service.id).and_then(|old| {
+            old.value
+                .endpoint
+                .ports
+                .iter()
+                .find(|o| {
+                    o.target_port == p.target_port
+                        && o.protocol == p.protocol
+                        && o.publish_mode == p.publish_mode
+                })
+                .map(|o| o.published_port)
+        })
+    };
     let wanted: Vec<_> = spec
         .ports
         .iter()
@@ -505,7 +525,9 @@ fn allocate_endpoint(
         .map(|p| {
             (
                 orchestrator::protocol(p.protocol),
-                Some(p.published_port).filter(|p| *p != 0),
+                Some(p.published_port)
+                    .filter(|p| *p != 0)
+                    .or_else(|| chosen_before(p)),
             )
         })
         .collect();
@@ -534,9 +556,25 @@ fn allocate_endpoint(
     if spec.mode == EndpointMode::Vip {
         let ingress = world.ingress().map(|n| n.id.clone());
         for network in orchestrator::task_networks(service, ingress.as_deref()) {
-            let ip = allocator
-                .address(&network)
-                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            // A network it stays on keeps its VIP.
+            let before = world
+                .services
+                .get(&service.id)
+                .and_then(|old| {
+                    old.value
+                        .endpoint
+                        .virtual_ips
+                        .iter()
+                        .find(|v| v.network_id == network)
+                })
+                .and_then(|v| orchestrator::address_of(&v.addr))
+                .filter(|ip| allocator.reserve(&network, *ip));
+            let ip = match before {
+                Some(ip) => ip,
+                None => allocator
+                    .address(&network)
+                    .map_err(|e| Status::resource_exhausted(e.to_string()))?,
+            };
             let prefix = allocator
                 .network(&network)
                 .map_or(24, |n| n.subnet.prefix_len());
@@ -625,6 +663,135 @@ async fn scale(inner: &Inner, id: &str, replicas: u64) -> Result<Value, Status> 
         }
     }
     Err(Status::aborted("update out of sequence; try again"))
+}
+
+/// Checks an update's spec against the service as it is: what Docker refuses to change.
+fn check_update(current: &ServiceSpec, new: &ServiceSpec) -> Result<(), Status> {
+    if new.name != current.name {
+        return Err(Status::invalid_argument(format!(
+            "renaming services is not supported (service {})",
+            current.name
+        )));
+    }
+    if new.mode.global.is_some() != current.mode.global.is_some() {
+        return Err(Status::invalid_argument(format!(
+            "service mode change is not allowed (service {} is {})",
+            current.name,
+            if current.mode.global.is_some() {
+                "global"
+            } else {
+                "replicated"
+            }
+        )));
+    }
+    for (config, what) in [
+        (&new.update_config, "update"),
+        (&new.rollback_config, "rollback"),
+    ] {
+        let Some(config) = config else {
+            continue;
+        };
+        let ratio = config.max_failure_ratio.0;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(Status::invalid_argument(format!(
+                "invalid --{what}-max-failure-ratio {ratio}: a fraction from 0 to 1"
+            )));
+        }
+        if what == "rollback" && config.failure_action == FailureAction::Rollback {
+            return Err(Status::invalid_argument(
+                "invalid --rollback-failure-action rollback: a rollback can pause or continue",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the tasks of `a` and `b` differ: an update replaces them.
+fn tasks_change(a: &Service, b: &Service) -> bool {
+    a.spec.task_template != b.spec.task_template || a.endpoint.ports != b.endpoint.ports
+}
+
+/// `service update`: the client's new spec, computed from the service it read at `version`.
+async fn update_service(
+    inner: &Inner,
+    id: &str,
+    version: u64,
+    mut spec: ServiceSpec,
+) -> Result<Value, Status> {
+    let world = world(inner);
+    let current = find_service(&world, id)?.clone();
+    if current.version.index != version {
+        return Err(Status::aborted(format!(
+            "update out of sequence: service {} is at version {}, the update was made from {version}",
+            current.spec.name, current.version.index
+        )));
+    }
+    check_update(&current.spec, &spec)?;
+    check_service(&world, &mut spec)?;
+    check_mesh_room(&world, &spec, &current.id)?;
+    let mut service = current.clone();
+    service.previous_spec = Some(current.spec.clone());
+    service.spec = spec;
+    service.updated_at = now();
+    allocate_endpoint(&world, &mut service, ops::data_path_port(inner))?;
+    if tasks_change(&current, &service) {
+        service.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_at: service.updated_at.clone(),
+            completed_at: String::new(),
+            message: "update in progress".into(),
+        });
+    }
+    write_service(inner, &service).await
+}
+
+/// `service rollback`: the spec before the last update comes back (and the current one becomes
+/// the previous, as in Docker).
+async fn rollback_service(inner: &Inner, id: &str) -> Result<Value, Status> {
+    let world = world(inner);
+    let current = find_service(&world, id)?.clone();
+    let Some(previous) = current.previous_spec.clone() else {
+        return Err(Status::failed_precondition(format!(
+            "service {} does not have a previous spec",
+            current.spec.name
+        )));
+    };
+    let mut service = current.clone();
+    service.previous_spec = Some(current.spec.clone());
+    service.spec = previous;
+    service.updated_at = now();
+    allocate_endpoint(&world, &mut service, ops::data_path_port(inner))?;
+    if tasks_change(&current, &service) {
+        service.update_status = Some(UpdateStatus {
+            state: UpdateState::RollbackStarted,
+            started_at: service.updated_at.clone(),
+            completed_at: String::new(),
+            message: "manually requested rollback".into(),
+        });
+    }
+    write_service(inner, &service).await
+}
+
+/// Writes a service at the version it was read; a concurrent change is "out of sequence".
+async fn write_service(inner: &Inner, service: &Service) -> Result<Value, Status> {
+    ops::propose(
+        inner,
+        ChangeSet(vec![Change::Update {
+            kind: Kind::Service,
+            id: service.id.clone(),
+            version: service.version.index,
+            body: body(service),
+        }]),
+    )
+    .await
+    .map_err(|s| match s.code() {
+        tonic::Code::Aborted => Status::aborted(format!(
+            "update out of sequence: service {} changed meanwhile; read it again",
+            service.spec.name
+        )),
+        _ => s,
+    })?;
+    Ok(Value::Null)
 }
 
 /// A network's stored form, its subnet, gateway and VNI allocated.
@@ -842,6 +1009,9 @@ pub(super) async fn report(
                 // cannot turn its reports into a stream of raft writes.
                 if task.node_id != node_id || status.state <= task.status.state {
                     continue;
+                }
+                if status.state == TaskState::Running && task.started_at.is_empty() {
+                    task.started_at = now();
                 }
                 task.status = status.clone();
                 task.updated_at = now();

@@ -70,9 +70,11 @@ subcommands:
       Userspace TCP proxy (the baseline): round robin over the backends, two copy threads per
       connection. Prints `proxying` once listening; runs until killed.
   ask --target IP:PORT|NAME:PORT [--udp] [--sports A-B | --count N] [--timeout-ms 2000]
+      [--interval-ms 0]
       One request per source port A..=B (or N requests from ephemeral ports, default 1), one
       after the other: HTTP GET over TCP, or the datagram `?` with --udp. Prints one line per
-      request: `<sport> <name>` or `<sport> ERROR <message>`; exits 0 either way.
+      request: `<sport> <name>` or `<sport> ERROR <message>`; exits 0 either way. With
+      --interval-ms, waits that long before each request.
   hold --target IP:PORT --seconds S [--interval-ms 100]
       One TCP connection; every interval writes `ping\\n` and prints the reply as
       `<elapsed_ms> <name>`. Prints `done <count>` at the end; on any error (2 s timeouts)
@@ -1229,7 +1231,11 @@ fn cmd_ask(flags: &Flags) -> Result<ExitCode> {
         }
     };
 
+    let interval = Duration::from_millis(flags.or("interval-ms", 0u64)?);
     for sport in sports {
+        if !interval.is_zero() {
+            thread::sleep(interval);
+        }
         let (sport, answer) = if udp {
             ask_udp(&target, sport, timeout)
         } else {
@@ -1833,7 +1839,7 @@ const COMMANDS: &[Command] = &[
     ("tcp-proxy", &["listen", "backends"], &[], cmd_tcp_proxy),
     (
         "ask",
-        &["target", "sports", "count", "timeout-ms"],
+        &["target", "sports", "count", "timeout-ms", "interval-ms"],
         &["udp"],
         cmd_ask,
     ),
