@@ -423,9 +423,19 @@ fn update_step(
     {
         let what = if rollback { "rollback" } else { "update" };
         let task = &first.id;
-        let roll_back = !rollback
-            && config.failure_action == FailureAction::Rollback
-            && service.previous_spec.is_some();
+        let wants_rollback = !rollback && config.failure_action == FailureAction::Rollback;
+        // The reconciler does not allocate published ports: an update that changed them is
+        // paused instead, for `service rollback` (which does) to undo.
+        let ports_changed = service
+            .previous_spec
+            .as_ref()
+            .is_none_or(|p| p.endpoint_spec != service.spec.endpoint_spec);
+        let roll_back = wants_rollback && !ports_changed;
+        let why = if wants_rollback && ports_changed {
+            " (the update changed the published ports: `service rollback` gives them back)"
+        } else {
+            ""
+        };
         let (state, message) = if roll_back {
             (
                 UpdateState::RollbackStarted,
@@ -438,7 +448,7 @@ fn update_step(
                 } else {
                     UpdateState::Paused
                 },
-                format!("{what} paused due to failure or early termination of task {task}"),
+                format!("{what} paused due to failure or early termination of task {task}{why}"),
             )
         };
         return UpdateStep::Status(NextStatus {
