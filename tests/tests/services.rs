@@ -1462,3 +1462,81 @@ fn a_failed_update_rolls_back_or_pauses_and_rollback_restores_the_service() {
     let (after, _) = status(&swarm);
     assert_eq!(after, update, "a refused update changed the service");
 }
+
+/// Issue Services II: the rolling updater lives in the store, not in the leader's memory: when
+/// the leader is SIGKILLed in the middle of an update, the new leader finishes it.
+#[test]
+fn a_new_leader_finishes_an_update_the_old_one_started() {
+    let swarm = Swarm::up_with(3, 0, &["--dispatcher-heartbeat", "1s"]);
+    let n1 = swarm.managers[0].clone();
+    create_serve(&swarm, &n1, &["--name", "web", "--replicas", "6"]);
+    wait_running(&swarm, &n1, "web", "six tasks", |per| {
+        per.values().sum::<usize>() == 6
+    });
+    let leader = swarm.leader(&n1).expect("a leader");
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--env-add",
+            "VERSION=2",
+            "--update-parallelism",
+            "1",
+            "--update-delay",
+            "2s",
+            "web",
+        ],
+    );
+    // Kill the leader once the update is under way, not done.
+    let waited = wait_until("a first task replaced", Duration::from_secs(30), || {
+        Ok(tasks(&swarm, &n1, "web")
+            .iter()
+            .any(|t| t["DesiredState"] == "Shutdown"))
+    });
+    assert!(waited.is_ok(), "the update did not start");
+    let killed = swarm.host(&leader);
+    swarm.lab.kill_shoald(&killed).unwrap();
+    let survivor = swarm
+        .managers
+        .iter()
+        .find(|m| m.name != leader)
+        .expect("another manager")
+        .clone();
+    let mut last = Value::Null;
+    let waited = wait_until("the update completed", Duration::from_secs(120), || {
+        let Ok(out) = swarm.lab.shoal(&survivor, &["service", "inspect", "web"]) else {
+            return Ok(false);
+        };
+        let Ok(inspect) = serde_json::from_slice::<Value>(&out.stdout) else {
+            return Ok(false);
+        };
+        last = inspect[0]["UpdateStatus"].clone();
+        Ok(last["State"] == "completed")
+    });
+    assert!(waited.is_ok(), "{last}");
+    assert!(
+        last["StartedAt"].as_str() < last["CompletedAt"].as_str(),
+        "{last}"
+    );
+    wait_running(
+        &swarm,
+        &survivor,
+        "web",
+        "six tasks on the new spec",
+        |per| per.values().sum::<usize>() == 6 && !per.contains_key(&leader),
+    );
+    for t in tasks(&swarm, &survivor, "web")
+        .iter()
+        .filter(|t| t["DesiredState"] == "Running")
+    {
+        let pid = task_pid(t["ID"].as_str().unwrap());
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            environ.split(|b| *b == 0).any(|kv| kv == b"VERSION=2"),
+            "task {} does not run the new spec",
+            t["Name"]
+        );
+    }
+}
