@@ -25,8 +25,9 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Serialize, de::DeserializeOwned};
 use shoal_api::service::{
-    FailureAction, Network, NetworkAttachment, PortProtocol, PublishMode, Service, Task, TaskState,
-    TaskStatus, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    FailureAction, Network, NetworkAttachment, PortProtocol, PublishMode, RestartCondition,
+    RestartPolicy, Service, Task, TaskState, TaskStatus, UpdateConfig, UpdateOrder, UpdateState,
+    UpdateStatus,
 };
 use shoal_api::swarm::{Availability, Node, NodeState, Role, Version};
 use time::OffsetDateTime;
@@ -36,7 +37,8 @@ use crate::limits;
 use crate::scheduler::{self, Constraint, NodeInfo, Placement, Protocol};
 use crate::store::{Change, Kind, Object, ReadTx};
 
-/// How long a task that failed waits before it is replaced (SwarmKit's restart delay).
+/// How long a task that failed waits before it is replaced (SwarmKit's restart delay), unless
+/// its restart policy says otherwise.
 pub const RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Old tasks kept per slot (SwarmKit's task history retention limit).
 pub const HISTORY: usize = 5;
@@ -326,12 +328,56 @@ fn must_replace(task: &Task, world: &World, now: OffsetDateTime) -> Option<&'sta
         }
     }
     if task.status.state.is_terminal() {
+        let policy = task.spec.restart_policy.clone().unwrap_or_default();
+        let failed = task.status.state != TaskState::Complete;
+        let wanted = match policy.condition {
+            RestartCondition::None => false,
+            RestartCondition::OnFailure => failed,
+            RestartCondition::Any => true,
+        };
+        if !wanted || restarts_exhausted(task, &policy, world, now) {
+            return None;
+        }
         let since = parse_time(&task.status.timestamp).unwrap_or(now);
-        if now - since >= RESTART_DELAY {
+        let delay = Duration::from_nanos(policy.delay);
+        if now - since >= delay {
             return Some("the task stopped");
         }
     }
     None
+}
+
+/// Whether a slot (or a global service's node) has been restarted `max_attempts` times within
+/// the policy's window: its older tasks that stopped by themselves and were replaced.
+fn restarts_exhausted(
+    task: &Task,
+    policy: &RestartPolicy,
+    world: &World,
+    now: OffsetDateTime,
+) -> bool {
+    if policy.max_attempts == 0 {
+        return false;
+    }
+    let window = time::Duration::nanoseconds(i64::try_from(policy.window).unwrap_or(i64::MAX));
+    let same_slot = |t: &Task| {
+        t.service_id == task.service_id
+            && t.slot == task.slot
+            && (t.slot > 0 || t.node_id == task.node_id)
+    };
+    let restarts = world
+        .tasks
+        .values()
+        .map(|t| &t.value)
+        .filter(|t| t.id != task.id && same_slot(t))
+        .filter(|t| t.desired_state > TaskState::Running && t.status.state.is_terminal())
+        // Ended by themselves (not stopped by an update or a drain), on the same spec.
+        .filter(|t| t.status.state != TaskState::Shutdown && t.spec == task.spec)
+        .filter(|t| {
+            policy.window == 0
+                || parse_time(&t.status.timestamp).is_some_and(|at| now - at < window)
+        })
+        .count();
+    restarts as u64 >= policy.max_attempts
 }
 
 /// Whether a task runs something other than its service's current spec (an update replaces it).
@@ -1493,6 +1539,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_restart_policy_decides_which_stopped_tasks_are_replaced_and_how_often() {
+        let ends = |condition: RestartCondition, max_attempts: u64, end: TaskState| {
+            let mut w = world(&["a"]);
+            let mut web = service("web", Some(1));
+            web.spec.task_template.restart_policy = Some(RestartPolicy {
+                condition,
+                delay: 1_000_000_000,
+                max_attempts,
+                window: 0,
+            });
+            add_service(&mut w, web);
+            let start = now();
+            settle(&mut w, start);
+            for second in 0..20 {
+                let t = start + time::Duration::seconds(second);
+                nodes_act(&mut w, t, &|_| false);
+                for task in w.tasks.values_mut().map(|t| &mut t.value) {
+                    if task.status.state == TaskState::Running {
+                        task.status = TaskStatus {
+                            timestamp: rfc3339(t),
+                            state: end,
+                            ..Default::default()
+                        };
+                    }
+                }
+                settle(&mut w, t + time::Duration::seconds(1));
+            }
+            w.tasks.len()
+        };
+        // Docker's default: every exit is followed by a new task, without limit.
+        assert!(ends(RestartCondition::Any, 0, TaskState::Complete) > 5);
+        assert_eq!(ends(RestartCondition::Any, 2, TaskState::Complete), 3);
+        assert_eq!(ends(RestartCondition::OnFailure, 2, TaskState::Failed), 3);
+        assert_eq!(ends(RestartCondition::OnFailure, 0, TaskState::Complete), 1);
+        assert_eq!(ends(RestartCondition::None, 0, TaskState::Failed), 1);
+        assert_eq!(ends(RestartCondition::None, 0, TaskState::Complete), 1);
     }
 
     #[test]

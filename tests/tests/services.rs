@@ -1540,3 +1540,93 @@ fn a_new_leader_finishes_an_update_the_old_one_started() {
         );
     }
 }
+
+/// Issue Services II, item 4: a task that ends is replaced or not as its restart policy says
+/// (`none`, `on-failure`, `any`), at most `--restart-max-attempts` times; tasks that completed
+/// under `none` or `on-failure` stay complete.
+#[test]
+fn the_restart_policy_decides_what_happens_to_a_task_that_ends() {
+    let swarm = Swarm::up(1, 0);
+    let n1 = swarm.managers[0].clone();
+    let create = |name: &str, flags: &[&str], program: &str| {
+        let mut args = vec![
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            name,
+            "--restart-delay",
+            "1s",
+        ];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["host", program]);
+        swarm.ok(&n1, &args);
+    };
+    create("never", &["--restart-condition", "none"], "/bin/false");
+    create(
+        "twice",
+        &[
+            "--restart-condition",
+            "on-failure",
+            "--restart-max-attempts",
+            "2",
+        ],
+        "/bin/false",
+    );
+    create("done", &["--restart-condition", "on-failure"], "/bin/true");
+    create("always", &["--restart-condition", "any"], "/bin/true");
+    let ended = |service: &str, state: &str| {
+        tasks(&swarm, &n1, service)
+            .iter()
+            .filter(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(state))
+            })
+            .count()
+    };
+    let waited = wait_until("the policies played out", Duration::from_secs(60), || {
+        Ok(ended("twice", "Failed") == 3
+            && ended("never", "Failed") == 1
+            && ended("done", "Complete") == 1
+            && ended("always", "Complete") >= 3)
+    });
+    assert!(
+        waited.is_ok(),
+        "{}",
+        swarm.ok(&n1, &["service", "ps", "never", "twice", "done", "always"])
+    );
+    // Time for another restart, which does not come.
+    std::thread::sleep(Duration::from_secs(3));
+    for (service, total) in [("never", 1), ("twice", 3), ("done", 1)] {
+        let all = tasks(&swarm, &n1, service);
+        assert_eq!(all.len(), total, "{service}: {all:?}");
+    }
+    // Bad input is refused and creates nothing.
+    let out = swarm.fails(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--restart-condition",
+            "sometimes",
+            "host",
+            "/bin/true",
+        ],
+    );
+    assert!(out.contains("sometimes"), "{out}");
+    let out = swarm.fails(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--restart-delay",
+            "1 minute",
+            "host",
+            "/bin/true",
+        ],
+    );
+    assert!(out.contains("invalid duration"), "{out}");
+    let listed = swarm.ok(&n1, &["service", "ls", "-q"]);
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+}

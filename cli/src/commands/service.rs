@@ -10,8 +10,8 @@ use shoal_api::{
     service::{
         ClientIp, ContainerSpec, EndpointMode, EndpointSpec, FailureAction, Global,
         NetworkAttachmentConfig, Placement, PortConfig, PortProtocol, PublishMode, Ratio,
-        Replicated, Service, ServiceMode, ServiceSpec, Task, TaskFilter, TaskSpec, TaskState,
-        UpdateConfig, UpdateOrder, UpdateState,
+        Replicated, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, Task,
+        TaskFilter, TaskSpec, TaskState, UpdateConfig, UpdateOrder, UpdateState,
     },
     swarm::{Call, Node},
 };
@@ -116,6 +116,8 @@ pub(crate) struct CreateArgs {
     quiet: bool,
     #[command(flatten)]
     rolling: RollingFlags,
+    #[command(flatten)]
+    restart: RestartFlags,
     /// The image (recorded by the exec executor, run by the docker executor)
     image: String,
     /// The command and its arguments
@@ -162,6 +164,53 @@ pub(crate) struct RollingFlags {
     /// Rollback order ("start-first", "stop-first")
     #[arg(long, value_parser = ["start-first", "stop-first"])]
     rollback_order: Option<String>,
+}
+
+/// `--restart-*`, as `service create` and `service update` take them.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct RestartFlags {
+    /// Restart when condition is met ("none", "on-failure", "any")
+    #[arg(long, value_parser = ["none", "on-failure", "any"])]
+    restart_condition: Option<String>,
+    /// Delay between restart attempts (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = go_duration)]
+    restart_delay: Option<u64>,
+    /// Maximum number of restarts before giving up (0: no limit)
+    #[arg(long)]
+    restart_max_attempts: Option<u64>,
+    /// Window used to evaluate the restart policy (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = go_duration)]
+    restart_window: Option<u64>,
+}
+
+impl RestartFlags {
+    /// Applies the flags given to `policy` (starting from Docker's default).
+    fn apply(&self, policy: &mut Option<RestartPolicy>) {
+        if self.restart_condition.is_none()
+            && self.restart_delay.is_none()
+            && self.restart_max_attempts.is_none()
+            && self.restart_window.is_none()
+        {
+            return;
+        }
+        let p = policy.get_or_insert_with(RestartPolicy::default);
+        if let Some(c) = &self.restart_condition {
+            p.condition = match c.as_str() {
+                "none" => RestartCondition::None,
+                "on-failure" => RestartCondition::OnFailure,
+                _ => RestartCondition::Any,
+            };
+        }
+        if let Some(d) = self.restart_delay {
+            p.delay = d;
+        }
+        if let Some(n) = self.restart_max_attempts {
+            p.max_attempts = n;
+        }
+        if let Some(w) = self.restart_window {
+            p.window = w;
+        }
+    }
 }
 
 impl RollingFlags {
@@ -340,6 +389,8 @@ pub(crate) struct UpdateArgs {
     quiet: bool,
     #[command(flatten)]
     rolling: RollingFlags,
+    #[command(flatten)]
+    restart: RestartFlags,
     /// The service (name, ID or ID prefix)
     service: String,
 }
@@ -413,6 +464,7 @@ fn updated_spec(
     if args.force {
         task.force_update += 1;
     }
+    args.restart.apply(&mut task.restart_policy);
     for rm in &args.label_rm {
         spec.labels.remove(rm);
     }
@@ -617,6 +669,8 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
     };
     let (mut update_config, mut rollback_config) = (None, None);
     args.rolling.apply(&mut update_config, &mut rollback_config);
+    let mut restart_policy = None;
+    args.restart.apply(&mut restart_policy);
     Ok(ServiceSpec {
         name: args.name.unwrap_or_default(),
         labels: BTreeMap::new(),
@@ -637,6 +691,7 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
                 .collect::<Result<_, _>>()
                 .map_err(Failure)?,
             force_update: 0,
+            restart_policy,
         },
         mode,
         endpoint_spec: EndpointSpec {

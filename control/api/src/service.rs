@@ -324,6 +324,51 @@ pub struct TaskSpec {
     /// Raised by `service update --force`: every task is replaced though nothing else changed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub force_update: u64,
+    /// `--restart-*` (Docker's default when unset: any exit, after 5 s, without limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+}
+
+/// When a task that stopped by itself is replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RestartPolicy {
+    /// `none`, `on-failure` or `any`.
+    pub condition: RestartCondition,
+    /// Nanoseconds between the task's end and its replacement.
+    #[serde(default)]
+    pub delay: u64,
+    /// Replacements at most (0: no limit), counted over `window`.
+    #[serde(default)]
+    pub max_attempts: u64,
+    /// Nanoseconds over which replacements are counted (0: the service's whole life).
+    #[serde(default)]
+    pub window: u64,
+}
+
+impl Default for RestartPolicy {
+    /// Docker's: any exit, after 5 s, without limit.
+    fn default() -> Self {
+        Self {
+            condition: RestartCondition::Any,
+            delay: 5_000_000_000,
+            max_attempts: 0,
+            window: 0,
+        }
+    }
+}
+
+/// `--restart-condition`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// A task that stopped stays stopped.
+    None,
+    /// Replaced when it failed (non-zero exit, killed, rejected), not when it completed.
+    OnFailure,
+    /// Replaced however it ended.
+    #[default]
+    Any,
 }
 
 /// The program a task runs.
