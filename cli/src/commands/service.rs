@@ -1056,7 +1056,8 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         Command::Create(args) => {
             let (detach, quiet) = (args.detach, args.quiet);
             let spec = spec(*args)?;
-            let id: String = serde_json::from_value(call(host, &Call::ServiceCreate(spec)).await?)?;
+            let id: String =
+                serde_json::from_value(call(host, &Call::ServiceCreate(Box::new(spec))).await?)?;
             println!("{id}");
             if !detach && !quiet {
                 converge(host, &id).await?;

@@ -75,7 +75,7 @@ pub enum Call {
         name: String,
     },
     /// `service create`.
-    ServiceCreate(crate::service::ServiceSpec),
+    ServiceCreate(Box<crate::service::ServiceSpec>),
     /// `service ls`.
     ServiceList,
     /// `service inspect` (names, IDs or ID prefixes).

@@ -112,7 +112,7 @@ fn check_name(name: &str, what: &str) -> Result<(), Status> {
 /// The user's calls on services, tasks and networks; `None` for calls that are not.
 pub(super) async fn call(inner: &Inner, call: &Call, me: &str) -> Option<Result<Value, Status>> {
     Some(match call {
-        Call::ServiceCreate(spec) => create_service(inner, spec.clone()).await,
+        Call::ServiceCreate(spec) => create_service(inner, (**spec).clone()).await,
         Call::ServiceList => {
             let world = world(inner);
             let mut all: Vec<&Service> = world.services.values().map(|s| &s.value).collect();
