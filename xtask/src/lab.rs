@@ -344,6 +344,79 @@ fn demo_services(
             names.join(", ")
         );
     }
+    rolling_update(lab, &nodes, &run)
+}
+
+/// The demo's last act: a rolling update of `web`, start-first, two at a time, while the client
+/// asks every node's 8080 twenty times a second; then how many requests were answered.
+fn rolling_update(
+    lab: &Lab,
+    nodes: &[shoal_tests::Host],
+    run: &dyn Fn(&[&str]) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    println!(
+        "\nA rolling update of web, while the client asks every node's 8080 twenty times a second:"
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (updated, asked) = std::thread::scope(|s| {
+        let askers: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                let (client, stop) = (lab.client(), &stop);
+                let target = format!("{}:8080", node.public_ip);
+                s.spawn(move || {
+                    let mut answers = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let args = [
+                            "ask",
+                            "--target",
+                            &target,
+                            "--count",
+                            "10",
+                            "--interval-ms",
+                            "50",
+                            "--timeout-ms",
+                            "2000",
+                        ];
+                        if let Ok(out) = shoal_tests::mesh::labtool(client, &args) {
+                            answers.extend(shoal_tests::mesh::answers(&out));
+                        }
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let updated = run(&[
+            "service",
+            "update",
+            "--env-add",
+            "VERSION=2",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "1s",
+            "--update-order",
+            "start-first",
+            "web",
+        ]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let asked: Vec<_> = askers
+            .into_iter()
+            .flat_map(|a| a.join().unwrap_or_default())
+            .collect();
+        (updated, asked)
+    });
+    updated?;
+    let failed: Vec<&String> = asked.iter().filter_map(|(_, a)| a.as_ref().err()).collect();
+    println!(
+        "  {} requests to the three nodes during the update, {} failed",
+        asked.len(),
+        failed.len()
+    );
+    for why in failed {
+        println!("  failed: {why}");
+    }
+    run(&["service", "ps", "web"])?;
     Ok(())
 }
 

@@ -200,21 +200,21 @@ fn list_tasks(inner: &Inner, filter: &TaskFilter, me: &str) -> Result<Value, Sta
         .filter(|t| services.is_empty() || services.contains(&t.service_id))
         .filter(|t| nodes.is_empty() || nodes.contains(&t.node_id))
         .collect();
-    // By service, slot (or node), then newest first: what `docker service ps` shows.
-    tasks.sort_by(|a, b| {
+    // By service, slot (or a global service's node), then newest first: what `docker service
+    // ps` shows (a slot's tasks may have run on different nodes).
+    let key = |t: &&Task| {
         (
-            &a.service_name,
-            a.slot,
-            &a.node_id,
-            std::cmp::Reverse(a.version.index),
+            t.service_name.clone(),
+            t.slot,
+            if t.slot == 0 {
+                t.node_id.clone()
+            } else {
+                String::new()
+            },
+            std::cmp::Reverse((t.created_at.clone(), t.version.index)),
         )
-            .cmp(&(
-                &b.service_name,
-                b.slot,
-                &b.node_id,
-                std::cmp::Reverse(b.version.index),
-            ))
-    });
+    };
+    tasks.sort_by_key(key);
     ops::encode(&tasks)
 }
 
