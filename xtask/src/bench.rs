@@ -32,6 +32,9 @@ pub(crate) enum Suite {
     /// Connections per second and round trips from a task to a service VIP, and from a node to
     /// a published port on itself, vs directly to the task (3-node lab)
     Eastwest,
+    /// Seconds for a rolling update of 100 tasks (parallelism 10) and the requests it failed,
+    /// vs Docker's swarm mode on the same engine
+    Update,
 }
 
 impl Suite {
@@ -45,6 +48,7 @@ impl Suite {
             Self::Converge => "converge",
             Self::Hardening => "hardening",
             Self::Eastwest => "eastwest",
+            Self::Update => "update",
         }
     }
 }
@@ -74,7 +78,12 @@ pub(crate) fn run(suite: Suite) -> anyhow::Result<()> {
                 .args(["bench", "--package", "shoal-control", "--bench", "sched"])
                 .env("SHOAL_BENCH_OUT", &out),
         )?,
-        Suite::Mesh | Suite::Raft | Suite::Converge | Suite::Hardening | Suite::Eastwest => {
+        Suite::Mesh
+        | Suite::Raft
+        | Suite::Converge
+        | Suite::Hardening
+        | Suite::Eastwest
+        | Suite::Update => {
             run_command(cargo().args(["build", "--release", "--bins"]))?;
             run_command(
                 cargo()
