@@ -1630,3 +1630,88 @@ fn the_restart_policy_decides_what_happens_to_a_task_that_ends() {
     let listed = swarm.ok(&n1, &["service", "ls", "-q"]);
     assert_eq!(listed.lines().count(), 4, "{listed}");
 }
+
+/// Removes a file when dropped (a test's switch, even if the test panics).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Issue Services II, item 5: a task with a health check is running for the swarm only once the
+/// check passes; one that turns unhealthy is stopped, reported failed with Docker's word, and
+/// replaced, and the replacements run only once they pass.
+#[test]
+fn a_task_runs_only_while_healthy_and_an_unhealthy_one_is_replaced() {
+    let swarm = Swarm::up(1, 1);
+    let n1 = swarm.managers[0].clone();
+    let sick = RemoveOnDrop(std::path::PathBuf::from(format!(
+        "/tmp/shoal-test-sick-{}",
+        std::process::id()
+    )));
+    let check = format!("test ! -e {}", sick.0.display());
+    create_serve(
+        &swarm,
+        &n1,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--health-cmd",
+            &check,
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "2",
+        ],
+    );
+    wait_running(&swarm, &n1, "web", "two healthy tasks", |per| {
+        per.values().sum::<usize>() == 2
+    });
+    std::fs::write(&sick.0, b"").unwrap();
+    let unhealthy = wait_until(
+        "a task failed as unhealthy",
+        Duration::from_secs(60),
+        || {
+            Ok(tasks(&swarm, &n1, "web").iter().any(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Failed"))
+                    && t["Error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("unhealthy container"))
+            }))
+        },
+    );
+    assert!(
+        unhealthy.is_ok(),
+        "{}",
+        swarm.ok(&n1, &["service", "ps", "web"])
+    );
+    // Their replacements start, and stay starting while the check fails.
+    let replaced = wait_until("replacements starting", Duration::from_secs(60), || {
+        let all = tasks(&swarm, &n1, "web");
+        let live: Vec<&Value> = all
+            .iter()
+            .filter(|t| t["DesiredState"] == "Running")
+            .collect();
+        Ok(live.len() == 2
+            && live.iter().all(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Starting"))
+            }))
+    });
+    assert!(
+        replaced.is_ok(),
+        "{}",
+        swarm.ok(&n1, &["service", "ps", "web"])
+    );
+    std::fs::remove_file(&sick.0).unwrap();
+    wait_running(&swarm, &n1, "web", "two healthy tasks again", |per| {
+        per.values().sum::<usize>() == 2
+    });
+}

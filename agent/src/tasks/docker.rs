@@ -46,6 +46,11 @@ const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
     minor_version: 41,
 };
 
+/// Nanoseconds as the engine takes them.
+fn nanos(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// A connection to the Docker Engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -107,6 +112,18 @@ impl Engine {
             cmd: (!words.is_empty()).then_some(words),
             env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
+            // The service's health check, for the engine to run (unset: the image's).
+            healthcheck: spec
+                .healthcheck
+                .as_ref()
+                .map(|h| bollard::models::HealthConfig {
+                    test: Some(h.test.clone()).filter(|t| !t.is_empty()),
+                    interval: Some(nanos(h.interval)),
+                    timeout: Some(nanos(h.timeout)),
+                    retries: Some(i64::try_from(h.retries).unwrap_or(i64::MAX)),
+                    start_period: Some(nanos(h.start_period)),
+                    start_interval: None,
+                }),
             host_config: Some({
                 // The embedded DNS server, through the container's own DNS settings: Docker
                 // writes them into the container's /etc/resolv.conf.
@@ -208,6 +225,28 @@ impl Engine {
             .map_err(|e| format!("taking the container's network namespace: {e}"))?;
         runtime.netns = netns;
         Ok(())
+    }
+
+    /// The engine's word on the container's health: `None` when it has no health check, else
+    /// whether it is healthy (`Some(Ok)`), unhealthy (`Some(Err(the last check's output))`) or
+    /// still starting (`Some(Ok(false))`).
+    pub(crate) async fn health(&self, runtime: &Runtime) -> Option<Result<bool, String>> {
+        use bollard::models::HealthStatusEnum;
+        let id = runtime.container.clone()?;
+        let inspected = self.docker.inspect_container(&id, None).await.ok()?;
+        let health = inspected.state?.health?;
+        match health.status? {
+            HealthStatusEnum::HEALTHY => Some(Ok(true)),
+            HealthStatusEnum::STARTING => Some(Ok(false)),
+            HealthStatusEnum::UNHEALTHY => {
+                let last = health
+                    .log
+                    .and_then(|log| log.last().and_then(|r| r.output.clone()))
+                    .unwrap_or_default();
+                Some(Err(last.trim().to_owned()))
+            }
+            _ => None,
+        }
     }
 
     /// Waits until the container stops; its exit code.

@@ -19,6 +19,7 @@
 
 pub(crate) mod docker;
 pub(crate) mod exec;
+pub(crate) mod health;
 pub(crate) mod session;
 pub(crate) mod way_out;
 
@@ -600,6 +601,28 @@ impl Worker {
                 .finish(&id, Some(runtime), TaskState::Rejected, e)
                 .await;
         }
+        // With a health check, the task is running for the swarm only once it is healthy.
+        let mut probe = health::Probe::new(&task, &env, &self.inner.executor);
+        if let Some(probe) = probe.as_mut() {
+            let verdict = tokio::select! {
+                exit = self.wait(&mut started, &runtime) => {
+                    return self.exited(&id, runtime, exit).await;
+                }
+                () = until_stopped(&mut stopped) => Err(String::new()),
+                verdict = probe.until_healthy(&runtime) => verdict,
+            };
+            if let Err(why) = verdict {
+                self.stop_runtime(&runtime).await;
+                if let Started::Child(child) = &mut started {
+                    let _ = child.wait().await;
+                }
+                let state = match why.is_empty() {
+                    true => TaskState::Shutdown,
+                    false => TaskState::Failed,
+                };
+                return self.finish(&id, Some(runtime), state, why).await;
+            }
+        }
         self.report(
             &id,
             TaskStatus {
@@ -611,6 +634,12 @@ impl Worker {
                 ..status(TaskState::Running, "started")
             },
         );
+        let unhealthy = async {
+            match probe.as_mut() {
+                Some(probe) => probe.until_unhealthy(&runtime).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             exit = self.wait(&mut started, &runtime) => self.exited(&id, runtime, exit).await,
             () = until_stopped(&mut stopped) => {
@@ -620,6 +649,15 @@ impl Worker {
                     let _ = child.wait().await;
                 }
                 self.finish(&id, Some(runtime), TaskState::Shutdown, String::new()).await;
+            }
+            why = unhealthy => {
+                // Stopped, then reported failed: the managers replace it, and every node's
+                // mesh, VIPs and DNS drop it.
+                self.stop_runtime(&runtime).await;
+                if let Started::Child(child) = &mut started {
+                    let _ = child.wait().await;
+                }
+                self.finish(&id, Some(runtime), TaskState::Failed, why).await;
             }
         }
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use shoal_api::{
     DaemonHost,
     service::{
-        ClientIp, ContainerSpec, EndpointMode, EndpointSpec, FailureAction, Global,
+        ClientIp, ContainerSpec, EndpointMode, EndpointSpec, FailureAction, Global, HealthConfig,
         NetworkAttachmentConfig, Placement, PortConfig, PortProtocol, PublishMode, Ratio,
         Replicated, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, Task,
         TaskFilter, TaskSpec, TaskState, UpdateConfig, UpdateOrder, UpdateState,
@@ -118,6 +118,8 @@ pub(crate) struct CreateArgs {
     rolling: RollingFlags,
     #[command(flatten)]
     restart: RestartFlags,
+    #[command(flatten)]
+    health: HealthFlags,
     /// The image (recorded by the exec executor, run by the docker executor)
     image: String,
     /// The command and its arguments
@@ -164,6 +166,69 @@ pub(crate) struct RollingFlags {
     /// Rollback order ("start-first", "stop-first")
     #[arg(long, value_parser = ["start-first", "stop-first"])]
     rollback_order: Option<String>,
+}
+
+/// `--health-*` and `--no-healthcheck`, as `service create` and `service update` take them.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct HealthFlags {
+    /// Command to run to check health
+    #[arg(long)]
+    health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h)
+    #[arg(long, value_parser = go_duration)]
+    health_interval: Option<u64>,
+    /// Maximum time to allow one check to run (ms|s|m|h)
+    #[arg(long, value_parser = go_duration)]
+    health_timeout: Option<u64>,
+    /// Consecutive failures needed to report unhealthy
+    #[arg(long)]
+    health_retries: Option<u64>,
+    /// Start period for the task to initialize before counting retries towards unstable
+    #[arg(long, value_parser = go_duration)]
+    health_start_period: Option<u64>,
+    /// Disable any container-specified HEALTHCHECK
+    #[arg(long, conflicts_with = "health_cmd")]
+    no_healthcheck: bool,
+}
+
+impl HealthFlags {
+    /// Applies the flags given to `check`.
+    fn apply(&self, check: &mut Option<HealthConfig>) {
+        if self.no_healthcheck {
+            *check = Some(HealthConfig {
+                test: vec!["NONE".into()],
+                ..Default::default()
+            });
+            return;
+        }
+        let given = self.health_cmd.is_some()
+            || self.health_interval.is_some()
+            || self.health_timeout.is_some()
+            || self.health_retries.is_some()
+            || self.health_start_period.is_some();
+        if !given {
+            return;
+        }
+        let c = check.get_or_insert_with(HealthConfig::default);
+        if c.disabled() {
+            c.test.clear();
+        }
+        if let Some(cmd) = &self.health_cmd {
+            c.test = vec!["CMD-SHELL".into(), cmd.clone()];
+        }
+        if let Some(n) = self.health_interval {
+            c.interval = n;
+        }
+        if let Some(n) = self.health_timeout {
+            c.timeout = n;
+        }
+        if let Some(n) = self.health_retries {
+            c.retries = n;
+        }
+        if let Some(n) = self.health_start_period {
+            c.start_period = n;
+        }
+    }
 }
 
 /// `--restart-*`, as `service create` and `service update` take them.
@@ -391,6 +456,8 @@ pub(crate) struct UpdateArgs {
     rolling: RollingFlags,
     #[command(flatten)]
     restart: RestartFlags,
+    #[command(flatten)]
+    health: HealthFlags,
     /// The service (name, ID or ID prefix)
     service: String,
 }
@@ -465,6 +532,7 @@ fn updated_spec(
         task.force_update += 1;
     }
     args.restart.apply(&mut task.restart_policy);
+    args.health.apply(&mut task.container_spec.healthcheck);
     for rm in &args.label_rm {
         spec.labels.remove(rm);
     }
@@ -671,6 +739,8 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
     args.rolling.apply(&mut update_config, &mut rollback_config);
     let mut restart_policy = None;
     args.restart.apply(&mut restart_policy);
+    let mut healthcheck = None;
+    args.health.apply(&mut healthcheck);
     Ok(ServiceSpec {
         name: args.name.unwrap_or_default(),
         labels: BTreeMap::new(),
@@ -680,6 +750,7 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
                 command,
                 args: rest,
                 env: args.env.into_iter().map(env_from_client).collect(),
+                healthcheck,
             },
             placement: Placement {
                 constraints: args.constraint,

@@ -386,6 +386,50 @@ pub struct ContainerSpec {
     /// `--env KEY=VALUE`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
+    /// `--health-*`, `--no-healthcheck` (unset: the image's HEALTHCHECK for docker tasks, none
+    /// for exec tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthConfig>,
+}
+
+/// A health check, as Docker's `HealthConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthConfig {
+    /// `["CMD-SHELL", command]`, `["CMD", program, args...]`, or `["NONE"]` (no check, not even
+    /// the image's); empty: the image's test with these settings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test: Vec<String>,
+    /// Nanoseconds between checks (0: 30 s).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interval: u64,
+    /// Nanoseconds a check may take (0: 30 s).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout: u64,
+    /// Failed checks in a row that make the task unhealthy (0: 3).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u64,
+    /// Nanoseconds after the start during which failed checks do not count (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_period: u64,
+}
+
+impl HealthConfig {
+    /// The command to run, if the check is one (`CMD-SHELL` through `/bin/sh -c`).
+    pub fn command(&self) -> Option<Vec<String>> {
+        match self.test.split_first()? {
+            (kind, rest) if kind == "CMD-SHELL" && !rest.is_empty() => {
+                Some(["/bin/sh".to_owned(), "-c".to_owned(), rest.join(" ")].to_vec())
+            }
+            (kind, rest) if kind == "CMD" && !rest.is_empty() => Some(rest.to_vec()),
+            _ => None,
+        }
+    }
+
+    /// Whether it turns every check off (`--no-healthcheck`).
+    pub fn disabled(&self) -> bool {
+        self.test.first().is_some_and(|t| t == "NONE")
+    }
 }
 
 /// Where tasks may go.
