@@ -209,6 +209,10 @@ pub fn public_key_problem(key: &str) -> Option<String> {
     }
 }
 
+/// The most stopped tasks kept per slot (`swarm update --task-history-limit`): each is an object
+/// in every manager's store and in every `service ps`.
+pub const MAX_TASK_HISTORY: u64 = 100;
+
 #[cfg(test)]
 mod tests {
     use super::*;

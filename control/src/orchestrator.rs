@@ -66,6 +66,8 @@ pub struct World {
     /// The pools overlay subnets come from and their length (`swarm init
     /// --default-addr-pool`); empty: the default.
     pub address_pools: (Vec<Ipv4Net>, u8),
+    /// Stopped tasks kept per slot (`swarm update --task-history-limit`); `None`: [`HISTORY`].
+    pub task_history: Option<usize>,
 }
 
 fn decode<T: DeserializeOwned>(object: &Object) -> Option<Versioned<T>> {
@@ -131,6 +133,11 @@ impl World {
                     (pools, u8::try_from(length).unwrap_or_default())
                 })
                 .unwrap_or_default(),
+            task_history: tx.list(Kind::Cluster).next().and_then(|o| {
+                let limit =
+                    o.body["Spec"]["Orchestration"]["TaskHistoryRetentionLimit"].as_u64()?;
+                usize::try_from(limit).ok()
+            }),
         }
     }
 
@@ -805,7 +812,7 @@ pub fn reconcile(
         }
     }
 
-    // History: the newest HISTORY stopped tasks per slot stay.
+    // History: the newest stopped tasks per slot stay (`--task-history-limit`, 5 by default).
     let mut by_slot: BTreeMap<(String, u64, String), Vec<(u64, String)>> = BTreeMap::new();
     for task in tasks.all.values() {
         if task.desired_state > TaskState::Running && task.status.state.is_terminal() {
@@ -821,10 +828,11 @@ pub fn reconcile(
                 .push((created, task.id.clone()));
         }
     }
+    let keep = world.task_history.unwrap_or(HISTORY);
     for (_, mut old) in by_slot {
-        if old.len() > HISTORY {
+        if old.len() > keep {
             old.sort();
-            for (_, id) in &old[..old.len() - HISTORY] {
+            for (_, id) in &old[..old.len() - keep] {
                 tasks.delete(id);
             }
         }
@@ -1735,6 +1743,11 @@ mod tests {
         }
         let slot1 = w.tasks.values().filter(|t| t.value.slot == 1).count();
         assert_eq!(slot1, HISTORY + 1, "five old tasks and the live one");
+        // `swarm update --task-history-limit 1`.
+        w.task_history = Some(1);
+        settle(&mut w, start + RESTART_DELAY * 20);
+        let slot1 = w.tasks.values().filter(|t| t.value.slot == 1).count();
+        assert_eq!(slot1, 2, "one old task and the live one");
     }
 
     #[test]

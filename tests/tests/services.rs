@@ -1461,6 +1461,32 @@ fn a_failed_update_rolls_back_or_pauses_and_rollback_restores_the_service() {
     }
     let (after, _) = status(&swarm);
     assert_eq!(after, update, "a refused update changed the service");
+
+    // History: `service ps --filter`, and `swarm update --task-history-limit`.
+    let rows = |filter: &str| -> usize {
+        swarm
+            .ok(&n1, &["service", "ps", "-q", "--filter", filter, "web"])
+            .lines()
+            .count()
+    };
+    assert_eq!(rows("desired-state=running"), 2);
+    assert!(rows("desired-state=shutdown") > 2);
+    swarm.ok(&n1, &["swarm", "update", "--task-history-limit", "1"]);
+    let trimmed = wait_until("one old task per slot", Duration::from_secs(30), || {
+        Ok(rows("desired-state=shutdown") == 2)
+    });
+    assert!(
+        trimmed.is_ok(),
+        "{}",
+        swarm.ok(&n1, &["service", "ps", "web"])
+    );
+    let out = swarm.fails(
+        &n1,
+        &["service", "ps", "--filter", "desired-state=maybe", "web"],
+    );
+    assert!(out.contains("want running, shutdown or accepted"), "{out}");
+    let out = swarm.fails(&n1, &["swarm", "update", "--task-history-limit", "1000"]);
+    assert!(out.contains("at most 100"), "{out}");
 }
 
 /// Issue Services II: the rolling updater lives in the store, not in the leader's memory: when

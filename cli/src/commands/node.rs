@@ -39,6 +39,9 @@ pub(crate) enum Command {
         /// Print one JSON object per task (Docker's column names)
         #[arg(long, value_enum)]
         format: Option<Format>,
+        /// Filter output: desired-state=running|shutdown|accepted, id=, name=, node=
+        #[arg(short, long, value_parser = crate::commands::service::parse_task_filter)]
+        filter: Vec<crate::commands::service::TaskRowFilter>,
         /// Nodes (ID, ID prefix, hostname, or "self")
         nodes: Vec<String>,
     },
@@ -251,6 +254,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         Command::Ps {
             quiet,
             format,
+            filter,
             mut nodes,
         } => {
             if nodes.is_empty() {
@@ -262,6 +266,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     services: Vec::new(),
                     nodes,
                 },
+                &filter,
                 quiet,
                 format,
             )

@@ -40,6 +40,9 @@ pub(crate) enum Command {
         /// Print one JSON object per task (Docker's column names)
         #[arg(long, value_enum)]
         format: Option<Format>,
+        /// Filter output: desired-state=running|shutdown|accepted, id=, name=, node=
+        #[arg(short, long, value_parser = parse_task_filter)]
+        filter: Vec<TaskRowFilter>,
         /// The services (name, ID or ID prefix)
         #[arg(required = true)]
         services: Vec<String>,
@@ -853,20 +856,88 @@ fn rows(tasks: &[Task], names: &HashMap<String, String>) -> Vec<TaskRow> {
 }
 
 /// Prints tasks as `service ps` and `node ps` do.
+/// One `--filter` of `service ps` / `node ps`, as Docker takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TaskRowFilter {
+    /// `desired-state=running|shutdown|accepted`.
+    DesiredState(TaskState),
+    /// `id=PREFIX`.
+    Id(String),
+    /// `name=PREFIX` (of `web.1`).
+    Name(String),
+    /// `node=ID or hostname`.
+    Node(String),
+}
+
+pub(crate) fn parse_task_filter(text: &str) -> Result<TaskRowFilter, String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid filter {text:?}: want KEY=VALUE"))?;
+    Ok(match key {
+        "desired-state" => TaskRowFilter::DesiredState(match value {
+            "running" => TaskState::Running,
+            "shutdown" => TaskState::Shutdown,
+            "accepted" => TaskState::Accepted,
+            other => {
+                return Err(format!(
+                    "invalid filter 'desired-state={other}': want running, shutdown or accepted"
+                ));
+            }
+        }),
+        "id" => TaskRowFilter::Id(value.to_owned()),
+        "name" => TaskRowFilter::Name(value.to_owned()),
+        "node" => TaskRowFilter::Node(value.to_owned()),
+        other => {
+            return Err(format!(
+                "invalid filter {other:?}: want desired-state, id, name or node"
+            ));
+        }
+    })
+}
+
+impl TaskRowFilter {
+    fn matches(&self, task: &Task, names: &HashMap<String, String>) -> bool {
+        match self {
+            Self::DesiredState(state) => task.desired_state == *state,
+            Self::Id(prefix) => task.id.starts_with(prefix.as_str()),
+            Self::Name(prefix) => task.name().starts_with(prefix.as_str()),
+            Self::Node(node) => {
+                task.node_id == *node || names.get(&task.node_id).is_some_and(|n| n == node)
+            }
+        }
+    }
+}
+
 pub(crate) async fn print_tasks(
     host: &DaemonHost,
     filter: TaskFilter,
+    row_filters: &[TaskRowFilter],
     quiet: bool,
     format: Option<Format>,
 ) -> Result<(), Failure> {
-    let tasks = tasks(host, filter).await?;
+    let names = node_names(host).await?;
+    // Filters of one key are alternatives; different keys must all hold, as in Docker.
+    let tasks: Vec<Task> = tasks(host, filter)
+        .await?
+        .into_iter()
+        .filter(|t| {
+            let holds = |same: fn(&TaskRowFilter) -> bool| {
+                let of_key: Vec<&TaskRowFilter> = row_filters.iter().filter(|f| same(f)).collect();
+                of_key.is_empty() || of_key.iter().any(|f| f.matches(t, &names))
+            };
+            holds(|f| matches!(f, TaskRowFilter::DesiredState(_)))
+                && holds(|f| matches!(f, TaskRowFilter::Id(_)))
+                && holds(|f| matches!(f, TaskRowFilter::Name(_)))
+                && holds(|f| matches!(f, TaskRowFilter::Node(_)))
+        })
+        .collect();
     if quiet {
         for t in &tasks {
             println!("{}", t.id);
         }
         return Ok(());
     }
-    let rows = rows(&tasks, &node_names(host).await?);
+    let rows = rows(&tasks, &names);
     if let Some(Format::Json) = format {
         return Ok(crate::output::json_lines(&rows)?);
     }
@@ -1159,6 +1230,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         Command::Ps {
             quiet,
             format,
+            filter,
             services,
         } => {
             print_tasks(
@@ -1167,6 +1239,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     services,
                     nodes: Vec::new(),
                 },
+                &filter,
                 quiet,
                 format,
             )

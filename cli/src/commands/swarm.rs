@@ -150,6 +150,9 @@ pub(crate) enum Command {
         /// Validity period for node certificates (h|m|s; at least 1h)
         #[arg(long, value_name = "DURATION", value_parser = seconds)]
         cert_expiry: Option<u64>,
+        /// Task history retention limit (stopped tasks kept per slot)
+        #[arg(long, value_name = "N")]
+        task_history_limit: Option<u64>,
     },
     /// Display detailed information on the swarm
     Inspect,
@@ -302,6 +305,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             dispatcher_heartbeat,
             snapshot_interval,
             cert_expiry,
+            task_history_limit,
         } => {
             call(
                 host,
@@ -309,6 +313,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     dispatcher_heartbeat_s: dispatcher_heartbeat,
                     snapshot_interval,
                     cert_expiry_s: cert_expiry,
+                    task_history_limit,
                 }),
             )
             .await?;

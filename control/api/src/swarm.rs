@@ -179,6 +179,9 @@ pub struct UpdateArgs {
     /// `--cert-expiry`, seconds (at least an hour).
     #[serde(default)]
     pub cert_expiry_s: Option<u64>,
+    /// `--task-history-limit`: stopped tasks kept per slot.
+    #[serde(default)]
+    pub task_history_limit: Option<u64>,
 }
 
 /// A node's role.
@@ -447,6 +450,26 @@ pub struct ClusterSpec {
     /// CA settings.
     #[serde(rename = "CAConfig")]
     pub ca_config: CaConfig,
+    /// Orchestration settings.
+    #[serde(default)]
+    pub orchestration: OrchestrationSpec,
+}
+
+/// Orchestration settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct OrchestrationSpec {
+    /// Stopped tasks kept per slot (`swarm update --task-history-limit`).
+    pub task_history_retention_limit: u64,
+}
+
+impl Default for OrchestrationSpec {
+    /// Docker's: five.
+    fn default() -> Self {
+        Self {
+            task_history_retention_limit: 5,
+        }
+    }
 }
 
 /// Raft settings.

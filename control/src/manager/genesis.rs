@@ -88,6 +88,7 @@ pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
                 ca_config: CaConfig {
                     node_cert_expiry: validity.as_nanos() as u64,
                 },
+                orchestration: Default::default(),
             },
             tls_info: TlsInfo {
                 trust_root: root.cert_pem().to_owned(),

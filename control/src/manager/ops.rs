@@ -914,6 +914,14 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
             if let Some(s) = args.cert_expiry_s {
                 ca::check_cert_expiry(s).map_err(Status::invalid_argument)?;
             }
+            if let Some(n) = args.task_history_limit
+                && n > limits::MAX_TASK_HISTORY
+            {
+                return Err(Status::invalid_argument(format!(
+                    "--task-history-limit {n}: at most {} stopped tasks are kept per slot",
+                    limits::MAX_TASK_HISTORY
+                )));
+            }
             update_cluster(inner, |record| {
                 if let Some(s) = args.dispatcher_heartbeat_s {
                     record.cluster.spec.dispatcher.heartbeat_period = s * 1_000_000_000;
@@ -923,6 +931,13 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
                 }
                 if let Some(s) = args.cert_expiry_s {
                     record.cluster.spec.ca_config.node_cert_expiry = s * 1_000_000_000;
+                }
+                if let Some(n) = args.task_history_limit {
+                    record
+                        .cluster
+                        .spec
+                        .orchestration
+                        .task_history_retention_limit = n;
                 }
                 Ok(())
             })
