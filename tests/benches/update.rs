@@ -16,10 +16,9 @@
 //! and release builds (the xtask builds them).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use shoal_tests::mesh::{answers, labtool};
+use shoal_tests::mesh::{answers, asking_throughout, labtool};
 use shoal_tests::{binary, docker, swarm::Swarm, wait_until};
 
 const REPLICAS: usize = 100;
@@ -86,36 +85,7 @@ fn shoal_figures(results: &mut BTreeMap<String, f64>) {
         });
         assert!(ready.is_ok(), "{target}: {ready:?}");
     }
-    let stop = AtomicBool::new(false);
-    let (seconds, asked) = std::thread::scope(|s| {
-        let askers: Vec<_> = targets
-            .iter()
-            .map(|target| {
-                let (client, stop) = (&client, &stop);
-                s.spawn(move || {
-                    let mut all = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let out = labtool(
-                            client,
-                            &[
-                                "ask",
-                                "--target",
-                                target,
-                                "--count",
-                                "10",
-                                "--interval-ms",
-                                "50",
-                                "--timeout-ms",
-                                "2000",
-                            ],
-                        )
-                        .expect("ask runs");
-                        all.extend(answers(&out).into_iter().map(|(_, a)| a));
-                    }
-                    all
-                })
-            })
-            .collect();
+    let (seconds, asked) = asking_throughout(&client, &targets, || {
         let start = Instant::now();
         swarm.ok(
             &n1,
@@ -131,13 +101,7 @@ fn shoal_figures(results: &mut BTreeMap<String, f64>) {
                 "web",
             ],
         );
-        let seconds = start.elapsed().as_secs_f64();
-        stop.store(true, Ordering::Relaxed);
-        let asked: Vec<Result<String, String>> = askers
-            .into_iter()
-            .flat_map(|a| a.join().expect("an asker"))
-            .collect();
-        (seconds, asked)
+        start.elapsed().as_secs_f64()
     });
     let failed: Vec<&String> = asked.iter().filter_map(|a| a.as_ref().err()).collect();
     println!(

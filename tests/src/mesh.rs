@@ -207,6 +207,53 @@ impl Mesh {
     }
 }
 
+/// Runs `during` while a client in `client`'s namespace asks each of `targets` (`IP:PORT`)
+/// twenty times a second (one HTTP request at a time, 2 s timeout); what `during` returned and
+/// every answer (`Err`: what went wrong with that request).
+pub fn asking_throughout<T>(
+    client: &crate::Host,
+    targets: &[String],
+    during: impl FnOnce() -> T,
+) -> (T, Vec<Result<String, String>>) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let askers: Vec<_> = targets
+            .iter()
+            .map(|target| {
+                let stop = &stop;
+                s.spawn(move || {
+                    let mut all = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let args = [
+                            "ask",
+                            "--target",
+                            target,
+                            "--count",
+                            "10",
+                            "--interval-ms",
+                            "50",
+                            "--timeout-ms",
+                            "2000",
+                        ];
+                        match labtool(client, &args) {
+                            Ok(out) => all.extend(answers(&out).into_iter().map(|(_, a)| a)),
+                            Err(e) => all.push(Err(format!("running the client: {e}"))),
+                        }
+                    }
+                    all
+                })
+            })
+            .collect();
+        let result = during();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let asked = askers
+            .into_iter()
+            .flat_map(|a| a.join().unwrap_or_default())
+            .collect();
+        (result, asked)
+    })
+}
+
 /// Runs `shoal-labtool ARGS` in `host`'s namespace.
 pub fn labtool(host: &crate::Host, args: &[&str]) -> Result<Output, LabError> {
     let mut command: Command = host.command(binary("shoal-labtool")?)?;

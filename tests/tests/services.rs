@@ -1274,38 +1274,9 @@ fn a_rolling_update_drops_no_request() {
     }
     let client = swarm.lab.client().clone();
     for (version, order, delay) in [("2", "start-first", "2s"), ("3", "stop-first", "1s")] {
-        let stop = std::sync::atomic::AtomicBool::new(false);
         let env = format!("VERSION={version}");
-        let (updated, asked) = std::thread::scope(|s| {
-            let askers: Vec<_> = ips
-                .iter()
-                .map(|ip| {
-                    let (client, stop) = (&client, &stop);
-                    s.spawn(move || {
-                        let target = format!("{ip}:8080");
-                        let mut all = Vec::new();
-                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            let out = shoal_tests::mesh::labtool(
-                                client,
-                                &[
-                                    "ask",
-                                    "--target",
-                                    &target,
-                                    "--count",
-                                    "10",
-                                    "--interval-ms",
-                                    "50",
-                                    "--timeout-ms",
-                                    "2000",
-                                ],
-                            )
-                            .expect("the client asks");
-                            all.extend(answers(&out).into_iter().map(|(_, a)| a));
-                        }
-                        all
-                    })
-                })
-                .collect();
+        let targets: Vec<String> = ips.iter().map(|ip| format!("{ip}:8080")).collect();
+        let (updated, asked) = shoal_tests::mesh::asking_throughout(&client, &targets, || {
             // Let the clients run before and after the update too.
             std::thread::sleep(Duration::from_secs(1));
             let updated = swarm.lab.shoal(
@@ -1325,12 +1296,7 @@ fn a_rolling_update_drops_no_request() {
                 ],
             );
             std::thread::sleep(Duration::from_secs(1));
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let asked: Vec<Result<String, String>> = askers
-                .into_iter()
-                .flat_map(|h| h.join().expect("an asker"))
-                .collect();
-            (updated, asked)
+            updated
         });
         let updated = updated.expect("the CLI runs");
         assert!(

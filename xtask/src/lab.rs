@@ -357,36 +357,12 @@ fn rolling_update(
     println!(
         "\nA rolling update of web, while the client asks every node's 8080 twenty times a second:"
     );
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (updated, asked) = std::thread::scope(|s| {
-        let askers: Vec<_> = nodes
-            .iter()
-            .map(|node| {
-                let (client, stop) = (lab.client(), &stop);
-                let target = format!("{}:8080", node.public_ip);
-                s.spawn(move || {
-                    let mut answers = Vec::new();
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let args = [
-                            "ask",
-                            "--target",
-                            &target,
-                            "--count",
-                            "10",
-                            "--interval-ms",
-                            "50",
-                            "--timeout-ms",
-                            "2000",
-                        ];
-                        if let Ok(out) = shoal_tests::mesh::labtool(client, &args) {
-                            answers.extend(shoal_tests::mesh::answers(&out));
-                        }
-                    }
-                    answers
-                })
-            })
-            .collect();
-        let updated = run(&[
+    let targets: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("{}:8080", node.public_ip))
+        .collect();
+    let (updated, asked) = shoal_tests::mesh::asking_throughout(lab.client(), &targets, || {
+        run(&[
             "service",
             "update",
             "--env-add",
@@ -398,16 +374,10 @@ fn rolling_update(
             "--update-order",
             "start-first",
             "web",
-        ]);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let asked: Vec<_> = askers
-            .into_iter()
-            .flat_map(|a| a.join().unwrap_or_default())
-            .collect();
-        (updated, asked)
+        ])
     });
     updated?;
-    let failed: Vec<&String> = asked.iter().filter_map(|(_, a)| a.as_ref().err()).collect();
+    let failed: Vec<&String> = asked.iter().filter_map(|a| a.as_ref().err()).collect();
     println!(
         "  {} requests to the three nodes during the update, {} failed",
         asked.len(),

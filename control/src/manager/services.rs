@@ -729,20 +729,15 @@ async fn update_service(
     check_update(&current.spec, &spec)?;
     check_service(&world, &mut spec)?;
     check_mesh_room(&world, &spec, &current.id)?;
-    let mut service = current.clone();
-    service.previous_spec = Some(current.spec.clone());
-    service.spec = spec;
-    service.updated_at = now();
-    allocate_endpoint(&world, &mut service, ops::data_path_port(inner))?;
-    if tasks_change(&current, &service) {
-        service.update_status = Some(UpdateStatus {
-            state: UpdateState::Updating,
-            started_at: service.updated_at.clone(),
-            completed_at: String::new(),
-            message: "update in progress".into(),
-        });
-    }
-    write_service(inner, &service).await
+    respec(
+        inner,
+        &world,
+        current,
+        spec,
+        UpdateState::Updating,
+        "update in progress",
+    )
+    .await
 }
 
 /// `service rollback`: the spec before the last update comes back (and the current one becomes
@@ -756,17 +751,38 @@ async fn rollback_service(inner: &Inner, id: &str) -> Result<Value, Status> {
             current.spec.name
         )));
     };
+    respec(
+        inner,
+        &world,
+        current,
+        previous,
+        UpdateState::RollbackStarted,
+        "manually requested rollback",
+    )
+    .await
+}
+
+/// Gives `current` the spec `spec`, the old one kept as `PreviousSpec`, its ports and VIPs
+/// allocated; when its tasks change, an update (or rollback) starts in `state`, saying `message`.
+async fn respec(
+    inner: &Inner,
+    world: &World,
+    current: Service,
+    spec: ServiceSpec,
+    state: UpdateState,
+    message: &str,
+) -> Result<Value, Status> {
     let mut service = current.clone();
     service.previous_spec = Some(current.spec.clone());
-    service.spec = previous;
+    service.spec = spec;
     service.updated_at = now();
-    allocate_endpoint(&world, &mut service, ops::data_path_port(inner))?;
+    allocate_endpoint(world, &mut service, ops::data_path_port(inner))?;
     if tasks_change(&current, &service) {
         service.update_status = Some(UpdateStatus {
-            state: UpdateState::RollbackStarted,
+            state,
             started_at: service.updated_at.clone(),
             completed_at: String::new(),
-            message: "manually requested rollback".into(),
+            message: message.into(),
         });
     }
     write_service(inner, &service).await
