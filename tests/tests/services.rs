@@ -1633,11 +1633,12 @@ impl Drop for RemoveOnDrop {
 }
 
 /// Issue Services II, item 5: a task with a health check is running for the swarm only once the
-/// check passes; one that turns unhealthy is stopped, reported failed with Docker's word, and
-/// replaced, and the replacements run only once they pass.
+/// check passes; one that turns unhealthy (also one adopted by a restarted daemon) is stopped,
+/// reported failed with Docker's word, and replaced, and the replacements run only once they
+/// pass.
 #[test]
 fn a_task_runs_only_while_healthy_and_an_unhealthy_one_is_replaced() {
-    let swarm = Swarm::up(1, 1);
+    let mut swarm = Swarm::up(1, 1);
     let n1 = swarm.managers[0].clone();
     let sick = RemoveOnDrop(std::path::PathBuf::from(format!(
         "/tmp/shoal-test-sick-{}",
@@ -1663,19 +1664,32 @@ fn a_task_runs_only_while_healthy_and_an_unhealthy_one_is_replaced() {
     wait_running(&swarm, &n1, "web", "two healthy tasks", |per| {
         per.values().sum::<usize>() == 2
     });
+    let first: BTreeSet<String> = tasks(&swarm, &n1, "web")
+        .iter()
+        .filter_map(|t| t["ID"].as_str().map(str::to_owned))
+        .collect();
+    // A restarted daemon adopts its task and goes on checking it.
+    let n2 = swarm.host("n2");
+    swarm.lab.kill_shoald(&n2).unwrap();
+    swarm.lab.spawn_shoald(&n2).unwrap();
     std::fs::write(&sick.0, b"").unwrap();
     let unhealthy = wait_until(
-        "a task failed as unhealthy",
+        "both tasks failed as unhealthy",
         Duration::from_secs(60),
         || {
-            Ok(tasks(&swarm, &n1, "web").iter().any(|t| {
-                t["CurrentState"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("Failed"))
-                    && t["Error"]
+            let failed = tasks(&swarm, &n1, "web")
+                .iter()
+                .filter(|t| first.contains(t["ID"].as_str().unwrap_or_default()))
+                .filter(|t| {
+                    t["CurrentState"]
                         .as_str()
-                        .is_some_and(|e| e.contains("unhealthy container"))
-            }))
+                        .is_some_and(|s| s.starts_with("Failed"))
+                        && t["Error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("unhealthy container"))
+                })
+                .count();
+            Ok(failed == 2)
         },
     );
     assert!(

@@ -716,22 +716,89 @@ impl Worker {
         mut stopped: watch::Receiver<bool>,
     ) {
         let mut started = Started::Container;
-        tokio::select! {
-            exit = self.wait(&mut started, &runtime) => {
-                let exit = match exit {
-                    Exit::Unknown(_) => Exit::Unknown(
-                        "its exit status is unknown: shoald restarted while it ran".into(),
-                    ),
-                    exit => exit,
-                };
-                self.exited(&id, runtime, exit).await;
+        let known = self
+            .lock()
+            .tasks
+            .get(&id)
+            .map(|l| (l.task.clone(), l.status.state));
+        let Some((task, state)) = known else {
+            return;
+        };
+        // Its health check goes on; a task that was not yet healthy (or not yet reported
+        // running) when the daemon stopped is reported running once it is.
+        let env = self.env(&task);
+        let mut probe = health::Probe::new(&task, &env, &self.inner.executor);
+        let healthy = async {
+            match probe.as_mut() {
+                Some(probe) if state < TaskState::Running => probe.until_healthy(&runtime).await,
+                _ => Ok(()),
             }
+        };
+        let verdict = tokio::select! {
+            exit = self.wait(&mut started, &runtime) => Some(Err(exit)),
+            () = until_stopped(&mut stopped) => None,
+            verdict = healthy => Some(Ok(verdict)),
+        };
+        match verdict {
+            Some(Ok(Ok(()))) => {
+                if state < TaskState::Running {
+                    self.report(
+                        &id,
+                        TaskStatus {
+                            container_status: Some(ContainerStatus {
+                                container_id: runtime.container.clone().unwrap_or_default(),
+                                pid: runtime.pid,
+                                ..Default::default()
+                            }),
+                            ..status(TaskState::Running, "started")
+                        },
+                    );
+                }
+            }
+            Some(Ok(Err(why))) => {
+                self.stop_runtime(&runtime).await;
+                return self
+                    .finish(&id, Some(runtime), TaskState::Failed, why)
+                    .await;
+            }
+            Some(Err(exit)) => return self.adopted_exit(&id, runtime, exit).await,
+            None => {
+                self.stop_runtime(&runtime).await;
+                return self
+                    .finish(&id, Some(runtime), TaskState::Shutdown, String::new())
+                    .await;
+            }
+        }
+        let unhealthy = async {
+            match probe.as_mut() {
+                Some(probe) => probe.until_unhealthy(&runtime).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            exit = self.wait(&mut started, &runtime) => self.adopted_exit(&id, runtime, exit).await,
             () = until_stopped(&mut stopped) => {
                 drain(&mut started, self, &runtime).await;
                 self.stop_runtime(&runtime).await;
                 self.finish(&id, Some(runtime), TaskState::Shutdown, String::new()).await;
             }
+            why = unhealthy => {
+                self.stop_runtime(&runtime).await;
+                self.finish(&id, Some(runtime), TaskState::Failed, why).await;
+            }
         }
+    }
+
+    /// An adopted task's end: its exit status is the engine's, or unknown for a process that is
+    /// not this daemon's child.
+    async fn adopted_exit(&self, id: &str, runtime: Runtime, exit: Exit) {
+        let exit = match exit {
+            Exit::Unknown(_) => {
+                Exit::Unknown("its exit status is unknown: shoald restarted while it ran".into())
+            }
+            exit => exit,
+        };
+        self.exited(id, runtime, exit).await;
     }
 
     async fn exited(&self, id: &str, runtime: Runtime, exit: Exit) {
