@@ -141,6 +141,14 @@ impl Probe {
     }
 }
 
+/// Resolves (with why) once the task of `probe` turns unhealthy; never without a probe.
+pub(crate) async fn until_unhealthy(probe: Option<&mut Probe>, runtime: &Runtime) -> String {
+    match probe {
+        Some(probe) => probe.until_unhealthy(runtime).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn unhealthy(output: &str) -> String {
     let output = output.trim();
     if output.is_empty() {

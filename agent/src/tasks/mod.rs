@@ -623,23 +623,8 @@ impl Worker {
                 return self.finish(&id, Some(runtime), state, why).await;
             }
         }
-        self.report(
-            &id,
-            TaskStatus {
-                container_status: Some(ContainerStatus {
-                    container_id: runtime.container.clone().unwrap_or_default(),
-                    pid: runtime.pid,
-                    ..Default::default()
-                }),
-                ..status(TaskState::Running, "started")
-            },
-        );
-        let unhealthy = async {
-            match probe.as_mut() {
-                Some(probe) => probe.until_unhealthy(&runtime).await,
-                None => std::future::pending().await,
-            }
-        };
+        self.report_running(&id, &runtime);
+        let unhealthy = health::until_unhealthy(probe.as_mut(), &runtime);
         tokio::select! {
             exit = self.wait(&mut started, &runtime) => self.exited(&id, runtime, exit).await,
             () = until_stopped(&mut stopped) => {
@@ -660,6 +645,21 @@ impl Worker {
                 self.finish(&id, Some(runtime), TaskState::Failed, why).await;
             }
         }
+    }
+
+    /// Reports a started task running, with its process (and container).
+    fn report_running(&self, id: &str, runtime: &Runtime) {
+        self.report(
+            id,
+            TaskStatus {
+                container_status: Some(ContainerStatus {
+                    container_id: runtime.container.clone().unwrap_or_default(),
+                    pid: runtime.pid,
+                    ..Default::default()
+                }),
+                ..status(TaskState::Running, "started")
+            },
+        );
     }
 
     /// Attaches the task's namespace to its networks (one coalesced data-plane apply).
@@ -742,17 +742,7 @@ impl Worker {
         match verdict {
             Some(Ok(Ok(()))) => {
                 if state < TaskState::Running {
-                    self.report(
-                        &id,
-                        TaskStatus {
-                            container_status: Some(ContainerStatus {
-                                container_id: runtime.container.clone().unwrap_or_default(),
-                                pid: runtime.pid,
-                                ..Default::default()
-                            }),
-                            ..status(TaskState::Running, "started")
-                        },
-                    );
+                    self.report_running(&id, &runtime);
                 }
             }
             Some(Ok(Err(why))) => {
@@ -769,12 +759,7 @@ impl Worker {
                     .await;
             }
         }
-        let unhealthy = async {
-            match probe.as_mut() {
-                Some(probe) => probe.until_unhealthy(&runtime).await,
-                None => std::future::pending().await,
-            }
-        };
+        let unhealthy = health::until_unhealthy(probe.as_mut(), &runtime);
         tokio::select! {
             exit = self.wait(&mut started, &runtime) => self.adopted_exit(&id, runtime, exit).await,
             () = until_stopped(&mut stopped) => {
