@@ -70,6 +70,23 @@ impl Daemon for DaemonApi {
         }))
     }
 
+    type LogsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+
+    async fn logs(&self, request: Request<Frame>) -> Result<Response<Self::LogsStream>, Status> {
+        let query = serde_json::from_slice(&request.into_inner().json)
+            .map_err(|e| Status::invalid_argument(format!("decoding the request: {e}")))?;
+        let stream = self.swarm.logs(query).await?;
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            stream,
+            |batch| {
+                batch.map(|batch| Frame {
+                    json: serde_json::to_vec(&batch).expect("plain data serializes"),
+                })
+            },
+        ))))
+    }
+
     async fn dataplane_apply(
         &self,
         request: Request<DataplaneApplyRequest>,

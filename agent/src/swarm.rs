@@ -462,6 +462,24 @@ impl SwarmNode {
         }
     }
 
+    /// `shoal service logs`, answered by this node's manager (through the leader).
+    pub async fn logs(
+        &self,
+        query: shoal_api::logs::LogsQuery,
+    ) -> Result<shoal_control::manager::LogStream, Status> {
+        let manager = {
+            let guard = self.state.lock().await;
+            let joined = guard
+                .as_ref()
+                .ok_or_else(|| Status::failed_precondition(NOT_IN_SWARM))?;
+            joined
+                .manager
+                .clone()
+                .ok_or_else(|| Status::failed_precondition(NOT_A_MANAGER))?
+        };
+        manager.logs(query).await
+    }
+
     /// What `shoal info` shows of the swarm.
     pub async fn info(&self) -> LocalSwarm {
         let (saved, manager) = {
@@ -862,6 +880,7 @@ impl SwarmNode {
             tokio::spawn(async move { renewer.renewals().await }),
             tokio::spawn(session::assignments(self.worker.clone(), self.clone())),
             tokio::spawn(session::reports(self.worker.clone(), self.clone())),
+            tokio::spawn(session::logs(self.worker.clone(), self.clone())),
         ];
         if let Some(joined) = self.state.lock().await.as_mut() {
             for old in std::mem::replace(&mut joined.session, handles) {

@@ -38,6 +38,10 @@ fn nodes() -> Vec<NodeInfo> {
             active: i % 20 != 13,
             tasks: HashMap::new(),
             host_ports: BTreeSet::new(),
+            available: shoal_control::scheduler::Resources {
+                nano_cpus: 16_000_000_000,
+                memory_bytes: 64 << 30,
+            },
         })
         .collect()
 }
@@ -56,7 +60,7 @@ fn placement(service: usize) -> Placement {
     }
     Placement {
         constraints,
-        host_ports: Vec::new(),
+        ..Default::default()
     }
 }
 

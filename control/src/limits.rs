@@ -29,6 +29,10 @@ pub const MAX_PORTS: usize = 64;
 pub const MAX_NETWORKS: usize = 16;
 /// Placement constraints of one service, at most.
 pub const MAX_CONSTRAINTS: usize = 64;
+/// `--mount`s of one service, at most.
+pub const MAX_MOUNTS: usize = 64;
+/// The smallest `--limit-memory` a task may have (Docker's).
+pub const MIN_MEMORY_LIMIT: u64 = 6 * 1024 * 1024;
 /// `--env` entries of one service, at most.
 pub const MAX_ENV: usize = 1_024;
 /// `COMMAND ARG...` words, at most.

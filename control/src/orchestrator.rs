@@ -272,11 +272,37 @@ fn node_info(node: &Node) -> NodeInfo {
             && node.description.executor != "none",
         tasks: HashMap::new(),
         host_ports: BTreeSet::new(),
+        available: scheduler::Resources {
+            nano_cpus: clamp(node.description.resources.nano_cpus),
+            memory_bytes: clamp(node.description.resources.memory_bytes),
+        },
+    }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// What a task of `spec` reserves on its node.
+fn reservation(spec: &shoal_api::service::TaskSpec) -> scheduler::Resources {
+    let r = &spec.resources.reservations;
+    scheduler::Resources {
+        nano_cpus: clamp(r.nano_cpus),
+        memory_bytes: clamp(r.memory_bytes),
     }
 }
 
 fn placement(service: &Service) -> Placement {
+    let template = &service.spec.task_template;
     Placement {
+        reservation: reservation(template),
+        max_per_node: usize::try_from(template.placement.max_replicas).unwrap_or(usize::MAX),
+        spread_over: template
+            .placement
+            .preferences
+            .iter()
+            .filter_map(|p| p.label().ok().map(str::to_owned))
+            .collect(),
         constraints: service
             .spec
             .task_template
@@ -938,6 +964,7 @@ pub fn reconcile(
             continue;
         };
         *infos[i].tasks.entry(task.service_id.clone()).or_default() += 1;
+        infos[i].available.take(&reservation(&task.spec));
         for p in task
             .ports
             .iter()
@@ -1756,6 +1783,7 @@ mod tests {
         let mut svc = service("web", Some(1));
         svc.spec.task_template.placement = Placement {
             constraints: vec!["node.labels.zone==mars".into()],
+            ..Default::default()
         };
         add_service(&mut w, svc);
         settle(&mut w, now());

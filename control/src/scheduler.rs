@@ -4,14 +4,23 @@
 //!   - the node is Ready and Active (not paused or drained);
 //!   - the service's placement constraints (`node.id`, `node.hostname`, `node.role`,
 //!     `node.labels.<key>`, `node.platform.os`, `node.platform.arch`, with `==` or `!=`);
-//!   - the service's host-mode published ports are free on the node.
+//!   - the node has the CPUs and memory the task reserves left (`--reserve-cpu`,
+//!     `--reserve-memory`: what the node reported, less what its other tasks reserve);
+//!   - the service's placement constraints (`node.id`, `node.hostname`, `node.role`,
+//!     `node.labels.<key>`, `node.platform.os`, `node.platform.arch`, with `==` or `!=`);
+//!   - the service's host-mode published ports are free on the node;
+//!   - the node runs fewer than `--replicas-max-per-node` tasks of the service.
+//! - **Preferences** (`--placement-pref spread=node.labels.zone`, several in order): tasks are
+//!   spread evenly over the values of each label first (nodes without it count as one more
+//!   value), then over the nodes within.
 //! - **Spread**: among the nodes that pass, the one with the fewest tasks of this service, then
 //!   the fewest tasks overall, then the lowest node ID (so the result is deterministic).
 //! - **Batches**: identical tasks (same service, same spec) are filtered once and placed one after
-//!   another on a heap keyed by those counts.
+//!   another on a heap keyed by those counts (a scan per task when there are preferences).
 //!
-//! A task no node passes gets Docker's message: `no suitable node (scheduling constraints not
-//! satisfied on 2 nodes; 1 node not available for new tasks)`.
+//! A task no node passes gets Docker's message, the most common reason first: `no suitable node
+//! (scheduling constraints not satisfied on 2 nodes; 1 node not available for new tasks)`,
+//! `no suitable node (insufficient resources on 3 nodes)`.
 
 use std::{
     cmp::Reverse,
@@ -43,11 +52,38 @@ pub struct NodeInfo {
     pub tasks: HashMap<String, usize>,
     /// Host-mode published ports in use on the node: (protocol, port).
     pub host_ports: BTreeSet<(Protocol, u16)>,
+    /// What is left to reserve: what the node reported less its tasks' reservations.
+    pub available: Resources,
 }
 
 impl NodeInfo {
     fn total(&self) -> usize {
         self.tasks.values().sum()
+    }
+
+    fn count(&self, service: &str) -> usize {
+        self.tasks.get(service).copied().unwrap_or(0)
+    }
+}
+
+/// CPUs (in billionths) and memory (bytes): a node's capacity, or what a task reserves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// CPU time, in billionths of a CPU.
+    pub nano_cpus: i64,
+    /// Memory in bytes.
+    pub memory_bytes: i64,
+}
+
+impl Resources {
+    fn holds(&self, want: &Resources) -> bool {
+        self.nano_cpus >= want.nano_cpus && self.memory_bytes >= want.memory_bytes
+    }
+
+    /// Takes `used` off what is left.
+    pub fn take(&mut self, used: &Resources) {
+        self.nano_cpus -= used.nano_cpus;
+        self.memory_bytes -= used.memory_bytes;
     }
 }
 
@@ -165,6 +201,12 @@ pub struct Placement {
     pub constraints: Vec<Constraint>,
     /// Host-mode published ports: each task needs them free on its node.
     pub host_ports: Vec<(Protocol, u16)>,
+    /// `--reserve-cpu`, `--reserve-memory` of each task.
+    pub reservation: Resources,
+    /// `--replicas-max-per-node` (0: no limit).
+    pub max_per_node: usize,
+    /// `--placement-pref spread=node.labels.<name>`: the label names, outermost first.
+    pub spread_over: Vec<String>,
 }
 
 /// Why nodes were passed over, counted per filter (in SwarmKit's order).
@@ -176,6 +218,10 @@ pub struct Rejections {
     pub constraints: usize,
     /// A host-mode port is taken.
     pub host_ports: usize,
+    /// Not enough CPUs or memory left to reserve.
+    pub resources: usize,
+    /// The node has `--replicas-max-per-node` tasks of the service already.
+    pub max_replicas: usize,
 }
 
 impl fmt::Display for Rejections {
@@ -187,25 +233,40 @@ impl fmt::Display for Rejections {
                 format!("{n} nodes")
             }
         };
-        let mut parts = Vec::new();
-        if self.constraints > 0 {
-            parts.push(format!(
-                "scheduling constraints not satisfied on {}",
-                nodes(self.constraints)
-            ));
-        }
-        if self.host_ports > 0 {
-            parts.push(format!(
-                "host-mode port already in use on {}",
-                nodes(self.host_ports)
-            ));
-        }
-        if self.unavailable > 0 {
-            parts.push(format!(
-                "{} not available for new tasks",
-                nodes(self.unavailable)
-            ));
-        }
+        // SwarmKit's filter order, then the most frequent reason first (a stable sort).
+        let mut parts = [
+            (
+                self.unavailable,
+                format!("{} not available for new tasks", nodes(self.unavailable)),
+            ),
+            (
+                self.resources,
+                format!("insufficient resources on {}", nodes(self.resources)),
+            ),
+            (
+                self.constraints,
+                format!(
+                    "scheduling constraints not satisfied on {}",
+                    nodes(self.constraints)
+                ),
+            ),
+            (
+                self.host_ports,
+                format!(
+                    "host-mode port already in use on {}",
+                    nodes(self.host_ports)
+                ),
+            ),
+            (
+                self.max_replicas,
+                "max replicas per node limit exceed".to_owned(),
+            ),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .collect::<Vec<_>>();
+        parts.sort_by_key(|(n, _)| Reverse(*n));
+        let mut parts: Vec<String> = parts.into_iter().map(|(_, text)| text).collect();
         if parts.is_empty() {
             parts.push("no nodes in the swarm".into());
         }
@@ -213,10 +274,13 @@ impl fmt::Display for Rejections {
     }
 }
 
-/// The first filter `node` fails for `placement`, if any.
-fn rejects(node: &NodeInfo, placement: &Placement) -> Option<fn(&mut Rejections)> {
+/// The first filter `node` fails for one more task of `service` with `placement`, if any.
+fn rejects(node: &NodeInfo, service: &str, placement: &Placement) -> Option<fn(&mut Rejections)> {
     if !node.ready || !node.active {
         return Some(|r| r.unavailable += 1);
+    }
+    if !node.available.holds(&placement.reservation) {
+        return Some(|r| r.resources += 1);
     }
     if !placement.constraints.iter().all(|c| c.matches(node)) {
         return Some(|r| r.constraints += 1);
@@ -228,26 +292,32 @@ fn rejects(node: &NodeInfo, placement: &Placement) -> Option<fn(&mut Rejections)
     {
         return Some(|r| r.host_ports += 1);
     }
+    if placement.max_per_node > 0 && node.count(service) >= placement.max_per_node {
+        return Some(|r| r.max_replicas += 1);
+    }
     None
 }
 
 /// Places `count` identical tasks of `service` with `placement` on `nodes`, updating the nodes'
-/// counts (and host ports) as it goes. Returns the chosen node index per task, in order; the
-/// tasks that found no node get the explanation instead.
+/// counts, host ports and resources as it goes. Returns the chosen node index per task, in
+/// order; the tasks that found no node get the explanation instead.
 pub fn place(
     nodes: &mut [NodeInfo],
     service: &str,
     placement: &Placement,
     count: usize,
 ) -> Vec<Result<usize, Rejections>> {
+    if !placement.spread_over.is_empty() {
+        return place_by_preference(nodes, service, placement, count);
+    }
     let mut rejections = Rejections::default();
     // (fewest of this service, fewest overall, lowest ID) first: a min-heap via Reverse.
     let mut heap = BinaryHeap::new();
     for (index, node) in nodes.iter().enumerate() {
-        match rejects(node, placement) {
+        match rejects(node, service, placement) {
             Some(count) => count(&mut rejections),
             None => heap.push(Reverse((
-                node.tasks.get(service).copied().unwrap_or(0),
+                node.count(service),
                 node.total(),
                 node.id.clone(),
                 index,
@@ -256,20 +326,92 @@ pub fn place(
     }
     let mut placed = Vec::with_capacity(count);
     for _ in 0..count {
-        let Some(Reverse((mine, total, id, index))) = heap.pop() else {
+        let Some(Reverse((_, _, id, index))) = heap.pop() else {
             placed.push(Err(rejections));
             continue;
         };
-        let node = &mut nodes[index];
-        *node.tasks.entry(service.to_owned()).or_default() += 1;
+        assign(&mut nodes[index], service, placement);
         placed.push(Ok(index));
-        if placement.host_ports.is_empty() {
-            heap.push(Reverse((mine + 1, total + 1, id, index)));
-        } else {
-            // Its ports are taken now: the node cannot take another task of this batch.
-            node.host_ports.extend(placement.host_ports.iter().copied());
-            rejections.host_ports += 1;
+        // The node may take another task of the batch, or now fails a filter (its ports are
+        // taken, its resources or the per-node limit reached).
+        let node = &nodes[index];
+        match rejects(node, service, placement) {
+            Some(count) => count(&mut rejections),
+            None => heap.push(Reverse((node.count(service), node.total(), id, index))),
         }
+    }
+    placed
+}
+
+/// Books one task of `service` on `node`.
+fn assign(node: &mut NodeInfo, service: &str, placement: &Placement) {
+    *node.tasks.entry(service.to_owned()).or_default() += 1;
+    node.host_ports.extend(placement.host_ports.iter().copied());
+    node.available.take(&placement.reservation);
+}
+
+/// [`place`] with spread preferences: each task goes to the eligible node whose label values
+/// hold the fewest tasks of the service, level by level, then by the usual spread order.
+fn place_by_preference(
+    nodes: &mut [NodeInfo],
+    service: &str,
+    placement: &Placement,
+    count: usize,
+) -> Vec<Result<usize, Rejections>> {
+    // Each node's group at each level: its values of the labels down to that level (a node
+    // without the label is in the group of those without it).
+    let groups: Vec<Vec<Vec<Option<String>>>> = nodes
+        .iter()
+        .map(|node| {
+            (1..=placement.spread_over.len())
+                .map(|depth| {
+                    placement.spread_over[..depth]
+                        .iter()
+                        .map(|label| node.labels.get(label).cloned())
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let mut in_group: HashMap<&[Option<String>], usize> = HashMap::new();
+    for (node, levels) in nodes.iter().zip(&groups) {
+        for group in levels {
+            *in_group.entry(group.as_slice()).or_default() += node.count(service);
+        }
+    }
+    let mut placed = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut rejections = Rejections::default();
+        let mut best: Option<(Vec<usize>, usize, usize, &str, usize)> = None;
+        for (index, node) in nodes.iter().enumerate() {
+            if let Some(count) = rejects(node, service, placement) {
+                count(&mut rejections);
+                continue;
+            }
+            let levels = groups[index]
+                .iter()
+                .map(|g| in_group[g.as_slice()])
+                .collect();
+            let key = (
+                levels,
+                node.count(service),
+                node.total(),
+                node.id.as_str(),
+                index,
+            );
+            if best.as_ref().is_none_or(|b| key < *b) {
+                best = Some(key);
+            }
+        }
+        let Some((.., index)) = best else {
+            placed.push(Err(rejections));
+            continue;
+        };
+        assign(&mut nodes[index], service, placement);
+        for group in &groups[index] {
+            *in_group.get_mut(group.as_slice()).expect("counted above") += 1;
+        }
+        placed.push(Ok(index));
     }
     placed
 }
@@ -292,6 +434,10 @@ mod tests {
             active: true,
             tasks: HashMap::new(),
             host_ports: BTreeSet::new(),
+            available: Resources {
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 1 << 30,
+            },
         }
     }
 
@@ -402,6 +548,91 @@ mod tests {
         assert!(!lower.matches(&nodes[0]));
         let host: Constraint = "node.hostname==HOST-A".parse().unwrap();
         assert!(host.matches(&nodes[0]));
+    }
+
+    #[test]
+    fn reservations_fit_into_what_nodes_have_left_and_say_when_they_do_not() {
+        let mut nodes = vec![node("a", "worker"), node("b", "worker")];
+        nodes[1].available.memory_bytes = 256 << 20;
+        let half_gig = Placement {
+            reservation: Resources {
+                nano_cpus: 500_000_000,
+                memory_bytes: 512 << 20,
+            },
+            ..Default::default()
+        };
+        // Only a has 512 MiB, and only twice.
+        let results = place(&mut nodes, "db", &half_gig, 3);
+        assert_eq!(results[0], Ok(0));
+        assert_eq!(results[1], Ok(0));
+        assert_eq!(
+            results[2].unwrap_err().to_string(),
+            "no suitable node (insufficient resources on 2 nodes)"
+        );
+        assert_eq!(nodes[0].available.memory_bytes, 0);
+        assert_eq!(nodes[0].available.nano_cpus, 1_000_000_000);
+        let too_many_cpus = Placement {
+            reservation: Resources {
+                nano_cpus: 3_000_000_000,
+                memory_bytes: 0,
+            },
+            constraints: vec!["node.id==b".parse().unwrap()],
+            ..Default::default()
+        };
+        assert_eq!(
+            place(&mut nodes, "big", &too_many_cpus, 1)[0]
+                .unwrap_err()
+                .to_string(),
+            "no suitable node (insufficient resources on 2 nodes)"
+        );
+    }
+
+    #[test]
+    fn replicas_max_per_node_caps_each_node() {
+        let mut nodes = vec![node("a", "worker"), node("b", "worker")];
+        let one_each = Placement {
+            max_per_node: 1,
+            ..Default::default()
+        };
+        let results = place(&mut nodes, "web", &one_each, 3);
+        assert!(results[0].is_ok() && results[1].is_ok());
+        assert_eq!(
+            results[2].unwrap_err().to_string(),
+            "no suitable node (max replicas per node limit exceed)"
+        );
+        nodes[0].active = false;
+        nodes[1].tasks.clear();
+        let results = place(&mut nodes, "api", &one_each, 2);
+        assert_eq!(
+            results[1].unwrap_err().to_string(),
+            "no suitable node (1 node not available for new tasks; max replicas per node limit exceed)"
+        );
+    }
+
+    #[test]
+    fn a_spread_preference_balances_label_values_before_nodes() {
+        // Zone x has three nodes, zone y one, and one node has no zone.
+        let mut nodes: Vec<NodeInfo> = ["x1", "x2", "x3", "y1", "z"]
+            .iter()
+            .map(|id| node(id, "worker"))
+            .collect();
+        for n in &mut nodes[..4] {
+            let zone = n.id[..1].to_owned();
+            n.labels.insert("zone".into(), zone);
+        }
+        let spread = Placement {
+            spread_over: vec!["zone".into()],
+            ..Default::default()
+        };
+        let results = place(&mut nodes, "web", &spread, 6);
+        let on = placed_on(&nodes, &results);
+        let per_zone = |zone: &str| on.iter().filter(|n| n.starts_with(zone)).count();
+        // Two per value (x, y, no zone), whatever the number of nodes behind each.
+        assert_eq!((per_zone("x"), per_zone("y"), per_zone("z")), (2, 2, 2));
+        // Within zone x, the two went to different nodes.
+        let mut x: Vec<&String> = on.iter().filter(|n| n.starts_with('x')).collect();
+        x.dedup();
+        assert_eq!(x.len(), 2);
     }
 
     proptest! {

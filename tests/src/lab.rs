@@ -627,14 +627,19 @@ impl Lab {
 
     /// Runs `shoal -H <host's socket> args` in `host`'s namespace.
     pub fn shoal(&self, host: &Host, args: &[&str]) -> Result<Output, LabError> {
+        self.shoal_command(host, args)?
+            .output()
+            .map_err(io_error(format!("running shoal in {}", host.netns)))
+    }
+
+    /// The `shoal` command [`Lab::shoal`] runs, to spawn (one that follows, say).
+    pub fn shoal_command(&self, host: &Host, args: &[&str]) -> Result<Command, LabError> {
         let mut command = host.command(binary("shoal")?)?;
         command
             .arg("-H")
             .arg(format!("unix://{}", self.socket(host).display()))
             .args(args);
-        command
-            .output()
-            .map_err(io_error(format!("running shoal in {}", host.netns)))
+        Ok(command)
     }
 
     /// Tears the lab down and reports anything left behind.

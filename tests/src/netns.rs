@@ -184,12 +184,15 @@ pub fn create_mount_ns(netns: &str, file: &Path) -> io::Result<()> {
         .arg(format!("--mount={}", file.display()))
         .args(["--propagation", "slave", "nsenter"])
         .arg(format!("--net={}", Netns::named(netns).path().display()))
-        // A sysfs of the node's own network namespace hides the host's cgroup mounts: the node
-        // gets the cgroup v2 hierarchy where a modern host has it.
+        // A sysfs of the node's own network namespace hides the host's cgroup mounts: they are
+        // held aside and moved back over it, so the node sees the host's cgroup hierarchies (v2,
+        // and the v1 controllers where the host still mounts them) where the host has them.
         .args([
             "sh",
             "-c",
-            "umount -l /sys && mount -t sysfs sysfs /sys && mount -t cgroup2 cgroup2 /sys/fs/cgroup",
+            "hold=$(mktemp -d /run/shoal-cgroups.XXXXXX) && mount --rbind /sys/fs/cgroup \"$hold\" \
+             && umount -l /sys && mount -t sysfs sysfs /sys \
+             && mount --move \"$hold\" /sys/fs/cgroup && rmdir \"$hold\"",
         ]);
     let output = command.output()?;
     if output.status.success() {

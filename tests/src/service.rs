@@ -25,10 +25,10 @@ pub fn create_serve(swarm: &Swarm, on: &Host, flags: &[&str]) -> String {
 
 /// `service ps SERVICE --format json` rows; none while the call fails (a leader election).
 pub fn tasks(swarm: &Swarm, on: &Host, service: &str) -> Vec<Value> {
-    let Ok(out) = swarm
-        .lab
-        .shoal(on, &["service", "ps", service, "--format", "json"])
-    else {
+    let Ok(out) = swarm.lab.shoal(
+        on,
+        &["service", "ps", service, "--format", "json", "--no-trunc"],
+    ) else {
         return Vec::new();
     };
     String::from_utf8_lossy(&out.stdout)

@@ -56,6 +56,35 @@ pub(crate) fn run(nextest_args: &[String]) -> anyhow::Result<()> {
     leftovers
 }
 
+/// Cgroups of exec tasks (`shoal-<task>` under a cgroup hierarchy) that outlived their task:
+/// reported, and removed when empty.
+fn task_cgroups() -> Vec<String> {
+    let roots = [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/pids",
+    ];
+    let mut found = Vec::new();
+    for root in roots {
+        let Ok(entries) = fs::read_dir(root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("shoal-") {
+                let path = entry.path();
+                let removed = fs::remove_dir(&path).is_ok();
+                found.push(format!(
+                    "cgroup {}{}",
+                    path.display(),
+                    if removed { " (now removed)" } else { "" }
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// The links of the root namespace, by name.
 fn root_links() -> anyhow::Result<Vec<String>> {
     shoal_tests::links(None, None).context("listing the root namespace's links")
@@ -123,6 +152,7 @@ fn leftovers(links_before: &[String]) -> anyhow::Result<()> {
             .map(|link| format!("link {link} in the root namespace")),
     );
     found.extend(project_processes());
+    found.extend(task_cgroups());
     // Containers of the docker executor whose lab is gone.
     found.extend(
         shoal_tests::docker::task_containers()

@@ -21,10 +21,11 @@ use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
-use shoal_api::service::Task;
+use shoal_api::logs::{LogLine, LogsQuery, Stream};
+use shoal_api::service::{Mount, MountKind, Task};
 use tokio_stream::StreamExt;
 
 use super::{Exit, Runtime};
@@ -94,6 +95,15 @@ impl Engine {
         env: &[(String, String)],
     ) -> Result<Runtime, String> {
         let spec = &task.spec.container_spec;
+        // A bind source is a path of this node: say so plainly when it is missing.
+        for m in &spec.mounts {
+            if m.kind == MountKind::Bind && !Path::new(&m.source).exists() {
+                return Err(format!(
+                    "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                    m.source
+                ));
+            }
+        }
         self.ensure_image(&spec.image).await?;
         let words: Vec<String> = spec
             .command
@@ -112,6 +122,13 @@ impl Engine {
             cmd: (!words.is_empty()).then_some(words),
             env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
+            user: Some(spec.user.clone()).filter(|u| !u.is_empty()),
+            working_dir: Some(spec.dir.clone()).filter(|d| !d.is_empty()),
+            hostname: Some(spec.hostname.clone()).filter(|h| !h.is_empty()),
+            stop_signal: Some(spec.stop_signal.clone()).filter(|s| !s.is_empty()),
+            stop_timeout: spec
+                .stop_grace_period
+                .map(|ns| nanos(ns.div_ceil(1_000_000_000))),
             // The service's health check, for the engine to run (unset: the image's).
             healthcheck: spec
                 .healthcheck
@@ -129,7 +146,16 @@ impl Engine {
                 // writes them into the container's /etc/resolv.conf.
                 let (search, options) =
                     crate::dns::resolv_settings(&crate::dns::host_resolv_conf());
+                let limits = &task.spec.resources.limits;
+                let limit = |n: u64| (n > 0).then(|| nanos(n));
                 HostConfig {
+                    mounts: Some(spec.mounts.iter().map(engine_mount).collect())
+                        .filter(|m: &Vec<_>| !m.is_empty()),
+                    readonly_rootfs: spec.read_only.then_some(true),
+                    init: spec.init,
+                    nano_cpus: limit(limits.nano_cpus),
+                    memory: limit(limits.memory_bytes),
+                    pids_limit: limit(limits.pids),
                     network_mode: Some("none".into()),
                     dns: Some(vec![crate::dns::ADDR.ip().to_string()]),
                     dns_search: Some(search),
@@ -285,6 +311,75 @@ impl Engine {
         }
     }
 
+    /// Copies the container's logs (the last [`super::logs::FILE_MAX`] bytes' worth of lines
+    /// at most) into the task's log on this node.
+    pub(crate) async fn keep_logs(&self, container: &str, tasks_dir: &Path, task: &str) {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .tail("10000")
+            .build();
+        let mut stream = pin!(self.docker.logs(container, Some(options)));
+        let mut lines = Vec::new();
+        while let Some(Ok(output)) = stream.next().await {
+            if let Some(line) = engine_line(output) {
+                lines.push(line);
+            }
+        }
+        if let Err(e) = super::logs::keep(tasks_dir, task, &lines) {
+            tracing::warn!(task, error = %e, "keeping a container's logs");
+        }
+    }
+
+    /// The running container's lines as `query` asks, sent to `out` in batches until they end
+    /// (or, with `follow`, until `out` closes).
+    pub(crate) async fn serve_logs(
+        &self,
+        container: &str,
+        task: &str,
+        query: &LogsQuery,
+        out: &tokio::sync::mpsc::Sender<Vec<LogLine>>,
+    ) {
+        let mut options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(query.follow);
+        if let Some(tail) = query.tail {
+            options = options.tail(&tail.to_string());
+        }
+        if let Some(since) = super::logs::since_of(query) {
+            options = options.since(i32::try_from(since.unix_timestamp()).unwrap_or(0));
+        }
+        let mut stream = pin!(self.docker.logs(container, Some(options.build())));
+        let since = super::logs::since_of(query);
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                () = out.closed() => return,
+            };
+            let Some(Ok(output)) = next else { return };
+            let Some((stream, line)) = engine_line(output) else {
+                continue;
+            };
+            let (time, text) = line.split_once(' ').unwrap_or((&line, ""));
+            // The engine's --since is in whole seconds.
+            if !super::logs::after(time, since.as_ref()) {
+                continue;
+            }
+            let line = LogLine {
+                task_id: task.to_owned(),
+                time: time.to_owned(),
+                stream,
+                text: text.to_owned(),
+            };
+            if out.send(vec![line]).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Removes the container (and anything it still runs).
     pub(crate) async fn remove(&self, id: &str) {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
@@ -295,6 +390,39 @@ impl Engine {
             }) => {}
             Err(e) => tracing::warn!(container = %id, error = %e, "removing a container"),
         }
+    }
+}
+
+/// A line of the engine's log stream, with its stream.
+fn engine_line(output: bollard::container::LogOutput) -> Option<(Stream, String)> {
+    use bollard::container::LogOutput;
+    let (stream, message) = match output {
+        LogOutput::StdOut { message } | LogOutput::Console { message } => (Stream::Stdout, message),
+        LogOutput::StdErr { message } => (Stream::Stderr, message),
+        LogOutput::StdIn { .. } => return None,
+    };
+    let text = String::from_utf8_lossy(&message);
+    Some((stream, text.trim_end_matches(['\n', '\r']).to_owned()))
+}
+
+/// A service's mount as the engine takes it.
+fn engine_mount(m: &Mount) -> bollard::models::Mount {
+    use bollard::models::{MountTmpfsOptions, MountType};
+    bollard::models::Mount {
+        target: Some(m.target.clone()),
+        source: Some(m.source.clone()).filter(|s| !s.is_empty()),
+        typ: Some(match m.kind {
+            MountKind::Bind => MountType::BIND,
+            MountKind::Volume => MountType::VOLUME,
+            MountKind::Tmpfs => MountType::TMPFS,
+        }),
+        read_only: m.read_only.then_some(true),
+        tmpfs_options: m.tmpfs_options.as_ref().map(|t| MountTmpfsOptions {
+            size_bytes: (t.size_bytes > 0).then(|| nanos(t.size_bytes)),
+            mode: (t.mode > 0).then_some(i64::from(t.mode)),
+            options: None,
+        }),
+        ..Default::default()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `exec` executor: a task is `COMMAND ARG...` from the host's filesystem, run in a network
-//! namespace of its own (`<data root>/tasks/netns/<task>`), in a session of its own, with its
-//! output in `<data root>/tasks/<task>.log`. IMAGE is recorded, never pulled.
+//! namespace of its own (`<data root>/tasks/netns/<task>`), in a session and a mount namespace
+//! of its own (with its bind and tmpfs mounts), in a cgroup of its own when it has limits, with
+//! its output in its log (see [`super::logs`]). IMAGE is recorded, never pulled.
 //!
 //! The process is not tied to `shoald`: it keeps running when the daemon stops or is killed, and
 //! the daemon finds it again by PID and start time when it comes back.
@@ -9,10 +10,13 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::ffi::CString;
+
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shoal_api::service::Task;
+use shoal_api::service::{ContainerSpec, MountKind, Task};
 
+use super::cgroup::Cgroup;
 use super::{Exit, Runtime};
 
 /// How long a task has to stop after SIGTERM before it gets SIGKILL (Docker's default).
@@ -49,6 +53,23 @@ pub(crate) fn start(
             "the exec executor runs COMMAND from the host, and the service has none".into(),
         );
     };
+    if spec.init == Some(true) {
+        return Err(
+            "--init needs the docker executor (an exec task runs its command as is)".into(),
+        );
+    }
+    let mounts = mounts(spec)?;
+    let hostname = CString::new(spec.hostname.as_bytes())
+        .map_err(|_| "the hostname holds a NUL byte".to_owned())?;
+    let set_hostname = !spec.hostname.is_empty();
+    let read_only = spec.read_only;
+    let user = user(&spec.user)?;
+    let cgroup = Cgroup::create(&task.id, &task.spec.resources.limits)?;
+    let procs = cgroup
+        .as_ref()
+        .map(Cgroup::procs)
+        .transpose()?
+        .unwrap_or_default();
     let ns = std::fs::File::open(&runtime.netns)
         .map_err(|e| format!("opening {}: {e}", runtime.netns.display()))?;
     // The task's /etc/resolv.conf names the embedded DNS server: a file of its own, bound over
@@ -63,17 +84,9 @@ pub(crate) fn start(
         std::fs::set_permissions(&resolv, std::os::unix::fs::PermissionsExt::from_mode(0o644))
     })
     .map_err(|e| format!("writing {}: {e}", resolv.display()))?;
-    let resolv_c = std::ffi::CString::new(resolv.as_os_str().as_encoded_bytes())
+    let resolv_c = CString::new(resolv.as_os_str().as_encoded_bytes())
         .map_err(|_| format!("{} holds a NUL byte", resolv.display()))?;
-    let log_path = dir.join(format!("{}.log", task.id));
-    let log = crate::durable::private_file()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
-    let err_log = log
-        .try_clone()
-        .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
+    let (log, err_log) = super::logs::capture(dir, &task.id)?;
     let mut command = tokio::process::Command::new(program);
     command
         .args(words)
@@ -88,16 +101,20 @@ pub(crate) fn start(
         .stdout(log)
         .stderr(err_log)
         .kill_on_drop(false);
+    let dir = CString::new(spec.dir.as_bytes())
+        .map_err(|_| "the working directory holds a NUL byte".to_owned())?;
     let fd = ns.as_raw_fd();
-    // SAFETY: between fork and exec only async-signal-safe calls are made: setns(2), setsid(2),
-    // unshare(2), mount(2) and umask(2), on a descriptor opened before the fork and kept open by
-    // `ns` until spawn returns, and on C strings made before the fork and kept by the closure.
+    // SAFETY: between fork and exec only async-signal-safe calls are made: write(2), setns(2),
+    // setsid(2), unshare(2), mount(2), sethostname(2) and umask(2), on descriptors opened before
+    // the fork and kept open by `ns` and `procs` until spawn returns, and on C strings made
+    // before the fork and kept by the closure.
     unsafe {
         command.pre_exec(move || {
             let check = |rc: libc::c_int| match rc {
                 0.. => Ok(()),
                 _ => Err(std::io::Error::last_os_error()),
             };
+            super::cgroup::join(&procs)?;
             check(libc::setns(fd, libc::CLONE_NEWNET))?;
             check(libc::setsid())?;
             // A mount namespace of its own, whose mounts do not propagate back to the node's.
@@ -116,14 +133,49 @@ pub(crate) fn start(
                 libc::MS_BIND,
                 std::ptr::null(),
             ))?;
+            for m in &mounts {
+                m.apply()?;
+            }
+            if read_only {
+                // The root mount of the task's own namespace; its other mounts stay as they are.
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ))?;
+            }
+            if set_hostname {
+                check(libc::unshare(libc::CLONE_NEWUTS))?;
+                check(libc::sethostname(
+                    hostname.as_ptr(),
+                    hostname.as_bytes().len(),
+                ))?;
+            }
+            // In the task's mounts, and before the user changes (std would do both before
+            // this closure).
+            if !dir.as_bytes().is_empty() {
+                check(libc::chdir(dir.as_ptr()))?;
+            }
+            if let Some((uid, gid)) = user {
+                check(libc::setgroups(0, std::ptr::null()))?;
+                if let Some(gid) = gid {
+                    check(libc::setgid(gid))?;
+                }
+                check(libc::setuid(uid))?;
+            }
             // The task's files get the usual modes, not shoald's private 077.
             libc::umask(0o022);
             Ok(())
         });
     }
-    let child = command
-        .spawn()
-        .map_err(|e| format!("starting {program:?}: {e}"))?;
+    let child = command.spawn().map_err(|e| {
+        if let Some(cgroup) = &cgroup {
+            cgroup.remove();
+        }
+        format!("starting {program:?}: {e}")
+    })?;
     drop(ns);
     let pid = child.id().unwrap_or_default();
     runtime.pid = pid;
@@ -172,14 +224,27 @@ pub(crate) async fn wait_adopted(runtime: &Runtime) {
     }
 }
 
-/// Stops the task's process group: SIGTERM, then SIGKILL after [`STOP_GRACE`].
-pub(crate) async fn stop(runtime: &Runtime) {
+/// How a task is stopped: `--stop-signal` (SIGTERM), then SIGKILL after `--stop-grace-period`
+/// ([`STOP_GRACE`]).
+pub(crate) fn stop_how(spec: &ContainerSpec) -> (Signal, Duration) {
+    let signal = shoal_api::service::signal_number(&spec.stop_signal)
+        .ok()
+        .and_then(|n| Signal::try_from(n).ok())
+        .unwrap_or(Signal::SIGTERM);
+    let grace = spec
+        .stop_grace_period
+        .map_or(STOP_GRACE, Duration::from_nanos);
+    (signal, grace)
+}
+
+/// Stops the task's process group: `signal`, then SIGKILL after `grace`.
+pub(crate) async fn stop(runtime: &Runtime, (signal, grace): (Signal, Duration)) {
     if !alive(runtime) {
         return;
     }
     let group = Pid::from_raw(runtime.pid as i32);
-    let _ = killpg(group, Signal::SIGTERM);
-    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    let _ = killpg(group, signal);
+    let deadline = tokio::time::Instant::now() + grace;
     while alive(runtime) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -193,14 +258,158 @@ fn resolv_conf_path(netns: &Path) -> PathBuf {
     netns.with_extension("resolv.conf")
 }
 
-/// Removes the task's namespace and its resolv.conf.
+/// Removes the task's namespace, its resolv.conf and its cgroup.
 pub(crate) fn cleanup(runtime: &Runtime) {
     if !runtime.netns.as_os_str().is_empty() {
         let _ = std::fs::remove_file(resolv_conf_path(&runtime.netns));
+    }
+    if let Some(task) = runtime.netns.file_name().and_then(|n| n.to_str()) {
+        Cgroup::remove_for(task);
     }
     if !runtime.netns.as_os_str().is_empty()
         && let Err(e) = shoal_dataplane::overlay::netns::remove(&runtime.netns)
     {
         tracing::warn!(error = %e, "removing a task's network namespace");
     }
+}
+
+/// One `--mount` of an exec task, ready to be made between fork and exec.
+struct PreparedMount {
+    source: CString,
+    target: CString,
+    fstype: Option<CString>,
+    flags: libc::c_ulong,
+    data: Option<CString>,
+    read_only: bool,
+}
+
+impl PreparedMount {
+    /// mount(2), and a read-only remount of a bind: async-signal-safe.
+    fn apply(&self) -> std::io::Result<()> {
+        let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        let check = |rc: libc::c_int| match rc {
+            0.. => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        };
+        // SAFETY: mount(2) on C strings owned by `self`, made before the fork.
+        unsafe {
+            check(libc::mount(
+                self.source.as_ptr(),
+                self.target.as_ptr(),
+                ptr(&self.fstype),
+                self.flags,
+                ptr(&self.data).cast(),
+            ))?;
+            if self.read_only {
+                check(libc::mount(
+                    std::ptr::null(),
+                    self.target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT
+                        | libc::MS_BIND
+                        | libc::MS_RDONLY
+                        | (self.flags & libc::MS_REC),
+                    std::ptr::null(),
+                ))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The task's bind and tmpfs mounts, checked on this node: an exec task shares the node's file
+/// system, so both the source of a bind and the target must exist here.
+fn mounts(spec: &ContainerSpec) -> Result<Vec<PreparedMount>, String> {
+    let c = |s: &str| CString::new(s).map_err(|_| format!("the mount path {s:?} holds a NUL byte"));
+    spec.mounts
+        .iter()
+        .map(|m| {
+            if !Path::new(&m.target).exists() {
+                return Err(format!(
+                    "invalid mount config for type {:?}: the target {} does not exist on this node (an exec task shares the node's file system)",
+                    m.kind.name(),
+                    m.target
+                ));
+            }
+            match m.kind {
+                MountKind::Bind => {
+                    if !Path::new(&m.source).exists() {
+                        return Err(format!(
+                            "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                            m.source
+                        ));
+                    }
+                    Ok(PreparedMount {
+                        source: c(&m.source)?,
+                        target: c(&m.target)?,
+                        fstype: None,
+                        flags: libc::MS_BIND | libc::MS_REC,
+                        data: None,
+                        read_only: m.read_only,
+                    })
+                }
+                MountKind::Tmpfs => {
+                    let options = m.tmpfs_options.clone().unwrap_or_default();
+                    let mut data = format!("mode={:o}", if options.mode == 0 { 0o1777 } else { options.mode });
+                    if options.size_bytes > 0 {
+                        data.push_str(&format!(",size={}", options.size_bytes));
+                    }
+                    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+                    if m.read_only {
+                        flags |= libc::MS_RDONLY;
+                    }
+                    Ok(PreparedMount {
+                        source: c("tmpfs")?,
+                        target: c(&m.target)?,
+                        fstype: Some(c("tmpfs")?),
+                        flags,
+                        data: Some(c(&data)?),
+                        read_only: false,
+                    })
+                }
+                MountKind::Volume => Err(format!(
+                    "invalid mount config for type \"volume\" at {}: volumes need the docker executor (exec tasks take bind and tmpfs mounts)",
+                    m.target
+                )),
+            }
+        })
+        .collect()
+}
+
+/// `--user` for an exec task: `uid[:gid]` or `name[:group]` of this node.
+fn user(text: &str) -> Result<Option<(u32, Option<u32>)>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let (name, group) = match text.split_once(':') {
+        Some((n, g)) => (n, Some(g)),
+        None => (text, None),
+    };
+    let (uid, primary) = match name.parse::<u32>() {
+        Ok(uid) => (uid, None),
+        Err(_) => {
+            let found = nix::unistd::User::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    format!("unable to find user {name}: no matching entries in passwd file")
+                })?;
+            (found.uid.as_raw(), Some(found.gid.as_raw()))
+        }
+    };
+    let gid = match group {
+        None => primary,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    format!("unable to find group {g}: no matching entries in group file")
+                })?
+                .gid
+                .as_raw(),
+        }),
+    };
+    Ok(Some((uid, gid)))
 }

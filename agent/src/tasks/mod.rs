@@ -17,9 +17,11 @@
 //! still the one started (same PID, same start time) is adopted again; one that is gone is
 //! reported failed and replaced by the managers.
 
+pub(crate) mod cgroup;
 pub(crate) mod docker;
 pub(crate) mod exec;
 pub(crate) mod health;
+pub(crate) mod logs;
 pub(crate) mod session;
 pub(crate) mod way_out;
 
@@ -326,6 +328,14 @@ impl Worker {
         for runtime in &ended {
             self.cleanup(runtime).await;
         }
+        // An exec task's output waited in its pipes: take it into its log again.
+        for (id, runtime, _) in &adopt {
+            if runtime.container.is_none()
+                && let Err(e) = logs::resume(&self.inner.dir, id)
+            {
+                tracing::warn!(task = %id, error = %e, "the task's logs");
+            }
+        }
         tracing::info!(adopted = adopt.len(), "node tasks restored");
         for (id, runtime, stopped) in adopt {
             let worker = self.clone();
@@ -596,7 +606,7 @@ impl Worker {
             Err(e) => return self.finish(&id, Some(runtime), TaskState::Failed, e).await,
         };
         if !plumb_first && let Err(e) = self.plumb(&id, &runtime).await {
-            self.stop_runtime(&runtime).await;
+            self.stop_runtime(&runtime, &task.spec.container_spec).await;
             return self
                 .finish(&id, Some(runtime), TaskState::Rejected, e)
                 .await;
@@ -612,7 +622,7 @@ impl Worker {
                 verdict = probe.until_healthy(&runtime) => verdict,
             };
             if let Err(why) = verdict {
-                self.stop_runtime(&runtime).await;
+                self.stop_runtime(&runtime, &task.spec.container_spec).await;
                 if let Started::Child(child) = &mut started {
                     let _ = child.wait().await;
                 }
@@ -629,7 +639,7 @@ impl Worker {
             exit = self.wait(&mut started, &runtime) => self.exited(&id, runtime, exit).await,
             () = until_stopped(&mut stopped) => {
                 drain(&mut started, self, &runtime).await;
-                self.stop_runtime(&runtime).await;
+                self.stop_runtime(&runtime, &task.spec.container_spec).await;
                 if let Started::Child(child) = &mut started {
                     let _ = child.wait().await;
                 }
@@ -638,13 +648,85 @@ impl Worker {
             why = unhealthy => {
                 // Stopped, then reported failed: the managers replace it, and every node's
                 // mesh, VIPs and DNS drop it.
-                self.stop_runtime(&runtime).await;
+                self.stop_runtime(&runtime, &task.spec.container_spec).await;
                 if let Started::Child(child) = &mut started {
                     let _ = child.wait().await;
                 }
                 self.finish(&id, Some(runtime), TaskState::Failed, why).await;
             }
         }
+    }
+
+    /// Serves one log request of the leader: the lines of `tasks` this node has, sent up as
+    /// `FromNode` frames of subscription `id`, then `done` (never, with `follow`: the request
+    /// is cancelled instead).
+    pub(crate) async fn serve_logs(
+        &self,
+        id: u64,
+        tasks: Vec<String>,
+        query: shoal_api::logs::LogsQuery,
+        up: mpsc::Sender<shoal_api::v1::Frame>,
+    ) {
+        use shoal_control::manager::logs::FromNode;
+        let send = |message: FromNode| {
+            let up = up.clone();
+            async move {
+                let json = serde_json::to_vec(&message).expect("plain data serializes");
+                up.send(shoal_api::v1::Frame { json }).await.is_ok()
+            }
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut jobs = tokio::task::JoinSet::new();
+        let mut warnings = Vec::new();
+        for task in tasks {
+            let container = self
+                .lock()
+                .tasks
+                .get(&task)
+                .and_then(|l| l.runtime.as_ref()?.container.clone());
+            let (tx, query, dir) = (tx.clone(), query.clone(), self.inner.dir.clone());
+            match (container, &self.inner.executor) {
+                (Some(container), Executor::Docker(engine))
+                    if !logs::has(&self.inner.dir, &task) =>
+                {
+                    let engine = engine.clone();
+                    jobs.spawn(async move {
+                        engine.serve_logs(&container, &task, &query, &tx).await;
+                    });
+                }
+                _ if logs::has(&self.inner.dir, &task) => {
+                    jobs.spawn(async move { logs::serve(&dir, &task, &query, &tx).await });
+                }
+                _ => warnings.push(format!("task {task} has no logs on this node")),
+            }
+        }
+        drop(tx);
+        if !warnings.is_empty()
+            && !send(FromNode {
+                id,
+                warnings,
+                ..Default::default()
+            })
+            .await
+        {
+            return;
+        }
+        while let Some(lines) = rx.recv().await {
+            let message = FromNode {
+                id,
+                lines,
+                ..Default::default()
+            };
+            if !send(message).await {
+                return;
+            }
+        }
+        send(FromNode {
+            id,
+            done: true,
+            ..Default::default()
+        })
+        .await;
     }
 
     /// Reports a started task running, with its process (and container).
@@ -690,13 +772,16 @@ impl Worker {
         }
     }
 
-    /// Stops a task's process or container (SIGTERM, then SIGKILL after [`exec::STOP_GRACE`]).
-    async fn stop_runtime(&self, runtime: &Runtime) {
+    /// Stops a task's process or container: its stop signal (SIGTERM), then SIGKILL after its
+    /// grace period ([`exec::STOP_GRACE`]).
+    async fn stop_runtime(&self, runtime: &Runtime, spec: &shoal_api::service::ContainerSpec) {
+        let how = exec::stop_how(spec);
         match &self.inner.executor {
+            // The container was made with the stop signal.
             Executor::Docker(engine) if runtime.container.is_some() => {
-                engine.stop(runtime, exec::STOP_GRACE).await;
+                engine.stop(runtime, how.1).await;
             }
-            _ => exec::stop(runtime).await,
+            _ => exec::stop(runtime, how).await,
         }
     }
 
@@ -746,14 +831,14 @@ impl Worker {
                 }
             }
             Some(Ok(Err(why))) => {
-                self.stop_runtime(&runtime).await;
+                self.stop_runtime(&runtime, &task.spec.container_spec).await;
                 return self
                     .finish(&id, Some(runtime), TaskState::Failed, why)
                     .await;
             }
             Some(Err(exit)) => return self.adopted_exit(&id, runtime, exit).await,
             None => {
-                self.stop_runtime(&runtime).await;
+                self.stop_runtime(&runtime, &task.spec.container_spec).await;
                 return self
                     .finish(&id, Some(runtime), TaskState::Shutdown, String::new())
                     .await;
@@ -764,11 +849,11 @@ impl Worker {
             exit = self.wait(&mut started, &runtime) => self.adopted_exit(&id, runtime, exit).await,
             () = until_stopped(&mut stopped) => {
                 drain(&mut started, self, &runtime).await;
-                self.stop_runtime(&runtime).await;
+                self.stop_runtime(&runtime, &task.spec.container_spec).await;
                 self.finish(&id, Some(runtime), TaskState::Shutdown, String::new()).await;
             }
             why = unhealthy => {
-                self.stop_runtime(&runtime).await;
+                self.stop_runtime(&runtime, &task.spec.container_spec).await;
                 self.finish(&id, Some(runtime), TaskState::Failed, why).await;
             }
         }
@@ -805,6 +890,12 @@ impl Worker {
             self.set_runtime(id, Some(runtime.clone()), false);
             if let Err(e) = self.apply().await {
                 tracing::warn!(task = %id, error = %e, "detaching a task");
+            }
+            // A container's logs go with it: keep them as an exec task's are kept.
+            if let (Some(container), Executor::Docker(engine)) =
+                (&runtime.container, &self.inner.executor)
+            {
+                engine.keep_logs(container, &self.inner.dir, id).await;
             }
             self.cleanup(runtime).await;
         }

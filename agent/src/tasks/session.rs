@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use shoal_api::v1::{Frame, dispatcher_client::DispatcherClient};
 use shoal_control::dispatcher::Assignment;
+use std::collections::HashMap;
+
 use shoal_control::limits;
+use shoal_control::manager::logs::ToNode;
 use shoal_control::manager::services::StatusReport;
 use shoal_control::tls::{self, Credentials};
 use tonic::Request;
@@ -67,6 +70,66 @@ async fn follow(worker: &Worker, addr: &str, credentials: &Credentials) -> Resul
         worker.assign(assignment);
     }
     Ok(())
+}
+
+/// Keeps a log session with the leader until the node leaves: serves the log requests that come
+/// down it.
+pub(crate) async fn logs(worker: Worker, contact: impl Contact) {
+    let mut next = 0_usize;
+    loop {
+        let Some((managers, credentials)) = contact.contact().await else {
+            return;
+        };
+        let Some(addr) = managers.get(next % managers.len().max(1)).cloned() else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        match log_session(&worker, &addr, &credentials).await {
+            Ok(()) => tracing::debug!(manager = %addr, "the log session ended"),
+            Err(e) => tracing::debug!(manager = %addr, error = %e, "no log session"),
+        }
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn log_session(worker: &Worker, addr: &str, credentials: &Credentials) -> Result<(), String> {
+    let mut client = client(addr, credentials)?;
+    let (up, up_rx) = tokio::sync::mpsc::channel::<Frame>(64);
+    let mut down = client
+        .logs(tokio_stream::wrappers::ReceiverStream::new(up_rx))
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    let mut serving: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+    let result = loop {
+        let frame = match down.message().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ok(()),
+            Err(s) => break Err(s.message().to_owned()),
+        };
+        serving.retain(|_, handle| !handle.is_finished());
+        match serde_json::from_slice::<ToNode>(&frame.json) {
+            Ok(ToNode::Subscribe { id, tasks, query }) => {
+                let worker = worker.clone();
+                let up = up.clone();
+                let handle = tokio::spawn(async move {
+                    worker.serve_logs(id, tasks, query, up).await;
+                });
+                serving.insert(id, handle.abort_handle());
+            }
+            Ok(ToNode::Cancel { id }) => {
+                if let Some(handle) = serving.remove(&id) {
+                    handle.abort();
+                }
+            }
+            Err(e) => break Err(format!("decoding a log request: {e}")),
+        }
+    };
+    for handle in serving.values() {
+        handle.abort();
+    }
+    result
 }
 
 /// Sends task status changes to the managers, batched, until the node leaves.

@@ -2,10 +2,12 @@
 
 pub(crate) mod dataplane;
 pub(crate) mod info;
+pub(crate) mod logs;
 pub(crate) mod network;
 pub(crate) mod node;
 pub(crate) mod service;
 pub(crate) mod swarm;
+pub(crate) mod task_flags;
 
 use shoal_api::{ConnectError, DaemonHost, is_unreachable};
 

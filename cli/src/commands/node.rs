@@ -42,6 +42,9 @@ pub(crate) enum Command {
         /// Filter output: desired-state=running|shutdown|accepted, id=, name=, node=
         #[arg(short, long, value_parser = crate::commands::service::parse_task_filter)]
         filter: Vec<crate::commands::service::TaskRowFilter>,
+        /// Do not truncate output (task IDs, errors)
+        #[arg(long)]
+        no_trunc: bool,
         /// Nodes (ID, ID prefix, hostname, or "self")
         nodes: Vec<String>,
     },
@@ -255,6 +258,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             quiet,
             format,
             filter,
+            no_trunc,
             mut nodes,
         } => {
             if nodes.is_empty() {
@@ -267,8 +271,11 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     nodes,
                 },
                 &filter,
-                quiet,
-                format,
+                crate::commands::service::Listing {
+                    quiet,
+                    format,
+                    no_trunc,
+                },
             )
             .await?;
         }

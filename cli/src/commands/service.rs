@@ -16,7 +16,12 @@ use shoal_api::{
     swarm::{Call, Node},
 };
 
-use crate::{Failure, commands::swarm::call, output::Format};
+use crate::{
+    Failure,
+    commands::swarm::call,
+    commands::task_flags::{self, TaskFlags},
+    output::Format,
+};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
@@ -43,6 +48,9 @@ pub(crate) enum Command {
         /// Filter output: desired-state=running|shutdown|accepted, id=, name=, node=
         #[arg(short, long, value_parser = parse_task_filter)]
         filter: Vec<TaskRowFilter>,
+        /// Do not truncate output (task IDs, errors)
+        #[arg(long)]
+        no_trunc: bool,
         /// The services (name, ID or ID prefix)
         #[arg(required = true)]
         services: Vec<String>,
@@ -55,6 +63,8 @@ pub(crate) enum Command {
     },
     /// Update a service
     Update(Box<UpdateArgs>),
+    /// Fetch the logs of a service or task
+    Logs(Box<crate::commands::logs::LogsArgs>),
     /// Revert changes to a service's configuration
     Rollback {
         /// Exit immediately instead of waiting for the service to converge
@@ -105,6 +115,12 @@ pub(crate) struct CreateArgs {
     /// Placement constraints (node.role==manager, node.labels.zone!=a, ...)
     #[arg(long)]
     constraint: Vec<String>,
+    /// Placement preferences (spread=node.labels.zone)
+    #[arg(long, value_parser = task_flags::placement_pref)]
+    placement_pref: Vec<shoal_api::service::PlacementPreference>,
+    /// Attach a filesystem mount: type=bind|volume|tmpfs,source=...,target=...[,readonly]
+    #[arg(long, value_parser = task_flags::mount)]
+    mount: Vec<shoal_api::service::Mount>,
     /// Set environment variables (KEY=VALUE)
     #[arg(short, long)]
     env: Vec<String>,
@@ -123,6 +139,8 @@ pub(crate) struct CreateArgs {
     restart: RestartFlags,
     #[command(flatten)]
     health: HealthFlags,
+    #[command(flatten)]
+    task: TaskFlags,
     /// The image (recorded by the exec executor, run by the docker executor)
     image: String,
     /// The command and its arguments
@@ -428,6 +446,18 @@ pub(crate) struct UpdateArgs {
     /// Remove a placement constraint
     #[arg(long)]
     constraint_rm: Vec<String>,
+    /// Add a placement preference (spread=node.labels.zone)
+    #[arg(long, value_parser = task_flags::placement_pref)]
+    placement_pref_add: Vec<shoal_api::service::PlacementPreference>,
+    /// Remove a placement preference
+    #[arg(long, value_parser = task_flags::placement_pref)]
+    placement_pref_rm: Vec<shoal_api::service::PlacementPreference>,
+    /// Add or update a mount (as --mount takes it)
+    #[arg(long, value_parser = task_flags::mount)]
+    mount_add: Vec<shoal_api::service::Mount>,
+    /// Remove a mount by its target path
+    #[arg(long)]
+    mount_rm: Vec<String>,
     /// Add a network (as --network takes it)
     #[arg(long)]
     network_add: Vec<String>,
@@ -461,6 +491,8 @@ pub(crate) struct UpdateArgs {
     restart: RestartFlags,
     #[command(flatten)]
     health: HealthFlags,
+    #[command(flatten)]
+    task: TaskFlags,
     /// The service (name, ID or ID prefix)
     service: String,
 }
@@ -536,6 +568,15 @@ fn updated_spec(
     }
     args.restart.apply(&mut task.restart_policy);
     args.health.apply(&mut task.container_spec.healthcheck);
+    args.task.apply(task);
+    task_flags::edit_lists(
+        task,
+        &args.mount_add,
+        &args.mount_rm,
+        &args.placement_pref_add,
+        &args.placement_pref_rm,
+    )
+    .map_err(Failure)?;
     for rm in &args.label_rm {
         spec.labels.remove(rm);
     }
@@ -744,29 +785,36 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
     args.restart.apply(&mut restart_policy);
     let mut healthcheck = None;
     args.health.apply(&mut healthcheck);
+    let mut task_template = TaskSpec {
+        container_spec: ContainerSpec {
+            image: args.image,
+            command,
+            args: rest,
+            env: args.env.into_iter().map(env_from_client).collect(),
+            healthcheck,
+            mounts: args.mount,
+            ..Default::default()
+        },
+        placement: Placement {
+            constraints: args.constraint,
+            preferences: args.placement_pref,
+            max_replicas: 0,
+        },
+        networks: args
+            .network
+            .iter()
+            .map(|n| parse_network(n))
+            .collect::<Result<_, _>>()
+            .map_err(Failure)?,
+        force_update: 0,
+        restart_policy,
+        resources: Default::default(),
+    };
+    args.task.apply(&mut task_template);
     Ok(ServiceSpec {
         name: args.name.unwrap_or_default(),
         labels: BTreeMap::new(),
-        task_template: TaskSpec {
-            container_spec: ContainerSpec {
-                image: args.image,
-                command,
-                args: rest,
-                env: args.env.into_iter().map(env_from_client).collect(),
-                healthcheck,
-            },
-            placement: Placement {
-                constraints: args.constraint,
-            },
-            networks: args
-                .network
-                .iter()
-                .map(|n| parse_network(n))
-                .collect::<Result<_, _>>()
-                .map_err(Failure)?,
-            force_update: 0,
-            restart_policy,
-        },
+        task_template,
         mode,
         endpoint_spec: EndpointSpec {
             mode: if args.endpoint_mode == "dnsrr" {
@@ -793,6 +841,11 @@ async fn node_names(host: &DaemonHost) -> Result<HashMap<String, String>, Failur
         .into_iter()
         .map(|n| (n.id, n.description.hostname))
         .collect())
+}
+
+/// An ID as Docker shows it by default: its first 12 characters.
+pub(crate) fn truncate_id(id: &str) -> String {
+    id.chars().take(ID_WIDTH).collect()
 }
 
 fn title(state: TaskState) -> String {
@@ -908,12 +961,29 @@ impl TaskRowFilter {
     }
 }
 
+/// How `service ps` and `node ps` print.
+pub(crate) struct Listing {
+    /// `-q`.
+    pub(crate) quiet: bool,
+    /// `--format`.
+    pub(crate) format: Option<Format>,
+    /// `--no-trunc`.
+    pub(crate) no_trunc: bool,
+}
+
+/// Docker's task ID and error widths in `ps` unless `--no-trunc`.
+const ID_WIDTH: usize = 12;
+const ERROR_WIDTH: usize = 30;
+
 pub(crate) async fn print_tasks(
     host: &DaemonHost,
     filter: TaskFilter,
     row_filters: &[TaskRowFilter],
-    quiet: bool,
-    format: Option<Format>,
+    Listing {
+        quiet,
+        format,
+        no_trunc,
+    }: Listing,
 ) -> Result<(), Failure> {
     let names = node_names(host).await?;
     // Filters of one key are alternatives; different keys must all hold, as in Docker.
@@ -931,13 +1001,21 @@ pub(crate) async fn print_tasks(
                 && holds(|f| matches!(f, TaskRowFilter::Node(_)))
         })
         .collect();
+    let mut rows = rows(&tasks, &names);
+    if !no_trunc {
+        for row in &mut rows {
+            row.id = truncate_id(&row.id);
+            if row.error.chars().count() > ERROR_WIDTH {
+                row.error = row.error.chars().take(ERROR_WIDTH - 1).collect::<String>() + "…";
+            }
+        }
+    }
     if quiet {
-        for t in &tasks {
-            println!("{}", t.id);
+        for row in &rows {
+            println!("{}", row.id);
         }
         return Ok(());
     }
-    let rows = rows(&tasks, &names);
     if let Some(Format::Json) = format {
         return Ok(crate::output::json_lines(&rows)?);
     }
@@ -1231,6 +1309,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             quiet,
             format,
             filter,
+            no_trunc,
             services,
         } => {
             print_tasks(
@@ -1240,11 +1319,15 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     nodes: Vec::new(),
                 },
                 &filter,
-                quiet,
-                format,
+                Listing {
+                    quiet,
+                    format,
+                    no_trunc,
+                },
             )
             .await?;
         }
+        Command::Logs(args) => crate::commands::logs::run(host, *args).await?,
         Command::Inspect { services } => {
             let found: Vec<Service> =
                 serde_json::from_value(call(host, &Call::ServiceInspect { ids: services }).await?)?;

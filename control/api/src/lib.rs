@@ -11,6 +11,7 @@
 
 mod client;
 mod host;
+pub mod logs;
 pub mod service;
 pub mod swarm;
 

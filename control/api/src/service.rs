@@ -327,6 +327,165 @@ pub struct TaskSpec {
     /// `--restart-*` (Docker's default when unset: any exit, after 5 s, without limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
+    /// `--reserve-*`, `--limit-*`.
+    #[serde(default, skip_serializing_if = "ResourceRequirements::is_empty")]
+    pub resources: ResourceRequirements,
+}
+
+/// What each task reserves on its node and may use at most, as Docker's `Resources`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ResourceRequirements {
+    /// `--limit-cpu`, `--limit-memory`, `--limit-pids`: enforced by the node (the engine, or a
+    /// cgroup of the task's own for exec tasks).
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub limits: Resources,
+    /// `--reserve-cpu`, `--reserve-memory`: what the scheduler sets aside on the node.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub reservations: Resources,
+}
+
+impl ResourceRequirements {
+    fn is_empty(&self) -> bool {
+        self.limits.is_empty() && self.reservations.is_empty()
+    }
+}
+
+/// CPUs, memory and processes (0: none asked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Resources {
+    /// In billionths of a CPU.
+    #[serde(rename = "NanoCPUs", default, skip_serializing_if = "is_zero")]
+    pub nano_cpus: u64,
+    /// In bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub memory_bytes: u64,
+    /// Processes (limits only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pids: u64,
+}
+
+impl Resources {
+    /// Whether nothing is asked.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A file system mounted into each task, as Docker's `Mount`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Mount {
+    /// `bind`, `volume` or `tmpfs`.
+    #[serde(rename = "Type")]
+    pub kind: MountKind,
+    /// A path on the node (bind), a volume name (volume, empty: an anonymous one), nothing
+    /// (tmpfs).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    /// The absolute path in the task.
+    pub target: String,
+    /// `readonly`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    /// `tmpfs-size`, `tmpfs-mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_options: Option<TmpfsOptions>,
+}
+
+/// `--mount type=...`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    /// A path of the node.
+    Bind,
+    /// A named volume of the engine (docker tasks only).
+    #[default]
+    Volume,
+    /// A file system in memory.
+    Tmpfs,
+}
+
+impl MountKind {
+    /// As `--mount type=` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bind => "bind",
+            Self::Volume => "volume",
+            Self::Tmpfs => "tmpfs",
+        }
+    }
+}
+
+/// A tmpfs mount's size and mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TmpfsOptions {
+    /// Bytes (0: the kernel's default, half the memory).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size_bytes: u64,
+    /// Permission bits of its root (0: 1777).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub mode: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Mount {
+    /// What is wrong with it, if anything (paths absolute and clean, options that fit the type).
+    pub fn check(&self) -> Result<(), String> {
+        let kind = self.kind.name();
+        let clean = |path: &str| {
+            path.starts_with('/')
+                && !path.contains('\0')
+                && !path.split('/').any(|part| part == "..")
+        };
+        if self.target.is_empty() {
+            return Err(format!(
+                "invalid mount config for type {kind:?}: the target is missing"
+            ));
+        }
+        if !clean(&self.target) {
+            return Err(format!(
+                "invalid mount target {:?}: it must be an absolute path without \"..\"",
+                self.target
+            ));
+        }
+        if self.target == "/" {
+            return Err("invalid mount target \"/\": a mount cannot replace the root".into());
+        }
+        match self.kind {
+            MountKind::Bind if self.source.is_empty() => Err(format!(
+                "invalid mount config for type {kind:?}: the source is missing"
+            )),
+            MountKind::Bind if !clean(&self.source) => Err(format!(
+                "invalid mount config for type {kind:?}: the source {:?} must be an absolute path without \"..\"",
+                self.source
+            )),
+            MountKind::Tmpfs if !self.source.is_empty() => Err(format!(
+                "invalid mount config for type {kind:?}: a tmpfs has no source"
+            )),
+            MountKind::Volume
+                if self.source.contains('/') || self.source.chars().any(|c| c.is_whitespace()) =>
+            {
+                Err(format!(
+                    "invalid mount config for type {kind:?}: {:?} is not a volume name",
+                    self.source
+                ))
+            }
+            _ if self.tmpfs_options.is_some() && self.kind != MountKind::Tmpfs => Err(format!(
+                "invalid mount config for type {kind:?}: tmpfs options apply only to type \"tmpfs\""
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// When a task that stopped by itself is replaced.
@@ -390,6 +549,30 @@ pub struct ContainerSpec {
     /// for exec tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthConfig>,
+    /// `--mount`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// `--read-only`: the root file system (docker tasks).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    /// `--user` (`name`, `uid`, `uid:gid`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// `--workdir`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dir: String,
+    /// `--hostname`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    /// `--stop-signal` (empty: SIGTERM).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stop_signal: String,
+    /// `--stop-grace-period`, nanoseconds (unset: 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<u64>,
+    /// `--init`: an init process reaps the task's zombies (docker tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
 }
 
 /// A health check, as Docker's `HealthConfig`.
@@ -439,6 +622,67 @@ pub struct Placement {
     /// e.g. `node.role==manager`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<String>,
+    /// `--placement-pref spread=node.labels.<name>`, outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<PlacementPreference>,
+    /// `--replicas-max-per-node` (0: no limit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_replicas: u64,
+}
+
+/// One `--placement-pref`, as Docker's `{"Spread": {"SpreadDescriptor": "node.labels.zone"}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PlacementPreference {
+    /// Spread tasks evenly over the values of a label.
+    pub spread: SpreadOver,
+}
+
+/// What `spread=` names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SpreadOver {
+    /// `node.labels.<name>`.
+    pub spread_descriptor: String,
+}
+
+impl PlacementPreference {
+    /// Parses `spread=node.labels.<name>`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let Some((strategy, descriptor)) = text.split_once('=') else {
+            return Err(format!(
+                "invalid placement preference {text:?}: expected spread=node.labels.<name>"
+            ));
+        };
+        if strategy != "spread" {
+            return Err(format!(
+                "invalid placement preference {text:?}: the only strategy is spread, not {strategy:?}"
+            ));
+        }
+        let this = Self {
+            spread: SpreadOver {
+                spread_descriptor: descriptor.to_owned(),
+            },
+        };
+        this.label()?;
+        Ok(this)
+    }
+
+    /// The node label it spreads over.
+    pub fn label(&self) -> Result<&str, String> {
+        let descriptor = &self.spread.spread_descriptor;
+        match descriptor.strip_prefix("node.labels.") {
+            Some(label) if !label.is_empty() => Ok(label),
+            _ => Err(format!(
+                "invalid placement preference spread={descriptor}: it spreads over node.labels.<name>"
+            )),
+        }
+    }
+
+    /// As `--placement-pref` takes it.
+    pub fn text(&self) -> String {
+        format!("spread={}", self.spread.spread_descriptor)
+    }
 }
 
 /// A network a service's tasks join.
@@ -798,4 +1042,44 @@ pub struct TaskFilter {
     /// Nodes (names, IDs, ID prefixes; `self`).
     #[serde(default)]
     pub nodes: Vec<String>,
+}
+
+/// The number of a signal as Docker takes it (`SIGTERM`, `TERM`, `15`), or why not.
+pub fn signal_number(text: &str) -> Result<i32, String> {
+    const NAMES: [(&str, i32); 21] = [
+        ("HUP", 1),
+        ("INT", 2),
+        ("QUIT", 3),
+        ("ILL", 4),
+        ("TRAP", 5),
+        ("ABRT", 6),
+        ("BUS", 7),
+        ("FPE", 8),
+        ("KILL", 9),
+        ("USR1", 10),
+        ("SEGV", 11),
+        ("USR2", 12),
+        ("PIPE", 13),
+        ("ALRM", 14),
+        ("TERM", 15),
+        ("STKFLT", 16),
+        ("CHLD", 17),
+        ("CONT", 18),
+        ("STOP", 19),
+        ("TSTP", 20),
+        ("WINCH", 28),
+    ];
+    if let Ok(n) = text.parse::<i32>() {
+        return match n {
+            1..=64 => Ok(n),
+            _ => Err(format!("invalid signal: {text}")),
+        };
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, number)| *number)
+        .ok_or_else(|| format!("invalid signal: {text}"))
 }

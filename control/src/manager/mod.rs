@@ -14,6 +14,7 @@
 //! checked.
 
 pub mod genesis;
+pub mod logs;
 mod ops;
 pub mod protocol;
 pub mod quorum;
@@ -31,6 +32,7 @@ use protocol::{Forwarded, Op};
 use rustls::ClientConfig;
 use serde_json::Value;
 use shoal_api::{
+    logs::{LogBatch, LogsQuery},
     swarm::NO_LEADER,
     v1::{Frame, ca_server, control_client::ControlClient, control_server, dispatcher_server},
 };
@@ -117,6 +119,8 @@ pub(crate) struct Inner {
     /// When this manager last became leader.
     leader_since: Mutex<Option<Instant>>,
     clients: Mutex<HashMap<String, ControlClient<Channel>>>,
+    /// The nodes' log sessions and open `service logs` requests (the leader's).
+    logs: Arc<logs::Broker>,
     stop: watch::Sender<bool>,
     /// The server and accept tasks: awaited on shutdown, so the port is free afterwards.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -213,6 +217,7 @@ impl Manager {
             descriptions: tokio::sync::Mutex::default(),
             leader_since: Mutex::default(),
             clients: Mutex::default(),
+            logs: Arc::default(),
             stop,
             tasks: Mutex::default(),
         });
@@ -377,6 +382,29 @@ impl Manager {
         }
     }
 
+    /// `service logs`: the lines of the tasks `query` names, from the nodes that ran them,
+    /// through the leader's broker (asked directly when this manager leads).
+    pub async fn logs(&self, query: LogsQuery) -> Result<LogStream, Status> {
+        let (leader, addr) = self.wait_leader_addr(LEADER_WAIT).await?;
+        if leader == self.inner.raft_id {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            logs::serve(&self.inner, query, tx)?;
+            return Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)));
+        }
+        let mut client = self.client(&addr)?;
+        let json = serde_json::to_vec(&query).map_err(|e| Status::internal(e.to_string()))?;
+        let stream = client
+            .logs(Request::new(Frame { json }))
+            .await?
+            .into_inner();
+        Ok(Box::pin(tokio_stream::StreamExt::map(stream, |frame| {
+            frame.and_then(|f| {
+                serde_json::from_slice(&f.json)
+                    .map_err(|e| Status::internal(format!("decoding the leader's logs: {e}")))
+            })
+        })))
+    }
+
     fn client(&self, addr: &str) -> Result<ControlClient<Channel>, Status> {
         let mut clients = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = clients.get(addr) {
@@ -483,7 +511,28 @@ impl Manager {
     }
 }
 
-/// The gRPC services, all of which end in [`Manager::submit`].
+/// The lines `service logs` gets, as they come.
+pub type LogStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<LogBatch, Status>> + Send + 'static>>;
+
+/// A stream of frames a gRPC method answers with.
+type FrameStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+
+/// Frames of JSON documents.
+fn frames<T: serde::Serialize + Send + 'static>(
+    stream: impl tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static,
+) -> FrameStream {
+    Box::pin(tokio_stream::StreamExt::map(stream, |item| {
+        item.and_then(|value| {
+            serde_json::to_vec(&value)
+                .map(|json| Frame { json })
+                .map_err(|e| Status::internal(e.to_string()))
+        })
+    }))
+}
+
+/// The gRPC services, all of which end in [`Manager::submit`] (but logs).
 #[derive(Clone)]
 struct Services {
     manager: Manager,
@@ -524,6 +573,23 @@ impl control_server::Control for Services {
             ops::require_current_manager(&self.manager.inner, forwarder)?;
         }
         reply(self.manager.route(forwarded).await)
+    }
+
+    type LogsStream = FrameStream;
+
+    /// A manager forwards a `service logs` request: served here if this manager leads.
+    async fn logs(&self, request: Request<Frame>) -> Result<Response<FrameStream>, Status> {
+        require_manager(&request)?;
+        let query: LogsQuery = decode(request)?;
+        let inner = &self.manager.inner;
+        if inner.raft.metrics().borrow().current_leader != Some(inner.raft_id) {
+            return Err(Status::unavailable(NO_LEADER));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        logs::serve(inner, query, tx)?;
+        Ok(Response::new(frames(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -605,5 +671,46 @@ impl dispatcher_server::Dispatcher for Services {
         }
         let report = decode(request)?;
         reply(self.manager.submit(Op::Report(report), caller, from).await)
+    }
+
+    type LogsStream = FrameStream;
+
+    /// A node's log session: requests for its tasks' lines go down, the lines come up.
+    async fn logs(
+        &self,
+        request: Request<tonic::Streaming<Frame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let node_id = request
+            .extensions()
+            .get::<Peer>()
+            .and_then(|p| p.identity.clone())
+            .ok_or_else(|| Status::unauthenticated("a node certificate is required"))?
+            .node_id;
+        let inner = self.manager.inner.clone();
+        if inner.raft.metrics().borrow().current_leader != Some(inner.raft_id) {
+            return Err(Status::unavailable(
+                "this manager is not the leader: log sessions are with the leader",
+            ));
+        }
+        let mut incoming = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let broker = inner.logs.clone();
+        let session = broker.connect(&node_id, tx);
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = incoming.message().await {
+                match serde_json::from_slice::<logs::FromNode>(&frame.json) {
+                    Ok(message) => broker.deliver(&node_id, message).await,
+                    Err(e) => {
+                        tracing::debug!(node = %node_id, error = %e, "an undecodable log message");
+                        break;
+                    }
+                }
+            }
+            broker.disconnect(&node_id, session);
+        });
+        Ok(Response::new(frames(tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Ok::<_, Status>,
+        ))))
     }
 }

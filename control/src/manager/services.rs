@@ -16,7 +16,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 use shoal_api::service::{
     Driver, ENCRYPTED_OPTION, Endpoint, EndpointMode, FailureAction, INGRESS, Ipam, IpamConfig,
-    Network, NetworkSpec, Service, ServiceSpec, Task, TaskFilter, TaskState, TaskStatus,
+    Network, NetworkSpec, Service, ServiceSpec, Task, TaskFilter, TaskSpec, TaskState, TaskStatus,
     UpdateState, UpdateStatus, VNI_OPTION, VirtualIp,
 };
 use shoal_api::swarm::{Call, Version};
@@ -67,7 +67,7 @@ fn find<'a, T>(
     }
 }
 
-fn find_service<'a>(world: &'a World, wanted: &str) -> Result<&'a Service, Status> {
+pub(super) fn find_service<'a>(world: &'a World, wanted: &str) -> Result<&'a Service, Status> {
     find(
         world
             .services
@@ -349,6 +349,7 @@ fn check_service(world: &World, spec: &mut ServiceSpec) -> Result<(), Status> {
         c.parse::<Constraint>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
     }
+    check_task(&spec.task_template, spec.mode.global.is_some())?;
     for env in &spec.task_template.container_spec.env {
         if env.is_empty() || env.starts_with('=') {
             return Err(Status::invalid_argument(format!(
@@ -430,6 +431,68 @@ fn check_service(world: &World, spec: &mut ServiceSpec) -> Result<(), Status> {
             )));
         }
         attachment.target.clone_from(&network.id);
+    }
+    Ok(())
+}
+
+/// Checks what a task reserves, its limits, placement preferences, mounts and process options.
+fn check_task(task: &TaskSpec, global: bool) -> Result<(), Status> {
+    let bad = |text: String| Err(Status::invalid_argument(text));
+    let placement = &task.placement;
+    limits::check_count(
+        "placement preferences",
+        placement.preferences.len(),
+        limits::MAX_CONSTRAINTS,
+    )?;
+    for pref in &placement.preferences {
+        limits::check_str(
+            "a placement preference",
+            &pref.spread.spread_descriptor,
+            limits::MAX_SHORT,
+        )?;
+        pref.label().map_err(Status::invalid_argument)?;
+    }
+    if global && placement.max_replicas > 0 {
+        return bad("replicas-max-per-node can only be used with replicated mode".into());
+    }
+    let memory = task.resources.limits.memory_bytes;
+    if memory > 0 && memory < limits::MIN_MEMORY_LIMIT {
+        return bad("Minimum memory limit allowed is 6MB".into());
+    }
+    let c = &task.container_spec;
+    limits::check_count("mounts", c.mounts.len(), limits::MAX_MOUNTS)?;
+    let mut targets = BTreeSet::new();
+    for mount in &c.mounts {
+        limits::check_str("a mount's source", &mount.source, limits::MAX_VALUE)?;
+        limits::check_str("a mount's target", &mount.target, limits::MAX_VALUE)?;
+        mount.check().map_err(Status::invalid_argument)?;
+        if !targets.insert(mount.target.trim_end_matches('/')) {
+            return bad(format!("duplicate mount point: {}", mount.target));
+        }
+    }
+    for (what, value) in [("the user", &c.user), ("the hostname", &c.hostname)] {
+        limits::check_str(what, value, limits::MAX_SHORT)?;
+    }
+    limits::check_str("the working directory", &c.dir, limits::MAX_VALUE)?;
+    if !c.dir.is_empty() && !c.dir.starts_with('/') {
+        return bad(format!(
+            "the working directory '{}' is invalid, it needs to be an absolute path",
+            c.dir
+        ));
+    }
+    if !c.hostname.is_empty()
+        && !c
+            .hostname
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.')
+    {
+        return bad(format!(
+            "invalid hostname {:?}: letters, digits, '-' and '.' only",
+            c.hostname
+        ));
+    }
+    if !c.stop_signal.is_empty() {
+        shoal_api::service::signal_number(&c.stop_signal).map_err(Status::invalid_argument)?;
     }
     Ok(())
 }

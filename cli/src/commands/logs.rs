@@ -1,0 +1,271 @@
+//! `shoal service logs SERVICE|TASK`: the lines of a service's tasks (or of one task), from the
+//! nodes that ran them, prefixed as Docker prefixes them: `web.1.x7x2q3h4k0sd@n3    | ...`.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use shoal_api::logs::{LogBatch, LogLine, LogsQuery, Stream};
+use shoal_api::service::{Task, TaskFilter};
+use shoal_api::v1::{Frame, daemon_client::DaemonClient};
+use shoal_api::{DaemonHost, connect};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::rpc_failure;
+use super::service::{go_duration, truncate_id};
+use crate::Failure;
+
+/// `service logs`'s flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LogsArgs {
+    /// Follow log output
+    #[arg(short, long)]
+    follow: bool,
+    /// Number of lines to show from the end of the logs of each task
+    #[arg(short = 'n', long, default_value = "all", value_parser = tail)]
+    tail: Tail,
+    /// Show logs since timestamp (2013-01-02T13:23:37Z) or relative (42m for 42 minutes)
+    #[arg(long, value_parser = since)]
+    since: Option<String>,
+    /// Show timestamps
+    #[arg(short, long)]
+    timestamps: bool,
+    /// Do not include task IDs in output
+    #[arg(long)]
+    no_task_ids: bool,
+    /// Do not truncate output
+    #[arg(long)]
+    no_trunc: bool,
+    /// Do not neatly format logs
+    #[arg(long)]
+    raw: bool,
+    /// The service (name, ID or ID prefix) or task (ID or ID prefix)
+    target: String,
+}
+
+/// `--tail`: a number of lines, or all.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tail(Option<u64>);
+
+fn tail(text: &str) -> Result<Tail, String> {
+    if text == "all" {
+        return Ok(Tail(None));
+    }
+    text.parse()
+        .map(|n| Tail(Some(n)))
+        .map_err(|_| format!("invalid tail {text:?}: want a number of lines or \"all\""))
+}
+
+/// `--since`: an RFC 3339 time, Unix seconds, or a duration back from now; as RFC 3339.
+pub(crate) fn since(text: &str) -> Result<String, String> {
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(t.format(&Rfc3339).unwrap_or_default());
+    }
+    let at = if let Ok(seconds) = text.parse::<i64>() {
+        OffsetDateTime::from_unix_timestamp(seconds).map_err(|e| e.to_string())
+    } else {
+        go_duration(text).map(|ns| {
+            OffsetDateTime::now_utc() - time::Duration::nanoseconds(ns.min(i64::MAX as u64) as i64)
+        })
+    };
+    at.map_err(|_| {
+        format!(
+            "invalid since {text:?}: want a time (2013-01-02T13:23:37Z), Unix seconds, or a duration back from now (42m)"
+        )
+    })
+    .and_then(|t| t.format(&Rfc3339).map_err(|e| e.to_string()))
+}
+
+/// How each line is introduced.
+struct Prefixes {
+    by_task: HashMap<String, String>,
+    width: usize,
+}
+
+impl Prefixes {
+    fn new(tasks: &[Task], nodes: &HashMap<String, String>, args: &LogsArgs) -> Self {
+        let by_task: HashMap<String, String> = tasks
+            .iter()
+            .map(|t| {
+                let node = nodes.get(&t.node_id).cloned().unwrap_or(t.node_id.clone());
+                let id = if args.no_trunc {
+                    t.id.clone()
+                } else {
+                    truncate_id(&t.id)
+                };
+                let name = if args.no_task_ids {
+                    t.name()
+                } else {
+                    format!("{}.{id}", t.name())
+                };
+                (t.id.clone(), format!("{name}@{node}"))
+            })
+            .collect();
+        let width = by_task
+            .values()
+            .map(|p| p.chars().count())
+            .max()
+            .unwrap_or(0);
+        Self { by_task, width }
+    }
+
+    fn line(&self, line: &LogLine, args: &LogsArgs) -> String {
+        let stamp = if args.timestamps {
+            format!("{} ", line.time)
+        } else {
+            String::new()
+        };
+        if args.raw {
+            return format!("{stamp}{}\n", line.text);
+        }
+        let prefix = self
+            .by_task
+            .get(&line.task_id)
+            .cloned()
+            .unwrap_or_else(|| truncate_id(&line.task_id));
+        format!(
+            "{prefix:<width$}    | {stamp}{}\n",
+            line.text,
+            width = self.width
+        )
+    }
+}
+
+/// Runs `service logs`.
+pub(crate) async fn run(host: &DaemonHost, args: LogsArgs) -> Result<(), Failure> {
+    let query = LogsQuery {
+        target: args.target.clone(),
+        follow: args.follow,
+        tail: args.tail.0,
+        since: args.since.clone(),
+    };
+    let tasks: Vec<Task> = serde_json::from_value(
+        super::swarm::call(
+            host,
+            &shoal_api::swarm::Call::TaskList(TaskFilter::default()),
+        )
+        .await?,
+    )?;
+    let nodes: Vec<shoal_api::swarm::Node> =
+        serde_json::from_value(super::swarm::call(host, &shoal_api::swarm::Call::NodeList).await?)?;
+    let nodes: HashMap<String, String> = nodes
+        .into_iter()
+        .map(|n| (n.id, n.description.hostname))
+        .collect();
+    let prefixes = Prefixes::new(&tasks, &nodes, &args);
+    let mut client = DaemonClient::new(connect(host).await?);
+    let json = serde_json::to_vec(&query)?;
+    let mut stream = client
+        .logs(Frame { json })
+        .await
+        .map_err(|status| rpc_failure(host, &status))?
+        .into_inner();
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    while let Some(frame) = stream
+        .message()
+        .await
+        .map_err(|status| rpc_failure(host, &status))?
+    {
+        let batch: LogBatch = serde_json::from_slice(&frame.json)?;
+        for warning in &batch.warnings {
+            eprintln!("warning: {warning}");
+        }
+        for line in &batch.lines {
+            let text = prefixes.line(line, &args);
+            // A closed pipe (`| head`) ends the command quietly.
+            let written = match line.stream {
+                Stream::Stdout => out.write_all(text.as_bytes()),
+                Stream::Stderr => err.write_all(text.as_bytes()),
+            };
+            if written.is_err() {
+                return Ok(());
+            }
+        }
+        let _ = out.flush();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> LogsArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: LogsArgs,
+        }
+        let mut argv = vec!["shoal"];
+        argv.extend_from_slice(flags);
+        argv.push("web");
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn lines_are_prefixed_as_docker_prefixes_them() {
+        let tasks = [
+            Task {
+                id: "abcdefghijklmnopqrstuvwxy".into(),
+                service_name: "web".into(),
+                slot: 1,
+                node_id: "n1id".into(),
+                ..Default::default()
+            },
+            Task {
+                id: "zyxwvutsrqponmlkjihgfedcb".into(),
+                service_name: "web".into(),
+                slot: 10,
+                node_id: "n3id".into(),
+                ..Default::default()
+            },
+        ];
+        let nodes = HashMap::from([
+            ("n1id".to_owned(), "n1".to_owned()),
+            ("n3id".to_owned(), "n3".to_owned()),
+        ]);
+        let line = LogLine {
+            task_id: tasks[0].id.clone(),
+            time: "2026-11-30T12:00:00.5Z".into(),
+            stream: Stream::Stdout,
+            text: "hello".into(),
+        };
+        let plain = args(&[]);
+        let p = Prefixes::new(&tasks, &nodes, &plain);
+        // Aligned on the longest prefix (slot 10).
+        assert_eq!(p.line(&line, &plain), "web.1.abcdefghijkl@n1     | hello\n");
+        let bare = args(&["--no-task-ids", "-t"]);
+        let p = Prefixes::new(&tasks, &nodes, &bare);
+        assert_eq!(
+            p.line(&line, &bare),
+            "web.1@n1     | 2026-11-30T12:00:00.5Z hello\n"
+        );
+        let raw = args(&["--raw"]);
+        assert_eq!(
+            Prefixes::new(&tasks, &nodes, &raw).line(&line, &raw),
+            "hello\n"
+        );
+        let full = args(&["--no-trunc"]);
+        let p = Prefixes::new(&tasks, &nodes, &full);
+        assert!(
+            p.line(&line, &full)
+                .starts_with("web.1.abcdefghijklmnopqrstuvwxy@n1 ")
+        );
+    }
+
+    #[test]
+    fn tail_and_since_take_docker_s_forms() {
+        assert!(tail("all").unwrap().0.is_none());
+        assert_eq!(tail("5").unwrap().0, Some(5));
+        assert!(tail("-1").unwrap_err().contains("want a number"));
+        assert_eq!(
+            since("2013-01-02T13:23:37Z").unwrap(),
+            "2013-01-02T13:23:37Z"
+        );
+        assert_eq!(since("0").unwrap(), "1970-01-01T00:00:00Z");
+        let back = OffsetDateTime::parse(&since("42m").unwrap(), &Rfc3339).unwrap();
+        let minutes = (OffsetDateTime::now_utc() - back).whole_minutes();
+        assert!((41..=42).contains(&minutes), "{minutes}");
+        assert!(since("yesterday").unwrap_err().contains("invalid since"));
+    }
+}

@@ -1,0 +1,287 @@
+//! `service logs` on the managers: the leader's log broker, as SwarmKit's. Each node keeps a log
+//! session with the leader (`Dispatcher.Logs`, both ways streaming); a request names a service
+//! or a task, the leader finds the nodes that ran its tasks in the store, asks each of them for
+//! those tasks' lines over its session, and relays what comes back to the asker. Nothing goes
+//! through raft. Another manager forwards the request to the leader (`Control.Logs`).
+//!
+//! ```text
+//!   shoal service logs ─> shoald (manager) ─Control.Logs─> leader ─ToNode─> node A, node C
+//!                      <─────────── LogBatch ───────────         <─FromNode─
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use shoal_api::logs::{LogBatch, LogLine, LogsQuery};
+use shoal_api::service::Task;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::Inner;
+use crate::orchestrator::World;
+
+/// Lines a node sends in one message, at most (the leader drops a larger message's excess).
+pub const MAX_LINES_PER_MESSAGE: usize = 512;
+/// The longest line kept (Docker splits longer ones at 16 KiB too).
+pub const MAX_LINE: usize = 16 * 1024;
+/// Tasks one request may name (a service's history included).
+const MAX_TASKS: usize = 10_000;
+
+/// What the leader asks a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToNode {
+    /// Send the lines of `tasks` (those this node ran), as `query` says.
+    Subscribe {
+        /// The subscription, named in every answer.
+        id: u64,
+        /// The tasks.
+        tasks: Vec<String>,
+        /// `follow`, `tail`, `since` (its `target` is not used).
+        query: LogsQuery,
+    },
+    /// The asker hung up: stop sending for `id`.
+    Cancel {
+        /// The subscription.
+        id: u64,
+    },
+}
+
+/// What a node sends back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FromNode {
+    /// The subscription.
+    pub id: u64,
+    /// Lines, in the order each task wrote them.
+    #[serde(default)]
+    pub lines: Vec<LogLine>,
+    /// Tasks whose logs are not here, and why.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Nothing more will come for this subscription (the logs ended, without `follow`).
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// A subscription's asker and the node it is for.
+struct Subscription {
+    node: String,
+    to: mpsc::Sender<FromNode>,
+}
+
+/// The leader's broker: the nodes' sessions and the open subscriptions.
+#[derive(Default)]
+pub(crate) struct Broker {
+    nodes: Mutex<HashMap<String, (u64, mpsc::Sender<ToNode>)>>,
+    subscriptions: Mutex<HashMap<u64, Subscription>>,
+    next: AtomicU64,
+}
+
+impl Broker {
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A node's session opened: requests for it go to `to` from now on. Returns the session's
+    /// number (to close only this one).
+    pub(crate) fn connect(&self, node: &str, to: mpsc::Sender<ToNode>) -> u64 {
+        let session = self.next_id();
+        lock(&self.nodes).insert(node.to_owned(), (session, to));
+        session
+    }
+
+    /// A node's session ended: its open subscriptions end with a warning.
+    pub(crate) fn disconnect(&self, node: &str, session: u64) {
+        let mut nodes = lock(&self.nodes);
+        if nodes.get(node).is_some_and(|(s, _)| *s == session) {
+            nodes.remove(node);
+        }
+        drop(nodes);
+        let ended: Vec<mpsc::Sender<FromNode>> = lock(&self.subscriptions)
+            .values()
+            .filter(|s| s.node == node)
+            .map(|s| s.to.clone())
+            .collect();
+        for to in ended {
+            let _ = to.try_send(FromNode {
+                warnings: vec![format!("node {node} went away: its logs stop here")],
+                done: true,
+                ..Default::default()
+            });
+        }
+    }
+
+    /// A message from `node`: relayed to its subscription's asker if the subscription is this
+    /// node's (a node cannot answer for another).
+    pub(crate) async fn deliver(&self, node: &str, mut message: FromNode) {
+        let to = {
+            let subscriptions = lock(&self.subscriptions);
+            match subscriptions.get(&message.id) {
+                Some(s) if s.node == node => s.to.clone(),
+                _ => return,
+            }
+        };
+        message.lines.truncate(MAX_LINES_PER_MESSAGE);
+        for line in &mut message.lines {
+            crate::limits::clip(&mut line.text, MAX_LINE);
+        }
+        message.warnings.truncate(16);
+        let _ = to.send(message).await;
+    }
+
+    /// Asks the nodes for the lines of `tasks` (grouped by node) and relays them to `out` until
+    /// every node is done (or, with `follow`, until `out` is closed).
+    fn subscribe(
+        self: &Arc<Self>,
+        by_node: BTreeMap<String, Vec<String>>,
+        query: LogsQuery,
+        out: mpsc::Sender<Result<LogBatch, Status>>,
+    ) {
+        let (to, mut from) = mpsc::channel::<FromNode>(64);
+        let mut open = Vec::new();
+        let mut warnings = Vec::new();
+        for (node, tasks) in by_node {
+            let session = lock(&self.nodes).get(&node).map(|(_, s)| s.clone());
+            let Some(session) = session else {
+                warnings.push(format!(
+                    "node {node} is not connected: the logs of its {} task(s) are not available",
+                    tasks.len()
+                ));
+                continue;
+            };
+            let id = self.next_id();
+            lock(&self.subscriptions).insert(
+                id,
+                Subscription {
+                    node: node.clone(),
+                    to: to.clone(),
+                },
+            );
+            let asked = ToNode::Subscribe {
+                id,
+                tasks,
+                query: query.clone(),
+            };
+            if session.try_send(asked).is_err() {
+                lock(&self.subscriptions).remove(&id);
+                warnings.push(format!("node {node} is busy: its logs are not available"));
+                continue;
+            }
+            open.push((id, node, session));
+        }
+        drop(to);
+        let broker = self.clone();
+        tokio::spawn(async move {
+            if !warnings.is_empty()
+                && out
+                    .send(Ok(LogBatch {
+                        warnings,
+                        ..Default::default()
+                    }))
+                    .await
+                    .is_err()
+            {
+                broker.cancel(&open);
+                return;
+            }
+            let mut pending = open.len();
+            while pending > 0 {
+                let message = tokio::select! {
+                    message = from.recv() => message,
+                    () = out.closed() => None,
+                };
+                let Some(message) = message else { break };
+                if message.done {
+                    pending -= 1;
+                    lock(&broker.subscriptions).remove(&message.id);
+                }
+                if message.lines.is_empty() && message.warnings.is_empty() {
+                    continue;
+                }
+                let batch = LogBatch {
+                    lines: message.lines,
+                    warnings: message.warnings,
+                };
+                if out.send(Ok(batch)).await.is_err() {
+                    break;
+                }
+            }
+            broker.cancel(&open);
+        });
+    }
+
+    /// Ends subscriptions: forgotten here, and the nodes told to stop.
+    fn cancel(&self, open: &[(u64, String, mpsc::Sender<ToNode>)]) {
+        let mut subscriptions = lock(&self.subscriptions);
+        for (id, _, session) in open {
+            if subscriptions.remove(id).is_some() {
+                let _ = session.try_send(ToNode::Cancel { id: *id });
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The tasks `target` names: a service's (all it keeps, history included), or one task, by ID,
+/// name or unique ID prefix.
+fn tasks_of<'a>(world: &'a World, target: &str) -> Result<Vec<&'a Task>, Status> {
+    if let Ok(service) = super::services::find_service(world, target) {
+        let mut tasks: Vec<&Task> = world
+            .tasks
+            .values()
+            .map(|t| &t.value)
+            .filter(|t| t.service_id == service.id)
+            .collect();
+        tasks.sort_by(|a, b| (a.slot, &a.created_at).cmp(&(b.slot, &b.created_at)));
+        return Ok(tasks);
+    }
+    let matches: Vec<&Task> = world
+        .tasks
+        .values()
+        .map(|t| &t.value)
+        .filter(|t| !target.is_empty() && t.id.starts_with(target))
+        .collect();
+    match matches[..] {
+        [task] => Ok(vec![task]),
+        [] => Err(Status::not_found(format!(
+            "no such task or service: {target}"
+        ))),
+        _ => Err(Status::failed_precondition(format!(
+            "task {target} is ambiguous ({} matches found)",
+            matches.len()
+        ))),
+    }
+}
+
+/// Serves `query` on the leader: its lines go to `out`.
+pub(super) fn serve(
+    inner: &Inner,
+    query: LogsQuery,
+    out: mpsc::Sender<Result<LogBatch, Status>>,
+) -> Result<(), Status> {
+    if let Some(since) = &query.since
+        && time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+            .is_err()
+    {
+        return Err(Status::invalid_argument(format!(
+            "invalid since {since:?}: want an RFC 3339 time"
+        )));
+    }
+    let world = inner.store.view(World::read);
+    let tasks = tasks_of(&world, &query.target)?;
+    let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for task in tasks.iter().take(MAX_TASKS) {
+        if !task.node_id.is_empty() {
+            by_node
+                .entry(task.node_id.clone())
+                .or_default()
+                .push(task.id.clone());
+        }
+    }
+    inner.logs.subscribe(by_node, query, out);
+    Ok(())
+}
