@@ -268,33 +268,7 @@ fn resources_placement_and_mounts_apply_to_tasks() {
     assert!(!scratch.0.join("written").exists() && !data.0.join("written").exists());
 
     // A bind source missing on the node: the task is rejected with Docker's words.
-    swarm.ok(
-        &n1,
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "nosource",
-            "--mount",
-            "type=bind,source=/nonexistent/shoal,target=/mnt",
-            "host",
-            "sleep",
-            "3600",
-        ],
-    );
-    let rejected = wait_until("nosource rejected", Duration::from_secs(30), || {
-        Ok(tasks(&swarm, &n1, "nosource").iter().any(|t| {
-            t["Error"]
-                .as_str()
-                .is_some_and(|e| e.contains("bind source path does not exist: /nonexistent/shoal"))
-        }))
-    });
-    assert!(
-        rejected.is_ok(),
-        "{}",
-        swarm.ok(&n1, &["service", "ps", "nosource"])
-    );
+    rejected_for_missing_bind_source(&swarm, &n1, &["host", "sleep", "3600"]);
 
     // Malformed values are refused, and create nothing.
     let before = swarm.ok(&n1, &["service", "ls", "-q"]).lines().count();
@@ -332,6 +306,37 @@ fn resources_placement_and_mounts_apply_to_tasks() {
     }
     let after = swarm.ok(&n1, &["service", "ls", "-q"]).lines().count();
     assert_eq!(before, after);
+}
+
+/// Creates `nosource`, bound to a path no node has, running `program`: its task is rejected
+/// with Docker's words.
+fn rejected_for_missing_bind_source(swarm: &Swarm, on: &shoal_tests::Host, program: &[&str]) {
+    let mut args = vec![
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "nosource",
+        "--mount",
+        "type=bind,source=/nonexistent/shoal,target=/mnt",
+    ];
+    args.extend_from_slice(program);
+    swarm.ok(on, &args);
+    let rejected = wait_until("nosource rejected", Duration::from_secs(30), || {
+        Ok(tasks(swarm, on, "nosource").iter().any(|t| {
+            t["CurrentState"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Rejected"))
+                && t["Error"].as_str().is_some_and(|e| {
+                    e.contains("bind source path does not exist: /nonexistent/shoal")
+                })
+        }))
+    });
+    assert!(
+        rejected.is_ok(),
+        "{}",
+        swarm.ok(on, &["service", "ps", "nosource"])
+    );
 }
 
 /// The prefix and text of a `service logs` line: `chatty.2.<id>@n3 ... | text`.
@@ -482,4 +487,141 @@ fn service_logs_stream_from_every_node() {
     assert!(out.contains("invalid since"), "{out}");
     let out = swarm.fails(&n1, &["service", "logs", "nothing-here"]);
     assert!(out.contains("no such task or service"), "{out}");
+}
+
+/// Items 6–8 for docker tasks: limits, mounts and process options reach the engine (read back
+/// with `docker inspect`), a bind source missing on the node is refused before the engine is
+/// asked, and `service logs` reads a running container's log from the engine and a removed
+/// container's from the copy its node kept.
+#[test]
+fn docker_tasks_get_limits_mounts_and_logs_through_the_engine() {
+    let engine = shoal_tests::docker::Engine::ensure().expect("a Docker Engine runs");
+    let image = "shoal-labtool:lab";
+    shoal_tests::docker::import_labtool_image(image).expect("the image is imported");
+    let swarm = Swarm::up_with_daemons(1, 0, &[], &["--executor", "docker"]);
+    let n1 = swarm.managers[0].clone();
+    let data = TempDir::new("docker-data");
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "cfg",
+            "--limit-memory",
+            "64m",
+            "--limit-cpu",
+            "0.5",
+            "--limit-pids",
+            "64",
+            "--mount",
+            &format!("type=bind,source={},target=/data,readonly", data.path()),
+            "--mount",
+            "type=tmpfs,target=/scratch,tmpfs-size=8m",
+            "--read-only",
+            "--hostname",
+            "cfg-task",
+            "--workdir",
+            "/data",
+            "--user",
+            "1000:1000",
+            "--stop-signal",
+            "SIGINT",
+            "--stop-grace-period",
+            "3s",
+            "--init",
+            image,
+            "/shoal-labtool",
+            "serve",
+            "--name",
+            "cfg",
+            "--port",
+            "8000",
+        ],
+    );
+    wait_running(&swarm, &n1, "cfg", "the container", |per| {
+        per.values().sum::<usize>() == 1
+    });
+    let container = shoal_tests::docker::docker(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        "label=io.shoal.service.name=cfg",
+    ])
+    .expect("docker ps")
+    .trim()
+    .to_owned();
+    let inspected: Value = serde_json::from_str(
+        &shoal_tests::docker::docker(&["inspect", &container]).expect("docker inspect"),
+    )
+    .unwrap();
+    let c = &inspected[0];
+    let host = &c["HostConfig"];
+    assert_eq!(host["Memory"], 64 << 20, "{host}");
+    assert_eq!(host["NanoCpus"], 500_000_000, "{host}");
+    assert_eq!(host["PidsLimit"], 64, "{host}");
+    assert_eq!(host["ReadonlyRootfs"], true, "{host}");
+    assert_eq!(host["Init"], true, "{host}");
+    let mounts: BTreeMap<String, String> = host["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["Target"].as_str().unwrap().to_owned(),
+                m["Type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        BTreeMap::from([
+            ("/data".to_owned(), "bind".to_owned()),
+            ("/scratch".to_owned(), "tmpfs".to_owned())
+        ])
+    );
+    let config = &c["Config"];
+    assert_eq!(config["Hostname"], "cfg-task");
+    assert_eq!(config["WorkingDir"], "/data");
+    assert_eq!(config["User"], "1000:1000");
+    assert_eq!(config["StopSignal"], "SIGINT");
+    assert_eq!(config["StopTimeout"], 3);
+
+    // The running container's log, from the engine.
+    let mut out = String::new();
+    let logged = wait_until(
+        "the container's first line",
+        Duration::from_secs(20),
+        || {
+            out = swarm.ok(&n1, &["service", "logs", "cfg"]);
+            Ok(out.contains("| serving cfg on 8000"))
+        },
+    );
+    assert!(logged.is_ok(), "{out}");
+    // Killed, replaced: the old container is gone, its line is still there, with the new one's.
+    shoal_tests::docker::docker(&["kill", &container]).expect("docker kill");
+    let kept = wait_until("both containers' lines", Duration::from_secs(60), || {
+        out = swarm.ok(&n1, &["service", "logs", "cfg"]);
+        Ok(out.matches("| serving cfg on 8000").count() == 2)
+    });
+    assert!(
+        kept.is_ok(),
+        "{out}\n{}",
+        swarm.ok(&n1, &["service", "ps", "cfg"])
+    );
+
+    // A bind source the node lacks: rejected before the engine makes anything.
+    rejected_for_missing_bind_source(
+        &swarm,
+        &n1,
+        &[image, "/shoal-labtool", "serve", "--port", "80"],
+    );
+    swarm.ok(&n1, &["service", "rm", "cfg", "nosource"]);
+    let gone = wait_until("the containers removed", Duration::from_secs(60), || {
+        Ok(shoal_tests::docker::task_containers().is_empty())
+    });
+    assert!(gone.is_ok(), "{:?}", shoal_tests::docker::task_containers());
+    drop(swarm);
+    drop(engine);
 }

@@ -27,8 +27,17 @@ pub(crate) fn netns_path(dir: &Path, task: &str) -> PathBuf {
     dir.join("netns").join(task)
 }
 
-/// Creates the task's namespace.
+/// Checks what the task asks of this node (its mounts, user, options), then creates its
+/// namespace. What cannot be had here rejects the task.
 pub(crate) async fn prepare(dir: &Path, task: &Task) -> Result<Runtime, String> {
+    let spec = &task.spec.container_spec;
+    if spec.init == Some(true) {
+        return Err(
+            "--init needs the docker executor (an exec task runs its command as is)".into(),
+        );
+    }
+    mounts(spec)?;
+    user(&spec.user)?;
     let netns = netns_path(dir, &task.id);
     shoal_dataplane::overlay::task_namespace(&netns)
         .await
@@ -53,11 +62,6 @@ pub(crate) fn start(
             "the exec executor runs COMMAND from the host, and the service has none".into(),
         );
     };
-    if spec.init == Some(true) {
-        return Err(
-            "--init needs the docker executor (an exec task runs its command as is)".into(),
-        );
-    }
     let mounts = mounts(spec)?;
     let hostname = CString::new(spec.hostname.as_bytes())
         .map_err(|_| "the hostname holds a NUL byte".to_owned())?;

@@ -37,6 +37,20 @@ fn client(
 
 /// Follows the node's assignment until the node leaves.
 pub(crate) async fn assignments(worker: Worker, contact: impl Contact) {
+    with_managers(contact, "assignment stream", |addr, credentials| {
+        let worker = worker.clone();
+        async move { follow(&worker, &addr, &credentials).await }
+    })
+    .await;
+}
+
+/// Runs `session` with the managers in turn (the last known leader first; the others refuse)
+/// until the node leaves.
+async fn with_managers<F, Fut>(contact: impl Contact, what: &str, mut session: F)
+where
+    F: FnMut(String, Credentials) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
     let mut next = 0_usize;
     loop {
         let Some((managers, credentials)) = contact.contact().await else {
@@ -46,9 +60,9 @@ pub(crate) async fn assignments(worker: Worker, contact: impl Contact) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        match follow(&worker, &addr, &credentials).await {
-            Ok(()) => tracing::debug!(manager = %addr, "the assignment stream ended"),
-            Err(e) => tracing::debug!(manager = %addr, error = %e, "no assignment stream"),
+        match session(addr.clone(), credentials).await {
+            Ok(()) => tracing::debug!(manager = %addr, "the {what} ended"),
+            Err(e) => tracing::debug!(manager = %addr, error = %e, "no {what}"),
         }
         next += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -75,22 +89,11 @@ async fn follow(worker: &Worker, addr: &str, credentials: &Credentials) -> Resul
 /// Keeps a log session with the leader until the node leaves: serves the log requests that come
 /// down it.
 pub(crate) async fn logs(worker: Worker, contact: impl Contact) {
-    let mut next = 0_usize;
-    loop {
-        let Some((managers, credentials)) = contact.contact().await else {
-            return;
-        };
-        let Some(addr) = managers.get(next % managers.len().max(1)).cloned() else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        match log_session(&worker, &addr, &credentials).await {
-            Ok(()) => tracing::debug!(manager = %addr, "the log session ended"),
-            Err(e) => tracing::debug!(manager = %addr, error = %e, "no log session"),
-        }
-        next += 1;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    with_managers(contact, "log session", |addr, credentials| {
+        let worker = worker.clone();
+        async move { log_session(&worker, &addr, &credentials).await }
+    })
+    .await;
 }
 
 async fn log_session(worker: &Worker, addr: &str, credentials: &Credentials) -> Result<(), String> {
