@@ -83,7 +83,8 @@ impl Cgroup {
             let cgroup = Cgroup::V2(dir.clone());
             let set = || -> Result<(), String> {
                 if limits.nano_cpus > 0 {
-                    let quota = limits.nano_cpus * CPU_PERIOD_US / 1_000_000_000;
+                    let quota = limits.nano_cpus / 1_000_000_000 * CPU_PERIOD_US
+                        + limits.nano_cpus % 1_000_000_000 / 10_000;
                     write(
                         &dir.join("cpu.max"),
                         &format!("{} {CPU_PERIOD_US}", quota.max(1_000)),
@@ -91,8 +92,6 @@ impl Cgroup {
                 }
                 if limits.memory_bytes > 0 {
                     write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
-                    // Docker's --memory-swap default: as much swap as memory, no more.
-                    let _ = write(&dir.join("memory.swap.max"), "0");
                 }
                 if limits.pids > 0 {
                     write(&dir.join("pids.max"), &limits.pids.to_string())?;
@@ -120,7 +119,9 @@ impl Cgroup {
         let mut dirs = Vec::new();
         let mut wanted: Vec<(&'static str, &'static str, String)> = Vec::new();
         if limits.nano_cpus > 0 {
-            let quota = (limits.nano_cpus * CPU_PERIOD_US / 1_000_000_000).max(1_000);
+            let quota = (limits.nano_cpus / 1_000_000_000 * CPU_PERIOD_US
+                + limits.nano_cpus % 1_000_000_000 / 10_000)
+                .max(1_000);
             wanted.push(("cpu", "cpu.cfs_period_us", CPU_PERIOD_US.to_string()));
             wanted.push(("cpu", "cpu.cfs_quota_us", quota.to_string()));
         }

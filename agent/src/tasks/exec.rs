@@ -269,6 +269,10 @@ pub(crate) fn cleanup(runtime: &Runtime) {
     }
     if let Some(task) = runtime.netns.file_name().and_then(|n| n.to_str()) {
         Cgroup::remove_for(task);
+        // <data root>/tasks/netns/<task>: the tasks' directory is two levels up.
+        if let Some(tasks_dir) = runtime.netns.parent().and_then(Path::parent) {
+            super::logs::ended(tasks_dir, task);
+        }
     }
     if !runtime.netns.as_os_str().is_empty()
         && let Err(e) = shoal_dataplane::overlay::netns::remove(&runtime.netns)

@@ -142,10 +142,14 @@ pub(crate) fn resume(tasks_dir: &Path, task: &str) -> Result<(), String> {
             .map_err(|e| format!("opening {}: {e}", fifo.display()))?;
         let writer = writer.clone();
         tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(receiver);
+            // A line longer than LINE_MAX is taken in parts: output without newlines cannot
+            // grow the daemon.
+            let mut lines =
+                tokio::io::AsyncReadExt::take(tokio::io::BufReader::new(receiver), LINE_MAX as u64);
             let mut line = Vec::new();
             loop {
                 line.clear();
+                lines.set_limit(LINE_MAX as u64);
                 match lines.read_until(b'\n', &mut line).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
@@ -175,7 +179,16 @@ pub(crate) fn keep(tasks_dir: &Path, task: &str, lines: &[(Stream, String)]) -> 
     Ok(())
 }
 
-/// Removes the logs of the oldest tasks beyond [`KEPT`] (never `keep`'s).
+/// Removes the FIFOs of an exec task that ended: its log can be pruned from now on.
+pub(crate) fn ended(tasks_dir: &Path, task: &str) {
+    let dir = dir_of(tasks_dir, task);
+    for stream in [Stream::Stdout, Stream::Stderr] {
+        let _ = fs::remove_file(dir.join(stream.name()));
+    }
+}
+
+/// Removes the logs of the oldest ended tasks beyond [`KEPT`] (never `keep`'s, nor those of
+/// running exec tasks, which still have their FIFOs).
 fn prune(tasks_dir: &Path, keep: &str) {
     let Ok(entries) = fs::read_dir(tasks_dir.join("logs")) else {
         return;
@@ -183,6 +196,7 @@ fn prune(tasks_dir: &Path, keep: &str) {
     let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
         .flatten()
         .filter(|e| e.file_name() != keep)
+        .filter(|e| !e.path().join(Stream::Stdout.name()).exists())
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     if dirs.len() < KEPT {
@@ -232,14 +246,20 @@ pub(crate) fn since_of(query: &LogsQuery) -> Option<OffsetDateTime> {
 }
 
 /// Sends the stored lines of `task` that `query` asks for to `out`, in batches; with
-/// `follow`, goes on with new lines until `out` closes. Returns when done.
+/// `follow`, goes on with new lines until `out` closes. Returns when done. What is stored is
+/// read under a permit of `reading`, so that a request for many tasks holds few logs in
+/// memory at once.
 pub(crate) async fn serve(
     tasks_dir: &Path,
     task: &str,
     query: &LogsQuery,
     out: &mpsc::Sender<Vec<LogLine>>,
+    reading: &tokio::sync::Semaphore,
 ) {
     let dir = dir_of(tasks_dir, task);
+    let Ok(permit) = reading.acquire().await else {
+        return;
+    };
     let since = since_of(query);
     // What is there now: previous, then current up to where it ends.
     let mut lines = Vec::new();
@@ -268,6 +288,8 @@ pub(crate) async fn serve(
             return;
         }
     }
+    drop(lines);
+    drop(permit);
     if !query.follow {
         return;
     }
@@ -341,7 +363,8 @@ mod tests {
             tail: Some(3),
             ..Default::default()
         };
-        rt.block_on(serve(&dir, "t1", &query, &tx));
+        let reading = tokio::sync::Semaphore::new(1);
+        rt.block_on(serve(&dir, "t1", &query, &tx, &reading));
         drop(tx);
         let got: Vec<LogLine> = std::iter::from_fn(|| rx.try_recv().ok())
             .flatten()

@@ -676,6 +676,7 @@ impl Worker {
             }
         };
         let (tx, mut rx) = mpsc::channel(16);
+        let reading = Arc::new(tokio::sync::Semaphore::new(2));
         let mut jobs = tokio::task::JoinSet::new();
         let mut warnings = Vec::new();
         for task in tasks {
@@ -695,7 +696,10 @@ impl Worker {
                     });
                 }
                 _ if logs::has(&self.inner.dir, &task) => {
-                    jobs.spawn(async move { logs::serve(&dir, &task, &query, &tx).await });
+                    let reading = reading.clone();
+                    jobs.spawn(
+                        async move { logs::serve(&dir, &task, &query, &tx, &reading).await },
+                    );
                 }
                 _ => warnings.push(format!("task {task} has no logs on this node")),
             }

@@ -22,8 +22,9 @@ use tonic::Status;
 use super::Inner;
 use crate::orchestrator::World;
 
-/// Lines a node sends in one message, at most (the leader drops a larger message's excess).
-pub const MAX_LINES_PER_MESSAGE: usize = 512;
+/// Lines a node sends in one message, at most (the leader drops a larger message's excess):
+/// with lines of [`MAX_LINE`] bytes, even escaped, a message stays under gRPC's 4 MiB.
+pub const MAX_LINES_PER_MESSAGE: usize = 32;
 /// The longest line kept (Docker splits longer ones at 16 KiB too).
 pub const MAX_LINE: usize = 16 * 1024;
 /// Tasks one request may name (a service's history included).
@@ -67,6 +68,8 @@ pub struct FromNode {
 /// A subscription's asker and the node it is for.
 struct Subscription {
     node: String,
+    /// The node's session it was asked on.
+    session: u64,
     to: mpsc::Sender<FromNode>,
 }
 
@@ -93,21 +96,28 @@ impl Broker {
 
     /// A node's session ended: its open subscriptions end with a warning.
     pub(crate) fn disconnect(&self, node: &str, session: u64) {
+        let node = node.to_owned();
         let mut nodes = lock(&self.nodes);
-        if nodes.get(node).is_some_and(|(s, _)| *s == session) {
-            nodes.remove(node);
+        if nodes.get(&node).is_some_and(|(s, _)| *s == session) {
+            nodes.remove(&node);
         }
         drop(nodes);
-        let ended: Vec<mpsc::Sender<FromNode>> = lock(&self.subscriptions)
-            .values()
-            .filter(|s| s.node == node)
-            .map(|s| s.to.clone())
+        let ended: Vec<(u64, mpsc::Sender<FromNode>)> = lock(&self.subscriptions)
+            .iter()
+            .filter(|(_, s)| s.node == node && s.session == session)
+            .map(|(id, s)| (*id, s.to.clone()))
             .collect();
-        for to in ended {
-            let _ = to.try_send(FromNode {
-                warnings: vec![format!("node {node} went away: its logs stop here")],
-                done: true,
-                ..Default::default()
+        for (id, to) in ended {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let _ = to
+                    .send(FromNode {
+                        id,
+                        warnings: vec![format!("node {node} went away: its logs stop here")],
+                        done: true,
+                        ..Default::default()
+                    })
+                    .await;
             });
         }
     }
@@ -142,8 +152,8 @@ impl Broker {
         let mut open = Vec::new();
         let mut warnings = Vec::new();
         for (node, tasks) in by_node {
-            let session = lock(&self.nodes).get(&node).map(|(_, s)| s.clone());
-            let Some(session) = session else {
+            let found = lock(&self.nodes).get(&node).cloned();
+            let Some((session_id, session)) = found else {
                 warnings.push(format!(
                     "node {node} is not connected: the logs of its {} task(s) are not available",
                     tasks.len()
@@ -155,6 +165,7 @@ impl Broker {
                 id,
                 Subscription {
                     node: node.clone(),
+                    session: session_id,
                     to: to.clone(),
                 },
             );
@@ -192,9 +203,8 @@ impl Broker {
                     () = out.closed() => None,
                 };
                 let Some(message) = message else { break };
-                if message.done {
+                if message.done && lock(&broker.subscriptions).remove(&message.id).is_some() {
                     pending -= 1;
-                    lock(&broker.subscriptions).remove(&message.id);
                 }
                 if message.lines.is_empty() && message.warnings.is_empty() {
                     continue;

@@ -696,8 +696,19 @@ impl dispatcher_server::Dispatcher for Services {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let broker = inner.logs.clone();
         let session = broker.connect(&node_id, tx);
+        let mut stopped = inner.stop.subscribe();
+        let mut metrics = inner.raft.metrics();
+        let me = inner.raft_id;
         tokio::spawn(async move {
-            while let Ok(Some(frame)) = incoming.message().await {
+            loop {
+                // The session ends with the leadership (the node asks the new leader) and with
+                // the manager.
+                let frame = tokio::select! {
+                    frame = incoming.message() => frame,
+                    _ = stopped.wait_for(|s| *s) => break,
+                    _ = metrics.wait_for(|m| m.current_leader != Some(me)) => break,
+                };
+                let Ok(Some(frame)) = frame else { break };
                 match serde_json::from_slice::<logs::FromNode>(&frame.json) {
                     Ok(message) => broker.deliver(&node_id, message).await,
                     Err(e) => {
