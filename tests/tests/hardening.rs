@@ -777,19 +777,13 @@ fn the_swarm_s_own_ports_and_numbers_out_of_bounds_are_refused() {
     wait_running(&swarm, &n1, "umask", "the umask task", |per| {
         per.values().sum::<usize>() == 1
     });
-    let task = tasks(&swarm, &n1, "umask")[0]["ID"]
-        .as_str()
-        .expect("the task's ID")
-        .to_owned();
-    let log = swarm
-        .lab
-        .host_dir(&n1)
-        .join(format!("data/tasks/{task}.log"));
-    let said = wait_until("the task's umask", Duration::from_secs(10), || {
-        Ok(std::fs::read_to_string(&log).is_ok_and(|l| !l.trim().is_empty()))
+    let mut said = String::new();
+    let logged = wait_until("the task's umask", Duration::from_secs(10), || {
+        said = swarm.ok(&n1, &["service", "logs", "--raw", "umask"]);
+        Ok(!said.trim().is_empty())
     });
-    assert!(said.is_ok(), "{said:?}");
-    assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), "0022");
+    assert!(logged.is_ok(), "{logged:?}");
+    assert_eq!(said.trim(), "0022");
 }
 
 /// Issue item 7: the ingress network comes from `--default-addr-pool`, in subnets of
