@@ -53,6 +53,11 @@ fn mounts() -> (Option<PathBuf>, Vec<(String, PathBuf)>) {
     (v2, v1)
 }
 
+/// The CFS quota (µs per [`CPU_PERIOD_US`]) of a limit in billionths of a CPU, at least 1 ms.
+fn cpu_quota_us(nano_cpus: u64) -> u64 {
+    (nano_cpus / 1_000_000_000 * CPU_PERIOD_US + nano_cpus % 1_000_000_000 / 10_000).max(1_000)
+}
+
 fn name(task: &str) -> String {
     format!("shoal-{task}")
 }
@@ -83,12 +88,8 @@ impl Cgroup {
             let cgroup = Cgroup::V2(dir.clone());
             let set = || -> Result<(), String> {
                 if limits.nano_cpus > 0 {
-                    let quota = limits.nano_cpus / 1_000_000_000 * CPU_PERIOD_US
-                        + limits.nano_cpus % 1_000_000_000 / 10_000;
-                    write(
-                        &dir.join("cpu.max"),
-                        &format!("{} {CPU_PERIOD_US}", quota.max(1_000)),
-                    )?;
+                    let quota = cpu_quota_us(limits.nano_cpus);
+                    write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
                 }
                 if limits.memory_bytes > 0 {
                     write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
@@ -119,9 +120,7 @@ impl Cgroup {
         let mut dirs = Vec::new();
         let mut wanted: Vec<(&'static str, &'static str, String)> = Vec::new();
         if limits.nano_cpus > 0 {
-            let quota = (limits.nano_cpus / 1_000_000_000 * CPU_PERIOD_US
-                + limits.nano_cpus % 1_000_000_000 / 10_000)
-                .max(1_000);
+            let quota = cpu_quota_us(limits.nano_cpus);
             wanted.push(("cpu", "cpu.cfs_period_us", CPU_PERIOD_US.to_string()));
             wanted.push(("cpu", "cpu.cfs_quota_us", quota.to_string()));
         }
