@@ -128,6 +128,10 @@ pub struct Backend {
     pub node: String,
     /// Its address on the ingress network.
     pub ip: String,
+    /// Told to stop but still running: no new connection goes to it, the ones it has stay
+    /// with it until it ends (Cilium's terminating backends).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// Whether a task's node should still hold it: the tasks the node is told about.
@@ -145,14 +149,26 @@ fn serving(world: &World, task: &Task) -> bool {
             .is_some_and(|n| n.value.status.state == NodeState::Ready)
 }
 
-/// Whether a remote task's address should already be reachable (it may be starting).
-fn placed(world: &World, task: &Task) -> bool {
-    task.desired_state == TaskState::Running
-        && (TaskState::Assigned..=TaskState::Running).contains(&task.status.state)
+/// Whether a task was told to stop and still runs, on a Ready node: it finishes the
+/// connections it has and takes no new one.
+fn draining(world: &World, task: &Task) -> bool {
+    task.status.state == TaskState::Running
+        && task.desired_state > TaskState::Running
         && world
             .nodes
             .get(&task.node_id)
             .is_some_and(|n| n.value.status.state == NodeState::Ready)
+}
+
+/// Whether a remote task's address should be reachable: it may be starting, or draining.
+fn placed(world: &World, task: &Task) -> bool {
+    (task.desired_state == TaskState::Running
+        && (TaskState::Assigned..=TaskState::Running).contains(&task.status.state)
+        && world
+            .nodes
+            .get(&task.node_id)
+            .is_some_and(|n| n.value.status.state == NodeState::Ready))
+        || draining(world, task)
 }
 
 /// `node_id`'s assignment in `world` at store index `index`.
@@ -241,7 +257,8 @@ pub fn assignment(world: &World, index: u64, node_id: &str, data_path_port: u16)
     if let Some(ingress) = ingress.as_ref().filter(|_| ingress_addr.is_some()) {
         let mut backends: BTreeMap<&str, Vec<Backend>> = BTreeMap::new();
         for task in world.tasks.values().map(|t| &t.value) {
-            if !serving(world, task) {
+            let draining = draining(world, task);
+            if !serving(world, task) && !draining {
                 continue;
             }
             if let Some(ip) = task
@@ -255,6 +272,7 @@ pub fn assignment(world: &World, index: u64, node_id: &str, data_path_port: u16)
                     task: task.id.clone(),
                     node: task.node_id.clone(),
                     ip: ip.to_string(),
+                    draining,
                 });
             }
         }
@@ -534,6 +552,20 @@ mod tests {
         );
         let ips: Vec<&str> = web.tasks.iter().map(|t| t.ip.as_str()).collect();
         assert_eq!(ips, ["10.1.0.2", "10.1.0.3"]);
+
+        // A task told to stop that still runs drains: a backend of weight 0 everywhere, its
+        // address still reachable, gone from discovery.
+        w.tasks.get_mut("w2").unwrap().value.desired_state = TaskState::Shutdown;
+        let a = assignment(&w, 8, "a", 4789);
+        let draining: Vec<(&str, bool)> = a.mesh[0]
+            .backends
+            .iter()
+            .map(|b| (b.task.as_str(), b.draining))
+            .collect();
+        assert_eq!(draining, [("w1", false), ("w2", true)]);
+        assert!(a.endpoints.iter().any(|e| e.node == "b"));
+        assert_eq!(a.services[0].tasks.len(), 1, "{:?}", a.services[0].tasks);
+        w.tasks.get_mut("w2").unwrap().value.desired_state = TaskState::Running;
 
         // A Down node's tasks stop being backends and endpoints everywhere.
         w.nodes.get_mut("b").unwrap().value.status.state = NodeState::Down;

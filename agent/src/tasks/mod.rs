@@ -28,6 +28,7 @@ pub(crate) mod way_out;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shoal_api::service::{ContainerStatus, Task, TaskState, TaskStatus};
@@ -445,7 +446,7 @@ impl Worker {
             if !busy {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = self.apply().await;
         let mut state = self.lock();
@@ -1217,14 +1218,17 @@ impl Worker {
                                     task: b.task.clone(),
                                     network: ingress.id.clone(),
                                     ip: b.ip.clone(),
-                                    weight: 1,
+                                    // Weight 0 drains: its connections stay, no new one.
+                                    weight: u32::from(!b.draining),
                                     state: MeshTaskState::Running,
                                 })
                                 .collect(),
                             client_ip: Default::default(),
                             // Sized for its tasks (the managers keep the sum within every
                             // node's table space).
-                            table_size: limits::mesh_table_size(m.backends.len() as u64),
+                            table_size: limits::mesh_table_size(
+                                m.backends.iter().filter(|b| !b.draining).count() as u64,
+                            ),
                         })
                         .collect(),
                 })
@@ -1264,7 +1268,7 @@ async fn applier(
 ) {
     while let Some(first) = requests.recv().await {
         // Let a burst of task starts arrive, then apply once for all.
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
         let mut waiting = vec![first];
         while let Ok(more) = requests.try_recv() {
             waiting.push(more);
@@ -1295,18 +1299,62 @@ async fn applier(
     }
 }
 
-/// How long a task asked to stop keeps running before it is signalled: the managers stopped
-/// sending it anything when they asked (it left every node's routing mesh, VIPs and DNS in the
-/// same assignment), and this is the time for every node to have applied that, and for what it
-/// was already serving to finish. An update or a scale-down then drops no request.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a task asked to stop keeps running at least before it is signalled. The managers
+/// stopped sending it new connections when they asked (every node's routing mesh keeps it at
+/// weight 0, so the connections it has stay with it; VIPs and DNS dropped it in the same
+/// assignment). An update or a scale-down then drops no request.
+const DRAIN: Duration = Duration::from_secs(1);
 
-/// Waits out [`DRAIN`] before a running task is stopped, unless it ends by itself meanwhile.
+/// After [`DRAIN`], the task keeps running until this long passes with no new connection or
+/// datagram reaching its network namespace: a node that applied the change late still had a
+/// client's connection land on it.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
+/// The longest a task drains, however busy it stays.
+const DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// Waits until a running task asked to stop has drained (see [`DRAIN`]), unless it ends by
+/// itself meanwhile.
 async fn drain(started: &mut Started, worker: &Worker, runtime: &Runtime) {
+    let quiet = async {
+        let deadline = tokio::time::Instant::now() + DRAIN_MAX;
+        tokio::time::sleep(DRAIN).await;
+        let mut seen = arrivals(runtime.pid);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_QUIET).await;
+            let now = arrivals(runtime.pid);
+            if now.is_none() || now == seen {
+                return;
+            }
+            seen = now;
+        }
+    };
     tokio::select! {
         _ = worker.wait(started, runtime) => {}
-        () = tokio::time::sleep(DRAIN) => {}
+        () = quiet => {}
     }
+}
+
+/// What has reached process `pid`'s network namespace: TCP connections it accepted and UDP
+/// datagrams it received, from `/proc/<pid>/net/snmp`. `None` when that cannot be read.
+fn arrivals(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).ok()?;
+    arrivals_in(&text)
+}
+
+/// [`arrivals`] from the text of a `/proc/net/snmp`: `Tcp: PassiveOpens` plus
+/// `Udp: InDatagrams` (each protocol is a header line and a value line).
+fn arrivals_in(snmp: &str) -> Option<u64> {
+    let value = |proto: &str, field: &str| -> Option<u64> {
+        let mut lines = snmp.lines().filter(|l| l.starts_with(proto));
+        let names = lines.next()?.split_whitespace().skip(1);
+        let values = lines.next()?.split_whitespace().skip(1);
+        names
+            .zip(values)
+            .find(|(name, _)| *name == field)
+            .and_then(|(_, v)| v.parse().ok())
+    };
+    Some(value("Tcp:", "PassiveOpens")? + value("Udp:", "InDatagrams")?)
 }
 
 /// Resolves once a stop was asked for (or the asker is gone).
@@ -1318,6 +1366,19 @@ async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
 mod tests {
     use shoal_control::limits;
     use shoal_dataplane::mesh::maglev;
+
+    /// A draining task's arrivals: accepted TCP connections plus UDP datagrams received.
+    #[test]
+    fn arrivals_count_accepted_connections_and_datagrams() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\n\
+            Tcp: 1 200 120000 -1 7 42 0\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams\nUdp: 5 1 0 9\n\
+            UdpLite: InDatagrams NoPorts\nUdpLite: 100 0\n";
+        assert_eq!(super::arrivals_in(snmp), Some(47));
+        assert_eq!(super::arrivals_in("Tcp: PassiveOpens\n"), None);
+        assert_eq!(super::arrivals_in(""), None);
+    }
 
     /// The managers bound published services with the mesh's own figures.
     #[test]

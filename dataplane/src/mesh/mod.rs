@@ -310,7 +310,7 @@ pub struct IngressNamespace<'a> {
 /// Per-service counters and table facts, for `inspect`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceStatus {
-    /// Running backends balanced over.
+    /// Backends new connections are balanced over (draining ones, of weight 0, are not).
     pub backends: usize,
     /// The Maglev table size.
     pub table_size: u32,
@@ -1268,7 +1268,9 @@ impl Mesh {
             out.insert(
                 name.clone(),
                 ServiceStatus {
-                    backends: table.map_or(0, |t| t.members.len()),
+                    backends: table.map_or(0, |t| {
+                        t.members.iter().filter(|(_, weight)| *weight > 0).count()
+                    }),
                     table_size: table.map_or(0, |t| t.size),
                     stats: total,
                 },
