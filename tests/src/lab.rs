@@ -768,6 +768,41 @@ fn clear_namespaces(
             errors.push(e.to_string());
         }
     }
+    errors.extend(remove_task_cgroups(data_roots));
+    errors
+}
+
+/// The cgroup hierarchies exec tasks' cgroups (`shoal-<task>`) are made in: v2's root and the
+/// v1 controllers' roots.
+pub const CGROUP_ROOTS: [&str; 4] = [
+    "/sys/fs/cgroup",
+    "/sys/fs/cgroup/memory",
+    "/sys/fs/cgroup/cpu",
+    "/sys/fs/cgroup/pids",
+];
+
+/// Removes the cgroups of the lab's exec tasks (those with a namespace or a log under its data
+/// roots): a node's `shoald` killed, or stopped together with its tasks, leaves them behind.
+fn remove_task_cgroups(data_roots: &[PathBuf]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let tasks: std::collections::BTreeSet<String> = data_roots
+        .iter()
+        .flat_map(|root| ["tasks/netns", "tasks/logs"].map(|dir| root.join(dir)))
+        .filter_map(|dir| fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    for task in tasks {
+        for root in CGROUP_ROOTS {
+            let dir = Path::new(root).join(format!("shoal-{task}"));
+            match fs::remove_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    errors.push(format!("removing cgroup {}: {e}", dir.display()));
+                }
+                _ => {}
+            }
+        }
+    }
     errors
 }
 

@@ -32,8 +32,8 @@ pub mod swarm;
 mod wait;
 
 pub use lab::{
-    Host, Lab, LabError, LabSpec, LabStatus, binary, down, down_all, labs, output_text,
-    sweep_orphans,
+    CGROUP_ROOTS, Host, Lab, LabError, LabSpec, LabStatus, binary, down, down_all, labs,
+    output_text, sweep_orphans,
 };
 pub use netns::{Netns, create_mount_ns, in_host, in_netns, links, remove_mount_ns, within};
 pub use wait::{Deadline, wait_until};

@@ -59,14 +59,8 @@ pub(crate) fn run(nextest_args: &[String]) -> anyhow::Result<()> {
 /// Cgroups of exec tasks (`shoal-<task>` under a cgroup hierarchy) that outlived their task:
 /// reported, and removed when empty.
 fn task_cgroups() -> Vec<String> {
-    let roots = [
-        "/sys/fs/cgroup",
-        "/sys/fs/cgroup/memory",
-        "/sys/fs/cgroup/cpu",
-        "/sys/fs/cgroup/pids",
-    ];
     let mut found = Vec::new();
-    for root in roots {
+    for root in shoal_tests::CGROUP_ROOTS {
         let Ok(entries) = fs::read_dir(root) else {
             continue;
         };

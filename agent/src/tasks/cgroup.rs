@@ -177,15 +177,13 @@ impl Cgroup {
             .collect()
     }
 
-    /// Removes the cgroup (once its processes are gone).
+    /// Removes the cgroup, killing what is left in it.
     pub(crate) fn remove(&self) {
         match self {
-            Cgroup::V2(dir) => {
-                let _ = fs::remove_dir(dir);
-            }
+            Cgroup::V2(dir) => remove_dir(dir),
             Cgroup::V1(dirs) => {
                 for (_, dir) in dirs {
-                    let _ = fs::remove_dir(dir);
+                    remove_dir(dir);
                 }
             }
         }
@@ -195,9 +193,32 @@ impl Cgroup {
     pub(crate) fn remove_for(task: &str) {
         let (v2, v1) = mounts();
         for root in v2.into_iter().chain(v1.into_iter().map(|(_, root)| root)) {
-            let _ = fs::remove_dir(root.join(name(task)));
+            remove_dir(&root.join(name(task)));
         }
     }
+}
+
+/// Removes a task's cgroup directory. Processes still in it (a child that left the task's
+/// process group, one still exiting) are killed first: the task ended, so must they.
+fn remove_dir(dir: &Path) {
+    for _ in 0..50 {
+        match fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                    // SAFETY: kill(2) of a process in the ended task's cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(cgroup = %dir.display(), error = %e, "removing a task's cgroup");
+                return;
+            }
+            _ => return,
+        }
+    }
+    tracing::warn!(cgroup = %dir.display(), "a task's cgroup stays busy: not removed");
 }
 
 fn make(dir: &Path) -> Result<(), String> {

@@ -320,15 +320,22 @@ impl Engine {
             .timestamps(true)
             .tail("10000")
             .build();
-        let mut stream = pin!(self.docker.logs(container, Some(options)));
-        let mut lines = Vec::new();
-        while let Some(Ok(output)) = stream.next().await {
-            if let Some(line) = engine_line(output) {
-                lines.push(line);
+        let mut writer = match super::logs::keeper(tasks_dir, task) {
+            Ok(writer) => writer,
+            Err(e) => {
+                tracing::warn!(task, error = %e, "keeping a container's logs");
+                return;
             }
-        }
-        if let Err(e) = super::logs::keep(tasks_dir, task, &lines) {
-            tracing::warn!(task, error = %e, "keeping a container's logs");
+        };
+        // Written as they come: the log's own bound holds, whatever the engine sends.
+        let mut stream = pin!(self.docker.logs(container, Some(options)));
+        while let Some(Ok(output)) = stream.next().await {
+            if let Some((stream, line)) = engine_line(output)
+                && let Err(e) = writer.stamped(stream, &line)
+            {
+                tracing::warn!(task, error = %e, "keeping a container's logs");
+                return;
+            }
         }
     }
 

@@ -85,6 +85,12 @@ impl Writer {
         }
     }
 
+    /// Appends a line as the engine gives it with timestamps: `<RFC 3339 time> <text>`.
+    pub(crate) fn stamped(&mut self, stream: Stream, line: &str) -> io::Result<()> {
+        let (time, text) = line.split_once(' ').unwrap_or((line, ""));
+        self.line(time, stream, text)
+    }
+
     fn rotate(&mut self) -> io::Result<()> {
         fs::rename(self.dir.join("current"), self.dir.join("previous"))?;
         *self = Writer::open(&self.dir)?;
@@ -166,17 +172,10 @@ pub(crate) fn resume(tasks_dir: &Path, task: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Copies lines (`<RFC 3339 time> <text>`, as the engine gives them with timestamps) into a
-/// task's log.
-pub(crate) fn keep(tasks_dir: &Path, task: &str, lines: &[(Stream, String)]) -> io::Result<()> {
-    let dir = dir_of(tasks_dir, task);
+/// Opens a task's log to copy lines into (with [`Writer::stamped`]), making room for it.
+pub(crate) fn keeper(tasks_dir: &Path, task: &str) -> io::Result<Writer> {
     prune(tasks_dir, task);
-    let mut writer = Writer::open(&dir)?;
-    for (stream, line) in lines {
-        let (time, text) = line.split_once(' ').unwrap_or((line, ""));
-        writer.line(time, *stream, text)?;
-    }
-    Ok(())
+    Writer::open(&dir_of(tasks_dir, task))
 }
 
 /// Removes the FIFOs of an exec task that ended: its log can be pruned from now on.
@@ -300,37 +299,48 @@ pub(crate) async fn serve(
             () = tokio::time::sleep(POLL) => {}
             () = out.closed() => return,
         }
-        let mut fresh = Vec::new();
-        if current.seek(SeekFrom::Start(offset)).is_err() {
+        let Some(mut fresh) = whole_lines_from(&current, &mut offset, task) else {
             return;
-        }
-        let mut reader = BufReader::new(&current);
-        let mut record = String::new();
-        while reader.read_line(&mut record).unwrap_or(0) > 0 {
-            if !record.ends_with('\n') {
-                break;
-            }
-            offset += record.len() as u64;
-            if let Some(line) = parse(task, record.trim_end_matches('\n')) {
-                fresh.push(line);
-            }
-            record.clear();
+        };
+        // Rotated: the old file is final once renamed (the writer writes only to the new one),
+        // so what it got since it was read above is read now, then the new one from its start.
+        let now = fs::metadata(dir.join("current")).map(|m| m.ino()).ok();
+        let rotated = now.is_some_and(|n| n != inode);
+        if rotated {
+            fresh.extend(whole_lines_from(&current, &mut offset, task).unwrap_or_default());
         }
         for chunk in fresh.chunks(BATCH) {
             if out.send(chunk.to_vec()).await.is_err() {
                 return;
             }
         }
-        // Rotated: what was current is read to its end above; go on with the new one.
-        let now = fs::metadata(dir.join("current")).map(|m| m.ino()).ok();
-        if now.is_some_and(|n| n != inode)
-            && let Ok(file) = File::open(dir.join("current"))
-        {
+        if rotated && let Ok(file) = File::open(dir.join("current")) {
             current = file;
             offset = 0;
             inode = now.unwrap_or_default();
         }
     }
+}
+
+/// The whole lines of `file` from `offset` on, `offset` moved past them (a partial last line
+/// is left to be read again). `None` when the file cannot be read.
+fn whole_lines_from(file: &File, offset: &mut u64, task: &str) -> Option<Vec<LogLine>> {
+    let mut file = file;
+    file.seek(SeekFrom::Start(*offset)).ok()?;
+    let mut reader = BufReader::new(file);
+    let mut lines = Vec::new();
+    let mut record = String::new();
+    while reader.read_line(&mut record).unwrap_or(0) > 0 {
+        if !record.ends_with('\n') {
+            break;
+        }
+        *offset += record.len() as u64;
+        if let Some(line) = parse(task, record.trim_end_matches('\n')) {
+            lines.push(line);
+        }
+        record.clear();
+    }
+    Some(lines)
 }
 
 #[cfg(test)]

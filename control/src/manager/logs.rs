@@ -29,6 +29,10 @@ pub const MAX_LINES_PER_MESSAGE: usize = 32;
 pub const MAX_LINE: usize = 16 * 1024;
 /// Tasks one request may name (a service's history included).
 const MAX_TASKS: usize = 10_000;
+/// How long a node's message waits for an asker that reads no more (a paused `logs -f`, a pipe
+/// nobody drains) before that asker's subscription ends: meanwhile the node's other
+/// subscriptions wait too, as they share its session.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the leader asks a node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +75,8 @@ struct Subscription {
     /// The node's session it was asked on.
     session: u64,
     to: mpsc::Sender<FromNode>,
+    /// Ended by the leader (its asker stalled): the node's further messages for it are dropped.
+    stalled: bool,
 }
 
 /// The leader's broker: the nodes' sessions and the open subscriptions.
@@ -128,7 +134,7 @@ impl Broker {
         let to = {
             let subscriptions = lock(&self.subscriptions);
             match subscriptions.get(&message.id) {
-                Some(s) if s.node == node => s.to.clone(),
+                Some(s) if s.node == node && !s.stalled => s.to.clone(),
                 _ => return,
             }
         };
@@ -137,7 +143,34 @@ impl Broker {
             crate::limits::clip(&mut line.text, MAX_LINE);
         }
         message.warnings.truncate(16);
-        let _ = to.send(message).await;
+        let id = message.id;
+        if tokio::time::timeout(STALLED, to.send(message))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        // The asker stalled: its subscription ends, so the node's others go on.
+        if let Some(s) = lock(&self.subscriptions).get_mut(&id) {
+            s.stalled = true;
+        }
+        if let Some((_, session)) = lock(&self.nodes).get(node) {
+            let _ = session.try_send(ToNode::Cancel { id });
+        }
+        let node = node.to_owned();
+        tokio::spawn(async move {
+            let _ = to
+                .send(FromNode {
+                    id,
+                    warnings: vec![format!(
+                        "the logs of node {node} stop here: not read for {}s",
+                        STALLED.as_secs()
+                    )],
+                    done: true,
+                    ..Default::default()
+                })
+                .await;
+        });
     }
 
     /// Asks the nodes for the lines of `tasks` (grouped by node) and relays them to `out` until
@@ -167,6 +200,7 @@ impl Broker {
                     node: node.clone(),
                     session: session_id,
                     to: to.clone(),
+                    stalled: false,
                 },
             );
             let asked = ToNode::Subscribe {
@@ -294,4 +328,87 @@ pub(super) fn serve(
     }
     inner.logs.subscribe(by_node, query, out);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            task_id: "t".into(),
+            time: "2026-12-01T00:00:00Z".into(),
+            stream: Default::default(),
+            text: text.into(),
+        }
+    }
+
+    /// The subscription `node` was asked for.
+    async fn asked(node: &mut mpsc::Receiver<ToNode>) -> u64 {
+        match node.recv().await {
+            Some(ToNode::Subscribe { id, .. }) => id,
+            other => panic!("not a subscription: {other:?}"),
+        }
+    }
+
+    /// An asker that stops reading ends its own subscription, with a warning, and the node is
+    /// told to stop sending it; another asker of the same node goes on being served.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_asker_does_not_stall_the_nodes_other_subscriptions() {
+        let broker = Arc::new(Broker::default());
+        let (session, mut node) = mpsc::channel(16);
+        broker.connect("a", session);
+        let follow = LogsQuery {
+            follow: true,
+            ..Default::default()
+        };
+        let tasks = || BTreeMap::from([("a".to_owned(), vec!["t".to_owned()])]);
+        let (paused_out, mut paused) = mpsc::channel(1);
+        broker.subscribe(tasks(), follow.clone(), paused_out);
+        let stalled = asked(&mut node).await;
+        let (read_out, mut read) = mpsc::channel(1);
+        broker.subscribe(tasks(), follow, read_out);
+        let served = asked(&mut node).await;
+
+        // The paused asker's buffers fill, then its subscription ends.
+        for n in 0..200 {
+            broker
+                .deliver(
+                    "a",
+                    FromNode {
+                        id: stalled,
+                        lines: vec![line(&format!("line {n}"))],
+                        ..Default::default()
+                    },
+                )
+                .await;
+        }
+        match node.recv().await {
+            Some(ToNode::Cancel { id }) => assert_eq!(id, stalled),
+            other => panic!("the node was not told to stop: {other:?}"),
+        }
+        broker
+            .deliver(
+                "a",
+                FromNode {
+                    id: served,
+                    lines: vec![line("still here")],
+                    ..Default::default()
+                },
+            )
+            .await;
+        let batch = read.recv().await.expect("a batch").expect("lines");
+        assert_eq!(batch.lines[0].text, "still here");
+
+        // What the paused asker reads when it reads again: its first lines, then the warning.
+        let mut warnings = Vec::new();
+        while let Some(batch) = paused.recv().await {
+            warnings.extend(batch.expect("lines").warnings);
+        }
+        assert_eq!(
+            warnings,
+            ["the logs of node a stop here: not read for 5s"],
+            "{warnings:?}"
+        );
+    }
 }
