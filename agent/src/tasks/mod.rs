@@ -1305,28 +1305,34 @@ async fn applier(
 /// assignment). An update or a scale-down then drops no request.
 const DRAIN: Duration = Duration::from_secs(1);
 
-/// After [`DRAIN`], the task keeps running until this long passes with no new connection or
-/// datagram reaching its network namespace: a node that applied the change late still had a
+/// Beyond [`DRAIN`], the task keeps running until this long has passed with no new connection
+/// or datagram reaching its network namespace: a node that applied the change late still had a
 /// client's connection land on it.
 const DRAIN_QUIET: Duration = Duration::from_millis(500);
 
 /// The longest a task drains, however busy it stays.
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 
-/// Waits until a running task asked to stop has drained (see [`DRAIN`]), unless it ends by
-/// itself meanwhile.
+/// Waits until a running task asked to stop has drained (see [`DRAIN`] and [`DRAIN_QUIET`]),
+/// unless it ends by itself meanwhile.
 async fn drain(started: &mut Started, worker: &Worker, runtime: &Runtime) {
     let quiet = async {
-        let deadline = tokio::time::Instant::now() + DRAIN_MAX;
-        tokio::time::sleep(DRAIN).await;
+        let start = tokio::time::Instant::now();
         let mut seen = arrivals(runtime.pid);
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(DRAIN_QUIET).await;
-            let now = arrivals(runtime.pid);
-            if now.is_none() || now == seen {
+        let mut last_arrival = start;
+        loop {
+            tokio::time::sleep(DRAIN_QUIET / 2).await;
+            let now = tokio::time::Instant::now();
+            let arrived = arrivals(runtime.pid);
+            if arrived != seen {
+                seen = arrived;
+                last_arrival = now;
+            }
+            let drained = now - start >= DRAIN
+                && (seen.is_none() || now - last_arrival >= DRAIN_QUIET);
+            if drained || now - start >= DRAIN_MAX {
                 return;
             }
-            seen = now;
         }
     };
     tokio::select! {
