@@ -21,6 +21,7 @@ mod data_root;
 mod dataplane;
 mod dns;
 mod durable;
+mod engine;
 mod node;
 mod socket;
 pub mod swarm;
@@ -32,7 +33,6 @@ pub use tasks::docker::DEFAULT_DOCKER_HOST;
 use std::{future::Future, path::PathBuf};
 
 use shoal_api::{DaemonHost, v1::daemon_server::DaemonServer};
-use tokio_stream::wrappers::UnixListenerStream;
 
 pub use data_root::DataRootError;
 pub use node::{NodeFacts, host_name};
@@ -86,7 +86,7 @@ pub enum DaemonError {
         host: DaemonHost,
         /// What failed.
         #[source]
-        source: tonic::transport::Error,
+        source: std::io::Error,
     },
 }
 
@@ -107,7 +107,10 @@ fn raise_open_file_limit() {
 }
 
 /// Runs the daemon until `shutdown` resolves, then removes its socket.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
     // Whatever the daemon creates is its own: keys, the raft log, task state and logs.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     raise_open_file_limit();
@@ -127,7 +130,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "shoald {} serving",
         env!("CARGO_PKG_VERSION")
     );
-    let incoming = UnixListenerStream::new(listener);
     let dataplane = dataplane::NodeDataplane::new(&config.data_root);
     dataplane.restore().await;
     dataplane.collect_expired_flows();
@@ -142,13 +144,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         // The daemon still serves: `shoal swarm leave --force` is the way out.
         tracing::error!("resuming the swarm membership: {e}");
     }
-    let served = tonic::transport::Server::builder()
-        .add_service(DaemonServer::new(api::DaemonApi::new(
-            facts,
-            dataplane,
-            swarm.clone(),
-        )))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+    // One socket, two APIs: the local gRPC API (HTTP/2) and the Docker Engine API (HTTP/1.1),
+    // told apart by path.
+    let app = tonic::service::Routes::new(DaemonServer::new(api::DaemonApi::new(
+        facts.clone(),
+        dataplane,
+        swarm.clone(),
+    )))
+    .into_axum_router()
+    .fallback_service(engine::router(facts, swarm.clone()));
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
         .await;
     drop(socket_file);
     swarm.shutdown().await;

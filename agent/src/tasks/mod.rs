@@ -1328,8 +1328,8 @@ async fn drain(started: &mut Started, worker: &Worker, runtime: &Runtime) {
                 seen = arrived;
                 last_arrival = now;
             }
-            let drained = now - start >= DRAIN
-                && (seen.is_none() || now - last_arrival >= DRAIN_QUIET);
+            let drained =
+                now - start >= DRAIN && (seen.is_none() || now - last_arrival >= DRAIN_QUIET);
             if drained || now - start >= DRAIN_MAX {
                 return;
             }

@@ -1,0 +1,222 @@
+//! Issue "Speak Docker" (17), the read path: the docker CLI (Debian's 20.10, and the newest one
+//! on the machine when there is one) and bollard read a Shoal swarm through the Docker Engine
+//! API that `shoald` serves on its socket, and get what `shoal` shows.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use shoal_tests::{
+    Host, output_text,
+    service::{create_serve, wait_running},
+    swarm::Swarm,
+};
+
+/// The docker CLIs to drive Shoal with: Debian's (setup installs it) and a newer one if the
+/// machine has it.
+fn clis() -> Vec<&'static str> {
+    let found: Vec<&str> = ["/usr/bin/docker", "/usr/local/bin/docker"]
+        .into_iter()
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "no docker CLI: `cargo xtask setup` installs docker.io"
+    );
+    found
+}
+
+/// `cli args` against `host`'s shoald, as a user with `DOCKER_HOST` set runs it.
+fn docker(swarm: &Swarm, host: &Host, cli: &str, args: &[&str]) -> Output {
+    Command::new(cli)
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", swarm.lab.socket(host).display()),
+        )
+        .env(
+            "DOCKER_CONFIG",
+            std::env::temp_dir().join("shoal-test-docker-config"),
+        )
+        .args(args)
+        .output()
+        .expect("the docker CLI runs")
+}
+
+/// [`docker`]'s standard output, which must succeed.
+fn docker_ok(swarm: &Swarm, host: &Host, cli: &str, args: &[&str]) -> String {
+    let out = docker(swarm, host, cli, args);
+    assert!(
+        out.status.success(),
+        "{cli} {args:?}: {}",
+        output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// [`docker`]'s standard error, which must fail.
+fn docker_fails(swarm: &Swarm, host: &Host, cli: &str, args: &[&str]) -> String {
+    let out = docker(swarm, host, cli, args);
+    assert!(
+        !out.status.success(),
+        "{cli} {args:?} succeeded: {}",
+        output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+}
+
+fn lines(text: &str) -> BTreeSet<String> {
+    text.lines().map(|l| l.trim().to_owned()).collect()
+}
+
+/// Every docker CLI on the machine lists and inspects nodes, services, tasks and networks of a
+/// three-node swarm as Docker would show them, and gets Docker's errors for what is wrong;
+/// bollard, as a library client, lists the same nodes, services and tasks as `shoal`.
+#[test]
+fn docker_clients_read_the_swarm_through_the_engine_api() {
+    let swarm = Swarm::up(1, 2);
+    let n1 = swarm.managers[0].clone();
+    let n2 = swarm.workers[0].clone();
+    swarm.ok(&n1, &["network", "create", "--opt", "encrypted", "backend"]);
+    create_serve(
+        &swarm,
+        &n1,
+        &["--name", "web", "--replicas", "3", "--publish", "8080:80"],
+    );
+    wait_running(&swarm, &n1, "web", "three tasks", |per| {
+        per.values().sum::<usize>() == 3
+    });
+    let node_ids: BTreeSet<String> = swarm
+        .nodes(&n1)
+        .iter()
+        .map(|n| n["ID"].as_str().unwrap().to_owned())
+        .collect();
+
+    for cli in clis() {
+        let run = |args: &[&str]| docker_ok(&swarm, &n1, cli, args);
+        assert_eq!(
+            run(&[
+                "version",
+                "--format",
+                "{{.Server.APIVersion}} {{.Server.Os}}"
+            ]),
+            "1.47 linux"
+        );
+        assert_eq!(
+            run(&[
+                "info",
+                "--format",
+                "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.Nodes}} {{.Swarm.Managers}}",
+            ]),
+            "active true 3 1"
+        );
+        assert_eq!(
+            lines(&run(&[
+                "node",
+                "ls",
+                "--format",
+                "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}} {{.Self}}",
+            ])),
+            lines("n1 Ready Active Leader true\nn2 Ready Active  false\nn3 Ready Active  false"),
+        );
+        assert_eq!(
+            run(&[
+                "node",
+                "inspect",
+                "self",
+                "--format",
+                "{{.Description.Hostname}}"
+            ]),
+            "n1"
+        );
+        assert_eq!(
+            run(&[
+                "service",
+                "ls",
+                "--format",
+                "{{.Name}} {{.Mode}} {{.Replicas}} {{.Ports}}",
+            ]),
+            "web replicated 3/3 *:8080->80/tcp"
+        );
+        assert_eq!(
+            run(&[
+                "service",
+                "inspect",
+                "web",
+                "--format",
+                "{{.Spec.Name}} {{.Spec.Mode.Replicated.Replicas}}",
+            ]),
+            "web 3"
+        );
+        // `service ps` resolves the service by name and each task's node by ID.
+        let ps = run(&[
+            "service",
+            "ps",
+            "web",
+            "--format",
+            "{{.Name}} {{.DesiredState}} {{.Node}}",
+        ]);
+        let names: BTreeSet<&str> = ps.lines().map(|l| l.split(' ').next().unwrap()).collect();
+        assert_eq!(names, BTreeSet::from(["web.1", "web.2", "web.3"]), "{ps}");
+        assert!(
+            ps.lines().all(|l| l.contains(" Running n")),
+            "every task running on a named node: {ps}"
+        );
+        let networks = lines(&run(&[
+            "network",
+            "ls",
+            "--format",
+            "{{.Name}} {{.Driver}} {{.Scope}}",
+        ]));
+        assert!(networks.contains("backend overlay swarm"), "{networks:?}");
+        assert!(networks.contains("ingress overlay swarm"), "{networks:?}");
+        assert_eq!(
+            run(&[
+                "network",
+                "inspect",
+                "backend",
+                "--format",
+                "{{.Name}} {{.Scope}} {{index .Options \"encrypted\"}}|",
+            ]),
+            "backend swarm |"
+        );
+
+        // Docker's errors.
+        let missing = docker_fails(&swarm, &n1, cli, &["service", "inspect", "nosuch"]);
+        assert!(missing.contains("nosuch"), "{missing}");
+        let filter = docker_fails(&swarm, &n1, cli, &["node", "ls", "--filter", "colour=red"]);
+        assert!(filter.contains("invalid filter 'colour'"), "{filter}");
+        // A worker has no cluster view, and says so as Docker does.
+        let worker = docker_fails(&swarm, &n2, cli, &["node", "ls"]);
+        assert!(worker.contains("not a swarm manager"), "{worker}");
+    }
+
+    // bollard, as a library client: the same nodes, services and tasks as `shoal`.
+    let socket = swarm.lab.socket(&n1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (nodes, services, tasks) = runtime.block_on(async {
+        let docker = bollard::Docker::connect_with_unix(
+            socket.to_str().unwrap(),
+            30,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap();
+        (
+            docker.list_nodes(None).await.unwrap(),
+            docker.list_services(None).await.unwrap(),
+            docker.list_tasks(None).await.unwrap(),
+        )
+    });
+    let bollard_nodes: BTreeSet<String> = nodes.iter().filter_map(|n| n.id.clone()).collect();
+    assert_eq!(bollard_nodes, node_ids);
+    let shoal_services: Value =
+        serde_json::from_str(&swarm.ok(&n1, &["service", "inspect", "web"])).unwrap();
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].id.as_deref(), shoal_services[0]["ID"].as_str());
+    let shoal_tasks: BTreeSet<String> = shoal_tests::service::tasks(&swarm, &n1, "web")
+        .iter()
+        .map(|t| t["ID"].as_str().unwrap().to_owned())
+        .collect();
+    let bollard_tasks: BTreeSet<String> = tasks.iter().filter_map(|t| t.id.clone()).collect();
+    assert_eq!(bollard_tasks, shoal_tasks);
+}
