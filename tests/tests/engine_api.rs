@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use shoal_tests::{
     Host, output_text,
-    service::{create_serve, wait_running},
+    service::{create_serve, labtool_path, running_per_node, wait_running},
     swarm::Swarm,
 };
 
@@ -219,4 +219,177 @@ fn docker_clients_read_the_swarm_through_the_engine_api() {
         .collect();
     let bollard_tasks: BTreeSet<String> = tasks.iter().filter_map(|t| t.id.clone()).collect();
     assert_eq!(bollard_tasks, shoal_tasks);
+}
+
+/// `shoal service inspect NAME` as JSON (the first object).
+fn inspect_service(swarm: &Swarm, on: &Host, name: &str) -> Value {
+    let all: Value = serde_json::from_str(&swarm.ok(on, &["service", "inspect", name])).unwrap();
+    all[0].clone()
+}
+
+/// Every docker CLI on the machine changes the swarm as a Docker user would: networks, services
+/// (create waiting for convergence, scale, update, rollback, logs, rm) and nodes (labels,
+/// availability), and `shoal` sees each change; what Shoal cannot do is refused by name.
+#[test]
+fn the_docker_cli_changes_the_swarm_through_the_engine_api() {
+    let swarm = Swarm::up(1, 2);
+    let n1 = swarm.managers[0].clone();
+    let tool = labtool_path();
+    for (i, cli) in clis().into_iter().enumerate() {
+        let run = |args: &[&str]| docker_ok(&swarm, &n1, cli, args);
+        let net = format!("net{i}");
+        let api = format!("api{i}");
+        let talk = format!("talk{i}");
+        run(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--opt",
+            "encrypted",
+            &net,
+        ]);
+        let created: Value =
+            serde_json::from_str(&swarm.ok(&n1, &["network", "inspect", &net])).unwrap();
+        assert!(
+            created[0]["Spec"]["DriverConfiguration"]["Options"]
+                .get("encrypted")
+                .is_some(),
+            "{created:#}"
+        );
+
+        // Without --detach the CLI waits for convergence with its own progress display.
+        run(&[
+            "service",
+            "create",
+            "--name",
+            &api,
+            "--replicas",
+            "2",
+            "--network",
+            &net,
+            "--publish",
+            &format!("{}:80", 8080 + i),
+            "host",
+            &tool,
+            "serve",
+            "--port",
+            "80",
+        ]);
+        assert_eq!(
+            running_per_node(&swarm, &n1, &api).values().sum::<usize>(),
+            2
+        );
+        run(&["service", "scale", "--detach", &format!("{api}=3")]);
+        wait_running(&swarm, &n1, &api, "three tasks", |per| {
+            per.values().sum::<usize>() == 3
+        });
+        run(&[
+            "service",
+            "update",
+            "--detach",
+            "--env-add",
+            "VERSION=2",
+            &api,
+        ]);
+        let env = |s: &Value| s["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"].clone();
+        assert_eq!(
+            env(&inspect_service(&swarm, &n1, &api)),
+            serde_json::json!(["VERSION=2"])
+        );
+        run(&["service", "rollback", "--detach", &api]);
+        let rolled = inspect_service(&swarm, &n1, &api);
+        assert!(
+            env(&rolled).as_array().is_none_or(|e| e.is_empty()),
+            "{rolled:#}"
+        );
+
+        // Logs, through the multiplexed stream.
+        run(&[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            &talk,
+            "host",
+            "sh",
+            "-c",
+            "echo said-hello; echo said-oops >&2; sleep 3600",
+        ]);
+        wait_running(&swarm, &n1, &talk, "the talker", |per| {
+            per.values().sum::<usize>() == 1
+        });
+        let waited = shoal_tests::wait_until(
+            "the talker's lines",
+            std::time::Duration::from_secs(20),
+            || {
+                let out = docker(&swarm, &n1, cli, &["service", "logs", "--raw", &talk]);
+                let both = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                Ok(both.contains("said-hello") && both.contains("said-oops"))
+            },
+        );
+        assert!(waited.is_ok(), "{waited:?}");
+
+        // Nodes.
+        run(&["node", "update", "--label-add", &format!("zone{i}=a"), "n2"]);
+        let n2: Value = serde_json::from_str(&swarm.ok(&n1, &["node", "inspect", "n2"])).unwrap();
+        assert_eq!(n2[0]["Spec"]["Labels"][format!("zone{i}")], "a", "{n2:#}");
+        run(&["node", "update", "--availability", "drain", "n3"]);
+        assert_eq!(swarm.node(&n1, "n3").unwrap()["Availability"], "Drain");
+        run(&["node", "update", "--availability", "active", "n3"]);
+        assert_eq!(swarm.node(&n1, "n3").unwrap()["Availability"], "Active");
+
+        // What Shoal cannot do is refused by name, and nothing is created.
+        let dns = docker_fails(
+            &swarm,
+            &n1,
+            cli,
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--name",
+                "dns",
+                "--dns",
+                "192.0.2.53",
+                "host",
+                "true",
+            ],
+        );
+        assert!(dns.contains("DNSConfig.Nameservers"), "{dns}");
+        let bridge = docker_fails(
+            &swarm,
+            &n1,
+            cli,
+            &["network", "create", "-d", "bridge", "nope"],
+        );
+        assert!(bridge.contains("\"bridge\""), "{bridge}");
+
+        run(&["service", "rm", &api, &talk]);
+        // As with Docker, the network is in use until the removed services' tasks are gone.
+        let removed = shoal_tests::wait_until(
+            "the network removed",
+            std::time::Duration::from_secs(30),
+            || {
+                Ok(docker(&swarm, &n1, cli, &["network", "rm", &net])
+                    .status
+                    .success())
+            },
+        );
+        assert!(removed.is_ok(), "{removed:?}");
+        let services = swarm.ok(&n1, &["service", "ls"]);
+        assert!(
+            !services.contains(&api) && !services.contains("dns"),
+            "{services}"
+        );
+        let networks = swarm.ok(&n1, &["network", "ls"]);
+        assert!(
+            !networks.contains(&net) && !networks.contains("nope"),
+            "{networks}"
+        );
+    }
 }

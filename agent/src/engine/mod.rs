@@ -14,6 +14,8 @@
 //! `docs/api.md` lists what is served and what is not.
 
 mod filters;
+mod spec;
+mod write;
 
 use std::collections::HashMap;
 
@@ -22,7 +24,7 @@ use axum::Router;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use bollard::models;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -105,13 +107,25 @@ pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode) -> Router {
         .route("/info", get(info))
         .route("/swarm", get(swarm_inspect))
         .route("/nodes", get(node_list))
-        .route("/nodes/{id}", get(node_inspect))
+        .route("/nodes/{id}", get(node_inspect).delete(write::node_remove))
+        .route("/nodes/{id}/update", post(write::node_update))
         .route("/services", get(service_list))
-        .route("/services/{id}", get(service_inspect))
+        .route("/services/create", post(write::service_create))
+        .route(
+            "/services/{id}",
+            get(service_inspect).delete(write::service_remove),
+        )
+        .route("/services/{id}/update", post(write::service_update))
+        .route("/services/{id}/logs", get(write::logs))
         .route("/tasks", get(task_list))
         .route("/tasks/{id}", get(task_inspect))
+        .route("/tasks/{id}/logs", get(write::logs))
         .route("/networks", get(network_list))
-        .route("/networks/{id}", get(network_inspect))
+        .route("/networks/create", post(write::network_create))
+        .route(
+            "/networks/{id}",
+            get(network_inspect).delete(write::network_remove),
+        )
         .fallback(unknown_path)
         .with_state(Engine { facts, swarm });
     Router::new().fallback(move |request: Request| {

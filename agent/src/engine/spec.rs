@@ -1,0 +1,181 @@
+//! Request bodies: read as bollard's model of Docker's object first (so Docker's types are
+//! checked as Docker checks them), then as Shoal's. A field the request sets that Shoal's object
+//! would not keep is refused by name, never dropped in silence.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Reads `body` as Docker's `M`, then as Shoal's `S`, refusing fields Docker does not have and
+/// fields `S` would lose. Docker's defaults for what the request leaves out are filled in by
+/// `defaults` (on Docker's model, before it is read as Shoal's). `what` names the object in
+/// messages ("service spec").
+pub(crate) fn convert_with<M, S>(
+    body: &[u8],
+    what: &str,
+    defaults: impl FnOnce(&mut M),
+) -> Result<S, String>
+where
+    M: DeserializeOwned + Serialize,
+    S: DeserializeOwned + Serialize,
+{
+    let raw: Value = serde_json::from_slice(body).map_err(|e| format!("invalid {what}: {e}"))?;
+    let mut model: M =
+        serde_json::from_value(raw.clone()).map_err(|e| format!("invalid {what}: {e}"))?;
+    let mut unknown = Vec::new();
+    let typed = serde_json::to_value(&model).map_err(|e| format!("invalid {what}: {e}"))?;
+    lost_fields(&raw, &typed, "", &mut unknown);
+    if !unknown.is_empty() {
+        return Err(format!(
+            "invalid {what}: unknown field{} {}",
+            if unknown.len() == 1 { "" } else { "s" },
+            unknown.join(", ")
+        ));
+    }
+    defaults(&mut model);
+    let asked = serde_json::to_value(&model).map_err(|e| format!("invalid {what}: {e}"))?;
+    let ours: S =
+        serde_json::from_value(asked.clone()).map_err(|e| format!("invalid {what}: {e}"))?;
+    let kept = serde_json::to_value(&ours).map_err(|e| format!("invalid {what}: {e}"))?;
+    let mut lost = Vec::new();
+    lost_fields(&asked, &kept, "", &mut lost);
+    if lost.is_empty() {
+        Ok(ours)
+    } else {
+        Err(format!(
+            "{what}: Shoal does not support {} (yet): leave {} out",
+            lost.join(", "),
+            if lost.len() == 1 { "it" } else { "them" }
+        ))
+    }
+}
+
+/// Docker's defaults for a service spec: replicated, one replica, when the request says no more.
+pub(crate) fn service_defaults(spec: &mut bollard::models::ServiceSpec) {
+    let mode = spec.mode.get_or_insert_with(Default::default);
+    let unset = mode.replicated.is_none()
+        && mode.global.is_none()
+        && mode.replicated_job.is_none()
+        && mode.global_job.is_none();
+    if unset {
+        mode.replicated = Some(Default::default());
+    }
+    if let Some(replicated) = &mut mode.replicated {
+        replicated.replicas.get_or_insert(1);
+    }
+}
+
+/// What Docker's clients send where they mean "nothing asked": Shoal has no other setting.
+fn is_default(value: &Value, at: &str) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => {
+            s.is_empty()
+                // The only isolation and runtime there are on Linux.
+                || (at.ends_with("Isolation") && s == "default")
+                || (at.ends_with("Runtime") && s == "container")
+        }
+        Value::Array(items) => items.is_empty(),
+        Value::Object(map) => map.iter().all(|(k, v)| is_default(v, k)),
+    }
+}
+
+/// The paths of `asked`'s values that `kept` does not hold, into `lost`.
+fn lost_fields(asked: &Value, kept: &Value, at: &str, lost: &mut Vec<String>) {
+    if is_default(asked, at) || asked == kept {
+        return;
+    }
+    match (asked, kept) {
+        // An object kept in part, or not at all: named down to its leaves.
+        (Value::Object(asked), kept) => {
+            for (key, value) in asked {
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                lost_fields(value, kept.get(key).unwrap_or(&Value::Null), &path, lost);
+            }
+        }
+        (Value::Array(asked), Value::Array(kept)) if asked.len() == kept.len() => {
+            for (i, (a, k)) in asked.iter().zip(kept).enumerate() {
+                lost_fields(a, k, &format!("{at}[{i}]"), lost);
+            }
+        }
+        (Value::Number(a), Value::Number(k)) if a.as_f64() == k.as_f64() => {}
+        _ => lost.push(at.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models;
+
+    fn service(json: &str) -> Result<shoal_api::service::ServiceSpec, String> {
+        convert_with::<models::ServiceSpec, shoal_api::service::ServiceSpec>(
+            json.as_bytes(),
+            "service spec",
+            service_defaults,
+        )
+    }
+
+    #[test]
+    fn a_service_without_replicas_has_one() {
+        let replicas = |mode: &str| {
+            let json = format!(
+                r#"{{"Name":"a","TaskTemplate":{{"ContainerSpec":{{"Image":"host"}}}}{mode}}}"#
+            );
+            service(&json).unwrap().replicas()
+        };
+        assert_eq!(replicas(r#","Mode":{"Replicated":{}}"#), Some(1));
+        assert_eq!(replicas(""), Some(1));
+        assert_eq!(replicas(r#","Mode":{"Global":{}}"#), None);
+    }
+
+    /// What `docker service create --name web --replicas 3 --publish 8080:80 --env A=1` sends.
+    #[test]
+    fn the_docker_clis_service_spec_is_kept_whole() {
+        let spec = service(
+            r#"{"Name":"web","Labels":{},"TaskTemplate":{"ContainerSpec":{"Image":"host",
+            "Args":["serve"],"Env":["A=1"],"Init":false,"DNSConfig":{},"Isolation":"default"},
+            "Resources":{"Limits":{},"Reservations":{}},"RestartPolicy":{"Condition":"any",
+            "MaxAttempts":0},"Placement":{},"Networks":[{"Target":"backend"}],"ForceUpdate":0,
+            "Runtime":"container"},"Mode":{"Replicated":{"Replicas":3}},
+            "UpdateConfig":{"Parallelism":1,"FailureAction":"pause","Monitor":5000000000,
+            "MaxFailureRatio":0,"Order":"stop-first"},"EndpointSpec":{"Mode":"vip",
+            "Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,
+            "PublishMode":"ingress"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.name, "web");
+        assert_eq!(spec.replicas(), Some(3));
+        assert_eq!(spec.task_template.container_spec.env, ["A=1"]);
+        assert_eq!(spec.endpoint_spec.ports[0].published_port, 8080);
+        assert_eq!(spec.task_template.networks[0].target, "backend");
+    }
+
+    #[test]
+    fn what_shoal_would_drop_is_refused_by_name() {
+        let e = service(
+            r#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"host",
+            "DNSConfig":{"Nameservers":["8.8.8.8"]}}},"Mode":{"Replicated":{"Replicas":1}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("TaskTemplate.ContainerSpec.DNSConfig.Nameservers"),
+            "{e}"
+        );
+        // Docker's types are checked first.
+        let e =
+            service(r#"{"Name":"web","Mode":{"Replicated":{"Replicas":"three"}}}"#).unwrap_err();
+        assert!(e.starts_with("invalid service spec"), "{e}");
+        assert!(service("{").is_err());
+        // Fields Docker does not have are bad input, not ignored.
+        let e = service(r#"{"Name":"web","Nmae":"x","Mode":{"Replicated":{"Replicas":1}}}"#)
+            .unwrap_err();
+        assert_eq!(e, "invalid service spec: unknown field Nmae");
+    }
+}
