@@ -393,3 +393,103 @@ fn the_docker_cli_changes_the_swarm_through_the_engine_api() {
         );
     }
 }
+
+/// A swarm formed and changed with the docker CLI alone: `swarm init` (advertise and data path
+/// addresses), `join-token`, `join`, `swarm update`, `node promote/demote`, `swarm leave`.
+#[test]
+fn the_docker_cli_forms_the_swarm() {
+    let cli = clis()[0];
+    let swarm = Swarm::daemons(3);
+    let nodes = swarm.lab.nodes().to_vec();
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let run = |host: &Host, args: &[&str]| docker_ok(&swarm, host, cli, args);
+    let inactive = run(n1, &["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    assert_eq!(inactive, "inactive");
+    let data_ip = n1.data_ip.unwrap_or(n1.public_ip).to_string();
+    let said = run(
+        n1,
+        &[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "eth0",
+            "--data-path-addr",
+            &data_ip,
+        ],
+    );
+    assert!(said.contains("Swarm initialized"), "{said}");
+    let token = run(n1, &["swarm", "join-token", "-q", "worker"]);
+    let manager_token = run(n1, &["swarm", "join-token", "-q", "manager"]);
+    assert!(
+        token.starts_with("SWMTKN-1-") && token != manager_token,
+        "{token}"
+    );
+    let remote = format!("{}:2377", n1.public_ip);
+    for node in [n2, n3] {
+        run(
+            node,
+            &[
+                "swarm",
+                "join",
+                "--token",
+                &token,
+                "--advertise-addr",
+                "eth0",
+                &remote,
+            ],
+        );
+    }
+    swarm.wait_nodes(n1, "three nodes Ready", |nodes| {
+        nodes.len() == 3 && nodes.iter().all(|n| n["Status"] == "Ready")
+    });
+    assert_eq!(
+        run(
+            n2,
+            &[
+                "info",
+                "--format",
+                "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}"
+            ]
+        ),
+        "active false"
+    );
+    let n1_inspect: Value =
+        serde_json::from_str(&swarm.ok(n1, &["node", "inspect", "n1"])).unwrap();
+    assert_eq!(
+        n1_inspect[0]["Description"]["DataPathAddr"], data_ip,
+        "{n1_inspect:#}"
+    );
+
+    run(n1, &["swarm", "update", "--task-history-limit", "3"]);
+    let cluster: Value = serde_json::from_str(&swarm.ok(n1, &["swarm", "inspect"])).unwrap();
+    assert_eq!(
+        cluster[0]["Spec"]["Orchestration"]["TaskHistoryRetentionLimit"], 3,
+        "{cluster:#}"
+    );
+    let autolock = docker_fails(&swarm, n1, cli, &["swarm", "update", "--autolock=true"]);
+    assert!(autolock.contains("AutoLockManagers"), "{autolock}");
+
+    run(n1, &["node", "promote", "n2"]);
+    swarm.wait_nodes(n1, "n2 a reachable manager", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n2" && n["ManagerStatus"] == "Reachable")
+    });
+    run(n1, &["node", "demote", "n2"]);
+    swarm.wait_nodes(n1, "n2 a worker again", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n2" && n["ManagerStatus"] == "")
+    });
+
+    run(n3, &["swarm", "leave"]);
+    assert_eq!(
+        run(n3, &["info", "--format", "{{.Swarm.LocalNodeState}}"]),
+        "inactive"
+    );
+    swarm.wait_nodes(n1, "n3 down", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["Hostname"] == "n3" && n["Status"] == "Down")
+    });
+}

@@ -13,6 +13,7 @@
 //!
 //! `docs/api.md` lists what is served and what is not.
 
+mod cluster;
 mod filters;
 mod spec;
 mod write;
@@ -106,6 +107,10 @@ pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode) -> Router {
         .route("/version", get(version))
         .route("/info", get(info))
         .route("/swarm", get(swarm_inspect))
+        .route("/swarm/init", post(cluster::init))
+        .route("/swarm/join", post(cluster::join))
+        .route("/swarm/leave", post(cluster::leave))
+        .route("/swarm/update", post(cluster::update))
         .route("/nodes", get(node_list))
         .route("/nodes/{id}", get(node_inspect).delete(write::node_remove))
         .route("/nodes/{id}/update", post(write::node_update))

@@ -1,0 +1,353 @@
+//! `/swarm`: init, join, leave and update, as `docker swarm ...` sends them. Docker's requests
+//! carry every setting with its default; a setting Shoal cannot honour is refused by name
+//! unless it is Docker's default.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use bollard::models;
+use serde::Deserialize;
+use serde_json::Value;
+use shoal_api::swarm::{Call, InitArgs, JoinArgs, Role, UpdateArgs};
+
+use super::{ApiError, Engine, truthy};
+
+/// Seconds in a Docker duration (integer nanoseconds), refusing what is not whole seconds.
+fn whole_seconds(nanos: Option<i64>, what: &str) -> Result<Option<u64>, String> {
+    match nanos {
+        None | Some(0) => Ok(None),
+        Some(n) if n > 0 && n % 1_000_000_000 == 0 => Ok(Some((n / 1_000_000_000) as u64)),
+        Some(n) => Err(format!("{what} {n}ns: Shoal takes whole seconds")),
+    }
+}
+
+/// Top-level fields of a request besides those of bollard's model, with the values Shoal takes.
+fn check_extras(raw: &Value, model_keys: &[&str]) -> Result<(), String> {
+    let Value::Object(map) = raw else {
+        return Err("want a JSON object".into());
+    };
+    for (key, value) in map {
+        if model_keys.contains(&key.as_str()) {
+            continue;
+        }
+        let fine = match key.as_str() {
+            // `--availability` at init and join: only active (a node is drained after it joins).
+            "Availability" => matches!(value.as_str(), None | Some("" | "active")),
+            // `--autolock`: encryption at rest with a key is not there yet.
+            "AutoLockManagers" => value.as_bool() != Some(true),
+            _ => return Err(format!("unknown field {key}")),
+        };
+        if !fine {
+            return Err(format!("Shoal does not support {key}={value} (yet)"));
+        }
+    }
+    Ok(())
+}
+
+/// The parts of a swarm spec Shoal keeps: heartbeat, snapshot interval, certificate expiry and
+/// task history; the rest must be Docker's defaults.
+struct SpecArgs {
+    dispatcher_heartbeat_s: Option<u64>,
+    snapshot_interval: Option<u64>,
+    cert_expiry_s: Option<u64>,
+    task_history_limit: Option<u64>,
+}
+
+fn spec_args(spec: Option<models::SwarmSpec>) -> Result<SpecArgs, String> {
+    let spec = spec.unwrap_or_default();
+    let raft = spec.raft.unwrap_or_default();
+    let ca = spec.ca_config.unwrap_or_default();
+    let unsupported = [
+        (
+            raft.election_tick.is_some_and(|t| t != 0 && t != 10),
+            "Raft.ElectionTick",
+        ),
+        (
+            raft.heartbeat_tick.is_some_and(|t| t != 0 && t != 1),
+            "Raft.HeartbeatTick",
+        ),
+        (
+            raft.keep_old_snapshots.is_some_and(|k| k != 0),
+            "Raft.KeepOldSnapshots",
+        ),
+        (
+            ca.external_cas.as_ref().is_some_and(|c| !c.is_empty()),
+            "CAConfig.ExternalCAs",
+        ),
+        (
+            ca.signing_ca_cert.as_ref().is_some_and(|c| !c.is_empty()),
+            "CAConfig.SigningCACert",
+        ),
+        (
+            spec.encryption_config
+                .and_then(|e| e.auto_lock_managers)
+                .unwrap_or(false),
+            "EncryptionConfig.AutoLockManagers",
+        ),
+    ];
+    if let Some((_, field)) = unsupported.iter().find(|(set, _)| *set) {
+        return Err(format!("Shoal does not support {field} (yet)"));
+    }
+    Ok(SpecArgs {
+        dispatcher_heartbeat_s: whole_seconds(
+            spec.dispatcher.and_then(|d| d.heartbeat_period),
+            "Dispatcher.HeartbeatPeriod",
+        )?,
+        snapshot_interval: raft.snapshot_interval.filter(|s| *s != 0),
+        cert_expiry_s: whole_seconds(ca.node_cert_expiry, "CAConfig.NodeCertExpiry")?,
+        task_history_limit: spec
+            .orchestration
+            .and_then(|o| o.task_history_retention_limit)
+            .map(|l| l.max(0) as u64),
+    })
+}
+
+/// Reads `body` as `M` after checking its top-level fields.
+fn request<M: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+    keys: &[&str],
+) -> Result<M, ApiError> {
+    let raw: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid {what}: {e}")))?;
+    check_extras(&raw, keys).map_err(|e| ApiError::bad_request(format!("invalid {what}: {e}")))?;
+    serde_json::from_value(raw).map_err(|e| ApiError::bad_request(format!("invalid {what}: {e}")))
+}
+
+/// Docker's empty addresses mean "not given".
+fn given(addr: Option<String>) -> Option<String> {
+    addr.filter(|a| !a.is_empty())
+}
+
+pub(super) async fn init(
+    State(engine): State<Engine>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let asked: models::SwarmInitRequest = request(
+        &body,
+        "swarm init request",
+        &[
+            "ListenAddr",
+            "AdvertiseAddr",
+            "DataPathAddr",
+            "DataPathPort",
+            "DefaultAddrPool",
+            "ForceNewCluster",
+            "SubnetSize",
+            "Spec",
+        ],
+    )?;
+    if asked.force_new_cluster == Some(true) {
+        return Err(ApiError::bad_request(
+            "Shoal does not support --force-new-cluster (yet)",
+        ));
+    }
+    let spec = spec_args(asked.spec).map_err(ApiError::bad_request)?;
+    let data_path_port = match asked.data_path_port.unwrap_or(0) {
+        0 => None,
+        port => Some(u16::try_from(port).map_err(|_| {
+            ApiError::bad_request(format!("invalid DataPathPort {port}: not a port"))
+        })?),
+    };
+    let pool = asked.default_addr_pool.unwrap_or_default();
+    let args = InitArgs {
+        advertise_addr: given(asked.advertise_addr),
+        listen_addr: given(asked.listen_addr),
+        data_path_addr: given(asked.data_path_addr),
+        data_path_port,
+        dispatcher_heartbeat_s: spec.dispatcher_heartbeat_s,
+        snapshot_interval: spec.snapshot_interval,
+        cert_expiry_s: spec.cert_expiry_s,
+        // The docker CLI sends its default subnet size (24) with or without a pool.
+        default_addr_pool_mask_length: asked
+            .subnet_size
+            .filter(|s| *s != 0 && !pool.is_empty())
+            .map(|s| u8::try_from(s).unwrap_or(u8::MAX)),
+        default_addr_pool: pool,
+    };
+    let node_id = engine.swarm.call(Call::Init(args)).await?;
+    // Docker's default history limit is Shoal's too; another one is set once the swarm is up.
+    if let Some(limit) = spec.task_history_limit.filter(|l| *l != 5) {
+        engine
+            .swarm
+            .call(Call::Update(UpdateArgs {
+                task_history_limit: Some(limit),
+                ..Default::default()
+            }))
+            .await?;
+    }
+    Ok(Json(node_id))
+}
+
+pub(super) async fn join(
+    State(engine): State<Engine>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let asked: models::SwarmJoinRequest = request(
+        &body,
+        "swarm join request",
+        &[
+            "ListenAddr",
+            "AdvertiseAddr",
+            "DataPathAddr",
+            "RemoteAddrs",
+            "JoinToken",
+        ],
+    )?;
+    let remote = asked
+        .remote_addrs
+        .unwrap_or_default()
+        .into_iter()
+        .find(|a| !a.is_empty())
+        .ok_or_else(|| ApiError::bad_request("invalid swarm join request: no RemoteAddrs"))?;
+    let args = JoinArgs {
+        token: asked.join_token.unwrap_or_default(),
+        remote,
+        advertise_addr: given(asked.advertise_addr),
+        listen_addr: given(asked.listen_addr),
+        data_path_addr: given(asked.data_path_addr),
+    };
+    engine.swarm.call(Call::Join(args)).await?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct LeaveQuery {
+    force: Option<String>,
+}
+
+pub(super) async fn leave(
+    State(engine): State<Engine>,
+    Query(query): Query<LeaveQuery>,
+) -> Result<StatusCode, ApiError> {
+    let force = truthy(query.force.as_deref());
+    engine.swarm.call(Call::Leave { force }).await?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct UpdateQuery {
+    version: Option<String>,
+    rotate_worker_token: Option<String>,
+    rotate_manager_token: Option<String>,
+    rotate_manager_unlock_key: Option<String>,
+}
+
+pub(super) async fn update(
+    State(engine): State<Engine>,
+    Query(query): Query<UpdateQuery>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let version: u64 = query
+        .version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid version: want the swarm's Version.Index"))?;
+    if truthy(query.rotate_manager_unlock_key.as_deref()) {
+        return Err(ApiError::bad_request(
+            "Shoal does not support autolock (yet): there is no unlock key to rotate",
+        ));
+    }
+    let asked: models::SwarmSpec = request(
+        &body,
+        "swarm spec",
+        &[
+            "Name",
+            "Labels",
+            "Orchestration",
+            "Raft",
+            "Dispatcher",
+            "CAConfig",
+            "EncryptionConfig",
+            "TaskDefaults",
+        ],
+    )?;
+    let current: models::Swarm = super::call(&engine, Call::Inspect).await?;
+    if current.version.and_then(|v| v.index) != Some(version) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "update out of sequence",
+        ));
+    }
+    let spec = spec_args(Some(asked)).map_err(ApiError::bad_request)?;
+    engine
+        .swarm
+        .call(Call::Update(UpdateArgs {
+            dispatcher_heartbeat_s: spec.dispatcher_heartbeat_s,
+            snapshot_interval: spec.snapshot_interval,
+            cert_expiry_s: spec.cert_expiry_s,
+            task_history_limit: spec.task_history_limit,
+        }))
+        .await?;
+    for (asked, role) in [
+        (&query.rotate_worker_token, Role::Worker),
+        (&query.rotate_manager_token, Role::Manager),
+    ] {
+        if truthy(asked.as_deref()) {
+            engine
+                .swarm
+                .call(Call::JoinToken { role, rotate: true })
+                .await?;
+        }
+    }
+    Ok(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockers_defaults_pass_and_the_rest_is_named() {
+        let spec: models::SwarmSpec = serde_json::from_str(
+            r#"{"Orchestration":{"TaskHistoryRetentionLimit":5},"Raft":{"SnapshotInterval":10000,
+            "ElectionTick":10,"HeartbeatTick":1,"KeepOldSnapshots":0,
+            "LogEntriesForSlowFollowers":500},"Dispatcher":{"HeartbeatPeriod":5000000000},
+            "CAConfig":{"NodeCertExpiry":7776000000000000},"EncryptionConfig":
+            {"AutoLockManagers":false},"TaskDefaults":{}}"#,
+        )
+        .unwrap();
+        let args = spec_args(Some(spec)).unwrap();
+        assert_eq!(args.dispatcher_heartbeat_s, Some(5));
+        assert_eq!(args.cert_expiry_s, Some(7_776_000));
+        assert_eq!(args.snapshot_interval, Some(10_000));
+        assert_eq!(args.task_history_limit, Some(5));
+        let autolock: models::SwarmSpec =
+            serde_json::from_str(r#"{"EncryptionConfig":{"AutoLockManagers":true}}"#).unwrap();
+        assert!(
+            spec_args(Some(autolock))
+                .err()
+                .unwrap()
+                .contains("AutoLockManagers")
+        );
+        let half: models::SwarmSpec =
+            serde_json::from_str(r#"{"Dispatcher":{"HeartbeatPeriod":1500000000}}"#).unwrap();
+        assert!(
+            spec_args(Some(half))
+                .err()
+                .unwrap()
+                .contains("whole seconds")
+        );
+    }
+
+    #[test]
+    fn extra_fields_are_docker_defaults_or_refused() {
+        let keys = ["ListenAddr"];
+        let ok = serde_json::json!({"ListenAddr": "0.0.0.0:2377", "Availability": "active",
+            "AutoLockManagers": false});
+        assert!(check_extras(&ok, &keys).is_ok());
+        let drain = serde_json::json!({"Availability": "drain"});
+        assert!(
+            check_extras(&drain, &keys)
+                .unwrap_err()
+                .contains("Availability")
+        );
+        let typo = serde_json::json!({"ListenAdr": "x"});
+        assert_eq!(
+            check_extras(&typo, &keys).unwrap_err(),
+            "unknown field ListenAdr"
+        );
+    }
+}
