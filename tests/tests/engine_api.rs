@@ -370,17 +370,8 @@ fn the_docker_cli_changes_the_swarm_through_the_engine_api() {
         assert!(bridge.contains("\"bridge\""), "{bridge}");
 
         run(&["service", "rm", &api, &talk]);
-        // As with Docker, the network is in use until the removed services' tasks are gone.
-        let removed = shoal_tests::wait_until(
-            "the network removed",
-            std::time::Duration::from_secs(30),
-            || {
-                Ok(docker(&swarm, &n1, cli, &["network", "rm", &net])
-                    .status
-                    .success())
-            },
-        );
-        assert!(removed.is_ok(), "{removed:?}");
+        // Tasks of removed services do not hold their network.
+        run(&["network", "rm", &net]);
         let services = swarm.ok(&n1, &["service", "ls"]);
         assert!(
             !services.contains(&api) && !services.contains("dns"),
@@ -492,4 +483,86 @@ fn the_docker_cli_forms_the_swarm() {
             .iter()
             .any(|n| n["Hostname"] == "n3" && n["Status"] == "Down")
     });
+}
+
+/// `docker stack deploy` of a compose file (two services on an overlay network, one published)
+/// runs on Shoal: the CLI translates the file, Shoal resolves the network by name; `stack ls`,
+/// `stack services`, `stack ps` and `stack rm` work.
+#[test]
+fn the_docker_cli_deploys_a_stack() {
+    let swarm = Swarm::up(1, 2);
+    let n1 = swarm.managers[0].clone();
+    let tool = labtool_path();
+    let dir = std::env::temp_dir().join(format!("shoal-test-stack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let compose = dir.join("compose.yml");
+    std::fs::write(
+        &compose,
+        format!(
+            r#"version: "3.8"
+services:
+  web:
+    image: host
+    command: ["{tool}", "serve", "--port", "80"]
+    ports: ["8090:80"]
+    networks: [front]
+    deploy:
+      replicas: 2
+      labels:
+        tier: web
+  api:
+    image: host
+    command: ["{tool}", "serve", "--port", "80"]
+    networks: [front]
+networks:
+  front:
+    driver: overlay
+"#
+        ),
+    )
+    .unwrap();
+    let cli = clis()[0];
+    let run = |args: &[&str]| docker_ok(&swarm, &n1, cli, args);
+    let deployed = run(&["stack", "deploy", "-c", compose.to_str().unwrap(), "demo"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(deployed.contains("Creating service demo_web"), "{deployed}");
+    wait_running(&swarm, &n1, "demo_web", "two web tasks", |per| {
+        per.values().sum::<usize>() == 2
+    });
+    wait_running(&swarm, &n1, "demo_api", "one api task", |per| {
+        per.values().sum::<usize>() == 1
+    });
+    let web = inspect_service(&swarm, &n1, "demo_web");
+    assert_eq!(
+        web["Spec"]["Labels"]["com.docker.stack.namespace"], "demo",
+        "{web:#}"
+    );
+    assert_eq!(web["Spec"]["Labels"]["tier"], "web", "{web:#}");
+    assert_eq!(
+        run(&["stack", "ls", "--format", "{{.Name}} {{.Services}}"]),
+        "demo 2"
+    );
+    assert_eq!(
+        lines(&run(&[
+            "stack",
+            "services",
+            "demo",
+            "--format",
+            "{{.Name}} {{.Replicas}}"
+        ])),
+        lines("demo_api 1/1\ndemo_web 2/2")
+    );
+    let ps = run(&["stack", "ps", "demo", "--format", "{{.Name}}"]);
+    assert_eq!(ps.lines().count(), 3, "{ps}");
+    run(&["stack", "rm", "demo"]);
+    let gone = shoal_tests::wait_until(
+        "the stack removed",
+        std::time::Duration::from_secs(30),
+        || {
+            let services = swarm.ok(&n1, &["service", "ls"]);
+            let networks = swarm.ok(&n1, &["network", "ls"]);
+            Ok(!services.contains("demo_") && !networks.contains("demo_front"))
+        },
+    );
+    assert!(gone.is_ok(), "{gone:?}");
 }

@@ -111,7 +111,8 @@ impl Engine {
             .chain(spec.args.iter())
             .cloned()
             .collect();
-        let labels = HashMap::from([
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.extend([
             (LABEL_TASK.to_owned(), task.id.clone()),
             (LABEL_SERVICE.to_owned(), task.service_name.clone()),
             (LABEL_NODE.to_owned(), node.to_owned()),

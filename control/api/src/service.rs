@@ -542,6 +542,10 @@ pub struct ContainerSpec {
     /// ARG...
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// `--container-label KEY=VALUE`: the docker executor's container carries them (beside
+    /// Shoal's own, which win); the exec executor keeps them as the task's metadata.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// `--env KEY=VALUE`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,

@@ -265,6 +265,10 @@ fn check_bounds(spec: &ServiceSpec) -> Result<(), Status> {
         limits::MAX_PORTS,
     )?;
     limits::check_labels("the service's labels", &spec.labels)?;
+    limits::check_labels(
+        "the container's labels",
+        &spec.task_template.container_spec.labels,
+    )?;
     if let Some(replicas) = spec.replicas()
         && replicas > limits::MAX_REPLICAS
     {
@@ -1022,8 +1026,13 @@ async fn remove_networks(inner: &Inner, ids: &[String]) -> Result<Value, Status>
         let tasks = world
             .tasks
             .values()
+            // Tasks being stopped, or whose service is removed (the orchestrator stops them
+            // next), do not hold it: `docker stack rm` removes a stack's services, then at once
+            // its networks.
             .filter(|t| {
                 !t.value.status.state.is_terminal()
+                    && t.value.desired_state <= TaskState::Running
+                    && world.services.contains_key(&t.value.service_id)
                     && t.value
                         .networks_attachments
                         .iter()
