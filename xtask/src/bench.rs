@@ -35,6 +35,9 @@ pub(crate) enum Suite {
     /// Seconds for a rolling update of 100 tasks (parallelism 10) and the requests it failed,
     /// vs Docker's swarm mode on the same engine
     Update,
+    /// Docker Engine API requests per second (`GET /services`, `GET /tasks`) on 100 services
+    /// and 1,000 tasks, vs Docker's swarm mode on the same engine
+    Api,
 }
 
 impl Suite {
@@ -49,6 +52,7 @@ impl Suite {
             Self::Hardening => "hardening",
             Self::Eastwest => "eastwest",
             Self::Update => "update",
+            Self::Api => "api",
         }
     }
 }
@@ -83,7 +87,8 @@ pub(crate) fn run(suite: Suite) -> anyhow::Result<()> {
         | Suite::Converge
         | Suite::Hardening
         | Suite::Eastwest
-        | Suite::Update => {
+        | Suite::Update
+        | Suite::Api => {
             run_command(cargo().args(["build", "--release", "--bins"]))?;
             run_command(
                 cargo()
