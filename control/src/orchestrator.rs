@@ -83,40 +83,53 @@ fn decode<T: DeserializeOwned>(object: &Object) -> Option<Versioned<T>> {
     }
 }
 
+/// Every object of `kind`, decoded, `fix` giving each its ID and version.
+fn all<T: DeserializeOwned>(
+    tx: &ReadTx<'_>,
+    kind: Kind,
+    mut fix: impl FnMut(&mut T, &Object),
+) -> BTreeMap<String, Versioned<T>> {
+    tx.list(kind)
+        .filter_map(|o| {
+            let mut v = decode::<T>(o)?;
+            fix(&mut v.value, o);
+            Some((o.id.clone(), v))
+        })
+        .collect()
+}
+
+fn version(o: &Object) -> Version {
+    Version { index: o.version }
+}
+
+fn services(tx: &ReadTx<'_>) -> BTreeMap<String, Versioned<Service>> {
+    all(tx, Kind::Service, |s: &mut Service, o| {
+        s.id.clone_from(&o.id);
+        s.version = version(o);
+    })
+}
+
+fn networks(tx: &ReadTx<'_>) -> BTreeMap<String, Versioned<Network>> {
+    all(tx, Kind::Network, |n: &mut Network, o| {
+        n.id.clone_from(&o.id);
+        n.version = version(o);
+    })
+}
+
 impl World {
     /// Reads the world from a view of the store. IDs and versions come from the objects.
     pub fn read(tx: &ReadTx<'_>) -> Self {
-        fn all<T: DeserializeOwned>(
-            tx: &ReadTx<'_>,
-            kind: Kind,
-            mut fix: impl FnMut(&mut T, &Object),
-        ) -> BTreeMap<String, Versioned<T>> {
-            tx.list(kind)
-                .filter_map(|o| {
-                    let mut v = decode::<T>(o)?;
-                    fix(&mut v.value, o);
-                    Some((o.id.clone(), v))
-                })
-                .collect()
-        }
-        let version = |o: &Object| Version { index: o.version };
         Self {
             nodes: all(tx, Kind::Node, |n: &mut Node, o| {
                 n.id.clone_from(&o.id);
                 n.version = version(o);
             }),
-            services: all(tx, Kind::Service, |s: &mut Service, o| {
-                s.id.clone_from(&o.id);
-                s.version = version(o);
-            }),
+            services: services(tx),
             tasks: all(tx, Kind::Task, |t: &mut Task, o| {
                 t.id.clone_from(&o.id);
                 t.version = version(o);
             }),
-            networks: all(tx, Kind::Network, |n: &mut Network, o| {
-                n.id.clone_from(&o.id);
-                n.version = version(o);
-            }),
+            networks: networks(tx),
             // Two fields of the cluster object (`shoal_api::swarm::Cluster`), not the whole of
             // it (its keys and certificates) on every read.
             address_pools: tx
@@ -138,6 +151,23 @@ impl World {
                     o.body["Spec"]["Orchestration"]["TaskHistoryRetentionLimit"].as_u64()?;
                 usize::try_from(limit).ok()
             }),
+        }
+    }
+
+    /// Only the services: for the reads that need nothing else (`service ls`, `inspect`),
+    /// without decoding every task.
+    pub fn read_services(tx: &ReadTx<'_>) -> Self {
+        Self {
+            services: services(tx),
+            ..Self::default()
+        }
+    }
+
+    /// Only the networks (`network ls`, `inspect`).
+    pub fn read_networks(tx: &ReadTx<'_>) -> Self {
+        Self {
+            networks: networks(tx),
+            ..Self::default()
         }
     }
 

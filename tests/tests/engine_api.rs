@@ -219,6 +219,87 @@ fn docker_clients_read_the_swarm_through_the_engine_api() {
         .collect();
     let bollard_tasks: BTreeSet<String> = tasks.iter().filter_map(|t| t.id.clone()).collect();
     assert_eq!(bollard_tasks, shoal_tasks);
+
+    // Bad input over HTTP: Docker's status codes and messages, and nothing changed.
+    let before = inspect_service(&swarm, &n1, "web");
+    let (stale, unknown_field, missing, huge) = runtime.block_on(async {
+        let docker = bollard::Docker::connect_with_unix(
+            socket.to_str().unwrap(),
+            30,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap();
+        let current = docker.inspect_service("web", None).await.unwrap();
+        let mut spec = current.spec.clone().unwrap();
+        spec.labels = Some([("changed".to_owned(), "yes".to_owned())].into());
+        let at = current.version.unwrap().index.unwrap() as i32;
+        let options = bollard::query_parameters::UpdateServiceOptionsBuilder::default()
+            .version(at - 1)
+            .build();
+        let stale = docker.update_service("web", spec, options, None).await;
+        let missing = docker.inspect_service("nosuch", None).await;
+        (
+            stale,
+            raw_post(
+                &socket,
+                "/v1.41/services/create",
+                br#"{"Name":"x","Nmae":"y"}"#,
+            )
+            .await,
+            missing,
+            raw_post(&socket, "/services/create", &vec![b' '; 3 << 20]).await,
+        )
+    });
+    let status = |r: Result<(), bollard::errors::Error>| match r {
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        }) => (status_code, message),
+        other => panic!("not a refusal: {other:?}"),
+    };
+    let (code, message) = status(stale.map(drop));
+    assert_eq!(code, 409, "{message}");
+    assert!(message.contains("out of sequence"), "{message}");
+    let (code, message) = status(missing.map(drop));
+    assert_eq!(code, 404, "{message}");
+    assert!(message.contains("nosuch"), "{message}");
+    assert_eq!(unknown_field.0, 400, "{}", unknown_field.1);
+    assert!(
+        unknown_field.1.contains("unknown field Nmae"),
+        "{}",
+        unknown_field.1
+    );
+    assert_eq!(huge.0, 413, "{}", huge.1);
+    assert_eq!(
+        inspect_service(&swarm, &n1, "web"),
+        before,
+        "nothing changed"
+    );
+    let services = swarm.ok(&n1, &["service", "ls"]);
+    assert!(!services.contains(" x "), "{services}");
+}
+
+/// POSTs `body` to `path` on the Engine API at `socket`: the status and the body.
+async fn raw_post(socket: &Path, path: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (and close) before it has read a body it refuses.
+    let _ = stream.write_all(body).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, answer)
 }
 
 /// `shoal service inspect NAME` as JSON (the first object).

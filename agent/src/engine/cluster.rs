@@ -240,11 +240,7 @@ pub(super) async fn update(
     Query(query): Query<UpdateQuery>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let version: u64 = query
-        .version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| ApiError::bad_request("invalid version: want the swarm's Version.Index"))?;
+    let version = super::write::version_of(query.version.as_deref())?;
     if truthy(query.rotate_manager_unlock_key.as_deref()) {
         return Err(ApiError::bad_request(
             "Shoal does not support autolock (yet): there is no unlock key to rotate",

@@ -26,11 +26,8 @@ pub(super) struct VersionQuery {
 }
 
 /// The `version=` an update must name (Docker's clients always send it).
-fn version_of(query: &VersionQuery) -> Result<u64, ApiError> {
-    let raw = query
-        .version
-        .as_deref()
-        .ok_or_else(|| ApiError::bad_request("invalid version: missing"))?;
+pub(super) fn version_of(raw: Option<&str>) -> Result<u64, ApiError> {
+    let raw = raw.ok_or_else(|| ApiError::bad_request("invalid version: missing"))?;
     raw.parse()
         .map_err(|_| ApiError::bad_request(format!("invalid version {raw:?}: not a number")))
 }
@@ -61,7 +58,7 @@ pub(super) async fn service_update(
     Query(query): Query<VersionQuery>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let version = version_of(&query)?;
+    let version = version_of(query.version.as_deref())?;
     // The body is the current spec; the rollback is to the previous one.
     let spec: ServiceSpec = spec::convert_with::<models::ServiceSpec, ServiceSpec>(
         &body,
@@ -106,8 +103,9 @@ pub(super) async fn service_update(
     Ok(Json(json!({ "Warnings": [] })))
 }
 
-fn out_of_sequence() -> ApiError {
-    ApiError::bad_request("update out of sequence")
+/// A stale `version=`: as the managers answer it (409).
+pub(super) fn out_of_sequence() -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "update out of sequence")
 }
 
 pub(super) async fn service_remove(
@@ -206,7 +204,7 @@ pub(super) async fn node_update(
     Query(query): Query<VersionQuery>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let version = version_of(&query)?;
+    let version = version_of(query.version.as_deref())?;
     let spec: models::NodeSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid node spec: {e}")))?;
     let found: Vec<models::Node> = call(&engine, Call::NodeInspect { ids: vec![id] }).await?;

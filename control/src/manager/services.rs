@@ -114,13 +114,13 @@ pub(super) async fn call(inner: &Inner, call: &Call, me: &str) -> Option<Result<
     Some(match call {
         Call::ServiceCreate(spec) => create_service(inner, (**spec).clone()).await,
         Call::ServiceList => {
-            let world = world(inner);
+            let world = inner.store.view(World::read_services);
             let mut all: Vec<&Service> = world.services.values().map(|s| &s.value).collect();
             all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
             ops::encode(&all)
         }
         Call::ServiceInspect { ids } => {
-            let world = world(inner);
+            let world = inner.store.view(World::read_services);
             ids.iter()
                 .map(|id| find_service(&world, id).cloned())
                 .collect::<Result<Vec<_>, _>>()
@@ -153,13 +153,13 @@ pub(super) async fn call(inner: &Inner, call: &Call, me: &str) -> Option<Result<
         Call::TaskList(filter) => list_tasks(inner, filter, me),
         Call::NetworkCreate(spec) => create_network(inner, spec.clone()).await,
         Call::NetworkList => {
-            let world = world(inner);
+            let world = inner.store.view(World::read_networks);
             let mut all: Vec<&Network> = world.networks.values().map(|n| &n.value).collect();
             all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
             ops::encode(&all)
         }
         Call::NetworkInspect { ids } => {
-            let world = world(inner);
+            let world = inner.store.view(World::read_networks);
             ids.iter()
                 .map(|id| find_network(&world, id).cloned())
                 .collect::<Result<Vec<_>, _>>()
