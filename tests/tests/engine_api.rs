@@ -148,6 +148,17 @@ fn docker_clients_read_the_swarm_through_the_engine_api() {
             ]),
             "web 3"
         );
+        // `inspect` asks for Docker's defaults where the spec sets nothing.
+        assert_eq!(
+            run(&[
+                "service",
+                "inspect",
+                "web",
+                "--format",
+                "{{.Spec.UpdateConfig.Order}} {{.Spec.TaskTemplate.RestartPolicy.Condition}} {{.Spec.EndpointSpec.Mode}}",
+            ]),
+            "stop-first any vip"
+        );
         // `service ps` resolves the service by name and each task's node by ID.
         let ps = run(&[
             "service",

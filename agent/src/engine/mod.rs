@@ -14,6 +14,7 @@
 //! `docs/api.md` lists what is served and what is not.
 
 mod cluster;
+mod defaults;
 mod filters;
 mod spec;
 mod write;
@@ -502,18 +503,28 @@ fn service_status(
     }
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InspectQuery {
+    insert_defaults: Option<String>,
+}
+
 async fn service_inspect(
     State(engine): State<Engine>,
     Path(id): Path<String>,
+    Query(query): Query<InspectQuery>,
 ) -> Reply<models::Service> {
-    let found = call(
-        &engine,
-        Call::ServiceInspect {
-            ids: vec![id.clone()],
-        },
-    )
-    .await?;
-    Ok(Json(the_one(found, "service", &id)?))
+    let asked = Call::ServiceInspect {
+        ids: vec![id.clone()],
+    };
+    let found = call(&engine, asked).await?;
+    let mut service: models::Service = the_one(found, "service", &id)?;
+    if truthy(query.insert_defaults.as_deref())
+        && let Some(spec) = &mut service.spec
+    {
+        defaults::insert(spec);
+    }
+    Ok(Json(service))
 }
 
 async fn task_list(
