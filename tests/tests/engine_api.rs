@@ -425,6 +425,43 @@ fn the_docker_cli_changes_the_swarm_through_the_engine_api() {
             },
         );
         assert!(waited.is_ok(), "{waited:?}");
+        // One line with --tail 1 (which of the two streams wrote last is the node's to say);
+        // with timestamps and the task named.
+        let last = docker(
+            &swarm,
+            &n1,
+            cli,
+            &["service", "logs", "--raw", "--tail", "1", &talk],
+        );
+        let last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&last.stdout),
+            String::from_utf8_lossy(&last.stderr)
+        );
+        assert!(
+            ["said-hello", "said-oops"].contains(&last.trim()),
+            "one line: {last}"
+        );
+        let stamped = run(&["service", "logs", "--timestamps", "--no-trunc", &talk]);
+        assert!(
+            stamped.starts_with("20")
+                && stamped.contains(&format!("{talk}.1."))
+                && stamped.contains("| said-hello"),
+            "{stamped}"
+        );
+        // Filters the CLI offers.
+        let running = run(&[
+            "service",
+            "ps",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Name}}",
+            &api,
+        ]);
+        assert_eq!(running.lines().count(), 3, "{running}");
+        let on_n1 = run(&["node", "ps", "n1", "--format", "{{.Node}}"]);
+        assert!(on_n1.lines().all(|l| l == "n1"), "{on_n1}");
 
         // Nodes.
         run(&["node", "update", "--label-add", &format!("zone{i}=a"), "n2"]);

@@ -1,7 +1,7 @@
 //! The Engine API's writes (services, networks, nodes) and logs, each one call of the managers:
 //! what the managers refuse is refused here with their message, and nothing is half-applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -12,7 +12,7 @@ use bollard::models;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shoal_api::logs::{LogsQuery, Stream};
-use shoal_api::service::{Driver, Ipam, IpamConfig, NetworkSpec, ServiceSpec};
+use shoal_api::service::{Driver, Ipam, IpamConfig, NetworkSpec, ServiceSpec, TaskFilter};
 use shoal_api::swarm::{Availability, Call, NodeUpdate, Role};
 use tokio_stream::StreamExt as _;
 
@@ -308,6 +308,24 @@ pub(super) async fn logs(
     };
     let timestamps = truthy(params.timestamps.as_deref());
     let details = truthy(params.details.as_deref());
+    // Each line's details name its node, service and task (the docker CLI needs all three).
+    let owners: HashMap<String, String> = if details {
+        let tasks: Vec<models::Task> = call(&engine, Call::TaskList(TaskFilter::default())).await?;
+        tasks
+            .into_iter()
+            .filter_map(|t| {
+                let id = t.id?;
+                let details = format!(
+                    "com.docker.swarm.node.id={},com.docker.swarm.service.id={},com.docker.swarm.task.id={id}",
+                    t.node_id.unwrap_or_default(),
+                    t.service_id.unwrap_or_default(),
+                );
+                Some((id, details))
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let batches = engine.swarm.logs(query).await?;
     let frames = batches.map(move |batch| -> Result<Bytes, std::io::Error> {
         let batch = batch.map_err(|status| std::io::Error::other(status.message().to_owned()))?;
@@ -326,7 +344,14 @@ pub(super) async fn logs(
                 payload.push(' ');
             }
             if details {
-                payload.push_str(&format!("com.docker.swarm.task.id={} ", line.task_id));
+                match owners.get(&line.task_id) {
+                    Some(owner) => payload.push_str(owner),
+                    None => {
+                        payload.push_str("com.docker.swarm.task.id=");
+                        payload.push_str(&line.task_id);
+                    }
+                }
+                payload.push(' ');
             }
             payload.push_str(&line.text);
             payload.push('\n');
