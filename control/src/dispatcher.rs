@@ -188,9 +188,10 @@ pub fn assignment(world: &World, index: u64, node_id: &str, data_path_port: u16)
             .find(|a| Some(&a.network_id) == ingress.as_ref())
             .and_then(|a| a.addresses.first().cloned())
     });
+    // A task told to stop keeps its networks while it still runs (it drains).
     let mut network_ids: BTreeSet<String> = tasks
         .iter()
-        .filter(|t| t.desired_state == TaskState::Running)
+        .filter(|t| t.desired_state == TaskState::Running || t.status.state == TaskState::Running)
         .flat_map(|t| t.networks_attachments.iter().map(|a| a.network_id.clone()))
         .collect();
     if ingress_addr.is_some()

@@ -58,7 +58,36 @@ fn spec_args(spec: Option<models::SwarmSpec>) -> Result<SpecArgs, String> {
     let spec = spec.unwrap_or_default();
     let raft = spec.raft.unwrap_or_default();
     let ca = spec.ca_config.unwrap_or_default();
+    let task_defaults_set = spec
+        .task_defaults
+        .as_ref()
+        .and_then(|t| t.log_driver.as_ref())
+        .is_some_and(|d| d.name.as_ref().is_some_and(|n| !n.is_empty()));
     let unsupported = [
+        (
+            spec.name
+                .as_ref()
+                .is_some_and(|n| !n.is_empty() && n != "default"),
+            "Name",
+        ),
+        (
+            spec.labels.as_ref().is_some_and(|l| !l.is_empty()),
+            "Labels",
+        ),
+        (task_defaults_set, "TaskDefaults.LogDriver"),
+        (
+            raft.log_entries_for_slow_followers
+                .is_some_and(|n| n != 0 && n != 500),
+            "Raft.LogEntriesForSlowFollowers",
+        ),
+        (
+            ca.force_rotate.is_some_and(|r| r != 0),
+            "CAConfig.ForceRotate (shoal swarm ca --rotate rotates the root CA)",
+        ),
+        (
+            ca.signing_ca_key.as_ref().is_some_and(|k| !k.is_empty()),
+            "CAConfig.SigningCAKey",
+        ),
         (
             raft.election_tick.is_some_and(|t| t != 0 && t != 10),
             "Raft.ElectionTick",

@@ -556,17 +556,37 @@ async fn task_list(
         services: filters.values("service").to_vec(),
         nodes: filters.values("node").to_vec(),
     };
-    let tasks: Vec<models::Task> = call(&engine, Call::TaskList(asked)).await?;
-    let services: Vec<models::Service> =
-        if filters.values("_up-to-date").is_empty() && filters.values("label").is_empty() {
-            Vec::new()
-        } else {
-            call(&engine, Call::ServiceList).await?
-        };
+    let raw_tasks = engine.swarm.call(Call::TaskList(asked)).await?;
+    let needs_services = ["_up-to-date", "label", "name"]
+        .iter()
+        .any(|key| !filters.values(key).is_empty());
+    let raw_services = if needs_services {
+        engine.swarm.call(Call::ServiceList).await?
+    } else {
+        Value::Array(Vec::new())
+    };
     let up_to_date = filters
         .values("_up-to-date")
         .iter()
         .any(|v| truthy(Some(v)));
+    // Up to date as the orchestrator judges it (spec and published ports), on Shoal's types.
+    let current: std::collections::HashSet<String> = if up_to_date {
+        let ours: Vec<shoal_api::service::Task> = typed(raw_tasks.clone())?;
+        let services: Vec<shoal_api::service::Service> = typed(raw_services.clone())?;
+        ours.into_iter()
+            .filter(|t| {
+                services
+                    .iter()
+                    .find(|s| s.id == t.service_id)
+                    .is_some_and(|s| !shoal_control::orchestrator::is_dirty(t, s))
+            })
+            .map(|t| t.id)
+            .collect()
+    } else {
+        Default::default()
+    };
+    let tasks: Vec<models::Task> = typed(raw_tasks)?;
+    let services: Vec<models::Service> = typed(raw_services)?;
     Ok(Json(
         tasks
             .into_iter()
@@ -584,7 +604,7 @@ async fn task_list(
                             .and_then(|s| s.labels.clone())
                             .unwrap_or_default(),
                     )
-                    && (!up_to_date || service.is_some_and(|s| task_up_to_date(t, s)))
+                    && (!up_to_date || t.id.as_ref().is_some_and(|id| current.contains(id)))
             })
             .collect(),
     ))
@@ -600,11 +620,6 @@ fn task_name(task: &models::Task, service: Option<&models::Service>) -> String {
         Some(slot) if slot > 0 => format!("{service}.{slot}"),
         _ => format!("{service}.{}", task.node_id.clone().unwrap_or_default()),
     }
-}
-
-/// Whether a task runs its service's current spec (what the CLI's convergence wait asks for).
-fn task_up_to_date(task: &models::Task, service: &models::Service) -> bool {
-    task.spec.as_ref() == service.spec.as_ref().and_then(|s| s.task_template.as_ref())
 }
 
 async fn task_inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Reply<models::Task> {

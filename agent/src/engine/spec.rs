@@ -6,6 +6,29 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+/// Reads `body` as bollard's model `M` of a Docker request, refusing fields Docker does not
+/// have (serde would drop them). `what` names the object in messages.
+pub(crate) fn docker_model<M>(body: &[u8], what: &str) -> Result<M, String>
+where
+    M: DeserializeOwned + Serialize,
+{
+    let raw: Value = serde_json::from_slice(body).map_err(|e| format!("invalid {what}: {e}"))?;
+    let model: M =
+        serde_json::from_value(raw.clone()).map_err(|e| format!("invalid {what}: {e}"))?;
+    let typed = serde_json::to_value(&model).map_err(|e| format!("invalid {what}: {e}"))?;
+    let mut unknown = Vec::new();
+    lost_fields(&raw, &typed, "", &mut unknown);
+    if unknown.is_empty() {
+        Ok(model)
+    } else {
+        Err(format!(
+            "invalid {what}: unknown field{} {}",
+            if unknown.len() == 1 { "" } else { "s" },
+            unknown.join(", ")
+        ))
+    }
+}
+
 /// Reads `body` as Docker's `M`, then as Shoal's `S`, refusing fields Docker does not have and
 /// fields `S` would lose. Docker's defaults for what the request leaves out are filled in by
 /// `defaults` (on Docker's model, before it is read as Shoal's). `what` names the object in
@@ -13,26 +36,14 @@ use serde_json::Value;
 pub(crate) fn convert_with<M, S>(
     body: &[u8],
     what: &str,
-    defaults: impl FnOnce(&mut M),
+    defaults: impl FnOnce(&mut M) -> Result<(), String>,
 ) -> Result<S, String>
 where
     M: DeserializeOwned + Serialize,
     S: DeserializeOwned + Serialize,
 {
-    let raw: Value = serde_json::from_slice(body).map_err(|e| format!("invalid {what}: {e}"))?;
-    let mut model: M =
-        serde_json::from_value(raw.clone()).map_err(|e| format!("invalid {what}: {e}"))?;
-    let mut unknown = Vec::new();
-    let typed = serde_json::to_value(&model).map_err(|e| format!("invalid {what}: {e}"))?;
-    lost_fields(&raw, &typed, "", &mut unknown);
-    if !unknown.is_empty() {
-        return Err(format!(
-            "invalid {what}: unknown field{} {}",
-            if unknown.len() == 1 { "" } else { "s" },
-            unknown.join(", ")
-        ));
-    }
-    defaults(&mut model);
+    let mut model: M = docker_model(body, what)?;
+    defaults(&mut model).map_err(|e| format!("{what}: {e}"))?;
     let asked = serde_json::to_value(&model).map_err(|e| format!("invalid {what}: {e}"))?;
     let ours: S =
         serde_json::from_value(asked.clone()).map_err(|e| format!("invalid {what}: {e}"))?;
@@ -50,19 +61,47 @@ where
     }
 }
 
-/// Docker's defaults for a service spec: replicated, one replica, when the request says no more.
-pub(crate) fn service_defaults(spec: &mut bollard::models::ServiceSpec) {
+/// Docker's defaults for a service spec, where the request leaves them out (SwarmKit's:
+/// replicated with one replica, a restart policy's `any` after 5 s, updates and rollbacks one
+/// task at a time monitored for 5 s); job modes are refused.
+pub(crate) fn service_defaults(spec: &mut bollard::models::ServiceSpec) -> Result<(), String> {
+    use bollard::models::TaskSpecRestartPolicyConditionEnum as Condition;
+    const FIVE_SECONDS: i64 = 5_000_000_000;
     let mode = spec.mode.get_or_insert_with(Default::default);
-    let unset = mode.replicated.is_none()
-        && mode.global.is_none()
-        && mode.replicated_job.is_none()
-        && mode.global_job.is_none();
-    if unset {
+    if mode.replicated_job.is_some() || mode.global_job.is_some() {
+        return Err(
+            "Shoal does not support job services (Mode.ReplicatedJob, Mode.GlobalJob) yet".into(),
+        );
+    }
+    if mode.replicated.is_none() && mode.global.is_none() {
         mode.replicated = Some(Default::default());
     }
     if let Some(replicated) = &mut mode.replicated {
         replicated.replicas.get_or_insert(1);
     }
+    if let Some(restart) = spec
+        .task_template
+        .as_mut()
+        .and_then(|t| t.restart_policy.as_mut())
+    {
+        if matches!(restart.condition, None | Some(Condition::EMPTY)) {
+            restart.condition = Some(Condition::ANY);
+        }
+        restart.delay.get_or_insert(FIVE_SECONDS);
+    }
+    if let Some(update) = &mut spec.update_config {
+        update.parallelism.get_or_insert(1);
+        if update.monitor.is_none_or(|m| m == 0) {
+            update.monitor = Some(FIVE_SECONDS);
+        }
+    }
+    if let Some(rollback) = &mut spec.rollback_config {
+        rollback.parallelism.get_or_insert(1);
+        if rollback.monitor.is_none_or(|m| m == 0) {
+            rollback.monitor = Some(FIVE_SECONDS);
+        }
+    }
+    Ok(())
 }
 
 /// What Docker's clients send where they mean "nothing asked": Shoal has no other setting.
@@ -133,6 +172,20 @@ mod tests {
         assert_eq!(replicas(r#","Mode":{"Replicated":{}}"#), Some(1));
         assert_eq!(replicas(""), Some(1));
         assert_eq!(replicas(r#","Mode":{"Global":{}}"#), None);
+        let job = service(
+            r#"{"Name":"a","TaskTemplate":{"ContainerSpec":{"Image":"host"}},"Mode":{"GlobalJob":{}}}"#,
+        )
+        .unwrap_err();
+        assert!(job.contains("job services"), "{job}");
+        let restart = service(
+            r#"{"Name":"a","TaskTemplate":{"ContainerSpec":{"Image":"host"},"RestartPolicy":{}},
+            "UpdateConfig":{"Order":"start-first"}}"#,
+        )
+        .unwrap();
+        let policy = restart.task_template.restart_policy.unwrap();
+        assert_eq!(policy.delay, 5_000_000_000);
+        let update = restart.update_config.unwrap();
+        assert_eq!((update.parallelism, update.monitor), (1, 5_000_000_000));
     }
 
     /// What `docker service create --name web --replicas 3 --publish 8080:80 --env A=1` sends.

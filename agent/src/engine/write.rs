@@ -123,8 +123,18 @@ pub(super) async fn network_create(
     State(engine): State<Engine>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let asked: models::NetworkCreateRequest = serde_json::from_slice(&body)
+    // Older clients (the docker CLI 20.10) still send `CheckDuplicate`, gone from the API since
+    // 1.44: names are unique among swarm networks anyway (the managers refuse a second one).
+    let mut raw: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid network: {e}")))?;
+    if let Some(map) = raw.as_object_mut()
+        && map.get("CheckDuplicate").is_none_or(Value::is_boolean)
+    {
+        map.remove("CheckDuplicate");
+    }
+    let body = serde_json::to_vec(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let asked: models::NetworkCreateRequest =
+        spec::docker_model(&body, "network").map_err(ApiError::bad_request)?;
     let spec = network_spec(asked).map_err(ApiError::bad_request)?;
     let id = engine.swarm.call(Call::NetworkCreate(spec)).await?;
     Ok((
@@ -156,6 +166,9 @@ fn network_spec(asked: models::NetworkCreateRequest) -> Result<NetworkSpec, Stri
         return Err(format!("network: Shoal does not support {field}"));
     }
     let ipam = asked.ipam.unwrap_or_default();
+    if ipam.options.as_ref().is_some_and(|o| !o.is_empty()) {
+        return Err("network: Shoal does not support IPAM.Options".into());
+    }
     if let Some(driver) = ipam.driver.filter(|d| !d.is_empty() && d != "default") {
         return Err(format!(
             "IPAM driver {driver:?} is not supported: only default"
@@ -205,8 +218,13 @@ pub(super) async fn node_update(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let version = version_of(query.version.as_deref())?;
-    let spec: models::NodeSpec = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid node spec: {e}")))?;
+    let spec: models::NodeSpec =
+        spec::docker_model(&body, "node spec").map_err(ApiError::bad_request)?;
+    if spec.name.as_ref().is_some_and(|n| !n.is_empty()) {
+        return Err(ApiError::bad_request(
+            "node spec: Shoal does not support node names (Name); the hostname names a node",
+        ));
+    }
     let found: Vec<models::Node> = call(&engine, Call::NodeInspect { ids: vec![id] }).await?;
     let node = found
         .into_iter()
@@ -308,25 +326,24 @@ pub(super) async fn logs(
     };
     let timestamps = truthy(params.timestamps.as_deref());
     let details = truthy(params.details.as_deref());
-    // Each line's details name its node, service and task (the docker CLI needs all three).
-    let owners: HashMap<String, String> = if details {
+    let batches = engine.swarm.logs(query).await?;
+    // Each line's details name its node, service and task (the docker CLI needs all three):
+    // read once the subscription is open, so every task it covers is known.
+    let owners: HashMap<String, (String, String)> = if details {
         let tasks: Vec<models::Task> = call(&engine, Call::TaskList(TaskFilter::default())).await?;
         tasks
             .into_iter()
             .filter_map(|t| {
-                let id = t.id?;
-                let details = format!(
-                    "com.docker.swarm.node.id={},com.docker.swarm.service.id={},com.docker.swarm.task.id={id}",
+                let owner = (
                     t.node_id.unwrap_or_default(),
                     t.service_id.unwrap_or_default(),
                 );
-                Some((id, details))
+                Some((t.id?, owner))
             })
             .collect()
     } else {
         HashMap::new()
     };
-    let batches = engine.swarm.logs(query).await?;
     let frames = batches.map(move |batch| -> Result<Bytes, std::io::Error> {
         let batch = batch.map_err(|status| std::io::Error::other(status.message().to_owned()))?;
         let mut out = Vec::new();
@@ -344,14 +361,14 @@ pub(super) async fn logs(
                 payload.push(' ');
             }
             if details {
-                match owners.get(&line.task_id) {
-                    Some(owner) => payload.push_str(owner),
-                    None => {
-                        payload.push_str("com.docker.swarm.task.id=");
-                        payload.push_str(&line.task_id);
-                    }
-                }
-                payload.push(' ');
+                let (node, service) = owners
+                    .get(&line.task_id)
+                    .map_or(("", ""), |(n, s)| (n.as_str(), s.as_str()));
+                payload.push_str(&format!(
+                    "com.docker.swarm.node.id={node},com.docker.swarm.service.id={service},\
+                     com.docker.swarm.task.id={} ",
+                    line.task_id
+                ));
             }
             payload.push_str(&line.text);
             payload.push('\n');
@@ -364,6 +381,12 @@ pub(super) async fn logs(
             out.extend_from_slice(payload.as_bytes());
         }
         for warning in batch.warnings {
+            // With details, every frame must carry them (the docker CLI stops at one that
+            // does not): a warning goes to shoald's log instead.
+            if details {
+                tracing::warn!(%warning, "service logs");
+                continue;
+            }
             let payload = format!("{warning}\n");
             out.extend_from_slice(&[2, 0, 0, 0]);
             out.extend_from_slice(&(payload.len() as u32).to_be_bytes());

@@ -1305,8 +1305,8 @@ async fn applier(
 /// assignment). An update or a scale-down then drops no request.
 const DRAIN: Duration = Duration::from_secs(1);
 
-/// Beyond [`DRAIN`], the task keeps running until this long has passed with no new connection
-/// or datagram reaching its network namespace: a node that applied the change late still had a
+/// Beyond [`DRAIN`], the task keeps running until this long has passed with no new TCP
+/// connection reaching its network namespace: a node that applied the change late still had a
 /// client's connection land on it.
 const DRAIN_QUIET: Duration = Duration::from_millis(500);
 
@@ -1341,26 +1341,24 @@ async fn drain(started: &mut Started, worker: &Worker, runtime: &Runtime) {
     }
 }
 
-/// What has reached process `pid`'s network namespace: TCP connections it accepted and UDP
-/// datagrams it received, from `/proc/<pid>/net/snmp`. `None` when that cannot be read.
+/// The TCP connections process `pid`'s network namespace has accepted, from
+/// `/proc/<pid>/net/snmp`. `None` when that cannot be read. (UDP is not counted: the replies to
+/// the task's own DNS lookups arrive in the same namespace.)
 fn arrivals(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).ok()?;
     arrivals_in(&text)
 }
 
-/// [`arrivals`] from the text of a `/proc/net/snmp`: `Tcp: PassiveOpens` plus
-/// `Udp: InDatagrams` (each protocol is a header line and a value line).
+/// [`arrivals`] from the text of a `/proc/net/snmp`: `Tcp: PassiveOpens` (a header line, then
+/// a value line).
 fn arrivals_in(snmp: &str) -> Option<u64> {
-    let value = |proto: &str, field: &str| -> Option<u64> {
-        let mut lines = snmp.lines().filter(|l| l.starts_with(proto));
-        let names = lines.next()?.split_whitespace().skip(1);
-        let values = lines.next()?.split_whitespace().skip(1);
-        names
-            .zip(values)
-            .find(|(name, _)| *name == field)
-            .and_then(|(_, v)| v.parse().ok())
-    };
-    Some(value("Tcp:", "PassiveOpens")? + value("Udp:", "InDatagrams")?)
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let names = lines.next()?.split_whitespace().skip(1);
+    let values = lines.next()?.split_whitespace().skip(1);
+    names
+        .zip(values)
+        .find(|(name, _)| *name == "PassiveOpens")
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// Resolves once a stop was asked for (or the asker is gone).
@@ -1373,15 +1371,15 @@ mod tests {
     use shoal_control::limits;
     use shoal_dataplane::mesh::maglev;
 
-    /// A draining task's arrivals: accepted TCP connections plus UDP datagrams received.
+    /// A draining task's arrivals: the TCP connections it accepted.
     #[test]
-    fn arrivals_count_accepted_connections_and_datagrams() {
+    fn arrivals_count_accepted_connections() {
         let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
             Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\n\
             Tcp: 1 200 120000 -1 7 42 0\n\
             Udp: InDatagrams NoPorts InErrors OutDatagrams\nUdp: 5 1 0 9\n\
             UdpLite: InDatagrams NoPorts\nUdpLite: 100 0\n";
-        assert_eq!(super::arrivals_in(snmp), Some(47));
+        assert_eq!(super::arrivals_in(snmp), Some(42));
         assert_eq!(super::arrivals_in("Tcp: PassiveOpens\n"), None);
         assert_eq!(super::arrivals_in(""), None);
     }

@@ -154,11 +154,13 @@ impl Broker {
         if let Some(s) = lock(&self.subscriptions).get_mut(&id) {
             s.stalled = true;
         }
-        if let Some((_, session)) = lock(&self.nodes).get(node) {
-            let _ = session.try_send(ToNode::Cancel { id });
-        }
+        let session = lock(&self.nodes).get(node).map(|(_, s)| s.clone());
         let node = node.to_owned();
         tokio::spawn(async move {
+            // Awaited: a full session queue must not lose the node's cancel.
+            if let Some(session) = session {
+                let _ = session.send(ToNode::Cancel { id }).await;
+            }
             let _ = to
                 .send(FromNode {
                     id,
