@@ -106,6 +106,9 @@ fn raise_open_file_limit() {
     }
 }
 
+/// How long requests in flight may go on once the daemon is asked to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the daemon until `shutdown` resolves, then removes its socket.
 pub async fn run(
     config: Config,
@@ -153,9 +156,30 @@ pub async fn run(
     )))
     .into_axum_router()
     .fallback_service(engine::router(facts, swarm.clone()));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // On shutdown, requests in flight get [`SHUTDOWN_GRACE`] to end; streams that do not (a
+    // client following logs, which end only when the swarm stops below) are then cut.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    });
+    let asked = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let serving = axum::serve(listener, app).with_graceful_shutdown(asked(stop.clone()));
+    let served = tokio::select! {
+        served = serving.into_future() => served,
+        () = async {
+            asked(stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(
+                "connections still open {}s after the shutdown began: closed",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            Ok(())
+        }
+    };
     drop(socket_file);
     swarm.shutdown().await;
     worker_saves.flush().await;

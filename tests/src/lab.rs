@@ -558,8 +558,18 @@ impl Lab {
     /// SIGKILLs `host`'s `shoald` and waits until its data root is free (its last thread gone)
     /// and its socket removed, so [`Lab::spawn_shoald`] can start a new one.
     pub fn kill_shoald(&self, host: &Host) -> Result<(), LabError> {
+        self.signal_shoald(host, Signal::SIGKILL)
+    }
+
+    /// Asks `host`'s `shoald` to stop (SIGTERM), as a service manager does, and waits (up to
+    /// 20 s) until it has, as [`Lab::kill_shoald`] does.
+    pub fn stop_shoald(&self, host: &Host) -> Result<(), LabError> {
+        self.signal_shoald(host, Signal::SIGTERM)
+    }
+
+    fn signal_shoald(&self, host: &Host, signal: Signal) -> Result<(), LabError> {
         let pid = self.shoald_pid(host)?;
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), signal);
         let pid_path = self.host_dir(host).join("data/shoald.pid");
         let pid_file =
             File::open(&pid_path).map_err(io_error(format!("opening {}", pid_path.display())))?;

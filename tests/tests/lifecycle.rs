@@ -487,6 +487,23 @@ fn service_logs_stream_from_every_node() {
     assert!(out.contains("invalid since"), "{out}");
     let out = swarm.fails(&n1, &["service", "logs", "nothing-here"]);
     assert!(out.contains("no such task or service"), "{out}");
+
+    // A client following logs does not keep the daemon it asks from stopping when asked
+    // (SIGTERM, as a service manager stops it): open streams are cut after a grace period.
+    let mut follow = swarm
+        .lab
+        .shoal_command(&n1, &["service", "logs", "-f", "--tail", "1", "chatty"])
+        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    assert!(lines.next().is_some_and(|l| l.is_ok()), "following");
+    let stopped = swarm.lab.stop_shoald(&n1);
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(stopped.is_ok(), "shoald did not stop: {stopped:?}");
 }
 
 /// Items 6–8 for docker tasks: limits, mounts and process options reach the engine (read back
