@@ -482,6 +482,20 @@ impl SwarmNode {
 
     /// What `shoal info` shows of the swarm.
     pub async fn info(&self) -> LocalSwarm {
+        let mut info = self.local_state().await;
+        if info.is_manager
+            && let Ok(nodes) = self.call(Call::NodeList).await
+            && let Ok(nodes) = serde_json::from_value::<Vec<shoal_api::swarm::Node>>(nodes)
+        {
+            info.node_count = Some(nodes.len());
+            info.manager_count = Some(nodes.iter().filter(|n| n.manager_status.is_some()).count());
+        }
+        info
+    }
+
+    /// This node's membership as it knows it, without asking the managers (no node counts):
+    /// what every Docker client's `/_ping` reads.
+    pub async fn local_state(&self) -> LocalSwarm {
         let (saved, manager) = {
             let guard = self.state.lock().await;
             match guard.as_ref() {
@@ -494,7 +508,7 @@ impl SwarmNode {
                 Some(j) => (j.saved.clone(), j.manager.clone()),
             }
         };
-        let mut info = LocalSwarm {
+        LocalSwarm {
             state: "active".into(),
             node_id: saved.node_id.clone(),
             cluster_id: saved.cluster_id.clone(),
@@ -503,15 +517,7 @@ impl SwarmNode {
             node_addr: saved.advertise_addr.ip().to_string(),
             store_index: manager.as_ref().map(|m| m.store().index()),
             ..Default::default()
-        };
-        if manager.is_some()
-            && let Ok(nodes) = self.call(Call::NodeList).await
-            && let Ok(nodes) = serde_json::from_value::<Vec<shoal_api::swarm::Node>>(nodes)
-        {
-            info.node_count = Some(nodes.len());
-            info.manager_count = Some(nodes.iter().filter(|n| n.manager_status.is_some()).count());
         }
-        info
     }
 
     async fn init(&self, args: InitArgs) -> Result<Value, Status> {

@@ -204,7 +204,7 @@ async fn unknown_path(request: Request) -> ApiError {
 
 /// The swarm state `/_ping`'s `Swarm` header gives (`inactive`, `active/manager`, ...).
 async fn swarm_header(engine: &Engine) -> String {
-    let local = engine.swarm.info().await;
+    let local = engine.swarm.local_state().await;
     match (local.state.as_str(), local.is_manager) {
         ("active", true) => "active/manager".into(),
         ("active", false) => "active/worker".into(),

@@ -13,11 +13,7 @@ where
     M: DeserializeOwned + Serialize,
 {
     let raw: Value = serde_json::from_slice(body).map_err(|e| format!("invalid {what}: {e}"))?;
-    let model: M =
-        serde_json::from_value(raw.clone()).map_err(|e| format!("invalid {what}: {e}"))?;
-    let typed = serde_json::to_value(&model).map_err(|e| format!("invalid {what}: {e}"))?;
-    let mut unknown = Vec::new();
-    lost_fields(&raw, &typed, "", &mut unknown);
+    let (model, unknown) = read_keeping::<M>(&raw, what)?;
     if unknown.is_empty() {
         Ok(model)
     } else {
@@ -27,6 +23,19 @@ where
             unknown.join(", ")
         ))
     }
+}
+
+/// `value` read as `T`, and the paths of what `value` sets that `T` does not keep.
+fn read_keeping<T>(value: &Value, what: &str) -> Result<(T, Vec<String>), String>
+where
+    T: DeserializeOwned + Serialize,
+{
+    let read: T =
+        serde_json::from_value(value.clone()).map_err(|e| format!("invalid {what}: {e}"))?;
+    let kept = serde_json::to_value(&read).map_err(|e| format!("invalid {what}: {e}"))?;
+    let mut lost = Vec::new();
+    lost_fields(value, &kept, "", &mut lost);
+    Ok((read, lost))
 }
 
 /// Reads `body` as Docker's `M`, then as Shoal's `S`, refusing fields Docker does not have and
@@ -45,11 +54,7 @@ where
     let mut model: M = docker_model(body, what)?;
     defaults(&mut model).map_err(|e| format!("{what}: {e}"))?;
     let asked = serde_json::to_value(&model).map_err(|e| format!("invalid {what}: {e}"))?;
-    let ours: S =
-        serde_json::from_value(asked.clone()).map_err(|e| format!("invalid {what}: {e}"))?;
-    let kept = serde_json::to_value(&ours).map_err(|e| format!("invalid {what}: {e}"))?;
-    let mut lost = Vec::new();
-    lost_fields(&asked, &kept, "", &mut lost);
+    let (ours, lost) = read_keeping::<S>(&asked, what)?;
     if lost.is_empty() {
         Ok(ours)
     } else {
