@@ -5,8 +5,12 @@
 //! ```text
 //!   <data root>/swarm/state.json   node ID, cluster ID, role, addresses, known managers (written last)
 //!   <data root>/swarm/certs/       node.crt, node.key (0600), ca.crt
-//!   <data root>/swarm/raft/        the raft log and snapshots (managers)
+//!   <data root>/swarm/raft/        the raft log and snapshots, sealed with the data key in
+//!                                  raft/keys.json (managers; see shoal_control::keys)
 //! ```
+//!
+//! A manager whose data key is sealed with the cluster's unlock key (autolock) starts *locked*:
+//! it runs neither raft nor a session until `swarm unlock` gives the key.
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -31,6 +35,7 @@ use shoal_api::{
 use shoal_control::{
     addr::{self, DEFAULT_PORT, Interface},
     ca::{self, JoinToken},
+    keys::{DataKeys, KeyError, UnlockKey},
     limits,
     manager::{
         Manager, ManagerConfig,
@@ -101,6 +106,8 @@ pub struct SwarmNode {
     dir: PathBuf,
     facts: NodeFacts,
     state: Arc<Mutex<Option<Joined>>>,
+    /// The membership of a manager that restarted locked (autolock), until `swarm unlock`.
+    locked: Arc<Mutex<Option<(Saved, Credentials)>>>,
     worker: Worker,
 }
 
@@ -270,6 +277,7 @@ impl SwarmNode {
             dir: data_root.join("swarm"),
             facts,
             state: Arc::default(),
+            locked: Arc::default(),
             renew_now: Arc::default(),
             worker,
         }
@@ -337,9 +345,14 @@ impl SwarmNode {
         let credentials = self
             .read_credentials()
             .map_err(|e| format!("reading the node's certificates: {e}"))?;
+        if saved.role == Role::Manager && DataKeys::is_sealed(&self.dir.join("raft")) {
+            tracing::warn!(node = %saved.node_id, "the swarm is locked: `shoal swarm unlock` (or `docker swarm unlock`) opens it");
+            *self.locked.lock().await = Some((saved, credentials));
+            return Ok(());
+        }
         let manager = match (saved.role, saved.raft_id) {
             (Role::Manager, Some(raft_id)) => Some(
-                self.start_manager(&saved, &credentials, raft_id)
+                self.start_manager(&saved, &credentials, raft_id, None)
                     .await
                     .map_err(|e| e.message().to_owned())?,
             ),
@@ -411,13 +424,23 @@ impl SwarmNode {
         write_private(&self.dir.join("state.json"), &text)
     }
 
+    /// Starts this node's manager over its raft directory; a sealed data key needs `unlock`.
     async fn start_manager(
         &self,
         saved: &Saved,
         credentials: &Credentials,
         raft_id: u64,
+        unlock: Option<&UnlockKey>,
     ) -> Result<Manager, Status> {
+        let keys = DataKeys::open(&self.dir.join("raft"), unlock).map_err(|e| match e {
+            KeyError::InvalidKey | KeyError::Malformed(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            KeyError::Locked => Status::failed_precondition(e.to_string()),
+            e => Status::internal(e.to_string()),
+        })?;
         Manager::start(ManagerConfig {
+            keys,
             dir: self.dir.join("raft"),
             credentials: credentials.clone(),
             raft_id,
@@ -431,6 +454,20 @@ impl SwarmNode {
 
     /// Carries out a `shoal swarm|node` call.
     pub async fn call(&self, call: Call) -> Result<Value, Status> {
+        if let Call::Unlock { key } = &call {
+            return self.unlock(key).await;
+        }
+        if self.locked.lock().await.is_some() {
+            match call {
+                Call::Leave { force: true } => {}
+                Call::Leave { force: false } => {
+                    return Err(Status::failed_precondition(
+                        "Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message.",
+                    ));
+                }
+                _ => return Err(Status::failed_precondition(KeyError::Locked.to_string())),
+            }
+        }
         match call {
             Call::Init(args) => self.init(args).await,
             Call::Join(args) => self.join(args).await,
@@ -496,6 +533,16 @@ impl SwarmNode {
     /// This node's membership as it knows it, without asking the managers (no node counts):
     /// what every Docker client's `/_ping` reads.
     pub async fn local_state(&self) -> LocalSwarm {
+        if let Some((saved, _)) = self.locked.lock().await.as_ref() {
+            return LocalSwarm {
+                state: "locked".into(),
+                node_id: saved.node_id.clone(),
+                cluster_id: saved.cluster_id.clone(),
+                managers: saved.managers.clone(),
+                node_addr: saved.advertise_addr.ip().to_string(),
+                ..Default::default()
+            };
+        }
         let (saved, manager) = {
             let guard = self.state.lock().await;
             match guard.as_ref() {
@@ -518,6 +565,36 @@ impl SwarmNode {
             store_index: manager.as_ref().map(|m| m.store().index()),
             ..Default::default()
         }
+    }
+
+    /// `swarm unlock`: opens the data key with `key` and resumes the membership that
+    /// [`SwarmNode::restore`] left locked.
+    async fn unlock(&self, key: &str) -> Result<Value, Status> {
+        let mut locked = self.locked.lock().await;
+        let Some((saved, credentials)) = locked.as_ref() else {
+            return Err(Status::failed_precondition(
+                if self.state.lock().await.is_some() {
+                    "swarm is not locked"
+                } else {
+                    NOT_IN_SWARM
+                },
+            ));
+        };
+        let unlock: UnlockKey = key
+            .parse()
+            .map_err(|e: KeyError| Status::invalid_argument(e.to_string()))?;
+        let raft_id = saved
+            .raft_id
+            .ok_or_else(|| Status::internal("a locked manager without a raft ID"))?;
+        let manager = self
+            .start_manager(saved, credentials, raft_id, Some(&unlock))
+            .await?;
+        let (saved, credentials) = locked.take().expect("checked above");
+        drop(locked);
+        tracing::info!(node = %saved.node_id, "swarm unlocked");
+        let guard = self.state.lock().await;
+        self.enter(guard, saved, credentials, Some(manager)).await;
+        Ok(Value::Null)
     }
 
     async fn init(&self, args: InitArgs) -> Result<Value, Status> {
@@ -562,6 +639,7 @@ impl SwarmNode {
             cert_expiry_s: args.cert_expiry_s.unwrap_or(0),
             default_addr_pool: pools,
             subnet_size,
+            autolock: args.autolock,
         })
         .map_err(|e| Status::internal(e.to_string()))?;
         let saved = Saved {
@@ -582,7 +660,7 @@ impl SwarmNode {
             .map_err(io_status("writing the node's certificates"))?;
         let started = async {
             let manager = self
-                .start_manager(&saved, &first.credentials, first.raft_id)
+                .start_manager(&saved, &first.credentials, first.raft_id, None)
                 .await?;
             if let Err(e) = manager
                 .bootstrap(
@@ -732,7 +810,9 @@ impl SwarmNode {
         raft_id: u64,
     ) -> Result<Manager, Status> {
         let _ = std::fs::remove_dir_all(self.dir.join("raft"));
-        let manager = self.start_manager(saved, credentials, raft_id).await?;
+        let manager = self
+            .start_manager(saved, credentials, raft_id, None)
+            .await?;
         let identity = manager.identity().clone();
         let tls_config = credentials
             .client_config()
@@ -766,11 +846,12 @@ impl SwarmNode {
     async fn leave(&self, force: bool) -> Result<Value, Status> {
         let mut guard = self.state.lock().await;
         let Some(joined) = guard.as_ref() else {
-            // A membership on disk that could not be resumed (see the daemon's log): --force
-            // is the way out.
+            // A membership on disk that could not be resumed (see the daemon's log), or a
+            // locked one: --force is the way out.
             if force && self.dir.join("state.json").exists() {
                 self.wipe()
                     .map_err(io_status("removing the swarm directory"))?;
+                *self.locked.lock().await = None;
                 return Ok(Value::Null);
             }
             return Err(Status::failed_precondition(

@@ -586,9 +586,6 @@ fn the_docker_cli_forms_the_swarm() {
         cluster[0]["Spec"]["Orchestration"]["TaskHistoryRetentionLimit"], 3,
         "{cluster:#}"
     );
-    let autolock = docker_fails(&swarm, n1, cli, &["swarm", "update", "--autolock=true"]);
-    assert!(autolock.contains("AutoLockManagers"), "{autolock}");
-
     run(n1, &["node", "promote", "n2"]);
     swarm.wait_nodes(n1, "n2 a reachable manager", |nodes| {
         nodes
@@ -612,6 +609,249 @@ fn the_docker_cli_forms_the_swarm() {
             .iter()
             .any(|n| n["Hostname"] == "n3" && n["Status"] == "Down")
     });
+}
+
+/// [`docker`] with `input` on its standard input (the docker CLI reads an unlock key from there
+/// when it is not a terminal).
+fn docker_with_input(swarm: &Swarm, host: &Host, cli: &str, args: &[&str], input: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(cli)
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", swarm.lab.socket(host).display()),
+        )
+        .env(
+            "DOCKER_CONFIG",
+            std::env::temp_dir().join("shoal-test-docker-config"),
+        )
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the docker CLI runs");
+    let _ = child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes());
+    child.wait_with_output().expect("the docker CLI ends")
+}
+
+/// Every file under `root` whose bytes contain `needle`, as paths relative to `root`.
+fn files_containing(root: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file()
+                && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                found.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Encryption at rest and autolock, driven by the docker CLI: nothing a manager writes holds a
+/// service's environment or the CA's key in the clear; with autolock on, a restarted manager is
+/// locked (and says so) until `swarm unlock` gets the key, a wrong key is refused, and the
+/// swarm is all there after it; `unlock-key --rotate` changes the key; autolock off again lets
+/// a manager restart by itself.
+#[test]
+fn a_managers_data_is_sealed_and_autolock_locks_a_restarted_manager() {
+    let cli = clis()[0];
+    // Snapshots every few entries, so a snapshot file is on disk too.
+    let mut swarm = Swarm::up_with(1, 1, &["--snapshot-interval", "5"]);
+    let n1 = swarm.managers[0].clone();
+    let marker = format!("shoal-marker-{}", std::process::id());
+    create_serve(
+        &swarm,
+        &n1,
+        &[
+            "--name",
+            "marked",
+            "--replicas",
+            "2",
+            "--env",
+            &format!("TOKEN={marker}"),
+        ],
+    );
+    wait_running(&swarm, &n1, "marked", "two tasks", |per| {
+        per.values().sum::<usize>() == 2
+    });
+    for i in 0..6 {
+        swarm.ok(&n1, &["service", "scale", &format!("marked={}", 2 + i % 2)]);
+    }
+    let data_roots: Vec<_> = swarm
+        .lab
+        .nodes()
+        .iter()
+        .map(|h| swarm.lab.host_dir(h).join("data"))
+        .collect();
+    let snapshots = data_roots[0].join("swarm/raft/snapshots");
+    shoal_tests::wait_until(
+        "a raft snapshot on n1",
+        std::time::Duration::from_secs(30),
+        || Ok(std::fs::read_dir(&snapshots).is_ok_and(|mut d| d.next().is_some())),
+    )
+    .unwrap();
+    let sealed_everywhere = |when: &str| {
+        for root in &data_roots {
+            assert_eq!(
+                files_containing(root, marker.as_bytes()),
+                Vec::<String>::new(),
+                "{when}: the service's environment in the clear under {}",
+                root.display()
+            );
+            // The node's own TLS key is the only private key PEM: the CA's key is sealed in
+            // the raft store.
+            let keys = files_containing(root, b"PRIVATE KEY");
+            assert!(
+                keys.iter().all(|f| f.ends_with("/node.key")),
+                "{when}: a private key in the clear under {}: {keys:?}",
+                root.display()
+            );
+        }
+    };
+    sealed_everywhere("autolock off");
+    assert_eq!(
+        docker_fails(&swarm, &n1, cli, &["swarm", "unlock-key"]),
+        "no unlock key is set"
+    );
+
+    let said = docker_ok(&swarm, &n1, cli, &["swarm", "update", "--autolock=true"]);
+    assert!(said.contains("SWMKEY-1-"), "{said}");
+    let key = docker_ok(&swarm, &n1, cli, &["swarm", "unlock-key", "-q"]);
+    assert!(said.contains(&key), "{said}\n{key}");
+    let spec: Value = serde_json::from_str(&swarm.ok(&n1, &["swarm", "inspect"])).unwrap();
+    assert_eq!(
+        spec[0]["Spec"]["EncryptionConfig"]["AutoLockManagers"],
+        true
+    );
+    sealed_everywhere("autolock on");
+    assert!(
+        files_containing(&data_roots[0], key.as_bytes()).is_empty(),
+        "the unlock key in the clear on n1"
+    );
+
+    swarm.lab.stop_shoald(&n1).unwrap();
+    swarm.lab.spawn_shoald(&n1).unwrap();
+    let state = |swarm: &Swarm| {
+        docker_ok(
+            swarm,
+            &n1,
+            cli,
+            &["info", "--format", "{{.Swarm.LocalNodeState}}"],
+        )
+    };
+    assert_eq!(state(&swarm), "locked");
+    let refused = docker_fails(&swarm, &n1, cli, &["node", "ls"]);
+    assert!(
+        refused.contains("Swarm is encrypted and needs to be unlocked"),
+        "{refused}"
+    );
+    let refused = swarm.fails(&n1, &["service", "ls"]);
+    assert!(refused.contains("unlock"), "{refused}");
+    let wrong = "SWMKEY-1-".to_owned() + &"A".repeat(43) + "\n";
+    let out = docker_with_input(&swarm, &n1, cli, &["swarm", "unlock"], &wrong);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("invalid key"),
+        "{}",
+        output_text(&out)
+    );
+    let out = docker_with_input(&swarm, &n1, cli, &["swarm", "unlock"], "not-a-key\n");
+    assert!(
+        output_text(&out).contains("invalid unlock key"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(state(&swarm), "locked");
+
+    let out = docker_with_input(&swarm, &n1, cli, &["swarm", "unlock"], &format!("{key}\n"));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(state(&swarm), "active");
+    let out = docker_with_input(&swarm, &n1, cli, &["swarm", "unlock"], &format!("{key}\n"));
+    assert!(
+        output_text(&out).contains("swarm is not locked"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(
+        docker_ok(
+            &swarm,
+            &n1,
+            cli,
+            &["service", "ls", "--format", "{{.Name}}"]
+        ),
+        "marked"
+    );
+    wait_running(
+        &swarm,
+        &n1,
+        "marked",
+        "the service's tasks after the unlock",
+        |per| per.values().sum::<usize>() >= 2,
+    );
+
+    // A new key: the old one no longer opens a restarted manager, the new one does.
+    let rotated = swarm.ok(&n1, &["swarm", "unlock-key", "--rotate", "-q"]);
+    let rotated = rotated.trim();
+    assert!(
+        rotated.starts_with("SWMKEY-1-") && rotated != key,
+        "{rotated}"
+    );
+    assert_eq!(
+        docker_ok(&swarm, &n1, cli, &["swarm", "unlock-key", "-q"]),
+        rotated
+    );
+    swarm.lab.stop_shoald(&n1).unwrap();
+    swarm.lab.spawn_shoald(&n1).unwrap();
+    assert_eq!(state(&swarm), "locked");
+    let out = docker_with_input(&swarm, &n1, cli, &["swarm", "unlock"], &format!("{key}\n"));
+    assert!(
+        output_text(&out).contains("invalid key"),
+        "{}",
+        output_text(&out)
+    );
+    let out = swarm
+        .lab
+        .shoal_command(&n1, &["swarm", "unlock"])
+        .unwrap()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(rotated.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(state(&swarm), "active");
+
+    // Autolock off: the data key is kept in the clear again, and a restart needs no key.
+    docker_ok(&swarm, &n1, cli, &["swarm", "update", "--autolock=false"]);
+    swarm.lab.stop_shoald(&n1).unwrap();
+    swarm.lab.spawn_shoald(&n1).unwrap();
+    assert_eq!(state(&swarm), "active");
+    swarm.wait_nodes(&n1, "both nodes Ready", |nodes| {
+        nodes.len() == 2 && nodes.iter().all(|n| n["Status"] == "Ready")
+    });
+    sealed_everywhere("after the restarts");
 }
 
 /// `docker stack deploy` of a compose file (two services on an overlay network, one published)

@@ -34,8 +34,8 @@ fn check_extras(raw: &Value, model_keys: &[&str]) -> Result<(), String> {
         let fine = match key.as_str() {
             // `--availability` at init and join: only active (a node is drained after it joins).
             "Availability" => matches!(value.as_str(), None | Some("" | "active")),
-            // `--autolock`: encryption at rest with a key is not there yet.
-            "AutoLockManagers" => value.as_bool() != Some(true),
+            // `--autolock` at init: read by `init`.
+            "AutoLockManagers" => value.is_boolean() || value.is_null(),
             _ => return Err(format!("unknown field {key}")),
         };
         if !fine {
@@ -48,6 +48,7 @@ fn check_extras(raw: &Value, model_keys: &[&str]) -> Result<(), String> {
 /// The parts of a swarm spec Shoal keeps: heartbeat, snapshot interval, certificate expiry and
 /// task history; the rest must be Docker's defaults.
 struct SpecArgs {
+    autolock: Option<bool>,
     dispatcher_heartbeat_s: Option<u64>,
     snapshot_interval: Option<u64>,
     cert_expiry_s: Option<u64>,
@@ -108,17 +109,12 @@ fn spec_args(spec: Option<models::SwarmSpec>) -> Result<SpecArgs, String> {
             ca.signing_ca_cert.as_ref().is_some_and(|c| !c.is_empty()),
             "CAConfig.SigningCACert",
         ),
-        (
-            spec.encryption_config
-                .and_then(|e| e.auto_lock_managers)
-                .unwrap_or(false),
-            "EncryptionConfig.AutoLockManagers",
-        ),
     ];
     if let Some((_, field)) = unsupported.iter().find(|(set, _)| *set) {
         return Err(format!("Shoal does not support {field} (yet)"));
     }
     Ok(SpecArgs {
+        autolock: spec.encryption_config.and_then(|e| e.auto_lock_managers),
         dispatcher_heartbeat_s: whole_seconds(
             spec.dispatcher.and_then(|d| d.heartbeat_period),
             "Dispatcher.HeartbeatPeriod",
@@ -194,6 +190,12 @@ pub(super) async fn init(
             .filter(|s| *s != 0 && !pool.is_empty())
             .map(|s| u8::try_from(s).unwrap_or(u8::MAX)),
         default_addr_pool: pool,
+        // `--autolock` (a top-level field bollard's model lacks; `request` checked its type).
+        autolock: serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|raw| raw.get("AutoLockManagers").and_then(Value::as_bool))
+            .unwrap_or(false)
+            || spec.autolock.unwrap_or(false),
     };
     let node_id = engine.swarm.call(Call::Init(args)).await?;
     // Docker's default history limit is Shoal's too; another one is set once the swarm is up.
@@ -270,11 +272,6 @@ pub(super) async fn update(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let version = super::write::version_of(query.version.as_deref())?;
-    if truthy(query.rotate_manager_unlock_key.as_deref()) {
-        return Err(ApiError::bad_request(
-            "Shoal does not support autolock (yet): there is no unlock key to rotate",
-        ));
-    }
     let asked: models::SwarmSpec = request(
         &body,
         "swarm spec",
@@ -304,8 +301,12 @@ pub(super) async fn update(
             snapshot_interval: spec.snapshot_interval,
             cert_expiry_s: spec.cert_expiry_s,
             task_history_limit: spec.task_history_limit,
+            autolock: spec.autolock,
         }))
         .await?;
+    if truthy(query.rotate_manager_unlock_key.as_deref()) {
+        engine.swarm.call(Call::UnlockKey { rotate: true }).await?;
+    }
     for (asked, role) in [
         (&query.rotate_worker_token, Role::Worker),
         (&query.rotate_manager_token, Role::Manager),
@@ -317,6 +318,24 @@ pub(super) async fn update(
                 .await?;
         }
     }
+    Ok(StatusCode::OK)
+}
+
+/// `GET /swarm/unlockkey`: `{"UnlockKey": ""}` while autolock is off, as Docker answers.
+pub(super) async fn unlock_key(State(engine): State<Engine>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        engine.swarm.call(Call::UnlockKey { rotate: false }).await?,
+    ))
+}
+
+/// `POST /swarm/unlock` with `{"UnlockKey": "SWMKEY-1-..."}`.
+pub(super) async fn unlock(
+    State(engine): State<Engine>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let asked: models::SwarmUnlockRequest = request(&body, "swarm unlock request", &["UnlockKey"])?;
+    let key = asked.unlock_key.unwrap_or_default();
+    engine.swarm.call(Call::Unlock { key }).await?;
     Ok(StatusCode::OK)
 }
 
@@ -341,12 +360,7 @@ mod tests {
         assert_eq!(args.task_history_limit, Some(5));
         let autolock: models::SwarmSpec =
             serde_json::from_str(r#"{"EncryptionConfig":{"AutoLockManagers":true}}"#).unwrap();
-        assert!(
-            spec_args(Some(autolock))
-                .err()
-                .unwrap()
-                .contains("AutoLockManagers")
-        );
+        assert_eq!(spec_args(Some(autolock)).unwrap().autolock, Some(true));
         let half: models::SwarmSpec =
             serde_json::from_str(r#"{"Dispatcher":{"HeartbeatPeriod":1500000000}}"#).unwrap();
         assert!(
@@ -363,6 +377,10 @@ mod tests {
         let ok = serde_json::json!({"ListenAddr": "0.0.0.0:2377", "Availability": "active",
             "AutoLockManagers": false});
         assert!(check_extras(&ok, &keys).is_ok());
+        let autolock = serde_json::json!({"AutoLockManagers": true});
+        assert!(check_extras(&autolock, &keys).is_ok());
+        let wrong = serde_json::json!({"AutoLockManagers": "yes"});
+        assert!(check_extras(&wrong, &keys).is_err());
         let drain = serde_json::json!({"Availability": "drain"});
         assert!(
             check_extras(&drain, &keys)

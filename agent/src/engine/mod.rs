@@ -112,6 +112,8 @@ pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode) -> Router {
         .route("/swarm/join", post(cluster::join))
         .route("/swarm/leave", post(cluster::leave))
         .route("/swarm/update", post(cluster::update))
+        .route("/swarm/unlockkey", get(cluster::unlock_key))
+        .route("/swarm/unlock", post(cluster::unlock))
         .route("/nodes", get(node_list))
         .route("/nodes/{id}", get(node_inspect).delete(write::node_remove))
         .route("/nodes/{id}/update", post(write::node_update))
@@ -281,14 +283,13 @@ fn go_arch(machine: &str) -> &str {
 async fn info(State(engine): State<Engine>) -> Json<models::SystemInfo> {
     let f = &engine.facts;
     let local = engine.swarm.info().await;
-    let active = local.state == "active";
     let mut swarm = models::SwarmInfo {
         node_id: Some(local.node_id.clone()),
         node_addr: Some(local.node_addr.clone()),
-        local_node_state: Some(if active {
-            models::LocalNodeState::ACTIVE
-        } else {
-            models::LocalNodeState::INACTIVE
+        local_node_state: Some(match local.state.as_str() {
+            "active" => models::LocalNodeState::ACTIVE,
+            "locked" => models::LocalNodeState::LOCKED,
+            _ => models::LocalNodeState::INACTIVE,
         }),
         control_available: Some(local.is_manager),
         error: Some(String::new()),

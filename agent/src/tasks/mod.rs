@@ -181,6 +181,22 @@ struct Local {
     way_out: Option<u32>,
 }
 
+/// The environment a task's process runs with, as `KEY=VALUE` (less the variables shoald adds),
+/// from `/proc/<pid>/environ`: what `tasks.json` does not keep.
+fn environment_of(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| String::from_utf8_lossy(kv).into_owned())
+        .filter(|kv| {
+            !kv.starts_with("SHOAL_TASK_")
+                && !kv.starts_with("SHOAL_SERVICE_NAME=")
+                && !kv.starts_with("SHOAL_NODE_ID=")
+        })
+        .collect()
+}
+
 /// Who this node is, for the data plane.
 #[derive(Debug, Clone)]
 pub(crate) struct Context {
@@ -307,6 +323,7 @@ impl Worker {
                 if !local.status.state.is_terminal() {
                     match &local.runtime {
                         Some(runtime) if exec::alive(runtime) => {
+                            local.task.spec.container_spec.env = environment_of(runtime.pid);
                             let (stop, stopped) = watch::channel(false);
                             state.stops.insert(id.clone(), stop);
                             adopt.push((id.clone(), runtime.clone(), stopped));
@@ -507,9 +524,20 @@ impl Worker {
 
     /// Hands what runs to `tasks.json`'s writer (atomic, durable, off the async runtime). The
     /// text is taken under the state's lock, so a later save always carries a later state.
+    /// Tasks' environments are left out: no service's environment reaches the disk in the clear
+    /// (a restart reads an adopted task's back from its process, [`environment_of`]).
     fn save(&self) {
         let state = self.lock();
-        let text = serde_json::to_string(&state.tasks).expect("plain data serializes");
+        let kept: BTreeMap<&String, Local> = state
+            .tasks
+            .iter()
+            .map(|(id, local)| {
+                let mut local = local.clone();
+                local.task.spec.container_spec.env.clear();
+                (id, local)
+            })
+            .collect();
+        let text = serde_json::to_string(&kept).expect("plain data serializes");
         self.inner.saved.save(text);
     }
 
@@ -1370,6 +1398,23 @@ async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
 mod tests {
     use shoal_control::limits;
     use shoal_dataplane::mesh::maglev;
+
+    /// An adopted task's environment is read back from its process, less shoald's variables.
+    #[test]
+    fn an_adopted_tasks_environment_comes_from_its_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env_clear()
+            .env("TOKEN", "a=b")
+            .env("SHOAL_TASK_ID", "t1")
+            .env("SHOAL_NODE_ID", "n1")
+            .spawn()
+            .expect("sleep starts");
+        let env = super::environment_of(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(env, vec!["TOKEN=a=b".to_owned()]);
+    }
 
     /// A draining task's arrivals: the TCP connections it accepted.
     #[test]

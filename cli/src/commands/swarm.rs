@@ -1,4 +1,4 @@
-//! `shoal swarm init|join|join-token|leave|update|inspect|ca`.
+//! `shoal swarm init|join|join-token|leave|update|inspect|ca|unlock|unlock-key`.
 
 use serde_json::Value;
 use shoal_api::{
@@ -110,6 +110,9 @@ pub(crate) enum Command {
         /// Default address pool subnet mask length (default 24)
         #[arg(long, value_name = "N")]
         default_addr_pool_mask_length: Option<u8>,
+        /// Enable manager autolocking (requiring an unlock key to start a stopped manager)
+        #[arg(long)]
+        autolock: bool,
     },
     /// Join a swarm as a node and/or manager
     Join {
@@ -153,6 +156,21 @@ pub(crate) enum Command {
         /// Task history retention limit (stopped tasks kept per slot)
         #[arg(long, value_name = "N")]
         task_history_limit: Option<u64>,
+        /// Change manager autolocking setting (true|false)
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        autolock: Option<bool>,
+    },
+    /// Unlock swarm: give a locked manager the unlock key (read from standard input, or asked
+    /// for on a terminal)
+    Unlock,
+    /// Manage the unlock key
+    UnlockKey {
+        /// Only display the key
+        #[arg(short, long)]
+        quiet: bool,
+        /// Rotate the unlock key
+        #[arg(long)]
+        rotate: bool,
     },
     /// Display detailed information on the swarm
     Inspect,
@@ -195,6 +213,32 @@ async fn token(host: &DaemonHost, role: Role) -> Result<String, Failure> {
     Ok(token.as_str().unwrap_or_default().to_owned())
 }
 
+/// The cluster's unlock key (a new one with `rotate`); empty while autolock is off.
+async fn unlock_key(host: &DaemonHost, rotate: bool) -> Result<String, Failure> {
+    let answer = call(host, &Call::UnlockKey { rotate }).await?;
+    Ok(answer["UnlockKey"].as_str().unwrap_or_default().to_owned())
+}
+
+fn print_unlock_key(key: &str) {
+    println!(
+        "To unlock a swarm manager after it restarts, run the `shoal swarm unlock`\ncommand and provide the following key:\n\n    {key}\n\nPlease remember to store this key in a password manager, since without it you\nwill not be able to restart the manager."
+    );
+}
+
+/// The unlock key from standard input: asked for on a terminal, else read whole.
+fn read_unlock_key() -> Result<String, Failure> {
+    use std::io::{BufRead as _, IsTerminal as _, Read as _};
+    let stdin = std::io::stdin();
+    let mut key = String::new();
+    if stdin.is_terminal() {
+        eprint!("Enter unlock key: ");
+        stdin.lock().read_line(&mut key)?;
+    } else {
+        stdin.lock().read_to_string(&mut key)?;
+    }
+    Ok(key.trim().to_owned())
+}
+
 async fn print_join_command(host: &DaemonHost, which: Role) -> Result<(), Failure> {
     let token = token(host, which).await?;
     let info = crate::commands::info::local(host).await?;
@@ -221,6 +265,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             cert_expiry,
             default_addr_pool,
             default_addr_pool_mask_length,
+            autolock,
         } => {
             let node = call(
                 host,
@@ -234,6 +279,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     cert_expiry_s: cert_expiry,
                     default_addr_pool,
                     default_addr_pool_mask_length,
+                    autolock,
                 }),
             )
             .await?;
@@ -245,6 +291,9 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             println!(
                 "To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n"
             );
+            if autolock {
+                print_unlock_key(&unlock_key(host, false).await?);
+            }
         }
         Command::Join {
             token,
@@ -306,7 +355,13 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             snapshot_interval,
             cert_expiry,
             task_history_limit,
+            autolock,
         } => {
+            let was_locking = if autolock == Some(true) {
+                !unlock_key(host, false).await?.is_empty()
+            } else {
+                false
+            };
             call(
                 host,
                 &Call::Update(UpdateArgs {
@@ -314,10 +369,45 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     snapshot_interval,
                     cert_expiry_s: cert_expiry,
                     task_history_limit,
+                    autolock,
                 }),
             )
             .await?;
             println!("Swarm updated.");
+            if autolock == Some(true) && !was_locking {
+                print_unlock_key(&unlock_key(host, false).await?);
+            }
+        }
+        Command::Unlock => {
+            let state = crate::commands::info::local(host).await?.state;
+            match state.as_str() {
+                "locked" => {}
+                "inactive" => return Err(Failure("This node is not part of a swarm".into())),
+                _ => return Err(Failure("Error: swarm is not locked".into())),
+            }
+            let key = read_unlock_key()?;
+            call(host, &Call::Unlock { key }).await?;
+        }
+        Command::UnlockKey { quiet, rotate } => {
+            if rotate {
+                let key = unlock_key(host, true).await?;
+                if !quiet {
+                    println!("Successfully rotated manager unlock key.\n");
+                    print_unlock_key(&key);
+                } else {
+                    println!("{key}");
+                }
+                return Ok(());
+            }
+            let key = unlock_key(host, false).await?;
+            if key.is_empty() {
+                return Err(Failure("no unlock key is set".into()));
+            }
+            if quiet {
+                println!("{key}");
+            } else {
+                print_unlock_key(&key);
+            }
         }
         Command::Ca {
             rotate,

@@ -33,6 +33,18 @@ pub enum Call {
         /// `--cert-expiry`, seconds.
         cert_expiry_s: Option<u64>,
     },
+    /// `swarm unlock-key [--rotate]`: the cluster's unlock key (`SWMKEY-1-...`), a new one with
+    /// `rotate`. Refused while autolock is off.
+    UnlockKey {
+        /// `--rotate`.
+        rotate: bool,
+    },
+    /// `swarm unlock`: opens a locked manager's data key with the cluster's unlock key.
+    /// Answered by the node itself (a locked manager runs no raft).
+    Unlock {
+        /// The unlock key.
+        key: String,
+    },
     /// `swarm join-token [--rotate] worker|manager`.
     JoinToken {
         /// Whose token.
@@ -152,6 +164,10 @@ pub struct InitArgs {
     /// `--default-addr-pool-mask-length`: the length of those subnets (default 24).
     #[serde(default)]
     pub default_addr_pool_mask_length: Option<u8>,
+    /// `--autolock`: managers' data keys are sealed with an unlock key, which a restarted
+    /// manager needs (`swarm unlock`).
+    #[serde(default)]
+    pub autolock: bool,
 }
 
 /// `swarm join`'s flags.
@@ -182,6 +198,9 @@ pub struct UpdateArgs {
     /// `--task-history-limit`: stopped tasks kept per slot.
     #[serde(default)]
     pub task_history_limit: Option<u64>,
+    /// `--autolock=true|false`.
+    #[serde(default)]
+    pub autolock: Option<bool>,
 }
 
 /// A node's role.
@@ -453,6 +472,17 @@ pub struct ClusterSpec {
     /// Orchestration settings.
     #[serde(default)]
     pub orchestration: OrchestrationSpec,
+    /// Encryption at rest.
+    #[serde(default)]
+    pub encryption_config: EncryptionConfig,
+}
+
+/// Encryption-at-rest settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EncryptionConfig {
+    /// Autolock: a restarted manager stays locked until `swarm unlock` gives it the key.
+    pub auto_lock_managers: bool,
 }
 
 /// Orchestration settings.

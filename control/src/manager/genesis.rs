@@ -50,6 +50,8 @@ pub struct GenesisArgs {
     pub default_addr_pool: Vec<String>,
     /// `--default-addr-pool-mask-length`; 0 for the default.
     pub subnet_size: u32,
+    /// `--autolock`.
+    pub autolock: bool,
 }
 
 /// Creates the root CA, tokens, the cluster object and the first node.
@@ -89,6 +91,9 @@ pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
                     node_cert_expiry: validity.as_nanos() as u64,
                 },
                 orchestration: Default::default(),
+                encryption_config: shoal_api::swarm::EncryptionConfig {
+                    auto_lock_managers: args.autolock,
+                },
             },
             tls_info: TlsInfo {
                 trust_root: root.cert_pem().to_owned(),
@@ -106,6 +111,13 @@ pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
         },
         ca_key: root.key_pem(),
         root_rotation: None,
+        unlock_key: if args.autolock {
+            crate::keys::UnlockKey::generate()
+                .map_err(|e| CaError::Random(e.to_string()))?
+                .to_string()
+        } else {
+            String::new()
+        },
     };
     let node = Node {
         id: node_id.clone(),

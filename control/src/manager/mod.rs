@@ -68,6 +68,8 @@ pub struct ManagerConfig {
     pub listen: SocketAddr,
     /// Raft timing and snapshots.
     pub settings: RaftSettings,
+    /// The data key that seals the raft storage, opened from `dir` ([`crate::keys`]).
+    pub keys: crate::keys::DataKeys,
 }
 
 /// Why a manager could not start.
@@ -111,6 +113,8 @@ pub(crate) struct Inner {
     client_tls: Arc<ClientConfig>,
     contacts: Contacts,
     settings: RaftSettings,
+    /// The data key, kept sealed with the cluster's unlock key (see `ops::maintain`).
+    keys: crate::keys::DataKeys,
     /// Last heartbeat per node ID (the leader's).
     heartbeats: Mutex<HashMap<String, Instant>>,
     /// Serialises the writes of node descriptions (so that two nodes cannot both claim one
@@ -168,12 +172,10 @@ impl Manager {
     /// leader.
     pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
         let store = Store::new();
-        let (log, sm) =
-            crate::raft::open_storage(&config.dir, store.clone()).map_err(|source| {
-                ManagerError::Storage {
-                    dir: config.dir.clone(),
-                    source,
-                }
+        let (log, sm) = crate::raft::open_storage(&config.dir, store.clone(), config.keys.key())
+            .map_err(|source| ManagerError::Storage {
+                dir: config.dir.clone(),
+                source,
             })?;
         let identity = config.credentials.identity()?;
         let live = LiveTls::new(&config.credentials)?;
@@ -213,6 +215,7 @@ impl Manager {
             client_tls,
             contacts,
             settings: config.settings,
+            keys: config.keys,
             heartbeats: Mutex::default(),
             descriptions: tokio::sync::Mutex::default(),
             leader_since: Mutex::default(),

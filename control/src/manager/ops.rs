@@ -46,6 +46,14 @@ pub struct ClusterRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub root_rotation: Option<RootRotation>,
+    /// The unlock key (`SWMKEY-1-...`) while autolock is on: every manager keeps its data key
+    /// sealed with it ([`crate::keys`]). Managers only; the raft store it lives in is sealed.
+    #[serde(
+        rename = "UnlockKey",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub unlock_key: String,
 }
 
 /// A root rotation under way: the new root, its key, and the new root cross-signed by the
@@ -581,6 +589,28 @@ fn follow_trust(inner: &Inner) {
     }
 }
 
+/// Keeps this manager's data key sealed with the cluster's unlock key (in the clear when
+/// autolock is off), as the store says from the moment it applies it.
+pub(super) fn follow_unlock_key(inner: &Inner) {
+    let Ok((_, record)) = cluster(inner) else {
+        return;
+    };
+    let unlock = if record.unlock_key.is_empty() {
+        None
+    } else {
+        match record.unlock_key.parse::<crate::keys::UnlockKey>() {
+            Ok(key) => Some(key),
+            Err(e) => {
+                tracing::error!(error = %e, "the cluster's unlock key");
+                return;
+            }
+        }
+    };
+    if let Err(e) = inner.keys.set_unlock_key(unlock.as_ref()) {
+        tracing::error!(error = %e, "sealing the data key with the cluster's unlock key");
+    }
+}
+
 /// The roots the store says to trust, when it says (a manager that has applied the cluster
 /// object).
 pub(super) fn trusted_roots(inner: &Inner) -> Option<String> {
@@ -914,6 +944,14 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
             if let Some(s) = args.cert_expiry_s {
                 ca::check_cert_expiry(s).map_err(Status::invalid_argument)?;
             }
+            let fresh_unlock = match args.autolock {
+                Some(true) => Some(
+                    crate::keys::UnlockKey::generate()
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .to_string(),
+                ),
+                _ => None,
+            };
             if let Some(n) = args.task_history_limit
                 && n > limits::MAX_TASK_HISTORY
             {
@@ -939,11 +977,48 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
                         .orchestration
                         .task_history_retention_limit = n;
                 }
+                match args.autolock {
+                    // Turned on: a new key; already on: the key stays.
+                    Some(true) if record.unlock_key.is_empty() => {
+                        record.unlock_key = fresh_unlock.clone().unwrap_or_default();
+                    }
+                    Some(false) => record.unlock_key.clear(),
+                    _ => {}
+                }
+                record.cluster.spec.encryption_config.auto_lock_managers =
+                    !record.unlock_key.is_empty();
                 Ok(())
             })
             .await?;
+            follow_unlock_key(inner);
             Ok(Value::Null)
         }
+        Call::UnlockKey { rotate } => {
+            let record = if rotate {
+                let fresh = crate::keys::UnlockKey::generate()
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .to_string();
+                let record = update_cluster(inner, |record| {
+                    if record.unlock_key.is_empty() {
+                        return Err(Status::failed_precondition(
+                            "cannot rotate because autolock is not turned on",
+                        ));
+                    }
+                    record.unlock_key.clone_from(&fresh);
+                    Ok(())
+                })
+                .await?;
+                follow_unlock_key(inner);
+                record
+            } else {
+                cluster(inner)?.1
+            };
+            // Empty while autolock is off: clients say "no unlock key is set" (Docker's API).
+            Ok(json!({ "UnlockKey": record.unlock_key }))
+        }
+        Call::Unlock { .. } => Err(Status::failed_precondition(
+            "swarm unlock is answered by the locked node itself",
+        )),
         Call::Ca {
             rotate,
             cert_expiry_s,
@@ -1205,6 +1280,7 @@ pub(super) async fn maintain(manager: Manager, mut stopped: watch::Receiver<bool
         }
         snapshot_if_due(&inner).await;
         follow_trust(&inner);
+        follow_unlock_key(&inner);
         let leading = inner.raft.metrics().borrow().current_leader == Some(inner.raft_id);
         let since = {
             let mut since = inner.leader_since.lock().unwrap_or_else(|e| e.into_inner());

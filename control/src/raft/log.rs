@@ -2,7 +2,7 @@
 //! stored, and recovered up to the last whole entry after a crash.
 //!
 //! ```text
-//!   <dir>/log/<first index, 20 digits>.seg   records: [len u32 LE][crc32 u32 LE][entry, JSON]
+//!   <dir>/log/<first index, 20 digits>.seg   records: [len u32 LE][crc32 u32 LE][sealed entry]
 //!   <dir>/vote.json                          written whole: tmp, fsync, rename, fsync dir
 //!   <dir>/purged.json                        the last purged log id (same)
 //!   <dir>/committed.json                     a hint: overwritten in place, not fsync'd
@@ -14,6 +14,10 @@
 //! Truncation and purging go through the same queue, so they are ordered with the writes, and
 //! wait for it. At open, each segment is read to its last whole record: a torn tail (the crash
 //! happened mid-write) is cut off; a bad record before the tail is corruption and an error.
+//!
+//! A sealed entry is the entry's JSON sealed with the manager's data key ([`crate::keys`]):
+//! nonce, ciphertext, tag. The checksum covers the sealed bytes, so a torn tail is told from
+//! the wrong key.
 
 use std::{
     collections::BTreeMap,
@@ -34,6 +38,7 @@ use openraft::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{Entry, NodeId, TypeConfig};
+use crate::keys::{DataKey, Purpose};
 
 /// A segment is closed and a new one started past this many bytes.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -125,6 +130,8 @@ enum Op {
 #[derive(Debug, Clone)]
 pub struct LogStore {
     dir: PathBuf,
+    /// Seals every record.
+    key: DataKey,
     committed: Arc<Mutex<File>>,
     shared: Arc<Mutex<Entries>>,
     ops: mpsc::Sender<OpBox>,
@@ -167,7 +174,7 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`, recovering what a crash left.
-    pub fn open(dir: &Path) -> io::Result<Self> {
+    pub fn open(dir: &Path, key: DataKey) -> io::Result<Self> {
         let log_dir = dir.join("log");
         fs::create_dir_all(&log_dir)?;
         let last_purged: Option<LogId<NodeId>> = read_json(&dir.join("purged.json"))?;
@@ -196,7 +203,12 @@ impl LogStore {
             let mut offsets = BTreeMap::new();
             let mut at = 0_usize;
             while at < bytes.len() {
-                let whole = parse_record(&bytes[at..]);
+                let whole = parse_record(&bytes[at..], &key).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("raft log segment {} at byte {at}: {e}", path.display()),
+                    )
+                })?;
                 let Some((entry, size)) = whole else {
                     if last_segment && torn_tail(&bytes[at..]) {
                         // A torn tail: the crash came mid-write, before the fsync that would
@@ -265,6 +277,7 @@ impl LogStore {
             .open(dir.join("committed.json"))?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            key,
             committed: Arc::new(Mutex::new(committed)),
             shared: Arc::new(Mutex::new(Entries {
                 entries,
@@ -316,21 +329,34 @@ fn torn_tail(rest: &[u8]) -> bool {
 }
 
 /// One record at the start of `bytes`: the entry and the record's size, or `None` when the
-/// record is incomplete or does not check out.
-fn parse_record(bytes: &[u8]) -> Option<(Entry, usize)> {
-    let header = bytes.get(..HEADER)?;
-    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
-    let payload = bytes.get(HEADER..HEADER + len)?;
-    if crc32fast::hash(payload) != crc {
-        return None;
+/// record is incomplete or does not check out. A whole record (its checksum holds) that the
+/// data key does not open is an error: the wrong key, or a record forged to match its checksum.
+fn parse_record(bytes: &[u8], key: &DataKey) -> Result<Option<(Entry, usize)>, String> {
+    let Some(header) = bytes.get(..HEADER) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let Some(payload) = bytes.get(HEADER..HEADER.saturating_add(len)) else {
+        return Ok(None);
+    };
+    // Shorter than a nonce and a tag is no sealed record (zeros past the end read as one).
+    if payload.len() < crate::keys::SEAL_OVERHEAD || crc32fast::hash(payload) != crc {
+        return Ok(None);
     }
-    let entry = serde_json::from_slice(payload).ok()?;
-    Some((entry, HEADER + len))
+    let plain = key.open(Purpose::LogRecord, payload).ok_or(
+        "the record does not open with this manager's data key (keys.json is not the one the log was written with, or the record was altered)",
+    )?;
+    let entry = serde_json::from_slice(&plain)
+        .map_err(|e| format!("a sealed record holds no entry: {e}"))?;
+    Ok(Some((entry, HEADER + len)))
 }
 
-fn record(entry: &Entry) -> io::Result<Vec<u8>> {
-    let payload = serde_json::to_vec(entry).map_err(io::Error::other)?;
+fn record(entry: &Entry, key: &DataKey) -> io::Result<Vec<u8>> {
+    let payload = key.seal(
+        Purpose::LogRecord,
+        &serde_json::to_vec(entry).map_err(io::Error::other)?,
+    )?;
     let len =
         u32::try_from(payload.len()).map_err(|_| io::Error::other("raft entry over 4 GiB"))?;
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
@@ -601,8 +627,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut shared = self.lock();
             for entry in entries {
-                let bytes =
-                    record(&entry).map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))?;
+                let bytes = record(&entry, &self.key)
+                    .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))?;
                 records.push((entry.log_id.index, bytes));
                 shared.entries.insert(entry.log_id.index, entry);
             }
@@ -650,6 +676,38 @@ mod tests {
     use super::*;
     use crate::store::ChangeSet;
 
+    /// The data key kept in `dir`.
+    fn key(dir: &Path) -> DataKey {
+        crate::keys::DataKeys::open(dir, None)
+            .unwrap()
+            .key()
+            .clone()
+    }
+
+    /// The log in `dir`, sealed with the data key kept there.
+    fn open(dir: &Path) -> io::Result<LogStore> {
+        let keys = crate::keys::DataKeys::open(dir, None).map_err(io::Error::other)?;
+        LogStore::open(dir, keys.key().clone())
+    }
+
+    #[tokio::test]
+    async fn records_are_sealed_and_another_data_key_is_an_error_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path()).unwrap();
+        append(&mut log, 1..=3).await;
+        drop(log);
+        let bytes = fs::read(&segments(dir.path())[0]).unwrap();
+        assert!(
+            !bytes.windows(8).any(|w| w == b"log_id\":"),
+            "a record's JSON is in the segment in the clear"
+        );
+        let e = LogStore::open(dir.path(), DataKey::generate().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("data key"), "{e}");
+        // Nothing was cut off: the right key still reads all three.
+        let mut log = open(dir.path()).unwrap();
+        assert_eq!(indices(&mut log).await, vec![1, 2, 3]);
+    }
+
     fn entry(index: u64) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
@@ -686,59 +744,60 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_torn_tail_is_cut_and_everything_before_it_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         append(&mut log, 1..=10).await;
         drop(log);
         // A crash mid-write: half a record at the end.
         let segment = segments(dir.path()).pop().unwrap();
         let whole = fs::metadata(&segment).unwrap().len();
         let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
-        file.write_all(&record(&entry(11)).unwrap()[..20]).unwrap();
+        file.write_all(&record(&entry(11), &key(dir.path())).unwrap()[..20])
+            .unwrap();
         drop(file);
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         assert_eq!(indices(&mut log).await, (1..=10).collect::<Vec<_>>());
         assert_eq!(fs::metadata(&segment).unwrap().len(), whole);
         // And the log goes on from there.
         append(&mut log, 11..=12).await;
         drop(log);
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         assert_eq!(indices(&mut log).await, (1..=12).collect::<Vec<_>>());
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_flipped_bit_before_the_tail_is_an_error_not_a_silent_loss() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         append(&mut log, 1..=3).await;
         drop(log);
         // Roll a second segment by hand so the damaged one is not the last.
         let first = segments(dir.path()).pop().unwrap();
         fs::write(
             segment_path(&dir.path().join("log"), 4),
-            record(&entry(4)).unwrap(),
+            record(&entry(4), &key(dir.path())).unwrap(),
         )
         .unwrap();
         let mut bytes = fs::read(&first).unwrap();
         bytes[HEADER + 3] ^= 0x40;
         fs::write(&first, bytes).unwrap();
-        let e = LogStore::open(dir.path()).unwrap_err();
+        let e = open(dir.path()).unwrap_err();
         assert!(e.to_string().contains("is corrupt at byte 0"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_damaged_record_in_the_last_segment_with_records_after_it_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         append(&mut log, 1..=5).await;
         drop(log);
         let segment = segments(dir.path()).pop().unwrap();
         let before = fs::read(&segment).unwrap();
         let mut bytes = before.clone();
         // Entry 2's payload: a flipped bit with entries 3 to 5 whole after it.
-        let second = record(&entry(1)).unwrap().len();
+        let second = record(&entry(1), &key(dir.path())).unwrap().len();
         bytes[second + HEADER + 2] ^= 0x01;
         fs::write(&segment, &bytes).unwrap();
-        let e = LogStore::open(dir.path()).unwrap_err();
+        let e = open(dir.path()).unwrap_err();
         assert!(e.to_string().contains("is corrupt at byte"), "{e}");
         // Nothing was cut: the file is as the damage left it.
         assert_eq!(fs::read(&segment).unwrap(), bytes);
@@ -747,7 +806,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_damaged_final_record_and_a_zeroed_tail_are_torn_tails() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         append(&mut log, 1..=3).await;
         drop(log);
         let segment = segments(dir.path()).pop().unwrap();
@@ -757,21 +816,21 @@ mod tests {
         let n = damaged.len();
         damaged[n - 2] ^= 0xff;
         fs::write(&segment, &damaged).unwrap();
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         assert_eq!(indices(&mut log).await, vec![1, 2]);
         drop(log);
         // Zeros past the last record (a file system extended the file before the crash).
         let mut zeroed = fs::read(&segment).unwrap();
         zeroed.extend_from_slice(&[0; 4096]);
         fs::write(&segment, &zeroed).unwrap();
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         assert_eq!(indices(&mut log).await, vec![1, 2]);
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn truncation_and_purging_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         append(&mut log, 1..=20).await;
         log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 15))
             .await
@@ -781,7 +840,7 @@ mod tests {
             .await
             .unwrap();
         drop(log);
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         assert_eq!(indices(&mut log).await, (6..=16).collect::<Vec<_>>());
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(5));
@@ -797,21 +856,21 @@ mod tests {
         );
         append(&mut log, 17..=17).await;
         drop(log);
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         assert_eq!(indices(&mut log).await, vec![17]);
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn the_committed_hint_never_runs_past_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         append(&mut log, 1..=10).await;
         // A follower notes a commit index whose entries were not flushed when it crashed.
         log.save_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 50)))
             .await
             .unwrap();
         drop(log);
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         assert_eq!(
             log.read_committed().await.unwrap().map(|l| l.index),
             Some(10)
@@ -821,11 +880,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn the_vote_is_durable() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         let vote = Vote::new(3, 7);
         log.save_vote(&vote).await.unwrap();
         drop(log);
-        let mut log = LogStore::open(dir.path()).unwrap();
+        let mut log = open(dir.path()).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(vote));
     }
 }

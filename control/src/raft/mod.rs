@@ -123,15 +123,16 @@ impl RaftSettings {
 }
 
 /// Opens a manager's raft storage in `dir`: the log, and the state machine over `store` (loaded
-/// from the newest snapshot).
+/// from the newest snapshot), both sealed with `key` ([`crate::keys`]).
 pub fn open_storage(
     dir: &Path,
     store: crate::store::Store,
+    key: &crate::keys::DataKey,
 ) -> std::io::Result<(log::LogStore, sm::StateMachine)> {
     std::fs::create_dir_all(dir)?;
     Ok((
-        log::LogStore::open(dir)?,
-        sm::StateMachine::open(dir, store)?,
+        log::LogStore::open(dir, key.clone())?,
+        sm::StateMachine::open(dir, store, key.clone())?,
     ))
 }
 
@@ -152,7 +153,9 @@ mod tests {
         ) -> Result<(tempfile::TempDir, log::LogStore, sm::StateMachine), StorageError<NodeId>>
         {
             let dir = tempfile::tempdir().expect("temporary directory");
-            let (log, sm) = open_storage(dir.path(), crate::store::Store::new()).expect("open");
+            let keys = crate::keys::DataKeys::open(dir.path(), None).expect("data key");
+            let (log, sm) =
+                open_storage(dir.path(), crate::store::Store::new(), keys.key()).expect("open");
             Ok((dir, log, sm))
         }
     }

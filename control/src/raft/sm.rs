@@ -1,8 +1,9 @@
 //! The raft state machine: committed change sets applied to the in-memory [`Store`], and
 //! snapshots of it on disk.
 //!
-//! A snapshot is one JSON file, `<dir>/snapshots/<term>-<index>.snap`, holding the store's image
-//! and raft's metadata, written whole (tmp, fsync, rename, fsync dir). At open the newest one
+//! A snapshot is one file, `<dir>/snapshots/<term>-<index>.snap`: the store's image and raft's
+//! metadata as JSON, sealed with the manager's data key ([`crate::keys`]), written whole (tmp,
+//! fsync, rename, fsync dir). At open the newest one
 //! is loaded into the store, and openraft replays the log from there. Older snapshots are
 //! removed once a newer one is durable (SwarmKit keeps none by default either).
 
@@ -22,7 +23,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::{Entry, Node, NodeId, Request, Response, TypeConfig, log::write_bytes_durable};
-use crate::store::{Image, Store};
+use crate::{
+    keys::{DataKey, Purpose},
+    store::{Image, Store},
+};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -46,6 +50,8 @@ struct Applied {
 pub struct StateMachine {
     store: Store,
     dir: PathBuf,
+    /// Seals snapshot files.
+    key: DataKey,
     applied: Arc<Mutex<Applied>>,
 }
 
@@ -61,7 +67,7 @@ fn snapshot_error(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 impl StateMachine {
     /// Opens the snapshots in `dir` and loads the newest into `store`.
-    pub fn open(dir: &Path, store: Store) -> io::Result<Self> {
+    pub fn open(dir: &Path, store: Store, key: DataKey) -> io::Result<Self> {
         let dir = dir.join("snapshots");
         fs::create_dir_all(&dir)?;
         let mut newest: Option<((u64, u64), PathBuf)> = None;
@@ -83,7 +89,15 @@ impl StateMachine {
         }
         let mut applied = Applied::default();
         if let Some((_, path)) = newest {
-            let bytes = fs::read(&path)?;
+            let bytes = key.open(Purpose::Snapshot, &fs::read(&path)?).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: does not open with this manager's data key (keys.json is not the one it was written with, or the file was altered)",
+                        path.display()
+                    ),
+                )
+            })?;
             let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -98,6 +112,7 @@ impl StateMachine {
         Ok(Self {
             store,
             dir,
+            key,
             applied: Arc::new(Mutex::new(applied)),
         })
     }
@@ -119,7 +134,7 @@ impl StateMachine {
         let name = format!("{term:020}-{index:020}.snap");
         let path = self.dir.join(&name);
         let dir = self.dir.clone();
-        let data = bytes.clone();
+        let data = self.key.seal(Purpose::Snapshot, &bytes)?;
         tokio::task::spawn_blocking(move || {
             write_bytes_durable(&path, &data)?;
             for item in fs::read_dir(&dir)? {
