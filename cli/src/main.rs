@@ -1,4 +1,5 @@
-//! `shoal`, the command line for Shoal: Docker's `swarm | node | service | network | info` verbs,
+//! `shoal`, the command line for Shoal: Docker's `swarm | node | service | network | secret |
+//! config | info` verbs,
 //! sent to the local `shoald` over its unix socket (`-H unix://PATH`, or `$SHOAL_HOST`).
 //!
 //! ```text
@@ -52,6 +53,12 @@ enum Command {
     /// Manage swarm networks
     #[command(subcommand)]
     Network(commands::network::Command),
+    /// Manage swarm secrets
+    #[command(subcommand)]
+    Secret(commands::secret::Command),
+    /// Manage swarm configs
+    #[command(subcommand)]
+    Config(commands::secret::Command),
     /// Drive this node's data plane directly (until the control plane does)
     #[command(subcommand)]
     Dataplane(commands::dataplane::Command),
@@ -80,6 +87,12 @@ async fn main() -> ExitCode {
         Command::Node(command) => commands::node::run(&cli.host, command).await,
         Command::Service(command) => commands::service::run(&cli.host, command).await,
         Command::Network(command) => commands::network::run(&cli.host, command).await,
+        Command::Secret(command) => {
+            commands::secret::run(&cli.host, shoal_api::secret::DataKind::Secret, command).await
+        }
+        Command::Config(command) => {
+            commands::secret::run(&cli.host, shoal_api::secret::DataKind::Config, command).await
+        }
         Command::Dataplane(command) => commands::dataplane::run(&cli.host, command).await,
     };
     match result {

@@ -41,6 +41,10 @@ pub struct Assignment {
     /// tasks is on, with their VIPs, aliases and running tasks on those networks only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ReachableService>,
+    /// The data of the secrets and configs its tasks refer to (filled in by the manager from
+    /// the store; nothing else of the store's secrets reaches the node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payloads: Vec<shoal_api::secret::Payload>,
 }
 
 /// A service the node's tasks share a network with, as its tasks see it there: the data of
@@ -311,6 +315,8 @@ pub fn assignment(world: &World, index: u64, node_id: &str, data_path_port: u16)
         peers,
         mesh,
         services,
+        // The store's secrets are not part of the world: the manager adds the data.
+        payloads: Vec::new(),
     }
 }
 

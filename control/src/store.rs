@@ -38,7 +38,11 @@ pub enum Kind {
     Task,
     /// Networks.
     Network,
-    /// Configs: named data (`Call::Put`).
+    /// Named data of `Call::Put` (what `cargo xtask bench raft` and the crash tests write).
+    Data,
+    /// Secrets (`secret create`).
+    Secret,
+    /// Configs (`config create`).
     Config,
 }
 

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use shoal_tests::{
     Host, output_text,
-    service::{create_serve, labtool_path, running_per_node, wait_running},
+    service::{create_serve, labtool_path, running_per_node, wait_running, who_answers},
     swarm::Swarm,
 };
 
@@ -854,6 +854,215 @@ fn a_managers_data_is_sealed_and_autolock_locks_a_restarted_manager() {
     sealed_everywhere("after the restarts");
 }
 
+/// Secrets and configs through the docker CLI: created, listed, inspected (a secret's data never
+/// comes back), mounted into exec tasks on both nodes (a secret at /run/secrets with its mode
+/// and owner, a config over its target, which stays as it was on the node), refused while in
+/// use, never written under a data root, and removed; bad input gets Docker's answers.
+#[test]
+fn the_docker_cli_manages_secrets_and_configs_and_tasks_read_them() {
+    let cli = clis()[0];
+    let swarm = Swarm::up(1, 1);
+    let n1 = swarm.managers[0].clone();
+    let run = |args: &[&str]| docker_ok(&swarm, &n1, cli, args);
+    let dir = std::env::temp_dir().join(format!("shoal-test-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = format!("secret-marker-{}", std::process::id());
+    let secret_file = dir.join("secret.txt");
+    std::fs::write(&secret_file, &marker).unwrap();
+    let config_file = dir.join("app.conf");
+    std::fs::write(&config_file, "color=blue").unwrap();
+    // The config's target on the node (an exec task shares the node's file system).
+    let target = dir.join("target.conf");
+    std::fs::write(&target, "as on the node").unwrap();
+    let target = target.to_str().unwrap().to_owned();
+
+    let id = run(&[
+        "secret",
+        "create",
+        "--label",
+        "team=a",
+        "s1",
+        secret_file.to_str().unwrap(),
+    ]);
+    assert_eq!(id.len(), 25, "{id}");
+    run(&["config", "create", "c1", config_file.to_str().unwrap()]);
+    assert_eq!(run(&["secret", "ls", "--format", "{{.Name}}"]), "s1");
+    assert_eq!(run(&["config", "ls", "--format", "{{.Name}}"]), "c1");
+    let inspected = run(&["secret", "inspect", "s1"]);
+    assert!(!inspected.contains("\"Data\""), "{inspected}");
+    assert!(inspected.contains("\"team\": \"a\""), "{inspected}");
+    assert_eq!(
+        run(&["config", "inspect", "c1", "--format", "{{json .Spec.Data}}"]),
+        "\"Y29sb3I9Ymx1ZQ==\""
+    );
+    let again = docker_fails(
+        &swarm,
+        &n1,
+        cli,
+        &["secret", "create", "s1", secret_file.to_str().unwrap()],
+    );
+    assert!(again.contains("already exists"), "{again}");
+    let huge = dir.join("huge");
+    std::fs::write(&huge, vec![b'x'; 600 * 1024]).unwrap();
+    let refused = docker_fails(
+        &swarm,
+        &n1,
+        cli,
+        &["secret", "create", "big", huge.to_str().unwrap()],
+    );
+    assert!(refused.contains("less than 512000 bytes"), "{refused}");
+    let missing = docker_fails(
+        &swarm,
+        &n1,
+        cli,
+        &[
+            "service", "create", "--detach", "--secret", "nope", "host", "true",
+        ],
+    );
+    assert!(missing.contains("nope"), "{missing}");
+
+    let script = format!(
+        // The secret shouted (a task that logs its secret as is would put it on disk itself).
+        "echo mode=$(stat -c %a:%u /run/secrets/db) secret=$(tr a-z A-Z < /run/secrets/db) config=$(cat {target}); exec sleep 600"
+    );
+    run(&[
+        "service",
+        "create",
+        "--name",
+        "reader",
+        "--replicas",
+        "2",
+        "--secret",
+        "source=s1,target=db,mode=0400,uid=0",
+        "--config",
+        &format!("source=c1,target={target}"),
+        "host",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    wait_running(&swarm, &n1, "reader", "two readers", |per| per.len() == 2);
+    let want = format!(
+        "mode=400:0 secret={} config=color=blue",
+        marker.to_uppercase()
+    );
+    shoal_tests::wait_until(
+        "both readers' lines",
+        std::time::Duration::from_secs(30),
+        || {
+            let logs = docker_ok(&swarm, &n1, cli, &["service", "logs", "--raw", "reader"]);
+            Ok(logs.matches(&want).count() == 2)
+        },
+    )
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "as on the node");
+    let in_use = docker_fails(&swarm, &n1, cli, &["secret", "rm", "s1"]);
+    assert!(
+        in_use.contains("in use by the following service: reader"),
+        "{in_use}"
+    );
+    let in_use = docker_fails(&swarm, &n1, cli, &["config", "rm", "c1"]);
+    assert!(in_use.contains("in use"), "{in_use}");
+    for node in swarm.lab.nodes() {
+        let root = swarm.lab.host_dir(node).join("data");
+        assert_eq!(
+            files_containing(&root, marker.as_bytes()),
+            Vec::<String>::new(),
+            "the secret in the clear under {}",
+            root.display()
+        );
+    }
+
+    // Labels change; the data does not.
+    let version = run(&["secret", "inspect", "s1", "--format", "{{.Version.Index}}"]);
+    let socket = swarm.lab.socket(&n1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = rt.block_on(raw_post(
+        &socket,
+        &format!("/v1.41/secrets/s1/update?version={version}"),
+        br#"{"Name":"s1","Labels":{"team":"b"},"Data":"b3RoZXI="}"#,
+    ));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("only updates to Labels"), "{body}");
+    let (status, body) = rt.block_on(raw_post(
+        &socket,
+        &format!("/v1.41/secrets/s1/update?version={version}"),
+        br#"{"Name":"s1","Labels":{"team":"b"}}"#,
+    ));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = rt.block_on(raw_post(
+        &socket,
+        &format!("/v1.41/secrets/s1/update?version={version}"),
+        br#"{"Name":"s1","Labels":{"team":"c"}}"#,
+    ));
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = rt.block_on(raw_post(
+        &socket,
+        "/v1.41/secrets/create",
+        br#"{"Name":"t1","Data":"eA==","Templating":{"Name":"golang"}}"#,
+    ));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Templating"), "{body}");
+    let (status, body) = rt.block_on(raw_post(
+        &socket,
+        "/v1.41/secrets/create",
+        br#"{"Name":"t1","Data":"not base64!"}"#,
+    ));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        run(&[
+            "secret",
+            "inspect",
+            "s1",
+            "--format",
+            "{{index .Spec.Labels \"team\"}}"
+        ]),
+        "b"
+    );
+
+    // shoal's own commands: a second secret takes the first one's place in the service.
+    let second = dir.join("second.txt");
+    std::fs::write(&second, "second-value").unwrap();
+    swarm.ok(&n1, &["secret", "create", "s2", second.to_str().unwrap()]);
+    assert!(swarm.ok(&n1, &["secret", "ls"]).contains("s2"));
+    swarm.ok(
+        &n1,
+        &[
+            "service",
+            "update",
+            "--secret-rm",
+            "s1",
+            "--secret-add",
+            "source=s2,target=db,mode=0400",
+            "reader",
+        ],
+    );
+    shoal_tests::wait_until(
+        "the readers with s2",
+        std::time::Duration::from_secs(60),
+        || {
+            let logs = docker_ok(&swarm, &n1, cli, &["service", "logs", "--raw", "reader"]);
+            Ok(logs.matches("secret=SECOND-VALUE").count() >= 2)
+        },
+    )
+    .unwrap();
+    swarm.ok(&n1, &["secret", "rm", "s1"]);
+    let in_use = swarm.fails(&n1, &["secret", "rm", "s2"]);
+    assert!(in_use.contains("in use"), "{in_use}");
+
+    run(&["service", "rm", "reader"]);
+    swarm.ok(&n1, &["secret", "rm", "s2"]);
+    run(&["config", "rm", "c1"]);
+    assert_eq!(run(&["secret", "ls", "-q"]), "");
+    assert_eq!(run(&["config", "ls", "-q"]), "");
+    let gone = docker_fails(&swarm, &n1, cli, &["secret", "inspect", "s1"]);
+    assert!(gone.contains("No such secret: s1"), "{gone}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `docker stack deploy` of a compose file (two services on an overlay network, one published)
 /// runs on Shoal: the CLI translates the file, Shoal resolves the network by name; `stack ls`,
 /// `stack services`, `stack ps` and `stack rm` work.
@@ -881,20 +1090,30 @@ services:
         tier: web
   api:
     image: host
-    command: ["{tool}", "serve", "--port", "80"]
+    command: ["sh", "-c", "echo token=$$(cat /run/secrets/token); exec {tool} serve --port 80"]
     networks: [front]
+    secrets: [token]
 networks:
   front:
     driver: overlay
+secrets:
+  token:
+    file: ./token.txt
 "#
         ),
     )
     .unwrap();
+    let marker = format!("stack-secret-{}", std::process::id());
+    std::fs::write(dir.join("token.txt"), &marker).unwrap();
     let cli = clis()[0];
     let run = |args: &[&str]| docker_ok(&swarm, &n1, cli, args);
     let deployed = run(&["stack", "deploy", "-c", compose.to_str().unwrap(), "demo"]);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(deployed.contains("Creating service demo_web"), "{deployed}");
+    assert!(
+        deployed.contains("Creating secret demo_token"),
+        "{deployed}"
+    );
     wait_running(&swarm, &n1, "demo_web", "two web tasks", |per| {
         per.values().sum::<usize>() == 2
     });
@@ -923,6 +1142,25 @@ networks:
     );
     let ps = run(&["stack", "ps", "demo", "--format", "{{.Name}}"]);
     assert_eq!(ps.lines().count(), 3, "{ps}");
+    // The published port answers on every node; the api task read its secret.
+    for node in swarm.lab.nodes() {
+        let answered = who_answers(&swarm, &node.public_ip.to_string(), 8090, 4);
+        assert_eq!(answered.len(), 4, "8090 on {}: {answered:?}", node.name);
+    }
+    assert_eq!(
+        run(&["secret", "ls", "--format", "{{.Name}}"]),
+        "demo_token"
+    );
+    shoal_tests::wait_until(
+        "the api task's line with its secret",
+        std::time::Duration::from_secs(30),
+        || {
+            Ok(swarm
+                .ok(&n1, &["service", "logs", "demo_api"])
+                .contains(&format!("token={marker}")))
+        },
+    )
+    .unwrap();
     run(&["stack", "rm", "demo"]);
     let gone = shoal_tests::wait_until(
         "the stack removed",
@@ -930,7 +1168,10 @@ networks:
         || {
             let services = swarm.ok(&n1, &["service", "ls"]);
             let networks = swarm.ok(&n1, &["network", "ls"]);
-            Ok(!services.contains("demo_") && !networks.contains("demo_front"))
+            let secrets = swarm.ok(&n1, &["secret", "ls", "-q"]);
+            Ok(!services.contains("demo_")
+                && !networks.contains("demo_front")
+                && secrets.trim().is_empty())
         },
     );
     assert!(gone.is_ok(), "{gone:?}");

@@ -518,6 +518,11 @@ fn docker_tasks_get_limits_mounts_and_logs_through_the_engine() {
     let swarm = Swarm::up_with_daemons(1, 0, &[], &["--executor", "docker"]);
     let n1 = swarm.managers[0].clone();
     let data = TempDir::new("docker-data");
+    let secret = data.path().to_owned() + "-secret";
+    std::fs::write(&secret, "docker-secret-value").unwrap();
+    swarm.ok(&n1, &["secret", "create", "s1", &secret]);
+    swarm.ok(&n1, &["config", "create", "c1", &secret]);
+    let _ = std::fs::remove_file(&secret);
     swarm.ok(
         &n1,
         &[
@@ -525,6 +530,10 @@ fn docker_tasks_get_limits_mounts_and_logs_through_the_engine() {
             "create",
             "--name",
             "cfg",
+            "--secret",
+            "source=s1,target=token,uid=1000,mode=0400",
+            "--config",
+            "source=c1,target=/etc/app.conf",
             "--limit-memory",
             "64m",
             "--limit-cpu",
@@ -595,8 +604,35 @@ fn docker_tasks_get_limits_mounts_and_logs_through_the_engine() {
         mounts,
         BTreeMap::from([
             ("/data".to_owned(), "bind".to_owned()),
-            ("/scratch".to_owned(), "tmpfs".to_owned())
+            ("/scratch".to_owned(), "tmpfs".to_owned()),
+            ("/run/secrets".to_owned(), "bind".to_owned()),
+            ("/etc/app.conf".to_owned(), "bind".to_owned()),
         ])
+    );
+    // The secret and the config: files on a tmpfs of the node, with their owner and mode.
+    let source_of = |target: &str| {
+        host["Mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["Target"] == target)
+            .and_then(|m| m["Source"].as_str())
+            .unwrap()
+            .to_owned()
+    };
+    let token = std::path::Path::new(&source_of("/run/secrets")).join("token");
+    assert!(token.starts_with("/dev/shm/"), "{}", token.display());
+    assert_eq!(
+        std::fs::read_to_string(&token).unwrap(),
+        "docker-secret-value"
+    );
+    let meta = std::fs::metadata(&token).unwrap();
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o400, 1000));
+    let task_files = token.parent().unwrap().parent().unwrap().to_owned();
+    assert_eq!(
+        std::fs::read_to_string(source_of("/etc/app.conf")).unwrap(),
+        "docker-secret-value"
     );
     let config = &c["Config"];
     assert_eq!(config["Hostname"], "cfg-task");
@@ -636,7 +672,7 @@ fn docker_tasks_get_limits_mounts_and_logs_through_the_engine() {
     );
     swarm.ok(&n1, &["service", "rm", "cfg", "nosource"]);
     let gone = wait_until("the containers removed", Duration::from_secs(60), || {
-        Ok(shoal_tests::docker::task_containers().is_empty())
+        Ok(shoal_tests::docker::task_containers().is_empty() && !task_files.exists())
     });
     assert!(gone.is_ok(), "{:?}", shoal_tests::docker::task_containers());
     drop(swarm);

@@ -14,6 +14,7 @@
 //! `docs/api.md` lists what is served and what is not.
 
 mod cluster;
+mod data;
 mod defaults;
 mod filters;
 mod spec;
@@ -134,8 +135,7 @@ pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode) -> Router {
             "/networks/{id}",
             get(network_inspect).delete(write::network_remove),
         )
-        .route("/secrets", get(no_secrets))
-        .route("/configs", get(no_secrets))
+        .merge(data::routes())
         .fallback(unknown_path)
         .with_state(Engine { facts, swarm });
     Router::new().fallback(move |request: Request| {
@@ -183,14 +183,6 @@ fn unversioned(mut request: Request) -> Result<Request, ApiError> {
 fn parse_version(text: &str) -> Option<(u32, u32)> {
     let (major, minor) = text.split_once('.')?;
     Some((major.parse().ok()?, minor.parse().ok()?))
-}
-
-/// `GET /secrets` and `/configs`: Shoal keeps neither yet, so there are none (what `docker stack
-/// rm` lists before it removes a stack's). Creating one is an unknown path (404).
-async fn no_secrets(Query(query): Query<ListQuery>) -> Reply<Vec<Value>> {
-    Filters::parse(query.filters.as_deref(), &["id", "label", "name", "names"])
-        .map_err(ApiError::bad_request)?;
-    Ok(Json(Vec::new()))
 }
 
 async fn unknown_path(request: Request) -> ApiError {

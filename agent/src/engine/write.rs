@@ -20,7 +20,7 @@ use super::{ApiError, Engine, call, spec, truthy};
 
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct VersionQuery {
-    version: Option<String>,
+    pub(super) version: Option<String>,
     rollback: Option<String>,
     force: Option<String>,
 }

@@ -93,6 +93,7 @@ impl Engine {
         task: &Task,
         node: &str,
         env: &[(String, String)],
+        binds: &[(String, String)],
     ) -> Result<Runtime, String> {
         let spec = &task.spec.container_spec;
         // A bind source is a path of this node: say so plainly when it is missing.
@@ -150,8 +151,21 @@ impl Engine {
                 let limits = &task.spec.resources.limits;
                 let limit = |n: u64| (n > 0).then(|| nanos(n));
                 HostConfig {
-                    mounts: Some(spec.mounts.iter().map(engine_mount).collect())
-                        .filter(|m: &Vec<_>| !m.is_empty()),
+                    // The task's secrets and configs: files on a tmpfs of this node, read-only.
+                    mounts: Some(
+                        spec.mounts
+                            .iter()
+                            .map(engine_mount)
+                            .chain(binds.iter().map(|(source, target)| bollard::models::Mount {
+                                source: Some(source.clone()),
+                                target: Some(target.clone()),
+                                typ: Some(bollard::models::MountType::BIND),
+                                read_only: Some(true),
+                                ..Default::default()
+                            }))
+                            .collect(),
+                    )
+                    .filter(|m: &Vec<_>| !m.is_empty()),
                     readonly_rootfs: spec.read_only.then_some(true),
                     init: spec.init,
                     nano_cpus: limit(limits.nano_cpus),

@@ -53,6 +53,7 @@ pub(crate) fn start(
     dir: &Path,
     task: &Task,
     env: &[(String, String)],
+    files: Option<super::files::ExecFiles>,
     runtime: &mut Runtime,
 ) -> Result<tokio::process::Child, String> {
     let spec = &task.spec.container_spec;
@@ -139,6 +140,9 @@ pub(crate) fn start(
             ))?;
             for m in &mounts {
                 m.apply()?;
+            }
+            if let Some(files) = &files {
+                files.apply()?;
             }
             if read_only {
                 // The root mount of the task's own namespace; its other mounts stay as they are.

@@ -20,6 +20,7 @@
 pub(crate) mod cgroup;
 pub(crate) mod docker;
 pub(crate) mod exec;
+pub(crate) mod files;
 pub(crate) mod health;
 pub(crate) mod logs;
 pub(crate) mod session;
@@ -589,16 +590,45 @@ impl Worker {
         };
         self.report(&id, status(TaskState::Preparing, "preparing"));
         let env = self.env(&task);
+        // Its secrets and configs, from the assignment (in memory only).
+        let payloads = self
+            .lock()
+            .assignment
+            .as_ref()
+            .map(|a| a.payloads.clone())
+            .unwrap_or_default();
+        let task_files = match files::for_task(&task, &payloads) {
+            Ok(found) => found,
+            Err(e) => return self.finish(&id, None, TaskState::Rejected, e).await,
+        };
+        let mut exec_files = None;
         let prepared = match &self.inner.executor {
             Executor::None => Err(NO_EXECUTOR.to_owned()),
-            Executor::Exec => exec::prepare(&self.inner.dir, &task).await,
-            Executor::Docker(engine) => {
-                let node = self.node_id();
-                engine
-                    .prepare(&self.inner.data_root, &task, &node, &env)
-                    .await
-            }
+            Executor::Exec => match files::prepare_exec(&task_files) {
+                Ok(ready) => {
+                    exec_files = Some(ready);
+                    exec::prepare(&self.inner.dir, &task).await
+                }
+                Err(e) => Err(e),
+            },
+            Executor::Docker(engine) => match files::write_for_docker(&task.id, &task_files) {
+                Ok(binds) => {
+                    let node = self.node_id();
+                    let made = engine
+                        .prepare(&self.inner.data_root, &task, &node, &env, &binds)
+                        .await;
+                    if made.is_err() {
+                        files::remove_for_docker(&task.id);
+                    }
+                    made
+                }
+                Err(e) => {
+                    files::remove_for_docker(&task.id);
+                    Err(e)
+                }
+            },
         };
+        drop(task_files);
         let mut runtime = match prepared {
             Ok(runtime) => runtime,
             Err(e) => return self.finish(&id, None, TaskState::Rejected, e).await,
@@ -620,9 +650,14 @@ impl Worker {
         self.report(&id, status(TaskState::Starting, "starting"));
         let started = match &self.inner.executor {
             Executor::None => Err(NO_EXECUTOR.to_owned()),
-            Executor::Exec => {
-                exec::start(&self.inner.dir, &task, &env, &mut runtime).map(Started::Child)
-            }
+            Executor::Exec => exec::start(
+                &self.inner.dir,
+                &task,
+                &env,
+                exec_files.take(),
+                &mut runtime,
+            )
+            .map(Started::Child),
             Executor::Docker(engine) => engine
                 .start(&self.inner.dir, &task, &mut runtime)
                 .await
@@ -823,6 +858,9 @@ impl Worker {
         exec::cleanup(runtime);
         if let (Some(id), Executor::Docker(engine)) = (&runtime.container, &self.inner.executor) {
             engine.remove(id).await;
+        }
+        if let Some(task) = runtime.netns.file_name().and_then(|n| n.to_str()) {
+            files::remove_for_docker(task);
         }
     }
 

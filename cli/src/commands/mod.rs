@@ -5,6 +5,7 @@ pub(crate) mod info;
 pub(crate) mod logs;
 pub(crate) mod network;
 pub(crate) mod node;
+pub(crate) mod secret;
 pub(crate) mod service;
 pub(crate) mod swarm;
 pub(crate) mod task_flags;

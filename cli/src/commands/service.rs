@@ -121,6 +121,14 @@ pub(crate) struct CreateArgs {
     /// Attach a filesystem mount: type=bind|volume|tmpfs,source=...,target=...[,readonly]
     #[arg(long, value_parser = task_flags::mount)]
     mount: Vec<shoal_api::service::Mount>,
+    /// Give the tasks a secret at /run/secrets/TARGET: NAME or
+    /// source=NAME,target=FILE,uid=UID,gid=GID,mode=0444
+    #[arg(long, value_parser = task_flags::secret)]
+    secret: Vec<shoal_api::secret::SecretReference>,
+    /// Give the tasks a config at its target: NAME (at /NAME) or
+    /// source=NAME,target=PATH,uid=UID,gid=GID,mode=0444
+    #[arg(long, value_parser = task_flags::config)]
+    config: Vec<shoal_api::secret::ConfigReference>,
     /// Set environment variables (KEY=VALUE)
     #[arg(short, long)]
     env: Vec<String>,
@@ -458,6 +466,18 @@ pub(crate) struct UpdateArgs {
     /// Remove a mount by its target path
     #[arg(long)]
     mount_rm: Vec<String>,
+    /// Add or update a secret (as --secret takes it)
+    #[arg(long, value_parser = task_flags::secret)]
+    secret_add: Vec<shoal_api::secret::SecretReference>,
+    /// Remove a secret (name or ID)
+    #[arg(long)]
+    secret_rm: Vec<String>,
+    /// Add or update a config (as --config takes it)
+    #[arg(long, value_parser = task_flags::config)]
+    config_add: Vec<shoal_api::secret::ConfigReference>,
+    /// Remove a config (name or ID)
+    #[arg(long)]
+    config_rm: Vec<String>,
     /// Add a network (as --network takes it)
     #[arg(long)]
     network_add: Vec<String>,
@@ -575,6 +595,14 @@ fn updated_spec(
         &args.mount_rm,
         &args.placement_pref_add,
         &args.placement_pref_rm,
+    )
+    .map_err(Failure)?;
+    task_flags::edit_data_refs(
+        &mut task.container_spec,
+        &args.secret_add,
+        &args.secret_rm,
+        &args.config_add,
+        &args.config_rm,
     )
     .map_err(Failure)?;
     for rm in &args.label_rm {
@@ -793,6 +821,8 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
             env: args.env.into_iter().map(env_from_client).collect(),
             healthcheck,
             mounts: args.mount,
+            secrets: args.secret,
+            configs: args.config,
             ..Default::default()
         },
         placement: Placement {

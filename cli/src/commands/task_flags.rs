@@ -130,6 +130,67 @@ pub(crate) fn edit_lists(
     Ok(())
 }
 
+/// `--secret source=NAME,target=FILE,uid=,gid=,mode=` (or `NAME`): the managers fill in the ID.
+pub(crate) fn secret(text: &str) -> Result<shoal_api::secret::SecretReference, String> {
+    let (name, file) = shoal_api::secret::parse_reference(text, str::to_owned)?;
+    Ok(shoal_api::secret::SecretReference {
+        file,
+        secret_id: String::new(),
+        secret_name: name,
+    })
+}
+
+/// `--config source=NAME,target=PATH,uid=,gid=,mode=` (or `NAME`, at `/NAME`).
+pub(crate) fn config(text: &str) -> Result<shoal_api::secret::ConfigReference, String> {
+    let (name, file) = shoal_api::secret::parse_reference(text, |n| format!("/{n}"))?;
+    Ok(shoal_api::secret::ConfigReference {
+        file,
+        config_id: String::new(),
+        config_name: name,
+    })
+}
+
+/// `service update --secret-add/--secret-rm/--config-add/--config-rm`: a removal names a
+/// secret (or config) the service uses, by name or ID; an addition replaces one of the same
+/// target.
+pub(crate) fn edit_data_refs(
+    spec: &mut shoal_api::service::ContainerSpec,
+    secret_add: &[shoal_api::secret::SecretReference],
+    secret_rm: &[String],
+    config_add: &[shoal_api::secret::ConfigReference],
+    config_rm: &[String],
+) -> Result<(), String> {
+    for rm in secret_rm {
+        let before = spec.secrets.len();
+        spec.secrets
+            .retain(|r| r.secret_name != *rm && r.secret_id != *rm);
+        if spec.secrets.len() == before {
+            return Err(format!(
+                "invalid --secret-rm {rm:?}: the service uses no such secret"
+            ));
+        }
+    }
+    for add in secret_add {
+        spec.secrets.retain(|r| r.file.name != add.file.name);
+        spec.secrets.push(add.clone());
+    }
+    for rm in config_rm {
+        let before = spec.configs.len();
+        spec.configs
+            .retain(|r| r.config_name != *rm && r.config_id != *rm);
+        if spec.configs.len() == before {
+            return Err(format!(
+                "invalid --config-rm {rm:?}: the service uses no such config"
+            ));
+        }
+    }
+    for add in config_add {
+        spec.configs.retain(|r| r.file.name != add.file.name);
+        spec.configs.push(add.clone());
+    }
+    Ok(())
+}
+
 /// CPUs as a decimal (`0.5`, `2`), in billionths.
 pub(crate) fn cpus(text: &str) -> Result<u64, String> {
     let bad = |why: &str| format!("invalid CPUs {text:?}: {why}");

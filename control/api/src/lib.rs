@@ -12,6 +12,7 @@
 mod client;
 mod host;
 pub mod logs;
+pub mod secret;
 pub mod service;
 pub mod swarm;
 

@@ -577,6 +577,12 @@ pub struct ContainerSpec {
     /// `--init`: an init process reaps the task's zombies (docker tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
+    /// `--secret`: secrets mounted at `/run/secrets/<target>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::secret::SecretReference>,
+    /// `--config`: configs mounted at their target path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<crate::secret::ConfigReference>,
 }
 
 /// A health check, as Docker's `HealthConfig`.

@@ -138,6 +138,43 @@ pub enum Call {
         /// Names, IDs or ID prefixes.
         ids: Vec<String>,
     },
+    /// `secret create`, `config create`: the new object's ID.
+    DataCreate {
+        /// Secret or config.
+        kind: crate::secret::DataKind,
+        /// Name, labels and data.
+        spec: crate::secret::DataSpec,
+    },
+    /// `secret ls`, `config ls`.
+    DataList {
+        /// Secret or config.
+        kind: crate::secret::DataKind,
+    },
+    /// `secret inspect`, `config inspect` (names, IDs or ID prefixes).
+    DataInspect {
+        /// Secret or config.
+        kind: crate::secret::DataKind,
+        /// The objects.
+        ids: Vec<String>,
+    },
+    /// `POST /secrets/{id}/update`: only the labels may change (Docker's rule).
+    DataUpdate {
+        /// Secret or config.
+        kind: crate::secret::DataKind,
+        /// The object.
+        id: String,
+        /// The version the client read.
+        version: u64,
+        /// The new spec.
+        spec: crate::secret::DataSpec,
+    },
+    /// `secret rm`, `config rm`: refused for one a service uses.
+    DataRemove {
+        /// Secret or config.
+        kind: crate::secret::DataKind,
+        /// The objects.
+        ids: Vec<String>,
+    },
 }
 
 /// `swarm init`'s flags.

@@ -18,6 +18,7 @@ pub mod logs;
 mod ops;
 pub mod protocol;
 pub mod quorum;
+mod secrets;
 pub mod services;
 
 use std::{

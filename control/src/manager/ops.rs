@@ -1130,15 +1130,15 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
             for _ in 0..5 {
                 let current = inner
                     .store
-                    .view(|tx| tx.get(Kind::Config, &name).map(|o| o.version));
+                    .view(|tx| tx.get(Kind::Data, &name).map(|o| o.version));
                 let change = match current {
                     None => Change::Create {
-                        kind: Kind::Config,
+                        kind: Kind::Data,
                         id: name.clone(),
                         body: body.clone(),
                     },
                     Some(version) => Change::Update {
-                        kind: Kind::Config,
+                        kind: Kind::Data,
                         id: name.clone(),
                         version,
                         body: body.clone(),
@@ -1161,7 +1161,7 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
         }
         Call::Get { name } => inner
             .store
-            .view(|tx| tx.get(Kind::Config, &name).map(|o| o.body["Data"].clone()))
+            .view(|tx| tx.get(Kind::Data, &name).map(|o| o.body["Data"].clone()))
             .ok_or_else(|| Status::not_found(format!("No such config: {name}"))),
         Call::Init(_) | Call::Join(_) | Call::Leave { .. } => Err(Status::internal(
             "init, join and leave are carried out by the node itself",

@@ -45,7 +45,7 @@ fn new_id() -> Result<String, Status> {
 }
 
 /// Finds one of `items` (ID, name) by ID, name, or unique ID prefix.
-fn find<'a, T>(
+pub(super) fn find<'a, T>(
     items: impl Iterator<Item = (&'a str, &'a str, &'a T)> + Clone,
     wanted: &str,
     what: &str,
@@ -60,7 +60,7 @@ fn find<'a, T>(
     match prefixed[..] {
         [(_, _, t)] if !wanted.is_empty() => Ok(t),
         [] | [_] => Err(Status::not_found(format!("{what} {wanted} not found"))),
-        _ => Err(Status::failed_precondition(format!(
+        _ => Err(Status::invalid_argument(format!(
             "{what} {wanted} is ambiguous ({} matches found)",
             prefixed.len()
         ))),
@@ -90,7 +90,7 @@ fn find_network<'a>(world: &'a World, wanted: &str) -> Result<&'a Network, Statu
 }
 
 /// Docker's rule for object names.
-fn check_name(name: &str, what: &str) -> Result<(), Status> {
+pub(super) fn check_name(name: &str, what: &str) -> Result<(), Status> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -111,6 +111,9 @@ fn check_name(name: &str, what: &str) -> Result<(), Status> {
 
 /// The user's calls on services, tasks and networks; `None` for calls that are not.
 pub(super) async fn call(inner: &Inner, call: &Call, me: &str) -> Option<Result<Value, Status>> {
+    if let Some(done) = super::secrets::call(inner, call).await {
+        return Some(done);
+    }
     Some(match call {
         Call::ServiceCreate(spec) => create_service(inner, (**spec).clone()).await,
         Call::ServiceList => {
@@ -661,6 +664,7 @@ async fn create_service(inner: &Inner, mut spec: ServiceSpec) -> Result<Value, S
     }
     let world = world(inner);
     check_service(&world, &mut spec)?;
+    super::secrets::resolve(inner, &mut spec.task_template.container_spec)?;
     if world.services.len() >= limits::MAX_SERVICES {
         return Err(Status::resource_exhausted(format!(
             "the swarm has {} services, the most it holds",
@@ -795,6 +799,7 @@ async fn update_service(
     }
     check_update(&current.spec, &spec)?;
     check_service(&world, &mut spec)?;
+    super::secrets::resolve(inner, &mut spec.task_template.container_spec)?;
     check_mesh_room(&world, &spec, &current.id)?;
     respec(
         inner,
@@ -1219,7 +1224,10 @@ pub(super) async fn stream_assignments(
                 return;
             }
             let assignment = inner.store.view(|view| {
-                crate::dispatcher::assignment(&World::read(view), view.index(), &node_id, port)
+                let mut assignment =
+                    crate::dispatcher::assignment(&World::read(view), view.index(), &node_id, port);
+                assignment.payloads = super::secrets::payloads(view, &assignment.tasks);
+                assignment
             });
             if last.as_ref().is_none_or(|l| !l.same_as(&assignment)) {
                 let json = match serde_json::to_vec(&assignment) {

@@ -1,0 +1,165 @@
+//! `shoal secret create|ls|inspect|rm` and `shoal config create|ls|inspect|rm`.
+
+use std::io::Read as _;
+
+use base64::Engine as _;
+use serde::Serialize;
+use shoal_api::{
+    DaemonHost,
+    secret::{DataKind, DataObject, DataSpec},
+    swarm::Call,
+};
+
+use crate::{Failure, commands::swarm::call, output::Format};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Create one from a file or from standard input ("-") as its content
+    Create {
+        /// Labels (key=value)
+        #[arg(short, long)]
+        label: Vec<String>,
+        /// Its name
+        name: String,
+        /// The file with its content, or "-" for standard input
+        file: String,
+    },
+    /// List them
+    #[command(alias = "list")]
+    Ls {
+        /// Only display IDs
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print one JSON object per line (Docker's column names)
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
+    /// Display detailed information on one or more (a secret's data is never shown)
+    Inspect {
+        /// Names, IDs or ID prefixes
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove one or more (not while a service uses it)
+    #[command(alias = "remove")]
+    Rm {
+        /// Names, IDs or ID prefixes
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// One `ls --format json` line.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Row<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    name: &'a str,
+    created_at: &'a str,
+    updated_at: &'a str,
+}
+
+fn read_content(file: &str, kind: DataKind) -> Result<Vec<u8>, Failure> {
+    let mut data = Vec::new();
+    let limit = kind.max_data() as u64 + 1;
+    if file == "-" {
+        std::io::stdin().take(limit).read_to_end(&mut data)?;
+    } else {
+        std::fs::File::open(file)
+            .map_err(|e| Failure(format!("error reading content from {file:?}: {e}")))?
+            .take(limit)
+            .read_to_end(&mut data)?;
+    }
+    if data.is_empty() || data.len() > kind.max_data() {
+        return Err(Failure(format!(
+            "{kind} data must be larger than 0 and less than {} bytes",
+            kind.max_data()
+        )));
+    }
+    Ok(data)
+}
+
+pub(crate) async fn run(
+    host: &DaemonHost,
+    kind: DataKind,
+    command: Command,
+) -> Result<(), Failure> {
+    match command {
+        Command::Create { label, name, file } => {
+            let mut labels = std::collections::BTreeMap::new();
+            for l in label {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                if k.is_empty() {
+                    return Err(Failure(format!("invalid label {l:?}: it needs a key")));
+                }
+                labels.insert(k.to_owned(), v.to_owned());
+            }
+            let data = read_content(&file, kind)?;
+            let spec = DataSpec {
+                name,
+                labels,
+                data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
+            };
+            let id: String =
+                serde_json::from_value(call(host, &Call::DataCreate { kind, spec }).await?)?;
+            println!("{id}");
+        }
+        Command::Ls { quiet, format } => {
+            let all: Vec<DataObject> =
+                serde_json::from_value(call(host, &Call::DataList { kind }).await?)?;
+            if quiet {
+                for o in &all {
+                    println!("{}", o.id);
+                }
+                return Ok(());
+            }
+            let rows: Vec<Row<'_>> = all
+                .iter()
+                .map(|o| Row {
+                    id: &o.id,
+                    name: &o.spec.name,
+                    created_at: &o.created_at,
+                    updated_at: &o.updated_at,
+                })
+                .collect();
+            if let Some(Format::Json) = format {
+                return Ok(crate::output::json_lines(&rows)?);
+            }
+            let cells: Vec<[String; 4]> = rows
+                .iter()
+                .map(|r| {
+                    [
+                        r.id.to_owned(),
+                        r.name.to_owned(),
+                        crate::output::ago(r.created_at),
+                        crate::output::ago(r.updated_at),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                crate::output::table(["ID", "NAME", "CREATED", "UPDATED"], &cells)
+            );
+        }
+        Command::Inspect { names } => {
+            let found: Vec<DataObject> =
+                serde_json::from_value(call(host, &Call::DataInspect { kind, ids: names }).await?)?;
+            println!("{}", serde_json::to_string_pretty(&found)?);
+        }
+        Command::Rm { names } => {
+            call(
+                host,
+                &Call::DataRemove {
+                    kind,
+                    ids: names.clone(),
+                },
+            )
+            .await?;
+            for n in names {
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
