@@ -331,6 +331,11 @@ impl SwarmNode {
         }
     }
 
+    /// The node's worker (its executor and tasks).
+    pub(crate) fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
     /// Resumes the membership saved on disk: certificates, the manager (raft picks up from its
     /// log), and the session.
     pub async fn restore(&self) -> Result<(), String> {

@@ -212,6 +212,17 @@ fn docker_clients_read_the_swarm_through_the_engine_api() {
             bollard::API_DEFAULT_VERSION,
         )
         .unwrap();
+        // A node without a Docker Engine cannot pin an image to its digest, and says why.
+        match docker.inspect_registry_image("nginx:alpine", None).await {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            }) => {
+                assert_eq!(status_code, 501, "{message}");
+                assert!(message.contains("no Docker Engine"), "{message}");
+            }
+            other => panic!("distribution without an engine: {other:?}"),
+        }
         (
             docker.list_nodes(None).await.unwrap(),
             docker.list_services(None).await.unwrap(),

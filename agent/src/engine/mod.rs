@@ -135,6 +135,7 @@ pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode) -> Router {
             "/networks/{id}",
             get(network_inspect).delete(write::network_remove),
         )
+        .route("/distribution/{*image}", get(distribution))
         .merge(data::routes())
         .fallback(unknown_path)
         .with_state(Engine { facts, swarm });
@@ -183,6 +184,53 @@ fn unversioned(mut request: Request) -> Result<Request, ApiError> {
 fn parse_version(text: &str) -> Option<(u32, u32)> {
     let (major, minor) = text.split_once('.')?;
     Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// `GET /distribution/{image}/json` (what `docker service create` asks to pin a tag to its
+/// digest): asked of this node's Docker Engine, which asks the registry. A node without an
+/// engine says so (the docker CLI then warns and keeps the tag, as it does when a registry
+/// cannot be reached).
+async fn distribution(
+    State(engine): State<Engine>,
+    Path(image): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<models::DistributionInspect>, ApiError> {
+    let Some(image) = image.strip_suffix("/json").filter(|i| !i.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("page not found: GET /distribution/{image}"),
+        ));
+    };
+    let Some(docker) = engine.swarm.worker().engine() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "this node has no Docker Engine to ask the registry for {image}'s digest (shoald runs with --executor exec or none)"
+            ),
+        ));
+    };
+    // `--with-registry-auth`: the client's credentials for that registry, base64url JSON.
+    let credentials = headers
+        .get("x-registry-auth")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE
+                .decode(v.trim())
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v.trim()))
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice(&json).ok());
+    docker
+        .distribution(image, credentials)
+        .await
+        .map(Json)
+        .map_err(|(status, message)| {
+            ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                message,
+            )
+        })
 }
 
 async fn unknown_path(request: Request) -> ApiError {

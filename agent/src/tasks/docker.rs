@@ -403,6 +403,25 @@ impl Engine {
     }
 
     /// Removes the container (and anything it still runs).
+    /// `GET /distribution/{image}/json` asked of this engine (it asks the image's registry):
+    /// the manifest's descriptor and platforms, or the engine's status and message.
+    pub(crate) async fn distribution(
+        &self,
+        image: &str,
+        credentials: Option<bollard::auth::DockerCredentials>,
+    ) -> Result<bollard::models::DistributionInspect, (u16, String)> {
+        self.docker
+            .inspect_registry_image(image, credentials)
+            .await
+            .map_err(|e| match e {
+                DockerError::DockerResponseServerError {
+                    status_code,
+                    message,
+                } => (status_code, message),
+                e => (502, format!("asking this node's Docker Engine: {e}")),
+            })
+    }
+
     pub(crate) async fn remove(&self, id: &str) {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker.remove_container(id, Some(options)).await {

@@ -281,6 +281,14 @@ impl Worker {
     }
 
     /// The executor's name, as nodes report it.
+    /// This node's Docker Engine, when it runs docker tasks.
+    pub(crate) fn engine(&self) -> Option<&docker::Engine> {
+        match &self.inner.executor {
+            Executor::Docker(engine) => Some(engine),
+            _ => None,
+        }
+    }
+
     pub(crate) fn executor(&self) -> &'static str {
         self.inner.executor.kind().name()
     }
