@@ -136,10 +136,10 @@ fn bad_arguments_are_refused_clearly() {
 
     let out = shoal(
         "unix:///run/shoal/shoal.sock",
-        &["info", "--format", "yaml"],
+        &["info", "--format", "{{.Name"],
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: json"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("template parsing error"));
 }
 
 #[test]

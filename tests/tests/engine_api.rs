@@ -1039,6 +1039,29 @@ fn the_docker_cli_manages_secrets_and_configs_and_tasks_read_them() {
     std::fs::write(&second, "second-value").unwrap();
     swarm.ok(&n1, &["secret", "create", "s2", second.to_str().unwrap()]);
     assert!(swarm.ok(&n1, &["secret", "ls"]).contains("s2"));
+    // shoal's --format takes Go templates, as Docker's does.
+    assert_eq!(
+        swarm
+            .ok(
+                &n1,
+                &[
+                    "secret",
+                    "inspect",
+                    "--format",
+                    "{{.Spec.Name}} {{json .Spec.Labels}}",
+                    "s2"
+                ]
+            )
+            .trim(),
+        "s2 {}"
+    );
+    assert_eq!(
+        swarm.ok(
+            &n1,
+            &["service", "ls", "--format", r"table {{.Name}}\t{{.Mode}}"]
+        ),
+        "NAME     MODE\nreader   replicated\n"
+    );
     swarm.ok(
         &n1,
         &[

@@ -14,8 +14,9 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Print as JSON (Docker's field names) instead of text
-    #[arg(short, long, value_enum)]
+    /// Format the output: json (Docker's field names), or a Go template
+    /// ({{.Swarm.LocalNodeState}})
+    #[arg(short, long)]
     format: Option<Format>,
 }
 
@@ -31,8 +32,9 @@ async fn fetch(host: &DaemonHost) -> Result<InfoResponse, Failure> {
 
 pub(crate) async fn run(host: &DaemonHost, args: Args) -> Result<(), Failure> {
     let info = fetch(host).await?;
-    match args.format {
+    match &args.format {
         Some(Format::Json) => println!("{}", serde_json::to_string(&Info::from(&info))?),
+        Some(template) => crate::output::print_objects(Some(template), &[Info::from(&info)])?,
         None => print!("{}", render(&info)),
     }
     Ok(())

@@ -43,12 +43,16 @@ pub(crate) enum Command {
         /// Only display network IDs
         #[arg(short, long)]
         quiet: bool,
-        /// Print one JSON object per network (Docker's column names)
-        #[arg(long, value_enum)]
+        /// Format the output: json (one object per line), or a Go template
+        /// ({{.ID}}, table {{.Name}}\t{{.ID}})
+        #[arg(long)]
         format: Option<Format>,
     },
     /// Display detailed information on one or more networks
     Inspect {
+        /// Format the output: json, or a Go template ({{.ID}}, {{json .Spec}})
+        #[arg(short, long)]
+        format: Option<Format>,
         /// Networks (name, ID or ID prefix)
         #[arg(required = true)]
         networks: Vec<String>,
@@ -158,8 +162,8 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     scope: "swarm",
                 })
                 .collect();
-            if let Some(Format::Json) = format {
-                return Ok(crate::output::json_lines(&rows)?);
+            if crate::output::print_rows(format.as_ref(), &rows)? {
+                return Ok(());
             }
             let cells: Vec<[String; 4]> = rows
                 .iter()
@@ -177,10 +181,10 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 crate::output::table(["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &cells)
             );
         }
-        Command::Inspect { networks } => {
+        Command::Inspect { format, networks } => {
             let found: Vec<Network> =
                 serde_json::from_value(call(host, &Call::NetworkInspect { ids: networks }).await?)?;
-            println!("{}", serde_json::to_string_pretty(&found)?);
+            crate::output::print_objects(format.as_ref(), &found)?;
         }
         Command::Rm { networks } => {
             call(

@@ -18,15 +18,19 @@ pub(crate) enum Command {
         /// Only display IDs
         #[arg(short, long)]
         quiet: bool,
-        /// Print one JSON object per node (Docker's column names)
-        #[arg(long, value_enum)]
+        /// Format the output: json (one object per line), or a Go template
+        /// ({{.ID}}, table {{.Name}}\t{{.ID}})
+        #[arg(long)]
         format: Option<Format>,
     },
     /// Display detailed information on one or more nodes
     Inspect {
         /// Print the information in a human friendly format
-        #[arg(long)]
+        #[arg(long, conflicts_with = "format")]
         pretty: bool,
+        /// Format the output: json, or a Go template ({{.ID}}, {{json .Spec}})
+        #[arg(short, long)]
+        format: Option<Format>,
         /// Nodes (ID, ID prefix, hostname, or "self")
         #[arg(required = true)]
         nodes: Vec<String>,
@@ -36,8 +40,9 @@ pub(crate) enum Command {
         /// Only display task IDs
         #[arg(short, long)]
         quiet: bool,
-        /// Print one JSON object per task (Docker's column names)
-        #[arg(long, value_enum)]
+        /// Format the output: json (one object per line), or a Go template
+        /// ({{.ID}}, table {{.Name}}\t{{.ID}})
+        #[arg(long)]
         format: Option<Format>,
         /// Filter output: desired-state=running|shutdown|accepted, id=, name=, node=
         #[arg(short, long, value_parser = crate::commands::service::parse_task_filter)]
@@ -225,24 +230,26 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 for node in &nodes {
                     println!("{}", node.id);
                 }
-            } else if let Some(Format::Json) = format {
-                for node in &nodes {
-                    let row = Row {
+            } else if format.is_some() {
+                let rows: Vec<Row<'_>> = nodes
+                    .iter()
+                    .map(|node| Row {
                         id: &node.id,
                         hostname: &node.description.hostname,
                         status: status(node),
                         availability: availability(node),
                         manager_status: manager_status(node),
                         is_self: node.id == me,
-                    };
-                    println!("{}", serde_json::to_string(&row)?);
-                }
+                    })
+                    .collect();
+                crate::output::print_rows(format.as_ref(), &rows)?;
             } else {
                 print!("{}", table(&nodes, &me));
             }
         }
         Command::Inspect {
             pretty: human,
+            format,
             nodes,
         } => {
             let found: Vec<Node> =
@@ -251,7 +258,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 let all: Vec<String> = found.iter().map(pretty).collect();
                 print!("{}", all.join("\n"));
             } else {
-                println!("{}", serde_json::to_string_pretty(&found)?);
+                crate::output::print_objects(format.as_ref(), &found)?;
             }
         }
         Command::Ps {

@@ -30,12 +30,16 @@ pub(crate) enum Command {
         /// Only display IDs
         #[arg(short, long)]
         quiet: bool,
-        /// Print one JSON object per line (Docker's column names)
-        #[arg(long, value_enum)]
+        /// Format the output: json (one object per line), or a Go template
+        /// ({{.ID}}, table {{.Name}}\t{{.ID}})
+        #[arg(long)]
         format: Option<Format>,
     },
     /// Display detailed information on one or more (a secret's data is never shown)
     Inspect {
+        /// Format the output: json, or a Go template ({{.ID}}, {{json .Spec}})
+        #[arg(short, long)]
+        format: Option<Format>,
         /// Names, IDs or ID prefixes
         #[arg(required = true)]
         names: Vec<String>,
@@ -123,8 +127,8 @@ pub(crate) async fn run(
                     updated_at: &o.updated_at,
                 })
                 .collect();
-            if let Some(Format::Json) = format {
-                return Ok(crate::output::json_lines(&rows)?);
+            if crate::output::print_rows(format.as_ref(), &rows)? {
+                return Ok(());
             }
             let cells: Vec<[String; 4]> = rows
                 .iter()
@@ -142,10 +146,10 @@ pub(crate) async fn run(
                 crate::output::table(["ID", "NAME", "CREATED", "UPDATED"], &cells)
             );
         }
-        Command::Inspect { names } => {
+        Command::Inspect { format, names } => {
             let found: Vec<DataObject> =
                 serde_json::from_value(call(host, &Call::DataInspect { kind, ids: names }).await?)?;
-            println!("{}", serde_json::to_string_pretty(&found)?);
+            crate::output::print_objects(format.as_ref(), &found)?;
         }
         Command::Rm { names } => {
             call(

@@ -33,8 +33,9 @@ pub(crate) enum Command {
         /// Only display IDs
         #[arg(short, long)]
         quiet: bool,
-        /// Print one JSON object per service (Docker's column names)
-        #[arg(long, value_enum)]
+        /// Format the output: json (one object per line), or a Go template
+        /// ({{.ID}}, table {{.Name}}\t{{.ID}})
+        #[arg(long)]
         format: Option<Format>,
     },
     /// List the tasks of one or more services
@@ -42,8 +43,9 @@ pub(crate) enum Command {
         /// Only display task IDs
         #[arg(short, long)]
         quiet: bool,
-        /// Print one JSON object per task (Docker's column names)
-        #[arg(long, value_enum)]
+        /// Format the output: json (one object per line), or a Go template
+        /// ({{.ID}}, table {{.Name}}\t{{.ID}})
+        #[arg(long)]
         format: Option<Format>,
         /// Filter output: desired-state=running|shutdown|accepted, id=, name=, node=
         #[arg(short, long, value_parser = parse_task_filter)]
@@ -57,6 +59,9 @@ pub(crate) enum Command {
     },
     /// Display detailed information on one or more services
     Inspect {
+        /// Format the output: json, or a Go template ({{.ID}}, {{json .Spec}})
+        #[arg(short, long)]
+        format: Option<Format>,
         /// The services (name, ID or ID prefix)
         #[arg(required = true)]
         services: Vec<String>,
@@ -1046,8 +1051,8 @@ pub(crate) async fn print_tasks(
         }
         return Ok(());
     }
-    if let Some(Format::Json) = format {
-        return Ok(crate::output::json_lines(&rows)?);
+    if crate::output::print_rows(format.as_ref(), &rows)? {
+        return Ok(());
     }
     let cells: Vec<[String; 8]> = rows
         .into_iter()
@@ -1323,8 +1328,8 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 return Ok(());
             }
             let rows = service_rows(&services, &tasks(host, TaskFilter::default()).await?);
-            if let Some(Format::Json) = format {
-                return Ok(crate::output::json_lines(&rows)?);
+            if crate::output::print_rows(format.as_ref(), &rows)? {
+                return Ok(());
             }
             let cells: Vec<[String; 6]> = rows
                 .into_iter()
@@ -1358,10 +1363,10 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             .await?;
         }
         Command::Logs(args) => crate::commands::logs::run(host, *args).await?,
-        Command::Inspect { services } => {
+        Command::Inspect { format, services } => {
             let found: Vec<Service> =
                 serde_json::from_value(call(host, &Call::ServiceInspect { ids: services }).await?)?;
-            println!("{}", serde_json::to_string_pretty(&found)?);
+            crate::output::print_objects(format.as_ref(), &found)?;
         }
         Command::Update(args) => {
             let found: Vec<Service> = serde_json::from_value(
