@@ -1,5 +1,5 @@
 //! `shoal`, the command line for Shoal: Docker's `swarm | node | service | network | secret |
-//! config | info` verbs,
+//! config | stack | info` verbs,
 //! sent to the local `shoald` over its unix socket (`-H unix://PATH`, or `$SHOAL_HOST`).
 //!
 //! ```text
@@ -53,6 +53,9 @@ enum Command {
     /// Manage swarm networks
     #[command(subcommand)]
     Network(commands::network::Command),
+    /// Manage stacks (a compose file's services, networks, secrets and configs)
+    #[command(subcommand)]
+    Stack(commands::stack::Command),
     /// Manage swarm secrets
     #[command(subcommand)]
     Secret(commands::secret::Command),
@@ -87,6 +90,7 @@ async fn main() -> ExitCode {
         Command::Node(command) => commands::node::run(&cli.host, command).await,
         Command::Service(command) => commands::service::run(&cli.host, command).await,
         Command::Network(command) => commands::network::run(&cli.host, command).await,
+        Command::Stack(command) => commands::stack::run(&cli.host, command).await,
         Command::Secret(command) => {
             commands::secret::run(&cli.host, shoal_api::secret::DataKind::Secret, command).await
         }

@@ -1210,3 +1210,127 @@ secrets:
     );
     assert!(gone.is_ok(), "{gone:?}");
 }
+
+/// `shoal stack deploy` does natively what `docker stack deploy` does: a compose file with two
+/// services, an overlay network, a published port and a file secret; the port answers on every
+/// node and the task reads its secret; a second deploy updates in place; `stack ls/services/ps`
+/// show it and `stack rm` removes services, secret and network.
+#[test]
+fn shoal_deploys_a_stack_without_the_docker_cli() {
+    let swarm = Swarm::up(1, 2);
+    let n1 = swarm.managers[0].clone();
+    let tool = labtool_path();
+    let dir = std::env::temp_dir().join(format!("shoal-test-native-stack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = format!("native-secret-{}", std::process::id());
+    std::fs::write(dir.join("token.txt"), &marker).unwrap();
+    let compose = dir.join("compose.yml");
+    let file = |replicas: u32| {
+        format!(
+            r#"version: "3.8"
+services:
+  web:
+    image: host
+    command: ["{tool}", "serve", "--port", "80"]
+    ports: ["8091:80"]
+    networks: [front]
+    deploy:
+      replicas: {replicas}
+      labels: {{tier: web}}
+  api:
+    image: host
+    command: sh -c 'echo token=$$(tr a-z A-Z < /run/secrets/token); exec {tool} serve --port 80'
+    networks:
+      front: {{aliases: [backend]}}
+    secrets: [token]
+networks:
+  front:
+    driver: overlay
+secrets:
+  token:
+    file: ./token.txt
+"#
+        )
+    };
+    std::fs::write(&compose, file(2)).unwrap();
+    let compose_path = compose.to_str().unwrap();
+    let deployed = swarm.ok(&n1, &["stack", "deploy", "-c", compose_path, "app"]);
+    assert!(
+        deployed.contains("Creating network app_front"),
+        "{deployed}"
+    );
+    assert!(deployed.contains("Creating secret app_token"), "{deployed}");
+    assert!(deployed.contains("Creating service app_web"), "{deployed}");
+    wait_running(&swarm, &n1, "app_web", "two web tasks", |per| {
+        per.values().sum::<usize>() == 2
+    });
+    wait_running(&swarm, &n1, "app_api", "one api task", |per| {
+        per.values().sum::<usize>() == 1
+    });
+    for node in swarm.lab.nodes() {
+        let answered = who_answers(&swarm, &node.public_ip.to_string(), 8091, 4);
+        assert_eq!(answered.len(), 4, "8091 on {}: {answered:?}", node.name);
+    }
+    shoal_tests::wait_until(
+        "the api task's line with its secret",
+        std::time::Duration::from_secs(30),
+        || {
+            Ok(swarm
+                .ok(&n1, &["service", "logs", "app_api"])
+                .contains(&format!("token={}", marker.to_uppercase())))
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        swarm
+            .ok(&n1, &["stack", "ls", "--format", "{{.Name}} {{.Services}}"])
+            .trim(),
+        "app 2"
+    );
+    assert_eq!(
+        lines(&swarm.ok(
+            &n1,
+            &[
+                "stack",
+                "services",
+                "app",
+                "--format",
+                "{{.Name}} {{.Replicas}}"
+            ]
+        )),
+        lines("app_api 1/1\napp_web 2/2")
+    );
+    let ps = swarm.ok(&n1, &["stack", "ps", "app", "-q"]);
+    assert_eq!(ps.lines().count(), 3, "{ps}");
+    let web = inspect_service(&swarm, &n1, "app_web");
+    assert_eq!(web["Spec"]["Labels"]["tier"], "web", "{web:#}");
+
+    // A second deploy updates in place.
+    std::fs::write(&compose, file(3)).unwrap();
+    let updated = swarm.ok(&n1, &["stack", "deploy", "-c", compose_path, "app"]);
+    assert!(updated.contains("Updating service app_web"), "{updated}");
+    wait_running(&swarm, &n1, "app_web", "three web tasks", |per| {
+        per.values().sum::<usize>() == 3
+    });
+
+    // What Shoal does not take is refused by name, and nothing changes.
+    std::fs::write(
+        &compose,
+        "services:\n  web:\n    image: host\n    privileged: true\n",
+    )
+    .unwrap();
+    let refused = swarm.fails(&n1, &["stack", "deploy", "-c", compose_path, "app"]);
+    assert!(
+        refused.contains("services.web: Shoal does not support `privileged`"),
+        "{refused}"
+    );
+
+    let removed = swarm.ok(&n1, &["stack", "rm", "app"]);
+    assert!(removed.contains("Removing network app_front"), "{removed}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(swarm.ok(&n1, &["service", "ls", "-q"]).trim().is_empty());
+    assert!(swarm.ok(&n1, &["secret", "ls", "-q"]).trim().is_empty());
+    assert!(!swarm.ok(&n1, &["network", "ls"]).contains("app_front"));
+    let nothing = swarm.fails(&n1, &["stack", "ps", "app"]);
+    assert!(nothing.contains("Nothing found in stack: app"), "{nothing}");
+}

@@ -7,6 +7,7 @@ pub(crate) mod network;
 pub(crate) mod node;
 pub(crate) mod secret;
 pub(crate) mod service;
+pub(crate) mod stack;
 pub(crate) mod swarm;
 pub(crate) mod task_flags;
 

@@ -137,6 +137,12 @@ pub(crate) struct CreateArgs {
     /// Set environment variables (KEY=VALUE)
     #[arg(short, long)]
     env: Vec<String>,
+    /// Service labels (KEY=VALUE)
+    #[arg(short, long)]
+    label: Vec<String>,
+    /// Container labels (KEY=VALUE)
+    #[arg(long)]
+    container_label: Vec<String>,
     /// Endpoint mode ("vip" or "dnsrr")
     #[arg(long, value_parser = ["vip", "dnsrr"], default_value = "vip")]
     endpoint_mode: String,
@@ -783,7 +789,22 @@ fn env_from_client(entry: String) -> String {
     }
 }
 
-fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
+/// `KEY=VALUE` labels (a bare `KEY` has an empty value).
+fn labels(values: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    values
+        .iter()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+            if k.is_empty() {
+                return Err(Failure(format!("invalid label {l:?}: it needs a key")));
+            }
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// The spec `service create` sends for `args` (also what `stack deploy` builds).
+pub(crate) fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
     let mode = if args.mode == "global" {
         if args.replicas.is_some() {
             return Err(Failure(
@@ -828,6 +849,7 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
             mounts: args.mount,
             secrets: args.secret,
             configs: args.config,
+            labels: labels(&args.container_label)?,
             ..Default::default()
         },
         placement: Placement {
@@ -848,7 +870,7 @@ fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
     args.task.apply(&mut task_template);
     Ok(ServiceSpec {
         name: args.name.unwrap_or_default(),
-        labels: BTreeMap::new(),
+        labels: labels(&args.label)?,
         task_template,
         mode,
         endpoint_spec: EndpointSpec {
@@ -1105,6 +1127,34 @@ struct ServiceRow {
     ports: String,
 }
 
+/// `service ls` (and `stack services`) of `services`.
+pub(crate) async fn print_services(
+    host: &DaemonHost,
+    services: &[Service],
+    quiet: bool,
+    format: Option<&Format>,
+) -> Result<(), Failure> {
+    if quiet {
+        for s in services {
+            println!("{}", s.id);
+        }
+        return Ok(());
+    }
+    let rows = service_rows(services, &tasks(host, TaskFilter::default()).await?);
+    if crate::output::print_rows(format, &rows)? {
+        return Ok(());
+    }
+    let cells: Vec<[String; 6]> = rows
+        .into_iter()
+        .map(|r| [r.id, r.name, r.mode, r.replicas, r.image, r.ports])
+        .collect();
+    print!(
+        "{}",
+        crate::output::table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &cells)
+    );
+    Ok(())
+}
+
 fn service_rows(services: &[Service], tasks: &[Task]) -> Vec<ServiceRow> {
     services
         .iter()
@@ -1321,24 +1371,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         Command::Ls { quiet, format } => {
             let services: Vec<Service> =
                 serde_json::from_value(call(host, &Call::ServiceList).await?)?;
-            if quiet {
-                for s in &services {
-                    println!("{}", s.id);
-                }
-                return Ok(());
-            }
-            let rows = service_rows(&services, &tasks(host, TaskFilter::default()).await?);
-            if crate::output::print_rows(format.as_ref(), &rows)? {
-                return Ok(());
-            }
-            let cells: Vec<[String; 6]> = rows
-                .into_iter()
-                .map(|r| [r.id, r.name, r.mode, r.replicas, r.image, r.ports])
-                .collect();
-            print!(
-                "{}",
-                crate::output::table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &cells)
-            );
+            print_services(host, &services, quiet, format.as_ref()).await?;
         }
         Command::Ps {
             quiet,
