@@ -35,7 +35,7 @@ use shoal_api::{
 use shoal_control::{
     addr::{self, DEFAULT_PORT, Interface},
     ca::{self, JoinToken},
-    keys::{DataKeys, KeyError, UnlockKey},
+    keys::{DataKey, DataKeys, KeyError, UnlockKey},
     limits,
     manager::{
         Manager, ManagerConfig,
@@ -107,7 +107,7 @@ pub struct SwarmNode {
     facts: NodeFacts,
     state: Arc<Mutex<Option<Joined>>>,
     /// The membership of a manager that restarted locked (autolock), until `swarm unlock`.
-    locked: Arc<Mutex<Option<(Saved, Credentials)>>>,
+    locked: Arc<Mutex<Option<Saved>>>,
     worker: Worker,
 }
 
@@ -347,21 +347,30 @@ impl SwarmNode {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(format!("{}: {e}", state.display())),
         };
-        let credentials = self
-            .read_credentials()
-            .map_err(|e| format!("reading the node's certificates: {e}"))?;
         if saved.role == Role::Manager && DataKeys::is_sealed(&self.dir.join("raft")) {
             tracing::warn!(node = %saved.node_id, "the swarm is locked: `shoal swarm unlock` (or `docker swarm unlock`) opens it");
-            *self.locked.lock().await = Some((saved, credentials));
+            *self.locked.lock().await = Some(saved);
             return Ok(());
         }
-        let manager = match (saved.role, saved.raft_id) {
-            (Role::Manager, Some(raft_id)) => Some(
-                self.start_manager(&saved, &credentials, raft_id, None)
+        let (credentials, manager) = match (saved.role, saved.raft_id) {
+            (Role::Manager, Some(raft_id)) => {
+                let keys = self
+                    .data_keys(None)
+                    .map_err(|e| e.message().to_owned())?;
+                let credentials = self
+                    .read_credentials(Some(keys.key()))
+                    .map_err(|e| format!("reading the node's certificates: {e}"))?;
+                let manager = self
+                    .start_manager(&saved, &credentials, raft_id, keys)
                     .await
-                    .map_err(|e| e.message().to_owned())?,
+                    .map_err(|e| e.message().to_owned())?;
+                (credentials, Some(manager))
+            }
+            _ => (
+                self.read_credentials(None)
+                    .map_err(|e| format!("reading the node's certificates: {e}"))?,
+                None,
             ),
-            _ => None,
         };
         tracing::info!(node = %saved.node_id, role = %saved.role, "resuming swarm membership");
         let guard = self.state.lock().await;
@@ -369,24 +378,43 @@ impl SwarmNode {
         Ok(())
     }
 
-    fn read_credentials(&self) -> std::io::Result<Credentials> {
+    /// The node's certificate set; a key sealed under autolock is opened with `key` (the
+    /// manager's data key).
+    fn read_credentials(&self, key: Option<&DataKey>) -> std::io::Result<Credentials> {
         let certs = self.dir.join(CERTS);
         Ok(Credentials {
             cert_pem: std::fs::read_to_string(certs.join("node.crt"))?,
-            key_pem: std::fs::read_to_string(certs.join("node.key"))?,
+            key_pem: shoal_control::keys::read_key_file(&certs.join("node.key"), key)?,
             ca_pem: std::fs::read_to_string(certs.join("ca.crt"))?,
+        })
+    }
+
+    /// The manager's data key in its raft directory (made if there is none yet); a sealed one
+    /// needs `unlock`.
+    fn data_keys(&self, unlock: Option<&UnlockKey>) -> Result<DataKeys, Status> {
+        DataKeys::open(&self.dir.join("raft"), unlock).map_err(|e| match e {
+            KeyError::InvalidKey | KeyError::Malformed(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            KeyError::Locked => Status::failed_precondition(e.to_string()),
+            e => Status::internal(e.to_string()),
         })
     }
 
     /// Writes the key, certificate and roots as one set: into a directory of their own, then
     /// `certs` (a symlink) is switched to it in one rename. A crash leaves the old set or the new
-    /// one, never a key beside another key's certificate.
-    fn write_credentials(&self, credentials: &Credentials) -> std::io::Result<()> {
+    /// one, never a key beside another key's certificate. The key is sealed with `seal` (a
+    /// manager's data key under autolock).
+    fn write_credentials(
+        &self,
+        credentials: &Credentials,
+        seal: Option<&DataKey>,
+    ) -> std::io::Result<()> {
         crate::durable::private_dir(&self.dir)?;
         let name = format!("{CERTS}-{}", crate::durable::unique_name());
         let set = self.dir.join(&name);
         crate::durable::private_dir(&set)?;
-        write_private(&set.join("node.key"), &credentials.key_pem)?;
+        shoal_control::keys::write_key_file(&set.join("node.key"), &credentials.key_pem, seal)?;
         write_private(&set.join("node.crt"), &credentials.cert_pem)?;
         write_private(&set.join("ca.crt"), &credentials.ca_pem)?;
         let link = self.dir.join(CERTS);
@@ -414,7 +442,13 @@ impl SwarmNode {
     /// if any (which keeps trusting the roots its store gives: see
     /// `Manager::update_credentials`).
     fn adopt(&self, joined: &mut Joined, credentials: Credentials) -> std::io::Result<()> {
-        self.write_credentials(&credentials)?;
+        let seal = joined
+            .manager
+            .as_ref()
+            .map(Manager::keys)
+            .filter(|keys| keys.sealing())
+            .map(DataKeys::key);
+        self.write_credentials(&credentials, seal)?;
         if let Some(manager) = &joined.manager
             && let Err(e) = manager.update_credentials(&credentials)
         {
@@ -429,21 +463,17 @@ impl SwarmNode {
         write_private(&self.dir.join("state.json"), &text)
     }
 
-    /// Starts this node's manager over its raft directory; a sealed data key needs `unlock`.
+    /// Starts this node's manager over its raft directory, sealed with `keys` (which also keep
+    /// the node's TLS key sealed while autolock is on).
     async fn start_manager(
         &self,
         saved: &Saved,
         credentials: &Credentials,
         raft_id: u64,
-        unlock: Option<&UnlockKey>,
+        keys: DataKeys,
     ) -> Result<Manager, Status> {
-        let keys = DataKeys::open(&self.dir.join("raft"), unlock).map_err(|e| match e {
-            KeyError::InvalidKey | KeyError::Malformed(_) => {
-                Status::invalid_argument(e.to_string())
-            }
-            KeyError::Locked => Status::failed_precondition(e.to_string()),
-            e => Status::internal(e.to_string()),
-        })?;
+        keys.also_seal(self.dir.join(CERTS).join("node.key"))
+            .map_err(io_status("sealing the node's key"))?;
         Manager::start(ManagerConfig {
             keys,
             dir: self.dir.join("raft"),
@@ -538,7 +568,7 @@ impl SwarmNode {
     /// This node's membership as it knows it, without asking the managers (no node counts):
     /// what every Docker client's `/_ping` reads.
     pub async fn local_state(&self) -> LocalSwarm {
-        if let Some((saved, _)) = self.locked.lock().await.as_ref() {
+        if let Some(saved) = self.locked.lock().await.as_ref() {
             return LocalSwarm {
                 state: "locked".into(),
                 node_id: saved.node_id.clone(),
@@ -576,7 +606,7 @@ impl SwarmNode {
     /// [`SwarmNode::restore`] left locked.
     async fn unlock(&self, key: &str) -> Result<Value, Status> {
         let mut locked = self.locked.lock().await;
-        let Some((saved, credentials)) = locked.as_ref() else {
+        let Some(saved) = locked.as_ref() else {
             return Err(Status::failed_precondition(
                 if self.state.lock().await.is_some() {
                     "swarm is not locked"
@@ -591,10 +621,14 @@ impl SwarmNode {
         let raft_id = saved
             .raft_id
             .ok_or_else(|| Status::internal("a locked manager without a raft ID"))?;
+        let keys = self.data_keys(Some(&unlock))?;
+        let credentials = self
+            .read_credentials(Some(keys.key()))
+            .map_err(io_status("reading the node's certificates"))?;
         let manager = self
-            .start_manager(saved, credentials, raft_id, Some(&unlock))
+            .start_manager(saved, &credentials, raft_id, keys)
             .await?;
-        let (saved, credentials) = locked.take().expect("checked above");
+        let saved = locked.take().expect("checked above");
         drop(locked);
         tracing::info!(node = %saved.node_id, "swarm unlocked");
         let guard = self.state.lock().await;
@@ -661,11 +695,11 @@ impl SwarmNode {
         };
         self.wipe_keeping(&key)
             .map_err(io_status("clearing the swarm directory"))?;
-        self.write_credentials(&first.credentials)
+        self.write_credentials(&first.credentials, None)
             .map_err(io_status("writing the node's certificates"))?;
         let started = async {
             let manager = self
-                .start_manager(&saved, &first.credentials, first.raft_id, None)
+                .start_manager(&saved, &first.credentials, first.raft_id, self.data_keys(None)?)
                 .await?;
             if let Err(e) = manager
                 .bootstrap(
@@ -782,7 +816,7 @@ impl SwarmNode {
         };
         self.wipe_keeping(&key)
             .map_err(io_status("clearing the swarm directory"))?;
-        self.write_credentials(&credentials)
+        self.write_credentials(&credentials, None)
             .map_err(io_status("writing the node's certificates"))?;
         let manager = match raft_id {
             None => None,
@@ -816,7 +850,7 @@ impl SwarmNode {
     ) -> Result<Manager, Status> {
         let _ = std::fs::remove_dir_all(self.dir.join("raft"));
         let manager = self
-            .start_manager(saved, credentials, raft_id, None)
+            .start_manager(saved, credentials, raft_id, self.data_keys(None)?)
             .await?;
         let identity = manager.identity().clone();
         let tls_config = credentials
@@ -1107,6 +1141,9 @@ impl SwarmNode {
             tracing::info!(from = %saved.role, to = %reply.role, "the node's role changed");
             if let Some(manager) = joined.manager.take() {
                 manager.shutdown().await;
+                // The key goes back in the clear before the data key that sealed it goes.
+                self.write_credentials(&joined.credentials, None)
+                    .map_err(io_status("writing the node's certificates"))?;
                 let _ = std::fs::remove_dir_all(self.dir.join("raft"));
             }
             let credentials = self.renew(&saved, &joined.credentials).await?;

@@ -14,6 +14,11 @@
 //!   *locked* until `swarm unlock` gives the key back.
 //! - Every manager re-seals its own data key when the cluster's unlock key changes (autolock
 //!   on or off, `swarm unlock-key --rotate`): [`DataKeys::set_unlock_key`].
+//! - Under autolock the manager's TLS key (`swarm/certs/node.key`) is sealed too, with the data
+//!   key ([`DataKeys::also_seal`]), as Docker encrypts it: a copy of a locked manager's data root
+//!   holds no usable key. Sealing it with the data key rather than the unlock key keeps a crash
+//!   at any point recoverable: the data key only changes sealing when autolock is turned on or
+//!   off, and the order of the two writes leaves a state the next start can read.
 
 use std::{
     fmt,
@@ -49,6 +54,8 @@ pub enum Purpose {
     Snapshot,
     /// The data key, sealed with the unlock key.
     DataKey,
+    /// A PEM key file, sealed with the data key.
+    KeyFile,
 }
 
 impl Purpose {
@@ -57,6 +64,7 @@ impl Purpose {
             Self::LogRecord => b"shoal raft log record v1",
             Self::Snapshot => b"shoal raft snapshot v1",
             Self::DataKey => b"shoal data key v1",
+            Self::KeyFile => b"shoal key file v1",
         }
     }
 }
@@ -229,6 +237,57 @@ pub struct DataKeys {
     key: DataKey,
     /// The unlock key sealing the file now, if any.
     unlock: Arc<Mutex<Option<UnlockKey>>>,
+    /// Key files sealed with the data key while an unlock key is set.
+    also: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+/// The armour of a key file sealed with a data key.
+const SEALED_BEGIN: &str = "-----BEGIN SHOAL SEALED KEY-----";
+const SEALED_END: &str = "-----END SHOAL SEALED KEY-----";
+
+/// Whether the key file at `path` is sealed.
+pub fn is_sealed_key_file(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| t.starts_with(SEALED_BEGIN))
+}
+
+/// The PEM in the key file at `path`: as is, or opened with `key` when sealed.
+pub fn read_key_file(path: &Path, key: Option<&DataKey>) -> io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let Some(body) = text.strip_prefix(SEALED_BEGIN) else {
+        return Ok(text);
+    };
+    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+    let key = key.ok_or_else(|| invalid("sealed, and the swarm is locked"))?;
+    let body: String = body
+        .trim()
+        .strip_suffix(SEALED_END)
+        .ok_or_else(|| invalid("a sealed key without its end line"))?
+        .split_whitespace()
+        .collect();
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| invalid("a sealed key that is not base64"))?;
+    let plain = key
+        .open(Purpose::KeyFile, &sealed)
+        .ok_or_else(|| invalid("does not open with this manager's data key"))?;
+    String::from_utf8(plain).map_err(|_| invalid("a sealed key that is not text"))
+}
+
+/// Writes `pem` to `path` (0600, whole and durable): sealed with `key`, or as is.
+pub fn write_key_file(path: &Path, pem: &str, key: Option<&DataKey>) -> io::Result<()> {
+    let text = match key {
+        None => pem.to_owned(),
+        Some(key) => {
+            let sealed = b64(&key.seal(Purpose::KeyFile, pem.as_bytes())?);
+            let mut lines = String::new();
+            for chunk in sealed.as_bytes().chunks(64) {
+                lines.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+                lines.push('\n');
+            }
+            format!("{SEALED_BEGIN}\n{lines}{SEALED_END}\n")
+        }
+    };
+    write_private_durable(path, text.as_bytes())
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -255,6 +314,7 @@ impl DataKeys {
                     path: path.clone(),
                     key: DataKey::generate().map_err(io_err(&path))?,
                     unlock: Arc::default(),
+                    also: Arc::default(),
                 };
                 keys.write(None).map_err(io_err(&path))?;
                 return Ok(keys);
@@ -298,7 +358,40 @@ impl DataKeys {
             path,
             key: DataKey(key),
             unlock: Arc::new(Mutex::new(unlock)),
+            also: Arc::default(),
         })
+    }
+
+    /// Keeps the key file at `path` sealed with the data key while an unlock key is set (and as
+    /// is otherwise), from now on; brings it to that state at once.
+    pub fn also_seal(&self, path: PathBuf) -> io::Result<()> {
+        let sealing = self.sealing();
+        let pem = read_key_file(&path, Some(&self.key))?;
+        if sealing != is_sealed_key_file(&path) {
+            write_key_file(&path, &pem, sealing.then_some(&self.key))?;
+        }
+        self.also.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+        Ok(())
+    }
+
+    /// Whether key files are sealed now (an unlock key is set).
+    pub fn sealing(&self) -> bool {
+        self.unlock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Key files sealed or opened to match `sealing`.
+    fn reseal_files(&self, sealing: bool) -> io::Result<()> {
+        let files = self.also.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for path in files {
+            let pem = read_key_file(&path, Some(&self.key))?;
+            if sealing != is_sealed_key_file(&path) {
+                write_key_file(&path, &pem, sealing.then_some(&self.key))?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the data key in `raft_dir` is sealed with an unlock key (so opening it needs one).
@@ -321,7 +414,16 @@ impl DataKeys {
         if current.as_ref() == unlock {
             return Ok(());
         }
+        // Autolock on: the key files sealed before the data key is; off: the data key in the
+        // clear before the key files are. A crash between the two leaves files the data key
+        // opens, and a data key the next start can reach.
+        if unlock.is_some() {
+            self.reseal_files(true)?;
+        }
         self.write(unlock)?;
+        if unlock.is_none() {
+            self.reseal_files(false)?;
+        }
         *current = unlock.cloned();
         Ok(())
     }
@@ -447,6 +549,29 @@ mod tests {
         reopened.set_unlock_key(None).unwrap();
         let plain = DataKeys::open(dir.path(), None).unwrap();
         assert!(plain.key().open(Purpose::Snapshot, &sealed).is_some());
+    }
+
+    #[test]
+    fn key_files_are_sealed_with_the_data_key_while_autolock_is_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let node_key = dir.path().join("node.key");
+        let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQ\n-----END PRIVATE KEY-----\n";
+        std::fs::write(&node_key, pem).unwrap();
+        let keys = DataKeys::open(&dir.path().join("raft"), None).unwrap();
+        keys.also_seal(node_key.clone()).unwrap();
+        assert_eq!(std::fs::read_to_string(&node_key).unwrap(), pem);
+
+        let unlock = UnlockKey::generate().unwrap();
+        keys.set_unlock_key(Some(&unlock)).unwrap();
+        let sealed = std::fs::read_to_string(&node_key).unwrap();
+        assert!(is_sealed_key_file(&node_key) && !sealed.contains("PRIVATE KEY"), "{sealed}");
+        assert!(read_key_file(&node_key, None).is_err());
+        assert_eq!(read_key_file(&node_key, Some(keys.key())).unwrap(), pem);
+        // A new unlock key leaves the file as it is (the data key does not change).
+        keys.set_unlock_key(Some(&UnlockKey::generate().unwrap())).unwrap();
+        assert_eq!(std::fs::read_to_string(&node_key).unwrap(), sealed);
+        keys.set_unlock_key(None).unwrap();
+        assert_eq!(std::fs::read_to_string(&node_key).unwrap(), pem);
     }
 
     #[test]

@@ -756,6 +756,13 @@ fn a_managers_data_is_sealed_and_autolock_locks_a_restarted_manager() {
         files_containing(&data_roots[0], key.as_bytes()).is_empty(),
         "the unlock key in the clear on n1"
     );
+    // The manager's own TLS key is sealed too (a worker's is not: workers are not locked).
+    assert_eq!(
+        files_containing(&data_roots[0], b"PRIVATE KEY"),
+        Vec::<String>::new(),
+        "a private key in the clear on the locked manager"
+    );
+    assert_eq!(files_containing(&data_roots[1], b"PRIVATE KEY").len(), 1);
 
     swarm.lab.stop_shoald(&n1).unwrap();
     swarm.lab.spawn_shoald(&n1).unwrap();
@@ -863,6 +870,8 @@ fn a_managers_data_is_sealed_and_autolock_locks_a_restarted_manager() {
         nodes.len() == 2 && nodes.iter().all(|n| n["Status"] == "Ready")
     });
     sealed_everywhere("after the restarts");
+    // Autolock off: the key is back in the clear.
+    assert_eq!(files_containing(&data_roots[0], b"PRIVATE KEY").len(), 1);
 }
 
 /// Secrets and configs through the docker CLI: created, listed, inspected (a secret's data never

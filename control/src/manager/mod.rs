@@ -325,8 +325,10 @@ impl Manager {
                 },
             ]),
         )
-        .await
-        .map(drop)
+        .await?;
+        // `swarm init --autolock`: sealed before init answers.
+        ops::follow_unlock_key(&self.inner);
+        Ok(())
     }
 
     /// The object store (this manager's replica).
@@ -483,6 +485,11 @@ impl Manager {
                 tracing::warn!("the cluster API did not stop within 5 s");
             }
         }
+    }
+
+    /// The data key sealing this manager's raft storage (and, under autolock, its key files).
+    pub fn keys(&self) -> &crate::keys::DataKeys {
+        &self.inner.keys
     }
 
     /// The identity in this manager's certificate.
