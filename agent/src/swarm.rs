@@ -354,9 +354,7 @@ impl SwarmNode {
         }
         let (credentials, manager) = match (saved.role, saved.raft_id) {
             (Role::Manager, Some(raft_id)) => {
-                let keys = self
-                    .data_keys(None)
-                    .map_err(|e| e.message().to_owned())?;
+                let keys = self.data_keys(None).map_err(|e| e.message().to_owned())?;
                 let credentials = self
                     .read_credentials(Some(keys.key()))
                     .map_err(|e| format!("reading the node's certificates: {e}"))?;
@@ -699,7 +697,12 @@ impl SwarmNode {
             .map_err(io_status("writing the node's certificates"))?;
         let started = async {
             let manager = self
-                .start_manager(&saved, &first.credentials, first.raft_id, self.data_keys(None)?)
+                .start_manager(
+                    &saved,
+                    &first.credentials,
+                    first.raft_id,
+                    self.data_keys(None)?,
+                )
                 .await?;
             if let Err(e) = manager
                 .bootstrap(

@@ -256,7 +256,12 @@ pub fn read_key_file(path: &Path, key: Option<&DataKey>) -> io::Result<String> {
     let Some(body) = text.strip_prefix(SEALED_BEGIN) else {
         return Ok(text);
     };
-    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+    let invalid = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {why}", path.display()),
+        )
+    };
     let key = key.ok_or_else(|| invalid("sealed, and the swarm is locked"))?;
     let body: String = body
         .trim()
@@ -370,7 +375,10 @@ impl DataKeys {
         if sealing != is_sealed_key_file(&path) {
             write_key_file(&path, &pem, sealing.then_some(&self.key))?;
         }
-        self.also.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+        self.also
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path);
         Ok(())
     }
 
@@ -564,11 +572,15 @@ mod tests {
         let unlock = UnlockKey::generate().unwrap();
         keys.set_unlock_key(Some(&unlock)).unwrap();
         let sealed = std::fs::read_to_string(&node_key).unwrap();
-        assert!(is_sealed_key_file(&node_key) && !sealed.contains("PRIVATE KEY"), "{sealed}");
+        assert!(
+            is_sealed_key_file(&node_key) && !sealed.contains("PRIVATE KEY"),
+            "{sealed}"
+        );
         assert!(read_key_file(&node_key, None).is_err());
         assert_eq!(read_key_file(&node_key, Some(keys.key())).unwrap(), pem);
         // A new unlock key leaves the file as it is (the data key does not change).
-        keys.set_unlock_key(Some(&UnlockKey::generate().unwrap())).unwrap();
+        keys.set_unlock_key(Some(&UnlockKey::generate().unwrap()))
+            .unwrap();
         assert_eq!(std::fs::read_to_string(&node_key).unwrap(), sealed);
         keys.set_unlock_key(None).unwrap();
         assert_eq!(std::fs::read_to_string(&node_key).unwrap(), pem);

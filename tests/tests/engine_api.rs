@@ -299,6 +299,49 @@ fn docker_clients_read_the_swarm_through_the_engine_api() {
     );
     let services = swarm.ok(&n1, &["service", "ls"]);
     assert!(!services.contains(" x "), "{services}");
+
+    // A wrong type is 400 naming it; so is an ambiguous ID prefix (secrets are made until two
+    // IDs share their first character: at most 37, by pigeonhole).
+    let (code, body) = runtime.block_on(raw_post(
+        &socket,
+        "/services/create",
+        br#"{"Name":5,"TaskTemplate":{"ContainerSpec":{"Image":"x"}}}"#,
+    ));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("invalid type"), "{body}");
+    let mut firsts = BTreeSet::new();
+    let shared = (0..37)
+        .find_map(|i| {
+            let (code, body) = runtime.block_on(raw_post(
+                &socket,
+                "/secrets/create",
+                format!(r#"{{"Name":"s{i}","Data":"eA=="}}"#).as_bytes(),
+            ));
+            assert_eq!(code, 201, "{body}");
+            let id = body.split("\"ID\":\"").nth(1)?.get(..1)?.to_owned();
+            (!firsts.insert(id.clone())).then_some(id)
+        })
+        .expect("two IDs share a first character");
+    let (code, body) = runtime.block_on(raw_get(&socket, &format!("/secrets/{shared}")));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("is ambiguous"), "{body}");
+}
+
+/// GETs `path` on the Engine API at `socket`: the status and the body.
+async fn raw_get(socket: &Path, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, answer)
 }
 
 /// POSTs `body` to `path` on the Engine API at `socket`: the status and the body.
@@ -406,6 +449,35 @@ fn the_docker_cli_changes_the_swarm_through_the_engine_api() {
             env(&rolled).as_array().is_none_or(|e| e.is_empty()),
             "{rolled:#}"
         );
+
+        // Shoal's own `client-ip=preserve`, which Docker's model cannot show, survives an
+        // update the docker CLI makes from what it read.
+        let keep = format!("keep{i}");
+        swarm.ok(
+            &n1,
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--name",
+                &keep,
+                "--publish",
+                &format!("published={},target=80,client-ip=preserve", 8180 + i),
+                "host",
+                &tool,
+                "serve",
+                "--port",
+                "80",
+            ],
+        );
+        run(&["service", "update", "--detach", "--env-add", "A=1", &keep]);
+        let kept = inspect_service(&swarm, &n1, &keep);
+        assert_eq!(
+            kept["Spec"]["EndpointSpec"]["Ports"][0]["ClientIp"], "preserve",
+            "{kept:#}"
+        );
+        assert_eq!(env(&kept), serde_json::json!(["A=1"]));
+        run(&["service", "rm", &keep]);
 
         // Logs, through the multiplexed stream.
         run(&[

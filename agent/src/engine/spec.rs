@@ -153,10 +153,67 @@ fn lost_fields(asked: &Value, kept: &Value, at: &str, lost: &mut Vec<String>) {
     }
 }
 
+/// What Docker's model of a service spec cannot carry, taken over from the spec as it is: a
+/// client updates a service by sending back the spec it read through this API, which never
+/// showed Shoal's own fields. Today that is a published port's `ClientIp` (`client-ip=` of
+/// `shoal service create --publish`), matched by protocol, target port, mode and published
+/// port; a port the update adds or changes keeps what it says.
+pub(crate) fn keep_shoal_fields(
+    current: &shoal_api::service::ServiceSpec,
+    new: &mut shoal_api::service::ServiceSpec,
+) {
+    for port in &mut new.endpoint_spec.ports {
+        if port.client_ip.is_some() {
+            continue;
+        }
+        port.client_ip = current
+            .endpoint_spec
+            .ports
+            .iter()
+            .find(|p| {
+                p.protocol == port.protocol
+                    && p.target_port == port.target_port
+                    && p.publish_mode == port.publish_mode
+                    && p.published_port == port.published_port
+            })
+            .and_then(|p| p.client_ip);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bollard::models;
+
+    #[test]
+    fn an_update_through_dockers_model_keeps_shoals_own_fields() {
+        use shoal_api::service::{ClientIp, PortConfig, ServiceSpec};
+        let port = |target: u16, published: u16, client_ip| PortConfig {
+            target_port: target,
+            published_port: published,
+            client_ip,
+            ..Default::default()
+        };
+        let mut current = ServiceSpec::default();
+        current.endpoint_spec.ports = vec![
+            port(80, 8080, Some(ClientIp::Preserve)),
+            port(443, 8443, Some(ClientIp::Preserve)),
+        ];
+        let mut new = ServiceSpec::default();
+        new.endpoint_spec.ports = vec![
+            port(80, 8080, None),
+            port(443, 9443, None),
+            port(53, 53, Some(ClientIp::Snat)),
+        ];
+        keep_shoal_fields(&current, &mut new);
+        let kept: Vec<_> = new
+            .endpoint_spec
+            .ports
+            .iter()
+            .map(|p| p.client_ip)
+            .collect();
+        assert_eq!(kept, [Some(ClientIp::Preserve), None, Some(ClientIp::Snat)]);
+    }
 
     fn service(json: &str) -> Result<shoal_api::service::ServiceSpec, String> {
         convert_with::<models::ServiceSpec, shoal_api::service::ServiceSpec>(

@@ -60,7 +60,7 @@ pub(super) async fn service_update(
 ) -> Result<Json<Value>, ApiError> {
     let version = version_of(query.version.as_deref())?;
     // The body is the current spec; the rollback is to the previous one.
-    let spec: ServiceSpec = spec::convert_with::<models::ServiceSpec, ServiceSpec>(
+    let mut spec: ServiceSpec = spec::convert_with::<models::ServiceSpec, ServiceSpec>(
         &body,
         "service spec",
         spec::service_defaults,
@@ -90,6 +90,16 @@ pub(super) async fn service_update(
             )));
         }
         _ => {
+            let current: Vec<shoal_api::service::Service> = super::shoal_of(
+                &engine,
+                Call::ServiceInspect {
+                    ids: vec![id.clone()],
+                },
+            )
+            .await?;
+            if let Some(current) = current.first() {
+                spec::keep_shoal_fields(&current.spec, &mut spec);
+            }
             engine
                 .swarm
                 .call(Call::ServiceUpdate {
