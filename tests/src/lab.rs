@@ -525,12 +525,30 @@ impl Lab {
     /// The PID of the `shoald` started on `host`.
     pub fn shoald_pid(&self, host: &Host) -> Result<i32, LabError> {
         let marker = format!("--hostname\0{}\0", host.name);
+        // A daemon stopped earlier and not reaped yet can still show its command line while it
+        // exits: the live one is the newest that is not a zombie.
+        let stat = |p: i32| fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let live = |p: i32| {
+            let stat = stat(p);
+            let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
+            !matches!(state, Some("Z" | "X") | None)
+        };
+        let started = |p: i32| {
+            let stat = stat(p);
+            stat.rfind(')')
+                .and_then(|i| stat.get(i + 2..))
+                .and_then(|rest| rest.split(' ').nth(19))
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         self.pids()
             .into_iter()
-            .find(|p| {
+            .filter(|p| {
                 fs::read_to_string(format!("/proc/{p}/cmdline"))
                     .is_ok_and(|c| c.contains("shoald") && format!("{c}\0").contains(&marker))
+                    && live(*p)
             })
+            .max_by_key(|p| started(*p))
             .ok_or_else(|| LabError::Io {
                 what: format!("finding shoald on {}", host.name),
                 source: io::Error::from(io::ErrorKind::NotFound),
@@ -578,9 +596,18 @@ impl Lab {
             Duration::from_secs(20),
             || Ok(pid_file.try_lock().is_ok()),
         )
-        .map_err(|e| LabError::Io {
-            what: e,
-            source: io::Error::from(io::ErrorKind::TimedOut),
+        .map_err(|e| {
+            // What the daemon was doing, for whoever reads the failure.
+            let log =
+                fs::read_to_string(self.host_dir(host).join("shoald.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            LabError::Io {
+                what: format!(
+                    "{e}\n--- the last lines of its log ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ),
+                source: io::Error::from(io::ErrorKind::TimedOut),
+            }
         })?;
         let _ = pid_file.unlock();
         let _ = fs::remove_file(self.socket(host));
