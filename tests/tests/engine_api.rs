@@ -329,33 +329,29 @@ fn docker_clients_read_the_swarm_through_the_engine_api() {
 
 /// GETs `path` on the Engine API at `socket`: the status and the body.
 async fn raw_get(socket: &Path, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let head = format!("GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let code = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, answer)
+    raw(socket, "GET", path, None).await
 }
 
 /// POSTs `body` to `path` on the Engine API at `socket`: the status and the body.
 async fn raw_post(socket: &Path, path: &str, body: &[u8]) -> (u16, String) {
+    raw(socket, "POST", path, Some(body)).await
+}
+
+/// One HTTP/1.1 request, written by hand (so it can be what no client library would send).
+async fn raw(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        head += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+    }
+    head += "\r\n";
     stream.write_all(head.as_bytes()).await.unwrap();
     // The server may answer (and close) before it has read a body it refuses.
-    let _ = stream.write_all(body).await;
+    let _ = stream.write_all(body.unwrap_or_default()).await;
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer).await;
     let answer = String::from_utf8_lossy(&answer).into_owned();
