@@ -325,6 +325,20 @@ fn docker_clients_read_the_swarm_through_the_engine_api() {
     let (code, body) = runtime.block_on(raw_get(&socket, &format!("/secrets/{shared}")));
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("is ambiguous"), "{body}");
+
+    // A stale version= on a node or the swarm is refused by the managers with the write.
+    let node = node_ids.iter().next().unwrap();
+    for (path, body) in [
+        (
+            format!("/nodes/{node}/update?version=1"),
+            &br#"{"Role":"manager","Availability":"active"}"#[..],
+        ),
+        ("/swarm/update?version=1".to_owned(), &b"{}"[..]),
+    ] {
+        let (code, answer) = runtime.block_on(raw_post(&socket, &path, body));
+        assert_eq!(code, 409, "{path}: {answer}");
+        assert!(answer.contains("out of sequence"), "{path}: {answer}");
+    }
 }
 
 /// GETs `path` on the Engine API at `socket`: the status and the body.

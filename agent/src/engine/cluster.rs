@@ -286,13 +286,6 @@ pub(super) async fn update(
             "TaskDefaults",
         ],
     )?;
-    let current: models::Swarm = super::call(&engine, Call::Inspect).await?;
-    if current.version.and_then(|v| v.index) != Some(version) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "update out of sequence",
-        ));
-    }
     let spec = spec_args(Some(asked)).map_err(ApiError::bad_request)?;
     engine
         .swarm
@@ -302,6 +295,8 @@ pub(super) async fn update(
             cert_expiry_s: spec.cert_expiry_s,
             task_history_limit: spec.task_history_limit,
             autolock: spec.autolock,
+            // Checked by the managers with the write.
+            version: Some(version),
         }))
         .await?;
     if truthy(query.rotate_manager_unlock_key.as_deref()) {

@@ -68,21 +68,13 @@ pub(super) async fn service_update(
     .map_err(ApiError::bad_request)?;
     match query.rollback.as_deref() {
         Some("previous") => {
-            let current: Vec<models::Service> = call(
-                &engine,
-                Call::ServiceInspect {
-                    ids: vec![id.clone()],
-                },
-            )
-            .await?;
-            let at = current
-                .first()
-                .and_then(|s| s.version.as_ref())
-                .and_then(|v| v.index);
-            if at != Some(version) {
-                return Err(out_of_sequence());
-            }
-            engine.swarm.call(Call::ServiceRollback { id }).await?;
+            engine
+                .swarm
+                .call(Call::ServiceRollback {
+                    id,
+                    version: Some(version),
+                })
+                .await?;
         }
         Some(other) if !other.is_empty() => {
             return Err(ApiError::bad_request(format!(
@@ -111,11 +103,6 @@ pub(super) async fn service_update(
         }
     }
     Ok(Json(json!({ "Warnings": [] })))
-}
-
-/// A stale `version=`: as the managers answer it (409).
-pub(super) fn out_of_sequence() -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, "update out of sequence")
 }
 
 pub(super) async fn service_remove(
@@ -240,9 +227,8 @@ pub(super) async fn node_update(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "node not found"))?;
-    if node.version.as_ref().and_then(|v| v.index) != Some(version) {
-        return Err(out_of_sequence());
-    }
+    // The labels to drop are read here; the version is checked by the managers with the write,
+    // so a node changed meanwhile is refused whole.
     let current = node.spec.unwrap_or_default().labels.unwrap_or_default();
     let wanted: BTreeMap<String, String> = spec.labels.unwrap_or_default().into_iter().collect();
     let update = NodeUpdate {
@@ -257,6 +243,7 @@ pub(super) async fn node_update(
             Some(models::NodeSpecRoleEnum::WORKER) => Some(Role::Worker),
             _ => None,
         },
+        version: Some(version),
         label_rm: current
             .keys()
             .filter(|k| !wanted.contains_key(*k))

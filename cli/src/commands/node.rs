@@ -308,6 +308,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     role,
                     label_add: labels(&label_add)?,
                     label_rm,
+                    version: None,
                 },
             )
             .await?;

@@ -1420,6 +1420,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     host,
                     &Call::ServiceRollback {
                         id: current.id.clone(),
+                        version: None,
                     },
                 )
                 .await?;
@@ -1473,6 +1474,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 host,
                 &Call::ServiceRollback {
                     id: current.id.clone(),
+                    version: None,
                 },
             )
             .await?;

@@ -370,6 +370,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     cert_expiry_s: cert_expiry,
                     task_history_limit,
                     autolock,
+                    version: None,
                 }),
             )
             .await?;

@@ -116,6 +116,10 @@ pub enum Call {
     ServiceRollback {
         /// The service (name, ID or ID prefix).
         id: String,
+        /// The version the client read, if it names one (the Engine API's `version=`): the
+        /// rollback is refused as out of sequence if the service changed since.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
     },
     /// `service rm`.
     ServiceRemove {
@@ -238,6 +242,10 @@ pub struct UpdateArgs {
     /// `--autolock=true|false`.
     #[serde(default)]
     pub autolock: Option<bool>,
+    /// The version the client read, if it names one (the Engine API's `version=`): the update
+    /// is refused as out of sequence if the cluster changed since, checked with the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 /// A node's role.
@@ -297,6 +305,10 @@ pub struct NodeUpdate {
     pub label_add: BTreeMap<String, String>,
     /// `--label-rm key`.
     pub label_rm: Vec<String>,
+    /// The version the client read, if it names one (the Engine API's `version=`): the update
+    /// is refused as out of sequence if the node changed since, checked with the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 /// The raft index an object was last changed at.

@@ -344,10 +344,28 @@ async fn update_node(
 
 async fn update_cluster(
     inner: &Inner,
+    change: impl FnMut(&mut ClusterRecord) -> Result<(), Status>,
+) -> Result<ClusterRecord, Status> {
+    update_cluster_at(inner, None, change).await
+}
+
+/// [`update_cluster`], refused as out of sequence unless the cluster is at `version` when the
+/// change is written (the check and the write see the same version).
+async fn update_cluster_at(
+    inner: &Inner,
+    version: Option<u64>,
     mut change: impl FnMut(&mut ClusterRecord) -> Result<(), Status>,
 ) -> Result<ClusterRecord, Status> {
     for _ in 0..5 {
         let (object, mut record) = cluster(inner)?;
+        if let Some(version) = version
+            && object.version != version
+        {
+            return Err(Status::aborted(format!(
+                "update out of sequence: the swarm is at version {}, the update was made from {version}",
+                object.version
+            )));
+        }
         change(&mut record)?;
         record.cluster.updated_at = now();
         let body = serde_json::to_value(&record).map_err(json_error)?;
@@ -960,7 +978,7 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
                     limits::MAX_TASK_HISTORY
                 )));
             }
-            update_cluster(inner, |record| {
+            update_cluster_at(inner, args.version, |record| {
                 if let Some(s) = args.dispatcher_heartbeat_s {
                     record.cluster.spec.dispatcher.heartbeat_period = s * 1_000_000_000;
                 }
@@ -1208,6 +1226,15 @@ async fn node_update(inner: &Inner, node: Node, update: NodeUpdate) -> Result<()
         }
     }
     update_node(inner, &node.id, |node| {
+        // Checked against what is written (`update_node` proposes at the version it read).
+        if let Some(version) = update.version
+            && node.version.index != version
+        {
+            return Err(Status::aborted(format!(
+                "update out of sequence: node {} is at version {}, the update was made from {version}",
+                node.id, node.version.index
+            )));
+        }
         if let Some(availability) = update.availability {
             node.spec.availability = availability;
         }

@@ -133,7 +133,7 @@ pub(super) async fn call(inner: &Inner, call: &Call, me: &str) -> Option<Result<
         Call::ServiceUpdate { id, version, spec } => {
             update_service(inner, id, *version, (**spec).clone()).await
         }
-        Call::ServiceRollback { id } => rollback_service(inner, id).await,
+        Call::ServiceRollback { id, version } => rollback_service(inner, id, *version).await,
         Call::ServiceRemove { ids } => {
             let world = world(inner);
             let doomed: Result<Vec<Change>, Status> = ids
@@ -814,9 +814,18 @@ async fn update_service(
 
 /// `service rollback`: the spec before the last update comes back (and the current one becomes
 /// the previous, as in Docker).
-async fn rollback_service(inner: &Inner, id: &str) -> Result<Value, Status> {
+async fn rollback_service(inner: &Inner, id: &str, version: Option<u64>) -> Result<Value, Status> {
     let world = world(inner);
     let current = find_service(&world, id)?.clone();
+    // The rollback is written at the version read here (`write_service`): checked with it.
+    if let Some(version) = version
+        && current.version.index != version
+    {
+        return Err(Status::aborted(format!(
+            "update out of sequence: service {} is at version {}, the rollback was asked from {version}",
+            current.spec.name, current.version.index
+        )));
+    }
     let Some(previous) = current.previous_spec.clone() else {
         return Err(Status::failed_precondition(format!(
             "service {} does not have a previous spec",
