@@ -326,6 +326,11 @@ fn docker_clients_read_the_swarm_through_the_engine_api() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("is ambiguous"), "{body}");
 
+    // A query string that does not decode gets Docker's error shape too.
+    let (code, answer) = runtime.block_on(raw_get(&socket, "/services?status=1&status=2"));
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("{\"message\":"), "{answer}");
+
     // A stale version= on a node or the swarm is refused by the managers with the write.
     let node = node_ids.iter().next().unwrap();
     for (path, body) in [

@@ -138,6 +138,7 @@ pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode) -> Router {
         .route("/distribution/{*image}", get(distribution))
         .merge(data::routes())
         .fallback(unknown_path)
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(Engine { facts, swarm });
     Router::new().fallback(move |request: Request| {
         let routes = routes.clone();
@@ -151,6 +152,34 @@ pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode) -> Router {
             }
         }
     })
+}
+
+/// axum's own refusals (a query string or path that does not decode, a body over the limit)
+/// in Docker's error shape, `{"message": ...}`, as every other error here is.
+async fn json_errors(response: Response) -> Response {
+    let failed = response.status().is_client_error() || response.status().is_server_error();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !failed || json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_owned()
+    } else {
+        text
+    };
+    ApiError::new(parts.status, message).into_response()
 }
 
 /// `request` without its `/v1.NN` prefix; an older version than [`MIN_API_VERSION`] is
