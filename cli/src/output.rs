@@ -244,7 +244,7 @@ pub(crate) fn print_objects<T: serde::Serialize>(
     Ok(())
 }
 
-/// [`table`] for rows of any width.
+/// Columns padded to their widest cell, three spaces apart, for rows of any width.
 fn columns(header: &[String], rows: &[Vec<String>]) -> String {
     let n = header
         .len()
@@ -284,28 +284,9 @@ pub(crate) fn json_lines<T: serde::Serialize>(rows: &[T]) -> Result<(), serde_js
 
 /// Columns padded to their widest cell, three spaces apart, as Docker's tables.
 pub(crate) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; N]| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == N {
-                out += cell;
-            } else {
-                out += &format!("{cell:<w$}   ", w = widths[i]);
-            }
-        }
-        out.trim_end().to_owned() + "\n"
-    };
-    let mut out = line(header);
-    for row in rows {
-        out += &line(row.each_ref().map(String::as_str));
-    }
-    out
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.to_vec()).collect();
+    columns(&header, &rows)
 }
 
 /// How long ago an RFC 3339 time was, as Docker says it ("5 seconds ago", "2 minutes ago").

@@ -21,8 +21,7 @@
 //!   off, and the order of the two writes leaves a state the next start can read.
 
 use std::{
-    fmt,
-    io::{self, Write},
+    fmt, io,
     path::{Path, PathBuf},
     str::FromStr,
     sync::{Arc, Mutex},
@@ -292,7 +291,7 @@ pub fn write_key_file(path: &Path, pem: &str, key: Option<&DataKey>) -> io::Resu
             format!("{SEALED_BEGIN}\n{lines}{SEALED_END}\n")
         }
     };
-    write_private_durable(path, text.as_bytes())
+    crate::raft::log::write_bytes_durable(path, text.as_bytes())
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -370,11 +369,7 @@ impl DataKeys {
     /// Keeps the key file at `path` sealed with the data key while an unlock key is set (and as
     /// is otherwise), from now on; brings it to that state at once.
     pub fn also_seal(&self, path: PathBuf) -> io::Result<()> {
-        let sealing = self.sealing();
-        let pem = read_key_file(&path, Some(&self.key))?;
-        if sealing != is_sealed_key_file(&path) {
-            write_key_file(&path, &pem, sealing.then_some(&self.key))?;
-        }
+        self.match_sealing(&path, self.sealing())?;
         self.also
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -394,12 +389,19 @@ impl DataKeys {
     fn reseal_files(&self, sealing: bool) -> io::Result<()> {
         let files = self.also.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for path in files {
-            let pem = read_key_file(&path, Some(&self.key))?;
-            if sealing != is_sealed_key_file(&path) {
-                write_key_file(&path, &pem, sealing.then_some(&self.key))?;
-            }
+            self.match_sealing(&path, sealing)?;
         }
         Ok(())
+    }
+
+    /// The key file at `path` sealed with the data key, or in the clear, as `sealing` says;
+    /// written only when that changes it.
+    fn match_sealing(&self, path: &Path, sealing: bool) -> io::Result<()> {
+        if sealing == is_sealed_key_file(path) {
+            return Ok(());
+        }
+        let pem = read_key_file(path, Some(&self.key))?;
+        write_key_file(path, &pem, sealing.then_some(&self.key))
     }
 
     /// Whether the data key in `raft_dir` is sealed with an unlock key (so opening it needs one).
@@ -450,7 +452,7 @@ impl DataKeys {
             },
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
-        write_private_durable(&self.path, &bytes)
+        crate::raft::log::write_bytes_durable(&self.path, &bytes)
     }
 }
 
@@ -459,25 +461,6 @@ fn has_raft_data(raft_dir: &Path) -> bool {
     ["log", "snapshots"].iter().any(|sub| {
         std::fs::read_dir(raft_dir.join(sub)).is_ok_and(|mut entries| entries.next().is_some())
     })
-}
-
-/// Writes `bytes` to `path` whole and 0600: a temporary file, fsync, rename over, fsync the
-/// directory.
-fn write_private_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]

@@ -28,8 +28,9 @@ fn clis() -> Vec<&'static str> {
 }
 
 /// `cli args` against `host`'s shoald, as a user with `DOCKER_HOST` set runs it.
-fn docker(swarm: &Swarm, host: &Host, cli: &str, args: &[&str]) -> Output {
-    Command::new(cli)
+fn docker_command(swarm: &Swarm, host: &Host, cli: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(cli);
+    command
         .env(
             "DOCKER_HOST",
             format!("unix://{}", swarm.lab.socket(host).display()),
@@ -38,7 +39,13 @@ fn docker(swarm: &Swarm, host: &Host, cli: &str, args: &[&str]) -> Output {
             "DOCKER_CONFIG",
             std::env::temp_dir().join("shoal-test-docker-config"),
         )
-        .args(args)
+        .args(args);
+    command
+}
+
+/// [`docker_command`], run to its end.
+fn docker(swarm: &Swarm, host: &Host, cli: &str, args: &[&str]) -> Output {
+    docker_command(swarm, host, cli, args)
         .output()
         .expect("the docker CLI runs")
 }
@@ -712,28 +719,24 @@ fn the_docker_cli_forms_the_swarm() {
 /// [`docker`] with `input` on its standard input (the docker CLI reads an unlock key from there
 /// when it is not a terminal).
 fn docker_with_input(swarm: &Swarm, host: &Host, cli: &str, args: &[&str], input: &str) -> Output {
+    with_input(docker_command(swarm, host, cli, args), input)
+}
+
+/// `command` run to its end with `input` on its standard input.
+fn with_input(mut command: Command, input: &str) -> Output {
     use std::io::Write as _;
-    let mut child = Command::new(cli)
-        .env(
-            "DOCKER_HOST",
-            format!("unix://{}", swarm.lab.socket(host).display()),
-        )
-        .env(
-            "DOCKER_CONFIG",
-            std::env::temp_dir().join("shoal-test-docker-config"),
-        )
-        .args(args)
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("the docker CLI runs");
+        .expect("the command runs");
     let _ = child
         .stdin
         .take()
         .expect("piped")
         .write_all(input.as_bytes());
-    child.wait_with_output().expect("the docker CLI ends")
+    child.wait_with_output().expect("the command ends")
 }
 
 /// Every file under `root` whose bytes contain `needle`, as paths relative to `root`.
@@ -931,20 +934,10 @@ fn a_managers_data_is_sealed_and_autolock_locks_a_restarted_manager() {
         "{}",
         output_text(&out)
     );
-    let out = swarm
-        .lab
-        .shoal_command(&n1, &["swarm", "unlock"])
-        .unwrap()
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write as _;
-            child.stdin.take().unwrap().write_all(rotated.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
+    let out = with_input(
+        swarm.lab.shoal_command(&n1, &["swarm", "unlock"]).unwrap(),
+        rotated,
+    );
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(state(&swarm), "active");
 

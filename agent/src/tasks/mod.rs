@@ -280,7 +280,6 @@ impl Worker {
         worker
     }
 
-    /// The executor's name, as nodes report it.
     /// This node's Docker Engine, when it runs docker tasks.
     pub(crate) fn engine(&self) -> Option<&docker::Engine> {
         match &self.inner.executor {
@@ -289,6 +288,7 @@ impl Worker {
         }
     }
 
+    /// The executor's name, as nodes report it.
     pub(crate) fn executor(&self) -> &'static str {
         self.inner.executor.kind().name()
     }
@@ -622,21 +622,18 @@ impl Worker {
             Executor::Docker(engine) => match files::write_for_docker(&task.id, &task_files) {
                 Ok(binds) => {
                     let node = self.node_id();
-                    let made = engine
+                    engine
                         .prepare(&self.inner.data_root, &task, &node, &env, &binds)
-                        .await;
-                    if made.is_err() {
-                        files::remove_for_docker(&task.id);
-                    }
-                    made
+                        .await
                 }
-                Err(e) => {
-                    files::remove_for_docker(&task.id);
-                    Err(e)
-                }
+                Err(e) => Err(e),
             },
         };
         drop(task_files);
+        if prepared.is_err() {
+            // A docker task's files, if some were written: no task, no files.
+            files::remove_for_docker(&task.id);
+        }
         let mut runtime = match prepared {
             Ok(runtime) => runtime,
             Err(e) => return self.finish(&id, None, TaskState::Rejected, e).await,

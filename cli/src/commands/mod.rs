@@ -15,6 +15,20 @@ use shoal_api::{ConnectError, DaemonHost, is_unreachable};
 
 use crate::Failure;
 
+/// `KEY=VALUE` flags (`--label`, `--opt`): a bare `KEY` has an empty value; a key is required.
+pub(crate) fn pairs(values: &[String], what: &str) -> Result<Vec<(String, String)>, Failure> {
+    values
+        .iter()
+        .map(|v| {
+            let (k, v) = v.split_once('=').unwrap_or((v.as_str(), ""));
+            if k.is_empty() {
+                return Err(Failure(format!("invalid {what} {v:?}: it needs a key")));
+            }
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
 /// The daemon's answer to a failed RPC, worded for the user.
 pub(crate) fn rpc_failure(host: &DaemonHost, status: &tonic::Status) -> Failure {
     if is_unreachable(status) {

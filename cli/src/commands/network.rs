@@ -7,7 +7,11 @@ use shoal_api::{
     swarm::Call,
 };
 
-use crate::{Failure, commands::swarm::call, output::Format};
+use crate::{
+    Failure,
+    commands::{pairs, swarm::call},
+    output::Format,
+};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
@@ -64,19 +68,6 @@ pub(crate) enum Command {
         #[arg(required = true)]
         networks: Vec<String>,
     },
-}
-
-fn pairs(values: &[String], what: &str) -> Result<Vec<(String, String)>, Failure> {
-    values
-        .iter()
-        .map(|v| {
-            let (k, v) = v.split_once('=').unwrap_or((v.as_str(), ""));
-            if k.is_empty() {
-                return Err(Failure(format!("invalid {what} {v:?}: it needs a key")));
-            }
-            Ok((k.to_owned(), v.to_owned()))
-        })
-        .collect()
 }
 
 /// One `network ls --format json` line.

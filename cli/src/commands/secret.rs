@@ -91,14 +91,9 @@ pub(crate) async fn run(
 ) -> Result<(), Failure> {
     match command {
         Command::Create { label, name, file } => {
-            let mut labels = std::collections::BTreeMap::new();
-            for l in label {
-                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
-                if k.is_empty() {
-                    return Err(Failure(format!("invalid label {l:?}: it needs a key")));
-                }
-                labels.insert(k.to_owned(), v.to_owned());
-            }
+            let labels = crate::commands::pairs(&label, "label")?
+                .into_iter()
+                .collect();
             let data = read_content(&file, kind)?;
             let spec = DataSpec {
                 name,

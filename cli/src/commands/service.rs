@@ -791,16 +791,9 @@ fn env_from_client(entry: String) -> String {
 
 /// `KEY=VALUE` labels (a bare `KEY` has an empty value).
 fn labels(values: &[String]) -> Result<BTreeMap<String, String>, Failure> {
-    values
-        .iter()
-        .map(|l| {
-            let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
-            if k.is_empty() {
-                return Err(Failure(format!("invalid label {l:?}: it needs a key")));
-            }
-            Ok((k.to_owned(), v.to_owned()))
-        })
-        .collect()
+    Ok(crate::commands::pairs(values, "label")?
+        .into_iter()
+        .collect())
 }
 
 /// The spec `service create` sends for `args` (also what `stack deploy` builds).

@@ -7,7 +7,7 @@
 //! names as services' names, data at most 500 KiB (secrets) or 1000 KiB (configs), only labels
 //! change after creation, and one in use by a service cannot be removed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::Value;
 use shoal_api::{
@@ -87,13 +87,6 @@ fn check_data(spec: &DataSpec, kind: DataKind) -> Result<(), Status> {
     Ok(())
 }
 
-fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Status> {
-    if labels.keys().any(String::is_empty) {
-        return Err(Status::invalid_argument("a label needs a key"));
-    }
-    Ok(())
-}
-
 /// The user's calls on secrets and configs; `None` for calls that are not.
 pub(super) async fn call(inner: &Inner, call: &Call) -> Option<Result<Value, Status>> {
     Some(match call {
@@ -128,7 +121,7 @@ pub(super) async fn call(inner: &Inner, call: &Call) -> Option<Result<Value, Sta
 
 async fn create(inner: &Inner, kind: DataKind, spec: DataSpec) -> Result<Value, Status> {
     check_name(&spec.name, kind.name())?;
-    check_labels(&spec.labels)?;
+    crate::limits::check_labels(&format!("the {kind}'s labels"), &spec.labels)?;
     check_data(&spec, kind)?;
     let objects = inner.store.view(|tx| all(tx, kind));
     if objects.iter().any(|o| o.spec.name == spec.name) {
@@ -184,7 +177,7 @@ async fn update(
             object.spec.name
         )));
     }
-    check_labels(&spec.labels)?;
+    crate::limits::check_labels(&format!("the {kind}'s labels"), &spec.labels)?;
     object.spec.labels = spec.labels;
     object.updated_at = now();
     ops::propose(

@@ -64,11 +64,17 @@ pub(crate) fn write_durable<T: Serialize>(path: &Path, value: &T) -> io::Result<
     write_bytes_durable(path, &bytes)
 }
 
-/// [`write_durable`] for bytes.
+/// [`write_durable`] for bytes (0600: what a manager writes is its own).
 pub(crate) fn write_bytes_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
     {
-        let mut file = File::create(&tmp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
     }
