@@ -1,11 +1,11 @@
-//! `shoald`, the daemon every Shoal node runs. It serves the local API on its unix socket
-//! (`shoal info`, `shoal swarm|node`), keeps the node's swarm membership ([`swarm`]: init, join,
+//! `shoald`, the daemon every Shoal node runs. It serves the Docker Engine API on its unix socket
+//! (engine/: what `shoal` and the docker CLI send), keeps the node's swarm membership ([`swarm`]: init, join,
 //! leave, the heartbeat session, the manager it runs when it is one), and hosts the node's data
 //! plane (`shoal dataplane apply|inspect`, dataplane.rs), and runs the tasks the managers assign it
 //! (tasks/: the `exec` and `docker` executors).
 //!
 //! ```text
-//!   shoal ──gRPC──> unix socket (0660) ──> Daemon service (api.rs)
+//!   shoal, docker ──HTTP──> unix socket (0660) ──> Engine API (engine/), /shoal/v1/ (Shoal's own)
 //!                                             ├── node facts (node.rs): name, kernel, OS, CPUs
 //!                                             ├── swarm (swarm.rs): membership, session, manager
 //!                                             └── data plane (dataplane.rs): overlays, WireGuard
@@ -16,7 +16,6 @@
 //! Start with [`run`]: it takes a [`Config`] and a shutdown future (so tests run a daemon
 //! in-process), locks the data root, binds the socket and serves until the future resolves.
 
-mod api;
 mod data_root;
 mod dataplane;
 mod dns;
@@ -32,7 +31,7 @@ pub use tasks::docker::DEFAULT_DOCKER_HOST;
 
 use std::{future::Future, path::PathBuf};
 
-use shoal_api::{DaemonHost, v1::daemon_server::DaemonServer};
+use shoal_api::DaemonHost;
 
 pub use data_root::DataRootError;
 pub use node::{NodeFacts, host_name};
@@ -147,15 +146,8 @@ pub async fn run(
         // The daemon still serves: `shoal swarm leave --force` is the way out.
         tracing::error!("resuming the swarm membership: {e}");
     }
-    // One socket, two APIs: the local gRPC API (HTTP/2) and the Docker Engine API (HTTP/1.1),
-    // told apart by path.
-    let app = tonic::service::Routes::new(DaemonServer::new(api::DaemonApi::new(
-        facts.clone(),
-        dataplane,
-        swarm.clone(),
-    )))
-    .into_axum_router()
-    .fallback_service(engine::router(facts, swarm.clone()));
+    // One API on the socket: Docker's Engine API, Shoal's own operations under `/shoal/v1/`.
+    let app = engine::router(facts, swarm.clone(), dataplane);
     // On shutdown, requests in flight get [`SHUTDOWN_GRACE`] to end; streams that do not (a
     // client following logs, which end only when the swarm stops below) are then cut.
     let (stopping, stop) = tokio::sync::watch::channel(false);

@@ -3,13 +3,14 @@
 //! sent to the local `shoald` over its unix socket (`-H unix://PATH`, or `$SHOAL_HOST`).
 //!
 //! ```text
-//!   main.rs (clap) ──> commands/<verb>.rs ──> shoal_api::connect ──gRPC──> shoald
+//!   main.rs (clap) ──> commands/<verb>.rs ──> api.rs ──HTTP/1.1 (Docker's Engine API)──> shoald
 //!                            └── output.rs: human tables, --format json, sizes
 //! ```
 //!
 //! Errors go to stderr as the user should read them ("Cannot connect to the Shoal daemon at ...
 //! Is shoald running?") and the exit status is 1.
 
+mod api;
 mod commands;
 mod output;
 

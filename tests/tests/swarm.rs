@@ -185,10 +185,18 @@ fn the_leader_dies_a_new_one_takes_writes_and_the_old_one_catches_up() {
     );
 }
 
-/// Calls the daemon on `socket` directly (what the CLI does), for writes in a tight loop.
-fn call(
+/// `text` in base64, as a config's `Data` is sent.
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Asks the daemon on `socket` directly over its API (the requests the CLI makes), for writes
+/// in a tight loop: `POST path` with `body`, or `GET path` without one.
+fn request(
     socket: &std::path::Path,
-    call: &shoal_api::swarm::Call,
+    path: &str,
+    body: Option<serde_json::Value>,
 ) -> Result<serde_json::Value, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -198,14 +206,12 @@ fn call(
         let host: shoal_api::DaemonHost = format!("unix://{}", socket.display())
             .parse()
             .map_err(|e| format!("{e}"))?;
-        let channel = shoal_api::connect(&host).await.map_err(|e| e.to_string())?;
-        let mut client = shoal_api::v1::daemon_client::DaemonClient::new(channel);
-        let json = serde_json::to_vec(call).unwrap();
-        let reply = client
-            .swarm(shoal_api::v1::Frame { json })
-            .await
-            .map_err(|s| s.message().to_owned())?;
-        serde_json::from_slice(&reply.into_inner().json).map_err(|e| e.to_string())
+        let api = shoal_api::Client::new(&host);
+        match body {
+            Some(body) => api.post(path, &body).await,
+            None => api.get(path).await,
+        }
+        .map_err(|e| e.to_string())
     })
 }
 
@@ -223,11 +229,9 @@ fn a_manager_killed_during_a_stream_of_writes_keeps_every_acknowledged_one() {
                 let mut done = Vec::new();
                 for i in 0.. {
                     let name = format!("r{round}-{i}");
-                    let put = shoal_api::swarm::Call::Put {
-                        name: name.clone(),
-                        data: format!("{i}"),
-                    };
-                    match call(&socket, &put) {
+                    // A config: one raft write, acknowledged once committed.
+                    let create = serde_json::json!({ "Name": name, "Data": "MQ==" });
+                    match request(&socket, "/configs/create", Some(create)) {
                         Ok(_) => done.push(name),
                         Err(_) => break,
                     }
@@ -253,19 +257,11 @@ fn a_manager_killed_during_a_stream_of_writes_keeps_every_acknowledged_one() {
         wait_until(
             "the restarted manager to answer",
             Duration::from_secs(30),
-            || {
-                Ok(call(
-                    &socket,
-                    &shoal_api::swarm::Call::Get {
-                        name: acknowledged[0].clone(),
-                    },
-                )
-                .is_ok())
-            },
+            || Ok(request(&socket, &format!("/configs/{}", acknowledged[0]), None).is_ok()),
         )
         .unwrap();
         for name in &acknowledged {
-            let got = call(&socket, &shoal_api::swarm::Call::Get { name: name.clone() });
+            let got = request(&socket, &format!("/configs/{name}"), None);
             assert!(
                 got.is_ok(),
                 "acknowledged write {name} is lost after the restart: {got:?}"
@@ -584,11 +580,8 @@ fn promotion_demotion_and_removal_keep_the_quorum() {
             let mut failures = Vec::new();
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let put = shoal_api::swarm::Call::Put {
-                    name: format!("w{i}"),
-                    data: String::new(),
-                };
-                if let Err(e) = call(&socket, &put) {
+                let create = serde_json::json!({ "Name": format!("w{i}"), "Data": "MQ==" });
+                if let Err(e) = request(&socket, "/configs/create", Some(create)) {
                     failures.push(e);
                 }
                 i += 1;
@@ -730,11 +723,9 @@ fn snapshots_compact_the_log_and_a_new_manager_starts_from_one() {
     let socket = swarm.lab.socket(&n1);
     // More than a snapshot interval plus the 500 entries kept for slow followers.
     for i in 0..800 {
-        let put = shoal_api::swarm::Call::Put {
-            name: format!("k{i}"),
-            data: format!("{i}"),
-        };
-        call(&socket, &put).unwrap();
+        let data = base64_of(&i.to_string());
+        let create = serde_json::json!({ "Name": format!("k{i}"), "Data": data });
+        request(&socket, "/configs/create", Some(create)).unwrap();
     }
     let raft = swarm.lab.host_dir(&n1).join("data/swarm/raft");
     wait_until(
@@ -758,18 +749,12 @@ fn snapshots_compact_the_log_and_a_new_manager_starts_from_one() {
     swarm.lab.kill_shoald(&n1).unwrap();
     swarm.lab.spawn_shoald(&n1).unwrap();
     wait_until("the manager back", Duration::from_secs(30), || {
-        Ok(call(&socket, &shoal_api::swarm::Call::Get { name: "k0".into() }).is_ok())
+        Ok(request(&socket, "/configs/k0", None).is_ok())
     })
     .unwrap();
     assert_eq!(
-        call(
-            &socket,
-            &shoal_api::swarm::Call::Get {
-                name: "k799".into()
-            }
-        )
-        .unwrap(),
-        serde_json::json!("799")
+        request(&socket, "/configs/k799", None).unwrap()["Spec"]["Data"],
+        base64_of("799")
     );
     // A new manager cannot get the purged entries: it is sent the snapshot.
     swarm.ok(&n1, &["node", "promote", "n2"]);

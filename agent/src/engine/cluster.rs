@@ -53,6 +53,7 @@ struct SpecArgs {
     snapshot_interval: Option<u64>,
     cert_expiry_s: Option<u64>,
     task_history_limit: Option<u64>,
+    ca_force_rotate: Option<u64>,
 }
 
 fn spec_args(spec: Option<models::SwarmSpec>) -> Result<SpecArgs, String> {
@@ -80,10 +81,6 @@ fn spec_args(spec: Option<models::SwarmSpec>) -> Result<SpecArgs, String> {
             raft.log_entries_for_slow_followers
                 .is_some_and(|n| n != 0 && n != 500),
             "Raft.LogEntriesForSlowFollowers",
-        ),
-        (
-            ca.force_rotate.is_some_and(|r| r != 0),
-            "CAConfig.ForceRotate (shoal swarm ca --rotate rotates the root CA)",
         ),
         (
             ca.signing_ca_key.as_ref().is_some_and(|k| !k.is_empty()),
@@ -119,12 +116,14 @@ fn spec_args(spec: Option<models::SwarmSpec>) -> Result<SpecArgs, String> {
             spec.dispatcher.and_then(|d| d.heartbeat_period),
             "Dispatcher.HeartbeatPeriod",
         )?,
-        snapshot_interval: raft.snapshot_interval.filter(|s| *s != 0),
+        // Checked by the managers (0 is out of bounds); `init` takes 0 as "not given".
+        snapshot_interval: raft.snapshot_interval,
         cert_expiry_s: whole_seconds(ca.node_cert_expiry, "CAConfig.NodeCertExpiry")?,
         task_history_limit: spec
             .orchestration
             .and_then(|o| o.task_history_retention_limit)
             .map(|l| l.max(0) as u64),
+        ca_force_rotate: ca.force_rotate,
     })
 }
 
@@ -169,6 +168,11 @@ pub(super) async fn init(
         ));
     }
     let spec = spec_args(asked.spec).map_err(ApiError::bad_request)?;
+    if spec.ca_force_rotate.is_some_and(|n| n != 0) {
+        return Err(ApiError::bad_request(
+            "Shoal does not support CAConfig.ForceRotate at init: a new swarm has a new root CA",
+        ));
+    }
     let data_path_port = match asked.data_path_port.unwrap_or(0) {
         0 => None,
         port => Some(u16::try_from(port).map_err(|_| {
@@ -182,7 +186,7 @@ pub(super) async fn init(
         data_path_addr: given(asked.data_path_addr),
         data_path_port,
         dispatcher_heartbeat_s: spec.dispatcher_heartbeat_s,
-        snapshot_interval: spec.snapshot_interval,
+        snapshot_interval: spec.snapshot_interval.filter(|s| *s != 0),
         cert_expiry_s: spec.cert_expiry_s,
         // The docker CLI sends its default subnet size (24) with or without a pool.
         default_addr_pool_mask_length: asked
@@ -295,6 +299,7 @@ pub(super) async fn update(
             cert_expiry_s: spec.cert_expiry_s,
             task_history_limit: spec.task_history_limit,
             autolock: spec.autolock,
+            ca_force_rotate: spec.ca_force_rotate,
             // Checked by the managers with the write.
             version: Some(version),
         }))

@@ -15,7 +15,7 @@ use shoal_api::swarm::Call;
 
 use super::filters::Filters;
 use super::write::{VersionQuery, version_of};
-use super::{ApiError, Engine, ListQuery, call, spec, the_one};
+use super::{ApiError, Engine, ListQuery, Object, call, spec, the_one};
 
 /// The routes of both kinds.
 pub(super) fn routes() -> Router<Engine> {
@@ -43,14 +43,13 @@ pub(super) fn routes() -> Router<Engine> {
     router
 }
 
-/// Docker's JSON of an object (a secret's data was left out by the managers).
+/// Docker's JSON of an object, then Shoal's fields (a secret's data was left out by the
+/// managers).
 fn answer(object: Value, kind: DataKind) -> Result<Value, ApiError> {
-    // Read through bollard's model, so the answer has Docker's shape and nothing else.
-    let value = match kind {
-        DataKind::Secret => serde_json::to_value(super::typed::<models::Secret>(object)?),
-        DataKind::Config => serde_json::to_value(super::typed::<models::Config>(object)?),
-    };
-    value.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    Ok(match kind {
+        DataKind::Secret => Object::<models::Secret>::read(object)?.answer(),
+        DataKind::Config => Object::<models::Config>::read(object)?.answer(),
+    })
 }
 
 async fn list(

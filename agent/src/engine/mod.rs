@@ -1,13 +1,13 @@
-//! The Docker Engine API for swarm mode, served on the daemon's socket beside the local gRPC
-//! API (HTTP/1.1 and JSON here, HTTP/2 gRPC there, told apart per connection): the `docker`
-//! CLI, bollard and other Swarm tools read the cluster through it, as in
-//! `DOCKER_HOST=unix:///run/shoal/shoal.sock docker node ls`.
+//! The Docker Engine API for swarm mode, the one API served on the daemon's socket (HTTP/1.1 and
+//! JSON): the `shoal` CLI, the `docker` CLI, bollard and other Swarm tools read and drive the
+//! cluster through it, as in `DOCKER_HOST=unix:///run/shoal/shoal.sock docker node ls`. Shoal's
+//! own operations, with no Docker equivalent, are under [`SHOAL_PREFIX`].
 //!
 //! - Paths are Docker's, with or without a `/v1.NN` prefix (1.24 and newer; [`API_VERSION`]
 //!   advertised by `/_ping`).
 //! - Replies are bollard's models of Docker's API (bollard-stubs): the managers' objects,
 //!   which carry Docker's field names, are read into them, so what is served has Docker's
-//!   types, and only the fields Docker defines.
+//!   types; Shoal's own fields follow (superset.rs).
 //! - Errors are `{"message": ...}` with Docker's status codes (404 for what is missing, 400 for
 //!   bad input, 503 where there is no swarm or no leader).
 //!
@@ -18,12 +18,14 @@ mod data;
 mod defaults;
 mod filters;
 mod spec;
+mod superset;
 mod write;
 
 use std::collections::HashMap;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +39,7 @@ use shoal_api::swarm::Call;
 use tower::ServiceExt as _;
 
 use crate::NodeFacts;
+use crate::dataplane::NodeDataplane;
 use crate::swarm::SwarmNode;
 use filters::Filters;
 
@@ -45,11 +48,15 @@ pub(crate) const API_VERSION: &str = "1.47";
 /// The oldest API version served (Docker's minimum).
 pub(crate) const MIN_API_VERSION: &str = "1.24";
 
+/// Where Shoal's own operations live, apart from Docker's paths.
+pub const SHOAL_PREFIX: &str = shoal_api::SHOAL_PREFIX;
+
 /// What the handlers share.
 #[derive(Debug, Clone)]
 struct Engine {
     facts: NodeFacts,
     swarm: SwarmNode,
+    dataplane: NodeDataplane,
 }
 
 /// An error as Docker's API answers it.
@@ -103,7 +110,7 @@ type Reply<T> = Result<Json<T>, ApiError>;
 
 /// The Engine API as one router, for the daemon's socket: the version prefix is taken off,
 /// then the request is routed.
-pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode) -> Router {
+pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode, dataplane: NodeDataplane) -> Router {
     let routes = Router::new()
         .route("/_ping", get(ping).head(ping))
         .route("/version", get(version))
@@ -137,9 +144,19 @@ pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode) -> Router {
         )
         .route("/distribution/{*image}", get(distribution))
         .merge(data::routes())
+        // Shoal's own, with no Docker equivalent.
+        .route(&format!("{SHOAL_PREFIX}/dataplane"), get(dataplane_inspect))
+        .route(
+            &format!("{SHOAL_PREFIX}/dataplane/apply"),
+            post(dataplane_apply),
+        )
         .fallback(unknown_path)
         .layer(axum::middleware::map_response(json_errors))
-        .with_state(Engine { facts, swarm });
+        .with_state(Engine {
+            facts,
+            swarm,
+            dataplane,
+        });
     Router::new().fallback(move |request: Request| {
         let routes = routes.clone();
         async move {
@@ -262,6 +279,20 @@ async fn distribution(
         })
 }
 
+/// `POST /shoal/v1/dataplane/apply` with a desired state (docs/dataplane.md): converges this
+/// node's data plane to it; answers `{"Changes": [...]}`, one line per change made.
+async fn dataplane_apply(State(engine): State<Engine>, body: Bytes) -> Reply<Value> {
+    let state = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("invalid desired state: not UTF-8"))?;
+    let changes = engine.dataplane.apply(state).await?;
+    Ok(Json(serde_json::json!({ "Changes": changes })))
+}
+
+/// `GET /shoal/v1/dataplane`: what this node's data plane holds, read back from the kernel.
+async fn dataplane_inspect(State(engine): State<Engine>) -> Reply<Value> {
+    Ok(Json(engine.dataplane.inspect().await?))
+}
+
 async fn unknown_path(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -349,7 +380,7 @@ fn go_arch(machine: &str) -> &str {
     }
 }
 
-async fn info(State(engine): State<Engine>) -> Json<models::SystemInfo> {
+async fn info(State(engine): State<Engine>) -> Json<Value> {
     let f = &engine.facts;
     let local = engine.swarm.info().await;
     let mut swarm = models::SwarmInfo {
@@ -382,7 +413,7 @@ async fn info(State(engine): State<Engine>) -> Json<models::SystemInfo> {
     {
         swarm.cluster = Some(cluster);
     }
-    Json(models::SystemInfo {
+    let info = models::SystemInfo {
         id: Some(local.node_id.clone()),
         name: Some(f.name.clone()),
         server_version: Some(env!("CARGO_PKG_VERSION").into()),
@@ -404,13 +435,59 @@ async fn info(State(engine): State<Engine>) -> Json<models::SystemInfo> {
         experimental_build: Some(false),
         swarm: Some(swarm),
         ..Default::default()
-    })
+    };
+    // Shoal's own: how far this manager's replica of the store has caught up.
+    let ours = serde_json::json!({ "Swarm": { "StoreIndex": local.store_index } });
+    Json(superset::answer(&info, &ours))
 }
 
 /// Calls the managers through this node and reads the answer into Docker's model.
 async fn call<T: DeserializeOwned>(engine: &Engine, call: Call) -> Result<T, ApiError> {
     let value = engine.swarm.call(call).await?;
     typed(value)
+}
+
+/// A manager's object: Docker's model of it, and the object as the managers keep it.
+struct Object<M> {
+    docker: M,
+    ours: Value,
+}
+
+impl<M: DeserializeOwned + serde::Serialize> Object<M> {
+    fn read(ours: Value) -> Result<Self, ApiError> {
+        Ok(Self {
+            docker: typed(ours.clone())?,
+            ours,
+        })
+    }
+
+    /// Docker's fields, then Shoal's (`superset`).
+    fn answer(&self) -> Value {
+        superset::answer(&self.docker, &self.ours)
+    }
+}
+
+/// The managers' list for `call`, each object read two ways.
+async fn objects<M: DeserializeOwned + serde::Serialize>(
+    engine: &Engine,
+    call: Call,
+) -> Result<Vec<Object<M>>, ApiError> {
+    match engine.swarm.call(call).await? {
+        Value::Array(items) => items.into_iter().map(Object::read).collect(),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the managers answered {other} where a list was due"),
+        )),
+    }
+}
+
+/// Objects as answered.
+fn answers<M: DeserializeOwned + serde::Serialize>(
+    objects: impl IntoIterator<Item = Object<M>>,
+) -> Json<Value> {
+    Json(Value::Array(
+        objects.into_iter().map(|o| o.answer()).collect(),
+    ))
 }
 
 /// A manager's object read into Docker's model of it.
@@ -442,25 +519,22 @@ fn truthy(value: Option<&str>) -> bool {
     matches!(value, Some("1" | "true" | "True" | "TRUE" | "t" | "T"))
 }
 
-async fn swarm_inspect(State(engine): State<Engine>) -> Reply<models::Swarm> {
-    Ok(Json(call(&engine, Call::Inspect).await?))
+async fn swarm_inspect(State(engine): State<Engine>) -> Reply<Value> {
+    let swarm = Object::<models::Swarm>::read(engine.swarm.call(Call::Inspect).await?)?;
+    Ok(Json(swarm.answer()))
 }
 
-async fn node_list(
-    State(engine): State<Engine>,
-    Query(query): Query<ListQuery>,
-) -> Reply<Vec<models::Node>> {
+async fn node_list(State(engine): State<Engine>, Query(query): Query<ListQuery>) -> Reply<Value> {
     let filters = Filters::parse(
         query.filters.as_deref(),
         &["id", "label", "membership", "name", "node.label", "role"],
     )
     .map_err(ApiError::bad_request)?;
-    let nodes: Vec<models::Node> = call(&engine, Call::NodeList).await?;
-    Ok(Json(
+    let nodes = objects::<models::Node>(&engine, Call::NodeList).await?;
+    Ok(answers(
         nodes
             .into_iter()
-            .filter(|n| node_matches(&filters, n))
-            .collect(),
+            .filter(|n| node_matches(&filters, &n.docker)),
     ))
 }
 
@@ -488,36 +562,36 @@ fn node_matches(filters: &Filters, node: &models::Node) -> bool {
         && filters.labels("label", &engine_labels)
 }
 
-async fn node_inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Reply<models::Node> {
-    let found = call(
+async fn node_inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Reply<Value> {
+    let found = objects::<models::Node>(
         &engine,
         Call::NodeInspect {
             ids: vec![id.clone()],
         },
     )
     .await?;
-    Ok(Json(the_one(found, "node", &id)?))
+    Ok(Json(the_one(found, "node", &id)?.answer()))
 }
 
 async fn service_list(
     State(engine): State<Engine>,
     Query(query): Query<ListQuery>,
-) -> Reply<Vec<models::Service>> {
+) -> Reply<Value> {
     let filters = Filters::parse(query.filters.as_deref(), &["id", "label", "mode", "name"])
         .map_err(ApiError::bad_request)?;
-    let services: Vec<models::Service> = call(&engine, Call::ServiceList).await?;
-    let mut services: Vec<models::Service> = services
+    let services = objects::<models::Service>(&engine, Call::ServiceList).await?;
+    let mut services: Vec<_> = services
         .into_iter()
-        .filter(|s| service_matches(&filters, s))
+        .filter(|s| service_matches(&filters, &s.docker))
         .collect();
     if truthy(query.status.as_deref()) {
         let tasks: Vec<models::Task> = call(&engine, Call::TaskList(TaskFilter::default())).await?;
         let nodes: Vec<models::Node> = call(&engine, Call::NodeList).await?;
         for service in &mut services {
-            service.service_status = Some(service_status(service, &tasks, &nodes));
+            service.docker.service_status = Some(service_status(&service.docker, &tasks, &nodes));
         }
     }
-    Ok(Json(services))
+    Ok(answers(services))
 }
 
 fn service_matches(filters: &Filters, service: &models::Service) -> bool {
@@ -583,24 +657,21 @@ async fn service_inspect(
     State(engine): State<Engine>,
     Path(id): Path<String>,
     Query(query): Query<InspectQuery>,
-) -> Reply<models::Service> {
+) -> Reply<Value> {
     let asked = Call::ServiceInspect {
         ids: vec![id.clone()],
     };
-    let found = call(&engine, asked).await?;
-    let mut service: models::Service = the_one(found, "service", &id)?;
+    let found = objects::<models::Service>(&engine, asked).await?;
+    let mut service = the_one(found, "service", &id)?;
     if truthy(query.insert_defaults.as_deref())
-        && let Some(spec) = &mut service.spec
+        && let Some(spec) = &mut service.docker.spec
     {
         defaults::insert(spec);
     }
-    Ok(Json(service))
+    Ok(Json(service.answer()))
 }
 
-async fn task_list(
-    State(engine): State<Engine>,
-    Query(query): Query<ListQuery>,
-) -> Reply<Vec<models::Task>> {
+async fn task_list(State(engine): State<Engine>, Query(query): Query<ListQuery>) -> Reply<Value> {
     let filters = Filters::parse(
         query.filters.as_deref(),
         &[
@@ -655,29 +726,32 @@ async fn task_list(
     } else {
         Default::default()
     };
-    let tasks: Vec<models::Task> = typed(raw_tasks)?;
-    let services: Vec<models::Service> = typed(raw_services)?;
-    Ok(Json(
-        tasks
+    let tasks = match raw_tasks {
+        Value::Array(items) => items
             .into_iter()
-            .filter(|t| {
-                let service = services.iter().find(|s| s.id == t.service_id);
-                filters.prefix_of("id", t.id.as_deref().unwrap_or_default())
-                    && filters.prefix_of("name", &task_name(t, service))
-                    && filters.any("desired-state", |want| {
-                        t.desired_state.map(|s| s.to_string()).as_deref() == Some(want)
-                    })
-                    && filters.labels(
-                        "label",
-                        &service
-                            .and_then(|s| s.spec.as_ref())
-                            .and_then(|s| s.labels.clone())
-                            .unwrap_or_default(),
-                    )
-                    && (!up_to_date || t.id.as_ref().is_some_and(|id| current.contains(id)))
-            })
-            .collect(),
-    ))
+            .map(Object::<models::Task>::read)
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
+    };
+    let services: Vec<models::Service> = typed(raw_services)?;
+    Ok(answers(tasks.into_iter().filter(
+        |Object { docker: t, .. }| {
+            let service = services.iter().find(|s| s.id == t.service_id);
+            filters.prefix_of("id", t.id.as_deref().unwrap_or_default())
+                && filters.prefix_of("name", &task_name(t, service))
+                && filters.any("desired-state", |want| {
+                    t.desired_state.map(|s| s.to_string()).as_deref() == Some(want)
+                })
+                && filters.labels(
+                    "label",
+                    &service
+                        .and_then(|s| s.spec.as_ref())
+                        .and_then(|s| s.labels.clone())
+                        .unwrap_or_default(),
+                )
+                && (!up_to_date || t.id.as_ref().is_some_and(|id| current.contains(id)))
+        },
+    )))
 }
 
 /// A task's name as Docker shows it: `<service>.<slot>` (global: `<service>.<node>`).
@@ -692,11 +766,16 @@ fn task_name(task: &models::Task, service: Option<&models::Service>) -> String {
     }
 }
 
-async fn task_inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Reply<models::Task> {
-    let tasks: Vec<models::Task> = call(&engine, Call::TaskList(TaskFilter::default())).await?;
-    let found: Vec<models::Task> = tasks
+async fn task_inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Reply<Value> {
+    let tasks = objects::<models::Task>(&engine, Call::TaskList(TaskFilter::default())).await?;
+    let found: Vec<_> = tasks
         .into_iter()
-        .filter(|t| t.id.as_deref().is_some_and(|tid| tid.starts_with(&id)))
+        .filter(|t| {
+            t.docker
+                .id
+                .as_deref()
+                .is_some_and(|tid| tid.starts_with(&id))
+        })
         .collect();
     if found.len() > 1 {
         return Err(ApiError::bad_request(format!(
@@ -704,49 +783,59 @@ async fn task_inspect(State(engine): State<Engine>, Path(id): Path<String>) -> R
             found.len()
         )));
     }
-    Ok(Json(the_one(found, "task", &id)?))
+    Ok(Json(the_one(found, "task", &id)?.answer()))
 }
 
 async fn network_list(
     State(engine): State<Engine>,
     Query(query): Query<ListQuery>,
-) -> Reply<Vec<models::Network>> {
+) -> Reply<Value> {
     let filters = Filters::parse(
         query.filters.as_deref(),
         &["driver", "id", "label", "name", "scope", "type"],
     )
     .map_err(ApiError::bad_request)?;
-    let networks: Vec<shoal_api::service::Network> = shoal_of(&engine, Call::NetworkList).await?;
-    Ok(Json(
-        networks
-            .iter()
-            .map(engine_network)
-            .filter(|n| {
-                filters.prefix_of("id", n.id.as_deref().unwrap_or_default())
-                    && filters.prefix_of("name", n.name.as_deref().unwrap_or_default())
-                    && filters.any("driver", |d| n.driver.as_deref() == Some(d))
-                    && filters.any("scope", |s| s == "swarm")
-                    && filters.any("type", |t| {
-                        t == "custom" || (t == "builtin" && n.ingress == Some(true))
-                    })
-                    && filters.labels("label", &n.labels.clone().unwrap_or_default())
-            })
-            .collect(),
-    ))
+    let networks = network_objects(&engine, Call::NetworkList).await?;
+    Ok(answers(networks.into_iter().filter(
+        |Object { docker: n, .. }| {
+            filters.prefix_of("id", n.id.as_deref().unwrap_or_default())
+                && filters.prefix_of("name", n.name.as_deref().unwrap_or_default())
+                && filters.any("driver", |d| n.driver.as_deref() == Some(d))
+                && filters.any("scope", |s| s == "swarm")
+                && filters.any("type", |t| {
+                    t == "custom" || (t == "builtin" && n.ingress == Some(true))
+                })
+                && filters.labels("label", &n.labels.clone().unwrap_or_default())
+        },
+    )))
 }
 
-async fn network_inspect(
-    State(engine): State<Engine>,
-    Path(id): Path<String>,
-) -> Reply<models::Network> {
-    let found: Vec<shoal_api::service::Network> = shoal_of(
+async fn network_inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Reply<Value> {
+    let found = network_objects(
         &engine,
         Call::NetworkInspect {
             ids: vec![id.clone()],
         },
     )
     .await?;
-    Ok(Json(engine_network(&the_one(found, "network", &id)?)))
+    Ok(Json(the_one(found, "network", &id)?.answer()))
+}
+
+/// Networks in the Engine API's shape, each with the managers' object.
+async fn network_objects(
+    engine: &Engine,
+    call: Call,
+) -> Result<Vec<Object<models::Network>>, ApiError> {
+    let raw: Vec<Value> = typed(engine.swarm.call(call).await?)?;
+    raw.into_iter()
+        .map(|ours| {
+            let network: shoal_api::service::Network = typed(ours.clone())?;
+            Ok(Object {
+                docker: engine_network(&network),
+                ours,
+            })
+        })
+        .collect()
 }
 
 /// Calls the managers and reads the answer as Shoal's own type (for objects whose Docker

@@ -38,10 +38,11 @@ where
     Ok((read, lost))
 }
 
-/// Reads `body` as Docker's `M`, then as Shoal's `S`, refusing fields Docker does not have and
-/// fields `S` would lose. Docker's defaults for what the request leaves out are filled in by
-/// `defaults` (on Docker's model, before it is read as Shoal's). `what` names the object in
-/// messages ("service spec").
+/// Reads `body` as Docker's `M`, then as Shoal's `S`. Fields Docker does not have are taken
+/// when `S` keeps them (Shoal's own, as `shoal` sends them: a published port's `ClientIp`) and
+/// refused as unknown otherwise; a Docker field `S` would lose is refused by name. Docker's
+/// defaults for what the request leaves out are filled in by `defaults` (on Docker's model,
+/// before it is read as Shoal's). `what` names the object in messages ("service spec").
 pub(crate) fn convert_with<M, S>(
     body: &[u8],
     what: &str,
@@ -51,17 +52,37 @@ where
     M: DeserializeOwned + Serialize,
     S: DeserializeOwned + Serialize,
 {
-    let mut model: M = docker_model(body, what)?;
+    let raw: Value = serde_json::from_slice(body).map_err(|e| format!("invalid {what}: {e}"))?;
+    let (mut model, not_dockers) = read_keeping::<M>(&raw, what)?;
     defaults(&mut model).map_err(|e| format!("{what}: {e}"))?;
-    let asked = serde_json::to_value(&model).map_err(|e| format!("invalid {what}: {e}"))?;
-    let (ours, lost) = read_keeping::<S>(&asked, what)?;
-    if lost.is_empty() {
+    let mut asked = serde_json::to_value(&model).map_err(|e| format!("invalid {what}: {e}"))?;
+    super::superset::add_missing(&mut asked, &raw);
+    let unknown = |paths: &[String]| {
+        format!(
+            "invalid {what}: unknown field{} {}",
+            if paths.len() == 1 { "" } else { "s" },
+            paths.join(", ")
+        )
+    };
+    let (ours, lost) = match read_keeping::<S>(&asked, what) {
+        Ok(read) => read,
+        // Fields neither has: named before what Shoal's type says of the rest.
+        Err(_) if !not_dockers.is_empty() => return Err(unknown(&not_dockers)),
+        Err(e) => return Err(e),
+    };
+    let (not_ours, unsupported): (Vec<String>, Vec<String>) = lost
+        .into_iter()
+        .partition(|path| not_dockers.contains(path));
+    if !not_ours.is_empty() {
+        return Err(unknown(&not_ours));
+    }
+    if unsupported.is_empty() {
         Ok(ours)
     } else {
         Err(format!(
             "{what}: Shoal does not support {} (yet): leave {} out",
-            lost.join(", "),
-            if lost.len() == 1 { "it" } else { "them" }
+            unsupported.join(", "),
+            if unsupported.len() == 1 { "it" } else { "them" }
         ))
     }
 }
@@ -292,5 +313,30 @@ mod tests {
         let e = service(r#"{"Name":"web","Nmae":"x","Mode":{"Replicated":{"Replicas":1}}}"#)
             .unwrap_err();
         assert_eq!(e, "invalid service spec: unknown field Nmae");
+    }
+
+    /// What `shoal service create --publish published=8080,target=80,client-ip=preserve` sends:
+    /// Docker's spec with Shoal's own field on the port.
+    #[test]
+    fn shoals_own_fields_are_taken_and_unknown_ones_refused() {
+        use shoal_api::service::ClientIp;
+        let spec = service(
+            r#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"host"}},
+            "EndpointSpec":{"Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,
+            "ClientIp":"preserve"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.endpoint_spec.ports[0].client_ip,
+            Some(ClientIp::Preserve)
+        );
+        let e = service(
+            r#"{"Name":"web","EndpointSpec":{"Ports":[{"TargetPort":80,"ClientIP":"x"}]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "invalid service spec: unknown field EndpointSpec.Ports[0].ClientIP"
+        );
     }
 }

@@ -145,7 +145,7 @@ fn network_spec(asked: models::NetworkCreateRequest) -> Result<NetworkSpec, Stri
     let driver = asked.driver.unwrap_or_default();
     if !driver.is_empty() && driver != "overlay" {
         return Err(format!(
-            "network driver {driver:?} is not supported: Shoal's networks are overlay networks"
+            "invalid driver {driver:?}: swarm networks use the overlay driver"
         ));
     }
     if let Some(scope) = asked.scope.filter(|s| !s.is_empty() && s != "swarm") {
@@ -281,6 +281,9 @@ pub(super) struct LogsParams {
     details: Option<String>,
     tail: Option<String>,
     since: Option<String>,
+    /// Shoal's own: with `details`, warnings (a node whose logs cannot be read) come as
+    /// `shoal.warning=1 TEXT` lines on stderr, as `shoal service logs` asks.
+    warnings: Option<String>,
 }
 
 /// `GET /services/{id}/logs` and `/tasks/{id}/logs`: Docker's multiplexed stream (an 8-byte
@@ -323,6 +326,7 @@ pub(super) async fn logs(
     };
     let timestamps = truthy(params.timestamps.as_deref());
     let details = truthy(params.details.as_deref());
+    let marked_warnings = details && truthy(params.warnings.as_deref());
     let batches = engine.swarm.logs(query).await?;
     // Each line's details name its node, service and task (the docker CLI needs all three):
     // read once the subscription is open, so every task it covers is known.
@@ -379,12 +383,16 @@ pub(super) async fn logs(
         }
         for warning in batch.warnings {
             // With details, every frame must carry them (the docker CLI stops at one that
-            // does not): a warning goes to shoald's log instead.
-            if details {
+            // does not): a warning goes to shoald's log instead, unless the client asked for
+            // them marked.
+            let payload = if marked_warnings {
+                format!("shoal.warning=1 {warning}\n")
+            } else if details {
                 tracing::warn!(%warning, "service logs");
                 continue;
-            }
-            let payload = format!("{warning}\n");
+            } else {
+                format!("{warning}\n")
+            };
             out.extend_from_slice(&[2, 0, 0, 0]);
             out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
             out.extend_from_slice(payload.as_bytes());

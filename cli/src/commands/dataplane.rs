@@ -4,12 +4,9 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use shoal_api::{
-    DaemonHost, connect,
-    v1::{DataplaneApplyRequest, DataplaneInspectRequest, daemon_client::DaemonClient},
-};
+use shoal_api::{DaemonHost, SHOAL_PREFIX};
 
-use crate::{Failure, commands::rpc_failure};
+use crate::Failure;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
@@ -38,13 +35,13 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 std::fs::read_to_string(&file)
                     .map_err(|e| Failure(format!("reading {}: {e}", file.display())))?
             };
-            let mut client = DaemonClient::new(connect(host).await?);
-            let changes = client
-                .dataplane_apply(DataplaneApplyRequest { state_json })
-                .await
-                .map_err(|status| rpc_failure(host, &status))?
-                .into_inner()
-                .changes;
+            let answer = crate::api::client(host)
+                .post_raw(
+                    &format!("{SHOAL_PREFIX}/dataplane/apply"),
+                    state_json.into_bytes(),
+                )
+                .await?;
+            let changes: Vec<String> = serde_json::from_value(answer["Changes"].clone())?;
             if !quiet {
                 if changes.is_empty() {
                     println!(
@@ -65,14 +62,10 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             Ok(())
         }
         Command::Inspect => {
-            let mut client = DaemonClient::new(connect(host).await?);
-            let json = client
-                .dataplane_inspect(DataplaneInspectRequest {})
-                .await
-                .map_err(|status| rpc_failure(host, &status))?
-                .into_inner()
-                .json;
-            println!("{json}");
+            let observed = crate::api::client(host)
+                .get(&format!("{SHOAL_PREFIX}/dataplane"))
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&observed)?);
             Ok(())
         }
     }

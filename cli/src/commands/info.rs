@@ -1,14 +1,10 @@
 //! `shoal info`: the daemon's version, the node's name and platform, and its swarm state.
 
-use serde::Serialize;
-use shoal_api::{
-    DaemonHost, connect,
-    v1::{InfoRequest, InfoResponse, LocalNodeState, daemon_client::DaemonClient},
-};
+use serde::{Deserialize, Serialize};
+use shoal_api::DaemonHost;
 
 use crate::{
     Failure,
-    commands::rpc_failure,
     output::{Format, human_bytes},
 };
 
@@ -20,14 +16,55 @@ pub(crate) struct Args {
     format: Option<Format>,
 }
 
-/// The daemon's answer to `Info`.
+/// What `GET /info` answers that `shoal info` shows (Docker's `SystemInfo`, and Shoal's
+/// `Swarm.StoreIndex`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InfoResponse {
+    server_version: String,
+    name: String,
+    kernel_version: String,
+    operating_system: String,
+    architecture: String,
+    #[serde(rename = "NCPU")]
+    ncpu: u32,
+    mem_total: u64,
+    docker_root_dir: String,
+    swarm: SwarmInfo,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct SwarmInfo {
+    local_node_state: String,
+    #[serde(rename = "NodeID")]
+    node_id: String,
+    node_addr: String,
+    control_available: bool,
+    remote_managers: Option<Vec<Peer>>,
+    nodes: Option<usize>,
+    managers: Option<usize>,
+    cluster: Option<ClusterInfo>,
+    store_index: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct Peer {
+    addr: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct ClusterInfo {
+    #[serde(rename = "ID")]
+    id: String,
+}
+
+/// The daemon's answer to `GET /info`.
 async fn fetch(host: &DaemonHost) -> Result<InfoResponse, Failure> {
-    let mut client = DaemonClient::new(connect(host).await?);
-    Ok(client
-        .info(InfoRequest {})
-        .await
-        .map_err(|status| rpc_failure(host, &status))?
-        .into_inner())
+    let answer = crate::api::client(host).get("/info").await?;
+    serde_json::from_value(answer).map_err(|e| Failure(format!("reading /info: {e}")))
 }
 
 pub(crate) async fn run(host: &DaemonHost, args: Args) -> Result<(), Failure> {
@@ -46,19 +83,36 @@ pub(crate) async fn local(host: &DaemonHost) -> Result<shoal_api::swarm::LocalSw
 }
 
 /// Docker's `Swarm.LocalNodeState` words.
-fn swarm_state(info: &InfoResponse) -> &'static str {
-    match info.local_node_state() {
-        LocalNodeState::Inactive => "inactive",
-        LocalNodeState::Pending => "pending",
-        LocalNodeState::Active => "active",
-        LocalNodeState::Error => "error",
-        LocalNodeState::Locked => "locked",
+fn swarm_state(info: &InfoResponse) -> &str {
+    match info.swarm.local_node_state.as_str() {
+        "" => "inactive",
+        state => state,
     }
 }
 
-/// The swarm part of the answer (inactive when the daemon sent none).
+/// The swarm part of the answer.
 fn local_swarm(info: &InfoResponse) -> shoal_api::swarm::LocalSwarm {
-    serde_json::from_str(&info.swarm_json).unwrap_or_default()
+    let swarm = &info.swarm;
+    shoal_api::swarm::LocalSwarm {
+        state: swarm_state(info).to_owned(),
+        node_id: swarm.node_id.clone(),
+        cluster_id: swarm
+            .cluster
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or_default(),
+        is_manager: swarm.control_available,
+        managers: swarm
+            .remote_managers
+            .iter()
+            .flatten()
+            .map(|m| m.addr.clone())
+            .collect(),
+        manager_count: swarm.managers,
+        node_count: swarm.nodes,
+        node_addr: swarm.node_addr.clone(),
+        store_index: swarm.store_index,
+    }
 }
 
 fn swarm_lines(info: &InfoResponse) -> String {
@@ -118,7 +172,7 @@ fn render(info: &InfoResponse) -> String {
         cpus = info.ncpu,
         memory = human_bytes(info.mem_total),
         name = info.name,
-        root = info.data_root,
+        root = info.docker_root_dir,
     )
 }
 
@@ -128,7 +182,7 @@ fn render(info: &InfoResponse) -> String {
 struct Info<'a> {
     server_version: &'a str,
     name: &'a str,
-    swarm: Swarm,
+    swarm: Swarm<'a>,
     kernel_version: &'a str,
     operating_system: &'a str,
     #[serde(rename = "OSType")]
@@ -142,8 +196,8 @@ struct Info<'a> {
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct Swarm {
-    local_node_state: &'static str,
+struct Swarm<'a> {
+    local_node_state: &'a str,
     #[serde(rename = "NodeID")]
     node_id: String,
     node_addr: String,
@@ -183,7 +237,7 @@ impl<'a> From<&'a InfoResponse> for Info<'a> {
             architecture: &info.architecture,
             ncpu: info.ncpu,
             mem_total: info.mem_total,
-            shoal_root_dir: &info.data_root,
+            shoal_root_dir: &info.docker_root_dir,
         }
     }
 }
@@ -193,18 +247,18 @@ mod tests {
     use super::*;
 
     fn sample() -> InfoResponse {
-        InfoResponse {
-            server_version: "0.1.0".into(),
-            name: "node1".into(),
-            local_node_state: LocalNodeState::Inactive.into(),
-            data_root: "/var/lib/shoal".into(),
-            kernel_version: "6.18.0".into(),
-            operating_system: "Debian GNU/Linux 12 (bookworm)".into(),
-            architecture: "x86_64".into(),
-            ncpu: 2,
-            mem_total: 25_198_723_072,
-            swarm_json: String::new(),
-        }
+        serde_json::from_value(serde_json::json!({
+            "ServerVersion": "0.1.0",
+            "Name": "node1",
+            "DockerRootDir": "/var/lib/shoal",
+            "KernelVersion": "6.18.0",
+            "OperatingSystem": "Debian GNU/Linux 12 (bookworm)",
+            "Architecture": "x86_64",
+            "NCPU": 2,
+            "MemTotal": 25_198_723_072_u64,
+            "Swarm": {"LocalNodeState": "inactive", "NodeID": "", "RemoteManagers": null}
+        }))
+        .unwrap()
     }
 
     #[test]

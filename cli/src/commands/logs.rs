@@ -4,14 +4,13 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use shoal_api::logs::{LogBatch, LogLine, LogsQuery, Stream};
+use http_body_util::BodyExt as _;
+use shoal_api::logs::{LogLine, Stream};
 use shoal_api::service::{Task, TaskFilter};
-use shoal_api::v1::{Frame, daemon_client::DaemonClient};
-use shoal_api::{DaemonHost, connect};
+use shoal_api::{DaemonHost, escape};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::rpc_failure;
 use super::service::{go_duration, truncate_id};
 use crate::Failure;
 
@@ -131,14 +130,49 @@ impl Prefixes {
     }
 }
 
-/// Runs `service logs`.
+/// One frame of Docker's multiplexed log stream, as requested by [`run`]: its stream, and its
+/// line's time, task and text (or a warning).
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Line(LogLine),
+    Warning(String),
+}
+
+/// Reads a frame's payload: `TIME DETAILS TEXT` (the request asks for timestamps and details),
+/// or Shoal's `shoal.warning=1 TEXT`.
+fn parse_frame(kind: u8, payload: &[u8]) -> Frame {
+    let text = String::from_utf8_lossy(payload);
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    if let Some(warning) = text.strip_prefix("shoal.warning=1 ") {
+        return Frame::Warning(warning.to_owned());
+    }
+    let (time, rest) = text.split_once(' ').unwrap_or(("", text));
+    let (details, line) = rest.split_once(' ').unwrap_or((rest, ""));
+    let task_id = details
+        .split(',')
+        .find_map(|d| d.strip_prefix("com.docker.swarm.task.id="))
+        .unwrap_or_default();
+    Frame::Line(LogLine {
+        task_id: task_id.to_owned(),
+        time: time.to_owned(),
+        stream: if kind == 2 {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        },
+        text: line.to_owned(),
+    })
+}
+
+/// Docker's `since=`: seconds since the epoch, from RFC 3339.
+fn unix_since(rfc3339: &str) -> Result<String, Failure> {
+    let at = OffsetDateTime::parse(rfc3339, &Rfc3339)
+        .map_err(|e| Failure(format!("invalid since {rfc3339:?}: {e}")))?;
+    Ok(format!("{}.{:09}", at.unix_timestamp(), at.nanosecond()))
+}
+
+/// Runs `service logs`: `GET /services/{target}/logs` (the daemon takes a task there too).
 pub(crate) async fn run(host: &DaemonHost, args: LogsArgs) -> Result<(), Failure> {
-    let query = LogsQuery {
-        target: args.target.clone(),
-        follow: args.follow,
-        tail: args.tail.0,
-        since: args.since.clone(),
-    };
     let tasks: Vec<Task> = serde_json::from_value(
         super::swarm::call(
             host,
@@ -153,34 +187,56 @@ pub(crate) async fn run(host: &DaemonHost, args: LogsArgs) -> Result<(), Failure
         .map(|n| (n.id, n.description.hostname))
         .collect();
     let prefixes = Prefixes::new(&tasks, &nodes, &args);
-    let mut client = DaemonClient::new(connect(host).await?);
-    let json = serde_json::to_vec(&query)?;
-    let mut stream = client
-        .logs(Frame { json })
-        .await
-        .map_err(|status| rpc_failure(host, &status))?
-        .into_inner();
+    let mut path = format!(
+        "/services/{}/logs?stdout=1&stderr=1&timestamps=1&details=1&warnings=1&follow={}",
+        escape(&args.target),
+        u8::from(args.follow)
+    );
+    if let Some(n) = args.tail.0 {
+        path.push_str(&format!("&tail={n}"));
+    }
+    if let Some(since) = &args.since {
+        path.push_str(&format!("&since={}", unix_since(since)?));
+    }
+    let mut body = crate::api::client(host).stream(&path).await?;
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    while let Some(frame) = stream
-        .message()
-        .await
-        .map_err(|status| rpc_failure(host, &status))?
-    {
-        let batch: LogBatch = serde_json::from_slice(&frame.json)?;
-        for warning in &batch.warnings {
-            eprintln!("warning: {warning}");
-        }
-        for line in &batch.lines {
-            let text = prefixes.line(line, &args);
-            // A closed pipe (`| head`) ends the command quietly.
-            let written = match line.stream {
-                Stream::Stdout => out.write_all(text.as_bytes()),
-                Stream::Stderr => err.write_all(text.as_bytes()),
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.frame().await {
+        let chunk = chunk.map_err(|e| Failure(format!("reading the logs: {e}")))?;
+        let Ok(data) = chunk.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        // Whole frames: an 8-byte header (stream, 0, 0, 0, length big-endian), then the line.
+        let mut at = 0;
+        while pending.len() - at >= 8 {
+            let len = u32::from_be_bytes([
+                pending[at + 4],
+                pending[at + 5],
+                pending[at + 6],
+                pending[at + 7],
+            ]) as usize;
+            if pending.len() - at - 8 < len {
+                break;
+            }
+            let frame = parse_frame(pending[at], &pending[at + 8..at + 8 + len]);
+            at += 8 + len;
+            let written = match frame {
+                Frame::Warning(warning) => writeln!(err, "warning: {warning}"),
+                Frame::Line(line) => {
+                    let text = prefixes.line(&line, &args);
+                    // A closed pipe (`| head`) ends the command quietly.
+                    match line.stream {
+                        Stream::Stdout => out.write_all(text.as_bytes()),
+                        Stream::Stderr => err.write_all(text.as_bytes()),
+                    }
+                }
             };
             if written.is_err() {
                 return Ok(());
             }
         }
+        pending.drain(..at);
         let _ = out.flush();
     }
     Ok(())
@@ -267,5 +323,30 @@ mod tests {
         let minutes = (OffsetDateTime::now_utc() - back).whole_minutes();
         assert!((41..=42).contains(&minutes), "{minutes}");
         assert!(since("yesterday").unwrap_err().contains("invalid since"));
+    }
+
+    #[test]
+    fn frames_read_as_the_daemon_writes_them() {
+        let line = parse_frame(
+            1,
+            b"2026-11-30T12:00:00.5Z com.docker.swarm.node.id=n1,com.docker.swarm.service.id=s1,com.docker.swarm.task.id=t1 hello world\n",
+        );
+        assert_eq!(
+            line,
+            Frame::Line(LogLine {
+                task_id: "t1".into(),
+                time: "2026-11-30T12:00:00.5Z".into(),
+                stream: Stream::Stdout,
+                text: "hello world".into(),
+            })
+        );
+        assert_eq!(
+            parse_frame(2, b"shoal.warning=1 node n3 is down\n"),
+            Frame::Warning("node n3 is down".into())
+        );
+        assert_eq!(
+            unix_since("2013-01-02T13:23:37Z").unwrap(),
+            "1357133017.000000000"
+        );
     }
 }

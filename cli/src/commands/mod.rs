@@ -11,8 +11,6 @@ pub(crate) mod stack;
 pub(crate) mod swarm;
 pub(crate) mod task_flags;
 
-use shoal_api::{ConnectError, DaemonHost, is_unreachable};
-
 use crate::Failure;
 
 /// `KEY=VALUE` flags (`--label`, `--opt`): a bare `KEY` has an empty value; a key is required.
@@ -27,19 +25,4 @@ pub(crate) fn pairs(values: &[String], what: &str) -> Result<Vec<(String, String
             Ok((k.to_owned(), v.to_owned()))
         })
         .collect()
-}
-
-/// The daemon's answer to a failed RPC, worded for the user.
-pub(crate) fn rpc_failure(host: &DaemonHost, status: &tonic::Status) -> Failure {
-    if is_unreachable(status) {
-        Failure(
-            ConnectError::NotRunning {
-                host: host.clone(),
-                source: None,
-            }
-            .to_string(),
-        )
-    } else {
-        Failure(format!("Error response from daemon: {}", status.message()))
-    }
 }

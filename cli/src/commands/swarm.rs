@@ -1,25 +1,12 @@
 //! `shoal swarm init|join|join-token|leave|update|inspect|ca|unlock|unlock-key`.
 
-use serde_json::Value;
 use shoal_api::{
-    DaemonHost, connect,
+    DaemonHost,
     swarm::{Call, Cluster, InitArgs, JoinArgs, Node, Role, UpdateArgs},
-    v1::{Frame, daemon_client::DaemonClient},
 };
 
-use crate::{Failure, commands::rpc_failure};
-
-/// Sends one swarm call to the local daemon.
-pub(crate) async fn call(host: &DaemonHost, call: &Call) -> Result<Value, Failure> {
-    let mut client = DaemonClient::new(connect(host).await?);
-    let json = serde_json::to_vec(call)?;
-    let reply = client
-        .swarm(Frame { json })
-        .await
-        .map_err(|status| rpc_failure(host, &status))?
-        .into_inner();
-    Ok(serde_json::from_slice(&reply.json)?)
-}
+use crate::Failure;
+pub(crate) use crate::api::call;
 
 /// A duration as Docker takes it (`5s`, `1m`, `1h`, `2160h0m0s`; a bare number is seconds), in
 /// whole seconds.
@@ -370,6 +357,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     cert_expiry_s: cert_expiry,
                     task_history_limit,
                     autolock,
+                    ca_force_rotate: None,
                     version: None,
                 }),
             )

@@ -1,9 +1,11 @@
-//! Shoal's API surface, shared by the `shoal` CLI, the `shoald` daemon and the tests: the protobuf
-//! messages and gRPC services (generated from `proto/` by tonic + prost), the daemon address
-//! ([`DaemonHost`], `-H unix://PATH`), and the client that reaches a daemon over its unix socket.
+//! Shoal's API surface, shared by the `shoal` CLI, the `shoald` daemon and the tests: the objects
+//! and calls of the swarm ([`swarm`], [`service`], [`secret`], [`logs`]), the protobuf messages
+//! and gRPC services between nodes (generated from `proto/` by tonic + prost), the daemon
+//! address ([`DaemonHost`], `-H unix://PATH`), and the HTTP client of the API a daemon serves on
+//! its unix socket (Docker's Engine API, Shoal's own operations under [`SHOAL_PREFIX`]).
 //!
 //! ```text
-//!   shoal (cli) ──connect()──> unix socket ──> shoald: v1::daemon_server::Daemon
+//!   shoal (cli) ──Client──HTTP/1.1──> unix socket ──> shoald: /nodes, /services, ..., /shoal/v1/...
 //!                    └── ConnectError: "Cannot connect to the Shoal daemon at unix://... Is shoald running?"
 //! ```
 //!
@@ -16,14 +18,14 @@ pub mod secret;
 pub mod service;
 pub mod swarm;
 
-pub use client::{ConnectError, connect, is_unreachable};
+pub use client::{Client, ClientError, ConnectError, SHOAL_PREFIX, escape};
 pub use host::{DEFAULT_SOCKET, DaemonHost, HostError};
+pub use hyper::StatusCode;
 
-/// Version 1 of the API (protobuf package `shoal.v1`).
+/// Version 1 of the messages between nodes (protobuf package `shoal.v1`).
 pub mod v1 {
     #![expect(
         unused_qualifications,
-        clippy::all,
         clippy::allow_attributes,
         reason = "generated code"
     )]

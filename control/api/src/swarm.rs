@@ -242,6 +242,9 @@ pub struct UpdateArgs {
     /// `--autolock=true|false`.
     #[serde(default)]
     pub autolock: Option<bool>,
+    /// `CAConfig.ForceRotate`: a value other than the swarm's starts a root CA rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_force_rotate: Option<u64>,
     /// The version the client read, if it names one (the Engine API's `version=`): the update
     /// is refused as out of sequence if the cluster changed since, checked with the write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -577,6 +580,10 @@ pub struct DispatcherSpec {
 pub struct CaConfig {
     /// Nanoseconds.
     pub node_cert_expiry: u64,
+    /// Docker's way to ask for a new root CA: a swarm update that changes this counter starts
+    /// a rotation (`shoal swarm ca --rotate` and `docker swarm ca --rotate` add one).
+    #[serde(default)]
+    pub force_rotate: u64,
 }
 
 /// The root CA as `swarm inspect` shows it.

@@ -89,6 +89,7 @@ pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
                 },
                 ca_config: CaConfig {
                     node_cert_expiry: validity.as_nanos() as u64,
+                    force_rotate: 0,
                 },
                 orchestration: Default::default(),
                 encryption_config: shoal_api::swarm::EncryptionConfig {

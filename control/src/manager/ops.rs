@@ -513,23 +513,34 @@ fn sign(inner: &Inner, csr: &str, node_id: &str, role: Role) -> Result<String, S
 async fn start_rotation(inner: &Inner, cert_expiry_s: Option<u64>) -> Result<(), Status> {
     let new = RootCa::generate().map_err(|e| Status::internal(e.to_string()))?;
     update_cluster(inner, |record| {
-        let current = RootCa::from_pem(&record.cluster.tls_info.trust_root, &record.ca_key)
-            .map_err(|e| Status::internal(format!("loading the root CA: {e}")))?;
-        let cross_signed = current
-            .cross_sign(&new)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        record.root_rotation = Some(RootRotation {
-            ca_cert: new.cert_pem().to_owned(),
-            ca_key: new.key_pem(),
-            cross_signed,
-        });
-        if let Some(s) = cert_expiry_s {
-            record.cluster.spec.ca_config.node_cert_expiry = s * 1_000_000_000;
-        }
+        begin_rotation(record, &new, cert_expiry_s)?;
+        record.cluster.spec.ca_config.force_rotate += 1;
         Ok(())
     })
     .await
     .map(drop)
+}
+
+/// A rotation to `new` begun in `record`: the current root cross-signs it.
+fn begin_rotation(
+    record: &mut ClusterRecord,
+    new: &RootCa,
+    cert_expiry_s: Option<u64>,
+) -> Result<(), Status> {
+    let current = RootCa::from_pem(&record.cluster.tls_info.trust_root, &record.ca_key)
+        .map_err(|e| Status::internal(format!("loading the root CA: {e}")))?;
+    let cross_signed = current
+        .cross_sign(new)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    record.root_rotation = Some(RootRotation {
+        ca_cert: new.cert_pem().to_owned(),
+        ca_key: new.key_pem(),
+        cross_signed,
+    });
+    if let Some(s) = cert_expiry_s {
+        record.cluster.spec.ca_config.node_cert_expiry = s * 1_000_000_000;
+    }
+    Ok(())
 }
 
 /// The end of a rotation, once every node (Down ones too: they block it until they come back
@@ -978,7 +989,18 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
                     limits::MAX_TASK_HISTORY
                 )));
             }
+            // A new root for a changed `CAConfig.ForceRotate`, made before the write.
+            let new_root = match args.ca_force_rotate {
+                Some(_) => Some(RootCa::generate().map_err(|e| Status::internal(e.to_string()))?),
+                None => None,
+            };
             update_cluster_at(inner, args.version, |record| {
+                if let (Some(n), Some(new)) = (args.ca_force_rotate, &new_root)
+                    && n != record.cluster.spec.ca_config.force_rotate
+                {
+                    begin_rotation(record, new, args.cert_expiry_s)?;
+                    record.cluster.spec.ca_config.force_rotate = n;
+                }
                 if let Some(s) = args.dispatcher_heartbeat_s {
                     record.cluster.spec.dispatcher.heartbeat_period = s * 1_000_000_000;
                 }
