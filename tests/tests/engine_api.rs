@@ -691,6 +691,26 @@ fn the_docker_cli_forms_the_swarm() {
         cluster[0]["Spec"]["Orchestration"]["TaskHistoryRetentionLimit"], 3,
         "{cluster:#}"
     );
+    // The root CA rotated as the docker CLI asks it (`CAConfig.ForceRotate` plus one).
+    let root = |cluster: &Value| cluster[0]["TLSInfo"]["TrustRoot"].clone();
+    let before = root(&cluster);
+    run(n1, &["swarm", "ca", "--rotate", "--detach"]);
+    let inspect =
+        || -> Value { serde_json::from_str(&swarm.ok(n1, &["swarm", "inspect"])).unwrap() };
+    shoal_tests::wait_until(
+        "the new root in place",
+        std::time::Duration::from_secs(90),
+        || {
+            let now = inspect();
+            Ok(root(&now) != before && now[0]["RootRotationInProgress"] == false)
+        },
+    )
+    .unwrap();
+    let rotated = inspect();
+    assert_eq!(
+        rotated[0]["Spec"]["CAConfig"]["ForceRotate"], 1,
+        "{rotated:#}"
+    );
     run(n1, &["node", "promote", "n2"]);
     swarm.wait_nodes(n1, "n2 a reachable manager", |nodes| {
         nodes

