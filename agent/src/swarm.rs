@@ -596,6 +596,7 @@ impl SwarmNode {
             managers: saved.managers.clone(),
             node_addr: saved.advertise_addr.ip().to_string(),
             store_index: manager.as_ref().map(|m| m.store().index()),
+            raft_term: manager.as_ref().map(|m| m.raft_term()),
             ..Default::default()
         }
     }

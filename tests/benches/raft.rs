@@ -8,14 +8,19 @@
 //!    fsync on) takes the same load from the same client: `KV.Put` of new keys to its leader,
 //!    over plain gRPC (no TLS: that favours etcd).
 //!
+//! 3. Failover, each system in turn: its leader is SIGKILLed five times; each time one client
+//!    writes through another member until a write is acknowledged; the killed member is then
+//!    restarted and caught up. `{shoal,etcd}_failover_s` is the median.
+//!
 //! Writes `$SHOAL_BENCH_OUT` (default `target/bench/raft.json`): `{shoal,etcd}_writes_per_s_c{1,64}`,
-//! `{shoal,etcd}_p{50,99}_ms_c{1,64}`. Needs root, `etcd` and release builds of `shoald`, `shoal`
+//! `{shoal,etcd}_p{50,99}_ms_c{1,64}`, `{shoal,etcd}_failover_s`, and `shoal_elections_c{1,64}`
+//! (raft terms begun during each load: elections no kill caused). Needs root, `etcd` and release builds of `shoald`, `shoal`
 //! and `shoal-raft-load` (the xtask builds them).
 
 use std::{collections::BTreeMap, process::Stdio, time::Duration};
 
 use serde_json::Value;
-use shoal_tests::{binary, swarm::Swarm, wait_until};
+use shoal_tests::{Host, binary, swarm::Swarm, wait_until};
 
 const SECONDS: &str = "5";
 
@@ -43,6 +48,96 @@ fn record(results: &mut BTreeMap<String, f64>, system: &str, clients: usize, run
     results.insert(format!("{system}_errors_c{clients}"), get("errors"));
 }
 
+/// Leader kills per system.
+const KILLS: usize = 5;
+
+/// The highest raft term any manager is in.
+fn term(swarm: &Swarm) -> u64 {
+    swarm
+        .managers
+        .iter()
+        .filter_map(|m| swarm.info(m)["Swarm"]["RaftTerm"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The endpoint of etcd's leader, once there is one.
+fn etcd_leader(swarm: &Swarm, endpoints: &[String]) -> String {
+    let mut leader = String::new();
+    wait_until("etcd to elect a leader", Duration::from_secs(60), || {
+        let mut command = swarm
+            .lab
+            .client()
+            .command(binary("shoal-raft-load").unwrap())
+            .unwrap();
+        let out = command
+            .args(["etcd-leader", "--endpoints", &endpoints.join(",")])
+            .output()
+            .unwrap();
+        leader = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Ok(out.status.success() && !leader.is_empty())
+    })
+    .expect("an etcd leader");
+    leader
+}
+
+/// Seconds from SIGKILL of the leading manager to the first write acknowledged through another
+/// manager, [`KILLS`] times; after each, the killed manager is restarted and caught up.
+fn shoal_failovers(swarm: &mut Swarm) -> Vec<f64> {
+    let mut seconds = Vec::new();
+    for _ in 0..KILLS {
+        let any = swarm.managers[0].clone();
+        let leader = swarm.host(&swarm.leader(&any).expect("a leader"));
+        let survivor = swarm
+            .managers
+            .iter()
+            .find(|m| m.name != leader.name)
+            .expect("another manager")
+            .clone();
+        let target = format!("{}:2377", survivor.public_ip);
+        let certs = swarm.lab.host_dir(&survivor).join("data/swarm/certs");
+        swarm.lab.kill_shoald(&leader).expect("SIGKILL the leader");
+        let run = load(
+            swarm,
+            &[
+                "shoal",
+                "--target",
+                &target,
+                "--certs",
+                certs.to_str().unwrap(),
+                "--first-write",
+            ],
+        );
+        seconds.push(run["ms"].as_f64().unwrap_or(f64::NAN) / 1e3);
+        swarm
+            .lab
+            .spawn_shoald(&leader)
+            .expect("restart the manager");
+        let names: Vec<String> = swarm.managers.iter().map(|m| m.name.clone()).collect();
+        wait_until(
+            "the restarted manager back and caught up",
+            Duration::from_secs(60),
+            || {
+                let nodes = swarm.nodes(&survivor);
+                let healthy = names.iter().all(|name| {
+                    nodes.iter().any(|n| {
+                        n["Hostname"] == name.as_str()
+                            && matches!(n["ManagerStatus"].as_str(), Some("Leader" | "Reachable"))
+                    })
+                });
+                Ok(healthy && swarm.store_index(&leader) >= swarm.store_index(&survivor))
+            },
+        )
+        .expect("the manager back");
+    }
+    seconds
+}
+
 fn main() {
     let out = std::env::var("SHOAL_BENCH_OUT").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench/raft.json").into()
@@ -58,6 +153,7 @@ fn main() {
     let certs = certs.to_str().unwrap();
     for clients in [1, 64] {
         let c = clients.to_string();
+        let terms_before = term(&swarm);
         let run = load(
             &swarm,
             &[
@@ -74,7 +170,15 @@ fn main() {
         );
         eprintln!("shoal, {clients} clients: {run}");
         record(&mut results, "shoal", clients, &run);
+        // An election under load shows as a higher term.
+        results.insert(
+            format!("shoal_elections_c{clients}"),
+            (term(&swarm) - terms_before) as f64,
+        );
     }
+    let failovers = shoal_failovers(&mut swarm);
+    eprintln!("shoal, writable again after a leader's SIGKILL (s): {failovers:?}");
+    results.insert("shoal_failover_s".into(), median(failovers));
     for node in swarm.lab.nodes().to_vec() {
         swarm.lab.kill_shoald(&node).expect("stop shoald");
     }
@@ -85,9 +189,13 @@ fn main() {
         .iter()
         .map(|n| format!("{}=http://{}:2380", n.name, n.public_ip))
         .collect();
-    for node in &nodes {
-        let dir = swarm.lab.host_dir(node).join("etcd");
-        let log = std::fs::File::create(swarm.lab.host_dir(node).join("etcd.log")).unwrap();
+    let etcd = |node: &Host, home: std::path::PathBuf| {
+        let dir = home.join("etcd");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(home.join("etcd.log"))
+            .unwrap();
         let mut command = node.command("etcd").expect("etcd in the node");
         command
             .args(["--name", &node.name, "--data-dir", dir.to_str().unwrap()])
@@ -116,27 +224,19 @@ fn main() {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        swarm.lab.spawn(command).expect("start etcd");
+        command
+    };
+    let mut pids = BTreeMap::new();
+    for node in &nodes {
+        let home = swarm.lab.host_dir(node);
+        let pid = swarm.lab.spawn(etcd(node, home)).expect("start etcd");
+        pids.insert(node.name.clone(), pid);
     }
     let endpoints: Vec<String> = nodes
         .iter()
         .map(|n| format!("{}:2379", n.public_ip))
         .collect();
-    let mut etcd_leader = String::new();
-    wait_until("etcd to elect a leader", Duration::from_secs(60), || {
-        let mut command = swarm
-            .lab
-            .client()
-            .command(binary("shoal-raft-load").unwrap())
-            .unwrap();
-        let out = command
-            .args(["etcd-leader", "--endpoints", &endpoints.join(",")])
-            .output()
-            .unwrap();
-        etcd_leader = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        Ok(out.status.success() && !etcd_leader.is_empty())
-    })
-    .expect("an etcd leader");
+    let etcd_leader_now = etcd_leader(&swarm, &endpoints);
     for clients in [1, 64] {
         let c = clients.to_string();
         let run = load(
@@ -144,7 +244,7 @@ fn main() {
             &[
                 "etcd",
                 "--target",
-                &etcd_leader,
+                &etcd_leader_now,
                 "--clients",
                 &c,
                 "--seconds",
@@ -154,8 +254,39 @@ fn main() {
         eprintln!("etcd, {clients} clients: {run}");
         record(&mut results, "etcd", clients, &run);
     }
+    // etcd's failover, the same way: its leader SIGKILLed, the first write through another
+    // member timed, the member restarted on its data and the cluster led again.
+    let mut etcd_failovers = Vec::new();
+    for _ in 0..KILLS {
+        let leader = etcd_leader(&swarm, &endpoints);
+        let node = nodes
+            .iter()
+            .find(|n| leader.starts_with(&format!("{}:", n.public_ip)))
+            .expect("the leader is a lab node")
+            .clone();
+        let survivor = endpoints
+            .iter()
+            .find(|e| **e != leader)
+            .expect("another member")
+            .clone();
+        // SAFETY: signalling a child this bench started.
+        unsafe { libc::kill(pids[&node.name] as i32, libc::SIGKILL) };
+        let run = load(&swarm, &["etcd", "--target", &survivor, "--first-write"]);
+        etcd_failovers.push(run["ms"].as_f64().unwrap_or(f64::NAN) / 1e3);
+        let home = swarm.lab.host_dir(&node);
+        let pid = swarm.lab.spawn(etcd(&node, home)).expect("restart etcd");
+        pids.insert(node.name.clone(), pid);
+        std::thread::sleep(Duration::from_secs(3));
+        etcd_leader(&swarm, &endpoints);
+    }
+    eprintln!("etcd, writable again after a leader's SIGKILL (s): {etcd_failovers:?}");
+    results.insert("etcd_failover_s".into(), median(etcd_failovers));
 
     println!("{:<28} {:>12} {:>12}", "figure", "shoal", "etcd");
+    println!(
+        "{:<28} {:>12.2} {:>12.2}",
+        "failover_s", results["shoal_failover_s"], results["etcd_failover_s"]
+    );
     for figure in [
         "writes_per_s_c1",
         "p50_ms_c1",

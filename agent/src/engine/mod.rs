@@ -436,10 +436,13 @@ async fn info(State(engine): State<Engine>) -> Json<Value> {
         swarm: Some(swarm),
         ..Default::default()
     };
-    // Shoal's own: how far this manager's replica of the store has caught up.
-    let ours = match local.store_index {
-        Some(index) => serde_json::json!({ "Swarm": { "StoreIndex": index } }),
-        None => serde_json::json!({}),
+    // Shoal's own: how far this manager's replica of the store has caught up, and its raft
+    // term.
+    let ours = match (local.store_index, local.raft_term) {
+        (Some(index), Some(term)) => {
+            serde_json::json!({ "Swarm": { "StoreIndex": index, "RaftTerm": term } })
+        }
+        _ => serde_json::json!({}),
     };
     Json(superset::answer(&info, ours))
 }

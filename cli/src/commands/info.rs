@@ -46,6 +46,7 @@ struct SwarmInfo {
     managers: Option<usize>,
     cluster: Option<ClusterInfo>,
     store_index: Option<u64>,
+    raft_term: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -112,6 +113,7 @@ fn local_swarm(info: &InfoResponse) -> shoal_api::swarm::LocalSwarm {
         node_count: swarm.nodes,
         node_addr: swarm.node_addr.clone(),
         store_index: swarm.store_index,
+        raft_term: swarm.raft_term,
     }
 }
 
@@ -211,6 +213,9 @@ struct Swarm<'a> {
     /// The index of this manager's replica of the store (how far it has caught up).
     #[serde(skip_serializing_if = "Option::is_none")]
     store_index: Option<u64>,
+    /// The raft term this manager is in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raft_term: Option<u64>,
 }
 
 impl<'a> From<&'a InfoResponse> for Info<'a> {
@@ -229,6 +234,7 @@ impl<'a> From<&'a InfoResponse> for Info<'a> {
                     managers: swarm.manager_count,
                     cluster_id: swarm.cluster_id,
                     store_index: swarm.store_index,
+                    raft_term: swarm.raft_term,
                 }
             },
             kernel_version: &info.kernel_version,

@@ -636,6 +636,9 @@ pub struct LocalSwarm {
     pub node_addr: String,
     /// The index of this manager's replica of the store.
     pub store_index: Option<u64>,
+    /// The raft term this manager is in (one more with each election).
+    #[serde(default)]
+    pub raft_term: Option<u64>,
 }
 
 /// Docker's message for cluster calls on a worker.

@@ -336,6 +336,11 @@ impl Manager {
         &self.inner.store
     }
 
+    /// The raft term this manager is in: it grows by one with each election.
+    pub fn raft_term(&self) -> u64 {
+        self.inner.raft.metrics().borrow().current_term
+    }
+
     /// Carries out `op` for `caller`, here if this manager leads, on the leader otherwise.
     pub async fn submit(
         &self,

@@ -13,7 +13,7 @@ pub mod network;
 pub mod proposer;
 pub mod sm;
 
-use std::{io::Cursor, path::Path, time::Duration};
+use std::{io::Cursor, path::Path};
 
 use serde::{Deserialize, Serialize};
 
@@ -93,8 +93,11 @@ impl Default for RaftSettings {
         Self {
             snapshot_interval: 10_000,
             log_entries_for_slow_followers: 500,
-            heartbeat_ms: 250,
-            election_ms: (1_500, 3_000),
+            // etcd's heartbeat; elections after half a second to a second of silence. openraft
+            // refuses votes while the last leader's lease (the longest election timeout) runs,
+            // so a killed leader is replaced within one to two timeouts: 1 to 2 s.
+            heartbeat_ms: 100,
+            election_ms: (500, 1_000),
         }
     }
 }
@@ -114,11 +117,6 @@ impl RaftSettings {
         }
         .validate()
         .map_err(Box::new)
-    }
-
-    /// The leader lease used to answer reads and reachability: three heartbeats.
-    pub fn lease(&self) -> Duration {
-        Duration::from_millis(3 * self.heartbeat_ms)
     }
 }
 

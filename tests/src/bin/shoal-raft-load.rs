@@ -5,6 +5,7 @@
 //! shoal-raft-load shoal --target IP:PORT --certs DIR --clients C --seconds S
 //! shoal-raft-load etcd  --target IP:PORT --clients C --seconds S
 //! shoal-raft-load etcd-leader --endpoints IP:PORT,IP:PORT,...
+//! shoal-raft-load shoal|etcd ... --first-write
 //! ```
 //!
 //! `C` tasks each write one new key (64-byte value) at a time, for `S` seconds, over one HTTP/2
@@ -13,6 +14,9 @@
 //! counts when it is acknowledged, which for both means committed by a majority with fsync.
 //! Prints `{"writes":N,"errors":E,"seconds":S,"per_s":R,"p50_ms":..,"p99_ms":..}`.
 //! `etcd-leader` prints the endpoint of the etcd member that leads (from `Maintenance.Status`).
+//! With `--first-write` (after a leader is killed), one writer tries until a write is
+//! acknowledged (each try given 1 s, 10 ms between tries) and prints `{"ms": M}`, the time
+//! from its start to that acknowledgement.
 
 use std::{
     process::ExitCode,
@@ -179,17 +183,30 @@ async fn load(target: Target, clients: usize, seconds: u64) -> serde_json::Value
     })
 }
 
+/// Milliseconds until one write is acknowledged (a leader elected and committing), at most 60 s.
+async fn first_write(mut target: Target) -> Result<serde_json::Value, String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    for i in 0_u64.. {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!("no write acknowledged in 60 s: {last}"));
+        }
+        let put = target.put(format!("failover-{i}"), "x".into());
+        match tokio::time::timeout(Duration::from_secs(1), put).await {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => last = e,
+            Err(_) => last = "timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(serde_json::json!({ "ms": start.elapsed().as_secs_f64() * 1e3 }))
+}
+
 async fn run(args: &[String]) -> Result<(), String> {
     let command = args.first().map(String::as_str).unwrap_or_default();
     match command {
         "shoal" | "etcd" => {
             let target_addr = flag(args, "--target")?;
-            let clients: usize = flag(args, "--clients")?
-                .parse()
-                .map_err(|_| "bad --clients")?;
-            let seconds: u64 = flag(args, "--seconds")?
-                .parse()
-                .map_err(|_| "bad --seconds")?;
             let target = if command == "shoal" {
                 let dir = std::path::PathBuf::from(flag(args, "--certs")?);
                 let read =
@@ -206,6 +223,16 @@ async fn run(args: &[String]) -> Result<(), String> {
             } else {
                 Target::Etcd(tonic::client::Grpc::new(plain_channel(target_addr).await?))
             };
+            if args.iter().any(|a| a == "--first-write") {
+                println!("{}", first_write(target).await?);
+                return Ok(());
+            }
+            let clients: usize = flag(args, "--clients")?
+                .parse()
+                .map_err(|_| "bad --clients")?;
+            let seconds: u64 = flag(args, "--seconds")?
+                .parse()
+                .map_err(|_| "bad --seconds")?;
             println!("{}", load(target, clients, seconds).await);
             Ok(())
         }
