@@ -363,6 +363,26 @@ pub fn iperf(
     streams: u32,
     seconds: u32,
 ) -> Result<f64, String> {
+    iperf_run(server, client, ip, streams, seconds).map(|run| run.gbps)
+}
+
+/// What one iperf3 TCP run measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IperfRun {
+    /// Received, Gbit/s.
+    pub gbps: f64,
+    /// TCP segments the senders retransmitted.
+    pub retransmits: u64,
+}
+
+/// [`iperf`], with the senders' retransmits.
+pub fn iperf_run(
+    server: &dyn Fn() -> Command,
+    client: &dyn Fn() -> Command,
+    ip: Ipv4Addr,
+    streams: u32,
+    seconds: u32,
+) -> Result<IperfRun, String> {
     let mut server = server()
         .args(["-s", "-1", "-B"])
         .arg(ip.to_string())
@@ -378,7 +398,10 @@ pub fn iperf(
             .map_err(|e| e.to_string())?;
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-            result = Some(bps / 1e9);
+            result = Some(IperfRun {
+                gbps: bps / 1e9,
+                retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+            });
             return Ok(true);
         }
         std::thread::sleep(Duration::from_millis(200));

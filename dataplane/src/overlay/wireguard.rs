@@ -4,8 +4,9 @@
 //! Three threads: one reads the TUN device and encrypts towards the peer owning the inner
 //! destination address, one receives datagrams and decrypts into the TUN device, one drives the
 //! protocol's timers. The I/O sits in [`Io`] (plain `read`/`write`/`sendto`/`recvfrom` on
-//! non-blocking descriptors, with large socket buffers) so a batched or offloaded path can
-//! replace it without touching the protocol side.
+//! non-blocking descriptors, with large socket buffers; `sendmmsg`/`recvmmsg` batches of up to
+//! [`BATCH`] datagrams on the socket) so an offloaded path can replace it without touching the
+//! protocol side.
 //!
 //! **Key rotation without breaking traffic.** A peer's tunnel is a list of *generations*, one per
 //! (our key, their key) pair. When either key changes, a new generation is created next to the
@@ -56,6 +57,9 @@ const TICK: Duration = Duration::from_millis(250);
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
 /// The largest datagram or TUN packet handled.
 const MAX_PACKET: usize = 65_535;
+/// Datagrams sent with one `sendmmsg`, or received with one `recvmmsg`, at most: under load the
+/// engine makes one system call per batch on the socket instead of one per packet.
+const BATCH: usize = 32;
 /// Handshake messages with a valid MAC1 accepted a second, all peers together, before cookies
 /// are demanded (boringtun's `RateLimiter` count, kept by the engine alone): boringtun's own
 /// device allows 100.
@@ -364,6 +368,116 @@ impl Io {
         if let Err(e) = self.udp.send_to(datagram, to) {
             tracing::debug!(error = %e, %to, "WireGuard send");
         }
+    }
+
+    /// Sends each `(buffer, offset, length, to)` of `ready` (datagrams in `buffers`) with as few
+    /// `sendmmsg` calls as the kernel allows. As with [`Io::send`], what the socket cannot take
+    /// now (its buffer full) is dropped, as a NIC drops: WireGuard's peers and TCP recover.
+    fn send_many(&self, buffers: &[Vec<u8>], ready: &[(usize, usize, usize, SocketAddrV4)]) {
+        debug_assert!(ready.len() <= BATCH);
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let mut addrs: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for (i, &(buffer, offset, len, to)) in ready.iter().enumerate() {
+            addrs[i] = sockaddr_in(to);
+            iovs[i] = libc::iovec {
+                iov_base: buffers[buffer][offset..offset + len].as_ptr() as *mut libc::c_void,
+                iov_len: len,
+            };
+            msgs[i].msg_hdr.msg_name = (&raw mut addrs[i]).cast();
+            msgs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            msgs[i].msg_hdr.msg_iov = &raw mut iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        let mut sent = 0;
+        while sent < ready.len() {
+            // SAFETY: `msgs[sent..ready.len()]` point into `addrs`, `iovs` and `buffers`, all
+            // alive and unmoved for the duration of the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.udp.as_raw_fd(),
+                    msgs[sent..].as_mut_ptr(),
+                    (ready.len() - sent) as libc::c_uint,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::debug!(error = %e, dropped = ready.len() - sent, "WireGuard send");
+                return;
+            }
+            sent += n as usize;
+        }
+    }
+
+    /// Receives up to [`BATCH`] datagrams into `buffers` with one `recvmmsg`: how many, with
+    /// each one's length and sender in `got`.
+    fn recv_many(
+        &self,
+        buffers: &mut [Vec<u8>],
+        got: &mut [(usize, SocketAddr); BATCH],
+    ) -> io::Result<usize> {
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let mut addrs: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let count = buffers.len().min(BATCH);
+        for i in 0..count {
+            iovs[i] = libc::iovec {
+                iov_base: buffers[i].as_mut_ptr().cast(),
+                iov_len: buffers[i].len(),
+            };
+            msgs[i].msg_hdr.msg_name = (&raw mut addrs[i]).cast();
+            msgs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            msgs[i].msg_hdr.msg_iov = &raw mut iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: `msgs[..count]` point into `addrs`, `iovs` and `buffers`, all alive, unmoved
+        // and writable for the duration of the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.udp.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let addr = addrs[i];
+            got[i] = (
+                msgs[i].msg_len as usize,
+                SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+                    u16::from_be(addr.sin_port),
+                )),
+            );
+        }
+        Ok(n)
+    }
+}
+
+/// `to` as the C socket address.
+fn sockaddr_in(to: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*to.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
     }
 }
 
@@ -681,98 +795,134 @@ impl Shared {
         None
     }
 
+    /// Reads the TUN device and sends each packet, encrypted, to the peer owning its inner
+    /// destination: the first packet waited for, then whatever else the device holds, up to
+    /// [`BATCH`], sent with one `sendmmsg`.
     fn encrypt_loop(&self) {
         let mut packet = vec![0u8; MAX_PACKET];
-        let mut out = vec![0u8; MAX_PACKET + 64];
+        let mut outs = vec![vec![0u8; MAX_PACKET + 64]; BATCH];
+        let mut ready = Vec::with_capacity(BATCH);
         let tun = self.io.tun.as_raw_fd();
-        while let Some(n) = self.next(tun, "reading the TUN device", || {
+        while let Some(first) = self.next(tun, "reading the TUN device", || {
             self.io.read_tun(&mut packet)
         }) {
-            let packet = &packet[..n];
-            // Only IPv4 is routed into the tunnel.
-            if n < 20 || packet[0] >> 4 != 4 {
-                continue;
+            ready.clear();
+            let mut read = Some(first);
+            while let Some(n) = read {
+                if let Some((offset, len, to)) =
+                    self.encrypt_one(&packet[..n], &mut outs[ready.len()])
+                {
+                    ready.push((ready.len(), offset, len, to));
+                }
+                if ready.len() == BATCH {
+                    break;
+                }
+                // Errors other than "nothing more" surface at the next waiting read.
+                read = self.io.read_tun(&mut packet).ok();
             }
-            let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-            let Some(peer) = self
-                .peers
-                .read()
-                .expect("peers lock")
-                .by_addr
-                .get(&dst)
-                .cloned()
-            else {
-                continue;
-            };
-            let mut t = peer.tunnels.lock().expect("tunnel lock");
-            if let TunnResult::WriteToNetwork(datagram) =
-                t.active.tunn.encapsulate(packet, &mut out)
-            {
-                self.io.send(datagram, peer.endpoint);
+            self.io.send_many(&outs, &ready);
+        }
+    }
+
+    /// `packet` encrypted into `out` for the peer owning its destination: where in `out` the
+    /// datagram is, its length, and where it goes. `None` for what is not routed into the
+    /// tunnel.
+    fn encrypt_one(&self, packet: &[u8], out: &mut [u8]) -> Option<(usize, usize, SocketAddrV4)> {
+        // Only IPv4 is routed into the tunnel.
+        if packet.len() < 20 || packet[0] >> 4 != 4 {
+            return None;
+        }
+        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        let peer = self
+            .peers
+            .read()
+            .expect("peers lock")
+            .by_addr
+            .get(&dst)
+            .cloned()?;
+        let SocketAddr::V4(to) = peer.endpoint else {
+            return None;
+        };
+        let start = out.as_ptr() as usize;
+        let mut t = peer.tunnels.lock().expect("tunnel lock");
+        match t.active.tunn.encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(datagram) => {
+                Some((datagram.as_ptr() as usize - start, datagram.len(), to))
+            }
+            _ => None,
+        }
+    }
+
+    /// Receives datagrams, up to [`BATCH`] with one `recvmmsg`, and decrypts each.
+    fn decrypt_loop(&self) {
+        let mut datagrams = vec![vec![0u8; MAX_PACKET]; BATCH];
+        let mut got = [(
+            0,
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+        ); BATCH];
+        let mut out = vec![0u8; MAX_PACKET];
+        let udp = self.io.udp.as_raw_fd();
+        while let Some(n) = self.next(udp, "receiving WireGuard datagrams", || {
+            self.io.recv_many(&mut datagrams, &mut got)
+        }) {
+            for (i, &(len, from)) in got[..n].iter().enumerate() {
+                self.decrypt_one(&datagrams[i][..len], from, &mut out);
             }
         }
     }
 
-    fn decrypt_loop(&self) {
-        let mut datagram = vec![0u8; MAX_PACKET];
-        let mut out = vec![0u8; MAX_PACKET];
-        let udp = self.io.udp.as_raw_fd();
-        while let Some((n, from)) = self.next(udp, "receiving WireGuard datagrams", || {
-            self.io.udp.recv_from(&mut datagram)
-        }) {
-            let datagram = &datagram[..n];
-            let target = match Tunn::parse_incoming_packet(datagram) {
-                Ok(Packet::HandshakeInit(init)) => self.handshake_target(from, datagram, &init),
-                Ok(Packet::HandshakeResponse(p)) => self.peer_by_index(p.receiver_idx),
-                Ok(Packet::PacketCookieReply(p)) => self.peer_by_index(p.receiver_idx),
-                Ok(Packet::PacketData(p)) => self.peer_by_index(p.receiver_idx),
-                Err(_) => None,
-            };
-            let Some((peer, index)) = target else {
-                continue;
-            };
-            if from.ip() != IpAddr::V4(peer.addr) {
-                count(&self.not_from_a_peer);
-                continue;
-            }
-            let vxlan_port = self.vxlan_port.load(Ordering::Relaxed);
-            let mut t = peer.tunnels.lock().expect("tunnel lock");
-            let Some((generation, vnis)) = t.find(index) else {
-                continue;
-            };
-            let mut result = generation
-                .tunn
-                .decapsulate(Some(from.ip()), datagram, &mut out);
-            loop {
-                match result {
-                    TunnResult::WriteToNetwork(reply) => {
-                        self.io.send(reply, peer.endpoint);
-                        // Send whatever was queued while the handshake was under way.
-                        result = generation.tunn.decapsulate(None, &[], &mut out);
-                        continue;
-                    }
-                    TunnResult::WriteToTunnelV4(inner, src) => {
-                        // Cryptokey routing: a peer may only send from its own address, and only
-                        // VXLAN of the encrypted networks it has tasks on.
-                        if src == peer.addr
-                            && vxlan_vni(inner, self.local, vxlan_port)
-                                .is_some_and(|vni| vnis.contains(&vni))
-                        {
-                            self.io.write_tun(inner);
-                        } else {
-                            count(&peer.refused.packets);
-                        }
-                    }
-                    TunnResult::WriteToTunnelV6(..) => count(&peer.refused.packets),
-                    TunnResult::Done => {}
-                    TunnResult::Err(e) => {
-                        tracing::debug!(peer = peer.node, error = ?e, "WireGuard packet refused")
+    /// One datagram from `from`, checked and decrypted into the TUN device (see the module
+    /// docs for the order of the checks).
+    fn decrypt_one(&self, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
+        let target = match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::HandshakeInit(init)) => self.handshake_target(from, datagram, &init),
+            Ok(Packet::HandshakeResponse(p)) => self.peer_by_index(p.receiver_idx),
+            Ok(Packet::PacketCookieReply(p)) => self.peer_by_index(p.receiver_idx),
+            Ok(Packet::PacketData(p)) => self.peer_by_index(p.receiver_idx),
+            Err(_) => None,
+        };
+        let Some((peer, index)) = target else {
+            return;
+        };
+        if from.ip() != IpAddr::V4(peer.addr) {
+            count(&self.not_from_a_peer);
+            return;
+        }
+        let vxlan_port = self.vxlan_port.load(Ordering::Relaxed);
+        let mut t = peer.tunnels.lock().expect("tunnel lock");
+        let Some((generation, vnis)) = t.find(index) else {
+            return;
+        };
+        let mut result = generation.tunn.decapsulate(Some(from.ip()), datagram, out);
+        loop {
+            match result {
+                TunnResult::WriteToNetwork(reply) => {
+                    self.io.send(reply, peer.endpoint);
+                    // Send whatever was queued while the handshake was under way.
+                    result = generation.tunn.decapsulate(None, &[], out);
+                    continue;
+                }
+                TunnResult::WriteToTunnelV4(inner, src) => {
+                    // Cryptokey routing: a peer may only send from its own address, and only
+                    // VXLAN of the encrypted networks it has tasks on.
+                    if src == peer.addr
+                        && vxlan_vni(inner, self.local, vxlan_port)
+                            .is_some_and(|vni| vnis.contains(&vni))
+                    {
+                        self.io.write_tun(inner);
+                    } else {
+                        count(&peer.refused.packets);
                     }
                 }
-                break;
+                TunnResult::WriteToTunnelV6(..) => count(&peer.refused.packets),
+                TunnResult::Done => {}
+                TunnResult::Err(e) => {
+                    tracing::debug!(peer = peer.node, error = ?e, "WireGuard packet refused")
+                }
             }
-            t.promote(&peer.node);
+            break;
         }
+        t.promote(&peer.node);
     }
 
     /// The protocol timers, every [`TICK`]; `new_second` when a second has passed since the
