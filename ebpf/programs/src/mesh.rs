@@ -741,12 +741,15 @@ fn answer(ctx: &TcContext, flow: &TcFlow) -> Answer {
     }
     match tcp {
         Some((Tcp { flags, .. }, ack)) => {
-            if conn.state == state::TCP_SYN_SENT {
-                // Only the SYN-ACK (or the reset: the backend refuses) of this very handshake:
-                // anything else is the earlier holder's of this port (or of this client's
-                // tuple).
-                let answers_syn =
-                    flags & (SYN | ACK) == (SYN | ACK) || flags & (RST | ACK) == (RST | ACK);
+            let handshake = conn.state == state::TCP_SYN_SENT;
+            let syn_ack = flags & (SYN | ACK) == (SYN | ACK);
+            // While the handshake runs, only the SYN-ACK (or the reset: the backend refuses) of
+            // this very handshake; and a SYN-ACK in any later state must acknowledge this
+            // flow's SYN too (the backend retransmitting the SYN-ACK of the port's earlier
+            // holder, after this flow's own SYN-ACK moved it on). Anything else is the earlier
+            // holder's of this port (or of this client's tuple).
+            if handshake || syn_ack {
+                let answers_syn = syn_ack || flags & (RST | ACK) == (RST | ACK);
                 if !answers_syn || ack != conn.isn.wrapping_add(1) {
                     if let Some(s) = stats(rw.service) {
                         s.stale += 1;
@@ -759,7 +762,7 @@ fn answer(ctx: &TcContext, flow: &TcFlow) -> Answer {
                         Answer::Stack
                     };
                 }
-                if flags & RST == 0 {
+                if handshake && flags & RST == 0 {
                     conn.state = state::TCP_SYN_RECV;
                 }
             }
