@@ -70,11 +70,7 @@ async fn remove_all(
 ) -> Result<Value, ClientError> {
     let found = each(api, base, ids).await?;
     for object in &found {
-        let id = object
-            .get("ID")
-            .or_else(|| object.get("Id"))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let id = id_of(object).as_str().unwrap_or_default();
         api.delete(&format!("{}{query}", self::object(base, id)))
             .await?;
     }
@@ -251,13 +247,12 @@ fn network_request(spec: &shoal_api::service::NetworkSpec) -> Value {
     })
 }
 
-/// The `ID` of a create's answer.
-fn created_id(answer: &Value) -> Value {
-    answer
+/// An object's or a create's answer's ID (`ID`, or `Id` for networks as the Engine shows them).
+fn id_of(object: &Value) -> &Value {
+    object
         .get("ID")
-        .or_else(|| answer.get("Id"))
-        .cloned()
-        .unwrap_or(Value::Null)
+        .or_else(|| object.get("Id"))
+        .unwrap_or(&Value::Null)
 }
 
 /// Posts `spec` as the new spec of the service `current`.
@@ -372,7 +367,7 @@ async fn send(api: &Client, call: &Call) -> Result<Value, ClientError> {
         Call::NodeRemove { ids, force } => {
             remove_all(api, "/nodes", ids, &format!("?force={}", flag(*force))).await
         }
-        Call::ServiceCreate(spec) => Ok(created_id(&api.post("/services/create", spec).await?)),
+        Call::ServiceCreate(spec) => Ok(id_of(&api.post("/services/create", spec).await?).clone()),
         Call::ServiceList => api.get("/services").await,
         Call::ServiceInspect { ids } => Ok(Value::Array(each(api, "/services", ids).await?)),
         Call::ServiceScale { id, replicas } => {
@@ -414,16 +409,19 @@ async fn send(api: &Client, call: &Call) -> Result<Value, ClientError> {
             let query = filters(&[("service", &filter.services), ("node", &filter.nodes)]);
             api.get(&format!("/tasks{query}")).await
         }
-        Call::NetworkCreate(spec) => Ok(created_id(
-            &api.post("/networks/create", &network_request(spec)).await?,
-        )),
+        Call::NetworkCreate(spec) => {
+            let answer = api.post("/networks/create", &network_request(spec)).await?;
+            Ok(id_of(&answer).clone())
+        }
         Call::NetworkList => api.get("/networks").await,
         Call::NetworkInspect { ids } => Ok(Value::Array(each(api, "/networks", ids).await?)),
         Call::NetworkRemove { ids } => remove_all(api, "/networks", ids, "").await,
-        Call::DataCreate { kind, spec } => Ok(created_id(
-            &api.post(&format!("{}/create", data_base(*kind)), spec)
-                .await?,
-        )),
+        Call::DataCreate { kind, spec } => {
+            let answer = api
+                .post(&format!("{}/create", data_base(*kind)), spec)
+                .await?;
+            Ok(id_of(&answer).clone())
+        }
         Call::DataList { kind } => api.get(data_base(*kind)).await,
         Call::DataInspect { kind, ids } => {
             Ok(Value::Array(each(api, data_base(*kind), ids).await?))

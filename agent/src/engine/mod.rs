@@ -1,7 +1,7 @@
 //! The Docker Engine API for swarm mode, the one API served on the daemon's socket (HTTP/1.1 and
 //! JSON): the `shoal` CLI, the `docker` CLI, bollard and other Swarm tools read and drive the
 //! cluster through it, as in `DOCKER_HOST=unix:///run/shoal/shoal.sock docker node ls`. Shoal's
-//! own operations, with no Docker equivalent, are under [`SHOAL_PREFIX`].
+//! own operations, with no Docker equivalent, are under [`shoal_api::SHOAL_PREFIX`].
 //!
 //! - Paths are Docker's, with or without a `/v1.NN` prefix (1.24 and newer; [`API_VERSION`]
 //!   advertised by `/_ping`).
@@ -34,6 +34,7 @@ use bollard::models;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use shoal_api::SHOAL_PREFIX;
 use shoal_api::service::TaskFilter;
 use shoal_api::swarm::Call;
 use tower::ServiceExt as _;
@@ -47,9 +48,6 @@ use filters::Filters;
 pub(crate) const API_VERSION: &str = "1.47";
 /// The oldest API version served (Docker's minimum).
 pub(crate) const MIN_API_VERSION: &str = "1.24";
-
-/// Where Shoal's own operations live, apart from Docker's paths.
-pub const SHOAL_PREFIX: &str = shoal_api::SHOAL_PREFIX;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -494,7 +492,14 @@ async fn objects<M: DeserializeOwned + serde::Serialize>(
     engine: &Engine,
     call: Call,
 ) -> Result<Vec<Object<M>>, ApiError> {
-    match engine.swarm.call(call).await? {
+    read_all(engine.swarm.call(call).await?)
+}
+
+/// A list the managers answered, each object read two ways.
+fn read_all<M: DeserializeOwned + serde::Serialize>(
+    list: Value,
+) -> Result<Vec<Object<M>>, ApiError> {
+    match list {
         Value::Array(items) => items.into_iter().map(Object::read).collect(),
         other => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -755,13 +760,7 @@ async fn task_list(State(engine): State<Engine>, Query(query): Query<ListQuery>)
     } else {
         Default::default()
     };
-    let tasks = match raw_tasks {
-        Value::Array(items) => items
-            .into_iter()
-            .map(Object::<models::Task>::read)
-            .collect::<Result<Vec<_>, _>>()?,
-        _ => Vec::new(),
-    };
+    let tasks = read_all::<models::Task>(raw_tasks)?;
     let services: Vec<models::Service> = typed(raw_services)?;
     Ok(answers(tasks.into_iter().filter(
         |Object { docker: t, .. }| {
