@@ -94,6 +94,25 @@ pub fn who_answers(swarm: &Swarm, ip: &str, port: u16, count: usize) -> Vec<Stri
         .collect()
 }
 
+/// Waits (up to 30 s) until all `count` requests to `ip:port` are answered, and returns who
+/// answered. A task reported running reaches every node's mesh a moment later (the
+/// dispatcher sends each node the new backends), so a test asks until the mesh has them.
+pub fn wait_answers(swarm: &Swarm, ip: &str, port: u16, count: usize) -> Vec<String> {
+    let mut answered = Vec::new();
+    let waited = wait_until(
+        &format!("{count} answers from {ip}:{port}"),
+        Duration::from_secs(30),
+        || {
+            answered = who_answers(swarm, ip, port, count);
+            Ok(answered.len() == count)
+        },
+    );
+    if let Err(e) = waited {
+        panic!("{e}: answered {answered:?}");
+    }
+    answered
+}
+
 pub fn labtool_path() -> String {
     binary("shoal-labtool")
         .expect("shoal-labtool is built")

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use shoal_tests::{
     Host, output_text,
-    service::{create_serve, labtool_path, running_per_node, wait_running, who_answers},
+    service::{create_serve, labtool_path, running_per_node, wait_answers, wait_running},
     swarm::Swarm,
 };
 
@@ -1287,8 +1287,7 @@ secrets:
     assert_eq!(ps.lines().count(), 3, "{ps}");
     // The published port answers on every node; the api task read its secret.
     for node in swarm.lab.nodes() {
-        let answered = who_answers(&swarm, &node.public_ip.to_string(), 8090, 4);
-        assert_eq!(answered.len(), 4, "8090 on {}: {answered:?}", node.name);
+        wait_answers(&swarm, &node.public_ip.to_string(), 8090, 4);
     }
     assert_eq!(
         run(&["secret", "ls", "--format", "{{.Name}}"]),
@@ -1377,8 +1376,7 @@ secrets:
         per.values().sum::<usize>() == 1
     });
     for node in swarm.lab.nodes() {
-        let answered = who_answers(&swarm, &node.public_ip.to_string(), 8091, 4);
-        assert_eq!(answered.len(), 4, "8091 on {}: {answered:?}", node.name);
+        wait_answers(&swarm, &node.public_ip.to_string(), 8091, 4);
     }
     shoal_tests::wait_until(
         "the api task's line with its secret",
