@@ -4,11 +4,13 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{MapError, PerCpuArray},
+    maps::{Array, MapError, PerCpuArray, PerCpuValues},
     programs::{
-        CgroupSockAddr, ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp,
+        CgroupSockAddr, ProgramError, SchedClassifier, TestRun, TestRunAttrs, TestRunOptions,
+        TestRunResult, Xdp,
     },
 };
+use shoal_abi::bench::{self, TxFrame};
 use shoal_abi::parse::{self, ParseStats};
 
 /// The object built from `ebpf/programs` by `build.rs`.
@@ -207,22 +209,73 @@ impl Programs {
         Ok((result.return_value as i32, output))
     }
 
+    /// Sends `packet` `repeat` times out of interface `ifindex` (of the calling thread's network
+    /// namespace) through the XDP program `name` in BPF_PROG_TEST_RUN's live-frames mode: the
+    /// program runs as if each copy had arrived on that interface, and what it transmits or
+    /// redirects is really sent, in batches of `batch` (the kernel's packet generator, as
+    /// xdp-trafficgen uses it). Returns when all are sent.
+    pub fn send_live(
+        &mut self,
+        name: &'static str,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+        batch: u32,
+    ) -> Result<(), BpfError> {
+        let xdp: &Xdp = self.xdp(name)?;
+        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (the kernel wants data_end to be the packet's length, the rest zero).
+        let ctx: Vec<u8> = [0, packet.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|word| word.to_ne_bytes())
+            .collect();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat.max(1);
+        opts.attrs = TestRunAttrs::new().xdp_live_frames(batch);
+        xdp.test_run(opts).map_err(|source| BpfError::Program {
+            name,
+            source: Box::new(source),
+        })?;
+        Ok(())
+    }
+
     /// The packet parser's counters, summed over all CPUs.
     pub fn parse_stats(&self) -> Result<ParseStats, BpfError> {
-        let map_error = |source| BpfError::Map {
-            name: parse::STATS_MAP,
-            source: Box::new(source),
-        };
-        let map = self
-            .ebpf
-            .map(parse::STATS_MAP)
-            .ok_or(BpfError::NoMap(parse::STATS_MAP))?;
-        let stats: PerCpuArray<_, ParseStats> = PerCpuArray::try_from(map).map_err(map_error)?;
-        let per_cpu = stats.get(&0, 0).map_err(map_error)?;
         let mut total = ParseStats::default();
-        for cpu in per_cpu.iter() {
+        for cpu in self.per_cpu::<ParseStats>(parse::STATS_MAP)?.iter() {
             total.add(cpu);
         }
         Ok(total)
+    }
+
+    /// The frame the benchmark generator ([`shoal_abi::programs::XDP_BENCH_TX`]) sends, and over how many
+    /// flows it rotates its source port.
+    pub fn set_bench_frame(&mut self, frame: &TxFrame) -> Result<(), BpfError> {
+        let name = bench::TX_FRAME_MAP;
+        let map_error = |source| BpfError::Map {
+            name,
+            source: Box::new(source),
+        };
+        let map = self.ebpf.map_mut(name).ok_or(BpfError::NoMap(name))?;
+        let mut array: Array<_, TxFrame> = Array::try_from(map).map_err(map_error)?;
+        array.set(0, *frame, 0).map_err(map_error)
+    }
+
+    /// The packets the benchmark sink ([`shoal_abi::programs::XDP_BENCH_SINK`]) counted, over all CPUs.
+    pub fn bench_sink_packets(&self) -> Result<u64, BpfError> {
+        Ok(self.per_cpu::<u64>(bench::SINK_MAP)?.iter().sum())
+    }
+
+    /// Index 0 of the per-CPU array `name`, one value per CPU.
+    fn per_cpu<T: aya::Pod>(&self, name: &'static str) -> Result<PerCpuValues<T>, BpfError> {
+        let map_error = |source| BpfError::Map {
+            name,
+            source: Box::new(source),
+        };
+        let map = self.ebpf.map(name).ok_or(BpfError::NoMap(name))?;
+        let array: PerCpuArray<_, T> = PerCpuArray::try_from(map).map_err(map_error)?;
+        array.get(&0, 0).map_err(map_error)
     }
 }

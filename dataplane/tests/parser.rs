@@ -11,8 +11,9 @@ mod support;
 use std::io::ErrorKind;
 
 use shoal_abi::{
+    bench::{FRAME_LEN, SPORT_OFFSET, TxFrame},
     parse::{Counter, ParseStats},
-    programs::{XDP_PARSE, XDP_PASS},
+    programs::{XDP_BENCH_SINK, XDP_BENCH_TX, XDP_PARSE, XDP_PASS},
     wire::ETH_HLEN,
 };
 use shoal_dataplane::bpf::{BpfError, Programs, XdpVerdict};
@@ -90,10 +91,66 @@ fn check(programs: &mut Programs, fixture: &Fixture, len: usize, failures: &mut 
 #[test]
 fn verifier_accepts_every_program() {
     let mut programs = programs();
-    for name in [XDP_PARSE, XDP_PASS] {
+    for name in [XDP_PARSE, XDP_PASS, XDP_BENCH_TX, XDP_BENCH_SINK] {
         programs
             .xdp(name)
             .unwrap_or_else(|e| panic!("{name} was rejected: {e}"));
+    }
+}
+
+/// The benchmarks' programs: the generator sends its template, flow after flow; the sink counts
+/// and drops VXLAN datagrams only (ARP and other UDP pass, uncounted).
+#[test]
+fn the_bench_sink_counts_and_drops_vxlan_only() {
+    let mut programs = programs();
+    let udp_to = |port: u16| {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        f.extend_from_slice(&[0x45, 0, 0, 50, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2, 0xc0, 0x00]);
+        f.extend_from_slice(&port.to_be_bytes());
+        f.extend_from_slice(&[0, 30, 0, 0]);
+        f.resize(64, 0);
+        f
+    };
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.resize(60, 0);
+    // The generator writes its template over whatever frame it is given (live-frames mode
+    // recycles frames others rewrote) and rotates the source port over `flows` ports.
+    let template = TxFrame {
+        bytes: udp_to(4789)[..FRAME_LEN].try_into().expect("60 bytes"),
+        flows: 4,
+        pad: 0,
+    };
+    programs.set_bench_frame(&template).expect("template");
+    let mut sports = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let tx = programs
+            .test_run(XDP_BENCH_TX, &[0xee; FRAME_LEN], 1)
+            .expect("runs");
+        assert_eq!(tx.verdict, XdpVerdict::Tx);
+        let sport = u16::from_be_bytes([tx.output[SPORT_OFFSET], tx.output[SPORT_OFFSET + 1]]);
+        assert!((0xc000..0xc004).contains(&sport), "source port {sport:#x}");
+        sports.insert(sport);
+        let mut expected = template.bytes;
+        expected[SPORT_OFFSET..SPORT_OFFSET + 2].copy_from_slice(&sport.to_be_bytes());
+        assert_eq!(tx.output, expected);
+    }
+    assert!(sports.len() > 1, "one flow only: {sports:x?}");
+    for (packet, verdict, counted) in [
+        (udp_to(4789), XdpVerdict::Drop, 1),
+        (udp_to(53), XdpVerdict::Pass, 0),
+        (arp, XdpVerdict::Pass, 0),
+        (udp_to(4789)[..40].to_vec(), XdpVerdict::Pass, 0),
+    ] {
+        let before = programs.bench_sink_packets().expect("count");
+        let run = programs.test_run(XDP_BENCH_SINK, &packet, 1).expect("runs");
+        let after = programs.bench_sink_packets().expect("count");
+        assert_eq!(
+            (run.verdict, after - before),
+            (verdict, counted),
+            "{packet:02x?}"
+        );
     }
 }
 

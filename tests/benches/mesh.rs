@@ -15,6 +15,15 @@
 //!    (`shoal-labtool`) drives all of them; each path has its own target ports on the backends,
 //!    so no path meets another's leftovers.
 //!
+//! 3. The entry node alone (`mesh_entry_pps`, `nft_entry_pps`): UDP frames built once (64 flows)
+//!    are sent straight into n1's public interface from its switch port at the highest rate the
+//!    kernel's own generator reaches (BPF_PROG_TEST_RUN live frames, one core), to a service whose
+//!    four backends all live on n2 and n3; what n1 forwards is counted and dropped by an XDP
+//!    program on the switch port of n1's data interface, the first hop after it, before any
+//!    backend or sink costs CPU. The same for the mesh and for nftables DNAT (to the same four
+//!    backends, routed into the ingress network's VXLAN device); `*_entry_sent_pps` is what the
+//!    generator offered.
+//!
 //! The lab's links are wire-like (`Lab::wire_like_nics`: XDP carries every balanced packet);
 //! `SHOAL_BENCH_LINKS=plain` keeps them plain veth pairs (the TC entry carries them), and
 //! `wire_like_links` in the output says which.
@@ -27,8 +36,11 @@ use std::net::Ipv4Addr;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use aya::programs::XdpMode;
 use serde_json::{Value, json};
-use shoal_abi::programs::{XDP_MESH, XDP_PASS};
+use shoal_abi::bench::TxFrame;
+use shoal_abi::programs::{XDP_BENCH_SINK, XDP_BENCH_TX, XDP_MESH, XDP_PASS};
+use shoal_dataplane::bpf::Programs as Object;
 use shoal_dataplane::common::Mac;
 use shoal_dataplane::mesh::Mesh as Programs;
 use shoal_dataplane::mesh::maglev::DEFAULT_TABLE_SIZE;
@@ -42,6 +54,8 @@ const ROUNDS: usize = 7;
 const FRESH_FLOWS: u16 = 20_000;
 const SECONDS: &str = "5";
 const BACKENDS: [&str; 6] = ["web1", "web2", "web3", "web4", "web5", "web6"];
+/// The backends not on n1 (two per node are placed in order: web1 and web2 are n1's).
+const REMOTE_BACKENDS: [&str; 4] = ["web3", "web4", "web5", "web6"];
 
 /// An Ethernet/IPv4/UDP frame of 60 bytes from `sport` to 10.0.0.2:`dport`.
 fn udp_frame(sport: u16, dport: u16) -> Vec<u8> {
@@ -143,6 +157,122 @@ fn test_run_figures() -> BTreeMap<String, f64> {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), median(v)))
         .collect()
+}
+
+/// Flows (UDP source ports from 20000) the entry figure's generator rotates over.
+const ENTRY_FLOWS: u16 = 64;
+/// Frames per live-frames call.
+const ENTRY_REPEAT: u32 = 262_144;
+/// Frames per batch the generator hands the device.
+const ENTRY_BATCH: u32 = 64;
+
+/// The MAC address of `host`'s interface `name`.
+fn mac_of(lab: &Lab, host: &shoal_tests::Host, name: &str) -> [u8; 6] {
+    let out = lab
+        .run(host, "cat", &[&format!("/sys/class/net/{name}/address")])
+        .expect("cat runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("a MAC address"))
+        .collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// An Ethernet/IPv4/UDP frame of 60 bytes (18 bytes of payload starting with 0x00, as
+/// `udp-flood` sends) with a correct IPv4 checksum and no UDP checksum.
+fn wire_frame(
+    (dmac, smac): ([u8; 6], [u8; 6]),
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [
+        0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let check = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0, 26, 0, 0]);
+    f.resize(60, 0);
+    f
+}
+
+/// The entry node alone (see the crate doc, 3.): frames to `n1:port` sent for [`SECONDS`] from
+/// n1's switch port, counted where they leave n1. Returns (offered, forwarded) packets per
+/// second.
+fn entry_rate(lab: &Lab, port: u16) -> (f64, f64) {
+    let n1 = &lab.nodes()[0];
+    let client = lab.client();
+    let macs = (
+        mac_of(lab, n1, n1.public_if()),
+        mac_of(lab, client, client.public_if()),
+    );
+    let frame = TxFrame {
+        bytes: wire_frame(macs, (client.public_ip, n1.public_ip), 20_000, port)
+            .try_into()
+            .expect("a frame of FRAME_LEN bytes"),
+        flows: ENTRY_FLOWS,
+        pad: 0,
+    };
+    let (into_n1, out_of_n1) = (format!("p-{}", n1.name), format!("d-{}", n1.name));
+    let mut programs = Object::load().expect("the eBPF object loads (needs root)");
+    programs
+        .set_bench_frame(&frame)
+        .expect("the generator's frame");
+    let sink = shoal_tests::within(lab.switch(), || {
+        programs
+            .xdp(XDP_BENCH_SINK)
+            .map_err(std::io::Error::other)?
+            .attach(&out_of_n1, XdpMode::Driver)
+            .map_err(std::io::Error::other)
+    })
+    .unwrap_or_else(|e| panic!("the sink on {out_of_n1}: {e}"));
+    let before = programs.bench_sink_packets().expect("sink count");
+    let seconds = SECONDS.parse::<u64>().expect("seconds");
+    let (sent, elapsed) = shoal_tests::within(lab.switch(), || {
+        let ifindex = nix::net::if_::if_nametoindex(into_n1.as_str())?;
+        let start = std::time::Instant::now();
+        let mut sent = 0_u64;
+        while start.elapsed() < Duration::from_secs(seconds) {
+            programs
+                .send_live(
+                    XDP_BENCH_TX,
+                    ifindex,
+                    &frame.bytes,
+                    ENTRY_REPEAT,
+                    ENTRY_BATCH,
+                )
+                .map_err(std::io::Error::other)?;
+            sent += u64::from(ENTRY_REPEAT);
+        }
+        Ok((sent, start.elapsed().as_secs_f64()))
+    })
+    .unwrap_or_else(|e| panic!("sending into {into_n1}: {e}"));
+    // What is still on its way (there is little: the generator's core forwards each batch).
+    std::thread::sleep(Duration::from_millis(200));
+    let forwarded = programs.bench_sink_packets().expect("sink count") - before;
+    programs
+        .xdp(XDP_BENCH_SINK)
+        .expect("the sink is loaded")
+        .detach(sink)
+        .expect("the sink detaches");
+    eprintln!("entry {port}: sent {sent} in {elapsed:.2} s, forwarded {forwarded}");
+    (sent as f64 / elapsed, forwarded as f64 / elapsed)
 }
 
 /// Starts `shoal-labtool ARGS` in a task; waits for its first line (it is listening).
@@ -306,6 +436,14 @@ fn main() {
                 backends: BACKENDS.to_vec(),
                 client_ip: "snat",
             },
+            // The entry figure's: only n2's and n3's tasks, so all of it leaves through n1's
+            // data interface.
+            Service {
+                name: "entry",
+                ports: vec![json!({ "published": 9100, "target": 11, "protocol": "udp" })],
+                backends: REMOTE_BACKENDS.to_vec(),
+                client_ip: "snat",
+            },
         ],
     )
     .expect("tasks");
@@ -333,12 +471,19 @@ fn main() {
         .map(|(i, b)| format!("{i} : {}", mesh.overlay.ip(b, INGRESS.id)))
         .collect();
     let map = addrs.join(", ");
+    let remote: Vec<String> = REMOTE_BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {}", mesh.overlay.ip(b, INGRESS.id)))
+        .collect();
+    let remote = remote.join(", ");
     let ruleset = format!(
         "table ip shoal_bench {{
   chain pre {{
     type nat hook prerouting priority dstnat;
     tcp dport 8081 dnat to numgen inc mod 6 map {{ {map} }} : 81
     udp dport 9001 dnat to jhash ip saddr . udp sport mod 6 map {{ {map} }} : 10
+    udp dport 9101 dnat to jhash ip saddr . udp sport mod 4 map {{ {remote} }} : 11
   }}
   chain forwarded {{
     type filter hook forward priority filter;
@@ -398,15 +543,23 @@ fn main() {
         results.insert(format!("{path}_udp_pps"), received.round());
         results.insert(format!("{path}_udp_forwarded_pps"), passed_on.round());
     }
-    results.insert(
-        "mesh_over_nft_udp".into(),
-        (results["mesh_udp_pps"] / results["nft_udp_pps"].max(1.0) * 100.0).round() / 100.0,
-    );
-    results.insert(
-        "mesh_over_nft_tcp".into(),
-        (results["mesh_tcp_conn_per_s"] / results["nft_tcp_conn_per_s"].max(1.0) * 100.0).round()
-            / 100.0,
-    );
+    for (path, port) in [("nft", 9101), ("mesh", 9100)] {
+        let (offered, forwarded) = entry_rate(&lab, port);
+        results.insert(format!("{path}_entry_sent_pps"), offered.round());
+        results.insert(format!("{path}_entry_pps"), forwarded.round());
+    }
+    for (key, mesh_key, nft_key) in [
+        ("mesh_over_nft_udp", "mesh_udp_pps", "nft_udp_pps"),
+        (
+            "mesh_over_nft_tcp",
+            "mesh_tcp_conn_per_s",
+            "nft_tcp_conn_per_s",
+        ),
+        ("mesh_over_nft_entry", "mesh_entry_pps", "nft_entry_pps"),
+    ] {
+        let ratio = results[mesh_key] / results[nft_key].max(1.0);
+        results.insert(key.into(), (ratio * 100.0).round() / 100.0);
+    }
 
     println!("{:<32} {:>12}", "metric", "value");
     for (k, v) in &results {

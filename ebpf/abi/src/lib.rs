@@ -37,6 +37,12 @@ pub mod programs {
     /// Client-IP mode, backend side (TC ingress on the ingress network's bridge): sends a
     /// backend's reply to the entry node the flow came through.
     pub const TC_MESH_STEER: &str = "shoal_tc_mesh_steer";
+    /// Benchmark traffic generator (XDP, run with BPF_PROG_TEST_RUN's live-frames mode, never
+    /// attached): see [`crate::bench`].
+    pub const XDP_BENCH_TX: &str = "shoal_xdp_bench_tx";
+    /// Benchmark sink (XDP, attached where a benchmark counts what arrives): see
+    /// [`crate::bench`].
+    pub const XDP_BENCH_SINK: &str = "shoal_xdp_bench_sink";
     /// Node-local clients (cgroup `connect4`, on the cgroup v2 root, for the node's own network
     /// namespace only): a connection to a published port on the node is sent to a backend.
     pub const SOCK_CONNECT4: &str = "shoal_sock_connect4";
@@ -46,6 +52,46 @@ pub mod programs {
     pub const SOCK_RECVMSG4: &str = "shoal_sock_recvmsg4";
     /// `getpeername` shows the published port the client connected to (cgroup `getpeername4`).
     pub const SOCK_GETPEERNAME4: &str = "shoal_sock_getpeername4";
+}
+
+/// The benchmarks' packet generator and sink (`cargo xtask bench mesh`, the entry figures).
+///
+/// The generator runs in BPF_PROG_TEST_RUN's live-frames mode, where the kernel recycles the
+/// frames it sends without restoring their bytes (whoever received a frame may have rewritten
+/// it). So the program writes the whole frame from [`TX_FRAME_MAP`] each time, with the UDP
+/// source port of the next of `flows` flows (per CPU, round robin from the template's port),
+/// and sends it back out of the interface it runs on (`XDP_TX`).
+///
+/// The sink counts VXLAN datagrams (IPv4 without options, UDP destination port 4789) per CPU
+/// in [`SINK_MAP`] and drops them; everything else (ARP above all) passes.
+pub mod bench {
+    /// Bytes of a generated frame: Ethernet, IPv4, UDP and 18 bytes of payload.
+    pub const FRAME_LEN: usize = 60;
+    /// Offset of the UDP source port in it.
+    pub const SPORT_OFFSET: usize = 34;
+    /// The generator's template: one [`TxFrame`] at index 0.
+    pub const TX_FRAME_MAP: &str = "BENCH_TX_FRAME";
+    /// The generator's per-CPU sequence number (a `u32` at index 0).
+    pub const TX_SEQ_MAP: &str = "BENCH_TX_SEQ";
+    /// The sink's per-CPU packet count (a `u64` at index 0).
+    pub const SINK_MAP: &str = "BENCH_SINK";
+
+    /// What the generator sends.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct TxFrame {
+        /// The frame, with the first flow's source port.
+        pub bytes: [u8; FRAME_LEN],
+        /// How many source ports (flows) to rotate over, from the template's (0 counts as 1).
+        pub flows: u16,
+        /// Zero.
+        pub pad: u16,
+    }
+
+    // SAFETY: `TxFrame` is `repr(C)`, 60 bytes then two `u16`s (no padding), and every bit
+    // pattern is a valid value.
+    #[cfg(feature = "user")]
+    unsafe impl aya::Pod for TxFrame {}
 }
 
 /// The packet parser's statistics.

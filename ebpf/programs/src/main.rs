@@ -14,6 +14,9 @@
 //!                                      cannot redirect correctly (checksums, egress devices)
 //!   reply  ──> TC (shoal_tc_mesh_reply) ──> rewrite back, redirect out of the public interface
 //!   connect/sendmsg on the node ──> cgroup sock_addr (shoal_sock_*) ──> sock.rs: to a backend
+//!
+//!   benchmarks only: shoal_xdp_bench_tx (live-frames generator) ──> XDP_TX
+//!                    shoal_xdp_bench_sink ──> VXLAN counted in BENCH_SINK, XDP_DROP | XDP_PASS
 //! ```
 //!
 //! Layout, Katran-style: [`packet`] is the only place that touches packet memory (every access is
@@ -39,9 +42,10 @@ mod sock;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{cgroup_sock_addr, classifier, map, xdp},
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
+use shoal_abi::bench::TxFrame;
 use shoal_abi::parse::{Counter, ParseStats};
 
 /// The parser's counters, one [`ParseStats`] per CPU at index 0 (`shoal_abi::parse::STATS_MAP`).
@@ -77,6 +81,67 @@ pub fn shoal_xdp_parse(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn shoal_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The generator's template (`shoal_abi::bench`).
+#[map(name = "BENCH_TX_FRAME")]
+static BENCH_TX_FRAME: Array<TxFrame> = Array::with_max_entries(1, 0);
+
+/// The generator's sequence number, per CPU.
+#[map(name = "BENCH_TX_SEQ")]
+static BENCH_TX_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Packets [`shoal_xdp_bench_sink`] counted, per CPU.
+#[map(name = "BENCH_SINK")]
+static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The benchmarks' generator (`shoal_abi::bench`): the template's frame, next flow's source
+/// port, back out of the interface it is run on.
+#[xdp]
+pub fn shoal_xdp_bench_tx(ctx: XdpContext) -> u32 {
+    use shoal_abi::bench::{FRAME_LEN, SPORT_OFFSET};
+    let packet = packet::Packet::new(&ctx);
+    let (Some(frame), Some(seq), Some(h)) = (
+        BENCH_TX_FRAME.get(0),
+        BENCH_TX_SEQ.get_ptr_mut(0),
+        packet.header::<FRAME_LEN>(0),
+    ) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: this CPU's own value, from the map lookup; XDP runs with preemption disabled.
+    let seq = unsafe {
+        let this = *seq;
+        *seq = this.wrapping_add(1);
+        this
+    };
+    let base = u16::from_be_bytes([frame.bytes[SPORT_OFFSET], frame.bytes[SPORT_OFFSET + 1]]);
+    let flow = (seq % u32::from(frame.flows.max(1))) as u16;
+    h.write::<0, [u8; FRAME_LEN]>(frame.bytes);
+    h.write::<SPORT_OFFSET, [u8; 2]>(base.wrapping_add(flow).to_be_bytes());
+    xdp_action::XDP_TX
+}
+
+/// The benchmarks' sink (`shoal_abi::bench`): VXLAN datagrams are counted and dropped,
+/// everything else passes.
+#[xdp]
+pub fn shoal_xdp_bench_sink(ctx: XdpContext) -> u32 {
+    use shoal_abi::wire::{ETH_HLEN, IPPROTO_UDP, IPV4_HLEN, UDP_HLEN};
+    let packet = packet::Packet::new(&ctx);
+    let Some(h) = packet.header::<{ ETH_HLEN + IPV4_HLEN + UDP_HLEN }>(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    if h.be16::<12>() != 0x0800
+        || h.u8::<{ ETH_HLEN }>() != 0x45
+        || h.u8::<{ ETH_HLEN + 9 }>() != IPPROTO_UDP
+        || h.be16::<{ ETH_HLEN + IPV4_HLEN + 2 }>() != 4789
+    {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(count) = BENCH_SINK.get_ptr_mut(0) {
+        // SAFETY: this CPU's own value, from the map lookup; XDP runs with preemption disabled.
+        unsafe { *count += 1 };
+    }
+    xdp_action::XDP_DROP
 }
 
 /// Node-local clients: `connect` to a published port on the node goes to a backend (see
