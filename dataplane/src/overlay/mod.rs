@@ -29,6 +29,7 @@ pub mod keys;
 pub mod layout;
 pub mod model;
 pub mod netns;
+pub mod offload;
 pub mod vxlan_filter;
 pub mod way_out;
 pub mod wireguard;

@@ -48,6 +48,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use super::keys::Key;
 use super::model::WgConfig;
+use super::offload::{Segments, VNET_HDR_LEN};
 
 /// How long a replaced generation keeps decrypting: WireGuard's REJECT_AFTER_TIME.
 const RETIRE_AFTER: Duration = Duration::from_secs(180);
@@ -249,6 +250,8 @@ struct Shared {
     /// Datagrams from an address that is not the data-path address of the peer they name (or,
     /// for an initiation, of any peer).
     not_from_a_peer: AtomicU64,
+    /// Reads from the TUN device that could not be cut into packets ([`Segments::new`]).
+    offload_refused: AtomicU64,
 }
 
 /// A running WireGuard engine. Dropping it stops its threads and closes the TUN device.
@@ -356,9 +359,22 @@ impl Io {
         }
     }
 
+    /// Writes `packet` to the TUN device behind a zero virtio-net header (nothing left to do).
     fn write_tun(&self, packet: &[u8]) {
-        // SAFETY: `packet` is valid for reads of its length.
-        let n = unsafe { libc::write(self.tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        static NOTHING_TO_DO: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+        let iov = [
+            libc::iovec {
+                iov_base: NOTHING_TO_DO.as_ptr() as *mut libc::c_void,
+                iov_len: VNET_HDR_LEN,
+            },
+            libc::iovec {
+                iov_base: packet.as_ptr() as *mut libc::c_void,
+                iov_len: packet.len(),
+            },
+        ];
+        // SAFETY: both buffers are valid for reads of their lengths for the call; the kernel
+        // only reads them.
+        let n = unsafe { libc::writev(self.tun.as_raw_fd(), iov.as_ptr(), 2) };
         if n < 0 {
             tracing::debug!(error = %io::Error::last_os_error(), "write to the TUN device");
         }
@@ -513,6 +529,7 @@ impl Engine {
             local: config.local,
             vxlan_port: AtomicU16::new(config.vxlan_port),
             not_from_a_peer: AtomicU64::new(0),
+            offload_refused: AtomicU64::new(0),
         });
         shared.configure(config);
 
@@ -566,6 +583,12 @@ impl Engine {
     /// name (for a handshake initiation: of any peer).
     pub fn not_from_a_peer(&self) -> u64 {
         self.shared.not_from_a_peer.load(Ordering::Relaxed)
+    }
+
+    /// Reads from the TUN device dropped because they could not be cut into packets (an
+    /// offload the engine did not ask for, or headers that are not what the offload says).
+    pub fn offload_refused(&self) -> u64 {
+        self.shared.offload_refused.load(Ordering::Relaxed)
     }
 
     /// The peers and their sessions.
@@ -796,31 +819,45 @@ impl Shared {
     }
 
     /// Reads the TUN device and sends each packet, encrypted, to the peer owning its inner
-    /// destination: the first packet waited for, then whatever else the device holds, up to
-    /// [`BATCH`], sent with one `sendmmsg`.
+    /// destination: the first read waited for, then whatever else the device holds. A read is
+    /// one packet or a super-packet, cut into the packets it stands for ([`Segments`]); the
+    /// encrypted datagrams go out [`BATCH`] at a time with one `sendmmsg`.
     fn encrypt_loop(&self) {
-        let mut packet = vec![0u8; MAX_PACKET];
+        let mut read_buf = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
+        let mut segment = vec![0u8; MAX_PACKET];
         let mut outs = vec![vec![0u8; MAX_PACKET + 64]; BATCH];
         let mut ready = Vec::with_capacity(BATCH);
         let tun = self.io.tun.as_raw_fd();
         while let Some(first) = self.next(tun, "reading the TUN device", || {
-            self.io.read_tun(&mut packet)
+            self.io.read_tun(&mut read_buf)
         }) {
-            ready.clear();
             let mut read = Some(first);
             while let Some(n) = read {
-                if let Some((offset, len, to)) =
-                    self.encrypt_one(&packet[..n], &mut outs[ready.len()])
-                {
-                    ready.push((ready.len(), offset, len, to));
-                }
-                if ready.len() == BATCH {
-                    break;
+                let mut segments = match Segments::new(&read_buf[..n]) {
+                    Ok(segments) => segments,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "packet from the TUN device dropped");
+                        count(&self.offload_refused);
+                        read = self.io.read_tun(&mut read_buf).ok();
+                        continue;
+                    }
+                };
+                while let Some(len) = segments.next_into(&mut segment) {
+                    if ready.len() == BATCH {
+                        self.io.send_many(&outs, &ready);
+                        ready.clear();
+                    }
+                    if let Some((offset, len, to)) =
+                        self.encrypt_one(&segment[..len], &mut outs[ready.len()])
+                    {
+                        ready.push((ready.len(), offset, len, to));
+                    }
                 }
                 // Errors other than "nothing more" surface at the next waiting read.
-                read = self.io.read_tun(&mut packet).ok();
+                read = self.io.read_tun(&mut read_buf).ok();
             }
             self.io.send_many(&outs, &ready);
+            ready.clear();
         }
     }
 
@@ -1084,6 +1121,17 @@ fn vxlan_vni(packet: &[u8], local: Ipv4Addr, port: u16) -> Option<u32> {
 
 /// `TUNSETIFF`: `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `TUNSETOFFLOAD`: `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUNSETVNETHDRSZ`: `_IOW('T', 216, int)`.
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `TUNSETVNETLE`: `_IOW('T', 220, int)`.
+const TUNSETVNETLE: libc::c_ulong = 0x4004_54dc;
+/// `TUN_F_*` offloads (linux/if_tun.h).
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_UDP_TUNNEL_GSO: libc::c_uint = 0x080;
+const TUN_F_UDP_TUNNEL_GSO_CSUM: libc::c_uint = 0x100;
 
 /// Opens a new TUN device named `name` in the calling thread's network namespace. The device
 /// lives as long as the returned descriptor.
@@ -1112,13 +1160,51 @@ pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is laid out as and outlives.
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &raw mut req) })
         .map_err(|e| io::Error::new(e.kind(), format!("creating TUN device {name}: {e}")))?;
+    let setting = |what: &str| {
+        let what = what.to_owned();
+        move |e: io::Error| io::Error::new(e.kind(), format!("TUN device {name}: {what}: {e}"))
+    };
+    for (request, value, what) in [
+        (
+            TUNSETVNETHDRSZ,
+            VNET_HDR_LEN as libc::c_int,
+            "virtio-net header size",
+        ),
+        (TUNSETVNETLE, 1, "little-endian virtio-net headers"),
+    ] {
+        // SAFETY: both requests read one int, which `value` is and outlives the call.
+        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &raw const value) })
+            .map_err(setting(what))?;
+    }
+    // The most the kernel has, in order: UDP tunnel GSO (6.17 and newer) hands over whole
+    // VXLAN super-packets; TSO4 and checksums alone still spare the engine nothing but are
+    // harmless; none at all is the plain device.
+    let mut refused = None;
+    for offloads in [
+        TUN_F_CSUM | TUN_F_TSO4 | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM,
+        TUN_F_CSUM | TUN_F_TSO4,
+    ] {
+        // SAFETY: TUNSETOFFLOAD takes the flags as the argument itself.
+        match cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD as _, offloads) }) {
+            Ok(_) => {
+                tracing::debug!(device = name, offloads, "TUN offloads");
+                return Ok(fd);
+            }
+            Err(e) => refused = Some(e),
+        }
+    }
+    tracing::info!(
+        device = name,
+        error = ?refused,
+        "the kernel takes no TUN offloads: the WireGuard engine reads one packet at a time"
+    );
     Ok(fd)
 }
 
