@@ -22,7 +22,10 @@
 //!                           checksum                          checksum    checksum
 //! ```
 //!
-//! Packets written back carry a zero header: nothing left to do.
+//! Packets written back carry a zero header: nothing left to do. (Merging decrypted packets
+//! back into super-packets, as GRO does, would spare the kernel's receive path as much; but an
+//! L3 TUN device refuses UDP tunnel GSO writes with `EINVAL` — the kernel's offset checks assume
+//! an Ethernet header — so that needs a TAP device.)
 
 use std::fmt;
 
@@ -84,12 +87,18 @@ pub struct VnetHdr {
     pub flags: u8,
     /// `VIRTIO_NET_HDR_GSO_*`.
     pub gso_type: u8,
+    /// Length of the headers repeated in each segment.
+    pub hdr_len: u16,
     /// Payload bytes per segment.
     pub gso_size: u16,
     /// Where the checksummed part starts.
     pub csum_start: u16,
     /// Where, from `csum_start`, the checksum goes.
     pub csum_offset: u16,
+    /// UDP tunnel GSO: offset of the outer UDP header.
+    pub outer_th_offset: u16,
+    /// UDP tunnel GSO: offset of the inner IP header.
+    pub inner_nh_offset: u16,
 }
 
 impl VnetHdr {
@@ -100,9 +109,12 @@ impl VnetHdr {
         Ok(Self {
             flags: b[0],
             gso_type: b[1],
+            hdr_len: le(2),
             gso_size: le(4),
             csum_start: le(6),
             csum_offset: le(8),
+            outer_th_offset: le(20),
+            inner_nh_offset: le(22),
         })
     }
 
@@ -111,9 +123,16 @@ impl VnetHdr {
         let mut b = [0_u8; VNET_HDR_LEN];
         b[0] = self.flags;
         b[1] = self.gso_type;
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        for (at, value) in [
+            (2, self.hdr_len),
+            (4, self.gso_size),
+            (6, self.csum_start),
+            (8, self.csum_offset),
+            (20, self.outer_th_offset),
+            (22, self.inner_nh_offset),
+        ] {
+            b[at..at + 2].copy_from_slice(&value.to_le_bytes());
+        }
         b
     }
 }
@@ -417,6 +436,7 @@ mod tests {
             gso_size: mss,
             csum_start: (20 + VXLAN_TO_INNER + 20) as u16,
             csum_offset: 16,
+            ..VnetHdr::default()
         };
         if outer_csum {
             hdr.flags |= F_UDP_TUNNEL_CSUM;

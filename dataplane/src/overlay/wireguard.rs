@@ -3,10 +3,16 @@
 //!
 //! Three threads: one reads the TUN device and encrypts towards the peer owning the inner
 //! destination address, one receives datagrams and decrypts into the TUN device, one drives the
-//! protocol's timers. The I/O sits in [`Io`] (plain `read`/`write`/`sendto`/`recvfrom` on
-//! non-blocking descriptors, with large socket buffers; `sendmmsg`/`recvmmsg` batches of up to
-//! [`BATCH`] datagrams on the socket) so an offloaded path can replace it without touching the
-//! protocol side.
+//! protocol's timers. The I/O sits in [`Io`], apart from the protocol side:
+//!
+//! - the TUN device hands over super-packets (TSO and UDP tunnel GSO, see
+//!   [`super::offload`]), cut into packets in userspace and encrypted one by one;
+//! - encrypted datagrams go out [`BATCH`] at a time with one `sendmmsg`, and a run of them to one
+//!   peer as one UDP GSO message (`UDP_SEGMENT`), so the kernel walks its send path once per run;
+//! - the socket takes UDP GRO: one `recvmmsg` returns up to [`BATCH`] messages, each possibly
+//!   many datagrams the kernel coalesced;
+//! - a peer's tunnels are locked for the protocol only, never across a system call, so the two
+//!   I/O threads do not wait on each other's kernel work.
 //!
 //! **Key rotation without breaking traffic.** A peer's tunnel is a list of *generations*, one per
 //! (our key, their key) pair. When either key changes, a new generation is created next to the
@@ -61,6 +67,17 @@ const MAX_PACKET: usize = 65_535;
 /// Datagrams sent with one `sendmmsg`, or received with one `recvmmsg`, at most: under load the
 /// engine makes one system call per batch on the socket instead of one per packet.
 const BATCH: usize = 32;
+/// Datagrams in one UDP GSO message, at most (the kernel's `UDP_MAX_SEGMENTS` is 64 or more).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Bytes in one UDP GSO message, at most (one IPv4 datagram's worth, headers aside).
+const GSO_MAX_BYTES: usize = 65_000;
+/// `UDP_SEGMENT` and `UDP_GRO` (linux/udp.h), options at `SOL_UDP`.
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Room a WireGuard data message takes beyond its packet (header, padding, tag), rounded up.
+const WG_OVERHEAD: usize = 64;
+/// Aligned words of control-message room per message: one `UDP_SEGMENT` or `UDP_GRO`.
+const CONTROL_WORDS: usize = 4;
 /// Handshake messages with a valid MAC1 accepted a second, all peers together, before cookies
 /// are demanded (boringtun's `RateLimiter` count, kept by the engine alone): boringtun's own
 /// device allows 100.
@@ -82,6 +99,9 @@ struct Io {
     udp: UdpSocket,
     /// An eventfd written once to stop the I/O threads.
     stop: OwnedFd,
+    /// Whether runs of datagrams go out as one UDP GSO message (`UDP_SEGMENT`); cleared for
+    /// good the first time the kernel refuses one (an egress device without checksum offload).
+    gso: AtomicBool,
 }
 
 /// One (our key, their key) pair's tunnel.
@@ -386,78 +406,133 @@ impl Io {
         }
     }
 
-    /// Sends each `(buffer, offset, length, to)` of `ready` (datagrams in `buffers`) with as few
-    /// `sendmmsg` calls as the kernel allows. As with [`Io::send`], what the socket cannot take
-    /// now (its buffer full) is dropped, as a NIC drops: WireGuard's peers and TCP recover.
-    fn send_many(&self, buffers: &[Vec<u8>], ready: &[(usize, usize, usize, SocketAddrV4)]) {
+    /// Sends each `(offset, length, to)` of `ready` (datagrams laid end to end in `buf`) with
+    /// as few `sendmmsg` calls as the kernel allows. A run of datagrams to one peer, all of one
+    /// length but the last (which may be shorter), goes out as one UDP GSO message: the kernel
+    /// takes it through its stack once and cuts it as late as it can (on the wire, or never on
+    /// a veth to a socket that takes GRO). As with [`Io::send`], what the socket cannot take now
+    /// (its buffer full) is dropped, as a NIC drops: WireGuard's peers and TCP recover.
+    fn send_many(&self, buf: &[u8], ready: &[(usize, usize, SocketAddrV4)]) {
         debug_assert!(ready.len() <= BATCH);
+        let gso = self.gso.load(Ordering::Relaxed);
+        // (first datagram, datagrams, bytes) of each message.
+        let mut runs: Vec<(usize, usize, usize)> = Vec::with_capacity(ready.len());
+        for (i, &(offset, len, to)) in ready.iter().enumerate() {
+            if let Some((first, count, bytes)) = runs.last_mut() {
+                let (start, size, dest) = ready[*first];
+                let last = ready[*first + *count - 1];
+                if gso
+                    && dest == to
+                    && start + *bytes == offset
+                    && last.1 == size
+                    && len <= size
+                    && *count < GSO_MAX_SEGMENTS
+                    && *bytes + len <= GSO_MAX_BYTES
+                {
+                    *count += 1;
+                    *bytes += len;
+                    continue;
+                }
+            }
+            runs.push((i, 1, len));
+        }
         // SAFETY: all-zero is a valid value of these plain C structs.
         let mut addrs: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for (i, &(buffer, offset, len, to)) in ready.iter().enumerate() {
-            addrs[i] = sockaddr_in(to);
-            iovs[i] = libc::iovec {
-                iov_base: buffers[buffer][offset..offset + len].as_ptr() as *mut libc::c_void,
-                iov_len: len,
+        let mut controls = [[0_u64; CONTROL_WORDS]; BATCH];
+        for (m, &(first, count, bytes)) in runs.iter().enumerate() {
+            let (offset, size, to) = ready[first];
+            addrs[m] = sockaddr_in(to);
+            iovs[m] = libc::iovec {
+                iov_base: buf[offset..offset + bytes].as_ptr() as *mut libc::c_void,
+                iov_len: bytes,
             };
-            msgs[i].msg_hdr.msg_name = (&raw mut addrs[i]).cast();
-            msgs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            msgs[i].msg_hdr.msg_iov = &raw mut iovs[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
+            let hdr = &mut msgs[m].msg_hdr;
+            hdr.msg_name = (&raw mut addrs[m]).cast();
+            hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            hdr.msg_iov = &raw mut iovs[m];
+            hdr.msg_iovlen = 1;
+            if count > 1 {
+                hdr.msg_control = controls[m].as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE only computes a size.
+                hdr.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
+                // SAFETY: the control buffer is `CONTROL_WORDS` aligned words, more than
+                // CMSG_SPACE(2); CMSG_FIRSTHDR points into it and the header and its data are
+                // written inside it.
+                unsafe {
+                    let cmsg = libc::CMSG_FIRSTHDR(hdr);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                    libc::CMSG_DATA(cmsg)
+                        .cast::<u16>()
+                        .write_unaligned(size as u16);
+                }
+            }
         }
         let mut sent = 0;
-        while sent < ready.len() {
-            // SAFETY: `msgs[sent..ready.len()]` point into `addrs`, `iovs` and `buffers`, all
-            // alive and unmoved for the duration of the call.
+        while sent < runs.len() {
+            // SAFETY: `msgs[sent..runs.len()]` point into `addrs`, `iovs`, `controls` and `buf`,
+            // all alive and unmoved for the duration of the call.
             let n = unsafe {
                 libc::sendmmsg(
                     self.udp.as_raw_fd(),
                     msgs[sent..].as_mut_ptr(),
-                    (ready.len() - sent) as libc::c_uint,
+                    (runs.len() - sent) as libc::c_uint,
                     0,
                 )
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    // The kernel cannot segment for this route: never again, and these go out
+                    // one by one.
+                    Some(libc::EIO | libc::EINVAL) if gso && runs[sent].1 > 1 => {
+                        tracing::info!(error = %e, "UDP GSO refused; WireGuard sends datagram by datagram");
+                        self.gso.store(false, Ordering::Relaxed);
+                        self.send_many(buf, &ready[runs[sent].0..]);
+                        return;
+                    }
+                    _ => {}
                 }
-                tracing::debug!(error = %e, dropped = ready.len() - sent, "WireGuard send");
+                tracing::debug!(error = %e, dropped = runs.len() - sent, "WireGuard send");
                 return;
             }
             sent += n as usize;
         }
     }
 
-    /// Receives up to [`BATCH`] datagrams into `buffers` with one `recvmmsg`: how many, with
-    /// each one's length and sender in `got`.
-    fn recv_many(
-        &self,
-        buffers: &mut [Vec<u8>],
-        got: &mut [(usize, SocketAddr); BATCH],
-    ) -> io::Result<usize> {
+    /// Receives up to [`BATCH`] messages into `buffers` with one `recvmmsg`: how many, with
+    /// each one's length, sender and, when the kernel coalesced datagrams (UDP GRO), the size
+    /// they are to be cut at, in `got`.
+    fn recv_many(&self, buffers: &mut [Vec<u8>], got: &mut [Received; BATCH]) -> io::Result<usize> {
         // SAFETY: all-zero is a valid value of these plain C structs.
         let mut addrs: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let mut controls = [[0_u64; CONTROL_WORDS]; BATCH];
         let count = buffers.len().min(BATCH);
         for i in 0..count {
             iovs[i] = libc::iovec {
                 iov_base: buffers[i].as_mut_ptr().cast(),
                 iov_len: buffers[i].len(),
             };
-            msgs[i].msg_hdr.msg_name = (&raw mut addrs[i]).cast();
-            msgs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            msgs[i].msg_hdr.msg_iov = &raw mut iovs[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
+            let hdr = &mut msgs[i].msg_hdr;
+            hdr.msg_name = (&raw mut addrs[i]).cast();
+            hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            hdr.msg_iov = &raw mut iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = controls[i].as_mut_ptr().cast();
+            hdr.msg_controllen = size_of::<[u64; CONTROL_WORDS]>() as _;
         }
-        // SAFETY: `msgs[..count]` point into `addrs`, `iovs` and `buffers`, all alive, unmoved
-        // and writable for the duration of the call.
+        // SAFETY: `msgs[..count]` point into `addrs`, `iovs`, `controls` and `buffers`, all
+        // alive, unmoved and writable for the duration of the call.
         let n = unsafe {
             libc::recvmmsg(
                 self.udp.as_raw_fd(),
@@ -473,16 +548,51 @@ impl Io {
         let n = n as usize;
         for i in 0..n {
             let addr = addrs[i];
-            got[i] = (
-                msgs[i].msg_len as usize,
-                SocketAddr::V4(SocketAddrV4::new(
+            let len = msgs[i].msg_len as usize;
+            let mut segment = len.max(1);
+            let hdr = &msgs[i].msg_hdr;
+            // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into the
+            // control buffer; the CMSG_* macros walk them within that length.
+            unsafe {
+                let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+                while !cmsg.is_null() {
+                    if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                        let size = libc::CMSG_DATA(cmsg).cast::<libc::c_int>().read_unaligned();
+                        if size > 0 {
+                            segment = size as usize;
+                        }
+                    }
+                    cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+                }
+            }
+            got[i] = Received {
+                len,
+                segment,
+                from: SocketAddr::V4(SocketAddrV4::new(
                     Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
                     u16::from_be(addr.sin_port),
                 )),
-            );
+            };
         }
         Ok(n)
     }
+}
+
+/// One message [`Io::recv_many`] received: `len` bytes from `from`, datagrams of `segment`
+/// bytes each (the last may be shorter).
+#[derive(Debug, Clone, Copy)]
+struct Received {
+    len: usize,
+    segment: usize,
+    from: SocketAddr,
+}
+
+impl Received {
+    const NONE: Self = Self {
+        len: 0,
+        segment: 1,
+        from: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+    };
 }
 
 /// `to` as the C socket address.
@@ -514,6 +624,21 @@ impl Engine {
         for option in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
             set_buffer(udp.as_raw_fd(), option)?;
         }
+        // Coalesced datagrams in one receive where the kernel can (5.0 and newer); one by one
+        // otherwise.
+        let on: libc::c_int = 1;
+        // SAFETY: `on` outlives the call and its length is passed alongside.
+        if let Err(e) = cvt(unsafe {
+            libc::setsockopt(
+                udp.as_raw_fd(),
+                libc::SOL_UDP,
+                UDP_GRO,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }) {
+            tracing::info!(error = %e, "no UDP GRO: WireGuard receives datagram by datagram");
+        }
         // SAFETY: eventfd has no memory arguments; the result is checked before use.
         let stop = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
         // SAFETY: `stop` is a fresh descriptor nothing else owns.
@@ -521,7 +646,12 @@ impl Engine {
         let mut seed = [0u8; 4];
         seed.copy_from_slice(&Key::generate()?.0[..4]);
         let shared = Arc::new(Shared {
-            io: Io { tun, udp, stop },
+            io: Io {
+                tun,
+                udp,
+                stop,
+                gso: AtomicBool::new(true),
+            },
             stopping: AtomicBool::new(false),
             peers: RwLock::new(Peers::default()),
             next_index: AtomicU32::new(u32::from_le_bytes(seed) & 0x00ff_ffff),
@@ -825,7 +955,9 @@ impl Shared {
     fn encrypt_loop(&self) {
         let mut read_buf = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
         let mut segment = vec![0u8; MAX_PACKET];
-        let mut outs = vec![vec![0u8; MAX_PACKET + 64]; BATCH];
+        // The datagrams of one batch, end to end (so that runs of them go out as one message).
+        let mut out = vec![0u8; BATCH * 2048 + MAX_PACKET + WG_OVERHEAD];
+        let mut pos = 0;
         let mut ready = Vec::with_capacity(BATCH);
         let tun = self.io.tun.as_raw_fd();
         while let Some(first) = self.next(tun, "reading the TUN device", || {
@@ -843,21 +975,24 @@ impl Shared {
                     }
                 };
                 while let Some(len) = segments.next_into(&mut segment) {
-                    if ready.len() == BATCH {
-                        self.io.send_many(&outs, &ready);
+                    if ready.len() == BATCH || out.len() - pos < len + WG_OVERHEAD {
+                        self.io.send_many(&out, &ready);
                         ready.clear();
+                        pos = 0;
                     }
                     if let Some((offset, len, to)) =
-                        self.encrypt_one(&segment[..len], &mut outs[ready.len()])
+                        self.encrypt_one(&segment[..len], &mut out[pos..])
                     {
-                        ready.push((ready.len(), offset, len, to));
+                        ready.push((pos + offset, len, to));
+                        pos += offset + len;
                     }
                 }
                 // Errors other than "nothing more" surface at the next waiting read.
                 read = self.io.read_tun(&mut read_buf).ok();
             }
-            self.io.send_many(&outs, &ready);
+            self.io.send_many(&out, &ready);
             ready.clear();
+            pos = 0;
         }
     }
 
@@ -890,20 +1025,20 @@ impl Shared {
         }
     }
 
-    /// Receives datagrams, up to [`BATCH`] with one `recvmmsg`, and decrypts each.
+    /// Receives datagrams, up to [`BATCH`] messages with one `recvmmsg` (each may hold several
+    /// datagrams the kernel coalesced), and decrypts each datagram.
     fn decrypt_loop(&self) {
-        let mut datagrams = vec![vec![0u8; MAX_PACKET]; BATCH];
-        let mut got = [(
-            0,
-            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-        ); BATCH];
+        let mut buffers = vec![vec![0u8; MAX_PACKET]; BATCH];
+        let mut got = [Received::NONE; BATCH];
         let mut out = vec![0u8; MAX_PACKET];
         let udp = self.io.udp.as_raw_fd();
         while let Some(n) = self.next(udp, "receiving WireGuard datagrams", || {
-            self.io.recv_many(&mut datagrams, &mut got)
+            self.io.recv_many(&mut buffers, &mut got)
         }) {
-            for (i, &(len, from)) in got[..n].iter().enumerate() {
-                self.decrypt_one(&datagrams[i][..len], from, &mut out);
+            for (buffer, received) in buffers.iter().zip(&got[..n]) {
+                for datagram in buffer[..received.len].chunks(received.segment) {
+                    self.decrypt_one(datagram, received.from, &mut out);
+                }
             }
         }
     }
@@ -926,40 +1061,49 @@ impl Shared {
             return;
         }
         let vxlan_port = self.vxlan_port.load(Ordering::Relaxed);
-        let mut t = peer.tunnels.lock().expect("tunnel lock");
-        let Some((generation, vnis)) = t.find(index) else {
-            return;
-        };
-        let mut result = generation.tunn.decapsulate(Some(from.ip()), datagram, out);
-        loop {
-            match result {
-                TunnResult::WriteToNetwork(reply) => {
-                    self.io.send(reply, peer.endpoint);
-                    // Send whatever was queued while the handshake was under way.
-                    result = generation.tunn.decapsulate(None, &[], out);
-                    continue;
-                }
-                TunnResult::WriteToTunnelV4(inner, src) => {
-                    // Cryptokey routing: a peer may only send from its own address, and only
-                    // VXLAN of the encrypted networks it has tasks on.
-                    if src == peer.addr
-                        && vxlan_vni(inner, self.local, vxlan_port)
-                            .is_some_and(|vni| vnis.contains(&vni))
-                    {
-                        self.io.write_tun(inner);
-                    } else {
+        // The tunnels' lock is held for the protocol only: the packet goes to the TUN device
+        // (where the kernel's whole receive path runs) after it is released, so that the
+        // encrypting thread is not kept waiting meanwhile.
+        let delivered = {
+            let mut t = peer.tunnels.lock().expect("tunnel lock");
+            let Some((generation, vnis)) = t.find(index) else {
+                return;
+            };
+            let base = out.as_ptr() as usize;
+            let mut result = generation.tunn.decapsulate(Some(from.ip()), datagram, out);
+            let delivered = loop {
+                match result {
+                    TunnResult::WriteToNetwork(reply) => {
+                        self.io.send(reply, peer.endpoint);
+                        // Send whatever was queued while the handshake was under way.
+                        result = generation.tunn.decapsulate(None, &[], out);
+                        continue;
+                    }
+                    TunnResult::WriteToTunnelV4(inner, src) => {
+                        // Cryptokey routing: a peer may only send from its own address, and
+                        // only VXLAN of the encrypted networks it has tasks on.
+                        if src == peer.addr
+                            && vxlan_vni(inner, self.local, vxlan_port)
+                                .is_some_and(|vni| vnis.contains(&vni))
+                        {
+                            break Some((inner.as_ptr() as usize - base, inner.len()));
+                        }
                         count(&peer.refused.packets);
                     }
+                    TunnResult::WriteToTunnelV6(..) => count(&peer.refused.packets),
+                    TunnResult::Done => {}
+                    TunnResult::Err(e) => {
+                        tracing::debug!(peer = peer.node, error = ?e, "WireGuard packet refused")
+                    }
                 }
-                TunnResult::WriteToTunnelV6(..) => count(&peer.refused.packets),
-                TunnResult::Done => {}
-                TunnResult::Err(e) => {
-                    tracing::debug!(peer = peer.node, error = ?e, "WireGuard packet refused")
-                }
-            }
-            break;
+                break None;
+            };
+            t.promote(&peer.node);
+            delivered
+        };
+        if let Some((at, len)) = delivered {
+            self.io.write_tun(&out[at..at + len]);
         }
-        t.promote(&peer.node);
     }
 
     /// The protocol timers, every [`TICK`]; `new_second` when a second has passed since the
@@ -1133,8 +1277,9 @@ const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_UDP_TUNNEL_GSO: libc::c_uint = 0x080;
 const TUN_F_UDP_TUNNEL_GSO_CSUM: libc::c_uint = 0x100;
 
-/// Opens a new TUN device named `name` in the calling thread's network namespace. The device
-/// lives as long as the returned descriptor.
+/// Opens a new TUN device named `name` in the calling thread's network namespace, with
+/// virtio-net headers and the offloads the kernel has (see [`super::offload`]). The device lives
+/// as long as the returned descriptor.
 pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
     #[repr(C)]
     struct IfReq {
@@ -1203,7 +1348,7 @@ pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
     tracing::info!(
         device = name,
         error = ?refused,
-        "the kernel takes no TUN offloads: the WireGuard engine reads one packet at a time"
+        "the kernel takes no TUN offloads: the WireGuard engine moves one packet at a time"
     );
     Ok(fd)
 }
