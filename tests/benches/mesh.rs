@@ -465,18 +465,16 @@ fn main() {
 
     // nftables on n1: DNAT the published ports to the backends, masquerade out of shoal0.
     let n1 = lab.nodes()[0].clone();
-    let addrs: Vec<String> = BACKENDS
-        .iter()
-        .enumerate()
-        .map(|(i, b)| format!("{i} : {}", mesh.overlay.ip(b, INGRESS.id)))
-        .collect();
-    let map = addrs.join(", ");
-    let remote: Vec<String> = REMOTE_BACKENDS
-        .iter()
-        .enumerate()
-        .map(|(i, b)| format!("{i} : {}", mesh.overlay.ip(b, INGRESS.id)))
-        .collect();
-    let remote = remote.join(", ");
+    // An nftables map `index : address` over `backends`.
+    let map_of = |backends: &[&str]| {
+        backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{i} : {}", mesh.overlay.ip(b, INGRESS.id)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (map, remote) = (map_of(&BACKENDS), map_of(&REMOTE_BACKENDS));
     let ruleset = format!(
         "table ip shoal_bench {{
   chain pre {{
