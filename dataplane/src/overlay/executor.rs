@@ -37,7 +37,7 @@ use super::model::{WAY_OUT_BRIDGE, WgConfig};
 use super::netns;
 use super::vxlan_filter::{self, Refused, VxlanFilter};
 use super::way_out;
-use super::wireguard::{Engine, PeerStatus, open_tun};
+use super::wireguard::{Engine, PeerStatus, TAP_MAC, open_tun};
 use crate::common::{Host, HostInterface, InvalidState, Mac, Problem};
 use crate::mesh::model::INGRESS_TASK;
 use crate::mesh::{IngressNamespace, Mesh, MeshError};
@@ -746,6 +746,10 @@ impl Dataplane {
             LinkUnspec::new_with_index(index)
                 .mtu(t.mtu)
                 .txqueuelen(1000)
+                // The engine's TAP: frames to the peers need no neighbour (there is no one to
+                // ask), and those it writes are addressed to it.
+                .arp(false)
+                .address(TAP_MAC.to_vec())
                 .build(),
         )
         .await?;

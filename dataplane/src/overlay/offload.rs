@@ -1,8 +1,9 @@
-//! Offloads between the kernel and the WireGuard engine's TUN device.
+//! Offloads between the kernel and the WireGuard engine's TAP device.
 //!
-//! The TUN device is opened with `IFF_VNET_HDR` and `TUNSETOFFLOAD` (checksum, TSO4 and, where
-//! the kernel has it (6.17 and newer), UDP tunnel GSO). Every packet read then starts with a
-//! virtio-net header ([`VNET_HDR_LEN`] bytes) and may be:
+//! The device is opened with `IFF_VNET_HDR` and `TUNSETOFFLOAD` (checksum, TSO4 and, where the
+//! kernel has it (6.17 and newer), UDP tunnel GSO). Every frame read then starts with a
+//! virtio-net header ([`VNET_HDR_LEN`] bytes), then Ethernet ([`strip_ethernet`] takes it off),
+//! and the packet may be:
 //!
 //! - a plain packet whose last checksum is left to the device (`NEEDS_CSUM`): [`Segments`]
 //!   finishes it;
@@ -22,15 +23,22 @@
 //!                           checksum                          checksum    checksum
 //! ```
 //!
-//! Packets written back carry a zero header: nothing left to do. (Merging decrypted packets
-//! back into super-packets, as GRO does, would spare the kernel's receive path as much; but an
-//! L3 TUN device refuses UDP tunnel GSO writes with `EINVAL` — the kernel's offset checks assume
-//! an Ethernet header — so that needs a TAP device.)
+//! The other way, [`Coalescer`] merges decrypted packets that continue one TCP stream inside
+//! VXLAN back into a super-packet (the header of the first, the payloads end to end, a
+//! virtio-net header that says how to cut it again), so that the kernel takes a whole run in one
+//! write and walks its receive path (IPv4, UDP, VXLAN) once for it, as GRO does for a NIC. Only
+//! consecutive packets merge, so nothing is reordered; anything else is written as it came,
+//! behind a zero header. The device is a TAP rather than a TUN for this: an L3 TUN device
+//! refuses UDP tunnel GSO writes (`EINVAL`; the kernel's offset checks assume an Ethernet
+//! header).
 
 use std::fmt;
 
 /// Bytes of the virtio-net header before each packet (`struct virtio_net_hdr_v1_hash_tunnel`).
 pub const VNET_HDR_LEN: usize = 24;
+
+/// Bytes of the Ethernet header before each packet on the TAP device.
+pub const ETH_HLEN: usize = 14;
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is to be finished.
 const F_NEEDS_CSUM: u8 = 1;
@@ -54,6 +62,206 @@ const VXLAN_TO_INNER: usize = 8 + 8 + 14;
 const FIN: u8 = 0x01;
 const PSH: u8 = 0x08;
 const CWR: u8 = 0x80;
+
+/// Offsets of a VXLAN datagram carrying one TCP segment, as [`Coalescer`] merges them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stream {
+    /// The outer IPv4 header's length (the outer UDP header's offset).
+    outer: usize,
+    /// The inner IPv4 header's offset.
+    inner: usize,
+    /// The TCP header's offset.
+    tcp: usize,
+    /// All headers' length.
+    headers: usize,
+    /// TCP sequence number.
+    seq: u32,
+    /// TCP flags.
+    flags: u8,
+}
+
+impl Stream {
+    /// `packet` as a segment that may merge: IPv4 without fragments, UDP, VXLAN, Ethernet,
+    /// IPv4 without fragments, TCP with ACK and no flag but PSH, some payload, lengths that
+    /// agree.
+    fn of(packet: &[u8]) -> Option<Stream> {
+        let outer = ipv4_header_len(packet, 0, IPPROTO_UDP).ok()?;
+        let inner = outer + VXLAN_TO_INNER;
+        let tcp = inner + ipv4_header_len(packet, inner, IPPROTO_TCP).ok()?;
+        let headers = tcp + usize::from(*packet.get(tcp + 12)? >> 4) * 4;
+        let be16 = |at: usize| usize::from(u16::from_be_bytes([packet[at], packet[at + 1]]));
+        let flags = packet.get(tcp + 13).copied()?;
+        let whole = be16(2) == packet.len()
+            && be16(outer + 4) == packet.len() - outer
+            && be16(inner + 2) == packet.len() - inner;
+        let unfragmented = be16(6) & 0x3fff == 0 && be16(inner + 6) & 0x3fff == 0;
+        (whole
+            && unfragmented
+            && packet[inner - 2..inner] == [0x08, 0x00]
+            && headers >= tcp + 20
+            && packet.len() > headers
+            && flags & !PSH == ACK)
+            .then(|| Stream {
+                outer,
+                inner,
+                tcp,
+                headers,
+                seq: get32(packet, tcp + 4),
+                flags,
+            })
+    }
+
+    /// Whether `a` and `b`, both of this shape, have the same headers but for what differs
+    /// between the segments of one stream (lengths, identifications, checksums, sequence
+    /// numbers, the PSH flag).
+    fn same_headers(&self, a: &[u8], b: &[u8]) -> bool {
+        let varying = [
+            (2, 4),
+            (10, 2),
+            (self.outer + 4, 4),
+            (self.inner + 2, 4),
+            (self.inner + 10, 2),
+            (self.tcp + 4, 4),
+            (self.tcp + 13, 1),
+            (self.tcp + 16, 2),
+        ];
+        let mut from = 0;
+        for (at, len) in varying {
+            if a[from..at] != b[from..at] {
+                return false;
+            }
+            from = at + len;
+        }
+        a[from..self.headers] == b[from..self.headers]
+    }
+}
+
+/// ACK, the only TCP flag (with PSH) a merged segment may carry.
+const ACK: u8 = 0x10;
+/// The largest super-packet: its outer IPv4 total length must fit 16 bits.
+const SUPER_PACKET_MAX: usize = 65_535;
+
+/// Merges runs of decrypted packets of one TCP stream inside VXLAN into super-packets for the
+/// TUN device (see the module docs). [`Coalescer::push`] each packet in arrival order,
+/// [`Coalescer::flush`] when a batch is done; `write(header, packet)` gets what to write.
+#[derive(Debug)]
+pub struct Coalescer {
+    /// Whether the device takes UDP tunnel GSO writes; when not, every packet goes out alone.
+    enabled: bool,
+    /// The super-packet being built.
+    buf: Vec<u8>,
+    held: Option<Held>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    stream: Stream,
+    /// Payload bytes per segment: the first segment's.
+    mss: usize,
+    /// The sequence number the next segment must have.
+    next_seq: u32,
+    segments: usize,
+    /// A segment shorter than `mss`, or with PSH, ended it.
+    closed: bool,
+}
+
+impl Coalescer {
+    /// A coalescer for a device that takes UDP tunnel GSO writes (`enabled`), or one that
+    /// passes every packet on alone.
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            buf: Vec::with_capacity(SUPER_PACKET_MAX),
+            held: None,
+        }
+    }
+
+    /// Takes `packet`: merged into the super-packet held, or written (after what is held) on
+    /// its own, or held to start a new super-packet.
+    pub fn push(&mut self, packet: &[u8], write: &mut impl FnMut(&[u8], &[u8])) {
+        let stream = if self.enabled {
+            Stream::of(packet)
+        } else {
+            None
+        };
+        let Some(stream) = stream else {
+            self.flush(write);
+            write(&[0; VNET_HDR_LEN], packet);
+            return;
+        };
+        let payload = packet.len() - stream.headers;
+        if let Some(held) = &mut self.held {
+            if !held.closed
+                && held.stream.headers == stream.headers
+                && held.next_seq == stream.seq
+                && payload <= held.mss
+                && self.buf.len() + payload <= SUPER_PACKET_MAX
+                && held.stream.same_headers(&self.buf, packet)
+            {
+                self.buf.extend_from_slice(&packet[stream.headers..]);
+                held.next_seq = stream.seq.wrapping_add(payload as u32);
+                held.segments += 1;
+                if stream.flags & PSH != 0 {
+                    self.buf[stream.tcp + 13] |= PSH;
+                }
+                held.closed = payload < held.mss || stream.flags & PSH != 0;
+                return;
+            }
+        }
+        self.flush(write);
+        self.buf.clear();
+        self.buf.extend_from_slice(packet);
+        self.held = Some(Held {
+            stream,
+            mss: payload,
+            next_seq: stream.seq.wrapping_add(payload as u32),
+            segments: 1,
+            closed: stream.flags & PSH != 0,
+        });
+    }
+
+    /// Writes what is held.
+    pub fn flush(&mut self, write: &mut impl FnMut(&[u8], &[u8])) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        if held.segments == 1 {
+            write(&[0; VNET_HDR_LEN], &self.buf);
+            return;
+        }
+        let s = held.stream;
+        let len = self.buf.len();
+        let out = &mut self.buf;
+        put16(out, 2, len as u16);
+        put16(out, 10, 0);
+        let sum = checksum(&out[..s.outer], 0);
+        put16(out, 10, sum);
+        put16(out, s.outer + 4, (len - s.outer) as u16);
+        // No outer UDP checksum (legal over IPv4): the packet came through WireGuard, which
+        // authenticated every byte, and the kernel does not check a checksummed-by-device
+        // packet's outer checksum anyway.
+        put16(out, s.outer + 6, 0);
+        let inner_len = s.tcp - s.inner;
+        put16(out, s.inner + 2, (len - s.inner) as u16);
+        put16(out, s.inner + 10, 0);
+        let sum = checksum(&out[s.inner..s.tcp], 0);
+        put16(out, s.inner + 10, sum);
+        // The pseudo-header sum, as a stack leaves it for a device that checksums.
+        let pseudo = pseudo_header(&out[s.inner..s.inner + inner_len], IPPROTO_TCP, len - s.tcp);
+        put16(out, s.tcp + 16, !checksum(&[], pseudo));
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4,
+            hdr_len: s.headers as u16,
+            gso_size: held.mss as u16,
+            csum_start: s.tcp as u16,
+            csum_offset: 16,
+            outer_th_offset: s.outer as u16,
+            inner_nh_offset: s.inner as u16,
+        };
+        write(&hdr.to_bytes(), out);
+    }
+}
 
 /// Why a packet read from the TUN device could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +343,40 @@ impl VnetHdr {
         }
         b
     }
+}
+
+impl VnetHdr {
+    /// The header for the same packet behind `by` more bytes of link-layer header (fewer when
+    /// negative); `None` when an offset would fall outside 16 bits.
+    pub fn moved(self, by: i32) -> Option<Self> {
+        let shift = |v: u16| u16::try_from(i32::from(v) + by).ok();
+        let mut h = self;
+        if h.flags & F_NEEDS_CSUM != 0 {
+            h.csum_start = shift(h.csum_start)?;
+        }
+        if h.gso_type != GSO_NONE {
+            h.hdr_len = shift(h.hdr_len)?;
+            if h.gso_type & GSO_UDP_TUNNEL_IPV4 != 0 {
+                h.outer_th_offset = shift(h.outer_th_offset)?;
+                h.inner_nh_offset = shift(h.inner_nh_offset)?;
+            }
+        }
+        Some(h)
+    }
+}
+
+/// Makes a frame read from the TAP device (virtio-net header, Ethernet, IPv4) into what
+/// [`Segments::new`] reads (virtio-net header, IPv4), in place: the header moves up over the
+/// Ethernet header, its offsets with it. Returns where that now starts in `read`; `None` for a
+/// frame that is not IPv4 (the tunnel namespace's IPv6 chatter, which has nowhere to go).
+pub fn strip_ethernet(read: &mut [u8]) -> Option<usize> {
+    let ethertype = read.get(VNET_HDR_LEN + 12..VNET_HDR_LEN + ETH_HLEN)?;
+    if ethertype != [0x08, 0x00] {
+        return None;
+    }
+    let hdr = VnetHdr::parse(read).ok()?.moved(-(ETH_HLEN as i32))?;
+    read[ETH_HLEN..ETH_HLEN + VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
+    Some(ETH_HLEN)
 }
 
 /// The packets one read from the TUN device stands for, produced one at a time into a buffer
@@ -541,6 +783,22 @@ mod tests {
     }
 
     #[test]
+    fn a_tap_frame_loses_its_ethernet_header_and_keeps_its_offsets_right() {
+        let read = super_packet(&[1; 3000], 1000, 0x10, false);
+        let hdr = VnetHdr::parse(&read).unwrap();
+        // As the TAP device hands it over: the same, behind an Ethernet header.
+        let mut frame = hdr.moved(ETH_HLEN as i32).unwrap().to_bytes().to_vec();
+        frame.extend_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00]);
+        frame.extend_from_slice(&read[VNET_HDR_LEN..]);
+        let start = strip_ethernet(&mut frame).expect("IPv4");
+        assert_eq!(frame[start..], read[..]);
+        assert_eq!(segments(&frame[start..]), segments(&read));
+        // IPv6 (or ARP) has nowhere to go.
+        frame[VNET_HDR_LEN + 12..VNET_HDR_LEN + ETH_HLEN].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(strip_ethernet(&mut frame), None);
+    }
+
+    #[test]
     fn what_the_engine_never_asked_for_is_refused_with_the_reason() {
         let mut read = super_packet(&[1; 100], 50, 0x10, false);
         read[1] = 5; // VIRTIO_NET_HDR_GSO_UDP_L4
@@ -564,6 +822,106 @@ mod tests {
         );
     }
 
+    /// What a coalescer fed `packets` writes: (header, packet) per write.
+    fn coalesced(packets: &[Vec<u8>], enabled: bool) -> Vec<(VnetHdr, Vec<u8>)> {
+        let mut c = Coalescer::new(enabled);
+        let mut writes = Vec::new();
+        let mut write = |h: &[u8], p: &[u8]| writes.push((VnetHdr::parse(h).unwrap(), p.to_vec()));
+        for p in packets {
+            c.push(p, &mut write);
+        }
+        c.flush(&mut write);
+        writes
+    }
+
+    /// A written (header, packet) read back as the packets it stands for.
+    fn cut(hdr: VnetHdr, packet: &[u8]) -> Vec<Vec<u8>> {
+        let mut read = hdr.to_bytes().to_vec();
+        read.extend_from_slice(packet);
+        segments(&read)
+    }
+
+    #[test]
+    fn a_run_of_segments_is_written_once_and_cuts_back_into_the_same_segments() {
+        let payload: Vec<u8> = (0..10_000_u32).map(|i| (i % 253) as u8).collect();
+        let segs = segments(&super_packet(&payload, 1448, 0x18, false));
+        assert_eq!(segs.len(), 7);
+        let writes = coalesced(&segs, true);
+        assert_eq!(writes.len(), 1, "one write for the run");
+        let (hdr, packet) = &writes[0];
+        assert_eq!(hdr.gso_type, GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4);
+        assert_eq!(hdr.gso_size, 1448);
+        assert_eq!(usize::from(hdr.hdr_len), 20 + VXLAN_TO_INNER + 40);
+        assert_eq!((hdr.outer_th_offset, hdr.inner_nh_offset), (20, 50));
+        assert_eq!(packet.len(), 20 + VXLAN_TO_INNER + 40 + payload.len());
+        // Cut again the way the kernel would, it gives back the very segments (PSH on the last
+        // only, as it came).
+        assert_eq!(cut(*hdr, packet), segs);
+    }
+
+    #[test]
+    fn only_consecutive_segments_merge_and_nothing_is_reordered() {
+        let segs = segments(&super_packet(&[9; 6000], 1000, 0x10, false));
+        assert_eq!(segs.len(), 6);
+        let mut other = segs[0].clone();
+        other[20 + VXLAN_TO_INNER + 20 + 3] ^= 1; // another destination port: another stream
+        let plain = ipv4(17, [10, 0, 0, 1], [10, 0, 0, 2], 28, 1);
+        // 0 1 | other | 2 | plain | 4 5 (3 lost: 4 does not follow 2)
+        let packets = vec![
+            segs[0].clone(),
+            segs[1].clone(),
+            other.clone(),
+            segs[2].clone(),
+            plain.clone(),
+            segs[4].clone(),
+            segs[5].clone(),
+        ];
+        let writes = coalesced(&packets, true);
+        let back: Vec<Vec<u8>> = writes.iter().flat_map(|(h, p)| cut(*h, p)).collect();
+        assert_eq!(back, packets, "the same packets, in the same order");
+        let counts: Vec<usize> = writes.iter().map(|(h, p)| cut(*h, p).len()).collect();
+        assert_eq!(counts, vec![2, 1, 1, 1, 2]);
+        // A plain packet goes out unchanged behind a zero header.
+        assert_eq!(writes[3], (VnetHdr::default(), plain));
+    }
+
+    #[test]
+    fn a_short_segment_or_psh_ends_a_run_and_a_disabled_coalescer_merges_nothing() {
+        let segs = segments(&super_packet(&[3; 2500], 1000, 0x10, false));
+        let more = segments(&super_packet(&[4; 2000], 1000, 0x18, false));
+        // 1000, 1000, 500 (short: ends the run) then a new stream of 1000 and 1000 with PSH.
+        let mut packets = segs.clone();
+        packets.extend(more.iter().cloned());
+        let counts: Vec<usize> = coalesced(&packets, true)
+            .iter()
+            .map(|(h, p)| cut(*h, p).len())
+            .collect();
+        assert_eq!(counts, vec![3, 2]);
+        let alone = coalesced(&packets, false);
+        assert_eq!(alone.len(), 5);
+        assert!(alone.iter().all(|(h, _)| *h == VnetHdr::default()));
+        assert_eq!(
+            alone.into_iter().map(|(_, p)| p).collect::<Vec<_>>(),
+            packets
+        );
+    }
+
+    #[test]
+    fn segments_with_an_outer_udp_checksum_merge_into_one_without() {
+        let segs = segments(&super_packet(&[7; 4000], 1000, 0x10, true));
+        assert!(segs.iter().all(|s| s[26..28] != [0, 0]));
+        let writes = coalesced(&segs, true);
+        assert_eq!(writes.len(), 1);
+        let (hdr, packet) = &writes[0];
+        assert_eq!(packet[26..28], [0, 0]);
+        let back = cut(*hdr, packet);
+        assert_eq!(back.len(), 4);
+        for (b, s) in back.iter().zip(&segs) {
+            assert!(verifies(b, 0) && verifies(b, 20 + VXLAN_TO_INNER));
+            assert_eq!(b[28..], s[28..], "the same but for the outer UDP checksum");
+        }
+    }
+
     proptest! {
         /// Any stream cut at any segment size: every segment verifies, none is longer than the
         /// headers and one segment, and the payloads join back into the stream.
@@ -584,6 +942,19 @@ mod tests {
                 joined.extend_from_slice(&s[inner + 40..]);
             }
             prop_assert_eq!(joined, payload);
+        }
+
+        /// Any stream, cut at any size, merged back: every write cuts back into exactly the
+        /// segments that went in, in order.
+        #[test]
+        fn coalescing_then_cutting_gives_back_the_segments(
+            payload in proptest::collection::vec(any::<u8>(), 1..20_000),
+            mss in 100_u16..1500,
+        ) {
+            let segs = segments(&super_packet(&payload, mss, 0x10, false));
+            let writes = coalesced(&segs, true);
+            let back: Vec<Vec<u8>> = writes.iter().flat_map(|(h, p)| cut(*h, p)).collect();
+            prop_assert_eq!(back, segs);
         }
 
         /// The checksum of any bytes, appended, makes them sum to zero.

@@ -1,16 +1,17 @@
-//! The WireGuard engine: boringtun's [`Tunn`] state machines with Shoal's own I/O — a TUN device
+//! The WireGuard engine: boringtun's [`Tunn`] state machines with Shoal's own I/O — a TAP device
 //! in the tunnel namespace and a UDP socket bound to the data-path address in the node's.
 //!
-//! Three threads: one reads the TUN device and encrypts towards the peer owning the inner
-//! destination address, one receives datagrams and decrypts into the TUN device, one drives the
+//! Three threads: one reads the TAP device and encrypts towards the peer owning the inner
+//! destination address, one receives datagrams and decrypts into the TAP device, one drives the
 //! protocol's timers. The I/O sits in [`Io`], apart from the protocol side:
 //!
-//! - the TUN device hands over super-packets (TSO and UDP tunnel GSO, see
+//! - the TAP device hands over super-packets (TSO and UDP tunnel GSO, see
 //!   [`super::offload`]), cut into packets in userspace and encrypted one by one;
 //! - encrypted datagrams go out [`BATCH`] at a time with one `sendmmsg`, and a run of them to one
 //!   peer as one UDP GSO message (`UDP_SEGMENT`), so the kernel walks its send path once per run;
 //! - the socket takes UDP GRO: one `recvmmsg` returns up to [`BATCH`] messages, each possibly
-//!   many datagrams the kernel coalesced;
+//!   many datagrams the kernel coalesced; decrypted packets that continue one TCP stream are
+//!   merged back into super-packets ([`Coalescer`]) and the TAP device takes each in one write;
 //! - a peer's tunnels are locked for the protocol only, never across a system call, so the two
 //!   I/O threads do not wait on each other's kernel work.
 //!
@@ -54,7 +55,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use super::keys::Key;
 use super::model::WgConfig;
-use super::offload::{Segments, VNET_HDR_LEN};
+use super::offload::{Coalescer, ETH_HLEN, Segments, VNET_HDR_LEN, VnetHdr, strip_ethernet};
 
 /// How long a replaced generation keeps decrypting: WireGuard's REJECT_AFTER_TIME.
 const RETIRE_AFTER: Duration = Duration::from_secs(180);
@@ -62,7 +63,7 @@ const RETIRE_AFTER: Duration = Duration::from_secs(180);
 const TICK: Duration = Duration::from_millis(250);
 /// Socket buffer size: the default 208 KiB drops bursts at Gbit/s rates.
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
-/// The largest datagram or TUN packet handled.
+/// The largest datagram or TAP packet handled.
 const MAX_PACKET: usize = 65_535;
 /// Datagrams sent with one `sendmmsg`, or received with one `recvmmsg`, at most: under load the
 /// engine makes one system call per batch on the socket instead of one per packet.
@@ -96,6 +97,8 @@ const COOKIE_REPLY: usize = 64;
 #[derive(Debug)]
 struct Io {
     tun: OwnedFd,
+    /// Whether the TAP device takes super-packets ([`Coalescer`]).
+    tun_gso: bool,
     udp: UdpSocket,
     /// An eventfd written once to stop the I/O threads.
     stop: OwnedFd,
@@ -270,11 +273,11 @@ struct Shared {
     /// Datagrams from an address that is not the data-path address of the peer they name (or,
     /// for an initiation, of any peer).
     not_from_a_peer: AtomicU64,
-    /// Reads from the TUN device that could not be cut into packets ([`Segments::new`]).
+    /// Reads from the TAP device that could not be cut into packets ([`Segments::new`]).
     offload_refused: AtomicU64,
 }
 
-/// A running WireGuard engine. Dropping it stops its threads and closes the TUN device.
+/// A running WireGuard engine. Dropping it stops its threads and closes the TAP device.
 pub struct Engine {
     shared: Arc<Shared>,
     threads: Vec<thread::JoinHandle<()>>,
@@ -379,24 +382,46 @@ impl Io {
         }
     }
 
-    /// Writes `packet` to the TUN device behind a zero virtio-net header (nothing left to do).
-    fn write_tun(&self, packet: &[u8]) {
-        static NOTHING_TO_DO: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+    /// Writes `packet` (IPv4) to the TAP device behind its virtio-net header `hdr` (whose
+    /// offsets count from the packet) and an Ethernet header to the device itself.
+    fn write_tun(&self, hdr: &[u8], packet: &[u8]) {
+        let Some(hdr) = VnetHdr::parse(hdr)
+            .ok()
+            .and_then(|h| h.moved(ETH_HLEN as i32))
+        else {
+            return;
+        };
+        let hdr = hdr.to_bytes();
+        static ETHERNET: [u8; ETH_HLEN] = {
+            let mut e = [0_u8; ETH_HLEN];
+            let mut i = 0;
+            while i < 6 {
+                e[i] = TAP_MAC[i];
+                e[6 + i] = PEER_MAC[i];
+                i += 1;
+            }
+            e[12] = 0x08;
+            e
+        };
         let iov = [
             libc::iovec {
-                iov_base: NOTHING_TO_DO.as_ptr() as *mut libc::c_void,
-                iov_len: VNET_HDR_LEN,
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: ETHERNET.as_ptr() as *mut libc::c_void,
+                iov_len: ETH_HLEN,
             },
             libc::iovec {
                 iov_base: packet.as_ptr() as *mut libc::c_void,
                 iov_len: packet.len(),
             },
         ];
-        // SAFETY: both buffers are valid for reads of their lengths for the call; the kernel
-        // only reads them.
-        let n = unsafe { libc::writev(self.tun.as_raw_fd(), iov.as_ptr(), 2) };
+        // SAFETY: the three buffers are valid for reads of their lengths for the call; the
+        // kernel only reads them.
+        let n = unsafe { libc::writev(self.tun.as_raw_fd(), iov.as_ptr(), 3) };
         if n < 0 {
-            tracing::debug!(error = %io::Error::last_os_error(), "write to the TUN device");
+            tracing::debug!(error = %io::Error::last_os_error(), "write to the TAP device");
         }
     }
 
@@ -608,9 +633,9 @@ fn sockaddr_in(to: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 impl Engine {
-    /// Starts the engine on `tun` (a TUN device opened in the tunnel namespace) with a UDP socket
-    /// bound to the configuration's data-path address and port.
-    pub fn start(tun: OwnedFd, config: &WgConfig) -> io::Result<Engine> {
+    /// Starts the engine on `tun` (the device [`open_tun`] opened in the tunnel namespace) with a
+    /// UDP socket bound to the configuration's data-path address and port.
+    pub fn start(tun: TunDevice, config: &WgConfig) -> io::Result<Engine> {
         let udp = UdpSocket::bind(SocketAddrV4::new(config.local, config.port)).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -647,7 +672,8 @@ impl Engine {
         seed.copy_from_slice(&Key::generate()?.0[..4]);
         let shared = Arc::new(Shared {
             io: Io {
-                tun,
+                tun: tun.fd,
+                tun_gso: tun.udp_tunnel_gso,
                 udp,
                 stop,
                 gso: AtomicBool::new(true),
@@ -715,7 +741,7 @@ impl Engine {
         self.shared.not_from_a_peer.load(Ordering::Relaxed)
     }
 
-    /// Reads from the TUN device dropped because they could not be cut into packets (an
+    /// Reads from the TAP device dropped because they could not be cut into packets (an
     /// offload the engine did not ask for, or headers that are not what the offload says).
     pub fn offload_refused(&self) -> u64 {
         self.shared.offload_refused.load(Ordering::Relaxed)
@@ -948,27 +974,31 @@ impl Shared {
         None
     }
 
-    /// Reads the TUN device and sends each packet, encrypted, to the peer owning its inner
+    /// Reads the TAP device and sends each packet, encrypted, to the peer owning its inner
     /// destination: the first read waited for, then whatever else the device holds. A read is
     /// one packet or a super-packet, cut into the packets it stands for ([`Segments`]); the
     /// encrypted datagrams go out [`BATCH`] at a time with one `sendmmsg`.
     fn encrypt_loop(&self) {
-        let mut read_buf = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
+        let mut read_buf = vec![0u8; VNET_HDR_LEN + ETH_HLEN + MAX_PACKET];
         let mut segment = vec![0u8; MAX_PACKET];
         // The datagrams of one batch, end to end (so that runs of them go out as one message).
         let mut out = vec![0u8; BATCH * 2048 + MAX_PACKET + WG_OVERHEAD];
         let mut pos = 0;
         let mut ready = Vec::with_capacity(BATCH);
         let tun = self.io.tun.as_raw_fd();
-        while let Some(first) = self.next(tun, "reading the TUN device", || {
+        while let Some(first) = self.next(tun, "reading the TAP device", || {
             self.io.read_tun(&mut read_buf)
         }) {
             let mut read = Some(first);
             while let Some(n) = read {
-                let mut segments = match Segments::new(&read_buf[..n]) {
+                let Some(start) = strip_ethernet(&mut read_buf[..n]) else {
+                    read = self.io.read_tun(&mut read_buf).ok();
+                    continue;
+                };
+                let mut segments = match Segments::new(&read_buf[start..n]) {
                     Ok(segments) => segments,
                     Err(e) => {
-                        tracing::debug!(error = %e, "packet from the TUN device dropped");
+                        tracing::debug!(error = %e, "packet from the TAP device dropped");
                         count(&self.offload_refused);
                         read = self.io.read_tun(&mut read_buf).ok();
                         continue;
@@ -1031,21 +1061,29 @@ impl Shared {
         let mut buffers = vec![vec![0u8; MAX_PACKET]; BATCH];
         let mut got = [Received::NONE; BATCH];
         let mut out = vec![0u8; MAX_PACKET];
+        let mut coalescer = Coalescer::new(self.io.tun_gso);
         let udp = self.io.udp.as_raw_fd();
         while let Some(n) = self.next(udp, "receiving WireGuard datagrams", || {
             self.io.recv_many(&mut buffers, &mut got)
         }) {
             for (buffer, received) in buffers.iter().zip(&got[..n]) {
                 for datagram in buffer[..received.len].chunks(received.segment) {
-                    self.decrypt_one(datagram, received.from, &mut out);
+                    self.decrypt_one(datagram, received.from, &mut out, &mut coalescer);
                 }
             }
+            coalescer.flush(&mut |hdr, packet| self.io.write_tun(hdr, packet));
         }
     }
 
-    /// One datagram from `from`, checked and decrypted into the TUN device (see the module
+    /// One datagram from `from`, checked and decrypted into the TAP device (see the module
     /// docs for the order of the checks).
-    fn decrypt_one(&self, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
+    fn decrypt_one(
+        &self,
+        datagram: &[u8],
+        from: SocketAddr,
+        out: &mut [u8],
+        coalescer: &mut Coalescer,
+    ) {
         let target = match Tunn::parse_incoming_packet(datagram) {
             Ok(Packet::HandshakeInit(init)) => self.handshake_target(from, datagram, &init),
             Ok(Packet::HandshakeResponse(p)) => self.peer_by_index(p.receiver_idx),
@@ -1061,7 +1099,7 @@ impl Shared {
             return;
         }
         let vxlan_port = self.vxlan_port.load(Ordering::Relaxed);
-        // The tunnels' lock is held for the protocol only: the packet goes to the TUN device
+        // The tunnels' lock is held for the protocol only: the packet goes to the TAP device
         // (where the kernel's whole receive path runs) after it is released, so that the
         // encrypting thread is not kept waiting meanwhile.
         let delivered = {
@@ -1102,7 +1140,9 @@ impl Shared {
             delivered
         };
         if let Some((at, len)) = delivered {
-            self.io.write_tun(&out[at..at + len]);
+            coalescer.push(&out[at..at + len], &mut |hdr, packet| {
+                self.io.write_tun(hdr, packet)
+            });
         }
     }
 
@@ -1277,10 +1317,24 @@ const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_UDP_TUNNEL_GSO: libc::c_uint = 0x080;
 const TUN_F_UDP_TUNNEL_GSO_CSUM: libc::c_uint = 0x100;
 
-/// Opens a new TUN device named `name` in the calling thread's network namespace, with
-/// virtio-net headers and the offloads the kernel has (see [`super::offload`]). The device lives
-/// as long as the returned descriptor.
-pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
+/// The MAC address of the engine's TAP device: frames written to it are addressed to it.
+pub const TAP_MAC: [u8; 6] = [0x02, 0x73, 0x68, 0x6f, 0x61, 0x6c];
+/// The source address of those frames (nothing answers to it: the device takes no ARP).
+const PEER_MAC: [u8; 6] = [0x02, 0x73, 0x68, 0x6f, 0x61, 0x6d];
+
+/// The engine's device: a TAP device (Ethernet frames, so that the kernel takes super-packets
+/// written to it; see [`super::offload`]), without ARP, addressed [`TAP_MAC`].
+#[derive(Debug)]
+pub struct TunDevice {
+    /// The device's descriptor: the device lives as long as it.
+    pub fd: OwnedFd,
+    /// Whether the kernel took UDP tunnel GSO: super-packets come in and go out.
+    pub udp_tunnel_gso: bool,
+}
+
+/// Opens a new TAP device named `name` in the calling thread's network namespace, with
+/// virtio-net headers and the offloads the kernel has (see [`super::offload`]).
+pub fn open_tun(name: &str) -> io::Result<TunDevice> {
     #[repr(C)]
     struct IfReq {
         name: [u8; libc::IFNAMSIZ],
@@ -1305,16 +1359,16 @@ pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is laid out as and outlives.
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &raw mut req) })
-        .map_err(|e| io::Error::new(e.kind(), format!("creating TUN device {name}: {e}")))?;
+        .map_err(|e| io::Error::new(e.kind(), format!("creating TAP device {name}: {e}")))?;
     let setting = |what: &str| {
         let what = what.to_owned();
-        move |e: io::Error| io::Error::new(e.kind(), format!("TUN device {name}: {what}: {e}"))
+        move |e: io::Error| io::Error::new(e.kind(), format!("TAP device {name}: {what}: {e}"))
     };
     for (request, value, what) in [
         (
@@ -1332,15 +1386,18 @@ pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
     // VXLAN super-packets; TSO4 and checksums alone still spare the engine nothing but are
     // harmless; none at all is the plain device.
     let mut refused = None;
-    for offloads in [
-        TUN_F_CSUM | TUN_F_TSO4 | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM,
-        TUN_F_CSUM | TUN_F_TSO4,
+    for (offloads, udp_tunnel_gso) in [
+        (
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM,
+            true,
+        ),
+        (TUN_F_CSUM | TUN_F_TSO4, false),
     ] {
         // SAFETY: TUNSETOFFLOAD takes the flags as the argument itself.
         match cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD as _, offloads) }) {
             Ok(_) => {
-                tracing::debug!(device = name, offloads, "TUN offloads");
-                return Ok(fd);
+                tracing::debug!(device = name, offloads, "TAP offloads");
+                return Ok(TunDevice { fd, udp_tunnel_gso });
             }
             Err(e) => refused = Some(e),
         }
@@ -1348,9 +1405,12 @@ pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
     tracing::info!(
         device = name,
         error = ?refused,
-        "the kernel takes no TUN offloads: the WireGuard engine moves one packet at a time"
+        "the kernel takes no TAP offloads: the WireGuard engine moves one packet at a time"
     );
-    Ok(fd)
+    Ok(TunDevice {
+        fd,
+        udp_tunnel_gso: false,
+    })
 }
 
 #[cfg(test)]
