@@ -355,7 +355,7 @@ impl Dataplane {
         let mut observed = Observed::default();
         if netns::open(&self.root.join(TUNNEL_NS))?.is_some() {
             observed.tunnel = TunnelState::NamespaceOnly;
-            // The TUN device lives only while our engine holds it, so with no engine it is gone.
+            // The TAP device lives only while our engine holds it, so with no engine it is gone.
             if let (Some(engine), Some((_, h))) = (&self.engine, &self.tunnel) {
                 let tun = links(h)
                     .await?
@@ -588,7 +588,7 @@ impl Dataplane {
                 Op::CreateWayOut(_) => Op::DeleteWayOut,
                 Op::AttachWayOut { veth, .. } => Op::DetachWayOut { veth: veth.clone() },
                 Op::CreateTunnel(_) => {
-                    // Stop the engine (its TUN device goes with it) but keep the namespace:
+                    // Stop the engine (its TAP device goes with it) but keep the namespace:
                     // encrypted networks' sockets may have lived there before this apply.
                     self.engine = None;
                     undone += 1;

@@ -41,13 +41,13 @@ pub struct WayOutLayout {
     pub attachments: BTreeMap<String, AttachSpec>,
 }
 
-/// The namespace encrypted networks' VXLAN sockets live in: a TUN device holding the data-path
+/// The namespace encrypted networks' VXLAN sockets live in: a TAP device holding the data-path
 /// address, routed into the WireGuard engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tunnel {
-    /// The data-path address, held by the TUN device.
+    /// The data-path address, held by the TAP device.
     pub addr: Ipv4Addr,
-    /// The TUN device's MTU.
+    /// The TAP device's MTU.
     pub mtu: u32,
     /// The WireGuard UDP port the engine's socket binds.
     pub port: u16,
@@ -166,10 +166,10 @@ pub enum TunnelState {
     /// No tunnel namespace.
     #[default]
     Absent,
-    /// The namespace is there (encrypted networks' sockets may live in it) but not the TUN device,
+    /// The namespace is there (encrypted networks' sockets may live in it) but not the TAP device,
     /// as after a restart: the device dies with the process that held it.
     NamespaceOnly,
-    /// Namespace and TUN device, with this address and MTU.
+    /// Namespace and TAP device, with this address and MTU.
     Up(Tunnel),
 }
 
@@ -251,7 +251,7 @@ pub enum Op {
     DeleteNetwork { net: String },
     /// Stops the WireGuard engine and removes the tunnel namespace.
     DeleteTunnel,
-    /// Creates (or completes, after a restart) the tunnel namespace and its TUN device.
+    /// Creates (or completes, after a restart) the tunnel namespace and its TAP device.
     CreateTunnel(Tunnel),
     /// Creates a network's namespace, bridge and VXLAN device.
     CreateNetwork { net: String, device: NetDevice },

@@ -11,14 +11,14 @@
 //!  data-path addr:51820 (WireGuard UDP)            │
 //!        ▲                                          
 //!        │ engine: encrypt/decrypt                 tunnel namespace <root>/wg
-//!        └──────────────────────────────────────── wg0 (TUN, data-path addr) ── encrypted networks'
+//!        └──────────────────────────────────────── wg0 (TAP, data-path addr) ── encrypted networks'
 //!                                                                              VXLAN sockets
 //! ```
 //!
 //! A plain network's VXLAN device is created in the node's namespace, so its socket binds the
 //! data-path address there, then moved into the network's namespace (as Docker's overlay driver
 //! does). An encrypted network's VXLAN device is created in the tunnel namespace instead, whose
-//! only route leads into the TUN device: its traffic cannot leave any other way than encrypted,
+//! only route leads into the TAP device: its traffic cannot leave any other way than encrypted,
 //! and plain networks' traffic never enters the tunnel.
 //!
 //! A task with a way out ([`model::WayOut`]) also has a veth on the node's `shoal_gw` bridge, its

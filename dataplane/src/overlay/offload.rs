@@ -190,23 +190,22 @@ impl Coalescer {
             return;
         };
         let payload = packet.len() - stream.headers;
-        if let Some(held) = &mut self.held {
-            if !held.closed
-                && held.stream.headers == stream.headers
-                && held.next_seq == stream.seq
-                && payload <= held.mss
-                && self.buf.len() + payload <= SUPER_PACKET_MAX
-                && held.stream.same_headers(&self.buf, packet)
-            {
-                self.buf.extend_from_slice(&packet[stream.headers..]);
-                held.next_seq = stream.seq.wrapping_add(payload as u32);
-                held.segments += 1;
-                if stream.flags & PSH != 0 {
-                    self.buf[stream.tcp + 13] |= PSH;
-                }
-                held.closed = payload < held.mss || stream.flags & PSH != 0;
-                return;
+        if let Some(held) = &mut self.held
+            && !held.closed
+            && held.stream.headers == stream.headers
+            && held.next_seq == stream.seq
+            && payload <= held.mss
+            && self.buf.len() + payload <= SUPER_PACKET_MAX
+            && held.stream.same_headers(&self.buf, packet)
+        {
+            self.buf.extend_from_slice(&packet[stream.headers..]);
+            held.next_seq = stream.seq.wrapping_add(payload as u32);
+            held.segments += 1;
+            if stream.flags & PSH != 0 {
+                self.buf[stream.tcp + 13] |= PSH;
             }
+            held.closed = payload < held.mss || stream.flags & PSH != 0;
+            return;
         }
         self.flush(write);
         self.buf.clear();
