@@ -129,9 +129,10 @@ fn tasks_reach_each_other_across_nodes_on_each_network_and_never_across_networks
     }
 }
 
-/// The WireGuard engine sends runs of datagrams as one UDP GSO message, which the kernel
-/// refuses where the data interface computes no checksums (as some NICs): the engine then
-/// sends datagram by datagram, and a transfer still arrives whole.
+/// The WireGuard engine sends runs of datagrams as one UDP GSO message. Where the data
+/// interface computes no checksums (as some NICs), the kernel cuts and checksums them in
+/// software, and a transfer still arrives whole. (Where the kernel refuses a GSO send outright,
+/// the engine's fallback is tested in `dataplane/src/overlay/wireguard.rs`.)
 #[test]
 fn an_encrypted_transfer_arrives_whole_where_the_data_interface_computes_no_checksums() {
     let (lab, o) = cluster();

@@ -142,7 +142,7 @@ const ACK: u8 = 0x10;
 const SUPER_PACKET_MAX: usize = 65_535;
 
 /// Merges runs of decrypted packets of one TCP stream inside VXLAN into super-packets for the
-/// TUN device (see the module docs). [`Coalescer::push`] each packet in arrival order,
+/// TAP device (see the module docs). [`Coalescer::push`] each packet in arrival order,
 /// [`Coalescer::flush`] when a batch is done; `write(header, packet)` gets what to write.
 #[derive(Debug)]
 pub struct Coalescer {
@@ -178,7 +178,7 @@ impl Coalescer {
 
     /// Takes `packet`: merged into the super-packet held, or written (after what is held) on
     /// its own, or held to start a new super-packet.
-    pub fn push(&mut self, packet: &[u8], write: &mut impl FnMut(&[u8], &[u8])) {
+    pub fn push(&mut self, packet: &[u8], write: &mut impl FnMut(VnetHdr, &[u8])) {
         let stream = if self.enabled {
             Stream::of(packet)
         } else {
@@ -186,7 +186,7 @@ impl Coalescer {
         };
         let Some(stream) = stream else {
             self.flush(write);
-            write(&[0; VNET_HDR_LEN], packet);
+            write(VnetHdr::default(), packet);
             return;
         };
         let payload = packet.len() - stream.headers;
@@ -220,12 +220,12 @@ impl Coalescer {
     }
 
     /// Writes what is held.
-    pub fn flush(&mut self, write: &mut impl FnMut(&[u8], &[u8])) {
+    pub fn flush(&mut self, write: &mut impl FnMut(VnetHdr, &[u8])) {
         let Some(held) = self.held.take() else {
             return;
         };
         if held.segments == 1 {
-            write(&[0; VNET_HDR_LEN], &self.buf);
+            write(VnetHdr::default(), &self.buf);
             return;
         }
         let s = held.stream;
@@ -258,11 +258,11 @@ impl Coalescer {
             outer_th_offset: s.outer as u16,
             inner_nh_offset: s.inner as u16,
         };
-        write(&hdr.to_bytes(), out);
+        write(hdr, out);
     }
 }
 
-/// Why a packet read from the TUN device could not be used.
+/// Why a packet read from the TAP device could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OffloadError {
     /// Shorter than its virtio-net header, or than the headers it says it has.
@@ -378,7 +378,7 @@ pub fn strip_ethernet(read: &mut [u8]) -> Option<usize> {
     Some(ETH_HLEN)
 }
 
-/// The packets one read from the TUN device stands for, produced one at a time into a buffer
+/// The packets one read from the TAP device stands for, produced one at a time into a buffer
 /// of the caller's ([`Segments::next_into`]).
 #[derive(Debug)]
 pub struct Segments<'a> {
@@ -825,7 +825,7 @@ mod tests {
     fn coalesced(packets: &[Vec<u8>], enabled: bool) -> Vec<(VnetHdr, Vec<u8>)> {
         let mut c = Coalescer::new(enabled);
         let mut writes = Vec::new();
-        let mut write = |h: &[u8], p: &[u8]| writes.push((VnetHdr::parse(h).unwrap(), p.to_vec()));
+        let mut write = |h: VnetHdr, p: &[u8]| writes.push((h, p.to_vec()));
         for p in packets {
             c.push(p, &mut write);
         }

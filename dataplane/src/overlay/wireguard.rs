@@ -330,15 +330,20 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn set_buffer(fd: RawFd, option: libc::c_int) -> io::Result<()> {
-    let size = SOCKET_BUFFER;
-    // SAFETY: `size` outlives the call and its length is passed alongside.
+/// Sets the `int` socket option `option` at `level`.
+fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and its length is passed alongside.
     cvt(unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
+            level,
             option,
-            (&raw const size).cast(),
+            (&raw const value).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     })
@@ -384,11 +389,8 @@ impl Io {
 
     /// Writes `packet` (IPv4) to the TAP device behind its virtio-net header `hdr` (whose
     /// offsets count from the packet) and an Ethernet header to the device itself.
-    fn write_tun(&self, hdr: &[u8], packet: &[u8]) {
-        let Some(hdr) = VnetHdr::parse(hdr)
-            .ok()
-            .and_then(|h| h.moved(ETH_HLEN as i32))
-        else {
+    fn write_tun(&self, hdr: VnetHdr, packet: &[u8]) {
+        let Some(hdr) = hdr.moved(ETH_HLEN as i32) else {
             return;
         };
         let hdr = hdr.to_bytes();
@@ -441,9 +443,10 @@ impl Io {
         debug_assert!(ready.len() <= BATCH);
         let gso = self.gso.load(Ordering::Relaxed);
         // (first datagram, datagrams, bytes) of each message.
-        let mut runs: Vec<(usize, usize, usize)> = Vec::with_capacity(ready.len());
+        let mut all_runs = [(0_usize, 0_usize, 0_usize); BATCH];
+        let mut used = 0;
         for (i, &(offset, len, to)) in ready.iter().enumerate() {
-            if let Some((first, count, bytes)) = runs.last_mut() {
+            if let Some((first, count, bytes)) = all_runs[..used].last_mut() {
                 let (start, size, dest) = ready[*first];
                 let last = ready[*first + *count - 1];
                 if gso
@@ -459,8 +462,10 @@ impl Io {
                     continue;
                 }
             }
-            runs.push((i, 1, len));
+            all_runs[used] = (i, 1, len);
+            used += 1;
         }
+        let runs = &all_runs[..used];
         // SAFETY: all-zero is a valid value of these plain C structs.
         let mut addrs: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
@@ -647,21 +652,11 @@ impl Engine {
         })?;
         udp.set_nonblocking(true)?;
         for option in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
-            set_buffer(udp.as_raw_fd(), option)?;
+            set_int_option(udp.as_raw_fd(), libc::SOL_SOCKET, option, SOCKET_BUFFER)?;
         }
         // Coalesced datagrams in one receive where the kernel can (5.0 and newer); one by one
         // otherwise.
-        let on: libc::c_int = 1;
-        // SAFETY: `on` outlives the call and its length is passed alongside.
-        if let Err(e) = cvt(unsafe {
-            libc::setsockopt(
-                udp.as_raw_fd(),
-                libc::SOL_UDP,
-                UDP_GRO,
-                (&raw const on).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }) {
+        if let Err(e) = set_int_option(udp.as_raw_fd(), libc::SOL_UDP, UDP_GRO, 1) {
             tracing::info!(error = %e, "no UDP GRO: WireGuard receives datagram by datagram");
         }
         // SAFETY: eventfd has no memory arguments; the result is checked before use.
@@ -1416,6 +1411,7 @@ pub fn open_tun(name: &str) -> io::Result<TunDevice> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::fs::File;
 
     use super::*;
     use crate::overlay::model::WgPeer;
@@ -1580,5 +1576,73 @@ mod tests {
         budget.reset();
         assert!(!budget.spent());
         assert!(budget.handshake() && budget.cookie());
+    }
+
+    /// An `Io` whose socket is `udp`, with no device behind it (`/dev/null`).
+    fn socket_io(udp: UdpSocket) -> Io {
+        let null = || OwnedFd::from(File::open("/dev/null").expect("/dev/null"));
+        Io {
+            tun: null(),
+            tun_gso: false,
+            udp,
+            stop: null(),
+            gso: AtomicBool::new(true),
+        }
+    }
+
+    /// Three datagrams end to end in one buffer (100, 100 and 60 bytes), all to `to`.
+    fn run_of_three(to: SocketAddrV4) -> (Vec<u8>, Vec<(usize, usize, SocketAddrV4)>) {
+        let buf: Vec<u8> = (0..260_u32).map(|i| (i / 100) as u8 + 1).collect();
+        (buf, vec![(0, 100, to), (100, 100, to), (200, 60, to)])
+    }
+
+    fn local(socket: &UdpSocket) -> SocketAddrV4 {
+        match socket.local_addr().expect("bound") {
+            SocketAddr::V4(a) => a,
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_run_goes_out_as_one_gso_message_and_a_gro_socket_takes_it_whole() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        set_int_option(receiver.as_raw_fd(), libc::SOL_UDP, UDP_GRO, 1).unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let rx = socket_io(receiver);
+        let tx = socket_io(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let (buf, ready) = run_of_three(local(&rx.udp));
+        tx.send_many(&buf, &ready);
+        assert!(tx.gso.load(Ordering::Relaxed));
+        let mut buffers = vec![vec![0u8; MAX_PACKET]; BATCH];
+        let mut got = [Received::NONE; BATCH];
+        let n = rx.recv_many(&mut buffers, &mut got).expect("a message");
+        assert_eq!(n, 1, "one message for the run");
+        assert_eq!((got[0].len, got[0].segment), (260, 100));
+        let cut: Vec<&[u8]> = buffers[0][..260].chunks(got[0].segment).collect();
+        assert_eq!(cut, vec![&buf[..100], &buf[100..200], &buf[200..]]);
+    }
+
+    #[test]
+    fn a_refused_gso_send_goes_out_datagram_by_datagram_from_then_on() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let to = local(&receiver);
+        // A socket without UDP checksums: the kernel refuses its GSO sends (EINVAL), as it
+        // refuses them (EIO) where it cannot checksum.
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        set_int_option(udp.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NO_CHECK, 1).unwrap();
+        let tx = socket_io(udp);
+        let (buf, ready) = run_of_three(to);
+        for round in 0..2 {
+            tx.send_many(&buf, &ready);
+            assert!(!tx.gso.load(Ordering::Relaxed), "round {round}");
+            let mut datagram = [0u8; 512];
+            for expected in [&buf[..100], &buf[100..200], &buf[200..]] {
+                let n = receiver.recv(&mut datagram).expect("a datagram");
+                assert_eq!(&datagram[..n], expected, "round {round}");
+            }
+        }
     }
 }
