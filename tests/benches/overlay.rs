@@ -8,6 +8,9 @@
 //! and `crypto_limit_gbps`: what one core does with boringtun's `Tunn` alone, in-process,
 //! encapsulating and decapsulating 1,420-byte packets between two peers (the ceiling of a
 //! one-stream encrypted path that encrypts on one core and decrypts on another).
+//!
+//! `SHOAL_BENCH_PATHS=encrypted,plain` runs only those paths and prints their rows, without
+//! the ratios and without writing the figures: for repeating one path while working on it.
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
@@ -136,13 +139,18 @@ fn main() {
             boringtun.peer_ip,
         ),
     ];
+    let only = std::env::var("SHOAL_BENCH_PATHS").ok();
+    let chosen = |name: &str| {
+        only.as_deref()
+            .is_none_or(|list| list.split(',').any(|p| p.trim() == name))
+    };
     let mut figures = Map::new();
     figures.insert("crypto_limit_gbps".into(), json!(crypto_limit));
     println!(
         "{:<14} {:>10} {:>10} {:>12}",
         "Gbit/s", "1 stream", "4 streams", "retransmits"
     );
-    for (name, server, client, ip) in &paths {
+    for (name, server, client, ip) in paths.iter().filter(|p| chosen(p.0)) {
         let mut row = Vec::new();
         let mut retransmits = 0;
         for streams in [1, 4] {
@@ -161,6 +169,12 @@ fn main() {
             "{name:<14} {:>10.2} {:>10.2} {:>12}",
             row[0], row[1], retransmits
         );
+    }
+    if only.is_some() {
+        println!("SHOAL_BENCH_PATHS is set: no ratios, no figures written");
+        drop(boringtun);
+        lab.down().expect("lab down");
+        return;
     }
     let ratio = |a: &str, b: &str| figures[a].as_f64().unwrap() / figures[b].as_f64().unwrap();
     let (plain, enc) = (
