@@ -156,6 +156,50 @@ impl NodeDataplane {
         .map_err(|e| Status::internal(format!("the data-plane apply failed: {e}")))?
     }
 
+    /// The routing mesh's and the WireGuard engine's figures, for a metrics scrape. Reads
+    /// the maps and the engine as they are; creates nothing (no data plane yet: no figures).
+    pub(crate) async fn read_metrics(&self, snapshot: &mut crate::metrics::Snapshot) {
+        let guard = self.inner.lock().await;
+        let Some(dp) = guard.as_ref() else {
+            return;
+        };
+        for p in dp.wireguard_status() {
+            snapshot.peers.push(crate::metrics::Peer {
+                node: p.node,
+                tx_bytes: p.tx_bytes as u64,
+                rx_bytes: p.rx_bytes as u64,
+                last_handshake_seconds: p.last_handshake.map(|d| d.as_secs_f64()),
+                rotating: p.rotating,
+                handshakes_limited: p.handshakes_limited,
+                cookie_replies: p.cookie_replies,
+                refused_packets: p.refused_packets,
+                networks: p.vnis.len(),
+            });
+        }
+        let Some(mesh) = dp.mesh() else {
+            return;
+        };
+        match mesh.status() {
+            Ok(services) => {
+                for (name, s) in services {
+                    snapshot.mesh.insert(
+                        name,
+                        crate::metrics::MeshService {
+                            backends: s.backends,
+                            stats: s.stats,
+                        },
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the mesh counters for a scrape"),
+        }
+        for (name, link) in mesh.links() {
+            if let Some(entry) = link.entry {
+                snapshot.entries.insert(name, entry.name());
+            }
+        }
+    }
+
     /// What the kernel holds, as JSON.
     pub(crate) async fn inspect(&self) -> Result<Value, Status> {
         self.with(async |dp| {

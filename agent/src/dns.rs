@@ -284,6 +284,26 @@ fn answer(records: &Records, networks: &[String], query: &[u8], udp: bool) -> Re
     encode(&reply, limit)
 }
 
+/// Counts `reply` in `shoal_dns_queries_total` by its result, and hands it back.
+fn counted(reply: Reply) -> Reply {
+    let result = match &reply {
+        // The response code: the low four bits of the header's fourth byte.
+        Reply::Answer(bytes) => match bytes.get(3).map(|b| b & 0x0f) {
+            Some(0) => "answered",
+            Some(3) => "nxdomain",
+            Some(2) => "failed",
+            _ => "refused",
+        },
+        Reply::Forward(_) => "forwarded",
+        Reply::Drop => "dropped",
+    };
+    crate::metrics::agent()
+        .dns_queries
+        .get_or_create(&[("result", result)])
+        .inc();
+    reply
+}
+
 /// The node's resolvers, from resolv.conf (re-read when it changes).
 #[derive(Debug, Default)]
 struct Upstreams {
@@ -516,7 +536,12 @@ async fn serve_udp(
             }
         };
         let query = &buf[..n];
-        match answer(&shared.records(), &networks_of(&networks), query, true) {
+        match counted(answer(
+            &shared.records(),
+            &networks_of(&networks),
+            query,
+            true,
+        )) {
             Reply::Answer(bytes) => {
                 let _ = socket.send_to(&bytes, from).await;
             }
@@ -591,7 +616,12 @@ async fn serve_tcp_connection(
         let Some(query) = read? else {
             return Ok(());
         };
-        let bytes = match answer(&shared.records(), &networks_of(networks), &query, false) {
+        let bytes = match counted(answer(
+            &shared.records(),
+            &networks_of(networks),
+            &query,
+            false,
+        )) {
             Reply::Answer(bytes) => bytes,
             Reply::Drop => return Ok(()),
             Reply::Forward(request) => forward(&shared.upstreams(), &request, &query, true).await,

@@ -21,6 +21,7 @@ mod dataplane;
 mod dns;
 mod durable;
 mod engine;
+mod metrics;
 mod node;
 mod socket;
 pub mod swarm;
@@ -53,6 +54,8 @@ pub struct Config {
     pub executor: ExecutorKind,
     /// `--docker-host`: the Docker Engine the `docker` executor uses (`unix://PATH`).
     pub docker_host: String,
+    /// `--metrics-addr`: where Prometheus metrics are served (`None`: not served).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Why the daemon stopped with an error.
@@ -77,6 +80,15 @@ pub enum DaemonError {
     State {
         /// What cannot be read, and why.
         reason: String,
+    },
+    /// The metrics address could not be bound.
+    #[error("--metrics-addr {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The gRPC server failed.
     #[error("serving the API on {host}: {source}")]
@@ -145,6 +157,12 @@ pub async fn run(
     if let Err(e) = swarm.restore().await {
         // The daemon still serves: `shoal swarm leave --force` is the way out.
         tracing::error!("resuming the swarm membership: {e}");
+    }
+    if let Some(addr) = config.metrics_addr {
+        metrics::serve(addr, swarm.clone(), dataplane.clone())
+            .await
+            .map_err(|source| DaemonError::Metrics { addr, source })?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     // One API on the socket: Docker's Engine API, Shoal's own operations under `/shoal/v1/`.
     let app = engine::router(facts, swarm.clone(), dataplane);

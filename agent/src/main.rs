@@ -43,6 +43,12 @@ struct Args {
     #[arg(long, value_name = "ADDR", env = "DOCKER_HOST", default_value = shoal_agent::DEFAULT_DOCKER_HOST)]
     docker_host: String,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default). Nothing there is
+    /// secret, but it tells how the cluster runs: bind it to an address only your monitoring
+    /// reaches
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
     /// Log level: error, warn, info, debug or trace
     #[arg(short = 'l', long, value_name = "LEVEL", default_value = "info")]
     log_level: tracing_subscriber::filter::LevelFilter,
@@ -62,6 +68,7 @@ async fn main() -> ExitCode {
         host: args.host,
         executor: args.executor,
         docker_host: args.docker_host,
+        metrics_addr: args.metrics_addr,
     };
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(terminate) => terminate,

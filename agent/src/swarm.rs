@@ -332,6 +332,16 @@ impl SwarmNode {
     }
 
     /// The node's worker (its executor and tasks).
+    /// The node's name.
+    pub(crate) fn node_name(&self) -> &str {
+        &self.facts.name
+    }
+
+    /// The manager this node runs, if it is one and has started it.
+    pub(crate) async fn manager(&self) -> Option<Manager> {
+        self.state.lock().await.as_ref()?.manager.clone()
+    }
+
     pub(crate) fn worker(&self) -> &Worker {
         &self.worker
     }

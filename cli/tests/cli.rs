@@ -36,6 +36,7 @@ impl InProcessDaemon {
             hostname: "cli-test-node".into(),
             executor: shoal_agent::ExecutorKind::None,
             docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
+            metrics_addr: None,
         };
         let thread = thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();

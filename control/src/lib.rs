@@ -26,6 +26,7 @@ pub mod dispatcher;
 pub mod keys;
 pub mod limits;
 pub mod manager;
+pub mod metrics;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;

@@ -3,7 +3,7 @@
 //!
 //! - apt packages the tests use (the lab's `ip` and `ping`, `bpftool` for the leftovers check,
 //!   `tcpdump` for the overlay captures, `iperf3` for the overlay benchmark, the Docker Engine for
-//!   the `docker` executor);
+//!   the `docker` executor, Prometheus for the metrics test);
 //! - the nightly toolchain with `rust-src` (`-Z build-std=core` for `bpfel-unknown-none`);
 //! - `bpf-linker`, built against the nightly's own libLLVM as MACHINE.md describes: the library is
 //!   linked into `$CARGO_HOME/shoal-llvm/<major>/lib` and the binary lands in `$CARGO_HOME/bin`;
@@ -50,6 +50,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     (
         "docker.io",
         "dockerd: the docker executor's test and the demo's containers",
+    ),
+    (
+        "prometheus",
+        "prometheus and promtool: the metrics test scrapes the lab's nodes",
     ),
 ];
 

@@ -671,8 +671,14 @@ impl Worker {
         // Recorded before anything else can fail, so that the process is found again.
         self.set_runtime(&id, Some(runtime.clone()), plumb_first);
         let mut started = match started {
-            Ok(started) => started,
-            Err(e) => return self.finish(&id, Some(runtime), TaskState::Failed, e).await,
+            Ok(started) => {
+                crate::metrics::agent().task_starts.inc();
+                started
+            }
+            Err(e) => {
+                count_failure("start");
+                return self.finish(&id, Some(runtime), TaskState::Failed, e).await;
+            }
         };
         if !plumb_first && let Err(e) = self.plumb(&id, &runtime).await {
             self.stop_runtime(&runtime, &task.spec.container_spec).await;
@@ -697,7 +703,10 @@ impl Worker {
                 }
                 let state = match why.is_empty() {
                     true => TaskState::Shutdown,
-                    false => TaskState::Failed,
+                    false => {
+                        count_failure("unhealthy");
+                        TaskState::Failed
+                    }
                 };
                 return self.finish(&id, Some(runtime), state, why).await;
             }
@@ -717,6 +726,7 @@ impl Worker {
             why = unhealthy => {
                 // Stopped, then reported failed: the managers replace it, and every node's
                 // mesh, VIPs and DNS drop it.
+                count_failure("unhealthy");
                 self.stop_runtime(&runtime, &task.spec.container_spec).await;
                 if let Started::Child(child) = &mut started {
                     let _ = child.wait().await;
@@ -957,6 +967,9 @@ impl Worker {
             ),
             Exit::Unknown(why) => (TaskState::Failed, format!("task: exited; {why}")),
         };
+        if state == TaskState::Failed {
+            count_failure("exit");
+        }
         self.finish(id, Some(runtime), state, err).await;
     }
 
@@ -976,6 +989,9 @@ impl Worker {
             self.cleanup(runtime).await;
         }
         self.set_runtime(id, None, false);
+        if state == TaskState::Rejected {
+            count_failure("rejected");
+        }
         let message = match state {
             TaskState::Complete => "finished",
             TaskState::Shutdown => "shutdown",
@@ -1435,6 +1451,14 @@ fn arrivals_in(snmp: &str) -> Option<u64> {
 /// Resolves once a stop was asked for (or the asker is gone).
 async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// Counts a task failure in `shoal_task_failures_total` by `reason`.
+fn count_failure(reason: &'static str) {
+    crate::metrics::agent()
+        .task_failures
+        .get_or_create(&[("reason", reason)])
+        .inc();
 }
 
 #[cfg(test)]

@@ -131,6 +131,53 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+/// Where a manager's raft stands ([`Manager::raft_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// The term it is in.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<u64>,
+    /// Whether it leads.
+    pub leads: bool,
+    /// The index of the last entry in its log.
+    pub last_log_index: u64,
+    /// The index of the last entry applied to its store (committed, so at most the commit
+    /// index; the leader applies as soon as it commits).
+    pub applied_index: u64,
+    /// The index its last snapshot covers.
+    pub snapshot_index: u64,
+    /// The raft members that vote.
+    pub voters: usize,
+}
+
+/// Counts leader changes and new snapshots from raft's metrics, until `stopped`.
+async fn count_raft_changes(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<crate::raft::NodeId, crate::raft::Node>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let (mut leader, mut snapshot) = {
+        let m = metrics.borrow();
+        (m.current_leader, m.snapshot)
+    };
+    let counters = crate::metrics::control();
+    loop {
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let m = metrics.borrow_and_update();
+        if m.current_leader != leader {
+            leader = m.current_leader;
+            counters.leader_changes.inc();
+        }
+        if m.snapshot != snapshot {
+            snapshot = m.snapshot;
+            counters.snapshots.inc();
+        }
+    }
+}
+
 /// A running manager. Clones share it.
 #[derive(Clone)]
 pub struct Manager {
@@ -235,6 +282,7 @@ impl Manager {
             crate::tls::ConnectionLimits::within(connection_budget()),
         )?;
         let raft_store = manager.inner.store.clone();
+        let raft_metrics = raft.metrics();
         let mut until = stopped.clone();
         let serving = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -267,6 +315,7 @@ impl Manager {
                 tracing::error!(error = %e, "the cluster API stopped");
             }
         });
+        tokio::spawn(count_raft_changes(raft_metrics, stopped.clone()));
         tokio::spawn(ops::maintain(manager.clone(), stopped.clone()));
         tokio::spawn(services::reconcile_loop(manager.clone(), stopped));
         manager
@@ -334,6 +383,21 @@ impl Manager {
     /// The object store (this manager's replica).
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Where this manager's raft stands, for the metrics.
+    pub fn raft_status(&self) -> RaftStatus {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        RaftStatus {
+            term: m.current_term,
+            leader: m.current_leader,
+            leads: m.current_leader == Some(self.inner.raft_id),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |id| id.index),
+            snapshot_index: m.snapshot.map_or(0, |id| id.index),
+            voters: m.membership_config.membership().voter_ids().count(),
+        }
     }
 
     /// The raft term this manager is in: it grows by one with each election.
@@ -637,6 +701,7 @@ impl dispatcher_server::Dispatcher for Services {
             return Err(Status::unauthenticated("a node certificate is required"));
         }
         let heartbeat = decode(request)?;
+        crate::metrics::control().heartbeats.inc();
         reply(
             self.manager
                 .submit(Op::Heartbeat(heartbeat), caller, from)
@@ -674,7 +739,10 @@ impl dispatcher_server::Dispatcher for Services {
             ));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(services::stream_assignments(inner, node_id, tx));
+        tokio::spawn(async move {
+            let _session = crate::metrics::SessionGuard::open();
+            services::stream_assignments(inner, node_id, tx).await;
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

@@ -1357,6 +1357,8 @@ pub(super) async fn maintain(manager: Manager, mut stopped: watch::Receiver<bool
                 .max(since);
             if last.elapsed() > deadline {
                 tracing::info!(node = %node.id, "no heartbeat for three periods: the node is down");
+                // Times the change below was made (a retry after a conflict makes it again).
+                let mut marks = 0;
                 let marked = update_node(&inner, &node.id, |node| {
                     let stale = inner
                         .heartbeats
@@ -1369,11 +1371,16 @@ pub(super) async fn maintain(manager: Manager, mut stopped: watch::Receiver<bool
                     }
                     node.status.state = NodeState::Down;
                     node.status.message = "heartbeat failure".into();
+                    marks += 1;
                     Ok(true)
                 })
                 .await;
-                if let Err(e) = marked {
-                    tracing::debug!(error = %e, "marking a node down");
+                match marked {
+                    Ok(_) if marks > 0 => {
+                        crate::metrics::control().missed_heartbeats.inc();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "marking a node down"),
                 }
             }
         }

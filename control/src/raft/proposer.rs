@@ -69,13 +69,28 @@ impl Proposer {
 
     /// Proposes `changes`; the raft index they were applied at once committed.
     pub async fn propose(&self, changes: ChangeSet) -> Result<u64, ProposeError> {
+        let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Proposal { changes, reply })
             .map_err(|_| ProposeError::Raft("the proposer stopped".into()))?;
-        answer
+        let result = answer
             .await
-            .map_err(|_| ProposeError::Raft("the proposer stopped".into()))?
+            .map_err(|_| ProposeError::Raft("the proposer stopped".into()))?;
+        let metrics = crate::metrics::control();
+        let outcome = match &result {
+            Ok(_) => "committed",
+            Err(ProposeError::Refused(_)) => "refused",
+            Err(_) => "failed",
+        };
+        metrics
+            .proposals
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+        metrics
+            .proposal_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 }
 
@@ -126,6 +141,7 @@ async fn run(raft: Raft, mut proposals: mpsc::UnboundedReceiver<Proposal>) {
             }
         }
         let raft = raft.clone();
+        crate::metrics::control().raft_entries.inc();
         tokio::spawn(async move {
             let (changes, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.changes, p.reply)).unzip();

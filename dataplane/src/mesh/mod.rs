@@ -38,11 +38,11 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::xdp::XdpLink;
 use aya::programs::{CgroupAttachMode, SchedClassifier, TcAttachType, Xdp, XdpMode};
-pub use shoal_abi::mesh::Timeouts;
 use shoal_abi::mesh::{
     self as abi, Backend, Config, Conn, FLAG_CLIENT_IP, FLAG_HOST, FlowKey, Frontend, FrontendKey,
-    MAX_BACKENDS, MAX_EGRESS, MAX_SERVICES, Rewrite, ServiceStats, SockConfig, TABLE_CAPACITY,
+    MAX_BACKENDS, MAX_EGRESS, MAX_SERVICES, Rewrite, SockConfig, TABLE_CAPACITY,
 };
+pub use shoal_abi::mesh::{ServiceStats, Timeouts};
 use shoal_abi::programs;
 
 use crate::bpf::{BpfError, Programs};

@@ -1,0 +1,189 @@
+//! Lab: seeing the cluster (issue: See the cluster). A real Prometheus server (Debian's
+//! `prometheus`, which `cargo xtask setup` installs) scrapes every node's `shoald
+//! --metrics-addr`; `promtool check metrics` reads each node's exposition. Needs root.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use shoal_tests::{
+    output_text,
+    service::{create_serve, labtool_path, wait_answers},
+    swarm::Swarm,
+    wait_until,
+};
+
+/// Where every node serves its metrics.
+const METRICS_PORT: u16 = 9323;
+/// Where the test's Prometheus answers, in the client's namespace.
+const PROMETHEUS: &str = "127.0.0.1:9390";
+
+/// `curl -s URL` from the client; its body, or a panic.
+fn curl(swarm: &Swarm, args: &[&str]) -> String {
+    let out = swarm
+        .lab
+        .run(
+            swarm.lab.client(),
+            "curl",
+            &[&["-sS", "--max-time", "10"], args].concat(),
+        )
+        .expect("curl runs");
+    assert!(out.status.success(), "curl {args:?}: {}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One value of a Prometheus instant query (`None`: no series).
+fn query(swarm: &Swarm, promql: &str) -> Option<f64> {
+    let body = curl(
+        swarm,
+        &[
+            &format!("http://{PROMETHEUS}/api/v1/query"),
+            "--data-urlencode",
+            &format!("query={promql}"),
+        ],
+    );
+    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+}
+
+#[test]
+fn prometheus_scrapes_every_node_and_sees_the_mesh_traffic_come_and_go() {
+    let metrics_addr = format!("0.0.0.0:{METRICS_PORT}");
+    let mut swarm = Swarm::up_with_daemons(3, 0, &[], &["--metrics-addr", &metrics_addr]);
+    let n1 = swarm.managers[0].clone();
+    create_serve(
+        &swarm,
+        &n1,
+        &["--name", "web", "--replicas", "3", "--publish", "8080:80"],
+    );
+    let ip = n1.public_ip.to_string();
+    wait_answers(&swarm, &ip, 8080, 6);
+
+    // Each node's exposition passes Prometheus's own linter (HELP and TYPE on every metric,
+    // names and units by its conventions).
+    let nodes = swarm.lab.nodes().to_vec();
+    for node in &nodes {
+        let url = format!("http://{}:{METRICS_PORT}/metrics", node.public_ip);
+        let text = curl(&swarm, &[&url]);
+        assert!(text.contains("shoal_raft_term{"), "{}: {text}", node.name);
+        let mut check = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool runs (cargo xtask setup installs prometheus)");
+        std::io::Write::write_all(check.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+        let checked = check.wait_with_output().unwrap();
+        assert!(
+            checked.status.success(),
+            "promtool check metrics on {}: {}\n{text}",
+            node.name,
+            output_text(&checked)
+        );
+    }
+
+    // A Prometheus server in the client's namespace scrapes the three nodes every second.
+    let dir = swarm.lab.host_dir(swarm.lab.client()).join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let targets: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("'{}:{METRICS_PORT}'", n.public_ip))
+        .collect();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: shoal\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let mut prometheus = swarm
+        .lab
+        .client()
+        .command("prometheus")
+        .expect("the client's namespace");
+    prometheus
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={PROMETHEUS}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap());
+    swarm.lab.spawn(prometheus).expect("prometheus starts");
+    let mut last = String::new();
+    let up = wait_until(
+        "Prometheus to see every node up",
+        Duration::from_secs(60),
+        || {
+            let out = swarm.lab.run(
+                swarm.lab.client(),
+                "curl",
+                &["-sS", &format!("http://{PROMETHEUS}/api/v1/targets")],
+            );
+            last = out
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let v: Value = serde_json::from_str(&last).unwrap_or_default();
+            let active = v["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            Ok(active.len() == 3
+                && active
+                    .iter()
+                    .all(|t| t["health"] == "up" && t["lastError"] == ""))
+        },
+    );
+    if let Err(e) = up {
+        panic!("{e}: {last}");
+    }
+
+    // While a client sends requests to the published port, the mesh's packet rate for the
+    // service is positive; once it stops, it falls back to zero.
+    let rate = "sum(rate(shoal_mesh_packets_total{service=\"web\"}[30s]))";
+    let mut client = swarm
+        .lab
+        .client()
+        .command(labtool_path())
+        .expect("the client's namespace");
+    client
+        .args(["ask", "--target", &format!("{ip}:8080")])
+        .args(["--count", "1000000", "--timeout-ms", "2000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut traffic = client.spawn().expect("shoal-labtool runs");
+    let mut seen = None;
+    let positive = wait_until(
+        "a positive mesh rate for web",
+        Duration::from_secs(60),
+        || {
+            seen = query(&swarm, rate);
+            Ok(seen.is_some_and(|r| r > 0.0))
+        },
+    );
+    let _ = traffic.kill();
+    let _ = traffic.wait();
+    if let Err(e) = positive {
+        panic!("{e}: last {seen:?}");
+    }
+    let zero = wait_until(
+        "the mesh rate for web back to 0",
+        Duration::from_secs(90),
+        || {
+            seen = query(&swarm, rate);
+            Ok(seen == Some(0.0))
+        },
+    );
+    if let Err(e) = zero {
+        panic!("{e}: last {seen:?}");
+    }
+    // The managers' raft figures reach Prometheus too: one leader among three.
+    assert_eq!(query(&swarm, "sum(shoal_raft_leader)"), Some(1.0));
+    assert_eq!(query(&swarm, "count(shoal_raft_term)"), Some(3.0));
+}
