@@ -42,6 +42,8 @@ struct Cli {
 enum Command {
     /// Display system-wide information
     Info(commands::info::Args),
+    /// Get real-time events from the swarm (on a manager)
+    Events(commands::events::Args),
     /// Manage the swarm
     #[command(subcommand)]
     Swarm(commands::swarm::Command),
@@ -87,6 +89,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(&cli.host, args).await,
+        Command::Events(args) => commands::events::run(&cli.host, args).await,
         Command::Swarm(command) => commands::swarm::run(&cli.host, command).await,
         Command::Node(command) => commands::node::run(&cli.host, command).await,
         Command::Service(command) => commands::service::run(&cli.host, command).await,

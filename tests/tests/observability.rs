@@ -1,6 +1,7 @@
 //! Lab: seeing the cluster (issue: See the cluster). A real Prometheus server (Debian's
 //! `prometheus`, which `cargo xtask setup` installs) scrapes every node's `shoald
-//! --metrics-addr`; `promtool check metrics` reads each node's exposition. Needs root.
+//! --metrics-addr`, and `promtool check metrics` reads each node's exposition; `shoal events`
+//! and the docker CLI's `docker events` follow a service's life. Needs root.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -186,4 +187,143 @@ fn prometheus_scrapes_every_node_and_sees_the_mesh_traffic_come_and_go() {
     // The managers' raft figures reach Prometheus too: one leader among three.
     assert_eq!(query(&swarm, "sum(shoal_raft_leader)"), Some(1.0));
     assert_eq!(query(&swarm, "count(shoal_raft_term)"), Some(3.0));
+}
+
+/// Seconds since the epoch, now, as `--since`/`--until` take them.
+fn unix_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
+}
+
+/// The index of the first line holding every one of `parts`, after `from`; a panic naming
+/// what was looked for otherwise.
+fn find(lines: &[&str], from: usize, parts: &[&str]) -> usize {
+    lines
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, l)| parts.iter().all(|p| l.contains(p)))
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| {
+            panic!(
+                "no line with {parts:?} after line {from}:\n{}",
+                lines.join("\n")
+            )
+        })
+}
+
+#[test]
+fn events_show_a_service_s_life_in_order() {
+    let swarm = Swarm::up(1, 2);
+    let n1 = swarm.managers[0].clone();
+    let since = unix_now();
+    create_serve(&swarm, &n1, &["--name", "web", "--replicas", "2"]);
+    swarm.ok(&n1, &["service", "scale", "web=3"]);
+    swarm.ok(&n1, &["node", "update", "--availability", "drain", "n3"]);
+    swarm.ok(&n1, &["service", "rm", "web"]);
+    // Followed until now: what happened since, then the command ends.
+    let until = unix_now();
+    let out = swarm.ok(&n1, &["events", "--since", &since, "--until", &until]);
+    let lines: Vec<&str> = out.lines().collect();
+    let created = find(&lines, 0, &[" service create ", "name=web"]);
+    let running = find(
+        &lines,
+        created,
+        &[" task update ", "service=web", "state.new=running"],
+    );
+    let scaled = find(
+        &lines,
+        running,
+        &[
+            " service update ",
+            "name=web",
+            "replicas.new=3",
+            "replicas.old=2",
+        ],
+    );
+    let drained = find(
+        &lines,
+        scaled,
+        &[
+            " node update ",
+            "availability.new=drain",
+            "availability.old=active",
+            "name=n3",
+        ],
+    );
+    find(&lines, drained, &[" service remove ", "name=web"]);
+
+    // Filtered, as JSON: service events only, each one Docker's message.
+    let out = swarm.ok(
+        &n1,
+        &[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "type=service",
+            "--format",
+            "json",
+        ],
+    );
+    let actions: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("a JSON line");
+            assert_eq!(v["Type"], "service", "{l}");
+            assert_eq!(v["scope"], "swarm", "{l}");
+            v["Action"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(actions.first().map(String::as_str), Some("create"), "{out}");
+    assert_eq!(actions.last().map(String::as_str), Some("remove"), "{out}");
+
+    // The docker CLI reads the same stream from the same socket.
+    let docker = std::process::Command::new("docker")
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", swarm.lab.socket(&n1).display()),
+        )
+        .env(
+            "DOCKER_CONFIG",
+            std::env::temp_dir().join("shoal-test-docker-config"),
+        )
+        .args([
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "type=service",
+        ])
+        .output()
+        .expect("the docker CLI runs (cargo xtask setup installs docker.io)");
+    let text = output_text(&docker);
+    assert!(docker.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains(" service create ") && l.contains("name=web")),
+        "{text}"
+    );
+
+    // A worker keeps no events, and says where they are.
+    let out = swarm.lab.shoal(&swarm.workers[0], &["events"]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("not a swarm manager"),
+        "{}",
+        output_text(&out)
+    );
+    // Bad input is refused before anything is asked.
+    let out = swarm
+        .lab
+        .shoal(&n1, &["events", "--filter", "type=container"])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(output_text(&out).contains("invalid type \"container\""));
 }

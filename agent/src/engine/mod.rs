@@ -16,6 +16,7 @@
 mod cluster;
 mod data;
 mod defaults;
+mod events;
 mod filters;
 mod spec;
 mod superset;
@@ -114,6 +115,7 @@ pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode, dataplane: NodeDataplan
         .route("/version", get(version))
         .route("/info", get(info))
         .route("/swarm", get(swarm_inspect))
+        .route("/events", get(events::events))
         .route("/swarm/init", post(cluster::init))
         .route("/swarm/join", post(cluster::join))
         .route("/swarm/leave", post(cluster::leave))

@@ -55,13 +55,27 @@ fn tail(text: &str) -> Result<Tail, String> {
         .map_err(|_| format!("invalid tail {text:?}: want a number of lines or \"all\""))
 }
 
-/// `--since`: an RFC 3339 time, Unix seconds, or a duration back from now; as RFC 3339.
+/// Unix seconds, with up to nine digits of fraction (`1700000000.5`), as nanoseconds.
+fn unix_nanos(text: &str) -> Option<i128> {
+    let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if seconds.is_empty() || !seconds.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: i128 = format!("{fraction:0<9}").parse().ok()?;
+    Some(seconds.parse::<i128>().ok()? * 1_000_000_000 + nanos)
+}
+
+/// `--since`: an RFC 3339 time, Unix seconds (`1700000000.5`), or a duration back from now;
+/// as RFC 3339.
 pub(crate) fn since(text: &str) -> Result<String, String> {
     if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(t.format(&Rfc3339).unwrap_or_default());
     }
-    let at = if let Ok(seconds) = text.parse::<i64>() {
-        OffsetDateTime::from_unix_timestamp(seconds).map_err(|e| e.to_string())
+    let at = if let Some(nanos) = unix_nanos(text) {
+        OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|e| e.to_string())
     } else {
         go_duration(text).map(|ns| {
             OffsetDateTime::now_utc() - time::Duration::nanoseconds(ns.min(i64::MAX as u64) as i64)
@@ -319,6 +333,7 @@ mod tests {
             "2013-01-02T13:23:37Z"
         );
         assert_eq!(since("0").unwrap(), "1970-01-01T00:00:00Z");
+        assert_eq!(since("1700000000.5").unwrap(), "2023-11-14T22:13:20.5Z");
         let back = OffsetDateTime::parse(&since("42m").unwrap(), &Rfc3339).unwrap();
         let minutes = (OffsetDateTime::now_utc() - back).whole_minutes();
         assert!((41..=42).contains(&minutes), "{minutes}");

@@ -1,6 +1,7 @@
 //! One module per top-level verb.
 
 pub(crate) mod dataplane;
+pub(crate) mod events;
 pub(crate) mod info;
 pub(crate) mod logs;
 pub(crate) mod network;

@@ -123,6 +123,8 @@ pub(crate) struct Inner {
     descriptions: tokio::sync::Mutex<HashMap<String, Instant>>,
     /// When this manager last became leader.
     leader_since: Mutex<Option<Instant>>,
+    /// The swarm's events as this manager saw them.
+    events: Arc<crate::events::Journal>,
     clients: Mutex<HashMap<String, ControlClient<Channel>>>,
     /// The nodes' log sessions and open `service logs` requests (the leader's).
     logs: Arc<logs::Broker>,
@@ -267,6 +269,7 @@ impl Manager {
             heartbeats: Mutex::default(),
             descriptions: tokio::sync::Mutex::default(),
             leader_since: Mutex::default(),
+            events: Arc::default(),
             clients: Mutex::default(),
             logs: Arc::default(),
             stop,
@@ -316,6 +319,11 @@ impl Manager {
             }
         });
         tokio::spawn(count_raft_changes(raft_metrics, stopped.clone()));
+        tokio::spawn(crate::events::record(
+            manager.inner.store.clone(),
+            manager.inner.events.clone(),
+            stopped.clone(),
+        ));
         tokio::spawn(ops::maintain(manager.clone(), stopped.clone()));
         tokio::spawn(services::reconcile_loop(manager.clone(), stopped));
         manager
@@ -383,6 +391,11 @@ impl Manager {
     /// The object store (this manager's replica).
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The swarm's events as this manager saw them (`GET /events`).
+    pub fn events(&self) -> &crate::events::Journal {
+        &self.inner.events
     }
 
     /// Where this manager's raft stands, for the metrics.
