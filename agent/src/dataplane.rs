@@ -156,6 +156,32 @@ impl NodeDataplane {
         .map_err(|e| Status::internal(format!("the data-plane apply failed: {e}")))?
     }
 
+    /// The routing mesh's counters per service, for the heartbeat (the leader's traffic view);
+    /// none before the mesh runs here.
+    pub(crate) async fn mesh_counters(
+        &self,
+    ) -> BTreeMap<String, shoal_control::manager::protocol::MeshCounters> {
+        let guard = self.inner.lock().await;
+        let Some(mesh) = guard.as_ref().and_then(Dataplane::mesh) else {
+            return BTreeMap::new();
+        };
+        mesh.status()
+            .map(|services| {
+                services
+                    .into_iter()
+                    .map(|(name, s)| {
+                        let counters = shoal_control::manager::protocol::MeshCounters {
+                            connections: s.stats.connections,
+                            packets: s.stats.packets,
+                            bytes: s.stats.bytes,
+                        };
+                        (name, counters)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The routing mesh's and the WireGuard engine's figures, for a metrics scrape. Reads
     /// the maps and the engine as they are; creates nothing (no data plane yet: no figures).
     pub(crate) async fn read_metrics(&self, snapshot: &mut crate::metrics::Snapshot) {

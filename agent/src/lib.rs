@@ -26,6 +26,7 @@ mod node;
 mod socket;
 pub mod swarm;
 mod tasks;
+mod ui;
 
 pub use tasks::ExecutorKind;
 pub use tasks::docker::DEFAULT_DOCKER_HOST;
@@ -56,6 +57,8 @@ pub struct Config {
     pub docker_host: String,
     /// `--metrics-addr`: where Prometheus metrics are served (`None`: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `--ui-addr`: where the web view is served (`None`: not served).
+    pub ui_addr: Option<std::net::SocketAddr>,
 }
 
 /// Why the daemon stopped with an error.
@@ -81,9 +84,11 @@ pub enum DaemonError {
         /// What cannot be read, and why.
         reason: String,
     },
-    /// The metrics address could not be bound.
-    #[error("--metrics-addr {addr}: {source}")]
-    Metrics {
+    /// The metrics or web view address could not be bound.
+    #[error("--{flag} {addr}: {source}")]
+    Listen {
+        /// The flag.
+        flag: &'static str,
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
@@ -161,8 +166,22 @@ pub async fn run(
     if let Some(addr) = config.metrics_addr {
         metrics::serve(addr, swarm.clone(), dataplane.clone())
             .await
-            .map_err(|source| DaemonError::Metrics { addr, source })?;
+            .map_err(|source| DaemonError::Listen {
+                flag: "metrics-addr",
+                addr,
+                source,
+            })?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    if let Some(addr) = config.ui_addr {
+        ui::serve(addr, swarm.clone())
+            .await
+            .map_err(|source| DaemonError::Listen {
+                flag: "ui-addr",
+                addr,
+                source,
+            })?;
+        tracing::info!(%addr, "serving the web view");
     }
     // One API on the socket: Docker's Engine API, Shoal's own operations under `/shoal/v1/`.
     let app = engine::router(facts, swarm.clone(), dataplane);

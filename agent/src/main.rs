@@ -49,6 +49,11 @@ struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
 
+    /// Serve a live web view of the swarm at http://ADDR:PORT/ (managers; off by default). It
+    /// can drain and activate nodes only when ADDR is a loopback address; read-only otherwise
+    #[arg(long, value_name = "ADDR:PORT")]
+    ui_addr: Option<std::net::SocketAddr>,
+
     /// Log level: error, warn, info, debug or trace
     #[arg(short = 'l', long, value_name = "LEVEL", default_value = "info")]
     log_level: tracing_subscriber::filter::LevelFilter,
@@ -69,6 +74,7 @@ async fn main() -> ExitCode {
         executor: args.executor,
         docker_host: args.docker_host,
         metrics_addr: args.metrics_addr,
+        ui_addr: args.ui_addr,
     };
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(terminate) => terminate,

@@ -1113,6 +1113,7 @@ impl SwarmNode {
                 saved.data_path_port,
                 Some(credentials),
             ),
+            mesh: self.worker.dataplane().mesh_counters().await,
         };
         rpc(DispatcherClient::new(channel).heartbeat(frame(&heartbeat)?)).await
     }

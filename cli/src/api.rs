@@ -299,6 +299,10 @@ async fn send(api: &Client, call: &Call) -> Result<Value, ClientError> {
                 .await
         }
         Call::Inspect => api.get("/swarm").await,
+        Call::Traffic => {
+            api.get(&format!("{}/traffic", shoal_api::SHOAL_PREFIX))
+                .await
+        }
         Call::Update(args) => {
             update_swarm(api, "", args.version, |spec| apply_update(spec, args)).await?;
             Ok(Value::Null)

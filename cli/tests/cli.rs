@@ -37,6 +37,7 @@ impl InProcessDaemon {
             executor: shoal_agent::ExecutorKind::None,
             docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
             metrics_addr: None,
+            ui_addr: None,
         };
         let thread = thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();

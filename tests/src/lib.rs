@@ -22,6 +22,7 @@
 //!
 //! Start with [`Lab::up`], [`Lab::spawn_shoald`] and [`wait_until`].
 
+pub mod browser;
 pub mod docker;
 mod lab;
 pub mod mesh;

@@ -327,3 +327,133 @@ fn events_show_a_service_s_life_in_order() {
     assert!(!out.status.success());
     assert!(output_text(&out).contains("invalid type \"container\""));
 }
+
+/// Where the web view's screenshots are kept: `target/test-artefacts/` of the workspace.
+fn artefact(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-artefacts")
+        .join(name)
+}
+
+/// Task cards in running state per node column, as the page shows them.
+const RUNNING_PER_COLUMN: &str = "JSON.stringify(Object.fromEntries([...document.querySelectorAll('.node')].map(c => [c.dataset.node, c.querySelectorAll('.task[data-state=running]').length])))";
+
+#[test]
+fn the_web_view_shows_tasks_by_node_and_follows_a_scale_and_a_drain_live() {
+    // Served on a loopback address: the page may drain and activate nodes. The browser runs in
+    // n1's namespace, beside the manager that serves it.
+    let swarm = Swarm::up_with_daemons(1, 2, &[], &["--ui-addr", "127.0.0.1:9380"]);
+    let n1 = swarm.managers[0].clone();
+    create_serve(
+        &swarm,
+        &n1,
+        &["--name", "web", "--replicas", "6", "--publish", "8080:80"],
+    );
+    create_serve(&swarm, &n1, &["--name", "api", "--replicas", "2"]);
+    let ip = n1.public_ip.to_string();
+    wait_answers(&swarm, &ip, 8080, 6);
+    // Some traffic through the mesh, for the traffic panel.
+    let mut client = swarm
+        .lab
+        .client()
+        .command(labtool_path())
+        .expect("the client's namespace");
+    client
+        .args(["ask", "--target", &format!("{ip}:8080")])
+        .args(["--count", "1000000", "--timeout-ms", "2000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut traffic = client.spawn().expect("shoal-labtool runs");
+
+    let dir = swarm.lab.host_dir(&n1).join("chromium");
+    let mut browser = shoal_tests::browser::Browser::launch(&n1, &dir).expect("chromium starts");
+    browser.navigate("http://127.0.0.1:9380/").unwrap();
+    let mut last = Value::Null;
+    let shown = wait_until(
+        "six web cards over three columns",
+        Duration::from_secs(60),
+        || {
+            last = browser
+            .eval(&format!(
+                "({RUNNING_PER_COLUMN}) + '|' + document.querySelectorAll('.task[data-service=web][data-state=running]').length + '|' + document.querySelectorAll('.rate').length"
+            ))
+            .unwrap_or_default();
+            let text = last.as_str().unwrap_or_default();
+            let mut parts = text.split('|');
+            let columns: Value =
+                serde_json::from_str(parts.next().unwrap_or("{}")).unwrap_or_default();
+            let web: usize = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let rates: usize = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            Ok(columns.as_object().is_some_and(|c| c.len() == 3)
+                && web == 6
+                && columns
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .all(|n| n.as_u64().unwrap_or(0) >= 2)
+                && rates >= 1)
+        },
+    );
+    if let Err(e) = shown {
+        panic!("{e}: {last}");
+    }
+    // Let the traffic panel show a rate, then keep the picture.
+    let _ = wait_until(
+        "a traffic rate on the page",
+        Duration::from_secs(30),
+        || {
+            let text = browser
+            .eval("[...document.querySelectorAll('.rate span:last-child')].map(s => s.textContent).join(' ')")
+            .unwrap_or_default();
+            Ok(text
+                .as_str()
+                .unwrap_or_default()
+                .split(' ')
+                .any(|t| t.parse::<f64>().is_ok_and(|r| r > 0.0)))
+        },
+    );
+    browser.screenshot(&artefact("web-view.png")).unwrap();
+    let _ = traffic.kill();
+    let _ = traffic.wait();
+
+    // A scale shows on the same page, without a reload.
+    browser.eval("window.__notReloaded = true").unwrap();
+    swarm.ok(&n1, &["service", "scale", "web=3"]);
+    let scaled = wait_until("three web cards", Duration::from_secs(60), || {
+        last = browser
+            .eval("document.querySelectorAll('.task[data-service=web]').length")
+            .unwrap_or_default();
+        Ok(last == 3)
+    });
+    if let Err(e) = scaled {
+        panic!("{e}: {last}");
+    }
+    assert_eq!(browser.eval("window.__notReloaded === true").unwrap(), true);
+    browser
+        .screenshot(&artefact("web-view-scaled.png"))
+        .unwrap();
+
+    // Drain n3 from the page: its tasks leave its column, and the swarm says it is drained.
+    browser
+        .eval("document.querySelector('.node[data-node=n3] button').click()")
+        .unwrap();
+    let drained = wait_until(
+        "n3 drained and empty on the page",
+        Duration::from_secs(60),
+        || {
+            last = browser
+            .eval("document.querySelectorAll('.node[data-node=n3] .task').length + '|' + (document.querySelector('.node[data-node=n3] .badge.drain') !== null)")
+            .unwrap_or_default();
+            Ok(last == "0|true")
+        },
+    );
+    if let Err(e) = drained {
+        panic!("{e}: {last}");
+    }
+    let ls = swarm.ok(&n1, &["node", "ls", "--format", "json"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.contains("\"n3\"") && l.contains("Drain")),
+        "{ls}"
+    );
+}

@@ -3,7 +3,7 @@
 //!
 //! - apt packages the tests use (the lab's `ip` and `ping`, `bpftool` for the leftovers check,
 //!   `tcpdump` for the overlay captures, `iperf3` for the overlay benchmark, the Docker Engine for
-//!   the `docker` executor, Prometheus for the metrics test);
+//!   the `docker` executor, Prometheus for the metrics test, Chromium for the web view's);
 //! - the nightly toolchain with `rust-src` (`-Z build-std=core` for `bpfel-unknown-none`);
 //! - `bpf-linker`, built against the nightly's own libLLVM as MACHINE.md describes: the library is
 //!   linked into `$CARGO_HOME/shoal-llvm/<major>/lib` and the binary lands in `$CARGO_HOME/bin`;
@@ -54,6 +54,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     (
         "prometheus",
         "prometheus and promtool: the metrics test scrapes the lab's nodes",
+    ),
+    (
+        "chromium",
+        "chromium: the web view's test loads the page headless and takes screenshots",
     ),
 ];
 

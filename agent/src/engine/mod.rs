@@ -146,6 +146,7 @@ pub(crate) fn router(facts: NodeFacts, swarm: SwarmNode, dataplane: NodeDataplan
         .merge(data::routes())
         // Shoal's own, with no Docker equivalent.
         .route(&format!("{SHOAL_PREFIX}/dataplane"), get(dataplane_inspect))
+        .route(&format!("{SHOAL_PREFIX}/traffic"), get(traffic))
         .route(
             &format!("{SHOAL_PREFIX}/dataplane/apply"),
             post(dataplane_apply),
@@ -289,6 +290,11 @@ async fn dataplane_apply(State(engine): State<Engine>, body: Bytes) -> Reply<Val
 }
 
 /// `GET /shoal/v1/dataplane`: what this node's data plane holds, read back from the kernel.
+/// The routing mesh's traffic per node and service, as the leader last heard it.
+async fn traffic(State(engine): State<Engine>) -> Reply<Value> {
+    Ok(Json(engine.swarm.call(Call::Traffic).await?))
+}
+
 async fn dataplane_inspect(State(engine): State<Engine>) -> Reply<Value> {
     Ok(Json(engine.dataplane.inspect().await?))
 }

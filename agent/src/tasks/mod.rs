@@ -260,6 +260,11 @@ fn status(state: TaskState, message: impl Into<String>) -> TaskStatus {
 }
 
 impl Worker {
+    /// The node's data plane, which plumbs the tasks.
+    pub(crate) fn dataplane(&self) -> &NodeDataplane {
+        &self.inner.dataplane
+    }
+
     /// The tasks kept under `<data_root>/tasks`, run with `executor`, plumbed by `dataplane`.
     pub(crate) fn new(data_root: &Path, executor: Executor, dataplane: NodeDataplane) -> Self {
         let (applies, requests) = mpsc::unbounded_channel();

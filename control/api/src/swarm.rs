@@ -54,6 +54,9 @@ pub enum Call {
     },
     /// `node ls`.
     NodeList,
+    /// The routing mesh's traffic per node and service, as the leader last heard it from the
+    /// nodes' heartbeats (the web view's traffic panel).
+    Traffic,
     /// `node inspect ID...` (IDs, ID prefixes or hostnames; `self` is the local node).
     NodeInspect {
         /// The nodes.

@@ -20,6 +20,7 @@ pub mod protocol;
 pub mod quorum;
 mod secrets;
 pub mod services;
+pub mod traffic;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -125,6 +126,8 @@ pub(crate) struct Inner {
     leader_since: Mutex<Option<Instant>>,
     /// The swarm's events as this manager saw them.
     events: Arc<crate::events::Journal>,
+    /// The mesh traffic the nodes' heartbeats reported (on the leader).
+    traffic: Mutex<traffic::Traffic>,
     clients: Mutex<HashMap<String, ControlClient<Channel>>>,
     /// The nodes' log sessions and open `service logs` requests (the leader's).
     logs: Arc<logs::Broker>,
@@ -270,6 +273,7 @@ impl Manager {
             descriptions: tokio::sync::Mutex::default(),
             leader_since: Mutex::default(),
             events: Arc::default(),
+            traffic: Mutex::default(),
             clients: Mutex::default(),
             logs: Arc::default(),
             stop,

@@ -866,6 +866,23 @@ async fn beat(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(id.clone(), Instant::now());
+    inner
+        .traffic
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .record(
+            &id,
+            Instant::now(),
+            // A node reports its own mesh: no more services than a swarm has, names no longer
+            // than a name may be (a node cannot grow the leader's memory with its heartbeat).
+            heartbeat
+                .mesh
+                .iter()
+                .filter(|(name, _)| name.len() <= limits::MAX_SHORT)
+                .take(limits::MAX_SERVICES)
+                .map(|(name, counters)| (name.clone(), *counters))
+                .collect(),
+        );
     let node = update_node(inner, &id, |node| {
         let changed = node.status.state != NodeState::Ready
             || node.status.addr != from
@@ -951,6 +968,16 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
         return done;
     }
     match call {
+        Call::Traffic => {
+            // Nodes heard from within three heartbeat periods; the others' rates are stale.
+            let fresh = 3 * heartbeat_period(inner);
+            let rates = inner
+                .traffic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rates(Instant::now(), fresh);
+            serde_json::to_value(rates).map_err(json_error)
+        }
         Call::Inspect => {
             let (object, mut record) = cluster(inner)?;
             let (subject, key) = record.issuer();

@@ -96,6 +96,21 @@ pub struct RenewReply {
 pub struct Heartbeat {
     /// What the node says about itself.
     pub description: NodeDescription,
+    /// Its routing mesh's counters per service name (none before the mesh runs there; none
+    /// from nodes older than this field).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub mesh: std::collections::BTreeMap<String, MeshCounters>,
+}
+
+/// A service's routing-mesh counters on one node, since its programs were loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshCounters {
+    /// Connections balanced.
+    pub connections: u64,
+    /// Client packets sent on to tasks.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// What a node hears back from a heartbeat.

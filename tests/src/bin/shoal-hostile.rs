@@ -130,6 +130,7 @@ async fn heartbeat(args: &[String]) -> Result<Answer, String> {
     let channel = node_channel(args)?;
     let beat = Heartbeat {
         description: description(args)?,
+        mesh: Default::default(),
     };
     Ok(DispatcherClient::new(channel)
         .heartbeat(frame(&beat)?)
