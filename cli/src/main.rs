@@ -1,5 +1,5 @@
 //! `shoal`, the command line for Shoal: Docker's `swarm | node | service | network | secret |
-//! config | stack | info` verbs,
+//! config | stack | info | events` verbs, and `completion` for the shell,
 //! sent to the local `shoald` over its unix socket (`-H unix://PATH`, or `$SHOAL_HOST`).
 //!
 //! ```text
@@ -68,6 +68,25 @@ enum Command {
     /// Drive this node's data plane directly (until the control plane does)
     #[command(subcommand)]
     Dataplane(commands::dataplane::Command),
+    /// Print a completion script for a shell: `source <(shoal completion bash)`, or write it
+    /// where the shell reads completions (zsh: a directory on $fpath as `_shoal`; fish:
+    /// ~/.config/fish/completions/shoal.fish)
+    Completion {
+        /// The shell: bash, zsh or fish (also elvish, powershell)
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The completion script of `shell` for `shoal`.
+fn completion(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "shoal",
+        &mut script,
+    );
+    script
 }
 
 /// An error the way the user reads it.
@@ -102,6 +121,12 @@ async fn main() -> ExitCode {
             commands::secret::run(&cli.host, shoal_api::secret::DataKind::Config, command).await
         }
         Command::Dataplane(command) => commands::dataplane::run(&cli.host, command).await,
+        Command::Completion { shell } => {
+            use std::io::Write as _;
+            // A closed pipe (`| head`) ends the command quietly.
+            let _ = std::io::stdout().write_all(&completion(shell));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,5 +134,40 @@ async fn main() -> ExitCode {
             eprintln!("{message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bash_completion_is_a_script_bash_reads_and_knows_every_verb() {
+        let script = completion(clap_complete::Shell::Bash);
+        let text = String::from_utf8(script.clone()).unwrap();
+        for verb in ["swarm", "node", "service", "events", "completion", "stack"] {
+            assert!(text.contains(verb), "no {verb} in the bash completion");
+        }
+        let mut bash = std::process::Command::new("bash")
+            .arg("-n")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(bash.stdin.as_mut().unwrap(), &script).unwrap();
+        let checked = bash.wait_with_output().unwrap();
+        assert!(
+            checked.status.success(),
+            "{}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+
+    #[test]
+    fn zsh_and_fish_get_their_own_scripts() {
+        let zsh = String::from_utf8(completion(clap_complete::Shell::Zsh)).unwrap();
+        assert!(zsh.starts_with("#compdef shoal"), "{}", &zsh[..40]);
+        let fish = String::from_utf8(completion(clap_complete::Shell::Fish)).unwrap();
+        assert!(fish.contains("complete -c shoal"), "{}", &fish[..80]);
     }
 }

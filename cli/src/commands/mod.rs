@@ -6,6 +6,7 @@ pub(crate) mod info;
 pub(crate) mod logs;
 pub(crate) mod network;
 pub(crate) mod node;
+pub(crate) mod pretty;
 pub(crate) mod secret;
 pub(crate) mod service;
 pub(crate) mod stack;

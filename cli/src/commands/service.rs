@@ -59,6 +59,9 @@ pub(crate) enum Command {
     },
     /// Display detailed information on one or more services
     Inspect {
+        /// Print the information in a human friendly format
+        #[arg(long, conflicts_with = "format")]
+        pretty: bool,
         /// Format the output: json, or a Go template ({{.ID}}, {{json .Spec}})
         #[arg(short, long)]
         format: Option<Format>,
@@ -1389,10 +1392,20 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             .await?;
         }
         Command::Logs(args) => crate::commands::logs::run(host, *args).await?,
-        Command::Inspect { format, services } => {
+        Command::Inspect {
+            pretty,
+            format,
+            services,
+        } => {
             let found: Vec<Service> =
                 serde_json::from_value(call(host, &Call::ServiceInspect { ids: services }).await?)?;
-            crate::output::print_objects(format.as_ref(), &found)?;
+            if pretty {
+                for service in &found {
+                    print!("{}", crate::commands::pretty::service(service));
+                }
+            } else {
+                crate::output::print_objects(format.as_ref(), &found)?;
+            }
         }
         Command::Update(args) => {
             let found: Vec<Service> = serde_json::from_value(

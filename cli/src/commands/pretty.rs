@@ -1,0 +1,288 @@
+//! `service inspect --pretty`: a service in the docker CLI's human layout (tab-aligned
+//! sections: mode, update status, placement, update and rollback configuration, container
+//! spec, mounts, resources, networks, endpoint mode, ports, health check).
+
+use std::fmt::Write as _;
+
+use shoal_api::service::{Service, UpdateConfig};
+
+/// A serde enum's wire name (`stop-first`, `tcp`), as Docker prints it.
+fn wire(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Nanoseconds as Go prints a `time.Duration`: `0s`, `500ms`, `1.5s`, `1m30s`, `2h0m0s`.
+pub(crate) fn go_duration_text(ns: u64) -> String {
+    const US: u64 = 1_000;
+    const MS: u64 = 1_000_000;
+    const S: u64 = 1_000_000_000;
+    let fraction = |value: u64, unit: u64, suffix: &str| {
+        let whole = value / unit;
+        let rest = value % unit;
+        if rest == 0 {
+            return format!("{whole}{suffix}");
+        }
+        let digits = unit.ilog10() as usize;
+        let text = format!("{rest:0digits$}");
+        format!("{whole}.{}{suffix}", text.trim_end_matches('0'))
+    };
+    match ns {
+        0 => "0s".to_owned(),
+        n if n < US => format!("{n}ns"),
+        n if n < MS => fraction(n, US, "µs"),
+        n if n < S => fraction(n, MS, "ms"),
+        n => {
+            let (hours, minutes) = (n / (3_600 * S), (n / (60 * S)) % 60);
+            let seconds = fraction(n % (60 * S), S, "s");
+            match (hours, minutes) {
+                (0, 0) => seconds,
+                (0, m) => format!("{m}m{seconds}"),
+                (h, m) => format!("{h}h{m}m{seconds}"),
+            }
+        }
+    }
+}
+
+fn update_config(out: &mut String, title: &str, order: &str, c: &UpdateConfig) {
+    let _ = writeln!(out, "{title}:");
+    let _ = writeln!(out, " Parallelism:\t{}", c.parallelism);
+    if c.delay > 0 {
+        let _ = writeln!(out, " Delay:\t\t{}", go_duration_text(c.delay));
+    }
+    let _ = writeln!(out, " On failure:\t{}", wire(&c.failure_action));
+    if c.monitor > 0 {
+        let _ = writeln!(out, " Monitoring Period: {}", go_duration_text(c.monitor));
+    }
+    let _ = writeln!(out, " Max failure ratio: {}", c.max_failure_ratio.0);
+    let _ = writeln!(out, " {order} order:      {}", wire(&c.order));
+}
+
+/// `service` as `docker service inspect --pretty` prints it.
+pub(crate) fn service(service: &Service) -> String {
+    let spec = &service.spec;
+    let task = &spec.task_template;
+    let container = &task.container_spec;
+    let mut out = String::new();
+    let _ = writeln!(out, "\nID:\t\t{}", service.id);
+    let _ = writeln!(out, "Name:\t\t{}", spec.name);
+    if !spec.labels.is_empty() {
+        out.push_str("Labels:\n");
+        for (k, v) in &spec.labels {
+            let _ = writeln!(
+                out,
+                " {k}{}",
+                if v.is_empty() {
+                    String::new()
+                } else {
+                    format!("={v}")
+                }
+            );
+        }
+    }
+    match spec.mode.replicated.as_ref() {
+        Some(r) => {
+            let _ = writeln!(out, "Service Mode:\tReplicated\n Replicas:\t{}", r.replicas);
+        }
+        None => out.push_str("Service Mode:\tGlobal\n"),
+    }
+    if let Some(status) = &service.update_status {
+        let _ = writeln!(out, "UpdateStatus:\n State:\t\t{}", wire(&status.state));
+        if !status.started_at.is_empty() {
+            let _ = writeln!(out, " Started:\t{}", status.started_at);
+        }
+        if !status.completed_at.is_empty() {
+            let _ = writeln!(out, " Completed:\t{}", status.completed_at);
+        }
+        let _ = writeln!(out, " Message:\t{}", status.message);
+    }
+    out.push_str("Placement:\n");
+    if !task.placement.constraints.is_empty() {
+        let _ = writeln!(
+            out,
+            " Constraints:\t[{}]",
+            task.placement.constraints.join(" ")
+        );
+    }
+    if !task.placement.preferences.is_empty() {
+        let spread: Vec<String> = task
+            .placement
+            .preferences
+            .iter()
+            .map(|p| format!("spread={}", p.spread.spread_descriptor))
+            .collect();
+        let _ = writeln!(out, " Preferences:\t[{}]", spread.join(" "));
+    }
+    if task.placement.max_replicas > 0 {
+        let _ = writeln!(
+            out,
+            " Max Replicas Per Node:   {}",
+            task.placement.max_replicas
+        );
+    }
+    if let Some(c) = &spec.update_config {
+        update_config(&mut out, "UpdateConfig", "Update", c);
+    }
+    if let Some(c) = &spec.rollback_config {
+        update_config(&mut out, "RollbackConfig", "Rollback", c);
+    }
+    let _ = writeln!(out, "ContainerSpec:\n Image:\t\t{}", container.image);
+    let words = |list: &[String]| list.iter().map(|a| format!("{a} ")).collect::<String>();
+    if !container.command.is_empty() {
+        let _ = writeln!(out, " Command:\t{}", words(&container.command));
+    }
+    if !container.args.is_empty() {
+        let _ = writeln!(out, " Args:\t\t{}", words(&container.args));
+    }
+    if !container.env.is_empty() {
+        let _ = writeln!(out, " Env:\t\t{}", words(&container.env));
+    }
+    if !container.dir.is_empty() {
+        let _ = writeln!(out, " Dir:\t\t{}", container.dir);
+    }
+    if !container.user.is_empty() {
+        let _ = writeln!(out, " User: {}", container.user);
+    }
+    if let Some(grace) = container.stop_grace_period {
+        let _ = writeln!(out, " StopGracePeriod: {}", go_duration_text(grace));
+    }
+    if !container.mounts.is_empty() {
+        out.push_str("Mounts:\n");
+        for m in &container.mounts {
+            let _ = writeln!(
+                out,
+                " Target:\t{}\n  Source:\t{}\n  ReadOnly:\t{}\n  Type:\t\t{}",
+                m.target,
+                m.source,
+                m.read_only,
+                wire(&m.kind)
+            );
+        }
+    }
+    let (limits, reservations) = (&task.resources.limits, &task.resources.reservations);
+    let has = |r: &shoal_api::service::Resources| r.nano_cpus > 0 || r.memory_bytes > 0;
+    if has(limits) || has(reservations) {
+        out.push_str("Resources:\n");
+        for (title, r) in [("Reservations", reservations), ("Limits", limits)] {
+            if !has(r) {
+                continue;
+            }
+            let _ = writeln!(out, " {title}:");
+            if r.nano_cpus > 0 {
+                let _ = writeln!(out, "  CPU:\t\t{}", r.nano_cpus as f64 / 1e9);
+            }
+            if r.memory_bytes > 0 {
+                let _ = writeln!(
+                    out,
+                    "  Memory:\t{}",
+                    crate::output::human_bytes(r.memory_bytes)
+                );
+            }
+        }
+    }
+    if !task.networks.is_empty() {
+        let names: String = task
+            .networks
+            .iter()
+            .map(|n| format!(" {}", n.target))
+            .collect();
+        let _ = writeln!(out, "Networks:{names} ");
+    }
+    let _ = writeln!(out, "Endpoint Mode:\t{}", wire(&spec.endpoint_spec.mode));
+    let ports = if service.endpoint.ports.is_empty() {
+        &spec.endpoint_spec.ports
+    } else {
+        &service.endpoint.ports
+    };
+    if !ports.is_empty() {
+        out.push_str("Ports:\n");
+        for p in ports {
+            let _ = writeln!(
+                out,
+                " PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}",
+                p.published_port,
+                wire(&p.protocol),
+                p.target_port,
+                wire(&p.publish_mode)
+            );
+        }
+    }
+    if let Some(h) = &container.healthcheck {
+        let _ = writeln!(
+            out,
+            " Healthcheck:\n  Interval = {}\n  Retries = {}\n  StartPeriod = 0s\n  Timeout = {}",
+            go_duration_text(h.interval),
+            h.retries,
+            go_duration_text(h.timeout)
+        );
+        if !h.test.is_empty() {
+            let _ = writeln!(out, "  Tests:\n\tTest = {}", h.test.join(" "));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_as_go_prints_them() {
+        for (ns, text) in [
+            (0, "0s"),
+            (500, "500ns"),
+            (1_500, "1.5µs"),
+            (500_000_000, "500ms"),
+            (1_500_000_000, "1.5s"),
+            (5_000_000_000, "5s"),
+            (90_000_000_000, "1m30s"),
+            (7_200_000_000_000, "2h0m0s"),
+        ] {
+            assert_eq!(go_duration_text(ns), text, "{ns}");
+        }
+    }
+
+    #[test]
+    fn a_service_reads_as_docker_lays_it_out() {
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "ID": "s1", "Version": {"Index": 3}, "CreatedAt": "", "UpdatedAt": "",
+            "Spec": {
+                "Name": "web",
+                "Labels": {"tier": "front"},
+                "Mode": {"Replicated": {"Replicas": 3}},
+                "TaskTemplate": {"ContainerSpec": {"Image": "nginx:1.27", "Env": ["A=1"]},
+                                 "Placement": {"Constraints": ["node.role==worker"]}},
+                "EndpointSpec": {"Mode": "vip"},
+            },
+        }))
+        .unwrap();
+        service.endpoint.ports = serde_json::from_value(serde_json::json!([
+            {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "ingress"}
+        ]))
+        .unwrap();
+        let text = service_text(&service);
+        for line in [
+            "ID:\t\ts1",
+            "Name:\t\tweb",
+            " tier=front",
+            "Service Mode:\tReplicated",
+            " Replicas:\t3",
+            " Constraints:\t[node.role==worker]",
+            " Image:\t\tnginx:1.27",
+            " Env:\t\tA=1 ",
+            "Endpoint Mode:\tvip",
+            " PublishedPort = 8080",
+            "  Protocol = tcp",
+            "  TargetPort = 80",
+            "  PublishMode = ingress",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
+
+    fn service_text(s: &Service) -> String {
+        service(s)
+    }
+}
