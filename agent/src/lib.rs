@@ -2,13 +2,15 @@
 //! (engine/: what `shoal` and the docker CLI send), keeps the node's swarm membership ([`swarm`]: init, join,
 //! leave, the heartbeat session, the manager it runs when it is one), and hosts the node's data
 //! plane (`shoal dataplane apply|inspect`, dataplane.rs), and runs the tasks the managers assign it
-//! (tasks/: the `exec` and `docker` executors).
+//! (tasks/: the `exec` and `docker` executors). Off by default: Prometheus metrics on
+//! `--metrics-addr` (metrics.rs) and a live web view of the swarm on `--ui-addr` (ui/, managers).
 //!
 //! ```text
 //!   shoal, docker ──HTTP──> unix socket (0660) ──> Engine API (engine/), /shoal/v1/ (Shoal's own)
 //!                                             ├── node facts (node.rs): name, kernel, OS, CPUs
 //!                                             ├── swarm (swarm.rs): membership, session, manager
 //!                                             └── data plane (dataplane.rs): overlays, WireGuard
+//!   --metrics-addr ──HTTP──> /metrics (metrics.rs)      --ui-addr ──HTTP──> page, state, watch (ui/)
 //!   data root (0700): shoald.pid, locked while the daemon runs; netns/ holds the overlays' namespaces;
 //!   swarm/ holds the node's certificates, its membership and (managers) the raft store
 //! ```

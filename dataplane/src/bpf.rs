@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::{Array, MapError, PerCpuArray, PerCpuValues},
     programs::{
         CgroupSockAddr, ProgramError, SchedClassifier, TestRun, TestRunAttrs, TestRunOptions,
@@ -122,6 +122,17 @@ impl Programs {
     /// Loads [`OBJECT`]: creates its maps. Needs `CAP_BPF` (root).
     pub fn load() -> Result<Self, BpfError> {
         let ebpf = Ebpf::load(OBJECT).map_err(|e| BpfError::Object(Box::new(e)))?;
+        Ok(Self { ebpf })
+    }
+
+    /// [`Programs::load`], with the routing mesh's per-service counters compiled out by the
+    /// verifier (`shoal_abi::mesh::COUNTERS_GLOBAL` set to 0): only for measuring what the
+    /// counters cost (`cargo xtask bench metrics`).
+    pub fn load_without_counters() -> Result<Self, BpfError> {
+        let ebpf = EbpfLoader::new()
+            .override_global(shoal_abi::mesh::COUNTERS_GLOBAL, &0_u32, true)
+            .load(OBJECT)
+            .map_err(|e| BpfError::Object(Box::new(e)))?;
         Ok(Self { ebpf })
     }
 

@@ -31,7 +31,7 @@
 //! Writes `$SHOAL_BENCH_OUT` (default `target/bench/mesh.json`). Needs root and release builds
 //! of `shoald`, `shoal` and `shoal-labtool` (the xtask builds them).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -41,13 +41,13 @@ use serde_json::{Value, json};
 use shoal_abi::bench::TxFrame;
 use shoal_abi::programs::{XDP_BENCH_SINK, XDP_BENCH_TX, XDP_MESH, XDP_PASS};
 use shoal_dataplane::bpf::Programs as Object;
-use shoal_dataplane::common::Mac;
 use shoal_dataplane::mesh::Mesh as Programs;
-use shoal_dataplane::mesh::maglev::DEFAULT_TABLE_SIZE;
-use shoal_dataplane::mesh::model::{BackendPlan, MeshPlan, PortPlan, Protocol, ServicePlan};
 use shoal_tests::mesh::{INGRESS, Mesh, Service, labtool};
 use shoal_tests::overlay::{last_json, median};
 use shoal_tests::{Lab, LabSpec, binary};
+
+mod common;
+use common::{programmed, udp_frame};
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 7;
@@ -57,61 +57,8 @@ const BACKENDS: [&str; 6] = ["web1", "web2", "web3", "web4", "web5", "web6"];
 /// The backends not on n1 (two per node are placed in order: web1 and web2 are n1's).
 const REMOTE_BACKENDS: [&str; 4] = ["web3", "web4", "web5", "web6"];
 
-/// An Ethernet/IPv4/UDP frame of 60 bytes from `sport` to 10.0.0.2:`dport`.
-fn udp_frame(sport: u16, dport: u16) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
-    f.extend_from_slice(&[0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0]);
-    f.extend_from_slice(&[192, 168, 1, 10, 10, 0, 0, 2]);
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&[0, 26, 0, 0]);
-    f.resize(60, 0);
-    f
-}
-
 fn test_run_figures() -> BTreeMap<String, f64> {
-    let backends: Vec<BackendPlan> = (11..17)
-        .map(|last| {
-            let addr = Ipv4Addr::new(10, 255, 0, last);
-            BackendPlan {
-                addr,
-                mac: Mac::from_ip(addr),
-                task: format!("web{last}"),
-                weight: 1,
-                local: false,
-                vtep: None,
-            }
-        })
-        .collect();
-    let plan = MeshPlan {
-        network: "ingress".into(),
-        subnet: "10.255.0.0/24".parse().expect("subnet"),
-        addr: Ipv4Addr::new(10, 255, 0, 2),
-        mac: Mac::from_ip(Ipv4Addr::new(10, 255, 0, 2)),
-        interfaces: Vec::new(),
-        local_addrs: BTreeSet::from([Ipv4Addr::new(10, 0, 0, 2)]),
-        tunnel: None,
-        services: BTreeMap::from([(
-            "web".to_owned(),
-            ServicePlan {
-                table_size: DEFAULT_TABLE_SIZE,
-                ports: vec![PortPlan {
-                    protocol: Protocol::Udp,
-                    published: 53,
-                    target: 53,
-                    host: false,
-                    client_ip: false,
-                }],
-                backends,
-            },
-        )]),
-    };
-    let mut mesh =
-        Programs::load().unwrap_or_else(|e| panic!("loading the programs: {e} (needs root)"));
-    // `shoal0` (index 7 here) takes native XDP redirects, as on a node: XDP carries the packet.
-    mesh.set_xdp_egress(BTreeSet::from([7]))
-        .expect("egress map");
-    mesh.program(&plan, 7).expect("maps");
+    let mut mesh = programmed(Programs::load());
     let established = udp_frame(40_000, 53);
     // The figure is XDP's own path: the packet is redirected, not left to TC.
     let first = mesh.programs().test_run(XDP_MESH, &established, 1);

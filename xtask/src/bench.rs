@@ -38,6 +38,9 @@ pub(crate) enum Suite {
     /// Docker Engine API requests per second (`GET /services`, `GET /tasks`) on 100 services
     /// and 1,000 tasks, vs Docker's swarm mode on the same engine
     Api,
+    /// What observability costs: the mesh's per-service counters per packet (with vs without,
+    /// BPF_PROG_TEST_RUN) and a `/metrics` scrape of a node with 100 services and 1,000 tasks
+    Metrics,
 }
 
 impl Suite {
@@ -53,6 +56,7 @@ impl Suite {
             Self::Eastwest => "eastwest",
             Self::Update => "update",
             Self::Api => "api",
+            Self::Metrics => "metrics",
         }
     }
 }
@@ -88,7 +92,8 @@ pub(crate) fn run(suite: Suite) -> anyhow::Result<()> {
         | Suite::Hardening
         | Suite::Eastwest
         | Suite::Update
-        | Suite::Api => {
+        | Suite::Api
+        | Suite::Metrics => {
             run_command(cargo().args(["build", "--release", "--bins"]))?;
             run_command(
                 cargo()

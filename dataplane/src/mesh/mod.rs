@@ -390,7 +390,16 @@ pub(crate) fn netns_cookie() -> io::Result<u64> {
 impl Mesh {
     /// Loads the programs and creates their (empty) maps.
     pub fn load() -> Result<Self, MeshError> {
-        let mut programs = Programs::load()?;
+        Self::from_programs(Programs::load()?)
+    }
+
+    /// [`Mesh::load`] without the per-service counters: only for measuring what they cost
+    /// (`cargo xtask bench metrics`); nothing is counted.
+    pub fn load_without_counters() -> Result<Self, MeshError> {
+        Self::from_programs(Programs::load_without_counters()?)
+    }
+
+    fn from_programs(mut programs: Programs) -> Result<Self, MeshError> {
         for name in [programs::XDP_MESH, programs::XDP_PASS] {
             programs.xdp(name)?;
         }

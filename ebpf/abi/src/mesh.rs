@@ -48,6 +48,10 @@ pub const SERVICES_MAP: &str = "MESH_SERVICES";
 pub const TABLES_MAP: &str = "MESH_TABLES";
 /// Per-service, per-CPU counters (per-CPU array of [`ServiceStats`], indexed by service).
 pub const STATS_MAP: &str = "MESH_STATS";
+/// A read-only global (`u32`, 1 by default): 0 makes the programs count nothing in
+/// [`STATS_MAP`]. Only `cargo xtask bench metrics` sets it, to measure what counting costs; the
+/// verifier sees the constant and leaves the unused branch out.
+pub const COUNTERS_GLOBAL: &str = "MESH_COUNTERS";
 /// The node's place in the ingress network (array of one [`Config`]).
 pub const CONFIG_MAP: &str = "MESH_CONFIG";
 /// Client-IP mode, backend side: which entry node a client flow came through (LRU hash,

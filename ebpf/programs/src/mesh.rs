@@ -12,6 +12,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    Global,
     bindings::bpf_fib_lookup as FibLookup,
     bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_NO_COMMON_LRU, BPF_F_PSEUDO_HDR, xdp_action},
     helpers::generated::{
@@ -59,6 +60,10 @@ static TABLES: Array<u32> = Array::with_max_entries(TABLE_CAPACITY, 0);
 #[map(name = "MESH_STATS")]
 static STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
+/// `shoal_abi::mesh::COUNTERS_GLOBAL`: 0 counts nothing (the counters' cost, measured).
+#[unsafe(no_mangle)]
+static MESH_COUNTERS: Global<u32> = Global::new(1);
+
 #[map(name = "MESH_CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
@@ -85,6 +90,9 @@ const IP_DADDR: usize = ETH_HLEN + 16;
 
 #[inline(always)]
 pub(crate) fn stats(service: u32) -> Option<&'static mut ServiceStats> {
+    if MESH_COUNTERS.load() == 0 {
+        return None;
+    }
     let stats = STATS.get_ptr_mut(service)?;
     // SAFETY: this CPU's own value, from the map lookup; XDP and TC run with preemption
     // disabled, so nothing else writes it meanwhile.
