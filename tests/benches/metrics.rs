@@ -86,7 +86,7 @@ fn flags(i: usize) -> Vec<String> {
     ]
     .map(str::to_owned)
     .to_vec();
-    if i % PUBLISHED_EVERY == 0 {
+    if i.is_multiple_of(PUBLISHED_EVERY) {
         flags.extend(["--publish".to_owned(), format!("{}:80", 20_000 + i)]);
     }
     flags.extend(["host".to_owned(), "true".to_owned()]);
