@@ -162,3 +162,30 @@ fn help_and_version() {
     assert!(help.contains("info"), "{help}");
     assert!(help.contains("-H, --host"), "{help}");
 }
+
+#[test]
+fn a_busy_metrics_or_ui_port_is_the_daemon_s_error_at_start() {
+    for flag in ["metrics-addr", "ui-addr"] {
+        let dir = tempfile::tempdir().unwrap();
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = busy.local_addr().unwrap();
+        let config = Config {
+            data_root: dir.path().join("data"),
+            host: DaemonHost::unix(dir.path().join("shoal.sock")),
+            hostname: "cli-test-node".into(),
+            executor: shoal_agent::ExecutorKind::None,
+            docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
+            metrics_addr: (flag == "metrics-addr").then_some(addr),
+            ui_addr: (flag == "ui-addr").then_some(addr),
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let error = runtime
+            .block_on(shoal_agent::run(config, std::future::pending()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&format!("--{flag} {addr}")) && error.contains("in use"),
+            "{error}"
+        );
+    }
+}

@@ -220,6 +220,11 @@ fn events_show_a_service_s_life_in_order() {
     let n1 = swarm.managers[0].clone();
     let since = unix_now();
     create_serve(&swarm, &n1, &["--name", "web", "--replicas", "2"]);
+    // The service in the docker CLI's human layout.
+    let pretty = swarm.ok(&n1, &["service", "inspect", "--pretty", "web"]);
+    for line in ["Name:\t\tweb", "Service Mode:\tReplicated", " Replicas:\t2"] {
+        assert!(pretty.lines().any(|l| l == line), "no {line:?} in:\n{pretty}");
+    }
     swarm.ok(&n1, &["service", "scale", "web=3"]);
     swarm.ok(&n1, &["node", "update", "--availability", "drain", "n3"]);
     swarm.ok(&n1, &["service", "rm", "web"]);
