@@ -33,6 +33,22 @@ fn curl(swarm: &Swarm, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A client asking `ip:8080` from the client's namespace, one request after another, until
+/// killed.
+fn requests(swarm: &Swarm, ip: &str) -> std::process::Child {
+    let mut client = swarm
+        .lab
+        .client()
+        .command(labtool_path())
+        .expect("the client's namespace");
+    client
+        .args(["ask", "--target", &format!("{ip}:8080")])
+        .args(["--count", "1000000", "--timeout-ms", "2000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    client.spawn().expect("shoal-labtool runs")
+}
+
 /// One value of a Prometheus instant query (`None`: no series).
 fn query(swarm: &Swarm, promql: &str) -> Option<f64> {
     let body = curl(
@@ -148,17 +164,7 @@ fn prometheus_scrapes_every_node_and_sees_the_mesh_traffic_come_and_go() {
     // While a client sends requests to the published port, the mesh's packet rate for the
     // service is positive; once it stops, it falls back to zero.
     let rate = "sum(rate(shoal_mesh_packets_total{service=\"web\"}[30s]))";
-    let mut client = swarm
-        .lab
-        .client()
-        .command(labtool_path())
-        .expect("the client's namespace");
-    client
-        .args(["ask", "--target", &format!("{ip}:8080")])
-        .args(["--count", "1000000", "--timeout-ms", "2000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut traffic = client.spawn().expect("shoal-labtool runs");
+    let mut traffic = requests(&swarm, &ip);
     let mut seen = None;
     let positive = wait_until(
         "a positive mesh rate for web",
@@ -223,7 +229,10 @@ fn events_show_a_service_s_life_in_order() {
     // The service in the docker CLI's human layout.
     let pretty = swarm.ok(&n1, &["service", "inspect", "--pretty", "web"]);
     for line in ["Name:\t\tweb", "Service Mode:\tReplicated", " Replicas:\t2"] {
-        assert!(pretty.lines().any(|l| l == line), "no {line:?} in:\n{pretty}");
+        assert!(
+            pretty.lines().any(|l| l == line),
+            "no {line:?} in:\n{pretty}"
+        );
     }
     swarm.ok(&n1, &["service", "scale", "web=3"]);
     swarm.ok(&n1, &["node", "update", "--availability", "drain", "n3"]);
@@ -358,17 +367,7 @@ fn the_web_view_shows_tasks_by_node_and_follows_a_scale_and_a_drain_live() {
     let ip = n1.public_ip.to_string();
     wait_answers(&swarm, &ip, 8080, 6);
     // Some traffic through the mesh, for the traffic panel.
-    let mut client = swarm
-        .lab
-        .client()
-        .command(labtool_path())
-        .expect("the client's namespace");
-    client
-        .args(["ask", "--target", &format!("{ip}:8080")])
-        .args(["--count", "1000000", "--timeout-ms", "2000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut traffic = client.spawn().expect("shoal-labtool runs");
+    let mut traffic = requests(&swarm, &ip);
 
     let dir = swarm.lab.host_dir(&n1).join("chromium");
     let mut browser = shoal_tests::browser::Browser::launch(&n1, &dir).expect("chromium starts");
