@@ -185,10 +185,14 @@ impl NodeDataplane {
     /// The routing mesh's and the WireGuard engine's figures, for a metrics scrape. Reads
     /// the maps and the engine as they are; creates nothing (no data plane yet: no figures).
     pub(crate) async fn read_metrics(&self, snapshot: &mut crate::metrics::Snapshot) {
-        let guard = self.inner.lock().await;
-        let Some(dp) = guard.as_ref() else {
+        let mut guard = self.inner.lock().await;
+        let Some(dp) = guard.as_mut() else {
             return;
         };
+        match dp.network_counters().await {
+            Ok(networks) => snapshot.networks = networks,
+            Err(e) => tracing::warn!(error = %e, "reading the overlays' counters for a scrape"),
+        }
         for p in dp.wireguard_status() {
             snapshot.peers.push(crate::metrics::Peer {
                 node: p.node,
@@ -199,6 +203,8 @@ impl NodeDataplane {
                 handshakes_limited: p.handshakes_limited,
                 cookie_replies: p.cookie_replies,
                 refused_packets: p.refused_packets,
+                handshakes: p.handshakes,
+                rotations: p.rotations,
                 networks: p.vnis.len(),
             });
         }
@@ -276,6 +282,8 @@ impl NodeDataplane {
                         "cookie_replies": p.cookie_replies,
                         "handshakes_limited": p.handshakes_limited,
                         "refused_packets": p.refused_packets,
+                        "handshakes": p.handshakes,
+                        "rotations": p.rotations,
                     })
                 })
                 .collect();

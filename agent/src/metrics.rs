@@ -135,6 +135,11 @@ pub(crate) fn render(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
         control.missed_heartbeats.clone(),
     );
     registry.register(
+        "shoal_scheduler_placements",
+        "Tasks this manager's scheduler gave a node (as leader)",
+        control.placements.clone(),
+    );
+    registry.register(
         "shoal_dispatcher_sessions",
         "Assignment streams this manager serves (one per connected node, on the leader)",
         control.sessions.clone(),
@@ -192,6 +197,8 @@ pub(crate) struct Peer {
     pub handshakes_limited: u64,
     pub cookie_replies: u64,
     pub refused_packets: u64,
+    pub handshakes: u64,
+    pub rotations: u64,
     pub networks: usize,
 }
 
@@ -212,6 +219,8 @@ pub(crate) struct Snapshot {
     pub entries: BTreeMap<String, &'static str>,
     /// The WireGuard engine's peers.
     pub peers: Vec<Peer>,
+    /// Each overlay network's VXLAN counters on this node, by network ID.
+    pub networks: BTreeMap<String, shoal_dataplane::overlay::layout::NetworkCounters>,
 }
 
 /// A serde enum's wire name (`"active"`, `"down"`).
@@ -570,6 +579,53 @@ impl Collector for Snapshot {
         )?;
         family(
             &mut e,
+            "shoal_wireguard_handshakes",
+            "Handshake messages from a peer (initiations and responses) that a session took",
+            C,
+            self.peers.iter().map(|p| (peer(p), counter(p.handshakes))),
+        )?;
+        family(
+            &mut e,
+            "shoal_wireguard_key_rotations",
+            "Key changes completed with a peer",
+            C,
+            self.peers.iter().map(|p| (peer(p), counter(p.rotations))),
+        )?;
+        let network = |pick: fn(&shoal_dataplane::overlay::layout::NetworkCounters) -> u64| {
+            self.networks
+                .iter()
+                .map(move |(id, c)| (vec![("network", id.clone())], counter(pick(c))))
+        };
+        family(
+            &mut e,
+            "shoal_overlay_sent_packets",
+            "Frames this node's tasks sent to other nodes on an overlay network (inside VXLAN)",
+            C,
+            network(|c| c.tx_packets),
+        )?;
+        family(
+            &mut e,
+            "shoal_overlay_sent_bytes",
+            "Their bytes",
+            C,
+            network(|c| c.tx_bytes),
+        )?;
+        family(
+            &mut e,
+            "shoal_overlay_received_packets",
+            "Frames this node's tasks received from other nodes on an overlay network",
+            C,
+            network(|c| c.rx_packets),
+        )?;
+        family(
+            &mut e,
+            "shoal_overlay_received_bytes",
+            "Their bytes",
+            C,
+            network(|c| c.rx_bytes),
+        )?;
+        family(
+            &mut e,
             "shoal_overlay_encrypted_networks",
             "Encrypted overlay networks a peer carries",
             G,
@@ -623,8 +679,16 @@ mod tests {
             tx_bytes: 5,
             last_handshake_seconds: Some(1.5),
             networks: 1,
+            rotations: 2,
             ..Peer::default()
         });
+        snapshot.networks.insert(
+            "net1".into(),
+            shoal_dataplane::overlay::layout::NetworkCounters {
+                tx_packets: 7,
+                ..Default::default()
+            },
+        );
         snapshot
     }
 
@@ -693,6 +757,8 @@ mod tests {
             "shoal_mesh_interface_entry{interface=\"eth0\",path=\"xdp\"} 1",
             "shoal_wireguard_sent_bytes_total{peer=\"n2\"} 5",
             "shoal_wireguard_last_handshake_age_seconds{peer=\"n2\"} 1.5",
+            "shoal_wireguard_key_rotations_total{peer=\"n2\"} 2",
+            "shoal_overlay_sent_packets_total{network=\"net1\"} 7",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }

@@ -37,6 +37,8 @@ pub struct ControlMetrics {
     pub missed_heartbeats: Counter,
     /// Assignment streams this manager serves now (one per connected node, on the leader).
     pub sessions: Gauge,
+    /// Tasks this manager's scheduler gave a node (as leader).
+    pub placements: Counter,
 }
 
 impl ControlMetrics {
@@ -51,6 +53,7 @@ impl ControlMetrics {
             heartbeats: Counter::default(),
             missed_heartbeats: Counter::default(),
             sessions: Gauge::default(),
+            placements: Counter::default(),
         }
     }
 }

@@ -190,8 +190,12 @@ fn prometheus_scrapes_every_node_and_sees_the_mesh_traffic_come_and_go() {
     if let Err(e) = zero {
         panic!("{e}: last {seen:?}");
     }
-    // The managers' raft figures reach Prometheus too: one leader among three.
+    // The managers' raft figures reach Prometheus too: one leader among three; the leader
+    // placed the three tasks; the mesh sent the requests over the ingress overlay to the other
+    // nodes' tasks.
     assert_eq!(query(&swarm, "sum(shoal_raft_leader)"), Some(1.0));
+    assert!(query(&swarm, "sum(shoal_scheduler_placements_total)") >= Some(3.0));
+    assert!(query(&swarm, "sum(shoal_overlay_sent_packets_total)") > Some(0.0));
     assert_eq!(query(&swarm, "count(shoal_raft_term)"), Some(3.0));
 }
 

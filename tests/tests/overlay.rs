@@ -388,7 +388,10 @@ fn a_node_rotates_its_key_while_a_tcp_stream_runs_across_the_encrypted_network()
                 .find(|p| p["node"] == "n1")
                 .cloned()
                 .unwrap();
-            Ok(n1["public_key"] == new_key.as_str() && n1["rotating"] == false)
+            Ok(n1["public_key"] == new_key.as_str()
+                && n1["rotating"] == false
+                && n1["rotations"] == 1
+                && n1["handshakes"].as_u64() >= Some(1))
         },
     )
     .unwrap();

@@ -1172,9 +1172,11 @@ pub(super) async fn reconcile_loop(manager: Manager, mut stopped: watch::Receive
             ));
             if !changes.is_empty() {
                 let n = changes.len();
+                let placements = placements(&changes);
                 match ops::propose(&inner, ChangeSet(changes)).await {
                     Ok(_) => {
                         tracing::debug!(changes = n, "reconciled");
+                        crate::metrics::control().placements.inc_by(placements);
                         continue;
                     }
                     Err(e) if e.code() == tonic::Code::Aborted => continue,
@@ -1199,6 +1201,19 @@ pub(super) async fn reconcile_loop(manager: Manager, mut stopped: watch::Receive
             while events.try_next().is_some() {}
         }
     }
+}
+
+/// Tasks `changes` give a node (a task is assigned once in its life: states only move forward).
+fn placements(changes: &[Change]) -> u64 {
+    changes
+        .iter()
+        .filter(|c| match c {
+            Change::Create { kind, body, .. } | Change::Update { kind, body, .. } => {
+                *kind == Kind::Task && body.pointer("/Status/State") == Some(&"assigned".into())
+            }
+            Change::Delete { .. } => false,
+        })
+        .count() as u64
 }
 
 /// Sends `node_id` its assignment from this manager's replica (the leader's: the stream is only

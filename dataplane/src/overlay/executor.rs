@@ -350,6 +350,52 @@ impl Dataplane {
         })
     }
 
+    /// Each network's VXLAN device counters (networks whose namespace exists on this node).
+    pub async fn network_counters(
+        &mut self,
+    ) -> io::Result<std::collections::BTreeMap<String, super::layout::NetworkCounters>> {
+        let mut out = std::collections::BTreeMap::new();
+        for id in self.network_ids()? {
+            let Some(h) = self.net_handle(&id)? else {
+                continue;
+            };
+            let vxlan = links(&h)
+                .await?
+                .into_iter()
+                .find(|m| link_name(m) == Some(VXLAN));
+            let stats = vxlan.and_then(|m| {
+                m.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::Stats64(s) => Some(s),
+                    _ => None,
+                })
+            });
+            if let Some(s) = stats {
+                out.insert(
+                    id,
+                    super::layout::NetworkCounters {
+                        tx_packets: s.tx_packets,
+                        tx_bytes: s.tx_bytes,
+                        rx_packets: s.rx_packets,
+                        rx_bytes: s.rx_bytes,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The IDs of the networks whose namespaces exist under the root (`ov-<id>`).
+    fn network_ids(&self) -> io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&self.root)? {
+            let name = entry?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_prefix("ov-")) {
+                ids.push(id.to_owned());
+            }
+        }
+        Ok(ids)
+    }
+
     /// Reads what the kernel holds.
     pub async fn observe(&mut self) -> io::Result<Observed> {
         let mut observed = Observed::default();
@@ -372,14 +418,7 @@ impl Dataplane {
                 }
             }
         }
-        let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&self.root)? {
-            let name = entry?.file_name();
-            if let Some(id) = name.to_str().and_then(|n| n.strip_prefix("ov-")) {
-                ids.push(id.to_owned());
-            }
-        }
-        for id in ids {
+        for id in self.network_ids()? {
             let Some(h) = self.net_handle(&id)? else {
                 continue;
             };

@@ -173,6 +173,20 @@ pub enum TunnelState {
     Up(Tunnel),
 }
 
+/// A network's VXLAN device counters on this node: what its tasks sent to tasks on other nodes
+/// (`tx`) and received from them (`rx`), as frames inside VXLAN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkCounters {
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+}
+
 /// What the executor read back from the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {

@@ -123,6 +123,8 @@ struct Tunnels {
     /// The VNIs the peer may send into: the encrypted networks it has tasks on, which are the
     /// ones we send it (see [`super::model::WgPeer::vnis`]).
     vnis: BTreeSet<u32>,
+    /// Key changes completed with this peer (a pending generation made active).
+    rotations: u64,
 }
 
 impl Tunnels {
@@ -139,6 +141,7 @@ impl Tunnels {
             pending,
             retired,
             vnis,
+            ..
         } = self;
         std::iter::once(active)
             .chain(pending.as_mut())
@@ -152,6 +155,7 @@ impl Tunnels {
         if let Some(pending) = &self.pending
             && pending.tunn.stats().0.is_some()
         {
+            self.rotations += 1;
             let new = self.pending.take().expect("checked above");
             let old = std::mem::replace(&mut self.active, new);
             tracing::info!(
@@ -171,6 +175,8 @@ struct PeerState {
     /// Handshake work spent on this peer's address in the current second.
     budget: Budget,
     refused: Refusals,
+    /// Handshake messages from the peer (initiations and responses) its session took.
+    handshakes: AtomicU64,
 }
 
 /// What one peer's address may cost us in handshakes per second; reset by the timer thread.
@@ -320,6 +326,10 @@ pub struct PeerStatus {
     /// Decrypted packets refused: not IPv4/UDP from the peer to our VXLAN port on a VNI it may
     /// send into.
     pub refused_packets: u64,
+    /// Handshake messages from it (initiations and responses) that a session took.
+    pub handshakes: u64,
+    /// Key changes completed with it.
+    pub rotations: u64,
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -764,6 +774,8 @@ impl Engine {
                     cookie_replies: read(&p.refused.cookie_replies),
                     handshakes_limited: read(&p.refused.handshakes_limited),
                     refused_packets: read(&p.refused.packets),
+                    handshakes: read(&p.handshakes),
+                    rotations: t.rotations,
                 }
             })
             .collect();
@@ -844,9 +856,11 @@ impl Shared {
                             pending: None,
                             retired: Vec::new(),
                             vnis: want.vnis.clone(),
+                            rotations: 0,
                         }),
                         budget: Budget::default(),
                         refused: Refusals::default(),
+                        handshakes: AtomicU64::new(0),
                     })
                 }
                 Some(peer) => {
@@ -1079,7 +1093,12 @@ impl Shared {
         out: &mut [u8],
         coalescer: &mut Coalescer,
     ) {
-        let target = match Tunn::parse_incoming_packet(datagram) {
+        let parsed = Tunn::parse_incoming_packet(datagram);
+        let handshake = matches!(
+            parsed,
+            Ok(Packet::HandshakeInit(_) | Packet::HandshakeResponse(_))
+        );
+        let target = match parsed {
             Ok(Packet::HandshakeInit(init)) => self.handshake_target(from, datagram, &init),
             Ok(Packet::HandshakeResponse(p)) => self.peer_by_index(p.receiver_idx),
             Ok(Packet::PacketCookieReply(p)) => self.peer_by_index(p.receiver_idx),
@@ -1104,6 +1123,9 @@ impl Shared {
             };
             let base = out.as_ptr() as usize;
             let mut result = generation.tunn.decapsulate(Some(from.ip()), datagram, out);
+            if handshake && !matches!(result, TunnResult::Err(_)) {
+                count(&peer.handshakes);
+            }
             let delivered = loop {
                 match result {
                     TunnResult::WriteToNetwork(reply) => {
