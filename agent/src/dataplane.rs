@@ -230,6 +230,10 @@ impl NodeDataplane {
                 snapshot.entries.insert(name, entry.name());
             }
         }
+        match mesh.vip_status() {
+            Ok(vips) => snapshot.vips = vips,
+            Err(e) => tracing::warn!(error = %e, "reading the VIP counters for a scrape"),
+        }
     }
 
     /// What the kernel holds, as JSON.
@@ -368,9 +372,22 @@ impl NodeDataplane {
                         Some(Err(why)) => json!({ "served": false, "reason": why }),
                         None => Value::Null,
                     };
+                    let vips: serde_json::Map<String, Value> = mesh
+                        .vip_status()
+                        .map_err(|e| Status::internal(format!("reading the VIP counters: {e}")))?
+                        .into_iter()
+                        .map(|(name, s)| {
+                            let counters = json!({
+                                "connections": s.connections,
+                                "no_backend": s.no_backend,
+                            });
+                            (name, counters)
+                        })
+                        .collect();
                     json!({
                         "interfaces": interfaces,
                         "services": services,
+                        "vips": vips,
                         "flows": { "established": established, "new": flows.len() - established },
                         "node_local": node_local,
                     })

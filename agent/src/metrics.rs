@@ -219,6 +219,8 @@ pub(crate) struct Snapshot {
     pub entries: BTreeMap<String, &'static str>,
     /// The WireGuard engine's peers.
     pub peers: Vec<Peer>,
+    /// What each service VIP translated for this node's tasks, by service name.
+    pub vips: BTreeMap<String, shoal_dataplane::mesh::VipStats>,
     /// Each overlay network's VXLAN counters on this node, by network ID.
     pub networks: BTreeMap<String, shoal_dataplane::overlay::layout::NetworkCounters>,
 }
@@ -504,6 +506,24 @@ impl Collector for Snapshot {
         )?;
         family(
             &mut e,
+            "shoal_vip_connections",
+            "Connections (and unconnected datagrams) from this node's tasks to a service VIP, sent to one of its running tasks",
+            C,
+            self.vips
+                .iter()
+                .map(|(name, s)| (vec![("service", name.clone())], counter(s.connections))),
+        )?;
+        family(
+            &mut e,
+            "shoal_vip_no_backend",
+            "Connections from this node's tasks to a service VIP while the service had no running task",
+            C,
+            self.vips
+                .iter()
+                .map(|(name, s)| (vec![("service", name.clone())], counter(s.no_backend))),
+        )?;
+        family(
+            &mut e,
             "shoal_mesh_interface_entry",
             "How the mesh takes packets in on a public interface (1 for the path in use)",
             G,
@@ -674,6 +694,13 @@ mod tests {
             },
         );
         snapshot.entries.insert("eth0".into(), "xdp");
+        snapshot.vips.insert(
+            "api".into(),
+            shoal_dataplane::mesh::VipStats {
+                connections: 4,
+                no_backend: 1,
+            },
+        );
         snapshot.peers.push(Peer {
             node: "n2".into(),
             tx_bytes: 5,
@@ -755,6 +782,8 @@ mod tests {
             "shoal_mesh_bytes_total{service=\"web\"} 1000",
             "shoal_mesh_connections_total{service=\"web\"} 2",
             "shoal_mesh_interface_entry{interface=\"eth0\",path=\"xdp\"} 1",
+            "shoal_vip_connections_total{service=\"api\"} 4",
+            "shoal_vip_no_backend_total{service=\"api\"} 1",
             "shoal_wireguard_sent_bytes_total{peer=\"n2\"} 5",
             "shoal_wireguard_last_handshake_age_seconds{peer=\"n2\"} 1.5",
             "shoal_wireguard_key_rotations_total{peer=\"n2\"} 2",

@@ -394,7 +394,11 @@ impl DesiredState {
                 .collect();
             backends.sort();
             backends.dedup();
-            vips.push(VipPlan { vip, backends });
+            vips.push(VipPlan {
+                service: v.service.clone(),
+                vip,
+                backends,
+            });
         }
 
         // Remote endpoints.

@@ -1220,6 +1220,15 @@ fn tasks_find_services_by_name_and_reach_them_through_their_vip() {
         assert!(name.starts_with("api."), "{per:?}");
         assert!((90..=210).contains(n), "{name} got {n} of 300: {per:?}");
     }
+    // The node's socket programs counted them, under the service's name.
+    let inspect: Value = serde_json::from_str(&swarm.ok(&host, &["dataplane", "inspect"]))
+        .expect("dataplane inspect is JSON");
+    let counted = &inspect["mesh"]["vips"]["api"];
+    assert!(
+        counted["connections"].as_u64() >= Some(300),
+        "{}",
+        inspect["mesh"]["vips"]
+    );
     // The client sees the VIP as its peer.
     let script = format!(
         "import socket\ns = socket.create_connection(('{vip}', 80), timeout=3)\nprint(s.getpeername()[0])"

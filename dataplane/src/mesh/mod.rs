@@ -34,7 +34,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::xdp::XdpLink;
 use aya::programs::{CgroupAttachMode, SchedClassifier, TcAttachType, Xdp, XdpMode};
@@ -42,7 +42,7 @@ use shoal_abi::mesh::{
     self as abi, Backend, Config, Conn, FLAG_CLIENT_IP, FLAG_HOST, FlowKey, Frontend, FrontendKey,
     MAX_BACKENDS, MAX_EGRESS, MAX_SERVICES, Rewrite, SockConfig, TABLE_CAPACITY,
 };
-pub use shoal_abi::mesh::{ServiceStats, Timeouts};
+pub use shoal_abi::mesh::{ServiceStats, Timeouts, VipStats};
 use shoal_abi::programs;
 
 use crate::bpf::{BpfError, Programs};
@@ -339,6 +339,8 @@ pub struct Mesh {
 /// A service VIP the node's tasks reach: its running backends (addresses on the VIP's network).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VipPlan {
+    /// The service's name (what the VIP's counters are reported under).
+    pub service: String,
     /// The VIP.
     pub vip: Ipv4Addr,
     /// The running tasks' addresses, sorted (every node builds the same table).
@@ -504,6 +506,18 @@ impl Mesh {
         }
         for vip in old.iter().filter(|v| !frontends.contains_key(v)) {
             let _ = map.remove(vip);
+        }
+        // A VIP gone takes its counters along: one given to another service counts from zero.
+        let mut stats: PerCpuHashMap<&mut MapData, u32, VipStats> = PerCpuHashMap::try_from(
+            self.programs
+                .ebpf_mut()
+                .map_mut(abi::VIP_STATS_MAP)
+                .ok_or(BpfError::NoMap(abi::VIP_STATS_MAP))?,
+        )
+        .map_err(map_err(abi::VIP_STATS_MAP))?;
+        let counted: Vec<u32> = stats.keys().filter_map(Result::ok).collect();
+        for vip in counted.iter().filter(|v| !frontends.contains_key(v)) {
+            let _ = stats.remove(vip);
         }
         changes.push(format!(
             "mesh: {} service VIP(s) balanced for the node's tasks",
@@ -1284,6 +1298,33 @@ impl Mesh {
                     stats: total,
                 },
             );
+        }
+        Ok(out)
+    }
+
+    /// What each service VIP translated for the node's tasks, summed over CPUs, by service name.
+    pub fn vip_status(&self) -> Result<BTreeMap<String, VipStats>, MeshError> {
+        let Some((vips, _)) = &self.vips_applied else {
+            return Ok(BTreeMap::new());
+        };
+        let map = self
+            .programs
+            .ebpf()
+            .map(abi::VIP_STATS_MAP)
+            .ok_or(BpfError::NoMap(abi::VIP_STATS_MAP))?;
+        let stats: PerCpuHashMap<_, u32, VipStats> =
+            PerCpuHashMap::try_from(map).map_err(map_err(abi::VIP_STATS_MAP))?;
+        let mut out = BTreeMap::new();
+        for plan in vips {
+            let mut total = VipStats::default();
+            if let Ok(per_cpu) = stats.get(&abi::addr(plan.vip.octets()), 0) {
+                for cpu in per_cpu.iter() {
+                    total.add(cpu);
+                }
+            }
+            out.entry(plan.service.clone())
+                .or_insert_with(VipStats::default)
+                .add(&total);
         }
         Ok(out)
     }

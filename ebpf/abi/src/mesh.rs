@@ -196,6 +196,26 @@ pub struct VipFrontend {
 
 /// Service VIPs: address -> [`VipFrontend`].
 pub const VIP_FRONTENDS_MAP: &str = "MESH_VIP_FRONTENDS";
+/// What each service VIP translated, per CPU (per-CPU hash: address -> [`VipStats`]).
+pub const VIP_STATS_MAP: &str = "MESH_VIP_STATS";
+
+/// A service VIP's counters on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    /// Connections (and datagrams of unconnected sockets) sent to a running task.
+    pub connections: u64,
+    /// Those left to the VIP itself, which nothing answers: the service had no running task.
+    pub no_backend: u64,
+}
+
+impl VipStats {
+    /// Adds `other`, counter by counter (summing CPUs).
+    pub fn add(&mut self, other: &Self) {
+        self.connections = self.connections.wrapping_add(other.connections);
+        self.no_backend = self.no_backend.wrapping_add(other.no_backend);
+    }
+}
 /// The VIPs' Maglev tables: backend addresses (two halves, written in turn).
 pub const VIP_TABLES_MAP: &str = "MESH_VIP_TABLES";
 /// The network namespaces of the node's tasks (cookie -> 1): the sockets VIPs are translated for.
@@ -601,6 +621,7 @@ mod pod {
     }
     pod!(
         super::VipFrontend,
+        super::VipStats,
         super::SockConfig,
         super::SockKey,
         super::SockOrigin,

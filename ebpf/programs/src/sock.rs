@@ -15,15 +15,16 @@
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_NOEXIST,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie},
     macros::map,
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
     programs::SockAddrContext,
 };
 use shoal_abi::{
     mesh::{
         FrontendKey, MAX_SOCK_ORIGINS, MAX_TASK_NETNS, MAX_VIPS, SockConfig, SockKey, SockOrigin,
-        VIP_TABLE_CAPACITY, VipFrontend,
+        VIP_TABLE_CAPACITY, VipFrontend, VipStats,
     },
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -42,6 +43,9 @@ static SOCK_ORIGINS: LruHashMap<SockKey, SockOrigin> =
 
 #[map(name = "MESH_VIP_FRONTENDS")]
 static VIP_FRONTENDS: HashMap<u32, VipFrontend> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "MESH_VIP_STATS")]
+static VIP_STATS: PerCpuHashMap<u32, VipStats> = PerCpuHashMap::with_max_entries(MAX_VIPS, 0);
 
 #[map(name = "MESH_VIP_TABLES")]
 static VIP_TABLES: Array<u32> = Array::with_max_entries(VIP_TABLE_CAPACITY, 0);
@@ -86,12 +90,39 @@ fn pick_vip(vip: u32, hash: u32) -> Option<u32> {
     // SAFETY: copied out at once; the value is plain data.
     let frontend = unsafe { VIP_FRONTENDS.get(vip) }.copied()?;
     if frontend.table_size == 0 {
+        count_vip(vip, false);
         return None;
     }
     let slot = frontend
         .table_offset
         .wrapping_add(hash % frontend.table_size);
-    VIP_TABLES.get(slot).copied().filter(|a| *a != 0)
+    let picked = VIP_TABLES.get(slot).copied().filter(|a| *a != 0);
+    count_vip(vip, picked.is_some());
+    picked
+}
+
+/// Counts one translation at `vip` (`sent`: to a task; else left to the VIP, no task running).
+/// Statistics only: an increment lost to a preemption between its load and store is accepted.
+#[inline(always)]
+fn count_vip(vip: u32, sent: bool) {
+    match VIP_STATS.get_ptr_mut(vip) {
+        // SAFETY: this CPU's own value, from the map lookup (the program cannot migrate).
+        Some(s) => unsafe {
+            if sent {
+                (*s).connections += 1;
+            } else {
+                (*s).no_backend += 1;
+            }
+        },
+        None => {
+            let first = VipStats {
+                connections: u64::from(sent),
+                no_backend: u64::from(!sent),
+            };
+            // Full (more VIPs than it holds) or raced by another CPU: this one goes uncounted.
+            let _ = VIP_STATS.insert(vip, first, u64::from(BPF_NOEXIST));
+        }
+    }
 }
 
 /// Sends a connection or datagram for a published port on the node, or (from a task) for a
