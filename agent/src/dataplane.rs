@@ -230,6 +230,10 @@ impl NodeDataplane {
                 snapshot.entries.insert(name, entry.name());
             }
         }
+        match mesh.port_status() {
+            Ok(ports) => snapshot.ports = ports,
+            Err(e) => tracing::warn!(error = %e, "reading the port counters for a scrape"),
+        }
         match mesh.vip_status() {
             Ok(vips) => snapshot.vips = vips,
             Err(e) => tracing::warn!(error = %e, "reading the VIP counters for a scrape"),

@@ -219,6 +219,8 @@ pub(crate) struct Snapshot {
     pub entries: BTreeMap<String, &'static str>,
     /// The WireGuard engine's peers.
     pub peers: Vec<Peer>,
+    /// Each published port's counters on this node.
+    pub ports: Vec<shoal_dataplane::mesh::PortStatus>,
     /// What each service VIP translated for this node's tasks, by service name.
     pub vips: BTreeMap<String, shoal_dataplane::mesh::VipStats>,
     /// Each overlay network's VXLAN counters on this node, by network ID.
@@ -504,6 +506,31 @@ impl Collector for Snapshot {
                 .iter()
                 .map(|(name, s)| (vec![("service", name.clone())], count(s.backends))),
         )?;
+        let port = |p: &shoal_dataplane::mesh::PortStatus| {
+            vec![
+                ("service", p.service.clone()),
+                ("port", p.port.to_string()),
+                ("protocol", p.protocol.to_owned()),
+            ]
+        };
+        family(
+            &mut e,
+            "shoal_mesh_port_connections",
+            "Connections the mesh balanced for one published port",
+            C,
+            self.ports
+                .iter()
+                .map(|p| (port(p), counter(p.stats.connections))),
+        )?;
+        family(
+            &mut e,
+            "shoal_mesh_port_dropped",
+            "New flows to one published port dropped because no translation port was free",
+            C,
+            self.ports
+                .iter()
+                .map(|p| (port(p), counter(p.stats.dropped))),
+        )?;
         family(
             &mut e,
             "shoal_vip_connections",
@@ -694,6 +721,15 @@ mod tests {
             },
         );
         snapshot.entries.insert("eth0".into(), "xdp");
+        snapshot.ports.push(shoal_dataplane::mesh::PortStatus {
+            service: "web".into(),
+            port: 8080,
+            protocol: "tcp",
+            stats: shoal_dataplane::mesh::PortStats {
+                connections: 2,
+                dropped: 0,
+            },
+        });
         snapshot.vips.insert(
             "api".into(),
             shoal_dataplane::mesh::VipStats {
@@ -783,6 +819,7 @@ mod tests {
             "shoal_mesh_connections_total{service=\"web\"} 2",
             "shoal_mesh_interface_entry{interface=\"eth0\",path=\"xdp\"} 1",
             "shoal_vip_connections_total{service=\"api\"} 4",
+            "shoal_mesh_port_connections_total{service=\"web\",port=\"8080\",protocol=\"tcp\"} 2",
             "shoal_vip_no_backend_total{service=\"api\"} 1",
             "shoal_wireguard_sent_bytes_total{peer=\"n2\"} 5",
             "shoal_wireguard_last_handshake_age_seconds{peer=\"n2\"} 1.5",

@@ -408,6 +408,19 @@ fn balanced_packets_have_valid_checksums_and_go_where_the_userspace_model_says()
     assert_eq!(status["web"].stats.reply_packets, 1200);
     assert_eq!(status["web"].stats.connections, 1200);
     assert_eq!(status["web"].backends, 6);
+    // Each published port counts its own connections.
+    let ports: Vec<(String, u16, &str, u64)> = mesh
+        .port_status()
+        .expect("port counters")
+        .into_iter()
+        .map(|p| (p.service, p.port, p.protocol, p.stats.connections))
+        .collect();
+    for (port, protocol) in [(53, "udp"), (8080, "tcp")] {
+        assert!(
+            ports.contains(&("web".to_owned(), port, protocol, 600)),
+            "{ports:?}"
+        );
+    }
     // Unrelated traffic on shoal0 is left alone.
     let other = frame(
         (Ipv4Addr::new(10, 255, 0, 11), 80),
@@ -585,6 +598,24 @@ fn an_unpublished_port_stops_at_once_and_a_changed_target_applies_to_existing_co
     let run = mesh.programs().test_run(XDP_MESH, &to_web, 1).expect("run");
     assert_eq!(run.verdict, XdpVerdict::Redirect);
     assert_eq!(read(&run.output).dst.1, 8000);
+    // The gone port's counters went with it; web's kept theirs.
+    let ports = mesh.port_status().expect("port counters");
+    assert!(ports.iter().all(|p| p.service != "keep"), "{ports:?}");
+    let web_tcp = ports
+        .iter()
+        .find(|p| (p.service.as_str(), p.port) == ("web", 8080))
+        .expect("web's 8080");
+    // Its first packet, and the re-balance under the new target.
+    assert_eq!(web_tcp.stats.connections, 2, "{ports:?}");
+    // Published again, `keep` counts from nothing (its slot was given back and zeroed).
+    mesh.program(&first, INGRESS_IFINDEX)
+        .expect("reprogramming");
+    let keep = mesh.port_status().expect("port counters");
+    let keep = keep
+        .iter()
+        .find(|p| p.service == "keep")
+        .expect("keep again");
+    assert_eq!(keep.stats.connections, 0);
 }
 
 /// A network namespace of its own for one test, removed on drop (also after a failure).

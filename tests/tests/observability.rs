@@ -196,6 +196,13 @@ fn prometheus_scrapes_every_node_and_sees_the_mesh_traffic_come_and_go() {
     assert_eq!(query(&swarm, "sum(shoal_raft_leader)"), Some(1.0));
     assert!(query(&swarm, "sum(shoal_scheduler_placements_total)") >= Some(3.0));
     assert!(query(&swarm, "sum(shoal_overlay_sent_packets_total)") > Some(0.0));
+    // The published port counted its own connections.
+    assert!(
+        query(
+            &swarm,
+            "sum(shoal_mesh_port_connections_total{service=\"web\",port=\"8080\",protocol=\"tcp\"})"
+        ) > Some(0.0)
+    );
     assert_eq!(query(&swarm, "count(shoal_raft_term)"), Some(3.0));
 }
 

@@ -42,7 +42,7 @@ use shoal_abi::mesh::{
     self as abi, Backend, Config, Conn, FLAG_CLIENT_IP, FLAG_HOST, FlowKey, Frontend, FrontendKey,
     MAX_BACKENDS, MAX_EGRESS, MAX_SERVICES, Rewrite, SockConfig, TABLE_CAPACITY,
 };
-pub use shoal_abi::mesh::{ServiceStats, Timeouts, VipStats};
+pub use shoal_abi::mesh::{PortStats, ServiceStats, Timeouts, VipStats};
 use shoal_abi::programs;
 
 use crate::bpf::{BpfError, Programs};
@@ -296,6 +296,22 @@ struct IngressLinks {
     _learn_port: SchedClassifierLink,
     _learn_vxlan: SchedClassifierLink,
     _steer: SchedClassifierLink,
+}
+
+/// A published port not given its counters' slot yet.
+const NO_SLOT: u32 = u32::MAX;
+
+/// A published port's counters, for `inspect` and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortStatus {
+    /// The service that publishes it.
+    pub service: String,
+    /// The published port.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// Counters summed over CPUs.
+    pub stats: PortStats,
 }
 
 /// Where the ingress network lives, for [`Mesh::apply`].
@@ -1143,8 +1159,55 @@ impl Mesh {
                     table_size: table.region.map_or(0, |_| table.size),
                     target_port: abi::port(port.target),
                     flags,
+                    // A port that stays published keeps its counters; a new one is given a
+                    // slot below.
+                    port_slot: state.frontends.get(&key).map_or(NO_SLOT, |f| f.port_slot),
                 };
                 wanted_frontends.insert(key, (frontend, name.clone()));
+            }
+        }
+        // New ports take the lowest free counter slots, zeroed first (a slot a gone port had
+        // held starts again from nothing).
+        if wanted_frontends
+            .values()
+            .any(|(f, _)| f.port_slot == NO_SLOT)
+        {
+            let kept: BTreeSet<u32> = wanted_frontends
+                .values()
+                .map(|(f, _)| f.port_slot)
+                .filter(|s| *s != NO_SLOT)
+                .collect();
+            let mut free = (0..abi::MAX_FRONTENDS).filter(|s| !kept.contains(s));
+            let mut stats: PerCpuArray<&mut MapData, PortStats> = PerCpuArray::try_from(
+                ebpf.map_mut(abi::PORT_STATS_MAP)
+                    .ok_or(BpfError::NoMap(abi::PORT_STATS_MAP))?,
+            )
+            .map_err(map_err(abi::PORT_STATS_MAP))?;
+            let cpus = aya::util::nr_cpus().map_err(|(what, source)| MeshError::Io {
+                context: what.to_owned(),
+                source,
+            })?;
+            for (frontend, _) in wanted_frontends.values_mut() {
+                if frontend.port_slot != NO_SLOT {
+                    continue;
+                }
+                let slot = free.next().ok_or_else(|| {
+                    MeshError::Full(format!(
+                        "more than {} published ports on a node",
+                        abi::MAX_FRONTENDS
+                    ))
+                })?;
+                let zeros =
+                    PerCpuValues::try_from(vec![PortStats::default(); cpus]).map_err(|source| {
+                        MeshError::Io {
+                            context: "per-CPU counters".into(),
+                            source,
+                        }
+                    })?;
+                stats
+                    .set(slot, zeros, 0)
+                    .map_err(map_err(abi::PORT_STATS_MAP))?;
+                frontend.port_slot = slot;
             }
         }
         {
@@ -1299,6 +1362,45 @@ impl Mesh {
                 },
             );
         }
+        Ok(out)
+    }
+
+    /// Each published port's counters, summed over CPUs, by port and protocol.
+    pub fn port_status(&self) -> Result<Vec<PortStatus>, MeshError> {
+        let map = self
+            .programs
+            .ebpf()
+            .map(abi::PORT_STATS_MAP)
+            .ok_or(BpfError::NoMap(abi::PORT_STATS_MAP))?;
+        let stats: PerCpuArray<_, PortStats> =
+            PerCpuArray::try_from(map).map_err(map_err(abi::PORT_STATS_MAP))?;
+        let mut out = Vec::new();
+        for (service, ports) in &self.state.service_ports {
+            for (key, _, _) in ports {
+                let Some(frontend) = self.state.frontends.get(key) else {
+                    continue;
+                };
+                let mut total = PortStats::default();
+                for cpu in stats
+                    .get(&frontend.port_slot, 0)
+                    .map_err(map_err(abi::PORT_STATS_MAP))?
+                    .iter()
+                {
+                    total.add(cpu);
+                }
+                out.push(PortStatus {
+                    service: service.clone(),
+                    port: abi::port_value(key.port),
+                    protocol: if key.proto == Protocol::Udp.number() {
+                        Protocol::Udp.name()
+                    } else {
+                        Protocol::Tcp.name()
+                    },
+                    stats: total,
+                });
+            }
+        }
+        out.sort_by(|a, b| (a.port, a.protocol).cmp(&(b.port, b.protocol)));
         Ok(out)
     }
 

@@ -261,6 +261,30 @@ pub struct Frontend {
     pub target_port: u16,
     /// [`FLAG_CLIENT_IP`], [`FLAG_HOST`].
     pub flags: u16,
+    /// The published port's entry in [`PORT_STATS_MAP`] (below [`MAX_FRONTENDS`]).
+    pub port_slot: u32,
+}
+
+/// Per-published-port, per-CPU counters (per-CPU array of [`PortStats`], indexed by
+/// [`Frontend::port_slot`]).
+pub const PORT_STATS_MAP: &str = "MESH_PORT_STATS";
+
+/// A published port's counters on one CPU (the service's own, [`ServiceStats`], sum its ports').
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Connections balanced.
+    pub connections: u64,
+    /// New flows dropped because no translation port was free.
+    pub dropped: u64,
+}
+
+impl PortStats {
+    /// Adds `other`, counter by counter (summing CPUs).
+    pub fn add(&mut self, other: &Self) {
+        self.connections = self.connections.wrapping_add(other.connections);
+        self.dropped = self.dropped.wrapping_add(other.dropped);
+    }
 }
 
 /// A backend.
@@ -622,6 +646,7 @@ mod pod {
     pod!(
         super::VipFrontend,
         super::VipStats,
+        super::PortStats,
         super::SockConfig,
         super::SockKey,
         super::SockOrigin,

@@ -26,8 +26,8 @@ use shoal_abi::{
     mesh::{
         Backend, Config, Conn, FLAG_CLIENT_IP, FlowKey, Frontend, FrontendKey, Learned,
         MAX_BACKENDS, MAX_FRONTENDS, MAX_LEARNED, MAX_LOCAL_ADDRS, MAX_SERVICES, NAT_PORT_PROBES,
-        Rewrite, ServiceStats, TABLE_CAPACITY, TUNNEL_OVERHEAD, Timeouts, Tunnel, csum, flow_hash,
-        nat_port, port, state, tunnel_headers,
+        PortStats, Rewrite, ServiceStats, TABLE_CAPACITY, TUNNEL_OVERHEAD, Timeouts, Tunnel, csum,
+        flow_hash, nat_port, port, state, tunnel_headers,
     },
     wire::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_HLEN, UDP_HLEN},
 };
@@ -59,6 +59,9 @@ static TABLES: Array<u32> = Array::with_max_entries(TABLE_CAPACITY, 0);
 
 #[map(name = "MESH_STATS")]
 static STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "MESH_PORT_STATS")]
+static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(MAX_FRONTENDS, 0);
 
 /// `shoal_abi::mesh::COUNTERS_GLOBAL`: 0 counts nothing (the counters' cost, measured).
 #[unsafe(no_mangle)]
@@ -96,6 +99,17 @@ pub(crate) fn stats(service: u32) -> Option<&'static mut ServiceStats> {
     let stats = STATS.get_ptr_mut(service)?;
     // SAFETY: this CPU's own value, from the map lookup; XDP and TC run with preemption
     // disabled, so nothing else writes it meanwhile.
+    Some(unsafe { &mut *stats })
+}
+
+/// A published port's counters on this CPU (none when counting is off).
+#[inline(always)]
+fn port_stats(slot: u32) -> Option<&'static mut PortStats> {
+    if MESH_COUNTERS.load() == 0 {
+        return None;
+    }
+    let stats = PORT_STATS.get_ptr_mut(slot)?;
+    // SAFETY: as for `stats`: this CPU's own value, preemption disabled.
     Some(unsafe { &mut *stats })
 }
 
@@ -603,6 +617,9 @@ fn decide(
             false
         };
         if !claimed {
+            if let Some(p) = port_stats(frontend.port_slot) {
+                p.dropped += 1;
+            }
             return Decision::Drop(frontend.service);
         }
     }
@@ -635,6 +652,9 @@ fn decide(
     let _ = CONNS_NEW.insert(key, built, u64::from(BPF_ANY));
     if let Some(s) = stats(frontend.service) {
         s.connections += 1;
+    }
+    if let Some(p) = port_stats(frontend.port_slot) {
+        p.connections += 1;
     }
     Decision::Balanced(scratch)
 }
