@@ -367,6 +367,13 @@ impl Collector for Snapshot {
             )?;
             family(
                 &mut e,
+                "shoal_raft_commit_index",
+                "The last commit index raft told this manager's log",
+                G,
+                one(raft.commit_index),
+            )?;
+            family(
+                &mut e,
                 "shoal_raft_applied_index",
                 "The index of the last committed entry applied to this manager's store",
                 G,
@@ -590,6 +597,16 @@ impl Collector for Snapshot {
         )?;
         family(
             &mut e,
+            "shoal_wireguard_session_up",
+            "1 while a peer's session is usable (a handshake within WireGuard's 180 s), else 0",
+            G,
+            self.peers.iter().map(|p| {
+                let up = p.last_handshake_seconds.is_some_and(|age| age < 180.0);
+                (peer(p), gauge(i64::from(up)))
+            }),
+        )?;
+        family(
+            &mut e,
             "shoal_wireguard_rotating",
             "1 while a peer's keys are being rotated",
             G,
@@ -693,6 +710,7 @@ mod tests {
                 leader: Some(1),
                 leads: true,
                 last_log_index: 40,
+                commit_index: 39,
                 applied_index: 39,
                 snapshot_index: 0,
                 voters: 3,
@@ -809,6 +827,7 @@ mod tests {
         for line in [
             "shoal_raft_term{node=\"n1\"} 3",
             "shoal_raft_leader{node=\"n1\"} 1",
+            "shoal_raft_commit_index{node=\"n1\"} 39",
             "shoal_service_desired_tasks{service=\"web\"} 3",
             "shoal_service_tasks{service=\"web\",state=\"running\"} 2",
             "shoal_service_tasks{service=\"web\",state=\"pending\"} 1",
@@ -824,6 +843,7 @@ mod tests {
             "shoal_wireguard_sent_bytes_total{peer=\"n2\"} 5",
             "shoal_wireguard_last_handshake_age_seconds{peer=\"n2\"} 1.5",
             "shoal_wireguard_key_rotations_total{peer=\"n2\"} 2",
+            "shoal_wireguard_session_up{peer=\"n2\"} 1",
             "shoal_overlay_sent_packets_total{network=\"net1\"} 7",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");

@@ -204,6 +204,7 @@ fn prometheus_scrapes_every_node_and_sees_the_mesh_traffic_come_and_go() {
         ) > Some(0.0)
     );
     assert_eq!(query(&swarm, "count(shoal_raft_term)"), Some(3.0));
+    assert!(query(&swarm, "min(shoal_raft_commit_index)") > Some(0.0));
 }
 
 /// Seconds since the epoch, now, as `--since`/`--until` take them.

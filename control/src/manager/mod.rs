@@ -128,6 +128,8 @@ pub(crate) struct Inner {
     events: Arc<crate::events::Journal>,
     /// The mesh traffic the nodes' heartbeats reported (on the leader).
     traffic: Mutex<traffic::Traffic>,
+    /// The last commit index raft told the log (the metrics' commit index).
+    committed_index: Arc<std::sync::atomic::AtomicU64>,
     clients: Mutex<HashMap<String, ControlClient<Channel>>>,
     /// The nodes' log sessions and open `service logs` requests (the leader's).
     logs: Arc<logs::Broker>,
@@ -147,6 +149,8 @@ pub struct RaftStatus {
     pub leads: bool,
     /// The index of the last entry in its log.
     pub last_log_index: u64,
+    /// The last commit index raft told its log (0 until the first it hears of).
+    pub commit_index: u64,
     /// The index of the last entry applied to its store (committed, so at most the commit
     /// index; the leader applies as soon as it commits).
     pub applied_index: u64,
@@ -230,6 +234,7 @@ impl Manager {
                 dir: config.dir.clone(),
                 source,
             })?;
+        let committed_index = log.committed_index();
         let identity = config.credentials.identity()?;
         let live = LiveTls::new(&config.credentials)?;
         let client_tls = live.client_config()?;
@@ -274,6 +279,7 @@ impl Manager {
             leader_since: Mutex::default(),
             events: Arc::default(),
             traffic: Mutex::default(),
+            committed_index,
             clients: Mutex::default(),
             logs: Arc::default(),
             stop,
@@ -411,6 +417,10 @@ impl Manager {
             leader: m.current_leader,
             leads: m.current_leader == Some(self.inner.raft_id),
             last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index: self
+                .inner
+                .committed_index
+                .load(std::sync::atomic::Ordering::Relaxed),
             applied_index: m.last_applied.map_or(0, |id| id.index),
             snapshot_index: m.snapshot.map_or(0, |id| id.index),
             voters: m.membership_config.membership().voter_ids().count(),

@@ -139,6 +139,8 @@ pub struct LogStore {
     /// Seals every record.
     key: DataKey,
     committed: Arc<Mutex<File>>,
+    /// The last commit index raft told this log (0: none yet), for the metrics.
+    committed_index: Arc<std::sync::atomic::AtomicU64>,
     shared: Arc<Mutex<Entries>>,
     ops: mpsc::Sender<OpBox>,
 }
@@ -179,6 +181,11 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
 }
 
 impl LogStore {
+    /// The last commit index raft told this log, shared: it follows as raft commits.
+    pub fn committed_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.committed_index.clone()
+    }
+
     /// Opens (or creates) the log in `dir`, recovering what a crash left.
     pub fn open(dir: &Path, key: DataKey) -> io::Result<Self> {
         let log_dir = dir.join("log");
@@ -285,6 +292,7 @@ impl LogStore {
             dir: dir.to_path_buf(),
             key,
             committed: Arc::new(Mutex::new(committed)),
+            committed_index: Arc::default(),
             shared: Arc::new(Mutex::new(Entries {
                 entries,
                 last_purged,
@@ -591,6 +599,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        self.committed_index.store(
+            committed.map_or(0, |c| c.index),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // A hint that lets a restarted node apply what it knows is committed before it hears
         // from a leader; losing it only delays that. Overwritten in place, padded to a fixed
         // size, never fsync'd: it is on the path of every commit. A torn copy reads as none.
