@@ -520,24 +520,58 @@ impl Collector for Snapshot {
                 ("protocol", p.protocol.to_owned()),
             ]
         };
-        family(
-            &mut e,
-            "shoal_mesh_port_connections",
-            "Connections the mesh balanced for one published port",
-            C,
-            self.ports
-                .iter()
-                .map(|p| (port(p), counter(p.stats.connections))),
-        )?;
-        family(
-            &mut e,
-            "shoal_mesh_port_dropped",
-            "New flows to one published port dropped because no translation port was free",
-            C,
-            self.ports
-                .iter()
-                .map(|p| (port(p), counter(p.stats.dropped))),
-        )?;
+        type Pick = fn(&shoal_dataplane::mesh::PortStats) -> u64;
+        let per_port: [(&str, &str, Pick); 8] = [
+            (
+                "shoal_mesh_port_packets",
+                "Client packets to one published port the mesh sent on to a task",
+                |s| s.packets,
+            ),
+            (
+                "shoal_mesh_port_bytes",
+                "Their bytes (Ethernet frames)",
+                |s| s.bytes,
+            ),
+            (
+                "shoal_mesh_port_reply_packets",
+                "Reply packets from one published port sent back to clients",
+                |s| s.reply_packets,
+            ),
+            ("shoal_mesh_port_reply_bytes", "Their bytes", |s| {
+                s.reply_bytes
+            }),
+            (
+                "shoal_mesh_port_connections",
+                "Connections the mesh balanced for one published port",
+                |s| s.connections,
+            ),
+            (
+                "shoal_mesh_port_refused_packets",
+                "Packets to one published port while its service had no task (refused)",
+                |s| s.refused,
+            ),
+            (
+                "shoal_mesh_port_dropped",
+                "New flows to one published port dropped because no translation port was free",
+                |s| s.dropped,
+            ),
+            (
+                "shoal_mesh_port_tunneled_packets",
+                "Client packets to one published port encapsulated straight to the task's node",
+                |s| s.tunneled,
+            ),
+        ];
+        for (name, help, pick) in per_port {
+            family(
+                &mut e,
+                name,
+                help,
+                C,
+                self.ports
+                    .iter()
+                    .map(|p| (port(p), counter(pick(&p.stats)))),
+            )?;
+        }
         family(
             &mut e,
             "shoal_vip_connections",
@@ -745,7 +779,8 @@ mod tests {
             protocol: "tcp",
             stats: shoal_dataplane::mesh::PortStats {
                 connections: 2,
-                dropped: 0,
+                packets: 9,
+                ..Default::default()
             },
         });
         snapshot.vips.insert(
@@ -839,6 +874,7 @@ mod tests {
             "shoal_mesh_interface_entry{interface=\"eth0\",path=\"xdp\"} 1",
             "shoal_vip_connections_total{service=\"api\"} 4",
             "shoal_mesh_port_connections_total{service=\"web\",port=\"8080\",protocol=\"tcp\"} 2",
+            "shoal_mesh_port_packets_total{service=\"web\",port=\"8080\",protocol=\"tcp\"} 9",
             "shoal_vip_no_backend_total{service=\"api\"} 1",
             "shoal_wireguard_sent_bytes_total{peer=\"n2\"} 5",
             "shoal_wireguard_last_handshake_age_seconds{peer=\"n2\"} 1.5",

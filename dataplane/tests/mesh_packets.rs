@@ -408,16 +408,24 @@ fn balanced_packets_have_valid_checksums_and_go_where_the_userspace_model_says()
     assert_eq!(status["web"].stats.reply_packets, 1200);
     assert_eq!(status["web"].stats.connections, 1200);
     assert_eq!(status["web"].backends, 6);
-    // Each published port counts its own connections.
-    let ports: Vec<(String, u16, &str, u64)> = mesh
+    // Each published port counts its own connections, packets and replies.
+    let ports: Vec<(String, u16, &str, [u64; 3])> = mesh
         .port_status()
         .expect("port counters")
         .into_iter()
-        .map(|p| (p.service, p.port, p.protocol, p.stats.connections))
+        .map(|p| {
+            let s = p.stats;
+            (
+                p.service,
+                p.port,
+                p.protocol,
+                [s.connections, s.packets, s.reply_packets],
+            )
+        })
         .collect();
     for (port, protocol) in [(53, "udp"), (8080, "tcp")] {
         assert!(
-            ports.contains(&("web".to_owned(), port, protocol, 600)),
+            ports.contains(&("web".to_owned(), port, protocol, [600, 600, 600])),
             "{ports:?}"
         );
     }
@@ -498,6 +506,9 @@ fn unpublished_ports_other_addresses_and_empty_services_pass_to_the_stack() {
     }
     // Counted once, by the TC entry.
     assert_eq!(mesh.status().expect("counters")["empty"].stats.refused, 1);
+    let ports = mesh.port_status().expect("port counters");
+    let empty = ports.iter().find(|p| p.service == "empty").expect("7070");
+    assert_eq!((empty.port, empty.stats.refused), (7070, 1), "{ports:?}");
 }
 
 #[test]

@@ -273,17 +273,35 @@ pub const PORT_STATS_MAP: &str = "MESH_PORT_STATS";
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortStats {
+    /// Client packets sent on to a backend.
+    pub packets: u64,
+    /// Their bytes (Ethernet frames).
+    pub bytes: u64,
+    /// Reply packets sent back to clients.
+    pub reply_packets: u64,
+    /// Their bytes.
+    pub reply_bytes: u64,
     /// Connections balanced.
     pub connections: u64,
+    /// Packets to the port while its service had no backend (left to the stack, refused).
+    pub refused: u64,
     /// New flows dropped because no translation port was free.
     pub dropped: u64,
+    /// Client packets encapsulated straight to the backend's node.
+    pub tunneled: u64,
 }
 
 impl PortStats {
     /// Adds `other`, counter by counter (summing CPUs).
     pub fn add(&mut self, other: &Self) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.reply_packets = self.reply_packets.wrapping_add(other.reply_packets);
+        self.reply_bytes = self.reply_bytes.wrapping_add(other.reply_bytes);
         self.connections = self.connections.wrapping_add(other.connections);
+        self.refused = self.refused.wrapping_add(other.refused);
         self.dropped = self.dropped.wrapping_add(other.dropped);
+        self.tunneled = self.tunneled.wrapping_add(other.tunneled);
     }
 }
 
@@ -388,6 +406,8 @@ pub struct Rewrite {
     pub dmac: [u8; 6],
     /// New source MAC.
     pub smac: [u8; 6],
+    /// The published port's entry in [`PORT_STATS_MAP`] ([`Frontend::port_slot`]).
+    pub port_slot: u32,
 }
 
 /// Where a flow is in its life ([`Conn::state`]).

@@ -104,7 +104,7 @@ pub(crate) fn stats(service: u32) -> Option<&'static mut ServiceStats> {
 
 /// A published port's counters on this CPU (none when counting is off).
 #[inline(always)]
-fn port_stats(slot: u32) -> Option<&'static mut PortStats> {
+pub(crate) fn port_stats(slot: u32) -> Option<&'static mut PortStats> {
     if MESH_COUNTERS.load() == 0 {
         return None;
     }
@@ -114,9 +114,12 @@ fn port_stats(slot: u32) -> Option<&'static mut PortStats> {
 }
 
 #[inline(always)]
-pub(crate) fn count_refused(service: u32) {
+pub(crate) fn count_refused(service: u32, port_slot: u32) {
     if let Some(s) = stats(service) {
         s.refused += 1;
+    }
+    if let Some(p) = port_stats(port_slot) {
+        p.refused += 1;
     }
 }
 
@@ -138,7 +141,7 @@ pub(crate) enum Verdict {
     Pass,
     /// A published port without backends: to the node's stack, which refuses it. The TC entry
     /// counts it (it runs behind XDP wherever the mesh attaches, so XDP leaves it uncounted).
-    Refused(u32),
+    Refused(u32, u32),
     /// A TCP packet that is not a SYN of a new flow, and has none: to the node's stack (which
     /// resets it), no state kept. Counted by the TC entry (against the published port's
     /// service, if it is one).
@@ -175,7 +178,7 @@ pub(crate) fn connection(
     }
     match decide(arrival, key, tcp, now, timeouts) {
         Decision::Pass => Err(Verdict::Pass),
-        Decision::Refused(service) => Err(Verdict::Refused(service)),
+        Decision::Refused(service, slot) => Err(Verdict::Refused(service, slot)),
         Decision::Drop(service) => {
             if let Some(s) = stats(service) {
                 s.dropped += 1;
@@ -191,7 +194,7 @@ enum Decision {
     /// Not for the mesh: pass it on.
     Pass,
     /// A published port without backends: the node's stack refuses it.
-    Refused(u32),
+    Refused(u32, u32),
     /// No translation port was free.
     Drop(u32),
     /// Balanced: the new flow, as kept.
@@ -366,7 +369,7 @@ fn balance<const L4: usize, const CHECK: usize>(
     let conn = match connection(&arrival, &key, tcp) {
         Ok(conn) => conn,
         // Counted by the TC entry, which runs behind XDP wherever the mesh attaches.
-        Err(Verdict::Pass | Verdict::Refused(_) | Verdict::Untracked) => {
+        Err(Verdict::Pass | Verdict::Refused(..) | Verdict::Untracked) => {
             return xdp_action::XDP_PASS;
         }
         Err(Verdict::Drop) => return xdp_action::XDP_DROP,
@@ -406,9 +409,16 @@ fn balance<const L4: usize, const CHECK: usize>(
         s.packets += 1;
         s.bytes += len as u64;
     }
+    if let Some(p) = port_stats(rw.port_slot) {
+        p.packets += 1;
+        p.bytes += len as u64;
+    }
     if conn.tunnel.daddr != 0 {
         if let Some(s) = stats(rw.service) {
             s.tunneled += 1;
+        }
+        if let Some(p) = port_stats(rw.port_slot) {
+            p.tunneled += 1;
         }
         return encapsulate(ctx, &conn.tunnel, len);
     }
@@ -557,7 +567,7 @@ fn decide(
         return Decision::Pass;
     }
     if frontend.table_size == 0 {
-        return Decision::Refused(frontend.service);
+        return Decision::Refused(frontend.service, frontend.port_slot);
     }
     let (Some(config), hash) = (CONFIG.get(0).copied(), flow_hash(key)) else {
         return Decision::Pass;
@@ -581,6 +591,7 @@ fn decide(
         service: frontend.service,
         dmac: arrival.src_mac,
         smac: arrival.dst_mac,
+        port_slot: frontend.port_slot,
     };
     let mut rewrite = Rewrite {
         saddr: key.saddr,
@@ -591,6 +602,7 @@ fn decide(
         service: frontend.service,
         dmac: backend.mac,
         smac: config.ingress_mac,
+        port_slot: frontend.port_slot,
     };
     if frontend.flags & FLAG_CLIENT_IP != 0 {
         let _ = REPLIES_NEW.insert(rewrite.back_key(key.proto), reply, u64::from(BPF_ANY));
@@ -820,6 +832,10 @@ pub(crate) fn reply(ctx: &TcContext) -> i32 {
     if let Some(s) = stats(rw.service) {
         s.reply_packets += 1;
         s.reply_bytes += u64::from(ctx.len());
+    }
+    if let Some(p) = port_stats(rw.port_slot) {
+        p.reply_packets += 1;
+        p.reply_bytes += u64::from(ctx.len());
     }
     // SAFETY: a plain helper call; it only records where the packet goes.
     unsafe { bpf_redirect(rw.ifindex, 0) as i32 }

@@ -42,8 +42,8 @@ use shoal_abi::{
 };
 
 use crate::mesh::{
-    Arrival, TC_OK, TC_SHOT, TcFlow, Verdict, connection, count_refused, frontend_of, rewrite_tc,
-    stats, tc_flow, tc_tcp,
+    Arrival, TC_OK, TC_SHOT, TcFlow, Verdict, connection, count_refused, frontend_of, port_stats,
+    rewrite_tc, stats, tc_flow, tc_tcp,
 };
 use crate::packet::Header;
 
@@ -126,8 +126,8 @@ pub(crate) fn entry(ctx: &TcContext) -> i32 {
     let conn = match connection(&arrival, &flow.key, tcp) {
         Ok(conn) => conn,
         Err(Verdict::Pass) => return TC_OK,
-        Err(Verdict::Refused(service)) => {
-            count_refused(service);
+        Err(Verdict::Refused(service, slot)) => {
+            count_refused(service, slot);
             return TC_OK;
         }
         Err(Verdict::Untracked) => {
@@ -150,6 +150,10 @@ pub(crate) fn entry(ctx: &TcContext) -> i32 {
         s.bytes += u64::from(len);
         s.tc_packets += 1;
     }
+    if let Some(p) = port_stats(rw.port_slot) {
+        p.packets += 1;
+        p.bytes += u64::from(len);
+    }
     let t = &conn.tunnel;
     if t.daddr == 0 {
         // SAFETY: a plain helper call; it only records where the packet goes.
@@ -160,6 +164,9 @@ pub(crate) fn entry(ctx: &TcContext) -> i32 {
     }
     if let Some(s) = stats(rw.service) {
         s.tunneled += 1;
+    }
+    if let Some(p) = port_stats(rw.port_slot) {
+        p.tunneled += 1;
     }
     // SAFETY: as above.
     unsafe { bpf_redirect(t.ifindex, 0) as i32 }
