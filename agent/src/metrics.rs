@@ -227,14 +227,6 @@ pub(crate) struct Snapshot {
     pub networks: BTreeMap<String, shoal_dataplane::overlay::layout::NetworkCounters>,
 }
 
-/// A serde enum's wire name (`"active"`, `"down"`).
-fn wire_name(value: &impl serde::Serialize) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 impl Snapshot {
     async fn take(swarm: &SwarmNode, dataplane: &NodeDataplane) -> Self {
         let mut snapshot = Snapshot {
@@ -279,7 +271,10 @@ impl Snapshot {
         }
         for node in world.nodes.values() {
             let n = &node.value;
-            let key = (wire_name(&n.status.state), wire_name(&n.spec.availability));
+            let key = (
+                shoal_api::wire_name(&n.status.state),
+                shoal_api::wire_name(&n.spec.availability),
+            );
             *self.nodes.entry(key).or_default() += 1;
         }
     }

@@ -23,24 +23,13 @@ pub(super) struct EventsParams {
     filters: Option<String>,
 }
 
-/// Docker's timestamps (`1700000000` or `1700000000.123456789`) as nanoseconds since the epoch.
+/// Docker's timestamp `text` (parameter `name`) as nanoseconds since the epoch.
 fn unix_nanos(name: &str, text: &str) -> Result<i128, ApiError> {
-    let bad = || {
+    shoal_api::unix_nanos(text).ok_or_else(|| {
         ApiError::bad_request(format!(
             "invalid {name} {text:?}: want seconds since the epoch (1700000000.5)"
         ))
-    };
-    let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
-    let seconds: i128 = seconds.parse().map_err(|_| bad())?;
-    let nanos: i128 = if fraction.is_empty() {
-        0
-    } else {
-        format!("{fraction:0<9}")
-            .get(..9)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(bad)?
-    };
-    Ok(seconds * 1_000_000_000 + nanos)
+    })
 }
 
 fn now_nanos() -> i128 {

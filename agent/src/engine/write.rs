@@ -409,16 +409,9 @@ pub(super) async fn logs(
 
 /// Docker's `since` (`1700000000` or `1700000000.5`) as RFC 3339.
 fn rfc3339_of_unix(text: &str) -> Option<String> {
-    let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
-    let seconds: i64 = seconds.parse().ok()?;
-    let nanos: i64 = if fraction.is_empty() {
-        0
-    } else {
-        format!("{fraction:0<9}").get(..9)?.parse().ok()?
-    };
-    let at = time::OffsetDateTime::from_unix_timestamp(seconds).ok()?
-        + time::Duration::nanoseconds(nanos);
-    at.format(&time::format_description::well_known::Rfc3339)
+    time::OffsetDateTime::from_unix_timestamp_nanos(shoal_api::unix_nanos(text)?)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
         .ok()
 }
 

@@ -145,10 +145,7 @@ fn node_view(node: &Node, leader_raft_id: Option<u64>) -> NodeView {
         hostname: node.description.hostname.clone(),
         role: if manager { "manager" } else { "worker" },
         availability: availability_name(node.spec.availability),
-        state: serde_json::to_value(node.status.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        state: shoal_api::wire_name(&node.status.state),
         leader: node
             .manager_status
             .as_ref()
@@ -167,10 +164,7 @@ fn service_view(service: &Service) -> ServiceView {
             .ports
             .iter()
             .map(|p| {
-                let protocol = serde_json::to_value(p.protocol)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
+                let protocol = shoal_api::wire_name(&p.protocol);
                 format!("{}:{}/{protocol}", p.published_port, p.target_port)
             })
             .collect(),

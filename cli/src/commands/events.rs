@@ -9,7 +9,7 @@ use shoal_api::{DaemonHost, escape};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::logs::since as time_flag;
+use super::logs::{since as time_flag, unix_seconds as unix};
 use crate::Failure;
 
 /// The filter keys `--filter` takes.
@@ -58,13 +58,6 @@ fn filter(text: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((key.to_owned(), value.to_owned()))
-}
-
-/// An RFC 3339 time as Docker's `since=`/`until=`: seconds since the epoch, with nanoseconds.
-fn unix(rfc3339: &str) -> Result<String, Failure> {
-    let at = OffsetDateTime::parse(rfc3339, &Rfc3339)
-        .map_err(|e| Failure(format!("invalid time {rfc3339:?}: {e}")))?;
-    Ok(format!("{}.{:09}", at.unix_timestamp(), at.nanosecond()))
 }
 
 /// The request's path for `args`.

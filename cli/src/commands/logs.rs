@@ -55,26 +55,13 @@ fn tail(text: &str) -> Result<Tail, String> {
         .map_err(|_| format!("invalid tail {text:?}: want a number of lines or \"all\""))
 }
 
-/// Unix seconds, with up to nine digits of fraction (`1700000000.5`), as nanoseconds.
-fn unix_nanos(text: &str) -> Option<i128> {
-    let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if seconds.is_empty() || !seconds.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let nanos: i128 = format!("{fraction:0<9}").parse().ok()?;
-    Some(seconds.parse::<i128>().ok()? * 1_000_000_000 + nanos)
-}
-
 /// `--since`: an RFC 3339 time, Unix seconds (`1700000000.5`), or a duration back from now;
 /// as RFC 3339.
 pub(crate) fn since(text: &str) -> Result<String, String> {
     if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(t.format(&Rfc3339).unwrap_or_default());
     }
-    let at = if let Some(nanos) = unix_nanos(text) {
+    let at = if let Some(nanos) = shoal_api::unix_nanos(text) {
         OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|e| e.to_string())
     } else {
         go_duration(text).map(|ns| {
@@ -178,10 +165,10 @@ fn parse_frame(kind: u8, payload: &[u8]) -> Frame {
     })
 }
 
-/// Docker's `since=`: seconds since the epoch, from RFC 3339.
-fn unix_since(rfc3339: &str) -> Result<String, Failure> {
+/// Docker's `since=` / `until=`: seconds since the epoch, from RFC 3339.
+pub(crate) fn unix_seconds(rfc3339: &str) -> Result<String, Failure> {
     let at = OffsetDateTime::parse(rfc3339, &Rfc3339)
-        .map_err(|e| Failure(format!("invalid since {rfc3339:?}: {e}")))?;
+        .map_err(|e| Failure(format!("invalid time {rfc3339:?}: {e}")))?;
     Ok(format!("{}.{:09}", at.unix_timestamp(), at.nanosecond()))
 }
 
@@ -210,7 +197,7 @@ pub(crate) async fn run(host: &DaemonHost, args: LogsArgs) -> Result<(), Failure
         path.push_str(&format!("&tail={n}"));
     }
     if let Some(since) = &args.since {
-        path.push_str(&format!("&since={}", unix_since(since)?));
+        path.push_str(&format!("&since={}", unix_seconds(since)?));
     }
     let mut body = crate::api::client(host).stream(&path).await?;
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
@@ -360,7 +347,7 @@ mod tests {
             Frame::Warning("node n3 is down".into())
         );
         assert_eq!(
-            unix_since("2013-01-02T13:23:37Z").unwrap(),
+            unix_seconds("2013-01-02T13:23:37Z").unwrap(),
             "1357133017.000000000"
         );
     }

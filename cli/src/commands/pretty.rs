@@ -6,13 +6,7 @@ use std::fmt::Write as _;
 
 use shoal_api::service::{Service, UpdateConfig};
 
-/// A serde enum's wire name (`stop-first`, `tcp`), as Docker prints it.
-fn wire(value: &impl serde::Serialize) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
+use shoal_api::wire_name as wire;
 
 /// Nanoseconds as Go prints a `time.Duration`: `0s`, `500ms`, `1.5s`, `1m30s`, `2h0m0s`.
 pub(crate) fn go_duration_text(ns: u64) -> String {

@@ -17,10 +17,12 @@ pub mod logs;
 pub mod secret;
 pub mod service;
 pub mod swarm;
+mod wire;
 
 pub use client::{Client, ClientError, ConnectError, SHOAL_PREFIX, escape};
 pub use host::{DEFAULT_SOCKET, DaemonHost, HostError};
 pub use hyper::StatusCode;
+pub use wire::{unix_nanos, wire_name};
 
 /// Version 1 of the messages between nodes (protobuf package `shoal.v1`).
 pub mod v1 {
