@@ -298,6 +298,34 @@ struct IngressLinks {
     _steer: SchedClassifierLink,
 }
 
+/// Zeroes entries `indices` of the per-CPU array `name` on every CPU: a slot given to a new
+/// service or port counts from nothing.
+fn zero_per_cpu<T: aya::Pod + Default + Clone>(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    indices: &[u32],
+) -> Result<(), MeshError> {
+    if indices.is_empty() {
+        return Ok(());
+    }
+    let mut map: PerCpuArray<&mut MapData, T> =
+        PerCpuArray::try_from(ebpf.map_mut(name).ok_or(BpfError::NoMap(name))?)
+            .map_err(map_err(name))?;
+    let cpus = aya::util::nr_cpus().map_err(|(what, source)| MeshError::Io {
+        context: what.to_owned(),
+        source,
+    })?;
+    for &index in indices {
+        let zeros =
+            PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|source| MeshError::Io {
+                context: "per-CPU counters".into(),
+                source,
+            })?;
+        map.set(index, zeros, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
 /// A published port not given its counters' slot yet.
 const NO_SLOT: u32 = u32::MAX;
 
@@ -999,29 +1027,9 @@ impl Mesh {
             used.insert(index);
             new_services.push((name.clone(), index));
         }
-        if !new_services.is_empty() {
-            let mut stats: PerCpuArray<&mut MapData, ServiceStats> = PerCpuArray::try_from(
-                ebpf.map_mut(abi::STATS_MAP)
-                    .ok_or(BpfError::NoMap(abi::STATS_MAP))?,
-            )
-            .map_err(map_err(abi::STATS_MAP))?;
-            let cpus = aya::util::nr_cpus().map_err(|(what, source)| MeshError::Io {
-                context: what.to_owned(),
-                source,
-            })?;
-            for (name, index) in new_services {
-                let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); cpus]).map_err(
-                    |source| MeshError::Io {
-                        context: "per-CPU counters".into(),
-                        source,
-                    },
-                )?;
-                stats
-                    .set(index, zeros, 0)
-                    .map_err(map_err(abi::STATS_MAP))?;
-                state.services.insert(name, index);
-            }
-        }
+        let indices: Vec<u32> = new_services.iter().map(|(_, index)| *index).collect();
+        zero_per_cpu::<ServiceStats>(ebpf, abi::STATS_MAP, &indices)?;
+        state.services.extend(new_services);
 
         // Backend IDs: new backends get an ID no table points at yet.
         let wanted_backends: BTreeSet<BackendKey> = plan
@@ -1178,37 +1186,20 @@ impl Mesh {
                 .filter(|s| *s != NO_SLOT)
                 .collect();
             let mut free = (0..abi::MAX_FRONTENDS).filter(|s| !kept.contains(s));
-            let mut stats: PerCpuArray<&mut MapData, PortStats> = PerCpuArray::try_from(
-                ebpf.map_mut(abi::PORT_STATS_MAP)
-                    .ok_or(BpfError::NoMap(abi::PORT_STATS_MAP))?,
-            )
-            .map_err(map_err(abi::PORT_STATS_MAP))?;
-            let cpus = aya::util::nr_cpus().map_err(|(what, source)| MeshError::Io {
-                context: what.to_owned(),
-                source,
-            })?;
+            let mut given = Vec::new();
             for (frontend, _) in wanted_frontends.values_mut() {
                 if frontend.port_slot != NO_SLOT {
                     continue;
                 }
-                let slot = free.next().ok_or_else(|| {
+                frontend.port_slot = free.next().ok_or_else(|| {
                     MeshError::Full(format!(
                         "more than {} published ports on a node",
                         abi::MAX_FRONTENDS
                     ))
                 })?;
-                let zeros =
-                    PerCpuValues::try_from(vec![PortStats::default(); cpus]).map_err(|source| {
-                        MeshError::Io {
-                            context: "per-CPU counters".into(),
-                            source,
-                        }
-                    })?;
-                stats
-                    .set(slot, zeros, 0)
-                    .map_err(map_err(abi::PORT_STATS_MAP))?;
-                frontend.port_slot = slot;
+                given.push(frontend.port_slot);
             }
+            zero_per_cpu::<PortStats>(ebpf, abi::PORT_STATS_MAP, &given)?;
         }
         {
             let mut frontends: HashMap<&mut MapData, FrontendKey, Frontend> =

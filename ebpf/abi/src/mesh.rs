@@ -194,6 +194,18 @@ pub struct VipFrontend {
     pub table_size: u32,
 }
 
+/// `add` for a struct of `u64` counters: counter by counter, wrapping (summing CPUs).
+macro_rules! summed {
+    ($t:ty: $($field:ident),+) => {
+        impl $t {
+            /// Adds `other`, counter by counter (summing CPUs).
+            pub fn add(&mut self, other: &Self) {
+                $(self.$field = self.$field.wrapping_add(other.$field);)+
+            }
+        }
+    };
+}
+
 /// Service VIPs: address -> [`VipFrontend`].
 pub const VIP_FRONTENDS_MAP: &str = "MESH_VIP_FRONTENDS";
 /// What each service VIP translated, per CPU (per-CPU hash: address -> [`VipStats`]).
@@ -209,13 +221,7 @@ pub struct VipStats {
     pub no_backend: u64,
 }
 
-impl VipStats {
-    /// Adds `other`, counter by counter (summing CPUs).
-    pub fn add(&mut self, other: &Self) {
-        self.connections = self.connections.wrapping_add(other.connections);
-        self.no_backend = self.no_backend.wrapping_add(other.no_backend);
-    }
-}
+summed!(VipStats: connections, no_backend);
 /// The VIPs' Maglev tables: backend addresses (two halves, written in turn).
 pub const VIP_TABLES_MAP: &str = "MESH_VIP_TABLES";
 /// The network namespaces of the node's tasks (cookie -> 1): the sockets VIPs are translated for.
@@ -291,19 +297,7 @@ pub struct PortStats {
     pub tunneled: u64,
 }
 
-impl PortStats {
-    /// Adds `other`, counter by counter (summing CPUs).
-    pub fn add(&mut self, other: &Self) {
-        self.packets = self.packets.wrapping_add(other.packets);
-        self.bytes = self.bytes.wrapping_add(other.bytes);
-        self.reply_packets = self.reply_packets.wrapping_add(other.reply_packets);
-        self.reply_bytes = self.reply_bytes.wrapping_add(other.reply_bytes);
-        self.connections = self.connections.wrapping_add(other.connections);
-        self.refused = self.refused.wrapping_add(other.refused);
-        self.dropped = self.dropped.wrapping_add(other.dropped);
-        self.tunneled = self.tunneled.wrapping_add(other.tunneled);
-    }
-}
+summed!(PortStats: packets, bytes, reply_packets, reply_bytes, connections, refused, dropped, tunneled);
 
 /// A backend.
 #[repr(C)]
@@ -632,26 +626,7 @@ pub struct ServiceStats {
     pub egress_handoffs: u64,
 }
 
-impl ServiceStats {
-    /// Adds `other`, counter by counter (summing CPUs).
-    pub fn add(&mut self, other: &Self) {
-        self.packets = self.packets.wrapping_add(other.packets);
-        self.bytes = self.bytes.wrapping_add(other.bytes);
-        self.reply_packets = self.reply_packets.wrapping_add(other.reply_packets);
-        self.reply_bytes = self.reply_bytes.wrapping_add(other.reply_bytes);
-        self.connections = self.connections.wrapping_add(other.connections);
-        self.refused = self.refused.wrapping_add(other.refused);
-        self.dropped = self.dropped.wrapping_add(other.dropped);
-        self.tunneled = self.tunneled.wrapping_add(other.tunneled);
-        self.untracked = self.untracked.wrapping_add(other.untracked);
-        self.stale = self.stale.wrapping_add(other.stale);
-        self.full = self.full.wrapping_add(other.full);
-        self.taken_over = self.taken_over.wrapping_add(other.taken_over);
-        self.tc_packets = self.tc_packets.wrapping_add(other.tc_packets);
-        self.checksum_handoffs = self.checksum_handoffs.wrapping_add(other.checksum_handoffs);
-        self.egress_handoffs = self.egress_handoffs.wrapping_add(other.egress_handoffs);
-    }
-}
+summed!(ServiceStats: packets, bytes, reply_packets, reply_bytes, connections, refused, dropped, tunneled, untracked, stale, full, taken_over, tc_packets, checksum_handoffs, egress_handoffs);
 
 #[cfg(feature = "user")]
 mod pod {
