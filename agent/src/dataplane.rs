@@ -418,7 +418,7 @@ impl NodeDataplane {
 
 /// Writes `text` to `path` atomically and durably, 0600: it holds the WireGuard private key.
 fn save(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    crate::durable::write(path, text.as_bytes())
+    shoal_control::durable::write_durable(path, text.as_bytes(), crate::durable::FILE_MODE)
 }
 
 /// The data plane, created on first use.

@@ -1,8 +1,8 @@
 //! Files the daemon keeps: written whole or not at all, durable once written, readable by root
 //! only.
 //!
-//! - [`write`]: a temporary file with a name no other writer uses (created exclusively, 0600,
-//!   never through a symlink), fsync, rename over the target, fsync of the directory.
+//! - Written by `shoal_control::durable::write_durable` with [`FILE_MODE`]: a temporary file
+//!   with a name no other writer uses, fsync, rename over the target, fsync of the directory.
 //! - [`Latest`]: a file rewritten often (the node's tasks): callers hand over the newest text and
 //!   go on; one writer thread of its own writes the newest it has, so concurrent saves never
 //!   share a temporary file and the async runtime never waits for an fsync.
@@ -11,43 +11,19 @@
 
 use std::{
     fs::{self, OpenOptions},
-    io::{self, Write as _},
+    io,
     os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::{
-        Arc, Condvar, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Condvar, Mutex},
 };
 
+use shoal_control::durable::write_durable;
+
 /// Mode of every file the daemon writes.
-pub(crate) const FILE_MODE: u32 = 0o600;
+pub(crate) use shoal_control::durable::FILE_MODE;
+
 /// Mode of every directory the daemon makes.
 pub(crate) const DIR_MODE: u32 = 0o700;
-
-/// A name no other writer uses: a random base chosen once per process (a PID repeats across
-/// restarts, in a container it is always 1; a crash may leave a name behind), and a counter.
-pub(crate) fn unique_name() -> String {
-    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let base = BASE.get_or_init(|| {
-        shoal_control::ca::random_u64().unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-                ^ u64::from(std::process::id())
-        })
-    });
-    format!("{base:016x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-fn temporary_for(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", unique_name()))
-}
 
 /// Options for a file only the daemon reads: created 0600, never opened through a symlink
 /// (std opens every file close-on-exec).
@@ -55,22 +31,6 @@ pub(crate) fn private_file() -> OpenOptions {
     let mut options = OpenOptions::new();
     options.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW);
     options
-}
-
-/// Writes `bytes` to `path` atomically and durably, mode 0600.
-pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = temporary_for(path);
-    let written = (|| {
-        let mut file = private_file().write(true).create_new(true).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })();
-    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fs::File::open(dir)?.sync_all()
 }
 
 /// Makes `dir` (and its parents) with mode 0700 where missing, and sets `dir` itself to 0700.
@@ -229,12 +189,12 @@ fn writer(shared: &Shared) {
         };
         // The directory is made when it is missing (the first save, or after someone removed
         // it), not before every write.
-        let written = match write(&shared.path, text.as_bytes()) {
+        let written = match write_durable(&shared.path, text.as_bytes(), FILE_MODE) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => shared
                 .path
                 .parent()
                 .map_or(Ok(()), private_dir)
-                .and_then(|()| write(&shared.path, text.as_bytes())),
+                .and_then(|()| write_durable(&shared.path, text.as_bytes(), FILE_MODE)),
             other => other,
         };
         if let Err(e) = written {
@@ -250,46 +210,6 @@ fn writer(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_written_file_is_private_and_whole() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state.json");
-        write(&path, b"one").expect("write");
-        write(&path, b"two").expect("write again");
-        assert_eq!(fs::read(&path).expect("read"), b"two");
-        assert_eq!(
-            fs::metadata(&path).expect("stat").permissions().mode() & 0o777,
-            0o600
-        );
-        let leftovers: Vec<_> = fs::read_dir(dir.path())
-            .expect("list")
-            .map(|e| e.expect("entry").file_name())
-            .filter(|n| n != "state.json")
-            .collect();
-        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
-    }
-
-    #[test]
-    fn a_symlink_in_place_of_the_temporary_file_is_not_followed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let victim = dir.path().join("victim");
-        fs::write(&victim, "untouched").expect("victim");
-        // Whatever name comes next, a symlink there would be refused (create_new + O_NOFOLLOW):
-        // plant one under the next name and check the write still lands only in the target.
-        let target = dir.path().join("tasks.json");
-        let probe = unique_name();
-        let (base, n) = probe.rsplit_once('-').expect("base-counter");
-        let next = n.parse::<u64>().expect("counter") + 1;
-        let planted = target.with_file_name(format!(".tasks.json.{base}-{next}.tmp"));
-        std::os::unix::fs::symlink(&victim, &planted).expect("symlink");
-        let result = write(&target, b"data");
-        assert_eq!(fs::read_to_string(&victim).expect("read"), "untouched");
-        // Either it failed (the planted name was taken) or another test took that name first.
-        if result.is_ok() {
-            assert_eq!(fs::read(&target).expect("read"), b"data");
-        }
-    }
 
     #[test]
     fn concurrent_saves_all_land_and_the_newest_wins() {

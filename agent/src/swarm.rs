@@ -267,7 +267,7 @@ fn route_source(remote: SocketAddr) -> Option<IpAddr> {
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    crate::durable::write(path, text.as_bytes())
+    shoal_control::durable::write_durable(path, text.as_bytes(), crate::durable::FILE_MODE)
 }
 
 impl SwarmNode {
@@ -419,7 +419,7 @@ impl SwarmNode {
         seal: Option<&DataKey>,
     ) -> std::io::Result<()> {
         crate::durable::private_dir(&self.dir)?;
-        let name = format!("{CERTS}-{}", crate::durable::unique_name());
+        let name = format!("{CERTS}-{}", shoal_control::durable::unique_name());
         let set = self.dir.join(&name);
         crate::durable::private_dir(&set)?;
         shoal_control::keys::write_key_file(&set.join("node.key"), &credentials.key_pem, seal)?;

@@ -291,7 +291,7 @@ pub fn write_key_file(path: &Path, pem: &str, key: Option<&DataKey>) -> io::Resu
             format!("{SEALED_BEGIN}\n{lines}{SEALED_END}\n")
         }
     };
-    crate::raft::log::write_bytes_durable(path, text.as_bytes())
+    crate::durable::write_durable(path, text.as_bytes(), crate::durable::FILE_MODE)
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -452,7 +452,7 @@ impl DataKeys {
             },
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
-        crate::raft::log::write_bytes_durable(&self.path, &bytes)
+        crate::durable::write_durable(&self.path, &bytes, crate::durable::FILE_MODE)
     }
 }
 

@@ -23,6 +23,7 @@ pub mod addr;
 pub mod allocator;
 pub mod ca;
 pub mod dispatcher;
+pub mod durable;
 pub mod events;
 pub mod keys;
 pub mod limits;

@@ -300,46 +300,73 @@ fn manager_addrs(inner: &Inner) -> Vec<String> {
     addrs.into_iter().map(|(_, a)| a).collect()
 }
 
-/// Reads a node, lets `change` edit it, and writes it back; retried when another write got
-/// there first.
+/// How many times a read-modify-write is tried before it gives up (each retry follows a write
+/// that got in between its read and its own write).
+const UPDATE_ATTEMPTS: usize = 5;
+
+/// What one try of a read-modify-write ([`update`]) decided, from the store as it read it.
+pub(super) enum Attempt<T> {
+    /// Nothing to write: the outcome as it stands.
+    Unchanged(T),
+    /// Write `changes` (each at the version it read); the outcome once they are applied.
+    Write(ChangeSet, T),
+}
+
+/// A read-modify-write of the store, as SwarmKit's `store.Update`: `attempt` reads what it
+/// needs and says what to write. When another write got there first (a change at a version
+/// that moved, or a create that lost a race) it runs again on the store as it is now, up to
+/// [`UPDATE_ATTEMPTS`] times, then fails as out of sequence with `exhausted`. The outcome, and
+/// the index the write was applied at (`None` when nothing was written).
+pub(super) async fn update<T>(
+    inner: &Inner,
+    exhausted: &str,
+    mut attempt: impl FnMut() -> Result<Attempt<T>, Status>,
+) -> Result<(T, Option<u64>), Status> {
+    for _ in 0..UPDATE_ATTEMPTS {
+        let (changes, outcome) = match attempt()? {
+            Attempt::Unchanged(outcome) => return Ok((outcome, None)),
+            Attempt::Write(changes, outcome) => (changes, outcome),
+        };
+        match propose(inner, changes).await {
+            Err(s) if matches!(s.code(), tonic::Code::Aborted | tonic::Code::AlreadyExists) => {}
+            Err(s) => return Err(s),
+            Ok(index) => return Ok((outcome, Some(index))),
+        }
+    }
+    Err(Status::aborted(exhausted.to_owned()))
+}
+
+/// Reads a node, lets `change` edit it, and writes it back ([`update`]).
 async fn update_node(
     inner: &Inner,
     id: &str,
     mut change: impl FnMut(&mut Node) -> Result<bool, Status>,
 ) -> Result<Node, Status> {
-    for _ in 0..5 {
+    let exhausted = "update out of sequence: the node kept changing; try again";
+    let (mut node, index) = update(inner, exhausted, || {
         let object = inner
             .store
             .view(|tx| tx.get(Kind::Node, id).cloned())
             .ok_or_else(|| Status::not_found(format!("No such node: {id}")))?;
         let mut node = decode_node(&object)?;
         if !change(&mut node)? {
-            return Ok(node);
+            return Ok(Attempt::Unchanged(node));
         }
         node.updated_at = now();
         let body = serde_json::to_value(&node).map_err(json_error)?;
-        match propose(
-            inner,
-            ChangeSet(vec![Change::Update {
-                kind: Kind::Node,
-                id: id.to_owned(),
-                version: object.version,
-                body,
-            }]),
-        )
-        .await
-        {
-            Err(status) if status.code() == tonic::Code::Aborted => continue,
-            Err(status) => return Err(status),
-            Ok(index) => {
-                node.version = Version { index };
-                return Ok(node);
-            }
-        }
+        let write = Change::Update {
+            kind: Kind::Node,
+            id: id.to_owned(),
+            version: object.version,
+            body,
+        };
+        Ok(Attempt::Write(ChangeSet(vec![write]), node))
+    })
+    .await?;
+    if let Some(index) = index {
+        node.version = Version { index };
     }
-    Err(Status::aborted(
-        "update out of sequence: the node kept changing; try again",
-    ))
+    Ok(node)
 }
 
 async fn update_cluster(
@@ -356,7 +383,8 @@ async fn update_cluster_at(
     version: Option<u64>,
     mut change: impl FnMut(&mut ClusterRecord) -> Result<(), Status>,
 ) -> Result<ClusterRecord, Status> {
-    for _ in 0..5 {
+    let exhausted = "update out of sequence: the cluster kept changing; try again";
+    let (record, _) = update(inner, exhausted, || {
         let (object, mut record) = cluster(inner)?;
         if let Some(version) = version
             && object.version != version
@@ -369,25 +397,16 @@ async fn update_cluster_at(
         change(&mut record)?;
         record.cluster.updated_at = now();
         let body = serde_json::to_value(&record).map_err(json_error)?;
-        let written = propose(
-            inner,
-            ChangeSet(vec![Change::Update {
-                kind: Kind::Cluster,
-                id: object.id.clone(),
-                version: object.version,
-                body,
-            }]),
-        )
-        .await;
-        match written {
-            Err(status) if status.code() == tonic::Code::Aborted => continue,
-            Err(status) => return Err(status),
-            Ok(_) => return Ok(record),
-        }
-    }
-    Err(Status::aborted(
-        "update out of sequence: the cluster kept changing; try again",
-    ))
+        let write = Change::Update {
+            kind: Kind::Cluster,
+            id: object.id.clone(),
+            version: object.version,
+            body,
+        };
+        Ok(Attempt::Write(ChangeSet(vec![write]), record))
+    })
+    .await?;
+    Ok(record)
 }
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Result<Value, Status> {
@@ -1194,11 +1213,11 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
                 return Err(Status::invalid_argument("a config needs a name"));
             }
             let body = json!({ "Data": data });
-            for _ in 0..5 {
+            let (_, index) = update(inner, "update out of sequence; try again", || {
                 let current = inner
                     .store
                     .view(|tx| tx.get(Kind::Data, &name).map(|o| o.version));
-                let change = match current {
+                let write = match current {
                     None => Change::Create {
                         kind: Kind::Data,
                         id: name.clone(),
@@ -1211,20 +1230,10 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
                         body: body.clone(),
                     },
                 };
-                match propose(inner, ChangeSet(vec![change])).await {
-                    Ok(index) => return Ok(json!(index)),
-                    Err(s)
-                        if matches!(
-                            s.code(),
-                            tonic::Code::Aborted | tonic::Code::AlreadyExists
-                        ) =>
-                    {
-                        continue;
-                    }
-                    Err(s) => return Err(s),
-                }
-            }
-            Err(Status::aborted("update out of sequence; try again"))
+                Ok(Attempt::Write(ChangeSet(vec![write]), ()))
+            })
+            .await?;
+            Ok(json!(index))
         }
         Call::Get { name } => inner
             .store

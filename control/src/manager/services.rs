@@ -23,7 +23,10 @@ use shoal_api::swarm::{Call, Version};
 use tokio::sync::watch;
 use tonic::Status;
 
-use super::{Inner, Manager, ops};
+use super::{
+    Inner, Manager,
+    ops::{self, Attempt},
+};
 use crate::limits;
 use crate::orchestrator::{self, World, body};
 use crate::scheduler::Constraint;
@@ -704,7 +707,7 @@ async fn create_service(inner: &Inner, mut spec: ServiceSpec) -> Result<Value, S
 }
 
 async fn scale(inner: &Inner, id: &str, replicas: u64) -> Result<Value, Status> {
-    for _ in 0..5 {
+    ops::update(inner, "update out of sequence; try again", || {
         let world = world(inner);
         let mut service = find_service(&world, id)?.clone();
         if service.spec.mode.replicated.is_none() {
@@ -717,23 +720,16 @@ async fn scale(inner: &Inner, id: &str, replicas: u64) -> Result<Value, Status> 
         check_bounds(&service.spec)?;
         check_mesh_room(&world, &service.spec, &service.id)?;
         service.updated_at = now();
-        let written = ops::propose(
-            inner,
-            ChangeSet(vec![Change::Update {
-                kind: Kind::Service,
-                id: service.id.clone(),
-                version: service.version.index,
-                body: body(&service),
-            }]),
-        )
-        .await;
-        match written {
-            Err(s) if s.code() == tonic::Code::Aborted => continue,
-            Err(s) => return Err(s),
-            Ok(_) => return Ok(Value::Null),
-        }
-    }
-    Err(Status::aborted("update out of sequence; try again"))
+        let write = Change::Update {
+            kind: Kind::Service,
+            id: service.id.clone(),
+            version: service.version.index,
+            body: body(&service),
+        };
+        Ok(Attempt::Write(ChangeSet(vec![write]), Value::Null))
+    })
+    .await
+    .map(|(value, _)| value)
 }
 
 /// Checks an update's spec against the service as it is: what Docker refuses to change.
@@ -1097,7 +1093,8 @@ pub(super) async fn report(
             limits::check_str("a container ID", &c.container_id, limits::MAX_SHORT)?;
         }
     }
-    for _ in 0..5 {
+    let exhausted = "task status out of sequence; report again";
+    ops::update(inner, exhausted, || {
         let mut changes = Vec::new();
         inner.store.view(|tx| {
             for (id, status) in &report.updates {
@@ -1125,15 +1122,14 @@ pub(super) async fn report(
                 });
             }
         });
-        if changes.is_empty() {
-            return Ok(Value::Null);
-        }
-        match ops::propose(inner, ChangeSet(changes)).await {
-            Err(s) if s.code() == tonic::Code::Aborted => continue,
-            other => return other.map(|_| Value::Null),
-        }
-    }
-    Err(Status::aborted("task status out of sequence; report again"))
+        Ok(if changes.is_empty() {
+            Attempt::Unchanged(Value::Null)
+        } else {
+            Attempt::Write(ChangeSet(changes), Value::Null)
+        })
+    })
+    .await
+    .map(|(value, _)| value)
 }
 
 /// The leader's reconcile loop: runs the reconciler when services, tasks, nodes or networks

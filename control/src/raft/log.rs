@@ -38,7 +38,10 @@ use openraft::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{Entry, NodeId, TypeConfig};
-use crate::keys::{DataKey, Purpose};
+use crate::{
+    durable::{FILE_MODE, sync_dir, write_durable},
+    keys::{DataKey, Purpose},
+};
 
 /// A segment is closed and a new one started past this many bytes.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -58,36 +61,13 @@ fn io_error(
     }
 }
 
-/// Writes `value` to `path` whole: a temporary file, fsync, rename over, fsync the directory.
-pub(crate) fn write_durable<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+/// Writes `value` as JSON to `path` whole and durably, 0600 (what a manager writes is its own).
+pub(crate) fn write_json_durable<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
-    write_bytes_durable(path, &bytes)
+    write_durable(path, &bytes, FILE_MODE)
 }
 
-/// [`write_durable`] for bytes (0600: what a manager writes is its own).
-pub(crate) fn write_bytes_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// fsyncs a directory, so a rename or a new file in it survives a crash.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Reads a JSON file written by [`write_durable`]; `None` when it does not exist.
+/// Reads a JSON file written by [`write_json_durable`]; `None` when it does not exist.
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
@@ -410,8 +390,8 @@ impl Writer {
                             }
                             Op::Vote { vote, done } => {
                                 let path = self.dir.with_file_name("vote.json");
-                                let _ =
-                                    done.send(synced.and_then(|()| write_durable(&path, &vote)));
+                                let _ = done
+                                    .send(synced.and_then(|()| write_json_durable(&path, &vote)));
                             }
                             Op::Append { .. } => unreachable!("matched above"),
                         }
@@ -667,7 +647,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let path = self.dir.join("purged.json");
-        let write = tokio::task::spawn_blocking(move || write_durable(&path, &log_id))
+        let write = tokio::task::spawn_blocking(move || write_json_durable(&path, &log_id))
             .await
             .map_err(io::Error::other)
             .and_then(|r| r);

@@ -22,7 +22,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{Entry, Node, NodeId, Request, Response, TypeConfig, log::write_bytes_durable};
+use super::{Entry, Node, NodeId, Request, Response, TypeConfig};
 use crate::{
     keys::{DataKey, Purpose},
     store::{Image, Store},
@@ -136,7 +136,7 @@ impl StateMachine {
         let dir = self.dir.clone();
         let data = self.key.seal(Purpose::Snapshot, &bytes)?;
         tokio::task::spawn_blocking(move || {
-            write_bytes_durable(&path, &data)?;
+            crate::durable::write_durable(&path, &data, crate::durable::FILE_MODE)?;
             for item in fs::read_dir(&dir)? {
                 let old = item?.path();
                 if old.file_name().and_then(|n| n.to_str()) != Some(name.as_str())
