@@ -12,6 +12,7 @@
 //! A manager whose data key is sealed with the cluster's unlock key (autolock) starts *locked*:
 //! it runs neither raft nor a session until `swarm unlock` gives the key.
 
+use shoal_api::call::{Call, ClusterCall, ManagerCall};
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_api::{
     swarm::{
-        ALREADY_IN_SWARM, Call, InitArgs, JoinArgs, LocalSwarm, NOT_A_MANAGER, NOT_IN_SWARM,
+        ALREADY_IN_SWARM, InitArgs, JoinArgs, LocalSwarm, NOT_A_MANAGER, NOT_IN_SWARM,
         NodeDescription, NodeTlsInfo, Platform, Resources, Role,
     },
     v1::{
@@ -495,27 +496,29 @@ impl SwarmNode {
         .map_err(|e| Status::failed_precondition(e.to_string()))
     }
 
-    /// Carries out a `shoal swarm|node` call.
-    pub async fn call(&self, call: Call) -> Result<Value, Status> {
-        if let Call::Unlock { key } = &call {
-            return self.unlock(key).await;
-        }
+    /// Carries out a `shoal swarm|node` call: membership and unlocking here, everything else
+    /// through this node's manager.
+    pub async fn call(&self, call: impl Into<Call>) -> Result<Value, Status> {
+        let call = call.into();
         if self.locked.lock().await.is_some() {
             match call {
-                Call::Leave { force: true } => {}
+                Call::Leave { force: true } | Call::Unlock { .. } => {}
                 Call::Leave { force: false } => {
                     return Err(Status::failed_precondition(
                         "Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message.",
                     ));
                 }
-                _ => return Err(Status::failed_precondition(KeyError::Locked.to_string())),
+                Call::Init(_) | Call::Join(_) | Call::Manager(_) => {
+                    return Err(Status::failed_precondition(KeyError::Locked.to_string()));
+                }
             }
         }
         match call {
             Call::Init(args) => self.init(args).await,
             Call::Join(args) => self.join(args).await,
             Call::Leave { force } => self.leave(force).await,
-            call => {
+            Call::Unlock { key } => self.unlock(&key).await,
+            Call::Manager(call) => {
                 let (manager, identity) = {
                     let guard = self.state.lock().await;
                     let joined = guard
@@ -564,7 +567,7 @@ impl SwarmNode {
     pub async fn info(&self) -> LocalSwarm {
         let mut info = self.local_state().await;
         if info.is_manager
-            && let Ok(nodes) = self.call(Call::NodeList).await
+            && let Ok(nodes) = self.call(ClusterCall::NodeList).await
             && let Ok(nodes) = serde_json::from_value::<Vec<shoal_api::swarm::Node>>(nodes)
         {
             info.node_count = Some(nodes.len());
@@ -922,13 +925,13 @@ impl SwarmNode {
             let demoted = manager
                 .submit(
                     Op::User {
-                        call: Call::NodeUpdate {
+                        call: ManagerCall::from(ClusterCall::NodeUpdate {
                             id: joined.saved.node_id.clone(),
                             update: shoal_api::swarm::NodeUpdate {
                                 role: Some(Role::Worker),
                                 ..Default::default()
                             },
-                        },
+                        }),
                         node_id: joined.saved.node_id.clone(),
                     },
                     Some(me),

@@ -9,8 +9,9 @@
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use shoal_api::call::{Call, ClusterCall, DataCall, ManagerCall, NetworkCall, ServiceCall};
 use shoal_api::secret::DataKind;
-use shoal_api::swarm::{Availability, Call, InitArgs, JoinArgs, Role, UpdateArgs};
+use shoal_api::swarm::{Availability, InitArgs, JoinArgs, Role, UpdateArgs};
 use shoal_api::{Client, ClientError, DaemonHost, StatusCode, escape};
 
 use crate::Failure;
@@ -275,9 +276,9 @@ async fn post_service_spec<S: Serialize + ?Sized>(
 }
 
 /// Sends `call` as the API's requests; the answer in the shape the managers give it.
-pub(crate) async fn call(host: &DaemonHost, call: &Call) -> Result<Value, Failure> {
+pub(crate) async fn call(host: &DaemonHost, call: impl Into<Call>) -> Result<Value, Failure> {
     let api = client(host);
-    Ok(send(&api, call).await?)
+    Ok(send(&api, &call.into()).await?)
 }
 
 async fn send(api: &Client, call: &Call) -> Result<Value, ClientError> {
@@ -298,16 +299,30 @@ async fn send(api: &Client, call: &Call) -> Result<Value, ClientError> {
             api.post(&format!("/swarm/leave?force={}", flag(*force)), &json!({}))
                 .await
         }
-        Call::Inspect => api.get("/swarm").await,
-        Call::Traffic => {
+        Call::Unlock { key } => {
+            api.post("/swarm/unlock", &json!({ "UnlockKey": key }))
+                .await
+        }
+        Call::Manager(ManagerCall::Cluster(call)) => send_cluster(api, call).await,
+        Call::Manager(ManagerCall::Service(call)) => send_service(api, call).await,
+        Call::Manager(ManagerCall::Network(call)) => send_network(api, call).await,
+        Call::Manager(ManagerCall::Data(call)) => send_data(api, call).await,
+    }
+}
+
+/// The swarm's and the nodes' calls.
+async fn send_cluster(api: &Client, call: &ClusterCall) -> Result<Value, ClientError> {
+    match call {
+        ClusterCall::Inspect => api.get("/swarm").await,
+        ClusterCall::Traffic => {
             api.get(&format!("{}/traffic", shoal_api::SHOAL_PREFIX))
                 .await
         }
-        Call::Update(args) => {
+        ClusterCall::Update(args) => {
             update_swarm(api, "", args.version, |spec| apply_update(spec, args)).await?;
             Ok(Value::Null)
         }
-        Call::Ca {
+        ClusterCall::Ca {
             rotate,
             cert_expiry_s,
         } => {
@@ -330,17 +345,13 @@ async fn send(api: &Client, call: &Call) -> Result<Value, ClientError> {
             }
             api.get("/swarm").await
         }
-        Call::UnlockKey { rotate } => {
+        ClusterCall::UnlockKey { rotate } => {
             if *rotate {
                 update_swarm(api, "&rotateManagerUnlockKey=1", None, |_| {}).await?;
             }
             api.get("/swarm/unlockkey").await
         }
-        Call::Unlock { key } => {
-            api.post("/swarm/unlock", &json!({ "UnlockKey": key }))
-                .await
-        }
-        Call::JoinToken { role, rotate } => {
+        ClusterCall::JoinToken { role, rotate } => {
             let name = match role {
                 Role::Worker => "Worker",
                 Role::Manager => "Manager",
@@ -352,9 +363,9 @@ async fn send(api: &Client, call: &Call) -> Result<Value, ClientError> {
             let swarm = api.get("/swarm").await?;
             Ok(swarm["JoinTokens"][name].clone())
         }
-        Call::NodeList => api.get("/nodes").await,
-        Call::NodeInspect { ids } => Ok(Value::Array(each(api, "/nodes", ids).await?)),
-        Call::NodeUpdate { id, update } => {
+        ClusterCall::NodeList => api.get("/nodes").await,
+        ClusterCall::NodeInspect { ids } => Ok(Value::Array(each(api, "/nodes", ids).await?)),
+        ClusterCall::NodeUpdate { id, update } => {
             fresh(update.version.is_none(), || async {
                 let node = api.get(&object("/nodes", id)).await?;
                 let version = update.version.unwrap_or_else(|| version(&node));
@@ -368,13 +379,22 @@ async fn send(api: &Client, call: &Call) -> Result<Value, ClientError> {
             })
             .await
         }
-        Call::NodeRemove { ids, force } => {
+        ClusterCall::NodeRemove { ids, force } => {
             remove_all(api, "/nodes", ids, &format!("?force={}", flag(*force))).await
         }
-        Call::ServiceCreate(spec) => Ok(id_of(&api.post("/services/create", spec).await?).clone()),
-        Call::ServiceList => api.get("/services").await,
-        Call::ServiceInspect { ids } => Ok(Value::Array(each(api, "/services", ids).await?)),
-        Call::ServiceScale { id, replicas } => {
+        ClusterCall::Put { .. } | ClusterCall::Get { .. } => Err(ClientError::Answer(
+            "raw store reads and writes are not served on the daemon's socket".into(),
+        )),
+    }
+}
+
+/// Services and their tasks.
+async fn send_service(api: &Client, call: &ServiceCall) -> Result<Value, ClientError> {
+    match call {
+        ServiceCall::Create(spec) => Ok(id_of(&api.post("/services/create", spec).await?).clone()),
+        ServiceCall::List => api.get("/services").await,
+        ServiceCall::Inspect { ids } => Ok(Value::Array(each(api, "/services", ids).await?)),
+        ServiceCall::Scale { id, replicas } => {
             fresh(true, || async {
                 let current = api.get(&object("/services", id)).await?;
                 let mut spec = current["Spec"].clone();
@@ -392,11 +412,11 @@ async fn send(api: &Client, call: &Call) -> Result<Value, ClientError> {
             })
             .await
         }
-        Call::ServiceUpdate { id, version, spec } => {
+        ServiceCall::Update { id, version, spec } => {
             let current = api.get(&object("/services", id)).await?;
             post_service_spec(api, &current, *version, spec, "").await
         }
-        Call::ServiceRollback { id, version } => {
+        ServiceCall::Rollback { id, version } => {
             let current = api.get(&object("/services", id)).await?;
             let version = version.unwrap_or_else(|| self::version(&current));
             post_service_spec(
@@ -408,29 +428,41 @@ async fn send(api: &Client, call: &Call) -> Result<Value, ClientError> {
             )
             .await
         }
-        Call::ServiceRemove { ids } => remove_all(api, "/services", ids, "").await,
-        Call::TaskList(filter) => {
+        ServiceCall::Remove { ids } => remove_all(api, "/services", ids, "").await,
+        ServiceCall::Tasks(filter) => {
             let query = filters(&[("service", &filter.services), ("node", &filter.nodes)]);
             api.get(&format!("/tasks{query}")).await
         }
-        Call::NetworkCreate(spec) => {
+    }
+}
+
+/// Networks.
+async fn send_network(api: &Client, call: &NetworkCall) -> Result<Value, ClientError> {
+    match call {
+        NetworkCall::Create(spec) => {
             let answer = api.post("/networks/create", &network_request(spec)).await?;
             Ok(id_of(&answer).clone())
         }
-        Call::NetworkList => api.get("/networks").await,
-        Call::NetworkInspect { ids } => Ok(Value::Array(each(api, "/networks", ids).await?)),
-        Call::NetworkRemove { ids } => remove_all(api, "/networks", ids, "").await,
-        Call::DataCreate { kind, spec } => {
+        NetworkCall::List => api.get("/networks").await,
+        NetworkCall::Inspect { ids } => Ok(Value::Array(each(api, "/networks", ids).await?)),
+        NetworkCall::Remove { ids } => remove_all(api, "/networks", ids, "").await,
+    }
+}
+
+/// Secrets and configs.
+async fn send_data(api: &Client, call: &DataCall) -> Result<Value, ClientError> {
+    match call {
+        DataCall::Create { kind, spec } => {
             let answer = api
                 .post(&format!("{}/create", data_base(*kind)), spec)
                 .await?;
             Ok(id_of(&answer).clone())
         }
-        Call::DataList { kind } => api.get(data_base(*kind)).await,
-        Call::DataInspect { kind, ids } => {
+        DataCall::List { kind } => api.get(data_base(*kind)).await,
+        DataCall::Inspect { kind, ids } => {
             Ok(Value::Array(each(api, data_base(*kind), ids).await?))
         }
-        Call::DataUpdate {
+        DataCall::Update {
             kind,
             id,
             version,
@@ -442,10 +474,7 @@ async fn send(api: &Client, call: &Call) -> Result<Value, ClientError> {
             )
             .await
         }
-        Call::DataRemove { kind, ids } => remove_all(api, data_base(*kind), ids, "").await,
-        Call::Put { .. } | Call::Get { .. } => Err(ClientError::Answer(
-            "raw store reads and writes are not served on the daemon's socket".into(),
-        )),
+        DataCall::Remove { kind, ids } => remove_all(api, data_base(*kind), ids, "").await,
     }
 }
 

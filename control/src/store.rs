@@ -38,7 +38,7 @@ pub enum Kind {
     Task,
     /// Networks.
     Network,
-    /// Named data of `Call::Put` (what `cargo xtask bench raft` and the crash tests write).
+    /// Named data of `ClusterCall::Put` (what `cargo xtask bench raft` and the crash tests write).
     Data,
     /// Secrets (`secret create`).
     Secret,

@@ -2,6 +2,7 @@
 //! formed with `shoal swarm init|join`, leader failover, restarts, tokens, roles, and links cut
 //! at the switch. Needs root.
 
+use shoal_api::call::ClusterCall;
 use std::time::Duration;
 
 use shoal_tests::{swarm::Swarm, wait_until};
@@ -455,7 +456,7 @@ fn call_as(
             let channel = shoal_control::tls::channel(&addr, tls, Duration::from_secs(10)).unwrap();
             let forwarded = shoal_control::manager::protocol::Forwarded {
                 op: shoal_control::manager::protocol::Op::User {
-                    call: shoal_api::swarm::Call::NodeList,
+                    call: ClusterCall::NodeList.into(),
                     node_id: String::new(),
                 },
                 caller: None,

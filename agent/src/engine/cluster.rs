@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use bollard::models;
 use serde::Deserialize;
 use serde_json::Value;
-use shoal_api::swarm::{Call, InitArgs, JoinArgs, Role, UpdateArgs};
+use shoal_api::call::{Call, ClusterCall};
+use shoal_api::swarm::{InitArgs, JoinArgs, Role, UpdateArgs};
 
 use super::{ApiError, Engine, truthy};
 
@@ -206,7 +207,7 @@ pub(super) async fn init(
     if let Some(limit) = spec.task_history_limit.filter(|l| *l != 5) {
         engine
             .swarm
-            .call(Call::Update(UpdateArgs {
+            .call(ClusterCall::Update(UpdateArgs {
                 task_history_limit: Some(limit),
                 ..Default::default()
             }))
@@ -293,7 +294,7 @@ pub(super) async fn update(
     let spec = spec_args(Some(asked)).map_err(ApiError::bad_request)?;
     engine
         .swarm
-        .call(Call::Update(UpdateArgs {
+        .call(ClusterCall::Update(UpdateArgs {
             dispatcher_heartbeat_s: spec.dispatcher_heartbeat_s,
             snapshot_interval: spec.snapshot_interval,
             cert_expiry_s: spec.cert_expiry_s,
@@ -305,7 +306,10 @@ pub(super) async fn update(
         }))
         .await?;
     if truthy(query.rotate_manager_unlock_key.as_deref()) {
-        engine.swarm.call(Call::UnlockKey { rotate: true }).await?;
+        engine
+            .swarm
+            .call(ClusterCall::UnlockKey { rotate: true })
+            .await?;
     }
     for (asked, role) in [
         (&query.rotate_worker_token, Role::Worker),
@@ -314,7 +318,7 @@ pub(super) async fn update(
         if truthy(asked.as_deref()) {
             engine
                 .swarm
-                .call(Call::JoinToken { role, rotate: true })
+                .call(ClusterCall::JoinToken { role, rotate: true })
                 .await?;
         }
     }
@@ -324,7 +328,10 @@ pub(super) async fn update(
 /// `GET /swarm/unlockkey`: `{"UnlockKey": ""}` while autolock is off, as Docker answers.
 pub(super) async fn unlock_key(State(engine): State<Engine>) -> Result<Json<Value>, ApiError> {
     Ok(Json(
-        engine.swarm.call(Call::UnlockKey { rotate: false }).await?,
+        engine
+            .swarm
+            .call(ClusterCall::UnlockKey { rotate: false })
+            .await?,
     ))
 }
 

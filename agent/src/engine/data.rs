@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use bollard::models;
 use serde_json::{Value, json};
+use shoal_api::call::DataCall;
 use shoal_api::secret::{DataKind, DataObject, DataSpec};
-use shoal_api::swarm::Call;
 
 use super::filters::Filters;
 use super::write::{VersionQuery, version_of};
@@ -59,7 +59,7 @@ async fn list(
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let filters = Filters::parse(query.filters.as_deref(), &["id", "label", "name", "names"])
         .map_err(ApiError::bad_request)?;
-    let all: Vec<DataObject> = call(&engine, Call::DataList { kind }).await?;
+    let all: Vec<DataObject> = call(&engine, DataCall::List { kind }).await?;
     all.into_iter()
         .filter(|o| {
             filters.prefix_of("id", &o.id)
@@ -93,7 +93,7 @@ async fn create(
     kind: DataKind,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let spec = read_spec(&body, kind)?;
-    let id = engine.swarm.call(Call::DataCreate { kind, spec }).await?;
+    let id = engine.swarm.call(DataCall::Create { kind, spec }).await?;
     Ok((StatusCode::CREATED, Json(json!({ "ID": id }))))
 }
 
@@ -104,7 +104,7 @@ async fn inspect(
 ) -> Result<Json<Value>, ApiError> {
     let found: Vec<Value> = call(
         &engine,
-        Call::DataInspect {
+        DataCall::Inspect {
             kind,
             ids: vec![id.clone()],
         },
@@ -124,7 +124,7 @@ async fn update(
     let spec = read_spec(&body, kind)?;
     engine
         .swarm
-        .call(Call::DataUpdate {
+        .call(DataCall::Update {
             kind,
             id,
             version,
@@ -141,7 +141,7 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     engine
         .swarm
-        .call(Call::DataRemove {
+        .call(DataCall::Remove {
             kind,
             ids: vec![id],
         })

@@ -22,6 +22,7 @@ mod spec;
 mod superset;
 mod write;
 
+use shoal_api::call::{Call, ClusterCall, NetworkCall, ServiceCall};
 use std::collections::HashMap;
 
 use axum::Json;
@@ -37,7 +38,6 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shoal_api::SHOAL_PREFIX;
 use shoal_api::service::TaskFilter;
-use shoal_api::swarm::Call;
 use tower::ServiceExt as _;
 
 use crate::NodeFacts;
@@ -292,7 +292,7 @@ async fn dataplane_apply(State(engine): State<Engine>, body: Bytes) -> Reply<Val
 /// `GET /shoal/v1/dataplane`: what this node's data plane holds, read back from the kernel.
 /// The routing mesh's traffic per node and service, as the leader last heard it.
 async fn traffic(State(engine): State<Engine>) -> Reply<Value> {
-    Ok(Json(engine.swarm.call(Call::Traffic).await?))
+    Ok(Json(engine.swarm.call(ClusterCall::Traffic).await?))
 }
 
 async fn dataplane_inspect(State(engine): State<Engine>) -> Reply<Value> {
@@ -414,7 +414,7 @@ async fn info(State(engine): State<Engine>) -> Json<Value> {
         cluster: None,
     };
     if local.is_manager
-        && let Ok(value) = engine.swarm.call(Call::Inspect).await
+        && let Ok(value) = engine.swarm.call(ClusterCall::Inspect).await
         && let Ok(cluster) = serde_json::from_value::<models::ClusterInfo>(value)
     {
         swarm.cluster = Some(cluster);
@@ -454,7 +454,7 @@ async fn info(State(engine): State<Engine>) -> Json<Value> {
 }
 
 /// Calls the managers through this node and reads the answer into Docker's model.
-async fn call<T: DeserializeOwned>(engine: &Engine, call: Call) -> Result<T, ApiError> {
+async fn call<T: DeserializeOwned>(engine: &Engine, call: impl Into<Call>) -> Result<T, ApiError> {
     let value = engine.swarm.call(call).await?;
     typed(value)
 }
@@ -498,7 +498,7 @@ impl<M: DeserializeOwned + serde::Serialize> Object<M> {
 /// The managers' list for `call`, each object read two ways.
 async fn objects<M: DeserializeOwned + serde::Serialize>(
     engine: &Engine,
-    call: Call,
+    call: impl Into<Call>,
 ) -> Result<Vec<Object<M>>, ApiError> {
     read_all(engine.swarm.call(call).await?)
 }
@@ -558,7 +558,7 @@ fn truthy(value: Option<&str>) -> bool {
 }
 
 async fn swarm_inspect(State(engine): State<Engine>) -> Reply<Value> {
-    let swarm = Object::<models::Swarm>::read(engine.swarm.call(Call::Inspect).await?)?;
+    let swarm = Object::<models::Swarm>::read(engine.swarm.call(ClusterCall::Inspect).await?)?;
     Ok(Json(swarm.answer()))
 }
 
@@ -568,7 +568,7 @@ async fn node_list(State(engine): State<Engine>, Query(query): Query<ListQuery>)
         &["id", "label", "membership", "name", "node.label", "role"],
     )
     .map_err(ApiError::bad_request)?;
-    let nodes = objects::<models::Node>(&engine, Call::NodeList).await?;
+    let nodes = objects::<models::Node>(&engine, ClusterCall::NodeList).await?;
     Ok(answers(
         nodes
             .into_iter()
@@ -603,7 +603,7 @@ fn node_matches(filters: &Filters, node: &models::Node) -> bool {
 async fn node_inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Reply<Value> {
     let found = objects::<models::Node>(
         &engine,
-        Call::NodeInspect {
+        ClusterCall::NodeInspect {
             ids: vec![id.clone()],
         },
     )
@@ -617,14 +617,15 @@ async fn service_list(
 ) -> Reply<Value> {
     let filters = Filters::parse(query.filters.as_deref(), &["id", "label", "mode", "name"])
         .map_err(ApiError::bad_request)?;
-    let services = objects::<models::Service>(&engine, Call::ServiceList).await?;
+    let services = objects::<models::Service>(&engine, ServiceCall::List).await?;
     let mut services: Vec<_> = services
         .into_iter()
         .filter(|s| service_matches(&filters, &s.docker))
         .collect();
     if truthy(query.status.as_deref()) {
-        let tasks: Vec<models::Task> = call(&engine, Call::TaskList(TaskFilter::default())).await?;
-        let nodes: Vec<models::Node> = call(&engine, Call::NodeList).await?;
+        let tasks: Vec<models::Task> =
+            call(&engine, ServiceCall::Tasks(TaskFilter::default())).await?;
+        let nodes: Vec<models::Node> = call(&engine, ClusterCall::NodeList).await?;
         for service in &mut services {
             service.docker.service_status = Some(service_status(&service.docker, &tasks, &nodes));
         }
@@ -699,7 +700,7 @@ async fn service_inspect(
     Path(id): Path<String>,
     Query(query): Query<InspectQuery>,
 ) -> Reply<Value> {
-    let asked = Call::ServiceInspect {
+    let asked = ServiceCall::Inspect {
         ids: vec![id.clone()],
     };
     let found = objects::<models::Service>(&engine, asked).await?;
@@ -739,12 +740,12 @@ async fn task_list(State(engine): State<Engine>, Query(query): Query<ListQuery>)
         services: filters.values("service").to_vec(),
         nodes: filters.values("node").to_vec(),
     };
-    let raw_tasks = engine.swarm.call(Call::TaskList(asked)).await?;
+    let raw_tasks = engine.swarm.call(ServiceCall::Tasks(asked)).await?;
     let needs_services = ["_up-to-date", "label", "name"]
         .iter()
         .any(|key| !filters.values(key).is_empty());
     let raw_services = if needs_services {
-        engine.swarm.call(Call::ServiceList).await?
+        engine.swarm.call(ServiceCall::List).await?
     } else {
         Value::Array(Vec::new())
     };
@@ -803,7 +804,7 @@ fn task_name(task: &models::Task, service: Option<&models::Service>) -> String {
 }
 
 async fn task_inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Reply<Value> {
-    let tasks = objects::<models::Task>(&engine, Call::TaskList(TaskFilter::default())).await?;
+    let tasks = objects::<models::Task>(&engine, ServiceCall::Tasks(TaskFilter::default())).await?;
     let found: Vec<_> = tasks
         .into_iter()
         .filter(|t| {
@@ -831,7 +832,7 @@ async fn network_list(
         &["driver", "id", "label", "name", "scope", "type"],
     )
     .map_err(ApiError::bad_request)?;
-    let networks = network_objects(&engine, Call::NetworkList).await?;
+    let networks = network_objects(&engine, NetworkCall::List).await?;
     let shown = networks.into_iter().filter(|Object { docker: n, .. }| {
         filters.prefix_of("id", n.id.as_deref().unwrap_or_default())
             && filters.prefix_of("name", n.name.as_deref().unwrap_or_default())
@@ -851,7 +852,7 @@ async fn network_list(
 async fn network_inspect(State(engine): State<Engine>, Path(id): Path<String>) -> Reply<Value> {
     let found = network_objects(
         &engine,
-        Call::NetworkInspect {
+        NetworkCall::Inspect {
             ids: vec![id.clone()],
         },
     )
@@ -862,7 +863,7 @@ async fn network_inspect(State(engine): State<Engine>, Path(id): Path<String>) -
 /// Networks in the Engine API's shape, each with the managers' object.
 async fn network_objects(
     engine: &Engine,
-    call: Call,
+    call: impl Into<Call>,
 ) -> Result<Vec<Object<models::Network>>, ApiError> {
     let raw: Vec<Value> = typed(engine.swarm.call(call).await?)?;
     raw.into_iter()
@@ -878,7 +879,10 @@ async fn network_objects(
 
 /// Calls the managers and reads the answer as Shoal's own type (for objects whose Docker
 /// shape differs from the managers').
-async fn shoal_of<T: DeserializeOwned>(engine: &Engine, call: Call) -> Result<T, ApiError> {
+async fn shoal_of<T: DeserializeOwned>(
+    engine: &Engine,
+    call: impl Into<Call>,
+) -> Result<T, ApiError> {
     typed(engine.swarm.call(call).await?)
 }
 

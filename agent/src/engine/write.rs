@@ -1,6 +1,7 @@
 //! The Engine API's writes (services, networks, nodes) and logs, each one call of the managers:
 //! what the managers refuse is refused here with their message, and nothing is half-applied.
 
+use shoal_api::call::{ClusterCall, NetworkCall, ServiceCall};
 use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use shoal_api::logs::{LogsQuery, Stream};
 use shoal_api::service::{Driver, Ipam, IpamConfig, NetworkSpec, ServiceSpec, TaskFilter};
-use shoal_api::swarm::{Availability, Call, NodeUpdate, Role};
+use shoal_api::swarm::{Availability, NodeUpdate, Role};
 use tokio_stream::StreamExt as _;
 
 use super::{ApiError, Engine, call, spec, truthy};
@@ -44,7 +45,7 @@ pub(super) async fn service_create(
     .map_err(ApiError::bad_request)?;
     let id = engine
         .swarm
-        .call(Call::ServiceCreate(Box::new(spec)))
+        .call(ServiceCall::Create(Box::new(spec)))
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -70,7 +71,7 @@ pub(super) async fn service_update(
         Some("previous") => {
             engine
                 .swarm
-                .call(Call::ServiceRollback {
+                .call(ServiceCall::Rollback {
                     id,
                     version: Some(version),
                 })
@@ -84,7 +85,7 @@ pub(super) async fn service_update(
         _ => {
             let current: Vec<shoal_api::service::Service> = super::shoal_of(
                 &engine,
-                Call::ServiceInspect {
+                ServiceCall::Inspect {
                     ids: vec![id.clone()],
                 },
             )
@@ -94,7 +95,7 @@ pub(super) async fn service_update(
             }
             engine
                 .swarm
-                .call(Call::ServiceUpdate {
+                .call(ServiceCall::Update {
                     id,
                     version,
                     spec: Box::new(spec),
@@ -111,7 +112,7 @@ pub(super) async fn service_remove(
 ) -> Result<StatusCode, ApiError> {
     engine
         .swarm
-        .call(Call::ServiceRemove { ids: vec![id] })
+        .call(ServiceCall::Remove { ids: vec![id] })
         .await?;
     Ok(StatusCode::OK)
 }
@@ -133,7 +134,7 @@ pub(super) async fn network_create(
     let asked: models::NetworkCreateRequest =
         spec::docker_model(&body, "network").map_err(ApiError::bad_request)?;
     let spec = network_spec(asked).map_err(ApiError::bad_request)?;
-    let id = engine.swarm.call(Call::NetworkCreate(spec)).await?;
+    let id = engine.swarm.call(NetworkCall::Create(spec)).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "Id": id, "Warning": "" })),
@@ -203,7 +204,7 @@ pub(super) async fn network_remove(
 ) -> Result<StatusCode, ApiError> {
     engine
         .swarm
-        .call(Call::NetworkRemove { ids: vec![id] })
+        .call(NetworkCall::Remove { ids: vec![id] })
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -222,7 +223,8 @@ pub(super) async fn node_update(
             "node spec: Shoal does not support node names (Name); the hostname names a node",
         ));
     }
-    let found: Vec<models::Node> = call(&engine, Call::NodeInspect { ids: vec![id] }).await?;
+    let found: Vec<models::Node> =
+        call(&engine, ClusterCall::NodeInspect { ids: vec![id] }).await?;
     let node = found
         .into_iter()
         .next()
@@ -252,7 +254,10 @@ pub(super) async fn node_update(
         label_add: wanted,
     };
     let id = node.id.unwrap_or_default();
-    engine.swarm.call(Call::NodeUpdate { id, update }).await?;
+    engine
+        .swarm
+        .call(ClusterCall::NodeUpdate { id, update })
+        .await?;
     Ok(StatusCode::OK)
 }
 
@@ -264,7 +269,7 @@ pub(super) async fn node_remove(
     let force = truthy(query.force.as_deref());
     engine
         .swarm
-        .call(Call::NodeRemove {
+        .call(ClusterCall::NodeRemove {
             ids: vec![id],
             force,
         })
@@ -331,7 +336,8 @@ pub(super) async fn logs(
     // Each line's details name its node, service and task (the docker CLI needs all three):
     // read once the subscription is open, so every task it covers is known.
     let owners: HashMap<String, (String, String)> = if details {
-        let tasks: Vec<models::Task> = call(&engine, Call::TaskList(TaskFilter::default())).await?;
+        let tasks: Vec<models::Task> =
+            call(&engine, ServiceCall::Tasks(TaskFilter::default())).await?;
         tasks
             .into_iter()
             .filter_map(|t| {

@@ -15,6 +15,7 @@
 //! never polls the whole state. A watch that cannot go on (a snapshot installed on this
 //! manager) tells the page to read the state again.
 
+use shoal_api::call::ClusterCall;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shoal_api::service::{Service, Task, TaskState};
-use shoal_api::swarm::{Availability, Call, Node, NodeUpdate, Role};
+use shoal_api::swarm::{Availability, Node, NodeUpdate, Role};
 use shoal_control::orchestrator::World;
 use shoal_control::store::{Event, Kind, Object};
 
@@ -298,7 +299,7 @@ async fn watch(State(ui): State<Ui>, Query(params): Query<WatchParams>) -> Respo
                 _ = traffic.tick() => {
                     // Rates by node ID and service name, as the leader heard them; nothing
                     // while there is no leader.
-                    let rates = swarm.call(Call::Traffic).await.unwrap_or(Value::Null);
+                    let rates = swarm.call(ClusterCall::Traffic).await.unwrap_or(Value::Null);
                     let sse = SseEvent::default().event("traffic").data(rates.to_string());
                     if tx.send(Ok(sse)).await.is_err() {
                         return;
@@ -340,7 +341,7 @@ async fn availability(
             );
         }
     };
-    let call = Call::NodeUpdate {
+    let call = ClusterCall::NodeUpdate {
         id,
         update: NodeUpdate {
             availability: Some(availability),

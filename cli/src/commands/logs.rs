@@ -1,6 +1,7 @@
 //! `shoal service logs SERVICE|TASK`: the lines of a service's tasks (or of one task), from the
 //! nodes that ran them, prefixed as Docker prefixes them: `web.1.x7x2q3h4k0sd@n3    | ...`.
 
+use shoal_api::call::{ClusterCall, ServiceCall};
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -175,14 +176,10 @@ pub(crate) fn unix_seconds(rfc3339: &str) -> Result<String, Failure> {
 /// Runs `service logs`: `GET /services/{target}/logs` (the daemon takes a task there too).
 pub(crate) async fn run(host: &DaemonHost, args: LogsArgs) -> Result<(), Failure> {
     let tasks: Vec<Task> = serde_json::from_value(
-        super::swarm::call(
-            host,
-            &shoal_api::swarm::Call::TaskList(TaskFilter::default()),
-        )
-        .await?,
+        super::swarm::call(host, ServiceCall::Tasks(TaskFilter::default())).await?,
     )?;
     let nodes: Vec<shoal_api::swarm::Node> =
-        serde_json::from_value(super::swarm::call(host, &shoal_api::swarm::Call::NodeList).await?)?;
+        serde_json::from_value(super::swarm::call(host, ClusterCall::NodeList).await?)?;
     let nodes: HashMap<String, String> = nodes
         .into_iter()
         .map(|n| (n.id, n.description.hostname))

@@ -1,10 +1,10 @@
 //! `shoal network create|ls|inspect|rm`.
 
 use serde::Serialize;
+use shoal_api::call::NetworkCall;
 use shoal_api::{
     DaemonHost,
     service::{Driver, ENCRYPTED_OPTION, Ipam, IpamConfig, Network, NetworkSpec},
-    swarm::Call,
 };
 
 use crate::{
@@ -132,12 +132,12 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     },
                 },
             };
-            let id: String = serde_json::from_value(call(host, &Call::NetworkCreate(spec)).await?)?;
+            let id: String = serde_json::from_value(call(host, NetworkCall::Create(spec)).await?)?;
             println!("{id}");
         }
         Command::Ls { quiet, format } => {
             let networks: Vec<Network> =
-                serde_json::from_value(call(host, &Call::NetworkList).await?)?;
+                serde_json::from_value(call(host, NetworkCall::List).await?)?;
             if quiet {
                 for n in &networks {
                     println!("{}", n.id);
@@ -174,13 +174,13 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         }
         Command::Inspect { format, networks } => {
             let found: Vec<Network> =
-                serde_json::from_value(call(host, &Call::NetworkInspect { ids: networks }).await?)?;
+                serde_json::from_value(call(host, NetworkCall::Inspect { ids: networks }).await?)?;
             crate::output::print_objects(format.as_ref(), &found)?;
         }
         Command::Rm { networks } => {
             call(
                 host,
-                &Call::NetworkRemove {
+                NetworkCall::Remove {
                     ids: networks.clone(),
                 },
             )

@@ -1,11 +1,12 @@
 //! `shoal node ls|inspect|update|promote|demote|rm`.
 
+use shoal_api::call::ClusterCall;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use shoal_api::{
     DaemonHost,
-    swarm::{Availability, Call, Node, NodeState, NodeUpdate, Role},
+    swarm::{Availability, Node, NodeState, NodeUpdate, Role},
 };
 
 use crate::{Failure, commands::swarm::call, output::Format};
@@ -218,13 +219,16 @@ fn labels(values: &[String]) -> Result<BTreeMap<String, String>, Failure> {
 }
 
 async fn update(host: &DaemonHost, id: String, update: NodeUpdate) -> Result<(), Failure> {
-    call(host, &Call::NodeUpdate { id, update }).await.map(drop)
+    call(host, ClusterCall::NodeUpdate { id, update })
+        .await
+        .map(drop)
 }
 
 pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failure> {
     match command {
         Command::Ls { quiet, format } => {
-            let nodes: Vec<Node> = serde_json::from_value(call(host, &Call::NodeList).await?)?;
+            let nodes: Vec<Node> =
+                serde_json::from_value(call(host, ClusterCall::NodeList).await?)?;
             let me = crate::commands::info::local(host).await?.node_id;
             if quiet {
                 for node in &nodes {
@@ -253,7 +257,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             nodes,
         } => {
             let found: Vec<Node> =
-                serde_json::from_value(call(host, &Call::NodeInspect { ids: nodes }).await?)?;
+                serde_json::from_value(call(host, ClusterCall::NodeInspect { ids: nodes }).await?)?;
             if human {
                 let all: Vec<String> = found.iter().map(pretty).collect();
                 print!("{}", all.join("\n"));
@@ -345,7 +349,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         Command::Rm { force, nodes } => {
             call(
                 host,
-                &Call::NodeRemove {
+                ClusterCall::NodeRemove {
                     ids: nodes.clone(),
                     force,
                 },

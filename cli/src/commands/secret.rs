@@ -1,5 +1,6 @@
 //! `shoal secret create|ls|inspect|rm` and `shoal config create|ls|inspect|rm`.
 
+use shoal_api::call::DataCall;
 use std::io::Read as _;
 
 use base64::Engine as _;
@@ -7,7 +8,6 @@ use serde::Serialize;
 use shoal_api::{
     DaemonHost,
     secret::{DataKind, DataObject, DataSpec},
-    swarm::Call,
 };
 
 use crate::{Failure, commands::swarm::call, output::Format};
@@ -101,12 +101,12 @@ pub(crate) async fn run(
                 data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
             };
             let id: String =
-                serde_json::from_value(call(host, &Call::DataCreate { kind, spec }).await?)?;
+                serde_json::from_value(call(host, DataCall::Create { kind, spec }).await?)?;
             println!("{id}");
         }
         Command::Ls { quiet, format } => {
             let all: Vec<DataObject> =
-                serde_json::from_value(call(host, &Call::DataList { kind }).await?)?;
+                serde_json::from_value(call(host, DataCall::List { kind }).await?)?;
             if quiet {
                 for o in &all {
                     println!("{}", o.id);
@@ -143,13 +143,13 @@ pub(crate) async fn run(
         }
         Command::Inspect { format, names } => {
             let found: Vec<DataObject> =
-                serde_json::from_value(call(host, &Call::DataInspect { kind, ids: names }).await?)?;
+                serde_json::from_value(call(host, DataCall::Inspect { kind, ids: names }).await?)?;
             crate::output::print_objects(format.as_ref(), &found)?;
         }
         Command::Rm { names } => {
             call(
                 host,
-                &Call::DataRemove {
+                DataCall::Remove {
                     kind,
                     ids: names.clone(),
                 },

@@ -1,5 +1,6 @@
 //! `shoal service create|ls|ps|inspect|scale|rm`, and the task table `node ps` shares.
 
+use shoal_api::call::{ClusterCall, NetworkCall, ServiceCall};
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use shoal_api::{
         Replicated, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, Task,
         TaskFilter, TaskSpec, TaskState, UpdateConfig, UpdateOrder, UpdateState,
     },
-    swarm::{Call, Node},
+    swarm::Node,
 };
 
 use crate::{
@@ -884,12 +885,12 @@ pub(crate) fn spec(args: CreateArgs) -> Result<ServiceSpec, Failure> {
 
 async fn tasks(host: &DaemonHost, filter: TaskFilter) -> Result<Vec<Task>, Failure> {
     Ok(serde_json::from_value(
-        call(host, &Call::TaskList(filter)).await?,
+        call(host, ServiceCall::Tasks(filter)).await?,
     )?)
 }
 
 async fn node_names(host: &DaemonHost) -> Result<HashMap<String, String>, Failure> {
-    let nodes: Vec<Node> = serde_json::from_value(call(host, &Call::NodeList).await?)?;
+    let nodes: Vec<Node> = serde_json::from_value(call(host, ClusterCall::NodeList).await?)?;
     Ok(nodes
         .into_iter()
         .map(|n| (n.id, n.description.hostname))
@@ -1241,7 +1242,7 @@ async fn converge_after(
         let found: Vec<Service> = serde_json::from_value(
             call(
                 host,
-                &Call::ServiceInspect {
+                ServiceCall::Inspect {
                     ids: vec![service.to_owned()],
                 },
             )
@@ -1358,7 +1359,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             let (detach, quiet) = (args.detach, args.quiet);
             let spec = spec(*args)?;
             let id: String =
-                serde_json::from_value(call(host, &Call::ServiceCreate(Box::new(spec))).await?)?;
+                serde_json::from_value(call(host, ServiceCall::Create(Box::new(spec))).await?)?;
             println!("{id}");
             if !detach && !quiet {
                 converge(host, &id).await?;
@@ -1366,7 +1367,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         }
         Command::Ls { quiet, format } => {
             let services: Vec<Service> =
-                serde_json::from_value(call(host, &Call::ServiceList).await?)?;
+                serde_json::from_value(call(host, ServiceCall::List).await?)?;
             print_services(host, &services, quiet, format.as_ref()).await?;
         }
         Command::Ps {
@@ -1398,7 +1399,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             services,
         } => {
             let found: Vec<Service> =
-                serde_json::from_value(call(host, &Call::ServiceInspect { ids: services }).await?)?;
+                serde_json::from_value(call(host, ServiceCall::Inspect { ids: services }).await?)?;
             if pretty {
                 for service in &found {
                     print!("{}", crate::commands::pretty::service(service));
@@ -1411,7 +1412,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             let found: Vec<Service> = serde_json::from_value(
                 call(
                     host,
-                    &Call::ServiceInspect {
+                    ServiceCall::Inspect {
                         ids: vec![args.service.clone()],
                     },
                 )
@@ -1424,7 +1425,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             if args.rollback {
                 call(
                     host,
-                    &Call::ServiceRollback {
+                    ServiceCall::Rollback {
                         id: current.id.clone(),
                         version: None,
                     },
@@ -1432,7 +1433,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 .await?;
             } else {
                 let networks: Vec<shoal_api::service::Network> =
-                    serde_json::from_value(call(host, &Call::NetworkList).await?)?;
+                    serde_json::from_value(call(host, NetworkCall::List).await?)?;
                 let ids: HashMap<String, String> = networks
                     .into_iter()
                     .flat_map(|n| [(n.spec.name.clone(), n.id.clone()), (n.id.clone(), n.id)])
@@ -1440,7 +1441,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 let spec = updated_spec(current.spec.clone(), &args, &ids)?;
                 call(
                     host,
-                    &Call::ServiceUpdate {
+                    ServiceCall::Update {
                         id: current.id.clone(),
                         version: current.version.index,
                         spec: Box::new(spec),
@@ -1466,7 +1467,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             let found: Vec<Service> = serde_json::from_value(
                 call(
                     host,
-                    &Call::ServiceInspect {
+                    ServiceCall::Inspect {
                         ids: vec![service.clone()],
                     },
                 )
@@ -1478,7 +1479,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 .ok_or_else(|| Failure(format!("service {service} not found")))?;
             call(
                 host,
-                &Call::ServiceRollback {
+                ServiceCall::Rollback {
                     id: current.id.clone(),
                     version: None,
                 },
@@ -1512,7 +1513,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             for (name, replicas) in parsed {
                 call(
                     host,
-                    &Call::ServiceScale {
+                    ServiceCall::Scale {
                         id: name.clone(),
                         replicas,
                     },
@@ -1527,7 +1528,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         Command::Rm { services } => {
             call(
                 host,
-                &Call::ServiceRemove {
+                ServiceCall::Remove {
                     ids: services.clone(),
                 },
             )

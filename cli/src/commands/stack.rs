@@ -11,6 +11,7 @@
 //! `com.docker.stack.namespace=<stack>`. A service without networks gets `<stack>_default`. A
 //! secret's target defaults to its key in the file, a config's to `/<key>`.
 
+use shoal_api::call::{DataCall, NetworkCall, ServiceCall};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +23,6 @@ use shoal_api::{
     DaemonHost,
     secret::{DataKind, DataObject, DataSpec},
     service::{Driver, Ipam, IpamConfig, Network, NetworkSpec, Service, ServiceSpec, TaskFilter},
-    swarm::Call,
 };
 
 use crate::{Failure, commands::swarm::call, output::Format};
@@ -1062,7 +1062,7 @@ fn in_stack(labels: &BTreeMap<String, String>, stack: &str) -> bool {
 
 async fn services(host: &DaemonHost) -> Result<Vec<Service>, Failure> {
     Ok(serde_json::from_value(
-        call(host, &Call::ServiceList).await?,
+        call(host, ServiceCall::List).await?,
     )?)
 }
 
@@ -1075,17 +1075,17 @@ async fn deploy(host: &DaemonHost, file: &Path, stack: &str, prune: bool) -> Res
         .unwrap_or(Path::new("."));
     let plan = plan(stack, &text, dir, &|name| std::env::var(name).ok()).map_err(Failure)?;
 
-    let networks: Vec<Network> = serde_json::from_value(call(host, &Call::NetworkList).await?)?;
+    let networks: Vec<Network> = serde_json::from_value(call(host, NetworkCall::List).await?)?;
     for spec in plan.networks {
         if networks.iter().any(|n| n.spec.name == spec.name) {
             continue;
         }
         println!("Creating network {}", spec.name);
-        call(host, &Call::NetworkCreate(spec)).await?;
+        call(host, NetworkCall::Create(spec)).await?;
     }
     for (kind, spec) in plan.data {
         let existing: Vec<DataObject> =
-            serde_json::from_value(call(host, &Call::DataList { kind }).await?)?;
+            serde_json::from_value(call(host, DataCall::List { kind }).await?)?;
         if let Some(current) = existing.iter().find(|o| o.spec.name == spec.name) {
             if kind == DataKind::Config && current.spec.data != spec.data {
                 return Err(Failure(format!(
@@ -1097,7 +1097,7 @@ async fn deploy(host: &DaemonHost, file: &Path, stack: &str, prune: bool) -> Res
             continue;
         }
         println!("Creating {kind} {}", spec.name);
-        call(host, &Call::DataCreate { kind, spec }).await?;
+        call(host, DataCall::Create { kind, spec }).await?;
     }
     let current = services(host).await?;
     let wanted: Vec<String> = plan.services.iter().map(|s| s.name.clone()).collect();
@@ -1107,7 +1107,7 @@ async fn deploy(host: &DaemonHost, file: &Path, stack: &str, prune: bool) -> Res
                 println!("Updating service {} (id: {})", spec.name, existing.id);
                 call(
                     host,
-                    &Call::ServiceUpdate {
+                    ServiceCall::Update {
                         id: existing.id.clone(),
                         version: existing.version.index,
                         spec: Box::new(spec),
@@ -1117,7 +1117,7 @@ async fn deploy(host: &DaemonHost, file: &Path, stack: &str, prune: bool) -> Res
             }
             None => {
                 println!("Creating service {}", spec.name);
-                call(host, &Call::ServiceCreate(Box::new(spec))).await?;
+                call(host, ServiceCall::Create(Box::new(spec))).await?;
             }
         }
     }
@@ -1130,7 +1130,7 @@ async fn deploy(host: &DaemonHost, file: &Path, stack: &str, prune: bool) -> Res
             println!("Removing service {}", s.spec.name);
             call(
                 host,
-                &Call::ServiceRemove {
+                ServiceCall::Remove {
                     ids: vec![s.id.clone()],
                 },
             )
@@ -1146,7 +1146,7 @@ async fn remove(host: &DaemonHost, stack: &str) -> Result<(), Failure> {
         .into_iter()
         .filter(|s| in_stack(&s.spec.labels, stack))
         .collect();
-    let networks: Vec<Network> = serde_json::from_value(call(host, &Call::NetworkList).await?)?;
+    let networks: Vec<Network> = serde_json::from_value(call(host, NetworkCall::List).await?)?;
     let networks: Vec<Network> = networks
         .into_iter()
         .filter(|n| in_stack(&n.spec.labels, stack))
@@ -1154,7 +1154,7 @@ async fn remove(host: &DaemonHost, stack: &str) -> Result<(), Failure> {
     let mut data = Vec::new();
     for kind in [DataKind::Secret, DataKind::Config] {
         let all: Vec<DataObject> =
-            serde_json::from_value(call(host, &Call::DataList { kind }).await?)?;
+            serde_json::from_value(call(host, DataCall::List { kind }).await?)?;
         data.extend(
             all.into_iter()
                 .filter(|o| in_stack(&o.spec.labels, stack))
@@ -1170,7 +1170,7 @@ async fn remove(host: &DaemonHost, stack: &str) -> Result<(), Failure> {
     if !doomed.is_empty() {
         call(
             host,
-            &Call::ServiceRemove {
+            ServiceCall::Remove {
                 ids: doomed.iter().map(|s| s.id.clone()).collect(),
             },
         )
@@ -1180,7 +1180,7 @@ async fn remove(host: &DaemonHost, stack: &str) -> Result<(), Failure> {
         println!("Removing {kind} {}", object.spec.name);
         call(
             host,
-            &Call::DataRemove {
+            DataCall::Remove {
                 kind: *kind,
                 ids: vec![object.id.clone()],
             },
@@ -1191,7 +1191,7 @@ async fn remove(host: &DaemonHost, stack: &str) -> Result<(), Failure> {
         println!("Removing network {}", network.spec.name);
         call(
             host,
-            &Call::NetworkRemove {
+            NetworkCall::Remove {
                 ids: vec![network.id.clone()],
             },
         )

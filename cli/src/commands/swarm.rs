@@ -1,8 +1,9 @@
 //! `shoal swarm init|join|join-token|leave|update|inspect|ca|unlock|unlock-key`.
 
+use shoal_api::call::{Call, ClusterCall};
 use shoal_api::{
     DaemonHost,
-    swarm::{Call, Cluster, InitArgs, JoinArgs, Node, Role, UpdateArgs},
+    swarm::{Cluster, InitArgs, JoinArgs, Node, Role, UpdateArgs},
 };
 
 use crate::Failure;
@@ -191,7 +192,7 @@ fn role(name: &str) -> Role {
 async fn token(host: &DaemonHost, role: Role) -> Result<String, Failure> {
     let token = call(
         host,
-        &Call::JoinToken {
+        ClusterCall::JoinToken {
             role,
             rotate: false,
         },
@@ -202,7 +203,7 @@ async fn token(host: &DaemonHost, role: Role) -> Result<String, Failure> {
 
 /// The cluster's unlock key (a new one with `rotate`); empty while autolock is off.
 async fn unlock_key(host: &DaemonHost, rotate: bool) -> Result<String, Failure> {
-    let answer = call(host, &Call::UnlockKey { rotate }).await?;
+    let answer = call(host, ClusterCall::UnlockKey { rotate }).await?;
     Ok(answer["UnlockKey"].as_str().unwrap_or_default().to_owned())
 }
 
@@ -256,7 +257,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         } => {
             let node = call(
                 host,
-                &Call::Init(InitArgs {
+                Call::Init(InitArgs {
                     advertise_addr,
                     listen_addr,
                     data_path_addr,
@@ -294,7 +295,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         } => {
             let joined = call(
                 host,
-                &Call::Join(JoinArgs {
+                Call::Join(JoinArgs {
                     token,
                     remote,
                     advertise_addr,
@@ -317,7 +318,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             if rotate {
                 call(
                     host,
-                    &Call::JoinToken {
+                    ClusterCall::JoinToken {
                         role: which,
                         rotate: true,
                     },
@@ -334,7 +335,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             }
         }
         Command::Leave { force } => {
-            call(host, &Call::Leave { force }).await?;
+            call(host, Call::Leave { force }).await?;
             println!("Node left the swarm.");
         }
         Command::Update {
@@ -351,7 +352,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             };
             call(
                 host,
-                &Call::Update(UpdateArgs {
+                ClusterCall::Update(UpdateArgs {
                     dispatcher_heartbeat_s: dispatcher_heartbeat,
                     snapshot_interval,
                     cert_expiry_s: cert_expiry,
@@ -375,7 +376,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 _ => return Err(Failure("Error: swarm is not locked".into())),
             }
             let key = read_unlock_key()?;
-            call(host, &Call::Unlock { key }).await?;
+            call(host, Call::Unlock { key }).await?;
         }
         Command::UnlockKey { quiet, rotate } => {
             if rotate {
@@ -407,7 +408,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             let cluster: Cluster = serde_json::from_value(
                 call(
                     host,
-                    &Call::Ca {
+                    ClusterCall::Ca {
                         rotate,
                         cert_expiry_s: cert_expiry,
                     },
@@ -422,7 +423,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             }
         }
         Command::Inspect => {
-            let cluster: Cluster = serde_json::from_value(call(host, &Call::Inspect).await?)?;
+            let cluster: Cluster = serde_json::from_value(call(host, ClusterCall::Inspect).await?)?;
             println!("{}", serde_json::to_string_pretty(&[cluster])?);
         }
     }
@@ -456,8 +457,8 @@ async fn rotation_progress(host: &DaemonHost, quiet: bool) -> Result<Cluster, Fa
     let terminal = std::io::stdout().is_terminal();
     let mut last = None;
     loop {
-        let cluster: Cluster = serde_json::from_value(call(host, &Call::Inspect).await?)?;
-        let nodes: Vec<Node> = serde_json::from_value(call(host, &Call::NodeList).await?)?;
+        let cluster: Cluster = serde_json::from_value(call(host, ClusterCall::Inspect).await?)?;
+        let nodes: Vec<Node> = serde_json::from_value(call(host, ClusterCall::NodeList).await?)?;
         let (certificates, roots) = rotated(&cluster, &nodes);
         let total = nodes.len();
         let finished =

@@ -1,5 +1,5 @@
 //! Shoal's API surface, shared by the `shoal` CLI, the `shoald` daemon and the tests: the objects
-//! and calls of the swarm ([`swarm`], [`service`], [`secret`], [`logs`]), the protobuf messages
+//! and calls of the swarm ([`call`], [`swarm`], [`service`], [`secret`], [`logs`]), the protobuf messages
 //! and gRPC services between nodes (generated from `proto/` by tonic + prost), the daemon
 //! address ([`DaemonHost`], `-H unix://PATH`), and the HTTP client of the API a daemon serves on
 //! its unix socket (Docker's Engine API, Shoal's own operations under [`SHOAL_PREFIX`]).
@@ -11,6 +11,7 @@
 //!
 //! This crate holds types only, no policy: the CLI depends on it and on nothing else of Shoal.
 
+pub mod call;
 mod client;
 mod host;
 pub mod logs;

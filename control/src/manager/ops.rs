@@ -11,9 +11,10 @@ use std::{
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use shoal_api::call::{ClusterCall, ManagerCall};
 use shoal_api::swarm::{
-    Call, Cluster, JoinTokens, ManagerStatus, Node, NodeDescription, NodeState, NodeStatus,
-    NodeUpdate, Role, Version,
+    Cluster, JoinTokens, ManagerStatus, Node, NodeDescription, NodeState, NodeStatus, NodeUpdate,
+    Role, UpdateArgs, Version,
 };
 use tokio::sync::watch;
 use tonic::Status;
@@ -982,178 +983,29 @@ async fn add_manager(
     Ok(())
 }
 
-async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
-    if let Some(done) = super::services::call(inner, &call, me).await {
-        return done;
-    }
+/// Carries out a user's call on the leader, each group by the layer that owns it.
+async fn user(inner: &Inner, call: ManagerCall, me: &str) -> Result<Value, Status> {
     match call {
-        Call::Traffic => {
-            // Nodes heard from within three heartbeat periods; the others' rates are stale.
-            let fresh = 3 * heartbeat_period(inner);
-            let rates = inner
-                .traffic
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .rates(Instant::now(), fresh);
-            serde_json::to_value(rates).map_err(json_error)
-        }
-        Call::Inspect => {
-            let (object, mut record) = cluster(inner)?;
-            let (subject, key) = record.issuer();
-            record.cluster.tls_info.cert_issuer_subject = subject;
-            record.cluster.tls_info.cert_issuer_public_key = key;
-            record.cluster.root_rotation_in_progress = record.root_rotation.is_some();
-            record.cluster.id = object.id;
-            record.cluster.version = Version {
-                index: object.version,
-            };
-            encode(&record.cluster)
-        }
-        Call::Update(args) => {
-            if let Some(s) = args.dispatcher_heartbeat_s {
-                limits::check_heartbeat(s)?;
-            }
-            if let Some(n) = args.snapshot_interval {
-                limits::check_snapshot_interval(n)?;
-            }
-            if let Some(s) = args.cert_expiry_s {
-                ca::check_cert_expiry(s).map_err(Status::invalid_argument)?;
-            }
-            let fresh_unlock = match args.autolock {
-                Some(true) => Some(
-                    crate::keys::UnlockKey::generate()
-                        .map_err(|e| Status::internal(e.to_string()))?
-                        .to_string(),
-                ),
-                _ => None,
-            };
-            if let Some(n) = args.task_history_limit
-                && n > limits::MAX_TASK_HISTORY
-            {
-                return Err(Status::invalid_argument(format!(
-                    "--task-history-limit {n}: at most {} stopped tasks are kept per slot",
-                    limits::MAX_TASK_HISTORY
-                )));
-            }
-            // A new root for a changed `CAConfig.ForceRotate`, made before the write.
-            let new_root = match args.ca_force_rotate {
-                Some(_) => Some(RootCa::generate().map_err(|e| Status::internal(e.to_string()))?),
-                None => None,
-            };
-            update_cluster_at(inner, args.version, |record| {
-                if let (Some(n), Some(new)) = (args.ca_force_rotate, &new_root)
-                    && n != record.cluster.spec.ca_config.force_rotate
-                {
-                    begin_rotation(record, new, args.cert_expiry_s)?;
-                    record.cluster.spec.ca_config.force_rotate = n;
-                }
-                if let Some(s) = args.dispatcher_heartbeat_s {
-                    record.cluster.spec.dispatcher.heartbeat_period = s * 1_000_000_000;
-                }
-                if let Some(n) = args.snapshot_interval {
-                    record.cluster.spec.raft.snapshot_interval = n;
-                }
-                if let Some(s) = args.cert_expiry_s {
-                    record.cluster.spec.ca_config.node_cert_expiry = s * 1_000_000_000;
-                }
-                if let Some(n) = args.task_history_limit {
-                    record
-                        .cluster
-                        .spec
-                        .orchestration
-                        .task_history_retention_limit = n;
-                }
-                match args.autolock {
-                    // Turned on: a new key; already on: the key stays.
-                    Some(true) if record.unlock_key.is_empty() => {
-                        record.unlock_key = fresh_unlock.clone().unwrap_or_default();
-                    }
-                    Some(false) => record.unlock_key.clear(),
-                    _ => {}
-                }
-                record.cluster.spec.encryption_config.auto_lock_managers =
-                    !record.unlock_key.is_empty();
-                Ok(())
-            })
-            .await?;
-            follow_unlock_key(inner);
-            Ok(Value::Null)
-        }
-        Call::UnlockKey { rotate } => {
-            let record = if rotate {
-                let fresh = crate::keys::UnlockKey::generate()
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .to_string();
-                let record = update_cluster(inner, |record| {
-                    if record.unlock_key.is_empty() {
-                        return Err(Status::failed_precondition(
-                            "cannot rotate because autolock is not turned on",
-                        ));
-                    }
-                    record.unlock_key.clone_from(&fresh);
-                    Ok(())
-                })
-                .await?;
-                follow_unlock_key(inner);
-                record
-            } else {
-                cluster(inner)?.1
-            };
-            // Empty while autolock is off: clients say "no unlock key is set" (Docker's API).
-            Ok(json!({ "UnlockKey": record.unlock_key }))
-        }
-        Call::Unlock { .. } => Err(Status::failed_precondition(
-            "swarm unlock is answered by the locked node itself",
-        )),
-        Call::Ca {
+        ManagerCall::Cluster(call) => cluster_call(inner, call, me).await,
+        ManagerCall::Service(call) => super::services::call(inner, call, me).await,
+        ManagerCall::Network(call) => super::services::network_call(inner, call).await,
+        ManagerCall::Data(call) => super::secrets::call(inner, call).await,
+    }
+}
+
+/// The swarm's, the nodes' and named data's calls.
+async fn cluster_call(inner: &Inner, call: ClusterCall, me: &str) -> Result<Value, Status> {
+    match call {
+        ClusterCall::Traffic => traffic(inner),
+        ClusterCall::Inspect => inspect_cluster(inner),
+        ClusterCall::Update(args) => update_swarm(inner, args).await,
+        ClusterCall::UnlockKey { rotate } => unlock_key(inner, rotate).await,
+        ClusterCall::Ca {
             rotate,
             cert_expiry_s,
-        } => {
-            if let Some(s) = cert_expiry_s {
-                ca::check_cert_expiry(s).map_err(Status::invalid_argument)?;
-                if !rotate {
-                    return Err(Status::invalid_argument(
-                        "`--cert-expiry` flag requires the `--rotate` flag to update the CA",
-                    ));
-                }
-            }
-            if rotate {
-                start_rotation(inner, cert_expiry_s).await?;
-            }
-            Box::pin(user(inner, Call::Inspect, me)).await
-        }
-        Call::JoinToken { role, rotate } => {
-            let record = if rotate {
-                update_cluster(inner, |record| {
-                    let (_, current) = (
-                        0,
-                        record
-                            .cluster
-                            .join_tokens
-                            .get_or_insert_with(JoinTokens::default),
-                    );
-                    let ca = RootCa::from_pem(&record.cluster.tls_info.trust_root, &record.ca_key)
-                        .map_err(|e| Status::internal(e.to_string()))?;
-                    let fresh = JoinToken::generate(&ca)
-                        .map_err(|e| Status::internal(e.to_string()))?
-                        .to_string();
-                    match role {
-                        Role::Worker => current.worker = fresh,
-                        Role::Manager => current.manager = fresh,
-                    }
-                    Ok(())
-                })
-                .await?
-            } else {
-                cluster(inner)?.1
-            };
-            let tokens = record.cluster.join_tokens.unwrap_or_default();
-            Ok(json!(match role {
-                Role::Worker => tokens.worker,
-                Role::Manager => tokens.manager,
-            }))
-        }
-        Call::NodeList => {
+        } => rotate_ca(inner, rotate, cert_expiry_s).await,
+        ClusterCall::JoinToken { role, rotate } => join_token(inner, role, rotate).await,
+        ClusterCall::NodeList => {
             let raft = raft_view(inner);
             let mut all: Vec<Node> = nodes(inner)?
                 .into_iter()
@@ -1164,7 +1016,7 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
             });
             encode(&all)
         }
-        Call::NodeInspect { ids } => {
+        ClusterCall::NodeInspect { ids } => {
             let raft = raft_view(inner);
             let found = ids
                 .iter()
@@ -1172,78 +1024,256 @@ async fn user(inner: &Inner, call: Call, me: &str) -> Result<Value, Status> {
                 .collect::<Result<Vec<_>, _>>()?;
             encode(&found)
         }
-        Call::NodeUpdate { id, update } => {
+        ClusterCall::NodeUpdate { id, update } => {
             let (_, node) = resolve(inner, &id, me)?;
             node_update(inner, node, update).await?;
             Ok(Value::Null)
         }
-        Call::NodeRemove { ids, force } => {
-            let raft = raft_view(inner);
-            // Check every node before removing any: all or nothing.
-            let mut doomed = Vec::new();
-            for id in &ids {
-                let (object, node) = resolve(inner, id, me)?;
-                let in_raft = node
-                    .manager_status
-                    .as_ref()
-                    .is_some_and(|m| raft.members.contains(&m.raft_id));
-                if in_raft || node.spec.role == Some(Role::Manager) {
-                    return Err(Status::failed_precondition(format!(
-                        "rpc error: node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal",
-                        node.id
-                    )));
-                }
-                if node.status.state == NodeState::Ready && !force {
-                    return Err(Status::failed_precondition(format!(
-                        "node {} is not down and can't be removed (use --force to remove it anyway)",
-                        node.id
-                    )));
-                }
-                doomed.push(Change::Delete {
-                    kind: Kind::Node,
-                    id: object.id.clone(),
-                    version: object.version,
-                });
-            }
-            propose(inner, ChangeSet(doomed)).await?;
-            Ok(Value::Null)
-        }
-        Call::Put { name, data } => {
-            if name.is_empty() {
-                return Err(Status::invalid_argument("a config needs a name"));
-            }
-            let body = json!({ "Data": data });
-            let (_, index) = update(inner, "update out of sequence; try again", || {
-                let current = inner
-                    .store
-                    .view(|tx| tx.get(Kind::Data, &name).map(|o| o.version));
-                let write = match current {
-                    None => Change::Create {
-                        kind: Kind::Data,
-                        id: name.clone(),
-                        body: body.clone(),
-                    },
-                    Some(version) => Change::Update {
-                        kind: Kind::Data,
-                        id: name.clone(),
-                        version,
-                        body: body.clone(),
-                    },
-                };
-                Ok(Attempt::Write(ChangeSet(vec![write]), ()))
-            })
-            .await?;
-            Ok(json!(index))
-        }
-        Call::Get { name } => inner
+        ClusterCall::NodeRemove { ids, force } => remove_nodes(inner, &ids, force, me).await,
+        ClusterCall::Put { name, data } => put(inner, &name, data).await,
+        ClusterCall::Get { name } => inner
             .store
             .view(|tx| tx.get(Kind::Data, &name).map(|o| o.body["Data"].clone()))
             .ok_or_else(|| Status::not_found(format!("No such config: {name}"))),
-        Call::Init(_) | Call::Join(_) | Call::Leave { .. } => Err(Status::internal(
-            "init, join and leave are carried out by the node itself",
-        )),
-        _ => Err(Status::internal("a service call was not carried out")),
     }
+}
+
+/// The leader's traffic rates per node and service (the web view's panel).
+fn traffic(inner: &Inner) -> Result<Value, Status> {
+    // Nodes heard from within three heartbeat periods; the others' rates are stale.
+    let fresh = 3 * heartbeat_period(inner);
+    let rates = inner
+        .traffic
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .rates(Instant::now(), fresh);
+    serde_json::to_value(rates).map_err(json_error)
+}
+
+/// `swarm inspect`: the cluster as users see it.
+fn inspect_cluster(inner: &Inner) -> Result<Value, Status> {
+    let (object, mut record) = cluster(inner)?;
+    let (subject, key) = record.issuer();
+    record.cluster.tls_info.cert_issuer_subject = subject;
+    record.cluster.tls_info.cert_issuer_public_key = key;
+    record.cluster.root_rotation_in_progress = record.root_rotation.is_some();
+    record.cluster.id = object.id;
+    record.cluster.version = Version {
+        index: object.version,
+    };
+    encode(&record.cluster)
+}
+
+/// `swarm update`: every argument checked before the write.
+async fn update_swarm(inner: &Inner, args: UpdateArgs) -> Result<Value, Status> {
+    if let Some(s) = args.dispatcher_heartbeat_s {
+        limits::check_heartbeat(s)?;
+    }
+    if let Some(n) = args.snapshot_interval {
+        limits::check_snapshot_interval(n)?;
+    }
+    if let Some(s) = args.cert_expiry_s {
+        ca::check_cert_expiry(s).map_err(Status::invalid_argument)?;
+    }
+    let fresh_unlock = match args.autolock {
+        Some(true) => Some(
+            crate::keys::UnlockKey::generate()
+                .map_err(|e| Status::internal(e.to_string()))?
+                .to_string(),
+        ),
+        _ => None,
+    };
+    if let Some(n) = args.task_history_limit
+        && n > limits::MAX_TASK_HISTORY
+    {
+        return Err(Status::invalid_argument(format!(
+            "--task-history-limit {n}: at most {} stopped tasks are kept per slot",
+            limits::MAX_TASK_HISTORY
+        )));
+    }
+    // A new root for a changed `CAConfig.ForceRotate`, made before the write.
+    let new_root = match args.ca_force_rotate {
+        Some(_) => Some(RootCa::generate().map_err(|e| Status::internal(e.to_string()))?),
+        None => None,
+    };
+    update_cluster_at(inner, args.version, |record| {
+        if let (Some(n), Some(new)) = (args.ca_force_rotate, &new_root)
+            && n != record.cluster.spec.ca_config.force_rotate
+        {
+            begin_rotation(record, new, args.cert_expiry_s)?;
+            record.cluster.spec.ca_config.force_rotate = n;
+        }
+        if let Some(s) = args.dispatcher_heartbeat_s {
+            record.cluster.spec.dispatcher.heartbeat_period = s * 1_000_000_000;
+        }
+        if let Some(n) = args.snapshot_interval {
+            record.cluster.spec.raft.snapshot_interval = n;
+        }
+        if let Some(s) = args.cert_expiry_s {
+            record.cluster.spec.ca_config.node_cert_expiry = s * 1_000_000_000;
+        }
+        if let Some(n) = args.task_history_limit {
+            record
+                .cluster
+                .spec
+                .orchestration
+                .task_history_retention_limit = n;
+        }
+        match args.autolock {
+            // Turned on: a new key; already on: the key stays.
+            Some(true) if record.unlock_key.is_empty() => {
+                record.unlock_key = fresh_unlock.clone().unwrap_or_default();
+            }
+            Some(false) => record.unlock_key.clear(),
+            _ => {}
+        }
+        record.cluster.spec.encryption_config.auto_lock_managers = !record.unlock_key.is_empty();
+        Ok(())
+    })
+    .await?;
+    follow_unlock_key(inner);
+    Ok(Value::Null)
+}
+
+/// `swarm unlock-key [--rotate]`.
+async fn unlock_key(inner: &Inner, rotate: bool) -> Result<Value, Status> {
+    let record = if rotate {
+        let fresh = crate::keys::UnlockKey::generate()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .to_string();
+        let record = update_cluster(inner, |record| {
+            if record.unlock_key.is_empty() {
+                return Err(Status::failed_precondition(
+                    "cannot rotate because autolock is not turned on",
+                ));
+            }
+            record.unlock_key.clone_from(&fresh);
+            Ok(())
+        })
+        .await?;
+        follow_unlock_key(inner);
+        record
+    } else {
+        cluster(inner)?.1
+    };
+    // Empty while autolock is off: clients say "no unlock key is set" (Docker's API).
+    Ok(json!({ "UnlockKey": record.unlock_key }))
+}
+
+/// `swarm ca [--rotate] [--cert-expiry]`: the cluster as it is after.
+async fn rotate_ca(
+    inner: &Inner,
+    rotate: bool,
+    cert_expiry_s: Option<u64>,
+) -> Result<Value, Status> {
+    if let Some(s) = cert_expiry_s {
+        ca::check_cert_expiry(s).map_err(Status::invalid_argument)?;
+        if !rotate {
+            return Err(Status::invalid_argument(
+                "`--cert-expiry` flag requires the `--rotate` flag to update the CA",
+            ));
+        }
+    }
+    if rotate {
+        start_rotation(inner, cert_expiry_s).await?;
+    }
+    inspect_cluster(inner)
+}
+
+/// `swarm join-token [--rotate] ROLE`.
+async fn join_token(inner: &Inner, role: Role, rotate: bool) -> Result<Value, Status> {
+    let record = if rotate {
+        update_cluster(inner, |record| {
+            let current = record
+                .cluster
+                .join_tokens
+                .get_or_insert_with(JoinTokens::default);
+            let ca = RootCa::from_pem(&record.cluster.tls_info.trust_root, &record.ca_key)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let fresh = JoinToken::generate(&ca)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .to_string();
+            match role {
+                Role::Worker => current.worker = fresh,
+                Role::Manager => current.manager = fresh,
+            }
+            Ok(())
+        })
+        .await?
+    } else {
+        cluster(inner)?.1
+    };
+    let tokens = record.cluster.join_tokens.unwrap_or_default();
+    Ok(json!(match role {
+        Role::Worker => tokens.worker,
+        Role::Manager => tokens.manager,
+    }))
+}
+
+/// `node rm [--force]`: every node checked before any is removed (all or nothing).
+async fn remove_nodes(
+    inner: &Inner,
+    ids: &[String],
+    force: bool,
+    me: &str,
+) -> Result<Value, Status> {
+    let raft = raft_view(inner);
+    let mut doomed = Vec::new();
+    for id in ids {
+        let (object, node) = resolve(inner, id, me)?;
+        let in_raft = node
+            .manager_status
+            .as_ref()
+            .is_some_and(|m| raft.members.contains(&m.raft_id));
+        if in_raft || node.spec.role == Some(Role::Manager) {
+            return Err(Status::failed_precondition(format!(
+                "rpc error: node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal",
+                node.id
+            )));
+        }
+        if node.status.state == NodeState::Ready && !force {
+            return Err(Status::failed_precondition(format!(
+                "node {} is not down and can't be removed (use --force to remove it anyway)",
+                node.id
+            )));
+        }
+        doomed.push(Change::Delete {
+            kind: Kind::Node,
+            id: object.id.clone(),
+            version: object.version,
+        });
+    }
+    propose(inner, ChangeSet(doomed)).await?;
+    Ok(Value::Null)
+}
+
+/// Creates or replaces a config object ([`ClusterCall::Put`]): the index it was written at.
+async fn put(inner: &Inner, name: &str, data: String) -> Result<Value, Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("a config needs a name"));
+    }
+    let body = json!({ "Data": data });
+    let (_, index) = update(inner, "update out of sequence; try again", || {
+        let current = inner
+            .store
+            .view(|tx| tx.get(Kind::Data, name).map(|o| o.version));
+        let write = match current {
+            None => Change::Create {
+                kind: Kind::Data,
+                id: name.to_owned(),
+                body: body.clone(),
+            },
+            Some(version) => Change::Update {
+                kind: Kind::Data,
+                id: name.to_owned(),
+                version,
+                body: body.clone(),
+            },
+        };
+        Ok(Attempt::Write(ChangeSet(vec![write]), ()))
+    })
+    .await?;
+    Ok(json!(index))
 }
 
 async fn node_update(inner: &Inner, node: Node, update: NodeUpdate) -> Result<(), Status> {

@@ -1,7 +1,8 @@
 //! What nodes and managers send each other (the JSON inside the gRPC frames).
 
 use serde::{Deserialize, Serialize};
-use shoal_api::swarm::{Call, NodeDescription, Role};
+use shoal_api::call::ManagerCall;
+use shoal_api::swarm::{NodeDescription, Role};
 
 use crate::ca::NodeIdentity;
 
@@ -11,7 +12,7 @@ pub enum Op {
     /// A `shoal swarm|node` call made on manager `node_id`.
     User {
         /// The call.
-        call: Call,
+        call: ManagerCall,
         /// The manager the user asked (`self`, and the `*` in `node ls`).
         node_id: String,
     },

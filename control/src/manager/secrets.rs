@@ -11,9 +11,10 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 use shoal_api::{
+    call::DataCall,
     secret::{DataKind, DataObject, DataSpec, FileTarget, Payload},
     service::{ContainerSpec, Task, TaskState},
-    swarm::{Call, Version},
+    swarm::Version,
 };
 use tonic::Status;
 
@@ -87,36 +88,35 @@ fn check_data(spec: &DataSpec, kind: DataKind) -> Result<(), Status> {
     Ok(())
 }
 
-/// The user's calls on secrets and configs; `None` for calls that are not.
-pub(super) async fn call(inner: &Inner, call: &Call) -> Option<Result<Value, Status>> {
-    Some(match call {
-        Call::DataCreate { kind, spec } => create(inner, *kind, spec.clone()).await,
-        Call::DataList { kind } => {
+/// The user's calls on secrets and configs.
+pub(super) async fn call(inner: &Inner, call: DataCall) -> Result<Value, Status> {
+    match call {
+        DataCall::Create { kind, spec } => create(inner, kind, spec).await,
+        DataCall::List { kind } => {
             let mut found: Vec<DataObject> = inner
                 .store
-                .view(|tx| all(tx, *kind))
+                .view(|tx| all(tx, kind))
                 .into_iter()
-                .map(|o| shown(o, *kind))
+                .map(|o| shown(o, kind))
                 .collect();
             found.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
             ops::encode(&found)
         }
-        Call::DataInspect { kind, ids } => {
-            let objects = inner.store.view(|tx| all(tx, *kind));
+        DataCall::Inspect { kind, ids } => {
+            let objects = inner.store.view(|tx| all(tx, kind));
             ids.iter()
-                .map(|id| find_data(&objects, id, *kind).map(|o| shown(o.clone(), *kind)))
+                .map(|id| find_data(&objects, id, kind).map(|o| shown(o.clone(), kind)))
                 .collect::<Result<Vec<_>, _>>()
                 .and_then(|found| ops::encode(&found))
         }
-        Call::DataUpdate {
+        DataCall::Update {
             kind,
             id,
             version,
             spec,
-        } => update(inner, *kind, id, *version, spec.clone()).await,
-        Call::DataRemove { kind, ids } => remove(inner, *kind, ids).await,
-        _ => return None,
-    })
+        } => update(inner, kind, &id, version, spec).await,
+        DataCall::Remove { kind, ids } => remove(inner, kind, &ids).await,
+    }
 }
 
 async fn create(inner: &Inner, kind: DataKind, spec: DataSpec) -> Result<Value, Status> {

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
+use shoal_api::call::{NetworkCall, ServiceCall};
 use shoal_api::service::{
     Driver, ENCRYPTED_OPTION, Endpoint, EndpointMode, FailureAction, INGRESS, Ipam, IpamConfig,
     Network, NetworkSpec, Service, ServiceSpec, Task, TaskFilter, TaskSpec, TaskState, TaskStatus,
     UpdateState, UpdateStatus, VNI_OPTION, VirtualIp,
 };
-use shoal_api::swarm::{Call, Version};
+use shoal_api::swarm::Version;
 use tokio::sync::watch;
 use tonic::Status;
 
@@ -112,32 +113,29 @@ pub(super) fn check_name(name: &str, what: &str) -> Result<(), Status> {
     }
 }
 
-/// The user's calls on services, tasks and networks; `None` for calls that are not.
-pub(super) async fn call(inner: &Inner, call: &Call, me: &str) -> Option<Result<Value, Status>> {
-    if let Some(done) = super::secrets::call(inner, call).await {
-        return Some(done);
-    }
-    Some(match call {
-        Call::ServiceCreate(spec) => create_service(inner, (**spec).clone()).await,
-        Call::ServiceList => {
+/// The user's calls on services and their tasks.
+pub(super) async fn call(inner: &Inner, call: ServiceCall, me: &str) -> Result<Value, Status> {
+    match call {
+        ServiceCall::Create(spec) => create_service(inner, *spec).await,
+        ServiceCall::List => {
             let world = inner.store.view(World::read_services);
             let mut all: Vec<&Service> = world.services.values().map(|s| &s.value).collect();
             all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
             ops::encode(&all)
         }
-        Call::ServiceInspect { ids } => {
+        ServiceCall::Inspect { ids } => {
             let world = inner.store.view(World::read_services);
             ids.iter()
                 .map(|id| find_service(&world, id).cloned())
                 .collect::<Result<Vec<_>, _>>()
                 .and_then(|found| ops::encode(&found))
         }
-        Call::ServiceScale { id, replicas } => scale(inner, id, *replicas).await,
-        Call::ServiceUpdate { id, version, spec } => {
-            update_service(inner, id, *version, (**spec).clone()).await
+        ServiceCall::Scale { id, replicas } => scale(inner, &id, replicas).await,
+        ServiceCall::Update { id, version, spec } => {
+            update_service(inner, &id, version, *spec).await
         }
-        Call::ServiceRollback { id, version } => rollback_service(inner, id, *version).await,
-        Call::ServiceRemove { ids } => {
+        ServiceCall::Rollback { id, version } => rollback_service(inner, &id, version).await,
+        ServiceCall::Remove { ids } => {
             let world = world(inner);
             let doomed: Result<Vec<Change>, Status> = ids
                 .iter()
@@ -156,24 +154,29 @@ pub(super) async fn call(inner: &Inner, call: &Call, me: &str) -> Option<Result<
                 Err(e) => Err(e),
             }
         }
-        Call::TaskList(filter) => list_tasks(inner, filter, me),
-        Call::NetworkCreate(spec) => create_network(inner, spec.clone()).await,
-        Call::NetworkList => {
+        ServiceCall::Tasks(filter) => list_tasks(inner, &filter, me),
+    }
+}
+
+/// The user's calls on networks.
+pub(super) async fn network_call(inner: &Inner, call: NetworkCall) -> Result<Value, Status> {
+    match call {
+        NetworkCall::Create(spec) => create_network(inner, spec).await,
+        NetworkCall::List => {
             let world = inner.store.view(World::read_networks);
             let mut all: Vec<&Network> = world.networks.values().map(|n| &n.value).collect();
             all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
             ops::encode(&all)
         }
-        Call::NetworkInspect { ids } => {
+        NetworkCall::Inspect { ids } => {
             let world = inner.store.view(World::read_networks);
             ids.iter()
                 .map(|id| find_network(&world, id).cloned())
                 .collect::<Result<Vec<_>, _>>()
                 .and_then(|found| ops::encode(&found))
         }
-        Call::NetworkRemove { ids } => remove_networks(inner, ids).await,
-        _ => return None,
-    })
+        NetworkCall::Remove { ids } => remove_networks(inner, &ids).await,
+    }
 }
 
 fn list_tasks(inner: &Inner, filter: &TaskFilter, me: &str) -> Result<Value, Status> {

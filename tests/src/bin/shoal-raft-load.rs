@@ -18,15 +18,13 @@
 //! acknowledged (each try given 1 s, 10 ms between tries) and prints `{"ms": M}`, the time
 //! from its start to that acknowledgement.
 
+use shoal_api::call::ClusterCall;
 use std::{
     process::ExitCode,
     time::{Duration, Instant},
 };
 
-use shoal_api::{
-    swarm::Call,
-    v1::{Frame, control_client::ControlClient},
-};
+use shoal_api::v1::{Frame, control_client::ControlClient};
 use shoal_control::{
     manager::protocol::{Forwarded, Op},
     tls::{self, Credentials},
@@ -77,10 +75,11 @@ impl Target {
             Target::Shoal(client) => {
                 let forwarded = Forwarded {
                     op: Op::User {
-                        call: Call::Put {
+                        call: ClusterCall::Put {
                             name: key,
                             data: value,
-                        },
+                        }
+                        .into(),
                         node_id: String::new(),
                     },
                     caller: None,
