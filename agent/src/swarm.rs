@@ -13,6 +13,7 @@
 //! it runs neither raft nor a session until `swarm unlock` gives the key.
 
 use shoal_api::call::{Call, ClusterCall, ManagerCall};
+use shoal_api::reason::Reason;
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
@@ -873,7 +874,7 @@ impl SwarmNode {
         let tls_config = credentials
             .client_config()
             .map_err(|e| Status::internal(e.to_string()))?;
-        let mut last = Status::unavailable(shoal_api::swarm::NO_LEADER);
+        let mut last = Reason::NoLeader.status(shoal_api::swarm::NO_LEADER);
         for addr in &saved.managers {
             let Ok(channel) = tls::channel(addr, tls_config.clone(), Duration::from_secs(60))
             else {
@@ -1069,10 +1070,7 @@ impl SwarmNode {
                     }
                     tokio::time::sleep(period).await;
                 }
-                Err(status)
-                    if status.code() == tonic::Code::NotFound
-                        && status.message().contains("removed") =>
-                {
+                Err(status) if Reason::of(&status) == Some(Reason::NodeRemoved) => {
                     tracing::warn!("{}: leaving the swarm", status.message());
                     let mut guard = self.state.lock().await;
                     let joined = guard.take();
@@ -1254,7 +1252,7 @@ impl SwarmNode {
         let config = current
             .client_config()
             .map_err(|e| Status::internal(e.to_string()))?;
-        let mut last = Status::unavailable(shoal_api::swarm::NO_LEADER);
+        let mut last = Reason::NoLeader.status(shoal_api::swarm::NO_LEADER);
         for addr in &saved.managers {
             let Ok(channel) = tls::channel(addr, config.clone(), RPC_TIMEOUT) else {
                 continue;

@@ -52,7 +52,7 @@ pub enum CaError {
     },
     /// The system's random source failed.
     #[error("reading random bytes: {0}")]
-    Random(String),
+    Random(#[source] std::io::Error),
     /// Text that should hold a PEM certificate does not.
     #[error("not a PEM certificate: {0}")]
     Pem(&'static str),
@@ -330,7 +330,7 @@ impl RootCa {
     pub fn cross_sign(&self, new: &RootCa) -> Result<String, CaError> {
         let mut params = root_params();
         let mut serial = [0_u8; 20];
-        getrandom::getrandom(&mut serial).map_err(|e| CaError::Random(e.to_string()))?;
+        getrandom::getrandom(&mut serial).map_err(|e| CaError::Random(e.into()))?;
         serial[0] &= 0x7f;
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)
@@ -444,14 +444,14 @@ pub fn pem_digest(pem: &str) -> Result<String, CaError> {
 /// A random ID of 25 base-36 digits, as SwarmKit's node, cluster and task IDs.
 pub fn random_id() -> Result<String, CaError> {
     let mut bytes = [0_u8; 16];
-    getrandom::getrandom(&mut bytes).map_err(|e| CaError::Random(e.to_string()))?;
+    getrandom::getrandom(&mut bytes).map_err(|e| CaError::Random(e.into()))?;
     Ok(base36(&bytes, SECRET_DIGITS))
 }
 
 /// A random non-zero 64-bit number (raft IDs).
 pub fn random_u64() -> Result<u64, CaError> {
     let mut bytes = [0_u8; 8];
-    getrandom::getrandom(&mut bytes).map_err(|e| CaError::Random(e.to_string()))?;
+    getrandom::getrandom(&mut bytes).map_err(|e| CaError::Random(e.into()))?;
     Ok(u64::from_le_bytes(bytes).max(1))
 }
 
@@ -482,7 +482,7 @@ impl JoinToken {
     /// A new token for `ca` with a fresh random secret.
     pub fn generate(ca: &RootCa) -> Result<Self, CaError> {
         let mut secret = [0_u8; 16];
-        getrandom::getrandom(&mut secret).map_err(|e| CaError::Random(e.to_string()))?;
+        getrandom::getrandom(&mut secret).map_err(|e| CaError::Random(e.into()))?;
         Ok(Self {
             digest: ca.digest(),
             secret: base36(&secret, SECRET_DIGITS),

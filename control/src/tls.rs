@@ -55,7 +55,7 @@ pub enum TlsError {
     },
     /// rustls refused the configuration.
     #[error("setting up TLS: {0}")]
-    Rustls(String),
+    Rustls(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -105,15 +105,13 @@ fn key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
 fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in certs(ca_pem, "the root CA certificate")? {
-        roots
-            .add(cert)
-            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        roots.add(cert).map_err(rustls_error)?;
     }
     Ok(Arc::new(roots))
 }
 
-fn rustls_error(e: impl fmt::Display) -> TlsError {
-    TlsError::Rustls(e.to_string())
+fn rustls_error(e: impl std::error::Error + Send + Sync + 'static) -> TlsError {
+    TlsError::Rustls(Box::new(e))
 }
 
 impl Credentials {

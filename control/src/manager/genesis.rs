@@ -114,7 +114,7 @@ pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
         root_rotation: None,
         unlock_key: if args.autolock {
             crate::keys::UnlockKey::generate()
-                .map_err(|e| CaError::Random(e.to_string()))?
+                .map_err(CaError::Random)?
                 .to_string()
         } else {
             String::new()

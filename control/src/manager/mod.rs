@@ -35,6 +35,7 @@ use rustls::ClientConfig;
 use serde_json::Value;
 use shoal_api::{
     logs::{LogBatch, LogsQuery},
+    reason::Reason,
     swarm::NO_LEADER,
     v1::{Frame, ca_server, control_client::ControlClient, control_server, dispatcher_server},
 };
@@ -98,9 +99,12 @@ pub enum ManagerError {
         #[source]
         source: std::io::Error,
     },
+    /// Raft's settings were refused.
+    #[error("starting raft: {0}")]
+    RaftConfig(#[source] Box<openraft::ConfigError>),
     /// Raft refused to start.
     #[error("starting raft: {0}")]
-    Raft(String),
+    Raft(#[source] openraft::error::Fatal<crate::raft::NodeId>),
 }
 
 pub(crate) struct Inner {
@@ -242,7 +246,7 @@ impl Manager {
         let mut raft_config = config
             .settings
             .config(&identity.cluster_id)
-            .map_err(|e| ManagerError::Raft(e.to_string()))?;
+            .map_err(ManagerError::RaftConfig)?;
         // Snapshots are triggered by the maintenance loop from the cluster's setting (which
         // `swarm update --snapshot-interval` changes at run time).
         raft_config.snapshot_policy = openraft::SnapshotPolicy::Never;
@@ -254,7 +258,7 @@ impl Manager {
             sm,
         )
         .await
-        .map_err(|e| ManagerError::Raft(e.to_string()))?;
+        .map_err(ManagerError::Raft)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ManagerError::Listen {
@@ -454,7 +458,7 @@ impl Manager {
             return ops::execute(&self.inner, forwarded).await;
         }
         if forwarded.hops >= 2 {
-            return Err(Status::unavailable(NO_LEADER));
+            return Err(Reason::NoLeader.status(NO_LEADER));
         }
         let mut client = self.client(&addr)?;
         let json = serde_json::to_vec(&Forwarded {
@@ -468,16 +472,16 @@ impl Manager {
             Ok(Ok(reply)) => serde_json::from_slice(&reply.into_inner().json)
                 .map_err(|e| Status::internal(format!("decoding the leader's answer: {e}"))),
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                if status.message().starts_with(NO_LEADER) {
+                if Reason::of(&status) == Some(Reason::NoLeader) {
                     return Err(status);
                 }
-                Err(Status::unavailable(format!(
+                Err(Reason::NoLeader.status(format!(
                     "{NO_LEADER} (the leader at {addr} cannot be reached: {})",
                     status.message()
                 )))
             }
             Ok(Err(status)) => Err(status),
-            Err(_) => Err(Status::unavailable(format!(
+            Err(_) => Err(Reason::NoLeader.status(format!(
                 "{NO_LEADER} (the leader at {addr} did not answer within {}s)",
                 FORWARD_TIMEOUT.as_secs()
             ))),
@@ -552,7 +556,7 @@ impl Manager {
         .await;
         match found {
             Ok(Some(found)) => Ok(found),
-            _ => Err(Status::unavailable(NO_LEADER)),
+            _ => Err(Reason::NoLeader.status(NO_LEADER)),
         }
     }
 
@@ -690,7 +694,7 @@ impl control_server::Control for Services {
         let query: LogsQuery = decode(request)?;
         let inner = &self.manager.inner;
         if inner.raft.metrics().borrow().current_leader != Some(inner.raft_id) {
-            return Err(Status::unavailable(NO_LEADER));
+            return Err(Reason::NoLeader.status(NO_LEADER));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         logs::serve(inner, query, tx)?;

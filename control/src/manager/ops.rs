@@ -12,6 +12,7 @@ use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shoal_api::call::{ClusterCall, ManagerCall};
+use shoal_api::reason::Reason;
 use shoal_api::swarm::{
     Cluster, JoinTokens, ManagerStatus, Node, NodeDescription, NodeState, NodeStatus, NodeUpdate,
     Role, UpdateArgs, Version,
@@ -137,8 +138,8 @@ const REACHABLE: Duration = Duration::from_secs(3);
 
 fn to_status(e: StoreError) -> Status {
     match e {
-        StoreError::Stale { .. } => Status::aborted("update out of sequence"),
-        StoreError::Exists { .. } => Status::already_exists(e.to_string()),
+        StoreError::Stale { .. } => Reason::Stale.status("update out of sequence"),
+        StoreError::Exists { .. } => Reason::Exists.status(e.to_string()),
         StoreError::Missing { .. } => Status::not_found(e.to_string()),
         other => Status::internal(other.to_string()),
     }
@@ -152,7 +153,7 @@ fn json_error(e: serde_json::Error) -> Status {
 pub(super) async fn propose(inner: &Inner, changes: ChangeSet) -> Result<u64, Status> {
     let Ok(proposed) = tokio::time::timeout(COMMIT_TIMEOUT, inner.proposer.propose(changes)).await
     else {
-        return Err(Status::unavailable(format!(
+        return Err(Reason::NoLeader.status(format!(
             "{} (the write was not committed within {}s; it may still be)",
             shoal_api::swarm::NO_LEADER,
             COMMIT_TIMEOUT.as_secs()
@@ -329,7 +330,7 @@ pub(super) async fn update<T>(
             Attempt::Write(changes, outcome) => (changes, outcome),
         };
         match propose(inner, changes).await {
-            Err(s) if matches!(s.code(), tonic::Code::Aborted | tonic::Code::AlreadyExists) => {}
+            Err(s) if matches!(Reason::of(&s), Some(Reason::Stale | Reason::Exists)) => {}
             Err(s) => return Err(s),
             Ok(index) => return Ok((outcome, Some(index))),
         }
@@ -479,12 +480,12 @@ pub(super) async fn execute(inner: &Inner, forwarded: Forwarded) -> Result<Value
 /// still leads and has applied everything committed (a deposed leader's store may be stale).
 async fn confirmed_removed(inner: &Inner, node_id: &str) -> Status {
     if inner.raft.ensure_linearizable().await.is_err() {
-        return Status::unavailable(shoal_api::swarm::NO_LEADER);
+        return Reason::NoLeader.status(shoal_api::swarm::NO_LEADER);
     }
     if inner.store.view(|tx| tx.get(Kind::Node, node_id).is_some()) {
         return Status::unavailable("the node's record was being written; try again");
     }
-    Status::not_found(format!(
+    Reason::NodeRemoved.status(format!(
         "node {node_id} is not in the swarm: it was removed"
     ))
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use shoal_api::call::{NetworkCall, ServiceCall};
+use shoal_api::reason::Reason;
 use shoal_api::service::{
     Driver, ENCRYPTED_OPTION, Endpoint, EndpointMode, FailureAction, INGRESS, Ipam, IpamConfig,
     Network, NetworkSpec, Service, ServiceSpec, Task, TaskFilter, TaskSpec, TaskState, TaskStatus,
@@ -880,8 +881,8 @@ async fn write_service(inner: &Inner, service: &Service) -> Result<Value, Status
         }]),
     )
     .await
-    .map_err(|s| match s.code() {
-        tonic::Code::Aborted => Status::aborted(format!(
+    .map_err(|s| match Reason::of(&s) {
+        Some(Reason::Stale) => Reason::Stale.status(format!(
             "update out of sequence: service {} changed meanwhile; read it again",
             service.spec.name
         )),
@@ -1178,7 +1179,7 @@ pub(super) async fn reconcile_loop(manager: Manager, mut stopped: watch::Receive
                         crate::metrics::control().placements.inc_by(placements);
                         continue;
                     }
-                    Err(e) if e.code() == tonic::Code::Aborted => continue,
+                    Err(e) if Reason::of(&e) == Some(Reason::Stale) => continue,
                     Err(e) => {
                         tracing::warn!(error = %e.message(), "reconciling");
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1240,7 +1241,7 @@ pub(super) async fn stream_assignments(
                 .store
                 .view(|tx| tx.get(Kind::Node, &node_id).is_none())
             {
-                let gone = Status::not_found(format!(
+                let gone = Reason::NodeRemoved.status(format!(
                     "node {node_id} is not in the swarm: it was removed"
                 ));
                 let _ = tx.send(Err(gone)).await;

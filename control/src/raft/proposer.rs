@@ -10,7 +10,7 @@ use std::sync::Arc;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{Raft, Request};
+use super::{Node, NodeId, Raft, Request};
 use crate::limits;
 use crate::store::{ChangeSet, StoreError};
 
@@ -28,9 +28,12 @@ pub enum ProposeError {
     /// This manager stopped leading before the entry committed.
     #[error("leadership moved while writing; try again")]
     NotLeader,
+    /// The proposer's task is gone (the manager is shutting down).
+    #[error("raft: the proposer stopped")]
+    Stopped,
     /// Raft failed.
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[source] Arc<RaftError<NodeId, ClientWriteError<NodeId, Node>>>),
     /// The change set alone is larger than a raft entry may be.
     #[error(
         "the write is {bytes} bytes, larger than the {} a raft entry may carry",
@@ -73,10 +76,8 @@ impl Proposer {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Proposal { changes, reply })
-            .map_err(|_| ProposeError::Raft("the proposer stopped".into()))?;
-        let result = answer
-            .await
-            .map_err(|_| ProposeError::Raft("the proposer stopped".into()))?;
+            .map_err(|_| ProposeError::Stopped)?;
+        let result = answer.await.map_err(|_| ProposeError::Stopped)?;
         let metrics = crate::metrics::control();
         let outcome = match &result {
             Ok(_) => "committed",
@@ -163,7 +164,7 @@ async fn run(raft: Raft, mut proposals: mpsc::UnboundedReceiver<Proposal>) {
                         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
                             ProposeError::NotLeader
                         }
-                        other => ProposeError::Raft(other.to_string()),
+                        other => ProposeError::Raft(Arc::new(other)),
                     };
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
