@@ -7,7 +7,7 @@
 //!     ├─ orchestrate: replicated: one live task per slot 1..=N; global: one per eligible node.
 //!     │    A task whose node is Down, drained or gone, or that failed (after RESTART_DELAY),
 //!     │    is shut down and replaced; slots above N are shut down; tasks of removed services
-//!     │    are shut down, then deleted; HISTORY old tasks kept per slot.
+//!     │    are shut down, then deleted; TASK_HISTORY_PER_SLOT old tasks kept per slot.
 //!     ├─ allocate: new tasks get an address on each of their networks (and ingress when the
 //!     │    service publishes through the mesh); nodes get their ingress address.
 //!     └─ schedule: pending tasks, identical ones in one batch, through scheduler::place.
@@ -41,7 +41,7 @@ use crate::store::{Change, Kind, Object, ReadTx};
 /// its restart policy says otherwise.
 pub const RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Old tasks kept per slot (SwarmKit's task history retention limit).
-pub const HISTORY: usize = 5;
+pub const TASK_HISTORY_PER_SLOT: usize = 5;
 
 /// A decoded object and the version it was read at.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub struct World {
     /// The pools overlay subnets come from and their length (`swarm init
     /// --default-addr-pool`); empty: the default.
     pub address_pools: (Vec<Ipv4Net>, u8),
-    /// Stopped tasks kept per slot (`swarm update --task-history-limit`); `None`: [`HISTORY`].
+    /// Stopped tasks kept per slot (`swarm update --task-history-limit`); `None`: [`TASK_HISTORY_PER_SLOT`].
     pub task_history: Option<usize>,
 }
 
@@ -171,7 +171,7 @@ impl World {
         }
     }
 
-    /// The ingress network's ID.
+    /// The ingress network (the one whose spec says `ingress`), if the swarm has one.
     pub fn ingress(&self) -> Option<&Network> {
         self.networks
             .values()
@@ -628,61 +628,318 @@ fn update_step(
 
 /// Computes the changes that bring the store closer to what the services ask for.
 /// `new_id` makes task IDs.
+///
+/// One pass over the world, in named phases, each working on the same task set:
+/// [`Pass::orchestrate`] (each service's slots or nodes), [`Pass::reap`] (tasks of removed
+/// services), [`Pass::trim_history`] (stopped tasks per slot), [`Pass::allocate`] (addresses for
+/// nodes and new tasks), [`Pass::schedule`] (nodes for pending tasks), then
+/// [`Pass::changes`] (what differs from the store).
 pub fn reconcile(
     world: &World,
     now: OffsetDateTime,
     mut new_id: impl FnMut() -> String,
 ) -> Vec<Change> {
-    let stamp = rfc3339(now);
-    let mut tasks = Tasks {
-        all: world
-            .tasks
-            .iter()
-            .map(|(id, t)| (id.clone(), t.value.clone()))
-            .collect(),
-        read: world
-            .tasks
-            .iter()
-            .map(|(id, t)| (id.clone(), t.version))
-            .collect(),
-        dirty: BTreeSet::new(),
-        deleted: BTreeSet::new(),
-    };
-    let shut_down = |task: &mut Task, why: &str| {
+    let mut pass = Pass::new(world, now);
+    let service_changes = pass.orchestrate(&mut new_id);
+    pass.reap();
+    pass.trim_history();
+    let node_changes = pass.allocate();
+    pass.schedule();
+    pass.changes(service_changes, node_changes)
+}
+
+/// A slot of a replicated service (`(slot, "")`) or a node of a global one (`(0, node)`).
+type SlotKey = (u64, String);
+
+/// The slot or node a task fills.
+fn key_of(task: &Task) -> SlotKey {
+    if task.slot > 0 {
+        (task.slot, String::new())
+    } else {
+        (0, task.node_id.clone())
+    }
+}
+
+/// One reconcile pass: the world as read, and the task set the phases change.
+struct Pass<'w> {
+    world: &'w World,
+    now: OffsetDateTime,
+    /// `now`, as the timestamps written say it.
+    stamp: String,
+    tasks: Tasks,
+    /// The ingress network's ID.
+    ingress: Option<String>,
+}
+
+impl<'w> Pass<'w> {
+    fn new(world: &'w World, now: OffsetDateTime) -> Self {
+        Self {
+            world,
+            now,
+            stamp: rfc3339(now),
+            tasks: Tasks {
+                all: world
+                    .tasks
+                    .iter()
+                    .map(|(id, t)| (id.clone(), t.value.clone()))
+                    .collect(),
+                read: world
+                    .tasks
+                    .iter()
+                    .map(|(id, t)| (id.clone(), t.version))
+                    .collect(),
+                dirty: BTreeSet::new(),
+                deleted: BTreeSet::new(),
+            },
+            ingress: world.ingress().map(|n| n.id.clone()),
+        }
+    }
+
+    /// Asks task `id` to shut down, for `why`.
+    fn shut_down(&mut self, id: &str, why: &str) {
+        let stamp = self.stamp.clone();
+        let task = self.tasks.edit(id);
         task.desired_state = TaskState::Shutdown;
         if task.status.state < TaskState::Assigned {
             // Never reached a node: nobody else will write its end.
             task.status = TaskStatus {
-                timestamp: stamp.clone(),
+                timestamp: stamp,
                 state: TaskState::Shutdown,
                 message: why.to_owned(),
                 ..Default::default()
             };
         }
-    };
-    let ingress = world.ingress().map(|n| n.id.clone());
+    }
 
-    // Orchestrate.
-    let mut service_changes = Vec::new();
-    for versioned in world.services.values() {
+    /// Orchestrate: every service's slots (replicated) or nodes (global) get one live task,
+    /// rolling updates take their next step. The services whose update status changed.
+    fn orchestrate(&mut self, new_id: &mut dyn FnMut() -> String) -> Vec<Change> {
+        let world = self.world;
+        world
+            .services
+            .values()
+            .filter_map(|service| self.orchestrate_service(service, new_id))
+            .collect()
+    }
+
+    /// [`Pass::orchestrate`] for one service.
+    fn orchestrate_service(
+        &mut self,
+        versioned: &Versioned<Service>,
+        new_id: &mut dyn FnMut() -> String,
+    ) -> Option<Change> {
         let service = &versioned.value;
-        let mine: Vec<String> = tasks
+        let (mut live, mut outgoing) = self.live_tasks(service);
+        let updating = service
+            .update_status
+            .as_ref()
+            .filter(|u| u.state.in_progress());
+        let config = update_config(service);
+        // Slots whose old task is stopping before its replacement starts (stop-first).
+        let mut held = match updating {
+            Some(_) if config.order == UpdateOrder::StopFirst => self.held(service, &live),
+            _ => BTreeSet::new(),
+        };
+        let wanted = self.wanted(service);
+        let why_unwanted = if service.spec.replicas().is_some() {
+            "scaled down"
+        } else {
+            "the node no longer qualifies"
+        };
+        let unwanted: Vec<String> = live
+            .iter()
+            .chain(outgoing.iter())
+            .filter(|(key, _)| !wanted.contains(*key))
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in unwanted {
+            self.shut_down(&id, why_unwanted);
+        }
+        live.retain(|k, _| wanted.contains(k));
+        outgoing.retain(|k, _| wanted.contains(k));
+        // A start-first replacement that runs takes over: the old task stops.
+        for (key, old) in &outgoing {
+            if self.tasks.all[&live[key]].status.state == TaskState::Running {
+                self.shut_down(old, "replaced by the update");
+            }
+        }
+        let mut status_change = None;
+        if let Some(progress) = updating {
+            let step = update_step(
+                service,
+                progress,
+                &config,
+                &self.tasks.all,
+                &live,
+                &held,
+                wanted.len(),
+                self.now,
+            );
+            status_change =
+                self.take_step(versioned, step, config.order, &mut live, &mut held, new_id);
+        }
+        for key in wanted {
+            if !live.contains_key(&key) && !held.contains(&key) {
+                let mut task = self.template(service, key);
+                task.id = new_id();
+                self.tasks.add(task);
+            }
+        }
+        status_change
+    }
+
+    /// Each slot's (or node's) live task, and during a start-first update the old task it
+    /// replaces, kept until the new one runs. Tasks that must be replaced, and extras, are
+    /// shut down.
+    fn live_tasks(
+        &mut self,
+        service: &Service,
+    ) -> (BTreeMap<SlotKey, String>, BTreeMap<SlotKey, String>) {
+        let mine: Vec<String> = self
+            .tasks
             .all
             .values()
             .filter(|t| t.service_id == service.id && t.desired_state <= TaskState::Running)
             .map(|t| t.id.clone())
             .collect();
-        let template = |slot: u64, node_id: String| Task {
+        let mut by_key: BTreeMap<SlotKey, Vec<String>> = BTreeMap::new();
+        for id in mine {
+            let task = &self.tasks.all[&id];
+            if let Some(reason) = must_replace(task, self.world, self.now) {
+                self.shut_down(&id, reason);
+                continue;
+            }
+            by_key.entry(key_of(task)).or_default().push(id);
+        }
+        let mut live = BTreeMap::new();
+        let mut outgoing = BTreeMap::new();
+        for (key, mut ids) in by_key {
+            // The newest first: a replacement is newer than what it replaces.
+            ids.sort_by(|a, b| {
+                let (a, b) = (&self.tasks.all[a], &self.tasks.all[b]);
+                (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id))
+            });
+            let primary = ids[0].clone();
+            let primary_fresh = !is_dirty(&self.tasks.all[&primary], service);
+            let primary_runs = self.tasks.all[&primary].status.state == TaskState::Running;
+            for other in &ids[1..] {
+                let stale = is_dirty(&self.tasks.all[other], service);
+                if stale && primary_fresh && !primary_runs && !outgoing.contains_key(&key) {
+                    outgoing.insert(key.clone(), other.clone());
+                } else if stale && primary_fresh {
+                    self.shut_down(other, "replaced by the update");
+                } else {
+                    self.shut_down(other, "a duplicate of its slot");
+                }
+            }
+            live.insert(key, primary);
+        }
+        (live, outgoing)
+    }
+
+    /// The slots of a stop-first update whose old task is still stopping (on a ready node),
+    /// with no live task yet.
+    fn held(&self, service: &Service, live: &BTreeMap<SlotKey, String>) -> BTreeSet<SlotKey> {
+        self.tasks
+            .all
+            .values()
+            .filter(|t| {
+                t.service_id == service.id
+                    && t.desired_state == TaskState::Shutdown
+                    && !t.status.state.is_terminal()
+                    && t.status.state >= TaskState::Assigned
+                    && is_dirty(t, service)
+                    && node_ready(self.world.nodes.get(&t.node_id).map(|n| &n.value))
+            })
+            .map(key_of)
+            .filter(|k| !live.contains_key(k))
+            .collect()
+    }
+
+    /// The slots (replicated) or nodes (global) that should have a task.
+    fn wanted(&self, service: &Service) -> BTreeSet<SlotKey> {
+        match (service.spec.replicas(), &service.spec.mode.global) {
+            (Some(replicas), _) => (1..=replicas).map(|slot| (slot, String::new())).collect(),
+            (None, Some(_)) => {
+                let placement = placement(service);
+                self.world
+                    .nodes
+                    .values()
+                    .map(|n| node_info(&n.value))
+                    .filter(|n| n.ready && n.active)
+                    .filter(|n| placement.constraints.iter().all(|c| c.matches(n)))
+                    .map(|n| (0, n.id))
+                    .collect()
+            }
+            (None, None) => BTreeSet::new(),
+        }
+    }
+
+    /// Carries out an update's step: replaces the slots it names, or the service's update
+    /// status to write.
+    fn take_step(
+        &mut self,
+        versioned: &Versioned<Service>,
+        step: UpdateStep,
+        order: UpdateOrder,
+        live: &mut BTreeMap<SlotKey, String>,
+        held: &mut BTreeSet<SlotKey>,
+        new_id: &mut dyn FnMut() -> String,
+    ) -> Option<Change> {
+        let service = &versioned.value;
+        match step {
+            UpdateStep::Replace(keys) => {
+                for key in keys {
+                    let old = live[&key].clone();
+                    match order {
+                        UpdateOrder::StopFirst => {
+                            self.shut_down(&old, "shut down for an update");
+                            live.remove(&key);
+                            held.insert(key);
+                        }
+                        UpdateOrder::StartFirst => {
+                            let mut task = self.template(service, key.clone());
+                            task.id = new_id();
+                            live.insert(key, task.id.clone());
+                            self.tasks.add(task);
+                        }
+                    }
+                }
+                None
+            }
+            UpdateStep::Wait => None,
+            UpdateStep::Status(next) => {
+                let mut changed = service.clone();
+                changed.update_status = Some(next.status);
+                if next.roll_back
+                    && let Some(previous) = changed.previous_spec.take()
+                {
+                    changed.previous_spec = Some(std::mem::replace(&mut changed.spec, previous));
+                    changed.updated_at.clone_from(&self.stamp);
+                }
+                Some(Change::Update {
+                    kind: Kind::Service,
+                    id: service.id.clone(),
+                    version: versioned.version,
+                    body: body(&changed),
+                })
+            }
+        }
+    }
+
+    /// A new task of `service` for slot or node `key` (its ID still to be given).
+    fn template(&self, service: &Service, (slot, node_id): SlotKey) -> Task {
+        Task {
             id: String::new(),
-            created_at: stamp.clone(),
-            updated_at: stamp.clone(),
+            created_at: self.stamp.clone(),
+            updated_at: self.stamp.clone(),
             service_id: service.id.clone(),
             service_name: service.spec.name.clone(),
             slot,
             node_id,
             spec: service.spec.task_template.clone(),
             status: TaskStatus {
-                timestamp: stamp.clone(),
+                timestamp: self.stamp.clone(),
                 state: TaskState::New,
                 message: "created".into(),
                 ..Default::default()
@@ -690,215 +947,105 @@ pub fn reconcile(
             desired_state: TaskState::Running,
             ports: service.endpoint.ports.clone(),
             ..Default::default()
-        };
-        let key_of = |task: &Task| {
-            if task.slot > 0 {
-                (task.slot, String::new())
-            } else {
-                (0, task.node_id.clone())
+        }
+    }
+
+    /// Reap: tasks of removed services are shut down, then deleted once they are down (or
+    /// their node is gone, so nothing will ever say they are).
+    fn reap(&mut self) {
+        let world = self.world;
+        let orphans: Vec<String> = self
+            .tasks
+            .all
+            .values()
+            .filter(|t| !world.services.contains_key(&t.service_id))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in orphans {
+            let task = &self.tasks.all[&id];
+            let node_alive = node_ready(world.nodes.get(&task.node_id).map(|n| &n.value));
+            if task.status.state.is_terminal() || task.node_id.is_empty() || !node_alive {
+                self.tasks.delete(&id);
+            } else if task.desired_state <= TaskState::Running {
+                self.shut_down(&id, "the service was removed");
             }
-        };
-        let updating = service
-            .update_status
-            .as_ref()
-            .filter(|u| u.state.in_progress());
-        let config = update_config(service);
-        // Each slot (replicated) or node (global): its live task, and during a start-first
-        // update the old task it replaces, kept until the new one runs. Extras are shut down.
-        let mut by_key: BTreeMap<(u64, String), Vec<String>> = BTreeMap::new();
-        for id in mine {
-            let task = &tasks.all[&id];
-            if let Some(reason) = must_replace(task, world, now) {
-                shut_down(tasks.edit(&id), reason);
+        }
+    }
+
+    /// Trim history: the newest stopped tasks per slot stay (`--task-history-limit`,
+    /// [`TASK_HISTORY_PER_SLOT`] by default), older ones are deleted.
+    fn trim_history(&mut self) {
+        let mut by_slot: BTreeMap<(String, u64, String), Vec<(u64, String)>> = BTreeMap::new();
+        for task in self.tasks.all.values() {
+            if task.desired_state > TaskState::Running && task.status.state.is_terminal() {
+                let (slot, node) = key_of(task);
+                let created = self
+                    .world
+                    .tasks
+                    .get(&task.id)
+                    .map_or(u64::MAX, |t| t.version);
+                by_slot
+                    .entry((task.service_id.clone(), slot, node))
+                    .or_default()
+                    .push((created, task.id.clone()));
+            }
+        }
+        let keep = self.world.task_history.unwrap_or(TASK_HISTORY_PER_SLOT);
+        for (_, mut old) in by_slot {
+            if old.len() > keep {
+                old.sort();
+                for (_, id) in &old[..old.len() - keep] {
+                    self.tasks.delete(id);
+                }
+            }
+        }
+    }
+
+    /// Allocate: an ingress address for every ready node without one, and addresses on its
+    /// networks for every new task (which then waits to be scheduled). The nodes changed.
+    fn allocate(&mut self) -> Vec<Change> {
+        let mut allocator = allocator(self.world);
+        let node_changes = self.attach_nodes_to_ingress(&mut allocator);
+        let fresh: Vec<String> = self
+            .tasks
+            .all
+            .values()
+            .filter(|t| t.status.state == TaskState::New && t.desired_state == TaskState::Running)
+            .map(|t| t.id.clone())
+            .collect();
+        for id in fresh {
+            let Some(service) = self.world.services.get(&self.tasks.all[&id].service_id) else {
                 continue;
-            }
-            by_key.entry(key_of(task)).or_default().push(id);
-        }
-        let mut live: BTreeMap<(u64, String), String> = BTreeMap::new();
-        let mut outgoing: BTreeMap<(u64, String), String> = BTreeMap::new();
-        for (key, mut ids) in by_key {
-            // The newest first: a replacement is newer than what it replaces.
-            ids.sort_by(|a, b| {
-                let (a, b) = (&tasks.all[a], &tasks.all[b]);
-                (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id))
-            });
-            let primary = ids[0].clone();
-            let primary_fresh = !is_dirty(&tasks.all[&primary], service);
-            let primary_runs = tasks.all[&primary].status.state == TaskState::Running;
-            for other in &ids[1..] {
-                let stale = is_dirty(&tasks.all[other], service);
-                if stale && primary_fresh && !primary_runs && !outgoing.contains_key(&key) {
-                    outgoing.insert(key.clone(), other.clone());
-                } else if stale && primary_fresh {
-                    shut_down(tasks.edit(other), "replaced by the update");
-                } else {
-                    shut_down(tasks.edit(other), "a duplicate of its slot");
-                }
-            }
-            live.insert(key, primary);
-        }
-        // Slots whose old task is stopping before its replacement starts (stop-first).
-        let held: BTreeSet<(u64, String)> = match updating {
-            Some(_) if config.order == UpdateOrder::StopFirst => tasks
-                .all
-                .values()
-                .filter(|t| {
-                    t.service_id == service.id
-                        && t.desired_state == TaskState::Shutdown
-                        && !t.status.state.is_terminal()
-                        && t.status.state >= TaskState::Assigned
-                        && is_dirty(t, service)
-                        && node_ready(world.nodes.get(&t.node_id).map(|n| &n.value))
-                })
-                .map(key_of)
-                .filter(|k| !live.contains_key(k))
-                .collect(),
-            _ => BTreeSet::new(),
-        };
-        // Which slots or nodes should have a task.
-        let wanted: BTreeSet<(u64, String)> =
-            match (service.spec.replicas(), &service.spec.mode.global) {
-                (Some(replicas), _) => (1..=replicas).map(|slot| (slot, String::new())).collect(),
-                (None, Some(_)) => {
-                    let placement = placement(service);
-                    world
-                        .nodes
-                        .values()
-                        .map(|n| node_info(&n.value))
-                        .filter(|n| n.ready && n.active)
-                        .filter(|n| placement.constraints.iter().all(|c| c.matches(n)))
-                        .map(|n| (0, n.id))
-                        .collect()
-                }
-                (None, None) => BTreeSet::new(),
             };
-        let why_unwanted = if service.spec.replicas().is_some() {
-            "scaled down"
-        } else {
-            "the node no longer qualifies"
-        };
-        for (key, id) in live.iter().chain(outgoing.iter()) {
-            if !wanted.contains(key) {
-                shut_down(tasks.edit(id), why_unwanted);
-            }
-        }
-        live.retain(|k, _| wanted.contains(k));
-        outgoing.retain(|k, _| wanted.contains(k));
-        // A start-first replacement that runs takes over: the old task stops.
-        for (key, old) in &outgoing {
-            if tasks.all[&live[key]].status.state == TaskState::Running {
-                shut_down(tasks.edit(old), "replaced by the update");
-            }
-        }
-        let mut held = held;
-        if let Some(progress) = updating {
-            let step = update_step(
-                service,
-                progress,
-                &config,
-                &tasks.all,
-                &live,
-                &held,
-                wanted.len(),
-                now,
+            let attached = attach(
+                &mut allocator,
+                task_networks(&service.value, self.ingress.as_deref()),
             );
-            match step {
-                UpdateStep::Replace(keys) => {
-                    for key in keys {
-                        let old = live[&key].clone();
-                        match config.order {
-                            UpdateOrder::StopFirst => {
-                                shut_down(tasks.edit(&old), "shut down for an update");
-                                live.remove(&key);
-                                held.insert(key);
-                            }
-                            UpdateOrder::StartFirst => {
-                                let mut task = template(key.0, key.1.clone());
-                                task.id = new_id();
-                                live.insert(key.clone(), task.id.clone());
-                                tasks.add(task);
-                            }
-                        }
-                    }
-                }
-                UpdateStep::Wait => {}
-                UpdateStep::Status(next) => {
-                    let mut changed = service.clone();
-                    changed.update_status = Some(next.status);
-                    if next.roll_back
-                        && let Some(previous) = changed.previous_spec.take()
-                    {
-                        changed.previous_spec =
-                            Some(std::mem::replace(&mut changed.spec, previous));
-                        changed.updated_at.clone_from(&stamp);
-                    }
-                    service_changes.push(Change::Update {
-                        kind: Kind::Service,
-                        id: service.id.clone(),
-                        version: versioned.version,
-                        body: body(&changed),
-                    });
+            let stamp = self.stamp.clone();
+            let task = self.tasks.edit(&id);
+            match attached {
+                Err(e) => task.status.err = e,
+                Ok(attachments) => {
+                    task.networks_attachments = attachments;
+                    task.status = TaskStatus {
+                        timestamp: stamp,
+                        state: TaskState::Pending,
+                        message: "pending task scheduling".into(),
+                        ..Default::default()
+                    };
                 }
             }
         }
-        for key in wanted {
-            if !live.contains_key(&key) && !held.contains(&key) {
-                let mut task = template(key.0, key.1);
-                task.id = new_id();
-                tasks.add(task);
-            }
-        }
+        node_changes
     }
 
-    // Tasks of removed services: shut down, then deleted once they are down (or their node is
-    // gone, so nothing will ever say they are).
-    let orphans: Vec<String> = tasks
-        .all
-        .values()
-        .filter(|t| !world.services.contains_key(&t.service_id))
-        .map(|t| t.id.clone())
-        .collect();
-    for id in orphans {
-        let task = &tasks.all[&id];
-        let node_alive = node_ready(world.nodes.get(&task.node_id).map(|n| &n.value));
-        if task.status.state.is_terminal() || task.node_id.is_empty() || !node_alive {
-            tasks.delete(&id);
-        } else if task.desired_state <= TaskState::Running {
-            shut_down(tasks.edit(&id), "the service was removed");
-        }
-    }
-
-    // History: the newest stopped tasks per slot stay (`--task-history-limit`, 5 by default).
-    let mut by_slot: BTreeMap<(String, u64, String), Vec<(u64, String)>> = BTreeMap::new();
-    for task in tasks.all.values() {
-        if task.desired_state > TaskState::Running && task.status.state.is_terminal() {
-            let node = if task.slot > 0 {
-                String::new()
-            } else {
-                task.node_id.clone()
-            };
-            let created = world.tasks.get(&task.id).map_or(u64::MAX, |t| t.version);
-            by_slot
-                .entry((task.service_id.clone(), task.slot, node))
-                .or_default()
-                .push((created, task.id.clone()));
-        }
-    }
-    let keep = world.task_history.unwrap_or(HISTORY);
-    for (_, mut old) in by_slot {
-        if old.len() > keep {
-            old.sort();
-            for (_, id) in &old[..old.len() - keep] {
-                tasks.delete(id);
-            }
-        }
-    }
-
-    // Allocate.
-    let mut allocator = allocator(world);
-    let mut node_changes = Vec::new();
-    if let Some(ingress) = &ingress {
-        for node in world.nodes.values() {
+    /// Every ready node gets an address on the ingress network (the mesh's source address).
+    fn attach_nodes_to_ingress(&self, allocator: &mut Allocator) -> Vec<Change> {
+        let Some(ingress) = &self.ingress else {
+            return Vec::new();
+        };
+        let mut changes = Vec::new();
+        for node in self.world.nodes.values() {
             let has = node
                 .value
                 .attachments
@@ -918,46 +1065,176 @@ pub fn reconcile(
                 network_id: ingress.clone(),
                 addresses: vec![format!("{ip}/{prefix}")],
             });
-            node_changes.push(Change::Update {
+            changes.push(Change::Update {
                 kind: Kind::Node,
                 id: node.value.id.clone(),
                 version: node.version,
                 body: body(&updated),
             });
         }
+        changes
     }
-    let fresh: Vec<String> = tasks
-        .all
-        .values()
-        .filter(|t| t.status.state == TaskState::New && t.desired_state == TaskState::Running)
-        .map(|t| t.id.clone())
-        .collect();
-    for id in fresh {
-        let Some(service) = world.services.get(&tasks.all[&id].service_id) else {
-            continue;
-        };
-        let mut attachments = Vec::new();
-        let mut failed = None;
-        for network in task_networks(&service.value, ingress.as_deref()) {
-            match allocator.address(&network) {
-                Ok(ip) => {
-                    let prefix = allocator
-                        .network(&network)
-                        .map_or(24, |n| n.subnet.prefix_len());
-                    attachments.push(NetworkAttachment {
-                        network_id: network,
-                        addresses: vec![format!("{ip}/{prefix}")],
-                    });
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
+
+    /// Schedule: each pending task gets a node (global tasks keep theirs), or says why none
+    /// fits.
+    fn schedule(&mut self) {
+        let mut infos = self.node_infos();
+        let mut waiting: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for task in self.tasks.all.values() {
+            if task.status.state == TaskState::Pending && task.desired_state == TaskState::Running {
+                waiting
+                    .entry(task.service_id.clone())
+                    .or_default()
+                    .push(task.id.clone());
+            }
+        }
+        for (service_id, ids) in waiting {
+            let Some(service) = self.world.services.get(&service_id) else {
+                continue;
+            };
+            let placement = placement(&service.value);
+            // Global tasks come with their node: they only need it to still qualify.
+            let (global, replicated): (Vec<String>, Vec<String>) = ids
+                .into_iter()
+                .partition(|id| !self.tasks.all[id].node_id.is_empty());
+            for id in global {
+                self.assign(&id, None);
+            }
+            let placed = scheduler::place(&mut infos, &service_id, &placement, replicated.len());
+            for (id, result) in replicated.into_iter().zip(placed) {
+                match result {
+                    Ok(i) => self.assign(&id, Some(infos[i].id.clone())),
+                    Err(why) => {
+                        let why = why.to_string();
+                        if self.tasks.all[&id].status.err != why {
+                            self.tasks.edit(&id).status.err = why;
+                        }
+                    }
                 }
             }
         }
-        let task = tasks.edit(&id);
-        match failed {
-            Some(e) => {
+    }
+
+    /// The nodes as the scheduler sees them: what their live tasks hold.
+    fn node_infos(&self) -> Vec<NodeInfo> {
+        let mut infos: Vec<NodeInfo> = self
+            .world
+            .nodes
+            .values()
+            .map(|n| node_info(&n.value))
+            .collect();
+        let index: HashMap<String, usize> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i))
+            .collect();
+        for task in self.tasks.all.values() {
+            if task.desired_state > TaskState::Running || task.status.state.is_terminal() {
+                continue;
+            }
+            let Some(&i) = index.get(&task.node_id) else {
+                continue;
+            };
+            *infos[i].tasks.entry(task.service_id.clone()).or_default() += 1;
+            infos[i].available.take(&reservation(&task.spec));
+            for p in task
+                .ports
+                .iter()
+                .filter(|p| p.publish_mode == PublishMode::Host)
+            {
+                infos[i]
+                    .host_ports
+                    .insert((protocol(p.protocol), p.published_port));
+            }
+        }
+        infos
+    }
+
+    /// Task `id` assigned (to `node`, or to the node it has).
+    fn assign(&mut self, id: &str, node: Option<String>) {
+        let stamp = self.stamp.clone();
+        let task = self.tasks.edit(id);
+        if let Some(node) = node {
+            task.node_id = node;
+        }
+        task.status = TaskStatus {
+            timestamp: stamp,
+            state: TaskState::Assigned,
+            message: "scheduler assigned task to node".into(),
+            ..Default::default()
+        };
+    }
+
+    /// Changes: the services' and nodes' changes, then every task deleted, changed or created
+    /// (a task written back as it was read is not a change).
+    fn changes(self, service_changes: Vec<Change>, node_changes: Vec<Change>) -> Vec<Change> {
+        let Self {
+            world,
+            stamp,
+            tasks,
+            ..
+        } = self;
+        let mut changes = service_changes;
+        changes.extend(node_changes);
+        for id in &tasks.deleted {
+            if let Some(&version) = tasks.read.get(id) {
+                changes.push(Change::Delete {
+                    kind: Kind::Task,
+                    id: id.clone(),
+                    version,
+                });
+            }
+        }
+        for id in &tasks.dirty {
+            let mut task = tasks.all[id].clone();
+            task.updated_at.clone_from(&stamp);
+            let change = match tasks.read.get(id) {
+                Some(&version) => {
+                    if world
+                        .tasks
+                        .get(id)
+                        .is_some_and(|t| t.value == tasks.all[id])
+                    {
+                        continue;
+                    }
+                    Change::Update {
+                        kind: Kind::Task,
+                        id: id.clone(),
+                        version,
+                        body: body(&task),
+                    }
+                }
+                None => Change::Create {
+                    kind: Kind::Task,
+                    id: id.clone(),
+                    body: body(&task),
+                },
+            };
+            changes.push(change);
+        }
+        changes
+    }
+}
+
+/// Addresses on each of `networks`, in order; none (those taken given back) when one network
+/// has no address left, and why.
+fn attach(
+    allocator: &mut Allocator,
+    networks: Vec<String>,
+) -> Result<Vec<NetworkAttachment>, String> {
+    let mut attachments = Vec::new();
+    for network in networks {
+        match allocator.address(&network) {
+            Ok(ip) => {
+                let prefix = allocator
+                    .network(&network)
+                    .map_or(24, |n| n.subnet.prefix_len());
+                attachments.push(NetworkAttachment {
+                    network_id: network,
+                    addresses: vec![format!("{ip}/{prefix}")],
+                });
+            }
+            Err(e) => {
                 for a in &attachments {
                     for addr in &a.addresses {
                         if let Some(ip) = address_of(addr) {
@@ -965,137 +1242,11 @@ pub fn reconcile(
                         }
                     }
                 }
-                task.status.err = e;
-            }
-            None => {
-                task.networks_attachments = attachments;
-                task.status = TaskStatus {
-                    timestamp: stamp.clone(),
-                    state: TaskState::Pending,
-                    message: "pending task scheduling".into(),
-                    ..Default::default()
-                };
+                return Err(e.to_string());
             }
         }
     }
-
-    // Schedule.
-    let mut infos: Vec<NodeInfo> = world.nodes.values().map(|n| node_info(&n.value)).collect();
-    let index: HashMap<String, usize> = infos
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.id.clone(), i))
-        .collect();
-    for task in tasks.all.values() {
-        if task.desired_state > TaskState::Running || task.status.state.is_terminal() {
-            continue;
-        }
-        let Some(&i) = index.get(&task.node_id) else {
-            continue;
-        };
-        *infos[i].tasks.entry(task.service_id.clone()).or_default() += 1;
-        infos[i].available.take(&reservation(&task.spec));
-        for p in task
-            .ports
-            .iter()
-            .filter(|p| p.publish_mode == PublishMode::Host)
-        {
-            infos[i]
-                .host_ports
-                .insert((protocol(p.protocol), p.published_port));
-        }
-    }
-    let mut waiting: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for task in tasks.all.values() {
-        if task.status.state == TaskState::Pending && task.desired_state == TaskState::Running {
-            waiting
-                .entry(task.service_id.clone())
-                .or_default()
-                .push(task.id.clone());
-        }
-    }
-    for (service_id, ids) in waiting {
-        let Some(service) = world.services.get(&service_id) else {
-            continue;
-        };
-        let placement = placement(&service.value);
-        // Global tasks come with their node: they only need it to still qualify.
-        let (global, replicated): (Vec<String>, Vec<String>) = ids
-            .into_iter()
-            .partition(|id| !tasks.all[id].node_id.is_empty());
-        for id in global {
-            let task = tasks.edit(&id);
-            task.status = TaskStatus {
-                timestamp: stamp.clone(),
-                state: TaskState::Assigned,
-                message: "scheduler assigned task to node".into(),
-                ..Default::default()
-            };
-        }
-        let placed = scheduler::place(&mut infos, &service_id, &placement, replicated.len());
-        for (id, result) in replicated.into_iter().zip(placed) {
-            match result {
-                Ok(i) => {
-                    let node = infos[i].id.clone();
-                    let task = tasks.edit(&id);
-                    task.node_id = node;
-                    task.status = TaskStatus {
-                        timestamp: stamp.clone(),
-                        state: TaskState::Assigned,
-                        message: "scheduler assigned task to node".into(),
-                        ..Default::default()
-                    };
-                }
-                Err(why) => {
-                    let why = why.to_string();
-                    if tasks.all[&id].status.err != why {
-                        tasks.edit(&id).status.err = why;
-                    }
-                }
-            }
-        }
-    }
-
-    // Write back what changed.
-    let mut changes = service_changes;
-    changes.extend(node_changes);
-    for id in &tasks.deleted {
-        if let Some(&version) = tasks.read.get(id) {
-            changes.push(Change::Delete {
-                kind: Kind::Task,
-                id: id.clone(),
-                version,
-            });
-        }
-    }
-    for id in &tasks.dirty {
-        let mut task = tasks.all[id].clone();
-        task.updated_at.clone_from(&stamp);
-        let change = match tasks.read.get(id) {
-            Some(&version) => {
-                if world
-                    .tasks
-                    .get(id)
-                    .is_some_and(|t| t.value == tasks.all[id])
-                {
-                    continue;
-                }
-                Change::Update {
-                    kind: Kind::Task,
-                    id: id.clone(),
-                    version,
-                    body: body(&task),
-                }
-            }
-            None => Change::Create {
-                kind: Kind::Task,
-                id: id.clone(),
-                body: body(&task),
-            },
-        };
-        changes.push(change);
-    }
-    changes
+    Ok(attachments)
 }
 
 /// At most [`limits::MAX_CHANGES_PER_PASS`] of a pass's changes, and at most half of
@@ -1799,7 +1950,11 @@ mod tests {
             settle(&mut w, t + RESTART_DELAY);
         }
         let slot1 = w.tasks.values().filter(|t| t.value.slot == 1).count();
-        assert_eq!(slot1, HISTORY + 1, "five old tasks and the live one");
+        assert_eq!(
+            slot1,
+            TASK_HISTORY_PER_SLOT + 1,
+            "five old tasks and the live one"
+        );
         // `swarm update --task-history-limit 1`.
         w.task_history = Some(1);
         settle(&mut w, start + RESTART_DELAY * 20);

@@ -173,7 +173,7 @@ pub enum StoreError {
 }
 
 /// Events kept for watchers that start from a past index.
-pub const HISTORY: usize = 10_000;
+pub const WATCH_REPLAY_EVENTS: usize = 10_000;
 
 #[derive(Debug)]
 struct State {
@@ -194,7 +194,7 @@ impl Default for State {
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             dropped_before: 0,
-            events: broadcast::channel(HISTORY).0,
+            events: broadcast::channel(WATCH_REPLAY_EVENTS).0,
         }
     }
 }
@@ -277,7 +277,7 @@ impl Store {
                 .collect(),
             history: VecDeque::new(),
             dropped_before: image.index + 1,
-            events: broadcast::channel(HISTORY).0,
+            events: broadcast::channel(WATCH_REPLAY_EVENTS).0,
         };
     }
 
@@ -365,7 +365,7 @@ impl Store {
                 }
             };
             state.history.push_back((index, event.clone()));
-            while state.history.len() > HISTORY {
+            while state.history.len() > WATCH_REPLAY_EVENTS {
                 if let Some((dropped, _)) = state.history.pop_front() {
                     state.dropped_before = dropped + 1;
                 }
@@ -450,7 +450,7 @@ pub struct Watch {
 
 impl Watch {
     /// The next event with its index. `None` when the store is gone, or the watcher fell more
-    /// than [`HISTORY`] events behind (it must read a fresh view and watch again).
+    /// than [`WATCH_REPLAY_EVENTS`] events behind (it must read a fresh view and watch again).
     pub async fn next(&mut self) -> Option<(u64, Event)> {
         if let Some(e) = self.replay.pop_front() {
             return Some(e);
@@ -665,7 +665,7 @@ mod tests {
     #[test]
     fn a_watch_from_before_the_kept_history_is_refused() {
         let store = Store::new();
-        for i in 1..=(HISTORY as u64 + 10) {
+        for i in 1..=(WATCH_REPLAY_EVENTS as u64 + 10) {
             store
                 .apply(
                     i,
