@@ -18,6 +18,7 @@
 //! reported failed and replaced by the managers.
 
 pub(crate) mod cgroup;
+pub(crate) mod desired;
 pub(crate) mod docker;
 pub(crate) mod exec;
 pub(crate) mod files;
@@ -34,16 +35,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use shoal_api::service::{ContainerStatus, Task, TaskState, TaskStatus};
 use shoal_control::dispatcher::Assignment;
-use shoal_control::limits;
-use shoal_dataplane::mesh::model::{
-    BackendSpec, ClientIp, IngressSpec, MeshSpec, PortSpec, Protocol, PublishMode, ServiceSpec,
-    TaskState as MeshTaskState,
-};
-use shoal_dataplane::node::{DesiredState, VipSpec};
-use shoal_dataplane::overlay::model::{
-    Attachment, DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, DataPath, Endpoint, Network, Peer,
-    WAY_OUT_BRIDGE, WayOut, WayOutAttachment, WireGuard,
-};
+use shoal_dataplane::node::DesiredState;
+use shoal_dataplane::overlay::model::WAY_OUT_BRIDGE;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// What runs on this node, under `<data root>/tasks`.
@@ -1109,247 +1102,35 @@ impl Worker {
         (crate::dns::Records::new(&a.services), askers)
     }
 
-    /// The data plane this node should have now.
+    /// The data plane this node should have now ([`desired::desired`], from what the worker
+    /// holds under its lock).
     fn desired(&self) -> Option<DesiredState> {
         let state = self.lock();
         let context = state.context.as_ref()?;
         let empty = Assignment::default();
-        let a = state.assignment.as_ref().unwrap_or(&empty);
-        let networks: Vec<Network> = a
-            .networks
-            .iter()
-            .filter_map(|n| {
-                let ipam = n.subnet()?;
-                Some(Network {
-                    id: n.id.clone(),
-                    vni: n.vni()?,
-                    subnet: ipam.subnet.clone(),
-                    gateway: Some(ipam.gateway.clone()).filter(|g| !g.is_empty()),
-                    mtu: None,
-                    encrypted: n.encrypted(),
-                })
-            })
-            .collect();
-        let present = |network: &str| networks.iter().any(|n| n.id == network);
-        let ingress_id = a
-            .networks
-            .iter()
-            .find(|n| n.spec.ingress)
-            .map_or("", |n| n.id.as_str());
-        let mut attachments = Vec::new();
-        let mut attached_ips = BTreeMap::new();
-        for local in state.tasks.values().filter(|l| l.attached) {
-            let Some(runtime) = &local.runtime else {
-                continue;
-            };
-            for (i, a) in local.task.networks_attachments.iter().enumerate() {
-                let Some(ip) = a.addresses.first().and_then(|a| a.split('/').next()) else {
-                    continue;
-                };
-                if !present(&a.network_id) {
-                    continue;
-                }
-                attached_ips.insert((a.network_id.clone(), ip.to_owned()), local.task.id.clone());
-                attachments.push(Attachment {
-                    task: local.task.id.clone(),
-                    netns: runtime.netns.clone(),
-                    network: a.network_id.clone(),
-                    ip: ip.to_owned(),
-                    mac: None,
-                    interface: format!("eth{i}"),
-                    default_route: false,
-                    // The routing mesh's replies to outside clients (client-IP ports and
-                    // mode=host) go back through the ingress network, whatever the way out.
-                    replies_via_gateway: a.network_id == ingress_id,
-                });
-            }
-        }
-        // The way out: the tasks given an address, in a subnet no route of the node and no
-        // overlay overlaps (the node's own bridge aside).
-        let mut taken = crate::swarm::host_routes(Some(WAY_OUT_BRIDGE));
-        taken.extend(
-            a.networks
-                .iter()
-                .filter_map(|n| n.subnet()?.subnet.parse::<ipnet::Ipv4Net>().ok()),
-        );
-        let way_out_subnet = way_out::choose_subnet(&taken);
-        let mut way_out_attachments = Vec::new();
-        for local in state.tasks.values().filter(|l| l.attached) {
-            let (Some(runtime), Some(offset), Some(subnet)) =
-                (&local.runtime, local.way_out, way_out_subnet)
-            else {
-                continue;
-            };
-            let Some(ip) = way_out::address(subnet, offset) else {
-                continue;
-            };
-            way_out_attachments.push(WayOutAttachment {
-                task: local.task.id.clone(),
-                netns: runtime.netns.clone(),
-                ip: ip.to_string(),
-                interface: format!("eth{}", local.task.networks_attachments.len()),
-            });
-        }
-        if way_out_subnet.is_none()
-            && state
+        let assignment = state.assignment.as_ref().unwrap_or(&empty);
+        let here = desired::Here {
+            context,
+            tasks: state
                 .tasks
                 .values()
-                .any(|l| l.attached && l.way_out.is_some())
-        {
+                .filter(|l| l.attached)
+                .map(|l| desired::LocalTask {
+                    task: &l.task,
+                    netns: l.runtime.as_ref().map(|r| r.netns.as_path()),
+                    way_out: l.way_out,
+                    running: l.status.state == TaskState::Running,
+                })
+                .collect(),
+            routes: crate::swarm::host_routes(Some(WAY_OUT_BRIDGE)),
+        };
+        let wanted = desired::desired(assignment, &here);
+        if wanted.no_way_out {
             tracing::warn!(
                 "no subnet for the tasks' way out: every one of 172.18-31.0.0/16 and 192.168.0-240.0/20 overlaps a route of this node or an overlay"
             );
         }
-        let way_out = way_out_subnet
-            .filter(|_| !way_out_attachments.is_empty())
-            .map(|subnet| WayOut {
-                subnet: subnet.to_string(),
-                attachments: way_out_attachments,
-            });
-        // Service VIPs the node's tasks reach: on the networks present here, their running
-        // tasks on the VIP's network.
-        let vips: Vec<VipSpec> = a
-            .services
-            .iter()
-            .filter(|s| s.endpoint_mode == shoal_api::service::EndpointMode::Vip)
-            .flat_map(|s| {
-                s.networks
-                    .iter()
-                    .filter(|n| present(&n.network))
-                    .filter_map(move |n| {
-                        Some(VipSpec {
-                            service: s.name.clone(),
-                            network: n.network.clone(),
-                            vip: n.vip.clone()?,
-                            backends: s
-                                .tasks
-                                .iter()
-                                .filter(|t| t.network == n.network)
-                                .map(|t| t.ip.clone())
-                                .collect(),
-                        })
-                    })
-            })
-            .collect();
-        let endpoints: Vec<Endpoint> = a
-            .endpoints
-            .iter()
-            .filter(|e| present(&e.network))
-            .map(|e| Endpoint {
-                network: e.network.clone(),
-                ip: e.ip.clone(),
-                mac: None,
-                node: e.node.clone(),
-            })
-            .collect();
-        let peers = a
-            .peers
-            .iter()
-            .map(|p| Peer {
-                node: p.node.clone(),
-                data_path_addr: p.data_path_addr.clone(),
-                public_key: p.public_key.clone(),
-            })
-            .collect();
-        let ingress = a.networks.iter().find(|n| n.spec.ingress);
-        let mesh = match (&a.ingress_addr, ingress) {
-            (Some(addr), Some(ingress)) if present(&ingress.id) => {
-                let running_here = |task: &str, ip: &str| {
-                    attached_ips
-                        .get(&(ingress.id.clone(), ip.to_owned()))
-                        .map(String::as_str)
-                        == Some(task)
-                        && state
-                            .tasks
-                            .get(task)
-                            .is_some_and(|l| l.status.state == TaskState::Running)
-                };
-                Some(MeshSpec {
-                    ingress: IngressSpec {
-                        network: ingress.id.clone(),
-                        ip: addr.split('/').next().unwrap_or_default().to_owned(),
-                    },
-                    interfaces: None,
-                    services: a
-                        .mesh
-                        .iter()
-                        .map(|m| ServiceSpec {
-                            name: m.name.clone(),
-                            ports: m
-                                .ports
-                                .iter()
-                                .map(|p| PortSpec {
-                                    published: u32::from(p.published_port),
-                                    target: u32::from(p.target_port),
-                                    protocol: match p.protocol {
-                                        shoal_api::service::PortProtocol::Tcp => Protocol::Tcp,
-                                        shoal_api::service::PortProtocol::Udp => Protocol::Udp,
-                                    },
-                                    mode: match p.publish_mode {
-                                        shoal_api::service::PublishMode::Ingress => {
-                                            PublishMode::Ingress
-                                        }
-                                        shoal_api::service::PublishMode::Host => PublishMode::Host,
-                                    },
-                                    // mode=host keeps it anyway.
-                                    client_ip: (p.publish_mode
-                                        == shoal_api::service::PublishMode::Ingress)
-                                        .then(|| match p.keeps_client_ip() {
-                                            true => ClientIp::Preserve,
-                                            false => ClientIp::Snat,
-                                        }),
-                                })
-                                .collect(),
-                            backends: m
-                                .backends
-                                .iter()
-                                .filter(|b| {
-                                    b.node != context.node_id || running_here(&b.task, &b.ip)
-                                })
-                                .map(|b| BackendSpec {
-                                    task: b.task.clone(),
-                                    network: ingress.id.clone(),
-                                    ip: b.ip.clone(),
-                                    // Weight 0 drains: its connections stay, no new one.
-                                    weight: u32::from(!b.draining),
-                                    state: MeshTaskState::Running,
-                                })
-                                .collect(),
-                            client_ip: Default::default(),
-                            // Sized for its tasks (the managers keep the sum within every
-                            // node's table space).
-                            table_size: limits::mesh_table_size(
-                                m.backends.iter().filter(|b| !b.draining).count() as u64,
-                            ),
-                        })
-                        .collect(),
-                })
-            }
-            _ => None,
-        };
-        let encrypted = networks.iter().any(|n| n.encrypted);
-        Some(DesiredState {
-            node: context.node_id.clone(),
-            data_path: DataPath {
-                addr: context.data_path_addr.clone(),
-                port: if a.data_path_port == 0 {
-                    DEFAULT_VXLAN_PORT
-                } else {
-                    a.data_path_port
-                },
-                wireguard_port: DEFAULT_WIREGUARD_PORT,
-            },
-            wireguard: encrypted.then(|| WireGuard {
-                private_key: context.private_key.clone(),
-            }),
-            networks,
-            attachments,
-            endpoints,
-            peers,
-            mesh,
-            way_out,
-            vips,
-        })
+        Some(wanted.state)
     }
 }
 

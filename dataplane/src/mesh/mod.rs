@@ -966,360 +966,36 @@ impl Mesh {
 
     /// Programs the maps from `plan` (no attachments): what [`Mesh::apply`] does after
     /// attaching, and what packet tests drive directly. `ingress_ifindex` is `shoal0`'s index.
+    /// What changed, in words.
+    ///
+    /// One pass over the maps, one step per map, in the order that keeps every packet on a
+    /// consistent path: backends and tables are written before the frontends that point at
+    /// them, and retired only after no frontend does ([`Programming`]).
     pub fn program(
         &mut self,
         plan: &MeshPlan,
         ingress_ifindex: u32,
     ) -> Result<Vec<String>, MeshError> {
-        let now = Instant::now();
-        let mut changes = Vec::new();
-        let ebpf = self.programs.ebpf_mut();
-        let state = &mut self.state;
-
-        // The node's place on the ingress network.
-        let config = Config {
-            ingress_net: abi::addr(plan.subnet.network().octets()),
-            ingress_mask: abi::addr(plan.subnet.netmask().octets()),
-            ingress_addr: abi::addr(plan.addr.octets()),
-            ingress_ifindex,
-            ingress_mac: plan.mac.0,
-            vxlan_port: plan.tunnel.map_or(0, |t| abi::port(t.port)),
-            data_addr: plan.tunnel.map_or(0, |t| abi::addr(t.local.octets())),
-            vni: plan.tunnel.map_or(0, |t| {
-                let [_, a, b, c] = t.vni.to_be_bytes();
-                u32::from_ne_bytes([a, b, c, 0])
-            }),
-            epoch: 0,
+        let mut pass = Programming {
+            ebpf: self.programs.ebpf_mut(),
+            state: &mut self.state,
+            plan,
+            now: Instant::now(),
+            changes: Vec::new(),
         };
-        // A new epoch whenever it changes: connections made under the old one (their ingress
-        // interface, their encapsulation) are re-balanced at their next packet.
-        let config = Config {
-            epoch: state.config.epoch,
-            ..config
-        };
-        // The egress map changed: connections pick their path (native XDP or TC) again.
-        let egress_changed = std::mem::take(&mut state.egress_changed);
-        if config != state.config || egress_changed {
-            let config = Config {
-                epoch: state.config.epoch.wrapping_add(1),
-                ..config
-            };
-            let mut map: Array<&mut MapData, Config> = array(ebpf, abi::CONFIG_MAP)?;
-            map.set(0, config, 0).map_err(map_err(abi::CONFIG_MAP))?;
-            state.config = config;
-        }
-
-        // Service indices (counters).
-        let mut used: BTreeSet<u32> = state
-            .services
-            .iter()
-            .filter(|(name, _)| plan.services.contains_key(*name))
-            .map(|(_, i)| *i)
-            .collect();
-        let mut new_services = Vec::new();
-        for name in plan.services.keys() {
-            if state.services.contains_key(name) {
-                continue;
-            }
-            let index = (0..MAX_SERVICES)
-                .find(|i| !used.contains(i) && !state.services.values().any(|v| v == i))
-                .ok_or_else(|| MeshError::Full(format!("more than {MAX_SERVICES} services")))?;
-            used.insert(index);
-            new_services.push((name.clone(), index));
-        }
-        let indices: Vec<u32> = new_services.iter().map(|(_, index)| *index).collect();
-        zero_per_cpu::<ServiceStats>(ebpf, abi::STATS_MAP, &indices)?;
-        state.services.extend(new_services);
-
-        // Backend IDs: new backends get an ID no table points at yet.
-        let wanted_backends: BTreeSet<BackendKey> = plan
-            .services
-            .values()
-            .flat_map(|s| s.backends.iter().map(|b| (b.addr, b.mac, b.vtep)))
-            .collect();
-        {
-            let mut backends: Array<&mut MapData, Backend> = array(ebpf, abi::BACKENDS_MAP)?;
-            for key in &wanted_backends {
-                if state.backends.contains_key(key) {
-                    continue;
-                }
-                let id = take_id(state, now)?;
-                let generation = state.next_generation(id);
-                backends
-                    .set(
-                        id,
-                        Backend {
-                            addr: abi::addr(key.0.octets()),
-                            generation,
-                            mac: key.1.0,
-                            pad: [0; 2],
-                            vtep: key.2.map_or(0, |v| abi::addr(v.octets())),
-                        },
-                        0,
-                    )
-                    .map_err(map_err(abi::BACKENDS_MAP))?;
-                state.backends.insert(*key, (id, generation));
-            }
-        }
-
-        // Tables: rebuilt into a fresh region when their members change.
-        let mut wanted_tables: BTreeMap<TableKey, Table> = BTreeMap::new();
-        for (name, service) in &plan.services {
-            for host in [false, true] {
-                if !service.ports.iter().any(|p| p.host == host) {
-                    continue;
-                }
-                let members: Vec<(BackendKey, u32)> = service
-                    .backends_for(host)
-                    .map(|b: &BackendPlan| ((b.addr, b.mac, b.vtep), b.weight))
-                    .collect();
-                wanted_tables.insert(
-                    (name.clone(), host),
-                    Table {
-                        members,
-                        size: service.table_size,
-                        region: None,
-                    },
-                );
-            }
-        }
-        {
-            let mut tables: Array<&mut MapData, u32> = array(ebpf, abi::TABLES_MAP)?;
-            for (key, table) in wanted_tables.iter_mut() {
-                if let Some(old) = state.tables.get(key)
-                    && old.members == table.members
-                    && old.size == table.size
-                {
-                    table.region = old.region;
-                    continue;
-                }
-                let keys: Vec<String> = table
-                    .members
-                    .iter()
-                    .map(|((a, ..), _)| a.to_string())
-                    .collect();
-                let input: Vec<maglev::Backend<'_>> = keys
-                    .iter()
-                    .zip(&table.members)
-                    .map(|(k, (_, weight))| maglev::Backend {
-                        key: k,
-                        weight: *weight,
-                    })
-                    .collect();
-                let slots = maglev::build(&input, table.size)
-                    .map_err(|e| MeshError::Full(format!("service {}: {e}", key.0)))?;
-                // No running backend, or only drained ones (weight 0): new connections are
-                // refused; established ones to drained backends go on.
-                if slots.is_empty() {
-                    changes.push(format!(
-                        "mesh: service {} has no running backend{} taking new connections",
-                        key.0,
-                        if key.1 { " on this node" } else { "" }
-                    ));
-                    continue;
-                }
-                let region = state.regions.allocate(table.size, now).ok_or_else(|| {
-                    MeshError::Full(format!(
-                        "no room for service {}'s table of {} slots ({TABLE_CAPACITY} in all)",
-                        key.0, table.size
-                    ))
-                })?;
-                for (i, member) in slots.iter().enumerate() {
-                    let (backend_key, _) = table.members[*member as usize];
-                    let (id, _) = state.backends[&backend_key];
-                    tables
-                        .set(region.offset + i as u32, id, 0)
-                        .map_err(map_err(abi::TABLES_MAP))?;
-                }
-                table.region = Some(region);
-                changes.push(format!(
-                    "mesh: service {} balanced over {} backend{}{} ({} slots)",
-                    key.0,
-                    table.members.len(),
-                    if table.members.len() == 1 { "" } else { "s" },
-                    if key.1 { " on this node" } else { "" },
-                    table.size
-                ));
-            }
-        }
-
-        // Frontends: each update replaces the whole value, so a port moves from its old table
-        // to its new one in one step.
-        let mut wanted_frontends: BTreeMap<FrontendKey, (Frontend, String)> = BTreeMap::new();
-        for (name, service) in &plan.services {
-            for port in &service.ports {
-                let table = &wanted_tables[&(name.clone(), port.host)];
-                let key = FrontendKey {
-                    port: abi::port(port.published),
-                    proto: port.protocol.number(),
-                    pad: 0,
-                };
-                let mut flags = 0;
-                if port.client_ip {
-                    flags |= FLAG_CLIENT_IP;
-                }
-                if port.host {
-                    flags |= FLAG_HOST;
-                }
-                let frontend = Frontend {
-                    service: state.services[name],
-                    table_offset: table.region.map_or(0, |r| r.offset),
-                    table_size: table.region.map_or(0, |_| table.size),
-                    target_port: abi::port(port.target),
-                    flags,
-                    // A port that stays published keeps its counters; a new one is given a
-                    // slot below.
-                    port_slot: state.frontends.get(&key).map_or(NO_SLOT, |f| f.port_slot),
-                };
-                wanted_frontends.insert(key, (frontend, name.clone()));
-            }
-        }
-        // New ports take the lowest free counter slots, zeroed first (a slot a gone port had
-        // held starts again from nothing).
-        if wanted_frontends
-            .values()
-            .any(|(f, _)| f.port_slot == NO_SLOT)
-        {
-            let kept: BTreeSet<u32> = wanted_frontends
-                .values()
-                .map(|(f, _)| f.port_slot)
-                .filter(|s| *s != NO_SLOT)
-                .collect();
-            let mut free = (0..abi::MAX_FRONTENDS).filter(|s| !kept.contains(s));
-            let mut given = Vec::new();
-            for (frontend, _) in wanted_frontends.values_mut() {
-                if frontend.port_slot != NO_SLOT {
-                    continue;
-                }
-                frontend.port_slot = free.next().ok_or_else(|| {
-                    MeshError::Full(format!(
-                        "more than {} published ports on a node",
-                        abi::MAX_FRONTENDS
-                    ))
-                })?;
-                given.push(frontend.port_slot);
-            }
-            zero_per_cpu::<PortStats>(ebpf, abi::PORT_STATS_MAP, &given)?;
-        }
-        {
-            let mut frontends: HashMap<&mut MapData, FrontendKey, Frontend> =
-                hash(ebpf, abi::FRONTENDS_MAP)?;
-            for (key, (frontend, service)) in &wanted_frontends {
-                if state.frontends.get(key) == Some(frontend) {
-                    continue;
-                }
-                frontends
-                    .insert(key, frontend, 0)
-                    .map_err(map_err(abi::FRONTENDS_MAP))?;
-                if !state.frontends.contains_key(key) {
-                    changes.push(format!(
-                        "mesh: published {} for service {service}",
-                        describe(key)
-                    ));
-                }
-                state.frontends.insert(*key, *frontend);
-            }
-            let gone: Vec<FrontendKey> = state
-                .frontends
-                .keys()
-                .filter(|k| !wanted_frontends.contains_key(k))
-                .copied()
-                .collect();
-            for key in gone {
-                frontends
-                    .remove(&key)
-                    .map_err(map_err(abi::FRONTENDS_MAP))?;
-                state.frontends.remove(&key);
-                changes.push(format!("mesh: unpublished {}", describe(&key)));
-            }
-        }
-
-        // Services that went, or whose ports changed: a new generation, so their connections
-        // are re-balanced under the new ports (or passed on, when a port is no longer published).
-        {
-            let mut ports: BTreeMap<String, Vec<(FrontendKey, u16, u16)>> = BTreeMap::new();
-            for (key, (frontend, service)) in &wanted_frontends {
-                ports.entry(service.clone()).or_default().push((
-                    *key,
-                    frontend.target_port,
-                    frontend.flags,
-                ));
-            }
-            let changed: Vec<u32> = state
-                .services
-                .iter()
-                .filter(|(name, _)| {
-                    !plan.services.contains_key(*name)
-                        || state.service_ports.get(*name) != ports.get(*name)
-                })
-                .map(|(_, index)| *index)
-                .collect();
-            let mut generations: Array<&mut MapData, u32> = array(ebpf, abi::SERVICES_MAP)?;
-            for index in changed {
-                let generation = state.service_generations.entry(index).or_default();
-                *generation = generation.wrapping_add(1);
-                generations
-                    .set(index, *generation, 0)
-                    .map_err(map_err(abi::SERVICES_MAP))?;
-            }
-            state.service_ports = ports;
-        }
-
-        // Addresses published ports answer on.
-        {
-            let mut addrs: HashMap<&mut MapData, u32, u32> = hash(ebpf, abi::LOCAL_ADDRS_MAP)?;
-            for addr in plan.local_addrs.difference(&state.local_addrs) {
-                addrs
-                    .insert(abi::addr(addr.octets()), 1, 0)
-                    .map_err(map_err(abi::LOCAL_ADDRS_MAP))?;
-            }
-            for addr in state.local_addrs.difference(&plan.local_addrs) {
-                addrs
-                    .remove(&abi::addr(addr.octets()))
-                    .map_err(map_err(abi::LOCAL_ADDRS_MAP))?;
-            }
-            state.local_addrs = plan.local_addrs.clone();
-        }
-
-        // Now that no frontend points at them: retire replaced tables and removed backends.
-        // A removed backend's ID gets a new generation at once, so connections to it are
-        // re-balanced on their next packet; the ID itself is reused only after the quarantine.
-        for (key, old) in std::mem::take(&mut state.tables) {
-            let kept = wanted_tables.get(&key).and_then(|t| t.region) == old.region;
-            if let (false, Some(region)) = (kept, old.region) {
-                state.regions.retire(region, now);
-            }
-        }
-        state.tables = wanted_tables;
-        {
-            let mut backends: Array<&mut MapData, Backend> = array(ebpf, abi::BACKENDS_MAP)?;
-            let gone: Vec<BackendKey> = state
-                .backends
-                .keys()
-                .filter(|k| !wanted_backends.contains(k))
-                .copied()
-                .collect();
-            for key in gone {
-                let (id, _) = state.backends.remove(&key).expect("listed above");
-                let generation = state.next_generation(id);
-                // Address zero: a packet that raced the table switch finds no backend here.
-                backends
-                    .set(
-                        id,
-                        Backend {
-                            generation,
-                            ..Backend::default()
-                        },
-                        0,
-                    )
-                    .map_err(map_err(abi::BACKENDS_MAP))?;
-                state.free_ids.push((id, now));
-            }
-        }
-        state
+        pass.config(ingress_ifindex)?;
+        pass.service_indices()?;
+        let backends = pass.backends()?;
+        let mut tables = pass.wanted_tables();
+        pass.tables(&mut tables)?;
+        let frontends = pass.frontends(&tables)?;
+        pass.service_generations(&frontends)?;
+        pass.local_addrs()?;
+        pass.retire(tables, &backends)?;
+        pass.state
             .services
             .retain(|name, _| plan.services.contains_key(name));
-        Ok(changes)
+        Ok(pass.changes)
     }
 
     /// Per-service counters and facts, by service name.
@@ -1470,6 +1146,407 @@ fn describe(key: &FrontendKey) -> String {
     format!("{}/{}", abi::port_value(key.port), protocol.name())
 }
 
+/// One programming of the maps from a plan ([`Mesh::program`]): a step per map.
+struct Programming<'a> {
+    ebpf: &'a mut aya::Ebpf,
+    state: &'a mut MapState,
+    plan: &'a MeshPlan,
+    now: Instant,
+    /// What changed, in words.
+    changes: Vec<String>,
+}
+
+/// A published port's frontend as wanted, and its service's name.
+type WantedFrontends = BTreeMap<FrontendKey, (Frontend, String)>;
+
+impl Programming<'_> {
+    /// `MESH_CONFIG`: the node's place on the ingress network, under a new epoch whenever it
+    /// changes (connections made under the old one, their ingress interface and encapsulation,
+    /// are re-balanced at their next packet) or the egress map changed (connections pick their
+    /// path, native XDP or TC, again).
+    fn config(&mut self, ingress_ifindex: u32) -> Result<(), MeshError> {
+        let plan = self.plan;
+        let config = Config {
+            ingress_net: abi::addr(plan.subnet.network().octets()),
+            ingress_mask: abi::addr(plan.subnet.netmask().octets()),
+            ingress_addr: abi::addr(plan.addr.octets()),
+            ingress_ifindex,
+            ingress_mac: plan.mac.0,
+            vxlan_port: plan.tunnel.map_or(0, |t| abi::port(t.port)),
+            data_addr: plan.tunnel.map_or(0, |t| abi::addr(t.local.octets())),
+            vni: plan.tunnel.map_or(0, |t| {
+                let [_, a, b, c] = t.vni.to_be_bytes();
+                u32::from_ne_bytes([a, b, c, 0])
+            }),
+            epoch: self.state.config.epoch,
+        };
+        let egress_changed = std::mem::take(&mut self.state.egress_changed);
+        if config != self.state.config || egress_changed {
+            let config = Config {
+                epoch: self.state.config.epoch.wrapping_add(1),
+                ..config
+            };
+            let mut map: Array<&mut MapData, Config> = array(self.ebpf, abi::CONFIG_MAP)?;
+            map.set(0, config, 0).map_err(map_err(abi::CONFIG_MAP))?;
+            self.state.config = config;
+        }
+        Ok(())
+    }
+
+    /// `MESH_STATS`: each new service takes the lowest free counter index, zeroed first.
+    fn service_indices(&mut self) -> Result<(), MeshError> {
+        let state = &mut *self.state;
+        let mut used: BTreeSet<u32> = state
+            .services
+            .iter()
+            .filter(|(name, _)| self.plan.services.contains_key(*name))
+            .map(|(_, i)| *i)
+            .collect();
+        let mut new_services = Vec::new();
+        for name in self.plan.services.keys() {
+            if state.services.contains_key(name) {
+                continue;
+            }
+            let index = (0..MAX_SERVICES)
+                .find(|i| !used.contains(i) && !state.services.values().any(|v| v == i))
+                .ok_or_else(|| MeshError::Full(format!("more than {MAX_SERVICES} services")))?;
+            used.insert(index);
+            new_services.push((name.clone(), index));
+        }
+        let indices: Vec<u32> = new_services.iter().map(|(_, index)| *index).collect();
+        zero_per_cpu::<ServiceStats>(self.ebpf, abi::STATS_MAP, &indices)?;
+        state.services.extend(new_services);
+        Ok(())
+    }
+
+    /// `MESH_BACKENDS`: new backends get an ID no table points at yet. The backends wanted.
+    fn backends(&mut self) -> Result<BTreeSet<BackendKey>, MeshError> {
+        let wanted: BTreeSet<BackendKey> = self
+            .plan
+            .services
+            .values()
+            .flat_map(|s| s.backends.iter().map(|b| (b.addr, b.mac, b.vtep)))
+            .collect();
+        let mut backends: Array<&mut MapData, Backend> = array(self.ebpf, abi::BACKENDS_MAP)?;
+        for key in &wanted {
+            if self.state.backends.contains_key(key) {
+                continue;
+            }
+            let id = take_id(self.state, self.now)?;
+            let generation = self.state.next_generation(id);
+            backends
+                .set(
+                    id,
+                    Backend {
+                        addr: abi::addr(key.0.octets()),
+                        generation,
+                        mac: key.1.0,
+                        pad: [0; 2],
+                        vtep: key.2.map_or(0, |v| abi::addr(v.octets())),
+                    },
+                    0,
+                )
+                .map_err(map_err(abi::BACKENDS_MAP))?;
+            self.state.backends.insert(*key, (id, generation));
+        }
+        Ok(wanted)
+    }
+
+    /// The Maglev tables the plan asks for: per service, one over all its backends and one
+    /// over this node's (for host-mode ports), each where it has ports.
+    fn wanted_tables(&self) -> BTreeMap<TableKey, Table> {
+        let mut wanted = BTreeMap::new();
+        for (name, service) in &self.plan.services {
+            for host in [false, true] {
+                if !service.ports.iter().any(|p| p.host == host) {
+                    continue;
+                }
+                let members: Vec<(BackendKey, u32)> = service
+                    .backends_for(host)
+                    .map(|b: &BackendPlan| ((b.addr, b.mac, b.vtep), b.weight))
+                    .collect();
+                wanted.insert(
+                    (name.clone(), host),
+                    Table {
+                        members,
+                        size: service.table_size,
+                        region: None,
+                    },
+                );
+            }
+        }
+        wanted
+    }
+
+    /// `MESH_TABLES`: a table whose members changed is built into a fresh region (the old one
+    /// stays until no frontend points at it); an unchanged one keeps its region.
+    fn tables(&mut self, wanted: &mut BTreeMap<TableKey, Table>) -> Result<(), MeshError> {
+        let mut tables: Array<&mut MapData, u32> = array(self.ebpf, abi::TABLES_MAP)?;
+        for (key, table) in wanted.iter_mut() {
+            if let Some(old) = self.state.tables.get(key)
+                && old.members == table.members
+                && old.size == table.size
+            {
+                table.region = old.region;
+                continue;
+            }
+            let keys: Vec<String> = table
+                .members
+                .iter()
+                .map(|((a, ..), _)| a.to_string())
+                .collect();
+            let input: Vec<maglev::Backend<'_>> = keys
+                .iter()
+                .zip(&table.members)
+                .map(|(k, (_, weight))| maglev::Backend {
+                    key: k,
+                    weight: *weight,
+                })
+                .collect();
+            let slots = maglev::build(&input, table.size)
+                .map_err(|e| MeshError::Full(format!("service {}: {e}", key.0)))?;
+            // No running backend, or only drained ones (weight 0): new connections are
+            // refused; established ones to drained backends go on.
+            if slots.is_empty() {
+                self.changes.push(format!(
+                    "mesh: service {} has no running backend{} taking new connections",
+                    key.0,
+                    if key.1 { " on this node" } else { "" }
+                ));
+                continue;
+            }
+            let region = self
+                .state
+                .regions
+                .allocate(table.size, self.now)
+                .ok_or_else(|| {
+                    MeshError::Full(format!(
+                        "no room for service {}'s table of {} slots ({TABLE_CAPACITY} in all)",
+                        key.0, table.size
+                    ))
+                })?;
+            for (i, member) in slots.iter().enumerate() {
+                let (backend_key, _) = table.members[*member as usize];
+                let (id, _) = self.state.backends[&backend_key];
+                tables
+                    .set(region.offset + i as u32, id, 0)
+                    .map_err(map_err(abi::TABLES_MAP))?;
+            }
+            table.region = Some(region);
+            self.changes.push(format!(
+                "mesh: service {} balanced over {} backend{}{} ({} slots)",
+                key.0,
+                table.members.len(),
+                if table.members.len() == 1 { "" } else { "s" },
+                if key.1 { " on this node" } else { "" },
+                table.size
+            ));
+        }
+        Ok(())
+    }
+
+    /// `MESH_FRONTENDS` (and `MESH_PORT_STATS` for new ports): each update replaces the whole
+    /// value, so a port moves from its old table to its new one in one step. The frontends
+    /// wanted.
+    fn frontends(
+        &mut self,
+        tables: &BTreeMap<TableKey, Table>,
+    ) -> Result<WantedFrontends, MeshError> {
+        let mut wanted = self.wanted_frontends(tables);
+        self.give_port_slots(&mut wanted)?;
+        let state = &mut *self.state;
+        let mut frontends: HashMap<&mut MapData, FrontendKey, Frontend> =
+            hash(self.ebpf, abi::FRONTENDS_MAP)?;
+        for (key, (frontend, service)) in &wanted {
+            if state.frontends.get(key) == Some(frontend) {
+                continue;
+            }
+            frontends
+                .insert(key, frontend, 0)
+                .map_err(map_err(abi::FRONTENDS_MAP))?;
+            if !state.frontends.contains_key(key) {
+                self.changes.push(format!(
+                    "mesh: published {} for service {service}",
+                    describe(key)
+                ));
+            }
+            state.frontends.insert(*key, *frontend);
+        }
+        let gone: Vec<FrontendKey> = state
+            .frontends
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            frontends
+                .remove(&key)
+                .map_err(map_err(abi::FRONTENDS_MAP))?;
+            state.frontends.remove(&key);
+            self.changes
+                .push(format!("mesh: unpublished {}", describe(&key)));
+        }
+        Ok(wanted)
+    }
+
+    /// Every published port's frontend, pointing at its table; a port that stays published
+    /// keeps its counter slot, a new one has none yet.
+    fn wanted_frontends(&self, tables: &BTreeMap<TableKey, Table>) -> WantedFrontends {
+        let mut wanted = BTreeMap::new();
+        for (name, service) in &self.plan.services {
+            for port in &service.ports {
+                let table = &tables[&(name.clone(), port.host)];
+                let key = FrontendKey {
+                    port: abi::port(port.published),
+                    proto: port.protocol.number(),
+                    pad: 0,
+                };
+                let mut flags = 0;
+                if port.client_ip {
+                    flags |= FLAG_CLIENT_IP;
+                }
+                if port.host {
+                    flags |= FLAG_HOST;
+                }
+                let frontend = Frontend {
+                    service: self.state.services[name],
+                    table_offset: table.region.map_or(0, |r| r.offset),
+                    table_size: table.region.map_or(0, |_| table.size),
+                    target_port: abi::port(port.target),
+                    flags,
+                    port_slot: self
+                        .state
+                        .frontends
+                        .get(&key)
+                        .map_or(NO_SLOT, |f| f.port_slot),
+                };
+                wanted.insert(key, (frontend, name.clone()));
+            }
+        }
+        wanted
+    }
+
+    /// New ports take the lowest free counter slots, zeroed first (a slot a gone port had held
+    /// starts again from nothing).
+    fn give_port_slots(&mut self, wanted: &mut WantedFrontends) -> Result<(), MeshError> {
+        if !wanted.values().any(|(f, _)| f.port_slot == NO_SLOT) {
+            return Ok(());
+        }
+        let kept: BTreeSet<u32> = wanted
+            .values()
+            .map(|(f, _)| f.port_slot)
+            .filter(|s| *s != NO_SLOT)
+            .collect();
+        let mut free = (0..abi::MAX_FRONTENDS).filter(|s| !kept.contains(s));
+        let mut given = Vec::new();
+        for (frontend, _) in wanted.values_mut() {
+            if frontend.port_slot != NO_SLOT {
+                continue;
+            }
+            frontend.port_slot = free.next().ok_or_else(|| {
+                MeshError::Full(format!(
+                    "more than {} published ports on a node",
+                    abi::MAX_FRONTENDS
+                ))
+            })?;
+            given.push(frontend.port_slot);
+        }
+        zero_per_cpu::<PortStats>(self.ebpf, abi::PORT_STATS_MAP, &given)
+    }
+
+    /// `MESH_SERVICES`: services that went, or whose ports changed, get a new generation, so
+    /// their connections are re-balanced under the new ports (or passed on, when a port is no
+    /// longer published).
+    fn service_generations(&mut self, frontends: &WantedFrontends) -> Result<(), MeshError> {
+        let mut ports: BTreeMap<String, Vec<(FrontendKey, u16, u16)>> = BTreeMap::new();
+        for (key, (frontend, service)) in frontends {
+            ports.entry(service.clone()).or_default().push((
+                *key,
+                frontend.target_port,
+                frontend.flags,
+            ));
+        }
+        let state = &mut *self.state;
+        let changed: Vec<u32> = state
+            .services
+            .iter()
+            .filter(|(name, _)| {
+                !self.plan.services.contains_key(*name)
+                    || state.service_ports.get(*name) != ports.get(*name)
+            })
+            .map(|(_, index)| *index)
+            .collect();
+        let mut generations: Array<&mut MapData, u32> = array(self.ebpf, abi::SERVICES_MAP)?;
+        for index in changed {
+            let generation = state.service_generations.entry(index).or_default();
+            *generation = generation.wrapping_add(1);
+            generations
+                .set(index, *generation, 0)
+                .map_err(map_err(abi::SERVICES_MAP))?;
+        }
+        state.service_ports = ports;
+        Ok(())
+    }
+
+    /// `MESH_LOCAL_ADDRS`: the addresses published ports answer on.
+    fn local_addrs(&mut self) -> Result<(), MeshError> {
+        let mut addrs: HashMap<&mut MapData, u32, u32> = hash(self.ebpf, abi::LOCAL_ADDRS_MAP)?;
+        for addr in self.plan.local_addrs.difference(&self.state.local_addrs) {
+            addrs
+                .insert(abi::addr(addr.octets()), 1, 0)
+                .map_err(map_err(abi::LOCAL_ADDRS_MAP))?;
+        }
+        for addr in self.state.local_addrs.difference(&self.plan.local_addrs) {
+            addrs
+                .remove(&abi::addr(addr.octets()))
+                .map_err(map_err(abi::LOCAL_ADDRS_MAP))?;
+        }
+        self.state.local_addrs = self.plan.local_addrs.clone();
+        Ok(())
+    }
+
+    /// Now that no frontend points at them: replaced tables are retired, and removed backends.
+    /// A removed backend's ID gets a new generation at once, so connections to it are
+    /// re-balanced on their next packet; the ID itself is reused only after the quarantine.
+    fn retire(
+        &mut self,
+        tables: BTreeMap<TableKey, Table>,
+        backends: &BTreeSet<BackendKey>,
+    ) -> Result<(), MeshError> {
+        let state = &mut *self.state;
+        for (key, old) in std::mem::take(&mut state.tables) {
+            let kept = tables.get(&key).and_then(|t| t.region) == old.region;
+            if let (false, Some(region)) = (kept, old.region) {
+                state.regions.retire(region, self.now);
+            }
+        }
+        state.tables = tables;
+        let mut map: Array<&mut MapData, Backend> = array(self.ebpf, abi::BACKENDS_MAP)?;
+        let gone: Vec<BackendKey> = state
+            .backends
+            .keys()
+            .filter(|k| !backends.contains(k))
+            .copied()
+            .collect();
+        for key in gone {
+            let (id, _) = state.backends.remove(&key).expect("listed above");
+            let generation = state.next_generation(id);
+            // Address zero: a packet that raced the table switch finds no backend here.
+            map.set(
+                id,
+                Backend {
+                    generation,
+                    ..Backend::default()
+                },
+                0,
+            )
+            .map_err(map_err(abi::BACKENDS_MAP))?;
+            state.free_ids.push((id, self.now));
+        }
+        Ok(())
+    }
+}
+
 /// A free backend ID: never used, or out of quarantine.
 fn take_id(state: &mut MapState, now: Instant) -> Result<u32, MeshError> {
     if let Some(i) = state
@@ -1512,7 +1589,7 @@ fn monotonic_coarse_seconds() -> u32 {
     now.tv_sec as u32
 }
 
-/// A flow key as bytes (a set of keys without `Ord` on the ABI type).
+/// Map `name` of `ebpf`, as an array.
 fn array<'a, V: aya::Pod>(
     ebpf: &'a mut aya::Ebpf,
     name: &'static str,
@@ -1520,6 +1597,7 @@ fn array<'a, V: aya::Pod>(
     Array::try_from(ebpf.map_mut(name).ok_or(BpfError::NoMap(name))?).map_err(map_err(name))
 }
 
+/// Map `name` of `ebpf`, as a hash map.
 fn hash<'a, K: aya::Pod, V: aya::Pod>(
     ebpf: &'a mut aya::Ebpf,
     name: &'static str,
