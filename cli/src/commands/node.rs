@@ -224,47 +224,59 @@ async fn update(host: &DaemonHost, id: String, update: NodeUpdate) -> Result<(),
         .map(drop)
 }
 
+/// `node ls`: the nodes as IDs, rows in `format`, or Docker's table (this node starred).
+async fn list(host: &DaemonHost, quiet: bool, format: Option<&Format>) -> Result<(), Failure> {
+    let nodes: Vec<Node> = serde_json::from_value(call(host, ClusterCall::NodeList).await?)?;
+    let me = crate::commands::info::local(host).await?.node_id;
+    if quiet {
+        for node in &nodes {
+            println!("{}", node.id);
+        }
+    } else if format.is_some() {
+        let rows: Vec<Row<'_>> = nodes
+            .iter()
+            .map(|node| Row {
+                id: &node.id,
+                hostname: &node.description.hostname,
+                status: status(node),
+                availability: availability(node),
+                manager_status: manager_status(node),
+                is_self: node.id == me,
+            })
+            .collect();
+        crate::output::print_rows(format, &rows)?;
+    } else {
+        print!("{}", table(&nodes, &me));
+    }
+    Ok(())
+}
+
+/// `node inspect`: the nodes in `format`, or in a human friendly one with `human`.
+async fn inspect(
+    host: &DaemonHost,
+    nodes: Vec<String>,
+    human: bool,
+    format: Option<&Format>,
+) -> Result<(), Failure> {
+    let found: Vec<Node> =
+        serde_json::from_value(call(host, ClusterCall::NodeInspect { ids: nodes }).await?)?;
+    if human {
+        let all: Vec<String> = found.iter().map(pretty).collect();
+        print!("{}", all.join("\n"));
+    } else {
+        crate::output::print_objects(format, &found)?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failure> {
     match command {
-        Command::Ls { quiet, format } => {
-            let nodes: Vec<Node> =
-                serde_json::from_value(call(host, ClusterCall::NodeList).await?)?;
-            let me = crate::commands::info::local(host).await?.node_id;
-            if quiet {
-                for node in &nodes {
-                    println!("{}", node.id);
-                }
-            } else if format.is_some() {
-                let rows: Vec<Row<'_>> = nodes
-                    .iter()
-                    .map(|node| Row {
-                        id: &node.id,
-                        hostname: &node.description.hostname,
-                        status: status(node),
-                        availability: availability(node),
-                        manager_status: manager_status(node),
-                        is_self: node.id == me,
-                    })
-                    .collect();
-                crate::output::print_rows(format.as_ref(), &rows)?;
-            } else {
-                print!("{}", table(&nodes, &me));
-            }
-        }
+        Command::Ls { quiet, format } => list(host, quiet, format.as_ref()).await?,
         Command::Inspect {
             pretty: human,
             format,
             nodes,
-        } => {
-            let found: Vec<Node> =
-                serde_json::from_value(call(host, ClusterCall::NodeInspect { ids: nodes }).await?)?;
-            if human {
-                let all: Vec<String> = found.iter().map(pretty).collect();
-                print!("{}", all.join("\n"));
-            } else {
-                crate::output::print_objects(format.as_ref(), &found)?;
-            }
-        }
+        } => inspect(host, nodes, human, format.as_ref()).await?,
         Command::Ps {
             quiet,
             format,

@@ -2,9 +2,13 @@
 //! sections: mode, update status, placement, update and rollback configuration, container
 //! spec, mounts, resources, networks, endpoint mode, ports, health check).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use shoal_api::service::{Service, UpdateConfig};
+use shoal_api::service::{
+    ContainerSpec, HealthConfig, Mount, Placement, PortConfig, ResourceRequirements, Resources,
+    Service, UpdateConfig, UpdateStatus,
+};
 
 use shoal_api::wire_name as wire;
 
@@ -62,9 +66,52 @@ pub(crate) fn service(service: &Service) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "\nID:\t\t{}", service.id);
     let _ = writeln!(out, "Name:\t\t{}", spec.name);
-    if !spec.labels.is_empty() {
+    labels(&mut out, &spec.labels);
+    match spec.mode.replicated.as_ref() {
+        Some(r) => {
+            let _ = writeln!(out, "Service Mode:\tReplicated\n Replicas:\t{}", r.replicas);
+        }
+        None => out.push_str("Service Mode:\tGlobal\n"),
+    }
+    if let Some(status) = &service.update_status {
+        update_status(&mut out, status);
+    }
+    placement(&mut out, &task.placement);
+    if let Some(c) = &spec.update_config {
+        update_config(&mut out, "UpdateConfig", "Update", c);
+    }
+    if let Some(c) = &spec.rollback_config {
+        update_config(&mut out, "RollbackConfig", "Rollback", c);
+    }
+    container_spec(&mut out, container);
+    mounts(&mut out, &container.mounts);
+    resources(&mut out, &task.resources);
+    if !task.networks.is_empty() {
+        let names: String = task
+            .networks
+            .iter()
+            .map(|n| format!(" {}", n.target))
+            .collect();
+        let _ = writeln!(out, "Networks:{names} ");
+    }
+    let _ = writeln!(out, "Endpoint Mode:\t{}", wire(&spec.endpoint_spec.mode));
+    let published = if service.endpoint.ports.is_empty() {
+        &spec.endpoint_spec.ports
+    } else {
+        &service.endpoint.ports
+    };
+    ports(&mut out, published);
+    if let Some(h) = &container.healthcheck {
+        healthcheck(&mut out, h);
+    }
+    out
+}
+
+/// The `Labels:` section (none without labels).
+fn labels(out: &mut String, labels: &BTreeMap<String, String>) {
+    if !labels.is_empty() {
         out.push_str("Labels:\n");
-        for (k, v) in &spec.labels {
+        for (k, v) in labels {
             let _ = writeln!(
                 out,
                 " {k}{}",
@@ -76,54 +123,47 @@ pub(crate) fn service(service: &Service) -> String {
             );
         }
     }
-    match spec.mode.replicated.as_ref() {
-        Some(r) => {
-            let _ = writeln!(out, "Service Mode:\tReplicated\n Replicas:\t{}", r.replicas);
-        }
-        None => out.push_str("Service Mode:\tGlobal\n"),
+}
+
+/// The `UpdateStatus:` section.
+fn update_status(out: &mut String, status: &UpdateStatus) {
+    let _ = writeln!(out, "UpdateStatus:\n State:\t\t{}", wire(&status.state));
+    if !status.started_at.is_empty() {
+        let _ = writeln!(out, " Started:\t{}", status.started_at);
     }
-    if let Some(status) = &service.update_status {
-        let _ = writeln!(out, "UpdateStatus:\n State:\t\t{}", wire(&status.state));
-        if !status.started_at.is_empty() {
-            let _ = writeln!(out, " Started:\t{}", status.started_at);
-        }
-        if !status.completed_at.is_empty() {
-            let _ = writeln!(out, " Completed:\t{}", status.completed_at);
-        }
-        let _ = writeln!(out, " Message:\t{}", status.message);
+    if !status.completed_at.is_empty() {
+        let _ = writeln!(out, " Completed:\t{}", status.completed_at);
     }
+    let _ = writeln!(out, " Message:\t{}", status.message);
+}
+
+/// The `Placement:` section: constraints, preferences and the per-node replica cap.
+fn placement(out: &mut String, placement: &Placement) {
     out.push_str("Placement:\n");
-    if !task.placement.constraints.is_empty() {
-        let _ = writeln!(
-            out,
-            " Constraints:\t[{}]",
-            task.placement.constraints.join(" ")
-        );
+    if !placement.constraints.is_empty() {
+        let _ = writeln!(out, " Constraints:\t[{}]", placement.constraints.join(" "));
     }
-    if !task.placement.preferences.is_empty() {
-        let spread: Vec<String> = task
-            .placement
+    if !placement.preferences.is_empty() {
+        let spread: Vec<String> = placement
             .preferences
             .iter()
             .map(|p| format!("spread={}", p.spread.spread_descriptor))
             .collect();
         let _ = writeln!(out, " Preferences:\t[{}]", spread.join(" "));
     }
-    if task.placement.max_replicas > 0 {
-        let _ = writeln!(
-            out,
-            " Max Replicas Per Node:   {}",
-            task.placement.max_replicas
-        );
+    if placement.max_replicas > 0 {
+        let _ = writeln!(out, " Max Replicas Per Node:   {}", placement.max_replicas);
     }
-    if let Some(c) = &spec.update_config {
-        update_config(&mut out, "UpdateConfig", "Update", c);
-    }
-    if let Some(c) = &spec.rollback_config {
-        update_config(&mut out, "RollbackConfig", "Rollback", c);
-    }
+}
+
+/// Each item of `list` followed by a space, as the docker CLI prints a command or env.
+fn words(list: &[String]) -> String {
+    list.iter().map(|a| format!("{a} ")).collect::<String>()
+}
+
+/// The `ContainerSpec:` section: image, command, args, env, dir, user, stop grace period.
+fn container_spec(out: &mut String, container: &ContainerSpec) {
     let _ = writeln!(out, "ContainerSpec:\n Image:\t\t{}", container.image);
-    let words = |list: &[String]| list.iter().map(|a| format!("{a} ")).collect::<String>();
     if !container.command.is_empty() {
         let _ = writeln!(out, " Command:\t{}", words(&container.command));
     }
@@ -142,9 +182,13 @@ pub(crate) fn service(service: &Service) -> String {
     if let Some(grace) = container.stop_grace_period {
         let _ = writeln!(out, " StopGracePeriod: {}", go_duration_text(grace));
     }
-    if !container.mounts.is_empty() {
+}
+
+/// The `Mounts:` section (none without mounts).
+fn mounts(out: &mut String, mounts: &[Mount]) {
+    if !mounts.is_empty() {
         out.push_str("Mounts:\n");
-        for m in &container.mounts {
+        for m in mounts {
             let _ = writeln!(
                 out,
                 " Target:\t{}\n  Source:\t{}\n  ReadOnly:\t{}\n  Type:\t\t{}",
@@ -155,12 +199,20 @@ pub(crate) fn service(service: &Service) -> String {
             );
         }
     }
-    let (limits, reservations) = (&task.resources.limits, &task.resources.reservations);
-    let has = |r: &shoal_api::service::Resources| r.nano_cpus > 0 || r.memory_bytes > 0;
-    if has(limits) || has(reservations) {
+}
+
+/// Whether `r` asks for any CPU or memory.
+fn has_resources(r: &Resources) -> bool {
+    r.nano_cpus > 0 || r.memory_bytes > 0
+}
+
+/// The `Resources:` section: reservations, then limits (none when neither asks for anything).
+fn resources(out: &mut String, resources: &ResourceRequirements) {
+    let (limits, reservations) = (&resources.limits, &resources.reservations);
+    if has_resources(limits) || has_resources(reservations) {
         out.push_str("Resources:\n");
         for (title, r) in [("Reservations", reservations), ("Limits", limits)] {
-            if !has(r) {
+            if !has_resources(r) {
                 continue;
             }
             let _ = writeln!(out, " {title}:");
@@ -176,20 +228,10 @@ pub(crate) fn service(service: &Service) -> String {
             }
         }
     }
-    if !task.networks.is_empty() {
-        let names: String = task
-            .networks
-            .iter()
-            .map(|n| format!(" {}", n.target))
-            .collect();
-        let _ = writeln!(out, "Networks:{names} ");
-    }
-    let _ = writeln!(out, "Endpoint Mode:\t{}", wire(&spec.endpoint_spec.mode));
-    let ports = if service.endpoint.ports.is_empty() {
-        &spec.endpoint_spec.ports
-    } else {
-        &service.endpoint.ports
-    };
+}
+
+/// The `Ports:` section (none without ports).
+fn ports(out: &mut String, ports: &[PortConfig]) {
     if !ports.is_empty() {
         out.push_str("Ports:\n");
         for p in ports {
@@ -203,19 +245,20 @@ pub(crate) fn service(service: &Service) -> String {
             );
         }
     }
-    if let Some(h) = &container.healthcheck {
-        let _ = writeln!(
-            out,
-            " Healthcheck:\n  Interval = {}\n  Retries = {}\n  StartPeriod = 0s\n  Timeout = {}",
-            go_duration_text(h.interval),
-            h.retries,
-            go_duration_text(h.timeout)
-        );
-        if !h.test.is_empty() {
-            let _ = writeln!(out, "  Tests:\n\tTest = {}", h.test.join(" "));
-        }
+}
+
+/// The health check's lines.
+fn healthcheck(out: &mut String, h: &HealthConfig) {
+    let _ = writeln!(
+        out,
+        " Healthcheck:\n  Interval = {}\n  Retries = {}\n  StartPeriod = 0s\n  Timeout = {}",
+        go_duration_text(h.interval),
+        h.retries,
+        go_duration_text(h.timeout)
+    );
+    if !h.test.is_empty() {
+        let _ = writeln!(out, "  Tests:\n\tTest = {}", h.test.join(" "));
     }
-    out
 }
 
 #[cfg(test)]

@@ -555,17 +555,7 @@ fn updated_spec(
     if let Some(words) = &args.args {
         task.container_spec.args = words.split_whitespace().map(str::to_owned).collect();
     }
-    let key = |kv: &str| kv.split_once('=').map_or(kv, |(k, _)| k).to_owned();
-    for rm in &args.env_rm {
-        let k = key(rm);
-        task.container_spec.env.retain(|e| key(e) != k);
-    }
-    for add in &args.env_add {
-        let add = env_from_client(add.clone());
-        let k = key(&add);
-        task.container_spec.env.retain(|e| key(e) != k);
-        task.container_spec.env.push(add);
-    }
+    edit_env(&mut task.container_spec.env, args);
     for rm in &args.constraint_rm {
         task.placement.constraints.retain(|c| c != rm);
     }
@@ -574,30 +564,7 @@ fn updated_spec(
             task.placement.constraints.push(add.clone());
         }
     }
-    // Networks are kept by ID: a name given here is the network's name or ID.
-    let id_of = |n: &str| network_ids.get(n).cloned().unwrap_or_else(|| n.to_owned());
-    for rm in &args.network_rm {
-        let id = id_of(rm);
-        let before = task.networks.len();
-        task.networks.retain(|n| n.target != id);
-        if task.networks.len() == before {
-            return Err(Failure(format!(
-                "network {rm} is not attached to service {}",
-                spec.name
-            )));
-        }
-    }
-    for add in &args.network_add {
-        let mut attachment = parse_network(add).map_err(Failure)?;
-        attachment.target = id_of(&attachment.target);
-        if task.networks.iter().any(|n| n.target == attachment.target) {
-            return Err(Failure(format!(
-                "service {} is already attached to network {}",
-                spec.name, attachment.target
-            )));
-        }
-        task.networks.push(attachment);
-    }
+    edit_networks(&mut task.networks, &spec.name, args, network_ids)?;
     if args.force {
         task.force_update += 1;
     }
@@ -627,35 +594,7 @@ fn updated_spec(
         let (k, v) = add.split_once('=').unwrap_or((add, ""));
         spec.labels.insert(k.to_owned(), v.to_owned());
     }
-    for rm in &args.publish_rm {
-        let (port, proto) = match rm.split_once('/') {
-            Some((port, proto)) => (port, Some(proto)),
-            None => (rm.as_str(), None),
-        };
-        let port: u16 = port
-            .parse()
-            .map_err(|_| Failure(format!("invalid --publish-rm {rm:?}: want PORT[/PROTOCOL]")))?;
-        let before = spec.endpoint_spec.ports.len();
-        spec.endpoint_spec.ports.retain(|p| {
-            let same_proto = proto.is_none_or(|want| p.protocol.to_string() == want);
-            !(same_proto && (p.published_port == port || p.target_port == port))
-        });
-        if spec.endpoint_spec.ports.len() == before {
-            return Err(Failure(format!(
-                "invalid --publish-rm {rm:?}: service {} publishes no such port",
-                spec.name
-            )));
-        }
-    }
-    for add in &args.publish_add {
-        let port = parse_publish(add).map_err(Failure)?;
-        spec.endpoint_spec.ports.retain(|p| {
-            !(p.protocol == port.protocol
-                && (p.target_port == port.target_port
-                    || (port.published_port != 0 && p.published_port == port.published_port)))
-        });
-        spec.endpoint_spec.ports.push(port);
-    }
+    edit_ports(&mut spec.endpoint_spec.ports, &spec.name, args)?;
     if let Some(mode) = &args.endpoint_mode {
         spec.endpoint_spec.mode = if mode == "dnsrr" {
             EndpointMode::Dnsrr
@@ -666,6 +605,94 @@ fn updated_spec(
     args.rolling
         .apply(&mut spec.update_config, &mut spec.rollback_config);
     Ok(spec)
+}
+
+/// `--env-rm`, then `--env-add` (a later entry of a key replacing an earlier one), applied to
+/// a container's environment.
+fn edit_env(env: &mut Vec<String>, args: &UpdateArgs) {
+    let key = |kv: &str| kv.split_once('=').map_or(kv, |(k, _)| k).to_owned();
+    for rm in &args.env_rm {
+        let k = key(rm);
+        env.retain(|e| key(e) != k);
+    }
+    for add in &args.env_add {
+        let add = env_from_client(add.clone());
+        let k = key(&add);
+        env.retain(|e| key(e) != k);
+        env.push(add);
+    }
+}
+
+/// `--network-rm`, then `--network-add`, applied to the networks of `service`'s tasks, or what
+/// is wrong with them.
+fn edit_networks(
+    networks: &mut Vec<NetworkAttachmentConfig>,
+    service: &str,
+    args: &UpdateArgs,
+    network_ids: &HashMap<String, String>,
+) -> Result<(), Failure> {
+    // Networks are kept by ID: a name given here is the network's name or ID.
+    let id_of = |n: &str| network_ids.get(n).cloned().unwrap_or_else(|| n.to_owned());
+    for rm in &args.network_rm {
+        let id = id_of(rm);
+        let before = networks.len();
+        networks.retain(|n| n.target != id);
+        if networks.len() == before {
+            return Err(Failure(format!(
+                "network {rm} is not attached to service {service}"
+            )));
+        }
+    }
+    for add in &args.network_add {
+        let mut attachment = parse_network(add).map_err(Failure)?;
+        attachment.target = id_of(&attachment.target);
+        if networks.iter().any(|n| n.target == attachment.target) {
+            return Err(Failure(format!(
+                "service {service} is already attached to network {}",
+                attachment.target
+            )));
+        }
+        networks.push(attachment);
+    }
+    Ok(())
+}
+
+/// `--publish-rm`, then `--publish-add`, applied to the ports `service` publishes, or what is
+/// wrong with them.
+fn edit_ports(
+    ports: &mut Vec<PortConfig>,
+    service: &str,
+    args: &UpdateArgs,
+) -> Result<(), Failure> {
+    for rm in &args.publish_rm {
+        let (port, proto) = match rm.split_once('/') {
+            Some((port, proto)) => (port, Some(proto)),
+            None => (rm.as_str(), None),
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| Failure(format!("invalid --publish-rm {rm:?}: want PORT[/PROTOCOL]")))?;
+        let before = ports.len();
+        ports.retain(|p| {
+            let same_proto = proto.is_none_or(|want| p.protocol.to_string() == want);
+            !(same_proto && (p.published_port == port || p.target_port == port))
+        });
+        if ports.len() == before {
+            return Err(Failure(format!(
+                "invalid --publish-rm {rm:?}: service {service} publishes no such port"
+            )));
+        }
+    }
+    for add in &args.publish_add {
+        let port = parse_publish(add).map_err(Failure)?;
+        ports.retain(|p| {
+            !(p.protocol == port.protocol
+                && (p.target_port == port.target_port
+                    || (port.published_port != 0 && p.published_port == port.published_port)))
+        });
+        ports.push(port);
+    }
+    Ok(())
 }
 
 /// Parses `--publish` in either of Docker's syntaxes.
@@ -1225,6 +1252,50 @@ enum Expect {
     Rollback,
 }
 
+/// The newest task per slot (or node) of `svc` that is meant to run, among `all` its tasks.
+fn slot_tasks<'a>(svc: &Service, all: &'a [Task]) -> BTreeMap<(u64, String), &'a Task> {
+    let mut slots: BTreeMap<(u64, String), &Task> = BTreeMap::new();
+    for t in all.iter().filter(|t| t.desired_state == TaskState::Running) {
+        let key = if t.slot > 0 {
+            (t.slot, String::new())
+        } else {
+            (0, t.node_id.clone())
+        };
+        // During an update, the task on the current spec stands for its slot.
+        let current = |t: &Task| t.spec == svc.spec.task_template;
+        match slots.get(&key) {
+            Some(seen) if current(seen) || !current(t) => {}
+            _ => {
+                slots.insert(key, t);
+            }
+        }
+    }
+    slots
+}
+
+/// The progress lines `converge_after` shows: the overall count, then a line per slot (or
+/// node) with its state and progress bar or error.
+fn progress_text(slots: &BTreeMap<(u64, String), &Task>, running: usize, desired: usize) -> String {
+    let mut text = format!("overall progress: {running} out of {desired} tasks\n");
+    for (i, t) in slots.values().enumerate() {
+        let label = if t.slot > 0 {
+            format!("{}/{desired}", t.slot)
+        } else {
+            t.node_id[..t.node_id.len().min(12)].to_owned()
+        };
+        let detail = if t.status.err.is_empty() {
+            bar(t.status.state)
+        } else {
+            t.status.err.clone()
+        };
+        text += &format!("{label}: {:<9} {detail}\n", t.status.state.name());
+        if i >= 200 {
+            break;
+        }
+    }
+    text
+}
+
 /// Waits for a service to converge, showing its slots. After an update or rollback made from
 /// the service at `after.0` (its version then), also waits for that to end, and fails if it is
 /// paused or (for an update) rolled back, saying why, as the docker CLI does.
@@ -1259,23 +1330,7 @@ async fn converge_after(
             },
         )
         .await?;
-        // The newest task per slot (or node) that is meant to run, and the latest error seen.
-        let mut slots: BTreeMap<(u64, String), &Task> = BTreeMap::new();
-        for t in all.iter().filter(|t| t.desired_state == TaskState::Running) {
-            let key = if t.slot > 0 {
-                (t.slot, String::new())
-            } else {
-                (0, t.node_id.clone())
-            };
-            // During an update, the task on the current spec stands for its slot.
-            let current = |t: &Task| t.spec == svc.spec.task_template;
-            match slots.get(&key) {
-                Some(seen) if current(seen) || !current(t) => {}
-                _ => {
-                    slots.insert(key, t);
-                }
-            }
-        }
+        let slots = slot_tasks(&svc, &all);
         let updating = svc
             .update_status
             .as_ref()
@@ -1285,23 +1340,7 @@ async fn converge_after(
             .values()
             .filter(|t| t.status.state == TaskState::Running && t.spec == svc.spec.task_template)
             .count();
-        let mut text = format!("overall progress: {running} out of {desired} tasks\n");
-        for (i, t) in slots.values().enumerate() {
-            let label = if t.slot > 0 {
-                format!("{}/{desired}", t.slot)
-            } else {
-                t.node_id[..t.node_id.len().min(12)].to_owned()
-            };
-            let detail = if t.status.err.is_empty() {
-                bar(t.status.state)
-            } else {
-                t.status.err.clone()
-            };
-            text += &format!("{label}: {:<9} {detail}\n", t.status.state.name());
-            if i >= 200 {
-                break;
-            }
-        }
+        let text = progress_text(&slots, running, desired);
         let done = running == desired && slots.len() == desired && !updating;
         if let Some((version, expect)) = after {
             // The service as it was before the update may still be what this node reads.
@@ -1355,16 +1394,7 @@ async fn converge_after(
 
 pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failure> {
     match command {
-        Command::Create(args) => {
-            let (detach, quiet) = (args.detach, args.quiet);
-            let spec = spec(*args)?;
-            let id: String =
-                serde_json::from_value(call(host, ServiceCall::Create(Box::new(spec))).await?)?;
-            println!("{id}");
-            if !detach && !quiet {
-                converge(host, &id).await?;
-            }
-        }
+        Command::Create(args) => create(host, *args).await?,
         Command::Ls { quiet, format } => {
             let services: Vec<Service> =
                 serde_json::from_value(call(host, ServiceCall::List).await?)?;
@@ -1397,134 +1427,14 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             pretty,
             format,
             services,
-        } => {
-            let found: Vec<Service> =
-                serde_json::from_value(call(host, ServiceCall::Inspect { ids: services }).await?)?;
-            if pretty {
-                for service in &found {
-                    print!("{}", crate::commands::pretty::service(service));
-                }
-            } else {
-                crate::output::print_objects(format.as_ref(), &found)?;
-            }
-        }
-        Command::Update(args) => {
-            let found: Vec<Service> = serde_json::from_value(
-                call(
-                    host,
-                    ServiceCall::Inspect {
-                        ids: vec![args.service.clone()],
-                    },
-                )
-                .await?,
-            )?;
-            let current = found
-                .into_iter()
-                .next()
-                .ok_or_else(|| Failure(format!("service {} not found", args.service)))?;
-            if args.rollback {
-                call(
-                    host,
-                    ServiceCall::Rollback {
-                        id: current.id.clone(),
-                        version: None,
-                    },
-                )
-                .await?;
-            } else {
-                let networks: Vec<shoal_api::service::Network> =
-                    serde_json::from_value(call(host, NetworkCall::List).await?)?;
-                let ids: HashMap<String, String> = networks
-                    .into_iter()
-                    .flat_map(|n| [(n.spec.name.clone(), n.id.clone()), (n.id.clone(), n.id)])
-                    .collect();
-                let spec = updated_spec(current.spec.clone(), &args, &ids)?;
-                call(
-                    host,
-                    ServiceCall::Update {
-                        id: current.id.clone(),
-                        version: current.version.index,
-                        spec: Box::new(spec),
-                    },
-                )
-                .await?;
-            }
-            println!("{}", current.spec.name);
-            if !args.detach && !args.quiet {
-                converge_after(
-                    host,
-                    &current.id,
-                    Some((current.version.index, Expect::Update)),
-                )
-                .await?;
-            }
-        }
+        } => inspect(host, services, pretty, format.as_ref()).await?,
+        Command::Update(args) => update(host, &args).await?,
         Command::Rollback {
             detach,
             quiet,
             service,
-        } => {
-            let found: Vec<Service> = serde_json::from_value(
-                call(
-                    host,
-                    ServiceCall::Inspect {
-                        ids: vec![service.clone()],
-                    },
-                )
-                .await?,
-            )?;
-            let current = found
-                .into_iter()
-                .next()
-                .ok_or_else(|| Failure(format!("service {service} not found")))?;
-            call(
-                host,
-                ServiceCall::Rollback {
-                    id: current.id.clone(),
-                    version: None,
-                },
-            )
-            .await?;
-            println!("{}", current.spec.name);
-            if !detach && !quiet {
-                converge_after(
-                    host,
-                    &current.id,
-                    Some((current.version.index, Expect::Rollback)),
-                )
-                .await?;
-            }
-        }
-        Command::Scale { detach, scales } => {
-            let mut parsed = Vec::new();
-            for s in &scales {
-                let (name, n) = s.split_once('=').ok_or_else(|| {
-                    Failure(format!(
-                        "invalid scale specifier {s:?}: expected SERVICE=REPLICAS"
-                    ))
-                })?;
-                let n: u64 = n.parse().map_err(|_| {
-                    Failure(format!(
-                        "invalid replicas value {n:?} for service {name}: expected a number"
-                    ))
-                })?;
-                parsed.push((name.to_owned(), n));
-            }
-            for (name, replicas) in parsed {
-                call(
-                    host,
-                    ServiceCall::Scale {
-                        id: name.clone(),
-                        replicas,
-                    },
-                )
-                .await?;
-                println!("{name} scaled to {replicas}");
-                if !detach {
-                    converge(host, &name).await?;
-                }
-            }
-        }
+        } => rollback(host, &service, detach, quiet).await?,
+        Command::Scale { detach, scales } => scale(host, &scales, detach).await?,
         Command::Rm { services } => {
             call(
                 host,
@@ -1536,6 +1446,162 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             for s in services {
                 println!("{s}");
             }
+        }
+    }
+    Ok(())
+}
+
+/// `service create`: creates the service and prints its ID, then shows it converge unless
+/// detached or quiet.
+async fn create(host: &DaemonHost, args: CreateArgs) -> Result<(), Failure> {
+    let (detach, quiet) = (args.detach, args.quiet);
+    let spec = spec(args)?;
+    let id: String =
+        serde_json::from_value(call(host, ServiceCall::Create(Box::new(spec))).await?)?;
+    println!("{id}");
+    if !detach && !quiet {
+        converge(host, &id).await?;
+    }
+    Ok(())
+}
+
+/// `service inspect`: the services in `format`, or as the docker CLI's `--pretty` lays them out.
+async fn inspect(
+    host: &DaemonHost,
+    services: Vec<String>,
+    pretty: bool,
+    format: Option<&Format>,
+) -> Result<(), Failure> {
+    let found: Vec<Service> =
+        serde_json::from_value(call(host, ServiceCall::Inspect { ids: services }).await?)?;
+    if pretty {
+        for service in &found {
+            print!("{}", crate::commands::pretty::service(service));
+        }
+    } else {
+        crate::output::print_objects(format, &found)?;
+    }
+    Ok(())
+}
+
+/// The service `service` names (name, ID or ID prefix), as the swarm has it now.
+async fn find(host: &DaemonHost, service: &str) -> Result<Service, Failure> {
+    let found: Vec<Service> = serde_json::from_value(
+        call(
+            host,
+            ServiceCall::Inspect {
+                ids: vec![service.to_owned()],
+            },
+        )
+        .await?,
+    )?;
+    found
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure(format!("service {service} not found")))
+}
+
+/// `service update`: changes the service as `args` say (or rolls it back with `--rollback`),
+/// then shows it converge unless detached or quiet.
+async fn update(host: &DaemonHost, args: &UpdateArgs) -> Result<(), Failure> {
+    let current = find(host, &args.service).await?;
+    if args.rollback {
+        call(
+            host,
+            ServiceCall::Rollback {
+                id: current.id.clone(),
+                version: None,
+            },
+        )
+        .await?;
+    } else {
+        let networks: Vec<shoal_api::service::Network> =
+            serde_json::from_value(call(host, NetworkCall::List).await?)?;
+        let ids: HashMap<String, String> = networks
+            .into_iter()
+            .flat_map(|n| [(n.spec.name.clone(), n.id.clone()), (n.id.clone(), n.id)])
+            .collect();
+        let spec = updated_spec(current.spec.clone(), args, &ids)?;
+        call(
+            host,
+            ServiceCall::Update {
+                id: current.id.clone(),
+                version: current.version.index,
+                spec: Box::new(spec),
+            },
+        )
+        .await?;
+    }
+    println!("{}", current.spec.name);
+    if !args.detach && !args.quiet {
+        converge_after(
+            host,
+            &current.id,
+            Some((current.version.index, Expect::Update)),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// `service rollback`: reverts the service to its previous spec, then shows it converge unless
+/// detached or quiet.
+async fn rollback(
+    host: &DaemonHost,
+    service: &str,
+    detach: bool,
+    quiet: bool,
+) -> Result<(), Failure> {
+    let current = find(host, service).await?;
+    call(
+        host,
+        ServiceCall::Rollback {
+            id: current.id.clone(),
+            version: None,
+        },
+    )
+    .await?;
+    println!("{}", current.spec.name);
+    if !detach && !quiet {
+        converge_after(
+            host,
+            &current.id,
+            Some((current.version.index, Expect::Rollback)),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// `service scale`: checks every SERVICE=REPLICAS first, then scales each service in turn,
+/// showing it converge unless detached.
+async fn scale(host: &DaemonHost, scales: &[String], detach: bool) -> Result<(), Failure> {
+    let mut parsed = Vec::new();
+    for s in scales {
+        let (name, n) = s.split_once('=').ok_or_else(|| {
+            Failure(format!(
+                "invalid scale specifier {s:?}: expected SERVICE=REPLICAS"
+            ))
+        })?;
+        let n: u64 = n.parse().map_err(|_| {
+            Failure(format!(
+                "invalid replicas value {n:?} for service {name}: expected a number"
+            ))
+        })?;
+        parsed.push((name.to_owned(), n));
+    }
+    for (name, replicas) in parsed {
+        call(
+            host,
+            ServiceCall::Scale {
+                id: name.clone(),
+                replicas,
+            },
+        )
+        .await?;
+        println!("{name} scaled to {replicas}");
+        if !detach {
+            converge(host, &name).await?;
         }
     }
     Ok(())

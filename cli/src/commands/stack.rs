@@ -519,12 +519,41 @@ struct AsCreate {
     args: crate::commands::service::CreateArgs,
 }
 
+/// The plan for deploying `text`, a compose file in `dir`, as `stack` (variables from `env`),
+/// or what is wrong with the file.
 fn plan(
     stack: &str,
     text: &str,
     dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Plan, String> {
+    check_stack_name(stack)?;
+    let compose = read_compose(text, env)?;
+    let mut network_names = BTreeMap::new();
+    let networks = plan_networks(stack, &compose, &mut network_names)?;
+    let mut data_names = BTreeMap::new();
+    let data = plan_data(stack, &compose, dir, &mut data_names)?;
+    let declared = Declared {
+        stack,
+        dir,
+        volumes: &compose.volumes,
+        networks: &network_names,
+        data: &data_names,
+    };
+    let services = compose
+        .services
+        .iter()
+        .map(|(key, service)| service_spec(&declared, key, service))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Plan {
+        networks,
+        data,
+        services,
+    })
+}
+
+/// Refuses a stack name Docker would refuse.
+fn check_stack_name(stack: &str) -> Result<(), String> {
     let name_ok = stack
         .chars()
         .next()
@@ -537,6 +566,12 @@ fn plan(
             "invalid stack name {stack:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
         ));
     }
+    Ok(())
+}
+
+/// The compose file `text` read with its variables from `env`, its top level checked: no
+/// unknown keys, version 3, volumes declared without options.
+fn read_compose(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Compose, String> {
     let mut raw: Value =
         serde_norway::from_str(text).map_err(|e| format!("reading the compose file: {e}"))?;
     interpolate_all(&mut raw, env)?;
@@ -550,17 +585,6 @@ fn plan(
             "compose file version {version}: stack deploy takes version 3 files"
         ));
     }
-    let named = |name: &str| format!("{stack}_{name}");
-    let namespace = || BTreeMap::from([(NAMESPACE.to_owned(), stack.to_owned())]);
-    let label_map = |values: &Option<MapOrList>| -> BTreeMap<String, String> {
-        pairs(values)
-            .into_iter()
-            .map(|l| match l.split_once('=') {
-                Some((k, v)) => (k.to_owned(), v.to_owned()),
-                None => (l, String::new()),
-            })
-            .collect()
-    };
     for (name, volume) in &compose.volumes {
         if volume
             .as_ref()
@@ -571,9 +595,37 @@ fn plan(
             ));
         }
     }
+    Ok(compose)
+}
 
-    // Networks: those the services use (and `default` for a service that names none).
-    let mut network_names: BTreeMap<String, String> = BTreeMap::new();
+/// `name` in `stack`: `<stack>_<name>`.
+fn named(stack: &str, name: &str) -> String {
+    format!("{stack}_{name}")
+}
+
+/// The labels that put an object in `stack`.
+fn namespace(stack: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(NAMESPACE.to_owned(), stack.to_owned())])
+}
+
+/// Labels as compose writes them (a map, or a list of `key=value`) as a map.
+fn label_map(values: &Option<MapOrList>) -> BTreeMap<String, String> {
+    pairs(values)
+        .into_iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (l, String::new()),
+        })
+        .collect()
+}
+
+/// The networks the stack creates: those the services use (and `default` for a service that
+/// names none). `names` gets the full name of each network the services may name by its key.
+fn plan_networks(
+    stack: &str,
+    compose: &Compose,
+    names: &mut BTreeMap<String, String>,
+) -> Result<Vec<NetworkSpec>, String> {
     let mut networks = Vec::new();
     let uses_default = compose.services.values().any(|s| s.networks.is_none());
     let mut declared: Vec<(String, Option<&ComposeNetwork>)> = compose
@@ -586,10 +638,10 @@ fn plan(
     }
     for (key, network) in declared {
         let Some(network) = network else {
-            network_names.insert(key.clone(), named(&key));
+            names.insert(key.clone(), named(stack, &key));
             networks.push(NetworkSpec {
-                name: named(&key),
-                labels: namespace(),
+                name: named(stack, &key),
+                labels: namespace(stack),
                 driver_configuration: Driver {
                     name: "overlay".into(),
                     options: BTreeMap::new(),
@@ -599,76 +651,90 @@ fn plan(
             continue;
         };
         if network.external {
-            network_names.insert(key.clone(), network.name.clone().unwrap_or(key));
+            names.insert(key.clone(), network.name.clone().unwrap_or(key));
             continue;
         }
-        let driver = network.driver.clone().unwrap_or_else(|| "overlay".into());
-        if driver != "overlay" {
-            return Err(format!(
-                "networks.{key}: driver {driver:?} is not supported: Shoal's networks are overlay networks"
-            ));
-        }
-        if network
-            .ipam
-            .as_ref()
-            .and_then(|i| i.driver.as_ref())
-            .is_some_and(|d| d != "default")
-        {
-            return Err(format!(
-                "networks.{key}: only the default IPAM driver is supported"
-            ));
-        }
-        let full = network.name.clone().unwrap_or_else(|| named(&key));
-        let mut labels = label_map(&network.labels);
-        labels.extend(namespace());
-        let ipam_configs = network
-            .ipam
-            .iter()
-            .flat_map(|i| &i.config)
-            .map(|c| {
-                if let Some(other) = c
-                    .keys()
-                    .find(|k| !["subnet", "gateway"].contains(&k.as_str()))
-                {
-                    return Err(format!(
-                        "networks.{key}.ipam.config: Shoal does not support `{other}` (yet)"
-                    ));
-                }
-                Ok(IpamConfig {
-                    subnet: c.get("subnet").cloned().unwrap_or_default(),
-                    gateway: c.get("gateway").cloned().unwrap_or_default(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        network_names.insert(key.clone(), full.clone());
-        networks.push(NetworkSpec {
-            name: full,
-            labels,
-            driver_configuration: Driver {
-                name: driver,
-                options: network
-                    .driver_opts
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v.as_ref().map(ToString::to_string).unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-            },
-            ingress: false,
-            internal: network.internal,
-            attachable: network.attachable,
-            ipam_options: Ipam {
-                configs: ipam_configs,
-            },
-        });
+        let spec = network_spec(stack, &key, network)?;
+        names.insert(key.clone(), spec.name.clone());
+        networks.push(spec);
     }
+    Ok(networks)
+}
 
-    // Secrets and configs: a file's content becomes the object; external ones must exist.
+/// The network the stack creates for `networks.<key>` (not external), or why it cannot.
+fn network_spec(stack: &str, key: &str, network: &ComposeNetwork) -> Result<NetworkSpec, String> {
+    let driver = network.driver.clone().unwrap_or_else(|| "overlay".into());
+    if driver != "overlay" {
+        return Err(format!(
+            "networks.{key}: driver {driver:?} is not supported: Shoal's networks are overlay networks"
+        ));
+    }
+    if network
+        .ipam
+        .as_ref()
+        .and_then(|i| i.driver.as_ref())
+        .is_some_and(|d| d != "default")
+    {
+        return Err(format!(
+            "networks.{key}: only the default IPAM driver is supported"
+        ));
+    }
+    let full = network.name.clone().unwrap_or_else(|| named(stack, key));
+    let mut labels = label_map(&network.labels);
+    labels.extend(namespace(stack));
+    let ipam_configs = network
+        .ipam
+        .iter()
+        .flat_map(|i| &i.config)
+        .map(|c| {
+            if let Some(other) = c
+                .keys()
+                .find(|k| !["subnet", "gateway"].contains(&k.as_str()))
+            {
+                return Err(format!(
+                    "networks.{key}.ipam.config: Shoal does not support `{other}` (yet)"
+                ));
+            }
+            Ok(IpamConfig {
+                subnet: c.get("subnet").cloned().unwrap_or_default(),
+                gateway: c.get("gateway").cloned().unwrap_or_default(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NetworkSpec {
+        name: full,
+        labels,
+        driver_configuration: Driver {
+            name: driver,
+            options: network
+                .driver_opts
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        },
+        ingress: false,
+        internal: network.internal,
+        attachable: network.attachable,
+        ipam_options: Ipam {
+            configs: ipam_configs,
+        },
+    })
+}
+
+/// The secrets and configs the stack creates: a file's content becomes the object; external
+/// ones must exist. `names` gets the full name of each, by its kind and key.
+fn plan_data(
+    stack: &str,
+    compose: &Compose,
+    dir: &Path,
+    names: &mut BTreeMap<(DataKind, String), String>,
+) -> Result<Vec<(DataKind, DataSpec)>, String> {
     let mut data = Vec::new();
-    let mut data_names: BTreeMap<(DataKind, String), String> = BTreeMap::new();
     for (kind, declared) in [
         (DataKind::Secret, &compose.secrets),
         (DataKind::Config, &compose.configs),
@@ -678,10 +744,10 @@ fn plan(
                 if item.external {
                     key.clone()
                 } else {
-                    named(key)
+                    named(stack, key)
                 }
             });
-            data_names.insert((kind, key.clone()), full.clone());
+            names.insert((kind, key.clone()), full.clone());
             if item.external {
                 continue;
             }
@@ -700,7 +766,7 @@ fn plan(
                 ));
             }
             let mut labels = label_map(&item.labels);
-            labels.extend(namespace());
+            labels.extend(namespace(stack));
             data.push((
                 kind,
                 DataSpec {
@@ -711,348 +777,412 @@ fn plan(
             ));
         }
     }
+    Ok(data)
+}
 
-    let mut services = Vec::new();
-    for (key, service) in &compose.services {
-        let at = format!("services.{key}");
-        refuse_unknown(&service.rest, &at)?;
-        let image = service
-            .image
-            .clone()
-            .ok_or_else(|| format!("{at}: an image is required"))?;
-        let mut argv: Vec<String> = vec!["--name".into(), named(key), "--detach".into()];
-        let mut flag = |name: &str, value: String| {
-            argv.push(format!("--{name}"));
-            argv.push(value);
-        };
-        flag("label", format!("{NAMESPACE}={stack}"));
-        flag("label", format!("com.docker.stack.image={image}"));
-        flag("container-label", format!("{NAMESPACE}={stack}"));
-        for l in pairs(&service.labels) {
-            flag("container-label", l);
+/// What a compose service's flags refer to: the stack, the file's directory, and the full
+/// names of what the file declares.
+#[derive(Debug)]
+struct Declared<'a> {
+    stack: &'a str,
+    dir: &'a Path,
+    volumes: &'a BTreeMap<String, Option<Value>>,
+    networks: &'a BTreeMap<String, String>,
+    data: &'a BTreeMap<(DataKind, String), String>,
+}
+
+/// Adds `--name value` to `argv`.
+fn flag(argv: &mut Vec<String>, name: &str, value: String) {
+    argv.push(format!("--{name}"));
+    argv.push(value);
+}
+
+/// The spec of `services.<key>`: the `service create` flags it means, read as `shoal service
+/// create` reads them.
+fn service_spec(
+    declared: &Declared<'_>,
+    key: &str,
+    service: &ComposeService,
+) -> Result<ServiceSpec, String> {
+    let stack = declared.stack;
+    let at = format!("services.{key}");
+    refuse_unknown(&service.rest, &at)?;
+    let image = service
+        .image
+        .clone()
+        .ok_or_else(|| format!("{at}: an image is required"))?;
+    let mut argv: Vec<String> = vec!["--name".into(), named(stack, key), "--detach".into()];
+    flag(&mut argv, "label", format!("{NAMESPACE}={stack}"));
+    flag(
+        &mut argv,
+        "label",
+        format!("com.docker.stack.image={image}"),
+    );
+    flag(&mut argv, "container-label", format!("{NAMESPACE}={stack}"));
+    for l in pairs(&service.labels) {
+        flag(&mut argv, "container-label", l);
+    }
+    for e in pairs(&service.environment) {
+        flag(&mut argv, "env", e);
+    }
+    for port in &service.ports {
+        flag(&mut argv, "publish", publish(port));
+    }
+    network_flags(declared, &at, service, &mut argv)?;
+    data_flags(declared, &at, service, &mut argv)?;
+    mount_flags(declared, &at, service, &mut argv)?;
+    if let Some(user) = &service.user {
+        flag(&mut argv, "user", user.to_string());
+    }
+    for (name, value) in [
+        ("workdir", &service.working_dir),
+        ("hostname", &service.hostname),
+        ("stop-signal", &service.stop_signal),
+        ("stop-grace-period", &service.stop_grace_period),
+    ] {
+        if let Some(value) = value {
+            flag(&mut argv, name, value.clone());
         }
-        for e in pairs(&service.environment) {
-            flag("env", e);
-        }
-        for port in &service.ports {
-            flag(
-                "publish",
-                match port {
-                    PortSpec::Short(short) => short.to_string(),
-                    PortSpec::Long {
-                        target,
-                        published,
-                        protocol,
-                        mode,
-                    } => {
-                        let mut long = format!("target={target}");
-                        if let Some(p) = published {
-                            long += &format!(",published={p}");
-                        }
-                        if let Some(p) = protocol {
-                            long += &format!(",protocol={p}");
-                        }
-                        if let Some(m) = mode {
-                            long += &format!(",mode={m}");
-                        }
-                        long
-                    }
-                },
-            );
-        }
-        let attachments: Vec<(String, Vec<String>)> = match &service.networks {
-            None => vec![("default".into(), Vec::new())],
-            Some(ServiceNetworks::List(list)) => {
-                list.iter().map(|n| (n.clone(), Vec::new())).collect()
+    }
+    if service.read_only == Some(true) {
+        argv.push("--read-only".into());
+    }
+    if service.init == Some(true) {
+        argv.push("--init".into());
+    }
+    if let Some(health) = &service.healthcheck {
+        healthcheck_flags(&at, health, &mut argv)?;
+    }
+    if let Some(deploy) = &service.deploy {
+        deploy_flags(&at, deploy, &mut argv)?;
+    }
+    argv.push(image);
+    if let Some(command) = &service.command {
+        argv.push("--".into());
+        argv.extend(words(command).map_err(|e| format!("{at}.command: {e}"))?);
+    }
+    let parsed = AsCreate::try_parse_from(&argv).map_err(|e| {
+        let text = e.to_string();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        format!("{at}: {first}")
+    })?;
+    crate::commands::service::spec(parsed.args).map_err(|e| format!("{at}: {}", e.0))
+}
+
+/// A port as `--publish` takes it.
+fn publish(port: &PortSpec) -> String {
+    match port {
+        PortSpec::Short(short) => short.to_string(),
+        PortSpec::Long {
+            target,
+            published,
+            protocol,
+            mode,
+        } => {
+            let mut long = format!("target={target}");
+            if let Some(p) = published {
+                long += &format!(",published={p}");
             }
-            Some(ServiceNetworks::Map(map)) => map
-                .iter()
-                .map(|(n, o)| {
-                    (
-                        n.clone(),
-                        o.as_ref().map(|o| o.aliases.clone()).unwrap_or_default(),
-                    )
-                })
-                .collect(),
-        };
-        for (network, aliases) in attachments {
-            let full = network_names.get(&network).ok_or_else(|| {
-                format!("{at}: network {network} is not declared in the file's networks")
-            })?;
-            let mut value = format!("name={full}");
-            for alias in aliases {
-                value += &format!(",alias={alias}");
+            if let Some(p) = protocol {
+                long += &format!(",protocol={p}");
             }
-            flag("network", value);
-        }
-        for (kind, refs) in [
-            (DataKind::Secret, &service.secrets),
-            (DataKind::Config, &service.configs),
-        ] {
-            for r in refs {
-                let (source, target, uid, gid, file_mode) = match r {
-                    DataRef::Short(source) => (source, None, None, None, None),
-                    DataRef::Long {
-                        source,
-                        target,
-                        uid,
-                        gid,
-                        mode,
-                    } => (
-                        source,
-                        target.clone(),
-                        uid.as_ref(),
-                        gid.as_ref(),
-                        mode.as_ref(),
-                    ),
-                };
-                let full = data_names.get(&(kind, source.clone())).ok_or_else(|| {
-                    format!("{at}: {kind} {source} is not declared in the file's {kind}s")
-                })?;
-                let target = target.unwrap_or_else(|| match kind {
-                    DataKind::Secret => source.clone(),
-                    DataKind::Config => format!("/{source}"),
-                });
-                let mut value = format!("source={full},target={target}");
-                if let Some(uid) = uid {
-                    value += &format!(",uid={uid}");
-                }
-                if let Some(gid) = gid {
-                    value += &format!(",gid={gid}");
-                }
-                if let Some(m) = file_mode {
-                    value += &format!(",mode={}", mode(m).map_err(|e| format!("{at}: {e}"))?);
-                }
-                flag(kind.name(), value);
+            if let Some(m) = mode {
+                long += &format!(",mode={m}");
             }
+            long
         }
-        for volume in &service.volumes {
-            let (kind, source, target, read_only) = match volume {
-                VolumeSpec::Short(short) => {
-                    let parts: Vec<&str> = short.split(':').collect();
-                    match parts[..] {
-                        [source, target] => (None, source.to_owned(), target.to_owned(), false),
-                        [source, target, "ro"] => {
-                            (None, source.to_owned(), target.to_owned(), true)
-                        }
-                        [source, target, "rw"] => {
-                            (None, source.to_owned(), target.to_owned(), false)
-                        }
-                        _ => {
-                            return Err(format!(
-                                "{at}: invalid volume {short:?}: want SOURCE:TARGET[:ro]"
-                            ));
-                        }
-                    }
-                }
-                VolumeSpec::Long {
-                    kind,
+    }
+}
+
+/// A `--network` for each network the service at `at` attaches to (`default` when it names
+/// none), or which one the file does not declare.
+fn network_flags(
+    declared: &Declared<'_>,
+    at: &str,
+    service: &ComposeService,
+    argv: &mut Vec<String>,
+) -> Result<(), String> {
+    let attachments: Vec<(String, Vec<String>)> = match &service.networks {
+        None => vec![("default".into(), Vec::new())],
+        Some(ServiceNetworks::List(list)) => list.iter().map(|n| (n.clone(), Vec::new())).collect(),
+        Some(ServiceNetworks::Map(map)) => map
+            .iter()
+            .map(|(n, o)| {
+                (
+                    n.clone(),
+                    o.as_ref().map(|o| o.aliases.clone()).unwrap_or_default(),
+                )
+            })
+            .collect(),
+    };
+    for (network, aliases) in attachments {
+        let full = declared.networks.get(&network).ok_or_else(|| {
+            format!("{at}: network {network} is not declared in the file's networks")
+        })?;
+        let mut value = format!("name={full}");
+        for alias in aliases {
+            value += &format!(",alias={alias}");
+        }
+        flag(argv, "network", value);
+    }
+    Ok(())
+}
+
+/// A `--secret` or `--config` for each secret and config the service at `at` uses, or which
+/// one the file does not declare.
+fn data_flags(
+    declared: &Declared<'_>,
+    at: &str,
+    service: &ComposeService,
+    argv: &mut Vec<String>,
+) -> Result<(), String> {
+    for (kind, refs) in [
+        (DataKind::Secret, &service.secrets),
+        (DataKind::Config, &service.configs),
+    ] {
+        for r in refs {
+            let (source, target, uid, gid, file_mode) = match r {
+                DataRef::Short(source) => (source, None, None, None, None),
+                DataRef::Long {
                     source,
                     target,
-                    read_only,
+                    uid,
+                    gid,
+                    mode,
                 } => (
-                    Some(kind.clone()),
-                    source.clone().unwrap_or_default(),
+                    source,
                     target.clone(),
-                    *read_only,
+                    uid.as_ref(),
+                    gid.as_ref(),
+                    mode.as_ref(),
                 ),
             };
-            let bind = source.starts_with('/') || source.starts_with('.');
-            let kind = kind.unwrap_or_else(|| if bind { "bind".into() } else { "volume".into() });
-            let source = match kind.as_str() {
-                "bind" if !source.starts_with('/') => dir.join(&source).display().to_string(),
-                "volume" if !source.is_empty() => {
-                    if !compose.volumes.contains_key(&source) {
+            let full = declared.data.get(&(kind, source.clone())).ok_or_else(|| {
+                format!("{at}: {kind} {source} is not declared in the file's {kind}s")
+            })?;
+            let target = target.unwrap_or_else(|| match kind {
+                DataKind::Secret => source.clone(),
+                DataKind::Config => format!("/{source}"),
+            });
+            let mut value = format!("source={full},target={target}");
+            if let Some(uid) = uid {
+                value += &format!(",uid={uid}");
+            }
+            if let Some(gid) = gid {
+                value += &format!(",gid={gid}");
+            }
+            if let Some(m) = file_mode {
+                value += &format!(",mode={}", mode(m).map_err(|e| format!("{at}: {e}"))?);
+            }
+            flag(argv, kind.name(), value);
+        }
+    }
+    Ok(())
+}
+
+/// A `--mount` for each volume of the service at `at` (a relative bind source taken from the
+/// file's directory), or what is wrong with it.
+fn mount_flags(
+    declared: &Declared<'_>,
+    at: &str,
+    service: &ComposeService,
+    argv: &mut Vec<String>,
+) -> Result<(), String> {
+    for volume in &service.volumes {
+        let (kind, source, target, read_only) = match volume {
+            VolumeSpec::Short(short) => {
+                let parts: Vec<&str> = short.split(':').collect();
+                match parts[..] {
+                    [source, target] => (None, source.to_owned(), target.to_owned(), false),
+                    [source, target, "ro"] => (None, source.to_owned(), target.to_owned(), true),
+                    [source, target, "rw"] => (None, source.to_owned(), target.to_owned(), false),
+                    _ => {
                         return Err(format!(
-                            "{at}: volume {source} is not declared in the file's volumes"
+                            "{at}: invalid volume {short:?}: want SOURCE:TARGET[:ro]"
                         ));
                     }
-                    named(&source)
                 }
-                _ => source,
-            };
-            let mut value = format!("type={kind},target={target}");
-            if !source.is_empty() {
-                value += &format!(",source={source}");
             }
-            if read_only {
-                value += ",readonly";
+            VolumeSpec::Long {
+                kind,
+                source,
+                target,
+                read_only,
+            } => (
+                Some(kind.clone()),
+                source.clone().unwrap_or_default(),
+                target.clone(),
+                *read_only,
+            ),
+        };
+        let bind = source.starts_with('/') || source.starts_with('.');
+        let kind = kind.unwrap_or_else(|| if bind { "bind".into() } else { "volume".into() });
+        let source = match kind.as_str() {
+            "bind" if !source.starts_with('/') => declared.dir.join(&source).display().to_string(),
+            "volume" if !source.is_empty() => {
+                if !declared.volumes.contains_key(&source) {
+                    return Err(format!(
+                        "{at}: volume {source} is not declared in the file's volumes"
+                    ));
+                }
+                named(declared.stack, &source)
             }
-            flag("mount", value);
+            _ => source,
+        };
+        let mut value = format!("type={kind},target={target}");
+        if !source.is_empty() {
+            value += &format!(",source={source}");
         }
-        if let Some(user) = &service.user {
-            flag("user", user.to_string());
+        if read_only {
+            value += ",readonly";
+        }
+        flag(argv, "mount", value);
+    }
+    Ok(())
+}
+
+/// The `--health-*` flags (or `--no-healthcheck`) of the healthcheck of the service at `at`,
+/// or what is wrong with its test.
+fn healthcheck_flags(at: &str, health: &Healthcheck, argv: &mut Vec<String>) -> Result<(), String> {
+    if health.disable {
+        argv.push("--no-healthcheck".into());
+    } else {
+        match &health.test {
+            Some(StringOrList::String(cmd)) => flag(argv, "health-cmd", cmd.clone()),
+            Some(StringOrList::List(list)) => match list.split_first() {
+                Some((first, rest)) if first == "CMD-SHELL" => {
+                    flag(argv, "health-cmd", rest.join(" "))
+                }
+                Some((first, rest)) if first == "CMD" => flag(argv, "health-cmd", rest.join(" ")),
+                Some((first, _)) if first == "NONE" => argv.push("--no-healthcheck".into()),
+                _ => {
+                    return Err(format!(
+                        "{at}.healthcheck.test: want [\"CMD\", ...], [\"CMD-SHELL\", \"...\"] or a string"
+                    ));
+                }
+            },
+            None => {}
         }
         for (name, value) in [
-            ("workdir", &service.working_dir),
-            ("hostname", &service.hostname),
-            ("stop-signal", &service.stop_signal),
-            ("stop-grace-period", &service.stop_grace_period),
+            ("health-interval", &health.interval),
+            ("health-timeout", &health.timeout),
+            ("health-start-period", &health.start_period),
         ] {
             if let Some(value) = value {
-                flag(name, value.clone());
+                flag(argv, name, value.clone());
             }
         }
-        if service.read_only == Some(true) {
-            argv.push("--read-only".into());
+        if let Some(n) = health.retries {
+            flag(argv, "health-retries", n.to_string());
         }
-        if service.init == Some(true) {
-            argv.push("--init".into());
-        }
-        if let Some(health) = &service.healthcheck {
-            let mut flag = |name: &str, value: String| {
-                argv.push(format!("--{name}"));
-                argv.push(value);
-            };
-            if health.disable {
-                argv.push("--no-healthcheck".into());
-            } else {
-                match &health.test {
-                    Some(StringOrList::String(cmd)) => flag("health-cmd", cmd.clone()),
-                    Some(StringOrList::List(list)) => match list.split_first() {
-                        Some((first, rest)) if first == "CMD-SHELL" => {
-                            flag("health-cmd", rest.join(" "))
-                        }
-                        Some((first, rest)) if first == "CMD" => flag("health-cmd", rest.join(" ")),
-                        Some((first, _)) if first == "NONE" => argv.push("--no-healthcheck".into()),
-                        _ => {
-                            return Err(format!(
-                                "{at}.healthcheck.test: want [\"CMD\", ...], [\"CMD-SHELL\", \"...\"] or a string"
-                            ));
-                        }
-                    },
-                    None => {}
-                }
-                let mut flag = |name: &str, value: String| {
-                    argv.push(format!("--{name}"));
-                    argv.push(value);
-                };
-                for (name, value) in [
-                    ("health-interval", &health.interval),
-                    ("health-timeout", &health.timeout),
-                    ("health-start-period", &health.start_period),
-                ] {
-                    if let Some(value) = value {
-                        flag(name, value.clone());
-                    }
-                }
-                if let Some(n) = health.retries {
-                    flag("health-retries", n.to_string());
-                }
-            }
-        }
-        if let Some(deploy) = &service.deploy {
-            let mut flag = |name: &str, value: String| {
-                argv.push(format!("--{name}"));
-                argv.push(value);
-            };
-            if let Some(mode) = &deploy.mode {
-                flag("mode", mode.clone());
-            }
-            if let Some(n) = deploy.replicas {
-                flag("replicas", n.to_string());
-            }
-            for l in pairs(&deploy.labels) {
-                flag("label", l);
-            }
-            if let Some(mode) = &deploy.endpoint_mode {
-                flag("endpoint-mode", mode.clone());
-            }
-            if let Some(placement) = &deploy.placement {
-                for c in &placement.constraints {
-                    flag("constraint", c.clone());
-                }
-                for p in &placement.preferences {
-                    for (k, v) in p {
-                        flag("placement-pref", format!("{k}={v}"));
-                    }
-                }
-                if let Some(n) = placement.max_replicas_per_node {
-                    flag("replicas-max-per-node", n.to_string());
-                }
-            }
-            if let Some(resources) = &deploy.resources {
-                for (which, resource) in [
-                    ("limit", &resources.limits),
-                    ("reserve", &resources.reservations),
-                ] {
-                    let Some(resource) = resource else { continue };
-                    if let Some(cpus) = &resource.cpus {
-                        flag(&format!("{which}-cpu"), cpus.to_string());
-                    }
-                    if let Some(memory) = &resource.memory {
-                        flag(&format!("{which}-memory"), memory.to_string());
-                    }
-                    if let Some(pids) = resource.pids {
-                        if which == "reserve" {
-                            return Err(format!(
-                                "{at}.deploy.resources.reservations: pids is a limit only"
-                            ));
-                        }
-                        flag("limit-pids", pids.to_string());
-                    }
-                }
-            }
-            if let Some(restart) = &deploy.restart_policy {
-                if let Some(c) = &restart.condition {
-                    flag("restart-condition", c.clone());
-                }
-                if let Some(d) = &restart.delay {
-                    flag("restart-delay", d.clone());
-                }
-                if let Some(n) = restart.max_attempts {
-                    flag("restart-max-attempts", n.to_string());
-                }
-                if let Some(w) = &restart.window {
-                    flag("restart-window", w.clone());
-                }
-            }
-            for (prefix, rolling) in [
-                ("update", &deploy.update_config),
-                ("rollback", &deploy.rollback_config),
-            ] {
-                let Some(rolling) = rolling else { continue };
-                if let Some(n) = rolling.parallelism {
-                    flag(&format!("{prefix}-parallelism"), n.to_string());
-                }
-                for (name, value) in [
-                    ("delay", &rolling.delay),
-                    ("failure-action", &rolling.failure_action),
-                    ("monitor", &rolling.monitor),
-                    ("order", &rolling.order),
-                ] {
-                    if let Some(value) = value {
-                        flag(&format!("{prefix}-{name}"), value.clone());
-                    }
-                }
-                if let Some(r) = &rolling.max_failure_ratio {
-                    flag(&format!("{prefix}-max-failure-ratio"), r.to_string());
-                }
-            }
-        }
-        argv.push(image);
-        if let Some(command) = &service.command {
-            argv.push("--".into());
-            argv.extend(words(command).map_err(|e| format!("{at}.command: {e}"))?);
-        }
-        let parsed = AsCreate::try_parse_from(&argv).map_err(|e| {
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ");
-            format!("{at}: {first}")
-        })?;
-        let spec =
-            crate::commands::service::spec(parsed.args).map_err(|e| format!("{at}: {}", e.0))?;
-        services.push(spec);
     }
-    Ok(Plan {
-        networks,
-        data,
-        services,
-    })
+    Ok(())
+}
+
+/// The flags of the `deploy` section of the service at `at`, or what is wrong with it.
+fn deploy_flags(at: &str, deploy: &Deploy, argv: &mut Vec<String>) -> Result<(), String> {
+    if let Some(mode) = &deploy.mode {
+        flag(argv, "mode", mode.clone());
+    }
+    if let Some(n) = deploy.replicas {
+        flag(argv, "replicas", n.to_string());
+    }
+    for l in pairs(&deploy.labels) {
+        flag(argv, "label", l);
+    }
+    if let Some(mode) = &deploy.endpoint_mode {
+        flag(argv, "endpoint-mode", mode.clone());
+    }
+    if let Some(placement) = &deploy.placement {
+        for c in &placement.constraints {
+            flag(argv, "constraint", c.clone());
+        }
+        for p in &placement.preferences {
+            for (k, v) in p {
+                flag(argv, "placement-pref", format!("{k}={v}"));
+            }
+        }
+        if let Some(n) = placement.max_replicas_per_node {
+            flag(argv, "replicas-max-per-node", n.to_string());
+        }
+    }
+    if let Some(resources) = &deploy.resources {
+        resource_flags(at, resources, argv)?;
+    }
+    if let Some(restart) = &deploy.restart_policy {
+        if let Some(c) = &restart.condition {
+            flag(argv, "restart-condition", c.clone());
+        }
+        if let Some(d) = &restart.delay {
+            flag(argv, "restart-delay", d.clone());
+        }
+        if let Some(n) = restart.max_attempts {
+            flag(argv, "restart-max-attempts", n.to_string());
+        }
+        if let Some(w) = &restart.window {
+            flag(argv, "restart-window", w.clone());
+        }
+    }
+    for (prefix, rolling) in [
+        ("update", &deploy.update_config),
+        ("rollback", &deploy.rollback_config),
+    ] {
+        if let Some(rolling) = rolling {
+            rolling_flags(prefix, rolling, argv);
+        }
+    }
+    Ok(())
+}
+
+/// The `--limit-*` and `--reserve-*` flags of `deploy.resources` of the service at `at`, or
+/// what is wrong with them.
+fn resource_flags(at: &str, resources: &Resources, argv: &mut Vec<String>) -> Result<(), String> {
+    for (which, resource) in [
+        ("limit", &resources.limits),
+        ("reserve", &resources.reservations),
+    ] {
+        let Some(resource) = resource else { continue };
+        if let Some(cpus) = &resource.cpus {
+            flag(argv, &format!("{which}-cpu"), cpus.to_string());
+        }
+        if let Some(memory) = &resource.memory {
+            flag(argv, &format!("{which}-memory"), memory.to_string());
+        }
+        if let Some(pids) = resource.pids {
+            if which == "reserve" {
+                return Err(format!(
+                    "{at}.deploy.resources.reservations: pids is a limit only"
+                ));
+            }
+            flag(argv, "limit-pids", pids.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// The `--<prefix>-*` flags of an `update_config` (`prefix` update) or `rollback_config`
+/// (`prefix` rollback).
+fn rolling_flags(prefix: &str, rolling: &Rolling, argv: &mut Vec<String>) {
+    if let Some(n) = rolling.parallelism {
+        flag(argv, &format!("{prefix}-parallelism"), n.to_string());
+    }
+    for (name, value) in [
+        ("delay", &rolling.delay),
+        ("failure-action", &rolling.failure_action),
+        ("monitor", &rolling.monitor),
+        ("order", &rolling.order),
+    ] {
+        if let Some(value) = value {
+            flag(argv, &format!("{prefix}-{name}"), value.clone());
+        }
+    }
+    if let Some(r) = &rolling.max_failure_ratio {
+        flag(argv, &format!("{prefix}-max-failure-ratio"), r.to_string());
+    }
 }
 
 /// The stack's objects of one kind: those labelled with its namespace.

@@ -255,9 +255,9 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             default_addr_pool_mask_length,
             autolock,
         } => {
-            let node = call(
+            init(
                 host,
-                Call::Init(InitArgs {
+                InitArgs {
                     advertise_addr,
                     listen_addr,
                     data_path_addr,
@@ -268,20 +268,9 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     default_addr_pool,
                     default_addr_pool_mask_length,
                     autolock,
-                }),
+                },
             )
             .await?;
-            println!(
-                "Swarm initialized: current node ({}) is now a manager.\n",
-                node.as_str().unwrap_or_default()
-            );
-            print_join_command(host, Role::Worker).await?;
-            println!(
-                "To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n"
-            );
-            if autolock {
-                print_unlock_key(&unlock_key(host, false).await?);
-            }
         }
         Command::Join {
             token,
@@ -293,47 +282,23 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                 },
             remote,
         } => {
-            let joined = call(
+            join(
                 host,
-                Call::Join(JoinArgs {
+                JoinArgs {
                     token,
                     remote,
                     advertise_addr,
                     listen_addr,
                     data_path_addr,
-                }),
+                },
             )
             .await?;
-            match joined.as_str() {
-                Some("manager") => println!("This node joined a swarm as a manager."),
-                _ => println!("This node joined a swarm as a worker."),
-            }
         }
         Command::JoinToken {
             quiet,
             rotate,
             role: which,
-        } => {
-            let which = role(&which);
-            if rotate {
-                call(
-                    host,
-                    ClusterCall::JoinToken {
-                        role: which,
-                        rotate: true,
-                    },
-                )
-                .await?;
-                if !quiet {
-                    println!("Successfully rotated {which} join token.\n");
-                }
-            }
-            if quiet {
-                println!("{}", token(host, which).await?);
-            } else {
-                print_join_command(host, which).await?;
-            }
-        }
+        } => join_token(host, role(&which), quiet, rotate).await?,
         Command::Leave { force } => {
             call(host, Call::Leave { force }).await?;
             println!("Node left the swarm.");
@@ -345,14 +310,9 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
             task_history_limit,
             autolock,
         } => {
-            let was_locking = if autolock == Some(true) {
-                !unlock_key(host, false).await?.is_empty()
-            } else {
-                false
-            };
-            call(
+            update(
                 host,
-                ClusterCall::Update(UpdateArgs {
+                UpdateArgs {
                     dispatcher_heartbeat_s: dispatcher_heartbeat,
                     snapshot_interval,
                     cert_expiry_s: cert_expiry,
@@ -360,72 +320,162 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
                     autolock,
                     ca_force_rotate: None,
                     version: None,
-                }),
+                },
             )
             .await?;
-            println!("Swarm updated.");
-            if autolock == Some(true) && !was_locking {
-                print_unlock_key(&unlock_key(host, false).await?);
-            }
         }
-        Command::Unlock => {
-            let state = crate::commands::info::local(host).await?.state;
-            match state.as_str() {
-                "locked" => {}
-                "inactive" => return Err(Failure("This node is not part of a swarm".into())),
-                _ => return Err(Failure("Error: swarm is not locked".into())),
-            }
-            let key = read_unlock_key()?;
-            call(host, Call::Unlock { key }).await?;
-        }
-        Command::UnlockKey { quiet, rotate } => {
-            if rotate {
-                let key = unlock_key(host, true).await?;
-                if !quiet {
-                    println!("Successfully rotated manager unlock key.\n");
-                    print_unlock_key(&key);
-                } else {
-                    println!("{key}");
-                }
-                return Ok(());
-            }
-            let key = unlock_key(host, false).await?;
-            if key.is_empty() {
-                return Err(Failure("no unlock key is set".into()));
-            }
-            if quiet {
-                println!("{key}");
-            } else {
-                print_unlock_key(&key);
-            }
-        }
+        Command::Unlock => unlock(host).await?,
+        Command::UnlockKey { quiet, rotate } => manage_unlock_key(host, quiet, rotate).await?,
         Command::Ca {
             rotate,
             cert_expiry,
             detach,
             quiet,
-        } => {
-            let cluster: Cluster = serde_json::from_value(
-                call(
-                    host,
-                    ClusterCall::Ca {
-                        rotate,
-                        cert_expiry_s: cert_expiry,
-                    },
-                )
-                .await?,
-            )?;
-            if rotate && !detach {
-                let done = rotation_progress(host, quiet).await?;
-                print!("{}", done.tls_info.trust_root);
-            } else {
-                print!("{}", cluster.tls_info.trust_root);
-            }
-        }
+        } => ca(host, rotate, cert_expiry, detach, quiet).await?,
         Command::Inspect => {
             let cluster: Cluster = serde_json::from_value(call(host, ClusterCall::Inspect).await?)?;
             println!("{}", serde_json::to_string_pretty(&[cluster])?);
         }
+    }
+    Ok(())
+}
+
+/// `swarm init`: this node becomes the first manager; prints how others join (and the unlock
+/// key with autolock).
+async fn init(host: &DaemonHost, args: InitArgs) -> Result<(), Failure> {
+    let autolock = args.autolock;
+    let node = call(host, Call::Init(args)).await?;
+    println!(
+        "Swarm initialized: current node ({}) is now a manager.\n",
+        node.as_str().unwrap_or_default()
+    );
+    print_join_command(host, Role::Worker).await?;
+    println!(
+        "To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n"
+    );
+    if autolock {
+        print_unlock_key(&unlock_key(host, false).await?);
+    }
+    Ok(())
+}
+
+/// `swarm join`: joins a swarm and says as what.
+async fn join(host: &DaemonHost, args: JoinArgs) -> Result<(), Failure> {
+    let joined = call(host, Call::Join(args)).await?;
+    match joined.as_str() {
+        Some("manager") => println!("This node joined a swarm as a manager."),
+        _ => println!("This node joined a swarm as a worker."),
+    }
+    Ok(())
+}
+
+/// `swarm join-token`: prints the join token of `which` (or the command that uses it), rotated
+/// first with `rotate`.
+async fn join_token(
+    host: &DaemonHost,
+    which: Role,
+    quiet: bool,
+    rotate: bool,
+) -> Result<(), Failure> {
+    if rotate {
+        call(
+            host,
+            ClusterCall::JoinToken {
+                role: which,
+                rotate: true,
+            },
+        )
+        .await?;
+        if !quiet {
+            println!("Successfully rotated {which} join token.\n");
+        }
+    }
+    if quiet {
+        println!("{}", token(host, which).await?);
+    } else {
+        print_join_command(host, which).await?;
+    }
+    Ok(())
+}
+
+/// `swarm update`: changes the cluster's settings; prints the unlock key when autolock is
+/// turned on.
+async fn update(host: &DaemonHost, args: UpdateArgs) -> Result<(), Failure> {
+    let autolock = args.autolock;
+    let was_locking = if autolock == Some(true) {
+        !unlock_key(host, false).await?.is_empty()
+    } else {
+        false
+    };
+    call(host, ClusterCall::Update(args)).await?;
+    println!("Swarm updated.");
+    if autolock == Some(true) && !was_locking {
+        print_unlock_key(&unlock_key(host, false).await?);
+    }
+    Ok(())
+}
+
+/// `swarm unlock`: gives a locked manager the unlock key.
+async fn unlock(host: &DaemonHost) -> Result<(), Failure> {
+    let state = crate::commands::info::local(host).await?.state;
+    match state.as_str() {
+        "locked" => {}
+        "inactive" => return Err(Failure("This node is not part of a swarm".into())),
+        _ => return Err(Failure("Error: swarm is not locked".into())),
+    }
+    let key = read_unlock_key()?;
+    call(host, Call::Unlock { key }).await?;
+    Ok(())
+}
+
+/// `swarm unlock-key`: prints the unlock key, rotated first with `rotate`.
+async fn manage_unlock_key(host: &DaemonHost, quiet: bool, rotate: bool) -> Result<(), Failure> {
+    if rotate {
+        let key = unlock_key(host, true).await?;
+        if !quiet {
+            println!("Successfully rotated manager unlock key.\n");
+            print_unlock_key(&key);
+        } else {
+            println!("{key}");
+        }
+        return Ok(());
+    }
+    let key = unlock_key(host, false).await?;
+    if key.is_empty() {
+        return Err(Failure("no unlock key is set".into()));
+    }
+    if quiet {
+        println!("{key}");
+    } else {
+        print_unlock_key(&key);
+    }
+    Ok(())
+}
+
+/// `swarm ca`: prints the root CA, rotated first with `rotate` (waiting for the rotation to
+/// converge unless `detach`).
+async fn ca(
+    host: &DaemonHost,
+    rotate: bool,
+    cert_expiry: Option<u64>,
+    detach: bool,
+    quiet: bool,
+) -> Result<(), Failure> {
+    let cluster: Cluster = serde_json::from_value(
+        call(
+            host,
+            ClusterCall::Ca {
+                rotate,
+                cert_expiry_s: cert_expiry,
+            },
+        )
+        .await?,
+    )?;
+    if rotate && !detach {
+        let done = rotation_progress(host, quiet).await?;
+        print!("{}", done.tls_info.trust_root);
+    } else {
+        print!("{}", cluster.tls_info.trust_root);
     }
     Ok(())
 }
