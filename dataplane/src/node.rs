@@ -104,6 +104,53 @@ pub struct Resolved {
 /// Usable peers by node name: their data-path address and WireGuard key.
 type UsablePeers<'a> = BTreeMap<&'a str, (Ipv4Addr, Option<Key>)>;
 
+/// The networks as resolved so far, and what the steps after them add to their layout.
+struct Nets<'a> {
+    /// The valid networks' facts (subnet, gateway, addresses and MACs in use), by ID.
+    facts: BTreeMap<&'a str, NetFacts>,
+    /// The network each VNI is used by.
+    vnis: BTreeMap<u32, String>,
+    /// What the kernel must hold.
+    layout: Layout,
+}
+
+/// What the remote endpoints leave for the routing mesh and WireGuard.
+struct Remote<'a> {
+    /// The network and address of each endpoint left out, so that backends there are too.
+    dropped_ips: BTreeSet<(String, Ipv4Addr)>,
+    /// The VNIs of the encrypted networks each peer has endpoints on, by node name.
+    peer_vnis: BTreeMap<&'a str, BTreeSet<u32>>,
+}
+
+/// Parses the subnet of the network `net` (at `at`): an IPv4 CIDR subnet of at most a /30,
+/// without host bits.
+fn parse_subnet(at: &str, net: &Network, problems: &mut Problems) -> Option<Ipv4Net> {
+    match net.subnet.parse::<Ipv4Net>() {
+        Ok(s) if s.prefix_len() > 30 => {
+            problems.push(
+                format!("{at}.subnet"),
+                format!("{s} is too small: a /30 at most"),
+            );
+            None
+        }
+        Ok(s) if s != s.trunc() => {
+            problems.push(
+                format!("{at}.subnet"),
+                format!("{s} has host bits set; did you mean {}?", s.trunc()),
+            );
+            None
+        }
+        Ok(s) => Some(s),
+        Err(_) => {
+            problems.push(
+                format!("{at}.subnet"),
+                format!("{:?} is not an IPv4 CIDR subnet", net.subnet),
+            );
+            None
+        }
+    }
+}
+
 impl DesiredState {
     /// Parses a desired state from JSON, naming the line and column of a syntax or type error.
     pub fn from_json(text: &str) -> Result<Self, InvalidState> {
@@ -146,120 +193,107 @@ impl DesiredState {
         );
 
         // Networks.
-        let mut nets: BTreeMap<&str, NetFacts> = BTreeMap::new();
-        let mut vnis: BTreeMap<u32, String> = BTreeMap::new();
-        let mut layout = Layout::default();
         let local = data_path.map_or(Ipv4Addr::UNSPECIFIED, |(a, _)| a);
+        let mut nets = self.resolve_networks(underlay_mtu, local, &mut problems);
+
+        // Local attachments, and the node's own place on the routing mesh's ingress network.
+        let ingress = self.ingress_attachment();
+        let mut interfaces: BTreeMap<(PathBuf, &str), String> = BTreeMap::new();
+        self.resolve_attachments(ingress.as_ref(), &mut nets, &mut interfaces, &mut problems);
+
+        nets.layout.way_out =
+            self.resolve_way_out(host, &nets.facts, &mut interfaces, &mut problems);
+
+        // Service VIPs: on a known network, in its subnet, with backends there.
+        let vips = self.resolve_vips(&nets.facts, &mut problems);
+
+        // Remote endpoints.
+        let remote = self.resolve_endpoints(
+            &peers,
+            &dropped_peers,
+            &mut nets,
+            &mut problems,
+            &mut left_out,
+        );
+        let mut layout = nets.layout;
+
+        // The routing mesh.
+        let mesh = self.mesh.as_ref().and_then(|m| {
+            let reserved = [self.data_path.port, self.data_path.wireguard_port];
+            mesh::model::resolve(
+                m,
+                &layout,
+                host,
+                &reserved,
+                &remote.dropped_ips,
+                &mut problems,
+                &mut left_out,
+            )
+        });
+
+        // WireGuard.
+        let private_key = self
+            .wireguard
+            .as_ref()
+            .and_then(|w| parse_key("wireguard.private_key", &w.private_key, &mut problems));
+
+        if !problems.0.is_empty() {
+            return Err(InvalidState {
+                problems: problems.0,
+            });
+        }
+        let (data_path_addr, underlay_mtu) =
+            data_path.expect("no problems, so the data path resolved");
+        let wireguard = self.wireguard_config(
+            &mut layout,
+            (data_path_addr, underlay_mtu),
+            private_key,
+            &peers,
+            &remote.peer_vnis,
+        );
+        // Plain networks' VXLAN sockets take datagrams to any address of the node's namespace,
+        // where anyone can reach them: only the peers may.
+        let vxlan_filter = layout
+            .networks
+            .values()
+            .any(|n| !n.device.encrypted)
+            .then(|| VxlanFilter {
+                port: self.data_path.port,
+                peers: peers.values().map(|(addr, _)| *addr).collect(),
+            });
+        Ok(Resolved {
+            layout,
+            wireguard,
+            vxlan_filter,
+            data_path_addr,
+            mesh,
+            left_out: left_out.0,
+            vips,
+        })
+    }
+
+    /// The networks: each one's ID, VNI, subnet, gateway and MTU checked against the others and
+    /// the data path (`underlay_mtu`, `local`), and the valid ones laid out.
+    fn resolve_networks(
+        &self,
+        underlay_mtu: u32,
+        local: Ipv4Addr,
+        problems: &mut Problems,
+    ) -> Nets<'_> {
+        let mut nets = Nets {
+            facts: BTreeMap::new(),
+            vnis: BTreeMap::new(),
+            layout: Layout::default(),
+        };
         for (i, net) in self.networks.iter().enumerate() {
             let at = format!("networks[{i}]");
-            if !valid_id(&net.id) {
-                problems.push(
-                    format!("{at}.id"),
-                    format!(
-                        "{:?} is not a network ID (1 to 64 letters, digits, '_', '.', '-')",
-                        net.id
-                    ),
-                );
+            let Some((subnet, gateway, mtu)) =
+                self.check_network(&at, net, &nets, underlay_mtu, problems)
+            else {
                 continue;
-            }
-            if nets.contains_key(net.id.as_str()) {
-                problems.push(
-                    format!("{at}.id"),
-                    format!("network {:?} is listed twice", net.id),
-                );
-                continue;
-            }
-            let mut ok = true;
-            if !(1..=0x00ff_ffff).contains(&net.vni) {
-                problems.push(
-                    format!("{at}.vni"),
-                    format!("{} is not a VNI (1 to 16777215)", net.vni),
-                );
-                ok = false;
-            } else if let Some(other) = vnis.get(&net.vni) {
-                problems.push(
-                    format!("{at}.vni"),
-                    format!("VNI {} is already used by {other}", net.vni),
-                );
-                ok = false;
-            }
-            let subnet = match net.subnet.parse::<Ipv4Net>() {
-                Ok(s) if s.prefix_len() > 30 => {
-                    problems.push(
-                        format!("{at}.subnet"),
-                        format!("{s} is too small: a /30 at most"),
-                    );
-                    None
-                }
-                Ok(s) if s != s.trunc() => {
-                    problems.push(
-                        format!("{at}.subnet"),
-                        format!("{s} has host bits set; did you mean {}?", s.trunc()),
-                    );
-                    None
-                }
-                Ok(s) => Some(s),
-                Err(_) => {
-                    problems.push(
-                        format!("{at}.subnet"),
-                        format!("{:?} is not an IPv4 CIDR subnet", net.subnet),
-                    );
-                    None
-                }
             };
-            let Some(subnet) = subnet else { continue };
-            if let Some((other, _)) = nets.iter().find(|(_, f)| {
-                f.subnet.contains(&subnet.network()) || subnet.contains(&f.subnet.network())
-            }) {
-                problems.push(
-                    format!("{at}.subnet"),
-                    format!("{subnet} overlaps the subnet of network {other:?}"),
-                );
-                ok = false;
-            }
-            let gateway = match &net.gateway {
-                None => subnet.hosts().next(),
-                Some(g) => parse_ipv4(&format!("{at}.gateway"), g, &mut problems),
-            };
-            let Some(gateway) = gateway else { continue };
-            if !subnet.contains(&gateway)
-                || gateway == subnet.network()
-                || gateway == subnet.broadcast()
-            {
-                problems.push(
-                    format!("{at}.gateway"),
-                    format!("{gateway} is not a host address of {subnet}"),
-                );
-                ok = false;
-            }
-            let max_mtu = underlay_mtu.saturating_sub(
-                VXLAN_OVERHEAD + if net.encrypted { WIREGUARD_OVERHEAD } else { 0 },
-            );
-            let mtu = net.mtu.unwrap_or(max_mtu);
-            if mtu > max_mtu || mtu < MIN_MTU {
-                problems.push(
-                    format!("{at}.mtu"),
-                    format!(
-                        "{mtu} does not fit: the data-path interface's MTU {underlay_mtu} leaves {MIN_MTU}..={max_mtu} for {} network",
-                        if net.encrypted { "an encrypted" } else { "a" }
-                    ),
-                );
-                ok = false;
-            }
-            if net.encrypted && self.wireguard.is_none() {
-                problems.push(
-                    "wireguard.private_key",
-                    format!(
-                        "network {:?} is encrypted, so this node needs a WireGuard private key",
-                        net.id
-                    ),
-                );
-            }
-            if !ok {
-                continue;
-            }
-            vnis.insert(net.vni, format!("network {:?}", net.id));
-            nets.insert(
+            nets.vnis.insert(net.vni, format!("network {:?}", net.id));
+            nets.facts.insert(
                 &net.id,
                 NetFacts {
                     subnet,
@@ -269,7 +303,7 @@ impl DesiredState {
                     macs: BTreeMap::new(),
                 },
             );
-            layout.networks.insert(
+            nets.layout.networks.insert(
                 net.id.clone(),
                 NetLayout {
                     device: NetDevice {
@@ -285,20 +319,122 @@ impl DesiredState {
                 },
             );
         }
-        let known_net =
-            |field: &str, id: &str, nets: &BTreeMap<&str, NetFacts>, problems: &mut Problems| {
-                if nets.contains_key(id) {
-                    true
-                } else {
-                    if !self.networks.iter().any(|n| n.id == id) {
-                        problems.push(field, format!("no network {id:?} in networks"));
-                    }
-                    false
-                }
-            };
+        nets
+    }
 
-        // Local attachments, and the node's own place on the routing mesh's ingress network.
-        let ingress = self.mesh.as_ref().map(|m| Attachment {
+    /// Checks the network `net` (at `at`) against itself, the networks before it (`nets`) and
+    /// the data-path interface's MTU. Its subnet, gateway and MTU when it is valid.
+    fn check_network(
+        &self,
+        at: &str,
+        net: &Network,
+        nets: &Nets<'_>,
+        underlay_mtu: u32,
+        problems: &mut Problems,
+    ) -> Option<(Ipv4Net, Ipv4Addr, u32)> {
+        if !valid_id(&net.id) {
+            problems.push(
+                format!("{at}.id"),
+                format!(
+                    "{:?} is not a network ID (1 to 64 letters, digits, '_', '.', '-')",
+                    net.id
+                ),
+            );
+            return None;
+        }
+        if nets.facts.contains_key(net.id.as_str()) {
+            problems.push(
+                format!("{at}.id"),
+                format!("network {:?} is listed twice", net.id),
+            );
+            return None;
+        }
+        let mut ok = true;
+        if !(1..=0x00ff_ffff).contains(&net.vni) {
+            problems.push(
+                format!("{at}.vni"),
+                format!("{} is not a VNI (1 to 16777215)", net.vni),
+            );
+            ok = false;
+        } else if let Some(other) = nets.vnis.get(&net.vni) {
+            problems.push(
+                format!("{at}.vni"),
+                format!("VNI {} is already used by {other}", net.vni),
+            );
+            ok = false;
+        }
+        let subnet = parse_subnet(at, net, problems)?;
+        if let Some((other, _)) = nets.facts.iter().find(|(_, f)| {
+            f.subnet.contains(&subnet.network()) || subnet.contains(&f.subnet.network())
+        }) {
+            problems.push(
+                format!("{at}.subnet"),
+                format!("{subnet} overlaps the subnet of network {other:?}"),
+            );
+            ok = false;
+        }
+        let gateway = match &net.gateway {
+            None => subnet.hosts().next(),
+            Some(g) => parse_ipv4(&format!("{at}.gateway"), g, problems),
+        };
+        let gateway = gateway?;
+        if !subnet.contains(&gateway)
+            || gateway == subnet.network()
+            || gateway == subnet.broadcast()
+        {
+            problems.push(
+                format!("{at}.gateway"),
+                format!("{gateway} is not a host address of {subnet}"),
+            );
+            ok = false;
+        }
+        let max_mtu = underlay_mtu
+            .saturating_sub(VXLAN_OVERHEAD + if net.encrypted { WIREGUARD_OVERHEAD } else { 0 });
+        let mtu = net.mtu.unwrap_or(max_mtu);
+        if mtu > max_mtu || mtu < MIN_MTU {
+            problems.push(
+                format!("{at}.mtu"),
+                format!(
+                    "{mtu} does not fit: the data-path interface's MTU {underlay_mtu} leaves {MIN_MTU}..={max_mtu} for {} network",
+                    if net.encrypted { "an encrypted" } else { "a" }
+                ),
+            );
+            ok = false;
+        }
+        if net.encrypted && self.wireguard.is_none() {
+            problems.push(
+                "wireguard.private_key",
+                format!(
+                    "network {:?} is encrypted, so this node needs a WireGuard private key",
+                    net.id
+                ),
+            );
+        }
+        ok.then_some((subnet, gateway, mtu))
+    }
+
+    /// Whether the network `id` (named at `field`) is valid; when it is not, says so unless it
+    /// is listed in networks (where its own problems were said).
+    fn known_net(
+        &self,
+        field: &str,
+        id: &str,
+        nets: &BTreeMap<&str, NetFacts>,
+        problems: &mut Problems,
+    ) -> bool {
+        if nets.contains_key(id) {
+            true
+        } else {
+            if !self.networks.iter().any(|n| n.id == id) {
+                problems.push(field, format!("no network {id:?} in networks"));
+            }
+            false
+        }
+    }
+
+    /// The node's own attachment to the routing mesh's ingress network, when there is a mesh.
+    fn ingress_attachment(&self) -> Option<Attachment> {
+        self.mesh.as_ref().map(|m| Attachment {
             task: INGRESS_TASK.to_owned(),
             netns: PathBuf::from(OWN_NAMESPACE),
             network: m.ingress.network.clone(),
@@ -307,37 +443,49 @@ impl DesiredState {
             interface: INGRESS_INTERFACE.to_owned(),
             default_route: false,
             replies_via_gateway: false,
-        });
-        let mut interfaces: BTreeMap<(PathBuf, &str), String> = BTreeMap::new();
-        for (i, a) in self.attachments.iter().chain(&ingress).enumerate() {
+        })
+    }
+
+    /// The local attachments, then the node's own `ingress` attachment: each task side checked
+    /// (its interface recorded in `interfaces`), its address and MAC claimed on a known
+    /// network, and laid out there.
+    fn resolve_attachments<'a>(
+        &'a self,
+        ingress: Option<&'a Attachment>,
+        nets: &mut Nets<'_>,
+        interfaces: &mut BTreeMap<(PathBuf, &'a str), String>,
+        problems: &mut Problems,
+    ) {
+        for (i, a) in self.attachments.iter().chain(ingress).enumerate() {
             let at = if i == self.attachments.len() {
                 "mesh.ingress".to_owned()
             } else {
                 format!("attachments[{i}]")
             };
-            check_task_side(
-                &at,
-                (&a.task, &a.netns, &a.interface),
-                &mut interfaces,
-                &mut problems,
-            );
-            if !known_net(&format!("{at}.network"), &a.network, &nets, &mut problems) {
+            check_task_side(&at, (&a.task, &a.netns, &a.interface), interfaces, problems);
+            if !self.known_net(&format!("{at}.network"), &a.network, &nets.facts, problems) {
                 continue;
             }
-            let Some(ip) = parse_ipv4(&format!("{at}.ip"), &a.ip, &mut problems) else {
+            let Some(ip) = parse_ipv4(&format!("{at}.ip"), &a.ip, problems) else {
                 continue;
             };
-            let Some(mac) = parse_mac(&format!("{at}.mac"), a.mac.as_deref(), ip, &mut problems)
-            else {
+            let Some(mac) = parse_mac(&format!("{at}.mac"), a.mac.as_deref(), ip, problems) else {
                 continue;
             };
-            let facts = nets.get_mut(a.network.as_str()).expect("checked above");
-            if !facts.claim_ip(&format!("{at}.ip"), ip, &mut problems)
-                | !facts.claim_mac(&format!("{at}.mac"), mac, &mut problems)
+            let facts = nets
+                .facts
+                .get_mut(a.network.as_str())
+                .expect("checked above");
+            if !facts.claim_ip(&format!("{at}.ip"), ip, problems)
+                | !facts.claim_mac(&format!("{at}.mac"), mac, problems)
             {
                 continue;
             }
-            let net = layout.networks.get_mut(&a.network).expect("checked above");
+            let net = nets
+                .layout
+                .networks
+                .get_mut(&a.network)
+                .expect("checked above");
             let spec = AttachSpec {
                 task: a.task.clone(),
                 netns: a.netns.clone(),
@@ -350,10 +498,15 @@ impl DesiredState {
             };
             net.attachments.insert(spec.veth_name(), spec);
         }
+    }
 
-        layout.way_out = self.resolve_way_out(host, &nets, &mut interfaces, &mut problems);
-
-        // Service VIPs: on a known network, in its subnet, with backends there.
+    /// The service VIPs: each on a known network, in its subnet and listed once, with its
+    /// backends there (sorted, without duplicates).
+    fn resolve_vips(
+        &self,
+        nets: &BTreeMap<&str, NetFacts>,
+        problems: &mut Problems,
+    ) -> Vec<VipPlan> {
         let mut vips = Vec::new();
         let mut seen_vips = BTreeSet::new();
         for (i, v) in self.vips.iter().enumerate() {
@@ -379,7 +532,7 @@ impl DesiredState {
                     None
                 }
             };
-            let Some(vip) = in_subnet(format!("{at}.vip"), &v.vip, &mut problems) else {
+            let Some(vip) = in_subnet(format!("{at}.vip"), &v.vip, problems) else {
                 continue;
             };
             if !seen_vips.insert(vip) {
@@ -390,7 +543,7 @@ impl DesiredState {
                 .backends
                 .iter()
                 .enumerate()
-                .filter_map(|(j, b)| in_subnet(format!("{at}.backends[{j}]"), b, &mut problems))
+                .filter_map(|(j, b)| in_subnet(format!("{at}.backends[{j}]"), b, problems))
                 .collect();
             backends.sort();
             backends.dedup();
@@ -400,23 +553,38 @@ impl DesiredState {
                 backends,
             });
         }
+        vips
+    }
 
-        // Remote endpoints.
+    /// The remote endpoints: each on a known network with its address and MAC claimed there,
+    /// on a usable peer (`peers`), and laid out as FDB and neighbour entries. Those whose node
+    /// was left out (`dropped_peers`), or which are on an encrypted network but their peer has
+    /// no key, go to `left_out`.
+    fn resolve_endpoints<'a>(
+        &'a self,
+        peers: &UsablePeers<'_>,
+        dropped_peers: &BTreeSet<&str>,
+        nets: &mut Nets<'_>,
+        problems: &mut Problems,
+        left_out: &mut Problems,
+    ) -> Remote<'a> {
         let mut dropped_ips: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
         let mut peer_vnis: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
         for (i, e) in self.endpoints.iter().enumerate() {
             let at = format!("endpoints[{i}]");
-            if !known_net(&format!("{at}.network"), &e.network, &nets, &mut problems) {
+            if !self.known_net(&format!("{at}.network"), &e.network, &nets.facts, problems) {
                 continue;
             }
-            let Some(ip) = parse_ipv4(&format!("{at}.ip"), &e.ip, &mut problems) else {
+            let Some(ip) = parse_ipv4(&format!("{at}.ip"), &e.ip, problems) else {
                 continue;
             };
-            let Some(mac) = parse_mac(&format!("{at}.mac"), e.mac.as_deref(), ip, &mut problems)
-            else {
+            let Some(mac) = parse_mac(&format!("{at}.mac"), e.mac.as_deref(), ip, problems) else {
                 continue;
             };
-            let facts = nets.get_mut(e.network.as_str()).expect("checked above");
+            let facts = nets
+                .facts
+                .get_mut(e.network.as_str())
+                .expect("checked above");
             if dropped_peers.contains(e.node.as_str()) {
                 left_out.push(
                     format!("{at}.node"),
@@ -428,8 +596,8 @@ impl DesiredState {
                 dropped_ips.insert((e.network.clone(), ip));
                 continue;
             }
-            let ip_ok = facts.claim_ip(&format!("{at}.ip"), ip, &mut problems);
-            let mac_ok = facts.claim_mac(&format!("{at}.mac"), mac, &mut problems);
+            let ip_ok = facts.claim_ip(&format!("{at}.ip"), ip, problems);
+            let mac_ok = facts.claim_mac(&format!("{at}.mac"), mac, problems);
             let Some((node_addr, key)) = peers.get(e.node.as_str()) else {
                 if e.node == self.node {
                     problems.push(
@@ -458,7 +626,11 @@ impl DesiredState {
             if !(ip_ok && mac_ok) {
                 continue;
             }
-            let net = layout.networks.get_mut(&e.network).expect("checked above");
+            let net = nets
+                .layout
+                .networks
+                .get_mut(&e.network)
+                .expect("checked above");
             net.fdb.insert((mac, *node_addr));
             net.neigh.insert((ip, mac));
             if facts.encrypted {
@@ -468,36 +640,26 @@ impl DesiredState {
                     .insert(net.device.vni);
             }
         }
-
-        // The routing mesh.
-        let mesh = self.mesh.as_ref().and_then(|m| {
-            let reserved = [self.data_path.port, self.data_path.wireguard_port];
-            mesh::model::resolve(
-                m,
-                &layout,
-                host,
-                &reserved,
-                &dropped_ips,
-                &mut problems,
-                &mut left_out,
-            )
-        });
-
-        // WireGuard.
-        let encrypted = layout.networks.values().any(|n| n.device.encrypted);
-        let private_key = self
-            .wireguard
-            .as_ref()
-            .and_then(|w| parse_key("wireguard.private_key", &w.private_key, &mut problems));
-
-        if !problems.0.is_empty() {
-            return Err(InvalidState {
-                problems: problems.0,
-            });
+        Remote {
+            dropped_ips,
+            peer_vnis,
         }
-        let (data_path_addr, underlay_mtu) =
-            data_path.expect("no problems, so the data path resolved");
-        let wireguard = match (encrypted, private_key) {
+    }
+
+    /// The WireGuard engine's configuration, when any network in `layout` is encrypted and the
+    /// node has a private key: the engine on the data path (`data_path`, its address and MTU),
+    /// and each usable peer with a key, with the VNIs of the encrypted networks it has
+    /// endpoints on (`peer_vnis`). Sets the layout's tunnel to go with it.
+    fn wireguard_config<'a>(
+        &self,
+        layout: &mut Layout,
+        (data_path_addr, underlay_mtu): (Ipv4Addr, u32),
+        private_key: Option<Key>,
+        peers: &UsablePeers<'a>,
+        peer_vnis: &BTreeMap<&'a str, BTreeSet<u32>>,
+    ) -> Option<WgConfig> {
+        let encrypted = layout.networks.values().any(|n| n.device.encrypted);
+        match (encrypted, private_key) {
             (true, Some(private_key)) => {
                 layout.tunnel = Some(Tunnel {
                     addr: data_path_addr,
@@ -525,26 +687,7 @@ impl DesiredState {
                 })
             }
             _ => None,
-        };
-        // Plain networks' VXLAN sockets take datagrams to any address of the node's namespace,
-        // where anyone can reach them: only the peers may.
-        let vxlan_filter = layout
-            .networks
-            .values()
-            .any(|n| !n.device.encrypted)
-            .then(|| VxlanFilter {
-                port: self.data_path.port,
-                peers: peers.values().map(|(addr, _)| *addr).collect(),
-            });
-        Ok(Resolved {
-            layout,
-            wireguard,
-            vxlan_filter,
-            data_path_addr,
-            mesh,
-            left_out: left_out.0,
-            vips,
-        })
+        }
     }
 
     /// The way out: its subnet apart from the overlays' and the node's addresses, each task's

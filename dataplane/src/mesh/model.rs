@@ -28,7 +28,7 @@ use shoal_abi::mesh as abi;
 
 use super::maglev::{self, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, SLOTS_PER_BACKEND};
 use crate::common::{Host, Mac, Problems};
-use crate::overlay::layout::Layout;
+use crate::overlay::layout::{Layout, NetLayout};
 
 /// The interface the node gets on the ingress network.
 pub const INGRESS_INTERFACE: &str = "shoal0";
@@ -308,46 +308,20 @@ pub(crate) fn resolve(
     let addr = spec.ingress.ip.parse::<Ipv4Addr>().ok()?;
     let mac = Mac::from_ip(addr);
 
-    // Who is on the ingress network: local attachments and remote endpoints (with their node's
-    // data-path address).
-    let mut on_network: BTreeMap<Ipv4Addr, (Mac, Option<Ipv4Addr>)> = BTreeMap::new();
-    for a in net.attachments.values() {
-        on_network.insert(a.addr.addr(), (a.mac, None));
-    }
-    for (ip, mac) in &net.neigh {
-        let vtep = net.fdb.iter().find(|(m, _)| m == mac).map(|(_, dst)| *dst);
-        on_network.insert(*ip, (*mac, vtep));
-    }
+    let ingress = Ingress {
+        network,
+        layout,
+        dropped,
+        on_network: network_members(net),
+        addr,
+    };
     let tunnel = (!net.device.encrypted).then_some(TunnelPlan {
         local: net.device.local,
         port: net.device.port,
         vni: net.device.vni,
     });
 
-    let interfaces: Vec<String> = match &spec.interfaces {
-        Some(names) => {
-            for (i, name) in names.iter().enumerate() {
-                if name == "lo" || name == INGRESS_INTERFACE {
-                    problems.push(
-                        format!("mesh.interfaces[{i}]"),
-                        format!("{name:?} cannot carry published ports: name public interfaces"),
-                    );
-                } else if !host.interfaces.iter().any(|h| &h.name == name) {
-                    problems.push(
-                        format!("mesh.interfaces[{i}]"),
-                        format!("this node has no interface {name:?}"),
-                    );
-                }
-            }
-            names.clone()
-        }
-        None => host
-            .interfaces
-            .iter()
-            .filter(|h| h.name != "lo" && h.name != INGRESS_INTERFACE && !h.addrs.is_empty())
-            .map(|h| h.name.clone())
-            .collect(),
-    };
+    let interfaces = mesh_interfaces(spec, host, problems);
     let local_addrs: BTreeSet<Ipv4Addr> = host
         .interfaces
         .iter()
@@ -370,57 +344,166 @@ pub(crate) fn resolve(
             );
             continue;
         }
-        let mut ports = Vec::new();
-        for (j, p) in s.ports.iter().enumerate() {
-            let pat = format!("{at}.ports[{j}]");
-            let published_port = port_number(format!("{pat}.published"), p.published, problems);
-            let target = port_number(format!("{pat}.target"), p.target, problems);
-            let (Some(published_port), Some(target)) = (published_port, target) else {
-                continue;
-            };
-            if p.protocol == Protocol::Udp && reserved_udp.contains(&published_port) {
-                problems.push(
-                    format!("{pat}.published"),
-                    format!(
-                        "{published_port}/udp carries this node's overlay traffic (VXLAN or WireGuard) and cannot be published"
-                    ),
-                );
-                continue;
+        let ports = service_ports(&at, s, reserved_udp, &mut published, problems);
+        let backends = ingress.backends(&at, s, problems, left_out);
+        let table_size = service_table_size(&at, s, &backends, problems);
+        services.insert(
+            s.name.clone(),
+            ServicePlan {
+                table_size,
+                ports,
+                backends,
+            },
+        );
+    }
+    check_limits(spec, &services, published.len(), &local_addrs, problems);
+    (problems.len() == before).then_some(MeshPlan {
+        network: network.to_owned(),
+        subnet,
+        addr,
+        mac,
+        interfaces,
+        local_addrs,
+        tunnel,
+        services,
+    })
+}
+
+/// Who is on the ingress network: local attachments and remote endpoints (with their node's
+/// data-path address), by address.
+fn network_members(net: &NetLayout) -> BTreeMap<Ipv4Addr, (Mac, Option<Ipv4Addr>)> {
+    let mut on_network: BTreeMap<Ipv4Addr, (Mac, Option<Ipv4Addr>)> = BTreeMap::new();
+    for a in net.attachments.values() {
+        on_network.insert(a.addr.addr(), (a.mac, None));
+    }
+    for (ip, mac) in &net.neigh {
+        let vtep = net.fdb.iter().find(|(m, _)| m == mac).map(|(_, dst)| *dst);
+        on_network.insert(*ip, (*mac, vtep));
+    }
+    on_network
+}
+
+/// The interfaces published ports answer on: the ones named (each checked to be a public
+/// interface of the node), or every interface with an address but the loopback and the node's
+/// ingress interface.
+fn mesh_interfaces(spec: &MeshSpec, host: &Host, problems: &mut Problems) -> Vec<String> {
+    match &spec.interfaces {
+        Some(names) => {
+            for (i, name) in names.iter().enumerate() {
+                if name == "lo" || name == INGRESS_INTERFACE {
+                    problems.push(
+                        format!("mesh.interfaces[{i}]"),
+                        format!("{name:?} cannot carry published ports: name public interfaces"),
+                    );
+                } else if !host.interfaces.iter().any(|h| &h.name == name) {
+                    problems.push(
+                        format!("mesh.interfaces[{i}]"),
+                        format!("this node has no interface {name:?}"),
+                    );
+                }
             }
-            if let Some(other) =
-                published.insert((p.protocol, published_port), format!("{at} ({:?})", s.name))
-            {
-                problems.push(
-                    format!("{pat}.published"),
-                    format!(
-                        "{published_port}/{} is already published by {other}",
-                        p.protocol.name()
-                    ),
-                );
-                continue;
-            }
-            let host = p.mode == PublishMode::Host;
-            if host && p.client_ip == Some(ClientIp::Snat) {
-                problems.push(
-                    format!("{pat}.client_ip"),
-                    "snat does not apply to mode host, which always keeps the client's address",
-                );
-                continue;
-            }
-            ports.push(PortPlan {
-                protocol: p.protocol,
-                published: published_port,
-                target,
-                host,
-                client_ip: host || p.client_ip.unwrap_or(s.client_ip) == ClientIp::Preserve,
-            });
+            names.clone()
         }
+        None => host
+            .interfaces
+            .iter()
+            .filter(|h| h.name != "lo" && h.name != INGRESS_INTERFACE && !h.addrs.is_empty())
+            .map(|h| h.name.clone())
+            .collect(),
+    }
+}
+
+/// Validates the published ports of the service `s` (at `at`): port numbers, none of the
+/// overlay's own UDP ports, each published once across services (recorded in `published`), and
+/// no `snat` for `mode: host`.
+fn service_ports(
+    at: &str,
+    s: &ServiceSpec,
+    reserved_udp: &[u16],
+    published: &mut BTreeMap<(Protocol, u16), String>,
+    problems: &mut Problems,
+) -> Vec<PortPlan> {
+    let mut ports = Vec::new();
+    for (j, p) in s.ports.iter().enumerate() {
+        let pat = format!("{at}.ports[{j}]");
+        let published_port = port_number(format!("{pat}.published"), p.published, problems);
+        let target = port_number(format!("{pat}.target"), p.target, problems);
+        let (Some(published_port), Some(target)) = (published_port, target) else {
+            continue;
+        };
+        if p.protocol == Protocol::Udp && reserved_udp.contains(&published_port) {
+            problems.push(
+                format!("{pat}.published"),
+                format!(
+                    "{published_port}/udp carries this node's overlay traffic (VXLAN or WireGuard) and cannot be published"
+                ),
+            );
+            continue;
+        }
+        if let Some(other) =
+            published.insert((p.protocol, published_port), format!("{at} ({:?})", s.name))
+        {
+            problems.push(
+                format!("{pat}.published"),
+                format!(
+                    "{published_port}/{} is already published by {other}",
+                    p.protocol.name()
+                ),
+            );
+            continue;
+        }
+        let host = p.mode == PublishMode::Host;
+        if host && p.client_ip == Some(ClientIp::Snat) {
+            problems.push(
+                format!("{pat}.client_ip"),
+                "snat does not apply to mode host, which always keeps the client's address",
+            );
+            continue;
+        }
+        ports.push(PortPlan {
+            protocol: p.protocol,
+            published: published_port,
+            target,
+            host,
+            client_ip: host || p.client_ip.unwrap_or(s.client_ip) == ClientIp::Preserve,
+        });
+    }
+    ports
+}
+
+/// The ingress network as a service's backends are checked against it.
+struct Ingress<'a> {
+    /// The ingress network's ID.
+    network: &'a str,
+    /// The overlay layout, to tell another network from a missing one.
+    layout: &'a Layout,
+    /// Addresses on networks whose node was left out.
+    dropped: &'a BTreeSet<(String, Ipv4Addr)>,
+    /// Who is on the ingress network, by address: the MAC, and the node's data-path address
+    /// when remote.
+    on_network: BTreeMap<Ipv4Addr, (Mac, Option<Ipv4Addr>)>,
+    /// The node's own address on it.
+    addr: Ipv4Addr,
+}
+
+impl Ingress<'_> {
+    /// Validates the backends of the service `s` (at `at`): tasks on the ingress network, in
+    /// attachments or endpoints, not the node itself, each listed once. Returns the running
+    /// ones, sorted; those whose node was left out go to `left_out`.
+    fn backends(
+        &self,
+        at: &str,
+        s: &ServiceSpec,
+        problems: &mut Problems,
+        left_out: &mut Problems,
+    ) -> Vec<BackendPlan> {
+        let network = self.network;
         let mut backends = Vec::new();
         let mut seen = BTreeSet::new();
         for (j, b) in s.backends.iter().enumerate() {
             let bat = format!("{at}.backends[{j}]");
             if b.network != network {
-                let known = layout.networks.contains_key(&b.network);
+                let known = self.layout.networks.contains_key(&b.network);
                 problems.push(
                     format!("{bat}.network"),
                     if known {
@@ -441,14 +524,14 @@ pub(crate) fn resolve(
                 );
                 continue;
             };
-            if dropped.contains(&(network.to_owned(), ip)) {
+            if self.dropped.contains(&(network.to_owned(), ip)) {
                 left_out.push(
                     format!("{bat}.ip"),
                     format!("{ip} of service {:?}: its node was left out", s.name),
                 );
                 continue;
             }
-            let Some(&(mac, vtep)) = on_network.get(&ip) else {
+            let Some(&(mac, vtep)) = self.on_network.get(&ip) else {
                 problems.push(
                     format!("{bat}.ip"),
                     format!(
@@ -457,7 +540,7 @@ pub(crate) fn resolve(
                 );
                 continue;
             };
-            if ip == addr {
+            if ip == self.addr {
                 problems.push(
                     format!("{bat}.ip"),
                     format!("{ip} is this node's own ingress address"),
@@ -484,40 +567,54 @@ pub(crate) fn resolve(
             }
         }
         backends.sort();
-        let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
-        let weighted = backends.iter().filter(|b| b.weight > 0).count();
-        let needed = u32::try_from(weighted)
-            .unwrap_or(u32::MAX)
-            .saturating_mul(SLOTS_PER_BACKEND);
-        if !maglev::is_prime(table_size) {
-            problems.push(
-                format!("{at}.table_size"),
-                format!("{table_size} is not a prime number"),
-            );
-        } else if table_size > MAX_TABLE_SIZE {
-            problems.push(
-                format!("{at}.table_size"),
-                format!("{table_size} is larger than the maximum {MAX_TABLE_SIZE}"),
-            );
-        } else if table_size < needed {
-            problems.push(
-                format!("{at}.table_size"),
-                format!(
-                    "{table_size} slots are too few for {weighted} running backends: at least {SLOTS_PER_BACKEND} per backend ({needed}); try {}",
-                    maglev::next_prime(needed.min(MAX_TABLE_SIZE)),
-                ),
-            );
-        }
-        services.insert(
-            s.name.clone(),
-            ServicePlan {
-                table_size,
-                ports,
-                backends,
-            },
+        backends
+    }
+}
+
+/// The Maglev table size of the service `s` (at `at`), checked to be a prime no larger than the
+/// maximum with enough slots for its weighted `backends`.
+fn service_table_size(
+    at: &str,
+    s: &ServiceSpec,
+    backends: &[BackendPlan],
+    problems: &mut Problems,
+) -> u32 {
+    let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
+    let weighted = backends.iter().filter(|b| b.weight > 0).count();
+    let needed = u32::try_from(weighted)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(SLOTS_PER_BACKEND);
+    if !maglev::is_prime(table_size) {
+        problems.push(
+            format!("{at}.table_size"),
+            format!("{table_size} is not a prime number"),
+        );
+    } else if table_size > MAX_TABLE_SIZE {
+        problems.push(
+            format!("{at}.table_size"),
+            format!("{table_size} is larger than the maximum {MAX_TABLE_SIZE}"),
+        );
+    } else if table_size < needed {
+        problems.push(
+            format!("{at}.table_size"),
+            format!(
+                "{table_size} slots are too few for {weighted} running backends: at least {SLOTS_PER_BACKEND} per backend ({needed}); try {}",
+                maglev::next_prime(needed.min(MAX_TABLE_SIZE)),
+            ),
         );
     }
-    // The maps' limits, so that a state either fits or is refused before anything changes.
+    table_size
+}
+
+/// Checks the maps' limits (services, `published` ports, local addresses, Maglev slots), so
+/// that a state either fits or is refused before anything changes.
+fn check_limits(
+    spec: &MeshSpec,
+    services: &BTreeMap<String, ServicePlan>,
+    published: usize,
+    local_addrs: &BTreeSet<Ipv4Addr>,
+    problems: &mut Problems,
+) {
     let mut limits = vec![
         (
             "mesh.services",
@@ -527,7 +624,7 @@ pub(crate) fn resolve(
         ),
         (
             "mesh.services",
-            published.len(),
+            published,
             abi::MAX_FRONTENDS as usize,
             "published ports",
         ),
@@ -562,14 +659,4 @@ pub(crate) fn resolve(
             problems.push(field, format!("{count} {what}: at most {max}"));
         }
     }
-    (problems.len() == before).then_some(MeshPlan {
-        network: network.to_owned(),
-        subnet,
-        addr,
-        mac,
-        interfaces,
-        local_addrs,
-        tunnel,
-        services,
-    })
 }

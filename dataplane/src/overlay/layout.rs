@@ -356,6 +356,34 @@ pub fn plan(desired: &Layout, observed: &Observed) -> Vec<Op> {
         (_, None) => true,
     };
 
+    let kept = plan_network_removals(desired, observed, tunnel_goes, &mut removals);
+    plan_way_out(desired, observed, &mut removals, &mut creations);
+
+    if tunnel_goes {
+        removals.push(Op::DeleteTunnel);
+    }
+    if let Some(want) = desired.tunnel
+        && (tunnel_goes || observed.tunnel != TunnelState::Up(want))
+    {
+        creations.push(Op::CreateTunnel(want));
+    }
+
+    plan_network_creations(desired, observed, &kept, &mut creations);
+
+    removals.extend(creations);
+    removals
+}
+
+/// Pushes what goes away from the observed networks onto `removals`: whole networks that are no
+/// longer desired or must be recreated (a changed device, or an encrypted one whose tunnel goes),
+/// and the stale attachments, neighbours and FDB entries of the others. Returns the IDs of the
+/// networks kept.
+fn plan_network_removals<'a>(
+    desired: &Layout,
+    observed: &'a Observed,
+    tunnel_goes: bool,
+    removals: &mut Vec<Op>,
+) -> BTreeSet<&'a str> {
     let mut kept = BTreeSet::new();
     for (id, have) in &observed.networks {
         let want = desired.networks.get(id);
@@ -399,7 +427,17 @@ pub fn plan(desired: &Layout, observed: &Observed) -> Vec<Op> {
                 }),
         );
     }
+    kept
+}
 
+/// Pushes the way out's operations: its stale veths (and its bridge, when the gateway changes or
+/// no way out is desired) onto `removals`, and the bridge and veths to create onto `creations`.
+fn plan_way_out(
+    desired: &Layout,
+    observed: &Observed,
+    removals: &mut Vec<Op>,
+    creations: &mut Vec<Op>,
+) {
     let mut way_out_kept = false;
     if let Some(have) = &observed.way_out {
         let want = desired
@@ -438,16 +476,16 @@ pub fn plan(desired: &Layout, observed: &Observed) -> Vec<Op> {
                 }),
         );
     }
+}
 
-    if tunnel_goes {
-        removals.push(Op::DeleteTunnel);
-    }
-    if let Some(want) = desired.tunnel
-        && (tunnel_goes || observed.tunnel != TunnelState::Up(want))
-    {
-        creations.push(Op::CreateTunnel(want));
-    }
-
+/// Pushes what the desired networks need onto `creations`: the networks not in `kept`, and the
+/// FDB entries, neighbours and attachments the kernel lacks.
+fn plan_network_creations(
+    desired: &Layout,
+    observed: &Observed,
+    kept: &BTreeSet<&str>,
+    creations: &mut Vec<Op>,
+) {
     for (id, want) in &desired.networks {
         let have = observed
             .networks
@@ -490,9 +528,6 @@ pub fn plan(desired: &Layout, observed: &Observed) -> Vec<Op> {
                 }),
         );
     }
-
-    removals.extend(creations);
-    removals
 }
 
 impl Observed {
