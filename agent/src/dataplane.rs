@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use shoal_dataplane::mesh::EntryPath;
+use shoal_dataplane::mesh::{EntryPath, Mesh};
 use shoal_dataplane::node::DesiredState;
-use shoal_dataplane::overlay::layout::TunnelState;
+use shoal_dataplane::overlay::layout::{ObservedNet, TunnelState};
 use shoal_dataplane::overlay::{ApplyError, Dataplane};
 use tokio::sync::Mutex;
 use tonic::Status;
@@ -250,51 +250,12 @@ impl NodeDataplane {
             let tunnel = match observed.tunnel {
                 TunnelState::Absent => Value::Null,
                 TunnelState::NamespaceOnly => json!({ "state": "namespace only" }),
-                TunnelState::Up(t) => json!({ "state": "up", "addr": t.addr, "mtu": t.mtu, "port": t.port }),
+                TunnelState::Up(t) => {
+                    json!({ "state": "up", "addr": t.addr, "mtu": t.mtu, "port": t.port })
+                }
             };
-            let networks: serde_json::Map<String, Value> = observed
-                .networks
-                .iter()
-                .map(|(id, n)| {
-                    let d = &n.device;
-                    (
-                        id.clone(),
-                        json!({
-                            "namespace": dp.network_namespace(id),
-                            "vni": d.vni,
-                            "local": d.local,
-                            "port": d.port,
-                            "mtu": d.mtu,
-                            "encrypted": d.encrypted,
-                            "gateway": d.gateway.to_string(),
-                            "fdb": n.fdb.iter().map(|(mac, dst)| json!({ "mac": mac, "dst": dst })).collect::<Vec<_>>(),
-                            "neighbours": n.neigh.iter().map(|(ip, mac)| json!({ "ip": ip, "mac": mac })).collect::<Vec<_>>(),
-                            "veths": n.attachments,
-                        }),
-                    )
-                })
-                .collect();
-            let peers: Vec<Value> = dp
-                .wireguard_status()
-                .iter()
-                .map(|p| {
-                    json!({
-                        "node": p.node,
-                        "public_key": p.public_key.to_string(),
-                        "last_handshake_seconds": p.last_handshake.map(|d| d.as_secs_f64()),
-                        "rotating": p.rotating,
-                        "tx_bytes": p.tx_bytes,
-                        "rx_bytes": p.rx_bytes,
-                        "vnis": p.vnis,
-                        "bad_mac1": p.bad_mac1,
-                        "cookie_replies": p.cookie_replies,
-                        "handshakes_limited": p.handshakes_limited,
-                        "refused_packets": p.refused_packets,
-                        "handshakes": p.handshakes,
-                        "rotations": p.rotations,
-                    })
-                })
-                .collect();
+            let networks = networks_json(dp, &observed.networks);
+            let peers = peers_json(dp);
             let wireguard = match dp.wireguard_not_from_a_peer() {
                 Some(n) => json!({ "not_from_a_peer": n }),
                 None => Value::Null,
@@ -313,89 +274,7 @@ impl NodeDataplane {
             };
             let mesh = match dp.mesh() {
                 None => Value::Null,
-                Some(mesh) => {
-                    let services: serde_json::Map<String, Value> = mesh
-                        .status()
-                        .map_err(|e| Status::internal(format!("reading the mesh counters: {e}")))?
-                        .into_iter()
-                        .map(|(name, s)| {
-                            let c = s.stats;
-                            (
-                                name,
-                                json!({
-                                    "backends": s.backends,
-                                    "table_size": s.table_size,
-                                    "packets": c.packets,
-                                    "bytes": c.bytes,
-                                    "reply_packets": c.reply_packets,
-                                    "reply_bytes": c.reply_bytes,
-                                    "connections": c.connections,
-                                    "refused": c.refused,
-                                    "dropped": c.dropped,
-                                    "tunneled": c.tunneled,
-                                    "untracked": c.untracked,
-                                    "stale": c.stale,
-                                    "full": c.full,
-                                    "taken_over": c.taken_over,
-                                    "xdp_packets": c.packets.saturating_sub(c.tc_packets),
-                                    "tc_packets": c.tc_packets,
-                                    "checksum_handoffs": c.checksum_handoffs,
-                                    "egress_handoffs": c.egress_handoffs,
-                                }),
-                            )
-                        })
-                        .collect();
-                    let interfaces: serde_json::Map<String, Value> = mesh
-                        .links()
-                        .into_iter()
-                        .map(|(name, link)| {
-                            // How balanced packets come in (public interfaces), whether they
-                            // leave by it, and the path each way.
-                            let xdp = link.entry.map(|entry| match entry {
-                                EntryPath::Xdp => "native",
-                                EntryPath::Tc => "none",
-                            });
-                            let summary = link.summary();
-                            (
-                                name,
-                                json!({
-                                    "driver": link.driver,
-                                    "takes_xdp_frames": link.takes_xdp_frames,
-                                    "xdp": xdp,
-                                    "entry": link.entry.map(EntryPath::name),
-                                    "egress": link.egress,
-                                    "path": summary,
-                                }),
-                            )
-                        })
-                        .collect();
-                    let flows = mesh.flows().unwrap_or_default();
-                    let established = flows.iter().filter(|f| f.established).count();
-                    let node_local = match mesh.node_local() {
-                        Some(Ok(root)) => json!({ "served": true, "cgroup": root }),
-                        Some(Err(why)) => json!({ "served": false, "reason": why }),
-                        None => Value::Null,
-                    };
-                    let vips: serde_json::Map<String, Value> = mesh
-                        .vip_status()
-                        .map_err(|e| Status::internal(format!("reading the VIP counters: {e}")))?
-                        .into_iter()
-                        .map(|(name, s)| {
-                            let counters = json!({
-                                "connections": s.connections,
-                                "no_backend": s.no_backend,
-                            });
-                            (name, counters)
-                        })
-                        .collect();
-                    json!({
-                        "interfaces": interfaces,
-                        "services": services,
-                        "vips": vips,
-                        "flows": { "established": established, "new": flows.len() - established },
-                        "node_local": node_local,
-                    })
-                }
+                Some(mesh) => mesh_json(mesh)?,
             };
             let left_out: Vec<Value> = dp
                 .left_out()
@@ -414,6 +293,153 @@ impl NodeDataplane {
         })
         .await
     }
+}
+
+/// The overlay networks the kernel holds, by ID, as JSON: each one's namespace, device, FDB,
+/// neighbours and veths.
+fn networks_json(
+    dp: &Dataplane,
+    networks: &BTreeMap<String, ObservedNet>,
+) -> serde_json::Map<String, Value> {
+    networks
+        .iter()
+        .map(|(id, n)| {
+            let d = &n.device;
+            (
+                id.clone(),
+                json!({
+                    "namespace": dp.network_namespace(id),
+                    "vni": d.vni,
+                    "local": d.local,
+                    "port": d.port,
+                    "mtu": d.mtu,
+                    "encrypted": d.encrypted,
+                    "gateway": d.gateway.to_string(),
+                    "fdb": n.fdb.iter().map(|(mac, dst)| json!({ "mac": mac, "dst": dst })).collect::<Vec<_>>(),
+                    "neighbours": n.neigh.iter().map(|(ip, mac)| json!({ "ip": ip, "mac": mac })).collect::<Vec<_>>(),
+                    "veths": n.attachments,
+                }),
+            )
+        })
+        .collect()
+}
+
+/// The WireGuard engine's peers, as JSON.
+fn peers_json(dp: &Dataplane) -> Vec<Value> {
+    dp.wireguard_status()
+        .iter()
+        .map(|p| {
+            json!({
+                "node": p.node,
+                "public_key": p.public_key.to_string(),
+                "last_handshake_seconds": p.last_handshake.map(|d| d.as_secs_f64()),
+                "rotating": p.rotating,
+                "tx_bytes": p.tx_bytes,
+                "rx_bytes": p.rx_bytes,
+                "vnis": p.vnis,
+                "bad_mac1": p.bad_mac1,
+                "cookie_replies": p.cookie_replies,
+                "handshakes_limited": p.handshakes_limited,
+                "refused_packets": p.refused_packets,
+                "handshakes": p.handshakes,
+                "rotations": p.rotations,
+            })
+        })
+        .collect()
+}
+
+/// The routing mesh as JSON: its interfaces, services, VIPs, flows and node-local serving.
+fn mesh_json(mesh: &Mesh) -> Result<Value, Status> {
+    let services = mesh_services_json(mesh)?;
+    let interfaces = mesh_interfaces_json(mesh);
+    let flows = mesh.flows().unwrap_or_default();
+    let established = flows.iter().filter(|f| f.established).count();
+    let node_local = match mesh.node_local() {
+        Some(Ok(root)) => json!({ "served": true, "cgroup": root }),
+        Some(Err(why)) => json!({ "served": false, "reason": why }),
+        None => Value::Null,
+    };
+    let vips: serde_json::Map<String, Value> = mesh
+        .vip_status()
+        .map_err(|e| Status::internal(format!("reading the VIP counters: {e}")))?
+        .into_iter()
+        .map(|(name, s)| {
+            let counters = json!({
+                "connections": s.connections,
+                "no_backend": s.no_backend,
+            });
+            (name, counters)
+        })
+        .collect();
+    Ok(json!({
+        "interfaces": interfaces,
+        "services": services,
+        "vips": vips,
+        "flows": { "established": established, "new": flows.len() - established },
+        "node_local": node_local,
+    }))
+}
+
+/// The routing mesh's services, by name, as JSON: backends, table size and counters.
+fn mesh_services_json(mesh: &Mesh) -> Result<serde_json::Map<String, Value>, Status> {
+    Ok(mesh
+        .status()
+        .map_err(|e| Status::internal(format!("reading the mesh counters: {e}")))?
+        .into_iter()
+        .map(|(name, s)| {
+            let c = s.stats;
+            (
+                name,
+                json!({
+                    "backends": s.backends,
+                    "table_size": s.table_size,
+                    "packets": c.packets,
+                    "bytes": c.bytes,
+                    "reply_packets": c.reply_packets,
+                    "reply_bytes": c.reply_bytes,
+                    "connections": c.connections,
+                    "refused": c.refused,
+                    "dropped": c.dropped,
+                    "tunneled": c.tunneled,
+                    "untracked": c.untracked,
+                    "stale": c.stale,
+                    "full": c.full,
+                    "taken_over": c.taken_over,
+                    "xdp_packets": c.packets.saturating_sub(c.tc_packets),
+                    "tc_packets": c.tc_packets,
+                    "checksum_handoffs": c.checksum_handoffs,
+                    "egress_handoffs": c.egress_handoffs,
+                }),
+            )
+        })
+        .collect())
+}
+
+/// The routing mesh's interfaces, by name, as JSON.
+fn mesh_interfaces_json(mesh: &Mesh) -> serde_json::Map<String, Value> {
+    mesh.links()
+        .into_iter()
+        .map(|(name, link)| {
+            // How balanced packets come in (public interfaces), whether they
+            // leave by it, and the path each way.
+            let xdp = link.entry.map(|entry| match entry {
+                EntryPath::Xdp => "native",
+                EntryPath::Tc => "none",
+            });
+            let summary = link.summary();
+            (
+                name,
+                json!({
+                    "driver": link.driver,
+                    "takes_xdp_frames": link.takes_xdp_frames,
+                    "xdp": xdp,
+                    "entry": link.entry.map(EntryPath::name),
+                    "egress": link.egress,
+                    "path": summary,
+                }),
+            )
+        })
+        .collect()
 }
 
 /// Writes `text` to `path` atomically and durably, 0600: it holds the WireGuard private key.

@@ -315,13 +315,11 @@ fn count(v: impl TryInto<i64>) -> ConstGauge<i64> {
 
 impl Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        use MetricType::{Counter as C, Gauge as G};
-        let node = || vec![("node", self.node.clone())];
         family(
             &mut e,
             "shoal_build_info",
             "The running shoald's version (always 1)",
-            G,
+            MetricType::Gauge,
             [(
                 vec![
                     ("version", env!("CARGO_PKG_VERSION").to_owned()),
@@ -331,124 +329,153 @@ impl Collector for Snapshot {
             )],
         )?;
         if let Some(raft) = &self.raft {
-            let one = |v: u64| [(node(), count(v))];
-            family(
-                &mut e,
-                "shoal_raft_term",
-                "The raft term this manager is in",
-                G,
-                one(raft.term),
-            )?;
-            family(
-                &mut e,
-                "shoal_raft_leader",
-                "1 if this manager leads raft, else 0",
-                G,
-                one(u64::from(raft.leads)),
-            )?;
-            family(
-                &mut e,
-                "shoal_raft_has_leader",
-                "1 if this manager knows of a leader, else 0",
-                G,
-                one(u64::from(raft.leader.is_some())),
-            )?;
-            family(
-                &mut e,
-                "shoal_raft_last_log_index",
-                "The index of the last entry in this manager's raft log",
-                G,
-                one(raft.last_log_index),
-            )?;
-            family(
-                &mut e,
-                "shoal_raft_commit_index",
-                "The last commit index raft told this manager's log",
-                G,
-                one(raft.commit_index),
-            )?;
-            family(
-                &mut e,
-                "shoal_raft_applied_index",
-                "The index of the last committed entry applied to this manager's store",
-                G,
-                one(raft.applied_index),
-            )?;
-            family(
-                &mut e,
-                "shoal_raft_snapshot_index",
-                "The index this manager's last snapshot covers",
-                G,
-                one(raft.snapshot_index),
-            )?;
-            family(
-                &mut e,
-                "shoal_raft_voters",
-                "Raft members that vote",
-                G,
-                one(raft.voters as u64),
-            )?;
-            let service = |name: &String| vec![("service", name.clone())];
-            family(
-                &mut e,
-                "shoal_service_desired_tasks",
-                "Tasks a replicated service asks for",
-                G,
-                self.services
-                    .iter()
-                    .filter_map(|(name, s)| Some((service(name), count(s.desired?)))),
-            )?;
-            family(
-                &mut e,
-                "shoal_service_tasks",
-                "A service's tasks meant to run, by their current state",
-                G,
-                self.services.iter().flat_map(|(name, s)| {
-                    s.states.iter().map(move |(state, n)| {
-                        (
-                            vec![("service", name.clone()), ("state", (*state).to_owned())],
-                            count(*n),
-                        )
-                    })
-                }),
-            )?;
-            family(
-                &mut e,
-                "shoal_service_running_tasks",
-                "A service's tasks running now",
-                G,
-                self.services.iter().map(|(name, s)| {
+            self.encode_raft(&mut e, raft)?;
+            self.encode_store(&mut e)?;
+        }
+        self.encode_mesh(&mut e)?;
+        self.encode_ports(&mut e)?;
+        self.encode_vips(&mut e)?;
+        self.encode_wireguard(&mut e)?;
+        self.encode_overlay(&mut e)
+    }
+}
+
+impl Snapshot {
+    /// Writes raft's term, leadership, indices and voters (a manager's).
+    fn encode_raft(
+        &self,
+        e: &mut DescriptorEncoder<'_>,
+        raft: &RaftStatus,
+    ) -> Result<(), std::fmt::Error> {
+        use MetricType::Gauge as G;
+        let node = || vec![("node", self.node.clone())];
+        let one = |v: u64| [(node(), count(v))];
+        family(
+            e,
+            "shoal_raft_term",
+            "The raft term this manager is in",
+            G,
+            one(raft.term),
+        )?;
+        family(
+            e,
+            "shoal_raft_leader",
+            "1 if this manager leads raft, else 0",
+            G,
+            one(u64::from(raft.leads)),
+        )?;
+        family(
+            e,
+            "shoal_raft_has_leader",
+            "1 if this manager knows of a leader, else 0",
+            G,
+            one(u64::from(raft.leader.is_some())),
+        )?;
+        family(
+            e,
+            "shoal_raft_last_log_index",
+            "The index of the last entry in this manager's raft log",
+            G,
+            one(raft.last_log_index),
+        )?;
+        family(
+            e,
+            "shoal_raft_commit_index",
+            "The last commit index raft told this manager's log",
+            G,
+            one(raft.commit_index),
+        )?;
+        family(
+            e,
+            "shoal_raft_applied_index",
+            "The index of the last committed entry applied to this manager's store",
+            G,
+            one(raft.applied_index),
+        )?;
+        family(
+            e,
+            "shoal_raft_snapshot_index",
+            "The index this manager's last snapshot covers",
+            G,
+            one(raft.snapshot_index),
+        )?;
+        family(
+            e,
+            "shoal_raft_voters",
+            "Raft members that vote",
+            G,
+            one(raft.voters as u64),
+        )
+    }
+
+    /// Writes the store's tasks per service and state, and its nodes per state (a manager's).
+    fn encode_store(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use MetricType::Gauge as G;
+        let service = |name: &String| vec![("service", name.clone())];
+        family(
+            e,
+            "shoal_service_desired_tasks",
+            "Tasks a replicated service asks for",
+            G,
+            self.services
+                .iter()
+                .filter_map(|(name, s)| Some((service(name), count(s.desired?)))),
+        )?;
+        family(
+            e,
+            "shoal_service_tasks",
+            "A service's tasks meant to run, by their current state",
+            G,
+            self.services.iter().flat_map(|(name, s)| {
+                s.states.iter().map(move |(state, n)| {
                     (
-                        service(name),
-                        count(s.states.get("running").copied().unwrap_or(0)),
-                    )
-                }),
-            )?;
-            family(
-                &mut e,
-                "shoal_service_unschedulable_tasks",
-                "A service's tasks waiting for a node that can take them",
-                G,
-                self.services
-                    .iter()
-                    .map(|(name, s)| (service(name), count(s.unschedulable))),
-            )?;
-            family(
-                &mut e,
-                "shoal_nodes",
-                "Nodes in the swarm, by state and availability",
-                G,
-                self.nodes.iter().map(|((state, availability), n)| {
-                    (
-                        vec![
-                            ("state", state.clone()),
-                            ("availability", availability.clone()),
-                        ],
+                        vec![("service", name.clone()), ("state", (*state).to_owned())],
                         count(*n),
                     )
-                }),
-            )?;
-        }
+                })
+            }),
+        )?;
+        family(
+            e,
+            "shoal_service_running_tasks",
+            "A service's tasks running now",
+            G,
+            self.services.iter().map(|(name, s)| {
+                (
+                    service(name),
+                    count(s.states.get("running").copied().unwrap_or(0)),
+                )
+            }),
+        )?;
+        family(
+            e,
+            "shoal_service_unschedulable_tasks",
+            "A service's tasks waiting for a node that can take them",
+            G,
+            self.services
+                .iter()
+                .map(|(name, s)| (service(name), count(s.unschedulable))),
+        )?;
+        family(
+            e,
+            "shoal_nodes",
+            "Nodes in the swarm, by state and availability",
+            G,
+            self.nodes.iter().map(|((state, availability), n)| {
+                (
+                    vec![
+                        ("state", state.clone()),
+                        ("availability", availability.clone()),
+                    ],
+                    count(*n),
+                )
+            }),
+        )
+    }
+
+    /// Writes the routing mesh's counters and backends per service.
+    fn encode_mesh(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter as C, Gauge as G};
         let mesh = |pick: fn(&MeshService) -> u64| {
             self.mesh
                 .iter()
@@ -497,17 +524,21 @@ impl Collector for Snapshot {
                 |s| s.stats.tc_packets,
             ),
         ] {
-            family(&mut e, name, help, C, mesh(pick))?;
+            family(e, name, help, C, mesh(pick))?;
         }
         family(
-            &mut e,
+            e,
             "shoal_mesh_backends",
             "Tasks the mesh balances a service's new connections over",
             G,
             self.mesh
                 .iter()
                 .map(|(name, s)| (vec![("service", name.clone())], count(s.backends))),
-        )?;
+        )
+    }
+
+    /// Writes the routing mesh's counters per published port.
+    fn encode_ports(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let port = |p: &shoal_dataplane::mesh::PortStatus| {
             vec![
                 ("service", p.service.clone()),
@@ -558,17 +589,24 @@ impl Collector for Snapshot {
         ];
         for (name, help, pick) in per_port {
             family(
-                &mut e,
+                e,
                 name,
                 help,
-                C,
+                MetricType::Counter,
                 self.ports
                     .iter()
                     .map(|p| (port(p), counter(pick(&p.stats)))),
             )?;
         }
+        Ok(())
+    }
+
+    /// Writes what the service VIPs translated for this node's tasks, and the mesh's entry
+    /// path on each public interface.
+    fn encode_vips(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter as C, Gauge as G};
         family(
-            &mut e,
+            e,
             "shoal_vip_connections",
             "Connections (and unconnected datagrams) from this node's tasks to a service VIP, sent to one of its running tasks",
             C,
@@ -577,7 +615,7 @@ impl Collector for Snapshot {
                 .map(|(name, s)| (vec![("service", name.clone())], counter(s.connections))),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_vip_no_backend",
             "Connections from this node's tasks to a service VIP while the service had no running task",
             C,
@@ -586,7 +624,7 @@ impl Collector for Snapshot {
                 .map(|(name, s)| (vec![("service", name.clone())], counter(s.no_backend))),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_mesh_interface_entry",
             "How the mesh takes packets in on a public interface (1 for the path in use)",
             G,
@@ -599,24 +637,29 @@ impl Collector for Snapshot {
                     gauge(1),
                 )
             }),
-        )?;
+        )
+    }
+
+    /// Writes the WireGuard engine's figures per peer.
+    fn encode_wireguard(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter as C, Gauge as G};
         let peer = |p: &Peer| vec![("peer", p.node.clone())];
         family(
-            &mut e,
+            e,
             "shoal_wireguard_sent_bytes",
             "Bytes the WireGuard engine sent to a peer (resets when the peer's session is replaced)",
             C,
             self.peers.iter().map(|p| (peer(p), counter(p.tx_bytes))),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_wireguard_received_bytes",
             "Bytes the WireGuard engine received from a peer (resets as the sent bytes do)",
             C,
             self.peers.iter().map(|p| (peer(p), counter(p.rx_bytes))),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_wireguard_last_handshake_age_seconds",
             "Time since the last completed handshake with a peer",
             G,
@@ -625,7 +668,7 @@ impl Collector for Snapshot {
                 .filter_map(|p| Some((peer(p), gauge_f(p.last_handshake_seconds?)))),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_wireguard_session_up",
             "1 while a peer's session is usable (a handshake within WireGuard's 180 s), else 0",
             G,
@@ -635,7 +678,7 @@ impl Collector for Snapshot {
             }),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_wireguard_rotating",
             "1 while a peer's keys are being rotated",
             G,
@@ -644,7 +687,7 @@ impl Collector for Snapshot {
                 .map(|p| (peer(p), gauge(i64::from(p.rotating)))),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_wireguard_handshakes_limited",
             "Handshakes from a peer refused by the rate limit",
             C,
@@ -653,7 +696,7 @@ impl Collector for Snapshot {
                 .map(|p| (peer(p), counter(p.handshakes_limited))),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_wireguard_cookie_replies",
             "Cookie replies sent to a peer under load",
             C,
@@ -662,7 +705,7 @@ impl Collector for Snapshot {
                 .map(|p| (peer(p), counter(p.cookie_replies))),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_wireguard_refused_packets",
             "Packets from a peer that did not authenticate",
             C,
@@ -671,58 +714,65 @@ impl Collector for Snapshot {
                 .map(|p| (peer(p), counter(p.refused_packets))),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_wireguard_handshakes",
             "Handshake messages from a peer (initiations and responses) that a session took",
             C,
             self.peers.iter().map(|p| (peer(p), counter(p.handshakes))),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_wireguard_key_rotations",
             "Key changes completed with a peer",
             C,
             self.peers.iter().map(|p| (peer(p), counter(p.rotations))),
-        )?;
+        )
+    }
+
+    /// Writes the overlay networks' VXLAN counters, and the encrypted networks per peer.
+    fn encode_overlay(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter as C, Gauge as G};
         let network = |pick: fn(&shoal_dataplane::overlay::layout::NetworkCounters) -> u64| {
             self.networks
                 .iter()
                 .map(move |(id, c)| (vec![("network", id.clone())], counter(pick(c))))
         };
         family(
-            &mut e,
+            e,
             "shoal_overlay_sent_packets",
             "Frames this node's tasks sent to other nodes on an overlay network (inside VXLAN)",
             C,
             network(|c| c.tx_packets),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_overlay_sent_bytes",
             "Their bytes",
             C,
             network(|c| c.tx_bytes),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_overlay_received_packets",
             "Frames this node's tasks received from other nodes on an overlay network",
             C,
             network(|c| c.rx_packets),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_overlay_received_bytes",
             "Their bytes",
             C,
             network(|c| c.rx_bytes),
         )?;
         family(
-            &mut e,
+            e,
             "shoal_overlay_encrypted_networks",
             "Encrypted overlay networks a peer carries",
             G,
-            self.peers.iter().map(|p| (peer(p), count(p.networks))),
+            self.peers
+                .iter()
+                .map(|p| (vec![("peer", p.node.clone())], count(p.networks))),
         )
     }
 }

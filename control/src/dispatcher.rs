@@ -208,6 +208,37 @@ pub fn assignment(world: &World, index: u64, node_id: &str, data_path_port: u16)
         .filter_map(|id| world.networks.get(id).map(|n| n.value.clone()))
         .collect();
 
+    let endpoints = remote_endpoints(world, node_id, &network_ids, ingress.as_deref());
+    let peers = peer_nodes(world, &endpoints);
+    let mesh = match ingress.as_ref().filter(|_| ingress_addr.is_some()) {
+        Some(ingress) => mesh_services(world, &tasks, ingress),
+        None => Vec::new(),
+    };
+    let services = reachable_services(world, &network_ids, ingress.as_deref());
+    Assignment {
+        index,
+        node_id: node_id.to_owned(),
+        data_path_port,
+        tasks,
+        networks,
+        ingress_addr,
+        endpoints: endpoints.into_iter().collect(),
+        peers,
+        mesh,
+        services,
+        // The store's secrets are not part of the world: the manager adds the data.
+        payloads: Vec::new(),
+    }
+}
+
+/// Where the tasks on `network_ids` placed on other nodes than `node_id` are, and those nodes'
+/// own addresses on `ingress` when it is one of them.
+fn remote_endpoints(
+    world: &World,
+    node_id: &str,
+    network_ids: &BTreeSet<String>,
+    ingress: Option<&str>,
+) -> BTreeSet<RemoteEndpoint> {
     let mut endpoints = BTreeSet::new();
     for task in world.tasks.values().map(|t| &t.value) {
         if task.node_id == node_id || !placed(world, task) {
@@ -228,16 +259,16 @@ pub fn assignment(world: &World, index: u64, node_id: &str, data_path_port: u16)
         }
     }
     // Other nodes' own ingress addresses: the routing mesh's replies go back to them.
-    if let Some(ingress) = ingress.as_ref().filter(|i| network_ids.contains(*i)) {
+    if let Some(ingress) = ingress.filter(|i| network_ids.contains(*i)) {
         for node in world.nodes.values().map(|n| &n.value) {
             if node.id == node_id || node.status.state != NodeState::Ready {
                 continue;
             }
-            for a in node.attachments.iter().filter(|a| &a.network_id == ingress) {
+            for a in node.attachments.iter().filter(|a| a.network_id == ingress) {
                 for addr in &a.addresses {
                     if let Some(ip) = address_of(addr) {
                         endpoints.insert(RemoteEndpoint {
-                            network: ingress.clone(),
+                            network: ingress.to_owned(),
                             ip: ip.to_string(),
                             node: node.id.clone(),
                         });
@@ -246,8 +277,13 @@ pub fn assignment(world: &World, index: u64, node_id: &str, data_path_port: u16)
             }
         }
     }
+    endpoints
+}
+
+/// The nodes `endpoints` are on, with their data-path addresses and WireGuard public keys.
+fn peer_nodes(world: &World, endpoints: &BTreeSet<RemoteEndpoint>) -> Vec<PeerNode> {
     let peer_ids: BTreeSet<&String> = endpoints.iter().map(|e| &e.node).collect();
-    let peers = peer_ids
+    peer_ids
         .into_iter()
         .filter_map(|id| world.nodes.get(id))
         .map(|n| PeerNode {
@@ -256,68 +292,63 @@ pub fn assignment(world: &World, index: u64, node_id: &str, data_path_port: u16)
             public_key: Some(n.value.description.wireguard_public_key.clone())
                 .filter(|k| !k.is_empty()),
         })
-        .collect();
+        .collect()
+}
 
+/// The services with published ports the node answers on (through the routing mesh on
+/// `ingress`), each with its backends: every ingress-mode port, and host-mode ports of the
+/// services one of `tasks` (the node's) runs.
+fn mesh_services(world: &World, tasks: &[Task], ingress: &str) -> Vec<MeshService> {
+    let mut backends = mesh_backends(world, ingress);
     let mut mesh = Vec::new();
-    if let Some(ingress) = ingress.as_ref().filter(|_| ingress_addr.is_some()) {
-        let mut backends: BTreeMap<&str, Vec<Backend>> = BTreeMap::new();
-        for task in world.tasks.values().map(|t| &t.value) {
-            let draining = draining(world, task);
-            if !serving(world, task) && !draining {
-                continue;
-            }
-            if let Some(ip) = task
-                .networks_attachments
-                .iter()
-                .find(|a| &a.network_id == ingress)
-                .and_then(|a| a.addresses.first())
-                .and_then(|a| address_of(a))
-            {
-                backends.entry(&task.service_id).or_default().push(Backend {
-                    task: task.id.clone(),
-                    node: task.node_id.clone(),
-                    ip: ip.to_string(),
-                    draining,
-                });
-            }
+    for service in world.services.values().map(|s| &s.value) {
+        // Host-mode ports answer only where a task of the service runs.
+        let runs_here = tasks
+            .iter()
+            .any(|t| t.service_id == service.id && t.desired_state == TaskState::Running);
+        let ports: Vec<PortConfig> = service
+            .endpoint
+            .ports
+            .iter()
+            .filter(|p| p.publish_mode == PublishMode::Ingress || runs_here)
+            .cloned()
+            .collect();
+        if ports.is_empty() {
+            continue;
         }
-        for service in world.services.values().map(|s| &s.value) {
-            // Host-mode ports answer only where a task of the service runs.
-            let runs_here = tasks
-                .iter()
-                .any(|t| t.service_id == service.id && t.desired_state == TaskState::Running);
-            let ports: Vec<PortConfig> = service
-                .endpoint
-                .ports
-                .iter()
-                .filter(|p| p.publish_mode == PublishMode::Ingress || runs_here)
-                .cloned()
-                .collect();
-            if ports.is_empty() {
-                continue;
-            }
-            mesh.push(MeshService {
-                name: service.spec.name.clone(),
-                ports,
-                backends: backends.remove(service.id.as_str()).unwrap_or_default(),
+        mesh.push(MeshService {
+            name: service.spec.name.clone(),
+            ports,
+            backends: backends.remove(service.id.as_str()).unwrap_or_default(),
+        });
+    }
+    mesh
+}
+
+/// The tasks serving (or draining) with an address on `ingress`, by service ID.
+fn mesh_backends<'a>(world: &'a World, ingress: &str) -> BTreeMap<&'a str, Vec<Backend>> {
+    let mut backends: BTreeMap<&str, Vec<Backend>> = BTreeMap::new();
+    for task in world.tasks.values().map(|t| &t.value) {
+        let draining = draining(world, task);
+        if !serving(world, task) && !draining {
+            continue;
+        }
+        if let Some(ip) = task
+            .networks_attachments
+            .iter()
+            .find(|a| a.network_id == ingress)
+            .and_then(|a| a.addresses.first())
+            .and_then(|a| address_of(a))
+        {
+            backends.entry(&task.service_id).or_default().push(Backend {
+                task: task.id.clone(),
+                node: task.node_id.clone(),
+                ip: ip.to_string(),
+                draining,
             });
         }
     }
-    let services = reachable_services(world, &network_ids, ingress.as_deref());
-    Assignment {
-        index,
-        node_id: node_id.to_owned(),
-        data_path_port,
-        tasks,
-        networks,
-        ingress_addr,
-        endpoints: endpoints.into_iter().collect(),
-        peers,
-        mesh,
-        services,
-        // The store's secrets are not part of the world: the manager adds the data.
-        payloads: Vec::new(),
-    }
+    backends
 }
 
 /// The services on `networks` (the node's tasks' networks; ingress is not one tasks find each

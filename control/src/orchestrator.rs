@@ -530,49 +530,7 @@ fn update_step(
         && failed.len() as f64 > tolerated
         && config.failure_action != FailureAction::Continue
     {
-        let what = if rollback { "rollback" } else { "update" };
-        let task = &first.id;
-        let wants_rollback = !rollback && config.failure_action == FailureAction::Rollback;
-        // The reconciler does not allocate published ports: an update that changed them is
-        // paused instead, for `service rollback` (which does) to undo.
-        let ports_changed = service
-            .previous_spec
-            .as_ref()
-            .is_none_or(|p| p.endpoint_spec != service.spec.endpoint_spec);
-        let roll_back = wants_rollback && !ports_changed;
-        let why = if wants_rollback && ports_changed {
-            " (the update changed the published ports: `service rollback` gives them back)"
-        } else {
-            ""
-        };
-        let (state, message) = if roll_back {
-            (
-                UpdateState::RollbackStarted,
-                format!("update rolled back due to failure or early termination of task {task}"),
-            )
-        } else {
-            (
-                if rollback {
-                    UpdateState::RollbackPaused
-                } else {
-                    UpdateState::Paused
-                },
-                format!("{what} paused due to failure or early termination of task {task}{why}"),
-            )
-        };
-        return UpdateStep::Status(NextStatus {
-            status: UpdateStatus {
-                state,
-                started_at: if roll_back {
-                    rfc3339(now)
-                } else {
-                    progress.started_at.clone()
-                },
-                completed_at: String::new(),
-                message,
-            },
-            roll_back,
-        });
+        return UpdateStep::Status(failure_status(service, progress, config, &first.id, now));
     }
     let todo: Vec<(u64, String)> = live
         .iter()
@@ -624,6 +582,60 @@ fn update_step(
         return UpdateStep::Wait;
     }
     UpdateStep::Replace(todo.into_iter().take(room).collect())
+}
+
+/// The status an update (or a rollback) turns to when too many of its new tasks failed, `task`
+/// first: a rollback, or a pause.
+fn failure_status(
+    service: &Service,
+    progress: &UpdateStatus,
+    config: &UpdateConfig,
+    task: &str,
+    now: OffsetDateTime,
+) -> NextStatus {
+    let rollback = progress.state.is_rollback();
+    let what = if rollback { "rollback" } else { "update" };
+    let wants_rollback = !rollback && config.failure_action == FailureAction::Rollback;
+    // The reconciler does not allocate published ports: an update that changed them is
+    // paused instead, for `service rollback` (which does) to undo.
+    let ports_changed = service
+        .previous_spec
+        .as_ref()
+        .is_none_or(|p| p.endpoint_spec != service.spec.endpoint_spec);
+    let roll_back = wants_rollback && !ports_changed;
+    let why = if wants_rollback && ports_changed {
+        " (the update changed the published ports: `service rollback` gives them back)"
+    } else {
+        ""
+    };
+    let (state, message) = if roll_back {
+        (
+            UpdateState::RollbackStarted,
+            format!("update rolled back due to failure or early termination of task {task}"),
+        )
+    } else {
+        (
+            if rollback {
+                UpdateState::RollbackPaused
+            } else {
+                UpdateState::Paused
+            },
+            format!("{what} paused due to failure or early termination of task {task}{why}"),
+        )
+    };
+    NextStatus {
+        status: UpdateStatus {
+            state,
+            started_at: if roll_back {
+                rfc3339(now)
+            } else {
+                progress.started_at.clone()
+            },
+            completed_at: String::new(),
+            message,
+        },
+        roll_back,
+    }
 }
 
 /// Computes the changes that bring the store closer to what the services ask for.

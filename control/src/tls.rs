@@ -712,6 +712,35 @@ struct Anonymous {
     _address_place: AddressPlace,
 }
 
+impl Anonymous {
+    /// Places for a connection without a certificate from `addr`, under `limits`, with its
+    /// deadlines starting now; none (the refusal logged) when it would be over them.
+    fn take(
+        open: &Arc<std::sync::atomic::AtomicUsize>,
+        by_address: &Arc<PerAddress>,
+        addr: SocketAddr,
+        limits: &ConnectionLimits,
+    ) -> Option<Self> {
+        let Some(place) = Counted::take(open, limits.max_anonymous) else {
+            tracing::debug!(%addr, "refusing a connection without a certificate: too many open");
+            return None;
+        };
+        let Some(address_place) = PerAddress::take(by_address, addr.ip(), limits.per_address)
+        else {
+            tracing::debug!(%addr, "refusing a connection without a certificate: too many from its address");
+            return None;
+        };
+        let now = tokio::time::Instant::now();
+        Some(Anonymous {
+            idle: limits.anonymous_idle,
+            silent_until: Box::pin(tokio::time::sleep_until(now + limits.anonymous_idle)),
+            ends: Box::pin(tokio::time::sleep_until(now + limits.anonymous_lifetime)),
+            _place: place,
+            _address_place: address_place,
+        })
+    }
+}
+
 /// A server-side TLS connection that tells tonic who is on the other end.
 #[derive(Debug)]
 pub struct TlsConn {
@@ -890,28 +919,12 @@ pub fn incoming(
                 let anonymous = match identity {
                     Some(_) => None,
                     None => {
-                        let Some(place) = Counted::take(&anonymous, limits.max_anonymous) else {
-                            tracing::debug!(%addr, "refusing a connection without a certificate: too many open");
-                            return;
-                        };
-                        let Some(address_place) =
-                            PerAddress::take(&anonymous_by_address, addr.ip(), limits.per_address)
+                        let Some(anonymous) =
+                            Anonymous::take(&anonymous, &anonymous_by_address, addr, &limits)
                         else {
-                            tracing::debug!(%addr, "refusing a connection without a certificate: too many from its address");
                             return;
                         };
-                        let now = tokio::time::Instant::now();
-                        Some(Anonymous {
-                            idle: limits.anonymous_idle,
-                            silent_until: Box::pin(tokio::time::sleep_until(
-                                now + limits.anonymous_idle,
-                            )),
-                            ends: Box::pin(tokio::time::sleep_until(
-                                now + limits.anonymous_lifetime,
-                            )),
-                            _place: place,
-                            _address_place: address_place,
-                        })
+                        Some(anonymous)
                     }
                 };
                 let trust = identity.is_some().then_some((live, verified));

@@ -6,7 +6,7 @@
 //! The process is not tied to `shoald`: it keeps running when the daemon stops or is killed, and
 //! the daemon finds it again by PID and start time when it comes back.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -108,75 +108,24 @@ pub(crate) fn start(
         .kill_on_drop(false);
     let dir = CString::new(spec.dir.as_bytes())
         .map_err(|_| "the working directory holds a NUL byte".to_owned())?;
-    let fd = ns.as_raw_fd();
-    // SAFETY: between fork and exec only async-signal-safe calls are made: write(2), setns(2),
-    // setsid(2), unshare(2), mount(2), sethostname(2) and umask(2), on descriptors opened before
-    // the fork and kept open by `ns` and `procs` until spawn returns, and on C strings made
-    // before the fork and kept by the closure.
+    let setup = ChildSetup {
+        procs,
+        netns: ns.as_raw_fd(),
+        resolv_conf: resolv_c,
+        mounts,
+        files,
+        read_only,
+        set_hostname,
+        hostname,
+        dir,
+        user,
+    };
+    // SAFETY: between fork and exec the child only runs `ChildSetup::apply`, which makes
+    // async-signal-safe calls alone, on descriptors opened before the fork and kept open by
+    // `ns` and `procs` until spawn returns, and on C strings made before the fork and kept by
+    // the closure.
     unsafe {
-        command.pre_exec(move || {
-            let check = |rc: libc::c_int| match rc {
-                0.. => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            };
-            super::cgroup::join(&procs)?;
-            check(libc::setns(fd, libc::CLONE_NEWNET))?;
-            check(libc::setsid())?;
-            // A mount namespace of its own, whose mounts do not propagate back to the node's.
-            check(libc::unshare(libc::CLONE_NEWNS))?;
-            check(libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_SLAVE,
-                std::ptr::null(),
-            ))?;
-            check(libc::mount(
-                resolv_c.as_ptr(),
-                c"/etc/resolv.conf".as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            ))?;
-            for m in &mounts {
-                m.apply()?;
-            }
-            if let Some(files) = &files {
-                files.apply()?;
-            }
-            if read_only {
-                // The root mount of the task's own namespace; its other mounts stay as they are.
-                check(libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-                    std::ptr::null(),
-                ))?;
-            }
-            if set_hostname {
-                check(libc::unshare(libc::CLONE_NEWUTS))?;
-                check(libc::sethostname(
-                    hostname.as_ptr(),
-                    hostname.as_bytes().len(),
-                ))?;
-            }
-            // In the task's mounts, and before the user changes (std would do both before
-            // this closure).
-            if !dir.as_bytes().is_empty() {
-                check(libc::chdir(dir.as_ptr()))?;
-            }
-            if let Some((uid, gid)) = user {
-                check(libc::setgroups(0, std::ptr::null()))?;
-                if let Some(gid) = gid {
-                    check(libc::setgid(gid))?;
-                }
-                check(libc::setuid(uid))?;
-            }
-            // The task's files get the usual modes, not shoald's private 077.
-            libc::umask(0o022);
-            Ok(())
-        });
+        command.pre_exec(move || setup.apply());
     }
     let child = command.spawn().map_err(|e| {
         if let Some(cgroup) = &cgroup {
@@ -189,6 +138,103 @@ pub(crate) fn start(
     runtime.pid = pid;
     runtime.start_time = start_time(pid).unwrap_or_default();
     Ok(child)
+}
+
+/// What the task's process sets up between fork and exec, all made before the fork.
+struct ChildSetup {
+    /// The task's cgroup's `cgroup.procs` to join (none without limits).
+    procs: Vec<OwnedFd>,
+    /// The task's network namespace (kept open by the caller until spawn returns).
+    netns: RawFd,
+    /// The task's own `/etc/resolv.conf`, bound over the host's.
+    resolv_conf: CString,
+    /// The task's bind and tmpfs mounts.
+    mounts: Vec<PreparedMount>,
+    /// The task's configs and secrets.
+    files: Option<super::files::ExecFiles>,
+    /// Whether the root mount is made read-only.
+    read_only: bool,
+    /// Whether the task gets a UTS namespace with `hostname`.
+    set_hostname: bool,
+    /// The task's hostname.
+    hostname: CString,
+    /// The working directory (empty: `/`).
+    dir: CString,
+    /// The user and group to become.
+    user: Option<(u32, Option<u32>)>,
+}
+
+impl ChildSetup {
+    /// Joins the task's cgroup and namespaces, makes its mounts and files, sets its hostname,
+    /// directory, user and umask: async-signal-safe, for between fork and exec.
+    fn apply(&self) -> std::io::Result<()> {
+        let check = |rc: libc::c_int| match rc {
+            0.. => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        };
+        // SAFETY: write(2), setns(2), setsid(2), unshare(2), mount(2), sethostname(2),
+        // chdir(2), setgroups(2), setgid(2), setuid(2) and umask(2) on a descriptor and C
+        // strings owned by `self` (or kept open by the caller), made before the fork.
+        unsafe {
+            super::cgroup::join(&self.procs)?;
+            check(libc::setns(self.netns, libc::CLONE_NEWNET))?;
+            check(libc::setsid())?;
+            // A mount namespace of its own, whose mounts do not propagate back to the node's.
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                self.resolv_conf.as_ptr(),
+                c"/etc/resolv.conf".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))?;
+            for m in &self.mounts {
+                m.apply()?;
+            }
+            if let Some(files) = &self.files {
+                files.apply()?;
+            }
+            if self.read_only {
+                // The root mount of the task's own namespace; its other mounts stay as they are.
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ))?;
+            }
+            if self.set_hostname {
+                check(libc::unshare(libc::CLONE_NEWUTS))?;
+                check(libc::sethostname(
+                    self.hostname.as_ptr(),
+                    self.hostname.as_bytes().len(),
+                ))?;
+            }
+            // In the task's mounts, and before the user changes (std would do both before
+            // this closure).
+            if !self.dir.as_bytes().is_empty() {
+                check(libc::chdir(self.dir.as_ptr()))?;
+            }
+            if let Some((uid, gid)) = self.user {
+                check(libc::setgroups(0, std::ptr::null()))?;
+                if let Some(gid) = gid {
+                    check(libc::setgid(gid))?;
+                }
+                check(libc::setuid(uid))?;
+            }
+            // The task's files get the usual modes, not shoald's private 077.
+            libc::umask(0o022);
+        }
+        Ok(())
+    }
 }
 
 /// How the child ended.

@@ -589,31 +589,28 @@ impl Worker {
         env
     }
 
-    /// Runs one task from start to end.
-    async fn supervise(&self, id: String, mut stopped: watch::Receiver<bool>) {
-        let Some(task) = self.lock().tasks.get(&id).map(|l| l.task.clone()) else {
-            return;
-        };
-        self.report(&id, status(TaskState::Preparing, "preparing"));
-        let env = self.env(&task);
-        // Its secrets and configs, from the assignment (in memory only).
+    /// Prepares `task` to start: its secrets' and configs' files (from the assignment, in
+    /// memory only), then the executor's namespace or container. The runtime, and the exec
+    /// executor's files; why it cannot run.
+    async fn prepare(
+        &self,
+        task: &Task,
+        env: &[(String, String)],
+    ) -> Result<(Runtime, Option<files::ExecFiles>), String> {
         let payloads = self
             .lock()
             .assignment
             .as_ref()
             .map(|a| a.payloads.clone())
             .unwrap_or_default();
-        let task_files = match files::for_task(&task, &payloads) {
-            Ok(found) => found,
-            Err(e) => return self.finish(&id, None, TaskState::Rejected, e).await,
-        };
+        let task_files = files::for_task(task, &payloads)?;
         let mut exec_files = None;
         let prepared = match &self.inner.executor {
             Executor::None => Err(NO_EXECUTOR.to_owned()),
             Executor::Exec => match files::prepare_exec(&task_files) {
                 Ok(ready) => {
                     exec_files = Some(ready);
-                    exec::prepare(&self.inner.dir, &task).await
+                    exec::prepare(&self.inner.dir, task).await
                 }
                 Err(e) => Err(e),
             },
@@ -621,7 +618,7 @@ impl Worker {
                 Ok(binds) => {
                     let node = self.node_id();
                     engine
-                        .prepare(&self.inner.data_root, &task, &node, &env, &binds)
+                        .prepare(&self.inner.data_root, task, &node, env, &binds)
                         .await
                 }
                 Err(e) => Err(e),
@@ -632,8 +629,42 @@ impl Worker {
             // A docker task's files, if some were written: no task, no files.
             files::remove_for_docker(&task.id);
         }
-        let mut runtime = match prepared {
-            Ok(runtime) => runtime,
+        prepared.map(|runtime| (runtime, exec_files))
+    }
+
+    /// A task whose health check never passed (or that was stopped while it waited, `why`
+    /// empty): stopped, and reported failed (or shut down).
+    async fn never_healthy(
+        &self,
+        id: &str,
+        task: &Task,
+        mut started: Started,
+        runtime: Runtime,
+        why: String,
+    ) {
+        self.stop_runtime(&runtime, &task.spec.container_spec).await;
+        if let Started::Child(child) = &mut started {
+            let _ = child.wait().await;
+        }
+        let state = match why.is_empty() {
+            true => TaskState::Shutdown,
+            false => {
+                count_failure("unhealthy");
+                TaskState::Failed
+            }
+        };
+        self.finish(id, Some(runtime), state, why).await;
+    }
+
+    /// Runs one task from start to end.
+    async fn supervise(&self, id: String, mut stopped: watch::Receiver<bool>) {
+        let Some(task) = self.lock().tasks.get(&id).map(|l| l.task.clone()) else {
+            return;
+        };
+        self.report(&id, status(TaskState::Preparing, "preparing"));
+        let env = self.env(&task);
+        let (mut runtime, mut exec_files) = match self.prepare(&task, &env).await {
+            Ok(prepared) => prepared,
             Err(e) => return self.finish(&id, None, TaskState::Rejected, e).await,
         };
         // The exec executor's namespace exists before its process: plumb it first. A container's
@@ -695,18 +726,7 @@ impl Worker {
                 verdict = probe.until_healthy(&runtime) => verdict,
             };
             if let Err(why) = verdict {
-                self.stop_runtime(&runtime, &task.spec.container_spec).await;
-                if let Started::Child(child) = &mut started {
-                    let _ = child.wait().await;
-                }
-                let state = match why.is_empty() {
-                    true => TaskState::Shutdown,
-                    false => {
-                        count_failure("unhealthy");
-                        TaskState::Failed
-                    }
-                };
-                return self.finish(&id, Some(runtime), state, why).await;
+                return self.never_healthy(&id, &task, started, runtime, why).await;
             }
         }
         self.report_running(&id, &runtime);

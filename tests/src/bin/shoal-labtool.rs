@@ -30,7 +30,7 @@ use std::process::ExitCode;
 use std::ptr;
 use std::str::FromStr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -1535,6 +1535,90 @@ fn junk(rng: &mut XorShift) -> Vec<u8> {
     m
 }
 
+/// The datagrams `wg-flood` sends in turn: FLOOD_POOL of `kind` (the three kinds in turn for
+/// `mixed`), MAC1 keyed with `responder`'s public key.
+fn flood_pool(kind: FloodKind, responder: &[u8; 32]) -> Vec<Vec<u8>> {
+    let key = mac1_key(responder);
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
+    (0..FLOOD_POOL)
+        .map(|i| {
+            let kind = match kind {
+                FloodKind::Mixed => {
+                    [FloodKind::ValidMac1, FloodKind::BadMac1, FloodKind::Junk][i % 3]
+                }
+                other => other,
+            };
+            match kind {
+                FloodKind::BadMac1 => forged_initiation(&mut rng, None),
+                FloodKind::Junk => junk(&mut rng),
+                _ => forged_initiation(&mut rng, Some(&key)),
+            }
+        })
+        .collect()
+}
+
+/// Counts the cookie replies that come back on `receiver` into `replies`, until `done`.
+fn count_cookie_replies(receiver: &UdpSocket, done: &AtomicBool, replies: &AtomicU64) {
+    let mut buf = [0u8; 256];
+    while !done.load(Ordering::Relaxed) {
+        if let Ok(n) = receiver.recv(&mut buf)
+            && n == WG_COOKIE_REPLY_LEN
+            && buf[0] == WG_COOKIE_REPLY
+        {
+            replies.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Sends the datagrams `hdrs` point at, in turn, on the connected `socket` for `duration`, at
+/// `per_second` (a batch at a time); how many were sent, and in how many seconds.
+fn send_paced(
+    socket: &UdpSocket,
+    hdrs: &mut [libc::mmsghdr],
+    target: SocketAddr,
+    duration: Duration,
+    per_second: u64,
+) -> Result<(u64, f64)> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut sent: u64 = 0;
+    let mut at = 0;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        // Paced: what is due by now, a batch at a time.
+        let due = (per_second as f64 * (now - start).as_secs_f64()) as u64;
+        if sent >= due {
+            thread::sleep(Duration::from_micros(100));
+            continue;
+        }
+        let n = (due - sent).min(BATCH as u64).min((FLOOD_POOL - at) as u64) as usize;
+        // SAFETY: `hdrs[at..at + n]` are initialised headers (connected socket: no address),
+        // each pointing at its own iovec, which points into the pool; the caller keeps all of
+        // them alive past the call, and the kernel only reads the data.
+        let rc = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                hdrs[at..].as_mut_ptr(),
+                n as libc::c_uint,
+                0,
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if is_transient(&err) {
+                continue;
+            }
+            return Err(err).context(format!("sendmmsg to {target}"));
+        }
+        sent += rc as u64;
+        at = (at + rc as usize) % FLOOD_POOL;
+    }
+    Ok((sent, start.elapsed().as_secs_f64()))
+}
+
 /// The JSON line `wg-flood` prints.
 #[derive(Debug, Serialize)]
 struct WgFloodReport {
@@ -1563,23 +1647,7 @@ fn cmd_wg_flood(flags: &Flags) -> Result<ExitCode> {
     let kind: FloodKind = flags.or("kind", FloodKind::Mixed)?;
     let from: IpAddr = flags.or("from", unspecified_for(&target))?;
 
-    let key = mac1_key(&responder);
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
-    let mut pool: Vec<Vec<u8>> = (0..FLOOD_POOL)
-        .map(|i| {
-            let kind = match kind {
-                FloodKind::Mixed => {
-                    [FloodKind::ValidMac1, FloodKind::BadMac1, FloodKind::Junk][i % 3]
-                }
-                other => other,
-            };
-            match kind {
-                FloodKind::BadMac1 => forged_initiation(&mut rng, None),
-                FloodKind::Junk => junk(&mut rng),
-                _ => forged_initiation(&mut rng, Some(&key)),
-            }
-        })
-        .collect();
+    let mut pool = flood_pool(kind, &responder);
 
     let socket =
         udp_bind(&SocketAddr::new(from, 0), false).context(format!("binding UDP {from}"))?;
@@ -1594,7 +1662,7 @@ fn cmd_wg_flood(flags: &Flags) -> Result<ExitCode> {
         .connect(target)
         .context(format!("connecting UDP to {target}"))?;
     let replies = AtomicU64::new(0);
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let done = AtomicBool::new(false);
     let receiver = socket.try_clone().context("cloning the socket")?;
     receiver
         .set_read_timeout(Some(Duration::from_millis(100)))
@@ -1610,57 +1678,8 @@ fn cmd_wg_flood(flags: &Flags) -> Result<ExitCode> {
     let mut hdrs: Vec<libc::mmsghdr> = iovs.iter_mut().map(sys::message_header).collect();
 
     let (sent, seconds) = thread::scope(|scope| -> Result<(u64, f64)> {
-        scope.spawn(|| {
-            let mut buf = [0u8; 256];
-            while !done.load(Ordering::Relaxed) {
-                if let Ok(n) = receiver.recv(&mut buf)
-                    && n == WG_COOKIE_REPLY_LEN
-                    && buf[0] == WG_COOKIE_REPLY
-                {
-                    replies.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        let result = (|| {
-            let start = Instant::now();
-            let deadline = start + duration;
-            let mut sent: u64 = 0;
-            let mut at = 0;
-            loop {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                // Paced: what is due by now, a batch at a time.
-                let due = (per_second as f64 * (now - start).as_secs_f64()) as u64;
-                if sent >= due {
-                    thread::sleep(Duration::from_micros(100));
-                    continue;
-                }
-                let n = (due - sent).min(BATCH as u64).min((FLOOD_POOL - at) as u64) as usize;
-                // SAFETY: `hdrs[at..at + n]` are initialised headers (connected socket: no
-                // address), each pointing at its own iovec in `iovs`, which points into `pool`;
-                // all outlive the call and the kernel only reads the data.
-                let rc = unsafe {
-                    libc::sendmmsg(
-                        socket.as_raw_fd(),
-                        hdrs[at..].as_mut_ptr(),
-                        n as libc::c_uint,
-                        0,
-                    )
-                };
-                if rc < 0 {
-                    let err = io::Error::last_os_error();
-                    if is_transient(&err) {
-                        continue;
-                    }
-                    return Err(err).context(format!("sendmmsg to {target}"));
-                }
-                sent += rc as u64;
-                at = (at + rc as usize) % FLOOD_POOL;
-            }
-            Ok((sent, start.elapsed().as_secs_f64()))
-        })();
+        scope.spawn(|| count_cookie_replies(&receiver, &done, &replies));
+        let result = send_paced(&socket, &mut hdrs, target, duration, per_second);
         // Replies still in flight get a moment to arrive.
         thread::sleep(Duration::from_millis(200));
         done.store(true, Ordering::Relaxed);
