@@ -134,6 +134,17 @@ impl Swarm {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// [`Swarm::ok`] for a command line written as one string (`"service scale web=3"`),
+    /// split at whitespace: for arguments without spaces of their own.
+    pub fn ok_line(&self, host: &Host, line: &str) -> String {
+        self.ok(host, &line.split_whitespace().collect::<Vec<_>>())
+    }
+
+    /// [`Swarm::fails`] for a command line written as one string, split at whitespace.
+    pub fn fails_line(&self, host: &Host, line: &str) -> String {
+        self.fails(host, &line.split_whitespace().collect::<Vec<_>>())
+    }
+
     /// `node ls --format json` on `host`, one object per node; empty if the call fails.
     pub fn nodes(&self, host: &Host) -> Vec<Value> {
         let Ok(out) = self.lab.shoal(host, &["node", "ls", "--format", "json"]) else {

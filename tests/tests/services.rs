@@ -132,10 +132,17 @@ fn service_count(swarm: &Swarm, on: &shoal_tests::Host) -> usize {
 fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
     let swarm = Swarm::up(2, 1);
     let n1 = swarm.managers[0].clone();
-    let tool = labtool_path();
+    a_constraint_places_tasks_only_where_it_holds(&swarm, &n1);
+    an_unmet_constraint_leaves_tasks_waiting_with_the_reason(&swarm, &n1);
+    bad_service_input_is_refused_and_creates_nothing(&swarm, &n1);
+    bad_network_input_is_refused_and_a_network_in_use_stays(&swarm, &n1);
+}
+
+/// `--constraint node.role==manager`: all four replicas run on the two managers.
+fn a_constraint_places_tasks_only_where_it_holds(swarm: &Swarm, n1: &shoal_tests::Host) {
     let out = create_serve(
-        &swarm,
-        &n1,
+        swarm,
+        n1,
         &[
             "--name",
             "admin",
@@ -146,35 +153,28 @@ fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
         ],
     );
     assert!(out.contains("verify: Service converged"), "{out}");
-    let per = running_per_node(&swarm, &n1, "admin");
+    let per = running_per_node(swarm, n1, "admin");
     assert_eq!(
         per.keys().cloned().collect::<Vec<_>>(),
         vec!["n1".to_owned(), "n2".to_owned()],
         "{per:?}"
     );
-    // A constraint no node meets: the tasks wait and say why, as Docker does.
-    swarm.ok(
-        &n1,
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "nowhere",
-            "--constraint",
-            "node.labels.zone==mars",
-            "host",
-            &tool,
-            "serve",
-            "--port",
-            "81",
-        ],
+}
+
+/// A constraint no node meets: the tasks wait and say why, as Docker does.
+fn an_unmet_constraint_leaves_tasks_waiting_with_the_reason(swarm: &Swarm, n1: &shoal_tests::Host) {
+    let tool = labtool_path();
+    swarm.ok_line(
+        n1,
+        &format!(
+            "service create --detach --name nowhere --constraint node.labels.zone==mars host {tool} serve --port 81"
+        ),
     );
     let waited = wait_until(
         "nowhere's task to explain itself",
         Duration::from_secs(20),
         || {
-            Ok(tasks(&swarm, &n1, "nowhere").iter().any(|t| {
+            Ok(tasks(swarm, n1, "nowhere").iter().any(|t| {
                 t["Error"].as_str().is_some_and(|e| {
                     e.contains("no suitable node (scheduling constraints not satisfied on 3 nodes)")
                 })
@@ -184,19 +184,23 @@ fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
     assert!(
         waited.is_ok(),
         "{}",
-        swarm.ok(&n1, &["service", "ps", "nowhere"])
+        swarm.ok_line(n1, "service ps nowhere")
     );
+}
 
+/// Services that are fine (a published port, aliases in Docker's long `--network` syntax,
+/// dnsrr with a host-mode port), then fourteen bad `service create`s, each refused with what
+/// was wrong: the service count does not change.
+fn bad_service_input_is_refused_and_creates_nothing(swarm: &Swarm, n1: &shoal_tests::Host) {
     create_serve(
-        &swarm,
-        &n1,
+        swarm,
+        n1,
         &["--detach", "--name", "web", "--publish", "8080:80"],
     );
-    // Aliases in Docker's long --network syntax are kept; dnsrr with a host-mode port is fine.
-    swarm.ok(&n1, &["network", "create", "front"]);
+    swarm.ok_line(n1, "network create front");
     create_serve(
-        &swarm,
-        &n1,
+        swarm,
+        n1,
         &[
             "--detach",
             "--name",
@@ -205,14 +209,14 @@ fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
             "name=front,alias=api,alias=www",
         ],
     );
-    let inspect = swarm.ok(&n1, &["service", "inspect", "front"]);
+    let inspect = swarm.ok_line(n1, "service inspect front");
     assert!(
         inspect.contains("\"Aliases\": [\n") && inspect.contains("\"www\""),
         "{inspect}"
     );
     create_serve(
-        &swarm,
-        &n1,
+        swarm,
+        n1,
         &[
             "--detach",
             "--name",
@@ -223,7 +227,7 @@ fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
             "published=8091,target=80,mode=host",
         ],
     );
-    let before = service_count(&swarm, &n1);
+    let before = service_count(swarm, n1);
     for (args, says) in [
         (vec!["--publish", "80:80:80"], "invalid publish"),
         (vec!["--publish", "published=90"], "missing target"),
@@ -273,44 +277,43 @@ fn constraints_place_only_where_they_hold_and_bad_input_creates_nothing() {
             full.extend(["--name", "bad"]);
         }
         full.extend(["host", "/bin/true"]);
-        let err = swarm.fails(&n1, &full);
+        let err = swarm.fails(n1, &full);
         assert!(err.contains(says), "{args:?}: {err}");
     }
-    assert_eq!(service_count(&swarm, &n1), before, "nothing was created");
-    // Networks: a bad subnet, an overlap, a duplicate; a network in use is not removed.
-    swarm.ok(
-        &n1,
-        &["network", "create", "--subnet", "10.9.0.0/24", "backend"],
-    );
-    for (args, says) in [
-        (vec!["--subnet", "10.9.0.0/16", "other"], "overlaps"),
-        (vec!["--subnet", "10.300.0.0/24", "other"], "invalid subnet"),
-        (vec!["backend"], "already exists"),
-        (vec!["--driver", "bridge", "other"], "overlay driver"),
+    assert_eq!(service_count(swarm, n1), before, "nothing was created");
+}
+
+/// Networks: a bad subnet, an overlap, a duplicate and another driver are refused; a network
+/// in use is not removed until its service goes.
+fn bad_network_input_is_refused_and_a_network_in_use_stays(swarm: &Swarm, n1: &shoal_tests::Host) {
+    swarm.ok_line(n1, "network create --subnet 10.9.0.0/24 backend");
+    for (line, says) in [
+        ("--subnet 10.9.0.0/16 other", "overlaps"),
+        ("--subnet 10.300.0.0/24 other", "invalid subnet"),
+        ("backend", "already exists"),
+        ("--driver bridge other", "overlay driver"),
     ] {
-        let mut full = vec!["network", "create"];
-        full.extend(&args);
-        let err = swarm.fails(&n1, &full);
-        assert!(err.contains(says), "{args:?}: {err}");
+        let err = swarm.fails_line(n1, &format!("network create {line}"));
+        assert!(err.contains(says), "{line}: {err}");
     }
     create_serve(
-        &swarm,
-        &n1,
+        swarm,
+        n1,
         &["--detach", "--name", "db", "--network", "backend"],
     );
-    let err = swarm.fails(&n1, &["network", "rm", "backend"]);
+    let err = swarm.fails_line(n1, "network rm backend");
     assert!(
         err.contains("network backend is in use by service db"),
         "{err}"
     );
-    let ls = swarm.ok(&n1, &["network", "ls", "--format", "json"]);
+    let ls = swarm.ok_line(n1, "network ls --format json");
     assert!(
         ls.contains("\"Name\":\"backend\"") && ls.contains("\"Name\":\"ingress\""),
         "{ls}"
     );
-    swarm.ok(&n1, &["service", "rm", "db"]);
+    swarm.ok_line(n1, "service rm db");
     let waited = wait_until("backend free", Duration::from_secs(30), || {
-        let out = swarm.lab.shoal(&n1, &["network", "rm", "backend"]).unwrap();
+        let out = swarm.lab.shoal(n1, &["network", "rm", "backend"]).unwrap();
         Ok(out.status.success())
     });
     assert!(waited.is_ok());
