@@ -184,7 +184,7 @@ impl NodeDataplane {
 
     /// The routing mesh's and the WireGuard engine's figures, for a metrics scrape. Reads
     /// the maps and the engine as they are; creates nothing (no data plane yet: no figures).
-    pub(crate) async fn read_metrics(&self, snapshot: &mut crate::metrics::Snapshot) {
+    pub(crate) async fn read_metrics(&self, snapshot: &mut crate::figures::Snapshot) {
         let mut guard = self.inner.lock().await;
         let Some(dp) = guard.as_mut() else {
             return;
@@ -194,7 +194,7 @@ impl NodeDataplane {
             Err(e) => tracing::warn!(error = %e, "reading the overlays' counters for a scrape"),
         }
         for p in dp.wireguard_status() {
-            snapshot.peers.push(crate::metrics::Peer {
+            snapshot.peers.push(crate::figures::Peer {
                 node: p.node,
                 tx_bytes: p.tx_bytes as u64,
                 rx_bytes: p.rx_bytes as u64,
@@ -216,7 +216,7 @@ impl NodeDataplane {
                 for (name, s) in services {
                     snapshot.mesh.insert(
                         name,
-                        crate::metrics::MeshService {
+                        crate::figures::MeshService {
                             backends: s.backends,
                             stats: s.stats,
                         },

@@ -297,7 +297,7 @@ fn counted(reply: Reply) -> Reply {
         Reply::Forward(_) => "forwarded",
         Reply::Drop => "dropped",
     };
-    crate::metrics::agent()
+    crate::figures::agent()
         .dns_queries
         .get_or_create(&[("result", result)])
         .inc();

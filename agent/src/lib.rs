@@ -23,6 +23,7 @@ mod dataplane;
 mod dns;
 mod durable;
 mod engine;
+mod figures;
 mod metrics;
 mod node;
 mod socket;

@@ -182,35 +182,6 @@ fn listen_and_data_path(
     Ok((listen, data_path))
 }
 
-/// This node's IPv4 routes, the default route aside (`/proc/net/route`), but those through
-/// `except` (an interface of Shoal's own, whose routes follow from the choice being made).
-pub(crate) fn host_routes(except: Option<&str>) -> Vec<ipnet::Ipv4Net> {
-    let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
-        return Vec::new();
-    };
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if except.is_some() && fields.first().copied() == except {
-                return None;
-            }
-            let hex = |i: usize| {
-                fields
-                    .get(i)
-                    .and_then(|f| u32::from_str_radix(f, 16).ok())
-                    .map(|v| std::net::Ipv4Addr::from(v.swap_bytes()))
-            };
-            let (dest, mask) = (hex(1)?, hex(7)?);
-            let prefix = u32::from(mask).count_ones() as u8;
-            (prefix > 0)
-                .then(|| ipnet::Ipv4Net::new(dest, prefix).ok())
-                .flatten()
-        })
-        .collect()
-}
-
 /// `--default-addr-pool` and `--default-addr-pool-mask-length` checked, and the ingress
 /// network's subnet: the first subnet of the pools that no route of this host covers or lies
 /// in (the ingress network must not shadow a network the host reaches).
@@ -231,7 +202,7 @@ fn address_pools(
     } else {
         Allocator::new(parsed.clone(), subnet_len)
     };
-    let routes = host_routes(None);
+    let routes = crate::tasks::way_out::host_routes(None);
     let ingress = given
         .free_subnet(|s| routes.iter().any(|r| allocator::overlaps(r, &s)))
         .ok_or_else(|| {

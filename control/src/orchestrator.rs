@@ -29,7 +29,8 @@ use shoal_api::service::{
     RestartPolicy, Service, Task, TaskState, TaskStatus, UpdateConfig, UpdateOrder, UpdateState,
     UpdateStatus,
 };
-use shoal_api::swarm::{Availability, Node, NodeState, Role, Version};
+use shoal_api::swarm::{Availability, Node, NodeState, Role};
+use shoal_api::version::Version;
 use time::OffsetDateTime;
 
 use crate::allocator::Allocator;

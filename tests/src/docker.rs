@@ -16,7 +16,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::lab::{LabError, binary, io_error};
+use crate::error::{LabError, binary, io_error};
 use crate::wait_until;
 
 /// The engine's socket (the default `--docker-host` of `shoald`).

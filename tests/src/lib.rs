@@ -24,6 +24,7 @@
 
 pub mod browser;
 pub mod docker;
+mod error;
 mod lab;
 pub mod mesh;
 mod netns;
@@ -32,9 +33,9 @@ pub mod service;
 pub mod swarm;
 mod wait;
 
+pub use error::{LabError, binary};
 pub use lab::{
-    CGROUP_ROOTS, Host, Lab, LabError, LabSpec, LabStatus, binary, down, down_all, labs,
-    output_text, sweep_orphans,
+    CGROUP_ROOTS, Host, Lab, LabSpec, LabStatus, down, down_all, labs, output_text, sweep_orphans,
 };
 pub use netns::{Netns, create_mount_ns, in_host, in_netns, links, remove_mount_ns, within};
 pub use wait::{Deadline, wait_until};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::lab::{binary, io_error};
+use crate::error::{binary, io_error};
 use crate::overlay::{Net, Overlay, Task, apply_each};
 use crate::{Lab, LabError, wait_until};
 

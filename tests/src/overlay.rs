@@ -13,7 +13,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use crate::lab::{io_error, ip_batch, run_checked};
+use crate::error::io_error;
+use crate::lab::{ip_batch, run_checked};
 use crate::{Lab, LabError, Netns, in_netns, wait_until, within};
 
 /// A WireGuard key pair, base64 as `wg` prints keys. (The lab library does not depend on the

@@ -240,7 +240,7 @@ impl std::fmt::Debug for Worker {
 }
 
 fn now() -> String {
-    shoal_control::manager::services::now()
+    shoal_control::manager::write::now()
 }
 
 fn status(state: TaskState, message: impl Into<String>) -> TaskStatus {
@@ -701,7 +701,7 @@ impl Worker {
         self.set_runtime(&id, Some(runtime.clone()), plumb_first);
         let mut started = match started {
             Ok(started) => {
-                crate::metrics::agent().task_starts.inc();
+                crate::figures::agent().task_starts.inc();
                 started
             }
             Err(e) => {
@@ -1142,7 +1142,7 @@ impl Worker {
                     running: l.status.state == TaskState::Running,
                 })
                 .collect(),
-            routes: crate::swarm::host_routes(Some(WAY_OUT_BRIDGE)),
+            routes: way_out::host_routes(Some(WAY_OUT_BRIDGE)),
         };
         let wanted = desired::desired(assignment, &here);
         if wanted.no_way_out {
@@ -1261,7 +1261,7 @@ async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
 
 /// Counts a task failure in `shoal_task_failures_total` by `reason`.
 fn count_failure(reason: &'static str) {
-    crate::metrics::agent()
+    crate::figures::agent()
         .task_failures
         .get_or_create(&[("reason", reason)])
         .inc();

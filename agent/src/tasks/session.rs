@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use shoal_control::limits;
 use shoal_control::manager::logs::ToNode;
-use shoal_control::manager::services::StatusReport;
+use shoal_control::manager::protocol::StatusReport;
 use shoal_control::tls::{self, Credentials};
 use tonic::Request;
 

@@ -65,6 +65,35 @@ pub(crate) fn address(subnet: Ipv4Net, offset: u32) -> Option<Ipv4Addr> {
     (subnet.contains(&ip) && ip != subnet.broadcast() && offset >= 2).then_some(ip)
 }
 
+/// This node's IPv4 routes, the default route aside (`/proc/net/route`), but those through
+/// `except` (an interface of Shoal's own, whose routes follow from the choice being made).
+pub(crate) fn host_routes(except: Option<&str>) -> Vec<Ipv4Net> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
+        return Vec::new();
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if except.is_some() && fields.first().copied() == except {
+                return None;
+            }
+            let hex = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| u32::from_str_radix(f, 16).ok())
+                    .map(|v| Ipv4Addr::from(v.swap_bytes()))
+            };
+            let (dest, mask) = (hex(1)?, hex(7)?);
+            let prefix = u32::from(mask).count_ones() as u8;
+            (prefix > 0)
+                .then(|| Ipv4Net::new(dest, prefix).ok())
+                .flatten()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

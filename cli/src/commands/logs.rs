@@ -12,7 +12,7 @@ use shoal_api::{DaemonHost, escape};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::service::{go_duration, truncate_id};
+use super::text::{go_duration, truncate_id};
 use crate::Failure;
 
 /// `service logs`'s flags.

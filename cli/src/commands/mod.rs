@@ -12,6 +12,7 @@ pub(crate) mod service;
 pub(crate) mod stack;
 pub(crate) mod swarm;
 pub(crate) mod task_flags;
+pub(crate) mod text;
 
 use crate::Failure;
 

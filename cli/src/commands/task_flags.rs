@@ -5,7 +5,7 @@
 
 use shoal_api::service::{Mount, MountKind, PlacementPreference, TaskSpec, TmpfsOptions};
 
-use super::service::go_duration;
+use super::text::go_duration;
 
 /// The flags both commands take, each changing only what it names.
 #[derive(Debug, Default, clap::Args)]

@@ -19,6 +19,7 @@ pub mod reason;
 pub mod secret;
 pub mod service;
 pub mod swarm;
+pub mod version;
 mod wire;
 
 pub use client::{Client, ClientError, ConnectError, SHOAL_PREFIX, escape};

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::swarm::Version;
+use crate::version::Version;
 
 /// The routing mesh's network, created by `swarm init`.
 pub const INGRESS: &str = "ingress";

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::version::Version;
+
 /// `swarm init`'s flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitArgs {
@@ -140,14 +142,6 @@ pub struct NodeUpdate {
     /// is refused as out of sequence if the node changed since, checked with the write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
-}
-
-/// The raft index an object was last changed at.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Version {
-    /// The index.
-    #[serde(rename = "Index")]
-    pub index: u64,
 }
 
 /// A node, as `node inspect` prints it.

@@ -8,7 +8,7 @@ use shoal_api::swarm::{
     NodeDescription, NodeSpec, NodeState, NodeStatus, RaftSpec, Role, TlsInfo,
 };
 
-use super::ops::{ClusterRecord, now};
+use super::{cluster::ClusterRecord, write::now};
 use crate::{
     ca::{self, CaError, JoinToken, NodeIdentity, RootCa},
     tls::Credentials,

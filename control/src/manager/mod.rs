@@ -13,14 +13,17 @@
 //! (MANAGER STATUS). A follower forwards calls on behalf of the caller whose certificate it
 //! checked.
 
+mod cluster;
 pub mod genesis;
 pub mod logs;
+mod names;
 mod ops;
 pub mod protocol;
 pub mod quorum;
 mod secrets;
 pub mod services;
 pub mod traffic;
+pub mod write;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -376,7 +379,7 @@ impl Manager {
         self.heartbeat_seen(node_id);
         let ingress_id = crate::ca::random_id().map_err(|e| Status::internal(e.to_string()))?;
         let ingress = services::ingress_network(&ingress_id, ingress_subnet);
-        ops::propose(
+        write::propose(
             &self.inner,
             crate::store::ChangeSet(vec![
                 crate::store::Change::Create {

@@ -9,187 +9,33 @@ use std::{
 };
 
 use openraft::ChangeMembers;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shoal_api::call::{ClusterCall, ManagerCall};
 use shoal_api::reason::Reason;
 use shoal_api::swarm::{
-    Cluster, JoinTokens, ManagerStatus, Node, NodeDescription, NodeState, NodeStatus, NodeUpdate,
-    Role, UpdateArgs, Version,
+    JoinTokens, ManagerStatus, Node, NodeDescription, NodeState, NodeStatus, NodeUpdate, Role,
+    UpdateArgs,
 };
+use shoal_api::version::Version;
 use tokio::sync::watch;
 use tonic::Status;
 
 use super::{
     Inner, Manager,
+    cluster::{ClusterRecord, RootRotation, cluster, heartbeat_period},
     protocol::{Forwarded, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, Op, RenewReply},
     quorum,
+    write::{Attempt, encode, json_error, now, propose, update},
 };
 use crate::{
     ca::{self, JoinToken, NodeIdentity, RootCa},
     limits,
-    raft::{RaftMember, network::last_contact, proposer::ProposeError},
-    store::{Change, ChangeSet, Kind, Object, StoreError},
+    raft::{RaftMember, network::last_contact},
+    store::{Change, ChangeSet, Kind, Object},
 };
-
-/// The cluster object's body: the view `swarm inspect` shows, and the CA's key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterRecord {
-    /// What `swarm inspect` shows.
-    #[serde(flatten)]
-    pub cluster: Cluster,
-    /// The root CA's private key (PEM). Managers only: it lives in the raft store.
-    #[serde(rename = "CAKey")]
-    pub ca_key: String,
-    /// A root rotation under way (`swarm ca --rotate`). Managers only.
-    #[serde(
-        rename = "RootRotation",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub root_rotation: Option<RootRotation>,
-    /// The unlock key (`SWMKEY-1-...`) while autolock is on: every manager keeps its data key
-    /// sealed with it ([`crate::keys`]). Managers only; the raft store it lives in is sealed.
-    #[serde(
-        rename = "UnlockKey",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
-    pub unlock_key: String,
-}
-
-/// A root rotation under way: the new root, its key, and the new root cross-signed by the
-/// current one (SwarmKit's). Until every node holds a certificate of the new root, nodes trust
-/// both roots and certificates are signed by the new key with the cross-signed root along;
-/// then the new root replaces the old, whose key is forgotten, and certificates under it are
-/// refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RootRotation {
-    /// The new root certificate (PEM).
-    #[serde(rename = "CACert")]
-    pub ca_cert: String,
-    /// Its private key (PEM).
-    #[serde(rename = "CAKey")]
-    pub ca_key: String,
-    /// The new root's key, certified by the current root (PEM).
-    #[serde(rename = "CrossSignedCACert")]
-    pub cross_signed: String,
-}
-
-impl ClusterRecord {
-    /// The roots nodes are to trust: the current one, and the new one during a rotation (the
-    /// current one first: join tokens pin it).
-    pub fn trust_bundle(&self) -> String {
-        match &self.root_rotation {
-            None => self.cluster.tls_info.trust_root.clone(),
-            Some(r) => format!("{}{}", self.cluster.tls_info.trust_root, r.ca_cert),
-        }
-    }
-
-    /// The CA that signs certificates now (the new root during a rotation).
-    fn signer(&self) -> Result<(RootCa, String), Status> {
-        let load = |cert: &str, key: &str| {
-            RootCa::from_pem(cert, key)
-                .map_err(|e| Status::internal(format!("loading the root CA: {e}")))
-        };
-        match &self.root_rotation {
-            None => Ok((
-                load(&self.cluster.tls_info.trust_root, &self.ca_key)?,
-                String::new(),
-            )),
-            Some(r) => Ok((load(&r.ca_cert, &r.ca_key)?, r.cross_signed.clone())),
-        }
-    }
-
-    /// How often nodes send heartbeats.
-    pub fn heartbeat_period(&self) -> Duration {
-        Some(Duration::from_nanos(
-            self.cluster.spec.dispatcher.heartbeat_period,
-        ))
-        .filter(|p| !p.is_zero())
-        .unwrap_or(DEFAULT_HEARTBEAT)
-    }
-
-    /// The identity (subject, public key) of the CA that signs certificates now.
-    pub fn issuer(&self) -> (String, String) {
-        let pem = self
-            .root_rotation
-            .as_ref()
-            .map_or(&self.cluster.tls_info.trust_root, |r| &r.ca_cert);
-        ca::certs_der(pem)
-            .first()
-            .and_then(|der| ca::issuer_identity(der))
-            .unwrap_or_default()
-    }
-}
-
-/// The time now, RFC 3339.
-pub fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-/// How long a write may wait to be committed.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A peer is reachable if it answered a raft RPC this recently.
 const REACHABLE: Duration = Duration::from_secs(3);
-
-fn to_status(e: StoreError) -> Status {
-    match e {
-        StoreError::Stale { .. } => Reason::Stale.status("update out of sequence"),
-        StoreError::Exists { .. } => Reason::Exists.status(e.to_string()),
-        StoreError::Missing { .. } => Status::not_found(e.to_string()),
-        other => Status::internal(other.to_string()),
-    }
-}
-
-fn json_error(e: serde_json::Error) -> Status {
-    Status::internal(format!("a stored object does not decode: {e}"))
-}
-
-/// Proposes `changes` and waits until they are committed and applied; the new index.
-pub(super) async fn propose(inner: &Inner, changes: ChangeSet) -> Result<u64, Status> {
-    let Ok(proposed) = tokio::time::timeout(COMMIT_TIMEOUT, inner.proposer.propose(changes)).await
-    else {
-        return Err(Reason::NoLeader.status(format!(
-            "{} (the write was not committed within {}s; it may still be)",
-            shoal_api::swarm::NO_LEADER,
-            COMMIT_TIMEOUT.as_secs()
-        )));
-    };
-    match proposed {
-        Ok(index) => Ok(index),
-        Err(ProposeError::Refused(e)) => Err(to_status(e)),
-        Err(e @ ProposeError::TooLarge { .. }) => Err(Status::invalid_argument(e.to_string())),
-        Err(ProposeError::NotLeader) => Err(Status::unavailable(
-            "leadership moved while writing; try again",
-        )),
-        Err(e) => Err(Status::internal(e.to_string())),
-    }
-}
-
-fn cluster(inner: &Inner) -> Result<(Object, ClusterRecord), Status> {
-    let object = inner
-        .store
-        .view(|tx| tx.list(Kind::Cluster).next().cloned())
-        .ok_or_else(|| Status::failed_precondition("the swarm has no cluster object yet"))?;
-    let record: ClusterRecord = serde_json::from_value(object.body.clone()).map_err(json_error)?;
-    Ok((object, record))
-}
-
-fn heartbeat_period(inner: &Inner) -> Duration {
-    cluster(inner).map_or(DEFAULT_HEARTBEAT, |(_, record)| record.heartbeat_period())
-}
-
-/// The heartbeat period of a swarm that says none.
-const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
-
-/// The swarm's VXLAN port.
-pub(super) fn data_path_port(inner: &Inner) -> u16 {
-    cluster(inner).map_or(0, |(_, c)| c.cluster.data_path_port)
-}
 
 fn decode_node(object: &Object) -> Result<Node, Status> {
     let mut node: Node = serde_json::from_value(object.body.clone()).map_err(json_error)?;
@@ -302,42 +148,6 @@ fn manager_addrs(inner: &Inner) -> Vec<String> {
     addrs.into_iter().map(|(_, a)| a).collect()
 }
 
-/// How many times a read-modify-write is tried before it gives up (each retry follows a write
-/// that got in between its read and its own write).
-const UPDATE_ATTEMPTS: usize = 5;
-
-/// What one try of a read-modify-write ([`update`]) decided, from the store as it read it.
-pub(super) enum Attempt<T> {
-    /// Nothing to write: the outcome as it stands.
-    Unchanged(T),
-    /// Write `changes` (each at the version it read); the outcome once they are applied.
-    Write(ChangeSet, T),
-}
-
-/// A read-modify-write of the store, as SwarmKit's `store.Update`: `attempt` reads what it
-/// needs and says what to write. When another write got there first (a change at a version
-/// that moved, or a create that lost a race) it runs again on the store as it is now, up to
-/// [`UPDATE_ATTEMPTS`] times, then fails as out of sequence with `exhausted`. The outcome, and
-/// the index the write was applied at (`None` when nothing was written).
-pub(super) async fn update<T>(
-    inner: &Inner,
-    exhausted: &str,
-    mut attempt: impl FnMut() -> Result<Attempt<T>, Status>,
-) -> Result<(T, Option<u64>), Status> {
-    for _ in 0..UPDATE_ATTEMPTS {
-        let (changes, outcome) = match attempt()? {
-            Attempt::Unchanged(outcome) => return Ok((outcome, None)),
-            Attempt::Write(changes, outcome) => (changes, outcome),
-        };
-        match propose(inner, changes).await {
-            Err(s) if matches!(Reason::of(&s), Some(Reason::Stale | Reason::Exists)) => {}
-            Err(s) => return Err(s),
-            Ok(index) => return Ok((outcome, Some(index))),
-        }
-    }
-    Err(Status::aborted(exhausted.to_owned()))
-}
-
 /// Reads a node, lets `change` edit it, and writes it back ([`update`]).
 async fn update_node(
     inner: &Inner,
@@ -409,10 +219,6 @@ async fn update_cluster_at(
     })
     .await?;
     Ok(record)
-}
-
-pub(super) fn encode<T: Serialize>(value: &T) -> Result<Value, Status> {
-    serde_json::to_value(value).map_err(|e| Status::internal(e.to_string()))
 }
 
 fn require_manager(caller: &Option<NodeIdentity>) -> Result<&NodeIdentity, Status> {

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use shoal_api::call::ManagerCall;
+use shoal_api::service::TaskStatus;
 use shoal_api::swarm::{NodeDescription, Role};
 
 use crate::ca::NodeIdentity;
@@ -26,7 +27,7 @@ pub enum Op {
     /// A node's heartbeat.
     Heartbeat(Heartbeat),
     /// A node reports the status of its tasks.
-    Report(super::services::StatusReport),
+    Report(StatusReport),
     /// A manager with a fresh manager certificate asks to be added to the raft.
     AddManager {
         /// Its raft ID.
@@ -131,4 +132,11 @@ pub struct HeartbeatReply {
     /// certificate another CA signed renews it.
     #[serde(default)]
     pub issuer_public_key: String,
+}
+
+/// Task status reports from a node, batched.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// (task ID, its new status).
+    pub updates: Vec<(String, TaskStatus)>,
 }

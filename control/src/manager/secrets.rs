@@ -14,13 +14,14 @@ use shoal_api::{
     call::DataCall,
     secret::{DataKind, DataObject, DataSpec, FileTarget, Payload},
     service::{ContainerSpec, Task, TaskState},
-    swarm::Version,
+    version::Version,
 };
 use tonic::Status;
 
 use super::{
-    Inner, ops,
-    services::{check_name, find, now},
+    Inner,
+    names::{check_name, find},
+    write::{self, now},
 };
 use crate::{
     orchestrator::World,
@@ -100,14 +101,14 @@ pub(super) async fn call(inner: &Inner, call: DataCall) -> Result<Value, Status>
                 .map(|o| shown(o, kind))
                 .collect();
             found.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-            ops::encode(&found)
+            write::encode(&found)
         }
         DataCall::Inspect { kind, ids } => {
             let objects = inner.store.view(|tx| all(tx, kind));
             ids.iter()
                 .map(|id| find_data(&objects, id, kind).map(|o| shown(o.clone(), kind)))
                 .collect::<Result<Vec<_>, _>>()
-                .and_then(|found| ops::encode(&found))
+                .and_then(|found| write::encode(&found))
         }
         DataCall::Update {
             kind,
@@ -139,12 +140,12 @@ async fn create(inner: &Inner, kind: DataKind, spec: DataSpec) -> Result<Value, 
         updated_at: at,
         spec,
     };
-    ops::propose(
+    write::propose(
         inner,
         ChangeSet(vec![Change::Create {
             kind: kind_of(kind),
             id: id.clone(),
-            body: ops::encode(&object)?,
+            body: write::encode(&object)?,
         }]),
     )
     .await?;
@@ -180,13 +181,13 @@ async fn update(
     crate::limits::check_labels(&format!("the {kind}'s labels"), &spec.labels)?;
     object.spec.labels = spec.labels;
     object.updated_at = now();
-    ops::propose(
+    write::propose(
         inner,
         ChangeSet(vec![Change::Update {
             kind: kind_of(kind),
             id: object.id.clone(),
             version,
-            body: ops::encode(&object)?,
+            body: write::encode(&object)?,
         }]),
     )
     .await?;
@@ -231,7 +232,7 @@ async fn remove(inner: &Inner, kind: DataKind, ids: &[String]) -> Result<Value, 
             version: object.version.index,
         });
     }
-    ops::propose(inner, ChangeSet(doomed)).await?;
+    write::propose(inner, ChangeSet(doomed)).await?;
     Ok(Value::Null)
 }
 

@@ -18,28 +18,24 @@ use shoal_api::call::{NetworkCall, ServiceCall};
 use shoal_api::reason::Reason;
 use shoal_api::service::{
     Driver, ENCRYPTED_OPTION, Endpoint, EndpointMode, FailureAction, INGRESS, Ipam, IpamConfig,
-    Network, NetworkSpec, Service, ServiceSpec, Task, TaskFilter, TaskSpec, TaskState, TaskStatus,
-    UpdateState, UpdateStatus, VNI_OPTION, VirtualIp,
+    Network, NetworkSpec, Service, ServiceSpec, Task, TaskFilter, TaskSpec, TaskState, UpdateState,
+    UpdateStatus, VNI_OPTION, VirtualIp,
 };
-use shoal_api::swarm::Version;
+use shoal_api::version::Version;
 use tokio::sync::watch;
 use tonic::Status;
 
 use super::{
     Inner, Manager,
-    ops::{self, Attempt},
+    cluster::data_path_port,
+    names::{check_name, find},
+    protocol::StatusReport,
+    write::{self, Attempt, now},
 };
 use crate::limits;
 use crate::orchestrator::{self, World, body};
 use crate::scheduler::Constraint;
 use crate::store::{Change, ChangeSet, Kind};
-
-/// Task status reports from a node, batched.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct StatusReport {
-    /// (task ID, its new status).
-    pub updates: Vec<(String, TaskStatus)>,
-}
 
 fn world(inner: &Inner) -> World {
     inner.store.view(World::read)
@@ -47,29 +43,6 @@ fn world(inner: &Inner) -> World {
 
 fn new_id() -> Result<String, Status> {
     crate::ca::random_id().map_err(|e| Status::internal(e.to_string()))
-}
-
-/// Finds one of `items` (ID, name) by ID, name, or unique ID prefix.
-pub(super) fn find<'a, T>(
-    items: impl Iterator<Item = (&'a str, &'a str, &'a T)> + Clone,
-    wanted: &str,
-    what: &str,
-) -> Result<&'a T, Status> {
-    if let Some((_, _, t)) = items.clone().find(|(id, _, _)| *id == wanted) {
-        return Ok(t);
-    }
-    if let Some((_, _, t)) = items.clone().find(|(_, name, _)| *name == wanted) {
-        return Ok(t);
-    }
-    let prefixed: Vec<_> = items.filter(|(id, _, _)| id.starts_with(wanted)).collect();
-    match prefixed[..] {
-        [(_, _, t)] if !wanted.is_empty() => Ok(t),
-        [] | [_] => Err(Status::not_found(format!("{what} {wanted} not found"))),
-        _ => Err(Status::invalid_argument(format!(
-            "{what} {wanted} is ambiguous ({} matches found)",
-            prefixed.len()
-        ))),
-    }
 }
 
 pub(super) fn find_service<'a>(world: &'a World, wanted: &str) -> Result<&'a Service, Status> {
@@ -94,26 +67,6 @@ fn find_network<'a>(world: &'a World, wanted: &str) -> Result<&'a Network, Statu
     )
 }
 
-/// Docker's rule for object names.
-pub(super) fn check_name(name: &str, what: &str) -> Result<(), Status> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "invalid {what} name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, at most 63 characters"
-        )))
-    }
-}
-
 /// The user's calls on services and their tasks.
 pub(super) async fn call(inner: &Inner, call: ServiceCall, me: &str) -> Result<Value, Status> {
     match call {
@@ -122,14 +75,14 @@ pub(super) async fn call(inner: &Inner, call: ServiceCall, me: &str) -> Result<V
             let world = inner.store.view(World::read_services);
             let mut all: Vec<&Service> = world.services.values().map(|s| &s.value).collect();
             all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-            ops::encode(&all)
+            write::encode(&all)
         }
         ServiceCall::Inspect { ids } => {
             let world = inner.store.view(World::read_services);
             ids.iter()
                 .map(|id| find_service(&world, id).cloned())
                 .collect::<Result<Vec<_>, _>>()
-                .and_then(|found| ops::encode(&found))
+                .and_then(|found| write::encode(&found))
         }
         ServiceCall::Scale { id, replicas } => scale(inner, &id, replicas).await,
         ServiceCall::Update { id, version, spec } => {
@@ -149,7 +102,7 @@ pub(super) async fn call(inner: &Inner, call: ServiceCall, me: &str) -> Result<V
                 })
                 .collect();
             match doomed {
-                Ok(doomed) => ops::propose(inner, ChangeSet(doomed))
+                Ok(doomed) => write::propose(inner, ChangeSet(doomed))
                     .await
                     .map(|_| Value::Null),
                 Err(e) => Err(e),
@@ -167,14 +120,14 @@ pub(super) async fn network_call(inner: &Inner, call: NetworkCall) -> Result<Val
             let world = inner.store.view(World::read_networks);
             let mut all: Vec<&Network> = world.networks.values().map(|n| &n.value).collect();
             all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-            ops::encode(&all)
+            write::encode(&all)
         }
         NetworkCall::Inspect { ids } => {
             let world = inner.store.view(World::read_networks);
             ids.iter()
                 .map(|id| find_network(&world, id).cloned())
                 .collect::<Result<Vec<_>, _>>()
-                .and_then(|found| ops::encode(&found))
+                .and_then(|found| write::encode(&found))
         }
         NetworkCall::Remove { ids } => remove_networks(inner, &ids).await,
     }
@@ -225,7 +178,7 @@ fn list_tasks(inner: &Inner, filter: &TaskFilter, me: &str) -> Result<Value, Sta
         )
     };
     tasks.sort_by_key(key);
-    ops::encode(&tasks)
+    write::encode(&tasks)
 }
 
 /// Checks a service spec's sizes against [`limits`]: what it asks for must fit in a raft entry,
@@ -697,8 +650,8 @@ async fn create_service(inner: &Inner, mut spec: ServiceSpec) -> Result<Value, S
         spec,
         ..Default::default()
     };
-    allocate_endpoint(&world, &mut service, ops::data_path_port(inner))?;
-    ops::propose(
+    allocate_endpoint(&world, &mut service, data_path_port(inner))?;
+    write::propose(
         inner,
         ChangeSet(vec![Change::Create {
             kind: Kind::Service,
@@ -711,7 +664,7 @@ async fn create_service(inner: &Inner, mut spec: ServiceSpec) -> Result<Value, S
 }
 
 async fn scale(inner: &Inner, id: &str, replicas: u64) -> Result<Value, Status> {
-    ops::update(inner, "update out of sequence; try again", || {
+    write::update(inner, "update out of sequence; try again", || {
         let world = world(inner);
         let mut service = find_service(&world, id)?.clone();
         if service.spec.mode.replicated.is_none() {
@@ -857,7 +810,7 @@ async fn respec(
     service.previous_spec = Some(current.spec.clone());
     service.spec = spec;
     service.updated_at = now();
-    allocate_endpoint(world, &mut service, ops::data_path_port(inner))?;
+    allocate_endpoint(world, &mut service, data_path_port(inner))?;
     if tasks_change(&current, &service) {
         service.update_status = Some(UpdateStatus {
             state,
@@ -871,7 +824,7 @@ async fn respec(
 
 /// Writes a service at the version it was read; a concurrent change is "out of sequence".
 async fn write_service(inner: &Inner, service: &Service) -> Result<Value, Status> {
-    ops::propose(
+    write::propose(
         inner,
         ChangeSet(vec![Change::Update {
             kind: Kind::Service,
@@ -999,7 +952,7 @@ async fn create_network(inner: &Inner, spec: NetworkSpec) -> Result<Value, Statu
     }
     let id = new_id()?;
     let network = allocate_network(&world(inner), &id, spec)?;
-    ops::propose(
+    write::propose(
         inner,
         ChangeSet(vec![Change::Create {
             kind: Kind::Network,
@@ -1065,7 +1018,7 @@ async fn remove_networks(inner: &Inner, ids: &[String]) -> Result<Value, Status>
             version: network.version.index,
         });
     }
-    ops::propose(inner, ChangeSet(doomed)).await?;
+    write::propose(inner, ChangeSet(doomed)).await?;
     Ok(Value::Null)
 }
 
@@ -1098,7 +1051,7 @@ pub(super) async fn report(
         }
     }
     let exhausted = "task status out of sequence; report again";
-    ops::update(inner, exhausted, || {
+    write::update(inner, exhausted, || {
         let mut changes = Vec::new();
         inner.store.view(|tx| {
             for (id, status) in &report.updates {
@@ -1173,7 +1126,7 @@ pub(super) async fn reconcile_loop(manager: Manager, mut stopped: watch::Receive
             if !changes.is_empty() {
                 let n = changes.len();
                 let placements = placements(&changes);
-                match ops::propose(&inner, ChangeSet(changes)).await {
+                match write::propose(&inner, ChangeSet(changes)).await {
                     Ok(_) => {
                         tracing::debug!(changes = n, "reconciled");
                         crate::metrics::control().placements.inc_by(placements);
@@ -1228,7 +1181,7 @@ pub(super) async fn stream_assignments(
     let mut metrics = inner.raft.metrics();
     let mut last: Option<crate::dispatcher::Assignment> = None;
     // Set at `swarm init`, never changed: read once, not on every store event.
-    let port = ops::data_path_port(&inner);
+    let port = data_path_port(&inner);
     loop {
         let Ok(mut events) = inner.store.watch(inner.store.index()) else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1286,5 +1239,3 @@ pub(super) async fn stream_assignments(
         }
     }
 }
-
-pub use super::ops::now;

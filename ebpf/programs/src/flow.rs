@@ -22,7 +22,7 @@
 //!   belongs to the port's earlier holder and is never delivered (the stack resets it).
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_NO_COMMON_LRU, BPF_NOEXIST},
     helpers::generated::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap},
@@ -32,7 +32,9 @@ use shoal_abi::mesh::{
     Rewrite, Timeouts, state,
 };
 
-use crate::mesh::LRU_FLAGS;
+/// Per-CPU LRU lists: inserting a new connection takes no lock shared between CPUs (a CPU evicts
+/// from its own list; entries stay visible to every CPU).
+pub(crate) const LRU_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
 
 #[map(name = "MESH_CONNS")]
 pub(crate) static CONNS: HashMap<FlowKey, Conn> = HashMap::with_max_entries(MAX_CONNS, 0);

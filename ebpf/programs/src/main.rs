@@ -32,6 +32,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod counters;
+mod egress;
 mod flow;
 mod mesh;
 mod packet;

@@ -3,7 +3,8 @@
 //! rewritten back on their way out. Map layouts are `shoal_abi::mesh`'s.
 //!
 //! Which path a balanced packet takes out (a native XDP redirect, or the TC entry when that would
-//! go wrong) is [`crate::paths`]'s.
+//! go wrong) is [`crate::egress`]'s; the TC entry is [`crate::paths`]'s, its counters
+//! [`crate::counters`]'.
 //!
 //! Only unfragmented IPv4 TCP and UDP in untagged Ethernet is balanced. Everything else — IPv6,
 //! VLAN-tagged frames, fragments, other protocols, ports not published, addresses that are not
@@ -12,9 +13,8 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    Global,
     bindings::bpf_fib_lookup as FibLookup,
-    bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_NO_COMMON_LRU, BPF_F_PSEUDO_HDR, xdp_action},
+    bindings::{BPF_ANY, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, xdp_action},
     helpers::generated::{
         bpf_fib_lookup, bpf_redirect, bpf_sk_lookup_udp, bpf_sk_release, bpf_xdp_adjust_head,
     },
@@ -26,21 +26,18 @@ use shoal_abi::{
     mesh::{
         Backend, Config, Conn, FLAG_CLIENT_IP, FlowKey, Frontend, FrontendKey, Learned,
         MAX_BACKENDS, MAX_FRONTENDS, MAX_LEARNED, MAX_LOCAL_ADDRS, MAX_SERVICES, NAT_PORT_PROBES,
-        PortStats, Rewrite, ServiceStats, TABLE_CAPACITY, TUNNEL_OVERHEAD, Timeouts, Tunnel, csum,
-        flow_hash, nat_port, port, state, tunnel_headers,
+        Rewrite, TABLE_CAPACITY, TUNNEL_OVERHEAD, Timeouts, Tunnel, csum, flow_hash, nat_port,
+        port, state, tunnel_headers,
     },
     wire::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, TCP_HLEN, UDP_HLEN},
 };
 
+use crate::counters::{port_stats, stats};
+use crate::egress;
 use crate::flow::{
-    self, ACK, CONNS, CONNS_NEW, Claim, FIN, REPLIES, REPLIES_NEW, RST, SYN, expired,
+    self, ACK, CONNS, CONNS_NEW, Claim, FIN, LRU_FLAGS, REPLIES, REPLIES_NEW, RST, SYN, expired,
 };
 use crate::packet::{Header, Packet};
-use crate::paths;
-
-/// Per-CPU LRU lists: inserting a new connection takes no lock shared between CPUs (a CPU evicts
-/// from its own list; entries stay visible to every CPU).
-pub(crate) const LRU_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
 
 #[map(name = "MESH_FRONTENDS")]
 static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::with_max_entries(MAX_FRONTENDS, 0);
@@ -56,16 +53,6 @@ static SERVICES: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "MESH_TABLES")]
 static TABLES: Array<u32> = Array::with_max_entries(TABLE_CAPACITY, 0);
-
-#[map(name = "MESH_STATS")]
-static STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
-
-#[map(name = "MESH_PORT_STATS")]
-static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(MAX_FRONTENDS, 0);
-
-/// `shoal_abi::mesh::COUNTERS_GLOBAL`: 0 counts nothing (the counters' cost, measured).
-#[unsafe(no_mangle)]
-static MESH_COUNTERS: Global<u32> = Global::new(1);
 
 #[map(name = "MESH_CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -90,38 +77,6 @@ const IP_CHECK: usize = ETH_HLEN + 10;
 const IP_SADDR: usize = ETH_HLEN + 12;
 /// IPv4 destination address offset.
 const IP_DADDR: usize = ETH_HLEN + 16;
-
-#[inline(always)]
-pub(crate) fn stats(service: u32) -> Option<&'static mut ServiceStats> {
-    if MESH_COUNTERS.load() == 0 {
-        return None;
-    }
-    let stats = STATS.get_ptr_mut(service)?;
-    // SAFETY: this CPU's own value, from the map lookup; XDP and TC run with preemption
-    // disabled, so nothing else writes it meanwhile.
-    Some(unsafe { &mut *stats })
-}
-
-/// A published port's counters on this CPU (none when counting is off).
-#[inline(always)]
-pub(crate) fn port_stats(slot: u32) -> Option<&'static mut PortStats> {
-    if MESH_COUNTERS.load() == 0 {
-        return None;
-    }
-    let stats = PORT_STATS.get_ptr_mut(slot)?;
-    // SAFETY: as for `stats`: this CPU's own value, preemption disabled.
-    Some(unsafe { &mut *stats })
-}
-
-#[inline(always)]
-pub(crate) fn count_refused(service: u32, port_slot: u32) {
-    if let Some(s) = stats(service) {
-        s.refused += 1;
-    }
-    if let Some(p) = port_stats(port_slot) {
-        p.refused += 1;
-    }
-}
 
 /// Where a packet arrived: what balancing a new flow needs to know of it.
 pub(crate) struct Arrival {
@@ -377,7 +332,7 @@ fn balance<const L4: usize, const CHECK: usize>(
     // SAFETY: a map value, read for the length of this program run.
     let conn = unsafe { &*conn };
     // A redirect that would go wrong after the program returns is left to the TC entry.
-    if !paths::xdp_can_send(conn, ip, l4.raw16::<CHECK>(), proto) {
+    if !egress::xdp_can_send(conn, ip, l4.raw16::<CHECK>(), proto) {
         return xdp_action::XDP_PASS;
     }
     let rw = &conn.rewrite;
@@ -505,7 +460,7 @@ fn retarget(arrival: &Arrival, key: &FlowKey, conn: &mut Conn) -> bool {
     conn.rewrite.smac = config.ingress_mac;
     conn.tunnel = tunnel_to(arrival, &config, vtep, flow_hash(key)).unwrap_or_default();
     // The devices that take XDP frames may have changed too (they bump the epoch).
-    conn.egress = paths::egress(&conn.rewrite, &conn.tunnel);
+    conn.egress = egress::egress(&conn.rewrite, &conn.tunnel);
     conn.config_epoch = config.epoch;
     true
 }
@@ -647,7 +602,7 @@ fn decide(
     conn.service_generation = SERVICES.get(frontend.service).copied().unwrap_or_default();
     conn.config_epoch = config.epoch;
     conn.tunnel = tunnel_to(arrival, &config, backend.vtep, hash).unwrap_or_default();
-    conn.egress = paths::egress(&conn.rewrite, &conn.tunnel);
+    conn.egress = egress::egress(&conn.rewrite, &conn.tunnel);
     conn.state = if tcp.is_some() {
         state::TCP_SYN_SENT
     } else {

@@ -326,7 +326,7 @@ async fn as_node(args: &[String], which: &str) -> Result<Answer, String> {
     let channel = node_channel(args)?;
     let mut client = DispatcherClient::new(channel);
     if which == "report" {
-        let report = shoal_control::manager::services::StatusReport {
+        let report = shoal_control::manager::protocol::StatusReport {
             updates: vec![(
                 required(args, "--task")?.to_owned(),
                 TaskStatus {
