@@ -194,7 +194,7 @@ impl NodeDataplane {
             Err(e) => tracing::warn!(error = %e, "reading the overlays' counters for a scrape"),
         }
         for p in dp.wireguard_status() {
-            snapshot.peers.push(crate::figures::Peer {
+            snapshot.peers.push(crate::figures::PeerFigures {
                 node: p.node,
                 tx_bytes: p.tx_bytes as u64,
                 rx_bytes: p.rx_bytes as u64,
@@ -213,15 +213,7 @@ impl NodeDataplane {
         };
         match mesh.status() {
             Ok(services) => {
-                for (name, s) in services {
-                    snapshot.mesh.insert(
-                        name,
-                        crate::figures::MeshService {
-                            backends: s.backends,
-                            stats: s.stats,
-                        },
-                    );
-                }
+                snapshot.mesh = services;
             }
             Err(e) => tracing::warn!(error = %e, "reading the mesh counters for a scrape"),
         }

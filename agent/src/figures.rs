@@ -9,10 +9,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use shoal_api::service::TaskState;
 use shoal_control::manager::RaftStatus;
-use shoal_dataplane::mesh::ServiceStats;
-
-/// A label set of one label.
-pub(crate) type Label = [(&'static str, &'static str); 1];
+use shoal_control::metrics::Label;
+use shoal_dataplane::mesh::ServiceStatus;
 
 /// What the node agent counts as it goes.
 #[derive(Debug, Default)]
@@ -44,18 +42,11 @@ pub(crate) struct ServiceTasks {
     pub unschedulable: u64,
 }
 
-/// A routing-mesh service's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct MeshService {
-    /// Backends new connections are balanced over.
-    pub backends: usize,
-    /// Counters summed over CPUs.
-    pub stats: ServiceStats,
-}
-
-/// A WireGuard peer's figures.
+/// A WireGuard peer's figures in the units the metrics give them (the engine's
+/// `PeerStatus`, converted: bytes as `u64`, the handshake's age in seconds, the networks
+/// counted).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Peer {
+pub(crate) struct PeerFigures {
     pub node: String,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
@@ -81,11 +72,11 @@ pub(crate) struct Snapshot {
     /// Nodes by (state, availability), on a manager.
     pub nodes: BTreeMap<(String, String), u64>,
     /// The routing mesh's services, by name, once the mesh runs here.
-    pub mesh: BTreeMap<String, MeshService>,
+    pub mesh: BTreeMap<String, ServiceStatus>,
     /// How the mesh takes packets in on each public interface (`xdp` or `tc`).
     pub entries: BTreeMap<String, &'static str>,
     /// The WireGuard engine's peers.
-    pub peers: Vec<Peer>,
+    pub peers: Vec<PeerFigures>,
     /// Each published port's counters on this node.
     pub ports: Vec<shoal_dataplane::mesh::PortStatus>,
     /// What each service VIP translated for this node's tasks, by service name.

@@ -24,7 +24,9 @@ use prometheus_client::registry::Registry;
 use shoal_control::manager::RaftStatus;
 
 use crate::dataplane::NodeDataplane;
-use crate::figures::{MeshService, Peer, Snapshot, agent};
+use shoal_dataplane::mesh::ServiceStatus;
+
+use crate::figures::{PeerFigures, Snapshot, agent};
 use crate::swarm::SwarmNode;
 
 /// Serves `/metrics` on `addr` until the process ends. Binding happens before this returns, so
@@ -353,7 +355,7 @@ impl Snapshot {
     /// Writes the routing mesh's counters and backends per service.
     fn encode_mesh(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter as C, Gauge as G};
-        let mesh = |pick: fn(&MeshService) -> u64| {
+        let mesh = |pick: fn(&ServiceStatus) -> u64| {
             self.mesh
                 .iter()
                 .map(move |(name, s)| (vec![("service", name.clone())], counter(pick(s))))
@@ -362,7 +364,7 @@ impl Snapshot {
             (
                 "shoal_mesh_packets",
                 "Client packets the routing mesh on this node sent on to a service's task",
-                (|s: &MeshService| s.stats.packets) as fn(&MeshService) -> u64,
+                (|s: &ServiceStatus| s.stats.packets) as fn(&ServiceStatus) -> u64,
             ),
             ("shoal_mesh_bytes", "Their bytes (Ethernet frames)", |s| {
                 s.stats.bytes
@@ -520,7 +522,7 @@ impl Snapshot {
     /// Writes the WireGuard engine's figures per peer.
     fn encode_wireguard(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter as C, Gauge as G};
-        let peer = |p: &Peer| vec![("peer", p.node.clone())];
+        let peer = |p: &PeerFigures| vec![("peer", p.node.clone())];
         family(
             e,
             "shoal_wireguard_sent_bytes",
@@ -689,8 +691,9 @@ mod tests {
         snapshot.nodes.insert(("ready".into(), "active".into()), 3);
         snapshot.mesh.insert(
             "web".into(),
-            MeshService {
+            ServiceStatus {
                 backends: 2,
+                table_size: 251,
                 stats: ServiceStats {
                     packets: 10,
                     bytes: 1_000,
@@ -717,13 +720,13 @@ mod tests {
                 no_backend: 1,
             },
         );
-        snapshot.peers.push(Peer {
+        snapshot.peers.push(PeerFigures {
             node: "n2".into(),
             tx_bytes: 5,
             last_handshake_seconds: Some(1.5),
             networks: 1,
             rotations: 2,
-            ..Peer::default()
+            ..PeerFigures::default()
         });
         snapshot.networks.insert(
             "net1".into(),

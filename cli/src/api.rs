@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use shoal_api::call::{Call, ClusterCall, DataCall, ManagerCall, NetworkCall, ServiceCall};
 use shoal_api::secret::DataKind;
-use shoal_api::swarm::{Availability, InitArgs, JoinArgs, Role, UpdateArgs};
+use shoal_api::swarm::{Availability, InitArgs, JoinArgs, Role, SwarmUpdateArgs};
 use shoal_api::{Client, ClientError, DaemonHost, StatusCode, escape};
 
 use crate::Failure;
@@ -166,7 +166,7 @@ fn join_request(args: &JoinArgs) -> Value {
 }
 
 /// A swarm spec as `args` changes it.
-fn apply_update(spec: &mut Value, args: &UpdateArgs) {
+fn apply_update(spec: &mut Value, args: &SwarmUpdateArgs) {
     if let Some(s) = args.dispatcher_heartbeat_s {
         spec["Dispatcher"]["HeartbeatPeriod"] = json!(s * 1_000_000_000);
     }

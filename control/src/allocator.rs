@@ -18,7 +18,7 @@ use std::{
 
 use ipnet::Ipv4Net;
 
-use crate::scheduler::Protocol;
+use shoal_api::service::PortProtocol;
 
 /// The first VNI handed out.
 pub const FIRST_VNI: u32 = 4096;
@@ -106,13 +106,6 @@ pub enum AllocError {
     NoPort,
 }
 
-fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
-}
-
 /// What a network was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkAllocation {
@@ -131,7 +124,7 @@ pub struct Allocator {
     pools: Vec<Ipv4Net>,
     subnet_len: u8,
     networks: BTreeMap<String, NetworkAllocation>,
-    ports: BTreeMap<(Protocol, u16), String>,
+    ports: BTreeMap<(PortProtocol, u16), String>,
 }
 
 /// The pool overlay subnets come from unless `swarm init --default-addr-pool` says otherwise.
@@ -304,7 +297,7 @@ impl Allocator {
     pub fn restore_ports(
         &mut self,
         service: &str,
-        ports: impl IntoIterator<Item = (Protocol, u16)>,
+        ports: impl IntoIterator<Item = (PortProtocol, u16)>,
     ) {
         for key in ports {
             self.ports.insert(key, service.to_owned());
@@ -359,9 +352,9 @@ impl Allocator {
     pub fn publish(
         &mut self,
         service: &str,
-        ports: &[(Protocol, Option<u16>)],
+        ports: &[(PortProtocol, Option<u16>)],
     ) -> Result<Vec<u16>, AllocError> {
-        let mut taken: BTreeMap<(Protocol, u16), String> = self
+        let mut taken: BTreeMap<(PortProtocol, u16), String> = self
             .ports
             .iter()
             .filter(|(_, owner)| owner.as_str() != service)
@@ -375,14 +368,14 @@ impl Allocator {
                 if let Some(owner) = taken.get(&(*protocol, *port)) {
                     return Err(AllocError::PortInUse {
                         port: *port,
-                        protocol: protocol_name(*protocol),
+                        protocol: protocol.name(),
                         service: owner.clone(),
                     });
                 }
                 if !mine.insert((*protocol, *port)) {
                     return Err(AllocError::PortTwice {
                         port: *port,
-                        protocol: protocol_name(*protocol),
+                        protocol: protocol.name(),
                     });
                 }
             }
@@ -542,18 +535,27 @@ mod tests {
     fn published_ports_are_explicit_or_from_30000_and_conflicts_change_nothing() {
         let mut a = Allocator::default();
         assert_eq!(
-            a.publish("web", &[(Protocol::Tcp, Some(8080)), (Protocol::Tcp, None)])
-                .unwrap(),
+            a.publish(
+                "web",
+                &[(PortProtocol::Tcp, Some(8080)), (PortProtocol::Tcp, None)]
+            )
+            .unwrap(),
             [8080, 30000]
         );
         // The same number over UDP is another port.
         assert_eq!(
-            a.publish("dns", &[(Protocol::Udp, Some(8080)), (Protocol::Tcp, None)])
-                .unwrap(),
+            a.publish(
+                "dns",
+                &[(PortProtocol::Udp, Some(8080)), (PortProtocol::Tcp, None)]
+            )
+            .unwrap(),
             [8080, 30001]
         );
         let e = a
-            .publish("api", &[(Protocol::Tcp, None), (Protocol::Tcp, Some(8080))])
+            .publish(
+                "api",
+                &[(PortProtocol::Tcp, None), (PortProtocol::Tcp, Some(8080))],
+            )
             .unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -562,20 +564,28 @@ mod tests {
         let e = a
             .publish(
                 "api",
-                &[(Protocol::Tcp, Some(9000)), (Protocol::Tcp, Some(9000))],
+                &[
+                    (PortProtocol::Tcp, Some(9000)),
+                    (PortProtocol::Tcp, Some(9000)),
+                ],
             )
             .unwrap_err();
         assert!(e.to_string().contains("published twice"), "{e}");
         // The refused calls took nothing.
-        assert_eq!(a.publish("api", &[(Protocol::Tcp, None)]).unwrap(), [30002]);
+        assert_eq!(
+            a.publish("api", &[(PortProtocol::Tcp, None)]).unwrap(),
+            [30002]
+        );
         // A service republishing keeps its own ports; unpublishing frees them.
         assert_eq!(
-            a.publish("web", &[(Protocol::Tcp, Some(8080))]).unwrap(),
+            a.publish("web", &[(PortProtocol::Tcp, Some(8080))])
+                .unwrap(),
             [8080]
         );
         a.unpublish("web");
         assert_eq!(
-            a.publish("api", &[(Protocol::Tcp, Some(8080))]).unwrap(),
+            a.publish("api", &[(PortProtocol::Tcp, Some(8080))])
+                .unwrap(),
             [8080]
         );
     }

@@ -25,9 +25,8 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Serialize, de::DeserializeOwned};
 use shoal_api::service::{
-    FailureAction, Network, NetworkAttachment, PortProtocol, PublishMode, RestartCondition,
-    RestartPolicy, Service, Task, TaskState, TaskStatus, UpdateConfig, UpdateOrder, UpdateState,
-    UpdateStatus,
+    FailureAction, Network, NetworkAttachment, PublishMode, RestartCondition, RestartPolicy,
+    Service, Task, TaskState, TaskStatus, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 use shoal_api::swarm::{Availability, Node, NodeState, Role};
 use shoal_api::version::Version;
@@ -35,7 +34,7 @@ use time::OffsetDateTime;
 
 use crate::allocator::Allocator;
 use crate::limits;
-use crate::scheduler::{self, Constraint, NodeInfo, Placement, Protocol};
+use crate::scheduler::{self, Constraint, NodeInfo, Placement};
 use crate::store::{Change, Kind, Object, ReadTx};
 
 /// How long a task that failed waits before it is replaced (SwarmKit's restart delay), unless
@@ -239,7 +238,7 @@ pub fn allocator(world: &World) -> Allocator {
                 .ports
                 .iter()
                 .filter(|p| p.publish_mode == PublishMode::Ingress)
-                .map(|p| (protocol(p.protocol), p.published_port)),
+                .map(|p| (p.protocol, p.published_port)),
         );
     }
     allocator
@@ -248,14 +247,6 @@ pub fn allocator(world: &World) -> Allocator {
 /// The address of `10.0.0.5/24`.
 pub fn address_of(cidr: &str) -> Option<Ipv4Addr> {
     cidr.split('/').next()?.parse().ok()
-}
-
-/// The scheduler's protocol for a port's.
-pub fn protocol(p: PortProtocol) -> Protocol {
-    match p {
-        PortProtocol::Tcp => Protocol::Tcp,
-        PortProtocol::Udp => Protocol::Udp,
-    }
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -347,7 +338,7 @@ fn placement(service: &Service) -> Placement {
             .ports
             .iter()
             .filter(|p| p.publish_mode == PublishMode::Host)
-            .map(|p| (protocol(p.protocol), p.published_port))
+            .map(|p| (p.protocol, p.published_port))
             .collect(),
     }
 }
@@ -1155,9 +1146,7 @@ impl<'w> Pass<'w> {
                 .iter()
                 .filter(|p| p.publish_mode == PublishMode::Host)
             {
-                infos[i]
-                    .host_ports
-                    .insert((protocol(p.protocol), p.published_port));
+                infos[i].host_ports.insert((p.protocol, p.published_port));
             }
         }
         infos

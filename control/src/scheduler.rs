@@ -29,6 +29,8 @@ use std::{
     str::FromStr,
 };
 
+use shoal_api::service::PortProtocol;
+
 /// What the scheduler knows of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -51,7 +53,7 @@ pub struct NodeInfo {
     /// Tasks already on the node, per service.
     pub tasks: HashMap<String, usize>,
     /// Host-mode published ports in use on the node: (protocol, port).
-    pub host_ports: BTreeSet<(Protocol, u16)>,
+    pub host_ports: BTreeSet<(PortProtocol, u16)>,
     /// What is left to reserve: what the node reported less its tasks' reservations.
     pub available: Resources,
 }
@@ -85,15 +87,6 @@ impl Resources {
         self.nano_cpus -= used.nano_cpus;
         self.memory_bytes -= used.memory_bytes;
     }
-}
-
-/// A transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
 }
 
 /// One placement constraint: `node.<field> == | != value`.
@@ -200,7 +193,7 @@ pub struct Placement {
     /// `--constraint`, all of which must hold.
     pub constraints: Vec<Constraint>,
     /// Host-mode published ports: each task needs them free on its node.
-    pub host_ports: Vec<(Protocol, u16)>,
+    pub host_ports: Vec<(PortProtocol, u16)>,
     /// `--reserve-cpu`, `--reserve-memory` of each task.
     pub reservation: Resources,
     /// `--replicas-max-per-node` (0: no limit).
@@ -519,7 +512,7 @@ mod tests {
     fn a_host_port_takes_one_task_per_node() {
         let mut nodes = vec![node("a", "worker"), node("b", "worker")];
         let placement = Placement {
-            host_ports: vec![(Protocol::Tcp, 8080)],
+            host_ports: vec![(PortProtocol::Tcp, 8080)],
             ..Default::default()
         };
         let results = place(&mut nodes, "web", &placement, 3);
@@ -530,7 +523,7 @@ mod tests {
         );
         // Another protocol on the same number is free.
         let udp = Placement {
-            host_ports: vec![(Protocol::Udp, 8080)],
+            host_ports: vec![(PortProtocol::Udp, 8080)],
             ..Default::default()
         };
         assert!(place(&mut nodes, "dns", &udp, 2).iter().all(Result::is_ok));

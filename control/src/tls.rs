@@ -2,7 +2,7 @@
 //!
 //! - A manager serves with its node certificate and the root, and asks every client for a
 //!   certificate chained to the root, but also admits clients without one: a joining node has
-//!   none yet, and only `Ca.Join` serves such callers (every other method checks the [`Peer`]).
+//!   none yet, and only `Ca.Join` serves such callers (every other method checks the [`TlsPeer`]).
 //! - A node calls managers with its own certificate and accepts only a server whose certificate
 //!   chains to the root *and* names the manager role (DNS name `swarm-manager`): a worker's
 //!   certificate cannot impersonate a manager.
@@ -583,7 +583,7 @@ pub fn channel(
 
 /// Who called: the TCP peer and, when it presented one, the identity in its certificate.
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub struct TlsPeer {
     /// The remote address.
     pub addr: SocketAddr,
     /// The certificate's identity (verified against the root by rustls).
@@ -745,7 +745,7 @@ impl Anonymous {
 #[derive(Debug)]
 pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: Peer,
+    peer: TlsPeer,
     anonymous: Option<Anonymous>,
     /// The trust it was last verified under, to check its certificate again when that changes.
     trust: Option<(Arc<LiveTls>, u64)>,
@@ -753,8 +753,8 @@ pub struct TlsConn {
 }
 
 impl Connected for TlsConn {
-    type ConnectInfo = Peer;
-    fn connect_info(&self) -> Peer {
+    type ConnectInfo = TlsPeer;
+    fn connect_info(&self) -> TlsPeer {
         self.peer.clone()
     }
 }
@@ -930,7 +930,7 @@ pub fn incoming(
                 let trust = identity.is_some().then_some((live, verified));
                 let conn = TlsConn {
                     inner: tls,
-                    peer: Peer { addr, identity },
+                    peer: TlsPeer { addr, identity },
                     anonymous,
                     trust,
                     _place: place,

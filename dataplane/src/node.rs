@@ -23,7 +23,7 @@ use crate::mesh::{
 use crate::overlay::keys::Key;
 use crate::overlay::layout::{AttachSpec, Layout, NetDevice, NetLayout, Tunnel, WayOutLayout};
 use crate::overlay::model::{
-    Attachment, DataPath, Endpoint, MIN_MTU, NetFacts, Network, Peer, VXLAN_OVERHEAD,
+    Attachment, DataPath, MIN_MTU, NetFacts, OverlayNetwork, Peer, RemoteEndpoint, VXLAN_OVERHEAD,
     WAY_OUT_BRIDGE, WIREGUARD_OVERHEAD, WayOut, WgConfig, WgPeer, WireGuard, check_task_side,
     parse_ipv4, parse_key, parse_mac, valid_id,
 };
@@ -43,13 +43,13 @@ pub struct DesiredState {
     pub wireguard: Option<WireGuard>,
     /// Overlay networks present on this node.
     #[serde(default)]
-    pub networks: Vec<Network>,
+    pub networks: Vec<OverlayNetwork>,
     /// Local tasks plugged into those networks.
     #[serde(default)]
     pub attachments: Vec<Attachment>,
     /// Tasks on other nodes this node must be able to reach.
     #[serde(default)]
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<RemoteEndpoint>,
     /// The other nodes.
     #[serde(default)]
     pub peers: Vec<Peer>,
@@ -124,7 +124,7 @@ struct Remote<'a> {
 
 /// Parses the subnet of the network `net` (at `at`): an IPv4 CIDR subnet of at most a /30,
 /// without host bits.
-fn parse_subnet(at: &str, net: &Network, problems: &mut Problems) -> Option<Ipv4Net> {
+fn parse_subnet(at: &str, net: &OverlayNetwork, problems: &mut Problems) -> Option<Ipv4Net> {
     match net.subnet.parse::<Ipv4Net>() {
         Ok(s) if s.prefix_len() > 30 => {
             problems.push(
@@ -327,7 +327,7 @@ impl DesiredState {
     fn check_network(
         &self,
         at: &str,
-        net: &Network,
+        net: &OverlayNetwork,
         nets: &Nets<'_>,
         underlay_mtu: u32,
         problems: &mut Problems,

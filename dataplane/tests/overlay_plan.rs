@@ -777,7 +777,7 @@ fn after_a_restart_the_tunnel_is_rebuilt_without_touching_the_networks() {
     let ops = plan(&desired, &observed);
     assert_eq!(
         ops,
-        vec![shoal_dataplane::overlay::Op::CreateTunnel(
+        vec![shoal_dataplane::overlay::LayoutStep::CreateTunnel(
             desired.tunnel.unwrap()
         )]
     );

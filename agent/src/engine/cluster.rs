@@ -10,7 +10,7 @@ use bollard::models;
 use serde::Deserialize;
 use serde_json::Value;
 use shoal_api::call::{Call, ClusterCall};
-use shoal_api::swarm::{InitArgs, JoinArgs, Role, UpdateArgs};
+use shoal_api::swarm::{InitArgs, JoinArgs, Role, SwarmUpdateArgs};
 
 use super::{ApiError, Engine, truthy};
 
@@ -207,7 +207,7 @@ pub(super) async fn init(
     if let Some(limit) = spec.task_history_limit.filter(|l| *l != 5) {
         engine
             .swarm
-            .call(ClusterCall::Update(UpdateArgs {
+            .call(ClusterCall::Update(SwarmUpdateArgs {
                 task_history_limit: Some(limit),
                 ..Default::default()
             }))
@@ -294,7 +294,7 @@ pub(super) async fn update(
     let spec = spec_args(Some(asked)).map_err(ApiError::bad_request)?;
     engine
         .swarm
-        .call(ClusterCall::Update(UpdateArgs {
+        .call(ClusterCall::Update(SwarmUpdateArgs {
             dispatcher_heartbeat_s: spec.dispatcher_heartbeat_s,
             snapshot_interval: spec.snapshot_interval,
             cert_expiry_s: spec.cert_expiry_s,

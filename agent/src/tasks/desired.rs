@@ -4,12 +4,12 @@
 //! plane ([`shoal_dataplane::node`]).
 //!
 //! What the assignment says becomes:
-//! - its networks with a subnet and VNI → overlay [`Network`]s (encrypted ones turn WireGuard
+//! - its networks with a subnet and VNI → [`OverlayNetwork`]s (encrypted ones turn WireGuard
 //!   on);
 //! - this node's attached tasks → [`Attachment`]s on the networks present here, and their way
 //!   out ([`WayOut`]) in a subnet no route and no overlay overlaps;
 //! - its services in VIP mode → [`VipSpec`]s on the networks present here;
-//! - its endpoints and peers → the overlay's [`Endpoint`]s and [`Peer`]s;
+//! - its endpoints and peers → the overlay's [`RemoteEndpoint`]s and [`Peer`]s;
 //! - its published services → the routing mesh ([`MeshSpec`]), with this node's own backends
 //!   only while they run.
 
@@ -21,13 +21,13 @@ use shoal_api::service::{EndpointMode, PortConfig, PortProtocol, Task};
 use shoal_control::dispatcher::{Assignment, MeshService};
 use shoal_control::limits;
 use shoal_dataplane::mesh::model::{
-    BackendSpec, ClientIp, IngressSpec, MeshSpec, PortSpec, Protocol, PublishMode, ServiceSpec,
-    TaskState as MeshTaskState,
+    BackendSpec, BackendState, ClientIp, IngressSpec, MeshServiceSpec, MeshSpec, PortSpec,
+    Protocol, PublishMode,
 };
 use shoal_dataplane::node::{DesiredState, VipSpec};
 use shoal_dataplane::overlay::model::{
-    Attachment, DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, DataPath, Endpoint, Network, Peer,
-    WayOut, WayOutAttachment, WireGuard,
+    Attachment, DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, DataPath, OverlayNetwork, Peer,
+    RemoteEndpoint, WayOut, WayOutAttachment, WireGuard,
 };
 
 use super::{Context, way_out};
@@ -126,12 +126,12 @@ pub(crate) fn desired(a: &Assignment, here: &Here<'_>) -> Desired {
 }
 
 /// The assignment's networks that have a subnet and a VNI, as the overlay builds them.
-fn networks(a: &Assignment) -> Vec<Network> {
+fn networks(a: &Assignment) -> Vec<OverlayNetwork> {
     a.networks
         .iter()
         .filter_map(|n| {
             let ipam = n.subnet()?;
-            Some(Network {
+            Some(OverlayNetwork {
                 id: n.id.clone(),
                 vni: n.vni()?,
                 subnet: ipam.subnet.clone(),
@@ -244,11 +244,11 @@ fn vips(a: &Assignment, present: &dyn Fn(&str) -> bool) -> Vec<VipSpec> {
 }
 
 /// Tasks on other nodes, on the networks present here.
-fn endpoints(a: &Assignment, present: &dyn Fn(&str) -> bool) -> Vec<Endpoint> {
+fn endpoints(a: &Assignment, present: &dyn Fn(&str) -> bool) -> Vec<RemoteEndpoint> {
     a.endpoints
         .iter()
         .filter(|e| present(&e.network))
-        .map(|e| Endpoint {
+        .map(|e| RemoteEndpoint {
             network: e.network.clone(),
             ip: e.ip.clone(),
             mac: None,
@@ -275,8 +275,8 @@ fn mesh_service(
     m: &MeshService,
     ingress: &str,
     usable: impl Fn(&shoal_control::dispatcher::Backend) -> bool,
-) -> ServiceSpec {
-    ServiceSpec {
+) -> MeshServiceSpec {
+    MeshServiceSpec {
         name: m.name.clone(),
         ports: m.ports.iter().map(port).collect(),
         backends: m
@@ -289,7 +289,7 @@ fn mesh_service(
                 ip: b.ip.clone(),
                 // Weight 0 drains: its connections stay, no new one.
                 weight: u32::from(!b.draining),
-                state: MeshTaskState::Running,
+                state: BackendState::Running,
             })
             .collect(),
         client_ip: ClientIp::default(),

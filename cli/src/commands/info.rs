@@ -41,7 +41,7 @@ struct SwarmInfo {
     node_id: String,
     node_addr: String,
     control_available: bool,
-    remote_managers: Option<Vec<Peer>>,
+    remote_managers: Option<Vec<RemoteManager>>,
     nodes: Option<usize>,
     managers: Option<usize>,
     cluster: Option<ClusterInfo>,
@@ -51,7 +51,7 @@ struct SwarmInfo {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct Peer {
+struct RemoteManager {
     addr: String,
 }
 

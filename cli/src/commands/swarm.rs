@@ -3,7 +3,7 @@
 use shoal_api::call::{Call, ClusterCall};
 use shoal_api::{
     DaemonHost,
-    swarm::{Cluster, InitArgs, JoinArgs, Node, Role, UpdateArgs},
+    swarm::{Cluster, InitArgs, JoinArgs, Node, Role, SwarmUpdateArgs},
 };
 
 use crate::Failure;
@@ -312,7 +312,7 @@ pub(crate) async fn run(host: &DaemonHost, command: Command) -> Result<(), Failu
         } => {
             update(
                 host,
-                UpdateArgs {
+                SwarmUpdateArgs {
                     dispatcher_heartbeat_s: dispatcher_heartbeat,
                     snapshot_interval,
                     cert_expiry_s: cert_expiry,
@@ -400,7 +400,7 @@ async fn join_token(
 
 /// `swarm update`: changes the cluster's settings; prints the unlock key when autolock is
 /// turned on.
-async fn update(host: &DaemonHost, args: UpdateArgs) -> Result<(), Failure> {
+async fn update(host: &DaemonHost, args: SwarmUpdateArgs) -> Result<(), Failure> {
     let autolock = args.autolock;
     let was_locking = if autolock == Some(true) {
         !unlock_key(host, false).await?.is_empty()

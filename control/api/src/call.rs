@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::{DataKind, DataSpec};
 use crate::service::{NetworkSpec, ServiceSpec, TaskFilter};
-use crate::swarm::{InitArgs, JoinArgs, NodeUpdate, Role, UpdateArgs};
+use crate::swarm::{InitArgs, JoinArgs, NodeUpdate, Role, SwarmUpdateArgs};
 
 /// What the user asks of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +59,7 @@ pub enum ClusterCall {
     /// `swarm inspect`.
     Inspect,
     /// `swarm update`.
-    Update(UpdateArgs),
+    Update(SwarmUpdateArgs),
     /// `swarm ca [--rotate] [--cert-expiry D]`: with `rotate`, starts a root rotation (a new
     /// root CA, cross-signed by the current one); the cluster as it is then.
     Ca {

@@ -58,7 +58,7 @@ pub struct JoinArgs {
 
 /// `swarm update`'s flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpdateArgs {
+pub struct SwarmUpdateArgs {
     /// `--dispatcher-heartbeat`, seconds.
     pub dispatcher_heartbeat_s: Option<u64>,
     /// `--snapshot-interval`.

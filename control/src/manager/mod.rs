@@ -50,13 +50,13 @@ use crate::{
     raft::{
         Raft, RaftSettings,
         network::{
-            Check, Contacts, MAX_MESSAGE, Network, RaftService, managers_only, nodes_only,
+            Check, Contacts, MAX_MESSAGE, RaftClients, RaftService, managers_only, nodes_only,
             require_manager,
         },
         proposer::Proposer,
     },
     store::Store,
-    tls::{Credentials, LiveTls, Peer},
+    tls::{Credentials, LiveTls, TlsPeer},
 };
 
 /// How a manager is set up.
@@ -169,7 +169,9 @@ pub struct RaftStatus {
 
 /// Counts leader changes and new snapshots from raft's metrics, until `stopped`.
 async fn count_raft_changes(
-    mut metrics: watch::Receiver<openraft::RaftMetrics<crate::raft::NodeId, crate::raft::Node>>,
+    mut metrics: watch::Receiver<
+        openraft::RaftMetrics<crate::raft::NodeId, crate::raft::RaftMember>,
+    >,
     mut stopped: watch::Receiver<bool>,
 ) {
     let (mut leader, mut snapshot) = {
@@ -256,7 +258,7 @@ impl Manager {
         let raft = Raft::new(
             config.raft_id,
             Arc::new(raft_config),
-            Network::new(client_tls.clone(), contacts.clone()),
+            RaftClients::new(client_tls.clone(), contacts.clone()),
             log,
             sm,
         )
@@ -653,7 +655,7 @@ struct Services {
 }
 
 fn peer(request: &Request<Frame>) -> (Option<NodeIdentity>, String) {
-    let peer = request.extensions().get::<Peer>();
+    let peer = request.extensions().get::<TlsPeer>();
     (
         peer.and_then(|p| p.identity.clone()),
         peer.map(|p| p.addr.ip().to_string()).unwrap_or_default(),
@@ -800,7 +802,7 @@ impl dispatcher_server::Dispatcher for Services {
     ) -> Result<Response<FrameStream>, Status> {
         let node_id = request
             .extensions()
-            .get::<Peer>()
+            .get::<TlsPeer>()
             .and_then(|p| p.identity.clone())
             .ok_or_else(|| Status::unauthenticated("a node certificate is required"))?
             .node_id;

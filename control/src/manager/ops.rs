@@ -14,7 +14,7 @@ use shoal_api::call::{ClusterCall, ManagerCall};
 use shoal_api::reason::Reason;
 use shoal_api::swarm::{
     JoinTokens, ManagerStatus, Node, NodeDescription, NodeState, NodeStatus, NodeUpdate, Role,
-    UpdateArgs,
+    SwarmUpdateArgs,
 };
 use shoal_api::version::Version;
 use tokio::sync::watch;
@@ -872,7 +872,7 @@ fn inspect_cluster(inner: &Inner) -> Result<Value, Status> {
 }
 
 /// `swarm update`: every argument checked before the write.
-async fn update_swarm(inner: &Inner, args: UpdateArgs) -> Result<Value, Status> {
+async fn update_swarm(inner: &Inner, args: SwarmUpdateArgs) -> Result<Value, Status> {
     if let Some(s) = args.dispatcher_heartbeat_s {
         limits::check_heartbeat(s)?;
     }

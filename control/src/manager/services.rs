@@ -518,8 +518,8 @@ fn allocate_endpoint(
         "the swarm",
         reserved.keys().flat_map(|port| {
             [
-                (crate::scheduler::Protocol::Tcp, *port),
-                (crate::scheduler::Protocol::Udp, *port),
+                (shoal_api::service::PortProtocol::Tcp, *port),
+                (shoal_api::service::PortProtocol::Udp, *port),
             ]
         }),
     );
@@ -554,7 +554,7 @@ fn allocate_endpoint(
         .filter(|p| p.publish_mode == shoal_api::service::PublishMode::Ingress)
         .map(|p| {
             (
-                orchestrator::protocol(p.protocol),
+                p.protocol,
                 Some(p.published_port)
                     .filter(|p| *p != 0)
                     .or_else(|| chosen_before(p)),

@@ -30,7 +30,7 @@ use openraft::{
         InstallSnapshotResponse, VoteRequest, VoteResponse,
     },
 };
-use shoal_api::swarm::{Node as SwarmNode, Role};
+use shoal_api::swarm::{Node, Role};
 use tonic::Status;
 
 use super::{NodeId, Raft, TypeConfig};
@@ -95,7 +95,7 @@ pub fn speaker(raft: &Raft, store: &Store, node_id: &str) -> Result<Speaker, Sta
     }
     let stored = store.view(|tx| {
         tx.get(Kind::Node, node_id)
-            .and_then(|o| serde_json::from_value::<SwarmNode>(o.body.clone()).ok())
+            .and_then(|o| serde_json::from_value::<Node>(o.body.clone()).ok())
     });
     if let Some(node) = stored
         && node.spec.role == Some(Role::Manager)

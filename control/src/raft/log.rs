@@ -37,7 +37,7 @@ use openraft::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Entry, NodeId, TypeConfig};
+use super::{Entry, NodeId, StorageResult, TypeConfig};
 use crate::{
     durable::{FILE_MODE, sync_dir, write_durable},
     keys::{DataKey, Purpose},
@@ -49,8 +49,6 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 const COMMITTED_BYTES: usize = 256;
 /// Header of a record: length and CRC32 of the payload.
 const HEADER: usize = 8;
-
-type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
 fn io_error(
     subject: ErrorSubject<NodeId>,
@@ -90,7 +88,7 @@ struct Entries {
 }
 
 /// What the writer thread is asked to do, in order.
-enum Op {
+enum WriterCommand {
     Append {
         records: Vec<(u64, Vec<u8>)>,
         callback: LogFlushed<TypeConfig>,
@@ -122,15 +120,15 @@ pub struct LogStore {
     /// The last commit index raft told this log (0: none yet), for the metrics.
     committed_index: Arc<std::sync::atomic::AtomicU64>,
     shared: Arc<Mutex<Entries>>,
-    ops: mpsc::Sender<OpBox>,
+    ops: mpsc::Sender<WriterCommandBox>,
 }
 
-/// `Op` is not `Debug` (the callback is not); wrap it for the channel.
-struct OpBox(Op);
+/// `WriterCommand` is not `Debug` (the callback is not); wrap it for the channel.
+struct WriterCommandBox(WriterCommand);
 
-impl Debug for OpBox {
+impl Debug for WriterCommandBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Op")
+        f.write_str("WriterCommand")
     }
 }
 
@@ -258,7 +256,7 @@ impl LogStore {
             file,
             failed: None,
         };
-        let (ops, receiver) = mpsc::channel::<OpBox>();
+        let (ops, receiver) = mpsc::channel::<WriterCommandBox>();
         thread::Builder::new()
             .name("raft-log".into())
             .spawn(move || writer.run(receiver))?;
@@ -285,16 +283,16 @@ impl LogStore {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn send(&self, op: Op) -> io::Result<()> {
+    fn send(&self, op: WriterCommand) -> io::Result<()> {
         self.ops
-            .send(OpBox(op))
+            .send(WriterCommandBox(op))
             .map_err(|_| io::Error::other("the raft log writer stopped"))
     }
 
     /// Sends an op that answers on `done` and waits for the answer off the async runtime.
     async fn request(
         &self,
-        op: impl FnOnce(mpsc::SyncSender<io::Result<()>>) -> Op,
+        op: impl FnOnce(mpsc::SyncSender<io::Result<()>>) -> WriterCommand,
     ) -> io::Result<()> {
         let (done, answer) = mpsc::sync_channel(1);
         self.send(op(done))?;
@@ -361,18 +359,18 @@ fn record(entry: &Entry, key: &DataKey) -> io::Result<Vec<u8>> {
 }
 
 impl Writer {
-    fn run(mut self, ops: mpsc::Receiver<OpBox>) {
-        while let Ok(OpBox(first)) = ops.recv() {
+    fn run(mut self, ops: mpsc::Receiver<WriterCommandBox>) {
+        while let Ok(WriterCommandBox(first)) = ops.recv() {
             // Everything already queued goes into the same write and the same fsync.
             let mut batch = vec![first];
-            while let Ok(OpBox(op)) = ops.try_recv() {
+            while let Ok(WriterCommandBox(op)) = ops.try_recv() {
                 batch.push(op);
             }
             let mut flushed = Vec::new();
             let mut dirty = false;
             for op in batch {
                 match op {
-                    Op::Append { records, callback } => {
+                    WriterCommand::Append { records, callback } => {
                         let result = self.guarded(|w| w.append(&records));
                         dirty = true;
                         flushed.push((callback, result));
@@ -382,18 +380,18 @@ impl Writer {
                         let synced = self.sync(&mut dirty);
                         complete(&mut flushed, &synced);
                         match other {
-                            Op::Truncate { from, done } => {
+                            WriterCommand::Truncate { from, done } => {
                                 let _ = done.send(synced.and_then(|()| self.truncate(from)));
                             }
-                            Op::Purge { upto, done } => {
+                            WriterCommand::Purge { upto, done } => {
                                 let _ = done.send(synced.and_then(|()| self.purge(upto)));
                             }
-                            Op::Vote { vote, done } => {
+                            WriterCommand::Vote { vote, done } => {
                                 let path = self.dir.with_file_name("vote.json");
                                 let _ = done
                                     .send(synced.and_then(|()| write_json_durable(&path, &vote)));
                             }
-                            Op::Append { .. } => unreachable!("matched above"),
+                            WriterCommand::Append { .. } => unreachable!("matched above"),
                         }
                     }
                 }
@@ -568,7 +566,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         let vote = *vote;
-        self.request(|done| Op::Vote { vote, done })
+        self.request(|done| WriterCommand::Vote { vote, done })
             .await
             .map_err(io_error(ErrorSubject::Vote, ErrorVerb::Write))
     }
@@ -631,13 +629,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 shared.entries.insert(entry.log_id.index, entry);
             }
         }
-        self.send(Op::Append { records, callback })
+        self.send(WriterCommand::Append { records, callback })
             .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         self.lock().entries.split_off(&log_id.index);
-        self.request(|done| Op::Truncate {
+        self.request(|done| WriterCommand::Truncate {
             from: log_id.index,
             done,
         })
@@ -658,7 +656,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let keep = shared.entries.split_off(&(log_id.index + 1));
             shared.entries = keep;
         }
-        self.request(|done| Op::Purge {
+        self.request(|done| WriterCommand::Purge {
             upto: log_id.index,
             done,
         })

@@ -42,9 +42,6 @@ impl RaftMember {
     }
 }
 
-/// What raft knows of a manager.
-pub type Node = RaftMember;
-
 /// One raft entry's payload: change sets, applied in order, each whole or not at all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -67,13 +64,16 @@ openraft::declare_raft_types!(
         D = Request,
         R = Response,
         NodeId = NodeId,
-        Node = Node,
+        Node = RaftMember,
 );
 
 /// A raft log entry.
 pub type Entry = openraft::Entry<TypeConfig>;
 /// A running raft node.
 pub type Raft = openraft::Raft<TypeConfig>;
+
+/// What the raft storage (log and state machine) answers openraft.
+pub(crate) type StorageResult<T> = Result<T, openraft::StorageError<NodeId>>;
 
 /// Raft settings (`swarm init`/`swarm update` flags where Docker has them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

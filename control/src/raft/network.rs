@@ -29,13 +29,13 @@ use shoal_api::v1::{Frame, raft_client::RaftClient, raft_server};
 use tonic::{Request, Status};
 
 use super::{
-    Node, NodeId, Raft, TypeConfig,
+    NodeId, Raft, RaftMember, TypeConfig,
     guard::{self, InBounds},
 };
 use crate::{
     ca::{NodeIdentity, Role},
     store::Store,
-    tls::Peer,
+    tls::TlsPeer,
 };
 
 /// The largest raft message a manager accepts (snapshots travel in chunks of a few MiB). A
@@ -48,12 +48,12 @@ pub type Contacts = Arc<Mutex<HashMap<NodeId, Instant>>>;
 
 /// Makes raft clients to peers.
 #[derive(Debug, Clone)]
-pub struct Network {
+pub struct RaftClients {
     tls: Arc<ClientConfig>,
     contacts: Contacts,
 }
 
-impl Network {
+impl RaftClients {
     /// Clients that call peers with `tls`, recording answers in `contacts`.
     pub fn new(tls: Arc<ClientConfig>, contacts: Contacts) -> Self {
         Self { tls, contacts }
@@ -70,10 +70,10 @@ pub struct PeerClient {
     contacts: Contacts,
 }
 
-impl RaftNetworkFactory<TypeConfig> for Network {
+impl RaftNetworkFactory<TypeConfig> for RaftClients {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &RaftMember) -> PeerClient {
         PeerClient {
             target,
             addr: node.addr.clone(),
@@ -96,7 +96,7 @@ impl PeerClient {
         request: &Req,
         entries: Option<usize>,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    ) -> Result<Resp, RPCError<NodeId, RaftMember, RaftError<NodeId, E>>>
     where
         Req: Serialize,
         Resp: DeserializeOwned + InBounds,
@@ -203,7 +203,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, RaftMember, RaftError<NodeId>>>
+    {
         let entries = rpc.entries.len();
         self.call(append, &rpc, Some(entries), &option).await
     }
@@ -214,7 +215,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+        RPCError<NodeId, RaftMember, RaftError<NodeId, InstallSnapshotError>>,
     > {
         self.call(snapshot, &rpc, None, &option).await
     }
@@ -223,7 +224,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, RaftMember, RaftError<NodeId>>> {
         self.call(vote, &rpc, None, &option).await
     }
 }
@@ -246,7 +247,7 @@ pub fn managers_only(request: Request<()>) -> Result<Request<()>, Status> {
 /// An interceptor for the services only nodes of the swarm call (the dispatcher): a node
 /// certificate, checked before the request body is read.
 pub fn nodes_only(request: Request<()>) -> Result<Request<()>, Status> {
-    let peer = request.extensions().get::<Peer>();
+    let peer = request.extensions().get::<TlsPeer>();
     if peer.and_then(|p| p.identity.as_ref()).is_none() {
         return Err(Status::unauthenticated("a node certificate is required"));
     }
@@ -254,7 +255,7 @@ pub fn nodes_only(request: Request<()>) -> Result<Request<()>, Status> {
 }
 
 fn manager_peer(extensions: &tonic::Extensions) -> Result<&NodeIdentity, Status> {
-    let peer = extensions.get::<Peer>();
+    let peer = extensions.get::<TlsPeer>();
     match peer.and_then(|p| p.identity.as_ref()) {
         Some(identity) if identity.role == Role::Manager => Ok(identity),
         Some(_) => Err(Status::permission_denied(

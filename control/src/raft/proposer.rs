@@ -10,7 +10,7 @@ use std::sync::Arc;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{Node, NodeId, Raft, Request};
+use super::{NodeId, Raft, RaftMember, Request};
 use crate::limits;
 use crate::store::{ChangeSet, StoreError};
 
@@ -33,7 +33,7 @@ pub enum ProposeError {
     Stopped,
     /// Raft failed.
     #[error("raft: {0}")]
-    Raft(#[source] Arc<RaftError<NodeId, ClientWriteError<NodeId, Node>>>),
+    Raft(#[source] Arc<RaftError<NodeId, ClientWriteError<NodeId, RaftMember>>>),
     /// The change set alone is larger than a raft entry may be.
     #[error(
         "the write is {bytes} bytes, larger than the {} a raft entry may carry",

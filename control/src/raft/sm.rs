@@ -22,27 +22,25 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{Entry, Node, NodeId, Request, Response, TypeConfig};
+use super::{Entry, NodeId, RaftMember, Request, Response, StorageResult, TypeConfig};
 use crate::{
     keys::{DataKey, Purpose},
     store::{Image, Store},
 };
 
-type StorageResult<T> = Result<T, StorageError<NodeId>>;
-
 /// What a snapshot file holds.
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotFile {
-    meta: SnapshotMeta<NodeId, Node>,
+    meta: SnapshotMeta<NodeId, RaftMember>,
     image: Image,
 }
 
 #[derive(Debug, Default)]
 struct Applied {
     last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, Node>,
+    membership: StoredMembership<NodeId, RaftMember>,
     /// The newest durable snapshot: its metadata and bytes.
-    current: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
+    current: Option<(SnapshotMeta<NodeId, RaftMember>, Vec<u8>)>,
 }
 
 /// The state machine handed to openraft. Clones share it.
@@ -125,7 +123,7 @@ impl StateMachine {
     /// Writes a snapshot file and makes it the current one, removing older files.
     async fn persist(
         &self,
-        meta: SnapshotMeta<NodeId, Node>,
+        meta: SnapshotMeta<NodeId, RaftMember>,
         bytes: Vec<u8>,
         applied: &mut Applied,
     ) -> io::Result<()> {
@@ -189,7 +187,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>)> {
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, RaftMember>)> {
         let applied = self.applied.lock().await;
         Ok((applied.last_applied, applied.membership.clone()))
     }
@@ -234,7 +232,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, Node>,
+        meta: &SnapshotMeta<NodeId, RaftMember>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let bytes = snapshot.into_inner();

@@ -49,7 +49,7 @@ pub struct MeshSpec {
     pub interfaces: Option<Vec<String>>,
     /// Services with published ports.
     #[serde(default)]
-    pub services: Vec<ServiceSpec>,
+    pub services: Vec<MeshServiceSpec>,
 }
 
 /// The node on the ingress network.
@@ -65,7 +65,7 @@ pub struct IngressSpec {
 /// A service whose ports are published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServiceSpec {
+pub struct MeshServiceSpec {
     /// Its name (unique).
     pub name: String,
     /// Its published ports.
@@ -171,7 +171,7 @@ pub struct BackendSpec {
     pub weight: u32,
     /// The task's state; only `running` tasks receive connections.
     #[serde(default)]
-    pub state: TaskState,
+    pub state: BackendState,
 }
 
 fn one() -> u32 {
@@ -181,7 +181,7 @@ fn one() -> u32 {
 /// The states of a task the mesh distinguishes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TaskState {
+pub enum BackendState {
     /// Serving.
     #[default]
     Running,
@@ -418,7 +418,7 @@ fn mesh_interfaces(spec: &MeshSpec, host: &Host, problems: &mut Problems) -> Vec
 /// no `snat` for `mode: host`.
 fn service_ports(
     at: &str,
-    s: &ServiceSpec,
+    s: &MeshServiceSpec,
     reserved_udp: &[u16],
     published: &mut BTreeMap<(Protocol, u16), String>,
     problems: &mut Problems,
@@ -493,7 +493,7 @@ impl Ingress<'_> {
     fn backends(
         &self,
         at: &str,
-        s: &ServiceSpec,
+        s: &MeshServiceSpec,
         problems: &mut Problems,
         left_out: &mut Problems,
     ) -> Vec<BackendPlan> {
@@ -555,7 +555,7 @@ impl Ingress<'_> {
                 continue;
             }
             // Weight 0 drains: the backend keeps its ID (its connections stay) but gets no slot.
-            if b.state == TaskState::Running {
+            if b.state == BackendState::Running {
                 backends.push(BackendPlan {
                     addr: ip,
                     mac,
@@ -575,7 +575,7 @@ impl Ingress<'_> {
 /// maximum with enough slots for its weighted `backends`.
 fn service_table_size(
     at: &str,
-    s: &ServiceSpec,
+    s: &MeshServiceSpec,
     backends: &[BackendPlan],
     problems: &mut Problems,
 ) -> u32 {

@@ -31,7 +31,8 @@ use rtnetlink::{
 };
 
 use super::layout::{
-    AttachSpec, NetDevice, Observed, ObservedNet, ObservedWayOut, Op, Tunnel, TunnelState, plan,
+    AttachSpec, LayoutStep, NetDevice, Observed, ObservedNet, ObservedWayOut, Tunnel, TunnelState,
+    plan,
 };
 use super::model::{WAY_OUT_BRIDGE, WgConfig};
 use super::netns;
@@ -438,12 +439,12 @@ impl Dataplane {
         // Everything that can be checked before touching the kernel is.
         for op in &ops {
             let field = match op {
-                Op::Attach { spec, .. } => state
+                LayoutStep::Attach { spec, .. } => state
                     .attachments
                     .iter()
                     .position(|a| a.task == spec.task && a.netns == spec.netns)
                     .map(|i| (spec, format!("attachments[{i}].netns"))),
-                Op::AttachWayOut { spec, .. } => state
+                LayoutStep::AttachWayOut { spec, .. } => state
                     .way_out
                     .iter()
                     .flat_map(|w| w.attachments.iter())
@@ -489,7 +490,7 @@ impl Dataplane {
             };
         }
         self.wireguard = resolved.wireguard.clone();
-        let mut done: Vec<&Op> = Vec::new();
+        let mut done: Vec<&LayoutStep> = Vec::new();
         for op in &ops {
             tracing::info!(%op, "data plane");
             if let Err(source) = self.execute(op).await {
@@ -605,28 +606,32 @@ impl Dataplane {
     }
 
     /// Removes what `done` created, newest first. Removals stay: they were wanted either way.
-    async fn undo(&mut self, done: &[&Op]) -> String {
+    async fn undo(&mut self, done: &[&LayoutStep]) -> String {
         let mut undone = 0;
         for op in done.iter().rev() {
             let inverse = match op {
-                Op::CreateNetwork { net, .. } => Op::DeleteNetwork { net: net.clone() },
-                Op::AddFdb { net, mac, dst } => Op::DelFdb {
+                LayoutStep::CreateNetwork { net, .. } => {
+                    LayoutStep::DeleteNetwork { net: net.clone() }
+                }
+                LayoutStep::AddFdb { net, mac, dst } => LayoutStep::DelFdb {
                     net: net.clone(),
                     mac: *mac,
                     dst: *dst,
                 },
-                Op::AddNeigh { net, ip, mac } => Op::DelNeigh {
+                LayoutStep::AddNeigh { net, ip, mac } => LayoutStep::DelNeigh {
                     net: net.clone(),
                     ip: *ip,
                     mac: *mac,
                 },
-                Op::Attach { net, veth, .. } => Op::Detach {
+                LayoutStep::Attach { net, veth, .. } => LayoutStep::Detach {
                     net: net.clone(),
                     veth: veth.clone(),
                 },
-                Op::CreateWayOut(_) => Op::DeleteWayOut,
-                Op::AttachWayOut { veth, .. } => Op::DetachWayOut { veth: veth.clone() },
-                Op::CreateTunnel(_) => {
+                LayoutStep::CreateWayOut(_) => LayoutStep::DeleteWayOut,
+                LayoutStep::AttachWayOut { veth, .. } => {
+                    LayoutStep::DetachWayOut { veth: veth.clone() }
+                }
+                LayoutStep::CreateTunnel(_) => {
                     // Stop the engine (its TAP device goes with it) but keep the namespace:
                     // encrypted networks' sockets may have lived there before this apply.
                     self.engine = None;
@@ -651,15 +656,15 @@ impl Dataplane {
         )
     }
 
-    async fn execute(&mut self, op: &Op) -> io::Result<()> {
+    async fn execute(&mut self, op: &LayoutStep) -> io::Result<()> {
         match op {
-            Op::CreateTunnel(t) => self.create_tunnel(*t).await,
-            Op::DeleteTunnel => {
+            LayoutStep::CreateTunnel(t) => self.create_tunnel(*t).await,
+            LayoutStep::DeleteTunnel => {
                 self.engine = None;
                 self.tunnel = None;
                 netns::remove(&self.root.join(TUNNEL_NS))
             }
-            Op::CreateNetwork { net, device } => {
+            LayoutStep::CreateNetwork { net, device } => {
                 let created = self.create_network(net, device).await;
                 if created.is_err() {
                     self.nets.remove(net);
@@ -667,7 +672,7 @@ impl Dataplane {
                 }
                 created
             }
-            Op::DeleteNetwork { net } => {
+            LayoutStep::DeleteNetwork { net } => {
                 if let Some(h) = self.net_handle(net)? {
                     // The VXLAN device first, so its socket is released now rather than when the
                     // namespace is finally freed.
@@ -676,7 +681,7 @@ impl Dataplane {
                 self.nets.remove(net);
                 netns::remove(&self.network_namespace(net))
             }
-            Op::AddFdb { net, mac, dst } => {
+            LayoutStep::AddFdb { net, mac, dst } => {
                 let (h, vx) = self.vxlan(net).await?;
                 h.neighbours()
                     .add_bridge(vx, &mac.0)
@@ -687,7 +692,7 @@ impl Dataplane {
                     .await
                     .map_err(nl)
             }
-            Op::DelFdb { net, mac, dst } => {
+            LayoutStep::DelFdb { net, mac, dst } => {
                 let (h, vx) = self.vxlan(net).await?;
                 let mut m = NeighbourMessage::default();
                 m.header.family = AddressFamily::Bridge;
@@ -701,7 +706,7 @@ impl Dataplane {
                     )));
                 ignore_missing(h.neighbours().del(m).execute().await.map_err(nl))
             }
-            Op::AddNeigh { net, ip, mac } => {
+            LayoutStep::AddNeigh { net, ip, mac } => {
                 let (h, vx) = self.vxlan(net).await?;
                 h.neighbours()
                     .add(vx, IpAddr::V4(*ip))
@@ -711,7 +716,7 @@ impl Dataplane {
                     .await
                     .map_err(nl)
             }
-            Op::DelNeigh { net, ip, .. } => {
+            LayoutStep::DelNeigh { net, ip, .. } => {
                 let (h, vx) = self.vxlan(net).await?;
                 let mut m = NeighbourMessage::default();
                 m.header.family = AddressFamily::Inet;
@@ -720,7 +725,7 @@ impl Dataplane {
                     .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
                 ignore_missing(h.neighbours().del(m).execute().await.map_err(nl))
             }
-            Op::Attach { net, veth, spec } => {
+            LayoutStep::Attach { net, veth, spec } => {
                 let h = self.require_net(net)?;
                 let attached = attach(&h, BRIDGE, veth, spec).await;
                 if attached.is_err() {
@@ -728,11 +733,11 @@ impl Dataplane {
                 }
                 attached
             }
-            Op::Detach { net, veth } => {
+            LayoutStep::Detach { net, veth } => {
                 let h = self.require_net(net)?;
                 delete_link(&h, veth).await
             }
-            Op::CreateWayOut(gateway) => {
+            LayoutStep::CreateWayOut(gateway) => {
                 let created = self.create_way_out(*gateway).await;
                 if created.is_err() {
                     let _ = delete_link(&self.node, WAY_OUT_BRIDGE).await;
@@ -740,18 +745,18 @@ impl Dataplane {
                 }
                 created
             }
-            Op::DeleteWayOut => {
+            LayoutStep::DeleteWayOut => {
                 delete_link(&self.node, WAY_OUT_BRIDGE).await?;
                 way_out::remove().await
             }
-            Op::AttachWayOut { veth, spec } => {
+            LayoutStep::AttachWayOut { veth, spec } => {
                 let attached = attach(&self.node, WAY_OUT_BRIDGE, veth, spec).await;
                 if attached.is_err() {
                     let _ = delete_link(&self.node, veth).await;
                 }
                 attached
             }
-            Op::DetachWayOut { veth } => delete_link(&self.node, veth).await,
+            LayoutStep::DetachWayOut { veth } => delete_link(&self.node, veth).await,
         }
     }
 
@@ -892,16 +897,16 @@ impl Dataplane {
     }
 }
 
-fn is_creation(op: &Op) -> bool {
+fn is_creation(op: &LayoutStep) -> bool {
     matches!(
         op,
-        Op::CreateTunnel(_)
-            | Op::CreateNetwork { .. }
-            | Op::AddFdb { .. }
-            | Op::AddNeigh { .. }
-            | Op::Attach { .. }
-            | Op::CreateWayOut(_)
-            | Op::AttachWayOut { .. }
+        LayoutStep::CreateTunnel(_)
+            | LayoutStep::CreateNetwork { .. }
+            | LayoutStep::AddFdb { .. }
+            | LayoutStep::AddNeigh { .. }
+            | LayoutStep::Attach { .. }
+            | LayoutStep::CreateWayOut(_)
+            | LayoutStep::AttachWayOut { .. }
     )
 }
 

@@ -250,7 +250,7 @@ impl Layout {
 
 /// One step towards the desired layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
+pub enum LayoutStep {
     /// Removes a task's veth pair.
     Detach { net: String, veth: String },
     /// Removes a neighbour entry.
@@ -293,22 +293,24 @@ pub enum Op {
     AttachWayOut { veth: String, spec: AttachSpec },
 }
 
-impl fmt::Display for Op {
+impl fmt::Display for LayoutStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::Detach { net, veth } => write!(f, "network {net}: detach {veth}"),
-            Op::DelNeigh { net, ip, mac } => {
+            LayoutStep::Detach { net, veth } => write!(f, "network {net}: detach {veth}"),
+            LayoutStep::DelNeigh { net, ip, mac } => {
                 write!(f, "network {net}: remove neighbour {ip} {mac}")
             }
-            Op::DelFdb { net, mac, dst } => write!(f, "network {net}: remove fdb {mac} via {dst}"),
-            Op::DeleteNetwork { net } => write!(f, "network {net}: delete"),
-            Op::DeleteTunnel => write!(f, "tunnel: delete"),
-            Op::CreateTunnel(t) => write!(
+            LayoutStep::DelFdb { net, mac, dst } => {
+                write!(f, "network {net}: remove fdb {mac} via {dst}")
+            }
+            LayoutStep::DeleteNetwork { net } => write!(f, "network {net}: delete"),
+            LayoutStep::DeleteTunnel => write!(f, "tunnel: delete"),
+            LayoutStep::CreateTunnel(t) => write!(
                 f,
                 "tunnel: create {} mtu {} wireguard port {}",
                 t.addr, t.mtu, t.port
             ),
-            Op::CreateNetwork { net, device: d } => write!(
+            LayoutStep::CreateNetwork { net, device: d } => write!(
                 f,
                 "network {net}: create vni {} {}:{} mtu {} gateway {}{}",
                 d.vni,
@@ -318,9 +320,13 @@ impl fmt::Display for Op {
                 d.gateway,
                 if d.encrypted { " encrypted" } else { "" }
             ),
-            Op::AddFdb { net, mac, dst } => write!(f, "network {net}: add fdb {mac} via {dst}"),
-            Op::AddNeigh { net, ip, mac } => write!(f, "network {net}: add neighbour {ip} {mac}"),
-            Op::Attach { net, veth, spec } => write!(
+            LayoutStep::AddFdb { net, mac, dst } => {
+                write!(f, "network {net}: add fdb {mac} via {dst}")
+            }
+            LayoutStep::AddNeigh { net, ip, mac } => {
+                write!(f, "network {net}: add neighbour {ip} {mac}")
+            }
+            LayoutStep::Attach { net, veth, spec } => write!(
                 f,
                 "network {net}: attach task {} as {} {} ({veth}) in {}",
                 spec.task,
@@ -328,10 +334,10 @@ impl fmt::Display for Op {
                 spec.addr,
                 spec.netns.display()
             ),
-            Op::DetachWayOut { veth } => write!(f, "way out: detach {veth}"),
-            Op::DeleteWayOut => write!(f, "way out: delete"),
-            Op::CreateWayOut(gateway) => write!(f, "way out: create gateway {gateway}"),
-            Op::AttachWayOut { veth, spec } => write!(
+            LayoutStep::DetachWayOut { veth } => write!(f, "way out: detach {veth}"),
+            LayoutStep::DeleteWayOut => write!(f, "way out: delete"),
+            LayoutStep::CreateWayOut(gateway) => write!(f, "way out: create gateway {gateway}"),
+            LayoutStep::AttachWayOut { veth, spec } => write!(
                 f,
                 "way out: attach task {} as {} {} ({veth}) in {}",
                 spec.task,
@@ -345,7 +351,7 @@ impl fmt::Display for Op {
 
 /// The operations that take the kernel from `observed` to `desired`, in an order that never
 /// strands a device (see the module documentation).
-pub fn plan(desired: &Layout, observed: &Observed) -> Vec<Op> {
+pub fn plan(desired: &Layout, observed: &Observed) -> Vec<LayoutStep> {
     let mut removals = Vec::new();
     let mut creations = Vec::new();
 
@@ -360,12 +366,12 @@ pub fn plan(desired: &Layout, observed: &Observed) -> Vec<Op> {
     plan_way_out(desired, observed, &mut removals, &mut creations);
 
     if tunnel_goes {
-        removals.push(Op::DeleteTunnel);
+        removals.push(LayoutStep::DeleteTunnel);
     }
     if let Some(want) = desired.tunnel
         && (tunnel_goes || observed.tunnel != TunnelState::Up(want))
     {
-        creations.push(Op::CreateTunnel(want));
+        creations.push(LayoutStep::CreateTunnel(want));
     }
 
     plan_network_creations(desired, observed, &kept, &mut creations);
@@ -382,7 +388,7 @@ fn plan_network_removals<'a>(
     desired: &Layout,
     observed: &'a Observed,
     tunnel_goes: bool,
-    removals: &mut Vec<Op>,
+    removals: &mut Vec<LayoutStep>,
 ) -> BTreeSet<&'a str> {
     let mut kept = BTreeSet::new();
     for (id, have) in &observed.networks {
@@ -391,13 +397,13 @@ fn plan_network_removals<'a>(
             None => true,
             Some(want) => want.device != have.device || (have.device.encrypted && tunnel_goes),
         };
-        let detach = |veth: &String| Op::Detach {
+        let detach = |veth: &String| LayoutStep::Detach {
             net: id.clone(),
             veth: veth.clone(),
         };
         if recreate {
             removals.extend(have.attachments.iter().map(detach));
-            removals.push(Op::DeleteNetwork { net: id.clone() });
+            removals.push(LayoutStep::DeleteNetwork { net: id.clone() });
             continue;
         }
         let want = want.expect("not recreated, so desired");
@@ -408,19 +414,17 @@ fn plan_network_removals<'a>(
                 .filter(|v| !want.attachments.contains_key(*v))
                 .map(detach),
         );
-        removals.extend(
-            have.neigh
-                .difference(&want.neigh)
-                .map(|&(ip, mac)| Op::DelNeigh {
-                    net: id.clone(),
-                    ip,
-                    mac,
-                }),
-        );
+        removals.extend(have.neigh.difference(&want.neigh).map(|&(ip, mac)| {
+            LayoutStep::DelNeigh {
+                net: id.clone(),
+                ip,
+                mac,
+            }
+        }));
         removals.extend(
             have.fdb
                 .difference(&want.fdb)
-                .map(|&(mac, dst)| Op::DelFdb {
+                .map(|&(mac, dst)| LayoutStep::DelFdb {
                     net: id.clone(),
                     mac,
                     dst,
@@ -435,8 +439,8 @@ fn plan_network_removals<'a>(
 fn plan_way_out(
     desired: &Layout,
     observed: &Observed,
-    removals: &mut Vec<Op>,
-    creations: &mut Vec<Op>,
+    removals: &mut Vec<LayoutStep>,
+    creations: &mut Vec<LayoutStep>,
 ) {
     let mut way_out_kept = false;
     if let Some(have) = &observed.way_out {
@@ -444,11 +448,11 @@ fn plan_way_out(
             .way_out
             .as_ref()
             .filter(|want| want.gateway == have.gateway);
-        let detach = |veth: &String| Op::DetachWayOut { veth: veth.clone() };
+        let detach = |veth: &String| LayoutStep::DetachWayOut { veth: veth.clone() };
         match want {
             None => {
                 removals.extend(have.attachments.iter().map(detach));
-                removals.push(Op::DeleteWayOut);
+                removals.push(LayoutStep::DeleteWayOut);
             }
             Some(want) => {
                 way_out_kept = true;
@@ -464,13 +468,13 @@ fn plan_way_out(
     if let Some(want) = &desired.way_out {
         let have = observed.way_out.as_ref().filter(|_| way_out_kept);
         if have.is_none() {
-            creations.push(Op::CreateWayOut(want.gateway));
+            creations.push(LayoutStep::CreateWayOut(want.gateway));
         }
         creations.extend(
             want.attachments
                 .iter()
                 .filter(|(veth, _)| have.is_none_or(|h| !h.attachments.contains(*veth)))
-                .map(|(veth, spec)| Op::AttachWayOut {
+                .map(|(veth, spec)| LayoutStep::AttachWayOut {
                     veth: veth.clone(),
                     spec: spec.clone(),
                 }),
@@ -484,7 +488,7 @@ fn plan_network_creations(
     desired: &Layout,
     observed: &Observed,
     kept: &BTreeSet<&str>,
-    creations: &mut Vec<Op>,
+    creations: &mut Vec<LayoutStep>,
 ) {
     for (id, want) in &desired.networks {
         let have = observed
@@ -492,7 +496,7 @@ fn plan_network_creations(
             .get(id)
             .filter(|_| kept.contains(id.as_str()));
         if have.is_none() {
-            creations.push(Op::CreateNetwork {
+            creations.push(LayoutStep::CreateNetwork {
                 net: id.clone(),
                 device: want.device,
             });
@@ -502,26 +506,24 @@ fn plan_network_creations(
         creations.extend(
             want.fdb
                 .difference(&have.fdb)
-                .map(|&(mac, dst)| Op::AddFdb {
+                .map(|&(mac, dst)| LayoutStep::AddFdb {
                     net: id.clone(),
                     mac,
                     dst,
                 }),
         );
-        creations.extend(
-            want.neigh
-                .difference(&have.neigh)
-                .map(|&(ip, mac)| Op::AddNeigh {
-                    net: id.clone(),
-                    ip,
-                    mac,
-                }),
-        );
+        creations.extend(want.neigh.difference(&have.neigh).map(|&(ip, mac)| {
+            LayoutStep::AddNeigh {
+                net: id.clone(),
+                ip,
+                mac,
+            }
+        }));
         creations.extend(
             want.attachments
                 .iter()
                 .filter(|(veth, _)| !have.attachments.contains(*veth))
-                .map(|(veth, spec)| Op::Attach {
+                .map(|(veth, spec)| LayoutStep::Attach {
                     net: id.clone(),
                     veth: veth.clone(),
                     spec: spec.clone(),
@@ -534,10 +536,10 @@ impl Observed {
     /// Applies one operation to this model of the kernel, refusing it when the kernel would: a
     /// device that exists already, a parent that is missing, or a removal that would strand
     /// something that depends on what is removed.
-    pub fn apply(&mut self, op: &Op) -> Result<(), String> {
+    pub fn apply(&mut self, op: &LayoutStep) -> Result<(), String> {
         fn net<'a>(
             this: &'a mut Observed,
-            op: &Op,
+            op: &LayoutStep,
             id: &str,
         ) -> Result<&'a mut ObservedNet, String> {
             this.networks
@@ -546,28 +548,28 @@ impl Observed {
         }
         let fail = |what: &str| Err(format!("{op}: {what}"));
         match op {
-            Op::Detach { net: id, veth } => {
+            LayoutStep::Detach { net: id, veth } => {
                 if !net(self, op, id)?.attachments.remove(veth) {
                     return fail("no such veth");
                 }
             }
-            Op::DelNeigh { net: id, ip, mac } => {
+            LayoutStep::DelNeigh { net: id, ip, mac } => {
                 if !net(self, op, id)?.neigh.remove(&(*ip, *mac)) {
                     return fail("no such neighbour");
                 }
             }
-            Op::DelFdb { net: id, mac, dst } => {
+            LayoutStep::DelFdb { net: id, mac, dst } => {
                 if !net(self, op, id)?.fdb.remove(&(*mac, *dst)) {
                     return fail("no such fdb entry");
                 }
             }
-            Op::DeleteNetwork { net: id } => {
+            LayoutStep::DeleteNetwork { net: id } => {
                 if !net(self, op, id)?.attachments.is_empty() {
                     return fail("tasks are still attached");
                 }
                 self.networks.remove(id);
             }
-            Op::DeleteTunnel => {
+            LayoutStep::DeleteTunnel => {
                 if self.tunnel == TunnelState::Absent {
                     return fail("no tunnel");
                 }
@@ -576,13 +578,13 @@ impl Observed {
                 }
                 self.tunnel = TunnelState::Absent;
             }
-            Op::CreateTunnel(t) => {
+            LayoutStep::CreateTunnel(t) => {
                 if matches!(self.tunnel, TunnelState::Up(_)) {
                     return fail("the tunnel is up already");
                 }
                 self.tunnel = TunnelState::Up(*t);
             }
-            Op::CreateNetwork { net: id, device } => {
+            LayoutStep::CreateNetwork { net: id, device } => {
                 if self.networks.contains_key(id) {
                     return fail("exists already");
                 }
@@ -602,19 +604,19 @@ impl Observed {
                     },
                 );
             }
-            Op::AddFdb { net: id, mac, dst } => {
+            LayoutStep::AddFdb { net: id, mac, dst } => {
                 if !net(self, op, id)?.fdb.insert((*mac, *dst)) {
                     return fail("exists already");
                 }
             }
-            Op::AddNeigh { net: id, ip, mac } => {
+            LayoutStep::AddNeigh { net: id, ip, mac } => {
                 let n = net(self, op, id)?;
                 if n.neigh.iter().any(|(i, _)| i == ip) {
                     return fail("the address has a neighbour entry already");
                 }
                 n.neigh.insert((*ip, *mac));
             }
-            Op::DetachWayOut { veth } => {
+            LayoutStep::DetachWayOut { veth } => {
                 let Some(w) = &mut self.way_out else {
                     return fail("no way out");
                 };
@@ -622,12 +624,12 @@ impl Observed {
                     return fail("no such veth");
                 }
             }
-            Op::DeleteWayOut => match &self.way_out {
+            LayoutStep::DeleteWayOut => match &self.way_out {
                 None => return fail("no way out"),
                 Some(w) if !w.attachments.is_empty() => return fail("tasks are still attached"),
                 Some(_) => self.way_out = None,
             },
-            Op::CreateWayOut(gateway) => {
+            LayoutStep::CreateWayOut(gateway) => {
                 if self.way_out.is_some() {
                     return fail("exists already");
                 }
@@ -636,7 +638,7 @@ impl Observed {
                     attachments: BTreeSet::new(),
                 });
             }
-            Op::AttachWayOut { veth, .. } => {
+            LayoutStep::AttachWayOut { veth, .. } => {
                 let Some(w) = &mut self.way_out else {
                     return fail("no way out");
                 };
@@ -644,7 +646,7 @@ impl Observed {
                     return fail("exists already");
                 }
             }
-            Op::Attach { net: id, veth, .. } => {
+            LayoutStep::Attach { net: id, veth, .. } => {
                 if !net(self, op, id)?.attachments.insert(veth.clone()) {
                     return fail("exists already");
                 }

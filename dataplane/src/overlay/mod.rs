@@ -37,4 +37,4 @@ pub mod wireguard;
 pub use executor::{Applied, ApplyError, Dataplane, adopt_namespace, task_namespace};
 pub(crate) use executor::{BRIDGE, VXLAN};
 pub use keys::Key;
-pub use layout::{Layout, Observed, Op, plan};
+pub use layout::{Layout, LayoutStep, Observed, plan};

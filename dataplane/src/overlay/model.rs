@@ -95,7 +95,7 @@ impl fmt::Debug for WireGuard {
 /// An overlay network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Network {
+pub struct OverlayNetwork {
     /// Its ID: letters, digits, `_`, `.`, `-`; at most 64 characters.
     pub id: String,
     /// Its VXLAN network identifier, 1..=16777215.
@@ -149,7 +149,7 @@ fn default_interface() -> String {
 /// A task on another node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Endpoint {
+pub struct RemoteEndpoint {
     /// The network's ID.
     pub network: String,
     /// The task's address.
