@@ -9,15 +9,19 @@
 //!        └── CA: root at `swarm init`, node certificates, join tokens
 //! ```
 //!
-//! What exists: [`store`], the typed object store (versions are raft indices, change sets
+//! The modules: [`store`], the typed object store (versions are raft indices, change sets
 //! applied whole or refused, watches from an index); [`raft`], openraft over a durable log and
-//! snapshots, with batched proposals and mutual-TLS transport; [`ca`], the root CA, node
-//! certificates and join tokens; [`tls`], the rustls configurations (pinned-digest join, role
-//! names) and the peer identity every service checks; [`manager`], a manager: its gRPC services,
-//! forwarding to the leader, membership, liveness; [`addr`], how `--advertise-addr`,
-//! `--listen-addr` and `--data-path-addr` resolve; [`scheduler`] and [`allocator`], pure and not
-//! yet driven by the store. Orchestrators and the dispatcher's assignments come next. Start with [`manager::Manager`]; docs/control.md has the
-//! design and the measurements.
+//! snapshots, with batched proposals and mutual-TLS transport; [`orchestrator`], the leader's
+//! reconcile pass (orchestrate, reap, trim history, allocate, schedule) over the store's view,
+//! with [`scheduler`] and [`allocator`]; [`dispatcher`], each node's assignment computed from
+//! the store; [`ca`], the root CA, node certificates and join tokens; [`tls`], the rustls
+//! configurations (pinned-digest join, role names) and the peer identity every service checks;
+//! [`manager`], a manager: its gRPC services, forwarding to the leader, the user's calls,
+//! membership, liveness; [`addr`], how `--advertise-addr`, `--listen-addr` and
+//! `--data-path-addr` resolve; [`durable`], the one writer of durable files; [`events`] and
+//! [`metrics`], what the managers show of themselves. Start with [`manager::Manager`];
+//! docs/control.md has the design and the measurements, docs/life-of-a-service.md one service
+//! followed end to end.
 
 pub mod addr;
 pub mod allocator;

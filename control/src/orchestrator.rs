@@ -634,10 +634,10 @@ fn failure_status(
 /// `new_id` makes task IDs.
 ///
 /// One pass over the world, in named phases, each working on the same task set:
-/// [`Pass::orchestrate`] (each service's slots or nodes), [`Pass::reap`] (tasks of removed
-/// services), [`Pass::trim_history`] (stopped tasks per slot), [`Pass::allocate`] (addresses for
-/// nodes and new tasks), [`Pass::schedule`] (nodes for pending tasks), then
-/// [`Pass::changes`] (what differs from the store).
+/// `Pass::orchestrate` (each service's slots or nodes), `Pass::reap` (tasks of removed
+/// services), `Pass::trim_history` (stopped tasks per slot), `Pass::allocate` (addresses for
+/// nodes and new tasks), `Pass::schedule` (nodes for pending tasks), then `Pass::changes`
+/// (what differs from the store).
 pub fn reconcile(
     world: &World,
     now: OffsetDateTime,

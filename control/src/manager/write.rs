@@ -1,5 +1,5 @@
-//! Writing the store through raft: a change set proposed and waited for ([`propose`]), a
-//! read-modify-write retried when another write got in first ([`update`]), and how the store's
+//! Writing the store through raft: a change set proposed and waited for (`propose`), a
+//! read-modify-write retried when another write got in first (`update`), and how the store's
 //! refusals reach the caller.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! Raft's messages over the managers' mutual-TLS gRPC: the client side openraft calls
-//! ([`Network`]), and the server side ([`RaftService`]) that hands them to the local node.
+//! ([`RaftClients`]), and the server side ([`RaftService`]) that hands them to the local node.
 //! Both carry openraft's own request and response types as JSON in a [`Frame`].
 //!
 //! The client side also records when each peer last answered: the leader's view of which
