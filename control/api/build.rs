@@ -2,7 +2,7 @@
 //! prost messages and tonic services.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/shoal/v1/cluster.proto"];
+    let protos = ["proto/shoal/v1/cluster.proto", "proto/shoal/v1/raft.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -442,10 +442,7 @@ fn call_as(
     credentials: &shoal_control::tls::Credentials,
     from: &shoal_tests::Host,
     manager: &shoal_tests::Host,
-) -> (
-    Result<tonic::Response<shoal_api::v1::Frame>, tonic::Status>,
-    Result<tonic::Response<shoal_api::v1::Frame>, tonic::Status>,
-) {
+) -> (Result<(), tonic::Status>, Result<(), tonic::Status>) {
     let addr = format!("{}:2377", manager.public_ip);
     shoal_tests::within(&from.netns, || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -465,11 +462,13 @@ fn call_as(
             };
             let json = serde_json::to_vec(&forwarded).unwrap();
             let control = shoal_api::v1::control_client::ControlClient::new(channel.clone())
-                .call(shoal_api::v1::Frame { json: json.clone() })
-                .await;
+                .call(shoal_api::v1::Frame { json })
+                .await
+                .map(drop);
             let raft = shoal_api::v1::raft_client::RaftClient::new(channel)
-                .vote(shoal_api::v1::Frame { json })
-                .await;
+                .vote(shoal_api::v1::VoteRequest::default())
+                .await
+                .map(drop);
             (control, raft)
         }))
     })

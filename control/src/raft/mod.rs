@@ -12,6 +12,7 @@ pub mod log;
 pub mod network;
 pub mod proposer;
 pub mod sm;
+pub mod wire;
 
 use std::{io::Cursor, path::Path};
 

@@ -1,12 +1,14 @@
 //! Raft's messages over the managers' mutual-TLS gRPC: the client side openraft calls
 //! ([`RaftClients`]), and the server side ([`RaftService`]) that hands them to the local node.
-//! Both carry openraft's own request and response types as JSON in a [`Frame`].
+//! Both carry openraft's requests and answers as the typed messages of `raft.proto`
+//! ([`super::wire`] converts).
 //!
 //! The client side also records when each peer last answered: the leader's view of which
 //! managers are reachable (`node ls`'s MANAGER STATUS, and the quorum check before a demotion).
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -14,8 +16,8 @@ use std::{
 use openraft::{
     RaftNetwork, RaftNetworkFactory,
     error::{
-        InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-        Unreachable,
+        Infallible, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
+        RemoteError, Unreachable,
     },
     network::RPCOption,
     raft::{
@@ -23,14 +25,15 @@ use openraft::{
         InstallSnapshotResponse, VoteRequest, VoteResponse,
     },
 };
+use prost::Message as _;
 use rustls::ClientConfig;
-use serde::{Serialize, de::DeserializeOwned};
-use shoal_api::v1::{Frame, raft_client::RaftClient, raft_server};
+use shoal_api::v1::{self, raft_client::RaftClient, raft_server};
 use tonic::{Request, Status};
 
 use super::{
     NodeId, Raft, RaftMember, TypeConfig,
     guard::{self, InBounds},
+    wire,
 };
 use crate::{
     ca::{NodeIdentity, Role},
@@ -88,56 +91,71 @@ impl RaftNetworkFactory<TypeConfig> for RaftClients {
 #[error("{0}")]
 struct Failed(String);
 
+/// A raft call's failure, as openraft takes it (`E`: the call's own error).
+type CallError<E> = RPCError<NodeId, RaftMember, RaftError<NodeId, E>>;
+
+/// A transport failure openraft retries.
+fn network<E: std::error::Error>(e: impl std::error::Error + 'static) -> CallError<E> {
+    RPCError::Network(NetworkError::new(&e))
+}
+
+#[expect(
+    clippy::result_large_err,
+    reason = "openraft's RaftNetwork answers with its RPCError, whose size is openraft's"
+)]
 impl PeerClient {
-    /// Sends `request` (carrying `entries` log entries, for append-entries) and reads the answer.
-    async fn call<Req, Resp, E>(
-        &mut self,
-        method: Method,
-        request: &Req,
+    /// Refuses a message of `len` bytes (carrying `entries` log entries, for append-entries)
+    /// over what the peer accepts: openraft then sends fewer entries at once.
+    fn check_size<E: std::error::Error>(
+        &self,
+        len: usize,
         entries: Option<usize>,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, RaftMember, RaftError<NodeId, E>>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned + InBounds,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let json =
-            serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        if json.len() > MAX_MESSAGE {
-            // The peer would refuse it: openraft sends fewer entries at once, at once.
-            return Err(match entries {
-                Some(n) if n > 1 => {
-                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n as u64 / 2))
-                }
-                _ => RPCError::Network(NetworkError::new(&Failed(format!(
-                    "{}: a raft message of {} bytes, over the {MAX_MESSAGE} a peer accepts",
-                    self.addr,
-                    json.len()
-                )))),
-            });
+    ) -> Result<(), CallError<E>> {
+        if len <= MAX_MESSAGE {
+            return Ok(());
         }
-        let client = match &self.client {
-            Some(client) => client.clone(),
-            None => {
-                let channel = crate::tls::channel(&self.addr, self.tls.clone(), option.hard_ttl())
-                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-                let client = RaftClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
-                self.client = Some(client.clone());
-                client
+        Err(match entries {
+            Some(n) if n > 1 => {
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n as u64 / 2))
             }
-        };
-        let mut request = Request::new(Frame { json });
-        request.set_timeout(option.hard_ttl());
-        let reply = match tokio::time::timeout(option.hard_ttl(), method(client, request)).await {
-            Ok(Ok(reply)) => reply.into_inner(),
+            _ => network(Failed(format!(
+                "{}: a raft message of {len} bytes, over the {MAX_MESSAGE} a peer accepts",
+                self.addr
+            ))),
+        })
+    }
+
+    /// The client to the peer, connected on first use.
+    fn connect<E: std::error::Error>(
+        &mut self,
+        option: &RPCOption,
+    ) -> Result<RaftClient<tonic::transport::Channel>, CallError<E>> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        let channel = crate::tls::channel(&self.addr, self.tls.clone(), option.hard_ttl())
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let client = RaftClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Waits for `call`'s answer within the call's deadline; a peer that does not answer, or
+    /// refuses the call, as openraft's errors.
+    async fn answer<T, E: std::error::Error>(
+        &self,
+        option: &RPCOption,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, CallError<E>> {
+        match tokio::time::timeout(option.hard_ttl(), call).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => {
                 let failed = Failed(format!("{}: {}", self.addr, status.message()));
-                return Err(if status.code() == tonic::Code::Unavailable {
+                Err(if status.code() == tonic::Code::Unavailable {
                     RPCError::Unreachable(Unreachable::new(&failed))
                 } else {
-                    RPCError::Network(NetworkError::new(&failed))
-                });
+                    network(failed)
+                })
             }
             Err(_) => {
                 let failed = Failed(format!(
@@ -145,16 +163,22 @@ impl PeerClient {
                     self.addr,
                     option.hard_ttl()
                 ));
-                return Err(RPCError::Unreachable(Unreachable::new(&failed)));
+                Err(RPCError::Unreachable(Unreachable::new(&failed)))
             }
-        };
-        let answer: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.json)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        }
+    }
+
+    /// What the peer answered, as openraft sees it: refused when out of bounds
+    /// ([`InBounds`]); the peer's contact recorded.
+    fn answered<Resp: InBounds, E: std::error::Error>(
+        &self,
+        answer: Result<Result<Resp, RaftError<NodeId, E>>, wire::WireError>,
+    ) -> Result<Resp, CallError<E>> {
+        let answer = answer.map_err(|e| network(Failed(format!("{}: {e}", self.addr))))?;
         if let Ok(resp) = &answer
             && let Some(why) = resp.out_of_bounds()
         {
-            let failed = Failed(format!("{}: {why}", self.addr));
-            return Err(RPCError::Network(NetworkError::new(&failed)));
+            return Err(network(Failed(format!("{}: {why}", self.addr))));
         }
         self.contacts
             .lock()
@@ -162,40 +186,13 @@ impl PeerClient {
             .insert(self.target, Instant::now());
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
-}
 
-/// One of the raft service's client methods.
-type Method = fn(
-    RaftClient<tonic::transport::Channel>,
-    Request<Frame>,
-) -> futures_like::BoxFuture<Result<tonic::Response<Frame>, Status>>;
-
-/// Boxed futures for the method table above (tonic's client methods borrow `&mut self`).
-mod futures_like {
-    use std::{future::Future, pin::Pin};
-    /// A boxed, sendable future.
-    pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-}
-
-fn append(
-    mut c: RaftClient<tonic::transport::Channel>,
-    r: Request<Frame>,
-) -> futures_like::BoxFuture<Result<tonic::Response<Frame>, Status>> {
-    Box::pin(async move { c.append_entries(r).await })
-}
-
-fn vote(
-    mut c: RaftClient<tonic::transport::Channel>,
-    r: Request<Frame>,
-) -> futures_like::BoxFuture<Result<tonic::Response<Frame>, Status>> {
-    Box::pin(async move { c.vote(r).await })
-}
-
-fn snapshot(
-    mut c: RaftClient<tonic::transport::Channel>,
-    r: Request<Frame>,
-) -> futures_like::BoxFuture<Result<tonic::Response<Frame>, Status>> {
-    Box::pin(async move { c.install_snapshot(r).await })
+    /// `request` with the call's deadline.
+    fn request<T>(message: T, option: &RPCOption) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(option.hard_ttl());
+        request
+    }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -203,34 +200,43 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, RaftMember, RaftError<NodeId>>>
-    {
-        let entries = rpc.entries.len();
-        self.call(append, &rpc, Some(entries), &option).await
+    ) -> Result<AppendEntriesResponse<NodeId>, CallError<Infallible>> {
+        let message = wire::to_append(&rpc);
+        self.check_size(message.encoded_len(), Some(rpc.entries.len()))?;
+        let mut client = self.connect(&option)?;
+        let call = client.append_entries(Self::request(message, &option));
+        let reply = self.answer(&option, call).await?;
+        self.answered(wire::from_append_reply(reply))
     }
 
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, RaftMember, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        self.call(snapshot, &rpc, None, &option).await
+    ) -> Result<InstallSnapshotResponse<NodeId>, CallError<InstallSnapshotError>> {
+        let message = wire::to_snapshot(&rpc);
+        self.check_size(message.encoded_len(), None)?;
+        let mut client = self.connect(&option)?;
+        let call = client.install_snapshot(Self::request(message, &option));
+        let reply = self.answer(&option, call).await?;
+        self.answered(wire::from_snapshot_reply(reply))
     }
 
     async fn vote(
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, RaftMember, RaftError<NodeId>>> {
-        self.call(vote, &rpc, None, &option).await
+    ) -> Result<VoteResponse<NodeId>, CallError<Infallible>> {
+        let message = wire::to_vote_request(&rpc);
+        let mut client = self.connect(&option)?;
+        let call = client.vote(Self::request(message, &option));
+        let reply = self.answer(&option, call).await?;
+        self.answered(wire::from_vote_reply(reply))
     }
 }
 
 /// Only managers may call the cluster API's managers-only services.
-pub(crate) fn require_manager(request: &Request<Frame>) -> Result<(), Status> {
+pub(crate) fn require_manager<T>(request: &Request<T>) -> Result<(), Status> {
     manager_peer(request.extensions()).map(drop)
 }
 
@@ -265,17 +271,6 @@ fn manager_peer(extensions: &tonic::Extensions) -> Result<&NodeIdentity, Status>
             "a swarm certificate is required to call this",
         )),
     }
-}
-
-fn decode<T: DeserializeOwned>(request: Request<Frame>) -> Result<T, Status> {
-    serde_json::from_slice(&request.into_inner().json)
-        .map_err(|e| Status::invalid_argument(format!("decoding the raft message: {e}")))
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<Frame>, Status> {
-    serde_json::to_vec(value)
-        .map(|json| tonic::Response::new(Frame { json }))
-        .map_err(|e| Status::internal(format!("encoding the raft message: {e}")))
 }
 
 /// The raft service's check before a message is read: a manager certificate whose node holds
@@ -341,43 +336,53 @@ impl RaftService {
 
     /// Whom the caller's certificate speaks for (checked again: membership may have changed
     /// while the body was read).
-    fn speaker(&self, request: &Request<Frame>) -> Result<guard::Speaker, Status> {
+    fn speaker<T>(&self, request: &Request<T>) -> Result<guard::Speaker, Status> {
         let identity = manager_peer(request.extensions())?;
         guard::speaker(&self.raft, &self.store, &identity.node_id)
     }
+}
+
+/// A raft message that does not decode: the caller's error.
+fn refused(e: wire::WireError) -> Status {
+    Status::invalid_argument(format!("decoding the raft message: {e}"))
 }
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(
         &self,
-        request: Request<Frame>,
-    ) -> Result<tonic::Response<Frame>, Status> {
+        request: Request<v1::AppendEntriesRequest>,
+    ) -> Result<tonic::Response<v1::AppendEntriesReply>, Status> {
         let speaker = self.speaker(&request)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(request)?;
+        let rpc = wire::from_append(request.into_inner()).map_err(refused)?;
         guard::check_append(&rpc, &speaker)?;
-        encode(&self.raft.append_entries(rpc).await)
+        let answer = self.raft.append_entries(rpc).await;
+        Ok(tonic::Response::new(wire::to_append_reply(&answer)))
     }
 
-    async fn vote(&self, request: Request<Frame>) -> Result<tonic::Response<Frame>, Status> {
+    async fn vote(
+        &self,
+        request: Request<v1::VoteRequest>,
+    ) -> Result<tonic::Response<v1::VoteReply>, Status> {
         let speaker = self.speaker(&request)?;
-        let rpc: VoteRequest<NodeId> = decode(request)?;
+        let rpc = wire::from_vote_request(request.into_inner()).map_err(refused)?;
         guard::check_vote(&rpc, &speaker)?;
-        encode(&self.raft.vote(rpc).await)
+        let answer = self.raft.vote(rpc).await;
+        Ok(tonic::Response::new(wire::to_vote_reply(&answer)))
     }
 
     async fn install_snapshot(
         &self,
-        request: Request<Frame>,
-    ) -> Result<tonic::Response<Frame>, Status> {
+        request: Request<v1::InstallSnapshotRequest>,
+    ) -> Result<tonic::Response<v1::InstallSnapshotReply>, Status> {
         let speaker = self.speaker(&request)?;
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(request)?;
+        let rpc = wire::from_snapshot(request.into_inner()).map_err(refused)?;
         let chunk = self.snapshots.admit(&rpc, &speaker).await?;
         let answer = self.raft.install_snapshot(rpc).await;
         if answer.is_ok() {
             chunk.taken();
         }
-        encode(&answer)
+        Ok(tonic::Response::new(wire::to_snapshot_reply(&answer)))
     }
 }
 

@@ -160,7 +160,10 @@ async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
                 entries: Vec::new(),
                 leader_commit: None,
             };
-            client.append_entries(frame(&rpc)?).await
+            client
+                .append_entries(shoal_control::raft::wire::to_append(&rpc))
+                .await
+                .map(drop)
         }
         "vote" => {
             let rpc = openraft::raft::VoteRequest::<u64> {
@@ -170,7 +173,10 @@ async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
                     1 << 40,
                 )),
             };
-            client.vote(frame(&rpc)?).await
+            client
+                .vote(shoal_control::raft::wire::to_vote_request(&rpc))
+                .await
+                .map(drop)
         }
         _ => {
             let rpc = openraft::raft::InstallSnapshotRequest::<TypeConfig> {
@@ -184,10 +190,13 @@ async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
                 data: vec![0; 1024],
                 done: false,
             };
-            client.install_snapshot(frame(&rpc)?).await
+            client
+                .install_snapshot(shoal_control::raft::wire::to_snapshot(&rpc))
+                .await
+                .map(drop)
         }
     };
-    Ok(answer.map(drop))
+    Ok(answer)
 }
 
 /// How an idle connection without a certificate ended.
