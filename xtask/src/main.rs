@@ -7,8 +7,10 @@
 //!   lab          up | down | status: nodes in network namespaces (shoal_tests::Lab)
 //!   demo         the main job: a 3-node lab with shoald on every node
 //!   bench        <suite>: a figure and its baseline, measured in one run -> target/bench/<suite>.json
+//!   arch         the architecture's measures: no function over 120 lines, no import circle
 //! ```
 
+mod arch;
 mod bench;
 mod lab;
 mod process;
@@ -58,6 +60,9 @@ enum Task {
         /// The suite
         suite: bench::Suite,
     },
+    /// Check the architecture's measures: no function over 120 lines and no import circle
+    /// between the files of a crate (test code excepted); fails if there is one
+    Arch,
 }
 
 fn main() -> ExitCode {
@@ -88,6 +93,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Lab { command } => lab::run(command),
         Task::Demo { down, nodes } => lab::demo(down, nodes),
         Task::Bench { suite } => bench::run(suite),
+        Task::Arch => arch::run(),
     }
 }
 

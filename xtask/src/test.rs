@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the whole suite, as CI runs it (`.ci/run`).
 //!
-//! setup -> fmt check -> clippy (-D warnings) -> nextest over the workspace (unit tests, eBPF
+//! setup -> fmt check -> clippy (-D warnings) -> the architecture's measures (`cargo xtask
+//! arch`) -> nextest over the workspace (unit tests, eBPF
 //! fixtures through BPF_PROG_TEST_RUN, lab tests) -> doc tests -> nothing of the project left:
 //! no lab (directory or namespace), no new link in the root namespace, no process running one of
 //! the project's binaries, no BPF program named `shoal_*`, no container of a Shoal task.
@@ -37,6 +38,7 @@ pub(crate) fn run(nextest_args: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    crate::arch::run()?;
     // The lab tests start `shoald` and `shoal` from target/debug.
     run_command(cargo().args(["build", "--bins"]))?;
     let suite = run_command(
