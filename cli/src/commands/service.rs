@@ -1259,16 +1259,7 @@ async fn converge_after(
     let mut shown_lines = 0;
     let mut last = String::new();
     loop {
-        let found: Vec<Service> = serde_json::from_value(
-            call(
-                host,
-                ServiceCall::Inspect {
-                    ids: vec![service.to_owned()],
-                },
-            )
-            .await?,
-        )?;
-        let Some(svc) = found.into_iter().next() else {
+        let Some(svc) = inspect_one(host, service).await? else {
             return Err(Failure(format!("service {service} was removed")));
         };
         let all = tasks(
@@ -1435,6 +1426,13 @@ async fn inspect(
 
 /// The service `service` names (name, ID or ID prefix), as the swarm has it now.
 async fn find(host: &DaemonHost, service: &str) -> Result<Service, Failure> {
+    inspect_one(host, service)
+        .await?
+        .ok_or_else(|| Failure(format!("service {service} not found")))
+}
+
+/// The service `service` names, as the swarm has it now; `None` when the swarm has none.
+async fn inspect_one(host: &DaemonHost, service: &str) -> Result<Option<Service>, Failure> {
     let found: Vec<Service> = serde_json::from_value(
         call(
             host,
@@ -1444,10 +1442,7 @@ async fn find(host: &DaemonHost, service: &str) -> Result<Service, Failure> {
         )
         .await?,
     )?;
-    found
-        .into_iter()
-        .next()
-        .ok_or_else(|| Failure(format!("service {service} not found")))
+    Ok(found.into_iter().next())
 }
 
 /// `service update`: changes the service as `args` say (or rolls it back with `--rollback`),
