@@ -250,7 +250,11 @@ fn raft_only_talks_to_its_members() {
             hostile(&client, &all)
         };
         // The demoted manager: whatever it says, it is no longer heard.
-        for (which, role) in [("raft-append", "--leader"), ("raft-vote", "--candidate")] {
+        for (which, role) in [
+            ("raft-append", "--leader"),
+            ("raft-append-stream", "--leader"),
+            ("raft-vote", "--candidate"),
+        ] {
             refused(
                 &call(&[which, "--certs", &saved, role, &id3, "--term", &max]),
                 "PermissionDenied",
@@ -272,33 +276,23 @@ fn raft_only_talks_to_its_members() {
             "PermissionDenied",
             "not a member",
         );
-        // A member: only for itself, and within bounds.
-        refused(
-            &call(&[
-                "raft-append",
-                "--certs",
-                &n2_certs,
-                "--leader",
-                &id2,
-                "--term",
-                &max,
-            ]),
-            "InvalidArgument",
-            "above the highest accepted",
-        );
-        refused(
-            &call(&[
-                "raft-append",
-                "--certs",
-                &n2_certs,
-                "--leader",
-                &id1,
-                "--term",
-                "2",
-            ]),
-            "PermissionDenied",
-            "does not hold",
-        );
+        // A member: only for itself, and within bounds, on a stream of appends too.
+        for append in ["raft-append", "raft-append-stream"] {
+            refused(
+                &call(&[
+                    append, "--certs", &n2_certs, "--leader", &id2, "--term", &max,
+                ]),
+                "InvalidArgument",
+                "above the highest accepted",
+            );
+            refused(
+                &call(&[
+                    append, "--certs", &n2_certs, "--leader", &id1, "--term", "2",
+                ]),
+                "PermissionDenied",
+                "does not hold",
+            );
+        }
         refused(
             &call(&[
                 "raft-snapshot",

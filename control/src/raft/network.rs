@@ -3,12 +3,16 @@
 //! Both carry openraft's requests and answers as the typed messages of `raft.proto`
 //! ([`super::wire`] converts).
 //!
+//! The leader sends appends on one long-lived stream per follower (`AppendEntriesStream`),
+//! answered in order; votes and snapshot chunks are calls of their own.
+//!
 //! The client side also records when each peer last answered: the leader's view of which
 //! managers are reachable (`node ls`'s MANAGER STATUS, and the quorum check before a demotion).
 
 use std::{
     collections::HashMap,
     future::Future,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -28,6 +32,8 @@ use openraft::{
 use prost::Message as _;
 use rustls::ClientConfig;
 use shoal_api::v1::{self, raft_client::RaftClient, raft_server};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Status};
 
 use super::{
@@ -69,8 +75,16 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     client: Option<RaftClient<tonic::transport::Channel>>,
+    appends: Option<Appends>,
     tls: Arc<ClientConfig>,
     contacts: Contacts,
+}
+
+/// The open stream of appends to a peer: one message out, its answer back, in turn.
+#[derive(Debug)]
+struct Appends {
+    requests: mpsc::Sender<v1::AppendEntriesRequest>,
+    replies: tonic::Streaming<v1::AppendEntriesReply>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for RaftClients {
@@ -81,6 +95,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftClients {
             target,
             addr: node.addr.clone(),
             client: None,
+            appends: None,
             tls: self.tls.clone(),
             contacts: self.contacts.clone(),
         }
@@ -97,6 +112,22 @@ type CallError<E> = RPCError<NodeId, RaftMember, RaftError<NodeId, E>>;
 /// A transport failure openraft retries.
 fn network<E: std::error::Error>(e: impl std::error::Error + 'static) -> CallError<E> {
     RPCError::Network(NetworkError::new(&e))
+}
+
+/// The peer at `addr` refused a call, or could not be reached.
+fn refused_by<E: std::error::Error>(addr: &str, status: &Status) -> CallError<E> {
+    let failed = Failed(format!("{addr}: {}", status.message()));
+    if status.code() == tonic::Code::Unavailable {
+        RPCError::Unreachable(Unreachable::new(&failed))
+    } else {
+        network(failed)
+    }
+}
+
+/// The peer at `addr` did not answer within `ttl`.
+fn no_answer<E: std::error::Error>(addr: &str, ttl: Duration) -> CallError<E> {
+    let failed = Failed(format!("{addr}: no answer within {ttl:?}"));
+    RPCError::Unreachable(Unreachable::new(&failed))
 }
 
 #[expect(
@@ -149,22 +180,59 @@ impl PeerClient {
     ) -> Result<T, CallError<E>> {
         match tokio::time::timeout(option.hard_ttl(), call).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
-            Ok(Err(status)) => {
-                let failed = Failed(format!("{}: {}", self.addr, status.message()));
-                Err(if status.code() == tonic::Code::Unavailable {
-                    RPCError::Unreachable(Unreachable::new(&failed))
-                } else {
-                    network(failed)
-                })
+            Ok(Err(status)) => Err(refused_by(&self.addr, &status)),
+            Err(_) => Err(no_answer(&self.addr, option.hard_ttl())),
+        }
+    }
+
+    /// Sends `message` on the stream of appends (opened on first use) and waits for its answer
+    /// within the call's deadline. Any failure closes the stream; the next append opens another,
+    /// so an answer is never matched to the wrong message.
+    async fn exchange<E: std::error::Error>(
+        &mut self,
+        message: v1::AppendEntriesRequest,
+        option: &RPCOption,
+    ) -> Result<v1::AppendEntriesReply, CallError<E>> {
+        let ttl = option.hard_ttl();
+        let answer = match tokio::time::timeout(ttl, self.send_append(message, option)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(no_answer(&self.addr, ttl)),
+        };
+        if answer.is_err() {
+            self.appends = None;
+        }
+        answer
+    }
+
+    async fn send_append<E: std::error::Error>(
+        &mut self,
+        message: v1::AppendEntriesRequest,
+        option: &RPCOption,
+    ) -> Result<v1::AppendEntriesReply, CallError<E>> {
+        let appends = match &mut self.appends {
+            Some(appends) => appends,
+            None => {
+                let (requests, outgoing) = mpsc::channel(1);
+                let mut client = self.connect(option)?;
+                let replies = client
+                    .append_entries_stream(ReceiverStream::new(outgoing))
+                    .await
+                    .map_err(|status| refused_by(&self.addr, &status))?
+                    .into_inner();
+                self.appends.insert(Appends { requests, replies })
             }
-            Err(_) => {
-                let failed = Failed(format!(
-                    "{}: no answer within {:?}",
-                    self.addr,
-                    option.hard_ttl()
-                ));
-                Err(RPCError::Unreachable(Unreachable::new(&failed)))
-            }
+        };
+        let closed = || {
+            let failed = Failed(format!("{}: the stream of appends closed", self.addr));
+            RPCError::Unreachable(Unreachable::new(&failed))
+        };
+        if appends.requests.send(message).await.is_err() {
+            return Err(closed());
+        }
+        match appends.replies.message().await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(closed()),
+            Err(status) => Err(refused_by(&self.addr, &status)),
         }
     }
 
@@ -203,9 +271,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, CallError<Infallible>> {
         let message = wire::to_append(&rpc);
         self.check_size(message.encoded_len(), Some(rpc.entries.len()))?;
-        let mut client = self.connect(&option)?;
-        let call = client.append_entries(Self::request(message, &option));
-        let reply = self.answer(&option, call).await?;
+        let reply = self.exchange(message, &option).await?;
         self.answered(wire::from_append_reply(reply))
     }
 
@@ -340,7 +406,24 @@ impl RaftService {
         let identity = manager_peer(request.extensions())?;
         guard::speaker(&self.raft, &self.store, &identity.node_id)
     }
+
+    /// One append from the manager `node_id`, checked as it arrives (on a stream, its
+    /// membership may end between two messages).
+    async fn append(
+        &self,
+        node_id: &str,
+        message: v1::AppendEntriesRequest,
+    ) -> Result<v1::AppendEntriesReply, Status> {
+        let speaker = guard::speaker(&self.raft, &self.store, node_id)?;
+        let rpc = wire::from_append(message).map_err(refused)?;
+        guard::check_append(&rpc, &speaker)?;
+        let answer = self.raft.append_entries(rpc).await;
+        Ok(wire::to_append_reply(&answer))
+    }
 }
+
+/// The answers on a stream of appends, in the order of the messages.
+pub type AppendAnswers = Pin<Box<dyn Stream<Item = Result<v1::AppendEntriesReply, Status>> + Send>>;
 
 /// A raft message that does not decode: the caller's error.
 fn refused(e: wire::WireError) -> Status {
@@ -353,11 +436,28 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<v1::AppendEntriesRequest>,
     ) -> Result<tonic::Response<v1::AppendEntriesReply>, Status> {
-        let speaker = self.speaker(&request)?;
-        let rpc = wire::from_append(request.into_inner()).map_err(refused)?;
-        guard::check_append(&rpc, &speaker)?;
-        let answer = self.raft.append_entries(rpc).await;
-        Ok(tonic::Response::new(wire::to_append_reply(&answer)))
+        let node_id = manager_peer(request.extensions())?.node_id.clone();
+        let reply = self.append(&node_id, request.into_inner()).await?;
+        Ok(tonic::Response::new(reply))
+    }
+
+    type AppendEntriesStreamStream = AppendAnswers;
+
+    async fn append_entries_stream(
+        &self,
+        request: Request<tonic::Streaming<v1::AppendEntriesRequest>>,
+    ) -> Result<tonic::Response<AppendAnswers>, Status> {
+        let node_id = manager_peer(request.extensions())?.node_id.clone();
+        let context = Arc::new((self.clone(), node_id));
+        // One message at a time: the next is read once this one is answered.
+        let answers = request.into_inner().then(move |message| {
+            let context = context.clone();
+            async move {
+                let (service, node_id) = &*context;
+                service.append(node_id, message?).await
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(answers)))
     }
 
     async fn vote(
@@ -416,6 +516,7 @@ mod tests {
             // Nothing listens there; the batch must be refused before any connection.
             addr: "127.0.0.1:9".to_owned(),
             client: None,
+            appends: None,
             tls: Arc::new(tls),
             contacts: Contacts::default(),
         };

@@ -5,6 +5,7 @@
 //! shoal-hostile join --manager IP:PORT --token T --hostname H --data-path-addr A [--wireguard-key K]
 //! shoal-hostile heartbeat --manager IP:PORT --certs DIR --hostname H --data-path-addr A [--wireguard-key K]
 //! shoal-hostile raft-append --manager IP:PORT --certs DIR --leader RAFT_ID --term T
+//! shoal-hostile raft-append-stream --manager IP:PORT --certs DIR --leader RAFT_ID --term T
 //! shoal-hostile raft-vote --manager IP:PORT --certs DIR --candidate RAFT_ID --term T
 //! shoal-hostile raft-snapshot --manager IP:PORT --certs DIR --leader RAFT_ID --term T --offset N
 //! shoal-hostile conn-flood --manager IP:PORT --token T --connections N --frames F --seconds S
@@ -27,7 +28,8 @@
 //! connections nobody accepted, which says nothing of the manager's limits).
 //!
 //! The raft calls send openraft's own messages as a manager would: an empty append-entries, a
-//! vote request, one snapshot chunk of 1 KiB at `--offset`.
+//! vote request, one snapshot chunk of 1 KiB at `--offset`. `raft-append-stream` sends the
+//! append on a stream of appends, as a leader does, and reads its answer.
 //!
 //! `DIR` holds a node's `node.crt`, `node.key` and `ca.crt` (its `<data root>/swarm/certs`);
 //! every command that takes `--certs DIR` also takes `--ca FILE`, the roots to trust instead of
@@ -153,17 +155,25 @@ async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
     let mut client = RaftClient::new(channel);
     let term = number(args, "--term")?;
     let answer = match which {
-        "append" => {
+        "append" | "append-stream" => {
             let rpc = openraft::raft::AppendEntriesRequest::<TypeConfig> {
                 vote: Vote::new_committed(term, number(args, "--leader")?),
                 prev_log_id: None,
                 entries: Vec::new(),
                 leader_commit: None,
             };
-            client
-                .append_entries(shoal_control::raft::wire::to_append(&rpc))
-                .await
-                .map(drop)
+            let message = shoal_control::raft::wire::to_append(&rpc);
+            if which == "append" {
+                client.append_entries(message).await.map(drop)
+            } else {
+                match client
+                    .append_entries_stream(tokio_stream::iter([message]))
+                    .await
+                {
+                    Ok(replies) => replies.into_inner().message().await.map(drop),
+                    Err(status) => Err(status),
+                }
+            }
         }
         "vote" => {
             let rpc = openraft::raft::VoteRequest::<u64> {
@@ -466,10 +476,11 @@ async fn run(args: &[String]) -> Result<Answer, String> {
         Some("join") => join(&args[1..]).await,
         Some("heartbeat") => heartbeat(&args[1..]).await,
         Some("raft-append") => raft(&args[1..], "append").await,
+        Some("raft-append-stream") => raft(&args[1..], "append-stream").await,
         Some("raft-vote") => raft(&args[1..], "vote").await,
         Some("raft-snapshot") => raft(&args[1..], "snapshot").await,
         _ => Err(
-            "usage: shoal-hostile join|heartbeat|raft-append|raft-vote|raft-snapshot|report|assignments|conn-flood|syn-flood ... (see the source's header)"
+            "usage: shoal-hostile join|heartbeat|raft-append|raft-append-stream|raft-vote|raft-snapshot|report|assignments|conn-flood|syn-flood ... (see the source's header)"
                 .into(),
         ),
     }
