@@ -25,12 +25,13 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_api::{
+    proto::WireError,
     swarm::{
         ALREADY_IN_SWARM, InitArgs, JoinArgs, LocalSwarm, NOT_A_MANAGER, NOT_IN_SWARM,
         NodeDescription, NodeTlsInfo, Platform, Resources, Role,
     },
     v1::{
-        Frame, ca_client::CaClient, control_client::ControlClient,
+        self, Frame, ca_client::CaClient, control_client::ControlClient,
         dispatcher_client::DispatcherClient,
     },
 };
@@ -43,6 +44,7 @@ use shoal_control::{
         Manager, ManagerConfig,
         genesis::{GenesisArgs, genesis},
         protocol::{Forwarded, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, Op, RenewReply},
+        wire,
     },
     raft::RaftSettings,
     tls::{self, Credentials},
@@ -772,7 +774,7 @@ impl SwarmNode {
             description: self.description(data_path, 0, None),
             advertise_addr: advertise.to_string(),
         };
-        let reply: JoinReply = rpc(CaClient::new(channel).join(frame(&request)?)).await?;
+        let reply: JoinReply = typed(CaClient::new(channel).join(deadline(request.into()))).await?;
         if ca::pem_digest(&reply.ca_pem).ok().as_deref() != Some(token.digest.as_str()) {
             return Err(Status::permission_denied(
                 "the manager sent a root CA whose digest does not match the join token",
@@ -1087,7 +1089,7 @@ impl SwarmNode {
             ),
             mesh: self.worker.dataplane().mesh_counters().await,
         };
-        rpc(DispatcherClient::new(channel).heartbeat(frame(&heartbeat)?)).await
+        typed(DispatcherClient::new(channel).heartbeat(deadline(heartbeat.into()))).await
     }
 
     async fn act_on(&self, reply: HeartbeatReply) -> Result<(), Status> {
@@ -1228,8 +1230,10 @@ impl SwarmNode {
             let Ok(channel) = tls::channel(addr, config.clone(), RPC_TIMEOUT) else {
                 continue;
             };
-            let renewed: Result<RenewReply, Status> =
-                rpc(CaClient::new(channel).renew(frame(&csr)?)).await;
+            let renewed: Result<RenewReply, Status> = typed(
+                CaClient::new(channel).renew(deadline(v1::RenewRequest { csr: csr.clone() })),
+            )
+            .await;
             match renewed {
                 Ok(reply) => {
                     let credentials = Credentials {
@@ -1285,11 +1289,24 @@ async fn remote_addr(remote: &str) -> Result<SocketAddr, Status> {
     })
 }
 
+/// `message` with a call's deadline.
+fn deadline<M>(message: M) -> Request<M> {
+    let mut request = Request::new(message);
+    request.set_timeout(RPC_TIMEOUT * 6);
+    request
+}
+
 fn frame<T: Serialize>(value: &T) -> Result<Request<Frame>, Status> {
     let json = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
-    let mut request = Request::new(Frame { json });
-    request.set_timeout(RPC_TIMEOUT * 6);
-    Ok(request)
+    Ok(deadline(Frame { json }))
+}
+
+/// A typed call's answer, as the manager's message `T`.
+async fn typed<M, T: TryFrom<M, Error = WireError>>(
+    call: impl Future<Output = Result<tonic::Response<M>, Status>>,
+) -> Result<T, Status> {
+    let reply = call.await?;
+    T::try_from(reply.into_inner()).map_err(wire::unreadable)
 }
 
 async fn rpc<T: serde::de::DeserializeOwned>(

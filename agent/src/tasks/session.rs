@@ -161,13 +161,13 @@ pub(crate) async fn reports(worker: Worker, contact: impl Contact) {
             return;
         };
         let report = StatusReport { updates };
-        let json = serde_json::to_vec(&report).expect("plain data serializes");
+        let message = shoal_api::v1::StatusReport::from(report.clone());
         let mut sent = false;
         for addr in &managers {
             let Ok(mut client) = client(addr, &credentials) else {
                 continue;
             };
-            let mut request = Request::new(Frame { json: json.clone() });
+            let mut request = Request::new(message.clone());
             request.set_timeout(RPC_TIMEOUT * 3);
             match client.report(request).await {
                 Ok(_) => {

@@ -15,6 +15,7 @@ pub mod call;
 mod client;
 mod host;
 pub mod logs;
+pub mod proto;
 pub mod reason;
 pub mod secret;
 pub mod service;

@@ -23,6 +23,7 @@ pub mod quorum;
 mod secrets;
 pub mod services;
 pub mod traffic;
+pub mod wire;
 pub mod write;
 
 use std::{
@@ -33,14 +34,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use protocol::{Forwarded, Op};
+use protocol::{Forwarded, HeartbeatReply, JoinReply, Op, RenewReply};
 use rustls::ClientConfig;
 use serde_json::Value;
 use shoal_api::{
     logs::{LogBatch, LogsQuery},
     reason::Reason,
     swarm::NO_LEADER,
-    v1::{Frame, ca_server, control_client::ControlClient, control_server, dispatcher_server},
+    v1::{
+        self, Frame, ca_server, control_client::ControlClient, control_server, dispatcher_server,
+    },
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, transport::Channel};
@@ -654,7 +657,7 @@ struct Services {
     manager: Manager,
 }
 
-fn peer(request: &Request<Frame>) -> (Option<NodeIdentity>, String) {
+fn peer<T>(request: &Request<T>) -> (Option<NodeIdentity>, String) {
     let peer = request.extensions().get::<TlsPeer>();
     (
         peer.and_then(|p| p.identity.clone()),
@@ -665,6 +668,16 @@ fn peer(request: &Request<Frame>) -> (Option<NodeIdentity>, String) {
 fn decode<T: serde::de::DeserializeOwned>(request: Request<Frame>) -> Result<T, Status> {
     serde_json::from_slice(&request.into_inner().json)
         .map_err(|e| Status::invalid_argument(format!("decoding the request: {e}")))
+}
+
+/// The leader's answer (JSON while `Control.Call` carries it) as the typed message `M` of
+/// the call's service.
+fn typed<T: serde::de::DeserializeOwned, M: From<T>>(
+    value: Result<Value, Status>,
+) -> Result<Response<M>, Status> {
+    let answer: T = serde_json::from_value(value?)
+        .map_err(|e| Status::internal(format!("decoding the leader's answer: {e}")))?;
+    Ok(Response::new(answer.into()))
 }
 
 fn reply(value: Result<Value, Status>) -> Result<Response<Frame>, Status> {
@@ -711,34 +724,43 @@ impl control_server::Control for Services {
 
 #[tonic::async_trait]
 impl ca_server::Ca for Services {
-    async fn join(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+    async fn join(
+        &self,
+        request: Request<v1::JoinRequest>,
+    ) -> Result<Response<v1::JoinReply>, Status> {
         let (_, from) = peer(&request);
-        let join = decode(request)?;
-        reply(self.manager.submit(Op::Join(join), None, from).await)
+        let join = request.into_inner().try_into().map_err(wire::refused)?;
+        typed::<JoinReply, _>(self.manager.submit(Op::Join(join), None, from).await)
     }
 
-    async fn renew(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+    async fn renew(
+        &self,
+        request: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::RenewReply>, Status> {
         let (caller, from) = peer(&request);
         if caller.is_none() {
             return Err(Status::unauthenticated(
                 "renewing a certificate needs the current one",
             ));
         }
-        let csr: String = decode(request)?;
-        reply(self.manager.submit(Op::Renew { csr }, caller, from).await)
+        let csr = request.into_inner().csr;
+        typed::<RenewReply, _>(self.manager.submit(Op::Renew { csr }, caller, from).await)
     }
 }
 
 #[tonic::async_trait]
 impl dispatcher_server::Dispatcher for Services {
-    async fn heartbeat(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<v1::Heartbeat>,
+    ) -> Result<Response<v1::HeartbeatReply>, Status> {
         let (caller, from) = peer(&request);
         if caller.is_none() {
             return Err(Status::unauthenticated("a node certificate is required"));
         }
-        let heartbeat = decode(request)?;
+        let heartbeat = request.into_inner().try_into().map_err(wire::refused)?;
         crate::metrics::control().heartbeats.inc();
-        reply(
+        typed::<HeartbeatReply, _>(
             self.manager
                 .submit(Op::Heartbeat(heartbeat), caller, from)
                 .await,
@@ -784,13 +806,19 @@ impl dispatcher_server::Dispatcher for Services {
         )))
     }
 
-    async fn report(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+    async fn report(
+        &self,
+        request: Request<v1::StatusReport>,
+    ) -> Result<Response<v1::ReportReply>, Status> {
         let (caller, from) = peer(&request);
         if caller.is_none() {
             return Err(Status::unauthenticated("a node certificate is required"));
         }
-        let report = decode(request)?;
-        reply(self.manager.submit(Op::Report(report), caller, from).await)
+        let report = request.into_inner().try_into().map_err(wire::refused)?;
+        self.manager
+            .submit(Op::Report(report), caller, from)
+            .await?;
+        Ok(Response::new(v1::ReportReply {}))
     }
 
     type LogsStream = FrameStream;

@@ -42,7 +42,7 @@ use std::{process::ExitCode, str::FromStr, sync::Arc, time::Duration};
 use serde_json::json;
 use shoal_api::{
     swarm::{NodeDescription, Platform},
-    v1::{Frame, ca_client::CaClient, dispatcher_client::DispatcherClient},
+    v1::{self, Frame, ca_client::CaClient, dispatcher_client::DispatcherClient},
 };
 use shoal_control::{
     ca::{self, JoinToken},
@@ -99,11 +99,16 @@ fn node_channel(args: &[String]) -> Result<tonic::transport::Channel, String> {
     tls::channel(required(args, "--manager")?, config, TIMEOUT).map_err(|e| e.to_string())
 }
 
+/// `message` with the tool's deadline.
+fn deadline<M>(message: M) -> tonic::Request<M> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(TIMEOUT);
+    request
+}
+
 fn frame<T: serde::Serialize>(value: &T) -> Result<tonic::Request<Frame>, String> {
     let json = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-    let mut request = tonic::Request::new(Frame { json });
-    request.set_timeout(TIMEOUT);
-    Ok(request)
+    Ok(deadline(Frame { json }))
 }
 
 /// What the manager answered: `Ok(())` or its status.
@@ -123,7 +128,7 @@ async fn join(args: &[String]) -> Result<Answer, String> {
         advertise_addr: format!("{}:2377", required(args, "--data-path-addr")?),
     };
     Ok(CaClient::new(channel)
-        .join(frame(&request)?)
+        .join(deadline(request.into()))
         .await
         .map(drop))
 }
@@ -135,7 +140,7 @@ async fn heartbeat(args: &[String]) -> Result<Answer, String> {
         mesh: Default::default(),
     };
     Ok(DispatcherClient::new(channel)
-        .heartbeat(frame(&beat)?)
+        .heartbeat(deadline(beat.into()))
         .await
         .map(drop))
 }
@@ -260,12 +265,20 @@ async fn large_frames(
     let mut ca = CaClient::new(channel.clone()).max_encoding_message_size(8 << 20);
     let mut dispatcher = DispatcherClient::new(channel).max_encoding_message_size(8 << 20);
     while tokio::time::Instant::now() < until {
-        let frame = || Frame {
-            json: junk.clone().into_bytes(),
+        let join = v1::JoinRequest {
+            csr: junk.clone(),
+            ..Default::default()
+        };
+        let beat = v1::Heartbeat {
+            description: Some(v1::NodeDescription {
+                hostname: junk.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
         };
         for answer in [
-            ca.join(frame()).await.map(drop),
-            dispatcher.heartbeat(frame()).await.map(drop),
+            ca.join(join).await.map(drop),
+            dispatcher.heartbeat(beat).await.map(drop),
         ] {
             sent += 1;
             let code = match answer {
@@ -355,7 +368,7 @@ async fn as_node(args: &[String], which: &str) -> Result<Answer, String> {
                 },
             )],
         };
-        return Ok(client.report(frame(&report)?).await.map(drop));
+        return Ok(client.report(deadline(report.into())).await.map(drop));
     }
     let mut stream = match client.assignments(frame(&())?).await {
         Ok(stream) => stream.into_inner(),

@@ -1,0 +1,316 @@
+//! The messages of [`super::protocol`] that are typed on the wire, as their `v1` protobuf
+//! messages and back: the CA's join and renewal, and the dispatcher's heartbeat and task
+//! reports. The API's own types convert in [`shoal_api::proto`]; this adds the envelopes.
+
+use shoal_api::{
+    proto::{self, WireError, required},
+    v1,
+};
+use tonic::Status;
+
+use super::protocol::{
+    Heartbeat, HeartbeatReply, JoinReply, JoinRequest, MeshCounters, RenewReply, StatusReport,
+};
+
+/// A request that does not decode: the caller's error.
+pub fn refused(e: WireError) -> Status {
+    Status::invalid_argument(format!("decoding the request: {e}"))
+}
+
+/// A manager's answer that does not decode.
+pub fn unreadable(e: WireError) -> Status {
+    Status::internal(format!("decoding the manager's answer: {e}"))
+}
+
+impl From<JoinRequest> for v1::JoinRequest {
+    fn from(join: JoinRequest) -> Self {
+        Self {
+            token: join.token,
+            csr: join.csr,
+            description: Some(join.description.into()),
+            advertise_addr: join.advertise_addr,
+        }
+    }
+}
+
+impl TryFrom<v1::JoinRequest> for JoinRequest {
+    type Error = WireError;
+
+    fn try_from(join: v1::JoinRequest) -> Result<Self, WireError> {
+        Ok(Self {
+            token: join.token,
+            csr: join.csr,
+            description: required(join.description, "join request", "node description")?
+                .try_into()?,
+            advertise_addr: join.advertise_addr,
+        })
+    }
+}
+
+impl From<JoinReply> for v1::JoinReply {
+    fn from(reply: JoinReply) -> Self {
+        Self {
+            node_id: reply.node_id,
+            cluster_id: reply.cluster_id,
+            role: v1::Role::from(reply.role).into(),
+            cert_pem: reply.cert_pem,
+            ca_pem: reply.ca_pem,
+            managers: reply.managers,
+            heartbeat_ms: reply.heartbeat_ms,
+            data_path_port: reply.data_path_port.into(),
+        }
+    }
+}
+
+impl TryFrom<v1::JoinReply> for JoinReply {
+    type Error = WireError;
+
+    fn try_from(reply: v1::JoinReply) -> Result<Self, WireError> {
+        Ok(Self {
+            node_id: reply.node_id,
+            cluster_id: reply.cluster_id,
+            role: proto::role(reply.role, "join reply")?,
+            cert_pem: reply.cert_pem,
+            ca_pem: reply.ca_pem,
+            managers: reply.managers,
+            heartbeat_ms: reply.heartbeat_ms,
+            data_path_port: proto::port(reply.data_path_port, "join reply", "data path port")?,
+        })
+    }
+}
+
+impl From<RenewReply> for v1::RenewReply {
+    fn from(reply: RenewReply) -> Self {
+        Self {
+            cert_pem: reply.cert_pem,
+            role: v1::Role::from(reply.role).into(),
+        }
+    }
+}
+
+impl TryFrom<v1::RenewReply> for RenewReply {
+    type Error = WireError;
+
+    fn try_from(reply: v1::RenewReply) -> Result<Self, WireError> {
+        Ok(Self {
+            cert_pem: reply.cert_pem,
+            role: proto::role(reply.role, "renewal's answer")?,
+        })
+    }
+}
+
+impl From<MeshCounters> for v1::MeshCounters {
+    fn from(counters: MeshCounters) -> Self {
+        Self {
+            connections: counters.connections,
+            packets: counters.packets,
+            bytes: counters.bytes,
+        }
+    }
+}
+
+impl From<v1::MeshCounters> for MeshCounters {
+    fn from(counters: v1::MeshCounters) -> Self {
+        Self {
+            connections: counters.connections,
+            packets: counters.packets,
+            bytes: counters.bytes,
+        }
+    }
+}
+
+impl From<Heartbeat> for v1::Heartbeat {
+    fn from(heartbeat: Heartbeat) -> Self {
+        Self {
+            description: Some(heartbeat.description.into()),
+            mesh: heartbeat
+                .mesh
+                .into_iter()
+                .map(|(service, counters)| (service, counters.into()))
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<v1::Heartbeat> for Heartbeat {
+    type Error = WireError;
+
+    fn try_from(heartbeat: v1::Heartbeat) -> Result<Self, WireError> {
+        Ok(Self {
+            description: required(heartbeat.description, "heartbeat", "node description")?
+                .try_into()?,
+            mesh: heartbeat
+                .mesh
+                .into_iter()
+                .map(|(service, counters)| (service, counters.into()))
+                .collect(),
+        })
+    }
+}
+
+impl From<HeartbeatReply> for v1::HeartbeatReply {
+    fn from(reply: HeartbeatReply) -> Self {
+        Self {
+            period_ms: reply.period_ms,
+            role: v1::Role::from(reply.role).into(),
+            managers: reply.managers,
+            trust_root: reply.trust_root,
+            issuer_public_key: reply.issuer_public_key,
+        }
+    }
+}
+
+impl TryFrom<v1::HeartbeatReply> for HeartbeatReply {
+    type Error = WireError;
+
+    fn try_from(reply: v1::HeartbeatReply) -> Result<Self, WireError> {
+        Ok(Self {
+            period_ms: reply.period_ms,
+            role: proto::role(reply.role, "heartbeat's answer")?,
+            managers: reply.managers,
+            trust_root: reply.trust_root,
+            issuer_public_key: reply.issuer_public_key,
+        })
+    }
+}
+
+impl From<StatusReport> for v1::StatusReport {
+    fn from(report: StatusReport) -> Self {
+        Self {
+            updates: report
+                .updates
+                .into_iter()
+                .map(|(task_id, status)| v1::TaskUpdate {
+                    task_id,
+                    status: Some(status.into()),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<v1::StatusReport> for StatusReport {
+    type Error = WireError;
+
+    fn try_from(report: v1::StatusReport) -> Result<Self, WireError> {
+        let updates = report
+            .updates
+            .into_iter()
+            .map(|update| {
+                let status = required(update.status, "task update", "status")?;
+                Ok((update.task_id, status.try_into()?))
+            })
+            .collect::<Result<_, WireError>>()?;
+        Ok(Self { updates })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_api::{
+        service::{TaskState, TaskStatus},
+        swarm::{NodeDescription, Role},
+    };
+
+    use super::*;
+
+    /// The CA's and the dispatcher's messages survive the trip, field for field.
+    #[test]
+    fn join_heartbeat_and_report_messages_round_trip() {
+        let description = NodeDescription {
+            hostname: "n2".into(),
+            data_path_addr: "10.1.0.2".into(),
+            ..NodeDescription::default()
+        };
+        let join = JoinRequest {
+            token: "SWMTKN-1-x-y".into(),
+            csr: "csr".into(),
+            description: description.clone(),
+            advertise_addr: "10.0.0.2:2377".into(),
+        };
+        let back = JoinRequest::try_from(v1::JoinRequest::from(join.clone())).expect("decodes");
+        assert_eq!(
+            serde_json::to_value(back).ok(),
+            serde_json::to_value(join).ok()
+        );
+        let reply = JoinReply {
+            node_id: "node".into(),
+            cluster_id: "cluster".into(),
+            role: Role::Manager,
+            cert_pem: "cert".into(),
+            ca_pem: "ca".into(),
+            managers: vec!["10.0.0.1:2377".into()],
+            heartbeat_ms: 5000,
+            data_path_port: 4789,
+        };
+        let back = JoinReply::try_from(v1::JoinReply::from(reply.clone())).expect("decodes");
+        assert_eq!(
+            serde_json::to_value(back).ok(),
+            serde_json::to_value(reply).ok()
+        );
+        let heartbeat = Heartbeat {
+            description,
+            mesh: [(
+                "web".to_owned(),
+                MeshCounters {
+                    connections: 1,
+                    packets: 2,
+                    bytes: 3,
+                },
+            )]
+            .into(),
+        };
+        let back = Heartbeat::try_from(v1::Heartbeat::from(heartbeat.clone())).expect("decodes");
+        assert_eq!(
+            serde_json::to_value(back).ok(),
+            serde_json::to_value(heartbeat).ok()
+        );
+        let answer = HeartbeatReply {
+            period_ms: 5000,
+            role: Role::Worker,
+            managers: vec!["10.0.0.1:2377".into()],
+            trust_root: Some("root".into()),
+            issuer_public_key: "key".into(),
+        };
+        let back = HeartbeatReply::try_from(v1::HeartbeatReply::from(answer.clone()));
+        assert_eq!(
+            serde_json::to_value(back.expect("decodes")).ok(),
+            serde_json::to_value(answer).ok()
+        );
+        let report = StatusReport {
+            updates: vec![(
+                "task".into(),
+                TaskStatus {
+                    timestamp: "2026-12-01T00:00:00Z".into(),
+                    state: TaskState::Running,
+                    ..TaskStatus::default()
+                },
+            )],
+        };
+        let back = StatusReport::try_from(v1::StatusReport::from(report.clone())).expect("decodes");
+        assert_eq!(
+            serde_json::to_value(back).ok(),
+            serde_json::to_value(report).ok()
+        );
+    }
+
+    /// A message without what the manager needs is refused, saying which field.
+    #[test]
+    fn a_join_without_a_description_or_a_report_without_a_status_is_refused() {
+        let e = JoinRequest::try_from(v1::JoinRequest::default()).expect_err("no description");
+        assert_eq!(e.to_string(), "the join request has no node description");
+        let report = v1::StatusReport {
+            updates: vec![v1::TaskUpdate {
+                task_id: "task".into(),
+                status: None,
+            }],
+        };
+        let e = StatusReport::try_from(report).expect_err("no status");
+        assert_eq!(e.to_string(), "the task update has no status");
+        let e = JoinReply::try_from(v1::JoinReply::default()).expect_err("no role");
+        assert_eq!(
+            e.to_string(),
+            "the join reply's role is 0, not one this version knows"
+        );
+    }
+}
