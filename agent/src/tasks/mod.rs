@@ -755,22 +755,19 @@ impl Worker {
     }
 
     /// Serves one log request of the leader: the lines of `tasks` this node has, sent up as
-    /// `FromNode` frames of subscription `id`, then `done` (never, with `follow`: the request
+    /// `FromNode` messages of subscription `id`, then `done` (never, with `follow`: the request
     /// is cancelled instead).
     pub(crate) async fn serve_logs(
         &self,
         id: u64,
         tasks: Vec<String>,
         query: shoal_api::logs::LogsQuery,
-        up: mpsc::Sender<shoal_api::v1::Frame>,
+        up: mpsc::Sender<shoal_api::v1::NodeLogReply>,
     ) {
         use shoal_control::manager::logs::FromNode;
         let send = |message: FromNode| {
             let up = up.clone();
-            async move {
-                let json = serde_json::to_vec(&message).expect("plain data serializes");
-                up.send(shoal_api::v1::Frame { json }).await.is_ok()
-            }
+            async move { up.send(message.into()).await.is_ok() }
         };
         let (tx, mut rx) = mpsc::channel(16);
         let reading = Arc::new(tokio::sync::Semaphore::new(2));

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use shoal_api::v1::{Frame, dispatcher_client::DispatcherClient};
+use shoal_api::v1::{self, Frame, dispatcher_client::DispatcherClient};
 use shoal_control::dispatcher::Assignment;
 use std::collections::HashMap;
 
@@ -98,7 +98,7 @@ pub(crate) async fn logs(worker: Worker, contact: impl Contact) {
 
 async fn log_session(worker: &Worker, addr: &str, credentials: &Credentials) -> Result<(), String> {
     let mut client = client(addr, credentials)?;
-    let (up, up_rx) = tokio::sync::mpsc::channel::<Frame>(64);
+    let (up, up_rx) = tokio::sync::mpsc::channel::<v1::NodeLogReply>(64);
     let mut down = client
         .logs(tokio_stream::wrappers::ReceiverStream::new(up_rx))
         .await
@@ -106,13 +106,13 @@ async fn log_session(worker: &Worker, addr: &str, credentials: &Credentials) -> 
         .into_inner();
     let mut serving: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
     let result = loop {
-        let frame = match down.message().await {
-            Ok(Some(frame)) => frame,
+        let request = match down.message().await {
+            Ok(Some(request)) => request,
             Ok(None) => break Ok(()),
             Err(s) => break Err(s.message().to_owned()),
         };
         serving.retain(|_, handle| !handle.is_finished());
-        match serde_json::from_slice::<ToNode>(&frame.json) {
+        match ToNode::try_from(request) {
             Ok(ToNode::Subscribe { id, tasks, query }) => {
                 let worker = worker.clone();
                 let up = up.clone();
@@ -161,7 +161,7 @@ pub(crate) async fn reports(worker: Worker, contact: impl Contact) {
             return;
         };
         let report = StatusReport { updates };
-        let message = shoal_api::v1::StatusReport::from(report.clone());
+        let message = v1::StatusReport::from(report.clone());
         let mut sent = false;
         for addr in &managers {
             let Ok(mut client) = client(addr, &credentials) else {

@@ -3,6 +3,7 @@
 //! enum is one this version knows, that a port fits in 16 bits.
 
 use crate::{
+    logs::{LogBatch, LogLine, LogsQuery, Stream},
     service::{ContainerStatus, TaskState, TaskStatus},
     swarm::{NodeDescription, NodeTlsInfo, Platform, Resources, Role},
     v1,
@@ -270,6 +271,97 @@ impl TryFrom<v1::TaskStatus> for TaskStatus {
     }
 }
 
+impl From<LogsQuery> for v1::LogsQuery {
+    fn from(query: LogsQuery) -> Self {
+        Self {
+            target: query.target,
+            follow: query.follow,
+            tail: query.tail,
+            since: query.since,
+        }
+    }
+}
+
+impl From<v1::LogsQuery> for LogsQuery {
+    fn from(query: v1::LogsQuery) -> Self {
+        Self {
+            target: query.target,
+            follow: query.follow,
+            tail: query.tail,
+            since: query.since,
+        }
+    }
+}
+
+impl From<LogLine> for v1::LogLine {
+    fn from(line: LogLine) -> Self {
+        let stream = match line.stream {
+            Stream::Stdout => v1::LogStream::Stdout,
+            Stream::Stderr => v1::LogStream::Stderr,
+        };
+        Self {
+            task_id: line.task_id,
+            time: line.time,
+            stream: stream.into(),
+            text: line.text,
+        }
+    }
+}
+
+impl TryFrom<v1::LogLine> for LogLine {
+    type Error = WireError;
+
+    fn try_from(line: v1::LogLine) -> Result<Self, WireError> {
+        let stream = match v1::LogStream::try_from(line.stream) {
+            Ok(v1::LogStream::Stdout) => Stream::Stdout,
+            Ok(v1::LogStream::Stderr) => Stream::Stderr,
+            Ok(v1::LogStream::Unspecified) | Err(_) => {
+                return Err(WireError::Unknown {
+                    message: "log line",
+                    field: "stream",
+                    value: line.stream,
+                });
+            }
+        };
+        Ok(Self {
+            task_id: line.task_id,
+            time: line.time,
+            stream,
+            text: line.text,
+        })
+    }
+}
+
+/// Lines as their messages.
+pub fn log_lines(lines: Vec<LogLine>) -> Vec<v1::LogLine> {
+    lines.into_iter().map(Into::into).collect()
+}
+
+/// Messages as lines; the first that does not decode refuses them all.
+pub fn from_log_lines(lines: Vec<v1::LogLine>) -> Result<Vec<LogLine>, WireError> {
+    lines.into_iter().map(TryInto::try_into).collect()
+}
+
+impl From<LogBatch> for v1::LogBatch {
+    fn from(batch: LogBatch) -> Self {
+        Self {
+            lines: log_lines(batch.lines),
+            warnings: batch.warnings,
+        }
+    }
+}
+
+impl TryFrom<v1::LogBatch> for LogBatch {
+    type Error = WireError;
+
+    fn try_from(batch: v1::LogBatch) -> Result<Self, WireError> {
+        Ok(Self {
+            lines: from_log_lines(batch.lines)?,
+            warnings: batch.warnings,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -318,6 +410,26 @@ mod tests {
             let back = TaskStatus::try_from(v1::TaskStatus::from(status.clone()));
             assert_eq!(back, Ok(status));
         }
+        let batch = LogBatch {
+            lines: vec![LogLine {
+                task_id: "task".into(),
+                time: "2026-12-01T00:00:00.000000001Z".into(),
+                stream: Stream::Stderr,
+                text: "hello".into(),
+            }],
+            warnings: vec!["node n3 is down".into()],
+        };
+        assert_eq!(
+            LogBatch::try_from(v1::LogBatch::from(batch.clone())),
+            Ok(batch)
+        );
+        let query = LogsQuery {
+            target: "web".into(),
+            follow: true,
+            tail: Some(10),
+            since: None,
+        };
+        assert_eq!(LogsQuery::from(v1::LogsQuery::from(query.clone())), query);
     }
 
     /// What a receiver cannot act on is refused with the field's name.
@@ -342,6 +454,12 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "the task status's state is 99, not one this version knows"
+        );
+        let line = v1::LogLine::default();
+        let e = LogLine::try_from(line).expect_err("no stream");
+        assert_eq!(
+            e.to_string(),
+            "the log line's stream is 0, not one this version knows"
         );
         assert!(role(0, "renewal").is_err());
         assert_eq!(role(2, "renewal"), Ok(Role::Manager));

@@ -506,14 +506,13 @@ impl Manager {
             return Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)));
         }
         let mut client = self.client(&addr)?;
-        let json = serde_json::to_vec(&query).map_err(|e| Status::internal(e.to_string()))?;
         let stream = client
-            .logs(Request::new(Frame { json }))
+            .logs(Request::new(v1::LogsQuery::from(query)))
             .await?
             .into_inner();
-        Ok(Box::pin(tokio_stream::StreamExt::map(stream, |frame| {
-            frame.and_then(|f| {
-                serde_json::from_slice(&f.json)
+        Ok(Box::pin(tokio_stream::StreamExt::map(stream, |batch| {
+            batch.and_then(|batch| {
+                LogBatch::try_from(batch)
                     .map_err(|e| Status::internal(format!("decoding the leader's logs: {e}")))
             })
         })))
@@ -634,20 +633,16 @@ impl Manager {
 pub type LogStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<LogBatch, Status>> + Send + 'static>>;
 
-/// A stream of frames a gRPC method answers with.
-type FrameStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+/// A stream of messages `M` a gRPC method answers with.
+type Answers<M> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<M, Status>> + Send + 'static>>;
 
-/// Frames of JSON documents.
-fn frames<T: serde::Serialize + Send + 'static>(
+/// The messages of `stream`'s items.
+fn answers<T: Send + 'static, M: From<T>>(
     stream: impl tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static,
-) -> FrameStream {
+) -> Answers<M> {
     Box::pin(tokio_stream::StreamExt::map(stream, |item| {
-        item.and_then(|value| {
-            serde_json::to_vec(&value)
-                .map(|json| Frame { json })
-                .map_err(|e| Status::internal(e.to_string()))
-        })
+        item.map(M::from)
     }))
 }
 
@@ -704,19 +699,22 @@ impl control_server::Control for Services {
         reply(self.manager.route(forwarded).await)
     }
 
-    type LogsStream = FrameStream;
+    type LogsStream = Answers<v1::LogBatch>;
 
     /// A manager forwards a `service logs` request: served here if this manager leads.
-    async fn logs(&self, request: Request<Frame>) -> Result<Response<FrameStream>, Status> {
+    async fn logs(
+        &self,
+        request: Request<v1::LogsQuery>,
+    ) -> Result<Response<Answers<v1::LogBatch>>, Status> {
         require_manager(&request)?;
-        let query: LogsQuery = decode(request)?;
+        let query = LogsQuery::from(request.into_inner());
         let inner = &self.manager.inner;
         if inner.raft.metrics().borrow().current_leader != Some(inner.raft_id) {
             return Err(Reason::NoLeader.status(NO_LEADER));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         logs::serve(inner, query, tx)?;
-        Ok(Response::new(frames(
+        Ok(Response::new(answers(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
@@ -821,13 +819,13 @@ impl dispatcher_server::Dispatcher for Services {
         Ok(Response::new(v1::ReportReply {}))
     }
 
-    type LogsStream = FrameStream;
+    type LogsStream = Answers<v1::NodeLogRequest>;
 
     /// A node's log session: requests for its tasks' lines go down, the lines come up.
     async fn logs(
         &self,
-        request: Request<tonic::Streaming<Frame>>,
-    ) -> Result<Response<FrameStream>, Status> {
+        request: Request<tonic::Streaming<v1::NodeLogReply>>,
+    ) -> Result<Response<Answers<v1::NodeLogRequest>>, Status> {
         let node_id = request
             .extensions()
             .get::<TlsPeer>()
@@ -851,13 +849,13 @@ impl dispatcher_server::Dispatcher for Services {
             loop {
                 // The session ends with the leadership (the node asks the new leader) and with
                 // the manager.
-                let frame = tokio::select! {
-                    frame = incoming.message() => frame,
+                let message = tokio::select! {
+                    message = incoming.message() => message,
                     _ = stopped.wait_for(|s| *s) => break,
                     _ = metrics.wait_for(|m| m.current_leader != Some(me)) => break,
                 };
-                let Ok(Some(frame)) = frame else { break };
-                match serde_json::from_slice::<logs::FromNode>(&frame.json) {
+                let Ok(Some(message)) = message else { break };
+                match logs::FromNode::try_from(message) {
                     Ok(message) => broker.deliver(&node_id, message).await,
                     Err(e) => {
                         tracing::debug!(node = %node_id, error = %e, "an undecodable log message");
@@ -867,7 +865,7 @@ impl dispatcher_server::Dispatcher for Services {
             }
             broker.disconnect(&node_id, session);
         });
-        Ok(Response::new(frames(tokio_stream::StreamExt::map(
+        Ok(Response::new(answers(tokio_stream::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             Ok::<_, Status>,
         ))))

@@ -1,6 +1,7 @@
-//! The messages of [`super::protocol`] that are typed on the wire, as their `v1` protobuf
-//! messages and back: the CA's join and renewal, and the dispatcher's heartbeat and task
-//! reports. The API's own types convert in [`shoal_api::proto`]; this adds the envelopes.
+//! The managers' messages that are typed on the wire, as their `v1` protobuf messages and back:
+//! the CA's join and renewal, the dispatcher's heartbeat and task reports ([`super::protocol`]),
+//! and a node's log session ([`super::logs`]). The API's own types convert in
+//! [`shoal_api::proto`]; this adds the envelopes.
 
 use shoal_api::{
     proto::{self, WireError, required},
@@ -8,8 +9,11 @@ use shoal_api::{
 };
 use tonic::Status;
 
-use super::protocol::{
-    Heartbeat, HeartbeatReply, JoinReply, JoinRequest, MeshCounters, RenewReply, StatusReport,
+use super::{
+    logs::{FromNode, ToNode},
+    protocol::{
+        Heartbeat, HeartbeatReply, JoinReply, JoinRequest, MeshCounters, RenewReply, StatusReport,
+    },
 };
 
 /// A request that does not decode: the caller's error.
@@ -205,6 +209,61 @@ impl TryFrom<v1::StatusReport> for StatusReport {
     }
 }
 
+impl From<ToNode> for v1::NodeLogRequest {
+    fn from(ask: ToNode) -> Self {
+        let ask = match ask {
+            ToNode::Subscribe { id, tasks, query } => {
+                v1::node_log_request::Ask::Subscribe(v1::LogSubscription {
+                    id,
+                    task_ids: tasks,
+                    query: Some(query.into()),
+                })
+            }
+            ToNode::Cancel { id } => v1::node_log_request::Ask::Cancel(v1::LogCancel { id }),
+        };
+        Self { ask: Some(ask) }
+    }
+}
+
+impl TryFrom<v1::NodeLogRequest> for ToNode {
+    type Error = WireError;
+
+    fn try_from(request: v1::NodeLogRequest) -> Result<Self, WireError> {
+        Ok(match required(request.ask, "log request", "ask")? {
+            v1::node_log_request::Ask::Subscribe(subscription) => ToNode::Subscribe {
+                id: subscription.id,
+                tasks: subscription.task_ids,
+                query: required(subscription.query, "log subscription", "query")?.into(),
+            },
+            v1::node_log_request::Ask::Cancel(cancel) => ToNode::Cancel { id: cancel.id },
+        })
+    }
+}
+
+impl From<FromNode> for v1::NodeLogReply {
+    fn from(reply: FromNode) -> Self {
+        Self {
+            id: reply.id,
+            lines: proto::log_lines(reply.lines),
+            warnings: reply.warnings,
+            done: reply.done,
+        }
+    }
+}
+
+impl TryFrom<v1::NodeLogReply> for FromNode {
+    type Error = WireError;
+
+    fn try_from(reply: v1::NodeLogReply) -> Result<Self, WireError> {
+        Ok(Self {
+            id: reply.id,
+            lines: proto::from_log_lines(reply.lines)?,
+            warnings: reply.warnings,
+            done: reply.done,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use shoal_api::{
@@ -292,6 +351,46 @@ mod tests {
             serde_json::to_value(back).ok(),
             serde_json::to_value(report).ok()
         );
+    }
+
+    /// A log session's messages survive the trip; a request that asks nothing is refused.
+    #[test]
+    fn log_session_messages_round_trip() {
+        let ask = ToNode::Subscribe {
+            id: 7,
+            tasks: vec!["task".into()],
+            query: shoal_api::logs::LogsQuery {
+                target: String::new(),
+                follow: true,
+                tail: Some(5),
+                since: Some("1700000000".into()),
+            },
+        };
+        let back = ToNode::try_from(v1::NodeLogRequest::from(ask.clone())).expect("decodes");
+        assert_eq!(
+            serde_json::to_value(back).ok(),
+            serde_json::to_value(ask).ok()
+        );
+        let cancel = ToNode::try_from(v1::NodeLogRequest::from(ToNode::Cancel { id: 7 }));
+        assert!(matches!(cancel, Ok(ToNode::Cancel { id: 7 })));
+        let reply = FromNode {
+            id: 7,
+            lines: vec![shoal_api::logs::LogLine {
+                task_id: "task".into(),
+                time: "2026-12-01T00:00:00Z".into(),
+                stream: shoal_api::logs::Stream::Stdout,
+                text: "hello".into(),
+            }],
+            warnings: vec!["gone".into()],
+            done: true,
+        };
+        let back = FromNode::try_from(v1::NodeLogReply::from(reply.clone())).expect("decodes");
+        assert_eq!(
+            serde_json::to_value(back).ok(),
+            serde_json::to_value(reply).ok()
+        );
+        let e = ToNode::try_from(v1::NodeLogRequest::default()).expect_err("asks nothing");
+        assert_eq!(e.to_string(), "the log request has no ask");
     }
 
     /// A message without what the manager needs is refused, saying which field.
