@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use shoal_api::v1::{self, Frame, dispatcher_client::DispatcherClient};
+use shoal_api::v1::{self, dispatcher_client::DispatcherClient};
 use shoal_control::dispatcher::Assignment;
 use std::collections::HashMap;
 
@@ -72,15 +72,13 @@ where
 async fn follow(worker: &Worker, addr: &str, credentials: &Credentials) -> Result<(), String> {
     let mut client = client(addr, credentials)?;
     let mut stream = client
-        .assignments(Request::new(Frame {
-            json: b"{}".to_vec(),
-        }))
+        .assignments(Request::new(v1::AssignmentsRequest {}))
         .await
         .map_err(|s| s.message().to_owned())?
         .into_inner();
-    while let Some(frame) = stream.message().await.map_err(|s| s.message().to_owned())? {
-        let assignment: Assignment = serde_json::from_slice(&frame.json)
-            .map_err(|e| format!("decoding an assignment: {e}"))?;
+    while let Some(message) = stream.message().await.map_err(|s| s.message().to_owned())? {
+        let assignment =
+            Assignment::try_from(message).map_err(|e| format!("decoding an assignment: {e}"))?;
         worker.assign(assignment);
     }
     Ok(())

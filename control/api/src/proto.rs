@@ -4,7 +4,11 @@
 
 use crate::{
     logs::{LogBatch, LogLine, LogsQuery, Stream},
-    service::{ContainerStatus, TaskState, TaskStatus},
+    secret::{DataKind, Payload},
+    service::{
+        ClientIp, ContainerStatus, EndpointMode, PortConfig, PortProtocol, PublishMode, TaskState,
+        TaskStatus,
+    },
     swarm::{NodeDescription, NodeTlsInfo, Platform, Resources, Role},
     v1,
 };
@@ -29,6 +33,18 @@ pub enum WireError {
         field: &'static str,
         /// The number it holds.
         value: i32,
+    },
+    /// An embedded Engine API document that does not parse.
+    #[error("the {message}'s {field} is not a {document} of the Engine API: {error}")]
+    Document {
+        /// The message.
+        message: &'static str,
+        /// Its field.
+        field: &'static str,
+        /// The document it should hold.
+        document: &'static str,
+        /// Why it does not parse.
+        error: String,
     },
     /// A port over 65535.
     #[error("the {message}'s {field} is {value}, not a port")]
@@ -60,26 +76,95 @@ pub fn port(value: u32, message: &'static str, field: &'static str) -> Result<u1
     })
 }
 
-impl From<Role> for v1::Role {
-    fn from(role: Role) -> Self {
-        match role {
-            Role::Worker => Self::Worker,
-            Role::Manager => Self::Manager,
-        }
-    }
+/// An API enum carried as a protobuf enum, whose zero means "not said" and is refused.
+pub trait WireEnum: Sized {
+    /// The field's name in error messages.
+    const FIELD: &'static str;
+    /// The value a protobuf enum number stands for; `None` for zero and unknown numbers.
+    fn from_number(value: i32) -> Option<Self>;
 }
 
-/// The role a `message` carries in its `role` field.
-pub fn role(value: i32, message: &'static str) -> Result<Role, WireError> {
-    match v1::Role::try_from(value) {
-        Ok(v1::Role::Worker) => Ok(Role::Worker),
-        Ok(v1::Role::Manager) => Ok(Role::Manager),
-        Ok(v1::Role::Unspecified) | Err(_) => Err(WireError::Unknown {
-            message,
-            field: "role",
-            value,
-        }),
-    }
+/// The enum a `message` carries as `value`.
+pub fn decode_enum<T: WireEnum>(value: i32, message: &'static str) -> Result<T, WireError> {
+    T::from_number(value).ok_or(WireError::Unknown {
+        message,
+        field: T::FIELD,
+        value,
+    })
+}
+
+/// Both ways between an API enum and its protobuf enum, variant for variant: the encoding is
+/// an exhaustive match, so a new variant does not compile until it has a number.
+macro_rules! wire_enum {
+    ($api:ident as $wire:ident, $field:literal { $($variant:ident => $number:ident),+ $(,)? }) => {
+        impl From<$api> for v1::$wire {
+            fn from(value: $api) -> Self {
+                match value {
+                    $($api::$variant => Self::$number,)+
+                }
+            }
+        }
+
+        impl From<$api> for i32 {
+            fn from(value: $api) -> Self {
+                v1::$wire::from(value).into()
+            }
+        }
+
+        impl WireEnum for $api {
+            const FIELD: &'static str = $field;
+
+            fn from_number(value: i32) -> Option<Self> {
+                match v1::$wire::try_from(value) {
+                    $(Ok(v1::$wire::$number) => Some($api::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+wire_enum!(Role as Role, "role" { Worker => Worker, Manager => Manager });
+wire_enum!(TaskState as TaskState, "state" {
+    New => New,
+    Pending => Pending,
+    Assigned => Assigned,
+    Accepted => Accepted,
+    Preparing => Preparing,
+    Starting => Starting,
+    Running => Running,
+    Complete => Complete,
+    Shutdown => Shutdown,
+    Failed => Failed,
+    Rejected => Rejected,
+    Remove => Remove,
+    Orphaned => Orphaned,
+});
+wire_enum!(Stream as LogStream, "stream" { Stdout => Stdout, Stderr => Stderr });
+wire_enum!(PortProtocol as PortProtocol, "protocol" { Tcp => Tcp, Udp => Udp });
+wire_enum!(PublishMode as PublishMode, "publish mode" { Ingress => Ingress, Host => Host });
+wire_enum!(ClientIp as ClientIp, "client IP" { Snat => Snat, Preserve => Preserve });
+wire_enum!(EndpointMode as EndpointMode, "endpoint mode" { Vip => Vip, Dnsrr => Dnsrr });
+wire_enum!(DataKind as DataKind, "kind" { Secret => Secret, Config => Config });
+
+/// An Engine API document as the JSON a message carries it in.
+pub fn engine_json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("the API's documents serialize")
+}
+
+/// The Engine API document `T` in `bytes`, the `field` of a `message`.
+pub fn from_engine_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    message: &'static str,
+    field: &'static str,
+    document: &'static str,
+) -> Result<T, WireError> {
+    serde_json::from_slice(bytes).map_err(|e| WireError::Document {
+        message,
+        field,
+        document,
+        error: e.to_string(),
+    })
 }
 
 impl From<Platform> for v1::Platform {
@@ -175,56 +260,6 @@ impl TryFrom<v1::NodeDescription> for NodeDescription {
     }
 }
 
-/// Both ways between the API's task states and the protobuf's.
-const TASK_STATES: [(TaskState, v1::TaskState); 13] = [
-    (TaskState::New, v1::TaskState::New),
-    (TaskState::Pending, v1::TaskState::Pending),
-    (TaskState::Assigned, v1::TaskState::Assigned),
-    (TaskState::Accepted, v1::TaskState::Accepted),
-    (TaskState::Preparing, v1::TaskState::Preparing),
-    (TaskState::Starting, v1::TaskState::Starting),
-    (TaskState::Running, v1::TaskState::Running),
-    (TaskState::Complete, v1::TaskState::Complete),
-    (TaskState::Shutdown, v1::TaskState::Shutdown),
-    (TaskState::Failed, v1::TaskState::Failed),
-    (TaskState::Rejected, v1::TaskState::Rejected),
-    (TaskState::Remove, v1::TaskState::Remove),
-    (TaskState::Orphaned, v1::TaskState::Orphaned),
-];
-
-impl From<TaskState> for v1::TaskState {
-    fn from(state: TaskState) -> Self {
-        match state {
-            TaskState::New => Self::New,
-            TaskState::Pending => Self::Pending,
-            TaskState::Assigned => Self::Assigned,
-            TaskState::Accepted => Self::Accepted,
-            TaskState::Preparing => Self::Preparing,
-            TaskState::Starting => Self::Starting,
-            TaskState::Running => Self::Running,
-            TaskState::Complete => Self::Complete,
-            TaskState::Shutdown => Self::Shutdown,
-            TaskState::Failed => Self::Failed,
-            TaskState::Rejected => Self::Rejected,
-            TaskState::Remove => Self::Remove,
-            TaskState::Orphaned => Self::Orphaned,
-        }
-    }
-}
-
-/// The task state a `message` carries in its `state` field.
-pub fn task_state(value: i32, message: &'static str) -> Result<TaskState, WireError> {
-    TASK_STATES
-        .iter()
-        .find(|(_, wire)| *wire as i32 == value)
-        .map(|(state, _)| *state)
-        .ok_or(WireError::Unknown {
-            message,
-            field: "state",
-            value,
-        })
-}
-
 impl From<ContainerStatus> for v1::ContainerStatus {
     fn from(status: ContainerStatus) -> Self {
         Self {
@@ -249,7 +284,7 @@ impl From<TaskStatus> for v1::TaskStatus {
     fn from(status: TaskStatus) -> Self {
         Self {
             timestamp: status.timestamp,
-            state: v1::TaskState::from(status.state).into(),
+            state: status.state.into(),
             message: status.message,
             err: status.err,
             container_status: status.container_status.map(Into::into),
@@ -263,7 +298,7 @@ impl TryFrom<v1::TaskStatus> for TaskStatus {
     fn try_from(status: v1::TaskStatus) -> Result<Self, WireError> {
         Ok(Self {
             timestamp: status.timestamp,
-            state: task_state(status.state, "task status")?,
+            state: decode_enum(status.state, "task status")?,
             message: status.message,
             err: status.err,
             container_status: status.container_status.map(Into::into),
@@ -295,14 +330,10 @@ impl From<v1::LogsQuery> for LogsQuery {
 
 impl From<LogLine> for v1::LogLine {
     fn from(line: LogLine) -> Self {
-        let stream = match line.stream {
-            Stream::Stdout => v1::LogStream::Stdout,
-            Stream::Stderr => v1::LogStream::Stderr,
-        };
         Self {
             task_id: line.task_id,
             time: line.time,
-            stream: stream.into(),
+            stream: line.stream.into(),
             text: line.text,
         }
     }
@@ -312,21 +343,10 @@ impl TryFrom<v1::LogLine> for LogLine {
     type Error = WireError;
 
     fn try_from(line: v1::LogLine) -> Result<Self, WireError> {
-        let stream = match v1::LogStream::try_from(line.stream) {
-            Ok(v1::LogStream::Stdout) => Stream::Stdout,
-            Ok(v1::LogStream::Stderr) => Stream::Stderr,
-            Ok(v1::LogStream::Unspecified) | Err(_) => {
-                return Err(WireError::Unknown {
-                    message: "log line",
-                    field: "stream",
-                    value: line.stream,
-                });
-            }
-        };
         Ok(Self {
             task_id: line.task_id,
             time: line.time,
-            stream,
+            stream: decode_enum(line.stream, "log line")?,
             text: line.text,
         })
     }
@@ -358,6 +378,58 @@ impl TryFrom<v1::LogBatch> for LogBatch {
         Ok(Self {
             lines: from_log_lines(batch.lines)?,
             warnings: batch.warnings,
+        })
+    }
+}
+
+impl From<PortConfig> for v1::PortConfig {
+    fn from(port: PortConfig) -> Self {
+        Self {
+            protocol: port.protocol.into(),
+            target_port: port.target_port.into(),
+            published_port: port.published_port.into(),
+            publish_mode: port.publish_mode.into(),
+            client_ip: port.client_ip.map(Into::into),
+        }
+    }
+}
+
+impl TryFrom<v1::PortConfig> for PortConfig {
+    type Error = WireError;
+
+    fn try_from(port: v1::PortConfig) -> Result<Self, WireError> {
+        const MESSAGE: &str = "published port";
+        Ok(Self {
+            protocol: decode_enum(port.protocol, MESSAGE)?,
+            target_port: self::port(port.target_port, MESSAGE, "target port")?,
+            published_port: self::port(port.published_port, MESSAGE, "published port")?,
+            publish_mode: decode_enum(port.publish_mode, MESSAGE)?,
+            client_ip: port
+                .client_ip
+                .map(|mode| decode_enum(mode, MESSAGE))
+                .transpose()?,
+        })
+    }
+}
+
+impl From<Payload> for v1::Payload {
+    fn from(payload: Payload) -> Self {
+        Self {
+            kind: payload.kind.into(),
+            id: payload.id,
+            data: payload.data,
+        }
+    }
+}
+
+impl TryFrom<v1::Payload> for Payload {
+    type Error = WireError;
+
+    fn try_from(payload: v1::Payload) -> Result<Self, WireError> {
+        Ok(Self {
+            kind: decode_enum(payload.kind, "payload")?,
+            id: payload.id,
+            data: payload.data,
         })
     }
 }
@@ -395,7 +467,22 @@ mod tests {
         };
         let back = NodeDescription::try_from(v1::NodeDescription::from(node.clone()));
         assert_eq!(back, Ok(node));
-        for (state, _) in TASK_STATES {
+        let states = [
+            TaskState::New,
+            TaskState::Pending,
+            TaskState::Assigned,
+            TaskState::Accepted,
+            TaskState::Preparing,
+            TaskState::Starting,
+            TaskState::Running,
+            TaskState::Complete,
+            TaskState::Shutdown,
+            TaskState::Failed,
+            TaskState::Rejected,
+            TaskState::Remove,
+            TaskState::Orphaned,
+        ];
+        for state in states {
             let status = TaskStatus {
                 timestamp: "2026-12-01T00:00:00Z".into(),
                 state,
@@ -461,7 +548,19 @@ mod tests {
             e.to_string(),
             "the log line's stream is 0, not one this version knows"
         );
-        assert!(role(0, "renewal").is_err());
-        assert_eq!(role(2, "renewal"), Ok(Role::Manager));
+        assert!(decode_enum::<Role>(0, "renewal").is_err());
+        assert_eq!(decode_enum(2, "renewal"), Ok(Role::Manager));
+        let port = v1::PortConfig {
+            protocol: 1,
+            target_port: 80,
+            published_port: 8080,
+            publish_mode: 1,
+            client_ip: Some(0),
+        };
+        let e = PortConfig::try_from(port).expect_err("client IP zero");
+        assert_eq!(
+            e.to_string(),
+            "the published port's client IP is 0, not one this version knows"
+        );
     }
 }

@@ -765,14 +765,13 @@ impl dispatcher_server::Dispatcher for Services {
         )
     }
 
-    type AssignmentsStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+    type AssignmentsStream = Answers<v1::Assignment>;
 
     /// Streams the caller's assignment from this manager's replica: now, and again whenever
     /// what it says changes.
     async fn assignments(
         &self,
-        request: Request<Frame>,
+        request: Request<v1::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let (caller, _) = peer(&request);
         let node_id = caller

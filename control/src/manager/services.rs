@@ -1175,7 +1175,7 @@ fn placements(changes: &[Change]) -> u64 {
 pub(super) async fn stream_assignments(
     inner: Arc<Inner>,
     node_id: String,
-    tx: tokio::sync::mpsc::Sender<Result<shoal_api::v1::Frame, Status>>,
+    tx: tokio::sync::mpsc::Sender<Result<shoal_api::v1::Assignment, Status>>,
 ) {
     let mut stopped = inner.stop.subscribe();
     let mut metrics = inner.raft.metrics();
@@ -1207,14 +1207,7 @@ pub(super) async fn stream_assignments(
                 assignment
             });
             if last.as_ref().is_none_or(|l| !l.same_as(&assignment)) {
-                let json = match serde_json::to_vec(&assignment) {
-                    Ok(json) => json,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                        return;
-                    }
-                };
-                if tx.send(Ok(shoal_api::v1::Frame { json })).await.is_err() {
+                if tx.send(Ok(assignment.clone().into())).await.is_err() {
                     return;
                 }
                 last = Some(assignment);

@@ -1,6 +1,6 @@
 //! The managers' messages that are typed on the wire, as their `v1` protobuf messages and back:
 //! the CA's join and renewal, the dispatcher's heartbeat and task reports ([`super::protocol`]),
-//! and a node's log session ([`super::logs`]). The API's own types convert in
+//! a node's assignment ([`crate::dispatcher`]) and a node's log session ([`super::logs`]). The API's own types convert in
 //! [`shoal_api::proto`]; this adds the envelopes.
 
 use shoal_api::{
@@ -10,6 +10,10 @@ use shoal_api::{
 use tonic::Status;
 
 use super::{
+    super::dispatcher::{
+        Assignment, Backend, MeshService, PeerNode, ReachableService, ReachableTask,
+        RemoteEndpoint, ServiceOnNetwork,
+    },
     logs::{FromNode, ToNode},
     protocol::{
         Heartbeat, HeartbeatReply, JoinReply, JoinRequest, MeshCounters, RenewReply, StatusReport,
@@ -56,7 +60,7 @@ impl From<JoinReply> for v1::JoinReply {
         Self {
             node_id: reply.node_id,
             cluster_id: reply.cluster_id,
-            role: v1::Role::from(reply.role).into(),
+            role: reply.role.into(),
             cert_pem: reply.cert_pem,
             ca_pem: reply.ca_pem,
             managers: reply.managers,
@@ -73,7 +77,7 @@ impl TryFrom<v1::JoinReply> for JoinReply {
         Ok(Self {
             node_id: reply.node_id,
             cluster_id: reply.cluster_id,
-            role: proto::role(reply.role, "join reply")?,
+            role: proto::decode_enum(reply.role, "join reply")?,
             cert_pem: reply.cert_pem,
             ca_pem: reply.ca_pem,
             managers: reply.managers,
@@ -87,7 +91,7 @@ impl From<RenewReply> for v1::RenewReply {
     fn from(reply: RenewReply) -> Self {
         Self {
             cert_pem: reply.cert_pem,
-            role: v1::Role::from(reply.role).into(),
+            role: reply.role.into(),
         }
     }
 }
@@ -98,7 +102,7 @@ impl TryFrom<v1::RenewReply> for RenewReply {
     fn try_from(reply: v1::RenewReply) -> Result<Self, WireError> {
         Ok(Self {
             cert_pem: reply.cert_pem,
-            role: proto::role(reply.role, "renewal's answer")?,
+            role: proto::decode_enum(reply.role, "renewal's answer")?,
         })
     }
 }
@@ -156,7 +160,7 @@ impl From<HeartbeatReply> for v1::HeartbeatReply {
     fn from(reply: HeartbeatReply) -> Self {
         Self {
             period_ms: reply.period_ms,
-            role: v1::Role::from(reply.role).into(),
+            role: reply.role.into(),
             managers: reply.managers,
             trust_root: reply.trust_root,
             issuer_public_key: reply.issuer_public_key,
@@ -170,7 +174,7 @@ impl TryFrom<v1::HeartbeatReply> for HeartbeatReply {
     fn try_from(reply: v1::HeartbeatReply) -> Result<Self, WireError> {
         Ok(Self {
             period_ms: reply.period_ms,
-            role: proto::role(reply.role, "heartbeat's answer")?,
+            role: proto::decode_enum(reply.role, "heartbeat's answer")?,
             managers: reply.managers,
             trust_root: reply.trust_root,
             issuer_public_key: reply.issuer_public_key,
@@ -206,6 +210,214 @@ impl TryFrom<v1::StatusReport> for StatusReport {
             })
             .collect::<Result<_, WireError>>()?;
         Ok(Self { updates })
+    }
+}
+
+impl From<RemoteEndpoint> for v1::RemoteEndpoint {
+    fn from(endpoint: RemoteEndpoint) -> Self {
+        Self {
+            network_id: endpoint.network,
+            ip: endpoint.ip,
+            node_id: endpoint.node,
+        }
+    }
+}
+
+impl From<v1::RemoteEndpoint> for RemoteEndpoint {
+    fn from(endpoint: v1::RemoteEndpoint) -> Self {
+        Self {
+            network: endpoint.network_id,
+            ip: endpoint.ip,
+            node: endpoint.node_id,
+        }
+    }
+}
+
+impl From<PeerNode> for v1::PeerNode {
+    fn from(peer: PeerNode) -> Self {
+        Self {
+            node_id: peer.node,
+            data_path_addr: peer.data_path_addr,
+            public_key: peer.public_key,
+        }
+    }
+}
+
+impl From<v1::PeerNode> for PeerNode {
+    fn from(peer: v1::PeerNode) -> Self {
+        Self {
+            node: peer.node_id,
+            data_path_addr: peer.data_path_addr,
+            public_key: peer.public_key,
+        }
+    }
+}
+
+impl From<Backend> for v1::MeshBackend {
+    fn from(backend: Backend) -> Self {
+        Self {
+            task_id: backend.task,
+            node_id: backend.node,
+            ip: backend.ip,
+            draining: backend.draining,
+        }
+    }
+}
+
+impl From<v1::MeshBackend> for Backend {
+    fn from(backend: v1::MeshBackend) -> Self {
+        Self {
+            task: backend.task_id,
+            node: backend.node_id,
+            ip: backend.ip,
+            draining: backend.draining,
+        }
+    }
+}
+
+impl From<MeshService> for v1::MeshService {
+    fn from(service: MeshService) -> Self {
+        Self {
+            name: service.name,
+            ports: service.ports.into_iter().map(Into::into).collect(),
+            backends: service.backends.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<v1::MeshService> for MeshService {
+    type Error = WireError;
+
+    fn try_from(service: v1::MeshService) -> Result<Self, WireError> {
+        Ok(Self {
+            name: service.name,
+            ports: decode_all(service.ports)?,
+            backends: service.backends.into_iter().map(Into::into).collect(),
+        })
+    }
+}
+
+impl From<ServiceOnNetwork> for v1::ServiceOnNetwork {
+    fn from(on: ServiceOnNetwork) -> Self {
+        Self {
+            network_id: on.network,
+            vip: on.vip,
+            aliases: on.aliases,
+        }
+    }
+}
+
+impl From<v1::ServiceOnNetwork> for ServiceOnNetwork {
+    fn from(on: v1::ServiceOnNetwork) -> Self {
+        Self {
+            network: on.network_id,
+            vip: on.vip,
+            aliases: on.aliases,
+        }
+    }
+}
+
+impl From<ReachableTask> for v1::ReachableTask {
+    fn from(task: ReachableTask) -> Self {
+        Self {
+            task_id: task.task,
+            slot: task.slot,
+            node_id: task.node,
+            network_id: task.network,
+            ip: task.ip,
+        }
+    }
+}
+
+impl From<v1::ReachableTask> for ReachableTask {
+    fn from(task: v1::ReachableTask) -> Self {
+        Self {
+            task: task.task_id,
+            slot: task.slot,
+            node: task.node_id,
+            network: task.network_id,
+            ip: task.ip,
+        }
+    }
+}
+
+impl From<ReachableService> for v1::ReachableService {
+    fn from(service: ReachableService) -> Self {
+        Self {
+            id: service.id,
+            name: service.name,
+            endpoint_mode: service.endpoint_mode.into(),
+            networks: service.networks.into_iter().map(Into::into).collect(),
+            tasks: service.tasks.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<v1::ReachableService> for ReachableService {
+    type Error = WireError;
+
+    fn try_from(service: v1::ReachableService) -> Result<Self, WireError> {
+        Ok(Self {
+            id: service.id,
+            name: service.name,
+            endpoint_mode: proto::decode_enum(service.endpoint_mode, "reachable service")?,
+            networks: service.networks.into_iter().map(Into::into).collect(),
+            tasks: service.tasks.into_iter().map(Into::into).collect(),
+        })
+    }
+}
+
+/// Every message of `items` decoded; the first that does not refuses them all.
+fn decode_all<M, T: TryFrom<M, Error = WireError>>(items: Vec<M>) -> Result<Vec<T>, WireError> {
+    items.into_iter().map(T::try_from).collect()
+}
+
+impl From<Assignment> for v1::Assignment {
+    fn from(a: Assignment) -> Self {
+        Self {
+            index: a.index,
+            node_id: a.node_id,
+            data_path_port: a.data_path_port.into(),
+            tasks: a.tasks.iter().map(proto::engine_json).collect(),
+            networks: a.networks.iter().map(proto::engine_json).collect(),
+            ingress_addr: a.ingress_addr,
+            endpoints: a.endpoints.into_iter().map(Into::into).collect(),
+            peers: a.peers.into_iter().map(Into::into).collect(),
+            mesh: a.mesh.into_iter().map(Into::into).collect(),
+            services: a.services.into_iter().map(Into::into).collect(),
+            payloads: a.payloads.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<v1::Assignment> for Assignment {
+    type Error = WireError;
+
+    fn try_from(a: v1::Assignment) -> Result<Self, WireError> {
+        const MESSAGE: &str = "assignment";
+        fn documents<T: serde::de::DeserializeOwned>(
+            items: &[Vec<u8>],
+            field: &'static str,
+            document: &'static str,
+        ) -> Result<Vec<T>, WireError> {
+            items
+                .iter()
+                .map(|json| proto::from_engine_json(json, MESSAGE, field, document))
+                .collect()
+        }
+        Ok(Self {
+            index: a.index,
+            node_id: a.node_id,
+            data_path_port: proto::port(a.data_path_port, MESSAGE, "data path port")?,
+            tasks: documents(&a.tasks, "tasks", "Task")?,
+            networks: documents(&a.networks, "networks", "Network")?,
+            ingress_addr: a.ingress_addr,
+            endpoints: a.endpoints.into_iter().map(Into::into).collect(),
+            peers: a.peers.into_iter().map(Into::into).collect(),
+            mesh: decode_all(a.mesh)?,
+            services: decode_all(a.services)?,
+            payloads: decode_all(a.payloads)?,
+        })
     }
 }
 
@@ -350,6 +562,91 @@ mod tests {
         assert_eq!(
             serde_json::to_value(back).ok(),
             serde_json::to_value(report).ok()
+        );
+    }
+
+    /// An assignment survives the trip whole: its Engine API documents as their JSON, the rest
+    /// field for field. A task that is not one is refused, naming the field.
+    #[test]
+    fn an_assignment_round_trips_and_a_task_that_is_not_one_is_refused() {
+        use shoal_api::{
+            secret::{DataKind, Payload},
+            service::{
+                ClientIp, EndpointMode, Network, PortConfig, PortProtocol, PublishMode, Task,
+            },
+        };
+        let assignment = Assignment {
+            index: 42,
+            node_id: "n1".into(),
+            data_path_port: 4789,
+            tasks: vec![Task {
+                id: "task".into(),
+                node_id: "n1".into(),
+                ..Task::default()
+            }],
+            networks: vec![Network {
+                id: "net".into(),
+                ..Network::default()
+            }],
+            ingress_addr: Some("10.0.0.3/24".into()),
+            endpoints: vec![RemoteEndpoint {
+                network: "net".into(),
+                ip: "10.0.1.5".into(),
+                node: "n2".into(),
+            }],
+            peers: vec![PeerNode {
+                node: "n2".into(),
+                data_path_addr: "10.1.0.2".into(),
+                public_key: Some("key".into()),
+            }],
+            mesh: vec![MeshService {
+                name: "web".into(),
+                ports: vec![PortConfig {
+                    protocol: PortProtocol::Udp,
+                    target_port: 80,
+                    published_port: 8080,
+                    publish_mode: PublishMode::Ingress,
+                    client_ip: Some(ClientIp::Preserve),
+                }],
+                backends: vec![Backend {
+                    task: "task".into(),
+                    node: "n1".into(),
+                    ip: "10.0.0.7".into(),
+                    draining: true,
+                }],
+            }],
+            services: vec![ReachableService {
+                id: "svc".into(),
+                name: "api".into(),
+                endpoint_mode: EndpointMode::Dnsrr,
+                networks: vec![ServiceOnNetwork {
+                    network: "net".into(),
+                    vip: None,
+                    aliases: vec!["backend".into()],
+                }],
+                tasks: vec![ReachableTask {
+                    task: "t2".into(),
+                    slot: 2,
+                    node: "n2".into(),
+                    network: "net".into(),
+                    ip: "10.0.1.5".into(),
+                }],
+            }],
+            payloads: vec![Payload {
+                kind: DataKind::Config,
+                id: "cfg".into(),
+                data: "aGVsbG8=".into(),
+            }],
+        };
+        let back = Assignment::try_from(v1::Assignment::from(assignment.clone()));
+        assert_eq!(back, Ok(assignment.clone()));
+        let mut message = v1::Assignment::from(assignment);
+        message.tasks[0] = b"[]".to_vec();
+        let e = Assignment::try_from(message).expect_err("not a task");
+        assert!(
+            e.to_string()
+                .starts_with("the assignment's tasks is not a Task of the Engine API: "),
+            "{e}"
         );
     }
 

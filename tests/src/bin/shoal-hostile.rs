@@ -42,7 +42,7 @@ use std::{process::ExitCode, str::FromStr, sync::Arc, time::Duration};
 use serde_json::json;
 use shoal_api::{
     swarm::{NodeDescription, Platform},
-    v1::{self, Frame, ca_client::CaClient, dispatcher_client::DispatcherClient},
+    v1::{self, ca_client::CaClient, dispatcher_client::DispatcherClient},
 };
 use shoal_control::{
     ca::{self, JoinToken},
@@ -104,11 +104,6 @@ fn deadline<M>(message: M) -> tonic::Request<M> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(TIMEOUT);
     request
-}
-
-fn frame<T: serde::Serialize>(value: &T) -> Result<tonic::Request<Frame>, String> {
-    let json = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-    Ok(deadline(Frame { json }))
 }
 
 /// What the manager answered: `Ok(())` or its status.
@@ -370,7 +365,10 @@ async fn as_node(args: &[String], which: &str) -> Result<Answer, String> {
         };
         return Ok(client.report(deadline(report.into())).await.map(drop));
     }
-    let mut stream = match client.assignments(frame(&())?).await {
+    let mut stream = match client
+        .assignments(deadline(v1::AssignmentsRequest {}))
+        .await
+    {
         Ok(stream) => stream.into_inner(),
         Err(status) => return Ok(Err(status)),
     };
