@@ -280,7 +280,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, CallError<InstallSnapshotError>> {
-        let message = wire::to_snapshot(&rpc);
+        let message = wire::to_snapshot(rpc);
         self.check_size(message.encoded_len(), None)?;
         let mut client = self.connect(&option)?;
         let call = client.install_snapshot(Self::request(message, &option));

@@ -128,8 +128,8 @@ fn from_entry(entry: v1::Entry) -> Result<Entry, WireError> {
 
 /// An entry's change sets in their encoding (JSON, version 1).
 fn encode_change_sets(request: &Request) -> Vec<u8> {
-    // A `Request` is plain data (strings, numbers, JSON values): it always encodes.
-    serde_json::to_vec(request).unwrap_or_default()
+    serde_json::to_vec(request)
+        .expect("a raft request is plain data (strings, numbers, JSON values with string keys)")
 }
 
 /// An append-entries request as sent.
@@ -270,8 +270,8 @@ pub fn from_vote_reply(
     })
 }
 
-/// A snapshot chunk as sent.
-pub fn to_snapshot(rpc: &InstallSnapshotRequest<TypeConfig>) -> v1::InstallSnapshotRequest {
+/// A snapshot chunk as sent (its data moved, not copied).
+pub fn to_snapshot(rpc: InstallSnapshotRequest<TypeConfig>) -> v1::InstallSnapshotRequest {
     let meta = &rpc.meta;
     v1::InstallSnapshotRequest {
         vote: Some(to_vote(&rpc.vote)),
@@ -284,7 +284,7 @@ pub fn to_snapshot(rpc: &InstallSnapshotRequest<TypeConfig>) -> v1::InstallSnaps
             snapshot_id: meta.snapshot_id.clone(),
         }),
         offset: rpc.offset,
-        data: rpc.data.clone(),
+        data: rpc.data,
         done: rpc.done,
     }
 }
@@ -466,7 +466,7 @@ mod tests {
             data: vec![7; 1024],
             done: false,
         };
-        let back = from_snapshot(to_snapshot(&chunk)).expect("a chunk reads back");
+        let back = from_snapshot(to_snapshot(chunk.clone())).expect("a chunk reads back");
         assert_eq!(back.vote, chunk.vote);
         assert_eq!(back.meta, chunk.meta);
         assert_eq!(

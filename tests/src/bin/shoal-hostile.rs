@@ -201,7 +201,7 @@ async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
                 done: false,
             };
             client
-                .install_snapshot(shoal_control::raft::wire::to_snapshot(&rpc))
+                .install_snapshot(shoal_control::raft::wire::to_snapshot(rpc))
                 .await
                 .map(drop)
         }
