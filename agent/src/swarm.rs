@@ -31,7 +31,7 @@ use shoal_api::{
         NodeDescription, NodeTlsInfo, Platform, Resources, Role,
     },
     v1::{
-        self, Frame, ca_client::CaClient, control_client::ControlClient,
+        self, ca_client::CaClient, control_client::ControlClient,
         dispatcher_client::DispatcherClient,
     },
 };
@@ -862,8 +862,13 @@ impl SwarmNode {
                 from: saved.advertise_addr.ip().to_string(),
                 hops: 0,
             };
-            let added: Result<Value, Status> =
-                rpc(ControlClient::new(channel).call(frame(&forwarded)?)).await;
+            let added = match ControlClient::new(channel)
+                .call(deadline(v1::Forwarded::from(forwarded)))
+                .await
+            {
+                Ok(answer) => wire::answer_value(answer.into_inner()),
+                Err(status) => Err(status),
+            };
             match added {
                 Ok(_) => return Ok(manager),
                 Err(e) => last = e,
@@ -1296,25 +1301,12 @@ fn deadline<M>(message: M) -> Request<M> {
     request
 }
 
-fn frame<T: Serialize>(value: &T) -> Result<Request<Frame>, Status> {
-    let json = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(deadline(Frame { json }))
-}
-
 /// A typed call's answer, as the manager's message `T`.
 async fn typed<M, T: TryFrom<M, Error = WireError>>(
     call: impl Future<Output = Result<tonic::Response<M>, Status>>,
 ) -> Result<T, Status> {
     let reply = call.await?;
     T::try_from(reply.into_inner()).map_err(wire::unreadable)
-}
-
-async fn rpc<T: serde::de::DeserializeOwned>(
-    call: impl Future<Output = Result<tonic::Response<Frame>, Status>>,
-) -> Result<T, Status> {
-    let reply = call.await?;
-    serde_json::from_slice(&reply.into_inner().json)
-        .map_err(|e| Status::internal(format!("decoding the manager's answer: {e}")))
 }
 
 impl session::Contact for SwarmNode {

@@ -67,40 +67,14 @@ fn crypto(what: &'static str) -> impl FnOnce(rcgen::Error) -> CaError {
     move |source| CaError::Crypto { what, source }
 }
 
-/// A node's role, as its certificate carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Role {
-    /// A manager: raft member, control API.
-    Manager,
-    /// A worker: runs tasks, nothing more.
-    Worker,
-}
+/// A node's role: the swarm's, which its certificate carries as its OU.
+pub use shoal_api::swarm::Role;
 
-impl From<shoal_api::swarm::Role> for Role {
-    fn from(role: shoal_api::swarm::Role) -> Self {
-        match role {
-            shoal_api::swarm::Role::Manager => Self::Manager,
-            shoal_api::swarm::Role::Worker => Self::Worker,
-        }
-    }
-}
-
-impl From<Role> for shoal_api::swarm::Role {
-    fn from(role: Role) -> Self {
-        match role {
-            Role::Manager => Self::Manager,
-            Role::Worker => Self::Worker,
-        }
-    }
-}
-
-impl Role {
-    /// The certificate's organisational unit for this role (SwarmKit's names).
-    pub const fn unit(self) -> &'static str {
-        match self {
-            Self::Manager => "swarm-manager",
-            Self::Worker => "swarm-worker",
-        }
+/// The certificate's organisational unit for `role` (SwarmKit's names).
+pub const fn unit(role: Role) -> &'static str {
+    match role {
+        Role::Manager => "swarm-manager",
+        Role::Worker => "swarm-worker",
     }
 }
 
@@ -353,7 +327,7 @@ impl RootCa {
             .map_err(crypto("reading the certificate request"))?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node.node_id.as_str());
-        dn.push(DnType::OrganizationalUnitName, node.role.unit());
+        dn.push(DnType::OrganizationalUnitName, unit(node.role));
         dn.push(DnType::OrganizationName, node.cluster_id.as_str());
         csr.params.distinguished_name = dn;
         csr.params.is_ca = IsCa::NoCa;
@@ -364,7 +338,7 @@ impl RootCa {
                 .map(rcgen::SanType::DnsName)
                 .map_err(crypto("naming the node certificate"))
         };
-        csr.params.subject_alt_names = vec![dns(node.role.unit())?, dns(&node.node_id)?];
+        csr.params.subject_alt_names = vec![dns(unit(node.role))?, dns(&node.node_id)?];
         csr.params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

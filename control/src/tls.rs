@@ -427,8 +427,8 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Option<NodeIdentity> {
     let unit = first(&mut subject.iter_organizational_unit())?;
     let cluster_id = first(&mut subject.iter_organization())?;
     let role = match unit.as_str() {
-        u if u == Role::Manager.unit() => Role::Manager,
-        u if u == Role::Worker.unit() => Role::Worker,
+        u if u == crate::ca::unit(Role::Manager) => Role::Manager,
+        u if u == crate::ca::unit(Role::Worker) => Role::Worker,
         _ => return None,
     };
     Some(NodeIdentity {

@@ -460,9 +460,8 @@ fn call_as(
                 from: String::new(),
                 hops: 0,
             };
-            let json = serde_json::to_vec(&forwarded).unwrap();
             let control = shoal_api::v1::control_client::ControlClient::new(channel.clone())
-                .call(shoal_api::v1::Frame { json })
+                .call(shoal_api::v1::Forwarded::from(forwarded))
                 .await
                 .map(drop);
             let raft = shoal_api::v1::raft_client::RaftClient::new(channel)

@@ -3,13 +3,17 @@
 //! enum is one this version knows, that a port fits in 16 bits.
 
 use crate::{
+    call::{ClusterCall, DataCall, ManagerCall, NetworkCall, ServiceCall},
     logs::{LogBatch, LogLine, LogsQuery, Stream},
     secret::{DataKind, Payload},
     service::{
-        ClientIp, ContainerStatus, EndpointMode, PortConfig, PortProtocol, PublishMode, TaskState,
-        TaskStatus,
+        ClientIp, ContainerStatus, EndpointMode, PortConfig, PortProtocol, PublishMode, TaskFilter,
+        TaskState, TaskStatus,
     },
-    swarm::{NodeDescription, NodeTlsInfo, Platform, Resources, Role},
+    swarm::{
+        Availability, NodeDescription, NodeTlsInfo, NodeUpdate, Platform, Resources, Role,
+        SwarmUpdateArgs,
+    },
     v1,
 };
 
@@ -146,6 +150,11 @@ wire_enum!(PublishMode as PublishMode, "publish mode" { Ingress => Ingress, Host
 wire_enum!(ClientIp as ClientIp, "client IP" { Snat => Snat, Preserve => Preserve });
 wire_enum!(EndpointMode as EndpointMode, "endpoint mode" { Vip => Vip, Dnsrr => Dnsrr });
 wire_enum!(DataKind as DataKind, "kind" { Secret => Secret, Config => Config });
+wire_enum!(Availability as Availability, "availability" {
+    Active => Active,
+    Pause => Pause,
+    Drain => Drain,
+});
 
 /// An Engine API document as the JSON a message carries it in.
 pub fn engine_json(value: &impl serde::Serialize) -> Vec<u8> {
@@ -434,6 +443,311 @@ impl TryFrom<v1::Payload> for Payload {
     }
 }
 
+impl From<SwarmUpdateArgs> for v1::SwarmUpdate {
+    fn from(args: SwarmUpdateArgs) -> Self {
+        Self {
+            dispatcher_heartbeat_s: args.dispatcher_heartbeat_s,
+            snapshot_interval: args.snapshot_interval,
+            cert_expiry_s: args.cert_expiry_s,
+            task_history_limit: args.task_history_limit,
+            autolock: args.autolock,
+            ca_force_rotate: args.ca_force_rotate,
+            version: args.version,
+        }
+    }
+}
+
+impl From<v1::SwarmUpdate> for SwarmUpdateArgs {
+    fn from(args: v1::SwarmUpdate) -> Self {
+        Self {
+            dispatcher_heartbeat_s: args.dispatcher_heartbeat_s,
+            snapshot_interval: args.snapshot_interval,
+            cert_expiry_s: args.cert_expiry_s,
+            task_history_limit: args.task_history_limit,
+            autolock: args.autolock,
+            ca_force_rotate: args.ca_force_rotate,
+            version: args.version,
+        }
+    }
+}
+
+/// `node update` of node `id`.
+fn node_update(id: String, update: NodeUpdate) -> v1::NodeUpdate {
+    v1::NodeUpdate {
+        id,
+        availability: update.availability.map(Into::into),
+        role: update.role.map(Into::into),
+        label_add: update.label_add.into_iter().collect(),
+        label_rm: update.label_rm,
+        version: update.version,
+    }
+}
+
+/// The node a `node update` is for, and the update.
+fn from_node_update(update: v1::NodeUpdate) -> Result<(String, NodeUpdate), WireError> {
+    const MESSAGE: &str = "node update";
+    let decoded = NodeUpdate {
+        availability: update
+            .availability
+            .map(|a| decode_enum(a, MESSAGE))
+            .transpose()?,
+        role: update.role.map(|r| decode_enum(r, MESSAGE)).transpose()?,
+        label_add: update.label_add.into_iter().collect(),
+        label_rm: update.label_rm,
+        version: update.version,
+    };
+    Ok((update.id, decoded))
+}
+
+const NOTHING: v1::NoArguments = v1::NoArguments {};
+
+impl From<ClusterCall> for v1::ClusterCall {
+    fn from(call: ClusterCall) -> Self {
+        use v1::cluster_call::Call as C;
+        let call = match call {
+            ClusterCall::Inspect => C::Inspect(NOTHING),
+            ClusterCall::Update(args) => C::Update(args.into()),
+            ClusterCall::Ca {
+                rotate,
+                cert_expiry_s,
+            } => C::Ca(v1::CaRotation {
+                rotate,
+                cert_expiry_s,
+            }),
+            ClusterCall::UnlockKey { rotate } => C::UnlockKey(v1::Rotation { rotate }),
+            ClusterCall::JoinToken { role, rotate } => C::JoinToken(v1::JoinTokenCall {
+                role: role.into(),
+                rotate,
+            }),
+            ClusterCall::NodeList => C::NodeList(NOTHING),
+            ClusterCall::Traffic => C::Traffic(NOTHING),
+            ClusterCall::NodeInspect { ids } => C::NodeInspect(v1::Ids { ids }),
+            ClusterCall::NodeUpdate { id, update } => C::NodeUpdate(node_update(id, update)),
+            ClusterCall::NodeRemove { ids, force } => C::NodeRemove(v1::NodeRemove { ids, force }),
+            ClusterCall::Put { name, data } => C::Put(v1::ConfigPut { name, data }),
+            ClusterCall::Get { name } => C::Get(v1::ConfigGet { name }),
+        };
+        Self { call: Some(call) }
+    }
+}
+
+impl TryFrom<v1::ClusterCall> for ClusterCall {
+    type Error = WireError;
+
+    fn try_from(call: v1::ClusterCall) -> Result<Self, WireError> {
+        use v1::cluster_call::Call as C;
+        Ok(match required(call.call, "cluster call", "call")? {
+            C::Inspect(_) => Self::Inspect,
+            C::Update(args) => Self::Update(args.into()),
+            C::Ca(ca) => Self::Ca {
+                rotate: ca.rotate,
+                cert_expiry_s: ca.cert_expiry_s,
+            },
+            C::UnlockKey(key) => Self::UnlockKey { rotate: key.rotate },
+            C::JoinToken(token) => Self::JoinToken {
+                role: decode_enum(token.role, "join-token call")?,
+                rotate: token.rotate,
+            },
+            C::NodeList(_) => Self::NodeList,
+            C::Traffic(_) => Self::Traffic,
+            C::NodeInspect(ids) => Self::NodeInspect { ids: ids.ids },
+            C::NodeUpdate(update) => {
+                let (id, update) = from_node_update(update)?;
+                Self::NodeUpdate { id, update }
+            }
+            C::NodeRemove(remove) => Self::NodeRemove {
+                ids: remove.ids,
+                force: remove.force,
+            },
+            C::Put(put) => Self::Put {
+                name: put.name,
+                data: put.data,
+            },
+            C::Get(get) => Self::Get { name: get.name },
+        })
+    }
+}
+
+impl From<ServiceCall> for v1::ServiceCall {
+    fn from(call: ServiceCall) -> Self {
+        use v1::service_call::Call as C;
+        let call = match call {
+            ServiceCall::Create(spec) => C::Create(engine_json(&spec)),
+            ServiceCall::List => C::List(NOTHING),
+            ServiceCall::Inspect { ids } => C::Inspect(v1::Ids { ids }),
+            ServiceCall::Scale { id, replicas } => C::Scale(v1::Scale { id, replicas }),
+            ServiceCall::Update { id, version, spec } => C::Update(v1::ServiceUpdate {
+                id,
+                version,
+                spec: engine_json(&spec),
+            }),
+            ServiceCall::Rollback { id, version } => C::Rollback(v1::Rollback { id, version }),
+            ServiceCall::Remove { ids } => C::Remove(v1::Ids { ids }),
+            ServiceCall::Tasks(filter) => C::Tasks(v1::TaskFilter {
+                services: filter.services,
+                nodes: filter.nodes,
+            }),
+        };
+        Self { call: Some(call) }
+    }
+}
+
+impl TryFrom<v1::ServiceCall> for ServiceCall {
+    type Error = WireError;
+
+    fn try_from(call: v1::ServiceCall) -> Result<Self, WireError> {
+        use v1::service_call::Call as C;
+        const MESSAGE: &str = "service call";
+        Ok(match required(call.call, MESSAGE, "call")? {
+            C::Create(spec) => Self::Create(Box::new(from_engine_json(
+                &spec,
+                MESSAGE,
+                "create",
+                "ServiceSpec",
+            )?)),
+            C::List(_) => Self::List,
+            C::Inspect(ids) => Self::Inspect { ids: ids.ids },
+            C::Scale(scale) => Self::Scale {
+                id: scale.id,
+                replicas: scale.replicas,
+            },
+            C::Update(update) => Self::Update {
+                id: update.id,
+                version: update.version,
+                spec: Box::new(from_engine_json(
+                    &update.spec,
+                    MESSAGE,
+                    "update's spec",
+                    "ServiceSpec",
+                )?),
+            },
+            C::Rollback(rollback) => Self::Rollback {
+                id: rollback.id,
+                version: rollback.version,
+            },
+            C::Remove(ids) => Self::Remove { ids: ids.ids },
+            C::Tasks(filter) => Self::Tasks(TaskFilter {
+                services: filter.services,
+                nodes: filter.nodes,
+            }),
+        })
+    }
+}
+
+impl From<NetworkCall> for v1::NetworkCall {
+    fn from(call: NetworkCall) -> Self {
+        use v1::network_call::Call as C;
+        let call = match call {
+            NetworkCall::Create(spec) => C::Create(engine_json(&spec)),
+            NetworkCall::List => C::List(NOTHING),
+            NetworkCall::Inspect { ids } => C::Inspect(v1::Ids { ids }),
+            NetworkCall::Remove { ids } => C::Remove(v1::Ids { ids }),
+        };
+        Self { call: Some(call) }
+    }
+}
+
+impl TryFrom<v1::NetworkCall> for NetworkCall {
+    type Error = WireError;
+
+    fn try_from(call: v1::NetworkCall) -> Result<Self, WireError> {
+        use v1::network_call::Call as C;
+        const MESSAGE: &str = "network call";
+        Ok(match required(call.call, MESSAGE, "call")? {
+            C::Create(spec) => Self::Create(from_engine_json(
+                &spec,
+                MESSAGE,
+                "create",
+                "NetworkCreateRequest",
+            )?),
+            C::List(_) => Self::List,
+            C::Inspect(ids) => Self::Inspect { ids: ids.ids },
+            C::Remove(ids) => Self::Remove { ids: ids.ids },
+        })
+    }
+}
+
+impl From<DataCall> for v1::DataCall {
+    fn from(call: DataCall) -> Self {
+        use v1::data_call::Call as C;
+        let (kind, call) = match call {
+            DataCall::Create { kind, spec } => (kind, C::Create(engine_json(&spec))),
+            DataCall::List { kind } => (kind, C::List(NOTHING)),
+            DataCall::Inspect { kind, ids } => (kind, C::Inspect(v1::Ids { ids })),
+            DataCall::Update {
+                kind,
+                id,
+                version,
+                spec,
+            } => (
+                kind,
+                C::Update(v1::DataUpdate {
+                    id,
+                    version,
+                    spec: engine_json(&spec),
+                }),
+            ),
+            DataCall::Remove { kind, ids } => (kind, C::Remove(v1::Ids { ids })),
+        };
+        Self {
+            kind: kind.into(),
+            call: Some(call),
+        }
+    }
+}
+
+impl TryFrom<v1::DataCall> for DataCall {
+    type Error = WireError;
+
+    fn try_from(call: v1::DataCall) -> Result<Self, WireError> {
+        use v1::data_call::Call as C;
+        const MESSAGE: &str = "secret or config call";
+        let kind = decode_enum(call.kind, MESSAGE)?;
+        let spec =
+            |json: &[u8], field| from_engine_json(json, MESSAGE, field, "SecretSpec or ConfigSpec");
+        Ok(match required(call.call, MESSAGE, "call")? {
+            C::Create(json) => Self::Create {
+                kind,
+                spec: spec(&json, "create")?,
+            },
+            C::List(_) => Self::List { kind },
+            C::Inspect(ids) => Self::Inspect { kind, ids: ids.ids },
+            C::Update(update) => Self::Update {
+                kind,
+                id: update.id,
+                version: update.version,
+                spec: spec(&update.spec, "update's spec")?,
+            },
+            C::Remove(ids) => Self::Remove { kind, ids: ids.ids },
+        })
+    }
+}
+
+impl From<ManagerCall> for v1::user_call::Call {
+    fn from(call: ManagerCall) -> Self {
+        match call {
+            ManagerCall::Cluster(call) => Self::Cluster(call.into()),
+            ManagerCall::Service(call) => Self::Service(call.into()),
+            ManagerCall::Network(call) => Self::Network(call.into()),
+            ManagerCall::Data(call) => Self::Data(call.into()),
+        }
+    }
+}
+
+impl TryFrom<v1::user_call::Call> for ManagerCall {
+    type Error = WireError;
+
+    fn try_from(call: v1::user_call::Call) -> Result<Self, WireError> {
+        use v1::user_call::Call as C;
+        Ok(match call {
+            C::Cluster(call) => Self::Cluster(call.try_into()?),
+            C::Service(call) => Self::Service(call.try_into()?),
+            C::Network(call) => Self::Network(call.try_into()?),
+            C::Data(call) => Self::Data(call.try_into()?),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -517,6 +831,151 @@ mod tests {
             since: None,
         };
         assert_eq!(LogsQuery::from(v1::LogsQuery::from(query.clone())), query);
+    }
+
+    /// Every call a manager forwards survives the trip, field for field.
+    #[test]
+    fn every_manager_call_round_trips() {
+        use crate::{
+            call::{ClusterCall, DataCall, ManagerCall, NetworkCall, ServiceCall},
+            secret::DataSpec,
+            service::{NetworkSpec, ServiceSpec, TaskFilter},
+            swarm::{Availability, NodeUpdate, SwarmUpdateArgs},
+        };
+        let spec = || {
+            Box::new(ServiceSpec {
+                name: "web".into(),
+                ..ServiceSpec::default()
+            })
+        };
+        let data = DataSpec {
+            name: "key".into(),
+            data: Some("aGVsbG8=".into()),
+            ..DataSpec::default()
+        };
+        let ids = || vec!["a".to_owned(), "b".to_owned()];
+        let calls: Vec<ManagerCall> = vec![
+            ClusterCall::Inspect.into(),
+            ClusterCall::Update(SwarmUpdateArgs {
+                dispatcher_heartbeat_s: Some(5),
+                snapshot_interval: None,
+                cert_expiry_s: Some(3600),
+                task_history_limit: Some(2),
+                autolock: Some(false),
+                ca_force_rotate: Some(1),
+                version: Some(9),
+            })
+            .into(),
+            ClusterCall::Ca {
+                rotate: true,
+                cert_expiry_s: Some(60),
+            }
+            .into(),
+            ClusterCall::UnlockKey { rotate: true }.into(),
+            ClusterCall::JoinToken {
+                role: Role::Manager,
+                rotate: false,
+            }
+            .into(),
+            ClusterCall::NodeList.into(),
+            ClusterCall::Traffic.into(),
+            ClusterCall::NodeInspect { ids: ids() }.into(),
+            ClusterCall::NodeUpdate {
+                id: "n1".into(),
+                update: NodeUpdate {
+                    availability: Some(Availability::Drain),
+                    role: Some(Role::Worker),
+                    label_add: [("zone".to_owned(), "a".to_owned())].into(),
+                    label_rm: vec!["old".into()],
+                    version: Some(3),
+                },
+            }
+            .into(),
+            ClusterCall::NodeRemove {
+                ids: ids(),
+                force: true,
+            }
+            .into(),
+            ClusterCall::Put {
+                name: "k".into(),
+                data: "v".into(),
+            }
+            .into(),
+            ClusterCall::Get { name: "k".into() }.into(),
+            ServiceCall::Create(spec()).into(),
+            ServiceCall::List.into(),
+            ServiceCall::Inspect { ids: ids() }.into(),
+            ServiceCall::Scale {
+                id: "web".into(),
+                replicas: 3,
+            }
+            .into(),
+            ServiceCall::Update {
+                id: "web".into(),
+                version: 4,
+                spec: spec(),
+            }
+            .into(),
+            ServiceCall::Rollback {
+                id: "web".into(),
+                version: Some(5),
+            }
+            .into(),
+            ServiceCall::Remove { ids: ids() }.into(),
+            ServiceCall::Tasks(TaskFilter {
+                services: vec!["web".into()],
+                nodes: vec!["n1".into()],
+            })
+            .into(),
+            NetworkCall::Create(NetworkSpec {
+                name: "front".into(),
+                ..NetworkSpec::default()
+            })
+            .into(),
+            NetworkCall::List.into(),
+            NetworkCall::Inspect { ids: ids() }.into(),
+            NetworkCall::Remove { ids: ids() }.into(),
+            DataCall::Create {
+                kind: DataKind::Secret,
+                spec: data.clone(),
+            }
+            .into(),
+            DataCall::List {
+                kind: DataKind::Config,
+            }
+            .into(),
+            DataCall::Inspect {
+                kind: DataKind::Secret,
+                ids: ids(),
+            }
+            .into(),
+            DataCall::Update {
+                kind: DataKind::Config,
+                id: "c".into(),
+                version: 2,
+                spec: data,
+            }
+            .into(),
+            DataCall::Remove {
+                kind: DataKind::Secret,
+                ids: ids(),
+            }
+            .into(),
+        ];
+        assert_eq!(calls.len(), 29);
+        for call in calls {
+            let back = ManagerCall::try_from(v1::user_call::Call::from(call.clone()));
+            assert_eq!(back, Ok(call));
+        }
+        let e = ServiceCall::try_from(v1::ServiceCall {
+            call: Some(v1::service_call::Call::Create(b"{".to_vec())),
+        })
+        .expect_err("not a spec");
+        assert!(
+            e.to_string()
+                .starts_with("the service call's create is not a ServiceSpec of the Engine API"),
+            "{e}"
+        );
     }
 
     /// What a receiver cannot act on is refused with the field's name.

@@ -66,7 +66,7 @@ pub fn genesis(args: GenesisArgs) -> Result<Genesis, CaError> {
         &csr,
         &NodeIdentity {
             node_id: node_id.clone(),
-            role: ca::Role::Manager,
+            role: Role::Manager,
             cluster_id: cluster_id.clone(),
         },
         validity,

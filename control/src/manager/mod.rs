@@ -41,9 +41,7 @@ use shoal_api::{
     logs::{LogBatch, LogsQuery},
     reason::Reason,
     swarm::NO_LEADER,
-    v1::{
-        self, Frame, ca_server, control_client::ControlClient, control_server, dispatcher_server,
-    },
+    v1::{self, ca_server, control_client::ControlClient, control_server, dispatcher_server},
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, transport::Channel};
@@ -469,16 +467,13 @@ impl Manager {
             return Err(Reason::NoLeader.status(NO_LEADER));
         }
         let mut client = self.client(&addr)?;
-        let json = serde_json::to_vec(&Forwarded {
+        let mut request = Request::new(v1::Forwarded::from(Forwarded {
             hops: forwarded.hops + 1,
             ..forwarded
-        })
-        .map_err(|e| Status::internal(e.to_string()))?;
-        let mut request = Request::new(Frame { json });
+        }));
         request.set_timeout(FORWARD_TIMEOUT);
         match tokio::time::timeout(FORWARD_TIMEOUT, client.call(request)).await {
-            Ok(Ok(reply)) => serde_json::from_slice(&reply.into_inner().json)
-                .map_err(|e| Status::internal(format!("decoding the leader's answer: {e}"))),
+            Ok(Ok(reply)) => wire::answer_value(reply.into_inner()),
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 if Reason::of(&status) == Some(Reason::NoLeader) {
                     return Err(status);
@@ -660,11 +655,6 @@ fn peer<T>(request: &Request<T>) -> (Option<NodeIdentity>, String) {
     )
 }
 
-fn decode<T: serde::de::DeserializeOwned>(request: Request<Frame>) -> Result<T, Status> {
-    serde_json::from_slice(&request.into_inner().json)
-        .map_err(|e| Status::invalid_argument(format!("decoding the request: {e}")))
-}
-
 /// The leader's answer (JSON while `Control.Call` carries it) as the typed message `M` of
 /// the call's service.
 fn typed<T: serde::de::DeserializeOwned, M: From<T>>(
@@ -675,19 +665,15 @@ fn typed<T: serde::de::DeserializeOwned, M: From<T>>(
     Ok(Response::new(answer.into()))
 }
 
-fn reply(value: Result<Value, Status>) -> Result<Response<Frame>, Status> {
-    let value = value?;
-    serde_json::to_vec(&value)
-        .map(|json| Response::new(Frame { json }))
-        .map_err(|e| Status::internal(e.to_string()))
-}
-
 #[tonic::async_trait]
 impl control_server::Control for Services {
-    async fn call(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+    async fn call(
+        &self,
+        request: Request<v1::Forwarded>,
+    ) -> Result<Response<v1::CallAnswer>, Status> {
         require_manager(&request)?;
         let (identity, from) = peer(&request);
-        let mut forwarded: Forwarded = decode(request)?;
+        let mut forwarded = Forwarded::try_from(request.into_inner()).map_err(wire::refused)?;
         if forwarded.hops == 0 {
             // Called directly, not forwarded: the caller is whoever holds the certificate.
             forwarded.caller = identity;
@@ -696,7 +682,8 @@ impl control_server::Control for Services {
             // A caller named in the body is believed only from a manager that still is one.
             ops::require_current_manager(&self.manager.inner, forwarder)?;
         }
-        reply(self.manager.route(forwarded).await)
+        let answer = self.manager.route(forwarded).await?;
+        Ok(Response::new(wire::call_answer(&answer)))
     }
 
     type LogsStream = Answers<v1::LogBatch>;

@@ -223,7 +223,7 @@ async fn update_cluster_at(
 
 fn require_manager(caller: &Option<NodeIdentity>) -> Result<&NodeIdentity, Status> {
     match caller {
-        Some(identity) if identity.role == ca::Role::Manager => Ok(identity),
+        Some(identity) if identity.role == Role::Manager => Ok(identity),
         Some(_) => Err(Status::permission_denied(shoal_api::swarm::NOT_A_MANAGER)),
         None => Err(Status::unauthenticated("a manager certificate is required")),
     }
@@ -326,7 +326,7 @@ fn sign(inner: &Inner, csr: &str, node_id: &str, role: Role) -> Result<String, S
             csr,
             &NodeIdentity {
                 node_id: node_id.to_owned(),
-                role: role.into(),
+                role,
                 cluster_id: object.id,
             },
             ca::node_validity(record.cluster.spec.ca_config.node_cert_expiry),

@@ -1,6 +1,7 @@
 //! The managers' messages that are typed on the wire, as their `v1` protobuf messages and back:
 //! the CA's join and renewal, the dispatcher's heartbeat and task reports ([`super::protocol`]),
-//! a node's assignment ([`crate::dispatcher`]) and a node's log session ([`super::logs`]). The API's own types convert in
+//! a node's assignment ([`crate::dispatcher`]), a node's log session ([`super::logs`]), and what
+//! a manager forwards to the leader ([`Forwarded`]). The API's own types convert in
 //! [`shoal_api::proto`]; this adds the envelopes.
 
 use shoal_api::{
@@ -16,9 +17,11 @@ use super::{
     },
     logs::{FromNode, ToNode},
     protocol::{
-        Heartbeat, HeartbeatReply, JoinReply, JoinRequest, MeshCounters, RenewReply, StatusReport,
+        Forwarded, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, MeshCounters, Op, RenewReply,
+        StatusReport,
     },
 };
+use crate::ca::NodeIdentity;
 
 /// A request that does not decode: the caller's error.
 pub fn refused(e: WireError) -> Status {
@@ -28,6 +31,19 @@ pub fn refused(e: WireError) -> Status {
 /// A manager's answer that does not decode.
 pub fn unreadable(e: WireError) -> Status {
     Status::internal(format!("decoding the manager's answer: {e}"))
+}
+
+/// A call's answer as it travels.
+pub fn call_answer(answer: &serde_json::Value) -> v1::CallAnswer {
+    v1::CallAnswer {
+        json: proto::engine_json(answer),
+    }
+}
+
+/// A call's answer as it came back.
+pub fn answer_value(answer: v1::CallAnswer) -> Result<serde_json::Value, Status> {
+    serde_json::from_slice(&answer.json)
+        .map_err(|e| Status::internal(format!("decoding the leader's answer: {e}")))
 }
 
 impl From<JoinRequest> for v1::JoinRequest {
@@ -421,6 +437,91 @@ impl TryFrom<v1::Assignment> for Assignment {
     }
 }
 
+impl From<NodeIdentity> for v1::NodeIdentity {
+    fn from(identity: NodeIdentity) -> Self {
+        Self {
+            node_id: identity.node_id,
+            role: identity.role.into(),
+            cluster_id: identity.cluster_id,
+        }
+    }
+}
+
+impl TryFrom<v1::NodeIdentity> for NodeIdentity {
+    type Error = WireError;
+
+    fn try_from(identity: v1::NodeIdentity) -> Result<Self, WireError> {
+        Ok(Self {
+            node_id: identity.node_id,
+            role: proto::decode_enum(identity.role, "caller")?,
+            cluster_id: identity.cluster_id,
+        })
+    }
+}
+
+impl From<Op> for v1::forwarded::Op {
+    fn from(op: Op) -> Self {
+        match op {
+            Op::User { call, node_id } => Self::User(v1::UserCall {
+                node_id,
+                call: Some(call.into()),
+            }),
+            Op::Join(join) => Self::Join(join.into()),
+            Op::Renew { csr } => Self::Renew(v1::RenewRequest { csr }),
+            Op::Heartbeat(heartbeat) => Self::Heartbeat(heartbeat.into()),
+            Op::Report(report) => Self::Report(report.into()),
+            Op::AddManager { raft_id, addr } => Self::AddManager(v1::AddManager { raft_id, addr }),
+        }
+    }
+}
+
+impl TryFrom<v1::forwarded::Op> for Op {
+    type Error = WireError;
+
+    fn try_from(op: v1::forwarded::Op) -> Result<Self, WireError> {
+        use v1::forwarded::Op as W;
+        Ok(match op {
+            W::User(user) => Op::User {
+                call: required(user.call, "user call", "call")?.try_into()?,
+                node_id: user.node_id,
+            },
+            W::Join(join) => Op::Join(join.try_into()?),
+            W::Renew(renew) => Op::Renew { csr: renew.csr },
+            W::Heartbeat(heartbeat) => Op::Heartbeat(heartbeat.try_into()?),
+            W::Report(report) => Op::Report(report.try_into()?),
+            W::AddManager(add) => Op::AddManager {
+                raft_id: add.raft_id,
+                addr: add.addr,
+            },
+        })
+    }
+}
+
+impl From<Forwarded> for v1::Forwarded {
+    fn from(forwarded: Forwarded) -> Self {
+        Self {
+            op: Some(forwarded.op.into()),
+            caller: forwarded.caller.map(Into::into),
+            from: forwarded.from,
+            hops: forwarded.hops.into(),
+        }
+    }
+}
+
+impl TryFrom<v1::Forwarded> for Forwarded {
+    type Error = WireError;
+
+    fn try_from(forwarded: v1::Forwarded) -> Result<Self, WireError> {
+        Ok(Self {
+            op: required(forwarded.op, "forwarded call", "op")?.try_into()?,
+            caller: forwarded.caller.map(TryInto::try_into).transpose()?,
+            from: forwarded.from,
+            // A count this large is a loop; the manager refuses it past two.
+            hops: u8::try_from(forwarded.hops).unwrap_or(u8::MAX),
+        })
+    }
+}
+
 impl From<ToNode> for v1::NodeLogRequest {
     fn from(ask: ToNode) -> Self {
         let ask = match ask {
@@ -648,6 +749,48 @@ mod tests {
                 .starts_with("the assignment's tasks is not a Task of the Engine API: "),
             "{e}"
         );
+    }
+
+    /// A forwarded call keeps its operation, caller, address and hop count; one without an
+    /// operation is refused.
+    #[test]
+    fn forwarded_calls_round_trip() {
+        use shoal_api::call::ServiceCall;
+        let ops = [
+            Op::User {
+                call: ServiceCall::Scale {
+                    id: "web".into(),
+                    replicas: 3,
+                }
+                .into(),
+                node_id: "m1".into(),
+            },
+            Op::Renew { csr: "csr".into() },
+            Op::AddManager {
+                raft_id: 7,
+                addr: "10.0.0.2:2377".into(),
+            },
+            Op::Report(StatusReport::default()),
+        ];
+        for op in ops {
+            let forwarded = Forwarded {
+                op,
+                caller: Some(NodeIdentity {
+                    node_id: "n2".into(),
+                    role: Role::Manager,
+                    cluster_id: "cluster".into(),
+                }),
+                from: "10.0.0.2".into(),
+                hops: 1,
+            };
+            let back = Forwarded::try_from(v1::Forwarded::from(forwarded.clone()));
+            assert_eq!(
+                serde_json::to_value(back.expect("decodes")).ok(),
+                serde_json::to_value(forwarded).ok()
+            );
+        }
+        let e = Forwarded::try_from(v1::Forwarded::default()).expect_err("no op");
+        assert_eq!(e.to_string(), "the forwarded call has no op");
     }
 
     /// A log session's messages survive the trip; a request that asks nothing is refused.

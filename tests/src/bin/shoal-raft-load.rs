@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shoal_api::v1::{Frame, control_client::ControlClient};
+use shoal_api::v1::control_client::ControlClient;
 use shoal_control::{
     manager::protocol::{Forwarded, Op},
     tls::{self, Credentials},
@@ -86,9 +86,8 @@ impl Target {
                     from: String::new(),
                     hops: 0,
                 };
-                let json = serde_json::to_vec(&forwarded).map_err(|e| e.to_string())?;
                 client
-                    .call(Frame { json })
+                    .call(shoal_api::v1::Forwarded::from(forwarded))
                     .await
                     .map(drop)
                     .map_err(|s| s.message().to_owned())
