@@ -209,10 +209,24 @@ impl PeerClient {
         message: v1::AppendEntriesRequest,
         option: &RPCOption,
     ) -> Result<v1::AppendEntriesReply, CallError<E>> {
+        let closed = |addr: &str| {
+            let failed = Failed(format!("{addr}: the stream of appends closed"));
+            RPCError::Unreachable(Unreachable::new(&failed))
+        };
         let appends = match &mut self.appends {
-            Some(appends) => appends,
+            Some(appends) => {
+                if appends.requests.send(message).await.is_err() {
+                    return Err(closed(&self.addr));
+                }
+                appends
+            }
             None => {
+                // The first message is queued before the stream opens, so it leaves with the
+                // stream's headers: opening costs no round trip of its own.
                 let (requests, outgoing) = mpsc::channel(1);
+                if requests.try_send(message).is_err() {
+                    return Err(closed(&self.addr));
+                }
                 let mut client = self.connect(option)?;
                 let replies = client
                     .append_entries_stream(ReceiverStream::new(outgoing))
@@ -222,16 +236,9 @@ impl PeerClient {
                 self.appends.insert(Appends { requests, replies })
             }
         };
-        let closed = || {
-            let failed = Failed(format!("{}: the stream of appends closed", self.addr));
-            RPCError::Unreachable(Unreachable::new(&failed))
-        };
-        if appends.requests.send(message).await.is_err() {
-            return Err(closed());
-        }
         match appends.replies.message().await {
             Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err(closed()),
+            Ok(None) => Err(closed(&self.addr)),
             Err(status) => Err(refused_by(&self.addr, &status)),
         }
     }
