@@ -92,18 +92,18 @@ impl Records {
         let mut records = Records::default();
         for service in services {
             for on in &service.networks {
-                let names = records.networks.entry(on.network.clone()).or_default();
+                let names = records.networks.entry(on.network_id.clone()).or_default();
                 let tasks: Vec<(&str, Ipv4Addr, String)> = service
                     .tasks
                     .iter()
-                    .filter(|t| t.network == on.network)
+                    .filter(|t| t.network_id == on.network_id)
                     .filter_map(|t| {
                         let ip = t.ip.parse().ok()?;
                         let middle = match t.slot {
-                            0 => t.node.clone(),
+                            0 => t.node_id.clone(),
                             slot => slot.to_string(),
                         };
-                        Some((t.task.as_str(), ip, middle))
+                        Some((t.task_id.as_str(), ip, middle))
                     })
                     .collect();
                 let vip: Option<Ipv4Addr> = on.vip.as_deref().and_then(|v| v.parse().ok());
@@ -693,10 +693,10 @@ mod tests {
 
     fn task(task: &str, slot: u64, network: &str, ip: &str) -> ReachableTask {
         ReachableTask {
-            task: task.into(),
+            task_id: task.into(),
             slot,
-            node: "node1".into(),
-            network: network.into(),
+            node_id: "node1".into(),
+            network_id: network.into(),
             ip: ip.into(),
         }
     }
@@ -708,7 +708,7 @@ mod tests {
                 name: "api".into(),
                 endpoint_mode: EndpointMode::Vip,
                 networks: vec![ServiceOnNetwork {
-                    network: "app".into(),
+                    network_id: "app".into(),
                     vip: Some("10.0.1.2".into()),
                     aliases: vec!["backend".into()],
                 }],
@@ -722,7 +722,7 @@ mod tests {
                 name: "rr".into(),
                 endpoint_mode: EndpointMode::Dnsrr,
                 networks: vec![ServiceOnNetwork {
-                    network: "app".into(),
+                    network_id: "app".into(),
                     vip: None,
                     aliases: vec![],
                 }],
@@ -736,7 +736,7 @@ mod tests {
                 name: "db".into(),
                 endpoint_mode: EndpointMode::Vip,
                 networks: vec![ServiceOnNetwork {
-                    network: "data".into(),
+                    network_id: "data".into(),
                     vip: Some("10.0.2.2".into()),
                     aliases: vec![],
                 }],

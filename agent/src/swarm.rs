@@ -26,9 +26,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_api::{
     proto::WireError,
+    service::Resources,
     swarm::{
         ALREADY_IN_SWARM, InitArgs, JoinArgs, LocalSwarm, NOT_A_MANAGER, NOT_IN_SWARM,
-        NodeDescription, NodeTlsInfo, Platform, Resources, Role,
+        NodeDescription, NodeTlsInfo, Platform, Role,
     },
     v1::{
         self, ca_client::CaClient, control_client::ControlClient,
@@ -291,6 +292,7 @@ impl SwarmNode {
             resources: Resources {
                 nano_cpus: u64::from(self.facts.ncpu) * 1_000_000_000,
                 memory_bytes: self.facts.mem_total,
+                pids: 0,
             },
             data_path_addr: data_path_addr.to_string(),
             data_path_port,

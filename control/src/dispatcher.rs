@@ -10,14 +10,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
 use shoal_api::service::{EndpointMode, Network, PortConfig, PublishMode, Task, TaskState};
 use shoal_api::swarm::NodeState;
+/// The parts of an assignment that are plain fields are used as `cluster.proto` declares them:
+/// an address on another node, that node, a task the mesh balances to, a reachable service on
+/// one network and its running tasks there.
+pub use shoal_api::v1::{MeshBackend, PeerNode, ReachableTask, RemoteEndpoint, ServiceOnNetwork};
 
 use crate::orchestrator::{World, address_of};
 
 /// A node's assignment.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Assignment {
     /// The store index it was computed at.
     pub index: u64,
@@ -39,17 +42,15 @@ pub struct Assignment {
     pub mesh: Vec<MeshService>,
     /// The services its tasks can reach by name: those on a network (ingress aside) one of its
     /// tasks is on, with their VIPs, aliases and running tasks on those networks only.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ReachableService>,
     /// The data of the secrets and configs its tasks refer to (filled in by the manager from
     /// the store; nothing else of the store's secrets reaches the node).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub payloads: Vec<shoal_api::secret::Payload>,
 }
 
 /// A service the node's tasks share a network with, as its tasks see it there: the data of
 /// service discovery (names) and service load balancing (VIPs and backends).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReachableService {
     /// Its ID.
     pub id: String,
@@ -63,79 +64,15 @@ pub struct ReachableService {
     pub tasks: Vec<ReachableTask>,
 }
 
-/// A service on one network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceOnNetwork {
-    /// The network's ID.
-    pub network: String,
-    /// The service's VIP on it (no prefix length), in `vip` mode.
-    pub vip: Option<String>,
-    /// `--network name=N,alias=A`.
-    pub aliases: Vec<String>,
-}
-
-/// A running task of a reachable service, on one network.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ReachableTask {
-    /// The task's ID.
-    pub task: String,
-    /// Its slot (0 for global services).
-    pub slot: u64,
-    /// The node it runs on (a global task's name has it in place of a slot).
-    #[serde(default)]
-    pub node: String,
-    /// The network's ID.
-    pub network: String,
-    /// Its address there (no prefix length).
-    pub ip: String,
-}
-
-/// An address on another node.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct RemoteEndpoint {
-    /// The network's ID.
-    pub network: String,
-    /// The address.
-    pub ip: String,
-    /// The node's ID.
-    pub node: String,
-}
-
-/// Another node.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PeerNode {
-    /// Its ID.
-    pub node: String,
-    /// Its data-path address.
-    pub data_path_addr: String,
-    /// Its WireGuard public key (base64), if it has one.
-    pub public_key: Option<String>,
-}
-
 /// A service with published ports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshService {
     /// Its name.
     pub name: String,
     /// Its published ports.
     pub ports: Vec<PortConfig>,
     /// Its running tasks' ingress addresses, by task ID.
-    pub backends: Vec<Backend>,
-}
-
-/// A task the mesh balances to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Backend {
-    /// The task's ID.
-    pub task: String,
-    /// Its node.
-    pub node: String,
-    /// Its address on the ingress network.
-    pub ip: String,
-    /// Told to stop but still running: no new connection goes to it, the ones it has stay
-    /// with it until it ends (Cilium's terminating backends).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub draining: bool,
+    pub backends: Vec<MeshBackend>,
 }
 
 /// Whether a task's node should still hold it: the tasks the node is told about.
@@ -249,9 +186,9 @@ fn remote_endpoints(
                 for addr in &a.addresses {
                     if let Some(ip) = address_of(addr) {
                         endpoints.insert(RemoteEndpoint {
-                            network: a.network_id.clone(),
+                            network_id: a.network_id.clone(),
                             ip: ip.to_string(),
-                            node: task.node_id.clone(),
+                            node_id: task.node_id.clone(),
                         });
                     }
                 }
@@ -268,9 +205,9 @@ fn remote_endpoints(
                 for addr in &a.addresses {
                     if let Some(ip) = address_of(addr) {
                         endpoints.insert(RemoteEndpoint {
-                            network: ingress.to_owned(),
+                            network_id: ingress.to_owned(),
                             ip: ip.to_string(),
-                            node: node.id.clone(),
+                            node_id: node.id.clone(),
                         });
                     }
                 }
@@ -282,12 +219,12 @@ fn remote_endpoints(
 
 /// The nodes `endpoints` are on, with their data-path addresses and WireGuard public keys.
 fn peer_nodes(world: &World, endpoints: &BTreeSet<RemoteEndpoint>) -> Vec<PeerNode> {
-    let peer_ids: BTreeSet<&String> = endpoints.iter().map(|e| &e.node).collect();
+    let peer_ids: BTreeSet<&String> = endpoints.iter().map(|e| &e.node_id).collect();
     peer_ids
         .into_iter()
         .filter_map(|id| world.nodes.get(id))
         .map(|n| PeerNode {
-            node: n.value.id.clone(),
+            node_id: n.value.id.clone(),
             data_path_addr: n.value.description.data_path_addr.clone(),
             public_key: Some(n.value.description.wireguard_public_key.clone())
                 .filter(|k| !k.is_empty()),
@@ -326,8 +263,8 @@ fn mesh_services(world: &World, tasks: &[Task], ingress: &str) -> Vec<MeshServic
 }
 
 /// The tasks serving (or draining) with an address on `ingress`, by service ID.
-fn mesh_backends<'a>(world: &'a World, ingress: &str) -> BTreeMap<&'a str, Vec<Backend>> {
-    let mut backends: BTreeMap<&str, Vec<Backend>> = BTreeMap::new();
+fn mesh_backends<'a>(world: &'a World, ingress: &str) -> BTreeMap<&'a str, Vec<MeshBackend>> {
+    let mut backends: BTreeMap<&str, Vec<MeshBackend>> = BTreeMap::new();
     for task in world.tasks.values().map(|t| &t.value) {
         let draining = draining(world, task);
         if !serving(world, task) && !draining {
@@ -340,12 +277,15 @@ fn mesh_backends<'a>(world: &'a World, ingress: &str) -> BTreeMap<&'a str, Vec<B
             .and_then(|a| a.addresses.first())
             .and_then(|a| address_of(a))
         {
-            backends.entry(&task.service_id).or_default().push(Backend {
-                task: task.id.clone(),
-                node: task.node_id.clone(),
-                ip: ip.to_string(),
-                draining,
-            });
+            backends
+                .entry(&task.service_id)
+                .or_default()
+                .push(MeshBackend {
+                    task_id: task.id.clone(),
+                    node_id: task.node_id.clone(),
+                    ip: ip.to_string(),
+                    draining,
+                });
         }
     }
     backends
@@ -368,7 +308,7 @@ fn reachable_services(
             .iter()
             .filter(|n| shared(&n.target))
             .map(|n| ServiceOnNetwork {
-                network: n.target.clone(),
+                network_id: n.target.clone(),
                 vip: service
                     .endpoint
                     .virtual_ips
@@ -390,13 +330,13 @@ fn reachable_services(
             .flat_map(|t| {
                 t.networks_attachments
                     .iter()
-                    .filter(|a| on.iter().any(|n| n.network == a.network_id))
+                    .filter(|a| on.iter().any(|n| n.network_id == a.network_id))
                     .filter_map(|a| {
                         Some(ReachableTask {
-                            task: t.id.clone(),
+                            task_id: t.id.clone(),
                             slot: t.slot,
-                            node: t.node_id.clone(),
-                            network: a.network_id.clone(),
+                            node_id: t.node_id.clone(),
+                            network_id: a.network_id.clone(),
                             ip: address_of(a.addresses.first()?)?.to_string(),
                         })
                     })
@@ -560,17 +500,17 @@ mod tests {
         );
         let nets: Vec<&str> = a.networks.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(nets, ["front", "ingress"], "not the db's network");
-        assert!(a.endpoints.iter().all(|e| e.network != "secret"));
+        assert!(a.endpoints.iter().all(|e| e.network_id != "secret"));
         assert!(a.endpoints.contains(&RemoteEndpoint {
-            network: "front".into(),
+            network_id: "front".into(),
             ip: "10.1.0.3".into(),
-            node: "b".into()
+            node_id: "b".into()
         }));
         // c is a peer only for its ingress address (the mesh's way back), never for the db.
         assert!(a.endpoints.contains(&RemoteEndpoint {
-            network: "ingress".into(),
+            network_id: "ingress".into(),
             ip: "10.0.0.4".into(),
-            node: "c".into()
+            node_id: "c".into()
         }));
         assert_eq!(a.ingress_addr.as_deref(), Some("10.0.0.2/24"));
         assert_eq!(a.mesh.len(), 1, "only published services");
@@ -583,7 +523,7 @@ mod tests {
         assert_eq!(
             web.networks,
             [ServiceOnNetwork {
-                network: "front".into(),
+                network_id: "front".into(),
                 vip: Some("10.1.0.100".into()),
                 aliases: vec!["www".into()],
             }]
@@ -598,10 +538,10 @@ mod tests {
         let draining: Vec<(&str, bool)> = a.mesh[0]
             .backends
             .iter()
-            .map(|b| (b.task.as_str(), b.draining))
+            .map(|b| (b.task_id.as_str(), b.draining))
             .collect();
         assert_eq!(draining, [("w1", false), ("w2", true)]);
-        assert!(a.endpoints.iter().any(|e| e.node == "b"));
+        assert!(a.endpoints.iter().any(|e| e.node_id == "b"));
         assert_eq!(a.services[0].tasks.len(), 1, "{:?}", a.services[0].tasks);
         w.tasks.get_mut("w2").unwrap().value.desired_state = TaskState::Running;
 
@@ -609,8 +549,8 @@ mod tests {
         w.nodes.get_mut("b").unwrap().value.status.state = NodeState::Down;
         let a = assignment(&w, 8, "a", 4789);
         assert_eq!(a.mesh[0].backends.len(), 1);
-        assert!(a.endpoints.iter().all(|e| e.node != "b"));
-        assert!(a.peers.iter().all(|p| p.node != "b"));
+        assert!(a.endpoints.iter().all(|e| e.node_id != "b"));
+        assert!(a.peers.iter().all(|p| p.node_id != "b"));
         assert_eq!(
             a.services[0].tasks.len(),
             1,

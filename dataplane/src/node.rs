@@ -23,7 +23,7 @@ use crate::mesh::{
 use crate::overlay::keys::Key;
 use crate::overlay::layout::{AttachSpec, Layout, NetDevice, NetLayout, Tunnel, WayOutLayout};
 use crate::overlay::model::{
-    Attachment, DataPath, MIN_MTU, NetFacts, OverlayNetwork, Peer, RemoteEndpoint, VXLAN_OVERHEAD,
+    Attachment, DataPath, MIN_MTU, NetFacts, OverlayEndpoint, OverlayNetwork, Peer, VXLAN_OVERHEAD,
     WAY_OUT_BRIDGE, WIREGUARD_OVERHEAD, WayOut, WgConfig, WgPeer, WireGuard, check_task_side,
     parse_ipv4, parse_key, parse_mac, valid_id,
 };
@@ -49,7 +49,7 @@ pub struct DesiredState {
     pub attachments: Vec<Attachment>,
     /// Tasks on other nodes this node must be able to reach.
     #[serde(default)]
-    pub endpoints: Vec<RemoteEndpoint>,
+    pub endpoints: Vec<OverlayEndpoint>,
     /// The other nodes.
     #[serde(default)]
     pub peers: Vec<Peer>,

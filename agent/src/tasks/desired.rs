@@ -9,7 +9,7 @@
 //! - this node's attached tasks → [`Attachment`]s on the networks present here, and their way
 //!   out ([`WayOut`]) in a subnet no route and no overlay overlaps;
 //! - its services in VIP mode → [`VipSpec`]s on the networks present here;
-//! - its endpoints and peers → the overlay's [`RemoteEndpoint`]s and [`Peer`]s;
+//! - its endpoints and peers → the overlay's [`OverlayEndpoint`]s and [`Peer`]s;
 //! - its published services → the routing mesh ([`MeshSpec`]), with this node's own backends
 //!   only while they run.
 
@@ -18,7 +18,7 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 use shoal_api::service::{EndpointMode, PortConfig, PortProtocol, Task};
-use shoal_control::dispatcher::{Assignment, MeshService};
+use shoal_control::dispatcher::{Assignment, MeshBackend, MeshService};
 use shoal_control::limits;
 use shoal_dataplane::mesh::model::{
     BackendSpec, BackendState, ClientIp, IngressSpec, MeshServiceSpec, MeshSpec, PortSpec,
@@ -26,8 +26,8 @@ use shoal_dataplane::mesh::model::{
 };
 use shoal_dataplane::node::{DesiredState, VipSpec};
 use shoal_dataplane::overlay::model::{
-    Attachment, DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, DataPath, OverlayNetwork, Peer,
-    RemoteEndpoint, WayOut, WayOutAttachment, WireGuard,
+    Attachment, DEFAULT_VXLAN_PORT, DEFAULT_WIREGUARD_PORT, DataPath, OverlayEndpoint,
+    OverlayNetwork, Peer, WayOut, WayOutAttachment, WireGuard,
 };
 
 use super::{Context, way_out};
@@ -91,7 +91,7 @@ pub(crate) fn desired(a: &Assignment, here: &Here<'_>) -> Desired {
                     .iter()
                     .map(|m| {
                         mesh_service(m, &ingress.id, |b| {
-                            b.node != here.context.node_id || running_here(&b.task, &b.ip)
+                            b.node_id != here.context.node_id || running_here(&b.task_id, &b.ip)
                         })
                     })
                     .collect(),
@@ -225,16 +225,16 @@ fn vips(a: &Assignment, present: &dyn Fn(&str) -> bool) -> Vec<VipSpec> {
         .flat_map(|s| {
             s.networks
                 .iter()
-                .filter(|n| present(&n.network))
+                .filter(|n| present(&n.network_id))
                 .filter_map(move |n| {
                     Some(VipSpec {
                         service: s.name.clone(),
-                        network: n.network.clone(),
+                        network: n.network_id.clone(),
                         vip: n.vip.clone()?,
                         backends: s
                             .tasks
                             .iter()
-                            .filter(|t| t.network == n.network)
+                            .filter(|t| t.network_id == n.network_id)
                             .map(|t| t.ip.clone())
                             .collect(),
                     })
@@ -244,15 +244,15 @@ fn vips(a: &Assignment, present: &dyn Fn(&str) -> bool) -> Vec<VipSpec> {
 }
 
 /// Tasks on other nodes, on the networks present here.
-fn endpoints(a: &Assignment, present: &dyn Fn(&str) -> bool) -> Vec<RemoteEndpoint> {
+fn endpoints(a: &Assignment, present: &dyn Fn(&str) -> bool) -> Vec<OverlayEndpoint> {
     a.endpoints
         .iter()
-        .filter(|e| present(&e.network))
-        .map(|e| RemoteEndpoint {
-            network: e.network.clone(),
+        .filter(|e| present(&e.network_id))
+        .map(|e| OverlayEndpoint {
+            network: e.network_id.clone(),
             ip: e.ip.clone(),
             mac: None,
-            node: e.node.clone(),
+            node: e.node_id.clone(),
         })
         .collect()
 }
@@ -262,7 +262,7 @@ fn peers(a: &Assignment) -> Vec<Peer> {
     a.peers
         .iter()
         .map(|p| Peer {
-            node: p.node.clone(),
+            node: p.node_id.clone(),
             data_path_addr: p.data_path_addr.clone(),
             public_key: p.public_key.clone(),
         })
@@ -274,7 +274,7 @@ fn peers(a: &Assignment) -> Vec<Peer> {
 fn mesh_service(
     m: &MeshService,
     ingress: &str,
-    usable: impl Fn(&shoal_control::dispatcher::Backend) -> bool,
+    usable: impl Fn(&MeshBackend) -> bool,
 ) -> MeshServiceSpec {
     MeshServiceSpec {
         name: m.name.clone(),
@@ -284,7 +284,7 @@ fn mesh_service(
             .iter()
             .filter(|b| usable(b))
             .map(|b| BackendSpec {
-                task: b.task.clone(),
+                task: b.task_id.clone(),
                 network: ingress.to_owned(),
                 ip: b.ip.clone(),
                 // Weight 0 drains: its connections stay, no new one.
@@ -330,7 +330,6 @@ mod tests {
     use shoal_api::service::{
         Driver, Ipam, IpamConfig, Network as SwarmNetwork, NetworkAttachment, VNI_OPTION,
     };
-    use shoal_control::dispatcher::Backend;
 
     use super::*;
 
@@ -400,9 +399,9 @@ mod tests {
                     .iter()
                     .zip(["n1", "n1", "n2"])
                     .enumerate()
-                    .map(|(i, (task, node))| Backend {
-                        task: (*task).into(),
-                        node: node.into(),
+                    .map(|(i, (task, node))| MeshBackend {
+                        task_id: (*task).into(),
+                        node_id: node.into(),
                         ip: format!("10.255.0.{}", i + 10),
                         draining: *task == "t3",
                     })

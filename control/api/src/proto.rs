@@ -7,12 +7,11 @@ use crate::{
     logs::{LogBatch, LogLine, LogsQuery, Stream},
     secret::{DataKind, Payload},
     service::{
-        ClientIp, ContainerStatus, EndpointMode, PortConfig, PortProtocol, PublishMode, TaskFilter,
-        TaskState, TaskStatus,
+        ClientIp, ContainerStatus, EndpointMode, PortConfig, PortProtocol, PublishMode, Resources,
+        TaskFilter, TaskState, TaskStatus,
     },
     swarm::{
-        Availability, NodeDescription, NodeTlsInfo, NodeUpdate, Platform, Resources, Role,
-        SwarmUpdateArgs,
+        Availability, NodeDescription, NodeTlsInfo, NodeUpdate, Platform, Role, SwarmUpdateArgs,
     },
     v1,
 };
@@ -208,6 +207,7 @@ impl From<v1::NodeResources> for Resources {
         Self {
             nano_cpus: resources.nano_cpus,
             memory_bytes: resources.memory_bytes,
+            pids: 0,
         }
     }
 }
@@ -766,6 +766,7 @@ mod tests {
             resources: Resources {
                 nano_cpus: 2_000_000_000,
                 memory_bytes: 1 << 30,
+                pids: 0,
             },
             data_path_addr: "10.1.0.1".into(),
             data_path_port: 4789,

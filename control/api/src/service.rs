@@ -351,12 +351,18 @@ impl ResourceRequirements {
     }
 }
 
-/// CPUs, memory and processes (0: none asked).
+/// CPUs, memory and processes: what a task asks for (0: none asked), or what a node has (its
+/// `Description.Resources`, without processes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Resources {
-    /// In billionths of a CPU.
-    #[serde(rename = "NanoCPUs", default, skip_serializing_if = "is_zero")]
+    /// In billionths of a CPU. Node bodies stored before this type served both said `NanoCpus`.
+    #[serde(
+        rename = "NanoCPUs",
+        alias = "NanoCpus",
+        default,
+        skip_serializing_if = "is_zero"
+    )]
     pub nano_cpus: u64,
     /// In bytes.
     #[serde(default, skip_serializing_if = "is_zero")]

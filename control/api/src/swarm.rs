@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::service::Resources;
 use crate::version::Version;
 
 /// `swarm init`'s flags.
@@ -244,16 +245,6 @@ pub struct Platform {
     pub os: String,
 }
 
-/// CPUs and memory.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Resources {
-    /// CPUs × 10⁹.
-    pub nano_cpus: u64,
-    /// Bytes.
-    pub memory_bytes: u64,
-}
-
 /// A node's liveness.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -471,3 +462,24 @@ pub const NOT_IN_SWARM: &str = "This node is not a swarm manager. Use \"shoal sw
 pub const ALREADY_IN_SWARM: &str = "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.";
 /// Docker's message when there is no leader.
 pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's resources are Docker's `Resources` document, and a node body stored while they
+    /// were a type of their own (`NanoCpus`) still reads.
+    #[test]
+    fn a_node_s_resources_read_both_spellings_and_write_docker_s() {
+        let stored = r#"{"Hostname":"n1","Platform":{"Architecture":"x86_64","OS":"linux"},
+            "Resources":{"NanoCpus":2000000000,"MemoryBytes":1073741824},"DataPathAddr":"10.1.0.1"}"#;
+        let node: NodeDescription = serde_json::from_str(stored).expect("an old node body");
+        assert_eq!(node.resources.nano_cpus, 2_000_000_000);
+        assert_eq!(node.resources.memory_bytes, 1 << 30);
+        let written = serde_json::to_value(&node).expect("plain data");
+        assert_eq!(
+            written["Resources"],
+            serde_json::json!({"NanoCPUs": 2_000_000_000_u64, "MemoryBytes": 1_073_741_824_u64})
+        );
+    }
+}

@@ -11,10 +11,7 @@ use shoal_api::{
 use tonic::Status;
 
 use super::{
-    super::dispatcher::{
-        Assignment, Backend, MeshService, PeerNode, ReachableService, ReachableTask,
-        RemoteEndpoint, ServiceOnNetwork,
-    },
+    super::dispatcher::{Assignment, MeshService, ReachableService},
     logs::{FromNode, ToNode},
     protocol::{
         Forwarded, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, MeshCounters, Op, RenewReply,
@@ -229,74 +226,12 @@ impl TryFrom<v1::StatusReport> for StatusReport {
     }
 }
 
-impl From<RemoteEndpoint> for v1::RemoteEndpoint {
-    fn from(endpoint: RemoteEndpoint) -> Self {
-        Self {
-            network_id: endpoint.network,
-            ip: endpoint.ip,
-            node_id: endpoint.node,
-        }
-    }
-}
-
-impl From<v1::RemoteEndpoint> for RemoteEndpoint {
-    fn from(endpoint: v1::RemoteEndpoint) -> Self {
-        Self {
-            network: endpoint.network_id,
-            ip: endpoint.ip,
-            node: endpoint.node_id,
-        }
-    }
-}
-
-impl From<PeerNode> for v1::PeerNode {
-    fn from(peer: PeerNode) -> Self {
-        Self {
-            node_id: peer.node,
-            data_path_addr: peer.data_path_addr,
-            public_key: peer.public_key,
-        }
-    }
-}
-
-impl From<v1::PeerNode> for PeerNode {
-    fn from(peer: v1::PeerNode) -> Self {
-        Self {
-            node: peer.node_id,
-            data_path_addr: peer.data_path_addr,
-            public_key: peer.public_key,
-        }
-    }
-}
-
-impl From<Backend> for v1::MeshBackend {
-    fn from(backend: Backend) -> Self {
-        Self {
-            task_id: backend.task,
-            node_id: backend.node,
-            ip: backend.ip,
-            draining: backend.draining,
-        }
-    }
-}
-
-impl From<v1::MeshBackend> for Backend {
-    fn from(backend: v1::MeshBackend) -> Self {
-        Self {
-            task: backend.task_id,
-            node: backend.node_id,
-            ip: backend.ip,
-            draining: backend.draining,
-        }
-    }
-}
-
 impl From<MeshService> for v1::MeshService {
     fn from(service: MeshService) -> Self {
         Self {
             name: service.name,
             ports: service.ports.into_iter().map(Into::into).collect(),
-            backends: service.backends.into_iter().map(Into::into).collect(),
+            backends: service.backends,
         }
     }
 }
@@ -308,52 +243,8 @@ impl TryFrom<v1::MeshService> for MeshService {
         Ok(Self {
             name: service.name,
             ports: decode_all(service.ports)?,
-            backends: service.backends.into_iter().map(Into::into).collect(),
+            backends: service.backends,
         })
-    }
-}
-
-impl From<ServiceOnNetwork> for v1::ServiceOnNetwork {
-    fn from(on: ServiceOnNetwork) -> Self {
-        Self {
-            network_id: on.network,
-            vip: on.vip,
-            aliases: on.aliases,
-        }
-    }
-}
-
-impl From<v1::ServiceOnNetwork> for ServiceOnNetwork {
-    fn from(on: v1::ServiceOnNetwork) -> Self {
-        Self {
-            network: on.network_id,
-            vip: on.vip,
-            aliases: on.aliases,
-        }
-    }
-}
-
-impl From<ReachableTask> for v1::ReachableTask {
-    fn from(task: ReachableTask) -> Self {
-        Self {
-            task_id: task.task,
-            slot: task.slot,
-            node_id: task.node,
-            network_id: task.network,
-            ip: task.ip,
-        }
-    }
-}
-
-impl From<v1::ReachableTask> for ReachableTask {
-    fn from(task: v1::ReachableTask) -> Self {
-        Self {
-            task: task.task_id,
-            slot: task.slot,
-            node: task.node_id,
-            network: task.network_id,
-            ip: task.ip,
-        }
     }
 }
 
@@ -363,8 +254,8 @@ impl From<ReachableService> for v1::ReachableService {
             id: service.id,
             name: service.name,
             endpoint_mode: service.endpoint_mode.into(),
-            networks: service.networks.into_iter().map(Into::into).collect(),
-            tasks: service.tasks.into_iter().map(Into::into).collect(),
+            networks: service.networks,
+            tasks: service.tasks,
         }
     }
 }
@@ -377,8 +268,8 @@ impl TryFrom<v1::ReachableService> for ReachableService {
             id: service.id,
             name: service.name,
             endpoint_mode: proto::decode_enum(service.endpoint_mode, "reachable service")?,
-            networks: service.networks.into_iter().map(Into::into).collect(),
-            tasks: service.tasks.into_iter().map(Into::into).collect(),
+            networks: service.networks,
+            tasks: service.tasks,
         })
     }
 }
@@ -397,8 +288,8 @@ impl From<Assignment> for v1::Assignment {
             tasks: a.tasks.iter().map(proto::engine_json).collect(),
             networks: a.networks.iter().map(proto::engine_json).collect(),
             ingress_addr: a.ingress_addr,
-            endpoints: a.endpoints.into_iter().map(Into::into).collect(),
-            peers: a.peers.into_iter().map(Into::into).collect(),
+            endpoints: a.endpoints,
+            peers: a.peers,
             mesh: a.mesh.into_iter().map(Into::into).collect(),
             services: a.services.into_iter().map(Into::into).collect(),
             payloads: a.payloads.into_iter().map(Into::into).collect(),
@@ -428,8 +319,8 @@ impl TryFrom<v1::Assignment> for Assignment {
             tasks: documents(&a.tasks, "tasks", "Task")?,
             networks: documents(&a.networks, "networks", "Network")?,
             ingress_addr: a.ingress_addr,
-            endpoints: a.endpoints.into_iter().map(Into::into).collect(),
-            peers: a.peers.into_iter().map(Into::into).collect(),
+            endpoints: a.endpoints,
+            peers: a.peers,
             mesh: decode_all(a.mesh)?,
             services: decode_all(a.services)?,
             payloads: decode_all(a.payloads)?,
@@ -690,13 +581,13 @@ mod tests {
                 ..Network::default()
             }],
             ingress_addr: Some("10.0.0.3/24".into()),
-            endpoints: vec![RemoteEndpoint {
-                network: "net".into(),
+            endpoints: vec![v1::RemoteEndpoint {
+                network_id: "net".into(),
                 ip: "10.0.1.5".into(),
-                node: "n2".into(),
+                node_id: "n2".into(),
             }],
-            peers: vec![PeerNode {
-                node: "n2".into(),
+            peers: vec![v1::PeerNode {
+                node_id: "n2".into(),
                 data_path_addr: "10.1.0.2".into(),
                 public_key: Some("key".into()),
             }],
@@ -709,9 +600,9 @@ mod tests {
                     publish_mode: PublishMode::Ingress,
                     client_ip: Some(ClientIp::Preserve),
                 }],
-                backends: vec![Backend {
-                    task: "task".into(),
-                    node: "n1".into(),
+                backends: vec![v1::MeshBackend {
+                    task_id: "task".into(),
+                    node_id: "n1".into(),
                     ip: "10.0.0.7".into(),
                     draining: true,
                 }],
@@ -720,16 +611,16 @@ mod tests {
                 id: "svc".into(),
                 name: "api".into(),
                 endpoint_mode: EndpointMode::Dnsrr,
-                networks: vec![ServiceOnNetwork {
-                    network: "net".into(),
+                networks: vec![v1::ServiceOnNetwork {
+                    network_id: "net".into(),
                     vip: None,
                     aliases: vec!["backend".into()],
                 }],
-                tasks: vec![ReachableTask {
-                    task: "t2".into(),
+                tasks: vec![v1::ReachableTask {
+                    task_id: "t2".into(),
                     slot: 2,
-                    node: "n2".into(),
-                    network: "net".into(),
+                    node_id: "n2".into(),
+                    network_id: "net".into(),
                     ip: "10.0.1.5".into(),
                 }],
             }],

@@ -149,7 +149,7 @@ fn default_interface() -> String {
 /// A task on another node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RemoteEndpoint {
+pub struct OverlayEndpoint {
     /// The network's ID.
     pub network: String,
     /// The task's address.
