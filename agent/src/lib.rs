@@ -62,6 +62,9 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// `--ui-addr`: where the web view is served (`None`: not served).
     pub ui_addr: Option<std::net::SocketAddr>,
+    /// `--wireguard-cpus`: the CPUs the WireGuard engine's encrypting and decrypting threads are
+    /// pinned to (one for both, or one each); empty: not pinned.
+    pub wireguard_cpus: Vec<usize>,
 }
 
 /// Why the daemon stopped with an error.
@@ -98,6 +101,12 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// `--wireguard-cpus` names CPUs the daemon cannot pin to.
+    #[error("--wireguard-cpus: {reason}")]
+    WireguardCpus {
+        /// What is wrong with the list.
+        reason: String,
+    },
     /// The gRPC server failed.
     #[error("serving the API on {host}: {source}")]
     Serve {
@@ -125,6 +134,16 @@ fn raise_open_file_limit() {
     }
 }
 
+/// `--wireguard-cpus`: one or two CPUs, each one the daemon may run on. Checked at start, so
+/// that a wrong list stops the daemon rather than every desired state the data plane is given.
+fn check_wireguard_cpus(cpus: &[usize]) -> Result<(), DaemonError> {
+    use shoal_dataplane::overlay::affinity;
+    let allowed = affinity::allowed_cpus().map_err(|e| DaemonError::WireguardCpus {
+        reason: format!("reading the CPUs this process may run on: {e}"),
+    })?;
+    affinity::check(cpus, &allowed).map_err(|reason| DaemonError::WireguardCpus { reason })
+}
+
 /// How long requests in flight may go on once the daemon is asked to stop.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -136,6 +155,7 @@ pub async fn run(
     // Whatever the daemon creates is its own: keys, the raft log, task state and logs.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     raise_open_file_limit();
+    check_wireguard_cpus(&config.wireguard_cpus)?;
     let _lock = data_root::DataRoot::open(&config.data_root)?;
     let executor = tasks::Executor::new(config.executor, &config.docker_host)
         .await
@@ -155,7 +175,12 @@ pub async fn run(
     let dataplane = dataplane::NodeDataplane::new(&config.data_root);
     dataplane.restore().await;
     dataplane.collect_expired_flows();
-    let worker = tasks::Worker::new(&config.data_root, executor, dataplane.clone());
+    let worker = tasks::Worker::new(
+        &config.data_root,
+        executor,
+        dataplane.clone(),
+        config.wireguard_cpus.clone(),
+    );
     worker
         .restore()
         .await

@@ -54,6 +54,12 @@ struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     ui_addr: Option<std::net::SocketAddr>,
 
+    /// Pin the WireGuard engine's encrypting and decrypting threads: CPU (both on it) or
+    /// CPU,CPU (one each). Pinned, decrypted packets stay in order through the kernel's per-CPU
+    /// queues; the threads can no longer move to an idle CPU. Default: not pinned
+    #[arg(long, value_name = "CPU[,CPU]", value_delimiter = ',', num_args = 1)]
+    wireguard_cpus: Vec<usize>,
+
     /// Log level: error, warn, info, debug or trace
     #[arg(short = 'l', long, value_name = "LEVEL", default_value = "info")]
     log_level: tracing_subscriber::filter::LevelFilter,
@@ -75,6 +81,7 @@ async fn main() -> ExitCode {
         docker_host: args.docker_host,
         metrics_addr: args.metrics_addr,
         ui_addr: args.ui_addr,
+        wireguard_cpus: args.wireguard_cpus,
     };
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(terminate) => terminate,

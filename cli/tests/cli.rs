@@ -38,6 +38,7 @@ impl InProcessDaemon {
             docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
             metrics_addr: None,
             ui_addr: None,
+            wireguard_cpus: Vec::new(),
         };
         let thread = thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -163,6 +164,44 @@ fn help_and_version() {
     assert!(help.contains("-H, --host"), "{help}");
 }
 
+/// `--wireguard-cpus` naming a CPU the daemon may not run on, or three of them, stops the
+/// daemon at start with what was wrong.
+#[test]
+fn wireguard_cpus_the_daemon_cannot_pin_to_are_its_error_at_start() {
+    for (cpus, said) in [
+        (
+            vec![0, 100_000],
+            "CPU 100000 is not one this process may run on",
+        ),
+        (vec![0, 0, 0], "3 CPUs listed"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_root: dir.path().join("data"),
+            host: DaemonHost::unix(dir.path().join("shoal.sock")),
+            hostname: "cli-test-node".into(),
+            executor: shoal_agent::ExecutorKind::None,
+            docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
+            metrics_addr: None,
+            ui_addr: None,
+            wireguard_cpus: cpus,
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let error = runtime
+            .block_on(shoal_agent::run(config, std::future::pending()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("--wireguard-cpus: ") && error.contains(said),
+            "{error}"
+        );
+        assert!(
+            !dir.path().join("data").exists(),
+            "nothing was created before the flag was checked"
+        );
+    }
+}
+
 #[test]
 fn a_busy_metrics_or_ui_port_is_the_daemon_s_error_at_start() {
     for flag in ["metrics-addr", "ui-addr"] {
@@ -177,6 +216,7 @@ fn a_busy_metrics_or_ui_port_is_the_daemon_s_error_at_start() {
             docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
             metrics_addr: (flag == "metrics-addr").then_some(addr),
             ui_addr: (flag == "ui-addr").then_some(addr),
+            wireguard_cpus: Vec::new(),
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let error = runtime

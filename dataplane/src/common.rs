@@ -73,6 +73,8 @@ impl TryFrom<String> for Mac {
 pub struct Host {
     /// The node namespace's interfaces.
     pub interfaces: Vec<HostInterface>,
+    /// The CPUs the process may run on, in order (`sched_getaffinity`).
+    pub cpus: Vec<usize>,
 }
 
 /// One interface of the node.

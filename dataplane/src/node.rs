@@ -236,6 +236,11 @@ impl DesiredState {
             .wireguard
             .as_ref()
             .and_then(|w| parse_key("wireguard.private_key", &w.private_key, &mut problems));
+        let cpus = self
+            .wireguard
+            .as_ref()
+            .map_or(&[][..], |w| w.cpus.as_slice());
+        check_cpus(cpus, host, &mut problems);
 
         if !problems.0.is_empty() {
             return Err(InvalidState {
@@ -244,13 +249,18 @@ impl DesiredState {
         }
         let (data_path_addr, underlay_mtu) =
             data_path.expect("no problems, so the data path resolved");
-        let wireguard = self.wireguard_config(
-            &mut layout,
-            (data_path_addr, underlay_mtu),
-            private_key,
-            &peers,
-            &remote.peer_vnis,
-        );
+        let wireguard = self
+            .wireguard_config(
+                &mut layout,
+                (data_path_addr, underlay_mtu),
+                private_key,
+                &peers,
+                &remote.peer_vnis,
+            )
+            .map(|config| WgConfig {
+                cpus: cpus.to_vec(),
+                ..config
+            });
         // Plain networks' VXLAN sockets take datagrams to any address of the node's namespace,
         // where anyone can reach them: only the peers may.
         let vxlan_filter = layout
@@ -671,6 +681,7 @@ impl DesiredState {
                     local: data_path_addr,
                     port: self.data_path.wireguard_port,
                     vxlan_port: self.data_path.port,
+                    cpus: Vec::new(),
                     peers: peers
                         .iter()
                         .filter_map(|(node, (addr, key))| {
@@ -981,5 +992,12 @@ impl DesiredState {
                 },
             },
         }
+    }
+}
+
+/// `wireguard.cpus`: at most two, each one the process may run on.
+fn check_cpus(cpus: &[usize], host: &Host, problems: &mut Problems) {
+    if let Err(why) = super::overlay::affinity::check(cpus, &host.cpus) {
+        problems.push("wireguard.cpus", why);
     }
 }

@@ -14,6 +14,7 @@ use shoal_dataplane::overlay::{Key, Layout, Observed, plan};
 
 fn host() -> Host {
     Host {
+        cpus: vec![0, 1],
         interfaces: vec![
             HostInterface {
                 name: "lo".into(),

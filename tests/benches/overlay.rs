@@ -9,6 +9,10 @@
 //! encapsulating and decapsulating 1,420-byte packets between two peers (the ceiling of a
 //! one-stream encrypted path that encrypts on one core and decrypts on another).
 //!
+//! Then the encrypted path once more with each engine's I/O threads pinned (`wireguard.cpus`,
+//! `shoald --wireguard-cpus`): `encrypted_pinned_gbps`, `encrypted_pinned_retransmits`, and
+//! their ratios to `boringtun-cli` and to the crypto limit.
+//!
 //! `SHOAL_BENCH_PATHS=encrypted,plain` runs only those paths and prints their rows, without
 //! the ratios and without writing the figures: for repeating one path while working on it.
 
@@ -21,7 +25,7 @@ use std::time::Duration;
 use serde_json::{Map, json};
 use shoal_dataplane::overlay::Key;
 use shoal_tests::overlay::{
-    Overlay, Task, bench_output, iperf_run, plain_and_secret, write_figures,
+    Overlay, Task, apply_each, bench_output, iperf_run, plain_and_secret, write_figures,
 };
 use shoal_tests::{Lab, LabSpec, wait_until};
 
@@ -147,28 +151,25 @@ fn main() {
     let mut figures = Map::new();
     figures.insert("crypto_limit_gbps".into(), json!(crypto_limit));
     println!(
-        "{:<14} {:>10} {:>10} {:>12}",
+        "{:<16} {:>10} {:>10} {:>12}",
         "Gbit/s", "1 stream", "4 streams", "retransmits"
     );
     for (name, server, client, ip) in paths.iter().filter(|p| chosen(p.0)) {
-        let mut row = Vec::new();
-        let mut retransmits = 0;
-        for streams in [1, 4] {
-            let run = iperf_run(server, client, *ip, streams, SECONDS).expect("iperf3 runs");
-            let key = if streams == 1 {
-                retransmits = run.retransmits;
-                figures.insert(format!("{name}_retransmits"), json!(run.retransmits));
-                format!("{name}_gbps")
-            } else {
-                format!("{name}_gbps_4")
-            };
-            figures.insert(key, json!(run.gbps));
-            row.push(run.gbps);
-        }
-        println!(
-            "{name:<14} {:>10.2} {:>10.2} {:>12}",
-            row[0], row[1], retransmits
-        );
+        measure(name, server, client, *ip, &mut figures);
+    }
+    if chosen("encrypted_pinned") {
+        // The encrypted path again, each node's engine pinned (`wireguard.cpus`): encrypting on
+        // the first CPU this process may use, decrypting on the last.
+        let allowed = shoal_dataplane::overlay::affinity::allowed_cpus().expect("our CPUs");
+        let cpus = [allowed[0], allowed[allowed.len() - 1]];
+        apply_each(&lab, |node| {
+            let mut state = o.state(&lab, node);
+            state["wireguard"]["cpus"] = json!(cpus);
+            state
+        })
+        .expect("the pinned state applies");
+        let (server, client) = (&paths[2].1, &paths[2].2);
+        measure("encrypted_pinned", server, client, paths[2].3, &mut figures);
     }
     if only.is_some() {
         println!("SHOAL_BENCH_PATHS is set: no ratios, no figures written");
@@ -185,12 +186,52 @@ fn main() {
     println!(
         "plain / underlay = {plain:.2} (aim >= 0.85); encrypted / boringtun-cli = {enc:.2} (aim >= 4); encrypted / crypto limit = {of_limit:.2} (aim >= 0.5)"
     );
+    let pinned = ratio("encrypted_pinned_gbps", "boringtun_cli_gbps");
+    let pinned_of_limit = figures["encrypted_pinned_gbps"].as_f64().unwrap() / crypto_limit;
+    println!(
+        "pinned: encrypted / boringtun-cli = {pinned:.2}; encrypted / crypto limit = {pinned_of_limit:.2}; retransmits {}",
+        figures["encrypted_pinned_retransmits"]
+    );
     figures.insert("plain_over_underlay".into(), json!(plain));
     figures.insert("encrypted_over_boringtun_cli".into(), json!(enc));
     figures.insert("encrypted_over_crypto_limit".into(), json!(of_limit));
+    figures.insert("encrypted_pinned_over_boringtun_cli".into(), json!(pinned));
+    figures.insert(
+        "encrypted_pinned_over_crypto_limit".into(),
+        json!(pinned_of_limit),
+    );
     drop(boringtun);
     lab.down().expect("lab down");
     write_figures(&out, &figures).expect("writing the figures");
+}
+
+/// One path's 1- and 4-stream runs: `<name>_gbps`, `<name>_gbps_4` and `<name>_retransmits`
+/// (of the 1-stream run) into `figures`, and a printed row.
+fn measure(
+    name: &str,
+    server: &dyn Fn() -> Command,
+    client: &dyn Fn() -> Command,
+    ip: Ipv4Addr,
+    figures: &mut Map<String, serde_json::Value>,
+) {
+    let mut row = Vec::new();
+    let mut retransmits = 0;
+    for streams in [1, 4] {
+        let run = iperf_run(server, client, ip, streams, SECONDS).expect("iperf3 runs");
+        let key = if streams == 1 {
+            retransmits = run.retransmits;
+            figures.insert(format!("{name}_retransmits"), json!(run.retransmits));
+            format!("{name}_gbps")
+        } else {
+            format!("{name}_gbps_4")
+        };
+        figures.insert(key, json!(run.gbps));
+        row.push(run.gbps);
+    }
+    println!(
+        "{name:<16} {:>10.2} {:>10.2} {:>12}",
+        row[0], row[1], retransmits
+    );
 }
 
 /// Stock `boringtun-cli` on both nodes, tunnel 10.99.0.1 <-> 10.99.0.2 over the data network.

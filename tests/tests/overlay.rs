@@ -401,12 +401,101 @@ fn a_node_rotates_its_key_while_a_tcp_stream_runs_across_the_encrypted_network()
     );
 }
 
+/// The CPUs a process's thread may run on (`Cpus_allowed_list`, e.g. `0-1`), by thread name.
+fn thread_cpus(pid: i32) -> Vec<(String, String)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue;
+        };
+        if let Some(cpus) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        {
+            threads.push((comm.trim().to_owned(), cpus.trim().to_owned()));
+        }
+    }
+    threads.sort();
+    threads
+}
+
+/// The CPUs of `shoald`'s threads named `name`.
+fn cpus_of(pid: i32, name: &str) -> Vec<String> {
+    thread_cpus(pid)
+        .into_iter()
+        .filter(|(comm, _)| comm == name)
+        .map(|(_, cpus)| cpus)
+        .collect()
+}
+
+/// `wireguard.cpus` pins the engine's encrypting and decrypting threads, traffic goes on, and a
+/// state without it gives them back every CPU the daemon may use.
+#[test]
+fn wireguard_threads_run_on_the_cpus_the_state_names_until_it_names_none() {
+    let (lab, o) = cluster();
+    let pid = lab.shoald_pid(&lab.nodes()[1]).unwrap();
+    let all = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let allowed: Vec<usize> = all
+        .split(',')
+        .flat_map(|range| {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
+        })
+        .collect();
+    let (first, last) = (allowed[0], *allowed.last().unwrap());
+    assert_eq!(
+        cpus_of(pid, "shoal-wg-rx"),
+        [all.as_str()],
+        "unpinned at first"
+    );
+
+    let mut state = o.state(&lab, 1);
+    state["wireguard"]["cpus"] = serde_json::json!([first, last]);
+    let out = apply(&lab, 1, &state).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(cpus_of(pid, "shoal-wg-tx"), [first.to_string()]);
+    assert_eq!(cpus_of(pid, "shoal-wg-rx"), [last.to_string()]);
+    // t1 (n1) sends to t2 (n2): n2's decrypting thread, pinned, delivers it all.
+    let bytes = transfer(
+        &o.netns("t2"),
+        o.ip("t2", SECRET),
+        &o.netns("t1"),
+        32,
+        Duration::ZERO,
+    )
+    .unwrap_or_else(|e| panic!("{SECRET}: {e}"));
+    assert_eq!(bytes, 32 << 16);
+
+    // One CPU pins both.
+    state["wireguard"]["cpus"] = serde_json::json!([last]);
+    let out = apply(&lab, 1, &state).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(cpus_of(pid, "shoal-wg-tx"), [last.to_string()]);
+    assert_eq!(cpus_of(pid, "shoal-wg-rx"), [last.to_string()]);
+
+    let out = o.apply(&lab, 1).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(cpus_of(pid, "shoal-wg-tx"), [all.as_str()]);
+    assert_eq!(cpus_of(pid, "shoal-wg-rx"), [all.as_str()]);
+    assert!(o.ping("t1", "t2", SECRET, 56), "traffic flows unpinned");
+}
+
 #[test]
 fn bad_input_is_refused_naming_the_field_and_leaves_the_kernel_as_it_was() {
     let (lab, o) = cluster();
     let before = (inspect(&lab, 0), node_links(&lab, 0));
     type Edit = fn(&mut Value);
-    let cases: [(&str, Edit); 7] = [
+    let cases: [(&str, Edit); 8] = [
         ("networks[1].subnet", |s| {
             s["networks"][1]["subnet"] = "10.10.0.0/16".into()
         }),
@@ -421,6 +510,9 @@ fn bad_input_is_refused_naming_the_field_and_leaves_the_kernel_as_it_was() {
             s["data_path"]["addr"] = "172.21.250.250".into()
         }),
         ("data_path.addr", |s| s["data_path"]["addr"] = "eth7".into()),
+        ("wireguard.cpus", |s| {
+            s["wireguard"]["cpus"] = serde_json::json!([0, 100_000])
+        }),
         ("attachments[0].netns", |s| {
             s["attachments"][0]["netns"] = "/run/netns/no-such-task".into()
         }),

@@ -37,6 +37,8 @@ use super::{Context, way_out};
 pub(crate) struct Here<'a> {
     /// The node's ID, data-path address and WireGuard key.
     pub context: &'a Context,
+    /// `--wireguard-cpus`: where the WireGuard engine's I/O threads run (empty: anywhere).
+    pub wireguard_cpus: &'a [usize],
     /// Its tasks the data plane should plug into their networks.
     pub tasks: Vec<LocalTask<'a>>,
     /// The node's routes, less the way out's own bridge.
@@ -113,6 +115,7 @@ pub(crate) fn desired(a: &Assignment, here: &Here<'_>) -> Desired {
         },
         wireguard: encrypted.then(|| WireGuard {
             private_key: here.context.private_key.clone(),
+            cpus: here.wireguard_cpus.to_vec(),
         }),
         attachments,
         endpoints: endpoints(a, &present),
@@ -417,6 +420,7 @@ mod tests {
         let context = context();
         let here = Here {
             context: &context,
+            wireguard_cpus: &[],
             tasks: vec![
                 LocalTask {
                     task: &t1,
@@ -482,6 +486,7 @@ mod tests {
         };
         let here = Here {
             context: &context,
+            wireguard_cpus: &[],
             tasks: vec![local()],
             routes: vec!["172.18.0.0/16".parse().expect("a route")],
         };
@@ -493,6 +498,7 @@ mod tests {
         assert_eq!(way_out.attachments[0].interface, "eth0");
         let everything = Here {
             context: &context,
+            wireguard_cpus: &[],
             tasks: vec![local()],
             routes: vec![
                 "172.16.0.0/12".parse().expect("a route"),

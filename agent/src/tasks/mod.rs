@@ -218,6 +218,8 @@ struct Inner {
     saved: crate::durable::Latest,
     executor: Executor,
     dataplane: NodeDataplane,
+    /// `--wireguard-cpus`.
+    wireguard_cpus: Vec<usize>,
     /// The tasks' embedded DNS servers.
     dns: crate::dns::Dns,
     state: Mutex<State>,
@@ -258,8 +260,14 @@ impl Worker {
         &self.inner.dataplane
     }
 
-    /// The tasks kept under `<data_root>/tasks`, run with `executor`, plumbed by `dataplane`.
-    pub(crate) fn new(data_root: &Path, executor: Executor, dataplane: NodeDataplane) -> Self {
+    /// The tasks kept under `<data_root>/tasks`, run with `executor`, plumbed by `dataplane`,
+    /// whose WireGuard engine's threads run on `wireguard_cpus` (`--wireguard-cpus`).
+    pub(crate) fn new(
+        data_root: &Path,
+        executor: Executor,
+        dataplane: NodeDataplane,
+        wireguard_cpus: Vec<usize>,
+    ) -> Self {
         let (applies, requests) = mpsc::unbounded_channel();
         let worker = Self {
             inner: Arc::new(Inner {
@@ -268,6 +276,7 @@ impl Worker {
                 data_root: data_root.to_owned(),
                 executor,
                 dataplane,
+                wireguard_cpus,
                 dns: crate::dns::Dns::default(),
                 state: Mutex::default(),
                 applies,
@@ -1128,6 +1137,7 @@ impl Worker {
         let assignment = state.assignment.as_ref().unwrap_or(&empty);
         let here = desired::Here {
             context,
+            wireguard_cpus: &self.inner.wireguard_cpus,
             tasks: state
                 .tasks
                 .values()

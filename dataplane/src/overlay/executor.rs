@@ -320,7 +320,10 @@ impl Dataplane {
                     .collect(),
             })
             .collect();
-        Ok(Host { interfaces })
+        Ok(Host {
+            interfaces,
+            cpus: super::affinity::allowed_cpus()?,
+        })
     }
 
     fn net_handle(&mut self, net: &str) -> io::Result<Option<Handle>> {

@@ -24,6 +24,7 @@
 //! A task with a way out ([`model::WayOut`]) also has a veth on the node's `shoal_gw` bridge, its
 //! default route through it, and source NAT to the node's address beyond ([`way_out`]).
 
+pub mod affinity;
 mod executor;
 pub mod keys;
 pub mod layout;

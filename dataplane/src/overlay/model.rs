@@ -82,6 +82,12 @@ fn default_wireguard_port() -> u16 {
 pub struct WireGuard {
     /// Base64 of the 32-byte X25519 private key, as `wg genkey` prints it.
     pub private_key: String,
+    /// The CPUs the engine's I/O threads are pinned to: `[c]` both on CPU c, `[e, d]` the
+    /// encrypting thread on e and the decrypting one on d. Empty (the default): the scheduler
+    /// places them. Pinned, the decrypting thread's packets cannot overtake each other in the
+    /// kernel's per-CPU queues (see `overlay::affinity`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpus: Vec<usize>,
 }
 
 impl fmt::Debug for WireGuard {
@@ -187,6 +193,8 @@ pub struct WgConfig {
     pub vxlan_port: u16,
     /// The peers that have a public key, by node name.
     pub peers: BTreeMap<String, WgPeer>,
+    /// The CPUs the I/O threads are pinned to (`WireGuard::cpus`, checked).
+    pub cpus: Vec<usize>,
 }
 
 /// A WireGuard peer.

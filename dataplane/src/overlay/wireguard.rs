@@ -53,6 +53,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
+use super::affinity::{IoThread, Placement};
 use super::keys::Key;
 use super::model::WgConfig;
 use super::offload::{Coalescer, ETH_HLEN, Segments, VNET_HDR_LEN, VnetHdr, strip_ethernet};
@@ -281,6 +282,8 @@ struct Shared {
     not_from_a_peer: AtomicU64,
     /// Reads from the TAP device that could not be cut into packets ([`Segments::new`]).
     offload_refused: AtomicU64,
+    /// The CPUs the two I/O threads are pinned to, if any (`WgConfig::cpus`).
+    placement: Placement,
 }
 
 /// A running WireGuard engine. Dropping it stops its threads and closes the TAP device.
@@ -691,6 +694,7 @@ impl Engine {
             vxlan_port: AtomicU16::new(config.vxlan_port),
             not_from_a_peer: AtomicU64::new(0),
             offload_refused: AtomicU64::new(0),
+            placement: Placement::new()?,
         });
         shared.configure(config);
 
@@ -816,6 +820,7 @@ impl Shared {
     }
 
     fn configure(&self, config: &WgConfig) {
+        self.placement.pin(&config.cpus);
         let refused = refused_keys(config);
         let mut peers = self.peers.write().expect("peers lock");
         self.vxlan_port.store(config.vxlan_port, Ordering::Relaxed);
@@ -988,6 +993,7 @@ impl Shared {
     /// one packet or a super-packet, cut into the packets it stands for ([`Segments`]); the
     /// encrypted datagrams go out [`BATCH`] at a time with one `sendmmsg`.
     fn encrypt_loop(&self) {
+        self.placement.started(IoThread::Encrypting);
         let mut read_buf = vec![0u8; VNET_HDR_LEN + ETH_HLEN + MAX_PACKET];
         let mut segment = vec![0u8; MAX_PACKET];
         // The datagrams of one batch, end to end (so that runs of them go out as one message).
@@ -1067,6 +1073,7 @@ impl Shared {
     /// Receives datagrams, up to [`BATCH`] messages with one `recvmmsg` (each may hold several
     /// datagrams the kernel coalesced), and decrypts each datagram.
     fn decrypt_loop(&self) {
+        self.placement.started(IoThread::Decrypting);
         let mut buffers = vec![vec![0u8; MAX_PACKET]; BATCH];
         let mut got = [Received::NONE; BATCH];
         let mut out = vec![0u8; MAX_PACKET];
@@ -1574,6 +1581,7 @@ mod tests {
             local: LOCAL,
             port: 51820,
             vxlan_port: 4789,
+            cpus: Vec::new(),
             peers: BTreeMap::from([
                 ("n2".to_owned(), peer(2, 12)),
                 ("n3".to_owned(), peer(3, 13)),
