@@ -76,13 +76,14 @@ impl NodeDataplane {
         let Ok(state_json) = std::fs::read_to_string(&self.saved) else {
             return;
         };
-        let state = match DesiredState::from_json(&state_json) {
+        let mut state = match DesiredState::from_json(&state_json) {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(path = %self.saved.display(), error = %e, "not restoring the data plane");
                 return;
             }
         };
+        unpin_where_no_longer_allowed(&mut state);
         let mut guard = self.inner.clone().lock_owned().await;
         let root = self.root.clone();
         let paths = self.mesh_paths.clone();
@@ -468,4 +469,45 @@ fn remember_paths(dp: &Dataplane, paths: &std::sync::Mutex<BTreeMap<String, Stri
         })
         .unwrap_or_default();
     *paths.lock().unwrap_or_else(|e| e.into_inner()) = now;
+}
+
+/// A restored state whose WireGuard CPUs this start of the daemon may no longer use (a smaller
+/// cpuset, a CPU taken offline) is restored unpinned rather than refused whole: the networks
+/// matter more than where the engine's threads run. The worker's next state says the current
+/// `--wireguard-cpus`.
+fn unpin_where_no_longer_allowed(state: &mut DesiredState) {
+    use shoal_dataplane::overlay::affinity;
+    let Some(wireguard) = state.wireguard.as_mut().filter(|w| !w.cpus.is_empty()) else {
+        return;
+    };
+    let allowed = affinity::allowed_cpus().unwrap_or_default();
+    if let Err(why) = affinity::check(&wireguard.cpus, &allowed) {
+        tracing::warn!(%why, "restoring the data plane with the WireGuard threads unpinned");
+        wireguard.cpus.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restored(cpus: &[usize]) -> Vec<usize> {
+        let json = serde_json::json!({
+            "node": "n1",
+            "data_path": { "addr": "eth0" },
+            "wireguard": { "private_key": "unused here", "cpus": cpus },
+        });
+        let mut state = DesiredState::from_json(&json.to_string()).expect("a state");
+        unpin_where_no_longer_allowed(&mut state);
+        state.wireguard.expect("kept").cpus
+    }
+
+    /// A stored pin to a CPU the daemon may still use is restored; one it may no longer use is
+    /// dropped, and the rest of the state with it stays.
+    #[test]
+    fn a_restored_state_keeps_its_pins_only_where_the_daemon_may_still_run() {
+        let first = shoal_dataplane::overlay::affinity::allowed_cpus().expect("our CPUs")[0];
+        assert_eq!(restored(&[first]), [first]);
+        assert_eq!(restored(&[first, 100_000]), Vec::<usize>::new());
+    }
 }

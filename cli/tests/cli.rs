@@ -169,10 +169,7 @@ fn help_and_version() {
 #[test]
 fn wireguard_cpus_the_daemon_cannot_pin_to_are_its_error_at_start() {
     for (cpus, said) in [
-        (
-            vec![0, 100_000],
-            "CPU 100000 is not one this process may run on",
-        ),
+        (vec![0, 100_000], "CPU 100000 is not one shoald may run on"),
         (vec![0, 0, 0], "3 CPUs listed"),
     ] {
         let dir = tempfile::tempdir().unwrap();

@@ -9,10 +9,13 @@
 //! that the thread can no longer use another CPU when its own is busy (docs/dataplane.md has the
 //! figures).
 //!
-//! A pin is applied by whichever comes second: the engine's configuration (to a thread that has
-//! told its ID) or the thread's start (reading what is wanted), so none is lost to a race.
+//! A thread tells its ID as it starts and takes the CPU wanted for it; a configuration records the
+//! CPUs wanted and pins the threads that have told their IDs. Both happen under one lock held
+//! across the system call, so neither a pin nor a start is lost, and an older pin never lands
+//! after a newer one. A thread that ends takes its ID back, so that no later pin reaches a
+//! thread ID the system has reused.
 
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::Mutex;
 
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::{Pid, gettid};
@@ -26,14 +29,11 @@ pub(crate) enum IoThread {
     Decrypting = 1,
 }
 
-/// No thread ID told yet, or no CPU wanted.
-const NONE: i64 = -1;
-
-/// One thread's ID and wanted CPU.
-#[derive(Debug)]
+/// One thread's ID, while it runs, and the CPU wanted for it.
+#[derive(Debug, Clone, Copy, Default)]
 struct Slot {
-    tid: AtomicI32,
-    cpu: AtomicI64,
+    tid: Option<Pid>,
+    cpu: Option<usize>,
 }
 
 /// The engine's threads' placement.
@@ -41,29 +41,47 @@ struct Slot {
 pub(crate) struct Placement {
     /// The CPUs the process may run on when the engine started: an unpinned thread's set.
     allowed: CpuSet,
-    slots: [Slot; 2],
+    slots: Mutex<[Slot; 2]>,
+}
+
+/// Held by a running I/O thread: its ID is given back when it ends, however it ends.
+pub(crate) struct Running<'a> {
+    placement: &'a Placement,
+    thread: IoThread,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.placement.lock()[self.thread as usize].tid = None;
+    }
 }
 
 impl Placement {
     /// Nothing pinned; `allowed` is the calling thread's set.
     pub(crate) fn new() -> std::io::Result<Self> {
         let allowed = sched_getaffinity(Pid::from_raw(0)).map_err(std::io::Error::from)?;
-        let slot = || Slot {
-            tid: AtomicI32::new(0),
-            cpu: AtomicI64::new(NONE),
-        };
         Ok(Self {
             allowed,
-            slots: [slot(), slot()],
+            slots: Mutex::default(),
         })
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Slot; 2]> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Called by `thread` as it starts: tells its ID and takes the CPU wanted for it, if any.
-    pub(crate) fn started(&self, thread: IoThread) {
-        let slot = &self.slots[thread as usize];
-        slot.tid.store(gettid().as_raw(), Ordering::SeqCst);
-        if slot.cpu.load(Ordering::SeqCst) != NONE {
-            self.apply(thread);
+    /// The ID is given back when the result is dropped.
+    pub(crate) fn started(&self, thread: IoThread) -> Running<'_> {
+        let mut slots = self.lock();
+        let slot = &mut slots[thread as usize];
+        slot.tid = Some(gettid());
+        if slot.cpu.is_some() {
+            self.apply(thread, *slot);
+        }
+        Running {
+            placement: self,
+            thread,
         }
     }
 
@@ -71,27 +89,26 @@ impl Placement {
     /// as well when there is one; `[]` unpins both). The CPUs were checked by the state's
     /// resolution against the same allowed set.
     pub(crate) fn pin(&self, cpus: &[usize]) {
+        let mut slots = self.lock();
         for (thread, wanted) in [
             (IoThread::Encrypting, cpus.first()),
             (IoThread::Decrypting, cpus.get(1).or(cpus.first())),
         ] {
-            let slot = &self.slots[thread as usize];
-            let wanted = wanted.map_or(NONE, |&c| c as i64);
-            if slot.cpu.swap(wanted, Ordering::SeqCst) != wanted {
-                self.apply(thread);
+            let slot = &mut slots[thread as usize];
+            if slot.cpu != wanted.copied() {
+                slot.cpu = wanted.copied();
+                self.apply(thread, *slot);
             }
         }
     }
 
-    /// Sets `thread`'s affinity to what is wanted for it, once its ID is known.
-    fn apply(&self, thread: IoThread) {
-        let slot = &self.slots[thread as usize];
-        let tid = slot.tid.load(Ordering::SeqCst);
-        if tid == 0 {
+    /// Sets the affinity of `slot`'s thread, if it runs, to its CPU or to every allowed one.
+    fn apply(&self, thread: IoThread, slot: Slot) {
+        let Some(tid) = slot.tid else {
             return;
-        }
-        let set = match usize::try_from(slot.cpu.load(Ordering::SeqCst)) {
-            Ok(cpu) => {
+        };
+        let set = match slot.cpu {
+            Some(cpu) => {
                 let mut set = CpuSet::new();
                 if let Err(e) = set.set(cpu) {
                     tracing::error!(cpu, error = %e, "pinning a WireGuard thread");
@@ -99,9 +116,9 @@ impl Placement {
                 }
                 set
             }
-            Err(_) => self.allowed,
+            None => self.allowed,
         };
-        if let Err(e) = sched_setaffinity(Pid::from_raw(tid), &set) {
+        if let Err(e) = sched_setaffinity(tid, &set) {
             tracing::error!(?thread, error = %e, "setting a WireGuard thread's CPUs");
         }
     }
@@ -125,15 +142,31 @@ pub fn check(cpus: &[usize], allowed: &[usize]) -> Result<(), String> {
         ));
     }
     match cpus.iter().find(|c| !allowed.contains(c)) {
-        Some(cpu) => {
-            let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
-            Err(format!(
-                "CPU {cpu} is not one this process may run on (it may run on {})",
-                allowed.join(",")
-            ))
-        }
+        Some(cpu) => Err(format!(
+            "CPU {cpu} is not one shoald may run on (it may run on {})",
+            ranges(allowed)
+        )),
         None => Ok(()),
     }
+}
+
+/// CPUs in the kernel's list format: `0-3,6`.
+fn ranges(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
 }
 
 #[cfg(test)]
@@ -147,7 +180,11 @@ mod tests {
         assert_eq!(check(&[0, 1], &[0, 1]), Ok(()));
         assert_eq!(
             check(&[0, 7], &[0, 1]),
-            Err("CPU 7 is not one this process may run on (it may run on 0,1)".into())
+            Err("CPU 7 is not one shoald may run on (it may run on 0-1)".into())
+        );
+        assert_eq!(
+            check(&[5], &[0, 1, 2, 3, 6, 8, 9]),
+            Err("CPU 5 is not one shoald may run on (it may run on 0-3,6,8-9)".into())
         );
         assert_eq!(
             check(&[0, 1, 0], &[0, 1]),

@@ -993,7 +993,7 @@ impl Shared {
     /// one packet or a super-packet, cut into the packets it stands for ([`Segments`]); the
     /// encrypted datagrams go out [`BATCH`] at a time with one `sendmmsg`.
     fn encrypt_loop(&self) {
-        self.placement.started(IoThread::Encrypting);
+        let _running = self.placement.started(IoThread::Encrypting);
         let mut read_buf = vec![0u8; VNET_HDR_LEN + ETH_HLEN + MAX_PACKET];
         let mut segment = vec![0u8; MAX_PACKET];
         // The datagrams of one batch, end to end (so that runs of them go out as one message).
@@ -1073,7 +1073,7 @@ impl Shared {
     /// Receives datagrams, up to [`BATCH`] messages with one `recvmmsg` (each may hold several
     /// datagrams the kernel coalesced), and decrypts each datagram.
     fn decrypt_loop(&self) {
-        self.placement.started(IoThread::Decrypting);
+        let _running = self.placement.started(IoThread::Decrypting);
         let mut buffers = vec![vec![0u8; MAX_PACKET]; BATCH];
         let mut got = [Received::NONE; BATCH];
         let mut out = vec![0u8; MAX_PACKET];
