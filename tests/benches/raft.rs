@@ -11,13 +11,20 @@
 //! 3. Failover, each system in turn: its leader is SIGKILLed five times; each time one client
 //!    writes through another member until a write is acknowledged; the killed member is then
 //!    restarted and caught up. `{shoal,etcd}_failover_s` is the median.
+//! 4. etcd once more with mutual TLS on its client and peer URLs, as Shoal's managers always run
+//!    (certificates made with `openssl`, ECDSA P-256 as Shoal's): `etcd_tls_*`, 1 and 64 clients.
 //!
 //! Writes `$SHOAL_BENCH_OUT` (default `target/bench/raft.json`): `{shoal,etcd}_writes_per_s_c{1,64}`,
 //! `{shoal,etcd}_p{50,99}_ms_c{1,64}`, `{shoal,etcd}_failover_s`, and `shoal_elections_c{1,64}`
 //! (raft terms begun during each load: elections no kill caused). Needs root, `etcd` and release builds of `shoald`, `shoal`
 //! and `shoal-raft-load` (the xtask builds them).
 
-use std::{collections::BTreeMap, process::Stdio, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use serde_json::Value;
 use shoal_tests::{Host, binary, swarm::Swarm, wait_until};
@@ -48,6 +55,35 @@ fn record(results: &mut BTreeMap<String, f64>, system: &str, clients: usize, run
     results.insert(format!("{system}_errors_c{clients}"), get("errors"));
 }
 
+/// 1 then 64 clients writing to etcd's leader at `leader` (over TLS with the client certificate
+/// in `certs`, when given), recorded as `system`.
+fn load_etcd(
+    swarm: &Swarm,
+    results: &mut BTreeMap<String, f64>,
+    system: &str,
+    leader: &str,
+    certs: Option<&str>,
+) {
+    for clients in [1, 64] {
+        let c = clients.to_string();
+        let mut args = vec![
+            "etcd",
+            "--target",
+            leader,
+            "--clients",
+            &c,
+            "--seconds",
+            SECONDS,
+        ];
+        if let Some(certs) = certs {
+            args.extend(["--certs", certs]);
+        }
+        let run = load(swarm, &args);
+        eprintln!("{system}, {clients} clients: {run}");
+        record(results, system, clients, &run);
+    }
+}
+
 /// Leader kills per system.
 const KILLS: usize = 5;
 
@@ -66,8 +102,9 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// The endpoint of etcd's leader, once there is one.
-fn etcd_leader(swarm: &Swarm, endpoints: &[String]) -> String {
+/// The endpoint of etcd's leader, once there is one (over TLS with the client certificate in
+/// `certs`, when given).
+fn etcd_leader(swarm: &Swarm, endpoints: &[String], certs: Option<&str>) -> String {
     let mut leader = String::new();
     wait_until("etcd to elect a leader", Duration::from_secs(60), || {
         let mut command = swarm
@@ -75,10 +112,11 @@ fn etcd_leader(swarm: &Swarm, endpoints: &[String]) -> String {
             .client()
             .command(binary("shoal-raft-load").unwrap())
             .unwrap();
-        let out = command
-            .args(["etcd-leader", "--endpoints", &endpoints.join(",")])
-            .output()
-            .unwrap();
+        command.args(["etcd-leader", "--endpoints", &endpoints.join(",")]);
+        if let Some(certs) = certs {
+            command.args(["--certs", certs]);
+        }
+        let out = command.output().unwrap();
         leader = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         Ok(out.status.success() && !leader.is_empty())
     })
@@ -185,12 +223,13 @@ fn main() {
 
     // etcd on the same nodes, addresses and client.
     let nodes = swarm.lab.nodes().to_vec();
-    let cluster: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("{}=http://{}:2380", n.name, n.public_ip))
-        .collect();
-    let etcd = |node: &Host, home: std::path::PathBuf| {
-        let dir = home.join("etcd");
+    let scheme = |tls: Option<&Path>| if tls.is_some() { "https" } else { "http" };
+    let etcd = |node: &Host, home: PathBuf, tls: Option<&Path>| {
+        let dir = home.join(if tls.is_some() { "etcd-tls" } else { "etcd" });
+        let cluster: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{}={}://{}:2380", n.name, scheme(tls), n.public_ip))
+            .collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -200,16 +239,23 @@ fn main() {
         command
             .args(["--name", &node.name, "--data-dir", dir.to_str().unwrap()])
             .arg(format!(
-                "--listen-client-urls=http://{}:2379",
+                "--listen-client-urls={}://{}:2379",
+                scheme(tls),
                 node.public_ip
             ))
             .arg(format!(
-                "--advertise-client-urls=http://{}:2379",
+                "--advertise-client-urls={}://{}:2379",
+                scheme(tls),
                 node.public_ip
             ))
-            .arg(format!("--listen-peer-urls=http://{}:2380", node.public_ip))
             .arg(format!(
-                "--initial-advertise-peer-urls=http://{}:2380",
+                "--listen-peer-urls={}://{}:2380",
+                scheme(tls),
+                node.public_ip
+            ))
+            .arg(format!(
+                "--initial-advertise-peer-urls={}://{}:2380",
+                scheme(tls),
                 node.public_ip
             ))
             .arg(format!("--initial-cluster={}", cluster.join(",")))
@@ -224,41 +270,44 @@ fn main() {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        if let Some(tls) = tls {
+            let file = |name: String| tls.join(name).to_str().unwrap().to_owned();
+            let (cert, key, ca) = (
+                file(format!("{}.crt", node.name)),
+                file(format!("{}.key", node.name)),
+                file("ca.crt".into()),
+            );
+            for (flag, value) in [
+                ("--cert-file", &cert),
+                ("--key-file", &key),
+                ("--trusted-ca-file", &ca),
+                ("--peer-cert-file", &cert),
+                ("--peer-key-file", &key),
+                ("--peer-trusted-ca-file", &ca),
+            ] {
+                command.arg(format!("{flag}={value}"));
+            }
+            command.args(["--client-cert-auth", "--peer-client-cert-auth"]);
+        }
         command
     };
     let mut pids = BTreeMap::new();
     for node in &nodes {
         let home = swarm.lab.host_dir(node);
-        let pid = swarm.lab.spawn(etcd(node, home)).expect("start etcd");
+        let pid = swarm.lab.spawn(etcd(node, home, None)).expect("start etcd");
         pids.insert(node.name.clone(), pid);
     }
     let endpoints: Vec<String> = nodes
         .iter()
         .map(|n| format!("{}:2379", n.public_ip))
         .collect();
-    let etcd_leader_now = etcd_leader(&swarm, &endpoints);
-    for clients in [1, 64] {
-        let c = clients.to_string();
-        let run = load(
-            &swarm,
-            &[
-                "etcd",
-                "--target",
-                &etcd_leader_now,
-                "--clients",
-                &c,
-                "--seconds",
-                SECONDS,
-            ],
-        );
-        eprintln!("etcd, {clients} clients: {run}");
-        record(&mut results, "etcd", clients, &run);
-    }
+    let etcd_leader_now = etcd_leader(&swarm, &endpoints, None);
+    load_etcd(&swarm, &mut results, "etcd", &etcd_leader_now, None);
     // etcd's failover, the same way: its leader SIGKILLed, the first write through another
     // member timed, the member restarted on its data and the cluster led again.
     let mut etcd_failovers = Vec::new();
     for _ in 0..KILLS {
-        let leader = etcd_leader(&swarm, &endpoints);
+        let leader = etcd_leader(&swarm, &endpoints, None);
         let node = nodes
             .iter()
             .find(|n| leader.starts_with(&format!("{}:", n.public_ip)))
@@ -274,15 +323,55 @@ fn main() {
         let run = load(&swarm, &["etcd", "--target", &survivor, "--first-write"]);
         etcd_failovers.push(run["ms"].as_f64().unwrap_or(f64::NAN) / 1e3);
         let home = swarm.lab.host_dir(&node);
-        let pid = swarm.lab.spawn(etcd(&node, home)).expect("restart etcd");
+        let pid = swarm
+            .lab
+            .spawn(etcd(&node, home, None))
+            .expect("restart etcd");
         pids.insert(node.name.clone(), pid);
         std::thread::sleep(Duration::from_secs(3));
-        etcd_leader(&swarm, &endpoints);
+        etcd_leader(&swarm, &endpoints, None);
     }
     eprintln!("etcd, writable again after a leader's SIGKILL (s): {etcd_failovers:?}");
     results.insert("etcd_failover_s".into(), median(etcd_failovers));
 
-    println!("{:<28} {:>12} {:>12}", "figure", "shoal", "etcd");
+    // etcd with mutual TLS, as Shoal's managers: a new cluster on the same nodes.
+    for pid in pids.values() {
+        // SAFETY: signalling a child this bench started.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    let tls = swarm.lab.dir().join("etcd-tls");
+    let client_certs = etcd_certs(&tls, &nodes);
+    let client_certs = client_certs.to_str().unwrap();
+    // A process that has exited (a zombie until the lab reaps it) holds no socket.
+    let exited = |pid: &u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
+        matches!(state, Some("Z" | "X") | None)
+    };
+    wait_until("the plain etcd to exit", Duration::from_secs(30), || {
+        Ok(pids.values().all(exited))
+    })
+    .expect("etcd stopped");
+    for node in &nodes {
+        let home = swarm.lab.host_dir(node);
+        swarm
+            .lab
+            .spawn(etcd(node, home, Some(&tls)))
+            .expect("start etcd with TLS");
+    }
+    let tls_leader = etcd_leader(&swarm, &endpoints, Some(client_certs));
+    load_etcd(
+        &swarm,
+        &mut results,
+        "etcd_tls",
+        &tls_leader,
+        Some(client_certs),
+    );
+
+    println!(
+        "{:<28} {:>12} {:>12} {:>12}",
+        "figure", "shoal", "etcd", "etcd (TLS)"
+    );
     println!(
         "{:<28} {:>12.2} {:>12.2}",
         "failover_s", results["shoal_failover_s"], results["etcd_failover_s"]
@@ -296,13 +385,119 @@ fn main() {
         "p99_ms_c64",
     ] {
         println!(
-            "{figure:<28} {:>12.1} {:>12.1}",
+            "{figure:<28} {:>12.1} {:>12.1} {:>12.1}",
             results[&format!("shoal_{figure}")],
-            results[&format!("etcd_{figure}")]
+            results[&format!("etcd_{figure}")],
+            results[&format!("etcd_tls_{figure}")]
         );
     }
-    if let Some(dir) = std::path::Path::new(&out).parent() {
+    if let Some(dir) = Path::new(&out).parent() {
         std::fs::create_dir_all(dir).unwrap();
     }
     std::fs::write(&out, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+}
+
+/// A CA, a certificate for each etcd member (its IP and `swarm-manager`, the name
+/// `shoal-raft-load` verifies, server and client use) and one for the client, in `dir`, made
+/// with `openssl` as ECDSA P-256 keys (Shoal's own). Returns the client's directory (`node.crt`,
+/// `node.key`, `ca.crt`).
+fn etcd_certs(dir: &Path, nodes: &[Host]) -> PathBuf {
+    let client = dir.join("client");
+    std::fs::create_dir_all(&client).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bench etcd CA",
+            ],
+        ]
+        .concat(),
+    );
+    let leaf = |name: &str, san: &str, usage: &str, cert: &str, key: &str| {
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            dir.join(&ext),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\nsubjectAltName={san}\n"),
+        )
+        .unwrap();
+        let csr = format!("{name}.csr");
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    };
+    for node in nodes {
+        leaf(
+            &node.name,
+            &format!("DNS:swarm-manager,IP:{}", node.public_ip),
+            "serverAuth,clientAuth",
+            &format!("{}.crt", node.name),
+            &format!("{}.key", node.name),
+        );
+    }
+    leaf(
+        "client",
+        "DNS:client",
+        "clientAuth",
+        "client/node.crt",
+        "client/node.key",
+    );
+    std::fs::copy(dir.join("ca.crt"), client.join("ca.crt")).unwrap();
+    client
 }

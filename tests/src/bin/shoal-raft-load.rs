@@ -6,6 +6,7 @@
 //! shoal-raft-load etcd  --target IP:PORT --clients C --seconds S
 //! shoal-raft-load etcd-leader --endpoints IP:PORT,IP:PORT,...
 //! shoal-raft-load shoal|etcd ... --first-write
+//! shoal-raft-load etcd|etcd-leader ... --certs DIR
 //! ```
 //!
 //! `C` tasks each write one new key (64-byte value) at a time, for `S` seconds, over one HTTP/2
@@ -14,6 +15,8 @@
 //! counts when it is acknowledged, which for both means committed by a majority with fsync.
 //! Prints `{"writes":N,"errors":E,"seconds":S,"per_s":R,"p50_ms":..,"p99_ms":..}`.
 //! `etcd-leader` prints the endpoint of the etcd member that leads (from `Maintenance.Status`).
+//! With `--certs DIR`, etcd is called over mutual TLS as Shoal is (a client certificate in `DIR`,
+//! the server's verified against `DIR/ca.crt` as `swarm-manager`).
 //! With `--first-write` (after a leader is killed), one writer tries until a write is
 //! acknowledged (each try given 1 s, 10 ms between tries) and prints `{"ms": M}`, the time
 //! from its start to that acknowledgement.
@@ -127,6 +130,28 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// A channel over mutual TLS with the certificate, key and roots in `certs` (`node.crt`,
+/// `node.key`, `ca.crt`).
+fn tls_channel(target: &str, certs: &str) -> Result<Channel, String> {
+    let dir = std::path::PathBuf::from(certs);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"));
+    let credentials = Credentials {
+        cert_pem: read("node.crt")?,
+        key_pem: read("node.key")?,
+        ca_pem: read("ca.crt")?,
+    };
+    let config = credentials.client_config().map_err(|e| e.to_string())?;
+    tls::channel(target, config, Duration::from_secs(30)).map_err(|e| e.to_string())
+}
+
+/// Over mutual TLS with `certs`, or in plain text without.
+async fn channel(target: &str, certs: Option<&str>) -> Result<Channel, String> {
+    match certs {
+        Some(certs) => tls_channel(target, certs),
+        None => plain_channel(target).await,
+    }
+}
+
 async fn plain_channel(target: &str) -> Result<Channel, String> {
     tonic::transport::Endpoint::from_shared(format!("http://{target}"))
         .map_err(|e| e.to_string())?
@@ -205,21 +230,12 @@ async fn run(args: &[String]) -> Result<(), String> {
     match command {
         "shoal" | "etcd" => {
             let target_addr = flag(args, "--target")?;
+            let certs = flag(args, "--certs").ok();
             let target = if command == "shoal" {
-                let dir = std::path::PathBuf::from(flag(args, "--certs")?);
-                let read =
-                    |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"));
-                let credentials = Credentials {
-                    cert_pem: read("node.crt")?,
-                    key_pem: read("node.key")?,
-                    ca_pem: read("ca.crt")?,
-                };
-                let config = credentials.client_config().map_err(|e| e.to_string())?;
-                let channel = tls::channel(target_addr, config, Duration::from_secs(30))
-                    .map_err(|e| e.to_string())?;
-                Target::Shoal(ControlClient::new(channel))
+                let certs = certs.ok_or("missing --certs")?;
+                Target::Shoal(ControlClient::new(tls_channel(target_addr, certs)?))
             } else {
-                Target::Etcd(tonic::client::Grpc::new(plain_channel(target_addr).await?))
+                Target::Etcd(tonic::client::Grpc::new(channel(target_addr, certs).await?))
             };
             if args.iter().any(|a| a == "--first-write") {
                 println!("{}", first_write(target).await?);
@@ -235,8 +251,9 @@ async fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "etcd-leader" => {
+            let certs = flag(args, "--certs").ok();
             for endpoint in flag(args, "--endpoints")?.split(',') {
-                let mut grpc = tonic::client::Grpc::new(plain_channel(endpoint).await?);
+                let mut grpc = tonic::client::Grpc::new(channel(endpoint, certs).await?);
                 grpc.ready().await.map_err(|e| e.to_string())?;
                 let status = grpc
                     .unary::<_, StatusResponse, _>(
