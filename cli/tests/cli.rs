@@ -22,6 +22,20 @@ fn shoal(host: &str, args: &[&str]) -> Output {
 }
 
 /// A daemon serving on `socket` until dropped.
+/// A daemon's configuration for these tests: no executor, nothing served but the socket.
+fn config(data_root: PathBuf, socket: &Path) -> Config {
+    Config {
+        data_root,
+        host: DaemonHost::unix(socket),
+        hostname: "cli-test-node".into(),
+        executor: shoal_agent::ExecutorKind::None,
+        docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
+        metrics_addr: None,
+        ui_addr: None,
+        wireguard_cpus: Vec::new(),
+    }
+}
+
 struct InProcessDaemon {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
@@ -30,16 +44,7 @@ struct InProcessDaemon {
 impl InProcessDaemon {
     fn start(data_root: PathBuf, socket: &Path) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = Config {
-            data_root,
-            host: DaemonHost::unix(socket),
-            hostname: "cli-test-node".into(),
-            executor: shoal_agent::ExecutorKind::None,
-            docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
-            metrics_addr: None,
-            ui_addr: None,
-            wireguard_cpus: Vec::new(),
-        };
+        let config = config(data_root, socket);
         let thread = thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime
@@ -174,14 +179,8 @@ fn wireguard_cpus_the_daemon_cannot_pin_to_are_its_error_at_start() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
-            data_root: dir.path().join("data"),
-            host: DaemonHost::unix(dir.path().join("shoal.sock")),
-            hostname: "cli-test-node".into(),
-            executor: shoal_agent::ExecutorKind::None,
-            docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
-            metrics_addr: None,
-            ui_addr: None,
             wireguard_cpus: cpus,
+            ..config(dir.path().join("data"), &dir.path().join("shoal.sock"))
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let error = runtime
@@ -206,14 +205,9 @@ fn a_busy_metrics_or_ui_port_is_the_daemon_s_error_at_start() {
         let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = busy.local_addr().unwrap();
         let config = Config {
-            data_root: dir.path().join("data"),
-            host: DaemonHost::unix(dir.path().join("shoal.sock")),
-            hostname: "cli-test-node".into(),
-            executor: shoal_agent::ExecutorKind::None,
-            docker_host: shoal_agent::DEFAULT_DOCKER_HOST.into(),
             metrics_addr: (flag == "metrics-addr").then_some(addr),
             ui_addr: (flag == "ui-addr").then_some(addr),
-            wireguard_cpus: Vec::new(),
+            ..config(dir.path().join("data"), &dir.path().join("shoal.sock"))
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let error = runtime

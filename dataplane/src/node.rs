@@ -249,18 +249,14 @@ impl DesiredState {
         }
         let (data_path_addr, underlay_mtu) =
             data_path.expect("no problems, so the data path resolved");
-        let wireguard = self
-            .wireguard_config(
-                &mut layout,
-                (data_path_addr, underlay_mtu),
-                private_key,
-                &peers,
-                &remote.peer_vnis,
-            )
-            .map(|config| WgConfig {
-                cpus: cpus.to_vec(),
-                ..config
-            });
+        let wireguard = self.wireguard_config(
+            &mut layout,
+            (data_path_addr, underlay_mtu),
+            private_key,
+            cpus,
+            &peers,
+            &remote.peer_vnis,
+        );
         // Plain networks' VXLAN sockets take datagrams to any address of the node's namespace,
         // where anyone can reach them: only the peers may.
         let vxlan_filter = layout
@@ -665,6 +661,7 @@ impl DesiredState {
         layout: &mut Layout,
         (data_path_addr, underlay_mtu): (Ipv4Addr, u32),
         private_key: Option<Key>,
+        cpus: &[usize],
         peers: &UsablePeers<'a>,
         peer_vnis: &BTreeMap<&'a str, BTreeSet<u32>>,
     ) -> Option<WgConfig> {
@@ -681,7 +678,7 @@ impl DesiredState {
                     local: data_path_addr,
                     port: self.data_path.wireguard_port,
                     vxlan_port: self.data_path.port,
-                    cpus: Vec::new(),
+                    cpus: cpus.to_vec(),
                     peers: peers
                         .iter()
                         .filter_map(|(node, (addr, key))| {
