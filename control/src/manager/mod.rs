@@ -239,11 +239,17 @@ impl Manager {
     /// leader.
     pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
         let store = Store::new();
-        let (log, sm) = crate::raft::open_storage(&config.dir, store.clone(), config.keys.key())
-            .map_err(|source| ManagerError::Storage {
-                dir: config.dir.clone(),
-                source,
-            })?;
+        let (log, sm) = crate::raft::open_storage(
+            &config.dir,
+            store.clone(),
+            config.keys.key(),
+            config.raft_id,
+        )
+        .map_err(|source| ManagerError::Storage {
+            dir: config.dir.clone(),
+            source,
+        })?;
+        let durability = log.durability();
         let committed_index = log.committed_index();
         let identity = config.credentials.identity()?;
         let live = LiveTls::new(&config.credentials)?;
@@ -259,7 +265,7 @@ impl Manager {
         let raft = Raft::new(
             config.raft_id,
             Arc::new(raft_config),
-            RaftClients::new(client_tls.clone(), contacts.clone()),
+            RaftClients::new(client_tls.clone(), contacts.clone(), durability),
             log,
             sm,
         )

@@ -11,6 +11,16 @@
 //! `append` keeps the entries in memory (readable at once, as openraft requires) and queues the
 //! bytes to one writer thread, which writes everything queued, calls `fdatasync` once, and only
 //! then reports the entries flushed (group commit: 64 concurrent writers cost one fsync, not 64).
+//!
+//! The one exception is the leader's own new entries. openraft 0.9 waits for the leader's append
+//! to be reported flushed before it sends the entries to the followers, which puts the leader's
+//! fsync and the followers' in a row on every write. The log reports them at once instead, so
+//! the leader's fsync runs while the followers write theirs, as the raft thesis allows (§10.2.1),
+//! and what committing them lets anyone see waits for that fsync ([`Durability`]): the state
+//! machine applies no entry the log does not hold on disk, `committed.json` names none, and the
+//! followers are told no commit index past it. So a write is answered, and applied anywhere,
+//! only once a majority holds it on disk, the leader included. Followers report after their
+//! fsync, always: their answer is what the leader counts. Membership changes take the slow way.
 //! Truncation and purging go through the same queue, so they are ordered with the writes, and
 //! wait for it. At open, each segment is read to its last whole record: a torn tail (the crash
 //! happened mid-write) is cut off; a bad record before the tail is corruption and an error.
@@ -30,9 +40,11 @@ use std::{
     thread,
 };
 
+use tokio::sync::watch;
+
 use openraft::{
-    AnyError, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError,
-    StorageIOError, Vote,
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader,
+    StorageError, StorageIOError, Vote,
     storage::{LogFlushed, RaftLogStorage},
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -87,11 +99,21 @@ struct Entries {
     last_purged: Option<LogId<NodeId>>,
 }
 
+/// How far the log is on disk, as the writer thread last reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Synced {
+    /// The last index a completed fsync covers (`None`: no entry yet).
+    index: Option<u64>,
+    /// A write or fsync failed: nothing past `index` will become durable.
+    failed: bool,
+}
+
 /// What the writer thread is asked to do, in order.
 enum WriterCommand {
     Append {
         records: Vec<(u64, Vec<u8>)>,
-        callback: LogFlushed<TypeConfig>,
+        /// `None` when the entries were reported flushed as they were queued (the leader's own).
+        callback: Option<LogFlushed<TypeConfig>>,
     },
     /// Drop every entry from this index on.
     Truncate {
@@ -121,6 +143,74 @@ pub struct LogStore {
     committed_index: Arc<std::sync::atomic::AtomicU64>,
     shared: Arc<Mutex<Entries>>,
     ops: mpsc::Sender<WriterCommandBox>,
+    /// This manager's raft ID: whose entries are its own as leader.
+    me: NodeId,
+    /// The vote raft last asked this log to keep (from the moment it asks).
+    vote: Arc<Mutex<Option<Vote<NodeId>>>>,
+    synced: watch::Receiver<Synced>,
+}
+
+/// What of the log is on disk, for those who must not act on more: the state machine and the
+/// raft clients (module docs).
+#[derive(Debug, Clone)]
+pub struct Durability {
+    shared: Arc<Mutex<Entries>>,
+    synced: watch::Receiver<Synced>,
+}
+
+impl Durability {
+    /// Waits until every entry the log holds up to `index` is on disk. An error when a write
+    /// failed first (raft then stops: nothing past the failure is applied).
+    pub async fn reach(&self, index: u64) -> io::Result<()> {
+        let target = {
+            let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            let last = shared.entries.keys().next_back().copied();
+            match last {
+                Some(last) => index.min(last),
+                // Nothing unpurged: what was purged had been applied, so was on disk.
+                None => return Ok(()),
+            }
+        };
+        let mut synced = self.synced.clone();
+        let now = *synced
+            .wait_for(|s| s.failed || s.index.is_some_and(|i| i >= target))
+            .await
+            .map_err(|_| io::Error::other("the raft log writer stopped"))?;
+        if now.index.is_some_and(|i| i >= target) {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "raft log entry {target} never reached the disk: a log write failed"
+            )))
+        }
+    }
+
+    /// `committed` as far as this log holds it on disk: the commit index a leader may tell
+    /// its followers (`None` when it holds none of it on disk).
+    pub fn bound(&self, committed: Option<LogId<NodeId>>) -> Option<LogId<NodeId>> {
+        let committed = committed?;
+        let synced = *self.synced.borrow();
+        let index = synced.index?;
+        if committed.index <= index {
+            return Some(committed);
+        }
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        match shared.entries.get(&index) {
+            Some(entry) => Some(entry.log_id),
+            None => shared.last_purged.filter(|p| p.index == index),
+        }
+    }
+}
+
+/// Whether `entry` is one this manager appends as the leader `vote` names (granted, and
+/// `me`), outside a membership change: one [`LogStore::append`] may report flushed at once.
+fn own_leader_entry(vote: Option<&Vote<NodeId>>, me: NodeId, entry: &Entry) -> bool {
+    vote.is_some_and(|vote| {
+        vote.is_committed()
+            && vote.leader_id().node_id == me
+            && entry.log_id.leader_id == *vote.leader_id()
+            && !matches!(entry.payload, EntryPayload::Membership(_))
+    })
 }
 
 /// `WriterCommand` is not `Debug` (the callback is not); wrap it for the channel.
@@ -152,6 +242,9 @@ struct Writer {
     /// Set by the first failed write or sync: what is on disk past that point is unknown, so
     /// every later operation fails too (raft stops; a restart recovers from what is whole).
     failed: Option<String>,
+    /// The last index written to the segment files (on disk after the next fsync).
+    written: Option<u64>,
+    synced: watch::Sender<Synced>,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -164,8 +257,17 @@ impl LogStore {
         self.committed_index.clone()
     }
 
-    /// Opens (or creates) the log in `dir`, recovering what a crash left.
-    pub fn open(dir: &Path, key: DataKey) -> io::Result<Self> {
+    /// What of this log is on disk, shared.
+    pub fn durability(&self) -> Durability {
+        Durability {
+            shared: self.shared.clone(),
+            synced: self.synced.clone(),
+        }
+    }
+
+    /// Opens (or creates) the log in `dir` for the manager whose raft ID is `me`, recovering
+    /// what a crash left.
+    pub fn open(dir: &Path, key: DataKey, me: NodeId) -> io::Result<Self> {
         let log_dir = dir.join("log");
         fs::create_dir_all(&log_dir)?;
         let last_purged: Option<LogId<NodeId>> = read_json(&dir.join("purged.json"))?;
@@ -250,11 +352,22 @@ impl LogStore {
             Some(segment) => Some(OpenOptions::new().append(true).open(&segment.path)?),
             None => None,
         };
+        // What a segment holds at open is taken as on disk (a crash's torn tail is cut above).
+        let written = segments
+            .iter()
+            .rev()
+            .find_map(|s| s.offsets.keys().next_back().copied());
+        let (synced_tx, synced) = watch::channel(Synced {
+            index: written,
+            failed: false,
+        });
         let writer = Writer {
             dir: log_dir,
             segments,
             file,
             failed: None,
+            written,
+            synced: synced_tx,
         };
         let (ops, receiver) = mpsc::channel::<WriterCommandBox>();
         thread::Builder::new()
@@ -276,6 +389,9 @@ impl LogStore {
                 last_purged,
             })),
             ops,
+            me,
+            vote: Arc::default(),
+            synced,
         })
     }
 
@@ -372,8 +488,13 @@ impl Writer {
                 match op {
                     WriterCommand::Append { records, callback } => {
                         let result = self.guarded(|w| w.append(&records));
+                        if result.is_ok() {
+                            self.written = records.last().map(|(i, _)| *i).or(self.written);
+                        }
                         dirty = true;
-                        flushed.push((callback, result));
+                        if let Some(callback) = callback {
+                            flushed.push((callback, result));
+                        }
                     }
                     other => {
                         // Appends before a truncate or purge are made durable first.
@@ -381,7 +502,12 @@ impl Writer {
                         complete(&mut flushed, &synced);
                         match other {
                             WriterCommand::Truncate { from, done } => {
-                                let _ = done.send(synced.and_then(|()| self.truncate(from)));
+                                let result = synced.and_then(|()| self.truncate(from));
+                                if result.is_ok() {
+                                    self.written = self.written.min(from.checked_sub(1));
+                                    self.publish();
+                                }
+                                let _ = done.send(result);
                             }
                             WriterCommand::Purge { upto, done } => {
                                 let _ = done.send(synced.and_then(|()| self.purge(upto)));
@@ -418,10 +544,29 @@ impl Writer {
 
     fn sync(&mut self, dirty: &mut bool) -> io::Result<()> {
         let dirty = std::mem::take(dirty);
-        self.guarded(|w| match (&w.file, dirty) {
+        let result = self.guarded(|w| match (&w.file, dirty) {
             (Some(file), true) => file.sync_data(),
             _ => Ok(()),
-        })
+        });
+        self.publish();
+        result
+    }
+
+    /// Tells [`Durability`] how far the log is on disk, or that it failed.
+    fn publish(&self) {
+        let now = Synced {
+            index: if self.failed.is_some() {
+                self.synced.borrow().index
+            } else {
+                self.written
+            },
+            failed: self.failed.is_some(),
+        };
+        self.synced.send_if_modified(|s| {
+            let changed = *s != now;
+            *s = now;
+            changed
+        });
     }
 
     fn append(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<()> {
@@ -566,6 +711,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         let vote = *vote;
+        // From now on, not before it is durable: appends under an earlier vote stop being the
+        // leader's own at once.
+        *self.vote.lock().unwrap_or_else(|e| e.into_inner()) = Some(vote);
         self.request(|done| WriterCommand::Vote { vote, done })
             .await
             .map_err(io_error(ErrorSubject::Vote, ErrorVerb::Write))
@@ -584,6 +732,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A hint that lets a restarted node apply what it knows is committed before it hears
         // from a leader; losing it only delays that. Overwritten in place, padded to a fixed
         // size, never fsync'd: it is on the path of every commit. A torn copy reads as none.
+        // It names no entry the log does not hold on disk yet (module docs).
+        let committed = self.durability().bound(committed);
         let mut bytes = serde_json::to_vec(&committed)
             .map_err(io::Error::other)
             .map_err(io_error(ErrorSubject::Store, ErrorVerb::Write))?;
@@ -619,18 +769,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let vote = *self.vote.lock().unwrap_or_else(|e| e.into_inner());
         let mut records = Vec::new();
+        let mut own = true;
         {
             let mut shared = self.lock();
             for entry in entries {
+                own &= own_leader_entry(vote.as_ref(), self.me, &entry);
                 let bytes = record(&entry, &self.key)
                     .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))?;
                 records.push((entry.log_id.index, bytes));
                 shared.entries.insert(entry.log_id.index, entry);
             }
         }
-        self.send(WriterCommand::Append { records, callback })
-            .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))
+        if !own {
+            return self
+                .send(WriterCommand::Append {
+                    records,
+                    callback: Some(callback),
+                })
+                .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write));
+        }
+        // The leader's own entries (module docs): flushed as far as raft is told, while the
+        // writer makes them so.
+        self.send(WriterCommand::Append {
+            records,
+            callback: None,
+        })
+        .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))?;
+        callback.log_io_completed(Ok(()));
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
@@ -683,7 +851,60 @@ mod tests {
     /// The log in `dir`, sealed with the data key kept there.
     fn open(dir: &Path) -> io::Result<LogStore> {
         let keys = crate::keys::DataKeys::open(dir, None).map_err(io::Error::other)?;
-        LogStore::open(dir, keys.key().clone())
+        LogStore::open(dir, keys.key().clone(), 1)
+    }
+
+    /// Only entries this manager appends as the granted leader of their term, outside a
+    /// membership change, are reported flushed before their fsync.
+    #[test]
+    fn only_the_granted_leaders_own_entries_skip_the_wait() {
+        let mine = Vote::new_committed(1, 1);
+        let own = entry(5);
+        assert!(own_leader_entry(Some(&mine), 1, &own));
+        // Not granted yet, no vote, or another manager's vote (a follower of term 1).
+        assert!(!own_leader_entry(Some(&Vote::new(1, 1)), 1, &own));
+        assert!(!own_leader_entry(None, 1, &own));
+        assert!(!own_leader_entry(Some(&Vote::new_committed(1, 2)), 1, &own));
+        // An entry of this manager's earlier term, sent back by a later leader.
+        assert!(!own_leader_entry(Some(&Vote::new_committed(2, 1)), 1, &own));
+        let membership = Entry {
+            log_id: own.log_id,
+            payload: EntryPayload::Membership(openraft::Membership::new(
+                vec![std::collections::BTreeSet::from([1])],
+                None,
+            )),
+        };
+        assert!(!own_leader_entry(Some(&mine), 1, &membership));
+    }
+
+    /// What the log holds on disk bounds the commit index a leader tells, and an apply waits
+    /// for it; the leader's own entries (reported at once) reach the disk all the same.
+    #[tokio::test]
+    async fn the_commit_index_told_and_applied_never_passes_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path()).unwrap();
+        let durability = log.durability();
+        assert_eq!(durability.bound(None), None);
+        let beyond = LogId::new(CommittedLeaderId::new(1, 1), 9);
+        assert_eq!(durability.bound(Some(beyond)), None, "nothing on disk yet");
+        append(&mut log, 1..=3).await;
+        durability.reach(3).await.unwrap();
+        assert_eq!(durability.bound(Some(beyond)), Some(entry(3).log_id));
+        assert_eq!(
+            durability.bound(Some(entry(2).log_id)),
+            Some(entry(2).log_id)
+        );
+        // As the granted leader of term 1.
+        log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        append(&mut log, 4..=6).await;
+        durability.reach(6).await.unwrap();
+        assert_eq!(durability.bound(Some(beyond)), Some(entry(6).log_id));
+        // An index past the last entry waits only for what the log holds.
+        durability.reach(100).await.unwrap();
+        drop(log);
+        let mut log = open(dir.path()).unwrap();
+        assert_eq!(indices(&mut log).await, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(log.durability().bound(Some(beyond)), Some(entry(6).log_id));
     }
 
     #[tokio::test]
@@ -697,7 +918,7 @@ mod tests {
             !bytes.windows(8).any(|w| w == b"log_id\":"),
             "a record's JSON is in the segment in the clear"
         );
-        let e = LogStore::open(dir.path(), DataKey::generate().unwrap()).unwrap_err();
+        let e = LogStore::open(dir.path(), DataKey::generate().unwrap(), 1).unwrap_err();
         assert!(e.to_string().contains("data key"), "{e}");
         // Nothing was cut off: the right key still reads all three.
         let mut log = open(dir.path()).unwrap();

@@ -122,17 +122,18 @@ impl RaftSettings {
 }
 
 /// Opens a manager's raft storage in `dir`: the log, and the state machine over `store` (loaded
-/// from the newest snapshot), both sealed with `key` ([`crate::keys`]).
+/// from the newest snapshot), both sealed with `key` ([`crate::keys`]), for the manager whose
+/// raft ID is `me`. The state machine applies nothing the log does not hold on disk.
 pub fn open_storage(
     dir: &Path,
     store: crate::store::Store,
     key: &crate::keys::DataKey,
+    me: NodeId,
 ) -> std::io::Result<(log::LogStore, sm::StateMachine)> {
     std::fs::create_dir_all(dir)?;
-    Ok((
-        log::LogStore::open(dir, key.clone())?,
-        sm::StateMachine::open(dir, store, key.clone())?,
-    ))
+    let log = log::LogStore::open(dir, key.clone(), me)?;
+    let sm = sm::StateMachine::open(dir, store, key.clone(), log.durability())?;
+    Ok((log, sm))
 }
 
 #[cfg(test)]
@@ -154,7 +155,7 @@ mod tests {
             let dir = tempfile::tempdir().expect("temporary directory");
             let keys = crate::keys::DataKeys::open(dir.path(), None).expect("data key");
             let (log, sm) =
-                open_storage(dir.path(), crate::store::Store::new(), keys.key()).expect("open");
+                open_storage(dir.path(), crate::store::Store::new(), keys.key(), 1).expect("open");
             Ok((dir, log, sm))
         }
     }

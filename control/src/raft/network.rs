@@ -39,6 +39,7 @@ use tonic::{Request, Status};
 use super::{
     NodeId, Raft, RaftMember, TypeConfig,
     guard::{self, InBounds},
+    log::Durability,
     wire,
 };
 use crate::{
@@ -60,12 +61,18 @@ pub type Contacts = Arc<Mutex<HashMap<NodeId, Instant>>>;
 pub struct RaftClients {
     tls: Arc<ClientConfig>,
     contacts: Contacts,
+    durability: Durability,
 }
 
 impl RaftClients {
-    /// Clients that call peers with `tls`, recording answers in `contacts`.
-    pub fn new(tls: Arc<ClientConfig>, contacts: Contacts) -> Self {
-        Self { tls, contacts }
+    /// Clients that call peers with `tls`, recording answers in `contacts`, telling them no
+    /// commit index past what this manager's log holds on disk (`durability`).
+    pub fn new(tls: Arc<ClientConfig>, contacts: Contacts, durability: Durability) -> Self {
+        Self {
+            tls,
+            contacts,
+            durability,
+        }
     }
 }
 
@@ -78,6 +85,7 @@ pub struct PeerClient {
     appends: Option<Appends>,
     tls: Arc<ClientConfig>,
     contacts: Contacts,
+    durability: Durability,
 }
 
 /// The open stream of appends to a peer: one message out, its answer back, in turn.
@@ -98,6 +106,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftClients {
             appends: None,
             tls: self.tls.clone(),
             contacts: self.contacts.clone(),
+            durability: self.durability.clone(),
         }
     }
 }
@@ -276,6 +285,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, CallError<Infallible>> {
+        let mut rpc = rpc;
+        // A follower applies what it hears is committed: never an entry this leader does not
+        // hold on disk yet (raft/log.rs).
+        rpc.leader_commit = self.durability.bound(rpc.leader_commit);
         let message = wire::to_append(&rpc);
         self.check_size(message.encoded_len(), Some(rpc.entries.len()))?;
         let reply = self.exchange(message, &option).await?;
@@ -518,6 +531,9 @@ mod tests {
         let tls = ClientConfig::builder()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::keys::DataKey::generate().unwrap();
+        let log = crate::raft::log::LogStore::open(dir.path(), key, 1).unwrap();
         let mut peer = PeerClient {
             target: 2,
             // Nothing listens there; the batch must be refused before any connection.
@@ -526,6 +542,7 @@ mod tests {
             appends: None,
             tls: Arc::new(tls),
             contacts: Contacts::default(),
+            durability: log.durability(),
         };
         let body = Value::String("x".repeat(crate::limits::MAX_ENTRY_BYTES - 1024));
         let entry = |index: u64| Entry {

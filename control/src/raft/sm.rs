@@ -22,7 +22,9 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{Entry, NodeId, RaftMember, Request, Response, StorageResult, TypeConfig};
+use super::{
+    Entry, NodeId, RaftMember, Request, Response, StorageResult, TypeConfig, log::Durability,
+};
 use crate::{
     keys::{DataKey, Purpose},
     store::{Image, Store},
@@ -51,6 +53,8 @@ pub struct StateMachine {
     /// Seals snapshot files.
     key: DataKey,
     applied: Arc<Mutex<Applied>>,
+    /// The log's: nothing is applied before the log holds it on disk (raft/log.rs).
+    durability: Durability,
 }
 
 fn snapshot_error(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -64,8 +68,14 @@ fn snapshot_error(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 }
 
 impl StateMachine {
-    /// Opens the snapshots in `dir` and loads the newest into `store`.
-    pub fn open(dir: &Path, store: Store, key: DataKey) -> io::Result<Self> {
+    /// Opens the snapshots in `dir` and loads the newest into `store`; entries are applied
+    /// once `durability` (the log's) says they are on disk.
+    pub fn open(
+        dir: &Path,
+        store: Store,
+        key: DataKey,
+        durability: Durability,
+    ) -> io::Result<Self> {
         let dir = dir.join("snapshots");
         fs::create_dir_all(&dir)?;
         let mut newest: Option<((u64, u64), PathBuf)> = None;
@@ -112,6 +122,7 @@ impl StateMachine {
             dir,
             key,
             applied: Arc::new(Mutex::new(applied)),
+            durability,
         })
     }
 
@@ -197,6 +208,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            self.durability
+                .reach(last.log_id.index)
+                .await
+                .map_err(|e| StorageError::IO {
+                    source: StorageIOError::new(
+                        ErrorSubject::Apply(last.log_id),
+                        ErrorVerb::Read,
+                        AnyError::new(&e),
+                    ),
+                })?;
+        }
         let mut applied = self.applied.lock().await;
         let mut responses = Vec::new();
         for entry in entries {
