@@ -233,19 +233,22 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a call waits for a leader to be elected.
 const LEADER_WAIT: Duration = Duration::from_secs(8);
 
+/// The raft log and state machine in `config`'s directory, the machine feeding `store`.
+fn open_storage(
+    config: &ManagerConfig,
+    store: &Store,
+) -> std::io::Result<(crate::raft::log::LogStore, crate::raft::sm::StateMachine)> {
+    let ManagerConfig { dir, keys, .. } = config;
+    crate::raft::open_storage(dir, store.clone(), keys.key(), config.raft_id)
+}
+
 impl Manager {
     /// Opens the raft store, starts raft and serves the cluster's gRPC services. A manager
     /// whose store is empty waits to be initialized ([`Manager::bootstrap`]) or added by the
     /// leader.
     pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
         let store = Store::new();
-        let (log, sm) = crate::raft::open_storage(
-            &config.dir,
-            store.clone(),
-            config.keys.key(),
-            config.raft_id,
-        )
-        .map_err(|source| ManagerError::Storage {
+        let (log, sm) = open_storage(&config, &store).map_err(|source| ManagerError::Storage {
             dir: config.dir.clone(),
             source,
         })?;

@@ -282,6 +282,67 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.seg"))
 }
 
+/// Reads the segment `path` (starting at index `first`) up to its last whole record, cutting
+/// off what follows when that is room allocated ahead, or a torn tail of the last segment
+/// (`last_segment`): its entries past `last_purged` go into `entries`.
+fn read_segment(
+    (first, path): (u64, PathBuf),
+    key: &DataKey,
+    last_segment: bool,
+    last_purged: Option<LogId<NodeId>>,
+    entries: &mut BTreeMap<u64, Entry>,
+) -> io::Result<Segment> {
+    let mut bytes = Vec::new();
+    File::open(&path)?.read_to_end(&mut bytes)?;
+    let mut offsets = BTreeMap::new();
+    let mut at = 0_usize;
+    while at < bytes.len() {
+        let whole = parse_record(&bytes[at..], key).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("raft log segment {} at byte {at}: {e}", path.display()),
+            )
+        })?;
+        let Some((entry, size)) = whole else {
+            // Zeros: room allocated ahead and not written (in a closed segment too, if
+            // a crash came before its cut reached the disk).
+            let room = bytes[at..].iter().all(|b| *b == 0);
+            if room || (last_segment && torn_tail(&bytes[at..])) {
+                // A torn tail: the crash came mid-write, before the fsync that would
+                // have reported these bytes stored. Cut it off.
+                if !room {
+                    tracing::warn!(segment = %path.display(), at, "cutting a torn record off the raft log");
+                }
+                let file = OpenOptions::new().write(true).open(&path)?;
+                file.set_len(at as u64)?;
+                file.sync_all()?;
+                bytes.truncate(at);
+                break;
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "raft log segment {} is corrupt at byte {at}",
+                    path.display()
+                ),
+            ));
+        };
+        let index = entry.log_id.index;
+        offsets.insert(index, at as u64);
+        if last_purged.is_none_or(|p| index > p.index) {
+            entries.insert(index, entry);
+        }
+        at += size;
+    }
+    Ok(Segment {
+        first,
+        path,
+        offsets,
+        len: bytes.len() as u64,
+        allocated: bytes.len() as u64,
+    })
+}
+
 impl LogStore {
     /// The last commit index raft told this log, shared: it follows as raft commits.
     pub fn committed_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
@@ -320,57 +381,14 @@ impl LogStore {
         let mut entries = BTreeMap::new();
         let mut segments = Vec::new();
         let count = names.len();
-        for (n, (first, path)) in names.into_iter().enumerate() {
-            let last_segment = n + 1 == count;
-            let mut bytes = Vec::new();
-            File::open(&path)?.read_to_end(&mut bytes)?;
-            let mut offsets = BTreeMap::new();
-            let mut at = 0_usize;
-            while at < bytes.len() {
-                let whole = parse_record(&bytes[at..], &key).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("raft log segment {} at byte {at}: {e}", path.display()),
-                    )
-                })?;
-                let Some((entry, size)) = whole else {
-                    // Zeros: room allocated ahead and not written (in a closed segment too, if
-                    // a crash came before its cut reached the disk).
-                    let room = bytes[at..].iter().all(|b| *b == 0);
-                    if room || (last_segment && torn_tail(&bytes[at..])) {
-                        // A torn tail: the crash came mid-write, before the fsync that would
-                        // have reported these bytes stored. Cut it off.
-                        if !room {
-                            tracing::warn!(segment = %path.display(), at, "cutting a torn record off the raft log");
-                        }
-                        let file = OpenOptions::new().write(true).open(&path)?;
-                        file.set_len(at as u64)?;
-                        file.sync_all()?;
-                        bytes.truncate(at);
-                        break;
-                    }
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "raft log segment {} is corrupt at byte {at}",
-                            path.display()
-                        ),
-                    ));
-                };
-                let index = entry.log_id.index;
-                offsets.insert(index, at as u64);
-                if last_purged.is_none_or(|p| index > p.index) {
-                    entries.insert(index, entry);
-                }
-                at += size;
-            }
-            segments.push(Segment {
-                first,
-                path,
-                offsets,
-                len: bytes.len() as u64,
-                allocated: bytes.len() as u64,
-            });
+        for (n, name) in names.into_iter().enumerate() {
+            segments.push(read_segment(
+                name,
+                &key,
+                n + 1 == count,
+                last_purged,
+                &mut entries,
+            )?);
         }
         // The entries must follow each other from the purge point: a hole means lost data.
         let mut expected = last_purged.map(|p| p.index + 1);
@@ -648,7 +666,11 @@ impl Writer {
             }
             self.trim()?;
             let path = segment_path(&self.dir, *first);
-            let file = OpenOptions::new().create(true).write(true).open(&path)?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)?;
             sync_dir(&self.dir)?;
             self.segments.push(Segment {
                 first: *first,

@@ -289,6 +289,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // A follower applies what it hears is committed: never an entry this leader does not
         // hold on disk yet (raft/log.rs).
         rpc.leader_commit = self.durability.bound(rpc.leader_commit);
+        if rpc.entries.is_empty() {
+            // A heartbeat, or a new commit index: openraft sends one to each follower as an
+            // entry commits, just before it applies the entry and answers the client. It can
+            // wait for those (the tasks woken with it) to run first.
+            tokio::task::yield_now().await;
+        }
         let message = wire::to_append(&rpc);
         self.check_size(message.encoded_len(), Some(rpc.entries.len()))?;
         let reply = self.exchange(message, &option).await?;
