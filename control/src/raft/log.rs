@@ -408,10 +408,16 @@ impl LogStore {
             None => None,
         };
         // What a segment holds at open is taken as on disk (a crash's torn tail is cut above).
+        // What the last segment holds may be in the page cache only (a process killed before
+        // its fsync): made durable before it counts as such.
+        if let Some(segment) = segments.last() {
+            File::open(&segment.path)?.sync_all()?;
+        }
         let written = segments
             .iter()
             .rev()
-            .find_map(|s| s.offsets.keys().next_back().copied());
+            .find_map(|s| s.offsets.keys().next_back().copied())
+            .or(last_purged.map(|p| p.index));
         let (synced_tx, synced) = watch::channel(Synced {
             index: written,
             failed: false,
@@ -483,10 +489,10 @@ impl LogStore {
 
 /// Whether `rest`, which does not start with a whole record, is what a crash mid-append
 /// leaves: a record cut short (its header or payload runs past the end of the file), a final
-/// record whose payload is damaged (nothing follows it), or zeros a file system may leave past
-/// the last write. A bad record with more after it is corruption, never cut. (The length field
-/// has no checksum of its own: a damaged length that points past the end of the file reads as
-/// a record cut short.)
+/// record whose payload is damaged (nothing but zeros follows it: the room allocated ahead, or
+/// nothing at all), or zeros a file system may leave past the last write. A bad record with
+/// more after it is corruption, never cut. (The length field has no checksum of its own: a
+/// damaged length that points past the end of the file reads as a record cut short.)
 fn torn_tail(rest: &[u8]) -> bool {
     if rest.iter().all(|b| *b == 0) {
         return true;
@@ -495,7 +501,8 @@ fn torn_tail(rest: &[u8]) -> bool {
         return true;
     };
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    HEADER.saturating_add(len) >= rest.len()
+    rest.get(HEADER.saturating_add(len)..)
+        .is_none_or(|after| after.iter().all(|b| *b == 0))
 }
 
 /// One record at the start of `bytes`: the entry and the record's size, or `None` when the
@@ -700,9 +707,12 @@ impl Writer {
                 room as libc::off_t,
             ) {
                 Ok(()) => segment.allocated = segment.len + room,
-                // The file grows as it is written instead.
-                Err(nix::errno::Errno::EOPNOTSUPP) => self.preallocate = false,
-                Err(e) => return Err(e.into()),
+                // Not supported, or no room for that much: the file grows as it is written
+                // instead (the write says whether the records themselves fit).
+                Err(e) => {
+                    tracing::warn!(error = %e, "the raft log cannot allocate ahead; it grows as written");
+                    self.preallocate = false;
+                }
             }
         }
         {
@@ -1183,6 +1193,16 @@ mod tests {
         fs::write(&segment, &zeroed).unwrap();
         let mut log = open(dir.path()).unwrap();
         assert_eq!(indices(&mut log).await, vec![1, 2]);
+        drop(log);
+        // A damaged last record with the room allocated ahead after it (a power cut while
+        // the log was open): a torn tail too.
+        let mut room = fs::read(&segment).unwrap();
+        let n = room.len();
+        room[n - 2] ^= 0xff;
+        room.extend_from_slice(&[0; 8192]);
+        fs::write(&segment, &room).unwrap();
+        let mut log = open(dir.path()).unwrap();
+        assert_eq!(indices(&mut log).await, vec![1]);
     }
 
     #[tokio::test(flavor = "multi_thread")]
