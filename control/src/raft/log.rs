@@ -149,13 +149,13 @@ pub struct LogStore {
     committed: Arc<Mutex<File>>,
     /// The last commit index raft told this log (0: none yet), for the metrics.
     committed_index: Arc<std::sync::atomic::AtomicU64>,
-    shared: Arc<Mutex<Entries>>,
+    /// The entries in memory, and how far the writer has made them durable.
+    durability: Durability,
     writer: Arc<WriterThread>,
     /// This manager's raft ID: whose entries are its own as leader.
     me: NodeId,
     /// The vote raft last asked this log to keep (from the moment it asks).
     vote: Arc<Mutex<Option<Vote<NodeId>>>>,
-    synced: watch::Receiver<Synced>,
 }
 
 /// The writer thread and its queue. When the last [`LogStore`] clone goes, the queue closes;
@@ -185,11 +185,15 @@ pub struct Durability {
 }
 
 impl Durability {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Waits until every entry the log holds up to `index` is on disk. An error when a write
     /// failed first (raft then stops: nothing past the failure is applied).
     pub async fn reach(&self, index: u64) -> io::Result<()> {
         let target = {
-            let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            let shared = self.lock();
             let last = shared.entries.keys().next_back().copied();
             match last {
                 Some(last) => index.min(last),
@@ -220,7 +224,7 @@ impl Durability {
         if committed.index <= index {
             return Some(committed);
         }
-        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = self.lock();
         match shared.entries.get(&index) {
             Some(entry) => Some(entry.log_id),
             None => shared.last_purged.filter(|p| p.index == index),
@@ -351,10 +355,7 @@ impl LogStore {
 
     /// What of this log is on disk, shared.
     pub fn durability(&self) -> Durability {
-        Durability {
-            shared: self.shared.clone(),
-            synced: self.synced.clone(),
-        }
+        self.durability.clone()
     }
 
     /// Opens (or creates) the log in `dir` for the manager whose raft ID is `me`, recovering
@@ -446,22 +447,24 @@ impl LogStore {
             key,
             committed: Arc::new(Mutex::new(committed)),
             committed_index: Arc::default(),
-            shared: Arc::new(Mutex::new(Entries {
-                entries,
-                last_purged,
-            })),
+            durability: Durability {
+                shared: Arc::new(Mutex::new(Entries {
+                    entries,
+                    last_purged,
+                })),
+                synced,
+            },
             writer: Arc::new(WriterThread {
                 ops: Some(ops),
                 thread: Some(thread),
             }),
             me,
             vote: Arc::default(),
-            synced,
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.durability.lock()
     }
 
     fn send(&self, op: WriterCommand) -> io::Result<()> {
@@ -850,7 +853,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // from a leader; losing it only delays that. Overwritten in place, padded to a fixed
         // size, never fsync'd: it is on the path of every commit. A torn copy reads as none.
         // It names no entry the log does not hold on disk yet (module docs).
-        let committed = self.durability().bound(committed);
+        let committed = self.durability.bound(committed);
         let mut bytes = serde_json::to_vec(&committed)
             .map_err(io::Error::other)
             .map_err(io_error(ErrorSubject::Store, ErrorVerb::Write))?;
@@ -899,22 +902,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 shared.entries.insert(entry.log_id.index, entry);
             }
         }
-        if !own {
-            return self
-                .send(WriterCommand::Append {
-                    records,
-                    callback: Some(callback),
-                })
-                .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write));
+        // The leader's own entries (module docs) are flushed as far as raft is told, while the
+        // writer makes them so; the others when the writer has.
+        let (callback, now) = if own {
+            (None, Some(callback))
+        } else {
+            (Some(callback), None)
+        };
+        self.send(WriterCommand::Append { records, callback })
+            .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))?;
+        if let Some(callback) = now {
+            callback.log_io_completed(Ok(()));
         }
-        // The leader's own entries (module docs): flushed as far as raft is told, while the
-        // writer makes them so.
-        self.send(WriterCommand::Append {
-            records,
-            callback: None,
-        })
-        .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))?;
-        callback.log_io_completed(Ok(()));
         Ok(())
     }
 
