@@ -3,7 +3,7 @@
 use std::{
     fmt,
     fs::{self, File},
-    io::{self, Write as _},
+    io::{self, Read, Write as _},
     net::Ipv4Addr,
     os::unix::{net::UnixStream, process::CommandExt as _},
     path::{Path, PathBuf},
@@ -600,6 +600,58 @@ impl Lab {
             .map_err(io_error(format!("running shoal in {}", host.netns)))
     }
 
+    /// [`Lab::shoal`], killed when it has not finished within `limit`: a command that may wait
+    /// on the cluster (`swarm ca --rotate` waits for every node) fails the test with what it
+    /// printed so far, instead of hanging it.
+    pub fn shoal_within(
+        &self,
+        host: &Host,
+        args: &[&str],
+        limit: Duration,
+    ) -> Result<Output, LabError> {
+        let what = format!("running shoal {} in {}", args.join(" "), host.netns);
+        let mut child = self
+            .shoal_command(host, args)?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_error(what.clone()))?;
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let deadline = crate::wait::Deadline::after(limit);
+        let finished = loop {
+            if let Some(status) = child.try_wait().map_err(io_error(what.clone()))? {
+                break Some(status);
+            }
+            if deadline.passed() {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let (stdout, stderr) = (
+            stdout.join().unwrap_or_default(),
+            stderr.join().unwrap_or_default(),
+        );
+        match finished {
+            Some(status) => Ok(Output {
+                status,
+                stdout,
+                stderr,
+            }),
+            None => Err(LabError::Command {
+                command: format!("shoal {}", args.join(" ")),
+                status: format!("killed: not finished within {limit:?}"),
+                stderr: format!(
+                    "stdout: {}\nstderr: {}",
+                    String::from_utf8_lossy(&stdout),
+                    String::from_utf8_lossy(&stderr)
+                ),
+            }),
+        }
+    }
+
     /// The `shoal` command [`Lab::shoal`] runs, to spawn (one that follows, say).
     pub fn shoal_command(&self, host: &Host, args: &[&str]) -> Result<Command, LabError> {
         let mut command = host.command(binary("shoal")?)?;
@@ -1078,6 +1130,18 @@ pub fn down(prefix: &str) -> Result<String, LabError> {
     let record = Record::read(&dir)?;
     teardown(&record, &dir, Vec::new())?;
     Ok(prefix)
+}
+
+/// Reads a child's pipe to its end on a thread of its own (so the child never blocks on a full
+/// pipe); what it read, from the join.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }
 
 #[cfg(test)]

@@ -407,6 +407,39 @@ fn the_cluster_port_holds_against_clients_without_a_certificate() {
     assert_eq!(swarm.inspect(&n2, "n3")["Spec"]["Labels"]["round"], "9");
 }
 
+/// What each node reports of its certificate, what the cluster says of the rotation, and each
+/// daemon's errors: the evidence when a rotation does not converge.
+fn rotation_report(swarm: &Swarm) -> String {
+    let n1 = swarm.host("n1");
+    // Never panics: it runs while a failure is being reported.
+    let said = |args: &[&str]| match swarm.lab.shoal(&n1, args) {
+        Ok(out) => output_text(&out),
+        Err(e) => e.to_string(),
+    };
+    let mut report = format!("swarm inspect: {}\n", said(&["swarm", "inspect"]));
+    for node in swarm.nodes(&n1) {
+        let id = node["ID"].as_str().unwrap_or_default();
+        report += &format!(
+            "{} {} {}: {}\n",
+            node["Hostname"],
+            node["Status"],
+            node["ManagerStatus"],
+            said(&[
+                "node",
+                "inspect",
+                "--format",
+                "{{json .Description.TLSInfo}}",
+                id
+            ])
+        );
+    }
+    for host in ["n1", "n2", "n3", "n4"] {
+        let errors = swarm.lab.daemon_errors(&swarm.host(host));
+        report += &format!("{host}'s errors: {errors:#?}\n");
+    }
+    report
+}
+
 /// Issue item 3: certificates renew themselves and the root rotates without an outage.
 /// `--cert-expiry` takes at least an hour; `swarm ca --rotate` on 3 managers and a worker,
 /// under a steady stream of writes and heartbeats, fails nothing and ends with every node on
@@ -449,10 +482,8 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let on = if writes % 2 == 0 { &n1 } else { &n2 };
                 let label = format!("w={writes}");
-                match lab
-                    .lab
-                    .shoal(on, &["node", "update", "--label-add", &label, "n4"])
-                {
+                let update = ["node", "update", "--label-add", &label, "n4"];
+                match lab.lab.shoal_within(on, &update, Duration::from_secs(60)) {
                     Ok(out) if out.status.success() => {}
                     Ok(out) => failures.push(output_text(&out)),
                     Err(e) => failures.push(e.to_string()),
@@ -472,12 +503,17 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
         let writing = scope.spawn(writer);
         std::thread::sleep(Duration::from_secs(1));
         // No panic in here: the writer would never be told to stop, and the scope would wait.
-        let rotated = swarm.lab.shoal(&n1, &["swarm", "ca", "--rotate"]);
+        // Bounded: the CLI waits for every node to report the new root, and a node that never
+        // does must fail the test with what each node reports, not hang it.
+        let rotated =
+            swarm
+                .lab
+                .shoal_within(&n1, &["swarm", "ca", "--rotate"], Duration::from_secs(120));
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (rotated, writing.join().expect("the writer"))
     });
-    let rotated = rotated.expect("run shoal");
+    let rotated = rotated.unwrap_or_else(|e| panic!("{e}\n{}", rotation_report(&swarm)));
     assert!(rotated.status.success(), "{}", output_text(&rotated));
     let rotated = String::from_utf8_lossy(&rotated.stdout).into_owned();
     println!("{writes} writes during the rotation");
