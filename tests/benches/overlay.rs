@@ -11,7 +11,14 @@
 //!
 //! Then the encrypted path once more with each engine's I/O threads pinned (`wireguard.cpus`,
 //! `shoald --wireguard-cpus`): `encrypted_pinned_gbps`, `encrypted_pinned_retransmits`, and
-//! their ratios to `boringtun-cli` and to the crypto limit.
+//! their ratios to `boringtun-cli` and to the crypto limit; and once more with iperf3's two
+//! ends pinned as well (`encrypted_pinned_apps_*`), which tells reordering by a moving
+//! application from reordering by the engine.
+//!
+//! Why segments were sent again, from the kernel's counters around each 1-stream run:
+//! `<path>_spurious_retransmits` (retransmitted segments the receiver reported it already had,
+//! by D-SACK: reordering, not loss) and `<path>_udp_drops` (datagrams the two nodes' UDP sockets
+//! dropped for a full receive buffer: the WireGuard engines' and `boringtun-cli`'s).
 //!
 //! `SHOAL_BENCH_PATHS=encrypted,plain` runs only those paths and prints their rows, without
 //! the ratios and without writing the figures: for repeating one path while working on it.
@@ -114,35 +121,39 @@ fn main() {
 
     let (n1, n2) = (lab.nodes()[0].clone(), lab.nodes()[1].clone());
     // Where each path's iperf3 server and client run.
-    let on_node = |host: &shoal_tests::Host| host.command("iperf3").expect("the node's namespace");
-    let in_task = |task: &str| o.command(task, "iperf3");
-    type Side<'a> = Box<dyn Fn() -> Command + 'a>;
+    let on_node = |host: &shoal_tests::Host, program: &str| {
+        host.command(program).expect("the node's namespace")
+    };
+    let in_task = |task: &str, program: &str| o.command(task, program);
+    // A command in the namespace of one side of a path, for a program.
+    type Side<'a> = Box<dyn Fn(&str) -> Command + 'a>;
     let paths: Vec<(&str, Side<'_>, Side<'_>, Ipv4Addr)> = vec![
         (
             "underlay",
-            Box::new(|| on_node(&n2)),
-            Box::new(|| on_node(&n1)),
+            Box::new(|p| on_node(&n2, p)),
+            Box::new(|p| on_node(&n1, p)),
             n2.data_ip.unwrap(),
         ),
         (
             "plain",
-            Box::new(|| in_task("t2")),
-            Box::new(|| in_task("t1")),
+            Box::new(|p| in_task("t2", p)),
+            Box::new(|p| in_task("t1", p)),
             o.ip("t2", "plain"),
         ),
         (
             "encrypted",
-            Box::new(|| in_task("t2")),
-            Box::new(|| in_task("t1")),
+            Box::new(|p| in_task("t2", p)),
+            Box::new(|p| in_task("t1", p)),
             o.ip("t2", "secret"),
         ),
         (
             "boringtun_cli",
-            Box::new(|| on_node(&n2)),
-            Box::new(|| on_node(&n1)),
+            Box::new(|p| on_node(&n2, p)),
+            Box::new(|p| on_node(&n1, p)),
             boringtun.peer_ip,
         ),
     ];
+    let node_cmd = |i: usize, p: &str| on_node([&n1, &n2][i], p);
     let only = std::env::var("SHOAL_BENCH_PATHS").ok();
     let chosen = |name: &str| {
         only.as_deref()
@@ -151,13 +162,13 @@ fn main() {
     let mut figures = Map::new();
     figures.insert("crypto_limit_gbps".into(), json!(crypto_limit));
     println!(
-        "{:<16} {:>10} {:>10} {:>12}",
-        "Gbit/s", "1 stream", "4 streams", "retransmits"
+        "{:<22} {:>10} {:>10} {:>12} {:>10} {:>10}",
+        "Gbit/s", "1 stream", "4 streams", "retransmits", "spurious", "UDP drops"
     );
     for (name, server, client, ip) in paths.iter().filter(|p| chosen(p.0)) {
-        measure(name, server, client, *ip, &mut figures);
+        measure(name, server, client, &node_cmd, *ip, &mut figures);
     }
-    if chosen("encrypted_pinned") {
+    if chosen("encrypted_pinned") || chosen("encrypted_pinned_apps") {
         // The encrypted path again, each node's engine pinned (`wireguard.cpus`): encrypting on
         // the first CPU this process may use, decrypting on the last.
         let allowed = shoal_dataplane::overlay::affinity::allowed_cpus().expect("our CPUs");
@@ -168,8 +179,42 @@ fn main() {
             state
         })
         .expect("the pinned state applies");
-        let (server, client) = (&paths[2].1, &paths[2].2);
-        measure("encrypted_pinned", server, client, paths[2].3, &mut figures);
+        let (server, client, ip) = (&paths[2].1, &paths[2].2, paths[2].3);
+        if chosen("encrypted_pinned") {
+            measure(
+                "encrypted_pinned",
+                server,
+                client,
+                &node_cmd,
+                ip,
+                &mut figures,
+            );
+        }
+        if chosen("encrypted_pinned_apps") {
+            // And iperf3 pinned too (its `-A`): the sender on the last CPU, the receiver on the
+            // first. A process that moves between CPUs leaves its earlier packets in the first
+            // CPU's backlog queue while its later ones may go first from the other's: this run
+            // tells that reordering from the engine's.
+            let with_cpu = |side: &'_ dyn Fn(&str) -> Command, cpu: usize, p: &str| {
+                let mut command = side(p);
+                if p == "iperf3" {
+                    command.args(["-A", &cpu.to_string()]);
+                }
+                command
+            };
+            let pinned_server = |p: &str| with_cpu(server, cpus[0], p);
+            let pinned_client = |p: &str| with_cpu(client, cpus[1], p);
+            let (server, client): (Side<'_>, Side<'_>) =
+                (Box::new(pinned_server), Box::new(pinned_client));
+            measure(
+                "encrypted_pinned_apps",
+                &server,
+                &client,
+                &node_cmd,
+                ip,
+                &mut figures,
+            );
+        }
     }
     if only.is_some() {
         println!("SHOAL_BENCH_PATHS is set: no ratios, no figures written");
@@ -206,18 +251,47 @@ fn main() {
 }
 
 /// One path's 1- and 4-stream runs: `<name>_gbps`, `<name>_gbps_4` and `<name>_retransmits`
-/// (of the 1-stream run) into `figures`, and a printed row.
+/// (of the 1-stream run) into `figures`, and a printed row. `nodes` makes a command in each
+/// node's namespace, for their counters.
 fn measure(
     name: &str,
-    server: &dyn Fn() -> Command,
-    client: &dyn Fn() -> Command,
+    server: &dyn Fn(&str) -> Command,
+    client: &dyn Fn(&str) -> Command,
+    nodes: &dyn Fn(usize, &str) -> Command,
     ip: Ipv4Addr,
     figures: &mut Map<String, serde_json::Value>,
 ) {
     let mut row = Vec::new();
-    let mut retransmits = 0;
+    let (mut retransmits, mut spurious, mut udp_drops) = (0, 0, 0);
     for streams in [1, 4] {
-        let run = iperf_run(server, client, ip, streams, SECONDS).expect("iperf3 runs");
+        // The sender's counters and both nodes', around the run.
+        let sides = || {
+            [
+                counters(client("cat")),
+                counters(nodes(0, "cat")),
+                counters(nodes(1, "cat")),
+            ]
+        };
+        let before = sides();
+        let run = iperf_run(
+            &|| server("iperf3"),
+            &|| client("iperf3"),
+            ip,
+            streams,
+            SECONDS,
+        )
+        .expect("iperf3 runs");
+        let after = sides();
+        if streams == 1 {
+            let moved = |side: usize, counter: &str| {
+                after[side].get(counter).copied().unwrap_or(0)
+                    - before[side].get(counter).copied().unwrap_or(0)
+            };
+            spurious = moved(0, "TcpExt.TCPDSACKRecvSegs");
+            udp_drops = moved(1, "Udp.RcvbufErrors") + moved(2, "Udp.RcvbufErrors");
+            figures.insert(format!("{name}_spurious_retransmits"), json!(spurious));
+            figures.insert(format!("{name}_udp_drops"), json!(udp_drops));
+        }
         let key = if streams == 1 {
             retransmits = run.retransmits;
             figures.insert(format!("{name}_retransmits"), json!(run.retransmits));
@@ -229,9 +303,30 @@ fn measure(
         row.push(run.gbps);
     }
     println!(
-        "{name:<16} {:>10.2} {:>10.2} {:>12}",
-        row[0], row[1], retransmits
+        "{name:<22} {:>10.2} {:>10.2} {:>12} {:>10} {:>10}",
+        row[0], row[1], retransmits, spurious, udp_drops
     );
+}
+
+/// The kernel's protocol counters in the namespace `cat` runs in (`/proc/net/netstat` and
+/// `/proc/net/snmp`), as `Group.Name`.
+fn counters(mut cat: Command) -> std::collections::BTreeMap<String, i64> {
+    let out = cat
+        .args(["/proc/net/netstat", "/proc/net/snmp"])
+        .output()
+        .expect("cat runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut all = std::collections::BTreeMap::new();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (group, names) = names.split_once(':').unwrap_or_default();
+        let values = values.split_once(':').unwrap_or_default().1;
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            all.insert(format!("{group}.{n}"), v.parse().unwrap_or(0));
+        }
+    }
+    all
 }
 
 /// Stock `boringtun-cli` on both nodes, tunnel 10.99.0.1 <-> 10.99.0.2 over the data network.
