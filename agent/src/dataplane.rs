@@ -311,6 +311,7 @@ fn networks_json(
                     "fdb": n.fdb.iter().map(|(mac, dst)| json!({ "mac": mac, "dst": dst })).collect::<Vec<_>>(),
                     "neighbours": n.neigh.iter().map(|(ip, mac)| json!({ "ip": ip, "mac": mac })).collect::<Vec<_>>(),
                     "veths": n.attachments,
+                    "bridge_netfilter": n.bridge_netfilter,
                 }),
             )
         })

@@ -733,10 +733,14 @@ fn arb_layout() -> impl Strategy<Value = Layout> {
 }
 
 /// Any state the kernel can be found in: a layout as applied, possibly after a restart (the TUN
-/// device gone, its namespace left), possibly with a tunnel nothing uses any more.
+/// device gone, its namespace left), possibly with a tunnel nothing uses any more, possibly with
+/// bridge netfilter turned on in some networks (`br_netfilter` loaded after they were made).
 fn arb_observed() -> impl Strategy<Value = Observed> {
-    (arb_layout(), 0u8..3).prop_map(|(layout, restart)| {
+    (arb_layout(), 0u8..3, any::<u8>()).prop_map(|(layout, restart, netfilter)| {
         let mut observed = layout.observed();
+        for (i, net) in observed.networks.values_mut().enumerate() {
+            net.bridge_netfilter = netfilter & (1 << (i % 8)) != 0;
+        }
         match (restart, observed.tunnel) {
             (1, TunnelState::Up(_)) => observed.tunnel = TunnelState::NamespaceOnly,
             (2, TunnelState::Absent) => observed.tunnel = TunnelState::NamespaceOnly,

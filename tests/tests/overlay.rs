@@ -288,6 +288,43 @@ fn applying_twice_changes_nothing_and_a_restarted_daemon_restores_its_last_state
     assert!(text(&out).contains("nothing changed"), "{}", text(&out));
     assert_eq!((inspect(&lab, 0), node_links(&lab, 0)), before);
 
+    // Frames a network's bridge forwards skip netfilter (no rule of Shoal's lives there); when
+    // `br_netfilter` turns its switches back on (it does in every namespace when it loads), the
+    // next apply turns them off again, and says so.
+    let networks = before.0["networks"].as_object().expect("networks").clone();
+    assert!(
+        networks.values().all(|n| n["bridge_netfilter"] == false),
+        "{networks:#?}"
+    );
+    let namespace = networks[PLAIN]["namespace"].as_str().expect("a path");
+    let switch = |value: &str| {
+        let set = format!("net.bridge.bridge-nf-call-iptables={value}");
+        let net = format!("--net={namespace}");
+        lab.run(
+            &lab.nodes()[0],
+            "nsenter",
+            &[&net, "sysctl", "-q", "-w", &set],
+        )
+    };
+    match switch("1") {
+        Ok(out) if out.status.success() => {
+            assert_eq!(
+                inspect(&lab, 0)["networks"][PLAIN]["bridge_netfilter"],
+                true
+            );
+            let out = o.apply(&lab, 0).unwrap();
+            assert!(out.status.success(), "{}", text(&out));
+            assert!(
+                text(&out).contains("network plain: bridged frames skip netfilter"),
+                "{}",
+                text(&out)
+            );
+            assert_eq!(inspect(&lab, 0), before.0);
+        }
+        // A kernel without bridge netfilter has no switch to turn on.
+        other => println!("no bridge netfilter switch here: {other:?}"),
+    }
+
     // A new daemon finds everything in place; only the tunnel device, which lives as long as the
     // process holding it, is made again.
     let n1 = lab.nodes()[0].clone();

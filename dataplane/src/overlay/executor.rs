@@ -426,7 +426,10 @@ impl Dataplane {
             let Some(h) = self.net_handle(&id)? else {
                 continue;
             };
-            observed.networks.insert(id, observe_network(&h).await?);
+            let mut net = observe_network(&h).await?;
+            let (ns, _) = &self.nets[&id];
+            net.bridge_netfilter = netns::within(ns, bridge_netfilter_on)?;
+            observed.networks.insert(id, net);
         }
         observed.way_out = observe_way_out(&self.node).await?;
         Ok(observed)
@@ -740,6 +743,11 @@ impl Dataplane {
                 let h = self.require_net(net)?;
                 delete_link(&h, veth).await
             }
+            LayoutStep::BridgeNetfilterOff { net } => {
+                self.require_net(net)?;
+                let (ns, _) = &self.nets[net];
+                netns::within(ns, bridge_netfilter_off)
+            }
             LayoutStep::CreateWayOut(gateway) => {
                 let created = self.create_way_out(*gateway).await;
                 if created.is_err() {
@@ -830,6 +838,7 @@ impl Dataplane {
             .map_err(context("creating the bridge"))?;
         let br = require_index(&h, BRIDGE).await?;
         add_addr(&h, br, d.gateway).await?;
+        netns::within(&ns, bridge_netfilter_off)?;
 
         // The VXLAN device is born where its socket must live, then moved.
         let creator = if d.encrypted {
@@ -898,6 +907,41 @@ impl Dataplane {
         self.nets.insert(net.to_owned(), (ns, h));
         Ok(())
     }
+}
+
+/// `br_netfilter`'s switches, per network namespace: whether IPv4, IPv6 and ARP frames a bridge
+/// forwards pass through netfilter's hooks (each such frame then gets an extension allocated, a
+/// route looked up and every hook run; docs/dataplane.md has what it costs).
+const BRIDGE_NETFILTER: [&str; 3] = [
+    "/proc/sys/net/bridge/bridge-nf-call-iptables",
+    "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+    "/proc/sys/net/bridge/bridge-nf-call-arptables",
+];
+
+/// Whether the calling thread's network namespace sends bridged frames through netfilter. A
+/// kernel without `br_netfilter` (or with it not loaded) has no switches: no.
+fn bridge_netfilter_on() -> io::Result<bool> {
+    for path in BRIDGE_NETFILTER {
+        match std::fs::read_to_string(path) {
+            Ok(value) if value.trim() != "0" => return Ok(true),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(context(format!("reading {path}"))(e)),
+        }
+    }
+    Ok(false)
+}
+
+/// Turns the calling thread's namespace's switches off (nothing to do without `br_netfilter`).
+fn bridge_netfilter_off() -> io::Result<()> {
+    for path in BRIDGE_NETFILTER {
+        match std::fs::write(path, "0") {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(context(format!("writing 0 to {path}"))(e)),
+        }
+    }
+    Ok(())
 }
 
 fn is_creation(op: &LayoutStep) -> bool {

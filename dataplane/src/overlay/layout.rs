@@ -218,6 +218,11 @@ pub struct ObservedNet {
     pub neigh: BTreeSet<(Ipv4Addr, Mac)>,
     /// Names of the task veths in the network's namespace.
     pub attachments: BTreeSet<String>,
+    /// Whether frames the namespace's bridge forwards pass netfilter's IP hooks
+    /// (`br_netfilter`'s `bridge-nf-call-*` switches, on by default in every namespace where the
+    /// kernel has it). Shoal keeps no netfilter rule in a network's namespace, so a desired
+    /// layout always has them off.
+    pub bridge_netfilter: bool,
 }
 
 impl Layout {
@@ -236,6 +241,7 @@ impl Layout {
                             fdb: net.fdb.clone(),
                             neigh: net.neigh.clone(),
                             attachments: net.attachments.keys().cloned().collect(),
+                            bridge_netfilter: false,
                         },
                     )
                 })
@@ -277,6 +283,9 @@ pub enum LayoutStep {
     },
     /// Adds a permanent neighbour entry.
     AddNeigh { net: String, ip: Ipv4Addr, mac: Mac },
+    /// Turns off netfilter for the frames a network's bridge forwards (`br_netfilter` turned it
+    /// on: in a namespace created before it loaded, or when it loaded after).
+    BridgeNetfilterOff { net: String },
     /// Creates a task's veth pair and configures the task's end.
     Attach {
         net: String,
@@ -304,6 +313,9 @@ impl fmt::Display for LayoutStep {
                 write!(f, "network {net}: remove fdb {mac} via {dst}")
             }
             LayoutStep::DeleteNetwork { net } => write!(f, "network {net}: delete"),
+            LayoutStep::BridgeNetfilterOff { net } => {
+                write!(f, "network {net}: bridged frames skip netfilter")
+            }
             LayoutStep::DeleteTunnel => write!(f, "tunnel: delete"),
             LayoutStep::CreateTunnel(t) => write!(
                 f,
@@ -501,6 +513,9 @@ fn plan_network_creations(
                 device: want.device,
             });
         }
+        if have.is_some_and(|have| have.bridge_netfilter) {
+            creations.push(LayoutStep::BridgeNetfilterOff { net: id.clone() });
+        }
         let empty = ObservedNet::default();
         let have = have.unwrap_or(&empty);
         creations.extend(
@@ -537,35 +552,27 @@ impl Observed {
     /// device that exists already, a parent that is missing, or a removal that would strand
     /// something that depends on what is removed.
     pub fn apply(&mut self, op: &LayoutStep) -> Result<(), String> {
-        fn net<'a>(
-            this: &'a mut Observed,
-            op: &LayoutStep,
-            id: &str,
-        ) -> Result<&'a mut ObservedNet, String> {
-            this.networks
-                .get_mut(id)
-                .ok_or_else(|| format!("{op}: no network {id}"))
-        }
         let fail = |what: &str| Err(format!("{op}: {what}"));
         match op {
-            LayoutStep::Detach { net: id, veth } => {
-                if !net(self, op, id)?.attachments.remove(veth) {
-                    return fail("no such veth");
-                }
-            }
-            LayoutStep::DelNeigh { net: id, ip, mac } => {
-                if !net(self, op, id)?.neigh.remove(&(*ip, *mac)) {
-                    return fail("no such neighbour");
-                }
-            }
-            LayoutStep::DelFdb { net: id, mac, dst } => {
-                if !net(self, op, id)?.fdb.remove(&(*mac, *dst)) {
-                    return fail("no such fdb entry");
-                }
+            LayoutStep::Detach { net: id, .. }
+            | LayoutStep::DelNeigh { net: id, .. }
+            | LayoutStep::DelFdb { net: id, .. }
+            | LayoutStep::AddFdb { net: id, .. }
+            | LayoutStep::AddNeigh { net: id, .. }
+            | LayoutStep::Attach { net: id, .. }
+            | LayoutStep::BridgeNetfilterOff { net: id } => {
+                let Some(net) = self.networks.get_mut(id) else {
+                    return fail(&format!("no network {id}"));
+                };
+                net.apply(op).or_else(&fail)?;
             }
             LayoutStep::DeleteNetwork { net: id } => {
-                if !net(self, op, id)?.attachments.is_empty() {
-                    return fail("tasks are still attached");
+                match self.networks.get(id) {
+                    None => return fail(&format!("no network {id}")),
+                    Some(n) if !n.attachments.is_empty() => {
+                        return fail("tasks are still attached");
+                    }
+                    Some(_) => {}
                 }
                 self.networks.remove(id);
             }
@@ -604,18 +611,6 @@ impl Observed {
                     },
                 );
             }
-            LayoutStep::AddFdb { net: id, mac, dst } => {
-                if !net(self, op, id)?.fdb.insert((*mac, *dst)) {
-                    return fail("exists already");
-                }
-            }
-            LayoutStep::AddNeigh { net: id, ip, mac } => {
-                let n = net(self, op, id)?;
-                if n.neigh.iter().any(|(i, _)| i == ip) {
-                    return fail("the address has a neighbour entry already");
-                }
-                n.neigh.insert((*ip, *mac));
-            }
             LayoutStep::DetachWayOut { veth } => {
                 let Some(w) = &mut self.way_out else {
                     return fail("no way out");
@@ -646,12 +641,41 @@ impl Observed {
                     return fail("exists already");
                 }
             }
-            LayoutStep::Attach { net: id, veth, .. } => {
-                if !net(self, op, id)?.attachments.insert(veth.clone()) {
-                    return fail("exists already");
-                }
-            }
         }
         Ok(())
+    }
+}
+
+impl ObservedNet {
+    /// Applies one operation inside this network (as [`Observed::apply`]); what the kernel would
+    /// refuse it for.
+    fn apply(&mut self, op: &LayoutStep) -> Result<(), &'static str> {
+        let done = match op {
+            LayoutStep::Detach { veth, .. } => self.attachments.remove(veth),
+            LayoutStep::DelNeigh { ip, mac, .. } => self.neigh.remove(&(*ip, *mac)),
+            LayoutStep::DelFdb { mac, dst, .. } => self.fdb.remove(&(*mac, *dst)),
+            LayoutStep::AddFdb { mac, dst, .. } => self.fdb.insert((*mac, *dst)),
+            LayoutStep::AddNeigh { ip, mac, .. } => {
+                if self.neigh.iter().any(|(i, _)| i == ip) {
+                    return Err("the address has a neighbour entry already");
+                }
+                self.neigh.insert((*ip, *mac))
+            }
+            LayoutStep::Attach { veth, .. } => self.attachments.insert(veth.clone()),
+            LayoutStep::BridgeNetfilterOff { .. } => {
+                std::mem::replace(&mut self.bridge_netfilter, false)
+            }
+            _ => return Err("not an operation inside a network"),
+        };
+        if done {
+            return Ok(());
+        }
+        Err(match op {
+            LayoutStep::Detach { .. } => "no such veth",
+            LayoutStep::DelNeigh { .. } => "no such neighbour",
+            LayoutStep::DelFdb { .. } => "no such fdb entry",
+            LayoutStep::BridgeNetfilterOff { .. } => "off already",
+            _ => "exists already",
+        })
     }
 }
