@@ -288,7 +288,8 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
 
 /// Reads the segment `path` (starting at index `first`) up to its last whole record, cutting
 /// off what follows when that is room allocated ahead, or a torn tail of the last segment
-/// (`last_segment`): its entries past `last_purged` go into `entries`.
+/// (`last_segment`, which is fsync'd once either way): its entries past `last_purged` go into
+/// `entries`.
 fn read_segment(
     (first, path): (u64, PathBuf),
     key: &DataKey,
@@ -300,6 +301,7 @@ fn read_segment(
     File::open(&path)?.read_to_end(&mut bytes)?;
     let mut offsets = BTreeMap::new();
     let mut at = 0_usize;
+    let mut synced = false;
     while at < bytes.len() {
         let whole = parse_record(&bytes[at..], key).map_err(|e| {
             io::Error::new(
@@ -320,6 +322,7 @@ fn read_segment(
                 let file = OpenOptions::new().write(true).open(&path)?;
                 file.set_len(at as u64)?;
                 file.sync_all()?;
+                synced = true;
                 bytes.truncate(at);
                 break;
             }
@@ -337,6 +340,12 @@ fn read_segment(
             entries.insert(index, entry);
         }
         at += size;
+    }
+    // What a segment holds at open is taken as on disk (a crash's torn tail is cut above). What
+    // the last segment holds may be in the page cache only (a process killed before its fsync):
+    // made durable before it counts as such, once.
+    if last_segment && !synced {
+        File::open(&path)?.sync_all()?;
     }
     Ok(Segment {
         first,
@@ -408,12 +417,6 @@ impl LogStore {
             Some(segment) => Some(OpenOptions::new().write(true).open(&segment.path)?),
             None => None,
         };
-        // What a segment holds at open is taken as on disk (a crash's torn tail is cut above).
-        // What the last segment holds may be in the page cache only (a process killed before
-        // its fsync): made durable before it counts as such.
-        if let Some(segment) = segments.last() {
-            File::open(&segment.path)?.sync_all()?;
-        }
         let written = segments
             .iter()
             .rev()
