@@ -1426,6 +1426,25 @@ fn a_failed_update_rolls_back_or_pauses_and_rollback_restores_the_service() {
     wait_running(&swarm, &n1, "web", "two tasks after the rollback", |per| {
         per.values().sum::<usize>() == 2
     });
+    // `service update --rollback` is the same rollback, after an update that worked; with
+    // another change beside it, it is refused (the change would be lost).
+    let env = |swarm: &Swarm| {
+        let inspect: Value =
+            serde_json::from_str(&swarm.ok(&n1, &["service", "inspect", "web"])).unwrap();
+        inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"].clone()
+    };
+    swarm.ok(&n1, &["service", "update", "--env-add", "ROUND=2", "web"]);
+    assert!(env(&swarm).to_string().contains("ROUND=2"));
+    let said = swarm.fails(
+        &n1,
+        &["service", "update", "--rollback", "--env-add", "X=1", "web"],
+    );
+    assert!(said.contains("--rollback cannot be combined"), "{said}");
+    swarm.ok(&n1, &["service", "update", "--rollback", "web"]);
+    let (update, args) = status(&swarm);
+    assert_eq!(update["State"], "rollback_completed", "{update}");
+    assert_eq!(args, serving);
+    assert!(!env(&swarm).to_string().contains("ROUND=2"));
     // Bad input changes nothing.
     for (flags, says) in [
         (vec!["--update-delay", "soon"], "invalid duration"),

@@ -1445,37 +1445,35 @@ async fn inspect_one(host: &DaemonHost, service: &str) -> Result<Option<Service>
     Ok(found.into_iter().next())
 }
 
-/// `service update`: changes the service as `args` say (or rolls it back with `--rollback`),
-/// then shows it converge unless detached or quiet.
+/// `service update`: changes the service as `args` say (or rolls it back with `--rollback`, as
+/// `service rollback` does), then shows it converge unless detached or quiet.
 async fn update(host: &DaemonHost, args: &UpdateArgs) -> Result<(), Failure> {
     let current = find(host, &args.service).await?;
+    let networks: Vec<shoal_api::service::Network> =
+        serde_json::from_value(call(host, NetworkCall::List).await?)?;
+    let ids: HashMap<String, String> = networks
+        .into_iter()
+        .flat_map(|n| [(n.spec.name.clone(), n.id.clone()), (n.id.clone(), n.id)])
+        .collect();
+    let spec = updated_spec(current.spec.clone(), args, &ids)?;
     if args.rollback {
-        call(
-            host,
-            ServiceCall::Rollback {
-                id: current.id.clone(),
-                version: None,
-            },
-        )
-        .await?;
-    } else {
-        let networks: Vec<shoal_api::service::Network> =
-            serde_json::from_value(call(host, NetworkCall::List).await?)?;
-        let ids: HashMap<String, String> = networks
-            .into_iter()
-            .flat_map(|n| [(n.spec.name.clone(), n.id.clone()), (n.id.clone(), n.id)])
-            .collect();
-        let spec = updated_spec(current.spec.clone(), args, &ids)?;
-        call(
-            host,
-            ServiceCall::Update {
-                id: current.id.clone(),
-                version: current.version.index,
-                spec: Box::new(spec),
-            },
-        )
-        .await?;
+        // A rollback goes back to the previous spec: a change asked for with it would be lost.
+        if spec != current.spec {
+            return Err(Failure(
+                "--rollback cannot be combined with other changes to the service".into(),
+            ));
+        }
+        return rollback(host, &args.service, args.detach, args.quiet).await;
     }
+    call(
+        host,
+        ServiceCall::Update {
+            id: current.id.clone(),
+            version: current.version.index,
+            spec: Box::new(spec),
+        },
+    )
+    .await?;
     println!("{}", current.spec.name);
     if !args.detach && !args.quiet {
         converge_after(
