@@ -32,7 +32,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use shoal_tests::overlay::{Net, Overlay, Task, WgKey, bench_output, iperf, write_figures};
+use shoal_tests::overlay::{
+    Net, Overlay, Task, WgKey, bench_output, iperf, kernel_counters, write_figures,
+};
 use shoal_tests::service::{create_serve, tasks, who_answers};
 use shoal_tests::{Lab, LabSpec, binary, output_text, wait_until};
 
@@ -273,18 +275,10 @@ fn rcvbuf_errors(lab: &Lab, node: usize) -> u64 {
     let out = lab
         .run(&lab.nodes()[node], "cat", &["/proc/net/snmp"])
         .expect("reading /proc/net/snmp");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (
-        udp.next().unwrap_or_default(),
-        udp.next().unwrap_or_default(),
-    );
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "RcvbufErrors")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+    let counters = kernel_counters(&String::from_utf8_lossy(&out.stdout));
+    counters
+        .get("Udp.RcvbufErrors")
+        .map_or(0, |&n| u64::try_from(n).unwrap_or(0))
 }
 
 /// The spoofed SYNs of the SYN-flood section.

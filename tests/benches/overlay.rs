@@ -32,7 +32,8 @@ use std::time::Duration;
 use serde_json::{Map, json};
 use shoal_dataplane::overlay::Key;
 use shoal_tests::overlay::{
-    Overlay, Task, apply_each, bench_output, iperf_run, plain_and_secret, write_figures,
+    Overlay, Task, apply_each, bench_output, iperf_run, kernel_counters, plain_and_secret,
+    write_figures,
 };
 use shoal_tests::{Lab, LabSpec, wait_until};
 
@@ -264,13 +265,15 @@ fn measure(
     let mut row = Vec::new();
     let (mut retransmits, mut spurious, mut udp_drops) = (0, 0, 0);
     for streams in [1, 4] {
-        // The sender's counters and both nodes', around the run.
+        // The sender's counters and both nodes', around the 1-stream run.
         let sides = || {
-            [
-                counters(client("cat")),
-                counters(nodes(0, "cat")),
-                counters(nodes(1, "cat")),
-            ]
+            (streams == 1).then(|| {
+                [
+                    counters(client("cat")),
+                    counters(nodes(0, "cat")),
+                    counters(nodes(1, "cat")),
+                ]
+            })
         };
         let before = sides();
         let run = iperf_run(
@@ -281,8 +284,7 @@ fn measure(
             SECONDS,
         )
         .expect("iperf3 runs");
-        let after = sides();
-        if streams == 1 {
+        if let (Some(before), Some(after)) = (before, sides()) {
             let moved = |side: usize, counter: &str| {
                 after[side].get(counter).copied().unwrap_or(0)
                     - before[side].get(counter).copied().unwrap_or(0)
@@ -308,25 +310,13 @@ fn measure(
     );
 }
 
-/// The kernel's protocol counters in the namespace `cat` runs in (`/proc/net/netstat` and
-/// `/proc/net/snmp`), as `Group.Name`.
+/// The kernel's protocol counters in the namespace `cat` runs in.
 fn counters(mut cat: Command) -> std::collections::BTreeMap<String, i64> {
     let out = cat
         .args(["/proc/net/netstat", "/proc/net/snmp"])
         .output()
         .expect("cat runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    let mut all = std::collections::BTreeMap::new();
-    for pair in lines.chunks(2) {
-        let [names, values] = pair else { continue };
-        let (group, names) = names.split_once(':').unwrap_or_default();
-        let values = values.split_once(':').unwrap_or_default().1;
-        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
-            all.insert(format!("{group}.{n}"), v.parse().unwrap_or(0));
-        }
-    }
-    all
+    kernel_counters(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Stock `boringtun-cli` on both nodes, tunnel 10.99.0.1 <-> 10.99.0.2 over the data network.

@@ -414,6 +414,25 @@ pub fn iperf_run(
     result.ok_or_else(|| "iperf3 gave no figure".to_owned())
 }
 
+/// The kernel's protocol counters in the text of `/proc/net/netstat` and `/proc/net/snmp`
+/// (each group a line of names, then a line of values), as `Group.Name` (`Udp.RcvbufErrors`).
+pub fn kernel_counters(text: &str) -> std::collections::BTreeMap<String, i64> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut all = std::collections::BTreeMap::new();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (Some((group, names)), Some((_, values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            all.insert(format!("{group}.{n}"), v.parse().unwrap_or(0));
+        }
+    }
+    all
+}
+
 /// Where a benchmark writes its figures: `$SHOAL_BENCH_OUT`, else `target/bench/<suite>.json`.
 pub fn bench_output(suite: &str) -> PathBuf {
     std::env::var_os("SHOAL_BENCH_OUT").map_or_else(
@@ -453,4 +472,19 @@ pub fn write_figures(
     }
     let text = serde_json::to_string_pretty(&Value::Object(figures.clone())).expect("JSON");
     std::fs::write(path, text).map_err(io_error(format!("writing {}", path.display())))
+}
+
+#[cfg(test)]
+mod counter_tests {
+    use super::kernel_counters;
+
+    #[test]
+    fn kernel_counters_pair_each_name_with_its_value_by_group() {
+        let text = "TcpExt: SyncookiesSent TCPDSACKRecvSegs\nTcpExt: 0 96\n\
+                    Udp: InDatagrams RcvbufErrors\nUdp: 12 -3\n";
+        let all = kernel_counters(text);
+        assert_eq!(all["TcpExt.TCPDSACKRecvSegs"], 96);
+        assert_eq!(all["Udp.RcvbufErrors"], -3);
+        assert_eq!(all.len(), 4);
+    }
 }

@@ -338,6 +338,14 @@ impl Dataplane {
         Ok(Some(h))
     }
 
+    /// Runs `f` on this thread inside a network's namespace (for what only a thread in it can
+    /// see, such as its `/proc/sys/net`).
+    fn within_net<T>(&mut self, net: &str, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        self.require_net(net)?;
+        let (ns, _) = &self.nets[net];
+        netns::within(ns, f)
+    }
+
     /// A handle into a network's namespace and the index of its VXLAN device.
     async fn vxlan(&mut self, net: &str) -> io::Result<(Handle, u32)> {
         let h = self.require_net(net)?;
@@ -427,8 +435,7 @@ impl Dataplane {
                 continue;
             };
             let mut net = observe_network(&h).await?;
-            let (ns, _) = &self.nets[&id];
-            net.bridge_netfilter = netns::within(ns, bridge_netfilter_on)?;
+            net.bridge_netfilter = self.within_net(&id, bridge_netfilter_on)?;
             observed.networks.insert(id, net);
         }
         observed.way_out = observe_way_out(&self.node).await?;
@@ -743,11 +750,7 @@ impl Dataplane {
                 let h = self.require_net(net)?;
                 delete_link(&h, veth).await
             }
-            LayoutStep::BridgeNetfilterOff { net } => {
-                self.require_net(net)?;
-                let (ns, _) = &self.nets[net];
-                netns::within(ns, bridge_netfilter_off)
-            }
+            LayoutStep::BridgeNetfilterOff { net } => self.within_net(net, bridge_netfilter_off),
             LayoutStep::CreateWayOut(gateway) => {
                 let created = self.create_way_out(*gateway).await;
                 if created.is_err() {

@@ -650,32 +650,30 @@ impl ObservedNet {
     /// Applies one operation inside this network (as [`Observed::apply`]); what the kernel would
     /// refuse it for.
     fn apply(&mut self, op: &LayoutStep) -> Result<(), &'static str> {
-        let done = match op {
-            LayoutStep::Detach { veth, .. } => self.attachments.remove(veth),
-            LayoutStep::DelNeigh { ip, mac, .. } => self.neigh.remove(&(*ip, *mac)),
-            LayoutStep::DelFdb { mac, dst, .. } => self.fdb.remove(&(*mac, *dst)),
-            LayoutStep::AddFdb { mac, dst, .. } => self.fdb.insert((*mac, *dst)),
-            LayoutStep::AddNeigh { ip, mac, .. } => {
-                if self.neigh.iter().any(|(i, _)| i == ip) {
-                    return Err("the address has a neighbour entry already");
-                }
-                self.neigh.insert((*ip, *mac))
+        let (done, refused) = match op {
+            LayoutStep::Detach { veth, .. } => (self.attachments.remove(veth), "no such veth"),
+            LayoutStep::DelNeigh { ip, mac, .. } => {
+                (self.neigh.remove(&(*ip, *mac)), "no such neighbour")
             }
-            LayoutStep::Attach { veth, .. } => self.attachments.insert(veth.clone()),
-            LayoutStep::BridgeNetfilterOff { .. } => {
-                std::mem::replace(&mut self.bridge_netfilter, false)
+            LayoutStep::DelFdb { mac, dst, .. } => {
+                (self.fdb.remove(&(*mac, *dst)), "no such fdb entry")
             }
-            _ => return Err("not an operation inside a network"),
+            LayoutStep::AddFdb { mac, dst, .. } => {
+                (self.fdb.insert((*mac, *dst)), "exists already")
+            }
+            LayoutStep::AddNeigh { ip, mac, .. } => (
+                !self.neigh.iter().any(|(i, _)| i == ip) && self.neigh.insert((*ip, *mac)),
+                "the address has a neighbour entry already",
+            ),
+            LayoutStep::Attach { veth, .. } => {
+                (self.attachments.insert(veth.clone()), "exists already")
+            }
+            LayoutStep::BridgeNetfilterOff { .. } => (
+                std::mem::replace(&mut self.bridge_netfilter, false),
+                "off already",
+            ),
+            _ => (false, "not an operation inside a network"),
         };
-        if done {
-            return Ok(());
-        }
-        Err(match op {
-            LayoutStep::Detach { .. } => "no such veth",
-            LayoutStep::DelNeigh { .. } => "no such neighbour",
-            LayoutStep::DelFdb { .. } => "no such fdb entry",
-            LayoutStep::BridgeNetfilterOff { .. } => "off already",
-            _ => "exists already",
-        })
+        if done { Ok(()) } else { Err(refused) }
     }
 }
