@@ -3,9 +3,14 @@
 //! openraft 0.9 writes each entry to the leader's log and waits for its fsync before it takes
 //! the next one, so one entry per change set caps the leader at one fsync per write. The
 //! proposer sends whatever has queued up as one entry, with at most [`IN_FLIGHT`] entries on
-//! their way at once: under load, the batches grow; a lone writer waits for nobody.
+//! their way at once: under load, the batches grow; a lone writer waits for nobody. A change
+//! set proposed while nothing is queued and a slot is free is written by its caller's own task,
+//! without passing through the proposer's.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -54,6 +59,11 @@ struct Proposal {
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::UnboundedSender<Proposal>,
+    raft: Raft,
+    /// Entries on their way, at most [`IN_FLIGHT`].
+    slots: Arc<Semaphore>,
+    /// Proposals sent to the queue and not yet taken from it.
+    queued: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Proposer {
@@ -66,18 +76,44 @@ impl Proposer {
     /// Starts proposing to `raft`; stops when every clone is dropped.
     pub fn start(raft: Raft) -> Self {
         let (queue, proposals) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, proposals));
-        Self { queue }
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run(raft.clone(), proposals, slots.clone(), queued.clone()));
+        Self {
+            queue,
+            raft,
+            slots,
+            queued,
+        }
     }
 
     /// Proposes `changes`; the raft index they were applied at once committed.
     pub async fn propose(&self, changes: ChangeSet) -> Result<u64, ProposeError> {
         let started = std::time::Instant::now();
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Proposal { changes, reply })
-            .map_err(|_| ProposeError::Stopped)?;
-        let result = answer.await.map_err(|_| ProposeError::Stopped)?;
+        let result = match self.free_slot() {
+            // Nobody to batch with: written at once, from this task.
+            Some(slot) => {
+                let size = size_of(&changes);
+                if size > limits::MAX_ENTRY_BYTES {
+                    Err(ProposeError::TooLarge { bytes: size })
+                } else {
+                    crate::metrics::control().raft_entries.inc();
+                    let written = write(&self.raft, vec![changes]).await;
+                    drop(slot);
+                    written
+                        .and_then(|mut answers| answers.pop().unwrap_or(Err(ProposeError::Stopped)))
+                }
+            }
+            None => {
+                let (reply, answer) = oneshot::channel();
+                self.queued.fetch_add(1, Ordering::AcqRel);
+                if self.queue.send(Proposal { changes, reply }).is_err() {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    return Err(ProposeError::Stopped);
+                }
+                answer.await.map_err(|_| ProposeError::Stopped)?
+            }
+        };
         let metrics = crate::metrics::control();
         let outcome = match &result {
             Ok(_) => "committed",
@@ -95,13 +131,57 @@ impl Proposer {
     }
 }
 
+impl Proposer {
+    /// A slot for an entry, when nothing is queued and one is free.
+    fn free_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        self.slots.clone().try_acquire_owned().ok()
+    }
+}
+
+/// Writes `batch` as one raft entry: for each change set, the index it was applied at or why it
+/// was refused; the whole batch's error when the entry did not commit.
+async fn write(
+    raft: &Raft,
+    batch: Vec<ChangeSet>,
+) -> Result<Vec<Result<u64, ProposeError>>, ProposeError> {
+    let len = batch.len();
+    match raft.client_write(Request { batch }).await {
+        Ok(written) => {
+            let index = written.data.index;
+            let mut refused = written.data.refused.into_iter();
+            Ok((0..len)
+                .map(|_| match refused.next().flatten() {
+                    None => Ok(index),
+                    Some(e) => Err(ProposeError::Refused(e)),
+                })
+                .collect())
+        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(ProposeError::NotLeader)
+        }
+        Err(other) => Err(ProposeError::Raft(Arc::new(other))),
+    }
+}
+
 /// A change set's size in a raft entry (its JSON).
 fn size_of(changes: &ChangeSet) -> usize {
     serde_json::to_vec(changes).map_or(usize::MAX, |b| b.len())
 }
 
-async fn run(raft: Raft, mut proposals: mpsc::UnboundedReceiver<Proposal>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+async fn run(
+    raft: Raft,
+    mut proposals: mpsc::UnboundedReceiver<Proposal>,
+    slots: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
+) {
+    let take = |proposals: &mut mpsc::UnboundedReceiver<Proposal>| {
+        let proposal = proposals.try_recv().ok()?;
+        queued.fetch_sub(1, Ordering::AcqRel);
+        Some(proposal)
+    };
     // A proposal that did not fit in the last batch: it opens the next one.
     let mut carried: Option<(Proposal, usize)> = None;
     loop {
@@ -109,6 +189,7 @@ async fn run(raft: Raft, mut proposals: mpsc::UnboundedReceiver<Proposal>) {
             Some(carried) => carried,
             None => match proposals.recv().await {
                 Some(p) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
                     let size = size_of(&p.changes);
                     (p, size)
                 }
@@ -128,44 +209,31 @@ async fn run(raft: Raft, mut proposals: mpsc::UnboundedReceiver<Proposal>) {
         let mut batch = vec![first];
         let mut bytes = first_size;
         while batch.len() < MAX_BATCH {
-            match proposals.try_recv() {
-                Ok(proposal) => {
-                    let size = size_of(&proposal.changes);
-                    if bytes + size > limits::MAX_ENTRY_BYTES {
-                        carried = Some((proposal, size));
-                        break;
-                    }
-                    bytes += size;
-                    batch.push(proposal);
-                }
-                Err(_) => break,
+            let Some(proposal) = take(&mut proposals) else {
+                break;
+            };
+            let size = size_of(&proposal.changes);
+            if bytes + size > limits::MAX_ENTRY_BYTES {
+                carried = Some((proposal, size));
+                break;
             }
+            bytes += size;
+            batch.push(proposal);
         }
         let raft = raft.clone();
         crate::metrics::control().raft_entries.inc();
         tokio::spawn(async move {
             let (changes, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.changes, p.reply)).unzip();
-            let written = raft.client_write(Request { batch: changes }).await;
+            let written = write(&raft, changes).await;
             drop(slot);
             match written {
-                Ok(written) => {
-                    let index = written.data.index;
-                    let mut refused = written.data.refused.into_iter();
-                    for reply in replies {
-                        let _ = reply.send(match refused.next().flatten() {
-                            None => Ok(index),
-                            Some(e) => Err(ProposeError::Refused(e)),
-                        });
+                Ok(answers) => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(answer);
                     }
                 }
-                Err(e) => {
-                    let error = match e {
-                        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-                            ProposeError::NotLeader
-                        }
-                        other => ProposeError::Raft(Arc::new(other)),
-                    };
+                Err(error) => {
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
                     }
