@@ -42,6 +42,10 @@ use crate::ca::{NodeIdentity, Role, digest_of};
 /// The DNS name every manager certificate carries and every node checks.
 pub const MANAGER_NAME: &str = "swarm-manager";
 
+/// The protocol (ALPN) raft's appends travel on beside gRPC on the cluster port
+/// (`crate::raft::appends`).
+pub const RAFT_APPENDS_ALPN: &[u8] = b"shoal-raft/1";
+
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -253,7 +257,8 @@ impl LiveTls {
             .map_err(rustls_error)?
             .with_client_cert_verifier(self.clone())
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        // gRPC, and raft's appends on their own protocol.
+        config.alpn_protocols = vec![b"h2".to_vec(), RAFT_APPENDS_ALPN.to_vec()];
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
         Ok(Arc::new(config))
@@ -527,6 +532,29 @@ pub fn join_client(digest: &str) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// Opens a TLS connection to a manager at `addr` with `config`, within `timeout`.
+pub async fn connect(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(MANAGER_NAME).expect("a valid DNS name");
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from {addr} within {}s", timeout.as_secs()),
+        )),
+    }
+}
+
 /// Opens a TLS connection to a manager at `addr` (a preflight that surfaces TLS errors as they
 /// are, which a gRPC channel would hide behind "transport error").
 pub async fn handshake(
@@ -534,20 +562,7 @@ pub async fn handshake(
     config: Arc<ClientConfig>,
     timeout: Duration,
 ) -> std::io::Result<()> {
-    let connect = async {
-        let tcp = TcpStream::connect(addr).await?;
-        let name = ServerName::try_from(MANAGER_NAME).expect("a valid DNS name");
-        tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-    };
-    match tokio::time::timeout(timeout, connect).await {
-        Ok(result) => result.map(drop),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer from {addr} within {}s", timeout.as_secs()),
-        )),
-    }
+    connect(&addr.to_string(), config, timeout).await.map(drop)
 }
 
 /// A lazy gRPC channel to a manager at `addr` over TLS with `config`.
@@ -760,6 +775,16 @@ impl Connected for TlsConn {
 }
 
 impl TlsConn {
+    /// Who is on the other end.
+    pub fn peer(&self) -> &TlsPeer {
+        &self.peer
+    }
+
+    /// The application protocol agreed in the handshake (ALPN), if any.
+    pub fn protocol(&self) -> Option<&[u8]> {
+        self.inner.get_ref().1.alpn_protocol()
+    }
+
     /// For a connection without a certificate: whether it has been silent or open too long.
     /// For one with a certificate: whether the swarm's trust changed (a root rotation ended)
     /// and its certificate is no longer accepted.

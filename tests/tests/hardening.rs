@@ -253,6 +253,7 @@ fn raft_only_talks_to_its_members() {
         for (which, role) in [
             ("raft-append", "--leader"),
             ("raft-append-stream", "--leader"),
+            ("raft-append-framed", "--leader"),
             ("raft-vote", "--candidate"),
         ] {
             refused(
@@ -276,8 +277,9 @@ fn raft_only_talks_to_its_members() {
             "PermissionDenied",
             "not a member",
         );
-        // A member: only for itself, and within bounds, on a stream of appends too.
-        for append in ["raft-append", "raft-append-stream"] {
+        // A member: only for itself, and within bounds, on a stream of appends and on the
+        // appends' own protocol too.
+        for append in ["raft-append", "raft-append-stream", "raft-append-framed"] {
             refused(
                 &call(&[
                     append, "--certs", &n2_certs, "--leader", &id2, "--term", &max,
@@ -621,6 +623,25 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
             ],
         );
         refused_by_transport(&answer);
+        // On the appends' own protocol: the TLS handshake refuses it, no follower answers.
+        let answer = hostile(
+            &client,
+            &[
+                "raft-append-framed",
+                "--manager",
+                &addr,
+                "--certs",
+                saved,
+                "--ca",
+                &new_roots,
+                "--leader",
+                "1",
+                "--term",
+                "1",
+            ],
+        );
+        assert_eq!(answer["ok"], false, "{answer}");
+        assert_eq!(answer["code"], "Unavailable", "{answer}");
         let answer = hostile(
             &client,
             &[

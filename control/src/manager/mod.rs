@@ -168,6 +168,22 @@ pub struct RaftStatus {
     pub voters: usize,
 }
 
+/// The cluster port's connections for gRPC: one that chose raft's appends' protocol is served
+/// beside it ([`crate::raft::appends`]), until it ends or `stopped`.
+fn route_appends(
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<crate::tls::TlsConn>>,
+    raft_service: RaftService,
+    stopped: watch::Receiver<bool>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<crate::tls::TlsConn>> {
+    tokio_stream::StreamExt::filter_map(incoming, move |conn| match conn {
+        Ok(conn) if conn.protocol() == Some(crate::raft::appends::ALPN) => {
+            tokio::spawn(raft_service.clone().serve_appends(conn, stopped.clone()));
+            None
+        }
+        other => Some(other),
+    })
+}
+
 /// Counts leader changes and new snapshots from raft's metrics, until `stopped`.
 async fn count_raft_changes(
     mut metrics: watch::Receiver<
@@ -313,9 +329,10 @@ impl Manager {
             live,
             crate::tls::ConnectionLimits::within(connection_budget()),
         )?;
-        let raft_store = manager.inner.store.clone();
+        let raft_service = RaftService::new(raft.clone(), manager.inner.store.clone());
         let raft_metrics = raft.metrics();
         let mut until = stopped.clone();
+        let incoming = route_appends(incoming, raft_service.clone(), stopped.clone());
         let serving = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 // A peer that stops answering is dropped; no connection holds more streams
@@ -324,7 +341,7 @@ impl Manager {
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .max_concurrent_streams(Some(MAX_STREAMS))
                 .http2_max_header_list_size(16 * 1024)
-                .add_service(RaftService::new(raft, raft_store))
+                .add_service(raft_service.grpc())
                 .add_service(tonic::service::interceptor::InterceptedService::new(
                     control_server::ControlServer::new(services.clone())
                         .max_decoding_message_size(MAX_MESSAGE),

@@ -1,12 +1,14 @@
 //! The replicated store: openraft over a durable log ([`log`]) and a state machine that feeds
 //! the in-memory object store ([`sm`]). Raft's messages travel over the managers' mutual-TLS
-//! gRPC ([`network`]).
+//! gRPC ([`network`]), a leader's appends on a protocol of their own on the same port
+//! ([`appends`]).
 //!
 //! A raft entry's payload is a [`Request`]: a batch of change sets proposed together (the
 //! [`proposer`] groups what arrives while earlier entries are being written), each applied
 //! whole or refused whole by every replica alike (the check is deterministic: versions are raft
 //! indices). Each proposer learns which from the [`Response`].
 
+pub mod appends;
 pub mod guard;
 pub mod log;
 pub mod network;

@@ -3,8 +3,10 @@
 //! Both carry openraft's requests and answers as the typed messages of `raft.proto`
 //! ([`super::wire`] converts).
 //!
-//! The leader sends appends on one long-lived stream per follower (`AppendEntriesStream`),
-//! answered in order; votes and snapshot chunks are calls of their own.
+//! The leader sends appends on one long-lived connection per follower, answered in order: on
+//! the appends' own protocol ([`super::appends`]), or on a gRPC stream
+//! (`AppendEntriesStream`) to a manager that does not speak it. Votes and snapshot chunks are
+//! gRPC calls of their own.
 //!
 //! The client side also records when each peer last answered: the leader's view of which
 //! managers are reachable (`node ls`'s MANAGER STATUS, and the quorum check before a demotion).
@@ -32,12 +34,16 @@ use openraft::{
 use prost::Message as _;
 use rustls::ClientConfig;
 use shoal_api::v1::{self, raft_client::RaftClient, raft_server};
-use tokio::sync::mpsc;
+use tokio::{
+    io::{AsyncWriteExt as _, BufReader},
+    sync::{mpsc, watch},
+};
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Status};
 
 use super::{
     NodeId, Raft, RaftMember, TypeConfig,
+    appends::{self, AppendsConn},
     guard::{self, InBounds},
     log::Durability,
     wire,
@@ -45,7 +51,7 @@ use super::{
 use crate::{
     ca::{NodeIdentity, Role},
     store::Store,
-    tls::TlsPeer,
+    tls::{TlsConn, TlsPeer},
 };
 
 /// The largest raft message a manager accepts (snapshots travel in chunks of a few MiB). A
@@ -60,6 +66,7 @@ pub type Contacts = Arc<Mutex<HashMap<NodeId, Instant>>>;
 #[derive(Debug, Clone)]
 pub struct RaftClients {
     tls: Arc<ClientConfig>,
+    appends_tls: Arc<ClientConfig>,
     contacts: Contacts,
     durability: Durability,
 }
@@ -69,6 +76,7 @@ impl RaftClients {
     /// commit index past what this manager's log holds on disk (`durability`).
     pub fn new(tls: Arc<ClientConfig>, contacts: Contacts, durability: Durability) -> Self {
         Self {
+            appends_tls: appends::client_config(&tls),
             tls,
             contacts,
             durability,
@@ -83,16 +91,28 @@ pub struct PeerClient {
     addr: String,
     client: Option<RaftClient<tonic::transport::Channel>>,
     appends: Option<Appends>,
+    /// False once the peer refused the appends' protocol: the gRPC stream then.
+    speaks_appends: bool,
     tls: Arc<ClientConfig>,
+    appends_tls: Arc<ClientConfig>,
     contacts: Contacts,
     durability: Durability,
 }
 
-/// The open stream of appends to a peer: one message out, its answer back, in turn.
+/// The open connection of appends to a peer: one message out, its answer back, in turn.
 #[derive(Debug)]
-struct Appends {
-    requests: mpsc::Sender<v1::AppendEntriesRequest>,
-    replies: tonic::Streaming<v1::AppendEntriesReply>,
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per peer, made when a connection opens and never moved after"
+)]
+enum Appends {
+    /// The appends' own protocol.
+    Framed(AppendsConn),
+    /// A gRPC stream (a peer that does not speak it).
+    Grpc {
+        requests: mpsc::Sender<v1::AppendEntriesRequest>,
+        replies: tonic::Streaming<v1::AppendEntriesReply>,
+    },
 }
 
 impl RaftNetworkFactory<TypeConfig> for RaftClients {
@@ -104,7 +124,9 @@ impl RaftNetworkFactory<TypeConfig> for RaftClients {
             addr: node.addr.clone(),
             client: None,
             appends: None,
+            speaks_appends: true,
             tls: self.tls.clone(),
+            appends_tls: self.appends_tls.clone(),
             contacts: self.contacts.clone(),
             durability: self.durability.clone(),
         }
@@ -218,16 +240,35 @@ impl PeerClient {
         message: v1::AppendEntriesRequest,
         option: &RPCOption,
     ) -> Result<v1::AppendEntriesReply, CallError<E>> {
+        if self.appends.is_none() && self.speaks_appends {
+            match AppendsConn::open(&self.addr, self.appends_tls.clone(), option.hard_ttl()).await {
+                Ok(conn) => self.appends = Some(Appends::Framed(conn)),
+                Err(e) if appends::not_spoken(&e) => {
+                    tracing::info!(peer = %self.addr, "the peer does not speak the appends' protocol: appends go on a gRPC stream");
+                    self.speaks_appends = false;
+                }
+                Err(e) => {
+                    let failed = Failed(format!("{}: {e}", self.addr));
+                    return Err(RPCError::Unreachable(Unreachable::new(&failed)));
+                }
+            }
+        }
         let closed = |addr: &str| {
             let failed = Failed(format!("{addr}: the stream of appends closed"));
             RPCError::Unreachable(Unreachable::new(&failed))
         };
-        let appends = match &mut self.appends {
-            Some(appends) => {
-                if appends.requests.send(message).await.is_err() {
+        let replies = match &mut self.appends {
+            Some(Appends::Framed(conn)) => {
+                return conn
+                    .exchange(&message)
+                    .await
+                    .map_err(|status| refused_by(&self.addr, &status));
+            }
+            Some(Appends::Grpc { requests, replies }) => {
+                if requests.send(message).await.is_err() {
                     return Err(closed(&self.addr));
                 }
-                appends
+                replies
             }
             None => {
                 // The first message is queued before the stream opens, so it leaves with the
@@ -242,10 +283,15 @@ impl PeerClient {
                     .await
                     .map_err(|status| refused_by(&self.addr, &status))?
                     .into_inner();
-                self.appends.insert(Appends { requests, replies })
+                let Appends::Grpc { replies, .. } =
+                    self.appends.insert(Appends::Grpc { requests, replies })
+                else {
+                    return Err(closed(&self.addr));
+                };
+                replies
             }
         };
-        match appends.replies.message().await {
+        match replies.message().await {
             Ok(Some(reply)) => Ok(reply),
             Ok(None) => Err(closed(&self.addr)),
             Err(status) => Err(refused_by(&self.addr, &status)),
@@ -353,7 +399,11 @@ pub fn nodes_only(request: Request<()>) -> Result<Request<()>, Status> {
 }
 
 fn manager_peer(extensions: &tonic::Extensions) -> Result<&NodeIdentity, Status> {
-    let peer = extensions.get::<TlsPeer>();
+    manager_identity(extensions.get::<TlsPeer>())
+}
+
+/// The identity of `peer`'s certificate, when it is a manager's.
+fn manager_identity(peer: Option<&TlsPeer>) -> Result<&NodeIdentity, Status> {
     match peer.and_then(|p| p.identity.as_ref()) {
         Some(identity) if identity.role == Role::Manager => Ok(identity),
         Some(_) => Err(Status::permission_denied(
@@ -404,26 +454,68 @@ impl std::fmt::Debug for RaftService {
 
 impl RaftService {
     /// Serves `raft` to the raft members recorded in it and in `store`.
-    pub fn new(
-        raft: Raft,
-        store: Store,
+    pub fn new(raft: Raft, store: Store) -> Self {
+        Self {
+            raft,
+            store,
+            snapshots: Arc::default(),
+        }
+    }
+
+    /// The gRPC service, which reads a message only from a raft member ([`RaftMembersOnly`]).
+    pub fn grpc(
+        self,
     ) -> tonic::service::interceptor::InterceptedService<
         raft_server::RaftServer<Self>,
         RaftMembersOnly,
     > {
         let check = RaftMembersOnly {
-            raft: raft.clone(),
-            store: store.clone(),
+            raft: self.raft.clone(),
+            store: self.store.clone(),
         };
         tonic::service::interceptor::InterceptedService::new(
-            raft_server::RaftServer::new(Self {
-                raft,
-                store,
-                snapshots: Arc::default(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE),
+            raft_server::RaftServer::new(self).max_decoding_message_size(MAX_MESSAGE),
             check,
         )
+    }
+
+    /// Serves one connection that chose the appends' own protocol ([`appends`]), until the
+    /// leader closes it, it stays silent for [`appends::IDLE`], a message is refused, or `stop`
+    /// turns true.
+    pub async fn serve_appends(self, conn: TlsConn, mut stop: watch::Receiver<bool>) {
+        let peer = conn.peer().clone();
+        let mut conn = BufReader::new(conn);
+        tokio::select! {
+            () = self.answer_appends(&mut conn, &peer) => {}
+            _ = stop.wait_for(|stop| *stop) => {}
+        }
+        let _ = conn.shutdown().await;
+    }
+
+    async fn answer_appends(&self, conn: &mut BufReader<TlsConn>, peer: &TlsPeer) {
+        let answered = async {
+            // As the gRPC service's check: before any message is read.
+            let node_id = self.member(peer)?;
+            while let Some(message) = appends::next_append(conn, MAX_MESSAGE).await? {
+                let reply = self.append(&node_id, message).await?;
+                if appends::send_reply(conn, &reply).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<_, Status>(())
+        };
+        if let Err(status) = answered.await {
+            tracing::debug!(peer = %peer.addr, error = %status.message(), "refusing a raft append");
+            appends::send_refusal(conn, &status).await;
+        }
+    }
+
+    /// The node ID of `peer` when its certificate is a manager's whose node holds a raft
+    /// membership here: the check [`RaftMembersOnly`] makes, for the appends' own protocol.
+    fn member(&self, peer: &TlsPeer) -> Result<String, Status> {
+        let identity = manager_identity(Some(peer))?;
+        guard::speaker(&self.raft, &self.store, &identity.node_id)?;
+        Ok(identity.node_id.clone())
     }
 
     /// Whom the caller's certificate speaks for (checked again: membership may have changed
@@ -546,6 +638,8 @@ mod tests {
             addr: "127.0.0.1:9".to_owned(),
             client: None,
             appends: None,
+            speaks_appends: true,
+            appends_tls: appends::client_config(&tls),
             tls: Arc::new(tls),
             contacts: Contacts::default(),
             durability: log.durability(),

@@ -6,6 +6,7 @@
 //! shoal-hostile heartbeat --manager IP:PORT --certs DIR --hostname H --data-path-addr A [--wireguard-key K]
 //! shoal-hostile raft-append --manager IP:PORT --certs DIR --leader RAFT_ID --term T
 //! shoal-hostile raft-append-stream --manager IP:PORT --certs DIR --leader RAFT_ID --term T
+//! shoal-hostile raft-append-framed --manager IP:PORT --certs DIR --leader RAFT_ID --term T
 //! shoal-hostile raft-vote --manager IP:PORT --certs DIR --candidate RAFT_ID --term T
 //! shoal-hostile raft-snapshot --manager IP:PORT --certs DIR --leader RAFT_ID --term T --offset N
 //! shoal-hostile conn-flood --manager IP:PORT --token T --connections N --frames F --seconds S
@@ -29,7 +30,8 @@
 //!
 //! The raft calls send openraft's own messages as a manager would: an empty append-entries, a
 //! vote request, one snapshot chunk of 1 KiB at `--offset`. `raft-append-stream` sends the
-//! append on a stream of appends, as a leader does, and reads its answer.
+//! append on a gRPC stream of appends and reads its answer; `raft-append-framed` sends it on the
+//! appends' own protocol (ALPN `shoal-raft/1`), as a leader does.
 //!
 //! `DIR` holds a node's `node.crt`, `node.key` and `ca.crt` (its `<data root>/swarm/certs`);
 //! every command that takes `--certs DIR` also takes `--ca FILE`, the roots to trust instead of
@@ -155,7 +157,7 @@ async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
     let mut client = RaftClient::new(channel);
     let term = number(args, "--term")?;
     let answer = match which {
-        "append" | "append-stream" => {
+        "append" | "append-stream" | "append-framed" => {
             let rpc = openraft::raft::AppendEntriesRequest::<TypeConfig> {
                 vote: Vote::new_committed(term, number(args, "--leader")?),
                 prev_log_id: None,
@@ -165,6 +167,8 @@ async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
             let message = shoal_control::raft::wire::to_append(&rpc);
             if which == "append" {
                 client.append_entries(message).await.map(drop)
+            } else if which == "append-framed" {
+                framed_append(args, &message).await?
             } else {
                 match client
                     .append_entries_stream(tokio_stream::iter([message]))
@@ -207,6 +211,23 @@ async fn raft(args: &[String], which: &str) -> Result<Answer, String> {
         }
     };
     Ok(answer)
+}
+
+/// Sends `message` on the appends' own protocol with `--certs DIR`'s certificate: the
+/// follower's answer, or its refusal (a failed connection as `Unavailable`).
+async fn framed_append(
+    args: &[String],
+    message: &v1::AppendEntriesRequest,
+) -> Result<Answer, String> {
+    use shoal_control::raft::appends;
+    let config = credentials(args)?
+        .client_config()
+        .map_err(|e| e.to_string())?;
+    let manager = required(args, "--manager")?;
+    match appends::AppendsConn::open(manager, appends::client_config(&config), TIMEOUT).await {
+        Ok(mut conn) => Ok(conn.exchange(message).await.map(drop)),
+        Err(e) => Ok(Err(Status::unavailable(e.to_string()))),
+    }
 }
 
 /// How an idle connection without a certificate ended.
@@ -488,6 +509,7 @@ async fn run(args: &[String]) -> Result<Answer, String> {
         Some("heartbeat") => heartbeat(&args[1..]).await,
         Some("raft-append") => raft(&args[1..], "append").await,
         Some("raft-append-stream") => raft(&args[1..], "append-stream").await,
+        Some("raft-append-framed") => raft(&args[1..], "append-framed").await,
         Some("raft-vote") => raft(&args[1..], "vote").await,
         Some("raft-snapshot") => raft(&args[1..], "snapshot").await,
         _ => Err(
