@@ -606,40 +606,27 @@ fn the_root_rotates_under_load_and_the_old_root_is_refused() {
         // level: the call never reaches the dispatcher).
         let answer = heartbeat(saved, &addr);
         refused_by_transport(&answer);
-        let answer = hostile(
-            &client,
-            &[
-                "raft-append",
-                "--manager",
-                &addr,
-                "--certs",
-                saved,
-                "--ca",
-                &new_roots,
-                "--leader",
-                "1",
-                "--term",
-                "1",
-            ],
-        );
-        refused_by_transport(&answer);
+        let append = |which: &str| {
+            hostile(
+                &client,
+                &[
+                    which,
+                    "--manager",
+                    &addr,
+                    "--certs",
+                    saved,
+                    "--ca",
+                    &new_roots,
+                    "--leader",
+                    "1",
+                    "--term",
+                    "1",
+                ],
+            )
+        };
+        refused_by_transport(&append("raft-append"));
         // On the appends' own protocol: the TLS handshake refuses it, no follower answers.
-        let answer = hostile(
-            &client,
-            &[
-                "raft-append-framed",
-                "--manager",
-                &addr,
-                "--certs",
-                saved,
-                "--ca",
-                &new_roots,
-                "--leader",
-                "1",
-                "--term",
-                "1",
-            ],
-        );
+        let answer = append("raft-append-framed");
         assert_eq!(answer["ok"], false, "{answer}");
         assert_eq!(answer["code"], "Unavailable", "{answer}");
         let answer = hostile(
