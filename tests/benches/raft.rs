@@ -15,7 +15,7 @@
 //!    (certificates made with `openssl`, ECDSA P-256 as Shoal's): `etcd_tls_*`, 1 and 64 clients.
 //!
 //! Writes `$SHOAL_BENCH_OUT` (default `target/bench/raft.json`): `{shoal,etcd}_writes_per_s_c{1,64}`,
-//! `{shoal,etcd}_p{50,99}_ms_c{1,64}`, `{shoal,etcd}_failover_s`, and `shoal_elections_c{1,64}`
+//! `{shoal,etcd}_{mean,p50,p90,p99}_ms_c{1,64}`, `{shoal,etcd}_failover_s`, and `shoal_elections_c{1,64}`
 //! (raft terms begun during each load: elections no kill caused). Needs root, `etcd` and release builds of `shoald`, `shoal`
 //! and `shoal-raft-load` (the xtask builds them).
 
@@ -50,8 +50,9 @@ fn load(swarm: &Swarm, args: &[&str]) -> Value {
 fn record(results: &mut BTreeMap<String, f64>, system: &str, clients: usize, run: &Value) {
     let get = |k: &str| run[k].as_f64().unwrap_or(0.0);
     results.insert(format!("{system}_writes_per_s_c{clients}"), get("per_s"));
-    results.insert(format!("{system}_p50_ms_c{clients}"), get("p50_ms"));
-    results.insert(format!("{system}_p99_ms_c{clients}"), get("p99_ms"));
+    for figure in ["mean_ms", "p50_ms", "p90_ms", "p99_ms"] {
+        results.insert(format!("{system}_{figure}_c{clients}"), get(figure));
+    }
     results.insert(format!("{system}_errors_c{clients}"), get("errors"));
 }
 
@@ -378,10 +379,14 @@ fn main() {
     );
     for figure in [
         "writes_per_s_c1",
+        "mean_ms_c1",
         "p50_ms_c1",
+        "p90_ms_c1",
         "p99_ms_c1",
         "writes_per_s_c64",
+        "mean_ms_c64",
         "p50_ms_c64",
+        "p90_ms_c64",
         "p99_ms_c64",
     ] {
         println!(

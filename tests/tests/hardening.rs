@@ -295,6 +295,24 @@ fn raft_only_talks_to_its_members() {
                 "does not hold",
             );
         }
+        // A frame that claims more than the largest raft message is refused from its header,
+        // before the follower reads (or makes room for) its body.
+        let over = (shoal_control::raft::network::MAX_MESSAGE + 1).to_string();
+        refused(
+            &call(&[
+                "raft-append-framed",
+                "--certs",
+                &n2_certs,
+                "--leader",
+                &id2,
+                "--term",
+                "2",
+                "--claim-bytes",
+                &over,
+            ]),
+            "InvalidArgument",
+            &format!("a frame of {over} bytes, over the"),
+        );
         refused(
             &call(&[
                 "raft-snapshot",

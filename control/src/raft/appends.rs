@@ -163,10 +163,16 @@ impl AppendsConn {
         &mut self,
         message: &v1::AppendEntriesRequest,
     ) -> Result<v1::AppendEntriesReply, Status> {
+        self.exchange_bytes(&frame(MESSAGE, message)).await
+    }
+
+    /// Sends `bytes` as they are and reads the answer, as [`Self::exchange`]: whole frames, or
+    /// what a misbehaving leader sends (the hardening tests' `shoal-hostile`).
+    pub async fn exchange_bytes(&mut self, bytes: &[u8]) -> Result<v1::AppendEntriesReply, Status> {
         let lost = |e: &dyn std::fmt::Display| {
             Status::unavailable(format!("the appends' connection: {e}"))
         };
-        write_frames(&mut self.stream, &frame(MESSAGE, message))
+        write_frames(&mut self.stream, bytes)
             .await
             .map_err(|e| lost(&e))?;
         let (kind, body) = read_frame(&mut self.stream, &[MESSAGE, REFUSAL], MAX_REPLY)

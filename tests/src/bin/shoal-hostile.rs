@@ -6,7 +6,7 @@
 //! shoal-hostile heartbeat --manager IP:PORT --certs DIR --hostname H --data-path-addr A [--wireguard-key K]
 //! shoal-hostile raft-append --manager IP:PORT --certs DIR --leader RAFT_ID --term T
 //! shoal-hostile raft-append-stream --manager IP:PORT --certs DIR --leader RAFT_ID --term T
-//! shoal-hostile raft-append-framed --manager IP:PORT --certs DIR --leader RAFT_ID --term T
+//! shoal-hostile raft-append-framed --manager IP:PORT --certs DIR --leader RAFT_ID --term T [--claim-bytes N]
 //! shoal-hostile raft-vote --manager IP:PORT --certs DIR --candidate RAFT_ID --term T
 //! shoal-hostile raft-snapshot --manager IP:PORT --certs DIR --leader RAFT_ID --term T --offset N
 //! shoal-hostile conn-flood --manager IP:PORT --token T --connections N --frames F --seconds S
@@ -31,7 +31,8 @@
 //! The raft calls send openraft's own messages as a manager would: an empty append-entries, a
 //! vote request, one snapshot chunk of 1 KiB at `--offset`. `raft-append-stream` sends the
 //! append on a gRPC stream of appends and reads its answer; `raft-append-framed` sends it on the
-//! appends' own protocol (ALPN `shoal-raft/1`), as a leader does.
+//! appends' own protocol (ALPN `shoal-raft/1`), as a leader does; with `--claim-bytes N` it
+//! sends instead only a frame's header claiming `N` bytes, and reads the answer.
 //!
 //! `DIR` holds a node's `node.crt`, `node.key` and `ca.crt` (its `<data root>/swarm/certs`);
 //! every command that takes `--certs DIR` also takes `--ca FILE`, the roots to trust instead of
@@ -224,10 +225,22 @@ async fn framed_append(
         .client_config()
         .map_err(|e| e.to_string())?;
     let manager = required(args, "--manager")?;
-    match appends::AppendsConn::open(manager, appends::client_config(&config), TIMEOUT).await {
-        Ok(mut conn) => Ok(conn.exchange(message).await.map(drop)),
-        Err(e) => Ok(Err(Status::unavailable(e.to_string()))),
-    }
+    let mut conn =
+        match appends::AppendsConn::open(manager, appends::client_config(&config), TIMEOUT).await {
+            Ok(conn) => conn,
+            Err(e) => return Ok(Err(Status::unavailable(e.to_string()))),
+        };
+    Ok(match flag(args, "--claim-bytes") {
+        Some(_) => {
+            let claimed = u32::try_from(number(args, "--claim-bytes")?)
+                .map_err(|_| "--claim-bytes: at most 2^32 - 1".to_owned())?;
+            // A message's kind byte, then the length: nothing of the body follows.
+            let mut header = vec![1];
+            header.extend_from_slice(&claimed.to_be_bytes());
+            conn.exchange_bytes(&header).await.map(drop)
+        }
+        None => conn.exchange(message).await.map(drop),
+    })
 }
 
 /// How an idle connection without a certificate ended.

@@ -13,7 +13,7 @@
 //! connection: to Shoal, a `Put` through the cluster API (mutual TLS with the manager
 //! certificate in `DIR`: `node.crt`, `node.key`, `ca.crt`); to etcd, `KV.Put` over gRPC. A write
 //! counts when it is acknowledged, which for both means committed by a majority with fsync.
-//! Prints `{"writes":N,"errors":E,"seconds":S,"per_s":R,"p50_ms":..,"p99_ms":..}`.
+//! Prints `{"writes":N,"errors":E,"seconds":S,"per_s":R,"mean_ms":..,"p50_ms":..,"p90_ms":..,"p99_ms":..}`.
 //! `etcd-leader` prints the endpoint of the etcd member that leads (from `Maintenance.Status`).
 //! With `--certs DIR`, etcd is called over mutual TLS as Shoal is (a client certificate in `DIR`,
 //! the server's verified against `DIR/ca.crt` as `swarm-manager`).
@@ -201,7 +201,9 @@ async fn load(target: Target, clients: usize, seconds: u64) -> serde_json::Value
         "errors": errors,
         "seconds": elapsed,
         "per_s": latencies.len() as f64 / elapsed,
+        "mean_ms": latencies.iter().sum::<f64>() / latencies.len().max(1) as f64,
         "p50_ms": percentile(&latencies, 50.0),
+        "p90_ms": percentile(&latencies, 90.0),
         "p99_ms": percentile(&latencies, 99.0),
     })
 }
