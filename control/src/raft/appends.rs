@@ -27,7 +27,8 @@
 //! - A refusal carries a gRPC status code and what was wrong, as the gRPC stream's would; the
 //!   follower closes the connection after it, and the leader opens another for its next append.
 //! - A follower closes a connection silent for [`IDLE`] (a leader sends a heartbeat on it every
-//!   heartbeat interval), and every connection when its manager stops.
+//!   heartbeat interval), one that takes no answer for as long, and every connection when its
+//!   manager stops.
 //! - A manager that does not speak the protocol refuses it in the handshake; the leader then
 //!   uses the gRPC stream (`Raft.AppendEntriesStream`) to it.
 
@@ -121,10 +122,19 @@ async fn read_frame<R: AsyncRead + Unpin>(
     Ok((kind, body))
 }
 
-/// Writes `bytes` (whole frames) and flushes them: one TLS record for a small message.
+/// Writes `bytes` (whole frames) and flushes them: one TLS record for a small message. A peer
+/// that takes nothing for [`IDLE`] fails the write (it cannot hold the writer for good).
 async fn write_frames<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    writer.write_all(bytes).await?;
-    writer.flush().await
+    let write = async {
+        writer.write_all(bytes).await?;
+        writer.flush().await
+    };
+    tokio::time::timeout(IDLE, write).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the peer took nothing for {}s", IDLE.as_secs()),
+        ))
+    })
 }
 
 /// A refusal as its frame.
@@ -323,6 +333,29 @@ mod tests {
         assert_eq!(agreed, None);
         let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert!(!not_spoken(&refused));
+    }
+
+    /// A leader that reads no answer cannot hold the follower's task: the write gives up after
+    /// [`IDLE`], and so does a read of a frame that never comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_takes_nothing_or_sends_nothing_is_given_up() {
+        let (mut near, _far) = tokio::io::duplex(8);
+        let reply = v1::AppendEntriesReply {
+            answer: Some(v1::append_entries_reply::Answer::Success(v1::Empty {})),
+        };
+        let big = v1::AppendRefusal {
+            code: 3,
+            message: "x".repeat(1024),
+        };
+        let refused = write_frames(&mut near, &frame(REFUSAL, &big)).await;
+        assert_eq!(
+            refused.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::TimedOut)
+        );
+        let (mut near, _far) = tokio::io::duplex(1024);
+        assert!(send_reply(&mut near, &reply).await.is_ok());
+        let (mut silent, _far) = tokio::io::duplex(1024);
+        assert_eq!(next_append(&mut silent, MAX_REPLY).await.ok(), Some(None));
     }
 
     proptest! {

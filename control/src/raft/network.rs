@@ -480,8 +480,8 @@ impl RaftService {
     }
 
     /// Serves one connection that chose the appends' own protocol ([`appends`]), until the
-    /// leader closes it, it stays silent for [`appends::IDLE`], a message is refused, or `stop`
-    /// turns true.
+    /// leader closes it, it stays silent or takes no answer for [`appends::IDLE`], a message is
+    /// refused, or `stop` turns true.
     pub async fn serve_appends(self, conn: TlsConn, mut stop: watch::Receiver<bool>) {
         let peer = conn.peer().clone();
         let mut conn = BufReader::new(conn);
@@ -489,7 +489,8 @@ impl RaftService {
             () = self.answer_appends(&mut conn, &peer) => {}
             _ = stop.wait_for(|stop| *stop) => {}
         }
-        let _ = conn.shutdown().await;
+        // A peer that takes nothing does not hold the task: the TLS close is not waited for.
+        let _ = tokio::time::timeout(appends::IDLE, conn.shutdown()).await;
     }
 
     async fn answer_appends(&self, conn: &mut BufReader<TlsConn>, peer: &TlsPeer) {
