@@ -173,18 +173,26 @@ impl AppendsConn {
         &mut self,
         message: &v1::AppendEntriesRequest,
     ) -> Result<v1::AppendEntriesReply, Status> {
-        self.exchange_bytes(&frame(MESSAGE, message)).await
+        self.send(message).await?;
+        self.answer().await
     }
 
-    /// Sends `bytes` as they are and reads the answer, as [`Self::exchange`]: whole frames, or
-    /// what a misbehaving leader sends (the hardening tests' `shoal-hostile`).
-    pub async fn exchange_bytes(&mut self, bytes: &[u8]) -> Result<v1::AppendEntriesReply, Status> {
-        let lost = |e: &dyn std::fmt::Display| {
-            Status::unavailable(format!("the appends' connection: {e}"))
-        };
+    /// Sends `message`.
+    pub async fn send(&mut self, message: &v1::AppendEntriesRequest) -> Result<(), Status> {
+        self.send_bytes(&frame(MESSAGE, message)).await
+    }
+
+    /// Sends `bytes` as they are: whole frames, or what a misbehaving leader sends (the
+    /// hardening tests' `shoal-hostile`).
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), Status> {
         write_frames(&mut self.stream, bytes)
             .await
-            .map_err(|e| lost(&e))?;
+            .map_err(|e| lost(&e))
+    }
+
+    /// Reads the answer to what was sent last: the reply, or the follower's refusal (and any
+    /// failure of the connection) as a status.
+    pub async fn answer(&mut self) -> Result<v1::AppendEntriesReply, Status> {
         let (kind, body) = read_frame(&mut self.stream, &[MESSAGE, REFUSAL], MAX_REPLY)
             .await
             .map_err(|e| match e {
@@ -199,6 +207,11 @@ impl AppendsConn {
         }
         v1::AppendEntriesReply::decode(body.as_slice()).map_err(undecodable)
     }
+}
+
+/// The connection failed under a message.
+fn lost(e: &dyn std::fmt::Display) -> Status {
+    Status::unavailable(format!("the appends' connection: {e}"))
 }
 
 /// Whether opening the protocol failed because the manager does not speak it (it refused the
@@ -247,6 +260,18 @@ pub async fn send_reply<W: AsyncWrite + Unpin>(
     write_frames(conn, &frame(MESSAGE, reply)).await
 }
 
+/// How long a follower reads what a leader still sends once it has closed its side.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads and drops what the leader still sends, until it closes or [`LINGER`] has passed.
+pub async fn linger<R: AsyncRead + Unpin>(conn: &mut R) {
+    let drain = async {
+        let mut sink = [0; 4096];
+        while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// Sends a follower's refusal (the connection is to be closed after it).
 pub async fn send_refusal<W: AsyncWrite + Unpin>(conn: &mut W, status: &Status) {
     let _ = write_frames(conn, &refusal(status)).await;
@@ -257,6 +282,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::raft::test_tls::manager_tls;
 
     #[test]
     fn a_header_outside_the_kinds_or_the_bound_is_refused_before_its_body() {
@@ -275,27 +301,6 @@ mod tests {
             FrameError::TooLarge { len: 11, max: 10 }.to_string(),
             "a frame of 11 bytes, over the 10 accepted"
         );
-    }
-
-    /// A manager's TLS as the swarm's CA would issue it.
-    fn manager_tls() -> Arc<crate::tls::LiveTls> {
-        use crate::ca::{NodeIdentity, Role, RootCa, node_request};
-        let ca = RootCa::generate().expect("a CA");
-        let (csr, key_pem) = node_request().expect("a request");
-        let node = NodeIdentity {
-            node_id: "m1".into(),
-            role: Role::Manager,
-            cluster_id: "c".into(),
-        };
-        let cert_pem = ca
-            .sign(&csr, &node, Duration::from_secs(3600))
-            .expect("signed");
-        crate::tls::LiveTls::new(&crate::tls::Credentials {
-            cert_pem,
-            key_pem,
-            ca_pem: ca.cert_pem().to_owned(),
-        })
-        .expect("TLS from the credentials")
     }
 
     /// Opens the protocol against a server offering `protocols`: what the client got, and the

@@ -115,6 +115,35 @@ enum Appends {
     },
 }
 
+impl Appends {
+    /// Sends one message.
+    async fn send(&mut self, message: v1::AppendEntriesRequest) -> Result<(), Status> {
+        match self {
+            Self::Framed(conn) => conn.send(&message).await,
+            Self::Grpc { requests, .. } => {
+                requests.send(message).await.map_err(|_| stream_closed())
+            }
+        }
+    }
+
+    /// Reads the answer to the message sent last.
+    async fn answer(&mut self) -> Result<v1::AppendEntriesReply, Status> {
+        match self {
+            Self::Framed(conn) => conn.answer().await,
+            Self::Grpc { replies, .. } => match replies.message().await {
+                Ok(Some(reply)) => Ok(reply),
+                Ok(None) => Err(stream_closed()),
+                Err(status) => Err(status),
+            },
+        }
+    }
+}
+
+/// The gRPC stream of appends ended under a message.
+fn stream_closed() -> Status {
+    Status::unavailable("the stream of appends closed")
+}
+
 impl RaftNetworkFactory<TypeConfig> for RaftClients {
     type Network = PeerClient;
 
@@ -216,33 +245,82 @@ impl PeerClient {
         }
     }
 
-    /// Sends `message` on the stream of appends (opened on first use) and waits for its answer
-    /// within the call's deadline. Any failure closes the stream; the next append opens another,
-    /// so an answer is never matched to the wrong message.
+    /// Sends `message` on the connection of appends (opened on first use) and waits for its
+    /// answer within the call's deadline. The connection is out of `self` while a message is on
+    /// it, and goes back only after a clean answer: after a failure, or when this future is
+    /// dropped (openraft times each append out itself, with the same deadline), the next append
+    /// opens another, so an answer is never taken for another message's.
     async fn exchange<E: std::error::Error>(
         &mut self,
         message: v1::AppendEntriesRequest,
         option: &RPCOption,
     ) -> Result<v1::AppendEntriesReply, CallError<E>> {
         let ttl = option.hard_ttl();
-        let answer = match tokio::time::timeout(ttl, self.send_append(message, option)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(no_answer(&self.addr, ttl)),
-        };
-        if answer.is_err() {
-            self.appends = None;
+        let open = self.appends.take();
+        let (appends, answer) =
+            match tokio::time::timeout(ttl, self.send_append(open, message, option)).await {
+                Ok(done) => done,
+                Err(_) => return Err(no_answer(&self.addr, ttl)),
+            };
+        match answer {
+            Ok(reply) => {
+                self.appends = appends;
+                Ok(reply)
+            }
+            Err(e) => {
+                // A gRPC stream broke: the peer may speak the appends' protocol by now (it
+                // restarted, upgraded); the next connection asks it again.
+                if matches!(appends, Some(Appends::Grpc { .. })) {
+                    self.speaks_appends = true;
+                }
+                Err(e)
+            }
         }
-        answer
     }
 
+    /// Sends `message` on `appends`, or on a connection opened for it, and reads its answer:
+    /// the connection it went on (if any) and the answer.
     async fn send_append<E: std::error::Error>(
+        &mut self,
+        appends: Option<Appends>,
+        message: v1::AppendEntriesRequest,
+        option: &RPCOption,
+    ) -> (
+        Option<Appends>,
+        Result<v1::AppendEntriesReply, CallError<E>>,
+    ) {
+        let mut appends = match appends {
+            Some(mut appends) => match appends.send(message).await {
+                Ok(()) => appends,
+                Err(status) => return (None, Err(refused_by(&self.addr, &status))),
+            },
+            None => match self.open_appends(message, option).await {
+                Ok(appends) => appends,
+                Err(e) => return (None, Err(e)),
+            },
+        };
+        let answer = appends
+            .answer()
+            .await
+            .map_err(|status| refused_by(&self.addr, &status));
+        (Some(appends), answer)
+    }
+
+    /// Opens a connection of appends with `message` on it: the appends' own protocol, or a gRPC
+    /// stream to a peer that refuses it.
+    async fn open_appends<E: std::error::Error>(
         &mut self,
         message: v1::AppendEntriesRequest,
         option: &RPCOption,
-    ) -> Result<v1::AppendEntriesReply, CallError<E>> {
-        if self.appends.is_none() && self.speaks_appends {
+    ) -> Result<Appends, CallError<E>> {
+        if self.speaks_appends {
             match AppendsConn::open(&self.addr, self.appends_tls.clone(), option.hard_ttl()).await {
-                Ok(conn) => self.appends = Some(Appends::Framed(conn)),
+                Ok(mut conn) => {
+                    conn.send(&message)
+                        .await
+                        .map_err(|status| refused_by(&self.addr, &status))?;
+                    return Ok(Appends::Framed(conn));
+                }
                 Err(e) if appends::not_spoken(&e) => {
                     tracing::info!(peer = %self.addr, "the peer does not speak the appends' protocol: appends go on a gRPC stream");
                     self.speaks_appends = false;
@@ -253,49 +331,19 @@ impl PeerClient {
                 }
             }
         }
-        let closed = |addr: &str| {
-            let failed = Failed(format!("{addr}: the stream of appends closed"));
-            RPCError::Unreachable(Unreachable::new(&failed))
-        };
-        let replies = match &mut self.appends {
-            Some(Appends::Framed(conn)) => {
-                return conn
-                    .exchange(&message)
-                    .await
-                    .map_err(|status| refused_by(&self.addr, &status));
-            }
-            Some(Appends::Grpc { requests, replies }) => {
-                if requests.send(message).await.is_err() {
-                    return Err(closed(&self.addr));
-                }
-                replies
-            }
-            None => {
-                // The first message is queued before the stream opens, so it leaves with the
-                // stream's headers: opening costs no round trip of its own.
-                let (requests, outgoing) = mpsc::channel(1);
-                if requests.try_send(message).is_err() {
-                    return Err(closed(&self.addr));
-                }
-                let mut client = self.connect(option)?;
-                let replies = client
-                    .append_entries_stream(ReceiverStream::new(outgoing))
-                    .await
-                    .map_err(|status| refused_by(&self.addr, &status))?
-                    .into_inner();
-                let Appends::Grpc { replies, .. } =
-                    self.appends.insert(Appends::Grpc { requests, replies })
-                else {
-                    return Err(closed(&self.addr));
-                };
-                replies
-            }
-        };
-        match replies.message().await {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err(closed(&self.addr)),
-            Err(status) => Err(refused_by(&self.addr, &status)),
+        // The first message is queued before the stream opens, so it leaves with the stream's
+        // headers: opening costs no round trip of its own.
+        let (requests, outgoing) = mpsc::channel(1);
+        if requests.try_send(message).is_err() {
+            return Err(refused_by(&self.addr, &stream_closed()));
         }
+        let mut client = self.connect(option)?;
+        let replies = client
+            .append_entries_stream(ReceiverStream::new(outgoing))
+            .await
+            .map_err(|status| refused_by(&self.addr, &status))?
+            .into_inner();
+        Ok(Appends::Grpc { requests, replies })
     }
 
     /// What the peer answered, as openraft sees it: refused when out of bounds
@@ -491,6 +539,10 @@ impl RaftService {
         }
         // A peer that takes nothing does not hold the task: the TLS close is not waited for.
         let _ = tokio::time::timeout(appends::IDLE, conn.shutdown()).await;
+        // What the leader sent after a refusal is read and dropped until it closes too (for a
+        // short while): closing with it unread would reset the connection, and the reset can
+        // reach the leader before it has read the refusal.
+        appends::linger(&mut conn).await;
     }
 
     async fn answer_appends(&self, conn: &mut BufReader<TlsConn>, peer: &TlsPeer) {
@@ -622,6 +674,89 @@ mod tests {
     use super::*;
     use crate::raft::{Entry, Request as Proposal};
     use crate::store::{Change, ChangeSet, Kind};
+
+    /// A follower that answers each append with a higher vote of the append's own term (so an
+    /// answer says which append it is for), on its first connection only after `delay`.
+    async fn echoing_follower(live: Arc<crate::tls::LiveTls>, delay: Duration) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let acceptor = tokio_rustls::TlsAcceptor::from(live.server_config().unwrap());
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let slow = std::mem::take(&mut first);
+                tokio::spawn(async move {
+                    let mut conn = BufReader::new(tls);
+                    while let Ok(Some(message)) = appends::next_append(&mut conn, MAX_MESSAGE).await
+                    {
+                        if slow {
+                            tokio::time::sleep(delay).await;
+                        }
+                        let term = message.vote.map_or(0, |v| v.term);
+                        let reply = v1::AppendEntriesReply {
+                            answer: Some(v1::append_entries_reply::Answer::HigherVote(v1::Vote {
+                                term,
+                                node_id: 2,
+                                committed: true,
+                            })),
+                        };
+                        if appends::send_reply(&mut conn, &reply).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// openraft times each append out itself and drops it mid-flight; the answer that append
+    /// was waiting for must never be taken for the next one's (a stale success would count a
+    /// follower for entries it has not written).
+    #[tokio::test]
+    async fn an_append_dropped_mid_flight_never_lends_its_answer_to_the_next() {
+        let live = crate::raft::test_tls::manager_tls();
+        let addr = echoing_follower(live.clone(), Duration::from_millis(300)).await;
+        let tls = live.client_config().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::keys::DataKey::generate().unwrap();
+        let log = crate::raft::log::LogStore::open(dir.path(), key, 1).unwrap();
+        let mut peer = PeerClient {
+            target: 2,
+            addr,
+            client: None,
+            appends: None,
+            speaks_appends: true,
+            appends_tls: appends::client_config(&tls),
+            tls,
+            contacts: Contacts::default(),
+            durability: log.durability(),
+        };
+        let append = |term: u64| AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(term, 1),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        let option = || RPCOption::new(Duration::from_secs(2));
+        // As openraft's own timeout does: the append is dropped before its answer comes.
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(50),
+            peer.append_entries(append(7), option()),
+        )
+        .await;
+        assert!(
+            dropped.is_err(),
+            "the first append was answered: {dropped:?}"
+        );
+        match peer.append_entries(append(8), option()).await {
+            Ok(AppendEntriesResponse::HigherVote(vote)) => assert_eq!(vote.leader_id.term, 8),
+            other => panic!("expected the second append's own answer, got {other:?}"),
+        }
+    }
 
     /// A batch of entries larger than a peer accepts is sent in smaller batches: openraft is
     /// told so (with a hint of half as many), never the peer.

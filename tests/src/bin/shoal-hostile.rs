@@ -237,7 +237,10 @@ async fn framed_append(
             // A message's kind byte, then the length: nothing of the body follows.
             let mut header = vec![1];
             header.extend_from_slice(&claimed.to_be_bytes());
-            conn.exchange_bytes(&header).await.map(drop)
+            match conn.send_bytes(&header).await {
+                Ok(()) => conn.answer().await.map(drop),
+                Err(status) => Err(status),
+            }
         }
         None => conn.exchange(message).await.map(drop),
     })
