@@ -5,7 +5,8 @@
 //! proposer sends whatever has queued up as one entry, with at most [`IN_FLIGHT`] entries on
 //! their way at once: under load, the batches grow; a lone writer waits for nobody. A change
 //! set proposed while nothing is queued and a slot is free is written by its caller's own task,
-//! without passing through the proposer's.
+//! without passing through the proposer's; a caller that gives up then frees its slot while
+//! its entry may still commit.
 
 use std::sync::{
     Arc,
