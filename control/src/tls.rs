@@ -583,15 +583,7 @@ pub fn channel(
         endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let config = config.clone();
             let target = target.clone();
-            async move {
-                let tcp = TcpStream::connect(&target).await?;
-                tcp.set_nodelay(true)?;
-                let name = ServerName::try_from(MANAGER_NAME).expect("a valid DNS name");
-                let tls = tokio_rustls::TlsConnector::from(config)
-                    .connect(name, tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
+            async move { connect(&target, config, timeout).await.map(TokioIo::new) }
         })),
     )
 }

@@ -53,13 +53,13 @@ const REFUSAL: u8 = 2;
 /// A frame's kind byte and length.
 const HEADER: usize = 5;
 /// The largest answer a leader reads: an append's reply is a few dozen bytes, a refusal a line.
-pub const MAX_REPLY: usize = 64 << 10;
+const MAX_REPLY: usize = 64 << 10;
 /// How long a follower keeps a connection on which nothing arrives.
 pub const IDLE: Duration = Duration::from_secs(30);
 
 /// A frame that cannot be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
+enum FrameError {
     /// A kind this side does not know.
     #[error("a frame of unknown kind {0}")]
     Kind(u8),
@@ -74,7 +74,7 @@ pub enum FrameError {
 }
 
 /// `message` framed as `kind`.
-pub fn frame(kind: u8, message: &impl prost::Message) -> Vec<u8> {
+fn frame(kind: u8, message: &impl prost::Message) -> Vec<u8> {
     let len = message.encoded_len();
     let mut out = Vec::with_capacity(HEADER + len);
     out.push(kind);
@@ -87,7 +87,7 @@ pub fn frame(kind: u8, message: &impl prost::Message) -> Vec<u8> {
 
 /// A frame's kind and length from its header, when the kind is one of `kinds` and the length
 /// at most `max`.
-pub fn header(bytes: [u8; HEADER], kinds: &[u8], max: usize) -> Result<(u8, usize), FrameError> {
+fn header(bytes: [u8; HEADER], kinds: &[u8], max: usize) -> Result<(u8, usize), FrameError> {
     let kind = bytes[0];
     if !kinds.contains(&kind) {
         return Err(FrameError::Kind(kind));

@@ -16,37 +16,6 @@ pub mod proposer;
 pub mod sm;
 pub mod wire;
 
-/// TLS for tests that speak between managers.
-#[cfg(test)]
-pub(crate) mod test_tls {
-    use std::{sync::Arc, time::Duration};
-
-    use crate::{
-        ca::{NodeIdentity, Role, RootCa, node_request},
-        tls::{Credentials, LiveTls},
-    };
-
-    /// A manager's TLS as the swarm's CA would issue it.
-    pub(crate) fn manager_tls() -> Arc<LiveTls> {
-        let ca = RootCa::generate().expect("a CA");
-        let (csr, key_pem) = node_request().expect("a request");
-        let node = NodeIdentity {
-            node_id: "m1".into(),
-            role: Role::Manager,
-            cluster_id: "c".into(),
-        };
-        let cert_pem = ca
-            .sign(&csr, &node, Duration::from_secs(3600))
-            .expect("signed");
-        LiveTls::new(&Credentials {
-            cert_pem,
-            key_pem,
-            ca_pem: ca.cert_pem().to_owned(),
-        })
-        .expect("TLS from the credentials")
-    }
-}
-
 use std::{io::Cursor, path::Path};
 
 use serde::{Deserialize, Serialize};
@@ -197,5 +166,36 @@ mod tests {
     #[test]
     fn openraft_storage_suite() {
         Suite::test_all(Builder).expect("openraft's storage suite");
+    }
+}
+
+/// TLS for tests that speak between managers.
+#[cfg(test)]
+pub(crate) mod test_tls {
+    use std::{sync::Arc, time::Duration};
+
+    use crate::{
+        ca::{NodeIdentity, Role, RootCa, node_request},
+        tls::{Credentials, LiveTls},
+    };
+
+    /// A manager's TLS as the swarm's CA would issue it.
+    pub(crate) fn manager_tls() -> Arc<LiveTls> {
+        let ca = RootCa::generate().expect("a CA");
+        let (csr, key_pem) = node_request().expect("a request");
+        let node = NodeIdentity {
+            node_id: "m1".into(),
+            role: Role::Manager,
+            cluster_id: "c".into(),
+        };
+        let cert_pem = ca
+            .sign(&csr, &node, Duration::from_secs(3600))
+            .expect("signed");
+        LiveTls::new(&Credentials {
+            cert_pem,
+            key_pem,
+            ca_pem: ca.cert_pem().to_owned(),
+        })
+        .expect("TLS from the credentials")
     }
 }

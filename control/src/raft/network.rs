@@ -479,10 +479,20 @@ impl std::fmt::Debug for RaftMembersOnly {
 
 impl tonic::service::Interceptor for RaftMembersOnly {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let identity = manager_peer(request.extensions())?;
-        guard::speaker(&self.raft, &self.store, &identity.node_id)?;
+        raft_member(&self.raft, &self.store, request.extensions().get())?;
         Ok(request)
     }
+}
+
+/// The identity of `peer`'s certificate and whom it speaks for, when it is a manager's whose
+/// node holds a raft membership here ([`guard::speaker`]).
+fn raft_member<'a>(
+    raft: &Raft,
+    store: &Store,
+    peer: Option<&'a TlsPeer>,
+) -> Result<(&'a NodeIdentity, guard::Speaker), Status> {
+    let identity = manager_identity(peer)?;
+    Ok((identity, guard::speaker(raft, store, &identity.node_id)?))
 }
 
 /// The raft service a manager serves: hands peers' messages to the local raft node once
@@ -566,16 +576,13 @@ impl RaftService {
     /// The node ID of `peer` when its certificate is a manager's whose node holds a raft
     /// membership here: the check [`RaftMembersOnly`] makes, for the appends' own protocol.
     fn member(&self, peer: &TlsPeer) -> Result<String, Status> {
-        let identity = manager_identity(Some(peer))?;
-        guard::speaker(&self.raft, &self.store, &identity.node_id)?;
-        Ok(identity.node_id.clone())
+        raft_member(&self.raft, &self.store, Some(peer)).map(|(id, _)| id.node_id.clone())
     }
 
     /// Whom the caller's certificate speaks for (checked again: membership may have changed
     /// while the body was read).
     fn speaker<T>(&self, request: &Request<T>) -> Result<guard::Speaker, Status> {
-        let identity = manager_peer(request.extensions())?;
-        guard::speaker(&self.raft, &self.store, &identity.node_id)
+        raft_member(&self.raft, &self.store, request.extensions().get()).map(|(_, s)| s)
     }
 
     /// One append from the manager `node_id`, checked as it arrives (on a stream, its

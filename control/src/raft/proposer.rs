@@ -130,9 +130,7 @@ impl Proposer {
             .observe(started.elapsed().as_secs_f64());
         result
     }
-}
 
-impl Proposer {
     /// A slot for an entry, when nothing is queued and one is free.
     fn free_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         if self.queued.load(Ordering::Acquire) != 0 {
