@@ -11,6 +11,8 @@
 //! `append` keeps the entries in memory (readable at once, as openraft requires) and queues the
 //! bytes to one writer thread, which writes everything queued, calls `fdatasync` once, and only
 //! then reports the entries flushed (group commit: 64 concurrent writers cost one fsync, not 64).
+//! A follower's append, when nothing is queued, writes and syncs its entries itself, in raft's
+//! own turn, without the two hand-overs between threads ([`LogStore::write_now`]).
 //!
 //! The last segment is preallocated ahead of its writes ([`PREALLOCATE`] at a time, `fallocate`
 //! extending the file), so that an `fdatasync` flushes the records alone, not a new file size
@@ -161,9 +163,15 @@ pub struct LogStore {
 /// The writer thread and its queue. When the last [`LogStore`] clone goes, the queue closes;
 /// the thread finishes what is queued, cuts the last segment to its records and ends, and the
 /// drop waits for that (a log opened again finds the files as they were left).
+///
+/// The files are the [`Writer`]'s, behind a lock: the thread holds it while it works through
+/// a batch, and a follower's append takes it itself when nothing is queued ([`LogStore::append`]).
 #[derive(Debug)]
 struct WriterThread {
     ops: Option<mpsc::Sender<WriterCommandBox>>,
+    /// Commands sent and not yet done (the thread counts them off after each batch).
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    files: Arc<Mutex<Writer>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -436,9 +444,14 @@ impl LogStore {
             synced: synced_tx,
         };
         let (ops, receiver) = mpsc::channel::<WriterCommandBox>();
-        let thread = thread::Builder::new()
-            .name("raft-log".into())
-            .spawn(move || writer.run(receiver))?;
+        let files = Arc::new(Mutex::new(writer));
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let thread = {
+            let (files, queued) = (files.clone(), queued.clone());
+            thread::Builder::new()
+                .name("raft-log".into())
+                .spawn(move || Writer::run(&files, &queued, receiver))?
+        };
         let committed = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -459,6 +472,8 @@ impl LogStore {
             },
             writer: Arc::new(WriterThread {
                 ops: Some(ops),
+                queued,
+                files,
                 thread: Some(thread),
             }),
             me,
@@ -471,12 +486,52 @@ impl LogStore {
     }
 
     fn send(&self, op: WriterCommand) -> io::Result<()> {
-        self.writer
+        let ops = self
+            .writer
             .ops
             .as_ref()
-            .ok_or_else(|| io::Error::other("the raft log writer stopped"))?
-            .send(WriterCommandBox(op))
-            .map_err(|_| io::Error::other("the raft log writer stopped"))
+            .ok_or_else(|| io::Error::other("the raft log writer stopped"))?;
+        self.writer
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ops.send(WriterCommandBox(op)).map_err(|_| {
+            self.writer
+                .queued
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            io::Error::other("the raft log writer stopped")
+        })
+    }
+
+    /// Writes `records` and syncs them in the caller's turn, when nothing is queued for the
+    /// writer thread (what is queued must reach the disk first); `false`, with nothing done,
+    /// otherwise.
+    ///
+    /// A follower's append: the leader waits for its answer, and openraft for this append's
+    /// report, so nothing else would run beside the write. Done here, the entries are on disk
+    /// without two hand-overs between threads (to the writer and back to raft), as etcd's
+    /// follower syncs in its raft loop. The caller's worker thread blocks for the write and
+    /// its `fdatasync`; the runtime's other workers go on.
+    fn write_now(
+        &self,
+        records: &[(u64, Vec<u8>)],
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), LogFlushed<TypeConfig>> {
+        // Only raft's core sends commands, and it is here: nothing is queued behind this check.
+        if self
+            .writer
+            .queued
+            .load(std::sync::atomic::Ordering::Acquire)
+            != 0
+        {
+            return Err(callback);
+        }
+        let mut files = self.writer.files.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dirty = false;
+        let written = files.write(records, &mut dirty);
+        let synced = files.sync(&mut dirty);
+        drop(files);
+        callback.log_io_completed(outcome(written, &synced));
+        Ok(())
     }
 
     /// Sends an op that answers on `done` and waits for the answer off the async runtime.
@@ -550,62 +605,82 @@ fn record(entry: &Entry, key: &DataKey) -> io::Result<Vec<u8>> {
 }
 
 impl Writer {
-    fn run(mut self, ops: mpsc::Receiver<WriterCommandBox>) {
+    /// The writer thread: works through what is queued, a batch at a time, holding `files`
+    /// for each batch and counting it off `queued` once done.
+    fn run(
+        files: &Mutex<Self>,
+        queued: &std::sync::atomic::AtomicUsize,
+        ops: mpsc::Receiver<WriterCommandBox>,
+    ) {
         while let Ok(WriterCommandBox(first)) = ops.recv() {
             // Everything already queued goes into the same write and the same fsync.
             let mut batch = vec![first];
             while let Ok(WriterCommandBox(op)) = ops.try_recv() {
                 batch.push(op);
             }
-            let mut flushed = Vec::new();
-            let mut dirty = false;
-            for op in batch {
-                match op {
-                    WriterCommand::Append { records, callback } => {
-                        let result = self.guarded(|w| w.append(&records));
-                        if result.is_ok() {
-                            self.written = records.last().map(|(i, _)| *i).or(self.written);
-                        }
-                        dirty = true;
-                        if let Some(callback) = callback {
-                            flushed.push((callback, result));
-                        }
-                    }
-                    other => {
-                        // Appends before a truncate or purge are made durable first.
-                        let synced = self.sync(&mut dirty);
-                        complete(&mut flushed, &synced);
-                        match other {
-                            WriterCommand::Truncate { from, done } => {
-                                let result = synced.and_then(|()| self.truncate(from));
-                                if result.is_ok() {
-                                    self.written = self.written.min(from.checked_sub(1));
-                                    self.publish();
-                                }
-                                let _ = done.send(result);
-                            }
-                            WriterCommand::Purge { upto, done } => {
-                                let _ = done.send(synced.and_then(|()| self.purge(upto)));
-                            }
-                            WriterCommand::Vote { vote, done } => {
-                                let path = self.dir.with_file_name("vote.json");
-                                let _ = done
-                                    .send(synced.and_then(|()| write_json_durable(&path, &vote)));
-                            }
-                            WriterCommand::Append { .. } => unreachable!("matched above"),
-                        }
-                    }
-                }
-            }
-            let synced = self.sync(&mut dirty);
-            complete(&mut flushed, &synced);
+            let count = batch.len();
+            files.lock().unwrap_or_else(|e| e.into_inner()).work(batch);
+            queued.fetch_sub(count, std::sync::atomic::Ordering::AcqRel);
         }
+        let mut writer = files.lock().unwrap_or_else(|e| e.into_inner());
         // The log is closed: the last segment ends where its records do.
-        if self.failed.is_none()
-            && let Err(e) = self.trim()
+        if writer.failed.is_none()
+            && let Err(e) = writer.trim()
         {
             tracing::warn!(error = %e, "could not cut the raft log's last segment to its records");
         }
+    }
+
+    /// Writes `records` to the segment files (on disk after the next [`Writer::sync`]).
+    fn write(&mut self, records: &[(u64, Vec<u8>)], dirty: &mut bool) -> io::Result<()> {
+        let result = self.guarded(|w| w.append(records));
+        if result.is_ok() {
+            self.written = records.last().map(|(i, _)| *i).or(self.written);
+        }
+        *dirty = true;
+        result
+    }
+
+    /// One batch of commands, in order, with one fsync for the appends between the others.
+    fn work(&mut self, batch: Vec<WriterCommand>) {
+        let mut flushed = Vec::new();
+        let mut dirty = false;
+        for op in batch {
+            match op {
+                WriterCommand::Append { records, callback } => {
+                    let result = self.write(&records, &mut dirty);
+                    if let Some(callback) = callback {
+                        flushed.push((callback, result));
+                    }
+                }
+                other => {
+                    // Appends before a truncate or purge are made durable first.
+                    let synced = self.sync(&mut dirty);
+                    complete(&mut flushed, &synced);
+                    match other {
+                        WriterCommand::Truncate { from, done } => {
+                            let result = synced.and_then(|()| self.truncate(from));
+                            if result.is_ok() {
+                                self.written = self.written.min(from.checked_sub(1));
+                                self.publish();
+                            }
+                            let _ = done.send(result);
+                        }
+                        WriterCommand::Purge { upto, done } => {
+                            let _ = done.send(synced.and_then(|()| self.purge(upto)));
+                        }
+                        WriterCommand::Vote { vote, done } => {
+                            let path = self.dir.with_file_name("vote.json");
+                            let _ =
+                                done.send(synced.and_then(|()| write_json_durable(&path, &vote)));
+                        }
+                        WriterCommand::Append { .. } => unreachable!("matched above"),
+                    }
+                }
+            }
+        }
+        let synced = self.sync(&mut dirty);
+        complete(&mut flushed, &synced);
     }
 
     /// Cuts the last segment's file to its records (drops the room allocated ahead), durably.
@@ -783,12 +858,16 @@ impl Writer {
 
 fn complete(flushed: &mut Vec<(LogFlushed<TypeConfig>, io::Result<()>)>, synced: &io::Result<()>) {
     for (callback, written) in flushed.drain(..) {
-        let result = match (written, synced) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
-            (Ok(()), Ok(())) => Ok(()),
-        };
-        callback.log_io_completed(result);
+        callback.log_io_completed(outcome(written, synced));
+    }
+}
+
+/// What an append came to: its write's failure, or the fsync's after it.
+fn outcome(written: io::Result<()>, synced: &io::Result<()>) -> io::Result<()> {
+    match (written, synced) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
+        (Ok(()), Ok(())) => Ok(()),
     }
 }
 
@@ -910,7 +989,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let (callback, now) = if own {
             (None, Some(callback))
         } else {
-            (Some(callback), None)
+            match self.write_now(&records, callback) {
+                Ok(()) => return Ok(()),
+                Err(callback) => (Some(callback), None),
+            }
         };
         self.send(WriterCommand::Append { records, callback })
             .map_err(io_error(ErrorSubject::Logs, ErrorVerb::Write))?;
@@ -1077,6 +1159,44 @@ mod tests {
             .collect();
         all.sort();
         all
+    }
+
+    /// A follower's append is written in raft's own turn only when nothing is queued for the
+    /// writer thread; otherwise it goes behind what is (the leader's own entries, reported
+    /// before their fsync). Either way the segment holds the entries in order, and all of them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_append_written_in_raft_s_turn_never_overtakes_the_queue() {
+        use openraft::storage::RaftLogStorageExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path()).unwrap();
+        log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        let mut next = 1;
+        for _ in 0..20 {
+            // The leader's own: queued, reported at once.
+            log.blocking_append((next..next + 50).map(entry))
+                .await
+                .unwrap();
+            next += 50;
+            // Another leader's, as a follower appends them: written now, or queued.
+            let mut theirs = entry(next);
+            theirs.log_id.leader_id = CommittedLeaderId::new(1, 2);
+            log.blocking_append([theirs]).await.unwrap();
+            next += 1;
+        }
+        log.durability().reach(next - 1).await.unwrap();
+        drop(log);
+        let mut entries = BTreeMap::new();
+        let segment = segments(dir.path()).pop().unwrap();
+        let read = read_segment((1, segment), &key(dir.path()), true, None, &mut entries).unwrap();
+        assert_eq!(
+            entries.keys().copied().collect::<Vec<_>>(),
+            (1..next).collect::<Vec<_>>()
+        );
+        let offsets: Vec<u64> = read.offsets.values().copied().collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "the segment holds the entries out of order"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
