@@ -12,7 +12,7 @@
 //! bytes to one writer thread, which writes everything queued, calls `fdatasync` once, and only
 //! then reports the entries flushed (group commit: 64 concurrent writers cost one fsync, not 64).
 //! A follower's append, when nothing is queued, writes and syncs its entries itself, in raft's
-//! own turn, without the two hand-overs between threads ([`LogStore::write_now`]).
+//! own turn, without the two hand-overs between threads (`LogStore::write_now`).
 //!
 //! The last segment is preallocated ahead of its writes ([`PREALLOCATE`] at a time, `fallocate`
 //! extending the file), so that an `fdatasync` flushes the records alone, not a new file size
@@ -109,7 +109,7 @@ struct Entries {
     last_purged: Option<LogId<NodeId>>,
 }
 
-/// How far the log is on disk, as the writer thread last reported it.
+/// How far the log is on disk, as the last write and fsync reported it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Synced {
     /// The last index a completed fsync covers (`None`: no entry yet).
@@ -165,7 +165,8 @@ pub struct LogStore {
 /// drop waits for that (a log opened again finds the files as they were left).
 ///
 /// The files are the [`Writer`]'s, behind a lock: the thread holds it while it works through
-/// a batch, and a follower's append takes it itself when nothing is queued ([`LogStore::append`]).
+/// a batch, and a follower's append takes it itself when nothing is queued
+/// ([`LogStore::write_now`]).
 #[derive(Debug)]
 struct WriterThread {
     ops: Option<mpsc::Sender<WriterCommandBox>>,
@@ -173,6 +174,9 @@ struct WriterThread {
     queued: Arc<std::sync::atomic::AtomicUsize>,
     files: Arc<Mutex<Writer>>,
     thread: Option<thread::JoinHandle<()>>,
+    /// Appends written in raft's turn, for the tests.
+    #[cfg(test)]
+    written_now: std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for WriterThread {
@@ -273,7 +277,8 @@ struct Segment {
     allocated: u64,
 }
 
-/// The writer thread's state.
+/// The segment files' state, behind [`WriterThread::files`]: written by the writer thread, and
+/// by a follower's append in raft's turn.
 #[derive(Debug)]
 struct Writer {
     dir: PathBuf,
@@ -475,6 +480,8 @@ impl LogStore {
                 queued,
                 files,
                 thread: Some(thread),
+                #[cfg(test)]
+                written_now: std::sync::atomic::AtomicUsize::new(0),
             }),
             me,
             vote: Arc::default(),
@@ -502,9 +509,9 @@ impl LogStore {
         })
     }
 
-    /// Writes `records` and syncs them in the caller's turn, when nothing is queued for the
-    /// writer thread (what is queued must reach the disk first); `false`, with nothing done,
-    /// otherwise.
+    /// Writes `records` and syncs them in the caller's turn, then reports them through
+    /// `callback`, when nothing is queued for the writer thread (what is queued must reach the
+    /// disk first); otherwise hands `callback` back, with nothing done.
     ///
     /// A follower's append: the leader waits for its answer, and openraft for this append's
     /// report, so nothing else would run beside the write. Done here, the entries are on disk
@@ -516,16 +523,26 @@ impl LogStore {
         records: &[(u64, Vec<u8>)],
         callback: LogFlushed<TypeConfig>,
     ) -> Result<(), LogFlushed<TypeConfig>> {
-        // Only raft's core sends commands, and it is here: nothing is queued behind this check.
-        if self
-            .writer
-            .queued
-            .load(std::sync::atomic::Ordering::Acquire)
-            != 0
-        {
+        let queued = || {
+            self.writer
+                .queued
+                .load(std::sync::atomic::Ordering::Acquire)
+                != 0
+        };
+        // Only raft's core sends commands, and it is here, so nothing is queued after this
+        // check; and the writer thread holds the lock while it works. Checked again under the
+        // lock: a command sent meanwhile by anyone else goes first.
+        if queued() {
             return Err(callback);
         }
         let mut files = self.writer.files.lock().unwrap_or_else(|e| e.into_inner());
+        if queued() {
+            return Err(callback);
+        }
+        #[cfg(test)]
+        self.writer
+            .written_now
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut dirty = false;
         let written = files.write(records, &mut dirty);
         let synced = files.sync(&mut dirty);
@@ -1161,36 +1178,77 @@ mod tests {
         all
     }
 
+    /// Waits until `n` commands are queued for `log`'s writer thread and not yet done.
+    async fn queued(log: &LogStore, n: usize) {
+        for _ in 0..1000 {
+            if log.writer.queued.load(std::sync::atomic::Ordering::SeqCst) == n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("never {n} commands queued");
+    }
+
     /// A follower's append is written in raft's own turn only when nothing is queued for the
-    /// writer thread; otherwise it goes behind what is (the leader's own entries, reported
-    /// before their fsync). Either way the segment holds the entries in order, and all of them.
+    /// writer thread; otherwise it goes behind what is (here the leader's own entries, reported
+    /// before their fsync, while the writer thread is held up), and the segment holds the
+    /// entries in raft's order.
     #[tokio::test(flavor = "multi_thread")]
     async fn an_append_written_in_raft_s_turn_never_overtakes_the_queue() {
         use openraft::storage::RaftLogStorageExt;
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path()).unwrap();
         log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
-        let mut next = 1;
-        for _ in 0..20 {
-            // The leader's own: queued, reported at once.
-            log.blocking_append((next..next + 50).map(entry))
-                .await
-                .unwrap();
-            next += 50;
-            // Another leader's, as a follower appends them: written now, or queued.
-            let mut theirs = entry(next);
-            theirs.log_id.leader_id = CommittedLeaderId::new(1, 2);
-            log.blocking_append([theirs]).await.unwrap();
-            next += 1;
-        }
-        log.durability().reach(next - 1).await.unwrap();
+        let theirs = |index| {
+            let mut e = entry(index);
+            e.log_id.leader_id = CommittedLeaderId::new(1, 2);
+            e
+        };
+        let written_now = |log: &LogStore| {
+            log.writer
+                .written_now
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        // Nothing queued: written in raft's turn.
+        queued(&log, 0).await;
+        log.blocking_append([theirs(1)]).await.unwrap();
+        assert_eq!(written_now(&log), 1);
+        // The writer thread held up (its lock taken here) with the leader's own entries queued.
+        let (files, (locked, is_locked), (release, released)) = (
+            log.writer.files.clone(),
+            mpsc::channel(),
+            mpsc::channel::<()>(),
+        );
+        let holder = thread::spawn(move || {
+            let _held = files.lock().unwrap();
+            locked.send(()).unwrap();
+            let _ = released.recv();
+        });
+        is_locked.recv().unwrap();
+        log.blocking_append((2..=51).map(entry)).await.unwrap();
+        let mut follower = log.clone();
+        let behind = tokio::spawn(async move { follower.blocking_append([theirs(52)]).await });
+        queued(&log, 2).await;
+        assert!(
+            !behind.is_finished(),
+            "reported before the writer thread wrote it"
+        );
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        behind.await.unwrap().unwrap();
+        assert_eq!(
+            written_now(&log),
+            1,
+            "written in raft's turn past the queue"
+        );
+        log.durability().reach(52).await.unwrap();
         drop(log);
         let mut entries = BTreeMap::new();
         let segment = segments(dir.path()).pop().unwrap();
         let read = read_segment((1, segment), &key(dir.path()), true, None, &mut entries).unwrap();
         assert_eq!(
             entries.keys().copied().collect::<Vec<_>>(),
-            (1..next).collect::<Vec<_>>()
+            (1..=52).collect::<Vec<_>>()
         );
         let offsets: Vec<u64> = read.offsets.values().copied().collect();
         assert!(
