@@ -44,7 +44,11 @@ use std::{
     io::{self, Read},
     ops::{Bound, RangeBounds},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc,
+    },
     thread,
 };
 
@@ -150,7 +154,7 @@ pub struct LogStore {
     key: DataKey,
     committed: Arc<Mutex<File>>,
     /// The last commit index raft told this log (0: none yet), for the metrics.
-    committed_index: Arc<std::sync::atomic::AtomicU64>,
+    committed_index: Arc<AtomicU64>,
     /// The entries in memory, and how far the writer has made them durable.
     durability: Durability,
     writer: Arc<WriterThread>,
@@ -171,12 +175,12 @@ pub struct LogStore {
 struct WriterThread {
     ops: Option<mpsc::Sender<WriterCommandBox>>,
     /// Commands sent and not yet done (the thread counts them off after each batch).
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    queued: Arc<AtomicUsize>,
     files: Arc<Mutex<Writer>>,
     thread: Option<thread::JoinHandle<()>>,
     /// Appends written in raft's turn, for the tests.
     #[cfg(test)]
-    written_now: std::sync::atomic::AtomicUsize,
+    written_now: AtomicUsize,
 }
 
 impl Drop for WriterThread {
@@ -371,7 +375,7 @@ fn read_segment(
 
 impl LogStore {
     /// The last commit index raft told this log, shared: it follows as raft commits.
-    pub fn committed_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
         self.committed_index.clone()
     }
 
@@ -450,7 +454,7 @@ impl LogStore {
         };
         let (ops, receiver) = mpsc::channel::<WriterCommandBox>();
         let files = Arc::new(Mutex::new(writer));
-        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
         let thread = {
             let (files, queued) = (files.clone(), queued.clone());
             thread::Builder::new()
@@ -481,7 +485,7 @@ impl LogStore {
                 files,
                 thread: Some(thread),
                 #[cfg(test)]
-                written_now: std::sync::atomic::AtomicUsize::new(0),
+                written_now: AtomicUsize::new(0),
             }),
             me,
             vote: Arc::default(),
@@ -498,13 +502,9 @@ impl LogStore {
             .ops
             .as_ref()
             .ok_or_else(|| io::Error::other("the raft log writer stopped"))?;
-        self.writer
-            .queued
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.writer.queued.fetch_add(1, Ordering::AcqRel);
         ops.send(WriterCommandBox(op)).map_err(|_| {
-            self.writer
-                .queued
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            self.writer.queued.fetch_sub(1, Ordering::AcqRel);
             io::Error::other("the raft log writer stopped")
         })
     }
@@ -523,15 +523,12 @@ impl LogStore {
         records: &[(u64, Vec<u8>)],
         callback: LogFlushed<TypeConfig>,
     ) -> Result<(), LogFlushed<TypeConfig>> {
-        let queued = || {
-            self.writer
-                .queued
-                .load(std::sync::atomic::Ordering::Acquire)
-                != 0
-        };
-        // Only raft's core sends commands, and it is here, so nothing is queued after this
-        // check; and the writer thread holds the lock while it works. Checked again under the
-        // lock: a command sent meanwhile by anyone else goes first.
+        let queued = || self.writer.queued.load(Ordering::Acquire) != 0;
+        // Checked first without the lock, so that raft's core never waits on the lock while the
+        // writer thread works through a batch (it counts a batch off only after releasing the
+        // lock). Only the core sends commands, and it is here, so nothing is queued after this
+        // check; checked again under the lock all the same: a command sent meanwhile by anyone
+        // else goes first.
         if queued() {
             return Err(callback);
         }
@@ -540,9 +537,7 @@ impl LogStore {
             return Err(callback);
         }
         #[cfg(test)]
-        self.writer
-            .written_now
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.writer.written_now.fetch_add(1, Ordering::Relaxed);
         let mut dirty = false;
         let written = files.write(records, &mut dirty);
         let synced = files.sync(&mut dirty);
@@ -624,11 +619,7 @@ fn record(entry: &Entry, key: &DataKey) -> io::Result<Vec<u8>> {
 impl Writer {
     /// The writer thread: works through what is queued, a batch at a time, holding `files`
     /// for each batch and counting it off `queued` once done.
-    fn run(
-        files: &Mutex<Self>,
-        queued: &std::sync::atomic::AtomicUsize,
-        ops: mpsc::Receiver<WriterCommandBox>,
-    ) {
+    fn run(files: &Mutex<Self>, queued: &AtomicUsize, ops: mpsc::Receiver<WriterCommandBox>) {
         while let Ok(WriterCommandBox(first)) = ops.recv() {
             // Everything already queued goes into the same write and the same fsync.
             let mut batch = vec![first];
@@ -637,7 +628,7 @@ impl Writer {
             }
             let count = batch.len();
             files.lock().unwrap_or_else(|e| e.into_inner()).work(batch);
-            queued.fetch_sub(count, std::sync::atomic::Ordering::AcqRel);
+            queued.fetch_sub(count, Ordering::AcqRel);
         }
         let mut writer = files.lock().unwrap_or_else(|e| e.into_inner());
         // The log is closed: the last segment ends where its records do.
@@ -944,10 +935,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        self.committed_index.store(
-            committed.map_or(0, |c| c.index),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.committed_index
+            .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
         // A hint that lets a restarted node apply what it knows is committed before it hears
         // from a leader; losing it only delays that. Overwritten in place, padded to a fixed
         // size, never fsync'd: it is on the path of every commit. A torn copy reads as none.
@@ -1181,7 +1170,7 @@ mod tests {
     /// Waits until `n` commands are queued for `log`'s writer thread and not yet done.
     async fn queued(log: &LogStore, n: usize) {
         for _ in 0..1000 {
-            if log.writer.queued.load(std::sync::atomic::Ordering::SeqCst) == n {
+            if log.writer.queued.load(Ordering::SeqCst) == n {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -1204,11 +1193,7 @@ mod tests {
             e.log_id.leader_id = CommittedLeaderId::new(1, 2);
             e
         };
-        let written_now = |log: &LogStore| {
-            log.writer
-                .written_now
-                .load(std::sync::atomic::Ordering::SeqCst)
-        };
+        let written_now = |log: &LogStore| log.writer.written_now.load(Ordering::SeqCst);
         // Nothing queued: written in raft's turn.
         queued(&log, 0).await;
         log.blocking_append([theirs(1)]).await.unwrap();
