@@ -17,8 +17,10 @@
 //!
 //! Why segments were sent again, from the kernel's counters around each 1-stream run:
 //! `<path>_spurious_retransmits` (retransmitted segments the receiver reported it already had,
-//! by D-SACK: reordering, not loss) and `<path>_udp_drops` (datagrams the two nodes' UDP sockets
-//! dropped for a full receive buffer: the WireGuard engines' and `boringtun-cli`'s).
+//! by D-SACK: reordering, not loss), `<path>_udp_drops` (datagrams the two nodes' UDP sockets
+//! dropped for a full receive buffer: the WireGuard engines' and `boringtun-cli`'s), and
+//! `<path>_reordered` (segments the receiving task's TCP queued out of order, `TCPOFOQueue`:
+//! reordering on the way, or a loss; it counts reordering too small to cause a retransmit).
 //!
 //! `SHOAL_BENCH_PATHS=encrypted,plain` runs only those paths and prints their rows, without
 //! the ratios and without writing the figures: for repeating one path while working on it.
@@ -163,8 +165,8 @@ fn main() {
     let mut figures = Map::new();
     figures.insert("crypto_limit_gbps".into(), json!(crypto_limit));
     println!(
-        "{:<22} {:>10} {:>10} {:>12} {:>10} {:>10}",
-        "Gbit/s", "1 stream", "4 streams", "retransmits", "spurious", "UDP drops"
+        "{:<22} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}",
+        "Gbit/s", "1 stream", "4 streams", "retransmits", "spurious", "UDP drops", "reordered"
     );
     for (name, server, client, ip) in paths.iter().filter(|p| chosen(p.0)) {
         measure(name, server, client, &node_cmd, *ip, &mut figures);
@@ -263,7 +265,7 @@ fn measure(
     figures: &mut Map<String, serde_json::Value>,
 ) {
     let mut row = Vec::new();
-    let (mut retransmits, mut spurious, mut udp_drops) = (0, 0, 0);
+    let (mut retransmits, mut spurious, mut udp_drops, mut reordered) = (0, 0, 0, 0);
     for streams in [1, 4] {
         // The sender's counters and both nodes', around the 1-stream run.
         let sides = || {
@@ -272,6 +274,7 @@ fn measure(
                     counters(client("cat")),
                     counters(nodes(0, "cat")),
                     counters(nodes(1, "cat")),
+                    counters(server("cat")),
                 ]
             })
         };
@@ -291,6 +294,8 @@ fn measure(
             };
             spurious = moved(0, "TcpExt.TCPDSACKRecvSegs");
             udp_drops = moved(1, "Udp.RcvbufErrors") + moved(2, "Udp.RcvbufErrors");
+            reordered = moved(3, "TcpExt.TCPOFOQueue");
+            figures.insert(format!("{name}_reordered"), json!(reordered));
             figures.insert(format!("{name}_spurious_retransmits"), json!(spurious));
             figures.insert(format!("{name}_udp_drops"), json!(udp_drops));
         }
@@ -305,8 +310,8 @@ fn measure(
         row.push(run.gbps);
     }
     println!(
-        "{name:<22} {:>10.2} {:>10.2} {:>12} {:>10} {:>10}",
-        row[0], row[1], retransmits, spurious, udp_drops
+        "{name:<22} {:>10.2} {:>10.2} {:>12} {:>10} {:>10} {:>10}",
+        row[0], row[1], retransmits, spurious, udp_drops, reordered
     );
 }
 

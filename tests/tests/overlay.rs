@@ -469,8 +469,28 @@ fn cpus_of(pid: i32, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The CPUs (as a bit set) the engine's TAP device on `node` steers what it takes in to
+/// (`rps_cpus`, read from a sysfs mounted inside the daemon's tunnel namespace).
+fn tap_steering(lab: &Lab, node: usize) -> u128 {
+    let host = &lab.nodes()[node];
+    let ns = lab.host_dir(host).join("data/netns/wg");
+    let out = host
+        .command("nsenter")
+        .unwrap()
+        .arg(format!("--net={}", ns.display()))
+        .args(["unshare", "--mount", "sh", "-c"])
+        .arg("mount -t sysfs sysfs /sys && cat /sys/class/net/wg0/queues/rx-0/rps_cpus")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mask = String::from_utf8_lossy(&out.stdout).trim().replace(',', "");
+    u128::from_str_radix(&mask, 16).unwrap_or_else(|e| panic!("rps_cpus {mask:?}: {e}"))
+}
+
 /// `wireguard.cpus` pins the engine's encrypting and decrypting threads, traffic goes on, and a
-/// state without it gives them back every CPU the daemon may use.
+/// state without it gives them back every CPU the daemon may use. Pinned or not, the engine's
+/// TAP steers what the decrypting thread writes by flow over those CPUs (RPS), so that the
+/// kernel keeps each stream's packets in order wherever the thread runs.
 #[test]
 fn wireguard_threads_run_on_the_cpus_the_state_names_until_it_names_none() {
     let (lab, o) = cluster();
@@ -490,6 +510,8 @@ fn wireguard_threads_run_on_the_cpus_the_state_names_until_it_names_none() {
         })
         .collect();
     let (first, last) = (allowed[0], *allowed.last().unwrap());
+    let every = allowed.iter().fold(0u128, |m, &c| m | 1 << c);
+    assert_eq!(tap_steering(&lab, 1), every, "RPS over {all}");
     assert_eq!(
         cpus_of(pid, "shoal-wg-rx"),
         [all.as_str()],
@@ -524,6 +546,11 @@ fn wireguard_threads_run_on_the_cpus_the_state_names_until_it_names_none() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(cpus_of(pid, "shoal-wg-tx"), [all.as_str()]);
     assert_eq!(cpus_of(pid, "shoal-wg-rx"), [all.as_str()]);
+    assert_eq!(
+        tap_steering(&lab, 1),
+        every,
+        "RPS over {all}, whatever was pinned"
+    );
     assert!(o.ping("t1", "t2", SECRET, 56), "traffic flows unpinned");
 }
 

@@ -1,13 +1,15 @@
-//! Where the WireGuard engine's two I/O threads run: each on a CPU of its own when the desired
-//! state names them (`wireguard.cpus`), else wherever the scheduler puts them.
+//! Where the WireGuard engine's two I/O threads run, and where the kernel carries on with what
+//! they hand it: the threads each on a CPU of its own when the desired state names them
+//! (`wireguard.cpus`), else wherever the scheduler puts them; the kernel's side always by flow.
 //!
-//! Why pin at all: what the decrypting thread writes to the TAP device continues through the
-//! kernel's per-CPU queues (the backlog, the VXLAN device's receive cells) on the CPU the thread
-//! runs on. When the scheduler moves the thread while its earlier packets still wait in the first
-//! CPU's queues, later packets can overtake them, and the tasks' TCP sees reordering (spurious
-//! fast retransmits). A thread that stays on one CPU keeps its packets in order. The price is
-//! that the thread can no longer use another CPU when its own is busy (docs/dataplane.md has the
-//! figures).
+//! Why it matters: what the decrypting thread writes to the TAP device would continue through
+//! the kernel's per-CPU queues (the backlog, the VXLAN device's receive cells) on the CPU the
+//! thread runs on. When the scheduler moves the thread while its earlier packets still wait in
+//! the first CPU's queues, later packets can overtake them, and the tasks' TCP sees reordering
+//! (spurious fast retransmits). So the TAP device steers what it takes in (RPS over the CPUs
+//! `shoald` may use, [`steer_new_devices`]): each stream to the queue of the one CPU its hash
+//! picks, whichever CPU the thread writes from. A pinned thread keeps its packets in order too,
+//! but can no longer use another CPU when its own is busy (docs/dataplane.md has the figures).
 //!
 //! A thread tells its ID as it starts and takes the CPU wanted for it; a configuration records the
 //! CPUs wanted and pins the threads that have told their IDs. Both happen under one lock held
@@ -132,6 +134,44 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
         .collect())
 }
 
+/// The kernel's default RPS mask for devices created from now on in the calling thread's
+/// network namespace (per namespace since Linux 6.7; see [`steer_new_devices`]).
+const RPS_DEFAULT_MASK: &str = "/proc/sys/net/core/rps_default_mask";
+
+/// `cpus` as the kernel writes a CPU mask: hexadecimal, most significant word first, words of
+/// 32 CPUs separated by commas (`3` for CPUs 0 and 1, `1,00000000` for CPU 32).
+pub fn cpu_mask(cpus: &[usize]) -> String {
+    let words = cpus.iter().max().map_or(1, |&top| top / 32 + 1);
+    let mut mask = vec![0u32; words];
+    for &cpu in cpus {
+        mask[cpu / 32] |= 1 << (cpu % 32);
+    }
+    let mut out = format!("{:x}", mask[words - 1]);
+    for word in mask[..words - 1].iter().rev() {
+        out.push_str(&format!(",{word:08x}"));
+    }
+    out
+}
+
+/// In the calling thread's network namespace (a fresh one, entered with `setns`), makes every
+/// device created from now on steer what it receives to a CPU chosen by the flow's hash (RPS
+/// over `cpus`), whatever CPU hands the packet in. Returns whether it did: before Linux 6.7 the
+/// setting is the whole system's and only the host's namespace has it, so a kernel without it
+/// in the namespace is left as it is.
+pub(crate) fn steer_new_devices(cpus: &[usize]) -> std::io::Result<bool> {
+    if cpus.is_empty() {
+        return Ok(false);
+    }
+    match std::fs::write(RPS_DEFAULT_MASK, cpu_mask(cpus)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("writing {RPS_DEFAULT_MASK}: {e}"),
+        )),
+    }
+}
+
 /// Whether `cpus` can pin the engine's threads in a process that may run on `allowed`: one or
 /// two CPUs, each of them allowed. Otherwise, what is wrong.
 pub fn check(cpus: &[usize], allowed: &[usize]) -> Result<(), String> {
@@ -190,5 +230,15 @@ mod tests {
             check(&[0, 1, 0], &[0, 1]),
             Err("3 CPUs listed: one pins both I/O threads, two pin the encrypting and the decrypting thread".into())
         );
+    }
+
+    #[test]
+    fn cpu_masks_are_written_as_the_kernel_reads_them() {
+        assert_eq!(cpu_mask(&[0, 1]), "3");
+        assert_eq!(cpu_mask(&[1, 3, 4]), "1a");
+        assert_eq!(cpu_mask(&[31]), "80000000");
+        assert_eq!(cpu_mask(&[0, 32]), "1,00000001");
+        assert_eq!(cpu_mask(&[64]), "1,00000000,00000000");
+        assert_eq!(cpu_mask(&[]), "0");
     }
 }

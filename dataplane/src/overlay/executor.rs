@@ -796,7 +796,20 @@ impl Dataplane {
             .ok_or_else(|| io::Error::other("no WireGuard configuration for the tunnel"))?;
         self.engine = None;
         let ns = netns::create(&self.root.join(TUNNEL_NS))?;
-        let tun = netns::within(&ns, || open_tun(TUN_DEVICE))?;
+        // What the decrypting thread writes is steered by flow to one CPU's queues (RPS), so
+        // a stream keeps its order wherever the thread runs (see `affinity`).
+        let cpus = super::affinity::allowed_cpus()?;
+        let (tun, steered) = netns::within(&ns, || {
+            let steered = super::affinity::steer_new_devices(&cpus)?;
+            Ok((open_tun(TUN_DEVICE)?, steered))
+        })?;
+        if !steered {
+            tracing::warn!(
+                "this kernel sets no receive steering per network namespace (Linux 6.7 and \
+                 newer do): a stream through the WireGuard engine may be reordered when its \
+                 decrypting thread moves between CPUs (`wireguard.cpus` pins it)"
+            );
+        }
         let h = netns::connect(Some(&ns))?;
         let index = require_index(&h, TUN_DEVICE).await?;
         set(
