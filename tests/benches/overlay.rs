@@ -9,11 +9,11 @@
 //! encapsulating and decapsulating 1,420-byte packets between two peers (the ceiling of a
 //! one-stream encrypted path that encrypts on one core and decrypts on another).
 //!
-//! Then the encrypted path once more with each engine's I/O threads pinned (`wireguard.cpus`,
-//! `shoald --wireguard-cpus`): `encrypted_pinned_gbps`, `encrypted_pinned_retransmits`, and
-//! their ratios to `boringtun-cli` and to the crypto limit; and once more with iperf3's two
-//! ends pinned as well (`encrypted_pinned_apps_*`), which tells reordering by a moving
-//! application from reordering by the engine.
+//! Then the encrypted path again: with iperf3's two ends pinned and the engines not
+//! (`encrypted_apps_*`), which tells reordering by a moving application from reordering by the
+//! engine; with each engine's I/O threads pinned (`wireguard.cpus`, `shoald --wireguard-cpus`):
+//! `encrypted_pinned_gbps`, `encrypted_pinned_retransmits`, and their ratios to `boringtun-cli`
+//! and to the crypto limit; and with both pinned (`encrypted_pinned_apps_*`).
 //!
 //! Why segments were sent again, from the kernel's counters around each 1-stream run:
 //! `<path>_spurious_retransmits` (retransmitted segments the receiver reported it already had,
@@ -171,48 +171,54 @@ fn main() {
     for (name, server, client, ip) in paths.iter().filter(|p| chosen(p.0)) {
         measure(name, server, client, &node_cmd, *ip, &mut figures);
     }
+    // The engines pinned (`wireguard.cpus`): encrypting on the first CPU this process may use,
+    // decrypting on the last. iperf3 pinned (its `-A`): the sender on the last, the receiver on
+    // the first. A process that moves between CPUs leaves its earlier packets in the first CPU's
+    // backlog queue while its later ones may go first from the other's: the runs with iperf3
+    // pinned tell that reordering from the engine's.
+    let allowed = shoal_dataplane::overlay::affinity::allowed_cpus().expect("our CPUs");
+    let cpus = [allowed[0], allowed[allowed.len() - 1]];
+    let (server, client, ip) = (&paths[2].1, &paths[2].2, paths[2].3);
+    let with_cpu = |side: &'_ dyn Fn(&str) -> Command, cpu: usize, p: &str| {
+        let mut command = side(p);
+        if p == "iperf3" {
+            command.args(["-A", &cpu.to_string()]);
+        }
+        command
+    };
+    let pinned_server = |p: &str| with_cpu(server, cpus[0], p);
+    let pinned_client = |p: &str| with_cpu(client, cpus[1], p);
+    let (apps_server, apps_client): (Side<'_>, Side<'_>) =
+        (Box::new(pinned_server), Box::new(pinned_client));
+    if chosen("encrypted_apps") {
+        // The engines unpinned, iperf3 pinned.
+        let name = "encrypted_apps";
+        measure(
+            name,
+            &apps_server,
+            &apps_client,
+            &node_cmd,
+            ip,
+            &mut figures,
+        );
+    }
     if chosen("encrypted_pinned") || chosen("encrypted_pinned_apps") {
-        // The encrypted path again, each node's engine pinned (`wireguard.cpus`): encrypting on
-        // the first CPU this process may use, decrypting on the last.
-        let allowed = shoal_dataplane::overlay::affinity::allowed_cpus().expect("our CPUs");
-        let cpus = [allowed[0], allowed[allowed.len() - 1]];
         apply_each(&lab, |node| {
             let mut state = o.state(&lab, node);
             state["wireguard"]["cpus"] = json!(cpus);
             state
         })
         .expect("the pinned state applies");
-        let (server, client, ip) = (&paths[2].1, &paths[2].2, paths[2].3);
         if chosen("encrypted_pinned") {
-            measure(
-                "encrypted_pinned",
-                server,
-                client,
-                &node_cmd,
-                ip,
-                &mut figures,
-            );
+            let name = "encrypted_pinned";
+            measure(name, server, client, &node_cmd, ip, &mut figures);
         }
         if chosen("encrypted_pinned_apps") {
-            // And iperf3 pinned too (its `-A`): the sender on the last CPU, the receiver on the
-            // first. A process that moves between CPUs leaves its earlier packets in the first
-            // CPU's backlog queue while its later ones may go first from the other's: this run
-            // tells that reordering from the engine's.
-            let with_cpu = |side: &'_ dyn Fn(&str) -> Command, cpu: usize, p: &str| {
-                let mut command = side(p);
-                if p == "iperf3" {
-                    command.args(["-A", &cpu.to_string()]);
-                }
-                command
-            };
-            let pinned_server = |p: &str| with_cpu(server, cpus[0], p);
-            let pinned_client = |p: &str| with_cpu(client, cpus[1], p);
-            let (server, client): (Side<'_>, Side<'_>) =
-                (Box::new(pinned_server), Box::new(pinned_client));
+            let name = "encrypted_pinned_apps";
             measure(
-                "encrypted_pinned_apps",
-                &server,
-                &client,
+                name,
+                &apps_server,
+                &apps_client,
                 &node_cmd,
                 ip,
                 &mut figures,
