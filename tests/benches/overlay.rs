@@ -190,17 +190,12 @@ fn main() {
     let pinned_client = |p: &str| with_cpu(client, cpus[1], p);
     let (apps_server, apps_client): (Side<'_>, Side<'_>) =
         (Box::new(pinned_server), Box::new(pinned_client));
+    let with_apps_pinned = |name: &str, figures: &mut Map<String, serde_json::Value>| {
+        measure(name, &apps_server, &apps_client, &node_cmd, ip, figures);
+    };
     if chosen("encrypted_apps") {
         // The engines unpinned, iperf3 pinned.
-        let name = "encrypted_apps";
-        measure(
-            name,
-            &apps_server,
-            &apps_client,
-            &node_cmd,
-            ip,
-            &mut figures,
-        );
+        with_apps_pinned("encrypted_apps", &mut figures);
     }
     if chosen("encrypted_pinned") || chosen("encrypted_pinned_apps") {
         apply_each(&lab, |node| {
@@ -214,15 +209,7 @@ fn main() {
             measure(name, server, client, &node_cmd, ip, &mut figures);
         }
         if chosen("encrypted_pinned_apps") {
-            let name = "encrypted_pinned_apps";
-            measure(
-                name,
-                &apps_server,
-                &apps_client,
-                &node_cmd,
-                ip,
-                &mut figures,
-            );
+            with_apps_pinned("encrypted_pinned_apps", &mut figures);
         }
     }
     if only.is_some() {
