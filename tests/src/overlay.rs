@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::error::io_error;
 use crate::lab::{ip_batch, run_checked};
-use crate::{Lab, LabError, Netns, in_netns, wait_until, within};
+use crate::{Host, Lab, LabError, Netns, in_netns, wait_until, within};
 
 /// A WireGuard key pair, base64 as `wg` prints keys. (The lab library does not depend on the
 /// data plane: `xtask` uses it before the eBPF toolchain exists.)
@@ -219,6 +219,16 @@ impl Overlay {
             .output()
             .is_ok_and(|o| o.status.success())
     }
+}
+
+/// `program` in the tunnel namespace of `host`'s daemon (where the encrypted networks' VXLAN
+/// sockets and the WireGuard engine's TAP device live). The namespace is mounted in the node's
+/// own mount namespace, which the command joins first: `nsenter` then finds it there.
+pub fn in_tunnel(lab: &Lab, host: &Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let ns = lab.host_dir(host).join("data/netns/wg");
+    let mut command = host.command("nsenter").expect("the node's namespaces");
+    command.arg(format!("--net={}", ns.display())).arg(program);
+    command
 }
 
 /// Writes `state` to the node's directory and runs `shoal dataplane apply` on it.

@@ -472,13 +472,8 @@ fn cpus_of(pid: i32, name: &str) -> Vec<String> {
 /// The CPUs (as a bit set) the engine's TAP device on `node` steers what it takes in to
 /// (`rps_cpus`, read from a sysfs mounted inside the daemon's tunnel namespace).
 fn tap_steering(lab: &Lab, node: usize) -> u128 {
-    let host = &lab.nodes()[node];
-    let ns = lab.host_dir(host).join("data/netns/wg");
-    let out = host
-        .command("nsenter")
-        .unwrap()
-        .arg(format!("--net={}", ns.display()))
-        .args(["unshare", "--mount", "sh", "-c"])
+    let out = shoal_tests::overlay::in_tunnel(lab, &lab.nodes()[node], "unshare")
+        .args(["--mount", "sh", "-c"])
         .arg("mount -t sysfs sysfs /sys && cat /sys/class/net/wg0/queues/rx-0/rps_cpus")
         .output()
         .unwrap();

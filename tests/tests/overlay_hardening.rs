@@ -5,7 +5,6 @@
 //! attacker. Needs root.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -84,12 +83,7 @@ fn peer_counter(lab: &Lab, node: usize, peer: &str, counter: &str) -> u64 {
 fn labtool(lab: &Lab, host: &Host, in_tunnel: bool, args: &[&str]) -> Command {
     let tool = binary("shoal-labtool").expect("shoal-labtool is built");
     let mut command = if in_tunnel {
-        // The tunnel namespace is mounted in the node's own mount namespace, which the command
-        // joins first: nsenter then finds it there.
-        let ns: PathBuf = lab.host_dir(host).join("data/netns/wg");
-        let mut c = host.command("nsenter").unwrap();
-        c.arg(format!("--net={}", ns.display())).arg(tool);
-        c
+        shoal_tests::overlay::in_tunnel(lab, host, tool)
     } else {
         host.command(tool).unwrap()
     };
