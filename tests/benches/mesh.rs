@@ -356,11 +356,8 @@ fn main() {
     .expect("lab up");
     // Wire-like links, where XDP carries every balanced packet; `SHOAL_BENCH_LINKS=plain`
     // measures the plain veth links of a new user's rig, where the TC entry carries them.
-    let plain = std::env::var("SHOAL_BENCH_LINKS").is_ok_and(|v| v == "plain");
-    if !plain {
-        lab.wire_like_nics().expect("wire-like links");
-    }
-    results.insert("wire_like_links".into(), if plain { 0.0 } else { 1.0 });
+    let wire_like = lab.bench_links().unwrap_or_else(|e| panic!("{e}"));
+    results.insert("wire_like_links".into(), f64::from(u8::from(wire_like)));
     lab.spawn_shoald_all().expect("shoald starts in every node");
     let tasks: Vec<(&'static str, usize, u8)> = BACKENDS
         .iter()

@@ -15,12 +15,24 @@
 //! `encrypted_pinned_gbps`, `encrypted_pinned_retransmits`, and their ratios to `boringtun-cli`
 //! and to the crypto limit; and with both pinned (`encrypted_pinned_apps_*`).
 //!
+//! Last, `plain_steered_*` and `encrypted_steered_*`: the engines unpinned again and every
+//! task veth steering what its task sends by flow (RPS over this process's CPUs, which Shoal
+//! does not set): what the task's own veth reorders (its socket sends from two CPUs at once)
+//! is then gone, and what is left is the rest of the path's.
+//!
 //! Why segments were sent again, from the kernel's counters around each 1-stream run:
 //! `<path>_spurious_retransmits` (retransmitted segments the receiver reported it already had,
 //! by D-SACK: reordering, not loss), `<path>_udp_drops` (datagrams the two nodes' UDP sockets
 //! dropped for a full receive buffer: the WireGuard engines' and `boringtun-cli`'s), and
 //! `<path>_reordered` (segments the receiving task's TCP queued out of order, `TCPOFOQueue`:
-//! reordering on the way, or a loss; it counts reordering too small to cause a retransmit).
+//! reordering on the way, or a loss; it counts reordering too small to cause a retransmit) and
+//! `<path>_timeouts` (retransmission timeouts the sender took, `TCPTimeouts`: a path that
+//! stalled, not one that reordered).
+//!
+//! The lab's links are wire-like (`Lab::wire_like_nics`, as `cargo xtask bench mesh` and the
+//! demo use them): the switch's ports run GRO, so each node's data interface delivers in the
+//! order it was sent, as a NIC's queue does. `SHOAL_BENCH_LINKS=plain` keeps plain veth pairs,
+//! which deliver on the sending CPU's backlog queue; `wire_like_links` in the output says which.
 //!
 //! `SHOAL_BENCH_PATHS=encrypted,plain` runs only those paths and prints their rows, without
 //! the ratios and without writing the figures: for repeating one path while working on it.
@@ -101,6 +113,18 @@ fn main() {
         ..LabSpec::nodes(2)
     })
     .expect("lab up");
+    // Wire-like links, as a host's NIC is: a veth whose peer runs NAPI delivers in the order it
+    // was sent, wherever the sender runs. `SHOAL_BENCH_LINKS=plain` keeps the plain veth pairs,
+    // which deliver on the sending CPU's backlog: a sender that moves may reorder its stream.
+    let wire_like = lab.bench_links().unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "links: {}",
+        if wire_like {
+            "wire-like"
+        } else {
+            "plain veth pairs"
+        }
+    );
     lab.spawn_shoald_all().expect("shoald starts in every node");
     let o = Overlay::new(
         &lab,
@@ -164,9 +188,17 @@ fn main() {
     };
     let mut figures = Map::new();
     figures.insert("crypto_limit_gbps".into(), json!(crypto_limit));
+    figures.insert("wire_like_links".into(), json!(u8::from(wire_like)));
     println!(
-        "{:<22} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}",
-        "Gbit/s", "1 stream", "4 streams", "retransmits", "spurious", "UDP drops", "reordered"
+        "{:<22} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>9}",
+        "Gbit/s",
+        "1 stream",
+        "4 streams",
+        "retransmits",
+        "spurious",
+        "UDP drops",
+        "reordered",
+        "timeouts"
     );
     for (name, server, client, ip) in paths.iter().filter(|p| chosen(p.0)) {
         measure(name, server, client, &node_cmd, *ip, &mut figures);
@@ -210,6 +242,26 @@ fn main() {
         }
         if chosen("encrypted_pinned_apps") {
             with_apps_pinned("encrypted_pinned_apps", &mut figures);
+        }
+    }
+    // Last, the engines unpinned again and every task veth steering what its task sends by flow
+    // (RPS, which Shoal does not set): a task's socket may send from two CPUs at once (its
+    // thread, and TCP's small-queue handler on the CPU that freed its last packet), and a veth
+    // hands each packet to the sending CPU's backlog, so the task's own veth may reorder its
+    // stream before Shoal sees it. What these rows still reorder is the rest of the path's.
+    if chosen("plain_steered") || chosen("encrypted_steered") {
+        o.apply_all(&lab).expect("the unpinned state applies");
+        let mask = shoal_dataplane::overlay::affinity::cpu_mask(&allowed);
+        for host in lab.nodes() {
+            shoal_tests::overlay::steer_task_veths(&lab, host, &mask).expect("steering");
+        }
+        for (name, path) in [
+            ("plain_steered", &paths[1]),
+            ("encrypted_steered", &paths[2]),
+        ] {
+            if chosen(name) {
+                measure(name, &path.1, &path.2, &node_cmd, path.3, &mut figures);
+            }
         }
     }
     if only.is_some() {
@@ -258,7 +310,8 @@ fn measure(
     figures: &mut Map<String, serde_json::Value>,
 ) {
     let mut row = Vec::new();
-    let (mut retransmits, mut spurious, mut udp_drops, mut reordered) = (0, 0, 0, 0);
+    let (mut retransmits, mut spurious, mut udp_drops, mut reordered, mut timeouts) =
+        (0, 0, 0, 0, 0);
     for streams in [1, 4] {
         // The sender's counters and both nodes', around the 1-stream run.
         let sides = || {
@@ -288,6 +341,8 @@ fn measure(
             spurious = moved(0, "TcpExt.TCPDSACKRecvSegs");
             udp_drops = moved(1, "Udp.RcvbufErrors") + moved(2, "Udp.RcvbufErrors");
             reordered = moved(3, "TcpExt.TCPOFOQueue");
+            timeouts = moved(0, "TcpExt.TCPTimeouts");
+            figures.insert(format!("{name}_timeouts"), json!(timeouts));
             figures.insert(format!("{name}_reordered"), json!(reordered));
             figures.insert(format!("{name}_spurious_retransmits"), json!(spurious));
             figures.insert(format!("{name}_udp_drops"), json!(udp_drops));
@@ -303,8 +358,8 @@ fn measure(
         row.push(run.gbps);
     }
     println!(
-        "{name:<22} {:>10.2} {:>10.2} {:>12} {:>10} {:>10} {:>10}",
-        row[0], row[1], retransmits, spurious, udp_drops, reordered
+        "{name:<22} {:>10.2} {:>10.2} {:>12} {:>10} {:>10} {:>10} {:>9}",
+        row[0], row[1], retransmits, spurious, udp_drops, reordered, timeouts
     );
 }
 

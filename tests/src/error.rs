@@ -19,6 +19,11 @@ pub enum LabError {
     /// Every ID is taken.
     #[error("no free lab ID in 1-250: remove old labs with `cargo xtask lab down --all`")]
     NoFreeId,
+    /// `SHOAL_BENCH_LINKS` names no kind of link.
+    #[error(
+        "SHOAL_BENCH_LINKS is {0:?}: it takes `wire-like` (the default) or `plain` (veth pairs)"
+    )]
+    BenchLinks(String),
     /// A command failed.
     #[error("`{command}` failed ({status}): {stderr}")]
     Command {

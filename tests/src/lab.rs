@@ -561,6 +561,17 @@ impl Lab {
         self.checksums_on_the_wire()
     }
 
+    /// The links a benchmark measures on: wire-like ([`Lab::wire_like_nics`]) unless
+    /// `SHOAL_BENCH_LINKS=plain` keeps the plain veth pairs of a new user's rig. Whether they
+    /// are wire-like; an unknown value is an error, before any link changed.
+    pub fn bench_links(&self) -> Result<bool, LabError> {
+        match std::env::var("SHOAL_BENCH_LINKS").as_deref() {
+            Err(_) | Ok("wire-like") => self.wire_like_nics().map(|()| true),
+            Ok("plain") => Ok(false),
+            Ok(other) => Err(LabError::BenchLinks(other.to_owned())),
+        }
+    }
+
     /// GRO on the switch's ports: the nodes' veths then take native XDP redirects (their peer
     /// runs NAPI), as a physical NIC with XDP support does.
     pub fn gro_on_switch_ports(&self) -> Result<(), LabError> {

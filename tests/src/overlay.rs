@@ -231,6 +231,40 @@ pub fn in_tunnel(lab: &Lab, host: &Host, program: impl AsRef<std::ffi::OsStr>) -
     command
 }
 
+/// Makes every task veth of `host`'s overlay networks (their ends on the networks' bridges)
+/// steer what the task sends by flow to one of the CPUs of `mask` (RPS, the kernel's
+/// hexadecimal CPU mask), as [`in_tunnel`]'s TAP does for
+/// what the engine decrypts: a task's stream then keeps its order whatever CPU its socket sends
+/// from. Shoal does not do this itself (it costs CPU on every packet a task sends); the overlay
+/// benchmark uses it to tell the reordering the task's own veth causes from the rest. Written
+/// through a sysfs mounted inside each network's namespace. Returns how many veths it steered.
+pub fn steer_task_veths(lab: &Lab, host: &Host, mask: &str) -> Result<usize, String> {
+    let script = format!(
+        "for ns in {dir}/ov-*; do [ -e \"$ns\" ] || continue; nsenter --net=\"$ns\" unshare \
+         --mount sh -ec 'mount -t sysfs sysfs /sys; for q in /sys/class/net/vt*/queues/rx-0/rps_cpus; \
+         do [ -e \"$q\" ] || continue; echo {mask} > \"$q\"; cat \"$q\"; done'; done",
+        dir = lab.host_dir(host).join("data/netns").display()
+    );
+    let out = host
+        .command("sh")
+        .map_err(|e| e.to_string())?
+        .args(["-ec", &script])
+        .output()
+        .map_err(|e| format!("steering the task veths on {}: {e}", host.name))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bits = |m: &str| u128::from_str_radix(&m.trim().replace(',', ""), 16).ok();
+    let written: Vec<&str> = text.lines().collect();
+    if !out.status.success() || written.is_empty() || written.iter().any(|m| bits(m) != bits(mask))
+    {
+        return Err(format!(
+            "steering the task veths on {}: read back {written:?}, wanted {mask}: {}",
+            host.name,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(written.len())
+}
+
 /// Writes `state` to the node's directory and runs `shoal dataplane apply` on it.
 pub fn apply(lab: &Lab, node: usize, state: &Value) -> Result<Output, LabError> {
     let host = &lab.nodes()[node];

@@ -140,7 +140,7 @@ const RPS_DEFAULT_MASK: &str = "/proc/sys/net/core/rps_default_mask";
 
 /// `cpus` as the kernel writes a CPU mask: hexadecimal, most significant word first, words of
 /// 32 CPUs separated by commas (`3` for CPUs 0 and 1, `1,00000000` for CPU 32).
-pub(crate) fn cpu_mask(cpus: &[usize]) -> String {
+pub fn cpu_mask(cpus: &[usize]) -> String {
     let words = cpus.iter().max().map_or(1, |&top| top / 32 + 1);
     let mut mask = vec![0u32; words];
     for &cpu in cpus {
