@@ -30,9 +30,10 @@
 //! stalled, not one that reordered).
 //!
 //! The lab's links are wire-like (`Lab::wire_like_nics`, as `cargo xtask bench mesh` and the
-//! demo use them): the switch's ports run GRO, so each node's data interface delivers in the
-//! order it was sent, as a NIC's queue does. `SHOAL_BENCH_LINKS=plain` keeps plain veth pairs,
-//! which deliver on the sending CPU's backlog queue; `wire_like_links` in the output says which.
+//! demo use them): the switch's ports run GRO, so what a node sends reaches the switch through
+//! one ring in the order it was sent, as through a NIC's queue. `SHOAL_BENCH_LINKS=plain` keeps
+//! plain veth pairs, which hand each packet to the sending CPU's backlog queue;
+//! `wire_like_links` in the output says which.
 //!
 //! `SHOAL_BENCH_PATHS=encrypted,plain` runs only those paths and prints their rows, without
 //! the ratios and without writing the figures: for repeating one path while working on it.
@@ -113,9 +114,7 @@ fn main() {
         ..LabSpec::nodes(2)
     })
     .expect("lab up");
-    // Wire-like links, as a host's NIC is: a veth whose peer runs NAPI delivers in the order it
-    // was sent, wherever the sender runs. `SHOAL_BENCH_LINKS=plain` keeps the plain veth pairs,
-    // which deliver on the sending CPU's backlog: a sender that moves may reorder its stream.
+    // Wire-like links unless `SHOAL_BENCH_LINKS=plain` (see the module's doc).
     let wire_like = lab.bench_links().unwrap_or_else(|e| panic!("{e}"));
     println!(
         "links: {}",

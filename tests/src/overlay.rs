@@ -232,12 +232,12 @@ pub fn in_tunnel(lab: &Lab, host: &Host, program: impl AsRef<std::ffi::OsStr>) -
 }
 
 /// Makes every task veth of `host`'s overlay networks (their ends on the networks' bridges)
-/// steer what the task sends by flow to one of the CPUs of `mask` (RPS, the kernel's
-/// hexadecimal CPU mask), as [`in_tunnel`]'s TAP does for
-/// what the engine decrypts: a task's stream then keeps its order whatever CPU its socket sends
-/// from. Shoal does not do this itself (it costs CPU on every packet a task sends); the overlay
-/// benchmark uses it to tell the reordering the task's own veth causes from the rest. Written
-/// through a sysfs mounted inside each network's namespace. Returns how many veths it steered.
+/// steer what the task sends by flow to one of the CPUs of `mask` (RPS; the kernel's
+/// hexadecimal CPU mask), as the engine's TAP does for what it decrypts: a task's stream then
+/// keeps its order whatever CPU its socket sends from. Shoal does not do this itself (it costs
+/// CPU on every packet a task sends); the overlay benchmark uses it to tell the reordering the
+/// task's own veth causes from the rest. Written through a sysfs mounted inside each network's
+/// namespace. Returns how many veths it steered.
 pub fn steer_task_veths(lab: &Lab, host: &Host, mask: &str) -> Result<usize, String> {
     let script = format!(
         "for ns in {dir}/ov-*; do [ -e \"$ns\" ] || continue; nsenter --net=\"$ns\" unshare \
