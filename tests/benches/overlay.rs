@@ -29,11 +29,12 @@
 //! `<path>_timeouts` (retransmission timeouts the sender took, `TCPTimeouts`: a path that
 //! stalled, not one that reordered).
 //!
-//! The lab's links are wire-like (`Lab::wire_like_nics`, as `cargo xtask bench mesh` and the
-//! demo use them): the switch's ports run GRO, so what a node sends reaches the switch through
-//! one ring in the order it was sent, as through a NIC's queue. `SHOAL_BENCH_LINKS=plain` keeps
-//! plain veth pairs, which hand each packet to the sending CPU's backlog queue;
-//! `wire_like_links` in the output says which.
+//! The lab's links are wire-like (`Lab::wire_like_nics`), as `cargo xtask bench mesh` and the
+//! demo have them; `SHOAL_BENCH_LINKS=plain` keeps plain veth pairs, and `wire_like_links` in
+//! the output says which. The overlays' packets take the same way on both: a veth hands a
+//! packet to the receiver's NAPI ring only when it was redirected by XDP or GRO can merge it
+//! (not a TSO packet, nor UDP without `rx-udp-gro-forwarding` on the receiver); everything
+//! else goes to the backlog queue of the CPU that sent it.
 //!
 //! `SHOAL_BENCH_PATHS=encrypted,plain` runs only those paths and prints their rows, without
 //! the ratios and without writing the figures: for repeating one path while working on it.
