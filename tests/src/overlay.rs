@@ -221,14 +221,31 @@ impl Overlay {
     }
 }
 
-/// `program` in the tunnel namespace of `host`'s daemon (where the encrypted networks' VXLAN
-/// sockets and the WireGuard engine's TAP device live). The namespace is mounted in the node's
-/// own mount namespace, which the command joins first: `nsenter` then finds it there.
-pub fn in_tunnel(lab: &Lab, host: &Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let ns = lab.host_dir(host).join("data/netns/wg");
+/// `program` in the network namespace `name` of `host`'s daemon (`wg`, the tunnel; `ov-<ID>`,
+/// a network's). The namespace is mounted in the node's own mount namespace, which the command
+/// joins first: `nsenter` then finds it there.
+pub fn in_daemon_netns(
+    lab: &Lab,
+    host: &Host,
+    name: &str,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> Command {
+    let ns = lab.host_dir(host).join("data/netns").join(name);
     let mut command = host.command("nsenter").expect("the node's namespaces");
     command.arg(format!("--net={}", ns.display())).arg(program);
     command
+}
+
+/// `program` in the tunnel namespace of `host`'s daemon (where the encrypted networks' VXLAN
+/// sockets and the WireGuard engine's TAP device live).
+pub fn in_tunnel(lab: &Lab, host: &Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    in_daemon_netns(lab, host, "wg", program)
+}
+
+/// A CPU mask as the kernel prints one (`rps_cpus`: hexadecimal words separated by commas), as
+/// a bit set; `None` when it is not one.
+pub fn cpu_mask_bits(text: &str) -> Option<u128> {
+    u128::from_str_radix(&text.trim().replace(',', ""), 16).ok()
 }
 
 /// Makes every task veth of `host`'s overlay networks (their ends on the networks' bridges)
@@ -237,32 +254,42 @@ pub fn in_tunnel(lab: &Lab, host: &Host, program: impl AsRef<std::ffi::OsStr>) -
 /// keeps its order whatever CPU its socket sends from. Shoal does not do this itself (it costs
 /// CPU on every packet a task sends); the overlay benchmark uses it to tell the reordering the
 /// task's own veth causes from the rest. Written through a sysfs mounted inside each network's
-/// namespace. Returns how many veths it steered.
-pub fn steer_task_veths(lab: &Lab, host: &Host, mask: &str) -> Result<usize, String> {
-    let script = format!(
-        "for ns in {dir}/ov-*; do [ -e \"$ns\" ] || continue; nsenter --net=\"$ns\" unshare \
-         --mount sh -ec 'mount -t sysfs sysfs /sys; for q in /sys/class/net/vt*/queues/rx-0/rps_cpus; \
-         do [ -e \"$q\" ] || continue; echo {mask} > \"$q\"; cat \"$q\"; done'; done",
-        dir = lab.host_dir(host).join("data/netns").display()
-    );
-    let out = host
-        .command("sh")
-        .map_err(|e| e.to_string())?
-        .args(["-ec", &script])
+/// namespace, and read back; finding no task veth is an error.
+pub fn steer_task_veths(lab: &Lab, host: &Host, mask: &str) -> Result<(), String> {
+    let failed = |what: String| format!("steering the task veths on {}: {what}", host.name);
+    let listed = host
+        .command("ls")
+        .map_err(|e| failed(e.to_string()))?
+        .arg(lab.host_dir(host).join("data/netns"))
         .output()
-        .map_err(|e| format!("steering the task veths on {}: {e}", host.name))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let bits = |m: &str| u128::from_str_radix(&m.trim().replace(',', ""), 16).ok();
-    let written: Vec<&str> = text.lines().collect();
-    if !out.status.success() || written.is_empty() || written.iter().any(|m| bits(m) != bits(mask))
+        .map_err(|e| failed(e.to_string()))?;
+    let mut steered = 0;
+    for name in String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|n| n.starts_with("ov-"))
     {
-        return Err(format!(
-            "steering the task veths on {}: read back {written:?}, wanted {mask}: {}",
-            host.name,
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        let out = in_daemon_netns(lab, host, name, "unshare")
+            .args(["--mount", "sh", "-ec"])
+            .arg(format!(
+                "mount -t sysfs sysfs /sys; for q in /sys/class/net/vt*/queues/rx-0/rps_cpus; \
+                 do [ -e \"$q\" ] || continue; echo {mask} > \"$q\"; cat \"$q\"; done"
+            ))
+            .output()
+            .map_err(|e| failed(format!("{name}: {e}")))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let read: Vec<&str> = text.lines().collect();
+        if !out.status.success() || read.iter().any(|m| cpu_mask_bits(m) != cpu_mask_bits(mask)) {
+            return Err(failed(format!(
+                "{name}: read back {read:?}, wanted {mask}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        steered += read.len();
     }
-    Ok(written.len())
+    if steered == 0 {
+        return Err(failed("no task veth found".into()));
+    }
+    Ok(())
 }
 
 /// Writes `state` to the node's directory and runs `shoal dataplane apply` on it.

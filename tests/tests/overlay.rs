@@ -478,8 +478,8 @@ fn tap_steering(lab: &Lab, node: usize) -> u128 {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let mask = String::from_utf8_lossy(&out.stdout).trim().replace(',', "");
-    u128::from_str_radix(&mask, 16).unwrap_or_else(|e| panic!("rps_cpus {mask:?}: {e}"))
+    let mask = String::from_utf8_lossy(&out.stdout);
+    shoal_tests::overlay::cpu_mask_bits(&mask).unwrap_or_else(|| panic!("rps_cpus {mask:?}"))
 }
 
 /// `wireguard.cpus` pins the engine's encrypting and decrypting threads, traffic goes on, and a
